@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Developer entry point; needs only Python 3.11+ and pip.
+
+    python3 dev.py serve [--listen HOST:PORT ...]   set up, then run the server
+    python3 dev.py test  [PYTEST ARGS ...]          set up, then run the test suite
+    python3 dev.py lint                             ruff check, ruff format --check, mypy
+    python3 dev.py protos                           regenerate src/geopunch/v1 from protos/
+    python3 dev.py bench [PYTEST ARGS ...]          run the pytest-benchmark suite in bench/
+
+Set-up creates .venv/, installs the project with its dev extra there (again
+only when pyproject.toml changed), and regenerates the gRPC code if it is
+missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".geopunch-installed"
+DEV_API_KEY = "geopunch-dev-key"
+
+
+def setup() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("geopunch needs Python 3.11 or newer")
+    if not PY.exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text() != wanted:
+        print("installing geopunch and its dependencies into .venv ...", flush=True)
+        pip = [str(PY), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, "install", "-e", f"{ROOT}[dev]"], check=True)
+        STAMP.write_text(wanted)
+    if not (ROOT / "src/geopunch/v1/geofences_pb2.py").exists():
+        subprocess.run([str(PY), str(ROOT / "scripts/gen_protos.py")], check=True)
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> int:
+    return subprocess.run(args, cwd=ROOT, env=env).returncode
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"serve", "test", "lint", "protos", "bench"}:
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    setup()
+    if command == "serve":
+        env = dict(os.environ)
+        if "GEOPUNCH_API_KEYS" not in env and "--api-keys" not in rest:
+            env["GEOPUNCH_API_KEYS"] = DEV_API_KEY
+            print(f"development API key: {DEV_API_KEY}  (send as 'x-api-key' metadata)")
+        (ROOT / "var").mkdir(exist_ok=True)
+        env.setdefault("GEOPUNCH_DATABASE_URL", f"sqlite:///{ROOT / 'var' / 'geopunch.db'}")
+        os.chdir(ROOT)
+        os.execve(str(PY), [str(PY), "-m", "geopunch", "serve", *rest], env)
+    if command == "test":
+        return run([str(PY), "-m", "pytest", *rest])
+    if command == "bench":
+        return run([str(PY), "-m", "pytest", "bench", "-p", "no:cacheprovider", *rest])
+    if command == "protos":
+        return run([str(PY), "scripts/gen_protos.py"])
+    # lint
+    checks = [
+        [str(BIN / "ruff"), "check", "src", "tests", "bench", "scripts", "dev.py"],
+        [str(BIN / "ruff"), "format", "--check", "src", "tests", "bench", "scripts", "dev.py"],
+        [str(BIN / "mypy"), "src"],
+    ]
+    return max(run(c) for c in checks)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

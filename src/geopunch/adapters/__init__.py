@@ -1,0 +1,1 @@
+"""Adapters: the database and gRPC sides of the ports."""

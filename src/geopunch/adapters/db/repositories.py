@@ -1,0 +1,312 @@
+"""Repositories over SQLAlchemy Core; rows in, frozen domain values out."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from geopunch.adapters.db.tables import (
+    day_statuses,
+    geofence_jobs,
+    geofences,
+    manual_break_types,
+    time_clock_jobs,
+    time_clock_users,
+    time_clocks,
+)
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import (
+    DayStatus,
+    ExitAction,
+    ExitDetectionSettings,
+    Geofence,
+    GeofencePolicy,
+    Job,
+    ManualBreakType,
+    TimeClock,
+)
+
+
+class SqlTimeClockRepository:
+    def __init__(self, conn: Connection, now: int) -> None:
+        self._conn = conn
+        self._now = now
+
+    def get(self, time_clock_id: int) -> TimeClock | None:
+        row = self._conn.execute(
+            select(time_clocks).where(time_clocks.c.id == time_clock_id)
+        ).first()
+        if row is None:
+            return None
+        jobs = self._conn.execute(
+            select(time_clock_jobs)
+            .where(time_clock_jobs.c.time_clock_id == time_clock_id)
+            .order_by(time_clock_jobs.c.position)
+        ).all()
+        users = self._conn.execute(
+            select(time_clock_users.c.user_id).where(
+                time_clock_users.c.time_clock_id == time_clock_id
+            )
+        ).scalars()
+        breaks = self._conn.execute(
+            select(manual_break_types)
+            .where(manual_break_types.c.time_clock_id == time_clock_id)
+            .order_by(manual_break_types.c.position)
+        ).all()
+        return TimeClock(
+            id=row.id,
+            name=row.name,
+            timezone=row.timezone,
+            job_enforcement=row.job_enforcement,
+            jobs=tuple(Job(j.job_id, j.name, j.parent_job_id) for j in jobs),
+            user_ids=frozenset(users),
+            manual_breaks_enabled=row.manual_breaks_enabled,
+            manual_break_types=tuple(
+                ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s)
+                for b in breaks
+            ),
+            geofence_policy=GeofencePolicy(row.geofence_policy),
+            accuracy_tolerance_m=row.accuracy_tolerance_m,
+            exit_detection=ExitDetectionSettings(
+                high_accuracy_max_m=row.exit_high_accuracy_max_m,
+                buffer_high_accuracy_m=row.exit_buffer_high_accuracy_m,
+                low_accuracy_max_m=row.exit_low_accuracy_max_m,
+                buffer_low_accuracy_m=row.exit_buffer_low_accuracy_m,
+                buffer_unknown_accuracy_m=row.exit_buffer_unknown_accuracy_m,
+            ),
+        )
+
+    def next_id(self) -> int:
+        current = self._conn.execute(select(func.max(time_clocks.c.id))).scalar()
+        return int(current or 0) + 1
+
+    @staticmethod
+    def _columns(tc: TimeClock) -> dict[str, object]:
+        ed = tc.exit_detection
+        return {
+            "name": tc.name,
+            "timezone": tc.timezone,
+            "job_enforcement": tc.job_enforcement,
+            "manual_breaks_enabled": tc.manual_breaks_enabled,
+            "geofence_policy": tc.geofence_policy.value,
+            "accuracy_tolerance_m": tc.accuracy_tolerance_m,
+            "exit_high_accuracy_max_m": ed.high_accuracy_max_m,
+            "exit_buffer_high_accuracy_m": ed.buffer_high_accuracy_m,
+            "exit_low_accuracy_max_m": ed.low_accuracy_max_m,
+            "exit_buffer_low_accuracy_m": ed.buffer_low_accuracy_m,
+            "exit_buffer_unknown_accuracy_m": ed.buffer_unknown_accuracy_m,
+        }
+
+    def add(self, tc: TimeClock) -> None:
+        try:
+            with self._conn.begin_nested():
+                self._conn.execute(
+                    insert(time_clocks).values(
+                        id=tc.id, created_at=self._now, updated_at=self._now, **self._columns(tc)
+                    )
+                )
+        except IntegrityError as exc:
+            raise DomainError(
+                ErrorCode.TIME_CLOCK_ALREADY_EXISTS,
+                f"time clock {tc.id} already exists; use UpdateTimeClock to change it",
+                {"timeClockId": str(tc.id)},
+            ) from exc
+        self._write_children(tc, existing_jobs=set())
+
+    def replace(self, tc: TimeClock) -> None:
+        self._conn.execute(
+            update(time_clocks)
+            .where(time_clocks.c.id == tc.id)
+            .values(updated_at=self._now, **self._columns(tc))
+        )
+        existing_jobs = set(
+            self._conn.execute(
+                select(time_clock_jobs.c.job_id).where(time_clock_jobs.c.time_clock_id == tc.id)
+            ).scalars()
+        )
+        gone = existing_jobs - tc.job_ids
+        if gone:
+            self._conn.execute(
+                delete(time_clock_jobs).where(
+                    time_clock_jobs.c.time_clock_id == tc.id, time_clock_jobs.c.job_id.in_(gone)
+                )
+            )
+        for table in (time_clock_users, manual_break_types):
+            self._conn.execute(delete(table).where(table.c.time_clock_id == tc.id))
+        self._write_children(tc, existing_jobs=existing_jobs - gone)
+
+    def _write_children(self, tc: TimeClock, existing_jobs: set[str]) -> None:
+        # Jobs that geofences reference are updated in place, never deleted.
+        new_rows = []
+        for pos, job in enumerate(tc.jobs):
+            values = {"position": pos, "name": job.name, "parent_job_id": job.parent_id}
+            if job.id in existing_jobs:
+                self._conn.execute(
+                    update(time_clock_jobs)
+                    .where(
+                        time_clock_jobs.c.time_clock_id == tc.id,
+                        time_clock_jobs.c.job_id == job.id,
+                    )
+                    .values(**values)
+                )
+            else:
+                new_rows.append({"time_clock_id": tc.id, "job_id": job.id, **values})
+        if new_rows:
+            self._conn.execute(insert(time_clock_jobs), new_rows)
+        if tc.user_ids:
+            self._conn.execute(
+                insert(time_clock_users),
+                [{"time_clock_id": tc.id, "user_id": u} for u in sorted(tc.user_ids)],
+            )
+        if tc.manual_break_types:
+            self._conn.execute(
+                insert(manual_break_types),
+                [
+                    {
+                        "time_clock_id": tc.id,
+                        "break_id": b.id,
+                        "position": pos,
+                        "name": b.name,
+                        "is_mandatory": b.is_mandatory,
+                        "min_duration_s": b.min_duration_s,
+                    }
+                    for pos, b in enumerate(tc.manual_break_types)
+                ],
+            )
+
+    def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]:
+        rows = self._conn.execute(
+            select(day_statuses.c.day, day_statuses.c.status)
+            .where(
+                day_statuses.c.time_clock_id == time_clock_id, day_statuses.c.user_id == user_id
+            )
+            .order_by(day_statuses.c.day)
+        ).all()
+        return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}
+
+    def set_day_status(
+        self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
+    ) -> None:
+        keys = sorted({d.isoformat() for d in days})
+        self._conn.execute(
+            delete(day_statuses).where(
+                day_statuses.c.time_clock_id == time_clock_id,
+                day_statuses.c.user_id == user_id,
+                day_statuses.c.day.in_(keys),
+            )
+        )
+        if status is not DayStatus.OPEN:
+            self._conn.execute(
+                insert(day_statuses),
+                [
+                    {"time_clock_id": time_clock_id, "user_id": user_id, "day": k, "status": status}
+                    for k in keys
+                ],
+            )
+
+
+class SqlGeofenceRepository:
+    def __init__(self, conn: Connection, now: int) -> None:
+        self._conn = conn
+        self._now = now
+
+    def _load(self, where: object) -> list[Geofence]:
+        rows = self._conn.execute(
+            select(geofences).where(where).order_by(geofences.c.position, geofences.c.id)  # type: ignore[arg-type]
+        ).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        jobs: dict[str, list[str]] = defaultdict(list)
+        # Chunked so that a large fleet stays under the bound-parameter limits.
+        for start in range(0, len(ids), 5000):
+            for fence_id, job_id in self._conn.execute(
+                select(geofence_jobs.c.fence_id, geofence_jobs.c.job_id)
+                .where(geofence_jobs.c.fence_id.in_(ids[start : start + 5000]))
+                .order_by(geofence_jobs.c.fence_id, geofence_jobs.c.position)
+            ):
+                jobs[fence_id].append(job_id)
+        return [
+            Geofence(
+                id=r.id,
+                time_clock_id=r.time_clock_id,
+                name=r.name,
+                is_enabled=r.is_enabled,
+                fence_size_m=r.fence_size_m,
+                job_ids=tuple(jobs.get(r.id, ())),
+                exit_action=ExitAction(r.exit_action),
+                address=r.address,
+                latitude=r.latitude,
+                longitude=r.longitude,
+            )
+            for r in rows
+        ]
+
+    def list_for(self, time_clock_id: int) -> list[Geofence]:
+        return self._load(geofences.c.time_clock_id == time_clock_id)
+
+    def list_all(self) -> list[Geofence]:
+        return self._load(geofences.c.id.is_not(None))
+
+    def get(self, time_clock_id: int, fence_id: str) -> Geofence | None:
+        found = self._load(
+            (geofences.c.time_clock_id == time_clock_id) & (geofences.c.id == fence_id)
+        )
+        return found[0] if found else None
+
+    def add_many(self, fences: Sequence[Geofence]) -> None:
+        if not fences:
+            return
+        start = int(self._conn.execute(select(func.max(geofences.c.position))).scalar() or 0) + 1
+        self._conn.execute(
+            insert(geofences),
+            [
+                {
+                    "id": f.id,
+                    "time_clock_id": f.time_clock_id,
+                    "position": start + i,
+                    "name": f.name,
+                    "is_enabled": f.is_enabled,
+                    "fence_size_m": f.fence_size_m,
+                    "exit_action": f.exit_action.value,
+                    "address": f.address,
+                    "latitude": f.latitude,
+                    "longitude": f.longitude,
+                    "created_at": self._now,
+                }
+                for i, f in enumerate(fences)
+            ],
+        )
+        job_rows = [
+            {"fence_id": f.id, "job_id": j, "time_clock_id": f.time_clock_id, "position": pos}
+            for f in fences
+            for pos, j in enumerate(f.job_ids)
+        ]
+        if job_rows:
+            self._conn.execute(insert(geofence_jobs), job_rows)
+
+    def delete(self, time_clock_id: int, fence_id: str) -> bool:
+        self._conn.execute(
+            delete(geofence_jobs).where(
+                geofence_jobs.c.time_clock_id == time_clock_id, geofence_jobs.c.fence_id == fence_id
+            )
+        )
+        result = self._conn.execute(
+            delete(geofences).where(
+                geofences.c.time_clock_id == time_clock_id, geofences.c.id == fence_id
+            )
+        )
+        return bool(result.rowcount)
+
+    def job_ids_in_use(self, time_clock_id: int) -> set[str]:
+        return set(
+            self._conn.execute(
+                select(geofence_jobs.c.job_id)
+                .where(geofence_jobs.c.time_clock_id == time_clock_id)
+                .distinct()
+            ).scalars()
+        )

@@ -1,0 +1,134 @@
+"""Engine set-up, schema migration and the SQL unit of work."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from geopunch.adapters.db.repositories import SqlGeofenceRepository, SqlTimeClockRepository
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    """An Engine for ``url``; SQLite files get WAL, synchronous=FULL and foreign keys.
+
+    SQLite's own transaction handling in the pysqlite driver is switched off so
+    that each unit of work opens with an explicit ``BEGIN``: ``IMMEDIATE`` for
+    writers (they queue on the write lock up front instead of failing to upgrade
+    a read lock later) and ``DEFERRED`` for readers, who run beside a writer in
+    WAL mode.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("use a SQLite file: an in-memory database cannot be shared or survive")
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _alembic_config(conn: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def migrate(engine: Engine) -> str:
+    """Bring the schema forward to the newest revision; return that revision."""
+    with engine.connect() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+        conn.commit()
+    return current_revision(engine)
+
+
+def current_revision(engine: Engine) -> str:
+    with engine.connect() as conn:
+        rev = MigrationContext.configure(conn).get_current_revision()
+        conn.rollback()
+    return rev or ""
+
+
+def head_revision() -> str:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    return head or ""
+
+
+class SqlUnitOfWork:
+    """One database transaction holding the repositories that share it."""
+
+    def __init__(self, engine: Engine, *, readonly: bool = False) -> None:
+        self._engine = engine
+        self._readonly = readonly
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> Self:
+        conn = self._engine.connect()
+        if self._readonly:
+            conn = conn.execution_options(sqlite_begin="DEFERRED")
+        conn.begin()
+        self._conn = conn
+        now = int(time.time())
+        self.time_clocks = SqlTimeClockRepository(conn, now)
+        self.geofences = SqlGeofenceRepository(conn, now)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._conn is not None
+        try:
+            if self._conn.in_transaction():
+                self._conn.rollback()
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def commit(self) -> None:
+        assert self._conn is not None
+        self._conn.commit()
+
+
+class SqlUnitOfWorkFactory:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, readonly=readonly)

@@ -1,0 +1,1 @@
+"""gRPC side: servicers, conversion, error mapping, interceptors, server."""

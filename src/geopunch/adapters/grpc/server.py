@@ -1,0 +1,123 @@
+"""gRPC server: health, reflection, our services, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from geopunch.adapters.grpc.interceptors import ServiceInterceptor
+from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
+from geopunch.bootstrap import App, build_app
+from geopunch.config import Config
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.v1 import admin_pb2, admin_pb2_grpc, geofences_pb2, geofences_pb2_grpc
+
+log = logging.getLogger("geopunch")
+
+SERVICE_NAMES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    geofences_pb2.DESCRIPTOR.services_by_name["GeofenceService"].full_name,
+)
+
+
+class DeferredUnitOfWorkFactory:
+    """Stands in for the store until start-up has opened and migrated it.
+
+    Servicers must be registered before the server starts, but the store opens
+    after the port is bound (so health can answer NOT_SERVING meanwhile).
+    """
+
+    def __init__(self) -> None:
+        self.target: UnitOfWorkFactory | None = None
+
+    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
+        if self.target is None:
+            raise DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
+        return self.target(readonly=readonly)
+
+
+class Server:
+    """The process's gRPC server. ``start()`` binds and opens the store; ``stop()`` drains."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.health = health.HealthServicer()
+        self.app: App | None = None
+        self._stopped = threading.Event()
+        self._grpc = grpc.server(
+            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+            interceptors=[ServiceInterceptor(config.api_key_hashes)],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=config.max_workers * 8,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._uows = DeferredUnitOfWorkFactory()
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self._uows), self._grpc)
+        geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
+            GeofenceServicer(self._uows), self._grpc
+        )
+        self.port = self._grpc.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {config.listen}")
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def start(self) -> None:
+        """Listen at once (health says NOT_SERVING), then open and migrate the store."""
+        self._grpc.start()
+        host = self.config.listen.rpartition(":")[0]
+        log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
+        self.app = build_app(self.config)
+        self._uows.target = self.app.uows
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving")
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, close the store."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self._grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self.app is not None:
+            self.app.engine.dispose()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self._grpc.wait_for_termination()
+
+
+def serve(config: Config, ready: Callable[[int], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = Server(config)
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    server.start()
+    if ready is not None:
+        ready(server.port)
+    stop_requested.wait()
+    server.stop()

@@ -1,0 +1,126 @@
+"""Thin servicers: convert the request, call the use case, convert the result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geopunch.adapters.grpc import convert
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
+from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
+from geopunch.logs import request_id_var
+from geopunch.service import admin, geofences
+from geopunch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, geofences_pb2, geofences_pb2_grpc
+
+
+def _bad_enum(path: str, value: int) -> DomainError:
+    return DomainError.from_violations(
+        [FieldViolation(path, f"unknown enum value {value}", ErrorCode.INVALID_ARGUMENT)], path
+    )
+
+
+def _time_clock(msg: admin_pb2.TimeClock) -> tuple[Any, list[str]]:
+    try:
+        return convert.time_clock_from_proto(msg)
+    except ValueError as exc:
+        raise _bad_enum("time_clock.geofence_policy", msg.geofence_policy) from exc
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, uows: UnitOfWorkFactory) -> None:
+        self._uows = uows
+
+    def _reply(self, tc: Any) -> admin_pb2.TimeClockResponse:
+        return admin_pb2.TimeClockResponse(
+            request_id=request_id_var.get(), data=convert.time_clock_to_proto(tc)
+        )
+
+    def CreateTimeClock(
+        self, request: admin_pb2.CreateTimeClockRequest, context: Any
+    ) -> admin_pb2.TimeClockResponse:
+        tc, paths = _time_clock(request.time_clock)
+        assign = not request.time_clock.HasField("id")
+        return self._reply(admin.create_time_clock(self._uows, tc, paths, assign_id=assign))
+
+    def UpdateTimeClock(
+        self, request: admin_pb2.UpdateTimeClockRequest, context: Any
+    ) -> admin_pb2.TimeClockResponse:
+        tc, paths = _time_clock(request.time_clock)
+        return self._reply(admin.update_time_clock(self._uows, tc, paths))
+
+    def GetTimeClock(
+        self, request: admin_pb2.GetTimeClockRequest, context: Any
+    ) -> admin_pb2.TimeClockResponse:
+        return self._reply(admin.read_time_clock(self._uows, request.time_clock_id))
+
+    def SetDayStatus(
+        self, request: admin_pb2.SetDayStatusRequest, context: Any
+    ) -> admin_pb2.DayStatusResponse:
+        status = convert.DAY_STATUS_TO_DOMAIN.get(request.status)
+        if status is None:
+            raise _bad_enum("status", request.status)
+        days = admin.set_day_status(
+            self._uows, request.time_clock_id, request.user_id, list(request.dates), status
+        )
+        return admin_pb2.DayStatusResponse(
+            request_id=request_id_var.get(),
+            data=admin_pb2.DayStatusResponse.Data(days=convert.day_statuses_to_proto(days)),
+        )
+
+    def ListDayStatuses(
+        self, request: admin_pb2.ListDayStatusesRequest, context: Any
+    ) -> admin_pb2.DayStatusResponse:
+        days = admin.list_day_statuses(self._uows, request.time_clock_id, request.user_id)
+        return admin_pb2.DayStatusResponse(
+            request_id=request_id_var.get(),
+            data=admin_pb2.DayStatusResponse.Data(days=convert.day_statuses_to_proto(days)),
+        )
+
+
+class GeofenceServicer(geofences_pb2_grpc.GeofenceServiceServicer):
+    def __init__(self, uows: UnitOfWorkFactory, listener: FenceListener | None = None) -> None:
+        self._uows = uows
+        self._listener = listener
+
+    def ListGeofences(
+        self, request: geofences_pb2.ListGeofencesRequest, context: Any
+    ) -> geofences_pb2.ListGeofencesResponse:
+        fences = geofences.list_geofences(self._uows, request.time_clock_id)
+        return geofences_pb2.ListGeofencesResponse(
+            request_id=request_id_var.get(),
+            data=geofences_pb2.ListGeofencesResponse.Data(
+                geofences=[convert.geofence_to_proto(f) for f in fences]
+            ),
+        )
+
+    def CreateGeofences(
+        self, request: geofences_pb2.CreateGeofencesRequest, context: Any
+    ) -> geofences_pb2.CreateGeofencesResponse:
+        drafts = [convert.geofence_draft_from_proto(g) for g in request.geofences]
+        created = geofences.create_geofences(
+            self._uows, request.time_clock_id, drafts, self._listener
+        )
+        return geofences_pb2.CreateGeofencesResponse(
+            request_id=request_id_var.get(),
+            data=geofences_pb2.CreateGeofencesResponse.Data(
+                geofences=[geofences_pb2.CreatedGeofence(fence_id=f.id, name=f.name) for f in created]
+            ),
+        )
+
+    def GetGeofence(
+        self, request: geofences_pb2.GetGeofenceRequest, context: Any
+    ) -> geofences_pb2.GetGeofenceResponse:
+        fence = geofences.get_geofence(self._uows, request.time_clock_id, request.fence_id)
+        return geofences_pb2.GetGeofenceResponse(
+            request_id=request_id_var.get(),
+            data=geofences_pb2.GetGeofenceResponse.Data(geofence=convert.geofence_to_proto(fence)),
+        )
+
+    def DeleteGeofence(
+        self, request: geofences_pb2.DeleteGeofenceRequest, context: Any
+    ) -> geofences_pb2.DeleteGeofenceResponse:
+        geofences.delete_geofence(
+            self._uows, request.time_clock_id, request.fence_id, self._listener
+        )
+        return geofences_pb2.DeleteGeofenceResponse(
+            request_id=request_id_var.get(), data=common_pb2.EmptyData()
+        )

@@ -1,0 +1,63 @@
+"""Configuration from flags and environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def hash_key(key: str) -> bytes:
+    """SHA-256 of an API key; only these digests are kept in memory."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    api_key_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+    log_level: str = "INFO"
+    max_workers: int = 32
+    max_message_bytes: int = 32 * 1024 * 1024
+    grace_seconds: float = 10.0
+
+    @staticmethod
+    def from_env(
+        env: Mapping[str, str] | None = None, **overrides: str | int | float | None
+    ) -> Config:
+        """Read ``GEOPUNCH_*`` variables; keyword overrides (flags) win when not None."""
+        env = os.environ if env is None else env
+
+        def pick(name: str, var: str, default: str) -> str:
+            value = overrides.get(name)
+            return str(value) if value is not None else env.get(var, default)
+
+        keys = [k.strip() for k in pick("api_keys", "GEOPUNCH_API_KEYS", "").split(",")]
+        keys = [k for k in keys if k]
+        if not keys:
+            raise ValueError("no API key configured: set GEOPUNCH_API_KEYS or --api-keys")
+        if any(len(k) < 8 for k in keys):
+            raise ValueError("API keys must have at least 8 characters")
+        level = pick("log_level", "GEOPUNCH_LOG_LEVEL", "INFO").upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+        listen = pick("listen", "GEOPUNCH_LISTEN", DEFAULT_LISTEN)
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen address {listen!r} is not host:port")
+        workers = int(pick("max_workers", "GEOPUNCH_MAX_WORKERS", "32"))
+        if not 1 <= workers <= 1024:
+            raise ValueError("max workers must be within 1..1024")
+        return Config(
+            listen=listen,
+            database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+            api_key_hashes=tuple(hash_key(k) for k in keys),
+            log_level=level,
+            max_workers=workers,
+        )

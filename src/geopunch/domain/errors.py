@@ -1,0 +1,185 @@
+"""Error reasons, their status mapping, and the one exception the domain raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reasons, sent as ``google.rpc.ErrorInfo.reason``."""
+
+    # clocking
+    INVALID_TIMESTAMP_FUTURE = "INVALID_TIMESTAMP_FUTURE"
+    INVALID_TIMESTAMP_TOO_OLD = "INVALID_TIMESTAMP_TOO_OLD"
+    INVALID_TIMESTAMP_BEFORE_CLOCK_IN = "INVALID_TIMESTAMP_BEFORE_CLOCK_IN"
+    HAS_LOCKED_DAYS = "HAS_LOCKED_DAYS"
+    USER_NOT_ASSIGNED = "USER_NOT_ASSIGNED"
+    ALREADY_CLOCKED_IN = "ALREADY_CLOCKED_IN"
+    NO_OPEN_SHIFT = "NO_OPEN_SHIFT"
+    JOB_REQUIRED = "JOB_REQUIRED"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    OPEN_BREAK = "OPEN_BREAK"
+    OUTSIDE_GEOFENCE = "OUTSIDE_GEOFENCE"
+    LOCATION_REQUIRED = "LOCATION_REQUIRED"
+    OVERLAPS_COMPLETED_ACTIVITY = "OVERLAPS_COMPLETED_ACTIVITY"
+    INVALID_TIMEZONE = "INVALID_TIMEZONE"
+    INVALID_LOCATION = "INVALID_LOCATION"
+    SCHEDULER_SHIFT_NOT_FOUND = "SCHEDULER_SHIFT_NOT_FOUND"
+    TIME_CLOCK_NOT_FOUND = "TIME_CLOCK_NOT_FOUND"
+    # breaks
+    MANUAL_BREAKS_DISABLED = "MANUAL_BREAKS_DISABLED"
+    MANUAL_BREAK_NOT_FOUND = "MANUAL_BREAK_NOT_FOUND"
+    ALREADY_ON_BREAK = "ALREADY_ON_BREAK"
+    NO_OPEN_BREAK = "NO_OPEN_BREAK"
+    MANDATORY_BREAK_TOO_SHORT = "MANDATORY_BREAK_TOO_SHORT"
+    INVALID_TIMESTAMP_BEFORE_START = "INVALID_TIMESTAMP_BEFORE_START"
+    # geofences
+    GEOFENCE_NOT_FOUND = "GEOFENCE_NOT_FOUND"
+    INVALID_COORDINATES = "INVALID_COORDINATES"
+    INVALID_FENCE_SIZE = "INVALID_FENCE_SIZE"
+    INVALID_NAME = "INVALID_NAME"
+    TOO_MANY_JOB_IDS = "TOO_MANY_JOB_IDS"
+    TOO_MANY_GEOFENCES = "TOO_MANY_GEOFENCES"
+    JOBS_NOT_IN_TIME_CLOCK = "JOBS_NOT_IN_TIME_CLOCK"
+    JOB_IDS_REQUIRED = "JOB_IDS_REQUIRED"
+    INVALID_EXIT_ACTION = "INVALID_EXIT_ACTION"
+    # shifts
+    TITLE_OR_JOB_REQUIRED = "TITLE_OR_JOB_REQUIRED"
+    SHIFT_TOO_LONG = "SHIFT_TOO_LONG"
+    INVALID_TIME_RANGE = "INVALID_TIME_RANGE"
+    BREAKS_EXCEED_SHIFT = "BREAKS_EXCEED_SHIFT"
+    TIMESTAMP_NOT_SECONDS = "TIMESTAMP_NOT_SECONDS"
+    OPEN_SPOTS_NOT_OPEN_SHIFT = "OPEN_SPOTS_NOT_OPEN_SHIFT"
+    OPEN_SPOTS_LIMIT = "OPEN_SPOTS_LIMIT"
+    ASSIGNED_USERS_NOT_FOUND = "ASSIGNED_USERS_NOT_FOUND"
+    PUBLISHED_SHIFT_NEEDS_USER = "PUBLISHED_SHIFT_NEEDS_USER"
+    OPEN_SHIFT_HAS_USERS = "OPEN_SHIFT_HAS_USERS"
+    FEATURE_REQUIRED = "FEATURE_REQUIRED"
+    JOB_NOT_IN_SCHEDULER = "JOB_NOT_IN_SCHEDULER"
+    TOO_MANY_SHIFTS = "TOO_MANY_SHIFTS"
+    SCHEDULER_NOT_FOUND = "SCHEDULER_NOT_FOUND"
+    # common
+    BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    # names for what the spec leaves unnamed
+    TIME_CLOCK_ALREADY_EXISTS = "TIME_CLOCK_ALREADY_EXISTS"
+    JOB_IN_USE = "JOB_IN_USE"
+    API_KEY_INVALID = "API_KEY_INVALID"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+class StatusMapping(NamedTuple):
+    """Transport-neutral status of a reason: gRPC code name and HTTP status."""
+
+    grpc_code: str
+    http_status: int
+
+
+_BAD = StatusMapping("INVALID_ARGUMENT", 400)
+_PRECONDITION = StatusMapping("FAILED_PRECONDITION", 400)
+_NOT_FOUND = StatusMapping("NOT_FOUND", 404)
+
+#: Every ErrorCode mapped to its gRPC status code name and the spec's HTTP status.
+#: The spec answers every rule violation with 400, so a state that forbids a
+#: call is FAILED_PRECONDITION over gRPC but still 400 over HTTP.
+STATUS: dict[ErrorCode, StatusMapping] = {
+    ErrorCode.INVALID_TIMESTAMP_FUTURE: _BAD,
+    ErrorCode.INVALID_TIMESTAMP_TOO_OLD: _BAD,
+    ErrorCode.INVALID_TIMESTAMP_BEFORE_CLOCK_IN: _BAD,
+    ErrorCode.HAS_LOCKED_DAYS: _PRECONDITION,
+    ErrorCode.USER_NOT_ASSIGNED: _PRECONDITION,
+    ErrorCode.ALREADY_CLOCKED_IN: _PRECONDITION,
+    ErrorCode.NO_OPEN_SHIFT: _PRECONDITION,
+    ErrorCode.JOB_REQUIRED: _BAD,
+    ErrorCode.JOB_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.OPEN_BREAK: _PRECONDITION,
+    ErrorCode.OUTSIDE_GEOFENCE: _PRECONDITION,
+    ErrorCode.LOCATION_REQUIRED: _BAD,
+    ErrorCode.OVERLAPS_COMPLETED_ACTIVITY: _PRECONDITION,
+    ErrorCode.INVALID_TIMEZONE: _BAD,
+    ErrorCode.INVALID_LOCATION: _BAD,
+    ErrorCode.SCHEDULER_SHIFT_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.TIME_CLOCK_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.MANUAL_BREAKS_DISABLED: _PRECONDITION,
+    ErrorCode.MANUAL_BREAK_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.ALREADY_ON_BREAK: _PRECONDITION,
+    ErrorCode.NO_OPEN_BREAK: _PRECONDITION,
+    ErrorCode.MANDATORY_BREAK_TOO_SHORT: _PRECONDITION,
+    ErrorCode.INVALID_TIMESTAMP_BEFORE_START: _BAD,
+    ErrorCode.GEOFENCE_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.INVALID_COORDINATES: _BAD,
+    ErrorCode.INVALID_FENCE_SIZE: _BAD,
+    ErrorCode.INVALID_NAME: _BAD,
+    ErrorCode.TOO_MANY_JOB_IDS: _BAD,
+    ErrorCode.TOO_MANY_GEOFENCES: _BAD,
+    ErrorCode.JOBS_NOT_IN_TIME_CLOCK: _BAD,
+    ErrorCode.JOB_IDS_REQUIRED: _BAD,
+    ErrorCode.INVALID_EXIT_ACTION: _BAD,
+    ErrorCode.TITLE_OR_JOB_REQUIRED: _BAD,
+    ErrorCode.SHIFT_TOO_LONG: _BAD,
+    ErrorCode.INVALID_TIME_RANGE: _BAD,
+    ErrorCode.BREAKS_EXCEED_SHIFT: _BAD,
+    ErrorCode.TIMESTAMP_NOT_SECONDS: _BAD,
+    ErrorCode.OPEN_SPOTS_NOT_OPEN_SHIFT: _BAD,
+    ErrorCode.OPEN_SPOTS_LIMIT: _BAD,
+    ErrorCode.ASSIGNED_USERS_NOT_FOUND: _BAD,
+    ErrorCode.PUBLISHED_SHIFT_NEEDS_USER: _BAD,
+    ErrorCode.OPEN_SHIFT_HAS_USERS: _BAD,
+    ErrorCode.FEATURE_REQUIRED: _PRECONDITION,
+    ErrorCode.JOB_NOT_IN_SCHEDULER: _BAD,
+    ErrorCode.TOO_MANY_SHIFTS: _BAD,
+    ErrorCode.SCHEDULER_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.BATCH_TOO_LARGE: _BAD,
+    ErrorCode.INVALID_ARGUMENT: _BAD,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: _BAD,
+    ErrorCode.TIME_CLOCK_ALREADY_EXISTS: StatusMapping("ALREADY_EXISTS", 409),
+    ErrorCode.JOB_IN_USE: _PRECONDITION,
+    ErrorCode.API_KEY_INVALID: StatusMapping("UNAUTHENTICATED", 401),
+    ErrorCode.UNAVAILABLE: StatusMapping("UNAVAILABLE", 503),
+    ErrorCode.INTERNAL: StatusMapping("INTERNAL", 500),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field: a path such as ``geofences[7].fence_size``."""
+
+    field: str
+    description: str
+    reason: ErrorCode
+
+
+@dataclass(slots=True)
+class DomainError(Exception):
+    """A rule of the API rejected the call.
+
+    ``metadata`` values are strings with units in their keys
+    (``distanceMeters``, ``limitHours``), as ``ErrorInfo.metadata`` needs.
+    """
+
+    code: ErrorCode
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    violations: tuple[FieldViolation, ...] = ()
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    @classmethod
+    def from_violations(cls, violations: list[FieldViolation], what: str) -> DomainError:
+        """One error for many field problems; its reason is the first one's."""
+        first = violations[0]
+        if len(violations) == 1:
+            message = f"{first.field}: {first.description}"
+        else:
+            message = (
+                f"{len(violations)} problems in {what}; first: {first.field}: {first.description}"
+            )
+        return cls(first.reason, message, {}, tuple(violations))

@@ -1,0 +1,127 @@
+"""Domain values: time clocks and their settings, geofences, day statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class GeofencePolicy(StrEnum):
+    """How a time clock enforces locations on punches."""
+
+    OFF = "OFF"
+    REQUIRE_LOCATION = "REQUIRE_LOCATION"
+    REQUIRE_INSIDE = "REQUIRE_INSIDE"
+
+
+class ExitAction(StrEnum):
+    """What happens when a user leaves a geofence."""
+
+    NO_ACTION = "noAction"
+    SEND_NOTIFICATION = "sendNotification"
+    AUTO_CLOCK_OUT = "autoClockOut"
+
+
+class DayStatus(StrEnum):
+    OPEN = "OPEN"
+    LOCKED = "LOCKED"
+    APPROVED = "APPROVED"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job of a time clock; ``parent_id`` is set for a sub-job."""
+
+    id: str
+    name: str = ""
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ManualBreakType:
+    id: str
+    name: str
+    is_mandatory: bool = False
+    min_duration_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExitDetectionSettings:
+    """Thresholds of exit detection, in metres."""
+
+    high_accuracy_max_m: float = 10.0
+    buffer_high_accuracy_m: float = 50.0
+    low_accuracy_max_m: float = 300.0
+    buffer_low_accuracy_m: float = 100.0
+    buffer_unknown_accuracy_m: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeClock:
+    """A time clock with every setting the punch and geofence rules read.
+
+    ``jobs`` is flat: sub-jobs follow their parents and carry ``parent_id``.
+    """
+
+    id: int
+    name: str
+    timezone: str
+    job_enforcement: bool = False
+    jobs: tuple[Job, ...] = ()
+    user_ids: frozenset[int] = frozenset()
+    manual_breaks_enabled: bool = False
+    manual_break_types: tuple[ManualBreakType, ...] = ()
+    geofence_policy: GeofencePolicy = GeofencePolicy.OFF
+    accuracy_tolerance_m: float = 0.0
+    exit_detection: ExitDetectionSettings = field(default_factory=ExitDetectionSettings)
+
+    @property
+    def job_ids(self) -> frozenset[str]:
+        return frozenset(job.id for job in self.jobs)
+
+    def with_descendants(self, job_ids: Iterable[str]) -> frozenset[str]:
+        """The given jobs and every sub-job below them, at any depth."""
+        children: dict[str, list[str]] = {}
+        for job in self.jobs:
+            if job.parent_id is not None:
+                children.setdefault(job.parent_id, []).append(job.id)
+        found: set[str] = set()
+        stack = list(job_ids)
+        while stack:
+            job_id = stack.pop()
+            if job_id in found:
+                continue
+            found.add(job_id)
+            stack.extend(children.get(job_id, ()))
+        return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Geofence:
+    """A stored geofence circle: centre in WGS84 degrees, radius in metres."""
+
+    id: str
+    time_clock_id: int
+    name: str
+    is_enabled: bool
+    fence_size_m: int
+    job_ids: tuple[str, ...]
+    exit_action: ExitAction
+    address: str
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceDraft:
+    """A geofence as a caller sent it, before validation. ``None`` means omitted."""
+
+    name: str
+    address: str
+    latitude: float | None
+    longitude: float | None
+    is_enabled: bool | None = None
+    fence_size_m: int | None = None
+    job_ids: tuple[str, ...] = ()
+    exit_action: str = ""

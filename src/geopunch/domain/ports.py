@@ -1,0 +1,78 @@
+"""Ports: what the use cases need from storage and time, as Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from types import TracebackType
+from typing import Protocol, Self
+
+from geopunch.domain.models import DayStatus, Geofence, TimeClock
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+        ...
+
+
+class TimeClockRepository(Protocol):
+    def get(self, time_clock_id: int) -> TimeClock | None: ...
+
+    def add(self, tc: TimeClock) -> None:
+        """Insert; raise DomainError(TIME_CLOCK_ALREADY_EXISTS) when the id is taken."""
+        ...
+
+    def replace(self, tc: TimeClock) -> None: ...
+
+    def next_id(self) -> int: ...
+
+    def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]: ...
+
+    def set_day_status(
+        self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
+    ) -> None: ...
+
+
+class GeofenceRepository(Protocol):
+    def list_for(self, time_clock_id: int) -> list[Geofence]: ...
+
+    def list_all(self) -> list[Geofence]: ...
+
+    def get(self, time_clock_id: int, fence_id: str) -> Geofence | None: ...
+
+    def add_many(self, fences: Sequence[Geofence]) -> None: ...
+
+    def delete(self, time_clock_id: int, fence_id: str) -> bool: ...
+
+    def job_ids_in_use(self, time_clock_id: int) -> set[str]: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction; leaving the block without commit() rolls back."""
+
+    time_clocks: TimeClockRepository
+    geofences: GeofenceRepository
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...
+
+
+class FenceListener(Protocol):
+    """Told about committed geofence changes (the in-memory index listens)."""
+
+    def fences_changed(
+        self, time_clock_id: int, added: Sequence[Geofence], removed: Sequence[str]
+    ) -> None: ...

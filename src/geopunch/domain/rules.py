@@ -1,0 +1,284 @@
+"""Validation rules of time clock settings and geofences.
+
+Each validator collects every problem as a FieldViolation and raises one
+DomainError naming all of them, so a caller fixes a whole request at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zoneinfo
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
+
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
+from geopunch.domain.models import (
+    ExitAction,
+    ExitDetectionSettings,
+    Geofence,
+    GeofenceDraft,
+    TimeClock,
+)
+
+MAX_GEOFENCES_PER_REQUEST = 1000
+MIN_FENCE_SIZE_M = 75
+MAX_FENCE_SIZE_M = 1524
+DEFAULT_FENCE_SIZE_M = 150
+MAX_JOB_IDS_PER_FENCE = 100
+MAX_NAME_LENGTH = 255
+MAX_ADDRESS_LENGTH = 1000
+MAX_ID_LENGTH = 128
+MAX_ACCURACY_TOLERANCE_M = 10_000.0
+MAX_DATES_PER_CALL = 366
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def is_valid_timezone(name: str) -> bool:
+    """True for an IANA zone name known to this system's tz database."""
+    if not name or name != name.strip() or len(name) > 64:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def coordinate_problem(value: float | None, limit: float, what: str) -> str | None:
+    """Why a latitude (limit 90) or longitude (limit 180) is unusable, or None."""
+    if value is None:
+        return f"{what} is required"
+    if not math.isfinite(value):
+        return f"{what} must be a finite number, got {value}"
+    if not -limit <= value <= limit:
+        return f"{what} {value} is outside [-{limit:g}, {limit:g}]"
+    return None
+
+
+class _Collector:
+    """Accumulates FieldViolations under a path prefix."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def add(self, path: str, reason: ErrorCode, description: str) -> None:
+        self.violations.append(FieldViolation(path, description, reason))
+
+    def raise_if_any(self, what: str) -> None:
+        if self.violations:
+            raise DomainError.from_violations(self.violations, what)
+
+
+def _check_ids(
+    out: _Collector, ids: Iterable[tuple[str, str]], what: str, seen: set[str] | None = None
+) -> None:
+    seen = set() if seen is None else seen
+    for path, value in ids:
+        if not value or value != value.strip():
+            out.add(path, ErrorCode.INVALID_ARGUMENT, f"{what} id must be non-empty, no spaces")
+        elif len(value) > MAX_ID_LENGTH:
+            out.add(path, ErrorCode.INVALID_ARGUMENT, f"{what} id longer than {MAX_ID_LENGTH}")
+        elif value in seen:
+            out.add(path, ErrorCode.INVALID_ARGUMENT, f"{what} id {value!r} appears twice")
+        seen.add(value)
+
+
+def _check_name(out: _Collector, path: str, name: str, reason: ErrorCode) -> None:
+    if not name.strip():
+        out.add(path, reason, "name must have at least one non-blank character")
+    elif len(name) > MAX_NAME_LENGTH:
+        out.add(path, reason, f"name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+
+
+def validate_time_clock(tc: TimeClock, job_paths: Sequence[str], prefix: str = "time_clock") -> None:
+    """Raise DomainError unless every setting of ``tc`` is usable.
+
+    ``job_paths`` gives the request path of each entry of ``tc.jobs`` (jobs are
+    nested in requests but flat in the model).
+    """
+    out = _Collector()
+    if tc.id <= 0:
+        out.add(f"{prefix}.id", ErrorCode.INVALID_ARGUMENT, "id must be a positive integer")
+    _check_name(out, f"{prefix}.name", tc.name, ErrorCode.INVALID_ARGUMENT)
+    if not is_valid_timezone(tc.timezone):
+        out.add(
+            f"{prefix}.timezone",
+            ErrorCode.INVALID_TIMEZONE,
+            f"{tc.timezone!r} is not an IANA time zone name such as 'America/New_York'",
+        )
+    _check_ids(out, ((f"{p}.id", j.id) for p, j in zip(job_paths, tc.jobs, strict=True)), "job")
+    if tc.job_enforcement and not tc.jobs:
+        out.add(f"{prefix}.jobs", ErrorCode.INVALID_ARGUMENT, "job enforcement needs jobs")
+    seen_users: set[int] = set()
+    for i, user_id in enumerate(sorted(tc.user_ids)):
+        if user_id <= 0:
+            out.add(f"{prefix}.user_ids[{i}]", ErrorCode.INVALID_ARGUMENT, "user ids are positive")
+        seen_users.add(user_id)
+    bt_prefix = f"{prefix}.manual_break_types"
+    _check_ids(
+        out, ((f"{bt_prefix}[{i}].id", b.id) for i, b in enumerate(tc.manual_break_types)), "break"
+    )
+    for i, bt in enumerate(tc.manual_break_types):
+        _check_name(out, f"{bt_prefix}[{i}].name", bt.name, ErrorCode.INVALID_ARGUMENT)
+        if bt.min_duration_s < 0 or bt.min_duration_s > 24 * 3600:
+            out.add(
+                f"{bt_prefix}[{i}].min_duration_seconds",
+                ErrorCode.INVALID_ARGUMENT,
+                "minimum duration must be within 0..86400 seconds",
+            )
+        elif bt.is_mandatory and bt.min_duration_s == 0:
+            out.add(
+                f"{bt_prefix}[{i}].min_duration_seconds",
+                ErrorCode.INVALID_ARGUMENT,
+                "a mandatory break needs a minimum duration above 0 seconds",
+            )
+    tol = tc.accuracy_tolerance_m
+    if not (math.isfinite(tol) and 0 <= tol <= MAX_ACCURACY_TOLERANCE_M):
+        out.add(
+            f"{prefix}.accuracy_tolerance_m",
+            ErrorCode.INVALID_ARGUMENT,
+            f"accuracy tolerance must be within 0..{MAX_ACCURACY_TOLERANCE_M:g} metres",
+        )
+    _check_exit_settings(out, tc.exit_detection, f"{prefix}.exit_detection")
+    out.raise_if_any("the time clock settings")
+
+
+def _check_exit_settings(out: _Collector, s: ExitDetectionSettings, prefix: str) -> None:
+    for name in (
+        "high_accuracy_max_m",
+        "buffer_high_accuracy_m",
+        "low_accuracy_max_m",
+        "buffer_low_accuracy_m",
+        "buffer_unknown_accuracy_m",
+    ):
+        value = getattr(s, name)
+        if not (math.isfinite(value) and 0 <= value <= MAX_ACCURACY_TOLERANCE_M):
+            out.add(
+                f"{prefix}.{name}",
+                ErrorCode.INVALID_ARGUMENT,
+                f"must be within 0..{MAX_ACCURACY_TOLERANCE_M:g} metres, got {value}",
+            )
+    if s.high_accuracy_max_m > s.low_accuracy_max_m:
+        out.add(
+            f"{prefix}.high_accuracy_max_m",
+            ErrorCode.INVALID_ARGUMENT,
+            "high_accuracy_max_m must not exceed low_accuracy_max_m",
+        )
+
+
+def parse_dates(values: Sequence[str], prefix: str = "dates") -> list[date]:
+    """Parse "YYYY-MM-DD" strings, naming every bad one."""
+    out = _Collector()
+    if not values:
+        out.add(prefix, ErrorCode.INVALID_ARGUMENT, "at least one date is required")
+    if len(values) > MAX_DATES_PER_CALL:
+        out.add(prefix, ErrorCode.BATCH_TOO_LARGE, f"at most {MAX_DATES_PER_CALL} dates per call")
+    days: list[date] = []
+    for i, text in enumerate(values):
+        try:
+            if not _DATE_RE.match(text):
+                raise ValueError(text)
+            days.append(date.fromisoformat(text))
+        except ValueError:
+            out.add(f"{prefix}[{i}]", ErrorCode.INVALID_ARGUMENT, f"{text!r} is not a YYYY-MM-DD date")
+    out.raise_if_any("the dates")
+    return days
+
+
+def validate_geofences(
+    drafts: Sequence[GeofenceDraft],
+    tc: TimeClock,
+    new_id: Callable[[], str],
+    prefix: str = "geofences",
+) -> list[Geofence]:
+    """Check drafts against the rules and the time clock; return stored-form fences.
+
+    Raises a DomainError naming every invalid field when any draft is invalid.
+    """
+    out = _Collector()
+    if not drafts:
+        out.add(prefix, ErrorCode.INVALID_ARGUMENT, "at least one geofence is required")
+    if len(drafts) > MAX_GEOFENCES_PER_REQUEST:
+        out.add(
+            prefix,
+            ErrorCode.TOO_MANY_GEOFENCES,
+            f"{len(drafts)} geofences sent; the limit is {MAX_GEOFENCES_PER_REQUEST} per request",
+        )
+        out.raise_if_any("the geofences")
+    known_jobs = tc.job_ids
+    actions = {a.value: a for a in ExitAction}
+    fences: list[Geofence] = []
+    for i, d in enumerate(drafts):
+        path = f"{prefix}[{i}]"
+        _check_name(out, f"{path}.name", d.name, ErrorCode.INVALID_NAME)
+        if not d.address.strip():
+            out.add(f"{path}.location.address", ErrorCode.INVALID_LOCATION, "address is required")
+        elif len(d.address) > MAX_ADDRESS_LENGTH:
+            out.add(
+                f"{path}.location.address",
+                ErrorCode.INVALID_LOCATION,
+                f"address longer than {MAX_ADDRESS_LENGTH} characters",
+            )
+        for value, limit, field_name in (
+            (d.latitude, 90.0, "latitude"),
+            (d.longitude, 180.0, "longitude"),
+        ):
+            problem = coordinate_problem(value, limit, field_name)
+            if problem:
+                out.add(f"{path}.location.{field_name}", ErrorCode.INVALID_COORDINATES, problem)
+        size = DEFAULT_FENCE_SIZE_M if d.fence_size_m is None else d.fence_size_m
+        if not MIN_FENCE_SIZE_M <= size <= MAX_FENCE_SIZE_M:
+            out.add(
+                f"{path}.fence_size",
+                ErrorCode.INVALID_FENCE_SIZE,
+                f"fence size {size} m is outside {MIN_FENCE_SIZE_M}..{MAX_FENCE_SIZE_M} m",
+            )
+        if len(d.job_ids) > MAX_JOB_IDS_PER_FENCE:
+            out.add(
+                f"{path}.job_ids",
+                ErrorCode.TOO_MANY_JOB_IDS,
+                f"{len(d.job_ids)} job ids; the limit is {MAX_JOB_IDS_PER_FENCE}",
+            )
+        else:
+            unknown = sorted({j for j in d.job_ids if j not in known_jobs})
+            if unknown:
+                out.add(
+                    f"{path}.job_ids",
+                    ErrorCode.JOBS_NOT_IN_TIME_CLOCK,
+                    f"jobs {unknown} are not jobs of time clock {tc.id}",
+                )
+            if len(set(d.job_ids)) != len(d.job_ids):
+                out.add(f"{path}.job_ids", ErrorCode.INVALID_ARGUMENT, "a job id appears twice")
+        if tc.job_enforcement and not d.job_ids:
+            out.add(
+                f"{path}.job_ids",
+                ErrorCode.JOB_IDS_REQUIRED,
+                f"time clock {tc.id} enforces jobs, so every geofence needs job ids",
+            )
+        action = actions.get(d.exit_action or ExitAction.NO_ACTION.value)
+        if action is None:
+            out.add(
+                f"{path}.on_geofence_exit_action",
+                ErrorCode.INVALID_EXIT_ACTION,
+                f"{d.exit_action!r} is not one of {sorted(actions)}",
+            )
+        if out.violations or action is None or d.latitude is None or d.longitude is None:
+            continue
+        fences.append(
+            Geofence(
+                id=new_id(),
+                time_clock_id=tc.id,
+                name=d.name,
+                is_enabled=True if d.is_enabled is None else d.is_enabled,
+                fence_size_m=size,
+                job_ids=d.job_ids,
+                exit_action=action,
+                address=d.address,
+                latitude=float(d.latitude),
+                longitude=float(d.longitude),
+            )
+        )
+    out.raise_if_any("the geofences")
+    return fences

@@ -1,0 +1,1 @@
+"""Vectorized fence engine: local metric frames, the index, batch membership."""

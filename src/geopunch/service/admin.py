@@ -1,0 +1,97 @@
+"""Time clock set-up use cases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import DayStatus, TimeClock
+from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.rules import parse_dates, validate_time_clock
+
+
+def get_time_clock(uow: UnitOfWork, time_clock_id: int) -> TimeClock:
+    """The time clock, or DomainError(TIME_CLOCK_NOT_FOUND)."""
+    tc = uow.time_clocks.get(time_clock_id)
+    if tc is None:
+        raise DomainError(
+            ErrorCode.TIME_CLOCK_NOT_FOUND,
+            f"time clock {time_clock_id} does not exist",
+            {"timeClockId": str(time_clock_id)},
+        )
+    return tc
+
+
+def create_time_clock(
+    uows: UnitOfWorkFactory, tc: TimeClock, job_paths: Sequence[str], *, assign_id: bool
+) -> TimeClock:
+    """Validate and store a new time clock; with ``assign_id`` the store picks its id."""
+    with uows() as uow:
+        if assign_id:
+            tc = replace(tc, id=uow.time_clocks.next_id())
+        validate_time_clock(tc, job_paths)
+        uow.time_clocks.add(tc)
+        uow.commit()
+    return tc
+
+
+def update_time_clock(uows: UnitOfWorkFactory, tc: TimeClock, job_paths: Sequence[str]) -> TimeClock:
+    """Replace every setting of an existing time clock.
+
+    A job that a geofence still names cannot be removed (JOB_IN_USE).
+    """
+    validate_time_clock(tc, job_paths)
+    with uows() as uow:
+        get_time_clock(uow, tc.id)
+        missing = sorted(uow.geofences.job_ids_in_use(tc.id) - tc.job_ids)
+        if missing:
+            raise DomainError(
+                ErrorCode.JOB_IN_USE,
+                f"jobs {missing} are named by geofences of time clock {tc.id}; "
+                "delete or change those geofences first",
+            )
+        uow.time_clocks.replace(tc)
+        uow.commit()
+    return tc
+
+
+def read_time_clock(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock:
+    with uows(readonly=True) as uow:
+        return get_time_clock(uow, time_clock_id)
+
+
+def set_day_status(
+    uows: UnitOfWorkFactory,
+    time_clock_id: int,
+    user_id: int,
+    dates: Sequence[str],
+    status: DayStatus,
+) -> dict[date, DayStatus]:
+    """Lock, approve or reopen days of a user; returns the user's closed days."""
+    days = parse_dates(dates)
+    with uows() as uow:
+        tc = get_time_clock(uow, time_clock_id)
+        _require_user(tc, user_id)
+        uow.time_clocks.set_day_status(time_clock_id, user_id, days, status)
+        result = uow.time_clocks.day_statuses(time_clock_id, user_id)
+        uow.commit()
+    return result
+
+
+def list_day_statuses(
+    uows: UnitOfWorkFactory, time_clock_id: int, user_id: int
+) -> dict[date, DayStatus]:
+    with uows(readonly=True) as uow:
+        get_time_clock(uow, time_clock_id)
+        return uow.time_clocks.day_statuses(time_clock_id, user_id)
+
+
+def _require_user(tc: TimeClock, user_id: int) -> None:
+    if user_id not in tc.user_ids:
+        raise DomainError(
+            ErrorCode.USER_NOT_ASSIGNED,
+            f"user {user_id} is not assigned to time clock {tc.id}",
+            {"userId": str(user_id), "timeClockId": str(tc.id)},
+        )

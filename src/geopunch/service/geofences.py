@@ -1,0 +1,78 @@
+"""Geofence use cases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import Geofence, GeofenceDraft
+from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
+from geopunch.domain.rules import MAX_GEOFENCES_PER_REQUEST, validate_geofences
+from geopunch.service.admin import get_time_clock
+
+
+def new_fence_id() -> str:
+    return f"fence-{uuid.uuid4().hex}"
+
+
+def list_geofences(uows: UnitOfWorkFactory, time_clock_id: int) -> list[Geofence]:
+    with uows(readonly=True) as uow:
+        get_time_clock(uow, time_clock_id)
+        return uow.geofences.list_for(time_clock_id)
+
+
+def get_geofence(uows: UnitOfWorkFactory, time_clock_id: int, fence_id: str) -> Geofence:
+    with uows(readonly=True) as uow:
+        get_time_clock(uow, time_clock_id)
+        fence = uow.geofences.get(time_clock_id, fence_id)
+    if fence is None:
+        raise _not_found(time_clock_id, fence_id)
+    return fence
+
+
+def create_geofences(
+    uows: UnitOfWorkFactory,
+    time_clock_id: int,
+    drafts: Sequence[GeofenceDraft],
+    listener: FenceListener | None = None,
+) -> list[Geofence]:
+    """Validate and store all drafts in one transaction, or none of them."""
+    if len(drafts) > MAX_GEOFENCES_PER_REQUEST:
+        # Reject before touching the store: the size alone decides.
+        raise DomainError(
+            ErrorCode.TOO_MANY_GEOFENCES,
+            f"{len(drafts)} geofences sent; the limit is {MAX_GEOFENCES_PER_REQUEST} per request",
+            {"limit": str(MAX_GEOFENCES_PER_REQUEST)},
+        )
+    with uows() as uow:
+        tc = get_time_clock(uow, time_clock_id)
+        fences = validate_geofences(drafts, tc, new_fence_id)
+        uow.geofences.add_many(fences)
+        uow.commit()
+    if listener is not None:
+        listener.fences_changed(time_clock_id, fences, ())
+    return fences
+
+
+def delete_geofence(
+    uows: UnitOfWorkFactory,
+    time_clock_id: int,
+    fence_id: str,
+    listener: FenceListener | None = None,
+) -> None:
+    with uows() as uow:
+        get_time_clock(uow, time_clock_id)
+        if not uow.geofences.delete(time_clock_id, fence_id):
+            raise _not_found(time_clock_id, fence_id)
+        uow.commit()
+    if listener is not None:
+        listener.fences_changed(time_clock_id, (), (fence_id,))
+
+
+def _not_found(time_clock_id: int, fence_id: str) -> DomainError:
+    return DomainError(
+        ErrorCode.GEOFENCE_NOT_FOUND,
+        f"geofence {fence_id!r} does not exist on time clock {time_clock_id}",
+        {"fenceId": fence_id, "timeClockId": str(time_clock_id)},
+    )

@@ -1,0 +1,155 @@
+"""Shared fixtures: a real server process, stubs with the API key, a clean store."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from geopunch.v1 import admin_pb2, admin_pb2_grpc, geofences_pb2_grpc
+
+API_KEY = "test-key-0123456789"
+_ids = itertools.count(1000)
+
+
+def next_time_clock_id() -> int:
+    """A time clock id no other test in this run uses."""
+    return next(_ids) * 1000 + os.getpid() % 1000
+
+
+@dataclass
+class ServerProcess:
+    """A ``python -m geopunch serve`` child process on a free port."""
+
+    db_url: str
+    env_extra: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    address: str = ""
+    log_path: Path | None = None
+
+    def start(self, log_dir: Path, timeout: float = 30.0) -> None:
+        env = {
+            **os.environ,
+            "GEOPUNCH_API_KEYS": f"{API_KEY},second-key-abcdef",
+            "GEOPUNCH_DATABASE_URL": self.db_url,
+            "GEOPUNCH_LISTEN": "127.0.0.1:0",
+            "GEOPUNCH_LOG_LEVEL": "INFO",
+            **self.env_extra,
+        }
+        self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "geopunch", "serve"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = self.proc.stdout.readline()
+        self.proc.stdout.close()
+        if not line.startswith("geopunch serving on "):
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"server did not start: {line!r}\n{self.log_path.read_text()}")
+        self.address = line.split()[-1]
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server never became SERVING")
+                time.sleep(0.05)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
+class Client:
+    """Generated stubs on one channel, sending the API key on every call."""
+
+    def __init__(self, address: str, api_key: str | None = API_KEY) -> None:
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self.metadata = (("x-api-key", api_key),) if api_key else ()
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.geofences = geofences_pb2_grpc.GeofenceServiceStub(self.channel)
+
+    def __call__(self, method: Any, request: Any, timeout: float = 30) -> Any:
+        return method(request, metadata=self.metadata, timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("server")
+    srv = ServerProcess(db_url=f"sqlite:///{tmp / 'geopunch.db'}")
+    srv.start(tmp)
+    yield srv
+    srv.terminate()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> Iterator[Client]:
+    c = Client(server.address)
+    yield c
+    c.close()
+
+
+def make_time_clock(client: Client, **fields: Any) -> admin_pb2.TimeClock:
+    """Create a time clock with a fresh id and the spec's sample users and jobs."""
+    tc = admin_pb2.TimeClock(
+        id=next_time_clock_id(),
+        name="Main clock",
+        timezone="America/New_York",
+        user_ids=[9170357, 9170358],
+        jobs=[
+            admin_pb2.Job(id="job-123", name="Front desk"),
+            admin_pb2.Job(id="job-456", name="Warehouse"),
+            admin_pb2.Job(
+                id="job-construction-001",
+                name="Construction",
+                sub_jobs=[admin_pb2.Job(id="job-construction-001-a", name="Framing")],
+            ),
+        ],
+    )
+    for key, value in fields.items():
+        if isinstance(value, list):
+            del getattr(tc, key)[:]
+            getattr(tc, key).extend(value)
+        else:
+            setattr(tc, key, value)
+    return client(client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)).data
