@@ -30,7 +30,7 @@ DEV_API_KEY = "geopunch-dev-key"
 
 
 def setup() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script may run on an old python3
         sys.exit("geopunch needs Python 3.11 or newer")
     if not PY.exists():
         print("creating .venv ...", flush=True)

@@ -19,7 +19,9 @@ PROTO_ROOT = ROOT / "protos"
 def generate(out_root: Path) -> list[Path]:
     from grpc_tools import protoc  # dev dependency, imported lazily
 
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "geopunch/v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "geopunch/v1").glob("*.proto")
+    )
     out_root.mkdir(parents=True, exist_ok=True)
     plugin = shutil.which("protoc-gen-mypy", path=str(Path(sys.executable).parent))
     args = [
@@ -40,7 +42,9 @@ def generate(out_root: Path) -> list[Path]:
         raise SystemExit(f"protoc failed with exit code {rc}")
     pkg = out_root / "geopunch" / "v1"
     init = pkg / "__init__.py"
-    init.write_text('"""Generated protobuf and gRPC code; regenerate with scripts/gen_protos.py."""\n')
+    init.write_text(
+        '"""Generated protobuf and gRPC code; regenerate with scripts/gen_protos.py."""\n'
+    )
     return sorted(p for p in pkg.iterdir() if p.is_file())
 
 

@@ -152,4 +152,6 @@ def make_time_clock(client: Client, **fields: Any) -> admin_pb2.TimeClock:
             getattr(tc, key).extend(value)
         else:
             setattr(tc, key, value)
-    return client(client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)).data
+    return client(
+        client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)
+    ).data

@@ -57,8 +57,20 @@ BULK = {
             "onGeofenceExitAction": "sendNotification",
         }
         for site in (
-            {"name": "Site A", "address": "123 A St", "lat": 40.7128, "lng": -74.0060, "radius": 200},
-            {"name": "Site B", "address": "456 B Ave", "lat": 40.7145, "lng": -74.0055, "radius": 150},
+            {
+                "name": "Site A",
+                "address": "123 A St",
+                "lat": 40.7128,
+                "lng": -74.0060,
+                "radius": 200,
+            },
+            {
+                "name": "Site B",
+                "address": "456 B Ave",
+                "lat": 40.7145,
+                "lng": -74.0055,
+                "radius": 150,
+            },
         )
     ]
 }
@@ -93,7 +105,9 @@ LISTED = {
 
 
 def create(client: Client, tc_id: int, body: dict[str, Any]) -> dict[str, Any]:
-    req = json_format.ParseDict({**body, "timeClockId": tc_id}, geofences_pb2.CreateGeofencesRequest())
+    req = json_format.ParseDict(
+        {**body, "timeClockId": tc_id}, geofences_pb2.CreateGeofencesRequest()
+    )
     return json_format.MessageToDict(client(client.geofences.CreateGeofences, req))
 
 
@@ -106,8 +120,12 @@ def fence(**overrides: Any) -> dict[str, Any]:
     return base
 
 
-@pytest.mark.parametrize("body", [SINGLE, WITH_JOB, BULK, LISTED], ids=["single", "job", "bulk", "listed"])
-def test_every_spec_create_body_succeeds_with_the_spec_shape(client: Client, body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "body", [SINGLE, WITH_JOB, BULK, LISTED], ids=["single", "job", "bulk", "listed"]
+)
+def test_every_spec_create_body_succeeds_with_the_spec_shape(
+    client: Client, body: dict[str, Any]
+) -> None:
     tc = make_time_clock(client)
     out = create(client, tc.id, body)
     assert set(out) == {"requestId", "data"}
@@ -128,7 +146,15 @@ def test_list_returns_the_spec_shape_and_defaults(client: Client) -> None:
     fences = out["data"]["geofences"]
     assert [f["name"] for f in fences] == ["Main Office", "Warehouse", "Defaults"]
     for got, sent in zip(fences, LISTED["geofences"], strict=False):
-        assert set(got) == {"id", "name", "isEnabled", "fenceSize", "jobIds", "onGeofenceExitAction", "location"}
+        assert set(got) == {
+            "id",
+            "name",
+            "isEnabled",
+            "fenceSize",
+            "jobIds",
+            "onGeofenceExitAction",
+            "location",
+        }
         assert got["jobIds"] == sent["jobIds"]
         assert got["fenceSize"] == sent["fenceSize"]
         assert got["onGeofenceExitAction"] == sent["onGeofenceExitAction"]
@@ -244,8 +270,18 @@ BAD_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "INVALID_COORDINATES",
         "geofences[1].location.longitude",
     ),
-    ("unknown job", fence(jobIds=["job-invalid"]), "JOBS_NOT_IN_TIME_CLOCK", "geofences[1].job_ids"),
-    ("duplicate job", fence(jobIds=["job-123", "job-123"]), "INVALID_ARGUMENT", "geofences[1].job_ids"),
+    (
+        "unknown job",
+        fence(jobIds=["job-invalid"]),
+        "JOBS_NOT_IN_TIME_CLOCK",
+        "geofences[1].job_ids",
+    ),
+    (
+        "duplicate job",
+        fence(jobIds=["job-123", "job-123"]),
+        "INVALID_ARGUMENT",
+        "geofences[1].job_ids",
+    ),
     (
         "101 jobs",
         fence(jobIds=[f"job-{i}" for i in range(101)]),
@@ -347,8 +383,18 @@ def test_huge_messages_are_refused_cleanly(client: Client) -> None:
 def test_numbers_and_numeric_strings_parse_the_same() -> None:
     as_text = json_format.ParseDict(SINGLE, geofences_pb2.CreateGeofencesRequest())
     as_numbers = json_format.ParseDict(
-        {"geofences": [{**SINGLE["geofences"][0], "location": {
-            "address": "789 Business Park, Chicago, IL 60601", "latitude": 41.8781, "longitude": -87.6298}}]},
+        {
+            "geofences": [
+                {
+                    **SINGLE["geofences"][0],
+                    "location": {
+                        "address": "789 Business Park, Chicago, IL 60601",
+                        "latitude": 41.8781,
+                        "longitude": -87.6298,
+                    },
+                }
+            ]
+        },
         geofences_pb2.CreateGeofencesRequest(),
     )
     assert as_text == as_numbers
@@ -366,7 +412,9 @@ def test_job_named_by_a_fence_cannot_be_removed(client: Client) -> None:
     changed.CopyFrom(tc)
     del changed.jobs[2]
     expect_error(
-        lambda: client(client.admin.UpdateTimeClock, admin_pb2.UpdateTimeClockRequest(time_clock=changed)),
+        lambda: client(
+            client.admin.UpdateTimeClock, admin_pb2.UpdateTimeClockRequest(time_clock=changed)
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
         "JOB_IN_USE",
     )

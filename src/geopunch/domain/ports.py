@@ -51,8 +51,11 @@ class GeofenceRepository(Protocol):
 class UnitOfWork(Protocol):
     """One transaction; leaving the block without commit() rolls back."""
 
-    time_clocks: TimeClockRepository
-    geofences: GeofenceRepository
+    @property
+    def time_clocks(self) -> TimeClockRepository: ...
+
+    @property
+    def geofences(self) -> GeofenceRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -92,7 +92,9 @@ def _check_name(out: _Collector, path: str, name: str, reason: ErrorCode) -> Non
         out.add(path, reason, f"name is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
 
 
-def validate_time_clock(tc: TimeClock, job_paths: Sequence[str], prefix: str = "time_clock") -> None:
+def validate_time_clock(
+    tc: TimeClock, job_paths: Sequence[str], prefix: str = "time_clock"
+) -> None:
     """Raise DomainError unless every setting of ``tc`` is usable.
 
     ``job_paths`` gives the request path of each entry of ``tc.jobs`` (jobs are
@@ -182,7 +184,9 @@ def parse_dates(values: Sequence[str], prefix: str = "dates") -> list[date]:
                 raise ValueError(text)
             days.append(date.fromisoformat(text))
         except ValueError:
-            out.add(f"{prefix}[{i}]", ErrorCode.INVALID_ARGUMENT, f"{text!r} is not a YYYY-MM-DD date")
+            out.add(
+                f"{prefix}[{i}]", ErrorCode.INVALID_ARGUMENT, f"{text!r} is not a YYYY-MM-DD date"
+            )
     out.raise_if_any("the dates")
     return days
 

@@ -37,7 +37,9 @@ def create_time_clock(
     return tc
 
 
-def update_time_clock(uows: UnitOfWorkFactory, tc: TimeClock, job_paths: Sequence[str]) -> TimeClock:
+def update_time_clock(
+    uows: UnitOfWorkFactory, tc: TimeClock, job_paths: Sequence[str]
+) -> TimeClock:
     """Replace every setting of an existing time clock.
 
     A job that a geofence still names cannot be removed (JOB_IN_USE).

@@ -181,9 +181,7 @@ class SqlTimeClockRepository:
     def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]:
         rows = self._conn.execute(
             select(day_statuses.c.day, day_statuses.c.status)
-            .where(
-                day_statuses.c.time_clock_id == time_clock_id, day_statuses.c.user_id == user_id
-            )
+            .where(day_statuses.c.time_clock_id == time_clock_id, day_statuses.c.user_id == user_id)
             .order_by(day_statuses.c.day)
         ).all()
         return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}

@@ -91,6 +91,9 @@ def head_revision() -> str:
 class SqlUnitOfWork:
     """One database transaction holding the repositories that share it."""
 
+    time_clocks: SqlTimeClockRepository
+    geofences: SqlGeofenceRepository
+
     def __init__(self, engine: Engine, *, readonly: bool = False) -> None:
         self._engine = engine
         self._readonly = readonly

@@ -92,7 +92,9 @@ geofences = Table(
 geofence_jobs = Table(
     "geofence_jobs",
     metadata,
-    Column("fence_id", String(64), ForeignKey("geofences.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "fence_id", String(64), ForeignKey("geofences.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("job_id", String(128), primary_key=True),
     Column("time_clock_id", BigInteger, nullable=False),
     Column("position", Integer, nullable=False),

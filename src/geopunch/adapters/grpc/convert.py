@@ -158,7 +158,5 @@ def geofence_to_proto(f: Geofence) -> geofences_pb2.Geofence:
         fence_size=f.fence_size_m,
         job_ids=f.job_ids,
         on_geofence_exit_action=f.exit_action.value,
-        location=common_pb2.Location(
-            address=f.address, latitude=f.latitude, longitude=f.longitude
-        ),
+        location=common_pb2.Location(address=f.address, latitude=f.latitude, longitude=f.longitude),
     )

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -23,7 +23,13 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 API_KEY_HEADER = "x-api-key"
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+
+class ServiceInterceptor(_Interceptor):
     """Authenticates, tags each call with a request id, logs it, and maps errors.
 
     A DomainError becomes its status with ErrorInfo/BadRequest details; any other
@@ -46,9 +52,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None:
             return None
@@ -91,7 +97,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
     def _log(self, method: str, start: float, context: grpc.ServicerContext) -> None:
-        code = context.code() or grpc.StatusCode.OK
+        code = context.code() or grpc.StatusCode.OK  # type: ignore[attr-defined]
         log.info(
             "rpc",
             extra={
@@ -142,5 +148,5 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 def _aborted(context: grpc.ServicerContext) -> bool:
     """True once abort() ran: its exception must reach grpc untouched."""
-    code = context.code()
+    code = context.code()  # type: ignore[attr-defined]
     return code is not None and code != grpc.StatusCode.OK

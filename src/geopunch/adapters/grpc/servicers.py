@@ -102,7 +102,9 @@ class GeofenceServicer(geofences_pb2_grpc.GeofenceServiceServicer):
         return geofences_pb2.CreateGeofencesResponse(
             request_id=request_id_var.get(),
             data=geofences_pb2.CreateGeofencesResponse.Data(
-                geofences=[geofences_pb2.CreatedGeofence(fence_id=f.id, name=f.name) for f in created]
+                geofences=[
+                    geofences_pb2.CreatedGeofence(fence_id=f.id, name=f.name) for f in created
+                ]
             ),
         )
 

@@ -1,0 +1,194 @@
+"""Server behaviour: auth, health, reflection, request ids, shutdown, durability."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from geopunch.v1 import admin_pb2, geofences_pb2
+from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
+from tests.helpers import expect_error
+
+
+def list_req(tc_id: int = 1) -> geofences_pb2.ListGeofencesRequest:
+    return geofences_pb2.ListGeofencesRequest(time_clock_id=tc_id)
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key-123456", API_KEY + "x", ""])
+def test_calls_without_a_valid_key_are_unauthenticated(
+    server: ServerProcess, key: str | None
+) -> None:
+    c = Client(server.address, api_key=key)
+    try:
+        expect_error(
+            lambda: c(c.geofences.ListGeofences, list_req()),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "API_KEY_INVALID",
+        )
+    finally:
+        c.close()
+
+
+def test_every_configured_key_works(server: ServerProcess) -> None:
+    c = Client(server.address, api_key="second-key-abcdef")
+    try:
+        tc = make_time_clock(c)
+        assert c(c.geofences.ListGeofences, list_req(tc.id)).request_id
+    finally:
+        c.close()
+
+
+def test_health_and_reflection_need_no_key(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "geopunch.v1.GeofenceService", "geopunch.v1.AdminService"):
+            resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = list(
+            refl.ServerReflectionInfo(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(list_services=""),
+                        reflection_pb2.ServerReflectionRequest(
+                            file_containing_symbol="geopunch.v1.GeofenceService"
+                        ),
+                    ]
+                ),
+                timeout=5,
+            )
+        )
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert {
+            "geopunch.v1.GeofenceService",
+            "geopunch.v1.AdminService",
+            "grpc.health.v1.Health",
+        } <= names
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in answers[1].file_descriptor_response.file_descriptor_proto
+        ]
+        assert "geopunch/v1/geofences.proto" in {f.name for f in files}
+
+
+def test_request_id_in_response_metadata_and_log(server: ServerProcess, client: Client) -> None:
+    tc = make_time_clock(client)
+    resp, call = client.geofences.ListGeofences.with_call(list_req(tc.id), metadata=client.metadata)
+    sent = dict(call.initial_metadata())["x-request-id"]
+    assert resp.request_id == sent
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+        mine = [e for e in entries if e.get("request_id") == sent]
+        if mine:
+            assert mine[0]["method"] == "/geopunch.v1.GeofenceService/ListGeofences"
+            assert mine[0]["code"] == "OK"
+            return
+        time.sleep(0.05)
+    raise AssertionError("no log line carries the request id")
+
+
+def _tc_with_fences(client: Client, n: int) -> tuple[int, list[str]]:
+    tc = make_time_clock(client)
+    req = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc.id)
+    for i in range(n):
+        g = req.geofences.add(name=f"g{i}", fence_size=100)
+        g.location.address = "somewhere"
+        g.location.latitude = 10 + i * 1e-3
+        g.location.longitude = 20
+    created = client(client.geofences.CreateGeofences, req)
+    return tc.id, [g.fence_id for g in created.data.geofences]
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    srv = ServerProcess(db_url=f"sqlite:///{tmp_path / 'kill.db'}")
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    acknowledged = [_tc_with_fences(c, 50) for _ in range(5)]
+    c.close()
+    srv.kill()
+    assert srv.proc is not None and srv.proc.returncode == -signal.SIGKILL
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        for tc_id, ids in acknowledged:
+            listed = c(c.geofences.ListGeofences, list_req(tc_id))
+            assert [g.id for g in listed.data.geofences] == ids
+    finally:
+        c.close()
+        srv.terminate()
+
+
+def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:
+    srv = ServerProcess(db_url=f"sqlite:///{tmp_path / 'term.db'}")
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    tc = make_time_clock(c)
+    big = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc.id)
+    for i in range(1000):
+        g = big.geofences.add(name=f"g{i}")
+        g.location.address = "a"
+        g.location.latitude = 1
+        g.location.longitude = 2
+
+    def call() -> tuple[str, int]:
+        try:
+            resp = c(c.geofences.CreateGeofences, big)
+            return "OK", len(resp.data.geofences)
+        except grpc.RpcError as exc:
+            return exc.code().name, 0
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(call) for _ in range(16)]
+        time.sleep(0.15)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        results = [f.result() for f in futures]
+    assert srv.proc.wait(30) == 0
+    c.close()
+    # A call the server had not yet accepted when the listener closed may be
+    # refused (UNAVAILABLE, or CANCELLED when its request was still on the wire);
+    # every call a handler started must have completed OK.
+    codes = {code for code, _ in results}
+    assert codes <= {"OK", "UNAVAILABLE", "CANCELLED"}, results
+    ok = sum(1 for code, _ in results if code == "OK")
+    assert ok >= 1
+    entries = [json.loads(x) for x in srv.logs().splitlines() if x.startswith("{")]
+    handled = [e for e in entries if e.get("method", "").endswith("/CreateGeofences")]
+    assert [e["code"] for e in handled] == ["OK"] * ok
+    assert entries[-1]["msg"] == "stopped"
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        listed = c(c.geofences.ListGeofences, list_req(tc.id))
+        assert len(listed.data.geofences) == 1000 * ok
+    finally:
+        c.close()
+        srv.terminate()
+
+
+def test_bad_configuration_exits_with_a_message(tmp_path: Path) -> None:
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'x.db'}", env_extra={"GEOPUNCH_API_KEYS": ""}
+    )
+    with pytest.raises(RuntimeError, match="server did not start"):
+        srv.start(tmp_path, timeout=10)
+    assert "GEOPUNCH_API_KEYS" in srv.logs()
+
+
+def test_unknown_ids_do_not_clash(client: Client) -> None:
+    assert next_time_clock_id() != next_time_clock_id()
+    expect_error(
+        lambda: client(client.admin.GetTimeClock, admin_pb2.GetTimeClockRequest(time_clock_id=1)),
+        grpc.StatusCode.NOT_FOUND,
+        "TIME_CLOCK_NOT_FOUND",
+    )

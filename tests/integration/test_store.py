@@ -1,0 +1,193 @@
+"""Repositories and unit of work on a real database file (and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date
+
+import pytest
+from sqlalchemy import Engine, text
+
+from geopunch.adapters.db.store import (
+    SqlUnitOfWorkFactory,
+    current_revision,
+    head_revision,
+    migrate,
+)
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import (
+    DayStatus,
+    ExitAction,
+    ExitDetectionSettings,
+    Geofence,
+    GeofencePolicy,
+    Job,
+    ManualBreakType,
+    TimeClock,
+)
+
+TC = TimeClock(
+    id=42,
+    name="Depot",
+    timezone="Europe/Paris",
+    job_enforcement=True,
+    jobs=(Job("a", "A"), Job("a1", "A one", "a"), Job("b", "B")),
+    user_ids=frozenset({1, 2, 3}),
+    manual_breaks_enabled=True,
+    manual_break_types=(
+        ManualBreakType("lunch", "Lunch", True, 1800),
+        ManualBreakType("rest", "Rest"),
+    ),
+    geofence_policy=GeofencePolicy.REQUIRE_INSIDE,
+    accuracy_tolerance_m=25.0,
+    exit_detection=ExitDetectionSettings(buffer_low_accuracy_m=120.0),
+)
+
+
+def fence(i: int, jobs: tuple[str, ...] = ("a",)) -> Geofence:
+    return Geofence(
+        id=f"fence-{i}",
+        time_clock_id=TC.id,
+        name=f"F{i}",
+        is_enabled=i % 2 == 0,
+        fence_size_m=100 + i,
+        job_ids=jobs,
+        exit_action=ExitAction.AUTO_CLOCK_OUT,
+        address=f"{i} Road",
+        latitude=45.0 + i / 1000,
+        longitude=-179.9999,
+    )
+
+
+def test_migration_is_at_head_and_repeatable(engine: Engine) -> None:
+    assert current_revision(engine) == head_revision() != ""
+    assert migrate(engine) == head_revision()
+
+
+def test_time_clock_round_trip_and_replace(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.time_clocks.get(TC.id) == TC
+        assert uow.time_clocks.next_id() == TC.id + 1
+    changed = TimeClock(id=TC.id, name="Renamed", timezone="UTC", jobs=(Job("b", "Bee"),))
+    with uows() as uow:
+        uow.time_clocks.replace(changed)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.time_clocks.get(TC.id) == changed
+    with uows() as uow, pytest.raises(DomainError) as exc:
+        uow.time_clocks.add(TC)
+    assert exc.value.code is ErrorCode.TIME_CLOCK_ALREADY_EXISTS
+
+
+def test_uncommitted_work_is_rolled_back(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.geofences.add_many([fence(1)])
+        # no commit
+    with uows(readonly=True) as uow:
+        assert uow.time_clocks.get(TC.id) is None
+        assert uow.geofences.list_all() == []
+
+
+def test_geofences_round_trip_in_order(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    fences = [fence(i, ("a", "a1") if i % 3 else ()) for i in range(50)]
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.geofences.add_many(fences[:20])
+        uow.commit()
+    with uows() as uow:
+        uow.geofences.add_many(fences[20:])
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.geofences.list_for(TC.id) == fences
+        assert uow.geofences.get(TC.id, "fence-7") == fences[7]
+        assert uow.geofences.get(TC.id + 1, "fence-7") is None
+        assert uow.geofences.job_ids_in_use(TC.id) == {"a", "a1"}
+    with uows() as uow:
+        assert uow.geofences.delete(TC.id, "fence-7")
+        assert not uow.geofences.delete(TC.id, "fence-7")
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert [f.id for f in uow.geofences.list_for(TC.id)] == [
+            f.id for f in fences if f.id != "fence-7"
+        ]
+
+
+def test_database_refuses_a_fence_job_that_is_not_a_time_clock_job(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.commit()
+    with uows() as uow, pytest.raises(Exception, match=r"(?i)foreign key"):
+        uow.geofences.add_many([fence(1, ("nope",))])
+
+
+def test_day_statuses(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.time_clocks.set_day_status(
+            TC.id, 1, [date(2026, 1, 2), date(2026, 1, 1)], DayStatus.LOCKED
+        )
+        uow.time_clocks.set_day_status(TC.id, 1, [date(2026, 1, 2)], DayStatus.APPROVED)
+        uow.time_clocks.set_day_status(TC.id, 2, [date(2026, 1, 3)], DayStatus.LOCKED)
+        uow.commit()
+    with uows() as uow:
+        assert uow.time_clocks.day_statuses(TC.id, 1) == {
+            date(2026, 1, 1): DayStatus.LOCKED,
+            date(2026, 1, 2): DayStatus.APPROVED,
+        }
+        uow.time_clocks.set_day_status(TC.id, 1, [date(2026, 1, 1)], DayStatus.OPEN)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.time_clocks.day_statuses(TC.id, 1) == {date(2026, 1, 2): DayStatus.APPROVED}
+
+
+def test_concurrent_writers_all_land(engine: Engine) -> None:
+    """Writers on several connections serialize instead of failing with 'database is locked'."""
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.commit()
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for n in range(10):
+                with uows() as uow:
+                    uow.geofences.add_many([fence(worker * 100 + n)])
+                    uow.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with uows(readonly=True) as uow:
+        assert len(uow.geofences.list_for(TC.id)) == 80
+
+
+def test_sqlite_pragmas(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        conn.rollback()
+
+
+def test_in_memory_sqlite_is_refused() -> None:
+    from geopunch.adapters.db.store import make_engine
+
+    with pytest.raises(ValueError):
+        make_engine("sqlite://")

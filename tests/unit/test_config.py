@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from geopunch.config import Config, hash_key
+
+
+def test_env_and_overrides() -> None:
+    env = {
+        "GEOPUNCH_API_KEYS": "alpha-key-1, beta-key-22 ,",
+        "GEOPUNCH_LISTEN": "0.0.0.0:6000",
+        "GEOPUNCH_LOG_LEVEL": "debug",
+        "GEOPUNCH_DATABASE_URL": "postgresql+psycopg://u@h/db",
+    }
+    cfg = Config.from_env(env)
+    assert cfg.listen == "0.0.0.0:6000"
+    assert cfg.log_level == "DEBUG"
+    assert cfg.database_url == "postgresql+psycopg://u@h/db"
+    assert cfg.api_key_hashes == (hash_key("alpha-key-1"), hash_key("beta-key-22"))
+    assert "alpha" not in repr(cfg)
+    assert Config.from_env(env, listen="127.0.0.1:1").listen == "127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"GEOPUNCH_API_KEYS": "short"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "nohost"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "h:99999"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_LEVEL": "LOUD"},
+    ],
+)
+def test_bad_config_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        Config.from_env(env)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import grpc
+
+from geopunch.adapters.grpc.errors import to_status
+from geopunch.domain.errors import STATUS, DomainError, ErrorCode, FieldViolation
+
+CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
+
+
+def test_every_reason_maps_to_a_grpc_code_and_http_status() -> None:
+    assert set(STATUS) == set(ErrorCode)
+    for code, mapping in STATUS.items():
+        assert isinstance(grpc.StatusCode[mapping.grpc_code], grpc.StatusCode), code
+        assert 400 <= mapping.http_status <= 599
+
+
+def test_the_contract_reasons_are_all_defined() -> None:
+    if not CONTRACT.exists():  # the contract lives beside the checkout
+        import pytest
+
+        pytest.skip("shared/CONTRACT.md is not beside this checkout")
+    table = CONTRACT.read_text().split("Reasons (the spec's codes", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", table))
+    assert names <= {c.value for c in ErrorCode}, names - {c.value for c in ErrorCode}
+
+
+def test_aip_193_classes() -> None:
+    assert STATUS[ErrorCode.GEOFENCE_NOT_FOUND].grpc_code == "NOT_FOUND"
+    assert STATUS[ErrorCode.ALREADY_CLOCKED_IN].grpc_code == "FAILED_PRECONDITION"
+    assert STATUS[ErrorCode.INVALID_FENCE_SIZE].grpc_code == "INVALID_ARGUMENT"
+    assert STATUS[ErrorCode.API_KEY_INVALID].grpc_code == "UNAUTHENTICATED"
+
+
+def test_status_carries_error_info_and_bad_request() -> None:
+    err = DomainError.from_violations(
+        [
+            FieldViolation("geofences[7].fence_size", "too big", ErrorCode.INVALID_FENCE_SIZE),
+            FieldViolation("geofences[8].name", "empty", ErrorCode.INVALID_NAME),
+        ],
+        "the geofences",
+    )
+    assert err.code is ErrorCode.INVALID_FENCE_SIZE
+    status = to_status(err)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2 problems" in status.details
+    assert status.trailing_metadata[0][0] == "grpc-status-details-bin"

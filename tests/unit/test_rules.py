@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import (
+    ExitAction,
+    ExitDetectionSettings,
+    GeofenceDraft,
+    Job,
+    ManualBreakType,
+    TimeClock,
+)
+from geopunch.domain.rules import (
+    DEFAULT_FENCE_SIZE_M,
+    is_valid_timezone,
+    parse_dates,
+    validate_geofences,
+    validate_time_clock,
+)
+
+TC = TimeClock(
+    id=1,
+    name="clock",
+    timezone="Europe/Berlin",
+    jobs=(Job("a"), Job("b"), Job("a1", parent_id="a"), Job("a1x", parent_id="a1")),
+)
+
+
+def ids() -> itertools.count[int]:
+    return itertools.count()
+
+
+def draft(**kw: object) -> GeofenceDraft:
+    base: dict[str, object] = {"name": "n", "address": "addr", "latitude": 1.0, "longitude": 2.0}
+    base.update(kw)
+    return GeofenceDraft(**base)  # type: ignore[arg-type]
+
+
+def validate(*drafts: GeofenceDraft, tc: TimeClock = TC) -> list[object]:
+    counter = ids()
+    return list(validate_geofences(drafts, tc, lambda: f"f{next(counter)}"))
+
+
+def reasons(exc: pytest.ExceptionInfo[DomainError]) -> set[tuple[str, ErrorCode]]:
+    return {(v.field, v.reason) for v in exc.value.violations}
+
+
+def test_defaults() -> None:
+    (f,) = validate(draft())
+    assert f.is_enabled is True  # type: ignore[attr-defined]
+    assert f.fence_size_m == DEFAULT_FENCE_SIZE_M  # type: ignore[attr-defined]
+    assert f.exit_action is ExitAction.NO_ACTION  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "size,ok", [(74, False), (75, True), (1524, True), (1525, False), (0, False)]
+)
+def test_fence_size_bounds(size: int, ok: bool) -> None:
+    if ok:
+        assert validate(draft(fence_size_m=size))
+    else:
+        with pytest.raises(DomainError) as exc:
+            validate(draft(fence_size_m=size))
+        assert reasons(exc) == {("geofences[0].fence_size", ErrorCode.INVALID_FENCE_SIZE)}
+
+
+@pytest.mark.parametrize(
+    "lat,lon,field",
+    [
+        (90.0000001, 0.0, "latitude"),
+        (-91.0, 0.0, "latitude"),
+        (0.0, 180.1, "longitude"),
+        (math.nan, 0.0, "latitude"),
+        (0.0, math.inf, "longitude"),
+        (None, 0.0, "latitude"),
+    ],
+)
+def test_bad_coordinates(lat: float | None, lon: float, field: str) -> None:
+    with pytest.raises(DomainError) as exc:
+        validate(draft(latitude=lat, longitude=lon))
+    assert reasons(exc) == {(f"geofences[0].location.{field}", ErrorCode.INVALID_COORDINATES)}
+
+
+@given(st.floats(-90, 90), st.floats(-180, 180))
+def test_all_in_range_coordinates_pass(lat: float, lon: float) -> None:
+    (f,) = validate(draft(latitude=lat, longitude=lon))
+    assert (f.latitude, f.longitude) == (lat, lon)  # type: ignore[attr-defined]
+
+
+def test_job_rules() -> None:
+    assert validate(draft(job_ids=("a1x", "b")))
+    with pytest.raises(DomainError) as exc:
+        validate(draft(job_ids=("zzz",)))
+    assert exc.value.code is ErrorCode.JOBS_NOT_IN_TIME_CLOCK
+    with pytest.raises(DomainError) as exc:
+        validate(draft(job_ids=tuple(f"j{i}" for i in range(101))))
+    assert exc.value.code is ErrorCode.TOO_MANY_JOB_IDS
+    enforced = TimeClock(id=1, name="c", timezone="UTC", job_enforcement=True, jobs=(Job("a"),))
+    with pytest.raises(DomainError) as exc:
+        validate(draft(), tc=enforced)
+    assert exc.value.code is ErrorCode.JOB_IDS_REQUIRED
+
+
+def test_nothing_is_returned_when_one_draft_is_bad() -> None:
+    with pytest.raises(DomainError) as exc:
+        validate(draft(), draft(), draft(name=""), draft(exit_action="leave"))
+    assert reasons(exc) == {
+        ("geofences[2].name", ErrorCode.INVALID_NAME),
+        ("geofences[3].on_geofence_exit_action", ErrorCode.INVALID_EXIT_ACTION),
+    }
+
+
+def test_too_many_and_none() -> None:
+    with pytest.raises(DomainError) as exc:
+        validate(*[draft()] * 1001)
+    assert exc.value.code is ErrorCode.TOO_MANY_GEOFENCES
+    with pytest.raises(DomainError) as exc:
+        validate()
+    assert exc.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_descendants() -> None:
+    assert TC.with_descendants(["a"]) == {"a", "a1", "a1x"}
+    assert TC.with_descendants(["b"]) == {"b"}
+
+
+def test_timezones() -> None:
+    assert is_valid_timezone("America/New_York")
+    assert is_valid_timezone("UTC")
+    for bad in ("", "Mars/Olympus", "../etc/passwd", " UTC", "America/New York"):
+        assert not is_valid_timezone(bad), bad
+
+
+def tc_paths(tc: TimeClock) -> list[str]:
+    return [f"time_clock.jobs[{i}]" for i in range(len(tc.jobs))]
+
+
+@pytest.mark.parametrize(
+    "change,field,reason",
+    [
+        ({"timezone": "Nowhere/City"}, "time_clock.timezone", ErrorCode.INVALID_TIMEZONE),
+        ({"name": ""}, "time_clock.name", ErrorCode.INVALID_ARGUMENT),
+        ({"jobs": (Job("a"), Job("a"))}, "time_clock.jobs[1].id", ErrorCode.INVALID_ARGUMENT),
+        ({"jobs": (Job(""),)}, "time_clock.jobs[0].id", ErrorCode.INVALID_ARGUMENT),
+        (
+            {"accuracy_tolerance_m": -1.0},
+            "time_clock.accuracy_tolerance_m",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
+        (
+            {"accuracy_tolerance_m": math.nan},
+            "time_clock.accuracy_tolerance_m",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
+        (
+            {"manual_break_types": (ManualBreakType("b", "Lunch", True, 0),)},
+            "time_clock.manual_break_types[0].min_duration_seconds",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
+        (
+            {"manual_break_types": (ManualBreakType("b", "L"), ManualBreakType("b", "R"))},
+            "time_clock.manual_break_types[1].id",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
+        (
+            {"exit_detection": ExitDetectionSettings(high_accuracy_max_m=400)},
+            "time_clock.exit_detection.high_accuracy_max_m",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
+        (
+            {"exit_detection": ExitDetectionSettings(buffer_low_accuracy_m=math.inf)},
+            "time_clock.exit_detection.buffer_low_accuracy_m",
+            ErrorCode.INVALID_ARGUMENT,
+        ),
+        ({"job_enforcement": True, "jobs": ()}, "time_clock.jobs", ErrorCode.INVALID_ARGUMENT),
+        ({"user_ids": frozenset({-5})}, "time_clock.user_ids[0]", ErrorCode.INVALID_ARGUMENT),
+    ],
+)
+def test_time_clock_settings(change: dict[str, object], field: str, reason: ErrorCode) -> None:
+    from dataclasses import replace
+
+    tc = replace(TC, **change)  # type: ignore[arg-type]
+    with pytest.raises(DomainError) as exc:
+        validate_time_clock(tc, tc_paths(tc))
+    assert (field, reason) in reasons(exc)
+
+
+def test_valid_time_clock_passes() -> None:
+    validate_time_clock(TC, tc_paths(TC))
+
+
+def test_dates() -> None:
+    assert [d.isoformat() for d in parse_dates(["2026-01-31"])] == ["2026-01-31"]
+    for bad in (["2026-02-30"], ["26-1-1"], [], ["2026-01-01T00:00"]):
+        with pytest.raises(DomainError):
+            parse_dates(bad)
