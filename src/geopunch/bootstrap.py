@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.config import Config
+from geopunch.geo.index import FenceIndex
+from geopunch.geo.membership import warm_up
 
 log = logging.getLogger("geopunch")
 
@@ -19,14 +22,33 @@ class App:
 
     engine: Engine
     uows: SqlUnitOfWorkFactory
+    index: FenceIndex
 
 
-def build_app(config: Config) -> App:
-    """Open and migrate the store; return the wired application."""
+def build_app(config: Config, index: FenceIndex | None = None) -> App:
+    """Open and migrate the store, load the fence index; return the wired application."""
     engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
     revision = migrate(engine)
     log.info(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},
     )
-    return App(engine=engine, uows=SqlUnitOfWorkFactory(engine))
+    uows = SqlUnitOfWorkFactory(engine)
+    index = index if index is not None else FenceIndex()
+    started = time.perf_counter()
+    with uows(readonly=True) as uow:
+        # Loaded under the index's write lock: no change can slip in between.
+        with index.write_lock():
+            snap = index.load(uow.time_clocks.list_all(), uow.geofences.list_enabled())
+    warm_up(snap)
+    log.info(
+        "fence index ready",
+        extra={
+            "fields": {
+                "clocks": len(snap.clocks),
+                "fences": snap.fence_count,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        },
+    )
+    return App(engine=engine, uows=uows, index=index)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import date
 from types import TracebackType
 from typing import Protocol, Self
@@ -18,6 +19,8 @@ class Clock(Protocol):
 
 class TimeClockRepository(Protocol):
     def get(self, time_clock_id: int) -> TimeClock | None: ...
+
+    def list_all(self) -> list[TimeClock]: ...
 
     def add(self, tc: TimeClock) -> None:
         """Insert; raise DomainError(TIME_CLOCK_ALREADY_EXISTS) when the id is taken."""
@@ -38,6 +41,8 @@ class GeofenceRepository(Protocol):
     def list_for(self, time_clock_id: int) -> list[Geofence]: ...
 
     def list_all(self) -> list[Geofence]: ...
+
+    def list_enabled(self) -> list[Geofence]: ...
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None: ...
 
@@ -74,8 +79,16 @@ class UnitOfWorkFactory(Protocol):
 
 
 class FenceListener(Protocol):
-    """Told about committed geofence changes (the in-memory index listens)."""
+    """Told about committed time clock and geofence changes (the fence index listens).
+
+    Use cases commit inside ``write_lock()`` and report the change before
+    leaving it, so the listener sees changes in commit order.
+    """
+
+    def write_lock(self) -> AbstractContextManager[None]: ...
+
+    def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None: ...
 
     def fences_changed(
-        self, time_clock_id: int, added: Sequence[Geofence], removed: Sequence[str]
+        self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
     ) -> None: ...

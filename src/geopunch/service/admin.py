@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import date
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, TimeClock
-from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import FenceListener, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.rules import parse_dates, validate_time_clock
 
 
@@ -25,7 +26,12 @@ def get_time_clock(uow: UnitOfWork, time_clock_id: int) -> TimeClock:
 
 
 def create_time_clock(
-    uows: UnitOfWorkFactory, tc: TimeClock, job_paths: Sequence[str], *, assign_id: bool
+    uows: UnitOfWorkFactory,
+    tc: TimeClock,
+    job_paths: Sequence[str],
+    *,
+    assign_id: bool,
+    listener: FenceListener | None = None,
 ) -> TimeClock:
     """Validate and store a new time clock; with ``assign_id`` the store picks its id."""
     with uows() as uow:
@@ -33,12 +39,18 @@ def create_time_clock(
             tc = replace(tc, id=uow.time_clocks.next_id())
         validate_time_clock(tc, job_paths)
         uow.time_clocks.add(tc)
-        uow.commit()
+        with locked(listener):
+            uow.commit()
+            if listener is not None:
+                listener.time_clock_changed(tc, ())
     return tc
 
 
 def update_time_clock(
-    uows: UnitOfWorkFactory, tc: TimeClock, job_paths: Sequence[str]
+    uows: UnitOfWorkFactory,
+    tc: TimeClock,
+    job_paths: Sequence[str],
+    listener: FenceListener | None = None,
 ) -> TimeClock:
     """Replace every setting of an existing time clock.
 
@@ -55,8 +67,17 @@ def update_time_clock(
                 "delete or change those geofences first",
             )
         uow.time_clocks.replace(tc)
-        uow.commit()
+        fences = uow.geofences.list_for(tc.id) if listener is not None else []
+        with locked(listener):
+            uow.commit()
+            if listener is not None:
+                listener.time_clock_changed(tc, fences)
     return tc
+
+
+def locked(listener: FenceListener | None) -> AbstractContextManager[None]:
+    """The listener's write lock, so that commits reach it in commit order."""
+    return listener.write_lock() if listener is not None else nullcontext()
 
 
 def read_time_clock(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock:

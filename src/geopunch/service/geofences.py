@@ -9,7 +9,7 @@ from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import Geofence, GeofenceDraft
 from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
 from geopunch.domain.rules import MAX_GEOFENCES_PER_REQUEST, validate_geofences
-from geopunch.service.admin import get_time_clock
+from geopunch.service.admin import get_time_clock, locked
 
 
 def new_fence_id() -> str:
@@ -49,9 +49,10 @@ def create_geofences(
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, new_fence_id)
         uow.geofences.add_many(fences)
-        uow.commit()
-    if listener is not None:
-        listener.fences_changed(time_clock_id, fences, ())
+        with locked(listener):
+            uow.commit()
+            if listener is not None:
+                listener.fences_changed(tc, fences, ())
     return fences
 
 
@@ -62,12 +63,13 @@ def delete_geofence(
     listener: FenceListener | None = None,
 ) -> None:
     with uows() as uow:
-        get_time_clock(uow, time_clock_id)
+        tc = get_time_clock(uow, time_clock_id)
         if not uow.geofences.delete(time_clock_id, fence_id):
             raise _not_found(time_clock_id, fence_id)
-        uow.commit()
-    if listener is not None:
-        listener.fences_changed(time_clock_id, (), (fence_id,))
+        with locked(listener):
+            uow.commit()
+            if listener is not None:
+                listener.fences_changed(tc, (), (fence_id,))
 
 
 def _not_found(time_clock_id: int, fence_id: str) -> DomainError:

@@ -6,7 +6,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from geopunch.adapters.db.tables import (
@@ -37,38 +39,55 @@ class SqlTimeClockRepository:
         self._now = now
 
     def get(self, time_clock_id: int) -> TimeClock | None:
-        row = self._conn.execute(
-            select(time_clocks).where(time_clocks.c.id == time_clock_id)
-        ).first()
-        if row is None:
-            return None
-        jobs = self._conn.execute(
+        found = self._load(time_clocks.c.id == time_clock_id)
+        return found[0] if found else None
+
+    def list_all(self) -> list[TimeClock]:
+        return self._load(time_clocks.c.id.is_not(None))
+
+    def _load(self, where: ColumnElement[bool]) -> list[TimeClock]:
+        rows = self._conn.execute(select(time_clocks).where(where).order_by(time_clocks.c.id)).all()
+        if not rows:
+            return []
+        ids = select(time_clocks.c.id).where(where)
+        jobs: dict[int, list[Job]] = defaultdict(list)
+        for j in self._conn.execute(
             select(time_clock_jobs)
-            .where(time_clock_jobs.c.time_clock_id == time_clock_id)
-            .order_by(time_clock_jobs.c.position)
-        ).all()
-        users = self._conn.execute(
-            select(time_clock_users.c.user_id).where(
-                time_clock_users.c.time_clock_id == time_clock_id
+            .where(time_clock_jobs.c.time_clock_id.in_(ids))
+            .order_by(time_clock_jobs.c.time_clock_id, time_clock_jobs.c.position)
+        ):
+            jobs[j.time_clock_id].append(Job(j.job_id, j.name, j.parent_job_id))
+        users: dict[int, set[int]] = defaultdict(set)
+        for tc_id, user_id in self._conn.execute(
+            select(time_clock_users.c.time_clock_id, time_clock_users.c.user_id).where(
+                time_clock_users.c.time_clock_id.in_(ids)
             )
-        ).scalars()
-        breaks = self._conn.execute(
+        ):
+            users[tc_id].add(user_id)
+        breaks: dict[int, list[ManualBreakType]] = defaultdict(list)
+        for b in self._conn.execute(
             select(manual_break_types)
-            .where(manual_break_types.c.time_clock_id == time_clock_id)
-            .order_by(manual_break_types.c.position)
-        ).all()
+            .where(manual_break_types.c.time_clock_id.in_(ids))
+            .order_by(manual_break_types.c.time_clock_id, manual_break_types.c.position)
+        ):
+            breaks[b.time_clock_id].append(
+                ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s)
+            )
+        return [self._time_clock(row, jobs[row.id], users[row.id], breaks[row.id]) for row in rows]
+
+    @staticmethod
+    def _time_clock(
+        row: Row[Any], jobs: list[Job], users: set[int], breaks: list[ManualBreakType]
+    ) -> TimeClock:
         return TimeClock(
             id=row.id,
             name=row.name,
             timezone=row.timezone,
             job_enforcement=row.job_enforcement,
-            jobs=tuple(Job(j.job_id, j.name, j.parent_job_id) for j in jobs),
+            jobs=tuple(jobs),
             user_ids=frozenset(users),
             manual_breaks_enabled=row.manual_breaks_enabled,
-            manual_break_types=tuple(
-                ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s)
-                for b in breaks
-            ),
+            manual_break_types=tuple(breaks),
             geofence_policy=GeofencePolicy(row.geofence_policy),
             accuracy_tolerance_m=row.accuracy_tolerance_m,
             exit_detection=ExitDetectionSettings(
@@ -212,9 +231,9 @@ class SqlGeofenceRepository:
         self._conn = conn
         self._now = now
 
-    def _load(self, where: object) -> list[Geofence]:
+    def _load(self, where: ColumnElement[bool]) -> list[Geofence]:
         rows = self._conn.execute(
-            select(geofences).where(where).order_by(geofences.c.position, geofences.c.id)  # type: ignore[arg-type]
+            select(geofences).where(where).order_by(geofences.c.position, geofences.c.id)
         ).all()
         if not rows:
             return []
@@ -249,6 +268,9 @@ class SqlGeofenceRepository:
 
     def list_all(self) -> list[Geofence]:
         return self._load(geofences.c.id.is_not(None))
+
+    def list_enabled(self) -> list[Geofence]:
+        return self._load(geofences.c.is_enabled.is_(True))
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None:
         found = self._load(

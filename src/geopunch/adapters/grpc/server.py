@@ -18,13 +18,23 @@ from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
-from geopunch.v1 import admin_pb2, admin_pb2_grpc, geofences_pb2, geofences_pb2_grpc
+from geopunch.adapters.grpc.locations import LocationServicer
+from geopunch.geo.index import FenceIndex
+from geopunch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    geofences_pb2,
+    geofences_pb2_grpc,
+    location_pb2,
+    location_pb2_grpc,
+)
 
 log = logging.getLogger("geopunch")
 
 SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     geofences_pb2.DESCRIPTOR.services_by_name["GeofenceService"].full_name,
+    location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name,
 )
 
 
@@ -68,9 +78,15 @@ class Server:
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._uows = DeferredUnitOfWorkFactory()
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self._uows), self._grpc)
+        self.index = FenceIndex()
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self._uows, self.index), self._grpc
+        )
         geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
-            GeofenceServicer(self._uows), self._grpc
+            GeofenceServicer(self._uows, self.index), self._grpc
+        )
+        location_pb2_grpc.add_LocationServiceServicer_to_server(
+            LocationServicer(self.index), self._grpc
         )
         self.port = self._grpc.add_insecure_port(config.listen)
         if self.port == 0:
@@ -85,7 +101,7 @@ class Server:
         self._grpc.start()
         host = self.config.listen.rpartition(":")[0]
         log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
-        self.app = build_app(self.config)
+        self.app = build_app(self.config, self.index)
         self._uows.target = self.app.uows
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")

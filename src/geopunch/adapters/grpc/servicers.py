@@ -26,8 +26,9 @@ def _time_clock(msg: admin_pb2.TimeClock) -> tuple[Any, list[str]]:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, uows: UnitOfWorkFactory) -> None:
+    def __init__(self, uows: UnitOfWorkFactory, listener: FenceListener | None = None) -> None:
         self._uows = uows
+        self._listener = listener
 
     def _reply(self, tc: Any) -> admin_pb2.TimeClockResponse:
         return admin_pb2.TimeClockResponse(
@@ -39,13 +40,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.TimeClockResponse:
         tc, paths = _time_clock(request.time_clock)
         assign = not request.time_clock.HasField("id")
-        return self._reply(admin.create_time_clock(self._uows, tc, paths, assign_id=assign))
+        return self._reply(
+            admin.create_time_clock(
+                self._uows, tc, paths, assign_id=assign, listener=self._listener
+            )
+        )
 
     def UpdateTimeClock(
         self, request: admin_pb2.UpdateTimeClockRequest, context: Any
     ) -> admin_pb2.TimeClockResponse:
         tc, paths = _time_clock(request.time_clock)
-        return self._reply(admin.update_time_clock(self._uows, tc, paths))
+        return self._reply(admin.update_time_clock(self._uows, tc, paths, self._listener))
 
     def GetTimeClock(
         self, request: admin_pb2.GetTimeClockRequest, context: Any

@@ -1,0 +1,446 @@
+"""The fence index: immutable snapshots of every enabled geofence, swapped atomically.
+
+Layout
+------
+A :class:`FenceTable` holds fences as parallel arrays (rows sorted by clock),
+their ECEF centres, and a hash of grid cells: each fence is registered in every
+``CELL_M`` cube cell that its circle, widened by the largest tolerance or exit
+buffer of its time clock, can reach. The cell key includes the clock, so a
+point only ever meets fences of its own time clock.
+
+A :class:`Snapshot` is one large *base* table plus small per-clock *override*
+tables: a change to a time clock's fences builds a table for that clock alone
+(well under a millisecond for 1,000 fences) and publishes a new snapshot that
+shadows the clock in the base. :meth:`FenceIndex.compact` folds overrides back
+into a new base. Readers take ``index.snapshot`` once per call and never lock;
+writers serialize on a lock and publish by replacing one reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from geopunch.domain.models import ExitAction, Geofence, TimeClock
+from geopunch.geo import kernels
+from geopunch.geo.frames import ecef
+from geopunch.geo.hashing import HashTable
+
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+#: Exit action codes used in result arrays (int8), in this order.
+ACTIONS: tuple[ExitAction, ...] = tuple(ExitAction)
+_ACTION_CODE = {a: i for i, a in enumerate(ACTIONS)}
+MAX_REACH_EXTRA_M = kernels.CELL_M / 2 - 1524.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockInfo:
+    """What the engine needs of a time clock, at a dense index ``idx``."""
+
+    idx: int
+    time_clock: TimeClock
+    job_codes: Mapping[str, int]
+
+    @staticmethod
+    def of(idx: int, tc: TimeClock) -> ClockInfo:
+        return ClockInfo(idx, tc, {job.id: i for i, job in enumerate(tc.jobs)})
+
+    @property
+    def max_extra_m(self) -> float:
+        """Widest margin any check adds to a radius for this clock."""
+        ed = self.time_clock.exit_detection
+        return max(
+            self.time_clock.accuracy_tolerance_m,
+            ed.buffer_high_accuracy_m,
+            ed.buffer_low_accuracy_m,
+            ed.buffer_unknown_accuracy_m,
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FenceTable:
+    """Enabled fences of some clocks, ready for the kernels. Rows are sorted by clock."""
+
+    handle_base: int
+    clocks: I32
+    lats: F64
+    lons: F64
+    fx: F64
+    fy: F64
+    fz: F64
+    radius: F64
+    actions: npt.NDArray[np.int8]
+    ids: npt.NDArray[np.bytes_]
+    applies_all: B
+    job_start: I64
+    jobs: I32
+    clock_row_start: I64
+    cells: HashTable
+    cell_start: I64
+    cell_rows: I32
+
+    @property
+    def size(self) -> int:
+        return int(self.clocks.size)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (
+            self.clocks, self.lats, self.lons, self.fx, self.fy, self.fz, self.radius,
+            self.actions, self.ids, self.applies_all, self.job_start, self.jobs,
+            self.clock_row_start, self.cell_start, self.cell_rows,
+        )
+        return sum(int(a.nbytes) for a in arrays) + self.cells.nbytes
+
+    def rows_of(self, fence_ids: Iterable[str]) -> list[int]:
+        wanted = {f.encode() for f in fence_ids}
+        return [i for i, raw in enumerate(self.ids) if bytes(raw) in wanted]
+
+
+@dataclass(frozen=True, slots=True)
+class FenceColumns:
+    """Fences as columns, the input of :func:`build_table`.
+
+    ``job_start``/``jobs`` are CSR: the job codes (already widened with their
+    sub-jobs) of row ``i`` are ``jobs[job_start[i]:job_start[i+1]]``.
+    """
+
+    clocks: I32
+    lats: F64
+    lons: F64
+    radius: F64
+    actions: npt.NDArray[np.int8]
+    ids: npt.NDArray[np.bytes_]
+    applies_all: B
+    job_start: I64
+    jobs: I32
+
+    @staticmethod
+    def from_fences(fences: Sequence[Geofence], clocks: Mapping[int, ClockInfo]) -> FenceColumns:
+        live = [f for f in fences if f.is_enabled]
+        job_lists: list[list[int]] = []
+        for f in live:
+            info = clocks[f.time_clock_id]
+            widened = info.time_clock.with_descendants(f.job_ids) if f.job_ids else ()
+            job_lists.append(sorted(info.job_codes[j] for j in widened))
+        lengths = np.fromiter((len(j) for j in job_lists), dtype=np.int64, count=len(live))
+        job_start = np.zeros(len(live) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=job_start[1:])
+        return FenceColumns(
+            clocks=np.fromiter((clocks[f.time_clock_id].idx for f in live), np.int32, len(live)),
+            lats=np.fromiter((f.latitude for f in live), np.float64, len(live)),
+            lons=np.fromiter((f.longitude for f in live), np.float64, len(live)),
+            radius=np.fromiter((f.fence_size_m for f in live), np.float64, len(live)),
+            actions=np.fromiter((_ACTION_CODE[f.exit_action] for f in live), np.int8, len(live)),
+            ids=np.array([f.id.encode() for f in live], dtype=np.bytes_),
+            applies_all=np.fromiter((not f.job_ids for f in live), np.bool_, len(live)),
+            job_start=job_start,
+            jobs=np.fromiter(itertools.chain.from_iterable(job_lists), np.int32, int(job_start[-1])),
+        )
+
+    def take(self, rows: I64) -> FenceColumns:
+        starts, ends = self.job_start[rows], self.job_start[rows + 1]
+        lengths = ends - starts
+        job_start = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=job_start[1:])
+        flat = np.repeat(starts - job_start[:-1], lengths) + np.arange(job_start[-1])
+        return FenceColumns(
+            self.clocks[rows], self.lats[rows], self.lons[rows], self.radius[rows],
+            self.actions[rows], self.ids[rows], self.applies_all[rows], job_start,
+            self.jobs[flat],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[FenceColumns]) -> FenceColumns:
+        job_start = [np.zeros(1, dtype=np.int64)]
+        base = 0
+        for p in parts:
+            job_start.append(p.job_start[1:] + base)
+            base += int(p.job_start[-1])
+        return FenceColumns(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in (
+                "clocks", "lats", "lons", "radius", "actions", "ids", "applies_all")),
+            job_start=np.concatenate(job_start),
+            jobs=np.concatenate([p.jobs for p in parts]),
+        )  # type: ignore[misc]
+
+
+def columns_of(table: FenceTable, rows: I64 | None = None) -> FenceColumns:
+    cols = FenceColumns(
+        table.clocks, table.lats, table.lons, table.radius, table.actions, table.ids,
+        table.applies_all, table.job_start, table.jobs,
+    )
+    return cols if rows is None else cols.take(rows)
+
+
+def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTable:
+    """Index fences; ``extra_m`` (shape (n_clocks,)) widens each clock's fences in the grid."""
+    order = np.argsort(cols.clocks, kind="stable")
+    cols = cols.take(order.astype(np.int64))
+    m = cols.clocks.size
+    fx, fy, fz = ecef(cols.lats, cols.lons)
+    reach = cols.radius + (extra_m[cols.clocks] if m else 0.0)
+    inv = 1.0 / kernels.CELL_M
+    lo = [np.floor((c - reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)]
+    hi = [np.floor((c + reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)]
+    spans = [h - lo_ + 1 for lo_, h in zip(lo, hi, strict=True)]
+    per_fence = spans[0] * spans[1] * spans[2]
+    rows = np.repeat(np.arange(m, dtype=np.int64), per_fence)
+    starts = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(per_fence, out=starts[1:])
+    k = np.arange(int(starts[-1]), dtype=np.int64) - starts[rows]
+    nz, ny = spans[2][rows], spans[1][rows]
+    iz = lo[2][rows] + k % nz
+    iy = lo[1][rows] + (k // nz) % ny
+    ix = lo[0][rows] + k // (nz * ny)
+    keys = (cols.clocks[rows].astype(np.int64) << 36) | (ix << 24) | (iy << 12) | iz
+    by_key = np.argsort(keys, kind="stable")
+    keys, rows = keys[by_key], rows[by_key]
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
+    cell_start = np.r_[first, keys.size].astype(np.int64)
+    n_clocks = int(extra_m.size)
+    clock_row_start = np.searchsorted(cols.clocks, np.arange(n_clocks + 1)).astype(np.int64)
+    return FenceTable(
+        handle_base=handle_base,
+        clocks=cols.clocks,
+        lats=cols.lats,
+        lons=cols.lons,
+        fx=fx,
+        fy=fy,
+        fz=fz,
+        radius=cols.radius,
+        actions=cols.actions,
+        ids=cols.ids,
+        applies_all=cols.applies_all,
+        job_start=cols.job_start,
+        jobs=cols.jobs,
+        clock_row_start=clock_row_start,
+        cells=HashTable.build(keys[first], np.arange(first.size, dtype=np.int32)),
+        cell_start=cell_start,
+        cell_rows=rows.astype(np.int32),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One consistent version of every clock and enabled fence."""
+
+    version: int
+    clocks: tuple[ClockInfo, ...]
+    clock_idx: Mapping[int, int]
+    sorted_clock_ids: I64
+    sorted_clock_idx: I32
+    tolerance_m: F64
+    base: FenceTable
+    overrides: Mapping[int, FenceTable]
+    shadowed: B
+
+    @property
+    def tables(self) -> list[FenceTable]:
+        return [self.base, *self.overrides.values()]
+
+    @property
+    def fence_count(self) -> int:
+        shadow_rows = int(np.count_nonzero(self.shadowed[self.base.clocks])) if self.base.size else 0
+        return self.base.size - shadow_rows + sum(t.size for t in self.overrides.values())
+
+    def dense_clocks(self, time_clock_ids: npt.ArrayLike) -> I32:
+        """Dense clock indexes of time clock ids (int64, shape (n,)); -1 when unknown."""
+        ids = np.asarray(time_clock_ids, dtype=np.int64)
+        pos = np.searchsorted(self.sorted_clock_ids, ids)
+        pos = np.minimum(pos, max(self.sorted_clock_ids.size - 1, 0))
+        if self.sorted_clock_ids.size == 0:
+            return np.full(ids.shape, -1, dtype=np.int32)
+        known = self.sorted_clock_ids[pos] == ids
+        return np.where(known, self.sorted_clock_idx[pos], -1).astype(np.int32)
+
+    def table_for(self, handle: int) -> tuple[FenceTable, int]:
+        for table in self.tables:
+            if table.handle_base <= handle < table.handle_base + table.size:
+                return table, handle - table.handle_base
+        raise KeyError(handle)
+
+    def fence_ids(self, handles: I64) -> list[str]:
+        """Fence ids of result handles (int64, shape (k,))."""
+        handles = np.asarray(handles, dtype=np.int64)
+        out = np.empty(handles.size, dtype=object)
+        for table in self.tables:
+            rows = handles - table.handle_base
+            mine = (rows >= 0) & (rows < table.size)
+            if mine.any():
+                out[mine] = [raw.decode() for raw in table.ids[rows[mine]].tolist()]
+        if handles.size and any(x is None for x in out):
+            raise KeyError("a handle is not in this snapshot")
+        return out.tolist()  # type: ignore[no-any-return]
+
+    def iter_fences(self) -> Iterator[tuple[int, str]]:
+        """(time clock id, fence id) of every indexed fence."""
+        for table in self.tables:
+            for row in range(table.size):
+                c = int(table.clocks[row])
+                if table is self.base and self.shadowed[c]:
+                    continue
+                yield self.clocks[c].time_clock.id, bytes(table.ids[row]).decode()
+
+
+def _clock_arrays(clocks: Sequence[ClockInfo]) -> tuple[I64, I32, F64, F64]:
+    ids = np.fromiter((c.time_clock.id for c in clocks), np.int64, len(clocks))
+    order = np.argsort(ids)
+    tol = np.fromiter((c.time_clock.accuracy_tolerance_m for c in clocks), np.float64, len(clocks))
+    extra = np.fromiter((c.max_extra_m for c in clocks), np.float64, len(clocks))
+    return ids[order], order.astype(np.int32), tol, extra
+
+
+def _make_snapshot(
+    version: int,
+    clocks: tuple[ClockInfo, ...],
+    base: FenceTable,
+    overrides: Mapping[int, FenceTable],
+) -> Snapshot:
+    sorted_ids, sorted_idx, tol, _ = _clock_arrays(clocks)
+    shadowed = np.zeros(len(clocks), dtype=bool)
+    shadowed[list(overrides)] = True
+    return Snapshot(
+        version=version,
+        clocks=clocks,
+        clock_idx={c.time_clock.id: c.idx for c in clocks},
+        sorted_clock_ids=sorted_ids,
+        sorted_clock_idx=sorted_idx,
+        tolerance_m=tol,
+        base=base,
+        overrides=dict(overrides),
+        shadowed=shadowed,
+    )
+
+
+@dataclass
+class FenceIndex:
+    """The process-wide fence index. ``snapshot`` is safe to read from any thread."""
+
+    compact_after_clocks: int = 32
+    compact_after_fences: int = 100_000
+    _snapshot: Snapshot = field(init=False)
+    _lock: threading.RLock = field(init=False, default_factory=threading.RLock)
+    _next_handle: int = field(init=False, default=0)
+    _compacting: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.load([], [])
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Held across a store commit and the matching update, so updates apply in commit order."""
+        with self._lock:
+            yield
+
+    def _reserve(self, count: int) -> int:
+        base = self._next_handle
+        self._next_handle += max(count, 1)
+        return base
+
+    def load(self, time_clocks: Iterable[TimeClock], fences: Iterable[Geofence]) -> Snapshot:
+        """Replace everything with a full build (start-up)."""
+        with self._lock:
+            clocks = tuple(ClockInfo.of(i, tc) for i, tc in enumerate(time_clocks))
+            cols = FenceColumns.from_fences(list(fences), {c.time_clock.id: c for c in clocks})
+            base = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
+            old = getattr(self, "_snapshot", None)
+            self._snapshot = _make_snapshot(old.version + 1 if old else 1, clocks, base, {})
+            return self._snapshot
+
+    def _publish_clock(
+        self, snap: Snapshot, clocks: tuple[ClockInfo, ...], idx: int, cols: FenceColumns
+    ) -> None:
+        table = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
+        overrides = {**snap.overrides, idx: table}
+        self._snapshot = _make_snapshot(snap.version + 1, clocks, snap.base, overrides)
+
+    def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
+        """A time clock was created or changed; ``fences`` are all of its geofences."""
+        with self._lock:
+            snap = self._snapshot
+            idx = snap.clock_idx.get(tc.id)
+            if idx is None:
+                if len(snap.clocks) >= kernels.MAX_CLOCKS:
+                    raise RuntimeError("too many time clocks for the cell key layout")
+                idx = len(snap.clocks)
+            info = ClockInfo.of(idx, tc)
+            clocks = (*snap.clocks[:idx], info, *snap.clocks[idx + 1 :])
+            cols = FenceColumns.from_fences(list(fences), {tc.id: info})
+            self._publish_clock(snap, clocks, idx, cols)
+        self._maybe_compact()
+
+    def fences_changed(
+        self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+    ) -> None:
+        """Fences of ``tc`` were created (``added``) or deleted (ids in ``removed``)."""
+        with self._lock:
+            snap = self._snapshot
+            idx = snap.clock_idx.get(tc.id)
+            if idx is None:
+                self.time_clock_changed(tc, added)
+                return
+            info = snap.clocks[idx]
+            table = snap.overrides.get(idx, snap.base)
+            starts = table.clock_row_start
+            lo, hi = (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
+            cols = columns_of(table, np.arange(lo, hi, dtype=np.int64))
+            if removed:
+                gone = {r.encode() for r in removed}
+                keep = [i for i, raw in enumerate(cols.ids) if bytes(raw) not in gone]
+                cols = cols.take(np.asarray(keep, dtype=np.int64))
+            if added:
+                cols = FenceColumns.concat([cols, FenceColumns.from_fences(added, {tc.id: info})])
+            self._publish_clock(snap, snap.clocks, idx, cols)
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        snap = self._snapshot
+        pending = sum(t.size for t in snap.overrides.values())
+        if self._compacting or not (
+            len(snap.overrides) > self.compact_after_clocks or pending > self.compact_after_fences
+        ):
+            return
+        self._compacting = True
+        threading.Thread(target=self.compact, name="fence-compact", daemon=True).start()
+
+    def compact(self) -> Snapshot:
+        """Fold the overrides into a new base table without blocking readers or writers.
+
+        The new base is built from a snapshot outside the lock; overrides that
+        writers published meanwhile stay on top of it.
+        """
+        try:
+            with self._lock:
+                start = self._snapshot
+                if not start.overrides:
+                    return start
+                parts = []
+                if start.base.size:
+                    keep = np.flatnonzero(~start.shadowed[start.base.clocks]).astype(np.int64)
+                    parts.append(columns_of(start.base, keep))
+                parts.extend(columns_of(t) for t in start.overrides.values())
+                cols = FenceColumns.concat(parts)
+                handle = self._reserve(cols.clocks.size)
+            base = build_table(cols, _clock_arrays(start.clocks)[3], handle)
+            with self._lock:
+                now = self._snapshot
+                newer = {i: t for i, t in now.overrides.items() if start.overrides.get(i) is not t}
+                self._snapshot = _make_snapshot(now.version + 1, now.clocks, base, newer)
+                return self._snapshot
+        finally:
+            self._compacting = False

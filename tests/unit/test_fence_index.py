@@ -1,0 +1,138 @@
+"""Fence index updates: incremental, atomic, compactable."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
+from geopunch.geo.hashing import HashTable
+from geopunch.geo.index import FenceIndex
+from geopunch.geo.membership import (
+    INVALID_ACCURACY,
+    INVALID_COORDINATES,
+    OK,
+    UNKNOWN_JOB,
+    UNKNOWN_TIME_CLOCK,
+    check_one,
+    check_points,
+)
+
+
+def tc(i: int, **kw: object) -> TimeClock:
+    base = TimeClock(id=i, name="c", timezone="UTC", jobs=(Job("a"), Job("a1", parent_id="a"), Job("b")))
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def fence(fid: str, clock: int, lat: float, lon: float, r: int = 100, jobs: tuple[str, ...] = (), enabled: bool = True) -> Geofence:
+    return Geofence(fid, clock, "n", enabled, r, jobs, ExitAction.SEND_NOTIFICATION, "x", lat, lon)
+
+
+def ids_at(index: FenceIndex, clock: int, lat: float, lon: float) -> set[str]:
+    snap = index.snapshot
+    result = check_points(snap, [lat], [lon], clock)
+    batch = set(snap.fence_ids(result.fence_handles))
+    assert set(check_one(snap, lat, lon, clock).matched_fence_ids) == batch
+    return batch
+
+
+def test_hash_table_matches_a_dict() -> None:
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(0, 2**62, 5000))
+    table = HashTable.build(keys, np.arange(keys.size, dtype=np.int32))
+    queries = np.concatenate([keys, rng.integers(0, 2**62, 5000)])
+    ref = {int(k): i for i, k in enumerate(keys)}
+    expected = [ref.get(int(q), -1) for q in queries]
+    assert table.lookup(queries).tolist() == expected
+    assert [table.lookup_one(int(q)) for q in queries[::97]] == expected[::97]
+
+
+def test_changes_are_visible_at_once_and_old_snapshots_stay_valid() -> None:
+    index = FenceIndex()
+    index.load([tc(1), tc(2)], [fence("a", 1, 10, 10), fence("b", 2, 10, 10)])
+    before = index.snapshot
+    index.fences_changed(tc(1), [fence("c", 1, 10, 10.0005)], ["a"])
+    assert ids_at(index, 1, 10, 10) == {"c"}
+    assert ids_at(index, 2, 10, 10) == {"b"}
+    # A reader holding the old snapshot still sees the old world.
+    old = check_points(before, [10], [10], 1)
+    assert before.fence_ids(old.fence_handles) == ["a"]
+    index.fences_changed(tc(1), [], ["c"])
+    assert ids_at(index, 1, 10, 10) == set()
+
+
+def test_new_clock_disabled_fences_and_compaction() -> None:
+    index = FenceIndex(compact_after_clocks=1000)
+    index.load([tc(1)], [fence("a", 1, -89.9995, 0), fence("off", 1, -89.9995, 0, enabled=False)])
+    assert ids_at(index, 1, -90, 0) == {"a"}  # at the South Pole, 55 m from the centre
+    index.time_clock_changed(tc(7), [])
+    index.fences_changed(tc(7), [fence("x", 7, 0, 179.9995), fence("y", 7, 0, -179.9995)], [])
+    assert ids_at(index, 7, 0, 180) == {"x", "y"}
+    before = {(c, f) for c, f in index.snapshot.iter_fences()}
+    snap = index.compact()
+    assert not snap.overrides
+    assert {(c, f) for c, f in snap.iter_fences()} == before
+    assert ids_at(index, 7, 0, -180) == {"x", "y"}
+    assert ids_at(index, 1, -90, 0) == {"a"}
+
+
+def test_job_tree_change_rewidens_fences() -> None:
+    index = FenceIndex()
+    f = fence("a", 1, 5, 5, jobs=("a",))
+    index.load([tc(1)], [f])
+
+    def allowed(job: str) -> bool:
+        return check_one(index.snapshot, 5, 5, 1, job).allowed
+
+    assert allowed("a1") and not allowed("b")
+    moved = tc(1, jobs=(Job("a"), Job("b"), Job("a1", parent_id="b")))
+    index.time_clock_changed(moved, [f])
+    assert not allowed("a1") and not allowed("b") and allowed("a")
+
+
+def test_statuses() -> None:
+    index = FenceIndex()
+    index.load([tc(1, accuracy_tolerance_m=10.0)], [fence("a", 1, 1, 1)])
+    result = check_points(
+        index.snapshot,
+        [1, np.nan, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 2, 1, 1],
+        [-1, -1, -1, 0, -1],
+        ["zzz"],
+        [np.nan, 1, 1, 1, -5],
+    )
+    assert result.status.tolist() == [OK, INVALID_COORDINATES, UNKNOWN_TIME_CLOCK, UNKNOWN_JOB, INVALID_ACCURACY]
+    assert result.inside.tolist() == [True, False, False, False, False]
+    assert check_one(index.snapshot, 1, 1, 1, "zzz").status == UNKNOWN_JOB
+    assert check_one(index.snapshot, 1, 200, 1).status == INVALID_COORDINATES
+    with pytest.raises(ValueError, match="shape"):
+        check_points(index.snapshot, [[1.0]], [1.0], 1)
+
+
+def test_readers_never_see_half_a_change() -> None:
+    """Each change swaps two fences; every snapshot a reader sees has exactly one of them."""
+    index = FenceIndex(compact_after_clocks=4)
+    index.load([tc(1)], [fence("p0", 1, 0, 0)])
+    stop = threading.Event()
+    seen: list[set[str]] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(ids_at(index, 1, 0, 0))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for i in range(200):
+        index.fences_changed(tc(1), [fence(f"p{i + 1}", 1, 0, 0)], [f"p{i}"])
+        if i % 50 == 0:
+            index.compact()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert seen and all(len(s) == 1 for s in seen)
+    assert ids_at(index, 1, 0, 0) == {"p200"}
