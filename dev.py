@@ -6,6 +6,7 @@
     python3 dev.py lint                             ruff check, ruff format --check, mypy
     python3 dev.py protos                           regenerate src/geopunch/v1 from protos/
     python3 dev.py bench [PYTEST ARGS ...]          run the pytest-benchmark suite in bench/
+    python3 dev.py run SCRIPT [ARGS ...]            run a script with the project's interpreter
 
 Set-up creates .venv/, installs the project with its dev extra there (again
 only when pyproject.toml changed), and regenerates the gRPC code if it is
@@ -51,7 +52,7 @@ def run(args: list[str], env: dict[str, str] | None = None) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"serve", "test", "lint", "protos", "bench"}:
+    if not argv or argv[0] not in {"serve", "test", "lint", "protos", "bench", "run"}:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
@@ -69,6 +70,8 @@ def main(argv: list[str]) -> int:
         return run([str(PY), "-m", "pytest", *rest])
     if command == "bench":
         return run([str(PY), "-m", "pytest", "bench", "-p", "no:cacheprovider", *rest])
+    if command == "run":
+        return run([str(PY), *rest])
     if command == "protos":
         return run([str(PY), "scripts/gen_protos.py"])
     # lint

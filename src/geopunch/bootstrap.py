@@ -36,10 +36,9 @@ def build_app(config: Config, index: FenceIndex | None = None) -> App:
     uows = SqlUnitOfWorkFactory(engine)
     index = index if index is not None else FenceIndex()
     started = time.perf_counter()
-    with uows(readonly=True) as uow:
-        # Loaded under the index's write lock: no change can slip in between.
-        with index.write_lock():
-            snap = index.load(uow.time_clocks.list_all(), uow.geofences.list_enabled())
+    # Loaded under the index's write lock: no change can slip in between.
+    with uows(readonly=True) as uow, index.write_lock():
+        snap = index.load(uow.time_clocks.list_all(), uow.geofences.list_enabled())
     warm_up(snap)
     log.info(
         "fence index ready",

@@ -54,7 +54,9 @@ def decode(data: location_pb2.CheckResults) -> dict[str, object]:
     return out
 
 
-def raw_request(tc_id: int, lats: list[float], lons: list[float], **kw: object) -> location_pb2.CheckLocationsRequest:
+def raw_request(
+    tc_id: int, lats: list[float], lons: list[float], **kw: object
+) -> location_pb2.CheckLocationsRequest:
     req = location_pb2.CheckLocationsRequest(time_clock_id=tc_id, **kw)  # type: ignore[arg-type]
     req.raw.latitudes_f64 = np.asarray(lats, "<f8").tobytes()
     req.raw.longitudes_f64 = np.asarray(lons, "<f8").tobytes()
@@ -82,12 +84,24 @@ def test_packed_and_raw_give_the_same_answers(client: Client) -> None:
 
 def test_jobs_sub_jobs_distance_and_actions(client: Client) -> None:
     tc = make_time_clock(client)
-    site = add_fence(client, tc.id, 29.7604, -95.3698, 500, job_ids=["job-construction-001"],
-                     on_geofence_exit_action="autoClockOut")
+    site = add_fence(
+        client,
+        tc.id,
+        29.7604,
+        -95.3698,
+        500,
+        job_ids=["job-construction-001"],
+        on_geofence_exit_action="autoClockOut",
+    )
     lat, lon = at(29.7604, -95.3698, 300)
     far_lat, far_lon = at(29.7604, -95.3698, 1500)
-    req = raw_request(tc.id, [lat, lat, lat, far_lat], [lon, lon, lon, far_lon],
-                      job_ids=["job-construction-001-a", "job-123"], with_distance=True)
+    req = raw_request(
+        tc.id,
+        [lat, lat, lat, far_lat],
+        [lon, lon, lon, far_lon],
+        job_ids=["job-construction-001-a", "job-123"],
+        with_distance=True,
+    )
     req.raw.job_indexes_i32 = np.asarray([0, 1, -1, 0], "<i4").tobytes()
     out = decode(client(client.locations.CheckLocations, req).data)
     assert list(out["inside"]) == [True, True, True, False]  # type: ignore[call-overload]
@@ -134,8 +148,10 @@ def test_a_change_is_seen_by_the_next_check(client: Client) -> None:
     assert not decode(client(client.locations.CheckLocations, req).data)["inside"][0]  # type: ignore[index]
     fid = add_fence(client, tc.id, 51.5007, -0.1246, 100)
     assert decode(client(client.locations.CheckLocations, req).data)["ids"] == [[fid]]
-    client(client.geofences.DeleteGeofence,
-           geofences_pb2.DeleteGeofenceRequest(time_clock_id=tc.id, fence_id=fid))
+    client(
+        client.geofences.DeleteGeofence,
+        geofences_pb2.DeleteGeofenceRequest(time_clock_id=tc.id, fence_id=fid),
+    )
     assert decode(client(client.locations.CheckLocations, req).data)["ids"] == [[]]
     disabled = add_fence(client, tc.id, 51.5007, -0.1246, 100, is_enabled=False)
     assert disabled
@@ -156,21 +172,41 @@ def test_time_clock_update_reaches_the_index(client: Client) -> None:
 
 def test_request_errors(client: Client) -> None:
     tc = make_time_clock(client)
-    expect_error(lambda: client(client.locations.CheckLocations, raw_request(987654321, [1], [1])),
-                 grpc.StatusCode.NOT_FOUND, "TIME_CLOCK_NOT_FOUND")
-    expect_error(lambda: client(client.locations.CheckLocations, raw_request(tc.id, [1, 2], [1])),
-                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    expect_error(
+        lambda: client(client.locations.CheckLocations, raw_request(987654321, [1], [1])),
+        grpc.StatusCode.NOT_FOUND,
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    expect_error(
+        lambda: client(client.locations.CheckLocations, raw_request(tc.id, [1, 2], [1])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
     bad = raw_request(tc.id, [1], [1])
     bad.raw.latitudes_f64 = b"1234567"
-    expect_error(lambda: client(client.locations.CheckLocations, bad),
-                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
-    expect_error(lambda: client(client.locations.CheckLocations, raw_request(tc.id, [1], [1], job_id="nope")),
-                 grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
-    expect_error(lambda: client(client.locations.CheckLocations, raw_request(0, [1], [1])),
-                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    expect_error(
+        lambda: client(client.locations.CheckLocations, bad),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    expect_error(
+        lambda: client(
+            client.locations.CheckLocations, raw_request(tc.id, [1], [1], job_id="nope")
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "JOB_NOT_FOUND",
+    )
+    expect_error(
+        lambda: client(client.locations.CheckLocations, raw_request(0, [1], [1])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
     big = raw_request(tc.id, np.zeros(1_000_001).tolist(), np.zeros(1_000_001).tolist())
-    expect_error(lambda: client(client.locations.CheckLocations, big),
-                 grpc.StatusCode.INVALID_ARGUMENT, "BATCH_TOO_LARGE")
+    expect_error(
+        lambda: client(client.locations.CheckLocations, big),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BATCH_TOO_LARGE",
+    )
     empty = decode(client(client.locations.CheckLocations, raw_request(tc.id, [], [])).data)
     assert list(empty["offsets"]) == [0]  # type: ignore[call-overload]
 

@@ -22,7 +22,9 @@ def clock(i: int, tolerance: float = 0.0) -> TimeClock:
     )
 
 
-def fence(fid: str, tc: int, lat: float, lon: float, r: int, jobs: tuple[str, ...] = ()) -> Geofence:
+def fence(
+    fid: str, tc: int, lat: float, lon: float, r: int, jobs: tuple[str, ...] = ()
+) -> Geofence:
     return Geofence(fid, tc, "n", True, r, jobs, ExitAction.NO_ACTION, "addr", lat, lon)
 
 
@@ -72,7 +74,9 @@ def test_random_fleets_match_brute_force(seed: int) -> None:
         for j in range(int(rng.integers(0, 30))):
             flon, flat, _ = GEOD.fwd(clon, clat, rng.uniform(-180, 180), rng.uniform(0, 4000))
             jobs = ("a",) if j % 4 == 0 else ()
-            fences.append(fence(f"{tc.id}-{j}", tc.id, flat, flon, int(rng.integers(75, 1525)), jobs))
+            fences.append(
+                fence(f"{tc.id}-{j}", tc.id, flat, flon, int(rng.integers(75, 1525)), jobs)
+            )
     if not fences:
         return
     snap = FenceIndex().load(clocks, fences)
@@ -94,7 +98,9 @@ def test_random_fleets_match_brute_force(seed: int) -> None:
         tol = clocks[int(tcs[i]) - 1].accuracy_tolerance_m
         extra = 0.0 if np.isnan(acc[i]) else min(acc[i], tol)
         mine = [f for f in fences if f.time_clock_id == tcs[i]]
-        d = geodesic_distance(plat[i], plon[i], [f.latitude for f in mine], [f.longitude for f in mine])
+        d = geodesic_distance(
+            plat[i], plon[i], [f.latitude for f in mine], [f.longitude for f in mine]
+        )
         limit = np.array([f.fence_size_m for f in mine]) + extra
         clear = np.abs(d - limit) > TOLERANCE_M
         want = {f.id for f, inside in zip(mine, d <= limit, strict=True) if inside}

@@ -23,11 +23,21 @@ from geopunch.geo.membership import (
 
 
 def tc(i: int, **kw: object) -> TimeClock:
-    base = TimeClock(id=i, name="c", timezone="UTC", jobs=(Job("a"), Job("a1", parent_id="a"), Job("b")))
+    base = TimeClock(
+        id=i, name="c", timezone="UTC", jobs=(Job("a"), Job("a1", parent_id="a"), Job("b"))
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def fence(fid: str, clock: int, lat: float, lon: float, r: int = 100, jobs: tuple[str, ...] = (), enabled: bool = True) -> Geofence:
+def fence(
+    fid: str,
+    clock: int,
+    lat: float,
+    lon: float,
+    r: int = 100,
+    jobs: tuple[str, ...] = (),
+    enabled: bool = True,
+) -> Geofence:
     return Geofence(fid, clock, "n", enabled, r, jobs, ExitAction.SEND_NOTIFICATION, "x", lat, lon)
 
 
@@ -105,7 +115,13 @@ def test_statuses() -> None:
         ["zzz"],
         [np.nan, 1, 1, 1, -5],
     )
-    assert result.status.tolist() == [OK, INVALID_COORDINATES, UNKNOWN_TIME_CLOCK, UNKNOWN_JOB, INVALID_ACCURACY]
+    assert result.status.tolist() == [
+        OK,
+        INVALID_COORDINATES,
+        UNKNOWN_TIME_CLOCK,
+        UNKNOWN_JOB,
+        INVALID_ACCURACY,
+    ]
     assert result.inside.tolist() == [True, False, False, False, False]
     assert check_one(index.snapshot, 1, 1, 1, "zzz").status == UNKNOWN_JOB
     assert check_one(index.snapshot, 1, 200, 1).status == INVALID_COORDINATES

@@ -73,7 +73,7 @@ def short_geodesic_from_chord2(chord2: F) -> F:
 
     Works on floats and on float64 arrays alike.
     """
-    return np.sqrt(chord2) * (1.0 + chord2 * _INV_24R2)  # type: ignore[return-value]
+    return np.sqrt(chord2) * (1.0 + chord2 * _INV_24R2)  # type: ignore[no-any-return]
 
 
 def approx_geodesic_from_chord2(chord2: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -102,8 +102,10 @@ def geodesic_distance(
     if a1.size == 0:
         return np.zeros(a1.shape, dtype=np.float64)
     _, _, dist = _GEOD.inv(
-        np.ascontiguousarray(o1), np.ascontiguousarray(a1),
-        np.ascontiguousarray(o2), np.ascontiguousarray(a2),
+        np.ascontiguousarray(o1),
+        np.ascontiguousarray(a1),
+        np.ascontiguousarray(o2),
+        np.ascontiguousarray(a2),
     )
     return np.asarray(dist, dtype=np.float64)
 

@@ -18,7 +18,6 @@ writers serialize on a lock and publish by replacing one reference.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -85,9 +84,9 @@ class FenceTable:
     job_start: I64
     jobs: I32
     clock_row_start: I64
-    cells: HashTable
-    cell_start: I64
-    cell_rows: I32
+    slots: I64
+    entries: F64
+    entry_rows: I32
 
     @property
     def size(self) -> int:
@@ -96,11 +95,24 @@ class FenceTable:
     @property
     def nbytes(self) -> int:
         arrays = (
-            self.clocks, self.lats, self.lons, self.fx, self.fy, self.fz, self.radius,
-            self.actions, self.ids, self.applies_all, self.job_start, self.jobs,
-            self.clock_row_start, self.cell_start, self.cell_rows,
+            self.clocks,
+            self.lats,
+            self.lons,
+            self.fx,
+            self.fy,
+            self.fz,
+            self.radius,
+            self.actions,
+            self.ids,
+            self.applies_all,
+            self.job_start,
+            self.jobs,
+            self.clock_row_start,
+            self.slots,
+            self.entries,
+            self.entry_rows,
         )
-        return sum(int(a.nbytes) for a in arrays) + self.cells.nbytes
+        return sum(int(a.nbytes) for a in arrays)
 
     def rows_of(self, fence_ids: Iterable[str]) -> list[int]:
         wanted = {f.encode() for f in fence_ids}
@@ -127,25 +139,49 @@ class FenceColumns:
 
     @staticmethod
     def from_fences(fences: Sequence[Geofence], clocks: Mapping[int, ClockInfo]) -> FenceColumns:
-        live = [f for f in fences if f.is_enabled]
-        job_lists: list[list[int]] = []
-        for f in live:
+        """Columns of the enabled fences; one pass over the objects."""
+        clock_col: list[int] = []
+        lat_col: list[float] = []
+        lon_col: list[float] = []
+        radius_col: list[int] = []
+        action_col: list[int] = []
+        id_col: list[bytes] = []
+        job_counts: list[int] = []
+        job_codes: list[int] = []
+        widened: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for f in fences:
+            if not f.is_enabled:
+                continue
             info = clocks[f.time_clock_id]
-            widened = info.time_clock.with_descendants(f.job_ids) if f.job_ids else ()
-            job_lists.append(sorted(info.job_codes[j] for j in widened))
-        lengths = np.fromiter((len(j) for j in job_lists), dtype=np.int64, count=len(live))
-        job_start = np.zeros(len(live) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=job_start[1:])
+            clock_col.append(info.idx)
+            lat_col.append(f.latitude)
+            lon_col.append(f.longitude)
+            radius_col.append(f.fence_size_m)
+            action_col.append(_ACTION_CODE[f.exit_action])
+            id_col.append(f.id.encode())
+            if f.job_ids:
+                key = (info.idx, f.job_ids)
+                codes = widened.get(key)
+                if codes is None:
+                    tree = info.time_clock.with_descendants(f.job_ids)
+                    codes = widened[key] = sorted(info.job_codes[j] for j in tree)
+                job_counts.append(len(codes))
+                job_codes.extend(codes)
+            else:
+                job_counts.append(0)
+        counts = np.asarray(job_counts, dtype=np.int64)
+        job_start = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=job_start[1:])
         return FenceColumns(
-            clocks=np.fromiter((clocks[f.time_clock_id].idx for f in live), np.int32, len(live)),
-            lats=np.fromiter((f.latitude for f in live), np.float64, len(live)),
-            lons=np.fromiter((f.longitude for f in live), np.float64, len(live)),
-            radius=np.fromiter((f.fence_size_m for f in live), np.float64, len(live)),
-            actions=np.fromiter((_ACTION_CODE[f.exit_action] for f in live), np.int8, len(live)),
-            ids=np.array([f.id.encode() for f in live], dtype=np.bytes_),
-            applies_all=np.fromiter((not f.job_ids for f in live), np.bool_, len(live)),
+            clocks=np.asarray(clock_col, dtype=np.int32),
+            lats=np.asarray(lat_col, dtype=np.float64),
+            lons=np.asarray(lon_col, dtype=np.float64),
+            radius=np.asarray(radius_col, dtype=np.float64),
+            actions=np.asarray(action_col, dtype=np.int8),
+            ids=np.asarray(id_col, dtype=np.bytes_) if id_col else np.zeros(0, "S1"),
+            applies_all=counts == 0,
             job_start=job_start,
-            jobs=np.fromiter(itertools.chain.from_iterable(job_lists), np.int32, int(job_start[-1])),
+            jobs=np.asarray(job_codes, dtype=np.int32),
         )
 
     def take(self, rows: I64) -> FenceColumns:
@@ -155,8 +191,14 @@ class FenceColumns:
         np.cumsum(lengths, out=job_start[1:])
         flat = np.repeat(starts - job_start[:-1], lengths) + np.arange(job_start[-1])
         return FenceColumns(
-            self.clocks[rows], self.lats[rows], self.lons[rows], self.radius[rows],
-            self.actions[rows], self.ids[rows], self.applies_all[rows], job_start,
+            self.clocks[rows],
+            self.lats[rows],
+            self.lons[rows],
+            self.radius[rows],
+            self.actions[rows],
+            self.ids[rows],
+            self.applies_all[rows],
+            job_start,
             self.jobs[flat],
         )
 
@@ -168,8 +210,10 @@ class FenceColumns:
             job_start.append(p.job_start[1:] + base)
             base += int(p.job_start[-1])
         return FenceColumns(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in (
-                "clocks", "lats", "lons", "radius", "actions", "ids", "applies_all")),
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("clocks", "lats", "lons", "radius", "actions", "ids", "applies_all")
+            ),
             job_start=np.concatenate(job_start),
             jobs=np.concatenate([p.jobs for p in parts]),
         )  # type: ignore[misc]
@@ -177,22 +221,33 @@ class FenceColumns:
 
 def columns_of(table: FenceTable, rows: I64 | None = None) -> FenceColumns:
     cols = FenceColumns(
-        table.clocks, table.lats, table.lons, table.radius, table.actions, table.ids,
-        table.applies_all, table.job_start, table.jobs,
+        table.clocks,
+        table.lats,
+        table.lons,
+        table.radius,
+        table.actions,
+        table.ids,
+        table.applies_all,
+        table.job_start,
+        table.jobs,
     )
     return cols if rows is None else cols.take(rows)
 
 
 def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTable:
     """Index fences; ``extra_m`` (shape (n_clocks,)) widens each clock's fences in the grid."""
-    order = np.argsort(cols.clocks, kind="stable")
-    cols = cols.take(order.astype(np.int64))
+    if cols.clocks.size and (np.diff(cols.clocks) < 0).any():
+        cols = cols.take(np.argsort(cols.clocks, kind="stable").astype(np.int64))
     m = cols.clocks.size
     fx, fy, fz = ecef(cols.lats, cols.lons)
     reach = cols.radius + (extra_m[cols.clocks] if m else 0.0)
     inv = 1.0 / kernels.CELL_M
-    lo = [np.floor((c - reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)]
-    hi = [np.floor((c + reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)]
+    lo = [
+        np.floor((c - reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)
+    ]
+    hi = [
+        np.floor((c + reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)
+    ]
     spans = [h - lo_ + 1 for lo_, h in zip(lo, hi, strict=True)]
     per_fence = spans[0] * spans[1] * spans[2]
     rows = np.repeat(np.arange(m, dtype=np.int64), per_fence)
@@ -204,10 +259,26 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
     iy = lo[1][rows] + (k // nz) % ny
     ix = lo[0][rows] + k // (nz * ny)
     keys = (cols.clocks[rows].astype(np.int64) << 36) | (ix << 24) | (iy << 12) | iz
-    by_key = np.argsort(keys, kind="stable")
+    by_key = np.argsort(keys)
     keys, rows = keys[by_key], rows[by_key]
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
-    cell_start = np.r_[first, keys.size].astype(np.int64)
+    first = (
+        np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
+    )
+    ends = np.r_[first[1:], keys.size].astype(np.int64)
+    cells = HashTable.build(keys[first], np.arange(first.size, dtype=np.int32))
+    # One 16-byte row per slot: the key, and its entries' span packed as lo << 32 | hi,
+    # so a probe that finds the key has the span in the same cache line.
+    slots = np.empty((cells.keys.size, 2), dtype=np.int64)
+    slots[:, 0] = cells.keys
+    used = cells.values >= 0
+    slots[:, 1] = 0
+    slots[used, 1] = (first[cells.values[used]] << 32) | ends[cells.values[used]]
+    # Entries carry the centre and radius inline: candidates of a cell are contiguous.
+    entries = np.empty((rows.size, 4), dtype=np.float64)
+    entries[:, 0] = fx[rows]
+    entries[:, 1] = fy[rows]
+    entries[:, 2] = fz[rows]
+    entries[:, 3] = cols.radius[rows]
     n_clocks = int(extra_m.size)
     clock_row_start = np.searchsorted(cols.clocks, np.arange(n_clocks + 1)).astype(np.int64)
     return FenceTable(
@@ -225,9 +296,9 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
         job_start=cols.job_start,
         jobs=cols.jobs,
         clock_row_start=clock_row_start,
-        cells=HashTable.build(keys[first], np.arange(first.size, dtype=np.int32)),
-        cell_start=cell_start,
-        cell_rows=rows.astype(np.int32),
+        slots=slots,
+        entries=entries,
+        entry_rows=rows.astype(np.int32),
     )
 
 
@@ -240,7 +311,9 @@ class Snapshot:
     clock_idx: Mapping[int, int]
     sorted_clock_ids: I64
     sorted_clock_idx: I32
+    direct_clock_idx: I32
     tolerance_m: F64
+    extra_m: F64
     base: FenceTable
     overrides: Mapping[int, FenceTable]
     shadowed: B
@@ -251,18 +324,19 @@ class Snapshot:
 
     @property
     def fence_count(self) -> int:
-        shadow_rows = int(np.count_nonzero(self.shadowed[self.base.clocks])) if self.base.size else 0
+        shadow_rows = (
+            int(np.count_nonzero(self.shadowed[self.base.clocks])) if self.base.size else 0
+        )
         return self.base.size - shadow_rows + sum(t.size for t in self.overrides.values())
 
     def dense_clocks(self, time_clock_ids: npt.ArrayLike) -> I32:
         """Dense clock indexes of time clock ids (int64, shape (n,)); -1 when unknown."""
-        ids = np.asarray(time_clock_ids, dtype=np.int64)
-        pos = np.searchsorted(self.sorted_clock_ids, ids)
-        pos = np.minimum(pos, max(self.sorted_clock_ids.size - 1, 0))
-        if self.sorted_clock_ids.size == 0:
-            return np.full(ids.shape, -1, dtype=np.int32)
-        known = self.sorted_clock_ids[pos] == ids
-        return np.where(known, self.sorted_clock_idx[pos], -1).astype(np.int32)
+        ids = np.ascontiguousarray(time_clock_ids, dtype=np.int64)
+        out = np.empty(ids.shape, dtype=np.int32)
+        kernels.resolve_clocks(
+            ids, self.sorted_clock_ids, self.sorted_clock_idx, self.direct_clock_idx, out
+        )
+        return out
 
     def table_for(self, handle: int) -> tuple[FenceTable, int]:
         for table in self.tables:
@@ -273,15 +347,22 @@ class Snapshot:
     def fence_ids(self, handles: I64) -> list[str]:
         """Fence ids of result handles (int64, shape (k,))."""
         handles = np.asarray(handles, dtype=np.int64)
-        out = np.empty(handles.size, dtype=object)
+        raw = np.empty(handles.size, dtype=self.base.ids.dtype if self.base.size else "S1")
+        found = 0
         for table in self.tables:
             rows = handles - table.handle_base
             mine = (rows >= 0) & (rows < table.size)
             if mine.any():
-                out[mine] = [raw.decode() for raw in table.ids[rows[mine]].tolist()]
-        if handles.size and any(x is None for x in out):
+                if table.ids.dtype.itemsize > raw.dtype.itemsize:
+                    raw = raw.astype(table.ids.dtype)
+                raw[mine] = table.ids[rows[mine]]
+                found += int(np.count_nonzero(mine))
+        if found != handles.size:
             raise KeyError("a handle is not in this snapshot")
-        return out.tolist()  # type: ignore[no-any-return]
+        if not handles.size:
+            return []
+        # One decode of the joined ids instead of one per id (ids hold no NUL).
+        return b"\0".join(raw.tolist()).decode().split("\0")
 
     def iter_fences(self) -> Iterator[tuple[int, str]]:
         """(time clock id, fence id) of every indexed fence."""
@@ -301,22 +382,50 @@ def _clock_arrays(clocks: Sequence[ClockInfo]) -> tuple[I64, I32, F64, F64]:
     return ids[order], order.astype(np.int32), tol, extra
 
 
+#: Time clock ids below this resolve through a flat table (at most 16 MiB).
+_DIRECT_IDS = 1 << 22
+
+
+def _direct_table(sorted_ids: I64, sorted_idx: I32) -> I32:
+    small = sorted_ids[(sorted_ids >= 0) & (sorted_ids < _DIRECT_IDS)]
+    if small.size == 0:
+        return np.full(0, -1, np.int32)
+    table = np.full(int(small.max()) + 1, -1, np.int32)
+    table[small] = sorted_idx[np.searchsorted(sorted_ids, small)]
+    return table
+
+
 def _make_snapshot(
     version: int,
     clocks: tuple[ClockInfo, ...],
     base: FenceTable,
     overrides: Mapping[int, FenceTable],
+    prev: Snapshot | None = None,
 ) -> Snapshot:
-    sorted_ids, sorted_idx, tol, _ = _clock_arrays(clocks)
+    """A snapshot; per-clock arrays are reused from ``prev`` when the clocks did not change."""
+    if prev is not None and prev.clocks is clocks:
+        sorted_ids, sorted_idx, tol, extra = (
+            prev.sorted_clock_ids,
+            prev.sorted_clock_idx,
+            prev.tolerance_m,
+            prev.extra_m,
+        )
+        direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
+    else:
+        sorted_ids, sorted_idx, tol, extra = _clock_arrays(clocks)
+        direct = _direct_table(sorted_ids, sorted_idx)
+        clock_idx = {c.time_clock.id: c.idx for c in clocks}
     shadowed = np.zeros(len(clocks), dtype=bool)
     shadowed[list(overrides)] = True
     return Snapshot(
         version=version,
         clocks=clocks,
-        clock_idx={c.time_clock.id: c.idx for c in clocks},
+        clock_idx=clock_idx,
         sorted_clock_ids=sorted_ids,
         sorted_clock_idx=sorted_idx,
+        direct_clock_idx=direct,
         tolerance_m=tol,
+        extra_m=extra,
         base=base,
         overrides=dict(overrides),
         shadowed=shadowed,
@@ -365,9 +474,10 @@ class FenceIndex:
     def _publish_clock(
         self, snap: Snapshot, clocks: tuple[ClockInfo, ...], idx: int, cols: FenceColumns
     ) -> None:
-        table = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
+        extra = snap.extra_m if clocks is snap.clocks else _clock_arrays(clocks)[3]
+        table = build_table(cols, extra, self._reserve(cols.clocks.size))
         overrides = {**snap.overrides, idx: table}
-        self._snapshot = _make_snapshot(snap.version + 1, clocks, snap.base, overrides)
+        self._snapshot = _make_snapshot(snap.version + 1, clocks, snap.base, overrides, snap)
 
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
         """A time clock was created or changed; ``fences`` are all of its geofences."""
@@ -436,11 +546,11 @@ class FenceIndex:
                 parts.extend(columns_of(t) for t in start.overrides.values())
                 cols = FenceColumns.concat(parts)
                 handle = self._reserve(cols.clocks.size)
-            base = build_table(cols, _clock_arrays(start.clocks)[3], handle)
+            base = build_table(cols, start.extra_m, handle)
             with self._lock:
                 now = self._snapshot
                 newer = {i: t for i, t in now.overrides.items() if start.overrides.get(i) is not t}
-                self._snapshot = _make_snapshot(now.version + 1, now.clocks, base, newer)
+                self._snapshot = _make_snapshot(now.version + 1, now.clocks, base, newer, now)
                 return self._snapshot
         finally:
             self._compacting = False

@@ -1,3 +1,4 @@
+# mypy: allow-untyped-defs
 """Compiled per-point loops of the fence engine (numba).
 
 Why numba: a membership test is a chain of small steps per point (ECEF
@@ -7,7 +8,8 @@ compiled loop the chain stays in registers and runs on every core. numba is
 the maintained way to get that from Python source without a C extension.
 
 All functions take plain arrays so that the same code serves a batch of
-millions of points and a single punch.
+millions of points and a single punch, and release the GIL so that
+concurrent RPCs overlap.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def ecef_point(lat: float, lon: float) -> tuple[float, float, float]:
 
 
 @numba.njit(cache=True, inline="always")
-def cell_key(clock: int, x: float, y: float, z: float) -> int:
+def cell_key(clock, x, y, z):  # -> int64
     inv = 1.0 / CELL_M
     ix = np.int64((x + CELL_OFFSET_M) * inv)
     iy = np.int64((y + CELL_OFFSET_M) * inv)
@@ -53,16 +55,10 @@ def cell_key(clock: int, x: float, y: float, z: float) -> int:
 
 
 @numba.njit(cache=True, inline="always")
-def probe(table_keys: np.ndarray, table_values: np.ndarray, bits: int, key: int) -> int:
-    mask = (np.int64(1) << bits) - 1
-    slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(64 - bits))
-    while True:
-        found = table_keys[slot]
-        if found == key:
-            return table_values[slot]
-        if found == -1:
-            return -1
-        slot = (slot + 1) & mask
+def home_slot(key, size):  # -> int64
+    """Same as :func:`geopunch.geo.hashing.home_slots` for one key."""
+    mixed = np.uint64(key) * _GOLDEN
+    return np.int64(((mixed >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
 
 
 @numba.njit(cache=True, inline="always")
@@ -71,81 +67,171 @@ def short_geodesic(c2: float) -> float:
 
 
 @numba.njit(cache=True, inline="always")
-def applies(row: int, job: int, applies_all: np.ndarray, job_start: np.ndarray, jobs: np.ndarray) -> bool:
+def applies(row, job, applies_all, job_start, jobs):  # -> bool
     if job < 0 or applies_all[row]:
         return True
-    for k in range(job_start[row], job_start[row + 1]):
+    for k in range(job_start[row], job_start[row + 1]):  # noqa: SIM110 - compiled loop
         if jobs[k] == job:
             return True
     return False
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
+def resolve_clocks(time_clock_ids, sorted_ids, sorted_idx, direct, out):
+    """Dense clock index of each time clock id; -1 when unknown.
+
+    ``direct`` maps small ids straight to their index (one load); larger ids
+    take a binary search in ``sorted_ids``.
+    """
+    n = sorted_ids.shape[0]
+    for i in numba.prange(time_clock_ids.shape[0]):
+        key = time_clock_ids[i]
+        if 0 <= key < direct.shape[0]:
+            out[i] = direct[key]
+            continue
+        lo = 0
+        hi = n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if sorted_ids[mid] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[i] = sorted_idx[lo] if lo < n and sorted_ids[lo] == key else -1
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
 def count_matches(
-    lats, lons, clocks, extras, active,
-    table_keys, table_values, bits, cell_start, cell_rows,
-    fx, fy, fz, radius,
-    px, py, pz, counts,
-):  # type: ignore[no-untyped-def]
-    """Pass 1: ECEF of each active point and how many fences may contain it."""
-    for i in numba.prange(lats.shape[0]):
-        counts[i] = 0
+    lats,
+    lons,
+    clocks,
+    extras,
+    active,
+    slots,
+    entries,
+    entry_rows,
+    px,
+    py,
+    pz,
+    spans,
+    counts,
+    first_rows,
+    first_dist,
+):
+    """Pass 1: for each active point its ECEF position, its cell's entry span
+    (``lo << 32 | hi``) and how many fences may contain it.
+
+    Three loops rather than one: the first is pure arithmetic, the second and
+    third each make one independent memory access per point (hash slot, then
+    the cell's entries), so the processor overlaps many cache misses instead of
+    waiting for each behind the trigonometry of the next point.
+    """
+    n = lats.shape[0]
+    size = slots.shape[0]
+    for i in numba.prange(n):
         if not active[i]:
+            spans[i] = -1
             continue
         x, y, z = ecef_point(lats[i], lons[i])
         px[i] = x
         py[i] = y
         pz[i] = z
-        u = probe(table_keys, table_values, bits, cell_key(clocks[i], x, y, z))
-        if u < 0:
+        key = cell_key(clocks[i], x, y, z)
+        counts[i] = key
+        spans[i] = home_slot(key, size)
+    # Home slots first, without branches, so the loads overlap; most keys are there.
+    for i in numba.prange(n):
+        slot = max(spans[i], 0)
+        hit = slots[slot, 0] == counts[i]
+        first_dist[i] = slot if spans[i] >= 0 else -1.0
+        spans[i] = slots[slot, 1] * hit
+    for i in numba.prange(n):
+        if spans[i] != 0 or first_dist[i] < 0:
             continue
-        n = 0
-        for k in range(cell_start[u], cell_start[u + 1]):
-            r = cell_rows[k]
-            dx = x - fx[r]
-            dy = y - fy[r]
-            dz = z - fz[r]
-            if short_geodesic(dx * dx + dy * dy + dz * dz) <= radius[r] + extras[i] + UNCERTAIN_M:
-                n += 1
-        counts[i] = n
+        slot = np.int64(first_dist[i])
+        key = counts[i]
+        found = slots[slot, 0]
+        while found != key and found != -1:
+            slot = slot + 1 if slot + 1 < size else 0
+            found = slots[slot, 0]
+        spans[i] = slots[slot, 1] if found == key else 0
+    for i in numba.prange(n):
+        packed = spans[i]
+        c = 0
+        if packed != 0:
+            x = px[i]
+            y = py[i]
+            z = pz[i]
+            extra = extras[i] + UNCERTAIN_M
+            for k in range(packed >> 32, packed & 0xFFFFFFFF):
+                dx = x - entries[k, 0]
+                dy = y - entries[k, 1]
+                dz = z - entries[k, 2]
+                d = short_geodesic(dx * dx + dy * dy + dz * dz)
+                if d <= entries[k, 3] + extra:
+                    if c == 0:
+                        # Most points meet at most one fence: keep it, pass 2 skips them.
+                        first_rows[i] = entry_rows[k]
+                        first_dist[i] = d
+                    c += 1
+        counts[i] = c
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def fill_matches(
-    clocks, extras, active, offsets,
-    table_keys, table_values, bits, cell_start, cell_rows,
-    fx, fy, fz, radius,
-    px, py, pz, out_rows, out_dist, out_uncertain,
-):  # type: ignore[no-untyped-def]
-    """Pass 2: write each point's candidate rows, distances and uncertain flags."""
-    for i in numba.prange(clocks.shape[0]):
-        if not active[i] or offsets[i] == offsets[i + 1]:
+    extras,
+    offsets,
+    entries,
+    entry_rows,
+    px,
+    py,
+    pz,
+    spans,
+    out_rows,
+    out_dist,
+    out_uncertain,
+):
+    """Pass 2: write the candidate rows, distances and uncertain flags of every
+    point with two or more candidates (pass 1 kept the single ones)."""
+    for i in numba.prange(offsets.shape[0] - 1):
+        o = offsets[i]
+        if offsets[i + 1] - o < 2:
             continue
         x = px[i]
         y = py[i]
         z = pz[i]
-        u = probe(table_keys, table_values, bits, cell_key(clocks[i], x, y, z))
-        o = offsets[i]
-        for k in range(cell_start[u], cell_start[u + 1]):
-            r = cell_rows[k]
-            dx = x - fx[r]
-            dy = y - fy[r]
-            dz = z - fz[r]
+        packed = spans[i]
+        for k in range(packed >> 32, packed & 0xFFFFFFFF):
+            dx = x - entries[k, 0]
+            dy = y - entries[k, 1]
+            dz = z - entries[k, 2]
             s = short_geodesic(dx * dx + dy * dy + dz * dz)
-            limit = radius[r] + extras[i]
+            limit = entries[k, 3] + extras[i]
             if s <= limit + UNCERTAIN_M:
-                out_rows[o] = r
+                out_rows[o] = entry_rows[k]
                 out_dist[o] = s
                 out_uncertain[o] = s > limit - UNCERTAIN_M
                 o += 1
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def nearest_boundary(
-    lats, lons, clocks, jobs_of_points, active,
-    clock_row_start, fx, fy, fz, radius, applies_all, job_start, jobs,
-    best_rows, best_approx,
-):  # type: ignore[no-untyped-def]
+    lats,
+    lons,
+    clocks,
+    jobs_of_points,
+    active,
+    clock_row_start,
+    fx,
+    fy,
+    fz,
+    radius,
+    applies_all,
+    job_start,
+    jobs,
+    best_rows,
+    best_approx,
+):
     """For each active point, the applicable fence of its clock whose boundary is nearest.
 
     Distances here are on the mean sphere (good to about 0.5 %); the caller
@@ -173,12 +259,25 @@ def nearest_boundary(
                 best_rows[i] = r
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def scan_clock(
-    lat, lon, clock, extra, job,
-    clock_row_start, fx, fy, fz, radius, applies_all, job_start, jobs,
-    out_rows, out_dist, out_flags,
-):  # type: ignore[no-untyped-def]
+    lat,
+    lon,
+    clock,
+    extra,
+    job,
+    clock_row_start,
+    fx,
+    fy,
+    fz,
+    radius,
+    applies_all,
+    job_start,
+    jobs,
+    out_rows,
+    out_dist,
+    out_flags,
+):
     """Single-point scan of every fence of one clock (the punch path).
 
     Writes the rows within ``radius + extra (+ UNCERTAIN_M)`` to ``out_rows``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,10 +42,13 @@ class Matches:
 
 def _table_mask(snap: Snapshot, table_no: int, table: FenceTable, clocks: I32, valid: B) -> B:
     if table_no == 0:
-        known = np.where(clocks >= 0, clocks, 0)
-        return valid & ~snap.shadowed[known] & (known < table.clock_row_start.size - 1)
+        covered: B = valid & (clocks < table.clock_row_start.size - 1)
+        if snap.overrides:
+            covered &= ~snap.shadowed[np.where(clocks >= 0, clocks, 0)]
+        return covered
     (clock_idx,) = (i for i, t in snap.overrides.items() if t is table)
-    return valid & (clocks == clock_idx)
+    mask: B = valid & (clocks == clock_idx)
+    return mask
 
 
 def match_within(
@@ -68,7 +72,10 @@ def match_within(
     px = np.empty(n, np.float64)
     py = np.empty(n, np.float64)
     pz = np.empty(n, np.float64)
+    spans = np.empty(n, np.int64)
     counts = np.empty(n, np.int64)
+    first_rows = np.empty(n, np.int32)
+    first_dist = np.empty(n, np.float64)
     total_counts = np.zeros(n, np.int64)
     for t_no, table in enumerate(snap.tables):
         if table.size == 0:
@@ -76,26 +83,62 @@ def match_within(
         active = _table_mask(snap, t_no, table, clocks, valid)
         if not active.any():
             continue
-        args = (table.cells.keys, table.cells.values, table.cells.bits, table.cell_start,
-                table.cell_rows, table.fx, table.fy, table.fz, table.radius)
-        kernels.count_matches(lats, lons, clocks, extra_m, active, *args, px, py, pz, counts)
+        kernels.count_matches(
+            lats,
+            lons,
+            clocks,
+            extra_m,
+            active,
+            table.slots,
+            table.entries,
+            table.entry_rows,
+            px,
+            py,
+            pz,
+            spans,
+            counts,
+            first_rows,
+            first_dist,
+        )
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         k = int(offsets[-1])
         rows = np.empty(k, np.int32)
         dist = np.empty(k, np.float64)
+        single = np.flatnonzero(counts == 1)
+        rows[offsets[single]] = first_rows[single]
+        dist[offsets[single]] = first_dist[single]
         uncertain = np.empty(k, np.bool_)
-        kernels.fill_matches(clocks, extra_m, active, offsets, *args, px, py, pz, rows, dist, uncertain)
+        kernels.fill_matches(
+            extra_m,
+            offsets,
+            table.entries,
+            table.entry_rows,
+            px,
+            py,
+            pz,
+            spans,
+            rows,
+            dist,
+            uncertain,
+        )
+        if single.size:
+            limit = table.radius[first_rows[single]] + extra_m[single]
+            uncertain[offsets[single]] = first_dist[single] > limit - kernels.UNCERTAIN_M
         if uncertain.any():
             # Within 0.1 mm of the limit: let pyproj's exact geodesic decide.
             u = np.flatnonzero(uncertain)
-            pts = np.repeat(np.arange(n), np.diff(offsets))[u]
-            exact = geodesic_distance(lats[pts], lons[pts], table.lats[rows[u]], table.lons[rows[u]])
+            pts = np.searchsorted(offsets, u, side="right") - 1
+            exact = geodesic_distance(
+                lats[pts], lons[pts], table.lats[rows[u]], table.lons[rows[u]]
+            )
             dist[u] = exact
-            keep = np.ones(k, bool)
-            keep[u] = exact <= table.radius[rows[u]] + extra_m[pts]
-            if not keep.all():
-                counts = np.bincount(np.repeat(np.arange(n), np.diff(offsets))[keep], minlength=n)
+            inside = exact <= table.radius[rows[u]] + extra_m[pts]
+            if not inside.all():
+                keep = np.ones(k, bool)
+                keep[u[~inside]] = False
+                counts = np.diff(offsets)
+                np.subtract.at(counts, pts[~inside], 1)
                 offsets = np.zeros(n + 1, np.int64)
                 np.cumsum(counts, out=offsets[1:])
                 rows, dist = rows[keep], dist[keep]
@@ -156,8 +199,8 @@ class CheckResult:
     nearest_handles: I64 | None
 
 
-def _as_1d(name: str, value: npt.ArrayLike, dtype: type, n: int | None) -> npt.NDArray[np.generic]:
-    arr = np.asarray(value, dtype=dtype)
+def _as_1d(name: str, value: npt.ArrayLike, dtype: type, n: int | None) -> npt.NDArray[Any]:
+    arr: npt.NDArray[Any] = np.asarray(value, dtype=dtype)
     if arr.ndim == 0 and n is not None:
         arr = np.full(n, arr, dtype=dtype)
     arr = np.ascontiguousarray(arr)
@@ -218,32 +261,37 @@ def check_points(
         tol = snap.tolerance_m[np.where(clocks >= 0, clocks, 0)] if snap.clocks else extra
         extra = np.where(np.isnan(acc) | (acc < 0), 0.0, np.minimum(acc, tol))
     valid = status == OK
-    lat_safe = np.where(valid, lat, 0.0)
-    lon_safe = np.where(valid, lon, 0.0)
-    m = match_within(snap, lat_safe, lon_safe, clocks, extra, valid)
+    m = match_within(snap, lat, lon, clocks, extra, valid)
     tables = snap.tables
     handles = np.empty(m.rows.size, np.int64)
     actions = np.empty(m.rows.size, np.int8)
     applicable = np.empty(m.rows.size, np.bool_)
-    point = m.point_of_match()
+    any_job = bool((jobs >= 0).any())
+    point = m.point_of_match() if any_job else None
     for t_no, table in enumerate(tables):
-        sel = m.tables == t_no
-        if not sel.any():
-            continue
+        sel: slice | B = m.tables == t_no if len(tables) > 1 else slice(None)
         rows = m.rows[sel]
+        if rows.size == 0:
+            continue
         handles[sel] = table.handle_base + rows
         actions[sel] = table.actions[rows]
-        applicable[sel] = _applies(table, rows, jobs[point[sel]])
-    counts = np.diff(m.offsets)
-    inside = counts > 0
-    allowed = np.bincount(point[applicable], minlength=n) > 0 if n else inside
+        applicable[sel] = _applies(table, rows, jobs[point[sel]]) if point is not None else True
+    inside = m.offsets[1:] > m.offsets[:-1]
+    if point is None:
+        allowed = inside
+    else:
+        allowed = np.bincount(point[applicable], minlength=n) > 0 if n else inside
     distance = nearest = None
     if with_distance:
-        distance, nearest = nearest_boundary(snap, lat_safe, lon_safe, clocks, jobs, valid)
-    return CheckResult(status, inside, allowed, m.offsets, handles, applicable, actions, distance, nearest)
+        distance, nearest = nearest_boundary(snap, lat, lon, clocks, jobs, valid)
+    return CheckResult(
+        status, inside, allowed, m.offsets, handles, applicable, actions, distance, nearest
+    )
 
 
-def _job_codes(snap: Snapshot, clocks: I32, raw: I32, names: list[str], status: npt.NDArray[np.uint8]) -> I32:
+def _job_codes(
+    snap: Snapshot, clocks: I32, raw: I32, names: list[str], status: npt.NDArray[np.uint8]
+) -> I32:
     """Per-point job codes of each point's clock; unknown jobs set UNKNOWN_JOB."""
     out = np.full(raw.size, -1, np.int32)
     has = (raw >= 0) & (status == OK)
@@ -288,8 +336,21 @@ def nearest_boundary(
         if not active.any():
             continue
         kernels.nearest_boundary(
-            lats, lons, clocks, jobs, active, table.clock_row_start, table.fx, table.fy,
-            table.fz, table.radius, table.applies_all, table.job_start, table.jobs, rows, approx,
+            lats,
+            lons,
+            clocks,
+            jobs,
+            active,
+            table.clock_row_start,
+            table.fx,
+            table.fy,
+            table.fz,
+            table.radius,
+            table.applies_all,
+            table.job_start,
+            table.jobs,
+            rows,
+            approx,
         )
         better = active & (rows >= 0) & (approx < best)
         r = rows[better]
@@ -301,7 +362,8 @@ def nearest_boundary(
     out = np.full(n, np.nan)
     found = np.flatnonzero(best_handle >= 0)
     out[found] = (
-        geodesic_distance(lats[found], lons[found], best_lat[found], best_lon[found]) - best_r[found]
+        geodesic_distance(lats[found], lons[found], best_lat[found], best_lon[found])
+        - best_r[found]
     )
     return out, best_handle
 
@@ -383,8 +445,21 @@ def check_one(
     dists = np.empty(_MAX_SCAN, np.float64)
     flags = np.empty(_MAX_SCAN, np.int8)
     count, best_row, _ = kernels.scan_clock(
-        float(lat), float(lon), idx, extra, job, table.clock_row_start, table.fx, table.fy,
-        table.fz, table.radius, table.applies_all, table.job_start, table.jobs, rows, dists,
+        float(lat),
+        float(lon),
+        idx,
+        extra,
+        job,
+        table.clock_row_start,
+        table.fx,
+        table.fy,
+        table.fz,
+        table.radius,
+        table.applies_all,
+        table.job_start,
+        table.jobs,
+        rows,
+        dists,
         flags,
     )
     matched: list[tuple[float, int, bool]] = []  # (signed distance, row, applies)

@@ -89,7 +89,9 @@ def _check_shapes(batch: LocationBatch, prefix: str) -> int:
     return n
 
 
-def check_locations(index: FenceIndex, batch: LocationBatch, prefix: str = "points") -> tuple[Snapshot, CheckResult]:
+def check_locations(
+    index: FenceIndex, batch: LocationBatch, prefix: str = "points"
+) -> tuple[Snapshot, CheckResult]:
     """Check a batch on the current snapshot; returns the snapshot for id lookups."""
     n = _check_shapes(batch, prefix)
     snap = index.snapshot

@@ -13,12 +13,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from geopunch.adapters.grpc.interceptors import ServiceInterceptor
+from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
-from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.geo.index import FenceIndex
 from geopunch.v1 import (
     admin_pb2,

@@ -1,0 +1,175 @@
+"""CheckLocations over gRPC on loopback, against in-process checks of the same batches.
+
+    python3 dev.py run bench/grpc_check.py [--clocks 1000] [--fences 100] [--seconds 10]
+
+Seeds a SQLite store with a fleet, starts ``geopunch serve`` on a free port,
+then keeps ``--concurrency`` calls in flight (closed loop) for ``--seconds``
+with batches of ``--batch`` points, once with raw little-endian columns and
+once with packed repeated fields. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet import make_fleet
+
+from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.geo.index import FenceIndex
+from geopunch.geo.membership import check_points, warm_up
+from geopunch.v1 import location_pb2, location_pb2_grpc
+
+API_KEY = "bench-key-0123456789"
+
+
+def seed(db: Path, clocks: int, fences: int, points: int) -> tuple[object, float]:
+    f = make_fleet(clocks, fences, points)
+    engine = make_engine(f"sqlite:///{db}")
+    migrate(engine)
+    uows = SqlUnitOfWorkFactory(engine)
+    t = time.perf_counter()
+    with uows() as uow:
+        for tc in f.time_clocks:
+            uow.time_clocks.add(tc)
+        for start in range(0, len(f.fences), 50_000):
+            uow.geofences.add_many(f.fences[start : start + 50_000])
+        uow.commit()
+    engine.dispose()
+    return f, time.perf_counter() - t
+
+
+def requests(f, batch: int, raw: bool) -> list[location_pb2.CheckLocationsRequest]:  # type: ignore[no-untyped-def]
+    out = []
+    for start in range(0, f.point_lat.size - batch + 1, batch):
+        sl = slice(start, start + batch)
+        req = location_pb2.CheckLocationsRequest()
+        if raw:
+            req.raw.latitudes_f64 = f.point_lat[sl].astype("<f8").tobytes()
+            req.raw.longitudes_f64 = f.point_lon[sl].astype("<f8").tobytes()
+            req.raw.time_clock_ids_i64 = f.point_clock[sl].astype("<i8").tobytes()
+        else:
+            req.packed.latitudes.extend(f.point_lat[sl].tolist())
+            req.packed.longitudes.extend(f.point_lon[sl].tolist())
+            req.packed.time_clock_ids.extend(f.point_clock[sl].tolist())
+        out.append(req)
+    return out
+
+
+def closed_loop(
+    address: str, reqs: list, concurrency: int, seconds: float, batch: int
+) -> dict[str, float]:  # type: ignore[type-arg]
+    """``concurrency`` threads, each with its own channel, each one call in flight."""
+    done = [0] * concurrency
+    lat_ms: list[list[float]] = [[] for _ in range(concurrency)]
+    stop = time.perf_counter() + seconds
+    opts = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+
+    def worker(w: int) -> None:
+        with grpc.insecure_channel(address, options=opts) as ch:
+            grpc.channel_ready_future(ch).result(timeout=10)
+            stub = location_pb2_grpc.LocationServiceStub(ch)
+            i = w
+            while time.perf_counter() < stop:
+                t = time.perf_counter_ns()
+                resp = stub.CheckLocations(
+                    reqs[i % len(reqs)], metadata=(("x-api-key", API_KEY),), timeout=60
+                )
+                lat_ms[w].append((time.perf_counter_ns() - t) / 1e6)
+                assert resp.data.count == batch
+                done[w] += 1
+                i += concurrency
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    lats = np.concatenate([np.asarray(x) for x in lat_ms])
+    return {
+        "points_per_s": round(sum(done) * batch / elapsed),
+        "calls": sum(done),
+        "p50_ms": round(float(np.percentile(lats, 50)), 2),
+        "p99_ms": round(float(np.percentile(lats, 99)), 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clocks", type=int, default=1000)
+    ap.add_argument("--fences", type=int, default=100)
+    ap.add_argument("--points", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        f, seed_s = seed(db, args.clocks, args.fences, args.points)
+        # in-process baseline on the same batches
+        snap = FenceIndex().load(f.time_clocks, f.fences)
+        warm_up(snap)
+        t = time.perf_counter()
+        for start in range(0, f.point_lat.size - args.batch + 1, args.batch):
+            sl = slice(start, start + args.batch)
+            check_points(snap, f.point_lat[sl], f.point_lon[sl], f.point_clock[sl])
+        inproc = (f.point_lat.size // args.batch) * args.batch / (time.perf_counter() - t)
+        env = {
+            **os.environ,
+            "GEOPUNCH_API_KEYS": API_KEY,
+            "GEOPUNCH_LOG_LEVEL": "WARNING",
+            "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
+            "GEOPUNCH_LISTEN": "127.0.0.1:0",
+        }
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            address = proc.stdout.readline().split()[-1]
+            start_s = time.perf_counter() - t
+            out = {
+                "workload": {
+                    "clocks": args.clocks,
+                    "fences": args.clocks * args.fences,
+                    "batch": args.batch,
+                    "concurrency": args.concurrency,
+                    "seconds": args.seconds,
+                },
+                "seed_s": round(seed_s, 2),
+                "server_start_s": round(start_s, 2),
+                "in_process_points_per_s": round(inproc),
+            }
+            for name, raw in (("raw", True), ("packed", False)):
+                reqs = requests(f, args.batch, raw)
+                out[f"grpc_{name}"] = closed_loop(
+                    address, reqs, args.concurrency, args.seconds, args.batch
+                )
+                out[f"grpc_{name}"]["ratio_to_in_process"] = round(
+                    out[f"grpc_{name}"]["points_per_s"] / inproc, 3
+                )
+            print(json.dumps(out, indent=2))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
