@@ -86,19 +86,6 @@ class HashTable:
             active = active[~hit & (found != EMPTY)]
         return out
 
-    def lookup_one(self, key: int) -> int:
-        """:meth:`lookup` for one key without array overhead."""
-        keys = self.keys
-        size = keys.size
-        slot = int(home_slots(np.array([key], dtype=np.int64), size)[0])
-        while True:
-            found = int(keys[slot])
-            if found == key:
-                return int(self.values[slot])
-            if found == -1:
-                return -1
-            slot = slot + 1 if slot + 1 < size else 0
-
     @property
     def nbytes(self) -> int:
         return int(self.keys.nbytes + self.values.nbytes)

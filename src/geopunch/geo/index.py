@@ -114,10 +114,6 @@ class FenceTable:
         )
         return sum(int(a.nbytes) for a in arrays)
 
-    def rows_of(self, fence_ids: Iterable[str]) -> list[int]:
-        wanted = {f.encode() for f in fence_ids}
-        return [i for i, raw in enumerate(self.ids) if bytes(raw) in wanted]
-
 
 @dataclass(frozen=True, slots=True)
 class FenceColumns:
@@ -337,12 +333,6 @@ class Snapshot:
             ids, self.sorted_clock_ids, self.sorted_clock_idx, self.direct_clock_idx, out
         )
         return out
-
-    def table_for(self, handle: int) -> tuple[FenceTable, int]:
-        for table in self.tables:
-            if table.handle_base <= handle < table.handle_base + table.size:
-                return table, handle - table.handle_base
-        raise KeyError(handle)
 
     def fence_ids(self, handles: I64) -> list[str]:
         """Fence ids of result handles (int64, shape (k,))."""

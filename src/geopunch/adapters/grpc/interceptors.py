@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,8 +37,9 @@ class ServiceInterceptor(_Interceptor):
     exception is logged with its stack and answered INTERNAL without details.
     """
 
-    def __init__(self, key_hashes: tuple[bytes, ...]) -> None:
+    def __init__(self, key_hashes: tuple[bytes, ...], ready: threading.Event) -> None:
         self._key_hashes = key_hashes
+        self._ready = ready
 
     def _authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
         presented = [v for k, v in metadata or () if k == API_KEY_HEADER]
@@ -79,6 +81,12 @@ class ServiceInterceptor(_Interceptor):
     def _begin(self, context: grpc.ServicerContext, authorized: bool) -> str:
         rid = str(uuid.uuid4())
         context.send_initial_metadata((("x-request-id", rid),))
+        if not self._ready.is_set():
+            context.abort_with_status(
+                to_status(
+                    DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
+                )
+            )
         if not authorized:
             context.abort_with_status(
                 to_status(

@@ -17,7 +17,6 @@ from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
-from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 from geopunch.geo.index import FenceIndex
 from geopunch.v1 import (
@@ -42,7 +41,8 @@ class DeferredUnitOfWorkFactory:
     """Stands in for the store until start-up has opened and migrated it.
 
     Servicers must be registered before the server starts, but the store opens
-    after the port is bound (so health can answer NOT_SERVING meanwhile).
+    after the port is bound (so health can answer NOT_SERVING meanwhile). The
+    interceptor answers UNAVAILABLE until then, so no call reaches this early.
     """
 
     def __init__(self) -> None:
@@ -50,7 +50,7 @@ class DeferredUnitOfWorkFactory:
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         if self.target is None:
-            raise DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
+            raise RuntimeError("the store is not open yet")
         return self.target(readonly=readonly)
 
 
@@ -62,9 +62,10 @@ class Server:
         self.health = health.HealthServicer()
         self.app: App | None = None
         self._stopped = threading.Event()
+        self._ready = threading.Event()
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            interceptors=[ServiceInterceptor(config.api_key_hashes)],
+            interceptors=[ServiceInterceptor(config.api_key_hashes, self._ready)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -103,6 +104,7 @@ class Server:
         log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
         self.app = build_app(self.config, self.index)
         self._uows.target = self.app.uows
+        self._ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
 
