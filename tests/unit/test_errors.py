@@ -33,6 +33,8 @@ def test_aip_193_classes() -> None:
     assert STATUS[ErrorCode.ALREADY_CLOCKED_IN].grpc_code == "FAILED_PRECONDITION"
     assert STATUS[ErrorCode.INVALID_FENCE_SIZE].grpc_code == "INVALID_ARGUMENT"
     assert STATUS[ErrorCode.API_KEY_INVALID].grpc_code == "UNAUTHENTICATED"
+    # the spec answers a locked or approved day with 409
+    assert STATUS[ErrorCode.HAS_LOCKED_DAYS] == ("FAILED_PRECONDITION", 409)
 
 
 def test_status_carries_error_info_and_bad_request() -> None:
