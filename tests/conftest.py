@@ -16,7 +16,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from geopunch.v1 import admin_pb2, admin_pb2_grpc, geofences_pb2_grpc, location_pb2_grpc
+from geopunch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    geofences_pb2_grpc,
+    location_pb2_grpc,
+    timeclock_pb2_grpc,
+)
 
 API_KEY = "test-key-0123456789"
 _ids = itertools.count(1000)
@@ -106,6 +112,7 @@ class Client:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.geofences = geofences_pb2_grpc.GeofenceServiceStub(self.channel)
         self.locations = location_pb2_grpc.LocationServiceStub(self.channel)
+        self.timeclock = timeclock_pb2_grpc.TimeClockServiceStub(self.channel)
 
     def __call__(self, method: Any, request: Any, timeout: float = 30) -> Any:
         return method(request, metadata=self.metadata, timeout=timeout)

@@ -99,8 +99,10 @@ def _fleet_case(seed: int) -> None:
     f_r = np.array([f.fence_size_m for f in fences], dtype=float)
     f_tc = np.array([f.time_clock_id for f in fences])
     d = geodesic_distance(
-        np.repeat(plat, len(fences)), np.repeat(plon, len(fences)),
-        np.tile(f_lat, n), np.tile(f_lon, n),
+        np.repeat(plat, len(fences)),
+        np.repeat(plon, len(fences)),
+        np.tile(f_lat, n),
+        np.tile(f_lon, n),
     ).reshape(n, len(fences))
     tol = np.array([clocks[int(t) - 1].accuracy_tolerance_m for t in tcs])
     extra = np.where(np.isnan(acc), 0.0, np.minimum(np.nan_to_num(acc), tol))

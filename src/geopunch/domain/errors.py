@@ -68,6 +68,7 @@ class ErrorCode(StrEnum):
     TIME_CLOCK_ALREADY_EXISTS = "TIME_CLOCK_ALREADY_EXISTS"
     JOB_IN_USE = "JOB_IN_USE"
     API_KEY_INVALID = "API_KEY_INVALID"
+    CONCURRENT_MODIFICATION = "CONCURRENT_MODIFICATION"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -139,6 +140,7 @@ STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.TIME_CLOCK_ALREADY_EXISTS: StatusMapping("ALREADY_EXISTS", 409),
     ErrorCode.JOB_IN_USE: _PRECONDITION,
     ErrorCode.API_KEY_INVALID: StatusMapping("UNAUTHENTICATED", 401),
+    ErrorCode.CONCURRENT_MODIFICATION: StatusMapping("ABORTED", 409),
     ErrorCode.UNAVAILABLE: StatusMapping("UNAVAILABLE", 503),
     ErrorCode.INTERNAL: StatusMapping("INTERNAL", 500),
 }
@@ -183,3 +185,7 @@ class DomainError(Exception):
                 f"{len(violations)} problems in {what}; first: {first.field}: {first.description}"
             )
         return cls(first.reason, message, {}, tuple(violations))
+
+
+class ConcurrentChange(Exception):
+    """Another transaction changed the same state first; the use case is retried."""

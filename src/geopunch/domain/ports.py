@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
+from geopunch.domain.punches import Activity, PunchPoint
 
 
 class Clock(Protocol):
@@ -53,6 +54,29 @@ class GeofenceRepository(Protocol):
     def job_ids_in_use(self, time_clock_id: int) -> set[str]: ...
 
 
+class ActivityRepository(Protocol):
+    """Shifts and breaks. ``add`` and ``close`` raise ConcurrentChange when the
+    database refuses them because another transaction got there first."""
+
+    def open_for(self, time_clock_id: int, user_id: int) -> Activity | None: ...
+
+    def last_end(self, time_clock_id: int, user_id: int) -> int | None: ...
+
+    def add(self, activity: Activity) -> None: ...
+
+    def close(self, activity_id: str, end: PunchPoint, modified_at: int) -> None: ...
+
+    def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]: ...
+
+
+class IdempotencyRepository(Protocol):
+    def get(self, key: str) -> tuple[str, str, bytes] | None:
+        """(method, body hash, stored response) of a used key."""
+        ...
+
+    def put(self, key: str, method: str, body_hash: str, response: bytes) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction; leaving the block without commit() rolls back."""
 
@@ -61,6 +85,12 @@ class UnitOfWork(Protocol):
 
     @property
     def geofences(self) -> GeofenceRepository: ...
+
+    @property
+    def activities(self) -> ActivityRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -11,15 +11,17 @@ from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, sel
 from sqlalchemy.exc import IntegrityError
 
 from geopunch.adapters.db.tables import (
+    activities,
     day_statuses,
     geofence_jobs,
     geofences,
+    idempotency_keys,
     manual_break_types,
     time_clock_jobs,
     time_clock_users,
     time_clocks,
 )
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.models import (
     DayStatus,
     ExitAction,
@@ -30,6 +32,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
+from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
 
 
 class SqlTimeClockRepository:
@@ -329,3 +332,146 @@ class SqlGeofenceRepository:
                 .distinct()
             ).scalars()
         )
+
+
+def _point(row: Row[Any], prefix: str) -> PunchPoint | None:
+    ts = getattr(row, f"{prefix}_ts")
+    if ts is None:
+        return None
+    lat = getattr(row, f"{prefix}_lat")
+    lon = getattr(row, f"{prefix}_lon")
+    address = getattr(row, f"{prefix}_address")
+    location = None
+    if lat is not None or lon is not None or address is not None:
+        location = PunchLocation(address or "", lat, lon, getattr(row, f"{prefix}_accuracy"))
+    return PunchPoint(
+        timestamp=ts,
+        timezone=getattr(row, f"{prefix}_tz"),
+        location=location,
+        source=getattr(row, f"{prefix}_source"),
+        geofence_id=getattr(row, f"{prefix}_geofence_id"),
+    )
+
+
+def _point_columns(prefix: str, p: PunchPoint) -> dict[str, object]:
+    loc = p.location
+    return {
+        f"{prefix}_ts": p.timestamp,
+        f"{prefix}_tz": p.timezone,
+        f"{prefix}_address": loc.address if loc else None,
+        f"{prefix}_lat": loc.latitude if loc else None,
+        f"{prefix}_lon": loc.longitude if loc else None,
+        f"{prefix}_accuracy": loc.accuracy if loc else None,
+        f"{prefix}_source": p.source,
+        f"{prefix}_geofence_id": p.geofence_id,
+    }
+
+
+def _activity(row: Row[Any]) -> Activity:
+    start = _point(row, "start")
+    assert start is not None
+    return Activity(
+        id=row.id,
+        time_clock_id=row.time_clock_id,
+        user_id=row.user_id,
+        kind=ActivityKind(row.kind),
+        start=start,
+        end=_point(row, "end"),
+        job_id=row.job_id,
+        break_type_id=row.break_type_id,
+        scheduler_shift_id=row.scheduler_shift_id,
+        from_shift_id=row.from_shift_id,
+        created_at=row.created_at,
+        modified_at=row.modified_at,
+    )
+
+
+class SqlActivityRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def open_for(self, time_clock_id: int, user_id: int) -> Activity | None:
+        row = self._conn.execute(
+            select(activities).where(
+                activities.c.time_clock_id == time_clock_id,
+                activities.c.user_id == user_id,
+                activities.c.end_ts.is_(None),
+            )
+        ).first()
+        return _activity(row) if row else None
+
+    def last_end(self, time_clock_id: int, user_id: int) -> int | None:
+        value = self._conn.execute(
+            select(func.max(activities.c.end_ts)).where(
+                activities.c.time_clock_id == time_clock_id, activities.c.user_id == user_id
+            )
+        ).scalar()
+        return int(value) if value is not None else None
+
+    def add(self, activity: Activity) -> None:
+        values: dict[str, object] = {
+            "id": activity.id,
+            "time_clock_id": activity.time_clock_id,
+            "user_id": activity.user_id,
+            "kind": activity.kind.value,
+            "job_id": activity.job_id,
+            "break_type_id": activity.break_type_id,
+            "scheduler_shift_id": activity.scheduler_shift_id,
+            "from_shift_id": activity.from_shift_id,
+            "created_at": activity.created_at,
+            "modified_at": activity.modified_at,
+            **_point_columns("start", activity.start),
+        }
+        if activity.end is not None:
+            values.update(_point_columns("end", activity.end))
+        try:
+            with self._conn.begin_nested():
+                self._conn.execute(insert(activities).values(**values))
+        except IntegrityError as exc:  # the one-open-activity index refused it
+            raise ConcurrentChange(str(exc)) from exc
+
+    def close(self, activity_id: str, end: PunchPoint, modified_at: int) -> None:
+        result = self._conn.execute(
+            update(activities)
+            .where(activities.c.id == activity_id, activities.c.end_ts.is_(None))
+            .values(modified_at=modified_at, **_point_columns("end", end))
+        )
+        if result.rowcount != 1:
+            raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
+
+    def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
+        rows = self._conn.execute(
+            select(activities)
+            .where(activities.c.time_clock_id == time_clock_id, activities.c.user_id == user_id)
+            .order_by(activities.c.start_ts, activities.c.created_at)
+        ).all()
+        return [_activity(r) for r in rows]
+
+
+class SqlIdempotencyRepository:
+    def __init__(self, conn: Connection, now: int) -> None:
+        self._conn = conn
+        self._now = now
+
+    def get(self, key: str) -> tuple[str, str, bytes] | None:
+        row = self._conn.execute(
+            select(
+                idempotency_keys.c.method, idempotency_keys.c.body_hash, idempotency_keys.c.response
+            ).where(idempotency_keys.c.key == key)
+        ).first()
+        return (row.method, row.body_hash, bytes(row.response)) if row else None
+
+    def put(self, key: str, method: str, body_hash: str, response: bytes) -> None:
+        try:
+            with self._conn.begin_nested():
+                self._conn.execute(
+                    insert(idempotency_keys).values(
+                        key=key,
+                        method=method,
+                        body_hash=body_hash,
+                        response=response,
+                        created_at=self._now,
+                    )
+                )
+        except IntegrityError as exc:
+            raise ConcurrentChange(f"idempotency key {key!r} was used meanwhile") from exc

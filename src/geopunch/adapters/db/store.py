@@ -14,7 +14,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from geopunch.adapters.db.repositories import SqlGeofenceRepository, SqlTimeClockRepository
+from geopunch.adapters.db.repositories import (
+    SqlActivityRepository,
+    SqlGeofenceRepository,
+    SqlIdempotencyRepository,
+    SqlTimeClockRepository,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -93,6 +98,8 @@ class SqlUnitOfWork:
 
     time_clocks: SqlTimeClockRepository
     geofences: SqlGeofenceRepository
+    activities: SqlActivityRepository
+    idempotency: SqlIdempotencyRepository
 
     def __init__(self, engine: Engine, *, readonly: bool = False) -> None:
         self._engine = engine
@@ -108,6 +115,8 @@ class SqlUnitOfWork:
         now = int(time.time())
         self.time_clocks = SqlTimeClockRepository(conn, now)
         self.geofences = SqlGeofenceRepository(conn, now)
+        self.activities = SqlActivityRepository(conn)
+        self.idempotency = SqlIdempotencyRepository(conn, now)
         return self
 
     def __exit__(

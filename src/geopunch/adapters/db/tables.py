@@ -9,7 +9,9 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -101,4 +103,56 @@ geofence_jobs = Table(
     ForeignKeyConstraint(
         ["time_clock_id", "job_id"], ["time_clock_jobs.time_clock_id", "time_clock_jobs.job_id"]
     ),
+)
+
+
+def _punch_columns(prefix: str, required: bool) -> list[Column[object]]:
+    nullable = not required
+    return [
+        Column(f"{prefix}_ts", BigInteger, nullable=nullable),
+        Column(f"{prefix}_tz", String(64), nullable=nullable),
+        Column(f"{prefix}_address", String(1000), nullable=True),
+        Column(f"{prefix}_lat", Float, nullable=True),
+        Column(f"{prefix}_lon", Float, nullable=True),
+        Column(f"{prefix}_accuracy", Float, nullable=True),
+        Column(f"{prefix}_source", String(32), nullable=nullable),
+        Column(f"{prefix}_geofence_id", String(64), nullable=True),
+    ]
+
+
+activities = Table(
+    "activities",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("job_id", String(128), nullable=True),
+    Column("break_type_id", String(128), nullable=True),
+    Column("scheduler_shift_id", String(128), nullable=True),
+    Column("from_shift_id", String(64), nullable=True),
+    *_punch_columns("start", required=True),
+    *_punch_columns("end", required=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("modified_at", BigInteger, nullable=False),
+)
+# The database itself guarantees one open activity per (time clock, user).
+Index(
+    "ux_activities_one_open",
+    activities.c.time_clock_id,
+    activities.c.user_id,
+    unique=True,
+    sqlite_where=activities.c.end_ts.is_(None),
+    postgresql_where=activities.c.end_ts.is_(None),
+)
+Index("ix_activities_user", activities.c.time_clock_id, activities.c.user_id, activities.c.end_ts)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("method", String(64), nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
 )

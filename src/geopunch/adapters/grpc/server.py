@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from geopunch.adapters.grpc.interceptors import ServiceInterceptor
 from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
+from geopunch.adapters.grpc.timeclock import TimeClockServicer
 from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
@@ -26,6 +28,8 @@ from geopunch.v1 import (
     geofences_pb2_grpc,
     location_pb2,
     location_pb2_grpc,
+    timeclock_pb2,
+    timeclock_pb2_grpc,
 )
 
 log = logging.getLogger("geopunch")
@@ -34,7 +38,13 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     geofences_pb2.DESCRIPTOR.services_by_name["GeofenceService"].full_name,
     location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name,
+    timeclock_pb2.DESCRIPTOR.services_by_name["TimeClockService"].full_name,
 )
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
 
 
 class DeferredUnitOfWorkFactory:
@@ -88,6 +98,9 @@ class Server:
         )
         location_pb2_grpc.add_LocationServiceServicer_to_server(
             LocationServicer(self.index), self._grpc
+        )
+        timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server(
+            TimeClockServicer(self._uows, self.index, SystemClock()), self._grpc
         )
         self.port = self._grpc.add_insecure_port(config.listen)
         if self.port == 0:

@@ -1,0 +1,228 @@
+"""TimeClockService: punches in, shifts and breaks out, with idempotent retries."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.ports import Clock, UnitOfWorkFactory
+from geopunch.domain.punches import (
+    Activity,
+    PunchCommand,
+    PunchKind,
+    PunchLocation,
+    PunchPoint,
+    PunchResult,
+)
+from geopunch.geo.index import FenceIndex
+from geopunch.logs import request_id_var
+from geopunch.service import punches
+from geopunch.v1 import common_pb2, timeclock_pb2, timeclock_pb2_grpc
+
+R = TypeVar("R", bound=Message)
+
+
+def location_from_proto(msg: Any) -> PunchLocation | None:
+    if not msg.HasField("location_data"):
+        return None
+    loc = msg.location_data
+    return PunchLocation(
+        address=loc.address,
+        latitude=loc.latitude if loc.HasField("latitude") else None,
+        longitude=loc.longitude if loc.HasField("longitude") else None,
+        accuracy=loc.accuracy if loc.HasField("accuracy") else None,
+    )
+
+
+def command_from_proto(kind: PunchKind, msg: Any) -> PunchCommand:
+    return PunchCommand(
+        kind=kind,
+        time_clock_id=msg.time_clock_id,
+        user_id=msg.user_id,
+        timezone=msg.timezone,
+        location=location_from_proto(msg),
+        timestamp=msg.timestamp if msg.HasField("timestamp") else None,
+        job_id=getattr(msg, "job_id", ""),
+        scheduler_shift_id=getattr(msg, "scheduler_shift_id", ""),
+        manual_break_id=getattr(msg, "manual_break_id", ""),
+        is_resume_shift=(
+            msg.is_resume_shift
+            if kind is PunchKind.END_BREAK and msg.HasField("is_resume_shift")
+            else None
+        ),
+        idempotency_key=msg.idempotency_key,
+    )
+
+
+def point_to_proto(p: PunchPoint) -> timeclock_pb2.PunchPoint:
+    out = timeclock_pb2.PunchPoint(
+        timestamp=p.timestamp,
+        timezone=p.timezone,
+        source=timeclock_pb2.PunchSource(type=p.source),
+        geofence_id=p.geofence_id or "",
+    )
+    if p.location is not None:
+        loc = common_pb2.Location(address=p.location.address)
+        if p.location.latitude is not None:
+            loc.latitude = p.location.latitude
+        if p.location.longitude is not None:
+            loc.longitude = p.location.longitude
+        if p.location.accuracy is not None:
+            loc.accuracy = p.location.accuracy
+        out.location_data.CopyFrom(loc)
+    return out
+
+
+def shift_to_proto(a: Activity) -> timeclock_pb2.Shift:
+    shift = timeclock_pb2.Shift(
+        id=a.id,
+        user_id=a.user_id,
+        start=point_to_proto(a.start),
+        job_id=a.job_id or "",
+        created_at=a.created_at,
+        modified_at=a.modified_at,
+    )
+    if a.end is not None:
+        shift.end.CopyFrom(point_to_proto(a.end))
+    if a.scheduler_shift_id:
+        shift.scheduler_shift_id = a.scheduler_shift_id
+    return shift
+
+
+def shift_response(result: PunchResult) -> timeclock_pb2.ShiftResponse:
+    return timeclock_pb2.ShiftResponse(
+        request_id=request_id_var.get(),
+        data=timeclock_pb2.ShiftResponse.Data(shift=shift_to_proto(result.activity)),
+    )
+
+
+def start_break_response(result: PunchResult) -> timeclock_pb2.StartManualBreakResponse:
+    brk = result.activity
+    data = timeclock_pb2.StartManualBreakResponse.Data(
+        id=brk.id,
+        start=point_to_proto(brk.start),
+        is_switch_from_shift=result.closed_shift is not None,
+        manual_break_id=brk.break_type_id or "",
+        job_id=brk.job_id or "",
+    )
+    if result.closed_shift is not None:
+        data.closed_shift.CopyFrom(shift_to_proto(result.closed_shift))
+    return timeclock_pb2.StartManualBreakResponse(request_id=request_id_var.get(), data=data)
+
+
+def end_break_response(result: PunchResult) -> timeclock_pb2.EndManualBreakResponse:
+    brk = result.activity
+    assert brk.end is not None
+    data = timeclock_pb2.EndManualBreakResponse.Data(
+        id=brk.id, end=point_to_proto(brk.end), is_resume_shift=result.resumed_shift is not None
+    )
+    if result.resumed_shift is not None:
+        data.resumed_shift.CopyFrom(shift_to_proto(result.resumed_shift))
+    return timeclock_pb2.EndManualBreakResponse(request_id=request_id_var.get(), data=data)
+
+
+_KINDS: dict[str, PunchKind] = {
+    "clock_in": PunchKind.CLOCK_IN,
+    "clock_out": PunchKind.CLOCK_OUT,
+    "start_manual_break": PunchKind.START_BREAK,
+    "end_manual_break": PunchKind.END_BREAK,
+}
+
+
+class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
+    def __init__(self, uows: UnitOfWorkFactory, index: FenceIndex, clock: Clock) -> None:
+        self._uows = uows
+        self._index = index
+        self._clock = clock
+
+    def _punch(
+        self,
+        kind: PunchKind,
+        request: Any,
+        render: Callable[[PunchResult], R],
+        response_type: type[R],
+    ) -> R:
+        cmd = command_from_proto(kind, request)
+        idem = None
+        if cmd.idempotency_key:
+            body = request.SerializeToString(deterministic=True)
+            idem = punches.Idempotency(
+                key=cmd.idempotency_key,
+                method=kind.value,
+                body_hash=hashlib.sha256(body).hexdigest(),
+                render=lambda result: render(result).SerializeToString(),
+            )
+        outcome = punches.punch(self._uows, self._index, self._clock, cmd, idem)
+        if outcome.replay is not None:
+            return response_type.FromString(outcome.replay)
+        assert outcome.result is not None
+        return render(outcome.result)
+
+    def ClockIn(
+        self, request: timeclock_pb2.ClockInRequest, context: Any
+    ) -> timeclock_pb2.ShiftResponse:
+        return self._punch(PunchKind.CLOCK_IN, request, shift_response, timeclock_pb2.ShiftResponse)
+
+    def ClockOut(
+        self, request: timeclock_pb2.ClockOutRequest, context: Any
+    ) -> timeclock_pb2.ShiftResponse:
+        return self._punch(
+            PunchKind.CLOCK_OUT, request, shift_response, timeclock_pb2.ShiftResponse
+        )
+
+    def StartManualBreak(
+        self, request: timeclock_pb2.StartManualBreakRequest, context: Any
+    ) -> timeclock_pb2.StartManualBreakResponse:
+        return self._punch(
+            PunchKind.START_BREAK,
+            request,
+            start_break_response,
+            timeclock_pb2.StartManualBreakResponse,
+        )
+
+    def EndManualBreak(
+        self, request: timeclock_pb2.EndManualBreakRequest, context: Any
+    ) -> timeclock_pb2.EndManualBreakResponse:
+        return self._punch(
+            PunchKind.END_BREAK, request, end_break_response, timeclock_pb2.EndManualBreakResponse
+        )
+
+    def ListManualBreaks(
+        self, request: timeclock_pb2.ListManualBreaksRequest, context: Any
+    ) -> timeclock_pb2.ListManualBreaksResponse:
+        tc = punches.list_manual_breaks(self._uows, request.time_clock_id)
+        return timeclock_pb2.ListManualBreaksResponse(
+            request_id=request_id_var.get(),
+            data=timeclock_pb2.ListManualBreaksResponse.Data(
+                is_enabled=tc.manual_breaks_enabled,
+                manual_breaks=[
+                    timeclock_pb2.ManualBreakSetting(
+                        id=b.id,
+                        name=b.name,
+                        is_mandatory=b.is_mandatory,
+                        min_duration_seconds=b.min_duration_s,
+                    )
+                    for b in tc.manual_break_types
+                ],
+            ),
+        )
+
+    def ValidatePunch(
+        self, request: timeclock_pb2.ValidatePunchRequest, context: Any
+    ) -> timeclock_pb2.ValidatePunchResponse:
+        which = request.WhichOneof("punch")
+        if which is None:
+            raise DomainError(ErrorCode.INVALID_ARGUMENT, "name the punch to validate")
+        cmd = command_from_proto(_KINDS[which], getattr(request, which))
+        data = timeclock_pb2.ValidatePunchResponse.Data(allowed=True)
+        try:
+            punches.punch(self._uows, self._index, self._clock, cmd, None, dry_run=True)
+        except DomainError as err:
+            data = timeclock_pb2.ValidatePunchResponse.Data(
+                allowed=False, reason=err.code.value, message=err.message, metadata=err.metadata
+            )
+        return timeclock_pb2.ValidatePunchResponse(request_id=request_id_var.get(), data=data)
