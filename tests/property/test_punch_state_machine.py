@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -267,7 +268,7 @@ class PunchMachine(RuleBasedStateMachine):
                 )
                 closed = sorted((a.start.timestamp, a.end.timestamp) for a in acts if a.end)
                 assert closed == sorted(m.completed)
-                for (s1, e1), (s2, _) in zip(closed, closed[1:], strict=False):
+                for (_, e1), (s2, _) in itertools.pairwise(closed):
                     assert e1 <= s2  # half-open intervals never overlap
                 assert all(e > s for s, e in closed)
 
