@@ -40,8 +40,15 @@ def test_check_points(benchmark, fleet: Fleet, snap: Snapshot, n: int) -> None: 
 def test_check_points_baseline_haversine(benchmark, fleet: Fleet, n: int) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = f"check-{n}"
     sub = Fleet(
-        fleet.time_clocks, fleet.fences, fleet.fence_clock, fleet.fence_lat, fleet.fence_lon,
-        fleet.fence_radius, fleet.point_clock[:n], fleet.point_lat[:n], fleet.point_lon[:n],
+        fleet.time_clocks,
+        fleet.fences,
+        fleet.fence_clock,
+        fleet.fence_lat,
+        fleet.fence_lon,
+        fleet.fence_radius,
+        fleet.point_clock[:n],
+        fleet.point_lat[:n],
+        fleet.point_lon[:n],
     )
     inside = benchmark(haversine_baseline, sub)
     assert inside.size == n
