@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_status import rpc_status
@@ -21,16 +20,26 @@ from tests.helpers import details
 
 USERS = [501, 502, 503]
 STATE_REASONS = {
-    "ALREADY_CLOCKED_IN", "OPEN_BREAK", "NO_OPEN_SHIFT", "ALREADY_ON_BREAK", "NO_OPEN_BREAK",
-    "INVALID_TIMESTAMP_BEFORE_CLOCK_IN", "INVALID_TIMESTAMP_BEFORE_START",
-    "OVERLAPS_COMPLETED_ACTIVITY", "CONCURRENT_MODIFICATION",
+    "ALREADY_CLOCKED_IN",
+    "OPEN_BREAK",
+    "NO_OPEN_SHIFT",
+    "ALREADY_ON_BREAK",
+    "NO_OPEN_BREAK",
+    "INVALID_TIMESTAMP_BEFORE_CLOCK_IN",
+    "INVALID_TIMESTAMP_BEFORE_START",
+    "OVERLAPS_COMPLETED_ACTIVITY",
+    "CONCURRENT_MODIFICATION",
 }
 
 
 def setup_clock(c: Client) -> int:
     tc = admin_pb2.TimeClock(
-        id=next_time_clock_id(), name="busy", timezone="UTC", user_ids=USERS,
-        jobs=[admin_pb2.Job(id="j", name="J")], manual_breaks_enabled=True,
+        id=next_time_clock_id(),
+        name="busy",
+        timezone="UTC",
+        user_ids=USERS,
+        jobs=[admin_pb2.Job(id="j", name="J")],
+        manual_breaks_enabled=True,
         manual_break_types=[admin_pb2.ManualBreakType(id="rest", name="Rest")],
     )
     return int(c(c.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)).data.id)
@@ -55,23 +64,41 @@ def random_punch(c: Client, tc: int, user: int, acked: Acked, key: str = "") -> 
     """One random punch; records what an OK answer acknowledged."""
     kind = random.choice(["in", "out", "break", "end"])
     if kind == "in":
-        r = c(c.timeclock.ClockIn, timeclock_pb2.ClockInRequest(
-            time_clock_id=tc, user_id=user, job_id="j", idempotency_key=key), timeout=20)
+        r = c(
+            c.timeclock.ClockIn,
+            timeclock_pb2.ClockInRequest(
+                time_clock_id=tc, user_id=user, job_id="j", idempotency_key=key
+            ),
+            timeout=20,
+        )
         acked.shift(r.data.shift)
     elif kind == "out":
-        r = c(c.timeclock.ClockOut, timeclock_pb2.ClockOutRequest(
-            time_clock_id=tc, user_id=user, idempotency_key=key), timeout=20)
+        r = c(
+            c.timeclock.ClockOut,
+            timeclock_pb2.ClockOutRequest(time_clock_id=tc, user_id=user, idempotency_key=key),
+            timeout=20,
+        )
         acked.shift(r.data.shift)
     elif kind == "break":
-        b = c(c.timeclock.StartManualBreak, timeclock_pb2.StartManualBreakRequest(
-            time_clock_id=tc, user_id=user, manual_break_id="rest", idempotency_key=key), timeout=20)
+        b = c(
+            c.timeclock.StartManualBreak,
+            timeclock_pb2.StartManualBreakRequest(
+                time_clock_id=tc, user_id=user, manual_break_id="rest", idempotency_key=key
+            ),
+            timeout=20,
+        )
         with acked.lock:
             acked.starts[b.data.id] = b.data.start.timestamp
         if b.data.is_switch_from_shift:
             acked.shift(b.data.closed_shift)
     else:
-        e = c(c.timeclock.EndManualBreak, timeclock_pb2.EndManualBreakRequest(
-            time_clock_id=tc, user_id=user, idempotency_key=key), timeout=20)
+        e = c(
+            c.timeclock.EndManualBreak,
+            timeclock_pb2.EndManualBreakRequest(
+                time_clock_id=tc, user_id=user, idempotency_key=key
+            ),
+            timeout=20,
+        )
         with acked.lock:
             acked.ends[e.data.id] = e.data.end.timestamp
         if e.data.is_resume_shift:
@@ -113,8 +140,11 @@ def hammer(workers: int, until: Callable[[], bool], work: Callable[[int], None])
             try:
                 work(w)
             except grpc.RpcError as err:
-                if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+                if err.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
                     if until():
                         return
                     problems.append(f"{err.code().name}: {err.details()}")
@@ -172,10 +202,16 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         killed = threading.Event()
         counter = [0]
 
-        def work(w: int, clients: list[Client] = clients, counter: list[int] = counter,
-                 cycle: int = cycle) -> None:
+        def work(
+            w: int,
+            clients: list[Client] = clients,
+            counter: list[int] = counter,
+            cycle: int = cycle,
+        ) -> None:
             counter[0] += 1
-            random_punch(clients[w], tc, rng.choice(USERS), acked, key=f"c{cycle}-w{w}-{counter[0]}")
+            random_punch(
+                clients[w], tc, rng.choice(USERS), acked, key=f"c{cycle}-w{w}-{counter[0]}"
+            )
 
         killer = threading.Timer(rng.uniform(0.8, 2.0), lambda: (killed.set(), srv.kill()))
         killer.start()

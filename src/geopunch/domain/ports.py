@@ -33,6 +33,10 @@ class TimeClockRepository(Protocol):
 
     def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]: ...
 
+    def day_status(self, time_clock_id: int, user_id: int, day: date) -> DayStatus | None:
+        """Whether one day of a user is locked or approved (None: open)."""
+        ...
+
     def set_day_status(
         self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
     ) -> None: ...

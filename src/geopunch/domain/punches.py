@@ -147,9 +147,7 @@ def timesheet_day(ts: int, timezone: str) -> date:
     return datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(timezone)).date()
 
 
-def check_day_open(days: dict[date, DayStatus], ts: int, timezone: str, user_id: int) -> None:
-    day = timesheet_day(ts, timezone)
-    status = days.get(day)
+def check_day_open(day: date, status: DayStatus | None, user_id: int) -> None:
     if status in (DayStatus.LOCKED, DayStatus.APPROVED):
         raise DomainError(
             ErrorCode.HAS_LOCKED_DAYS,

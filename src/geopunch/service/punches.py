@@ -28,6 +28,7 @@ from geopunch.domain.punches import (
     clock_in_job,
     punch_time,
     punch_timezone,
+    timesheet_day,
 )
 from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import OK, check_one
@@ -166,7 +167,7 @@ def apply_punch(
     uow: UnitOfWork, index: FenceIndex | None, now: float, cmd: PunchCommand
 ) -> PunchResult:
     """Every rule of the four punches, in the order a caller fixes them."""
-    tc = get_time_clock(uow, cmd.time_clock_id)
+    tc = _time_clock(uow, index, cmd.time_clock_id)
     check_user(tc, cmd.user_id)
     tz = punch_timezone(cmd, tc)
     ts = punch_time(cmd, now)
@@ -198,12 +199,16 @@ def apply_punch(
         acts.close(activity.id, end, stamp)
         return replace(activity, end=end, modified_at=stamp)
 
-    days = uow.time_clocks.day_statuses(tc.id, cmd.user_id)
+    day = timesheet_day(ts, tz)
+
+    def check_day() -> None:
+        check_day_open(day, uow.time_clocks.day_status(tc.id, cmd.user_id, day), cmd.user_id)
+
     if cmd.kind is PunchKind.CLOCK_IN:
         if current is not None:
             _already(current)
         check_start_after_history(ts, acts.last_end(tc.id, cmd.user_id))
-        check_day_open(days, ts, tz, cmd.user_id)
+        check_day()
         shift = new_activity(
             ActivityKind.SHIFT,
             geofence_check(tc, index, cmd.location, job),
@@ -220,7 +225,7 @@ def apply_punch(
                 + (" (a manual break is open)" if current is not None else ""),
             )
         check_end_after_start(ts, current)
-        check_day_open(days, ts, tz, cmd.user_id)
+        check_day()
         return PunchResult(close(current, geofence_check(tc, index, cmd.location, current.job_id)))
     if cmd.kind is PunchKind.START_BREAK:
         assert bt is not None
@@ -234,7 +239,7 @@ def apply_punch(
             check_end_after_start(ts, current)
         else:
             check_start_after_history(ts, acts.last_end(tc.id, cmd.user_id))
-        check_day_open(days, ts, tz, cmd.user_id)
+        check_day()
         job_of_shift = current.job_id if current is not None else None
         fence = geofence_check(tc, index, cmd.location, job_of_shift)
         closed = close(current, fence) if current is not None else None
@@ -255,7 +260,7 @@ def apply_punch(
         )
     check_end_after_start(ts, current)
     check_mandatory(_break_type_of(tc, current), current.start.timestamp, ts)
-    check_day_open(days, ts, tz, cmd.user_id)
+    check_day()
     fence = geofence_check(tc, index, cmd.location, current.job_id)
     ended = close(current, fence)
     resumed = None
@@ -263,6 +268,17 @@ def apply_punch(
         resumed = new_activity(ActivityKind.SHIFT, fence, job_id=current.job_id)
         acts.add(resumed)
     return PunchResult(ended, resumed_shift=resumed)
+
+
+def _time_clock(uow: UnitOfWork, index: FenceIndex | None, time_clock_id: int) -> TimeClock:
+    """The time clock's settings from the index's snapshot, which every committed
+    change reaches before its call returns; the store when there is no index."""
+    if index is not None:
+        snap = index.snapshot
+        idx = snap.clock_idx.get(time_clock_id)
+        if idx is not None:
+            return snap.clocks[idx].time_clock
+    return get_time_clock(uow, time_clock_id)
 
 
 def _already(current: Activity) -> None:

@@ -24,43 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17geopunch/v1/admin.proto\x12\x0bgeopunch.v1\"C\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x08sub_jobs\x18\x03 \x03(\x0b\x32\x10.geopunch.v1.Job\"_\n\x0fManualBreakType\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cis_mandatory\x18\x03 \x01(\x08\x12\x1c\n\x14min_duration_seconds\x18\x04 \x01(\x05\"\xcd\x02\n\x15\x45xitDetectionSettings\x12 \n\x13high_accuracy_max_m\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16\x62uffer_high_accuracy_m\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12low_accuracy_max_m\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\"\n\x15\x62uffer_low_accuracy_m\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12&\n\x19\x62uffer_unknown_accuracy_m\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\x16\n\x14_high_accuracy_max_mB\x19\n\x17_buffer_high_accuracy_mB\x15\n\x13_low_accuracy_max_mB\x18\n\x16_buffer_low_accuracy_mB\x1c\n\x1a_buffer_unknown_accuracy_m\"\xf7\x02\n\tTimeClock\x12\x0f\n\x02id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x17\n\x0fjob_enforcement\x18\x04 \x01(\x08\x12\x1e\n\x04jobs\x18\x05 \x03(\x0b\x32\x10.geopunch.v1.Job\x12\x10\n\x08user_ids\x18\x06 \x03(\x03\x12\x1d\n\x15manual_breaks_enabled\x18\x07 \x01(\x08\x12\x38\n\x12manual_break_types\x18\x08 \x03(\x0b\x32\x1c.geopunch.v1.ManualBreakType\x12\x34\n\x0fgeofence_policy\x18\t \x01(\x0e\x32\x1b.geopunch.v1.GeofencePolicy\x12\x1c\n\x14\x61\x63\x63uracy_tolerance_m\x18\n \x01(\x01\x12:\n\x0e\x65xit_detection\x18\x0b \x01(\x0b\x32\".geopunch.v1.ExitDetectionSettingsB\x05\n\x03_id\"D\n\x16\x43reateTimeClockRequest\x12*\n\ntime_clock\x18\x01 \x01(\x0b\x32\x16.geopunch.v1.TimeClock\"D\n\x16UpdateTimeClockRequest\x12*\n\ntime_clock\x18\x01 \x01(\x0b\x32\x16.geopunch.v1.TimeClock\",\n\x13GetTimeClockRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\"M\n\x11TimeClockResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x16.geopunch.v1.TimeClock\"t\n\x13SetDayStatusRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\r\n\x05\x64\x61tes\x18\x03 \x03(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.geopunch.v1.DayStatus\"@\n\x16ListDayStatusesRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\"?\n\x07UserDay\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.geopunch.v1.DayStatus\"\x86\x01\n\x11\x44\x61yStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32#.geopunch.v1.DayStatusResponse.Data\x1a*\n\x04\x44\x61ta\x12\"\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x14.geopunch.v1.UserDay*d\n\x0eGeofencePolicy\x12\x1f\n\x1bGEOFENCE_POLICY_UNSPECIFIED\x10\x00\x12\x07\n\x03OFF\x10\x01\x12\x14\n\x10REQUIRE_LOCATION\x10\x02\x12\x12\n\x0eREQUIRE_INSIDE\x10\x03*K\n\tDayStatus\x12\x1a\n\x16\x44\x41Y_STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\n\n\x06LOCKED\x10\x02\x12\x0c\n\x08\x41PPROVED\x10\x03\x32\xba\x03\n\x0c\x41\x64minService\x12V\n\x0f\x43reateTimeClock\x12#.geopunch.v1.CreateTimeClockRequest\x1a\x1e.geopunch.v1.TimeClockResponse\x12V\n\x0fUpdateTimeClock\x12#.geopunch.v1.UpdateTimeClockRequest\x1a\x1e.geopunch.v1.TimeClockResponse\x12P\n\x0cGetTimeClock\x12 .geopunch.v1.GetTimeClockRequest\x1a\x1e.geopunch.v1.TimeClockResponse\x12P\n\x0cSetDayStatus\x12 .geopunch.v1.SetDayStatusRequest\x1a\x1e.geopunch.v1.DayStatusResponse\x12V\n\x0fListDayStatuses\x12#.geopunch.v1.ListDayStatusesRequest\x1a\x1e.geopunch.v1.DayStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17geopunch/v1/admin.proto\x12\x0bgeopunch.v1\"\r\n\x0bPingRequest\"\"\n\x0cPingResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"C\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x08sub_jobs\x18\x03 \x03(\x0b\x32\x10.geopunch.v1.Job\"_\n\x0fManualBreakType\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cis_mandatory\x18\x03 \x01(\x08\x12\x1c\n\x14min_duration_seconds\x18\x04 \x01(\x05\"\xcd\x02\n\x15\x45xitDetectionSettings\x12 \n\x13high_accuracy_max_m\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12#\n\x16\x62uffer_high_accuracy_m\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12low_accuracy_max_m\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\"\n\x15\x62uffer_low_accuracy_m\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12&\n\x19\x62uffer_unknown_accuracy_m\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\x16\n\x14_high_accuracy_max_mB\x19\n\x17_buffer_high_accuracy_mB\x15\n\x13_low_accuracy_max_mB\x18\n\x16_buffer_low_accuracy_mB\x1c\n\x1a_buffer_unknown_accuracy_m\"\xf7\x02\n\tTimeClock\x12\x0f\n\x02id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x17\n\x0fjob_enforcement\x18\x04 \x01(\x08\x12\x1e\n\x04jobs\x18\x05 \x03(\x0b\x32\x10.geopunch.v1.Job\x12\x10\n\x08user_ids\x18\x06 \x03(\x03\x12\x1d\n\x15manual_breaks_enabled\x18\x07 \x01(\x08\x12\x38\n\x12manual_break_types\x18\x08 \x03(\x0b\x32\x1c.geopunch.v1.ManualBreakType\x12\x34\n\x0fgeofence_policy\x18\t \x01(\x0e\x32\x1b.geopunch.v1.GeofencePolicy\x12\x1c\n\x14\x61\x63\x63uracy_tolerance_m\x18\n \x01(\x01\x12:\n\x0e\x65xit_detection\x18\x0b \x01(\x0b\x32\".geopunch.v1.ExitDetectionSettingsB\x05\n\x03_id\"D\n\x16\x43reateTimeClockRequest\x12*\n\ntime_clock\x18\x01 \x01(\x0b\x32\x16.geopunch.v1.TimeClock\"D\n\x16UpdateTimeClockRequest\x12*\n\ntime_clock\x18\x01 \x01(\x0b\x32\x16.geopunch.v1.TimeClock\",\n\x13GetTimeClockRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\"M\n\x11TimeClockResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x16.geopunch.v1.TimeClock\"t\n\x13SetDayStatusRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\r\n\x05\x64\x61tes\x18\x03 \x03(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.geopunch.v1.DayStatus\"@\n\x16ListDayStatusesRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\"?\n\x07UserDay\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.geopunch.v1.DayStatus\"\x86\x01\n\x11\x44\x61yStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32#.geopunch.v1.DayStatusResponse.Data\x1a*\n\x04\x44\x61ta\x12\"\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x14.geopunch.v1.UserDay*d\n\x0eGeofencePolicy\x12\x1f\n\x1bGEOFENCE_POLICY_UNSPECIFIED\x10\x00\x12\x07\n\x03OFF\x10\x01\x12\x14\n\x10REQUIRE_LOCATION\x10\x02\x12\x12\n\x0eREQUIRE_INSIDE\x10\x03*K\n\tDayStatus\x12\x1a\n\x16\x44\x41Y_STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\n\n\x06LOCKED\x10\x02\x12\x0c\n\x08\x41PPROVED\x10\x03\x32\xf7\x03\n\x0c\x41\x64minService\x12V\n\x0f\x43reateTimeClock\x12#.geopunch.v1.CreateTimeClockRequest\x1a\x1e.geopunch.v1.TimeClockResponse\x12V\n\x0fUpdateTimeClock\x12#.geopunch.v1.UpdateTimeClockRequest\x1a\x1e.geopunch.v1.TimeClockResponse\x12P\n\x0cGetTimeClock\x12 .geopunch.v1.GetTimeClockRequest\x1a\x1e.geopunch.v1.TimeClockResponse\x12P\n\x0cSetDayStatus\x12 .geopunch.v1.SetDayStatusRequest\x1a\x1e.geopunch.v1.DayStatusResponse\x12V\n\x0fListDayStatuses\x12#.geopunch.v1.ListDayStatusesRequest\x1a\x1e.geopunch.v1.DayStatusResponse\x12;\n\x04Ping\x12\x18.geopunch.v1.PingRequest\x1a\x19.geopunch.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'geopunch.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GEOFENCEPOLICY']._serialized_start=1571
-  _globals['_GEOFENCEPOLICY']._serialized_end=1671
-  _globals['_DAYSTATUS']._serialized_start=1673
-  _globals['_DAYSTATUS']._serialized_end=1748
-  _globals['_JOB']._serialized_start=40
-  _globals['_JOB']._serialized_end=107
-  _globals['_MANUALBREAKTYPE']._serialized_start=109
-  _globals['_MANUALBREAKTYPE']._serialized_end=204
-  _globals['_EXITDETECTIONSETTINGS']._serialized_start=207
-  _globals['_EXITDETECTIONSETTINGS']._serialized_end=540
-  _globals['_TIMECLOCK']._serialized_start=543
-  _globals['_TIMECLOCK']._serialized_end=918
-  _globals['_CREATETIMECLOCKREQUEST']._serialized_start=920
-  _globals['_CREATETIMECLOCKREQUEST']._serialized_end=988
-  _globals['_UPDATETIMECLOCKREQUEST']._serialized_start=990
-  _globals['_UPDATETIMECLOCKREQUEST']._serialized_end=1058
-  _globals['_GETTIMECLOCKREQUEST']._serialized_start=1060
-  _globals['_GETTIMECLOCKREQUEST']._serialized_end=1104
-  _globals['_TIMECLOCKRESPONSE']._serialized_start=1106
-  _globals['_TIMECLOCKRESPONSE']._serialized_end=1183
-  _globals['_SETDAYSTATUSREQUEST']._serialized_start=1185
-  _globals['_SETDAYSTATUSREQUEST']._serialized_end=1301
-  _globals['_LISTDAYSTATUSESREQUEST']._serialized_start=1303
-  _globals['_LISTDAYSTATUSESREQUEST']._serialized_end=1367
-  _globals['_USERDAY']._serialized_start=1369
-  _globals['_USERDAY']._serialized_end=1432
-  _globals['_DAYSTATUSRESPONSE']._serialized_start=1435
-  _globals['_DAYSTATUSRESPONSE']._serialized_end=1569
-  _globals['_DAYSTATUSRESPONSE_DATA']._serialized_start=1527
-  _globals['_DAYSTATUSRESPONSE_DATA']._serialized_end=1569
-  _globals['_ADMINSERVICE']._serialized_start=1751
-  _globals['_ADMINSERVICE']._serialized_end=2193
+  _globals['_GEOFENCEPOLICY']._serialized_start=1622
+  _globals['_GEOFENCEPOLICY']._serialized_end=1722
+  _globals['_DAYSTATUS']._serialized_start=1724
+  _globals['_DAYSTATUS']._serialized_end=1799
+  _globals['_PINGREQUEST']._serialized_start=40
+  _globals['_PINGREQUEST']._serialized_end=53
+  _globals['_PINGRESPONSE']._serialized_start=55
+  _globals['_PINGRESPONSE']._serialized_end=89
+  _globals['_JOB']._serialized_start=91
+  _globals['_JOB']._serialized_end=158
+  _globals['_MANUALBREAKTYPE']._serialized_start=160
+  _globals['_MANUALBREAKTYPE']._serialized_end=255
+  _globals['_EXITDETECTIONSETTINGS']._serialized_start=258
+  _globals['_EXITDETECTIONSETTINGS']._serialized_end=591
+  _globals['_TIMECLOCK']._serialized_start=594
+  _globals['_TIMECLOCK']._serialized_end=969
+  _globals['_CREATETIMECLOCKREQUEST']._serialized_start=971
+  _globals['_CREATETIMECLOCKREQUEST']._serialized_end=1039
+  _globals['_UPDATETIMECLOCKREQUEST']._serialized_start=1041
+  _globals['_UPDATETIMECLOCKREQUEST']._serialized_end=1109
+  _globals['_GETTIMECLOCKREQUEST']._serialized_start=1111
+  _globals['_GETTIMECLOCKREQUEST']._serialized_end=1155
+  _globals['_TIMECLOCKRESPONSE']._serialized_start=1157
+  _globals['_TIMECLOCKRESPONSE']._serialized_end=1234
+  _globals['_SETDAYSTATUSREQUEST']._serialized_start=1236
+  _globals['_SETDAYSTATUSREQUEST']._serialized_end=1352
+  _globals['_LISTDAYSTATUSESREQUEST']._serialized_start=1354
+  _globals['_LISTDAYSTATUSESREQUEST']._serialized_end=1418
+  _globals['_USERDAY']._serialized_start=1420
+  _globals['_USERDAY']._serialized_end=1483
+  _globals['_DAYSTATUSRESPONSE']._serialized_start=1486
+  _globals['_DAYSTATUSRESPONSE']._serialized_end=1620
+  _globals['_DAYSTATUSRESPONSE_DATA']._serialized_start=1578
+  _globals['_DAYSTATUSRESPONSE_DATA']._serialized_end=1620
+  _globals['_ADMINSERVICE']._serialized_start=1802
+  _globals['_ADMINSERVICE']._serialized_end=2305
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,11 @@ class AdminServiceStub:
                 request_serializer=geopunch_dot_v1_dot_admin__pb2.ListDayStatusesRequest.SerializeToString,
                 response_deserializer=geopunch_dot_v1_dot_admin__pb2.DayStatusResponse.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/geopunch.v1.AdminService/Ping',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.PingRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.PingResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -102,6 +107,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """Does nothing but pass authentication: a liveness probe for clients and
+        the baseline of the load generator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListDayStatuses,
                     request_deserializer=geopunch_dot_v1_dot_admin__pb2.ListDayStatusesRequest.FromString,
                     response_serializer=geopunch_dot_v1_dot_admin__pb2.DayStatusResponse.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.PingRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.PingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +287,33 @@ class AdminService:
             '/geopunch.v1.AdminService/ListDayStatuses',
             geopunch_dot_v1_dot_admin__pb2.ListDayStatusesRequest.SerializeToString,
             geopunch_dot_v1_dot_admin__pb2.DayStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/Ping',
+            geopunch_dot_v1_dot_admin__pb2.PingRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.PingResponse.FromString,
             options,
             channel_credentials,
             insecure,

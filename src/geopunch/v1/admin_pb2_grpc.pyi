@@ -43,6 +43,10 @@ class AdminServiceStub:
     SetDayStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDayStatusRequest, _admin_pb2.DayStatusResponse]
     """Marks days of a user as locked, approved or open again."""
     ListDayStatuses: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDayStatusesRequest, _admin_pb2.DayStatusResponse]
+    Ping: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PingRequest, _admin_pb2.PingResponse]
+    """Does nothing but pass authentication: a liveness probe for clients and
+    the baseline of the load generator.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -59,6 +63,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetDayStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDayStatusRequest, _admin_pb2.DayStatusResponse]  # type: ignore[assignment]
     """Marks days of a user as locked, approved or open again."""
     ListDayStatuses: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDayStatusesRequest, _admin_pb2.DayStatusResponse]  # type: ignore[assignment]
+    Ping: _aio.UnaryUnaryMultiCallable[_admin_pb2.PingRequest, _admin_pb2.PingResponse]  # type: ignore[assignment]
+    """Does nothing but pass authentication: a liveness probe for clients and
+    the baseline of the load generator.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Set-up that the punch and geofence APIs assume: time clocks with their jobs,
@@ -102,5 +110,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListDayStatusesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DayStatusResponse, _abc.Awaitable[_admin_pb2.DayStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Ping(
+        self,
+        request: _admin_pb2.PingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PingResponse, _abc.Awaitable[_admin_pb2.PingResponse]]:
+        """Does nothing but pass authentication: a liveness probe for clients and
+        the baseline of the load generator.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

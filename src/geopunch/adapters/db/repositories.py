@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from geopunch.adapters.db.tables import (
@@ -33,6 +43,12 @@ from geopunch.domain.models import (
     TimeClock,
 )
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+
+_DAY_STATUS = select(day_statuses.c.status).where(
+    day_statuses.c.time_clock_id == bindparam("tc"),
+    day_statuses.c.user_id == bindparam("user"),
+    day_statuses.c.day == bindparam("day"),
+)
 
 
 class SqlTimeClockRepository:
@@ -207,6 +223,12 @@ class SqlTimeClockRepository:
         ).all()
         return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}
 
+    def day_status(self, time_clock_id: int, user_id: int, day: date) -> DayStatus | None:
+        status = self._conn.execute(
+            _DAY_STATUS, {"tc": time_clock_id, "user": user_id, "day": day.isoformat()}
+        ).scalar()
+        return DayStatus(status) if status is not None else None
+
     def set_day_status(
         self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
     ) -> None:
@@ -353,7 +375,12 @@ def _point(row: Row[Any], prefix: str) -> PunchPoint | None:
     )
 
 
-def _point_columns(prefix: str, p: PunchPoint) -> dict[str, object]:
+_POINT_KEYS = ("ts", "tz", "address", "lat", "lon", "accuracy", "source", "geofence_id")
+
+
+def _point_columns(prefix: str, p: PunchPoint | None) -> dict[str, object]:
+    if p is None:
+        return {f"{prefix}_{k}": None for k in _POINT_KEYS}
     loc = p.location
     return {
         f"{prefix}_ts": p.timestamp,
@@ -386,26 +413,34 @@ def _activity(row: Row[Any]) -> Activity:
     )
 
 
+# Statements of the punch path, built once: executing a prepared construct with
+# parameters skips rebuilding and re-caching it on every punch.
+_OPEN_FOR = select(activities).where(
+    activities.c.time_clock_id == bindparam("tc"),
+    activities.c.user_id == bindparam("user"),
+    activities.c.end_ts.is_(None),
+)
+_LAST_END = select(func.max(activities.c.end_ts)).where(
+    activities.c.time_clock_id == bindparam("tc"), activities.c.user_id == bindparam("user")
+)
+_INSERT_ACTIVITY = insert(activities)
+_CLOSE = (
+    update(activities)
+    .where(activities.c.id == bindparam("activity_id"), activities.c.end_ts.is_(None))
+    .values({c: bindparam(c) for c in (*(f"end_{k}" for k in _POINT_KEYS), "modified_at")})
+)
+
+
 class SqlActivityRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def open_for(self, time_clock_id: int, user_id: int) -> Activity | None:
-        row = self._conn.execute(
-            select(activities).where(
-                activities.c.time_clock_id == time_clock_id,
-                activities.c.user_id == user_id,
-                activities.c.end_ts.is_(None),
-            )
-        ).first()
+        row = self._conn.execute(_OPEN_FOR, {"tc": time_clock_id, "user": user_id}).first()
         return _activity(row) if row else None
 
     def last_end(self, time_clock_id: int, user_id: int) -> int | None:
-        value = self._conn.execute(
-            select(func.max(activities.c.end_ts)).where(
-                activities.c.time_clock_id == time_clock_id, activities.c.user_id == user_id
-            )
-        ).scalar()
+        value = self._conn.execute(_LAST_END, {"tc": time_clock_id, "user": user_id}).scalar()
         return int(value) if value is not None else None
 
     def add(self, activity: Activity) -> None:
@@ -421,22 +456,22 @@ class SqlActivityRepository:
             "created_at": activity.created_at,
             "modified_at": activity.modified_at,
             **_point_columns("start", activity.start),
+            **_point_columns("end", activity.end),
         }
-        if activity.end is not None:
-            values.update(_point_columns("end", activity.end))
         try:
-            with self._conn.begin_nested():
-                self._conn.execute(insert(activities).values(**values))
-        except IntegrityError as exc:  # the one-open-activity index refused it
+            self._conn.execute(_INSERT_ACTIVITY, values)
+        except IntegrityError as exc:
+            # The one-open-activity index refused it: the unit of work is rolled back
+            # and the use case retried, so no savepoint is needed here.
             raise ConcurrentChange(str(exc)) from exc
 
     def close(self, activity_id: str, end: PunchPoint, modified_at: int) -> None:
-        result = self._conn.execute(
-            update(activities)
-            .where(activities.c.id == activity_id, activities.c.end_ts.is_(None))
-            .values(modified_at=modified_at, **_point_columns("end", end))
-        )
-        if result.rowcount != 1:
+        params = {
+            "activity_id": activity_id,
+            "modified_at": modified_at,
+            **_point_columns("end", end),
+        }
+        if self._conn.execute(_CLOSE, params).rowcount != 1:
             raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
@@ -446,6 +481,12 @@ class SqlActivityRepository:
             .order_by(activities.c.start_ts, activities.c.created_at)
         ).all()
         return [_activity(r) for r in rows]
+
+
+_INSERT_KEY = insert(idempotency_keys)
+_GET_KEY = select(
+    idempotency_keys.c.method, idempotency_keys.c.body_hash, idempotency_keys.c.response
+).where(idempotency_keys.c.key == bindparam("key"))
 
 
 class SqlIdempotencyRepository:

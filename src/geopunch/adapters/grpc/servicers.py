@@ -71,6 +71,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             data=admin_pb2.DayStatusResponse.Data(days=convert.day_statuses_to_proto(days)),
         )
 
+    def Ping(self, request: admin_pb2.PingRequest, context: Any) -> admin_pb2.PingResponse:
+        return admin_pb2.PingResponse(request_id=request_id_var.get())
+
     def ListDayStatuses(
         self, request: admin_pb2.ListDayStatusesRequest, context: Any
     ) -> admin_pb2.DayStatusResponse:

@@ -1,0 +1,219 @@
+"""Closed-loop asyncio gRPC load generator for punches, with an empty-RPC baseline.
+
+    python3 dev.py run bench/loadgen.py [--concurrency 64] [--seconds 10] [--geofence]
+
+Starts ``geopunch serve`` on a fresh SQLite store (synchronous=FULL) unless
+``--address`` names a running server, then for each workload keeps
+``--concurrency`` calls in flight for ``--seconds``:
+
+- ``ping``: ``AdminService.Ping``, the empty unary RPC (same interceptor path);
+- ``punch``: each worker is its own user cycling clock-in, break start, break
+  end (resuming the shift), clock-out, with offline timestamps one second
+  apart so that no two punches of a user share a second;
+- with ``--geofence`` the time clock requires punches inside a fence, and every
+  punch carries a location.
+
+Prints JSON: calls/s and p50/p90/p99 in ms per workload, and the punch/ping ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from geopunch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    geofences_pb2,
+    geofences_pb2_grpc,
+    timeclock_pb2,
+    timeclock_pb2_grpc,
+)
+
+API_KEY = "loadgen-key-0123456789"
+AUTH = (("x-api-key", API_KEY),)
+SITE = (40.7128, -74.0060)
+
+
+async def closed_loop(
+    concurrency: int,
+    seconds: float,
+    call: Callable[[int, int], Awaitable[None]],
+    counters: list[int],
+) -> dict[str, float]:
+    """``counters[w]`` numbers worker ``w``'s calls across runs (punch timestamps use it)."""
+    latencies: list[list[int]] = [[] for _ in range(concurrency)]
+    errors = [0]
+    stop = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        while time.perf_counter() < stop:
+            n = counters[w]
+            counters[w] += 1
+            t = time.perf_counter_ns()
+            try:
+                await call(w, n)
+            except grpc.aio.AioRpcError:
+                errors[0] += 1
+            latencies[w].append(time.perf_counter_ns() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    lat = np.concatenate([np.asarray(x, dtype=np.float64) for x in latencies]) / 1e6
+    return {
+        "calls_per_s": round(lat.size / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p90_ms": round(float(np.percentile(lat, 90)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+        "calls": int(lat.size),
+        "errors": errors[0],
+    }
+
+
+async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 20)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        punches = timeclock_pb2_grpc.TimeClockServiceStub(channel)
+        tc_id = int(time.time() * 1000) % 10**12
+        users = list(range(1, args.concurrency + 1))
+        await admin.CreateTimeClock(
+            admin_pb2.CreateTimeClockRequest(
+                time_clock=admin_pb2.TimeClock(
+                    id=tc_id,
+                    name="load",
+                    timezone="UTC",
+                    user_ids=users,
+                    jobs=[admin_pb2.Job(id="job", name="Job")],
+                    manual_breaks_enabled=True,
+                    manual_break_types=[admin_pb2.ManualBreakType(id="rest", name="Rest")],
+                    geofence_policy=admin_pb2.REQUIRE_INSIDE if args.geofence else admin_pb2.OFF,
+                )
+            ),
+            metadata=AUTH,
+        )
+        location = None
+        if args.geofence:
+            req = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc_id)
+            g = req.geofences.add(name="site", fence_size=300)
+            g.location.address, g.location.latitude, g.location.longitude = "site", *SITE
+            await geofences_pb2_grpc.GeofenceServiceStub(channel).CreateGeofences(
+                req, metadata=AUTH
+            )
+            location = common_pb2.Location(
+                address="site", latitude=SITE[0] + 0.001, longitude=SITE[1]
+            )
+        base = int(time.time()) - 11 * 3600
+
+        async def ping(w: int, n: int) -> None:
+            await admin.Ping(admin_pb2.PingRequest(), metadata=AUTH)
+
+        async def punch(w: int, n: int) -> None:
+            ts, user, step = base + n, users[w], n % 4
+            if step == 0:
+                await punches.ClockIn(
+                    timeclock_pb2.ClockInRequest(
+                        time_clock_id=tc_id,
+                        user_id=user,
+                        job_id="job",
+                        timestamp=ts,
+                        location_data=location,
+                    ),
+                    metadata=AUTH,
+                )
+            elif step == 1:
+                await punches.StartManualBreak(
+                    timeclock_pb2.StartManualBreakRequest(
+                        time_clock_id=tc_id,
+                        user_id=user,
+                        manual_break_id="rest",
+                        timestamp=ts,
+                        location_data=location,
+                    ),
+                    metadata=AUTH,
+                )
+            elif step == 2:
+                await punches.EndManualBreak(
+                    timeclock_pb2.EndManualBreakRequest(
+                        time_clock_id=tc_id, user_id=user, timestamp=ts, location_data=location
+                    ),
+                    metadata=AUTH,
+                )
+            else:
+                await punches.ClockOut(
+                    timeclock_pb2.ClockOutRequest(
+                        time_clock_id=tc_id, user_id=user, timestamp=ts, location_data=location
+                    ),
+                    metadata=AUTH,
+                )
+
+        out: dict[str, object] = {}
+        counters = [0] * args.concurrency  # one punch per second per user, never reused
+        for name, concurrency in (
+            ("ping", args.concurrency),
+            ("punch", args.concurrency),
+            ("ping_1", 1),
+            ("punch_1", 1),
+        ):
+            call = ping if name.startswith("ping") else punch
+            await closed_loop(concurrency, 1.0, call, counters)  # warm-up
+            out[name] = await closed_loop(concurrency, args.seconds, call, counters)
+        ping_c, punch_c = out["ping"], out["punch"]
+        assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
+        out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)
+        out["punch_vs_ping_p99"] = round(punch_c["p99_ms"] / ping_c["p99_ms"], 3)
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--geofence", action="store_true")
+    ap.add_argument("--address", help="use a running server (its key must be the loadgen key)")
+    args = ap.parse_args()
+    if args.address:
+        print(json.dumps(asyncio.run(run(args.address, args)), indent=2))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "GEOPUNCH_API_KEYS": API_KEY,
+            "GEOPUNCH_LOG_LEVEL": "WARNING",
+            "GEOPUNCH_DATABASE_URL": f"sqlite:///{Path(tmp) / 'load.db'}",
+            "GEOPUNCH_LISTEN": "127.0.0.1:0",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            address = proc.stdout.readline().split()[-1]
+            result = asyncio.run(run(address, args))
+            result["workload"] = {
+                "concurrency": args.concurrency,
+                "seconds": args.seconds,
+                "geofence": args.geofence,
+                "store": "sqlite synchronous=FULL",
+            }
+            print(json.dumps(result, indent=2))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
