@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -121,7 +122,7 @@ def check_store(db: Path, tc: int, acked: Acked) -> None:
         assert sum(1 for a in acts if a.end is None) <= 1
         closed = sorted((a.start.timestamp, a.end.timestamp) for a in acts if a.end)
         assert all(e > s for s, e in closed)
-        for (_, e1), (s2, _) in zip(closed, closed[1:], strict=False):
+        for (_, e1), (s2, _) in itertools.pairwise(closed):
             assert e1 <= s2, closed
     for act_id, start in acked.starts.items():
         assert act_id in everything, f"acknowledged {act_id} is missing"
@@ -188,6 +189,29 @@ def test_64_concurrent_clients(tmp_path: Path) -> None:
     check_store(db, tc, acked)
 
 
+def _load_then_kill(
+    srv: ServerProcess, clients: list[Client], tc: int, acked: Acked, rng: random.Random, cycle: int
+) -> list[str]:
+    """Punch from 8 threads until the server is killed at a random moment."""
+    killed = threading.Event()
+    counter = [0]
+
+    def work(w: int) -> None:
+        counter[0] += 1
+        key = f"c{cycle}-w{w}-{counter[0]}"
+        random_punch(clients[w], tc, rng.choice(USERS), acked, key=key)
+
+    def kill() -> None:
+        killed.set()
+        srv.kill()
+
+    killer = threading.Timer(rng.uniform(0.8, 2.0), kill)
+    killer.start()
+    problems = hammer(8, killed.is_set, work)
+    killer.join()
+    return problems
+
+
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
     srv = ServerProcess(db_url=f"sqlite:///{db}")
@@ -199,24 +223,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         clients = [Client(srv.address) for _ in range(8)]
         if cycle == 0:
             tc = setup_clock(clients[0])
-        killed = threading.Event()
-        counter = [0]
-
-        def work(
-            w: int,
-            clients: list[Client] = clients,
-            counter: list[int] = counter,
-            cycle: int = cycle,
-        ) -> None:
-            counter[0] += 1
-            random_punch(
-                clients[w], tc, rng.choice(USERS), acked, key=f"c{cycle}-w{w}-{counter[0]}"
-            )
-
-        killer = threading.Timer(rng.uniform(0.8, 2.0), lambda: (killed.set(), srv.kill()))
-        killer.start()
-        problems = hammer(8, killed.is_set, work)
-        killer.join()
+        problems = _load_then_kill(srv, clients, tc, acked, rng, cycle)
         for c in clients:
             c.close()
         assert problems == [], problems

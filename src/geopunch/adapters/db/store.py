@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -101,12 +102,25 @@ class SqlUnitOfWork:
     activities: SqlActivityRepository
     idempotency: SqlIdempotencyRepository
 
-    def __init__(self, engine: Engine, *, readonly: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, *, readonly: bool = False, write_lock: threading.Lock | None = None
+    ) -> None:
         self._engine = engine
         self._readonly = readonly
+        self._write_lock = None if readonly else write_lock
         self._conn: Connection | None = None
 
     def __enter__(self) -> Self:
+        if self._write_lock is not None:
+            self._write_lock.acquire()
+        try:
+            return self._open()
+        except BaseException:
+            if self._write_lock is not None:
+                self._write_lock.release()
+            raise
+
+    def _open(self) -> Self:
         conn = self._engine.connect()
         if self._readonly:
             conn = conn.execution_options(sqlite_begin="DEFERRED")
@@ -132,6 +146,8 @@ class SqlUnitOfWork:
         finally:
             self._conn.close()
             self._conn = None
+            if self._write_lock is not None:
+                self._write_lock.release()
 
     def commit(self) -> None:
         assert self._conn is not None
@@ -139,8 +155,16 @@ class SqlUnitOfWork:
 
 
 class SqlUnitOfWorkFactory:
+    """Units of work on one engine.
+
+    SQLite has one writer at a time; writers of this process queue on a Python
+    lock before ``BEGIN IMMEDIATE`` instead of on SQLite's busy handler, which
+    sleeps in growing steps (up to 100 ms) and wrecks tail latency under load.
+    """
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
 
     def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, readonly=readonly)
+        return SqlUnitOfWork(self.engine, readonly=readonly, write_lock=self._write_lock)
