@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -14,7 +15,7 @@ from geopunch.adapters.db.store import (
     head_revision,
     migrate,
 )
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.models import (
     DayStatus,
     ExitAction,
@@ -25,6 +26,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
+from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
 
 TC = TimeClock(
     id=42,
@@ -191,3 +193,54 @@ def test_in_memory_sqlite_is_refused() -> None:
 
     with pytest.raises(ValueError):
         make_engine("sqlite://")
+
+
+def _activity(aid: str, start: int, end: int | None = None) -> Activity:
+    return Activity(
+        id=aid,
+        time_clock_id=TC.id,
+        user_id=1,
+        kind=ActivityKind.SHIFT,
+        start=PunchPoint(start, "UTC", PunchLocation("here", 1.0, 2.0, 5.0), "api", "fence-1"),
+        end=None if end is None else PunchPoint(end, "UTC"),
+        job_id="a",
+        created_at=start,
+        modified_at=start,
+    )
+
+
+def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add(_activity("shift-1", 100))
+        uow.commit()
+    with uows() as uow, pytest.raises(ConcurrentChange):
+        uow.activities.add(_activity("shift-2", 200))
+    with uows() as uow:
+        end = PunchPoint(150, "UTC", None, "autoClockOut")
+        uow.activities.close("shift-1", end, 150)
+        with pytest.raises(ConcurrentChange):
+            uow.activities.close("shift-1", end, 150)  # already closed
+        uow.commit()
+    with uows() as uow:
+        uow.activities.add(_activity("shift-2", 200))  # the next one may open now
+        uow.commit()
+    with uows(readonly=True) as uow:
+        acts = uow.activities.list_for(TC.id, 1)
+        assert [a.id for a in acts] == ["shift-1", "shift-2"]
+        assert acts[0] == replace(_activity("shift-1", 100), end=end, modified_at=150)
+        assert uow.activities.open_for(TC.id, 1) == _activity("shift-2", 200)
+        assert uow.activities.last_end(TC.id, 1) == 150
+
+
+def test_idempotency_keys(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.idempotency.put("k1", "clock_in", "h", b"\x00answer")
+        uow.commit()
+    with uows() as uow:
+        assert uow.idempotency.get("k1") == ("clock_in", "h", b"\x00answer")
+        assert uow.idempotency.get("k2") is None
+        with pytest.raises(ConcurrentChange):
+            uow.idempotency.put("k1", "clock_in", "h", b"other")
