@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,18 @@ def _table_mask(snap: Snapshot, table_no: int, table: FenceTable, clocks: I32, v
     return mask
 
 
+def _tables_with_points(
+    snap: Snapshot, clocks: I32, valid: B
+) -> Iterator[tuple[int, FenceTable, B]]:
+    """Each non-empty table with the mask of the points it answers for, when any."""
+    for t_no, table in enumerate(snap.tables):
+        if table.size == 0:
+            continue
+        active = _table_mask(snap, t_no, table, clocks, valid)
+        if active.any():
+            yield t_no, table, active
+
+
 def match_within(
     snap: Snapshot, lats: F64, lons: F64, clocks: I32, extra_m: F64, valid: B
 ) -> Matches:
@@ -77,12 +90,7 @@ def match_within(
     first_rows = np.empty(n, np.int32)
     first_dist = np.empty(n, np.float64)
     total_counts = np.zeros(n, np.int64)
-    for t_no, table in enumerate(snap.tables):
-        if table.size == 0:
-            continue
-        active = _table_mask(snap, t_no, table, clocks, valid)
-        if not active.any():
-            continue
+    for t_no, table, active in _tables_with_points(snap, clocks, valid):
         kernels.count_matches(
             lats,
             lons,
@@ -329,12 +337,7 @@ def nearest_boundary(
     best_r = np.zeros(n)
     rows = np.empty(n, np.int64)
     approx = np.empty(n, np.float64)
-    for t_no, table in enumerate(snap.tables):
-        if table.size == 0:
-            continue
-        active = _table_mask(snap, t_no, table, clocks, valid)
-        if not active.any():
-            continue
+    for _, table, active in _tables_with_points(snap, clocks, valid):
         kernels.nearest_boundary(
             lats,
             lons,
