@@ -244,3 +244,40 @@ def test_idempotency_keys(engine: Engine) -> None:
         assert uow.idempotency.get("k2") is None
         with pytest.raises(ConcurrentChange):
             uow.idempotency.put("k1", "clock_in", "h", b"other")
+
+
+def test_group_committer_isolates_failures_and_commits_the_rest(engine: Engine) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.commit()
+    committer = GroupCommitter(uows, max_batch=16)
+
+    def work(i: int) -> str:
+        def body(uow: object) -> str:
+            uow.idempotency.put(f"key-{i}", "m", "h", b"x")  # type: ignore[attr-defined]
+            if i % 5 == 0:
+                raise DomainError(ErrorCode.INVALID_ARGUMENT, f"work {i} fails")
+            return f"ok-{i}"
+
+        return committer(body)
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            futures = [pool.submit(work, i) for i in range(100)]
+            outcomes = []
+            for f in futures:
+                try:
+                    outcomes.append(f.result())
+                except DomainError as err:
+                    outcomes.append(err.message)
+    finally:
+        committer.close()
+    assert outcomes == [f"work {i} fails" if i % 5 == 0 else f"ok-{i}" for i in range(100)]
+    with uows(readonly=True) as uow:
+        stored = {i for i in range(100) if uow.idempotency.get(f"key-{i}") is not None}
+    assert stored == {i for i in range(100) if i % 5}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import date
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PunchPoint
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -107,9 +109,24 @@ class UnitOfWork(Protocol):
 
     def commit(self) -> None: ...
 
+    def savepoint(self) -> AbstractContextManager[object]:
+        """A nested scope: its writes are undone if the block raises."""
+        ...
+
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...
+
+
+class TransactionRunner(Protocol):
+    """Runs ``work`` in a transaction and commits its writes before returning.
+
+    An implementation may share one transaction (and one fsync) among several
+    callers' work, each in its own savepoint; work that raises leaves no
+    writes behind and its exception reaches its caller only.
+    """
+
+    def __call__(self, work: Callable[[UnitOfWork], T]) -> T: ...
 
 
 class FenceListener(Protocol):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.models import GeofencePolicy, ManualBreakType, TimeClock
-from geopunch.domain.ports import Clock, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.punches import (
     MAX_IDEMPOTENCY_KEY,
     Activity,
@@ -34,6 +35,8 @@ from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import OK, check_one
 from geopunch.service.admin import get_time_clock
 
+T = TypeVar("T")
+
 #: Attempts of a use case that lost a race before answering ABORTED.
 MAX_ATTEMPTS = 5
 
@@ -57,6 +60,18 @@ class PunchOutcome:
     replay: bytes | None = None
 
 
+def run_alone(uows: UnitOfWorkFactory) -> TransactionRunner:
+    """The plain runner: each piece of work in a transaction of its own."""
+
+    def run(work: Callable[[UnitOfWork], T]) -> T:
+        with uows() as uow:
+            result = work(uow)
+            uow.commit()
+            return result
+
+    return run
+
+
 def punch(
     uows: UnitOfWorkFactory,
     index: FenceIndex | None,
@@ -65,32 +80,42 @@ def punch(
     idempotency: Idempotency | None = None,
     *,
     dry_run: bool = False,
+    runner: TransactionRunner | None = None,
 ) -> PunchOutcome:
-    """Apply one punch in one transaction; with ``dry_run`` check it and change nothing."""
+    """Apply one punch durably; with ``dry_run`` check it and change nothing.
+
+    ``runner`` decides how the punch's transaction is committed (alone by
+    default, or batched with concurrent punches by a group committer).
+    """
     if idempotency is not None and len(idempotency.key) > MAX_IDEMPOTENCY_KEY:
         raise DomainError(
             ErrorCode.INVALID_ARGUMENT,
             f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
         )
+    now = clock.now()  # the window rules judge the time of receipt
+    if dry_run:
+        with uows() as uow:  # leaving without commit rolls back
+            return PunchOutcome(result=apply_punch(uow, index, now, cmd))
+
+    def work(uow: UnitOfWork) -> PunchOutcome:
+        if idempotency is not None:
+            stored = uow.idempotency.get(idempotency.key)
+            if stored is not None:
+                return _replay(idempotency, *stored)
+        result = apply_punch(uow, index, now, cmd)
+        if idempotency is not None:
+            uow.idempotency.put(
+                idempotency.key,
+                idempotency.method,
+                idempotency.body_hash,
+                idempotency.render(result),
+            )
+        return PunchOutcome(result=result)
+
+    run = runner if runner is not None else run_alone(uows)
     for _ in range(MAX_ATTEMPTS):
         try:
-            with uows() as uow:
-                if idempotency is not None and not dry_run:
-                    stored = uow.idempotency.get(idempotency.key)
-                    if stored is not None:
-                        return _replay(idempotency, *stored)
-                result = apply_punch(uow, index, clock.now(), cmd)
-                if dry_run:
-                    return PunchOutcome(result=result)  # leaving without commit rolls back
-                if idempotency is not None:
-                    uow.idempotency.put(
-                        idempotency.key,
-                        idempotency.method,
-                        idempotency.body_hash,
-                        idempotency.render(result),
-                    )
-                uow.commit()
-                return PunchOutcome(result=result)
+            return run(work)
         except ConcurrentChange:
             continue
     raise DomainError(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -21,6 +25,9 @@ from geopunch.adapters.db.repositories import (
     SqlIdempotencyRepository,
     SqlTimeClockRepository,
 )
+from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -153,6 +160,10 @@ class SqlUnitOfWork:
         assert self._conn is not None
         self._conn.commit()
 
+    def savepoint(self) -> AbstractContextManager[object]:
+        assert self._conn is not None
+        return self._conn.begin_nested()
+
 
 class SqlUnitOfWorkFactory:
     """Units of work on one engine.
@@ -168,3 +179,79 @@ class SqlUnitOfWorkFactory:
 
     def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine, readonly=readonly, write_lock=self._write_lock)
+
+
+class GroupCommitter:
+    """Commits the work of many concurrent callers with one transaction and one fsync.
+
+    Callers hand their work to a single writer thread, which takes whatever
+    has queued up (at most ``max_batch``), runs each piece in its own
+    savepoint, commits once, and only then answers every caller. Under load
+    the cost of a durable commit is shared; alone, a call pays what it would
+    have paid anyway. Implements :class:`geopunch.domain.ports.TransactionRunner`.
+    """
+
+    def __init__(self, uows: UnitOfWorkFactory, max_batch: int = 128) -> None:
+        self._uows = uows
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._loop, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def __call__(self, work: Callable[[UnitOfWork], T]) -> T:
+        future: Future[T] = Future()
+        self._queue.put((work, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
+        done: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            with self._uows() as uow:
+                for work, future in batch:
+                    try:
+                        with uow.savepoint():
+                            result = work(uow)
+                        done.append((future, result, None))
+                    except Exception as exc:  # this caller's failure only
+                        done.append((future, None, exc))
+                uow.commit()
+        except Exception as exc:  # nothing of this batch is durable
+            failed = {id(f) for f, _, e in done if e is not None}
+            for _, future in batch:
+                if id(future) not in failed:
+                    future.set_exception(exc)
+            for future, _, err in done:
+                if err is not None:
+                    future.set_exception(err)
+            return
+        for future, result, err in done:
+            if err is None:
+                future.set_result(result)
+            else:
+                future.set_exception(err)

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import ServiceInterceptor
 from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
@@ -99,8 +100,10 @@ class Server:
         location_pb2_grpc.add_LocationServiceServicer_to_server(
             LocationServicer(self.index), self._grpc
         )
+        # Punches share commits under load; it reaches the store only once it is open.
+        self._committer = GroupCommitter(self._uows)
         timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server(
-            TimeClockServicer(self._uows, self.index, SystemClock()), self._grpc
+            TimeClockServicer(self._uows, self.index, SystemClock(), self._committer), self._grpc
         )
         self.port = self._grpc.add_insecure_port(config.listen)
         if self.port == 0:
@@ -128,6 +131,7 @@ class Server:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self._grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self._committer.close()
         if self.app is not None:
             self.app.engine.dispose()
         log.info("stopped")

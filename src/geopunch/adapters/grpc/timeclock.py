@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.ports import Clock, UnitOfWorkFactory
+from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
     PunchCommand,
@@ -93,14 +93,16 @@ def shift_to_proto(a: Activity) -> timeclock_pb2.Shift:
     return shift
 
 
-def shift_response(result: PunchResult) -> timeclock_pb2.ShiftResponse:
+def shift_response(result: PunchResult, request_id: str) -> timeclock_pb2.ShiftResponse:
     return timeclock_pb2.ShiftResponse(
-        request_id=request_id_var.get(),
+        request_id=request_id,
         data=timeclock_pb2.ShiftResponse.Data(shift=shift_to_proto(result.activity)),
     )
 
 
-def start_break_response(result: PunchResult) -> timeclock_pb2.StartManualBreakResponse:
+def start_break_response(
+    result: PunchResult, request_id: str
+) -> timeclock_pb2.StartManualBreakResponse:
     brk = result.activity
     data = timeclock_pb2.StartManualBreakResponse.Data(
         id=brk.id,
@@ -111,10 +113,12 @@ def start_break_response(result: PunchResult) -> timeclock_pb2.StartManualBreakR
     )
     if result.closed_shift is not None:
         data.closed_shift.CopyFrom(shift_to_proto(result.closed_shift))
-    return timeclock_pb2.StartManualBreakResponse(request_id=request_id_var.get(), data=data)
+    return timeclock_pb2.StartManualBreakResponse(request_id=request_id, data=data)
 
 
-def end_break_response(result: PunchResult) -> timeclock_pb2.EndManualBreakResponse:
+def end_break_response(
+    result: PunchResult, request_id: str
+) -> timeclock_pb2.EndManualBreakResponse:
     brk = result.activity
     assert brk.end is not None
     data = timeclock_pb2.EndManualBreakResponse.Data(
@@ -122,7 +126,7 @@ def end_break_response(result: PunchResult) -> timeclock_pb2.EndManualBreakRespo
     )
     if result.resumed_shift is not None:
         data.resumed_shift.CopyFrom(shift_to_proto(result.resumed_shift))
-    return timeclock_pb2.EndManualBreakResponse(request_id=request_id_var.get(), data=data)
+    return timeclock_pb2.EndManualBreakResponse(request_id=request_id, data=data)
 
 
 _KINDS: dict[str, PunchKind] = {
@@ -134,19 +138,32 @@ _KINDS: dict[str, PunchKind] = {
 
 
 class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
-    def __init__(self, uows: UnitOfWorkFactory, index: FenceIndex, clock: Clock) -> None:
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        index: FenceIndex,
+        clock: Clock,
+        runner: TransactionRunner | None = None,
+    ) -> None:
         self._uows = uows
         self._index = index
         self._clock = clock
+        self._runner = runner
 
     def _punch(
         self,
         kind: PunchKind,
         request: Any,
-        render: Callable[[PunchResult], R],
+        render: Callable[[PunchResult, str], R],
         response_type: type[R],
     ) -> R:
+        """Run a punch; ``render`` builds the answer, also for later idempotent replays.
+
+        The request id is taken here, on the caller's thread: the answer may be
+        rendered on the group committer's.
+        """
         cmd = command_from_proto(kind, request)
+        request_id = request_id_var.get()
         idem = None
         if cmd.idempotency_key:
             body = request.SerializeToString(deterministic=True)
@@ -154,13 +171,15 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
                 key=cmd.idempotency_key,
                 method=kind.value,
                 body_hash=hashlib.sha256(body).hexdigest(),
-                render=lambda result: render(result).SerializeToString(),
+                render=lambda result: render(result, request_id).SerializeToString(),
             )
-        outcome = punches.punch(self._uows, self._index, self._clock, cmd, idem)
+        outcome = punches.punch(
+            self._uows, self._index, self._clock, cmd, idem, runner=self._runner
+        )
         if outcome.replay is not None:
             return response_type.FromString(outcome.replay)
         assert outcome.result is not None
-        return render(outcome.result)
+        return render(outcome.result, request_id)
 
     def ClockIn(
         self, request: timeclock_pb2.ClockInRequest, context: Any
