@@ -93,6 +93,20 @@ class FenceTable:
         return int(self.clocks.size)
 
     @property
+    def per_clock_columns(self) -> tuple[I64, F64, F64, F64, F64, B, I64, I32]:
+        """The arguments of the kernels that scan all fences of one clock."""
+        return (
+            self.clock_row_start,
+            self.fx,
+            self.fy,
+            self.fz,
+            self.radius,
+            self.applies_all,
+            self.job_start,
+            self.jobs,
+        )
+
+    @property
     def nbytes(self) -> int:
         arrays = (
             self.clocks,
