@@ -77,6 +77,13 @@ def applies(row, job, applies_all, job_start, jobs):  # -> bool
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
+def applies_many(rows, jobs, applies_all, job_start, job_codes, out):
+    """:func:`applies` for many (fence row, job code) pairs."""
+    for k in numba.prange(rows.shape[0]):
+        out[k] = applies(rows[k], jobs[k], applies_all, job_start, job_codes)
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
 def resolve_clocks(time_clock_ids, sorted_ids, sorted_idx, direct, out):
     """Dense clock index of each time clock id; -1 when unknown.
 

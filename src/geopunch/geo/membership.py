@@ -318,11 +318,17 @@ def _job_codes(
 
 
 def _applies(table: FenceTable, rows: I32, jobs: I32) -> B:
-    ok = table.applies_all[rows] | (jobs < 0)
-    for i in np.flatnonzero(~ok):
-        r = rows[i]
-        ok[i] = jobs[i] in table.jobs[table.job_start[r] : table.job_start[r + 1]]
-    return ok
+    """Whether each matched fence (table ``rows``) applies to the point's job code."""
+    out = np.empty(rows.size, np.bool_)
+    kernels.applies_many(
+        np.ascontiguousarray(rows),
+        np.ascontiguousarray(jobs),
+        table.applies_all,
+        table.job_start,
+        table.jobs,
+        out,
+    )
+    return out
 
 
 def nearest_boundary(
@@ -487,6 +493,10 @@ def warm_up(snap: Snapshot) -> None:
     """Run every compiled kernel once so that the first real call is not the one to compile."""
     check_points(snap, [0.0], [0.0], -1, with_distance=True)
     check_one(snap, 0.0, 0.0, -1)
+    one = np.zeros(1, np.int32)
+    kernels.applies_many(
+        one, one, np.ones(1, np.bool_), np.zeros(2, np.int64), one, np.empty(1, np.bool_)
+    )
     if snap.clocks:
         tc = snap.clocks[0].time_clock.id
         check_points(snap, [0.0, 1.0], [0.0, 1.0], tc, with_distance=True)
