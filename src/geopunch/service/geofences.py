@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import Geofence, GeofenceDraft
 from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
-from geopunch.domain.rules import MAX_GEOFENCES_PER_REQUEST, validate_geofences
+from geopunch.domain.rules import validate_geofences
 from geopunch.service.admin import get_time_clock, locked
 
 
@@ -38,13 +38,6 @@ def create_geofences(
     listener: FenceListener | None = None,
 ) -> list[Geofence]:
     """Validate and store all drafts in one transaction, or none of them."""
-    if len(drafts) > MAX_GEOFENCES_PER_REQUEST:
-        # Reject before touching the store: the size alone decides.
-        raise DomainError(
-            ErrorCode.TOO_MANY_GEOFENCES,
-            f"{len(drafts)} geofences sent; the limit is {MAX_GEOFENCES_PER_REQUEST} per request",
-            {"limit": str(MAX_GEOFENCES_PER_REQUEST)},
-        )
     with uows() as uow:
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, new_fence_id)
