@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from geopunch.v1 import admin_pb2, geofences_pb2, timeclock_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
-from tests.helpers import expect_error
+from tests.helpers import details, expect_error
 
 USER = 9170357
 LUNCH = "8b8a161e-dfb5-42ac-bbf0-0448fc0c0c82"  # mandatory, 1800 s
@@ -265,8 +265,6 @@ def test_require_inside(client: Client) -> None:
     err = fails(
         lambda: clock_in(client, tc, locationData=AWAY, jobId="job-123"), "OUTSIDE_GEOFENCE"
     )
-    from tests.helpers import details
-
     info, _ = details(err)
     assert float(info.metadata["distanceMeters"]) == pytest.approx(1109.6 - 150, abs=5)
     assert info.metadata["fenceId"] == fid
@@ -435,3 +433,54 @@ def test_idempotent_retries(tmp_path: Path) -> None:
     finally:
         c.close()
         srv.terminate()
+
+
+def test_validate_agrees_with_the_real_call(client: Client) -> None:
+    """For every punch in every state, ValidatePunch predicts the real call's outcome."""
+    tc = clock(client, geofence_policy=admin_pb2.REQUIRE_LOCATION).id
+    t0 = now() - 6 * 3600
+    step = iter(range(10_000))
+    punches = {
+        "clockIn": ("ClockIn", timeclock_pb2.ClockInRequest, {"jobId": "job-123"}),
+        "clockOut": ("ClockOut", timeclock_pb2.ClockOutRequest, {}),
+        "startManualBreak": (
+            "StartManualBreak",
+            timeclock_pb2.StartManualBreakRequest,
+            {"manualBreakId": LUNCH},
+        ),
+        "endManualBreak": ("EndManualBreak", timeclock_pb2.EndManualBreakRequest, {}),
+    }
+    sequence = [
+        "clockOut",
+        "endManualBreak",
+        "clockIn",
+        "clockIn",
+        "startManualBreak",
+        "startManualBreak",
+        "clockIn",
+        "endManualBreak",
+        "clockOut",
+        "clockOut",
+        "startManualBreak",
+        "endManualBreak",
+        "endManualBreak",
+        "clockIn",
+    ]
+    outcomes = []
+    for name in sequence:
+        method, req_type, extra = punches[name]
+        for with_location in (False, True):
+            body = {"timeClockId": tc, "userId": USER, "timestamp": t0 + 100 * next(step), **extra}
+            if with_location:
+                body["locationData"] = HERE
+            predicted = validate(client, **{name: body})
+            try:
+                client(getattr(client.timeclock, method), json_format.ParseDict(body, req_type()))
+                actual = ""
+            except grpc.RpcError as err:
+                actual = details(err)[0].reason
+            assert predicted.get("reason", "") == actual, (name, with_location, predicted, actual)
+            assert bool(predicted.get("allowed", False)) == (actual == "")
+            outcomes.append(actual)
+    assert "" in outcomes and "LOCATION_REQUIRED" in outcomes and "NO_OPEN_SHIFT" in outcomes
+    assert "MANDATORY_BREAK_TOO_SHORT" in outcomes
