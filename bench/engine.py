@@ -177,7 +177,7 @@ def main() -> None:
     columns_s = time.perf_counter() - t
     build_s, _ = best_of(1, build_table, cols, _clock_arrays(snap.clocks)[3], 0)
     del cols
-    warm_up(snap)
+    warm_up()
 
     lat, lon, clk = f.point_lat, f.point_lon, f.point_clock
     ours_s, result = best_of(args.repeat, check_points, snap, lat, lon, clk)

@@ -24,7 +24,7 @@ def fleet() -> Fleet:
 @pytest.fixture(scope="module")
 def snap(fleet: Fleet) -> Snapshot:
     s = FenceIndex().load(fleet.time_clocks, fleet.fences)
-    warm_up(s)
+    warm_up()
     return s
 
 

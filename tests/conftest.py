@@ -43,7 +43,7 @@ class ServerProcess:
     address: str = ""
     log_path: Path | None = None
 
-    def start(self, log_dir: Path, timeout: float = 30.0) -> None:
+    def start(self, log_dir: Path, timeout: float = 120.0) -> None:
         env = {
             **os.environ,
             "GEOPUNCH_API_KEYS": f"{API_KEY},second-key-abcdef",

@@ -39,7 +39,7 @@ def build_app(config: Config, index: FenceIndex | None = None) -> App:
     # Loaded under the index's write lock: no change can slip in between.
     with uows(readonly=True) as uow, index.write_lock():
         snap = index.load(uow.time_clocks.list_all(), uow.geofences.list_enabled())
-    warm_up(snap)
+    warm_up()
     log.info(
         "fence index ready",
         extra={

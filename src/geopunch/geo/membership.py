@@ -489,15 +489,32 @@ def check_one(
     )
 
 
-def warm_up(snap: Snapshot) -> None:
-    """Run every compiled kernel once so that the first real call is not the one to compile."""
-    check_points(snap, [0.0], [0.0], -1, with_distance=True)
-    check_one(snap, 0.0, 0.0, -1)
-    one = np.zeros(1, np.int32)
-    kernels.applies_many(
-        one, one, np.ones(1, np.bool_), np.zeros(2, np.int64), one, np.empty(1, np.bool_)
+def warm_up() -> None:
+    """Compile every kernel now, on a tiny private index, so that no real call pays for it.
+
+    numba compiles on first use (and caches to disk); without this, the first
+    check after a fresh install would take seconds.
+    """
+    from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
+    from geopunch.geo.index import FenceIndex
+
+    tc = TimeClock(id=1, name="warm-up", timezone="UTC", jobs=(Job("a"),), accuracy_tolerance_m=5.0)
+
+    def fence(fid: str) -> Geofence:
+        return Geofence(fid, 1, "warm-up", True, 100, ("a",), ExitAction.NO_ACTION, "", 0.0, 0.0)
+
+    index = FenceIndex()
+    index.load([tc], [fence("w1")])
+    index.fences_changed(tc, [fence("w2")], [])  # an override table: the multi-table path
+    snap = index.snapshot
+    check_points(
+        snap,
+        [0.0, 0.0005, 1.0],
+        [0.0, 0.0, 1.0],
+        [1, 1, 2],
+        [0, -1, 0],
+        ["a"],
+        [3.0, np.nan, 1.0],
+        with_distance=True,
     )
-    if snap.clocks:
-        tc = snap.clocks[0].time_clock.id
-        check_points(snap, [0.0, 1.0], [0.0, 1.0], tc, with_distance=True)
-        check_one(snap, 0.0, 0.0, tc)
+    check_one(snap, 0.0, 0.0, 1, "a", 3.0)
