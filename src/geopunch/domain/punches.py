@@ -157,15 +157,6 @@ def check_day_open(day: date, status: DayStatus | None, user_id: int) -> None:
         )
 
 
-def check_user(tc: TimeClock, user_id: int) -> None:
-    if user_id not in tc.user_ids:
-        raise DomainError(
-            ErrorCode.USER_NOT_ASSIGNED,
-            f"user {user_id} is not assigned to time clock {tc.id}",
-            {"userId": str(user_id), "timeClockId": str(tc.id)},
-        )
-
-
 def check_location(location: PunchLocation | None) -> None:
     """Coordinates are optional, but when given they come as a finite, in-range pair."""
     if location is None:

@@ -113,11 +113,9 @@ def validate_time_clock(
     _check_ids(out, ((f"{p}.id", j.id) for p, j in zip(job_paths, tc.jobs, strict=True)), "job")
     if tc.job_enforcement and not tc.jobs:
         out.add(f"{prefix}.jobs", ErrorCode.INVALID_ARGUMENT, "job enforcement needs jobs")
-    seen_users: set[int] = set()
     for i, user_id in enumerate(sorted(tc.user_ids)):
         if user_id <= 0:
             out.add(f"{prefix}.user_ids[{i}]", ErrorCode.INVALID_ARGUMENT, "user ids are positive")
-        seen_users.add(user_id)
     bt_prefix = f"{prefix}.manual_break_types"
     _check_ids(
         out, ((f"{bt_prefix}[{i}].id", b.id) for i, b in enumerate(tc.manual_break_types)), "break"
@@ -167,6 +165,16 @@ def _check_exit_settings(out: _Collector, s: ExitDetectionSettings, prefix: str)
             f"{prefix}.high_accuracy_max_m",
             ErrorCode.INVALID_ARGUMENT,
             "high_accuracy_max_m must not exceed low_accuracy_max_m",
+        )
+
+
+def check_user(tc: TimeClock, user_id: int) -> None:
+    """USER_NOT_ASSIGNED unless the user is assigned to the time clock."""
+    if user_id not in tc.user_ids:
+        raise DomainError(
+            ErrorCode.USER_NOT_ASSIGNED,
+            f"user {user_id} is not assigned to time clock {tc.id}",
+            {"userId": str(user_id), "timeClockId": str(tc.id)},
         )
 
 

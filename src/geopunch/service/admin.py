@@ -10,7 +10,7 @@ from datetime import date
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, TimeClock
 from geopunch.domain.ports import FenceListener, UnitOfWork, UnitOfWorkFactory
-from geopunch.domain.rules import parse_dates, validate_time_clock
+from geopunch.domain.rules import check_user, parse_dates, validate_time_clock
 
 
 def get_time_clock(uow: UnitOfWork, time_clock_id: int) -> TimeClock:
@@ -96,7 +96,7 @@ def set_day_status(
     days = parse_dates(dates)
     with uows() as uow:
         tc = get_time_clock(uow, time_clock_id)
-        _require_user(tc, user_id)
+        check_user(tc, user_id)
         uow.time_clocks.set_day_status(time_clock_id, user_id, days, status)
         result = uow.time_clocks.day_statuses(time_clock_id, user_id)
         uow.commit()
@@ -109,12 +109,3 @@ def list_day_statuses(
     with uows(readonly=True) as uow:
         get_time_clock(uow, time_clock_id)
         return uow.time_clocks.day_statuses(time_clock_id, user_id)
-
-
-def _require_user(tc: TimeClock, user_id: int) -> None:
-    if user_id not in tc.user_ids:
-        raise DomainError(
-            ErrorCode.USER_NOT_ASSIGNED,
-            f"user {user_id} is not assigned to time clock {tc.id}",
-            {"userId": str(user_id), "timeClockId": str(tc.id)},
-        )

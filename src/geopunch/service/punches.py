@@ -25,12 +25,12 @@ from geopunch.domain.punches import (
     check_location,
     check_mandatory,
     check_start_after_history,
-    check_user,
     clock_in_job,
     punch_time,
     punch_timezone,
     timesheet_day,
 )
+from geopunch.domain.rules import check_user
 from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import OK, check_one
 from geopunch.service.admin import get_time_clock
