@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
+from serverproc import serve
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.geo.index import FenceIndex
@@ -34,8 +34,16 @@ from geopunch.v1 import location_pb2, location_pb2_grpc
 API_KEY = "bench-key-0123456789"
 
 
-def seed(db: Path, clocks: int, fences: int, points: int) -> tuple[object, float]:
+def seed(db: Path, clocks: int, fences: int, points: int, users: int = 0) -> tuple[object, float]:
+    """Store a fleet; with ``users``, user u is assigned to time clock u % clocks + 1."""
     f = make_fleet(clocks, fences, points)
+    if users:
+        members: dict[int, set[int]] = {}
+        for u in range(users):
+            members.setdefault(u % clocks + 1, set()).add(u)
+        f.time_clocks[:] = [
+            replace(tc, user_ids=frozenset(members.get(tc.id, ()))) for tc in f.time_clocks
+        ]
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine)
     uows = SqlUnitOfWorkFactory(engine)
@@ -130,20 +138,8 @@ def main() -> None:
             sl = slice(start, start + args.batch)
             check_points(snap, f.point_lat[sl], f.point_lon[sl], f.point_clock[sl])
         inproc = (f.point_lat.size // args.batch) * args.batch / (time.perf_counter() - t)
-        env = {
-            **os.environ,
-            "GEOPUNCH_API_KEYS": API_KEY,
-            "GEOPUNCH_LOG_LEVEL": "WARNING",
-            "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
-            "GEOPUNCH_LISTEN": "127.0.0.1:0",
-        }
         t = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert proc.stdout is not None
-            address = proc.stdout.readline().split()[-1]
+        with serve(db, API_KEY) as address:
             start_s = time.perf_counter() - t
             out = {
                 "workload": {
@@ -166,9 +162,6 @@ def main() -> None:
                     out[f"grpc_{name}"]["points_per_s"] / inproc, 3
                 )
             print(json.dumps(out, indent=2))
-        finally:
-            proc.terminate()
-            proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +28,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from serverproc import serve
 
 from geopunch.v1 import (
     admin_pb2,
@@ -188,31 +186,15 @@ def main() -> None:
     if args.address:
         print(json.dumps(asyncio.run(run(args.address, args)), indent=2))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "GEOPUNCH_API_KEYS": API_KEY,
-            "GEOPUNCH_LOG_LEVEL": "WARNING",
-            "GEOPUNCH_DATABASE_URL": f"sqlite:///{Path(tmp) / 'load.db'}",
-            "GEOPUNCH_LISTEN": "127.0.0.1:0",
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "load.db", API_KEY) as address:
+        result = asyncio.run(run(address, args))
+        result["workload"] = {
+            "concurrency": args.concurrency,
+            "seconds": args.seconds,
+            "geofence": args.geofence,
+            "store": "sqlite synchronous=FULL",
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert proc.stdout is not None
-            address = proc.stdout.readline().split()[-1]
-            result = asyncio.run(run(address, args))
-            result["workload"] = {
-                "concurrency": args.concurrency,
-                "seconds": args.seconds,
-                "geofence": args.geofence,
-                "store": "sqlite synchronous=FULL",
-            }
-            print(json.dumps(result, indent=2))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

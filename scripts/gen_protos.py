@@ -17,7 +17,10 @@ PROTO_ROOT = ROOT / "protos"
 
 
 def generate(out_root: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency, imported lazily
+    import grpc_tools  # dev dependency, imported lazily
+    from grpc_tools import protoc
+
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
 
     protos = sorted(
         str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "geopunch/v1").glob("*.proto")
@@ -27,6 +30,7 @@ def generate(out_root: Path) -> list[Path]:
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
         f"--python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--grpc_python_out={out_root}",

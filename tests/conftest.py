@@ -21,6 +21,7 @@ from geopunch.v1 import (
     admin_pb2_grpc,
     geofences_pb2_grpc,
     location_pb2_grpc,
+    scheduler_pb2_grpc,
     timeclock_pb2_grpc,
 )
 
@@ -113,6 +114,7 @@ class Client:
         self.geofences = geofences_pb2_grpc.GeofenceServiceStub(self.channel)
         self.locations = location_pb2_grpc.LocationServiceStub(self.channel)
         self.timeclock = timeclock_pb2_grpc.TimeClockServiceStub(self.channel)
+        self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
 
     def __call__(self, method: Any, request: Any, timeout: float = 30) -> Any:
         return method(request, metadata=self.metadata, timeout=timeout)
@@ -163,3 +165,33 @@ def make_time_clock(client: Client, **fields: Any) -> admin_pb2.TimeClock:
     return client(
         client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)
     ).data
+
+
+#: The job of the spec's shift examples, and the users they assign.
+SPEC_JOB = "d4ad7232-576f-2ff6-c57d-8240f1089b00"
+SPEC_USERS = (9170357, 9170358, 9170359)
+
+
+def make_scheduler(client: Client, **fields: Any) -> admin_pb2.Scheduler:
+    """Create a scheduler with a fresh id, the spec's sample users and job."""
+    s = admin_pb2.Scheduler(
+        id=next_time_clock_id(),
+        name="Store schedule",
+        timezone="America/New_York",
+        user_ids=list(SPEC_USERS),
+        jobs=[
+            admin_pb2.Job(id=SPEC_JOB, name="Sales floor", color="#E91E63"),
+            admin_pb2.Job(
+                id="job-kitchen",
+                name="Kitchen",
+                sub_jobs=[admin_pb2.Job(id="job-kitchen-prep", name="Prep")],
+            ),
+        ],
+    )
+    for key, value in fields.items():
+        if isinstance(value, list):
+            del getattr(s, key)[:]
+            getattr(s, key).extend(value)
+        else:
+            setattr(s, key, value)
+    return client(client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=s)).data

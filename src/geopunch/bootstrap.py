@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -25,15 +26,22 @@ class App:
     index: FenceIndex
 
 
-def build_app(config: Config, index: FenceIndex | None = None) -> App:
-    """Open and migrate the store, load the fence index; return the wired application."""
+def build_app(
+    config: Config,
+    index: FenceIndex | None = None,
+    on_events: Callable[[], None] | None = None,
+) -> App:
+    """Open and migrate the store, load the fence index; return the wired application.
+
+    ``on_events`` is called after every commit that appended to the event log.
+    """
     engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
     revision = migrate(engine)
     log.info(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},
     )
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = SqlUnitOfWorkFactory(engine, on_events)
     index = index if index is not None else FenceIndex()
     started = time.perf_counter()
     # Loaded under the index's write lock: no change can slip in between.

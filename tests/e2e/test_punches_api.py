@@ -12,8 +12,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from geopunch.v1 import admin_pb2, geofences_pb2, timeclock_pb2
-from tests.conftest import Client, ServerProcess, make_time_clock
+from geopunch.v1 import admin_pb2, geofences_pb2, scheduler_pb2, timeclock_pb2
+from tests.conftest import Client, ServerProcess, make_scheduler, make_time_clock
 from tests.helpers import details, expect_error
 
 USER = 9170357
@@ -106,6 +106,8 @@ def test_spec_clock_in_examples_and_shapes(client: Client, body: dict[str, Any])
     retro = now() - 3600
     if body.get("timestamp") == "RETRO":
         body = {**body, "timestamp": retro}
+    if "schedulerShiftId" in body:  # the spec's id stands for a shift scheduled for the user
+        body = {**body, "schedulerShiftId": scheduled_shift_of(client, USER)}
     out = call(client, "ClockIn", timeclock_pb2.ClockInRequest, tc, body)
     assert set(out) == {"requestId", "data"}
     shift = out["data"]["shift"]
@@ -123,7 +125,20 @@ def test_spec_clock_in_examples_and_shapes(client: Client, body: dict[str, Any])
     if "jobId" in body:
         assert shift["jobId"] == "job-123"
     if "schedulerShiftId" in body:
-        assert shift["schedulerShiftId"] == "sched-shift-789"
+        assert shift["schedulerShiftId"] == body["schedulerShiftId"]
+
+
+def scheduled_shift_of(client: Client, user: int) -> str:
+    scheduler = make_scheduler(client, user_ids=[user])
+    request = scheduler_pb2.CreateShiftsRequest(
+        scheduler_id=scheduler.id,
+        shifts=[
+            scheduler_pb2.ScheduledShift(
+                start_time=now(), end_time=now() + 8 * 3600, title="Day", assigned_user_ids=[user]
+            )
+        ],
+    )
+    return str(client(client.scheduler.CreateShifts, request).data.shifts[0].id)
 
 
 def test_offline_queue_flushed_oldest_first(client: Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from geopunch.v1 import admin_pb2, geofences_pb2
+from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
 from tests.helpers import expect_error
 
@@ -192,3 +193,36 @@ def test_unknown_ids_do_not_clash(client: Client) -> None:
         grpc.StatusCode.NOT_FOUND,
         "TIME_CLOCK_NOT_FOUND",
     )
+
+
+def test_sigterm_ends_open_event_streams_promptly(tmp_path: Path) -> None:
+    srv = ServerProcess(db_url=f"sqlite:///{tmp_path / 'stream.db'}")
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    ended: list[str] = []
+
+    def listen() -> None:
+        stream = c.locations.WatchEvents(
+            location_pb2.WatchEventsRequest(), metadata=c.metadata, timeout=60
+        )
+        try:
+            for _ in stream:
+                pass
+            ended.append("closed by the server")
+        except grpc.RpcError as exc:
+            ended.append(exc.code().name)
+
+    listeners = [threading.Thread(target=listen) for _ in range(3)]
+    for t in listeners:
+        t.start()
+    time.sleep(1.0)  # the streams are waiting at the end of an empty log
+    assert srv.proc is not None
+    started = time.perf_counter()
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(30) == 0
+    assert time.perf_counter() - started < 5  # well within the 10 s grace
+    for t in listeners:
+        t.join(10)
+    c.close()
+    assert ended == ["closed by the server"] * 3
+

@@ -31,11 +31,16 @@ class DayStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A job of a time clock; ``parent_id`` is set for a sub-job."""
+    """A job of a time clock or scheduler; ``parent_id`` is set for a sub-job.
+
+    ``color`` ("#RRGGBB", or "" for none) is what scheduled shifts of the job
+    are painted with by default.
+    """
 
     id: str
     name: str = ""
     parent_id: str | None = None
+    color: str = ""
 
 
 @dataclass(frozen=True, slots=True)

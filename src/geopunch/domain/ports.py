@@ -8,8 +8,10 @@ from datetime import date
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
+from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PunchPoint
+from geopunch.domain.shifts import ScheduledShift, Scheduler
 
 T = TypeVar("T")
 
@@ -74,6 +76,10 @@ class ActivityRepository(Protocol):
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]: ...
 
+    def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
+        """Open activities of (time clock, user) pairs."""
+        ...
+
 
 class IdempotencyRepository(Protocol):
     def get(self, key: str) -> tuple[str, str, bytes] | None:
@@ -81,6 +87,56 @@ class IdempotencyRepository(Protocol):
         ...
 
     def put(self, key: str, method: str, body_hash: str, response: bytes) -> None: ...
+
+
+class SchedulerRepository(Protocol):
+    def get(self, scheduler_id: int) -> Scheduler | None: ...
+
+    def has_user(self, scheduler_id: int, user_id: int) -> bool: ...
+
+    def next_id(self) -> int: ...
+
+    def add(self, s: Scheduler) -> None:
+        """Insert; raise DomainError(SCHEDULER_ALREADY_EXISTS) when the id is taken."""
+        ...
+
+    def replace(self, s: Scheduler) -> None: ...
+
+
+class ShiftRepository(Protocol):
+    def add_many(self, shifts: Sequence[ScheduledShift]) -> None: ...
+
+    def get(self, shift_id: str) -> ScheduledShift | None: ...
+
+    def list_range(self, scheduler_id: int, start: int, end: int) -> list[ScheduledShift]: ...
+
+
+class EventRepository(Protocol):
+    """The append-only event log; written in the transaction of its cause."""
+
+    def append(self, new: Sequence[Event]) -> None: ...
+
+    def after(
+        self,
+        cursor: int,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+        time_clock_ids: Sequence[int] = (),
+    ) -> list[Event]:
+        """Events after ``cursor`` in log order, of these types and clocks (empty: any)."""
+        ...
+
+
+class LocationStateRepository(Protocol):
+    """Live trails, keyed by (user, time clock)."""
+
+    def load(self, user_ids: Sequence[int]) -> dict[tuple[int, int], LiveTrail]:
+        """Every stored trail of these users, keyed by (user, time clock)."""
+        ...
+
+    def save(self, new: dict[tuple[int, int], LiveTrail], known: set[tuple[int, int]]) -> None:
+        """Raise ConcurrentChange when another call created one of the new trails first."""
+        ...
 
 
 class UnitOfWork(Protocol):
@@ -97,6 +153,18 @@ class UnitOfWork(Protocol):
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def schedulers(self) -> SchedulerRepository: ...
+
+    @property
+    def shifts(self) -> ShiftRepository: ...
+
+    @property
+    def events(self) -> EventRepository: ...
+
+    @property
+    def locations(self) -> LocationStateRepository: ...
 
     def __enter__(self) -> Self: ...
 

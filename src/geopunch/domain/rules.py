@@ -18,6 +18,7 @@ from geopunch.domain.models import (
     ExitDetectionSettings,
     Geofence,
     GeofenceDraft,
+    Job,
     TimeClock,
 )
 
@@ -33,6 +34,7 @@ MAX_ACCURACY_TOLERANCE_M = 10_000.0
 MAX_DATES_PER_CALL = 366
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_COLOR_RE = re.compile(r"^#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 
 def is_valid_timezone(name: str) -> bool:
@@ -57,7 +59,7 @@ def coordinate_problem(value: float | None, limit: float, what: str) -> str | No
     return None
 
 
-class _Collector:
+class Collector:
     """Accumulates FieldViolations under a path prefix."""
 
     def __init__(self) -> None:
@@ -71,8 +73,8 @@ class _Collector:
             raise DomainError.from_violations(self.violations, what)
 
 
-def _check_ids(
-    out: _Collector, ids: Iterable[tuple[str, str]], what: str, seen: set[str] | None = None
+def check_ids(
+    out: Collector, ids: Iterable[tuple[str, str]], what: str, seen: set[str] | None = None
 ) -> None:
     seen = set() if seen is None else seen
     for path, value in ids:
@@ -85,7 +87,41 @@ def _check_ids(
         seen.add(value)
 
 
-def _check_name(out: _Collector, path: str, name: str, reason: ErrorCode) -> None:
+def check_identity(out: Collector, prefix: str, id_: int, name: str, timezone: str) -> None:
+    """A positive id, a usable name and an IANA zone (time clocks, schedulers)."""
+    if id_ <= 0:
+        out.add(f"{prefix}.id", ErrorCode.INVALID_ARGUMENT, "id must be a positive integer")
+    check_name(out, f"{prefix}.name", name, ErrorCode.INVALID_ARGUMENT)
+    if not is_valid_timezone(timezone):
+        out.add(
+            f"{prefix}.timezone",
+            ErrorCode.INVALID_TIMEZONE,
+            f"{timezone!r} is not an IANA time zone name such as 'America/New_York'",
+        )
+
+
+def is_valid_color(value: str) -> bool:
+    """True for "#RRGGBB" or "#RGB" (hex digits in either case)."""
+    return bool(_COLOR_RE.match(value))
+
+
+def color_problem(value: str) -> str:
+    return f"color {value!r} is not a hex color such as '#4B7AC5'"
+
+
+def check_jobs(out: Collector, jobs: Sequence[Job], paths: Sequence[str]) -> None:
+    """Job ids unique and well-formed, names and colors valid; ``paths`` gives
+    each job's place in the request."""
+    pairs = list(zip(paths, jobs, strict=True))
+    check_ids(out, ((f"{p}.id", j.id) for p, j in pairs), "job")
+    for path, job in pairs:
+        if job.color and not is_valid_color(job.color):
+            out.add(f"{path}.color", ErrorCode.INVALID_ARGUMENT, color_problem(job.color))
+        if len(job.name) > MAX_NAME_LENGTH:
+            out.add(f"{path}.name", ErrorCode.INVALID_ARGUMENT, "job name is too long")
+
+
+def check_name(out: Collector, path: str, name: str, reason: ErrorCode) -> None:
     if not name.strip():
         out.add(path, reason, "name must have at least one non-blank character")
     elif len(name) > MAX_NAME_LENGTH:
@@ -100,28 +136,20 @@ def validate_time_clock(
     ``job_paths`` gives the request path of each entry of ``tc.jobs`` (jobs are
     nested in requests but flat in the model).
     """
-    out = _Collector()
-    if tc.id <= 0:
-        out.add(f"{prefix}.id", ErrorCode.INVALID_ARGUMENT, "id must be a positive integer")
-    _check_name(out, f"{prefix}.name", tc.name, ErrorCode.INVALID_ARGUMENT)
-    if not is_valid_timezone(tc.timezone):
-        out.add(
-            f"{prefix}.timezone",
-            ErrorCode.INVALID_TIMEZONE,
-            f"{tc.timezone!r} is not an IANA time zone name such as 'America/New_York'",
-        )
-    _check_ids(out, ((f"{p}.id", j.id) for p, j in zip(job_paths, tc.jobs, strict=True)), "job")
+    out = Collector()
+    check_identity(out, prefix, tc.id, tc.name, tc.timezone)
+    check_jobs(out, tc.jobs, job_paths)
     if tc.job_enforcement and not tc.jobs:
         out.add(f"{prefix}.jobs", ErrorCode.INVALID_ARGUMENT, "job enforcement needs jobs")
     for i, user_id in enumerate(sorted(tc.user_ids)):
         if user_id <= 0:
             out.add(f"{prefix}.user_ids[{i}]", ErrorCode.INVALID_ARGUMENT, "user ids are positive")
     bt_prefix = f"{prefix}.manual_break_types"
-    _check_ids(
+    check_ids(
         out, ((f"{bt_prefix}[{i}].id", b.id) for i, b in enumerate(tc.manual_break_types)), "break"
     )
     for i, bt in enumerate(tc.manual_break_types):
-        _check_name(out, f"{bt_prefix}[{i}].name", bt.name, ErrorCode.INVALID_ARGUMENT)
+        check_name(out, f"{bt_prefix}[{i}].name", bt.name, ErrorCode.INVALID_ARGUMENT)
         if bt.min_duration_s < 0 or bt.min_duration_s > 24 * 3600:
             out.add(
                 f"{bt_prefix}[{i}].min_duration_seconds",
@@ -145,7 +173,7 @@ def validate_time_clock(
     out.raise_if_any("the time clock settings")
 
 
-def _check_exit_settings(out: _Collector, s: ExitDetectionSettings, prefix: str) -> None:
+def _check_exit_settings(out: Collector, s: ExitDetectionSettings, prefix: str) -> None:
     for name in (
         "high_accuracy_max_m",
         "buffer_high_accuracy_m",
@@ -180,7 +208,7 @@ def check_user(tc: TimeClock, user_id: int) -> None:
 
 def parse_dates(values: Sequence[str], prefix: str = "dates") -> list[date]:
     """Parse "YYYY-MM-DD" strings, naming every bad one."""
-    out = _Collector()
+    out = Collector()
     if not values:
         out.add(prefix, ErrorCode.INVALID_ARGUMENT, "at least one date is required")
     if len(values) > MAX_DATES_PER_CALL:
@@ -209,7 +237,7 @@ def validate_geofences(
 
     Raises a DomainError naming every invalid field when any draft is invalid.
     """
-    out = _Collector()
+    out = Collector()
     if not drafts:
         out.add(prefix, ErrorCode.INVALID_ARGUMENT, "at least one geofence is required")
     if len(drafts) > MAX_GEOFENCES_PER_REQUEST:
@@ -224,7 +252,7 @@ def validate_geofences(
     fences: list[Geofence] = []
     for i, d in enumerate(drafts):
         path = f"{prefix}[{i}]"
-        _check_name(out, f"{path}.name", d.name, ErrorCode.INVALID_NAME)
+        check_name(out, f"{path}.name", d.name, ErrorCode.INVALID_NAME)
         if not d.address.strip():
             out.add(f"{path}.location.address", ErrorCode.INVALID_LOCATION, "address is required")
         elif len(d.address) > MAX_ADDRESS_LENGTH:

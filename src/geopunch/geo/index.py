@@ -66,7 +66,7 @@ class ClockInfo:
         )
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class FenceTable:
     """Enabled fences of some clocks, ready for the kernels. Rows are sorted by clock."""
 
@@ -324,6 +324,9 @@ class Snapshot:
     direct_clock_idx: I32
     tolerance_m: F64
     extra_m: F64
+    #: (5, n_clocks): each clock's exit-detection settings, rows in the order of
+    #: ``EXIT_SETTINGS``.
+    exit_m: F64
     base: FenceTable
     overrides: Mapping[int, FenceTable]
     shadowed: B
@@ -378,12 +381,26 @@ class Snapshot:
                 yield self.clocks[c].time_clock.id, bytes(table.ids[row]).decode()
 
 
-def _clock_arrays(clocks: Sequence[ClockInfo]) -> tuple[I64, I32, F64, F64]:
+#: Rows of ``Snapshot.exit_m``: fields of ExitDetectionSettings.
+EXIT_SETTINGS = (
+    "high_accuracy_max_m",
+    "buffer_high_accuracy_m",
+    "low_accuracy_max_m",
+    "buffer_low_accuracy_m",
+    "buffer_unknown_accuracy_m",
+)
+
+
+def _clock_arrays(clocks: Sequence[ClockInfo]) -> tuple[I64, I32, F64, F64, F64]:
     ids = np.fromiter((c.time_clock.id for c in clocks), np.int64, len(clocks))
     order = np.argsort(ids)
     tol = np.fromiter((c.time_clock.accuracy_tolerance_m for c in clocks), np.float64, len(clocks))
     extra = np.fromiter((c.max_extra_m for c in clocks), np.float64, len(clocks))
-    return ids[order], order.astype(np.int32), tol, extra
+    exit_m = np.array(
+        [[getattr(c.time_clock.exit_detection, name) for c in clocks] for name in EXIT_SETTINGS],
+        dtype=np.float64,
+    ).reshape(len(EXIT_SETTINGS), len(clocks))
+    return ids[order], order.astype(np.int32), tol, extra, exit_m
 
 
 #: Time clock ids below this resolve through a flat table (at most 16 MiB).
@@ -408,15 +425,16 @@ def _make_snapshot(
 ) -> Snapshot:
     """A snapshot; per-clock arrays are reused from ``prev`` when the clocks did not change."""
     if prev is not None and prev.clocks is clocks:
-        sorted_ids, sorted_idx, tol, extra = (
+        sorted_ids, sorted_idx, tol, extra, exit_m = (
             prev.sorted_clock_ids,
             prev.sorted_clock_idx,
             prev.tolerance_m,
             prev.extra_m,
+            prev.exit_m,
         )
         direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
     else:
-        sorted_ids, sorted_idx, tol, extra = _clock_arrays(clocks)
+        sorted_ids, sorted_idx, tol, extra, exit_m = _clock_arrays(clocks)
         direct = _direct_table(sorted_ids, sorted_idx)
         clock_idx = {c.time_clock.id: c.idx for c in clocks}
     shadowed = np.zeros(len(clocks), dtype=bool)
@@ -430,6 +448,7 @@ def _make_snapshot(
         direct_clock_idx=direct,
         tolerance_m=tol,
         extra_m=extra,
+        exit_m=exit_m,
         base=base,
         overrides=dict(overrides),
         shadowed=shadowed,

@@ -360,3 +360,31 @@ def scan_clock(
             best = s - radius[r]
             best_row = r
     return count, best_row, best
+
+
+@numba.njit(cache=True)
+def first_seen_codes(keys, out):  # -> number of distinct keys
+    """Number each distinct int64 key by first appearance; ``out[i]`` is the code of ``keys[i]``."""
+    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int64)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        code = seen.get(k, -1)
+        if code < 0:
+            code = len(seen)
+            seen[k] = code
+        out[i] = code
+    return len(seen)
+
+
+@numba.njit(cache=True)
+def bucket_order(codes, n_codes, out):
+    """Stable counting sort: indexes of ``codes`` (0..n_codes-1) grouped by code, in input order."""
+    start = np.zeros(n_codes + 1, np.int64)
+    for i in range(codes.shape[0]):
+        start[codes[i] + 1] += 1
+    for c in range(n_codes):
+        start[c + 1] += start[c]
+    for i in range(codes.shape[0]):
+        c = codes[i]
+        out[start[c]] = i
+        start[c] += 1

@@ -249,19 +249,7 @@ def check_points(
     lat = _as_1d("lats", lats, np.float64, None)
     n = lat.size
     lon = _as_1d("lons", lons, np.float64, n)
-    tc_ids = _as_1d("time_clock_ids", time_clock_ids, np.int64, n)
-    status = np.zeros(n, np.uint8)
-    bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
-    status[bad] = INVALID_COORDINATES
-    clocks = snap.dense_clocks(tc_ids)
-    status[(clocks < 0) & (status == OK)] = UNKNOWN_TIME_CLOCK
-    jobs = np.full(n, -1, np.int32)
-    if job_ids is not None:
-        raw = _as_1d("job_ids", job_ids, np.int32, n)
-        names = job_names or []
-        if ((raw < -1) | (raw >= len(names))).any():
-            raise ValueError("job_ids must be -1 or an index into job_names")
-        jobs = _job_codes(snap, clocks, raw, names, status)
+    status, clocks, jobs = point_status(snap, lat, lon, time_clock_ids, job_ids, job_names)
     extra = np.zeros(n, np.float64)
     if accuracy_m is not None:
         acc = _as_1d("accuracy_m", accuracy_m, np.float64, n)
@@ -295,6 +283,36 @@ def check_points(
     return CheckResult(
         status, inside, allowed, m.offsets, handles, applicable, actions, distance, nearest
     )
+
+
+def point_status(
+    snap: Snapshot,
+    lat: F64,
+    lon: F64,
+    time_clock_ids: npt.ArrayLike,
+    job_ids: npt.ArrayLike | None,
+    job_names: list[str] | None,
+) -> tuple[npt.NDArray[np.uint8], I32, I32]:
+    """Per-point status (coordinates, time clock, job), dense clocks and job codes.
+
+    ``job_ids`` (int32, -1 for none) index ``job_names``; a job that is not one
+    of the point's clock sets UNKNOWN_JOB.
+    """
+    n = lat.size
+    tc_ids = _as_1d("time_clock_ids", time_clock_ids, np.int64, n)
+    status = np.zeros(n, np.uint8)
+    bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
+    status[bad] = INVALID_COORDINATES
+    clocks = snap.dense_clocks(tc_ids)
+    status[(clocks < 0) & (status == OK)] = UNKNOWN_TIME_CLOCK
+    jobs = np.full(n, -1, np.int32)
+    if job_ids is not None:
+        raw = _as_1d("job_ids", job_ids, np.int32, n)
+        names = job_names or []
+        if ((raw < -1) | (raw >= len(names))).any():
+            raise ValueError("job_ids must be -1 or an index into job_names")
+        jobs = _job_codes(snap, clocks, raw, names, status)
+    return status, clocks, jobs
 
 
 def _job_codes(
@@ -518,3 +536,7 @@ def warm_up() -> None:
         with_distance=True,
     )
     check_one(snap, 0.0, 0.0, 1, "a", 3.0)
+    from geopunch.geo.trails import detect_exits
+
+    for ts in ([1, 2, 3], [3, 2, 1]):  # time-ordered and shuffled paths
+        detect_exits(snap, [7, 7, 7], [1, 1, 1], ts, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0])

@@ -34,6 +34,7 @@ from geopunch.domain.rules import check_user
 from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import OK, check_one
 from geopunch.service.admin import get_time_clock
+from geopunch.service.scheduler import check_scheduler_shift
 
 T = TypeVar("T")
 
@@ -112,17 +113,23 @@ def punch(
             )
         return PunchOutcome(result=result)
 
-    run = runner if runner is not None else run_alone(uows)
+    return run_retrying(
+        runner if runner is not None else run_alone(uows),
+        work,
+        f"user {cmd.user_id} on time clock {cmd.time_clock_id} was changed by concurrent "
+        "calls; retry",
+    )
+
+
+def run_retrying(run: TransactionRunner, work: Callable[[UnitOfWork], T], lost: str) -> T:
+    """``run(work)``, again while it loses a race (ConcurrentChange), at most
+    MAX_ATTEMPTS times; then CONCURRENT_MODIFICATION with the message ``lost``."""
     for _ in range(MAX_ATTEMPTS):
         try:
             return run(work)
         except ConcurrentChange:
             continue
-    raise DomainError(
-        ErrorCode.CONCURRENT_MODIFICATION,
-        f"user {cmd.user_id} on time clock {cmd.time_clock_id} was changed by concurrent "
-        "calls; retry",
-    )
+    raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost)
 
 
 def _replay(idem: Idempotency, method: str, body_hash: str, response: bytes) -> PunchOutcome:
@@ -234,6 +241,8 @@ def apply_punch(
             _already(current)
         check_start_after_history(ts, acts.last_end(tc.id, cmd.user_id))
         check_day()
+        if cmd.scheduler_shift_id:
+            check_scheduler_shift(uow, cmd.scheduler_shift_id, cmd.user_id)
         shift = new_activity(
             ActivityKind.SHIFT,
             geofence_check(tc, index, cmd.location, job),
@@ -272,6 +281,7 @@ def apply_punch(
             ActivityKind.BREAK,
             fence,
             job_id=job_of_shift,
+            scheduler_shift_id=current.scheduler_shift_id if current is not None else None,
             break_type_id=bt.id,
             from_shift_id=current.id if current is not None else None,
         )
@@ -290,7 +300,12 @@ def apply_punch(
     ended = close(current, fence)
     resumed = None
     if cmd.is_resume_shift is not False and current.from_shift_id is not None:
-        resumed = new_activity(ActivityKind.SHIFT, fence, job_id=current.job_id)
+        resumed = new_activity(
+            ActivityKind.SHIFT,
+            fence,
+            job_id=current.job_id,
+            scheduler_shift_id=current.scheduler_shift_id,
+        )
         acts.add(resumed)
     return PunchResult(ended, resumed_shift=resumed)
 

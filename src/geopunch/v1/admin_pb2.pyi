@@ -102,9 +102,12 @@ class Job(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SUB_JOBS_FIELD_NUMBER: _builtins.int
+    COLOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique within the time clock, sub-jobs included."""
     name: _builtins.str
+    color: _builtins.str
+    """"#RRGGBB" or "#RGB"; scheduled shifts of the job take it by default."""
     @_builtins.property
     def sub_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
     def __init__(
@@ -113,10 +116,11 @@ class Job(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         sub_jobs: _abc.Iterable[Global___Job] | None = ...,
+        color: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "sub_jobs", b"sub_jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["color", b"color", "id", b"id", "name", b"name", "sub_jobs", b"sub_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,3 +473,132 @@ class DayStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DayStatusResponse: _TypeAlias = DayStatusResponse  # noqa: Y015
+
+@_typing.final
+class Scheduler(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    MULTI_USER_SHIFTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the caller on create, or assigned by the server when omitted."""
+    name: _builtins.str
+    timezone: _builtins.str
+    """IANA zone name; the default zone of the scheduler's shifts."""
+    multi_user_shifts: _builtins.bool
+    """Allows open shifts with more than one spot and shifts with more than one
+    assigned user.
+    """
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Jobs that shifts may name, sub-jobs included (ids unique in the scheduler)."""
+
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int | None = ...,
+        name: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        user_ids: _abc.Iterable[_builtins.int] | None = ...,
+        multi_user_shifts: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id", "jobs", b"jobs", "multi_user_shifts", b"multi_user_shifts", "name", b"name", "timezone", b"timezone", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+
+Global___Scheduler: _TypeAlias = Scheduler  # noqa: Y015
+
+@_typing.final
+class CreateSchedulerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scheduler(self) -> Global___Scheduler: ...
+    def __init__(
+        self,
+        *,
+        scheduler: Global___Scheduler | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSchedulerRequest: _TypeAlias = CreateSchedulerRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSchedulerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scheduler(self) -> Global___Scheduler:
+        """Must carry the id of an existing scheduler."""
+
+    def __init__(
+        self,
+        *,
+        scheduler: Global___Scheduler | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSchedulerRequest: _TypeAlias = UpdateSchedulerRequest  # noqa: Y015
+
+@_typing.final
+class GetSchedulerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULER_ID_FIELD_NUMBER: _builtins.int
+    scheduler_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        scheduler_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scheduler_id", b"scheduler_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSchedulerRequest: _TypeAlias = GetSchedulerRequest  # noqa: Y015
+
+@_typing.final
+class SchedulerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___Scheduler: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___Scheduler | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerResponse: _TypeAlias = SchedulerResponse  # noqa: Y015

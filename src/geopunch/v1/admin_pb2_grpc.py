@@ -67,6 +67,21 @@ class AdminServiceStub:
                 request_serializer=geopunch_dot_v1_dot_admin__pb2.PingRequest.SerializeToString,
                 response_deserializer=geopunch_dot_v1_dot_admin__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.CreateScheduler = channel.unary_unary(
+                '/geopunch.v1.AdminService/CreateScheduler',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.CreateSchedulerRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
+                _registered_method=True)
+        self.UpdateScheduler = channel.unary_unary(
+                '/geopunch.v1.AdminService/UpdateScheduler',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.UpdateSchedulerRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
+                _registered_method=True)
+        self.GetScheduler = channel.unary_unary(
+                '/geopunch.v1.AdminService/GetScheduler',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.GetSchedulerRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -115,6 +130,26 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateScheduler(self, request, context):
+        """Schedulers: the users and jobs that shifts may name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateScheduler(self, request, context):
+        """Replaces every setting of an existing scheduler.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetScheduler(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +182,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=geopunch_dot_v1_dot_admin__pb2.PingRequest.FromString,
                     response_serializer=geopunch_dot_v1_dot_admin__pb2.PingResponse.SerializeToString,
+            ),
+            'CreateScheduler': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateScheduler,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.CreateSchedulerRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.SerializeToString,
+            ),
+            'UpdateScheduler': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateScheduler,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.UpdateSchedulerRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.SerializeToString,
+            ),
+            'GetScheduler': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScheduler,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.GetSchedulerRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +364,87 @@ class AdminService:
             '/geopunch.v1.AdminService/Ping',
             geopunch_dot_v1_dot_admin__pb2.PingRequest.SerializeToString,
             geopunch_dot_v1_dot_admin__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateScheduler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/CreateScheduler',
+            geopunch_dot_v1_dot_admin__pb2.CreateSchedulerRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateScheduler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/UpdateScheduler',
+            geopunch_dot_v1_dot_admin__pb2.UpdateSchedulerRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetScheduler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/GetScheduler',
+            geopunch_dot_v1_dot_admin__pb2.GetSchedulerRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class AdminServiceStub:
     """Does nothing but pass authentication: a liveness probe for clients and
     the baseline of the load generator.
     """
+    CreateScheduler: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateSchedulerRequest, _admin_pb2.SchedulerResponse]
+    """Schedulers: the users and jobs that shifts may name."""
+    UpdateScheduler: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateSchedulerRequest, _admin_pb2.SchedulerResponse]
+    """Replaces every setting of an existing scheduler."""
+    GetScheduler: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSchedulerRequest, _admin_pb2.SchedulerResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -67,6 +72,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Does nothing but pass authentication: a liveness probe for clients and
     the baseline of the load generator.
     """
+    CreateScheduler: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateSchedulerRequest, _admin_pb2.SchedulerResponse]  # type: ignore[assignment]
+    """Schedulers: the users and jobs that shifts may name."""
+    UpdateScheduler: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateSchedulerRequest, _admin_pb2.SchedulerResponse]  # type: ignore[assignment]
+    """Replaces every setting of an existing scheduler."""
+    GetScheduler: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSchedulerRequest, _admin_pb2.SchedulerResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Set-up that the punch and geofence APIs assume: time clocks with their jobs,
@@ -120,5 +130,28 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Does nothing but pass authentication: a liveness probe for clients and
         the baseline of the load generator.
         """
+
+    @_abc_1.abstractmethod
+    def CreateScheduler(
+        self,
+        request: _admin_pb2.CreateSchedulerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SchedulerResponse, _abc.Awaitable[_admin_pb2.SchedulerResponse]]:
+        """Schedulers: the users and jobs that shifts may name."""
+
+    @_abc_1.abstractmethod
+    def UpdateScheduler(
+        self,
+        request: _admin_pb2.UpdateSchedulerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SchedulerResponse, _abc.Awaitable[_admin_pb2.SchedulerResponse]]:
+        """Replaces every setting of an existing scheduler."""
+
+    @_abc_1.abstractmethod
+    def GetScheduler(
+        self,
+        request: _admin_pb2.GetSchedulerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SchedulerResponse, _abc.Awaitable[_admin_pb2.SchedulerResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -239,3 +240,375 @@ class CheckLocationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckLocationsResponse: _TypeAlias = CheckLocationsResponse  # noqa: Y015
+
+@_typing.final
+class TrailSamples(_message.Message):
+    """GPS samples of trails, column by column; sample i is the i-th of each column.
+    A trail is one (user, time clock) pair; samples are judged in timestamp order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    TIME_CLOCK_IDS_FIELD_NUMBER: _builtins.int
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    LATITUDES_FIELD_NUMBER: _builtins.int
+    LONGITUDES_FIELD_NUMBER: _builtins.int
+    ACCURACIES_FIELD_NUMBER: _builtins.int
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    time_clock_id: _builtins.int
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def time_clock_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One per sample, or empty when time_clock_id gives the clock of all."""
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Unix seconds."""
+
+    @_builtins.property
+    def latitudes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def longitudes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def accuracies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Empty, or one per sample: metres, NaN when unknown."""
+
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty, or one per sample: the job whose fences count when deciding whether
+        the user is still inside another fence ("" for none).
+        """
+
+    def __init__(
+        self,
+        *,
+        user_ids: _abc.Iterable[_builtins.int] | None = ...,
+        time_clock_ids: _abc.Iterable[_builtins.int] | None = ...,
+        time_clock_id: _builtins.int = ...,
+        timestamps: _abc.Iterable[_builtins.int] | None = ...,
+        latitudes: _abc.Iterable[_builtins.float] | None = ...,
+        longitudes: _abc.Iterable[_builtins.float] | None = ...,
+        accuracies: _abc.Iterable[_builtins.float] | None = ...,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracies", b"accuracies", "job_ids", b"job_ids", "latitudes", b"latitudes", "longitudes", b"longitudes", "time_clock_id", b"time_clock_id", "time_clock_ids", b"time_clock_ids", "timestamps", b"timestamps", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrailSamples: _TypeAlias = TrailSamples  # noqa: Y015
+
+@_typing.final
+class ExitEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    FENCE_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OTHER_FENCE_INSIDE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SHIFT_ID_FIELD_NUMBER: _builtins.int
+    sample: _builtins.int
+    """Index of the sample that left, in the request."""
+    user_id: _builtins.int
+    time_clock_id: _builtins.int
+    timestamp: _builtins.int
+    fence_id: _builtins.str
+    action: _builtins.str
+    """The fence's exit action: "noAction", "sendNotification", "autoClockOut"."""
+    other_fence_inside: _builtins.bool
+    """After this sample the user is still inside another enabled fence of the
+    time clock that applies to the job.
+    """
+    outcome: _builtins.str
+    """What the action did (ReportLocations) or would do (EvaluateTrails):
+    "reported", "notified", "clockedOut", "stillInsideAnotherFence",
+    "noOpenShift".
+    """
+    shift_id: _builtins.str
+    """The shift closed by an automatic clock-out."""
+    def __init__(
+        self,
+        *,
+        sample: _builtins.int = ...,
+        user_id: _builtins.int = ...,
+        time_clock_id: _builtins.int = ...,
+        timestamp: _builtins.int = ...,
+        fence_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        other_fence_inside: _builtins.bool = ...,
+        outcome: _builtins.str = ...,
+        shift_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "fence_id", b"fence_id", "other_fence_inside", b"other_fence_inside", "outcome", b"outcome", "sample", b"sample", "shift_id", b"shift_id", "time_clock_id", b"time_clock_id", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExitEvent: _TypeAlias = ExitEvent  # noqa: Y015
+
+@_typing.final
+class TrailResults(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    INSIDE_FIELD_NUMBER: _builtins.int
+    MATCH_OFFSETS_FIELD_NUMBER: _builtins.int
+    FENCE_IDS_FIELD_NUMBER: _builtins.int
+    EXITS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def status(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per sample: 0 OK, 1 INVALID_COORDINATES, 2 UNKNOWN_TIME_CLOCK,
+        3 UNKNOWN_JOB, 4 INVALID_ACCURACY, 5 IGNORED_ACCURACY (less accurate than
+        the clock's low_accuracy_max_m), 6 STALE (live samples only),
+        10 UNKNOWN_USER (not a user of the sample's time clock).
+        """
+
+    @_builtins.property
+    def inside(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Per sample: within fence_size of an enabled fence of its clock."""
+
+    @_builtins.property
+    def match_offsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """count + 1 values: the fences containing sample i are
+        fence_ids[match_offsets[i] .. match_offsets[i+1]).
+        """
+
+    @_builtins.property
+    def fence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def exits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExitEvent]:
+        """By sample (timestamp order within a trail), then fence."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        status: _abc.Iterable[_builtins.int] | None = ...,
+        inside: _abc.Iterable[_builtins.bool] | None = ...,
+        match_offsets: _abc.Iterable[_builtins.int] | None = ...,
+        fence_ids: _abc.Iterable[_builtins.str] | None = ...,
+        exits: _abc.Iterable[Global___ExitEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "exits", b"exits", "fence_ids", b"fence_ids", "inside", b"inside", "match_offsets", b"match_offsets", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrailResults: _TypeAlias = TrailResults  # noqa: Y015
+
+@_typing.final
+class EvaluateTrailsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def samples(self) -> Global___TrailSamples: ...
+    def __init__(
+        self,
+        *,
+        samples: Global___TrailSamples | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateTrailsRequest: _TypeAlias = EvaluateTrailsRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateTrailsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___TrailResults: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___TrailResults | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateTrailsResponse: _TypeAlias = EvaluateTrailsResponse  # noqa: Y015
+
+@_typing.final
+class ReportLocationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def samples(self) -> Global___TrailSamples: ...
+    def __init__(
+        self,
+        *,
+        samples: Global___TrailSamples | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLocationsRequest: _TypeAlias = ReportLocationsRequest  # noqa: Y015
+
+@_typing.final
+class ReportLocationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Data(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ACCEPTED_FIELD_NUMBER: _builtins.int
+        STALE_FIELD_NUMBER: _builtins.int
+        IGNORED_FIELD_NUMBER: _builtins.int
+        REJECTED_FIELD_NUMBER: _builtins.int
+        RESULTS_FIELD_NUMBER: _builtins.int
+        accepted: _builtins.int
+        """Samples that moved a trail's state."""
+        stale: _builtins.int
+        """Older than the trail's last accepted sample: ignored."""
+        ignored: _builtins.int
+        """Less accurate than the clock's limit: ignored."""
+        rejected: _builtins.int
+        """Bad coordinates, unknown time clock, user or job, bad accuracy."""
+        @_builtins.property
+        def results(self) -> Global___TrailResults: ...
+        def __init__(
+            self,
+            *,
+            accepted: _builtins.int = ...,
+            stale: _builtins.int = ...,
+            ignored: _builtins.int = ...,
+            rejected: _builtins.int = ...,
+            results: Global___TrailResults | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "ignored", b"ignored", "rejected", b"rejected", "results", b"results", "stale", b"stale"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___ReportLocationsResponse.Data: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___ReportLocationsResponse.Data | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLocationsResponse: _TypeAlias = ReportLocationsResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    TIME_CLOCK_IDS_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Resume after this event (0: from the start of the log)."""
+    @_builtins.property
+    def time_clock_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only events of these time clocks (empty: all, including events of no clock)."""
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these types: "geofenceExit", "exitNotification", "autoClockOut",
+        "shiftPublished" (empty: all).
+        """
+
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        time_clock_ids: _abc.Iterable[_builtins.int] | None = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "time_clock_ids", b"time_clock_ids", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULER_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position in the log; pass the last one seen as after_seq to resume."""
+    type: _builtins.str
+    occurred_at: _builtins.int
+    """Unix seconds."""
+    time_clock_id: _builtins.int
+    scheduler_id: _builtins.int
+    user_id: _builtins.int
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        type: _builtins.str = ...,
+        occurred_at: _builtins.int = ...,
+        time_clock_id: _builtins.int | None = ...,
+        scheduler_id: _builtins.int | None = ...,
+        user_id: _builtins.int | None = ...,
+        payload: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id", "_time_clock_id", b"_time_clock_id", "_user_id", b"_user_id", "payload", b"payload", "scheduler_id", b"scheduler_id", "time_clock_id", b"time_clock_id", "user_id", b"user_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id", "_time_clock_id", b"_time_clock_id", "_user_id", b"_user_id", "occurred_at", b"occurred_at", "payload", b"payload", "scheduler_id", b"scheduler_id", "seq", b"seq", "time_clock_id", b"time_clock_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__scheduler_id: _TypeAlias = _typing.Literal["scheduler_id"]  # noqa: Y015
+    _WhichOneofArgType__scheduler_id: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id"]  # noqa: Y015
+    _WhichOneofReturnType__time_clock_id: _TypeAlias = _typing.Literal["time_clock_id"]  # noqa: Y015
+    _WhichOneofArgType__time_clock_id: _TypeAlias = _typing.Literal["_time_clock_id", b"_time_clock_id"]  # noqa: Y015
+    _WhichOneofReturnType__user_id: _TypeAlias = _typing.Literal["user_id"]  # noqa: Y015
+    _WhichOneofArgType__user_id: _TypeAlias = _typing.Literal["_user_id", b"_user_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduler_id) -> _WhichOneofReturnType__scheduler_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_clock_id) -> _WhichOneofReturnType__time_clock_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_id) -> _WhichOneofReturnType__user_id | None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015

@@ -40,6 +40,21 @@ class LocationServiceStub:
                 request_serializer=geopunch_dot_v1_dot_location__pb2.CheckLocationsRequest.SerializeToString,
                 response_deserializer=geopunch_dot_v1_dot_location__pb2.CheckLocationsResponse.FromString,
                 _registered_method=True)
+        self.EvaluateTrails = channel.unary_unary(
+                '/geopunch.v1.LocationService/EvaluateTrails',
+                request_serializer=geopunch_dot_v1_dot_location__pb2.EvaluateTrailsRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_location__pb2.EvaluateTrailsResponse.FromString,
+                _registered_method=True)
+        self.ReportLocations = channel.unary_unary(
+                '/geopunch.v1.LocationService/ReportLocations',
+                request_serializer=geopunch_dot_v1_dot_location__pb2.ReportLocationsRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_location__pb2.ReportLocationsResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/geopunch.v1.LocationService/WatchEvents',
+                request_serializer=geopunch_dot_v1_dot_location__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_location__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class LocationServiceServicer:
@@ -54,6 +69,30 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateTrails(self, request, context):
+        """Exit detection on historical trails: per-sample verdicts and the exits
+        each fence's action would act on. Changes nothing. At most 250,000 samples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportLocations(self, request, context):
+        """Live positions: keeps each user's inside state, fires exit actions
+        (events, automatic clock-outs) and ignores stale samples. At most 100,000
+        samples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """The event log from a cursor, then new events as they are committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +100,21 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     servicer.CheckLocations,
                     request_deserializer=geopunch_dot_v1_dot_location__pb2.CheckLocationsRequest.FromString,
                     response_serializer=geopunch_dot_v1_dot_location__pb2.CheckLocationsResponse.SerializeToString,
+            ),
+            'EvaluateTrails': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateTrails,
+                    request_deserializer=geopunch_dot_v1_dot_location__pb2.EvaluateTrailsRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_location__pb2.EvaluateTrailsResponse.SerializeToString,
+            ),
+            'ReportLocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportLocations,
+                    request_deserializer=geopunch_dot_v1_dot_location__pb2.ReportLocationsRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_location__pb2.ReportLocationsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=geopunch_dot_v1_dot_location__pb2.WatchEventsRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_location__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +145,87 @@ class LocationService:
             '/geopunch.v1.LocationService/CheckLocations',
             geopunch_dot_v1_dot_location__pb2.CheckLocationsRequest.SerializeToString,
             geopunch_dot_v1_dot_location__pb2.CheckLocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateTrails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.LocationService/EvaluateTrails',
+            geopunch_dot_v1_dot_location__pb2.EvaluateTrailsRequest.SerializeToString,
+            geopunch_dot_v1_dot_location__pb2.EvaluateTrailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportLocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.LocationService/ReportLocations',
+            geopunch_dot_v1_dot_location__pb2.ReportLocationsRequest.SerializeToString,
+            geopunch_dot_v1_dot_location__pb2.ReportLocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/geopunch.v1.LocationService/WatchEvents',
+            geopunch_dot_v1_dot_location__pb2.WatchEventsRequest.SerializeToString,
+            geopunch_dot_v1_dot_location__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,17 @@ class LocationServiceStub:
     """Which enabled fences contain each point, and whether the point is allowed
     for its job. At most 1,000,000 points per call (BATCH_TOO_LARGE above).
     """
+    EvaluateTrails: _grpc.UnaryUnaryMultiCallable[_location_pb2.EvaluateTrailsRequest, _location_pb2.EvaluateTrailsResponse]
+    """Exit detection on historical trails: per-sample verdicts and the exits
+    each fence's action would act on. Changes nothing. At most 250,000 samples.
+    """
+    ReportLocations: _grpc.UnaryUnaryMultiCallable[_location_pb2.ReportLocationsRequest, _location_pb2.ReportLocationsResponse]
+    """Live positions: keeps each user's inside state, fires exit actions
+    (events, automatic clock-outs) and ignores stale samples. At most 100,000
+    samples.
+    """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_location_pb2.WatchEventsRequest, _location_pb2.Event]
+    """The event log from a cursor, then new events as they are committed."""
 
 @_typing.type_check_only
 class LocationServiceAsyncStub(LocationServiceStub):
@@ -47,6 +58,17 @@ class LocationServiceAsyncStub(LocationServiceStub):
     """Which enabled fences contain each point, and whether the point is allowed
     for its job. At most 1,000,000 points per call (BATCH_TOO_LARGE above).
     """
+    EvaluateTrails: _aio.UnaryUnaryMultiCallable[_location_pb2.EvaluateTrailsRequest, _location_pb2.EvaluateTrailsResponse]  # type: ignore[assignment]
+    """Exit detection on historical trails: per-sample verdicts and the exits
+    each fence's action would act on. Changes nothing. At most 250,000 samples.
+    """
+    ReportLocations: _aio.UnaryUnaryMultiCallable[_location_pb2.ReportLocationsRequest, _location_pb2.ReportLocationsResponse]  # type: ignore[assignment]
+    """Live positions: keeps each user's inside state, fires exit actions
+    (events, automatic clock-outs) and ignores stale samples. At most 100,000
+    samples.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_location_pb2.WatchEventsRequest, _location_pb2.Event]  # type: ignore[assignment]
+    """The event log from a cursor, then new events as they are committed."""
 
 class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Vectorized geofence checks on GPS points."""
@@ -60,5 +82,34 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Which enabled fences contain each point, and whether the point is allowed
         for its job. At most 1,000,000 points per call (BATCH_TOO_LARGE above).
         """
+
+    @_abc_1.abstractmethod
+    def EvaluateTrails(
+        self,
+        request: _location_pb2.EvaluateTrailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.EvaluateTrailsResponse, _abc.Awaitable[_location_pb2.EvaluateTrailsResponse]]:
+        """Exit detection on historical trails: per-sample verdicts and the exits
+        each fence's action would act on. Changes nothing. At most 250,000 samples.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportLocations(
+        self,
+        request: _location_pb2.ReportLocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.ReportLocationsResponse, _abc.Awaitable[_location_pb2.ReportLocationsResponse]]:
+        """Live positions: keeps each user's inside state, fires exit actions
+        (events, automatic clock-outs) and ignores stale samples. At most 100,000
+        samples.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _location_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_location_pb2.Event], _abc.AsyncIterator[_location_pb2.Event]]:
+        """The event log from a cursor, then new events as they are committed."""
 
 def add_LocationServiceServicer_to_server(servicer: LocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

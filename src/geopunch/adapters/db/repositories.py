@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -44,11 +45,28 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
 
+_T = TypeVar("_T")
+
 _DAY_STATUS = select(day_statuses.c.status).where(
     day_statuses.c.time_clock_id == bindparam("tc"),
     day_statuses.c.user_id == bindparam("user"),
     day_statuses.c.day == bindparam("day"),
 )
+
+
+def chunks(items: Sequence[_T], size: int = 400) -> list[list[_T]]:
+    """Items in chunks small enough for one IN list (SQLite binds at most 32766 values)."""
+    seq = list(items)
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def job_columns(position: int, job: Job) -> dict[str, object]:
+    return {
+        "position": position,
+        "name": job.name,
+        "parent_job_id": job.parent_id,
+        "color": job.color or None,
+    }
 
 
 class SqlTimeClockRepository:
@@ -74,7 +92,7 @@ class SqlTimeClockRepository:
             .where(time_clock_jobs.c.time_clock_id.in_(ids))
             .order_by(time_clock_jobs.c.time_clock_id, time_clock_jobs.c.position)
         ):
-            jobs[j.time_clock_id].append(Job(j.job_id, j.name, j.parent_job_id))
+            jobs[j.time_clock_id].append(Job(j.job_id, j.name, j.parent_job_id, j.color or ""))
         users: dict[int, set[int]] = defaultdict(set)
         for tc_id, user_id in self._conn.execute(
             select(time_clock_users.c.time_clock_id, time_clock_users.c.user_id).where(
@@ -180,7 +198,7 @@ class SqlTimeClockRepository:
         # Jobs that geofences reference are updated in place, never deleted.
         new_rows = []
         for pos, job in enumerate(tc.jobs):
-            values = {"position": pos, "name": job.name, "parent_job_id": job.parent_id}
+            values = job_columns(pos, job)
             if job.id in existing_jobs:
                 self._conn.execute(
                     update(time_clock_jobs)
@@ -473,6 +491,20 @@ class SqlActivityRepository:
         }
         if self._conn.execute(_CLOSE, params).rowcount != 1:
             raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
+
+    def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
+        """Open activities of (time clock, user) pairs."""
+        found: dict[tuple[int, int], Activity] = {}
+        for chunk in chunks(pairs):
+            rows = self._conn.execute(
+                select(activities).where(
+                    tuple_(activities.c.time_clock_id, activities.c.user_id).in_(chunk),
+                    activities.c.end_ts.is_(None),
+                )
+            )
+            for row in rows:
+                found[(row.time_clock_id, row.user_id)] = _activity(row)
+        return found
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
         rows = self._conn.execute(

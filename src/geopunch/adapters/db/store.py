@@ -25,6 +25,12 @@ from geopunch.adapters.db.repositories import (
     SqlIdempotencyRepository,
     SqlTimeClockRepository,
 )
+from geopunch.adapters.db.scheduling import (
+    SqlEventRepository,
+    SqlLocationRepository,
+    SqlSchedulerRepository,
+    SqlShiftRepository,
+)
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 T = TypeVar("T")
@@ -108,11 +114,21 @@ class SqlUnitOfWork:
     geofences: SqlGeofenceRepository
     activities: SqlActivityRepository
     idempotency: SqlIdempotencyRepository
+    schedulers: SqlSchedulerRepository
+    shifts: SqlShiftRepository
+    events: SqlEventRepository
+    locations: SqlLocationRepository
 
     def __init__(
-        self, engine: Engine, *, readonly: bool = False, write_lock: threading.Lock | None = None
+        self,
+        engine: Engine,
+        *,
+        readonly: bool = False,
+        write_lock: threading.Lock | None = None,
+        on_events: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._on_events = on_events
         self._readonly = readonly
         self._write_lock = None if readonly else write_lock
         self._conn: Connection | None = None
@@ -138,6 +154,10 @@ class SqlUnitOfWork:
         self.geofences = SqlGeofenceRepository(conn, now)
         self.activities = SqlActivityRepository(conn)
         self.idempotency = SqlIdempotencyRepository(conn, now)
+        self.schedulers = SqlSchedulerRepository(conn, now)
+        self.shifts = SqlShiftRepository(conn)
+        self.events = SqlEventRepository(conn)
+        self.locations = SqlLocationRepository(conn)
         return self
 
     def __exit__(
@@ -159,6 +179,9 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         assert self._conn is not None
         self._conn.commit()
+        if self.events.appended and self._on_events is not None:
+            self.events.appended = False
+            self._on_events()
 
     def savepoint(self) -> AbstractContextManager[object]:
         assert self._conn is not None
@@ -173,12 +196,15 @@ class SqlUnitOfWorkFactory:
     sleeps in growing steps (up to 100 ms) and wrecks tail latency under load.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_events: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._on_events = on_events
 
     def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, readonly=readonly, write_lock=self._write_lock)
+        return SqlUnitOfWork(
+            self.engine, readonly=readonly, write_lock=self._write_lock, on_events=self._on_events
+        )
 
 
 class GroupCommitter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -46,6 +47,7 @@ time_clock_jobs = Table(
     Column("position", Integer, nullable=False),
     Column("name", String(255), nullable=False),
     Column("parent_job_id", String(128), nullable=True),
+    Column("color", String(16), nullable=True),
 )
 
 time_clock_users = Table(
@@ -155,4 +157,96 @@ idempotency_keys = Table(
     Column("body_hash", String(64), nullable=False),
     Column("response", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+)
+
+
+schedulers = Table(
+    "schedulers",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("multi_user_shifts", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+scheduler_jobs = Table(
+    "scheduler_jobs",
+    metadata,
+    Column("scheduler_id", BigInteger, ForeignKey("schedulers.id"), primary_key=True),
+    Column("job_id", String(128), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("parent_job_id", String(128), nullable=True),
+    Column("color", String(16), nullable=True),
+)
+
+scheduler_users = Table(
+    "scheduler_users",
+    metadata,
+    Column("scheduler_id", BigInteger, ForeignKey("schedulers.id"), primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+)
+
+scheduled_shifts = Table(
+    "scheduled_shifts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("scheduler_id", BigInteger, ForeignKey("schedulers.id"), nullable=False),
+    Column("start_ts", BigInteger, nullable=False),
+    Column("end_ts", BigInteger, nullable=False),
+    Column("title", String(255), nullable=True),
+    Column("job_id", String(128), nullable=True),
+    Column("timezone", String(64), nullable=False),
+    Column("is_published", Boolean, nullable=False),
+    Column("is_open_shift", Boolean, nullable=False),
+    Column("open_spots", Integer, nullable=True),
+    Column("is_require_admin_approval", Boolean, nullable=True),
+    Column("color", String(16), nullable=False),
+    # location, notes, breaks, statuses, shift details and custom fields
+    Column("body", JSON, nullable=False),
+    Column("created_by", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_scheduled_shifts_time", scheduled_shifts.c.scheduler_id, scheduled_shifts.c.start_ts)
+
+shift_users = Table(
+    "shift_users",
+    metadata,
+    Column(
+        "shift_id",
+        String(32),
+        ForeignKey("scheduled_shifts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("position", Integer, nullable=False),
+)
+Index("ix_shift_users_user", shift_users.c.user_id)
+
+# The append-only event log (outbox): written in the transaction of the change
+# that caused the event; ``seq`` orders it and is a subscriber's cursor.
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("occurred_at", BigInteger, nullable=False),
+    Column("time_clock_id", BigInteger, nullable=True),
+    Column("scheduler_id", BigInteger, nullable=True),
+    Column("user_id", BigInteger, nullable=True),
+    Column("payload", JSON, nullable=False),
+)
+
+# Live positions: per trail (user, time clock), the last accepted sample's time
+# and the fences the trail is inside.
+live_trails = Table(
+    "live_trails",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),
+    Column("time_clock_id", BigInteger, primary_key=True),
+    Column("last_ts", BigInteger, nullable=False),
+    Column("inside", JSON, nullable=False),  # list of fence ids
 )

@@ -45,8 +45,31 @@ def _flatten_jobs(
 ) -> None:
     for i, job in enumerate(jobs):
         path = f"{prefix}[{i}]"
-        out.append((path, Job(job.id, job.name, parent)))
+        out.append((path, Job(job.id, job.name, parent, job.color)))
         _flatten_jobs(job.sub_jobs, f"{path}.sub_jobs", job.id, out)
+
+
+def jobs_from_proto(
+    jobs: Iterable[admin_pb2.Job], prefix: str
+) -> tuple[tuple[Job, ...], list[str]]:
+    """Nested jobs as the flat domain tuple, with each one's path in the request."""
+    flat: list[tuple[str, Job]] = []
+    _flatten_jobs(jobs, prefix, None, flat)
+    return tuple(job for _, job in flat), [path for path, _ in flat]
+
+
+def jobs_to_proto(jobs: Iterable[Job]) -> list[admin_pb2.Job]:
+    by_parent: dict[str | None, list[Job]] = {}
+    for job in jobs:
+        by_parent.setdefault(job.parent_id, []).append(job)
+
+    def nest(parent: str | None) -> list[admin_pb2.Job]:
+        return [
+            admin_pb2.Job(id=j.id, name=j.name, color=j.color, sub_jobs=nest(j.id))
+            for j in by_parent.get(parent, [])
+        ]
+
+    return nest(None)
 
 
 def time_clock_from_proto(
@@ -57,8 +80,7 @@ def time_clock_from_proto(
     An unknown geofence policy number is kept out: it raises ValueError here and
     the servicer reports it as INVALID_ARGUMENT.
     """
-    flat: list[tuple[str, Job]] = []
-    _flatten_jobs(msg.jobs, f"{prefix}.jobs", None, flat)
+    jobs, paths = jobs_from_proto(msg.jobs, f"{prefix}.jobs")
     policy = _POLICY_TO_DOMAIN.get(msg.geofence_policy)
     if policy is None:
         raise ValueError(f"{prefix}.geofence_policy: unknown value {msg.geofence_policy}")
@@ -69,7 +91,7 @@ def time_clock_from_proto(
         name=msg.name,
         timezone=msg.timezone,
         job_enforcement=msg.job_enforcement,
-        jobs=tuple(job for _, job in flat),
+        jobs=jobs,
         user_ids=frozenset(msg.user_ids),
         manual_breaks_enabled=msg.manual_breaks_enabled,
         manual_break_types=tuple(
@@ -85,27 +107,17 @@ def time_clock_from_proto(
             }
         ),
     )
-    return tc, [path for path, _ in flat]
+    return tc, paths
 
 
 def time_clock_to_proto(tc: TimeClock) -> admin_pb2.TimeClock:
-    by_parent: dict[str | None, list[Job]] = {}
-    for job in tc.jobs:
-        by_parent.setdefault(job.parent_id, []).append(job)
-
-    def nest(parent: str | None) -> list[admin_pb2.Job]:
-        return [
-            admin_pb2.Job(id=j.id, name=j.name, sub_jobs=nest(j.id))
-            for j in by_parent.get(parent, [])
-        ]
-
     ed = tc.exit_detection
     return admin_pb2.TimeClock(
         id=tc.id,
         name=tc.name,
         timezone=tc.timezone,
         job_enforcement=tc.job_enforcement,
-        jobs=nest(None),
+        jobs=jobs_to_proto(tc.jobs),
         user_ids=sorted(tc.user_ids),
         manual_breaks_enabled=tc.manual_breaks_enabled,
         manual_break_types=[

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Iterator
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
+from geopunch.domain.events import Event, EventType
+from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWorkFactory
 from geopunch.geo.index import ACTIONS, FenceIndex
+from geopunch.geo.membership import OK
+from geopunch.geo.trails import IGNORED_ACCURACY
 from geopunch.logs import request_id_var
+from geopunch.service import trails
 from geopunch.service.locations import LocationBatch, check_locations
+from geopunch.service.trails import STALE, TrailBatch, TrailOutcome
 from geopunch.v1 import location_pb2, location_pb2_grpc
 
 _EXIT_ACTIONS = [a.value for a in ACTIONS]
@@ -65,9 +73,164 @@ def batch_from_proto(req: location_pb2.CheckLocationsRequest) -> tuple[LocationB
     return batch, kind or "packed"
 
 
+class Wakeup:
+    """Wakes event streams when a commit appended events (a counter and a condition)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.version = 0
+
+    def notify(self) -> None:
+        with self._cond:
+            self.version += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Return once ``version`` has moved past ``seen``, or after ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.version != seen, timeout)
+
+
+#: Event streams also poll the store this often: other replicas' events wake no one here.
+POLL_S = 0.5
+EVENT_PAGE = 500
+_EVENT_TYPES = frozenset(t.value for t in EventType)
+
+
+def trail_batch_from_proto(samples: location_pb2.TrailSamples) -> TrailBatch:
+    n = len(samples.user_ids)
+    tcs = (
+        np.array(samples.time_clock_ids, np.int64)
+        if samples.time_clock_ids
+        else np.full(n, samples.time_clock_id, np.int64)
+    )
+    job_indexes = None
+    names: tuple[str, ...] = ()
+    if samples.job_ids:
+        names_sorted = sorted({j for j in samples.job_ids if j})
+        code = {name: i for i, name in enumerate(names_sorted)}
+        job_indexes = np.fromiter((code.get(j, -1) for j in samples.job_ids), np.int32)
+        names = tuple(names_sorted)
+    return TrailBatch(
+        user_ids=np.array(samples.user_ids, np.int64),
+        time_clock_ids=tcs,
+        timestamps=np.array(samples.timestamps, np.int64),
+        lats=np.array(samples.latitudes, np.float64),
+        lons=np.array(samples.longitudes, np.float64),
+        accuracy_m=np.array(samples.accuracies, np.float64) if samples.accuracies else None,
+        job_indexes=job_indexes,
+        job_names=names,
+    )
+
+
+def trail_results_to_proto(batch: TrailBatch, out: TrailOutcome) -> location_pb2.TrailResults:
+    r, ex = out.result, out.exits
+    data = location_pb2.TrailResults(
+        count=batch.size,
+        status=r.status.tolist(),
+        inside=r.inside.tolist(),
+        match_offsets=r.offsets.tolist(),
+        fence_ids=out.fence_ids,
+    )
+    samples = ex.samples.tolist()
+    users = batch.user_ids[ex.samples].tolist()
+    clocks = batch.time_clock_ids[ex.samples].tolist()
+    stamps = batch.timestamps[ex.samples].tolist()
+    for k, sample in enumerate(samples):
+        data.exits.add(
+            sample=sample,
+            user_id=users[k],
+            time_clock_id=clocks[k],
+            timestamp=stamps[k],
+            fence_id=ex.fence_ids[k],
+            action=ex.actions[k],
+            other_fence_inside=bool(ex.other_inside[k]),
+            outcome=ex.outcomes[k],
+            shift_id=ex.shift_ids[k],
+        )
+    return data
+
+
+def event_to_proto(e: Event) -> location_pb2.Event:
+    msg = location_pb2.Event(seq=e.seq, type=e.type, occurred_at=e.occurred_at)
+    if e.time_clock_id is not None:
+        msg.time_clock_id = e.time_clock_id
+    if e.scheduler_id is not None:
+        msg.scheduler_id = e.scheduler_id
+    if e.user_id is not None:
+        msg.user_id = e.user_id
+    msg.payload.update(cast(Any, e.payload))
+    return msg
+
+
 class LocationServicer(location_pb2_grpc.LocationServiceServicer):
-    def __init__(self, index: FenceIndex) -> None:
+    def __init__(
+        self,
+        index: FenceIndex,
+        uows: UnitOfWorkFactory | None = None,
+        clock: Clock | None = None,
+        runner: TransactionRunner | None = None,
+        wakeup: Wakeup | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self._index = index
+        self._uows = uows
+        self._clock = clock
+        self._runner = runner
+        self._wakeup = wakeup or Wakeup()
+        self._stopping = stopping or threading.Event()
+
+    def EvaluateTrails(
+        self, request: location_pb2.EvaluateTrailsRequest, context: Any
+    ) -> location_pb2.EvaluateTrailsResponse:
+        batch = trail_batch_from_proto(request.samples)
+        out = trails.evaluate_trails(self._index, batch)
+        return location_pb2.EvaluateTrailsResponse(
+            request_id=request_id_var.get(), data=trail_results_to_proto(batch, out)
+        )
+
+    def ReportLocations(
+        self, request: location_pb2.ReportLocationsRequest, context: Any
+    ) -> location_pb2.ReportLocationsResponse:
+        assert self._uows is not None and self._clock is not None
+        batch = trail_batch_from_proto(request.samples)
+        out = trails.report_locations(self._uows, self._index, self._clock, batch, self._runner)
+        status = out.result.status
+        rejected = int(
+            np.count_nonzero((status != OK) & (status != STALE) & (status != IGNORED_ACCURACY))
+        )
+        return location_pb2.ReportLocationsResponse(
+            request_id=request_id_var.get(),
+            data=location_pb2.ReportLocationsResponse.Data(
+                accepted=int(np.count_nonzero(status == OK)),
+                stale=int(np.count_nonzero(status == STALE)),
+                ignored=int(np.count_nonzero(status == IGNORED_ACCURACY)),
+                rejected=rejected,
+                results=trail_results_to_proto(batch, out),
+            ),
+        )
+
+    def WatchEvents(
+        self, request: location_pb2.WatchEventsRequest, context: Any
+    ) -> Iterator[location_pb2.Event]:
+        assert self._uows is not None
+        unknown = sorted(set(request.types) - _EVENT_TYPES)
+        if unknown:
+            raise DomainError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"unknown event types {unknown}; known: {sorted(_EVENT_TYPES)}",
+            )
+        cursor = request.after_seq
+        types, clocks = list(request.types), list(request.time_clock_ids)
+        while context.is_active() and not self._stopping.is_set():
+            seen = self._wakeup.version
+            with self._uows(readonly=True) as uow:
+                page = uow.events.after(cursor, EVENT_PAGE, types, clocks)
+            for e in page:
+                yield event_to_proto(e)
+                cursor = e.seq
+            if len(page) < EVENT_PAGE:
+                self._wakeup.wait(seen, POLL_S)
 
     def CheckLocations(
         self, request: location_pb2.CheckLocationsRequest, context: Any

@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import ServiceInterceptor
-from geopunch.adapters.grpc.locations import LocationServicer
+from geopunch.adapters.grpc.locations import LocationServicer, Wakeup
+from geopunch.adapters.grpc.scheduling import SchedulerServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.adapters.grpc.timeclock import TimeClockServicer
 from geopunch.bootstrap import App, build_app
@@ -29,6 +30,8 @@ from geopunch.v1 import (
     geofences_pb2_grpc,
     location_pb2,
     location_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
     timeclock_pb2,
     timeclock_pb2_grpc,
 )
@@ -39,6 +42,7 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     geofences_pb2.DESCRIPTOR.services_by_name["GeofenceService"].full_name,
     location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name,
+    scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
     timeclock_pb2.DESCRIPTOR.services_by_name["TimeClockService"].full_name,
 )
 
@@ -97,11 +101,19 @@ class Server:
         geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
             GeofenceServicer(self._uows, self.index), self._grpc
         )
-        location_pb2_grpc.add_LocationServiceServicer_to_server(
-            LocationServicer(self.index), self._grpc
-        )
-        # Punches share commits under load; it reaches the store only once it is open.
+        # Punches and live positions share commits under load; the committer
+        # reaches the store only once it is open.
         self._committer = GroupCommitter(self._uows)
+        self.wakeup = Wakeup()
+        location_pb2_grpc.add_LocationServiceServicer_to_server(
+            LocationServicer(
+                self.index, self._uows, SystemClock(), self._committer, self.wakeup, self._stopped
+            ),
+            self._grpc,
+        )
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+            SchedulerServicer(self._uows, SystemClock()), self._grpc
+        )
         timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server(
             TimeClockServicer(self._uows, self.index, SystemClock(), self._committer), self._grpc
         )
@@ -118,7 +130,7 @@ class Server:
         self._grpc.start()
         host = self.config.listen.rpartition(":")[0]
         log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
-        self.app = build_app(self.config, self.index)
+        self.app = build_app(self.config, self.index, on_events=self.wakeup.notify)
         self._uows.target = self.app.uows
         self._ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -128,7 +140,8 @@ class Server:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, close the store."""
         if self._stopped.is_set():
             return
-        self._stopped.set()
+        self._stopped.set()  # event streams end at their next wake-up
+        self.wakeup.notify()
         self.health.enter_graceful_shutdown()
         self._grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
         self._committer.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from geopunch.adapters.grpc import convert
+from geopunch.adapters.grpc import convert, scheduling
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
 from geopunch.logs import request_id_var
-from geopunch.service import admin, geofences
+from geopunch.service import admin, geofences, scheduler
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, geofences_pb2, geofences_pb2_grpc
 
 
@@ -73,6 +73,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def Ping(self, request: admin_pb2.PingRequest, context: Any) -> admin_pb2.PingResponse:
         return admin_pb2.PingResponse(request_id=request_id_var.get())
+
+    def _scheduler_reply(self, s: Any) -> admin_pb2.SchedulerResponse:
+        return admin_pb2.SchedulerResponse(
+            request_id=request_id_var.get(), data=scheduling.scheduler_to_proto(s)
+        )
+
+    def CreateScheduler(
+        self, request: admin_pb2.CreateSchedulerRequest, context: Any
+    ) -> admin_pb2.SchedulerResponse:
+        s, paths = scheduling.scheduler_from_proto(request.scheduler)
+        assign = not request.scheduler.HasField("id")
+        return self._scheduler_reply(
+            scheduler.create_scheduler(self._uows, s, paths, assign_id=assign)
+        )
+
+    def UpdateScheduler(
+        self, request: admin_pb2.UpdateSchedulerRequest, context: Any
+    ) -> admin_pb2.SchedulerResponse:
+        s, paths = scheduling.scheduler_from_proto(request.scheduler)
+        return self._scheduler_reply(scheduler.update_scheduler(self._uows, s, paths))
+
+    def GetScheduler(
+        self, request: admin_pb2.GetSchedulerRequest, context: Any
+    ) -> admin_pb2.SchedulerResponse:
+        return self._scheduler_reply(scheduler.read_scheduler(self._uows, request.scheduler_id))
 
     def ListDayStatuses(
         self, request: admin_pb2.ListDayStatusesRequest, context: Any

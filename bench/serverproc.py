@@ -1,0 +1,34 @@
+"""Start ``geopunch serve`` for a benchmark and stop it afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def serve(db: Path, api_key: str) -> Iterator[str]:
+    """A server on a free loopback port over the SQLite file ``db``; yields its address."""
+    env = {
+        **os.environ,
+        "GEOPUNCH_API_KEYS": api_key,
+        "GEOPUNCH_LOG_LEVEL": "WARNING",
+        "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
+        "GEOPUNCH_LISTEN": "127.0.0.1:0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the server exited with {proc.wait(30)} before listening")
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(30)

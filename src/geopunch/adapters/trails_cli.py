@@ -1,0 +1,610 @@
+"""``geopunch trails``: validate historical GPS trail files against geofences.
+
+Input: CSV or Parquet files with the columns ``user_id``, ``time_clock_id``,
+``timestamp`` (Unix seconds), ``latitude``, ``longitude`` and, optionally,
+``accuracy`` (metres; empty or NaN for unknown). Fences come from a GeoJSON
+file or from a running server. Output: a directory with ``samples/`` (one
+verdict per input row) and ``exits/`` (one row per exit event), as Parquet or
+CSV part files, plus a summary on the terminal.
+
+The local engine streams the files in chunks with the trail state carried
+from chunk to chunk; the Dask engine shuffles rows so that each partition
+holds whole trails and evaluates partitions in parallel, on local threads or
+on a cluster (``--scheduler``; then the output directory must be on storage
+every worker can write to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import itertools
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from geopunch.domain.errors import DomainError
+from geopunch.domain.models import (
+    ExitAction,
+    ExitDetectionSettings,
+    Geofence,
+    GeofenceDraft,
+    Job,
+    TimeClock,
+)
+from geopunch.domain.rules import validate_geofences
+from geopunch.geo.index import FenceIndex, Snapshot
+from geopunch.service.trail_files import (
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    STATUS_NAMES,
+    Chunk,
+    Exits,
+    Summary,
+    TrailStream,
+    Verdicts,
+)
+
+
+class UsageError(Exception):
+    """A problem with the command's input that the user must fix (exit code 2)."""
+
+
+# --- fences ---------------------------------------------------------------------------
+
+
+FenceSet = tuple[list[TimeClock], list[Geofence]]
+
+
+def load_geojson(path: Path) -> FenceSet:
+    """Fences from a GeoJSON FeatureCollection of Points.
+
+    Feature properties: ``fenceId``, ``timeClockId``, ``fenceSize`` (metres,
+    default 150), ``onGeofenceExitAction``, ``isEnabled``, ``jobIds``,
+    ``name``. An optional top-level ``timeClocks`` list gives clocks' ``id``,
+    ``userIds``, ``jobs`` (ids) and ``exitDetection`` thresholds; clocks only
+    named by fences get the defaults and accept every user.
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read fences from {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
+        raise UsageError(f"{path} is not a GeoJSON FeatureCollection")
+    clocks: dict[int, TimeClock] = {}
+    for raw in doc.get("timeClocks", []):
+        ed = raw.get("exitDetection", {})
+        clocks[int(raw["id"])] = TimeClock(
+            id=int(raw["id"]),
+            name=str(raw.get("name", raw["id"])),
+            timezone=str(raw.get("timezone", "UTC")),
+            jobs=tuple(Job(str(j)) for j in raw.get("jobs", [])),
+            user_ids=frozenset(int(u) for u in raw.get("userIds", [])),
+            exit_detection=ExitDetectionSettings(**{k: float(v) for k, v in _snake(ed).items()}),
+        )
+    by_clock: dict[int, list[tuple[str, GeofenceDraft]]] = {}
+    for i, feature in enumerate(doc.get("features", [])):
+        props = feature.get("properties") or {}
+        geometry = feature.get("geometry") or {}
+        if geometry.get("type") != "Point":
+            raise UsageError(f"{path}: feature {i} is not a Point")
+        lon, lat = geometry["coordinates"][:2]
+        clock = int(props["timeClockId"])
+        by_clock.setdefault(clock, []).append(
+            (
+                str(props.get("fenceId", feature.get("id", f"fence-{i}"))),
+                GeofenceDraft(
+                    name=str(props.get("name", "fence")),
+                    address=str(props.get("address", "-")),
+                    latitude=float(lat),
+                    longitude=float(lon),
+                    is_enabled=props.get("isEnabled"),
+                    fence_size_m=props.get("fenceSize"),
+                    job_ids=tuple(props.get("jobIds", ())),
+                    exit_action=str(props.get("onGeofenceExitAction", "")),
+                ),
+            )
+        )
+    fences: list[Geofence] = []
+    for clock_id, items in by_clock.items():
+        tc = clocks.setdefault(clock_id, TimeClock(id=clock_id, name=str(clock_id), timezone="UTC"))
+        ids = iter([fid for fid, _ in items])
+        try:
+            fences.extend(validate_geofences([d for _, d in items], tc, ids.__next__))
+        except DomainError as exc:
+            raise UsageError(f"{path}: time clock {clock_id}: {exc.message}") from exc
+    return list(clocks.values()), fences
+
+
+def _snake(d: dict[str, Any]) -> dict[str, Any]:
+    return {"".join("_" + ch.lower() if ch.isupper() else ch for ch in k): v for k, v in d.items()}
+
+
+def load_from_server(address: str, api_key: str, clock_ids: Sequence[int]) -> FenceSet:
+    """Time clocks and their fences from a running server (unknown ids are skipped)."""
+    import grpc
+
+    from geopunch.adapters.grpc.convert import time_clock_from_proto
+    from geopunch.v1 import admin_pb2, admin_pb2_grpc, geofences_pb2, geofences_pb2_grpc
+
+    auth = (("x-api-key", api_key),)
+    clocks: list[TimeClock] = []
+    fences: list[Geofence] = []
+    with grpc.insecure_channel(address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        geo = geofences_pb2_grpc.GeofenceServiceStub(channel)
+        for clock_id in clock_ids:
+            try:
+                reply = admin.GetTimeClock(
+                    admin_pb2.GetTimeClockRequest(time_clock_id=clock_id), metadata=auth
+                )
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    continue
+                raise UsageError(f"server {address}: {exc.code().name}: {exc.details()}") from exc
+            clocks.append(time_clock_from_proto(reply.data)[0])
+            listed = geo.ListGeofences(
+                geofences_pb2.ListGeofencesRequest(time_clock_id=clock_id), metadata=auth
+            )
+            for g in listed.data.geofences:
+                fences.append(
+                    Geofence(
+                        id=g.id,
+                        time_clock_id=clock_id,
+                        name=g.name,
+                        is_enabled=g.is_enabled,
+                        fence_size_m=g.fence_size,
+                        job_ids=tuple(g.job_ids),
+                        exit_action=ExitAction(g.on_geofence_exit_action or "noAction"),
+                        address=g.location.address,
+                        latitude=g.location.latitude,
+                        longitude=g.location.longitude,
+                    )
+                )
+    return clocks, fences
+
+
+# --- input ---------------------------------------------------------------------------
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".txt") or path.name.lower().endswith(".csv.gz"):
+        return "csv"
+    raise UsageError(f"{path}: unknown file type (use .csv or .parquet)")
+
+
+def _check_columns(path: Path, names: Sequence[str]) -> list[str]:
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise UsageError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(names) or 'none'}; "
+            f"required: {', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})"
+        )
+    return [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
+
+
+def record_batches(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """The file's rows in batches of about ``chunk_rows``, only the known columns."""
+    if _kind(path) == "parquet":
+        try:
+            pf = pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from exc
+        columns = _check_columns(path, pf.schema_arrow.names)
+        yield from pf.iter_batches(batch_size=chunk_rows, columns=columns)
+        return
+    types = {c: pa.float64() for c in ("latitude", "longitude", "accuracy")}
+    types.update({c: pa.int64() for c in ("user_id", "time_clock_id", "timestamp")})
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 64)),
+            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        )
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    _check_columns(path, reader.schema.names)
+    try:
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+
+
+def count_rows(path: Path) -> int | None:
+    if _kind(path) == "parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+def to_chunk(batch: pa.RecordBatch | pa.Table, first_row: int) -> Chunk:
+    n = batch.num_rows
+
+    def col(name: str, dtype: Any, fill: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        if name not in batch.schema.names:
+            return np.full(n, fill, dtype), np.zeros(n, np.bool_)
+        arr = batch.column(name)
+        try:
+            arr = pc.cast(arr, pa.float64() if dtype is np.float64 else pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise UsageError(f"column {name} is not numeric: {exc}") from exc
+        nulls = np.asarray(arr.is_null(), dtype=np.bool_)
+        return np.asarray(arr.fill_null(fill), dtype=dtype), nulls
+
+    user, m1 = col("user_id", np.int64, 0)
+    clock, m2 = col("time_clock_id", np.int64, 0)
+    ts, m3 = col("timestamp", np.int64, 0)
+    lat, _ = col("latitude", np.float64, np.nan)
+    lon, _ = col("longitude", np.float64, np.nan)
+    acc, _ = col("accuracy", np.float64, np.nan)
+    return Chunk(
+        row=np.arange(first_row, first_row + n, dtype=np.int64),
+        user_id=user,
+        time_clock_id=clock,
+        timestamp=ts,
+        latitude=lat,
+        longitude=lon,
+        accuracy=acc,
+        missing=m1 | m2 | m3,
+    )
+
+
+def clock_ids_in(paths: Sequence[Path], chunk_rows: int) -> list[int]:
+    """Distinct time clock ids of the input (a pass over that column only)."""
+    seen: set[int] = set()
+    for path in paths:
+        for batch in record_batches(path, chunk_rows):
+            col = batch.column("time_clock_id").drop_null()
+            seen.update(pc.unique(pc.cast(col, pa.int64())).to_pylist())
+    return sorted(seen)
+
+
+# --- output --------------------------------------------------------------------------
+
+
+_STATUS_CODES = sorted(STATUS_NAMES)
+_STATUS_DICT = pa.array([STATUS_NAMES[c] for c in _STATUS_CODES], pa.string())
+_STATUS_INDEX = np.zeros(max(_STATUS_CODES) + 1, np.int8)
+_STATUS_INDEX[_STATUS_CODES] = np.arange(len(_STATUS_CODES))
+
+
+def verdict_table(v: Verdicts) -> pa.Table:
+    """Columns without a Python object per row: status names by dictionary,
+    fence ids joined from the CSR lists."""
+    lists = pa.LargeListArray.from_arrays(
+        pa.array(v.fence_offsets), pa.array(v.fence_ids, pa.string())
+    )
+    return pa.table(
+        {
+            "row": v.row,
+            "user_id": v.user_id,
+            "time_clock_id": v.time_clock_id,
+            "timestamp": v.timestamp,
+            "status": pa.DictionaryArray.from_arrays(
+                pa.array(_STATUS_INDEX[v.status]), _STATUS_DICT
+            ).cast(pa.string()),
+            "inside": v.inside,
+            "fence_ids": pc.binary_join(lists, ";"),
+        }
+    )
+
+
+def exit_table(e: Exits) -> pa.Table:
+    return pa.table(
+        {
+            "row": e.row,
+            "user_id": e.user_id,
+            "time_clock_id": e.time_clock_id,
+            "timestamp": e.timestamp,
+            "fence_id": pa.array(e.fence_id, pa.string()),
+            "action": pa.array(e.action, pa.string()),
+            "other_fence_inside": e.other_fence_inside,
+            "outcome": pa.array(e.outcome, pa.string()),
+        }
+    )
+
+
+class PartWriter:
+    """Appends tables to ``out/<name>/part-<id>.<fmt>``, one file per writer."""
+
+    def __init__(self, out: Path, name: str, part: str, fmt: str) -> None:
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"part-{part}.{fmt}"
+        self._fmt = fmt
+        self._writer: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            if self._fmt == "parquet":
+                self._writer = pq.ParquetWriter(self.path, table.schema)
+            else:
+                self._writer = pacsv.CSVWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self, empty_schema: pa.Schema) -> None:
+        if self._writer is None:  # always leave a file, so readers see the columns
+            self.write(empty_schema.empty_table())
+        self._writer.close()
+
+
+# --- engines -------------------------------------------------------------------------
+
+
+def _snapshot(fences: FenceSet) -> Snapshot:
+    clocks, fence_list = fences
+    return FenceIndex().load(clocks, fence_list)
+
+
+def evaluate_stream(
+    snap: Snapshot,
+    chunks: Iterator[Chunk],
+    out: Path,
+    fmt: str,
+    part: str,
+    progress: Any = None,
+) -> Summary:
+    """Evaluate chunks in order, carrying trail state, writing verdicts and exits."""
+    stream = TrailStream(snap)
+    samples = PartWriter(out, "samples", part, fmt)
+    exits = PartWriter(out, "exits", part, fmt)
+    empty_v = verdict_table(_empty_verdicts())
+    empty_e = exit_table(_empty_exits())
+    try:
+        for chunk in chunks:
+            v, e = stream.process(chunk)
+            samples.write(verdict_table(v))
+            if e.row.size:
+                exits.write(exit_table(e))
+            if progress is not None:
+                progress(chunk.size)
+    finally:
+        samples.close(empty_v.schema)
+        exits.close(empty_e.schema)
+    return stream.summary
+
+
+def _empty_verdicts() -> Verdicts:
+    z = np.zeros(0, np.int64)
+    return Verdicts(
+        z, z, z, z, np.zeros(0, np.uint8), np.zeros(0, np.bool_), np.zeros(1, np.int64), []
+    )
+
+
+def _empty_exits() -> Exits:
+    z = np.zeros(0, np.int64)
+    return Exits(z, z, z, z, [], [], np.zeros(0, np.bool_), [])
+
+
+def run_local(
+    paths: Sequence[Path], fences: FenceSet, out: Path, fmt: str, chunk_rows: int, progress: Any
+) -> Summary:
+    snap = _snapshot(fences)
+
+    def chunks() -> Iterator[Chunk]:
+        first = 0
+        for path in paths:
+            for batch in record_batches(path, chunk_rows):
+                yield to_chunk(batch, first)
+                first += batch.num_rows
+
+    return evaluate_stream(snap, chunks(), out, fmt, "00000", progress)
+
+
+_WORKER_SNAPSHOTS: dict[str, Snapshot] = {}
+
+
+def _partition(
+    frame: Any, fences: FenceSet, token: str, out: str, fmt: str, partition_info: Any = None
+) -> Any:
+    """Dask task: one partition of whole trails, in file order within each trail."""
+    import pandas as pd
+
+    snap = _WORKER_SNAPSHOTS.get(token)
+    if snap is None:
+        snap = _WORKER_SNAPSHOTS[token] = _snapshot(fences)
+    number = partition_info["number"] if partition_info else 0
+    frame = frame.sort_values(["user_id", "time_clock_id", "row"], kind="stable")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    chunk = replace(to_chunk(table, 0), row=np.asarray(frame["row"], np.int64))
+    summary = evaluate_stream(snap, iter([chunk]), Path(out), fmt, f"{number:05d}")
+    return pd.DataFrame(
+        {
+            "rows": [summary.rows],
+            "status": [json.dumps(dict(summary.status))],
+            "exits": [json.dumps(dict(summary.exits))],
+        }
+    )
+
+
+def run_dask(
+    paths: Sequence[Path],
+    fences: FenceSet,
+    out: Path,
+    fmt: str,
+    chunk_rows: int,
+    scheduler: str | None,
+    partitions: int | None,
+    progress: bool = False,
+) -> Summary:
+    """Evaluate with Dask: rows numbered in input order, shuffled by trail, one
+    task per partition (each writes its own part files). ``progress`` draws
+    Dask's progress bar on stderr."""
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    numbered = []
+    offset = 0
+    for path in paths:
+        columns = _check_columns(path, _columns_of(path))
+        if _kind(path) == "parquet":
+            frame = dd.read_parquet(str(path), columns=columns)
+        else:
+            frame = dd.read_csv(
+                str(path),
+                usecols=columns,
+                dtype={
+                    "user_id": "Int64",
+                    "time_clock_id": "Int64",
+                    "timestamp": "Int64",
+                    "latitude": "float64",
+                    "longitude": "float64",
+                    "accuracy": "float64",
+                },
+                blocksize=max(chunk_rows * 64, 1 << 20),
+            )
+        frame, rows = _number_rows(frame, offset)
+        numbered.append(frame)
+        offset += rows
+    data = dd.concat(numbered) if len(numbered) > 1 else numbered[0]  # type: ignore[no-untyped-call]
+    parts = partitions or max(1, min(256, offset // max(chunk_rows, 1) + 1))
+    data = data.assign(
+        trail=(
+            data["user_id"].fillna(-1).astype("int64") * 1_000_003
+            + data["time_clock_id"].fillna(-1).astype("int64")
+        )
+    )
+    data = data.shuffle("trail", npartitions=parts).drop(columns=["trail"])
+    token = hashlib.sha256(repr(fences).encode()).hexdigest()[:16]
+    meta = pd.DataFrame({"rows": pd.Series(dtype="int64"), "status": "", "exits": ""}).iloc[:0]
+    results = data.map_partitions(
+        _partition, fences, token, str(out), fmt, meta=meta, align_dataframes=False
+    )
+    try:
+        if scheduler:
+            from distributed import Client
+            from distributed import progress as show_progress
+
+            with Client(scheduler) as client:  # type: ignore[no-untyped-call]
+                future = client.compute(results)
+                if progress:  # distributed's text bar writes to stdout: keep that for JSON
+                    with contextlib.redirect_stdout(sys.stderr):
+                        show_progress(future, notebook=False)  # type: ignore[no-untyped-call]
+                frame = future.result()
+        else:
+            from dask.diagnostics.progress import ProgressBar
+
+            bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()  # type: ignore[no-untyped-call]
+            with dask.config.set(scheduler="threads"), bar:
+                frame = results.compute()
+    except (ValueError, TypeError) as exc:  # unparsable values in the input
+        raise UsageError(f"cannot evaluate the input: {exc}") from exc
+    summary = Summary()
+    for rows, status, exits in frame.itertuples(index=False):
+        part = Summary(int(rows))
+        part.status.update(json.loads(status))
+        part.exits.update(json.loads(exits))
+        summary.add(part)
+    return summary
+
+
+def _columns_of(path: Path) -> list[str]:
+    if _kind(path) == "parquet":
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    with path.open(newline="") as f:
+        return [c.strip() for c in next(csv.reader(f), [])]
+
+
+def _number_rows(frame: Any, start: int) -> tuple[Any, int]:
+    """``frame`` with ``row``, each row's number in the whole input (counting
+    from ``start``), and its number of rows (one pass to count partitions)."""
+    lengths = frame.map_partitions(len).compute().tolist()
+    offsets = list(itertools.accumulate([start, *lengths[:-1]]))
+
+    def add(part: Any, partition_info: Any = None) -> Any:
+        base = offsets[partition_info["number"]] if partition_info else start
+        return part.assign(row=np.arange(base, base + len(part), dtype="int64"))
+
+    meta = frame._meta.assign(row=np.zeros(0, dtype="int64"))
+    return frame.map_partitions(add, meta=meta), int(sum(lengths))
+
+
+# --- command -------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    try:
+        for path in args.inputs:
+            if not path.exists():
+                raise UsageError(f"{path}: no such file")
+            _kind(path)
+        if args.chunk_rows < 1:
+            raise UsageError("--chunk-rows must be at least 1")
+        if args.fences is not None:
+            fences = load_geojson(args.fences)
+        else:
+            import os
+
+            key = args.api_key or os.environ.get("GEOPUNCH_API_KEY")
+            if not key:
+                raise UsageError("--server needs --api-key (or GEOPUNCH_API_KEY)")
+            fences = load_from_server(args.server, key, clock_ids_in(args.inputs, args.chunk_rows))
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.engine == "dask":
+            summary = run_dask(
+                args.inputs,
+                fences,
+                args.out,
+                args.format,
+                args.chunk_rows,
+                args.scheduler,
+                args.partitions,
+                progress=not args.no_progress,
+            )
+        else:
+            totals = [count_rows(p) for p in args.inputs]
+            total = sum(t for t in totals if t is not None) if None not in totals else None
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                disable=args.no_progress,
+            ) as bar:
+                task = bar.add_task("rows", total=total)
+                summary = run_local(
+                    args.inputs,
+                    fences,
+                    args.out,
+                    args.format,
+                    args.chunk_rows,
+                    lambda k: bar.advance(task, k),
+                )
+    except UsageError as exc:
+        print(f"geopunch trails: {exc}", file=sys.stderr)  # unwrapped: scripts grep it
+        return 2
+    elapsed = time.perf_counter() - started
+    table = Table(title=f"geopunch trails: {summary.rows:,} rows in {elapsed:.1f} s")
+    table.add_column("rows / exits")
+    table.add_column("count", justify="right")
+    for name in STATUS_NAMES.values():
+        if summary.status.get(name):
+            table.add_row(name, f"{summary.status[name]:,}")
+    for action, count in sorted(summary.exits.items()):
+        table.add_row(f"exits: {action}", f"{count:,}")
+    console.print(table)
+    # The same summary for scripts, on stdout.
+    print(json.dumps({"rows": summary.rows, "status": summary.status, "exits": summary.exits}))
+    return 0

@@ -1,0 +1,236 @@
+"""Historical trail files, chunk by chunk: per-row verdicts and exit events.
+
+A trail is the rows of one (user, time clock) pair, judged in file order; their
+timestamps must not go back. A row older than its trail's latest row is
+OUT_OF_ORDER and a row with the same time as that one is DUPLICATE; both are
+reported and left out, as are rows with missing values, bad coordinates,
+unknown time clocks or users, and rows less accurate than the clock allows.
+State (the fences each trail is inside, its latest time) carries from one
+chunk to the next, so a file of any length streams through in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from geopunch.geo import kernels
+from geopunch.geo.index import ACTIONS, Snapshot
+from geopunch.geo.membership import (
+    INVALID_ACCURACY,
+    INVALID_COORDINATES,
+    OK,
+    UNKNOWN_JOB,
+    UNKNOWN_TIME_CLOCK,
+)
+from geopunch.geo.trails import (
+    IGNORED_ACCURACY,
+    UNKNOWN_USER,
+    InsideState,
+    detect_exits,
+    pair_codes,
+    unassigned,
+)
+from geopunch.service.trails import would_do
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+OUT_OF_ORDER = 7
+DUPLICATE = 8
+MISSING_VALUE = 9
+
+#: Row status names, as written to the verdict files and the summary.
+STATUS_NAMES = {
+    OK: "OK",
+    INVALID_COORDINATES: "INVALID_COORDINATES",
+    UNKNOWN_TIME_CLOCK: "UNKNOWN_TIME_CLOCK",
+    UNKNOWN_JOB: "UNKNOWN_JOB",
+    INVALID_ACCURACY: "INVALID_ACCURACY",
+    IGNORED_ACCURACY: "IGNORED_ACCURACY",
+    OUT_OF_ORDER: "OUT_OF_ORDER",
+    DUPLICATE: "DUPLICATE",
+    MISSING_VALUE: "MISSING_VALUE",
+    UNKNOWN_USER: "UNKNOWN_USER",
+}
+
+REQUIRED_COLUMNS = ("user_id", "time_clock_id", "timestamp", "latitude", "longitude")
+OPTIONAL_COLUMNS = ("accuracy",)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Rows of a trail file: ``row`` is the row number in the input (0-based);
+    ``missing`` marks rows with a null user, clock or timestamp."""
+
+    row: I64
+    user_id: I64
+    time_clock_id: I64
+    timestamp: I64
+    latitude: F64
+    longitude: F64
+    accuracy: F64
+    missing: B
+
+    @property
+    def size(self) -> int:
+        return int(self.row.size)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """Per row: status code, inside any fence, and the fences containing it as
+    CSR: row i's are ``fence_ids[fence_offsets[i]:fence_offsets[i + 1]]``."""
+
+    row: I64
+    user_id: I64
+    time_clock_id: I64
+    timestamp: I64
+    status: npt.NDArray[np.uint8]
+    inside: B
+    fence_offsets: I64
+    fence_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Exits:
+    row: I64
+    user_id: I64
+    time_clock_id: I64
+    timestamp: I64
+    fence_id: list[str]
+    action: list[str]
+    other_fence_inside: B
+    outcome: list[str]
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    status: Counter[str] = field(default_factory=Counter)
+    exits: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Summary) -> None:
+        self.rows += other.rows
+        self.status.update(other.status)
+        self.exits.update(other.exits)
+
+
+class TrailStream:
+    """Evaluates consecutive chunks of one trail file against one snapshot.
+
+    A time clock that lists users accepts only those; one that lists none
+    (fences from a file often come without users) accepts any.
+    """
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._state = InsideState.empty()
+        self._latest: dict[tuple[int, int], int] = {}
+        self.summary = Summary()
+
+    def process(self, c: Chunk) -> tuple[Verdicts, Exits]:
+        n = c.size
+        status = np.zeros(n, np.uint8)
+        status[c.missing] = MISSING_VALUE
+        strangers = unassigned(self._snap, c.user_id, c.time_clock_id, listed_only=True)
+        status[strangers & (status == OK)] = UNKNOWN_USER
+        order_status = self._order_check(c, status == OK)
+        status[(order_status != OK) & (status == OK)] = order_status[
+            (order_status != OK) & (status == OK)
+        ]
+        r = detect_exits(
+            self._snap,
+            c.user_id,
+            c.time_clock_id,
+            c.timestamp,
+            c.latitude,
+            c.longitude,
+            c.accuracy,
+            skip=status != OK,
+            initial=self._state,
+        )
+        self._state = r.final
+        status = np.where(status != OK, status, r.status).astype(np.uint8)
+        self._remember_latest(c, status == OK)
+        exit_rows = r.exit_samples
+        actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
+        others = r.exit_other_inside
+        exits = Exits(
+            row=c.row[exit_rows],
+            user_id=c.user_id[exit_rows],
+            time_clock_id=c.time_clock_id[exit_rows],
+            timestamp=c.timestamp[exit_rows],
+            fence_id=self._snap.fence_ids(r.exit_handles),
+            action=actions,
+            other_fence_inside=others,
+            outcome=[would_do(a, o) for a, o in zip(actions, others.tolist(), strict=True)],
+        )
+        inside = r.inside & ~c.missing
+        verdicts = Verdicts(
+            c.row,
+            c.user_id,
+            c.time_clock_id,
+            c.timestamp,
+            status,
+            inside,
+            r.offsets,
+            self._snap.fence_ids(r.fence_handles),
+        )
+        self.summary.rows += n
+        codes, counts = np.unique(status, return_counts=True)
+        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+            self.summary.status[STATUS_NAMES[code]] += count
+        self.summary.exits.update(actions)
+        return verdicts, exits
+
+    def _order_check(self, c: Chunk, usable: B) -> npt.NDArray[np.uint8]:
+        """OUT_OF_ORDER / DUPLICATE per row, against the trail's latest earlier row."""
+        out = np.zeros(c.size, np.uint8)
+        idx = np.flatnonzero(usable)
+        if not idx.size:
+            return out
+        users, clocks = c.user_id[idx], c.time_clock_id[idx]
+        group, n_trails, first = pair_codes(users, clocks)
+        order = np.empty(idx.size, np.int64)
+        kernels.bucket_order(group, n_trails, order)  # by trail, file order within
+        g, ts = group[order], c.timestamp[idx][order]
+        never = np.iinfo(np.int64).min
+        before = np.array(
+            [
+                self._latest.get(k, never)
+                for k in zip(users[first].tolist(), clocks[first].tolist(), strict=True)
+            ],
+            np.int64,
+        )
+        # Latest time so far within each trail: a running max that restarts per
+        # trail (each trail's keys sit above all earlier trails' keys).
+        lo = int(ts.min())
+        span = int(ts.max()) - lo + 1
+        run = np.maximum.accumulate((ts - lo) + g * span) - g * span + lo
+        first_row = np.ones(idx.size, np.bool_)
+        first_row[1:] = g[1:] != g[:-1]
+        prev = before[g].copy()
+        rest = np.flatnonzero(~first_row)
+        prev[rest] = np.maximum(run[rest - 1], prev[rest])
+        verdict = np.where(ts < prev, OUT_OF_ORDER, np.where(ts == prev, DUPLICATE, OK))
+        out[idx[order]] = verdict
+        return out
+
+    def _remember_latest(self, c: Chunk, accepted: B) -> None:
+        """Each trail's latest accepted time, for the next chunk's order check."""
+        if not accepted.any():
+            return
+        users, clocks = c.user_id[accepted], c.time_clock_id[accepted]
+        codes, n_trails, first = pair_codes(users, clocks)
+        latest = np.full(n_trails, np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(latest, codes, c.timestamp[accepted])
+        for u, k, t in zip(
+            users[first].tolist(), clocks[first].tolist(), latest.tolist(), strict=True
+        ):
+            if t > self._latest.get((u, k), -(2**63)):
+                self._latest[(u, k)] = t

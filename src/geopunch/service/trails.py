@@ -1,0 +1,347 @@
+"""Trails and live positions: exit detection, exit actions, events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
+from geopunch.domain.events import Event, EventType, LiveTrail
+from geopunch.domain.models import ExitAction
+from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+from geopunch.geo.index import ACTIONS, FenceIndex, Snapshot
+from geopunch.geo.trails import (
+    SKIPPED,
+    UNKNOWN_USER,
+    InsideState,
+    TrailResult,
+    detect_exits,
+    handles_of,
+    pair_codes,
+    unassigned,
+)
+from geopunch.service.punches import run_alone, run_retrying
+
+#: Most samples per EvaluateTrails call, and per ReportLocations call. A
+#: request of 250,000 samples is about 9 MB and its answer, with every sample's
+#: fences, stays well under the 32 MiB message cap; larger histories are the
+#: trails command's job.
+MAX_TRAIL_SAMPLES = 250_000
+MAX_LIVE_SAMPLES = 100_000
+#: Status code of a stale live sample in answers (the engine's SKIPPED).
+STALE = SKIPPED
+AUTO_CLOCK_OUT_SOURCE = "autoClockOut"
+
+
+class Outcome:
+    """What an exit's action did or would do."""
+
+    REPORTED = "reported"
+    NOTIFIED = "notified"
+    CLOCKED_OUT = "clockedOut"
+    STILL_INSIDE = "stillInsideAnotherFence"
+    NO_OPEN_SHIFT = "noOpenShift"
+
+
+@dataclass(frozen=True, slots=True)
+class TrailBatch:
+    """Samples, column by column (see ``detect_exits`` for dtypes and units)."""
+
+    user_ids: npt.NDArray[np.int64]
+    time_clock_ids: npt.NDArray[np.int64]
+    timestamps: npt.NDArray[np.int64]
+    lats: npt.NDArray[np.float64]
+    lons: npt.NDArray[np.float64]
+    accuracy_m: npt.NDArray[np.float64] | None = None
+    job_indexes: npt.NDArray[np.int32] | None = None
+    job_names: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return int(self.user_ids.size)
+
+    def check(self, limit: int) -> None:
+        """INVALID_ARGUMENT for ragged columns, BATCH_TOO_LARGE above ``limit``."""
+        n = self.size
+        problems = [
+            FieldViolation(
+                f"samples.{name}", f"{col.size} values for {n} samples", ErrorCode.INVALID_ARGUMENT
+            )
+            for name, col in (
+                ("time_clock_ids", self.time_clock_ids),
+                ("timestamps", self.timestamps),
+                ("latitudes", self.lats),
+                ("longitudes", self.lons),
+                ("accuracies", self.accuracy_m),
+                ("job_ids", self.job_indexes),
+            )
+            if col is not None and col.size != n
+        ]
+        if problems:
+            raise DomainError.from_violations(problems, "the samples")
+        if n > limit:
+            raise DomainError(
+                ErrorCode.BATCH_TOO_LARGE,
+                f"{n} samples in one call; the limit is {limit}",
+                {"limit": str(limit)},
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReport:
+    """Exits of a batch as columns, plus each one's fence id and outcome."""
+
+    samples: npt.NDArray[np.int64]
+    fence_ids: list[str]
+    actions: list[str]
+    other_inside: npt.NDArray[np.bool_]
+    outcomes: list[str]
+    shift_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TrailOutcome:
+    result: TrailResult
+    fence_ids: list[str]  # of result.fence_handles
+    exits: ExitReport
+
+
+def _detect(
+    snap: Snapshot,
+    batch: TrailBatch,
+    skip: npt.NDArray[np.bool_] | None = None,
+    initial: InsideState | None = None,
+    job_indexes: npt.NDArray[np.int32] | None = None,
+    job_names: Sequence[str] = (),
+) -> TrailResult:
+    return detect_exits(
+        snap,
+        batch.user_ids,
+        batch.time_clock_ids,
+        batch.timestamps,
+        batch.lats,
+        batch.lons,
+        batch.accuracy_m,
+        job_ids=job_indexes,
+        job_names=list(job_names),
+        skip=skip,
+        initial=initial,
+    )
+
+
+def would_do(action: str, other_inside: bool) -> str:
+    """What an exit's action does when nothing stops it (no open shift, say)."""
+    if action == ExitAction.SEND_NOTIFICATION.value:
+        return Outcome.NOTIFIED
+    if action == ExitAction.AUTO_CLOCK_OUT.value:
+        return Outcome.STILL_INSIDE if other_inside else Outcome.CLOCKED_OUT
+    return Outcome.REPORTED
+
+
+def evaluate_trails(index: FenceIndex, batch: TrailBatch) -> TrailOutcome:
+    """Verdicts and exits of historical samples, as if each trail started outside
+    every fence. Nothing is stored; an automatic clock-out is reported as what
+    it would do if a shift were open."""
+    batch.check(MAX_TRAIL_SAMPLES)
+    snap = index.snapshot
+    strangers = unassigned(snap, batch.user_ids, batch.time_clock_ids)
+    r = _detect(snap, batch, strangers, job_indexes=batch.job_indexes, job_names=batch.job_names)
+    r.status[strangers & (r.status == SKIPPED)] = UNKNOWN_USER
+    actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
+    others = r.exit_other_inside
+    return TrailOutcome(
+        r,
+        snap.fence_ids(r.fence_handles),
+        ExitReport(
+            r.exit_samples,
+            snap.fence_ids(r.exit_handles),
+            actions,
+            others,
+            [would_do(a, o) for a, o in zip(actions, others.tolist(), strict=True)],
+            [""] * len(actions),
+        ),
+    )
+
+
+def report_locations(
+    uows: UnitOfWorkFactory,
+    index: FenceIndex,
+    clock: Clock,
+    batch: TrailBatch,
+    runner: TransactionRunner | None = None,
+) -> TrailOutcome:
+    """Live samples: advance each trail's durable state and fire exit actions.
+
+    In one transaction: samples of users not assigned to their time clock are
+    skipped (UNKNOWN_USER), samples older than the user's last accepted sample
+    (on any time clock) too (STALE); the exits found from the stored inside state are
+    logged as ``geofenceExit`` events, ``sendNotification`` fences add an
+    ``exitNotification`` event, and an ``autoClockOut`` fence closes the user's
+    open shift on that time clock at the exit sample's time (end source
+    ``autoClockOut``, event ``autoClockOut``) unless the user is still inside
+    another enabled fence that applies to the shift's job.
+    """
+    batch.check(MAX_LIVE_SAMPLES)
+    work = _live_work(index.snapshot, batch, int(clock.now()))
+    return run_retrying(
+        runner if runner is not None else run_alone(uows),
+        work,
+        "the trails were changed by concurrent calls; retry",
+    )
+
+
+def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfWork], TrailOutcome]:
+    users, clocks = batch.user_ids, batch.time_clock_ids
+    group, _, first = pair_codes(users, clocks)
+    # (user, clock) in order of first appearance; group[i] indexes sample i's pair
+    pairs = list(zip(users[first].tolist(), clocks[first].tolist(), strict=True))
+    never = np.iinfo(np.int64).min
+
+    def work(uow: UnitOfWork) -> TrailOutcome:
+        known = uow.locations.load(sorted({u for u, _ in pairs}))
+        # Stale: older than the user's last accepted sample, on any time clock.
+        user_last: dict[int, int] = {}
+        for (u, _), trail in known.items():
+            user_last[u] = max(user_last.get(u, never), trail.last_ts)
+        last = np.array([user_last.get(u, never) for u, _ in pairs], np.int64)
+        strangers = unassigned(snap, users, clocks)
+        stale = (batch.timestamps < last[group]) & ~strangers
+        skip = stale | strangers
+        stored = {p: known[p] for p in pairs if p in known}
+        held = [(u, c, f) for (u, c), trail in stored.items() for f in trail.inside]
+        held_clocks = np.array([c for _, c, _ in held], np.int64)
+        initial = InsideState(
+            np.array([u for u, _, _ in held], np.int64),
+            held_clocks,
+            handles_of(snap, held_clocks, [f for _, _, f in held]),
+        )
+        r = _detect(snap, batch, skip=skip, initial=initial)
+        shifts: dict[tuple[int, int], Activity] = {}
+        auto = ACTIONS.index(ExitAction.AUTO_CLOCK_OUT)
+        leaving = r.exit_samples[(r.exit_actions == auto) & ~r.exit_other_inside]
+        if leaving.size:
+            # Only now are open shifts needed: their jobs decide which other
+            # fences count, so the trails are judged again with them.
+            at_stake = {(int(clocks[i]), int(users[i])) for i in leaving.tolist()}
+            shifts = uow.activities.open_many(sorted(at_stake))
+            job_names = sorted({a.job_id for a in shifts.values() if a.job_id})
+            if job_names:
+                code = {name: i for i, name in enumerate(job_names)}
+                group_job = np.array(
+                    [_shift_job(shifts.get((c, u)), code) for u, c in pairs], np.int32
+                )
+                r = _detect(snap, batch, skip, initial, group_job[group], job_names)
+        r.status[strangers & (r.status == SKIPPED)] = UNKNOWN_USER
+        report, events = _fire(uow, snap, batch, r, shifts, now)
+        uow.locations.save(_new_trails(snap, pairs, group, batch, r, stored), set(known))
+        uow.events.append(events)
+        return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
+
+    return work
+
+
+def _new_trails(
+    snap: Snapshot,
+    pairs: list[tuple[int, int]],
+    group: npt.NDArray[np.int64],
+    batch: TrailBatch,
+    r: TrailResult,
+    stored: dict[tuple[int, int], LiveTrail],
+) -> dict[tuple[int, int], LiveTrail]:
+    """Trails whose last accepted time or inside fences changed."""
+    accepted = r.status == 0
+    newest = np.full(len(pairs), np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(newest, group[accepted], batch.timestamps[accepted])
+    inside: dict[tuple[int, int], list[str]] = {}
+    for u, c, f in zip(
+        r.final.user_ids.tolist(),
+        r.final.time_clock_ids.tolist(),
+        snap.fence_ids(r.final.handles),
+        strict=True,
+    ):
+        inside.setdefault((u, c), []).append(f)
+    out: dict[tuple[int, int], LiveTrail] = {}
+    for i, pair in enumerate(pairs):
+        old = stored.get(pair)
+        fences = tuple(sorted(inside.get(pair, ())))
+        if old is None and newest[i] == np.iinfo(np.int64).min:
+            continue  # nothing accepted, nothing to remember
+        last = max(int(newest[i]), old.last_ts if old is not None else int(newest[i]))
+        if old is None or old.last_ts != last or old.inside != fences:
+            out[pair] = LiveTrail(last, fences)
+    return out
+
+
+def _shift_job(shift: Activity | None, codes: dict[str, int]) -> int:
+    if shift is None or shift.kind is not ActivityKind.SHIFT or not shift.job_id:
+        return -1
+    return codes[shift.job_id]
+
+
+def _fire(
+    uow: UnitOfWork,
+    snap: Snapshot,
+    batch: TrailBatch,
+    r: TrailResult,
+    shifts: dict[tuple[int, int], Activity],
+    now: int,
+) -> tuple[ExitReport, list[Event]]:
+    """Events and automatic clock-outs of the exits, in sample order."""
+    fence_ids = snap.fence_ids(r.exit_handles)
+    actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
+    outcomes: list[str] = []
+    shift_ids: list[str] = []
+    events: list[Event] = []
+    open_shifts = dict(shifts)
+    for k, sample in enumerate(r.exit_samples.tolist()):
+        user = int(batch.user_ids[sample])
+        clock = int(batch.time_clock_ids[sample])
+        ts = int(batch.timestamps[sample])
+        action = actions[k]
+        payload: dict[str, object] = {
+            "userId": user,
+            "timeClockId": clock,
+            "fenceId": fence_ids[k],
+            "timestamp": ts,
+            "latitude": float(batch.lats[sample]),
+            "longitude": float(batch.lons[sample]),
+            "action": action,
+        }
+
+        events.append(Event(EventType.GEOFENCE_EXIT.value, ts, payload, user, clock))
+        outcome, shift_id = would_do(action, bool(r.exit_other_inside[k])), ""
+        if action == ExitAction.SEND_NOTIFICATION.value:
+            events.append(Event(EventType.EXIT_NOTIFICATION.value, ts, payload, user, clock))
+        elif outcome == Outcome.CLOCKED_OUT:
+            shift = open_shifts.get((clock, user))
+            if shift is None or shift.kind is not ActivityKind.SHIFT or ts <= shift.start.timestamp:
+                outcome = Outcome.NO_OPEN_SHIFT
+            else:
+                acc = batch.accuracy_m[sample] if batch.accuracy_m is not None else np.nan
+                end = PunchPoint(
+                    ts,
+                    shift.start.timezone,
+                    PunchLocation(
+                        "",
+                        float(batch.lats[sample]),
+                        float(batch.lons[sample]),
+                        None if np.isnan(acc) else float(acc),
+                    ),
+                    AUTO_CLOCK_OUT_SOURCE,
+                    None,
+                )
+                uow.activities.close(shift.id, end, now)
+                del open_shifts[(clock, user)]
+                shift_id = shift.id
+                body = {**payload, "shiftId": shift.id}
+                events.append(Event(EventType.AUTO_CLOCK_OUT.value, ts, body, user, clock))
+        outcomes.append(outcome)
+        shift_ids.append(shift_id)
+    report = ExitReport(
+        r.exit_samples, fence_ids, actions, r.exit_other_inside, outcomes, shift_ids
+    )
+    return report, events

@@ -1,0 +1,263 @@
+"""``geopunch trails``: files in, verdicts and exits out, on both engines."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from pyproj import Geod
+
+from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock
+from tests.e2e.test_locations_api import add_fence
+
+GEOD = Geod(ellps="WGS84")
+SITE = (40.7128, -74.0060)
+CLOCK = 501
+
+
+def east(d: float) -> tuple[float, float]:
+    lon, lat, _ = GEOD.fwd(SITE[1], SITE[0], 90.0, d)
+    return lat, lon
+
+
+def geojson(path: Path) -> Path:
+    doc = {
+        "type": "FeatureCollection",
+        "timeClocks": [
+            {"id": CLOCK, "userIds": [1, 2, 3], "exitDetection": {"bufferUnknownAccuracyM": 50}}
+        ],
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [SITE[1], SITE[0]]},
+                "properties": {
+                    "fenceId": "site",
+                    "timeClockId": CLOCK,
+                    "fenceSize": 100,
+                    "onGeofenceExitAction": "autoClockOut",
+                },
+            },
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [179.9995, -16.5]},
+                "properties": {"fenceId": "dateline", "timeClockId": 777, "fenceSize": 200},
+            },
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+#: (user, clock, timestamp, metres east of SITE or a (lat, lon), accuracy) and the status.
+ROWS: list[tuple[Any, ...]] = [
+    (1, CLOCK, 100, 10, None, "OK"),
+    (1, CLOCK, 101, 120, 5.0, "OK"),  # within the buffer: still inside
+    (1, CLOCK, 102, 90, None, "OK"),
+    (1, CLOCK, 103, 160, None, "OK"),  # exit
+    (2, CLOCK, 100, 0, 500.0, "IGNORED_ACCURACY"),
+    (1, CLOCK, 99, 0, None, "OUT_OF_ORDER"),
+    (1, CLOCK, 103, 0, None, "DUPLICATE"),
+    (2, CLOCK, 101, (math.nan, 0.0), None, "INVALID_COORDINATES"),
+    (2, CLOCK, 102, (95.0, 0.0), None, "INVALID_COORDINATES"),
+    (9, CLOCK, 100, 0, None, "UNKNOWN_USER"),
+    (1, 4242, 100, 0, None, "UNKNOWN_TIME_CLOCK"),
+    (None, CLOCK, 104, 0, None, "MISSING_VALUE"),
+    (5, 777, 1, (-16.5, 179.999), None, "OK"),  # the fence across the antimeridian
+    (5, 777, 2, (-16.5, -179.9995), None, "OK"),  # inside, east of the line
+    (5, 777, 3, (-16.5, -179.99), None, "OK"),  # exit: about 1.1 km east
+    (1, CLOCK, 105, 10, None, "OK"),  # back in
+]
+
+
+def table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in ("user_id", "time_clock_id", "timestamp", "latitude", "longitude", "accuracy")
+    }
+    for user, clock, ts, where, acc, _ in rows:
+        lat, lon = where if isinstance(where, tuple) else east(where)
+        for k, v in zip(cols, (user, clock, ts, lat, lon, acc), strict=True):
+            cols[k].append(v)
+    return pa.table(
+        {
+            "user_id": pa.array(cols["user_id"], pa.int64()),
+            "time_clock_id": pa.array(cols["time_clock_id"], pa.int64()),
+            "timestamp": pa.array(cols["timestamp"], pa.int64()),
+            "latitude": pa.array(cols["latitude"], pa.float64()),
+            "longitude": pa.array(cols["longitude"], pa.float64()),
+            "accuracy": pa.array(cols["accuracy"], pa.float64()),
+        }
+    )
+
+
+def cli(*args: str | Path, progress: bool = False) -> subprocess.CompletedProcess[str]:
+    quiet = [] if progress else ["--no-progress"]
+    return subprocess.run(
+        [sys.executable, "-m", "geopunch", "trails", *quiet, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def read(out: Path, name: str) -> list[dict[str, Any]]:
+    files = sorted((out / name).iterdir())
+    tables = [pq.read_table(f) if f.suffix == ".parquet" else pacsv.read_csv(f) for f in files]
+    rows = pa.concat_tables(tables).to_pylist() if tables else []
+    return sorted(rows, key=lambda r: (r["row"], r.get("fence_id", "")))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("trails")
+    t = table(ROWS)
+    pq.write_table(t, tmp / "trail.parquet", row_group_size=4)
+    pacsv.write_csv(t, tmp / "trail.csv")
+    return {
+        "parquet": tmp / "trail.parquet",
+        "csv": tmp / "trail.csv",
+        "fences": geojson(tmp / "f.geojson"),
+        "tmp": tmp,
+    }
+
+
+def check_answers(out: Path) -> dict[str, Any]:
+    samples = read(out, "samples")
+    assert [r["row"] for r in samples] == list(range(len(ROWS)))  # nothing dropped
+    assert [r["status"] for r in samples] == [r[-1] for r in ROWS]
+    assert [r["inside"] for r in samples][:4] == [True, False, True, False]
+    exits = read(out, "exits")
+    assert [(e["row"], e["fence_id"], e["action"], e["outcome"]) for e in exits] == [
+        (3, "site", "autoClockOut", "clockedOut"),
+        (14, "dateline", "noAction", "reported"),
+    ]
+    return {"samples": samples, "exits": exits}
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+@pytest.mark.parametrize("chunk", ["1", "5", "1000"])
+def test_local_engine_gives_the_known_answers_in_any_chunking(
+    inputs: dict[str, Path], kind: str, chunk: str
+) -> None:
+    out = inputs["tmp"] / f"out-{kind}-{chunk}"
+    done = cli(inputs[kind], "--fences", inputs["fences"], "--out", out, "--chunk-rows", chunk)
+    assert done.returncode == 0, done.stderr
+    check_answers(out)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == len(ROWS)
+    assert summary["status"]["OUT_OF_ORDER"] == 1 and summary["status"]["OK"] == 8
+    assert summary["exits"] == {"autoClockOut": 1, "noAction": 1}
+    assert "UNKNOWN_USER" in done.stderr  # the summary table
+
+
+def test_csv_output(inputs: dict[str, Path]) -> None:
+    out = inputs["tmp"] / "out-csvfmt"
+    done = cli(inputs["parquet"], "--fences", inputs["fences"], "--out", out, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    check_answers(out)
+
+
+def test_dask_engine_on_a_local_cluster_matches_the_local_engine(inputs: dict[str, Path]) -> None:
+    from distributed import LocalCluster
+
+    from geopunch.adapters.trails_cli import load_geojson, run_dask, run_local
+
+    fences = load_geojson(inputs["fences"])
+    local_out = inputs["tmp"] / "cmp-local"
+    run_local([inputs["parquet"]], fences, local_out, "parquet", 4, None)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        for kind in ("parquet", "csv"):
+            out = inputs["tmp"] / f"cmp-dask-{kind}"
+            address = cluster.scheduler_address
+            progress = kind == "csv"  # the distributed bar, redirected to stderr
+            summary = run_dask([inputs[kind]], fences, out, "parquet", 4, address, 3, progress)
+            assert summary.rows == len(ROWS)
+            assert read(out, "samples") == read(local_out, "samples")
+            assert read(out, "exits") == read(local_out, "exits")
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_progress_goes_to_stderr_and_stdout_stays_json(
+    inputs: dict[str, Path], engine: str
+) -> None:
+    out = inputs["tmp"] / f"out-progress-{engine}"
+    done = cli(
+        inputs["parquet"], "--fences", inputs["fences"], "--out", out, "--engine", engine,
+        progress=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == len(ROWS)
+    assert "100%" in done.stderr or "16/16" in done.stderr
+
+
+def test_dask_engine_from_the_command_line(inputs: dict[str, Path]) -> None:
+    out = inputs["tmp"] / "out-dask-cli"
+    done = cli(
+        inputs["csv"],
+        "--fences",
+        inputs["fences"],
+        "--out",
+        out,
+        "--engine",
+        "dask",
+        "--partitions",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr
+    check_answers(out)
+
+
+def test_bad_input_gets_a_clear_message(inputs: dict[str, Path]) -> None:
+    tmp = inputs["tmp"]
+    pacsv.write_csv(table(ROWS).drop_columns(["timestamp", "latitude"]), tmp / "short.csv")
+    done = cli(tmp / "short.csv", "--fences", inputs["fences"], "--out", tmp / "x")
+    assert done.returncode == 2
+    assert "missing column(s) timestamp, latitude" in done.stderr
+    (tmp / "words.csv").write_text(
+        "user_id,time_clock_id,timestamp,latitude,longitude\n1,2,yesterday,1,2\n"
+    )
+    done = cli(tmp / "words.csv", "--fences", inputs["fences"], "--out", tmp / "y")
+    assert done.returncode == 2 and "words.csv" in done.stderr
+    done = cli(tmp / "nope.parquet", "--fences", inputs["fences"], "--out", tmp / "z")
+    assert done.returncode == 2 and "no such file" in done.stderr
+    bad = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "geometry": {"type": "Point", "coordinates": [0, 0]},
+                "properties": {"timeClockId": 1, "fenceSize": 5},
+            }
+        ],
+    }
+    (tmp / "bad.geojson").write_text(json.dumps(bad))
+    done = cli(inputs["csv"], "--fences", tmp / "bad.geojson", "--out", tmp / "w")
+    assert done.returncode == 2 and "fence size 5" in done.stderr
+
+
+def test_fences_from_a_running_server(
+    inputs: dict[str, Path], server: ServerProcess, client: Client
+) -> None:
+    tc = make_time_clock(client, user_ids=[1, 2, 3]).id
+    add_fence(client, tc, *SITE, 100, on_geofence_exit_action="autoClockOut")
+    rows = [
+        (1, tc, 100, 10, None, "OK"),
+        (1, tc, 101, 300, None, "OK"),
+        (9, tc, 102, 0, None, "UNKNOWN_USER"),
+    ]
+    path = inputs["tmp"] / "server.parquet"
+    pq.write_table(table(rows), path)
+    out = inputs["tmp"] / "out-server"
+    done = cli(path, "--server", server.address, "--api-key", API_KEY, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert [r["status"] for r in read(out, "samples")] == ["OK", "OK", "UNKNOWN_USER"]
+    assert [(e["row"], e["action"]) for e in read(out, "exits")] == [(1, "autoClockOut")]

@@ -1,0 +1,184 @@
+"""Schedulers, scheduled shifts and the event log on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine
+
+from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.adapters.db.tables import metadata
+from geopunch.domain.events import Event
+from geopunch.domain.models import Job
+from geopunch.domain.punches import PunchLocation
+from geopunch.domain.shifts import (
+    CustomField,
+    ScheduledShift,
+    Scheduler,
+    ShiftBreak,
+    ShiftLayer,
+    ShiftLocation,
+)
+
+SCHED = Scheduler(
+    id=11,
+    name="Store",
+    timezone="Europe/Paris",
+    jobs=(Job("j", "Job", None, "#ABCDEF"), Job("j1", "Sub", "j")),
+    user_ids=frozenset({5, 6}),
+    multi_user_shifts=True,
+)
+
+FULL = ScheduledShift(
+    id="6784dacb3c07733b0a849f49",
+    scheduler_id=11,
+    start_time=1736924400,
+    end_time=1736960400,
+    title="Full",
+    job_id="j1",
+    timezone="Europe/Paris",
+    is_published=True,
+    is_open_shift=False,
+    open_spots=None,
+    is_require_admin_approval=None,
+    assigned_user_ids=(6, 5),
+    location=ShiftLocation(False, PunchLocation("1 rue X", 48.85, 2.35)),
+    color="#ABCDEF",
+    notes=("<p>a</p>", "<b>b</b>"),
+    breaks=(ShiftBreak("Lunch", "unpaid", 720, 30, 1736938800, 1736940600),),
+    statuses=({"statusId": "s1", "note": {"nested": [1, 2.5, None, True]}},),
+    has_details=True,
+    shift_layers=(ShiftLayer("layer", "value"),),
+    shift_source="API",
+    custom_fields=(CustomField("f1", "text"), CustomField("f2", [1, "x"]), CustomField("f3", None)),
+    created_by=5,
+    created_at=1736760011,
+    updated_at=1736760011,
+)
+
+
+def test_migrations_create_exactly_the_declared_tables(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_scheduler_round_trip_and_replace(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.schedulers.add(SCHED)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.schedulers.get(SCHED.id) == SCHED
+        assert uow.schedulers.has_user(SCHED.id, 5)
+        assert not uow.schedulers.has_user(SCHED.id, 7)
+        assert uow.schedulers.get(999) is None
+        assert uow.schedulers.next_id() == SCHED.id + 1
+    changed = replace(SCHED, name="New", jobs=(Job("k"),), user_ids=frozenset({7}))
+    with uows() as uow:
+        uow.schedulers.replace(changed)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.schedulers.get(SCHED.id) == changed
+
+
+def test_shifts_are_stored_exactly_and_listed_by_window(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    bare = ScheduledShift(
+        id="a" * 24,
+        scheduler_id=11,
+        start_time=FULL.end_time,
+        end_time=FULL.end_time + 3600,
+        title="Bare",
+        timezone="Europe/Paris",
+        is_published=False,
+        is_open_shift=True,
+        open_spots=3,
+        is_require_admin_approval=True,
+        color="#4B7AC5",
+        location=ShiftLocation(True),
+    )
+    with uows() as uow:
+        uow.schedulers.add(SCHED)
+        uow.shifts.add_many([FULL, bare])
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.shifts.get(FULL.id) == FULL
+        assert uow.shifts.get(bare.id) == bare
+        assert uow.shifts.get("missing") is None
+        assert uow.shifts.list_range(11, FULL.start_time, bare.end_time) == [FULL, bare]
+        assert uow.shifts.list_range(11, FULL.end_time, FULL.end_time + 1) == [bare]
+        assert uow.shifts.list_range(12, 0, 2**40) == []
+
+
+def test_event_log_orders_and_pages(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        first = uow.events.after(0)
+        cursor = first[-1].seq if first else 0
+        uow.events.append(
+            [Event("shiftPublished", 10, {"n": i}, user_id=i, scheduler_id=11) for i in range(5)]
+        )
+        uow.commit()
+    with uows() as uow:
+        uow.events.append([Event("never", 1, {})])  # rolled back: not in the log
+    with uows(readonly=True) as uow:
+        got = uow.events.after(cursor)
+        assert [e.payload["n"] for e in got] == [0, 1, 2, 3, 4]
+        assert [e.seq for e in got] == sorted(e.seq for e in got)
+        assert len({e.seq for e in got}) == 5
+        page = uow.events.after(got[1].seq, limit=2)
+        assert [e.user_id for e in page] == [2, 3]
+
+
+def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: Engine) -> None:
+    """Threads race to start and advance the same trail; every call lands once,
+    in some order, and the stored trail is the one a serial order gives."""
+    import threading
+
+    import numpy as np
+
+    from geopunch.domain.models import ExitAction, Geofence, TimeClock
+    from geopunch.geo.index import FenceIndex
+    from geopunch.service.trails import TrailBatch, report_locations
+
+    class Clock:
+        def now(self) -> float:
+            return 1_900_000_000.0
+
+    uows = SqlUnitOfWorkFactory(engine)
+    tc = TimeClock(id=77, name="c", timezone="UTC", user_ids=frozenset({5}))
+    fence = Geofence("g", 77, "n", True, 100, (), ExitAction.NO_ACTION, "x", 10.0, 10.0)
+    with uows() as uow:
+        uow.time_clocks.add(tc)
+        uow.geofences.add_many([fence])
+        uow.commit()
+    index = FenceIndex()
+    index.load([tc], [fence])
+    errors: list[BaseException] = []
+
+    def one(ts: int) -> None:
+        batch = TrailBatch(
+            user_ids=np.array([5], np.int64),
+            time_clock_ids=np.array([77], np.int64),
+            timestamps=np.array([ts], np.int64),
+            lats=np.array([10.0]),
+            lons=np.array([10.0]),
+        )
+        try:
+            report_locations(uows, index, Clock(), batch)
+        except BaseException as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(1_800_000_000 + i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with uows(readonly=True) as uow:
+        trail = uow.locations.load([5])[(5, 77)]
+    assert trail.last_ts == 1_800_000_015
+    assert trail.inside == ("g",)
