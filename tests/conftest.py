@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,10 +85,21 @@ class ServerProcess:
                     raise RuntimeError("server never became SERVING")
                 time.sleep(0.05)
 
-    def terminate(self, timeout: float = 20.0) -> int:
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; a server that does not stop in time has its
+        thread stacks dumped (SIGUSR1) into the failure, then is killed."""
         assert self.proc is not None
         self.proc.terminate()
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"server did not stop within {timeout} s; its log:\n{self.logs()[-20000:]}"
+            ) from None
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -226,3 +226,16 @@ def test_sigterm_ends_open_event_streams_promptly(tmp_path: Path) -> None:
     c.close()
     assert ended == ["closed by the server"] * 3
 
+
+def test_sigusr1_writes_every_stack_and_keeps_serving(
+    server: ServerProcess, client: Client
+) -> None:
+    assert server.proc is not None
+    before = len(server.logs())
+    server.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "serve" not in server.logs()[before:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dump = server.logs()[before:]
+    assert "Thread 0x" in dump and "in serve" in dump  # the main thread, waiting to stop
+    make_time_clock(client)  # still answering

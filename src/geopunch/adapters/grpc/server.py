@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -45,6 +46,10 @@ SERVICE_NAMES = (
     scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
     timeclock_pb2.DESCRIPTOR.services_by_name["TimeClockService"].full_name,
 )
+
+
+#: Seconds past the grace period after which a stuck shutdown is cut short.
+STOP_MARGIN_S = 10.0
 
 
 class SystemClock:
@@ -164,8 +169,19 @@ def serve(config: Config, ready: Callable[[int], None] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # An operator (or a test) can see where every thread is: kill -USR1 PID
+    # writes all stacks to stderr without disturbing the server.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     server.start()
     if ready is not None:
         ready(server.port)
-    stop_requested.wait()
+    # Wait in slices: a signal taken by another thread only sets a flag, and
+    # the main thread must wake up to run the handler.
+    while not stop_requested.wait(0.25):
+        pass
+    # A drain (or interpreter exit) that hangs must not keep the process
+    # alive: past the grace period plus a margin, every thread's stack goes to
+    # the log and the process exits with status 1. Left armed on purpose: it
+    # also covers joining threads at exit, and is disarmed at finalization.
+    faulthandler.dump_traceback_later(config.grace_seconds + STOP_MARGIN_S, exit=True)
     server.stop()
