@@ -4,7 +4,8 @@
 
 Starts ``geopunch serve`` on a fresh SQLite store (synchronous=FULL) unless
 ``--address`` names a running server, then for each workload keeps
-``--concurrency`` calls in flight for ``--seconds``:
+``--concurrency`` calls in flight (and then one) for ``--seconds`` in total,
+split into ``--rounds`` windows that alternate between the workloads:
 
 - ``ping``: ``AdminService.Ping``, the empty unary RPC (same interceptor path);
 - ``punch``: each worker is its own user cycling clock-in, break start, break
@@ -24,6 +25,7 @@ import json
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -45,13 +47,37 @@ AUTH = (("x-api-key", API_KEY),)
 SITE = (40.7128, -74.0060)
 
 
+@dataclass
+class Window:
+    """Latencies (ms), wall time and errors of one or more measuring windows."""
+
+    latencies: list[np.ndarray] = field(default_factory=list)
+    elapsed: float = 0.0
+    errors: int = 0
+
+    def summary(self) -> dict[str, float]:
+        lat = np.concatenate(self.latencies)
+        return {
+            "calls_per_s": round(lat.size / self.elapsed, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p90_ms": round(float(np.percentile(lat, 90)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "calls": int(lat.size),
+            "errors": self.errors,
+        }
+
+
 async def closed_loop(
     concurrency: int,
     seconds: float,
     call: Callable[[int, int], Awaitable[None]],
     counters: list[int],
-) -> dict[str, float]:
-    """``counters[w]`` numbers worker ``w``'s calls across runs (punch timestamps use it)."""
+    into: Window,
+) -> None:
+    """Keep ``concurrency`` calls in flight for ``seconds``; add what was seen to ``into``.
+
+    ``counters[w]`` numbers worker ``w``'s calls across runs (punch timestamps use it).
+    """
     latencies: list[list[int]] = [[] for _ in range(concurrency)]
     errors = [0]
     stop = time.perf_counter() + seconds
@@ -69,16 +95,10 @@ async def closed_loop(
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    lat = np.concatenate([np.asarray(x, dtype=np.float64) for x in latencies]) / 1e6
-    return {
-        "calls_per_s": round(lat.size / elapsed, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 3),
-        "p90_ms": round(float(np.percentile(lat, 90)), 3),
-        "p99_ms": round(float(np.percentile(lat, 99)), 3),
-        "calls": int(lat.size),
-        "errors": errors[0],
-    }
+    into.elapsed += time.perf_counter() - t0
+    seen = np.concatenate([np.asarray(x, dtype=np.float64) for x in latencies])
+    into.latencies.append(seen / 1e6)
+    into.errors += errors[0]
 
 
 async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
@@ -158,17 +178,23 @@ async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
                     metadata=AUTH,
                 )
 
+        calls = {"ping": ping, "punch": punch}
         out: dict[str, object] = {}
         counters = [0] * args.concurrency  # one punch per second per user, never reused
-        for name, concurrency in (
-            ("ping", args.concurrency),
-            ("punch", args.concurrency),
-            ("ping_1", 1),
-            ("punch_1", 1),
-        ):
-            call = ping if name.startswith("ping") else punch
-            await closed_loop(concurrency, 1.0, call, counters)  # warm-up
-            out[name] = await closed_loop(concurrency, args.seconds, call, counters)
+        # Baseline and punches alternate in short windows, so that both see
+        # the same machine: a neighbour's burst hits both, not one of them.
+        for concurrency, suffix in ((args.concurrency, ""), (1, "_1")):
+            names = [n for n in ("ping", "punch") if not args.only or n == args.only]
+            windows = {n: Window() for n in names}
+            for n in names:
+                await closed_loop(concurrency, 1.0, calls[n], counters, Window())  # warm-up
+            for _ in range(args.rounds):
+                for n in names:
+                    await closed_loop(
+                        concurrency, args.seconds / args.rounds, calls[n], counters, windows[n]
+                    )
+            for n in names:
+                out[n + suffix] = windows[n].summary()
         ping_c, punch_c = out["ping"], out["punch"]
         assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
         out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)
@@ -179,9 +205,13 @@ async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=10.0, help="per workload, all rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating windows per workload")
     ap.add_argument("--geofence", action="store_true")
     ap.add_argument("--address", help="use a running server (its key must be the loadgen key)")
+    ap.add_argument(
+        "--only", choices=("ping", "punch"), help="run one workload only (for profiling)"
+    )
     args = ap.parse_args()
     if args.address:
         print(json.dumps(asyncio.run(run(args.address, args)), indent=2))

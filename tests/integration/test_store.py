@@ -281,3 +281,38 @@ def test_group_committer_isolates_failures_and_commits_the_rest(engine: Engine) 
     with uows(readonly=True) as uow:
         stored = {i for i in range(100) if uow.idempotency.get(f"key-{i}") is not None}
     assert stored == {i for i in range(100) if i % 5}
+
+
+def test_group_committer_survives_a_database_error_inside_one_piece(engine: Engine) -> None:
+    """A constraint violation in one piece of a batch (which aborts the whole
+    transaction on PostgreSQL) is rolled back to that piece's savepoint; the
+    pieces before and after it in the same commit stay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    uows = SqlUnitOfWorkFactory(engine)
+    committer = GroupCommitter(uows, max_batch=64)
+
+    def work(i: int) -> str:
+        def body(uow: object) -> str:
+            uow.idempotency.put(f"own-{i}", "m", "h", b"x")  # type: ignore[attr-defined]
+            uow.idempotency.put("shared", "m", "h", b"x")  # type: ignore[attr-defined]
+            return "ok"
+
+        try:
+            return committer(body)
+        except ConcurrentChange:
+            return "lost"
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(work, range(40)))
+    finally:
+        committer.close()
+    assert outcomes.count("ok") == 1 and outcomes.count("lost") == 39
+    winner = outcomes.index("ok")
+    with uows(readonly=True) as uow:
+        stored = {i for i in range(40) if uow.idempotency.get(f"own-{i}") is not None}
+        assert uow.idempotency.get("shared") is not None
+    assert stored == {winner}

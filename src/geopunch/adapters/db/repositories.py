@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from geopunch.adapters.db.prepared import Prepared, integrity_error
 from geopunch.adapters.db.tables import (
     activities,
     day_statuses,
@@ -47,10 +48,12 @@ from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, Punch
 
 _T = TypeVar("_T")
 
-_DAY_STATUS = select(day_statuses.c.status).where(
-    day_statuses.c.time_clock_id == bindparam("tc"),
-    day_statuses.c.user_id == bindparam("user"),
-    day_statuses.c.day == bindparam("day"),
+_DAY_STATUS = Prepared(
+    select(day_statuses.c.status).where(
+        day_statuses.c.time_clock_id == bindparam("tc"),
+        day_statuses.c.user_id == bindparam("user"),
+        day_statuses.c.day == bindparam("day"),
+    )
 )
 
 
@@ -242,9 +245,9 @@ class SqlTimeClockRepository:
         return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}
 
     def day_status(self, time_clock_id: int, user_id: int, day: date) -> DayStatus | None:
-        status = self._conn.execute(
-            _DAY_STATUS, {"tc": time_clock_id, "user": user_id, "day": day.isoformat()}
-        ).scalar()
+        status = _DAY_STATUS.scalar(
+            self._conn, {"tc": time_clock_id, "user": user_id, "day": day.isoformat()}
+        )
         return DayStatus(status) if status is not None else None
 
     def set_day_status(
@@ -374,22 +377,22 @@ class SqlGeofenceRepository:
         )
 
 
-def _point(row: Row[Any], prefix: str) -> PunchPoint | None:
-    ts = getattr(row, f"{prefix}_ts")
+def _point(row: Mapping[Any, Any], prefix: str) -> PunchPoint | None:
+    ts = row[f"{prefix}_ts"]
     if ts is None:
         return None
-    lat = getattr(row, f"{prefix}_lat")
-    lon = getattr(row, f"{prefix}_lon")
-    address = getattr(row, f"{prefix}_address")
+    lat = row[f"{prefix}_lat"]
+    lon = row[f"{prefix}_lon"]
+    address = row[f"{prefix}_address"]
     location = None
     if lat is not None or lon is not None or address is not None:
-        location = PunchLocation(address or "", lat, lon, getattr(row, f"{prefix}_accuracy"))
+        location = PunchLocation(address or "", lat, lon, row[f"{prefix}_accuracy"])
     return PunchPoint(
         timestamp=ts,
-        timezone=getattr(row, f"{prefix}_tz"),
+        timezone=row[f"{prefix}_tz"],
         location=location,
-        source=getattr(row, f"{prefix}_source"),
-        geofence_id=getattr(row, f"{prefix}_geofence_id"),
+        source=row[f"{prefix}_source"],
+        geofence_id=row[f"{prefix}_geofence_id"],
     )
 
 
@@ -412,37 +415,42 @@ def _point_columns(prefix: str, p: PunchPoint | None) -> dict[str, object]:
     }
 
 
-def _activity(row: Row[Any]) -> Activity:
+def _activity(row: Mapping[Any, Any]) -> Activity:
     start = _point(row, "start")
     assert start is not None
     return Activity(
-        id=row.id,
-        time_clock_id=row.time_clock_id,
-        user_id=row.user_id,
-        kind=ActivityKind(row.kind),
+        id=row["id"],
+        time_clock_id=row["time_clock_id"],
+        user_id=row["user_id"],
+        kind=ActivityKind(row["kind"]),
         start=start,
         end=_point(row, "end"),
-        job_id=row.job_id,
-        break_type_id=row.break_type_id,
-        scheduler_shift_id=row.scheduler_shift_id,
-        from_shift_id=row.from_shift_id,
-        created_at=row.created_at,
-        modified_at=row.modified_at,
+        job_id=row["job_id"],
+        break_type_id=row["break_type_id"],
+        scheduler_shift_id=row["scheduler_shift_id"],
+        from_shift_id=row["from_shift_id"],
+        created_at=row["created_at"],
+        modified_at=row["modified_at"],
     )
 
 
-# Statements of the punch path, built once: executing a prepared construct with
-# parameters skips rebuilding and re-caching it on every punch.
-_OPEN_FOR = select(activities).where(
-    activities.c.time_clock_id == bindparam("tc"),
-    activities.c.user_id == bindparam("user"),
-    activities.c.end_ts.is_(None),
+# Statements of the punch path, compiled once and run on the driver (see prepared.py).
+_OPEN_FOR = Prepared(
+    select(activities).where(
+        activities.c.time_clock_id == bindparam("tc"),
+        activities.c.user_id == bindparam("user"),
+        activities.c.end_ts.is_(None),
+    )
 )
-_LAST_END = select(func.max(activities.c.end_ts)).where(
-    activities.c.time_clock_id == bindparam("tc"), activities.c.user_id == bindparam("user")
+_LAST_END = Prepared(
+    select(func.max(activities.c.end_ts)).where(
+        activities.c.time_clock_id == bindparam("tc"), activities.c.user_id == bindparam("user")
+    )
 )
-_INSERT_ACTIVITY = insert(activities)
-_CLOSE = (
+_INSERT_ACTIVITY = Prepared(
+    insert(activities).values({c.key: bindparam(c.key) for c in activities.c})
+)
+_CLOSE = Prepared(
     update(activities)
     .where(activities.c.id == bindparam("activity_id"), activities.c.end_ts.is_(None))
     .values({c: bindparam(c) for c in (*(f"end_{k}" for k in _POINT_KEYS), "modified_at")})
@@ -454,11 +462,11 @@ class SqlActivityRepository:
         self._conn = conn
 
     def open_for(self, time_clock_id: int, user_id: int) -> Activity | None:
-        row = self._conn.execute(_OPEN_FOR, {"tc": time_clock_id, "user": user_id}).first()
+        row = _OPEN_FOR.first(self._conn, {"tc": time_clock_id, "user": user_id})
         return _activity(row) if row else None
 
     def last_end(self, time_clock_id: int, user_id: int) -> int | None:
-        value = self._conn.execute(_LAST_END, {"tc": time_clock_id, "user": user_id}).scalar()
+        value = _LAST_END.scalar(self._conn, {"tc": time_clock_id, "user": user_id})
         return int(value) if value is not None else None
 
     def add(self, activity: Activity) -> None:
@@ -477,8 +485,8 @@ class SqlActivityRepository:
             **_point_columns("end", activity.end),
         }
         try:
-            self._conn.execute(_INSERT_ACTIVITY, values)
-        except IntegrityError as exc:
+            _INSERT_ACTIVITY.execute(self._conn, values).close()
+        except integrity_error(self._conn) as exc:
             # The one-open-activity index refused it: the unit of work is rolled back
             # and the use case retried, so no savepoint is needed here.
             raise ConcurrentChange(str(exc)) from exc
@@ -489,7 +497,7 @@ class SqlActivityRepository:
             "modified_at": modified_at,
             **_point_columns("end", end),
         }
-        if self._conn.execute(_CLOSE, params).rowcount != 1:
+        if _CLOSE.rowcount(self._conn, params) != 1:
             raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
@@ -503,7 +511,7 @@ class SqlActivityRepository:
                 )
             )
             for row in rows:
-                found[(row.time_clock_id, row.user_id)] = _activity(row)
+                found[(row.time_clock_id, row.user_id)] = _activity(row._mapping)
         return found
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
@@ -512,13 +520,17 @@ class SqlActivityRepository:
             .where(activities.c.time_clock_id == time_clock_id, activities.c.user_id == user_id)
             .order_by(activities.c.start_ts, activities.c.created_at)
         ).all()
-        return [_activity(r) for r in rows]
+        return [_activity(r._mapping) for r in rows]
 
 
-_INSERT_KEY = insert(idempotency_keys)
-_GET_KEY = select(
-    idempotency_keys.c.method, idempotency_keys.c.body_hash, idempotency_keys.c.response
-).where(idempotency_keys.c.key == bindparam("key"))
+_INSERT_KEY = Prepared(
+    insert(idempotency_keys).values({c.key: bindparam(c.key) for c in idempotency_keys.c})
+)
+_GET_KEY = Prepared(
+    select(
+        idempotency_keys.c.method, idempotency_keys.c.body_hash, idempotency_keys.c.response
+    ).where(idempotency_keys.c.key == bindparam("key"))
+)
 
 
 class SqlIdempotencyRepository:
@@ -527,24 +539,20 @@ class SqlIdempotencyRepository:
         self._now = now
 
     def get(self, key: str) -> tuple[str, str, bytes] | None:
-        row = self._conn.execute(
-            select(
-                idempotency_keys.c.method, idempotency_keys.c.body_hash, idempotency_keys.c.response
-            ).where(idempotency_keys.c.key == key)
-        ).first()
-        return (row.method, row.body_hash, bytes(row.response)) if row else None
+        row = _GET_KEY.first(self._conn, {"key": key})
+        return (row["method"], row["body_hash"], bytes(row["response"])) if row else None
 
     def put(self, key: str, method: str, body_hash: str, response: bytes) -> None:
+        values = {
+            "key": key,
+            "method": method,
+            "body_hash": body_hash,
+            "response": response,
+            "created_at": self._now,
+        }
         try:
-            with self._conn.begin_nested():
-                self._conn.execute(
-                    insert(idempotency_keys).values(
-                        key=key,
-                        method=method,
-                        body_hash=body_hash,
-                        response=response,
-                        created_at=self._now,
-                    )
-                )
-        except IntegrityError as exc:
+            # A lost race leaves this transaction to be rolled back (or its
+            # savepoint, under the group committer) and the punch retried.
+            _INSERT_KEY.execute(self._conn, values).close()
+        except integrity_error(self._conn) as exc:
             raise ConcurrentChange(f"idempotency key {key!r} was used meanwhile") from exc

@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from geopunch.adapters.db.prepared import savepoint
 from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
     SqlGeofenceRepository,
@@ -185,7 +186,7 @@ class SqlUnitOfWork:
 
     def savepoint(self) -> AbstractContextManager[object]:
         assert self._conn is not None
-        return self._conn.begin_nested()
+        return savepoint(self._conn)
 
 
 class SqlUnitOfWorkFactory:
