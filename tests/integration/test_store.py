@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -246,7 +248,10 @@ def test_idempotency_keys(engine: Engine) -> None:
             uow.idempotency.put("k1", "clock_in", "h", b"other")
 
 
-def test_group_committer_isolates_failures_and_commits_the_rest(engine: Engine) -> None:
+@pytest.mark.parametrize("fail_after_write", [True, False])
+def test_group_committer_isolates_failures_and_commits_the_rest(
+    engine: Engine, fail_after_write: bool
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from geopunch.adapters.db.store import GroupCommitter
@@ -259,6 +264,8 @@ def test_group_committer_isolates_failures_and_commits_the_rest(engine: Engine) 
 
     def work(i: int) -> str:
         def body(uow: object) -> str:
+            if i % 5 == 0 and not fail_after_write:
+                raise DomainError(ErrorCode.INVALID_ARGUMENT, f"work {i} fails")
             uow.idempotency.put(f"key-{i}", "m", "h", b"x")  # type: ignore[attr-defined]
             if i % 5 == 0:
                 raise DomainError(ErrorCode.INVALID_ARGUMENT, f"work {i} fails")
@@ -316,3 +323,37 @@ def test_group_committer_survives_a_database_error_inside_one_piece(engine: Engi
         stored = {i for i in range(40) if uow.idempotency.get(f"own-{i}") is not None}
         assert uow.idempotency.get("shared") is not None
     assert stored == {winner}
+
+
+def test_group_commit_pieces_run_bare_where_the_store_counts_changes(engine: Engine) -> None:
+    from concurrent.futures import Future
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    def put(key: str, fail: bool = False) -> Callable[[Any], str]:
+        def body(uow: Any) -> str:
+            uow.idempotency.put(key, "m", "h", b"x")
+            if fail:
+                raise DomainError(ErrorCode.INVALID_ARGUMENT, key)
+            return key
+
+        return body
+
+    def refuse(uow: Any) -> str:
+        raise DomainError(ErrorCode.INVALID_ARGUMENT, "refused before writing")
+
+    uows = SqlUnitOfWorkFactory(engine)
+    counts = engine.dialect.name == "sqlite"
+    with uows() as uow:
+        batch = [(put("a"), Future()), (refuse, Future()), (put("b"), Future())]
+        done = GroupCommitter._apply(uow, batch, guarded=False)  # type: ignore[arg-type]
+        assert done is not None
+        assert [r for _, r, _ in done] == ["a", None, "b"]
+        assert isinstance(uow.changes(), int) if counts else uow.changes() is None
+    with uows() as uow:
+        batch = [(put("c"), Future()), (put("d", fail=True), Future())]
+        done = GroupCommitter._apply(uow, batch, guarded=False)  # type: ignore[arg-type]
+        if counts:
+            assert done is None  # "d" wrote before failing: the batch goes round again
+        else:
+            assert done is not None and isinstance(done[1][2], DomainError)

@@ -181,6 +181,11 @@ class UnitOfWork(Protocol):
         """A nested scope: its writes are undone if the block raises."""
         ...
 
+    def changes(self) -> int | None:
+        """Rows written so far on this connection (a counter that only grows),
+        or None when the store cannot tell cheaply."""
+        ...
+
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...

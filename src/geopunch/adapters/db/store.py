@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from geopunch.adapters.db.prepared import savepoint
+from geopunch.adapters.db.prepared import driver, savepoint
 from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
     SqlGeofenceRepository,
@@ -188,6 +188,13 @@ class SqlUnitOfWork:
         assert self._conn is not None
         return savepoint(self._conn)
 
+    def changes(self) -> int | None:
+        assert self._conn is not None
+        if self._conn.dialect.name != "sqlite":
+            return None
+        total: int = driver(self._conn).total_changes  # sqlite3_total_changes()
+        return total
+
 
 class SqlUnitOfWorkFactory:
     """Units of work on one engine.
@@ -212,8 +219,9 @@ class GroupCommitter:
     """Commits the work of many concurrent callers with one transaction and one fsync.
 
     Callers hand their work to a single writer thread, which takes whatever
-    has queued up (at most ``max_batch``), runs each piece in its own
-    savepoint, commits once, and only then answers every caller. Under load
+    has queued up (at most ``max_batch``), runs each piece so that a failing
+    one leaves no writes (see ``_apply``), commits once, and only then answers
+    every caller. Under load
     the cost of a durable commit is shared; alone, a call pays what it would
     have paid anyway. Implements :class:`geopunch.domain.ports.TransactionRunner`.
     """
@@ -257,28 +265,55 @@ class GroupCommitter:
                 return
 
     def _run(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
-        done: list[tuple[Future[Any], Any, BaseException | None]] = []
+        done: list[tuple[Future[Any], Any, BaseException | None]] | None = None
         try:
-            with self._uows() as uow:
-                for work, future in batch:
-                    try:
-                        with uow.savepoint():
-                            result = work(uow)
-                        done.append((future, result, None))
-                    except Exception as exc:  # this caller's failure only
-                        done.append((future, None, exc))
-                uow.commit()
+            for guarded in (False, True):
+                with self._uows() as uow:
+                    done = self._apply(uow, batch, guarded)
+                    if done is not None:
+                        uow.commit()
+                        break
         except Exception as exc:  # nothing of this batch is durable
-            failed = {id(f) for f, _, e in done if e is not None}
+            failed = {id(f) for f, _, e in done or () if e is not None}
             for _, future in batch:
                 if id(future) not in failed:
                     future.set_exception(exc)
-            for future, _, err in done:
+            for future, _, err in done or ():
                 if err is not None:
                     future.set_exception(err)
             return
+        assert done is not None
         for future, result, err in done:
             if err is None:
                 future.set_result(result)
             else:
                 future.set_exception(err)
+
+    @staticmethod
+    def _apply(
+        uow: UnitOfWork, batch: list[tuple[Callable[[Any], Any], Future[Any]]], guarded: bool
+    ) -> list[tuple[Future[Any], Any, BaseException | None]] | None:
+        """Run every piece of ``batch`` in ``uow``; None means "start over guarded".
+
+        A savepoint per piece costs two statements, and on SQLite every
+        statement hands the GIL to the RPC threads and waits to get it back.
+        Where the store counts changed rows, pieces run bare: one that fails
+        having changed nothing leaves nothing to undo (most refusals happen
+        before any write); one that fails after writing sends the whole batch
+        round again with a savepoint per piece.
+        """
+        done: list[tuple[Future[Any], Any, BaseException | None]] = []
+        for work, future in batch:
+            before = None if guarded else uow.changes()
+            try:
+                if before is None:
+                    with uow.savepoint():
+                        result = work(uow)
+                else:
+                    result = work(uow)
+                done.append((future, result, None))
+            except Exception as exc:  # this caller's failure only
+                if before is not None and uow.changes() != before:
+                    return None
+                done.append((future, None, exc))
+        return done
