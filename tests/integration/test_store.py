@@ -28,7 +28,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
-from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint, PunchState
 
 TC = TimeClock(
     id=42,
@@ -234,6 +234,18 @@ def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
         assert acts[0] == replace(_activity("shift-1", 100), end=end, modified_at=150)
         assert uow.activities.open_for(TC.id, 1) == _activity("shift-2", 200)
         assert uow.activities.last_end(TC.id, 1) == 150
+        state = uow.activities.punch_state(TC.id, 1, date(2024, 5, 2))
+        assert state == PunchState(_activity("shift-2", 200), 150, None)
+        assert uow.activities.punch_state(TC.id, 2, date(2024, 5, 2)) == PunchState(
+            None, None, None
+        )
+    with uows() as uow:
+        uow.time_clocks.set_day_status(TC.id, 1, [date(2024, 5, 2)], DayStatus.LOCKED)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        state = uow.activities.punch_state(TC.id, 1, date(2024, 5, 2))
+        assert state == PunchState(_activity("shift-2", 200), 150, DayStatus.LOCKED)
+        assert uow.activities.punch_state(TC.id, 1, date(2024, 5, 3)).day_status is None
 
 
 def test_idempotency_keys(engine: Engine) -> None:

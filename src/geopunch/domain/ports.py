@@ -10,7 +10,7 @@ from typing import Protocol, Self, TypeVar
 
 from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
-from geopunch.domain.punches import Activity, PunchPoint
+from geopunch.domain.punches import Activity, PunchPoint, PunchState
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 
 T = TypeVar("T")
@@ -69,6 +69,10 @@ class ActivityRepository(Protocol):
     def open_for(self, time_clock_id: int, user_id: int) -> Activity | None: ...
 
     def last_end(self, time_clock_id: int, user_id: int) -> int | None: ...
+
+    def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
+        """The open activity, the last end and ``day``'s status, in one read."""
+        ...
 
     def add(self, activity: Activity) -> None: ...
 

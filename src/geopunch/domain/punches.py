@@ -95,6 +95,15 @@ class PunchCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class PunchState:
+    """What a punch needs to know about one user on one time clock, read at once."""
+
+    open: Activity | None  # the open shift or break
+    last_end: int | None  # the latest end of a completed activity
+    day_status: DayStatus | None  # of the punch's timesheet day
+
+
+@dataclass(frozen=True, slots=True)
 class PunchResult:
     """What a punch did. ``activity`` is the shift or break it opened or closed."""
 

@@ -207,7 +207,9 @@ def apply_punch(
     bt = break_type(tc, cmd.manual_break_id) if cmd.kind is PunchKind.START_BREAK else None
     job = clock_in_job(tc, cmd.job_id) if cmd.kind is PunchKind.CLOCK_IN else None
     acts = uow.activities
-    current = acts.open_for(tc.id, cmd.user_id)
+    day = timesheet_day(ts, tz)
+    state = acts.punch_state(tc.id, cmd.user_id, day)
+    current = state.open
     stamp = int(now)
 
     def point(fence: str | None) -> PunchPoint:
@@ -231,15 +233,13 @@ def apply_punch(
         acts.close(activity.id, end, stamp)
         return replace(activity, end=end, modified_at=stamp)
 
-    day = timesheet_day(ts, tz)
-
     def check_day() -> None:
-        check_day_open(day, uow.time_clocks.day_status(tc.id, cmd.user_id, day), cmd.user_id)
+        check_day_open(day, state.day_status, cmd.user_id)
 
     if cmd.kind is PunchKind.CLOCK_IN:
         if current is not None:
             _already(current)
-        check_start_after_history(ts, acts.last_end(tc.id, cmd.user_id))
+        check_start_after_history(ts, state.last_end)
         check_day()
         if cmd.scheduler_shift_id:
             check_scheduler_shift(uow, cmd.scheduler_shift_id, cmd.user_id)
@@ -272,7 +272,7 @@ def apply_punch(
         if current is not None:
             check_end_after_start(ts, current)
         else:
-            check_start_after_history(ts, acts.last_end(tc.id, cmd.user_id))
+            check_start_after_history(ts, state.last_end)
         check_day()
         job_of_shift = current.job_id if current is not None else None
         fence = geofence_check(tc, index, cmd.location, job_of_shift)

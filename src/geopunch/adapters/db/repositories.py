@@ -11,10 +11,12 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    and_,
     bindparam,
     delete,
     func,
     insert,
+    literal_column,
     select,
     tuple_,
     update,
@@ -44,7 +46,13 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
-from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+from geopunch.domain.punches import (
+    Activity,
+    ActivityKind,
+    PunchLocation,
+    PunchPoint,
+    PunchState,
+)
 
 _T = TypeVar("_T")
 
@@ -447,6 +455,36 @@ _LAST_END = Prepared(
         activities.c.time_clock_id == bindparam("tc"), activities.c.user_id == bindparam("user")
     )
 )
+# One row whether or not an activity is open: the open one (if any) joined to
+# a constant, with the last end and the day's status as scalar subqueries.
+_ANCHOR = select(literal_column("1").label("one")).subquery("anchor")
+_PAST = activities.alias("past")
+_PUNCH_STATE = Prepared(
+    select(
+        activities,
+        select(func.max(_PAST.c.end_ts))
+        .where(_PAST.c.time_clock_id == bindparam("tc"), _PAST.c.user_id == bindparam("user"))
+        .scalar_subquery()
+        .label("last_end"),
+        select(day_statuses.c.status)
+        .where(
+            day_statuses.c.time_clock_id == bindparam("tc"),
+            day_statuses.c.user_id == bindparam("user"),
+            day_statuses.c.day == bindparam("day"),
+        )
+        .scalar_subquery()
+        .label("day_status"),
+    ).select_from(
+        _ANCHOR.outerjoin(
+            activities,
+            and_(
+                activities.c.time_clock_id == bindparam("tc"),
+                activities.c.user_id == bindparam("user"),
+                activities.c.end_ts.is_(None),
+            ),
+        )
+    )
+)
 _INSERT_ACTIVITY = Prepared(
     insert(activities).values({c.key: bindparam(c.key) for c in activities.c})
 )
@@ -468,6 +506,18 @@ class SqlActivityRepository:
     def last_end(self, time_clock_id: int, user_id: int) -> int | None:
         value = _LAST_END.scalar(self._conn, {"tc": time_clock_id, "user": user_id})
         return int(value) if value is not None else None
+
+    def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
+        row = _PUNCH_STATE.first(
+            self._conn, {"tc": time_clock_id, "user": user_id, "day": day.isoformat()}
+        )
+        assert row is not None  # the anchor always yields one row
+        status = row["day_status"]
+        return PunchState(
+            open=_activity(row) if row["id"] is not None else None,
+            last_end=int(row["last_end"]) if row["last_end"] is not None else None,
+            day_status=DayStatus(status) if status is not None else None,
+        )
 
     def add(self, activity: Activity) -> None:
         values: dict[str, object] = {
