@@ -195,6 +195,8 @@ async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
                     )
             for n in names:
                 out[n + suffix] = windows[n].summary()
+        if args.only:
+            return out
         ping_c, punch_c = out["ping"], out["punch"]
         assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
         out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)

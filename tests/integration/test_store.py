@@ -338,8 +338,6 @@ def test_group_committer_survives_a_database_error_inside_one_piece(engine: Engi
 
 
 def test_group_commit_pieces_run_bare_where_the_store_counts_changes(engine: Engine) -> None:
-    from concurrent.futures import Future
-
     from geopunch.adapters.db.store import GroupCommitter
 
     def put(key: str, fail: bool = False) -> Callable[[Any], str]:
@@ -357,15 +355,52 @@ def test_group_commit_pieces_run_bare_where_the_store_counts_changes(engine: Eng
     uows = SqlUnitOfWorkFactory(engine)
     counts = engine.dialect.name == "sqlite"
     with uows() as uow:
-        batch = [(put("a"), Future()), (refuse, Future()), (put("b"), Future())]
-        done = GroupCommitter._apply(uow, batch, guarded=False)  # type: ignore[arg-type]
+        done = GroupCommitter._apply(uow, [put("a"), refuse, put("b")], guarded=False)
         assert done is not None
-        assert [r for _, r, _ in done] == ["a", None, "b"]
+        assert [ok for ok, _ in done] == [True, False, True]
+        assert [done[0][1], done[2][1]] == ["a", "b"]
         assert isinstance(uow.changes(), int) if counts else uow.changes() is None
     with uows() as uow:
-        batch = [(put("c"), Future()), (put("d", fail=True), Future())]
-        done = GroupCommitter._apply(uow, batch, guarded=False)  # type: ignore[arg-type]
+        done = GroupCommitter._apply(uow, [put("c"), put("d", fail=True)], guarded=False)
         if counts:
             assert done is None  # "d" wrote before failing: the batch goes round again
         else:
-            assert done is not None and isinstance(done[1][2], DomainError)
+            assert done is not None and isinstance(done[1][1], DomainError)
+
+
+def test_group_committer_answers_every_caller_with_its_own_result(engine: Engine) -> None:
+    """64 threads, each committing 25 pieces one after another: every caller
+    gets its own answer (or its own error), none waits forever, all is stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    uows = SqlUnitOfWorkFactory(engine)
+    committer = GroupCommitter(uows, max_batch=8)
+
+    def caller(t: int) -> list[str]:
+        answers = []
+        for i in range(25):
+            key = f"t{t}-{i}"
+
+            def body(uow: Any, key: str = key) -> str:
+                if key.endswith("-7"):
+                    raise DomainError(ErrorCode.INVALID_ARGUMENT, key)
+                uow.idempotency.put(key, "m", "h", key.encode())
+                return key
+
+            try:
+                answers.append(committer(body))
+            except DomainError as err:
+                answers.append("refused " + err.message)
+        return answers
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(caller, range(64), timeout=120))
+    committer.close()
+    for t, answers in enumerate(results):
+        assert answers == [f"refused t{t}-{i}" if i == 7 else f"t{t}-{i}" for i in range(25)]
+    with uows(readonly=True) as uow:
+        for t in range(0, 64, 9):
+            assert uow.idempotency.get(f"t{t}-3") == ("m", "h", f"t{t}-3".encode())
+            assert uow.idempotency.get(f"t{t}-7") is None

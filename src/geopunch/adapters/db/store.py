@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -215,95 +215,100 @@ class SqlUnitOfWorkFactory:
         )
 
 
+class _Writer:
+    """One caller's piece of work and, once its batch is committed, the outcome."""
+
+    __slots__ = ("cond", "done", "ok", "value", "work")
+
+    def __init__(self, work: Callable[[Any], Any], mutex: threading.Lock) -> None:
+        self.work = work
+        self.cond = threading.Condition(mutex)
+        self.done = False
+        self.ok = False
+        self.value: Any = None
+
+
+#: A piece's outcome: (True, result) or (False, exception).
+Outcome = tuple[bool, Any]
+
+
 class GroupCommitter:
     """Commits the work of many concurrent callers with one transaction and one fsync.
 
-    Callers hand their work to a single writer thread, which takes whatever
-    has queued up (at most ``max_batch``), runs each piece so that a failing
-    one leaves no writes (see ``_apply``), commits once, and only then answers
-    every caller. Under load
-    the cost of a durable commit is shared; alone, a call pays what it would
-    have paid anyway. Implements :class:`geopunch.domain.ports.TransactionRunner`.
+    Callers queue their work. The caller at the front of the queue becomes the
+    leader: it takes whatever has queued up (at most ``max_batch``), runs each
+    piece so that a failing one leaves no writes (see ``_apply``), commits
+    once, answers every caller of the batch and hands leadership to the next
+    one waiting. The others sleep until their answer is ready. Under load one
+    fsync serves many punches; a lone caller runs its own work on its own
+    thread, with no hand-off to a writer thread (the pattern of LevelDB's
+    write path). Implements :class:`geopunch.domain.ports.TransactionRunner`.
     """
 
     def __init__(self, uows: UnitOfWorkFactory, max_batch: int = 128) -> None:
         self._uows = uows
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._loop, name="group-commit", daemon=True)
-        self._thread.start()
+        self._mutex = threading.Lock()
+        self._queue: deque[_Writer] = deque()
+        self._closed = False
 
     def __call__(self, work: Callable[[UnitOfWork], T]) -> T:
-        future: Future[T] = Future()
-        self._queue.put((work, future))
-        return future.result()
+        me = _Writer(work, self._mutex)
+        with self._mutex:
+            if self._closed:
+                raise RuntimeError("the store is closing")
+            self._queue.append(me)
+            while not me.done and me is not self._queue[0]:
+                me.cond.wait()
+            if not me.done:  # at the front: lead one batch
+                batch = list(itertools.islice(self._queue, self._max_batch))
+        if not me.done:
+            outcomes = self._run([w.work for w in batch])
+            with self._mutex:
+                for w, (ok, value) in zip(batch, outcomes, strict=True):
+                    self._queue.popleft()
+                    w.ok, w.value, w.done = ok, value, True
+                    if w is not me:
+                        w.cond.notify()
+                if self._queue:
+                    self._queue[0].cond.notify()  # the next leader
+        if me.ok:
+            result: T = me.value
+            return result
+        raise me.value
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
+        """Refuse new work; work already queued is finished by its callers."""
+        with self._mutex:
+            self._closed = True
 
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run(batch)
-            if stop:
-                return
-
-    def _run(self, batch: list[tuple[Callable[[Any], Any], Future[Any]]]) -> None:
-        done: list[tuple[Future[Any], Any, BaseException | None]] | None = None
+    def _run(self, works: list[Callable[[Any], Any]]) -> list[Outcome]:
         try:
             for guarded in (False, True):
                 with self._uows() as uow:
-                    done = self._apply(uow, batch, guarded)
-                    if done is not None:
+                    outcomes = self._apply(uow, works, guarded)
+                    if outcomes is not None:
                         uow.commit()
-                        break
-        except Exception as exc:  # nothing of this batch is durable
-            failed = {id(f) for f, _, e in done or () if e is not None}
-            for _, future in batch:
-                if id(future) not in failed:
-                    future.set_exception(exc)
-            for future, _, err in done or ():
-                if err is not None:
-                    future.set_exception(err)
-            return
-        assert done is not None
-        for future, result, err in done:
-            if err is None:
-                future.set_result(result)
-            else:
-                future.set_exception(err)
+                        return outcomes
+        except BaseException as exc:  # nothing of this batch is durable; no caller may hang
+            return [(False, exc) for _ in works]
+        raise AssertionError("the guarded round always finishes")
 
     @staticmethod
     def _apply(
-        uow: UnitOfWork, batch: list[tuple[Callable[[Any], Any], Future[Any]]], guarded: bool
-    ) -> list[tuple[Future[Any], Any, BaseException | None]] | None:
-        """Run every piece of ``batch`` in ``uow``; None means "start over guarded".
+        uow: UnitOfWork, works: list[Callable[[Any], Any]], guarded: bool
+    ) -> list[Outcome] | None:
+        """Run every piece in ``uow``; None means "start over guarded".
 
         A savepoint per piece costs two statements, and on SQLite every
-        statement hands the GIL to the RPC threads and waits to get it back.
+        statement lets the GIL go to the RPC threads and waits to get it back.
         Where the store counts changed rows, pieces run bare: one that fails
         having changed nothing leaves nothing to undo (most refusals happen
         before any write); one that fails after writing sends the whole batch
         round again with a savepoint per piece.
         """
-        done: list[tuple[Future[Any], Any, BaseException | None]] = []
-        for work, future in batch:
+        outcomes: list[Outcome] = []
+        for work in works:
             before = None if guarded else uow.changes()
             try:
                 if before is None:
@@ -311,9 +316,9 @@ class GroupCommitter:
                         result = work(uow)
                 else:
                     result = work(uow)
-                done.append((future, result, None))
+                outcomes.append((True, result))
             except Exception as exc:  # this caller's failure only
                 if before is not None and uow.changes() != before:
                     return None
-                done.append((future, None, exc))
-        return done
+                outcomes.append((False, exc))
+        return outcomes
