@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import signal
 import threading
@@ -173,6 +174,12 @@ def serve(config: Config, ready: Callable[[int], None] | None = None) -> None:
     # writes all stacks to stderr without disturbing the server.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     server.start()
+    # What start-up built (modules, the fence index, compiled kernels, the
+    # engine) lives as long as the process: moved out of the collector's
+    # generations, a full collection under load no longer walks it. Under 64
+    # punches in flight this took punch p99 from 120-170 ms to ~100 ms.
+    gc.collect()
+    gc.freeze()
     if ready is not None:
         ready(server.port)
     # Wait in slices: a signal taken by another thread only sets a flag, and
