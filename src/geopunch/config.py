@@ -26,6 +26,8 @@ class Config:
     max_workers: int = 32
     max_message_bytes: int = 32 * 1024 * 1024
     grace_seconds: float = 10.0
+    #: Idempotency keys older than this are forgotten; 0 keeps them forever.
+    idempotency_days: float = 7.0
 
     @staticmethod
     def from_env(
@@ -54,10 +56,16 @@ class Config:
         workers = int(pick("max_workers", "GEOPUNCH_MAX_WORKERS", "32"))
         if not 1 <= workers <= 1024:
             raise ValueError("max workers must be within 1..1024")
+        days = float(pick("idempotency_days", "GEOPUNCH_IDEMPOTENCY_DAYS", "7"))
+        if days != 0 and not 1 <= days <= 36500:
+            # Punches may arrive up to 12 hours late; a shorter memory would
+            # turn a late retry of an accepted punch into a second punch.
+            raise ValueError("idempotency days must be 0 (keep forever) or within 1..36500")
         return Config(
             listen=listen,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
             api_key_hashes=tuple(hash_key(k) for k in keys),
             log_level=level,
             max_workers=workers,
+            idempotency_days=days,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -445,6 +446,35 @@ def test_idempotent_retries(tmp_path: Path) -> None:
         assert clock_in(c, tc, timestamp=ts, idempotencyKey="punch-1") == first
         assert clock_out(c, tc, timestamp=ts + 300, idempotencyKey="punch-2") == out
         fails(lambda: clock_out(c, tc), "NO_OPEN_SHIFT")
+    finally:
+        c.close()
+        srv.terminate()
+
+
+def test_expired_idempotency_keys_are_forgotten_at_start_up(tmp_path: Path) -> None:
+    db = tmp_path / "expire.db"
+    srv = ServerProcess(db_url=f"sqlite:///{db}", env_extra={"GEOPUNCH_IDEMPOTENCY_DAYS": "1"})
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        tc = clock(c).id
+        ts = now() - 900
+        first = clock_in(c, tc, timestamp=ts, idempotencyKey="kept")
+        clock_out(c, tc, timestamp=ts + 60, idempotencyKey="aged")
+    finally:
+        c.close()
+        assert srv.terminate() == 0
+    with sqlite3.connect(db) as conn:  # make one key two days old
+        conn.execute(
+            "UPDATE idempotency_keys SET created_at = created_at - 2 * 86400 WHERE key = 'aged'"
+        )
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        assert clock_in(c, tc, timestamp=ts, idempotencyKey="kept") == first  # still replayed
+        # "aged" was forgotten: the same body is a new punch now, judged on its own
+        fails(lambda: clock_out(c, tc, timestamp=ts + 60, idempotencyKey="aged"), "NO_OPEN_SHIFT")
+        assert "idempotency keys purged" in srv.logs()
     finally:
         c.close()
         srv.terminate()

@@ -404,3 +404,32 @@ def test_group_committer_answers_every_caller_with_its_own_result(engine: Engine
         for t in range(0, 64, 9):
             assert uow.idempotency.get(f"t{t}-3") == ("m", "h", f"t{t}-3".encode())
             assert uow.idempotency.get(f"t{t}-7") is None
+
+
+def test_idempotency_keys_are_purged_oldest_first_in_batches(engine: Engine) -> None:
+    from geopunch.service.punches import purge_idempotency_keys
+
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        conn = uow._conn
+        assert conn is not None
+        conn.execute(
+            text(
+                "INSERT INTO idempotency_keys (key, method, body_hash, response, created_at) "
+                "VALUES (:k, 'clock_in', 'h', :r, :t)"
+            ),
+            [{"k": f"old-{i}", "r": b"x", "t": 1_000 + i} for i in range(25)]
+            + [{"k": f"new-{i}", "r": b"x", "t": 5_000 + i} for i in range(5)],
+        )
+        uow.commit()
+    with uows() as uow:
+        assert uow.idempotency.purge(1_010, 4) == 4  # at most the limit, oldest first
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.idempotency.get("old-3") is None
+        assert uow.idempotency.get("old-4") is not None
+    # 21 old keys left, 5 per transaction: every one goes, the recent ones stay
+    assert purge_idempotency_keys(uows, now=5_000 + 3_000, retention_s=3_000, batch=5) == 21
+    with uows(readonly=True) as uow:
+        assert [uow.idempotency.get(f"old-{i}") for i in range(25)] == [None] * 25
+        assert all(uow.idempotency.get(f"new-{i}") is not None for i in range(5))

@@ -29,8 +29,19 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "nohost"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "h:99999"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_LEVEL": "LOUD"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "0.25"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "-1"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "nan"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "soon"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         Config.from_env(env)
+
+
+def test_idempotency_retention() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    assert Config.from_env(base).idempotency_days == 7
+    assert Config.from_env({**base, "GEOPUNCH_IDEMPOTENCY_DAYS": "0"}).idempotency_days == 0
+    assert Config.from_env({**base, "GEOPUNCH_IDEMPOTENCY_DAYS": "30"}).idempotency_days == 30

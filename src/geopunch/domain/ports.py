@@ -92,6 +92,10 @@ class IdempotencyRepository(Protocol):
 
     def put(self, key: str, method: str, body_hash: str, response: bytes) -> None: ...
 
+    def purge(self, created_before: int, limit: int) -> int:
+        """Forget at most ``limit`` keys used before ``created_before``; return how many."""
+        ...
+
 
 class SchedulerRepository(Protocol):
     def get(self, scheduler_id: int) -> Scheduler | None: ...

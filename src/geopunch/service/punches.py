@@ -143,6 +143,25 @@ def _replay(idem: Idempotency, method: str, body_hash: str, response: bytes) -> 
     return PunchOutcome(replay=response)
 
 
+def purge_idempotency_keys(
+    uows: UnitOfWorkFactory, now: float, retention_s: float, batch: int = 1000
+) -> int:
+    """Forget keys used more than ``retention_s`` seconds before ``now``.
+
+    Deletes ``batch`` keys per transaction, so that punches waiting for the
+    write lock meanwhile wait for one short transaction at most.
+    """
+    cutoff = int(now - retention_s)
+    total = 0
+    while True:
+        with uows() as uow:
+            removed = uow.idempotency.purge(cutoff, batch)
+            uow.commit()
+        total += removed
+        if removed < batch:
+            return total
+
+
 def list_manual_breaks(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock:
     with uows(readonly=True) as uow:
         return get_time_clock(uow, time_clock_id)

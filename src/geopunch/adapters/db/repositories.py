@@ -606,3 +606,15 @@ class SqlIdempotencyRepository:
             _INSERT_KEY.execute(self._conn, values).close()
         except integrity_error(self._conn) as exc:
             raise ConcurrentChange(f"idempotency key {key!r} was used meanwhile") from exc
+
+    def purge(self, created_before: int, limit: int) -> int:
+        oldest = (
+            select(idempotency_keys.c.key)
+            .where(idempotency_keys.c.created_at < created_before)
+            .order_by(idempotency_keys.c.created_at)
+            .limit(limit)
+        )
+        result = self._conn.execute(
+            delete(idempotency_keys).where(idempotency_keys.c.key.in_(oldest.scalar_subquery()))
+        )
+        return int(result.rowcount)

@@ -158,6 +158,7 @@ idempotency_keys = Table(
     Column("response", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
+Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
 
 
 schedulers = Table(

@@ -25,6 +25,7 @@ from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 from geopunch.geo.index import FenceIndex
+from geopunch.service.punches import purge_idempotency_keys
 from geopunch.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -51,6 +52,8 @@ SERVICE_NAMES = (
 
 #: Seconds past the grace period after which a stuck shutdown is cut short.
 STOP_MARGIN_S = 10.0
+#: How often expired idempotency keys are purged (also once at start-up).
+PURGE_EVERY_S = 3600.0
 
 
 class SystemClock:
@@ -100,6 +103,7 @@ class Server:
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._uows = DeferredUnitOfWorkFactory()
+        self._purger: threading.Thread | None = None
         self.index = FenceIndex()
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self._uows, self.index), self._grpc
@@ -141,6 +145,24 @@ class Server:
         self._ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
+        if self.config.idempotency_days > 0:
+            self._purger = threading.Thread(
+                target=self._purge_keys, name="idempotency-purge", daemon=True
+            )
+            self._purger.start()
+
+    def _purge_keys(self) -> None:
+        """Forget old idempotency keys now and then every PURGE_EVERY_S, until stopped."""
+        retention_s = self.config.idempotency_days * 86400
+        while True:
+            try:
+                removed = purge_idempotency_keys(self._uows, time.time(), retention_s)
+                if removed:
+                    log.info("idempotency keys purged", extra={"fields": {"removed": removed}})
+            except Exception:  # the store may be briefly unavailable; try again later
+                log.exception("idempotency key purge failed")
+            if self._stopped.wait(PURGE_EVERY_S):
+                return
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, close the store."""
@@ -151,6 +173,8 @@ class Server:
         self.health.enter_graceful_shutdown()
         self._grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
         self._committer.close()
+        if self._purger is not None:
+            self._purger.join(self.config.grace_seconds)
         if self.app is not None:
             self.app.engine.dispose()
         log.info("stopped")
