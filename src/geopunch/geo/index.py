@@ -49,10 +49,13 @@ class ClockInfo:
     idx: int
     time_clock: TimeClock
     job_codes: Mapping[str, int]
+    #: The clock's assigned users, sorted (int64): membership tests stay in numpy.
+    user_ids: I64
 
     @staticmethod
     def of(idx: int, tc: TimeClock) -> ClockInfo:
-        return ClockInfo(idx, tc, {job.id: i for i, job in enumerate(tc.jobs)})
+        users = np.sort(np.fromiter(tc.user_ids, np.int64, len(tc.user_ids)))
+        return ClockInfo(idx, tc, {job.id: i for i, job in enumerate(tc.jobs)}, users)
 
     @property
     def max_extra_m(self) -> float:

@@ -70,8 +70,7 @@ def unassigned(
     if not known.any():
         return np.zeros(user_ids.size, np.bool_)
     assigned = [
-        (np.int64(c) << 40) + np.fromiter(snap.clocks[c].time_clock.user_ids, np.int64)
-        for c in np.unique(clocks[known]).tolist()
+        (np.int64(c) << 40) + snap.clocks[c].user_ids for c in np.unique(clocks[known]).tolist()
     ]
     plausible = (user_ids >= 0) & (user_ids < (1 << 40))
     keys = (clocks.astype(np.int64) << 40) + np.where(plausible, user_ids, 0)

@@ -200,6 +200,8 @@ def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfW
     # (user, clock) in order of first appearance; group[i] indexes sample i's pair
     pairs = list(zip(users[first].tolist(), clocks[first].tolist(), strict=True))
     never = np.iinfo(np.int64).min
+    # Depends on the snapshot only: worked out before the shared transaction.
+    strangers = unassigned(snap, users, clocks)
 
     def work(uow: UnitOfWork) -> TrailOutcome:
         known = uow.locations.load(sorted({u for u, _ in pairs}))
@@ -208,7 +210,6 @@ def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfW
         for (u, _), trail in known.items():
             user_last[u] = max(user_last.get(u, never), trail.last_ts)
         last = np.array([user_last.get(u, never) for u, _ in pairs], np.int64)
-        strangers = unassigned(snap, users, clocks)
         stale = (batch.timestamps < last[group]) & ~strangers
         skip = stale | strangers
         stored = {p: known[p] for p in pairs if p in known}
