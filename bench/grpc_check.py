@@ -4,8 +4,9 @@
 
 Seeds a SQLite store with a fleet, starts ``geopunch serve`` on a free port,
 then keeps ``--concurrency`` calls in flight (closed loop) for ``--seconds``
-with batches of ``--batch`` points, once with raw little-endian columns and
-once with packed repeated fields. Prints one JSON object.
+with batches of ``--batch`` points: raw little-endian columns, the same with
+fence ids answered as one fixed-width bytes field, and packed repeated
+fields. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def seed(db: Path, clocks: int, fences: int, points: int, users: int = 0) -> tup
     return f, time.perf_counter() - t
 
 
-def requests(f, batch: int, raw: bool) -> list[location_pb2.CheckLocationsRequest]:  # type: ignore[no-untyped-def]
+def requests(  # type: ignore[no-untyped-def]
+    f, batch: int, raw: bool, fixed_ids: bool = False
+) -> list[location_pb2.CheckLocationsRequest]:
     out = []
     for start in range(0, f.point_lat.size - batch + 1, batch):
         sl = slice(start, start + batch)
-        req = location_pb2.CheckLocationsRequest()
+        req = location_pb2.CheckLocationsRequest(fixed_width_fence_ids=fixed_ids)
         if raw:
             req.raw.latitudes_f64 = f.point_lat[sl].astype("<f8").tobytes()
             req.raw.longitudes_f64 = f.point_lon[sl].astype("<f8").tobytes()
@@ -153,8 +156,12 @@ def main() -> None:
                 "server_start_s": round(start_s, 2),
                 "in_process_points_per_s": round(inproc),
             }
-            for name, raw in (("raw", True), ("packed", False)):
-                reqs = requests(f, args.batch, raw)
+            for name, raw, fixed in (
+                ("raw", True, False),
+                ("raw_fixed_ids", True, True),
+                ("packed", False, False),
+            ):
+                reqs = requests(f, args.batch, raw, fixed)
                 out[f"grpc_{name}"] = closed_loop(
                     address, reqs, args.concurrency, args.seconds, args.batch
                 )

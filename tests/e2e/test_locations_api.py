@@ -43,14 +43,21 @@ def decode(data: location_pb2.CheckResults) -> dict[str, object]:
     }
     offsets = out["offsets"]
     fences = out["fences"]
+    if data.fence_id_width:
+        assert not data.fence_ids
+        fixed = np.frombuffer(data.fence_ids_fixed, f"S{data.fence_id_width}")
+        names = [x.decode() for x in fixed.tolist()]
+    else:
+        names = list(data.fence_ids)
+    out["names"] = names
     out["ids"] = [
-        sorted(data.fence_ids[j] for j in fences[offsets[i] : offsets[i + 1]])  # type: ignore[index]
+        sorted(names[j] for j in fences[offsets[i] : offsets[i + 1]])  # type: ignore[index]
         for i in range(n)
     ]
     if data.distances_f64:
         out["distance"] = np.frombuffer(data.distances_f64, "<f8")
         nearest = np.frombuffer(data.nearest_fences_i32, "<i4")
-        out["nearest"] = [data.fence_ids[j] if j >= 0 else None for j in nearest]
+        out["nearest"] = [names[j] if j >= 0 else None for j in nearest]
     return out
 
 
@@ -80,6 +87,33 @@ def test_packed_and_raw_give_the_same_answers(client: Client) -> None:
     assert list(a["inside"]) == [True, True, False, False]  # type: ignore[call-overload]
     assert home in a["ids"][0] and home in a["ids"][1]  # type: ignore[index]
     assert list(a["status"]) == [0, 0, 0, 0]  # type: ignore[call-overload]
+
+
+def test_fixed_width_fence_ids_give_the_same_answers(client: Client) -> None:
+    tc = make_time_clock(client)
+    fences = [add_fence(client, tc.id, 40.7128, -74.0060 + k * 1e-3, 150 + k) for k in range(5)]
+    pts = [at(40.7128, -74.0060 + k * 5e-4, d) for k in range(10) for d in (0, 140, 400)]
+    lats, lons = [p[0] for p in pts], [p[1] for p in pts]
+    plain = decode(
+        client(
+            client.locations.CheckLocations,
+            raw_request(tc.id, lats, lons, with_distance=True),
+        ).data
+    )
+    fixed = decode(
+        client(
+            client.locations.CheckLocations,
+            raw_request(tc.id, lats, lons, with_distance=True, fixed_width_fence_ids=True),
+        ).data
+    )
+    assert fixed["names"] == plain["names"] and set(plain["names"]) <= set(fences)  # type: ignore[arg-type]
+    assert fixed["ids"] == plain["ids"] and any(plain["ids"])  # type: ignore[arg-type]
+    assert fixed["nearest"] == plain["nearest"]
+    empty = client(
+        client.locations.CheckLocations,
+        raw_request(tc.id, [0.0], [0.0], fixed_width_fence_ids=True),
+    ).data
+    assert empty.fence_ids_fixed == b"" and decode(empty)["ids"] == [[]]
 
 
 def test_jobs_sub_jobs_distance_and_actions(client: Client) -> None:

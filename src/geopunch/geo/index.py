@@ -356,6 +356,15 @@ class Snapshot:
 
     def fence_ids(self, handles: I64) -> list[str]:
         """Fence ids of result handles (int64, shape (k,))."""
+        raw = self.fence_ids_fixed(handles)
+        if not raw.size:
+            return []
+        # One decode of the joined ids instead of one per id (ids hold no NUL).
+        return b"\0".join(raw.tolist()).decode().split("\0")
+
+    def fence_ids_fixed(self, handles: I64) -> npt.NDArray[np.bytes_]:
+        """Fence ids of result handles as one fixed-width bytes array (``S<w>``,
+        NUL-padded UTF-8, shape (k,)): no Python string per id."""
         handles = np.asarray(handles, dtype=np.int64)
         raw = np.empty(handles.size, dtype=self.base.ids.dtype if self.base.size else "S1")
         found = 0
@@ -369,10 +378,7 @@ class Snapshot:
                 found += int(np.count_nonzero(mine))
         if found != handles.size:
             raise KeyError("a handle is not in this snapshot")
-        if not handles.size:
-            return []
-        # One decode of the joined ids instead of one per id (ids hold no NUL).
-        return b"\0".join(raw.tolist()).decode().split("\0")
+        return raw
 
     def iter_fences(self) -> Iterator[tuple[int, str]]:
         """(time clock id, fence id) of every indexed fence."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ageopunch/v1/location.proto\x12\x0bgeopunch.v1\x1a\x1cgoogle/protobuf/struct.proto\"v\n\x0cPackedPoints\x12\x11\n\tlatitudes\x18\x01 \x03(\x01\x12\x12\n\nlongitudes\x18\x02 \x03(\x01\x12\x16\n\x0etime_clock_ids\x18\x03 \x03(\x03\x12\x12\n\naccuracies\x18\x04 \x03(\x01\x12\x13\n\x0bjob_indexes\x18\x05 \x03(\x11\"\x87\x01\n\tRawPoints\x12\x15\n\rlatitudes_f64\x18\x01 \x01(\x0c\x12\x16\n\x0elongitudes_f64\x18\x02 \x01(\x0c\x12\x1a\n\x12time_clock_ids_i64\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61\x63\x63uracies_f64\x18\x04 \x01(\x0c\x12\x17\n\x0fjob_indexes_i32\x18\x05 \x01(\x0c\"\xc4\x01\n\x15\x43heckLocationsRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\x12+\n\x06packed\x18\x02 \x01(\x0b\x32\x19.geopunch.v1.PackedPointsH\x00\x12%\n\x03raw\x18\x03 \x01(\x0b\x32\x16.geopunch.v1.RawPointsH\x00\x12\x0f\n\x07job_ids\x18\x04 \x03(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x15\n\rwith_distance\x18\x06 \x01(\x08\x42\x08\n\x06points\"\x9f\x02\n\x0c\x43heckResults\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x11\n\tstatus_u8\x18\x02 \x01(\x0c\x12\x11\n\tinside_u8\x18\x03 \x01(\x0c\x12\x12\n\nallowed_u8\x18\x04 \x01(\x0c\x12\x19\n\x11match_offsets_i64\x18\x05 \x01(\x0c\x12\x18\n\x10match_fences_i32\x18\x06 \x01(\x0c\x12\x1b\n\x13match_applicable_u8\x18\x07 \x01(\x0c\x12\x18\n\x10match_actions_i8\x18\x08 \x01(\x0c\x12\x11\n\tfence_ids\x18\t \x03(\t\x12\x14\n\x0c\x65xit_actions\x18\n \x03(\t\x12\x15\n\rdistances_f64\x18\x0b \x01(\x0c\x12\x1a\n\x12nearest_fences_i32\x18\x0c \x01(\x0c\"U\n\x16\x43heckLocationsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x19.geopunch.v1.CheckResults\"\xaf\x01\n\x0cTrailSamples\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\x16\n\x0etime_clock_ids\x18\x02 \x03(\x03\x12\x15\n\rtime_clock_id\x18\x03 \x01(\x03\x12\x12\n\ntimestamps\x18\x04 \x03(\x03\x12\x11\n\tlatitudes\x18\x05 \x03(\x01\x12\x12\n\nlongitudes\x18\x06 \x03(\x01\x12\x12\n\naccuracies\x18\x07 \x03(\x01\x12\x0f\n\x07job_ids\x18\x08 \x03(\t\"\xb7\x01\n\tExitEvent\x12\x0e\n\x06sample\x18\x01 \x01(\r\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x15\n\rtime_clock_id\x18\x03 \x01(\x03\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x65nce_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x1a\n\x12other_fence_inside\x18\x07 \x01(\x08\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x10\n\x08shift_id\x18\t \x01(\t\"\x8e\x01\n\x0cTrailResults\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x03(\r\x12\x0e\n\x06inside\x18\x03 \x03(\x08\x12\x15\n\rmatch_offsets\x18\x04 \x03(\x03\x12\x11\n\tfence_ids\x18\x05 \x03(\t\x12%\n\x05\x65xits\x18\x06 \x03(\x0b\x32\x16.geopunch.v1.ExitEvent\"C\n\x15\x45valuateTrailsRequest\x12*\n\x07samples\x18\x01 \x01(\x0b\x32\x19.geopunch.v1.TrailSamples\"U\n\x16\x45valuateTrailsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x19.geopunch.v1.TrailResults\"D\n\x16ReportLocationsRequest\x12*\n\x07samples\x18\x01 \x01(\x0b\x32\x19.geopunch.v1.TrailSamples\"\xde\x01\n\x17ReportLocationsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x37\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32).geopunch.v1.ReportLocationsResponse.Data\x1av\n\x04\x44\x61ta\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05stale\x18\x02 \x01(\r\x12\x0f\n\x07ignored\x18\x03 \x01(\r\x12\x10\n\x08rejected\x18\x04 \x01(\r\x12*\n\x07results\x18\x05 \x01(\x0b\x32\x19.geopunch.v1.TrailResults\"N\n\x12WatchEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x16\n\x0etime_clock_ids\x18\x02 \x03(\x03\x12\r\n\x05types\x18\x03 \x03(\t\"\xdd\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0boccurred_at\x18\x03 \x01(\x03\x12\x1a\n\rtime_clock_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x0cscheduler_id\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07user_id\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x10\n\x0e_time_clock_idB\x0f\n\r_scheduler_idB\n\n\x08_user_id2\xeb\x02\n\x0fLocationService\x12Y\n\x0e\x43heckLocations\x12\".geopunch.v1.CheckLocationsRequest\x1a#.geopunch.v1.CheckLocationsResponse\x12Y\n\x0e\x45valuateTrails\x12\".geopunch.v1.EvaluateTrailsRequest\x1a#.geopunch.v1.EvaluateTrailsResponse\x12\\\n\x0fReportLocations\x12#.geopunch.v1.ReportLocationsRequest\x1a$.geopunch.v1.ReportLocationsResponse\x12\x44\n\x0bWatchEvents\x12\x1f.geopunch.v1.WatchEventsRequest\x1a\x12.geopunch.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ageopunch/v1/location.proto\x12\x0bgeopunch.v1\x1a\x1cgoogle/protobuf/struct.proto\"v\n\x0cPackedPoints\x12\x11\n\tlatitudes\x18\x01 \x03(\x01\x12\x12\n\nlongitudes\x18\x02 \x03(\x01\x12\x16\n\x0etime_clock_ids\x18\x03 \x03(\x03\x12\x12\n\naccuracies\x18\x04 \x03(\x01\x12\x13\n\x0bjob_indexes\x18\x05 \x03(\x11\"\x87\x01\n\tRawPoints\x12\x15\n\rlatitudes_f64\x18\x01 \x01(\x0c\x12\x16\n\x0elongitudes_f64\x18\x02 \x01(\x0c\x12\x1a\n\x12time_clock_ids_i64\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61\x63\x63uracies_f64\x18\x04 \x01(\x0c\x12\x17\n\x0fjob_indexes_i32\x18\x05 \x01(\x0c\"\xe3\x01\n\x15\x43heckLocationsRequest\x12\x15\n\rtime_clock_id\x18\x01 \x01(\x03\x12+\n\x06packed\x18\x02 \x01(\x0b\x32\x19.geopunch.v1.PackedPointsH\x00\x12%\n\x03raw\x18\x03 \x01(\x0b\x32\x16.geopunch.v1.RawPointsH\x00\x12\x0f\n\x07job_ids\x18\x04 \x03(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x15\n\rwith_distance\x18\x06 \x01(\x08\x12\x1d\n\x15\x66ixed_width_fence_ids\x18\x07 \x01(\x08\x42\x08\n\x06points\"\xd0\x02\n\x0c\x43heckResults\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x11\n\tstatus_u8\x18\x02 \x01(\x0c\x12\x11\n\tinside_u8\x18\x03 \x01(\x0c\x12\x12\n\nallowed_u8\x18\x04 \x01(\x0c\x12\x19\n\x11match_offsets_i64\x18\x05 \x01(\x0c\x12\x18\n\x10match_fences_i32\x18\x06 \x01(\x0c\x12\x1b\n\x13match_applicable_u8\x18\x07 \x01(\x0c\x12\x18\n\x10match_actions_i8\x18\x08 \x01(\x0c\x12\x11\n\tfence_ids\x18\t \x03(\t\x12\x17\n\x0f\x66\x65nce_ids_fixed\x18\r \x01(\x0c\x12\x16\n\x0e\x66\x65nce_id_width\x18\x0e \x01(\r\x12\x14\n\x0c\x65xit_actions\x18\n \x03(\t\x12\x15\n\rdistances_f64\x18\x0b \x01(\x0c\x12\x1a\n\x12nearest_fences_i32\x18\x0c \x01(\x0c\"U\n\x16\x43heckLocationsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x19.geopunch.v1.CheckResults\"\xaf\x01\n\x0cTrailSamples\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\x16\n\x0etime_clock_ids\x18\x02 \x03(\x03\x12\x15\n\rtime_clock_id\x18\x03 \x01(\x03\x12\x12\n\ntimestamps\x18\x04 \x03(\x03\x12\x11\n\tlatitudes\x18\x05 \x03(\x01\x12\x12\n\nlongitudes\x18\x06 \x03(\x01\x12\x12\n\naccuracies\x18\x07 \x03(\x01\x12\x0f\n\x07job_ids\x18\x08 \x03(\t\"\xb7\x01\n\tExitEvent\x12\x0e\n\x06sample\x18\x01 \x01(\r\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x15\n\rtime_clock_id\x18\x03 \x01(\x03\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x65nce_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x1a\n\x12other_fence_inside\x18\x07 \x01(\x08\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x10\n\x08shift_id\x18\t \x01(\t\"\x8e\x01\n\x0cTrailResults\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x03(\r\x12\x0e\n\x06inside\x18\x03 \x03(\x08\x12\x15\n\rmatch_offsets\x18\x04 \x03(\x03\x12\x11\n\tfence_ids\x18\x05 \x03(\t\x12%\n\x05\x65xits\x18\x06 \x03(\x0b\x32\x16.geopunch.v1.ExitEvent\"C\n\x15\x45valuateTrailsRequest\x12*\n\x07samples\x18\x01 \x01(\x0b\x32\x19.geopunch.v1.TrailSamples\"U\n\x16\x45valuateTrailsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x19.geopunch.v1.TrailResults\"D\n\x16ReportLocationsRequest\x12*\n\x07samples\x18\x01 \x01(\x0b\x32\x19.geopunch.v1.TrailSamples\"\xde\x01\n\x17ReportLocationsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x37\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32).geopunch.v1.ReportLocationsResponse.Data\x1av\n\x04\x44\x61ta\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05stale\x18\x02 \x01(\r\x12\x0f\n\x07ignored\x18\x03 \x01(\r\x12\x10\n\x08rejected\x18\x04 \x01(\r\x12*\n\x07results\x18\x05 \x01(\x0b\x32\x19.geopunch.v1.TrailResults\"N\n\x12WatchEventsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x16\n\x0etime_clock_ids\x18\x02 \x03(\x03\x12\r\n\x05types\x18\x03 \x03(\t\"\xdd\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0boccurred_at\x18\x03 \x01(\x03\x12\x1a\n\rtime_clock_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x0cscheduler_id\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07user_id\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x10\n\x0e_time_clock_idB\x0f\n\r_scheduler_idB\n\n\x08_user_id2\xeb\x02\n\x0fLocationService\x12Y\n\x0e\x43heckLocations\x12\".geopunch.v1.CheckLocationsRequest\x1a#.geopunch.v1.CheckLocationsResponse\x12Y\n\x0e\x45valuateTrails\x12\".geopunch.v1.EvaluateTrailsRequest\x1a#.geopunch.v1.EvaluateTrailsResponse\x12\\\n\x0fReportLocations\x12#.geopunch.v1.ReportLocationsRequest\x1a$.geopunch.v1.ReportLocationsResponse\x12\x44\n\x0bWatchEvents\x12\x1f.geopunch.v1.WatchEventsRequest\x1a\x12.geopunch.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAWPOINTS']._serialized_start=194
   _globals['_RAWPOINTS']._serialized_end=329
   _globals['_CHECKLOCATIONSREQUEST']._serialized_start=332
-  _globals['_CHECKLOCATIONSREQUEST']._serialized_end=528
-  _globals['_CHECKRESULTS']._serialized_start=531
-  _globals['_CHECKRESULTS']._serialized_end=818
-  _globals['_CHECKLOCATIONSRESPONSE']._serialized_start=820
-  _globals['_CHECKLOCATIONSRESPONSE']._serialized_end=905
-  _globals['_TRAILSAMPLES']._serialized_start=908
-  _globals['_TRAILSAMPLES']._serialized_end=1083
-  _globals['_EXITEVENT']._serialized_start=1086
-  _globals['_EXITEVENT']._serialized_end=1269
-  _globals['_TRAILRESULTS']._serialized_start=1272
-  _globals['_TRAILRESULTS']._serialized_end=1414
-  _globals['_EVALUATETRAILSREQUEST']._serialized_start=1416
-  _globals['_EVALUATETRAILSREQUEST']._serialized_end=1483
-  _globals['_EVALUATETRAILSRESPONSE']._serialized_start=1485
-  _globals['_EVALUATETRAILSRESPONSE']._serialized_end=1570
-  _globals['_REPORTLOCATIONSREQUEST']._serialized_start=1572
-  _globals['_REPORTLOCATIONSREQUEST']._serialized_end=1640
-  _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=1643
-  _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=1865
-  _globals['_REPORTLOCATIONSRESPONSE_DATA']._serialized_start=1747
-  _globals['_REPORTLOCATIONSRESPONSE_DATA']._serialized_end=1865
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1867
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1945
-  _globals['_EVENT']._serialized_start=1948
-  _globals['_EVENT']._serialized_end=2169
-  _globals['_LOCATIONSERVICE']._serialized_start=2172
-  _globals['_LOCATIONSERVICE']._serialized_end=2535
+  _globals['_CHECKLOCATIONSREQUEST']._serialized_end=559
+  _globals['_CHECKRESULTS']._serialized_start=562
+  _globals['_CHECKRESULTS']._serialized_end=898
+  _globals['_CHECKLOCATIONSRESPONSE']._serialized_start=900
+  _globals['_CHECKLOCATIONSRESPONSE']._serialized_end=985
+  _globals['_TRAILSAMPLES']._serialized_start=988
+  _globals['_TRAILSAMPLES']._serialized_end=1163
+  _globals['_EXITEVENT']._serialized_start=1166
+  _globals['_EXITEVENT']._serialized_end=1349
+  _globals['_TRAILRESULTS']._serialized_start=1352
+  _globals['_TRAILRESULTS']._serialized_end=1494
+  _globals['_EVALUATETRAILSREQUEST']._serialized_start=1496
+  _globals['_EVALUATETRAILSREQUEST']._serialized_end=1563
+  _globals['_EVALUATETRAILSRESPONSE']._serialized_start=1565
+  _globals['_EVALUATETRAILSRESPONSE']._serialized_end=1650
+  _globals['_REPORTLOCATIONSREQUEST']._serialized_start=1652
+  _globals['_REPORTLOCATIONSREQUEST']._serialized_end=1720
+  _globals['_REPORTLOCATIONSRESPONSE']._serialized_start=1723
+  _globals['_REPORTLOCATIONSRESPONSE']._serialized_end=1945
+  _globals['_REPORTLOCATIONSRESPONSE_DATA']._serialized_start=1827
+  _globals['_REPORTLOCATIONSRESPONSE_DATA']._serialized_end=1945
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1947
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=2025
+  _globals['_EVENT']._serialized_start=2028
+  _globals['_EVENT']._serialized_end=2249
+  _globals['_LOCATIONSERVICE']._serialized_start=2252
+  _globals['_LOCATIONSERVICE']._serialized_end=2615
 # @@protoc_insertion_point(module_scope)

@@ -111,12 +111,18 @@ class CheckLocationsRequest(_message.Message):
     JOB_IDS_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     WITH_DISTANCE_FIELD_NUMBER: _builtins.int
+    FIXED_WIDTH_FENCE_IDS_FIELD_NUMBER: _builtins.int
     time_clock_id: _builtins.int
     """The time clock of every point, unless the points carry their own."""
     job_id: _builtins.str
     """One job for every point that has no job index of its own."""
     with_distance: _builtins.bool
     """Also compute the signed distance to the nearest applicable fence boundary."""
+    fixed_width_fence_ids: _builtins.bool
+    """Answer fence ids in fence_ids_fixed instead of fence_ids: one bytes field
+    that a client slices with numpy, instead of thousands of strings to build
+    on both sides (the largest part of a big batch's answer time).
+    """
     @_builtins.property
     def packed(self) -> Global___PackedPoints: ...
     @_builtins.property
@@ -134,10 +140,11 @@ class CheckLocationsRequest(_message.Message):
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
         job_id: _builtins.str = ...,
         with_distance: _builtins.bool = ...,
+        fixed_width_fence_ids: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["packed", b"packed", "points", b"points", "raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "job_ids", b"job_ids", "packed", b"packed", "points", b"points", "raw", b"raw", "time_clock_id", b"time_clock_id", "with_distance", b"with_distance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_width_fence_ids", b"fixed_width_fence_ids", "job_id", b"job_id", "job_ids", b"job_ids", "packed", b"packed", "points", b"points", "raw", b"raw", "time_clock_id", b"time_clock_id", "with_distance", b"with_distance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_points: _TypeAlias = _typing.Literal["packed", "raw"]  # noqa: Y015
     _WhichOneofArgType_points: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
@@ -160,6 +167,8 @@ class CheckResults(_message.Message):
     MATCH_APPLICABLE_U8_FIELD_NUMBER: _builtins.int
     MATCH_ACTIONS_I8_FIELD_NUMBER: _builtins.int
     FENCE_IDS_FIELD_NUMBER: _builtins.int
+    FENCE_IDS_FIXED_FIELD_NUMBER: _builtins.int
+    FENCE_ID_WIDTH_FIELD_NUMBER: _builtins.int
     EXIT_ACTIONS_FIELD_NUMBER: _builtins.int
     DISTANCES_F64_FIELD_NUMBER: _builtins.int
     NEAREST_FENCES_I32_FIELD_NUMBER: _builtins.int
@@ -180,6 +189,12 @@ class CheckResults(_message.Message):
     """uint8 per match: 1 when the fence applies to the point's job."""
     match_actions_i8: _builtins.bytes
     """int8 per match: index into exit_actions."""
+    fence_ids_fixed: _builtins.bytes
+    """With fixed_width_fence_ids: the same ids, each UTF-8 and right-padded with
+    NUL bytes to fence_id_width bytes, one after another
+    (numpy: np.frombuffer(fence_ids_fixed, f"S{fence_id_width}")).
+    """
+    fence_id_width: _builtins.int
     distances_f64: _builtins.bytes
     """With with_distance: float64 per point, signed metres to the boundary of the
     nearest applicable fence (negative inside, NaN when there is none)...
@@ -188,7 +203,7 @@ class CheckResults(_message.Message):
     """... and int32 per point, that fence as an index into fence_ids (-1 none)."""
     @_builtins.property
     def fence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Fence ids that the index columns refer to."""
+        """Fence ids that the index columns refer to (empty with fixed_width_fence_ids)."""
 
     @_builtins.property
     def exit_actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -206,13 +221,15 @@ class CheckResults(_message.Message):
         match_applicable_u8: _builtins.bytes = ...,
         match_actions_i8: _builtins.bytes = ...,
         fence_ids: _abc.Iterable[_builtins.str] | None = ...,
+        fence_ids_fixed: _builtins.bytes = ...,
+        fence_id_width: _builtins.int = ...,
         exit_actions: _abc.Iterable[_builtins.str] | None = ...,
         distances_f64: _builtins.bytes = ...,
         nearest_fences_i32: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_u8", b"allowed_u8", "count", b"count", "distances_f64", b"distances_f64", "exit_actions", b"exit_actions", "fence_ids", b"fence_ids", "inside_u8", b"inside_u8", "match_actions_i8", b"match_actions_i8", "match_applicable_u8", b"match_applicable_u8", "match_fences_i32", b"match_fences_i32", "match_offsets_i64", b"match_offsets_i64", "nearest_fences_i32", b"nearest_fences_i32", "status_u8", b"status_u8"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_u8", b"allowed_u8", "count", b"count", "distances_f64", b"distances_f64", "exit_actions", b"exit_actions", "fence_id_width", b"fence_id_width", "fence_ids", b"fence_ids", "fence_ids_fixed", b"fence_ids_fixed", "inside_u8", b"inside_u8", "match_actions_i8", b"match_actions_i8", "match_applicable_u8", b"match_applicable_u8", "match_fences_i32", b"match_fences_i32", "match_offsets_i64", b"match_offsets_i64", "nearest_fences_i32", b"nearest_fences_i32", "status_u8", b"status_u8"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -250,9 +250,14 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             match_fences_i32=inverse[: handles.size].astype("<i4").tobytes(),
             match_applicable_u8=result.applicable.astype(np.uint8).tobytes(),
             match_actions_i8=result.actions.astype(np.int8).tobytes(),
-            fence_ids=snap.fence_ids(unique),
             exit_actions=_EXIT_ACTIONS,
         )
+        if request.fixed_width_fence_ids:
+            ids = snap.fence_ids_fixed(unique)
+            data.fence_ids_fixed = ids.tobytes()
+            data.fence_id_width = ids.dtype.itemsize
+        else:
+            data.fence_ids.extend(snap.fence_ids(unique))
         if result.distance_m is not None and extra is not None:
             nearest = np.full(extra.size, -1, "<i4")
             nearest[extra >= 0] = inverse[handles.size :]
