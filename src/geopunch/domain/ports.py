@@ -37,10 +37,6 @@ class TimeClockRepository(Protocol):
 
     def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]: ...
 
-    def day_status(self, time_clock_id: int, user_id: int, day: date) -> DayStatus | None:
-        """Whether one day of a user is locked or approved (None: open)."""
-        ...
-
     def set_day_status(
         self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
     ) -> None: ...
@@ -65,10 +61,6 @@ class GeofenceRepository(Protocol):
 class ActivityRepository(Protocol):
     """Shifts and breaks. ``add`` and ``close`` raise ConcurrentChange when the
     database refuses them because another transaction got there first."""
-
-    def open_for(self, time_clock_id: int, user_id: int) -> Activity | None: ...
-
-    def last_end(self, time_clock_id: int, user_id: int) -> int | None: ...
 
     def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
         """The open activity, the last end and ``day``'s status, in one read."""

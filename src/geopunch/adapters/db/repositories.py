@@ -56,14 +56,6 @@ from geopunch.domain.punches import (
 
 _T = TypeVar("_T")
 
-_DAY_STATUS = Prepared(
-    select(day_statuses.c.status).where(
-        day_statuses.c.time_clock_id == bindparam("tc"),
-        day_statuses.c.user_id == bindparam("user"),
-        day_statuses.c.day == bindparam("day"),
-    )
-)
-
 
 def chunks(items: Sequence[_T], size: int = 400) -> list[list[_T]]:
     """Items in chunks small enough for one IN list (SQLite binds at most 32766 values)."""
@@ -252,12 +244,6 @@ class SqlTimeClockRepository:
         ).all()
         return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}
 
-    def day_status(self, time_clock_id: int, user_id: int, day: date) -> DayStatus | None:
-        status = _DAY_STATUS.scalar(
-            self._conn, {"tc": time_clock_id, "user": user_id, "day": day.isoformat()}
-        )
-        return DayStatus(status) if status is not None else None
-
     def set_day_status(
         self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
     ) -> None:
@@ -443,18 +429,6 @@ def _activity(row: Mapping[Any, Any]) -> Activity:
 
 
 # Statements of the punch path, compiled once and run on the driver (see prepared.py).
-_OPEN_FOR = Prepared(
-    select(activities).where(
-        activities.c.time_clock_id == bindparam("tc"),
-        activities.c.user_id == bindparam("user"),
-        activities.c.end_ts.is_(None),
-    )
-)
-_LAST_END = Prepared(
-    select(func.max(activities.c.end_ts)).where(
-        activities.c.time_clock_id == bindparam("tc"), activities.c.user_id == bindparam("user")
-    )
-)
 # One row whether or not an activity is open: the open one (if any) joined to
 # a constant, with the last end and the day's status as scalar subqueries.
 _ANCHOR = select(literal_column("1").label("one")).subquery("anchor")
@@ -498,14 +472,6 @@ _CLOSE = Prepared(
 class SqlActivityRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-
-    def open_for(self, time_clock_id: int, user_id: int) -> Activity | None:
-        row = _OPEN_FOR.first(self._conn, {"tc": time_clock_id, "user": user_id})
-        return _activity(row) if row else None
-
-    def last_end(self, time_clock_id: int, user_id: int) -> int | None:
-        value = _LAST_END.scalar(self._conn, {"tc": time_clock_id, "user": user_id})
-        return int(value) if value is not None else None
 
     def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
         row = _PUNCH_STATE.first(
