@@ -68,12 +68,6 @@ class Prepared:
         cursor.close()
         return None if row is None else dict(zip(columns, row, strict=True))
 
-    def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
-        cursor = self.execute(conn, params)
-        row = cursor.fetchone()
-        cursor.close()
-        return None if row is None else row[0]
-
     def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
         cursor = self.execute(conn, params)
         count: int = cursor.rowcount
