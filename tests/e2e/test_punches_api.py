@@ -471,10 +471,13 @@ def test_expired_idempotency_keys_are_forgotten_at_start_up(tmp_path: Path) -> N
     srv.start(tmp_path)
     c = Client(srv.address)
     try:
+        deadline = time.monotonic() + 20  # the purge runs beside serving, right after start-up
+        while "idempotency keys purged" not in srv.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "idempotency keys purged" in srv.logs()
         assert clock_in(c, tc, timestamp=ts, idempotencyKey="kept") == first  # still replayed
         # "aged" was forgotten: the same body is a new punch now, judged on its own
         fails(lambda: clock_out(c, tc, timestamp=ts + 60, idempotencyKey="aged"), "NO_OPEN_SHIFT")
-        assert "idempotency keys purged" in srv.logs()
     finally:
         c.close()
         srv.terminate()
