@@ -229,7 +229,7 @@ class _Writer:
 
 
 #: A piece's outcome: (True, result) or (False, exception).
-Outcome = tuple[bool, Any]
+_PieceOutcome = tuple[bool, Any]
 
 
 class GroupCommitter:
@@ -282,7 +282,7 @@ class GroupCommitter:
         with self._mutex:
             self._closed = True
 
-    def _run(self, works: list[Callable[[Any], Any]]) -> list[Outcome]:
+    def _run(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
         try:
             for guarded in (False, True):
                 with self._uows() as uow:
@@ -297,7 +297,7 @@ class GroupCommitter:
     @staticmethod
     def _apply(
         uow: UnitOfWork, works: list[Callable[[Any], Any]], guarded: bool
-    ) -> list[Outcome] | None:
+    ) -> list[_PieceOutcome] | None:
         """Run every piece in ``uow``; None means "start over guarded".
 
         A savepoint per piece costs two statements, and on SQLite every
@@ -307,7 +307,7 @@ class GroupCommitter:
         before any write); one that fails after writing sends the whole batch
         round again with a savepoint per piece.
         """
-        outcomes: list[Outcome] = []
+        outcomes: list[_PieceOutcome] = []
         for work in works:
             before = None if guarded else uow.changes()
             try:
