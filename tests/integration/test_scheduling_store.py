@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import metadata
-from geopunch.domain.events import Event
+from geopunch.domain.errors import ConcurrentChange
+from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.models import Job
 from geopunch.domain.punches import PunchLocation
 from geopunch.domain.shifts import (
@@ -131,6 +133,52 @@ def test_event_log_orders_and_pages(engine: Engine) -> None:
         assert len({e.seq for e in got}) == 5
         page = uow.events.after(got[1].seq, limit=2)
         assert [e.user_id for e in page] == [2, 3]
+
+
+def test_live_trails_round_trip_in_every_shape_of_write(engine: Engine) -> None:
+    """Created, moved (same fences: only the time is written), re-fenced, and
+    loaded across IN-list chunks (600 users: chunks of 256 padded to powers of two)."""
+    uows = SqlUnitOfWorkFactory(engine)
+    users = list(range(1000, 1600))
+    first = {(u, 7): LiveTrail(100 + u, ("a", "b") if u % 3 else ()) for u in users}
+    first[(1000, 8)] = LiveTrail(5, ("z",))
+    with uows() as uow:
+        assert uow.locations.load(users) == {}
+        uow.locations.save(first, {})
+        uow.commit()
+    with uows() as uow:
+        known = uow.locations.load(users)
+        assert known == first
+        later = {
+            (1001, 7): LiveTrail(9_000, ("a", "b")),  # moved, same fences
+            (1002, 7): LiveTrail(9_001, ("c",)),  # left a and b, entered c
+            (1003, 7): LiveTrail(9_002, ()),  # left every fence
+            (1000, 9): LiveTrail(9_003, ("q",)),  # a new trail of a known user
+        }
+        uow.locations.save(later, known)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.locations.load([1000, 1001, 1002, 1003, 1004]) == {
+            (1000, 7): first[(1000, 7)],
+            (1000, 8): first[(1000, 8)],
+            (1000, 9): later[(1000, 9)],
+            (1001, 7): later[(1001, 7)],
+            (1002, 7): later[(1002, 7)],
+            (1003, 7): later[(1003, 7)],
+            (1004, 7): first[(1004, 7)],
+        }
+        assert uow.locations.load([1001, 1001, 5]) == {(1001, 7): later[(1001, 7)]}
+
+
+def test_starting_a_trail_twice_is_a_concurrent_change(engine: Engine) -> None:
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.locations.save({(1, 2): LiveTrail(10, ())}, {})
+        uow.commit()
+    with uows() as uow, pytest.raises(ConcurrentChange):
+        uow.locations.save({(1, 2): LiveTrail(11, ("f",))}, {})
+    with uows(readonly=True) as uow:
+        assert uow.locations.load([1]) == {(1, 2): LiveTrail(10, ())}
 
 
 def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: Engine) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date
 from types import TracebackType
@@ -134,8 +134,11 @@ class LocationStateRepository(Protocol):
         """Every stored trail of these users, keyed by (user, time clock)."""
         ...
 
-    def save(self, new: dict[tuple[int, int], LiveTrail], known: set[tuple[int, int]]) -> None:
-        """Raise ConcurrentChange when another call created one of the new trails first."""
+    def save(
+        self, new: dict[tuple[int, int], LiveTrail], known: Mapping[tuple[int, int], LiveTrail]
+    ) -> None:
+        """Write ``new``; ``known`` are the trails as loaded (the others are created).
+        Raise ConcurrentChange when another call created one of them first."""
         ...
 
 

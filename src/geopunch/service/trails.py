@@ -238,7 +238,7 @@ def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfW
                 r = _detect(snap, batch, skip, initial, group_job[group], job_names)
         r.status[strangers & (r.status == SKIPPED)] = UNKNOWN_USER
         report, events = _fire(uow, snap, batch, r, shifts, now)
-        uow.locations.save(_new_trails(snap, pairs, group, batch, r, stored), set(known))
+        uow.locations.save(_new_trails(snap, pairs, group, batch, r, stored), known)
         uow.events.append(events)
         return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
 

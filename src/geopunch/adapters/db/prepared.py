@@ -8,19 +8,21 @@ committer runs them while every gRPC thread waits for the GIL. A
 stays dialect-correct, but it is compiled once per dialect and executed on the
 DBAPI connection that the SQLAlchemy ``Connection`` holds (SQLAlchemy exposes
 it for this purpose as ``Connection.connection.dbapi_connection``); it takes
-part in the same transaction. Only plain column types belong here: no bind or
-result processing is applied.
+part in the same transaction. Parameters get their type's bind processor and
+JSON columns their result processor, looked up once at compile time; other
+results come as the driver gives them.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Connection
+from sqlalchemy import JSON, BindParameter, Connection, bindparam
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -30,6 +32,21 @@ class _Compiled:
     sql: str
     positional: tuple[str, ...] | None  # parameter order for qmark/format styles
     columns: tuple[str, ...]  # result column names, in order
+    binds: tuple[tuple[str, Callable[[Any], Any]], ...]  # parameters that need converting
+    results: tuple[Callable[[Any], Any] | None, ...] | None  # per column; None: none do
+    order: Callable[[Mapping[str, Any]], Any] | None  # positional parameters out of a dict
+
+    def args(self, params: Mapping[str, Any]) -> Any:
+        if self.binds:
+            params = dict(params)
+            for key, process in self.binds:
+                params[key] = process(params[key])
+        return params if self.order is None else self.order(params)
+
+    def row(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        if self.results is None:
+            return tuple(row)
+        return tuple(v if f is None else f(v) for f, v in zip(self.results, row, strict=True))
 
 
 class Prepared:
@@ -46,10 +63,27 @@ class Prepared:
             c = cast(SQLCompiler, self._statement.compile(dialect=dialect))
             selected = getattr(self._statement, "selected_columns", None)
             columns = tuple(selected.keys()) if selected is not None else ()
+            binds = tuple(
+                (key, process)
+                for key, bind in c.binds.items()
+                if (process := bind.type.dialect_impl(dialect).bind_processor(dialect))
+            )
+            # Only JSON results are converted: other processors (PostgreSQL's
+            # numerics) need the driver's column type, known only after a query.
+            results = tuple(
+                col.type.dialect_impl(dialect).result_processor(dialect, None)
+                if isinstance(col.type, JSON)
+                else None
+                for col in (selected if selected is not None else ())
+            )
+            positional = tuple(c.positiontup or ()) if c.positional else None
             compiled = _Compiled(
                 sql=c.string,
-                positional=tuple(c.positiontup or ()) if c.positional else None,
+                positional=positional,
                 columns=columns,
+                binds=binds,
+                results=results if any(f is not None for f in results) else None,
+                order=None if positional is None else _getter(positional),
             )
             self._by_dialect[dialect.name] = compiled
         return compiled
@@ -57,22 +91,49 @@ class Prepared:
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run with ``params``; return the driver's cursor."""
         c = self._compile(conn)
-        args: Any = params if c.positional is None else tuple(params[k] for k in c.positional)
-        return driver(conn).execute(c.sql, args)
+        return driver(conn).execute(c.sql, c.args(params))
+
+    def many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run once per parameter set (the driver's ``executemany``)."""
+        c = self._compile(conn)
+        cursor = driver(conn).cursor()
+        try:
+            cursor.executemany(c.sql, [c.args(p) for p in rows])
+        finally:
+            cursor.close()
+
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, as tuples in the order of the selected columns."""
+        c = self._compile(conn)
+        cursor = driver(conn).execute(c.sql, c.args(params))
+        rows = cursor.fetchall()
+        cursor.close()
+        return rows if c.results is None else [c.row(r) for r in rows]
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first row as a dict keyed by column name, or None."""
-        columns = self._compile(conn).columns
+        c = self._compile(conn)
         cursor = self.execute(conn, params)
         row = cursor.fetchone()
         cursor.close()
-        return None if row is None else dict(zip(columns, row, strict=True))
+        return None if row is None else dict(zip(c.columns, c.row(row), strict=True))
 
     def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
         cursor = self.execute(conn, params)
         count: int = cursor.rowcount
         cursor.close()
         return count
+
+
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """Values of ``keys`` out of a dict, as a tuple (``itemgetter`` in C)."""
+    if len(keys) == 1:
+        (key,) = keys
+        return lambda params: (params[key],)
+    if not keys:
+        return lambda params: ()
+    getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] = itemgetter(*keys)
+    return getter
 
 
 def driver(conn: Connection) -> Any:
@@ -106,3 +167,37 @@ def savepoint(conn: Connection) -> Iterator[None]:
         raw.execute(f"RELEASE SAVEPOINT {name}")
         raise
     raw.execute(f"RELEASE SAVEPOINT {name}")
+
+
+class PreparedIn:
+    """A statement filtering on an IN list, prepared for list lengths 1, 2, 4 ... ``most``.
+
+    ``build(n)`` returns the statement for ``n`` values, bound as ``v0``,
+    ``v1`` ... (see :func:`in_values`). A list is cut into chunks of at most ``most``
+    values and each chunk padded with its last value up to the next prepared
+    length, which changes no IN answer and keeps a handful of compiled
+    statements instead of one per length.
+    """
+
+    def __init__(self, build: Callable[[int], ClauseElement], most: int = 256) -> None:
+        self._build = build
+        self._most = most
+        self._by_size: dict[int, Prepared] = {}
+
+    def all(self, conn: Connection, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows for all ``values``, chunk after chunk."""
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), self._most):
+            chunk = list(values[start : start + self._most])
+            size = 1 << (len(chunk) - 1).bit_length()
+            stmt = self._by_size.get(size)
+            if stmt is None:
+                stmt = self._by_size[size] = Prepared(self._build(size))
+            chunk += [chunk[-1]] * (size - len(chunk))
+            out += stmt.all(conn, {f"v{i}": v for i, v in enumerate(chunk)})
+        return out
+
+
+def in_values(n: int) -> list[BindParameter[Any]]:
+    """Parameters ``v0`` ... for :class:`PreparedIn`."""
+    return [bindparam(f"v{i}") for i in range(n)]

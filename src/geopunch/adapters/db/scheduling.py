@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -21,7 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.repositories import chunks, job_columns
+from geopunch.adapters.db.prepared import Prepared, PreparedIn, in_values, integrity_error
+from geopunch.adapters.db.repositories import job_columns
 from geopunch.adapters.db.tables import (
     events,
     live_trails,
@@ -48,52 +49,78 @@ from geopunch.domain.shifts import (
 _EVENTS_LOCK = 0x6765_6F70_6576  # "geopev"
 
 
+_TRAIL = live_trails.c
+_LOAD_TRAILS = PreparedIn(
+    lambda n: (
+        select(_TRAIL.user_id, _TRAIL.time_clock_id, _TRAIL.last_ts, _TRAIL.inside)
+        .where(_TRAIL.user_id.in_(in_values(n)))
+        .with_for_update()
+    )
+)
+_INSERT_TRAIL = Prepared(
+    insert(live_trails).values({c.key: bindparam(c.key) for c in live_trails.c})
+)
+_WHERE_TRAIL = (_TRAIL.user_id == bindparam("u"), _TRAIL.time_clock_id == bindparam("k"))
+_UPDATE_TRAIL = Prepared(
+    update(live_trails)
+    .where(*_WHERE_TRAIL)
+    .values(last_ts=bindparam("ts"), inside=bindparam("fences", type_=JSON))
+)
+#: A trail that moved without entering or leaving a fence: no JSON to encode.
+_MOVE_TRAIL = Prepared(update(live_trails).where(*_WHERE_TRAIL).values(last_ts=bindparam("ts")))
+
+
 class SqlLocationRepository:
-    """Live trails, one row per (user, time clock)."""
+    """Live trails, one row per (user, time clock).
+
+    Every ReportLocations batch reads and writes a row per trail it touches,
+    so these statements run on the driver (see ``prepared``).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def load(self, user_ids: Sequence[int]) -> dict[tuple[int, int], LiveTrail]:
         """Stored trails of these users, on every time clock, locked for update."""
-        t = live_trails.c
-        found: dict[tuple[int, int], LiveTrail] = {}
-        for chunk in chunks(user_ids):
-            query = select(t.user_id, t.time_clock_id, t.last_ts, t.inside).where(
-                t.user_id.in_(chunk)
-            )
-            for user, clock, last, inside in self._conn.execute(query.with_for_update()):
-                found[(user, clock)] = LiveTrail(last, tuple(inside))
-        return found
+        return {
+            (user, clock): LiveTrail(last, tuple(inside))
+            for user, clock, last, inside in _LOAD_TRAILS.all(self._conn, user_ids)
+        }
 
-    def save(self, new: dict[tuple[int, int], LiveTrail], known: set[tuple[int, int]]) -> None:
-        """Write trails; those in ``known`` exist already, the others are inserted
-        (ConcurrentChange when another call inserted one first)."""
-        fresh = [
-            {"user_id": u, "time_clock_id": k, "last_ts": v.last_ts, "inside": list(v.inside)}
-            for (u, k), v in new.items()
-            if (u, k) not in known
-        ]
-        moved = [
-            {"u": u, "k": k, "ts": v.last_ts, "inside": list(v.inside)}
-            for (u, k), v in new.items()
-            if (u, k) in known
-        ]
+    def save(
+        self, new: dict[tuple[int, int], LiveTrail], known: Mapping[tuple[int, int], LiveTrail]
+    ) -> None:
+        """Write trails; those in ``known`` (as loaded) exist already, the others
+        are inserted (ConcurrentChange when another call inserted one first)."""
+        fresh = []
+        moved = []
+        changed = []
+        for (u, k), v in new.items():
+            old = known.get((u, k))
+            if old is None:
+                fresh.append(
+                    {
+                        "user_id": u,
+                        "time_clock_id": k,
+                        "last_ts": v.last_ts,
+                        "inside": list(v.inside),
+                    }
+                )
+            elif old.inside == v.inside:
+                moved.append({"u": u, "k": k, "ts": v.last_ts})
+            else:
+                changed.append({"u": u, "k": k, "ts": v.last_ts, "fences": list(v.inside)})
         if fresh:
             # No savepoint of its own: a refused insert fails the whole unit of
             # work (or the group committer's savepoint around it), which is retried.
             try:
-                self._conn.execute(insert(live_trails), fresh)
-            except IntegrityError as exc:
+                _INSERT_TRAIL.many(self._conn, fresh)
+            except integrity_error(self._conn) as exc:
                 raise ConcurrentChange("another call started the same trail first") from exc
         if moved:
-            t = live_trails.c
-            self._conn.execute(
-                update(live_trails)
-                .where(t.user_id == bindparam("u"), t.time_clock_id == bindparam("k"))
-                .values(last_ts=bindparam("ts"), inside=bindparam("inside", type_=JSON)),
-                moved,
-            )
+            _MOVE_TRAIL.many(self._conn, moved)
+        if changed:
+            _UPDATE_TRAIL.many(self._conn, changed)
 
 
 class SqlSchedulerRepository:
