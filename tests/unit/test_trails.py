@@ -367,6 +367,30 @@ def test_unassigned_users() -> None:
     assert got.tolist() == [False, True, True, False, True, True]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.frozensets(st.integers(0, 40), max_size=12), min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(-2, 42), st.integers(0, 8)), max_size=60),
+)
+def test_unassigned_matches_the_clocks_user_sets(
+    users: list[frozenset[int]], samples: list[tuple[int, int]]
+) -> None:
+    from geopunch.geo.trails import unassigned
+
+    clocks = [clock(i + 1, user_ids=u) for i, u in enumerate(users)]
+    index = FenceIndex()
+    index.load(clocks, [fence("f", 1, 0.0, 0.0)])
+    # users of the last clock change: the next snapshot must know the new set
+    changed = replace(clocks[-1], user_ids=frozenset({41, 42}))
+    index.time_clock_changed(changed, [])
+    by_id = {tc.id: tc.user_ids for tc in [*clocks[:-1], changed]}
+    u = np.array([s[0] for s in samples], np.int64)
+    c = np.array([s[1] for s in samples], np.int64)
+    got = unassigned(index.snapshot, u, c)
+    want = [cid in by_id and uid not in by_id[cid] for uid, cid in samples]
+    assert got.tolist() == want
+
+
 @pytest.mark.parametrize("big", [0, 2**40])  # the compiled path, then the dict path
 def test_pair_codes_number_pairs_by_first_appearance(big: int) -> None:
     from geopunch.geo.trails import pair_codes

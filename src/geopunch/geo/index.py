@@ -333,6 +333,9 @@ class Snapshot:
     base: FenceTable
     overrides: Mapping[int, FenceTable]
     shadowed: B
+    #: Every (clock, assigned user) pair as ``dense clock << 40 | user id``,
+    #: sorted: one ``searchsorted`` tells whether samples' users are assigned.
+    user_keys: I64
 
     @property
     def tables(self) -> list[FenceTable]:
@@ -441,11 +444,12 @@ def _make_snapshot(
             prev.extra_m,
             prev.exit_m,
         )
-        direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
+        direct, clock_idx, user_keys = prev.direct_clock_idx, prev.clock_idx, prev.user_keys
     else:
         sorted_ids, sorted_idx, tol, extra, exit_m = _clock_arrays(clocks)
         direct = _direct_table(sorted_ids, sorted_idx)
         clock_idx = {c.time_clock.id: c.idx for c in clocks}
+        user_keys = _user_keys(clocks)
     shadowed = np.zeros(len(clocks), dtype=bool)
     shadowed[list(overrides)] = True
     return Snapshot(
@@ -461,7 +465,22 @@ def _make_snapshot(
         base=base,
         overrides=dict(overrides),
         shadowed=shadowed,
+        user_keys=user_keys,
     )
+
+
+#: Assigned user ids must be below this to be looked up by ``Snapshot.user_keys``.
+USER_KEY_LIMIT = 1 << 40
+
+
+def _user_keys(clocks: Sequence[ClockInfo]) -> I64:
+    """Clocks are in dense order and their users sorted: the keys come out sorted."""
+    parts = [
+        (np.int64(c.idx) << 40) + c.user_ids[(c.user_ids >= 0) & (c.user_ids < USER_KEY_LIMIT)]
+        for c in clocks
+        if c.user_ids.size
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
 @dataclass

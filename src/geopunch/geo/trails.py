@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geopunch.geo import kernels
-from geopunch.geo.index import FenceTable, Snapshot
+from geopunch.geo.index import USER_KEY_LIMIT, FenceTable, Snapshot
 from geopunch.geo.membership import (
     INVALID_ACCURACY,
     OK,
@@ -59,8 +59,8 @@ def unassigned(
     """Samples of a known time clock whose user is not one of that clock's users.
 
     With ``listed_only``, clocks that list no users accept every user (fences
-    read from a file may come without users). One ``np.isin`` over
-    (dense clock, user) keys of the clocks involved.
+    read from a file may come without users). One binary search of
+    (dense clock, user) keys in the snapshot's sorted ``user_keys``.
     """
     clocks = snap.dense_clocks(time_clock_ids)
     known = clocks >= 0
@@ -69,12 +69,13 @@ def unassigned(
         known &= listing[np.where(known, clocks, 0)]
     if not known.any():
         return np.zeros(user_ids.size, np.bool_)
-    assigned = [
-        (np.int64(c) << 40) + snap.clocks[c].user_ids for c in np.unique(clocks[known]).tolist()
-    ]
-    plausible = (user_ids >= 0) & (user_ids < (1 << 40))
+    table = snap.user_keys
+    if not table.size:
+        return known
+    plausible = (user_ids >= 0) & (user_ids < USER_KEY_LIMIT)
     keys = (clocks.astype(np.int64) << 40) + np.where(plausible, user_ids, 0)
-    member = np.isin(keys, np.concatenate(assigned)) & plausible
+    at = np.minimum(np.searchsorted(table, keys), table.size - 1)
+    member: B = (table[at] == keys) & plausible
     return known & ~member
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Connection,
     Row,
+    String,
     bindparam,
     delete,
     exists,
@@ -17,6 +20,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -51,12 +55,35 @@ _EVENTS_LOCK = 0x6765_6F70_6576  # "geopev"
 
 _TRAIL = live_trails.c
 _LOAD_TRAILS = PreparedIn(
+    # inside comes undecoded (see _fences): JSON text on SQLite, a list on PostgreSQL.
     lambda n: (
-        select(_TRAIL.user_id, _TRAIL.time_clock_id, _TRAIL.last_ts, _TRAIL.inside)
+        select(
+            _TRAIL.user_id,
+            _TRAIL.time_clock_id,
+            _TRAIL.last_ts,
+            type_coerce(_TRAIL.inside, String),
+        )
         .where(_TRAIL.user_id.in_(in_values(n)))
         .with_for_update()
     )
 )
+
+
+@lru_cache(maxsize=4096)
+def _decoded(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _fences(raw: str | list[str]) -> tuple[str, ...]:
+    """A stored ``inside`` value as a tuple of fence ids.
+
+    psycopg decodes JSON columns itself; SQLite gives the text, which repeats
+    from batch to batch (a user stays in the same fences), so decoded texts
+    are remembered.
+    """
+    return _decoded(raw) if isinstance(raw, str) else tuple(raw)
+
+
 _INSERT_TRAIL = Prepared(
     insert(live_trails).values({c.key: bindparam(c.key) for c in live_trails.c})
 )
@@ -83,7 +110,7 @@ class SqlLocationRepository:
     def load(self, user_ids: Sequence[int]) -> dict[tuple[int, int], LiveTrail]:
         """Stored trails of these users, on every time clock, locked for update."""
         return {
-            (user, clock): LiveTrail(last, tuple(inside))
+            (user, clock): LiveTrail(last, _fences(inside))
             for user, clock, last, inside in _LOAD_TRAILS.all(self._conn, user_ids)
         }
 
