@@ -38,6 +38,11 @@ CELL_OFFSET_M = 6_400_000.0 + CELL_M
 AXIS_BITS = 12
 MAX_CLOCKS = 1 << (63 - 3 * AXIS_BITS)
 
+#: Below this many items a trivial per-item loop runs on the calling thread: a
+#: parallel region's start-up and join cost more than the work, and in a busy
+#: server the calling thread waits for pool threads that other calls occupy.
+SERIAL_BELOW = 16_384
+
 
 @numba.njit(cache=True, inline="always")
 def ecef_point(lat: float, lon: float) -> tuple[float, float, float]:
@@ -93,34 +98,65 @@ def applies(row, job, applies_all, job_start, jobs):  # -> bool
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def applies_many(rows, jobs, applies_all, job_start, job_codes, out):
-    """:func:`applies` for many (fence row, job code) pairs."""
+def _applies_many_parallel(rows, jobs, applies_all, job_start, job_codes, out):
     for k in numba.prange(rows.shape[0]):
         out[k] = applies(rows[k], jobs[k], applies_all, job_start, job_codes)
 
 
+@numba.njit(cache=True, nogil=True)
+def _applies_many_serial(rows, jobs, applies_all, job_start, job_codes, out):
+    for k in range(rows.shape[0]):
+        out[k] = applies(rows[k], jobs[k], applies_all, job_start, job_codes)
+
+
+def applies_many(
+    rows: Arr, jobs: Arr, applies_all: Arr, job_start: Arr, job_codes: Arr, out: Arr
+) -> None:
+    """:func:`applies` for many (fence row, job code) pairs."""
+    run = _applies_many_serial if rows.shape[0] < SERIAL_BELOW else _applies_many_parallel
+    run(rows, jobs, applies_all, job_start, job_codes, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _resolve_clock(key, sorted_ids, sorted_idx, direct):
+    if 0 <= key < direct.shape[0]:
+        return direct[key]
+    n = sorted_ids.shape[0]
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sorted_ids[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return sorted_idx[lo] if lo < n and sorted_ids[lo] == key else -1
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
-def resolve_clocks(time_clock_ids, sorted_ids, sorted_idx, direct, out):
+def _resolve_clocks_parallel(time_clock_ids, sorted_ids, sorted_idx, direct, out):
+    for i in numba.prange(time_clock_ids.shape[0]):
+        out[i] = _resolve_clock(time_clock_ids[i], sorted_ids, sorted_idx, direct)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resolve_clocks_serial(time_clock_ids, sorted_ids, sorted_idx, direct, out):
+    for i in range(time_clock_ids.shape[0]):
+        out[i] = _resolve_clock(time_clock_ids[i], sorted_ids, sorted_idx, direct)
+
+
+def resolve_clocks(
+    time_clock_ids: Arr, sorted_ids: Arr, sorted_idx: Arr, direct: Arr, out: Arr
+) -> None:
     """Dense clock index of each time clock id; -1 when unknown.
 
     ``direct`` maps small ids straight to their index (one load); larger ids
     take a binary search in ``sorted_ids``.
     """
-    n = sorted_ids.shape[0]
-    for i in numba.prange(time_clock_ids.shape[0]):
-        key = time_clock_ids[i]
-        if 0 <= key < direct.shape[0]:
-            out[i] = direct[key]
-            continue
-        lo = 0
-        hi = n
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if sorted_ids[mid] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[i] = sorted_idx[lo] if lo < n and sorted_ids[lo] == key else -1
+    if time_clock_ids.shape[0] < SERIAL_BELOW:
+        _resolve_clocks_serial(time_clock_ids, sorted_ids, sorted_idx, direct, out)
+    else:
+        _resolve_clocks_parallel(time_clock_ids, sorted_ids, sorted_idx, direct, out)
 
 
 def count_matches(

@@ -525,18 +525,23 @@ def warm_up() -> None:
     index.load([tc], [fence("w1")])
     index.fences_changed(tc, [fence("w2")], [])  # an override table: the multi-table path
     snap = index.snapshot
-    check_points(
-        snap,
-        [0.0, 0.0005, 1.0],
-        [0.0, 0.0, 1.0],
-        [1, 1, 2],
-        [0, -1, 0],
-        ["a"],
-        [3.0, np.nan, 1.0],
-        with_distance=True,
-    )
-    check_one(snap, 0.0, 0.0, 1, "a", 3.0)
     from geopunch.geo.trails import detect_exits
 
-    for ts in ([1, 2, 3], [3, 2, 1]):  # time-ordered and shuffled paths
-        detect_exits(snap, [7, 7, 7], [1, 1, 1], ts, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0])
+    small = kernels.SERIAL_BELOW
+    try:
+        for kernels.SERIAL_BELOW in (0, small):  # the parallel twins, then the serial ones
+            check_points(
+                snap,
+                [0.0, 0.0005, 1.0],
+                [0.0, 0.0, 1.0],
+                [1, 1, 2],
+                [0, -1, 0],
+                ["a"],
+                [3.0, np.nan, 1.0],
+                with_distance=True,
+            )
+            check_one(snap, 0.0, 0.0, 1, "a", 3.0)
+            for ts in ([1, 2, 3], [3, 2, 1]):  # time-ordered and shuffled paths
+                detect_exits(snap, [7, 7, 7], [1, 1, 1], ts, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0])
+    finally:
+        kernels.SERIAL_BELOW = small
