@@ -151,3 +151,35 @@ def test_readers_never_see_half_a_change() -> None:
         t.join()
     assert seen and all(len(s) == 1 for s in seen)
     assert ids_at(index, 1, 0, 0) == {"p200"}
+
+
+def test_warm_up_compiles_what_checks_of_any_size_and_raw_columns_need() -> None:
+    """After warm_up, no check compiles a kernel: not a small one (serial
+    kernels), a large one (parallel twins), nor one on read-only columns,
+    which is how raw request bytes arrive (numba types those apart)."""
+    from geopunch.geo import kernels
+    from geopunch.geo.membership import warm_up
+
+    warm_up()
+    dispatchers = {name: obj for name, obj in vars(kernels).items() if hasattr(obj, "signatures")}
+    before = {name: len(d.signatures) for name, d in dispatchers.items()}
+    index = FenceIndex()
+    index.load([tc(1)], [fence("f", 1, 0.0, 0.0, jobs=("a",))])
+
+    def frozen(values: np.ndarray) -> np.ndarray:
+        return np.frombuffer(values.tobytes(), values.dtype)
+
+    for n in (3, kernels.SERIAL_BELOW + 1):
+        lat = np.linspace(-0.001, 0.001, n)
+        for column in (lambda a: a, frozen):
+            check_points(
+                index.snapshot,
+                column(lat),
+                column(lat.copy()),
+                column(np.ones(n, np.int64)),
+                column(np.zeros(n, np.int32)),
+                ["a"],
+                column(np.full(n, 3.0)),
+                with_distance=True,
+            )
+    assert {name: len(d.signatures) for name, d in dispatchers.items()} == before

@@ -530,18 +530,25 @@ def warm_up() -> None:
     small = kernels.SERIAL_BELOW
     try:
         for kernels.SERIAL_BELOW in (0, small):  # the parallel twins, then the serial ones
-            check_points(
-                snap,
-                [0.0, 0.0005, 1.0],
-                [0.0, 0.0, 1.0],
-                [1, 1, 2],
-                [0, -1, 0],
-                ["a"],
-                [3.0, np.nan, 1.0],
-                with_distance=True,
-            )
+            for frozen in (False, True):  # raw request columns arrive read-only
+                check_points(
+                    snap,
+                    _column([0.0, 0.0005, 1.0], np.float64, frozen),
+                    _column([0.0, 0.0, 1.0], np.float64, frozen),
+                    _column([1, 1, 2], np.int64, frozen),
+                    _column([0, -1, 0], np.int32, frozen),
+                    ["a"],
+                    _column([3.0, np.nan, 1.0], np.float64, frozen),
+                    with_distance=True,
+                )
             check_one(snap, 0.0, 0.0, 1, "a", 3.0)
             for ts in ([1, 2, 3], [3, 2, 1]):  # time-ordered and shuffled paths
                 detect_exits(snap, [7, 7, 7], [1, 1, 1], ts, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0])
     finally:
         kernels.SERIAL_BELOW = small
+
+
+def _column(values: list[float], dtype: type[np.generic], frozen: bool) -> npt.NDArray[Any]:
+    out = np.array(values, dtype)
+    out.flags.writeable = not frozen
+    return out
