@@ -1,6 +1,7 @@
 """ReportLocations over gRPC in batches of 1,000 samples, against Ping in the same run.
 
     python3 dev.py run bench/report_locations.py [--clocks 1000] [--users 10000] [--seconds 10]
+        [--encoding raw|packed]
 
 Seeds a SQLite store (synchronous=FULL) with the fence-engine fleet, starts
 ``geopunch serve``, and keeps ``--concurrency`` calls in flight (closed loop,
@@ -9,7 +10,8 @@ consecutive positions, a second apart, of each of ``--batch / 10`` users
 walking from a start point of the fence-engine workload (half of those are
 near a fence boundary), so stays, exits and events happen along the way.
 Every user reports to one time clock; each worker owns its users, so no two
-calls race on one trail. Prints JSON: samples/s and latency of
+calls race on one trail. Samples travel as raw little-endian columns
+(``TrailSamples.raw``) unless ``--encoding packed``. Prints JSON: samples/s and latency of
 ReportLocations, calls/s of Ping, and their ratio.
 """
 
@@ -38,7 +40,26 @@ GEOD = Geod(ellps="WGS84")
 AUTH = (("x-api-key", API_KEY),)
 
 
-def batches(f, users: int, batch: int, per_user: int, rounds: int, worker: int, workers: int):  # type: ignore[no-untyped-def]
+RAW_FIELDS = (
+    "user_ids_i64",
+    "time_clock_ids_i64",
+    "timestamps_i64",
+    "latitudes_f64",
+    "longitudes_f64",
+)
+PACKED_FIELDS = ("user_ids", "time_clock_ids", "timestamps", "latitudes", "longitudes")
+
+
+def batches(  # type: ignore[no-untyped-def]
+    f,
+    users: int,
+    batch: int,
+    per_user: int,
+    rounds: int,
+    worker: int,
+    workers: int,
+    encoding: str = "raw",
+):
     """Requests of one worker: its users walking, ``per_user`` samples each per request.
 
     Each user starts at a point of its clock's workload (half of them near a
@@ -64,13 +85,23 @@ def batches(f, users: int, batch: int, per_user: int, rounds: int, worker: int, 
             lon[who], lat[who], _ = GEOD.fwd(lon[who], lat[who], heading[who], step)
             rows_lat.append(lat[who].copy())
             rows_lon.append(lon[who].copy())
-        samples = location_pb2.TrailSamples(
-            user_ids=np.repeat(mine[who], per_user).tolist(),
-            time_clock_ids=np.repeat(clock_of[who], per_user).tolist(),
-            timestamps=(t + np.tile(np.arange(per_user), per_batch)).tolist(),
-            latitudes=np.stack(rows_lat, axis=1).ravel().tolist(),
-            longitudes=np.stack(rows_lon, axis=1).ravel().tolist(),
+        columns = (
+            np.repeat(mine[who], per_user).astype("<i8"),
+            np.repeat(clock_of[who], per_user).astype("<i8"),
+            (t + np.tile(np.arange(per_user), per_batch)).astype("<i8"),
+            np.stack(rows_lat, axis=1).ravel().astype("<f8"),
+            np.stack(rows_lon, axis=1).ravel().astype("<f8"),
         )
+        if encoding == "raw":
+            samples = location_pb2.TrailSamples(
+                raw=location_pb2.RawTrailColumns(
+                    **{f: c.tobytes() for f, c in zip(RAW_FIELDS, columns, strict=True)}
+                )
+            )
+        else:
+            samples = location_pb2.TrailSamples(
+                **{f: c.tolist() for f, c in zip(PACKED_FIELDS, columns, strict=True)}
+            )
         t += per_user
         out.append(location_pb2.ReportLocationsRequest(samples=samples))
     return out
@@ -122,6 +153,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--per-user", type=int, default=10, help="samples of each user per batch")
+    ap.add_argument(
+        "--encoding",
+        choices=("raw", "packed"),
+        default="raw",
+        help="samples as raw little-endian columns or as repeated fields",
+    )
     args = ap.parse_args()
     per_user = args.per_user
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +166,7 @@ def main() -> None:
         f, _ = seed(db, args.clocks, args.fences, 200_000, users=args.users)
         rounds = 400
         work = [
-            batches(f, args.users, args.batch, per_user, rounds, w, args.concurrency)
+            batches(f, args.users, args.batch, per_user, rounds, w, args.concurrency, args.encoding)
             for w in range(args.concurrency)
         ]
         with serve(db, API_KEY) as address:
@@ -145,6 +182,7 @@ def main() -> None:
                         "batch": args.batch,
                         "users_per_batch": args.batch // per_user,
                         "concurrency": args.concurrency,
+                        "encoding": args.encoding,
                         "store": "sqlite synchronous=FULL",
                     },
                     "report_locations": report,

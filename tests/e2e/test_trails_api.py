@@ -260,3 +260,83 @@ def test_watch_events_rejects_unknown_types(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as info:
         watch(client, types=["nope"], timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def as_raw(s: location_pb2.TrailSamples) -> location_pb2.TrailSamples:
+    """The same samples with the numeric columns as raw little-endian bytes."""
+    import numpy as np
+
+    def col(values: Any, dtype: str) -> bytes:
+        return np.asarray(list(values), dtype).tobytes() if len(values) else b""
+
+    return location_pb2.TrailSamples(
+        time_clock_id=s.time_clock_id,
+        job_ids=s.job_ids,
+        raw=location_pb2.RawTrailColumns(
+            user_ids_i64=col(s.user_ids, "<i8"),
+            time_clock_ids_i64=col(s.time_clock_ids, "<i8"),
+            timestamps_i64=col(s.timestamps, "<i8"),
+            latitudes_f64=col(s.latitudes, "<f8"),
+            longitudes_f64=col(s.longitudes, "<f8"),
+            accuracies_f64=col(s.accuracies, "<f8"),
+        ),
+    )
+
+
+def test_raw_trail_columns_give_the_same_answers(client: Client) -> None:
+    user = fresh_user()
+    tc, _ = clock_with_fences(client, user, (0, 100, "sendNotification"))
+    jitter = samples(tc, [10, 120, 90, 140, 160, 99, 900, 0], now() - 600, user, [5.0] * 8)
+    bad = samples(tc, [0, 0, 0], now(), user)
+    bad.latitudes[1] = math.nan
+    bad.accuracies.extend([5.0, 5.0, -1.0])
+    bad.time_clock_ids.extend([tc, tc, tc + 10_000_000])
+    bad.user_ids[0] = user + 1
+    for s in (jitter, bad):
+        assert evaluate(client, as_raw(s)) == evaluate(client, s)
+    # Live: one user through raw columns, one through repeated fields, same walk.
+    twin = fresh_user()
+    other, _ = clock_with_fences(client, twin, (0, 100, "sendNotification"))
+    t0 = now() - 300
+    for dists in ([0, 50], [150, 300], [20, 200]):
+        a = report(client, as_raw(samples(tc, dists, t0, user)))
+        b = report(client, samples(other, dists, t0, twin))
+        t0 += len(dists)
+        assert (a.accepted, a.stale, a.ignored, a.rejected) == (
+            b.accepted,
+            b.stale,
+            b.ignored,
+            b.rejected,
+        )
+        assert list(a.results.status) == list(b.results.status)
+        assert list(a.results.inside) == list(b.results.inside)
+        assert [(e.sample, e.action, e.outcome) for e in a.results.exits] == [
+            (e.sample, e.action, e.outcome) for e in b.results.exits
+        ]
+        assert a.results.exits or dists[0] == 0  # the walks leave the fence twice
+
+
+def test_raw_trail_columns_are_checked(client: Client) -> None:
+    user = fresh_user()
+    tc, _ = clock_with_fences(client, user, (0, 100, "noAction"))
+    s = as_raw(samples(tc, [0, 10], now(), user))
+    mixed = location_pb2.TrailSamples()
+    mixed.CopyFrom(s)
+    mixed.latitudes.extend([1.0, 2.0])
+    _, violations = expect_error(
+        lambda: evaluate(client, mixed), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert [field for field, _ in violations] == ["samples.latitudes"]
+    torn = location_pb2.TrailSamples()
+    torn.CopyFrom(s)
+    torn.raw.timestamps_i64 = torn.raw.timestamps_i64[:-1]
+    _, violations = expect_error(
+        lambda: report(client, torn), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert [field for field, _ in violations] == ["samples.raw.timestamps_i64"]
+    short = location_pb2.TrailSamples()
+    short.CopyFrom(s)
+    short.raw.longitudes_f64 = short.raw.longitudes_f64[:8]  # whole values, one too few
+    expect_error(
+        lambda: evaluate(client, short), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )

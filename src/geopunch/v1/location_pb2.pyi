@@ -274,6 +274,7 @@ class TrailSamples(_message.Message):
     LONGITUDES_FIELD_NUMBER: _builtins.int
     ACCURACIES_FIELD_NUMBER: _builtins.int
     JOB_IDS_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
     time_clock_id: _builtins.int
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -299,6 +300,13 @@ class TrailSamples(_message.Message):
         the user is still inside another fence ("" for none).
         """
 
+    @_builtins.property
+    def raw(self) -> Global___RawTrailColumns:
+        """The numeric columns as raw little-endian bytes instead of the repeated
+        fields above, which must then be empty: no per-value decoding on either
+        side (a fifth of a 1,000-sample ReportLocations call's server time).
+        """
+
     def __init__(
         self,
         *,
@@ -310,14 +318,55 @@ class TrailSamples(_message.Message):
         longitudes: _abc.Iterable[_builtins.float] | None = ...,
         accuracies: _abc.Iterable[_builtins.float] | None = ...,
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        raw: Global___RawTrailColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracies", b"accuracies", "job_ids", b"job_ids", "latitudes", b"latitudes", "longitudes", b"longitudes", "time_clock_id", b"time_clock_id", "time_clock_ids", b"time_clock_ids", "timestamps", b"timestamps", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracies", b"accuracies", "job_ids", b"job_ids", "latitudes", b"latitudes", "longitudes", b"longitudes", "raw", b"raw", "time_clock_id", b"time_clock_id", "time_clock_ids", b"time_clock_ids", "timestamps", b"timestamps", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrailSamples: _TypeAlias = TrailSamples  # noqa: Y015
+
+@_typing.final
+class RawTrailColumns(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_I64_FIELD_NUMBER: _builtins.int
+    TIME_CLOCK_IDS_I64_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_I64_FIELD_NUMBER: _builtins.int
+    LATITUDES_F64_FIELD_NUMBER: _builtins.int
+    LONGITUDES_F64_FIELD_NUMBER: _builtins.int
+    ACCURACIES_F64_FIELD_NUMBER: _builtins.int
+    user_ids_i64: _builtins.bytes
+    """int64 LE, n values"""
+    time_clock_ids_i64: _builtins.bytes
+    """empty (TrailSamples.time_clock_id) or int64 LE, n values"""
+    timestamps_i64: _builtins.bytes
+    """int64 LE, n values"""
+    latitudes_f64: _builtins.bytes
+    """float64 LE, n values"""
+    longitudes_f64: _builtins.bytes
+    """float64 LE, n values"""
+    accuracies_f64: _builtins.bytes
+    """empty or float64 LE, n values (NaN = unknown)"""
+    def __init__(
+        self,
+        *,
+        user_ids_i64: _builtins.bytes = ...,
+        time_clock_ids_i64: _builtins.bytes = ...,
+        timestamps_i64: _builtins.bytes = ...,
+        latitudes_f64: _builtins.bytes = ...,
+        longitudes_f64: _builtins.bytes = ...,
+        accuracies_f64: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracies_f64", b"accuracies_f64", "latitudes_f64", b"latitudes_f64", "longitudes_f64", b"longitudes_f64", "time_clock_ids_i64", b"time_clock_ids_i64", "timestamps_i64", b"timestamps_i64", "user_ids_i64", b"user_ids_i64"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RawTrailColumns: _TypeAlias = RawTrailColumns  # noqa: Y015
 
 @_typing.final
 class ExitEvent(_message.Message):

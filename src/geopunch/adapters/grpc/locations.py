@@ -24,7 +24,10 @@ from geopunch.v1 import location_pb2, location_pb2_grpc
 _EXIT_ACTIONS = [a.value for a in ACTIONS]
 
 
-def _raw(field: str, data: bytes, dtype: str) -> npt.NDArray[Any] | None:
+def _raw(
+    field: str, data: bytes, dtype: str, where: str = "raw", what: str = "the points"
+) -> npt.NDArray[Any] | None:
+    """A raw little-endian column as a (read-only) array; None when empty."""
     if not data:
         return None
     width = np.dtype(dtype).itemsize
@@ -32,12 +35,12 @@ def _raw(field: str, data: bytes, dtype: str) -> npt.NDArray[Any] | None:
         raise DomainError.from_violations(
             [
                 FieldViolation(
-                    f"raw.{field}",
+                    f"{where}.{field}",
                     f"{len(data)} bytes is not a whole number of {width}-byte values",
                     ErrorCode.INVALID_ARGUMENT,
                 )
             ],
-            "the points",
+            what,
         )
     return np.frombuffer(data, dtype=dtype)
 
@@ -97,12 +100,55 @@ EVENT_PAGE = 500
 _EVENT_TYPES = frozenset(t.value for t in EventType)
 
 
+#: TrailSamples' numeric columns: repeated field, raw field, little-endian dtype.
+_TRAIL_COLUMNS = (
+    ("user_ids", "user_ids_i64", "<i8"),
+    ("time_clock_ids", "time_clock_ids_i64", "<i8"),
+    ("timestamps", "timestamps_i64", "<i8"),
+    ("latitudes", "latitudes_f64", "<f8"),
+    ("longitudes", "longitudes_f64", "<f8"),
+    ("accuracies", "accuracies_f64", "<f8"),
+)
+_OPTIONAL_TRAIL_COLUMNS = frozenset({"time_clock_ids", "accuracies"})
+
+
+def _trail_columns(samples: location_pb2.TrailSamples) -> list[npt.NDArray[Any] | None]:
+    """The numeric columns in ``_TRAIL_COLUMNS`` order, from the raw bytes or the
+    repeated fields; an absent optional column is None, an absent required one
+    empty (the batch's length check then names it)."""
+    raw = samples.raw if samples.HasField("raw") else None
+    if raw is not None:
+        both = [name for name, _, _ in _TRAIL_COLUMNS if len(getattr(samples, name))]
+        if both:
+            raise DomainError.from_violations(
+                [
+                    FieldViolation(
+                        f"samples.{name}",
+                        "must be empty when samples.raw is set",
+                        ErrorCode.INVALID_ARGUMENT,
+                    )
+                    for name in both
+                ],
+                "the samples",
+            )
+    out: list[npt.NDArray[Any] | None] = []
+    for name, raw_name, dtype in _TRAIL_COLUMNS:
+        if raw is not None:
+            column = _raw(raw_name, getattr(raw, raw_name), dtype, "samples.raw", "the samples")
+        else:
+            values = getattr(samples, name)
+            column = np.array(values, dtype) if len(values) else None
+        if column is None and name not in _OPTIONAL_TRAIL_COLUMNS:
+            column = np.zeros(0, dtype)
+        out.append(column)
+    return out
+
+
 def trail_batch_from_proto(samples: location_pb2.TrailSamples) -> TrailBatch:
-    n = len(samples.user_ids)
+    users, clock_col, stamps, lats, lons, accuracies = _trail_columns(samples)
+    assert users is not None and stamps is not None and lats is not None and lons is not None
     tcs = (
-        np.array(samples.time_clock_ids, np.int64)
-        if samples.time_clock_ids
-        else np.full(n, samples.time_clock_id, np.int64)
+        clock_col if clock_col is not None else np.full(users.size, samples.time_clock_id, np.int64)
     )
     job_indexes = None
     names: tuple[str, ...] = ()
@@ -112,12 +158,12 @@ def trail_batch_from_proto(samples: location_pb2.TrailSamples) -> TrailBatch:
         job_indexes = np.fromiter((code.get(j, -1) for j in samples.job_ids), np.int32)
         names = tuple(names_sorted)
     return TrailBatch(
-        user_ids=np.array(samples.user_ids, np.int64),
+        user_ids=users,
         time_clock_ids=tcs,
-        timestamps=np.array(samples.timestamps, np.int64),
-        lats=np.array(samples.latitudes, np.float64),
-        lons=np.array(samples.longitudes, np.float64),
-        accuracy_m=np.array(samples.accuracies, np.float64) if samples.accuracies else None,
+        timestamps=stamps,
+        lats=lats,
+        lons=lons,
+        accuracy_m=accuracies,
         job_indexes=job_indexes,
         job_names=names,
     )
