@@ -186,15 +186,19 @@ def report_locations(
     another enabled fence that applies to the shift's job.
     """
     batch.check(MAX_LIVE_SAMPLES)
-    work = _live_work(index.snapshot, batch, int(clock.now()))
-    return run_retrying(
+    snap = index.snapshot
+    r, report = run_retrying(
         runner if runner is not None else run_alone(uows),
-        work,
+        _live_work(snap, batch, int(clock.now())),
         "the trails were changed by concurrent calls; retry",
     )
+    # After the transaction: a shared commit waits for nothing that needs no store.
+    return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
 
 
-def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfWork], TrailOutcome]:
+def _live_work(
+    snap: Snapshot, batch: TrailBatch, now: int
+) -> Callable[[UnitOfWork], tuple[TrailResult, ExitReport]]:
     users, clocks = batch.user_ids, batch.time_clock_ids
     group, _, first = pair_codes(users, clocks)
     # (user, clock) in order of first appearance; group[i] indexes sample i's pair
@@ -203,7 +207,7 @@ def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfW
     # Depends on the snapshot only: worked out before the shared transaction.
     strangers = unassigned(snap, users, clocks)
 
-    def work(uow: UnitOfWork) -> TrailOutcome:
+    def work(uow: UnitOfWork) -> tuple[TrailResult, ExitReport]:
         known = uow.locations.load(sorted({u for u, _ in pairs}))
         # Stale: older than the user's last accepted sample, on any time clock.
         user_last: dict[int, int] = {}
@@ -240,7 +244,7 @@ def _live_work(snap: Snapshot, batch: TrailBatch, now: int) -> Callable[[UnitOfW
         report, events = _fire(uow, snap, batch, r, shifts, now)
         uow.locations.save(_new_trails(snap, pairs, group, batch, r, stored), known)
         uow.events.append(events)
-        return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
+        return r, report
 
     return work
 
