@@ -246,6 +246,32 @@ def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
         assert uow.activities.punch_state(TC.id, 1, date(2024, 5, 3)).day_status is None
 
 
+def test_open_many_finds_open_activities_of_pairs_in_any_number(engine: Engine) -> None:
+    """Row-value IN lists, padded to prepared lengths and cut into chunks."""
+    uows = SqlUnitOfWorkFactory(engine)
+    other = replace(TC, id=TC.id + 1, name="Other")
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.time_clocks.add(other)
+        for user in range(1, 301):
+            act = replace(_activity(f"s-{user}", 100), user_id=user)
+            uow.activities.add(act)
+            if user % 3 == 0:  # closed: not open any more
+                uow.activities.close(act.id, PunchPoint(150, "UTC"), 150)
+        # Same user on the other clock: only asked-for pairs come back.
+        uow.activities.add(replace(_activity("o-1", 100), time_clock_id=other.id))
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.activities.open_many([]) == {}
+        for n in (1, 3, 256, 300):
+            pairs = [(TC.id, u) for u in range(1, n + 1)]
+            found = uow.activities.open_many(pairs)
+            assert set(found) == {(TC.id, u) for u in range(1, n + 1) if u % 3}
+            assert found[(TC.id, 1)] == _activity("s-1", 100)
+        found = uow.activities.open_many([(other.id, 1), (other.id, 2), (TC.id + 7, 1)])
+        assert list(found) == [(other.id, 1)] and found[(other.id, 1)].id == "o-1"
+
+
 def test_idempotency_keys(engine: Engine) -> None:
     uows = SqlUnitOfWorkFactory(engine)
     with uows() as uow:

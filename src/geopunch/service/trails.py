@@ -259,7 +259,8 @@ def _new_trails(
 ) -> dict[tuple[int, int], LiveTrail]:
     """Trails whose last accepted time or inside fences changed."""
     accepted = r.status == 0
-    newest = np.full(len(pairs), np.iinfo(np.int64).min, np.int64)
+    never = np.iinfo(np.int64).min
+    newest = np.full(len(pairs), never, np.int64)
     np.maximum.at(newest, group[accepted], batch.timestamps[accepted])
     inside: dict[tuple[int, int], list[str]] = {}
     for u, c, f in zip(
@@ -270,14 +271,15 @@ def _new_trails(
     ):
         inside.setdefault((u, c), []).append(f)
     out: dict[tuple[int, int], LiveTrail] = {}
-    for i, pair in enumerate(pairs):
+    for pair, ts in zip(pairs, newest.tolist(), strict=True):
         old = stored.get(pair)
-        fences = tuple(sorted(inside.get(pair, ())))
-        if old is None and newest[i] == np.iinfo(np.int64).min:
-            continue  # nothing accepted, nothing to remember
-        last = max(int(newest[i]), old.last_ts if old is not None else int(newest[i]))
-        if old is None or old.last_ts != last or old.inside != fences:
-            out[pair] = LiveTrail(last, fences)
+        held = inside.get(pair)
+        fences = tuple(sorted(held)) if held else ()
+        if old is None:
+            if ts != never:  # else nothing accepted, nothing to remember
+                out[pair] = LiveTrail(ts, fences)
+        elif ts > old.last_ts or old.inside != fences:
+            out[pair] = LiveTrail(max(ts, old.last_ts), fences)
     return out
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import JSON, BindParameter, Connection, bindparam
+from sqlalchemy import JSON, Connection, bindparam, tuple_
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -110,6 +110,11 @@ class Prepared:
         cursor.close()
         return rows if c.results is None else [c.row(r) for r in rows]
 
+    def mappings(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row as a dict keyed by column name."""
+        c = self._compile(conn)
+        return [dict(zip(c.columns, row, strict=True)) for row in self.all(conn, params)]
+
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first row as a dict keyed by column name, or None."""
         c = self._compile(conn)
@@ -173,20 +178,22 @@ class PreparedIn:
     """A statement filtering on an IN list, prepared for list lengths 1, 2, 4 ... ``most``.
 
     ``build(n)`` returns the statement for ``n`` values, bound as ``v0``,
-    ``v1`` ... (see :func:`in_values`). A list is cut into chunks of at most ``most``
-    values and each chunk padded with its last value up to the next prepared
-    length, which changes no IN answer and keeps a handful of compiled
-    statements instead of one per length.
+    ``v1`` ... (see :func:`in_values`); with ``width`` > 1 each value is a
+    tuple matched against a row value, bound as ``v0_0``, ``v0_1`` ... A list
+    is cut into chunks of at most ``most`` values and each chunk padded with
+    its last value up to the next prepared length, which changes no IN answer
+    and keeps a handful of compiled statements instead of one per length.
     """
 
-    def __init__(self, build: Callable[[int], ClauseElement], most: int = 256) -> None:
+    def __init__(
+        self, build: Callable[[int], ClauseElement], most: int = 256, width: int = 1
+    ) -> None:
         self._build = build
         self._most = most
+        self._width = width
         self._by_size: dict[int, Prepared] = {}
 
-    def all(self, conn: Connection, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Rows for all ``values``, chunk after chunk."""
-        out: list[tuple[Any, ...]] = []
+    def _chunks(self, values: Sequence[Any]) -> Iterator[tuple[Prepared, dict[str, Any]]]:
         for start in range(0, len(values), self._most):
             chunk = list(values[start : start + self._most])
             size = 1 << (len(chunk) - 1).bit_length()
@@ -194,10 +201,29 @@ class PreparedIn:
             if stmt is None:
                 stmt = self._by_size[size] = Prepared(self._build(size))
             chunk += [chunk[-1]] * (size - len(chunk))
-            out += stmt.all(conn, {f"v{i}": v for i, v in enumerate(chunk)})
+            if self._width == 1:
+                yield stmt, {f"v{i}": v for i, v in enumerate(chunk)}
+            else:
+                yield stmt, {f"v{i}_{j}": x for i, v in enumerate(chunk) for j, x in enumerate(v)}
+
+    def all(self, conn: Connection, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows for all ``values``, chunk after chunk."""
+        out: list[tuple[Any, ...]] = []
+        for stmt, params in self._chunks(values):
+            out += stmt.all(conn, params)
+        return out
+
+    def mappings(self, conn: Connection, values: Sequence[Any]) -> list[dict[str, Any]]:
+        """Rows for all ``values`` as dicts keyed by column name."""
+        out: list[dict[str, Any]] = []
+        for stmt, params in self._chunks(values):
+            out += stmt.mappings(conn, params)
         return out
 
 
-def in_values(n: int) -> list[BindParameter[Any]]:
-    """Parameters ``v0`` ... for :class:`PreparedIn`."""
-    return [bindparam(f"v{i}") for i in range(n)]
+def in_values(n: int, width: int = 1) -> list[Any]:
+    """Parameters ``v0`` ... for :class:`PreparedIn`; with ``width`` > 1, row
+    values ``(v0_0, v0_1, ...)`` ..."""
+    if width == 1:
+        return [bindparam(f"v{i}") for i in range(n)]
+    return [tuple_(*(bindparam(f"v{i}_{j}") for j in range(width))) for i in range(n)]

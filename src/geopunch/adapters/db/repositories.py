@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.prepared import Prepared, integrity_error
+from geopunch.adapters.db.prepared import Prepared, PreparedIn, in_values, integrity_error
 from geopunch.adapters.db.tables import (
     activities,
     day_statuses,
@@ -428,6 +428,16 @@ def _activity(row: Mapping[Any, Any]) -> Activity:
     )
 
 
+#: Open activities of (time clock, user) pairs: the partial unique index answers.
+_OPEN_MANY = PreparedIn(
+    lambda n: select(activities).where(
+        tuple_(activities.c.time_clock_id, activities.c.user_id).in_(in_values(n, width=2)),
+        activities.c.end_ts.is_(None),
+    ),
+    width=2,
+)
+
+
 # Statements of the punch path, compiled once and run on the driver (see prepared.py).
 # One row whether or not an activity is open: the open one (if any) joined to
 # a constant, with the last end and the day's status as scalar subqueries.
@@ -518,17 +528,12 @@ class SqlActivityRepository:
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""
-        found: dict[tuple[int, int], Activity] = {}
-        for chunk in chunks(pairs):
-            rows = self._conn.execute(
-                select(activities).where(
-                    tuple_(activities.c.time_clock_id, activities.c.user_id).in_(chunk),
-                    activities.c.end_ts.is_(None),
-                )
-            )
-            for row in rows:
-                found[(row.time_clock_id, row.user_id)] = _activity(row._mapping)
-        return found
+        if not pairs:
+            return {}
+        return {
+            (row["time_clock_id"], row["user_id"]): _activity(row)
+            for row in _OPEN_MANY.mappings(self._conn, pairs)
+        }
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
         rows = self._conn.execute(

@@ -384,6 +384,12 @@ class SqlShiftRepository:
         return self._load(rows)
 
 
+#: Every exit of a ReportLocations batch appends events: on the driver too.
+_INSERT_EVENT = Prepared(
+    insert(events).values({c.key: bindparam(c.key) for c in events.c if c.key != "seq"})
+)
+
+
 class SqlEventRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -399,8 +405,8 @@ class SqlEventRepository:
             # seq order: writers of events take turns until commit, so that no
             # event becomes visible behind one a subscriber already passed.
             self._conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENTS_LOCK})
-        self._conn.execute(
-            insert(events),
+        _INSERT_EVENT.many(
+            self._conn,
             [
                 {
                     "type": e.type,
