@@ -169,15 +169,18 @@ def trail_batch_from_proto(samples: location_pb2.TrailSamples) -> TrailBatch:
     )
 
 
-def trail_results_to_proto(batch: TrailBatch, out: TrailOutcome) -> location_pb2.TrailResults:
+def fill_trail_results(
+    data: location_pb2.TrailResults, batch: TrailBatch, out: TrailOutcome
+) -> None:
+    """Write the verdicts and exits into ``data``, a field of the response:
+    filled in place, since a message passed to a constructor is copied whole."""
     r, ex = out.result, out.exits
-    data = location_pb2.TrailResults(
-        count=batch.size,
-        status=r.status.tolist(),
-        inside=r.inside.tolist(),
-        match_offsets=r.offsets.tolist(),
-        fence_ids=out.fence_ids,
-    )
+    data.SetInParent()
+    data.count = batch.size
+    data.status.extend(r.status.tolist())
+    data.inside.extend(r.inside.tolist())
+    data.match_offsets.extend(r.offsets.tolist())
+    data.fence_ids.extend(out.fence_ids)
     samples = ex.samples.tolist()
     users = batch.user_ids[ex.samples].tolist()
     clocks = batch.time_clock_ids[ex.samples].tolist()
@@ -194,7 +197,6 @@ def trail_results_to_proto(batch: TrailBatch, out: TrailOutcome) -> location_pb2
             outcome=ex.outcomes[k],
             shift_id=ex.shift_ids[k],
         )
-    return data
 
 
 def event_to_proto(e: Event) -> location_pb2.Event:
@@ -231,9 +233,9 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     ) -> location_pb2.EvaluateTrailsResponse:
         batch = trail_batch_from_proto(request.samples)
         out = trails.evaluate_trails(self._index, batch)
-        return location_pb2.EvaluateTrailsResponse(
-            request_id=request_id_var.get(), data=trail_results_to_proto(batch, out)
-        )
+        response = location_pb2.EvaluateTrailsResponse(request_id=request_id_var.get())
+        fill_trail_results(response.data, batch, out)
+        return response
 
     def ReportLocations(
         self, request: location_pb2.ReportLocationsRequest, context: Any
@@ -245,16 +247,17 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         rejected = int(
             np.count_nonzero((status != OK) & (status != STALE) & (status != IGNORED_ACCURACY))
         )
-        return location_pb2.ReportLocationsResponse(
+        response = location_pb2.ReportLocationsResponse(
             request_id=request_id_var.get(),
             data=location_pb2.ReportLocationsResponse.Data(
                 accepted=int(np.count_nonzero(status == OK)),
                 stale=int(np.count_nonzero(status == STALE)),
                 ignored=int(np.count_nonzero(status == IGNORED_ACCURACY)),
                 rejected=rejected,
-                results=trail_results_to_proto(batch, out),
             ),
         )
+        fill_trail_results(response.data.results, batch, out)
+        return response
 
     def WatchEvents(
         self, request: location_pb2.WatchEventsRequest, context: Any
@@ -287,17 +290,18 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         extra = result.nearest_handles if result.nearest_handles is not None else None
         pool = handles if extra is None else np.concatenate([handles, extra[extra >= 0]])
         unique, inverse = np.unique(pool, return_inverse=True)
-        data = location_pb2.CheckResults(
-            count=int(result.status.size),
-            status_u8=result.status.tobytes(),
-            inside_u8=result.inside.astype(np.uint8).tobytes(),
-            allowed_u8=result.allowed.astype(np.uint8).tobytes(),
-            match_offsets_i64=result.offsets.astype("<i8").tobytes(),
-            match_fences_i32=inverse[: handles.size].astype("<i4").tobytes(),
-            match_applicable_u8=result.applicable.astype(np.uint8).tobytes(),
-            match_actions_i8=result.actions.astype(np.int8).tobytes(),
-            exit_actions=_EXIT_ACTIONS,
-        )
+        # Filled in place: a message passed to a constructor is copied whole.
+        response = location_pb2.CheckLocationsResponse(request_id=request_id_var.get())
+        data = response.data
+        data.count = int(result.status.size)
+        data.status_u8 = result.status.tobytes()
+        data.inside_u8 = result.inside.astype(np.uint8).tobytes()
+        data.allowed_u8 = result.allowed.astype(np.uint8).tobytes()
+        data.match_offsets_i64 = result.offsets.astype("<i8").tobytes()
+        data.match_fences_i32 = inverse[: handles.size].astype("<i4").tobytes()
+        data.match_applicable_u8 = result.applicable.astype(np.uint8).tobytes()
+        data.match_actions_i8 = result.actions.astype(np.int8).tobytes()
+        data.exit_actions.extend(_EXIT_ACTIONS)
         if request.fixed_width_fence_ids:
             ids = snap.fence_ids_fixed(unique)
             data.fence_ids_fixed = ids.tobytes()
@@ -309,4 +313,4 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             nearest[extra >= 0] = inverse[handles.size :]
             data.distances_f64 = result.distance_m.astype("<f8").tobytes()
             data.nearest_fences_i32 = nearest.tobytes()
-        return location_pb2.CheckLocationsResponse(request_id=request_id_var.get(), data=data)
+        return response
