@@ -21,7 +21,7 @@ from geopunch.domain.punches import (
 from geopunch.geo.index import FenceIndex
 from geopunch.logs import request_id_var
 from geopunch.service import punches
-from geopunch.v1 import common_pb2, timeclock_pb2, timeclock_pb2_grpc
+from geopunch.v1 import timeclock_pb2, timeclock_pb2_grpc
 
 R = TypeVar("R", bound=Message)
 
@@ -58,62 +58,60 @@ def command_from_proto(kind: PunchKind, msg: Any) -> PunchCommand:
     )
 
 
-def point_to_proto(p: PunchPoint) -> timeclock_pb2.PunchPoint:
-    out = timeclock_pb2.PunchPoint(
-        timestamp=p.timestamp,
-        timezone=p.timezone,
-        source=timeclock_pb2.PunchSource(type=p.source),
-        geofence_id=p.geofence_id or "",
-    )
+# Answers are filled in place, field by field: a message passed to a
+# constructor or to CopyFrom is copied whole, and a punch's answer nests three
+# levels deep.
+
+
+def fill_point(out: timeclock_pb2.PunchPoint, p: PunchPoint) -> None:
+    out.timestamp = p.timestamp
+    out.timezone = p.timezone
+    out.source.type = p.source
+    out.geofence_id = p.geofence_id or ""
     if p.location is not None:
-        loc = common_pb2.Location(address=p.location.address)
+        loc = out.location_data
+        loc.address = p.location.address
         if p.location.latitude is not None:
             loc.latitude = p.location.latitude
         if p.location.longitude is not None:
             loc.longitude = p.location.longitude
         if p.location.accuracy is not None:
             loc.accuracy = p.location.accuracy
-        out.location_data.CopyFrom(loc)
-    return out
 
 
-def shift_to_proto(a: Activity) -> timeclock_pb2.Shift:
-    shift = timeclock_pb2.Shift(
-        id=a.id,
-        user_id=a.user_id,
-        start=point_to_proto(a.start),
-        job_id=a.job_id or "",
-        created_at=a.created_at,
-        modified_at=a.modified_at,
-    )
+def fill_shift(shift: timeclock_pb2.Shift, a: Activity) -> None:
+    shift.id = a.id
+    shift.user_id = a.user_id
+    fill_point(shift.start, a.start)
+    shift.job_id = a.job_id or ""
+    shift.created_at = a.created_at
+    shift.modified_at = a.modified_at
     if a.end is not None:
-        shift.end.CopyFrom(point_to_proto(a.end))
+        fill_point(shift.end, a.end)
     if a.scheduler_shift_id:
         shift.scheduler_shift_id = a.scheduler_shift_id
-    return shift
 
 
 def shift_response(result: PunchResult, request_id: str) -> timeclock_pb2.ShiftResponse:
-    return timeclock_pb2.ShiftResponse(
-        request_id=request_id,
-        data=timeclock_pb2.ShiftResponse.Data(shift=shift_to_proto(result.activity)),
-    )
+    response = timeclock_pb2.ShiftResponse(request_id=request_id)
+    fill_shift(response.data.shift, result.activity)
+    return response
 
 
 def start_break_response(
     result: PunchResult, request_id: str
 ) -> timeclock_pb2.StartManualBreakResponse:
     brk = result.activity
-    data = timeclock_pb2.StartManualBreakResponse.Data(
-        id=brk.id,
-        start=point_to_proto(brk.start),
-        is_switch_from_shift=result.closed_shift is not None,
-        manual_break_id=brk.break_type_id or "",
-        job_id=brk.job_id or "",
-    )
+    response = timeclock_pb2.StartManualBreakResponse(request_id=request_id)
+    data = response.data
+    data.id = brk.id
+    fill_point(data.start, brk.start)
+    data.is_switch_from_shift = result.closed_shift is not None
+    data.manual_break_id = brk.break_type_id or ""
+    data.job_id = brk.job_id or ""
     if result.closed_shift is not None:
-        data.closed_shift.CopyFrom(shift_to_proto(result.closed_shift))
-    return timeclock_pb2.StartManualBreakResponse(request_id=request_id, data=data)
+        fill_shift(data.closed_shift, result.closed_shift)
+    return response
 
 
 def end_break_response(
@@ -121,12 +119,14 @@ def end_break_response(
 ) -> timeclock_pb2.EndManualBreakResponse:
     brk = result.activity
     assert brk.end is not None
-    data = timeclock_pb2.EndManualBreakResponse.Data(
-        id=brk.id, end=point_to_proto(brk.end), is_resume_shift=result.resumed_shift is not None
-    )
+    response = timeclock_pb2.EndManualBreakResponse(request_id=request_id)
+    data = response.data
+    data.id = brk.id
+    fill_point(data.end, brk.end)
+    data.is_resume_shift = result.resumed_shift is not None
     if result.resumed_shift is not None:
-        data.resumed_shift.CopyFrom(shift_to_proto(result.resumed_shift))
-    return timeclock_pb2.EndManualBreakResponse(request_id=request_id, data=data)
+        fill_shift(data.resumed_shift, result.resumed_shift)
+    return response
 
 
 _KINDS: dict[str, PunchKind] = {
