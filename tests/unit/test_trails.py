@@ -400,3 +400,44 @@ def test_pair_codes_number_pairs_by_first_appearance(big: int) -> None:
     codes, count, first = pair_codes(a, b)
     assert codes.tolist() == [0, 1, 2, 0, 2, 3]
     assert count == 4 and first.tolist() == [0, 1, 2, 5]
+
+
+_ids = st.one_of(st.integers(0, 6), st.integers(0, 2**27), st.integers(0, 2**45))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_ids, _ids), max_size=300))
+def test_pair_codes_agree_with_a_dict(pairs: list[tuple[int, int]]) -> None:
+    """Compiled hash table (small ids) and dict path (large ones) number alike."""
+    from geopunch.geo.trails import pair_codes
+
+    a = np.array([p[0] for p in pairs], np.int64)
+    b = np.array([p[1] for p in pairs], np.int64)
+    seen: dict[tuple[int, int], int] = {}
+    want = [seen.setdefault(p, len(seen)) for p in pairs]
+    codes, count, first = pair_codes(a, b)
+    assert codes.tolist() == want and count == len(seen)
+    assert first.tolist() == [pairs.index(p) for p in seen]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(_ids, _ids), unique=True, max_size=50),
+    st.lists(st.tuples(_ids, _ids), max_size=50),
+)
+def test_groups_of_finds_each_state_pair_in_the_batch(
+    groups: list[tuple[int, int]], extra: list[tuple[int, int]]
+) -> None:
+    from geopunch.geo.trails import InsideState, _groups_of
+
+    state_pairs = groups[::2] + extra
+    state = InsideState(
+        np.array([p[0] for p in state_pairs], np.int64),
+        np.array([p[1] for p in state_pairs], np.int64),
+        np.zeros(len(state_pairs), np.int64),
+    )
+    users = np.array([p[0] for p in groups], np.int64)
+    clocks = np.array([p[1] for p in groups], np.int64)
+    got = _groups_of(users, clocks, state)
+    where = {p: g for g, p in enumerate(groups)}
+    assert got.tolist() == [where.get(p, -1) for p in state_pairs]

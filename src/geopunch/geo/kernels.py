@@ -400,16 +400,47 @@ def scan_clock(
 
 @numba.njit(cache=True)
 def first_seen_codes(keys, out):  # -> number of distinct keys
-    """Number each distinct int64 key by first appearance; ``out[i]`` is the code of ``keys[i]``."""
-    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int64)
+    """Number each distinct int64 key by first appearance; ``out[i]`` is the code of ``keys[i]``.
+
+    Open addressing with linear probing, the table kept at most half full and
+    sized by the distinct keys rather than by all of them (a million samples of
+    ten thousand trails stay in cache): several times faster than a typed dict.
+    """
+    size = 2 * min(keys.shape[0], 4096) + 1
+    slot_key = np.empty(size, np.int64)
+    slot_code = np.full(size, -1, np.int64)
+    count = 0
     for i in range(keys.shape[0]):
         k = keys[i]
-        code = seen.get(k, -1)
-        if code < 0:
-            code = len(seen)
-            seen[k] = code
-        out[i] = code
-    return len(seen)
+        s = _probe(slot_key, slot_code, k)
+        if slot_code[s] < 0:
+            if 2 * (count + 1) > size:  # grow, then find the key's slot again
+                size = 2 * size + 1
+                old_key, old_code = slot_key, slot_code
+                slot_key = np.empty(size, np.int64)
+                slot_code = np.full(size, -1, np.int64)
+                for j in range(old_code.shape[0]):
+                    if old_code[j] >= 0:
+                        t = _probe(slot_key, slot_code, old_key[j])
+                        slot_key[t] = old_key[j]
+                        slot_code[t] = old_code[j]
+                s = _probe(slot_key, slot_code, k)
+            slot_key[s] = k
+            slot_code[s] = count
+            count += 1
+        out[i] = slot_code[s]
+    return count
+
+
+@numba.njit(cache=True, inline="always")
+def _probe(slot_key, slot_code, k):  # -> slot holding k, or the empty slot where it goes
+    size = slot_key.shape[0]
+    s = home_slot(k, size)
+    while slot_code[s] >= 0 and slot_key[s] != k:
+        s += 1
+        if s == size:
+            s = 0
+    return s
 
 
 @numba.njit(cache=True)

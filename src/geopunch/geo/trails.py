@@ -52,6 +52,8 @@ IGNORED_ACCURACY = 5  # less accurate than the clock's low_accuracy_max_m
 SKIPPED = 6  # left out by the caller (e.g. a stale live sample)
 UNKNOWN_USER = 10  # the user is not assigned to the sample's time clock
 
+_INT64_MAX = np.iinfo(np.int64).max
+
 
 def unassigned(
     snap: Snapshot, user_ids: I64, time_clock_ids: I64, *, listed_only: bool = False
@@ -315,7 +317,7 @@ def detect_exits(
         )
     starts = np.flatnonzero(run_start)
     ends = np.append(starts[1:], k) - 1 if k else starts
-    big = np.iinfo(np.int64).max
+    big = _INT64_MAX
     first_in = (
         np.minimum.reduceat(np.where(obs_in, slot, big), starts) if k else np.zeros(0, np.int64)
     )
@@ -398,6 +400,16 @@ def _fence_slot_order(
 _B_BITS = 28  # pair_codes packs (a, b) as a << 28 | b when both fit
 
 
+def _packed(a: I64, b: I64) -> I64 | None:
+    """``a << 28 | b`` when every a fits in 35 bits and every b in 28 (and both
+    are non-negative), so that a pair is one int64; else None."""
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= 1 << (63 - _B_BITS)):
+        return None
+    if b.size and (int(b.min()) < 0 or int(b.max()) >= 1 << _B_BITS):
+        return None
+    return (a << _B_BITS) | b
+
+
 def pair_codes(a: I64, b: I64) -> tuple[I64, int, I64]:
     """Number the distinct (a, b) pairs by first appearance.
 
@@ -407,9 +419,9 @@ def pair_codes(a: I64, b: I64) -> tuple[I64, int, I64]:
     """
     n = a.size
     codes = np.empty(n, np.int64)
-    packable = n > 0 and int(a.min()) >= 0 and int(a.max()) < 1 << (63 - _B_BITS)
-    if packable and int(b.min()) >= 0 and int(b.max()) < 1 << _B_BITS:
-        count = kernels.first_seen_codes((a << _B_BITS) | b, codes)
+    keys = _packed(a, b)
+    if keys is not None:
+        count = kernels.first_seen_codes(keys, codes)
         return codes, count, _first_rows(codes, count)
     seen: dict[tuple[int, int], int] = {}
     for i, pair in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
@@ -449,7 +461,21 @@ def _trail_order(uid: I64, tc: I64, ts: I64) -> I64:
 
 
 def _groups_of(group_users: I64, group_clocks: I64, state: InsideState) -> I64:
-    """Group number of each state pair in this batch, -1 when its trail has no samples."""
+    """Group number of each state pair in this batch, -1 when its trail has no samples.
+
+    Each group is one distinct (user, clock) pair: a binary search of the
+    packed pairs, or a dict when ids are too large to pack.
+    """
+    keys = _packed(group_users, group_clocks)
+    want = _packed(state.user_ids, state.time_clock_ids)
+    if keys is not None and want is not None:
+        if not keys.size:
+            return np.full(want.size, -1, np.int64)
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        at = np.minimum(np.searchsorted(sorted_keys, want), keys.size - 1)
+        found: I64 = np.where(sorted_keys[at] == want, order[at], -1).astype(np.int64)
+        return found
     groups = {
         (u, c): g
         for g, (u, c) in enumerate(zip(group_users.tolist(), group_clocks.tolist(), strict=True))
