@@ -1,13 +1,49 @@
-"""Assertion helpers for rich gRPC errors."""
+"""Assertion helpers for rich gRPC errors, and a PostgreSQL schema per test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import create_engine, text
+
+PG_URL = os.environ.get("GEOPUNCH_TEST_PG_URL", "")
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh schema on ``GEOPUNCH_TEST_PG_URL``; yields a URL that uses it and
+    drops it afterwards. Skips without PostgreSQL, or fails when
+    ``GEOPUNCH_REQUIRE_PG`` says the tests must run there."""
+    required = bool(os.environ.get("GEOPUNCH_REQUIRE_PG"))
+    if not PG_URL:
+        if required:
+            pytest.fail("GEOPUNCH_REQUIRE_PG is set but GEOPUNCH_TEST_PG_URL is empty")
+        pytest.skip("set GEOPUNCH_TEST_PG_URL to run the store tests on PostgreSQL")
+    schema = f"gp_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        admin.dispose()
+        if required:
+            raise
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {exc}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:

@@ -24,6 +24,8 @@ class App:
     engine: Engine
     uows: SqlUnitOfWorkFactory
     index: FenceIndex
+    #: The index holds every time clock change up to this one (see follow_index_changes).
+    index_cursor: int = 0
 
 
 def build_app(
@@ -46,6 +48,9 @@ def build_app(
     started = time.perf_counter()
     # Loaded under the index's write lock: no change can slip in between.
     with uows(readonly=True) as uow, index.write_lock():
+        # The cursor first: a change committed while the rest is read comes
+        # after it and is applied again by the follower, which is harmless.
+        cursor = uow.index_changes.last()
         snap = index.load(uow.time_clocks.list_all(), uow.geofences.list_enabled())
     warm_up()
     log.info(
@@ -58,4 +63,4 @@ def build_app(
             }
         },
     )
-    return App(engine=engine, uows=uows, index=index)
+    return App(engine=engine, uows=uows, index=index, index_cursor=cursor)

@@ -28,6 +28,8 @@ class Config:
     grace_seconds: float = 10.0
     #: Idempotency keys older than this are forgotten; 0 keeps them forever.
     idempotency_days: float = 7.0
+    #: How often the fence index looks for time clocks that other processes changed.
+    index_poll_seconds: float = 1.0
 
     @staticmethod
     def from_env(
@@ -61,6 +63,9 @@ class Config:
             # Punches may arrive up to 12 hours late; a shorter memory would
             # turn a late retry of an accepted punch into a second punch.
             raise ValueError("idempotency days must be 0 (keep forever) or within 1..36500")
+        poll_ms = float(pick("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000"))
+        if not 10 <= poll_ms <= 600_000:
+            raise ValueError("index poll interval must be within 10..600000 ms")
         return Config(
             listen=listen,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -68,4 +73,5 @@ class Config:
             log_level=level,
             max_workers=workers,
             idempotency_days=days,
+            index_poll_seconds=poll_ms / 1000,
         )

@@ -33,6 +33,9 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "-1"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "nan"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "soon"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_INDEX_POLL_MS": "5"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_INDEX_POLL_MS": "nan"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_INDEX_POLL_MS": "often"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
@@ -45,3 +48,9 @@ def test_idempotency_retention() -> None:
     assert Config.from_env(base).idempotency_days == 7
     assert Config.from_env({**base, "GEOPUNCH_IDEMPOTENCY_DAYS": "0"}).idempotency_days == 0
     assert Config.from_env({**base, "GEOPUNCH_IDEMPOTENCY_DAYS": "30"}).idempotency_days == 30
+
+
+def test_index_poll_interval() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    assert Config.from_env(base).index_poll_seconds == 1.0
+    assert Config.from_env({**base, "GEOPUNCH_INDEX_POLL_MS": "250"}).index_poll_seconds == 0.25

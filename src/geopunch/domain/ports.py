@@ -142,6 +142,26 @@ class LocationStateRepository(Protocol):
         ...
 
 
+class IndexChangeRepository(Protocol):
+    """The feed of changed time clocks that keeps every process's fence index current."""
+
+    def note(self, time_clock_id: int) -> None:
+        """Record that the time clock's settings or geofences change in this transaction."""
+        ...
+
+    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int]]:
+        """(seq, time clock id) of the changes after ``cursor``, in commit order."""
+        ...
+
+    def last(self) -> int:
+        """The newest seq, 0 for none."""
+        ...
+
+    def prune(self, before: int) -> int:
+        """Forget changes recorded before ``before`` (Unix seconds); how many went."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction; leaving the block without commit() rolls back."""
 
@@ -168,6 +188,9 @@ class UnitOfWork(Protocol):
 
     @property
     def locations(self) -> LocationStateRepository: ...
+
+    @property
+    def index_changes(self) -> IndexChangeRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -42,6 +42,7 @@ def create_geofences(
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, new_fence_id)
         uow.geofences.add_many(fences)
+        uow.index_changes.note(tc.id)
         with locked(listener):
             uow.commit()
             if listener is not None:
@@ -59,6 +60,7 @@ def delete_geofence(
         tc = get_time_clock(uow, time_clock_id)
         if not uow.geofences.delete(time_clock_id, fence_id):
             raise _not_found(time_clock_id, fence_id)
+        uow.index_changes.note(tc.id)
         with locked(listener):
             uow.commit()
             if listener is not None:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
     tuple_,
     update,
 )
@@ -30,6 +31,7 @@ from geopunch.adapters.db.tables import (
     geofence_jobs,
     geofences,
     idempotency_keys,
+    index_changes,
     manual_break_types,
     time_clock_jobs,
     time_clock_users,
@@ -589,3 +591,40 @@ class SqlIdempotencyRepository:
             delete(idempotency_keys).where(idempotency_keys.c.key.in_(oldest.scalar_subquery()))
         )
         return int(result.rowcount)
+
+
+#: Key of the PostgreSQL advisory lock that orders writers of index changes.
+_INDEX_LOCK = 0x6765_6F70_6978  # "geopix"
+
+
+class SqlIndexChangeRepository:
+    """The ``index_changes`` feed (see its table)."""
+
+    def __init__(self, conn: Connection, now: int) -> None:
+        self._conn = conn
+        self._now = now
+
+    def note(self, time_clock_id: int) -> None:
+        if self._conn.dialect.name == "postgresql":
+            # A follower reads in seq order and moves its cursor past what it
+            # saw: writers take turns until commit, so that no change becomes
+            # visible behind one a follower already passed (as for events).
+            self._conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INDEX_LOCK})
+        self._conn.execute(
+            insert(index_changes).values(time_clock_id=time_clock_id, changed_at=self._now)
+        )
+
+    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int]]:
+        c = index_changes.c
+        rows = self._conn.execute(
+            select(c.seq, c.time_clock_id).where(c.seq > cursor).order_by(c.seq).limit(limit)
+        )
+        return [(int(seq), int(tc)) for seq, tc in rows]
+
+    def last(self) -> int:
+        newest = self._conn.execute(select(func.max(index_changes.c.seq))).scalar()
+        return int(newest or 0)
+
+    def prune(self, before: int) -> int:
+        done = self._conn.execute(delete(index_changes).where(index_changes.c.changed_at < before))
+        return int(done.rowcount)

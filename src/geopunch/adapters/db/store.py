@@ -24,6 +24,7 @@ from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
     SqlGeofenceRepository,
     SqlIdempotencyRepository,
+    SqlIndexChangeRepository,
     SqlTimeClockRepository,
 )
 from geopunch.adapters.db.scheduling import (
@@ -119,6 +120,7 @@ class SqlUnitOfWork:
     shifts: SqlShiftRepository
     events: SqlEventRepository
     locations: SqlLocationRepository
+    index_changes: SqlIndexChangeRepository
 
     def __init__(
         self,
@@ -159,6 +161,7 @@ class SqlUnitOfWork:
         self.shifts = SqlShiftRepository(conn)
         self.events = SqlEventRepository(conn)
         self.locations = SqlLocationRepository(conn)
+        self.index_changes = SqlIndexChangeRepository(conn, now)
         return self
 
     def __exit__(

@@ -251,3 +251,17 @@ live_trails = Table(
     Column("last_ts", BigInteger, nullable=False),
     Column("inside", JSON, nullable=False),  # list of fence ids
 )
+
+
+# Which time clocks changed (settings or geofences), in commit order: every
+# server process on the store follows it to keep its fence index current, so
+# that replicas sharing one PostgreSQL see each other's changes. AUTOINCREMENT
+# on SQLite: a pruned table must not hand out a seq a follower already passed.
+index_changes = Table(
+    "index_changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("time_clock_id", BigInteger, nullable=False),
+    Column("changed_at", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)

@@ -25,6 +25,7 @@ from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 from geopunch.geo.index import FenceIndex
+from geopunch.service.admin import follow_index_changes, prune_index_changes
 from geopunch.service.punches import purge_idempotency_keys
 from geopunch.v1 import (
     admin_pb2,
@@ -54,6 +55,8 @@ SERVICE_NAMES = (
 STOP_MARGIN_S = 10.0
 #: How often expired idempotency keys are purged (also once at start-up).
 PURGE_EVERY_S = 3600.0
+#: Index changes older than this are pruned: every running process has long applied them.
+INDEX_CHANGES_KEPT_S = 86400.0
 
 
 class SystemClock:
@@ -104,6 +107,7 @@ class Server:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._uows = DeferredUnitOfWorkFactory()
         self._purger: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
         self.index = FenceIndex()
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self._uows, self.index), self._grpc
@@ -145,6 +149,13 @@ class Server:
         self._ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
+        self._follower = threading.Thread(
+            target=self._follow_index,
+            args=(self.app.index_cursor,),
+            name="index-follow",
+            daemon=True,
+        )
+        self._follower.start()
         if self.config.idempotency_days > 0:
             self._purger = threading.Thread(
                 target=self._purge_keys, name="idempotency-purge", daemon=True
@@ -164,6 +175,22 @@ class Server:
             if self._stopped.wait(PURGE_EVERY_S):
                 return
 
+    def _follow_index(self, cursor: int) -> None:
+        """Apply other processes' time clock and geofence changes to the index
+        every ``index_poll_seconds``; prune the feed hourly. Until stopped."""
+        pruned_at = 0.0
+        while not self._stopped.wait(self.config.index_poll_seconds):
+            try:
+                before = cursor
+                cursor = follow_index_changes(self._uows, self.index, cursor)
+                if cursor != before:
+                    log.debug("fence index followed", extra={"fields": {"cursor": cursor}})
+                if time.monotonic() - pruned_at > PURGE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    prune_index_changes(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
+            except Exception:  # the store may be briefly unavailable; try again later
+                log.exception("fence index refresh failed")
+
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, close the store."""
         if self._stopped.is_set():
@@ -175,6 +202,8 @@ class Server:
         self._committer.close()
         if self._purger is not None:
             self._purger.join(self.config.grace_seconds)
+        if self._follower is not None:
+            self._follower.join(self.config.grace_seconds)
         if self.app is not None:
             self.app.engine.dispose()
         log.info("stopped")
