@@ -58,6 +58,11 @@ def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine
     cursor = follow_index_changes(uows, there, cursor)
     assert there.snapshot.clock_idx.get(TC.id) is not None
 
+    off = GeofenceDraft("Closed gate", "1 Road", *SITE, is_enabled=False, fence_size_m=300)
+    geofences.create_geofences(uows, TC.id, [off], listener=here)
+    cursor = follow_index_changes(uows, there, cursor)
+    assert not _inside(there)  # disabled fences match nothing, followed or not
+
     draft = GeofenceDraft("Gate", "1 Road", *SITE, fence_size_m=200)
     (made,) = geofences.create_geofences(uows, TC.id, [draft], listener=here)
     assert _inside(here) and not _inside(there)
