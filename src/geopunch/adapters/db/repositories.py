@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -55,14 +55,6 @@ from geopunch.domain.punches import (
     PunchPoint,
     PunchState,
 )
-
-_T = TypeVar("_T")
-
-
-def chunks(items: Sequence[_T], size: int = 400) -> list[list[_T]]:
-    """Items in chunks small enough for one IN list (SQLite binds at most 32766 values)."""
-    seq = list(items)
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
 def job_columns(position: int, job: Job) -> dict[str, object]:
