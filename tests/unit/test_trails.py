@@ -441,3 +441,23 @@ def test_groups_of_finds_each_state_pair_in_the_batch(
     got = _groups_of(users, clocks, state)
     where = {p: g for g, p in enumerate(groups)}
     assert got.tolist() == [where.get(p, -1) for p in state_pairs]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "fits"),
+    [
+        (2**35 - 1, 2**28 - 1, True),
+        (2**35, 0, False),
+        (0, 2**28, False),
+        (-1, 0, False),
+        (0, -1, False),
+    ],
+)
+def test_pairs_pack_only_within_35_and_28_bits(a: int, b: int, fits: bool) -> None:
+    from geopunch.geo.trails import _packed
+
+    got = _packed(np.array([3, a], np.int64), np.array([4, b], np.int64))
+    if fits:
+        assert got is not None and got.tolist() == [3 << 28 | 4, a << 28 | b]
+    else:
+        assert got is None

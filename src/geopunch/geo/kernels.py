@@ -399,6 +399,20 @@ def scan_clock(
 
 
 @numba.njit(cache=True)
+def pack_pairs(a, b, a_limit, b_bits, out):  # -> whether every pair fitted
+    """``out[i] = a[i] << b_bits | b[i]`` while ``0 <= a[i] < a_limit`` and
+    ``0 <= b[i] < 2**b_bits``; False at the first pair that does not fit."""
+    b_limit = np.int64(1) << b_bits
+    for i in range(a.shape[0]):
+        x = a[i]
+        y = b[i]
+        if x < 0 or x >= a_limit or y < 0 or y >= b_limit:
+            return False
+        out[i] = (x << b_bits) | y
+    return True
+
+
+@numba.njit(cache=True)
 def first_seen_codes(keys, out):  # -> number of distinct keys
     """Number each distinct int64 key by first appearance; ``out[i]`` is the code of ``keys[i]``.
 

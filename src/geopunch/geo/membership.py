@@ -525,7 +525,7 @@ def warm_up() -> None:
     index.load([tc], [fence("w1")])
     index.fences_changed(tc, [fence("w2")], [])  # an override table: the multi-table path
     snap = index.snapshot
-    from geopunch.geo.trails import detect_exits
+    from geopunch.geo.trails import detect_exits, pair_codes
 
     small = kernels.SERIAL_BELOW
     try:
@@ -544,6 +544,8 @@ def warm_up() -> None:
             check_one(snap, 0.0, 0.0, 1, "a", 3.0)
             for ts in ([1, 2, 3], [3, 2, 1]):  # time-ordered and shuffled paths
                 detect_exits(snap, [7, 7, 7], [1, 1, 1], ts, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0])
+        for frozen in (False, True):  # live samples' raw columns arrive read-only
+            pair_codes(_column([7, 7], np.int64, frozen), _column([1, 1], np.int64, frozen))
     finally:
         kernels.SERIAL_BELOW = small
 

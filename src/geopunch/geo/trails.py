@@ -402,12 +402,10 @@ _B_BITS = 28  # pair_codes packs (a, b) as a << 28 | b when both fit
 
 def _packed(a: I64, b: I64) -> I64 | None:
     """``a << 28 | b`` when every a fits in 35 bits and every b in 28 (and both
-    are non-negative), so that a pair is one int64; else None."""
-    if a.size and (int(a.min()) < 0 or int(a.max()) >= 1 << (63 - _B_BITS)):
-        return None
-    if b.size and (int(b.min()) < 0 or int(b.max()) >= 1 << _B_BITS):
-        return None
-    return (a << _B_BITS) | b
+    are non-negative), so that a pair is one int64; else None. One compiled pass."""
+    out = np.empty(a.size, np.int64)
+    fits = kernels.pack_pairs(a, b, np.int64(1) << (63 - _B_BITS), _B_BITS, out)
+    return out if fits else None
 
 
 def pair_codes(a: I64, b: I64) -> tuple[I64, int, I64]:
