@@ -1,0 +1,120 @@
+"""ReportLocations in process: the servicer and the shared commit, with 1..N callers.
+
+    python3 dev.py run bench/report_locations_inproc.py [--callers 1,2,4,8] [--rounds 60]
+
+The workload of ``report_locations.py`` (1,000 clocks x 100 fences, 10,000
+users, batches of 100 users x 10 samples, raw columns) without gRPC: the same
+``LocationServicer`` and ``GroupCommitter`` as the server, over a SQLite file
+with ``synchronous=FULL``. Each caller thread owns the batches of its users.
+For each number of callers it prints calls/s, the process's CPU per call,
+how busy the shared commit's critical section was, and its mean batch, so
+that a change can be judged apart from the transport, and the cost of
+spreading Python work over threads shows. Every caller count runs on a fresh
+store, so each starts from the same trails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpc_check import seed
+from report_locations import batches
+
+from geopunch.adapters.db.store import GroupCommitter
+from geopunch.adapters.grpc.locations import LocationServicer
+from geopunch.bootstrap import build_app
+from geopunch.config import Config
+
+WORKERS = 8  # batch streams, shared out among the callers
+WARM = 5  # first batches of each stream, run before timing
+
+
+class _Clock:
+    def now(self) -> float:
+        return time.time()
+
+
+class _TimedCommitter(GroupCommitter):
+    """The real committer, timing its critical section."""
+
+    busy_s = 0.0
+    batches = 0
+    pieces = 0
+
+    def _run(self, works: list[Any]) -> list[Any]:
+        t = time.perf_counter()
+        try:
+            return super()._run(works)
+        finally:
+            self.busy_s += time.perf_counter() - t
+            self.batches += 1
+            self.pieces += len(works)
+
+
+def measure(fleet: Any, template: Path, callers: int, rounds: int, users: int) -> dict[str, float]:
+    work = [batches(fleet, users, 1000, 10, rounds, w, WORKERS) for w in range(WORKERS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        db.write_bytes(template.read_bytes())  # seeding takes longer than a measurement
+        app = build_app(Config(database_url=f"sqlite:///{db}"))
+        committer = _TimedCommitter(app.uows)
+        svc = LocationServicer(app.index, app.uows, _Clock(), committer)
+        for stream in work:
+            for request in stream[:WARM]:
+                svc.ReportLocations(request, None)
+        gc.collect()
+        committer.busy_s, committer.batches, committer.pieces = 0.0, 0, 0
+        done = [0] * callers
+
+        def run(c: int) -> None:
+            for w in range(c, WORKERS, callers):
+                for request in work[w][WARM:]:
+                    svc.ReportLocations(request, None)
+                    done[c] += 1
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in range(callers)]
+        cpu, t0 = time.process_time(), time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu
+        app.engine.dispose()
+    calls = sum(done)
+    return {
+        "callers": callers,
+        "calls_per_s": round(calls / elapsed, 1),
+        "samples_per_s": round(calls * 1000 / elapsed),
+        "cpu_ms_per_call": round(cpu / calls * 1000, 2),
+        "critical_section_busy": round(committer.busy_s / elapsed, 2),
+        "mean_batch": round(committer.pieces / max(committer.batches, 1), 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--callers", default="1,2,4,8", help="comma-separated caller counts")
+    ap.add_argument("--rounds", type=int, default=60, help="batches per stream (8 streams)")
+    ap.add_argument("--users", type=int, default=10_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        template = Path(tmp) / "template.db"
+        fleet, _ = seed(template, 1000, 100, 200_000, users=args.users)
+        results = [
+            measure(fleet, template, int(c), args.rounds, args.users)
+            for c in args.callers.split(",")
+        ]
+    print(json.dumps({"workload": "1,000 samples per call, 100 users", "runs": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
