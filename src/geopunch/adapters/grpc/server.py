@@ -177,19 +177,33 @@ class Server:
 
     def _follow_index(self, cursor: int) -> None:
         """Apply other processes' time clock and geofence changes to the index
-        every ``index_poll_seconds``; prune the feed hourly. Until stopped."""
-        pruned_at = 0.0
+        every ``index_poll_seconds``; prune the feed hourly. Until stopped.
+
+        While the store fails, the first failure is logged with its stack and
+        the following ones once a minute, with how many there were.
+        """
+        pruned_at = time.monotonic() - PURGE_EVERY_S
+        failures, logged_at = 0, 0.0
         while not self._stopped.wait(self.config.index_poll_seconds):
             try:
                 before = cursor
                 cursor = follow_index_changes(self._uows, self.index, cursor)
                 if cursor != before:
                     log.debug("fence index followed", extra={"fields": {"cursor": cursor}})
-                if time.monotonic() - pruned_at > PURGE_EVERY_S:
+                if time.monotonic() - pruned_at >= PURGE_EVERY_S:
                     pruned_at = time.monotonic()
                     prune_index_changes(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
             except Exception:  # the store may be briefly unavailable; try again later
-                log.exception("fence index refresh failed")
+                failures += 1
+                if failures == 1 or time.monotonic() - logged_at >= 60:
+                    logged_at = time.monotonic()
+                    log.exception(
+                        "fence index refresh failed", extra={"fields": {"failures": failures}}
+                    )
+                continue
+            if failures:
+                log.info("fence index refresh recovered", extra={"fields": {"failures": failures}})
+                failures = 0
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, close the store."""
