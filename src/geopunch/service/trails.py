@@ -35,6 +35,8 @@ MAX_LIVE_SAMPLES = 100_000
 #: Status code of a stale live sample in answers (the engine's SKIPPED).
 STALE = SKIPPED
 AUTO_CLOCK_OUT_SOURCE = "autoClockOut"
+#: Last accepted time of a trail with none: below every timestamp.
+_NEVER = np.iinfo(np.int64).min
 
 
 class Outcome:
@@ -203,7 +205,6 @@ def _live_work(
     group, _, first = pair_codes(users, clocks)
     # (user, clock) in order of first appearance; group[i] indexes sample i's pair
     pairs = list(zip(users[first].tolist(), clocks[first].tolist(), strict=True))
-    never = np.iinfo(np.int64).min
     # Depends on the snapshot only: worked out before the shared transaction.
     strangers = unassigned(snap, users, clocks)
 
@@ -212,8 +213,8 @@ def _live_work(
         # Stale: older than the user's last accepted sample, on any time clock.
         user_last: dict[int, int] = {}
         for (u, _), trail in known.items():
-            user_last[u] = max(user_last.get(u, never), trail.last_ts)
-        last = np.array([user_last.get(u, never) for u, _ in pairs], np.int64)
+            user_last[u] = max(user_last.get(u, _NEVER), trail.last_ts)
+        last = np.array([user_last.get(u, _NEVER) for u, _ in pairs], np.int64)
         stale = (batch.timestamps < last[group]) & ~strangers
         skip = stale | strangers
         stored = {p: known[p] for p in pairs if p in known}
@@ -259,8 +260,7 @@ def _new_trails(
 ) -> dict[tuple[int, int], LiveTrail]:
     """Trails whose last accepted time or inside fences changed."""
     accepted = r.status == 0
-    never = np.iinfo(np.int64).min
-    newest = np.full(len(pairs), never, np.int64)
+    newest = np.full(len(pairs), _NEVER, np.int64)
     np.maximum.at(newest, group[accepted], batch.timestamps[accepted])
     inside: dict[tuple[int, int], list[str]] = {}
     for u, c, f in zip(
@@ -276,7 +276,7 @@ def _new_trails(
         held = inside.get(pair)
         fences = tuple(sorted(held)) if held else ()
         if old is None:
-            if ts != never:  # else nothing accepted, nothing to remember
+            if ts != _NEVER:  # else nothing accepted, nothing to remember
                 out[pair] = LiveTrail(ts, fences)
         elif ts > old.last_ts or old.inside != fences:
             out[pair] = LiveTrail(max(ts, old.last_ts), fences)

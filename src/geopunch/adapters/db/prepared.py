@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import JSON, Connection, bindparam, tuple_
+from sqlalchemy import JSON, Connection, bindparam, text, tuple_
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -144,6 +144,19 @@ def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, .
 def driver(conn: Connection) -> Any:
     """The DBAPI connection under ``conn`` (sqlite3 or psycopg)."""
     return conn.connection.dbapi_connection
+
+
+def in_seq_order(conn: Connection, key: int) -> None:
+    """Let writers of one sequenced log take turns until they commit.
+
+    Readers of such a log (the event log, the index change feed) read in seq
+    order and move their cursor past what they saw. On PostgreSQL a seq is
+    drawn at insert time and an earlier one may commit later, behind a
+    reader's cursor; the transaction-scoped advisory lock ``key`` makes seq
+    order commit order. SQLite has one writer at a time: nothing to do.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def integrity_error(conn: Connection) -> type[Exception]:

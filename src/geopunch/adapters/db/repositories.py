@@ -18,13 +18,18 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    text,
     tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.prepared import Prepared, PreparedIn, in_values, integrity_error
+from geopunch.adapters.db.prepared import (
+    Prepared,
+    PreparedIn,
+    in_seq_order,
+    in_values,
+    integrity_error,
+)
 from geopunch.adapters.db.tables import (
     activities,
     day_statuses,
@@ -597,11 +602,7 @@ class SqlIndexChangeRepository:
         self._now = now
 
     def note(self, time_clock_id: int) -> None:
-        if self._conn.dialect.name == "postgresql":
-            # A follower reads in seq order and moves its cursor past what it
-            # saw: writers take turns until commit, so that no change becomes
-            # visible behind one a follower already passed (as for events).
-            self._conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INDEX_LOCK})
+        in_seq_order(self._conn, _INDEX_LOCK)  # followers resume from a seq
         self._conn.execute(
             insert(index_changes).values(time_clock_id=time_clock_id, changed_at=self._now)
         )

@@ -19,13 +19,18 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.prepared import Prepared, PreparedIn, in_values, integrity_error
+from geopunch.adapters.db.prepared import (
+    Prepared,
+    PreparedIn,
+    in_seq_order,
+    in_values,
+    integrity_error,
+)
 from geopunch.adapters.db.repositories import job_columns
 from geopunch.adapters.db.tables import (
     events,
@@ -400,11 +405,7 @@ class SqlEventRepository:
         if not new:
             return
         self.appended = True
-        if self._conn.dialect.name == "postgresql":
-            # Sequence numbers are drawn at insert time, but subscribers read in
-            # seq order: writers of events take turns until commit, so that no
-            # event becomes visible behind one a subscriber already passed.
-            self._conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENTS_LOCK})
+        in_seq_order(self._conn, _EVENTS_LOCK)  # subscribers resume from a seq
         _INSERT_EVENT.many(
             self._conn,
             [
