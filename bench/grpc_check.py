@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
-from serverproc import serve
+from serverproc import OWN_CONNECTION, serve
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.geo.index import FenceIndex
@@ -88,6 +88,7 @@ def closed_loop(
     opts = [
         ("grpc.max_send_message_length", 64 << 20),
         ("grpc.max_receive_message_length", 64 << 20),
+        OWN_CONNECTION,
     ]
 
     def worker(w: int) -> None:
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
@@ -142,7 +144,7 @@ def main() -> None:
             check_points(snap, f.point_lat[sl], f.point_lon[sl], f.point_clock[sl])
         inproc = (f.point_lat.size // args.batch) * args.batch / (time.perf_counter() - t)
         t = time.perf_counter()
-        with serve(db, API_KEY) as address:
+        with serve(db, API_KEY, args.processes) as address:
             start_s = time.perf_counter() - t
             out = {
                 "workload": {
@@ -150,6 +152,7 @@ def main() -> None:
                     "fences": args.clocks * args.fences,
                     "batch": args.batch,
                     "concurrency": args.concurrency,
+                    "processes": args.processes,
                     "seconds": args.seconds,
                 },
                 "seed_s": round(seed_s, 2),

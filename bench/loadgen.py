@@ -31,7 +31,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from serverproc import serve
+from serverproc import OWN_CONNECTION, serve
 
 from geopunch.v1 import (
     admin_pb2,
@@ -105,108 +105,119 @@ async def closed_loop(
 
 
 async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 20)
-        admin = admin_pb2_grpc.AdminServiceStub(channel)
-        punches = timeclock_pb2_grpc.TimeClockServiceStub(channel)
-        tc_id = int(time.time() * 1000) % 10**12
-        users = list(range(1, args.concurrency + 1))
-        await admin.CreateTimeClock(
-            admin_pb2.CreateTimeClockRequest(
-                time_clock=admin_pb2.TimeClock(
-                    id=tc_id,
-                    name="load",
-                    timezone="UTC",
-                    user_ids=users,
-                    jobs=[admin_pb2.Job(id="job", name="Job")],
-                    manual_breaks_enabled=True,
-                    manual_break_types=[admin_pb2.ManualBreakType(id="rest", name="Rest")],
-                    geofence_policy=admin_pb2.REQUIRE_INSIDE if args.geofence else admin_pb2.OFF,
-                )
-            ),
-            metadata=AUTH,
-        )
-        location = None
-        if args.geofence:
-            req = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc_id)
-            g = req.geofences.add(name="site", fence_size=300)
-            g.location.address, g.location.latitude, g.location.longitude = "site", *SITE
-            await geofences_pb2_grpc.GeofenceServiceStub(channel).CreateGeofences(
-                req, metadata=AUTH
+    # Worker w calls on connection w % --channels (each its own TCP connection).
+    channels = [
+        grpc.aio.insecure_channel(address, options=[OWN_CONNECTION]) for _ in range(args.channels)
+    ]
+    try:
+        return await _run(channels, args)
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> dict[str, object]:
+    for ch in channels:
+        await asyncio.wait_for(ch.channel_ready(), 20)
+    channel = channels[0]
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    admins = [admin_pb2_grpc.AdminServiceStub(ch) for ch in channels]
+    all_punches = [timeclock_pb2_grpc.TimeClockServiceStub(ch) for ch in channels]
+    tc_id = int(time.time() * 1000) % 10**12
+    users = list(range(1, args.concurrency + 1))
+    await admin.CreateTimeClock(
+        admin_pb2.CreateTimeClockRequest(
+            time_clock=admin_pb2.TimeClock(
+                id=tc_id,
+                name="load",
+                timezone="UTC",
+                user_ids=users,
+                jobs=[admin_pb2.Job(id="job", name="Job")],
+                manual_breaks_enabled=True,
+                manual_break_types=[admin_pb2.ManualBreakType(id="rest", name="Rest")],
+                geofence_policy=admin_pb2.REQUIRE_INSIDE if args.geofence else admin_pb2.OFF,
             )
-            location = common_pb2.Location(
-                address="site", latitude=SITE[0] + 0.001, longitude=SITE[1]
+        ),
+        metadata=AUTH,
+    )
+    location = None
+    if args.geofence:
+        req = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc_id)
+        g = req.geofences.add(name="site", fence_size=300)
+        g.location.address, g.location.latitude, g.location.longitude = "site", *SITE
+        await geofences_pb2_grpc.GeofenceServiceStub(channel).CreateGeofences(req, metadata=AUTH)
+        location = common_pb2.Location(address="site", latitude=SITE[0] + 0.001, longitude=SITE[1])
+    base = int(time.time()) - 11 * 3600
+
+    async def ping(w: int, n: int) -> None:
+        await admins[w % len(admins)].Ping(admin_pb2.PingRequest(), metadata=AUTH)
+
+    async def punch(w: int, n: int) -> None:
+        punches = all_punches[w % len(all_punches)]
+        ts, user, step = base + n, users[w], n % 4
+        if step == 0:
+            await punches.ClockIn(
+                timeclock_pb2.ClockInRequest(
+                    time_clock_id=tc_id,
+                    user_id=user,
+                    job_id="job",
+                    timestamp=ts,
+                    location_data=location,
+                ),
+                metadata=AUTH,
             )
-        base = int(time.time()) - 11 * 3600
+        elif step == 1:
+            await punches.StartManualBreak(
+                timeclock_pb2.StartManualBreakRequest(
+                    time_clock_id=tc_id,
+                    user_id=user,
+                    manual_break_id="rest",
+                    timestamp=ts,
+                    location_data=location,
+                ),
+                metadata=AUTH,
+            )
+        elif step == 2:
+            await punches.EndManualBreak(
+                timeclock_pb2.EndManualBreakRequest(
+                    time_clock_id=tc_id, user_id=user, timestamp=ts, location_data=location
+                ),
+                metadata=AUTH,
+            )
+        else:
+            await punches.ClockOut(
+                timeclock_pb2.ClockOutRequest(
+                    time_clock_id=tc_id, user_id=user, timestamp=ts, location_data=location
+                ),
+                metadata=AUTH,
+            )
 
-        async def ping(w: int, n: int) -> None:
-            await admin.Ping(admin_pb2.PingRequest(), metadata=AUTH)
-
-        async def punch(w: int, n: int) -> None:
-            ts, user, step = base + n, users[w], n % 4
-            if step == 0:
-                await punches.ClockIn(
-                    timeclock_pb2.ClockInRequest(
-                        time_clock_id=tc_id,
-                        user_id=user,
-                        job_id="job",
-                        timestamp=ts,
-                        location_data=location,
-                    ),
-                    metadata=AUTH,
-                )
-            elif step == 1:
-                await punches.StartManualBreak(
-                    timeclock_pb2.StartManualBreakRequest(
-                        time_clock_id=tc_id,
-                        user_id=user,
-                        manual_break_id="rest",
-                        timestamp=ts,
-                        location_data=location,
-                    ),
-                    metadata=AUTH,
-                )
-            elif step == 2:
-                await punches.EndManualBreak(
-                    timeclock_pb2.EndManualBreakRequest(
-                        time_clock_id=tc_id, user_id=user, timestamp=ts, location_data=location
-                    ),
-                    metadata=AUTH,
-                )
-            else:
-                await punches.ClockOut(
-                    timeclock_pb2.ClockOutRequest(
-                        time_clock_id=tc_id, user_id=user, timestamp=ts, location_data=location
-                    ),
-                    metadata=AUTH,
-                )
-
-        calls = {"ping": ping, "punch": punch}
-        out: dict[str, object] = {}
-        # Per workload: a punch worker's count gives its step in the cycle and
-        # its timestamp (one second apart, never reused), so pings must not move it.
-        counters = {name: [0] * args.concurrency for name in calls}
-        # Baseline and punches alternate in short windows, so that both see
-        # the same machine: a neighbour's burst hits both, not one of them.
-        for concurrency, suffix in ((args.concurrency, ""), (1, "_1")):
-            names = [n for n in ("ping", "punch") if not args.only or n == args.only]
-            windows = {n: Window() for n in names}
+    calls = {"ping": ping, "punch": punch}
+    out: dict[str, object] = {}
+    # Per workload: a punch worker's count gives its step in the cycle and
+    # its timestamp (one second apart, never reused), so pings must not move it.
+    counters = {name: [0] * args.concurrency for name in calls}
+    # Baseline and punches alternate in short windows, so that both see
+    # the same machine: a neighbour's burst hits both, not one of them.
+    for concurrency, suffix in ((args.concurrency, ""), (1, "_1")):
+        names = [n for n in ("ping", "punch") if not args.only or n == args.only]
+        windows = {n: Window() for n in names}
+        for n in names:
+            await closed_loop(concurrency, 1.0, calls[n], counters[n], Window())  # warm-up
+        for _ in range(args.rounds):
             for n in names:
-                await closed_loop(concurrency, 1.0, calls[n], counters[n], Window())  # warm-up
-            for _ in range(args.rounds):
-                for n in names:
-                    await closed_loop(
-                        concurrency, args.seconds / args.rounds, calls[n], counters[n], windows[n]
-                    )
-            for n in names:
-                out[n + suffix] = windows[n].summary()
-        if args.only:
-            return out
-        ping_c, punch_c = out["ping"], out["punch"]
-        assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
-        out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)
-        out["punch_vs_ping_p99"] = round(punch_c["p99_ms"] / ping_c["p99_ms"], 3)
+                await closed_loop(
+                    concurrency, args.seconds / args.rounds, calls[n], counters[n], windows[n]
+                )
+        for n in names:
+            out[n + suffix] = windows[n].summary()
+    if args.only:
         return out
+    ping_c, punch_c = out["ping"], out["punch"]
+    assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
+    out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)
+    out["punch_vs_ping_p99"] = round(punch_c["p99_ms"] / ping_c["p99_ms"], 3)
+    return out
 
 
 def main() -> None:
@@ -215,6 +226,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per workload, all rounds")
     ap.add_argument("--rounds", type=int, default=5, help="alternating windows per workload")
     ap.add_argument("--geofence", action="store_true")
+    ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
+    ap.add_argument("--channels", type=int, default=1, help="client connections the calls share")
     ap.add_argument("--address", help="use a running server (its key must be the loadgen key)")
     ap.add_argument(
         "--only", choices=("ping", "punch"), help="run one workload only (for profiling)"
@@ -225,7 +238,7 @@ def main() -> None:
     else:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            serve(Path(tmp) / "load.db", API_KEY) as address,
+            serve(Path(tmp) / "load.db", API_KEY, args.processes) as address,
         ):
             result = asyncio.run(run(address, args))
         result["workload"] = {
@@ -233,6 +246,8 @@ def main() -> None:
             "seconds": args.seconds,
             "rounds": args.rounds,
             "geofence": args.geofence,
+            "processes": args.processes,
+            "channels": args.channels,
             "store": "sqlite synchronous=FULL",
         }
     print(json.dumps(result, indent=2))

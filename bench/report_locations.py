@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpc_check import seed
 from pyproj import Geod
-from serverproc import serve
+from serverproc import OWN_CONNECTION, serve
 
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, location_pb2, location_pb2_grpc
 
@@ -113,7 +113,7 @@ def closed_loop(address: str, work: list[list], seconds: float, call: str) -> di
     stop = time.perf_counter() + seconds
 
     def run(w: int) -> None:
-        with grpc.insecure_channel(address) as ch:
+        with grpc.insecure_channel(address, options=[OWN_CONNECTION]) as ch:
             if call == "ping":
                 stub = admin_pb2_grpc.AdminServiceStub(ch)
                 fn, reqs = stub.Ping, [admin_pb2.PingRequest()]
@@ -159,6 +159,7 @@ def main() -> None:
         default="raw",
         help="samples as raw little-endian columns or as repeated fields",
     )
+    ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
     args = ap.parse_args()
     per_user = args.per_user
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +170,7 @@ def main() -> None:
             batches(f, args.users, args.batch, per_user, rounds, w, args.concurrency, args.encoding)
             for w in range(args.concurrency)
         ]
-        with serve(db, API_KEY) as address:
+        with serve(db, API_KEY, args.processes) as address:
             ping = closed_loop(address, [[None]] * args.concurrency, min(args.seconds, 5), "ping")
             report = closed_loop(address, work, args.seconds, "report")
         report["samples_per_s"] = round(report["calls_per_s"] * args.batch)
@@ -182,6 +183,7 @@ def main() -> None:
                         "batch": args.batch,
                         "users_per_batch": args.batch // per_user,
                         "concurrency": args.concurrency,
+                        "processes": args.processes,
                         "encoding": args.encoding,
                         "store": "sqlite synchronous=FULL",
                     },

@@ -11,14 +11,16 @@ from pathlib import Path
 
 
 @contextmanager
-def serve(db: Path, api_key: str) -> Iterator[str]:
-    """A server on a free loopback port over the SQLite file ``db``; yields its address."""
+def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
+    """A server (``processes`` worker processes) on a free loopback port over
+    the SQLite file ``db``; yields its address."""
     env = {
         **os.environ,
         "GEOPUNCH_API_KEYS": api_key,
         "GEOPUNCH_LOG_LEVEL": "WARNING",
         "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
         "GEOPUNCH_LISTEN": "127.0.0.1:0",
+        "GEOPUNCH_PROCESSES": str(processes),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
@@ -31,4 +33,11 @@ def serve(db: Path, api_key: str) -> Iterator[str]:
         yield line.split()[-1]
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(60)
+
+
+#: Channel option giving each client thread a TCP connection of its own, as
+#: separate devices have. grpc's channels in one process share a connection
+#: to the same address by default, and with ``--processes`` connections, not
+#: calls, are spread over the workers.
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)

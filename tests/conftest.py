@@ -113,14 +113,18 @@ class ServerProcess:
 class Client:
     """Generated stubs on one channel, sending the API key on every call."""
 
-    def __init__(self, address: str, api_key: str | None = API_KEY) -> None:
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ],
-        )
+    def __init__(
+        self, address: str, api_key: str | None = API_KEY, *, own_connection: bool = False
+    ) -> None:
+        """``own_connection``: a TCP connection of its own (channels in one
+        process share one by default), as a separate client would have."""
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channel = grpc.insecure_channel(address, options=options)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.geofences = geofences_pb2_grpc.GeofenceServiceStub(self.channel)

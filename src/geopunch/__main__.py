@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-keys", help="comma-separated API keys (GEOPUNCH_API_KEYS)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (GEOPUNCH_LOG_LEVEL)")
     serve.add_argument("--max-workers", type=int, help="RPC worker threads (GEOPUNCH_MAX_WORKERS)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="server processes on the one port, e.g. one per core (GEOPUNCH_PROCESSES, default 1)",
+    )
     _trails_parser(sub)
     return parser
 
@@ -62,17 +67,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 api_keys=args.api_keys,
                 log_level=args.log_level,
                 max_workers=args.max_workers,
+                processes=args.processes,
             )
         except ValueError as exc:
             print(f"geopunch: {exc}", file=sys.stderr)
             return 2
         setup_logging(config.log_level)
-        from geopunch.adapters.grpc.server import serve  # grpc loads only when serving
 
         def ready(port: int) -> None:
             print(f"geopunch serving on {config.listen.rpartition(':')[0]}:{port}", flush=True)
 
-        serve(config, ready)
+        if config.processes > 1:
+            from geopunch.adapters.grpc.workers import serve_processes
+
+            serve_processes(config, ready)
+        else:
+            from geopunch.adapters.grpc.server import serve  # grpc loads only when serving
+
+            serve(config, ready)
         return 0
     if args.command == "trails":
         from geopunch.adapters.trails_cli import run

@@ -32,10 +32,12 @@ def build_app(
     config: Config,
     index: FenceIndex | None = None,
     on_events: Callable[[], None] | None = None,
+    on_index_changes: Callable[[], None] | None = None,
 ) -> App:
     """Open and migrate the store, load the fence index; return the wired application.
 
-    ``on_events`` is called after every commit that appended to the event log.
+    ``on_events`` is called after every commit that appended to the event log,
+    ``on_index_changes`` after every commit that changed a time clock or its fences.
     """
     engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
     revision = migrate(engine)
@@ -43,7 +45,7 @@ def build_app(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},
     )
-    uows = SqlUnitOfWorkFactory(engine, on_events)
+    uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes)
     index = index if index is not None else FenceIndex()
     started = time.perf_counter()
     # Loaded under the index's write lock: no change can slip in between.

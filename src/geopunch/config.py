@@ -30,6 +30,9 @@ class Config:
     idempotency_days: float = 7.0
     #: How often the fence index looks for time clocks that other processes changed.
     index_poll_seconds: float = 1.0
+    #: Server processes sharing the port and the store (one Python interpreter
+    #: runs on one core at a time; each process is one more).
+    processes: int = 1
 
     @staticmethod
     def from_env(
@@ -66,6 +69,9 @@ class Config:
         poll_ms = float(pick("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000"))
         if not 10 <= poll_ms <= 600_000:
             raise ValueError("index poll interval must be within 10..600000 ms")
+        processes = int(pick("processes", "GEOPUNCH_PROCESSES", "1"))
+        if not 1 <= processes <= 64:
+            raise ValueError("processes must be within 1..64")
         return Config(
             listen=listen,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -74,4 +80,5 @@ class Config:
             max_workers=workers,
             idempotency_days=days,
             index_poll_seconds=poll_ms / 1000,
+            processes=processes,
         )

@@ -36,6 +36,9 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_INDEX_POLL_MS": "5"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_INDEX_POLL_MS": "nan"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_INDEX_POLL_MS": "often"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_PROCESSES": "0"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_PROCESSES": "65"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_PROCESSES": "two"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
@@ -54,3 +57,10 @@ def test_index_poll_interval() -> None:
     base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
     assert Config.from_env(base).index_poll_seconds == 1.0
     assert Config.from_env({**base, "GEOPUNCH_INDEX_POLL_MS": "250"}).index_poll_seconds == 0.25
+
+
+def test_processes() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    assert Config.from_env(base).processes == 1
+    assert Config.from_env({**base, "GEOPUNCH_PROCESSES": "2"}).processes == 2
+    assert Config.from_env({**base, "GEOPUNCH_PROCESSES": "2"}, processes=3).processes == 3

@@ -38,11 +38,13 @@ def test_failures_are_logged_once_then_recovery(
     srv._stopped = threading.Event()
     srv._uows = None  # type: ignore[assignment]
     srv.index = FenceIndex()
+    srv.worker = None
+    srv._cursor, srv._follow_lock = 0, threading.Lock()
     store = _FlakyStore(failures=50, calls=60, stop=srv._stopped)
     monkeypatch.setattr(server_module, "follow_index_changes", store)
     monkeypatch.setattr(server_module, "prune_index_changes", lambda uows, before: 0)
     with caplog.at_level(logging.INFO, logger="geopunch"):
-        srv._follow_index(0)
+        srv._follow_index()
     failed = [r for r in caplog.records if r.getMessage() == "fence index refresh failed"]
     recovered = [r for r in caplog.records if r.getMessage() == "fence index refresh recovered"]
     assert store.seen == 60

@@ -600,9 +600,12 @@ class SqlIndexChangeRepository:
     def __init__(self, conn: Connection, now: int) -> None:
         self._conn = conn
         self._now = now
+        #: Set by ``note``; the unit of work tells its listener after the commit.
+        self.noted = False
 
     def note(self, time_clock_id: int) -> None:
         in_seq_order(self._conn, _INDEX_LOCK)  # followers resume from a seq
+        self.noted = True
         self._conn.execute(
             insert(index_changes).values(time_clock_id=time_clock_id, changed_at=self._now)
         )

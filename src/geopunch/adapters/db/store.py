@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -127,11 +130,13 @@ class SqlUnitOfWork:
         engine: Engine,
         *,
         readonly: bool = False,
-        write_lock: threading.Lock | None = None,
+        write_lock: WriterLock | None = None,
         on_events: Callable[[], None] | None = None,
+        on_index_changes: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._on_events = on_events
+        self._on_index_changes = on_index_changes
         self._readonly = readonly
         self._write_lock = None if readonly else write_lock
         self._conn: Connection | None = None
@@ -186,6 +191,9 @@ class SqlUnitOfWork:
         if self.events.appended and self._on_events is not None:
             self.events.appended = False
             self._on_events()
+        if self.index_changes.noted and self._on_index_changes is not None:
+            self.index_changes.noted = False
+            self._on_index_changes()
 
     def savepoint(self) -> AbstractContextManager[object]:
         assert self._conn is not None
@@ -199,22 +207,71 @@ class SqlUnitOfWork:
         return total
 
 
+class WriterLock:
+    """SQLite's one-writer rule as a lock that a waiter sleeps on until it is free.
+
+    Threads of this process queue on a Python lock, then the one at the front
+    takes an exclusive ``flock`` on ``PATH-writer.lock`` beside the database,
+    so writers of other processes on the same file (workers of ``serve
+    --processes``, a second server, the command line) queue in the kernel
+    too. Without it they would meet in SQLite's busy handler, which retries
+    in growing sleeps (up to 100 ms) and wrecks tail latency. A blocking
+    ``flock`` is woken by the release itself; the ``filelock`` package polls
+    with sleeps instead, hence the two system calls here. The kernel drops
+    the lock when its holder dies, so a killed process leaves nothing stuck.
+    """
+
+    def __init__(self, database: str) -> None:
+        self._threads = threading.Lock()
+        self.path = f"{database}-writer.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        weakref.finalize(self, os.close, self._fd)
+
+    def acquire(self) -> None:
+        self._threads.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
 class SqlUnitOfWorkFactory:
     """Units of work on one engine.
 
-    SQLite has one writer at a time; writers of this process queue on a Python
-    lock before ``BEGIN IMMEDIATE`` instead of on SQLite's busy handler, which
-    sleeps in growing steps (up to 100 ms) and wrecks tail latency under load.
+    SQLite has one writer at a time; writers wait on a :class:`WriterLock`
+    before ``BEGIN IMMEDIATE``. ``on_events`` runs after each commit that
+    appended events, ``on_index_changes`` after each that changed a time
+    clock's settings or fences.
     """
 
-    def __init__(self, engine: Engine, on_events: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        on_events: Callable[[], None] | None = None,
+        on_index_changes: Callable[[], None] | None = None,
+    ) -> None:
         self.engine = engine
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        database = engine.url.database
+        self._write_lock = (
+            WriterLock(database) if engine.dialect.name == "sqlite" and database else None
+        )
         self._on_events = on_events
+        self._on_index_changes = on_index_changes
 
     def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(
-            self.engine, readonly=readonly, write_lock=self._write_lock, on_events=self._on_events
+            self.engine,
+            readonly=readonly,
+            write_lock=self._write_lock,
+            on_events=self._on_events,
+            on_index_changes=self._on_index_changes,
         )
 
 

@@ -37,9 +37,23 @@ class ServiceInterceptor(_Interceptor):
     exception is logged with its stack and answered INTERNAL without details.
     """
 
-    def __init__(self, key_hashes: tuple[bytes, ...], ready: threading.Event) -> None:
+    def __init__(
+        self,
+        key_hashes: tuple[bytes, ...],
+        ready: threading.Event,
+        *,
+        before_call: Callable[[], None] | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """``before_call`` runs before each authorized call's handler (a worker
+        of ``serve --processes`` catches up with its siblings' fence changes
+        there); ``worker`` is answered as ``x-geopunch-worker`` metadata."""
         self._key_hashes = key_hashes
         self._ready = ready
+        self._before_call = before_call
+        self._extra_metadata: tuple[tuple[str, str], ...] = (
+            () if worker is None else (("x-geopunch-worker", str(worker)),)
+        )
 
     def _authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
         presented = [v for k, v in metadata or () if k == API_KEY_HEADER]
@@ -80,7 +94,7 @@ class ServiceInterceptor(_Interceptor):
 
     def _begin(self, context: grpc.ServicerContext, authorized: bool) -> str:
         rid = str(uuid.uuid4())
-        context.send_initial_metadata((("x-request-id", rid),))
+        context.send_initial_metadata((("x-request-id", rid), *self._extra_metadata))
         if not self._ready.is_set():
             context.abort_with_status(
                 to_status(
@@ -124,6 +138,8 @@ class ServiceInterceptor(_Interceptor):
             try:
                 request_id_var.set(self._begin(context, authorized))
                 try:
+                    if self._before_call is not None:
+                        self._before_call()
                     return behavior(request, context)
                 except Exception as exc:
                     if _aborted(context):
@@ -142,6 +158,8 @@ class ServiceInterceptor(_Interceptor):
             try:
                 request_id_var.set(self._begin(context, authorized))
                 try:
+                    if self._before_call is not None:
+                        self._before_call()
                     yield from behavior(request, context)
                 except Exception as exc:
                     if _aborted(context):

@@ -21,6 +21,7 @@ from geopunch.adapters.grpc.locations import LocationServicer, Wakeup
 from geopunch.adapters.grpc.scheduling import SchedulerServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.adapters.grpc.timeclock import TimeClockServicer
+from geopunch.adapters.grpc.workers import WorkerSlot
 from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
@@ -57,6 +58,8 @@ STOP_MARGIN_S = 10.0
 PURGE_EVERY_S = 3600.0
 #: Index changes older than this are pruned: every running process has long applied them.
 INDEX_CHANGES_KEPT_S = 86400.0
+#: How often a worker of ``serve --processes`` looks whether a sibling committed events.
+EVENT_RELAY_S = 0.02
 
 
 class SystemClock:
@@ -84,19 +87,33 @@ class DeferredUnitOfWorkFactory:
 class Server:
     """The process's gRPC server. ``start()`` binds and opens the store; ``stop()`` drains."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: WorkerSlot | None = None) -> None:
+        """``worker``: this process is one of ``serve --processes`` (see workers.py)."""
         self.config = config
+        self.worker = worker
         self.health = health.HealthServicer()
         self.app: App | None = None
         self._stopped = threading.Event()
         self._ready = threading.Event()
+        # The fence index follows the store's change feed from this cursor;
+        # the lock keeps the follower thread and callers catching up in turn.
+        self._cursor = 0
+        self._follow_lock = threading.Lock()
+        self._index_seen = 0
+        interceptor = ServiceInterceptor(
+            config.api_key_hashes,
+            self._ready,
+            before_call=None if worker is None else self._catch_up_with_siblings,
+            worker=None if worker is None else worker.number,
+        )
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            interceptors=[ServiceInterceptor(config.api_key_hashes, self._ready)],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Workers share the port; a lone server must not share it by accident.
+                ("grpc.so_reuseport", 0 if worker is None else 1),
             ],
             maximum_concurrent_rpcs=config.max_workers * 8,
         )
@@ -144,19 +161,34 @@ class Server:
         self._grpc.start()
         host = self.config.listen.rpartition(":")[0]
         log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
-        self.app = build_app(self.config, self.index, on_events=self.wakeup.notify)
+        on_events, on_index_changes = self.wakeup.notify, None
+        if self.worker is not None:
+            generations = self.worker.generations
+            on_index_changes = generations.bump_index
+
+            def on_events() -> None:
+                self.wakeup.notify()
+                generations.bump_events()
+
+            # Read before the index loads: a sibling's change from here on is
+            # applied again, which is harmless.
+            self._index_seen = generations.index
+        self.app = build_app(
+            self.config, self.index, on_events=on_events, on_index_changes=on_index_changes
+        )
+        self._cursor = self.app.index_cursor
         self._uows.target = self.app.uows
         self._ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
         self._follower = threading.Thread(
-            target=self._follow_index,
-            args=(self.app.index_cursor,),
-            name="index-follow",
-            daemon=True,
+            target=self._follow_index, name="index-follow", daemon=True
         )
         self._follower.start()
-        if self.config.idempotency_days > 0:
+        if self.worker is not None:
+            threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
+        housekeeping = self.worker is None or self.worker.runs_housekeeping
+        if self.config.idempotency_days > 0 and housekeeping:
             self._purger = threading.Thread(
                 target=self._purge_keys, name="idempotency-purge", daemon=True
             )
@@ -175,22 +207,53 @@ class Server:
             if self._stopped.wait(PURGE_EVERY_S):
                 return
 
-    def _follow_index(self, cursor: int) -> None:
+    def _catch_up(self) -> None:
+        """Apply every time clock change in the store's feed past our cursor."""
+        with self._follow_lock:
+            before = self._cursor
+            self._cursor = follow_index_changes(self._uows, self.index, before)
+        if self._cursor != before:
+            log.debug("fence index followed", extra={"fields": {"cursor": self._cursor}})
+
+    def _catch_up_with_siblings(self) -> None:
+        """Before a worker's call: if a sibling worker changed a time clock or
+        its fences since we last looked (one read of shared memory), apply it
+        first, so that every call sees every change acknowledged before it."""
+        assert self.worker is not None
+        seen = self.worker.generations.index
+        if seen == self._index_seen:
+            return
+        with self._follow_lock:
+            if seen == self._index_seen:
+                return
+            self._cursor = follow_index_changes(self._uows, self.index, self._cursor)
+            self._index_seen = seen  # a bump while reading: the next call looks again
+
+    def _relay_events(self) -> None:
+        """Wake this worker's event streams when a sibling committed events."""
+        assert self.worker is not None
+        generations = self.worker.generations
+        seen = generations.events
+        while not self._stopped.wait(EVENT_RELAY_S):
+            now = generations.events
+            if now != seen:
+                seen = now
+                self.wakeup.notify()
+
+    def _follow_index(self) -> None:
         """Apply other processes' time clock and geofence changes to the index
         every ``index_poll_seconds``; prune the feed hourly. Until stopped.
 
         While the store fails, the first failure is logged with its stack and
         the following ones once a minute, with how many there were.
         """
+        housekeeping = self.worker is None or self.worker.runs_housekeeping
         pruned_at = time.monotonic() - PURGE_EVERY_S
         failures, logged_at = 0, 0.0
         while not self._stopped.wait(self.config.index_poll_seconds):
             try:
-                before = cursor
-                cursor = follow_index_changes(self._uows, self.index, cursor)
-                if cursor != before:
-                    log.debug("fence index followed", extra={"fields": {"cursor": cursor}})
-                if time.monotonic() - pruned_at >= PURGE_EVERY_S:
+                self._catch_up()
+                if housekeeping and time.monotonic() - pruned_at >= PURGE_EVERY_S:
                     pruned_at = time.monotonic()
                     prune_index_changes(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
             except Exception:  # the store may be briefly unavailable; try again later
@@ -226,9 +289,11 @@ class Server:
         self._grpc.wait_for_termination()
 
 
-def serve(config: Config, ready: Callable[[int], None] | None = None) -> None:
+def serve(
+    config: Config, ready: Callable[[int], None] | None = None, worker: WorkerSlot | None = None
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = Server(config)
+    server = Server(config, worker)
     stop_requested = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:

@@ -1,0 +1,219 @@
+"""``serve --processes N``: N server processes on one port and one store.
+
+One Python process runs Python code on one core at a time (the GIL), and a
+busy geopunch process spends most of its time there: under load it settles at
+about one core however many threads it has. More cores take more processes.
+gRPC's own answer for Python servers is the same: worker processes that bind
+one port with ``SO_REUSEPORT``, the kernel handing each new connection to one
+of them (grpc's ``examples/python/multiprocessing``).
+
+The supervisor (this module's :func:`serve_processes`) migrates the store
+once, reserves the port, starts the workers with the ``spawn`` method (a
+fresh interpreter each: nothing of grpc's or OpenMP's threads is forked),
+prints the ready line when every worker serves, restarts a worker that dies,
+and on SIGTERM or SIGINT drains them all.
+
+What the workers share besides the store is two counters in shared memory
+(:class:`SharedGenerations`): a worker bumps the *index* counter after each
+commit that changed a time clock or its fences, and every worker compares it
+with what it last applied before each call, catching up from the store's
+change feed when it moved. So a fence created through one connection is seen
+by the very next call on any connection, whichever worker it reaches. The
+*events* counter wakes event streams in every worker when one of them
+commits events. SQLite writers of all workers queue on one file lock (see
+``WriterLock``); PostgreSQL orders them itself.
+
+Connections, not calls, are spread: one client channel keeps talking to one
+worker. Many clients (kiosks, devices, backends with several channels)
+spread evenly; a client with one channel uses one worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.process
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from geopunch.config import Config
+
+log = logging.getLogger("geopunch")
+
+#: A worker that dies is started again after this pause (a crash loop stays slow).
+RESTART_PAUSE_S = 1.0
+#: How long start-up waits for every worker to serve.
+START_TIMEOUT_S = 300.0
+
+
+class SharedGenerations:
+    """Two counters in shared memory: fence index changes and event commits."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._index = ctx.Value("q", 0)  # lock=True: bumps from several processes add up
+        self._events = ctx.Value("q", 0)
+
+    @property
+    def index(self) -> int:
+        value: int = self._index.value
+        return value
+
+    @property
+    def events(self) -> int:
+        value: int = self._events.value
+        return value
+
+    def bump_index(self) -> None:
+        with self._index.get_lock():
+            self._index.value += 1
+
+    def bump_events(self) -> None:
+        with self._events.get_lock():
+            self._events.value += 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Which worker a process is, and what it shares with its siblings."""
+
+    number: int
+    generations: SharedGenerations
+
+    @property
+    def runs_housekeeping(self) -> bool:
+        """Purges and pruning run in one worker only."""
+        return self.number == 0
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def reserve_port(listen: str) -> tuple[socket.socket, str]:
+    """Bind ``listen`` with SO_REUSEPORT (port 0: a free one) and return the
+    socket, kept open while the workers run so the port stays ours, and the
+    address with the actual port for the workers to bind as well."""
+    host, port = _host_port(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {listen}: {exc}") from exc
+    actual = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return sock, f"{shown}:{actual}"
+
+
+def _worker_main(config: Config, slot: WorkerSlot, ready: Any) -> None:
+    """A worker's process: the single-process server, told who it is."""
+    from geopunch.adapters.grpc.server import serve
+    from geopunch.logs import setup_logging
+
+    setup_logging(config.log_level, worker=slot.number)
+    serve(config, lambda _port: ready.put(slot.number), worker=slot)
+
+
+def serve_processes(config: Config, ready: Callable[[int], None] | None = None) -> None:
+    """Run ``config.processes`` workers until SIGTERM or SIGINT, then drain them."""
+    from geopunch.adapters.db.store import make_engine, migrate
+
+    engine = make_engine(config.database_url, pool_size=1)
+    try:
+        revision = migrate(engine)  # once, before any worker opens the store
+    finally:
+        engine.dispose()
+    log.info("store ready", extra={"fields": {"revision": revision}})
+    sock, address = reserve_port(config.listen)
+    ctx = multiprocessing.get_context("spawn")
+    worker_config = replace(config, listen=address, processes=1)
+    generations = SharedGenerations(ctx)
+    started: Any = ctx.Queue()
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    def start(number: int) -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(
+            target=_worker_main,
+            args=(worker_config, WorkerSlot(number, generations), started),
+            name=f"geopunch-worker-{number}",
+        )
+        proc.start()
+        log.info("worker started", extra={"fields": {"worker": number, "pid": proc.pid}})
+        return proc
+
+    workers = [start(n) for n in range(config.processes)]
+    try:
+        if not _await_ready(workers, started, stop):
+            return
+        log.info("serving", extra={"fields": {"address": address, "processes": len(workers)}})
+        if ready is not None:
+            ready(_host_port(address)[1])
+        while not stop.wait(0.25):
+            for n, proc in enumerate(workers):
+                if proc.exitcode is not None and not stop.is_set():
+                    log.error(
+                        "worker exited; starting it again",
+                        extra={"fields": {"worker": n, "pid": proc.pid, "exitcode": proc.exitcode}},
+                    )
+                    time.sleep(RESTART_PAUSE_S)
+                    workers[n] = start(n)
+    finally:
+        _drain(workers, config.grace_seconds)
+        sock.close()
+        log.info("stopped")
+
+
+def _await_ready(
+    workers: list[multiprocessing.process.BaseProcess], started: Any, stop: threading.Event
+) -> bool:
+    """True once every worker serves, False if we were stopped first.
+
+    RuntimeError when a worker died or did not start in time."""
+    waiting = set(range(len(workers)))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while waiting:
+        if stop.is_set():
+            return False
+        dead = [n for n in waiting if workers[n].exitcode is not None]
+        if dead or time.monotonic() > deadline:
+            log.error(
+                "a worker did not start; stopping",
+                extra={"fields": {"workers": sorted(dead or waiting)}},
+            )
+            raise RuntimeError(f"workers {sorted(dead or waiting)} did not start")
+        try:
+            waiting.discard(started.get(timeout=0.25))
+        except queue.Empty:
+            continue
+    return True
+
+
+def _drain(workers: list[multiprocessing.process.BaseProcess], grace_s: float) -> None:
+    """SIGTERM to every live worker; each drains as a single server does. One
+    that outlives its grace period and margin is killed."""
+    for proc in workers:
+        if proc.exitcode is None and proc.pid is not None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s + 15.0
+    for proc in workers:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            log.error("worker did not stop; killing it", extra={"fields": {"pid": proc.pid}})
+            proc.kill()
+            proc.join(5)

@@ -1,0 +1,154 @@
+"""``serve --processes 2``: two workers on one port and one store behave as one
+server: every call sees every change acknowledged before it, whichever
+worker each connection reaches; a killed worker is replaced; SIGTERM drains
+them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2, timeclock_pb2
+from tests.conftest import Client, ServerProcess, make_time_clock
+from tests.e2e.test_locations_api import add_fence
+from tests.e2e.test_trails_api import fresh_user, samples, watch
+from tests.e2e.test_trails_api import now as unix_now
+from tests.e2e.test_trails_api import report as report_locations
+
+SITE = (40.7128, -74.0060)  # where test_trails_api's samples start
+
+
+def _worker_of(client: Client) -> int:
+    _, call = client.admin.Ping.with_call(admin_pb2.PingRequest(), metadata=client.metadata)
+    return int(dict(call.initial_metadata())["x-geopunch-worker"])
+
+
+def _one_per_worker(address: str, workers: int = 2) -> tuple[list[Client], list[Client]]:
+    """A client on each worker (each client its own connection; the kernel
+    picks the worker of a connection), and every client opened to find them."""
+    found: dict[int, Client] = {}
+    opened: list[Client] = []
+    while len(found) < workers:
+        assert len(opened) < 64, f"64 connections all reached workers {sorted(found)}"
+        c = Client(address, own_connection=True)
+        opened.append(c)
+        found.setdefault(_worker_of(c), c)
+    return [found[n] for n in range(workers)], opened
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[tuple[ServerProcess, Client, Client]]:
+    # The poller is slowed to ten minutes: what a worker sees of its sibling's
+    # changes here comes from the check before each call.
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'geopunch.db'}",
+        env_extra={"GEOPUNCH_PROCESSES": "2", "GEOPUNCH_INDEX_POLL_MS": "600000"},
+    )
+    srv.start(tmp_path)
+    (a, b), opened = _one_per_worker(srv.address)
+    try:
+        yield srv, a, b
+    finally:
+        for c in opened:
+            c.close()
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.terminate()
+
+
+def _inside(client: Client, tc_id: int) -> bool:
+    req = location_pb2.CheckLocationsRequest(time_clock_id=tc_id)
+    req.packed.latitudes.append(SITE[0])
+    req.packed.longitudes.append(SITE[1])
+    return client(client.locations.CheckLocations, req).data.inside_u8 == b"\x01"
+
+
+def test_each_call_sees_the_other_workers_changes_at_once(
+    workers: tuple[ServerProcess, Client, Client],
+) -> None:
+    _, a, b = workers
+    user = fresh_user()
+    tc = make_time_clock(a, user_ids=[user], geofence_policy=admin_pb2.REQUIRE_INSIDE)
+    assert not _inside(b, tc.id)  # b knows the clock made on a (else NOT_FOUND)
+    fence_id = add_fence(b, tc.id, *SITE, 200, on_geofence_exit_action="autoClockOut")
+    assert _inside(a, tc.id)
+    # A punch on a inside the fence made on b, closed by b's exit detection.
+    t0 = unix_now() - 60
+    clock_in = timeclock_pb2.ClockInRequest(
+        time_clock_id=tc.id, user_id=user, job_id="job-123", timestamp=t0 - 10
+    )
+    clock_in.location_data.latitude, clock_in.location_data.longitude = SITE
+    shift = a(a.timeclock.ClockIn, clock_in).data.shift
+    assert shift.start.geofence_id == fence_id
+    report_locations(b, samples(tc.id, [0], t0, user))
+    (exit_event,) = report_locations(b, samples(tc.id, [900], t0 + 1, user)).results.exits
+    assert (exit_event.outcome, exit_event.shift_id) == ("clockedOut", shift.id)
+    a(
+        a.geofences.DeleteGeofence,
+        geofences_pb2.DeleteGeofenceRequest(time_clock_id=tc.id, fence_id=fence_id),
+    )
+    assert not _inside(b, tc.id)
+
+
+def test_a_subscriber_on_one_worker_gets_the_other_workers_events(
+    workers: tuple[ServerProcess, Client, Client],
+) -> None:
+    _, a, b = workers
+    user = fresh_user()
+    tc = make_time_clock(a, user_ids=[user]).id
+    add_fence(a, tc, *SITE, 100, on_geofence_exit_action="noAction")
+    received: list[location_pb2.Event] = []
+    listener = threading.Thread(
+        target=lambda: received.extend(watch(a, count=1, time_clock_ids=[tc], timeout=20))
+    )
+    listener.start()
+    time.sleep(0.5)  # the stream waits at the end of the log
+    report_locations(b, samples(tc, [0, 500], unix_now() - 60, user))
+    listener.join(20)
+    assert [e.type for e in received] == ["geofenceExit"]
+
+
+def _worker_pids(srv: ServerProcess) -> dict[int, int]:
+    pids: dict[int, int] = {}
+    for line in srv.logs().splitlines():
+        entry = json.loads(line)
+        if entry["msg"] == "worker started":
+            pids[entry["worker"]] = entry["pid"]  # the newest one wins
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_drains_all(
+    workers: tuple[ServerProcess, Client, Client],
+) -> None:
+    srv, a, _ = workers
+    victim = _worker_pids(srv)[1]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while _worker_pids(srv)[1] == victim:
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.1)
+    # The replacement serves: new connections reach both workers again.
+    while True:
+        try:
+            (fresh_a, fresh_b), opened = _one_per_worker(srv.address)
+            break
+        except Exception:  # the replacement is still starting up
+            assert time.monotonic() < deadline, "the replacement never served"
+            time.sleep(0.2)
+    tc = make_time_clock(fresh_b).id
+    add_fence(fresh_a, tc, *SITE, 100)
+    assert _inside(fresh_b, tc)
+    for c in opened:
+        c.close()
+    assert srv.terminate() == 0
+    log = [json.loads(line) for line in srv.logs().splitlines()]
+    assert any(e["msg"] == "worker exited; starting it again" for e in log)
+    stopped = [e.get("worker") for e in log if e["msg"] == "stopped"]
+    assert sorted(stopped, key=str) == [0, 1, None]  # both workers, then the supervisor
+    assert a is not None
