@@ -1,12 +1,15 @@
 """CheckLocations over gRPC on loopback, against in-process checks of the same batches.
 
     python3 dev.py run bench/grpc_check.py [--clocks 1000] [--fences 100] [--seconds 10]
+        [--processes 2]
 
 Seeds a SQLite store with a fleet, starts ``geopunch serve`` on a free port,
 then keeps ``--concurrency`` calls in flight (closed loop) for ``--seconds``
 with batches of ``--batch`` points: raw little-endian columns, the same with
 fence ids answered as one fixed-width bytes field, and packed repeated
-fields. Prints one JSON object.
+fields. Each client thread has its own connection; with ``--processes`` the
+answer says how many connections and calls each server worker took. Prints
+one JSON object.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
-from serverproc import OWN_CONNECTION, serve
+from serverproc import OWN_CONNECTION, connections_per_worker, serve, worker_of
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.geo.index import FenceIndex
@@ -80,9 +84,10 @@ def requests(  # type: ignore[no-untyped-def]
 
 def closed_loop(
     address: str, reqs: list, concurrency: int, seconds: float, batch: int
-) -> dict[str, float]:  # type: ignore[type-arg]
+) -> dict[str, Any]:  # type: ignore[type-arg]
     """``concurrency`` threads, each with its own channel, each one call in flight."""
     done = [0] * concurrency
+    workers = [0] * concurrency
     lat_ms: list[list[float]] = [[] for _ in range(concurrency)]
     stop = time.perf_counter() + seconds
     opts = [
@@ -94,6 +99,7 @@ def closed_loop(
     def worker(w: int) -> None:
         with grpc.insecure_channel(address, options=opts) as ch:
             grpc.channel_ready_future(ch).result(timeout=10)
+            workers[w] = worker_of(ch, API_KEY)
             stub = location_pb2_grpc.LocationServiceStub(ch)
             i = w
             while time.perf_counter() < stop:
@@ -119,6 +125,11 @@ def closed_loop(
         "calls": sum(done),
         "p50_ms": round(float(np.percentile(lats, 50)), 2),
         "p99_ms": round(float(np.percentile(lats, 99)), 2),
+        "connections_per_worker": connections_per_worker(workers),
+        "calls_per_worker": [
+            sum(d for d, n in zip(done, workers, strict=True) if n == k)
+            for k in range(max(workers) + 1)
+        ],
     }
 
 

@@ -1,7 +1,7 @@
 """ReportLocations over gRPC in batches of 1,000 samples, against Ping in the same run.
 
     python3 dev.py run bench/report_locations.py [--clocks 1000] [--users 10000] [--seconds 10]
-        [--encoding raw|packed]
+        [--encoding raw|packed] [--processes 2]
 
 Seeds a SQLite store (synchronous=FULL) with the fence-engine fleet, starts
 ``geopunch serve``, and keeps ``--concurrency`` calls in flight (closed loop,
@@ -12,7 +12,9 @@ near a fence boundary), so stays, exits and events happen along the way.
 Every user reports to one time clock; each worker owns its users, so no two
 calls race on one trail. Samples travel as raw little-endian columns
 (``TrailSamples.raw``) unless ``--encoding packed``. Prints JSON: samples/s and latency of
-ReportLocations, calls/s of Ping, and their ratio.
+ReportLocations, calls/s of Ping, and their ratio; each client thread has its
+own connection, and the answer says how many connections and calls each
+server worker took (``--processes``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -31,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpc_check import seed
 from pyproj import Geod
-from serverproc import OWN_CONNECTION, serve
+from serverproc import OWN_CONNECTION, connections_per_worker, serve, worker_of
 
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, location_pb2, location_pb2_grpc
 
@@ -107,13 +110,15 @@ def batches(  # type: ignore[no-untyped-def]
     return out
 
 
-def closed_loop(address: str, work: list[list], seconds: float, call: str) -> dict[str, float]:  # type: ignore[type-arg]
+def closed_loop(address: str, work: list[list], seconds: float, call: str) -> dict[str, Any]:  # type: ignore[type-arg]
     done = [0] * len(work)
     lat: list[list[float]] = [[] for _ in work]
+    workers = [0] * len(work)
     stop = time.perf_counter() + seconds
 
     def run(w: int) -> None:
         with grpc.insecure_channel(address, options=[OWN_CONNECTION]) as ch:
+            workers[w] = worker_of(ch, API_KEY)
             if call == "ping":
                 stub = admin_pb2_grpc.AdminServiceStub(ch)
                 fn, reqs = stub.Ping, [admin_pb2.PingRequest()]
@@ -141,6 +146,11 @@ def closed_loop(address: str, work: list[list], seconds: float, call: str) -> di
         "calls_per_s": round(sum(done) / elapsed, 1),
         "p50_ms": round(float(np.percentile(all_lat, 50)), 2),
         "p99_ms": round(float(np.percentile(all_lat, 99)), 2),
+        "connections_per_worker": connections_per_worker(workers),
+        "calls_per_worker": [
+            sum(d for d, n in zip(done, workers, strict=True) if n == k)
+            for k in range(max(workers) + 1)
+        ],
     }
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -41,3 +42,18 @@ def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
 #: to the same address by default, and with ``--processes`` connections, not
 #: calls, are spread over the workers.
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+
+
+def worker_of(channel: Any, api_key: str) -> int:
+    """Which server worker this channel's connection reached (0 for a single process)."""
+    from geopunch.v1 import admin_pb2, admin_pb2_grpc
+
+    _, call = admin_pb2_grpc.AdminServiceStub(channel).Ping.with_call(
+        admin_pb2.PingRequest(), metadata=(("x-api-key", api_key),), timeout=30
+    )
+    return int(dict(call.initial_metadata()).get("x-geopunch-worker", 0))
+
+
+def connections_per_worker(workers: list[int]) -> list[int]:
+    """How many of the client's connections each worker serves."""
+    return [workers.count(n) for n in range(max(workers, default=-1) + 1)]
