@@ -152,3 +152,29 @@ def test_a_killed_worker_is_replaced_and_sigterm_drains_all(
     stopped = [e.get("worker") for e in log if e["msg"] == "stopped"]
     assert sorted(stopped, key=str) == [0, 1, None]  # both workers, then the supervisor
     assert a is not None
+
+
+def test_workers_of_a_killed_supervisor_stop(
+    workers: tuple[ServerProcess, Client, Client],
+) -> None:
+    srv = workers[0]
+    pids = list(_worker_pids(srv).values())
+    srv.kill()  # SIGKILL: the supervisor cannot drain anyone
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        time.sleep(0.1)
+    # (multiprocessing's resource tracker also warns, in plain text, that it
+    # freed the dead supervisor's shared-memory locks.)
+    log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
+    assert sorted(e["worker"] for e in log if e["msg"] == "stopped") == [0, 1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -21,7 +21,7 @@ from geopunch.adapters.grpc.locations import LocationServicer, Wakeup
 from geopunch.adapters.grpc.scheduling import SchedulerServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.adapters.grpc.timeclock import TimeClockServicer
-from geopunch.adapters.grpc.workers import WorkerSlot
+from geopunch.adapters.grpc.workers import WorkerSlot, stop_on_signals
 from geopunch.bootstrap import App, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
@@ -294,14 +294,7 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = Server(config, worker)
-    stop_requested = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_requested = stop_on_signals()
     # An operator (or a test) can see where every thread is: kill -USR1 PID
     # writes all stacks to stderr without disturbing the server.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.process
+import os
 import queue
 import signal
 import socket
@@ -91,6 +92,20 @@ class WorkerSlot:
         return self.number == 0
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets (logged). Call from the main thread,
+    and wait on the event in slices: a handler runs only when that thread wakes."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stop
+
+
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -120,7 +135,18 @@ def _worker_main(config: Config, slot: WorkerSlot, ready: Any) -> None:
     from geopunch.logs import setup_logging
 
     setup_logging(config.log_level, worker=slot.number)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_stop_with, args=(parent,), name="supervisor-watch", daemon=True
+        ).start()
     serve(config, lambda _port: ready.put(slot.number), worker=slot)
+
+
+def _stop_with(parent: multiprocessing.process.BaseProcess) -> None:
+    """Once the supervisor is gone (killed, so it drains no one), drain and exit."""
+    parent.join()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_processes(config: Config, ready: Callable[[int], None] | None = None) -> None:
@@ -138,14 +164,7 @@ def serve_processes(config: Config, ready: Callable[[int], None] | None = None) 
     worker_config = replace(config, listen=address, processes=1)
     generations = SharedGenerations(ctx)
     started: Any = ctx.Queue()
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals()
 
     def start(number: int) -> multiprocessing.process.BaseProcess:
         proc = ctx.Process(
