@@ -21,6 +21,7 @@ from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_trails_api import fresh_user, samples, watch
 from tests.e2e.test_trails_api import now as unix_now
 from tests.e2e.test_trails_api import report as report_locations
+from tests.helpers import pg_schema
 
 SITE = (40.7128, -74.0060)  # where test_trails_api's samples start
 
@@ -43,12 +44,21 @@ def _one_per_worker(address: str, workers: int = 2) -> tuple[list[Client], list[
     return [found[n] for n in range(workers)], opened
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'geopunch.db'}"
+        return
+    with pg_schema() as url:
+        yield url
+
+
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[tuple[ServerProcess, Client, Client]]:
+def workers(store_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, Client, Client]]:
     # The poller is slowed to ten minutes: what a worker sees of its sibling's
     # changes here comes from the check before each call.
     srv = ServerProcess(
-        db_url=f"sqlite:///{tmp_path / 'geopunch.db'}",
+        db_url=store_url,
         env_extra={"GEOPUNCH_PROCESSES": "2", "GEOPUNCH_INDEX_POLL_MS": "600000"},
     )
     srv.start(tmp_path)
