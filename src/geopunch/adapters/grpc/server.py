@@ -187,12 +187,16 @@ class Server:
         self._follower.start()
         if self.worker is not None:
             threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
-        housekeeping = self.worker is None or self.worker.runs_housekeeping
-        if self.config.idempotency_days > 0 and housekeeping:
+        if self.config.idempotency_days > 0 and self._housekeeping:
             self._purger = threading.Thread(
                 target=self._purge_keys, name="idempotency-purge", daemon=True
             )
             self._purger.start()
+
+    @property
+    def _housekeeping(self) -> bool:
+        """Purging and pruning: a lone server does them, and one worker of several."""
+        return self.worker is None or self.worker.runs_housekeeping
 
     def _purge_keys(self) -> None:
         """Forget old idempotency keys now and then every PURGE_EVERY_S, until stopped."""
@@ -208,10 +212,10 @@ class Server:
                 return
 
     def _catch_up(self) -> None:
-        """Apply every time clock change in the store's feed past our cursor."""
-        with self._follow_lock:
-            before = self._cursor
-            self._cursor = follow_index_changes(self._uows, self.index, before)
+        """Apply every time clock change in the store's feed past our cursor.
+        The caller holds ``_follow_lock``."""
+        before = self._cursor
+        self._cursor = follow_index_changes(self._uows, self.index, before)
         if self._cursor != before:
             log.debug("fence index followed", extra={"fields": {"cursor": self._cursor}})
 
@@ -226,7 +230,7 @@ class Server:
         with self._follow_lock:
             if seen == self._index_seen:
                 return
-            self._cursor = follow_index_changes(self._uows, self.index, self._cursor)
+            self._catch_up()
             self._index_seen = seen  # a bump while reading: the next call looks again
 
     def _relay_events(self) -> None:
@@ -247,13 +251,13 @@ class Server:
         While the store fails, the first failure is logged with its stack and
         the following ones once a minute, with how many there were.
         """
-        housekeeping = self.worker is None or self.worker.runs_housekeeping
         pruned_at = time.monotonic() - PURGE_EVERY_S
         failures, logged_at = 0, 0.0
         while not self._stopped.wait(self.config.index_poll_seconds):
             try:
-                self._catch_up()
-                if housekeeping and time.monotonic() - pruned_at >= PURGE_EVERY_S:
+                with self._follow_lock:
+                    self._catch_up()
+                if self._housekeeping and time.monotonic() - pruned_at >= PURGE_EVERY_S:
                     pruned_at = time.monotonic()
                     prune_index_changes(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
             except Exception:  # the store may be briefly unavailable; try again later

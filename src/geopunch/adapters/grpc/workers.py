@@ -60,14 +60,16 @@ class SharedGenerations:
         self._index = ctx.Value("q", 0)  # lock=True: bumps from several processes add up
         self._events = ctx.Value("q", 0)
 
+    # Reads skip the lock: every call reads ``index``, and an aligned 8-byte
+    # load is atomic; the lock only keeps concurrent bumps from losing one.
     @property
     def index(self) -> int:
-        value: int = self._index.value
+        value: int = self._index.get_obj().value
         return value
 
     @property
     def events(self) -> int:
-        value: int = self._events.value
+        value: int = self._events.get_obj().value
         return value
 
     def bump_index(self) -> None:
