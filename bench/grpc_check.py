@@ -29,7 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
-from serverproc import OWN_CONNECTION, connections_per_worker, serve, worker_of
+from serverproc import (
+    OWN_CONNECTION,
+    calls_per_worker,
+    connections_per_worker,
+    serve,
+    worker_of,
+)
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.geo.index import FenceIndex
@@ -126,10 +132,7 @@ def closed_loop(
         "p50_ms": round(float(np.percentile(lats, 50)), 2),
         "p99_ms": round(float(np.percentile(lats, 99)), 2),
         "connections_per_worker": connections_per_worker(workers),
-        "calls_per_worker": [
-            sum(d for d, n in zip(done, workers, strict=True) if n == k)
-            for k in range(max(workers) + 1)
-        ],
+        "calls_per_worker": calls_per_worker(done, workers),
     }
 
 

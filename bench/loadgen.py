@@ -120,8 +120,8 @@ async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> di
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 20)
     channel = channels[0]
-    admin = admin_pb2_grpc.AdminServiceStub(channel)
     admins = [admin_pb2_grpc.AdminServiceStub(ch) for ch in channels]
+    admin = admins[0]
     all_punches = [timeclock_pb2_grpc.TimeClockServiceStub(ch) for ch in channels]
     tc_id = int(time.time() * 1000) % 10**12
     users = list(range(1, args.concurrency + 1))

@@ -34,7 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpc_check import seed
 from pyproj import Geod
-from serverproc import OWN_CONNECTION, connections_per_worker, serve, worker_of
+from serverproc import (
+    OWN_CONNECTION,
+    calls_per_worker,
+    connections_per_worker,
+    serve,
+    worker_of,
+)
 
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, location_pb2, location_pb2_grpc
 
@@ -147,10 +153,7 @@ def closed_loop(address: str, work: list[list], seconds: float, call: str) -> di
         "p50_ms": round(float(np.percentile(all_lat, 50)), 2),
         "p99_ms": round(float(np.percentile(all_lat, 99)), 2),
         "connections_per_worker": connections_per_worker(workers),
-        "calls_per_worker": [
-            sum(d for d, n in zip(done, workers, strict=True) if n == k)
-            for k in range(max(workers) + 1)
-        ],
+        "calls_per_worker": calls_per_worker(done, workers),
     }
 
 

@@ -57,3 +57,12 @@ def worker_of(channel: Any, api_key: str) -> int:
 def connections_per_worker(workers: list[int]) -> list[int]:
     """How many of the client's connections each worker serves."""
     return [workers.count(n) for n in range(max(workers, default=-1) + 1)]
+
+
+def calls_per_worker(calls: list[int], workers: list[int]) -> list[int]:
+    """Calls each worker served, from the calls made on each connection and
+    the worker of each connection."""
+    return [
+        sum(c for c, w in zip(calls, workers, strict=True) if w == n)
+        for n in range(max(workers, default=-1) + 1)
+    ]

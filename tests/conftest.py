@@ -25,6 +25,7 @@ from geopunch.v1 import (
     scheduler_pb2_grpc,
     timeclock_pb2_grpc,
 )
+from tests.helpers import pg_schema
 
 API_KEY = "test-key-0123456789"
 _ids = itertools.count(1000)
@@ -137,6 +138,17 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store for servers that share one: a SQLite file, then a
+    PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    with pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

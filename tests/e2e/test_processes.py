@@ -21,7 +21,6 @@ from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_trails_api import fresh_user, samples, watch
 from tests.e2e.test_trails_api import now as unix_now
 from tests.e2e.test_trails_api import report as report_locations
-from tests.helpers import pg_schema
 
 SITE = (40.7128, -74.0060)  # where test_trails_api's samples start
 
@@ -42,15 +41,6 @@ def _one_per_worker(address: str, workers: int = 2) -> tuple[list[Client], list[
         opened.append(c)
         found.setdefault(_worker_of(c), c)
     return [found[n] for n in range(workers)], opened
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'geopunch.db'}"
-        return
-    with pg_schema() as url:
-        yield url
 
 
 @pytest.fixture

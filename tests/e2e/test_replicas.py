@@ -13,20 +13,10 @@ import pytest
 from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2, timeclock_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_locations_api import add_fence
-from tests.helpers import pg_schema
 
 SITE = (52.52, 13.405)
 #: Followers poll every 100 ms here; a change must show within this long.
 SEEN_WITHIN_S = 10.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    with pg_schema() as url:
-        yield url
 
 
 @pytest.fixture
