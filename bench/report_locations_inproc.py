@@ -50,10 +50,10 @@ class _TimedCommitter(GroupCommitter):
     batches = 0
     pieces = 0
 
-    def _run(self, works: list[Any]) -> list[Any]:
+    def run_batch(self, works: list[Any]) -> list[Any]:
         t = time.perf_counter()
         try:
-            return super()._run(works)
+            return super().run_batch(works)
         finally:
             self.busy_s += time.perf_counter() - t
             self.batches += 1

@@ -323,7 +323,7 @@ class GroupCommitter:
             if not me.done:  # at the front: lead one batch
                 batch = list(itertools.islice(self._queue, self._max_batch))
         if not me.done:
-            outcomes = self._run([w.work for w in batch])
+            outcomes = self.run_batch([w.work for w in batch])
             with self._mutex:
                 for w, (ok, value) in zip(batch, outcomes, strict=True):
                     self._queue.popleft()
@@ -342,7 +342,9 @@ class GroupCommitter:
         with self._mutex:
             self._closed = True
 
-    def _run(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
+    def run_batch(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
+        """Run ``works`` in one transaction and commit once; one (ok, result or
+        exception) per piece. A failing piece leaves none of its writes."""
         try:
             for guarded in (False, True):
                 with self._uows() as uow:
