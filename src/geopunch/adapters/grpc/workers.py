@@ -51,6 +51,9 @@ log = logging.getLogger("geopunch")
 RESTART_PAUSE_S = 1.0
 #: How long start-up waits for every worker to serve.
 START_TIMEOUT_S = 300.0
+#: A draining worker is killed this long past its grace period: later than the
+#: worker's own cut-off (server.STOP_MARGIN_S, 10 s), which logs its stacks first.
+DRAIN_MARGIN_S = 15.0
 
 
 class SharedGenerations:
@@ -231,7 +234,7 @@ def _drain(workers: list[multiprocessing.process.BaseProcess], grace_s: float) -
     for proc in workers:
         if proc.exitcode is None and proc.pid is not None:
             proc.terminate()
-    deadline = time.monotonic() + grace_s + 15.0
+    deadline = time.monotonic() + grace_s + DRAIN_MARGIN_S
     for proc in workers:
         proc.join(max(0.0, deadline - time.monotonic()))
         if proc.exitcode is None:
