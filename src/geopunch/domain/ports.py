@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date
 from types import TracebackType
@@ -226,6 +226,12 @@ class TransactionRunner(Protocol):
     """
 
     def __call__(self, work: Callable[[UnitOfWork], T]) -> T: ...
+
+
+class AsyncTransactionRunner(Protocol):
+    """``TransactionRunner`` for coroutines: the result is awaited, not waited for."""
+
+    def __call__(self, work: Callable[[UnitOfWork], T]) -> Awaitable[T]: ...
 
 
 class FenceListener(Protocol):

@@ -9,7 +9,13 @@ from typing import TypeVar
 
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.models import GeofencePolicy, ManualBreakType, TimeClock
-from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import (
+    AsyncTransactionRunner,
+    Clock,
+    TransactionRunner,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from geopunch.domain.punches import (
     MAX_IDEMPOTENCY_KEY,
     Activity,
@@ -88,15 +94,53 @@ def punch(
     ``runner`` decides how the punch's transaction is committed (alone by
     default, or batched with concurrent punches by a group committer).
     """
+    work = punch_work(index, clock, cmd, idempotency)
+    if dry_run:
+        with uows() as uow:  # leaving without commit rolls back
+            return work(uow)
+    return run_retrying(runner if runner is not None else run_alone(uows), work, lost_race(cmd))
+
+
+async def punch_async(
+    submit: AsyncTransactionRunner,
+    index: FenceIndex | None,
+    clock: Clock,
+    cmd: PunchCommand,
+    idempotency: Idempotency | None = None,
+) -> PunchOutcome:
+    """``punch`` for a coroutine: ``submit`` commits the work (a group committer's)."""
+    work = punch_work(index, clock, cmd, idempotency)
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            return await submit(work)
+        except ConcurrentChange:
+            continue
+    raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost_race(cmd))
+
+
+def lost_race(cmd: PunchCommand) -> str:
+    return (
+        f"user {cmd.user_id} on time clock {cmd.time_clock_id} was changed by concurrent "
+        "calls; retry"
+    )
+
+
+def punch_work(
+    index: FenceIndex | None,
+    clock: Clock,
+    cmd: PunchCommand,
+    idempotency: Idempotency | None,
+) -> Callable[[UnitOfWork], PunchOutcome]:
+    """The punch's transaction body, judged at the time of this call.
+
+    Requests that no transaction can accept (an over-long idempotency key) are
+    refused here, before anything is queued."""
     if idempotency is not None and len(idempotency.key) > MAX_IDEMPOTENCY_KEY:
         raise DomainError(
             ErrorCode.INVALID_ARGUMENT,
             f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
         )
     now = clock.now()  # the window rules judge the time of receipt
-    if dry_run:
-        with uows() as uow:  # leaving without commit rolls back
-            return PunchOutcome(result=apply_punch(uow, index, now, cmd))
 
     def work(uow: UnitOfWork) -> PunchOutcome:
         if idempotency is not None:
@@ -113,12 +157,7 @@ def punch(
             )
         return PunchOutcome(result=result)
 
-    return run_retrying(
-        runner if runner is not None else run_alone(uows),
-        work,
-        f"user {cmd.user_id} on time clock {cmd.time_clock_id} was changed by concurrent "
-        "calls; retry",
-    )
+    return work
 
 
 def run_retrying(run: TransactionRunner, work: Callable[[UnitOfWork], T], lost: str) -> T:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import fcntl
-import itertools
 import os
 import threading
 import time
@@ -275,72 +277,124 @@ class SqlUnitOfWorkFactory:
         )
 
 
-class _Writer:
-    """One caller's piece of work and, once its batch is committed, the outcome."""
+class _Piece:
+    """One caller's work and, once its batch is committed, the outcome.
 
-    __slots__ = ("cond", "done", "ok", "value", "work")
+    A thread waiting in ``GroupCommitter.__call__`` is woken through ``event``;
+    a coroutine awaiting ``GroupCommitter.submit`` through ``future``."""
 
-    def __init__(self, work: Callable[[Any], Any], mutex: threading.Lock) -> None:
+    __slots__ = ("context", "event", "future", "ok", "value", "work")
+
+    def __init__(
+        self,
+        work: Callable[[Any], Any],
+        event: threading.Event | None,
+        future: asyncio.Future[Any] | None,
+    ) -> None:
         self.work = work
-        self.cond = threading.Condition(mutex)
-        self.done = False
+        # The submitter's context variables (its request id) hold while its work runs.
+        self.context = contextvars.copy_context()
+        self.event = event
+        self.future = future
         self.ok = False
         self.value: Any = None
+
+    def run(self, uow: Any) -> Any:
+        return self.context.run(self.work, uow)
 
 
 #: A piece's outcome: (True, result) or (False, exception).
 _PieceOutcome = tuple[bool, Any]
 
 
+def _settle(pieces: list[_Piece]) -> None:
+    """On the event loop: hand each awaiting coroutine its outcome."""
+    for p in pieces:
+        fut = p.future
+        assert fut is not None
+        if fut.cancelled():  # the call went away; its work is committed all the same
+            continue
+        if p.ok:
+            fut.set_result(p.value)
+        else:
+            fut.set_exception(p.value)
+
+
 class GroupCommitter:
     """Commits the work of many concurrent callers with one transaction and one fsync.
 
-    Callers queue their work. The caller at the front of the queue becomes the
-    leader: it takes whatever has queued up (at most ``max_batch``), runs each
-    piece so that a failing one leaves no writes (see ``_apply``), commits
-    once, answers every caller of the batch and hands leadership to the next
-    one waiting. The others sleep until their answer is ready. Under load one
-    fsync serves many punches; a lone caller runs its own work on its own
-    thread, with no hand-off to a writer thread (the pattern of LevelDB's
-    write path). Implements :class:`geopunch.domain.ports.TransactionRunner`.
+    Callers queue their work; one writer thread takes whatever has queued up
+    (at most ``max_batch``), runs each piece so that a failing one leaves no
+    writes (see ``_apply``), commits once and answers the whole batch. Under
+    load one fsync serves many calls. Threads call it directly (it implements
+    :class:`geopunch.domain.ports.TransactionRunner`); coroutines await
+    ``submit``, and a batch wakes their event loop once, not once per call:
+    under 64 punches in flight that hand-off, not the SQL, was what limited
+    throughput (bench/README, "Punches under load").
     """
 
     def __init__(self, uows: UnitOfWorkFactory, max_batch: int = 128) -> None:
         self._uows = uows
         self._max_batch = max_batch
-        self._mutex = threading.Lock()
-        self._queue: deque[_Writer] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Piece] = deque()
         self._closed = False
+        self._thread = threading.Thread(target=self._write, name="group-commit", daemon=True)
+        self._thread.start()
 
     def __call__(self, work: Callable[[UnitOfWork], T]) -> T:
-        me = _Writer(work, self._mutex)
-        with self._mutex:
+        """Run ``work`` in the next batch; return once it is committed."""
+        piece = _Piece(work, threading.Event(), None)
+        self._enqueue(piece)
+        assert piece.event is not None
+        piece.event.wait()
+        if piece.ok:
+            result: T = piece.value
+            return result
+        raise piece.value
+
+    def submit(self, work: Callable[[UnitOfWork], T]) -> asyncio.Future[T]:
+        """From a coroutine: a future of ``work``'s result, set once it is committed."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Piece(work, None, future))
+        return future
+
+    def _enqueue(self, piece: _Piece) -> None:
+        with self._cond:
             if self._closed:
                 raise RuntimeError("the store is closing")
-            self._queue.append(me)
-            while not me.done and me is not self._queue[0]:
-                me.cond.wait()
-            if not me.done:  # at the front: lead one batch
-                batch = list(itertools.islice(self._queue, self._max_batch))
-        if not me.done:
-            outcomes = self.run_batch([w.work for w in batch])
-            with self._mutex:
-                for w, (ok, value) in zip(batch, outcomes, strict=True):
-                    self._queue.popleft()
-                    w.ok, w.value, w.done = ok, value, True
-                    if w is not me:
-                        w.cond.notify()
-                if self._queue:
-                    self._queue[0].cond.notify()  # the next leader
-        if me.ok:
-            result: T = me.value
-            return result
-        raise me.value
+            self._queue.append(piece)
+            self._cond.notify()
 
     def close(self) -> None:
-        """Refuse new work; work already queued is finished by its callers."""
-        with self._mutex:
+        """Refuse new work, finish what is queued, stop the writer thread."""
+        with self._cond:
             self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _write(self) -> None:
+        """The writer thread: batch after batch until closed and drained."""
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                take = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(take)]
+            outcomes = self.run_batch([p.run for p in batch])
+            waiting: dict[asyncio.AbstractEventLoop, list[_Piece]] = {}
+            for p, (ok, value) in zip(batch, outcomes, strict=True):
+                p.ok, p.value = ok, value
+                if p.event is not None:
+                    p.event.set()
+                else:
+                    assert p.future is not None
+                    waiting.setdefault(p.future.get_loop(), []).append(p)
+            for loop, pieces in waiting.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: no one to answer
+                    loop.call_soon_threadsafe(_settle, pieces)
 
     def run_batch(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
         """Run ``works`` in one transaction and commit once; one (ok, result or

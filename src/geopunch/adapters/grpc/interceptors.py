@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import inspect
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -24,10 +27,20 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 API_KEY_HEADER = "x-api-key"
 
 
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Work to do before a call's handler (a worker of ``serve --processes``
+    applying its siblings' fence changes): ``pending`` is a cheap look whether
+    there is any, ``run`` does it if so, blocking (on a thread, never the loop)."""
+
+    pending: Callable[[], bool]
+    run: Callable[[], None]
+
+
 if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
-    _Interceptor = grpc.ServerInterceptor
+    _Interceptor = grpc.aio.ServerInterceptor
 
 
 class ServiceInterceptor(_Interceptor):
@@ -35,6 +48,11 @@ class ServiceInterceptor(_Interceptor):
 
     A DomainError becomes its status with ErrorInfo/BadRequest details; any other
     exception is logged with its stack and answered INTERNAL without details.
+
+    Handlers may be coroutines (they run on the event loop) or plain functions
+    (grpc runs them on the server's thread pool); each kind is wrapped in its
+    own kind. Neither context has ``code()`` or ``abort_with_status`` on the
+    thread pool, so the wrapper remembers the code it answered itself.
     """
 
     def __init__(
@@ -42,20 +60,18 @@ class ServiceInterceptor(_Interceptor):
         key_hashes: tuple[bytes, ...],
         ready: threading.Event,
         *,
-        before_call: Callable[[], None] | None = None,
+        catch_up: CatchUp | None = None,
         worker: int | None = None,
     ) -> None:
-        """``before_call`` runs before each authorized call's handler (a worker
-        of ``serve --processes`` catches up with its siblings' fence changes
-        there); ``worker`` is answered as ``x-geopunch-worker`` metadata."""
+        """``worker`` is answered as ``x-geopunch-worker`` metadata."""
         self._key_hashes = key_hashes
         self._ready = ready
-        self._before_call = before_call
+        self._catch_up = catch_up
         self._extra_metadata: tuple[tuple[str, str], ...] = (
             () if worker is None else (("x-geopunch-worker", str(worker)),)
         )
 
-    def _authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
+    def _authorized(self, metadata: Any) -> bool:
         presented = [v for k, v in metadata or () if k == API_KEY_HEADER]
         if len(presented) != 1:
             return False
@@ -66,113 +82,172 @@ class ServiceInterceptor(_Interceptor):
             ok |= hmac.compare_digest(digest, stored)
         return ok
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None:
-            return None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
         method: str = details.method
-        if method.startswith(OPEN_PREFIXES):
+        if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         authorized = self._authorized(details.invocation_metadata)
         if handler.unary_unary:
+            behavior = handler.unary_unary
+            wrap = (
+                self._wrap_async_unary
+                if inspect.iscoroutinefunction(behavior)
+                else self._wrap_unary
+            )
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, authorized),
+                wrap(behavior, method, authorized),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream:
+        if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, authorized),
+                self._wrap_async_stream(handler.unary_stream, method, authorized),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        raise NotImplementedError(f"{method}: client-streaming handlers are not wrapped")
+        # A plain generator on grpc's thread pool keeps its thread blocked for
+        # good once its client cancels (grpcio 1.85): streams must be async.
+        raise NotImplementedError(f"{method}: only unary and async server-streaming handlers")
 
-    def _begin(self, context: grpc.ServicerContext, authorized: bool) -> str:
-        rid = str(uuid.uuid4())
-        context.send_initial_metadata((("x-request-id", rid), *self._extra_metadata))
+    def _refusal(self, authorized: bool) -> DomainError | None:
+        """Why a call may not run at all, if it may not."""
         if not self._ready.is_set():
-            context.abort_with_status(
-                to_status(
-                    DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
-                )
-            )
+            return DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
         if not authorized:
-            context.abort_with_status(
-                to_status(
-                    DomainError(
-                        ErrorCode.API_KEY_INVALID,
-                        f"missing or unknown API key: send it as '{API_KEY_HEADER}' metadata",
-                    )
-                )
+            return DomainError(
+                ErrorCode.API_KEY_INVALID,
+                f"missing or unknown API key: send it as '{API_KEY_HEADER}' metadata",
             )
-        return rid
+        return None
 
-    def _fail(self, context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """A new request id, set for this call's logs and answers, as initial metadata."""
+        rid = str(uuid.uuid4())
+        request_id_var.set(rid)
+        return (("x-request-id", rid), *self._extra_metadata)
+
+    def _failure(self, exc: Exception, method: str) -> _Status:
+        """The status a handler's exception is answered with."""
         if isinstance(exc, DomainError):
-            context.abort_with_status(to_status(exc))
+            return _status(exc)
         log.exception("unexpected error in %s", method)
-        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-
-    def _log(self, method: str, start: float, context: grpc.ServicerContext) -> None:
-        code = context.code() or grpc.StatusCode.OK  # type: ignore[attr-defined]
-        log.info(
-            "rpc",
-            extra={
-                "fields": {
-                    "method": method,
-                    "code": code.name if isinstance(code, grpc.StatusCode) else str(code),
-                    "ms": round((time.perf_counter() - start) * 1000, 3),
-                }
-            },
-        )
+        return _Status(grpc.StatusCode.INTERNAL, "internal error; see the server log", None)
 
     def _wrap_unary(self, behavior: Any, method: str, authorized: bool) -> Any:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
+        """A plain handler, on one of grpc's threads."""
+
+        def wrapped(request: Any, context: Any) -> Any:
+            start, code = time.perf_counter(), grpc.StatusCode.OK
             token = request_id_var.set("")
             try:
-                request_id_var.set(self._begin(context, authorized))
-                try:
-                    if self._before_call is not None:
-                        self._before_call()
-                    return behavior(request, context)
-                except Exception as exc:
-                    if _aborted(context):
-                        raise
-                    self._fail(context, exc, method)
+                context.send_initial_metadata(self._metadata())
+                status = self._refusal(authorized)
+                if status is None:
+                    try:
+                        if self._catch_up is not None and self._catch_up.pending():
+                            self._catch_up.run()
+                        return behavior(request, context)
+                    except Exception as exc:
+                        failure = self._failure(exc, method)
+                else:
+                    failure = _status(status)
+                code = failure.code
+                context.abort(failure.code, failure.details, failure.trailing_metadata)
             finally:
-                self._log(method, start, context)
+                _log(method, start, code)
                 request_id_var.reset(token)
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Any, method: str, authorized: bool) -> Any:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            start = time.perf_counter()
+    def _wrap_async_unary(self, behavior: Any, method: str, authorized: bool) -> Any:
+        """A coroutine handler, on the event loop."""
+
+        async def wrapped(request: Any, context: Any) -> Any:
+            start, code = time.perf_counter(), grpc.StatusCode.OK
             token = request_id_var.set("")
             try:
-                request_id_var.set(self._begin(context, authorized))
-                try:
-                    if self._before_call is not None:
-                        self._before_call()
-                    yield from behavior(request, context)
-                except Exception as exc:
-                    if _aborted(context):
-                        raise
-                    self._fail(context, exc, method)
+                await context.send_initial_metadata(self._metadata())
+                status = self._refusal(authorized)
+                if status is None:
+                    try:
+                        await self._catch_up_async()
+                        return await behavior(request, context)
+                    except Exception as exc:
+                        failure = self._failure(exc, method)
+                else:
+                    failure = _status(status)
+                code = failure.code
+                await context.abort(failure.code, failure.details, failure.trailing_metadata)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             finally:
-                self._log(method, start, context)
+                _log(method, start, code)
                 request_id_var.reset(token)
 
         return wrapped
 
+    def _wrap_async_stream(self, behavior: Any, method: str, authorized: bool) -> Any:
+        """An async generator handler, on the event loop."""
 
-def _aborted(context: grpc.ServicerContext) -> bool:
-    """True once abort() ran: its exception must reach grpc untouched."""
-    code = context.code()  # type: ignore[attr-defined]
-    return code is not None and code != grpc.StatusCode.OK
+        async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            token = request_id_var.set("")
+            try:
+                await context.send_initial_metadata(self._metadata())
+                status = self._refusal(authorized)
+                if status is None:
+                    try:
+                        await self._catch_up_async()
+                        async for item in behavior(request, context):
+                            yield item
+                        return
+                    except Exception as exc:
+                        failure = self._failure(exc, method)
+                else:
+                    failure = _status(status)
+                code = failure.code
+                await context.abort(failure.code, failure.details, failure.trailing_metadata)
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                _log(method, start, code)
+                request_id_var.reset(token)
+
+        return wrapped
+
+    async def _catch_up_async(self) -> None:
+        if self._catch_up is not None and self._catch_up.pending():
+            await asyncio.get_running_loop().run_in_executor(None, self._catch_up.run)
+
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: Any
+
+
+def _status(err: DomainError) -> _Status:
+    st = to_status(err)
+    return _Status(st.code, st.details, st.trailing_metadata)
+
+
+def _log(method: str, start: float, code: grpc.StatusCode) -> None:
+    log.info(
+        "rpc",
+        extra={
+            "fields": {
+                "method": method,
+                "code": code.name,
+                "ms": round((time.perf_counter() - start) * 1000, 3),
+            }
+        },
+    )

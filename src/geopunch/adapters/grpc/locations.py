@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import numpy as np
@@ -77,21 +79,36 @@ def batch_from_proto(req: location_pb2.CheckLocationsRequest) -> tuple[LocationB
 
 
 class Wakeup:
-    """Wakes event streams when a commit appended events (a counter and a condition)."""
+    """Wakes event streams when a commit appended events: a counter, and the
+    coroutines waiting for it to move. ``notify`` may be called from any thread."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.version = 0
 
     def notify(self) -> None:
-        with self._cond:
+        with self._lock:
             self.version += 1
-            self._cond.notify_all()
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its stream is gone
+                loop.call_soon_threadsafe(event.set)
 
-    def wait(self, seen: int, timeout: float) -> None:
+    async def wait(self, seen: int, timeout: float) -> None:
         """Return once ``version`` has moved past ``seen``, or after ``timeout`` seconds."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.version != seen, timeout)
+        me = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self.version != seen:
+                return
+            self._waiters.add(me)
+        try:
+            await asyncio.wait_for(me[1].wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.discard(me)
 
 
 #: Event streams also poll the store this often: other replicas' events wake no one here.
@@ -259,9 +276,11 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         fill_trail_results(response.data.results, batch, out)
         return response
 
-    def WatchEvents(
+    async def WatchEvents(
         self, request: location_pb2.WatchEventsRequest, context: Any
-    ) -> Iterator[location_pb2.Event]:
+    ) -> AsyncIterator[location_pb2.Event]:
+        """On the event loop; each page is read on a thread of the loop's executor.
+        A stream the client cancels ends at its next ``await``."""
         assert self._uows is not None
         unknown = sorted(set(request.types) - _EVENT_TYPES)
         if unknown:
@@ -271,15 +290,21 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             )
         cursor = request.after_seq
         types, clocks = list(request.types), list(request.time_clock_ids)
-        while context.is_active() and not self._stopping.is_set():
+        uows = self._uows
+        loop = asyncio.get_running_loop()
+
+        def read_page(after: int) -> list[Event]:
+            with uows(readonly=True) as uow:
+                return uow.events.after(after, EVENT_PAGE, types, clocks)
+
+        while not self._stopping.is_set():
             seen = self._wakeup.version
-            with self._uows(readonly=True) as uow:
-                page = uow.events.after(cursor, EVENT_PAGE, types, clocks)
+            page = await loop.run_in_executor(None, read_page, cursor)
             for e in page:
                 yield event_to_proto(e)
                 cursor = e.seq
             if len(page) < EVENT_PAGE:
-                self._wakeup.wait(seen, POLL_S)
+                await self._wakeup.wait(seen, POLL_S)
 
     def CheckLocations(
         self, request: location_pb2.CheckLocationsRequest, context: Any

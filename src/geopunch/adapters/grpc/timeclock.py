@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWorkFactory
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
     PunchCommand,
@@ -138,19 +138,23 @@ _KINDS: dict[str, PunchKind] = {
 
 
 class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
+    """The four punches are coroutines: each is judged and written in a batch of
+    the group committer's writer thread, and the event loop waits for none of
+    them. Listing and validating read the store on the server's threads."""
+
     def __init__(
         self,
         uows: UnitOfWorkFactory,
         index: FenceIndex,
         clock: Clock,
-        runner: TransactionRunner | None = None,
+        committer: AsyncTransactionRunner,
     ) -> None:
         self._uows = uows
         self._index = index
         self._clock = clock
-        self._runner = runner
+        self._committer = committer
 
-    def _punch(
+    async def _punch(
         self,
         kind: PunchKind,
         request: Any,
@@ -159,9 +163,8 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     ) -> R:
         """Run a punch; ``render`` builds the answer, also for later idempotent replays.
 
-        The request id is taken here, on the caller's thread: the answer may be
-        rendered on the group committer's.
-        """
+        The request id is taken here: the stored answer is rendered on the
+        writer thread."""
         cmd = command_from_proto(kind, request)
         request_id = request_id_var.get()
         idem = None
@@ -173,40 +176,40 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
                 body_hash=hashlib.sha256(body).hexdigest(),
                 render=lambda result: render(result, request_id).SerializeToString(),
             )
-        outcome = punches.punch(
-            self._uows, self._index, self._clock, cmd, idem, runner=self._runner
-        )
+        outcome = await punches.punch_async(self._committer, self._index, self._clock, cmd, idem)
         if outcome.replay is not None:
             return response_type.FromString(outcome.replay)
         assert outcome.result is not None
         return render(outcome.result, request_id)
 
-    def ClockIn(
+    async def ClockIn(
         self, request: timeclock_pb2.ClockInRequest, context: Any
     ) -> timeclock_pb2.ShiftResponse:
-        return self._punch(PunchKind.CLOCK_IN, request, shift_response, timeclock_pb2.ShiftResponse)
+        return await self._punch(
+            PunchKind.CLOCK_IN, request, shift_response, timeclock_pb2.ShiftResponse
+        )
 
-    def ClockOut(
+    async def ClockOut(
         self, request: timeclock_pb2.ClockOutRequest, context: Any
     ) -> timeclock_pb2.ShiftResponse:
-        return self._punch(
+        return await self._punch(
             PunchKind.CLOCK_OUT, request, shift_response, timeclock_pb2.ShiftResponse
         )
 
-    def StartManualBreak(
+    async def StartManualBreak(
         self, request: timeclock_pb2.StartManualBreakRequest, context: Any
     ) -> timeclock_pb2.StartManualBreakResponse:
-        return self._punch(
+        return await self._punch(
             PunchKind.START_BREAK,
             request,
             start_break_response,
             timeclock_pb2.StartManualBreakResponse,
         )
 
-    def EndManualBreak(
+    async def EndManualBreak(
         self, request: timeclock_pb2.EndManualBreakRequest, context: Any
     ) -> timeclock_pb2.EndManualBreakResponse:
-        return self._punch(
+        return await self._punch(
             PunchKind.END_BREAK, request, end_break_response, timeclock_pb2.EndManualBreakResponse
         )
 
