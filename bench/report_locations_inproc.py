@@ -5,22 +5,23 @@
 The workload of ``report_locations.py`` (1,000 clocks x 100 fences, 10,000
 users, batches of 100 users x 10 samples, raw columns) without gRPC: the same
 ``LocationServicer`` and ``GroupCommitter`` as the server, over a SQLite file
-with ``synchronous=FULL``. Each caller thread owns the batches of its users.
-For each number of callers it prints calls/s, the process's CPU per call,
-how busy the shared commit's critical section was, and its mean batch, so
-that a change can be judged apart from the transport, and the cost of
-spreading Python work over threads shows. Every caller count runs on a fresh
-store, so each starts from the same trails.
+with ``synchronous=FULL``. As in the server, the handler is a coroutine on
+one event loop and the committer's writer thread runs the transactions; each
+caller is a coroutine that owns the batches of its users. For each number of
+callers it prints calls/s, the process's CPU per call, how busy the writer
+was, and its mean batch, so that a change can be judged apart from the
+transport. Every caller count runs on a fresh store, so each starts from the
+same trails.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class _Clock:
 
 
 class _TimedCommitter(GroupCommitter):
-    """The real committer, timing its critical section."""
+    """The real committer, timing its writer's batches."""
 
     busy_s = 0.0
     batches = 0
@@ -67,27 +68,27 @@ def measure(fleet: Any, template: Path, callers: int, rounds: int, users: int) -
         db.write_bytes(template.read_bytes())  # seeding takes longer than a measurement
         app = build_app(Config(database_url=f"sqlite:///{db}"))
         committer = _TimedCommitter(app.uows)
-        svc = LocationServicer(app.index, app.uows, _Clock(), committer)
-        for stream in work:
-            for request in stream[:WARM]:
-                svc.ReportLocations(request, None)
-        gc.collect()
-        committer.busy_s, committer.batches, committer.pieces = 0.0, 0, 0
+        svc = LocationServicer(app.index, app.uows, _Clock(), committer.submit)
         done = [0] * callers
 
-        def run(c: int) -> None:
-            for w in range(c, WORKERS, callers):
+        async def run(c: int, streams: range) -> None:
+            for w in streams:
                 for request in work[w][WARM:]:
-                    svc.ReportLocations(request, None)
+                    await svc.ReportLocations(request, None)
                     done[c] += 1
 
-        threads = [threading.Thread(target=run, args=(c,)) for c in range(callers)]
-        cpu, t0 = time.process_time(), time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu
+        async def measured() -> tuple[float, float]:
+            for stream in work:
+                for request in stream[:WARM]:
+                    await svc.ReportLocations(request, None)
+            gc.collect()
+            committer.busy_s, committer.batches, committer.pieces = 0.0, 0, 0
+            cpu, t0 = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(run(c, range(c, WORKERS, callers)) for c in range(callers)))
+            return time.perf_counter() - t0, time.process_time() - cpu
+
+        elapsed, cpu = asyncio.run(measured())
+        committer.close()
         app.engine.dispose()
     calls = sum(done)
     return {
@@ -95,7 +96,7 @@ def measure(fleet: Any, template: Path, callers: int, rounds: int, users: int) -
         "calls_per_s": round(calls / elapsed, 1),
         "samples_per_s": round(calls * 1000 / elapsed),
         "cpu_ms_per_call": round(cpu / calls * 1000, 2),
-        "critical_section_busy": round(committer.busy_s / elapsed, 2),
+        "writer_busy": round(committer.busy_s / elapsed, 2),
         "mean_batch": round(committer.pieces / max(committer.batches, 1), 2),
     }
 

@@ -110,12 +110,7 @@ async def punch_async(
 ) -> PunchOutcome:
     """``punch`` for a coroutine: ``submit`` commits the work (a group committer's)."""
     work = punch_work(index, clock, cmd, idempotency)
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            return await submit(work)
-        except ConcurrentChange:
-            continue
-    raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost_race(cmd))
+    return await run_retrying_async(submit, work, lost_race(cmd))
 
 
 def lost_race(cmd: PunchCommand) -> str:
@@ -166,6 +161,19 @@ def run_retrying(run: TransactionRunner, work: Callable[[UnitOfWork], T], lost: 
     for _ in range(MAX_ATTEMPTS):
         try:
             return run(work)
+        except ConcurrentChange:
+            continue
+    raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost)
+
+
+async def run_retrying_async(
+    submit: AsyncTransactionRunner, work: Callable[[UnitOfWork], T], lost: str
+) -> T:
+    """``run_retrying`` for a coroutine: ``await submit(work)``, again while it
+    loses a race."""
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            return await submit(work)
         except ConcurrentChange:
             continue
     raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost)

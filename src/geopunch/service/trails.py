@@ -11,7 +11,13 @@ import numpy.typing as npt
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, LiveTrail
 from geopunch.domain.models import ExitAction
-from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import (
+    AsyncTransactionRunner,
+    Clock,
+    TransactionRunner,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
 from geopunch.geo.index import ACTIONS, FenceIndex, Snapshot
 from geopunch.geo.trails import (
@@ -24,7 +30,7 @@ from geopunch.geo.trails import (
     pair_codes,
     unassigned,
 )
-from geopunch.service.punches import run_alone, run_retrying
+from geopunch.service.punches import run_alone, run_retrying, run_retrying_async
 
 #: Most samples per EvaluateTrails call, and per ReportLocations call. A
 #: request of 250,000 samples is about 9 MB and its answer, with every sample's
@@ -192,10 +198,25 @@ def report_locations(
     r, report = run_retrying(
         runner if runner is not None else run_alone(uows),
         _live_work(snap, batch, int(clock.now())),
-        "the trails were changed by concurrent calls; retry",
+        _LOST_TRAILS,
     )
     # After the transaction: a shared commit waits for nothing that needs no store.
     return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
+
+
+async def report_locations_async(
+    submit: AsyncTransactionRunner, index: FenceIndex, clock: Clock, batch: TrailBatch
+) -> TrailOutcome:
+    """``report_locations`` for a coroutine: ``submit`` commits the work (a
+    group committer's), and the caller's thread waits for none of it."""
+    batch.check(MAX_LIVE_SAMPLES)
+    snap = index.snapshot
+    work = _live_work(snap, batch, int(clock.now()))
+    r, report = await run_retrying_async(submit, work, _LOST_TRAILS)
+    return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
+
+
+_LOST_TRAILS = "the trails were changed by concurrent calls; retry"
 
 
 def _live_work(

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType
-from geopunch.domain.ports import Clock, TransactionRunner, UnitOfWorkFactory
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
 from geopunch.geo.index import ACTIONS, FenceIndex
 from geopunch.geo.membership import OK
 from geopunch.geo.trails import IGNORED_ACCURACY
@@ -234,14 +234,14 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         index: FenceIndex,
         uows: UnitOfWorkFactory | None = None,
         clock: Clock | None = None,
-        runner: TransactionRunner | None = None,
+        submit: AsyncTransactionRunner | None = None,
         wakeup: Wakeup | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
         self._index = index
         self._uows = uows
         self._clock = clock
-        self._runner = runner
+        self._submit = submit
         self._wakeup = wakeup or Wakeup()
         self._stopping = stopping or threading.Event()
 
@@ -254,12 +254,14 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         fill_trail_results(response.data, batch, out)
         return response
 
-    def ReportLocations(
+    async def ReportLocations(
         self, request: location_pb2.ReportLocationsRequest, context: Any
     ) -> location_pb2.ReportLocationsResponse:
-        assert self._uows is not None and self._clock is not None
+        """On the event loop: the batch is judged and written by the group
+        committer's writer thread, and the answer is built here."""
+        assert self._submit is not None and self._clock is not None
         batch = trail_batch_from_proto(request.samples)
-        out = trails.report_locations(self._uows, self._index, self._clock, batch, self._runner)
+        out = await trails.report_locations_async(self._submit, self._index, self._clock, batch)
         status = out.result.status
         rejected = int(
             np.count_nonzero((status != OK) & (status != STALE) & (status != IGNORED_ACCURACY))

@@ -187,7 +187,12 @@ class Server:
         )
         location_pb2_grpc.add_LocationServiceServicer_to_server(
             LocationServicer(
-                self.index, self._uows, SystemClock(), self._committer, self.wakeup, self._stopped
+                self.index,
+                self._uows,
+                SystemClock(),
+                self._committer.submit,
+                self.wakeup,
+                self._stopped,
             ),
             server,
         )
