@@ -239,3 +239,23 @@ def test_sigusr1_writes_every_stack_and_keeps_serving(
     dump = server.logs()[before:]
     assert "Thread 0x" in dump and "in serve" in dump  # the main thread, waiting to stop
     make_time_clock(client)  # still answering
+
+
+def test_a_cancelled_event_stream_ends_on_the_server(server: ServerProcess, client: Client) -> None:
+    """The stream's handler notices the client leaving and finishes (its access
+    log line says CANCELLED), instead of keeping a server thread waiting."""
+    stream = client.locations.WatchEvents(
+        location_pb2.WatchEventsRequest(), metadata=client.metadata, timeout=60
+    )
+    sent = dict(stream.initial_metadata())["x-request-id"]
+    stream.cancel()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+        mine = [e for e in entries if e.get("request_id") == sent and e.get("msg") == "rpc"]
+        if mine:
+            assert mine[0]["method"] == "/geopunch.v1.LocationService/WatchEvents"
+            assert mine[0]["code"] == "CANCELLED"
+            return
+        time.sleep(0.05)
+    raise AssertionError("the cancelled stream never finished on the server")

@@ -457,3 +457,67 @@ def test_idempotency_keys_are_purged_oldest_first_in_batches(engine: Engine) -> 
     with uows(readonly=True) as uow:
         assert [uow.idempotency.get(f"old-{i}") for i in range(25)] == [None] * 25
         assert all(uow.idempotency.get(f"new-{i}") is not None for i in range(5))
+
+
+def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
+    engine: Engine,
+) -> None:
+    """Coroutines awaiting ``submit`` and threads calling the committer share
+    its writer: each gets its own answer or error, a coroutine that went away
+    (cancelled) leaves the others answered, and every success is stored."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    uows = SqlUnitOfWorkFactory(engine)
+    committer = GroupCommitter(uows, max_batch=16)
+
+    def body(key: str) -> Callable[[Any], str]:
+        def work(uow: Any) -> str:
+            if key.endswith("3"):
+                raise DomainError(ErrorCode.INVALID_ARGUMENT, key)
+            uow.idempotency.put(key, "m", "h", key.encode())
+            return key
+
+        return work
+
+    def answer(run: Callable[[], str]) -> str:
+        try:
+            return run()
+        except DomainError as err:
+            return "refused " + err.message
+
+    async def coroutines() -> list[str]:
+        async def one(key: str) -> str:
+            try:
+                return await committer.submit(body(key))
+            except DomainError as err:
+                return "refused " + err.message
+
+        gone = asyncio.ensure_future(committer.submit(body("gone")))
+        gone.cancel()
+        return await asyncio.gather(*(one(f"co-{i}") for i in range(200)))
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            threads = [
+                pool.submit(answer, lambda i=i: committer(body(f"th-{i}"))) for i in range(80)
+            ]
+            from_coroutines = asyncio.run(coroutines())
+            from_threads = [f.result(60) for f in threads]
+    finally:
+        committer.close()
+
+    def expected(key: str) -> str:
+        return "refused " + key if key.endswith("3") else key
+
+    assert from_coroutines == [expected(f"co-{i}") for i in range(200)]
+    assert from_threads == [expected(f"th-{i}") for i in range(80)]
+    with uows(readonly=True) as uow:
+        assert uow.idempotency.get("co-12") == ("m", "h", b"co-12")
+        assert uow.idempotency.get("th-79") == ("m", "h", b"th-79")
+        assert uow.idempotency.get("co-13") is None
+        assert uow.idempotency.get("gone") is not None  # queued before it was cancelled
+    with pytest.raises(RuntimeError, match="closing"):
+        committer(body("late"))

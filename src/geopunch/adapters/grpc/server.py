@@ -1,9 +1,9 @@
 """gRPC server: health, reflection, our services, graceful shutdown.
 
 The server is grpc's asyncio server on an event loop of its own thread.
-Ping, the four punches and the event streams are coroutines on that loop;
-every other handler is a plain function that grpc runs on a thread pool
-(its ``migration_thread_pool``). Punches are written by the group
+Ping, the four punches, ReportLocations and the event streams are
+coroutines on that loop; every other handler is a plain function that the
+interceptor runs on a thread pool. Punches are written by the group
 committer's writer thread in batches, each batch waking the loop once:
 thread-per-call, each call waking its own thread, had made punches cost
 twice as many context switches as an empty call (bench/README).
@@ -143,6 +143,10 @@ class Server:
         # reaches the store only once it is open.
         self._committer = GroupCommitter(self._uows)
         self.wakeup = Wakeup()
+        # Plain (blocking) handlers run here; see ServiceInterceptor.
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="rpc"
+        )
         self.loop = EventLoopThread("grpc-loop")
         # grpc's asyncio objects belong to the loop they are made on.
         self._grpc, self.port = self.loop.run(self._make_server())
@@ -156,6 +160,7 @@ class Server:
         interceptor = ServiceInterceptor(
             config.api_key_hashes,
             self._ready,
+            self._executor,
             catch_up=(
                 None
                 if self.worker is None
@@ -164,7 +169,6 @@ class Server:
             worker=None if self.worker is None else self.worker.number,
         )
         server = grpc.aio.server(
-            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
             interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -340,6 +344,7 @@ class Server:
         self.loop.run(self.health.enter_graceful_shutdown())
         self.loop.run(self._grpc.stop(self.config.grace_seconds if grace is None else grace))
         self._committer.close()  # every call has answered: nothing is left to queue
+        self._executor.shutdown()
         if self._purger is not None:
             self._purger.join(self.config.grace_seconds)
         if self._follower is not None:
