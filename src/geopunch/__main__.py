@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--api-keys", help="comma-separated API keys (GEOPUNCH_API_KEYS)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (GEOPUNCH_LOG_LEVEL)")
-    serve.add_argument("--max-workers", type=int, help="RPC worker threads (GEOPUNCH_MAX_WORKERS)")
+    serve.add_argument(
+        "--max-workers", type=int, help="threads for blocking handlers (GEOPUNCH_MAX_WORKERS)"
+    )
     serve.add_argument(
         "--processes",
         type=int,
