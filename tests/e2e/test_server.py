@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -86,16 +87,21 @@ def test_request_id_in_response_metadata_and_log(server: ServerProcess, client: 
     resp, call = client.geofences.ListGeofences.with_call(list_req(tc.id), metadata=client.metadata)
     sent = dict(call.initial_metadata())["x-request-id"]
     assert resp.request_id == sent
+    entry = access_log_line(server, sent)
+    assert entry["method"] == "/geopunch.v1.GeofenceService/ListGeofences"
+    assert entry["code"] == "OK"
+
+
+def access_log_line(server: ServerProcess, request_id: str) -> dict[str, Any]:
+    """The server's access log line for the call ``request_id``, waiting up to 5 s."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         entries = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
-        mine = [e for e in entries if e.get("request_id") == sent]
+        mine = [e for e in entries if e.get("request_id") == request_id and e.get("msg") == "rpc"]
         if mine:
-            assert mine[0]["method"] == "/geopunch.v1.GeofenceService/ListGeofences"
-            assert mine[0]["code"] == "OK"
-            return
+            return mine[0]
         time.sleep(0.05)
-    raise AssertionError("no log line carries the request id")
+    raise AssertionError(f"no access log line for request {request_id}")
 
 
 def _tc_with_fences(client: Client, n: int) -> tuple[int, list[str]]:
@@ -249,13 +255,6 @@ def test_a_cancelled_event_stream_ends_on_the_server(server: ServerProcess, clie
     )
     sent = dict(stream.initial_metadata())["x-request-id"]
     stream.cancel()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        entries = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
-        mine = [e for e in entries if e.get("request_id") == sent and e.get("msg") == "rpc"]
-        if mine:
-            assert mine[0]["method"] == "/geopunch.v1.LocationService/WatchEvents"
-            assert mine[0]["code"] == "CANCELLED"
-            return
-        time.sleep(0.05)
-    raise AssertionError("the cancelled stream never finished on the server")
+    entry = access_log_line(server, sent)
+    assert entry["method"] == "/geopunch.v1.LocationService/WatchEvents"
+    assert entry["code"] == "CANCELLED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -141,43 +142,51 @@ class ServiceInterceptor(_Interceptor):
         log.exception("unexpected error in %s", method)
         return _Status(grpc.StatusCode.INTERNAL, "internal error; see the server log", None)
 
+    @contextlib.asynccontextmanager
+    async def _call(self, context: Any, method: str, authorized: bool) -> AsyncIterator[None]:
+        """Around one call's handler: request id and metadata, refusal, error
+        mapping and the access log line with the code that was answered."""
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        token = request_id_var.set("")
+        try:
+            await context.send_initial_metadata(self._metadata())
+            refusal = self._refusal(authorized)
+            if refusal is None:
+                try:
+                    yield
+                    return
+                except Exception as exc:
+                    failure = self._failure(exc, method)
+            else:
+                failure = _status(refusal)
+            code = failure.code
+            await context.abort(failure.code, failure.details, failure.trailing_metadata)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            _log(method, start, code)
+            request_id_var.reset(token)
+
     def _wrap_unary(self, behavior: Any, method: str, authorized: bool) -> Any:
         """Runs on the event loop; a plain ``behavior`` runs on ``executor``."""
         plain = not inspect.iscoroutinefunction(behavior)
 
         async def wrapped(request: Any, context: Any) -> Any:
-            start, code = time.perf_counter(), grpc.StatusCode.OK
-            token = request_id_var.set("")
-            try:
-                await context.send_initial_metadata(self._metadata())
-                status = self._refusal(authorized)
-                if status is None:
-                    try:
-                        if plain:
-                            # One hop to a thread and back, the request id
-                            # going along; the catch-up, if any, on the same hop.
-                            return await asyncio.get_running_loop().run_in_executor(
-                                self._executor,
-                                contextvars.copy_context().run,
-                                self._call_plain,
-                                behavior,
-                                request,
-                                context,
-                            )
-                        await self._catch_up_async()
-                        return await behavior(request, context)
-                    except Exception as exc:
-                        failure = self._failure(exc, method)
-                else:
-                    failure = _status(status)
-                code = failure.code
-                await context.abort(failure.code, failure.details, failure.trailing_metadata)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                _log(method, start, code)
-                request_id_var.reset(token)
+            async with self._call(context, method, authorized):
+                if plain:
+                    # One hop to a thread and back, the request id going
+                    # along; the catch-up, if any, on the same hop.
+                    return await asyncio.get_running_loop().run_in_executor(
+                        self._executor,
+                        contextvars.copy_context().run,
+                        self._call_plain,
+                        behavior,
+                        request,
+                        context,
+                    )
+                await self._catch_up_async()
+                return await behavior(request, context)
 
         return wrapped
 
@@ -190,29 +199,10 @@ class ServiceInterceptor(_Interceptor):
         """An async generator handler, on the event loop."""
 
         async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
-            start, code = time.perf_counter(), grpc.StatusCode.OK
-            token = request_id_var.set("")
-            try:
-                await context.send_initial_metadata(self._metadata())
-                status = self._refusal(authorized)
-                if status is None:
-                    try:
-                        await self._catch_up_async()
-                        async for item in behavior(request, context):
-                            yield item
-                        return
-                    except Exception as exc:
-                        failure = self._failure(exc, method)
-                else:
-                    failure = _status(status)
-                code = failure.code
-                await context.abort(failure.code, failure.details, failure.trailing_metadata)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                _log(method, start, code)
-                request_id_var.reset(token)
+            async with self._call(context, method, authorized):
+                await self._catch_up_async()
+                async for item in behavior(request, context):
+                    yield item
 
         return wrapped
 
