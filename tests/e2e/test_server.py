@@ -258,3 +258,40 @@ def test_a_cancelled_event_stream_ends_on_the_server(server: ServerProcess, clie
     entry = access_log_line(server, sent)
     assert entry["method"] == "/geopunch.v1.LocationService/WatchEvents"
     assert entry["code"] == "CANCELLED"
+
+
+def test_calls_beyond_the_concurrency_cap_are_refused_until_some_end(tmp_path: Path) -> None:
+    """With GEOPUNCH_MAX_WORKERS=1 the server takes 8 calls at once: 8 open
+    event streams fill it, a ninth call gets RESOURCE_EXHAUSTED, and once the
+    streams are cancelled calls are served again."""
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'cap.db'}", env_extra={"GEOPUNCH_MAX_WORKERS": "1"}
+    )
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        streams = [
+            c.locations.WatchEvents(
+                location_pb2.WatchEventsRequest(), metadata=c.metadata, timeout=60
+            )
+            for _ in range(8)
+        ]
+        for s in streams:
+            s.initial_metadata()  # each one is running on the server
+        with pytest.raises(grpc.RpcError) as exc:
+            c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for s in streams:
+            s.cancel()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline, "the cancelled streams never ended"
+                time.sleep(0.05)
+    finally:
+        c.close()
+        srv.terminate()
