@@ -98,7 +98,7 @@ def punch(
     if dry_run:
         with uows() as uow:  # leaving without commit rolls back
             return work(uow)
-    return run_retrying(runner if runner is not None else run_alone(uows), work, lost_race(cmd))
+    return run_retrying(runner if runner is not None else run_alone(uows), work, _lost_race(cmd))
 
 
 async def punch_async(
@@ -110,10 +110,10 @@ async def punch_async(
 ) -> PunchOutcome:
     """``punch`` for a coroutine: ``submit`` commits the work (a group committer's)."""
     work = punch_work(index, clock, cmd, idempotency)
-    return await run_retrying_async(submit, work, lost_race(cmd))
+    return await run_retrying_async(submit, work, _lost_race(cmd))
 
 
-def lost_race(cmd: PunchCommand) -> str:
+def _lost_race(cmd: PunchCommand) -> str:
     return (
         f"user {cmd.user_id} on time clock {cmd.time_clock_id} was changed by concurrent "
         "calls; retry"
