@@ -184,12 +184,14 @@ def test_starting_a_trail_twice_is_a_concurrent_change(engine: Engine) -> None:
 def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: Engine) -> None:
     """Threads race to start and advance the same trail; every call lands once,
     in some order, and the stored trail is the one a serial order gives."""
+    import asyncio
     import threading
 
     import numpy as np
 
     from geopunch.domain.models import ExitAction, Geofence, TimeClock
     from geopunch.geo.index import FenceIndex
+    from geopunch.service.punches import run_alone
     from geopunch.service.trails import TrailBatch, report_locations
 
     class Clock:
@@ -216,7 +218,7 @@ def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: 
             lons=np.array([10.0]),
         )
         try:
-            report_locations(uows, index, Clock(), batch)
+            asyncio.run(report_locations(run_alone(uows), index, Clock(), batch))
         except BaseException as exc:  # collected, asserted below
             errors.append(exc)
 

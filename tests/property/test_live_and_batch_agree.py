@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
 from geopunch.geo.index import FenceIndex
+from geopunch.service.punches import run_alone
 from geopunch.service.trails import TrailBatch, evaluate_trails, report_locations
 
 GEOD = Geod(ellps="WGS84")
@@ -128,7 +130,9 @@ def test_live_batches_find_the_exits_of_one_evaluation(
     got: set[tuple[int, str]] = set()
     bounds = [0, *cuts, batch.size]
     for lo, hi in itertools.pairwise(bounds):
-        out = report_locations(uows, index, FixedClock(), _part(batch, lo, hi))
+        out = asyncio.run(
+            report_locations(run_alone(uows), index, FixedClock(), _part(batch, lo, hi))
+        )
         assert not (out.result.status == 6).any()  # in time order: nothing is stale
         got |= {
             (lo + int(s), f)

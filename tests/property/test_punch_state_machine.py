@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +97,12 @@ class PunchMachine(RuleBasedStateMachine):
         # Every other punch goes through the server's group commit (pieces run
         # without savepoints on SQLite), the others in a transaction of their own.
         self.committer = GroupCommitter(self.uows)
+        self.loop = asyncio.new_event_loop()
         self.punches = 0
 
     def teardown(self) -> None:
         self.committer.close()
+        self.loop.close()
         self.engine.dispose()
         self.tmp.cleanup()
 
@@ -168,8 +171,9 @@ class PunchMachine(RuleBasedStateMachine):
         expected = self.expect(cmd)
         try:
             self.punches += 1
-            runner = self.committer if self.punches % 2 else None
-            punches.punch(self.uows, None, self.clock, cmd, runner=runner)
+            # Every other punch goes through the group committer, as the server's do.
+            runner = self.committer.submit if self.punches % 2 else punches.run_alone(self.uows)
+            self.loop.run_until_complete(punches.punch(runner, None, self.clock, cmd, "rid"))
             got = None
         except DomainError as err:
             got = err.code.value

@@ -9,19 +9,22 @@ half-open), and every end is after its start.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.models import DayStatus, ManualBreakType, TimeClock
-from geopunch.domain.rules import coordinate_problem, is_valid_timezone
+from geopunch.domain.models import DayStatus, GeofencePolicy, ManualBreakType, TimeClock
+from geopunch.domain.rules import check_user, coordinate_problem, is_valid_timezone
 
 MAX_PAST_S = 12 * 3600
 #: A mandatory break may be ended this soon after its start (undo of a mis-tap).
 UNDO_WINDOW_S = 45
-#: Larger timestamps are milliseconds sent by mistake.
+#: Larger timestamps are milliseconds sent by mistake (the year 5138 in seconds).
 MAX_SECONDS_TIMESTAMP = 100_000_000_000
 MAX_IDEMPOTENCY_KEY = 128
 
@@ -263,3 +266,283 @@ def check_mandatory(bt: ManualBreakType | None, start: int, end: int) -> None:
                 "endableAt": str(start + bt.min_duration_s),
             },
         )
+
+
+# -- The decision -------------------------------------------------------------
+#
+# A punch is judged in three steps, all pure: ``plan_punch`` checks what the
+# command says on its own (user, zone, time, location, break type, job);
+# the use case then reads the user's state (and, for the punch's point, the
+# fence engine's verdict); ``decide_punch`` applies the state table and the
+# rules that need the state, and answers what to write. The use case writes it.
+
+
+@dataclass(frozen=True, slots=True)
+class PointVerdict:
+    """The fence engine's answer for one punch location, judged for one job.
+
+    ``checked`` is False when the engine could not judge the point (its
+    ``status`` then says why). ``fence_id`` is the applicable enabled fence the
+    point is deepest inside (None when not allowed); ``distance_m`` is the
+    signed geodesic distance to the boundary of the nearest applicable fence
+    (negative inside, None when the clock has no applicable fence), and
+    ``nearest_fence_id`` names that fence.
+    """
+
+    status: int
+    inside: bool
+    allowed: bool
+    fence_id: str | None
+    exit_action: int
+    distance_m: float | None
+    nearest_fence_id: str | None
+    matched_fence_ids: tuple[str, ...]
+
+    @property
+    def checked(self) -> bool:
+        return self.status == 0
+
+
+@dataclass(frozen=True, slots=True)
+class PunchPlan:
+    """A punch command checked on its own, before any state is read."""
+
+    cmd: PunchCommand
+    time_clock: TimeClock
+    timestamp: int
+    timezone: str
+    day: date
+    job_id: str | None  # a clock-in's job
+    break_type: ManualBreakType | None  # a break start's type
+
+
+#: What the store says of a clock-in's ``scheduler_shift_id``: it names a shift
+#: that admits the user, a shift that does not, or nothing.
+SchedulerShiftCheck = Literal["ok", "not_assigned", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class PunchDecision:
+    """What a punch does: its answer, and the writes that make it so.
+
+    ``closed`` are open activities as they are after the punch (with their
+    end), to be closed in the store before ``added`` are inserted."""
+
+    result: PunchResult
+    closed: tuple[Activity, ...]
+    added: tuple[Activity, ...]
+
+
+def new_activity_id(kind: ActivityKind) -> str:
+    return f"{kind.value}-{uuid.uuid4().hex}"
+
+
+def plan_punch(tc: TimeClock, cmd: PunchCommand, now: float) -> PunchPlan:
+    """The rules a punch command meets on its own, in the order a caller fixes them."""
+    check_user(tc, cmd.user_id)
+    tz = punch_timezone(cmd, tc)
+    ts = punch_time(cmd, now)
+    check_location(cmd.location)
+    bt = break_type(tc, cmd.manual_break_id) if cmd.kind is PunchKind.START_BREAK else None
+    job = clock_in_job(tc, cmd.job_id) if cmd.kind is PunchKind.CLOCK_IN else None
+    return PunchPlan(cmd, tc, ts, tz, timesheet_day(ts, tz), job, bt)
+
+
+def fence_job(plan: PunchPlan, state: PunchState) -> str | None:
+    """The job a punch's location is judged for: a clock-in's own, else the open activity's."""
+    if plan.cmd.kind is PunchKind.CLOCK_IN:
+        return plan.job_id
+    return state.open.job_id if state.open is not None else None
+
+
+def has_point(location: PunchLocation | None) -> bool:
+    return location is not None and location.latitude is not None and location.longitude is not None
+
+
+def geofence_of(
+    tc: TimeClock, location: PunchLocation | None, verdict: PointVerdict | None, job_id: str | None
+) -> str | None:
+    """Apply the time clock's geofence policy to a punch's point; return the
+    geofence it is in. ``verdict`` is None when no engine judged the point."""
+    if not has_point(location):
+        if tc.geofence_policy is not GeofencePolicy.OFF:
+            raise DomainError(
+                ErrorCode.LOCATION_REQUIRED,
+                f"time clock {tc.id} requires locationData with latitude and longitude",
+                {"timeClockId": str(tc.id)},
+            )
+        return None
+    if verdict is None:
+        return None
+    if not verdict.checked:
+        raise DomainError(
+            ErrorCode.INVALID_LOCATION, f"the location cannot be checked (status {verdict.status})"
+        )
+    if verdict.allowed or tc.geofence_policy is not GeofencePolicy.REQUIRE_INSIDE:
+        return verdict.fence_id
+    metadata = {"timeClockId": str(tc.id)}
+    if verdict.distance_m is None:
+        message = f"time clock {tc.id} has no enabled geofence" + (
+            f" for job {job_id!r}" if job_id else ""
+        )
+    else:
+        metadata["distanceMeters"] = f"{verdict.distance_m:.1f}"
+        metadata["fenceId"] = verdict.nearest_fence_id or ""
+        message = (
+            f"the location is {verdict.distance_m:.1f} m outside the nearest applicable "
+            f"geofence {verdict.nearest_fence_id}"
+        )
+    raise DomainError(ErrorCode.OUTSIDE_GEOFENCE, message, metadata)
+
+
+def check_scheduler_shift(shift_id: str, user_id: int, found: SchedulerShiftCheck) -> None:
+    """SCHEDULER_SHIFT_NOT_FOUND unless the shift exists and admits the user."""
+    if found == "ok":
+        return
+    raise DomainError(
+        ErrorCode.SCHEDULER_SHIFT_NOT_FOUND,
+        f"no scheduled shift {shift_id!r} for user {user_id}"
+        + (" (the user is not assigned to it)" if found == "not_assigned" else ""),
+        {"schedulerShiftId": shift_id, "userId": str(user_id)},
+    )
+
+
+def decide_punch(
+    plan: PunchPlan,
+    state: PunchState,
+    verdict: PointVerdict | None,
+    now: float,
+    scheduler_shift: SchedulerShiftCheck = "ok",
+    new_id: Callable[[ActivityKind], str] = new_activity_id,
+) -> PunchDecision:
+    """The state table and the rules that need the state, for a planned punch.
+
+    ``verdict`` is the engine's answer for the punch's point judged for
+    ``fence_job(plan, state)`` (None: no point, or no engine); ``now`` stamps
+    the activities' creation and modification times."""
+    cmd, tc, ts = plan.cmd, plan.time_clock, plan.timestamp
+    current = state.open
+    stamp = int(now)
+
+    def point(fence: str | None) -> PunchPoint:
+        return PunchPoint(ts, plan.timezone, cmd.location, "api", fence)
+
+    def opened(kind: ActivityKind, fence: str | None, **kw: object) -> Activity:
+        return Activity(
+            id=new_id(kind),
+            time_clock_id=tc.id,
+            user_id=cmd.user_id,
+            kind=kind,
+            start=point(fence),
+            end=None,
+            created_at=stamp,
+            modified_at=stamp,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def closed(activity: Activity, fence: str | None) -> Activity:
+        return replace(activity, end=point(fence), modified_at=stamp)
+
+    def fence(job_id: str | None) -> str | None:
+        return geofence_of(tc, cmd.location, verdict, job_id)
+
+    def check_day() -> None:
+        check_day_open(plan.day, state.day_status, cmd.user_id)
+
+    if cmd.kind is PunchKind.CLOCK_IN:
+        if current is not None:
+            _already(current)
+        check_start_after_history(ts, state.last_end)
+        check_day()
+        if cmd.scheduler_shift_id:
+            check_scheduler_shift(cmd.scheduler_shift_id, cmd.user_id, scheduler_shift)
+        shift = opened(
+            ActivityKind.SHIFT,
+            fence(plan.job_id),
+            job_id=plan.job_id,
+            scheduler_shift_id=cmd.scheduler_shift_id or None,
+        )
+        return PunchDecision(PunchResult(shift), (), (shift,))
+    if cmd.kind is PunchKind.CLOCK_OUT:
+        if current is None or current.kind is not ActivityKind.SHIFT:
+            raise DomainError(
+                ErrorCode.NO_OPEN_SHIFT,
+                f"user {cmd.user_id} has no open shift on time clock {tc.id}"
+                + (" (a manual break is open)" if current is not None else ""),
+            )
+        check_end_after_start(ts, current)
+        check_day()
+        done = closed(current, fence(current.job_id))
+        return PunchDecision(PunchResult(done), (done,), ())
+    if cmd.kind is PunchKind.START_BREAK:
+        assert plan.break_type is not None
+        if current is not None and current.kind is ActivityKind.BREAK:
+            raise DomainError(
+                ErrorCode.ALREADY_ON_BREAK,
+                f"user {cmd.user_id} is already on a manual break on time clock {tc.id}",
+                {"breakId": current.id},
+            )
+        if current is not None:
+            check_end_after_start(ts, current)
+        else:
+            check_start_after_history(ts, state.last_end)
+        check_day()
+        job_of_shift = current.job_id if current is not None else None
+        where = fence(job_of_shift)
+        shift_closed = closed(current, where) if current is not None else None
+        brk = opened(
+            ActivityKind.BREAK,
+            where,
+            job_id=job_of_shift,
+            scheduler_shift_id=current.scheduler_shift_id if current is not None else None,
+            break_type_id=plan.break_type.id,
+            from_shift_id=current.id if current is not None else None,
+        )
+        return PunchDecision(
+            PunchResult(brk, closed_shift=shift_closed),
+            () if shift_closed is None else (shift_closed,),
+            (brk,),
+        )
+    # END_BREAK
+    if current is None or current.kind is not ActivityKind.BREAK:
+        raise DomainError(
+            ErrorCode.NO_OPEN_BREAK,
+            f"user {cmd.user_id} has no open manual break on time clock {tc.id}",
+        )
+    check_end_after_start(ts, current)
+    check_mandatory(_break_type_of(tc, current), current.start.timestamp, ts)
+    check_day()
+    where = fence(current.job_id)
+    ended = closed(current, where)
+    resumed = None
+    if cmd.is_resume_shift is not False and current.from_shift_id is not None:
+        resumed = opened(
+            ActivityKind.SHIFT,
+            where,
+            job_id=current.job_id,
+            scheduler_shift_id=current.scheduler_shift_id,
+        )
+    return PunchDecision(
+        PunchResult(ended, resumed_shift=resumed),
+        (ended,),
+        () if resumed is None else (resumed,),
+    )
+
+
+def _already(current: Activity) -> None:
+    if current.kind is ActivityKind.SHIFT:
+        raise DomainError(
+            ErrorCode.ALREADY_CLOCKED_IN,
+            f"user {current.user_id} already has an open shift on time clock "
+            f"{current.time_clock_id} since {current.start.timestamp}",
+            {"shiftId": current.id},
+        )
+    raise DomainError(
+        ErrorCode.OPEN_BREAK,
+        f"user {current.user_id} is on a manual break; end it before clocking in",
+        {"breakId": current.id},
+    )
+
+
+def _break_type_of(tc: TimeClock, brk: Activity) -> ManualBreakType | None:
+    return next((b for b in tc.manual_break_types if b.id == brk.break_type_id), None)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geopunch.domain.punches import PointVerdict
 from geopunch.geo import kernels
 from geopunch.geo.frames import geodesic_distance, geodesic_distance_one
 from geopunch.geo.index import ACTIONS, FenceTable, Snapshot
@@ -402,26 +403,6 @@ __all__ = [
     "match_within",
     "nearest_boundary",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class PointVerdict:
-    """The answer for one punch location.
-
-    ``fence_id`` is the applicable enabled fence the point is deepest inside
-    (None when not allowed); ``distance_m`` is the signed geodesic distance to
-    the boundary of the nearest applicable fence (negative inside, None when the
-    clock has no applicable fence); ``nearest_fence_id`` names that fence.
-    """
-
-    status: int
-    inside: bool
-    allowed: bool
-    fence_id: str | None
-    exit_action: int
-    distance_m: float | None
-    nearest_fence_id: str | None
-    matched_fence_ids: tuple[str, ...]
 
 
 #: A punch point can lie in at most this many fences of one clock (more are ignored).

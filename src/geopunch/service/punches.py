@@ -1,46 +1,40 @@
-"""Punch use cases: clock-in/out and manual breaks, one transaction each."""
+"""Punch use cases: clock-in/out and manual breaks, one transaction each.
+
+Each punch loads the user's state, asks the pure decision in
+``domain.punches`` what to do, and writes that; the adapter renders the
+answer after the transaction. An idempotent punch stores its result (in a
+form of its own, not a protocol's) in the same transaction.
+"""
 
 from __future__ import annotations
 
-import uuid
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.models import GeofencePolicy, ManualBreakType, TimeClock
-from geopunch.domain.ports import (
-    AsyncTransactionRunner,
-    Clock,
-    TransactionRunner,
-    UnitOfWork,
-    UnitOfWorkFactory,
-)
+from geopunch.domain.models import TimeClock
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.punches import (
     MAX_IDEMPOTENCY_KEY,
     Activity,
     ActivityKind,
     PunchCommand,
-    PunchKind,
+    PunchDecision,
     PunchLocation,
     PunchPoint,
     PunchResult,
-    break_type,
-    check_day_open,
-    check_end_after_start,
-    check_location,
-    check_mandatory,
-    check_start_after_history,
-    clock_in_job,
-    punch_time,
-    punch_timezone,
-    timesheet_day,
+    SchedulerShiftCheck,
+    decide_punch,
+    fence_job,
+    has_point,
+    plan_punch,
 )
-from geopunch.domain.rules import check_user
 from geopunch.geo.index import FenceIndex
-from geopunch.geo.membership import OK, check_one
+from geopunch.geo.membership import check_one
 from geopunch.service.admin import get_time_clock
-from geopunch.service.scheduler import check_scheduler_shift
 
 T = TypeVar("T")
 
@@ -49,28 +43,24 @@ MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
-class Idempotency:
-    """How to remember a punch's answer: ``render`` turns the result into the
-    bytes a retry with the same key and body gets back."""
-
-    key: str
-    method: str
-    body_hash: str
-    render: Callable[[PunchResult], bytes]
-
-
-@dataclass(frozen=True, slots=True)
 class PunchOutcome:
-    """Either a fresh result or, for a retried idempotent punch, the stored answer."""
+    """A punch's result and the request id it was first answered with (this
+    call's, unless it replays an idempotent punch).
 
-    result: PunchResult | None = None
-    replay: bytes | None = None
+    ``legacy_answer`` is set instead of ``result`` when a replayed answer was
+    stored by a release that kept the gRPC bytes (see ``_replay``)."""
+
+    result: PunchResult | None
+    request_id: str
+    replayed: bool = False
+    legacy_answer: bytes | None = None
 
 
-def run_alone(uows: UnitOfWorkFactory) -> TransactionRunner:
-    """The plain runner: each piece of work in a transaction of its own."""
+def run_alone(uows: UnitOfWorkFactory) -> AsyncTransactionRunner:
+    """The plain runner: each piece of work in a transaction of its own,
+    run in the caller (tests, tools; the server batches through its committer)."""
 
-    def run(work: Callable[[UnitOfWork], T]) -> T:
+    async def run(work: Callable[[UnitOfWork], T]) -> T:
         with uows() as uow:
             result = work(uow)
             uow.commit()
@@ -79,38 +69,89 @@ def run_alone(uows: UnitOfWorkFactory) -> TransactionRunner:
     return run
 
 
-def punch(
-    uows: UnitOfWorkFactory,
-    index: FenceIndex | None,
-    clock: Clock,
-    cmd: PunchCommand,
-    idempotency: Idempotency | None = None,
-    *,
-    dry_run: bool = False,
-    runner: TransactionRunner | None = None,
-) -> PunchOutcome:
-    """Apply one punch durably; with ``dry_run`` check it and change nothing.
-
-    ``runner`` decides how the punch's transaction is committed (alone by
-    default, or batched with concurrent punches by a group committer).
-    """
-    work = punch_work(index, clock, cmd, idempotency)
-    if dry_run:
-        with uows() as uow:  # leaving without commit rolls back
-            return work(uow)
-    return run_retrying(runner if runner is not None else run_alone(uows), work, _lost_race(cmd))
-
-
-async def punch_async(
+async def punch(
     submit: AsyncTransactionRunner,
     index: FenceIndex | None,
     clock: Clock,
     cmd: PunchCommand,
-    idempotency: Idempotency | None = None,
+    request_id: str,
 ) -> PunchOutcome:
-    """``punch`` for a coroutine: ``submit`` commits the work (a group committer's)."""
-    work = punch_work(index, clock, cmd, idempotency)
-    return await run_retrying_async(submit, work, _lost_race(cmd))
+    """Apply one punch durably. ``submit`` commits the work (a group
+    committer's, or ``run_alone``); a lost race runs it again from scratch."""
+    if len(cmd.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise DomainError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
+        )
+    now = clock.now()  # the window rules judge the time of receipt
+    body_hash = command_hash(cmd) if cmd.idempotency_key else ""
+
+    def work(uow: UnitOfWork) -> PunchOutcome:
+        if cmd.idempotency_key:
+            stored = uow.idempotency.get(cmd.idempotency_key)
+            if stored is not None:
+                return _replay(cmd, body_hash, *stored)
+        decision = judge(uow, index, now, cmd)
+        for activity in decision.closed:
+            assert activity.end is not None
+            uow.activities.close(activity.id, activity.end, activity.modified_at)
+        for activity in decision.added:
+            uow.activities.add(activity)
+        if cmd.idempotency_key:
+            uow.idempotency.put(
+                cmd.idempotency_key,
+                cmd.kind.value,
+                body_hash,
+                encode_answer(decision.result, request_id),
+            )
+        return PunchOutcome(decision.result, request_id)
+
+    return await run_retrying(submit, work, _lost_race(cmd))
+
+
+def validate_punch(
+    uows: UnitOfWorkFactory, index: FenceIndex | None, clock: Clock, cmd: PunchCommand
+) -> PunchResult:
+    """What the punch would do now, changing nothing: its result, or its DomainError."""
+    with uows(readonly=True) as uow:
+        return judge(uow, index, clock.now(), cmd).result
+
+
+def judge(
+    uow: UnitOfWork, index: FenceIndex | None, now: float, cmd: PunchCommand
+) -> PunchDecision:
+    """Read what the punch needs and decide it (nothing is written)."""
+    tc = _time_clock(uow, index, cmd.time_clock_id)
+    plan = plan_punch(tc, cmd, now)
+    state = uow.activities.punch_state(tc.id, cmd.user_id, plan.day)
+    verdict = None
+    location = cmd.location
+    if index is not None and has_point(location):
+        assert location is not None and location.latitude is not None
+        assert location.longitude is not None
+        verdict = check_one(
+            index.snapshot,
+            location.latitude,
+            location.longitude,
+            tc.id,
+            fence_job(plan, state),
+            location.accuracy,
+        )
+    found: SchedulerShiftCheck = "ok"
+    if cmd.scheduler_shift_id and state.open is None:
+        found = _scheduler_shift(uow, cmd.scheduler_shift_id, cmd.user_id)
+    return decide_punch(plan, state, verdict, now, found)
+
+
+def _scheduler_shift(uow: UnitOfWork, shift_id: str, user_id: int) -> SchedulerShiftCheck:
+    shift = uow.shifts.get(shift_id)
+    if shift is None:
+        return "missing"
+    if user_id in shift.assigned_user_ids or (
+        shift.is_open_shift and uow.schedulers.has_user(shift.scheduler_id, user_id)
+    ):
+        return "ok"
+    return "not_assigned"
 
 
 def _lost_race(cmd: PunchCommand) -> str:
@@ -120,57 +161,11 @@ def _lost_race(cmd: PunchCommand) -> str:
     )
 
 
-def punch_work(
-    index: FenceIndex | None,
-    clock: Clock,
-    cmd: PunchCommand,
-    idempotency: Idempotency | None,
-) -> Callable[[UnitOfWork], PunchOutcome]:
-    """The punch's transaction body, judged at the time of this call.
-
-    Requests that no transaction can accept (an over-long idempotency key) are
-    refused here, before anything is queued."""
-    if idempotency is not None and len(idempotency.key) > MAX_IDEMPOTENCY_KEY:
-        raise DomainError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
-        )
-    now = clock.now()  # the window rules judge the time of receipt
-
-    def work(uow: UnitOfWork) -> PunchOutcome:
-        if idempotency is not None:
-            stored = uow.idempotency.get(idempotency.key)
-            if stored is not None:
-                return _replay(idempotency, *stored)
-        result = apply_punch(uow, index, now, cmd)
-        if idempotency is not None:
-            uow.idempotency.put(
-                idempotency.key,
-                idempotency.method,
-                idempotency.body_hash,
-                idempotency.render(result),
-            )
-        return PunchOutcome(result=result)
-
-    return work
-
-
-def run_retrying(run: TransactionRunner, work: Callable[[UnitOfWork], T], lost: str) -> T:
-    """``run(work)``, again while it loses a race (ConcurrentChange), at most
-    MAX_ATTEMPTS times; then CONCURRENT_MODIFICATION with the message ``lost``."""
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            return run(work)
-        except ConcurrentChange:
-            continue
-    raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost)
-
-
-async def run_retrying_async(
+async def run_retrying(
     submit: AsyncTransactionRunner, work: Callable[[UnitOfWork], T], lost: str
 ) -> T:
-    """``run_retrying`` for a coroutine: ``await submit(work)``, again while it
-    loses a race."""
+    """``await submit(work)``, again while it loses a race (ConcurrentChange), at
+    most MAX_ATTEMPTS times; then CONCURRENT_MODIFICATION with the message ``lost``."""
     for _ in range(MAX_ATTEMPTS):
         try:
             return await submit(work)
@@ -179,15 +174,70 @@ async def run_retrying_async(
     raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost)
 
 
-def _replay(idem: Idempotency, method: str, body_hash: str, response: bytes) -> PunchOutcome:
-    if method != idem.method or body_hash != idem.body_hash:
+def command_hash(cmd: PunchCommand) -> str:
+    """A digest of what a punch asks for, whatever protocol carried it: the
+    same key with another digest is another punch."""
+    fields = asdict(cmd)
+    del fields["idempotency_key"]
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _replay(
+    cmd: PunchCommand, body_hash: str, method: str, stored_hash: str, answer: bytes
+) -> PunchOutcome:
+    key = cmd.idempotency_key
+    legacy = not answer.startswith(b"{")
+    # Answers stored before results were kept in their own form hold the gRPC
+    # bytes and a digest of the gRPC body, which cannot be recomputed here:
+    # those (kept GEOPUNCH_IDEMPOTENCY_DAYS at most) are matched by punch kind.
+    if method != cmd.kind.value or (not legacy and stored_hash != body_hash):
         raise DomainError(
             ErrorCode.IDEMPOTENCY_KEY_REUSED,
-            f"idempotency key {idem.key!r} was used for a different request; "
+            f"idempotency key {key!r} was used for a different request; "
             "use a new key for a new punch",
-            {"idempotencyKey": idem.key},
+            {"idempotencyKey": key},
         )
-    return PunchOutcome(replay=response)
+    if legacy:
+        return PunchOutcome(None, "", replayed=True, legacy_answer=answer)
+    result, request_id = decode_answer(answer)
+    return PunchOutcome(result, request_id, replayed=True)
+
+
+# -- Stored answers: a PunchResult and its request id as JSON -----------------
+
+
+def encode_answer(result: PunchResult, request_id: str) -> bytes:
+    body = {"requestId": request_id, **asdict(result)}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_answer(data: bytes) -> tuple[PunchResult, str]:
+    body = json.loads(data)
+    return (
+        PunchResult(
+            _activity(body["activity"]),
+            _activity(body["closed_shift"]) if body["closed_shift"] else None,
+            _activity(body["resumed_shift"]) if body["resumed_shift"] else None,
+        ),
+        body["requestId"],
+    )
+
+
+def _activity(d: dict[str, Any]) -> Activity:
+    return Activity(
+        **{
+            **d,
+            "kind": ActivityKind(d["kind"]),
+            "start": _point(d["start"]),
+            "end": _point(d["end"]) if d["end"] is not None else None,
+        }
+    )
+
+
+def _point(d: dict[str, Any]) -> PunchPoint:
+    loc = d["location"]
+    return PunchPoint(**{**d, "location": PunchLocation(**loc) if loc is not None else None})
 
 
 def purge_idempotency_keys(
@@ -214,168 +264,6 @@ def list_manual_breaks(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock
         return get_time_clock(uow, time_clock_id)
 
 
-def _new_id(kind: ActivityKind) -> str:
-    return f"{kind.value}-{uuid.uuid4().hex}"
-
-
-def geofence_check(
-    tc: TimeClock, index: FenceIndex | None, location: PunchLocation | None, job_id: str | None
-) -> str | None:
-    """Apply the time clock's geofence policy; return the geofence the punch is in."""
-    has_point = (
-        location is not None and location.latitude is not None and location.longitude is not None
-    )
-    if not has_point:
-        if tc.geofence_policy is not GeofencePolicy.OFF:
-            raise DomainError(
-                ErrorCode.LOCATION_REQUIRED,
-                f"time clock {tc.id} requires locationData with latitude and longitude",
-                {"timeClockId": str(tc.id)},
-            )
-        return None
-    if index is None:
-        return None
-    assert location is not None and location.latitude is not None
-    assert location.longitude is not None
-    verdict = check_one(
-        index.snapshot, location.latitude, location.longitude, tc.id, job_id, location.accuracy
-    )
-    if verdict.status != OK:
-        raise DomainError(
-            ErrorCode.INVALID_LOCATION, f"the location cannot be checked (status {verdict.status})"
-        )
-    if verdict.allowed or tc.geofence_policy is not GeofencePolicy.REQUIRE_INSIDE:
-        return verdict.fence_id
-    metadata = {"timeClockId": str(tc.id)}
-    if verdict.distance_m is None:
-        message = f"time clock {tc.id} has no enabled geofence" + (
-            f" for job {job_id!r}" if job_id else ""
-        )
-    else:
-        metadata["distanceMeters"] = f"{verdict.distance_m:.1f}"
-        metadata["fenceId"] = verdict.nearest_fence_id or ""
-        message = (
-            f"the location is {verdict.distance_m:.1f} m outside the nearest applicable "
-            f"geofence {verdict.nearest_fence_id}"
-        )
-    raise DomainError(ErrorCode.OUTSIDE_GEOFENCE, message, metadata)
-
-
-def apply_punch(
-    uow: UnitOfWork, index: FenceIndex | None, now: float, cmd: PunchCommand
-) -> PunchResult:
-    """Every rule of the four punches, in the order a caller fixes them."""
-    tc = _time_clock(uow, index, cmd.time_clock_id)
-    check_user(tc, cmd.user_id)
-    tz = punch_timezone(cmd, tc)
-    ts = punch_time(cmd, now)
-    check_location(cmd.location)
-    bt = break_type(tc, cmd.manual_break_id) if cmd.kind is PunchKind.START_BREAK else None
-    job = clock_in_job(tc, cmd.job_id) if cmd.kind is PunchKind.CLOCK_IN else None
-    acts = uow.activities
-    day = timesheet_day(ts, tz)
-    state = acts.punch_state(tc.id, cmd.user_id, day)
-    current = state.open
-    stamp = int(now)
-
-    def point(fence: str | None) -> PunchPoint:
-        return PunchPoint(ts, tz, cmd.location, "api", fence)
-
-    def new_activity(kind: ActivityKind, fence: str | None, **kw: object) -> Activity:
-        return Activity(
-            id=_new_id(kind),
-            time_clock_id=tc.id,
-            user_id=cmd.user_id,
-            kind=kind,
-            start=point(fence),
-            end=None,
-            created_at=stamp,
-            modified_at=stamp,
-            **kw,  # type: ignore[arg-type]
-        )
-
-    def close(activity: Activity, fence: str | None) -> Activity:
-        end = point(fence)
-        acts.close(activity.id, end, stamp)
-        return replace(activity, end=end, modified_at=stamp)
-
-    def check_day() -> None:
-        check_day_open(day, state.day_status, cmd.user_id)
-
-    if cmd.kind is PunchKind.CLOCK_IN:
-        if current is not None:
-            _already(current)
-        check_start_after_history(ts, state.last_end)
-        check_day()
-        if cmd.scheduler_shift_id:
-            check_scheduler_shift(uow, cmd.scheduler_shift_id, cmd.user_id)
-        shift = new_activity(
-            ActivityKind.SHIFT,
-            geofence_check(tc, index, cmd.location, job),
-            job_id=job,
-            scheduler_shift_id=cmd.scheduler_shift_id or None,
-        )
-        acts.add(shift)
-        return PunchResult(shift)
-    if cmd.kind is PunchKind.CLOCK_OUT:
-        if current is None or current.kind is not ActivityKind.SHIFT:
-            raise DomainError(
-                ErrorCode.NO_OPEN_SHIFT,
-                f"user {cmd.user_id} has no open shift on time clock {tc.id}"
-                + (" (a manual break is open)" if current is not None else ""),
-            )
-        check_end_after_start(ts, current)
-        check_day()
-        return PunchResult(close(current, geofence_check(tc, index, cmd.location, current.job_id)))
-    if cmd.kind is PunchKind.START_BREAK:
-        assert bt is not None
-        if current is not None and current.kind is ActivityKind.BREAK:
-            raise DomainError(
-                ErrorCode.ALREADY_ON_BREAK,
-                f"user {cmd.user_id} is already on a manual break on time clock {tc.id}",
-                {"breakId": current.id},
-            )
-        if current is not None:
-            check_end_after_start(ts, current)
-        else:
-            check_start_after_history(ts, state.last_end)
-        check_day()
-        job_of_shift = current.job_id if current is not None else None
-        fence = geofence_check(tc, index, cmd.location, job_of_shift)
-        closed = close(current, fence) if current is not None else None
-        brk = new_activity(
-            ActivityKind.BREAK,
-            fence,
-            job_id=job_of_shift,
-            scheduler_shift_id=current.scheduler_shift_id if current is not None else None,
-            break_type_id=bt.id,
-            from_shift_id=current.id if current is not None else None,
-        )
-        acts.add(brk)
-        return PunchResult(brk, closed_shift=closed)
-    # END_BREAK
-    if current is None or current.kind is not ActivityKind.BREAK:
-        raise DomainError(
-            ErrorCode.NO_OPEN_BREAK,
-            f"user {cmd.user_id} has no open manual break on time clock {tc.id}",
-        )
-    check_end_after_start(ts, current)
-    check_mandatory(_break_type_of(tc, current), current.start.timestamp, ts)
-    check_day()
-    fence = geofence_check(tc, index, cmd.location, current.job_id)
-    ended = close(current, fence)
-    resumed = None
-    if cmd.is_resume_shift is not False and current.from_shift_id is not None:
-        resumed = new_activity(
-            ActivityKind.SHIFT,
-            fence,
-            job_id=current.job_id,
-            scheduler_shift_id=current.scheduler_shift_id,
-        )
-        acts.add(resumed)
-    return PunchResult(ended, resumed_shift=resumed)
-
-
 def _time_clock(uow: UnitOfWork, index: FenceIndex | None, time_clock_id: int) -> TimeClock:
     """The time clock's settings from the index's snapshot, which every committed
     change reaches before its call returns; the store when there is no index."""
@@ -385,22 +273,3 @@ def _time_clock(uow: UnitOfWork, index: FenceIndex | None, time_clock_id: int) -
         if idx is not None:
             return snap.clocks[idx].time_clock
     return get_time_clock(uow, time_clock_id)
-
-
-def _already(current: Activity) -> None:
-    if current.kind is ActivityKind.SHIFT:
-        raise DomainError(
-            ErrorCode.ALREADY_CLOCKED_IN,
-            f"user {current.user_id} already has an open shift on time clock "
-            f"{current.time_clock_id} since {current.start.timestamp}",
-            {"shiftId": current.id},
-        )
-    raise DomainError(
-        ErrorCode.OPEN_BREAK,
-        f"user {current.user_id} is on a manual break; end it before clocking in",
-        {"breakId": current.id},
-    )
-
-
-def _break_type_of(tc: TimeClock, brk: Activity) -> ManualBreakType | None:
-    return next((b for b in tc.manual_break_types if b.id == brk.break_type_id), None)

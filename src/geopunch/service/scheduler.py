@@ -108,19 +108,3 @@ def list_shifts(
     with uows(readonly=True) as uow:
         get_scheduler(uow, scheduler_id)
         return uow.shifts.list_range(scheduler_id, start, end)
-
-
-def check_scheduler_shift(uow: UnitOfWork, shift_id: str, user_id: int) -> None:
-    """SCHEDULER_SHIFT_NOT_FOUND unless the shift exists and admits the user."""
-    shift = uow.shifts.get(shift_id)
-    if shift is not None and (
-        user_id in shift.assigned_user_ids
-        or (shift.is_open_shift and uow.schedulers.has_user(shift.scheduler_id, user_id))
-    ):
-        return
-    raise DomainError(
-        ErrorCode.SCHEDULER_SHIFT_NOT_FOUND,
-        f"no scheduled shift {shift_id!r} for user {user_id}"
-        + ("" if shift is None else " (the user is not assigned to it)"),
-        {"schedulerShiftId": shift_id, "userId": str(user_id)},
-    )

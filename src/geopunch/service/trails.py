@@ -11,13 +11,7 @@ import numpy.typing as npt
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, LiveTrail
 from geopunch.domain.models import ExitAction
-from geopunch.domain.ports import (
-    AsyncTransactionRunner,
-    Clock,
-    TransactionRunner,
-    UnitOfWork,
-    UnitOfWorkFactory,
-)
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWork
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
 from geopunch.geo.index import ACTIONS, FenceIndex, Snapshot
 from geopunch.geo.trails import (
@@ -30,7 +24,7 @@ from geopunch.geo.trails import (
     pair_codes,
     unassigned,
 )
-from geopunch.service.punches import run_alone, run_retrying, run_retrying_async
+from geopunch.service.punches import run_retrying
 
 #: Most samples per EvaluateTrails call, and per ReportLocations call. A
 #: request of 250,000 samples is about 9 MB and its answer, with every sample's
@@ -175,44 +169,27 @@ def evaluate_trails(index: FenceIndex, batch: TrailBatch) -> TrailOutcome:
     )
 
 
-def report_locations(
-    uows: UnitOfWorkFactory,
-    index: FenceIndex,
-    clock: Clock,
-    batch: TrailBatch,
-    runner: TransactionRunner | None = None,
+async def report_locations(
+    submit: AsyncTransactionRunner, index: FenceIndex, clock: Clock, batch: TrailBatch
 ) -> TrailOutcome:
     """Live samples: advance each trail's durable state and fire exit actions.
 
-    In one transaction: samples of users not assigned to their time clock are
-    skipped (UNKNOWN_USER), samples older than the user's last accepted sample
-    (on any time clock) too (STALE); the exits found from the stored inside state are
-    logged as ``geofenceExit`` events, ``sendNotification`` fences add an
-    ``exitNotification`` event, and an ``autoClockOut`` fence closes the user's
-    open shift on that time clock at the exit sample's time (end source
-    ``autoClockOut``, event ``autoClockOut``) unless the user is still inside
-    another enabled fence that applies to the shift's job.
+    ``submit`` commits the work (the server's group committer, or
+    ``run_alone``). In one transaction: samples of users not assigned to their
+    time clock are skipped (UNKNOWN_USER), samples older than the user's last
+    accepted sample (on any time clock) too (STALE); the exits found from the
+    stored inside state are logged as ``geofenceExit`` events,
+    ``sendNotification`` fences add an ``exitNotification`` event, and an
+    ``autoClockOut`` fence closes the user's open shift on that time clock at
+    the exit sample's time (end source ``autoClockOut``, event
+    ``autoClockOut``) unless the user is still inside another enabled fence
+    that applies to the shift's job.
     """
     batch.check(MAX_LIVE_SAMPLES)
     snap = index.snapshot
-    r, report = run_retrying(
-        runner if runner is not None else run_alone(uows),
-        _live_work(snap, batch, int(clock.now())),
-        _LOST_TRAILS,
-    )
-    # After the transaction: a shared commit waits for nothing that needs no store.
-    return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
-
-
-async def report_locations_async(
-    submit: AsyncTransactionRunner, index: FenceIndex, clock: Clock, batch: TrailBatch
-) -> TrailOutcome:
-    """``report_locations`` for a coroutine: ``submit`` commits the work (a
-    group committer's), and the caller's thread waits for none of it."""
-    batch.check(MAX_LIVE_SAMPLES)
-    snap = index.snapshot
     work = _live_work(snap, batch, int(clock.now()))
-    r, report = await run_retrying_async(submit, work, _LOST_TRAILS)
+    r, report = await run_retrying(submit, work, _LOST_TRAILS)
+    # After the transaction: a shared commit waits for nothing that needs no store.
     return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
 
 

@@ -261,7 +261,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         committer's writer thread, and the answer is built here."""
         assert self._submit is not None and self._clock is not None
         batch = trail_batch_from_proto(request.samples)
-        out = await trails.report_locations_async(self._submit, self._index, self._clock, batch)
+        out = await trails.report_locations(self._submit, self._index, self._clock, batch)
         status = out.result.status
         rejected = int(
             np.count_nonzero((status != OK) & (status != STALE) & (status != IGNORED_ACCURACY))

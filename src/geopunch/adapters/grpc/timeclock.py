@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -161,26 +160,15 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         render: Callable[[PunchResult, str], R],
         response_type: type[R],
     ) -> R:
-        """Run a punch; ``render`` builds the answer, also for later idempotent replays.
-
-        The request id is taken here: the stored answer is rendered on the
-        writer thread."""
+        """Run a punch and render its result (or the replayed one) once it is committed."""
         cmd = command_from_proto(kind, request)
-        request_id = request_id_var.get()
-        idem = None
-        if cmd.idempotency_key:
-            body = request.SerializeToString(deterministic=True)
-            idem = punches.Idempotency(
-                key=cmd.idempotency_key,
-                method=kind.value,
-                body_hash=hashlib.sha256(body).hexdigest(),
-                render=lambda result: render(result, request_id).SerializeToString(),
-            )
-        outcome = await punches.punch_async(self._committer, self._index, self._clock, cmd, idem)
-        if outcome.replay is not None:
-            return response_type.FromString(outcome.replay)
+        outcome = await punches.punch(
+            self._committer, self._index, self._clock, cmd, request_id_var.get()
+        )
+        if outcome.legacy_answer is not None:
+            return response_type.FromString(outcome.legacy_answer)
         assert outcome.result is not None
-        return render(outcome.result, request_id)
+        return render(outcome.result, outcome.request_id)
 
     async def ClockIn(
         self, request: timeclock_pb2.ClockInRequest, context: Any
@@ -242,7 +230,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         cmd = command_from_proto(_KINDS[which], getattr(request, which))
         data = timeclock_pb2.ValidatePunchResponse.Data(allowed=True)
         try:
-            punches.punch(self._uows, self._index, self._clock, cmd, None, dry_run=True)
+            punches.validate_punch(self._uows, self._index, self._clock, cmd)
         except DomainError as err:
             data = timeclock_pb2.ValidatePunchResponse.Data(
                 allowed=False, reason=err.code.value, message=err.message, metadata=err.metadata
