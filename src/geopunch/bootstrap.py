@@ -1,18 +1,49 @@
-"""Wires a Config into the store, the use cases' dependencies and the gRPC server."""
+"""The composition root: wires a Config into the store, the fence engine, the
+use cases' dependencies and the servers' services. Entry points call it;
+nothing below imports it."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from sqlalchemy import Engine
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.adapters.grpc.locations import LocationServicer
+from geopunch.adapters.grpc.scheduling import SchedulerServicer
+from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
+from geopunch.adapters.grpc.timeclock import TimeClockServicer
+from geopunch.adapters.wakeup import Wakeup
 from geopunch.config import Config
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
 from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import warm_up
+from geopunch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    geofences_pb2,
+    geofences_pb2_grpc,
+    location_pb2,
+    location_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    timeclock_pb2,
+    timeclock_pb2_grpc,
+)
+
+SERVICE_NAMES = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    geofences_pb2.DESCRIPTOR.services_by_name["GeofenceService"].full_name,
+    location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name,
+    scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
+    timeclock_pb2.DESCRIPTOR.services_by_name["TimeClockService"].full_name,
+)
 
 log = logging.getLogger("geopunch")
 
@@ -66,3 +97,46 @@ def build_app(
         },
     )
     return App(engine=engine, uows=uows, index=index, index_cursor=cursor)
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the protocol adapters are built from."""
+
+    uows: UnitOfWorkFactory
+    index: FenceIndex
+    clock: Clock
+    #: Commits punches and live positions, batched (the group committer's ``submit``).
+    submit: AsyncTransactionRunner
+    wakeup: Wakeup
+    stopping: threading.Event
+
+
+def add_services(server: grpc.aio.Server, s: Services) -> None:
+    """Register geopunch's gRPC services on ``server``."""
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
+        (admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminServicer(s.uows, s.index)),
+        (
+            geofences_pb2_grpc.add_GeofenceServiceServicer_to_server,
+            GeofenceServicer(s.uows, s.index),
+        ),
+        (
+            location_pb2_grpc.add_LocationServiceServicer_to_server,
+            LocationServicer(s.index, s.uows, s.clock, s.submit, s.wakeup, s.stopping),
+        ),
+        (
+            scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+            SchedulerServicer(s.uows, s.clock),
+        ),
+        (
+            timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server,
+            TimeClockServicer(s.uows, s.index, s.clock, s.submit),
+        ),
+    ]
+    for add, servicer in servicers:
+        add(servicer, server)

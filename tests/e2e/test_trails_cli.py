@@ -168,7 +168,7 @@ def test_csv_output(inputs: dict[str, Path]) -> None:
 def test_dask_engine_on_a_local_cluster_matches_the_local_engine(inputs: dict[str, Path]) -> None:
     from distributed import LocalCluster
 
-    from geopunch.adapters.trails_cli import load_geojson, run_dask, run_local
+    from geopunch.entrypoints.trails_cli import load_geojson, run_dask, run_local
 
     fences = load_geojson(inputs["fences"])
     local_out = inputs["tmp"] / "cmp-local"

@@ -13,7 +13,7 @@ from geopunch.domain.models import GeofenceDraft, Job, TimeClock
 from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import check_one
 from geopunch.service import admin, geofences
-from geopunch.service.admin import follow_index_changes, prune_index_changes
+from geopunch.service.index_feed import follow_index_changes, prune_index_changes
 
 TC = TimeClock(id=501, name="Yard", timezone="UTC", jobs=(Job("a", "A"),), user_ids=frozenset({1}))
 SITE = (48.0, 11.0)

@@ -1,17 +1,13 @@
-"""The server's index follower keeps polling through store failures without
-flooding the log."""
+"""The index follower keeps polling through store failures without flooding the log."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import replace
 
 import pytest
 
-from geopunch.adapters.grpc import server as server_module
-from geopunch.adapters.grpc.server import Server
-from geopunch.config import Config
+from geopunch.entrypoints.background import IndexFollower
 from geopunch.geo.index import FenceIndex
 
 
@@ -27,26 +23,48 @@ class _FlakyStore:
             self.stop.set()
         if self.seen <= self.failures:
             raise ConnectionError("store down")
-        return cursor
+        return cursor + 1
 
 
-def test_failures_are_logged_once_then_recovery(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    srv = Server.__new__(Server)  # only what the follower loop touches
-    srv.config = replace(Config(), index_poll_seconds=0.001)
-    srv._stopped = threading.Event()
-    srv._uows = None  # type: ignore[assignment]
-    srv.index = FenceIndex()
-    srv.worker = None
-    srv._cursor, srv._follow_lock = 0, threading.Lock()
-    store = _FlakyStore(failures=50, calls=60, stop=srv._stopped)
-    monkeypatch.setattr(server_module, "follow_index_changes", store)
-    monkeypatch.setattr(server_module, "prune_index_changes", lambda uows, before: 0)
+def test_failures_are_logged_once_then_recovery(caplog: pytest.LogCaptureFixture) -> None:
+    stopped = threading.Event()
+    store = _FlakyStore(failures=50, calls=60, stop=stopped)
+    pruned: list[int] = []
+    follower = IndexFollower(
+        None,  # type: ignore[arg-type]
+        FenceIndex(),
+        cursor=7,
+        poll_s=0.001,
+        stopped=stopped,
+        follow=store,
+        prune_before=lambda uows, before: pruned.append(before) or 0,  # type: ignore[func-returns-value]
+    )
     with caplog.at_level(logging.INFO, logger="geopunch"):
-        srv._follow_index()
+        follower.run()
     failed = [r for r in caplog.records if r.getMessage() == "fence index refresh failed"]
     recovered = [r for r in caplog.records if r.getMessage() == "fence index refresh recovered"]
     assert store.seen == 60
     assert len(failed) == 1 and failed[0].exc_info is not None  # not 50 stacks
     assert len(recovered) == 1
+    assert follower.cursor == 7 + 10  # each successful look moved the cursor
+    assert len(pruned) == 1  # the first successful round prunes; the next is an hour away
+
+
+def test_catch_up_moves_the_cursor_without_the_loop() -> None:
+    seen: list[int] = []
+
+    def follow(uows: object, engine: object, cursor: int) -> int:
+        seen.append(cursor)
+        return cursor + 3
+
+    follower = IndexFollower(
+        None,  # type: ignore[arg-type]
+        FenceIndex(),
+        cursor=0,
+        poll_s=60,
+        stopped=threading.Event(),
+        follow=follow,
+    )
+    follower.catch_up()
+    follower.catch_up()
+    assert seen == [0, 3] and follower.cursor == 6

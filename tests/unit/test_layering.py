@@ -1,8 +1,11 @@
-"""The pure core must not depend on transport or storage frameworks."""
+"""The layers: the contracts in pyproject.toml hold, and the pure core
+depends on no transport or storage framework."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import geopunch
@@ -34,3 +37,18 @@ def test_the_walker_sees_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import grpc\nfrom sqlalchemy import select\nfrom geopunch.v1 import x\n")
     assert {"grpc", "sqlalchemy", "google"} <= imported_roots(probe)
+
+
+def test_the_import_contracts_hold() -> None:
+    """import-linter's contracts (pyproject.toml): layers, a pure core, independent adapters."""
+    root = PKG.parent.parent
+    code = "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout

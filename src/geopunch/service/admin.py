@@ -11,10 +11,6 @@ from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, TimeClock
 from geopunch.domain.ports import FenceListener, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.rules import check_user, parse_dates, validate_time_clock
-from geopunch.geo.index import FenceIndex
-
-#: Index changes read per page by a follower.
-INDEX_CHANGE_PAGE = 1000
 
 
 def get_time_clock(uow: UnitOfWork, time_clock_id: int) -> TimeClock:
@@ -115,35 +111,3 @@ def list_day_statuses(
     with uows(readonly=True) as uow:
         get_time_clock(uow, time_clock_id)
         return uow.time_clocks.day_statuses(time_clock_id, user_id)
-
-
-def follow_index_changes(uows: UnitOfWorkFactory, index: FenceIndex, cursor: int) -> int:
-    """Bring ``index`` up to date with every time clock changed after ``cursor``
-    (by any process on the store); return the new cursor.
-
-    Each changed time clock is read again whole, with its geofences, under the
-    index's write lock: this process's own writers update the index under that
-    lock right after their commit, so what is read here is never older than
-    what the index holds. A change this process made itself is applied twice,
-    which changes nothing.
-    """
-    while True:
-        with uows(readonly=True) as uow:
-            changes = uow.index_changes.after(cursor, INDEX_CHANGE_PAGE)
-        for time_clock_id in dict.fromkeys(tc for _, tc in changes):
-            with index.write_lock(), uows(readonly=True) as uow:
-                tc = uow.time_clocks.get(time_clock_id)
-                if tc is not None:
-                    index.time_clock_changed(tc, uow.geofences.list_for(time_clock_id))
-        if changes:
-            cursor = changes[-1][0]
-        if len(changes) < INDEX_CHANGE_PAGE:
-            return cursor
-
-
-def prune_index_changes(uows: UnitOfWorkFactory, before: int) -> int:
-    """Forget index changes older than ``before``: followers are far past them."""
-    with uows() as uow:
-        removed = uow.index_changes.prune(before)
-        uow.commit()
-    return removed

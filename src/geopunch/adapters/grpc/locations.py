@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -11,6 +10,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
@@ -76,39 +76,6 @@ def batch_from_proto(req: location_pb2.CheckLocationsRequest) -> tuple[LocationB
         with_distance=req.with_distance,
     )
     return batch, kind or "packed"
-
-
-class Wakeup:
-    """Wakes event streams when a commit appended events: a counter, and the
-    coroutines waiting for it to move. ``notify`` may be called from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
-        self.version = 0
-
-    def notify(self) -> None:
-        with self._lock:
-            self.version += 1
-            waiters = list(self._waiters)
-        for loop, event in waiters:
-            with contextlib.suppress(RuntimeError):  # a closed loop: its stream is gone
-                loop.call_soon_threadsafe(event.set)
-
-    async def wait(self, seen: int, timeout: float) -> None:
-        """Return once ``version`` has moved past ``seen``, or after ``timeout`` seconds."""
-        me = (asyncio.get_running_loop(), asyncio.Event())
-        with self._lock:
-            if self.version != seen:
-                return
-            self._waiters.add(me)
-        try:
-            await asyncio.wait_for(me[1].wait(), timeout)
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                self._waiters.discard(me)
 
 
 #: Event streams also poll the store this often: other replicas' events wake no one here.

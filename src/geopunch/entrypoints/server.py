@@ -17,7 +17,6 @@ import gc
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -28,56 +27,20 @@ from grpc_reflection.v1alpha import reflection
 
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, ServiceInterceptor
-from geopunch.adapters.grpc.locations import LocationServicer, Wakeup
-from geopunch.adapters.grpc.scheduling import SchedulerServicer
-from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
-from geopunch.adapters.grpc.timeclock import TimeClockServicer
-from geopunch.adapters.grpc.workers import WorkerSlot, stop_on_signals
-from geopunch.bootstrap import App, build_app
+from geopunch.adapters.wakeup import Wakeup
+from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.entrypoints import background
+from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.index import FenceIndex
-from geopunch.service.admin import follow_index_changes, prune_index_changes
-from geopunch.service.punches import purge_idempotency_keys
-from geopunch.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    geofences_pb2,
-    geofences_pb2_grpc,
-    location_pb2,
-    location_pb2_grpc,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-    timeclock_pb2,
-    timeclock_pb2_grpc,
-)
 
 log = logging.getLogger("geopunch")
 
 T = TypeVar("T")
 
-SERVICE_NAMES = (
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-    geofences_pb2.DESCRIPTOR.services_by_name["GeofenceService"].full_name,
-    location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name,
-    scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
-    timeclock_pb2.DESCRIPTOR.services_by_name["TimeClockService"].full_name,
-)
-
-
 #: Seconds past the grace period after which a stuck shutdown is cut short.
 STOP_MARGIN_S = 10.0
-#: How often expired idempotency keys are purged (also once at start-up).
-PURGE_EVERY_S = 3600.0
-#: Index changes older than this are pruned: every running process has long applied them.
-INDEX_CHANGES_KEPT_S = 86400.0
-#: How often a worker of ``serve --processes`` looks whether a sibling committed events.
-EVENT_RELAY_S = 0.02
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 class DeferredUnitOfWorkFactory:
@@ -130,14 +93,12 @@ class Server:
         self.app: App | None = None
         self._stopped = threading.Event()
         self._ready = threading.Event()
-        # The fence index follows the store's change feed from this cursor;
-        # the lock keeps the follower thread and callers catching up in turn.
-        self._cursor = 0
-        self._follow_lock = threading.Lock()
+        # Set once the store is open: it follows the store's change feed.
+        self._follower: background.IndexFollower | None = None
         self._index_seen = 0
+        self._sibling_lock = threading.Lock()
         self._uows = DeferredUnitOfWorkFactory()
-        self._purger: threading.Thread | None = None
-        self._follower: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.index = FenceIndex()
         # Punches and live positions share commits under load; the committer
         # reaches the store only once it is open.
@@ -183,29 +144,16 @@ class Server:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self._uows, self.index), server
-        )
-        geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
-            GeofenceServicer(self._uows, self.index), server
-        )
-        location_pb2_grpc.add_LocationServiceServicer_to_server(
-            LocationServicer(
-                self.index,
+        add_services(
+            server,
+            Services(
                 self._uows,
+                self.index,
                 SystemClock(),
                 self._committer.submit,
                 self.wakeup,
                 self._stopped,
             ),
-            server,
-        )
-        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-            SchedulerServicer(self._uows, SystemClock()), server
-        )
-        timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server(
-            TimeClockServicer(self._uows, self.index, SystemClock(), self._committer.submit),
-            server,
         )
         return server, server.add_insecure_port(config.listen)
 
@@ -233,48 +181,32 @@ class Server:
         self.app = build_app(
             self.config, self.index, on_events=on_events, on_index_changes=on_index_changes
         )
-        self._cursor = self.app.index_cursor
         self._uows.target = self.app.uows
+        self._follower = background.IndexFollower(
+            self._uows,
+            self.index,
+            self.app.index_cursor,
+            self.config.index_poll_seconds,
+            self._stopped,
+            prune=self._housekeeping,
+        )
         self._ready.set()
         self.loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("serving")
-        self._follower = threading.Thread(
-            target=self._follow_index, name="index-follow", daemon=True
-        )
-        self._follower.start()
+        self._threads.append(background.start("index-follow", self._follower.run))
         if self.worker is not None:
-            threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
+            relay = background.EventRelay(self.worker.generations, self.wakeup, self._stopped)
+            self._threads.append(background.start("event-relay", relay.run))
         if self.config.idempotency_days > 0 and self._housekeeping:
-            self._purger = threading.Thread(
-                target=self._purge_keys, name="idempotency-purge", daemon=True
+            purger = background.KeyPurger(
+                self._uows, self.config.idempotency_days * 86400, self._stopped
             )
-            self._purger.start()
+            self._threads.append(background.start("idempotency-purge", purger.run))
 
     @property
     def _housekeeping(self) -> bool:
         """Purging and pruning: a lone server does them, and one worker of several."""
         return self.worker is None or self.worker.runs_housekeeping
-
-    def _purge_keys(self) -> None:
-        """Forget old idempotency keys now and then every PURGE_EVERY_S, until stopped."""
-        retention_s = self.config.idempotency_days * 86400
-        while True:
-            try:
-                removed = purge_idempotency_keys(self._uows, time.time(), retention_s)
-                if removed:
-                    log.info("idempotency keys purged", extra={"fields": {"removed": removed}})
-            except Exception:  # the store may be briefly unavailable; try again later
-                log.exception("idempotency key purge failed")
-            if self._stopped.wait(PURGE_EVERY_S):
-                return
-
-    def _catch_up(self) -> None:
-        """Apply every time clock change in the store's feed past our cursor.
-        The caller holds ``_follow_lock``."""
-        before = self._cursor
-        self._cursor = follow_index_changes(self._uows, self.index, before)
-        if self._cursor != before:
-            log.debug("fence index followed", extra={"fields": {"cursor": self._cursor}})
 
     def _siblings_changed(self) -> bool:
         """Whether a sibling worker changed a time clock or its fences since we
@@ -286,54 +218,15 @@ class Server:
         """Before a worker's call: if a sibling worker changed a time clock or
         its fences since we last looked (one read of shared memory), apply it
         first, so that every call sees every change acknowledged before it."""
-        assert self.worker is not None
+        assert self.worker is not None and self._follower is not None
         seen = self.worker.generations.index
         if seen == self._index_seen:
             return
-        with self._follow_lock:
+        with self._sibling_lock:  # one caller reads the feed; the others then find it read
             if seen == self._index_seen:
                 return
-            self._catch_up()
+            self._follower.catch_up()
             self._index_seen = seen  # a bump while reading: the next call looks again
-
-    def _relay_events(self) -> None:
-        """Wake this worker's event streams when a sibling committed events."""
-        assert self.worker is not None
-        generations = self.worker.generations
-        seen = generations.events
-        while not self._stopped.wait(EVENT_RELAY_S):
-            now = generations.events
-            if now != seen:
-                seen = now
-                self.wakeup.notify()
-
-    def _follow_index(self) -> None:
-        """Apply other processes' time clock and geofence changes to the index
-        every ``index_poll_seconds``; prune the feed hourly. Until stopped.
-
-        While the store fails, the first failure is logged with its stack and
-        the following ones once a minute, with how many there were.
-        """
-        pruned_at = time.monotonic() - PURGE_EVERY_S
-        failures, logged_at = 0, 0.0
-        while not self._stopped.wait(self.config.index_poll_seconds):
-            try:
-                with self._follow_lock:
-                    self._catch_up()
-                if self._housekeeping and time.monotonic() - pruned_at >= PURGE_EVERY_S:
-                    pruned_at = time.monotonic()
-                    prune_index_changes(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
-            except Exception:  # the store may be briefly unavailable; try again later
-                failures += 1
-                if failures == 1 or time.monotonic() - logged_at >= 60:
-                    logged_at = time.monotonic()
-                    log.exception(
-                        "fence index refresh failed", extra={"fields": {"failures": failures}}
-                    )
-                continue
-            if failures:
-                log.info("fence index refresh recovered", extra={"fields": {"failures": failures}})
-                failures = 0
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, close the store."""
@@ -345,10 +238,8 @@ class Server:
         self.loop.run(self._grpc.stop(self.config.grace_seconds if grace is None else grace))
         self._committer.close()  # every call has answered: nothing is left to queue
         self._executor.shutdown()
-        if self._purger is not None:
-            self._purger.join(self.config.grace_seconds)
-        if self._follower is not None:
-            self._follower.join(self.config.grace_seconds)
+        for thread in self._threads:
+            thread.join(self.config.grace_seconds)
         if self.app is not None:
             self.app.engine.dispose()
         self.loop.close()

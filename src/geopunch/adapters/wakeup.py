@@ -1,0 +1,40 @@
+"""A wake-up for event streams, shared by every protocol that streams events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+
+class Wakeup:
+    """Wakes event streams when a commit appended events: a counter, and the
+    coroutines waiting for it to move. ``notify`` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self.version = 0
+
+    def notify(self) -> None:
+        with self._lock:
+            self.version += 1
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its stream is gone
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        """Return once ``version`` has moved past ``seen``, or after ``timeout`` seconds."""
+        me = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self.version != seen:
+                return
+            self._waiters.add(me)
+        try:
+            await asyncio.wait_for(me[1].wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.discard(me)

@@ -1,0 +1,143 @@
+"""The server's background loops, each a named service with a thread of its own.
+
+Each loop runs until its ``stopped`` event is set, and survives a store that
+fails for a while: it logs the first failure with its stack, then at most
+once a minute, and says when the store is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from geopunch.adapters.wakeup import Wakeup
+from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
+from geopunch.entrypoints.process import SharedGenerations
+from geopunch.service.index_feed import follow_index_changes, prune_index_changes
+from geopunch.service.punches import purge_idempotency_keys
+
+log = logging.getLogger("geopunch")
+
+#: How often expired idempotency keys are purged (also once at start-up), and
+#: how often the index-change feed is pruned.
+HOUSEKEEPING_EVERY_S = 3600.0
+#: Index changes older than this are pruned: every running process has long applied them.
+INDEX_CHANGES_KEPT_S = 86400.0
+#: How often a worker of ``serve --processes`` looks whether a sibling committed events.
+EVENT_RELAY_S = 0.02
+
+
+class _Failures:
+    """Counts a loop's consecutive failures and logs them sparingly."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.count, self.logged_at = what, 0, 0.0
+
+    def failed(self) -> None:
+        self.count += 1
+        if self.count == 1 or time.monotonic() - self.logged_at >= 60:
+            self.logged_at = time.monotonic()
+            log.exception(f"{self.what} failed", extra={"fields": {"failures": self.count}})
+
+    def succeeded(self) -> None:
+        if self.count:
+            log.info(f"{self.what} recovered", extra={"fields": {"failures": self.count}})
+            self.count = 0
+
+
+class IndexFollower:
+    """Applies time clock and geofence changes that other processes committed
+    to this process's fence engine, every ``poll_s``; prunes the feed hourly
+    when ``prune`` (one process of several does). ``catch_up`` does it at once.
+
+    ``follow`` and ``prune_before`` are the store's feed (the use cases of
+    ``service.index_feed``); tests pass their own.
+    """
+
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        engine: FenceListener,
+        cursor: int,
+        poll_s: float,
+        stopped: threading.Event,
+        *,
+        prune: bool = True,
+        follow: Callable[[UnitOfWorkFactory, FenceListener, int], int] = follow_index_changes,
+        prune_before: Callable[[UnitOfWorkFactory, int], int] = prune_index_changes,
+    ) -> None:
+        self.cursor = cursor
+        self._uows, self._engine = uows, engine
+        self._poll_s, self._stopped, self._prune = poll_s, stopped, prune
+        self._follow, self._prune_before = follow, prune_before
+        # The loop's thread and callers catching up take turns.
+        self._lock = threading.Lock()
+
+    def catch_up(self) -> None:
+        """Apply every change in the store's feed past the cursor."""
+        with self._lock:
+            before = self.cursor
+            self.cursor = self._follow(self._uows, self._engine, before)
+        if self.cursor != before:
+            log.debug("fence index followed", extra={"fields": {"cursor": self.cursor}})
+
+    def run(self) -> None:
+        pruned_at = time.monotonic() - HOUSEKEEPING_EVERY_S
+        failures = _Failures("fence index refresh")
+        while not self._stopped.wait(self._poll_s):
+            try:
+                self.catch_up()
+                if self._prune and time.monotonic() - pruned_at >= HOUSEKEEPING_EVERY_S:
+                    pruned_at = time.monotonic()
+                    self._prune_before(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
+            except Exception:  # the store may be briefly unavailable; try again later
+                failures.failed()
+                continue
+            failures.succeeded()
+
+
+class KeyPurger:
+    """Forgets idempotency keys older than ``retention_s``, now and then hourly."""
+
+    def __init__(
+        self, uows: UnitOfWorkFactory, retention_s: float, stopped: threading.Event
+    ) -> None:
+        self._uows, self._retention_s, self._stopped = uows, retention_s, stopped
+
+    def run(self) -> None:
+        failures = _Failures("idempotency key purge")
+        while True:
+            try:
+                removed = purge_idempotency_keys(self._uows, time.time(), self._retention_s)
+                if removed:
+                    log.info("idempotency keys purged", extra={"fields": {"removed": removed}})
+                failures.succeeded()
+            except Exception:  # the store may be briefly unavailable; try again later
+                failures.failed()
+            if self._stopped.wait(HOUSEKEEPING_EVERY_S):
+                return
+
+
+class EventRelay:
+    """Wakes this worker's event streams when a sibling worker committed events."""
+
+    def __init__(
+        self, generations: SharedGenerations, wakeup: Wakeup, stopped: threading.Event
+    ) -> None:
+        self._generations, self._wakeup, self._stopped = generations, wakeup, stopped
+
+    def run(self) -> None:
+        seen = self._generations.events
+        while not self._stopped.wait(EVENT_RELAY_S):
+            now = self._generations.events
+            if now != seen:
+                seen = now
+                self._wakeup.notify()
+
+
+def start(name: str, loop: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread

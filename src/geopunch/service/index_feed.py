@@ -1,0 +1,41 @@
+"""The index-change feed: how every process's fence engine follows changes
+that other processes (workers, replicas) commit to the store."""
+
+from __future__ import annotations
+
+from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
+
+#: Index changes read per page by a follower.
+INDEX_CHANGE_PAGE = 1000
+
+
+def follow_index_changes(uows: UnitOfWorkFactory, index: FenceListener, cursor: int) -> int:
+    """Bring ``index`` up to date with every time clock changed after ``cursor``
+    (by any process on the store); return the new cursor.
+
+    Each changed time clock is read again whole, with its geofences, under the
+    index's write lock: this process's own writers update the index under that
+    lock right after their commit, so what is read here is never older than
+    what the index holds. A change this process made itself is applied twice,
+    which changes nothing.
+    """
+    while True:
+        with uows(readonly=True) as uow:
+            changes = uow.index_changes.after(cursor, INDEX_CHANGE_PAGE)
+        for time_clock_id in dict.fromkeys(tc for _, tc in changes):
+            with index.write_lock(), uows(readonly=True) as uow:
+                tc = uow.time_clocks.get(time_clock_id)
+                if tc is not None:
+                    index.time_clock_changed(tc, uow.geofences.list_for(time_clock_id))
+        if changes:
+            cursor = changes[-1][0]
+        if len(changes) < INDEX_CHANGE_PAGE:
+            return cursor
+
+
+def prune_index_changes(uows: UnitOfWorkFactory, before: int) -> int:
+    """Forget index changes older than ``before``: followers are far past them."""
+    with uows() as uow:
+        removed = uow.index_changes.prune(before)
+        uow.commit()
+    return removed
