@@ -22,8 +22,7 @@ from geopunch.adapters.grpc.timeclock import TimeClockServicer
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.config import Config
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
-from geopunch.geo.index import FenceIndex
-from geopunch.geo.membership import warm_up
+from geopunch.geo.engine import FenceIndex, warm_up
 from geopunch.v1 import (
     admin_pb2,
     admin_pb2_grpc,

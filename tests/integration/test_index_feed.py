@@ -12,7 +12,7 @@ from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.domain.models import GeofenceDraft, Job, TimeClock
 from geopunch.geo.index import FenceIndex
 from geopunch.geo.membership import check_one
-from geopunch.service import admin, geofences
+from geopunch.service import admin, geofences, index_feed
 from geopunch.service.index_feed import follow_index_changes, prune_index_changes
 
 TC = TimeClock(id=501, name="Yard", timezone="UTC", jobs=(Job("a", "A"),), user_ids=frozenset({1}))
@@ -93,12 +93,12 @@ def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:
     for tc in clocks:
         admin.create_time_clock(uows, tc, ["a"], assign_id=False)
     there = FenceIndex()
-    admin_page = admin.INDEX_CHANGE_PAGE
-    admin.INDEX_CHANGE_PAGE = 2
+    page = index_feed.INDEX_CHANGE_PAGE
+    index_feed.INDEX_CHANGE_PAGE = 2
     try:
         cursor = follow_index_changes(uows, there, 0)
     finally:
-        admin.INDEX_CHANGE_PAGE = admin_page
+        index_feed.INDEX_CHANGE_PAGE = page
     with uows(readonly=True) as uow:
         assert cursor == uow.index_changes.last()
     assert np.isin([tc.id for tc in clocks], there.snapshot.sorted_clock_ids).all()

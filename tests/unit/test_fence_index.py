@@ -158,7 +158,7 @@ def test_warm_up_compiles_what_checks_of_any_size_and_raw_columns_need() -> None
     kernels), a large one (parallel twins), nor one on read-only columns,
     which is how raw request bytes arrive (numba types those apart)."""
     from geopunch.geo import kernels
-    from geopunch.geo.membership import warm_up
+    from geopunch.geo.engine import warm_up
 
     warm_up()
     dispatchers = {name: obj for name, obj in vars(kernels).items() if hasattr(obj, "signatures")}

@@ -19,13 +19,16 @@ from zoneinfo import ZoneInfo
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, GeofencePolicy, ManualBreakType, TimeClock
-from geopunch.domain.rules import check_user, coordinate_problem, is_valid_timezone
+from geopunch.domain.rules import (
+    MAX_SECONDS_TIMESTAMP,
+    check_user,
+    coordinate_problem,
+    is_valid_timezone,
+)
 
 MAX_PAST_S = 12 * 3600
 #: A mandatory break may be ended this soon after its start (undo of a mis-tap).
 UNDO_WINDOW_S = 45
-#: Larger timestamps are milliseconds sent by mistake (the year 5138 in seconds).
-MAX_SECONDS_TIMESTAMP = 100_000_000_000
 MAX_IDEMPOTENCY_KEY = 128
 
 

@@ -32,6 +32,9 @@ MAX_ADDRESS_LENGTH = 1000
 MAX_ID_LENGTH = 128
 MAX_ACCURACY_TOLERANCE_M = 10_000.0
 MAX_DATES_PER_CALL = 366
+#: Larger Unix timestamps are milliseconds sent by mistake (1e12 seconds is
+#: the year 33658; 1e12 milliseconds is September 2001).
+MAX_SECONDS_TIMESTAMP = 10**12
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _COLOR_RE = re.compile(r"^#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")

@@ -23,6 +23,7 @@ from geopunch.domain.punches import PunchLocation
 from geopunch.domain.rules import (
     MAX_ADDRESS_LENGTH,
     MAX_NAME_LENGTH,
+    MAX_SECONDS_TIMESTAMP,
     Collector,
     check_identity,
     check_ids,
@@ -36,8 +37,6 @@ from geopunch.domain.rules import (
 MAX_SHIFTS_PER_REQUEST = 500
 MAX_OPEN_SPOTS = 100
 MAX_SHIFT_SECONDS = 24 * 3600
-#: Larger start or end times are milliseconds sent by mistake.
-MAX_SECONDS_TIMESTAMP = 10**12
 #: 9999-12-30T00:00:00Z: later seconds leave no room in the calendar to place breaks.
 MAX_CALENDAR_TIMESTAMP = 253_402_128_000
 DEFAULT_SHIFT_COLOR = "#4B7AC5"

@@ -33,7 +33,7 @@ from geopunch.config import Config
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 from geopunch.entrypoints import background
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
-from geopunch.geo.index import FenceIndex
+from geopunch.geo.engine import FenceIndex
 
 log = logging.getLogger("geopunch")
 

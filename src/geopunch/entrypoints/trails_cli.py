@@ -45,7 +45,7 @@ from geopunch.domain.models import (
     TimeClock,
 )
 from geopunch.domain.rules import validate_geofences
-from geopunch.geo.index import FenceIndex, Snapshot
+from geopunch.geo.engine import FenceIndex, Snapshot
 from geopunch.service.trail_files import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,

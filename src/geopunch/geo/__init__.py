@@ -1,1 +1,1 @@
-"""Vectorized fence engine: local metric frames, the index, batch membership."""
+"""The fence engine; its public face is ``geopunch.geo.engine``."""

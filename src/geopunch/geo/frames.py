@@ -14,7 +14,6 @@ antimeridian are ordinary points in ECEF.
 
 from __future__ import annotations
 
-import math
 from typing import TypeVar
 
 import numpy as np
@@ -25,7 +24,6 @@ WGS84_A = 6_378_137.0
 WGS84_F = 1 / 298.257223563
 WGS84_E2 = WGS84_F * (2 - WGS84_F)
 MEAN_RADIUS_M = 6_371_008.8
-_INV_24R2 = 1.0 / (24.0 * MEAN_RADIUS_M * MEAN_RADIUS_M)
 
 #: Chord lengths up to this are converted with the short-distance series; the
 #: series error stays below 0.1 micrometre up to here.
@@ -56,34 +54,6 @@ def ecef(
     n = WGS84_A / np.sqrt(1.0 - WGS84_E2 * sin_phi * sin_phi)
     r_cos = n * np.cos(phi)
     return r_cos * np.cos(lam), r_cos * np.sin(lam), n * (1.0 - WGS84_E2) * sin_phi
-
-
-def ecef_scalar(lat: float, lon: float) -> tuple[float, float, float]:
-    """:func:`ecef` for one point with the math module (no array overhead)."""
-    phi = math.radians(lat)
-    lam = math.radians(lon)
-    sin_phi = math.sin(phi)
-    n = WGS84_A / math.sqrt(1.0 - WGS84_E2 * sin_phi * sin_phi)
-    r_cos = n * math.cos(phi)
-    return r_cos * math.cos(lam), r_cos * math.sin(lam), n * (1.0 - WGS84_E2) * sin_phi
-
-
-def short_geodesic_from_chord2(chord2: F) -> F:
-    """Geodesic length in metres from a squared chord, for chords <= SHORT_CHORD_M.
-
-    Works on floats and on float64 arrays alike.
-    """
-    return np.sqrt(chord2) * (1.0 + chord2 * _INV_24R2)  # type: ignore[no-any-return]
-
-
-def approx_geodesic_from_chord2(chord2: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Geodesic length on the mean sphere for any chord (about 0.5 % off when far).
-
-    Used only to rank far candidates; distances that are reported are refined
-    with :func:`geodesic_distance`.
-    """
-    c = np.sqrt(chord2)
-    return 2.0 * MEAN_RADIUS_M * np.arcsin(np.minimum(c / (2.0 * MEAN_RADIUS_M), 1.0))
 
 
 def geodesic_distance(

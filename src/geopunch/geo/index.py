@@ -39,7 +39,6 @@ B = npt.NDArray[np.bool_]
 #: Exit action codes used in result arrays (int8), in this order.
 ACTIONS: tuple[ExitAction, ...] = tuple(ExitAction)
 _ACTION_CODE = {a: i for i, a in enumerate(ACTIONS)}
-MAX_REACH_EXTRA_M = kernels.CELL_M / 2 - 1524.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geopunch.domain.locations import PointStatus
 from geopunch.domain.punches import PointVerdict
 from geopunch.geo import kernels
 from geopunch.geo.frames import geodesic_distance, geodesic_distance_one
@@ -21,7 +22,12 @@ F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 
 #: Per-point status codes of a batch (uint8).
-OK, INVALID_COORDINATES, UNKNOWN_TIME_CLOCK, UNKNOWN_JOB, INVALID_ACCURACY = range(5)
+# Plain ints of the statuses, as the compiled kernels compare them.
+OK = int(PointStatus.OK)
+INVALID_COORDINATES = int(PointStatus.INVALID_COORDINATES)
+UNKNOWN_TIME_CLOCK = int(PointStatus.UNKNOWN_TIME_CLOCK)
+UNKNOWN_JOB = int(PointStatus.UNKNOWN_JOB)
+INVALID_ACCURACY = int(PointStatus.INVALID_ACCURACY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,52 +492,3 @@ def check_one(
         nearest_fence_id=nearest,
         matched_fence_ids=tuple(bytes(table.ids[r]).decode() for _, r, _ in matched),
     )
-
-
-def warm_up() -> None:
-    """Compile every kernel now, on a tiny private index, so that no real call pays for it.
-
-    numba compiles on first use (and caches to disk); without this, the first
-    check after a fresh install would take seconds.
-    """
-    from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
-    from geopunch.geo.index import FenceIndex
-
-    tc = TimeClock(id=1, name="warm-up", timezone="UTC", jobs=(Job("a"),), accuracy_tolerance_m=5.0)
-
-    def fence(fid: str) -> Geofence:
-        return Geofence(fid, 1, "warm-up", True, 100, ("a",), ExitAction.NO_ACTION, "", 0.0, 0.0)
-
-    index = FenceIndex()
-    index.load([tc], [fence("w1")])
-    index.fences_changed(tc, [fence("w2")], [])  # an override table: the multi-table path
-    snap = index.snapshot
-    from geopunch.geo.trails import detect_exits, pair_codes
-
-    small = kernels.SERIAL_BELOW
-    try:
-        for kernels.SERIAL_BELOW in (0, small):  # the parallel twins, then the serial ones
-            for frozen in (False, True):  # raw request columns arrive read-only
-                check_points(
-                    snap,
-                    _column([0.0, 0.0005, 1.0], np.float64, frozen),
-                    _column([0.0, 0.0, 1.0], np.float64, frozen),
-                    _column([1, 1, 2], np.int64, frozen),
-                    _column([0, -1, 0], np.int32, frozen),
-                    ["a"],
-                    _column([3.0, np.nan, 1.0], np.float64, frozen),
-                    with_distance=True,
-                )
-            check_one(snap, 0.0, 0.0, 1, "a", 3.0)
-            for ts in ([1, 2, 3], [3, 2, 1]):  # time-ordered and shuffled paths
-                detect_exits(snap, [7, 7, 7], [1, 1, 1], ts, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0])
-        for frozen in (False, True):  # live samples' raw columns arrive read-only
-            pair_codes(_column([7, 7], np.int64, frozen), _column([1, 1], np.int64, frozen))
-    finally:
-        kernels.SERIAL_BELOW = small
-
-
-def _column(values: list[float], dtype: type[np.generic], frozen: bool) -> npt.NDArray[Any]:
-    out = np.array(values, dtype)
-    out.flags.writeable = not frozen
-    return out

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from geopunch.domain.locations import PointStatus
 from geopunch.geo import kernels
 from geopunch.geo.index import USER_KEY_LIMIT, FenceTable, Snapshot
 from geopunch.geo.membership import (
@@ -48,9 +49,9 @@ I8 = npt.NDArray[np.int8]
 B = npt.NDArray[np.bool_]
 
 #: Further per-sample status codes (after membership's OK .. INVALID_ACCURACY).
-IGNORED_ACCURACY = 5  # less accurate than the clock's low_accuracy_max_m
-SKIPPED = 6  # left out by the caller (e.g. a stale live sample)
-UNKNOWN_USER = 10  # the user is not assigned to the sample's time clock
+IGNORED_ACCURACY = int(PointStatus.IGNORED_ACCURACY)
+SKIPPED = int(PointStatus.SKIPPED)
+UNKNOWN_USER = int(PointStatus.UNKNOWN_USER)
 
 _INT64_MAX = np.iinfo(np.int64).max
 

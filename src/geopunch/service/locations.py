@@ -8,8 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
-from geopunch.geo.index import FenceIndex, Snapshot
-from geopunch.geo.membership import CheckResult, check_points
+from geopunch.geo.engine import CheckResult, FenceIndex, Snapshot, check_points
 
 #: Largest batch of CheckLocations, in points.
 MAX_BATCH_POINTS = 1_000_000

@@ -32,8 +32,7 @@ from geopunch.domain.punches import (
     has_point,
     plan_punch,
 )
-from geopunch.geo.index import FenceIndex
-from geopunch.geo.membership import check_one
+from geopunch.geo.engine import FenceIndex, check_one
 from geopunch.service.admin import get_time_clock
 
 T = TypeVar("T")

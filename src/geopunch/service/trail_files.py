@@ -17,19 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.geo import kernels
-from geopunch.geo.index import ACTIONS, Snapshot
-from geopunch.geo.membership import (
-    INVALID_ACCURACY,
-    INVALID_COORDINATES,
-    OK,
-    UNKNOWN_JOB,
-    UNKNOWN_TIME_CLOCK,
-)
-from geopunch.geo.trails import (
-    IGNORED_ACCURACY,
-    UNKNOWN_USER,
+from geopunch.domain.locations import PointStatus
+from geopunch.geo.engine import (
+    ACTIONS,
     InsideState,
+    Snapshot,
+    bucket_order,
     detect_exits,
     pair_codes,
     unassigned,
@@ -40,23 +33,15 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 
-OUT_OF_ORDER = 7
-DUPLICATE = 8
-MISSING_VALUE = 9
+OK = int(PointStatus.OK)
+UNKNOWN_USER = int(PointStatus.UNKNOWN_USER)
+OUT_OF_ORDER = int(PointStatus.OUT_OF_ORDER)
+DUPLICATE = int(PointStatus.DUPLICATE)
+MISSING_VALUE = int(PointStatus.MISSING_VALUE)
 
-#: Row status names, as written to the verdict files and the summary.
-STATUS_NAMES = {
-    OK: "OK",
-    INVALID_COORDINATES: "INVALID_COORDINATES",
-    UNKNOWN_TIME_CLOCK: "UNKNOWN_TIME_CLOCK",
-    UNKNOWN_JOB: "UNKNOWN_JOB",
-    INVALID_ACCURACY: "INVALID_ACCURACY",
-    IGNORED_ACCURACY: "IGNORED_ACCURACY",
-    OUT_OF_ORDER: "OUT_OF_ORDER",
-    DUPLICATE: "DUPLICATE",
-    MISSING_VALUE: "MISSING_VALUE",
-    UNKNOWN_USER: "UNKNOWN_USER",
-}
+#: Row status names, as written to the verdict files and the summary (a trail
+#: file's rows never get SKIPPED).
+STATUS_NAMES = {int(s): s.name for s in PointStatus if s is not PointStatus.SKIPPED}
 
 REQUIRED_COLUMNS = ("user_id", "time_clock_id", "timestamp", "latitude", "longitude")
 OPTIONAL_COLUMNS = ("accuracy",)
@@ -197,7 +182,7 @@ class TrailStream:
         users, clocks = c.user_id[idx], c.time_clock_id[idx]
         group, n_trails, first = pair_codes(users, clocks)
         order = np.empty(idx.size, np.int64)
-        kernels.bucket_order(group, n_trails, order)  # by trail, file order within
+        bucket_order(group, n_trails, order)  # by trail, file order within
         g, ts = group[order], c.timestamp[idx][order]
         never = np.iinfo(np.int64).min
         before = np.array(

@@ -10,14 +10,15 @@ import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, LiveTrail
+from geopunch.domain.locations import PointStatus
 from geopunch.domain.models import ExitAction
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWork
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
-from geopunch.geo.index import ACTIONS, FenceIndex, Snapshot
-from geopunch.geo.trails import (
-    SKIPPED,
-    UNKNOWN_USER,
+from geopunch.geo.engine import (
+    ACTIONS,
+    FenceIndex,
     InsideState,
+    Snapshot,
     TrailResult,
     detect_exits,
     handles_of,
@@ -32,8 +33,6 @@ from geopunch.service.punches import run_retrying
 #: trails command's job.
 MAX_TRAIL_SAMPLES = 250_000
 MAX_LIVE_SAMPLES = 100_000
-#: Status code of a stale live sample in answers (the engine's SKIPPED).
-STALE = SKIPPED
 AUTO_CLOCK_OUT_SOURCE = "autoClockOut"
 #: Last accepted time of a trail with none: below every timestamp.
 _NEVER = np.iinfo(np.int64).min
@@ -152,7 +151,7 @@ def evaluate_trails(index: FenceIndex, batch: TrailBatch) -> TrailOutcome:
     snap = index.snapshot
     strangers = unassigned(snap, batch.user_ids, batch.time_clock_ids)
     r = _detect(snap, batch, strangers, job_indexes=batch.job_indexes, job_names=batch.job_names)
-    r.status[strangers & (r.status == SKIPPED)] = UNKNOWN_USER
+    r.status[strangers & (r.status == PointStatus.SKIPPED)] = PointStatus.UNKNOWN_USER
     actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
     others = r.exit_other_inside
     return TrailOutcome(
@@ -239,7 +238,7 @@ def _live_work(
                     [_shift_job(shifts.get((c, u)), code) for u, c in pairs], np.int32
                 )
                 r = _detect(snap, batch, skip, initial, group_job[group], job_names)
-        r.status[strangers & (r.status == SKIPPED)] = UNKNOWN_USER
+        r.status[strangers & (r.status == PointStatus.SKIPPED)] = PointStatus.UNKNOWN_USER
         report, events = _fire(uow, snap, batch, r, shifts, now)
         uow.locations.save(_new_trails(snap, pairs, group, batch, r, stored), known)
         uow.events.append(events)

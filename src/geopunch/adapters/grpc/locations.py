@@ -13,14 +13,13 @@ import numpy.typing as npt
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType
+from geopunch.domain.locations import STALE, PointStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
-from geopunch.geo.index import ACTIONS, FenceIndex
-from geopunch.geo.membership import OK
-from geopunch.geo.trails import IGNORED_ACCURACY
+from geopunch.geo.engine import ACTIONS, FenceIndex
 from geopunch.logs import request_id_var
 from geopunch.service import trails
 from geopunch.service.locations import LocationBatch, check_locations
-from geopunch.service.trails import STALE, TrailBatch, TrailOutcome
+from geopunch.service.trails import TrailBatch, TrailOutcome
 from geopunch.v1 import location_pb2, location_pb2_grpc
 
 _EXIT_ACTIONS = [a.value for a in ACTIONS]
@@ -230,15 +229,14 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         batch = trail_batch_from_proto(request.samples)
         out = await trails.report_locations(self._submit, self._index, self._clock, batch)
         status = out.result.status
-        rejected = int(
-            np.count_nonzero((status != OK) & (status != STALE) & (status != IGNORED_ACCURACY))
-        )
+        ok, ignored = PointStatus.OK, PointStatus.IGNORED_ACCURACY
+        rejected = int(np.count_nonzero((status != ok) & (status != STALE) & (status != ignored)))
         response = location_pb2.ReportLocationsResponse(
             request_id=request_id_var.get(),
             data=location_pb2.ReportLocationsResponse.Data(
-                accepted=int(np.count_nonzero(status == OK)),
+                accepted=int(np.count_nonzero(status == ok)),
                 stale=int(np.count_nonzero(status == STALE)),
-                ignored=int(np.count_nonzero(status == IGNORED_ACCURACY)),
+                ignored=int(np.count_nonzero(status == ignored)),
                 rejected=rejected,
             ),
         )

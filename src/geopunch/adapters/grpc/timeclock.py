@@ -17,7 +17,7 @@ from geopunch.domain.punches import (
     PunchPoint,
     PunchResult,
 )
-from geopunch.geo.index import FenceIndex
+from geopunch.geo.engine import FenceIndex
 from geopunch.logs import request_id_var
 from geopunch.service import punches
 from geopunch.v1 import timeclock_pb2, timeclock_pb2_grpc
