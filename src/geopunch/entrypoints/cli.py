@@ -89,8 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(config, ready)
         return 0
     if args.command == "trails":
-        from geopunch.entrypoints.trails_cli import run
-
+        try:
+            from geopunch.entrypoints.trails_cli import run
+        except ImportError as exc:  # pyarrow, dask and rich come with the extra
+            print(
+                f"geopunch trails needs the 'trails' extra ({exc.name} is missing): "
+                "pip install 'geopunch[trails]'",
+                file=sys.stderr,
+            )
+            return 2
         return run(args)
     return 2
 
