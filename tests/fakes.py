@@ -1,0 +1,339 @@
+"""An in-memory unit of work: the store's repositories over dicts.
+
+Use cases run on it in microseconds, so each can be tested without SQLite or
+gRPC; the SQLite and PostgreSQL suites prove the real repositories. A unit
+of work works on a copy of the store's state and writes it back on commit,
+so leaving without commit (or raising) changes nothing, as a transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from types import TracebackType
+from typing import Self
+
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.events import Event, LiveTrail
+from geopunch.domain.models import DayStatus, Geofence, TimeClock
+from geopunch.domain.punches import Activity, PunchPoint, PunchState
+from geopunch.domain.shifts import ScheduledShift, Scheduler
+
+
+@dataclass
+class _State:
+    time_clocks: dict[int, TimeClock] = field(default_factory=dict)
+    day_statuses: dict[tuple[int, int, date], DayStatus] = field(default_factory=dict)
+    geofences: dict[tuple[int, str], Geofence] = field(default_factory=dict)
+    activities: dict[str, Activity] = field(default_factory=dict)
+    idempotency: dict[str, tuple[str, str, bytes, int]] = field(default_factory=dict)
+    schedulers: dict[int, Scheduler] = field(default_factory=dict)
+    shifts: dict[str, ScheduledShift] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    live_trails: dict[tuple[int, int], LiveTrail] = field(default_factory=dict)
+    index_changes: list[tuple[int, int, int]] = field(default_factory=list)  # seq, clock, at
+
+
+class MemoryStore:
+    """The committed state, shared by the units of work made from it."""
+
+    def __init__(self, now: int = 1_800_000_000) -> None:
+        self.state = _State()
+        self.now = now  # what "created at" means for idempotency keys and index changes
+        self.commits = 0
+
+    def __call__(self, *, readonly: bool = False) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(self, readonly)
+
+
+class _TimeClocks:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def get(self, time_clock_id: int) -> TimeClock | None:
+        return self.s.time_clocks.get(time_clock_id)
+
+    def list_all(self) -> list[TimeClock]:
+        return [self.s.time_clocks[k] for k in sorted(self.s.time_clocks)]
+
+    def add(self, tc: TimeClock) -> None:
+        if tc.id in self.s.time_clocks:
+            raise DomainError(
+                ErrorCode.TIME_CLOCK_ALREADY_EXISTS, f"time clock {tc.id} already exists"
+            )
+        self.s.time_clocks[tc.id] = tc
+
+    def replace(self, tc: TimeClock) -> None:
+        self.s.time_clocks[tc.id] = tc
+
+    def next_id(self) -> int:
+        return max(self.s.time_clocks, default=0) + 1
+
+    def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]:
+        return {
+            d: st
+            for (c, u, d), st in self.s.day_statuses.items()
+            if (c, u) == (time_clock_id, user_id)
+        }
+
+    def set_day_status(
+        self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
+    ) -> None:
+        for d in days:
+            if status is DayStatus.OPEN:
+                self.s.day_statuses.pop((time_clock_id, user_id, d), None)
+            else:
+                self.s.day_statuses[(time_clock_id, user_id, d)] = status
+
+
+class _Geofences:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def list_for(self, time_clock_id: int) -> list[Geofence]:
+        return [f for (c, _), f in self.s.geofences.items() if c == time_clock_id]
+
+    def list_all(self) -> list[Geofence]:
+        return list(self.s.geofences.values())
+
+    def list_enabled(self) -> list[Geofence]:
+        return [f for f in self.s.geofences.values() if f.is_enabled]
+
+    def get(self, time_clock_id: int, fence_id: str) -> Geofence | None:
+        return self.s.geofences.get((time_clock_id, fence_id))
+
+    def add_many(self, fences: Sequence[Geofence]) -> None:
+        for f in fences:
+            self.s.geofences[(f.time_clock_id, f.id)] = f
+
+    def delete(self, time_clock_id: int, fence_id: str) -> bool:
+        return self.s.geofences.pop((time_clock_id, fence_id), None) is not None
+
+    def job_ids_in_use(self, time_clock_id: int) -> set[str]:
+        return {j for f in self.list_for(time_clock_id) for j in f.job_ids}
+
+
+class _Activities:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def _of(self, time_clock_id: int, user_id: int) -> list[Activity]:
+        return [
+            a
+            for a in self.s.activities.values()
+            if (a.time_clock_id, a.user_id) == (time_clock_id, user_id)
+        ]
+
+    def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
+        mine = self._of(time_clock_id, user_id)
+        ends = [a.end.timestamp for a in mine if a.end is not None]
+        return PunchState(
+            open=next((a for a in mine if a.end is None), None),
+            last_end=max(ends, default=None),
+            day_status=self.s.day_statuses.get((time_clock_id, user_id, day)),
+        )
+
+    def add(self, activity: Activity) -> None:
+        # As the store's partial unique index: one open activity per user and clock.
+        if activity.end is None and any(
+            a.end is None for a in self._of(activity.time_clock_id, activity.user_id)
+        ):
+            raise ConcurrentChange("an open activity exists")
+        self.s.activities[activity.id] = activity
+
+    def close(self, activity_id: str, end: PunchPoint, modified_at: int) -> None:
+        current = self.s.activities.get(activity_id)
+        if current is None or current.end is not None:
+            raise ConcurrentChange(f"activity {activity_id} is not open")
+        self.s.activities[activity_id] = replace(current, end=end, modified_at=modified_at)
+
+    def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
+        return sorted(self._of(time_clock_id, user_id), key=lambda a: a.start.timestamp)
+
+    def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
+        wanted = set(pairs)
+        return {
+            (a.time_clock_id, a.user_id): a
+            for a in self.s.activities.values()
+            if a.end is None and (a.time_clock_id, a.user_id) in wanted
+        }
+
+
+class _Idempotency:
+    def __init__(self, s: _State, store: MemoryStore) -> None:
+        self.s, self.store = s, store
+
+    def get(self, key: str) -> tuple[str, str, bytes] | None:
+        row = self.s.idempotency.get(key)
+        return None if row is None else row[:3]
+
+    def put(self, key: str, method: str, body_hash: str, response: bytes) -> None:
+        self.s.idempotency[key] = (method, body_hash, response, self.store.now)
+
+    def purge(self, created_before: int, limit: int) -> int:
+        old = [k for k, row in self.s.idempotency.items() if row[3] < created_before][:limit]
+        for k in old:
+            del self.s.idempotency[k]
+        return len(old)
+
+
+class _Schedulers:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def get(self, scheduler_id: int) -> Scheduler | None:
+        return self.s.schedulers.get(scheduler_id)
+
+    def has_user(self, scheduler_id: int, user_id: int) -> bool:
+        s = self.s.schedulers.get(scheduler_id)
+        return s is not None and user_id in s.user_ids
+
+    def next_id(self) -> int:
+        return max(self.s.schedulers, default=0) + 1
+
+    def add(self, s: Scheduler) -> None:
+        if s.id in self.s.schedulers:
+            raise DomainError(
+                ErrorCode.SCHEDULER_ALREADY_EXISTS, f"scheduler {s.id} already exists"
+            )
+        self.s.schedulers[s.id] = s
+
+    def replace(self, s: Scheduler) -> None:
+        self.s.schedulers[s.id] = s
+
+
+class _Shifts:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def add_many(self, shifts: Sequence[ScheduledShift]) -> None:
+        for sh in shifts:
+            assert sh.id is not None
+            self.s.shifts[sh.id] = sh
+
+    def get(self, shift_id: str) -> ScheduledShift | None:
+        return self.s.shifts.get(shift_id)
+
+    def list_range(self, scheduler_id: int, start: int, end: int) -> list[ScheduledShift]:
+        return sorted(
+            (
+                sh
+                for sh in self.s.shifts.values()
+                if sh.scheduler_id == scheduler_id and sh.start_time < end and start < sh.end_time
+            ),
+            key=lambda sh: (sh.start_time, sh.id or ""),
+        )
+
+
+class _Events:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def append(self, new: Sequence[Event]) -> None:
+        seq = self.s.events[-1].seq if self.s.events else 0
+        self.s.events.extend(replace(e, seq=n) for n, e in enumerate(new, seq + 1))
+
+    def after(
+        self,
+        cursor: int,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+        time_clock_ids: Sequence[int] = (),
+    ) -> list[Event]:
+        found = (
+            e
+            for e in self.s.events
+            if e.seq > cursor
+            and (not types or e.type in types)
+            and (not time_clock_ids or e.time_clock_id in time_clock_ids)
+        )
+        return list(itertools.islice(found, limit))
+
+
+class _Locations:
+    def __init__(self, s: _State) -> None:
+        self.s = s
+
+    def load(self, user_ids: Sequence[int]) -> dict[tuple[int, int], LiveTrail]:
+        users = set(user_ids)
+        return {k: t for k, t in self.s.live_trails.items() if k[0] in users}
+
+    def save(
+        self, new: dict[tuple[int, int], LiveTrail], known: Mapping[tuple[int, int], LiveTrail]
+    ) -> None:
+        for key, trail in new.items():
+            if key not in known and key in self.s.live_trails:
+                raise ConcurrentChange(f"trail {key} was created meanwhile")
+            self.s.live_trails[key] = trail
+
+
+class _IndexChanges:
+    def __init__(self, s: _State, store: MemoryStore) -> None:
+        self.s, self.store = s, store
+
+    def note(self, time_clock_id: int) -> None:
+        self.s.index_changes.append((self.last() + 1, time_clock_id, self.store.now))
+
+    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int]]:
+        return [(seq, tc) for seq, tc, _ in self.s.index_changes if seq > cursor][:limit]
+
+    def last(self) -> int:
+        return self.s.index_changes[-1][0] if self.s.index_changes else 0
+
+    def prune(self, before: int) -> int:
+        kept = [c for c in self.s.index_changes if c[2] >= before]
+        removed = len(self.s.index_changes) - len(kept)
+        self.s.index_changes[:] = kept
+        return removed
+
+
+class MemoryUnitOfWork:
+    """One transaction over a MemoryStore (see the module docstring)."""
+
+    def __init__(self, store: MemoryStore, readonly: bool) -> None:
+        self._store, self._readonly = store, readonly
+
+    def __enter__(self) -> Self:
+        self._work = copy.deepcopy(self._store.state)
+        self._bind(self._work)
+        return self
+
+    def _bind(self, s: _State) -> None:
+        self.time_clocks = _TimeClocks(s)
+        self.geofences = _Geofences(s)
+        self.activities = _Activities(s)
+        self.idempotency = _Idempotency(s, self._store)
+        self.schedulers = _Schedulers(s)
+        self.shifts = _Shifts(s)
+        self.events = _Events(s)
+        self.locations = _Locations(s)
+        self.index_changes = _IndexChanges(s, self._store)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        del self._work  # uncommitted writes are gone
+
+    def commit(self) -> None:
+        assert not self._readonly, "a read-only unit of work cannot commit"
+        self._store.state = copy.deepcopy(self._work)
+        self._store.commits += 1
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[object]:
+        before = copy.deepcopy(self._work)
+        try:
+            yield self
+        except BaseException:
+            self._work.__dict__.update(before.__dict__)
+            raise
+
+    def changes(self) -> int | None:
+        return None

@@ -1,0 +1,362 @@
+"""Every use case over the in-memory unit of work: no SQLite, no gRPC.
+
+The rules themselves are tested in test_rules, test_shifts and
+test_punch_decision; here the use cases are: what they read, what they write,
+in which transaction, what they tell the fence engine, and what they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import DayStatus, ExitAction, GeofenceDraft, Job, TimeClock
+from geopunch.domain.punches import PunchCommand, PunchKind, PunchLocation, timesheet_day
+from geopunch.domain.shifts import ScheduledShift, Scheduler
+from geopunch.geo.engine import FenceIndex
+from geopunch.service import admin, geofences, index_feed, punches, scheduler, trails
+from geopunch.service.locations import LocationBatch, check_locations
+from tests.fakes import MemoryStore
+
+NOW = 1_800_000_000
+TC = TimeClock(
+    id=12,
+    name="HQ",
+    timezone="UTC",
+    jobs=(Job("job-a", "A"),),
+    user_ids=frozenset({7, 8}),
+    manual_breaks_enabled=True,
+)
+SITE = GeofenceDraft(
+    name="Site",
+    address="1 Main St",
+    latitude=41.0,
+    longitude=-87.0,
+    fence_size_m=200,
+    exit_action="autoClockOut",
+)
+
+
+class Clock:
+    def __init__(self, t: float = NOW) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore(now=NOW)
+
+
+@pytest.fixture
+def index(store: MemoryStore) -> FenceIndex:
+    """A fence engine told about every change by the use cases, as the server's is."""
+    index = FenceIndex()
+    index.load([], [])
+    admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False, listener=index)
+    return index
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def punch(store: MemoryStore, index: FenceIndex | None, clock: Clock, **kw: object) -> object:
+    cmd = PunchCommand(**{"time_clock_id": TC.id, "user_id": 7, **kw})  # type: ignore[arg-type]
+    return run(punches.punch(punches.run_alone(store), index, clock, cmd, "req-1"))
+
+
+# -- Time clocks and days ---------------------------------------------------------------
+
+
+def test_time_clocks_are_created_noted_for_other_processes_and_read(
+    store: MemoryStore, index: FenceIndex
+) -> None:
+    assert admin.read_time_clock(store, TC.id) == TC
+    with store(readonly=True) as uow:
+        assert uow.index_changes.after(0) == [(1, TC.id)]
+    assert TC.id in index.snapshot.clock_idx
+    made = admin.create_time_clock(store, replace(TC, id=0), ["jobs[0]"], assign_id=True)
+    assert made.id == TC.id + 1
+    with pytest.raises(DomainError) as err:
+        admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False)
+    assert err.value.code is ErrorCode.TIME_CLOCK_ALREADY_EXISTS
+
+
+def test_an_update_may_not_drop_a_job_a_fence_names(store: MemoryStore, index: FenceIndex) -> None:
+    geofences.create_geofences(store, TC.id, [replace(SITE, job_ids=("job-a",))], index)
+    commits = store.commits
+    with pytest.raises(DomainError) as err:
+        admin.update_time_clock(store, replace(TC, jobs=()), [], index)
+    assert err.value.code is ErrorCode.JOB_IN_USE and store.commits == commits
+    renamed = admin.update_time_clock(store, replace(TC, name="Head office"), ["jobs[0]"], index)
+    assert admin.read_time_clock(store, TC.id) == renamed
+    snap = index.snapshot
+    assert snap.clocks[snap.clock_idx[TC.id]].time_clock.name == "Head office"
+
+
+def test_day_statuses(store: MemoryStore, index: FenceIndex) -> None:
+    admin.set_day_status(store, TC.id, 7, ["2027-01-04", "2027-01-05"], DayStatus.LOCKED)
+    admin.set_day_status(store, TC.id, 7, ["2027-01-05"], DayStatus.OPEN)
+    days = admin.list_day_statuses(store, TC.id, 7)
+    assert {d.isoformat(): s for d, s in days.items()} == {"2027-01-04": DayStatus.LOCKED}
+    with pytest.raises(DomainError) as err:
+        admin.set_day_status(store, TC.id, 99, ["2027-01-04"], DayStatus.LOCKED)
+    assert err.value.code is ErrorCode.USER_NOT_ASSIGNED
+
+
+# -- Geofences ----------------------------------------------------------------------------
+
+
+def test_geofences_are_stored_and_indexed_together(store: MemoryStore, index: FenceIndex) -> None:
+    (fence,) = geofences.create_geofences(store, TC.id, [SITE], index)
+    assert geofences.list_geofences(store, TC.id) == [fence]
+    assert geofences.get_geofence(store, TC.id, fence.id) == fence
+    assert index.snapshot.fence_count == 1
+    geofences.delete_geofence(store, TC.id, fence.id, index)
+    assert geofences.list_geofences(store, TC.id) == [] and index.snapshot.fence_count == 0
+    with pytest.raises(DomainError) as err:
+        geofences.get_geofence(store, TC.id, fence.id)
+    assert err.value.code is ErrorCode.GEOFENCE_NOT_FOUND
+    with pytest.raises(DomainError) as err:
+        geofences.list_geofences(store, 999)
+    assert err.value.code is ErrorCode.TIME_CLOCK_NOT_FOUND
+
+
+def test_a_refused_batch_of_fences_writes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+    commits = store.commits
+    with pytest.raises(DomainError) as err:
+        geofences.create_geofences(store, TC.id, [SITE, replace(SITE, fence_size_m=10)], index)
+    assert err.value.code is ErrorCode.INVALID_FENCE_SIZE
+    assert store.commits == commits and geofences.list_geofences(store, TC.id) == []
+
+
+# -- Punches ------------------------------------------------------------------------------
+
+
+def test_a_punch_writes_what_the_decision_says(store: MemoryStore, index: FenceIndex) -> None:
+    geofences.create_geofences(store, TC.id, [SITE], index)
+    here = PunchLocation("gate", 41.0, -87.0)
+    started = punch(store, index, Clock(), kind=PunchKind.CLOCK_IN, location=here)
+    shift = started.result.activity  # type: ignore[attr-defined]
+    assert shift.start.geofence_id is not None and started.request_id == "req-1"  # type: ignore[attr-defined]
+    with store(readonly=True) as uow:
+        assert uow.activities.list_for(TC.id, 7) == [shift]
+    ended = punch(store, index, Clock(NOW + 60), kind=PunchKind.CLOCK_OUT)
+    done = ended.result.activity  # type: ignore[attr-defined]
+    assert done.id == shift.id and done.end.timestamp == NOW + 60
+    with store(readonly=True) as uow:
+        assert uow.activities.punch_state(TC.id, 7, timesheet_day(NOW, "UTC")).open is None
+
+
+def test_a_refused_punch_writes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+    commits = store.commits
+    with pytest.raises(DomainError) as err:
+        punch(store, index, Clock(), kind=PunchKind.CLOCK_OUT)
+    assert err.value.code is ErrorCode.NO_OPEN_SHIFT and store.commits == commits
+
+
+def test_idempotent_punches_replay_their_first_answer(
+    store: MemoryStore, index: FenceIndex
+) -> None:
+    first = punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, idempotency_key="k1")
+    again = run(
+        punches.punch(
+            punches.run_alone(store),
+            None,
+            Clock(NOW + 5),
+            PunchCommand(PunchKind.CLOCK_IN, TC.id, 7, idempotency_key="k1"),
+            "req-2",
+        )
+    )
+    assert again.replayed and again.request_id == "req-1"  # type: ignore[attr-defined]
+    assert again.result == first.result  # type: ignore[attr-defined]
+    with store(readonly=True) as uow:
+        assert len(uow.activities.list_for(TC.id, 7)) == 1
+    with pytest.raises(DomainError) as err:
+        punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, job_id="job-a", idempotency_key="k1")
+    assert err.value.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+
+def test_answers_stored_by_the_previous_release_still_replay(store: MemoryStore) -> None:
+    legacy = b"\x0a\x05req-0"  # gRPC bytes, as the previous release stored answers
+    with store() as uow:
+        uow.idempotency.put("old", "clock_in", "digest-of-a-grpc-body", legacy)
+        uow.commit()
+    out = punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, idempotency_key="old")
+    assert out.legacy_answer == legacy and out.result is None  # type: ignore[attr-defined]
+    with pytest.raises(DomainError) as err:
+        punch(store, None, Clock(), kind=PunchKind.CLOCK_OUT, idempotency_key="old")
+    assert err.value.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+
+def test_a_punch_that_keeps_losing_races_is_aborted(store: MemoryStore) -> None:
+    from geopunch.domain.errors import ConcurrentChange
+
+    tries = []
+
+    async def always_lost(work: object) -> object:
+        tries.append(work)
+        raise ConcurrentChange("lost")
+
+    cmd = PunchCommand(PunchKind.CLOCK_IN, TC.id, 7)
+    with pytest.raises(DomainError) as err:
+        run(punches.punch(always_lost, None, Clock(), cmd, "r"))  # type: ignore[arg-type]
+    assert err.value.code is ErrorCode.CONCURRENT_MODIFICATION
+    assert len(tries) == punches.MAX_ATTEMPTS
+
+
+def test_validation_changes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+    commits = store.commits
+    cmd = PunchCommand(PunchKind.CLOCK_IN, TC.id, 7)
+    assert punches.validate_punch(store, index, Clock(), cmd).activity.is_open
+    assert store.commits == commits
+    with pytest.raises(DomainError) as err:
+        punches.validate_punch(store, index, Clock(), replace(cmd, kind=PunchKind.CLOCK_OUT))
+    assert err.value.code is ErrorCode.NO_OPEN_SHIFT
+
+
+def test_old_idempotency_keys_are_purged_in_batches(store: MemoryStore) -> None:
+    with store() as uow:
+        for i in range(5):
+            uow.idempotency.put(f"k{i}", "clock_in", "h", b"{}")
+        uow.commit()
+    assert punches.purge_idempotency_keys(store, NOW + 10, retention_s=60) == 0
+    assert punches.purge_idempotency_keys(store, NOW + 61, retention_s=60, batch=2) == 5
+
+
+# -- Scheduler ----------------------------------------------------------------------------
+
+SCHED = Scheduler(id=3, name="Rota", timezone="UTC", jobs=(Job("job-a"),), user_ids=frozenset({7}))
+
+
+def test_shifts_are_stored_with_their_events(store: MemoryStore) -> None:
+    scheduler.create_scheduler(store, SCHED, ["jobs[0]"], assign_id=False)
+    draft = ScheduledShift(
+        start_time=NOW,
+        end_time=NOW + 3600,
+        job_id="job-a",
+        is_published=True,
+        assigned_user_ids=(7,),
+    )
+    (shift,) = scheduler.create_shifts(store, Clock(), SCHED.id, [draft])
+    assert scheduler.list_shifts(store, SCHED.id, NOW, NOW + 60) == [shift]
+    with store(readonly=True) as uow:
+        (event,) = uow.events.after(0)
+    assert (event.type, event.user_id) == ("shiftPublished", 7)
+    scheduler.create_shifts(store, Clock(), SCHED.id, [draft], notify_users=False)
+    with store(readonly=True) as uow:
+        assert len(uow.events.after(0)) == 1
+    with pytest.raises(DomainError) as err:
+        scheduler.list_shifts(store, SCHED.id, NOW, NOW + 93 * 86400)
+    assert err.value.code is ErrorCode.INVALID_ARGUMENT
+    renamed = scheduler.update_scheduler(store, replace(SCHED, name="Rota 2"), ["jobs[0]"])
+    assert scheduler.read_scheduler(store, SCHED.id) == renamed
+
+
+def test_a_clock_in_names_a_scheduled_shift_of_the_user(store: MemoryStore) -> None:
+    admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False)
+    scheduler.create_scheduler(store, SCHED, ["jobs[0]"], assign_id=False)
+    draft = ScheduledShift(
+        start_time=NOW, end_time=NOW + 3600, title="Early", assigned_user_ids=(7,)
+    )
+    (shift,) = scheduler.create_shifts(store, Clock(), SCHED.id, [draft])
+    with pytest.raises(DomainError) as err:
+        punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, user_id=8, scheduler_shift_id=shift.id)
+    assert err.value.code is ErrorCode.SCHEDULER_SHIFT_NOT_FOUND
+    out = punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, scheduler_shift_id=shift.id)
+    assert out.result.activity.scheduler_shift_id == shift.id  # type: ignore[attr-defined]
+
+
+# -- Locations, trails and live positions -------------------------------------------------
+
+
+def test_check_locations(store: MemoryStore, index: FenceIndex) -> None:
+    geofences.create_geofences(store, TC.id, [SITE], index)
+    batch = LocationBatch(
+        time_clock_id=TC.id,
+        lats=np.array([41.0, 42.0]),
+        lons=np.array([-87.0, -87.0]),
+        time_clock_ids=None,
+        accuracies_m=None,
+        job_ids=(),
+        job_indexes=None,
+        job_id="",
+        with_distance=False,
+    )
+    _, result = check_locations(index, batch)
+    assert result.inside.tolist() == [True, False]
+    with pytest.raises(DomainError) as err:
+        check_locations(index, replace(batch, time_clock_id=999))
+    assert err.value.code is ErrorCode.TIME_CLOCK_NOT_FOUND
+
+
+def _samples(ts: list[int], lats: list[float]) -> trails.TrailBatch:
+    n = len(ts)
+    return trails.TrailBatch(
+        user_ids=np.full(n, 7, np.int64),
+        time_clock_ids=np.full(n, TC.id, np.int64),
+        timestamps=np.array(ts, np.int64),
+        lats=np.array(lats),
+        lons=np.full(n, -87.0),
+    )
+
+
+def test_leaving_an_auto_clock_out_fence_closes_the_shift(
+    store: MemoryStore, index: FenceIndex
+) -> None:
+    geofences.create_geofences(store, TC.id, [SITE], index)
+    punch(store, index, Clock(), kind=PunchKind.CLOCK_IN, timestamp=NOW - 600)
+    submit = punches.run_alone(store)
+    run(trails.report_locations(submit, index, Clock(), _samples([NOW - 300], [41.0])))
+    out = run(trails.report_locations(submit, index, Clock(), _samples([NOW - 200], [41.1])))
+    assert out.exits.outcomes == ["clockedOut"]  # type: ignore[attr-defined]
+    with store(readonly=True) as uow:
+        (shift,) = uow.activities.list_for(TC.id, 7)
+        types = [e.type for e in uow.events.after(0)]
+        assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW - 200
+    assert shift.end is not None and shift.end.timestamp == NOW - 200
+    assert shift.end.source == "autoClockOut"
+    assert types == ["geofenceExit", "autoClockOut"]
+    # what the same samples would do, judged as history: nothing is stored
+    evaluated = trails.evaluate_trails(index, _samples([NOW - 300, NOW - 200], [41.0, 41.1]))
+    assert evaluated.exits.outcomes == ["clockedOut"]
+
+
+def test_a_stale_live_sample_changes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+    submit = punches.run_alone(store)
+    run(trails.report_locations(submit, index, Clock(), _samples([NOW - 100], [41.0])))
+    out = run(trails.report_locations(submit, index, Clock(), _samples([NOW - 200], [41.0])))
+    assert out.result.status.tolist() == [6]  # type: ignore[attr-defined]
+    with store(readonly=True) as uow:
+        assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW - 100
+
+
+# -- The index-change feed ----------------------------------------------------------------
+
+
+def test_another_process_follows_the_feed_and_the_feed_is_pruned(
+    store: MemoryStore, index: FenceIndex
+) -> None:
+    geofences.create_geofences(store, TC.id, [SITE], index)
+    there = FenceIndex()
+    there.load([], [])
+    cursor = index_feed.follow_index_changes(store, there, 0)
+    with store(readonly=True) as uow:
+        assert cursor == uow.index_changes.last() == 2
+    assert there.snapshot.fence_count == 1
+    assert index_feed.follow_index_changes(store, there, cursor) == cursor
+    assert index_feed.prune_index_changes(store, before=NOW) == 0
+    assert index_feed.prune_index_changes(store, before=NOW + 1) == 2
+
+
+def test_exit_actions_apply_to_the_fences_action() -> None:
+    assert trails.would_do(ExitAction.NO_ACTION.value, False) == "reported"
+    assert trails.would_do(ExitAction.SEND_NOTIFICATION.value, False) == "notified"
+    assert trails.would_do(ExitAction.AUTO_CLOCK_OUT.value, True) == "stillInsideAnotherFence"
