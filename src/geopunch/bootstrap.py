@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from sqlalchemy import Engine
@@ -118,24 +117,16 @@ class Services:
 
 def add_services(server: grpc.aio.Server, s: Services) -> None:
     """Register geopunch's gRPC services on ``server``."""
-    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
-        (admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminServicer(s.uows, s.index)),
-        (
-            geofences_pb2_grpc.add_GeofenceServiceServicer_to_server,
-            GeofenceServicer(s.uows, s.index),
-        ),
-        (
-            location_pb2_grpc.add_LocationServiceServicer_to_server,
-            LocationServicer(s.index, s.uows, s.clock, s.submit, s.wakeup, s.stopping),
-        ),
-        (
-            scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-            SchedulerServicer(s.uows, s.clock),
-        ),
-        (
-            timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server,
-            TimeClockServicer(s.uows, s.index, s.clock, s.submit),
-        ),
-    ]
-    for add, servicer in servicers:
-        add(servicer, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(s.uows, s.index), server)
+    geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
+        GeofenceServicer(s.uows, s.index), server
+    )
+    location_pb2_grpc.add_LocationServiceServicer_to_server(
+        LocationServicer(s.index, s.uows, s.clock, s.submit, s.wakeup, s.stopping), server
+    )
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        SchedulerServicer(s.uows, s.clock), server
+    )
+    timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server(
+        TimeClockServicer(s.uows, s.index, s.clock, s.submit), server
+    )

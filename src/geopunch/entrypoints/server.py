@@ -85,7 +85,7 @@ class Server:
     event loop of ``self.loop`` and is reached through it."""
 
     def __init__(self, config: Config, worker: WorkerSlot | None = None) -> None:
-        """``worker``: this process is one of ``serve --processes`` (see workers.py)."""
+        """``worker``: this process is one of ``serve --processes`` (see supervisor.py)."""
         self.config = config
         self.worker = worker
         # health.aio is the module's public asyncio servicer; the stubs omit it.
