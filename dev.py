@@ -3,7 +3,8 @@
 
     python3 dev.py serve [--listen HOST:PORT ...]   set up, then run the server
     python3 dev.py test  [PYTEST ARGS ...]          set up, then run the test suite
-    python3 dev.py lint                             ruff check, ruff format --check, mypy, lint-imports
+    python3 dev.py lint                             ruff check and format --check, mypy,
+                                                    lint-imports
     python3 dev.py protos                           regenerate src/geopunch/v1 from protos/
     python3 dev.py bench [PYTEST ARGS ...]          run the pytest-benchmark suite in bench/
     python3 dev.py run SCRIPT [ARGS ...]            run a script with the project's interpreter

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import Fleet, make_fleet
 
 from geopunch.domain.models import Geofence
-from geopunch.geo.engine import check_points, warm_up
-from geopunch.geo.frames import geodesic_distance
-from geopunch.geo.index import FenceColumns, FenceIndex, _clock_arrays, build_table
+from geopunch.geo._frames import geodesic_distance
+from geopunch.geo._index import FenceColumns, _clock_arrays, build_table
+from geopunch.geo.engine import FenceIndex, check_points, warm_up
 
 GEOD = Geod(ellps="WGS84")
 EARTH_R = 6_371_008.8

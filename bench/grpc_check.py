@@ -38,8 +38,7 @@ from serverproc import (
 )
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
-from geopunch.geo.engine import check_points, warm_up
-from geopunch.geo.index import FenceIndex
+from geopunch.geo.engine import FenceIndex, check_points, warm_up
 from geopunch.v1 import location_pb2, location_pb2_grpc
 
 API_KEY = "bench-key-0123456789"

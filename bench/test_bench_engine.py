@@ -12,8 +12,8 @@ import pytest
 from engine import haversine_baseline
 from fleet import Fleet, make_fleet
 
-from geopunch.geo.engine import check_one, check_points, warm_up
-from geopunch.geo.index import FenceColumns, FenceIndex, Snapshot, _clock_arrays, build_table
+from geopunch.geo._index import FenceColumns, Snapshot, _clock_arrays, build_table
+from geopunch.geo.engine import FenceIndex, check_one, check_points, warm_up
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import best_of
 from fleet import make_fleet
 
-from geopunch.geo.engine import check_points, warm_up
-from geopunch.geo.index import FenceIndex
-from geopunch.geo.trails import detect_exits
+from geopunch.geo._trails import detect_exits
+from geopunch.geo.engine import FenceIndex, check_points, warm_up
 
 
 def main() -> None:

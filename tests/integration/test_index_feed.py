@@ -10,8 +10,8 @@ from sqlalchemy import Engine
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.domain.models import GeofenceDraft, Job, TimeClock
-from geopunch.geo.index import FenceIndex
-from geopunch.geo.membership import check_one
+from geopunch.geo._membership import check_one
+from geopunch.geo.engine import FenceIndex
 from geopunch.service import admin, geofences, index_feed
 from geopunch.service.index_feed import follow_index_changes, prune_index_changes
 

@@ -190,7 +190,7 @@ def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: 
     import numpy as np
 
     from geopunch.domain.models import ExitAction, Geofence, TimeClock
-    from geopunch.geo.index import FenceIndex
+    from geopunch.geo.engine import FenceIndex
     from geopunch.service.punches import run_alone
     from geopunch.service.trails import TrailBatch, report_locations
 

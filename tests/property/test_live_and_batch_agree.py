@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
-from geopunch.geo.index import FenceIndex
+from geopunch.geo.engine import FenceIndex
 from geopunch.service.punches import run_alone
 from geopunch.service.trails import TrailBatch, evaluate_trails, report_locations
 

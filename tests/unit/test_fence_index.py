@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
-from geopunch.geo.hashing import HashTable
-from geopunch.geo.index import FenceIndex
-from geopunch.geo.membership import (
+from geopunch.geo._hashing import HashTable
+from geopunch.geo._membership import (
     INVALID_ACCURACY,
     INVALID_COORDINATES,
     OK,
@@ -20,6 +19,7 @@ from geopunch.geo.membership import (
     check_one,
     check_points,
 )
+from geopunch.geo.engine import FenceIndex
 
 
 def tc(i: int, **kw: object) -> TimeClock:
@@ -157,7 +157,7 @@ def test_warm_up_compiles_what_checks_of_any_size_and_raw_columns_need() -> None
     """After warm_up, no check compiles a kernel: not a small one (serial
     kernels), a large one (parallel twins), nor one on read-only columns,
     which is how raw request bytes arrive (numba types those apart)."""
-    from geopunch.geo import kernels
+    from geopunch.geo import _kernels as kernels
     from geopunch.geo.engine import warm_up
 
     warm_up()

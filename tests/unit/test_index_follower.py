@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from geopunch.entrypoints.background import IndexFollower
-from geopunch.geo.index import FenceIndex
+from geopunch.geo.engine import FenceIndex
 
 
 class _FlakyStore:

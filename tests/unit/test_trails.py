@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from pyproj import Geod
 
 from geopunch.domain.models import ExitAction, ExitDetectionSettings, Geofence, Job, TimeClock
-from geopunch.geo.index import FenceIndex, Snapshot
-from geopunch.geo.trails import (
+from geopunch.geo._index import Snapshot
+from geopunch.geo._trails import (
     IGNORED_ACCURACY,
     SKIPPED,
     InsideState,
@@ -21,6 +21,7 @@ from geopunch.geo.trails import (
     detect_exits,
     handles_of,
 )
+from geopunch.geo.engine import FenceIndex
 
 GEOD = Geod(ellps="WGS84")
 ACTIONS = list(ExitAction)
@@ -359,7 +360,7 @@ def test_handles_follow_changed_fences_into_override_tables() -> None:
 
 
 def test_unassigned_users() -> None:
-    from geopunch.geo.trails import unassigned
+    from geopunch.geo._trails import unassigned
 
     snap = snapshot([clock(1, user_ids=frozenset({7, 8})), clock(2)], [fence("f", 1, 0.0, 0.0)])
     got = unassigned(snap, np.array([7, 9, 7, 7, -1, 2**45]), np.array([1, 1, 2, 3, 1, 1]))
@@ -375,7 +376,7 @@ def test_unassigned_users() -> None:
 def test_unassigned_matches_the_clocks_user_sets(
     users: list[frozenset[int]], samples: list[tuple[int, int]]
 ) -> None:
-    from geopunch.geo.trails import unassigned
+    from geopunch.geo._trails import unassigned
 
     clocks = [clock(i + 1, user_ids=u) for i, u in enumerate(users)]
     index = FenceIndex()
@@ -393,7 +394,7 @@ def test_unassigned_matches_the_clocks_user_sets(
 
 @pytest.mark.parametrize("big", [0, 2**40])  # the compiled path, then the dict path
 def test_pair_codes_number_pairs_by_first_appearance(big: int) -> None:
-    from geopunch.geo.trails import pair_codes
+    from geopunch.geo._trails import pair_codes
 
     a = np.array([5, 5, 7, 5, 7, 9], np.int64) + big
     b = np.array([1, 2, 1, 1, 1, 1], np.int64) + big
@@ -409,7 +410,7 @@ _ids = st.one_of(st.integers(0, 6), st.integers(0, 2**27), st.integers(0, 2**45)
 @given(st.lists(st.tuples(_ids, _ids), max_size=300))
 def test_pair_codes_agree_with_a_dict(pairs: list[tuple[int, int]]) -> None:
     """Compiled hash table (small ids) and dict path (large ones) number alike."""
-    from geopunch.geo.trails import pair_codes
+    from geopunch.geo._trails import pair_codes
 
     a = np.array([p[0] for p in pairs], np.int64)
     b = np.array([p[1] for p in pairs], np.int64)
@@ -428,7 +429,7 @@ def test_pair_codes_agree_with_a_dict(pairs: list[tuple[int, int]]) -> None:
 def test_groups_of_finds_each_state_pair_in_the_batch(
     groups: list[tuple[int, int]], extra: list[tuple[int, int]]
 ) -> None:
-    from geopunch.geo.trails import InsideState, _groups_of
+    from geopunch.geo._trails import InsideState, _groups_of
 
     state_pairs = groups[::2] + extra
     state = InsideState(
@@ -454,7 +455,7 @@ def test_groups_of_finds_each_state_pair_in_the_batch(
     ],
 )
 def test_pairs_pack_only_within_35_and_28_bits(a: int, b: int, fits: bool) -> None:
-    from geopunch.geo.trails import _packed
+    from geopunch.geo._trails import _packed
 
     got = _packed(np.array([3, a], np.int64), np.array([4, b], np.int64))
     if fits:

@@ -15,12 +15,14 @@ import pytest
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, ExitAction, GeofenceDraft, Job, TimeClock
+from geopunch.domain.ports import FenceEngine
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchLocation, timesheet_day
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.geo.engine import FenceIndex
 from geopunch.service import admin, geofences, index_feed, punches, scheduler, trails
 from geopunch.service.locations import LocationBatch, check_locations
 from tests.fakes import MemoryStore
+from tests.reference_engine import ReferenceEngine
 
 NOW = 1_800_000_000
 TC = TimeClock(
@@ -54,20 +56,25 @@ def store() -> MemoryStore:
     return MemoryStore(now=NOW)
 
 
-@pytest.fixture
-def index(store: MemoryStore) -> FenceIndex:
-    """A fence engine told about every change by the use cases, as the server's is."""
-    index = FenceIndex()
+@pytest.fixture(params=[FenceIndex, ReferenceEngine])
+def index(store: MemoryStore, request: pytest.FixtureRequest) -> FenceEngine:
+    """A fence engine told about every change by the use cases, as the server's
+    is: the real one, and the reference that the property tests trust."""
+    index: FenceEngine | ReferenceEngine = request.param()
     index.load([], [])
     admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False, listener=index)
     return index
+
+
+def _fences_at_site(index: FenceEngine) -> tuple[str, ...]:
+    return index.view().judge(TC.id, SITE.latitude, SITE.longitude).matched_fence_ids
 
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def punch(store: MemoryStore, index: FenceIndex | None, clock: Clock, **kw: object) -> object:
+def punch(store: MemoryStore, index: FenceEngine | None, clock: Clock, **kw: object) -> object:
     cmd = PunchCommand(**{"time_clock_id": TC.id, "user_id": 7, **kw})  # type: ignore[arg-type]
     return run(punches.punch(punches.run_alone(store), index, clock, cmd, "req-1"))
 
@@ -76,12 +83,12 @@ def punch(store: MemoryStore, index: FenceIndex | None, clock: Clock, **kw: obje
 
 
 def test_time_clocks_are_created_noted_for_other_processes_and_read(
-    store: MemoryStore, index: FenceIndex
+    store: MemoryStore, index: FenceEngine
 ) -> None:
     assert admin.read_time_clock(store, TC.id) == TC
     with store(readonly=True) as uow:
         assert uow.index_changes.after(0) == [(1, TC.id)]
-    assert TC.id in index.snapshot.clock_idx
+    assert index.view().time_clock(TC.id) == TC
     made = admin.create_time_clock(store, replace(TC, id=0), ["jobs[0]"], assign_id=True)
     assert made.id == TC.id + 1
     with pytest.raises(DomainError) as err:
@@ -89,7 +96,7 @@ def test_time_clocks_are_created_noted_for_other_processes_and_read(
     assert err.value.code is ErrorCode.TIME_CLOCK_ALREADY_EXISTS
 
 
-def test_an_update_may_not_drop_a_job_a_fence_names(store: MemoryStore, index: FenceIndex) -> None:
+def test_an_update_may_not_drop_a_job_a_fence_names(store: MemoryStore, index: FenceEngine) -> None:
     geofences.create_geofences(store, TC.id, [replace(SITE, job_ids=("job-a",))], index)
     commits = store.commits
     with pytest.raises(DomainError) as err:
@@ -97,11 +104,10 @@ def test_an_update_may_not_drop_a_job_a_fence_names(store: MemoryStore, index: F
     assert err.value.code is ErrorCode.JOB_IN_USE and store.commits == commits
     renamed = admin.update_time_clock(store, replace(TC, name="Head office"), ["jobs[0]"], index)
     assert admin.read_time_clock(store, TC.id) == renamed
-    snap = index.snapshot
-    assert snap.clocks[snap.clock_idx[TC.id]].time_clock.name == "Head office"
+    assert index.view().time_clock(TC.id) == renamed
 
 
-def test_day_statuses(store: MemoryStore, index: FenceIndex) -> None:
+def test_day_statuses(store: MemoryStore, index: FenceEngine) -> None:
     admin.set_day_status(store, TC.id, 7, ["2027-01-04", "2027-01-05"], DayStatus.LOCKED)
     admin.set_day_status(store, TC.id, 7, ["2027-01-05"], DayStatus.OPEN)
     days = admin.list_day_statuses(store, TC.id, 7)
@@ -114,13 +120,13 @@ def test_day_statuses(store: MemoryStore, index: FenceIndex) -> None:
 # -- Geofences ----------------------------------------------------------------------------
 
 
-def test_geofences_are_stored_and_indexed_together(store: MemoryStore, index: FenceIndex) -> None:
+def test_geofences_are_stored_and_indexed_together(store: MemoryStore, index: FenceEngine) -> None:
     (fence,) = geofences.create_geofences(store, TC.id, [SITE], index)
     assert geofences.list_geofences(store, TC.id) == [fence]
     assert geofences.get_geofence(store, TC.id, fence.id) == fence
-    assert index.snapshot.fence_count == 1
+    assert _fences_at_site(index) == (fence.id,)
     geofences.delete_geofence(store, TC.id, fence.id, index)
-    assert geofences.list_geofences(store, TC.id) == [] and index.snapshot.fence_count == 0
+    assert geofences.list_geofences(store, TC.id) == [] and _fences_at_site(index) == ()
     with pytest.raises(DomainError) as err:
         geofences.get_geofence(store, TC.id, fence.id)
     assert err.value.code is ErrorCode.GEOFENCE_NOT_FOUND
@@ -129,7 +135,7 @@ def test_geofences_are_stored_and_indexed_together(store: MemoryStore, index: Fe
     assert err.value.code is ErrorCode.TIME_CLOCK_NOT_FOUND
 
 
-def test_a_refused_batch_of_fences_writes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+def test_a_refused_batch_of_fences_writes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     commits = store.commits
     with pytest.raises(DomainError) as err:
         geofences.create_geofences(store, TC.id, [SITE, replace(SITE, fence_size_m=10)], index)
@@ -140,7 +146,7 @@ def test_a_refused_batch_of_fences_writes_nothing(store: MemoryStore, index: Fen
 # -- Punches ------------------------------------------------------------------------------
 
 
-def test_a_punch_writes_what_the_decision_says(store: MemoryStore, index: FenceIndex) -> None:
+def test_a_punch_writes_what_the_decision_says(store: MemoryStore, index: FenceEngine) -> None:
     geofences.create_geofences(store, TC.id, [SITE], index)
     here = PunchLocation("gate", 41.0, -87.0)
     started = punch(store, index, Clock(), kind=PunchKind.CLOCK_IN, location=here)
@@ -155,7 +161,7 @@ def test_a_punch_writes_what_the_decision_says(store: MemoryStore, index: FenceI
         assert uow.activities.punch_state(TC.id, 7, timesheet_day(NOW, "UTC")).open is None
 
 
-def test_a_refused_punch_writes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+def test_a_refused_punch_writes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     commits = store.commits
     with pytest.raises(DomainError) as err:
         punch(store, index, Clock(), kind=PunchKind.CLOCK_OUT)
@@ -163,7 +169,7 @@ def test_a_refused_punch_writes_nothing(store: MemoryStore, index: FenceIndex) -
 
 
 def test_idempotent_punches_replay_their_first_answer(
-    store: MemoryStore, index: FenceIndex
+    store: MemoryStore, index: FenceEngine
 ) -> None:
     first = punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, idempotency_key="k1")
     again = run(
@@ -212,7 +218,7 @@ def test_a_punch_that_keeps_losing_races_is_aborted(store: MemoryStore) -> None:
     assert len(tries) == punches.MAX_ATTEMPTS
 
 
-def test_validation_changes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+def test_validation_changes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     commits = store.commits
     cmd = PunchCommand(PunchKind.CLOCK_IN, TC.id, 7)
     assert punches.validate_punch(store, index, Clock(), cmd).activity.is_open
@@ -277,8 +283,8 @@ def test_a_clock_in_names_a_scheduled_shift_of_the_user(store: MemoryStore) -> N
 # -- Locations, trails and live positions -------------------------------------------------
 
 
-def test_check_locations(store: MemoryStore, index: FenceIndex) -> None:
-    geofences.create_geofences(store, TC.id, [SITE], index)
+def test_check_locations(store: MemoryStore, index: FenceEngine) -> None:
+    (created,) = geofences.create_geofences(store, TC.id, [SITE], index)
     batch = LocationBatch(
         time_clock_id=TC.id,
         lats=np.array([41.0, 42.0]),
@@ -290,8 +296,10 @@ def test_check_locations(store: MemoryStore, index: FenceIndex) -> None:
         job_id="",
         with_distance=False,
     )
-    _, result = check_locations(index, batch)
+    result = check_locations(index, batch)
     assert result.inside.tolist() == [True, False]
+    assert result.offsets.tolist() == [0, 1, 1]
+    assert [result.ids.tolist()[k] for k in result.fences] == [created.id]
     with pytest.raises(DomainError) as err:
         check_locations(index, replace(batch, time_clock_id=999))
     assert err.value.code is ErrorCode.TIME_CLOCK_NOT_FOUND
@@ -309,7 +317,7 @@ def _samples(ts: list[int], lats: list[float]) -> trails.TrailBatch:
 
 
 def test_leaving_an_auto_clock_out_fence_closes_the_shift(
-    store: MemoryStore, index: FenceIndex
+    store: MemoryStore, index: FenceEngine
 ) -> None:
     geofences.create_geofences(store, TC.id, [SITE], index)
     punch(store, index, Clock(), kind=PunchKind.CLOCK_IN, timestamp=NOW - 600)
@@ -329,7 +337,7 @@ def test_leaving_an_auto_clock_out_fence_closes_the_shift(
     assert evaluated.exits.outcomes == ["clockedOut"]
 
 
-def test_a_stale_live_sample_changes_nothing(store: MemoryStore, index: FenceIndex) -> None:
+def test_a_stale_live_sample_changes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     submit = punches.run_alone(store)
     run(trails.report_locations(submit, index, Clock(), _samples([NOW - 100], [41.0])))
     out = run(trails.report_locations(submit, index, Clock(), _samples([NOW - 200], [41.0])))
@@ -342,7 +350,7 @@ def test_a_stale_live_sample_changes_nothing(store: MemoryStore, index: FenceInd
 
 
 def test_another_process_follows_the_feed_and_the_feed_is_pruned(
-    store: MemoryStore, index: FenceIndex
+    store: MemoryStore, index: FenceEngine
 ) -> None:
     geofences.create_geofences(store, TC.id, [SITE], index)
     there = FenceIndex()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from geopunch.domain.models import ExitAction
 
 
 class PointStatus(IntEnum):
@@ -25,3 +32,93 @@ class PointStatus(IntEnum):
 
 #: A stale live sample: older than the user's last accepted one.
 STALE = PointStatus.SKIPPED
+
+
+#: Exit actions as the engine numbers them in result arrays (int8 codes).
+EXIT_ACTIONS: tuple[ExitAction, ...] = tuple(ExitAction)
+
+U8 = npt.NDArray[np.uint8]
+I8 = npt.NDArray[np.int8]
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+
+class FenceIds(Protocol):
+    """A column of fence ids, resolved only when read: an answer can name
+    millions of matches, and most callers want them in one form only."""
+
+    def __len__(self) -> int: ...
+
+    def tolist(self) -> list[str]: ...
+
+    def fixed(self) -> npt.NDArray[np.bytes_]:
+        """As one fixed-width bytes array (``S<w>``, NUL-padded UTF-8)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchVerdict:
+    """The engine's answer for n points (a CheckLocations batch).
+
+    ``status`` (n,) is ``PointStatus``; ``inside`` means within some enabled
+    fence of the point's time clock, ``allowed`` within one that applies to
+    the point's job. Matches are CSR over points: point i's are
+    ``offsets[i]:offsets[i + 1]`` of ``fences`` (indexes into ``ids``, the
+    distinct fences of the answer), ``applicable`` and ``actions`` (codes of
+    ``EXIT_ACTIONS``). With distances: ``distance_m`` (n,) is the signed
+    distance to the boundary of the nearest applicable fence (NaN for none)
+    and ``nearest`` (n,) indexes ``ids`` (-1 for none).
+    """
+
+    status: U8
+    inside: B
+    allowed: B
+    offsets: I64
+    fences: I32
+    applicable: B
+    actions: I8
+    ids: FenceIds
+    distance_m: F64 | None = None
+    nearest: I32 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Fences that trails are inside: entry k is (user, time clock, fence id)."""
+
+    user_ids: I64
+    time_clock_ids: I64
+    fence_ids: list[str]
+
+
+class InsideCarry(Protocol):
+    """Where trails stand after a batch, to carry into the next batch judged on
+    the same view (cheaper than ids); ``held()`` spells it out."""
+
+    def held(self) -> Held: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrailVerdict:
+    """The engine's answer for n trail samples, in the caller's order.
+
+    ``status`` (n,) is ``PointStatus``; ``inside`` (n,) means within
+    ``fence_size`` of an enabled fence of the sample's clock; those fences are
+    ``fence_ids[offsets[i]:offsets[i + 1]]``. Exits (e,) are ordered by the
+    time they happen: the sample that left, the fence it left, that fence's
+    action code (``EXIT_ACTIONS``) and whether the user is still inside
+    another fence that applies to the trail's job. ``final`` is where each
+    trail stands after its last sample.
+    """
+
+    status: U8
+    inside: B
+    offsets: I64
+    fence_ids: FenceIds
+    exit_samples: I64
+    exit_fence_ids: FenceIds
+    exit_actions: I8
+    exit_other_inside: B
+    final: InsideCarry

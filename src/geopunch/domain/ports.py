@@ -9,8 +9,18 @@ from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
 from geopunch.domain.events import Event, LiveTrail
+from geopunch.domain.locations import (
+    F64,
+    I32,
+    I64,
+    B,
+    BatchVerdict,
+    Held,
+    InsideCarry,
+    TrailVerdict,
+)
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
-from geopunch.domain.punches import Activity, PunchPoint, PunchState
+from geopunch.domain.punches import Activity, PointVerdict, PunchPoint, PunchState
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 
 T = TypeVar("T")
@@ -248,3 +258,77 @@ class FenceListener(Protocol):
     def fences_changed(
         self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
     ) -> None: ...
+
+
+class FenceView(Protocol):
+    """One consistent state of every time clock and enabled geofence: every
+    answer read from one view agrees with every other.
+
+    Columns are 1-d numpy arrays of one length n: latitudes and longitudes in
+    WGS84 degrees (float64), time clock and user ids int64, timestamps in Unix
+    seconds (int64), accuracies in metres (float64, NaN for unknown). A job is
+    an index (int32, -1 for none) into ``job_names``.
+    """
+
+    def time_clock(self, time_clock_id: int) -> TimeClock | None: ...
+
+    def check(
+        self,
+        lats: F64,
+        lons: F64,
+        time_clock_ids: I64 | int,
+        job_indexes: I32 | None = None,
+        job_names: Sequence[str] = (),
+        accuracy_m: F64 | None = None,
+        *,
+        with_distance: bool = False,
+    ) -> BatchVerdict:
+        """Which enabled fences contain each point, and is it allowed for its job.
+
+        A point is inside a fence when its geodesic distance to the centre is
+        at most the fence size plus ``min(accuracy, accuracy_tolerance_m)``.
+        """
+        ...
+
+    def judge(
+        self,
+        time_clock_id: int,
+        lat: float,
+        lon: float,
+        job_id: str | None = None,
+        accuracy_m: float | None = None,
+    ) -> PointVerdict:
+        """``check`` for one punch location, with the deepest applicable fence."""
+        ...
+
+    def unassigned(self, user_ids: I64, time_clock_ids: I64, *, listed_only: bool = False) -> B:
+        """Samples of a known time clock whose user is not one of its users;
+        with ``listed_only``, clocks that list no users accept everyone."""
+        ...
+
+    def detect_exits(
+        self,
+        user_ids: I64,
+        time_clock_ids: I64,
+        timestamps: I64,
+        lats: F64,
+        lons: F64,
+        accuracy_m: F64 | None = None,
+        *,
+        job_indexes: I32 | None = None,
+        job_names: Sequence[str] = (),
+        skip: B | None = None,
+        initial: Held | InsideCarry | None = None,
+    ) -> TrailVerdict:
+        """Inside/outside verdicts and fence exits of trails (one per user and
+        time clock, judged in time order); ``skip`` leaves samples out and
+        ``initial`` is where trails stood before (docs/engine.md has the rules)."""
+        ...
+
+
+class FenceEngine(FenceListener, Protocol):
+    """Holds every time clock's fences and follows their changes (the
+    composition root loads it at start-up); ``view()`` is the current state,
+    cheap to take and safe to read from any thread while changes go on."""
+
+    def view(self) -> FenceView: ...

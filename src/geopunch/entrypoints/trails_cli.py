@@ -45,7 +45,7 @@ from geopunch.domain.models import (
     TimeClock,
 )
 from geopunch.domain.rules import validate_geofences
-from geopunch.geo.engine import FenceIndex, Snapshot
+from geopunch.geo.engine import FenceIndex, SnapshotView
 from geopunch.service.trail_files import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -345,13 +345,15 @@ class PartWriter:
 # --- engines -------------------------------------------------------------------------
 
 
-def _snapshot(fences: FenceSet) -> Snapshot:
+def _view(fences: FenceSet) -> SnapshotView:
     clocks, fence_list = fences
-    return FenceIndex().load(clocks, fence_list)
+    index = FenceIndex()
+    index.load(clocks, fence_list)
+    return index.view()
 
 
 def evaluate_stream(
-    snap: Snapshot,
+    view: SnapshotView,
     chunks: Iterator[Chunk],
     out: Path,
     fmt: str,
@@ -359,7 +361,7 @@ def evaluate_stream(
     progress: Any = None,
 ) -> Summary:
     """Evaluate chunks in order, carrying trail state, writing verdicts and exits."""
-    stream = TrailStream(snap)
+    stream = TrailStream(view)
     samples = PartWriter(out, "samples", part, fmt)
     exits = PartWriter(out, "exits", part, fmt)
     empty_v = verdict_table(_empty_verdicts())
@@ -393,7 +395,7 @@ def _empty_exits() -> Exits:
 def run_local(
     paths: Sequence[Path], fences: FenceSet, out: Path, fmt: str, chunk_rows: int, progress: Any
 ) -> Summary:
-    snap = _snapshot(fences)
+    view = _view(fences)
 
     def chunks() -> Iterator[Chunk]:
         first = 0
@@ -402,10 +404,10 @@ def run_local(
                 yield to_chunk(batch, first)
                 first += batch.num_rows
 
-    return evaluate_stream(snap, chunks(), out, fmt, "00000", progress)
+    return evaluate_stream(view, chunks(), out, fmt, "00000", progress)
 
 
-_WORKER_SNAPSHOTS: dict[str, Snapshot] = {}
+_WORKER_VIEWS: dict[str, SnapshotView] = {}
 
 
 def _partition(
@@ -414,14 +416,14 @@ def _partition(
     """Dask task: one partition of whole trails, in file order within each trail."""
     import pandas as pd
 
-    snap = _WORKER_SNAPSHOTS.get(token)
-    if snap is None:
-        snap = _WORKER_SNAPSHOTS[token] = _snapshot(fences)
+    view = _WORKER_VIEWS.get(token)
+    if view is None:
+        view = _WORKER_VIEWS[token] = _view(fences)
     number = partition_info["number"] if partition_info else 0
     frame = frame.sort_values(["user_id", "time_clock_id", "row"], kind="stable")
     table = pa.Table.from_pandas(frame, preserve_index=False)
     chunk = replace(to_chunk(table, 0), row=np.asarray(frame["row"], np.int64))
-    summary = evaluate_stream(snap, iter([chunk]), Path(out), fmt, f"{number:05d}")
+    summary = evaluate_stream(view, iter([chunk]), Path(out), fmt, f"{number:05d}")
     return pd.DataFrame(
         {
             "rows": [summary.rows],

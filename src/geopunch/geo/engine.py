@@ -1,52 +1,202 @@
 """The fence engine's front door: everything outside ``geo`` imports from here.
 
-The engine keeps each time clock's geofence circles in an exact, vectorized
-index (``FenceIndex``) that swaps immutable snapshots, so readers never wait
-for writers. On a snapshot it checks batches of points (``check_points``),
-judges one punch location (``check_one``) and detects fence exits on trails
-(``detect_exits``). Statuses are ``domain.locations.PointStatus``; exit
-actions are numbered as ``ACTIONS``.
+``FenceIndex`` implements ``domain.ports.FenceEngine``: it keeps each time
+clock's geofence circles in an exact, vectorized index of immutable snapshots
+that it swaps on every change, so readers never wait for writers. Its
+``view()`` wraps the current snapshot as a ``domain.ports.FenceView``:
+batch checks, one punch location, assignment of users and exit detection,
+with fences named by id (resolved lazily), never by the snapshot's internal
+row handles.
 
-Why circles in Earth-centred metres and a hash grid: see docs/engine.md.
+``pair_codes`` and ``bucket_order`` are the engine's grouping helpers, shared
+with the trail-file reader that groups rows the same way. Why circles in
+Earth-centred metres and a hash grid: see docs/engine.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
-from geopunch.geo import kernels
-from geopunch.geo.index import ACTIONS, FenceIndex, Snapshot
-from geopunch.geo.kernels import bucket_order
-from geopunch.geo.membership import CheckResult, check_one, check_points
-from geopunch.geo.trails import (
-    InsideState,
-    TrailResult,
-    detect_exits,
-    handles_of,
-    pair_codes,
-    unassigned,
+from geopunch.domain.locations import (
+    F64,
+    I32,
+    I64,
+    B,
+    BatchVerdict,
+    Held,
+    InsideCarry,
+    TrailVerdict,
 )
+from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
+from geopunch.domain.punches import PointVerdict
+from geopunch.geo import _kernels as kernels
+from geopunch.geo._index import Snapshot, Snapshots
+from geopunch.geo._kernels import bucket_order
+from geopunch.geo._membership import check_one, check_points
+from geopunch.geo._trails import InsideState, detect_exits, handles_of, pair_codes, unassigned
 
-__all__ = [
-    "ACTIONS",
-    "CheckResult",
-    "FenceIndex",
-    "InsideState",
-    "Snapshot",
-    "TrailResult",
-    "bucket_order",
-    "check_one",
-    "check_points",
-    "detect_exits",
-    "handles_of",
-    "pair_codes",
-    "unassigned",
-    "warm_up",
-]
+__all__ = ["FenceIndex", "SnapshotView", "bucket_order", "pair_codes", "warm_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    """Fence ids of result handles, read from the snapshot when asked."""
+
+    snap: Snapshot
+    handles: I64
+
+    def __len__(self) -> int:
+        return int(self.handles.size)
+
+    def tolist(self) -> list[str]:
+        return self.snap.fence_ids(self.handles)
+
+    def fixed(self) -> npt.NDArray[np.bytes_]:
+        return self.snap.fence_ids_fixed(self.handles)
+
+
+@dataclass(frozen=True, slots=True)
+class _Carry:
+    """Trails' inside state as handles of the snapshot it was computed on."""
+
+    snap: Snapshot
+    state: InsideState
+
+    def held(self) -> Held:
+        s = self.state
+        return Held(s.user_ids, s.time_clock_ids, self.snap.fence_ids(s.handles))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotView:
+    """A ``FenceView`` of one snapshot."""
+
+    snapshot: Snapshot
+
+    def time_clock(self, time_clock_id: int) -> TimeClock | None:
+        idx = self.snapshot.clock_idx.get(time_clock_id)
+        return None if idx is None else self.snapshot.clocks[idx].time_clock
+
+    def check(
+        self,
+        lats: F64,
+        lons: F64,
+        time_clock_ids: I64 | int,
+        job_indexes: I32 | None = None,
+        job_names: Sequence[str] = (),
+        accuracy_m: F64 | None = None,
+        *,
+        with_distance: bool = False,
+    ) -> BatchVerdict:
+        r = check_points(
+            self.snapshot,
+            lats,
+            lons,
+            time_clock_ids,
+            job_indexes,
+            list(job_names),
+            accuracy_m,
+            with_distance=with_distance,
+        )
+        # One table of the distinct fences the answer names: callers send
+        # each id once however many points matched it.
+        handles, extra = r.fence_handles, r.nearest_handles
+        pool = handles if extra is None else np.concatenate([handles, extra[extra >= 0]])
+        distinct, found = np.unique(pool, return_inverse=True)
+        inverse: I32 = found.astype(np.int32)
+        nearest = None
+        if extra is not None:
+            nearest = np.full(extra.size, -1, np.int32)
+            nearest[extra >= 0] = inverse[handles.size :]
+        return BatchVerdict(
+            status=r.status,
+            inside=r.inside,
+            allowed=r.allowed,
+            offsets=r.offsets,
+            fences=inverse[: handles.size],
+            applicable=r.applicable,
+            actions=r.actions,
+            ids=_Ids(self.snapshot, distinct),
+            distance_m=r.distance_m,
+            nearest=nearest,
+        )
+
+    def judge(
+        self,
+        time_clock_id: int,
+        lat: float,
+        lon: float,
+        job_id: str | None = None,
+        accuracy_m: float | None = None,
+    ) -> PointVerdict:
+        return check_one(self.snapshot, lat, lon, time_clock_id, job_id, accuracy_m)
+
+    def unassigned(self, user_ids: I64, time_clock_ids: I64, *, listed_only: bool = False) -> B:
+        return unassigned(self.snapshot, user_ids, time_clock_ids, listed_only=listed_only)
+
+    def detect_exits(
+        self,
+        user_ids: I64,
+        time_clock_ids: I64,
+        timestamps: I64,
+        lats: F64,
+        lons: F64,
+        accuracy_m: F64 | None = None,
+        *,
+        job_indexes: I32 | None = None,
+        job_names: Sequence[str] = (),
+        skip: B | None = None,
+        initial: Held | InsideCarry | None = None,
+    ) -> TrailVerdict:
+        snap = self.snapshot
+        start: InsideState | None
+        if initial is None:
+            start = None
+        elif isinstance(initial, _Carry) and initial.snap is snap:
+            start = initial.state
+        else:
+            held = initial.held() if not isinstance(initial, Held) else initial
+            start = InsideState(
+                held.user_ids,
+                held.time_clock_ids,
+                handles_of(snap, held.time_clock_ids, held.fence_ids),
+            )
+        r = detect_exits(
+            snap,
+            user_ids,
+            time_clock_ids,
+            timestamps,
+            lats,
+            lons,
+            accuracy_m,
+            job_ids=job_indexes,
+            job_names=list(job_names),
+            skip=skip,
+            initial=start,
+        )
+        return TrailVerdict(
+            status=r.status,
+            inside=r.inside,
+            offsets=r.offsets,
+            fence_ids=_Ids(snap, r.fence_handles),
+            exit_samples=r.exit_samples,
+            exit_fence_ids=_Ids(snap, r.exit_handles),
+            exit_actions=r.exit_actions,
+            exit_other_inside=r.exit_other_inside,
+            final=_Carry(snap, r.final),
+        )
+
+
+class FenceIndex(Snapshots):
+    """The process's fence engine (``domain.ports.FenceEngine``)."""
+
+    def view(self) -> SnapshotView:
+        return SnapshotView(self.snapshot)
 
 
 def warm_up() -> None:

@@ -8,7 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
-from geopunch.geo.engine import CheckResult, FenceIndex, Snapshot, check_points
+from geopunch.domain.locations import BatchVerdict
+from geopunch.domain.ports import FenceEngine
 
 #: Largest batch of CheckLocations, in points.
 MAX_BATCH_POINTS = 1_000_000
@@ -89,14 +90,16 @@ def _check_shapes(batch: LocationBatch, prefix: str) -> int:
 
 
 def check_locations(
-    index: FenceIndex, batch: LocationBatch, prefix: str = "points"
-) -> tuple[Snapshot, CheckResult]:
-    """Check a batch on the current snapshot; returns the snapshot for id lookups."""
+    fences: FenceEngine, batch: LocationBatch, prefix: str = "points"
+) -> BatchVerdict:
+    """Check a batch on the engine's current view."""
     n = _check_shapes(batch, prefix)
-    snap = index.snapshot
+    view = fences.view()
     job_names = list(batch.job_ids)
+    tc = None
     if batch.time_clock_ids is None:
-        if batch.time_clock_id not in snap.clock_idx:
+        tc = view.time_clock(batch.time_clock_id)
+        if tc is None:
             raise DomainError(
                 ErrorCode.TIME_CLOCK_NOT_FOUND,
                 f"time clock {batch.time_clock_id} does not exist",
@@ -107,14 +110,12 @@ def check_locations(
         clocks = batch.time_clock_ids
     job_indexes = batch.job_indexes
     if batch.job_id:
-        if batch.time_clock_ids is None:
-            info = snap.clocks[snap.clock_idx[batch.time_clock_id]]
-            if batch.job_id not in info.job_codes:
-                raise DomainError(
-                    ErrorCode.JOB_NOT_FOUND,
-                    f"job {batch.job_id!r} is not a job of time clock {batch.time_clock_id}",
-                    {"jobId": batch.job_id},
-                )
+        if tc is not None and not any(job.id == batch.job_id for job in tc.jobs):
+            raise DomainError(
+                ErrorCode.JOB_NOT_FOUND,
+                f"job {batch.job_id!r} is not a job of time clock {batch.time_clock_id}",
+                {"jobId": batch.job_id},
+            )
         job_names.append(batch.job_id)
         default = len(job_names) - 1
         job_indexes = (
@@ -122,8 +123,7 @@ def check_locations(
             if job_indexes is None
             else np.where(job_indexes < 0, default, job_indexes).astype(np.int32)
         )
-    result = check_points(
-        snap,
+    return view.check(
         batch.lats,
         batch.lons,
         clocks,
@@ -132,4 +132,3 @@ def check_locations(
         batch.accuracies_m,
         with_distance=batch.with_distance,
     )
-    return snap, result

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.models import TimeClock
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import (
+    AsyncTransactionRunner,
+    Clock,
+    FenceEngine,
+    FenceView,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from geopunch.domain.punches import (
     MAX_IDEMPOTENCY_KEY,
     Activity,
@@ -32,7 +39,6 @@ from geopunch.domain.punches import (
     has_point,
     plan_punch,
 )
-from geopunch.geo.engine import FenceIndex, check_one
 from geopunch.service.admin import get_time_clock
 
 T = TypeVar("T")
@@ -70,7 +76,7 @@ def run_alone(uows: UnitOfWorkFactory) -> AsyncTransactionRunner:
 
 async def punch(
     submit: AsyncTransactionRunner,
-    index: FenceIndex | None,
+    fences: FenceEngine | None,
     clock: Clock,
     cmd: PunchCommand,
     request_id: str,
@@ -90,7 +96,7 @@ async def punch(
             stored = uow.idempotency.get(cmd.idempotency_key)
             if stored is not None:
                 return _replay(cmd, body_hash, *stored)
-        decision = judge(uow, index, now, cmd)
+        decision = judge(uow, fences, now, cmd)
         for activity in decision.closed:
             assert activity.end is not None
             uow.activities.close(activity.id, activity.end, activity.modified_at)
@@ -109,30 +115,31 @@ async def punch(
 
 
 def validate_punch(
-    uows: UnitOfWorkFactory, index: FenceIndex | None, clock: Clock, cmd: PunchCommand
+    uows: UnitOfWorkFactory, fences: FenceEngine | None, clock: Clock, cmd: PunchCommand
 ) -> PunchResult:
     """What the punch would do now, changing nothing: its result, or its DomainError."""
     with uows(readonly=True) as uow:
-        return judge(uow, index, clock.now(), cmd).result
+        return judge(uow, fences, clock.now(), cmd).result
 
 
 def judge(
-    uow: UnitOfWork, index: FenceIndex | None, now: float, cmd: PunchCommand
+    uow: UnitOfWork, fences: FenceEngine | None, now: float, cmd: PunchCommand
 ) -> PunchDecision:
     """Read what the punch needs and decide it (nothing is written)."""
-    tc = _time_clock(uow, index, cmd.time_clock_id)
+    # One view for the settings and the location: both from the same state.
+    view = fences.view() if fences is not None else None
+    tc = _time_clock(uow, view, cmd.time_clock_id)
     plan = plan_punch(tc, cmd, now)
     state = uow.activities.punch_state(tc.id, cmd.user_id, plan.day)
     verdict = None
     location = cmd.location
-    if index is not None and has_point(location):
+    if view is not None and has_point(location):
         assert location is not None and location.latitude is not None
         assert location.longitude is not None
-        verdict = check_one(
-            index.snapshot,
+        verdict = view.judge(
+            tc.id,
             location.latitude,
             location.longitude,
-            tc.id,
             fence_job(plan, state),
             location.accuracy,
         )
@@ -263,12 +270,8 @@ def list_manual_breaks(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock
         return get_time_clock(uow, time_clock_id)
 
 
-def _time_clock(uow: UnitOfWork, index: FenceIndex | None, time_clock_id: int) -> TimeClock:
-    """The time clock's settings from the index's snapshot, which every committed
-    change reaches before its call returns; the store when there is no index."""
-    if index is not None:
-        snap = index.snapshot
-        idx = snap.clock_idx.get(time_clock_id)
-        if idx is not None:
-            return snap.clocks[idx].time_clock
-    return get_time_clock(uow, time_clock_id)
+def _time_clock(uow: UnitOfWork, view: FenceView | None, time_clock_id: int) -> TimeClock:
+    """The time clock's settings from the fence engine, which every committed
+    change reaches before its call returns; the store when there is no engine."""
+    tc = view.time_clock(time_clock_id) if view is not None else None
+    return tc if tc is not None else get_time_clock(uow, time_clock_id)

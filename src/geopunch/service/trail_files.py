@@ -17,17 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.locations import PointStatus
-from geopunch.geo.engine import (
-    ACTIONS,
-    InsideState,
-    Snapshot,
-    bucket_order,
-    detect_exits,
-    pair_codes,
-    unassigned,
-)
-from geopunch.service.trails import would_do
+from geopunch.domain.locations import Held, InsideCarry, PointStatus
+from geopunch.domain.ports import FenceView
+from geopunch.geo.engine import bucket_order, pair_codes
+from geopunch.service.trails import exit_action_names, would_do
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -106,15 +99,15 @@ class Summary:
 
 
 class TrailStream:
-    """Evaluates consecutive chunks of one trail file against one snapshot.
+    """Evaluates consecutive chunks of one trail file against one view of the fences.
 
     A time clock that lists users accepts only those; one that lists none
     (fences from a file often come without users) accepts any.
     """
 
-    def __init__(self, snap: Snapshot) -> None:
-        self._snap = snap
-        self._state = InsideState.empty()
+    def __init__(self, view: FenceView) -> None:
+        self._view = view
+        self._state: Held | InsideCarry | None = None
         self._latest: dict[tuple[int, int], int] = {}
         self.summary = Summary()
 
@@ -122,14 +115,13 @@ class TrailStream:
         n = c.size
         status = np.zeros(n, np.uint8)
         status[c.missing] = MISSING_VALUE
-        strangers = unassigned(self._snap, c.user_id, c.time_clock_id, listed_only=True)
+        strangers = self._view.unassigned(c.user_id, c.time_clock_id, listed_only=True)
         status[strangers & (status == OK)] = UNKNOWN_USER
         order_status = self._order_check(c, status == OK)
         status[(order_status != OK) & (status == OK)] = order_status[
             (order_status != OK) & (status == OK)
         ]
-        r = detect_exits(
-            self._snap,
+        r = self._view.detect_exits(
             c.user_id,
             c.time_clock_id,
             c.timestamp,
@@ -143,14 +135,14 @@ class TrailStream:
         status = np.where(status != OK, status, r.status).astype(np.uint8)
         self._remember_latest(c, status == OK)
         exit_rows = r.exit_samples
-        actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
+        actions = exit_action_names(r)
         others = r.exit_other_inside
         exits = Exits(
             row=c.row[exit_rows],
             user_id=c.user_id[exit_rows],
             time_clock_id=c.time_clock_id[exit_rows],
             timestamp=c.timestamp[exit_rows],
-            fence_id=self._snap.fence_ids(r.exit_handles),
+            fence_id=r.exit_fence_ids.tolist(),
             action=actions,
             other_fence_inside=others,
             outcome=[would_do(a, o) for a, o in zip(actions, others.tolist(), strict=True)],
@@ -164,7 +156,7 @@ class TrailStream:
             status,
             inside,
             r.offsets,
-            self._snap.fence_ids(r.fence_handles),
+            r.fence_ids.tolist(),
         )
         self.summary.rows += n
         codes, counts = np.unique(status, return_counts=True)

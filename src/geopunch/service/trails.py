@@ -10,21 +10,17 @@ import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, LiveTrail
-from geopunch.domain.locations import PointStatus
+from geopunch.domain.locations import EXIT_ACTIONS, Held, InsideCarry, PointStatus, TrailVerdict
 from geopunch.domain.models import ExitAction
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWork
-from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
-from geopunch.geo.engine import (
-    ACTIONS,
-    FenceIndex,
-    InsideState,
-    Snapshot,
-    TrailResult,
-    detect_exits,
-    handles_of,
-    pair_codes,
-    unassigned,
+from geopunch.domain.ports import (
+    AsyncTransactionRunner,
+    Clock,
+    FenceEngine,
+    FenceView,
+    UnitOfWork,
 )
+from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+from geopunch.geo.engine import pair_codes
 from geopunch.service.punches import run_retrying
 
 #: Most samples per EvaluateTrails call, and per ReportLocations call. A
@@ -106,29 +102,28 @@ class ExitReport:
 
 @dataclass(frozen=True, slots=True)
 class TrailOutcome:
-    result: TrailResult
-    fence_ids: list[str]  # of result.fence_handles
+    result: TrailVerdict
+    fence_ids: list[str]  # of every sample's matches, as result.offsets says
     exits: ExitReport
 
 
 def _detect(
-    snap: Snapshot,
+    view: FenceView,
     batch: TrailBatch,
     skip: npt.NDArray[np.bool_] | None = None,
-    initial: InsideState | None = None,
+    initial: Held | InsideCarry | None = None,
     job_indexes: npt.NDArray[np.int32] | None = None,
     job_names: Sequence[str] = (),
-) -> TrailResult:
-    return detect_exits(
-        snap,
+) -> TrailVerdict:
+    return view.detect_exits(
         batch.user_ids,
         batch.time_clock_ids,
         batch.timestamps,
         batch.lats,
         batch.lons,
         batch.accuracy_m,
-        job_ids=job_indexes,
-        job_names=list(job_names),
+        job_indexes=job_indexes,
+        job_names=job_names,
         skip=skip,
         initial=initial,
     )
@@ -143,23 +138,23 @@ def would_do(action: str, other_inside: bool) -> str:
     return Outcome.REPORTED
 
 
-def evaluate_trails(index: FenceIndex, batch: TrailBatch) -> TrailOutcome:
+def evaluate_trails(fences: FenceEngine, batch: TrailBatch) -> TrailOutcome:
     """Verdicts and exits of historical samples, as if each trail started outside
     every fence. Nothing is stored; an automatic clock-out is reported as what
     it would do if a shift were open."""
     batch.check(MAX_TRAIL_SAMPLES)
-    snap = index.snapshot
-    strangers = unassigned(snap, batch.user_ids, batch.time_clock_ids)
-    r = _detect(snap, batch, strangers, job_indexes=batch.job_indexes, job_names=batch.job_names)
+    view = fences.view()
+    strangers = view.unassigned(batch.user_ids, batch.time_clock_ids)
+    r = _detect(view, batch, strangers, job_indexes=batch.job_indexes, job_names=batch.job_names)
     r.status[strangers & (r.status == PointStatus.SKIPPED)] = PointStatus.UNKNOWN_USER
-    actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
+    actions = exit_action_names(r)
     others = r.exit_other_inside
     return TrailOutcome(
         r,
-        snap.fence_ids(r.fence_handles),
+        r.fence_ids.tolist(),
         ExitReport(
             r.exit_samples,
-            snap.fence_ids(r.exit_handles),
+            r.exit_fence_ids.tolist(),
             actions,
             others,
             [would_do(a, o) for a, o in zip(actions, others.tolist(), strict=True)],
@@ -169,7 +164,7 @@ def evaluate_trails(index: FenceIndex, batch: TrailBatch) -> TrailOutcome:
 
 
 async def report_locations(
-    submit: AsyncTransactionRunner, index: FenceIndex, clock: Clock, batch: TrailBatch
+    submit: AsyncTransactionRunner, fences: FenceEngine, clock: Clock, batch: TrailBatch
 ) -> TrailOutcome:
     """Live samples: advance each trail's durable state and fire exit actions.
 
@@ -185,27 +180,30 @@ async def report_locations(
     that applies to the shift's job.
     """
     batch.check(MAX_LIVE_SAMPLES)
-    snap = index.snapshot
-    work = _live_work(snap, batch, int(clock.now()))
+    work = _live_work(fences.view(), batch, int(clock.now()))
     r, report = await run_retrying(submit, work, _LOST_TRAILS)
     # After the transaction: a shared commit waits for nothing that needs no store.
-    return TrailOutcome(r, snap.fence_ids(r.fence_handles), report)
+    return TrailOutcome(r, r.fence_ids.tolist(), report)
 
 
 _LOST_TRAILS = "the trails were changed by concurrent calls; retry"
 
 
+def exit_action_names(r: TrailVerdict) -> list[str]:
+    return [EXIT_ACTIONS[a].value for a in r.exit_actions.tolist()]
+
+
 def _live_work(
-    snap: Snapshot, batch: TrailBatch, now: int
-) -> Callable[[UnitOfWork], tuple[TrailResult, ExitReport]]:
+    view: FenceView, batch: TrailBatch, now: int
+) -> Callable[[UnitOfWork], tuple[TrailVerdict, ExitReport]]:
     users, clocks = batch.user_ids, batch.time_clock_ids
     group, _, first = pair_codes(users, clocks)
     # (user, clock) in order of first appearance; group[i] indexes sample i's pair
     pairs = list(zip(users[first].tolist(), clocks[first].tolist(), strict=True))
-    # Depends on the snapshot only: worked out before the shared transaction.
-    strangers = unassigned(snap, users, clocks)
+    # Depends on the view only: worked out before the shared transaction.
+    strangers = view.unassigned(users, clocks)
 
-    def work(uow: UnitOfWork) -> tuple[TrailResult, ExitReport]:
+    def work(uow: UnitOfWork) -> tuple[TrailVerdict, ExitReport]:
         known = uow.locations.load(sorted({u for u, _ in pairs}))
         # Stale: older than the user's last accepted sample, on any time clock.
         user_last: dict[int, int] = {}
@@ -216,15 +214,14 @@ def _live_work(
         skip = stale | strangers
         stored = {p: known[p] for p in pairs if p in known}
         held = [(u, c, f) for (u, c), trail in stored.items() for f in trail.inside]
-        held_clocks = np.array([c for _, c, _ in held], np.int64)
-        initial = InsideState(
+        initial = Held(
             np.array([u for u, _, _ in held], np.int64),
-            held_clocks,
-            handles_of(snap, held_clocks, [f for _, _, f in held]),
+            np.array([c for _, c, _ in held], np.int64),
+            [f for _, _, f in held],
         )
-        r = _detect(snap, batch, skip=skip, initial=initial)
+        r = _detect(view, batch, skip=skip, initial=initial)
         shifts: dict[tuple[int, int], Activity] = {}
-        auto = ACTIONS.index(ExitAction.AUTO_CLOCK_OUT)
+        auto = EXIT_ACTIONS.index(ExitAction.AUTO_CLOCK_OUT)
         leaving = r.exit_samples[(r.exit_actions == auto) & ~r.exit_other_inside]
         if leaving.size:
             # Only now are open shifts needed: their jobs decide which other
@@ -237,10 +234,10 @@ def _live_work(
                 group_job = np.array(
                     [_shift_job(shifts.get((c, u)), code) for u, c in pairs], np.int32
                 )
-                r = _detect(snap, batch, skip, initial, group_job[group], job_names)
+                r = _detect(view, batch, skip, initial, group_job[group], job_names)
         r.status[strangers & (r.status == PointStatus.SKIPPED)] = PointStatus.UNKNOWN_USER
-        report, events = _fire(uow, snap, batch, r, shifts, now)
-        uow.locations.save(_new_trails(snap, pairs, group, batch, r, stored), known)
+        report, events = _fire(uow, batch, r, shifts, now)
+        uow.locations.save(_new_trails(pairs, group, batch, r, stored), known)
         uow.events.append(events)
         return r, report
 
@@ -248,11 +245,10 @@ def _live_work(
 
 
 def _new_trails(
-    snap: Snapshot,
     pairs: list[tuple[int, int]],
     group: npt.NDArray[np.int64],
     batch: TrailBatch,
-    r: TrailResult,
+    r: TrailVerdict,
     stored: dict[tuple[int, int], LiveTrail],
 ) -> dict[tuple[int, int], LiveTrail]:
     """Trails whose last accepted time or inside fences changed."""
@@ -260,11 +256,9 @@ def _new_trails(
     newest = np.full(len(pairs), _NEVER, np.int64)
     np.maximum.at(newest, group[accepted], batch.timestamps[accepted])
     inside: dict[tuple[int, int], list[str]] = {}
+    final = r.final.held()
     for u, c, f in zip(
-        r.final.user_ids.tolist(),
-        r.final.time_clock_ids.tolist(),
-        snap.fence_ids(r.final.handles),
-        strict=True,
+        final.user_ids.tolist(), final.time_clock_ids.tolist(), final.fence_ids, strict=True
     ):
         inside.setdefault((u, c), []).append(f)
     out: dict[tuple[int, int], LiveTrail] = {}
@@ -288,15 +282,14 @@ def _shift_job(shift: Activity | None, codes: dict[str, int]) -> int:
 
 def _fire(
     uow: UnitOfWork,
-    snap: Snapshot,
     batch: TrailBatch,
-    r: TrailResult,
+    r: TrailVerdict,
     shifts: dict[tuple[int, int], Activity],
     now: int,
 ) -> tuple[ExitReport, list[Event]]:
     """Events and automatic clock-outs of the exits, in sample order."""
-    fence_ids = snap.fence_ids(r.exit_handles)
-    actions = [ACTIONS[a].value for a in r.exit_actions.tolist()]
+    fence_ids = r.exit_fence_ids.tolist()
+    actions = exit_action_names(r)
     outcomes: list[str] = []
     shift_ids: list[str] = []
     events: list[Event] = []

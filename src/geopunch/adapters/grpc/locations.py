@@ -13,16 +13,15 @@ import numpy.typing as npt
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType
-from geopunch.domain.locations import STALE, PointStatus
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
-from geopunch.geo.engine import ACTIONS, FenceIndex
+from geopunch.domain.locations import EXIT_ACTIONS, STALE, PointStatus
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.logs import request_id_var
 from geopunch.service import trails
 from geopunch.service.locations import LocationBatch, check_locations
 from geopunch.service.trails import TrailBatch, TrailOutcome
 from geopunch.v1 import location_pb2, location_pb2_grpc
 
-_EXIT_ACTIONS = [a.value for a in ACTIONS]
+_EXIT_ACTIONS = [a.value for a in EXIT_ACTIONS]
 
 
 def _raw(
@@ -197,14 +196,14 @@ def event_to_proto(e: Event) -> location_pb2.Event:
 class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     def __init__(
         self,
-        index: FenceIndex,
+        fences: FenceEngine,
         uows: UnitOfWorkFactory | None = None,
         clock: Clock | None = None,
         submit: AsyncTransactionRunner | None = None,
         wakeup: Wakeup | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
-        self._index = index
+        self._fences = fences
         self._uows = uows
         self._clock = clock
         self._submit = submit
@@ -215,7 +214,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         self, request: location_pb2.EvaluateTrailsRequest, context: Any
     ) -> location_pb2.EvaluateTrailsResponse:
         batch = trail_batch_from_proto(request.samples)
-        out = trails.evaluate_trails(self._index, batch)
+        out = trails.evaluate_trails(self._fences, batch)
         response = location_pb2.EvaluateTrailsResponse(request_id=request_id_var.get())
         fill_trail_results(response.data, batch, out)
         return response
@@ -227,7 +226,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         committer's writer thread, and the answer is built here."""
         assert self._submit is not None and self._clock is not None
         batch = trail_batch_from_proto(request.samples)
-        out = await trails.report_locations(self._submit, self._index, self._clock, batch)
+        out = await trails.report_locations(self._submit, self._fences, self._clock, batch)
         status = out.result.status
         ok, ignored = PointStatus.OK, PointStatus.IGNORED_ACCURACY
         rejected = int(np.count_nonzero((status != ok) & (status != STALE) & (status != ignored)))
@@ -277,32 +276,26 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         self, request: location_pb2.CheckLocationsRequest, context: Any
     ) -> location_pb2.CheckLocationsResponse:
         batch, kind = batch_from_proto(request)
-        snap, result = check_locations(self._index, batch, prefix=kind)
-        handles = result.fence_handles
-        extra = result.nearest_handles if result.nearest_handles is not None else None
-        pool = handles if extra is None else np.concatenate([handles, extra[extra >= 0]])
-        unique, inverse = np.unique(pool, return_inverse=True)
+        v = check_locations(self._fences, batch, prefix=kind)
         # Filled in place: a message passed to a constructor is copied whole.
         response = location_pb2.CheckLocationsResponse(request_id=request_id_var.get())
         data = response.data
-        data.count = int(result.status.size)
-        data.status_u8 = result.status.tobytes()
-        data.inside_u8 = result.inside.astype(np.uint8).tobytes()
-        data.allowed_u8 = result.allowed.astype(np.uint8).tobytes()
-        data.match_offsets_i64 = result.offsets.astype("<i8").tobytes()
-        data.match_fences_i32 = inverse[: handles.size].astype("<i4").tobytes()
-        data.match_applicable_u8 = result.applicable.astype(np.uint8).tobytes()
-        data.match_actions_i8 = result.actions.astype(np.int8).tobytes()
+        data.count = int(v.status.size)
+        data.status_u8 = v.status.tobytes()
+        data.inside_u8 = v.inside.astype(np.uint8).tobytes()
+        data.allowed_u8 = v.allowed.astype(np.uint8).tobytes()
+        data.match_offsets_i64 = v.offsets.astype("<i8").tobytes()
+        data.match_fences_i32 = v.fences.astype("<i4").tobytes()
+        data.match_applicable_u8 = v.applicable.astype(np.uint8).tobytes()
+        data.match_actions_i8 = v.actions.astype(np.int8).tobytes()
         data.exit_actions.extend(_EXIT_ACTIONS)
         if request.fixed_width_fence_ids:
-            ids = snap.fence_ids_fixed(unique)
+            ids = v.ids.fixed()
             data.fence_ids_fixed = ids.tobytes()
             data.fence_id_width = ids.dtype.itemsize
         else:
-            data.fence_ids.extend(snap.fence_ids(unique))
-        if result.distance_m is not None and extra is not None:
-            nearest = np.full(extra.size, -1, "<i4")
-            nearest[extra >= 0] = inverse[handles.size :]
-            data.distances_f64 = result.distance_m.astype("<f8").tobytes()
-            data.nearest_fences_i32 = nearest.tobytes()
+            data.fence_ids.extend(v.ids.tolist())
+        if v.distance_m is not None and v.nearest is not None:
+            data.distances_f64 = v.distance_m.astype("<f8").tobytes()
+            data.nearest_fences_i32 = v.nearest.astype("<i4").tobytes()
         return response

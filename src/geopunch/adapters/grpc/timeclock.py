@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
     PunchCommand,
@@ -17,7 +17,6 @@ from geopunch.domain.punches import (
     PunchPoint,
     PunchResult,
 )
-from geopunch.geo.engine import FenceIndex
 from geopunch.logs import request_id_var
 from geopunch.service import punches
 from geopunch.v1 import timeclock_pb2, timeclock_pb2_grpc
@@ -144,12 +143,12 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     def __init__(
         self,
         uows: UnitOfWorkFactory,
-        index: FenceIndex,
+        fences: FenceEngine,
         clock: Clock,
         committer: AsyncTransactionRunner,
     ) -> None:
         self._uows = uows
-        self._index = index
+        self._fences = fences
         self._clock = clock
         self._committer = committer
 
@@ -163,7 +162,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         """Run a punch and render its result (or the replayed one) once it is committed."""
         cmd = command_from_proto(kind, request)
         outcome = await punches.punch(
-            self._committer, self._index, self._clock, cmd, request_id_var.get()
+            self._committer, self._fences, self._clock, cmd, request_id_var.get()
         )
         if outcome.legacy_answer is not None:
             return response_type.FromString(outcome.legacy_answer)
@@ -230,7 +229,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         cmd = command_from_proto(_KINDS[which], getattr(request, which))
         data = timeclock_pb2.ValidatePunchResponse.Data(allowed=True)
         try:
-            punches.validate_punch(self._uows, self._index, self._clock, cmd)
+            punches.validate_punch(self._uows, self._fences, self._clock, cmd)
         except DomainError as err:
             data = timeclock_pb2.ValidatePunchResponse.Data(
                 allowed=False, reason=err.code.value, message=err.message, metadata=err.metadata

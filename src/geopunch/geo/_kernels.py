@@ -21,7 +21,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.geo.frames import MEAN_RADIUS_M, WGS84_A, WGS84_E2
+from geopunch.geo._frames import MEAN_RADIUS_M, WGS84_A, WGS84_E2
 
 Arr = npt.NDArray[Any]
 
@@ -65,7 +65,7 @@ def cell_key(clock, x, y, z):  # -> int64
 
 @numba.njit(cache=True, inline="always")
 def home_slot(key, size):  # -> int64
-    """Same as :func:`geopunch.geo.hashing.home_slots` for one key."""
+    """Same as :func:`geopunch.geo._hashing.home_slots` for one key."""
     mixed = np.uint64(key) * _GOLDEN
     return np.int64(((mixed >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
 

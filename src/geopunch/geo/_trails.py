@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from geopunch.domain.locations import PointStatus
-from geopunch.geo import kernels
-from geopunch.geo.index import USER_KEY_LIMIT, FenceTable, Snapshot
-from geopunch.geo.membership import (
+from geopunch.geo import _kernels as kernels
+from geopunch.geo._index import USER_KEY_LIMIT, FenceTable, Snapshot
+from geopunch.geo._membership import (
     INVALID_ACCURACY,
     OK,
     _applies,

@@ -11,9 +11,9 @@ import numpy.typing as npt
 
 from geopunch.domain.locations import PointStatus
 from geopunch.domain.punches import PointVerdict
-from geopunch.geo import kernels
-from geopunch.geo.frames import geodesic_distance, geodesic_distance_one
-from geopunch.geo.index import ACTIONS, FenceTable, Snapshot
+from geopunch.geo import _kernels as kernels
+from geopunch.geo._frames import geodesic_distance, geodesic_distance_one
+from geopunch.geo._index import ACTIONS, FenceTable, Snapshot
 
 I8 = npt.NDArray[np.int8]
 I32 = npt.NDArray[np.int32]

@@ -11,7 +11,7 @@ point only ever meets fences of its own time clock.
 A :class:`Snapshot` is one large *base* table plus small per-clock *override*
 tables: a change to a time clock's fences builds a table for that clock alone
 (well under a millisecond for 1,000 fences) and publishes a new snapshot that
-shadows the clock in the base. :meth:`FenceIndex.compact` folds overrides back
+shadows the clock in the base. :meth:`Snapshots.compact` folds overrides back
 into a new base. Readers take ``index.snapshot`` once per call and never lock;
 writers serialize on a lock and publish by replacing one reference.
 """
@@ -26,18 +26,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.models import ExitAction, Geofence, TimeClock
-from geopunch.geo import kernels
-from geopunch.geo.frames import ecef
-from geopunch.geo.hashing import HashTable
+from geopunch.domain.locations import EXIT_ACTIONS
+from geopunch.domain.models import Geofence, TimeClock
+from geopunch.geo import _kernels as kernels
+from geopunch.geo._frames import ecef
+from geopunch.geo._hashing import HashTable
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 
-#: Exit action codes used in result arrays (int8), in this order.
-ACTIONS: tuple[ExitAction, ...] = tuple(ExitAction)
+ACTIONS = EXIT_ACTIONS
 _ACTION_CODE = {a: i for i, a in enumerate(ACTIONS)}
 
 
@@ -483,8 +483,9 @@ def _user_keys(clocks: Sequence[ClockInfo]) -> I64:
 
 
 @dataclass
-class FenceIndex:
-    """The process-wide fence index. ``snapshot`` is safe to read from any thread."""
+class Snapshots:
+    """Holds the current snapshot and builds the next one on every change;
+    ``snapshot`` is safe to read from any thread."""
 
     compact_after_clocks: int = 32
     compact_after_fences: int = 100_000
