@@ -6,15 +6,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from geopunch.adapters.db.store import (
+    MIGRATIONS,
     SqlUnitOfWorkFactory,
     current_revision,
-    head_revision,
     migrate,
 )
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
@@ -48,6 +50,9 @@ TC = TimeClock(
 )
 
 
+T = TypeVar("T")
+
+
 def fence(i: int, jobs: tuple[str, ...] = ("a",)) -> Geofence:
     return Geofence(
         id=f"fence-{i}",
@@ -64,8 +69,11 @@ def fence(i: int, jobs: tuple[str, ...] = ("a",)) -> Geofence:
 
 
 def test_migration_is_at_head_and_repeatable(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() != ""
-    assert migrate(engine) == head_revision()
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert current_revision(engine) == head and head
+    assert migrate(engine) == head
 
 
 def test_time_clock_round_trip_and_replace(engine: Engine) -> None:
@@ -284,6 +292,17 @@ def test_idempotency_keys(engine: Engine) -> None:
             uow.idempotency.put("k1", "clock_in", "h", b"other")
 
 
+def commit(committer: Any, work: Callable[[Any], T]) -> T:
+    """From a thread: ``work`` through the committer, on an event loop of its own."""
+    import asyncio
+
+    async def submit() -> T:
+        result: T = await committer.submit(work)
+        return result
+
+    return asyncio.run(submit())
+
+
 @pytest.mark.parametrize("fail_after_write", [True, False])
 def test_group_committer_isolates_failures_and_commits_the_rest(
     engine: Engine, fail_after_write: bool
@@ -307,7 +326,7 @@ def test_group_committer_isolates_failures_and_commits_the_rest(
                 raise DomainError(ErrorCode.INVALID_ARGUMENT, f"work {i} fails")
             return f"ok-{i}"
 
-        return committer(body)
+        return commit(committer, body)
 
     try:
         with ThreadPoolExecutor(32) as pool:
@@ -344,7 +363,7 @@ def test_group_committer_survives_a_database_error_inside_one_piece(engine: Engi
             return "ok"
 
         try:
-            return committer(body)
+            return commit(committer, body)
         except ConcurrentChange:
             return "lost"
 
@@ -414,7 +433,7 @@ def test_group_committer_answers_every_caller_with_its_own_result(engine: Engine
                 return key
 
             try:
-                answers.append(committer(body))
+                answers.append(commit(committer, body))
             except DomainError as err:
                 answers.append("refused " + err.message)
         return answers
@@ -462,8 +481,8 @@ def test_idempotency_keys_are_purged_oldest_first_in_batches(engine: Engine) -> 
 def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
     engine: Engine,
 ) -> None:
-    """Coroutines awaiting ``submit`` and threads calling the committer share
-    its writer: each gets its own answer or error, a coroutine that went away
+    """Coroutines on one event loop and threads on loops of their own share
+    the committer's writer: each gets its own answer or error, a coroutine that went away
     (cancelled) leaves the others answered, and every success is stored."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
@@ -502,7 +521,8 @@ def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
     try:
         with ThreadPoolExecutor(8) as pool:
             threads = [
-                pool.submit(answer, lambda i=i: committer(body(f"th-{i}"))) for i in range(80)
+                pool.submit(answer, lambda i=i: commit(committer, body(f"th-{i}")))
+                for i in range(80)
             ]
             from_coroutines = asyncio.run(coroutines())
             from_threads = [f.result(60) for f in threads]
@@ -520,4 +540,4 @@ def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
         assert uow.idempotency.get("co-13") is None
         assert uow.idempotency.get("gone") is not None  # queued before it was cancelled
     with pytest.raises(RuntimeError, match="closing"):
-        committer(body("late"))
+        commit(committer, body("late"))

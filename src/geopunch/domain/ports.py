@@ -227,19 +227,14 @@ class UnitOfWorkFactory(Protocol):
     def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...
 
 
-class TransactionRunner(Protocol):
-    """Runs ``work`` in a transaction and commits its writes before returning.
+class AsyncTransactionRunner(Protocol):
+    """Runs ``work`` in a transaction and commits its writes before the
+    awaited result is set.
 
     An implementation may share one transaction (and one fsync) among several
     callers' work, each in its own savepoint; work that raises leaves no
     writes behind and its exception reaches its caller only.
     """
-
-    def __call__(self, work: Callable[[UnitOfWork], T]) -> T: ...
-
-
-class AsyncTransactionRunner(Protocol):
-    """``TransactionRunner`` for coroutines: the result is awaited, not waited for."""
 
     def __call__(self, work: Callable[[UnitOfWork], T]) -> Awaitable[T]: ...
 

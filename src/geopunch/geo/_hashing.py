@@ -64,28 +64,6 @@ class HashTable:
             slots[pending] = np.where(nxt == size, 0, nxt)
         return HashTable(table_keys, table_values)
 
-    def lookup(self, queries: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
-        """Values for ``queries`` (int64, shape (n,)); ``-1`` where a key is absent."""
-        queries = np.asarray(queries, dtype=np.int64)
-        out = np.full(queries.shape, -1, dtype=np.int32)
-        if queries.size == 0:
-            return out
-        size = self.keys.size
-        slots = home_slots(queries, size)
-        found = self.keys[slots]
-        hit = found == queries
-        out[hit] = self.values[slots[hit]]
-        active = np.flatnonzero(~hit & (found != EMPTY))
-        while active.size:
-            s = slots[active] + 1
-            s[s == size] = 0
-            slots[active] = s
-            found = self.keys[s]
-            hit = found == queries[active]
-            out[active[hit]] = self.values[s[hit]]
-            active = active[~hit & (found != EMPTY)]
-        return out
-
     @property
     def nbytes(self) -> int:
         return int(self.keys.nbytes + self.values.nbytes)

@@ -382,15 +382,6 @@ class Snapshot:
             raise KeyError("a handle is not in this snapshot")
         return raw
 
-    def iter_fences(self) -> Iterator[tuple[int, str]]:
-        """(time clock id, fence id) of every indexed fence."""
-        for table in self.tables:
-            for row in range(table.size):
-                c = int(table.clocks[row])
-                if table is self.base and self.shadowed[c]:
-                    continue
-                yield self.clocks[c].time_clock.id, bytes(table.ids[row]).decode()
-
 
 #: Rows of ``Snapshot.exit_m``: fields of ExitDetectionSettings.
 EXIT_SETTINGS = (

@@ -20,7 +20,6 @@ from typing import Any, Self, TypeVar
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -32,12 +31,8 @@ from geopunch.adapters.db.repositories import (
     SqlIndexChangeRepository,
     SqlTimeClockRepository,
 )
-from geopunch.adapters.db.scheduling import (
-    SqlEventRepository,
-    SqlLocationRepository,
-    SqlSchedulerRepository,
-    SqlShiftRepository,
-)
+from geopunch.adapters.db.scheduling import SqlSchedulerRepository, SqlShiftRepository
+from geopunch.adapters.db.tracking import SqlEventRepository, SqlLocationRepository
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 T = TypeVar("T")
@@ -105,13 +100,6 @@ def current_revision(engine: Engine) -> str:
         rev = MigrationContext.configure(conn).get_current_revision()
         conn.rollback()
     return rev or ""
-
-
-def head_revision() -> str:
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    return head or ""
 
 
 class SqlUnitOfWork:
@@ -278,23 +266,15 @@ class SqlUnitOfWorkFactory:
 
 
 class _Piece:
-    """One caller's work and, once its batch is committed, the outcome.
+    """One caller's work and, once its batch is committed, the outcome that
+    the caller's ``future`` (on its own event loop) receives."""
 
-    A thread waiting in ``GroupCommitter.__call__`` is woken through ``event``;
-    a coroutine awaiting ``GroupCommitter.submit`` through ``future``."""
+    __slots__ = ("context", "future", "ok", "value", "work")
 
-    __slots__ = ("context", "event", "future", "ok", "value", "work")
-
-    def __init__(
-        self,
-        work: Callable[[Any], Any],
-        event: threading.Event | None,
-        future: asyncio.Future[Any] | None,
-    ) -> None:
+    def __init__(self, work: Callable[[Any], Any], future: asyncio.Future[Any]) -> None:
         self.work = work
         # The submitter's context variables (its request id) hold while its work runs.
         self.context = contextvars.copy_context()
-        self.event = event
         self.future = future
         self.ok = False
         self.value: Any = None
@@ -311,7 +291,6 @@ def _settle(pieces: list[_Piece]) -> None:
     """On the event loop: hand each awaiting coroutine its outcome."""
     for p in pieces:
         fut = p.future
-        assert fut is not None
         if fut.cancelled():  # the call went away; its work is committed all the same
             continue
         if p.ok:
@@ -326,37 +305,33 @@ class GroupCommitter:
     Callers queue their work; one writer thread takes whatever has queued up
     (at most ``max_batch``), runs each piece so that a failing one leaves no
     writes (see ``_apply``), commits once and answers the whole batch. Under
-    load one fsync serves many calls. Threads call it directly (it implements
-    :class:`geopunch.domain.ports.TransactionRunner`); coroutines await
-    ``submit``, and a batch wakes their event loop once, not once per call:
-    under 64 punches in flight that hand-off, not the SQL, was what limited
-    throughput (bench/README, "Punches under load").
+    load one fsync serves many calls. Callers are coroutines awaiting
+    ``submit`` (it implements :class:`geopunch.domain.ports.AsyncTransactionRunner`);
+    a batch wakes each event loop once, not once per call, because under many
+    punches in flight that hand-off, not the SQL, limits throughput.
+    ``observe``, when given, is told each batch's seconds and piece count
+    (from the writer thread).
     """
 
-    def __init__(self, uows: UnitOfWorkFactory, max_batch: int = 128) -> None:
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        max_batch: int = 128,
+        observe: Callable[[float, int], None] | None = None,
+    ) -> None:
         self._uows = uows
         self._max_batch = max_batch
+        self._observe = observe
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Piece] = deque()
         self._closed = False
         self._thread = threading.Thread(target=self._write, name="group-commit", daemon=True)
         self._thread.start()
 
-    def __call__(self, work: Callable[[UnitOfWork], T]) -> T:
-        """Run ``work`` in the next batch; return once it is committed."""
-        piece = _Piece(work, threading.Event(), None)
-        self._enqueue(piece)
-        assert piece.event is not None
-        piece.event.wait()
-        if piece.ok:
-            result: T = piece.value
-            return result
-        raise piece.value
-
     def submit(self, work: Callable[[UnitOfWork], T]) -> asyncio.Future[T]:
         """From a coroutine: a future of ``work``'s result, set once it is committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Piece(work, None, future))
+        self._enqueue(_Piece(work, future))
         return future
 
     def _enqueue(self, piece: _Piece) -> None:
@@ -383,20 +358,19 @@ class GroupCommitter:
                     return
                 take = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(take)]
-            outcomes = self.run_batch([p.run for p in batch])
+            started = time.perf_counter()
+            outcomes = self._run_batch([p.run for p in batch])
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started, len(batch))
             waiting: dict[asyncio.AbstractEventLoop, list[_Piece]] = {}
             for p, (ok, value) in zip(batch, outcomes, strict=True):
                 p.ok, p.value = ok, value
-                if p.event is not None:
-                    p.event.set()
-                else:
-                    assert p.future is not None
-                    waiting.setdefault(p.future.get_loop(), []).append(p)
+                waiting.setdefault(p.future.get_loop(), []).append(p)
             for loop, pieces in waiting.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: no one to answer
                     loop.call_soon_threadsafe(_settle, pieces)
 
-    def run_batch(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
+    def _run_batch(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
         """Run ``works`` in one transaction and commit once; one (ok, result or
         exception) per piece. A failing piece leaves none of its writes."""
         try:

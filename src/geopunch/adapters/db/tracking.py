@@ -1,0 +1,180 @@
+"""Repositories of what moves all day: live trails and the event log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+from sqlalchemy import JSON, Connection, String, bindparam, insert, select, type_coerce, update
+
+from geopunch.adapters.db.prepared import (
+    Prepared,
+    PreparedIn,
+    in_seq_order,
+    in_values,
+    integrity_error,
+)
+from geopunch.adapters.db.tables import events, live_trails
+from geopunch.domain.errors import ConcurrentChange
+from geopunch.domain.events import Event, LiveTrail
+
+#: Key of the PostgreSQL advisory lock that orders event writers.
+_EVENTS_LOCK = 0x6765_6F70_6576  # "geopev"
+
+
+_TRAIL = live_trails.c
+_LOAD_TRAILS = PreparedIn(
+    # inside comes undecoded (see _fences): JSON text on SQLite, a list on PostgreSQL.
+    lambda n: (
+        select(
+            _TRAIL.user_id,
+            _TRAIL.time_clock_id,
+            _TRAIL.last_ts,
+            type_coerce(_TRAIL.inside, String),
+        )
+        .where(_TRAIL.user_id.in_(in_values(n)))
+        .with_for_update()
+    )
+)
+
+
+@lru_cache(maxsize=4096)
+def _decoded(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _fences(raw: str | list[str]) -> tuple[str, ...]:
+    """A stored ``inside`` value as a tuple of fence ids.
+
+    psycopg decodes JSON columns itself; SQLite gives the text, which repeats
+    from batch to batch (a user stays in the same fences), so decoded texts
+    are remembered.
+    """
+    return _decoded(raw) if isinstance(raw, str) else tuple(raw)
+
+
+_INSERT_TRAIL = Prepared(
+    insert(live_trails).values({c.key: bindparam(c.key) for c in live_trails.c})
+)
+_WHERE_TRAIL = (_TRAIL.user_id == bindparam("u"), _TRAIL.time_clock_id == bindparam("k"))
+_UPDATE_TRAIL = Prepared(
+    update(live_trails)
+    .where(*_WHERE_TRAIL)
+    .values(last_ts=bindparam("ts"), inside=bindparam("fences", type_=JSON))
+)
+#: A trail that moved without entering or leaving a fence: no JSON to encode.
+_MOVE_TRAIL = Prepared(update(live_trails).where(*_WHERE_TRAIL).values(last_ts=bindparam("ts")))
+
+
+class SqlLocationRepository:
+    """Live trails, one row per (user, time clock).
+
+    Every ReportLocations batch reads and writes a row per trail it touches,
+    so these statements run on the driver (see ``prepared``).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def load(self, user_ids: Sequence[int]) -> dict[tuple[int, int], LiveTrail]:
+        """Stored trails of these users, on every time clock, locked for update."""
+        return {
+            (user, clock): LiveTrail(last, _fences(inside))
+            for user, clock, last, inside in _LOAD_TRAILS.all(self._conn, user_ids)
+        }
+
+    def save(
+        self, new: dict[tuple[int, int], LiveTrail], known: Mapping[tuple[int, int], LiveTrail]
+    ) -> None:
+        """Write trails; those in ``known`` (as loaded) exist already, the others
+        are inserted (ConcurrentChange when another call inserted one first)."""
+        fresh = []
+        moved = []
+        changed = []
+        for (u, k), v in new.items():
+            old = known.get((u, k))
+            if old is None:
+                fresh.append(
+                    {
+                        "user_id": u,
+                        "time_clock_id": k,
+                        "last_ts": v.last_ts,
+                        "inside": list(v.inside),
+                    }
+                )
+            elif old.inside == v.inside:
+                moved.append({"u": u, "k": k, "ts": v.last_ts})
+            else:
+                changed.append({"u": u, "k": k, "ts": v.last_ts, "fences": list(v.inside)})
+        if fresh:
+            # No savepoint of its own: a refused insert fails the whole unit of
+            # work (or the group committer's savepoint around it), which is retried.
+            try:
+                _INSERT_TRAIL.many(self._conn, fresh)
+            except integrity_error(self._conn) as exc:
+                raise ConcurrentChange("another call started the same trail first") from exc
+        if moved:
+            _MOVE_TRAIL.many(self._conn, moved)
+        if changed:
+            _UPDATE_TRAIL.many(self._conn, changed)
+
+
+_INSERT_EVENT = Prepared(
+    insert(events).values({c.key: bindparam(c.key) for c in events.c if c.key != "seq"})
+)
+
+
+class SqlEventRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        #: Set once this transaction appended events (the unit of work signals their commit).
+        self.appended = False
+
+    def append(self, new: Sequence[Event]) -> None:
+        if not new:
+            return
+        self.appended = True
+        in_seq_order(self._conn, _EVENTS_LOCK)  # subscribers resume from a seq
+        _INSERT_EVENT.many(
+            self._conn,
+            [
+                {
+                    "type": e.type,
+                    "occurred_at": e.occurred_at,
+                    "time_clock_id": e.time_clock_id,
+                    "scheduler_id": e.scheduler_id,
+                    "user_id": e.user_id,
+                    "payload": e.payload,
+                }
+                for e in new
+            ],
+        )
+
+    def after(
+        self,
+        cursor: int,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+        time_clock_ids: Sequence[int] = (),
+    ) -> list[Event]:
+        """Events with ``seq > cursor`` in log order, of the given types and
+        time clocks (empty: any)."""
+        query = select(events).where(events.c.seq > cursor)
+        if types:
+            query = query.where(events.c.type.in_(list(types)))
+        if time_clock_ids:
+            query = query.where(events.c.time_clock_id.in_(list(time_clock_ids)))
+        rows = self._conn.execute(query.order_by(events.c.seq).limit(limit))
+        return [
+            Event(
+                type=r.type,
+                occurred_at=r.occurred_at,
+                payload=r.payload,
+                user_id=r.user_id,
+                time_clock_id=r.time_clock_id,
+                scheduler_id=r.scheduler_id,
+                seq=r.seq,
+            )
+            for r in rows
+        ]
