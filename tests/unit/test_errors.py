@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import re
+import urllib.parse
 from pathlib import Path
 
 import grpc
@@ -50,3 +52,24 @@ def test_status_carries_error_info_and_bad_request() -> None:
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "2 problems" in status.details
     assert status.trailing_metadata[0][0] == "grpc-status-details-bin"
+
+
+def test_a_status_stays_under_the_metadata_limit_whatever_it_echoes() -> None:
+    """Long values, many metadata keys and many violations: the encoded status
+    (details base64 in trailing metadata, message percent-encoded) fits well
+    under grpc's default 8 KiB, and says how long each cut value was."""
+    long = "é" * 50_000
+    err = DomainError(
+        ErrorCode.INVALID_ARGUMENT,
+        "bad " + long,
+        {f"key{i}-{long}": long for i in range(50)},
+        tuple(
+            FieldViolation(f"items[{i}].{long}", long, ErrorCode.INVALID_ARGUMENT)
+            for i in range(100)
+        ),
+    )
+    status = to_status(err)
+    encoded = sum(len(base64.b64encode(v)) for _, v in status.trailing_metadata)
+    message = len(urllib.parse.quote(status.details))
+    assert encoded + message < 7_000, (encoded, message)
+    assert status.details.endswith("(50004 characters)")

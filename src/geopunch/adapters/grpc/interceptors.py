@@ -138,8 +138,16 @@ class ServiceInterceptor(_Interceptor):
         """The status a handler's exception is answered with."""
         if isinstance(exc, DomainError):
             return _status(exc)
+        # Logged once here, with the stack; the caller gets the request id to
+        # quote, never the exception's text.
         log.exception("unexpected error in %s", method)
-        return _Status(grpc.StatusCode.INTERNAL, "internal error; see the server log", None)
+        return _status(
+            DomainError(
+                ErrorCode.INTERNAL,
+                f"internal error; the server log has it under request id {request_id_var.get()}",
+                {"requestId": request_id_var.get()},
+            )
+        )
 
     @contextlib.asynccontextmanager
     async def _call(self, context: Any, method: str, authorized: bool) -> AsyncIterator[None]:
