@@ -20,6 +20,7 @@ from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.adapters.grpc.timeclock import TimeClockServicer
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.config import Config
+from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
 from geopunch.geo.engine import FenceIndex, warm_up
 from geopunch.v1 import (
@@ -113,6 +114,8 @@ class Services:
     submit: AsyncTransactionRunner
     wakeup: Wakeup
     stopping: threading.Event
+    #: How far ahead of this server's clock a location sample may be.
+    max_skew_s: float = DEFAULT_MAX_SKEW_S
 
 
 def add_services(server: grpc.aio.Server, s: Services) -> None:
@@ -122,7 +125,8 @@ def add_services(server: grpc.aio.Server, s: Services) -> None:
         GeofenceServicer(s.uows, s.index), server
     )
     location_pb2_grpc.add_LocationServiceServicer_to_server(
-        LocationServicer(s.index, s.uows, s.clock, s.submit, s.wakeup, s.stopping), server
+        LocationServicer(s.index, s.uows, s.clock, s.submit, s.wakeup, s.stopping, s.max_skew_s),
+        server,
     )
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
         SchedulerServicer(s.uows, s.clock), server

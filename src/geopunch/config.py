@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -33,6 +35,8 @@ class Config:
     #: Server processes sharing the port and the store (one Python interpreter
     #: runs on one core at a time; each process is one more).
     processes: int = 1
+    #: How far ahead of the server's clock a location sample may be stamped.
+    max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_S
 
     @staticmethod
     def from_env(
@@ -72,6 +76,9 @@ class Config:
         processes = int(pick("processes", "GEOPUNCH_PROCESSES", "1"))
         if not 1 <= processes <= 64:
             raise ValueError("processes must be within 1..64")
+        skew = float(pick("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300"))
+        if not 0 <= skew <= 86_400:
+            raise ValueError("max clock skew must be within 0..86400 seconds")
         return Config(
             listen=listen,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -81,4 +88,5 @@ class Config:
             idempotency_days=days,
             index_poll_seconds=poll_ms / 1000,
             processes=processes,
+            max_clock_skew_seconds=skew,
         )

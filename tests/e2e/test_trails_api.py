@@ -114,7 +114,7 @@ def test_evaluate_trails_across_the_antimeridian(client: Client) -> None:
     s = location_pb2.TrailSamples(
         user_ids=[1, 1, 1],
         time_clock_id=tc,
-        timestamps=[1, 2, 3],
+        timestamps=[now() - 3, now() - 2, now() - 1],
         latitudes=[east[0], west[0], far[0]],
         longitudes=[east[1], west[1], far[1]],
     )
@@ -340,3 +340,34 @@ def test_raw_trail_columns_are_checked(client: Client) -> None:
     expect_error(
         lambda: evaluate(client, short), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
     )
+
+
+def test_a_sample_from_the_future_locks_no_one_out(client: Client) -> None:
+    """Regression: one live sample stamped 9999999999 outside an automatic
+    clock-out fence used to close the shift at that time, after which every
+    ClockIn overlapped it and every later sample was stale."""
+    user = fresh_user()
+    tc, (fid,) = clock_with_fences(client, user, (0, 100, "autoClockOut"))
+    t0 = now() - 300
+    shift_id = clock_in(client, tc, t0, user)
+    s = samples(tc, [0, 600, 600], t0 + 10, user)
+    s.timestamps[:] = [t0 + 10, 9_999_999_999, -5]
+    out = report(client, s)
+    assert (out.accepted, out.rejected, out.stale) == (1, 2, 0)
+    assert list(out.results.status) == [0, 11, 11]
+    assert not out.results.exits
+    # The trail goes on at the real time: the exit closes the shift then.
+    out = report(client, samples(tc, [600], t0 + 20, user))
+    (exit_event,) = out.results.exits
+    assert (exit_event.fence_id, exit_event.outcome, exit_event.shift_id) == (
+        fid,
+        "clockedOut",
+        shift_id,
+    )
+    # And the user clocks in again.
+    assert clock_in(client, tc, now() - 10, user)
+    # EvaluateTrails refuses the same samples one by one and reports no exit.
+    history = samples(tc, [0, 600, 600], t0, user)
+    history.timestamps[:] = [t0, 9_999_999_999, 100]
+    data = evaluate(client, history)
+    assert list(data.status) == [0, 11, 11] and not data.exits

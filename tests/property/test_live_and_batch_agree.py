@@ -122,7 +122,7 @@ def test_live_batches_find_the_exits_of_one_evaluation(
     batch, cuts = case
     with uows.engine.begin() as conn:  # every example starts with no live state
         conn.execute(text("DELETE FROM live_trails"))
-    expected = evaluate_trails(index, batch)
+    expected = evaluate_trails(index, batch, FixedClock().t)
     want = {
         (int(s), f)
         for s, f in zip(expected.exits.samples.tolist(), expected.exits.fence_ids, strict=True)

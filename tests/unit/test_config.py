@@ -19,6 +19,8 @@ def test_env_and_overrides() -> None:
     assert cfg.api_key_hashes == (hash_key("alpha-key-1"), hash_key("beta-key-22"))
     assert "alpha" not in repr(cfg)
     assert Config.from_env(env, listen="127.0.0.1:1").listen == "127.0.0.1:1"
+    assert cfg.max_clock_skew_seconds == 300
+    assert Config.from_env(env, max_clock_skew_seconds=5).max_clock_skew_seconds == 5
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,9 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_PROCESSES": "0"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_PROCESSES": "65"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_PROCESSES": "two"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS": "-1"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS": "nan"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS": "86401"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:

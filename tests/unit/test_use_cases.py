@@ -333,7 +333,7 @@ def test_leaving_an_auto_clock_out_fence_closes_the_shift(
     assert shift.end.source == "autoClockOut"
     assert types == ["geofenceExit", "autoClockOut"]
     # what the same samples would do, judged as history: nothing is stored
-    evaluated = trails.evaluate_trails(index, _samples([NOW - 300, NOW - 200], [41.0, 41.1]))
+    evaluated = trails.evaluate_trails(index, _samples([NOW - 300, NOW - 200], [41.0, 41.1]), NOW)
     assert evaluated.exits.outcomes == ["clockedOut"]
 
 
@@ -344,6 +344,21 @@ def test_a_stale_live_sample_changes_nothing(store: MemoryStore, index: FenceEng
     assert out.result.status.tolist() == [6]  # type: ignore[attr-defined]
     with store(readonly=True) as uow:
         assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW - 100
+
+
+def test_samples_outside_the_allowed_time_are_refused_one_by_one(
+    store: MemoryStore, index: FenceEngine
+) -> None:
+    """Before 2000, or beyond the allowed skew past now: INVALID_TIMESTAMP,
+    nothing stored; within the skew is accepted."""
+    submit = punches.run_alone(store)
+    batch = _samples([NOW + 61, 946_684_799, NOW + 60], [41.0, 41.0, 41.0])
+    out = run(trails.report_locations(submit, index, Clock(), batch, max_skew_s=60))
+    assert out.result.status.tolist() == [11, 11, 0]  # type: ignore[attr-defined]
+    with store(readonly=True) as uow:
+        assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW + 60
+    evaluated = trails.evaluate_trails(index, batch, NOW, max_skew_s=60)
+    assert evaluated.result.status.tolist() == [11, 11, 0]
 
 
 # -- The index-change feed ----------------------------------------------------------------

@@ -28,6 +28,13 @@ class PointStatus(IntEnum):
     DUPLICATE = 8  # trail files: at the same second as an earlier row of its trail
     MISSING_VALUE = 9  # trail files: an empty required cell
     UNKNOWN_USER = 10  # the user is not assigned to the sample's time clock
+    INVALID_TIMESTAMP = 11  # live and historical samples: before 2000, or in the future
+
+
+#: Samples before 2000-01-01 (Unix seconds) are no GPS fix anyone can act on.
+EARLIEST_SAMPLE = 946_684_800
+#: How far ahead of the server's clock a sample may be (device clocks drift).
+DEFAULT_MAX_SKEW_S = 300
 
 
 #: A stale live sample: older than the user's last accepted one.
@@ -122,3 +129,12 @@ class TrailVerdict:
     exit_actions: I8
     exit_other_inside: B
     final: InsideCarry
+
+
+def untimely(timestamps: npt.NDArray[np.int64], now: float, max_skew_s: float) -> B:
+    """Samples whose time no trail may take: before 2000, or later than
+    ``now + max_skew_s``. They are refused one by one (INVALID_TIMESTAMP) and
+    change nothing; otherwise one sample stamped far in the future would move
+    the trail past every later sample and close a shift at that time."""
+    out: B = (timestamps < EARLIEST_SAMPLE) | (timestamps > now + max_skew_s)
+    return out

@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="server processes on the one port, e.g. one per core (GEOPUNCH_PROCESSES, default 1)",
     )
+    serve.add_argument(
+        "--max-clock-skew-seconds",
+        type=float,
+        help="how far ahead of the server's clock a location sample may be stamped "
+        "(GEOPUNCH_MAX_CLOCK_SKEW_SECONDS, default 300)",
+    )
     _trails_parser(sub)
     return parser
 
@@ -70,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_level=args.log_level,
                 max_workers=args.max_workers,
                 processes=args.processes,
+                max_clock_skew_seconds=args.max_clock_skew_seconds,
             )
         except ValueError as exc:
             print(f"geopunch: {exc}", file=sys.stderr)

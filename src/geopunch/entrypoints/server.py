@@ -153,6 +153,7 @@ class Server:
                 self._committer.submit,
                 self.wakeup,
                 self._stopped,
+                config.max_clock_skew_seconds,
             ),
         )
         return server, server.add_insecure_port(config.listen)

@@ -10,7 +10,15 @@ import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, LiveTrail
-from geopunch.domain.locations import EXIT_ACTIONS, Held, InsideCarry, PointStatus, TrailVerdict
+from geopunch.domain.locations import (
+    DEFAULT_MAX_SKEW_S,
+    EXIT_ACTIONS,
+    Held,
+    InsideCarry,
+    PointStatus,
+    TrailVerdict,
+    untimely,
+)
 from geopunch.domain.models import ExitAction
 from geopunch.domain.ports import (
     AsyncTransactionRunner,
@@ -138,15 +146,21 @@ def would_do(action: str, other_inside: bool) -> str:
     return Outcome.REPORTED
 
 
-def evaluate_trails(fences: FenceEngine, batch: TrailBatch) -> TrailOutcome:
+def evaluate_trails(
+    fences: FenceEngine, batch: TrailBatch, now: float, max_skew_s: float = DEFAULT_MAX_SKEW_S
+) -> TrailOutcome:
     """Verdicts and exits of historical samples, as if each trail started outside
     every fence. Nothing is stored; an automatic clock-out is reported as what
-    it would do if a shift were open."""
+    it would do if a shift were open. Samples before 2000 or later than ``now``
+    plus ``max_skew_s`` are INVALID_TIMESTAMP and take no part."""
     batch.check(MAX_TRAIL_SAMPLES)
     view = fences.view()
     strangers = view.unassigned(batch.user_ids, batch.time_clock_ids)
-    r = _detect(view, batch, strangers, job_indexes=batch.job_indexes, job_names=batch.job_names)
-    r.status[strangers & (r.status == PointStatus.SKIPPED)] = PointStatus.UNKNOWN_USER
+    late = untimely(batch.timestamps, now, max_skew_s)
+    r = _detect(
+        view, batch, strangers | late, job_indexes=batch.job_indexes, job_names=batch.job_names
+    )
+    _mark_skipped(r, late, strangers)
     actions = exit_action_names(r)
     others = r.exit_other_inside
     return TrailOutcome(
@@ -164,7 +178,11 @@ def evaluate_trails(fences: FenceEngine, batch: TrailBatch) -> TrailOutcome:
 
 
 async def report_locations(
-    submit: AsyncTransactionRunner, fences: FenceEngine, clock: Clock, batch: TrailBatch
+    submit: AsyncTransactionRunner,
+    fences: FenceEngine,
+    clock: Clock,
+    batch: TrailBatch,
+    max_skew_s: float = DEFAULT_MAX_SKEW_S,
 ) -> TrailOutcome:
     """Live samples: advance each trail's durable state and fire exit actions.
 
@@ -177,10 +195,11 @@ async def report_locations(
     ``autoClockOut`` fence closes the user's open shift on that time clock at
     the exit sample's time (end source ``autoClockOut``, event
     ``autoClockOut``) unless the user is still inside another enabled fence
-    that applies to the shift's job.
+    that applies to the shift's job. Samples before 2000 or later than now
+    plus ``max_skew_s`` are INVALID_TIMESTAMP and change nothing.
     """
     batch.check(MAX_LIVE_SAMPLES)
-    work = _live_work(fences.view(), batch, int(clock.now()))
+    work = _live_work(fences.view(), batch, clock.now(), max_skew_s)
     r, report = await run_retrying(submit, work, _LOST_TRAILS)
     # After the transaction: a shared commit waits for nothing that needs no store.
     return TrailOutcome(r, r.fence_ids.tolist(), report)
@@ -193,8 +212,17 @@ def exit_action_names(r: TrailVerdict) -> list[str]:
     return [EXIT_ACTIONS[a].value for a in r.exit_actions.tolist()]
 
 
+def _mark_skipped(
+    r: TrailVerdict, late: npt.NDArray[np.bool_], strangers: npt.NDArray[np.bool_]
+) -> None:
+    """Say why each sample the engine was told to skip was skipped."""
+    skipped = r.status == PointStatus.SKIPPED
+    r.status[late & skipped] = PointStatus.INVALID_TIMESTAMP
+    r.status[strangers & ~late & skipped] = PointStatus.UNKNOWN_USER
+
+
 def _live_work(
-    view: FenceView, batch: TrailBatch, now: int
+    view: FenceView, batch: TrailBatch, now: float, max_skew_s: float
 ) -> Callable[[UnitOfWork], tuple[TrailVerdict, ExitReport]]:
     users, clocks = batch.user_ids, batch.time_clock_ids
     group, _, first = pair_codes(users, clocks)
@@ -202,6 +230,8 @@ def _live_work(
     pairs = list(zip(users[first].tolist(), clocks[first].tolist(), strict=True))
     # Depends on the view only: worked out before the shared transaction.
     strangers = view.unassigned(users, clocks)
+    late = untimely(batch.timestamps, now, max_skew_s)
+    latest_allowed = int(now + max_skew_s)
 
     def work(uow: UnitOfWork) -> tuple[TrailVerdict, ExitReport]:
         known = uow.locations.load(sorted({u for u, _ in pairs}))
@@ -210,8 +240,8 @@ def _live_work(
         for (u, _), trail in known.items():
             user_last[u] = max(user_last.get(u, _NEVER), trail.last_ts)
         last = np.array([user_last.get(u, _NEVER) for u, _ in pairs], np.int64)
-        stale = (batch.timestamps < last[group]) & ~strangers
-        skip = stale | strangers
+        stale = (batch.timestamps < last[group]) & ~strangers & ~late
+        skip = stale | strangers | late
         stored = {p: known[p] for p in pairs if p in known}
         held = [(u, c, f) for (u, c), trail in stored.items() for f in trail.inside]
         initial = Held(
@@ -235,8 +265,8 @@ def _live_work(
                     [_shift_job(shifts.get((c, u)), code) for u, c in pairs], np.int32
                 )
                 r = _detect(view, batch, skip, initial, group_job[group], job_names)
-        r.status[strangers & (r.status == PointStatus.SKIPPED)] = PointStatus.UNKNOWN_USER
-        report, events = _fire(uow, batch, r, shifts, now)
+        _mark_skipped(r, late, strangers)
+        report, events = _fire(uow, batch, r, shifts, int(now), latest_allowed)
         uow.locations.save(_new_trails(pairs, group, batch, r, stored), known)
         uow.events.append(events)
         return r, report
@@ -286,6 +316,7 @@ def _fire(
     r: TrailVerdict,
     shifts: dict[tuple[int, int], Activity],
     now: int,
+    latest_allowed: int,
 ) -> tuple[ExitReport, list[Event]]:
     """Events and automatic clock-outs of the exits, in sample order."""
     fence_ids = r.exit_fence_ids.tolist()
@@ -315,7 +346,13 @@ def _fire(
             events.append(Event(EventType.EXIT_NOTIFICATION.value, ts, payload, user, clock))
         elif outcome == Outcome.CLOCKED_OUT:
             shift = open_shifts.get((clock, user))
-            if shift is None or shift.kind is not ActivityKind.SHIFT or ts <= shift.start.timestamp:
+            # Never a shift that ends before it began or in the future (such
+            # samples are refused before this; the check costs nothing).
+            if (
+                shift is None
+                or shift.kind is not ActivityKind.SHIFT
+                or not shift.start.timestamp < ts <= latest_allowed
+            ):
                 outcome = Outcome.NO_OPEN_SHIFT
             else:
                 acc = batch.accuracy_m[sample] if batch.accuracy_m is not None else np.nan

@@ -437,7 +437,8 @@ class TrailResults(_message.Message):
         """Per sample: 0 OK, 1 INVALID_COORDINATES, 2 UNKNOWN_TIME_CLOCK,
         3 UNKNOWN_JOB, 4 INVALID_ACCURACY, 5 IGNORED_ACCURACY (less accurate than
         the clock's low_accuracy_max_m), 6 STALE (live samples only),
-        10 UNKNOWN_USER (not a user of the sample's time clock).
+        10 UNKNOWN_USER (not a user of the sample's time clock), 11 INVALID_TIMESTAMP
+        (before 2000, or later than the server's clock plus the allowed skew).
         """
 
     @_builtins.property

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType
-from geopunch.domain.locations import EXIT_ACTIONS, STALE, PointStatus
+from geopunch.domain.locations import DEFAULT_MAX_SKEW_S, EXIT_ACTIONS, STALE, PointStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.logs import request_id_var
 from geopunch.service import trails
@@ -202,8 +202,10 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         submit: AsyncTransactionRunner | None = None,
         wakeup: Wakeup | None = None,
         stopping: threading.Event | None = None,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
     ) -> None:
         self._fences = fences
+        self._max_skew_s = max_skew_s
         self._uows = uows
         self._clock = clock
         self._submit = submit
@@ -214,7 +216,8 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         self, request: location_pb2.EvaluateTrailsRequest, context: Any
     ) -> location_pb2.EvaluateTrailsResponse:
         batch = trail_batch_from_proto(request.samples)
-        out = trails.evaluate_trails(self._fences, batch)
+        assert self._clock is not None
+        out = trails.evaluate_trails(self._fences, batch, self._clock.now(), self._max_skew_s)
         response = location_pb2.EvaluateTrailsResponse(request_id=request_id_var.get())
         fill_trail_results(response.data, batch, out)
         return response
@@ -226,7 +229,9 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         committer's writer thread, and the answer is built here."""
         assert self._submit is not None and self._clock is not None
         batch = trail_batch_from_proto(request.samples)
-        out = await trails.report_locations(self._submit, self._fences, self._clock, batch)
+        out = await trails.report_locations(
+            self._submit, self._fences, self._clock, batch, self._max_skew_s
+        )
         status = out.result.status
         ok, ignored = PointStatus.OK, PointStatus.IGNORED_ACCURACY
         rejected = int(np.count_nonzero((status != ok) & (status != STALE) & (status != ignored)))
