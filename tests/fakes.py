@@ -21,7 +21,16 @@ from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PunchPoint, PunchState
+from geopunch.domain.rules import MAX_ENTITY_ID
 from geopunch.domain.shifts import ScheduledShift, Scheduler
+
+
+def _next_free(taken: Mapping[int, object]) -> int:
+    """As the SQL stores: one above the largest id, else the lowest free one."""
+    top = max(taken, default=0)
+    if top < MAX_ENTITY_ID:
+        return top + 1
+    return next(i for i in itertools.count(1) if i not in taken)
 
 
 @dataclass
@@ -71,7 +80,7 @@ class _TimeClocks:
         self.s.time_clocks[tc.id] = tc
 
     def next_id(self) -> int:
-        return max(self.s.time_clocks, default=0) + 1
+        return _next_free(self.s.time_clocks)
 
     def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]:
         return {
@@ -193,7 +202,7 @@ class _Schedulers:
         return s is not None and user_id in s.user_ids
 
     def next_id(self) -> int:
-        return max(self.s.schedulers, default=0) + 1
+        return _next_free(self.s.schedulers)
 
     def add(self, s: Scheduler) -> None:
         if s.id in self.s.schedulers:

@@ -180,3 +180,39 @@ def test_lock_approve_unlock_days(client: Client) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
+
+
+def test_ids_beyond_the_limit_are_refused_and_assignment_survives_the_largest(
+    client: Client,
+) -> None:
+    limit = 2**53 - 1
+    for too_big in (limit + 1, 2**63 - 1):
+        _, violations = expect_error(
+            lambda too_big=too_big: client(
+                client.admin.CreateTimeClock,
+                admin_pb2.CreateTimeClockRequest(
+                    time_clock=admin_pb2.TimeClock(id=too_big, name="big", timezone="UTC")
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+        assert ("time_clock.id", "INVALID_ARGUMENT") in violations
+    tc = admin_pb2.TimeClock(id=limit, name="largest", timezone="UTC")
+    assert (
+        client(
+            client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)
+        ).data.id
+        == limit
+    )
+    auto = admin_pb2.TimeClock(name="auto", timezone="UTC")
+    made = client(client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=auto))
+    assert 0 < made.data.id < limit
+    for kind in ("scheduler",):
+        sched = admin_pb2.Scheduler(id=limit, name="largest", timezone="UTC")
+        client(client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=sched))
+        sched = admin_pb2.Scheduler(name="auto", timezone="UTC")
+        made_s = client(
+            client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=sched)
+        )
+        assert 0 < made_s.data.id < limit, kind

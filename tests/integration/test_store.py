@@ -541,3 +541,18 @@ def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
         assert uow.idempotency.get("gone") is not None  # queued before it was cancelled
     with pytest.raises(RuntimeError, match="closing"):
         commit(committer, body("late"))
+
+
+def test_a_caller_chosen_id_cannot_exhaust_server_assigned_ids(engine: Engine) -> None:
+    """A time clock at the largest id a caller may choose: the next assigned
+    ids fill the lowest gaps instead of overflowing."""
+    from geopunch.domain.rules import MAX_ENTITY_ID
+
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows() as uow:
+        uow.time_clocks.add(replace(TC, id=MAX_ENTITY_ID))
+        assert uow.time_clocks.next_id() == 1
+        for i in (1, 2, 4):
+            uow.time_clocks.add(replace(TC, id=i))
+        assert uow.time_clocks.next_id() == 3
+        uow.commit()

@@ -30,6 +30,10 @@ MAX_JOB_IDS_PER_FENCE = 100
 MAX_NAME_LENGTH = 255
 MAX_ADDRESS_LENGTH = 1000
 MAX_ID_LENGTH = 128
+#: Largest time clock or scheduler id a caller may choose: JSON numbers are
+#: exact below 2**53 in every client (JavaScript's doubles among them), and
+#: the store keeps room above it, so server-assigned ids never run out.
+MAX_ENTITY_ID = 2**53 - 1
 MAX_ACCURACY_TOLERANCE_M = 10_000.0
 MAX_DATES_PER_CALL = 366
 #: Larger Unix timestamps are milliseconds sent by mistake (1e12 seconds is
@@ -92,8 +96,12 @@ def check_ids(
 
 def check_identity(out: Collector, prefix: str, id_: int, name: str, timezone: str) -> None:
     """A positive id, a usable name and an IANA zone (time clocks, schedulers)."""
-    if id_ <= 0:
-        out.add(f"{prefix}.id", ErrorCode.INVALID_ARGUMENT, "id must be a positive integer")
+    if not 0 < id_ <= MAX_ENTITY_ID:
+        out.add(
+            f"{prefix}.id",
+            ErrorCode.INVALID_ARGUMENT,
+            f"id must be a positive integer up to {MAX_ENTITY_ID}",
+        )
     check_name(out, f"{prefix}.name", name, ErrorCode.INVALID_ARGUMENT)
     if not is_valid_timezone(timezone):
         out.add(

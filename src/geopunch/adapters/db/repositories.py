@@ -8,12 +8,14 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Connection,
     Row,
     and_,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     literal_column,
@@ -60,6 +62,7 @@ from geopunch.domain.punches import (
     PunchPoint,
     PunchState,
 )
+from geopunch.domain.rules import MAX_ENTITY_ID
 
 
 def job_columns(position: int, job: Job) -> dict[str, object]:
@@ -69,6 +72,23 @@ def job_columns(position: int, job: Job) -> dict[str, object]:
         "parent_job_id": job.parent_id,
         "color": job.color or None,
     }
+
+
+def next_free_id(conn: Connection, column: Column[int]) -> int:
+    """An id for a new row: one above the largest, or, once that would pass
+    ``MAX_ENTITY_ID`` (a caller chose an id near it), the lowest free one."""
+    current = int(conn.execute(select(func.max(column))).scalar() or 0)
+    if current < MAX_ENTITY_ID:
+        return current + 1
+    table = column.table
+    if not conn.execute(select(exists().where(column == 1))).scalar():
+        return 1
+    other = table.alias()
+    gap = conn.execute(
+        select(func.min(column + 1)).where(~exists().where(other.c[column.key] == column + 1))
+    ).scalar()
+    assert gap is not None  # some id below the maximum is free: the table holds fewer rows
+    return int(gap)
 
 
 class SqlTimeClockRepository:
@@ -138,8 +158,7 @@ class SqlTimeClockRepository:
         )
 
     def next_id(self) -> int:
-        current = self._conn.execute(select(func.max(time_clocks.c.id))).scalar()
-        return int(current or 0) + 1
+        return next_free_id(self._conn, time_clocks.c.id)
 
     @staticmethod
     def _columns(tc: TimeClock) -> dict[str, object]:

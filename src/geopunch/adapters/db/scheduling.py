@@ -11,14 +11,13 @@ from sqlalchemy import (
     Row,
     delete,
     exists,
-    func,
     insert,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.repositories import job_columns
+from geopunch.adapters.db.repositories import job_columns, next_free_id
 from geopunch.adapters.db.tables import (
     scheduled_shifts,
     scheduler_jobs,
@@ -83,8 +82,7 @@ class SqlSchedulerRepository:
         return bool(self._conn.execute(query).scalar())
 
     def next_id(self) -> int:
-        current = self._conn.execute(select(func.max(schedulers.c.id))).scalar()
-        return int(current or 0) + 1
+        return next_free_id(self._conn, schedulers.c.id)
 
     def add(self, s: Scheduler) -> None:
         try:
