@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 from google.protobuf import json_format
 
 from geopunch.v1 import admin_pb2
-from tests.conftest import Client, make_time_clock, next_time_clock_id
+from tests.conftest import Client, ServerProcess, make_time_clock, next_time_clock_id
 from tests.helpers import expect_error
 
 
@@ -183,8 +185,20 @@ def test_lock_approve_unlock_days(client: Client) -> None:
 
 
 def test_ids_beyond_the_limit_are_refused_and_assignment_survives_the_largest(
-    client: Client,
+    tmp_path: Path,
 ) -> None:
+    """On a server of its own: the ids it assigns fill the lowest gaps."""
+    server = ServerProcess(db_url=f"sqlite:///{tmp_path / 'ids.db'}")
+    server.start(tmp_path)
+    client = Client(server.address)
+    try:
+        _ids_beyond_the_limit(client)
+    finally:
+        client.close()
+        server.terminate()
+
+
+def _ids_beyond_the_limit(client: Client) -> None:
     limit = 2**53 - 1
     for too_big in (limit + 1, 2**63 - 1):
         _, violations = expect_error(
@@ -207,7 +221,7 @@ def test_ids_beyond_the_limit_are_refused_and_assignment_survives_the_largest(
     )
     auto = admin_pb2.TimeClock(name="auto", timezone="UTC")
     made = client(client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=auto))
-    assert 0 < made.data.id < limit
+    assert made.data.id == 1
     for kind in ("scheduler",):
         sched = admin_pb2.Scheduler(id=limit, name="largest", timezone="UTC")
         client(client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=sched))
@@ -215,4 +229,4 @@ def test_ids_beyond_the_limit_are_refused_and_assignment_survives_the_largest(
         made_s = client(
             client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=sched)
         )
-        assert 0 < made_s.data.id < limit, kind
+        assert made_s.data.id == 1, kind
