@@ -26,16 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.locations import EXIT_ACTIONS
+from geopunch.domain.locations import EXIT_ACTIONS, F64, I32, I64, B
 from geopunch.domain.models import Geofence, TimeClock
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._frames import ecef
 from geopunch.geo._hashing import HashTable
-
-I32 = npt.NDArray[np.int32]
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
-B = npt.NDArray[np.bool_]
 
 ACTIONS = EXIT_ACTIONS
 _ACTION_CODE = {a: i for i, a in enumerate(ACTIONS)}

@@ -9,17 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.locations import PointStatus
+from geopunch.domain.locations import F64, I8, I32, I64, B, PointStatus
 from geopunch.domain.punches import PointVerdict
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._frames import geodesic_distance, geodesic_distance_one
 from geopunch.geo._index import ACTIONS, FenceTable, Snapshot
-
-I8 = npt.NDArray[np.int8]
-I32 = npt.NDArray[np.int32]
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
-B = npt.NDArray[np.bool_]
 
 #: Per-point status codes of a batch (uint8).
 # Plain ints of the statuses, as the compiled kernels compare them.

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.locations import PointStatus
+from geopunch.domain.locations import F64, I8, I32, I64, B, PointStatus
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._index import USER_KEY_LIMIT, FenceTable, Snapshot
 from geopunch.geo._membership import (
@@ -41,12 +41,6 @@ from geopunch.geo._membership import (
     match_within,
     point_status,
 )
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-I32 = npt.NDArray[np.int32]
-I8 = npt.NDArray[np.int8]
-B = npt.NDArray[np.bool_]
 
 #: Further per-sample status codes (after membership's OK .. INVALID_ACCURACY).
 IGNORED_ACCURACY = int(PointStatus.IGNORED_ACCURACY)

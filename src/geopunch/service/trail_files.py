@@ -17,14 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.locations import Held, InsideCarry, PointStatus
+from geopunch.domain.locations import F64, I64, B, Held, InsideCarry, PointStatus
 from geopunch.domain.ports import FenceView
 from geopunch.geo.engine import bucket_order, pair_codes
 from geopunch.service.trails import exit_action_names, would_do
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-B = npt.NDArray[np.bool_]
 
 OK = int(PointStatus.OK)
 UNKNOWN_USER = int(PointStatus.UNKNOWN_USER)
