@@ -254,6 +254,9 @@ class ReferenceView:
                 out[i] = u not in tc.user_ids
         return out
 
+    def carry(self, held: Held) -> HeldCarry:
+        return HeldCarry(held)
+
     def detect_exits(
         self,
         user_ids: I64,

@@ -301,6 +301,10 @@ class FenceView(Protocol):
         with ``listed_only``, clocks that list no users accept everyone."""
         ...
 
+    def carry(self, held: Held) -> InsideCarry:
+        """``held`` in the form this view reads fastest, for several batches."""
+        ...
+
     def detect_exits(
         self,
         user_ids: I64,

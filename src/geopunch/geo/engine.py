@@ -139,6 +139,11 @@ class SnapshotView:
     def unassigned(self, user_ids: I64, time_clock_ids: I64, *, listed_only: bool = False) -> B:
         return unassigned(self.snapshot, user_ids, time_clock_ids, listed_only=listed_only)
 
+    def carry(self, held: Held) -> _Carry:
+        snap = self.snapshot
+        handles = handles_of(snap, held.time_clock_ids, held.fence_ids)
+        return _Carry(snap, InsideState(held.user_ids, held.time_clock_ids, handles))
+
     def detect_exits(
         self,
         user_ids: I64,
@@ -154,18 +159,11 @@ class SnapshotView:
         initial: Held | InsideCarry | None = None,
     ) -> TrailVerdict:
         snap = self.snapshot
-        start: InsideState | None
-        if initial is None:
-            start = None
-        elif isinstance(initial, _Carry) and initial.snap is snap:
+        start: InsideState | None = None
+        if initial is not None:
+            if not (isinstance(initial, _Carry) and initial.snap is snap):
+                initial = self.carry(initial if isinstance(initial, Held) else initial.held())
             start = initial.state
-        else:
-            held = initial.held() if not isinstance(initial, Held) else initial
-            start = InsideState(
-                held.user_ids,
-                held.time_clock_ids,
-                handles_of(snap, held.time_clock_ids, held.fence_ids),
-            )
         r = detect_exits(
             snap,
             user_ids,

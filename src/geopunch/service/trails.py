@@ -244,10 +244,13 @@ def _live_work(
         skip = stale | strangers | late
         stored = {p: known[p] for p in pairs if p in known}
         held = [(u, c, f) for (u, c), trail in stored.items() for f in trail.inside]
-        initial = Held(
-            np.array([u for u, _, _ in held], np.int64),
-            np.array([c for _, c, _ in held], np.int64),
-            [f for _, _, f in held],
+        # Turned into the view's own form once: the trails may be judged twice.
+        initial = view.carry(
+            Held(
+                np.array([u for u, _, _ in held], np.int64),
+                np.array([c for _, c, _ in held], np.int64),
+                [f for _, _, f in held],
+            )
         )
         r = _detect(view, batch, skip=skip, initial=initial)
         shifts: dict[tuple[int, int], Activity] = {}
