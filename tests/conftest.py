@@ -45,6 +45,10 @@ class ServerProcess:
     proc: subprocess.Popen[str] | None = None
     address: str = ""
     log_path: Path | None = None
+    #: Arguments after ``serve``.
+    args: list[str] = field(default_factory=list)
+    #: For a server with TLS: what its health is checked with.
+    credentials: grpc.ChannelCredentials | None = None
 
     def start(self, log_dir: Path, timeout: float = 120.0) -> None:
         env = {
@@ -58,7 +62,7 @@ class ServerProcess:
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "geopunch", "serve"],
+                [sys.executable, "-m", "geopunch", "serve", *self.args],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -73,7 +77,11 @@ class ServerProcess:
             self.proc.wait()
             raise RuntimeError(f"server did not start: {line!r}\n{self.log_path.read_text()}")
         self.address = line.split()[-1]
-        with grpc.insecure_channel(self.address) as channel:
+        if self.credentials is None:
+            channel = grpc.insecure_channel(self.address)
+        else:
+            channel = grpc.secure_channel(self.address, self.credentials)
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
@@ -115,17 +123,26 @@ class Client:
     """Generated stubs on one channel, sending the API key on every call."""
 
     def __init__(
-        self, address: str, api_key: str | None = API_KEY, *, own_connection: bool = False
+        self,
+        address: str,
+        api_key: str | None = API_KEY,
+        *,
+        own_connection: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         """``own_connection``: a TCP connection of its own (channels in one
-        process share one by default), as a separate client would have."""
+        process share one by default), as a separate client would have.
+        ``credentials``: TLS."""
         options = [
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
         if own_connection:
             options.append(("grpc.use_local_subchannel_pool", 1))
-        self.channel = grpc.insecure_channel(address, options=options)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=options)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.geofences = geofences_pb2_grpc.GeofenceServiceStub(self.channel)

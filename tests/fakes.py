@@ -17,6 +17,7 @@ from datetime import date
 from types import TracebackType
 from typing import Self
 
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
@@ -44,19 +45,37 @@ class _State:
     shifts: dict[str, ScheduledShift] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     live_trails: dict[tuple[int, int], LiveTrail] = field(default_factory=dict)
-    index_changes: list[tuple[int, int, int]] = field(default_factory=list)  # seq, clock, at
+
+
+@dataclass
+class _World:
+    """Every account's state, and what is store-wide."""
+
+    accounts: dict[int, _State] = field(default_factory=dict)
+    # seq, account, clock, at
+    index_changes: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    def of(self, account: int | None) -> _State:
+        if account is None:  # housekeeping: no account's rows
+            return _State()
+        return self.accounts.setdefault(account, _State())
 
 
 class MemoryStore:
     """The committed state, shared by the units of work made from it."""
 
     def __init__(self, now: int = 1_800_000_000) -> None:
-        self.state = _State()
+        self.world = _World()
         self.now = now  # what "created at" means for idempotency keys and index changes
         self.commits = 0
 
-    def __call__(self, *, readonly: bool = False) -> MemoryUnitOfWork:
-        return MemoryUnitOfWork(self, readonly)
+    @property
+    def state(self) -> _State:
+        """The default account's committed state (what most tests look at)."""
+        return self.world.of(DEFAULT_ACCOUNT)
+
+    def __call__(self, *, account: int | None = None, readonly: bool = False) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(self, account, readonly)
 
 
 class _TimeClocks:
@@ -173,7 +192,8 @@ class _Activities:
 
 
 class _Idempotency:
-    def __init__(self, s: _State, store: MemoryStore) -> None:
+    def __init__(self, s: _State, store: MemoryStore, world: _World) -> None:
+        self.world = world
         self.s, self.store = s, store
 
     def get(self, key: str) -> tuple[str, str, bytes] | None:
@@ -184,9 +204,14 @@ class _Idempotency:
         self.s.idempotency[key] = (method, body_hash, response, self.store.now)
 
     def purge(self, created_before: int, limit: int) -> int:
-        old = [k for k, row in self.s.idempotency.items() if row[3] < created_before][:limit]
-        for k in old:
-            del self.s.idempotency[k]
+        old = [
+            (st, k)
+            for st in self.world.accounts.values()
+            for k, row in st.idempotency.items()
+            if row[3] < created_before
+        ][:limit]
+        for st, k in old:
+            del st.idempotency[k]
         return len(old)
 
 
@@ -239,11 +264,16 @@ class _Shifts:
 
 
 class _Events:
-    def __init__(self, s: _State) -> None:
-        self.s = s
+    def __init__(self, s: _State, world: _World) -> None:
+        self.s, self.world = s, world
+
+    def newest(self) -> int:
+        return max(
+            (st.events[-1].seq for st in self.world.accounts.values() if st.events), default=0
+        )
 
     def append(self, new: Sequence[Event]) -> None:
-        seq = self.s.events[-1].seq if self.s.events else 0
+        seq = self.newest()  # one sequence over every account, as the stores
         self.s.events.extend(replace(e, seq=n) for n, e in enumerate(new, seq + 1))
 
     def after(
@@ -281,46 +311,77 @@ class _Locations:
 
 
 class _IndexChanges:
-    def __init__(self, s: _State, store: MemoryStore) -> None:
-        self.s, self.store = s, store
+    def __init__(self, world: _World, store: MemoryStore, account: int | None) -> None:
+        self.world, self.store, self.account = world, store, account
 
     def note(self, time_clock_id: int) -> None:
-        self.s.index_changes.append((self.last() + 1, time_clock_id, self.store.now))
+        assert self.account is not None
+        self.world.index_changes.append(
+            (self.last() + 1, self.account, time_clock_id, self.store.now)
+        )
 
-    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int]]:
-        return [(seq, tc) for seq, tc, _ in self.s.index_changes if seq > cursor][:limit]
+    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
+        return [(seq, a, tc) for seq, a, tc, _ in self.world.index_changes if seq > cursor][:limit]
 
     def last(self) -> int:
-        return self.s.index_changes[-1][0] if self.s.index_changes else 0
+        return self.world.index_changes[-1][0] if self.world.index_changes else 0
 
     def prune(self, before: int) -> int:
-        kept = [c for c in self.s.index_changes if c[2] >= before]
-        removed = len(self.s.index_changes) - len(kept)
-        self.s.index_changes[:] = kept
+        kept = [c for c in self.world.index_changes if c[3] >= before]
+        removed = len(self.world.index_changes) - len(kept)
+        self.world.index_changes[:] = kept
         return removed
 
 
-class MemoryUnitOfWork:
-    """One transaction over a MemoryStore (see the module docstring)."""
+class _Repositories:
+    account: int | None
 
-    def __init__(self, store: MemoryStore, readonly: bool) -> None:
-        self._store, self._readonly = store, readonly
-
-    def __enter__(self) -> Self:
-        self._work = copy.deepcopy(self._store.state)
-        self._bind(self._work)
-        return self
-
-    def _bind(self, s: _State) -> None:
+    def _bind(self, store: MemoryStore, world: _World) -> None:
+        s = world.of(self.account)
         self.time_clocks = _TimeClocks(s)
         self.geofences = _Geofences(s)
         self.activities = _Activities(s)
-        self.idempotency = _Idempotency(s, self._store)
+        self.idempotency = _Idempotency(s, store, world)
         self.schedulers = _Schedulers(s)
         self.shifts = _Shifts(s)
-        self.events = _Events(s)
+        self.events = _Events(s, world)
         self.locations = _Locations(s)
-        self.index_changes = _IndexChanges(s, self._store)
+        self.index_changes = _IndexChanges(world, store, self.account)
+
+
+class _Other(_Repositories):
+    """Another account's repositories in an open unit of work."""
+
+    def __init__(self, uow: MemoryUnitOfWork, account: int) -> None:
+        self._uow, self.account = uow, account
+        self._bind(uow._store, uow._work)
+
+    def for_account(self, account: int) -> _Repositories:
+        return self._uow.for_account(account)
+
+    def commit(self) -> None:
+        self._uow.commit()
+
+    def savepoint(self) -> contextlib.AbstractContextManager[object]:
+        return self._uow.savepoint()
+
+    def changes(self) -> int | None:
+        return None
+
+
+class MemoryUnitOfWork(_Repositories):
+    """One transaction over a MemoryStore (see the module docstring)."""
+
+    def __init__(self, store: MemoryStore, account: int | None, readonly: bool) -> None:
+        self._store, self.account, self._readonly = store, account, readonly
+
+    def __enter__(self) -> Self:
+        self._work = copy.deepcopy(self._store.world)
+        self._bind(self._store, self._work)
+        return self
+
+    def for_account(self, account: int) -> _Repositories:
+        return self if account == self.account else _Other(self, account)
 
     def __exit__(
         self,
@@ -332,7 +393,7 @@ class MemoryUnitOfWork:
 
     def commit(self) -> None:
         assert not self._readonly, "a read-only unit of work cannot commit"
-        self._store.state = copy.deepcopy(self._work)
+        self._store.world = copy.deepcopy(self._work)
         self._store.commits += 1
 
     @contextlib.contextmanager

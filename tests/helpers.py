@@ -12,7 +12,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+
+from geopunch.adapters.db.store import SqlUnitOfWork, SqlUnitOfWorkFactory
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 
 PG_URL = os.environ.get("GEOPUNCH_TEST_PG_URL", "")
 
@@ -83,3 +86,16 @@ def expect_error(
     info, violations = details(err)
     assert info.reason == reason, (info.reason, err.details())
     return err, violations
+
+
+class AccountStore:
+    """Units of work on ``engine`` that see ``account`` unless told another:
+    the repository tests work in one account, as most callers do."""
+
+    def __init__(self, engine: Engine, account: int = DEFAULT_ACCOUNT, **kwargs: Any) -> None:
+        self.factory = SqlUnitOfWorkFactory(engine, **kwargs)
+        self.engine = engine
+        self.account = account
+
+    def __call__(self, *, account: int | None = None, readonly: bool = False) -> SqlUnitOfWork:
+        return self.factory(account=self.account if account is None else account, readonly=readonly)

@@ -365,40 +365,67 @@ class ReferenceView:
         )
 
 
+class _ReferenceIndex:
+    """One account's clocks and fences over plain dicts."""
+
+    def __init__(self) -> None:
+        self._clocks: dict[int, TimeClock] = {}
+        self._fences: dict[int, list[Geofence]] = {}
+
+    def load(self, time_clocks: Sequence[TimeClock], fences: Sequence[Geofence]) -> None:
+        self._clocks = {tc.id: tc for tc in time_clocks}
+        self._fences = {tc.id: [] for tc in time_clocks}
+        for f in fences:
+            if f.is_enabled:
+                self._fences[f.time_clock_id].append(f)
+
+    def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
+        self._clocks = {**self._clocks, tc.id: tc}
+        self._fences = {**self._fences, tc.id: [f for f in fences if f.is_enabled]}
+
+    def fences_changed(
+        self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+    ) -> None:
+        gone = set(removed)
+        kept = [f for f in self._fences.get(tc.id, []) if f.id not in gone]
+        self.time_clock_changed(tc, [*kept, *added])
+
+    def view(self) -> ReferenceView:
+        return ReferenceView(self._clocks, self._fences)
+
+
 class ReferenceEngine:
-    """``FenceEngine`` over plain dicts; every ``view()`` builds its tree anew."""
+    """``FenceEngine`` over plain dicts, one set per account; every
+    ``view(account)`` builds its tree anew."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._clocks: dict[int, TimeClock] = {}
-        self._fences: dict[int, list[Geofence]] = {}
+        self._accounts: dict[int, _ReferenceIndex] = {}
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:
         with self._lock:
             yield
 
-    def load(self, time_clocks: Sequence[TimeClock], fences: Sequence[Geofence]) -> None:
-        with self._lock:
-            self._clocks = {tc.id: tc for tc in time_clocks}
-            self._fences = {tc.id: [] for tc in time_clocks}
-            for f in fences:
-                if f.is_enabled:
-                    self._fences[f.time_clock_id].append(f)
+    def _of(self, account: int) -> _ReferenceIndex:
+        return self._accounts.setdefault(account, _ReferenceIndex())
 
-    def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
-        with self._lock:
-            self._clocks = {**self._clocks, tc.id: tc}
-            self._fences = {**self._fences, tc.id: [f for f in fences if f.is_enabled]}
-
-    def fences_changed(
-        self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+    def load(
+        self, account: int, time_clocks: Sequence[TimeClock], fences: Sequence[Geofence]
     ) -> None:
         with self._lock:
-            gone = set(removed)
-            kept = [f for f in self._fences.get(tc.id, []) if f.id not in gone]
-            self.time_clock_changed(tc, [*kept, *added])
+            self._of(account).load(time_clocks, fences)
 
-    def view(self) -> ReferenceView:
+    def time_clock_changed(self, account: int, tc: TimeClock, fences: Sequence[Geofence]) -> None:
         with self._lock:
-            return ReferenceView(self._clocks, self._fences)
+            self._of(account).time_clock_changed(tc, fences)
+
+    def fences_changed(
+        self, account: int, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+    ) -> None:
+        with self._lock:
+            self._of(account).fences_changed(tc, added, removed)
+
+    def view(self, account: int) -> ReferenceView:
+        with self._lock:
+            return self._of(account).view()

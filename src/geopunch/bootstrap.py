@@ -22,7 +22,7 @@ from geopunch.adapters.wakeup import Wakeup
 from geopunch.config import Config
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
-from geopunch.geo.engine import FenceIndex, warm_up
+from geopunch.geo.engine import AccountFences, warm_up
 from geopunch.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -53,14 +53,16 @@ class App:
 
     engine: Engine
     uows: SqlUnitOfWorkFactory
-    index: FenceIndex
+    index: AccountFences
     #: The index holds every time clock change up to this one (see follow_index_changes).
     index_cursor: int = 0
+    #: The newest event when the store opened.
+    event_cursor: int = 0
 
 
 def build_app(
     config: Config,
-    index: FenceIndex | None = None,
+    index: AccountFences | None = None,
     on_events: Callable[[], None] | None = None,
     on_index_changes: Callable[[], None] | None = None,
 ) -> App:
@@ -76,26 +78,32 @@ def build_app(
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},
     )
     uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes)
-    index = index if index is not None else FenceIndex()
+    index = index if index is not None else AccountFences()
     started = time.perf_counter()
     # Loaded under the index's write lock: no change can slip in between.
     with uows(readonly=True) as uow, index.write_lock():
         # The cursor first: a change committed while the rest is read comes
         # after it and is applied again by the follower, which is harmless.
         cursor = uow.index_changes.last()
-        snap = index.load(uow.time_clocks.list_all(), uow.geofences.list_enabled())
+        events = uow.events.newest()
+        accounts = uow.accounts.ids()
+        for account in accounts:
+            mine = uow.for_account(account)
+            index.load(account, mine.time_clocks.list_all(), mine.geofences.list_enabled())
     warm_up()
+    clocks, fences = index.totals()
     log.info(
         "fence index ready",
         extra={
             "fields": {
-                "clocks": len(snap.clocks),
-                "fences": snap.fence_count,
+                "accounts": len(accounts),
+                "clocks": clocks,
+                "fences": fences,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             }
         },
     )
-    return App(engine=engine, uows=uows, index=index, index_cursor=cursor)
+    return App(engine=engine, uows=uows, index=index, index_cursor=cursor, event_cursor=events)
 
 
 class SystemClock:
@@ -108,7 +116,7 @@ class Services:
     """What the protocol adapters are built from."""
 
     uows: UnitOfWorkFactory
-    index: FenceIndex
+    index: AccountFences
     clock: Clock
     #: Commits punches and live positions, batched (the group committer's ``submit``).
     submit: AsyncTransactionRunner
@@ -120,7 +128,9 @@ class Services:
 
 def add_services(server: grpc.aio.Server, s: Services) -> None:
     """Register geopunch's gRPC services on ``server``."""
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(s.uows, s.index), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(s.uows, s.clock, s.index), server
+    )
     geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
         GeofenceServicer(s.uows, s.index), server
     )

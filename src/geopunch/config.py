@@ -14,9 +14,22 @@ DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+#: Variables that hold secrets: read once, then removed from the process
+#: environment, so that no child process (a ``--processes`` worker) inherits them.
+SECRET_VARIABLES = ("GEOPUNCH_API_KEYS",)
+
+
 def hash_key(key: str) -> bytes:
-    """SHA-256 of an API key; only these digests are kept in memory."""
+    """SHA-256 of a bootstrap API key; only these digests are kept in memory."""
     return hashlib.sha256(key.encode()).digest()
+
+
+def _read_keys_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ",".join(line.strip() for line in f if line.strip() and line[0] != "#")
+    except OSError as exc:
+        raise ValueError(f"cannot read the API keys file {path!r}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,15 @@ class Config:
     processes: int = 1
     #: How far ahead of the server's clock a location sample may be stamped.
     max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_S
+    #: PEM files: the server's certificate chain and key (both or neither), and
+    #: the CA whose certificates clients must present (optional).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    #: Seconds a call may take to send its request message.
+    receive_timeout_seconds: float = 10.0
+    #: Event streams one API key may hold open at once.
+    max_streams_per_key: int = 32
 
     @staticmethod
     def from_env(
@@ -49,12 +71,32 @@ class Config:
             value = overrides.get(name)
             return str(value) if value is not None else env.get(var, default)
 
-        keys = [k.strip() for k in pick("api_keys", "GEOPUNCH_API_KEYS", "").split(",")]
+        listed = pick("api_keys", "GEOPUNCH_API_KEYS", "")
+        keys_file = pick("api_keys_file", "GEOPUNCH_API_KEYS_FILE", "")
+        if keys_file:
+            listed = ",".join(filter(None, (listed, _read_keys_file(keys_file))))
+        keys = [k.strip() for k in listed.split(",")]
         keys = [k for k in keys if k]
-        if not keys:
-            raise ValueError("no API key configured: set GEOPUNCH_API_KEYS or --api-keys")
         if any(len(k) < 8 for k in keys):
             raise ValueError("API keys must have at least 8 characters")
+        tls_cert = pick("tls_cert", "GEOPUNCH_TLS_CERT", "")
+        tls_key = pick("tls_key", "GEOPUNCH_TLS_KEY", "")
+        tls_client_ca = pick("tls_client_ca", "GEOPUNCH_TLS_CLIENT_CA", "")
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if tls_client_ca and not tls_cert:
+            raise ValueError(
+                "client certificates (--tls-client-ca) need TLS (--tls-cert/--tls-key)"
+            )
+        for path in (tls_cert, tls_key, tls_client_ca):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"TLS file {path!r} does not exist")
+        receive_s = float(pick("receive_timeout_seconds", "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS", "10"))
+        if not 0.1 <= receive_s <= 600:
+            raise ValueError("receive timeout must be within 0.1..600 seconds")
+        streams = int(pick("max_streams_per_key", "GEOPUNCH_MAX_STREAMS_PER_KEY", "32"))
+        if not 1 <= streams <= 10_000:
+            raise ValueError("max streams per key must be within 1..10000")
         level = pick("log_level", "GEOPUNCH_LOG_LEVEL", "INFO").upper()
         if level not in LOG_LEVELS:
             raise ValueError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -89,4 +131,16 @@ class Config:
             index_poll_seconds=poll_ms / 1000,
             processes=processes,
             max_clock_skew_seconds=skew,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            receive_timeout_seconds=receive_s,
+            max_streams_per_key=streams,
         )
+
+    @staticmethod
+    def forget_secrets(env: dict[str, str] | None = None) -> None:
+        """Drop secret variables from the environment (after ``from_env`` read them)."""
+        target = os.environ if env is None else env
+        for name in SECRET_VARIABLES:
+            target.pop(name, None)

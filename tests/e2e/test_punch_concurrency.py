@@ -14,6 +14,7 @@ import grpc
 from grpc_status import rpc_status
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.punches import Activity
 from geopunch.v1 import admin_pb2, timeclock_pb2
 from tests.conftest import Client, ServerProcess, next_time_clock_id
@@ -109,7 +110,7 @@ def random_punch(c: Client, tc: int, user: int, acked: Acked, key: str = "") -> 
 def stored(db: Path, tc: int) -> dict[int, list[Activity]]:
     engine = make_engine(f"sqlite:///{db}")
     try:
-        with SqlUnitOfWorkFactory(engine)(readonly=True) as uow:
+        with SqlUnitOfWorkFactory(engine)(account=DEFAULT_ACCOUNT, readonly=True) as uow:
             return {u: uow.activities.list_for(tc, u) for u in USERS}
     finally:
         engine.dispose()

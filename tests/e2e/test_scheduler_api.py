@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from sqlalchemy import create_engine
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.v1 import admin_pb2, scheduler_pb2, timeclock_pb2
 from tests.conftest import (
     SPEC_JOB,
@@ -200,7 +201,7 @@ def listed(client: Client, scheduler_id: int) -> list[dict[str, Any]]:
 def events_of(server: ServerProcess) -> list[Any]:
     engine = create_engine(server.db_url)
     try:
-        with SqlUnitOfWorkFactory(engine)(readonly=True) as uow:
+        with SqlUnitOfWorkFactory(engine)(account=DEFAULT_ACCOUNT, readonly=True) as uow:
             return uow.events.after(0, limit=100_000)
     finally:
         engine.dispose()

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
-from tests.helpers import expect_error
+from tests.helpers import details, expect_error
 
 
 def list_req(tc_id: int = 1) -> geofences_pb2.ListGeofencesRequest:
@@ -185,11 +185,11 @@ def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:
 
 def test_bad_configuration_exits_with_a_message(tmp_path: Path) -> None:
     srv = ServerProcess(
-        db_url=f"sqlite:///{tmp_path / 'x.db'}", env_extra={"GEOPUNCH_API_KEYS": ""}
+        db_url=f"sqlite:///{tmp_path / 'x.db'}", env_extra={"GEOPUNCH_API_KEYS": "short"}
     )
     with pytest.raises(RuntimeError, match="server did not start"):
         srv.start(tmp_path, timeout=10)
-    assert "GEOPUNCH_API_KEYS" in srv.logs()
+    assert "at least 8 characters" in srv.logs()
 
 
 def test_unknown_ids_do_not_clash(client: Client) -> None:
@@ -260,38 +260,55 @@ def test_a_cancelled_event_stream_ends_on_the_server(server: ServerProcess, clie
     assert entry["code"] == "CANCELLED"
 
 
-def test_calls_beyond_the_concurrency_cap_are_refused_until_some_end(tmp_path: Path) -> None:
-    """With GEOPUNCH_MAX_WORKERS=1 the server takes 8 calls at once: 8 open
-    event streams fill it, a ninth call gets RESOURCE_EXHAUSTED, and once the
-    streams are cancelled calls are served again."""
+def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
+    tmp_path: Path,
+) -> None:
+    """With GEOPUNCH_MAX_WORKERS=1 (8 unary calls at once) and 2 streams per
+    key: 8 open streams of 4 keys leave unary calls served, a key's third
+    stream is refused as RESOURCE_EXHAUSTED, and a cancelled stream frees
+    its place."""
     srv = ServerProcess(
-        db_url=f"sqlite:///{tmp_path / 'cap.db'}", env_extra={"GEOPUNCH_MAX_WORKERS": "1"}
+        db_url=f"sqlite:///{tmp_path / 'cap.db'}",
+        env_extra={
+            "GEOPUNCH_MAX_WORKERS": "1",
+            "GEOPUNCH_MAX_STREAMS_PER_KEY": "2",
+            "GEOPUNCH_API_KEYS": ",".join(f"stream-key-{i}" for i in range(4)),
+        },
     )
     srv.start(tmp_path)
     c = Client(srv.address)
+
+    def watch(key: int) -> Any:
+        return c.locations.WatchEvents(
+            location_pb2.WatchEventsRequest(),
+            metadata=(("x-api-key", f"stream-key-{key}"),),
+            timeout=60,
+        )
+
     try:
-        streams = [
-            c.locations.WatchEvents(
-                location_pb2.WatchEventsRequest(), metadata=c.metadata, timeout=60
-            )
-            for _ in range(8)
-        ]
+        streams = [watch(k) for k in (0, 0, 1, 1, 2, 2, 3, 3)]
         for s in streams:
             s.initial_metadata()  # each one is running on the server
+        auth = (("x-api-key", "stream-key-0"),)
+        c.admin.Ping(admin_pb2.PingRequest(), metadata=auth, timeout=5)
+        third = watch(0)
         with pytest.raises(grpc.RpcError) as exc:
-            c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+            next(third)
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        for s in streams:
-            s.cancel()
+        assert details(exc.value)[0].reason == "TOO_MANY_STREAMS"
+        streams[0].cancel()
         deadline = time.monotonic() + 10
         while True:
-            try:
-                c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+            again = watch(0)
+            again.initial_metadata()
+            time.sleep(0.2)
+            if not again.done():  # still running: the place was freed
                 break
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert time.monotonic() < deadline, "the cancelled streams never ended"
-                time.sleep(0.05)
+            assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "the cancelled stream never ended"
+        again.cancel()
+        for s in streams[1:]:
+            s.cancel()
     finally:
         c.close()
         srv.terminate()

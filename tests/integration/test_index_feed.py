@@ -8,23 +8,24 @@ from dataclasses import replace
 import numpy as np
 from sqlalchemy import Engine
 
-from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.models import GeofenceDraft, Job, TimeClock
 from geopunch.geo._membership import check_one
-from geopunch.geo.engine import FenceIndex
+from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_feed
 from geopunch.service.index_feed import follow_index_changes, prune_index_changes
+from tests.helpers import AccountStore
 
 TC = TimeClock(id=501, name="Yard", timezone="UTC", jobs=(Job("a", "A"),), user_ids=frozenset({1}))
 SITE = (48.0, 11.0)
 
 
-def _inside(index: FenceIndex, time_clock_id: int = TC.id) -> bool:
-    return bool(check_one(index.snapshot, *SITE, time_clock_id, None, None).inside)
+def _inside(index: AccountFences, time_clock_id: int = TC.id) -> bool:
+    return bool(check_one(index.view(A).snapshot, *SITE, time_clock_id, None, None).inside)
 
 
 def test_the_feed_lists_changes_in_commit_order_and_prunes_old_ones(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows(readonly=True) as uow:
         assert uow.index_changes.last() == 0 and uow.index_changes.after(0) == []
     for tc_id in (7, 8, 7):
@@ -35,8 +36,8 @@ def test_the_feed_lists_changes_in_commit_order_and_prunes_old_ones(engine: Engi
         uow.index_changes.note(9)  # rolled back: never listed
     with uows(readonly=True) as uow:
         changes = uow.index_changes.after(0)
-        assert [tc for _, tc in changes] == [7, 8, 7]
-        assert [s for s, _ in changes] == sorted(s for s, _ in changes)
+        assert [(a, tc) for _, a, tc in changes] == [(A, 7), (A, 8), (A, 7)]
+        assert [c[0] for c in changes] == sorted(c[0] for c in changes)
         assert uow.index_changes.last() == changes[-1][0]
         assert uow.index_changes.after(changes[0][0], limit=1) == [changes[1]]
     newest = changes[-1][0]
@@ -47,52 +48,52 @@ def test_the_feed_lists_changes_in_commit_order_and_prunes_old_ones(engine: Engi
         uow.commit()
     with uows(readonly=True) as uow:
         # A pruned feed never hands out a seq a follower has already passed.
-        assert [tc for _, tc in uow.index_changes.after(newest)] == [10]
+        assert [tc for _, _, tc in uow.index_changes.after(newest)] == [10]
 
 
 def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
-    here, there = FenceIndex(), FenceIndex()  # two processes' indexes on one store
+    uows = AccountStore(engine)
+    here, there = AccountFences(), AccountFences()  # two processes' indexes on one store
     cursor = 0
-    admin.create_time_clock(uows, TC, ["a"], assign_id=False, listener=here)
+    admin.create_time_clock(uows, A, TC, ["a"], assign_id=False, listener=here)
     cursor = follow_index_changes(uows, there, cursor)
-    assert there.snapshot.clock_idx.get(TC.id) is not None
+    assert there.view(A).snapshot.clock_idx.get(TC.id) is not None
 
     off = GeofenceDraft("Closed gate", "1 Road", *SITE, is_enabled=False, fence_size_m=300)
-    geofences.create_geofences(uows, TC.id, [off], listener=here)
+    geofences.create_geofences(uows, A, TC.id, [off], listener=here)
     cursor = follow_index_changes(uows, there, cursor)
     assert not _inside(there)  # disabled fences match nothing, followed or not
 
     draft = GeofenceDraft("Gate", "1 Road", *SITE, fence_size_m=200)
-    (made,) = geofences.create_geofences(uows, TC.id, [draft], listener=here)
+    (made,) = geofences.create_geofences(uows, A, TC.id, [draft], listener=here)
     assert _inside(here) and not _inside(there)
     cursor = follow_index_changes(uows, there, cursor)
     assert _inside(there)
     assert follow_index_changes(uows, there, cursor) == cursor  # nothing new
 
     more = replace(TC, user_ids=frozenset({1, 2}), jobs=(Job("a", "A"), Job("b", "B")))
-    admin.update_time_clock(uows, more, ["a", "b"], listener=here)
+    admin.update_time_clock(uows, A, more, ["a", "b"], listener=here)
     cursor = follow_index_changes(uows, there, cursor)
-    info = there.snapshot.clocks[there.snapshot.clock_idx[TC.id]]
+    info = there.view(A).snapshot.clocks[there.view(A).snapshot.clock_idx[TC.id]]
     assert info.time_clock.user_ids == {1, 2}
     assert _inside(there)  # the fences came along with the settings
 
-    geofences.delete_geofence(uows, TC.id, made.id, listener=here)
+    geofences.delete_geofence(uows, A, TC.id, made.id, listener=here)
     cursor = follow_index_changes(uows, there, cursor)
     assert not _inside(there) and not _inside(here)
 
     # Applying its own changes again leaves a process's index as it was.
     follow_index_changes(uows, here, 0)
     assert not _inside(here)
-    assert here.snapshot.clocks[here.snapshot.clock_idx[TC.id]].time_clock == more
+    assert here.view(A).snapshot.clocks[here.view(A).snapshot.clock_idx[TC.id]].time_clock == more
 
 
 def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     clocks = [replace(TC, id=600 + i) for i in range(5)]
     for tc in clocks:
-        admin.create_time_clock(uows, tc, ["a"], assign_id=False)
-    there = FenceIndex()
+        admin.create_time_clock(uows, A, tc, ["a"], assign_id=False)
+    there = AccountFences()
     page = index_feed.INDEX_CHANGE_PAGE
     index_feed.INDEX_CHANGE_PAGE = 2
     try:
@@ -101,4 +102,4 @@ def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:
         index_feed.INDEX_CHANGE_PAGE = page
     with uows(readonly=True) as uow:
         assert cursor == uow.index_changes.last()
-    assert np.isin([tc.id for tc in clocks], there.snapshot.sorted_clock_ids).all()
+    assert np.isin([tc.id for tc in clocks], there.view(A).snapshot.sorted_clock_ids).all()

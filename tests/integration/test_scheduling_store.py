@@ -9,7 +9,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
-from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import metadata
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event, LiveTrail
@@ -23,6 +22,7 @@ from geopunch.domain.shifts import (
     ShiftLayer,
     ShiftLocation,
 )
+from tests.helpers import AccountStore
 
 SCHED = Scheduler(
     id=11,
@@ -68,7 +68,7 @@ def test_migrations_create_exactly_the_declared_tables(engine: Engine) -> None:
 
 
 def test_scheduler_round_trip_and_replace(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.schedulers.add(SCHED)
         uow.commit()
@@ -87,7 +87,7 @@ def test_scheduler_round_trip_and_replace(engine: Engine) -> None:
 
 
 def test_shifts_are_stored_exactly_and_listed_by_window(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     bare = ScheduledShift(
         id="a" * 24,
         scheduler_id=11,
@@ -116,7 +116,7 @@ def test_shifts_are_stored_exactly_and_listed_by_window(engine: Engine) -> None:
 
 
 def test_event_log_orders_and_pages(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         first = uow.events.after(0)
         cursor = first[-1].seq if first else 0
@@ -138,7 +138,7 @@ def test_event_log_orders_and_pages(engine: Engine) -> None:
 def test_live_trails_round_trip_in_every_shape_of_write(engine: Engine) -> None:
     """Created, moved (same fences: only the time is written), re-fenced, and
     loaded across IN-list chunks (600 users: chunks of 256 padded to powers of two)."""
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     users = list(range(1000, 1600))
     first = {(u, 7): LiveTrail(100 + u, ("a", "b") if u % 3 else ()) for u in users}
     first[(1000, 8)] = LiveTrail(5, ("z",))
@@ -171,7 +171,7 @@ def test_live_trails_round_trip_in_every_shape_of_write(engine: Engine) -> None:
 
 
 def test_starting_a_trail_twice_is_a_concurrent_change(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.locations.save({(1, 2): LiveTrail(10, ())}, {})
         uow.commit()
@@ -189,8 +189,9 @@ def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: 
 
     import numpy as np
 
+    from geopunch.domain.accounts import DEFAULT_ACCOUNT
     from geopunch.domain.models import ExitAction, Geofence, TimeClock
-    from geopunch.geo.engine import FenceIndex
+    from geopunch.geo.engine import AccountFences
     from geopunch.service.punches import run_alone
     from geopunch.service.trails import TrailBatch, report_locations
 
@@ -198,15 +199,15 @@ def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: 
         def now(self) -> float:
             return 1_900_000_000.0
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     tc = TimeClock(id=77, name="c", timezone="UTC", user_ids=frozenset({5}))
     fence = Geofence("g", 77, "n", True, 100, (), ExitAction.NO_ACTION, "x", 10.0, 10.0)
     with uows() as uow:
         uow.time_clocks.add(tc)
         uow.geofences.add_many([fence])
         uow.commit()
-    index = FenceIndex()
-    index.load([tc], [fence])
+    index = AccountFences()
+    index.load(DEFAULT_ACCOUNT, [tc], [fence])
     errors: list[BaseException] = []
 
     def one(ts: int) -> None:
@@ -218,7 +219,7 @@ def test_concurrent_live_reports_on_one_trail_keep_one_consistent_state(engine: 
             lons=np.array([10.0]),
         )
         try:
-            asyncio.run(report_locations(run_alone(uows), index, Clock(), batch))
+            asyncio.run(report_locations(run_alone(uows), index, Clock(), DEFAULT_ACCOUNT, batch))
         except BaseException as exc:  # collected, asserted below
             errors.append(exc)
 

@@ -15,7 +15,6 @@ from sqlalchemy import Engine, text
 
 from geopunch.adapters.db.store import (
     MIGRATIONS,
-    SqlUnitOfWorkFactory,
     current_revision,
     migrate,
 )
@@ -31,6 +30,7 @@ from geopunch.domain.models import (
     TimeClock,
 )
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint, PunchState
+from tests.helpers import AccountStore
 
 TC = TimeClock(
     id=42,
@@ -77,7 +77,7 @@ def test_migration_is_at_head_and_repeatable(engine: Engine) -> None:
 
 
 def test_time_clock_round_trip_and_replace(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.commit()
@@ -96,18 +96,18 @@ def test_time_clock_round_trip_and_replace(engine: Engine) -> None:
 
 
 def test_uncommitted_work_is_rolled_back(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.geofences.add_many([fence(1)])
         # no commit
     with uows(readonly=True) as uow:
         assert uow.time_clocks.get(TC.id) is None
-        assert uow.geofences.list_all() == []
+        assert uow.geofences.list_enabled() == []
 
 
 def test_geofences_round_trip_in_order(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     fences = [fence(i, ("a", "a1") if i % 3 else ()) for i in range(50)]
     with uows() as uow:
         uow.time_clocks.add(TC)
@@ -132,7 +132,7 @@ def test_geofences_round_trip_in_order(engine: Engine) -> None:
 
 
 def test_database_refuses_a_fence_job_that_is_not_a_time_clock_job(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.commit()
@@ -141,7 +141,7 @@ def test_database_refuses_a_fence_job_that_is_not_a_time_clock_job(engine: Engin
 
 
 def test_day_statuses(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.time_clocks.set_day_status(
@@ -163,7 +163,7 @@ def test_day_statuses(engine: Engine) -> None:
 
 def test_concurrent_writers_all_land(engine: Engine) -> None:
     """Writers on several connections serialize instead of failing with 'database is locked'."""
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.commit()
@@ -220,7 +220,7 @@ def _activity(aid: str, start: int, end: int | None = None) -> Activity:
 
 
 def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.activities.add(_activity("shift-1", 100))
@@ -256,7 +256,7 @@ def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
 
 def test_open_many_finds_open_activities_of_pairs_in_any_number(engine: Engine) -> None:
     """Row-value IN lists, padded to prepared lengths and cut into chunks."""
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     other = replace(TC, id=TC.id + 1, name="Other")
     with uows() as uow:
         uow.time_clocks.add(TC)
@@ -281,7 +281,7 @@ def test_open_many_finds_open_activities_of_pairs_in_any_number(engine: Engine) 
 
 
 def test_idempotency_keys(engine: Engine) -> None:
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.idempotency.put("k1", "clock_in", "h", b"\x00answer")
         uow.commit()
@@ -311,7 +311,7 @@ def test_group_committer_isolates_failures_and_commits_the_rest(
 
     from geopunch.adapters.db.store import GroupCommitter
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)
         uow.commit()
@@ -353,7 +353,7 @@ def test_group_committer_survives_a_database_error_inside_one_piece(engine: Engi
 
     from geopunch.adapters.db.store import GroupCommitter
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     committer = GroupCommitter(uows, max_batch=64)
 
     def work(i: int) -> str:
@@ -395,7 +395,7 @@ def test_group_commit_pieces_run_bare_where_the_store_counts_changes(engine: Eng
     def refuse(uow: Any) -> str:
         raise DomainError(ErrorCode.INVALID_ARGUMENT, "refused before writing")
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     counts = engine.dialect.name == "sqlite"
     with uows() as uow:
         done = GroupCommitter._apply(uow, [put("a"), refuse, put("b")], guarded=False)
@@ -418,7 +418,7 @@ def test_group_committer_answers_every_caller_with_its_own_result(engine: Engine
 
     from geopunch.adapters.db.store import GroupCommitter
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     committer = GroupCommitter(uows, max_batch=8)
 
     def caller(t: int) -> list[str]:
@@ -452,14 +452,15 @@ def test_group_committer_answers_every_caller_with_its_own_result(engine: Engine
 def test_idempotency_keys_are_purged_oldest_first_in_batches(engine: Engine) -> None:
     from geopunch.service.punches import purge_idempotency_keys
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         conn = uow._conn
         assert conn is not None
         conn.execute(
             text(
-                "INSERT INTO idempotency_keys (key, method, body_hash, response, created_at) "
-                "VALUES (:k, 'clock_in', 'h', :r, :t)"
+                "INSERT INTO idempotency_keys "
+                "(account_id, key, method, body_hash, response, created_at) "
+                "VALUES (1, :k, 'clock_in', 'h', :r, :t)"
             ),
             [{"k": f"old-{i}", "r": b"x", "t": 1_000 + i} for i in range(25)]
             + [{"k": f"new-{i}", "r": b"x", "t": 5_000 + i} for i in range(5)],
@@ -489,7 +490,7 @@ def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
 
     from geopunch.adapters.db.store import GroupCommitter
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     committer = GroupCommitter(uows, max_batch=16)
 
     def body(key: str) -> Callable[[Any], str]:
@@ -548,7 +549,7 @@ def test_a_caller_chosen_id_cannot_exhaust_server_assigned_ids(engine: Engine) -
     ids fill the lowest gaps instead of overflowing."""
     from geopunch.domain.rules import MAX_ENTITY_ID
 
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(replace(TC, id=MAX_ENTITY_ID))
         assert uow.time_clocks.next_id() == 1

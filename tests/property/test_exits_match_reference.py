@@ -124,12 +124,12 @@ def test_exits_match_the_reference_engine(
         [f for _, _, f in held],
     )
     engine, reference = FenceIndex(), ReferenceEngine()
-    for e in (engine, reference):
-        e.load(CLOCKS, fences)
+    engine.load(CLOCKS, fences)
+    reference.load(1, CLOCKS, fences)
     args = (users, clocks, stamps, plat, plon, acc)
     kw = {"job_indexes": jobs, "job_names": ["a", "a1", "b"], "skip": skip, "initial": initial}
     got = engine.view().detect_exits(*args, **kw)  # type: ignore[arg-type]
-    want = reference.view().detect_exits(*args, **kw)  # type: ignore[arg-type]
+    want = reference.view(1).detect_exits(*args, **kw)  # type: ignore[arg-type]
     assert got.status.tolist() == want.status.tolist()
     assert got.inside.tolist() == want.inside.tolist()
     got_ids, want_ids = got.fence_ids.tolist(), want.fence_ids.tolist()

@@ -123,10 +123,10 @@ def test_random_fleets_match_the_reference_engine(
     engine = FenceIndex()
     engine.load(clocks, fences)
     reference = ReferenceEngine()
-    reference.load(clocks, fences)
+    reference.load(1, clocks, fences)
     args = (plat, plon, tcs, jobs, ["a", "b"], acc)
     got = engine.view().check(*args, with_distance=True)
-    want = reference.view().check(*args, with_distance=True)
+    want = reference.view(1).check(*args, with_distance=True)
     assert got.status.tolist() == want.status.tolist()
     got_ids, want_ids = got.ids.tolist(), want.ids.tolist()
     tolerance = {tc.id: tc.accuracy_tolerance_m for tc in clocks}

@@ -17,10 +17,12 @@ from pyproj import Geod
 from sqlalchemy import text
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
-from geopunch.geo.engine import FenceIndex
+from geopunch.geo.engine import AccountFences
 from geopunch.service.punches import run_alone
 from geopunch.service.trails import TrailBatch, evaluate_trails, report_locations
+from tests.helpers import AccountStore
 
 GEOD = Geod(ellps="WGS84")
 CENTRE = (51.5072, -0.1276)
@@ -42,11 +44,11 @@ def at(dist: float, az: float) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[SqlUnitOfWorkFactory, FenceIndex]]:
+) -> Iterator[tuple[SqlUnitOfWorkFactory, AccountFences]]:
     path: Path = tmp_path_factory.mktemp("live") / "store.db"
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
-    uows = SqlUnitOfWorkFactory(engine)
+    uows = AccountStore(engine)
     clocks = [
         TimeClock(id=c, name="c", timezone="UTC", jobs=(Job("a"),), user_ids=frozenset(USERS))
         for c in (1, 2)
@@ -71,8 +73,8 @@ def world(
             uow.time_clocks.add(tc)
         uow.geofences.add_many(fences)
         uow.commit()
-    index = FenceIndex()
-    index.load(clocks, fences)
+    index = AccountFences()
+    index.load(A, clocks, fences)
     yield uows, index
     engine.dispose()
 
@@ -116,13 +118,13 @@ def _part(b: TrailBatch, lo: int, hi: int) -> TrailBatch:
 @settings(max_examples=60, deadline=None)
 @given(case=trails())
 def test_live_batches_find_the_exits_of_one_evaluation(
-    world: tuple[SqlUnitOfWorkFactory, FenceIndex], case: tuple[TrailBatch, list[int]]
+    world: tuple[SqlUnitOfWorkFactory, AccountFences], case: tuple[TrailBatch, list[int]]
 ) -> None:
     uows, index = world
     batch, cuts = case
     with uows.engine.begin() as conn:  # every example starts with no live state
         conn.execute(text("DELETE FROM live_trails"))
-    expected = evaluate_trails(index, batch, FixedClock().t)
+    expected = evaluate_trails(index, A, batch, FixedClock().t)
     want = {
         (int(s), f)
         for s, f in zip(expected.exits.samples.tolist(), expected.exits.fence_ids, strict=True)
@@ -131,7 +133,7 @@ def test_live_batches_find_the_exits_of_one_evaluation(
     bounds = [0, *cuts, batch.size]
     for lo, hi in itertools.pairwise(bounds):
         out = asyncio.run(
-            report_locations(run_alone(uows), index, FixedClock(), _part(batch, lo, hi))
+            report_locations(run_alone(uows), index, FixedClock(), A, _part(batch, lo, hi))
         )
         assert not (out.result.status == 6).any()  # in time order: nothing is stale
         got |= {

@@ -14,7 +14,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from geopunch.adapters.db.store import (
     GroupCommitter,
-    SqlUnitOfWorkFactory,
     make_engine,
     migrate,
 )
@@ -22,6 +21,7 @@ from geopunch.domain.errors import DomainError
 from geopunch.domain.models import Job, ManualBreakType, TimeClock
 from geopunch.domain.punches import ActivityKind, PunchCommand, PunchKind
 from geopunch.service import punches
+from tests.helpers import AccountStore
 
 CLOCKS = (1, 2)
 USERS = (10,)
@@ -91,7 +91,7 @@ def _template() -> bytes:
             path = Path(tmp) / "template.db"
             engine = make_engine(f"sqlite:///{path}")
             migrate(engine)
-            uows = SqlUnitOfWorkFactory(engine)
+            uows = AccountStore(engine)
             with uows() as uow:
                 for i in CLOCKS:
                     uow.time_clocks.add(time_clock(i))
@@ -110,7 +110,7 @@ class PunchMachine(RuleBasedStateMachine):
         db = Path(self.tmp.name) / "sm.db"
         db.write_bytes(_template())
         self.engine = make_engine(f"sqlite:///{db}")
-        self.uows = SqlUnitOfWorkFactory(self.engine)
+        self.uows = AccountStore(self.engine)
         self.clock = FakeClock()
         self.model = {(c, u): UserModel() for c in CLOCKS for u in USERS}
         # Every other punch goes through the server's group commit (pieces run
@@ -192,7 +192,7 @@ class PunchMachine(RuleBasedStateMachine):
             self.punches += 1
             # Every other punch goes through the group committer, as the server's do.
             runner = self.committer.submit if self.punches % 2 else punches.run_alone(self.uows)
-            self.loop.run_until_complete(punches.punch(runner, None, self.clock, cmd, "rid"))
+            self.loop.run_until_complete(punches.punch(runner, None, self.clock, 1, cmd, "rid"))
             got = None
         except DomainError as err:
             got = err.code.value

@@ -25,6 +25,7 @@ from geopunch.domain.shifts import (
     ShiftLocation,
 )
 from geopunch.service import scheduler as use_cases
+from tests.helpers import AccountStore
 
 ZONES = ("UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kathmandu")
 USERS = (1, 2, 3, 4)
@@ -44,7 +45,7 @@ def uows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlUnitOfWorkFact
     path: Path = tmp_path_factory.mktemp("shifts") / "store.db"
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
-    factory = SqlUnitOfWorkFactory(engine)
+    factory = AccountStore(engine)
     with factory() as uow:
         for multi in (False, True):
             uow.schedulers.add(scheduler(multi))
@@ -219,7 +220,7 @@ def test_batches_are_stored_exactly_or_every_bad_shift_is_named(
     sched = scheduler(multi)
     if broken:
         with pytest.raises(DomainError) as info:
-            use_cases.create_shifts(uows, FixedClock(), sched.id, drafts)
+            use_cases.create_shifts(uows, FixedClock(), 1, sched.id, drafts)
         named: dict[int, set[ErrorCode]] = {}
         for v in info.value.violations:
             index = int(v.field.split("[", 1)[1].split("]", 1)[0])
@@ -228,7 +229,7 @@ def test_batches_are_stored_exactly_or_every_bad_shift_is_named(
         for i, reason in broken.items():
             assert reason in named[i], (i, reason, named[i])
         return
-    created = use_cases.create_shifts(uows, FixedClock(), sched.id, drafts, created_by=3)
+    created = use_cases.create_shifts(uows, FixedClock(), 1, sched.id, drafts, created_by=3)
     with uows(readonly=True) as uow:
         for sent, got in zip(drafts, created, strict=True):
             assert uow.shifts.get(got.id) == got

@@ -26,8 +26,11 @@ def test_env_and_overrides() -> None:
 @pytest.mark.parametrize(
     "env",
     [
-        {},
         {"GEOPUNCH_API_KEYS": "short"},
+        {"GEOPUNCH_API_KEYS_FILE": "/nonexistent/keys"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_TLS_CERT": "/nonexistent"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS": "0"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_STREAMS_PER_KEY": "0"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "nohost"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "h:99999"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_LEVEL": "LOUD"},

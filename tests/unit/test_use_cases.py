@@ -13,12 +13,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, ExitAction, GeofenceDraft, Job, TimeClock
 from geopunch.domain.ports import FenceEngine
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchLocation, timesheet_day
 from geopunch.domain.shifts import ScheduledShift, Scheduler
-from geopunch.geo.engine import FenceIndex
+from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_feed, punches, scheduler, trails
 from geopunch.service.locations import LocationBatch, check_locations
 from tests.fakes import MemoryStore
@@ -56,18 +57,17 @@ def store() -> MemoryStore:
     return MemoryStore(now=NOW)
 
 
-@pytest.fixture(params=[FenceIndex, ReferenceEngine])
+@pytest.fixture(params=[AccountFences, ReferenceEngine])
 def index(store: MemoryStore, request: pytest.FixtureRequest) -> FenceEngine:
     """A fence engine told about every change by the use cases, as the server's
     is: the real one, and the reference that the property tests trust."""
     index: FenceEngine | ReferenceEngine = request.param()
-    index.load([], [])
-    admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False, listener=index)
+    admin.create_time_clock(store, A, TC, ["jobs[0]"], assign_id=False, listener=index)
     return index
 
 
 def _fences_at_site(index: FenceEngine) -> tuple[str, ...]:
-    return index.view().judge(TC.id, SITE.latitude, SITE.longitude).matched_fence_ids
+    return index.view(A).judge(TC.id, SITE.latitude, SITE.longitude).matched_fence_ids
 
 
 def run(coro: object) -> object:
@@ -76,7 +76,7 @@ def run(coro: object) -> object:
 
 def punch(store: MemoryStore, index: FenceEngine | None, clock: Clock, **kw: object) -> object:
     cmd = PunchCommand(**{"time_clock_id": TC.id, "user_id": 7, **kw})  # type: ignore[arg-type]
-    return run(punches.punch(punches.run_alone(store), index, clock, cmd, "req-1"))
+    return run(punches.punch(punches.run_alone(store), index, clock, A, cmd, "req-1"))
 
 
 # -- Time clocks and days ---------------------------------------------------------------
@@ -85,35 +85,35 @@ def punch(store: MemoryStore, index: FenceEngine | None, clock: Clock, **kw: obj
 def test_time_clocks_are_created_noted_for_other_processes_and_read(
     store: MemoryStore, index: FenceEngine
 ) -> None:
-    assert admin.read_time_clock(store, TC.id) == TC
-    with store(readonly=True) as uow:
-        assert uow.index_changes.after(0) == [(1, TC.id)]
-    assert index.view().time_clock(TC.id) == TC
-    made = admin.create_time_clock(store, replace(TC, id=0), ["jobs[0]"], assign_id=True)
+    assert admin.read_time_clock(store, A, TC.id) == TC
+    with store(account=A, readonly=True) as uow:
+        assert uow.index_changes.after(0) == [(1, A, TC.id)]
+    assert index.view(A).time_clock(TC.id) == TC
+    made = admin.create_time_clock(store, A, replace(TC, id=0), ["jobs[0]"], assign_id=True)
     assert made.id == TC.id + 1
     with pytest.raises(DomainError) as err:
-        admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False)
+        admin.create_time_clock(store, A, TC, ["jobs[0]"], assign_id=False)
     assert err.value.code is ErrorCode.TIME_CLOCK_ALREADY_EXISTS
 
 
 def test_an_update_may_not_drop_a_job_a_fence_names(store: MemoryStore, index: FenceEngine) -> None:
-    geofences.create_geofences(store, TC.id, [replace(SITE, job_ids=("job-a",))], index)
+    geofences.create_geofences(store, A, TC.id, [replace(SITE, job_ids=("job-a",))], index)
     commits = store.commits
     with pytest.raises(DomainError) as err:
-        admin.update_time_clock(store, replace(TC, jobs=()), [], index)
+        admin.update_time_clock(store, A, replace(TC, jobs=()), [], index)
     assert err.value.code is ErrorCode.JOB_IN_USE and store.commits == commits
-    renamed = admin.update_time_clock(store, replace(TC, name="Head office"), ["jobs[0]"], index)
-    assert admin.read_time_clock(store, TC.id) == renamed
-    assert index.view().time_clock(TC.id) == renamed
+    renamed = admin.update_time_clock(store, A, replace(TC, name="Head office"), ["jobs[0]"], index)
+    assert admin.read_time_clock(store, A, TC.id) == renamed
+    assert index.view(A).time_clock(TC.id) == renamed
 
 
 def test_day_statuses(store: MemoryStore, index: FenceEngine) -> None:
-    admin.set_day_status(store, TC.id, 7, ["2027-01-04", "2027-01-05"], DayStatus.LOCKED)
-    admin.set_day_status(store, TC.id, 7, ["2027-01-05"], DayStatus.OPEN)
-    days = admin.list_day_statuses(store, TC.id, 7)
+    admin.set_day_status(store, A, TC.id, 7, ["2027-01-04", "2027-01-05"], DayStatus.LOCKED)
+    admin.set_day_status(store, A, TC.id, 7, ["2027-01-05"], DayStatus.OPEN)
+    days = admin.list_day_statuses(store, A, TC.id, 7)
     assert {d.isoformat(): s for d, s in days.items()} == {"2027-01-04": DayStatus.LOCKED}
     with pytest.raises(DomainError) as err:
-        admin.set_day_status(store, TC.id, 99, ["2027-01-04"], DayStatus.LOCKED)
+        admin.set_day_status(store, A, TC.id, 99, ["2027-01-04"], DayStatus.LOCKED)
     assert err.value.code is ErrorCode.USER_NOT_ASSIGNED
 
 
@@ -121,43 +121,43 @@ def test_day_statuses(store: MemoryStore, index: FenceEngine) -> None:
 
 
 def test_geofences_are_stored_and_indexed_together(store: MemoryStore, index: FenceEngine) -> None:
-    (fence,) = geofences.create_geofences(store, TC.id, [SITE], index)
-    assert geofences.list_geofences(store, TC.id) == [fence]
-    assert geofences.get_geofence(store, TC.id, fence.id) == fence
+    (fence,) = geofences.create_geofences(store, A, TC.id, [SITE], index)
+    assert geofences.list_geofences(store, A, TC.id) == [fence]
+    assert geofences.get_geofence(store, A, TC.id, fence.id) == fence
     assert _fences_at_site(index) == (fence.id,)
-    geofences.delete_geofence(store, TC.id, fence.id, index)
-    assert geofences.list_geofences(store, TC.id) == [] and _fences_at_site(index) == ()
+    geofences.delete_geofence(store, A, TC.id, fence.id, index)
+    assert geofences.list_geofences(store, A, TC.id) == [] and _fences_at_site(index) == ()
     with pytest.raises(DomainError) as err:
-        geofences.get_geofence(store, TC.id, fence.id)
+        geofences.get_geofence(store, A, TC.id, fence.id)
     assert err.value.code is ErrorCode.GEOFENCE_NOT_FOUND
     with pytest.raises(DomainError) as err:
-        geofences.list_geofences(store, 999)
+        geofences.list_geofences(store, A, 999)
     assert err.value.code is ErrorCode.TIME_CLOCK_NOT_FOUND
 
 
 def test_a_refused_batch_of_fences_writes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     commits = store.commits
     with pytest.raises(DomainError) as err:
-        geofences.create_geofences(store, TC.id, [SITE, replace(SITE, fence_size_m=10)], index)
+        geofences.create_geofences(store, A, TC.id, [SITE, replace(SITE, fence_size_m=10)], index)
     assert err.value.code is ErrorCode.INVALID_FENCE_SIZE
-    assert store.commits == commits and geofences.list_geofences(store, TC.id) == []
+    assert store.commits == commits and geofences.list_geofences(store, A, TC.id) == []
 
 
 # -- Punches ------------------------------------------------------------------------------
 
 
 def test_a_punch_writes_what_the_decision_says(store: MemoryStore, index: FenceEngine) -> None:
-    geofences.create_geofences(store, TC.id, [SITE], index)
+    geofences.create_geofences(store, A, TC.id, [SITE], index)
     here = PunchLocation("gate", 41.0, -87.0)
     started = punch(store, index, Clock(), kind=PunchKind.CLOCK_IN, location=here)
     shift = started.result.activity  # type: ignore[attr-defined]
     assert shift.start.geofence_id is not None and started.request_id == "req-1"  # type: ignore[attr-defined]
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         assert uow.activities.list_for(TC.id, 7) == [shift]
     ended = punch(store, index, Clock(NOW + 60), kind=PunchKind.CLOCK_OUT)
     done = ended.result.activity  # type: ignore[attr-defined]
     assert done.id == shift.id and done.end.timestamp == NOW + 60
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         assert uow.activities.punch_state(TC.id, 7, timesheet_day(NOW, "UTC")).open is None
 
 
@@ -177,13 +177,14 @@ def test_idempotent_punches_replay_their_first_answer(
             punches.run_alone(store),
             None,
             Clock(NOW + 5),
+            A,
             PunchCommand(PunchKind.CLOCK_IN, TC.id, 7, idempotency_key="k1"),
             "req-2",
         )
     )
     assert again.replayed and again.request_id == "req-1"  # type: ignore[attr-defined]
     assert again.result == first.result  # type: ignore[attr-defined]
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         assert len(uow.activities.list_for(TC.id, 7)) == 1
     with pytest.raises(DomainError) as err:
         punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, job_id="job-a", idempotency_key="k1")
@@ -192,7 +193,7 @@ def test_idempotent_punches_replay_their_first_answer(
 
 def test_answers_stored_by_the_previous_release_still_replay(store: MemoryStore) -> None:
     legacy = b"\x0a\x05req-0"  # gRPC bytes, as the previous release stored answers
-    with store() as uow:
+    with store(account=A) as uow:
         uow.idempotency.put("old", "clock_in", "digest-of-a-grpc-body", legacy)
         uow.commit()
     out = punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, idempotency_key="old")
@@ -213,7 +214,7 @@ def test_a_punch_that_keeps_losing_races_is_aborted(store: MemoryStore) -> None:
 
     cmd = PunchCommand(PunchKind.CLOCK_IN, TC.id, 7)
     with pytest.raises(DomainError) as err:
-        run(punches.punch(always_lost, None, Clock(), cmd, "r"))  # type: ignore[arg-type]
+        run(punches.punch(always_lost, None, Clock(), A, cmd, "r"))  # type: ignore[arg-type]
     assert err.value.code is ErrorCode.CONCURRENT_MODIFICATION
     assert len(tries) == punches.MAX_ATTEMPTS
 
@@ -221,15 +222,15 @@ def test_a_punch_that_keeps_losing_races_is_aborted(store: MemoryStore) -> None:
 def test_validation_changes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     commits = store.commits
     cmd = PunchCommand(PunchKind.CLOCK_IN, TC.id, 7)
-    assert punches.validate_punch(store, index, Clock(), cmd).activity.is_open
+    assert punches.validate_punch(store, index, Clock(), A, cmd).activity.is_open
     assert store.commits == commits
     with pytest.raises(DomainError) as err:
-        punches.validate_punch(store, index, Clock(), replace(cmd, kind=PunchKind.CLOCK_OUT))
+        punches.validate_punch(store, index, Clock(), A, replace(cmd, kind=PunchKind.CLOCK_OUT))
     assert err.value.code is ErrorCode.NO_OPEN_SHIFT
 
 
 def test_old_idempotency_keys_are_purged_in_batches(store: MemoryStore) -> None:
-    with store() as uow:
+    with store(account=A) as uow:
         for i in range(5):
             uow.idempotency.put(f"k{i}", "clock_in", "h", b"{}")
         uow.commit()
@@ -243,7 +244,7 @@ SCHED = Scheduler(id=3, name="Rota", timezone="UTC", jobs=(Job("job-a"),), user_
 
 
 def test_shifts_are_stored_with_their_events(store: MemoryStore) -> None:
-    scheduler.create_scheduler(store, SCHED, ["jobs[0]"], assign_id=False)
+    scheduler.create_scheduler(store, A, SCHED, ["jobs[0]"], assign_id=False)
     draft = ScheduledShift(
         start_time=NOW,
         end_time=NOW + 3600,
@@ -251,28 +252,28 @@ def test_shifts_are_stored_with_their_events(store: MemoryStore) -> None:
         is_published=True,
         assigned_user_ids=(7,),
     )
-    (shift,) = scheduler.create_shifts(store, Clock(), SCHED.id, [draft])
-    assert scheduler.list_shifts(store, SCHED.id, NOW, NOW + 60) == [shift]
-    with store(readonly=True) as uow:
+    (shift,) = scheduler.create_shifts(store, Clock(), A, SCHED.id, [draft])
+    assert scheduler.list_shifts(store, A, SCHED.id, NOW, NOW + 60) == [shift]
+    with store(account=A, readonly=True) as uow:
         (event,) = uow.events.after(0)
     assert (event.type, event.user_id) == ("shiftPublished", 7)
-    scheduler.create_shifts(store, Clock(), SCHED.id, [draft], notify_users=False)
-    with store(readonly=True) as uow:
+    scheduler.create_shifts(store, Clock(), A, SCHED.id, [draft], notify_users=False)
+    with store(account=A, readonly=True) as uow:
         assert len(uow.events.after(0)) == 1
     with pytest.raises(DomainError) as err:
-        scheduler.list_shifts(store, SCHED.id, NOW, NOW + 93 * 86400)
+        scheduler.list_shifts(store, A, SCHED.id, NOW, NOW + 93 * 86400)
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
-    renamed = scheduler.update_scheduler(store, replace(SCHED, name="Rota 2"), ["jobs[0]"])
-    assert scheduler.read_scheduler(store, SCHED.id) == renamed
+    renamed = scheduler.update_scheduler(store, A, replace(SCHED, name="Rota 2"), ["jobs[0]"])
+    assert scheduler.read_scheduler(store, A, SCHED.id) == renamed
 
 
 def test_a_clock_in_names_a_scheduled_shift_of_the_user(store: MemoryStore) -> None:
-    admin.create_time_clock(store, TC, ["jobs[0]"], assign_id=False)
-    scheduler.create_scheduler(store, SCHED, ["jobs[0]"], assign_id=False)
+    admin.create_time_clock(store, A, TC, ["jobs[0]"], assign_id=False)
+    scheduler.create_scheduler(store, A, SCHED, ["jobs[0]"], assign_id=False)
     draft = ScheduledShift(
         start_time=NOW, end_time=NOW + 3600, title="Early", assigned_user_ids=(7,)
     )
-    (shift,) = scheduler.create_shifts(store, Clock(), SCHED.id, [draft])
+    (shift,) = scheduler.create_shifts(store, Clock(), A, SCHED.id, [draft])
     with pytest.raises(DomainError) as err:
         punch(store, None, Clock(), kind=PunchKind.CLOCK_IN, user_id=8, scheduler_shift_id=shift.id)
     assert err.value.code is ErrorCode.SCHEDULER_SHIFT_NOT_FOUND
@@ -284,7 +285,7 @@ def test_a_clock_in_names_a_scheduled_shift_of_the_user(store: MemoryStore) -> N
 
 
 def test_check_locations(store: MemoryStore, index: FenceEngine) -> None:
-    (created,) = geofences.create_geofences(store, TC.id, [SITE], index)
+    (created,) = geofences.create_geofences(store, A, TC.id, [SITE], index)
     batch = LocationBatch(
         time_clock_id=TC.id,
         lats=np.array([41.0, 42.0]),
@@ -296,12 +297,12 @@ def test_check_locations(store: MemoryStore, index: FenceEngine) -> None:
         job_id="",
         with_distance=False,
     )
-    result = check_locations(index, batch)
+    result = check_locations(index, A, batch)
     assert result.inside.tolist() == [True, False]
     assert result.offsets.tolist() == [0, 1, 1]
     assert [result.ids.tolist()[k] for k in result.fences] == [created.id]
     with pytest.raises(DomainError) as err:
-        check_locations(index, replace(batch, time_clock_id=999))
+        check_locations(index, A, replace(batch, time_clock_id=999))
     assert err.value.code is ErrorCode.TIME_CLOCK_NOT_FOUND
 
 
@@ -319,13 +320,13 @@ def _samples(ts: list[int], lats: list[float]) -> trails.TrailBatch:
 def test_leaving_an_auto_clock_out_fence_closes_the_shift(
     store: MemoryStore, index: FenceEngine
 ) -> None:
-    geofences.create_geofences(store, TC.id, [SITE], index)
+    geofences.create_geofences(store, A, TC.id, [SITE], index)
     punch(store, index, Clock(), kind=PunchKind.CLOCK_IN, timestamp=NOW - 600)
     submit = punches.run_alone(store)
-    run(trails.report_locations(submit, index, Clock(), _samples([NOW - 300], [41.0])))
-    out = run(trails.report_locations(submit, index, Clock(), _samples([NOW - 200], [41.1])))
+    run(trails.report_locations(submit, index, Clock(), A, _samples([NOW - 300], [41.0])))
+    out = run(trails.report_locations(submit, index, Clock(), A, _samples([NOW - 200], [41.1])))
     assert out.exits.outcomes == ["clockedOut"]  # type: ignore[attr-defined]
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         (shift,) = uow.activities.list_for(TC.id, 7)
         types = [e.type for e in uow.events.after(0)]
         assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW - 200
@@ -333,16 +334,18 @@ def test_leaving_an_auto_clock_out_fence_closes_the_shift(
     assert shift.end.source == "autoClockOut"
     assert types == ["geofenceExit", "autoClockOut"]
     # what the same samples would do, judged as history: nothing is stored
-    evaluated = trails.evaluate_trails(index, _samples([NOW - 300, NOW - 200], [41.0, 41.1]), NOW)
+    evaluated = trails.evaluate_trails(
+        index, A, _samples([NOW - 300, NOW - 200], [41.0, 41.1]), NOW
+    )
     assert evaluated.exits.outcomes == ["clockedOut"]
 
 
 def test_a_stale_live_sample_changes_nothing(store: MemoryStore, index: FenceEngine) -> None:
     submit = punches.run_alone(store)
-    run(trails.report_locations(submit, index, Clock(), _samples([NOW - 100], [41.0])))
-    out = run(trails.report_locations(submit, index, Clock(), _samples([NOW - 200], [41.0])))
+    run(trails.report_locations(submit, index, Clock(), A, _samples([NOW - 100], [41.0])))
+    out = run(trails.report_locations(submit, index, Clock(), A, _samples([NOW - 200], [41.0])))
     assert out.result.status.tolist() == [6]  # type: ignore[attr-defined]
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW - 100
 
 
@@ -353,11 +356,11 @@ def test_samples_outside_the_allowed_time_are_refused_one_by_one(
     nothing stored; within the skew is accepted."""
     submit = punches.run_alone(store)
     batch = _samples([NOW + 61, 946_684_799, NOW + 60], [41.0, 41.0, 41.0])
-    out = run(trails.report_locations(submit, index, Clock(), batch, max_skew_s=60))
+    out = run(trails.report_locations(submit, index, Clock(), A, batch, max_skew_s=60))
     assert out.result.status.tolist() == [11, 11, 0]  # type: ignore[attr-defined]
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW + 60
-    evaluated = trails.evaluate_trails(index, batch, NOW, max_skew_s=60)
+    evaluated = trails.evaluate_trails(index, A, batch, NOW, max_skew_s=60)
     assert evaluated.result.status.tolist() == [11, 11, 0]
 
 
@@ -367,13 +370,12 @@ def test_samples_outside_the_allowed_time_are_refused_one_by_one(
 def test_another_process_follows_the_feed_and_the_feed_is_pruned(
     store: MemoryStore, index: FenceEngine
 ) -> None:
-    geofences.create_geofences(store, TC.id, [SITE], index)
-    there = FenceIndex()
-    there.load([], [])
+    geofences.create_geofences(store, A, TC.id, [SITE], index)
+    there = AccountFences()
     cursor = index_feed.follow_index_changes(store, there, 0)
-    with store(readonly=True) as uow:
+    with store(account=A, readonly=True) as uow:
         assert cursor == uow.index_changes.last() == 2
-    assert there.snapshot.fence_count == 1
+    assert there.totals() == (1, 1)
     assert index_feed.follow_index_changes(store, there, cursor) == cursor
     assert index_feed.prune_index_changes(store, before=NOW) == 0
     assert index_feed.prune_index_changes(store, before=NOW + 1) == 2

@@ -8,6 +8,7 @@ from datetime import date
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
+from geopunch.domain.accounts import Account, ApiKey
 from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.locations import (
     F64,
@@ -54,8 +55,6 @@ class TimeClockRepository(Protocol):
 
 class GeofenceRepository(Protocol):
     def list_for(self, time_clock_id: int) -> list[Geofence]: ...
-
-    def list_all(self) -> list[Geofence]: ...
 
     def list_enabled(self) -> list[Geofence]: ...
 
@@ -126,6 +125,10 @@ class EventRepository(Protocol):
 
     def append(self, new: Sequence[Event]) -> None: ...
 
+    def newest(self) -> int:
+        """The newest seq of any account, 0 for none (store-wide)."""
+        ...
+
     def after(
         self,
         cursor: int,
@@ -159,8 +162,9 @@ class IndexChangeRepository(Protocol):
         """Record that the time clock's settings or geofences change in this transaction."""
         ...
 
-    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int]]:
-        """(seq, time clock id) of the changes after ``cursor``, in commit order."""
+    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
+        """(seq, account, time clock id) of every account's changes after
+        ``cursor``, in commit order."""
         ...
 
     def last(self) -> int:
@@ -172,8 +176,44 @@ class IndexChangeRepository(Protocol):
         ...
 
 
+class AccountRepository(Protocol):
+    def create(self, name: str) -> Account: ...
+
+    def by_name(self, name: str) -> Account | None: ...
+
+    def list_all(self) -> list[Account]: ...
+
+    def ids(self) -> list[int]: ...
+
+
+class ApiKeyRepository(Protocol):
+    def add(self, key: ApiKey) -> None: ...
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def list_for(self, account_id: int) -> list[ApiKey]: ...
+
+    def active(self) -> list[ApiKey]:
+        """Every account's keys that are not revoked."""
+        ...
+
+    def fingerprint(self) -> tuple[int, ...]:
+        """A value that changes whenever a key is added or revoked."""
+        ...
+
+    def revoke(self, key_id: str) -> bool: ...
+
+
 class UnitOfWork(Protocol):
-    """One transaction; leaving the block without commit() rolls back."""
+    """One transaction's repositories, seeing the rows of one account
+    (``account``; None in housekeeping, where only the methods documented
+    as store-wide work). ``for_account`` gives another account's
+    repositories in the same transaction."""
+
+    @property
+    def account(self) -> int | None: ...
+
+    def for_account(self, account: int) -> UnitOfWork: ...
 
     @property
     def time_clocks(self) -> TimeClockRepository: ...
@@ -202,14 +242,11 @@ class UnitOfWork(Protocol):
     @property
     def index_changes(self) -> IndexChangeRepository: ...
 
-    def __enter__(self) -> Self: ...
+    @property
+    def accounts(self) -> AccountRepository: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
 
     def commit(self) -> None: ...
 
@@ -223,8 +260,21 @@ class UnitOfWork(Protocol):
         ...
 
 
+class Transaction(UnitOfWork, Protocol):
+    """A unit of work as opened: leaving the block without commit() rolls back."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
 class UnitOfWorkFactory(Protocol):
-    def __call__(self, *, readonly: bool = False) -> UnitOfWork: ...
+    def __call__(self, *, account: int | None = None, readonly: bool = False) -> Transaction: ...
 
 
 class AsyncTransactionRunner(Protocol):
@@ -248,10 +298,12 @@ class FenceListener(Protocol):
 
     def write_lock(self) -> AbstractContextManager[None]: ...
 
-    def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None: ...
+    def time_clock_changed(
+        self, account: int, tc: TimeClock, fences: Sequence[Geofence]
+    ) -> None: ...
 
     def fences_changed(
-        self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+        self, account: int, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
     ) -> None: ...
 
 
@@ -326,8 +378,9 @@ class FenceView(Protocol):
 
 
 class FenceEngine(FenceListener, Protocol):
-    """Holds every time clock's fences and follows their changes (the
-    composition root loads it at start-up); ``view()`` is the current state,
-    cheap to take and safe to read from any thread while changes go on."""
+    """Holds every account's time clocks and fences and follows their changes
+    (the composition root loads it at start-up); ``view(account)`` is the
+    current state of one account, cheap to take and safe to read from any
+    thread while changes go on. A view never sees another account's clocks."""
 
-    def view(self) -> FenceView: ...
+    def view(self, account: int) -> FenceView: ...

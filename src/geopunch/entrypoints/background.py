@@ -15,7 +15,8 @@ from collections.abc import Callable
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
 from geopunch.entrypoints.process import SharedGenerations
-from geopunch.service.index_feed import follow_index_changes, prune_index_changes
+from geopunch.service.accounts import KeyRing
+from geopunch.service.index_feed import follow_index_changes, newest_event, prune_index_changes
 from geopunch.service.punches import purge_idempotency_keys
 
 log = logging.getLogger("geopunch")
@@ -135,6 +136,42 @@ class EventRelay:
             if now != seen:
                 seen = now
                 self._wakeup.notify()
+
+
+class StoreWatcher:
+    """Every ``poll_s``: reloads the API keys when any was added or revoked
+    (so a revoked key stops working on every process and replica), and wakes
+    event streams when the event log grew, whoever wrote it. Streams do not
+    poll the store themselves: one look here serves them all."""
+
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        keys: KeyRing,
+        wakeup: Wakeup,
+        event_cursor: int,
+        poll_s: float,
+        stopped: threading.Event,
+    ) -> None:
+        self._uows, self._keys, self._wakeup = uows, keys, wakeup
+        self._seen, self._poll_s, self._stopped = event_cursor, poll_s, stopped
+
+    def look(self) -> None:
+        self._keys.refresh(self._uows)
+        newest = newest_event(self._uows)
+        if newest != self._seen:
+            self._seen = newest
+            self._wakeup.notify()
+
+    def run(self) -> None:
+        failures = _Failures("store watch")
+        while not self._stopped.wait(self._poll_s):
+            try:
+                self.look()
+            except Exception:  # the store may be briefly unavailable; try again later
+                failures.failed()
+                continue
+            failures.succeeded()
 
 
 def start(name: str, loop: Callable[[], None]) -> threading.Thread:

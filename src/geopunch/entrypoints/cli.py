@@ -1,4 +1,5 @@
-"""Command line: ``geopunch serve`` and ``geopunch trails`` (also ``python -m geopunch ...``)."""
+"""Command line: ``geopunch serve``, ``accounts``, ``keys`` and ``trails``
+(also ``python -m geopunch ...``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,31 @@ def _parser() -> argparse.ArgumentParser:
         "--database-url",
         help=f"SQLAlchemy URL (GEOPUNCH_DATABASE_URL, default {DEFAULT_DATABASE_URL})",
     )
-    serve.add_argument("--api-keys", help="comma-separated API keys (GEOPUNCH_API_KEYS)")
+    serve.add_argument(
+        "--api-keys",
+        help="bootstrap API keys of the default account, comma-separated (GEOPUNCH_API_KEYS); "
+        "visible to every user in the process list: prefer --api-keys-file",
+    )
+    serve.add_argument(
+        "--api-keys-file",
+        help="file of bootstrap API keys, one per line (GEOPUNCH_API_KEYS_FILE)",
+    )
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (GEOPUNCH_TLS_CERT)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (GEOPUNCH_TLS_KEY)")
+    serve.add_argument(
+        "--tls-client-ca",
+        help="PEM CA bundle: require client certificates it signed (GEOPUNCH_TLS_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--receive-timeout-seconds",
+        type=float,
+        help="time a call has to send its request (GEOPUNCH_RECEIVE_TIMEOUT_SECONDS, default 10)",
+    )
+    serve.add_argument(
+        "--max-streams-per-key",
+        type=int,
+        help="event streams one API key may hold (GEOPUNCH_MAX_STREAMS_PER_KEY, default 32)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (GEOPUNCH_LOG_LEVEL)")
     serve.add_argument(
         "--max-workers", type=int, help="threads for blocking handlers (GEOPUNCH_MAX_WORKERS)"
@@ -37,7 +62,50 @@ def _parser() -> argparse.ArgumentParser:
         "(GEOPUNCH_MAX_CLOCK_SKEW_SECONDS, default 300)",
     )
     _trails_parser(sub)
+    _account_parsers(sub)
     return parser
+
+
+def _database_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        help=f"SQLAlchemy URL of the server's store (GEOPUNCH_DATABASE_URL, "
+        f"default {DEFAULT_DATABASE_URL})",
+    )
+
+
+def _account_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    accounts = sub.add_parser("accounts", help="manage accounts in the server's store")
+    acc = accounts.add_subparsers(dest="action", required=True)
+    create = acc.add_parser("create", help="create an account")
+    create.add_argument("name", help="a-z, 0-9, '_', '.', '-'; at most 64 characters")
+    _database_option(create)
+    listing = acc.add_parser("list", help="list accounts")
+    _database_option(listing)
+
+    keys = sub.add_parser("keys", help="manage API keys in the server's store")
+    k = keys.add_subparsers(dest="action", required=True)
+    create = k.add_parser(
+        "create", help="create a key; its secret is printed once, alone on the last line"
+    )
+    create.add_argument("--account", required=True, help="account name")
+    create.add_argument(
+        "--scopes", required=True, help="comma-separated: read, punch, admin (e.g. read,punch)"
+    )
+    create.add_argument("--label", default="", help="what the key is for")
+    _database_option(create)
+    listing = k.add_parser("list", help="list an account's keys (never their secrets)")
+    listing.add_argument("--account", required=True, help="account name")
+    _database_option(listing)
+    rotate = k.add_parser(
+        "rotate",
+        help="replace a key by a new one (same account, scopes, label); the old one is revoked",
+    )
+    rotate.add_argument("key_id")
+    _database_option(rotate)
+    revoke = k.add_parser("revoke", help="revoke a key: every server refuses it within a poll")
+    revoke.add_argument("key_id")
+    _database_option(revoke)
 
 
 def _trails_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +133,19 @@ def _trails_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _hide_from_process_list(secret: str) -> None:
+    """Rewrites this process's command line (what ``ps`` and /proc/PID/cmdline
+    show) without ``--api-keys``' value. setproctitle does it portably; the
+    keys were visible only between exec and this call."""
+    import setproctitle
+
+    title = setproctitle.getproctitle()
+    for part in {secret, *secret.split(",")}:
+        if part.strip():
+            title = title.replace(part.strip(), "***")
+    setproctitle.setproctitle(title)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -77,10 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_workers=args.max_workers,
                 processes=args.processes,
                 max_clock_skew_seconds=args.max_clock_skew_seconds,
+                api_keys_file=args.api_keys_file,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                tls_client_ca=args.tls_client_ca,
+                receive_timeout_seconds=args.receive_timeout_seconds,
+                max_streams_per_key=args.max_streams_per_key,
             )
         except ValueError as exc:
             print(f"geopunch: {exc}", file=sys.stderr)
             return 2
+        Config.forget_secrets()  # read once; no worker process inherits them
+        if args.api_keys:
+            _hide_from_process_list(args.api_keys)
         setup_logging(config.log_level)
 
         def ready(port: int) -> None:
@@ -95,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             serve(config, ready)
         return 0
+    if args.command in ("accounts", "keys"):
+        from geopunch.entrypoints.accounts_cli import run as run_accounts
+
+        return run_accounts(args)
     if args.command == "trails":
         try:
             from geopunch.entrypoints.trails_cli import run

@@ -26,14 +26,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from geopunch.adapters.db.store import GroupCommitter
-from geopunch.adapters.grpc.interceptors import CatchUp, ServiceInterceptor
+from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
 from geopunch.config import Config
-from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import Transaction, UnitOfWorkFactory
 from geopunch.entrypoints import background
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
-from geopunch.geo.engine import FenceIndex
+from geopunch.geo.engine import AccountFences
+from geopunch.service.accounts import KeyRing
 
 log = logging.getLogger("geopunch")
 
@@ -54,10 +55,10 @@ class DeferredUnitOfWorkFactory:
     def __init__(self) -> None:
         self.target: UnitOfWorkFactory | None = None
 
-    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
+    def __call__(self, *, account: int | None = None, readonly: bool = False) -> Transaction:
         if self.target is None:
             raise RuntimeError("the store is not open yet")
-        return self.target(readonly=readonly)
+        return self.target(account=account, readonly=readonly)
 
 
 class EventLoopThread:
@@ -99,7 +100,8 @@ class Server:
         self._sibling_lock = threading.Lock()
         self._uows = DeferredUnitOfWorkFactory()
         self._threads: list[threading.Thread] = []
-        self.index = FenceIndex()
+        self.index = AccountFences()
+        self.keys = KeyRing(config.api_key_hashes)
         # Punches and live positions share commits under load; the committer
         # reaches the store only once it is open.
         self._committer = GroupCommitter(self._uows)
@@ -119,9 +121,14 @@ class Server:
     async def _make_server(self) -> tuple[grpc.aio.Server, int]:
         config = self.config
         interceptor = ServiceInterceptor(
-            config.api_key_hashes,
+            self.keys,
             self._ready,
             self._executor,
+            limits=Limits(
+                unary=config.max_workers * 8,
+                streams_per_key=config.max_streams_per_key,
+                receive_s=config.receive_timeout_seconds,
+            ),
             catch_up=(
                 None
                 if self.worker is None
@@ -131,13 +138,24 @@ class Server:
         )
         server = grpc.aio.server(
             interceptors=[interceptor],
+            # No maximum_concurrent_rpcs: grpc counts a call from its headers
+            # on, so callers without a key could hold every slot by never
+            # sending a message. The interceptor's Limits count only calls
+            # that are authenticated and have their message.
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 # Workers share the port; a lone server must not share it by accident.
                 ("grpc.so_reuseport", 0 if self.worker is None else 1),
+                # Streams one connection may open at once, and what becomes of
+                # connections that idle or whose peer vanished.
+                ("grpc.max_concurrent_streams", 256),
+                ("grpc.max_connection_idle_ms", 15 * 60_000),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
             ],
-            maximum_concurrent_rpcs=config.max_workers * 8,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -156,7 +174,7 @@ class Server:
                 config.max_clock_skew_seconds,
             ),
         )
-        return server, server.add_insecure_port(config.listen)
+        return server, _bind(server, config)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -183,6 +201,12 @@ class Server:
             self.config, self.index, on_events=on_events, on_index_changes=on_index_changes
         )
         self._uows.target = self.app.uows
+        self.keys.refresh(self.app.uows)
+        if not self.keys.count():
+            log.warning(
+                "no API key: create one with 'geopunch keys create', or give bootstrap keys "
+                "in GEOPUNCH_API_KEYS_FILE or GEOPUNCH_API_KEYS"
+            )
         self._follower = background.IndexFollower(
             self._uows,
             self.index,
@@ -195,6 +219,15 @@ class Server:
         self.loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("serving")
         self._threads.append(background.start("index-follow", self._follower.run))
+        watcher = background.StoreWatcher(
+            self._uows,
+            self.keys,
+            self.wakeup,
+            self.app.event_cursor,
+            self.config.index_poll_seconds,
+            self._stopped,
+        )
+        self._threads.append(background.start("store-watch", watcher.run))
         if self.worker is not None:
             relay = background.EventRelay(self.worker.generations, self.wakeup, self._stopped)
             self._threads.append(background.start("event-relay", relay.run))
@@ -245,6 +278,24 @@ class Server:
             self.app.engine.dispose()
         self.loop.close()
         log.info("stopped")
+
+
+def _bind(server: grpc.aio.Server, config: Config) -> int:
+    """Listen on ``config.listen``, with TLS when a certificate is configured."""
+    if not config.tls_cert:
+        return server.add_insecure_port(config.listen)
+    with open(config.tls_cert, "rb") as f:
+        chain = f.read()
+    with open(config.tls_key, "rb") as f:
+        key = f.read()
+    client_ca = None
+    if config.tls_client_ca:
+        with open(config.tls_client_ca, "rb") as f:
+            client_ca = f.read()
+    credentials = grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    return server.add_secure_port(config.listen, credentials)
 
 
 def serve(

@@ -15,7 +15,9 @@ Earth-centred metres and a hash grid: see docs/engine.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,7 @@ from geopunch.geo._kernels import bucket_order
 from geopunch.geo._membership import check_one, check_points
 from geopunch.geo._trails import InsideState, detect_exits, handles_of, pair_codes, unassigned
 
-__all__ = ["FenceIndex", "SnapshotView", "bucket_order", "pair_codes", "warm_up"]
+__all__ = ["AccountFences", "FenceIndex", "SnapshotView", "bucket_order", "pair_codes", "warm_up"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +193,63 @@ class SnapshotView:
 
 
 class FenceIndex(Snapshots):
-    """The process's fence engine (``domain.ports.FenceEngine``)."""
+    """The fence index of one account."""
 
     def view(self) -> SnapshotView:
         return SnapshotView(self.snapshot)
+
+
+_EMPTY = FenceIndex()
+
+
+class AccountFences:
+    """The process's fence engine (``domain.ports.FenceEngine``): one
+    ``FenceIndex`` per account, so that a view cannot reach another
+    account's time clocks whatever ids a caller sends, and ids need no
+    translation on the way in or out.
+
+    One lock orders every account's changes: use cases hold it across their
+    commit and the matching update, and the change feed is in commit order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._indexes: dict[int, FenceIndex] = {}
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def _index(self, account: int) -> FenceIndex:
+        index = self._indexes.get(account)
+        if index is None:
+            with self._lock:
+                index = self._indexes.setdefault(account, FenceIndex())
+        return index
+
+    def view(self, account: int) -> SnapshotView:
+        index = self._indexes.get(account)
+        return SnapshotView((_EMPTY if index is None else index).snapshot)
+
+    def load(
+        self, account: int, time_clocks: Iterable[TimeClock], fences: Iterable[Geofence]
+    ) -> Snapshot:
+        """Replace one account's clocks and fences with a full build (start-up)."""
+        return self._index(account).load(time_clocks, fences)
+
+    def time_clock_changed(self, account: int, tc: TimeClock, fences: Sequence[Geofence]) -> None:
+        self._index(account).time_clock_changed(tc, fences)
+
+    def fences_changed(
+        self, account: int, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+    ) -> None:
+        self._index(account).fences_changed(tc, added, removed)
+
+    def totals(self) -> tuple[int, int]:
+        """Time clocks and fences held, over every account."""
+        snaps = [index.snapshot for index in list(self._indexes.values())]
+        return sum(len(s.clocks) for s in snaps), sum(s.fence_count for s in snaps)
 
 
 def warm_up() -> None:

@@ -27,6 +27,7 @@ def get_time_clock(uow: UnitOfWork, time_clock_id: int) -> TimeClock:
 
 def create_time_clock(
     uows: UnitOfWorkFactory,
+    account: int,
     tc: TimeClock,
     job_paths: Sequence[str],
     *,
@@ -34,7 +35,7 @@ def create_time_clock(
     listener: FenceListener | None = None,
 ) -> TimeClock:
     """Validate and store a new time clock; with ``assign_id`` the store picks its id."""
-    with uows() as uow:
+    with uows(account=account) as uow:
         if assign_id:
             tc = replace(tc, id=uow.time_clocks.next_id())
         validate_time_clock(tc, job_paths)
@@ -43,12 +44,13 @@ def create_time_clock(
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.time_clock_changed(tc, ())
+                listener.time_clock_changed(account, tc, ())
     return tc
 
 
 def update_time_clock(
     uows: UnitOfWorkFactory,
+    account: int,
     tc: TimeClock,
     job_paths: Sequence[str],
     listener: FenceListener | None = None,
@@ -58,7 +60,7 @@ def update_time_clock(
     A job that a geofence still names cannot be removed (JOB_IN_USE).
     """
     validate_time_clock(tc, job_paths)
-    with uows() as uow:
+    with uows(account=account) as uow:
         get_time_clock(uow, tc.id)
         missing = sorted(uow.geofences.job_ids_in_use(tc.id) - tc.job_ids)
         if missing:
@@ -73,7 +75,7 @@ def update_time_clock(
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.time_clock_changed(tc, fences)
+                listener.time_clock_changed(account, tc, fences)
     return tc
 
 
@@ -82,13 +84,14 @@ def locked(listener: FenceListener | None) -> AbstractContextManager[None]:
     return listener.write_lock() if listener is not None else nullcontext()
 
 
-def read_time_clock(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock:
-    with uows(readonly=True) as uow:
+def read_time_clock(uows: UnitOfWorkFactory, account: int, time_clock_id: int) -> TimeClock:
+    with uows(account=account, readonly=True) as uow:
         return get_time_clock(uow, time_clock_id)
 
 
 def set_day_status(
     uows: UnitOfWorkFactory,
+    account: int,
     time_clock_id: int,
     user_id: int,
     dates: Sequence[str],
@@ -96,7 +99,7 @@ def set_day_status(
 ) -> dict[date, DayStatus]:
     """Lock, approve or reopen days of a user; returns the user's closed days."""
     days = parse_dates(dates)
-    with uows() as uow:
+    with uows(account=account) as uow:
         tc = get_time_clock(uow, time_clock_id)
         check_user(tc, user_id)
         uow.time_clocks.set_day_status(time_clock_id, user_id, days, status)
@@ -106,8 +109,8 @@ def set_day_status(
 
 
 def list_day_statuses(
-    uows: UnitOfWorkFactory, time_clock_id: int, user_id: int
+    uows: UnitOfWorkFactory, account: int, time_clock_id: int, user_id: int
 ) -> dict[date, DayStatus]:
-    with uows(readonly=True) as uow:
+    with uows(account=account, readonly=True) as uow:
         get_time_clock(uow, time_clock_id)
         return uow.time_clocks.day_statuses(time_clock_id, user_id)

@@ -16,14 +16,16 @@ def new_fence_id() -> str:
     return f"fence-{uuid.uuid4().hex}"
 
 
-def list_geofences(uows: UnitOfWorkFactory, time_clock_id: int) -> list[Geofence]:
-    with uows(readonly=True) as uow:
+def list_geofences(uows: UnitOfWorkFactory, account: int, time_clock_id: int) -> list[Geofence]:
+    with uows(account=account, readonly=True) as uow:
         get_time_clock(uow, time_clock_id)
         return uow.geofences.list_for(time_clock_id)
 
 
-def get_geofence(uows: UnitOfWorkFactory, time_clock_id: int, fence_id: str) -> Geofence:
-    with uows(readonly=True) as uow:
+def get_geofence(
+    uows: UnitOfWorkFactory, account: int, time_clock_id: int, fence_id: str
+) -> Geofence:
+    with uows(account=account, readonly=True) as uow:
         get_time_clock(uow, time_clock_id)
         fence = uow.geofences.get(time_clock_id, fence_id)
     if fence is None:
@@ -33,12 +35,13 @@ def get_geofence(uows: UnitOfWorkFactory, time_clock_id: int, fence_id: str) -> 
 
 def create_geofences(
     uows: UnitOfWorkFactory,
+    account: int,
     time_clock_id: int,
     drafts: Sequence[GeofenceDraft],
     listener: FenceListener | None = None,
 ) -> list[Geofence]:
     """Validate and store all drafts in one transaction, or none of them."""
-    with uows() as uow:
+    with uows(account=account) as uow:
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, new_fence_id)
         uow.geofences.add_many(fences)
@@ -46,17 +49,18 @@ def create_geofences(
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.fences_changed(tc, fences, ())
+                listener.fences_changed(account, tc, fences, ())
     return fences
 
 
 def delete_geofence(
     uows: UnitOfWorkFactory,
+    account: int,
     time_clock_id: int,
     fence_id: str,
     listener: FenceListener | None = None,
 ) -> None:
-    with uows() as uow:
+    with uows(account=account) as uow:
         tc = get_time_clock(uow, time_clock_id)
         if not uow.geofences.delete(time_clock_id, fence_id):
             raise _not_found(time_clock_id, fence_id)
@@ -64,7 +68,7 @@ def delete_geofence(
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.fences_changed(tc, (), (fence_id,))
+                listener.fences_changed(account, tc, (), (fence_id,))
 
 
 def _not_found(time_clock_id: int, fence_id: str) -> DomainError:

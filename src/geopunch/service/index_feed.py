@@ -22,15 +22,22 @@ def follow_index_changes(uows: UnitOfWorkFactory, index: FenceListener, cursor: 
     while True:
         with uows(readonly=True) as uow:
             changes = uow.index_changes.after(cursor, INDEX_CHANGE_PAGE)
-        for time_clock_id in dict.fromkeys(tc for _, tc in changes):
-            with index.write_lock(), uows(readonly=True) as uow:
+        for account, time_clock_id in dict.fromkeys((a, tc) for _, a, tc in changes):
+            with index.write_lock(), uows(account=account, readonly=True) as uow:
                 tc = uow.time_clocks.get(time_clock_id)
                 if tc is not None:
-                    index.time_clock_changed(tc, uow.geofences.list_for(time_clock_id))
+                    index.time_clock_changed(account, tc, uow.geofences.list_for(time_clock_id))
         if changes:
             cursor = changes[-1][0]
         if len(changes) < INDEX_CHANGE_PAGE:
             return cursor
+
+
+def newest_event(uows: UnitOfWorkFactory) -> int:
+    """The seq of the newest event of any account (0 for none): event streams
+    are woken when it moves."""
+    with uows(readonly=True) as uow:
+        return uow.events.newest()
 
 
 def prune_index_changes(uows: UnitOfWorkFactory, before: int) -> int:

@@ -90,11 +90,11 @@ def _check_shapes(batch: LocationBatch, prefix: str) -> int:
 
 
 def check_locations(
-    fences: FenceEngine, batch: LocationBatch, prefix: str = "points"
+    fences: FenceEngine, account: int, batch: LocationBatch, prefix: str = "points"
 ) -> BatchVerdict:
-    """Check a batch on the engine's current view."""
+    """Check a batch on the current view of ``account``'s fences."""
     n = _check_shapes(batch, prefix)
-    view = fences.view()
+    view = fences.view(account)
     job_names = list(batch.job_ids)
     tc = None
     if batch.time_clock_ids is None:

@@ -78,11 +78,12 @@ async def punch(
     submit: AsyncTransactionRunner,
     fences: FenceEngine | None,
     clock: Clock,
+    account: int,
     cmd: PunchCommand,
     request_id: str,
 ) -> PunchOutcome:
-    """Apply one punch durably. ``submit`` commits the work (a group
-    committer's, or ``run_alone``); a lost race runs it again from scratch."""
+    """Apply one punch of ``account`` durably. ``submit`` commits the work (a
+    group committer's, or ``run_alone``); a lost race runs it again from scratch."""
     if len(cmd.idempotency_key) > MAX_IDEMPOTENCY_KEY:
         raise DomainError(
             ErrorCode.INVALID_ARGUMENT,
@@ -91,12 +92,13 @@ async def punch(
     now = clock.now()  # the window rules judge the time of receipt
     body_hash = command_hash(cmd) if cmd.idempotency_key else ""
 
-    def work(uow: UnitOfWork) -> PunchOutcome:
+    def work(batch: UnitOfWork) -> PunchOutcome:
+        uow = batch.for_account(account)
         if cmd.idempotency_key:
             stored = uow.idempotency.get(cmd.idempotency_key)
             if stored is not None:
                 return _replay(cmd, body_hash, *stored)
-        decision = judge(uow, fences, now, cmd)
+        decision = judge(uow, fences, account, now, cmd)
         for activity in decision.closed:
             assert activity.end is not None
             uow.activities.close(activity.id, activity.end, activity.modified_at)
@@ -115,19 +117,24 @@ async def punch(
 
 
 def validate_punch(
-    uows: UnitOfWorkFactory, fences: FenceEngine | None, clock: Clock, cmd: PunchCommand
+    uows: UnitOfWorkFactory,
+    fences: FenceEngine | None,
+    clock: Clock,
+    account: int,
+    cmd: PunchCommand,
 ) -> PunchResult:
     """What the punch would do now, changing nothing: its result, or its DomainError."""
-    with uows(readonly=True) as uow:
-        return judge(uow, fences, clock.now(), cmd).result
+    with uows(account=account, readonly=True) as uow:
+        return judge(uow, fences, account, clock.now(), cmd).result
 
 
 def judge(
-    uow: UnitOfWork, fences: FenceEngine | None, now: float, cmd: PunchCommand
+    uow: UnitOfWork, fences: FenceEngine | None, account: int, now: float, cmd: PunchCommand
 ) -> PunchDecision:
-    """Read what the punch needs and decide it (nothing is written)."""
+    """Read what the punch needs and decide it (nothing is written); ``uow``
+    sees ``account``."""
     # One view for the settings and the location: both from the same state.
-    view = fences.view() if fences is not None else None
+    view = fences.view(account) if fences is not None else None
     tc = _time_clock(uow, view, cmd.time_clock_id)
     plan = plan_punch(tc, cmd, now)
     state = uow.activities.punch_state(tc.id, cmd.user_id, plan.day)
@@ -265,8 +272,8 @@ def purge_idempotency_keys(
             return total
 
 
-def list_manual_breaks(uows: UnitOfWorkFactory, time_clock_id: int) -> TimeClock:
-    with uows(readonly=True) as uow:
+def list_manual_breaks(uows: UnitOfWorkFactory, account: int, time_clock_id: int) -> TimeClock:
+    with uows(account=account, readonly=True) as uow:
         return get_time_clock(uow, time_clock_id)
 
 

@@ -38,10 +38,15 @@ def get_scheduler(uow: UnitOfWork, scheduler_id: int) -> Scheduler:
 
 
 def create_scheduler(
-    uows: UnitOfWorkFactory, s: Scheduler, job_paths: Sequence[str], *, assign_id: bool
+    uows: UnitOfWorkFactory,
+    account: int,
+    s: Scheduler,
+    job_paths: Sequence[str],
+    *,
+    assign_id: bool,
 ) -> Scheduler:
     """Validate and store a new scheduler; with ``assign_id`` the store picks its id."""
-    with uows() as uow:
+    with uows(account=account) as uow:
         if assign_id:
             s = replace(s, id=uow.schedulers.next_id())
         validate_scheduler(s, job_paths)
@@ -50,25 +55,28 @@ def create_scheduler(
     return s
 
 
-def update_scheduler(uows: UnitOfWorkFactory, s: Scheduler, job_paths: Sequence[str]) -> Scheduler:
+def update_scheduler(
+    uows: UnitOfWorkFactory, account: int, s: Scheduler, job_paths: Sequence[str]
+) -> Scheduler:
     """Replace every setting of an existing scheduler. Stored shifts keep the
     users and jobs they were created with."""
     validate_scheduler(s, job_paths)
-    with uows() as uow:
+    with uows(account=account) as uow:
         get_scheduler(uow, s.id)
         uow.schedulers.replace(s)
         uow.commit()
     return s
 
 
-def read_scheduler(uows: UnitOfWorkFactory, scheduler_id: int) -> Scheduler:
-    with uows(readonly=True) as uow:
+def read_scheduler(uows: UnitOfWorkFactory, account: int, scheduler_id: int) -> Scheduler:
+    with uows(account=account, readonly=True) as uow:
         return get_scheduler(uow, scheduler_id)
 
 
 def create_shifts(
     uows: UnitOfWorkFactory,
     clock: Clock,
+    account: int,
     scheduler_id: int,
     drafts: Sequence[ScheduledShift],
     *,
@@ -82,7 +90,7 @@ def create_shifts(
     """
     if created_by is not None and created_by <= 0:
         raise DomainError(ErrorCode.INVALID_ARGUMENT, "created_by must be a positive user id")
-    with uows() as uow:
+    with uows(account=account) as uow:
         scheduler = get_scheduler(uow, scheduler_id)
         now = int(clock.now())
         shifts = validate_shifts(
@@ -96,7 +104,7 @@ def create_shifts(
 
 
 def list_shifts(
-    uows: UnitOfWorkFactory, scheduler_id: int, start: int, end: int
+    uows: UnitOfWorkFactory, account: int, scheduler_id: int, start: int, end: int
 ) -> list[ScheduledShift]:
     """Shifts of the scheduler overlapping ``[start, end)``."""
     if end <= start or end - start > MAX_LIST_WINDOW_S:
@@ -105,6 +113,6 @@ def list_shifts(
             f"the window [{start}, {end}) must be non-empty and at most "
             f"{MAX_LIST_WINDOW_S // 86400} days long",
         )
-    with uows(readonly=True) as uow:
+    with uows(account=account, readonly=True) as uow:
         get_scheduler(uow, scheduler_id)
         return uow.shifts.list_range(scheduler_id, start, end)

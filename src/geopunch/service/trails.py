@@ -147,14 +147,18 @@ def would_do(action: str, other_inside: bool) -> str:
 
 
 def evaluate_trails(
-    fences: FenceEngine, batch: TrailBatch, now: float, max_skew_s: float = DEFAULT_MAX_SKEW_S
+    fences: FenceEngine,
+    account: int,
+    batch: TrailBatch,
+    now: float,
+    max_skew_s: float = DEFAULT_MAX_SKEW_S,
 ) -> TrailOutcome:
     """Verdicts and exits of historical samples, as if each trail started outside
     every fence. Nothing is stored; an automatic clock-out is reported as what
     it would do if a shift were open. Samples before 2000 or later than ``now``
     plus ``max_skew_s`` are INVALID_TIMESTAMP and take no part."""
     batch.check(MAX_TRAIL_SAMPLES)
-    view = fences.view()
+    view = fences.view(account)
     strangers = view.unassigned(batch.user_ids, batch.time_clock_ids)
     late = untimely(batch.timestamps, now, max_skew_s)
     r = _detect(
@@ -181,10 +185,11 @@ async def report_locations(
     submit: AsyncTransactionRunner,
     fences: FenceEngine,
     clock: Clock,
+    account: int,
     batch: TrailBatch,
     max_skew_s: float = DEFAULT_MAX_SKEW_S,
 ) -> TrailOutcome:
-    """Live samples: advance each trail's durable state and fire exit actions.
+    """Live samples of ``account``: advance each trail's durable state and fire exit actions.
 
     ``submit`` commits the work (the server's group committer, or
     ``run_alone``). In one transaction: samples of users not assigned to their
@@ -199,7 +204,7 @@ async def report_locations(
     plus ``max_skew_s`` are INVALID_TIMESTAMP and change nothing.
     """
     batch.check(MAX_LIVE_SAMPLES)
-    work = _live_work(fences.view(), batch, clock.now(), max_skew_s)
+    work = _live_work(fences.view(account), account, batch, clock.now(), max_skew_s)
     r, report = await run_retrying(submit, work, _LOST_TRAILS)
     # After the transaction: a shared commit waits for nothing that needs no store.
     return TrailOutcome(r, r.fence_ids.tolist(), report)
@@ -222,7 +227,7 @@ def _mark_skipped(
 
 
 def _live_work(
-    view: FenceView, batch: TrailBatch, now: float, max_skew_s: float
+    view: FenceView, account: int, batch: TrailBatch, now: float, max_skew_s: float
 ) -> Callable[[UnitOfWork], tuple[TrailVerdict, ExitReport]]:
     users, clocks = batch.user_ids, batch.time_clock_ids
     group, _, first = pair_codes(users, clocks)
@@ -233,7 +238,8 @@ def _live_work(
     late = untimely(batch.timestamps, now, max_skew_s)
     latest_allowed = int(now + max_skew_s)
 
-    def work(uow: UnitOfWork) -> tuple[TrailVerdict, ExitReport]:
+    def work(shared: UnitOfWork) -> tuple[TrailVerdict, ExitReport]:
+        uow = shared.for_account(account)
         known = uow.locations.load(sorted({u for u, _ in pairs}))
         # Stale: older than the user's last accepted sample, on any time clock.
         user_last: dict[int, int] = {}

@@ -82,6 +82,26 @@ class AdminServiceStub:
                 request_serializer=geopunch_dot_v1_dot_admin__pb2.GetSchedulerRequest.SerializeToString,
                 response_deserializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/geopunch.v1.AdminService/CreateApiKey',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/geopunch.v1.AdminService/ListApiKeys',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/geopunch.v1.AdminService/RotateApiKey',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/geopunch.v1.AdminService/RevokeApiKey',
+                request_serializer=geopunch_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -150,6 +170,34 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """API keys of the caller's account (never another account's). The secret
+        of a new key is in the answer of CreateApiKey or RotateApiKey only; the
+        store keeps a salted hash of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """A new key with the old one's scopes and label; the old one is revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +245,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetScheduler,
                     request_deserializer=geopunch_dot_v1_dot_admin__pb2.GetSchedulerRequest.FromString,
                     response_serializer=geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=geopunch_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +513,114 @@ class AdminService:
             '/geopunch.v1.AdminService/GetScheduler',
             geopunch_dot_v1_dot_admin__pb2.GetSchedulerRequest.SerializeToString,
             geopunch_dot_v1_dot_admin__pb2.SchedulerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/CreateApiKey',
+            geopunch_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/ListApiKeys',
+            geopunch_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/RotateApiKey',
+            geopunch_dot_v1_dot_admin__pb2.RotateApiKeyRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.AdminService/RevokeApiKey',
+            geopunch_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            geopunch_dot_v1_dot_admin__pb2.ApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,15 @@ class AdminServiceStub:
     UpdateScheduler: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateSchedulerRequest, _admin_pb2.SchedulerResponse]
     """Replaces every setting of an existing scheduler."""
     GetScheduler: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSchedulerRequest, _admin_pb2.SchedulerResponse]
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.ApiKeyResponse]
+    """API keys of the caller's account (never another account's). The secret
+    of a new key is in the answer of CreateApiKey or RotateApiKey only; the
+    store keeps a salted hash of it.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateApiKeyRequest, _admin_pb2.ApiKeyResponse]
+    """A new key with the old one's scopes and label; the old one is revoked."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.ApiKeyResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -77,6 +86,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     UpdateScheduler: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateSchedulerRequest, _admin_pb2.SchedulerResponse]  # type: ignore[assignment]
     """Replaces every setting of an existing scheduler."""
     GetScheduler: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSchedulerRequest, _admin_pb2.SchedulerResponse]  # type: ignore[assignment]
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.ApiKeyResponse]  # type: ignore[assignment]
+    """API keys of the caller's account (never another account's). The secret
+    of a new key is in the answer of CreateApiKey or RotateApiKey only; the
+    store keeps a salted hash of it.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateApiKeyRequest, _admin_pb2.ApiKeyResponse]  # type: ignore[assignment]
+    """A new key with the old one's scopes and label; the old one is revoked."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.ApiKeyResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Set-up that the punch and geofence APIs assume: time clocks with their jobs,
@@ -153,5 +171,38 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetSchedulerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SchedulerResponse, _abc.Awaitable[_admin_pb2.SchedulerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApiKeyResponse, _abc.Awaitable[_admin_pb2.ApiKeyResponse]]:
+        """API keys of the caller's account (never another account's). The secret
+        of a new key is in the answer of CreateApiKey or RotateApiKey only; the
+        store keeps a salted hash of it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _admin_pb2.RotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApiKeyResponse, _abc.Awaitable[_admin_pb2.ApiKeyResponse]]:
+        """A new key with the old one's scopes and label; the old one is revoked."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApiKeyResponse, _abc.Awaitable[_admin_pb2.ApiKeyResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -206,7 +206,9 @@ class PreparedIn:
         self._width = width
         self._by_size: dict[int, Prepared] = {}
 
-    def _chunks(self, values: Sequence[Any]) -> Iterator[tuple[Prepared, dict[str, Any]]]:
+    def _chunks(
+        self, values: Sequence[Any], extra: Mapping[str, Any]
+    ) -> Iterator[tuple[Prepared, dict[str, Any]]]:
         for start in range(0, len(values), self._most):
             chunk = list(values[start : start + self._most])
             size = 1 << (len(chunk) - 1).bit_length()
@@ -215,21 +217,27 @@ class PreparedIn:
                 stmt = self._by_size[size] = Prepared(self._build(size))
             chunk += [chunk[-1]] * (size - len(chunk))
             if self._width == 1:
-                yield stmt, {f"v{i}": v for i, v in enumerate(chunk)}
+                params = {f"v{i}": v for i, v in enumerate(chunk)}
             else:
-                yield stmt, {f"v{i}_{j}": x for i, v in enumerate(chunk) for j, x in enumerate(v)}
+                params = {f"v{i}_{j}": x for i, v in enumerate(chunk) for j, x in enumerate(v)}
+            yield stmt, {**extra, **params}
 
-    def all(self, conn: Connection, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Rows for all ``values``, chunk after chunk."""
+    def all(
+        self, conn: Connection, values: Sequence[Any], extra: Mapping[str, Any] = {}
+    ) -> list[tuple[Any, ...]]:
+        """Rows for all ``values``, chunk after chunk; ``extra`` binds the
+        statement's other parameters."""
         out: list[tuple[Any, ...]] = []
-        for stmt, params in self._chunks(values):
+        for stmt, params in self._chunks(values, extra):
             out += stmt.all(conn, params)
         return out
 
-    def mappings(self, conn: Connection, values: Sequence[Any]) -> list[dict[str, Any]]:
+    def mappings(
+        self, conn: Connection, values: Sequence[Any], extra: Mapping[str, Any] = {}
+    ) -> list[dict[str, Any]]:
         """Rows for all ``values`` as dicts keyed by column name."""
         out: list[dict[str, Any]] = []
-        for stmt, params in self._chunks(values):
+        for stmt, params in self._chunks(values, extra):
             out += stmt.mappings(conn, params)
         return out
 

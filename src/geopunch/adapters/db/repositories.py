@@ -74,26 +74,49 @@ def job_columns(position: int, job: Job) -> dict[str, object]:
     }
 
 
-def next_free_id(conn: Connection, column: Column[int]) -> int:
-    """An id for a new row: one above the largest, or, once that would pass
-    ``MAX_ENTITY_ID`` (a caller chose an id near it), the lowest free one."""
-    current = int(conn.execute(select(func.max(column))).scalar() or 0)
+def next_free_id(conn: Connection, column: Column[int], account: int) -> int:
+    """An id for a new row of ``account``: one above its largest, or, once that
+    would pass ``MAX_ENTITY_ID`` (a caller chose an id near it), its lowest free one."""
+    table = column.table
+    mine = table.c.account_id == account
+    current = int(conn.execute(select(func.max(column)).where(mine)).scalar() or 0)
     if current < MAX_ENTITY_ID:
         return current + 1
-    table = column.table
-    if not conn.execute(select(exists().where(column == 1))).scalar():
+    if not conn.execute(select(exists().where(mine, column == 1))).scalar():
         return 1
     other = table.alias()
     gap = conn.execute(
-        select(func.min(column + 1)).where(~exists().where(other.c[column.key] == column + 1))
+        select(func.min(column + 1)).where(
+            mine,
+            ~exists().where(other.c.account_id == account, other.c[column.key] == column + 1),
+        )
     ).scalar()
-    assert gap is not None  # some id below the maximum is free: the table holds fewer rows
+    assert gap is not None  # some id below the maximum is free: the account holds fewer rows
     return int(gap)
 
 
-class SqlTimeClockRepository:
-    def __init__(self, conn: Connection, now: int) -> None:
+class AccountScoped:
+    """A repository that reads and writes one account's rows only.
+
+    ``account`` is None in the store's own housekeeping (loading the fence
+    index, purging), which reaches only the methods documented for it; any
+    other method then fails loudly rather than see every account.
+    """
+
+    def __init__(self, conn: Connection, account: int | None) -> None:
         self._conn = conn
+        self._account = account
+
+    @property
+    def account(self) -> int:
+        if self._account is None:
+            raise RuntimeError(f"{type(self).__name__} used without an account")
+        return self._account
+
+
+class SqlTimeClockRepository(AccountScoped):
+    def __init__(self, conn: Connection, account: int | None, now: int) -> None:
+        super().__init__(conn, account)
         self._now = now
 
     def get(self, time_clock_id: int) -> TimeClock | None:
@@ -104,6 +127,8 @@ class SqlTimeClockRepository:
         return self._load(time_clocks.c.id.is_not(None))
 
     def _load(self, where: ColumnElement[bool]) -> list[TimeClock]:
+        acct = self.account
+        where = (time_clocks.c.account_id == acct) & where
         rows = self._conn.execute(select(time_clocks).where(where).order_by(time_clocks.c.id)).all()
         if not rows:
             return []
@@ -111,21 +136,24 @@ class SqlTimeClockRepository:
         jobs: dict[int, list[Job]] = defaultdict(list)
         for j in self._conn.execute(
             select(time_clock_jobs)
-            .where(time_clock_jobs.c.time_clock_id.in_(ids))
+            .where(time_clock_jobs.c.account_id == acct, time_clock_jobs.c.time_clock_id.in_(ids))
             .order_by(time_clock_jobs.c.time_clock_id, time_clock_jobs.c.position)
         ):
             jobs[j.time_clock_id].append(Job(j.job_id, j.name, j.parent_job_id, j.color or ""))
         users: dict[int, set[int]] = defaultdict(set)
         for tc_id, user_id in self._conn.execute(
             select(time_clock_users.c.time_clock_id, time_clock_users.c.user_id).where(
-                time_clock_users.c.time_clock_id.in_(ids)
+                time_clock_users.c.account_id == acct, time_clock_users.c.time_clock_id.in_(ids)
             )
         ):
             users[tc_id].add(user_id)
         breaks: dict[int, list[ManualBreakType]] = defaultdict(list)
         for b in self._conn.execute(
             select(manual_break_types)
-            .where(manual_break_types.c.time_clock_id.in_(ids))
+            .where(
+                manual_break_types.c.account_id == acct,
+                manual_break_types.c.time_clock_id.in_(ids),
+            )
             .order_by(manual_break_types.c.time_clock_id, manual_break_types.c.position)
         ):
             breaks[b.time_clock_id].append(
@@ -158,7 +186,7 @@ class SqlTimeClockRepository:
         )
 
     def next_id(self) -> int:
-        return next_free_id(self._conn, time_clocks.c.id)
+        return next_free_id(self._conn, time_clocks.c.id, self.account)
 
     @staticmethod
     def _columns(tc: TimeClock) -> dict[str, object]:
@@ -182,7 +210,11 @@ class SqlTimeClockRepository:
             with self._conn.begin_nested():
                 self._conn.execute(
                     insert(time_clocks).values(
-                        id=tc.id, created_at=self._now, updated_at=self._now, **self._columns(tc)
+                        account_id=self.account,
+                        id=tc.id,
+                        created_at=self._now,
+                        updated_at=self._now,
+                        **self._columns(tc),
                     )
                 )
         except IntegrityError as exc:
@@ -194,29 +226,30 @@ class SqlTimeClockRepository:
         self._write_children(tc, existing_jobs=set())
 
     def replace(self, tc: TimeClock) -> None:
+        acct = self.account
         self._conn.execute(
             update(time_clocks)
-            .where(time_clocks.c.id == tc.id)
+            .where(time_clocks.c.account_id == acct, time_clocks.c.id == tc.id)
             .values(updated_at=self._now, **self._columns(tc))
         )
+        mine = (time_clock_jobs.c.account_id == acct) & (time_clock_jobs.c.time_clock_id == tc.id)
         existing_jobs = set(
-            self._conn.execute(
-                select(time_clock_jobs.c.job_id).where(time_clock_jobs.c.time_clock_id == tc.id)
-            ).scalars()
+            self._conn.execute(select(time_clock_jobs.c.job_id).where(mine)).scalars()
         )
         gone = existing_jobs - tc.job_ids
         if gone:
             self._conn.execute(
-                delete(time_clock_jobs).where(
-                    time_clock_jobs.c.time_clock_id == tc.id, time_clock_jobs.c.job_id.in_(gone)
-                )
+                delete(time_clock_jobs).where(mine, time_clock_jobs.c.job_id.in_(gone))
             )
         for table in (time_clock_users, manual_break_types):
-            self._conn.execute(delete(table).where(table.c.time_clock_id == tc.id))
+            self._conn.execute(
+                delete(table).where(table.c.account_id == acct, table.c.time_clock_id == tc.id)
+            )
         self._write_children(tc, existing_jobs=existing_jobs - gone)
 
     def _write_children(self, tc: TimeClock, existing_jobs: set[str]) -> None:
         # Jobs that geofences reference are updated in place, never deleted.
+        acct = self.account
         new_rows = []
         for pos, job in enumerate(tc.jobs):
             values = job_columns(pos, job)
@@ -224,25 +257,32 @@ class SqlTimeClockRepository:
                 self._conn.execute(
                     update(time_clock_jobs)
                     .where(
+                        time_clock_jobs.c.account_id == acct,
                         time_clock_jobs.c.time_clock_id == tc.id,
                         time_clock_jobs.c.job_id == job.id,
                     )
                     .values(**values)
                 )
             else:
-                new_rows.append({"time_clock_id": tc.id, "job_id": job.id, **values})
+                new_rows.append(
+                    {"account_id": acct, "time_clock_id": tc.id, "job_id": job.id, **values}
+                )
         if new_rows:
             self._conn.execute(insert(time_clock_jobs), new_rows)
         if tc.user_ids:
             self._conn.execute(
                 insert(time_clock_users),
-                [{"time_clock_id": tc.id, "user_id": u} for u in sorted(tc.user_ids)],
+                [
+                    {"account_id": acct, "time_clock_id": tc.id, "user_id": u}
+                    for u in sorted(tc.user_ids)
+                ],
             )
         if tc.manual_break_types:
             self._conn.execute(
                 insert(manual_break_types),
                 [
                     {
+                        "account_id": acct,
                         "time_clock_id": tc.id,
                         "break_id": b.id,
                         "position": pos,
@@ -257,7 +297,11 @@ class SqlTimeClockRepository:
     def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]:
         rows = self._conn.execute(
             select(day_statuses.c.day, day_statuses.c.status)
-            .where(day_statuses.c.time_clock_id == time_clock_id, day_statuses.c.user_id == user_id)
+            .where(
+                day_statuses.c.account_id == self.account,
+                day_statuses.c.time_clock_id == time_clock_id,
+                day_statuses.c.user_id == user_id,
+            )
             .order_by(day_statuses.c.day)
         ).all()
         return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}
@@ -268,6 +312,7 @@ class SqlTimeClockRepository:
         keys = sorted({d.isoformat() for d in days})
         self._conn.execute(
             delete(day_statuses).where(
+                day_statuses.c.account_id == self.account,
                 day_statuses.c.time_clock_id == time_clock_id,
                 day_statuses.c.user_id == user_id,
                 day_statuses.c.day.in_(keys),
@@ -277,20 +322,28 @@ class SqlTimeClockRepository:
             self._conn.execute(
                 insert(day_statuses),
                 [
-                    {"time_clock_id": time_clock_id, "user_id": user_id, "day": k, "status": status}
+                    {
+                        "account_id": self.account,
+                        "time_clock_id": time_clock_id,
+                        "user_id": user_id,
+                        "day": k,
+                        "status": status,
+                    }
                     for k in keys
                 ],
             )
 
 
-class SqlGeofenceRepository:
-    def __init__(self, conn: Connection, now: int) -> None:
-        self._conn = conn
+class SqlGeofenceRepository(AccountScoped):
+    def __init__(self, conn: Connection, account: int | None, now: int) -> None:
+        super().__init__(conn, account)
         self._now = now
 
     def _load(self, where: ColumnElement[bool]) -> list[Geofence]:
         rows = self._conn.execute(
-            select(geofences).where(where).order_by(geofences.c.position, geofences.c.id)
+            select(geofences)
+            .where(geofences.c.account_id == self.account, where)
+            .order_by(geofences.c.position, geofences.c.id)
         ).all()
         if not rows:
             return []
@@ -323,9 +376,6 @@ class SqlGeofenceRepository:
     def list_for(self, time_clock_id: int) -> list[Geofence]:
         return self._load(geofences.c.time_clock_id == time_clock_id)
 
-    def list_all(self) -> list[Geofence]:
-        return self._load(geofences.c.id.is_not(None))
-
     def list_enabled(self) -> list[Geofence]:
         return self._load(geofences.c.is_enabled.is_(True))
 
@@ -344,6 +394,7 @@ class SqlGeofenceRepository:
             [
                 {
                     "id": f.id,
+                    "account_id": self.account,
                     "time_clock_id": f.time_clock_id,
                     "position": start + i,
                     "name": f.name,
@@ -359,7 +410,13 @@ class SqlGeofenceRepository:
             ],
         )
         job_rows = [
-            {"fence_id": f.id, "job_id": j, "time_clock_id": f.time_clock_id, "position": pos}
+            {
+                "fence_id": f.id,
+                "job_id": j,
+                "account_id": self.account,
+                "time_clock_id": f.time_clock_id,
+                "position": pos,
+            }
             for f in fences
             for pos, j in enumerate(f.job_ids)
         ]
@@ -369,12 +426,16 @@ class SqlGeofenceRepository:
     def delete(self, time_clock_id: int, fence_id: str) -> bool:
         self._conn.execute(
             delete(geofence_jobs).where(
-                geofence_jobs.c.time_clock_id == time_clock_id, geofence_jobs.c.fence_id == fence_id
+                geofence_jobs.c.account_id == self.account,
+                geofence_jobs.c.time_clock_id == time_clock_id,
+                geofence_jobs.c.fence_id == fence_id,
             )
         )
         result = self._conn.execute(
             delete(geofences).where(
-                geofences.c.time_clock_id == time_clock_id, geofences.c.id == fence_id
+                geofences.c.account_id == self.account,
+                geofences.c.time_clock_id == time_clock_id,
+                geofences.c.id == fence_id,
             )
         )
         return bool(result.rowcount)
@@ -383,7 +444,10 @@ class SqlGeofenceRepository:
         return set(
             self._conn.execute(
                 select(geofence_jobs.c.job_id)
-                .where(geofence_jobs.c.time_clock_id == time_clock_id)
+                .where(
+                    geofence_jobs.c.account_id == self.account,
+                    geofence_jobs.c.time_clock_id == time_clock_id,
+                )
                 .distinct()
             ).scalars()
         )
@@ -449,6 +513,7 @@ def _activity(row: Mapping[Any, Any]) -> Activity:
 #: Open activities of (time clock, user) pairs: the partial unique index answers.
 _OPEN_MANY = PreparedIn(
     lambda n: select(activities).where(
+        activities.c.account_id == bindparam("acct"),
         tuple_(activities.c.time_clock_id, activities.c.user_id).in_(in_values(n, width=2)),
         activities.c.end_ts.is_(None),
     ),
@@ -465,11 +530,16 @@ _PUNCH_STATE = Prepared(
     select(
         activities,
         select(func.max(_PAST.c.end_ts))
-        .where(_PAST.c.time_clock_id == bindparam("tc"), _PAST.c.user_id == bindparam("user"))
+        .where(
+            _PAST.c.account_id == bindparam("acct"),
+            _PAST.c.time_clock_id == bindparam("tc"),
+            _PAST.c.user_id == bindparam("user"),
+        )
         .scalar_subquery()
         .label("last_end"),
         select(day_statuses.c.status)
         .where(
+            day_statuses.c.account_id == bindparam("acct"),
             day_statuses.c.time_clock_id == bindparam("tc"),
             day_statuses.c.user_id == bindparam("user"),
             day_statuses.c.day == bindparam("day"),
@@ -480,6 +550,7 @@ _PUNCH_STATE = Prepared(
         _ANCHOR.outerjoin(
             activities,
             and_(
+                activities.c.account_id == bindparam("acct"),
                 activities.c.time_clock_id == bindparam("tc"),
                 activities.c.user_id == bindparam("user"),
                 activities.c.end_ts.is_(None),
@@ -492,18 +563,20 @@ _INSERT_ACTIVITY = Prepared(
 )
 _CLOSE = Prepared(
     update(activities)
-    .where(activities.c.id == bindparam("activity_id"), activities.c.end_ts.is_(None))
+    .where(
+        activities.c.account_id == bindparam("acct"),
+        activities.c.id == bindparam("activity_id"),
+        activities.c.end_ts.is_(None),
+    )
     .values({c: bindparam(c) for c in (*(f"end_{k}" for k in _POINT_KEYS), "modified_at")})
 )
 
 
-class SqlActivityRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
+class SqlActivityRepository(AccountScoped):
     def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
         row = _PUNCH_STATE.first(
-            self._conn, {"tc": time_clock_id, "user": user_id, "day": day.isoformat()}
+            self._conn,
+            {"acct": self.account, "tc": time_clock_id, "user": user_id, "day": day.isoformat()},
         )
         assert row is not None  # the anchor always yields one row
         status = row["day_status"]
@@ -516,6 +589,7 @@ class SqlActivityRepository:
     def add(self, activity: Activity) -> None:
         values: dict[str, object] = {
             "id": activity.id,
+            "account_id": self.account,
             "time_clock_id": activity.time_clock_id,
             "user_id": activity.user_id,
             "kind": activity.kind.value,
@@ -537,6 +611,7 @@ class SqlActivityRepository:
 
     def close(self, activity_id: str, end: PunchPoint, modified_at: int) -> None:
         params = {
+            "acct": self.account,
             "activity_id": activity_id,
             "modified_at": modified_at,
             **_point_columns("end", end),
@@ -550,13 +625,17 @@ class SqlActivityRepository:
             return {}
         return {
             (row["time_clock_id"], row["user_id"]): _activity(row)
-            for row in _OPEN_MANY.mappings(self._conn, pairs)
+            for row in _OPEN_MANY.mappings(self._conn, pairs, {"acct": self.account})
         }
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
         rows = self._conn.execute(
             select(activities)
-            .where(activities.c.time_clock_id == time_clock_id, activities.c.user_id == user_id)
+            .where(
+                activities.c.account_id == self.account,
+                activities.c.time_clock_id == time_clock_id,
+                activities.c.user_id == user_id,
+            )
             .order_by(activities.c.start_ts, activities.c.created_at)
         ).all()
         return [_activity(r._mapping) for r in rows]
@@ -568,21 +647,27 @@ _INSERT_KEY = Prepared(
 _GET_KEY = Prepared(
     select(
         idempotency_keys.c.method, idempotency_keys.c.body_hash, idempotency_keys.c.response
-    ).where(idempotency_keys.c.key == bindparam("key"))
+    ).where(
+        idempotency_keys.c.account_id == bindparam("acct"),
+        idempotency_keys.c.key == bindparam("key"),
+    )
 )
 
 
-class SqlIdempotencyRepository:
-    def __init__(self, conn: Connection, now: int) -> None:
-        self._conn = conn
+class SqlIdempotencyRepository(AccountScoped):
+    """Keys are per account: one account's key never answers, nor is refused, for another."""
+
+    def __init__(self, conn: Connection, account: int | None, now: int) -> None:
+        super().__init__(conn, account)
         self._now = now
 
     def get(self, key: str) -> tuple[str, str, bytes] | None:
-        row = _GET_KEY.first(self._conn, {"key": key})
+        row = _GET_KEY.first(self._conn, {"acct": self.account, "key": key})
         return (row["method"], row["body_hash"], bytes(row["response"])) if row else None
 
     def put(self, key: str, method: str, body_hash: str, response: bytes) -> None:
         values = {
+            "account_id": self.account,
             "key": key,
             "method": method,
             "body_hash": body_hash,
@@ -597,14 +682,16 @@ class SqlIdempotencyRepository:
             raise ConcurrentChange(f"idempotency key {key!r} was used meanwhile") from exc
 
     def purge(self, created_before: int, limit: int) -> int:
+        """Forget keys older than ``created_before``, of every account (housekeeping)."""
+        k = idempotency_keys.c
         oldest = (
-            select(idempotency_keys.c.key)
-            .where(idempotency_keys.c.created_at < created_before)
-            .order_by(idempotency_keys.c.created_at)
+            select(k.account_id, k.key)
+            .where(k.created_at < created_before)
+            .order_by(k.created_at)
             .limit(limit)
         )
         result = self._conn.execute(
-            delete(idempotency_keys).where(idempotency_keys.c.key.in_(oldest.scalar_subquery()))
+            delete(idempotency_keys).where(tuple_(k.account_id, k.key).in_(oldest))
         )
         return int(result.rowcount)
 
@@ -613,11 +700,12 @@ class SqlIdempotencyRepository:
 _INDEX_LOCK = 0x6765_6F70_6978  # "geopix"
 
 
-class SqlIndexChangeRepository:
-    """The ``index_changes`` feed (see its table)."""
+class SqlIndexChangeRepository(AccountScoped):
+    """The ``index_changes`` feed (see its table); ``after``, ``last`` and
+    ``prune`` read every account's changes (the fence index follows them all)."""
 
-    def __init__(self, conn: Connection, now: int) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection, account: int | None, now: int) -> None:
+        super().__init__(conn, account)
         self._now = now
         #: Set by ``note``; the unit of work tells its listener after the commit.
         self.noted = False
@@ -626,15 +714,21 @@ class SqlIndexChangeRepository:
         in_seq_order(self._conn, _INDEX_LOCK)  # followers resume from a seq
         self.noted = True
         self._conn.execute(
-            insert(index_changes).values(time_clock_id=time_clock_id, changed_at=self._now)
+            insert(index_changes).values(
+                account_id=self.account, time_clock_id=time_clock_id, changed_at=self._now
+            )
         )
 
-    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int]]:
+    def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
+        """(seq, account, time clock) of changes past ``cursor``, in order."""
         c = index_changes.c
         rows = self._conn.execute(
-            select(c.seq, c.time_clock_id).where(c.seq > cursor).order_by(c.seq).limit(limit)
+            select(c.seq, c.account_id, c.time_clock_id)
+            .where(c.seq > cursor)
+            .order_by(c.seq)
+            .limit(limit)
         )
-        return [(int(seq), int(tc)) for seq, tc in rows]
+        return [(int(seq), int(acct), int(tc)) for seq, acct, tc in rows]
 
     def last(self) -> int:
         newest = self._conn.execute(select(func.max(index_changes.c.seq))).scalar()

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.repositories import job_columns, next_free_id
+from geopunch.adapters.db.repositories import AccountScoped, job_columns, next_free_id
 from geopunch.adapters.db.tables import (
     scheduled_shifts,
     scheduler_jobs,
@@ -39,27 +39,36 @@ from geopunch.domain.shifts import (
 )
 
 
-class SqlSchedulerRepository:
-    def __init__(self, conn: Connection, now: int) -> None:
-        self._conn = conn
+class SqlSchedulerRepository(AccountScoped):
+    def __init__(self, conn: Connection, account: int | None, now: int) -> None:
+        super().__init__(conn, account)
         self._now = now
 
     def get(self, scheduler_id: int) -> Scheduler | None:
-        row = self._conn.execute(select(schedulers).where(schedulers.c.id == scheduler_id)).first()
+        acct = self.account
+        row = self._conn.execute(
+            select(schedulers).where(
+                schedulers.c.account_id == acct, schedulers.c.id == scheduler_id
+            )
+        ).first()
         if row is None:
             return None
         jobs = tuple(
             Job(j.job_id, j.name, j.parent_job_id, j.color or "")
             for j in self._conn.execute(
                 select(scheduler_jobs)
-                .where(scheduler_jobs.c.scheduler_id == scheduler_id)
+                .where(
+                    scheduler_jobs.c.account_id == acct,
+                    scheduler_jobs.c.scheduler_id == scheduler_id,
+                )
                 .order_by(scheduler_jobs.c.position)
             )
         )
         users = frozenset(
             self._conn.execute(
                 select(scheduler_users.c.user_id).where(
-                    scheduler_users.c.scheduler_id == scheduler_id
+                    scheduler_users.c.account_id == acct,
+                    scheduler_users.c.scheduler_id == scheduler_id,
                 )
             ).scalars()
         )
@@ -75,6 +84,7 @@ class SqlSchedulerRepository:
     def has_user(self, scheduler_id: int, user_id: int) -> bool:
         query = select(
             exists().where(
+                scheduler_users.c.account_id == self.account,
                 scheduler_users.c.scheduler_id == scheduler_id,
                 scheduler_users.c.user_id == user_id,
             )
@@ -82,13 +92,14 @@ class SqlSchedulerRepository:
         return bool(self._conn.execute(query).scalar())
 
     def next_id(self) -> int:
-        return next_free_id(self._conn, schedulers.c.id)
+        return next_free_id(self._conn, schedulers.c.id, self.account)
 
     def add(self, s: Scheduler) -> None:
         try:
             with self._conn.begin_nested():
                 self._conn.execute(
                     insert(schedulers).values(
+                        account_id=self.account,
                         id=s.id,
                         name=s.name,
                         timezone=s.timezone,
@@ -108,7 +119,7 @@ class SqlSchedulerRepository:
     def replace(self, s: Scheduler) -> None:
         self._conn.execute(
             update(schedulers)
-            .where(schedulers.c.id == s.id)
+            .where(schedulers.c.account_id == self.account, schedulers.c.id == s.id)
             .values(
                 name=s.name,
                 timezone=s.timezone,
@@ -117,7 +128,11 @@ class SqlSchedulerRepository:
             )
         )
         for table in (scheduler_jobs, scheduler_users):
-            self._conn.execute(delete(table).where(table.c.scheduler_id == s.id))
+            self._conn.execute(
+                delete(table).where(
+                    table.c.account_id == self.account, table.c.scheduler_id == s.id
+                )
+            )
         self._write_children(s)
 
     def _write_children(self, s: Scheduler) -> None:
@@ -125,14 +140,22 @@ class SqlSchedulerRepository:
             self._conn.execute(
                 insert(scheduler_jobs),
                 [
-                    {"scheduler_id": s.id, "job_id": j.id, **job_columns(pos, j)}
+                    {
+                        "account_id": self.account,
+                        "scheduler_id": s.id,
+                        "job_id": j.id,
+                        **job_columns(pos, j),
+                    }
                     for pos, j in enumerate(s.jobs)
                 ],
             )
         if s.user_ids:
             self._conn.execute(
                 insert(scheduler_users),
-                [{"scheduler_id": s.id, "user_id": u} for u in sorted(s.user_ids)],
+                [
+                    {"account_id": self.account, "scheduler_id": s.id, "user_id": u}
+                    for u in sorted(s.user_ids)
+                ],
             )
 
 
@@ -203,10 +226,7 @@ def _shift(row: Row[Any], users: Sequence[int]) -> ScheduledShift:
     )
 
 
-class SqlShiftRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
+class SqlShiftRepository(AccountScoped):
     def add_many(self, shifts: Sequence[ScheduledShift]) -> None:
         if not shifts:
             return
@@ -215,6 +235,7 @@ class SqlShiftRepository:
             [
                 {
                     "id": s.id,
+                    "account_id": self.account,
                     "scheduler_id": s.scheduler_id,
                     "start_ts": s.start_time,
                     "end_ts": s.end_time,
@@ -256,7 +277,9 @@ class SqlShiftRepository:
 
     def get(self, shift_id: str) -> ScheduledShift | None:
         rows = self._conn.execute(
-            select(scheduled_shifts).where(scheduled_shifts.c.id == shift_id)
+            select(scheduled_shifts).where(
+                scheduled_shifts.c.account_id == self.account, scheduled_shifts.c.id == shift_id
+            )
         ).all()
         found = self._load(rows)
         return found[0] if found else None
@@ -266,10 +289,12 @@ class SqlShiftRepository:
         t = scheduled_shifts.c
         rows = self._conn.execute(
             select(scheduled_shifts)
-            .where(t.scheduler_id == scheduler_id, t.start_ts < end, t.end_ts > start)
+            .where(
+                t.account_id == self.account,
+                t.scheduler_id == scheduler_id,
+                t.start_ts < end,
+                t.end_ts > start,
+            )
             .order_by(t.start_ts, t.id)
         ).all()
         return self._load(rows)
-
-
-#: Every exit of a ReportLocations batch appends events: on the driver too.

@@ -23,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
 from geopunch.adapters.db.prepared import driver, savepoint
 from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
@@ -90,8 +91,22 @@ def _alembic_config(conn: Connection) -> AlembicConfig:
 def migrate(engine: Engine) -> str:
     """Bring the schema forward to the newest revision; return that revision."""
     with engine.connect() as conn:
-        command.upgrade(_alembic_config(conn), "head")
-        conn.commit()
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Revisions that rebuild tables drop and recreate parents of
+            # foreign keys; SQLite takes this pragma only outside a transaction.
+            driver(conn).execute("PRAGMA foreign_keys=OFF")
+        try:
+            command.upgrade(_alembic_config(conn), "head")
+            if sqlite:
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                if broken is not None:
+                    raise RuntimeError(f"migration left a dangling foreign key: {tuple(broken)}")
+            conn.commit()
+        finally:
+            if sqlite:
+                conn.rollback()
+                driver(conn).execute("PRAGMA foreign_keys=ON")
     return current_revision(engine)
 
 
@@ -102,8 +117,8 @@ def current_revision(engine: Engine) -> str:
     return rev or ""
 
 
-class SqlUnitOfWork:
-    """One database transaction holding the repositories that share it."""
+class _Repositories:
+    """The repositories of one account (or of none: housekeeping) on one connection."""
 
     time_clocks: SqlTimeClockRepository
     geofences: SqlGeofenceRepository
@@ -114,11 +129,34 @@ class SqlUnitOfWork:
     events: SqlEventRepository
     locations: SqlLocationRepository
     index_changes: SqlIndexChangeRepository
+    accounts: SqlAccountRepository
+    api_keys: SqlApiKeyRepository
+
+    def _bind(self, conn: Connection, account: int | None, now: int) -> None:
+        self.time_clocks = SqlTimeClockRepository(conn, account, now)
+        self.geofences = SqlGeofenceRepository(conn, account, now)
+        self.activities = SqlActivityRepository(conn, account)
+        self.idempotency = SqlIdempotencyRepository(conn, account, now)
+        self.schedulers = SqlSchedulerRepository(conn, account, now)
+        self.shifts = SqlShiftRepository(conn, account)
+        self.events = SqlEventRepository(conn, account)
+        self.locations = SqlLocationRepository(conn, account)
+        self.index_changes = SqlIndexChangeRepository(conn, account, now)
+        self.accounts = SqlAccountRepository(conn, now)
+        self.api_keys = SqlApiKeyRepository(conn, now)
+
+
+class SqlUnitOfWork(_Repositories):
+    """One database transaction holding the repositories that share it, all
+    seeing one account's rows (``account``; None for housekeeping across
+    accounts). ``for_account`` gives another account's repositories in the
+    same transaction: the group committer batches calls of many accounts."""
 
     def __init__(
         self,
         engine: Engine,
         *,
+        account: int | None = None,
         readonly: bool = False,
         write_lock: WriterLock | None = None,
         on_events: Callable[[], None] | None = None,
@@ -130,6 +168,8 @@ class SqlUnitOfWork:
         self._readonly = readonly
         self._write_lock = None if readonly else write_lock
         self._conn: Connection | None = None
+        self.account: int | None = account
+        self._others: dict[int, _AccountRepositories] = {}
 
     def __enter__(self) -> Self:
         if self._write_lock is not None:
@@ -147,17 +187,18 @@ class SqlUnitOfWork:
             conn = conn.execution_options(sqlite_begin="DEFERRED")
         conn.begin()
         self._conn = conn
-        now = int(time.time())
-        self.time_clocks = SqlTimeClockRepository(conn, now)
-        self.geofences = SqlGeofenceRepository(conn, now)
-        self.activities = SqlActivityRepository(conn)
-        self.idempotency = SqlIdempotencyRepository(conn, now)
-        self.schedulers = SqlSchedulerRepository(conn, now)
-        self.shifts = SqlShiftRepository(conn)
-        self.events = SqlEventRepository(conn)
-        self.locations = SqlLocationRepository(conn)
-        self.index_changes = SqlIndexChangeRepository(conn, now)
+        self._now = int(time.time())
+        self._bind(conn, self.account, self._now)
         return self
+
+    def for_account(self, account: int) -> SqlUnitOfWork | _AccountRepositories:
+        if account == self.account:
+            return self
+        other = self._others.get(account)
+        if other is None:
+            assert self._conn is not None
+            other = self._others[account] = _AccountRepositories(self, account)
+        return other
 
     def __exit__(
         self,
@@ -172,17 +213,22 @@ class SqlUnitOfWork:
         finally:
             self._conn.close()
             self._conn = None
+            self._others.clear()
             if self._write_lock is not None:
                 self._write_lock.release()
 
     def commit(self) -> None:
         assert self._conn is not None
         self._conn.commit()
-        if self.events.appended and self._on_events is not None:
-            self.events.appended = False
+        scopes: list[_Repositories] = [self, *self._others.values()]
+        appended = noted = False
+        for repos in scopes:
+            appended |= repos.events.appended
+            noted |= repos.index_changes.noted
+            repos.events.appended = repos.index_changes.noted = False
+        if appended and self._on_events is not None:
             self._on_events()
-        if self.index_changes.noted and self._on_index_changes is not None:
-            self.index_changes.noted = False
+        if noted and self._on_index_changes is not None:
             self._on_index_changes()
 
     def savepoint(self) -> AbstractContextManager[object]:
@@ -195,6 +241,28 @@ class SqlUnitOfWork:
             return None
         total: int = driver(self._conn).total_changes  # sqlite3_total_changes()
         return total
+
+
+class _AccountRepositories(_Repositories):
+    """Another account's repositories inside an open unit of work (``for_account``)."""
+
+    def __init__(self, uow: SqlUnitOfWork, account: int) -> None:
+        assert uow._conn is not None
+        self._uow = uow
+        self.account: int | None = account
+        self._bind(uow._conn, account, uow._now)
+
+    def for_account(self, account: int) -> SqlUnitOfWork | _AccountRepositories:
+        return self._uow.for_account(account)
+
+    def commit(self) -> None:
+        self._uow.commit()
+
+    def savepoint(self) -> AbstractContextManager[object]:
+        return self._uow.savepoint()
+
+    def changes(self) -> int | None:
+        return self._uow.changes()
 
 
 class WriterLock:
@@ -255,9 +323,10 @@ class SqlUnitOfWorkFactory:
         self._on_events = on_events
         self._on_index_changes = on_index_changes
 
-    def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
+    def __call__(self, *, account: int | None = None, readonly: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(
             self.engine,
+            account=account,
             readonly=readonly,
             write_lock=self._write_lock,
             on_events=self._on_events,

@@ -20,9 +20,52 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+#: Every resource belongs to one account; ids that callers choose (time clock
+#: and scheduler ids) are unique per account only, so ``account_id`` leads
+#: every key and every foreign key that reaches them.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+#: API keys: the secret is shown once; only a salted SHA-256 of it is kept.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", BigInteger, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("label", String(255), nullable=False),
+    Column("scopes", String(64), nullable=False),  # comma-separated, sorted
+    Column("salt", LargeBinary(16), nullable=False),
+    Column("digest", LargeBinary(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+
+def _account() -> Column[int]:
+    return Column("account_id", BigInteger, ForeignKey("accounts.id"), primary_key=True)
+
+
+def _clock_child(*columns: Column[object]) -> list[Column[object] | ForeignKeyConstraint]:
+    """Columns of a table hanging off a time clock, keyed by (account, clock, ...)."""
+    return [
+        Column("account_id", BigInteger, primary_key=True),
+        Column("time_clock_id", BigInteger, primary_key=True),
+        *columns,
+        ForeignKeyConstraint(
+            ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
+        ),
+    ]
+
+
 time_clocks = Table(
     "time_clocks",
     metadata,
+    _account(),
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("name", String(255), nullable=False),
     Column("timezone", String(64), nullable=False),
@@ -42,46 +85,49 @@ time_clocks = Table(
 time_clock_jobs = Table(
     "time_clock_jobs",
     metadata,
-    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), primary_key=True),
-    Column("job_id", String(128), primary_key=True),
-    Column("position", Integer, nullable=False),
-    Column("name", String(255), nullable=False),
-    Column("parent_job_id", String(128), nullable=True),
-    Column("color", String(16), nullable=True),
+    *_clock_child(
+        Column("job_id", String(128), primary_key=True),
+        Column("position", Integer, nullable=False),
+        Column("name", String(255), nullable=False),
+        Column("parent_job_id", String(128), nullable=True),
+        Column("color", String(16), nullable=True),
+    ),
 )
 
 time_clock_users = Table(
     "time_clock_users",
     metadata,
-    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), primary_key=True),
-    Column("user_id", BigInteger, primary_key=True),
+    *_clock_child(Column("user_id", BigInteger, primary_key=True)),
 )
 
 manual_break_types = Table(
     "manual_break_types",
     metadata,
-    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), primary_key=True),
-    Column("break_id", String(128), primary_key=True),
-    Column("position", Integer, nullable=False),
-    Column("name", String(255), nullable=False),
-    Column("is_mandatory", Boolean, nullable=False),
-    Column("min_duration_s", Integer, nullable=False),
+    *_clock_child(
+        Column("break_id", String(128), primary_key=True),
+        Column("position", Integer, nullable=False),
+        Column("name", String(255), nullable=False),
+        Column("is_mandatory", Boolean, nullable=False),
+        Column("min_duration_s", Integer, nullable=False),
+    ),
 )
 
 day_statuses = Table(
     "day_statuses",
     metadata,
-    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), primary_key=True),
-    Column("user_id", BigInteger, primary_key=True),
-    Column("day", String(10), primary_key=True),  # ISO date, sorts as text
-    Column("status", String(16), nullable=False),
+    *_clock_child(
+        Column("user_id", BigInteger, primary_key=True),
+        Column("day", String(10), primary_key=True),  # ISO date, sorts as text
+        Column("status", String(16), nullable=False),
+    ),
 )
 
 geofences = Table(
     "geofences",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), nullable=False, index=True),
+    Column("account_id", BigInteger, nullable=False),
+    Column("time_clock_id", BigInteger, nullable=False),
     Column("position", BigInteger, nullable=False),
     Column("name", String(255), nullable=False),
     Column("is_enabled", Boolean, nullable=False),
@@ -91,7 +137,11 @@ geofences = Table(
     Column("latitude", Float, nullable=False),
     Column("longitude", Float, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
+    ),
 )
+Index("ix_geofences_clock", geofences.c.account_id, geofences.c.time_clock_id)
 
 geofence_jobs = Table(
     "geofence_jobs",
@@ -100,10 +150,16 @@ geofence_jobs = Table(
         "fence_id", String(64), ForeignKey("geofences.id", ondelete="CASCADE"), primary_key=True
     ),
     Column("job_id", String(128), primary_key=True),
+    Column("account_id", BigInteger, nullable=False),
     Column("time_clock_id", BigInteger, nullable=False),
     Column("position", Integer, nullable=False),
     ForeignKeyConstraint(
-        ["time_clock_id", "job_id"], ["time_clock_jobs.time_clock_id", "time_clock_jobs.job_id"]
+        ["account_id", "time_clock_id", "job_id"],
+        [
+            "time_clock_jobs.account_id",
+            "time_clock_jobs.time_clock_id",
+            "time_clock_jobs.job_id",
+        ],
     ),
 )
 
@@ -126,7 +182,8 @@ activities = Table(
     "activities",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("time_clock_id", BigInteger, ForeignKey("time_clocks.id"), nullable=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("time_clock_id", BigInteger, nullable=False),
     Column("user_id", BigInteger, nullable=False),
     Column("kind", String(8), nullable=False),
     Column("job_id", String(128), nullable=True),
@@ -137,21 +194,32 @@ activities = Table(
     *_punch_columns("end", required=False),
     Column("created_at", BigInteger, nullable=False),
     Column("modified_at", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
+    ),
 )
 # The database itself guarantees one open activity per (time clock, user).
 Index(
     "ux_activities_one_open",
+    activities.c.account_id,
     activities.c.time_clock_id,
     activities.c.user_id,
     unique=True,
     sqlite_where=activities.c.end_ts.is_(None),
     postgresql_where=activities.c.end_ts.is_(None),
 )
-Index("ix_activities_user", activities.c.time_clock_id, activities.c.user_id, activities.c.end_ts)
+Index(
+    "ix_activities_user",
+    activities.c.account_id,
+    activities.c.time_clock_id,
+    activities.c.user_id,
+    activities.c.end_ts,
+)
 
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
+    Column("account_id", BigInteger, primary_key=True),
     Column("key", String(128), primary_key=True),
     Column("method", String(64), nullable=False),
     Column("body_hash", String(64), nullable=False),
@@ -164,6 +232,7 @@ Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
 schedulers = Table(
     "schedulers",
     metadata,
+    _account(),
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("name", String(255), nullable=False),
     Column("timezone", String(64), nullable=False),
@@ -175,26 +244,35 @@ schedulers = Table(
 scheduler_jobs = Table(
     "scheduler_jobs",
     metadata,
-    Column("scheduler_id", BigInteger, ForeignKey("schedulers.id"), primary_key=True),
+    Column("account_id", BigInteger, primary_key=True),
+    Column("scheduler_id", BigInteger, primary_key=True),
     Column("job_id", String(128), primary_key=True),
     Column("position", Integer, nullable=False),
     Column("name", String(255), nullable=False),
     Column("parent_job_id", String(128), nullable=True),
     Column("color", String(16), nullable=True),
+    ForeignKeyConstraint(
+        ["account_id", "scheduler_id"], ["schedulers.account_id", "schedulers.id"]
+    ),
 )
 
 scheduler_users = Table(
     "scheduler_users",
     metadata,
-    Column("scheduler_id", BigInteger, ForeignKey("schedulers.id"), primary_key=True),
+    Column("account_id", BigInteger, primary_key=True),
+    Column("scheduler_id", BigInteger, primary_key=True),
     Column("user_id", BigInteger, primary_key=True),
+    ForeignKeyConstraint(
+        ["account_id", "scheduler_id"], ["schedulers.account_id", "schedulers.id"]
+    ),
 )
 
 scheduled_shifts = Table(
     "scheduled_shifts",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("scheduler_id", BigInteger, ForeignKey("schedulers.id"), nullable=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("scheduler_id", BigInteger, nullable=False),
     Column("start_ts", BigInteger, nullable=False),
     Column("end_ts", BigInteger, nullable=False),
     Column("title", String(255), nullable=True),
@@ -210,8 +288,16 @@ scheduled_shifts = Table(
     Column("created_by", BigInteger, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["account_id", "scheduler_id"], ["schedulers.account_id", "schedulers.id"]
+    ),
 )
-Index("ix_scheduled_shifts_time", scheduled_shifts.c.scheduler_id, scheduled_shifts.c.start_ts)
+Index(
+    "ix_scheduled_shifts_time",
+    scheduled_shifts.c.account_id,
+    scheduled_shifts.c.scheduler_id,
+    scheduled_shifts.c.start_ts,
+)
 
 shift_users = Table(
     "shift_users",
@@ -233,6 +319,7 @@ events = Table(
     "events",
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", BigInteger, nullable=False),
     Column("type", String(32), nullable=False),
     Column("occurred_at", BigInteger, nullable=False),
     Column("time_clock_id", BigInteger, nullable=True),
@@ -240,12 +327,14 @@ events = Table(
     Column("user_id", BigInteger, nullable=True),
     Column("payload", JSON, nullable=False),
 )
+Index("ix_events_account", events.c.account_id, events.c.seq)
 
 # Live positions: per trail (user, time clock), the last accepted sample's time
 # and the fences the trail is inside.
 live_trails = Table(
     "live_trails",
     metadata,
+    Column("account_id", BigInteger, primary_key=True),
     Column("user_id", BigInteger, primary_key=True),
     Column("time_clock_id", BigInteger, primary_key=True),
     Column("last_ts", BigInteger, nullable=False),
@@ -261,6 +350,7 @@ index_changes = Table(
     "index_changes",
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", BigInteger, nullable=False),
     Column("time_clock_id", BigInteger, nullable=False),
     Column("changed_at", BigInteger, nullable=False),
     sqlite_autoincrement=True,

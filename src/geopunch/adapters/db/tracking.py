@@ -6,7 +6,17 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
-from sqlalchemy import JSON, Connection, String, bindparam, insert, select, type_coerce, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    String,
+    bindparam,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 
 from geopunch.adapters.db.prepared import (
     Prepared,
@@ -15,6 +25,7 @@ from geopunch.adapters.db.prepared import (
     in_values,
     integrity_error,
 )
+from geopunch.adapters.db.repositories import AccountScoped
 from geopunch.adapters.db.tables import events, live_trails
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event, LiveTrail
@@ -33,7 +44,7 @@ _LOAD_TRAILS = PreparedIn(
             _TRAIL.last_ts,
             type_coerce(_TRAIL.inside, String),
         )
-        .where(_TRAIL.user_id.in_(in_values(n)))
+        .where(_TRAIL.account_id == bindparam("acct"), _TRAIL.user_id.in_(in_values(n)))
         .with_for_update()
     )
 )
@@ -57,7 +68,11 @@ def _fences(raw: str | list[str]) -> tuple[str, ...]:
 _INSERT_TRAIL = Prepared(
     insert(live_trails).values({c.key: bindparam(c.key) for c in live_trails.c})
 )
-_WHERE_TRAIL = (_TRAIL.user_id == bindparam("u"), _TRAIL.time_clock_id == bindparam("k"))
+_WHERE_TRAIL = (
+    _TRAIL.account_id == bindparam("acct"),
+    _TRAIL.user_id == bindparam("u"),
+    _TRAIL.time_clock_id == bindparam("k"),
+)
 _UPDATE_TRAIL = Prepared(
     update(live_trails)
     .where(*_WHERE_TRAIL)
@@ -67,21 +82,20 @@ _UPDATE_TRAIL = Prepared(
 _MOVE_TRAIL = Prepared(update(live_trails).where(*_WHERE_TRAIL).values(last_ts=bindparam("ts")))
 
 
-class SqlLocationRepository:
+class SqlLocationRepository(AccountScoped):
     """Live trails, one row per (user, time clock).
 
     Every ReportLocations batch reads and writes a row per trail it touches,
     so these statements run on the driver (see ``prepared``).
     """
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
     def load(self, user_ids: Sequence[int]) -> dict[tuple[int, int], LiveTrail]:
         """Stored trails of these users, on every time clock, locked for update."""
         return {
             (user, clock): LiveTrail(last, _fences(inside))
-            for user, clock, last, inside in _LOAD_TRAILS.all(self._conn, user_ids)
+            for user, clock, last, inside in _LOAD_TRAILS.all(
+                self._conn, user_ids, {"acct": self.account}
+            )
         }
 
     def save(
@@ -89,6 +103,7 @@ class SqlLocationRepository:
     ) -> None:
         """Write trails; those in ``known`` (as loaded) exist already, the others
         are inserted (ConcurrentChange when another call inserted one first)."""
+        acct = self.account
         fresh = []
         moved = []
         changed = []
@@ -97,6 +112,7 @@ class SqlLocationRepository:
             if old is None:
                 fresh.append(
                     {
+                        "account_id": acct,
                         "user_id": u,
                         "time_clock_id": k,
                         "last_ts": v.last_ts,
@@ -104,9 +120,11 @@ class SqlLocationRepository:
                     }
                 )
             elif old.inside == v.inside:
-                moved.append({"u": u, "k": k, "ts": v.last_ts})
+                moved.append({"acct": acct, "u": u, "k": k, "ts": v.last_ts})
             else:
-                changed.append({"u": u, "k": k, "ts": v.last_ts, "fences": list(v.inside)})
+                changed.append(
+                    {"acct": acct, "u": u, "k": k, "ts": v.last_ts, "fences": list(v.inside)}
+                )
         if fresh:
             # No savepoint of its own: a refused insert fails the whole unit of
             # work (or the group committer's savepoint around it), which is retried.
@@ -125,21 +143,23 @@ _INSERT_EVENT = Prepared(
 )
 
 
-class SqlEventRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+class SqlEventRepository(AccountScoped):
+    def __init__(self, conn: Connection, account: int | None) -> None:
+        super().__init__(conn, account)
         #: Set once this transaction appended events (the unit of work signals their commit).
         self.appended = False
 
     def append(self, new: Sequence[Event]) -> None:
         if not new:
             return
+        acct = self.account
         self.appended = True
         in_seq_order(self._conn, _EVENTS_LOCK)  # subscribers resume from a seq
         _INSERT_EVENT.many(
             self._conn,
             [
                 {
+                    "account_id": acct,
                     "type": e.type,
                     "occurred_at": e.occurred_at,
                     "time_clock_id": e.time_clock_id,
@@ -151,6 +171,10 @@ class SqlEventRepository:
             ],
         )
 
+    def newest(self) -> int:
+        """The newest seq of any account, 0 for none (store-wide)."""
+        return int(self._conn.execute(select(func.max(events.c.seq))).scalar() or 0)
+
     def after(
         self,
         cursor: int,
@@ -158,9 +182,9 @@ class SqlEventRepository:
         types: Sequence[str] = (),
         time_clock_ids: Sequence[int] = (),
     ) -> list[Event]:
-        """Events with ``seq > cursor`` in log order, of the given types and
-        time clocks (empty: any)."""
-        query = select(events).where(events.c.seq > cursor)
+        """This account's events with ``seq > cursor`` in log order, of the
+        given types and time clocks (empty: any)."""
+        query = select(events).where(events.c.account_id == self.account, events.c.seq > cursor)
         if types:
             query = query.where(events.c.type.in_(list(types)))
         if time_clock_ids:

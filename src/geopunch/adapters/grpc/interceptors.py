@@ -5,23 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hashlib
-import hmac
 import inspect
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
+from geopunch.adapters.grpc.auth import principal_var, scope_of
 from geopunch.adapters.grpc.errors import to_status
+from geopunch.domain.accounts import Principal, Scope
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.logs import request_id_var
+from geopunch.service.accounts import KeyRing
 
 log = logging.getLogger("geopunch.rpc")
 
@@ -46,11 +47,32 @@ else:
     _Interceptor = grpc.aio.ServerInterceptor
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one caller can hold. ``unary`` calls run at once (more are
+    answered RESOURCE_EXHAUSTED); each key holds at most ``streams_per_key``
+    event streams, which do not count against ``unary``; a call must send its
+    message within ``receive_s`` seconds."""
+
+    unary: int = 256
+    streams_per_key: int = 32
+    receive_s: float = 10.0
+
+
 class ServiceInterceptor(_Interceptor):
     """Authenticates, tags each call with a request id, logs it, and maps errors.
 
     A DomainError becomes its status with ErrorInfo/BadRequest details; any other
     exception is logged with its stack and answered INTERNAL without details.
+
+    No call holds anything shared before it is known whose it is and what it
+    asks: the key and its scope are checked from the metadata first, then the
+    message is read (within ``Limits.receive_s``) and decoded here rather than
+    by grpc, so that a message that never comes or does not decode is answered
+    (INVALID_ARGUMENT, DEADLINE_EXCEEDED) instead of holding a slot; only then
+    does a unary call take one of ``Limits.unary`` slots. That is why every
+    handler is registered with grpc as a client-streaming one: its request
+    stream gives the raw bytes of the one message a unary client sends.
 
     Every wrapper is a coroutine on the event loop. A unary handler may be a
     coroutine, or a plain function that the wrapper runs on ``executor``
@@ -62,32 +84,40 @@ class ServiceInterceptor(_Interceptor):
 
     def __init__(
         self,
-        key_hashes: tuple[bytes, ...],
+        keys: KeyRing,
         ready: threading.Event,
         executor: Executor,
         *,
+        limits: Limits = Limits(),
         catch_up: CatchUp | None = None,
         worker: int | None = None,
     ) -> None:
         """``worker`` is answered as ``x-geopunch-worker`` metadata."""
-        self._key_hashes = key_hashes
+        self._keys = keys
         self._ready = ready
         self._executor = executor
+        self._limits = limits
+        self._unary_in_flight = 0
+        self._streams: dict[str, int] = {}
         self._catch_up = catch_up
+        # Calls without a valid key or message cost nothing to send: their
+        # lines are rate-limited per peer so that the log cannot be flooded.
+        self._unwelcome = _RateLimitedLog()
         self._extra_metadata: tuple[tuple[str, str], ...] = (
             () if worker is None else (("x-geopunch-worker", str(worker)),)
         )
 
-    def _authorized(self, metadata: Any) -> bool:
+    def _principal(self, metadata: Any) -> Principal | None:
         presented = [v for k, v in metadata or () if k == API_KEY_HEADER]
         if len(presented) != 1:
-            return False
+            return None
         value = presented[0]
-        digest = hashlib.sha256(value if isinstance(value, bytes) else value.encode()).digest()
-        ok = False
-        for stored in self._key_hashes:  # no early exit: time does not tell which key matched
-            ok |= hmac.compare_digest(digest, stored)
-        return ok
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                return None
+        return self._keys.authenticate(value)
 
     async def intercept_service(
         self,
@@ -100,39 +130,71 @@ class ServiceInterceptor(_Interceptor):
         method: str = details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        authorized = self._authorized(details.invocation_metadata)
+        call = _Call(method, self._principal(details.invocation_metadata), scope_of(method))
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, authorized),
-                request_deserializer=handler.request_deserializer,
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, handler.request_deserializer, call),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_async_stream(handler.unary_stream, method, authorized),
-                request_deserializer=handler.request_deserializer,
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_async_stream(handler.unary_stream, handler.request_deserializer, call),
                 response_serializer=handler.response_serializer,
             )
         # A plain generator on grpc's thread pool keeps its thread blocked for
         # good once its client cancels (grpcio 1.85): streams must be async.
         raise NotImplementedError(f"{method}: only unary and async server-streaming handlers")
 
-    def _refusal(self, authorized: bool) -> DomainError | None:
+    def _refusal(self, call: _Call) -> DomainError | None:
         """Why a call may not run at all, if it may not."""
         if not self._ready.is_set():
             return DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
-        if not authorized:
+        if call.principal is None:
             return DomainError(
                 ErrorCode.API_KEY_INVALID,
                 f"missing or unknown API key: send it as '{API_KEY_HEADER}' metadata",
             )
+        if call.scope is not None:
+            call.principal.require(call.scope, call.method.rpartition("/")[2])
         return None
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        """A new request id, set for this call's logs and answers, as initial metadata."""
-        rid = str(uuid.uuid4())
-        request_id_var.set(rid)
-        return (("x-request-id", rid), *self._extra_metadata)
+    async def _request(self, requests: Any, context: Any, decode: Any, method: str) -> Any:
+        """The call's one message, read within the receive limit and decoded."""
+        try:
+            raw = await asyncio.wait_for(anext(aiter(requests)), self._limits.receive_s)
+        except TimeoutError:
+            raise DomainError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"no request message within {self._limits.receive_s:g} s",
+            ) from None
+        except StopAsyncIteration:
+            raise DomainError(ErrorCode.INVALID_ARGUMENT, "the request has no message") from None
+        if decode is None:
+            return raw
+        try:
+            return decode(raw)
+        except Exception as exc:  # DecodeError, invalid UTF-8, nesting too deep, ...
+            self._unwelcome.note(
+                context.peer(),
+                logging.WARNING,
+                "undecodable request",
+                {"method": method, "error": type(exc).__name__},
+            )
+            raise DomainError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"the request message cannot be decoded as {method.rpartition('/')[2]}'s "
+                "request (truncated, not protobuf, or invalid UTF-8 in a string)",
+            ) from None
+
+    async def _begin(self, context: Any, call: _Call) -> None:
+        """Sends the call's initial metadata (its request id) once. It goes
+        after the request message is read, so that a client holding the
+        metadata knows its call is running (and a cancelled call ends as
+        CANCELLED, not as a call without a message)."""
+        if not call.began:
+            call.began = True
+            rid = request_id_var.get()
+            await context.send_initial_metadata((("x-request-id", rid), *self._extra_metadata))
 
     def _failure(self, exc: Exception, method: str) -> _Status:
         """The status a handler's exception is answered with."""
@@ -150,50 +212,96 @@ class ServiceInterceptor(_Interceptor):
         )
 
     @contextlib.asynccontextmanager
-    async def _call(self, context: Any, method: str, authorized: bool) -> AsyncIterator[None]:
+    async def _call(self, context: Any, call: _Call) -> AsyncIterator[None]:
         """Around one call's handler: request id and metadata, refusal, error
         mapping and the access log line with the code that was answered."""
         start, code = time.perf_counter(), grpc.StatusCode.OK
         token = request_id_var.set("")
+        who = None
+        request_id_var.set(str(uuid.uuid4()))
         try:
-            await context.send_initial_metadata(self._metadata())
-            refusal = self._refusal(authorized)
-            if refusal is None:
-                try:
+            try:
+                refusal = self._refusal(call)
+                if refusal is None:
+                    assert call.principal is not None
+                    who = principal_var.set(call.principal)
                     yield
                     return
-                except Exception as exc:
-                    failure = self._failure(exc, method)
-            else:
                 failure = _status(refusal)
+            except Exception as exc:
+                failure = self._failure(exc, call.method)
             code = failure.code
+            await self._begin(context, call)
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
         except (asyncio.CancelledError, GeneratorExit):  # the client went away
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            _log(method, start, code)
+            fields = _access_fields(call, start, code)
+            if call.principal is None:
+                self._unwelcome.note(context.peer(), logging.INFO, "rpc", fields)
+            else:
+                log.info("rpc", extra={"fields": fields})
+            if who is not None:
+                principal_var.reset(who)
             request_id_var.reset(token)
 
-    def _wrap_unary(self, behavior: Any, method: str, authorized: bool) -> Any:
+    @contextlib.contextmanager
+    def _unary_slot(self) -> Iterator[None]:
+        if self._unary_in_flight >= self._limits.unary:
+            raise DomainError(
+                ErrorCode.UNAVAILABLE,
+                f"the server is at its limit of {self._limits.unary} calls in flight; "
+                "retry shortly",
+            )
+        self._unary_in_flight += 1  # only the event loop's thread counts
+        try:
+            yield
+        finally:
+            self._unary_in_flight -= 1
+
+    @contextlib.contextmanager
+    def _stream_slot(self, principal: Principal) -> Iterator[None]:
+        key, held = principal.key_id, self._streams.get(principal.key_id, 0)
+        if held >= self._limits.streams_per_key:
+            raise DomainError(
+                ErrorCode.TOO_MANY_STREAMS,
+                f"this key holds {held} event streams, the most one key may; "
+                "close one, or use another key",
+                {"limit": str(self._limits.streams_per_key)},
+            )
+        self._streams[key] = held + 1
+        try:
+            yield
+        finally:
+            left = self._streams[key] - 1
+            if left:
+                self._streams[key] = left
+            else:
+                del self._streams[key]
+
+    def _wrap_unary(self, behavior: Any, decode: Any, call: _Call) -> Any:
         """Runs on the event loop; a plain ``behavior`` runs on ``executor``."""
         plain = not inspect.iscoroutinefunction(behavior)
 
-        async def wrapped(request: Any, context: Any) -> Any:
-            async with self._call(context, method, authorized):
-                if plain:
-                    # One hop to a thread and back, the request id going
-                    # along; the catch-up, if any, on the same hop.
-                    return await asyncio.get_running_loop().run_in_executor(
-                        self._executor,
-                        contextvars.copy_context().run,
-                        self._call_plain,
-                        behavior,
-                        request,
-                        context,
-                    )
-                await self._catch_up_async()
-                return await behavior(request, context)
+        async def wrapped(requests: Any, context: Any) -> Any:
+            async with self._call(context, call):
+                request = await self._request(requests, context, decode, call.method)
+                await self._begin(context, call)
+                with self._unary_slot():
+                    if plain:
+                        # One hop to a thread and back, the request id and
+                        # caller going along; the catch-up, if any, on the same hop.
+                        return await asyncio.get_running_loop().run_in_executor(
+                            self._executor,
+                            contextvars.copy_context().run,
+                            self._call_plain,
+                            behavior,
+                            request,
+                            context,
+                        )
+                    await self._catch_up_async()
+                    return await behavior(request, context)
 
         return wrapped
 
@@ -203,14 +311,23 @@ class ServiceInterceptor(_Interceptor):
             catch_up()
         return behavior(request, context)
 
-    def _wrap_async_stream(self, behavior: Any, method: str, authorized: bool) -> Any:
+    def _wrap_async_stream(self, behavior: Any, decode: Any, call: _Call) -> Any:
         """An async generator handler, on the event loop."""
 
-        async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with self._call(context, method, authorized):
-                await self._catch_up_async()
-                async for item in behavior(request, context):
-                    yield item
+        async def wrapped(requests: Any, context: Any) -> AsyncIterator[Any]:
+            async with self._call(context, call):
+                request = await self._request(requests, context, decode, call.method)
+                await self._begin(context, call)
+                assert call.principal is not None
+                # grpc notices a client that went away only at the next
+                # write; an idle stream would hold its place until then.
+                task = asyncio.current_task()
+                assert task is not None
+                context.add_done_callback(lambda _: task.cancel())
+                with self._stream_slot(call.principal):
+                    await self._catch_up_async()
+                    async for item in behavior(request, context):
+                        yield item
 
         return wrapped
 
@@ -227,6 +344,39 @@ class ServiceInterceptor(_Interceptor):
             await asyncio.get_running_loop().run_in_executor(self._executor, catch_up)
 
 
+@dataclass(slots=True)
+class _Call:
+    """What is known of a call before its message: method, caller, scope needed."""
+
+    method: str
+    principal: Principal | None
+    scope: Scope | None
+    began: bool = False
+
+
+class _RateLimitedLog:
+    """At most one line a second per peer and message, with a count of the
+    lines left out since the last one, and no traceback."""
+
+    def __init__(self, every_s: float = 1.0, peers: int = 4096) -> None:
+        self._every_s = every_s
+        self._peers = peers
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def note(self, peer: str, level: int, msg: str, fields: dict[str, object]) -> None:
+        now = time.monotonic()
+        key = (peer, msg)
+        last, dropped = self._last.get(key, (-self._every_s, 0))
+        if now - last < self._every_s:
+            self._last[key] = (last, dropped + 1)
+            return
+        if len(self._last) >= self._peers:  # forget the oldest peers, not memory
+            for old in list(self._last)[: self._peers // 2]:
+                del self._last[old]
+        self._last[key] = (now, 0)
+        log.log(level, msg, extra={"fields": {**fields, "peer": peer[:64], "suppressed": dropped}})
+
+
 class _Status(NamedTuple):
     code: grpc.StatusCode
     details: str
@@ -238,14 +388,13 @@ def _status(err: DomainError) -> _Status:
     return _Status(st.code, st.details, st.trailing_metadata)
 
 
-def _log(method: str, start: float, code: grpc.StatusCode) -> None:
-    log.info(
-        "rpc",
-        extra={
-            "fields": {
-                "method": method,
-                "code": code.name,
-                "ms": round((time.perf_counter() - start) * 1000, 3),
-            }
-        },
-    )
+def _access_fields(call: _Call, start: float, code: grpc.StatusCode) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "method": call.method,
+        "code": code.name,
+        "ms": round((time.perf_counter() - start) * 1000, 3),
+    }
+    if call.principal is not None:
+        fields["account"] = call.principal.account_id
+        fields["key"] = call.principal.key_id
+    return fields

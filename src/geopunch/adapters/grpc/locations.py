@@ -10,6 +10,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType
@@ -76,8 +77,10 @@ def batch_from_proto(req: location_pb2.CheckLocationsRequest) -> tuple[LocationB
     return batch, kind or "packed"
 
 
-#: Event streams also poll the store this often: other replicas' events wake no one here.
-POLL_S = 0.5
+#: Event streams do not poll: this process's commits, its sibling workers'
+#: and (through the server's store watcher) other replicas' wake them. This
+#: is only a safety net against a lost wake-up.
+IDLE_RECHECK_S = 30.0
 EVENT_PAGE = 500
 _EVENT_TYPES = frozenset(t.value for t in EventType)
 
@@ -217,7 +220,9 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     ) -> location_pb2.EvaluateTrailsResponse:
         batch = trail_batch_from_proto(request.samples)
         assert self._clock is not None
-        out = trails.evaluate_trails(self._fences, batch, self._clock.now(), self._max_skew_s)
+        out = trails.evaluate_trails(
+            self._fences, account(), batch, self._clock.now(), self._max_skew_s
+        )
         response = location_pb2.EvaluateTrailsResponse(request_id=request_id_var.get())
         fill_trail_results(response.data, batch, out)
         return response
@@ -230,7 +235,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         assert self._submit is not None and self._clock is not None
         batch = trail_batch_from_proto(request.samples)
         out = await trails.report_locations(
-            self._submit, self._fences, self._clock, batch, self._max_skew_s
+            self._submit, self._fences, self._clock, account(), batch, self._max_skew_s
         )
         status = out.result.status
         ok, ignored = PointStatus.OK, PointStatus.IGNORED_ACCURACY
@@ -261,11 +266,11 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             )
         cursor = request.after_seq
         types, clocks = list(request.types), list(request.time_clock_ids)
-        uows = self._uows
+        uows, acct = self._uows, account()
         loop = asyncio.get_running_loop()
 
         def read_page(after: int) -> list[Event]:
-            with uows(readonly=True) as uow:
+            with uows(account=acct, readonly=True) as uow:
                 return uow.events.after(after, EVENT_PAGE, types, clocks)
 
         while not self._stopping.is_set():
@@ -275,13 +280,13 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 yield event_to_proto(e)
                 cursor = e.seq
             if len(page) < EVENT_PAGE:
-                await self._wakeup.wait(seen, POLL_S)
+                await self._wakeup.wait(seen, IDLE_RECHECK_S)
 
     def CheckLocations(
         self, request: location_pb2.CheckLocationsRequest, context: Any
     ) -> location_pb2.CheckLocationsResponse:
         batch, kind = batch_from_proto(request)
-        v = check_locations(self._fences, batch, prefix=kind)
+        v = check_locations(self._fences, account(), batch, prefix=kind)
         # Filled in place: a message passed to a constructor is copied whole.
         response = location_pb2.CheckLocationsResponse(request_id=request_id_var.get())
         data = response.data

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from google.protobuf import json_format, struct_pb2
 
+from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.grpc.convert import jobs_from_proto, jobs_to_proto
 from geopunch.domain.events import Json
 from geopunch.domain.ports import Clock, UnitOfWorkFactory
@@ -188,6 +189,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         created = use_cases.create_shifts(
             self._uows,
             self._clock,
+            account(),
             request.scheduler_id,
             [shift_from_proto(s) for s in request.shifts],
             notify_users=request.notify_users if request.HasField("notify_users") else True,
@@ -200,6 +202,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ShiftsResponse:
         return _reply(
             use_cases.list_shifts(
-                self._uows, request.scheduler_id, request.start_time, request.end_time
+                self._uows, account(), request.scheduler_id, request.start_time, request.end_time
             )
         )

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from geopunch.adapters.grpc.auth import account
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import (
@@ -162,7 +163,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         """Run a punch and render its result (or the replayed one) once it is committed."""
         cmd = command_from_proto(kind, request)
         outcome = await punches.punch(
-            self._committer, self._fences, self._clock, cmd, request_id_var.get()
+            self._committer, self._fences, self._clock, account(), cmd, request_id_var.get()
         )
         if outcome.legacy_answer is not None:
             return response_type.FromString(outcome.legacy_answer)
@@ -203,7 +204,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     def ListManualBreaks(
         self, request: timeclock_pb2.ListManualBreaksRequest, context: Any
     ) -> timeclock_pb2.ListManualBreaksResponse:
-        tc = punches.list_manual_breaks(self._uows, request.time_clock_id)
+        tc = punches.list_manual_breaks(self._uows, account(), request.time_clock_id)
         return timeclock_pb2.ListManualBreaksResponse(
             request_id=request_id_var.get(),
             data=timeclock_pb2.ListManualBreaksResponse.Data(
@@ -229,7 +230,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         cmd = command_from_proto(_KINDS[which], getattr(request, which))
         data = timeclock_pb2.ValidatePunchResponse.Data(allowed=True)
         try:
-            punches.validate_punch(self._uows, self._fences, self._clock, cmd)
+            punches.validate_punch(self._uows, self._fences, self._clock, account(), cmd)
         except DomainError as err:
             data = timeclock_pb2.ValidatePunchResponse.Data(
                 allowed=False, reason=err.code.value, message=err.message, metadata=err.metadata

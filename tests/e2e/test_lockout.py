@@ -1,0 +1,173 @@
+"""No caller without a key can lock out the ones with a key.
+
+An attacker process holds hundreds of calls that send their headers and never
+their message, fills its key's share of event streams, and sends garbage
+bodies with and without a key, while this process pings with a valid key:
+every ping answers within 100 ms, the held calls end on their own, and the
+server's log grows by a bounded amount.
+
+Run as ``python -m tests.e2e.test_lockout ADDRESS KEY`` it is the attacker.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from geopunch.v1 import admin_pb2
+from tests.conftest import API_KEY, Client, ServerProcess
+
+HALF_OPEN = 300
+GARBAGE = 600
+STREAMS = 4  # the key's cap in the server below
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (tags and lengths below 2**14 here)."""
+    tag, n = number << 3 | 2, len(payload)
+    size = bytes([n]) if n < 128 else bytes([n & 0x7F | 0x80, n >> 7])
+    return bytes([tag]) + size + payload
+
+
+def _nested_jobs(depth: int) -> bytes:
+    job = b""
+    for _ in range(depth):
+        job = _field(3, job)  # Job.sub_jobs
+    return _field(1, _field(5, job))  # CreateTimeClockRequest.time_clock.jobs
+
+
+#: Bodies that CreateTimeClockRequest cannot be decoded from.
+GARBAGE_BODIES = (
+    b"\x0a\xff\xff\xff\xff\x0f",  # a length beyond the message
+    _field(1, _field(2, b"\xff\xfe\xfd")),  # invalid UTF-8 in the name
+    _nested_jobs(120),  # nesting deeper than protobuf's limit of 100
+    b"\xff" * 64,
+)
+
+
+def attack(address: str, key: str) -> dict[str, Any]:
+    """Runs in a child process; reports what each kind of call was answered."""
+    channels = [grpc.insecure_channel(address) for _ in range(4)]
+    held: list[Any] = []
+    never = threading.Event()
+
+    def silent() -> Any:
+        never.wait()  # the message never comes
+        yield b""
+
+    for i in range(HALF_OPEN):
+        call = channels[i % 4].stream_stream(
+            "/geopunch.v1.TimeClockService/ClockIn",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        md = (("x-api-key", key),) if i % 2 else ()
+        held.append((bool(md), call(silent(), metadata=md, timeout=30)))
+    streams = []
+    watch = channels[0].unary_stream(
+        "/geopunch.v1.LocationService/WatchEvents",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    for _ in range(STREAMS + 1):
+        s = watch(b"", metadata=(("x-api-key", key),), timeout=30)
+        streams.append(s)
+    codes: dict[str, int] = {}
+
+    def count(kind: str, code: Any) -> None:
+        name = f"{kind}:{code.name if code else 'running'}"
+        codes[name] = codes.get(name, 0) + 1
+
+    for i in range(GARBAGE):
+        with_key = i % 3 == 0
+        md = (("x-api-key", key),) if with_key else ()
+        method = channels[i % 4].unary_unary(
+            "/geopunch.v1.AdminService/CreateTimeClock",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            method(GARBAGE_BODIES[i % len(GARBAGE_BODIES)], metadata=md, timeout=5)
+            count("garbage", grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            count("garbage-key" if with_key else "garbage", err.code())
+    time.sleep(0.3)
+    for s in streams:
+        count("stream", s.code() if s.done() else None)
+    for with_key, call in held:
+        deadline = time.monotonic() + 20
+        while not call.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        count("held-key" if with_key else "held", call.code() if call.done() else None)
+    never.set()
+    for s in streams:
+        s.cancel()
+    return codes
+
+
+def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'lockout.db'}",
+        env_extra={
+            "GEOPUNCH_MAX_WORKERS": "1",  # 8 unary calls at once
+            "GEOPUNCH_MAX_STREAMS_PER_KEY": str(STREAMS),
+            "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS": "2",
+            "GEOPUNCH_API_KEYS": f"{API_KEY},attacker-key-0123456789",
+        },
+    )
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        c(c.admin.Ping, admin_pb2.PingRequest())
+        log_before = len(srv.logs())
+        attacker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.e2e.test_lockout",
+                srv.address,
+                "attacker-key-0123456789",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        pings: list[float] = []
+        while attacker.poll() is None:
+            t = time.perf_counter()
+            c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+            pings.append(time.perf_counter() - t)
+            time.sleep(0.02)
+        out, _ = attacker.communicate(timeout=60)
+        assert attacker.returncode == 0
+        codes = json.loads(out.strip().splitlines()[-1])
+    finally:
+        c.close()
+        srv.terminate()
+    assert len(pings) > 20
+    assert max(pings) < 0.1, f"slowest ping {max(pings) * 1000:.0f} ms"
+    assert statistics.median(pings) < 0.02
+    half = HALF_OPEN // 2
+    assert codes["held:UNAUTHENTICATED"] == half  # refused before any message
+    assert codes["held-key:INVALID_ARGUMENT"] == half  # ended by the receive limit
+    assert codes["stream:running"] == STREAMS
+    assert codes["stream:RESOURCE_EXHAUSTED"] == 1
+    assert codes["garbage:UNAUTHENTICATED"] == GARBAGE - GARBAGE // 3
+    assert codes["garbage-key:INVALID_ARGUMENT"] == GARBAGE // 3, codes
+    grown = srv.logs()[log_before:]
+    assert "Traceback" not in grown
+    # The calls with the key have an access line each (about 250 bytes);
+    # those without one are rate-limited per peer.
+    with_key = half + GARBAGE // 3 + STREAMS + 1 + len(pings)
+    assert len(grown) < with_key * 400 + 20_000, len(grown)
+
+
+if __name__ == "__main__":
+    print(json.dumps(attack(sys.argv[1], sys.argv[2])), flush=True)

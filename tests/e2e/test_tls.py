@@ -1,0 +1,150 @@
+"""TLS: a server with a certificate made here (a CA of the test's own, a
+server certificate for 127.0.0.1, a client certificate), called over TLS,
+with and without client-certificate verification."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from geopunch.v1 import admin_pb2
+from tests.conftest import Client, ServerProcess
+
+
+@dataclass
+class Pem:
+    cert: bytes
+    key: bytes
+
+
+def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pem:
+    return Pem(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def _issue(
+    subject: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    elif not ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    signer = issuer[1] if issuer else key
+    return builder.sign(signer, hashes.SHA256()), key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | Pem]:
+    d = tmp_path_factory.mktemp("pki")
+    ca = _issue("geopunch test CA", None, ca=True)
+    server = _pem(*_issue("127.0.0.1", ca, server=True))
+    client = _pem(*_issue("kiosk-7", ca))
+    ca_pem = _pem(*ca)
+    (d / "ca.pem").write_bytes(ca_pem.cert)
+    (d / "server.pem").write_bytes(server.cert)
+    (d / "server.key").write_bytes(server.key)
+    return {"dir": d, "ca": ca_pem, "server": server, "client": client}
+
+
+def _start(
+    tmp_path: Path, pki: dict[str, Path | Pem], creds: grpc.ChannelCredentials, **env: str
+) -> ServerProcess:
+    d = pki["dir"]
+    assert isinstance(d, Path)
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'tls.db'}",
+        env_extra={
+            "GEOPUNCH_TLS_CERT": str(d / "server.pem"),
+            "GEOPUNCH_TLS_KEY": str(d / "server.key"),
+            **env,
+        },
+        credentials=creds,
+    )
+    srv.start(tmp_path)
+    return srv
+
+
+def _ping(address: str, creds: grpc.ChannelCredentials | None) -> grpc.StatusCode:
+    c = Client(address, credentials=creds)
+    try:
+        c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        return err.code()
+    finally:
+        c.close()
+
+
+def test_a_tls_server_answers_over_tls_only(tmp_path: Path, pki: dict[str, Path | Pem]) -> None:
+    ca = pki["ca"]
+    assert isinstance(ca, Pem)
+    trusted = grpc.ssl_channel_credentials(root_certificates=ca.cert)
+    srv = _start(tmp_path, pki, trusted)
+    try:
+        assert _ping(srv.address, trusted) == grpc.StatusCode.OK
+        assert _ping(srv.address, None) == grpc.StatusCode.UNAVAILABLE  # plaintext
+        # A client that does not trust the test's CA refuses the server.
+        assert _ping(srv.address, grpc.ssl_channel_credentials()) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.terminate()
+
+
+def test_client_certificates_are_verified_when_a_client_ca_is_given(
+    tmp_path: Path, pki: dict[str, Path | Pem]
+) -> None:
+    ca, client = pki["ca"], pki["client"]
+    d = pki["dir"]
+    assert isinstance(ca, Pem) and isinstance(client, Pem) and isinstance(d, Path)
+    with_cert = grpc.ssl_channel_credentials(
+        root_certificates=ca.cert, private_key=client.key, certificate_chain=client.cert
+    )
+    srv = _start(tmp_path, pki, with_cert, GEOPUNCH_TLS_CLIENT_CA=str(d / "ca.pem"))
+    try:
+        assert _ping(srv.address, with_cert) == grpc.StatusCode.OK
+        without = grpc.ssl_channel_credentials(root_certificates=ca.cert)
+        assert _ping(srv.address, without) == grpc.StatusCode.UNAVAILABLE
+        # A certificate from another CA is refused too.
+        other = _pem(*_issue("stranger", _issue("other CA", None, ca=True)))
+        stranger = grpc.ssl_channel_credentials(
+            root_certificates=ca.cert, private_key=other.key, certificate_chain=other.cert
+        )
+        assert _ping(srv.address, stranger) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.terminate()
