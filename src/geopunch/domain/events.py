@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from geopunch.domain.errors import DomainError, ErrorCode
 
 #: A JSON value as the JSON mapping gives it (dict, list, str, float, bool, None).
 Json = object
@@ -14,6 +17,29 @@ class EventType(StrEnum):
     GEOFENCE_EXIT = "geofenceExit"
     EXIT_NOTIFICATION = "exitNotification"
     AUTO_CLOCK_OUT = "autoClockOut"
+
+
+#: Time clocks one event stream may name (a stream for more takes them all).
+MAX_WATCHED_TIME_CLOCKS = 1000
+
+
+def check_watch_filter(types: Sequence[str], time_clock_ids: Sequence[int]) -> None:
+    """An event stream's filter: known types, a bounded list of time clocks."""
+    known = {t.value for t in EventType}
+    unknown = sorted(set(types) - known)
+    if unknown:
+        shown = ", ".join(repr(t[:32]) for t in unknown[:5])
+        raise DomainError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"unknown event types {shown}{' ...' if len(unknown) > 5 else ''}; "
+            f"known: {sorted(known)}",
+        )
+    if len(time_clock_ids) > MAX_WATCHED_TIME_CLOCKS:
+        raise DomainError(
+            ErrorCode.BATCH_TOO_LARGE,
+            f"{len(time_clock_ids)} time clocks named; the limit is {MAX_WATCHED_TIME_CLOCKS} "
+            "(name none to receive every time clock's events)",
+        )
 
 
 @dataclass(frozen=True, slots=True)

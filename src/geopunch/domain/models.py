@@ -130,3 +130,5 @@ class GeofenceDraft:
     fence_size_m: int | None = None
     job_ids: tuple[str, ...] = ()
     exit_action: str = ""
+    #: A fence has no accuracy; one that is sent must still be a number >= 0.
+    accuracy: float | None = None

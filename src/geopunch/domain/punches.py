@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, GeofencePolicy, ManualBreakType, TimeClock
 from geopunch.domain.rules import (
+    MAX_ADDRESS_LENGTH,
     MAX_SECONDS_TIMESTAMP,
     check_user,
     coordinate_problem,
@@ -176,6 +177,12 @@ def check_location(location: PunchLocation | None) -> None:
     """Coordinates are optional, but when given they come as a finite, in-range pair."""
     if location is None:
         return
+    if len(location.address) > MAX_ADDRESS_LENGTH:
+        raise DomainError(
+            ErrorCode.INVALID_LOCATION,
+            f"locationData.address is {len(location.address)} characters; "
+            f"the limit is {MAX_ADDRESS_LENGTH}",
+        )
     if (location.latitude is None) != (location.longitude is None):
         raise DomainError(
             ErrorCode.INVALID_LOCATION, "locationData needs both latitude and longitude, or neither"

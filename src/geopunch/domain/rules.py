@@ -80,6 +80,18 @@ class Collector:
             raise DomainError.from_violations(self.violations, what)
 
 
+def long_id_violations(ids: Sequence[str], path: str) -> list[FieldViolation]:
+    """Ids looked up (not stored) may be anything a stored one could be: at
+    most MAX_ID_LENGTH characters."""
+    return [
+        FieldViolation(
+            f"{path}[{i}]", f"an id longer than {MAX_ID_LENGTH}", ErrorCode.INVALID_ARGUMENT
+        )
+        for i, value in enumerate(ids)
+        if len(value) > MAX_ID_LENGTH
+    ]
+
+
 def check_ids(
     out: Collector, ids: Iterable[tuple[str, str]], what: str, seen: set[str] | None = None
 ) -> None:
@@ -279,6 +291,12 @@ def validate_geofences(
             problem = coordinate_problem(value, limit, field_name)
             if problem:
                 out.add(f"{path}.location.{field_name}", ErrorCode.INVALID_COORDINATES, problem)
+        if d.accuracy is not None and not (math.isfinite(d.accuracy) and d.accuracy >= 0):
+            out.add(
+                f"{path}.location.accuracy",
+                ErrorCode.INVALID_COORDINATES,
+                f"accuracy {d.accuracy} must be a number >= 0 (a fence does not use it)",
+            )
         size = DEFAULT_FENCE_SIZE_M if d.fence_size_m is None else d.fence_size_m
         if not MIN_FENCE_SIZE_M <= size <= MAX_FENCE_SIZE_M:
             out.add(

@@ -10,9 +10,12 @@ import numpy.typing as npt
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.locations import BatchVerdict
 from geopunch.domain.ports import FenceEngine
+from geopunch.domain.rules import long_id_violations
 
 #: Largest batch of CheckLocations, in points.
 MAX_BATCH_POINTS = 1_000_000
+#: Distinct jobs one batch may name (``job_ids``, indexed by ``job_indexes``).
+MAX_BATCH_JOBS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,13 @@ def _check_shapes(batch: LocationBatch, prefix: str) -> int:
             f"{n} points sent; the limit is {MAX_BATCH_POINTS} per call: split the batch",
             {"limitPoints": str(MAX_BATCH_POINTS)},
         )
+    if len(batch.job_ids) > MAX_BATCH_JOBS:
+        raise DomainError(
+            ErrorCode.BATCH_TOO_LARGE,
+            f"{len(batch.job_ids)} job ids sent; the limit is {MAX_BATCH_JOBS} per call",
+            {"limitJobs": str(MAX_BATCH_JOBS)},
+        )
+    problems += long_id_violations(batch.job_ids, f"{prefix}.job_ids")
     for name, arr in (
         ("longitudes", batch.lons),
         ("time_clock_ids", batch.time_clock_ids),

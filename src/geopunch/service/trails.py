@@ -28,6 +28,7 @@ from geopunch.domain.ports import (
     UnitOfWork,
 )
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+from geopunch.domain.rules import long_id_violations
 from geopunch.geo.engine import pair_codes
 from geopunch.service.punches import run_retrying
 
@@ -86,6 +87,7 @@ class TrailBatch:
             )
             if col is not None and col.size != n
         ]
+        problems += long_id_violations(self.job_names, "samples.job_ids")
         if problems:
             raise DomainError.from_violations(problems, "the samples")
         if n > limit:

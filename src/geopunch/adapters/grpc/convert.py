@@ -159,6 +159,7 @@ def geofence_draft_from_proto(msg: geofences_pb2.Geofence) -> GeofenceDraft:
         fence_size_m=msg.fence_size if msg.HasField("fence_size") else None,
         job_ids=tuple(msg.job_ids),
         exit_action=msg.on_geofence_exit_action,
+        accuracy=loc.accuracy if loc.HasField("accuracy") else None,
     )
 
 

@@ -19,6 +19,7 @@ import grpc
 
 from geopunch.adapters.grpc.auth import principal_var, scope_of
 from geopunch.adapters.grpc.errors import to_status
+from geopunch.adapters.grpc.guard import check_request
 from geopunch.domain.accounts import Principal, Scope
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.logs import request_id_var
@@ -172,7 +173,7 @@ class ServiceInterceptor(_Interceptor):
         if decode is None:
             return raw
         try:
-            return decode(raw)
+            message = decode(raw)
         except Exception as exc:  # DecodeError, invalid UTF-8, nesting too deep, ...
             self._unwelcome.note(
                 context.peer(),
@@ -185,6 +186,8 @@ class ServiceInterceptor(_Interceptor):
                 f"the request message cannot be decoded as {method.rpartition('/')[2]}'s "
                 "request (truncated, not protobuf, or invalid UTF-8 in a string)",
             ) from None
+        check_request(message)
+        return message
 
     async def _begin(self, context: Any, call: _Call) -> None:
         """Sends the call's initial metadata (its request id) once. It goes

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
-from geopunch.domain.events import Event, EventType
+from geopunch.domain.events import Event, check_watch_filter
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S, EXIT_ACTIONS, STALE, PointStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.logs import request_id_var
@@ -82,7 +82,6 @@ def batch_from_proto(req: location_pb2.CheckLocationsRequest) -> tuple[LocationB
 #: is only a safety net against a lost wake-up.
 IDLE_RECHECK_S = 30.0
 EVENT_PAGE = 500
-_EVENT_TYPES = frozenset(t.value for t in EventType)
 
 
 #: TrailSamples' numeric columns: repeated field, raw field, little-endian dtype.
@@ -258,12 +257,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         """On the event loop; each page is read on a thread of the loop's executor.
         A stream the client cancels ends at its next ``await``."""
         assert self._uows is not None
-        unknown = sorted(set(request.types) - _EVENT_TYPES)
-        if unknown:
-            raise DomainError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"unknown event types {unknown}; known: {sorted(_EVENT_TYPES)}",
-            )
+        check_watch_filter(request.types, request.time_clock_ids)
         cursor = request.after_seq
         types, clocks = list(request.types), list(request.time_clock_ids)
         uows, acct = self._uows, account()

@@ -1,0 +1,972 @@
+"""The bad-input corpus: hundreds of malformed requests across every RPC,
+each with the reason (and, where one field is at fault, the field path) it
+must be answered with, sent to a real server on SQLite and on PostgreSQL.
+Every case gets its reason, the server stays healthy and logs no unexpected
+error, and a count of every table's rows shows nothing was written.
+
+Part of the corpus is written by hand (what each field means); the rest is
+derived from a full, valid request of each RPC by spoiling one field at a
+time: NUL characters and over-long text in every string, NaN and infinity in
+every number (the bounds every field shares)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from geopunch.v1 import (
+    admin_pb2,
+    common_pb2,
+    geofences_pb2,
+    location_pb2,
+    scheduler_pb2,
+    timeclock_pb2,
+)
+from tests.conftest import Client, ServerProcess
+from tests.e2e.test_accounts import row_counts
+from tests.helpers import details
+
+TC, SCHED, USER = 7001, 7002, 9170357
+FENCE_SITE = (40.7128, -74.0060)
+LONG = 20_001  # one past the longest text any field takes (a shift note)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+@dataclass
+class Case:
+    name: str
+    method: str  # "Service.Method" as on Client
+    request: Message
+    #: None: any refusal with a reason (the two stores must still agree).
+    reason: str | None
+    field: str | None = None
+
+
+def _fill(msg: Any, fields: dict[str, Any]) -> Any:
+    """``msg`` with ``fields`` set (lists replace, messages are copied in)."""
+    for k, v in fields.items():
+        if isinstance(v, list):
+            del getattr(msg, k)[:]
+            getattr(msg, k).extend(v)
+        elif isinstance(v, Message):
+            getattr(msg, k).CopyFrom(v)
+        else:
+            setattr(msg, k, v)
+    return msg
+
+
+def _loc(address: str = "1 Main St") -> common_pb2.Location:
+    return common_pb2.Location(
+        address=address, latitude=FENCE_SITE[0], longitude=FENCE_SITE[1], accuracy=5
+    )
+
+
+def _time_clock(**kw: Any) -> admin_pb2.TimeClock:
+    tc = admin_pb2.TimeClock(
+        id=TC + 100,
+        name="Depot",
+        timezone="America/New_York",
+        job_enforcement=False,
+        jobs=[
+            admin_pb2.Job(
+                id="job-a",
+                name="A",
+                color="#123456",
+                sub_jobs=[admin_pb2.Job(id="job-a1", name="A1")],
+            )
+        ],
+        user_ids=[USER],
+        manual_breaks_enabled=True,
+        manual_break_types=[admin_pb2.ManualBreakType(id="lunch", name="Lunch")],
+        geofence_policy=admin_pb2.REQUIRE_LOCATION,
+        accuracy_tolerance_m=10,
+        exit_detection=admin_pb2.ExitDetectionSettings(high_accuracy_max_m=10),
+    )
+    return _fill(tc, kw)
+
+
+def _scheduler(**kw: Any) -> admin_pb2.Scheduler:
+    s = admin_pb2.Scheduler(
+        id=SCHED + 100,
+        name="Store",
+        timezone="America/New_York",
+        jobs=[admin_pb2.Job(id="job-s", name="Sales", color="#E91E63")],
+        user_ids=[USER],
+    )
+    return _fill(s, kw)
+
+
+def _fence(**kw: Any) -> geofences_pb2.Geofence:
+    g = geofences_pb2.Geofence(
+        name="Gate",
+        fence_size=100,
+        job_ids=["job-a"],
+        on_geofence_exit_action="autoClockOut",
+        location=_loc(),
+    )
+    return _fill(g, kw)
+
+
+def _shift(**kw: Any) -> scheduler_pb2.ScheduledShift:
+    t = now() + 86_400
+    s = scheduler_pb2.ScheduledShift(
+        start_time=t,
+        end_time=t + 3600,
+        title="Morning",
+        job_id="job-s",
+        timezone="America/New_York",
+        assigned_user_ids=[USER],
+        color="#E91E63",
+    )
+    s.notes.add(html="bring keys")
+    s.custom_fields.add(id="cf-1").value.string_value = "x"
+    s.statuses.add().update({"state": "ok"})
+    return _fill(s, kw)
+
+
+def _samples(**kw: Any) -> location_pb2.TrailSamples:
+    t = now() - 60
+    s = location_pb2.TrailSamples(
+        user_ids=[USER, USER],
+        time_clock_id=TC,
+        timestamps=[t, t + 1],
+        latitudes=[FENCE_SITE[0]] * 2,
+        longitudes=[FENCE_SITE[1]] * 2,
+        accuracies=[5, 5],
+        job_ids=["job-a", "job-a"],
+    )
+    return _fill(s, kw)
+
+
+def _check(**kw: Any) -> location_pb2.CheckLocationsRequest:
+    r = location_pb2.CheckLocationsRequest(time_clock_id=TC, job_id="job-a")
+    r.packed.latitudes.append(FENCE_SITE[0])
+    r.packed.longitudes.append(FENCE_SITE[1])
+    return _fill(r, kw)
+
+
+def full_requests() -> list[tuple[str, Message]]:
+    """A valid request of every unary RPC, with every string field filled."""
+    t = now() - 600
+    return [
+        ("admin.CreateTimeClock", admin_pb2.CreateTimeClockRequest(time_clock=_time_clock())),
+        (
+            "admin.UpdateTimeClock",
+            admin_pb2.UpdateTimeClockRequest(time_clock=_time_clock(id=TC)),
+        ),
+        (
+            "admin.SetDayStatus",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC, user_id=USER, dates=["2026-01-05"], status=admin_pb2.LOCKED
+            ),
+        ),
+        ("admin.CreateScheduler", admin_pb2.CreateSchedulerRequest(scheduler=_scheduler())),
+        (
+            "admin.UpdateScheduler",
+            admin_pb2.UpdateSchedulerRequest(scheduler=_scheduler(id=SCHED)),
+        ),
+        (
+            "admin.CreateApiKey",
+            admin_pb2.CreateApiKeyRequest(scopes=["read"], label="kiosk"),
+        ),
+        ("admin.RotateApiKey", admin_pb2.RotateApiKeyRequest(key_id="0123456789ab")),
+        ("admin.RevokeApiKey", admin_pb2.RevokeApiKeyRequest(key_id="0123456789ab")),
+        (
+            "geofences.CreateGeofences",
+            geofences_pb2.CreateGeofencesRequest(time_clock_id=TC, geofences=[_fence()]),
+        ),
+        (
+            "geofences.GetGeofence",
+            geofences_pb2.GetGeofenceRequest(time_clock_id=TC, fence_id="fence-x"),
+        ),
+        (
+            "geofences.DeleteGeofence",
+            geofences_pb2.DeleteGeofenceRequest(time_clock_id=TC, fence_id="fence-x"),
+        ),
+        ("locations.CheckLocations", _check(job_ids=["job-a"])),
+        ("locations.EvaluateTrails", location_pb2.EvaluateTrailsRequest(samples=_samples())),
+        ("locations.ReportLocations", location_pb2.ReportLocationsRequest(samples=_samples())),
+        (
+            "timeclock.ClockIn",
+            timeclock_pb2.ClockInRequest(
+                time_clock_id=TC,
+                user_id=USER,
+                job_id="job-a",
+                timezone="America/New_York",
+                scheduler_shift_id="s-1",
+                location_data=_loc(),
+                timestamp=t,
+                idempotency_key="idem-1",
+            ),
+        ),
+        (
+            "timeclock.ClockOut",
+            timeclock_pb2.ClockOutRequest(
+                time_clock_id=TC,
+                user_id=USER,
+                timezone="America/New_York",
+                location_data=_loc(),
+                timestamp=t,
+                idempotency_key="idem-2",
+            ),
+        ),
+        (
+            "timeclock.StartManualBreak",
+            timeclock_pb2.StartManualBreakRequest(
+                time_clock_id=TC,
+                manual_break_id="lunch",
+                user_id=USER,
+                timezone="America/New_York",
+                location_data=_loc(),
+                timestamp=t,
+                idempotency_key="idem-3",
+            ),
+        ),
+        (
+            "timeclock.EndManualBreak",
+            timeclock_pb2.EndManualBreakRequest(
+                time_clock_id=TC,
+                user_id=USER,
+                timezone="America/New_York",
+                location_data=_loc(),
+                timestamp=t,
+                idempotency_key="idem-4",
+            ),
+        ),
+        (
+            "timeclock.ValidatePunch",
+            timeclock_pb2.ValidatePunchRequest(
+                clock_in=timeclock_pb2.ClockInRequest(
+                    time_clock_id=TC, user_id=USER, job_id="job-a", location_data=_loc()
+                )
+            ),
+        ),
+        (
+            "scheduler.CreateShifts",
+            scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[_shift()]),
+        ),
+    ]
+
+
+def _string_and_float_paths(msg: Message, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """(path, field descriptor, kind) of every set string and singular float."""
+    for fd, value in msg.ListFields():
+        path = f"{prefix}{fd.name}"
+        repeated = fd.label == FieldDescriptor.LABEL_REPEATED
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            yield (f"{path}[0]" if repeated else path), fd, "text"
+        elif fd.type == FieldDescriptor.TYPE_DOUBLE and not repeated:
+            yield path, fd, "number"
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.full_name.startswith("google.protobuf."):
+                continue
+            first = value[0] if repeated else value
+            yield from _string_and_float_paths(first, f"{path}[0]." if repeated else f"{path}.")
+
+
+def _spoiled(msg: Message, path: str, value: Any) -> Message:
+    out = type(msg)()
+    out.CopyFrom(msg)
+    target: Any = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        name, _, idx = part.partition("[")
+        target = getattr(target, name)
+        if idx:
+            target = target[int(idx[:-1])]
+    name, _, idx = parts[-1].partition("[")
+    if idx:
+        getattr(target, name)[int(idx[:-1])] = value
+    else:
+        setattr(target, name, value)
+    return out
+
+
+#: The reason a non-finite number gets, by RPC (and whether the answer names
+#: the field): a coordinate of a fence, of a punch, or a setting.
+NUMBER_REASONS = {
+    "geofences.CreateGeofences": ("INVALID_COORDINATES", True),
+    "timeclock.ClockIn": ("INVALID_LOCATION", False),
+    "timeclock.ClockOut": ("INVALID_LOCATION", False),
+    "timeclock.StartManualBreak": ("INVALID_LOCATION", False),
+    "timeclock.EndManualBreak": ("INVALID_LOCATION", False),
+    "timeclock.ValidatePunch": ("INVALID_LOCATION", False),
+    "admin.CreateTimeClock": ("INVALID_ARGUMENT", True),
+    "admin.UpdateTimeClock": ("INVALID_ARGUMENT", True),
+}
+
+
+def derived_cases() -> list[Case]:
+    cases = []
+    for method, full in full_requests():
+        for path, _, kind in _string_and_float_paths(full):
+            if kind == "text":
+                cases.append(
+                    Case(
+                        f"{method} {path} NUL",
+                        method,
+                        _spoiled(full, path, "ok\x00"),
+                        "INVALID_ARGUMENT",
+                        path,
+                    )
+                )
+                # Each field's own rule says how long it may be, with its own
+                # reason; whatever that is, both stores must give it.
+                cases.append(
+                    Case(
+                        f"{method} {path} too long", method, _spoiled(full, path, "x" * LONG), None
+                    )
+                )
+                continue
+            reason, named = NUMBER_REASONS[method]
+            for label, number in (("NaN", math.nan), ("inf", math.inf), ("-inf", -math.inf)):
+                cases.append(
+                    Case(
+                        f"{method} {path} {label}",
+                        method,
+                        _spoiled(full, path, number),
+                        reason,
+                        path if named else None,
+                    )
+                )
+    return cases
+
+
+def _json_cases() -> list[Case]:
+    out = []
+    deep: Any = "leaf"
+    for _ in range(20):
+        deep = [deep]
+    for label, value, field in (
+        ("NaN custom field", math.nan, "shifts[0].custom_fields[0].value"),
+        ("infinite custom field", math.inf, "shifts[0].custom_fields[0].value"),
+        ("deep custom field", deep, "shifts[0].custom_fields[0].value"),
+        ("huge custom field", "x" * 17_000, "shifts[0].custom_fields[0].value"),
+        ("big custom field", ["y" * 1000] * 20, "shifts[0].custom_fields[0].value"),
+    ):
+        s = _shift()
+        del s.custom_fields[:]
+        cf = s.custom_fields.add(id="cf")
+        if isinstance(value, float):
+            cf.value.number_value = value
+        elif isinstance(value, list):
+            cf.value.list_value.extend(value)
+        else:
+            cf.value.string_value = value
+        req = scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[s])
+        out.append(
+            Case(f"CreateShifts {label}", "scheduler.CreateShifts", req, "INVALID_ARGUMENT", field)
+        )
+    for label, status in (
+        ("NaN status", {"a": math.nan}),
+        ("NUL key in status", {"a\x00": 1}),
+        (
+            "deep status",
+            {
+                "a": {
+                    "b": {
+                        "c": {
+                            "d": {
+                                "e": {
+                                    "f": {
+                                        "g": {
+                                            "h": {
+                                                "i": {
+                                                    "j": {
+                                                        "k": {
+                                                            "l": {
+                                                                "m": {"n": {"o": {"p": {"q": 1}}}}
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    ):
+        s = _shift()
+        del s.statuses[:]
+        s.statuses.add().update(status)
+        req = scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[s])
+        out.append(
+            Case(
+                f"CreateShifts {label}",
+                "scheduler.CreateShifts",
+                req,
+                "INVALID_ARGUMENT",
+                "shifts[0].statuses[0]",
+            )
+        )
+    return out
+
+
+def hand_cases() -> list[Case]:
+    """What the fields mean, RPC by RPC."""
+    t = now()
+    c: list[Case] = []
+
+    def add(name: str, method: str, req: Message, reason: str, field: str | None = None) -> None:
+        c.append(Case(name, method, req, reason, field))
+
+    ctc = "admin.CreateTimeClock"
+    for label, tc, reason in (
+        ("id 0 is assigned, so a negative one", _time_clock(id=-1), "INVALID_ARGUMENT"),
+        ("id beyond 2^53-1", _time_clock(id=2**53), "INVALID_ARGUMENT"),
+        ("id int64 max", _time_clock(id=2**63 - 1), "INVALID_ARGUMENT"),
+        ("empty name", _time_clock(name=""), "INVALID_ARGUMENT"),
+        ("long name", _time_clock(name="n" * 256), "INVALID_ARGUMENT"),
+        ("bad timezone", _time_clock(timezone="Mars/Olympus"), "INVALID_TIMEZONE"),
+        ("long timezone", _time_clock(timezone="A" * 4000), "INVALID_TIMEZONE"),
+        ("NaN tolerance", _time_clock(accuracy_tolerance_m=math.nan), "INVALID_ARGUMENT"),
+        ("negative tolerance", _time_clock(accuracy_tolerance_m=-1), "INVALID_ARGUMENT"),
+        ("huge tolerance", _time_clock(accuracy_tolerance_m=1e9), "INVALID_ARGUMENT"),
+        ("unknown policy", _time_clock(geofence_policy=99), "INVALID_ARGUMENT"),
+        ("exists already", _time_clock(id=TC), "TIME_CLOCK_ALREADY_EXISTS"),
+    ):
+        add(
+            f"CreateTimeClock {label}", ctc, admin_pb2.CreateTimeClockRequest(time_clock=tc), reason
+        )
+    dup_jobs = _time_clock()
+    dup_jobs.jobs.add(id="job-a", name="again")
+    add(
+        "CreateTimeClock duplicate job ids",
+        ctc,
+        admin_pb2.CreateTimeClockRequest(time_clock=dup_jobs),
+        "INVALID_ARGUMENT",
+    )
+    long_job = _time_clock()
+    long_job.jobs.add(id="j" * 129, name="long id")
+    add(
+        "CreateTimeClock job id over 128",
+        ctc,
+        admin_pb2.CreateTimeClockRequest(time_clock=long_job),
+        "INVALID_ARGUMENT",
+    )
+    bad_color = _time_clock()
+    bad_color.jobs[0].color = "#" + "F" * 4000
+    add(
+        "CreateTimeClock bad colour",
+        ctc,
+        admin_pb2.CreateTimeClockRequest(time_clock=bad_color),
+        "INVALID_ARGUMENT",
+    )
+    neg_user = _time_clock()
+    neg_user.user_ids.append(-5)
+    add(
+        "CreateTimeClock negative user",
+        ctc,
+        admin_pb2.CreateTimeClockRequest(time_clock=neg_user),
+        "INVALID_ARGUMENT",
+    )
+    mandatory = _time_clock()
+    mandatory.manual_break_types.add(id="rest", name="Rest", is_mandatory=True)
+    add(
+        "CreateTimeClock mandatory break without duration",
+        ctc,
+        admin_pb2.CreateTimeClockRequest(time_clock=mandatory),
+        "INVALID_ARGUMENT",
+    )
+    exit_nan = _time_clock()
+    exit_nan.exit_detection.buffer_low_accuracy_m = -3
+    add(
+        "CreateTimeClock negative exit buffer",
+        ctc,
+        admin_pb2.CreateTimeClockRequest(time_clock=exit_nan),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "CreateTimeClock no time clock", ctc, admin_pb2.CreateTimeClockRequest(), "INVALID_ARGUMENT"
+    )
+
+    add(
+        "UpdateTimeClock missing",
+        "admin.UpdateTimeClock",
+        admin_pb2.UpdateTimeClockRequest(time_clock=_time_clock(id=TC + 55)),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    add(
+        "UpdateTimeClock bad zone",
+        "admin.UpdateTimeClock",
+        admin_pb2.UpdateTimeClockRequest(time_clock=_time_clock(id=TC, timezone="nowhere")),
+        "INVALID_TIMEZONE",
+    )
+    add(
+        "UpdateTimeClock drops a job in use",
+        "admin.UpdateTimeClock",
+        admin_pb2.UpdateTimeClockRequest(time_clock=_time_clock(id=TC, jobs=[])),
+        "JOB_IN_USE",
+    )
+    for label, tc_id in (("missing", TC + 55), ("negative", -1), ("int64 min", -(2**63))):
+        add(
+            f"GetTimeClock {label}",
+            "admin.GetTimeClock",
+            admin_pb2.GetTimeClockRequest(time_clock_id=tc_id),
+            "TIME_CLOCK_NOT_FOUND",
+        )
+    sds = "admin.SetDayStatus"
+    for label, req, reason in (
+        (
+            "bad date",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC, user_id=USER, dates=["2026-02-30"], status=admin_pb2.LOCKED
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "not a date",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC, user_id=USER, dates=["x" * 4000], status=admin_pb2.LOCKED
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "no status",
+            admin_pb2.SetDayStatusRequest(time_clock_id=TC, user_id=USER, dates=["2026-01-05"]),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "unknown status",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC, user_id=USER, dates=["2026-01-05"], status=42
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "too many dates",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC, user_id=USER, dates=["2026-01-05"] * 367, status=admin_pb2.LOCKED
+            ),
+            "BATCH_TOO_LARGE",
+        ),
+        (
+            "unassigned user",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC, user_id=1, dates=["2026-01-05"], status=admin_pb2.LOCKED
+            ),
+            "USER_NOT_ASSIGNED",
+        ),
+        (
+            "missing clock",
+            admin_pb2.SetDayStatusRequest(
+                time_clock_id=TC + 55, user_id=USER, dates=["2026-01-05"], status=admin_pb2.LOCKED
+            ),
+            "TIME_CLOCK_NOT_FOUND",
+        ),
+    ):
+        add(f"SetDayStatus {label}", sds, req, reason)
+    add(
+        "ListDayStatuses missing clock",
+        "admin.ListDayStatuses",
+        admin_pb2.ListDayStatusesRequest(time_clock_id=TC + 55, user_id=USER),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+
+    cs = "admin.CreateScheduler"
+    for label, s, reason in (
+        ("negative id", _scheduler(id=-2), "INVALID_ARGUMENT"),
+        ("id beyond 2^53-1", _scheduler(id=2**60), "INVALID_ARGUMENT"),
+        ("empty name", _scheduler(name=""), "INVALID_ARGUMENT"),
+        ("bad zone", _scheduler(timezone="Nowhere/City"), "INVALID_TIMEZONE"),
+        ("exists", _scheduler(id=SCHED), "SCHEDULER_ALREADY_EXISTS"),
+    ):
+        add(f"CreateScheduler {label}", cs, admin_pb2.CreateSchedulerRequest(scheduler=s), reason)
+    add(
+        "UpdateScheduler missing",
+        "admin.UpdateScheduler",
+        admin_pb2.UpdateSchedulerRequest(scheduler=_scheduler(id=SCHED + 55)),
+        "SCHEDULER_NOT_FOUND",
+    )
+    add(
+        "GetScheduler missing",
+        "admin.GetScheduler",
+        admin_pb2.GetSchedulerRequest(scheduler_id=SCHED + 55),
+        "SCHEDULER_NOT_FOUND",
+    )
+
+    for label, req, reason in (
+        ("no scopes", admin_pb2.CreateApiKeyRequest(), "INVALID_ARGUMENT"),
+        ("unknown scope", admin_pb2.CreateApiKeyRequest(scopes=["root"]), "INVALID_ARGUMENT"),
+        (
+            "long label",
+            admin_pb2.CreateApiKeyRequest(scopes=["read"], label="l" * 300),
+            "INVALID_ARGUMENT",
+        ),
+    ):
+        add(f"CreateApiKey {label}", "admin.CreateApiKey", req, reason)
+    for m in ("RotateApiKey", "RevokeApiKey"):
+        req_t = getattr(admin_pb2, f"{m}Request")
+        add(f"{m} unknown", f"admin.{m}", req_t(key_id="ffffffffffff"), "API_KEY_NOT_FOUND")
+        add(f"{m} long id", f"admin.{m}", req_t(key_id="f" * 5000), "API_KEY_NOT_FOUND")
+        add(f"{m} empty id", f"admin.{m}", req_t(), "API_KEY_NOT_FOUND")
+
+    cg = "geofences.CreateGeofences"
+    for label, fence, reason in (
+        ("size 0", _fence(fence_size=0), "INVALID_FENCE_SIZE"),
+        ("size over the limit", _fence(fence_size=1525), "INVALID_FENCE_SIZE"),
+        ("negative size", _fence(fence_size=-100), "INVALID_FENCE_SIZE"),
+        ("empty name", _fence(name=""), "INVALID_NAME"),
+        ("long name", _fence(name="g" * 256), "INVALID_NAME"),
+        ("long address", _fence(location=_loc("a" * 1001)), "INVALID_LOCATION"),
+        (
+            "latitude 91",
+            _fence(location=common_pb2.Location(address="x", latitude=91, longitude=0)),
+            "INVALID_COORDINATES",
+        ),
+        (
+            "longitude -181",
+            _fence(location=common_pb2.Location(address="x", latitude=0, longitude=-181)),
+            "INVALID_COORDINATES",
+        ),
+        ("no location", _fence(location=common_pb2.Location(address="x")), "INVALID_COORDINATES"),
+        ("unknown exit action", _fence(on_geofence_exit_action="explode"), "INVALID_EXIT_ACTION"),
+        ("unknown job", _fence(job_ids=["job-zzz"]), "JOBS_NOT_IN_TIME_CLOCK"),
+        ("too many jobs", _fence(job_ids=[f"j{i}" for i in range(101)]), "TOO_MANY_JOB_IDS"),
+        ("long job id", _fence(job_ids=["j" * 5000]), "JOBS_NOT_IN_TIME_CLOCK"),
+    ):
+        add(
+            f"CreateGeofences {label}",
+            cg,
+            geofences_pb2.CreateGeofencesRequest(time_clock_id=TC, geofences=[fence]),
+            reason,
+        )
+    add(
+        "CreateGeofences none",
+        cg,
+        geofences_pb2.CreateGeofencesRequest(time_clock_id=TC),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "CreateGeofences 1001",
+        cg,
+        geofences_pb2.CreateGeofencesRequest(time_clock_id=TC, geofences=[_fence()] * 1001),
+        "TOO_MANY_GEOFENCES",
+    )
+    add(
+        "CreateGeofences missing clock",
+        cg,
+        geofences_pb2.CreateGeofencesRequest(time_clock_id=TC + 55, geofences=[_fence()]),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    add(
+        "GetGeofence missing",
+        "geofences.GetGeofence",
+        geofences_pb2.GetGeofenceRequest(time_clock_id=TC, fence_id="nope"),
+        "GEOFENCE_NOT_FOUND",
+    )
+    add(
+        "GetGeofence long id",
+        "geofences.GetGeofence",
+        geofences_pb2.GetGeofenceRequest(time_clock_id=TC, fence_id="f" * 10_000),
+        "GEOFENCE_NOT_FOUND",
+    )
+    add(
+        "DeleteGeofence missing",
+        "geofences.DeleteGeofence",
+        geofences_pb2.DeleteGeofenceRequest(time_clock_id=TC, fence_id="nope"),
+        "GEOFENCE_NOT_FOUND",
+    )
+    add(
+        "ListGeofences missing clock",
+        "geofences.ListGeofences",
+        geofences_pb2.ListGeofencesRequest(time_clock_id=TC + 55),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+
+    cl = "locations.CheckLocations"
+    add("CheckLocations missing clock", cl, _check(time_clock_id=TC + 55), "TIME_CLOCK_NOT_FOUND")
+    add("CheckLocations unknown job", cl, _check(job_id="job-zzz"), "JOB_NOT_FOUND")
+    mismatched = _check()
+    mismatched.packed.longitudes.append(1.0)
+    add("CheckLocations columns of different lengths", cl, mismatched, "INVALID_ARGUMENT")
+    raw = location_pb2.CheckLocationsRequest(time_clock_id=TC)
+    raw.raw.latitudes_f64 = b"\x00" * 12
+    raw.raw.longitudes_f64 = b"\x00" * 12
+    add("CheckLocations raw column not a multiple of 8", cl, raw, "INVALID_ARGUMENT")
+    add(
+        "CheckLocations too many job ids",
+        cl,
+        _check(job_ids=[f"j{i}" for i in range(10_001)]),
+        "BATCH_TOO_LARGE",
+    )
+
+    for m, req_t in (
+        ("EvaluateTrails", location_pb2.EvaluateTrailsRequest),
+        ("ReportLocations", location_pb2.ReportLocationsRequest),
+    ):
+        method = f"locations.{m}"
+        for label, samples, reason in (
+            ("columns of different lengths", _samples(timestamps=[t]), "INVALID_ARGUMENT"),
+            ("latitudes of a wrong length", _samples(latitudes=[1.0]), "INVALID_ARGUMENT"),
+            ("job ids of a wrong length", _samples(job_ids=["job-a"]), "INVALID_ARGUMENT"),
+        ):
+            add(f"{m} {label}", method, req_t(samples=samples), reason)
+
+    punches: list[tuple[str, type[Message], dict[str, Any]]] = [
+        ("ClockIn", timeclock_pb2.ClockInRequest, {}),
+        ("ClockOut", timeclock_pb2.ClockOutRequest, {}),
+        ("StartManualBreak", timeclock_pb2.StartManualBreakRequest, {"manual_break_id": "lunch"}),
+        ("EndManualBreak", timeclock_pb2.EndManualBreakRequest, {}),
+    ]
+    for m, req_t, extra in punches:
+        method = f"timeclock.{m}"
+        base = {"time_clock_id": TC, "user_id": USER, **extra}
+        for label, kw, reason in (
+            ("missing clock", {"time_clock_id": TC + 55}, "TIME_CLOCK_NOT_FOUND"),
+            ("unassigned user", {"user_id": 12345}, "USER_NOT_ASSIGNED"),
+            ("future", {"timestamp": t + 3600}, "INVALID_TIMESTAMP_FUTURE"),
+            ("older than 12 hours", {"timestamp": t - 13 * 3600}, "INVALID_TIMESTAMP_TOO_OLD"),
+            ("in milliseconds", {"timestamp": t * 1000}, "INVALID_TIMESTAMP_FUTURE"),
+            ("negative", {"timestamp": -5}, "INVALID_TIMESTAMP_TOO_OLD"),
+            ("bad zone", {"timezone": "Atlantis/Capital"}, "INVALID_TIMEZONE"),
+            ("long idempotency key", {"idempotency_key": "k" * 129}, "INVALID_ARGUMENT"),
+            (
+                "latitude only",
+                {"location_data": common_pb2.Location(latitude=1)},
+                "INVALID_LOCATION",
+            ),
+            (
+                "latitude 95",
+                {"location_data": common_pb2.Location(latitude=95, longitude=0)},
+                "INVALID_LOCATION",
+            ),
+            (
+                "negative accuracy",
+                {"location_data": common_pb2.Location(latitude=1, longitude=1, accuracy=-1)},
+                "INVALID_LOCATION",
+            ),
+            ("long address", {"location_data": _loc("a" * 1001)}, "INVALID_LOCATION"),
+        ):
+            add(f"{m} {label}", method, req_t(**{**base, **kw}), reason)
+    add(
+        "ClockIn unknown job",
+        "timeclock.ClockIn",
+        timeclock_pb2.ClockInRequest(time_clock_id=TC, user_id=USER, job_id="job-zzz"),
+        "JOB_NOT_FOUND",
+    )
+    add(
+        "ClockOut with no open shift",
+        "timeclock.ClockOut",
+        timeclock_pb2.ClockOutRequest(time_clock_id=TC, user_id=USER),
+        "NO_OPEN_SHIFT",
+    )
+    add(
+        "StartManualBreak unknown break",
+        "timeclock.StartManualBreak",
+        timeclock_pb2.StartManualBreakRequest(
+            time_clock_id=TC, user_id=USER, manual_break_id="nap"
+        ),
+        "MANUAL_BREAK_NOT_FOUND",
+    )
+    add(
+        "ListManualBreaks missing clock",
+        "timeclock.ListManualBreaks",
+        timeclock_pb2.ListManualBreaksRequest(time_clock_id=TC + 55),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    add(
+        "ValidatePunch empty",
+        "timeclock.ValidatePunch",
+        timeclock_pb2.ValidatePunchRequest(),
+        "INVALID_ARGUMENT",
+    )
+
+    sh = "scheduler.CreateShifts"
+    for label, shift, reason in (
+        ("end before start", _shift(end_time=t), "INVALID_TIME_RANGE"),
+        ("longer than 24 hours", _shift(end_time=t + 86_400 + 25 * 3600), "SHIFT_TOO_LONG"),
+        (
+            "in milliseconds",
+            _shift(start_time=(t + 86_400) * 1000, end_time=(t + 90_000) * 1000),
+            "TIMESTAMP_NOT_SECONDS",
+        ),
+        ("unknown job", _shift(job_id="job-zzz"), "JOB_NOT_IN_SCHEDULER"),
+        ("bad zone", _shift(timezone="Nowhere"), "INVALID_TIMEZONE"),
+        ("bad colour", _shift(color="red"), "INVALID_ARGUMENT"),
+        ("long title", _shift(title="t" * 256), "INVALID_ARGUMENT"),
+        (
+            "too many spots",
+            _shift(is_open_shift=True, open_spots=101, assigned_user_ids=[]),
+            "OPEN_SPOTS_LIMIT",
+        ),
+    ):
+        add(
+            f"CreateShifts {label}",
+            sh,
+            scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[shift]),
+            reason,
+        )
+    add(
+        "CreateShifts none",
+        sh,
+        scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "CreateShifts 501",
+        sh,
+        scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[_shift()] * 501),
+        "TOO_MANY_SHIFTS",
+    )
+    add(
+        "CreateShifts missing scheduler",
+        sh,
+        scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED + 55, shifts=[_shift()]),
+        "SCHEDULER_NOT_FOUND",
+    )
+    many_notes = _shift()
+    for _ in range(101):
+        many_notes.notes.add(html="n")
+    add(
+        "CreateShifts 101 notes",
+        sh,
+        scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[many_notes]),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "ListShifts window over 92 days",
+        "scheduler.ListShifts",
+        scheduler_pb2.ListShiftsRequest(scheduler_id=SCHED, start_time=t, end_time=t + 93 * 86_400),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "ListShifts empty window",
+        "scheduler.ListShifts",
+        scheduler_pb2.ListShiftsRequest(scheduler_id=SCHED, start_time=t, end_time=t),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "ListShifts missing scheduler",
+        "scheduler.ListShifts",
+        scheduler_pb2.ListShiftsRequest(scheduler_id=SCHED + 55, start_time=t, end_time=t + 86_400),
+        "SCHEDULER_NOT_FOUND",
+    )
+    return c
+
+
+WATCH_CASES = [
+    ("unknown type", location_pb2.WatchEventsRequest(types=["everything"]), "INVALID_ARGUMENT"),
+    (
+        "NUL in a type",
+        location_pb2.WatchEventsRequest(types=["geofenceExit\x00"]),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "70,000 time clocks",
+        location_pb2.WatchEventsRequest(time_clock_ids=range(1, 70_001)),
+        "BATCH_TOO_LARGE",
+    ),
+]
+
+
+#: Each store's answers, by case name (the two runs must agree).
+ANSWERS: dict[str, dict[str, tuple[str, str | None, str]]] = {}
+
+
+def corpus() -> list[Case]:
+    return hand_cases() + _json_cases() + derived_cases()
+
+
+def _setup(c: Client) -> None:
+    """The store the corpus runs against: one clock with a fence, a scheduler."""
+    c(c.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=_time_clock(id=TC)))
+    c(c.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=_scheduler(id=SCHED)))
+    c(
+        c.geofences.CreateGeofences,
+        geofences_pb2.CreateGeofencesRequest(time_clock_id=TC, geofences=[_fence()]),
+    )
+
+
+def _answer(c: Client, case: Case) -> tuple[str, str | None, str]:
+    service, _, name = case.method.partition(".")
+    method: Callable[..., Any] = getattr(getattr(c, service), name)
+    try:
+        reply = method(case.request, metadata=c.metadata, timeout=30)
+    except grpc.RpcError as err:
+        info, violations = details(err)
+        fields = [f for f, _ in violations]
+        size = len(err.details() or "") + sum(len(str(v)) for _, v in err.trailing_metadata())
+        assert size < 4096, f"{case.name}: an answer of {size} bytes"
+        return info.reason, (fields[0] if fields else None), err.code().name
+    if isinstance(reply, timeclock_pb2.ValidatePunchResponse) and not reply.data.allowed:
+        return reply.data.reason, None, "OK, not allowed"  # what the punch would be told
+    return "OK", None, "OK"
+
+
+def test_the_corpus_is_large_and_covers_every_rpc() -> None:
+    cases = corpus()
+    assert len(cases) + len(WATCH_CASES) >= 300
+    covered = {c.method.partition(".")[2] for c in cases} | {"WatchEvents"}
+    from geopunch.adapters.grpc.auth import SCOPES
+
+    assert set(SCOPES) - {"Ping", "ListApiKeys"} <= covered
+
+
+@pytest.fixture
+def corpus_server(store_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, Client]]:
+    srv = ServerProcess(db_url=store_url)
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        yield srv, c
+    finally:
+        c.close()
+        srv.terminate()
+
+
+def test_every_bad_request_gets_its_reason_and_writes_nothing(
+    corpus_server: tuple[ServerProcess, Client], store_url: str
+) -> None:
+    srv, c = corpus_server
+    _setup(c)
+    before = row_counts(store_url)
+    wrong = []
+    answers = ANSWERS.setdefault(store_url.partition(":")[0], {})
+    for case in corpus():
+        reason, field, code = _answer(c, case)
+        answers[case.name] = (reason, field, code)
+        if case.reason is None:
+            if code == "OK" or reason in ("INTERNAL", "UNKNOWN"):
+                wrong.append(f"{case.name}: got {reason} ({code}), want a refusal")
+        elif reason != case.reason or (case.field is not None and field != case.field):
+            wrong.append(
+                f"{case.name}: got {reason} at {field} ({code}), want {case.reason} at {case.field}"
+            )
+    for label, req, want in WATCH_CASES:
+        stream = c.locations.WatchEvents(req, metadata=c.metadata, timeout=5)
+        try:
+            next(stream)
+            wrong.append(f"WatchEvents {label}: an event")
+        except grpc.RpcError as err:
+            got = details(err)[0].reason
+            if got != want:
+                wrong.append(f"WatchEvents {label}: got {got}, want {want}")
+    assert wrong == [], "\n".join(wrong)
+    if len(ANSWERS) == 2:  # both stores ran: they accept and refuse the same
+        sqlite, postgres = ANSWERS.values()
+        assert sqlite == postgres
+    assert row_counts(store_url) == before
+    with grpc.insecure_channel(srv.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    logs = srv.logs()
+    assert "unexpected error" not in logs and "Traceback" not in logs
