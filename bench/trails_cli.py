@@ -1,6 +1,7 @@
 """``geopunch trails`` on a large Parquet file: time and peak memory.
 
-    python3 dev.py run bench/trails_cli.py [--rows 10000000] [--clocks 1000] [--engine local]
+    python3 dev.py run bench/trails_cli.py [--rows 10000000] [--clocks 1000]
+        [--engine local] [--csv]
 
 Writes a trail file of ``--rows`` samples (10,000 users walking near the
 fence-engine fleet's fences, time-ordered, written in row groups so the
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,6 +93,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--engine", choices=("local", "dask"), default="local")
     ap.add_argument("--chunk-rows", type=int, default=500_000)
+    ap.add_argument("--csv", action="store_true", help="the same trail as a CSV file")
     args = ap.parse_args()
     f = make_fleet(args.clocks, args.fences, 200_000, seed=5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +101,10 @@ def main() -> None:
         write_fences(f, root / "fences.geojson")
         t = time.perf_counter()
         write_trails(f, root / "trails.parquet", args.rows, args.users)
+        trails = root / "trails.parquet"
+        if args.csv:
+            trails = root / "trails.csv"
+            pacsv.write_csv(pq.read_table(root / "trails.parquet"), trails)
         gen_s = time.perf_counter() - t
         t = time.perf_counter()
         done = subprocess.run(
@@ -106,7 +113,7 @@ def main() -> None:
                 "-m",
                 "geopunch",
                 "trails",
-                str(root / "trails.parquet"),
+                str(trails),
                 "--fences",
                 str(root / "fences.geojson"),
                 "--out",
@@ -133,9 +140,10 @@ def main() -> None:
                         "users": args.users,
                         "fences": args.clocks * args.fences,
                         "engine": args.engine,
+                        "format": "csv" if args.csv else "parquet",
                         "chunk_rows": args.chunk_rows,
                     },
-                    "input_mib": round((root / "trails.parquet").stat().st_size / 2**20, 1),
+                    "input_mib": round(trails.stat().st_size / 2**20, 1),
                     "output_mib": round(out_bytes / 2**20, 1),
                     "generate_s": round(gen_s, 1),
                     "wall_s": round(wall, 1),

@@ -261,3 +261,137 @@ def test_fences_from_a_running_server(
     assert done.returncode == 0, done.stderr
     assert [r["status"] for r in read(out, "samples")] == ["OK", "OK", "UNKNOWN_USER"]
     assert [(e["row"], e["action"]) for e in read(out, "exits")] == [(1, "autoClockOut")]
+
+
+def _trail_csv(path: Path, rows: int, bad_line: int | None = None, bad: str = "") -> Path:
+    """``rows`` good rows of one trail; with ``bad_line``, that line's timestamp is ``bad``."""
+    lines = ["user_id,time_clock_id,timestamp,latitude,longitude"]
+    for i in range(rows):
+        lat, lon = east(10.0 * (i % 3))
+        lines.append(f"1,{CLOCK},{1_700_000_000 + i},{lat},{lon}")
+    if bad_line is not None:
+        parts = lines[bad_line - 1].split(",")
+        parts[2] = bad
+        lines[bad_line - 1] = ",".join(parts)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_bad_value_deep_in_the_input_names_its_place_and_leaves_no_output(
+    inputs: dict[str, Path], tmp_path: Path, engine: str
+) -> None:
+    """Line 1,502 of 2,000 is bad: the local engine has written three chunks
+    of 500 rows by then, yet no output folder is left, finished or not."""
+    path = _trail_csv(tmp_path / "long.csv", 2000, bad_line=1502, bad="12:30")
+    out = tmp_path / "out"
+    done = cli(
+        path, "--fences", inputs["fences"], "--out", out, "--engine", engine, "--chunk-rows", "500"
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{path}, line 1502: column timestamp: '12:30' is not an integer" in done.stderr
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_parquet_values_that_are_not_numbers_are_named_by_row(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    t = pa.table(
+        {
+            "user_id": ["1", "1", "x7"],
+            "time_clock_id": [CLOCK] * 3,
+            "timestamp": [1, 2, 3],
+            "latitude": [1.0, 2.0, 3.0],
+            "longitude": [1.0, 2.0, 3.0],
+        }
+    )
+    pq.write_table(t, tmp_path / "typed.parquet")
+    for engine in ("local", "dask"):
+        done = cli(
+            tmp_path / "typed.parquet",
+            "--fences",
+            inputs["fences"],
+            "--out",
+            tmp_path / engine,
+            "--engine",
+            engine,
+        )
+        assert done.returncode == 2
+        assert "typed.parquet, row 2: column user_id: 'x7' is not an integer" in done.stderr
+
+
+#: Values of the timestamp and latitude columns that both engines must treat alike.
+EDGE_VALUES = [
+    ("+5", "1.5"),
+    (" 7", "2"),
+    ("5.0", "3"),
+    ("1e3", "nan"),
+    ("", "inf"),
+    ("0x10", "-0"),
+]
+
+
+def test_both_engines_accept_and_refuse_the_same_values(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In this process (12 runs), through the same entry point as the command."""
+    from geopunch.entrypoints.cli import main
+
+    for i, (ts, lat) in enumerate(EDGE_VALUES):
+        path = tmp_path / f"edge{i}.csv"
+        path.write_text(
+            "user_id,time_clock_id,timestamp,latitude,longitude\n"
+            f"1,{CLOCK},100,{SITE[0]},{SITE[1]}\n1,{CLOCK},{ts},{lat},{SITE[1]}\n"
+        )
+        answers = {}
+        for engine in ("local", "dask"):
+            out = tmp_path / f"edge{i}-{engine}"
+            args = [str(path), "--fences", str(inputs["fences"]), "--out", str(out)]
+            code = main(["trails", "--no-progress", "--engine", engine, *args])
+            err = capsys.readouterr().err
+            answers[engine] = (
+                code,
+                err.strip().splitlines()[-1] if code else read(out, "samples"),
+            )
+        assert answers["local"] == answers["dask"], (ts, lat, answers)
+
+
+def test_out_is_replaced_only_when_asked_and_only_when_the_run_succeeds(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = (inputs["csv"], "--fences", inputs["fences"], "--out", out)
+    done = cli(*args)
+    assert done.returncode == 2 and "is not empty; add --overwrite" in done.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    # A failing run with --overwrite leaves the old output as it was.
+    bad = _trail_csv(tmp_path / "bad.csv", 10, bad_line=5, bad="soon")
+    done = cli(bad, "--fences", inputs["fences"], "--out", out, "--overwrite")
+    assert done.returncode == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    done = cli(*args, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "exits", "samples"]
+    assert json.loads((out / "_SUCCESS").read_text())["rows"] == len(ROWS)
+    check_answers(out)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_symbolic_link_as_out_is_refused_and_its_target_untouched(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    done = cli(inputs["csv"], "--fences", inputs["fences"], "--out", link, "--overwrite")
+    assert done.returncode == 2 and "symbolic link" in done.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]

@@ -124,7 +124,15 @@ def _trails_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     src.add_argument("--fences", type=Path, help="GeoJSON FeatureCollection of fence centres")
     src.add_argument("--server", help="host:port of a running geopunch to take fences from")
     p.add_argument("--api-key", help="API key for --server (or GEOPUNCH_API_KEY)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder; written in full beside it, then renamed into place",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an --out folder that is not empty"
+    )
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", help="Dask scheduler address (default: local threads)")

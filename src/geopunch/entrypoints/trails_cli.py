@@ -22,10 +22,12 @@ import csv
 import hashlib
 import itertools
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +210,8 @@ def record_batches(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         columns = _check_columns(path, pf.schema_arrow.names)
         yield from pf.iter_batches(batch_size=chunk_rows, columns=columns)
         return
-    types = {c: pa.float64() for c in ("latitude", "longitude", "accuracy")}
-    types.update({c: pa.int64() for c in ("user_id", "time_clock_id", "timestamp")})
+    # Read as text: the values are converted by to_chunk, for both engines.
+    types = {c: pa.string() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
     try:
         reader = pacsv.open_csv(
             path,
@@ -231,17 +233,56 @@ def count_rows(path: Path) -> int | None:
     return None
 
 
-def to_chunk(batch: pa.RecordBatch | pa.Table, first_row: int) -> Chunk:
+class Origins:
+    """Where a row of the input came from: its file and its place there, so
+    that a bad value is reported as ``trips.csv, line 7``."""
+
+    def __init__(self, paths: Sequence[Path], rows: Sequence[int]) -> None:
+        self._starts = list(itertools.accumulate([0, *rows[:-1]]))
+        self._paths = list(paths)
+
+    def where(self, row: int) -> str:
+        i = max(j for j, start in enumerate(self._starts) if start <= row)
+        path, in_file = self._paths[i], row - self._starts[i]
+        if _kind(path) == "csv":
+            return f"{path}, line {in_file + 2}"  # after the header line
+        return f"{path}, row {in_file}"
+
+
+def _numbers(
+    arr: pa.Array | pa.ChunkedArray, name: str, target: pa.DataType, rows: Any, origins: Origins
+) -> pa.Array:
+    """``arr`` as ``target``; a value that is not a number is a UsageError
+    naming the file, the line or row, the column and the value."""
+    try:
+        return pc.cast(arr, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    lo, hi = 0, len(arr)
+    while hi - lo > 1:  # bisect to the first value that does not convert
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(arr.slice(lo, mid - lo), target)
+            lo = mid
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+    value = str(arr[lo].as_py())[:40]
+    kind = "an integer" if pa.types.is_integer(target) else "a number"
+    raise UsageError(f"{origins.where(int(rows[lo]))}: column {name}: {value!r} is not {kind}")
+
+
+def to_chunk(
+    batch: pa.RecordBatch | pa.Table, rows: np.ndarray[Any, Any], origins: Origins
+) -> Chunk:
+    """The rows ``rows`` (numbers in the whole input) of ``batch``, converted.
+    Both engines convert here, so they accept and refuse the same values."""
     n = batch.num_rows
 
     def col(name: str, dtype: Any, fill: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         if name not in batch.schema.names:
             return np.full(n, fill, dtype), np.zeros(n, np.bool_)
-        arr = batch.column(name)
-        try:
-            arr = pc.cast(arr, pa.float64() if dtype is np.float64 else pa.int64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise UsageError(f"column {name} is not numeric: {exc}") from exc
+        target = pa.float64() if dtype is np.float64 else pa.int64()
+        arr = _numbers(batch.column(name), name, target, rows, origins)
         nulls = np.asarray(arr.is_null(), dtype=np.bool_)
         return np.asarray(arr.fill_null(fill), dtype=dtype), nulls
 
@@ -252,7 +293,7 @@ def to_chunk(batch: pa.RecordBatch | pa.Table, first_row: int) -> Chunk:
     lon, _ = col("longitude", np.float64, np.nan)
     acc, _ = col("accuracy", np.float64, np.nan)
     return Chunk(
-        row=np.arange(first_row, first_row + n, dtype=np.int64),
+        row=np.asarray(rows, np.int64),
         user_id=user,
         time_clock_id=clock,
         timestamp=ts,
@@ -267,9 +308,18 @@ def clock_ids_in(paths: Sequence[Path], chunk_rows: int) -> list[int]:
     """Distinct time clock ids of the input (a pass over that column only)."""
     seen: set[int] = set()
     for path in paths:
+        first = 0
         for batch in record_batches(path, chunk_rows):
-            col = batch.column("time_clock_id").drop_null()
-            seen.update(pc.unique(pc.cast(col, pa.int64())).to_pylist())
+            rows = np.arange(first, first + batch.num_rows)
+            col = _numbers(
+                batch.column("time_clock_id"),
+                "time_clock_id",
+                pa.int64(),
+                rows,
+                Origins([path], [batch.num_rows]),
+            )
+            seen.update(pc.unique(col.drop_null()).to_pylist())
+            first += batch.num_rows
     return sorted(seen)
 
 
@@ -396,12 +446,16 @@ def run_local(
     paths: Sequence[Path], fences: FenceSet, out: Path, fmt: str, chunk_rows: int, progress: Any
 ) -> Summary:
     view = _view(fences)
+    seen: list[int] = []  # rows of each file read so far (for error locations)
 
     def chunks() -> Iterator[Chunk]:
         first = 0
         for path in paths:
+            seen.append(0)
             for batch in record_batches(path, chunk_rows):
-                yield to_chunk(batch, first)
+                rows = np.arange(first, first + batch.num_rows, dtype=np.int64)
+                seen[-1] += batch.num_rows
+                yield to_chunk(batch, rows, Origins(paths[: len(seen)], seen))
                 first += batch.num_rows
 
     return evaluate_stream(view, chunks(), out, fmt, "00000", progress)
@@ -411,7 +465,13 @@ _WORKER_VIEWS: dict[str, SnapshotView] = {}
 
 
 def _partition(
-    frame: Any, fences: FenceSet, token: str, out: str, fmt: str, partition_info: Any = None
+    frame: Any,
+    fences: FenceSet,
+    token: str,
+    out: str,
+    fmt: str,
+    origins: Origins,
+    partition_info: Any = None,
 ) -> Any:
     """Dask task: one partition of whole trails, in file order within each trail."""
     import pandas as pd
@@ -422,7 +482,7 @@ def _partition(
     number = partition_info["number"] if partition_info else 0
     frame = frame.sort_values(["user_id", "time_clock_id", "row"], kind="stable")
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    chunk = replace(to_chunk(table, 0), row=np.asarray(frame["row"], np.int64))
+    chunk = to_chunk(table.drop_columns(["row"]), np.asarray(frame["row"], np.int64), origins)
     summary = evaluate_stream(view, iter([chunk]), Path(out), fmt, f"{number:05d}")
     return pd.DataFrame(
         {
@@ -452,40 +512,40 @@ def run_dask(
 
     numbered = []
     offset = 0
+    counts = []
     for path in paths:
         columns = _check_columns(path, _columns_of(path))
         if _kind(path) == "parquet":
             frame = dd.read_parquet(str(path), columns=columns)
         else:
+            # As text, like the local engine: to_chunk converts for both.
             frame = dd.read_csv(
                 str(path),
                 usecols=columns,
-                dtype={
-                    "user_id": "Int64",
-                    "time_clock_id": "Int64",
-                    "timestamp": "Int64",
-                    "latitude": "float64",
-                    "longitude": "float64",
-                    "accuracy": "float64",
-                },
+                dtype={c: "string" for c in columns},
+                keep_default_na=False,
+                na_values=[""],
                 blocksize=max(chunk_rows * 64, 1 << 20),
             )
         frame, rows = _number_rows(frame, offset)
         numbered.append(frame)
+        counts.append(rows)
         offset += rows
+    origins = Origins(paths, counts)
     data = dd.concat(numbered) if len(numbered) > 1 else numbered[0]  # type: ignore[no-untyped-call]
     parts = partitions or max(1, min(256, offset // max(chunk_rows, 1) + 1))
+    # Rows go to partitions by their trail (the values are converted, and bad
+    # ones reported, inside the partitions).
     data = data.assign(
-        trail=(
-            data["user_id"].fillna(-1).astype("int64") * 1_000_003
-            + data["time_clock_id"].fillna(-1).astype("int64")
-        )
+        trail=dd.to_numeric(data["user_id"], errors="coerce").fillna(-1).astype("float64")
+        * 1_000_003
+        + dd.to_numeric(data["time_clock_id"], errors="coerce").fillna(-1).astype("float64")
     )
     data = data.shuffle("trail", npartitions=parts).drop(columns=["trail"])
     token = hashlib.sha256(repr(fences).encode()).hexdigest()[:16]
     meta = pd.DataFrame({"rows": pd.Series(dtype="int64"), "status": "", "exits": ""}).iloc[:0]
     results = data.map_partitions(
-        _partition, fences, token, str(out), fmt, meta=meta, align_dataframes=False
+        _partition, fences, token, str(out), fmt, origins, meta=meta, align_dataframes=False
     )
     try:
         if scheduler:
@@ -541,7 +601,6 @@ def _number_rows(frame: Any, start: int) -> tuple[Any, int]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
     console = Console(stderr=True)
@@ -556,47 +615,25 @@ def run(args: argparse.Namespace) -> int:
         if args.fences is not None:
             fences = load_geojson(args.fences)
         else:
-            import os
-
             key = args.api_key or os.environ.get("GEOPUNCH_API_KEY")
             if not key:
                 raise UsageError("--server needs --api-key (or GEOPUNCH_API_KEY)")
             fences = load_from_server(args.server, key, clock_ids_in(args.inputs, args.chunk_rows))
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.engine == "dask":
-            summary = run_dask(
-                args.inputs,
-                fences,
-                args.out,
-                args.format,
-                args.chunk_rows,
-                args.scheduler,
-                args.partitions,
-                progress=not args.no_progress,
-            )
-        else:
-            totals = [count_rows(p) for p in args.inputs]
-            total = sum(t for t in totals if t is not None) if None not in totals else None
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                disable=args.no_progress,
-            ) as bar:
-                task = bar.add_task("rows", total=total)
-                summary = run_local(
-                    args.inputs,
-                    fences,
-                    args.out,
-                    args.format,
-                    args.chunk_rows,
-                    lambda k: bar.advance(task, k),
-                )
+        staging = _staging(args.out, args.overwrite)
     except UsageError as exc:
         print(f"geopunch trails: {exc}", file=sys.stderr)  # unwrapped: scripts grep it
         return 2
+    try:
+        summary = _evaluate(args, fences, staging, console)
+        (staging / SUCCESS_MARKER).write_text(
+            json.dumps({"rows": summary.rows, "status": summary.status, "exits": summary.exits})
+        )
+        _publish(staging, args.out)
+    except UsageError as exc:
+        print(f"geopunch trails: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a success
     elapsed = time.perf_counter() - started
     table = Table(title=f"geopunch trails: {summary.rows:,} rows in {elapsed:.1f} s")
     table.add_column("rows / exits")
@@ -610,3 +647,68 @@ def run(args: argparse.Namespace) -> int:
     # The same summary for scripts, on stdout.
     print(json.dumps({"rows": summary.rows, "status": summary.status, "exits": summary.exits}))
     return 0
+
+
+#: Written last into a finished output folder, with the run's summary.
+SUCCESS_MARKER = "_SUCCESS"
+
+
+def _staging(out: Path, overwrite: bool) -> Path:
+    """A fresh folder beside ``out`` that the run writes into; ``out`` is
+    replaced by it only when the run succeeds (see ``_publish``)."""
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a symbolic link; give a folder (links are not followed)")
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a folder")
+        if any(out.iterdir()) and not overwrite:
+            raise UsageError(f"--out {out} is not empty; add --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Puts the finished ``staging`` folder at ``out`` by renames: a reader
+    sees the old output or the new one, never half of one."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / "out")
+    os.rename(staging, out)
+    shutil.rmtree(old)  # does not follow symbolic links inside the old output
+
+
+def _evaluate(args: argparse.Namespace, fences: FenceSet, out: Path, console: Any) -> Summary:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    if args.engine == "dask":
+        return run_dask(
+            args.inputs,
+            fences,
+            out,
+            args.format,
+            args.chunk_rows,
+            args.scheduler,
+            args.partitions,
+            progress=not args.no_progress,
+        )
+    totals = [count_rows(p) for p in args.inputs]
+    total = sum(t for t in totals if t is not None) if None not in totals else None
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.no_progress,
+    ) as bar:
+        task = bar.add_task("rows", total=total)
+        return run_local(
+            args.inputs,
+            fences,
+            out,
+            args.format,
+            args.chunk_rows,
+            lambda k: bar.advance(task, k),
+        )
