@@ -497,6 +497,37 @@ def hand_cases() -> list[Case]:
     add(
         "CreateTimeClock no time clock", ctc, admin_pb2.CreateTimeClockRequest(), "INVALID_ARGUMENT"
     )
+    for label, field, tc in (
+        ("100,001 users", "user_ids", _time_clock(user_ids=list(range(1, 100_002)))),
+        (
+            "1001 jobs",
+            "jobs",
+            _time_clock(jobs=[admin_pb2.Job(id=f"j{i}", name="j") for i in range(1001)]),
+        ),
+        (
+            "101 break types",
+            "manual_break_types",
+            _time_clock(
+                manual_break_types=[
+                    admin_pb2.ManualBreakType(id=f"b{i}", name="b") for i in range(101)
+                ]
+            ),
+        ),
+    ):
+        add(
+            f"CreateTimeClock {label}",
+            ctc,
+            admin_pb2.CreateTimeClockRequest(time_clock=tc),
+            "INVALID_ARGUMENT",
+            f"time_clock.{field}",
+        )
+    add(
+        "CreateScheduler 100,001 users",
+        "admin.CreateScheduler",
+        admin_pb2.CreateSchedulerRequest(scheduler=_scheduler(user_ids=list(range(1, 100_002)))),
+        "INVALID_ARGUMENT",
+        "scheduler.user_ids",
+    )
 
     add(
         "UpdateTimeClock missing",

@@ -36,6 +36,10 @@ MAX_ID_LENGTH = 128
 MAX_ENTITY_ID = 2**53 - 1
 MAX_ACCURACY_TOLERANCE_M = 10_000.0
 MAX_DATES_PER_CALL = 366
+#: Sizes of a time clock's or scheduler's lists (jobs count their sub-jobs).
+MAX_JOBS = 1000
+MAX_USERS = 100_000
+MAX_BREAK_TYPES = 100
 #: Larger Unix timestamps are milliseconds sent by mistake (1e12 seconds is
 #: the year 33658; 1e12 milliseconds is September 2001).
 MAX_SECONDS_TIMESTAMP = 10**12
@@ -132,6 +136,23 @@ def color_problem(value: str) -> str:
     return f"color {value!r} is not a hex color such as '#4B7AC5'"
 
 
+def check_sizes(prefix: str, what: str, jobs: int, users: int, break_types: int = 0) -> None:
+    """Lists within their limits, checked before anything walks them."""
+    out = Collector()
+    for name, count, limit in (
+        ("jobs", jobs, MAX_JOBS),
+        ("user_ids", users, MAX_USERS),
+        ("manual_break_types", break_types, MAX_BREAK_TYPES),
+    ):
+        if count > limit:
+            out.add(
+                f"{prefix}.{name}",
+                ErrorCode.INVALID_ARGUMENT,
+                f"{count} entries; the limit is {limit}",
+            )
+    out.raise_if_any(what)
+
+
 def check_jobs(out: Collector, jobs: Sequence[Job], paths: Sequence[str]) -> None:
     """Job ids unique and well-formed, names and colors valid; ``paths`` gives
     each job's place in the request."""
@@ -159,6 +180,13 @@ def validate_time_clock(
     ``job_paths`` gives the request path of each entry of ``tc.jobs`` (jobs are
     nested in requests but flat in the model).
     """
+    check_sizes(
+        prefix,
+        "the time clock settings",
+        len(tc.jobs),
+        len(tc.user_ids),
+        len(tc.manual_break_types),
+    )
     out = Collector()
     check_identity(out, prefix, tc.id, tc.name, tc.timezone)
     check_jobs(out, tc.jobs, job_paths)

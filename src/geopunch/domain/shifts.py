@@ -28,6 +28,7 @@ from geopunch.domain.rules import (
     check_identity,
     check_ids,
     check_jobs,
+    check_sizes,
     color_problem,
     coordinate_problem,
     is_valid_color,
@@ -133,6 +134,7 @@ class ScheduledShift:
 
 def validate_scheduler(s: Scheduler, job_paths: Sequence[str], prefix: str = "scheduler") -> None:
     """Raise DomainError unless every setting of ``s`` is usable."""
+    check_sizes(prefix, "the scheduler settings", len(s.jobs), len(s.user_ids))
     out = Collector()
     check_identity(out, prefix, s.id, s.name, s.timezone)
     check_jobs(out, s.jobs, job_paths)
