@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -429,3 +429,6 @@ class ReferenceEngine:
     def view(self, account: int) -> ReferenceView:
         with self._lock:
             return self._of(account).view()
+
+    def view_knowing(self, account: int, time_clock_ids: Iterable[int]) -> ReferenceView:
+        return self.view(account)

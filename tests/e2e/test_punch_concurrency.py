@@ -107,8 +107,9 @@ def random_punch(c: Client, tc: int, user: int, acked: Acked, key: str = "") -> 
             acked.shift(e.data.resumed_shift)
 
 
-def stored(db: Path, tc: int) -> dict[int, list[Activity]]:
-    engine = make_engine(f"sqlite:///{db}")
+def stored(db: Path | str, tc: int) -> dict[int, list[Activity]]:
+    """Every activity of ``USERS`` on ``tc``, from a SQLite file or a store URL."""
+    engine = make_engine(f"sqlite:///{db}" if isinstance(db, Path) else db)
     try:
         with SqlUnitOfWorkFactory(engine)(account=DEFAULT_ACCOUNT, readonly=True) as uow:
             return {u: uow.activities.list_for(tc, u) for u in USERS}
@@ -116,7 +117,7 @@ def stored(db: Path, tc: int) -> dict[int, list[Activity]]:
         engine.dispose()
 
 
-def check_store(db: Path, tc: int, acked: Acked) -> None:
+def check_store(db: Path | str, tc: int, acked: Acked) -> None:
     by_user = stored(db, tc)
     everything = {a.id: a for acts in by_user.values() for a in acts}
     for acts in by_user.values():

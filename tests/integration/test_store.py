@@ -557,3 +557,112 @@ def test_a_caller_chosen_id_cannot_exhaust_server_assigned_ids(engine: Engine) -
             uow.time_clocks.add(replace(TC, id=i))
         assert uow.time_clocks.next_id() == 3
         uow.commit()
+
+
+def test_a_batch_runs_its_pieces_in_their_order(engine: Engine) -> None:
+    """Pieces queued while the writer is busy form one batch, run by their
+    (account, time clock, user) order whatever order they came in: every
+    batch on every replica takes its row locks in one order."""
+    import asyncio
+    import threading
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    committer = GroupCommitter(AccountStore(engine), max_batch=64)
+    ran: list[tuple[int, ...]] = []
+    release = threading.Event()
+
+    async def go() -> None:
+        def blocker(uow: Any) -> None:
+            release.wait(10)
+
+        def piece(order: tuple[int, ...]) -> Callable[[Any], None]:
+            return lambda uow: ran.append(order)
+
+        first = committer.submit(blocker)
+        await asyncio.sleep(0.05)  # the writer now runs the blocker alone
+        orders = [(1, 9, 3), (1, 2, 8), (1, 2, 1), (0, 5, 5), (1, 9, 3, 1)]
+        rest = [committer.submit(piece(o), o) for o in orders]
+        release.set()
+        await asyncio.gather(first, *rest)
+
+    try:
+        asyncio.run(go())
+    finally:
+        committer.close()
+    assert ran == sorted(ran) == [(0, 5, 5), (1, 2, 1), (1, 2, 8), (1, 9, 3), (1, 9, 3, 1)]
+
+
+def test_a_deadlock_victim_is_told_to_run_again(engine: Engine) -> None:
+    """The store's deadlock and serialization errors (raw from the driver or
+    wrapped by SQLAlchemy) reach the piece's caller as ConcurrentChange, which
+    every writer retries; the batch's other pieces commit."""
+    from sqlalchemy.exc import OperationalError
+
+    from geopunch.adapters.db.store import GroupCommitter
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    committer = GroupCommitter(AccountStore(engine), max_batch=8)
+
+    def raw(uow: Any) -> None:
+        raise Deadlock("deadlock detected")
+
+    def wrapped(uow: Any) -> None:
+        raise OperationalError("UPDATE ...", {}, Deadlock("deadlock detected"))
+
+    def fine(uow: Any) -> str:
+        uow.idempotency.put("survivor", "m", "h", b"x")
+        return "ok"
+
+    try:
+        for body in (raw, wrapped):
+            with pytest.raises(ConcurrentChange):
+                commit(committer, body)
+        assert commit(committer, fine) == "ok"
+    finally:
+        committer.close()
+
+
+@pytest.mark.postgres
+def test_a_real_deadlock_between_two_transactions_is_a_concurrent_change() -> None:
+    """Two units of work lock two time clocks in opposite orders on
+    PostgreSQL: the one PostgreSQL picks as the victim raises ConcurrentChange
+    (SQLSTATE 40P01 translated when its unit of work ends)."""
+    import threading
+
+    from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+    from tests.helpers import pg_schema
+
+    with pg_schema() as url:
+        engine = make_engine(url)
+        try:
+            migrate(engine)
+            uows = SqlUnitOfWorkFactory(engine)
+            with uows(account=1) as uow:
+                uow.time_clocks.add(replace(TC, id=1))
+                uow.time_clocks.add(replace(TC, id=2))
+                uow.commit()
+            barrier = threading.Barrier(2, timeout=10)
+            outcomes: list[str] = []
+
+            def lock(first: int, second: int) -> None:
+                try:
+                    with uows(account=1) as uow:
+                        uow.time_clocks.replace(replace(TC, id=first, name="a"))
+                        barrier.wait()
+                        uow.time_clocks.replace(replace(TC, id=second, name="b"))
+                        uow.commit()
+                    outcomes.append("committed")
+                except ConcurrentChange:
+                    outcomes.append("retry")
+
+            threads = [threading.Thread(target=lock, args=p) for p in ((1, 2), (2, 1))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            engine.dispose()
+    assert sorted(outcomes) == ["committed", "retry"]

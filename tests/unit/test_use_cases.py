@@ -203,20 +203,51 @@ def test_answers_stored_by_the_previous_release_still_replay(store: MemoryStore)
     assert err.value.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
 
 
+def test_a_refusal_on_the_users_state_is_the_keys_answer_and_others_are_not(
+    store: MemoryStore, index: FenceEngine
+) -> None:
+    """A key's first answer may be a refusal caused by the user's punches (a
+    copy of the request elsewhere must get it too); a refusal of the request
+    itself is not kept, so the corrected request may use the same key."""
+    punch(store, None, Clock(), kind=PunchKind.CLOCK_IN)
+    for _ in range(2):
+        with pytest.raises(DomainError) as err:
+            punch(store, None, Clock(NOW + 60), kind=PunchKind.CLOCK_IN, idempotency_key="twin")
+        assert err.value.code is ErrorCode.ALREADY_CLOCKED_IN
+    punch(store, None, Clock(NOW + 120), kind=PunchKind.CLOCK_OUT)
+    with pytest.raises(DomainError) as err:  # the key replays its refusal, changes nothing
+        punch(store, None, Clock(NOW + 180), kind=PunchKind.CLOCK_IN, idempotency_key="twin")
+    assert err.value.code is ErrorCode.ALREADY_CLOCKED_IN
+    with store(account=A, readonly=True) as uow:
+        assert all(a.end is not None for a in uow.activities.list_for(TC.id, 7))
+    with pytest.raises(DomainError) as err:
+        punch(
+            store,
+            None,
+            Clock(NOW + 180),
+            kind=PunchKind.CLOCK_IN,
+            timezone="Nowhere",
+            idempotency_key="fixed",
+        )
+    assert err.value.code is ErrorCode.INVALID_TIMEZONE
+    done = punch(store, None, Clock(NOW + 180), kind=PunchKind.CLOCK_IN, idempotency_key="fixed")
+    assert done.result.activity.is_open  # type: ignore[attr-defined]
+
+
 def test_a_punch_that_keeps_losing_races_is_aborted(store: MemoryStore) -> None:
     from geopunch.domain.errors import ConcurrentChange
 
     tries = []
 
-    async def always_lost(work: object) -> object:
-        tries.append(work)
+    async def always_lost(work: object, order: tuple[int, ...] = ()) -> object:
+        tries.append(order)
         raise ConcurrentChange("lost")
 
     cmd = PunchCommand(PunchKind.CLOCK_IN, TC.id, 7)
     with pytest.raises(DomainError) as err:
         run(punches.punch(always_lost, None, Clock(), A, cmd, "r"))  # type: ignore[arg-type]
     assert err.value.code is ErrorCode.CONCURRENT_MODIFICATION
-    assert len(tries) == punches.MAX_ATTEMPTS
+    assert tries == [(A, TC.id, 7, 0)] * punches.MAX_ATTEMPTS  # its place in every batch
 
 
 def test_validation_changes_nothing(store: MemoryStore, index: FenceEngine) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date
 from types import TracebackType
@@ -283,10 +283,16 @@ class AsyncTransactionRunner(Protocol):
 
     An implementation may share one transaction (and one fsync) among several
     callers' work, each in its own savepoint; work that raises leaves no
-    writes behind and its exception reaches its caller only.
+    writes behind and its exception reaches its caller only. Work the store
+    chose as a deadlock's victim raises ConcurrentChange, to be run again.
     """
 
-    def __call__(self, work: Callable[[UnitOfWork], T]) -> Awaitable[T]: ...
+    def __call__(
+        self, work: Callable[[UnitOfWork], T], order: tuple[int, ...] = ()
+    ) -> Awaitable[T]:
+        """``order`` (account, time clock, user) is the place of ``work``
+        among work committed together: rows are locked in that order."""
+        ...
 
 
 class FenceListener(Protocol):
@@ -384,3 +390,9 @@ class FenceEngine(FenceListener, Protocol):
     thread while changes go on. A view never sees another account's clocks."""
 
     def view(self, account: int) -> FenceView: ...
+
+    def view_knowing(self, account: int, time_clock_ids: Iterable[int]) -> FenceView:
+        """``view(account)``, after catching up with the store when it lacks
+        one of ``time_clock_ids``: a time clock made through another replica
+        a moment ago is known before the call is answered. Blocking."""
+        ...

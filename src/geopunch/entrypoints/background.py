@@ -48,7 +48,33 @@ class _Failures:
             self.count = 0
 
 
-class IndexFollower:
+class _Pokeable:
+    """A loop that runs every ``poll_s``, or at once when poked (a store
+    notification), whichever comes first."""
+
+    _poll_s: float
+    _stopped: threading.Event
+
+    def __init__(self) -> None:
+        self._poked = threading.Event()
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def _next_round(self) -> bool:
+        """Wait for the next round; False once stopped (seen within 0.25 s)."""
+        deadline = time.monotonic() + self._poll_s
+        while not self._stopped.is_set():
+            left = deadline - time.monotonic()
+            if self._poked.wait(max(0.0, min(0.25, left))):
+                self._poked.clear()
+                return True
+            if left <= 0.25:
+                return not self._stopped.is_set()
+        return False
+
+
+class IndexFollower(_Pokeable):
     """Applies time clock and geofence changes that other processes committed
     to this process's fence engine, every ``poll_s``; prunes the feed hourly
     when ``prune`` (one process of several does). ``catch_up`` does it at once.
@@ -69,6 +95,7 @@ class IndexFollower:
         follow: Callable[[UnitOfWorkFactory, FenceListener, int], int] = follow_index_changes,
         prune_before: Callable[[UnitOfWorkFactory, int], int] = prune_index_changes,
     ) -> None:
+        super().__init__()
         self.cursor = cursor
         self._uows, self._engine = uows, engine
         self._poll_s, self._stopped, self._prune = poll_s, stopped, prune
@@ -87,7 +114,7 @@ class IndexFollower:
     def run(self) -> None:
         pruned_at = time.monotonic() - HOUSEKEEPING_EVERY_S
         failures = _Failures("fence index refresh")
-        while not self._stopped.wait(self._poll_s):
+        while self._next_round():
             try:
                 self.catch_up()
                 if self._prune and time.monotonic() - pruned_at >= HOUSEKEEPING_EVERY_S:
@@ -138,7 +165,7 @@ class EventRelay:
                 self._wakeup.notify()
 
 
-class StoreWatcher:
+class StoreWatcher(_Pokeable):
     """Every ``poll_s``: reloads the API keys when any was added or revoked
     (so a revoked key stops working on every process and replica), and wakes
     event streams when the event log grew, whoever wrote it. Streams do not
@@ -153,6 +180,7 @@ class StoreWatcher:
         poll_s: float,
         stopped: threading.Event,
     ) -> None:
+        super().__init__()
         self._uows, self._keys, self._wakeup = uows, keys, wakeup
         self._seen, self._poll_s, self._stopped = event_cursor, poll_s, stopped
 
@@ -165,7 +193,7 @@ class StoreWatcher:
 
     def run(self) -> None:
         failures = _Failures("store watch")
-        while not self._stopped.wait(self._poll_s):
+        while self._next_round():
             try:
                 self.look()
             except Exception:  # the store may be briefly unavailable; try again later

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.wakeup import Wakeup
@@ -228,6 +229,16 @@ class Server:
             self._stopped,
         )
         self._threads.append(background.start("store-watch", watcher.run))
+        self.index.on_miss = self._follower.catch_up
+        if self.app.engine.dialect.name == "postgresql":
+            follower = self._follower
+
+            def poke() -> None:
+                follower.poke()
+                watcher.poke()
+
+            listener = lambda: notify.listen(self.app.engine, poke, self._stopped)  # noqa: E731
+            self._threads.append(background.start("store-listen", listener))
         if self.worker is not None:
             relay = background.EventRelay(self.worker.generations, self.wakeup, self._stopped)
             self._threads.append(background.start("event-relay", relay.run))

@@ -16,7 +16,7 @@ Earth-centred metres and a hash grid: see docs/engine.md.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +215,9 @@ class AccountFences:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._indexes: dict[int, FenceIndex] = {}
+        #: Catches the index up with the store (the server sets its follower's
+        #: catch-up); called when a call names a time clock the index lacks.
+        self.on_miss: Callable[[], None] | None = None
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:
@@ -231,6 +234,13 @@ class AccountFences:
     def view(self, account: int) -> SnapshotView:
         index = self._indexes.get(account)
         return SnapshotView((_EMPTY if index is None else index).snapshot)
+
+    def view_knowing(self, account: int, time_clock_ids: Iterable[int]) -> SnapshotView:
+        view = self.view(account)
+        if self.on_miss is not None and any(view.time_clock(t) is None for t in time_clock_ids):
+            self.on_miss()
+            view = self.view(account)
+        return view
 
     def load(
         self, account: int, time_clocks: Iterable[TimeClock], fences: Iterable[Geofence]

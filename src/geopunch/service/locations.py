@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
-from geopunch.domain.locations import BatchVerdict
-from geopunch.domain.ports import FenceEngine
+from geopunch.domain.locations import BatchVerdict, PointStatus
+from geopunch.domain.ports import FenceEngine, FenceView
 from geopunch.domain.rules import long_id_violations
 
 #: Largest batch of CheckLocations, in points.
@@ -104,7 +104,19 @@ def check_locations(
 ) -> BatchVerdict:
     """Check a batch on the current view of ``account``'s fences."""
     n = _check_shapes(batch, prefix)
-    view = fences.view(account)
+    if batch.time_clock_ids is None:
+        view = fences.view_knowing(account, (batch.time_clock_id,))
+        verdict = _check(view, batch, n)
+    else:
+        verdict = _check(fences.view(account), batch, n)
+        unknown = verdict.status == PointStatus.UNKNOWN_TIME_CLOCK
+        if unknown.any():  # per-point clocks this process may not know yet
+            named = np.unique(batch.time_clock_ids[unknown]).tolist()
+            verdict = _check(fences.view_knowing(account, named), batch, n)
+    return verdict
+
+
+def _check(view: FenceView, batch: LocationBatch, n: int) -> BatchVerdict:
     job_names = list(batch.job_ids)
     tc = None
     if batch.time_clock_ids is None:

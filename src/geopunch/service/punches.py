@@ -8,13 +8,15 @@ form of its own, not a protocol's) in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import TimeClock
 from geopunch.domain.ports import (
     AsyncTransactionRunner,
@@ -31,6 +33,7 @@ from geopunch.domain.punches import (
     PunchCommand,
     PunchDecision,
     PunchLocation,
+    PunchPlan,
     PunchPoint,
     PunchResult,
     SchedulerShiftCheck,
@@ -59,13 +62,15 @@ class PunchOutcome:
     request_id: str
     replayed: bool = False
     legacy_answer: bytes | None = None
+    #: The refusal kept as an idempotency key's answer (raised once committed).
+    refusal: DomainError | None = None
 
 
 def run_alone(uows: UnitOfWorkFactory) -> AsyncTransactionRunner:
     """The plain runner: each piece of work in a transaction of its own,
     run in the caller (tests, tools; the server batches through its committer)."""
 
-    async def run(work: Callable[[UnitOfWork], T]) -> T:
+    async def run(work: Callable[[UnitOfWork], T], order: tuple[int, ...] = ()) -> T:
         with uows() as uow:
             result = work(uow)
             uow.commit()
@@ -91,6 +96,10 @@ async def punch(
         )
     now = clock.now()  # the window rules judge the time of receipt
     body_hash = command_hash(cmd) if cmd.idempotency_key else ""
+    if fences is not None and fences.view(account).time_clock(cmd.time_clock_id) is None:
+        # Not in this process's index (yet): catch up before the punch is
+        # judged, off the event loop and outside the shared transaction.
+        await asyncio.to_thread(fences.view_knowing, account, (cmd.time_clock_id,))
 
     def work(batch: UnitOfWork) -> PunchOutcome:
         uow = batch.for_account(account)
@@ -98,7 +107,28 @@ async def punch(
             stored = uow.idempotency.get(cmd.idempotency_key)
             if stored is not None:
                 return _replay(cmd, body_hash, *stored)
-        decision = judge(uow, fences, account, now, cmd)
+        planned = plan_request(uow, fences, account, now, cmd)  # refusals: the request's own
+        try:
+            decision = decide_on_state(uow, *planned, now)
+        except DomainError as err:
+            if not cmd.idempotency_key:
+                raise
+            # The same key may have been committed (by another process or
+            # replica) after the look above and before the state was read:
+            # that answer wins.
+            stored = uow.idempotency.get(cmd.idempotency_key)
+            if stored is not None:
+                return _replay(cmd, body_hash, *stored)
+            if err.code not in KEPT_REFUSALS:
+                raise
+            # The refusal is this key's first answer, kept like an OK: a twin
+            # of this request on another replica waits for this transaction
+            # (the key's row) and then replays the refusal instead of judging
+            # again, so the key never gets two answers.
+            uow.idempotency.put(
+                cmd.idempotency_key, cmd.kind.value, body_hash, encode_refusal(err, request_id)
+            )
+            return PunchOutcome(None, request_id, refusal=err)
         for activity in decision.closed:
             assert activity.end is not None
             uow.activities.close(activity.id, activity.end, activity.modified_at)
@@ -113,7 +143,13 @@ async def punch(
             )
         return PunchOutcome(decision.result, request_id)
 
-    return await run_retrying(submit, work, _lost_race(cmd))
+    # Rows are locked in this order in a shared transaction; the key's hash
+    # orders one user's concurrent punches the same way on every replica.
+    order = (account, cmd.time_clock_id, cmd.user_id, zlib.crc32(cmd.idempotency_key.encode()))
+    outcome = await run_retrying(submit, work, _lost_race(cmd), order)
+    if outcome.refusal is not None:
+        raise outcome.refusal
+    return outcome
 
 
 def validate_punch(
@@ -124,6 +160,8 @@ def validate_punch(
     cmd: PunchCommand,
 ) -> PunchResult:
     """What the punch would do now, changing nothing: its result, or its DomainError."""
+    if fences is not None:
+        fences.view_knowing(account, (cmd.time_clock_id,))
     with uows(account=account, readonly=True) as uow:
         return judge(uow, fences, account, clock.now(), cmd).result
 
@@ -133,10 +171,25 @@ def judge(
 ) -> PunchDecision:
     """Read what the punch needs and decide it (nothing is written); ``uow``
     sees ``account``."""
+    return decide_on_state(uow, *plan_request(uow, fences, account, now, cmd), now)
+
+
+def plan_request(
+    uow: UnitOfWork, fences: FenceEngine | None, account: int, now: float, cmd: PunchCommand
+) -> tuple[FenceView | None, PunchPlan]:
+    """What the request itself asks for, checked against its time clock's
+    settings; a refusal here does not depend on the user's punches."""
     # One view for the settings and the location: both from the same state.
     view = fences.view(account) if fences is not None else None
     tc = _time_clock(uow, view, cmd.time_clock_id)
-    plan = plan_punch(tc, cmd, now)
+    return view, plan_punch(tc, cmd, now)
+
+
+def decide_on_state(
+    uow: UnitOfWork, view: FenceView | None, plan: PunchPlan, now: float
+) -> PunchDecision:
+    """The punch decided on the user's stored state (read here)."""
+    tc, cmd = plan.time_clock, plan.cmd
     state = uow.activities.punch_state(tc.id, cmd.user_id, plan.day)
     verdict = None
     location = cmd.location
@@ -175,13 +228,17 @@ def _lost_race(cmd: PunchCommand) -> str:
 
 
 async def run_retrying(
-    submit: AsyncTransactionRunner, work: Callable[[UnitOfWork], T], lost: str
+    submit: AsyncTransactionRunner,
+    work: Callable[[UnitOfWork], T],
+    lost: str,
+    order: tuple[int, ...] = (),
 ) -> T:
-    """``await submit(work)``, again while it loses a race (ConcurrentChange), at
-    most MAX_ATTEMPTS times; then CONCURRENT_MODIFICATION with the message ``lost``."""
+    """``await submit(work)``, again while it loses a race or a deadlock
+    (ConcurrentChange), at most MAX_ATTEMPTS times; then
+    CONCURRENT_MODIFICATION with the message ``lost``."""
     for _ in range(MAX_ATTEMPTS):
         try:
-            return await submit(work)
+            return await submit(work, order)
         except ConcurrentChange:
             continue
     raise DomainError(ErrorCode.CONCURRENT_MODIFICATION, lost)
@@ -213,6 +270,9 @@ def _replay(
         )
     if legacy:
         return PunchOutcome(None, "", replayed=True, legacy_answer=answer)
+    refusal = decode_refusal(answer)
+    if refusal is not None:
+        raise refusal
     result, request_id = decode_answer(answer)
     return PunchOutcome(result, request_id, replayed=True)
 
@@ -223,6 +283,47 @@ def _replay(
 def encode_answer(result: PunchResult, request_id: str) -> bytes:
     body = {"requestId": request_id, **asdict(result)}
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+#: Refusals kept as an idempotency key's answer: those a concurrent punch of
+#: the same user can cause, so that two copies of one request (say, on two
+#: replicas) cannot get an OK and such a refusal. Others depend on the
+#: request alone (or on settings) and are given again the same way.
+KEPT_REFUSALS = frozenset(
+    {
+        ErrorCode.ALREADY_CLOCKED_IN,
+        ErrorCode.OPEN_BREAK,
+        ErrorCode.NO_OPEN_SHIFT,
+        ErrorCode.ALREADY_ON_BREAK,
+        ErrorCode.NO_OPEN_BREAK,
+        ErrorCode.INVALID_TIMESTAMP_BEFORE_CLOCK_IN,
+        ErrorCode.INVALID_TIMESTAMP_BEFORE_START,
+        ErrorCode.OVERLAPS_COMPLETED_ACTIVITY,
+        ErrorCode.MANDATORY_BREAK_TOO_SHORT,
+    }
+)
+
+
+def encode_refusal(err: DomainError, request_id: str) -> bytes:
+    body = {
+        "requestId": request_id,
+        "refusal": {
+            "code": err.code.value,
+            "message": err.message,
+            "metadata": err.metadata,
+            "violations": [[v.field, v.description, v.reason.value] for v in err.violations],
+        },
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_refusal(data: bytes) -> DomainError | None:
+    body = json.loads(data)
+    r = body.get("refusal")
+    if r is None:
+        return None
+    violations = tuple(FieldViolation(f, d, ErrorCode(c)) for f, d, c in r["violations"])
+    return DomainError(ErrorCode(r["code"]), r["message"], dict(r["metadata"]), violations)
 
 
 def decode_answer(data: bytes) -> tuple[PunchResult, str]:

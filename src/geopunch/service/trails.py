@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -160,12 +161,20 @@ def evaluate_trails(
     it would do if a shift were open. Samples before 2000 or later than ``now``
     plus ``max_skew_s`` are INVALID_TIMESTAMP and take no part."""
     batch.check(MAX_TRAIL_SAMPLES)
-    view = fences.view(account)
-    strangers = view.unassigned(batch.user_ids, batch.time_clock_ids)
     late = untimely(batch.timestamps, now, max_skew_s)
-    r = _detect(
-        view, batch, strangers | late, job_indexes=batch.job_indexes, job_names=batch.job_names
-    )
+
+    def detect(view: FenceView) -> tuple[TrailVerdict, npt.NDArray[np.bool_]]:
+        strangers = view.unassigned(batch.user_ids, batch.time_clock_ids)
+        verdict = _detect(
+            view, batch, strangers | late, job_indexes=batch.job_indexes, job_names=batch.job_names
+        )
+        return verdict, strangers
+
+    r, strangers = detect(fences.view(account))
+    unknown = r.status == PointStatus.UNKNOWN_TIME_CLOCK
+    if unknown.any():  # time clocks this process may not know yet: catch up, judge again
+        named = np.unique(batch.time_clock_ids[unknown]).tolist()
+        r, strangers = detect(fences.view_knowing(account, named))
     _mark_skipped(r, late, strangers)
     actions = exit_action_names(r)
     others = r.exit_other_inside
@@ -206,8 +215,14 @@ async def report_locations(
     plus ``max_skew_s`` are INVALID_TIMESTAMP and change nothing.
     """
     batch.check(MAX_LIVE_SAMPLES)
-    work = _live_work(fences.view(account), account, batch, clock.now(), max_skew_s)
-    r, report = await run_retrying(submit, work, _LOST_TRAILS)
+    view = fences.view(account)
+    clocks = np.unique(batch.time_clock_ids).tolist()
+    if any(view.time_clock(t) is None for t in clocks):  # see punches.punch
+        view = await asyncio.to_thread(fences.view_knowing, account, clocks)
+    work = _live_work(view, account, batch, clock.now(), max_skew_s)
+    first_user = int(batch.user_ids.min()) if batch.size else 0
+    order = (account, int(batch.time_clock_ids.min()) if batch.size else 0, first_user)
+    r, report = await run_retrying(submit, work, _LOST_TRAILS, order)
     # After the transaction: a shared commit waits for nothing that needs no store.
     return TrailOutcome(r, r.fence_ids.tolist(), report)
 

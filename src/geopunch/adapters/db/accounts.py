@@ -59,8 +59,11 @@ class SqlApiKeyRepository:
     def __init__(self, conn: Connection, now: int) -> None:
         self._conn = conn
         self._now = now
+        #: Whether this transaction added or revoked a key (servers reload them).
+        self.changed = False
 
     def add(self, key: ApiKey) -> None:
+        self.changed = True
         self._conn.execute(
             insert(api_keys).values(
                 id=key.id,
@@ -104,6 +107,7 @@ class SqlApiKeyRepository:
         return tuple(int(v or 0) for v in row)
 
     def revoke(self, key_id: str) -> bool:
+        self.changed = True
         done = self._conn.execute(
             update(api_keys)
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))

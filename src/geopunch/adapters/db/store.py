@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
+from geopunch.adapters.db.notify import notify
 from geopunch.adapters.db.prepared import driver, savepoint
 from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
@@ -34,7 +36,10 @@ from geopunch.adapters.db.repositories import (
 )
 from geopunch.adapters.db.scheduling import SqlSchedulerRepository, SqlShiftRepository
 from geopunch.adapters.db.tracking import SqlEventRepository, SqlLocationRepository
+from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+
+log = logging.getLogger("geopunch.store")
 
 T = TypeVar("T")
 
@@ -115,6 +120,32 @@ def current_revision(engine: Engine) -> str:
         rev = MigrationContext.configure(conn).get_current_revision()
         conn.rollback()
     return rev or ""
+
+
+#: SQLSTATEs of a transaction that lost to another one and may simply run
+#: again: deadlock_detected, serialization_failure.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, raw (prepared statements run on the
+    driver) or wrapped by SQLAlchemy."""
+    for candidate in (exc, getattr(exc, "orig", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store telling a transaction to run again."""
+    return _sqlstate(exc) in _TRANSIENT_SQLSTATES
+
+
+def as_conflict(exc: BaseException) -> ConcurrentChange:
+    code = _sqlstate(exc)
+    log.info("store conflict, retried", extra={"fields": {"sqlstate": code}})
+    return ConcurrentChange(f"the store chose this transaction to run again ({code})")
 
 
 class _Repositories:
@@ -216,16 +247,29 @@ class SqlUnitOfWork(_Repositories):
             self._others.clear()
             if self._write_lock is not None:
                 self._write_lock.release()
+        if exc is not None and transient(exc):
+            # A deadlock or serialization failure: the work may run again,
+            # like a lost race (the callers retry ConcurrentChange).
+            raise as_conflict(exc) from exc
 
     def commit(self) -> None:
         assert self._conn is not None
-        self._conn.commit()
         scopes: list[_Repositories] = [self, *self._others.values()]
-        appended = noted = False
+        appended = any(repos.events.appended for repos in scopes)
+        noted = any(repos.index_changes.noted for repos in scopes)
+        if (appended or noted or self.api_keys.changed) and self._conn.dialect.name == "postgresql":
+            # Delivered when (and only if) the transaction commits: every
+            # replica's listener then catches up at once (see notify.py).
+            notify(self._conn)
+        try:
+            self._conn.commit()
+        except Exception as exc:
+            if transient(exc):
+                raise as_conflict(exc) from exc
+            raise
         for repos in scopes:
-            appended |= repos.events.appended
-            noted |= repos.index_changes.noted
             repos.events.appended = repos.index_changes.noted = False
+        self.api_keys.changed = False
         if appended and self._on_events is not None:
             self._on_events()
         if noted and self._on_index_changes is not None:
@@ -338,10 +382,13 @@ class _Piece:
     """One caller's work and, once its batch is committed, the outcome that
     the caller's ``future`` (on its own event loop) receives."""
 
-    __slots__ = ("context", "future", "ok", "value", "work")
+    __slots__ = ("context", "future", "ok", "order", "value", "work")
 
-    def __init__(self, work: Callable[[Any], Any], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, work: Callable[[Any], Any], future: asyncio.Future[Any], order: tuple[int, ...]
+    ) -> None:
         self.work = work
+        self.order = order
         # The submitter's context variables (its request id) hold while its work runs.
         self.context = contextvars.copy_context()
         self.future = future
@@ -397,10 +444,13 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._write, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[UnitOfWork], T]) -> asyncio.Future[T]:
-        """From a coroutine: a future of ``work``'s result, set once it is committed."""
+    def submit(
+        self, work: Callable[[UnitOfWork], T], order: tuple[int, ...] = ()
+    ) -> asyncio.Future[T]:
+        """From a coroutine: a future of ``work``'s result, set once it is committed.
+        ``order`` (account, time clock, user) places it in its batch, see ``_write``."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Piece(work, future))
+        self._enqueue(_Piece(work, future, order))
         return future
 
     def _enqueue(self, piece: _Piece) -> None:
@@ -427,6 +477,11 @@ class GroupCommitter:
                     return
                 take = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(take)]
+            # Every batch, on every replica, takes its row locks in one order
+            # (by account, time clock and user; stable, so one user's punches
+            # keep their order): two batches then wait for each other instead
+            # of deadlocking.
+            batch.sort(key=lambda p: p.order)
             started = time.perf_counter()
             outcomes = self._run_batch([p.run for p in batch])
             if self._observe is not None:
@@ -479,5 +534,7 @@ class GroupCommitter:
             except Exception as exc:  # this caller's failure only
                 if before is not None and uow.changes() != before:
                     return None
+                if transient(exc):  # chosen as a deadlock's victim: its caller runs it again
+                    exc = as_conflict(exc)
                 outcomes.append((False, exc))
         return outcomes

@@ -21,11 +21,14 @@ from geopunch.adapters.grpc.auth import principal_var, scope_of
 from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
 from geopunch.domain.accounts import Principal, Scope
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.logs import request_id_var
 from geopunch.service.accounts import KeyRing
 
 log = logging.getLogger("geopunch.rpc")
+
+#: Runs of a blocking use case that lost a race or a deadlock.
+PLAIN_ATTEMPTS = 4
 
 #: Services callable without an API key.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -203,6 +206,13 @@ class ServiceInterceptor(_Interceptor):
         """The status a handler's exception is answered with."""
         if isinstance(exc, DomainError):
             return _status(exc)
+        if isinstance(exc, ConcurrentChange):  # still losing after its retries
+            return _status(
+                DomainError(
+                    ErrorCode.CONCURRENT_MODIFICATION,
+                    "the change met concurrent changes of the same data; retry",
+                )
+            )
         # Logged once here, with the stack; the caller gets the request id to
         # quote, never the exception's text.
         log.exception("unexpected error in %s", method)
@@ -312,7 +322,17 @@ class ServiceInterceptor(_Interceptor):
         catch_up = self._due_catch_up()
         if catch_up is not None:
             catch_up()
-        return behavior(request, context)
+        # A use case that lost a race or a deadlock rolled everything back:
+        # it runs again while the call's deadline leaves time for it.
+        for attempt in range(PLAIN_ATTEMPTS):
+            try:
+                return behavior(request, context)
+            except ConcurrentChange:
+                left = context.time_remaining()
+                if attempt == PLAIN_ATTEMPTS - 1 or (left is not None and left < 0.05):
+                    raise
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _wrap_async_stream(self, behavior: Any, decode: Any, call: _Call) -> Any:
         """An async generator handler, on the event loop."""
