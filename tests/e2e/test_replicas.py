@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2, timeclock_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_locations_api import add_fence
+from tests.e2e.test_processes import _one_per_worker
 from tests.e2e.test_punch_concurrency import STATE_REASONS, USERS, Acked, check_store, setup_clock
 from tests.helpers import details, pg_schema
 
@@ -151,7 +152,7 @@ def _request(kind: str, tc: int, user: int, key: str) -> tuple[str, Any]:
 def test_replicas_racing_with_shared_keys_give_one_answer_and_lose_nothing(
     pg_replicas: tuple[str, list[ServerProcess]],
 ) -> None:
-    """16 threads punch 6 shared users through both replicas for 8 s; every
+    """16 threads punch 3 shared users through both replicas for 8 s; every
     other punch is sent with one idempotency key to both replicas at once;
     one replica is SIGKILLed after 5 s. No deadlock or unexpected error
     reaches a client, each key has one answer, no invariant breaks and no
@@ -159,6 +160,40 @@ def test_replicas_racing_with_shared_keys_give_one_answer_and_lose_nothing(
     url, (ra, rb) = pg_replicas
     a = [Client(ra.address, own_connection=True) for _ in range(8)]
     b = [Client(rb.address, own_connection=True) for _ in range(8)]
+    try:
+        _race(url, a, b, rb.kill)
+    finally:
+        for c in a + b:
+            c.close()
+    logs = ra.logs() + rb.logs()
+    assert "unexpected error" not in logs
+    print(f"deadlocks and serialization failures retried: {logs.count('store conflict, retried')}")
+
+
+def test_workers_on_one_sqlite_file_give_one_answer_per_key(
+    tmp_path: Path,
+) -> None:
+    """The same race between the two workers of ``serve --processes 2`` on
+    SQLite (no kill: the supervisor would start the worker again)."""
+    url = f"sqlite:///{tmp_path / 'twins.db'}"
+    srv = ServerProcess(db_url=url, env_extra={"GEOPUNCH_PROCESSES": "2"})
+    srv.start(tmp_path)
+    opened: list[Client] = []
+    try:
+        pairs = []
+        for _ in range(8):
+            (w0, w1), more = _one_per_worker(srv.address)
+            opened.extend(more)
+            pairs.append((w0, w1))
+        _race(url, [p[0] for p in pairs], [p[1] for p in pairs], None)
+    finally:
+        for c in opened:
+            c.close()
+        srv.terminate()
+    assert "unexpected error" not in srv.logs()
+
+
+def _race(url: str, a: list[Client], b: list[Client], kill: Callable[[], None] | None) -> None:
     tc = setup_clock(a[0])
     acked = Acked()
     problems: list[str] = []
@@ -208,12 +243,11 @@ def test_replicas_racing_with_shared_keys_give_one_answer_and_lose_nothing(
     for t in threads:
         t.start()
     time.sleep(5)
-    killed.set()
-    rb.kill()
+    if kill is not None:
+        killed.set()
+        kill()
     for t in threads:
         t.join()
-    for c in a + b:
-        c.close()
     assert problems == [], problems[:20]
     assert len(twins) > 50
     # Where either replica said OK, the other said the same OK (the same
@@ -229,10 +263,6 @@ def test_replicas_racing_with_shared_keys_give_one_answer_and_lose_nothing(
     assert split == [], split[:5]
     assert sum(1 for _, x, y in twins if x[0] == y[0] == "OK") > 2
     check_store(url, tc, acked)
-    logs = ra.logs() + rb.logs()
-    assert "unexpected error" not in logs
-    retried = logs.count("store conflict, retried")
-    print(f"deadlocks and serialization failures retried: {retried}")
 
 
 def test_a_change_on_one_replica_is_honoured_by_the_other_within_100_ms(
