@@ -395,3 +395,81 @@ def test_a_symbolic_link_as_out_is_refused_and_its_target_untouched(
     done = cli(inputs["csv"], "--fences", inputs["fences"], "--out", link, "--overwrite")
     assert done.returncode == 2 and "symbolic link" in done.stderr
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
+BAD_FENCES = [
+    (
+        {"type": "FeatureCollection", "features": [{"geometry": {"type": "Point"}}]},
+        "features[0]: missing 'coordinates'",
+    ),
+    (
+        {
+            "type": "FeatureCollection",
+            "features": [{"geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {}}],
+        },
+        "features[0]: missing 'timeClockId'",
+    ),
+    (
+        {
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "geometry": {"type": "Point", "coordinates": ["east", 2]},
+                    "properties": {"timeClockId": 1},
+                }
+            ],
+        },
+        "features[0]: could not convert string to float",
+    ),
+    (
+        {
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "geometry": {"type": "Point", "coordinates": [1, 2]},
+                    "properties": {"timeClockId": 1},
+                },
+                {
+                    "geometry": {"type": "Point", "coordinates": [1, 95]},
+                    "properties": {"timeClockId": 1},
+                },
+            ],
+        },
+        "features[1]: geofences[1].location.latitude",
+    ),
+    (
+        {
+            "type": "FeatureCollection",
+            "timeClocks": [{"id": 1, "exitDetection": {"nope": 1}}],
+            "features": [],
+        },
+        "timeClocks[0]: ",
+    ),
+    ({"type": "FeatureCollection", "features": {"not": "a list"}}, "features is not a list"),
+]
+
+
+def test_a_bad_fences_file_names_the_feature(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geopunch.entrypoints.cli import main
+
+    for i, (doc, expected) in enumerate(BAD_FENCES):
+        fences = tmp_path / f"bad{i}.geojson"
+        fences.write_text(json.dumps(doc))
+        out = tmp_path / f"out{i}"
+        code = main(
+            [
+                "trails",
+                "--no-progress",
+                str(inputs["csv"]),
+                "--fences",
+                str(fences),
+                "--out",
+                str(out),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"{fences}: {expected}" in err, err
+        assert not out.exists()

@@ -86,48 +86,71 @@ def load_geojson(path: Path) -> FenceSet:
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
         raise UsageError(f"{path} is not a GeoJSON FeatureCollection")
     clocks: dict[int, TimeClock] = {}
-    for raw in doc.get("timeClocks", []):
-        ed = raw.get("exitDetection", {})
-        clocks[int(raw["id"])] = TimeClock(
-            id=int(raw["id"]),
-            name=str(raw.get("name", raw["id"])),
-            timezone=str(raw.get("timezone", "UTC")),
-            jobs=tuple(Job(str(j)) for j in raw.get("jobs", [])),
-            user_ids=frozenset(int(u) for u in raw.get("userIds", [])),
-            exit_detection=ExitDetectionSettings(**{k: float(v) for k, v in _snake(ed).items()}),
-        )
-    by_clock: dict[int, list[tuple[str, GeofenceDraft]]] = {}
-    for i, feature in enumerate(doc.get("features", [])):
-        props = feature.get("properties") or {}
-        geometry = feature.get("geometry") or {}
-        if geometry.get("type") != "Point":
-            raise UsageError(f"{path}: feature {i} is not a Point")
-        lon, lat = geometry["coordinates"][:2]
-        clock = int(props["timeClockId"])
-        by_clock.setdefault(clock, []).append(
-            (
-                str(props.get("fenceId", feature.get("id", f"fence-{i}"))),
-                GeofenceDraft(
-                    name=str(props.get("name", "fence")),
-                    address=str(props.get("address", "-")),
-                    latitude=float(lat),
-                    longitude=float(lon),
-                    is_enabled=props.get("isEnabled"),
-                    fence_size_m=props.get("fenceSize"),
-                    job_ids=tuple(props.get("jobIds", ())),
-                    exit_action=str(props.get("onGeofenceExitAction", "")),
+    for i, raw in enumerate(_list(doc, "timeClocks", path)):
+        try:
+            ed = raw.get("exitDetection", {})
+            clocks[int(raw["id"])] = TimeClock(
+                id=int(raw["id"]),
+                name=str(raw.get("name", raw["id"])),
+                timezone=str(raw.get("timezone", "UTC")),
+                jobs=tuple(Job(str(j)) for j in raw.get("jobs", [])),
+                user_ids=frozenset(int(u) for u in raw.get("userIds", [])),
+                exit_detection=ExitDetectionSettings(
+                    **{k: float(v) for k, v in _snake(ed).items()}
                 ),
             )
-        )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{path}: timeClocks[{i}]: {_problem(exc)}") from exc
+    by_clock: dict[int, list[tuple[int, str, GeofenceDraft]]] = {}
+    for i, feature in enumerate(_list(doc, "features", path)):
+        try:
+            props = feature.get("properties") or {}
+            geometry = feature.get("geometry") or {}
+            if geometry.get("type") != "Point":
+                raise UsageError(f"{path}: features[{i}] is not a Point")
+            lon, lat = geometry["coordinates"][:2]
+            clock = int(props["timeClockId"])
+            draft = GeofenceDraft(
+                name=str(props.get("name", "fence")),
+                address=str(props.get("address", "-")),
+                latitude=float(lat),
+                longitude=float(lon),
+                is_enabled=props.get("isEnabled"),
+                fence_size_m=props.get("fenceSize"),
+                job_ids=tuple(str(j) for j in props.get("jobIds", ())),
+                exit_action=str(props.get("onGeofenceExitAction", "")),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise UsageError(f"{path}: features[{i}]: {_problem(exc)}") from exc
+        fence_id = str(props.get("fenceId", feature.get("id", f"fence-{i}")))
+        by_clock.setdefault(clock, []).append((i, fence_id, draft))
     fences: list[Geofence] = []
     for clock_id, items in by_clock.items():
         tc = clocks.setdefault(clock_id, TimeClock(id=clock_id, name=str(clock_id), timezone="UTC"))
-        ids = iter([fid for fid, _ in items])
+        ids = iter([fid for _, fid, _ in items])
         try:
-            fences.extend(validate_geofences([d for _, d in items], tc, ids.__next__))
+            fences.extend(validate_geofences([d for _, _, d in items], tc, ids.__next__))
         except DomainError as exc:
-            raise UsageError(f"{path}: time clock {clock_id}: {exc.message}") from exc
+            first = exc.violations[0] if exc.violations else None
+            where = f"time clock {clock_id}"
+            if first is not None and first.field.startswith("geofences["):
+                n = int(first.field[len("geofences[") :].partition("]")[0])
+                where = f"features[{items[n][0]}]"
+            raise UsageError(f"{path}: {where}: {exc.message}") from exc
     return list(clocks.values()), fences
+
+
+def _list(doc: dict[str, Any], key: str, path: Path) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise UsageError(f"{path}: {key} is not a list")
+    return value
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing {exc.args[0]!r}"
+    return str(exc)[:200] or type(exc).__name__
 
 
 def _snake(d: dict[str, Any]) -> dict[str, Any]:
