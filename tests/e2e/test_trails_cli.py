@@ -172,12 +172,14 @@ def test_dask_engine_on_a_local_cluster_matches_the_local_engine(inputs: dict[st
 
     fences = load_geojson(inputs["fences"])
     local_out = inputs["tmp"] / "cmp-local"
+    local_out.mkdir()  # the command's staging folder, made by run()
     run_local([inputs["parquet"]], fences, local_out, "parquet", 4, None)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         for kind in ("parquet", "csv"):
             out = inputs["tmp"] / f"cmp-dask-{kind}"
+            out.mkdir()
             address = cluster.scheduler_address
             progress = kind == "csv"  # the distributed bar, redirected to stderr
             summary = run_dask([inputs[kind]], fences, out, "parquet", 4, address, 3, progress)

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +397,9 @@ class PartWriter:
 
     def __init__(self, out: Path, name: str, part: str, fmt: str) -> None:
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
+        # Not parents: a task still running after its run failed must not
+        # bring back the staging folder that was removed.
+        folder.mkdir(exist_ok=True)
         self.path = folder / f"part-{part}.{fmt}"
         self._fmt = fmt
         self._writer: Any = None
@@ -585,8 +588,14 @@ def run_dask(
             from dask.diagnostics.progress import ProgressBar
 
             bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()  # type: ignore[no-untyped-call]
-            with dask.config.set(scheduler="threads"), bar:
-                frame = results.compute()
+            # A pool of our own, so that after a failed task the run waits
+            # for the tasks still running before its output is removed.
+            pool = ThreadPoolExecutor(os.cpu_count() or 1)
+            try:
+                with dask.config.set(scheduler="threads", pool=pool), bar:
+                    frame = results.compute()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     except (ValueError, TypeError) as exc:  # unparsable values in the input
         raise UsageError(f"cannot evaluate the input: {exc}") from exc
     summary = Summary()
