@@ -73,6 +73,7 @@ def replica(url: str, log: Path) -> Iterator[str]:
         "GEOPUNCH_LOG_LEVEL": "INFO",
         "GEOPUNCH_DATABASE_URL": url,
         "GEOPUNCH_LISTEN": "127.0.0.1:0",
+        "GEOPUNCH_HTTP_LISTEN": "off",
     }
     with log.open("w") as err:
         proc = subprocess.Popen(

@@ -22,6 +22,8 @@ def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
         "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
         "GEOPUNCH_LISTEN": "127.0.0.1:0",
         "GEOPUNCH_PROCESSES": str(processes),
+        # The benchmarks measure gRPC; the HTTP port stays free for other runs.
+        "GEOPUNCH_HTTP_LISTEN": "off",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True

@@ -44,6 +44,8 @@ class ServerProcess:
     env_extra: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     address: str = ""
+    #: host:port of its HTTP API (every test server has one, on a free port).
+    http_address: str = ""
     log_path: Path | None = None
     #: Arguments after ``serve``.
     args: list[str] = field(default_factory=list)
@@ -57,6 +59,7 @@ class ServerProcess:
             "GEOPUNCH_DATABASE_URL": self.db_url,
             "GEOPUNCH_LISTEN": "127.0.0.1:0",
             "GEOPUNCH_LOG_LEVEL": "INFO",
+            "GEOPUNCH_HTTP_LISTEN": "127.0.0.1:0",
             **self.env_extra,
         }
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
@@ -71,12 +74,15 @@ class ServerProcess:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = self.proc.stdout.readline()
-        self.proc.stdout.close()
         if not line.startswith("geopunch serving on "):
+            self.proc.stdout.close()
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError(f"server did not start: {line!r}\n{self.log_path.read_text()}")
         self.address = line.split()[-1]
+        if env["GEOPUNCH_HTTP_LISTEN"] != "off":  # printed in the same write
+            self.http_address = self.proc.stdout.readline().split()[-1]
+        self.proc.stdout.close()
         if self.credentials is None:
             channel = grpc.insecure_channel(self.address)
         else:

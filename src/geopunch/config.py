@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -24,6 +25,12 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def _check_address(address: str, what: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} {address!r} is not host:port")
+
+
 def _read_keys_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -35,6 +42,8 @@ def _read_keys_file(path: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Config:
     listen: str = DEFAULT_LISTEN
+    #: host:port of the HTTP/JSON API; empty: off.
+    http_listen: str = ""
     database_url: str = DEFAULT_DATABASE_URL
     api_key_hashes: tuple[bytes, ...] = field(default=(), repr=False)
     log_level: str = "INFO"
@@ -101,9 +110,12 @@ class Config:
         if level not in LOG_LEVELS:
             raise ValueError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
         listen = pick("listen", "GEOPUNCH_LISTEN", DEFAULT_LISTEN)
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen address {listen!r} is not host:port")
+        _check_address(listen, "listen address")
+        http_listen = pick("http_listen", "GEOPUNCH_HTTP_LISTEN", DEFAULT_HTTP_LISTEN)
+        if http_listen.lower() == "off":
+            http_listen = ""
+        else:
+            _check_address(http_listen, "HTTP listen address")
         workers = int(pick("max_workers", "GEOPUNCH_MAX_WORKERS", "32"))
         if not 1 <= workers <= 1024:
             raise ValueError("max workers must be within 1..1024")
@@ -123,6 +135,7 @@ class Config:
             raise ValueError("max clock skew must be within 0..86400 seconds")
         return Config(
             listen=listen,
+            http_listen=http_listen,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
             api_key_hashes=tuple(hash_key(k) for k in keys),
             log_level=level,

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -80,6 +82,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | Pem]:
     (d / "ca.pem").write_bytes(ca_pem.cert)
     (d / "server.pem").write_bytes(server.cert)
     (d / "server.key").write_bytes(server.key)
+    (d / "client.pem").write_bytes(client.cert)
+    (d / "client.key").write_bytes(client.key)
     return {"dir": d, "ca": ca_pem, "server": server, "client": client}
 
 
@@ -99,6 +103,10 @@ def _start(
     )
     srv.start(tmp_path)
     return srv
+
+
+def _trust(d: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(d / "ca.pem"))
 
 
 def _ping(address: str, creds: grpc.ChannelCredentials | None) -> grpc.StatusCode:
@@ -122,6 +130,13 @@ def test_a_tls_server_answers_over_tls_only(tmp_path: Path, pki: dict[str, Path 
         assert _ping(srv.address, None) == grpc.StatusCode.UNAVAILABLE  # plaintext
         # A client that does not trust the test's CA refuses the server.
         assert _ping(srv.address, grpc.ssl_channel_credentials()) == grpc.StatusCode.UNAVAILABLE
+        # The HTTP API speaks TLS with the same certificate.
+        d = pki["dir"]
+        assert isinstance(d, Path)
+        ok = httpx.get(f"https://{srv.http_address}/healthz", verify=_trust(d))
+        assert ok.status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{srv.http_address}/healthz", timeout=5)
     finally:
         srv.terminate()
 
@@ -146,5 +161,11 @@ def test_client_certificates_are_verified_when_a_client_ca_is_given(
             root_certificates=ca.cert, private_key=other.key, certificate_chain=other.cert
         )
         assert _ping(srv.address, stranger) == grpc.StatusCode.UNAVAILABLE
+        url = f"https://{srv.http_address}/healthz"
+        mine = _trust(d)
+        mine.load_cert_chain(d / "client.pem", d / "client.key")
+        assert httpx.get(url, verify=mine).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, verify=_trust(d), timeout=5)
     finally:
         srv.terminate()

@@ -21,6 +21,9 @@ def test_env_and_overrides() -> None:
     assert Config.from_env(env, listen="127.0.0.1:1").listen == "127.0.0.1:1"
     assert cfg.max_clock_skew_seconds == 300
     assert Config.from_env(env, max_clock_skew_seconds=5).max_clock_skew_seconds == 5
+    assert cfg.http_listen == "127.0.0.1:8080"  # on by default
+    assert Config.from_env({**env, "GEOPUNCH_HTTP_LISTEN": "OFF"}).http_listen == ""
+    assert Config.from_env(env, http_listen="0.0.0.0:9").http_listen == "0.0.0.0:9"
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,8 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_STREAMS_PER_KEY": "0"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "nohost"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LISTEN": "h:99999"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_LISTEN": "8080"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_LISTEN": "h:http"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_LEVEL": "LOUD"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "0.25"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "-1"},

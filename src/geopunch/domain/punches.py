@@ -245,8 +245,12 @@ def check_start_after_history(ts: int, last_end: int | None) -> None:
         )
 
 
-def check_end_after_start(ts: int, open_activity: Activity) -> None:
-    if ts > open_activity.start.timestamp:
+def check_end_after_start(ts: int, open_activity: Activity, live: bool = False) -> None:
+    """A supplied timestamp must be after the open activity's start; a live
+    punch (the server's time) may also fall in the same second, as a tap on
+    "clock out" right after "clock in" does."""
+    start = open_activity.start.timestamp
+    if ts > start or (live and ts == start):
         return
     code = (
         ErrorCode.INVALID_TIMESTAMP_BEFORE_CLOCK_IN
@@ -433,6 +437,7 @@ def decide_punch(
     cmd, tc, ts = plan.cmd, plan.time_clock, plan.timestamp
     current = state.open
     stamp = int(now)
+    live = cmd.timestamp is None
 
     def point(fence: str | None) -> PunchPoint:
         return PunchPoint(ts, plan.timezone, cmd.location, "api", fence)
@@ -480,7 +485,7 @@ def decide_punch(
                 f"user {cmd.user_id} has no open shift on time clock {tc.id}"
                 + (" (a manual break is open)" if current is not None else ""),
             )
-        check_end_after_start(ts, current)
+        check_end_after_start(ts, current, live)
         check_day()
         done = closed(current, fence(current.job_id))
         return PunchDecision(PunchResult(done), (done,), ())
@@ -493,7 +498,7 @@ def decide_punch(
                 {"breakId": current.id},
             )
         if current is not None:
-            check_end_after_start(ts, current)
+            check_end_after_start(ts, current, live)
         else:
             check_start_after_history(ts, state.last_end)
         check_day()
@@ -519,7 +524,7 @@ def decide_punch(
             ErrorCode.NO_OPEN_BREAK,
             f"user {cmd.user_id} has no open manual break on time clock {tc.id}",
         )
-    check_end_after_start(ts, current)
+    check_end_after_start(ts, current, live)
     check_mandatory(_break_type_of(tc, current), current.start.timestamp, ts)
     check_day()
     where = fence(current.job_id)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from geopunch.config import DEFAULT_DATABASE_URL, DEFAULT_LISTEN, Config
+from geopunch.config import DEFAULT_DATABASE_URL, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, Config
 from geopunch.logs import setup_logging
 
 
@@ -17,6 +17,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--listen", help=f"host:port (GEOPUNCH_LISTEN, default {DEFAULT_LISTEN})")
+    serve.add_argument(
+        "--http-listen",
+        help=f"host:port of the HTTP/JSON API, or 'off' "
+        f"(GEOPUNCH_HTTP_LISTEN, default {DEFAULT_HTTP_LISTEN})",
+    )
     serve.add_argument(
         "--database-url",
         help=f"SQLAlchemy URL (GEOPUNCH_DATABASE_URL, default {DEFAULT_DATABASE_URL})",
@@ -160,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = Config.from_env(
                 listen=args.listen,
+                http_listen=args.http_listen,
                 database_url=args.database_url,
                 api_keys=args.api_keys,
                 log_level=args.log_level,
@@ -181,8 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _hide_from_process_list(args.api_keys)
         setup_logging(config.log_level)
 
-        def ready(port: int) -> None:
-            print(f"geopunch serving on {config.listen.rpartition(':')[0]}:{port}", flush=True)
+        def ready(port: int, http: str = "") -> None:
+            # One write: a reader may close the pipe after the first line.
+            lines = f"geopunch serving on {config.listen.rpartition(':')[0]}:{port}\n"
+            if http:
+                lines += f"geopunch http on {http}\n"
+            sys.stdout.write(lines)
+            sys.stdout.flush()
 
         if config.processes > 1:
             from geopunch.entrypoints.supervisor import serve_processes

@@ -28,11 +28,13 @@ from grpc_reflection.v1alpha import reflection
 from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
+from geopunch.adapters.http.app import HttpDeps, create_app
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import Transaction, UnitOfWorkFactory
 from geopunch.entrypoints import background
+from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences
 from geopunch.service.accounts import KeyRing
@@ -118,6 +120,31 @@ class Server:
             self.loop.close()
             self._committer.close()
             raise RuntimeError(f"cannot listen on {config.listen}")
+        self.http: HttpServer | None = None
+        if config.http_listen:
+            self.http = HttpServer(
+                self._http_app(),
+                bind(config.http_listen, worker is not None),
+                config.tls_cert,
+                config.tls_key,
+                config.tls_client_ca,
+            )
+
+    def _http_app(self) -> Any:
+        due = None
+        if self.worker is not None:
+            siblings, catch_up = self._siblings_changed, self._catch_up_with_siblings
+            due = lambda: catch_up if siblings() else None  # noqa: E731
+        return create_app(
+            HttpDeps(
+                fences=self.index,
+                clock=SystemClock(),
+                submit=self._committer.submit,
+                keys=self.keys,
+                ready=self._ready,
+                catch_up=due or (lambda: None),
+            )
+        )
 
     async def _make_server(self) -> tuple[grpc.aio.Server, int]:
         config = self.config
@@ -184,6 +211,8 @@ class Server:
     def start(self) -> None:
         """Listen at once (health says NOT_SERVING), then open and migrate the store."""
         self.loop.run(self._grpc.start())
+        if self.http is not None:
+            self.http.start()  # answers 503 until ready
         host = self.config.listen.rpartition(":")[0]
         log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
         on_events, on_index_changes = self.wakeup.notify, None
@@ -280,6 +309,8 @@ class Server:
         self._stopped.set()  # event streams end at their next wake-up
         self.wakeup.notify()
         self.loop.run(self.health.enter_graceful_shutdown())
+        if self.http is not None:
+            self.http.stop(self.config.grace_seconds if grace is None else grace)
         self.loop.run(self._grpc.stop(self.config.grace_seconds if grace is None else grace))
         self._committer.close()  # every call has answered: nothing is left to queue
         self._executor.shutdown()
@@ -310,7 +341,9 @@ def _bind(server: grpc.aio.Server, config: Config) -> int:
 
 
 def serve(
-    config: Config, ready: Callable[[int], None] | None = None, worker: WorkerSlot | None = None
+    config: Config,
+    ready: Callable[[int, str], None] | None = None,
+    worker: WorkerSlot | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = Server(config, worker)
@@ -326,7 +359,7 @@ def serve(
     gc.collect()
     gc.freeze()
     if ready is not None:
-        ready(server.port)
+        ready(server.port, server.http.address if server.http is not None else "")
     # Wait in slices: a signal taken by another thread only sets a flag, and
     # the main thread must wake up to run the handler.
     while not stop_requested.wait(0.25):

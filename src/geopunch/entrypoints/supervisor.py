@@ -91,7 +91,7 @@ def _worker_main(config: Config, slot: WorkerSlot, ready: Any) -> None:
         threading.Thread(
             target=_stop_with, args=(parent,), name="supervisor-watch", daemon=True
         ).start()
-    serve(config, lambda _port: ready.put(slot.number), worker=slot)
+    serve(config, lambda _port, _http: ready.put(slot.number), worker=slot)
 
 
 def _stop_with(parent: multiprocessing.process.BaseProcess) -> None:
@@ -100,7 +100,7 @@ def _stop_with(parent: multiprocessing.process.BaseProcess) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_processes(config: Config, ready: Callable[[int], None] | None = None) -> None:
+def serve_processes(config: Config, ready: Callable[[int, str], None] | None = None) -> None:
     """Run ``config.processes`` workers until SIGTERM or SIGINT, then drain them."""
     from geopunch.adapters.db.store import make_engine, migrate
 
@@ -111,8 +111,11 @@ def serve_processes(config: Config, ready: Callable[[int], None] | None = None) 
         engine.dispose()
     log.info("store ready", extra={"fields": {"revision": revision}})
     sock, address = reserve_port(config.listen)
+    http_sock, http_address = None, ""
+    if config.http_listen:  # the HTTP port too is reserved here and shared by the workers
+        http_sock, http_address = reserve_port(config.http_listen)
     ctx = multiprocessing.get_context("spawn")
-    worker_config = replace(config, listen=address, processes=1)
+    worker_config = replace(config, listen=address, http_listen=http_address, processes=1)
     generations = SharedGenerations(ctx)
     started: Any = ctx.Queue()
     stop = stop_on_signals()
@@ -133,7 +136,7 @@ def serve_processes(config: Config, ready: Callable[[int], None] | None = None) 
             return
         log.info("serving", extra={"fields": {"address": address, "processes": len(workers)}})
         if ready is not None:
-            ready(_host_port(address)[1])
+            ready(_host_port(address)[1], http_address)
         while not stop.wait(0.25):
             for n, proc in enumerate(workers):
                 if proc.exitcode is not None and not stop.is_set():
@@ -146,6 +149,8 @@ def serve_processes(config: Config, ready: Callable[[int], None] | None = None) 
     finally:
         _drain(workers, config.grace_seconds)
         sock.close()
+        if http_sock is not None:
+            http_sock.close()
         log.info("stopped")
 
 

@@ -1,0 +1,1 @@
+"""HTTP/JSON side: the spec's REST API on FastAPI."""

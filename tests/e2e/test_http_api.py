@@ -1,0 +1,310 @@
+"""The HTTP/JSON API at the spec's paths: punches and manual breaks, against
+the real server's HTTP listener (the same process and store as gRPC), and
+the spec's own JavaScript integration classes run unchanged by Node.js."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from geopunch.v1 import admin_pb2
+from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
+from tests.e2e.test_accounts import provision
+
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
+USER = 9170357
+HQ = {"address": "123 Main St, New York, NY 10001", "latitude": 40.7128, "longitude": -74.0060}
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=f"http://{server.http_address}", headers={"X-API-KEY": API_KEY}, timeout=30
+    ) as c:
+        yield c
+
+
+def _clock(client: Client, **fields: Any) -> int:
+    tc = make_time_clock(
+        client,
+        user_ids=[USER],
+        manual_breaks_enabled=True,
+        manual_break_types=[admin_pb2.ManualBreakType(id="lunch", name="Lunch")],
+        **fields,
+    )
+    return int(tc.id)
+
+
+def _post(http: httpx.Client, tc: int, path: str, body: dict[str, Any], **kw: Any) -> Any:
+    return http.post(f"/time-clock/v1/time-clocks/{tc}/{path}", json=body, **kw)
+
+
+def test_clock_in_and_out_answer_the_specs_json(http: httpx.Client, client: Client) -> None:
+    tc = _clock(client)
+    r = _post(
+        http,
+        tc,
+        "clock-in",
+        {
+            "userId": USER,
+            "jobId": "job-123",
+            "timezone": "America/New_York",
+            "locationData": HQ,
+            "timestamp": int(time.time()) - 120,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"requestId", "data"}
+    assert r.headers["X-Request-ID"] == body["requestId"]
+    shift = body["data"]["shift"]
+    assert set(shift) == {
+        "id",
+        "userId",
+        "start",
+        "jobId",
+        "schedulerShiftId",
+        "createdAt",
+        "modifiedAt",
+    }
+    assert shift["userId"] == USER and isinstance(shift["userId"], int)
+    assert shift["schedulerShiftId"] is None
+    assert shift["start"]["locationData"] == HQ
+    assert shift["start"]["source"] == {"type": "api"}
+    assert shift["start"]["timezone"] == "America/New_York"
+    out = _post(http, tc, "clock-out", {"userId": USER}).json()["data"]["shift"]
+    assert out["id"] == shift["id"]
+    assert out["end"]["timestamp"] >= out["start"]["timestamp"]
+
+
+def test_errors_carry_the_specs_status_and_a_reason(http: httpx.Client, client: Client) -> None:
+    tc = _clock(client)
+    assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200
+    cases = [
+        (tc, "clock-in", {"userId": USER}, 400, "ALREADY_CLOCKED_IN"),
+        (tc, "clock-in", {"userId": 1}, 400, "USER_NOT_ASSIGNED"),
+        (
+            tc,
+            "clock-in",
+            {"userId": USER, "timestamp": int(time.time()) + 3600},
+            400,
+            "INVALID_TIMESTAMP_FUTURE",
+        ),
+        (
+            tc,
+            "clock-out",
+            {"userId": USER, "timestamp": int(time.time()) - 13 * 3600},
+            400,
+            "INVALID_TIMESTAMP_TOO_OLD",
+        ),
+        (next_time_clock_id(), "clock-in", {"userId": USER}, 404, "TIME_CLOCK_NOT_FOUND"),
+        (tc, "clock-in", {"userId": "9170357"}, 400, "INVALID_ARGUMENT"),
+        (tc, "clock-in", {}, 400, "INVALID_ARGUMENT"),
+        (tc, "manual-breaks/nap/clock-in", {"userId": USER}, 400, "MANUAL_BREAK_NOT_FOUND"),
+        (tc, "manual-breaks/clock-out", {"userId": USER}, 400, "NO_OPEN_BREAK"),
+    ]
+    for clock, path, body, status, code in cases:
+        r = _post(http, clock, path, body)
+        assert (r.status_code, r.json()["code"]) == (status, code), (path, body, r.text)
+        assert set(r.json()) == {"detail", "code", "requestId"}
+        assert r.headers["X-Request-ID"] == r.json()["requestId"]
+    r = http.post(f"/time-clock/v1/time-clocks/{tc}/clock-in", content=b"{not json")
+    assert (r.status_code, r.json()["code"]) == (400, "INVALID_ARGUMENT")
+    nokey = httpx.post(
+        f"http://{http.base_url.host}:{http.base_url.port}/time-clock/v1/time-clocks/{tc}/clock-in",
+        json={"userId": USER},
+    )
+    assert (nokey.status_code, nokey.json()["code"]) == (401, "API_KEY_INVALID")
+
+
+def test_a_locked_day_is_409(http: httpx.Client, client: Client) -> None:
+    tc = _clock(client, timezone="UTC")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    client(
+        client.admin.SetDayStatus,
+        admin_pb2.SetDayStatusRequest(
+            time_clock_id=tc, user_id=USER, dates=[today], status=admin_pb2.LOCKED
+        ),
+    )
+    r = _post(http, tc, "clock-in", {"userId": USER})
+    assert (r.status_code, r.json()["code"]) == (409, "HAS_LOCKED_DAYS")
+
+
+def test_a_break_from_a_shift_and_back(http: httpx.Client, client: Client) -> None:
+    tc = _clock(client)
+    t = int(time.time()) - 600
+    shift = _post(http, tc, "clock-in", {"userId": USER, "jobId": "job-123", "timestamp": t})
+    started = _post(
+        http, tc, "manual-breaks/lunch/clock-in", {"userId": USER, "timestamp": t + 60}
+    ).json()["data"]
+    assert started["isSwitchFromShift"] is True
+    assert started["closedShift"]["id"] == shift.json()["data"]["shift"]["id"]
+    assert started["closedShift"]["end"]["timestamp"] == t + 60
+    assert set(started["start"]) == {"timestamp", "timezone"}
+    ended = _post(
+        http, tc, "manual-breaks/clock-out", {"userId": USER, "timestamp": t + 120}
+    ).json()["data"]
+    assert ended["id"] == started["id"] and ended["isResumeShift"] is True
+    assert ended["resumedShift"]["jobId"] == "job-123"
+    assert ended["end"] == {"timestamp": t + 120, "timezone": "America/New_York"}
+    # A standalone break ends without resuming, whatever was asked.
+    _post(http, tc, "clock-out", {"userId": USER, "timestamp": t + 180})
+    _post(http, tc, "manual-breaks/lunch/clock-in", {"userId": USER, "timestamp": t + 240})
+    alone = _post(
+        http,
+        tc,
+        "manual-breaks/clock-out",
+        {"userId": USER, "timestamp": t + 300, "isResumeShift": True},
+    ).json()["data"]
+    assert alone["isResumeShift"] is False and "resumedShift" not in alone
+
+
+def test_an_idempotency_key_replays_the_first_answer(http: httpx.Client, client: Client) -> None:
+    tc = _clock(client)
+    key = {"Idempotency-Key": f"kiosk-7-{next_time_clock_id()}"}
+    first = _post(http, tc, "clock-in", {"userId": USER}, headers=key)
+    again = _post(http, tc, "clock-in", {"userId": USER}, headers=key)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()  # the same shift and the same requestId
+    other = _post(http, tc, "clock-out", {"userId": USER}, headers=key)
+    assert (other.status_code, other.json()["code"]) == (400, "IDEMPOTENCY_KEY_REUSED")
+
+
+def test_accounts_and_scopes_hold_over_http(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'http.db'}"
+    tenants = provision(url, "alpha", "beta")
+    srv = ServerProcess(db_url=url)
+    srv.start(tmp_path)
+    base = f"http://{srv.http_address}"
+    try:
+        alpha = Client(srv.address, tenants["alpha"].keys["all"])
+        tc = _clock(alpha)
+        alpha.close()
+        path = f"{base}/time-clock/v1/time-clocks/{tc}/clock-in"
+        answers = {
+            who: httpx.post(path, json={"userId": USER}, headers={"X-API-KEY": key})
+            for who, key in (
+                ("beta", tenants["beta"].keys["all"]),
+                ("alpha-read", tenants["alpha"].keys["read"]),
+                ("alpha-punch", tenants["alpha"].keys["punch"]),
+            )
+        }
+    finally:
+        srv.terminate()
+    assert (answers["beta"].status_code, answers["beta"].json()["code"]) == (
+        404,
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    assert answers["alpha-read"].status_code == 403
+    assert answers["alpha-read"].json()["code"] == "SCOPE_REQUIRED"
+    assert answers["alpha-punch"].status_code == 200
+
+
+def _spec_code(document: str, start: str, end: str) -> str:
+    text = (SPEC / document).read_text()
+    i = text.index(start)
+    j = text.index(end, i) if end else len(text)
+    return text[i:j]
+
+
+#: Wraps fetch so that the spec's classes, unchanged, reach this server
+#: instead of the vendor's host, and records every answer.
+_HARNESS = """
+const BASE = process.argv[2];
+const realFetch = globalThis.fetch;
+const calls = [];
+globalThis.fetch = async (url, init) => {
+  const local = String(url).replace('https://api.connecteam.com', BASE);
+  const response = await realFetch(local, init);
+  calls.push({ url: local, status: response.status, body: await response.clone().json() });
+  return response;
+};
+process.on('beforeExit', () => { console.log('CALLS ' + JSON.stringify(calls)); });
+"""
+
+
+def _run_node(tmp_path: Path, code: str, base: str) -> tuple[list[dict[str, Any]], str]:
+    node = shutil.which("node")
+    assert node is not None, "Node.js is needed to run the spec's examples"
+    script = tmp_path / "example.mjs"
+    script.write_text(_HARNESS + code)
+    done = subprocess.run(
+        [node, str(script), base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TZ": "America/New_York", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("CALLS "))
+    return json.loads(line[len("CALLS ") :]), done.stdout
+
+
+@pytest.fixture
+def spec_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, Client]]:
+    """A server whose key is the examples' own placeholder, with the time
+    clock, user, job and break type the examples name."""
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'spec.db'}", env_extra={"GEOPUNCH_API_KEYS": "YOUR_API_KEY"}
+    )
+    srv.start(tmp_path)
+    c = Client(srv.address, "YOUR_API_KEY")
+    make_time_clock(
+        c,
+        id=12345,
+        user_ids=[USER],
+        manual_breaks_enabled=True,
+        manual_break_types=[
+            admin_pb2.ManualBreakType(id="8b8a161e-dfb5-42ac-bbf0-0448fc0c0c82", name="Lunch")
+        ],
+    )
+    try:
+        yield srv, c
+    finally:
+        c.close()
+        srv.terminate()
+
+
+def test_the_specs_time_clock_integration_runs_unchanged(
+    spec_server: tuple[ServerProcess, Client], tmp_path: Path
+) -> None:
+    srv, _ = spec_server
+    code = _spec_code("time-clock-clocking.txt", "class TimeClockIntegration", "Error Responses")
+    calls, _ = _run_node(tmp_path, code, f"http://{srv.http_address}")
+    assert [re.sub(r".*/", "", c["url"]) for c in calls] == ["clock-in", "clock-out"] * 2
+    live_in, live_out, offline_in, offline_out = calls
+    assert live_in["status"] == live_out["status"] == 200
+    assert live_in["body"]["data"]["shift"]["jobId"] == "job-123"
+    assert live_out["body"]["data"]["shift"]["id"] == live_in["body"]["data"]["shift"]["id"]
+    assert live_in["body"]["data"]["shift"]["start"]["timezone"] == "America/New_York"
+    # The example's queued punches are from 2025: more than 12 hours old here.
+    assert offline_in["status"] == 400
+    assert offline_in["body"]["code"] == "INVALID_TIMESTAMP_TOO_OLD"
+    assert offline_out["body"]["code"] == "INVALID_TIMESTAMP_TOO_OLD"
+
+
+def test_the_specs_manual_break_integration_runs_unchanged(
+    spec_server: tuple[ServerProcess, Client], tmp_path: Path
+) -> None:
+    srv, _ = spec_server
+    # The example starts from a shift ("On shift -> take break").
+    httpx.post(
+        f"http://{srv.http_address}/time-clock/v1/time-clocks/12345/clock-in",
+        json={"userId": USER, "jobId": "job-123"},
+        headers={"X-API-KEY": "YOUR_API_KEY"},
+    ).raise_for_status()
+    code = _spec_code("manual-breaks.txt", "class ManualBreakIntegration", "Error Responses")
+    calls, stdout = _run_node(tmp_path, code, f"http://{srv.http_address}")
+    assert [c["status"] for c in calls] == [200, 200]
+    assert "Switched from shift: true" in stdout
+    assert "Resumed shift: true" in stdout
+    assert calls[1]["body"]["data"]["resumedShift"]["jobId"] == "job-123"
