@@ -1,1 +1,1 @@
-"""Adapters: the database and gRPC sides of the ports."""
+"""Adapters: the database, gRPC and HTTP sides of the ports."""
