@@ -135,9 +135,9 @@ def answer(fn: Callable[[], Any]) -> tuple[Any, ...]:
 
 
 def events_of(c: Client, **filters: Any) -> list[location_pb2.Event]:
-    """Every event the key's account may see, as one stream reads them in half a second."""
+    """Every event the key's account may see, as one stream reads them in 0.3 s."""
     stream = c.locations.WatchEvents(
-        location_pb2.WatchEventsRequest(**filters), metadata=c.metadata, timeout=0.5
+        location_pb2.WatchEventsRequest(**filters), metadata=c.metadata, timeout=0.3
     )
     out: list[location_pb2.Event] = []
     try:

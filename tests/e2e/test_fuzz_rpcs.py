@@ -198,7 +198,7 @@ def test_arbitrary_requests_get_ok_or_a_reason(
         method = getattr(getattr(c, stub), name)
         err: grpc.RpcError | None = None
         if method_desc.server_streaming:
-            stream = method(request, metadata=c.metadata, timeout=0.3)
+            stream = method(request, metadata=c.metadata, timeout=0.15)
             try:
                 for _ in stream:
                     break
