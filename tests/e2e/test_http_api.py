@@ -308,3 +308,84 @@ def test_the_specs_manual_break_integration_runs_unchanged(
     assert "Switched from shift: true" in stdout
     assert "Resumed shift: true" in stdout
     assert calls[1]["body"]["data"]["resumedShift"]["jobId"] == "job-123"
+
+
+def test_geofences_over_http(http: httpx.Client, client: Client) -> None:
+    tc = _clock(client)
+    base = f"/time-clock/v1/time-clocks/{tc}/geofences"
+    site = {
+        "address": "789 Business Park, Chicago, IL 60601",
+        "latitude": "41.8781",
+        "longitude": "-87.6298",
+    }
+    made = http.post(
+        base,
+        json={
+            "geofences": [
+                {
+                    "name": "Client Site A",
+                    "location": site,
+                    "fenceSize": 200,
+                    "onGeofenceExitAction": "sendNotification",
+                },
+                {
+                    "name": "Construction Site",
+                    "location": {**site, "latitude": 29.7604},
+                    "jobIds": ["job-123"],
+                    "onGeofenceExitAction": "autoClockOut",
+                },
+            ]
+        },
+    )
+    assert made.status_code == 200, made.text
+    created = made.json()["data"]["geofences"]
+    assert [g["name"] for g in created] == ["Client Site A", "Construction Site"]
+    listed = http.get(base).json()["data"]["geofences"]
+    assert [g["id"] for g in listed] == [g["fenceId"] for g in created]
+    first = listed[0]
+    assert set(first) == {
+        "id",
+        "name",
+        "isEnabled",
+        "fenceSize",
+        "jobIds",
+        "onGeofenceExitAction",
+        "location",
+    }
+    assert first["location"] == site  # numeric strings, as sent
+    assert first["isEnabled"] is True and first["jobIds"] == [] and first["fenceSize"] == 200
+    assert listed[1]["fenceSize"] == 150 and listed[1]["location"]["latitude"] == "29.7604"
+    one = http.get(f"{base}/{created[1]['fenceId']}").json()["data"]["geofence"]
+    assert one == listed[1]
+    assert http.delete(f"{base}/{created[1]['fenceId']}").json()["data"] == {}
+    gone = http.get(f"{base}/{created[1]['fenceId']}")
+    assert (gone.status_code, gone.json()["code"]) == (404, "GEOFENCE_NOT_FOUND")
+    for fence, code in (
+        ({"name": "x", "location": {**site, "latitude": "north"}}, "INVALID_COORDINATES"),
+        ({"name": "x", "location": {**site, "latitude": "91"}}, "INVALID_COORDINATES"),
+        ({"name": "", "location": site}, "INVALID_NAME"),
+        ({"name": "x", "location": site, "fenceSize": 5}, "INVALID_FENCE_SIZE"),
+        ({"name": "x", "location": site, "jobIds": ["job-invalid"]}, "JOBS_NOT_IN_TIME_CLOCK"),
+    ):
+        bad = http.post(base, json={"geofences": [fence]})
+        assert (bad.status_code, bad.json()["code"]) == (400, code), bad.text
+    assert len(http.get(base).json()["data"]["geofences"]) == 1  # nothing more was made
+
+
+def test_the_specs_bulk_geofence_function_runs_unchanged(
+    spec_server: tuple[ServerProcess, Client], tmp_path: Path
+) -> None:
+    srv, _ = spec_server
+    code = _spec_code("geofences.txt", "async function createGeofences", "\nResponse\n")
+    calls, _ = _run_node(tmp_path, code, f"http://{srv.http_address}")
+    assert [c["status"] for c in calls] == [200]
+    assert [g["name"] for g in calls[0]["body"]["data"]["geofences"]] == ["Site A", "Site B"]
+    listed = httpx.get(
+        f"http://{srv.http_address}/time-clock/v1/time-clocks/12345/geofences",
+        headers={"X-API-KEY": "YOUR_API_KEY"},
+    ).json()["data"]["geofences"]
+    assert [(g["fenceSize"], g["location"]["latitude"]) for g in listed] == [
+        (200, "40.7128"),
+        (150, "40.7145"),
+    ]
+    assert all(g["onGeofenceExitAction"] == "sendNotification" for g in listed)

@@ -137,6 +137,7 @@ class Server:
             due = lambda: catch_up if siblings() else None  # noqa: E731
         return create_app(
             HttpDeps(
+                uows=self._uows,
                 fences=self.index,
                 clock=SystemClock(),
                 submit=self._committer.submit,

@@ -8,7 +8,8 @@ in, a use case of ``geopunch.service``, JSON out. Every rule, check and state
 lives below it, shared with gRPC.
 
 Bodies follow the spec: camelCase keys, integers as numbers, booleans always
-present, ``schedulerShiftId`` null when none. Errors are
+present, ``schedulerShiftId`` null when none, geofence coordinates as
+numeric strings. Errors are
 ``{"detail", "code", "requestId"}`` with the spec's status: every refusal
 the punch tables list is 400, ``HAS_LOCKED_DAYS`` 409, a missing time clock
 404, a missing or unknown key 401, a key without the scope 403.
@@ -28,8 +29,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt
 
 from geopunch.domain.accounts import Principal, Scope
-from geopunch.domain.errors import STATUS, DomainError, ErrorCode
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine
+from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.models import Geofence, GeofenceDraft
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
     PunchCommand,
@@ -39,7 +41,7 @@ from geopunch.domain.punches import (
     PunchResult,
 )
 from geopunch.logs import request_id_var
-from geopunch.service import punches
+from geopunch.service import geofences, punches
 from geopunch.service.accounts import KeyRing
 
 #: Statuses the spec's punch and break tables give, where they differ from
@@ -68,6 +70,7 @@ _PUNCH_STATUS = {
 class HttpDeps:
     """What the HTTP adapter is built from (the gRPC services' own parts)."""
 
+    uows: UnitOfWorkFactory
     fences: FenceEngine
     clock: Clock
     submit: AsyncTransactionRunner
@@ -114,7 +117,70 @@ class BreakEndBody(ClockOutBody):
     isResumeShift: StrictBool | None = None
 
 
+class FenceLocation(_Body):
+    address: str = ""
+    # Numeric strings, as the spec has them ("40.7128"); numbers are taken too.
+    latitude: str | StrictFloat | StrictInt | None = None
+    longitude: str | StrictFloat | StrictInt | None = None
+
+
+class FenceIn(_Body):
+    name: str = ""
+    location: FenceLocation = FenceLocation()
+    isEnabled: StrictBool | None = None
+    fenceSize: StrictInt | None = None
+    jobIds: list[str] = []
+    onGeofenceExitAction: str = ""
+
+
+class CreateGeofencesBody(_Body):
+    geofences: list[FenceIn]
+
+
+def _coordinate(value: str | float | None, path: str) -> float | None:
+    """A coordinate as a number; the range and finiteness are the rules' to check."""
+    if value is None or isinstance(value, float | int):
+        return None if value is None else float(value)
+    try:
+        return float(value)
+    except ValueError:
+        raise DomainError(
+            ErrorCode.INVALID_COORDINATES,
+            f'{path}: {value[:24]!r} is not a number; send a numeric string such as "40.7128"',
+        ) from None
+
+
+def _draft(g: FenceIn, i: int) -> GeofenceDraft:
+    where = f"geofences[{i}].location"
+    return GeofenceDraft(
+        name=g.name,
+        address=g.location.address,
+        latitude=_coordinate(g.location.latitude, f"{where}.latitude"),
+        longitude=_coordinate(g.location.longitude, f"{where}.longitude"),
+        is_enabled=g.isEnabled,
+        fence_size_m=g.fenceSize,
+        job_ids=tuple(g.jobIds),
+        exit_action=g.onGeofenceExitAction,
+    )
+
+
 # -- answers --------------------------------------------------------------------------
+
+
+def _fence(f: Geofence) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "name": f.name,
+        "isEnabled": f.is_enabled,
+        "fenceSize": f.fence_size_m,
+        "jobIds": list(f.job_ids),
+        "onGeofenceExitAction": f.exit_action.value,
+        "location": {
+            "address": f.address,
+            "latitude": repr(f.latitude),
+            "longitude": repr(f.longitude),
+        },
+    }
 
 
 def _location(loc: PunchLocation) -> dict[str, Any]:
@@ -212,6 +278,14 @@ def create_app(deps: HttpDeps) -> FastAPI:
         if request.url.path.startswith("/time-clock/"):
             status = _PUNCH_STATUS.get(exc.code, status)
         return _error(status, exc.code.value, exc.message)
+
+    @app.exception_handler(ConcurrentChange)
+    async def lost_race(request: Request, exc: ConcurrentChange) -> JSONResponse:
+        return _error(
+            409,
+            ErrorCode.CONCURRENT_MODIFICATION.value,
+            "the change met concurrent changes of the same data; retry",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -331,6 +405,36 @@ def create_app(deps: HttpDeps) -> FastAPI:
             who, PunchKind.END_BREAK, timeClockId, body, key, is_resume_shift=body.isResumeShift
         )
         return answer(_break_ended(r))
+
+    Reader = Annotated[Principal, Depends(principal(Scope.READ))]
+    Admin = Annotated[Principal, Depends(principal(Scope.ADMIN))]
+    FenceId = Annotated[str, Path(max_length=1000)]
+
+    # Geofences: blocking use cases, which FastAPI runs on its thread pool.
+    @app.get(f"{base}/geofences")
+    def list_fences(who: Reader, timeClockId: ClockId) -> dict[str, Any]:
+        fences = geofences.list_geofences(deps.uows, who.account_id, timeClockId)
+        return answer({"geofences": [_fence(f) for f in fences]})
+
+    @app.post(f"{base}/geofences")
+    def create_fences(
+        who: Admin, timeClockId: ClockId, body: CreateGeofencesBody
+    ) -> dict[str, Any]:
+        drafts = [_draft(g, i) for i, g in enumerate(body.geofences)]
+        made = geofences.create_geofences(
+            deps.uows, who.account_id, timeClockId, drafts, deps.fences
+        )
+        return answer({"geofences": [{"fenceId": f.id, "name": f.name} for f in made]})
+
+    @app.get(f"{base}/geofences/{{fenceId}}")
+    def get_fence(who: Reader, timeClockId: ClockId, fenceId: FenceId) -> dict[str, Any]:
+        fence = geofences.get_geofence(deps.uows, who.account_id, timeClockId, fenceId)
+        return answer({"geofence": _fence(fence)})
+
+    @app.delete(f"{base}/geofences/{{fenceId}}")
+    def delete_fence(who: Admin, timeClockId: ClockId, fenceId: FenceId) -> dict[str, Any]:
+        geofences.delete_geofence(deps.uows, who.account_id, timeClockId, fenceId, deps.fences)
+        return answer({})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
