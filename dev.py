@@ -62,7 +62,10 @@ def main(argv: list[str]) -> int:
         env = dict(os.environ)
         if "GEOPUNCH_API_KEYS" not in env and "--api-keys" not in rest:
             env["GEOPUNCH_API_KEYS"] = DEV_API_KEY
-            print(f"development API key: {DEV_API_KEY}  (send as 'x-api-key' metadata)")
+            print(
+                f"development API key: {DEV_API_KEY}  "
+                "(gRPC: 'x-api-key' metadata; HTTP: the X-API-KEY header)"
+            )
         (ROOT / "var").mkdir(exist_ok=True)
         env.setdefault("GEOPUNCH_DATABASE_URL", f"sqlite:///{ROOT / 'var' / 'geopunch.db'}")
         os.chdir(ROOT)
