@@ -229,9 +229,8 @@ class ServiceInterceptor(_Interceptor):
         """Around one call's handler: request id and metadata, refusal, error
         mapping and the access log line with the code that was answered."""
         start, code = time.perf_counter(), grpc.StatusCode.OK
-        token = request_id_var.set("")
+        token = request_id_var.set(str(uuid.uuid4()))
         who = None
-        request_id_var.set(str(uuid.uuid4()))
         try:
             try:
                 refusal = self._refusal(call)
@@ -342,11 +341,6 @@ class ServiceInterceptor(_Interceptor):
                 request = await self._request(requests, context, decode, call.method)
                 await self._begin(context, call)
                 assert call.principal is not None
-                # grpc notices a client that went away only at the next
-                # write; an idle stream would hold its place until then.
-                task = asyncio.current_task()
-                assert task is not None
-                context.add_done_callback(lambda _: task.cancel())
                 with self._stream_slot(call.principal):
                     await self._catch_up_async()
                     async for item in behavior(request, context):

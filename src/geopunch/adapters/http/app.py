@@ -306,8 +306,7 @@ def create_app(deps: HttpDeps) -> FastAPI:
                     ErrorCode.API_KEY_INVALID,
                     "missing or unknown API key: send it in the X-API-KEY header",
                 )
-            if scope is not None:
-                who.require(scope, "this endpoint")
+            who.require(scope, "this endpoint")
             due = deps.catch_up()
             if due is not None:  # a sibling worker changed a time clock meanwhile
                 await asyncio.to_thread(due)
