@@ -221,7 +221,7 @@ async def report_locations(
         view = await asyncio.to_thread(fences.view_knowing, account, clocks)
     work = _live_work(view, account, batch, clock.now(), max_skew_s)
     first_user = int(batch.user_ids.min()) if batch.size else 0
-    order = (account, int(batch.time_clock_ids.min()) if batch.size else 0, first_user)
+    order = (account, int(clocks[0]) if clocks else 0, first_user)
     r, report = await run_retrying(submit, work, _LOST_TRAILS, order)
     # After the transaction: a shared commit waits for nothing that needs no store.
     return TrailOutcome(r, r.fence_ids.tolist(), report)

@@ -261,12 +261,7 @@ class SqlUnitOfWork(_Repositories):
             # Delivered when (and only if) the transaction commits: every
             # replica's listener then catches up at once (see notify.py).
             notify(self._conn)
-        try:
-            self._conn.commit()
-        except Exception as exc:
-            if transient(exc):
-                raise as_conflict(exc) from exc
-            raise
+        self._conn.commit()  # a deadlock or serialization failure: see __exit__
         for repos in scopes:
             repos.events.appended = repos.index_changes.noted = False
         self.api_keys.changed = False
