@@ -265,7 +265,7 @@ def _string_and_float_paths(msg: Message, prefix: str = "") -> Iterator[tuple[st
     """(path, field descriptor, kind) of every set string and singular float."""
     for fd, value in msg.ListFields():
         path = f"{prefix}{fd.name}"
-        repeated = fd.label == FieldDescriptor.LABEL_REPEATED
+        repeated = fd.is_repeated
         if fd.type == FieldDescriptor.TYPE_STRING:
             yield (f"{path}[0]" if repeated else path), fd, "text"
         elif fd.type == FieldDescriptor.TYPE_DOUBLE and not repeated:

@@ -108,7 +108,7 @@ def messages(desc: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
             one = messages(fd.message_type, depth + 1)
         else:
             one = _scalar(fd)
-        if fd.label == F.LABEL_REPEATED:
+        if fd.is_repeated:
             fields[fd.name] = st.lists(one, max_size=3)
         else:
             fields[fd.name] = one
@@ -118,7 +118,7 @@ def messages(desc: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
         msg = cls()
         for name, value in chosen.items():
             fd = desc.fields_by_name[name]
-            if fd.label == F.LABEL_REPEATED:
+            if fd.is_repeated:
                 getattr(msg, name).extend(value)
             elif fd.type == F.TYPE_MESSAGE:
                 getattr(msg, name).CopyFrom(value)

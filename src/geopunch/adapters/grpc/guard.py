@@ -67,7 +67,7 @@ def _add(found: list[FieldViolation], path: str, problem: str) -> None:
 def _walk(message: Any, prefix: str, found: list[FieldViolation]) -> None:
     for fd, value in message.ListFields():
         path = f"{prefix}{fd.name}"
-        repeated = fd.label == FieldDescriptor.LABEL_REPEATED
+        repeated = fd.is_repeated
         if fd.type == _STRING:
             if repeated:
                 for i, text in enumerate(value):
