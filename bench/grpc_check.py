@@ -38,6 +38,7 @@ from serverproc import (
 )
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.geo.engine import FenceIndex, check_points, warm_up
 from geopunch.v1 import location_pb2, location_pb2_grpc
 
@@ -58,7 +59,7 @@ def seed(db: Path, clocks: int, fences: int, points: int, users: int = 0) -> tup
     migrate(engine)
     uows = SqlUnitOfWorkFactory(engine)
     t = time.perf_counter()
-    with uows() as uow:
+    with uows(account=DEFAULT_ACCOUNT) as uow:
         for tc in f.time_clocks:
             uow.time_clocks.add(tc)
         for start in range(0, len(f.fences), 50_000):

@@ -31,9 +31,11 @@ from grpc_check import seed
 from report_locations import batches
 
 from geopunch.adapters.db.store import GroupCommitter
+from geopunch.adapters.grpc.auth import principal_var
 from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.bootstrap import build_app
 from geopunch.config import Config
+from geopunch.domain.accounts import ALL_SCOPES, DEFAULT_ACCOUNT, Principal
 
 WORKERS = 8  # batch streams, shared out among the callers
 WARM = 5  # first batches of each stream, run before timing
@@ -67,6 +69,9 @@ def measure(fleet: Any, template: Path, callers: int, rounds: int, users: int) -
         timer = _BatchTimer()
         committer = GroupCommitter(app.uows, observe=timer)
         svc = LocationServicer(app.index, app.uows, _Clock(), committer.submit)
+        # What the interceptor sets for a call: the caller's account (the
+        # callers' tasks copy this context).
+        principal_var.set(Principal(DEFAULT_ACCOUNT, ALL_SCOPES, "bench"))
         done = [0] * callers
 
         async def run(c: int, streams: range) -> None:

@@ -20,7 +20,9 @@ from sqlalchemy import insert
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.adapters.db.tables import events, scheduled_shifts, shift_users
+from geopunch.adapters.grpc.auth import principal_var
 from geopunch.adapters.grpc.scheduling import SchedulerServicer, scheduler_from_proto
+from geopunch.domain.accounts import ALL_SCOPES, DEFAULT_ACCOUNT, Principal
 from geopunch.service.scheduler import create_scheduler
 from geopunch.v1 import scheduler_pb2
 
@@ -39,7 +41,7 @@ def uows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlUnitOfWorkFact
     migrate(engine)
     factory = SqlUnitOfWorkFactory(engine)
     s, paths = scheduler_from_proto(scheduler())
-    create_scheduler(factory, s, paths, assign_id=False)
+    create_scheduler(factory, DEFAULT_ACCOUNT, s, paths, assign_id=False)
     yield factory
     engine.dispose()
 
@@ -47,6 +49,8 @@ def uows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlUnitOfWorkFact
 def test_create_500_shifts(benchmark, uows: SqlUnitOfWorkFactory) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "create-500"
     servicer = SchedulerServicer(uows, SystemClock())
+    # What the interceptor sets for a call: the caller's account.
+    principal_var.set(Principal(DEFAULT_ACCOUNT, ALL_SCOPES, "bench"))
     offsets = itertools.count()
     bodies = [
         scheduler_pb2.CreateShiftsRequest(scheduler_id=1, shifts=shift_batch(N, i * N))
@@ -69,6 +73,7 @@ def test_create_500_shifts_baseline_bare_inserts(benchmark, uows: SqlUnitOfWorkF
         rows = [
             {
                 "id": f"bare{batch:08d}{i:012d}",
+                "account_id": DEFAULT_ACCOUNT,
                 "scheduler_id": 1,
                 "start_ts": 1_900_000_000 + i * 3600,
                 "end_ts": 1_900_028_800 + i * 3600,
@@ -87,7 +92,7 @@ def test_create_500_shifts_baseline_bare_inserts(benchmark, uows: SqlUnitOfWorkF
             }
             for i in range(N)
         ]
-        with uows() as uow:
+        with uows(account=DEFAULT_ACCOUNT) as uow:
             conn = uow._conn
             assert conn is not None
             conn.execute(insert(scheduled_shifts), rows)
@@ -98,7 +103,13 @@ def test_create_500_shifts_baseline_bare_inserts(benchmark, uows: SqlUnitOfWorkF
             conn.execute(
                 insert(events),
                 [
-                    {"type": "shiftPublished", "occurred_at": 0, "user_id": 1001, "payload": {}}
+                    {
+                        "type": "shiftPublished",
+                        "account_id": DEFAULT_ACCOUNT,
+                        "occurred_at": 0,
+                        "user_id": 1001,
+                        "payload": {},
+                    }
                     for _ in rows
                 ],
             )
