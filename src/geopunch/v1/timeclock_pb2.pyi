@@ -296,6 +296,7 @@ class StartManualBreakResponse(_message.Message):
         JOB_ID_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         is_switch_from_shift: _builtins.bool
+        """Always present (optional): clients read it, false included."""
         manual_break_id: _builtins.str
         job_id: _builtins.str
         @_builtins.property
@@ -309,16 +310,18 @@ class StartManualBreakResponse(_message.Message):
             *,
             id: _builtins.str = ...,
             start: Global___PunchPoint | None = ...,
-            is_switch_from_shift: _builtins.bool = ...,
+            is_switch_from_shift: _builtins.bool | None = ...,
             closed_shift: Global___Shift | None = ...,
             manual_break_id: _builtins.str = ...,
             job_id: _builtins.str = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["closed_shift", b"closed_shift", "start", b"start"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_is_switch_from_shift", b"_is_switch_from_shift", "closed_shift", b"closed_shift", "is_switch_from_shift", b"is_switch_from_shift", "start", b"start"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_shift", b"closed_shift", "id", b"id", "is_switch_from_shift", b"is_switch_from_shift", "job_id", b"job_id", "manual_break_id", b"manual_break_id", "start", b"start"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_switch_from_shift", b"_is_switch_from_shift", "closed_shift", b"closed_shift", "id", b"id", "is_switch_from_shift", b"is_switch_from_shift", "job_id", b"job_id", "manual_break_id", b"manual_break_id", "start", b"start"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        _WhichOneofReturnType__is_switch_from_shift: _TypeAlias = _typing.Literal["is_switch_from_shift"]  # noqa: Y015
+        _WhichOneofArgType__is_switch_from_shift: _TypeAlias = _typing.Literal["_is_switch_from_shift", b"_is_switch_from_shift"]  # noqa: Y015
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__is_switch_from_shift) -> _WhichOneofReturnType__is_switch_from_shift | None: ...
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
@@ -399,6 +402,7 @@ class EndManualBreakResponse(_message.Message):
         RESUMED_SHIFT_FIELD_NUMBER: _builtins.int
         id: _builtins.str
         is_resume_shift: _builtins.bool
+        """Always present (optional): clients read it, false included."""
         @_builtins.property
         def end(self) -> Global___PunchPoint: ...
         @_builtins.property
@@ -410,14 +414,16 @@ class EndManualBreakResponse(_message.Message):
             *,
             id: _builtins.str = ...,
             end: Global___PunchPoint | None = ...,
-            is_resume_shift: _builtins.bool = ...,
+            is_resume_shift: _builtins.bool | None = ...,
             resumed_shift: Global___Shift | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "resumed_shift", b"resumed_shift"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_is_resume_shift", b"_is_resume_shift", "end", b"end", "is_resume_shift", b"is_resume_shift", "resumed_shift", b"resumed_shift"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "id", b"id", "is_resume_shift", b"is_resume_shift", "resumed_shift", b"resumed_shift"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_is_resume_shift", b"_is_resume_shift", "end", b"end", "id", b"id", "is_resume_shift", b"is_resume_shift", "resumed_shift", b"resumed_shift"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        _WhichOneofReturnType__is_resume_shift: _TypeAlias = _typing.Literal["is_resume_shift"]  # noqa: Y015
+        _WhichOneofArgType__is_resume_shift: _TypeAlias = _typing.Literal["_is_resume_shift", b"_is_resume_shift"]  # noqa: Y015
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__is_resume_shift) -> _WhichOneofReturnType__is_resume_shift | None: ...
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
