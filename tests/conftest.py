@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -188,6 +189,15 @@ def client(server: ServerProcess) -> Iterator[Client]:
     c = Client(server.address)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    """The shared server's HTTP API, with the bootstrap key."""
+    with httpx.Client(
+        base_url=f"http://{server.http_address}", headers={"X-API-KEY": API_KEY}, timeout=30
+    ) as c:
+        yield c
 
 
 def make_time_clock(client: Client, **fields: Any) -> admin_pb2.TimeClock:

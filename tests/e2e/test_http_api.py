@@ -17,20 +17,12 @@ import httpx
 import pytest
 
 from geopunch.v1 import admin_pb2
-from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
+from tests.conftest import Client, ServerProcess, make_time_clock, next_time_clock_id
 from tests.e2e.test_accounts import provision
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 USER = 9170357
 HQ = {"address": "123 Main St, New York, NY 10001", "latitude": 40.7128, "longitude": -74.0060}
-
-
-@pytest.fixture(scope="module")
-def http(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=f"http://{server.http_address}", headers={"X-API-KEY": API_KEY}, timeout=30
-    ) as c:
-        yield c
 
 
 def _clock(client: Client, **fields: Any) -> int:
@@ -115,7 +107,9 @@ def test_errors_carry_the_specs_status_and_a_reason(http: httpx.Client, client: 
     for clock, path, body, status, code in cases:
         r = _post(http, clock, path, body)
         assert (r.status_code, r.json()["code"]) == (status, code), (path, body, r.text)
-        assert set(r.json()) == {"detail", "code", "requestId"}
+        # field paths ("errors") only where fields are to blame
+        assert set(r.json()) - {"errors"} == {"detail", "code", "requestId"}
+        assert ("errors" in r.json()) == (code == "INVALID_ARGUMENT"), r.text
         assert r.headers["X-Request-ID"] == r.json()["requestId"]
     r = http.post(f"/time-clock/v1/time-clocks/{tc}/clock-in", content=b"{not json")
     assert (r.status_code, r.json()["code"]) == (400, "INVALID_ARGUMENT")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class GeofencePolicy(StrEnum):
@@ -41,6 +44,39 @@ class Job:
     name: str = ""
     parent_id: str | None = None
     color: str = ""
+
+
+def flatten_jobs(
+    nodes: Iterable[Any], prefix: str, children: str
+) -> tuple[tuple[Job, ...], list[str]]:
+    """Nested jobs as the flat tuple time clocks and schedulers hold, with
+    each one's path in the request.
+
+    ``nodes`` are anything with ``id``, ``name`` and ``color`` and their
+    sub-jobs under the attribute ``children`` (a message of either API).
+    """
+    flat: list[tuple[str, Job]] = []
+
+    def walk(items: Iterable[Any], where: str, parent: str | None) -> None:
+        for i, node in enumerate(items):
+            path = f"{where}[{i}]"
+            flat.append((path, Job(node.id, node.name, parent, node.color)))
+            walk(getattr(node, children), f"{path}.{children}", node.id)
+
+    walk(nodes, prefix, None)
+    return tuple(job for _, job in flat), [path for path, _ in flat]
+
+
+def nest_jobs(jobs: Iterable[Job], make: Callable[[Job, list[T]], T]) -> list[T]:
+    """The flat jobs as a tree again: ``make(job, its made sub-jobs)`` per job."""
+    by_parent: dict[str | None, list[Job]] = {}
+    for job in jobs:
+        by_parent.setdefault(job.parent_id, []).append(job)
+
+    def nest(parent: str | None) -> list[T]:
+        return [make(j, nest(j.id)) for j in by_parent.get(parent, [])]
+
+    return nest(None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,9 @@ class Server:
                 keys=self.keys,
                 ready=self._ready,
                 catch_up=due or (lambda: None),
+                wakeup=self.wakeup,
+                stopping=self._stopped,
+                max_body_bytes=self.config.max_message_bytes,
             )
         )
 

@@ -14,6 +14,8 @@ from geopunch.domain.models import (
     Job,
     ManualBreakType,
     TimeClock,
+    flatten_jobs,
+    nest_jobs,
 )
 from geopunch.v1 import admin_pb2, common_pb2, geofences_pb2
 
@@ -40,36 +42,16 @@ def _optional(msg: object, name: str, default: float) -> float:
     return float(getattr(msg, name)) if msg.HasField(name) else default  # type: ignore[attr-defined]
 
 
-def _flatten_jobs(
-    jobs: Iterable[admin_pb2.Job], prefix: str, parent: str | None, out: list[tuple[str, Job]]
-) -> None:
-    for i, job in enumerate(jobs):
-        path = f"{prefix}[{i}]"
-        out.append((path, Job(job.id, job.name, parent, job.color)))
-        _flatten_jobs(job.sub_jobs, f"{path}.sub_jobs", job.id, out)
-
-
 def jobs_from_proto(
     jobs: Iterable[admin_pb2.Job], prefix: str
 ) -> tuple[tuple[Job, ...], list[str]]:
-    """Nested jobs as the flat domain tuple, with each one's path in the request."""
-    flat: list[tuple[str, Job]] = []
-    _flatten_jobs(jobs, prefix, None, flat)
-    return tuple(job for _, job in flat), [path for path, _ in flat]
+    return flatten_jobs(jobs, prefix, "sub_jobs")
 
 
 def jobs_to_proto(jobs: Iterable[Job]) -> list[admin_pb2.Job]:
-    by_parent: dict[str | None, list[Job]] = {}
-    for job in jobs:
-        by_parent.setdefault(job.parent_id, []).append(job)
-
-    def nest(parent: str | None) -> list[admin_pb2.Job]:
-        return [
-            admin_pb2.Job(id=j.id, name=j.name, color=j.color, sub_jobs=nest(j.id))
-            for j in by_parent.get(parent, [])
-        ]
-
-    return nest(None)
+    return nest_jobs(
+        jobs, lambda j, subs: admin_pb2.Job(id=j.id, name=j.name, color=j.color, sub_jobs=subs)
+    )
 
 
 def time_clock_from_proto(

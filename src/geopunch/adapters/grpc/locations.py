@@ -18,6 +18,7 @@ from geopunch.domain.locations import DEFAULT_MAX_SKEW_S, EXIT_ACTIONS, STALE, P
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.logs import request_id_var
 from geopunch.service import trails
+from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
 from geopunch.service.locations import LocationBatch, check_locations
 from geopunch.service.trails import TrailBatch, TrailOutcome
 from geopunch.v1 import location_pb2, location_pb2_grpc
@@ -75,13 +76,6 @@ def batch_from_proto(req: location_pb2.CheckLocationsRequest) -> tuple[LocationB
         with_distance=req.with_distance,
     )
     return batch, kind or "packed"
-
-
-#: Event streams do not poll: this process's commits, its sibling workers'
-#: and (through the server's store watcher) other replicas' wake them. This
-#: is only a safety net against a lost wake-up.
-IDLE_RECHECK_S = 30.0
-EVENT_PAGE = 500
 
 
 #: TrailSamples' numeric columns: repeated field, raw field, little-endian dtype.
@@ -262,14 +256,9 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         types, clocks = list(request.types), list(request.time_clock_ids)
         uows, acct = self._uows, account()
         loop = asyncio.get_running_loop()
-
-        def read_page(after: int) -> list[Event]:
-            with uows(account=acct, readonly=True) as uow:
-                return uow.events.after(after, EVENT_PAGE, types, clocks)
-
         while not self._stopping.is_set():
             seen = self._wakeup.version
-            page = await loop.run_in_executor(None, read_page, cursor)
+            page = await loop.run_in_executor(None, events_after, uows, acct, cursor, types, clocks)
             for e in page:
                 yield event_to_proto(e)
                 cursor = e.seq

@@ -7,10 +7,13 @@ gRPC, on the HTTP server's own event loop. This adapter only converts: JSON
 in, a use case of ``geopunch.service``, JSON out. Every rule, check and state
 lives below it, shared with gRPC.
 
-Bodies follow the spec: camelCase keys, integers as numbers, booleans always
-present, ``schedulerShiftId`` null when none, geofence coordinates as
-numeric strings. Errors are
-``{"detail", "code", "requestId"}`` with the spec's status: every refusal
+Routes at the spec's paths serve the spec's bodies (``bodies`` and
+``answers`` hold the conversions). Everything else a user needs (time clock,
+scheduler and key set-up, locked days, punch validation, location checks and
+the event stream) lives under ``/geopunch/v1``.
+
+Errors are ``{"detail", "code", "requestId"}`` (plus ``errors``, the field
+paths, when the rules named fields) with the spec's status: every refusal
 the punch tables list is 400, ``HAS_LOCKED_DAYS`` 409, a missing time clock
 404, a missing or unknown key 401, a key without the scope 403.
 """
@@ -18,31 +21,47 @@ the punch tables list is 400, ``HAS_LOCKED_DAYS`` 409, a missing time clock
 # No ``from __future__ import annotations``: FastAPI reads the handlers'
 # annotations at run time, and some name types local to create_app.
 import asyncio
+import json
+import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Path, Request
+import numpy as np
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from geopunch.domain.accounts import Principal, Scope
-from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.models import Geofence, GeofenceDraft
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
-from geopunch.domain.punches import (
-    Activity,
-    PunchCommand,
-    PunchKind,
-    PunchLocation,
-    PunchPoint,
-    PunchResult,
+from geopunch.adapters.http import answers
+from geopunch.adapters.http.bodies import (
+    BreakEndBody,
+    BreakStartBody,
+    CheckLocationsBody,
+    ClockInBody,
+    ClockOutBody,
+    CreateGeofencesBody,
+    DayStatusBody,
+    SchedulerIn,
+    ShiftIn,
+    TimeClockIn,
+    ValidatePunchBody,
+    fence_draft,
 )
+from geopunch.adapters.http.examples import EXAMPLES
+from geopunch.adapters.wakeup import Wakeup
+from geopunch.domain.accounts import Principal, Scope, parse_scopes
+from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.events import check_watch_filter
+from geopunch.domain.models import DayStatus
+from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
+from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
 from geopunch.logs import request_id_var
-from geopunch.service import geofences, punches
+from geopunch.service import accounts, admin, geofences, punches, scheduler
 from geopunch.service.accounts import KeyRing
+from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
+from geopunch.service.locations import LocationBatch, check_locations
 
 #: Statuses the spec's punch and break tables give, where they differ from
 #: the general mapping (which serves gRPC): every refusal listed there is 400.
@@ -64,6 +83,17 @@ _PUNCH_STATUS = {
         ErrorCode.SCHEDULER_SHIFT_NOT_FOUND,
     )
 }
+_PUNCH_KINDS = {
+    "clockIn": PunchKind.CLOCK_IN,
+    "clockOut": PunchKind.CLOCK_OUT,
+    "breakStart": PunchKind.START_BREAK,
+    "breakEnd": PunchKind.END_BREAK,
+}
+#: Points one HTTP location check may carry; larger batches belong on gRPC.
+MAX_HTTP_POINTS = 10_000
+#: How often an idle event stream sends a comment line, so that proxies and
+#: clients see the connection alive.
+SSE_KEEPALIVE_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,176 +109,34 @@ class HttpDeps:
     ready: Any
     #: Before a call: the catch-up with sibling workers, if one is due (or None).
     catch_up: Callable[[], Callable[[], None] | None] = lambda: None
+    #: Moves when a commit appended events; set when the server stops.
+    wakeup: Wakeup | None = None
+    stopping: threading.Event | None = None
+    #: Largest request body, in bytes (as gRPC's largest message).
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
-# -- request bodies -------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    # Unknown keys are ignored, as a JSON API's clients expect; known ones
-    # are type-checked strictly (a string is not a user id).
-    model_config = ConfigDict(extra="ignore")
-
-
-class LocationData(_Body):
-    address: str = ""
-    latitude: StrictFloat | StrictInt | None = None
-    longitude: StrictFloat | StrictInt | None = None
-    accuracy: StrictFloat | StrictInt | None = None
-
-
-class ClockOutBody(_Body):
-    userId: StrictInt
-    timezone: str | None = None
-    locationData: LocationData | None = None
-    timestamp: StrictInt | None = None
-
-
-class ClockInBody(ClockOutBody):
-    jobId: str | None = None
-    schedulerShiftId: str | None = None
-
-
-class BreakStartBody(ClockOutBody):
-    pass
-
-
-class BreakEndBody(ClockOutBody):
-    isResumeShift: StrictBool | None = None
-
-
-class FenceLocation(_Body):
-    address: str = ""
-    # Numeric strings, as the spec has them ("40.7128"); numbers are taken too.
-    latitude: str | StrictFloat | StrictInt | None = None
-    longitude: str | StrictFloat | StrictInt | None = None
-
-
-class FenceIn(_Body):
-    name: str = ""
-    location: FenceLocation = FenceLocation()
-    isEnabled: StrictBool | None = None
-    fenceSize: StrictInt | None = None
-    jobIds: list[str] = []
-    onGeofenceExitAction: str = ""
-
-
-class CreateGeofencesBody(_Body):
-    geofences: list[FenceIn]
-
-
-def _coordinate(value: str | float | None, path: str) -> float | None:
-    """A coordinate as a number; the range and finiteness are the rules' to check."""
-    if value is None or isinstance(value, float | int):
-        return None if value is None else float(value)
-    try:
-        return float(value)
-    except ValueError:
-        raise DomainError(
-            ErrorCode.INVALID_COORDINATES,
-            f'{path}: {value[:24]!r} is not a number; send a numeric string such as "40.7128"',
-        ) from None
-
-
-def _draft(g: FenceIn, i: int) -> GeofenceDraft:
-    where = f"geofences[{i}].location"
-    return GeofenceDraft(
-        name=g.name,
-        address=g.location.address,
-        latitude=_coordinate(g.location.latitude, f"{where}.latitude"),
-        longitude=_coordinate(g.location.longitude, f"{where}.longitude"),
-        is_enabled=g.isEnabled,
-        fence_size_m=g.fenceSize,
-        job_ids=tuple(g.jobIds),
-        exit_action=g.onGeofenceExitAction,
-    )
-
-
-# -- answers --------------------------------------------------------------------------
-
-
-def _fence(f: Geofence) -> dict[str, Any]:
-    return {
-        "id": f.id,
-        "name": f.name,
-        "isEnabled": f.is_enabled,
-        "fenceSize": f.fence_size_m,
-        "jobIds": list(f.job_ids),
-        "onGeofenceExitAction": f.exit_action.value,
-        "location": {
-            "address": f.address,
-            "latitude": repr(f.latitude),
-            "longitude": repr(f.longitude),
-        },
-    }
-
-
-def _location(loc: PunchLocation) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "address": loc.address,
-        "latitude": loc.latitude,
-        "longitude": loc.longitude,
-    }
-    if loc.accuracy is not None:
-        out["accuracy"] = loc.accuracy
-    return out
-
-
-def _point(p: PunchPoint, source: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"timestamp": p.timestamp, "timezone": p.timezone}
-    if p.location is not None:
-        out["locationData"] = _location(p.location)
-    if source:
-        out["source"] = {"type": p.source}
-    return out
-
-
-def _shift(a: Activity) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": a.id, "userId": a.user_id, "start": _point(a.start)}
-    if a.end is not None:
-        out["end"] = _point(a.end)
-    out.update(
-        jobId=a.job_id,
-        schedulerShiftId=a.scheduler_shift_id,
-        createdAt=a.created_at,
-        modifiedAt=a.modified_at,
-    )
-    return out
-
-
-def _shift_data(r: PunchResult) -> dict[str, Any]:
-    return {"shift": _shift(r.activity)}
-
-
-def _break_started(r: PunchResult) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": r.activity.id,
-        "start": _point(r.activity.start, source=False),
-        "isSwitchFromShift": r.closed_shift is not None,
-    }
-    if r.closed_shift is not None:
-        out["closedShift"] = _shift(r.closed_shift)
-    return out
-
-
-def _break_ended(r: PunchResult) -> dict[str, Any]:
-    assert r.activity.end is not None
-    out: dict[str, Any] = {
-        "id": r.activity.id,
-        "end": _point(r.activity.end, source=False),
-        "isResumeShift": r.resumed_shift is not None,
-    }
-    if r.resumed_shift is not None:
-        out["resumedShift"] = _shift(r.resumed_shift)
-    return out
-
-
-def _error(status: int, code: str, detail: str) -> JSONResponse:
+def _error(
+    status: int, code: str, detail: Any, errors: list[dict[str, str]] | None = None
+) -> JSONResponse:
     rid = request_id_var.get()
-    return JSONResponse(
-        {"detail": detail, "code": code, "requestId": rid},
-        status_code=status,
-        headers={"X-Request-ID": rid},
+    body: dict[str, Any] = {"detail": detail, "code": code, "requestId": rid}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid})
+
+
+def _punch_command(kind: PunchKind, tc: int, body: Any, key: str, **extra: Any) -> PunchCommand:
+    loc = body.locationData
+    return PunchCommand(
+        kind=kind,
+        time_clock_id=tc,
+        user_id=body.userId,
+        timezone=body.timezone or "",
+        location=None if loc is None else loc.to_domain(),
+        timestamp=body.timestamp,
+        idempotency_key=key,
+        **extra,
     )
 
 
@@ -258,7 +146,12 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
 def create_app(deps: HttpDeps) -> FastAPI:
     app = FastAPI(
         title="geopunch",
-        description="Punches, breaks and geofences over HTTP/JSON at the spec's paths.",
+        description=(
+            "Punches, breaks, geofences and scheduled shifts over HTTP/JSON at the "
+            "spec's paths, and geopunch's own set-up, checks and event stream under "
+            "/geopunch/v1. Every call sends its API key in the X-API-KEY header. "
+            "Large location batches belong on the gRPC API's raw columns."
+        ),
         version="1",
     )
 
@@ -266,6 +159,13 @@ def create_app(deps: HttpDeps) -> FastAPI:
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
         token = request_id_var.set(str(uuid.uuid4()))
         try:
+            size = request.headers.get("content-length", "0")
+            if not size.isdigit() or int(size) > deps.max_body_bytes:
+                return _error(
+                    413,
+                    ErrorCode.INVALID_ARGUMENT.value,
+                    f"the body must be at most {deps.max_body_bytes} bytes",
+                )
             response = await call_next(request)
             response.headers["X-Request-ID"] = request_id_var.get()
             return response
@@ -274,10 +174,13 @@ def create_app(deps: HttpDeps) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        path = request.url.path
         status = STATUS[exc.code].http_status
-        if request.url.path.startswith("/time-clock/"):
+        if path.startswith("/time-clock/"):
             status = _PUNCH_STATUS.get(exc.code, status)
-        return _error(status, exc.code.value, exc.message)
+        return _error(
+            status, exc.code.value, answers.error_detail(exc, path), answers.violations(exc)
+        )
 
     @app.exception_handler(ConcurrentChange)
     async def lost_race(request: Request, exc: ConcurrentChange) -> JSONResponse:
@@ -289,10 +192,19 @@ def create_app(deps: HttpDeps) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        detail = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request body"
-        return _error(400, ErrorCode.INVALID_ARGUMENT.value, detail[:300])
+        found = []
+        for e in exc.errors()[:8]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            found.append(
+                {
+                    "field": where,
+                    "description": str(e.get("msg", "invalid"))[:200],
+                    "code": ErrorCode.INVALID_ARGUMENT.value,
+                }
+            )
+        first = found[0] if found else {"field": "", "description": "invalid request"}
+        detail = f"{first['field']}: {first['description']}" if first["field"] else "invalid"
+        return _error(400, ErrorCode.INVALID_ARGUMENT.value, detail[:300], found)
 
     def principal(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         async def check(
@@ -314,36 +226,21 @@ def create_app(deps: HttpDeps) -> FastAPI:
 
         return check
 
+    Reader = Annotated[Principal, Depends(principal(Scope.READ))]
     Puncher = Annotated[Principal, Depends(principal(Scope.PUNCH))]
-    ClockId = Annotated[int, Path(ge=0, le=2**63 - 1)]
-    IdemKey = Annotated[str, Header(alias="Idempotency-Key")]
+    Admin = Annotated[Principal, Depends(principal(Scope.ADMIN))]
+    Int64Path = Annotated[int, Path(ge=0, le=2**63 - 1)]
+    IdPath = Annotated[str, Path(max_length=1000)]
+    IdemKey = Annotated[
+        str,
+        Header(
+            alias="Idempotency-Key",
+            max_length=256,
+            description="A retried punch with the same key gets the first answer again.",
+        ),
+    ]
 
-    async def punch(
-        who: Principal,
-        kind: PunchKind,
-        tc: int,
-        body: ClockOutBody,
-        key: str,
-        **extra: Any,
-    ) -> PunchResult:
-        loc = body.locationData
-        cmd = PunchCommand(
-            kind=kind,
-            time_clock_id=tc,
-            user_id=body.userId,
-            timezone=body.timezone or "",
-            location=None
-            if loc is None
-            else PunchLocation(
-                loc.address,
-                None if loc.latitude is None else float(loc.latitude),
-                None if loc.longitude is None else float(loc.longitude),
-                None if loc.accuracy is None else float(loc.accuracy),
-            ),
-            timestamp=body.timestamp,
-            idempotency_key=key,
-            **extra,
-        )
+    async def punch(who: Principal, cmd: PunchCommand) -> PunchResult:
         outcome = await punches.punch(
             deps.submit, deps.fences, deps.clock, who.account_id, cmd, request_id_var.get()
         )
@@ -356,17 +253,22 @@ def create_app(deps: HttpDeps) -> FastAPI:
             )
         return outcome.result
 
-    def answer(data: dict[str, Any]) -> dict[str, Any]:
+    def answer(data: Any) -> dict[str, Any]:
         return {"requestId": request_id_var.get(), "data": data}
+
+    # -- the spec: clocking and manual breaks -------------------------------------------
 
     base = "/time-clock/v1/time-clocks/{timeClockId}"
 
-    @app.post(f"{base}/clock-in")
+    @app.post(f"{base}/clock-in", tags=["time clock"])
     async def clock_in(
-        who: Puncher, timeClockId: ClockId, body: ClockInBody, key: IdemKey = ""
+        who: Puncher,
+        timeClockId: Int64Path,
+        body: Annotated[ClockInBody, Body(openapi_examples=EXAMPLES["clock-in"])],
+        key: IdemKey = "",
     ) -> dict[str, Any]:
-        r = await punch(
-            who,
+        """Start a shift (live, or at a past `timestamp` within 12 hours)."""
+        cmd = _punch_command(
             PunchKind.CLOCK_IN,
             timeClockId,
             body,
@@ -374,73 +276,315 @@ def create_app(deps: HttpDeps) -> FastAPI:
             job_id=body.jobId or "",
             scheduler_shift_id=body.schedulerShiftId or "",
         )
-        return answer(_shift_data(r))
+        return answer(answers.shift_data(await punch(who, cmd)))
 
-    @app.post(f"{base}/clock-out")
+    @app.post(f"{base}/clock-out", tags=["time clock"])
     async def clock_out(
-        who: Puncher, timeClockId: ClockId, body: ClockOutBody, key: IdemKey = ""
-    ) -> dict[str, Any]:
-        r = await punch(who, PunchKind.CLOCK_OUT, timeClockId, body, key)
-        return answer(_shift_data(r))
-
-    @app.post(f"{base}/manual-breaks/{{manualBreakId}}/clock-in")
-    async def start_break(
         who: Puncher,
-        timeClockId: ClockId,
-        manualBreakId: Annotated[str, Path(max_length=128)],
-        body: BreakStartBody,
+        timeClockId: Int64Path,
+        body: Annotated[ClockOutBody, Body(openapi_examples=EXAMPLES["clock-out"])],
         key: IdemKey = "",
     ) -> dict[str, Any]:
-        r = await punch(
-            who, PunchKind.START_BREAK, timeClockId, body, key, manual_break_id=manualBreakId
-        )
-        return answer(_break_started(r))
+        """End the user's open shift."""
+        cmd = _punch_command(PunchKind.CLOCK_OUT, timeClockId, body, key)
+        return answer(answers.shift_data(await punch(who, cmd)))
 
-    @app.post(f"{base}/manual-breaks/clock-out")
+    @app.get(f"{base}/manual-breaks", tags=["time clock"])
+    def manual_break_settings(who: Reader, timeClockId: Int64Path) -> dict[str, Any]:
+        """Whether manual breaks are enabled, and the break types to start."""
+        tc = punches.list_manual_breaks(deps.uows, who.account_id, timeClockId)
+        return answer(answers.manual_breaks(tc))
+
+    @app.post(f"{base}/manual-breaks/{{manualBreakId}}/clock-in", tags=["time clock"])
+    async def start_break(
+        who: Puncher,
+        timeClockId: Int64Path,
+        manualBreakId: Annotated[str, Path(max_length=128)],
+        body: Annotated[BreakStartBody, Body(openapi_examples=EXAMPLES["break-start"])],
+        key: IdemKey = "",
+    ) -> dict[str, Any]:
+        """Start a manual break; an open shift is closed at the same second."""
+        cmd = _punch_command(
+            PunchKind.START_BREAK, timeClockId, body, key, manual_break_id=manualBreakId
+        )
+        return answer(answers.break_started(await punch(who, cmd)))
+
+    @app.post(f"{base}/manual-breaks/clock-out", tags=["time clock"])
     async def end_break(
-        who: Puncher, timeClockId: ClockId, body: BreakEndBody, key: IdemKey = ""
+        who: Puncher,
+        timeClockId: Int64Path,
+        body: Annotated[BreakEndBody, Body(openapi_examples=EXAMPLES["break-end"])],
+        key: IdemKey = "",
     ) -> dict[str, Any]:
-        r = await punch(
-            who, PunchKind.END_BREAK, timeClockId, body, key, is_resume_shift=body.isResumeShift
+        """End the open manual break; the interrupted shift resumes unless told not to."""
+        cmd = _punch_command(
+            PunchKind.END_BREAK, timeClockId, body, key, is_resume_shift=body.isResumeShift
         )
-        return answer(_break_ended(r))
+        return answer(answers.break_ended(await punch(who, cmd)))
 
-    Reader = Annotated[Principal, Depends(principal(Scope.READ))]
-    Admin = Annotated[Principal, Depends(principal(Scope.ADMIN))]
-    FenceId = Annotated[str, Path(max_length=1000)]
+    # -- the spec: geofences (blocking use cases, run on FastAPI's thread pool) ---------
 
-    # Geofences: blocking use cases, which FastAPI runs on its thread pool.
-    @app.get(f"{base}/geofences")
-    def list_fences(who: Reader, timeClockId: ClockId) -> dict[str, Any]:
+    @app.get(f"{base}/geofences", tags=["geofences"])
+    def list_fences(who: Reader, timeClockId: Int64Path) -> dict[str, Any]:
         fences = geofences.list_geofences(deps.uows, who.account_id, timeClockId)
-        return answer({"geofences": [_fence(f) for f in fences]})
+        return answer({"geofences": [answers.fence(f) for f in fences]})
 
-    @app.post(f"{base}/geofences")
+    @app.post(f"{base}/geofences", tags=["geofences"])
     def create_fences(
-        who: Admin, timeClockId: ClockId, body: CreateGeofencesBody
+        who: Admin,
+        timeClockId: Int64Path,
+        body: Annotated[CreateGeofencesBody, Body(openapi_examples=EXAMPLES["geofences"])],
     ) -> dict[str, Any]:
-        drafts = [_draft(g, i) for i, g in enumerate(body.geofences)]
+        """Create 1 to 1000 geofences, all or none."""
+        drafts = [fence_draft(g, i) for i, g in enumerate(body.geofences)]
         made = geofences.create_geofences(
             deps.uows, who.account_id, timeClockId, drafts, deps.fences
         )
         return answer({"geofences": [{"fenceId": f.id, "name": f.name} for f in made]})
 
-    @app.get(f"{base}/geofences/{{fenceId}}")
-    def get_fence(who: Reader, timeClockId: ClockId, fenceId: FenceId) -> dict[str, Any]:
+    @app.get(f"{base}/geofences/{{fenceId}}", tags=["geofences"])
+    def get_fence(who: Reader, timeClockId: Int64Path, fenceId: IdPath) -> dict[str, Any]:
         fence = geofences.get_geofence(deps.uows, who.account_id, timeClockId, fenceId)
-        return answer({"geofence": _fence(fence)})
+        return answer({"geofence": answers.fence(fence)})
 
-    @app.delete(f"{base}/geofences/{{fenceId}}")
-    def delete_fence(who: Admin, timeClockId: ClockId, fenceId: FenceId) -> dict[str, Any]:
+    @app.delete(f"{base}/geofences/{{fenceId}}", tags=["geofences"])
+    def delete_fence(who: Admin, timeClockId: Int64Path, fenceId: IdPath) -> dict[str, Any]:
         geofences.delete_geofence(deps.uows, who.account_id, timeClockId, fenceId, deps.fences)
         return answer({})
 
-    @app.get("/healthz")
+    # -- the spec: scheduled shifts -----------------------------------------------------
+
+    shifts_base = "/scheduler/v1/schedulers/{schedulerId}/shifts"
+
+    @app.post(shifts_base, tags=["scheduler"])
+    def create_shifts(
+        who: Admin,
+        schedulerId: Int64Path,
+        body: Annotated[list[ShiftIn], Body(openapi_examples=EXAMPLES["shifts"])],
+        notifyUsers: Annotated[bool, Query()] = True,
+    ) -> dict[str, Any]:
+        """Create 1 to 500 shifts, all or none; published ones notify their users."""
+        made = scheduler.create_shifts(
+            deps.uows,
+            deps.clock,
+            who.account_id,
+            schedulerId,
+            [s.to_domain() for s in body],
+            notify_users=notifyUsers,
+        )
+        return answer({"shifts": [answers.scheduled_shift(s) for s in made]})
+
+    @app.get(shifts_base, tags=["scheduler"])
+    def list_shifts(
+        who: Reader,
+        schedulerId: Int64Path,
+        startTime: Annotated[int, Query(ge=0, le=2**62)],
+        endTime: Annotated[int, Query(ge=0, le=2**62)],
+    ) -> dict[str, Any]:
+        """Shifts overlapping [startTime, endTime) (Unix seconds)."""
+        found = scheduler.list_shifts(deps.uows, who.account_id, schedulerId, startTime, endTime)
+        return answer({"shifts": [answers.scheduled_shift(s) for s in found]})
+
+    # -- geopunch's own: set-up ----------------------------------------------------------
+
+    own = "/geopunch/v1"
+
+    @app.post(f"{own}/time-clocks", tags=["set-up"])
+    def create_time_clock(who: Admin, body: TimeClockIn) -> dict[str, Any]:
+        """A new time clock; the server picks its id when `id` is left out."""
+        tc, paths = body.to_domain()
+        made = admin.create_time_clock(
+            deps.uows, who.account_id, tc, paths, assign_id=body.id is None, listener=deps.fences
+        )
+        return answer(answers.time_clock(made))
+
+    @app.get(f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"])
+    def get_time_clock(who: Reader, timeClockId: Int64Path) -> dict[str, Any]:
+        return answer(
+            answers.time_clock(admin.read_time_clock(deps.uows, who.account_id, timeClockId))
+        )
+
+    @app.put(f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"])
+    def replace_time_clock(who: Admin, timeClockId: Int64Path, body: TimeClockIn) -> dict[str, Any]:
+        """Replace every setting of the time clock."""
+        tc, paths = body.to_domain(timeClockId)
+        made = admin.update_time_clock(deps.uows, who.account_id, tc, paths, deps.fences)
+        return answer(answers.time_clock(made))
+
+    days_path = f"{own}/time-clocks/{{timeClockId}}/users/{{userId}}/days"
+
+    @app.get(days_path, tags=["set-up"])
+    def list_days(who: Reader, timeClockId: Int64Path, userId: Int64Path) -> dict[str, Any]:
+        """The user's locked and approved days on this time clock."""
+        found = admin.list_day_statuses(deps.uows, who.account_id, timeClockId, userId)
+        return answer(answers.days(found))
+
+    @app.post(days_path, tags=["set-up"])
+    def set_days(
+        who: Admin, timeClockId: Int64Path, userId: Int64Path, body: DayStatusBody
+    ) -> dict[str, Any]:
+        """Lock, approve or reopen days (`YYYY-MM-DD`) of the user."""
+        found = admin.set_day_status(
+            deps.uows, who.account_id, timeClockId, userId, body.dates, DayStatus(body.status)
+        )
+        return answer(answers.days(found))
+
+    @app.post(f"{own}/schedulers", tags=["set-up"])
+    def create_scheduler(who: Admin, body: SchedulerIn) -> dict[str, Any]:
+        s, paths = body.to_domain()
+        made = scheduler.create_scheduler(
+            deps.uows, who.account_id, s, paths, assign_id=body.id is None
+        )
+        return answer(answers.scheduler(made))
+
+    @app.get(f"{own}/schedulers/{{schedulerId}}", tags=["set-up"])
+    def get_scheduler(who: Reader, schedulerId: Int64Path) -> dict[str, Any]:
+        return answer(
+            answers.scheduler(scheduler.read_scheduler(deps.uows, who.account_id, schedulerId))
+        )
+
+    @app.put(f"{own}/schedulers/{{schedulerId}}", tags=["set-up"])
+    def replace_scheduler(who: Admin, schedulerId: Int64Path, body: SchedulerIn) -> dict[str, Any]:
+        s, paths = body.to_domain(schedulerId)
+        return answer(
+            answers.scheduler(scheduler.update_scheduler(deps.uows, who.account_id, s, paths))
+        )
+
+    @app.get(f"{own}/api-keys", tags=["api keys"])
+    def list_keys(who: Admin) -> dict[str, Any]:
+        return answer(
+            {"keys": [answers.api_key(k) for k in accounts.list_keys(deps.uows, who.account_id)]}
+        )
+
+    @app.post(f"{own}/api-keys", tags=["api keys"])
+    def create_key(
+        who: Admin,
+        scopes: Annotated[list[str], Body(max_length=3)],
+        label: Annotated[str, Body(max_length=200)] = "",
+    ) -> dict[str, Any]:
+        """A new key of the caller's account; its secret is in this answer only."""
+        issued = accounts.create_key(
+            deps.uows, deps.clock, who.account_id, parse_scopes(",".join(scopes)), label
+        )
+        return answer(answers.api_key(issued.key, issued.secret))
+
+    @app.post(f"{own}/api-keys/{{keyId}}/rotate", tags=["api keys"])
+    def rotate_key(who: Admin, keyId: IdPath) -> dict[str, Any]:
+        """A new key in place of this one, which is revoked."""
+        issued = accounts.rotate_key(deps.uows, deps.clock, keyId, who.account_id)
+        return answer(answers.api_key(issued.key, issued.secret))
+
+    @app.delete(f"{own}/api-keys/{{keyId}}", tags=["api keys"])
+    def revoke_key(who: Admin, keyId: IdPath) -> dict[str, Any]:
+        return answer(answers.api_key(accounts.revoke_key(deps.uows, keyId, who.account_id)))
+
+    # -- geopunch's own: checks and events -----------------------------------------------
+
+    @app.post(f"{own}/time-clocks/{{timeClockId}}/validate-punch", tags=["checks"])
+    def validate_punch(
+        who: Reader, timeClockId: Int64Path, body: ValidatePunchBody
+    ) -> dict[str, Any]:
+        """What the punch would answer now, storing nothing."""
+        kind = _PUNCH_KINDS[body.kind]
+        extra: dict[str, Any] = {}
+        if kind is PunchKind.CLOCK_IN:
+            extra = {"job_id": body.jobId or "", "scheduler_shift_id": body.schedulerShiftId or ""}
+        elif kind is PunchKind.START_BREAK:
+            extra = {"manual_break_id": body.manualBreakId or ""}
+        elif kind is PunchKind.END_BREAK:
+            extra = {"is_resume_shift": body.isResumeShift}
+        cmd = _punch_command(kind, timeClockId, body, "", **extra)
+        try:
+            punches.validate_punch(deps.uows, deps.fences, deps.clock, who.account_id, cmd)
+        except DomainError as err:
+            return answer(answers.verdict(err))
+        return answer(answers.verdict(None))
+
+    @app.post(f"{own}/time-clocks/{{timeClockId}}/check-locations", tags=["checks"])
+    def check_points(
+        who: Reader,
+        timeClockId: Int64Path,
+        body: CheckLocationsBody,
+        jobId: Annotated[str, Query(max_length=1000)] = "",
+        withDistance: Annotated[bool, Query()] = False,
+    ) -> dict[str, Any]:
+        """Which fences of the time clock each point is inside (up to 10,000
+        points; larger batches belong on gRPC's CheckLocations)."""
+        pts = body.points
+        batch = LocationBatch(
+            time_clock_id=timeClockId,
+            lats=np.array([float(p.latitude) for p in pts], np.float64),
+            lons=np.array([float(p.longitude) for p in pts], np.float64),
+            time_clock_ids=None,
+            accuracies_m=np.array(
+                [np.nan if p.accuracy is None else float(p.accuracy) for p in pts], np.float64
+            ),
+            job_ids=(),
+            job_indexes=None,
+            job_id=jobId,
+            with_distance=withDistance,
+        )
+        v = check_locations(deps.fences, who.account_id, batch, prefix="points")
+        return answer({"results": answers.check_results(v)})
+
+    @app.get(f"{own}/events", tags=["checks"])
+    async def event_stream(
+        who: Reader,
+        request: Request,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        types: Annotated[list[str], Query(max_length=64)] = [],  # noqa: B006
+        timeClockIds: Annotated[list[int], Query(max_length=1000)] = [],  # noqa: B006
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        """The account's events as Server-Sent Events, from `after` (or the
+        `Last-Event-ID` a reconnecting client sends), without end."""
+        check_watch_filter(types, timeClockIds)
+        if last_event_id is not None:
+            if not last_event_id.isdigit() or int(last_event_id) >= 2**63:
+                raise DomainError(ErrorCode.INVALID_ARGUMENT, "Last-Event-ID must be a seq")
+            after = int(last_event_id)
+        return StreamingResponse(
+            _events(who.account_id, after, types, timeClockIds, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _events(
+        acct: int, cursor: int, types: list[str], clocks: list[int], request: Request
+    ) -> AsyncIterator[bytes]:
+        wakeup, stopping = deps.wakeup or Wakeup(), deps.stopping or threading.Event()
+        yield b": geopunch events\n\n"
+        last_read = last_sent = time.monotonic()
+        seen = -1
+        while not stopping.is_set() and not await request.is_disconnected():
+            now = time.monotonic()
+            if seen != wakeup.version or now - last_read >= IDLE_RECHECK_S:
+                seen = wakeup.version
+                last_read = now
+                page = await asyncio.to_thread(events_after, deps.uows, acct, cursor, types, clocks)
+                for e in page:
+                    data = json.dumps(answers.event(e), separators=(",", ":"))
+                    yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
+                    cursor = e.seq
+                    last_sent = now
+                if len(page) == EVENT_PAGE:
+                    continue
+            if now - last_sent >= SSE_KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                last_sent = now
+            # Short waits: a client gone is noticed within a second.
+            await wakeup.wait(seen, 1.0)
+
+    # -- health ---------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
+        """Live: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
+        """Ready: the store is open and the fence index loaded."""
         if deps.ready.is_set():
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "starting"}, status_code=503)

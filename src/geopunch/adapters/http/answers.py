@@ -1,0 +1,337 @@
+"""Domain values as the HTTP API's JSON answers.
+
+The spec's keys, nesting and JSON types: integers as numbers, booleans
+always present, the spec's nulls present, geofence coordinates as numeric
+strings (punch locations stay numbers).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+from geopunch.domain.accounts import ApiKey
+from geopunch.domain.errors import DomainError
+from geopunch.domain.events import Event
+from geopunch.domain.locations import EXIT_ACTIONS, BatchVerdict, PointStatus
+from geopunch.domain.models import DayStatus, Geofence, Job, TimeClock, nest_jobs
+from geopunch.domain.punches import Activity, PunchLocation, PunchPoint, PunchResult
+from geopunch.domain.shifts import ScheduledShift, Scheduler
+
+# -- punches --------------------------------------------------------------------------
+
+
+def _location(loc: PunchLocation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "address": loc.address,
+        "latitude": loc.latitude,
+        "longitude": loc.longitude,
+    }
+    if loc.accuracy is not None:
+        out["accuracy"] = loc.accuracy
+    return out
+
+
+def _point(p: PunchPoint, source: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"timestamp": p.timestamp, "timezone": p.timezone}
+    if p.location is not None:
+        out["locationData"] = _location(p.location)
+    if source:
+        out["source"] = {"type": p.source}
+    return out
+
+
+def shift(a: Activity) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": a.id, "userId": a.user_id, "start": _point(a.start)}
+    if a.end is not None:
+        out["end"] = _point(a.end)
+    out.update(
+        jobId=a.job_id,
+        schedulerShiftId=a.scheduler_shift_id,
+        createdAt=a.created_at,
+        modifiedAt=a.modified_at,
+    )
+    return out
+
+
+def shift_data(r: PunchResult) -> dict[str, Any]:
+    return {"shift": shift(r.activity)}
+
+
+def break_started(r: PunchResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": r.activity.id,
+        "start": _point(r.activity.start, source=False),
+        "isSwitchFromShift": r.closed_shift is not None,
+    }
+    if r.closed_shift is not None:
+        out["closedShift"] = shift(r.closed_shift)
+    return out
+
+
+def break_ended(r: PunchResult) -> dict[str, Any]:
+    assert r.activity.end is not None
+    out: dict[str, Any] = {
+        "id": r.activity.id,
+        "end": _point(r.activity.end, source=False),
+        "isResumeShift": r.resumed_shift is not None,
+    }
+    if r.resumed_shift is not None:
+        out["resumedShift"] = shift(r.resumed_shift)
+    return out
+
+
+def verdict(err: DomainError | None) -> dict[str, Any]:
+    """A ValidatePunch answer: what the real punch would do."""
+    if err is None:
+        return {"allowed": True, "code": None, "detail": None, "metadata": {}}
+    return {
+        "allowed": False,
+        "code": err.code.value,
+        "detail": err.message,
+        "metadata": dict(err.metadata),
+    }
+
+
+# -- geofences ------------------------------------------------------------------------
+
+
+def fence(f: Geofence) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "name": f.name,
+        "isEnabled": f.is_enabled,
+        "fenceSize": f.fence_size_m,
+        "jobIds": list(f.job_ids),
+        "onGeofenceExitAction": f.exit_action.value,
+        "location": {
+            "address": f.address,
+            "latitude": repr(f.latitude),
+            "longitude": repr(f.longitude),
+        },
+    }
+
+
+# -- set-up ---------------------------------------------------------------------------
+
+
+def _jobs(jobs: tuple[Job, ...]) -> list[dict[str, Any]]:
+    return nest_jobs(
+        jobs, lambda j, subs: {"id": j.id, "name": j.name, "color": j.color, "subJobs": subs}
+    )
+
+
+def time_clock(tc: TimeClock) -> dict[str, Any]:
+    ed = tc.exit_detection
+    return {
+        "id": tc.id,
+        "name": tc.name,
+        "timezone": tc.timezone,
+        "jobEnforcement": tc.job_enforcement,
+        "jobs": _jobs(tc.jobs),
+        "userIds": sorted(tc.user_ids),
+        "manualBreaksEnabled": tc.manual_breaks_enabled,
+        "manualBreakTypes": manual_breaks(tc)["manualBreaks"],
+        "geofencePolicy": tc.geofence_policy.value,
+        "accuracyToleranceM": tc.accuracy_tolerance_m,
+        "exitDetection": {
+            "highAccuracyMaxM": ed.high_accuracy_max_m,
+            "bufferHighAccuracyM": ed.buffer_high_accuracy_m,
+            "lowAccuracyMaxM": ed.low_accuracy_max_m,
+            "bufferLowAccuracyM": ed.buffer_low_accuracy_m,
+            "bufferUnknownAccuracyM": ed.buffer_unknown_accuracy_m,
+        },
+    }
+
+
+def manual_breaks(tc: TimeClock) -> dict[str, Any]:
+    return {
+        "isEnabled": tc.manual_breaks_enabled,
+        "manualBreaks": [
+            {
+                "id": b.id,
+                "name": b.name,
+                "isMandatory": b.is_mandatory,
+                "minDurationSeconds": b.min_duration_s,
+            }
+            for b in tc.manual_break_types
+        ],
+    }
+
+
+def scheduler(s: Scheduler) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "timezone": s.timezone,
+        "jobs": _jobs(s.jobs),
+        "userIds": sorted(s.user_ids),
+        "multiUserShifts": s.multi_user_shifts,
+    }
+
+
+def days(statuses: Mapping[date, DayStatus]) -> dict[str, Any]:
+    return {
+        "days": [{"date": d.isoformat(), "status": s.value} for d, s in sorted(statuses.items())]
+    }
+
+
+def api_key(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": key.id,
+        "label": key.label,
+        "scopes": sorted(key.scopes),
+        "createdAt": key.created_at,
+        "revokedAt": key.revoked_at or None,
+    }
+    if secret is not None:
+        out["secret"] = secret  # shown once, when issued
+    return out
+
+
+# -- scheduled shifts -----------------------------------------------------------------
+
+
+def scheduled_shift(s: ScheduledShift) -> dict[str, Any]:
+    location = None
+    if s.location is not None:
+        gps = s.location.gps
+        location = {
+            "isReferencedToJob": s.location.is_referenced_to_job,
+            "gps": None
+            if gps is None
+            else {"address": gps.address, "latitude": gps.latitude, "longitude": gps.longitude},
+        }
+    return {
+        "id": s.id,
+        "title": s.title,
+        "color": s.color,
+        "assignedUserIds": list(s.assigned_user_ids),
+        "startTime": s.start_time,
+        "endTime": s.end_time,
+        "timezone": s.timezone,
+        "isOpenShift": bool(s.is_open_shift),
+        "isPublished": bool(s.is_published),
+        "isRequireAdminApproval": s.is_require_admin_approval,
+        "jobId": s.job_id,
+        "locationData": location,
+        "createdBy": s.created_by,
+        "creationTime": s.created_at,
+        "updateTime": s.updated_at,
+        "openSpots": s.open_spots,
+        "notes": [{"html": n} for n in s.notes],
+        "statuses": list(s.statuses),
+        "breaks": [
+            {
+                "name": b.name,
+                "type": b.type,
+                "startTime": b.start_minute,
+                "duration": b.duration_min,
+                # geopunch's additions: the break's resolved Unix seconds.
+                "startTimestamp": b.start_ts,
+                "endTimestamp": b.end_ts,
+            }
+            for b in s.breaks
+        ],
+        "shiftDetails": {
+            "shiftLayers": [{"id": x.id, "value": {"id": x.value_id}} for x in s.shift_layers],
+            "shiftSource": s.shift_source,
+        },
+        "customFields": [{"id": c.id, "value": c.value} for c in s.custom_fields],
+    }
+
+
+# -- locations and events -------------------------------------------------------------
+
+
+def check_results(v: BatchVerdict) -> list[dict[str, Any]]:
+    """Per point: its status, whether inside and allowed, and its matches."""
+    ids = v.ids.tolist()
+    offsets = v.offsets.tolist()
+    fences, applicable, actions = v.fences.tolist(), v.applicable.tolist(), v.actions.tolist()
+    out = []
+    for i, status in enumerate(v.status.tolist()):
+        matches = [
+            {
+                "fenceId": ids[fences[k]],
+                "applicable": bool(applicable[k]),
+                "onGeofenceExitAction": EXIT_ACTIONS[actions[k]].value,
+            }
+            for k in range(offsets[i], offsets[i + 1])
+        ]
+        point: dict[str, Any] = {
+            "status": PointStatus(status).name,
+            "inside": bool(v.inside[i]),
+            "allowed": bool(v.allowed[i]),
+            "matches": matches,
+        }
+        if v.distance_m is not None and v.nearest is not None:
+            d = float(v.distance_m[i])
+            near = int(v.nearest[i])
+            point["distanceMeters"] = None if math.isnan(d) else d
+            point["nearestFenceId"] = None if near < 0 else ids[near]
+        out.append(point)
+    return out
+
+
+def event(e: Event) -> dict[str, Any]:
+    """An event as WatchEvents' JSON mapping has it, with numbers as numbers."""
+    return {
+        "seq": e.seq,
+        "type": e.type,
+        "occurredAt": e.occurred_at,
+        "timeClockId": e.time_clock_id,
+        "schedulerId": e.scheduler_id,
+        "userId": e.user_id,
+        "payload": e.payload,
+    }
+
+
+# -- errors ---------------------------------------------------------------------------
+
+_SHIFT_PATH = re.compile(r"^shifts\[(\d+)\]")
+_SNAKE = re.compile(r"_([a-z0-9])")
+
+
+#: Roots the rules name that an HTTP body does not have: its body is the
+#: time clock or scheduler itself, not a request that wraps it.
+_ROOTS = ("time_clock.", "scheduler.")
+
+
+def camel_path(path: str) -> str:
+    """A violation's path in the body's own spelling: ``shifts[0].end_time`` ->
+    ``shifts[0].endTime``, ``time_clock.user_ids[0]`` -> ``userIds[0]``."""
+    for root in _ROOTS:
+        if path.startswith(root):
+            path = path[len(root) :]
+    return _SNAKE.sub(lambda m: m.group(1).upper(), path)
+
+
+def error_detail(err: DomainError, route: str) -> str | list[str] | dict[str, list[str]]:
+    """``detail`` in the spec's form for the route: problems of shifts keyed by
+    ``shift-N``, problems of geofences as a list of strings, else the message."""
+    if not err.violations:
+        return err.message
+    if route.startswith("/scheduler/"):
+        by_shift: dict[str, list[str]] = {}
+        for v in err.violations:
+            m = _SHIFT_PATH.match(v.field)
+            key = f"shift-{m.group(1)}" if m else "request"
+            by_shift.setdefault(key, []).append(v.description)
+        return by_shift
+    said = [f"{camel_path(v.field)}: {v.description}" for v in err.violations]
+    if route.endswith("/geofences"):
+        return said
+    if len(said) == 1:
+        return said[0]
+    return f"{len(said)} problems; first: {said[0]}"
+
+
+def violations(err: DomainError) -> list[dict[str, str]]:
+    return [
+        {"field": camel_path(v.field), "description": v.description, "code": v.reason.value}
+        for v in err.violations
+    ]

@@ -1,0 +1,356 @@
+"""Request bodies of the HTTP API and their conversion to domain values.
+
+Keys are the spec's camelCase. Known keys are type-checked strictly (a
+string is not a user id, a number is not a name); unknown keys are ignored,
+as JSON API clients expect. No rule lives here: ranges, sizes and references
+are the domain's to check, with the same paths over both APIs.
+"""
+
+# No ``from __future__ import annotations``: pydantic reads the annotations at run time.
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import (
+    ExitDetectionSettings,
+    GeofenceDraft,
+    GeofencePolicy,
+    ManualBreakType,
+    TimeClock,
+    flatten_jobs,
+)
+from geopunch.domain.punches import PunchLocation
+from geopunch.domain.shifts import (
+    CustomField,
+    ScheduledShift,
+    Scheduler,
+    ShiftBreak,
+    ShiftLayer,
+    ShiftLocation,
+)
+
+Number = StrictFloat | StrictInt
+#: Ids of users and time clocks: JSON integers within int64.
+Int64 = Field(ge=-(2**63), le=2**63 - 1)
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- punches --------------------------------------------------------------------------
+
+
+class LocationData(Body):
+    address: StrictStr = ""
+    latitude: Number | None = None
+    longitude: Number | None = None
+    accuracy: Number | None = None
+
+    def to_domain(self) -> PunchLocation:
+        return PunchLocation(
+            self.address,
+            None if self.latitude is None else float(self.latitude),
+            None if self.longitude is None else float(self.longitude),
+            None if self.accuracy is None else float(self.accuracy),
+        )
+
+
+class ClockOutBody(Body):
+    userId: StrictInt = Int64
+    timezone: StrictStr | None = None
+    locationData: LocationData | None = None
+    timestamp: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+
+
+class ClockInBody(ClockOutBody):
+    jobId: StrictStr | None = None
+    schedulerShiftId: StrictStr | None = None
+
+
+class BreakStartBody(ClockOutBody):
+    pass
+
+
+class BreakEndBody(ClockOutBody):
+    isResumeShift: StrictBool | None = None
+
+
+class ValidatePunchBody(Body):
+    """One punch to judge without storing it; the fields of that punch's body."""
+
+    kind: Literal["clockIn", "clockOut", "breakStart", "breakEnd"]
+    userId: StrictInt = Int64
+    timezone: StrictStr | None = None
+    locationData: LocationData | None = None
+    timestamp: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    jobId: StrictStr | None = None
+    schedulerShiftId: StrictStr | None = None
+    manualBreakId: StrictStr | None = None
+    isResumeShift: StrictBool | None = None
+
+
+# -- geofences ------------------------------------------------------------------------
+
+
+class FenceLocation(Body):
+    address: StrictStr = ""
+    # Numeric strings, as the spec has them ("40.7128"); numbers are taken too.
+    latitude: StrictStr | Number | None = None
+    longitude: StrictStr | Number | None = None
+
+
+class FenceIn(Body):
+    name: StrictStr = ""
+    location: FenceLocation = FenceLocation()
+    isEnabled: StrictBool | None = None
+    fenceSize: StrictInt | None = None
+    jobIds: list[StrictStr] = []
+    onGeofenceExitAction: StrictStr = ""
+
+
+class CreateGeofencesBody(Body):
+    geofences: list[FenceIn]
+
+
+def _coordinate(value: str | float | None, path: str) -> float | None:
+    """A coordinate as a number; the range and finiteness are the rules' to check."""
+    if value is None or isinstance(value, float | int):
+        return None if value is None else float(value)
+    try:
+        return float(value)
+    except ValueError:
+        raise DomainError(
+            ErrorCode.INVALID_COORDINATES,
+            f'{path}: {value[:24]!r} is not a number; send a numeric string such as "40.7128"',
+        ) from None
+
+
+def fence_draft(g: FenceIn, i: int) -> GeofenceDraft:
+    where = f"geofences[{i}].location"
+    return GeofenceDraft(
+        name=g.name,
+        address=g.location.address,
+        latitude=_coordinate(g.location.latitude, f"{where}.latitude"),
+        longitude=_coordinate(g.location.longitude, f"{where}.longitude"),
+        is_enabled=g.isEnabled,
+        fence_size_m=g.fenceSize,
+        job_ids=tuple(g.jobIds),
+        exit_action=g.onGeofenceExitAction,
+    )
+
+
+# -- set-up: time clocks, schedulers, days --------------------------------------------
+
+
+class JobIn(Body):
+    id: StrictStr
+    name: StrictStr = ""
+    color: StrictStr = ""
+    subJobs: list["JobIn"] = []
+
+
+class BreakTypeIn(Body):
+    id: StrictStr
+    name: StrictStr = ""
+    isMandatory: StrictBool = False
+    minDurationSeconds: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class ExitDetectionIn(Body):
+    highAccuracyMaxM: Number | None = None
+    bufferHighAccuracyM: Number | None = None
+    lowAccuracyMaxM: Number | None = None
+    bufferLowAccuracyM: Number | None = None
+    bufferUnknownAccuracyM: Number | None = None
+
+    def to_domain(self) -> ExitDetectionSettings:
+        d = ExitDetectionSettings()
+
+        def pick(v: float | None, default: float) -> float:
+            return default if v is None else float(v)
+
+        return ExitDetectionSettings(
+            high_accuracy_max_m=pick(self.highAccuracyMaxM, d.high_accuracy_max_m),
+            buffer_high_accuracy_m=pick(self.bufferHighAccuracyM, d.buffer_high_accuracy_m),
+            low_accuracy_max_m=pick(self.lowAccuracyMaxM, d.low_accuracy_max_m),
+            buffer_low_accuracy_m=pick(self.bufferLowAccuracyM, d.buffer_low_accuracy_m),
+            buffer_unknown_accuracy_m=pick(
+                self.bufferUnknownAccuracyM, d.buffer_unknown_accuracy_m
+            ),
+        )
+
+
+class TimeClockIn(Body):
+    id: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    name: StrictStr = ""
+    timezone: StrictStr = ""
+    jobEnforcement: StrictBool = False
+    jobs: list[JobIn] = []
+    userIds: list[StrictInt] = []
+    manualBreaksEnabled: StrictBool = False
+    manualBreakTypes: list[BreakTypeIn] = []
+    geofencePolicy: GeofencePolicy = GeofencePolicy.OFF
+    accuracyToleranceM: Number = 0.0
+    exitDetection: ExitDetectionIn = ExitDetectionIn()
+
+    def to_domain(self, tc_id: int | None = None) -> tuple[TimeClock, list[str]]:
+        jobs, paths = flatten_jobs(self.jobs, "jobs", "subJobs")
+        tc = TimeClock(
+            id=tc_id if tc_id is not None else (self.id or 0),
+            name=self.name,
+            timezone=self.timezone,
+            job_enforcement=self.jobEnforcement,
+            jobs=jobs,
+            user_ids=frozenset(self.userIds),
+            manual_breaks_enabled=self.manualBreaksEnabled,
+            manual_break_types=tuple(
+                ManualBreakType(b.id, b.name, b.isMandatory, b.minDurationSeconds)
+                for b in self.manualBreakTypes
+            ),
+            geofence_policy=self.geofencePolicy,
+            accuracy_tolerance_m=float(self.accuracyToleranceM),
+            exit_detection=self.exitDetection.to_domain(),
+        )
+        return tc, paths
+
+
+class SchedulerIn(Body):
+    id: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    name: StrictStr = ""
+    timezone: StrictStr = ""
+    jobs: list[JobIn] = []
+    userIds: list[StrictInt] = []
+    multiUserShifts: StrictBool = False
+
+    def to_domain(self, scheduler_id: int | None = None) -> tuple[Scheduler, list[str]]:
+        jobs, paths = flatten_jobs(self.jobs, "jobs", "subJobs")
+        s = Scheduler(
+            id=scheduler_id if scheduler_id is not None else (self.id or 0),
+            name=self.name,
+            timezone=self.timezone,
+            jobs=jobs,
+            user_ids=frozenset(self.userIds),
+            multi_user_shifts=self.multiUserShifts,
+        )
+        return s, paths
+
+
+class DayStatusBody(Body):
+    dates: list[StrictStr]
+    status: Literal["OPEN", "LOCKED", "APPROVED"]
+
+
+# -- scheduled shifts -----------------------------------------------------------------
+
+
+class GpsIn(Body):
+    address: StrictStr = ""
+    latitude: Number | None = None
+    longitude: Number | None = None
+
+
+class ShiftLocationIn(Body):
+    isReferencedToJob: StrictBool = False
+    gps: GpsIn | None = None
+
+
+class NoteIn(Body):
+    html: StrictStr = ""
+
+
+class ShiftBreakIn(Body):
+    name: StrictStr = ""
+    type: StrictStr = ""
+    startTime: StrictInt = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    duration: StrictInt = Field(default=0, ge=-(2**31), le=2**31 - 1)
+
+
+class LayerValueIn(Body):
+    id: StrictStr = ""
+
+
+class ShiftLayerIn(Body):
+    id: StrictStr = ""
+    value: LayerValueIn = LayerValueIn()
+
+
+class ShiftDetailsIn(Body):
+    shiftLayers: list[ShiftLayerIn] = []
+    shiftSource: StrictStr | None = None
+
+
+class CustomFieldIn(Body):
+    id: StrictStr = ""
+    value: Any = None
+
+
+class ShiftIn(Body):
+    startTime: StrictInt = Field(ge=-(2**63), le=2**63 - 1)
+    endTime: StrictInt = Field(ge=-(2**63), le=2**63 - 1)
+    title: StrictStr | None = None
+    jobId: StrictStr | None = None
+    timezone: StrictStr | None = None
+    isPublished: StrictBool | None = None
+    isOpenShift: StrictBool | None = None
+    openSpots: StrictInt | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    isRequireAdminApproval: StrictBool | None = None
+    assignedUserIds: list[StrictInt] = []
+    locationData: ShiftLocationIn | None = None
+    color: StrictStr | None = None
+    notes: list[NoteIn] = []
+    breaks: list[ShiftBreakIn] = []
+    statuses: list[dict[str, Any]] = []
+    shiftDetails: ShiftDetailsIn | None = None
+    customFields: list[CustomFieldIn] = []
+
+    def to_domain(self) -> ScheduledShift:
+        location = None
+        if self.locationData is not None:
+            g = self.locationData.gps
+            gps = None
+            if g is not None:
+                gps = PunchLocation(
+                    g.address,
+                    None if g.latitude is None else float(g.latitude),
+                    None if g.longitude is None else float(g.longitude),
+                )
+            location = ShiftLocation(self.locationData.isReferencedToJob, gps)
+        details = self.shiftDetails or ShiftDetailsIn()
+        return ScheduledShift(
+            start_time=self.startTime,
+            end_time=self.endTime,
+            title=self.title,
+            job_id=self.jobId,
+            timezone=self.timezone,
+            is_published=self.isPublished,
+            is_open_shift=self.isOpenShift,
+            open_spots=self.openSpots,
+            is_require_admin_approval=self.isRequireAdminApproval,
+            assigned_user_ids=tuple(self.assignedUserIds),
+            location=location,
+            color=self.color,
+            notes=tuple(n.html for n in self.notes),
+            breaks=tuple(ShiftBreak(b.name, b.type, b.startTime, b.duration) for b in self.breaks),
+            statuses=tuple(self.statuses),
+            has_details=self.shiftDetails is not None,
+            shift_layers=tuple(ShiftLayer(x.id, x.value.id) for x in details.shiftLayers),
+            shift_source=details.shiftSource,
+            custom_fields=tuple(CustomField(c.id, c.value) for c in self.customFields),
+        )
+
+
+# -- location checks ------------------------------------------------------------------
+
+
+class PointIn(Body):
+    latitude: Number
+    longitude: Number
+    accuracy: Number | None = None
+
+
+class CheckLocationsBody(Body):
+    """A modest batch as JSON arrays; large batches belong on gRPC's raw columns."""
+
+    points: list[PointIn] = Field(min_length=1, max_length=10_000)
