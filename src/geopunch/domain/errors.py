@@ -89,10 +89,15 @@ class StatusMapping(NamedTuple):
 _BAD = StatusMapping("INVALID_ARGUMENT", 400)
 _PRECONDITION = StatusMapping("FAILED_PRECONDITION", 400)
 _NOT_FOUND = StatusMapping("NOT_FOUND", 404)
+#: Something the body names does not exist: NOT_FOUND over gRPC, but 400 over
+#: HTTP, as the spec's tables have it (404 is kept for a missing resource of
+#: the path, such as a geofence or time clock).
+_NAMED_NOT_FOUND = StatusMapping("NOT_FOUND", 400)
 
 #: Every ErrorCode mapped to its gRPC status code name and the spec's HTTP status.
 #: The spec answers every rule violation with 400, so a state that forbids a
-#: call is FAILED_PRECONDITION over gRPC but still 400 over HTTP.
+#: call is FAILED_PRECONDITION over gRPC but still 400 over HTTP. This one
+#: table serves both APIs; where the spec's tables give a status, it is here.
 STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.INVALID_TIMESTAMP_FUTURE: _BAD,
     ErrorCode.INVALID_TIMESTAMP_TOO_OLD: _BAD,
@@ -102,17 +107,17 @@ STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.ALREADY_CLOCKED_IN: _PRECONDITION,
     ErrorCode.NO_OPEN_SHIFT: _PRECONDITION,
     ErrorCode.JOB_REQUIRED: _BAD,
-    ErrorCode.JOB_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.JOB_NOT_FOUND: _NAMED_NOT_FOUND,
     ErrorCode.OPEN_BREAK: _PRECONDITION,
     ErrorCode.OUTSIDE_GEOFENCE: _PRECONDITION,
     ErrorCode.LOCATION_REQUIRED: _BAD,
     ErrorCode.OVERLAPS_COMPLETED_ACTIVITY: _PRECONDITION,
     ErrorCode.INVALID_TIMEZONE: _BAD,
     ErrorCode.INVALID_LOCATION: _BAD,
-    ErrorCode.SCHEDULER_SHIFT_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.SCHEDULER_SHIFT_NOT_FOUND: _NAMED_NOT_FOUND,
     ErrorCode.TIME_CLOCK_NOT_FOUND: _NOT_FOUND,
     ErrorCode.MANUAL_BREAKS_DISABLED: _PRECONDITION,
-    ErrorCode.MANUAL_BREAK_NOT_FOUND: _NOT_FOUND,
+    ErrorCode.MANUAL_BREAK_NOT_FOUND: _NAMED_NOT_FOUND,
     ErrorCode.ALREADY_ON_BREAK: _PRECONDITION,
     ErrorCode.NO_OPEN_BREAK: _PRECONDITION,
     ErrorCode.MANDATORY_BREAK_TOO_SHORT: _PRECONDITION,

@@ -310,11 +310,15 @@ def camel_path(path: str) -> str:
     return _SNAKE.sub(lambda m: m.group(1).upper(), path)
 
 
-def error_detail(err: DomainError, route: str) -> str | list[str] | dict[str, list[str]]:
+def error_detail(
+    err: DomainError, route: str, status: int
+) -> str | list[str] | dict[str, list[str]]:
     """``detail`` in the spec's form for the route: problems of shifts keyed by
-    ``shift-N``, problems of geofences as a list of strings, else the message."""
+    ``shift-N``, problems of a geofence batch as a list of strings, else a
+    string."""
+    batch_of_fences = route.endswith("/geofences") and status == 400
     if not err.violations:
-        return err.message
+        return [err.message] if batch_of_fences else err.message
     if route.startswith("/scheduler/"):
         by_shift: dict[str, list[str]] = {}
         for v in err.violations:
@@ -323,7 +327,7 @@ def error_detail(err: DomainError, route: str) -> str | list[str] | dict[str, li
             by_shift.setdefault(key, []).append(v.description)
         return by_shift
     said = [f"{camel_path(v.field)}: {v.description}" for v in err.violations]
-    if route.endswith("/geofences"):
+    if batch_of_fences:
         return said
     if len(said) == 1:
         return said[0]

@@ -63,26 +63,6 @@ from geopunch.service.accounts import KeyRing
 from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
 from geopunch.service.locations import LocationBatch, check_locations
 
-#: Statuses the spec's punch and break tables give, where they differ from
-#: the general mapping (which serves gRPC): every refusal listed there is 400.
-_PUNCH_STATUS = {
-    code: 400
-    for code in (
-        ErrorCode.USER_NOT_ASSIGNED,
-        ErrorCode.ALREADY_CLOCKED_IN,
-        ErrorCode.NO_OPEN_SHIFT,
-        ErrorCode.OPEN_BREAK,
-        ErrorCode.OUTSIDE_GEOFENCE,
-        ErrorCode.MANUAL_BREAKS_DISABLED,
-        ErrorCode.MANUAL_BREAK_NOT_FOUND,
-        ErrorCode.ALREADY_ON_BREAK,
-        ErrorCode.NO_OPEN_BREAK,
-        ErrorCode.MANDATORY_BREAK_TOO_SHORT,
-        ErrorCode.JOB_NOT_FOUND,
-        ErrorCode.OVERLAPS_COMPLETED_ACTIVITY,
-        ErrorCode.SCHEDULER_SHIFT_NOT_FOUND,
-    )
-}
 _PUNCH_KINDS = {
     "clockIn": PunchKind.CLOCK_IN,
     "clockOut": PunchKind.CLOCK_OUT,
@@ -174,13 +154,9 @@ def create_app(deps: HttpDeps) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        path = request.url.path
         status = STATUS[exc.code].http_status
-        if path.startswith("/time-clock/"):
-            status = _PUNCH_STATUS.get(exc.code, status)
-        return _error(
-            status, exc.code.value, answers.error_detail(exc, path), answers.violations(exc)
-        )
+        detail = answers.error_detail(exc, request.url.path, status)
+        return _error(status, exc.code.value, detail, answers.violations(exc))
 
     @app.exception_handler(ConcurrentChange)
     async def lost_race(request: Request, exc: ConcurrentChange) -> JSONResponse:
