@@ -43,6 +43,7 @@ from geopunch.adapters.http.bodies import (
     ClockOutBody,
     CreateGeofencesBody,
     DayStatusBody,
+    ErrorBody,
     SchedulerIn,
     ShiftIn,
     TimeClockIn,
@@ -133,6 +134,19 @@ def create_app(deps: HttpDeps) -> FastAPI:
             "Large location batches belong on the gRPC API's raw columns."
         ),
         version="1",
+        responses={
+            status: {"model": ErrorBody, "description": what}
+            for status, what in (
+                (400, "the body, a parameter or a rule refused the call"),
+                (401, "missing or unknown API key"),
+                (403, "the key lacks the scope"),
+                (404, "the resource of the path does not exist"),
+                (409, "a locked day, an existing id or a concurrent change"),
+                (413, "the body is too large"),
+                (429, "too many open event streams for the key"),
+                (503, "the server is starting"),
+            )
+        },
     )
 
     @app.middleware("http")

@@ -7,9 +7,18 @@ are the domain's to check, with the same paths over both APIs.
 """
 
 # No ``from __future__ import annotations``: pydantic reads the annotations at run time.
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictStr,
+)
+from pydantic import StrictInt as _StrictInt
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import (
@@ -30,6 +39,17 @@ from geopunch.domain.shifts import (
     ShiftLocation,
 )
 
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 9170357.0 is the integer 9170357 (as JSON
+    Schema counts it), while strings and booleans stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer as JSON means it: a number without a fraction, never a string.
+StrictInt = Annotated[_StrictInt, BeforeValidator(_integral)]
 Number = StrictFloat | StrictInt
 #: Ids of users and time clocks: JSON integers within int64.
 Int64 = Field(ge=-(2**63), le=2**63 - 1)
@@ -354,3 +374,23 @@ class CheckLocationsBody(Body):
     """A modest batch as JSON arrays; large batches belong on gRPC's raw columns."""
 
     points: list[PointIn] = Field(min_length=1, max_length=10_000)
+
+
+# -- answers' documented shapes (for the OpenAPI document) ---------------------------
+
+
+class FieldProblem(BaseModel):
+    field: str
+    description: str
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: ``detail`` is a string, a list of strings (a geofence
+    batch) or problems keyed by ``shift-N`` (a shift batch); ``code`` is the
+    reason, as in the gRPC API's ErrorInfo; ``errors`` names the fields."""
+
+    detail: str | list[str] | dict[str, list[str]]
+    code: str
+    requestId: str
+    errors: list[FieldProblem] | None = None
