@@ -12,9 +12,14 @@ split into ``--rounds`` windows that alternate between the workloads:
   end (resuming the shift), clock-out, with offline timestamps one second
   apart so that no two punches of a user share a second;
 - with ``--geofence`` the time clock requires punches inside a fence, and every
-  punch carries a location.
+  punch carries a location;
+- with ``--http``: ``http_punch``, the same punch cycle through the HTTP API
+  (JSON over keep-alive connections, one per call in flight, with aiohttp's
+  client: the fastest well-kept asyncio HTTP client, so the client's own cost
+  on this shared machine flatters neither side), on a time clock of its own.
 
-Prints JSON: calls/s and p50/p90/p99 in ms per workload, and the punch/ping ratios.
+Prints JSON: calls/s and p50/p90/p99 in ms per workload, the punch/ping
+ratios and, with ``--http``, HTTP punches against gRPC punches.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import grpc
 import numpy as np
-from serverproc import OWN_CONNECTION, serve
+from serverproc import OWN_CONNECTION, serve, serve_with_http
 
 from geopunch.v1 import (
     admin_pb2,
@@ -46,6 +52,10 @@ from geopunch.v1 import (
 API_KEY = "loadgen-key-0123456789"
 AUTH = (("x-api-key", API_KEY),)
 SITE = (40.7128, -74.0060)
+
+
+class HttpRefused(Exception):
+    """An HTTP punch answered other than 200."""
 
 
 @dataclass
@@ -90,10 +100,10 @@ async def closed_loop(
             t = time.perf_counter_ns()
             try:
                 await call(w, n)
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, HttpRefused) as exc:
                 errors[0] += 1
                 if errors[0] <= 3:
-                    print(f"error: {exc.code().name} {exc.details()}", file=sys.stderr)
+                    print(f"error: {exc}", file=sys.stderr)
             latencies[w].append(time.perf_counter_ns() - t)
 
     t0 = time.perf_counter()
@@ -104,27 +114,30 @@ async def closed_loop(
     into.errors += errors[0]
 
 
-async def run(address: str, args: argparse.Namespace) -> dict[str, object]:
+async def run(address: str, args: argparse.Namespace, http: str = "") -> dict[str, object]:
     # Worker w calls on connection w % --channels (each its own TCP connection).
     channels = [
         grpc.aio.insecure_channel(address, options=[OWN_CONNECTION]) for _ in range(args.channels)
     ]
+    session = None
+    if http:
+        session = aiohttp.ClientSession(
+            base_url=f"http://{http}",
+            headers={"X-API-KEY": API_KEY},
+            connector=aiohttp.TCPConnector(limit=args.concurrency),
+        )
     try:
-        return await _run(channels, args)
+        return await _run(channels, args, session)
     finally:
         for ch in channels:
             await ch.close()
+        if session is not None:
+            await session.close()
 
 
-async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> dict[str, object]:
-    for ch in channels:
-        await asyncio.wait_for(ch.channel_ready(), 20)
-    channel = channels[0]
-    admins = [admin_pb2_grpc.AdminServiceStub(ch) for ch in channels]
-    admin = admins[0]
-    all_punches = [timeclock_pb2_grpc.TimeClockServiceStub(ch) for ch in channels]
-    tc_id = int(time.time() * 1000) % 10**12
-    users = list(range(1, args.concurrency + 1))
+async def _make_clock(
+    admin: admin_pb2_grpc.AdminServiceStub, tc_id: int, users: list[int], geofence: bool
+) -> None:
     await admin.CreateTimeClock(
         admin_pb2.CreateTimeClockRequest(
             time_clock=admin_pb2.TimeClock(
@@ -135,18 +148,51 @@ async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> di
                 jobs=[admin_pb2.Job(id="job", name="Job")],
                 manual_breaks_enabled=True,
                 manual_break_types=[admin_pb2.ManualBreakType(id="rest", name="Rest")],
-                geofence_policy=admin_pb2.REQUIRE_INSIDE if args.geofence else admin_pb2.OFF,
+                geofence_policy=admin_pb2.REQUIRE_INSIDE if geofence else admin_pb2.OFF,
             )
         ),
         metadata=AUTH,
     )
+
+
+async def _run(
+    channels: list[grpc.aio.Channel],
+    args: argparse.Namespace,
+    session: aiohttp.ClientSession | None,
+) -> dict[str, object]:
+    for ch in channels:
+        await asyncio.wait_for(ch.channel_ready(), 20)
+    channel = channels[0]
+    admins = [admin_pb2_grpc.AdminServiceStub(ch) for ch in channels]
+    admin = admins[0]
+    all_punches = [timeclock_pb2_grpc.TimeClockServiceStub(ch) for ch in channels]
+    tc_id = int(time.time() * 1000) % 10**12
+    users = list(range(1, args.concurrency + 1))
+    # HTTP punches go to a time clock of their own: its users' states are theirs.
+    http_tc = tc_id + 1
+    for clock in (tc_id, http_tc) if session is not None else (tc_id,):
+        await _make_clock(admin, clock, users, args.geofence)
     location = None
     if args.geofence:
-        req = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc_id)
-        g = req.geofences.add(name="site", fence_size=300)
-        g.location.address, g.location.latitude, g.location.longitude = "site", *SITE
-        await geofences_pb2_grpc.GeofenceServiceStub(channel).CreateGeofences(req, metadata=AUTH)
+        for clock in (tc_id, http_tc) if session is not None else (tc_id,):
+            req = geofences_pb2.CreateGeofencesRequest(time_clock_id=clock)
+            g = req.geofences.add(name="site", fence_size=300)
+            g.location.address, g.location.latitude, g.location.longitude = "site", *SITE
+            await geofences_pb2_grpc.GeofenceServiceStub(channel).CreateGeofences(
+                req, metadata=AUTH
+            )
         location = common_pb2.Location(address="site", latitude=SITE[0] + 0.001, longitude=SITE[1])
+    json_location = (
+        None
+        if location is None
+        else {"address": "site", "latitude": SITE[0] + 0.001, "longitude": SITE[1]}
+    )
+    paths = [
+        f"/time-clock/v1/time-clocks/{http_tc}/clock-in",
+        f"/time-clock/v1/time-clocks/{http_tc}/manual-breaks/rest/clock-in",
+        f"/time-clock/v1/time-clocks/{http_tc}/manual-breaks/clock-out",
+        f"/time-clock/v1/time-clocks/{http_tc}/clock-out",
+    ]
     base = int(time.time()) - 11 * 3600
 
     async def ping(w: int, n: int) -> None:
@@ -192,7 +238,22 @@ async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> di
                 metadata=AUTH,
             )
 
+    async def http_punch(w: int, n: int) -> None:
+        assert session is not None
+        step = n % 4
+        body: dict[str, object] = {"userId": users[w], "timestamp": base + n}
+        if step == 0:
+            body["jobId"] = "job"
+        if json_location is not None:
+            body["locationData"] = json_location
+        async with session.post(paths[step], json=body) as r:
+            answer = await r.read()
+            if r.status != 200:
+                raise HttpRefused(f"HTTP {r.status} {answer[:200]!r}")
+
     calls = {"ping": ping, "punch": punch}
+    if session is not None:
+        calls["http_punch"] = http_punch
     out: dict[str, object] = {}
     # Per workload: a punch worker's count gives its step in the cycle and
     # its timestamp (one second apart, never reused), so pings must not move it.
@@ -200,7 +261,7 @@ async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> di
     # Baseline and punches alternate in short windows, so that both see
     # the same machine: a neighbour's burst hits both, not one of them.
     for concurrency, suffix in ((args.concurrency, ""), (1, "_1")):
-        names = [n for n in ("ping", "punch") if not args.only or n == args.only]
+        names = [n for n in calls if not args.only or n == args.only]
         windows = {n: Window() for n in names}
         for n in names:
             await closed_loop(concurrency, 1.0, calls[n], counters[n], Window())  # warm-up
@@ -217,6 +278,12 @@ async def _run(channels: list[grpc.aio.Channel], args: argparse.Namespace) -> di
     assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
     out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)
     out["punch_vs_ping_p99"] = round(punch_c["p99_ms"] / ping_c["p99_ms"], 3)
+    if session is not None:
+        h, h1, g1 = out["http_punch"], out["http_punch_1"], out["punch_1"]
+        assert isinstance(h, dict) and isinstance(h1, dict) and isinstance(g1, dict)
+        out["http_vs_grpc_punch_throughput"] = round(h["calls_per_s"] / punch_c["calls_per_s"], 3)
+        out["http_vs_grpc_punch_p99"] = round(h["p99_ms"] / punch_c["p99_ms"], 3)
+        out["http_vs_grpc_punch_p50_at_1"] = round(h1["p50_ms"] / g1["p50_ms"], 3)
     return out
 
 
@@ -229,12 +296,21 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
     ap.add_argument("--channels", type=int, default=1, help="client connections the calls share")
     ap.add_argument("--address", help="use a running server (its key must be the loadgen key)")
+    ap.add_argument("--http", action="store_true", help="also punch over the HTTP API")
     ap.add_argument(
-        "--only", choices=("ping", "punch"), help="run one workload only (for profiling)"
+        "--only",
+        choices=("ping", "punch", "http_punch"),
+        help="run one workload only (for profiling)",
     )
     args = ap.parse_args()
     if args.address:
         result = asyncio.run(run(args.address, args))
+    elif args.http:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            serve_with_http(Path(tmp) / "load.db", API_KEY, args.processes) as (address, http),
+        ):
+            result = asyncio.run(run(address, args, http))
     else:
         with (
             tempfile.TemporaryDirectory() as tmp,

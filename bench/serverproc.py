@@ -15,6 +15,19 @@ from typing import Any
 def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
     """A server (``processes`` worker processes) on a free loopback port over
     the SQLite file ``db``; yields its address."""
+    with _serve(db, api_key, processes, http=False) as (address, _):
+        yield address
+
+
+@contextmanager
+def serve_with_http(db: Path, api_key: str, processes: int = 1) -> Iterator[tuple[str, str]]:
+    """As ``serve``, with the HTTP API on a free port too; yields both addresses."""
+    with _serve(db, api_key, processes, http=True) as both:
+        yield both
+
+
+@contextmanager
+def _serve(db: Path, api_key: str, processes: int, http: bool) -> Iterator[tuple[str, str]]:
     env = {
         **os.environ,
         "GEOPUNCH_API_KEYS": api_key,
@@ -22,8 +35,8 @@ def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
         "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
         "GEOPUNCH_LISTEN": "127.0.0.1:0",
         "GEOPUNCH_PROCESSES": str(processes),
-        # The benchmarks measure gRPC; the HTTP port stays free for other runs.
-        "GEOPUNCH_HTTP_LISTEN": "off",
+        # Off unless measured: the default HTTP port stays free for other runs.
+        "GEOPUNCH_HTTP_LISTEN": "127.0.0.1:0" if http else "off",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "geopunch", "serve"], env=env, stdout=subprocess.PIPE, text=True
@@ -33,7 +46,8 @@ def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the server exited with {proc.wait(30)} before listening")
-        yield line.split()[-1]
+        http_address = proc.stdout.readline().split()[-1] if http else ""
+        yield line.split()[-1], http_address
     finally:
         proc.terminate()
         proc.wait(60)
