@@ -170,11 +170,12 @@ async def _run(
     users = list(range(1, args.concurrency + 1))
     # HTTP punches go to a time clock of their own: its users' states are theirs.
     http_tc = tc_id + 1
-    for clock in (tc_id, http_tc) if session is not None else (tc_id,):
+    clocks = (tc_id, http_tc) if session is not None else (tc_id,)
+    for clock in clocks:
         await _make_clock(admin, clock, users, args.geofence)
     location = None
     if args.geofence:
-        for clock in (tc_id, http_tc) if session is not None else (tc_id,):
+        for clock in clocks:
             req = geofences_pb2.CreateGeofencesRequest(time_clock_id=clock)
             g = req.geofences.add(name="site", fence_size=300)
             g.location.address, g.location.latitude, g.location.longitude = "site", *SITE

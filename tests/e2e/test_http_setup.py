@@ -143,13 +143,15 @@ def test_fences_validation_and_location_checks(http: httpx.Client) -> None:
     verdict = ok(http.post(validate, json={"kind": "clockIn", "userId": USER, "locationData": far}))
     assert (verdict["allowed"], verdict["code"]) == (False, "OUTSIDE_GEOFENCE")
     assert verdict["metadata"]["fenceId"] == fence_id
-    # Validation stores nothing: the same user may still clock in.
-    ok(
+    # Validation stores nothing: the same user may still clock in, and the
+    # answer names the fence the punch was inside.
+    shift = ok(
         http.post(
             f"/time-clock/v1/time-clocks/{tc}/clock-in",
             json={"userId": USER, "locationData": DEPOT},
         )
-    )
+    )["shift"]
+    assert shift["start"]["geofenceId"] == fence_id
     verdict = ok(
         http.post(validate, json={"kind": "clockIn", "userId": USER, "locationData": DEPOT})
     )

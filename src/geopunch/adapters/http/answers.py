@@ -39,6 +39,8 @@ def _point(p: PunchPoint, source: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"timestamp": p.timestamp, "timezone": p.timezone}
     if p.location is not None:
         out["locationData"] = _location(p.location)
+    if p.geofence_id is not None:
+        out["geofenceId"] = p.geofence_id  # the fence the punch was inside
     if source:
         out["source"] = {"type": p.source}
     return out

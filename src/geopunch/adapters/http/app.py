@@ -71,8 +71,6 @@ _PUNCH_KINDS = {
     "breakStart": PunchKind.START_BREAK,
     "breakEnd": PunchKind.END_BREAK,
 }
-#: Points one HTTP location check may carry; larger batches belong on gRPC.
-MAX_HTTP_POINTS = 10_000
 #: How often an idle event stream sends a comment line, so that proxies and
 #: clients see the connection alive.
 SSE_KEEPALIVE_S = 15.0
@@ -108,7 +106,18 @@ def _error(
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid})
 
 
-def _punch_command(kind: PunchKind, tc: int, body: Any, key: str, **extra: Any) -> PunchCommand:
+def _punch_command(
+    kind: PunchKind, tc: int, body: Any, key: str, manual_break_id: str = ""
+) -> PunchCommand:
+    """The command of a punch body (or of a validate-punch body, which has
+    every kind's fields); the fields of other kinds are not read."""
+    extra: dict[str, Any] = {}
+    if kind is PunchKind.CLOCK_IN:
+        extra = {"job_id": body.jobId or "", "scheduler_shift_id": body.schedulerShiftId or ""}
+    elif kind is PunchKind.START_BREAK:
+        extra = {"manual_break_id": manual_break_id}
+    elif kind is PunchKind.END_BREAK:
+        extra = {"is_resume_shift": body.isResumeShift}
     loc = body.locationData
     return PunchCommand(
         kind=kind,
@@ -128,7 +137,12 @@ class JsonAnswer(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+        return _dumps(content).encode()
+
+
+def _dumps(content: Any) -> str:
+    """Compact JSON, as every answer and event is written."""
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False)
 
 
 class RequestContext:
@@ -302,14 +316,7 @@ def create_app(deps: HttpDeps) -> FastAPI:
         key: IdemKey = "",
     ) -> Response:
         """Start a shift (live, or at a past `timestamp` within 12 hours)."""
-        cmd = _punch_command(
-            PunchKind.CLOCK_IN,
-            timeClockId,
-            body,
-            key,
-            job_id=body.jobId or "",
-            scheduler_shift_id=body.schedulerShiftId or "",
-        )
+        cmd = _punch_command(PunchKind.CLOCK_IN, timeClockId, body, key)
         return answer(answers.shift_data(await punch(who, cmd)))
 
     @app.post(f"{base}/clock-out", tags=["time clock"])
@@ -351,9 +358,7 @@ def create_app(deps: HttpDeps) -> FastAPI:
         key: IdemKey = "",
     ) -> Response:
         """End the open manual break; the interrupted shift resumes unless told not to."""
-        cmd = _punch_command(
-            PunchKind.END_BREAK, timeClockId, body, key, is_resume_shift=body.isResumeShift
-        )
+        cmd = _punch_command(PunchKind.END_BREAK, timeClockId, body, key)
         return answer(answers.break_ended(await punch(who, cmd)))
 
     # -- the spec: geofences (blocking use cases, run on FastAPI's thread pool) ---------
@@ -515,19 +520,11 @@ def create_app(deps: HttpDeps) -> FastAPI:
     # -- geopunch's own: checks and events -----------------------------------------------
 
     @app.post(f"{own}/time-clocks/{{timeClockId}}/validate-punch", tags=["checks"])
-    def validate_punch(
-        who: Reader, timeClockId: Int64Path, body: ValidatePunchBody
-    ) -> Response:
+    def validate_punch(who: Reader, timeClockId: Int64Path, body: ValidatePunchBody) -> Response:
         """What the punch would answer now, storing nothing."""
-        kind = _PUNCH_KINDS[body.kind]
-        extra: dict[str, Any] = {}
-        if kind is PunchKind.CLOCK_IN:
-            extra = {"job_id": body.jobId or "", "scheduler_shift_id": body.schedulerShiftId or ""}
-        elif kind is PunchKind.START_BREAK:
-            extra = {"manual_break_id": body.manualBreakId or ""}
-        elif kind is PunchKind.END_BREAK:
-            extra = {"is_resume_shift": body.isResumeShift}
-        cmd = _punch_command(kind, timeClockId, body, "", **extra)
+        cmd = _punch_command(
+            _PUNCH_KINDS[body.kind], timeClockId, body, "", body.manualBreakId or ""
+        )
         try:
             punches.validate_punch(deps.uows, deps.fences, deps.clock, who.account_id, cmd)
         except DomainError as err:
@@ -597,7 +594,7 @@ def create_app(deps: HttpDeps) -> FastAPI:
                 last_read = now
                 page = await asyncio.to_thread(events_after, deps.uows, acct, cursor, types, clocks)
                 for e in page:
-                    data = json.dumps(answers.event(e), separators=(",", ":"))
+                    data = _dumps(answers.event(e))
                     yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
                     cursor = e.seq
                     last_sent = now

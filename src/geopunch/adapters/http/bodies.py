@@ -51,8 +51,12 @@ def _integral(value: Any) -> Any:
 #: An integer as JSON means it: a number without a fraction, never a string.
 StrictInt = Annotated[_StrictInt, BeforeValidator(_integral)]
 Number = StrictFloat | StrictInt
-#: Ids of users and time clocks: JSON integers within int64.
-Int64 = Field(ge=-(2**63), le=2**63 - 1)
+#: Ids, Unix seconds and the like: JSON integers within int64.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+#: Counts and minutes of shift settings: int32, as over gRPC.
+Int32 = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+#: Points one HTTP location check may carry; larger batches belong on gRPC.
+MAX_HTTP_POINTS = 10_000
 
 
 class Body(BaseModel):
@@ -78,10 +82,10 @@ class LocationData(Body):
 
 
 class ClockOutBody(Body):
-    userId: StrictInt = Int64
+    userId: Int64
     timezone: StrictStr | None = None
     locationData: LocationData | None = None
-    timestamp: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    timestamp: Int64 | None = None
 
 
 class ClockInBody(ClockOutBody):
@@ -97,16 +101,10 @@ class BreakEndBody(ClockOutBody):
     isResumeShift: StrictBool | None = None
 
 
-class ValidatePunchBody(Body):
-    """One punch to judge without storing it; the fields of that punch's body."""
+class ValidatePunchBody(ClockInBody):
+    """One punch to judge without storing it: its kind and that punch's fields."""
 
     kind: Literal["clockIn", "clockOut", "breakStart", "breakEnd"]
-    userId: StrictInt = Int64
-    timezone: StrictStr | None = None
-    locationData: LocationData | None = None
-    timestamp: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    jobId: StrictStr | None = None
-    schedulerShiftId: StrictStr | None = None
     manualBreakId: StrictStr | None = None
     isResumeShift: StrictBool | None = None
 
@@ -203,7 +201,7 @@ class ExitDetectionIn(Body):
 
 
 class TimeClockIn(Body):
-    id: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    id: Int64 | None = None
     name: StrictStr = ""
     timezone: StrictStr = ""
     jobEnforcement: StrictBool = False
@@ -237,7 +235,7 @@ class TimeClockIn(Body):
 
 
 class SchedulerIn(Body):
-    id: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    id: Int64 | None = None
     name: StrictStr = ""
     timezone: StrictStr = ""
     jobs: list[JobIn] = []
@@ -283,8 +281,8 @@ class NoteIn(Body):
 class ShiftBreakIn(Body):
     name: StrictStr = ""
     type: StrictStr = ""
-    startTime: StrictInt = Field(default=0, ge=-(2**31), le=2**31 - 1)
-    duration: StrictInt = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    startTime: Int32 = 0
+    duration: Int32 = 0
 
 
 class LayerValueIn(Body):
@@ -307,14 +305,14 @@ class CustomFieldIn(Body):
 
 
 class ShiftIn(Body):
-    startTime: StrictInt = Field(ge=-(2**63), le=2**63 - 1)
-    endTime: StrictInt = Field(ge=-(2**63), le=2**63 - 1)
+    startTime: Int64
+    endTime: Int64
     title: StrictStr | None = None
     jobId: StrictStr | None = None
     timezone: StrictStr | None = None
     isPublished: StrictBool | None = None
     isOpenShift: StrictBool | None = None
-    openSpots: StrictInt | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    openSpots: Int32 | None = None
     isRequireAdminApproval: StrictBool | None = None
     assignedUserIds: list[StrictInt] = []
     locationData: ShiftLocationIn | None = None
@@ -373,7 +371,7 @@ class PointIn(Body):
 class CheckLocationsBody(Body):
     """A modest batch as JSON arrays; large batches belong on gRPC's raw columns."""
 
-    points: list[PointIn] = Field(min_length=1, max_length=10_000)
+    points: list[PointIn] = Field(min_length=1, max_length=MAX_HTTP_POINTS)
 
 
 # -- answers' documented shapes (for the OpenAPI document) ---------------------------
