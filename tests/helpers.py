@@ -99,3 +99,13 @@ class AccountStore:
 
     def __call__(self, *, account: int | None = None, readonly: bool = False) -> SqlUnitOfWork:
         return self.factory(account=self.account if account is None else account, readonly=readonly)
+
+
+class SetClock:
+    """A clock that reads ``t`` until a test moves it."""
+
+    def __init__(self, t: float = 1_900_000_000) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t

@@ -250,6 +250,45 @@ def cross_calls(c: Client, t: int, tc: int, sched: int, fence: str, key_id: str)
                 scheduler_id=sched, start_time=t - 86_400, end_time=t + 7 * 86_400
             ),
         ),
+        "CreateTimeActivities": lambda: c(
+            tk.CreateTimeActivities,
+            timeclock_pb2.CreateTimeActivitiesRequest(
+                time_clock_id=tc,
+                time_activities=[
+                    timeclock_pb2.UserTimeActivities(
+                        user_id=USER,
+                        shifts=[
+                            timeclock_pb2.TimeActivityShift(
+                                start=timeclock_pb2.TimeActivityPoint(timestamp=t - 7200),
+                                end=timeclock_pb2.TimeActivityPoint(timestamp=t - 3600),
+                            )
+                        ],
+                    )
+                ],
+            ),
+        ),
+        "ListTimeActivities": lambda: c(
+            tk.ListTimeActivities,
+            timeclock_pb2.ListTimeActivitiesRequest(
+                time_clock_id=tc, start_time=t - 86_400, end_time=t + 86_400
+            ),
+        ),
+        "UpdateTimeActivity": lambda: c(
+            tk.UpdateTimeActivity,
+            timeclock_pb2.UpdateTimeActivityRequest(
+                time_clock_id=tc,
+                activity_id="shift-x",
+                start=timeclock_pb2.TimeActivityPoint(timestamp=t - 7200),
+                end=timeclock_pb2.TimeActivityPoint(timestamp=t - 3600),
+            ),
+        ),
+        "DeleteTimeActivity": lambda: c(
+            tk.DeleteTimeActivity,
+            timeclock_pb2.DeleteTimeActivityRequest(time_clock_id=tc, activity_id="shift-x"),
+        ),
+        "GetUserStatuses": lambda: c(
+            tk.GetUserStatuses, timeclock_pb2.GetUserStatusesRequest(time_clock_id=tc)
+        ),
     }
     return {name: answer(fn) for name, fn in calls.items()}
 

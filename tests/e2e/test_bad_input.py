@@ -258,7 +258,66 @@ def full_requests() -> list[tuple[str, Message]]:
             "scheduler.CreateShifts",
             scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[_shift()]),
         ),
+        ("timeclock.CreateTimeActivities", _activities(t)),
+        (
+            "timeclock.UpdateTimeActivity",
+            timeclock_pb2.UpdateTimeActivityRequest(
+                time_clock_id=TC,
+                activity_id="shift-x",
+                modified_at=t,
+                start=_ta_point(t - 3600),
+                end=_ta_point(t - 60),
+                job_id="job-a",
+                notes="moved",
+            ),
+        ),
+        (
+            "timeclock.DeleteTimeActivity",
+            timeclock_pb2.DeleteTimeActivityRequest(
+                time_clock_id=TC, activity_id="shift-x", modified_at=t
+            ),
+        ),
+        (
+            "timeclock.ListTimeActivities",
+            timeclock_pb2.ListTimeActivitiesRequest(
+                time_clock_id=TC, start_time=t - 86_400, end_time=t, job_ids=["job-a"]
+            ),
+        ),
     ]
+
+
+def _ta_point(ts: int) -> timeclock_pb2.TimeActivityPoint:
+    return timeclock_pb2.TimeActivityPoint(
+        timestamp=ts, timezone="America/New_York", location_data=_loc()
+    )
+
+
+def _activities(t: int, **kw: Any) -> timeclock_pb2.CreateTimeActivitiesRequest:
+    """A completed shift and a break of the corpus's user (a scheduler shift
+    that does not exist, so that the whole request is never stored)."""
+    group = timeclock_pb2.UserTimeActivities(
+        user_id=USER,
+        shifts=[
+            timeclock_pb2.TimeActivityShift(
+                start=_ta_point(t - 7200),
+                end=_ta_point(t - 3600),
+                job_id="job-a",
+                scheduler_shift_id="s-1",
+                notes="imported",
+            )
+        ],
+        manual_breaks=[
+            timeclock_pb2.TimeActivityBreak(
+                manual_break_id="lunch", start=_ta_point(t - 3600), end=_ta_point(t - 3000)
+            )
+        ],
+    )
+    return _fill(
+        timeclock_pb2.CreateTimeActivitiesRequest(
+            time_clock_id=TC, time_activities=[group], idempotency_key="idem-ta"
+        ),
+        kw,
+    )
 
 
 def _string_and_float_paths(msg: Message, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
@@ -304,6 +363,9 @@ NUMBER_REASONS = {
     "timeclock.StartManualBreak": ("INVALID_LOCATION", False),
     "timeclock.EndManualBreak": ("INVALID_LOCATION", False),
     "timeclock.ValidatePunch": ("INVALID_LOCATION", False),
+    "timeclock.CreateTimeActivities": ("INVALID_LOCATION", False),
+    # The activity is looked up first, and the corpus's does not exist.
+    "timeclock.UpdateTimeActivity": (None, False),
     "admin.CreateTimeClock": ("INVALID_ARGUMENT", True),
     "admin.UpdateTimeClock": ("INVALID_ARGUMENT", True),
 }
@@ -820,6 +882,96 @@ def hand_cases() -> list[Case]:
         timeclock_pb2.ValidatePunchRequest(),
         "INVALID_ARGUMENT",
     )
+
+    cta = "timeclock.CreateTimeActivities"
+    group = timeclock_pb2.UserTimeActivities
+
+    def one_shift(start: int, end: int, user: int = USER) -> Any:
+        return [
+            group(
+                user_id=user,
+                shifts=[
+                    timeclock_pb2.TimeActivityShift(start=_ta_point(start), end=_ta_point(end))
+                ],
+            )
+        ]
+
+    prefix = "time_activities[0].shifts[0]"
+    for label, groups, reason, field in (
+        ("none", [], "INVALID_ARGUMENT", "time_activities"),
+        ("an empty group", [group(user_id=USER)], "INVALID_ARGUMENT", "time_activities"),
+        ("unassigned user", one_shift(t - 99, t - 9, 42), "USER_NOT_ASSIGNED", None),
+        ("end before start", one_shift(t - 9, t - 99), "INVALID_TIME_RANGE", None),
+        ("empty interval", one_shift(t - 9, t - 9), "INVALID_TIME_RANGE", None),
+        ("in the future", one_shift(t - 99, t + 3600), "INVALID_TIMESTAMP_FUTURE", None),
+        ("milliseconds", one_shift(t * 1000, t * 1000 + 9), "TIMESTAMP_NOT_SECONDS", None),
+        ("negative", one_shift(-99, -9), "INVALID_ARGUMENT", None),
+        ("zero", one_shift(0, 9), "INVALID_ARGUMENT", f"{prefix}.start.timestamp"),
+        ("25 hours", one_shift(t - 25 * 3600, t), "SHIFT_TOO_LONG", f"{prefix}.end.timestamp"),
+        (
+            "1001 shifts",
+            [group(user_id=USER, shifts=one_shift(t - 99, t - 9)[0].shifts[:1] * 1001)],
+            "BATCH_TOO_LARGE",
+            "time_activities",
+        ),
+    ):
+        add(
+            f"CreateTimeActivities {label}",
+            cta,
+            _activities(t, time_activities=groups),
+            reason,
+            field,
+        )
+    add(
+        "CreateTimeActivities missing clock",
+        cta,
+        _activities(t, time_clock_id=TC + 55, time_activities=one_shift(t - 99, t - 9)),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    missing = {"time_clock_id": TC, "activity_id": "shift-nope", "modified_at": t}
+    points = {"start": _ta_point(t - 99), "end": _ta_point(t - 9)}
+    add(
+        "UpdateTimeActivity missing",
+        "timeclock.UpdateTimeActivity",
+        timeclock_pb2.UpdateTimeActivityRequest(**missing, **points),
+        "TIME_ACTIVITY_NOT_FOUND",
+    )
+    add(
+        "UpdateTimeActivity missing clock",
+        "timeclock.UpdateTimeActivity",
+        timeclock_pb2.UpdateTimeActivityRequest(**{**missing, "time_clock_id": TC + 55}, **points),
+        "TIME_CLOCK_NOT_FOUND",
+    )
+    add(
+        "DeleteTimeActivity missing",
+        "timeclock.DeleteTimeActivity",
+        timeclock_pb2.DeleteTimeActivityRequest(**missing),
+        "TIME_ACTIVITY_NOT_FOUND",
+    )
+    lta = "timeclock.ListTimeActivities"
+    for label, fields, reason, field in (
+        ("empty window", {"start_time": t, "end_time": t}, "INVALID_ARGUMENT", "end_time"),
+        ("reversed window", {"start_time": t, "end_time": t - 9}, "INVALID_ARGUMENT", "end_time"),
+        ("93 days", {"start_time": t - 93 * 86_400, "end_time": t}, "INVALID_ARGUMENT", "end_time"),
+        ("page of -1", {"page_size": -1}, "INVALID_ARGUMENT", "page_size"),
+        ("page of 10,001", {"page_size": 10_001}, "INVALID_ARGUMENT", "page_size"),
+        ("a made-up token", {"page_token": "eyJ4IjoxfQ"}, "INVALID_ARGUMENT", "page_token"),
+        ("a token of NUL", {"page_token": "\x00"}, "INVALID_ARGUMENT", None),
+        ("10,001 users", {"user_ids": list(range(1, 10_002))}, "BATCH_TOO_LARGE", "user_ids"),
+        ("missing clock", {"time_clock_id": TC + 55}, "TIME_CLOCK_NOT_FOUND", None),
+    ):
+        req = timeclock_pb2.ListTimeActivitiesRequest(
+            time_clock_id=TC, start_time=t - 86_400, end_time=t
+        )
+        add(f"ListTimeActivities {label}", lta, _fill(req, fields), reason, field)
+    gus = "timeclock.GetUserStatuses"
+    for label, fields, reason, field in (
+        ("unassigned user", {"user_ids": [USER, 42]}, "USER_NOT_ASSIGNED", "user_ids[1]"),
+        ("10,001 users", {"user_ids": list(range(1, 10_002))}, "BATCH_TOO_LARGE", None),
+        ("missing clock", {"time_clock_id": TC + 55}, "TIME_CLOCK_NOT_FOUND", None),
+    ):
+        req = timeclock_pb2.GetUserStatusesRequest(time_clock_id=TC)
+        add(f"GetUserStatuses {label}", gus, _fill(req, fields), reason, field)
 
     sh = "scheduler.CreateShifts"
     for label, shift, reason in (

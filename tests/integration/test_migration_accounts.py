@@ -98,7 +98,7 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
             if t not in ("accounts", "api_keys")
         }
 
-    assert migrate(v6_engine) == "0007"
+    assert migrate(v6_engine) == "0008"
 
     with v6_engine.connect() as conn:
         after = {

@@ -666,3 +666,64 @@ def test_a_real_deadlock_between_two_transactions_is_a_concurrent_change() -> No
         finally:
             engine.dispose()
     assert sorted(outcomes) == ["committed", "retry"]
+
+
+def _completed(activity_id: str, start: int, end: int, user: int = 1) -> Activity:
+    a = replace(_activity(activity_id, start), user_id=user, notes="n")
+    return replace(a, end=PunchPoint(end, "UTC", None, "timeActivity"))
+
+
+def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add_many(
+            [_completed(f"s{i}", 1000 * i, 1000 * i + 500) for i in range(1, 6)]
+        )
+        uow.activities.add(_activity("open", 9000))
+        uow.commit()
+    with uows(readonly=True) as uow:
+        acts = uow.activities
+        assert acts.get(TC.id, "s1") == _completed("s1", 1000, 1500)
+        assert acts.get(TC.id + 1, "s1") is None
+        page = acts.page(TC.id, 1400, 10_000, [], [], None, 3)
+        assert [a.id for a in page] == ["s1", "s2", "s3"]
+        rest = acts.page(TC.id, 1400, 10_000, [], [], (page[-1].start.timestamp, page[-1].id), 9)
+        assert [a.id for a in rest] == ["s4", "s5", "open"]
+        assert [a.id for a in acts.page(TC.id, 0, 10_000, [2], [], None, 9)] == []
+        assert sorted(a.id for a in acts.near(TC.id, [1], 2500, 3000)[1]) == ["s2", "s3"]
+        assert list(acts.open_for(TC.id)) == [1]
+    with uows() as uow:
+        moved = replace(_completed("s1", 1100, 1600), modified_at=7, created_at=1000)
+        uow.activities.replace(moved, read_modified_at=1000)
+        with pytest.raises(ConcurrentChange):  # the version read is gone
+            uow.activities.replace(moved, read_modified_at=0)
+        with pytest.raises(ConcurrentChange):
+            uow.activities.remove("s2", read_modified_at=12345)
+        uow.activities.remove("s2", read_modified_at=2000)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        assert uow.activities.get(TC.id, "s1") == moved
+        assert uow.activities.get(TC.id, "s2") is None
+
+
+@pytest.mark.postgres
+def test_postgres_refuses_overlapping_activities_of_a_user_itself() -> None:
+    """Two transactions that each checked before the other wrote: the exclusion
+    constraint refuses the second (a lost race, run again by the use case)."""
+    from tests.integration.conftest import _pg_engine
+
+    for engine in _pg_engine():
+        migrate(engine)
+        uows = AccountStore(engine)
+        with uows() as uow:
+            uow.time_clocks.add(TC)
+            uow.activities.add_many([_completed("a", 100, 200)])
+            uow.activities.add(_activity("open", 500))
+            uow.commit()
+        for clash in ([_completed("b", 150, 250)], [_completed("c", 600, 700)]):
+            with uows() as uow, pytest.raises(ConcurrentChange):
+                uow.activities.add_many(clash)
+        with uows() as uow:  # touching, another user: fine
+            uow.activities.add_many([_completed("d", 200, 300), _completed("e", 150, 250, user=2)])
+            uow.commit()

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,10 @@ from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
 from geopunch.geo.engine import AccountFences
 from geopunch.service.punches import run_alone
 from geopunch.service.trails import TrailBatch, evaluate_trails, report_locations
-from tests.helpers import AccountStore
+from tests.helpers import AccountStore, SetClock
 
 GEOD = Geod(ellps="WGS84")
 CENTRE = (51.5072, -0.1276)
-
-
-@dataclass
-class FixedClock:
-    t: float = 1_900_000_000
-
-    def now(self) -> float:
-        return self.t
 
 
 def at(dist: float, az: float) -> tuple[float, float]:
@@ -124,7 +115,7 @@ def test_live_batches_find_the_exits_of_one_evaluation(
     batch, cuts = case
     with uows.engine.begin() as conn:  # every example starts with no live state
         conn.execute(text("DELETE FROM live_trails"))
-    expected = evaluate_trails(index, A, batch, FixedClock().t)
+    expected = evaluate_trails(index, A, batch, SetClock().t)
     want = {
         (int(s), f)
         for s, f in zip(expected.exits.samples.tolist(), expected.exits.fence_ids, strict=True)
@@ -133,7 +124,7 @@ def test_live_batches_find_the_exits_of_one_evaluation(
     bounds = [0, *cuts, batch.size]
     for lo, hi in itertools.pairwise(bounds):
         out = asyncio.run(
-            report_locations(run_alone(uows), index, FixedClock(), A, _part(batch, lo, hi))
+            report_locations(run_alone(uows), index, SetClock(), A, _part(batch, lo, hi))
         )
         assert not (out.result.status == 6).any()  # in time order: nothing is stale
         got |= {

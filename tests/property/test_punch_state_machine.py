@@ -21,19 +21,11 @@ from geopunch.domain.errors import DomainError
 from geopunch.domain.models import Job, ManualBreakType, TimeClock
 from geopunch.domain.punches import ActivityKind, PunchCommand, PunchKind
 from geopunch.service import punches
-from tests.helpers import AccountStore
+from tests.helpers import AccountStore, SetClock
 
 CLOCKS = (1, 2)
 USERS = (10,)
 T0 = 1_800_000_000
-
-
-@dataclass
-class FakeClock:
-    t: float = T0
-
-    def now(self) -> float:
-        return self.t
 
 
 @dataclass
@@ -111,7 +103,7 @@ class PunchMachine(RuleBasedStateMachine):
         db.write_bytes(_template())
         self.engine = make_engine(f"sqlite:///{db}")
         self.uows = AccountStore(self.engine)
-        self.clock = FakeClock()
+        self.clock = SetClock(T0)
         self.model = {(c, u): UserModel() for c in CLOCKS for u in USERS}
         # Every other punch goes through the server's group commit (pieces run
         # without savepoints on SQLite), the others in a transaction of their own.

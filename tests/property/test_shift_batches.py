@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -25,19 +25,11 @@ from geopunch.domain.shifts import (
     ShiftLocation,
 )
 from geopunch.service import scheduler as use_cases
-from tests.helpers import AccountStore
+from tests.helpers import AccountStore, SetClock
 
 ZONES = ("UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kathmandu")
 USERS = (1, 2, 3, 4)
 JOBS = ("j", "k", "k-sub")
-
-
-@dataclass
-class FixedClock:
-    t: float = 1_900_000_000
-
-    def now(self) -> float:
-        return self.t
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +212,7 @@ def test_batches_are_stored_exactly_or_every_bad_shift_is_named(
     sched = scheduler(multi)
     if broken:
         with pytest.raises(DomainError) as info:
-            use_cases.create_shifts(uows, FixedClock(), 1, sched.id, drafts)
+            use_cases.create_shifts(uows, SetClock(), 1, sched.id, drafts)
         named: dict[int, set[ErrorCode]] = {}
         for v in info.value.violations:
             index = int(v.field.split("[", 1)[1].split("]", 1)[0])
@@ -229,7 +221,7 @@ def test_batches_are_stored_exactly_or_every_bad_shift_is_named(
         for i, reason in broken.items():
             assert reason in named[i], (i, reason, named[i])
         return
-    created = use_cases.create_shifts(uows, FixedClock(), 1, sched.id, drafts, created_by=3)
+    created = use_cases.create_shifts(uows, SetClock(), 1, sched.id, drafts, created_by=3)
     with uows(readonly=True) as uow:
         for sent, got in zip(drafts, created, strict=True):
             assert uow.shifts.get(got.id) == got

@@ -17,6 +17,9 @@ class EventType(StrEnum):
     GEOFENCE_EXIT = "geofenceExit"
     EXIT_NOTIFICATION = "exitNotification"
     AUTO_CLOCK_OUT = "autoClockOut"
+    TIME_ACTIVITY_CREATED = "timeActivityCreated"
+    TIME_ACTIVITY_UPDATED = "timeActivityUpdated"
+    TIME_ACTIVITY_DELETED = "timeActivityDeleted"
 
 
 #: Time clocks one event stream may name (a stream for more takes them all).

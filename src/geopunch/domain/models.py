@@ -85,6 +85,8 @@ class ManualBreakType:
     name: str
     is_mandatory: bool = False
     min_duration_s: int = 0
+    #: Paid breaks count as paid time in timesheet totals.
+    is_paid: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,12 @@ class TimeClockRepository(Protocol):
 
     def next_id(self) -> int: ...
 
+    def day_statuses_of(
+        self, time_clock_id: int, user_ids: Sequence[int], first: date, last: date
+    ) -> dict[int, dict[date, DayStatus]]:
+        """Statuses of the users' days from ``first`` to ``last`` (inclusive)."""
+        ...
+
     def day_statuses(self, time_clock_id: int, user_id: int) -> dict[date, DayStatus]: ...
 
     def set_day_status(
@@ -84,6 +90,40 @@ class ActivityRepository(Protocol):
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""
         ...
+
+    def add_many(self, new: Sequence[Activity]) -> None:
+        """Insert completed activities (ConcurrentChange: the store found an overlap)."""
+        ...
+
+    def get(self, time_clock_id: int, activity_id: str) -> Activity | None: ...
+
+    def near(
+        self, time_clock_id: int, user_ids: Sequence[int], lo: int, hi: int
+    ) -> dict[int, list[Activity]]:
+        """Each user's activities that overlap or touch ``[lo, hi]``, open ones included."""
+        ...
+
+    def replace(self, activity: Activity, read_modified_at: int) -> None:
+        """Store a corrected completed activity; ConcurrentChange unless it is
+        still as read (its ``modified_at``)."""
+        ...
+
+    def remove(self, activity_id: str, read_modified_at: int) -> None: ...
+
+    def page(
+        self,
+        time_clock_id: int,
+        start: int,
+        end: int,
+        user_ids: Sequence[int],
+        job_ids: Sequence[str],
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Activity]:
+        """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
+        ...
+
+    def open_for(self, time_clock_id: int) -> dict[int, Activity]: ...
 
 
 class IdempotencyRepository(Protocol):

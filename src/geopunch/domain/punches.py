@@ -78,6 +78,7 @@ class Activity:
     from_shift_id: str | None = None
     created_at: int = 0
     modified_at: int = 0
+    notes: str | None = None
 
     @property
     def is_open(self) -> bool:

@@ -205,11 +205,11 @@ def decide_on_state(
         )
     found: SchedulerShiftCheck = "ok"
     if cmd.scheduler_shift_id and state.open is None:
-        found = _scheduler_shift(uow, cmd.scheduler_shift_id, cmd.user_id)
+        found = scheduler_shift_check(uow, cmd.scheduler_shift_id, cmd.user_id)
     return decide_punch(plan, state, verdict, now, found)
 
 
-def _scheduler_shift(uow: UnitOfWork, shift_id: str, user_id: int) -> SchedulerShiftCheck:
+def scheduler_shift_check(uow: UnitOfWork, shift_id: str, user_id: int) -> SchedulerShiftCheck:
     shift = uow.shifts.get(shift_id)
     if shift is None:
         return "missing"
@@ -330,15 +330,15 @@ def decode_answer(data: bytes) -> tuple[PunchResult, str]:
     body = json.loads(data)
     return (
         PunchResult(
-            _activity(body["activity"]),
-            _activity(body["closed_shift"]) if body["closed_shift"] else None,
-            _activity(body["resumed_shift"]) if body["resumed_shift"] else None,
+            activity_from_dict(body["activity"]),
+            activity_from_dict(body["closed_shift"]) if body["closed_shift"] else None,
+            activity_from_dict(body["resumed_shift"]) if body["resumed_shift"] else None,
         ),
         body["requestId"],
     )
 
 
-def _activity(d: dict[str, Any]) -> Activity:
+def activity_from_dict(d: dict[str, Any]) -> Activity:
     return Activity(
         **{
             **d,

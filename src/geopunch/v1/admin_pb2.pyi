@@ -134,11 +134,14 @@ class ManualBreakType(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     IS_MANDATORY_FIELD_NUMBER: _builtins.int
     MIN_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    IS_PAID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     is_mandatory: _builtins.bool
     min_duration_seconds: _builtins.int
     """Required (> 0) for a mandatory break."""
+    is_paid: _builtins.bool
+    """Paid breaks count as paid time in ListTimeActivities totals."""
     def __init__(
         self,
         *,
@@ -146,10 +149,11 @@ class ManualBreakType(_message.Message):
         name: _builtins.str = ...,
         is_mandatory: _builtins.bool = ...,
         min_duration_seconds: _builtins.int = ...,
+        is_paid: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "is_mandatory", b"is_mandatory", "min_duration_seconds", b"min_duration_seconds", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "is_mandatory", b"is_mandatory", "is_paid", b"is_paid", "min_duration_seconds", b"min_duration_seconds", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

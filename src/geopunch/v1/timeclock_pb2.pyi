@@ -8,6 +8,7 @@ from geopunch.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -471,10 +472,12 @@ class ManualBreakSetting(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     IS_MANDATORY_FIELD_NUMBER: _builtins.int
     MIN_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    IS_PAID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     is_mandatory: _builtins.bool
     min_duration_seconds: _builtins.int
+    is_paid: _builtins.bool
     def __init__(
         self,
         *,
@@ -482,10 +485,11 @@ class ManualBreakSetting(_message.Message):
         name: _builtins.str = ...,
         is_mandatory: _builtins.bool = ...,
         min_duration_seconds: _builtins.int = ...,
+        is_paid: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "is_mandatory", b"is_mandatory", "min_duration_seconds", b"min_duration_seconds", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "is_mandatory", b"is_mandatory", "is_paid", b"is_paid", "min_duration_seconds", b"min_duration_seconds", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -641,3 +645,649 @@ class ValidatePunchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ValidatePunchResponse: _TypeAlias = ValidatePunchResponse  # noqa: Y015
+
+@_typing.final
+class TimeActivityPoint(_message.Message):
+    """One end of a time activity as sent; an empty timezone is the time clock's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    LOCATION_DATA_FIELD_NUMBER: _builtins.int
+    timestamp: _builtins.int
+    timezone: _builtins.str
+    @_builtins.property
+    def location_data(self) -> _common_pb2.Location: ...
+    def __init__(
+        self,
+        *,
+        timestamp: _builtins.int = ...,
+        timezone: _builtins.str = ...,
+        location_data: _common_pb2.Location | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location_data", b"location_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_data", b"location_data", "timestamp", b"timestamp", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeActivityPoint: _TypeAlias = TimeActivityPoint  # noqa: Y015
+
+@_typing.final
+class TimeActivityShift(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULER_SHIFT_ID_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    scheduler_shift_id: _builtins.str
+    notes: _builtins.str
+    @_builtins.property
+    def start(self) -> Global___TimeActivityPoint: ...
+    @_builtins.property
+    def end(self) -> Global___TimeActivityPoint: ...
+    def __init__(
+        self,
+        *,
+        start: Global___TimeActivityPoint | None = ...,
+        end: Global___TimeActivityPoint | None = ...,
+        job_id: _builtins.str = ...,
+        scheduler_shift_id: _builtins.str = ...,
+        notes: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "job_id", b"job_id", "notes", b"notes", "scheduler_shift_id", b"scheduler_shift_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeActivityShift: _TypeAlias = TimeActivityShift  # noqa: Y015
+
+@_typing.final
+class TimeActivityBreak(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANUAL_BREAK_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    manual_break_id: _builtins.str
+    notes: _builtins.str
+    @_builtins.property
+    def start(self) -> Global___TimeActivityPoint: ...
+    @_builtins.property
+    def end(self) -> Global___TimeActivityPoint: ...
+    def __init__(
+        self,
+        *,
+        manual_break_id: _builtins.str = ...,
+        start: Global___TimeActivityPoint | None = ...,
+        end: Global___TimeActivityPoint | None = ...,
+        notes: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "manual_break_id", b"manual_break_id", "notes", b"notes", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeActivityBreak: _TypeAlias = TimeActivityBreak  # noqa: Y015
+
+@_typing.final
+class UserTimeActivities(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SHIFTS_FIELD_NUMBER: _builtins.int
+    MANUAL_BREAKS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    @_builtins.property
+    def shifts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeActivityShift]: ...
+    @_builtins.property
+    def manual_breaks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeActivityBreak]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        shifts: _abc.Iterable[Global___TimeActivityShift] | None = ...,
+        manual_breaks: _abc.Iterable[Global___TimeActivityBreak] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manual_breaks", b"manual_breaks", "shifts", b"shifts", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserTimeActivities: _TypeAlias = UserTimeActivities  # noqa: Y015
+
+@_typing.final
+class CreateTimeActivitiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    TIME_ACTIVITIES_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    time_clock_id: _builtins.int
+    idempotency_key: _builtins.str
+    """A retry with the same key and body returns the first answer unchanged."""
+    @_builtins.property
+    def time_activities(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserTimeActivities]: ...
+    def __init__(
+        self,
+        *,
+        time_clock_id: _builtins.int = ...,
+        time_activities: _abc.Iterable[Global___UserTimeActivities] | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "time_activities", b"time_activities", "time_clock_id", b"time_clock_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTimeActivitiesRequest: _TypeAlias = CreateTimeActivitiesRequest  # noqa: Y015
+
+@_typing.final
+class TimeActivity(_message.Message):
+    """A stored shift or manual break, open or completed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    IS_OPEN_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MANUAL_BREAK_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULER_SHIFT_ID_FIELD_NUMBER: _builtins.int
+    IS_SWITCH_FROM_SHIFT_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    MODIFIED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    kind: _builtins.str
+    """"shift" or "manualBreak"."""
+    user_id: _builtins.int
+    is_open: _builtins.bool
+    job_id: _builtins.str
+    manual_break_id: _builtins.str
+    scheduler_shift_id: _builtins.str
+    is_switch_from_shift: _builtins.bool
+    """A break that began as its user's shift ended, on that shift's job."""
+    notes: _builtins.str
+    created_at: _builtins.int
+    modified_at: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___PunchPoint: ...
+    @_builtins.property
+    def end(self) -> Global___PunchPoint:
+        """Absent while open."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        user_id: _builtins.int = ...,
+        start: Global___PunchPoint | None = ...,
+        end: Global___PunchPoint | None = ...,
+        is_open: _builtins.bool = ...,
+        job_id: _builtins.str = ...,
+        manual_break_id: _builtins.str = ...,
+        scheduler_shift_id: _builtins.str = ...,
+        is_switch_from_shift: _builtins.bool = ...,
+        notes: _builtins.str = ...,
+        created_at: _builtins.int = ...,
+        modified_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end", b"end", "id", b"id", "is_open", b"is_open", "is_switch_from_shift", b"is_switch_from_shift", "job_id", b"job_id", "kind", b"kind", "manual_break_id", b"manual_break_id", "modified_at", b"modified_at", "notes", b"notes", "scheduler_shift_id", b"scheduler_shift_id", "start", b"start", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeActivity: _TypeAlias = TimeActivity  # noqa: Y015
+
+@_typing.final
+class CreateTimeActivitiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Data(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TIME_ACTIVITIES_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def time_activities(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeActivity]:
+            """In request order: each user's shifts, then its breaks."""
+
+        def __init__(
+            self,
+            *,
+            time_activities: _abc.Iterable[Global___TimeActivity] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["time_activities", b"time_activities"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___CreateTimeActivitiesResponse.Data: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___CreateTimeActivitiesResponse.Data | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTimeActivitiesResponse: _TypeAlias = CreateTimeActivitiesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateTimeActivityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    MODIFIED_AT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULER_SHIFT_ID_FIELD_NUMBER: _builtins.int
+    MANUAL_BREAK_ID_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    time_clock_id: _builtins.int
+    activity_id: _builtins.str
+    modified_at: _builtins.int
+    """The modified_at the caller read; a later change makes this call ABORTED."""
+    job_id: _builtins.str
+    """For a shift."""
+    scheduler_shift_id: _builtins.str
+    manual_break_id: _builtins.str
+    """For a break."""
+    notes: _builtins.str
+    @_builtins.property
+    def start(self) -> Global___TimeActivityPoint: ...
+    @_builtins.property
+    def end(self) -> Global___TimeActivityPoint: ...
+    def __init__(
+        self,
+        *,
+        time_clock_id: _builtins.int = ...,
+        activity_id: _builtins.str = ...,
+        modified_at: _builtins.int = ...,
+        start: Global___TimeActivityPoint | None = ...,
+        end: Global___TimeActivityPoint | None = ...,
+        job_id: _builtins.str = ...,
+        scheduler_shift_id: _builtins.str = ...,
+        manual_break_id: _builtins.str = ...,
+        notes: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "end", b"end", "job_id", b"job_id", "manual_break_id", b"manual_break_id", "modified_at", b"modified_at", "notes", b"notes", "scheduler_shift_id", b"scheduler_shift_id", "start", b"start", "time_clock_id", b"time_clock_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateTimeActivityRequest: _TypeAlias = UpdateTimeActivityRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTimeActivityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    ACTIVITY_ID_FIELD_NUMBER: _builtins.int
+    MODIFIED_AT_FIELD_NUMBER: _builtins.int
+    time_clock_id: _builtins.int
+    activity_id: _builtins.str
+    modified_at: _builtins.int
+    def __init__(
+        self,
+        *,
+        time_clock_id: _builtins.int = ...,
+        activity_id: _builtins.str = ...,
+        modified_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_id", b"activity_id", "modified_at", b"modified_at", "time_clock_id", b"time_clock_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTimeActivityRequest: _TypeAlias = DeleteTimeActivityRequest  # noqa: Y015
+
+@_typing.final
+class TimeActivityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Data(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TIME_ACTIVITY_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def time_activity(self) -> Global___TimeActivity:
+            """The corrected activity, or the deleted one as it was."""
+
+        def __init__(
+            self,
+            *,
+            time_activity: Global___TimeActivity | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["time_activity", b"time_activity"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["time_activity", b"time_activity"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___TimeActivityResponse.Data: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___TimeActivityResponse.Data | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeActivityResponse: _TypeAlias = TimeActivityResponse  # noqa: Y015
+
+@_typing.final
+class ListTimeActivitiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_TOTALS_FIELD_NUMBER: _builtins.int
+    time_clock_id: _builtins.int
+    start_time: _builtins.int
+    """The window [start_time, end_time) in Unix seconds, at most 92 days."""
+    end_time: _builtins.int
+    page_size: _builtins.int
+    """1..10000 (0: 1000)."""
+    page_token: _builtins.str
+    include_totals: _builtins.bool
+    """Totals of the whole window, on the first page."""
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Jobs and their sub-jobs; breaks count with the shift they follow."""
+
+    def __init__(
+        self,
+        *,
+        time_clock_id: _builtins.int = ...,
+        start_time: _builtins.int = ...,
+        end_time: _builtins.int = ...,
+        user_ids: _abc.Iterable[_builtins.int] | None = ...,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_totals: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "include_totals", b"include_totals", "job_ids", b"job_ids", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "time_clock_id", b"time_clock_id", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTimeActivitiesRequest: _TypeAlias = ListTimeActivitiesRequest  # noqa: Y015
+
+@_typing.final
+class DayTotals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    WORKED_SECONDS_FIELD_NUMBER: _builtins.int
+    PAID_BREAK_SECONDS_FIELD_NUMBER: _builtins.int
+    UNPAID_BREAK_SECONDS_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """YYYY-MM-DD in the time clock's zone."""
+    worked_seconds: _builtins.int
+    paid_break_seconds: _builtins.int
+    unpaid_break_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        worked_seconds: _builtins.int = ...,
+        paid_break_seconds: _builtins.int = ...,
+        unpaid_break_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "paid_break_seconds", b"paid_break_seconds", "unpaid_break_seconds", b"unpaid_break_seconds", "worked_seconds", b"worked_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DayTotals: _TypeAlias = DayTotals  # noqa: Y015
+
+@_typing.final
+class UserTotals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    WORKED_SECONDS_FIELD_NUMBER: _builtins.int
+    PAID_BREAK_SECONDS_FIELD_NUMBER: _builtins.int
+    UNPAID_BREAK_SECONDS_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    worked_seconds: _builtins.int
+    paid_break_seconds: _builtins.int
+    unpaid_break_seconds: _builtins.int
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DayTotals]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        worked_seconds: _builtins.int = ...,
+        paid_break_seconds: _builtins.int = ...,
+        unpaid_break_seconds: _builtins.int = ...,
+        days: _abc.Iterable[Global___DayTotals] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "paid_break_seconds", b"paid_break_seconds", "unpaid_break_seconds", b"unpaid_break_seconds", "user_id", b"user_id", "worked_seconds", b"worked_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserTotals: _TypeAlias = UserTotals  # noqa: Y015
+
+@_typing.final
+class ListTimeActivitiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Data(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TIME_ACTIVITIES_FIELD_NUMBER: _builtins.int
+        NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+        TOTALS_FIELD_NUMBER: _builtins.int
+        next_page_token: _builtins.str
+        """Empty on the last page."""
+        @_builtins.property
+        def time_activities(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeActivity]: ...
+        @_builtins.property
+        def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserTotals]: ...
+        def __init__(
+            self,
+            *,
+            time_activities: _abc.Iterable[Global___TimeActivity] | None = ...,
+            next_page_token: _builtins.str = ...,
+            totals: _abc.Iterable[Global___UserTotals] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "time_activities", b"time_activities", "totals", b"totals"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___ListTimeActivitiesResponse.Data: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___ListTimeActivitiesResponse.Data | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTimeActivitiesResponse: _TypeAlias = ListTimeActivitiesResponse  # noqa: Y015
+
+@_typing.final
+class GetUserStatusesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_CLOCK_ID_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    time_clock_id: _builtins.int
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Empty: every user of the time clock."""
+
+    def __init__(
+        self,
+        *,
+        time_clock_id: _builtins.int = ...,
+        user_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_clock_id", b"time_clock_id", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserStatusesRequest: _TypeAlias = GetUserStatusesRequest  # noqa: Y015
+
+@_typing.final
+class UserStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UserStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: UserStatus._State.ValueType  # 0
+        IDLE: UserStatus._State.ValueType  # 1
+        ON_SHIFT: UserStatus._State.ValueType  # 2
+        ON_BREAK: UserStatus._State.ValueType  # 3
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: UserStatus.State.ValueType  # 0
+    IDLE: UserStatus.State.ValueType  # 1
+    ON_SHIFT: UserStatus.State.ValueType  # 2
+    ON_BREAK: UserStatus.State.ValueType  # 3
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ACTIVITY_FIELD_NUMBER: _builtins.int
+    MANUAL_BREAK_FIELD_NUMBER: _builtins.int
+    ENDABLE_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    state: Global___UserStatus.State.ValueType
+    endable_at: _builtins.int
+    @_builtins.property
+    def activity(self) -> Global___TimeActivity:
+        """The open shift or break, with its start (the "since")."""
+
+    @_builtins.property
+    def manual_break(self) -> Global___ManualBreakSetting:
+        """On a break: its type's settings, and when a mandatory one may end."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        state: Global___UserStatus.State.ValueType = ...,
+        activity: Global___TimeActivity | None = ...,
+        manual_break: Global___ManualBreakSetting | None = ...,
+        endable_at: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_endable_at", b"_endable_at", "activity", b"activity", "endable_at", b"endable_at", "manual_break", b"manual_break"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_endable_at", b"_endable_at", "activity", b"activity", "endable_at", b"endable_at", "manual_break", b"manual_break", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__endable_at: _TypeAlias = _typing.Literal["endable_at"]  # noqa: Y015
+    _WhichOneofArgType__endable_at: _TypeAlias = _typing.Literal["_endable_at", b"_endable_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__endable_at) -> _WhichOneofReturnType__endable_at | None: ...
+
+Global___UserStatus: _TypeAlias = UserStatus  # noqa: Y015
+
+@_typing.final
+class GetUserStatusesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Data(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STATUSES_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserStatus]: ...
+        def __init__(
+            self,
+            *,
+            statuses: _abc.Iterable[Global___UserStatus] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["statuses", b"statuses"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def data(self) -> Global___GetUserStatusesResponse.Data: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: Global___GetUserStatusesResponse.Data | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserStatusesResponse: _TypeAlias = GetUserStatusesResponse  # noqa: Y015

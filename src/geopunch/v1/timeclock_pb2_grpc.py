@@ -66,6 +66,31 @@ class TimeClockServiceStub:
                 request_serializer=geopunch_dot_v1_dot_timeclock__pb2.ValidatePunchRequest.SerializeToString,
                 response_deserializer=geopunch_dot_v1_dot_timeclock__pb2.ValidatePunchResponse.FromString,
                 _registered_method=True)
+        self.CreateTimeActivities = channel.unary_unary(
+                '/geopunch.v1.TimeClockService/CreateTimeActivities',
+                request_serializer=geopunch_dot_v1_dot_timeclock__pb2.CreateTimeActivitiesRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_timeclock__pb2.CreateTimeActivitiesResponse.FromString,
+                _registered_method=True)
+        self.UpdateTimeActivity = channel.unary_unary(
+                '/geopunch.v1.TimeClockService/UpdateTimeActivity',
+                request_serializer=geopunch_dot_v1_dot_timeclock__pb2.UpdateTimeActivityRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_timeclock__pb2.TimeActivityResponse.FromString,
+                _registered_method=True)
+        self.DeleteTimeActivity = channel.unary_unary(
+                '/geopunch.v1.TimeClockService/DeleteTimeActivity',
+                request_serializer=geopunch_dot_v1_dot_timeclock__pb2.DeleteTimeActivityRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_timeclock__pb2.TimeActivityResponse.FromString,
+                _registered_method=True)
+        self.ListTimeActivities = channel.unary_unary(
+                '/geopunch.v1.TimeClockService/ListTimeActivities',
+                request_serializer=geopunch_dot_v1_dot_timeclock__pb2.ListTimeActivitiesRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_timeclock__pb2.ListTimeActivitiesResponse.FromString,
+                _registered_method=True)
+        self.GetUserStatuses = channel.unary_unary(
+                '/geopunch.v1.TimeClockService/GetUserStatuses',
+                request_serializer=geopunch_dot_v1_dot_timeclock__pb2.GetUserStatusesRequest.SerializeToString,
+                response_deserializer=geopunch_dot_v1_dot_timeclock__pb2.GetUserStatusesResponse.FromString,
+                _registered_method=True)
 
 
 class TimeClockServiceServicer:
@@ -112,6 +137,41 @@ class TimeClockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTimeActivities(self, request, context):
+        """Records completed shifts and breaks (imports, punches older than 12
+        hours), all or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTimeActivity(self, request, context):
+        """Corrects a completed shift or break read at `modified_at`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTimeActivity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTimeActivities(self, request, context):
+        """A time clock's shifts and breaks in a window, with totals per user and day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserStatuses(self, request, context):
+        """Who is idle, on a shift or on a break now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TimeClockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +204,31 @@ def add_TimeClockServiceServicer_to_server(servicer, server):
                     servicer.ValidatePunch,
                     request_deserializer=geopunch_dot_v1_dot_timeclock__pb2.ValidatePunchRequest.FromString,
                     response_serializer=geopunch_dot_v1_dot_timeclock__pb2.ValidatePunchResponse.SerializeToString,
+            ),
+            'CreateTimeActivities': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTimeActivities,
+                    request_deserializer=geopunch_dot_v1_dot_timeclock__pb2.CreateTimeActivitiesRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_timeclock__pb2.CreateTimeActivitiesResponse.SerializeToString,
+            ),
+            'UpdateTimeActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTimeActivity,
+                    request_deserializer=geopunch_dot_v1_dot_timeclock__pb2.UpdateTimeActivityRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_timeclock__pb2.TimeActivityResponse.SerializeToString,
+            ),
+            'DeleteTimeActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTimeActivity,
+                    request_deserializer=geopunch_dot_v1_dot_timeclock__pb2.DeleteTimeActivityRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_timeclock__pb2.TimeActivityResponse.SerializeToString,
+            ),
+            'ListTimeActivities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTimeActivities,
+                    request_deserializer=geopunch_dot_v1_dot_timeclock__pb2.ListTimeActivitiesRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_timeclock__pb2.ListTimeActivitiesResponse.SerializeToString,
+            ),
+            'GetUserStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserStatuses,
+                    request_deserializer=geopunch_dot_v1_dot_timeclock__pb2.GetUserStatusesRequest.FromString,
+                    response_serializer=geopunch_dot_v1_dot_timeclock__pb2.GetUserStatusesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +395,141 @@ class TimeClockService:
             '/geopunch.v1.TimeClockService/ValidatePunch',
             geopunch_dot_v1_dot_timeclock__pb2.ValidatePunchRequest.SerializeToString,
             geopunch_dot_v1_dot_timeclock__pb2.ValidatePunchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTimeActivities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.TimeClockService/CreateTimeActivities',
+            geopunch_dot_v1_dot_timeclock__pb2.CreateTimeActivitiesRequest.SerializeToString,
+            geopunch_dot_v1_dot_timeclock__pb2.CreateTimeActivitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTimeActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.TimeClockService/UpdateTimeActivity',
+            geopunch_dot_v1_dot_timeclock__pb2.UpdateTimeActivityRequest.SerializeToString,
+            geopunch_dot_v1_dot_timeclock__pb2.TimeActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTimeActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.TimeClockService/DeleteTimeActivity',
+            geopunch_dot_v1_dot_timeclock__pb2.DeleteTimeActivityRequest.SerializeToString,
+            geopunch_dot_v1_dot_timeclock__pb2.TimeActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTimeActivities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.TimeClockService/ListTimeActivities',
+            geopunch_dot_v1_dot_timeclock__pb2.ListTimeActivitiesRequest.SerializeToString,
+            geopunch_dot_v1_dot_timeclock__pb2.ListTimeActivitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/geopunch.v1.TimeClockService/GetUserStatuses',
+            geopunch_dot_v1_dot_timeclock__pb2.GetUserStatusesRequest.SerializeToString,
+            geopunch_dot_v1_dot_timeclock__pb2.GetUserStatusesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,17 @@ class TimeClockServiceStub:
     ListManualBreaks: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.ListManualBreaksRequest, _timeclock_pb2.ListManualBreaksResponse]
     ValidatePunch: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.ValidatePunchRequest, _timeclock_pb2.ValidatePunchResponse]
     """Runs every check of a punch without changing anything."""
+    CreateTimeActivities: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.CreateTimeActivitiesRequest, _timeclock_pb2.CreateTimeActivitiesResponse]
+    """Records completed shifts and breaks (imports, punches older than 12
+    hours), all or none.
+    """
+    UpdateTimeActivity: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.UpdateTimeActivityRequest, _timeclock_pb2.TimeActivityResponse]
+    """Corrects a completed shift or break read at `modified_at`."""
+    DeleteTimeActivity: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.DeleteTimeActivityRequest, _timeclock_pb2.TimeActivityResponse]
+    ListTimeActivities: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.ListTimeActivitiesRequest, _timeclock_pb2.ListTimeActivitiesResponse]
+    """A time clock's shifts and breaks in a window, with totals per user and day."""
+    GetUserStatuses: _grpc.UnaryUnaryMultiCallable[_timeclock_pb2.GetUserStatusesRequest, _timeclock_pb2.GetUserStatusesResponse]
+    """Who is idle, on a shift or on a break now."""
 
 @_typing.type_check_only
 class TimeClockServiceAsyncStub(TimeClockServiceStub):
@@ -61,6 +72,17 @@ class TimeClockServiceAsyncStub(TimeClockServiceStub):
     ListManualBreaks: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.ListManualBreaksRequest, _timeclock_pb2.ListManualBreaksResponse]  # type: ignore[assignment]
     ValidatePunch: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.ValidatePunchRequest, _timeclock_pb2.ValidatePunchResponse]  # type: ignore[assignment]
     """Runs every check of a punch without changing anything."""
+    CreateTimeActivities: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.CreateTimeActivitiesRequest, _timeclock_pb2.CreateTimeActivitiesResponse]  # type: ignore[assignment]
+    """Records completed shifts and breaks (imports, punches older than 12
+    hours), all or none.
+    """
+    UpdateTimeActivity: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.UpdateTimeActivityRequest, _timeclock_pb2.TimeActivityResponse]  # type: ignore[assignment]
+    """Corrects a completed shift or break read at `modified_at`."""
+    DeleteTimeActivity: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.DeleteTimeActivityRequest, _timeclock_pb2.TimeActivityResponse]  # type: ignore[assignment]
+    ListTimeActivities: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.ListTimeActivitiesRequest, _timeclock_pb2.ListTimeActivitiesResponse]  # type: ignore[assignment]
+    """A time clock's shifts and breaks in a window, with totals per user and day."""
+    GetUserStatuses: _aio.UnaryUnaryMultiCallable[_timeclock_pb2.GetUserStatusesRequest, _timeclock_pb2.GetUserStatusesResponse]  # type: ignore[assignment]
+    """Who is idle, on a shift or on a break now."""
 
 class TimeClockServiceServicer(metaclass=_abc_1.ABCMeta):
     """The live punch lifecycle of each user on each time clock: shifts and
@@ -111,5 +133,46 @@ class TimeClockServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_timeclock_pb2.ValidatePunchResponse, _abc.Awaitable[_timeclock_pb2.ValidatePunchResponse]]:
         """Runs every check of a punch without changing anything."""
+
+    @_abc_1.abstractmethod
+    def CreateTimeActivities(
+        self,
+        request: _timeclock_pb2.CreateTimeActivitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_timeclock_pb2.CreateTimeActivitiesResponse, _abc.Awaitable[_timeclock_pb2.CreateTimeActivitiesResponse]]:
+        """Records completed shifts and breaks (imports, punches older than 12
+        hours), all or none.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateTimeActivity(
+        self,
+        request: _timeclock_pb2.UpdateTimeActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_timeclock_pb2.TimeActivityResponse, _abc.Awaitable[_timeclock_pb2.TimeActivityResponse]]:
+        """Corrects a completed shift or break read at `modified_at`."""
+
+    @_abc_1.abstractmethod
+    def DeleteTimeActivity(
+        self,
+        request: _timeclock_pb2.DeleteTimeActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_timeclock_pb2.TimeActivityResponse, _abc.Awaitable[_timeclock_pb2.TimeActivityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTimeActivities(
+        self,
+        request: _timeclock_pb2.ListTimeActivitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_timeclock_pb2.ListTimeActivitiesResponse, _abc.Awaitable[_timeclock_pb2.ListTimeActivitiesResponse]]:
+        """A time clock's shifts and breaks in a window, with totals per user and day."""
+
+    @_abc_1.abstractmethod
+    def GetUserStatuses(
+        self,
+        request: _timeclock_pb2.GetUserStatusesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_timeclock_pb2.GetUserStatusesResponse, _abc.Awaitable[_timeclock_pb2.GetUserStatusesResponse]]:
+        """Who is idle, on a shift or on a break now."""
 
 def add_TimeClockServiceServicer_to_server(servicer: TimeClockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

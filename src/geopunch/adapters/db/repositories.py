@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     tuple_,
     update,
@@ -157,7 +158,7 @@ class SqlTimeClockRepository(AccountScoped):
             .order_by(manual_break_types.c.time_clock_id, manual_break_types.c.position)
         ):
             breaks[b.time_clock_id].append(
-                ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s)
+                ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s, b.is_paid)
             )
         return [self._time_clock(row, jobs[row.id], users[row.id], breaks[row.id]) for row in rows]
 
@@ -289,6 +290,7 @@ class SqlTimeClockRepository(AccountScoped):
                         "name": b.name,
                         "is_mandatory": b.is_mandatory,
                         "min_duration_s": b.min_duration_s,
+                        "is_paid": b.is_paid,
                     }
                     for pos, b in enumerate(tc.manual_break_types)
                 ],
@@ -305,6 +307,25 @@ class SqlTimeClockRepository(AccountScoped):
             .order_by(day_statuses.c.day)
         ).all()
         return {date.fromisoformat(r.day): DayStatus(r.status) for r in rows}
+
+    def day_statuses_of(
+        self, time_clock_id: int, user_ids: Sequence[int], first: date, last: date
+    ) -> dict[int, dict[date, DayStatus]]:
+        """Statuses of the users' days from ``first`` to ``last`` (inclusive)."""
+        d = day_statuses.c
+        rows = self._conn.execute(
+            select(d.user_id, d.day, d.status).where(
+                d.account_id == self.account,
+                d.time_clock_id == time_clock_id,
+                d.user_id.in_(sorted(set(user_ids))),
+                d.day >= first.isoformat(),
+                d.day <= last.isoformat(),
+            )
+        ).all()
+        found: dict[int, dict[date, DayStatus]] = defaultdict(dict)
+        for r in rows:
+            found[r.user_id][date.fromisoformat(r.day)] = DayStatus(r.status)
+        return dict(found)
 
     def set_day_status(
         self, time_clock_id: int, user_id: int, days: Sequence[date], status: DayStatus
@@ -491,6 +512,25 @@ def _point_columns(prefix: str, p: PunchPoint | None) -> dict[str, object]:
     }
 
 
+def _activity_row(account: int | None, activity: Activity) -> dict[str, object]:
+    return {
+        "id": activity.id,
+        "account_id": account,
+        "time_clock_id": activity.time_clock_id,
+        "user_id": activity.user_id,
+        "kind": activity.kind.value,
+        "job_id": activity.job_id,
+        "break_type_id": activity.break_type_id,
+        "scheduler_shift_id": activity.scheduler_shift_id,
+        "from_shift_id": activity.from_shift_id,
+        "created_at": activity.created_at,
+        "modified_at": activity.modified_at,
+        "notes": activity.notes,
+        **_point_columns("start", activity.start),
+        **_point_columns("end", activity.end),
+    }
+
+
 def _activity(row: Mapping[Any, Any]) -> Activity:
     start = _point(row, "start")
     assert start is not None
@@ -507,6 +547,7 @@ def _activity(row: Mapping[Any, Any]) -> Activity:
         from_shift_id=row["from_shift_id"],
         created_at=row["created_at"],
         modified_at=row["modified_at"],
+        notes=row.get("notes"),
     )
 
 
@@ -587,21 +628,7 @@ class SqlActivityRepository(AccountScoped):
         )
 
     def add(self, activity: Activity) -> None:
-        values: dict[str, object] = {
-            "id": activity.id,
-            "account_id": self.account,
-            "time_clock_id": activity.time_clock_id,
-            "user_id": activity.user_id,
-            "kind": activity.kind.value,
-            "job_id": activity.job_id,
-            "break_type_id": activity.break_type_id,
-            "scheduler_shift_id": activity.scheduler_shift_id,
-            "from_shift_id": activity.from_shift_id,
-            "created_at": activity.created_at,
-            "modified_at": activity.modified_at,
-            **_point_columns("start", activity.start),
-            **_point_columns("end", activity.end),
-        }
+        values = _activity_row(self.account, activity)
         try:
             _INSERT_ACTIVITY.execute(self._conn, values).close()
         except integrity_error(self._conn) as exc:
@@ -618,6 +645,118 @@ class SqlActivityRepository(AccountScoped):
         }
         if _CLOSE.rowcount(self._conn, params) != 1:
             raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
+
+    def add_many(self, new: Sequence[Activity]) -> None:
+        """Insert completed activities at once; an overlap that the store
+        refuses (PostgreSQL's exclusion constraint) is a lost race."""
+        if not new:
+            return
+        try:
+            self._conn.execute(insert(activities), [_activity_row(self.account, a) for a in new])
+        except IntegrityError as exc:
+            raise ConcurrentChange(str(exc.orig)) from exc
+
+    def get(self, time_clock_id: int, activity_id: str) -> Activity | None:
+        row = self._conn.execute(
+            select(activities).where(
+                activities.c.account_id == self.account,
+                activities.c.time_clock_id == time_clock_id,
+                activities.c.id == activity_id,
+            )
+        ).first()
+        return _activity(row._mapping) if row is not None else None
+
+    def near(
+        self, time_clock_id: int, user_ids: Sequence[int], lo: int, hi: int
+    ) -> dict[int, list[Activity]]:
+        """Each user's activities that overlap or touch ``[lo, hi]``, open ones included."""
+        a = activities.c
+        rows = self._conn.execute(
+            select(activities).where(
+                a.account_id == self.account,
+                a.time_clock_id == time_clock_id,
+                a.user_id.in_(sorted(set(user_ids))),
+                a.start_ts <= hi,
+                or_(a.end_ts.is_(None), a.end_ts >= lo),
+            )
+        ).all()
+        found: dict[int, list[Activity]] = defaultdict(list)
+        for r in rows:
+            found[r.user_id].append(_activity(r._mapping))
+        return dict(found)
+
+    def replace(self, activity: Activity, read_modified_at: int) -> None:
+        """Store the corrected ``activity`` if it is still as it was read."""
+        values = _activity_row(self.account, activity)
+        for key in ("id", "account_id", "time_clock_id", "user_id", "kind", "created_at"):
+            del values[key]
+        a = activities.c
+        try:
+            result = self._conn.execute(
+                update(activities)
+                .where(
+                    a.account_id == self.account,
+                    a.id == activity.id,
+                    a.modified_at == read_modified_at,
+                    a.end_ts.is_not(None),
+                )
+                .values(values)
+            )
+        except IntegrityError as exc:
+            raise ConcurrentChange(str(exc.orig)) from exc
+        if result.rowcount != 1:
+            raise ConcurrentChange(f"activity {activity.id} was changed meanwhile")
+
+    def remove(self, activity_id: str, read_modified_at: int) -> None:
+        a = activities.c
+        result = self._conn.execute(
+            delete(activities).where(
+                a.account_id == self.account,
+                a.id == activity_id,
+                a.modified_at == read_modified_at,
+                a.end_ts.is_not(None),
+            )
+        )
+        if result.rowcount != 1:
+            raise ConcurrentChange(f"activity {activity_id} was changed meanwhile")
+
+    def page(
+        self,
+        time_clock_id: int,
+        start: int,
+        end: int,
+        user_ids: Sequence[int],
+        job_ids: Sequence[str],
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Activity]:
+        """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
+        a = activities.c
+        query = select(activities).where(
+            a.account_id == self.account,
+            a.time_clock_id == time_clock_id,
+            a.start_ts < end,
+            or_(a.end_ts.is_(None), a.end_ts > start),
+        )
+        if user_ids:
+            query = query.where(a.user_id.in_(user_ids))
+        if job_ids:
+            query = query.where(a.job_id.in_(job_ids))
+        if after is not None:
+            query = query.where(tuple_(a.start_ts, a.id) > tuple_(*after))
+        rows = self._conn.execute(query.order_by(a.start_ts, a.id).limit(limit)).all()
+        return [_activity(r._mapping) for r in rows]
+
+    def open_for(self, time_clock_id: int) -> dict[int, Activity]:
+        """The open activity of each user of the time clock who has one."""
+        rows = self._conn.execute(
+            select(activities).where(
+                activities.c.account_id == self.account,
+                activities.c.time_clock_id == time_clock_id,
+                activities.c.end_ts.is_(None),
+            )
+        ).all()
+        return {r.user_id: _activity(r._mapping) for r in rows}
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""

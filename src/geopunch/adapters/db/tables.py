@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 
 metadata = MetaData()
@@ -109,6 +110,7 @@ manual_break_types = Table(
         Column("name", String(255), nullable=False),
         Column("is_mandatory", Boolean, nullable=False),
         Column("min_duration_s", Integer, nullable=False),
+        Column("is_paid", Boolean, nullable=False, server_default=false()),
     ),
 )
 
@@ -194,6 +196,7 @@ activities = Table(
     *_punch_columns("end", required=False),
     Column("created_at", BigInteger, nullable=False),
     Column("modified_at", BigInteger, nullable=False),
+    Column("notes", String(2000), nullable=True),
     ForeignKeyConstraint(
         ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
     ),
@@ -207,6 +210,13 @@ Index(
     unique=True,
     sqlite_where=activities.c.end_ts.is_(None),
     postgresql_where=activities.c.end_ts.is_(None),
+)
+Index(
+    "ix_activities_start",
+    activities.c.account_id,
+    activities.c.time_clock_id,
+    activities.c.start_ts,
+    activities.c.id,
 )
 Index(
     "ix_activities_user",

@@ -31,11 +31,15 @@ SCOPES: dict[str, Scope | None] = {
     "ListShifts": _R,
     "ListManualBreaks": _R,
     "ValidatePunch": _R,
+    "ListTimeActivities": _R,
+    "GetUserStatuses": _R,
     # punches and live positions
     "ClockIn": _P,
     "ClockOut": _P,
     "StartManualBreak": _P,
     "EndManualBreak": _P,
+    # a device flushing punches older than the live window
+    "CreateTimeActivities": _P,
     "ReportLocations": _P,
     # set-up
     "CreateTimeClock": _A,
@@ -46,6 +50,8 @@ SCOPES: dict[str, Scope | None] = {
     "CreateGeofences": _A,
     "DeleteGeofence": _A,
     "CreateShifts": _A,
+    "UpdateTimeActivity": _A,
+    "DeleteTimeActivity": _A,
     "CreateApiKey": _A,
     "ListApiKeys": _A,
     "RotateApiKey": _A,

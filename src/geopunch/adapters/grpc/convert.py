@@ -77,7 +77,7 @@ def time_clock_from_proto(
         user_ids=frozenset(msg.user_ids),
         manual_breaks_enabled=msg.manual_breaks_enabled,
         manual_break_types=tuple(
-            ManualBreakType(b.id, b.name, b.is_mandatory, b.min_duration_seconds)
+            ManualBreakType(b.id, b.name, b.is_mandatory, b.min_duration_seconds, b.is_paid)
             for b in msg.manual_break_types
         ),
         geofence_policy=policy,
@@ -108,6 +108,7 @@ def time_clock_to_proto(tc: TimeClock) -> admin_pb2.TimeClock:
                 name=b.name,
                 is_mandatory=b.is_mandatory,
                 min_duration_seconds=b.min_duration_s,
+                is_paid=b.is_paid,
             )
             for b in tc.manual_break_types
         ],

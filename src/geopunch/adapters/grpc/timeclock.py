@@ -9,23 +9,36 @@ from google.protobuf.message import Message
 
 from geopunch.adapters.grpc.auth import account
 from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.models import ManualBreakType
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
+    ActivityKind,
     PunchCommand,
     PunchKind,
     PunchLocation,
     PunchPoint,
     PunchResult,
 )
+from geopunch.domain.timesheets import (
+    BreakDraft,
+    Correction,
+    ListQuery,
+    PointDraft,
+    ShiftDraft,
+    UserActivities,
+    UserStatus,
+    UserTotals,
+)
 from geopunch.logs import request_id_var
-from geopunch.service import punches
+from geopunch.service import punches, timesheets
 from geopunch.v1 import timeclock_pb2, timeclock_pb2_grpc
 
 R = TypeVar("R", bound=Message)
 
 
 def location_from_proto(msg: Any) -> PunchLocation | None:
+    """The ``location_data`` of a punch or time activity point, None when unset."""
     if not msg.HasField("location_data"):
         return None
     loc = msg.location_data
@@ -128,6 +141,83 @@ def end_break_response(
     return response
 
 
+def point_draft(msg: timeclock_pb2.TimeActivityPoint) -> PointDraft:
+    return PointDraft(msg.timestamp, msg.timezone, location_from_proto(msg))
+
+
+def groups_from_proto(msg: timeclock_pb2.CreateTimeActivitiesRequest) -> list[UserActivities]:
+    return [
+        UserActivities(
+            g.user_id,
+            tuple(
+                ShiftDraft(
+                    point_draft(s.start),
+                    point_draft(s.end),
+                    s.job_id,
+                    s.scheduler_shift_id,
+                    s.notes,
+                )
+                for s in g.shifts
+            ),
+            tuple(
+                BreakDraft(b.manual_break_id, point_draft(b.start), point_draft(b.end), b.notes)
+                for b in g.manual_breaks
+            ),
+        )
+        for g in msg.time_activities
+    ]
+
+
+def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
+    out.id = a.id
+    out.kind = "shift" if a.kind is ActivityKind.SHIFT else "manualBreak"
+    out.user_id = a.user_id
+    fill_point(out.start, a.start)
+    if a.end is not None:
+        fill_point(out.end, a.end)
+    out.is_open = a.end is None
+    out.job_id = a.job_id or ""
+    out.manual_break_id = a.break_type_id or ""
+    out.scheduler_shift_id = a.scheduler_shift_id or ""
+    out.is_switch_from_shift = a.from_shift_id is not None
+    out.notes = a.notes or ""
+    out.created_at = a.created_at
+    out.modified_at = a.modified_at
+
+
+def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
+    out.user_id = t.user_id
+    out.worked_seconds = t.worked_s
+    out.paid_break_seconds = t.paid_break_s
+    out.unpaid_break_seconds = t.unpaid_break_s
+    for d in t.days:
+        out.days.add(
+            date=d.day.isoformat(),
+            worked_seconds=d.worked_s,
+            paid_break_seconds=d.paid_break_s,
+            unpaid_break_seconds=d.unpaid_break_s,
+        )
+
+
+def fill_status(out: timeclock_pb2.UserStatus, s: UserStatus) -> None:
+    out.user_id = s.user_id
+    out.state = timeclock_pb2.UserStatus.State.Value(s.state.value)
+    if s.activity is not None:
+        fill_activity(out.activity, s.activity)
+    if s.break_type is not None:
+        fill_break_setting(out.manual_break, s.break_type)
+    if s.endable_at is not None:
+        out.endable_at = s.endable_at
+
+
+def fill_break_setting(out: timeclock_pb2.ManualBreakSetting, b: ManualBreakType) -> None:
+    out.id = b.id
+    out.name = b.name
+    out.is_mandatory = b.is_mandatory
+    out.min_duration_seconds = b.min_duration_s
+    out.is_paid = b.is_paid
+
+
 _KINDS: dict[str, PunchKind] = {
     "clock_in": PunchKind.CLOCK_IN,
     "clock_out": PunchKind.CLOCK_OUT,
@@ -205,21 +295,11 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         self, request: timeclock_pb2.ListManualBreaksRequest, context: Any
     ) -> timeclock_pb2.ListManualBreaksResponse:
         tc = punches.list_manual_breaks(self._uows, account(), request.time_clock_id)
-        return timeclock_pb2.ListManualBreaksResponse(
-            request_id=request_id_var.get(),
-            data=timeclock_pb2.ListManualBreaksResponse.Data(
-                is_enabled=tc.manual_breaks_enabled,
-                manual_breaks=[
-                    timeclock_pb2.ManualBreakSetting(
-                        id=b.id,
-                        name=b.name,
-                        is_mandatory=b.is_mandatory,
-                        min_duration_seconds=b.min_duration_s,
-                    )
-                    for b in tc.manual_break_types
-                ],
-            ),
-        )
+        response = timeclock_pb2.ListManualBreaksResponse(request_id=request_id_var.get())
+        response.data.is_enabled = tc.manual_breaks_enabled
+        for b in tc.manual_break_types:
+            fill_break_setting(response.data.manual_breaks.add(), b)
+        return response
 
     def ValidatePunch(
         self, request: timeclock_pb2.ValidatePunchRequest, context: Any
@@ -236,3 +316,90 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
                 allowed=False, reason=err.code.value, message=err.message, metadata=err.metadata
             )
         return timeclock_pb2.ValidatePunchResponse(request_id=request_id_var.get(), data=data)
+
+    def CreateTimeActivities(
+        self, request: timeclock_pb2.CreateTimeActivitiesRequest, context: Any
+    ) -> timeclock_pb2.CreateTimeActivitiesResponse:
+        created = timesheets.create_time_activities(
+            self._uows,
+            self._clock,
+            account(),
+            request.time_clock_id,
+            groups_from_proto(request),
+            request.idempotency_key,
+        )
+        response = timeclock_pb2.CreateTimeActivitiesResponse(request_id=request_id_var.get())
+        for a in created:
+            fill_activity(response.data.time_activities.add(), a)
+        return response
+
+    def UpdateTimeActivity(
+        self, request: timeclock_pb2.UpdateTimeActivityRequest, context: Any
+    ) -> timeclock_pb2.TimeActivityResponse:
+        change = Correction(
+            activity_id=request.activity_id,
+            modified_at=request.modified_at,
+            start=point_draft(request.start),
+            end=point_draft(request.end),
+            job_id=request.job_id,
+            manual_break_id=request.manual_break_id,
+            scheduler_shift_id=request.scheduler_shift_id,
+            notes=request.notes,
+        )
+        corrected = timesheets.update_time_activity(
+            self._uows, self._clock, account(), request.time_clock_id, change
+        )
+        return _activity_response(corrected)
+
+    def DeleteTimeActivity(
+        self, request: timeclock_pb2.DeleteTimeActivityRequest, context: Any
+    ) -> timeclock_pb2.TimeActivityResponse:
+        deleted = timesheets.delete_time_activity(
+            self._uows,
+            self._clock,
+            account(),
+            request.time_clock_id,
+            request.activity_id,
+            request.modified_at,
+        )
+        return _activity_response(deleted)
+
+    def ListTimeActivities(
+        self, request: timeclock_pb2.ListTimeActivitiesRequest, context: Any
+    ) -> timeclock_pb2.ListTimeActivitiesResponse:
+        query = ListQuery(
+            time_clock_id=request.time_clock_id,
+            start_time=request.start_time,
+            end_time=request.end_time,
+            user_ids=tuple(request.user_ids),
+            job_ids=tuple(request.job_ids),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            include_totals=request.include_totals,
+        )
+        page = timesheets.list_time_activities(self._uows, self._clock, account(), query)
+        response = timeclock_pb2.ListTimeActivitiesResponse(request_id=request_id_var.get())
+        data = response.data
+        for a in page.activities:
+            fill_activity(data.time_activities.add(), a)
+        data.next_page_token = page.next_page_token
+        for t in page.totals or ():
+            fill_totals(data.totals.add(), t)
+        return response
+
+    def GetUserStatuses(
+        self, request: timeclock_pb2.GetUserStatusesRequest, context: Any
+    ) -> timeclock_pb2.GetUserStatusesResponse:
+        statuses = timesheets.get_user_statuses(
+            self._uows, account(), request.time_clock_id, list(request.user_ids)
+        )
+        response = timeclock_pb2.GetUserStatusesResponse(request_id=request_id_var.get())
+        for st in statuses:
+            fill_status(response.data.statuses.add(), st)
+        return response
+
+
+def _activity_response(a: Activity) -> timeclock_pb2.TimeActivityResponse:
+    response = timeclock_pb2.TimeActivityResponse(request_id=request_id_var.get())
+    fill_activity(response.data.time_activity, a)
+    return response

@@ -17,9 +17,17 @@ from geopunch.domain.accounts import ApiKey
 from geopunch.domain.errors import DomainError
 from geopunch.domain.events import Event
 from geopunch.domain.locations import EXIT_ACTIONS, BatchVerdict, PointStatus
-from geopunch.domain.models import DayStatus, Geofence, Job, TimeClock, nest_jobs
+from geopunch.domain.models import (
+    DayStatus,
+    Geofence,
+    Job,
+    ManualBreakType,
+    TimeClock,
+    nest_jobs,
+)
 from geopunch.domain.punches import Activity, PunchLocation, PunchPoint, PunchResult
 from geopunch.domain.shifts import ScheduledShift, Scheduler
+from geopunch.domain.timesheets import UserStatus, UserTotals, activity_json
 
 # -- punches --------------------------------------------------------------------------
 
@@ -136,7 +144,7 @@ def time_clock(tc: TimeClock) -> dict[str, Any]:
         "jobs": _jobs(tc.jobs),
         "userIds": sorted(tc.user_ids),
         "manualBreaksEnabled": tc.manual_breaks_enabled,
-        "manualBreakTypes": manual_breaks(tc)["manualBreaks"],
+        "manualBreakTypes": [break_type(b) for b in tc.manual_break_types],
         "geofencePolicy": tc.geofence_policy.value,
         "accuracyToleranceM": tc.accuracy_tolerance_m,
         "exitDetection": {
@@ -149,18 +157,24 @@ def time_clock(tc: TimeClock) -> dict[str, Any]:
     }
 
 
+def break_type(b: ManualBreakType, paid: bool = True) -> dict[str, Any]:
+    """A break type's settings; ``paid`` adds ``isPaid`` (which the spec's
+    manual-break settings answer does not have)."""
+    out: dict[str, Any] = {
+        "id": b.id,
+        "name": b.name,
+        "isMandatory": b.is_mandatory,
+        "minDurationSeconds": b.min_duration_s,
+    }
+    if paid:
+        out["isPaid"] = b.is_paid
+    return out
+
+
 def manual_breaks(tc: TimeClock) -> dict[str, Any]:
     return {
         "isEnabled": tc.manual_breaks_enabled,
-        "manualBreaks": [
-            {
-                "id": b.id,
-                "name": b.name,
-                "isMandatory": b.is_mandatory,
-                "minDurationSeconds": b.min_duration_s,
-            }
-            for b in tc.manual_break_types
-        ],
+        "manualBreaks": [break_type(b, paid=False) for b in tc.manual_break_types],
     }
 
 
@@ -341,3 +355,40 @@ def violations(err: DomainError) -> list[dict[str, str]]:
         {"field": camel_path(v.field), "description": v.description, "code": v.reason.value}
         for v in err.violations
     ]
+
+
+# -- time activities and statuses ------------------------------------------------------
+
+
+def time_activity(a: Activity) -> dict[str, Any]:
+    """A shift or break: the same JSON its events carry (nulls included)."""
+    return activity_json(a)
+
+
+def user_totals(t: UserTotals) -> dict[str, Any]:
+    return {
+        "userId": t.user_id,
+        "workedSeconds": t.worked_s,
+        "paidBreakSeconds": t.paid_break_s,
+        "unpaidBreakSeconds": t.unpaid_break_s,
+        "days": [
+            {
+                "date": d.day.isoformat(),
+                "workedSeconds": d.worked_s,
+                "paidBreakSeconds": d.paid_break_s,
+                "unpaidBreakSeconds": d.unpaid_break_s,
+            }
+            for d in t.days
+        ],
+    }
+
+
+def user_status(s: UserStatus) -> dict[str, Any]:
+    bt = s.break_type
+    return {
+        "userId": s.user_id,
+        "state": s.state.value,
+        "activity": activity_json(s.activity) if s.activity is not None else None,
+        "manualBreak": None if bt is None else break_type(bt),
+        "endableAt": s.endable_at,
+    }

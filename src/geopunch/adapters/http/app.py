@@ -43,11 +43,13 @@ from geopunch.adapters.http.bodies import (
     ClockInBody,
     ClockOutBody,
     CreateGeofencesBody,
+    CreateTimeActivitiesBody,
     DayStatusBody,
     ErrorBody,
     SchedulerIn,
     ShiftIn,
     TimeClockIn,
+    UpdateTimeActivityBody,
     ValidatePunchBody,
     fence_draft,
 )
@@ -59,8 +61,9 @@ from geopunch.domain.events import check_watch_filter
 from geopunch.domain.models import DayStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
+from geopunch.domain.timesheets import ListQuery
 from geopunch.logs import request_id_var
-from geopunch.service import accounts, admin, geofences, punches, scheduler
+from geopunch.service import accounts, admin, geofences, punches, scheduler, timesheets
 from geopunch.service.accounts import KeyRing
 from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
 from geopunch.service.locations import LocationBatch, check_locations
@@ -423,6 +426,97 @@ def create_app(deps: HttpDeps) -> FastAPI:
         """Shifts overlapping [startTime, endTime) (Unix seconds)."""
         found = scheduler.list_shifts(deps.uows, who.account_id, schedulerId, startTime, endTime)
         return answer({"shifts": [answers.scheduled_shift(s) for s in found]})
+
+    # -- time activities and who is on the clock ----------------------------------------
+
+    activities_path = f"{base}/time-activities"
+    ActivityId = Annotated[str, Path(max_length=128)]
+    UserIds = Annotated[list[int], Query(max_length=10_000)]
+
+    @app.post(activities_path, tags=["time activities"])
+    def create_time_activities(
+        who: Puncher,
+        timeClockId: Int64Path,
+        body: Annotated[
+            CreateTimeActivitiesBody, Body(openapi_examples=EXAMPLES["time-activities"])
+        ],
+        key: IdemKey = "",
+    ) -> Response:
+        """Record 1 to 1000 completed shifts and breaks, all or none (punches
+        older than 12 hours, imports)."""
+        made = timesheets.create_time_activities(
+            deps.uows,
+            deps.clock,
+            who.account_id,
+            timeClockId,
+            [g.to_domain() for g in body.timeActivities],
+            key,
+        )
+        return answer({"timeActivities": [answers.time_activity(a) for a in made]})
+
+    @app.get(activities_path, tags=["time activities"])
+    def list_time_activities(
+        who: Reader,
+        timeClockId: Int64Path,
+        startTime: Annotated[int, Query(ge=0, le=2**62)],
+        endTime: Annotated[int, Query(ge=0, le=2**62)],
+        userIds: UserIds = [],  # noqa: B006 (FastAPI copies defaults)
+        jobIds: Annotated[list[str], Query(max_length=1000)] = [],  # noqa: B006
+        pageSize: Annotated[int, Query(ge=0, le=10_000)] = 0,
+        pageToken: Annotated[str, Query(max_length=512)] = "",
+        includeTotals: bool = False,
+    ) -> Response:
+        """Shifts and breaks overlapping [startTime, endTime) (at most 92 days),
+        open ones included, in start order; totals per user and day on the first page."""
+        query = ListQuery(
+            timeClockId,
+            startTime,
+            endTime,
+            tuple(userIds),
+            tuple(jobIds),
+            pageSize,
+            pageToken,
+            includeTotals,
+        )
+        page = timesheets.list_time_activities(deps.uows, deps.clock, who.account_id, query)
+        return answer(
+            {
+                "timeActivities": [answers.time_activity(a) for a in page.activities],
+                "nextPageToken": page.next_page_token or None,
+                "totals": None
+                if page.totals is None
+                else [answers.user_totals(t) for t in page.totals],
+            }
+        )
+
+    @app.put(f"{activities_path}/{{activityId}}", tags=["time activities"])
+    def update_time_activity(
+        who: Admin, timeClockId: Int64Path, activityId: ActivityId, body: UpdateTimeActivityBody
+    ) -> Response:
+        """Correct a completed shift or break, as read at `modifiedAt`."""
+        done = timesheets.update_time_activity(
+            deps.uows, deps.clock, who.account_id, timeClockId, body.to_domain(activityId)
+        )
+        return answer({"timeActivity": answers.time_activity(done)})
+
+    @app.delete(f"{activities_path}/{{activityId}}", tags=["time activities"])
+    def delete_time_activity(
+        who: Admin,
+        timeClockId: Int64Path,
+        activityId: ActivityId,
+        modifiedAt: Annotated[int, Query(ge=-(2**63), le=2**63 - 1)],
+    ) -> Response:
+        """Delete a completed shift or break, as read at `modifiedAt`."""
+        gone = timesheets.delete_time_activity(
+            deps.uows, deps.clock, who.account_id, timeClockId, activityId, modifiedAt
+        )
+        return answer({"timeActivity": answers.time_activity(gone)})
+
+    @app.get(f"{base}/user-statuses", tags=["time activities"])
+    def user_statuses(who: Reader, timeClockId: Int64Path, userIds: UserIds = []) -> Response:  # noqa: B006
+        """Who is idle, on a shift or on a break now (all users, or those named)."""
+        found = timesheets.get_user_statuses(deps.uows, who.account_id, timeClockId, userIds)
+        return answer({"statuses": [answers.user_status(s) for s in found]})
 
     # -- geopunch's own: set-up ----------------------------------------------------------
 

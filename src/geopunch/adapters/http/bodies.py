@@ -38,6 +38,13 @@ from geopunch.domain.shifts import (
     ShiftLayer,
     ShiftLocation,
 )
+from geopunch.domain.timesheets import (
+    BreakDraft,
+    Correction,
+    PointDraft,
+    ShiftDraft,
+    UserActivities,
+)
 
 
 def _integral(value: Any) -> Any:
@@ -174,6 +181,7 @@ class BreakTypeIn(Body):
     name: StrictStr = ""
     isMandatory: StrictBool = False
     minDurationSeconds: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
+    isPaid: StrictBool = False
 
 
 class ExitDetectionIn(Body):
@@ -224,7 +232,7 @@ class TimeClockIn(Body):
             user_ids=frozenset(self.userIds),
             manual_breaks_enabled=self.manualBreaksEnabled,
             manual_break_types=tuple(
-                ManualBreakType(b.id, b.name, b.isMandatory, b.minDurationSeconds)
+                ManualBreakType(b.id, b.name, b.isMandatory, b.minDurationSeconds, b.isPaid)
                 for b in self.manualBreakTypes
             ),
             geofence_policy=self.geofencePolicy,
@@ -392,3 +400,88 @@ class ErrorBody(BaseModel):
     code: str
     requestId: str
     errors: list[FieldProblem] | None = None
+
+
+# -- time activities ------------------------------------------------------------------
+
+
+class ActivityPointIn(Body):
+    timestamp: Int64
+    timezone: StrictStr | None = None
+    locationData: LocationData | None = None
+
+    def to_domain(self) -> PointDraft:
+        loc = self.locationData
+        return PointDraft(
+            self.timestamp, self.timezone or "", None if loc is None else loc.to_domain()
+        )
+
+
+class ShiftActivityIn(Body):
+    start: ActivityPointIn
+    end: ActivityPointIn
+    jobId: StrictStr | None = None
+    schedulerShiftId: StrictStr | None = None
+    notes: StrictStr | None = None
+
+    def to_domain(self) -> ShiftDraft:
+        return ShiftDraft(
+            self.start.to_domain(),
+            self.end.to_domain(),
+            self.jobId or "",
+            self.schedulerShiftId or "",
+            self.notes or "",
+        )
+
+
+class BreakActivityIn(Body):
+    manualBreakId: StrictStr
+    start: ActivityPointIn
+    end: ActivityPointIn
+    notes: StrictStr | None = None
+
+    def to_domain(self) -> BreakDraft:
+        return BreakDraft(
+            self.manualBreakId, self.start.to_domain(), self.end.to_domain(), self.notes or ""
+        )
+
+
+class UserActivitiesIn(Body):
+    userId: Int64
+    shifts: list[ShiftActivityIn] = []
+    manualBreaks: list[BreakActivityIn] = []
+
+    def to_domain(self) -> UserActivities:
+        return UserActivities(
+            self.userId,
+            tuple(s.to_domain() for s in self.shifts),
+            tuple(b.to_domain() for b in self.manualBreaks),
+        )
+
+
+class CreateTimeActivitiesBody(Body):
+    timeActivities: list[UserActivitiesIn]
+
+
+class UpdateTimeActivityBody(Body):
+    """The corrected activity whole, and the ``modifiedAt`` it was read with."""
+
+    modifiedAt: Int64
+    start: ActivityPointIn
+    end: ActivityPointIn
+    jobId: StrictStr | None = None
+    schedulerShiftId: StrictStr | None = None
+    manualBreakId: StrictStr | None = None
+    notes: StrictStr | None = None
+
+    def to_domain(self, activity_id: str) -> Correction:
+        return Correction(
+            activity_id=activity_id,
+            modified_at=self.modifiedAt,
+            start=self.start.to_domain(),
+            end=self.end.to_domain(),
+            job_id=self.jobId or "",
+            manual_break_id=self.manualBreakId or "",
+            scheduler_shift_id=self.schedulerShiftId or "",
+            notes=self.notes or "",
+        )

@@ -107,4 +107,31 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
             ],
         ),
     },
+    "time-activities": {
+        "overnight": _ex(
+            "A shift and its lunch break from a device that was offline overnight",
+            {
+                "timeActivities": [
+                    {
+                        "userId": 4242,
+                        "shifts": [
+                            {
+                                "start": {"timestamp": 1767600000, "timezone": "Europe/London"},
+                                "end": {"timestamp": 1767614400},
+                                "jobId": "dock-crew",
+                                "notes": "sent after reconnecting",
+                            }
+                        ],
+                        "manualBreaks": [
+                            {
+                                "manualBreakId": "lunch",
+                                "start": {"timestamp": 1767614400},
+                                "end": {"timestamp": 1767616200},
+                            }
+                        ],
+                    }
+                ]
+            },
+        ),
+    },
 }

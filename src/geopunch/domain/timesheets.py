@@ -1,0 +1,751 @@
+"""Time activities and the read side of a timesheet.
+
+A time activity is a completed shift or manual break recorded after the fact
+(an import, or a punch older than the live window), or a correction of one.
+It meets the punch rules that still make sense for the past (user, jobs,
+break types, zones, locations, locked days) and one more: no two activities of
+a user on a time clock overlap, open ones included (intervals are half-open,
+an open one runs to infinity). The checks are pure; the use case reads the
+stored activities they need and writes what they answer.
+
+The read side lists a time clock's activities in a window, totals them per
+user and calendar day, and tells who is on the clock now.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.events import Event, EventType, Json
+from geopunch.domain.models import DayStatus, ManualBreakType, TimeClock
+from geopunch.domain.punches import (
+    Activity,
+    ActivityKind,
+    PunchLocation,
+    PunchPoint,
+    SchedulerShiftCheck,
+    break_type,
+    check_location,
+    clock_in_job,
+    timesheet_day,
+)
+from geopunch.domain.rules import (
+    MAX_ID_LENGTH,
+    MAX_SECONDS_TIMESTAMP,
+    Collector,
+    check_user,
+    is_valid_timezone,
+    long_id_violations,
+)
+
+MAX_ACTIVITIES_PER_REQUEST = 1000
+MAX_ACTIVITY_S = 24 * 3600
+MAX_NOTES_LENGTH = 2000
+#: The widest window ListTimeActivities answers for.
+MAX_LIST_WINDOW_S = 92 * 24 * 3600
+MAX_PAGE_SIZE = 10_000
+DEFAULT_PAGE_SIZE = 1000
+#: Users one GetUserStatuses or ListTimeActivities call may name.
+MAX_LISTED_USERS = 10_000
+MAX_LISTED_JOBS = 1000
+#: Source type of the start and end of every time activity.
+TIME_ACTIVITY_SOURCE = "timeActivity"
+
+
+# -- What a caller sends --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PointDraft:
+    """One end of a time activity as sent; an empty zone is the time clock's."""
+
+    timestamp: int
+    timezone: str = ""
+    location: PunchLocation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftDraft:
+    start: PointDraft
+    end: PointDraft
+    job_id: str = ""
+    scheduler_shift_id: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakDraft:
+    manual_break_id: str
+    start: PointDraft
+    end: PointDraft
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UserActivities:
+    """The completed shifts and breaks of one user in a create request."""
+
+    user_id: int
+    shifts: tuple[ShiftDraft, ...] = ()
+    manual_breaks: tuple[BreakDraft, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """UpdateTimeActivity: the activity's new values, for the ``modified_at`` read."""
+
+    activity_id: str
+    modified_at: int
+    start: PointDraft
+    end: PointDraft
+    job_id: str = ""
+    manual_break_id: str = ""
+    scheduler_shift_id: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """An activity checked on its own, with the request path its problems are named by."""
+
+    path: str
+    activity: Activity
+
+
+def count_activities(groups: Sequence[UserActivities]) -> int:
+    return sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
+
+
+# -- Checks of a request on its own -------------------------------------------
+
+
+def plan_time_activities(
+    tc: TimeClock,
+    groups: Sequence[UserActivities],
+    now: float,
+    out: Collector,
+    new_id: Callable[[ActivityKind], str],
+    prefix: str = "time_activities",
+) -> list[Planned]:
+    """Every activity of the request checked on its own; the problems go to
+    ``out`` and the activities without any are returned."""
+    total = count_activities(groups)
+    if total == 0:
+        out.add(
+            prefix, ErrorCode.INVALID_ARGUMENT, "at least one shift or manual break is required"
+        )
+    if total > MAX_ACTIVITIES_PER_REQUEST:
+        out.add(
+            prefix,
+            ErrorCode.BATCH_TOO_LARGE,
+            f"{total} activities sent; the limit is {MAX_ACTIVITIES_PER_REQUEST} per request",
+        )
+        out.raise_if_any("the time activities")
+    planned: list[Planned] = []
+    stamp = int(now)
+    for i, group in enumerate(groups):
+        path = f"{prefix}[{i}]"
+        if not _rule(out, f"{path}.user_id", check_user, tc, group.user_id):
+            continue
+        for j, s in enumerate(group.shifts):
+            a = _plan_shift(tc, group.user_id, s, now, out, f"{path}.shifts[{j}]")
+            if a is not None:
+                a = replace(a, id=new_id(ActivityKind.SHIFT), created_at=stamp, modified_at=stamp)
+                planned.append(Planned(f"{path}.shifts[{j}]", a))
+        for j, b in enumerate(group.manual_breaks):
+            a = _plan_break(tc, group.user_id, b, now, out, f"{path}.manual_breaks[{j}]")
+            if a is not None:
+                a = replace(a, id=new_id(ActivityKind.BREAK), created_at=stamp, modified_at=stamp)
+                planned.append(Planned(f"{path}.manual_breaks[{j}]", a))
+    return planned
+
+
+def plan_correction(
+    tc: TimeClock, current: Activity, change: Correction, now: float, out: Collector
+) -> Activity | None:
+    """The corrected activity (same id, kind and user), or None with its problems in ``out``."""
+    if change.modified_at != current.modified_at:
+        raise DomainError(
+            ErrorCode.STALE_MODIFIED_AT,
+            f"activity {current.id} was modified at {current.modified_at}, after the "
+            f"{change.modified_at} this change was based on; read it again",
+            {"activityId": current.id, "modifiedAt": str(current.modified_at)},
+        )
+    if current.kind is ActivityKind.SHIFT:
+        if change.manual_break_id:
+            out.add("manual_break_id", ErrorCode.INVALID_ARGUMENT, "a shift has no break type")
+        draft = ShiftDraft(
+            change.start, change.end, change.job_id, change.scheduler_shift_id, change.notes
+        )
+        planned = _plan_shift(tc, current.user_id, draft, now, out, "")
+    else:
+        if change.job_id or change.scheduler_shift_id:
+            out.add(
+                "job_id",
+                ErrorCode.INVALID_ARGUMENT,
+                "a break's job and scheduler shift are those of the shift it follows",
+            )
+        draft_b = BreakDraft(change.manual_break_id, change.start, change.end, change.notes)
+        planned = _plan_break(tc, current.user_id, draft_b, now, out, "")
+    if planned is None:
+        return None
+    return replace(
+        planned,
+        id=current.id,
+        created_at=current.created_at,
+        # Strictly later than the value read, so a second change based on it
+        # is refused even within the same second.
+        modified_at=max(int(now), current.modified_at + 1),
+    )
+
+
+def check_deletable(current: Activity, modified_at: int) -> None:
+    check_completed(current)
+    if modified_at != current.modified_at:
+        raise DomainError(
+            ErrorCode.STALE_MODIFIED_AT,
+            f"activity {current.id} was modified at {current.modified_at}, after the "
+            f"{modified_at} this deletion was based on; read it again",
+            {"activityId": current.id, "modifiedAt": str(current.modified_at)},
+        )
+
+
+def check_completed(current: Activity) -> None:
+    if current.is_open:
+        raise DomainError(
+            ErrorCode.TIME_ACTIVITY_OPEN,
+            f"{current.kind.value} {current.id} is still open; end it with a punch first",
+            {"activityId": current.id},
+        )
+
+
+def _rule(out: Collector, path: str, check: Callable[..., object], *args: object) -> bool:
+    """Run one of the punch rules (which raise) and keep its refusal as a
+    violation at ``path``: a time activity meets the very rules a punch does."""
+    try:
+        check(*args)
+    except DomainError as err:
+        out.add(path, err.code, err.message)
+        return False
+    return True
+
+
+def _point(
+    tc: TimeClock, p: PointDraft, now: float, out: Collector, path: str
+) -> PunchPoint | None:
+    ok = True
+    ts = p.timestamp
+    if ts <= 0:
+        out.add(f"{path}.timestamp", ErrorCode.INVALID_ARGUMENT, "a positive Unix time in seconds")
+        ok = False
+    elif ts > MAX_SECONDS_TIMESTAMP:
+        out.add(
+            f"{path}.timestamp",
+            ErrorCode.TIMESTAMP_NOT_SECONDS,
+            f"{ts} looks like milliseconds; send Unix seconds",
+        )
+        ok = False
+    elif ts > now:
+        out.add(
+            f"{path}.timestamp",
+            ErrorCode.INVALID_TIMESTAMP_FUTURE,
+            f"{ts} is {ts - now:.0f} s in the future; a time activity is completed",
+        )
+        ok = False
+    zone = p.timezone or tc.timezone
+    if not is_valid_timezone(zone):
+        out.add(
+            f"{path}.timezone",
+            ErrorCode.INVALID_TIMEZONE,
+            f"{zone[:64]!r} is not an IANA time zone name such as 'America/New_York'",
+        )
+        ok = False
+    ok = _rule(out, f"{path}.location_data", check_location, p.location) and ok
+    return PunchPoint(ts, zone, p.location, TIME_ACTIVITY_SOURCE, None) if ok else None
+
+
+def _span(
+    tc: TimeClock,
+    start: PointDraft,
+    end: PointDraft,
+    now: float,
+    out: Collector,
+    path: str,
+    what: str,
+) -> tuple[PunchPoint, PunchPoint] | None:
+    dot = "." if path else ""
+    s = _point(tc, start, now, out, f"{path}{dot}start")
+    e = _point(tc, end, now, out, f"{path}{dot}end")
+    if s is None or e is None:
+        return None
+    if e.timestamp <= s.timestamp:
+        out.add(
+            f"{path}{dot}end.timestamp",
+            ErrorCode.INVALID_TIME_RANGE,
+            f"the end ({e.timestamp}) must be after the start ({s.timestamp})",
+        )
+        return None
+    if e.timestamp - s.timestamp > MAX_ACTIVITY_S:
+        out.add(
+            f"{path}{dot}end.timestamp",
+            ErrorCode.SHIFT_TOO_LONG,
+            f"the {what} lasts {(e.timestamp - s.timestamp) / 3600:.1f} hours; "
+            "the limit is 24 hours",
+        )
+        return None
+    return s, e
+
+
+def _notes(notes: str, out: Collector, path: str) -> bool:
+    if len(notes) > MAX_NOTES_LENGTH:
+        dot = "." if path else ""
+        out.add(
+            f"{path}{dot}notes",
+            ErrorCode.INVALID_ARGUMENT,
+            f"notes are {len(notes)} characters; the limit is {MAX_NOTES_LENGTH}",
+        )
+        return False
+    return True
+
+
+def _plan_shift(
+    tc: TimeClock, user_id: int, d: ShiftDraft, now: float, out: Collector, path: str
+) -> Activity | None:
+    def refs(at: str) -> dict[str, str | None] | None:
+        ok = _rule(out, f"{at}job_id", clock_in_job, tc, d.job_id)
+        if len(d.scheduler_shift_id) > MAX_ID_LENGTH:
+            out.add(f"{at}scheduler_shift_id", ErrorCode.INVALID_ARGUMENT, "id too long")
+            ok = False
+        return (
+            {"job_id": d.job_id or None, "scheduler_shift_id": d.scheduler_shift_id or None}
+            if ok
+            else None
+        )
+
+    return _plan(tc, user_id, ActivityKind.SHIFT, d.start, d.end, d.notes, now, out, path, refs)
+
+
+def _plan_break(
+    tc: TimeClock, user_id: int, d: BreakDraft, now: float, out: Collector, path: str
+) -> Activity | None:
+    def refs(at: str) -> dict[str, str | None] | None:
+        ok = _rule(out, f"{at}manual_break_id", break_type, tc, d.manual_break_id)
+        return {"break_type_id": d.manual_break_id} if ok else None
+
+    return _plan(tc, user_id, ActivityKind.BREAK, d.start, d.end, d.notes, now, out, path, refs)
+
+
+def _plan(
+    tc: TimeClock,
+    user_id: int,
+    kind: ActivityKind,
+    start: PointDraft,
+    end: PointDraft,
+    notes: str,
+    now: float,
+    out: Collector,
+    path: str,
+    refs: Callable[[str], dict[str, str | None] | None],
+) -> Activity | None:
+    """One activity checked on its own: its span, then what it refers to
+    (``refs`` checks those at the path prefix given, and returns the
+    activity's fields for them, or None), then its notes."""
+    span = _span(tc, start, end, now, out, path, kind.value)
+    fields = refs(f"{path}." if path else "")
+    notes_ok = _notes(notes, out, path)
+    if span is None or fields is None or not notes_ok:
+        return None
+    return Activity(
+        id="",
+        time_clock_id=tc.id,
+        user_id=user_id,
+        kind=kind,
+        start=span[0],
+        end=span[1],
+        job_id=fields.get("job_id"),
+        break_type_id=fields.get("break_type_id"),
+        scheduler_shift_id=fields.get("scheduler_shift_id"),
+        notes=notes or None,
+    )
+
+
+# -- Checks against what is stored --------------------------------------------
+
+
+def touched_days(a: Activity) -> list[date]:
+    """The timesheet days an activity touches: from its start's date to its
+    end's (or only the start's, while open), each in its own zone."""
+    first = timesheet_day(a.start.timestamp, a.start.timezone)
+    last = timesheet_day(a.end.timestamp, a.end.timezone) if a.end is not None else first
+    days = [first]
+    while days[-1] < last:
+        days.append(days[-1] + timedelta(days=1))
+    return days
+
+
+def span_of(planned: Iterable[Activity]) -> tuple[int, int]:
+    """The smallest [lo, hi) that holds every one of ``planned`` (all completed)."""
+    items = list(planned)
+    lo = min(a.start.timestamp for a in items)
+    hi = max(a.end.timestamp for a in items if a.end is not None)
+    return lo, hi
+
+
+def judge_against_store(
+    planned: Sequence[Planned],
+    stored: Mapping[int, Sequence[Activity]],
+    days: Mapping[int, Mapping[date, DayStatus]],
+    scheduler_shifts: Mapping[tuple[str, int], SchedulerShiftCheck],
+    out: Collector,
+) -> list[Activity]:
+    """The planned activities as they are written, after the rules that need
+    the store: no overlap (with each other and with ``stored``, the user's
+    activities near them, the one corrected left out), no locked or approved
+    day, scheduler shifts that exist and admit the user; a break that starts
+    when a shift of its user ends is attributed to that shift."""
+    by_user: dict[int, list[Planned]] = {}
+    for p in planned:
+        by_user.setdefault(p.activity.user_id, []).append(p)
+    result: dict[str, Activity] = {}
+    for user, items in by_user.items():
+        _check_overlaps(items, stored.get(user, ()), out)
+        statuses = days.get(user, {})
+        ending: dict[int, Activity] = {}
+        for a in [*stored.get(user, ()), *(p.activity for p in items)]:
+            if a.kind is ActivityKind.SHIFT and a.end is not None:
+                ending[a.end.timestamp] = a
+        for p in items:
+            a = p.activity
+            dot = "." if p.path else ""
+            locked = locked_day(a, statuses)
+            if locked is not None:
+                out.add(
+                    p.path or "start",
+                    ErrorCode.HAS_LOCKED_DAYS,
+                    f"{locked[0].isoformat()} is {locked[1].value.lower()} for user {user}; "
+                    "unlock the day first",
+                )
+            if a.scheduler_shift_id:
+                found = scheduler_shifts.get((a.scheduler_shift_id, user), "missing")
+                if found != "ok":
+                    out.add(
+                        f"{p.path}{dot}scheduler_shift_id",
+                        ErrorCode.SCHEDULER_SHIFT_NOT_FOUND,
+                        f"no scheduled shift {a.scheduler_shift_id!r} for user {user}"
+                        + (" (the user is not assigned to it)" if found == "not_assigned" else ""),
+                    )
+            if a.kind is ActivityKind.BREAK:
+                shift = ending.get(a.start.timestamp)
+                a = replace(
+                    a,
+                    job_id=shift.job_id if shift else None,
+                    scheduler_shift_id=shift.scheduler_shift_id if shift else None,
+                    from_shift_id=shift.id if shift else None,
+                )
+            result[a.id] = a
+    return [result[p.activity.id] for p in planned]
+
+
+def locked_day(a: Activity, statuses: Mapping[date, DayStatus]) -> tuple[date, DayStatus] | None:
+    """The first locked or approved day the activity touches, with its status."""
+    for day in touched_days(a):
+        status = statuses.get(day)
+        if status is DayStatus.LOCKED or status is DayStatus.APPROVED:
+            return day, status
+    return None
+
+
+_INFINITY = 2**63 - 1
+
+
+def _check_overlaps(items: Sequence[Planned], stored: Sequence[Activity], out: Collector) -> None:
+    """Name every planned activity that overlaps another one of the same user."""
+    # (start, end, path or None for a stored one, activity); empty intervals
+    # (a live clock-out in the second of its clock-in) overlap nothing.
+    spans: list[tuple[int, int, str | None, Activity]] = [
+        (p.activity.start.timestamp, _end(p.activity), p.path, p.activity) for p in items
+    ]
+    spans += [(a.start.timestamp, _end(a), None, a) for a in stored]
+    spans = [s for s in spans if s[1] > s[0]]
+    spans.sort(key=lambda s: (s[0], s[1]))
+    latest = None  # the span seen so far that ends last
+    for span in spans:
+        if latest is not None and span[0] < latest[1]:
+            if span[2] is not None:
+                out.add(span[2] or "start", ErrorCode.OVERLAPS_COMPLETED_ACTIVITY, _clash(latest))
+            elif latest[2] is not None:
+                out.add(latest[2] or "start", ErrorCode.OVERLAPS_COMPLETED_ACTIVITY, _clash(span))
+        if latest is None or span[1] > latest[1]:
+            latest = span
+
+
+def _end(a: Activity) -> int:
+    return a.end.timestamp if a.end is not None else _INFINITY
+
+
+def _clash(other: tuple[int, int, str | None, Activity]) -> str:
+    start, end, path, a = other
+    what = "shift" if a.kind is ActivityKind.SHIFT else "manual break"
+    if path is not None:
+        return f"overlaps {path or 'the corrected activity'}, a {what} [{start}, {end})"
+    if a.end is None:
+        return f"overlaps the open {what} {a.id} (since {start})"
+    return f"overlaps the stored {what} {a.id} [{start}, {end})"
+
+
+# -- Events -------------------------------------------------------------------
+
+
+def activity_json(a: Activity) -> dict[str, Json]:
+    """An activity as event payloads carry it (the JSON mapping's names)."""
+
+    def point(p: PunchPoint | None) -> Json:
+        if p is None:
+            return None
+        loc = p.location
+        return {
+            "timestamp": p.timestamp,
+            "timezone": p.timezone,
+            "locationData": None
+            if loc is None
+            else {
+                "address": loc.address,
+                "latitude": loc.latitude,
+                "longitude": loc.longitude,
+                "accuracy": loc.accuracy,
+            },
+            "source": {"type": p.source},
+            "geofenceId": p.geofence_id,
+        }
+
+    return {
+        "id": a.id,
+        "kind": "shift" if a.kind is ActivityKind.SHIFT else "manualBreak",
+        "timeClockId": a.time_clock_id,
+        "userId": a.user_id,
+        "start": point(a.start),
+        "end": point(a.end),
+        "isOpen": a.end is None,
+        "jobId": a.job_id,
+        "manualBreakId": a.break_type_id,
+        "schedulerShiftId": a.scheduler_shift_id,
+        "isSwitchFromShift": a.from_shift_id is not None,
+        "notes": a.notes,
+        "createdAt": a.created_at,
+        "modifiedAt": a.modified_at,
+    }
+
+
+def activity_event(
+    kind: EventType, now: int, before: Activity | None, after: Activity | None
+) -> Event:
+    """One event of a created, corrected or deleted activity, with its values
+    before and after the change (None where there is none)."""
+    a = after if after is not None else before
+    assert a is not None
+    payload: dict[str, Json] = {
+        "activityId": a.id,
+        "timeClockId": a.time_clock_id,
+        "userId": a.user_id,
+        "before": activity_json(before) if before is not None else None,
+        "after": activity_json(after) if after is not None else None,
+    }
+    return Event(kind.value, now, payload, a.user_id, a.time_clock_id)
+
+
+# -- Listing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    time_clock_id: int
+    start_time: int
+    end_time: int
+    user_ids: tuple[int, ...] = ()
+    job_ids: tuple[str, ...] = ()
+    page_size: int = 0
+    page_token: str = ""
+    include_totals: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page ends: the last listed activity's start and id."""
+
+    start_ts: int
+    activity_id: str
+
+
+def check_list_query(q: ListQuery) -> tuple[int, Cursor | None]:
+    """The page size to use and the cursor to resume after, or INVALID_ARGUMENT."""
+    out = Collector()
+    if q.end_time <= q.start_time or q.end_time - q.start_time > MAX_LIST_WINDOW_S:
+        out.add(
+            "end_time",
+            ErrorCode.INVALID_ARGUMENT,
+            f"the window [{q.start_time}, {q.end_time}) must be non-empty and at most "
+            f"{MAX_LIST_WINDOW_S // 86400} days long",
+        )
+    if not 0 <= q.page_size <= MAX_PAGE_SIZE:
+        out.add("page_size", ErrorCode.INVALID_ARGUMENT, f"from 1 to {MAX_PAGE_SIZE} (0: default)")
+    if len(q.user_ids) > MAX_LISTED_USERS:
+        out.add("user_ids", ErrorCode.BATCH_TOO_LARGE, f"at most {MAX_LISTED_USERS} users")
+    if len(q.job_ids) > MAX_LISTED_JOBS:
+        out.add("job_ids", ErrorCode.BATCH_TOO_LARGE, f"at most {MAX_LISTED_JOBS} jobs")
+    out.violations += long_id_violations(q.job_ids, "job_ids")
+    cursor = None
+    if q.page_token:
+        cursor = _decode_cursor(q.page_token, _query_digest(q))
+        if cursor is None:
+            out.add(
+                "page_token",
+                ErrorCode.INVALID_ARGUMENT,
+                "not a token this listing gave (a token is valid only with the query "
+                "that produced it)",
+            )
+    out.raise_if_any("the listing")
+    return q.page_size or DEFAULT_PAGE_SIZE, cursor
+
+
+def next_page_token(q: ListQuery, last: Activity) -> str:
+    body = json.dumps([last.start.timestamp, last.id, _query_digest(q)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def _query_digest(q: ListQuery) -> str:
+    key = [q.time_clock_id, q.start_time, q.end_time, sorted(q.user_ids), sorted(q.job_ids)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def _decode_cursor(token: str, digest: str) -> Cursor | None:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        start, activity_id, stored_digest = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+    if stored_digest != digest or not isinstance(start, int) or not isinstance(activity_id, str):
+        return None
+    return Cursor(start, activity_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DayTotals:
+    day: date
+    worked_s: int = 0
+    paid_break_s: int = 0
+    unpaid_break_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserTotals:
+    user_id: int
+    worked_s: int
+    paid_break_s: int
+    unpaid_break_s: int
+    days: tuple[DayTotals, ...]
+
+
+def totals(
+    tc: TimeClock, activities: Iterable[Activity], start: int, end: int, now: int
+) -> list[UserTotals]:
+    """Worked and break seconds per user and day within ``[start, end)``, days
+    cut at midnight in the time clock's zone; open activities count to ``now``."""
+    zone = ZoneInfo(tc.timezone)
+    paid = {b.id for b in tc.manual_break_types if b.is_paid}
+    sums: dict[int, dict[date, list[int]]] = {}
+    for a in activities:
+        lo = max(a.start.timestamp, start)
+        hi = min(a.end.timestamp if a.end is not None else now, end)
+        column = 0 if a.kind is ActivityKind.SHIFT else 1 if a.break_type_id in paid else 2
+        per_day = sums.setdefault(a.user_id, {})
+        for day, seconds in _split_days(lo, hi, zone):
+            per_day.setdefault(day, [0, 0, 0])[column] += seconds
+    result = []
+    for user in sorted(sums):
+        days = tuple(DayTotals(d, *v) for d, v in sorted(sums[user].items()))
+        result.append(
+            UserTotals(
+                user,
+                sum(d.worked_s for d in days),
+                sum(d.paid_break_s for d in days),
+                sum(d.unpaid_break_s for d in days),
+                days,
+            )
+        )
+    return result
+
+
+def _split_days(lo: int, hi: int, zone: ZoneInfo) -> Iterable[tuple[date, int]]:
+    while lo < hi:
+        day = datetime.fromtimestamp(lo, UTC).astimezone(zone).date()
+        midnight = int(datetime.combine(day + timedelta(days=1), time(0), zone).timestamp())
+        cut = min(hi, midnight)
+        yield day, cut - lo
+        lo = cut
+
+
+# -- Who is on the clock -------------------------------------------------------
+
+
+class UserState(StrEnum):
+    IDLE = "IDLE"
+    ON_SHIFT = "ON_SHIFT"
+    ON_BREAK = "ON_BREAK"
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    user_id: int
+    state: UserState
+    activity: Activity | None = None  # the open shift or break
+    break_type: ManualBreakType | None = None
+    #: When a mandatory break may end (None when any time will do).
+    endable_at: int | None = None
+
+
+def check_status_users(tc: TimeClock, user_ids: Sequence[int]) -> list[int]:
+    """The users to report: those named (each assigned), or all of the time clock's."""
+    if len(user_ids) > MAX_LISTED_USERS:
+        raise DomainError(
+            ErrorCode.BATCH_TOO_LARGE,
+            f"{len(user_ids)} users named; the limit is {MAX_LISTED_USERS} "
+            "(name none for every user of the time clock)",
+        )
+    if not user_ids:
+        return sorted(tc.user_ids)
+    out = Collector()
+    for i, user in enumerate(user_ids):
+        _rule(out, f"user_ids[{i}]", check_user, tc, user)
+    out.raise_if_any("the users")
+    return list(dict.fromkeys(user_ids))
+
+
+def user_statuses(
+    tc: TimeClock, users: Sequence[int], open_by_user: Mapping[int, Activity]
+) -> list[UserStatus]:
+    types = {b.id: b for b in tc.manual_break_types}
+    result = []
+    for user in users:
+        a = open_by_user.get(user)
+        if a is None:
+            result.append(UserStatus(user, UserState.IDLE))
+        elif a.kind is ActivityKind.SHIFT:
+            result.append(UserStatus(user, UserState.ON_SHIFT, a))
+        else:
+            bt = types.get(a.break_type_id or "")
+            endable = (
+                a.start.timestamp + bt.min_duration_s
+                if bt is not None and bt.is_mandatory
+                else None
+            )
+            result.append(UserStatus(user, UserState.ON_BREAK, a, bt, endable))
+    return result

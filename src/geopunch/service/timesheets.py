@@ -1,0 +1,297 @@
+"""Time activity use cases: record completed shifts and breaks, correct and
+delete them, list a timesheet, and tell who is on the clock.
+
+Each write is one transaction that reads what its rules need, writes, and
+appends one event per changed activity. A write that loses a race (the
+store refused an overlap that a concurrent transaction created, or a
+correction found the row changed) runs again from scratch, so the second
+writer gets a named refusal, never a silent overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.events import EventType
+from geopunch.domain.models import TimeClock
+from geopunch.domain.ports import Clock, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.punches import (
+    MAX_IDEMPOTENCY_KEY,
+    Activity,
+    SchedulerShiftCheck,
+    new_activity_id,
+    timesheet_day,
+)
+from geopunch.domain.rules import Collector
+from geopunch.domain.timesheets import (
+    MAX_PAGE_SIZE,
+    Correction,
+    ListQuery,
+    Planned,
+    UserActivities,
+    UserStatus,
+    UserTotals,
+    activity_event,
+    check_completed,
+    check_deletable,
+    check_list_query,
+    check_status_users,
+    judge_against_store,
+    locked_day,
+    next_page_token,
+    plan_correction,
+    plan_time_activities,
+    span_of,
+    totals,
+    user_statuses,
+)
+from geopunch.service.admin import get_time_clock
+from geopunch.service.punches import (
+    MAX_ATTEMPTS,
+    activity_from_dict,
+    scheduler_shift_check,
+)
+
+T = TypeVar("T")
+
+_CREATE = "create_time_activities"
+
+
+def _retrying(uows: UnitOfWorkFactory, account: int, work: Callable[[UnitOfWork], T]) -> T:
+    """Run ``work`` in a transaction of ``account`` and commit; again from the
+    start while it loses a race, at most MAX_ATTEMPTS times."""
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            with uows(account=account) as uow:
+                result = work(uow)
+                uow.commit()
+                return result
+        except ConcurrentChange:
+            continue
+    raise DomainError(
+        ErrorCode.CONCURRENT_MODIFICATION,
+        "the same users' activities were changed by concurrent calls; retry",
+    )
+
+
+def _judge(
+    uow: UnitOfWork,
+    tc: TimeClock,
+    planned: Sequence[Planned],
+    out: Collector,
+    leave_out: str = "",
+) -> list[Activity]:
+    """Read what the planned activities' store rules need and apply them."""
+    if not planned:
+        return []
+    users = sorted({p.activity.user_id for p in planned})
+    lo, hi = span_of(p.activity for p in planned)
+    near = uow.activities.near(tc.id, users, lo, hi)
+    stored = {u: [a for a in acts if a.id != leave_out] for u, acts in near.items()}
+    # Every day a planned activity can touch: a day either side of its span
+    # covers every zone's offset from UTC.
+    first = timesheet_day(lo, "UTC") - timedelta(days=1)
+    last = timesheet_day(hi, "UTC") + timedelta(days=1)
+    days = uow.time_clocks.day_statuses_of(tc.id, users, first, last)
+    checks: dict[tuple[str, int], SchedulerShiftCheck] = {}
+    for p in planned:
+        a = p.activity
+        if a.scheduler_shift_id and (a.scheduler_shift_id, a.user_id) not in checks:
+            checks[a.scheduler_shift_id, a.user_id] = scheduler_shift_check(
+                uow, a.scheduler_shift_id, a.user_id
+            )
+    return judge_against_store(planned, stored, days, checks, out)
+
+
+def create_time_activities(
+    uows: UnitOfWorkFactory,
+    clock: Clock,
+    account: int,
+    time_clock_id: int,
+    groups: Sequence[UserActivities],
+    idempotency_key: str = "",
+) -> list[Activity]:
+    """Record 1..1000 completed shifts and breaks, all or none, in request
+    order; with an idempotency key a retry answers the first result."""
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise DomainError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
+        )
+    body_hash = _digest(time_clock_id, groups) if idempotency_key else ""
+
+    def work(uow: UnitOfWork) -> list[Activity]:
+        if idempotency_key:
+            stored = uow.idempotency.get(idempotency_key)
+            if stored is not None:
+                return _replay(idempotency_key, body_hash, *stored)
+        now = clock.now()
+        tc = get_time_clock(uow, time_clock_id)
+        out = Collector()
+        planned = plan_time_activities(tc, groups, now, out, new_activity_id)
+        created = _judge(uow, tc, planned, out)
+        out.raise_if_any("the time activities")
+        uow.activities.add_many(created)
+        stamp = int(now)
+        uow.events.append(
+            [activity_event(EventType.TIME_ACTIVITY_CREATED, stamp, None, a) for a in created]
+        )
+        if idempotency_key:
+            answer = json.dumps([asdict(a) for a in created], separators=(",", ":")).encode()
+            uow.idempotency.put(idempotency_key, _CREATE, body_hash, answer)
+        return created
+
+    return _retrying(uows, account, work)
+
+
+def _digest(time_clock_id: int, groups: Sequence[UserActivities]) -> str:
+    body = json.dumps(
+        [time_clock_id, [asdict(g) for g in groups]], separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _replay(
+    key: str, body_hash: str, method: str, stored_hash: str, answer: bytes
+) -> list[Activity]:
+    if method != _CREATE or stored_hash != body_hash:
+        raise DomainError(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            f"idempotency key {key!r} was used for a different request; "
+            "use a new key for new activities",
+            {"idempotencyKey": key},
+        )
+    return [activity_from_dict(d) for d in json.loads(answer)]
+
+
+def _existing(uow: UnitOfWork, time_clock_id: int, activity_id: str) -> Activity:
+    current = uow.activities.get(time_clock_id, activity_id)
+    if current is None:
+        raise DomainError(
+            ErrorCode.TIME_ACTIVITY_NOT_FOUND,
+            f"time clock {time_clock_id} has no shift or break {activity_id[:128]!r}",
+            {"activityId": activity_id[:128]},
+        )
+    check_completed(current)
+    return current
+
+
+def _check_unlocked(uow: UnitOfWork, tc: TimeClock, current: Activity) -> None:
+    """An activity on a locked or approved day stays as it is."""
+    assert current.end is not None
+    first = timesheet_day(current.start.timestamp, "UTC") - timedelta(days=1)
+    last = timesheet_day(current.end.timestamp, "UTC") + timedelta(days=1)
+    statuses = uow.time_clocks.day_statuses_of(tc.id, [current.user_id], first, last)
+    locked = locked_day(current, statuses.get(current.user_id, {}))
+    if locked is not None:
+        day, status = locked
+        raise DomainError(
+            ErrorCode.HAS_LOCKED_DAYS,
+            f"{current.kind.value} {current.id} is on {day.isoformat()}, which is "
+            f"{status.value.lower()} for user {current.user_id}; unlock the day first",
+            {"date": day.isoformat(), "status": status.value},
+        )
+
+
+def update_time_activity(
+    uows: UnitOfWorkFactory, clock: Clock, account: int, time_clock_id: int, change: Correction
+) -> Activity:
+    """Correct a completed activity read at ``change.modified_at``."""
+
+    def work(uow: UnitOfWork) -> Activity:
+        tc = get_time_clock(uow, time_clock_id)
+        current = _existing(uow, time_clock_id, change.activity_id)
+        now = clock.now()
+        out = Collector()
+        corrected = plan_correction(tc, current, change, now, out)
+        out.raise_if_any("the correction")
+        assert corrected is not None
+        _check_unlocked(uow, tc, current)
+        (corrected,) = _judge(uow, tc, [Planned("", corrected)], out, leave_out=current.id)
+        out.raise_if_any("the correction")
+        uow.activities.replace(corrected, current.modified_at)
+        uow.events.append(
+            [activity_event(EventType.TIME_ACTIVITY_UPDATED, int(now), current, corrected)]
+        )
+        return corrected
+
+    return _retrying(uows, account, work)
+
+
+def delete_time_activity(
+    uows: UnitOfWorkFactory,
+    clock: Clock,
+    account: int,
+    time_clock_id: int,
+    activity_id: str,
+    modified_at: int,
+) -> Activity:
+    """Delete a completed activity read at ``modified_at``; answer it as it was."""
+
+    def work(uow: UnitOfWork) -> Activity:
+        tc = get_time_clock(uow, time_clock_id)
+        current = _existing(uow, time_clock_id, activity_id)
+        check_deletable(current, modified_at)
+        _check_unlocked(uow, tc, current)
+        uow.activities.remove(current.id, current.modified_at)
+        stamp = int(clock.now())
+        uow.events.append([activity_event(EventType.TIME_ACTIVITY_DELETED, stamp, current, None)])
+        return current
+
+    return _retrying(uows, account, work)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeActivityPage:
+    activities: list[Activity]
+    next_page_token: str
+    #: Per user and day over the whole window; on the first page, when asked for.
+    totals: list[UserTotals] | None = None
+
+
+def list_time_activities(
+    uows: UnitOfWorkFactory, clock: Clock, account: int, q: ListQuery
+) -> TimeActivityPage:
+    size, cursor = check_list_query(q)
+    with uows(account=account, readonly=True) as uow:
+        tc = get_time_clock(uow, q.time_clock_id)
+        jobs = sorted(tc.with_descendants(q.job_ids)) if q.job_ids else []
+        after = (cursor.start_ts, cursor.activity_id) if cursor is not None else None
+
+        def page(after: tuple[int, str] | None, limit: int) -> list[Activity]:
+            return uow.activities.page(
+                tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, limit
+            )
+
+        rows = page(after, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = next_page_token(q, rows[-1]) if more else ""
+        summed = None
+        if q.include_totals and cursor is None:
+            everything = list(rows)
+            if more:
+                while True:
+                    last = everything[-1]
+                    chunk = page((last.start.timestamp, last.id), MAX_PAGE_SIZE)
+                    everything += chunk
+                    if len(chunk) < MAX_PAGE_SIZE:
+                        break
+            summed = totals(tc, everything, q.start_time, q.end_time, int(clock.now()))
+        return TimeActivityPage(rows, token, summed)
+
+
+def get_user_statuses(
+    uows: UnitOfWorkFactory, account: int, time_clock_id: int, user_ids: Sequence[int]
+) -> list[UserStatus]:
+    """Who of the time clock's users (all, or those named) is on a shift or a break now."""
+    with uows(account=account, readonly=True) as uow:
+        tc = get_time_clock(uow, time_clock_id)
+        users = check_status_users(tc, user_ids)
+        return user_statuses(tc, users, uow.activities.open_for(tc.id))
