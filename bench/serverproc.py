@@ -15,24 +15,33 @@ from typing import Any
 def serve(db: Path, api_key: str, processes: int = 1) -> Iterator[str]:
     """A server (``processes`` worker processes) on a free loopback port over
     the SQLite file ``db``; yields its address."""
-    with _serve(db, api_key, processes, http=False) as (address, _):
+    with _serve(f"sqlite:///{db}", api_key, processes, http=False) as (address, _):
+        yield address
+
+
+@contextmanager
+def serve_url(database_url: str, api_key: str) -> Iterator[str]:
+    """As ``serve``, on any store URL (a PostgreSQL schema, say)."""
+    with _serve(database_url, api_key, 1, http=False) as (address, _):
         yield address
 
 
 @contextmanager
 def serve_with_http(db: Path, api_key: str, processes: int = 1) -> Iterator[tuple[str, str]]:
     """As ``serve``, with the HTTP API on a free port too; yields both addresses."""
-    with _serve(db, api_key, processes, http=True) as both:
+    with _serve(f"sqlite:///{db}", api_key, processes, http=True) as both:
         yield both
 
 
 @contextmanager
-def _serve(db: Path, api_key: str, processes: int, http: bool) -> Iterator[tuple[str, str]]:
+def _serve(
+    database_url: str, api_key: str, processes: int, http: bool
+) -> Iterator[tuple[str, str]]:
     env = {
         **os.environ,
         "GEOPUNCH_API_KEYS": api_key,
         "GEOPUNCH_LOG_LEVEL": "WARNING",
-        "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
+        "GEOPUNCH_DATABASE_URL": database_url,
         "GEOPUNCH_LISTEN": "127.0.0.1:0",
         "GEOPUNCH_PROCESSES": str(processes),
         # Off unless measured: the default HTTP port stays free for other runs.

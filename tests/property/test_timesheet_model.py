@@ -167,7 +167,7 @@ class TimesheetMachine(RuleBasedStateMachine):
             else UserActivities(user, (ShiftDraft(*points),))
         )
         try:
-            (made,) = timesheets.create_time_activities(self.uows, self.clock, 1, TC, [group])
+            (made,) = timesheets.create_time_activities(self.uows, None, self.clock, 1, TC, [group])
         except DomainError as err:
             assert not expected, err
             return
@@ -200,7 +200,7 @@ class TimesheetMachine(RuleBasedStateMachine):
             else ("rest" if span.paid else "nap"),
         )
         try:
-            fixed = timesheets.update_time_activity(self.uows, self.clock, 1, TC, change)
+            fixed = timesheets.update_time_activity(self.uows, None, self.clock, 1, TC, change)
         except DomainError as err:
             assert not expected, err
             if stale:
@@ -217,7 +217,9 @@ class TimesheetMachine(RuleBasedStateMachine):
         if not done:
             return
         user, activity_id, span = data.draw(st.sampled_from(done))
-        timesheets.delete_time_activity(self.uows, self.clock, 1, TC, activity_id, span.modified_at)
+        timesheets.delete_time_activity(
+            self.uows, None, self.clock, 1, TC, activity_id, span.modified_at
+        )
         del self.model[user].spans[activity_id]
 
     # --- what the read side says -----------------------------------------------------------
@@ -225,12 +227,12 @@ class TimesheetMachine(RuleBasedStateMachine):
     def listing_matches_the_model(self) -> None:
         now = self.now()
         query = ListQuery(TC, *WINDOW, page_size=5, include_totals=True)
-        page = timesheets.list_time_activities(self.uows, self.clock, 1, query)
+        page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
         totals = {t.user_id: t for t in page.totals or ()}
         listed = list(page.activities)
         while page.next_page_token:
             query = ListQuery(TC, *WINDOW, page_size=5, page_token=page.next_page_token)
-            page = timesheets.list_time_activities(self.uows, self.clock, 1, query)
+            page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
             assert page.totals is None
             listed += page.activities
         got = {

@@ -157,15 +157,15 @@ def plan_time_activities(
         if not _rule(out, f"{path}.user_id", check_user, tc, group.user_id):
             continue
         for j, s in enumerate(group.shifts):
-            a = _plan_shift(tc, group.user_id, s, now, out, f"{path}.shifts[{j}]")
+            at = f"{path}.shifts[{j}]"
+            a = _plan_shift(tc, group.user_id, s, now, out, at, new_id(ActivityKind.SHIFT), stamp)
             if a is not None:
-                a = replace(a, id=new_id(ActivityKind.SHIFT), created_at=stamp, modified_at=stamp)
-                planned.append(Planned(f"{path}.shifts[{j}]", a))
+                planned.append(Planned(at, a))
         for j, b in enumerate(group.manual_breaks):
-            a = _plan_break(tc, group.user_id, b, now, out, f"{path}.manual_breaks[{j}]")
+            at = f"{path}.manual_breaks[{j}]"
+            a = _plan_break(tc, group.user_id, b, now, out, at, new_id(ActivityKind.BREAK), stamp)
             if a is not None:
-                a = replace(a, id=new_id(ActivityKind.BREAK), created_at=stamp, modified_at=stamp)
-                planned.append(Planned(f"{path}.manual_breaks[{j}]", a))
+                planned.append(Planned(at, a))
     return planned
 
 
@@ -186,7 +186,7 @@ def plan_correction(
         draft = ShiftDraft(
             change.start, change.end, change.job_id, change.scheduler_shift_id, change.notes
         )
-        planned = _plan_shift(tc, current.user_id, draft, now, out, "")
+        planned = _plan_shift(tc, current.user_id, draft, now, out, "", current.id)
     else:
         if change.job_id or change.scheduler_shift_id:
             out.add(
@@ -195,12 +195,11 @@ def plan_correction(
                 "a break's job and scheduler shift are those of the shift it follows",
             )
         draft_b = BreakDraft(change.manual_break_id, change.start, change.end, change.notes)
-        planned = _plan_break(tc, current.user_id, draft_b, now, out, "")
+        planned = _plan_break(tc, current.user_id, draft_b, now, out, "", current.id)
     if planned is None:
         return None
     return replace(
         planned,
-        id=current.id,
         created_at=current.created_at,
         # Strictly later than the value read, so a second change based on it
         # is refused even within the same second.
@@ -318,7 +317,14 @@ def _notes(notes: str, out: Collector, path: str) -> bool:
 
 
 def _plan_shift(
-    tc: TimeClock, user_id: int, d: ShiftDraft, now: float, out: Collector, path: str
+    tc: TimeClock,
+    user_id: int,
+    d: ShiftDraft,
+    now: float,
+    out: Collector,
+    path: str,
+    activity_id: str,
+    stamp: int = 0,
 ) -> Activity | None:
     def refs(at: str) -> dict[str, str | None] | None:
         ok = _rule(out, f"{at}job_id", clock_in_job, tc, d.job_id)
@@ -331,17 +337,50 @@ def _plan_shift(
             else None
         )
 
-    return _plan(tc, user_id, ActivityKind.SHIFT, d.start, d.end, d.notes, now, out, path, refs)
+    return _plan(
+        tc,
+        user_id,
+        ActivityKind.SHIFT,
+        d.start,
+        d.end,
+        d.notes,
+        now,
+        out,
+        path,
+        refs,
+        activity_id,
+        stamp,
+    )
 
 
 def _plan_break(
-    tc: TimeClock, user_id: int, d: BreakDraft, now: float, out: Collector, path: str
+    tc: TimeClock,
+    user_id: int,
+    d: BreakDraft,
+    now: float,
+    out: Collector,
+    path: str,
+    activity_id: str,
+    stamp: int = 0,
 ) -> Activity | None:
     def refs(at: str) -> dict[str, str | None] | None:
         ok = _rule(out, f"{at}manual_break_id", break_type, tc, d.manual_break_id)
         return {"break_type_id": d.manual_break_id} if ok else None
 
-    return _plan(tc, user_id, ActivityKind.BREAK, d.start, d.end, d.notes, now, out, path, refs)
+    return _plan(
+        tc,
+        user_id,
+        ActivityKind.BREAK,
+        d.start,
+        d.end,
+        d.notes,
+        now,
+        out,
+        path,
+        refs,
+        activity_id,
+        stamp,
+    )
 
 
 def _plan(
@@ -355,6 +394,8 @@ def _plan(
     out: Collector,
     path: str,
     refs: Callable[[str], dict[str, str | None] | None],
+    activity_id: str,
+    stamp: int,
 ) -> Activity | None:
     """One activity checked on its own: its span, then what it refers to
     (``refs`` checks those at the path prefix given, and returns the
@@ -365,7 +406,7 @@ def _plan(
     if span is None or fields is None or not notes_ok:
         return None
     return Activity(
-        id="",
+        id=activity_id,
         time_clock_id=tc.id,
         user_id=user_id,
         kind=kind,
@@ -374,6 +415,8 @@ def _plan(
         job_id=fields.get("job_id"),
         break_type_id=fields.get("break_type_id"),
         scheduler_shift_id=fields.get("scheduler_shift_id"),
+        created_at=stamp,
+        modified_at=stamp,
         notes=notes or None,
     )
 
@@ -443,13 +486,13 @@ def judge_against_store(
                         f"no scheduled shift {a.scheduler_shift_id!r} for user {user}"
                         + (" (the user is not assigned to it)" if found == "not_assigned" else ""),
                     )
-            if a.kind is ActivityKind.BREAK:
-                shift = ending.get(a.start.timestamp)
+            shift = ending.get(a.start.timestamp) if a.kind is ActivityKind.BREAK else None
+            if shift is not None:
                 a = replace(
                     a,
-                    job_id=shift.job_id if shift else None,
-                    scheduler_shift_id=shift.scheduler_shift_id if shift else None,
-                    from_shift_id=shift.id if shift else None,
+                    job_id=shift.job_id,
+                    scheduler_shift_id=shift.scheduler_shift_id,
+                    from_shift_id=shift.id,
                 )
             result[a.id] = a
     return [result[p.activity.id] for p in planned]

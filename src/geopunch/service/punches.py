@@ -378,6 +378,15 @@ def list_manual_breaks(uows: UnitOfWorkFactory, account: int, time_clock_id: int
         return get_time_clock(uow, time_clock_id)
 
 
+def time_clock_settings(
+    uow: UnitOfWork, fences: FenceEngine | None, account: int, time_clock_id: int
+) -> TimeClock:
+    """The time clock as the fence engine holds it (no read of its users and
+    jobs), or from the store; TIME_CLOCK_NOT_FOUND when it does not exist."""
+    view = fences.view_knowing(account, (time_clock_id,)) if fences is not None else None
+    return _time_clock(uow, view, time_clock_id)
+
+
 def _time_clock(uow: UnitOfWork, view: FenceView | None, time_clock_id: int) -> TimeClock:
     """The time clock's settings from the fence engine, which every committed
     change reaches before its call returns; the store when there is no engine."""

@@ -20,7 +20,7 @@ from typing import TypeVar
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import EventType
 from geopunch.domain.models import TimeClock
-from geopunch.domain.ports import Clock, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import Clock, FenceEngine, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.punches import (
     MAX_IDEMPOTENCY_KEY,
     Activity,
@@ -51,11 +51,11 @@ from geopunch.domain.timesheets import (
     totals,
     user_statuses,
 )
-from geopunch.service.admin import get_time_clock
 from geopunch.service.punches import (
     MAX_ATTEMPTS,
     activity_from_dict,
     scheduler_shift_check,
+    time_clock_settings,
 )
 
 T = TypeVar("T")
@@ -111,6 +111,7 @@ def _judge(
 
 def create_time_activities(
     uows: UnitOfWorkFactory,
+    fences: FenceEngine | None,
     clock: Clock,
     account: int,
     time_clock_id: int,
@@ -132,7 +133,7 @@ def create_time_activities(
             if stored is not None:
                 return _replay(idempotency_key, body_hash, *stored)
         now = clock.now()
-        tc = get_time_clock(uow, time_clock_id)
+        tc = time_clock_settings(uow, fences, account, time_clock_id)
         out = Collector()
         planned = plan_time_activities(tc, groups, now, out, new_activity_id)
         created = _judge(uow, tc, planned, out)
@@ -200,12 +201,17 @@ def _check_unlocked(uow: UnitOfWork, tc: TimeClock, current: Activity) -> None:
 
 
 def update_time_activity(
-    uows: UnitOfWorkFactory, clock: Clock, account: int, time_clock_id: int, change: Correction
+    uows: UnitOfWorkFactory,
+    fences: FenceEngine | None,
+    clock: Clock,
+    account: int,
+    time_clock_id: int,
+    change: Correction,
 ) -> Activity:
     """Correct a completed activity read at ``change.modified_at``."""
 
     def work(uow: UnitOfWork) -> Activity:
-        tc = get_time_clock(uow, time_clock_id)
+        tc = time_clock_settings(uow, fences, account, time_clock_id)
         current = _existing(uow, time_clock_id, change.activity_id)
         now = clock.now()
         out = Collector()
@@ -226,6 +232,7 @@ def update_time_activity(
 
 def delete_time_activity(
     uows: UnitOfWorkFactory,
+    fences: FenceEngine | None,
     clock: Clock,
     account: int,
     time_clock_id: int,
@@ -235,7 +242,7 @@ def delete_time_activity(
     """Delete a completed activity read at ``modified_at``; answer it as it was."""
 
     def work(uow: UnitOfWork) -> Activity:
-        tc = get_time_clock(uow, time_clock_id)
+        tc = time_clock_settings(uow, fences, account, time_clock_id)
         current = _existing(uow, time_clock_id, activity_id)
         check_deletable(current, modified_at)
         _check_unlocked(uow, tc, current)
@@ -256,11 +263,11 @@ class TimeActivityPage:
 
 
 def list_time_activities(
-    uows: UnitOfWorkFactory, clock: Clock, account: int, q: ListQuery
+    uows: UnitOfWorkFactory, fences: FenceEngine | None, clock: Clock, account: int, q: ListQuery
 ) -> TimeActivityPage:
     size, cursor = check_list_query(q)
     with uows(account=account, readonly=True) as uow:
-        tc = get_time_clock(uow, q.time_clock_id)
+        tc = time_clock_settings(uow, fences, account, q.time_clock_id)
         jobs = sorted(tc.with_descendants(q.job_ids)) if q.job_ids else []
         after = (cursor.start_ts, cursor.activity_id) if cursor is not None else None
 
@@ -288,10 +295,14 @@ def list_time_activities(
 
 
 def get_user_statuses(
-    uows: UnitOfWorkFactory, account: int, time_clock_id: int, user_ids: Sequence[int]
+    uows: UnitOfWorkFactory,
+    fences: FenceEngine | None,
+    account: int,
+    time_clock_id: int,
+    user_ids: Sequence[int],
 ) -> list[UserStatus]:
     """Who of the time clock's users (all, or those named) is on a shift or a break now."""
     with uows(account=account, readonly=True) as uow:
-        tc = get_time_clock(uow, time_clock_id)
+        tc = time_clock_settings(uow, fences, account, time_clock_id)
         users = check_status_users(tc, user_ids)
         return user_statuses(tc, users, uow.activities.open_for(tc.id))

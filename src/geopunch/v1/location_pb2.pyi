@@ -611,7 +611,8 @@ class WatchEventsRequest(_message.Message):
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these types: "geofenceExit", "exitNotification", "autoClockOut",
-        "shiftPublished" (empty: all).
+        "shiftPublished", "timeActivityCreated", "timeActivityUpdated",
+        "timeActivityDeleted" (empty: all).
         """
 
     def __init__(

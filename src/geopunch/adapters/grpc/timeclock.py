@@ -27,6 +27,7 @@ from geopunch.domain.timesheets import (
     PointDraft,
     ShiftDraft,
     UserActivities,
+    UserState,
     UserStatus,
     UserTotals,
 )
@@ -199,9 +200,12 @@ def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
         )
 
 
+_STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}
+
+
 def fill_status(out: timeclock_pb2.UserStatus, s: UserStatus) -> None:
     out.user_id = s.user_id
-    out.state = timeclock_pb2.UserStatus.State.Value(s.state.value)
+    out.state = _STATES[s.state]
     if s.activity is not None:
         fill_activity(out.activity, s.activity)
     if s.break_type is not None:
@@ -322,6 +326,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     ) -> timeclock_pb2.CreateTimeActivitiesResponse:
         created = timesheets.create_time_activities(
             self._uows,
+            self._fences,
             self._clock,
             account(),
             request.time_clock_id,
@@ -347,7 +352,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
             notes=request.notes,
         )
         corrected = timesheets.update_time_activity(
-            self._uows, self._clock, account(), request.time_clock_id, change
+            self._uows, self._fences, self._clock, account(), request.time_clock_id, change
         )
         return _activity_response(corrected)
 
@@ -356,6 +361,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     ) -> timeclock_pb2.TimeActivityResponse:
         deleted = timesheets.delete_time_activity(
             self._uows,
+            self._fences,
             self._clock,
             account(),
             request.time_clock_id,
@@ -377,7 +383,9 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
             page_token=request.page_token,
             include_totals=request.include_totals,
         )
-        page = timesheets.list_time_activities(self._uows, self._clock, account(), query)
+        page = timesheets.list_time_activities(
+            self._uows, self._fences, self._clock, account(), query
+        )
         response = timeclock_pb2.ListTimeActivitiesResponse(request_id=request_id_var.get())
         data = response.data
         for a in page.activities:
@@ -391,7 +399,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         self, request: timeclock_pb2.GetUserStatusesRequest, context: Any
     ) -> timeclock_pb2.GetUserStatusesResponse:
         statuses = timesheets.get_user_statuses(
-            self._uows, account(), request.time_clock_id, list(request.user_ids)
+            self._uows, self._fences, account(), request.time_clock_id, list(request.user_ids)
         )
         response = timeclock_pb2.GetUserStatusesResponse(request_id=request_id_var.get())
         for st in statuses:

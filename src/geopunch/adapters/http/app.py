@@ -446,6 +446,7 @@ def create_app(deps: HttpDeps) -> FastAPI:
         older than 12 hours, imports)."""
         made = timesheets.create_time_activities(
             deps.uows,
+            deps.fences,
             deps.clock,
             who.account_id,
             timeClockId,
@@ -478,7 +479,9 @@ def create_app(deps: HttpDeps) -> FastAPI:
             pageToken,
             includeTotals,
         )
-        page = timesheets.list_time_activities(deps.uows, deps.clock, who.account_id, query)
+        page = timesheets.list_time_activities(
+            deps.uows, deps.fences, deps.clock, who.account_id, query
+        )
         return answer(
             {
                 "timeActivities": [answers.time_activity(a) for a in page.activities],
@@ -495,7 +498,12 @@ def create_app(deps: HttpDeps) -> FastAPI:
     ) -> Response:
         """Correct a completed shift or break, as read at `modifiedAt`."""
         done = timesheets.update_time_activity(
-            deps.uows, deps.clock, who.account_id, timeClockId, body.to_domain(activityId)
+            deps.uows,
+            deps.fences,
+            deps.clock,
+            who.account_id,
+            timeClockId,
+            body.to_domain(activityId),
         )
         return answer({"timeActivity": answers.time_activity(done)})
 
@@ -508,14 +516,16 @@ def create_app(deps: HttpDeps) -> FastAPI:
     ) -> Response:
         """Delete a completed shift or break, as read at `modifiedAt`."""
         gone = timesheets.delete_time_activity(
-            deps.uows, deps.clock, who.account_id, timeClockId, activityId, modifiedAt
+            deps.uows, deps.fences, deps.clock, who.account_id, timeClockId, activityId, modifiedAt
         )
         return answer({"timeActivity": answers.time_activity(gone)})
 
     @app.get(f"{base}/user-statuses", tags=["time activities"])
     def user_statuses(who: Reader, timeClockId: Int64Path, userIds: UserIds = []) -> Response:  # noqa: B006
         """Who is idle, on a shift or on a break now (all users, or those named)."""
-        found = timesheets.get_user_statuses(deps.uows, who.account_id, timeClockId, userIds)
+        found = timesheets.get_user_statuses(
+            deps.uows, deps.fences, who.account_id, timeClockId, userIds
+        )
         return answer({"statuses": [answers.user_status(s) for s in found]})
 
     # -- geopunch's own: set-up ----------------------------------------------------------
