@@ -383,3 +383,51 @@ def test_the_specs_bulk_geofence_function_runs_unchanged(
         (150, "40.7145"),
     ]
     assert all(g["onGeofenceExitAction"] == "sendNotification" for g in listed)
+
+
+def test_punches_answer_alike_on_the_fast_lane_and_through_fastapi(
+    http: httpx.Client, client: Client
+) -> None:
+    """A well-formed punch is served by the punch lane; one with another JSON
+    content type goes through the FastAPI route. Both must give the same
+    answers and refusals, and a body either refuses is refused the same way."""
+    lane = {"Content-Type": "application/json"}
+    routed = {"Content-Type": "application/vnd.api+json"}  # JSON to FastAPI, not to the lane
+
+    def both(path: str, body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        for headers in (lane, routed):
+            tc = _clock(client)
+            r = _post(http, tc, path, body, headers=headers)
+            answer = r.json()
+            assert r.headers["X-Request-ID"] == answer["requestId"]
+            answer.pop("requestId")
+            if isinstance(answer.get("detail"), str):
+                answer["detail"] = answer["detail"].replace(str(tc), "<clock>")
+            if "data" in answer:
+                shift = answer["data"]["shift"]
+                for key in ("id", "createdAt", "modifiedAt"):
+                    shift.pop(key)
+                shift["start"].pop("timestamp")
+            out.append((r.status_code, answer))
+        return out
+
+    ok = both("clock-in", {"userId": USER, "jobId": "job-123", "locationData": HQ})
+    assert ok[0] == ok[1] and ok[0][0] == 200
+    for body, status in (
+        ({"userId": USER, "jobId": "no-such-job"}, 400),
+        ({"userId": 42}, 400),
+        ({"userId": "9170357"}, 400),  # a string: the lane leaves it to FastAPI
+        ({"userId": USER, "timestamp": 10**13}, 400),
+    ):
+        lane_answer, routed_answer = both("clock-in", body)
+        assert lane_answer == routed_answer and lane_answer[0] == status, body
+    tc = _clock(client)
+    r = _post(http, tc, "clock-in", {"userId": USER}, headers={"X-API-KEY": "wrong-key-0000"})
+    assert (r.status_code, r.json()["code"]) == (401, "API_KEY_INVALID")
+    r = http.post(
+        f"/time-clock/v1/time-clocks/{tc}/clock-in",
+        content=b'{"userId": 9170357',  # cut short
+        headers=lane,
+    )
+    assert (r.status_code, r.json()["code"]) == (400, "INVALID_ARGUMENT")
