@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from datetime import UTC, datetime
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -18,7 +19,11 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": round(record.created, 3),
+            # ISO-8601 in UTC to the millisecond: what log stores and people read.
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[
+                :-6
+            ]
+            + "Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

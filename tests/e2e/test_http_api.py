@@ -431,3 +431,32 @@ def test_punches_answer_alike_on_the_fast_lane_and_through_fastapi(
         headers=lane,
     )
     assert (r.status_code, r.json()["code"]) == (400, "INVALID_ARGUMENT")
+
+
+def test_each_http_call_logs_one_line_with_its_caller(
+    server: ServerProcess, http: httpx.Client, client: Client
+) -> None:
+    tc = _clock(client)
+    answers = [
+        _post(http, tc, "clock-in", {"userId": USER}),  # the punch lane
+        http.get(f"/time-clock/v1/time-clocks/{tc}/manual-breaks"),  # a FastAPI route
+        http.get(
+            f"/time-clock/v1/time-clocks/{tc}/manual-breaks", headers={"X-API-KEY": "nope1234"}
+        ),
+    ]
+    ids = [r.json()["requestId"] for r in answers]
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(x) for x in server.logs().splitlines() if x.startswith("{")]
+        found = {e["request_id"]: e for e in lines if e.get("msg") == "http"}
+        if all(i in found for i in ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    punch, read, refused = (found[i] for i in ids)
+    assert punch["method"] == "POST /time-clock/v1/time-clocks/{timeClockId}/clock-in"
+    assert (punch["status"], punch["account"]) == (200, 1)
+    assert punch["key"].startswith("bootstrap")  # the key id, never the secret
+    assert read["method"] == "GET /time-clock/v1/time-clocks/{timeClockId}/manual-breaks"
+    assert refused["status"] == 401 and "account" not in refused
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", punch["ts"])
+    assert isinstance(punch["ms"], float)

@@ -436,3 +436,7 @@ class FenceEngine(FenceListener, Protocol):
         one of ``time_clock_ids``: a time clock made through another replica
         a moment ago is known before the call is answered. Blocking."""
         ...
+
+    def totals(self) -> tuple[int, int]:
+        """Time clocks and fences held, over every account."""
+        ...

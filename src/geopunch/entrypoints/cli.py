@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +13,17 @@ from geopunch.config import DEFAULT_DATABASE_URL, DEFAULT_HTTP_LISTEN, DEFAULT_L
 from geopunch.logs import setup_logging
 
 
+def _version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    try:
+        return importlib.metadata.version("geopunch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geopunch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"geopunch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--listen", help=f"host:port (GEOPUNCH_LISTEN, default {DEFAULT_LISTEN})")

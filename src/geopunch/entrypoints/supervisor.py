@@ -35,14 +35,17 @@ import multiprocessing
 import multiprocessing.process
 import os
 import queue
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from geopunch import metrics
 from geopunch.config import Config
 from geopunch.entrypoints.process import SharedGenerations, WorkerSlot, stop_on_signals
 
@@ -55,6 +58,8 @@ START_TIMEOUT_S = 300.0
 #: A draining worker is killed this long past its grace period: later than the
 #: worker's own cut-off (server.STOP_MARGIN_S, 10 s), which logs its stacks first.
 DRAIN_MARGIN_S = 15.0
+#: prometheus-client's multi-process mode reads its directory from here.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -114,6 +119,13 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     http_sock, http_address = None, ""
     if config.http_listen:  # the HTTP port too is reserved here and shared by the workers
         http_sock, http_address = reserve_port(config.http_listen)
+    # Workers write their metrics to files here, so that a scrape of any of
+    # them adds up all (prometheus-client's multi-process mode). A directory
+    # of our own starts empty; one the operator names is theirs to empty.
+    metrics_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = tempfile.mkdtemp(prefix="geopunch-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
     worker_config = replace(config, listen=address, http_listen=http_address, processes=1)
     generations = SharedGenerations(ctx)
@@ -144,10 +156,15 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                         "worker exited; starting it again",
                         extra={"fields": {"worker": n, "pid": proc.pid, "exitcode": proc.exitcode}},
                     )
+                    if proc.pid is not None:
+                        metrics.process_ended(proc.pid)
                     time.sleep(RESTART_PAUSE_S)
                     workers[n] = start(n)
     finally:
         _drain(workers, config.grace_seconds)
+        if metrics_dir is not None:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         sock.close()
         if http_sock is not None:
             http_sock.close()

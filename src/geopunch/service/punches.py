@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from geopunch import metrics
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import TimeClock
 from geopunch.domain.ports import (
@@ -146,9 +147,15 @@ async def punch(
     # Rows are locked in this order in a shared transaction; the key's hash
     # orders one user's concurrent punches the same way on every replica.
     order = (account, cmd.time_clock_id, cmd.user_id, zlib.crc32(cmd.idempotency_key.encode()))
-    outcome = await run_retrying(submit, work, _lost_race(cmd), order)
+    try:
+        outcome = await run_retrying(submit, work, _lost_race(cmd), order)
+    except DomainError as err:
+        metrics.PUNCHES.labels(cmd.kind.value, err.code.value).inc()
+        raise
     if outcome.refusal is not None:
+        metrics.PUNCHES.labels(cmd.kind.value, outcome.refusal.code.value).inc()
         raise outcome.refusal
+    metrics.PUNCHES.labels(cmd.kind.value, "replayed" if outcome.replayed else "ok").inc()
     return outcome
 
 

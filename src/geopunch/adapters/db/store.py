@@ -24,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from geopunch import metrics
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
 from geopunch.adapters.db.notify import notify
 from geopunch.adapters.db.prepared import driver, savepoint
@@ -492,12 +493,15 @@ class GroupCommitter:
     def _run_batch(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
         """Run ``works`` in one transaction and commit once; one (ok, result or
         exception) per piece. A failing piece leaves none of its writes."""
+        started = time.perf_counter()
         try:
             for guarded in (False, True):
                 with self._uows() as uow:
                     outcomes = self._apply(uow, works, guarded)
                     if outcomes is not None:
                         uow.commit()
+                        metrics.COMMIT_BATCH.observe(len(works))
+                        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                         return outcomes
         except BaseException as exc:  # nothing of this batch is durable; no caller may hang
             return [(False, exc) for _ in works]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
+from geopunch import metrics
 from geopunch.adapters.grpc.auth import principal_var, scope_of
 from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
@@ -249,6 +250,9 @@ class ServiceInterceptor(_Interceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            name = call.method.rpartition("/")[2]
+            metrics.CALLS.labels("grpc", name, code.name).inc()
+            metrics.CALL_SECONDS.labels("grpc", name).observe(time.perf_counter() - start)
             fields = _access_fields(call, start, code)
             if call.principal is None:
                 self._unwelcome.note(context.peer(), logging.INFO, "rpc", fields)

@@ -10,6 +10,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from geopunch import metrics
 from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
@@ -24,6 +25,9 @@ from geopunch.service.trails import TrailBatch, TrailOutcome
 from geopunch.v1 import location_pb2, location_pb2_grpc
 
 _EXIT_ACTIONS = [a.value for a in EXIT_ACTIONS]
+
+#: Sample statuses by name, as metrics label them (STALE for a skipped live sample).
+_STATUS_NAMES = {int(s): ("STALE" if s is PointStatus.SKIPPED else s.name) for s in PointStatus}
 
 
 def _raw(
@@ -231,6 +235,9 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             self._submit, self._fences, self._clock, account(), batch, self._max_skew_s
         )
         status = out.result.status
+        codes, counts = np.unique(status, return_counts=True)
+        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+            metrics.LIVE_SAMPLES.labels(_STATUS_NAMES.get(code, str(code))).inc(count)
         ok, ignored = PointStatus.OK, PointStatus.IGNORED_ACCURACY
         rejected = int(np.count_nonzero((status != ok) & (status != STALE) & (status != ignored)))
         response = location_pb2.ReportLocationsResponse(
@@ -264,6 +271,13 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 cursor = e.seq
             if len(page) < EVENT_PAGE:
                 await self._wakeup.wait(seen, IDLE_RECHECK_S)
+        # Not OK: the stream did not end, this server did. UNAVAILABLE is the
+        # status clients retry on; they resume from the cursor they kept.
+        raise DomainError(
+            ErrorCode.UNAVAILABLE,
+            f"the server is stopping; reconnect and resume after seq {cursor}",
+            {"afterSeq": str(cursor)},
+        )
 
     def CheckLocations(
         self, request: location_pb2.CheckLocationsRequest, context: Any

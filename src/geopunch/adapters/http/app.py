@@ -21,7 +21,9 @@ the punch tables list is 400, ``HAS_LOCKED_DAYS`` 409, a missing time clock
 # No ``from __future__ import annotations``: FastAPI reads the handlers'
 # annotations at run time, and some name types local to create_app.
 import asyncio
+import contextvars
 import json
+import logging
 import re
 import threading
 import time
@@ -37,6 +39,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 
+from geopunch import metrics
 from geopunch.adapters.http import answers
 from geopunch.adapters.http.bodies import (
     BreakEndBody,
@@ -183,6 +186,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         token = request_id_var.set(str(uuid.uuid4()))
+        caller = caller_var.set(None)
+        started, status = time.perf_counter(), 500
         try:
             size = b"0"
             for name, value in scope["headers"]:
@@ -194,11 +199,14 @@ class RequestContext:
                     ErrorCode.INVALID_ARGUMENT.value,
                     f"the body must be at most {self.max_body_bytes} bytes",
                 )
+                status = 413
                 await refusal(scope, receive, send)
                 return
 
             async def send_with_id(message: Any) -> None:
+                nonlocal status
                 if message["type"] == "http.response.start":
+                    status = message["status"]
                     headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
                     headers.append((b"x-request-id", request_id_var.get().encode()))
                     message = {**message, "headers": headers}
@@ -206,9 +214,33 @@ class RequestContext:
 
             await self.app(scope, receive, send_with_id)
         finally:
+            # The route's template (FastAPI's, or the lane's), never the raw
+            # path: ids in paths would make a metric per resource.
+            route = scope.get("route")
+            method = getattr(route, "path", None) or scope.get(LANE_ROUTE) or "unmatched"
+            elapsed = time.perf_counter() - started
+            metrics.CALLS.labels("http", method, str(status)).inc()
+            metrics.CALL_SECONDS.labels("http", method).observe(elapsed)
+            fields: dict[str, object] = {
+                "method": f"{scope['method']} {method}",
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+            }
+            who = caller_var.get()
+            if who is not None:
+                fields.update(account=who.account_id, key=who.key_id)
+            log.info("http", extra={"fields": fields})
+            caller_var.reset(caller)
             request_id_var.reset(token)
 
 
+#: The caller of the current request, once its key is known (for the access log).
+caller_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "http_caller", default=None
+)
+log = logging.getLogger("geopunch")
+#: Where the punch lane leaves the route it served in the ASGI scope.
+LANE_ROUTE = "geopunch.route"
 #: The four punch paths (the time clock id, and a break's type when one starts).
 _PUNCH_PATH = re.compile(
     r"/time-clock/v1/time-clocks/(?P<tc>[0-9]{1,19})/"
@@ -254,6 +286,8 @@ class PunchLane:
         body = b"".join(chunks)
         response = await self.lane(match, dict(scope["headers"]), body)
         if response is not None:
+            what = "manual-breaks/{manualBreakId}/clock-in" if match["brk"] else match["what"]
+            scope[LANE_ROUTE] = f"/time-clock/v1/time-clocks/{{timeClockId}}/{what}"
             await response(scope, receive, send)
             return
         replayed = False
@@ -338,6 +372,7 @@ def create_app(deps: HttpDeps) -> Any:
                 ErrorCode.API_KEY_INVALID,
                 "missing or unknown API key: send it in the X-API-KEY header",
             )
+        caller_var.set(who)  # for the access log line
         who.require(scope, "this endpoint")
         due = deps.catch_up()
         if due is not None:  # a sibling worker changed a time clock meanwhile
@@ -823,6 +858,16 @@ def create_app(deps: HttpDeps) -> Any:
             await wakeup.wait(seen, 1.0)
 
     # -- health ---------------------------------------------------------------------------
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format, without a key (like /healthz): counts and
+        timings only, never a secret or a resource's data."""
+        clocks, fences = deps.fences.totals()
+        metrics.TIME_CLOCKS.set(clocks)
+        metrics.FENCES.set(fences)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,86 @@
+"""Prometheus metrics: what the server counts, and the text a scrape gets.
+
+prometheus-client because it is the reference client and knows the case of
+several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set before this module
+is imported (``serve --processes`` sets it for its workers), every process
+writes its samples to files there and a scrape of any of them adds up all.
+Each metric is described in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+#: Seconds buckets of a call: a live punch takes about a millisecond, a
+#: 1,000,000-point check or a 1,000-activity import a second or more.
+_CALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+CALLS = Counter(
+    "geopunch_calls_total",
+    "Calls answered, by API (grpc, http), method (RPC name or HTTP route) and status "
+    "(gRPC code name or HTTP status)",
+    ("api", "method", "status"),
+)
+CALL_SECONDS = Histogram(
+    "geopunch_call_seconds",
+    "Time from a call's start to its answer, by API and method",
+    ("api", "method"),
+    buckets=_CALL_BUCKETS,
+)
+PUNCHES = Counter(
+    "geopunch_punches_total",
+    "Punches by kind (clock_in, clock_out, start_break, end_break) and outcome "
+    "(ok, replayed, or the refusal's reason)",
+    ("kind", "outcome"),
+)
+COMMIT_BATCH = Histogram(
+    "geopunch_commit_batch_size",
+    "Pieces of work (punches, location batches) committed together by the group committer",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+COMMIT_SECONDS = Histogram(
+    "geopunch_commit_seconds",
+    "Time of one group-commit batch, from its transaction's start to its durable commit",
+    buckets=_CALL_BUCKETS,
+)
+LIVE_SAMPLES = Counter(
+    "geopunch_live_samples_total",
+    "Live location samples (ReportLocations) by status",
+    ("status",),
+)
+TIME_CLOCKS = Gauge(
+    "geopunch_index_time_clocks",
+    "Time clocks held in the fence index of the process that was scraped",
+    multiprocess_mode="mostrecent",
+)
+FENCES = Gauge(
+    "geopunch_index_fences",
+    "Geofences held in the fence index of the process that was scraped",
+    multiprocess_mode="mostrecent",
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics as a scrape gets them (of every process when several write
+    them), and their content type."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def process_ended(pid: int) -> None:
+    """Forget the live gauges of a worker process that ended (multi-process mode)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,99 @@
+"""/metrics of a real server: the counters move by exactly the calls made,
+over gRPC and HTTP, and a scrape of any worker of ``serve --processes 2``
+adds up both workers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from geopunch.v1 import timeclock_pb2
+from tests.conftest import Client, ServerProcess, make_time_clock
+from tests.e2e.test_processes import _one_per_worker
+
+USER = 9170357
+
+
+def scrape(http_address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, keyed by name and sorted labels."""
+    r = httpx.get(f"http://{http_address}/metrics", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_counters_move_by_the_calls_made(
+    server: ServerProcess, client: Client, http: httpx.Client
+) -> None:
+    tc = int(make_time_clock(client).id)
+    before = scrape(server.http_address)
+    for _ in range(3):
+        client(
+            client.timeclock.ClockIn,
+            timeclock_pb2.ClockInRequest(time_clock_id=tc, user_id=USER),
+        )
+        client(
+            client.timeclock.ClockOut,
+            timeclock_pb2.ClockOutRequest(time_clock_id=tc, user_id=USER),
+        )
+        time.sleep(1.0)  # a live punch may not reopen in the second it closed
+    for _ in range(2):  # refused: no open shift
+        r = http.post(f"/time-clock/v1/time-clocks/{tc}/clock-out", json={"userId": USER})
+        assert r.status_code == 400
+    r = http.post(f"/time-clock/v1/time-clocks/{tc}/clock-in", json={"userId": USER})
+    assert r.status_code == 200
+    after = scrape(server.http_address)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("geopunch_calls_total", api="grpc", method="ClockIn", status="OK") == 3
+    assert moved("geopunch_calls_total", api="grpc", method="ClockOut", status="OK") == 3
+    route = "/time-clock/v1/time-clocks/{timeClockId}"
+    assert moved("geopunch_calls_total", api="http", method=f"{route}/clock-out", status="400") == 2
+    assert moved("geopunch_calls_total", api="http", method=f"{route}/clock-in", status="200") == 1
+    assert moved("geopunch_call_seconds_count", api="grpc", method="ClockIn") == 3
+    assert moved("geopunch_punches_total", kind="clock_in", outcome="ok") == 4
+    assert moved("geopunch_punches_total", kind="clock_out", outcome="ok") == 3
+    assert moved("geopunch_punches_total", kind="clock_out", outcome="NO_OPEN_SHIFT") == 2
+    # Every punch that was written went through a group-commit batch.
+    assert moved("geopunch_commit_batch_size_sum") >= 7
+    assert moved("geopunch_commit_seconds_count") >= 1
+    assert value(after, "geopunch_index_time_clocks") >= 1
+
+
+def test_a_scrape_of_either_worker_counts_both(tmp_path: Path) -> None:
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'm.db'}", env_extra={"GEOPUNCH_PROCESSES": "2"}
+    )
+    srv.start(tmp_path)
+    (a, b), opened = _one_per_worker(srv.address)
+    try:
+        tc = int(make_time_clock(a).id)
+        for c, user in ((a, 9170357), (b, 9170358)):
+            c(c.timeclock.ClockIn, timeclock_pb2.ClockInRequest(time_clock_id=tc, user_id=user))
+        # Scrapes land on either worker (the kernel picks one per connection);
+        # each must count the punches of both.
+        for _ in range(6):
+            samples = scrape(srv.http_address)
+            assert value(samples, "geopunch_punches_total", kind="clock_in", outcome="ok") == 2
+            assert (
+                value(samples, "geopunch_calls_total", api="grpc", method="ClockIn", status="OK")
+                == 2
+            )
+    finally:
+        for c in opened:
+            c.close()
+        srv.terminate()
