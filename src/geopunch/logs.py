@@ -5,11 +5,28 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
+from geopunch.tracing import trace_id
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+#: A request id a caller may choose (``x-request-id``): printable, short, no spaces.
+_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def new_request_id(offered: str | bytes | None = None) -> str:
+    """The caller's ``x-request-id`` when it is a sane token, else a fresh UUID,
+    so that one id follows a request through the caller's logs and ours."""
+    if isinstance(offered, bytes):
+        offered = offered.decode("latin-1")
+    if offered and _CALLER_REQUEST_ID.fullmatch(offered):
+        return offered
+    return str(uuid.uuid4())
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,6 +50,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id_var.get()
         if rid:
             entry["request_id"] = rid
+        trace = trace_id()
+        if trace is not None:
+            entry["trace_id"] = trace
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)

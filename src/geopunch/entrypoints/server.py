@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from geopunch import tracing
 from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
@@ -113,6 +114,7 @@ class Server:
         self._executor = ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="rpc"
         )
+        tracing.start()  # this process's exporter, when an OTLP endpoint is configured
         self.loop = EventLoopThread("grpc-loop")
         # grpc's asyncio objects belong to the loop they are made on.
         self._grpc, self.port = self.loop.run(self._make_server())
@@ -135,18 +137,20 @@ class Server:
         if self.worker is not None:
             siblings, catch_up = self._siblings_changed, self._catch_up_with_siblings
             due = lambda: catch_up if siblings() else None  # noqa: E731
-        return create_app(
-            HttpDeps(
-                uows=self._uows,
-                fences=self.index,
-                clock=SystemClock(),
-                submit=self._committer.submit,
-                keys=self.keys,
-                ready=self._ready,
-                catch_up=due or (lambda: None),
-                wakeup=self.wakeup,
-                stopping=self._stopped,
-                max_body_bytes=self.config.max_message_bytes,
+        return tracing.asgi(
+            create_app(
+                HttpDeps(
+                    uows=self._uows,
+                    fences=self.index,
+                    clock=SystemClock(),
+                    submit=self._committer.submit,
+                    keys=self.keys,
+                    ready=self._ready,
+                    catch_up=due or (lambda: None),
+                    wakeup=self.wakeup,
+                    stopping=self._stopped,
+                    max_body_bytes=self.config.max_message_bytes,
+                )
             )
         )
 
@@ -169,7 +173,8 @@ class Server:
             worker=None if self.worker is None else self.worker.number,
         )
         server = grpc.aio.server(
-            interceptors=[interceptor],
+            # The tracing interceptor outermost: its span covers the whole call.
+            interceptors=[*tracing.grpc_interceptors(), interceptor],
             # No maximum_concurrent_rpcs: grpc counts a call from its headers
             # on, so callers without a key could hold every slot by never
             # sending a message. The interceptor's Limits count only calls
@@ -323,6 +328,7 @@ class Server:
         if self.app is not None:
             self.app.engine.dispose()
         self.loop.close()
+        tracing.stop()
         log.info("stopped")
 
 

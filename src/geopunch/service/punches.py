@@ -44,6 +44,7 @@ from geopunch.domain.punches import (
     plan_punch,
 )
 from geopunch.service.admin import get_time_clock
+from geopunch.tracing import tracer
 
 T = TypeVar("T")
 
@@ -103,6 +104,10 @@ async def punch(
         await asyncio.to_thread(fences.view_knowing, account, (cmd.time_clock_id,))
 
     def work(batch: UnitOfWork) -> PunchOutcome:
+        with tracer.start_as_current_span("punch transaction"):
+            return write(batch)
+
+    def write(batch: UnitOfWork) -> PunchOutcome:
         uow = batch.for_account(account)
         if cmd.idempotency_key:
             stored = uow.idempotency.get(cmd.idempotency_key)
@@ -148,7 +153,10 @@ async def punch(
     # orders one user's concurrent punches the same way on every replica.
     order = (account, cmd.time_clock_id, cmd.user_id, zlib.crc32(cmd.idempotency_key.encode()))
     try:
-        outcome = await run_retrying(submit, work, _lost_race(cmd), order)
+        # Its work runs in the committer's thread within this span (the
+        # committer runs each piece in its submitter's context).
+        with tracer.start_as_current_span(f"punch {cmd.kind.value}"):
+            outcome = await run_retrying(submit, work, _lost_race(cmd), order)
     except DomainError as err:
         metrics.PUNCHES.labels(cmd.kind.value, err.code.value).inc()
         raise

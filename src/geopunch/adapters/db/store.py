@@ -24,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from geopunch import metrics
+from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
 from geopunch.adapters.db.notify import notify
 from geopunch.adapters.db.prepared import driver, savepoint
@@ -479,7 +479,8 @@ class GroupCommitter:
             # of deadlocking.
             batch.sort(key=lambda p: p.order)
             started = time.perf_counter()
-            outcomes = self._run_batch([p.run for p in batch])
+            with tracing.batch_span("group commit", [p.context for p in batch]):
+                outcomes = self._run_batch([p.run for p in batch])
             if self._observe is not None:
                 self._observe(time.perf_counter() - started, len(batch))
             waiting: dict[asyncio.AbstractEventLoop, list[_Piece]] = {}

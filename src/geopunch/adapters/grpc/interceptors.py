@@ -9,7 +9,6 @@ import inspect
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
 from geopunch.domain.accounts import Principal, Scope
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.logs import request_id_var
+from geopunch.logs import new_request_id, request_id_var
 from geopunch.service.accounts import KeyRing
 
 log = logging.getLogger("geopunch.rpc")
@@ -135,7 +134,9 @@ class ServiceInterceptor(_Interceptor):
         method: str = details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        call = _Call(method, self._principal(details.invocation_metadata), scope_of(method))
+        metadata = details.invocation_metadata
+        offered = next((v for k, v in metadata or () if k == "x-request-id"), None)
+        call = _Call(method, self._principal(metadata), scope_of(method), offered)
         if handler.unary_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, handler.request_deserializer, call),
@@ -230,7 +231,7 @@ class ServiceInterceptor(_Interceptor):
         """Around one call's handler: request id and metadata, refusal, error
         mapping and the access log line with the code that was answered."""
         start, code = time.perf_counter(), grpc.StatusCode.OK
-        token = request_id_var.set(str(uuid.uuid4()))
+        token = request_id_var.set(new_request_id(call.offered_id))
         who = None
         try:
             try:
@@ -372,6 +373,8 @@ class _Call:
     method: str
     principal: Principal | None
     scope: Scope | None
+    #: The caller's own x-request-id, if it sent one.
+    offered_id: str | bytes | None = None
     began: bool = False
 
 

@@ -27,7 +27,6 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -67,7 +66,7 @@ from geopunch.domain.models import DayStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
 from geopunch.domain.timesheets import ListQuery
-from geopunch.logs import request_id_var
+from geopunch.logs import new_request_id, request_id_var
 from geopunch.service import accounts, admin, geofences, punches, scheduler, timesheets
 from geopunch.service.accounts import KeyRing
 from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
@@ -185,7 +184,8 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = request_id_var.set(str(uuid.uuid4()))
+        offered = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        token = request_id_var.set(new_request_id(offered))
         caller = caller_var.set(None)
         started, status = time.perf_counter(), 500
         try:
