@@ -44,6 +44,9 @@ class Config:
     listen: str = DEFAULT_LISTEN
     #: host:port of the HTTP/JSON API; empty: off.
     http_listen: str = ""
+    #: host:port of a listener for /metrics alone (for when the HTTP API is
+    #: off, or kept private); empty: none.
+    metrics_listen: str = ""
     database_url: str = DEFAULT_DATABASE_URL
     api_key_hashes: tuple[bytes, ...] = field(default=(), repr=False)
     log_level: str = "INFO"
@@ -116,6 +119,9 @@ class Config:
             http_listen = ""
         else:
             _check_address(http_listen, "HTTP listen address")
+        metrics_listen = pick("metrics_listen", "GEOPUNCH_METRICS_LISTEN", "")
+        if metrics_listen:
+            _check_address(metrics_listen, "metrics listen address")
         workers = int(pick("max_workers", "GEOPUNCH_MAX_WORKERS", "32"))
         if not 1 <= workers <= 1024:
             raise ValueError("max workers must be within 1..1024")
@@ -136,6 +142,7 @@ class Config:
         return Config(
             listen=listen,
             http_listen=http_listen,
+            metrics_listen=metrics_listen,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
             api_key_hashes=tuple(hash_key(k) for k in keys),
             log_level=level,

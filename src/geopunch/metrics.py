@@ -10,15 +10,18 @@ Each metric is described in docs/operations.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 #: Seconds buckets of a call: a live punch takes about a millisecond, a
@@ -78,6 +81,25 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def serve(listen: str) -> Callable[[], None]:
+    """Serve the metrics (of every process, in multi-process mode) over HTTP
+    on ``listen`` (host:port), on a thread of prometheus-client's; returns
+    the function that stops it."""
+    host, _, port = listen.rpartition(":")
+    registry = REGISTRY
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server, thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
 
 
 def process_ended(pid: int) -> None:

@@ -4,6 +4,7 @@ adds up both workers."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_processes import _one_per_worker
 
 USER = 9170357
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def scrape(http_address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -75,9 +82,9 @@ def test_counters_move_by_the_calls_made(
 
 
 def test_a_scrape_of_either_worker_counts_both(tmp_path: Path) -> None:
-    srv = ServerProcess(
-        db_url=f"sqlite:///{tmp_path / 'm.db'}", env_extra={"GEOPUNCH_PROCESSES": "2"}
-    )
+    own = f"127.0.0.1:{free_port()}"  # the supervisor's metrics listener
+    env = {"GEOPUNCH_PROCESSES": "2", "GEOPUNCH_METRICS_LISTEN": own}
+    srv = ServerProcess(db_url=f"sqlite:///{tmp_path / 'm.db'}", env_extra=env)
     srv.start(tmp_path)
     (a, b), opened = _one_per_worker(srv.address)
     try:
@@ -86,8 +93,8 @@ def test_a_scrape_of_either_worker_counts_both(tmp_path: Path) -> None:
             c(c.timeclock.ClockIn, timeclock_pb2.ClockInRequest(time_clock_id=tc, user_id=user))
         # Scrapes land on either worker (the kernel picks one per connection);
         # each must count the punches of both.
-        for _ in range(6):
-            samples = scrape(srv.http_address)
+        for address in [srv.http_address] * 6 + [own]:
+            samples = scrape(address)
             assert value(samples, "geopunch_punches_total", kind="clock_in", outcome="ok") == 2
             assert (
                 value(samples, "geopunch_calls_total", api="grpc", method="ClockIn", status="OK")
@@ -96,4 +103,24 @@ def test_a_scrape_of_either_worker_counts_both(tmp_path: Path) -> None:
     finally:
         for c in opened:
             c.close()
+        srv.terminate()
+
+
+def test_a_metrics_listener_of_its_own_when_the_http_api_is_off(tmp_path: Path) -> None:
+    own = f"127.0.0.1:{free_port()}"
+    env = {"GEOPUNCH_HTTP_LISTEN": "off", "GEOPUNCH_METRICS_LISTEN": own}
+    srv = ServerProcess(db_url=f"sqlite:///{tmp_path / 'own.db'}", env_extra=env)
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        tc = int(make_time_clock(c).id)
+        c(c.timeclock.ClockIn, timeclock_pb2.ClockInRequest(time_clock_id=tc, user_id=USER))
+        samples = scrape(own)
+        assert value(samples, "geopunch_punches_total", kind="clock_in", outcome="ok") == 1
+        deadline = time.monotonic() + 10  # the index's size is copied every 5 s
+        while value(scrape(own), "geopunch_index_time_clocks") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        c.close()
         srv.terminate()

@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from geopunch import metrics
 from geopunch.adapters.wakeup import Wakeup
-from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
+from geopunch.domain.ports import FenceEngine, FenceListener, UnitOfWorkFactory
 from geopunch.entrypoints.process import SharedGenerations
 from geopunch.service.accounts import KeyRing
 from geopunch.service.index_feed import follow_index_changes, newest_event, prune_index_changes
@@ -28,6 +29,8 @@ HOUSEKEEPING_EVERY_S = 3600.0
 INDEX_CHANGES_KEPT_S = 86400.0
 #: How often a worker of ``serve --processes`` looks whether a sibling committed events.
 EVENT_RELAY_S = 0.02
+#: How often the index's size is copied into the metrics.
+INDEX_GAUGES_EVERY_S = 5.0
 
 
 class _Failures:
@@ -145,6 +148,22 @@ class KeyPurger:
             except Exception:  # the store may be briefly unavailable; try again later
                 failures.failed()
             if self._stopped.wait(HOUSEKEEPING_EVERY_S):
+                return
+
+
+class IndexGauges:
+    """Keeps the fence index's size in the metrics (a scrape of the HTTP
+    listener's /metrics also sets it at once)."""
+
+    def __init__(self, index: FenceEngine, stopped: threading.Event) -> None:
+        self._index, self._stopped = index, stopped
+
+    def run(self) -> None:
+        while True:
+            clocks, fences = self._index.totals()
+            metrics.TIME_CLOCKS.set(clocks)
+            metrics.FENCES.set(fences)
+            if self._stopped.wait(INDEX_GAUGES_EVERY_S):
                 return
 
 

@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         f"(GEOPUNCH_HTTP_LISTEN, default {DEFAULT_HTTP_LISTEN})",
     )
     serve.add_argument(
+        "--metrics-listen",
+        help="host:port of a listener for /metrics alone (GEOPUNCH_METRICS_LISTEN, default none; "
+        "/metrics is also on the HTTP API's listener)",
+    )
+    serve.add_argument(
         "--database-url",
         help=f"SQLAlchemy URL (GEOPUNCH_DATABASE_URL, default {DEFAULT_DATABASE_URL})",
     )
@@ -176,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = Config.from_env(
                 listen=args.listen,
                 http_listen=args.http_listen,
+                metrics_listen=args.metrics_listen,
                 database_url=args.database_url,
                 api_keys=args.api_keys,
                 log_level=args.log_level,

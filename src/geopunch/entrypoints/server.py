@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from geopunch import tracing
+from geopunch import metrics, tracing
 from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
@@ -122,6 +122,13 @@ class Server:
             self.loop.close()
             self._committer.close()
             raise RuntimeError(f"cannot listen on {config.listen}")
+        # A lone server serves its own metrics listener; with several
+        # processes the supervisor serves it for all of them.
+        self._stop_metrics = (
+            metrics.serve(config.metrics_listen)
+            if config.metrics_listen and worker is None
+            else None
+        )
         self.http: HttpServer | None = None
         if config.http_listen:
             self.http = HttpServer(
@@ -280,6 +287,8 @@ class Server:
         if self.worker is not None:
             relay = background.EventRelay(self.worker.generations, self.wakeup, self._stopped)
             self._threads.append(background.start("event-relay", relay.run))
+        gauges = background.IndexGauges(self.index, self._stopped)
+        self._threads.append(background.start("index-gauges", gauges.run))
         if self.config.idempotency_days > 0 and self._housekeeping:
             purger = background.KeyPurger(
                 self._uows, self.config.idempotency_days * 86400, self._stopped
@@ -328,6 +337,8 @@ class Server:
         if self.app is not None:
             self.app.engine.dispose()
         self.loop.close()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         tracing.stop()
         log.info("stopped")
 

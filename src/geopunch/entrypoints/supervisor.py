@@ -126,8 +126,11 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     if not os.environ.get(MULTIPROC_ENV):
         metrics_dir = tempfile.mkdtemp(prefix="geopunch-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
+    stop_metrics = metrics.serve(config.metrics_listen) if config.metrics_listen else None
     ctx = multiprocessing.get_context("spawn")
-    worker_config = replace(config, listen=address, http_listen=http_address, processes=1)
+    worker_config = replace(
+        config, listen=address, http_listen=http_address, metrics_listen="", processes=1
+    )
     generations = SharedGenerations(ctx)
     started: Any = ctx.Queue()
     stop = stop_on_signals()
@@ -162,6 +165,8 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                     workers[n] = start(n)
     finally:
         _drain(workers, config.grace_seconds)
+        if stop_metrics is not None:
+            stop_metrics()
         if metrics_dir is not None:
             del os.environ[MULTIPROC_ENV]
             shutil.rmtree(metrics_dir, ignore_errors=True)
