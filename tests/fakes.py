@@ -54,6 +54,8 @@ class _World:
     accounts: dict[int, _State] = field(default_factory=dict)
     # seq, account, clock, at
     index_changes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: The highest seq purged from the event log.
+    purged_through: int = 0
 
     def of(self, account: int | None) -> _State:
         if account is None:  # housekeeping: no account's rows
@@ -275,6 +277,24 @@ class _Events:
     def append(self, new: Sequence[Event]) -> None:
         seq = self.newest()  # one sequence over every account, as the stores
         self.s.events.extend(replace(e, seq=n) for n, e in enumerate(new, seq + 1))
+
+    def horizon(self) -> int:
+        return self.world.purged_through
+
+    def purge(self, recorded_before: int, limit: int) -> int:
+        """As the stores, with an event's own time as its recording time."""
+        log = sorted(
+            ((e.seq, e.occurred_at, st) for st in self.world.accounts.values() for e in st.events),
+            key=lambda x: x[0],
+        )
+        gone = 0
+        for seq, occurred_at, st in log[:limit]:
+            if occurred_at >= recorded_before:
+                break
+            st.events[:] = [e for e in st.events if e.seq != seq]
+            self.world.purged_through = seq
+            gone += 1
+        return gone
 
     def after(
         self,

@@ -55,6 +55,8 @@ class Config:
     grace_seconds: float = 10.0
     #: Idempotency keys older than this are forgotten; 0 keeps them forever.
     idempotency_days: float = 7.0
+    #: Events recorded longer ago than this are removed; 0 keeps them forever.
+    event_retention_days: float = 30.0
     #: How often the fence index looks for time clocks that other processes changed.
     index_poll_seconds: float = 1.0
     #: Server processes sharing the port and the store (one Python interpreter
@@ -130,6 +132,9 @@ class Config:
             # Punches may arrive up to 12 hours late; a shorter memory would
             # turn a late retry of an accepted punch into a second punch.
             raise ValueError("idempotency days must be 0 (keep forever) or within 1..36500")
+        event_days = float(pick("event_retention_days", "GEOPUNCH_EVENT_RETENTION_DAYS", "30"))
+        if event_days != 0 and not 1 <= event_days <= 36500:
+            raise ValueError("event retention days must be 0 (keep forever) or within 1..36500")
         poll_ms = float(pick("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000"))
         if not 10 <= poll_ms <= 600_000:
             raise ValueError("index poll interval must be within 10..600000 ms")
@@ -148,6 +153,7 @@ class Config:
             log_level=level,
             max_workers=workers,
             idempotency_days=days,
+            event_retention_days=event_days,
             index_poll_seconds=poll_ms / 1000,
             processes=processes,
             max_clock_skew_seconds=skew,

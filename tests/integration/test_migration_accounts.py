@@ -95,10 +95,10 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
         before = {
             t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
             for t in metadata.tables
-            if t not in ("accounts", "api_keys")
+            if t not in ("accounts", "api_keys", "event_horizon")  # made by later revisions
         }
 
-    assert migrate(v6_engine) == "0008"
+    assert migrate(v6_engine) == "0009"
 
     with v6_engine.connect() as conn:
         after = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
@@ -18,6 +19,7 @@ from geopunch.adapters.db.store import (
     current_revision,
     migrate,
 )
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.models import (
     DayStatus,
@@ -727,3 +729,29 @@ def test_postgres_refuses_overlapping_activities_of_a_user_itself() -> None:
         with uows() as uow:  # touching, another user: fine
             uow.activities.add_many([_completed("d", 200, 300), _completed("e", 150, 250, user=2)])
             uow.commit()
+
+
+def test_events_are_purged_oldest_first_and_the_horizon_says_how_far(engine: Engine) -> None:
+    from geopunch.domain.events import Event
+    from geopunch.service.events import events_after, purge_events
+
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.events.append([Event("shiftPublished", 100 + i, {"n": i}) for i in range(5)])
+        uow.commit()
+    with uows(readonly=True) as uow:
+        seqs = [e.seq for e in uow.events.after(0)]
+        assert uow.events.horizon() == 0
+    # Nothing is old enough yet: a purge removes nothing.
+    assert purge_events(uows.factory, time.time(), 3600) == 0
+    # A day later, with a retention of an hour: all of them, two per transaction.
+    assert purge_events(uows.factory, time.time() + 86400, 3600, batch=2) == 5
+    with uows(readonly=True) as uow:
+        assert uow.events.after(0) == [] and uow.events.horizon() == seqs[-1]
+    # A subscriber whose cursor retention passed is told; one from 0 is not.
+    with pytest.raises(DomainError) as err:
+        events_after(uows.factory, DEFAULT_ACCOUNT, seqs[1], [], [])
+    assert err.value.code is ErrorCode.EVENTS_PURGED
+    assert err.value.metadata["purgedThrough"] == str(seqs[-1])
+    assert events_after(uows.factory, DEFAULT_ACCOUNT, 0, [], []) == []
+    assert events_after(uows.factory, DEFAULT_ACCOUNT, seqs[-1], [], []) == []

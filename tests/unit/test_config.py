@@ -52,6 +52,9 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS": "-1"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS": "nan"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS": "86401"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_EVENT_RETENTION_DAYS": "0.5"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_EVENT_RETENTION_DAYS": "-1"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_METRICS_LISTEN": "9100"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
@@ -64,6 +67,15 @@ def test_idempotency_retention() -> None:
     assert Config.from_env(base).idempotency_days == 7
     assert Config.from_env({**base, "GEOPUNCH_IDEMPOTENCY_DAYS": "0"}).idempotency_days == 0
     assert Config.from_env({**base, "GEOPUNCH_IDEMPOTENCY_DAYS": "30"}).idempotency_days == 30
+
+
+def test_event_retention_and_metrics_listener() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    assert Config.from_env(base).event_retention_days == 30
+    assert Config.from_env({**base, "GEOPUNCH_EVENT_RETENTION_DAYS": "0"}).event_retention_days == 0
+    assert Config.from_env(base).metrics_listen == ""
+    listen = {**base, "GEOPUNCH_METRICS_LISTEN": "127.0.0.1:9100"}
+    assert Config.from_env(listen).metrics_listen == "127.0.0.1:9100"
 
 
 def test_index_poll_interval() -> None:

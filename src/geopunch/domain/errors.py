@@ -78,6 +78,7 @@ class ErrorCode(StrEnum):
     ACCOUNT_ALREADY_EXISTS = "ACCOUNT_ALREADY_EXISTS"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+    EVENTS_PURGED = "EVENTS_PURGED"
     CONCURRENT_MODIFICATION = "CONCURRENT_MODIFICATION"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
@@ -165,6 +166,8 @@ STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.ACCOUNT_ALREADY_EXISTS: StatusMapping("ALREADY_EXISTS", 409),
     ErrorCode.API_KEY_NOT_FOUND: _NOT_FOUND,
     ErrorCode.TOO_MANY_STREAMS: StatusMapping("RESOURCE_EXHAUSTED", 429),
+    # A cursor from before the retained log: the events after it are gone.
+    ErrorCode.EVENTS_PURGED: StatusMapping("OUT_OF_RANGE", 410),
     ErrorCode.CONCURRENT_MODIFICATION: StatusMapping("ABORTED", 409),
     ErrorCode.UNAVAILABLE: StatusMapping("UNAVAILABLE", 503),
     ErrorCode.INTERNAL: StatusMapping("INTERNAL", 500),

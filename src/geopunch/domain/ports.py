@@ -165,6 +165,15 @@ class EventRepository(Protocol):
 
     def append(self, new: Sequence[Event]) -> None: ...
 
+    def horizon(self) -> int:
+        """The log holds no event at or below this seq any more (0: none purged)."""
+        ...
+
+    def purge(self, recorded_before: int, limit: int) -> int:
+        """Remove at most ``limit`` of the oldest events recorded before
+        ``recorded_before`` (a prefix of the log, every account's)."""
+        ...
+
     def newest(self) -> int:
         """The newest seq of any account, 0 for none (store-wide)."""
         ...

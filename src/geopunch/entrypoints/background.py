@@ -18,7 +18,6 @@ from geopunch.domain.ports import FenceEngine, FenceListener, UnitOfWorkFactory
 from geopunch.entrypoints.process import SharedGenerations
 from geopunch.service.accounts import KeyRing
 from geopunch.service.index_feed import follow_index_changes, newest_event, prune_index_changes
-from geopunch.service.punches import purge_idempotency_keys
 
 log = logging.getLogger("geopunch")
 
@@ -129,21 +128,28 @@ class IndexFollower(_Pokeable):
             failures.succeeded()
 
 
-class KeyPurger:
-    """Forgets idempotency keys older than ``retention_s``, now and then hourly."""
+class Purger:
+    """Forgets what is older than ``retention_s`` (idempotency keys, events),
+    now and then hourly."""
 
     def __init__(
-        self, uows: UnitOfWorkFactory, retention_s: float, stopped: threading.Event
+        self,
+        what: str,
+        purge: Callable[[UnitOfWorkFactory, float, float], int],
+        uows: UnitOfWorkFactory,
+        retention_s: float,
+        stopped: threading.Event,
     ) -> None:
+        self._what, self._purge = what, purge
         self._uows, self._retention_s, self._stopped = uows, retention_s, stopped
 
     def run(self) -> None:
-        failures = _Failures("idempotency key purge")
+        failures = _Failures(f"{self._what} purge")
         while True:
             try:
-                removed = purge_idempotency_keys(self._uows, time.time(), self._retention_s)
+                removed = self._purge(self._uows, time.time(), self._retention_s)
                 if removed:
-                    log.info("idempotency keys purged", extra={"fields": {"removed": removed}})
+                    log.info(f"{self._what} purged", extra={"fields": {"removed": removed}})
                 failures.succeeded()
             except Exception:  # the store may be briefly unavailable; try again later
                 failures.failed()

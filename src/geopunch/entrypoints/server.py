@@ -39,6 +39,8 @@ from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences
 from geopunch.service.accounts import KeyRing
+from geopunch.service.events import purge_events
+from geopunch.service.punches import purge_idempotency_keys
 
 log = logging.getLogger("geopunch")
 
@@ -289,11 +291,14 @@ class Server:
             self._threads.append(background.start("event-relay", relay.run))
         gauges = background.IndexGauges(self.index, self._stopped)
         self._threads.append(background.start("index-gauges", gauges.run))
-        if self.config.idempotency_days > 0 and self._housekeeping:
-            purger = background.KeyPurger(
-                self._uows, self.config.idempotency_days * 86400, self._stopped
-            )
-            self._threads.append(background.start("idempotency-purge", purger.run))
+        purges = (
+            ("idempotency keys", purge_idempotency_keys, self.config.idempotency_days),
+            ("events", purge_events, self.config.event_retention_days),
+        )
+        for what, purge, days in purges:
+            if days > 0 and self._housekeeping:
+                purger = background.Purger(what, purge, self._uows, days * 86400, self._stopped)
+                self._threads.append(background.start(f"{what} purge", purger.run))
 
     @property
     def _housekeeping(self) -> bool:

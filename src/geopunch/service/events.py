@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.events import Event
-from geopunch.domain.ports import UnitOfWorkFactory
+from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 #: Events read per page while a stream catches up.
 EVENT_PAGE = 500
@@ -22,6 +23,43 @@ def events_after(
     types: Sequence[str],
     time_clock_ids: Sequence[int],
 ) -> list[Event]:
-    """The next page of ``account``'s events after ``after``, filtered."""
+    """The next page of ``account``'s events after ``after``, filtered.
+
+    ``after`` 0 reads from the oldest event kept; a cursor that retention has
+    passed is EVENTS_PURGED, so a subscriber learns it missed events instead
+    of silently going on after a gap."""
     with uows(account=account, readonly=True) as uow:
+        _check_resumable(uow, after)
         return uow.events.after(after, EVENT_PAGE, list(types), list(time_clock_ids))
+
+
+def check_resumable(uows: UnitOfWorkFactory, account: int, after: int) -> None:
+    """EVENTS_PURGED when retention removed events after ``after`` (before a
+    stream starts, so that the refusal can still be its status)."""
+    with uows(account=account, readonly=True) as uow:
+        _check_resumable(uow, after)
+
+
+def _check_resumable(uow: UnitOfWork, after: int) -> None:
+    horizon = uow.events.horizon()
+    if 0 < after < horizon:
+        raise DomainError(
+            ErrorCode.EVENTS_PURGED,
+            f"the events after seq {after} up to {horizon} are no longer kept "
+            "(retention); resume from 0 for the oldest kept, and reconcile what was missed",
+            {"purgedThrough": str(horizon)},
+        )
+
+
+def purge_events(uows: UnitOfWorkFactory, now: float, retention_s: float, batch: int = 1000) -> int:
+    """Forget events recorded more than ``retention_s`` before ``now``, oldest
+    first, ``batch`` per transaction (writers wait for one short one at most)."""
+    cutoff = int(now - retention_s)
+    total = 0
+    while True:
+        with uows() as uow:
+            removed = uow.events.purge(cutoff, batch)
+            uow.commit()
+        total += removed
+        if removed < batch:
+            return total

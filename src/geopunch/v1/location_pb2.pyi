@@ -603,7 +603,9 @@ class WatchEventsRequest(_message.Message):
     TIME_CLOCK_IDS_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
     after_seq: _builtins.int
-    """Resume after this event (0: from the start of the log)."""
+    """Resume after this event (0: from the oldest event kept). A cursor that
+    retention has passed is OUT_OF_RANGE (EVENTS_PURGED).
+    """
     @_builtins.property
     def time_clock_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Only events of these time clocks (empty: all, including events of no clock)."""

@@ -336,8 +336,18 @@ events = Table(
     Column("scheduler_id", BigInteger, nullable=True),
     Column("user_id", BigInteger, nullable=True),
     Column("payload", JSON, nullable=False),
+    #: When it was appended (retention counts from here).
+    Column("recorded_at", BigInteger, nullable=True),
 )
 Index("ix_events_account", events.c.account_id, events.c.seq)
+
+#: One row: the log holds no event at or below ``purged_through`` any more.
+event_horizon = Table(
+    "event_horizon",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("purged_through", BigInteger, nullable=False),
+)
 
 # Live positions: per trail (user, time clock), the last accepted sample's time
 # and the fences the trail is inside.

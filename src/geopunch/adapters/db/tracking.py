@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     Connection,
     String,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -26,7 +28,7 @@ from geopunch.adapters.db.prepared import (
     integrity_error,
 )
 from geopunch.adapters.db.repositories import AccountScoped
-from geopunch.adapters.db.tables import events, live_trails
+from geopunch.adapters.db.tables import event_horizon, events, live_trails
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event, LiveTrail
 
@@ -152,7 +154,7 @@ class SqlEventRepository(AccountScoped):
     def append(self, new: Sequence[Event]) -> None:
         if not new:
             return
-        acct = self.account
+        acct, now = self.account, int(time.time())
         self.appended = True
         in_seq_order(self._conn, _EVENTS_LOCK)  # subscribers resume from a seq
         _INSERT_EVENT.many(
@@ -166,10 +168,39 @@ class SqlEventRepository(AccountScoped):
                     "scheduler_id": e.scheduler_id,
                     "user_id": e.user_id,
                     "payload": e.payload,
+                    "recorded_at": now,
                 }
                 for e in new
             ],
         )
+
+    def horizon(self) -> int:
+        """The log holds no event at or below this seq any more (0: none purged)."""
+        return int(self._conn.execute(select(event_horizon.c.purged_through)).scalar() or 0)
+
+    def purge(self, recorded_before: int, limit: int) -> int:
+        """Remove the oldest events, of every account, recorded before
+        ``recorded_before``: at most ``limit``, and only a prefix of the log
+        (the first newer event stops it), so the horizon says exactly what
+        is gone."""
+        oldest = self._conn.execute(
+            select(events.c.seq, events.c.recorded_at).order_by(events.c.seq).limit(limit)
+        ).all()
+        gone = []
+        for seq, recorded_at in oldest:
+            if recorded_at is not None and recorded_at >= recorded_before:
+                break
+            gone.append(seq)
+        if not gone:
+            return 0
+        self._conn.execute(delete(events).where(events.c.seq <= gone[-1]))
+        # Only forward: another replica's purge may have gone further meanwhile.
+        self._conn.execute(
+            update(event_horizon)
+            .where(event_horizon.c.id == 1, event_horizon.c.purged_through < gone[-1])
+            .values(purged_through=gone[-1])
+        )
+        return len(gone)
 
     def newest(self) -> int:
         """The newest seq of any account, 0 for none (store-wide)."""

@@ -69,7 +69,7 @@ from geopunch.domain.timesheets import ListQuery
 from geopunch.logs import new_request_id, request_id_var
 from geopunch.service import accounts, admin, geofences, punches, scheduler, timesheets
 from geopunch.service.accounts import KeyRing
-from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
+from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, check_resumable, events_after
 from geopunch.service.locations import LocationBatch, check_locations
 
 _PUNCH_KINDS = {
@@ -825,6 +825,7 @@ def create_app(deps: HttpDeps) -> Any:
             if not last_event_id.isdigit() or int(last_event_id) >= 2**63:
                 raise DomainError(ErrorCode.INVALID_ARGUMENT, "Last-Event-ID must be a seq")
             after = int(last_event_id)
+        await asyncio.to_thread(check_resumable, deps.uows, who.account_id, after)
         return StreamingResponse(
             _events(who.account_id, after, types, timeClockIds, request),
             media_type="text/event-stream",
