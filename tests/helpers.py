@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import grpc
@@ -14,8 +16,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import Engine, create_engine, text
 
-from geopunch.adapters.db.store import SqlUnitOfWork, SqlUnitOfWorkFactory
+from geopunch.adapters.db.store import SqlUnitOfWork, SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
+from geopunch.domain.models import TimeClock
 
 PG_URL = os.environ.get("GEOPUNCH_TEST_PG_URL", "")
 
@@ -109,3 +112,26 @@ class SetClock:
 
     def now(self) -> float:
         return self.t
+
+
+_STORE_TEMPLATES: dict[tuple[object, ...], bytes] = {}
+
+
+def seeded_sqlite(path: Path, clocks: Sequence[TimeClock]) -> Engine:
+    """A SQLite store at ``path``, migrated and holding ``clocks``: a copy of
+    one built once per set of clocks (migrating afresh for every example of
+    a property test cost most of its time)."""
+    key = tuple(clocks)
+    if key not in _STORE_TEMPLATES:
+        with TemporaryDirectory() as tmp:
+            template = Path(tmp) / "template.db"
+            engine = make_engine(f"sqlite:///{template}")
+            migrate(engine)
+            with AccountStore(engine)() as uow:
+                for tc in clocks:
+                    uow.time_clocks.add(tc)
+                uow.commit()
+            engine.dispose()
+            _STORE_TEMPLATES[key] = template.read_bytes()
+    path.write_bytes(_STORE_TEMPLATES[key])
+    return make_engine(f"sqlite:///{path}")

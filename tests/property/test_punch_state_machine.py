@@ -14,14 +14,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from geopunch.adapters.db.store import (
     GroupCommitter,
-    make_engine,
-    migrate,
 )
 from geopunch.domain.errors import DomainError
 from geopunch.domain.models import Job, ManualBreakType, TimeClock
 from geopunch.domain.punches import ActivityKind, PunchCommand, PunchKind
 from geopunch.service import punches
-from tests.helpers import AccountStore, SetClock
+from tests.helpers import AccountStore, SetClock, seeded_sqlite
 
 CLOCKS = (1, 2)
 USERS = (10,)
@@ -73,35 +71,13 @@ offsets = st.one_of(
 steps = st.one_of(st.sampled_from([0, 1, 45, 46, 554, 555, 600]), st.integers(0, 4000))
 
 
-_TEMPLATE: list[bytes] = []
-
-
-def _template() -> bytes:
-    """The bytes of a migrated store holding the test's time clocks (built once)."""
-    if not _TEMPLATE:
-        with TemporaryDirectory() as tmp:
-            path = Path(tmp) / "template.db"
-            engine = make_engine(f"sqlite:///{path}")
-            migrate(engine)
-            uows = AccountStore(engine)
-            with uows() as uow:
-                for i in CLOCKS:
-                    uow.time_clocks.add(time_clock(i))
-                uow.commit()
-            engine.dispose()
-            _TEMPLATE.append(path.read_bytes())
-    return _TEMPLATE[0]
-
-
 class PunchMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = TemporaryDirectory()
         # Each example starts from a copy of one migrated and seeded store:
         # migrating afresh per example cost most of this test's time.
-        db = Path(self.tmp.name) / "sm.db"
-        db.write_bytes(_template())
-        self.engine = make_engine(f"sqlite:///{db}")
+        self.engine = seeded_sqlite(Path(self.tmp.name) / "sm.db", [time_clock(i) for i in CLOCKS])
         self.uows = AccountStore(self.engine)
         self.clock = SetClock(T0)
         self.model = {(c, u): UserModel() for c in CLOCKS for u in USERS}

@@ -15,7 +15,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from geopunch.adapters.db.store import make_engine, migrate
 from geopunch.domain.errors import DomainError
 from geopunch.domain.models import Job, ManualBreakType, TimeClock
 from geopunch.domain.punches import Activity, ActivityKind, PunchCommand, PunchKind
@@ -28,7 +27,7 @@ from geopunch.domain.timesheets import (
     UserActivities,
 )
 from geopunch.service import punches, timesheets
-from tests.helpers import AccountStore, SetClock
+from tests.helpers import AccountStore, SetClock, seeded_sqlite
 
 TC = 7
 USERS = (10, 11, 12)
@@ -71,22 +70,6 @@ CLOCK = TimeClock(
     manual_break_types=(ManualBreakType("rest", "Rest", is_paid=True), ManualBreakType("nap", "")),
 )
 
-_TEMPLATE: list[bytes] = []
-
-
-def _template() -> bytes:
-    if not _TEMPLATE:
-        with TemporaryDirectory() as tmp:
-            path = Path(tmp) / "template.db"
-            engine = make_engine(f"sqlite:///{path}")
-            migrate(engine)
-            with AccountStore(engine)() as uow:
-                uow.time_clocks.add(CLOCK)
-                uow.commit()
-            engine.dispose()
-            _TEMPLATE.append(path.read_bytes())
-    return _TEMPLATE[0]
-
 
 users = st.sampled_from(USERS)
 
@@ -95,9 +78,7 @@ class TimesheetMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = TemporaryDirectory()
-        db = Path(self.tmp.name) / "ts.db"
-        db.write_bytes(_template())
-        self.engine = make_engine(f"sqlite:///{db}")
+        self.engine = seeded_sqlite(Path(self.tmp.name) / "ts.db", [CLOCK])
         self.uows = AccountStore(self.engine)
         self.clock = SetClock(T0)
         self.model = {u: Model() for u in USERS}

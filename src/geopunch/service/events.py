@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.events import Event
@@ -55,10 +55,17 @@ def purge_events(uows: UnitOfWorkFactory, now: float, retention_s: float, batch:
     """Forget events recorded more than ``retention_s`` before ``now``, oldest
     first, ``batch`` per transaction (writers wait for one short one at most)."""
     cutoff = int(now - retention_s)
+    return in_batches(uows, lambda uow: uow.events.purge(cutoff, batch), batch)
+
+
+def in_batches(uows: UnitOfWorkFactory, remove: Callable[[UnitOfWork], int], batch: int) -> int:
+    """Run ``remove`` (which removes at most ``batch`` rows) in a transaction
+    of its own until it removes fewer; the total removed. Housekeeping in
+    short transactions: writers waiting for the lock wait for one at most."""
     total = 0
     while True:
         with uows() as uow:
-            removed = uow.events.purge(cutoff, batch)
+            removed = remove(uow)
             uow.commit()
         total += removed
         if removed < batch:

@@ -44,6 +44,7 @@ from geopunch.domain.punches import (
     plan_punch,
 )
 from geopunch.service.admin import get_time_clock
+from geopunch.service.events import in_batches
 from geopunch.tracing import tracer
 
 T = TypeVar("T")
@@ -378,14 +379,7 @@ def purge_idempotency_keys(
     write lock meanwhile wait for one short transaction at most.
     """
     cutoff = int(now - retention_s)
-    total = 0
-    while True:
-        with uows() as uow:
-            removed = uow.idempotency.purge(cutoff, batch)
-            uow.commit()
-        total += removed
-        if removed < batch:
-            return total
+    return in_batches(uows, lambda uow: uow.idempotency.purge(cutoff, batch), batch)
 
 
 def list_manual_breaks(uows: UnitOfWorkFactory, account: int, time_clock_id: int) -> TimeClock:
