@@ -88,9 +88,16 @@ def test_time_activities_round_trip_over_http(http: httpx.Client, client: Client
         json={**_span(day, day + 2 * H), "modifiedAt": shift["modifiedAt"]},
     )
     assert (stale.status_code, stale.json()["code"]) == (409, "STALE_MODIFIED_AT")
-    gone = http.delete(f"{_path(tc)}/{rest['id']}", params={"modifiedAt": rest["modifiedAt"]})
+    # The shift now ends an hour before the break: the break was changed too
+    # (no longer a switch from it), so the version read first is stale.
+    stale = http.delete(f"{_path(tc)}/{rest['id']}", params={"modifiedAt": rest["modifiedAt"]})
+    assert (stale.status_code, stale.json()["code"]) == (409, "STALE_MODIFIED_AT")
+    listed = http.get(_path(tc), params={"startTime": day - H, "endTime": day + 24 * H}).json()
+    (now_rest,) = [a for a in listed["data"]["timeActivities"] if a["id"] == rest["id"]]
+    assert (now_rest["jobId"], now_rest["isSwitchFromShift"]) == (None, False)
+    gone = http.delete(f"{_path(tc)}/{rest['id']}", params={"modifiedAt": now_rest["modifiedAt"]})
     assert gone.status_code == 200 and gone.json()["data"]["timeActivity"]["id"] == rest["id"]
-    again = http.delete(f"{_path(tc)}/{rest['id']}", params={"modifiedAt": rest["modifiedAt"]})
+    again = http.delete(f"{_path(tc)}/{rest['id']}", params={"modifiedAt": now_rest["modifiedAt"]})
     assert (again.status_code, again.json()["code"]) == (404, "TIME_ACTIVITY_NOT_FOUND")
 
 

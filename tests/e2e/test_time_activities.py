@@ -627,3 +627,34 @@ def test_racing_punches_and_time_activities_never_overlap(c: Client) -> None:
     )
     for (s1, e1), (s2, _) in itertools.pairwise(spans):
         assert e1 <= s2 or s1 == e1, f"overlap: [{s1}, {e1}) and [{s2}, ...)"
+
+
+def test_breaks_follow_their_shift_through_corrections(c: Client) -> None:
+    """A break is attributed to the shift it starts as it ends; correcting or
+    deleting that shift keeps the rule true, and each change is audited."""
+    tc = clock(c)
+    day = days_ago(7)
+    first, rest = create(
+        c,
+        tc,
+        {
+            "userId": USER,
+            "shifts": [shift(day, day + 2 * H, jobId="job-123")],
+            "manualBreaks": [brk(day + 2 * H, day + 2 * H + 900)],
+        },
+    )
+    assert rest["jobId"] == "job-123" and rest["isSwitchFromShift"]
+
+    def the_break() -> dict[str, Any]:
+        (found,) = [a for a in every(c, tc, day - H, day + 24 * H) if a["id"] == rest["id"]]
+        return found
+
+    moved = update(c, tc, first, end={"timestamp": day + H})  # now ends an hour before it
+    assert (the_break()["jobId"], the_break()["isSwitchFromShift"]) == ("", False)
+    back = update(c, tc, moved, end={"timestamp": day + 2 * H}, jobId="job-456")
+    assert (the_break()["jobId"], the_break()["isSwitchFromShift"]) == ("job-456", True)
+    delete(c, tc, back)
+    assert (the_break()["jobId"], the_break()["isSwitchFromShift"]) == ("", False)
+    log = [e for e in events_of(c, time_clock_ids=[tc]) if e.type == "timeActivityUpdated"]
+    touched = [json_format.MessageToDict(e.payload)["activityId"] for e in log]
+    assert touched == [first["id"], rest["id"], first["id"], rest["id"], rest["id"]]

@@ -498,6 +498,35 @@ def judge_against_store(
     return [result[p.activity.id] for p in planned]
 
 
+def reattributed_breaks(
+    shift_id: str, shift: Activity | None, nearby: Iterable[Activity], stamp: int
+) -> list[tuple[Activity, Activity]]:
+    """The completed breaks whose attribution changes when the completed shift
+    ``shift_id`` is corrected into ``shift`` (None: deleted), as (before,
+    after) pairs: one that followed it and no longer starts as it ends loses
+    its job and scheduler shift; one that starts as it now ends takes them
+    (the creation rule, kept true after corrections). Open breaks change by
+    punches only."""
+    end = shift.end.timestamp if shift is not None and shift.end is not None else None
+    changed = []
+    for b in nearby:
+        if b.kind is not ActivityKind.BREAK or b.end is None:
+            continue
+        after = b
+        if shift is not None and b.start.timestamp == end:
+            after = replace(
+                b,
+                job_id=shift.job_id,
+                scheduler_shift_id=shift.scheduler_shift_id,
+                from_shift_id=shift_id,
+            )
+        elif b.from_shift_id == shift_id:
+            after = replace(b, job_id=None, scheduler_shift_id=None, from_shift_id=None)
+        if after != b:
+            changed.append((b, replace(after, modified_at=max(stamp, b.modified_at + 1))))
+    return changed
+
+
 def locked_day(a: Activity, statuses: Mapping[date, DayStatus]) -> tuple[date, DayStatus] | None:
     """The first locked or approved day the activity touches, with its status."""
     for day in touched_days(a):

@@ -24,6 +24,7 @@ from geopunch.domain.ports import Clock, FenceEngine, UnitOfWork, UnitOfWorkFact
 from geopunch.domain.punches import (
     MAX_IDEMPOTENCY_KEY,
     Activity,
+    ActivityKind,
     SchedulerShiftCheck,
     new_activity_id,
     timesheet_day,
@@ -47,6 +48,7 @@ from geopunch.domain.timesheets import (
     next_page_token,
     plan_correction,
     plan_time_activities,
+    reattributed_breaks,
     span_of,
     totals,
     user_statuses,
@@ -225,6 +227,7 @@ def update_time_activity(
         uow.events.append(
             [activity_event(EventType.TIME_ACTIVITY_UPDATED, int(now), current, corrected)]
         )
+        _breaks_follow(uow, current, corrected, int(now))
         return corrected
 
     return _retrying(uows, account, work)
@@ -249,9 +252,25 @@ def delete_time_activity(
         uow.activities.remove(current.id, current.modified_at)
         stamp = int(clock.now())
         uow.events.append([activity_event(EventType.TIME_ACTIVITY_DELETED, stamp, current, None)])
+        _breaks_follow(uow, current, None, stamp)
         return current
 
     return _retrying(uows, account, work)
+
+
+def _breaks_follow(uow: UnitOfWork, before: Activity, after: Activity | None, stamp: int) -> None:
+    """Re-attribute the breaks around a corrected or deleted shift, each
+    change stored and audited like any correction."""
+    if before.kind is not ActivityKind.SHIFT or before.end is None:
+        return
+    ends = [before.end.timestamp] + ([after.end.timestamp] if after and after.end else [])
+    nearby = uow.activities.near(before.time_clock_id, [before.user_id], min(ends), max(ends))
+    changed = reattributed_breaks(before.id, after, nearby.get(before.user_id, []), stamp)
+    for old, new in changed:
+        uow.activities.replace(new, old.modified_at)
+    uow.events.append(
+        [activity_event(EventType.TIME_ACTIVITY_UPDATED, stamp, old, new) for old, new in changed]
+    )
 
 
 @dataclass(frozen=True, slots=True)
