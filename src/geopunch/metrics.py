@@ -76,11 +76,16 @@ FENCES = Gauge(
 def exposition() -> tuple[bytes, str]:
     """The metrics as a scrape gets them (of every process when several write
     them), and their content type."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def _registry() -> CollectorRegistry:
+    """This process's registry, or one that adds up every process's files."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def serve(listen: str) -> Callable[[], None]:
@@ -88,11 +93,7 @@ def serve(listen: str) -> Callable[[], None]:
     on ``listen`` (host:port), on a thread of prometheus-client's; returns
     the function that stops it."""
     host, _, port = listen.rpartition(":")
-    registry = REGISTRY
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    server, thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+    server, thread = start_http_server(int(port), host.strip("[]"), registry=_registry())
 
     def stop() -> None:
         server.shutdown()

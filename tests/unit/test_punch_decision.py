@@ -349,3 +349,12 @@ def test_every_reason_the_decision_gives_is_tested_here() -> None:
     here = Path(__file__).read_text()
     untested = sorted(code for code in raised if f'"{code}"' not in here)
     assert not untested
+
+
+def test_an_idempotency_key_is_at_most_128_characters() -> None:
+    from geopunch.domain.punches import check_idempotency_key
+
+    check_idempotency_key("k" * 128)
+    with pytest.raises(DomainError) as err:
+        check_idempotency_key("k" * 129)
+    assert err.value.code.value == "INVALID_ARGUMENT"

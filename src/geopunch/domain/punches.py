@@ -120,6 +120,14 @@ class PunchResult:
     resumed_shift: Activity | None = None
 
 
+def check_idempotency_key(key: str) -> None:
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise DomainError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
+        )
+
+
 def punch_time(cmd: PunchCommand, now: float) -> int:
     """The punch's Unix second: the supplied one after the window rules, or now."""
     if cmd.timestamp is None:

@@ -173,13 +173,7 @@ def plan_correction(
     tc: TimeClock, current: Activity, change: Correction, now: float, out: Collector
 ) -> Activity | None:
     """The corrected activity (same id, kind and user), or None with its problems in ``out``."""
-    if change.modified_at != current.modified_at:
-        raise DomainError(
-            ErrorCode.STALE_MODIFIED_AT,
-            f"activity {current.id} was modified at {current.modified_at}, after the "
-            f"{change.modified_at} this change was based on; read it again",
-            {"activityId": current.id, "modifiedAt": str(current.modified_at)},
-        )
+    check_version(current, change.modified_at, "change")
     if current.kind is ActivityKind.SHIFT:
         if change.manual_break_id:
             out.add("manual_break_id", ErrorCode.INVALID_ARGUMENT, "a shift has no break type")
@@ -207,13 +201,13 @@ def plan_correction(
     )
 
 
-def check_deletable(current: Activity, modified_at: int) -> None:
-    check_completed(current)
-    if modified_at != current.modified_at:
+def check_version(current: Activity, read_modified_at: int, what: str) -> None:
+    """STALE_MODIFIED_AT unless ``current`` is still the version the caller read."""
+    if read_modified_at != current.modified_at:
         raise DomainError(
             ErrorCode.STALE_MODIFIED_AT,
             f"activity {current.id} was modified at {current.modified_at}, after the "
-            f"{modified_at} this deletion was based on; read it again",
+            f"{read_modified_at} this {what} was based on; read it again",
             {"activityId": current.id, "modifiedAt": str(current.modified_at)},
         )
 

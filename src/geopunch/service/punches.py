@@ -28,7 +28,6 @@ from geopunch.domain.ports import (
     UnitOfWorkFactory,
 )
 from geopunch.domain.punches import (
-    MAX_IDEMPOTENCY_KEY,
     Activity,
     ActivityKind,
     PunchCommand,
@@ -38,6 +37,7 @@ from geopunch.domain.punches import (
     PunchPoint,
     PunchResult,
     SchedulerShiftCheck,
+    check_idempotency_key,
     decide_punch,
     fence_job,
     has_point,
@@ -92,11 +92,7 @@ async def punch(
 ) -> PunchOutcome:
     """Apply one punch of ``account`` durably. ``submit`` commits the work (a
     group committer's, or ``run_alone``); a lost race runs it again from scratch."""
-    if len(cmd.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise DomainError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
-        )
+    check_idempotency_key(cmd.idempotency_key)
     now = clock.now()  # the window rules judge the time of receipt
     body_hash = command_hash(cmd) if cmd.idempotency_key else ""
     if fences is not None and fences.view(account).time_clock(cmd.time_clock_id) is None:

@@ -14,18 +14,18 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import TypeVar
 
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import EventType
-from geopunch.domain.models import TimeClock
+from geopunch.domain.models import DayStatus, TimeClock
 from geopunch.domain.ports import Clock, FenceEngine, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.punches import (
-    MAX_IDEMPOTENCY_KEY,
     Activity,
     ActivityKind,
     SchedulerShiftCheck,
+    check_idempotency_key,
     new_activity_id,
     timesheet_day,
 )
@@ -40,9 +40,9 @@ from geopunch.domain.timesheets import (
     UserTotals,
     activity_event,
     check_completed,
-    check_deletable,
     check_list_query,
     check_status_users,
+    check_version,
     judge_against_store,
     locked_day,
     next_page_token,
@@ -82,6 +82,16 @@ def _retrying(uows: UnitOfWorkFactory, account: int, work: Callable[[UnitOfWork]
     )
 
 
+def _day_statuses(
+    uow: UnitOfWork, time_clock_id: int, users: Sequence[int], lo: int, hi: int
+) -> dict[int, dict[date, DayStatus]]:
+    """The users' day statuses around ``[lo, hi]``: a day either side of the
+    span in UTC covers every day an activity in it touches, in any zone."""
+    first = timesheet_day(lo, "UTC") - timedelta(days=1)
+    last = timesheet_day(hi, "UTC") + timedelta(days=1)
+    return uow.time_clocks.day_statuses_of(time_clock_id, users, first, last)
+
+
 def _judge(
     uow: UnitOfWork,
     tc: TimeClock,
@@ -96,11 +106,7 @@ def _judge(
     lo, hi = span_of(p.activity for p in planned)
     near = uow.activities.near(tc.id, users, lo, hi)
     stored = {u: [a for a in acts if a.id != leave_out] for u, acts in near.items()}
-    # Every day a planned activity can touch: a day either side of its span
-    # covers every zone's offset from UTC.
-    first = timesheet_day(lo, "UTC") - timedelta(days=1)
-    last = timesheet_day(hi, "UTC") + timedelta(days=1)
-    days = uow.time_clocks.day_statuses_of(tc.id, users, first, last)
+    days = _day_statuses(uow, tc.id, users, lo, hi)
     checks: dict[tuple[str, int], SchedulerShiftCheck] = {}
     for p in planned:
         a = p.activity
@@ -122,11 +128,7 @@ def create_time_activities(
 ) -> list[Activity]:
     """Record 1..1000 completed shifts and breaks, all or none, in request
     order; with an idempotency key a retry answers the first result."""
-    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise DomainError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
-        )
+    check_idempotency_key(idempotency_key)
     body_hash = _digest(time_clock_id, groups) if idempotency_key else ""
 
     def work(uow: UnitOfWork) -> list[Activity]:
@@ -188,9 +190,9 @@ def _existing(uow: UnitOfWork, time_clock_id: int, activity_id: str) -> Activity
 def _check_unlocked(uow: UnitOfWork, tc: TimeClock, current: Activity) -> None:
     """An activity on a locked or approved day stays as it is."""
     assert current.end is not None
-    first = timesheet_day(current.start.timestamp, "UTC") - timedelta(days=1)
-    last = timesheet_day(current.end.timestamp, "UTC") + timedelta(days=1)
-    statuses = uow.time_clocks.day_statuses_of(tc.id, [current.user_id], first, last)
+    statuses = _day_statuses(
+        uow, tc.id, [current.user_id], current.start.timestamp, current.end.timestamp
+    )
     locked = locked_day(current, statuses.get(current.user_id, {}))
     if locked is not None:
         day, status = locked
@@ -247,7 +249,7 @@ def delete_time_activity(
     def work(uow: UnitOfWork) -> Activity:
         tc = time_clock_settings(uow, fences, account, time_clock_id)
         current = _existing(uow, time_clock_id, activity_id)
-        check_deletable(current, modified_at)
+        check_version(current, modified_at, "deletion")
         _check_unlocked(uow, tc, current)
         uow.activities.remove(current.id, current.modified_at)
         stamp = int(clock.now())
