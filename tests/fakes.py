@@ -19,7 +19,7 @@ from typing import Self
 
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.events import Event, LiveTrail
+from geopunch.domain.events import Event, LiveTrail, new_event_id
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PunchPoint, PunchState
 from geopunch.domain.rules import MAX_ENTITY_ID
@@ -266,8 +266,8 @@ class _Shifts:
 
 
 class _Events:
-    def __init__(self, s: _State, world: _World) -> None:
-        self.s, self.world = s, world
+    def __init__(self, s: _State, world: _World, account: int | None) -> None:
+        self.s, self.world, self.account = s, world, account
 
     def newest(self) -> int:
         return max(
@@ -276,7 +276,10 @@ class _Events:
 
     def append(self, new: Sequence[Event]) -> None:
         seq = self.newest()  # one sequence over every account, as the stores
-        self.s.events.extend(replace(e, seq=n) for n, e in enumerate(new, seq + 1))
+        self.s.events.extend(
+            replace(e, seq=n, id=e.id or new_event_id(), account_id=self.account)
+            for n, e in enumerate(new, seq + 1)
+        )
 
     def horizon(self) -> int:
         return self.world.purged_through
@@ -364,7 +367,7 @@ class _Repositories:
         self.idempotency = _Idempotency(s, store, world)
         self.schedulers = _Schedulers(s)
         self.shifts = _Shifts(s)
-        self.events = _Events(s, world)
+        self.events = _Events(s, world, self.account)
         self.locations = _Locations(s)
         self.index_changes = _IndexChanges(world, store, self.account)
 

@@ -322,6 +322,7 @@ class ReferenceView:
             range(n), key=lambda i: (int(user_ids[i]), int(time_clock_ids[i]), int(timestamps[i]))
         )
         exits: list[tuple[int, str, bool]] = []
+        entries: list[tuple[int, str]] = []
         final: dict[tuple[int, int], set[str]] = {}
         group_job: dict[tuple[int, int], str | None] = {}
         for i in order:
@@ -331,6 +332,7 @@ class ReferenceView:
             if status[i] != PointStatus.OK:
                 continue
             left = sorted(state - reach_of[i])
+            entries.extend((i, fid) for fid in sorted(inside_of[i] - state))
             state &= reach_of[i]
             state |= inside_of[i]
             tc = self._clocks[pair[1]]
@@ -355,6 +357,8 @@ class ReferenceView:
                 [action[(int(time_clock_ids[i]), fid)] for i, fid, _ in exits], np.int8
             ),
             exit_other_inside=np.array([o for _, _, o in exits], np.bool_),
+            enter_samples=np.array([i for i, _ in entries], np.int64),
+            enter_fence_ids=ListIds([fid for _, fid in entries]),
             final=HeldCarry(
                 Held(
                     np.array([u for u, _, _ in final_rows], np.int64),

@@ -111,7 +111,7 @@ def test_a_subscriber_on_one_worker_gets_the_other_workers_events(
     time.sleep(0.5)  # the stream waits at the end of the log
     report_locations(b, samples(tc, [0, 500], unix_now() - 60, user))
     listener.join(20)
-    assert [e.type for e in received] == ["geofenceExit"]
+    assert [e.type for e in received] == ["geofenceEnter"]
 
 
 def _worker_pids(srv: ServerProcess) -> dict[int, int]:

@@ -175,11 +175,14 @@ def test_leaving_an_auto_clock_out_fence_closes_the_shift(client: Client) -> Non
         grpc.StatusCode.FAILED_PRECONDITION,
         "NO_OPEN_SHIFT",
     )
-    events = watch(client, count=2, time_clock_ids=[tc])
-    assert [e.type for e in events] == ["geofenceExit", "autoClockOut"]
-    assert events[1].payload["shiftId"] == shift_id
-    assert events[1].payload["timestamp"] == t0 + 21
-    assert events[0].seq < events[1].seq
+    events = watch(client, count=4, time_clock_ids=[tc])
+    assert [e.type for e in events] == ["clockIn", "geofenceEnter", "geofenceExit", "autoClockOut"]
+    assert events[0].payload["activityId"] == shift_id
+    assert (events[1].payload["fenceId"], events[1].payload["timestamp"]) == (fid, t0 + 10)
+    assert events[3].payload["shiftId"] == shift_id
+    assert events[3].payload["timestamp"] == t0 + 21
+    assert [e.seq for e in events] == sorted({e.seq for e in events})
+    assert len({e.id for e in events}) == 4 and all(e.id.startswith("evt_") for e in events)
 
 
 def test_a_second_fence_prevents_the_automatic_clock_out(client: Client) -> None:
@@ -196,8 +199,14 @@ def test_a_second_fence_prevents_the_automatic_clock_out(client: Client) -> None
     out = report(client, samples(tc, [600], t0 + 10, user))
     (exit_event,) = out.results.exits
     assert (exit_event.fence_id, exit_event.outcome) == (yard, "notified")
-    events = watch(client, count=3, time_clock_ids=[tc])
-    assert [e.type for e in events] == ["geofenceExit", "geofenceExit", "exitNotification"]
+    events = watch(client, count=6, time_clock_ids=[tc])
+    assert [e.type for e in events] == [
+        "clockIn",
+        *["geofenceEnter"] * 2,  # the first sample is inside both
+        *["geofenceExit"] * 2,
+        "exitNotification",
+    ]
+    assert {e.payload["fenceId"] for e in events[1:3]} == {site, yard}
     # The shift is still open: a normal clock-out works.
     client(client.timeclock.ClockOut, timeclock_pb2.ClockOutRequest(time_clock_id=tc, user_id=user))
 
@@ -226,13 +235,14 @@ def test_a_reconnecting_subscriber_gets_every_event_exactly_once(client: Client)
     t0 = now() - 3000
     for k in range(3):  # each round: in, out -> geofenceExit + exitNotification
         report(client, samples(tc, [0, 500], t0 + 10 * k, user))
-    got = watch(client, count=4, time_clock_ids=[tc])
+    wanted = ["geofenceExit", "exitNotification"]
+    got = watch(client, count=4, time_clock_ids=[tc], types=wanted)
     cursor = got[-1].seq
     # While nobody listens, more events are committed...
     for k in range(3, 5):
         report(client, samples(tc, [0, 500], t0 + 10 * k, user))
     # ...and a reconnect from the cursor receives exactly the rest, in order.
-    rest = watch(client, after=cursor, count=6, time_clock_ids=[tc])
+    rest = watch(client, after=cursor, count=6, time_clock_ids=[tc], types=wanted)
     seqs = [e.seq for e in got + rest]
     assert len(set(seqs)) == 10 and seqs == sorted(seqs)
     assert [e.type for e in got + rest] == ["geofenceExit", "exitNotification"] * 5
@@ -245,7 +255,9 @@ def test_a_live_subscriber_is_woken_by_new_events(client: Client) -> None:
     tc, _ = clock_with_fences(client, user, (0, 100, "noAction"))
     received: list[location_pb2.Event] = []
     listener = threading.Thread(
-        target=lambda: received.extend(watch(client, count=1, time_clock_ids=[tc], timeout=20))
+        target=lambda: received.extend(
+            watch(client, count=1, time_clock_ids=[tc], types=["geofenceExit"], timeout=20)
+        )
     )
     listener.start()
     time.sleep(0.5)  # the stream is now waiting at the end of the log

@@ -81,13 +81,17 @@ def _exits(r: TrailVerdict) -> list[tuple[int, str, int, bool]]:
     )
 
 
+def _entries(r: TrailVerdict) -> list[tuple[int, str]]:
+    return sorted(zip(r.enter_samples.tolist(), r.enter_fence_ids.tolist(), strict=True))
+
+
 def _held(h: Held) -> set[tuple[int, int, str]]:
     return set(zip(h.user_ids.tolist(), h.time_clock_ids.tolist(), h.fence_ids, strict=True))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world=worlds(), data=st.data())
-def test_exits_match_the_reference_engine(
+def test_exits_and_entries_match_the_reference_engine(
     world: tuple[float, float, list[Geofence]], data: st.DataObject
 ) -> None:
     lat, lon, fences = world
@@ -138,4 +142,5 @@ def test_exits_match_the_reference_engine(
             want_ids[want.offsets[i] : want.offsets[i + 1]]
         )
     assert _exits(got) == _exits(want)
+    assert _entries(got) == _entries(want)
     assert _held(got.final.held()) == _held(want.final.held())

@@ -15,7 +15,14 @@ import pytest
 
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.models import DayStatus, ExitAction, GeofenceDraft, Job, TimeClock
+from geopunch.domain.models import (
+    DayStatus,
+    ExitAction,
+    GeofenceDraft,
+    Job,
+    ManualBreakType,
+    TimeClock,
+)
 from geopunch.domain.ports import FenceEngine
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchLocation, timesheet_day
 from geopunch.domain.shifts import ScheduledShift, Scheduler
@@ -363,7 +370,7 @@ def test_leaving_an_auto_clock_out_fence_closes_the_shift(
         assert uow.locations.load([7])[(7, TC.id)].last_ts == NOW - 200
     assert shift.end is not None and shift.end.timestamp == NOW - 200
     assert shift.end.source == "autoClockOut"
-    assert types == ["geofenceExit", "autoClockOut"]
+    assert types == ["clockIn", "geofenceEnter", "geofenceExit", "autoClockOut"]
     # what the same samples would do, judged as history: nothing is stored
     evaluated = trails.evaluate_trails(
         index, A, _samples([NOW - 300, NOW - 200], [41.0, 41.1]), NOW
@@ -416,3 +423,54 @@ def test_exit_actions_apply_to_the_fences_action() -> None:
     assert trails.would_do(ExitAction.NO_ACTION.value, False) == "reported"
     assert trails.would_do(ExitAction.SEND_NOTIFICATION.value, False) == "notified"
     assert trails.would_do(ExitAction.AUTO_CLOCK_OUT.value, True) == "stillInsideAnotherFence"
+
+
+# -- Events of punches ------------------------------------------------------------------
+
+
+def test_every_punch_writes_its_events_with_what_a_consumer_needs(
+    store: MemoryStore, index: FenceEngine
+) -> None:
+    tc = replace(TC, id=13, manual_break_types=(ManualBreakType("lunch", "Lunch"),))
+    admin.create_time_clock(store, A, tc, ["jobs[0]"], assign_id=False, listener=index)
+    steps = [
+        (PunchKind.CLOCK_IN, {"job_id": "job-a"}),
+        (PunchKind.START_BREAK, {"manual_break_id": "lunch"}),
+        (PunchKind.END_BREAK, {}),
+        (PunchKind.CLOCK_OUT, {}),
+    ]
+    for k, (kind, kw) in enumerate(steps):
+        punch(
+            store, index, Clock(), time_clock_id=13, kind=kind, timestamp=NOW - 900 + 60 * k, **kw
+        )
+    with store(account=A, readonly=True) as uow:
+        log = uow.events.after(0)
+        activities = {a.id: a for a in uow.activities.list_for(13, 7)}
+    assert [e.type for e in log] == [
+        "clockIn",
+        "breakStarted",
+        "breakEnded",
+        "shiftResumed",
+        "clockOut",
+    ]
+    assert [e.occurred_at for e in log] == [NOW - 900, NOW - 840, NOW - 780, NOW - 780, NOW - 720]
+    assert all((e.user_id, e.time_clock_id, e.account_id) == (7, 13, A) for e in log)
+    assert len({e.id for e in log}) == 5
+    first_shift, brk = log[0].payload["activityId"], log[1].payload["activityId"]
+    assert log[0].payload["jobId"] == "job-a"
+    assert log[1].payload["shiftId"] == first_shift
+    assert log[1].payload["manualBreakId"] == "lunch"
+    resumed = log[3].payload["activityId"]
+    assert log[2].payload["resumedShiftId"] == resumed and log[3].payload["breakId"] == brk
+    assert log[4].payload["activityId"] == resumed
+    # The payload's activity is the stored one as it stood after the punch.
+    closed = log[4].payload["activity"]
+    assert isinstance(closed, dict) and closed["end"]["timestamp"] == NOW - 720  # type: ignore[index]
+    assert set(activities) == {first_shift, brk, resumed}
+
+
+def test_a_refused_punch_writes_no_event(store: MemoryStore, index: FenceEngine) -> None:
+    with pytest.raises(DomainError):
+        punch(store, index, Clock(), kind=PunchKind.CLOCK_OUT, timestamp=NOW - 60)
+    with store(account=A, readonly=True) as uow:
+        assert uow.events.after(0) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -13,6 +14,12 @@ Json = object
 
 
 class EventType(StrEnum):
+    CLOCK_IN = "clockIn"
+    CLOCK_OUT = "clockOut"
+    BREAK_STARTED = "breakStarted"
+    BREAK_ENDED = "breakEnded"
+    SHIFT_RESUMED = "shiftResumed"
+    GEOFENCE_ENTER = "geofenceEnter"
     SHIFT_PUBLISHED = "shiftPublished"
     GEOFENCE_EXIT = "geofenceExit"
     EXIT_NOTIFICATION = "exitNotification"
@@ -20,6 +27,7 @@ class EventType(StrEnum):
     TIME_ACTIVITY_CREATED = "timeActivityCreated"
     TIME_ACTIVITY_UPDATED = "timeActivityUpdated"
     TIME_ACTIVITY_DELETED = "timeActivityDeleted"
+    WEBHOOK_FAILING = "webhookSubscriptionFailing"
 
 
 #: Time clocks one event stream may name (a stream for more takes them all).
@@ -45,9 +53,16 @@ def check_watch_filter(types: Sequence[str], time_clock_ids: Sequence[int]) -> N
         )
 
 
+def new_event_id() -> str:
+    """An event's id: unique across stores, so that a receiver of several
+    deployments' webhooks (or one JetStream stream) never confuses two."""
+    return f"evt_{uuid.uuid4().hex}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An entry of the append-only event log; ``seq`` is assigned by the store."""
+    """An entry of the append-only event log; ``seq`` is assigned by the
+    store, and so are ``id`` and ``account_id`` when left empty."""
 
     type: str
     occurred_at: int
@@ -56,6 +71,24 @@ class Event:
     time_clock_id: int | None = None
     scheduler_id: int | None = None
     seq: int = 0
+    id: str = ""
+    account_id: int | None = None
+
+
+def event_json(e: Event) -> dict[str, Json]:
+    """An event as every JSON consumer gets it (server-sent events, webhook
+    bodies, JetStream messages): WatchEvents' JSON mapping, numbers as numbers."""
+    return {
+        "seq": e.seq,
+        "id": e.id,
+        "type": e.type,
+        "occurredAt": e.occurred_at,
+        "accountId": e.account_id,
+        "timeClockId": e.time_clock_id,
+        "schedulerId": e.scheduler_id,
+        "userId": e.user_id,
+        "payload": e.payload,
+    }
 
 
 @dataclass(frozen=True, slots=True)

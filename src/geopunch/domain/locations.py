@@ -116,8 +116,10 @@ class TrailVerdict:
     ``fence_ids[offsets[i]:offsets[i + 1]]``. Exits (e,) are ordered by the
     time they happen: the sample that left, the fence it left, that fence's
     action code (``EXIT_ACTIONS``) and whether the user is still inside
-    another fence that applies to the trail's job. ``final`` is where each
-    trail stands after its last sample.
+    another fence that applies to the trail's job. Entries (g,), ordered the
+    same way, are the first sample of each stay not carried in by
+    ``initial`` and its fence. ``final`` is where each trail stands after its
+    last sample.
     """
 
     status: U8
@@ -128,6 +130,8 @@ class TrailVerdict:
     exit_fence_ids: FenceIds
     exit_actions: I8
     exit_other_inside: B
+    enter_samples: I64
+    enter_fence_ids: FenceIds
     final: InsideCarry
 
 

@@ -30,8 +30,10 @@ from geopunch.domain.models import DayStatus, ManualBreakType, TimeClock
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
+    PunchKind,
     PunchLocation,
     PunchPoint,
+    PunchResult,
     SchedulerShiftCheck,
     break_type,
     check_location,
@@ -626,6 +628,59 @@ def activity_event(
         "after": activity_json(after) if after is not None else None,
     }
     return Event(kind.value, now, payload, a.user_id, a.time_clock_id)
+
+
+def punch_events(kind: PunchKind, result: PunchResult) -> list[Event]:
+    """The events of a punch: what a payroll or HR system needs to follow a
+    timesheet without reading it back. A break taken from a shift closes the
+    shift without a ``clockOut`` (the user did not clock out); ending it
+    opens the next shift with ``shiftResumed``."""
+
+    def event(kind: EventType, a: Activity, at: PunchPoint, **extra: Json) -> Event:
+        payload: dict[str, Json] = {
+            "activityId": a.id,
+            "timeClockId": a.time_clock_id,
+            "userId": a.user_id,
+            "timestamp": at.timestamp,
+            "jobId": a.job_id,
+            "schedulerShiftId": a.scheduler_shift_id,
+            "geofenceId": at.geofence_id,
+            **extra,
+            "activity": activity_json(a),
+        }
+        return Event(kind.value, at.timestamp, payload, a.user_id, a.time_clock_id)
+
+    a = result.activity
+    if kind is PunchKind.CLOCK_IN:
+        return [event(EventType.CLOCK_IN, a, a.start)]
+    if kind is PunchKind.CLOCK_OUT:
+        assert a.end is not None
+        return [event(EventType.CLOCK_OUT, a, a.end)]
+    if kind is PunchKind.START_BREAK:
+        shift = result.closed_shift
+        return [
+            event(
+                EventType.BREAK_STARTED,
+                a,
+                a.start,
+                manualBreakId=a.break_type_id,
+                shiftId=shift.id if shift is not None else None,
+            )
+        ]
+    assert a.end is not None
+    resumed = result.resumed_shift
+    out = [
+        event(
+            EventType.BREAK_ENDED,
+            a,
+            a.end,
+            manualBreakId=a.break_type_id,
+            resumedShiftId=resumed.id if resumed is not None else None,
+        )
+    ]
+    if resumed is not None:
+        out.append(event(EventType.SHIFT_RESUMED, resumed, resumed.start, breakId=a.id))
+    return out
 
 
 # -- Listing ------------------------------------------------------------------

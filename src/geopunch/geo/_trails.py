@@ -111,6 +111,9 @@ class TrailResult:
     exit_other_inside : bool, (e,)
         After the exit the user is still inside another fence of the clock
         that applies to the group's job.
+    enter_samples, enter_handles : int64, (g,)
+        Each entry: the first sample of a stay that was not carried in from
+        an earlier batch, and the fence; ordered like the exits.
     final : InsideState
         Pairs inside after the last sample of their group (carry it into the
         next batch of a live trail).
@@ -124,6 +127,8 @@ class TrailResult:
     exit_handles: I64
     exit_actions: I8
     exit_other_inside: B
+    enter_samples: I64
+    enter_handles: I64
     final: InsideState
 
 
@@ -336,6 +341,12 @@ def detect_exits(
     exit_other = covering[exit_slot] > 0 if exit_slot.size else np.zeros(0, np.bool_)
     ev = np.empty(exit_slot.size, np.int64)  # by slot; same slot: by fence (stable)
     kernels.bucket_order(exit_slot, max(n_slots, 1), ev)
+    # A stay that begins at its group's virtual slot was carried in; any other
+    # begins with an entry.
+    entered = stay_from != virtual_slot[stay_group]
+    enter_slot = stay_from[entered]
+    en = np.empty(enter_slot.size, np.int64)
+    kernels.bucket_order(enter_slot, max(n_slots, 1), en)
 
     at_end = ~leaves
     final = InsideState(
@@ -352,6 +363,8 @@ def detect_exits(
         exit_handles=exit_handle[ev],
         exit_actions=exit_action[ev],
         exit_other_inside=exit_other[ev],
+        enter_samples=sample_of_slot[enter_slot[en]],
+        enter_handles=stay_handle[entered][en],
         final=final,
     )
 

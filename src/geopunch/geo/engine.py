@@ -188,6 +188,8 @@ class SnapshotView:
             exit_fence_ids=_Ids(snap, r.exit_handles),
             exit_actions=r.exit_actions,
             exit_other_inside=r.exit_other_inside,
+            enter_samples=r.enter_samples,
+            enter_fence_ids=_Ids(snap, r.enter_handles),
             final=_Carry(snap, r.final),
         )
 

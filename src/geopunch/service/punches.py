@@ -43,6 +43,7 @@ from geopunch.domain.punches import (
     has_point,
     plan_punch,
 )
+from geopunch.domain.timesheets import punch_events
 from geopunch.service.admin import get_time_clock
 from geopunch.service.events import in_batches
 from geopunch.tracing import tracer
@@ -137,6 +138,7 @@ async def punch(
             uow.activities.close(activity.id, activity.end, activity.modified_at)
         for activity in decision.added:
             uow.activities.add(activity)
+        uow.events.append(punch_events(cmd.kind, decision.result))
         if cmd.idempotency_key:
             uow.idempotency.put(
                 cmd.idempotency_key,

@@ -404,4 +404,31 @@ def _fire(
     report = ExitReport(
         r.exit_samples, fence_ids, actions, r.exit_other_inside, outcomes, shift_ids
     )
-    return report, events
+    return report, _with_entries(batch, r, events)
+
+
+def _with_entries(batch: TrailBatch, r: TrailVerdict, exits: list[Event]) -> list[Event]:
+    """The exits' events and an event per entry, in the order each trail
+    lived them (at one sample, leaving comes before entering)."""
+    if not r.enter_samples.size:
+        return exits
+    entries = []
+    for sample, fence in zip(r.enter_samples.tolist(), r.enter_fence_ids.tolist(), strict=True):
+        user = int(batch.user_ids[sample])
+        clock = int(batch.time_clock_ids[sample])
+        ts = int(batch.timestamps[sample])
+        payload: dict[str, object] = {
+            "userId": user,
+            "timeClockId": clock,
+            "fenceId": fence,
+            "timestamp": ts,
+            "latitude": float(batch.lats[sample]),
+            "longitude": float(batch.lons[sample]),
+        }
+        entries.append(Event(EventType.GEOFENCE_ENTER.value, ts, payload, user, clock))
+    if not exits:
+        return entries
+    # Both lists are already in trail order: sort by trail and time, exits first.
+    both = [(0, e) for e in exits] + [(1, e) for e in entries]
+    both.sort(key=lambda p: (p[1].user_id or 0, p[1].time_clock_id or 0, p[1].occurred_at, p[0]))
+    return [e for _, e in both]

@@ -612,9 +612,11 @@ class WatchEventsRequest(_message.Message):
 
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these types: "geofenceExit", "exitNotification", "autoClockOut",
-        "shiftPublished", "timeActivityCreated", "timeActivityUpdated",
-        "timeActivityDeleted" (empty: all).
+        """Only these types (empty: all): "clockIn", "clockOut", "breakStarted",
+        "breakEnded", "shiftResumed", "geofenceEnter", "geofenceExit",
+        "exitNotification", "autoClockOut", "shiftPublished",
+        "timeActivityCreated", "timeActivityUpdated", "timeActivityDeleted",
+        "webhookSubscriptionFailing".
         """
 
     def __init__(
@@ -643,6 +645,8 @@ class Event(_message.Message):
     SCHEDULER_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the log; pass the last one seen as after_seq to resume."""
     type: _builtins.str
@@ -651,6 +655,11 @@ class Event(_message.Message):
     time_clock_id: _builtins.int
     scheduler_id: _builtins.int
     user_id: _builtins.int
+    id: _builtins.str
+    """Unique across deployments ("evt_" and 32 hex digits): a webhook's
+    webhook-id and a JetStream message's Nats-Msg-Id.
+    """
+    account_id: _builtins.int
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -663,10 +672,12 @@ class Event(_message.Message):
         scheduler_id: _builtins.int | None = ...,
         user_id: _builtins.int | None = ...,
         payload: _struct_pb2.Struct | None = ...,
+        id: _builtins.str = ...,
+        account_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id", "_time_clock_id", b"_time_clock_id", "_user_id", b"_user_id", "payload", b"payload", "scheduler_id", b"scheduler_id", "time_clock_id", b"time_clock_id", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id", "_time_clock_id", b"_time_clock_id", "_user_id", b"_user_id", "occurred_at", b"occurred_at", "payload", b"payload", "scheduler_id", b"scheduler_id", "seq", b"seq", "time_clock_id", b"time_clock_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id", "_time_clock_id", b"_time_clock_id", "_user_id", b"_user_id", "account_id", b"account_id", "id", b"id", "occurred_at", b"occurred_at", "payload", b"payload", "scheduler_id", b"scheduler_id", "seq", b"seq", "time_clock_id", b"time_clock_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__scheduler_id: _TypeAlias = _typing.Literal["scheduler_id"]  # noqa: Y015
     _WhichOneofArgType__scheduler_id: _TypeAlias = _typing.Literal["_scheduler_id", b"_scheduler_id"]  # noqa: Y015

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     false,
 )
 
@@ -338,6 +339,8 @@ events = Table(
     Column("payload", JSON, nullable=False),
     #: When it was appended (retention counts from here).
     Column("recorded_at", BigInteger, nullable=True),
+    #: ``evt_`` and a UUID's hex: unique beyond this store (webhook-id, Nats-Msg-Id).
+    Column("event_id", String(40), nullable=True),
 )
 Index("ix_events_account", events.c.account_id, events.c.seq)
 
@@ -374,4 +377,60 @@ index_changes = Table(
     Column("time_clock_id", BigInteger, nullable=False),
     Column("changed_at", BigInteger, nullable=False),
     sqlite_autoincrement=True,
+)
+
+
+# Webhook subscriptions, each with its own cursor into the event log and the
+# state of the event at its head (attempts, when to try again). One process
+# delivers a subscription at a time: the one holding its lease.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", BigInteger, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("event_types", JSON, nullable=False),
+    Column("time_clock_ids", JSON, nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    #: Delivered through this seq.
+    Column("cursor", BigInteger, nullable=False),
+    #: Failed attempts of the event after the cursor, since ``failing_since`` (ms).
+    Column("attempts", Integer, nullable=False),
+    Column("failing_since", BigInteger, nullable=True),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("modified_at", BigInteger, nullable=False),
+)
+Index("ix_webhook_subscriptions_account", webhook_subscriptions.c.account_id)
+
+#: Delivery attempts, kept for a configurable time.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("subscription_id", String(40), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", BigInteger, nullable=False),  # ms
+    Column("status_code", Integer, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("succeeded", Boolean, nullable=False),
+)
+Index("ix_webhook_attempts_subscription", webhook_attempts.c.subscription_id, webhook_attempts.c.id)
+Index("ix_webhook_attempts_time", webhook_attempts.c.attempted_at)
+
+#: Sinks other than webhooks (the JetStream publisher): a cursor and a lease each.
+event_sinks = Table(
+    "event_sinks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("cursor", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", BigInteger, nullable=False),
 )

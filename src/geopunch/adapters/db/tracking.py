@@ -30,7 +30,7 @@ from geopunch.adapters.db.prepared import (
 from geopunch.adapters.db.repositories import AccountScoped
 from geopunch.adapters.db.tables import event_horizon, events, live_trails
 from geopunch.domain.errors import ConcurrentChange
-from geopunch.domain.events import Event, LiveTrail
+from geopunch.domain.events import Event, LiveTrail, new_event_id
 
 #: Key of the PostgreSQL advisory lock that orders event writers.
 _EVENTS_LOCK = 0x6765_6F70_6576  # "geopev"
@@ -169,6 +169,7 @@ class SqlEventRepository(AccountScoped):
                     "user_id": e.user_id,
                     "payload": e.payload,
                     "recorded_at": now,
+                    "event_id": e.id or new_event_id(),
                 }
                 for e in new
             ],
@@ -230,6 +231,8 @@ class SqlEventRepository(AccountScoped):
                 time_clock_id=r.time_clock_id,
                 scheduler_id=r.scheduler_id,
                 seq=r.seq,
+                id=r.event_id or f"evt_{r.seq}",
+                account_id=r.account_id,
             )
             for r in rows
         ]

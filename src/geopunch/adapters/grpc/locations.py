@@ -182,7 +182,9 @@ def fill_trail_results(
 
 
 def event_to_proto(e: Event) -> location_pb2.Event:
-    msg = location_pb2.Event(seq=e.seq, type=e.type, occurred_at=e.occurred_at)
+    msg = location_pb2.Event(
+        seq=e.seq, type=e.type, occurred_at=e.occurred_at, id=e.id, account_id=e.account_id or 0
+    )
     if e.time_clock_id is not None:
         msg.time_clock_id = e.time_clock_id
     if e.scheduler_id is not None:

@@ -15,7 +15,6 @@ from typing import Any
 
 from geopunch.domain.accounts import ApiKey
 from geopunch.domain.errors import DomainError
-from geopunch.domain.events import Event
 from geopunch.domain.locations import EXIT_ACTIONS, BatchVerdict, PointStatus
 from geopunch.domain.models import (
     DayStatus,
@@ -291,19 +290,6 @@ def check_results(v: BatchVerdict) -> list[dict[str, Any]]:
             point["nearestFenceId"] = None if near < 0 else ids[near]
         out.append(point)
     return out
-
-
-def event(e: Event) -> dict[str, Any]:
-    """An event as WatchEvents' JSON mapping has it, with numbers as numbers."""
-    return {
-        "seq": e.seq,
-        "type": e.type,
-        "occurredAt": e.occurred_at,
-        "timeClockId": e.time_clock_id,
-        "schedulerId": e.scheduler_id,
-        "userId": e.user_id,
-        "payload": e.payload,
-    }
 
 
 # -- errors ---------------------------------------------------------------------------

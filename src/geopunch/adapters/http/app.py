@@ -61,7 +61,7 @@ from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
 from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.events import check_watch_filter
+from geopunch.domain.events import check_watch_filter, event_json
 from geopunch.domain.models import DayStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
@@ -846,7 +846,7 @@ def create_app(deps: HttpDeps) -> Any:
                 last_read = now
                 page = await asyncio.to_thread(events_after, deps.uows, acct, cursor, types, clocks)
                 for e in page:
-                    data = _dumps(answers.event(e))
+                    data = _dumps(event_json(e))
                     yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
                     cursor = e.seq
                     last_sent = now
