@@ -25,6 +25,7 @@ from geopunch.v1 import (
     location_pb2_grpc,
     scheduler_pb2_grpc,
     timeclock_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 from tests.helpers import pg_schema
 
@@ -61,6 +62,8 @@ class ServerProcess:
             "GEOPUNCH_LISTEN": "127.0.0.1:0",
             "GEOPUNCH_LOG_LEVEL": "INFO",
             "GEOPUNCH_HTTP_LISTEN": "127.0.0.1:0",
+            # The tests' webhook receivers listen on loopback.
+            "GEOPUNCH_WEBHOOK_ALLOW_PRIVATE": "1",
             **self.env_extra,
         }
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
@@ -156,6 +159,7 @@ class Client:
         self.locations = location_pb2_grpc.LocationServiceStub(self.channel)
         self.timeclock = timeclock_pb2_grpc.TimeClockServiceStub(self.channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
 
     def __call__(self, method: Any, request: Any, timeout: float = 30) -> Any:
         return method(request, metadata=self.metadata, timeout=timeout)

@@ -18,11 +18,13 @@ from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.scheduling import SchedulerServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
 from geopunch.adapters.grpc.timeclock import TimeClockServicer
+from geopunch.adapters.grpc.webhooks import WebhookServicer
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.config import Config
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
 from geopunch.geo.engine import AccountFences, warm_up
+from geopunch.service.webhooks import UrlGuard
 from geopunch.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -34,6 +36,8 @@ from geopunch.v1 import (
     scheduler_pb2_grpc,
     timeclock_pb2,
     timeclock_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 
 SERVICE_NAMES = (
@@ -42,6 +46,7 @@ SERVICE_NAMES = (
     location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name,
     scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
     timeclock_pb2.DESCRIPTOR.services_by_name["TimeClockService"].full_name,
+    webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 log = logging.getLogger("geopunch")
@@ -124,6 +129,8 @@ class Services:
     stopping: threading.Event
     #: How far ahead of this server's clock a location sample may be.
     max_skew_s: float = DEFAULT_MAX_SKEW_S
+    #: Checks webhook URLs' hosts (None: private addresses are allowed).
+    webhook_guard: UrlGuard = None
 
 
 def add_services(server: grpc.aio.Server, s: Services) -> None:
@@ -143,4 +150,7 @@ def add_services(server: grpc.aio.Server, s: Services) -> None:
     )
     timeclock_pb2_grpc.add_TimeClockServiceServicer_to_server(
         TimeClockServicer(s.uows, s.index, s.clock, s.submit), server
+    )
+    webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(
+        WebhookServicer(s.uows, s.webhook_guard), server
     )

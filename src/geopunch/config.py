@@ -73,6 +73,17 @@ class Config:
     receive_timeout_seconds: float = 10.0
     #: Event streams one API key may hold open at once.
     max_streams_per_key: int = 32
+    #: Webhook URLs may resolve to loopback and private addresses.
+    webhook_allow_private: bool = False
+    #: How long the event at a subscription's head is retried before the
+    #: subscription is marked failing.
+    webhook_retry_hours: float = 24.0
+    #: One delivery attempt's limit.
+    webhook_timeout_seconds: float = 10.0
+    #: Delivery attempts are listed for this long.
+    webhook_attempts_days: float = 7.0
+    #: A deliverer's hold on a subscription; a killed one's is taken over after it.
+    webhook_lease_seconds: float = 30.0
 
     @staticmethod
     def from_env(
@@ -144,6 +155,23 @@ class Config:
         skew = float(pick("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300"))
         if not 0 <= skew <= 86_400:
             raise ValueError("max clock skew must be within 0..86400 seconds")
+        allow_private = pick("webhook_allow_private", "GEOPUNCH_WEBHOOK_ALLOW_PRIVATE", "0")
+        if allow_private.lower() not in ("0", "1", "true", "false", ""):
+            raise ValueError("GEOPUNCH_WEBHOOK_ALLOW_PRIVATE must be 0 or 1")
+        retry_h = float(pick("webhook_retry_hours", "GEOPUNCH_WEBHOOK_RETRY_HOURS", "24"))
+        if not 0 < retry_h <= 24 * 30:
+            raise ValueError("webhook retry hours must be within 0..720")
+        hook_timeout = float(
+            pick("webhook_timeout_seconds", "GEOPUNCH_WEBHOOK_TIMEOUT_SECONDS", "10")
+        )
+        if not 0.1 <= hook_timeout <= 120:
+            raise ValueError("webhook timeout must be within 0.1..120 seconds")
+        attempts_days = float(pick("webhook_attempts_days", "GEOPUNCH_WEBHOOK_ATTEMPTS_DAYS", "7"))
+        if not 0 < attempts_days <= 36500:
+            raise ValueError("webhook attempts days must be within 0..36500")
+        lease_s = float(pick("webhook_lease_seconds", "GEOPUNCH_WEBHOOK_LEASE_SECONDS", "30"))
+        if not 1 <= lease_s <= 3600:
+            raise ValueError("webhook lease must be within 1..3600 seconds")
         return Config(
             listen=listen,
             http_listen=http_listen,
@@ -162,6 +190,11 @@ class Config:
             tls_client_ca=tls_client_ca,
             receive_timeout_seconds=receive_s,
             max_streams_per_key=streams,
+            webhook_allow_private=allow_private.lower() in ("1", "true"),
+            webhook_retry_hours=retry_h,
+            webhook_timeout_seconds=hook_timeout,
+            webhook_attempts_days=attempts_days,
+            webhook_lease_seconds=lease_s,
         )
 
     @staticmethod

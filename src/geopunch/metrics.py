@@ -71,6 +71,16 @@ FENCES = Gauge(
     "Geofences held in the fence index of the process that was scraped",
     multiprocess_mode="mostrecent",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "geopunch_webhook_deliveries_total",
+    "Webhook delivery attempts by result (ok, failed)",
+    ("result",),
+)
+WEBHOOK_LAG = Histogram(
+    "geopunch_webhook_lag_seconds",
+    "From an event's commit to its delivery's acknowledgement by the receiver",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -29,6 +29,7 @@ from geopunch.v1 import (
     location_pb2,
     scheduler_pb2,
     timeclock_pb2,
+    webhooks_pb2,
 )
 from tests.conftest import Client, ServerProcess, make_scheduler, make_time_clock
 from tests.e2e.test_locations_api import add_fence
@@ -147,7 +148,9 @@ def events_of(c: Client, **filters: Any) -> list[location_pb2.Event]:
     return out
 
 
-def cross_calls(c: Client, t: int, tc: int, sched: int, fence: str, key_id: str) -> dict[str, Any]:
+def cross_calls(
+    c: Client, t: int, tc: int, sched: int, fence: str, key_id: str, hook: str = "whsub_none"
+) -> dict[str, Any]:
     """Every RPC of the API, naming the resources of another account (at time ``t``)."""
     where = common_pb2.Location(latitude=SITE[0], longitude=SITE[1])
     check = location_pb2.CheckLocationsRequest(time_clock_id=tc)
@@ -159,7 +162,7 @@ def cross_calls(c: Client, t: int, tc: int, sched: int, fence: str, key_id: str)
     shift = scheduler_pb2.ScheduledShift(
         start_time=t + 86_400, end_time=t + 90_000, job_id="job-kitchen", assigned_user_ids=[USER]
     )
-    a, tk = c.admin, c.timeclock
+    a, tk, w = c.admin, c.timeclock, c.webhooks
     calls: dict[str, Callable[[], Any]] = {
         "UpdateTimeClock": lambda: c(
             a.UpdateTimeClock,
@@ -289,6 +292,28 @@ def cross_calls(c: Client, t: int, tc: int, sched: int, fence: str, key_id: str)
         "GetUserStatuses": lambda: c(
             tk.GetUserStatuses, timeclock_pb2.GetUserStatusesRequest(time_clock_id=tc)
         ),
+        "ListWebhookSubscriptions": lambda: c(
+            w.ListWebhookSubscriptions, webhooks_pb2.ListWebhookSubscriptionsRequest()
+        ),
+        "GetWebhookSubscription": lambda: c(
+            w.GetWebhookSubscription, webhooks_pb2.GetWebhookSubscriptionRequest(id=hook)
+        ),
+        "UpdateWebhookSubscription": lambda: c(
+            w.UpdateWebhookSubscription,
+            webhooks_pb2.UpdateWebhookSubscriptionRequest(
+                id=hook, subscription=webhooks_pb2.WebhookSubscription(url="http://127.0.0.1:9/")
+            ),
+        ),
+        "DeleteWebhookSubscription": lambda: c(
+            w.DeleteWebhookSubscription, webhooks_pb2.DeleteWebhookSubscriptionRequest(id=hook)
+        ),
+        "ListWebhookDeliveries": lambda: c(
+            w.ListWebhookDeliveries, webhooks_pb2.ListWebhookDeliveriesRequest(id=hook)
+        ),
+        "ReplayWebhookSubscription": lambda: c(
+            w.ReplayWebhookSubscription,
+            webhooks_pb2.ReplayWebhookSubscriptionRequest(id=hook, from_seq=1),
+        ),
     }
     return {name: answer(fn) for name, fn in calls.items()}
 
@@ -334,21 +359,32 @@ def test_another_accounts_resources_answer_as_missing_ones_and_stay_untouched(
     (exit_event,) = alpha2(alpha2.locations.ReportLocations, report).data.results.exits
     assert exit_event.outcome == "clockedOut"
     assert events_of(alpha), "alpha has events"
+    hook = alpha(
+        alpha.webhooks.CreateWebhookSubscription,
+        webhooks_pb2.CreateWebhookSubscriptionRequest(
+            subscription=webhooks_pb2.WebhookSubscription(url="http://127.0.0.1:9/alpha")
+        ),
+    ).data.id
     counts = row_counts(deployment.url)
 
     # ... and beta, on either worker, gets exactly the same answers (the
     # fence id is alpha's real one now), and changes nothing.
     for c in (beta, beta2):
-        after = cross_calls(c, t, tc, sched, fence, alpha_key)
+        after = cross_calls(c, t, tc, sched, fence, alpha_key, hook)
         after_fence_missing = cross_calls(c, t, tc, sched, "fence-none", alpha_key)
         assert after_fence_missing == before
+        named = [n for n in before if n in ("GetGeofence", "DeleteGeofence") or "Webhook" in n]
         for name in before:
-            if "Geofence" not in name:
+            if "Geofence" not in name and name not in named:
                 assert after[name] == before[name], name
-        for name in ("GetGeofence", "DeleteGeofence"):
+        for name in named:
+            if name == "ListWebhookSubscriptions":
+                assert after[name] == before[name]
+                continue
             assert after[name][0] == grpc.StatusCode.NOT_FOUND, name
-            assert after[name][1:] == after_fence_missing[name][1:] or (
-                after[name][1].replace(fence, "fence-none") == after_fence_missing[name][1]
+            assert (
+                after[name][1].replace(fence, "fence-none").replace(hook, "whsub_none")
+                == after_fence_missing[name][1]
             ), name
     assert before["GetTimeClock"][0] == grpc.StatusCode.NOT_FOUND
     assert before["GetScheduler"][0] == grpc.StatusCode.NOT_FOUND
@@ -357,9 +393,8 @@ def test_another_accounts_resources_answer_as_missing_ones_and_stay_untouched(
     assert row_counts(deployment.url) == counts
 
     # Every RPC of the API was tried (Ping and the creates are account-free).
-    assert set(SCOPES) - {"Ping", "CreateTimeClock", "CreateScheduler", "CreateApiKey"} <= {
-        n.split("(")[0] for n in before
-    }
+    creates = {"CreateTimeClock", "CreateScheduler", "CreateApiKey", "CreateWebhookSubscription"}
+    assert set(SCOPES) - {"Ping", *creates} <= {n.split("(")[0] for n in before}
 
     # The same ids are free in beta's account, and the two stay apart,
     # also in the fence index of each worker.
@@ -378,7 +413,14 @@ def test_every_rpc_has_a_scope_and_each_scope_opens_only_its_rpcs(
 ) -> None:
     rpcs = {
         m.name
-        for mod in (admin_pb2, geofences_pb2, location_pb2, scheduler_pb2, timeclock_pb2)
+        for mod in (
+            admin_pb2,
+            geofences_pb2,
+            location_pb2,
+            scheduler_pb2,
+            timeclock_pb2,
+            webhooks_pb2,
+        )
         for s in mod.DESCRIPTOR.services_by_name.values()
         for m in s.methods
     }

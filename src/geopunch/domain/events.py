@@ -73,6 +73,8 @@ class Event:
     seq: int = 0
     id: str = ""
     account_id: int | None = None
+    #: When the store appended it (Unix seconds; 0 before it is).
+    recorded_at: int = 0
 
 
 def event_json(e: Event) -> dict[str, Json]:

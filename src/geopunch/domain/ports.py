@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import date
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
@@ -23,6 +24,7 @@ from geopunch.domain.locations import (
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PointVerdict, PunchPoint, PunchState
 from geopunch.domain.shifts import ScheduledShift, Scheduler
+from geopunch.domain.webhooks import Attempt, Subscription
 
 T = TypeVar("T")
 
@@ -158,6 +160,43 @@ class ShiftRepository(Protocol):
     def get(self, shift_id: str) -> ScheduledShift | None: ...
 
     def list_range(self, scheduler_id: int, start: int, end: int) -> list[ScheduledShift]: ...
+
+
+class WebhookRepository(Protocol):
+    """Webhook subscriptions (one account's) and, for the deliverer, their
+    leases, progress and attempts across accounts."""
+
+    def count(self) -> int: ...
+
+    def add(self, sub: Subscription) -> None: ...
+
+    def get(self, sub_id: str, *, for_update: bool = False) -> Subscription | None: ...
+
+    def all(self) -> list[Subscription]: ...
+
+    def replace(self, sub: Subscription) -> None: ...
+
+    def remove(self, sub_id: str) -> bool: ...
+
+    def attempts(self, sub_id: str, limit: int, before_id: int = 0) -> list[Attempt]:
+        """Newest first, ids below ``before_id`` (0: from the newest)."""
+        ...
+
+    def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
+        """Take or renew the leases of active subscriptions no one else
+        holds; every active one ``owner`` now holds."""
+        ...
+
+    def release(self, owner: str) -> None: ...
+
+    def save_progress(self, sub: Subscription, owner: str, seen_modified_at: int) -> bool:
+        """Store cursor and retry state while ``owner`` holds the lease and the
+        subscription is unchanged since ``seen_modified_at``."""
+        ...
+
+    def record_attempts(self, done: Sequence[Attempt]) -> None: ...
+
+    def purge_attempts(self, before_ms: int, limit: int) -> int: ...
 
 
 class EventRepository(Protocol):
@@ -296,6 +335,9 @@ class UnitOfWork(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
 
     def commit(self) -> None: ...
 
@@ -448,4 +490,36 @@ class FenceEngine(FenceListener, Protocol):
 
     def totals(self) -> tuple[int, int]:
         """Time clocks and fences held, over every account."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PostResult:
+    """What became of one webhook POST: the status code, or why none came."""
+
+    status_code: int | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class WebhookPoster(Protocol):
+    """Sends webhook requests, keeping connections to receivers alive."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult: ...
+
+    async def close(self) -> None: ...
+
+
+class EventSignal(Protocol):
+    """Moves when a commit appended events (this process's, a sibling's or
+    another replica's, as the server learns of them)."""
+
+    @property
+    def version(self) -> int: ...
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        """Return once ``version`` has moved past ``seen``, or after ``timeout`` seconds."""
         ...

@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how far ahead of the server's clock a location sample may be stamped "
         "(GEOPUNCH_MAX_CLOCK_SKEW_SECONDS, default 300)",
     )
+    serve.add_argument(
+        "--webhook-allow-private",
+        action="store_const",
+        const="1",
+        help="let webhook URLs reach loopback and private addresses "
+        "(GEOPUNCH_WEBHOOK_ALLOW_PRIVATE=1)",
+    )
     _trails_parser(sub)
     _account_parsers(sub)
     return parser
@@ -194,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_client_ca=args.tls_client_ca,
                 receive_timeout_seconds=args.receive_timeout_seconds,
                 max_streams_per_key=args.max_streams_per_key,
+                webhook_allow_private=args.webhook_allow_private,
             )
         except ValueError as exc:
             print(f"geopunch: {exc}", file=sys.stderr)

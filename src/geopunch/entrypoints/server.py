@@ -12,6 +12,7 @@ one thread wake-up per call.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import faulthandler
 import gc
 import logging
@@ -25,12 +26,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from geopunch import metrics, tracing
+from geopunch import __version__, metrics, tracing
 from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.http.app import HttpDeps, create_app
 from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import Transaction, UnitOfWorkFactory
@@ -39,8 +41,10 @@ from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences
 from geopunch.service.accounts import KeyRing
+from geopunch.service.delivery import Deliverer, DeliverySettings
 from geopunch.service.events import purge_events
 from geopunch.service.punches import purge_idempotency_keys
+from geopunch.service.webhooks import purge_attempts, resolving_guard
 
 log = logging.getLogger("geopunch")
 
@@ -79,6 +83,10 @@ class EventLoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the loop without waiting for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
@@ -106,6 +114,7 @@ class Server:
         self._sibling_lock = threading.Lock()
         self._uows = DeferredUnitOfWorkFactory()
         self._threads: list[threading.Thread] = []
+        self._delivery: concurrent.futures.Future[None] | None = None
         self.index = AccountFences()
         self.keys = KeyRing(config.api_key_hashes)
         # Punches and live positions share commits under load; the committer
@@ -159,6 +168,7 @@ class Server:
                     wakeup=self.wakeup,
                     stopping=self._stopped,
                     max_body_bytes=self.config.max_message_bytes,
+                    webhook_guard=resolving_guard(self.config.webhook_allow_private),
                 )
             )
         )
@@ -218,6 +228,7 @@ class Server:
                 self.wakeup,
                 self._stopped,
                 config.max_clock_skew_seconds,
+                resolving_guard(config.webhook_allow_private),
             ),
         )
         return server, _bind(server, config)
@@ -294,11 +305,34 @@ class Server:
         purges = (
             ("idempotency keys", purge_idempotency_keys, self.config.idempotency_days),
             ("events", purge_events, self.config.event_retention_days),
+            ("webhook attempts", purge_attempts, self.config.webhook_attempts_days),
         )
+        self._start_delivery()
         for what, purge, days in purges:
             if days > 0 and self._housekeeping:
                 purger = background.Purger(what, purge, self._uows, days * 86400, self._stopped)
                 self._threads.append(background.start(f"{what} purge", purger.run))
+
+    def _start_delivery(self) -> None:
+        """Webhook deliveries, on an event loop of their own: a slow receiver
+        never delays a call."""
+        config = self.config
+        self._delivery_loop = EventLoopThread("webhooks")
+        deliverer = Deliverer(
+            self._uows,
+            AiohttpPoster(
+                config.webhook_timeout_seconds,
+                config.webhook_allow_private,
+                f"geopunch/{__version__}",
+            ),
+            self.wakeup,
+            self._stopped,
+            DeliverySettings(
+                retry_window_s=config.webhook_retry_hours * 3600,
+                lease_s=config.webhook_lease_seconds,
+            ),
+        )
+        self._delivery = self._delivery_loop.spawn(deliverer.run())
 
     @property
     def _housekeeping(self) -> bool:
@@ -336,6 +370,12 @@ class Server:
             self.http.stop(self.config.grace_seconds if grace is None else grace)
         self.loop.run(self._grpc.stop(self.config.grace_seconds if grace is None else grace))
         self._committer.close()  # every call has answered: nothing is left to queue
+        if self._delivery is not None:
+            try:  # progress stored and leases given back, for the next process
+                self._delivery.result(self.config.grace_seconds)
+            except Exception:
+                log.exception("webhook deliveries did not stop cleanly")
+            self._delivery_loop.close()
         self._executor.shutdown()
         for thread in self._threads:
             thread.join(self.config.grace_seconds)

@@ -37,6 +37,7 @@ from geopunch.adapters.db.repositories import (
 )
 from geopunch.adapters.db.scheduling import SqlSchedulerRepository, SqlShiftRepository
 from geopunch.adapters.db.tracking import SqlEventRepository, SqlLocationRepository
+from geopunch.adapters.db.webhooks import SqlWebhookRepository
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 
@@ -163,6 +164,7 @@ class _Repositories:
     index_changes: SqlIndexChangeRepository
     accounts: SqlAccountRepository
     api_keys: SqlApiKeyRepository
+    webhooks: SqlWebhookRepository
 
     def _bind(self, conn: Connection, account: int | None, now: int) -> None:
         self.time_clocks = SqlTimeClockRepository(conn, account, now)
@@ -176,6 +178,7 @@ class _Repositories:
         self.index_changes = SqlIndexChangeRepository(conn, account, now)
         self.accounts = SqlAccountRepository(conn, now)
         self.api_keys = SqlApiKeyRepository(conn, now)
+        self.webhooks = SqlWebhookRepository(conn, account)
 
 
 class SqlUnitOfWork(_Repositories):

@@ -28,7 +28,13 @@ from geopunch.adapters.db.prepared import (
     integrity_error,
 )
 from geopunch.adapters.db.repositories import AccountScoped
-from geopunch.adapters.db.tables import event_horizon, events, live_trails
+from geopunch.adapters.db.tables import (
+    event_horizon,
+    event_sinks,
+    events,
+    live_trails,
+    webhook_subscriptions,
+)
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event, LiveTrail, new_event_id
 
@@ -187,9 +193,15 @@ class SqlEventRepository(AccountScoped):
         oldest = self._conn.execute(
             select(events.c.seq, events.c.recorded_at).order_by(events.c.seq).limit(limit)
         ).all()
+        # Never what a webhook subscription or a sink has yet to deliver.
+        undelivered = self._conn.execute(select(func.min(webhook_subscriptions.c.cursor))).scalar()
+        sink = self._conn.execute(select(func.min(event_sinks.c.cursor))).scalar()
+        keep_from = min((c + 1 for c in (undelivered, sink) if c is not None), default=None)
         gone = []
         for seq, recorded_at in oldest:
             if recorded_at is not None and recorded_at >= recorded_before:
+                break
+            if keep_from is not None and seq >= keep_from:
                 break
             gone.append(seq)
         if not gone:
@@ -233,6 +245,7 @@ class SqlEventRepository(AccountScoped):
                 seq=r.seq,
                 id=r.event_id or f"evt_{r.seq}",
                 account_id=r.account_id,
+                recorded_at=r.recorded_at or 0,
             )
             for r in rows
         ]

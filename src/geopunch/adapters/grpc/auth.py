@@ -56,6 +56,14 @@ SCOPES: dict[str, Scope | None] = {
     "ListApiKeys": _A,
     "RotateApiKey": _A,
     "RevokeApiKey": _A,
+    # webhook subscriptions hold their signing secrets
+    "CreateWebhookSubscription": _A,
+    "ListWebhookSubscriptions": _A,
+    "GetWebhookSubscription": _A,
+    "UpdateWebhookSubscription": _A,
+    "DeleteWebhookSubscription": _A,
+    "ListWebhookDeliveries": _A,
+    "ReplayWebhookSubscription": _A,
 }
 
 

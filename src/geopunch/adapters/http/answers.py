@@ -27,6 +27,7 @@ from geopunch.domain.models import (
 from geopunch.domain.punches import Activity, PunchLocation, PunchPoint, PunchResult
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.domain.timesheets import UserStatus, UserTotals, activity_json
+from geopunch.domain.webhooks import Attempt, Subscription
 
 # -- punches --------------------------------------------------------------------------
 
@@ -205,6 +206,38 @@ def api_key(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         out["secret"] = secret  # shown once, when issued
     return out
+
+
+def webhook_subscription(s: Subscription, *, with_secret: bool = False) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "url": s.url,
+        "eventTypes": list(s.event_types),
+        "timeClockIds": list(s.time_clock_ids),
+        **({"secret": s.secret} if with_secret else {}),  # only when it was set
+        "status": s.status.value,
+        "deliveredThroughSeq": s.cursor,
+        "failedAttempts": s.attempts,
+        "failingSinceMs": s.failing_since,
+        "nextAttemptAtMs": s.next_attempt_at or None,
+        "createdAtMs": s.created_at,
+        "modifiedAtMs": s.modified_at,
+    }
+
+
+def webhook_delivery(a: Attempt) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "seq": a.seq,
+        "eventId": a.event_id,
+        "eventType": a.event_type,
+        "attempt": a.attempt,
+        "attemptedAtMs": a.attempted_at,
+        "statusCode": a.status_code,
+        "latencyMs": a.latency_ms,
+        "error": a.error,
+        "succeeded": a.succeeded,
+    }
 
 
 # -- scheduled shifts -----------------------------------------------------------------

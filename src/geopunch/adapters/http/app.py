@@ -50,11 +50,13 @@ from geopunch.adapters.http.bodies import (
     CreateTimeActivitiesBody,
     DayStatusBody,
     ErrorBody,
+    ReplayBody,
     SchedulerIn,
     ShiftIn,
     TimeClockIn,
     UpdateTimeActivityBody,
     ValidatePunchBody,
+    WebhookSubscriptionIn,
     fence_draft,
 )
 from geopunch.adapters.http.examples import EXAMPLES
@@ -67,10 +69,19 @@ from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, Un
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
 from geopunch.domain.timesheets import ListQuery
 from geopunch.logs import new_request_id, request_id_var
-from geopunch.service import accounts, admin, geofences, punches, scheduler, timesheets
+from geopunch.service import (
+    accounts,
+    admin,
+    geofences,
+    punches,
+    scheduler,
+    timesheets,
+    webhooks,
+)
 from geopunch.service.accounts import KeyRing
 from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, check_resumable, events_after
 from geopunch.service.locations import LocationBatch, check_locations
+from geopunch.service.webhooks import UrlGuard
 
 _PUNCH_KINDS = {
     "clockIn": PunchKind.CLOCK_IN,
@@ -101,6 +112,8 @@ class HttpDeps:
     stopping: threading.Event | None = None
     #: Largest request body, in bytes (as gRPC's largest message).
     max_body_bytes: int = 64 * 1024 * 1024
+    #: Checks webhook URLs' hosts (None: private addresses are allowed).
+    webhook_guard: UrlGuard = None
 
 
 def _error(
@@ -767,6 +780,67 @@ def create_app(deps: HttpDeps) -> Any:
     @app.delete(f"{own}/api-keys/{{keyId}}", tags=["api keys"])
     def revoke_key(who: Admin, keyId: IdPath) -> Response:
         return answer(answers.api_key(accounts.revoke_key(deps.uows, keyId, who.account_id)))
+
+    # -- webhook subscriptions ------------------------------------------------------------
+
+    hooks = "/webhooks/v1/subscriptions"
+    HookId = Annotated[str, Path(max_length=64)]
+
+    @app.post(hooks, tags=["webhooks"])
+    def create_webhook(who: Admin, body: WebhookSubscriptionIn) -> Response:
+        """A subscription to this account's events from now on; the answer
+        holds its signing secret (generated unless given), once."""
+        sub = webhooks.create_subscription(
+            deps.uows, who.account_id, body.to_domain(), deps.webhook_guard
+        )
+        return answer(answers.webhook_subscription(sub, with_secret=True))
+
+    @app.get(hooks, tags=["webhooks"])
+    def list_webhooks(who: Admin) -> Response:
+        found = webhooks.list_subscriptions(deps.uows, who.account_id)
+        return answer({"subscriptions": [answers.webhook_subscription(s) for s in found]})
+
+    @app.get(f"{hooks}/{{subscriptionId}}", tags=["webhooks"])
+    def get_webhook(who: Admin, subscriptionId: HookId) -> Response:
+        sub = webhooks.get_subscription(deps.uows, who.account_id, subscriptionId)
+        return answer(answers.webhook_subscription(sub))
+
+    @app.patch(f"{hooks}/{{subscriptionId}}", tags=["webhooks"])
+    def update_webhook(who: Admin, subscriptionId: HookId, body: WebhookSubscriptionIn) -> Response:
+        """Change the fields sent; `status` "active" resumes a failing subscription."""
+        sub = webhooks.update_subscription(
+            deps.uows, who.account_id, subscriptionId, body.to_domain(), deps.webhook_guard
+        )
+        return answer(answers.webhook_subscription(sub, with_secret=body.secret is not None))
+
+    @app.delete(f"{hooks}/{{subscriptionId}}", tags=["webhooks"])
+    def delete_webhook(who: Admin, subscriptionId: HookId) -> Response:
+        webhooks.delete_subscription(deps.uows, who.account_id, subscriptionId)
+        return Response(status_code=204, headers={"X-Request-ID": request_id_var.get()})
+
+    @app.get(f"{hooks}/{{subscriptionId}}/deliveries", tags=["webhooks"])
+    def list_webhook_deliveries(
+        who: Admin,
+        subscriptionId: HookId,
+        pageSize: Annotated[int, Query(ge=0, le=500)] = 0,
+        pageToken: Annotated[str, Query(max_length=32)] = "",
+    ) -> Response:
+        """Delivery attempts, newest first."""
+        page, token = webhooks.list_deliveries(
+            deps.uows, who.account_id, subscriptionId, pageSize, pageToken
+        )
+        return answer(
+            {
+                "deliveries": [answers.webhook_delivery(a) for a in page],
+                "nextPageToken": token or None,
+            }
+        )
+
+    @app.post(f"{hooks}/{{subscriptionId}}/replay", tags=["webhooks"])
+    def replay_webhook(who: Admin, subscriptionId: HookId, body: ReplayBody) -> Response:
+        """Deliver again from `fromSeq` on, and resume a failing subscription."""
+        sub = webhooks.replay_subscription(deps.uows, who.account_id, subscriptionId, body.fromSeq)
+        return answer(answers.webhook_subscription(sub))
 
     # -- geopunch's own: checks and events -----------------------------------------------
 

@@ -45,6 +45,7 @@ from geopunch.domain.timesheets import (
     ShiftDraft,
     UserActivities,
 )
+from geopunch.domain.webhooks import SubscriptionChange
 
 
 def _integral(value: Any) -> Any:
@@ -485,3 +486,27 @@ class UpdateTimeActivityBody(Body):
             scheduler_shift_id=self.schedulerShiftId or "",
             notes=self.notes or "",
         )
+
+
+class WebhookSubscriptionIn(Body):
+    """A subscription to create, or the fields of one to change (those sent)."""
+
+    url: StrictStr | None = None
+    eventTypes: Annotated[list[StrictStr], Field(max_length=64)] | None = None
+    timeClockIds: Annotated[list[Int64], Field(max_length=1000)] | None = None
+    secret: StrictStr | None = None
+    #: Updates only: "active" puts a failing subscription back to work.
+    status: StrictStr | None = None
+
+    def to_domain(self) -> SubscriptionChange:
+        return SubscriptionChange(
+            url=self.url,
+            event_types=None if self.eventTypes is None else tuple(self.eventTypes),
+            time_clock_ids=None if self.timeClockIds is None else tuple(self.timeClockIds),
+            secret=self.secret,
+            status=self.status,
+        )
+
+
+class ReplayBody(Body):
+    fromSeq: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]

@@ -1,0 +1,202 @@
+"""Webhook subscriptions and their delivery attempts in the store.
+
+The CRUD methods see one account's subscriptions. The deliverer's methods
+(``claim``, ``save_progress``, ``attempts_done``) work across accounts and
+only on rows whose lease the caller holds, so that no two processes or
+replicas deliver one subscription at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
+
+from geopunch.adapters.db.repositories import AccountScoped
+from geopunch.adapters.db.tables import webhook_attempts, webhook_subscriptions
+from geopunch.domain.webhooks import Attempt, Subscription, SubscriptionStatus
+
+_S = webhook_subscriptions
+_A = webhook_attempts
+
+
+def _subscription(r: Any) -> Subscription:
+    return Subscription(
+        id=r.id,
+        account_id=r.account_id,
+        url=r.url,
+        event_types=tuple(r.event_types),
+        time_clock_ids=tuple(r.time_clock_ids),
+        secret=r.secret,
+        status=SubscriptionStatus(r.status),
+        cursor=r.cursor,
+        attempts=r.attempts,
+        failing_since=r.failing_since,
+        next_attempt_at=r.next_attempt_at,
+        created_at=r.created_at,
+        modified_at=r.modified_at,
+    )
+
+
+def _row(s: Subscription) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "account_id": s.account_id,
+        "url": s.url,
+        "event_types": list(s.event_types),
+        "time_clock_ids": list(s.time_clock_ids),
+        "secret": s.secret,
+        "status": s.status.value,
+        "cursor": s.cursor,
+        "attempts": s.attempts,
+        "failing_since": s.failing_since,
+        "next_attempt_at": s.next_attempt_at,
+        "created_at": s.created_at,
+        "modified_at": s.modified_at,
+    }
+
+
+class SqlWebhookRepository(AccountScoped):
+    def __init__(self, conn: Connection, account: int | None) -> None:
+        super().__init__(conn, account)
+
+    # -- one account's subscriptions -------------------------------------------------
+
+    def count(self) -> int:
+        query = select(func.count()).select_from(_S).where(_S.c.account_id == self.account)
+        return int(self._conn.execute(query).scalar_one())
+
+    def add(self, sub: Subscription) -> None:
+        assert sub.account_id == self.account
+        self._conn.execute(insert(_S).values({**_row(sub), "lease_owner": None, "lease_until": 0}))
+
+    def get(self, sub_id: str, *, for_update: bool = False) -> Subscription | None:
+        query = select(_S).where(_S.c.account_id == self.account, _S.c.id == sub_id)
+        if for_update and self._conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = self._conn.execute(query).first()
+        return None if row is None else _subscription(row)
+
+    def all(self) -> list[Subscription]:
+        query = select(_S).where(_S.c.account_id == self.account).order_by(_S.c.created_at, _S.c.id)
+        return [_subscription(r) for r in self._conn.execute(query)]
+
+    def replace(self, sub: Subscription) -> None:
+        """Store a changed subscription. Its lease stays with its holder,
+        which sees ``modified_at`` move and reloads it."""
+        values = _row(sub)
+        del values["id"], values["account_id"]
+        self._conn.execute(
+            update(_S).where(_S.c.account_id == self.account, _S.c.id == sub.id).values(values)
+        )
+
+    def remove(self, sub_id: str) -> bool:
+        gone = self._conn.execute(
+            delete(_S).where(_S.c.account_id == self.account, _S.c.id == sub_id)
+        ).rowcount
+        self._conn.execute(delete(_A).where(_A.c.subscription_id == sub_id))
+        return bool(gone)
+
+    def attempts(self, sub_id: str, limit: int, before_id: int = 0) -> list[Attempt]:
+        """Newest first; ``before_id`` continues a listing (0: from the newest)."""
+        query = select(_A).where(_A.c.subscription_id == sub_id)
+        if before_id:
+            query = query.where(_A.c.id < before_id)
+        rows = self._conn.execute(query.order_by(_A.c.id.desc()).limit(limit))
+        return [
+            Attempt(
+                subscription_id=r.subscription_id,
+                seq=r.seq,
+                event_id=r.event_id,
+                event_type=r.event_type,
+                attempt=r.attempt,
+                attempted_at=r.attempted_at,
+                status_code=r.status_code,
+                latency_ms=r.latency_ms,
+                error=r.error,
+                succeeded=r.succeeded,
+                id=r.id,
+            )
+            for r in rows
+        ]
+
+    # -- the deliverer's, across accounts --------------------------------------------
+
+    def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
+        """Take (or keep) the leases of active subscriptions that nobody
+        else holds, at most ``limit`` in all; the ones now held."""
+        free = or_(_S.c.lease_owner.is_(None), _S.c.lease_until < now_ms, _S.c.lease_owner == owner)
+        candidates = self._conn.execute(
+            select(_S.c.id)
+            .where(_S.c.status == SubscriptionStatus.ACTIVE.value, free)
+            .order_by(_S.c.lease_owner == owner, _S.c.id)  # others' expired ones last
+            .limit(limit)
+        ).scalars()
+        ids = list(candidates)
+        if ids:
+            self._conn.execute(
+                update(_S)
+                .where(_S.c.id.in_(ids), free)
+                .values(lease_owner=owner, lease_until=now_ms + lease_ms)
+            )
+        held = select(_S).where(
+            _S.c.lease_owner == owner,
+            _S.c.lease_until >= now_ms,
+            _S.c.status == SubscriptionStatus.ACTIVE.value,
+        )
+        return [_subscription(r) for r in self._conn.execute(held)]
+
+    def release(self, owner: str) -> None:
+        self._conn.execute(
+            update(_S).where(_S.c.lease_owner == owner).values(lease_owner=None, lease_until=0)
+        )
+
+    def save_progress(self, sub: Subscription, owner: str, seen_modified_at: int) -> bool:
+        """Store the deliverer's cursor and retry state of ``sub``, only while
+        ``owner`` holds its lease and nobody changed it since
+        ``seen_modified_at``; whether it was stored."""
+        done = self._conn.execute(
+            update(_S)
+            .where(
+                _S.c.id == sub.id,
+                _S.c.lease_owner == owner,
+                _S.c.modified_at == seen_modified_at,
+            )
+            .values(
+                cursor=sub.cursor,
+                attempts=sub.attempts,
+                failing_since=sub.failing_since,
+                next_attempt_at=sub.next_attempt_at,
+                status=sub.status.value,
+            )
+        ).rowcount
+        return bool(done)
+
+    def record_attempts(self, done: Sequence[Attempt]) -> None:
+        if done:
+            self._conn.execute(
+                insert(_A),
+                [
+                    {
+                        "subscription_id": a.subscription_id,
+                        "seq": a.seq,
+                        "event_id": a.event_id,
+                        "event_type": a.event_type,
+                        "attempt": a.attempt,
+                        "attempted_at": a.attempted_at,
+                        "status_code": a.status_code,
+                        "latency_ms": a.latency_ms,
+                        "error": a.error,
+                        "succeeded": a.succeeded,
+                    }
+                    for a in done
+                ],
+            )
+
+    def purge_attempts(self, before_ms: int, limit: int) -> int:
+        oldest = select(_A.c.id).where(_A.c.attempted_at < before_ms).order_by(_A.c.id).limit(limit)
+        ids = list(self._conn.execute(oldest).scalars())
+        if ids:
+            self._conn.execute(delete(_A).where(_A.c.id.in_(ids)))
+        return len(ids)

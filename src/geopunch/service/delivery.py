@@ -1,0 +1,292 @@
+"""The deliverer: pushes the event log to webhook subscriptions.
+
+Each process runs one. It takes leases on active subscriptions in the store
+(so that no two processes or replicas deliver one subscription at once, and
+a killed process's subscriptions are taken over once its leases run out) and
+delivers each held subscription in a task of its own, so that a failing
+receiver holds back its own subscription only.
+
+Delivery is at least once and in ``seq`` order per subscription. Progress is
+stored in batches (every ``FLUSH_EVENTS`` deliveries or ``FLUSH_S``), not per
+event: a store write per event would halve the rate. A process killed between
+two stores sends what it sent since the last one again, with the same
+``webhook-id``, which receivers use to drop duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from standardwebhooks import Webhook
+
+from geopunch import metrics
+from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.events import Event, event_json
+from geopunch.domain.ports import EventSignal, UnitOfWorkFactory, WebhookPoster
+from geopunch.domain.webhooks import (
+    FAILING_EVENT,
+    Attempt,
+    Subscription,
+    SubscriptionStatus,
+    failing_event_payload,
+    retry_delay_s,
+)
+from geopunch.service.events import events_after
+
+log = logging.getLogger("geopunch.webhooks")
+
+FLUSH_EVENTS = 200
+FLUSH_S = 0.25
+#: How much of an error an attempt keeps.
+ERROR_CHARS = 300
+#: Subscriptions one process delivers at most (the others wait for another process).
+MAX_HELD = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    retry_window_s: float = 24 * 3600.0
+    lease_s: float = 30.0
+
+
+def owner_name() -> str:
+    """This process's name in the leases it holds: readable, and unique."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _Changed(Exception):
+    """The subscription changed (updated, replayed, deleted) or its lease was
+    lost: its task ends, and the next claim starts it again from the store."""
+
+
+class Deliverer:
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        poster: WebhookPoster,
+        signal: EventSignal,
+        stopping: threading.Event,
+        settings: DeliverySettings = DeliverySettings(),
+        owner: str | None = None,
+    ) -> None:
+        self._uows, self._poster, self._signal = uows, poster, signal
+        self._stopping, self._settings = stopping, settings
+        self.owner = owner or owner_name()
+        self._tasks: dict[str, tuple[asyncio.Task[None], int]] = {}
+
+    async def run(self) -> None:
+        """Claim and deliver until ``stopping`` is set; then store progress
+        and give the leases back, so that another process goes on at once."""
+        every = min(1.0, self._settings.lease_s / 3)
+        try:
+            while not self._stopping.is_set():
+                seen = self._signal.version
+                try:
+                    held = await asyncio.to_thread(self._claim)
+                except Exception:  # the store may be briefly unavailable
+                    log.exception("claiming webhook subscriptions failed")
+                    held = None
+                if held is not None:
+                    self._start(held)
+                await self._signal.wait(seen, every) if not self._tasks else await asyncio.sleep(
+                    every
+                )
+        finally:
+            for task, _ in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*(t for t, _ in self._tasks.values()), return_exceptions=True)
+            try:
+                await asyncio.to_thread(self._release)
+            except Exception:  # the leases then run out by themselves
+                log.exception("releasing webhook leases failed")
+            await self._poster.close()
+
+    def _claim(self) -> list[Subscription]:
+        lease_ms = int(self._settings.lease_s * 1000)
+        with self._uows() as uow:
+            held = uow.webhooks.claim(self.owner, _ms(), lease_ms, MAX_HELD)
+            uow.commit()
+        return held
+
+    def _release(self) -> None:
+        with self._uows() as uow:
+            uow.webhooks.release(self.owner)
+            uow.commit()
+
+    def _start(self, held: list[Subscription]) -> None:
+        """Start a task per held subscription; end those of subscriptions no
+        longer held (deleted, failing, taken over) or changed since their
+        task read them (updated, replayed: the next claim starts them anew)."""
+        now = {s.id: s.modified_at for s in held}
+        for sub_id, (task, seen) in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[sub_id]
+            elif now.get(sub_id) != seen:
+                task.cancel()
+        for sub in held:
+            if sub.id not in self._tasks:
+                task = asyncio.create_task(_Delivery(self, sub).run())
+                self._tasks[sub.id] = (task, sub.modified_at)
+
+
+class _Delivery:
+    """One subscription's deliveries, for as long as it is held unchanged."""
+
+    def __init__(self, owner: Deliverer, sub: Subscription) -> None:
+        self._d = owner
+        self.sub = sub
+        self._seen = sub.modified_at
+        self._hook = Webhook(sub.secret)
+        self._done: list[Attempt] = []
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+
+    async def run(self) -> None:
+        d = self._d
+        try:
+            while not d._stopping.is_set():
+                seen = d._signal.version
+                page = await asyncio.to_thread(
+                    events_after,
+                    d._uows,
+                    self.sub.account_id,
+                    self.sub.cursor,
+                    self.sub.event_types,
+                    self.sub.time_clock_ids,
+                )
+                for event in page:
+                    await self._deliver(event)
+                if not page:
+                    if self._unsaved or self._done:
+                        await self._save()
+                    await d._signal.wait(seen, 1.0)
+        except _Changed:
+            return
+        except DomainError as err:
+            if err.code is not ErrorCode.EVENTS_PURGED:
+                raise
+            # Retention keeps what a subscription has yet to deliver; only a
+            # store purged by hand gets here.
+            log.error("webhook cursor behind retention", extra={"fields": {"id": self.sub.id}})
+        finally:
+            if self._unsaved or self._done:
+                try:
+                    await asyncio.shield(self._save())
+                except (_Changed, asyncio.CancelledError):
+                    pass
+                except Exception:
+                    log.exception("storing webhook progress failed")
+
+    async def _deliver(self, event: Event) -> None:
+        body = json.dumps(event_json(event), separators=(",", ":"))
+        data = body.encode()
+        while True:
+            wait_s = self.sub.next_attempt_at / 1000 - time.time()
+            if wait_s > 0 and await self._sleep(wait_s):
+                raise _Changed
+            started = time.perf_counter()
+            now = datetime.now(tz=UTC)
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": event.id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": self._hook.sign(event.id, now, body),
+            }
+            result = await self._d._poster.post(self.sub.url, data, headers)
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._done.append(
+                Attempt(
+                    subscription_id=self.sub.id,
+                    seq=event.seq,
+                    event_id=event.id,
+                    event_type=event.type,
+                    attempt=self.sub.attempts + 1,
+                    attempted_at=int(now.timestamp() * 1000),
+                    status_code=result.status_code,
+                    latency_ms=round(latency_ms, 3),
+                    error=None if result.ok else (result.error or "")[:ERROR_CHARS] or None,
+                    succeeded=result.ok,
+                )
+            )
+            metrics.WEBHOOK_DELIVERIES.labels("ok" if result.ok else "failed").inc()
+            if result.ok:
+                metrics.WEBHOOK_LAG.observe(max(time.time() - event.recorded_at, 0.0))
+                self.sub = replace(
+                    self.sub, cursor=event.seq, attempts=0, failing_since=None, next_attempt_at=0
+                )
+                self._unsaved += 1
+                if self._unsaved >= FLUSH_EVENTS or time.monotonic() - self._saved_at >= FLUSH_S:
+                    await self._save()
+                return
+            await self._failed(event, result.error or f"status {result.status_code}")
+
+    async def _failed(self, event: Event, error: str) -> None:
+        now = _ms()
+        since = self.sub.failing_since or now
+        attempts = self.sub.attempts + 1
+        if now - since >= self._d._settings.retry_window_s * 1000:
+            self.sub = replace(
+                self.sub,
+                status=SubscriptionStatus.FAILING,
+                attempts=attempts,
+                failing_since=since,
+            )
+            notice = Event(
+                FAILING_EVENT.value,
+                now // 1000,
+                failing_event_payload(self.sub, event.seq, error),
+            )
+            await self._save(notice)
+            log.warning(
+                "webhook subscription failing",
+                extra={"fields": {"id": self.sub.id, "seq": event.seq, "error": error}},
+            )
+            raise _Changed
+        delay = retry_delay_s(attempts)
+        self.sub = replace(
+            self.sub,
+            attempts=attempts,
+            failing_since=since,
+            next_attempt_at=now + int(delay * 1000),
+        )
+        await self._save()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, waking each second to look for a stop; whether one came."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._d._stopping.is_set():
+                return True
+            await asyncio.sleep(min(left, 1.0))
+        return self._d._stopping.is_set()
+
+    async def _save(self, notice: Event | None = None) -> None:
+        done, self._done = self._done, []
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+        sub, owner, seen = self.sub, self._d.owner, self._seen
+
+        def write() -> bool:
+            with self._d._uows() as uow:
+                uow.webhooks.record_attempts(done)
+                kept = uow.webhooks.save_progress(sub, owner, seen)
+                if kept and notice is not None:
+                    uow.for_account(sub.account_id).events.append([notice])
+                uow.commit()
+            return kept
+
+        if not await asyncio.to_thread(write):
+            raise _Changed
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,113 @@
+"""Webhook subscriptions in the store: leases that keep two deliverers
+apart, progress that only the holder stores, and retention that keeps
+what a subscription has yet to deliver."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from sqlalchemy import Engine
+
+from geopunch.domain.events import Event
+from geopunch.domain.webhooks import Attempt, Subscription, SubscriptionChange
+from geopunch.service import webhooks
+from geopunch.service.events import purge_events
+from tests.helpers import AccountStore
+
+
+def _sub(uows: AccountStore, **fields: object) -> Subscription:
+    change = SubscriptionChange(url="http://receiver.example/hooks", **fields)  # type: ignore[arg-type]
+    return webhooks.create_subscription(uows.factory, uows.account, change, None)
+
+
+def test_one_deliverer_holds_a_subscription_until_its_lease_runs_out(engine: Engine) -> None:
+    uows = AccountStore(engine)
+    sub = _sub(uows)
+    now = int(time.time() * 1000)
+    with uows() as uow:
+        assert [s.id for s in uow.webhooks.claim("a", now, 2000, 10)] == [sub.id]
+        assert uow.webhooks.claim("b", now + 1000, 2000, 10) == []  # a holds it
+        uow.commit()
+    with uows() as uow:
+        # a renews; b still gets nothing
+        assert [s.id for s in uow.webhooks.claim("a", now + 1500, 2000, 10)] == [sub.id]
+        assert uow.webhooks.claim("b", now + 3000, 2000, 10) == []
+        # a stopped renewing: b takes over once the lease ran out, and a lost it
+        assert [s.id for s in uow.webhooks.claim("b", now + 3600, 2000, 10)] == [sub.id]
+        advanced = replace(sub, cursor=sub.cursor + 5)
+        assert not uow.webhooks.save_progress(advanced, "a", sub.modified_at)
+        assert uow.webhooks.save_progress(advanced, "b", sub.modified_at)
+        uow.commit()
+    # An update moves modified_at: the holder's next store is refused, so it
+    # reloads instead of overwriting the change.
+    webhooks.update_subscription(
+        uows.factory, uows.account, sub.id, SubscriptionChange(event_types=("clockIn",)), None
+    )
+    with uows() as uow:
+        assert not uow.webhooks.save_progress(advanced, "b", sub.modified_at)
+        uow.webhooks.release("b")
+        assert [s.id for s in uow.webhooks.claim("c", now + 3700, 2000, 10)] == [sub.id]
+        uow.commit()
+
+
+def test_failing_subscriptions_are_not_claimed_until_reactivated(engine: Engine) -> None:
+    uows = AccountStore(engine)
+    sub = _sub(uows)
+    webhooks.update_subscription(
+        uows.factory, uows.account, sub.id, SubscriptionChange(status="failing"), None
+    )
+    now = int(time.time() * 1000)
+    with uows() as uow:
+        assert uow.webhooks.claim("a", now, 2000, 10) == []
+    back = webhooks.update_subscription(
+        uows.factory, uows.account, sub.id, SubscriptionChange(status="active"), None
+    )
+    assert (back.status.value, back.attempts, back.failing_since) == ("active", 0, None)
+    with uows() as uow:
+        assert [s.id for s in uow.webhooks.claim("a", now, 2000, 10)] == [sub.id]
+
+
+def test_retention_keeps_what_a_subscription_has_yet_to_deliver(engine: Engine) -> None:
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.events.append([Event("shiftPublished", 100 + i, {"n": i}) for i in range(3)])
+        uow.commit()
+    sub = _sub(uows)  # from the newest event on
+    with uows() as uow:
+        uow.events.append([Event("shiftPublished", 200 + i, {"n": i}) for i in range(4)])
+        seqs = [e.seq for e in uow.events.after(0)]
+        uow.commit()
+    later = time.time() + 40 * 86400
+    # The three before the subscription go; the four it has not delivered stay.
+    assert purge_events(uows.factory, later, 30 * 86400) == 3
+    with uows() as uow:
+        assert [e.seq for e in uow.events.after(0)] == seqs[3:]
+        uow.webhooks.claim("a", 0, 10**12, 10)
+        assert uow.webhooks.save_progress(replace(sub, cursor=seqs[4]), "a", sub.modified_at)
+        uow.commit()
+    assert purge_events(uows.factory, later, 30 * 86400) == 2
+    webhooks.delete_subscription(uows.factory, uows.account, sub.id)
+    assert purge_events(uows.factory, later, 30 * 86400) == 2
+
+
+def test_attempts_are_listed_newest_first_by_page_and_purged_by_age(engine: Engine) -> None:
+    uows = AccountStore(engine)
+    sub = _sub(uows)
+    with uows() as uow:
+        uow.webhooks.record_attempts(
+            [
+                Attempt(sub.id, 10 + i, f"evt_{i}", "clockIn", 1, 1_000 * i, 200, 1.5, None, True)
+                for i in range(1, 6)
+            ]
+        )
+        uow.commit()
+    page, token = webhooks.list_deliveries(uows.factory, uows.account, sub.id, 2, "")
+    assert [a.seq for a in page] == [15, 14] and token
+    page, token = webhooks.list_deliveries(uows.factory, uows.account, sub.id, 2, token)
+    assert [a.seq for a in page] == [13, 12] and token
+    page, token = webhooks.list_deliveries(uows.factory, uows.account, sub.id, 2, token)
+    assert [a.seq for a in page] == [11] and token == ""
+    assert webhooks.purge_attempts(uows.factory, now=4.5, retention_s=1.0) == 3
+    page, _ = webhooks.list_deliveries(uows.factory, uows.account, sub.id, 0, "")
+    assert [a.seq for a in page] == [15, 14]
