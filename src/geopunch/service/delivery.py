@@ -149,6 +149,9 @@ class _Delivery:
         self._done: list[Attempt] = []
         self._unsaved = 0
         self._saved_at = time.monotonic()
+        #: The store write under way, if any (one at a time, so that progress
+        #: is stored in order).
+        self._saving: asyncio.Future[bool] | None = None
 
     async def run(self) -> None:
         d = self._d
@@ -166,8 +169,7 @@ class _Delivery:
                 for event in page:
                     await self._deliver(event)
                 if not page:
-                    if self._unsaved or self._done:
-                        await self._save()
+                    await self._save()
                     await d._signal.wait(seen, 1.0)
         except _Changed:
             return
@@ -178,13 +180,12 @@ class _Delivery:
             # store purged by hand gets here.
             log.error("webhook cursor behind retention", extra={"fields": {"id": self.sub.id}})
         finally:
-            if self._unsaved or self._done:
-                try:
-                    await asyncio.shield(self._save())
-                except (_Changed, asyncio.CancelledError):
-                    pass
-                except Exception:
-                    log.exception("storing webhook progress failed")
+            try:
+                await asyncio.shield(self._save())
+            except (_Changed, asyncio.CancelledError):
+                pass
+            except Exception:
+                log.exception("storing webhook progress failed")
 
     async def _deliver(self, event: Event) -> None:
         body = json.dumps(event_json(event), separators=(",", ":"))
@@ -225,7 +226,7 @@ class _Delivery:
                 )
                 self._unsaved += 1
                 if self._unsaved >= FLUSH_EVENTS or time.monotonic() - self._saved_at >= FLUSH_S:
-                    await self._save()
+                    await self._save(wait=False)
                 return
             await self._failed(event, result.error or f"status {result.status_code}")
 
@@ -269,7 +270,23 @@ class _Delivery:
             await asyncio.sleep(min(left, 1.0))
         return self._d._stopping.is_set()
 
-    async def _save(self, notice: Event | None = None) -> None:
+    async def _save(self, notice: Event | None = None, *, wait: bool = True) -> None:
+        """Store the attempts and progress made so far (and ``notice``, in
+        the same transaction). ``wait=False`` on the delivery path: the write
+        runs while deliveries go on, unless the previous one still runs (the
+        next save takes both). _Changed once a write found the subscription
+        changed or its lease lost."""
+        if self._saving is not None:
+            if not self._saving.done():
+                if not wait:
+                    return
+                await asyncio.shield(self._saving)
+            kept = self._saving.result()
+            self._saving = None
+            if not kept:
+                raise _Changed
+        if not (self._done or self._unsaved or notice):
+            return
         done, self._done = self._done, []
         self._unsaved = 0
         self._saved_at = time.monotonic()
@@ -284,8 +301,9 @@ class _Delivery:
                 uow.commit()
             return kept
 
-        if not await asyncio.to_thread(write):
-            raise _Changed
+        self._saving = asyncio.ensure_future(asyncio.to_thread(write))
+        if wait:
+            await self._save()
 
 
 def _ms() -> int:
