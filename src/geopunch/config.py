@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -84,6 +85,11 @@ class Config:
     webhook_attempts_days: float = 7.0
     #: A deliverer's hold on a subscription; a killed one's is taken over after it.
     webhook_lease_seconds: float = 30.0
+    #: The JetStream sink: the NATS server ("" for none), the stream, and the
+    #: subjects' prefix (``<prefix>.<account>.<type>``).
+    nats_url: str = ""
+    nats_stream: str = "GEOPUNCH_EVENTS"
+    nats_subject_prefix: str = "geopunch.events"
 
     @staticmethod
     def from_env(
@@ -172,6 +178,17 @@ class Config:
         lease_s = float(pick("webhook_lease_seconds", "GEOPUNCH_WEBHOOK_LEASE_SECONDS", "30"))
         if not 1 <= lease_s <= 3600:
             raise ValueError("webhook lease must be within 1..3600 seconds")
+        nats_url = pick("nats_url", "GEOPUNCH_NATS_URL", "")
+        if nats_url and not nats_url.startswith(("nats://", "tls://")):
+            raise ValueError("the NATS URL must start with nats:// or tls://")
+        nats_stream = pick("nats_stream", "GEOPUNCH_NATS_STREAM", "GEOPUNCH_EVENTS")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", nats_stream):
+            raise ValueError("the NATS stream name takes letters, digits, '_' and '-'")
+        nats_prefix = pick("nats_subject_prefix", "GEOPUNCH_NATS_SUBJECT_PREFIX", "geopunch.events")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", nats_prefix):
+            raise ValueError(
+                "the NATS subject prefix takes dot-separated tokens of letters and digits"
+            )
         return Config(
             listen=listen,
             http_listen=http_listen,
@@ -195,6 +212,9 @@ class Config:
             webhook_timeout_seconds=hook_timeout,
             webhook_attempts_days=attempts_days,
             webhook_lease_seconds=lease_s,
+            nats_url=nats_url,
+            nats_stream=nats_stream,
+            nats_subject_prefix=nats_prefix,
         )
 
     @staticmethod

@@ -81,6 +81,10 @@ WEBHOOK_LAG = Histogram(
     "From an event's commit to its delivery's acknowledgement by the receiver",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
+SINK_PUBLISHED = Counter(
+    "geopunch_sink_published_total",
+    "Events the JetStream sink published and the broker acknowledged",
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -377,38 +377,3 @@ def _kill_all(srv: ServerProcess) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     srv.proc.wait(10)
-
-
-@pytest.mark.parametrize("processes", [1, 2])
-def test_sigkill_in_the_middle_of_deliveries_loses_none(
-    store_url: str, tmp_path: Path, processes: int
-) -> None:
-    env = {"GEOPUNCH_WEBHOOK_LEASE_SECONDS": "1.5"}
-    args = ["--processes", str(processes)]
-    srv = ServerProcess(db_url=store_url, env_extra=env, args=args)
-    srv.start(tmp_path)
-    receiver = Receiver(lambda r: (200, 0.0)).start()
-    client = Client(srv.address)
-    try:
-        clock = clock_of_users(client)
-        sub = subscribe(client, receiver.url, time_clock_ids=[clock[0]])
-        receiver.behaviour = lambda r: (time.sleep(0.02) or 200, 0.0)  # type: ignore[func-returns-value]
-        punch_pairs(client, clock, 30)
-        want = logged(client, clock[0], 60)
-        deadline = time.monotonic() + 30
-        while len(receiver.accepted()) < 10:
-            assert time.monotonic() < deadline, "no deliveries before the kill"
-            time.sleep(0.01)
-        client.close()
-        _kill_all(srv)
-        assert len({r.webhook_id for r in receiver.accepted()}) < 60, (
-            "all delivered before the kill"
-        )
-        srv = ServerProcess(db_url=store_url, env_extra=env, args=args)
-        srv.start(tmp_path)
-        client = Client(srv.address)
-        check_delivered(receiver, sub.secret, want, timeout=60)
-    finally:
-        client.close()
-        srv.terminate()
-        receiver.stop()

@@ -198,6 +198,17 @@ class WebhookRepository(Protocol):
 
     def purge_attempts(self, before_ms: int, limit: int) -> int: ...
 
+    def claim_sink(
+        self, name: str, owner: str, now_ms: int, lease_ms: int, start: int
+    ) -> int | None:
+        """Take or keep the lease of an event sink; its cursor, or None while
+        another holds it (a new sink starts at ``start``)."""
+        ...
+
+    def save_sink(self, name: str, owner: str, cursor: int) -> bool: ...
+
+    def release_sink(self, name: str, owner: str) -> None: ...
+
 
 class EventRepository(Protocol):
     """The append-only event log; written in the transaction of its cause."""
@@ -215,6 +226,10 @@ class EventRepository(Protocol):
 
     def newest(self) -> int:
         """The newest seq of any account, 0 for none (store-wide)."""
+        ...
+
+    def every_after(self, cursor: int, limit: int) -> list[Event]:
+        """Every account's events after ``cursor`` in log order (store-wide)."""
         ...
 
     def after(
@@ -503,6 +518,16 @@ class PostResult:
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class EventPublisher(Protocol):
+    """Publishes events to a broker and waits for it to have stored each."""
+
+    async def publish(self, subject: str, body: bytes, msg_id: str) -> None:
+        """Raises when the broker did not acknowledge the message."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class WebhookPoster(Protocol):

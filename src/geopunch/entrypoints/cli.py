@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="let webhook URLs reach loopback and private addresses "
         "(GEOPUNCH_WEBHOOK_ALLOW_PRIVATE=1)",
     )
+    serve.add_argument(
+        "--nats-url",
+        help="publish every event to NATS JetStream at this server, e.g. nats://127.0.0.1:4222 "
+        "(GEOPUNCH_NATS_URL; stream GEOPUNCH_NATS_STREAM, subjects "
+        "GEOPUNCH_NATS_SUBJECT_PREFIX.<account>.<type>)",
+    )
     _trails_parser(sub)
     _account_parsers(sub)
     return parser
@@ -202,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 receive_timeout_seconds=args.receive_timeout_seconds,
                 max_streams_per_key=args.max_streams_per_key,
                 webhook_allow_private=args.webhook_allow_private,
+                nats_url=args.nats_url,
             )
         except ValueError as exc:
             print(f"geopunch: {exc}", file=sys.stderr)

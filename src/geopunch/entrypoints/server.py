@@ -31,6 +31,7 @@ from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.http.app import HttpDeps, create_app
+from geopunch.adapters.nats_sink import JetStreamPublisher
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
@@ -41,7 +42,7 @@ from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences
 from geopunch.service.accounts import KeyRing
-from geopunch.service.delivery import Deliverer, DeliverySettings
+from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher
 from geopunch.service.events import purge_events
 from geopunch.service.punches import purge_idempotency_keys
 from geopunch.service.webhooks import purge_attempts, resolving_guard
@@ -115,6 +116,7 @@ class Server:
         self._uows = DeferredUnitOfWorkFactory()
         self._threads: list[threading.Thread] = []
         self._delivery: concurrent.futures.Future[None] | None = None
+        self._sink: concurrent.futures.Future[None] | None = None
         self.index = AccountFences()
         self.keys = KeyRing(config.api_key_hashes)
         # Punches and live positions share commits under load; the committer
@@ -314,10 +316,10 @@ class Server:
                 self._threads.append(background.start(f"{what} purge", purger.run))
 
     def _start_delivery(self) -> None:
-        """Webhook deliveries, on an event loop of their own: a slow receiver
-        never delays a call."""
+        """Webhook deliveries (and the JetStream sink), on an event loop of
+        their own: a slow receiver or broker never delays a call."""
         config = self.config
-        self._delivery_loop = EventLoopThread("webhooks")
+        self._delivery_loop = EventLoopThread("deliveries")
         deliverer = Deliverer(
             self._uows,
             AiohttpPoster(
@@ -333,6 +335,17 @@ class Server:
             ),
         )
         self._delivery = self._delivery_loop.spawn(deliverer.run())
+        if config.nats_url:
+            sink = SinkPublisher(
+                "nats",
+                self._uows,
+                JetStreamPublisher(config.nats_url, config.nats_stream, config.nats_subject_prefix),
+                self.wakeup,
+                self._stopped,
+                config.nats_subject_prefix,
+                config.webhook_lease_seconds,
+            )
+            self._sink = self._delivery_loop.spawn(sink.run())
 
     @property
     def _housekeeping(self) -> bool:
@@ -371,10 +384,16 @@ class Server:
         self.loop.run(self._grpc.stop(self.config.grace_seconds if grace is None else grace))
         self._committer.close()  # every call has answered: nothing is left to queue
         if self._delivery is not None:
-            try:  # progress stored and leases given back, for the next process
-                self._delivery.result(self.config.grace_seconds)
-            except Exception:
-                log.exception("webhook deliveries did not stop cleanly")
+            # Progress stored and leases given back, for the next process;
+            # one grace period for both.
+            running = [f for f in (self._delivery, self._sink) if f is not None]
+            _, late = concurrent.futures.wait(running, self.config.grace_seconds)
+            for f in running:
+                if f in late or f.exception() is not None:
+                    log.error(
+                        "event delivery did not stop cleanly",
+                        exc_info=None if f in late else f.exception(),
+                    )
             self._delivery_loop.close()
         self._executor.shutdown()
         for thread in self._threads:

@@ -31,7 +31,7 @@ from standardwebhooks import Webhook
 from geopunch import metrics
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.events import Event, event_json
-from geopunch.domain.ports import EventSignal, UnitOfWorkFactory, WebhookPoster
+from geopunch.domain.ports import EventPublisher, EventSignal, UnitOfWorkFactory, WebhookPoster
 from geopunch.domain.webhooks import (
     FAILING_EVENT,
     Attempt,
@@ -308,3 +308,116 @@ class _Delivery:
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+#: Events read per page by a sink.
+SINK_PAGE = 500
+
+
+class SinkPublisher:
+    """Publishes every account's events, in seq order, to a broker (the
+    JetStream sink), each under its event id (``Nats-Msg-Id``) so that the
+    broker drops the ones a restart publishes again. One process at a time
+    holds the sink's lease; its cursor is the last seq the broker
+    acknowledged, stored as webhook progress is (in batches, off the path)."""
+
+    def __init__(
+        self,
+        name: str,
+        uows: UnitOfWorkFactory,
+        publisher: EventPublisher,
+        signal: EventSignal,
+        stopping: threading.Event,
+        subject_prefix: str,
+        lease_s: float = 30.0,
+        owner: str | None = None,
+    ) -> None:
+        self.name = name
+        self._uows, self._publisher, self._signal = uows, publisher, signal
+        self._stopping, self._prefix, self._lease_s = stopping, subject_prefix, lease_s
+        self.owner = owner or owner_name()
+
+    def subject(self, e: Event) -> str:
+        """``<prefix>.<account>.<type>``: a consumer filters by account, type or both."""
+        return f"{self._prefix}.{e.account_id}.{e.type}"
+
+    async def run(self) -> None:
+        every = min(1.0, self._lease_s / 3)
+        try:
+            while not self._stopping.is_set():
+                cursor = await self._claim()
+                if cursor is None:
+                    await asyncio.sleep(every)
+                    continue
+                await self._publish_from(cursor)
+        finally:
+            try:
+                await asyncio.to_thread(self._release)
+            except Exception:  # the lease then runs out by itself
+                log.exception("releasing the sink's lease failed")
+            await self._publisher.close()
+
+    async def _claim(self) -> int | None:
+        def claim() -> int | None:
+            with self._uows() as uow:
+                start = uow.events.newest()  # a new sink starts with what comes next
+                got = uow.webhooks.claim_sink(
+                    self.name, self.owner, _ms(), int(self._lease_s * 1000), start
+                )
+                uow.commit()
+            return got
+
+        try:
+            return await asyncio.to_thread(claim)
+        except Exception:
+            log.exception("claiming the event sink failed")
+            return None
+
+    async def _publish_from(self, cursor: int) -> None:
+        """Publish while the lease holds; return to claim again (renewing it)."""
+        renew_at = time.monotonic() + self._lease_s / 3
+        saved = cursor
+        while not self._stopping.is_set() and time.monotonic() < renew_at:
+            seen = self._signal.version
+            page = await asyncio.to_thread(self._page, cursor)
+            for e in page:
+                body = json.dumps(event_json(e), separators=(",", ":")).encode()
+                try:
+                    await self._publisher.publish(self.subject(e), body, e.id)
+                except Exception as err:
+                    log.warning(
+                        "publishing an event failed; retrying",
+                        extra={"fields": {"seq": e.seq, "error": str(err)[:ERROR_CHARS]}},
+                    )
+                    await self._save(cursor, saved)
+                    await asyncio.sleep(1.0)
+                    return
+                cursor = e.seq
+                metrics.SINK_PUBLISHED.inc()
+            if cursor != saved:
+                if not await self._save(cursor, saved):
+                    return
+                saved = cursor
+            if len(page) < SINK_PAGE:
+                await self._signal.wait(seen, min(1.0, max(renew_at - time.monotonic(), 0.01)))
+
+    def _page(self, cursor: int) -> list[Event]:
+        with self._uows(readonly=True) as uow:
+            return uow.events.every_after(cursor, SINK_PAGE)
+
+    async def _save(self, cursor: int, saved: int) -> bool:
+        if cursor == saved:
+            return True
+
+        def write() -> bool:
+            with self._uows() as uow:
+                kept = uow.webhooks.save_sink(self.name, self.owner, cursor)
+                uow.commit()
+            return kept
+
+        return await asyncio.to_thread(write)
+
+    def _release(self) -> None:
+        with self._uows() as uow:
+            uow.webhooks.release_sink(self.name, self.owner)
+            uow.commit()

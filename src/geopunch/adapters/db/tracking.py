@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -219,6 +220,26 @@ class SqlEventRepository(AccountScoped):
         """The newest seq of any account, 0 for none (store-wide)."""
         return int(self._conn.execute(select(func.max(events.c.seq))).scalar() or 0)
 
+    def every_after(self, cursor: int, limit: int) -> list[Event]:
+        """Every account's events with ``seq > cursor`` (a sink's read, store-wide)."""
+        query = select(events).where(events.c.seq > cursor).order_by(events.c.seq).limit(limit)
+        return [self._event(r) for r in self._conn.execute(query)]
+
+    @staticmethod
+    def _event(r: Any) -> Event:
+        return Event(
+            type=r.type,
+            occurred_at=r.occurred_at,
+            payload=r.payload,
+            user_id=r.user_id,
+            time_clock_id=r.time_clock_id,
+            scheduler_id=r.scheduler_id,
+            seq=r.seq,
+            id=r.event_id or f"evt_{r.seq}",
+            account_id=r.account_id,
+            recorded_at=r.recorded_at or 0,
+        )
+
     def after(
         self,
         cursor: int,
@@ -234,18 +255,4 @@ class SqlEventRepository(AccountScoped):
         if time_clock_ids:
             query = query.where(events.c.time_clock_id.in_(list(time_clock_ids)))
         rows = self._conn.execute(query.order_by(events.c.seq).limit(limit))
-        return [
-            Event(
-                type=r.type,
-                occurred_at=r.occurred_at,
-                payload=r.payload,
-                user_id=r.user_id,
-                time_clock_id=r.time_clock_id,
-                scheduler_id=r.scheduler_id,
-                seq=r.seq,
-                id=r.event_id or f"evt_{r.seq}",
-                account_id=r.account_id,
-                recorded_at=r.recorded_at or 0,
-            )
-            for r in rows
-        ]
+        return [self._event(r) for r in rows]

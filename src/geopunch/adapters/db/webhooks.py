@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from geopunch.adapters.db.repositories import AccountScoped
-from geopunch.adapters.db.tables import webhook_attempts, webhook_subscriptions
+from geopunch.adapters.db.tables import event_sinks, webhook_attempts, webhook_subscriptions
 from geopunch.domain.webhooks import Attempt, Subscription, SubscriptionStatus
 
 _S = webhook_subscriptions
@@ -200,3 +200,48 @@ class SqlWebhookRepository(AccountScoped):
         if ids:
             self._conn.execute(delete(_A).where(_A.c.id.in_(ids)))
         return len(ids)
+
+    # -- other sinks (JetStream): a cursor and a lease each ---------------------------
+
+    def claim_sink(
+        self, name: str, owner: str, now_ms: int, lease_ms: int, start: int
+    ) -> int | None:
+        """Take or keep the lease of sink ``name`` (made at cursor ``start``
+        when new); its cursor, or None while another holds it."""
+        t = event_sinks
+        if self._conn.execute(select(t.c.name).where(t.c.name == name)).first() is None:
+            try:
+                with self._conn.begin_nested():
+                    self._conn.execute(
+                        insert(t).values(name=name, cursor=start, lease_owner=None, lease_until=0)
+                    )
+            except Exception:  # another process made it meanwhile
+                pass
+        taken = self._conn.execute(
+            update(t)
+            .where(
+                t.c.name == name,
+                or_(t.c.lease_owner.is_(None), t.c.lease_until < now_ms, t.c.lease_owner == owner),
+            )
+            .values(lease_owner=owner, lease_until=now_ms + lease_ms)
+        ).rowcount
+        if not taken:
+            return None
+        return int(self._conn.execute(select(t.c.cursor).where(t.c.name == name)).scalar_one())
+
+    def save_sink(self, name: str, owner: str, cursor: int) -> bool:
+        """Store a sink's cursor while ``owner`` holds its lease; whether it did."""
+        t = event_sinks
+        return bool(
+            self._conn.execute(
+                update(t).where(t.c.name == name, t.c.lease_owner == owner).values(cursor=cursor)
+            ).rowcount
+        )
+
+    def release_sink(self, name: str, owner: str) -> None:
+        t = event_sinks
+        self._conn.execute(
+            update(t)
+            .where(t.c.name == name, t.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=0)
+        )
