@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,15 @@ from tests.e2e.test_webhooks import (
 from tests.webhook_receiver import Receiver
 
 NATS_URL = os.environ.get("GEOPUNCH_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def _nats_reachable() -> bool:
+    host, _, port = NATS_URL.removeprefix("nats://").partition(":")
+    try:
+        socket.create_connection((host, int(port or 4222)), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 async def _stream_messages(stream: str, count: int, timeout: float) -> list[Any]:
@@ -69,7 +79,13 @@ async def _delete_stream(stream: str) -> None:
 
 @pytest.fixture
 def stream() -> Iterator[tuple[str, str]]:
-    """A stream and subject prefix of this test's own."""
+    """A stream and subject prefix of this test's own. Without a NATS
+    server the test is skipped, unless GEOPUNCH_REQUIRE_NATS says it must
+    run (CI sets it, as it does GEOPUNCH_REQUIRE_PG)."""
+    if not _nats_reachable():
+        if os.environ.get("GEOPUNCH_REQUIRE_NATS"):
+            pytest.fail(f"no NATS server at {NATS_URL} (GEOPUNCH_REQUIRE_NATS is set)")
+        pytest.skip(f"no NATS server at {NATS_URL}; set GEOPUNCH_TEST_NATS_URL")
     tag = uuid.uuid4().hex[:10]
     name, prefix = f"GEOPUNCH_TEST_{tag}", f"geopunch-test.{tag}"
     yield name, prefix
