@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +32,7 @@ from geopunch.v1 import (
     location_pb2,
     scheduler_pb2,
     timeclock_pb2,
+    webhooks_pb2,
 )
 from tests.conftest import Client, ServerProcess
 from tests.e2e.test_accounts import row_counts
@@ -1042,6 +1044,107 @@ def hand_cases() -> list[Case]:
         "scheduler.ListShifts",
         scheduler_pb2.ListShiftsRequest(scheduler_id=SCHED + 55, start_time=t, end_time=t + 86_400),
         "SCHEDULER_NOT_FOUND",
+    )
+    # Webhook subscriptions
+    wh = webhooks_pb2
+    sub = wh.WebhookSubscription
+    cws = "webhooks.CreateWebhookSubscription"
+    for label, s, field in (
+        ("no url", sub(), "subscription.url"),
+        ("an ftp url", sub(url="ftp://example.com/x"), "subscription.url"),
+        ("a url with credentials", sub(url="http://u:p@example.com/"), "subscription.url"),
+        (
+            "an unknown event type",
+            sub(url="http://127.0.0.1:9/", event_types=["nope"]),
+            "subscription.event_types",
+        ),
+        (
+            "a short secret",
+            sub(url="http://127.0.0.1:9/", secret="whsec_QUJD"),
+            "subscription.secret",
+        ),
+        (
+            "1,001 time clocks",
+            sub(url="http://127.0.0.1:9/", time_clock_ids=range(1001)),
+            "subscription.time_clock_ids",
+        ),
+    ):
+        add(
+            f"CreateWebhookSubscription {label}",
+            cws,
+            wh.CreateWebhookSubscriptionRequest(subscription=s),
+            "BATCH_TOO_LARGE" if "1,001" in label else "INVALID_ARGUMENT",
+            field,
+        )
+    missing = "whsub_" + "0" * 32
+    nf = "WEBHOOK_SUBSCRIPTION_NOT_FOUND"
+    add(
+        "GetWebhookSubscription missing",
+        "webhooks.GetWebhookSubscription",
+        wh.GetWebhookSubscriptionRequest(id=missing),
+        nf,
+    )
+    add(
+        "GetWebhookSubscription a 10,000-character id",
+        "webhooks.GetWebhookSubscription",
+        wh.GetWebhookSubscriptionRequest(id="x" * 10_000),
+        nf,
+    )
+    add(
+        "UpdateWebhookSubscription missing",
+        "webhooks.UpdateWebhookSubscription",
+        wh.UpdateWebhookSubscriptionRequest(id=missing, subscription=sub(url="http://a.b/")),
+        nf,
+    )
+    add(
+        "UpdateWebhookSubscription an unknown mask path",
+        "webhooks.UpdateWebhookSubscription",
+        wh.UpdateWebhookSubscriptionRequest(
+            id=missing, update_mask=field_mask_pb2.FieldMask(paths=["cursor"])
+        ),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "DeleteWebhookSubscription missing",
+        "webhooks.DeleteWebhookSubscription",
+        wh.DeleteWebhookSubscriptionRequest(id=missing),
+        nf,
+    )
+    add(
+        "ListWebhookDeliveries missing",
+        "webhooks.ListWebhookDeliveries",
+        wh.ListWebhookDeliveriesRequest(id=missing),
+        nf,
+    )
+    add(
+        "ListWebhookDeliveries page size 501",
+        "webhooks.ListWebhookDeliveries",
+        wh.ListWebhookDeliveriesRequest(id=missing, page_size=501),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "ListWebhookDeliveries a foreign token",
+        "webhooks.ListWebhookDeliveries",
+        wh.ListWebhookDeliveriesRequest(id=missing, page_token="abc"),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "ReplayWebhookSubscription from seq 0",
+        "webhooks.ReplayWebhookSubscription",
+        wh.ReplayWebhookSubscriptionRequest(id=missing, from_seq=0),
+        "INVALID_ARGUMENT",
+    )
+    add(
+        "ReplayWebhookSubscription missing",
+        "webhooks.ReplayWebhookSubscription",
+        wh.ReplayWebhookSubscriptionRequest(id=missing, from_seq=1),
+        nf,
+    )
+    add(
+        "ListWebhookSubscriptions (nothing to get wrong)",
+        "webhooks.ListWebhookSubscriptions",
+        wh.ListWebhookSubscriptionsRequest(),
+        "OK",
     )
     return c
 
