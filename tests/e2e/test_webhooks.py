@@ -19,6 +19,7 @@ from google.protobuf import field_mask_pb2
 
 from geopunch.v1 import location_pb2, timeclock_pb2, webhooks_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
+from tests.e2e.test_trails_api import watch
 from tests.helpers import expect_error
 from tests.webhook_receiver import Received, Receiver, verify
 
@@ -58,15 +59,7 @@ def subscribe(client: Client, url: str, **fields: object) -> webhooks_pb2.Webhoo
 
 def logged(client: Client, tc: int, count: int) -> list[location_pb2.Event]:
     """The first ``count`` events of ``tc`` in the log."""
-    req = location_pb2.WatchEventsRequest(time_clock_ids=[tc])
-    stream = client.locations.WatchEvents(req, metadata=client.metadata, timeout=20)
-    out = []
-    for event in stream:
-        out.append(event)
-        if len(out) == count:
-            stream.cancel()
-            break
-    return out
+    return watch(client, count=count, time_clock_ids=[tc], timeout=20)
 
 
 def check_delivered(

@@ -62,11 +62,6 @@ class Subscription:
     created_at: int
     modified_at: int
 
-    def wants(self, event_type: str, time_clock_id: int | None) -> bool:
-        return (not self.event_types or event_type in self.event_types) and (
-            not self.time_clock_ids or time_clock_id in self.time_clock_ids
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionChange:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from geopunch.adapters.grpc.auth import account
@@ -87,10 +88,8 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         self, request: webhooks_pb2.CreateWebhookSubscriptionRequest, context: Any
     ) -> webhooks_pb2.WebhookSubscriptionResponse:
         change = change_from_proto(request.subscription, (*DEFAULT_MASK, "secret"))
-        if not request.subscription.url:
-            change = SubscriptionChange(
-                None, change.event_types, change.time_clock_ids, change.secret
-            )
+        if not request.subscription.url:  # unset, so that the rules say it is required
+            change = replace(change, url=None)
         sub = use_cases.create_subscription(
             self._uows, account(), change, self._guard, "subscription."
         )
