@@ -54,13 +54,13 @@ async def _stream_messages(stream: str, count: int, timeout: float) -> list[Any]
         while len(out) < count and loop.time() < deadline:
             try:
                 batch = await sub.fetch(min(100, count - len(out) + 10), timeout=1)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or asyncio's own
                 continue
             for m in batch:
                 await m.ack()
             out.extend(batch)
         # Nothing more than expected arrives afterwards either.
-        with contextlib.suppress(nats.errors.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             out.extend(await sub.fetch(10, timeout=1))
         return out
     finally:
