@@ -12,6 +12,7 @@ import pytest
 from engine import haversine_baseline
 from fleet import Fleet, make_fleet
 
+from geopunch.domain.locations import FenceRows
 from geopunch.geo._index import FenceColumns, Snapshot, _clock_arrays, build_table
 from geopunch.geo.engine import FenceIndex, check_one, check_points, warm_up
 
@@ -70,7 +71,8 @@ def test_check_points_of_one_baseline(benchmark, fleet: Fleet, snap: Snapshot) -
 
 def test_build_table(benchmark, fleet: Fleet, snap: Snapshot) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "build-100k-fences"
-    cols = FenceColumns.from_fences(fleet.fences, {c.time_clock.id: c for c in snap.clocks})
+    rows = FenceRows.of(fleet.fences)
+    cols = FenceColumns.from_rows(rows, {c.time_clock.id: c for c in snap.clocks})
     extra = _clock_arrays(snap.clocks)[3]
     table = benchmark(build_table, cols, extra, 0)
     assert table.size == len(fleet.fences)

@@ -20,6 +20,7 @@ from typing import Self
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import Event, LiveTrail, new_event_id
+from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PunchPoint, PunchState
 from geopunch.domain.rules import MAX_ENTITY_ID
@@ -130,8 +131,8 @@ class _Geofences:
     def list_all(self) -> list[Geofence]:
         return list(self.s.geofences.values())
 
-    def list_enabled(self) -> list[Geofence]:
-        return [f for f in self.s.geofences.values() if f.is_enabled]
+    def enabled_rows(self) -> FenceRows:
+        return FenceRows.of(self.s.geofences.values())
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None:
         return self.s.geofences.get((time_clock_id, fence_id))

@@ -4,6 +4,8 @@ nothing below imports it."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -51,6 +53,37 @@ SERVICE_NAMES = (
 
 log = logging.getLogger("geopunch")
 
+#: glibc's mallopt parameter for the size from which blocks are mapped alone.
+_M_MMAP_THRESHOLD = -3
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # pragma: no cover - not glibc
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def map_large_blocks_alone() -> None:
+    """Give every block of 1 MiB or more a mapping of its own, freed to the
+    system when freed. glibc raises that threshold as large blocks come and
+    go, so after the first index build the next builds' temporary arrays land
+    in the heap, where their memory stays with the process: measured on a
+    million fences, 433 instead of 113 MiB more than the index itself."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system. After a full index
+    build the row objects of the store read leave about 60 MiB a million
+    fences behind otherwise."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
 
 @dataclass(frozen=True, slots=True)
 class App:
@@ -76,6 +109,7 @@ def build_app(
     ``on_events`` is called after every commit that appended to the event log,
     ``on_index_changes`` after every commit that changed a time clock or its fences.
     """
+    map_large_blocks_alone()
     engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
     revision = migrate(engine)
     log.info(
@@ -94,8 +128,9 @@ def build_app(
         accounts = uow.accounts.ids()
         for account in accounts:
             mine = uow.for_account(account)
-            index.load(account, mine.time_clocks.list_all(), mine.geofences.list_enabled())
+            index.load(account, mine.time_clocks.list_all(), mine.geofences.enabled_rows())
     warm_up()
+    release_free_memory()
     clocks, fences = index.totals()
     log.info(
         "fence index ready",

@@ -128,8 +128,8 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
         assert [j.id for j in tc.jobs] == ["job-a"]
         assert [b.id for b in tc.manual_break_types] == ["lunch"]
         assert uow.time_clocks.day_statuses(7, 9170357) == {date(2026, 1, 5): DayStatus.LOCKED}
-        (fence,) = uow.geofences.list_enabled()
-        assert (fence.id, fence.job_ids) == ("fence-1", ("job-a",))
+        rows = uow.geofences.enabled_rows()
+        assert (rows.ids.tolist(), rows.job_ids) == ([b"fence-1"], {0: ("job-a",)})
         (shift,) = uow.activities.list_for(7, 9170357)
         assert shift.id == "shift-1" and shift.end is None
         assert uow.idempotency.get("idem-1") == ("ClockIn", "abc", b"\x08\x01")
@@ -150,7 +150,7 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
         uow.commit()
     with uows(account=other, readonly=True) as uow:
         assert uow.time_clocks.get(7) is None
-        assert uow.geofences.list_enabled() == []
+        assert len(uow.geofences.enabled_rows()) == 0
         assert uow.activities.list_for(7, 9170357) == []
         assert uow.idempotency.get("idem-1") is None
         assert uow.schedulers.get(8) is None

@@ -21,6 +21,7 @@ from geopunch.adapters.db.store import (
 )
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import (
     DayStatus,
     ExitAction,
@@ -105,7 +106,7 @@ def test_uncommitted_work_is_rolled_back(engine: Engine) -> None:
         # no commit
     with uows(readonly=True) as uow:
         assert uow.time_clocks.get(TC.id) is None
-        assert uow.geofences.list_enabled() == []
+        assert len(uow.geofences.enabled_rows()) == 0
 
 
 def test_geofences_round_trip_in_order(engine: Engine) -> None:
@@ -131,6 +132,42 @@ def test_geofences_round_trip_in_order(engine: Engine) -> None:
         assert [f.id for f in uow.geofences.list_for(TC.id)] == [
             f.id for f in fences if f.id != "fence-7"
         ]
+
+
+def test_enabled_rows_are_the_enabled_fences_as_columns(engine: Engine) -> None:
+    """The columnar read a start-up builds the index from agrees with the
+    objects, fence for fence: order, coordinates, actions, jobs (a sub-job
+    order kept), non-ASCII ids; other accounts' fences stay out."""
+    uows = AccountStore(engine)
+    actions = list(ExitAction)
+    fences = [
+        replace(
+            fence(i, ("a1", "a") if i % 4 == 0 else ()),
+            exit_action=actions[i % 3],
+            id=f"fence-{i}-\u00e9t\u00e9" if i % 5 == 0 else f"fence-{i}",
+        )
+        for i in range(40)
+    ]
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.time_clocks.add(replace(TC, id=TC.id + 1))
+        uow.geofences.add_many(fences[:25])
+        uow.geofences.add_many([replace(f, time_clock_id=TC.id + 1) for f in fences[25:]])
+        other = uow.accounts.create("other").id
+        uow.commit()
+    with uows(account=other) as uow:
+        uow.time_clocks.add(TC)
+        uow.geofences.add_many([replace(f, id=f"x{f.id}", is_enabled=True) for f in fences])
+        uow.commit()
+    with uows(readonly=True) as uow:
+        uow.geofences.DRIVER_CHUNK = 7  # several chunks, one part-filled: rows renumbered
+        got = uow.geofences.enabled_rows()
+        want = FenceRows.of(uow.geofences.list_for(TC.id) + uow.geofences.list_for(TC.id + 1))
+    assert len(got) == len(want) == 20
+    for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+    assert got.job_ids == want.job_ids and want.job_ids
+    assert set(got.exit_actions.tolist()) == {0, 1, 2}
 
 
 def test_database_refuses_a_fence_job_that_is_not_a_time_clock_job(engine: Engine) -> None:

@@ -17,6 +17,7 @@ from geopunch.domain.locations import (
     I64,
     B,
     BatchVerdict,
+    FenceRows,
     Held,
     InsideCarry,
     TrailVerdict,
@@ -64,7 +65,9 @@ class TimeClockRepository(Protocol):
 class GeofenceRepository(Protocol):
     def list_for(self, time_clock_id: int) -> list[Geofence]: ...
 
-    def list_enabled(self) -> list[Geofence]: ...
+    def enabled_rows(self) -> FenceRows:
+        """Every enabled fence as columns (a full index build reads these)."""
+        ...
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None: ...
 

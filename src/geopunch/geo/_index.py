@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.domain.locations import EXIT_ACTIONS, F64, I32, I64, B
+from geopunch.domain.locations import EXIT_ACTIONS, F64, I32, I64, B, FenceRows
 from geopunch.domain.models import Geofence, TimeClock
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._frames import ecef
 from geopunch.geo._hashing import HashTable
 
 ACTIONS = EXIT_ACTIONS
-_ACTION_CODE = {a: i for i, a in enumerate(ACTIONS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,47 +144,40 @@ class FenceColumns:
     jobs: I32
 
     @staticmethod
-    def from_fences(fences: Sequence[Geofence], clocks: Mapping[int, ClockInfo]) -> FenceColumns:
-        """Columns of the enabled fences; one pass over the objects."""
-        clock_col: list[int] = []
-        lat_col: list[float] = []
-        lon_col: list[float] = []
-        radius_col: list[int] = []
-        action_col: list[int] = []
-        id_col: list[bytes] = []
-        job_counts: list[int] = []
+    def from_rows(rows: FenceRows, clocks: Mapping[int, ClockInfo]) -> FenceColumns:
+        """Columns of stored fence rows, whole-array work but for the few
+        fences that name jobs (their sub-jobs are widened here)."""
+        n = len(rows)
+        known = np.fromiter(clocks, np.int64, len(clocks))
+        dense = np.fromiter((c.idx for c in clocks.values()), np.int32, len(clocks))
+        order = np.argsort(known)
+        at = np.searchsorted(known[order], rows.time_clock_ids)
+        at[at >= known.size] = 0
+        if n and (known.size == 0 or (known[order][at] != rows.time_clock_ids).any()):
+            raise KeyError("a fence of a time clock the index is not given")
+        clock_col = dense[order][at] if n else np.zeros(0, np.int32)
+        counts = np.zeros(n, dtype=np.int64)
         job_codes: list[int] = []
         widened: dict[tuple[int, tuple[str, ...]], list[int]] = {}
-        for f in fences:
-            if not f.is_enabled:
-                continue
-            info = clocks[f.time_clock_id]
-            clock_col.append(info.idx)
-            lat_col.append(f.latitude)
-            lon_col.append(f.longitude)
-            radius_col.append(f.fence_size_m)
-            action_col.append(_ACTION_CODE[f.exit_action])
-            id_col.append(f.id.encode())
-            if f.job_ids:
-                key = (info.idx, f.job_ids)
-                codes = widened.get(key)
-                if codes is None:
-                    tree = info.time_clock.with_descendants(f.job_ids)
-                    codes = widened[key] = sorted(info.job_codes[j] for j in tree)
-                job_counts.append(len(codes))
-                job_codes.extend(codes)
-            else:
-                job_counts.append(0)
-        counts = np.asarray(job_counts, dtype=np.int64)
-        job_start = np.zeros(counts.size + 1, dtype=np.int64)
+        for row in sorted(rows.job_ids):
+            job_ids = rows.job_ids[row]
+            info = clocks[int(rows.time_clock_ids[row])]
+            key = (info.idx, job_ids)
+            codes = widened.get(key)
+            if codes is None:
+                tree = info.time_clock.with_descendants(job_ids)
+                codes = widened[key] = sorted(info.job_codes[j] for j in tree)
+            counts[row] = len(codes)
+            job_codes.extend(codes)
+        job_start = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=job_start[1:])
         return FenceColumns(
-            clocks=np.asarray(clock_col, dtype=np.int32),
-            lats=np.asarray(lat_col, dtype=np.float64),
-            lons=np.asarray(lon_col, dtype=np.float64),
-            radius=np.asarray(radius_col, dtype=np.float64),
-            actions=np.asarray(action_col, dtype=np.int8),
-            ids=np.asarray(id_col, dtype=np.bytes_) if id_col else np.zeros(0, "S1"),
+            clocks=clock_col.astype(np.int32, copy=False),
+            lats=np.asarray(rows.latitudes, dtype=np.float64),
+            lons=np.asarray(rows.longitudes, dtype=np.float64),
+            radius=np.asarray(rows.sizes_m, dtype=np.float64),
+            actions=np.asarray(rows.exit_actions, dtype=np.int8),
+            ids=rows.ids if n else np.zeros(0, "S1"),
             applies_all=counts == 0,
             job_start=job_start,
             jobs=np.asarray(job_codes, dtype=np.int32),
@@ -241,6 +233,41 @@ def columns_of(table: FenceTable, rows: I64 | None = None) -> FenceColumns:
     return cols if rows is None else cols.take(rows)
 
 
+#: Fences expanded into grid cells at a time: the expansion's temporaries
+#: (a dozen int64 arrays the length of the cells) stay this small, so that a
+#: build's peak memory is little above the table it makes.
+_EXPAND_CHUNK = 1 << 17
+
+
+def _cell_entries(clocks: I32, centres: tuple[F64, F64, F64], reach: F64) -> tuple[I64, I32]:
+    """Every (cell key, fence row) pair: each fence in every grid cell its
+    circle, widened by ``reach``, may touch. Keys are ``clock << 36 | cell``."""
+    inv = 1.0 / kernels.CELL_M
+    key_parts, row_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+    for start in range(0, clocks.size, _EXPAND_CHUNK):
+        part = slice(start, start + _EXPAND_CHUNK)
+        r = reach[part]
+        lo = [
+            np.floor((c[part] - r + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in centres
+        ]
+        hi = [
+            np.floor((c[part] + r + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in centres
+        ]
+        spans = [h - lo_ + 1 for lo_, h in zip(lo, hi, strict=True)]
+        per_fence = spans[0] * spans[1] * spans[2]
+        rows = np.repeat(np.arange(per_fence.size, dtype=np.int64), per_fence)
+        starts = np.zeros(per_fence.size + 1, dtype=np.int64)
+        np.cumsum(per_fence, out=starts[1:])
+        k = np.arange(int(starts[-1]), dtype=np.int64) - starts[rows]
+        nz, ny = spans[2][rows], spans[1][rows]
+        iz = lo[2][rows] + k % nz
+        iy = lo[1][rows] + (k // nz) % ny
+        ix = lo[0][rows] + k // (nz * ny)
+        key_parts.append((clocks[part][rows].astype(np.int64) << 36) | (ix << 24) | (iy << 12) | iz)
+        row_parts.append((rows + start).astype(np.int32))
+    return np.concatenate(key_parts), np.concatenate(row_parts)
+
+
 def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTable:
     """Index fences; ``extra_m`` (shape (n_clocks,)) widens each clock's fences in the grid."""
     if cols.clocks.size and (np.diff(cols.clocks) < 0).any():
@@ -248,26 +275,10 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
     m = cols.clocks.size
     fx, fy, fz = ecef(cols.lats, cols.lons)
     reach = cols.radius + (extra_m[cols.clocks] if m else 0.0)
-    inv = 1.0 / kernels.CELL_M
-    lo = [
-        np.floor((c - reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)
-    ]
-    hi = [
-        np.floor((c + reach + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in (fx, fy, fz)
-    ]
-    spans = [h - lo_ + 1 for lo_, h in zip(lo, hi, strict=True)]
-    per_fence = spans[0] * spans[1] * spans[2]
-    rows = np.repeat(np.arange(m, dtype=np.int64), per_fence)
-    starts = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(per_fence, out=starts[1:])
-    k = np.arange(int(starts[-1]), dtype=np.int64) - starts[rows]
-    nz, ny = spans[2][rows], spans[1][rows]
-    iz = lo[2][rows] + k % nz
-    iy = lo[1][rows] + (k // nz) % ny
-    ix = lo[0][rows] + k // (nz * ny)
-    keys = (cols.clocks[rows].astype(np.int64) << 36) | (ix << 24) | (iy << 12) | iz
+    keys, rows = _cell_entries(cols.clocks, (fx, fy, fz), reach)
     by_key = np.argsort(keys)
     keys, rows = keys[by_key], rows[by_key]
+    del by_key
     first = (
         np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
     )
@@ -305,7 +316,7 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
         clock_row_start=clock_row_start,
         slots=slots,
         entries=entries,
-        entry_rows=rows.astype(np.int32),
+        entry_rows=rows,
     )
 
 
@@ -498,11 +509,14 @@ class Snapshots:
         self._next_handle += max(count, 1)
         return base
 
-    def load(self, time_clocks: Iterable[TimeClock], fences: Iterable[Geofence]) -> Snapshot:
+    def load(
+        self, time_clocks: Iterable[TimeClock], fences: FenceRows | Iterable[Geofence]
+    ) -> Snapshot:
         """Replace everything with a full build (start-up)."""
+        rows = fences if isinstance(fences, FenceRows) else FenceRows.of(fences)
         with self._lock:
             clocks = tuple(ClockInfo.of(i, tc) for i, tc in enumerate(time_clocks))
-            cols = FenceColumns.from_fences(list(fences), {c.time_clock.id: c for c in clocks})
+            cols = FenceColumns.from_rows(rows, {c.time_clock.id: c for c in clocks})
             base = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
             old = getattr(self, "_snapshot", None)
             self._snapshot = _make_snapshot(old.version + 1 if old else 1, clocks, base, {})
@@ -527,7 +541,7 @@ class Snapshots:
                 idx = len(snap.clocks)
             info = ClockInfo.of(idx, tc)
             clocks = (*snap.clocks[:idx], info, *snap.clocks[idx + 1 :])
-            cols = FenceColumns.from_fences(list(fences), {tc.id: info})
+            cols = FenceColumns.from_rows(FenceRows.of(fences), {tc.id: info})
             self._publish_clock(snap, clocks, idx, cols)
         self._maybe_compact()
 
@@ -551,7 +565,9 @@ class Snapshots:
                 keep = [i for i, raw in enumerate(cols.ids) if bytes(raw) not in gone]
                 cols = cols.take(np.asarray(keep, dtype=np.int64))
             if added:
-                cols = FenceColumns.concat([cols, FenceColumns.from_fences(added, {tc.id: info})])
+                cols = FenceColumns.concat(
+                    [cols, FenceColumns.from_rows(FenceRows.of(added), {tc.id: info})]
+                )
             self._publish_clock(snap, snap.clocks, idx, cols)
         self._maybe_compact()
 

@@ -30,6 +30,7 @@ from geopunch.domain.locations import (
     I64,
     B,
     BatchVerdict,
+    FenceRows,
     Held,
     InsideCarry,
     TrailVerdict,
@@ -245,7 +246,10 @@ class AccountFences:
         return view
 
     def load(
-        self, account: int, time_clocks: Iterable[TimeClock], fences: Iterable[Geofence]
+        self,
+        account: int,
+        time_clocks: Iterable[TimeClock],
+        fences: FenceRows | Iterable[Geofence],
     ) -> Snapshot:
         """Replace one account's clocks and fences with a full build (start-up)."""
         return self._index(account).load(time_clocks, fences)
