@@ -63,6 +63,9 @@ class Config:
     #: Server processes sharing the port and the store (one Python interpreter
     #: runs on one core at a time; each process is one more).
     processes: int = 1
+    #: Threads each process's parallel fence kernels may use; 0: the cores
+    #: this process may run on, divided among ``processes``.
+    kernel_threads: int = 0
     #: How far ahead of the server's clock a location sample may be stamped.
     max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_S
     #: PEM files: the server's certificate chain and key (both or neither), and
@@ -158,6 +161,9 @@ class Config:
         processes = int(pick("processes", "GEOPUNCH_PROCESSES", "1"))
         if not 1 <= processes <= 64:
             raise ValueError("processes must be within 1..64")
+        kernel_threads = int(pick("kernel_threads", "GEOPUNCH_KERNEL_THREADS", "0"))
+        if not 0 <= kernel_threads <= 1024:
+            raise ValueError("kernel threads must be 0 (follow the cores) or within 1..1024")
         skew = float(pick("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300"))
         if not 0 <= skew <= 86_400:
             raise ValueError("max clock skew must be within 0..86400 seconds")
@@ -201,6 +207,7 @@ class Config:
             event_retention_days=event_days,
             index_poll_seconds=poll_ms / 1000,
             processes=processes,
+            kernel_threads=kernel_threads,
             max_clock_skew_seconds=skew,
             tls_cert=tls_cert,
             tls_key=tls_key,
@@ -216,6 +223,13 @@ class Config:
             nats_stream=nats_stream,
             nats_subject_prefix=nats_prefix,
         )
+
+    def fence_kernel_threads(self) -> int:
+        """Threads for one process's parallel fence kernels: the setting, or
+        the cores this process may use shared among the ``processes``."""
+        if self.kernel_threads:
+            return self.kernel_threads
+        return max(1, len(os.sched_getaffinity(0)) // self.processes)
 
     @staticmethod
     def forget_secrets(env: dict[str, str] | None = None) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from geopunch.config import Config, hash_key
@@ -89,3 +91,17 @@ def test_processes() -> None:
     assert Config.from_env(base).processes == 1
     assert Config.from_env({**base, "GEOPUNCH_PROCESSES": "2"}).processes == 2
     assert Config.from_env({**base, "GEOPUNCH_PROCESSES": "2"}, processes=3).processes == 3
+
+
+def test_kernel_threads_follow_the_cores_shared_among_processes() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    cores = len(os.sched_getaffinity(0))
+    assert Config.from_env(base).fence_kernel_threads() == cores
+    two = Config.from_env({**base, "GEOPUNCH_PROCESSES": "2"})
+    assert two.fence_kernel_threads() == max(1, cores // 2)
+    many = Config.from_env({**base, "GEOPUNCH_PROCESSES": str(cores * 2)})
+    assert many.fence_kernel_threads() == 1
+    assert Config.from_env({**base, "GEOPUNCH_KERNEL_THREADS": "3"}).fence_kernel_threads() == 3
+    assert Config.from_env(base, kernel_threads=1).fence_kernel_threads() == 1
+    with pytest.raises(ValueError, match="kernel threads"):
+        Config.from_env({**base, "GEOPUNCH_KERNEL_THREADS": "-1"})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import numba
 import numpy as np
 import pytest
 
 from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
+from geopunch.geo import _index as index_module
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._hashing import HashTable, home_slots
 from geopunch.geo._index import Snapshot
@@ -201,3 +203,61 @@ def test_warm_up_compiles_what_checks_of_any_size_and_raw_columns_need() -> None
                 with_distance=True,
             )
     assert {name: len(d.signatures) for name, d in dispatchers.items()} == before
+
+
+def test_small_batches_run_serially_and_large_ones_on_the_set_threads() -> None:
+    """Both compilations of a kernel give the same answer; a large batch
+    runs on at most the threads set for the process, whichever thread calls."""
+    index = FenceIndex()
+    index.load([tc(1)], [fence(f"f{i}", 1, i * 0.001, 0.0, r=150) for i in range(50)])
+    rng = np.random.default_rng(3)
+    n = kernels.SERIAL_BELOW + 10
+    lat, lon = rng.uniform(-0.01, 0.06, n), rng.uniform(-0.002, 0.002, n)
+    clocks = np.ones(n, np.int64)
+    small = check_points(index.snapshot, lat[:100], lon[:100], clocks[:100])
+    large = check_points(index.snapshot, lat, lon, clocks)
+    assert (large.inside[:100] == small.inside).all() and large.inside.any()
+    assert (np.diff(large.offsets)[:100] == np.diff(small.offsets)).all()
+    seen: list[int] = []
+    before = kernels.kernel_threads()
+    try:
+        assert kernels.set_kernel_threads(1) == 1
+        assert kernels.set_kernel_threads(0) == 1  # at least one
+        assert kernels.set_kernel_threads(10_000) == numba.config.NUMBA_NUM_THREADS
+        kernels.set_kernel_threads(1)
+
+        def call() -> None:
+            check_points(index.snapshot, lat, lon, clocks)
+            seen.append(numba.get_num_threads())
+
+        t = threading.Thread(target=call)
+        t.start()
+        t.join()
+    finally:
+        kernels.set_kernel_threads(before)
+    assert seen == [1]
+
+
+def test_a_table_built_in_small_expansion_chunks_is_the_same_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The grid expansion runs over fences a chunk at a time (to bound a
+    build's memory); chunk edges change nothing, also for fences spanning
+    many cells and clocks split across chunks."""
+    rng = np.random.default_rng(5)
+    clocks = [tc(i) for i in range(1, 6)]
+    fences = [
+        fence(
+            f"f{k}",
+            int(rng.integers(1, 6)),
+            rng.uniform(-80, 80),
+            rng.uniform(-180, 180),
+            r=int(rng.integers(10, 9000)),
+        )
+        for k in range(300)
+    ]
+    whole = FenceIndex().load(clocks, fences).base
+    monkeypatch.setattr(index_module, "_EXPAND_CHUNK", 7)
+    chunked = FenceIndex().load(clocks, fences).base
+    for name in ("slots", "entries", "entry_rows", "clock_row_start", "ids"):
+        assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name

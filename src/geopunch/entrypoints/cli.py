@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes on the one port, e.g. one per core (GEOPUNCH_PROCESSES, default 1)",
     )
     serve.add_argument(
+        "--kernel-threads",
+        type=int,
+        help="threads of each process's parallel fence kernels (GEOPUNCH_KERNEL_THREADS; "
+        "default 0: the cores available, divided among the processes)",
+    )
+    serve.add_argument(
         "--max-clock-skew-seconds",
         type=float,
         help="how far ahead of the server's clock a location sample may be stamped "
@@ -200,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_level=args.log_level,
                 max_workers=args.max_workers,
                 processes=args.processes,
+                kernel_threads=args.kernel_threads,
                 max_clock_skew_seconds=args.max_clock_skew_seconds,
                 api_keys_file=args.api_keys_file,
                 tls_cert=args.tls_cert,

@@ -40,7 +40,7 @@ from geopunch.domain.ports import Transaction, UnitOfWorkFactory
 from geopunch.entrypoints import background
 from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
-from geopunch.geo.engine import AccountFences
+from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
 from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher
 from geopunch.service.events import purge_events
@@ -118,6 +118,7 @@ class Server:
         self._delivery: concurrent.futures.Future[None] | None = None
         self._sink: concurrent.futures.Future[None] | None = None
         self.index = AccountFences()
+        set_kernel_threads(config.fence_kernel_threads())
         self.keys = KeyRing(config.api_key_hashes)
         # Punches and live positions share commits under load; the committer
         # reaches the store only once it is open.

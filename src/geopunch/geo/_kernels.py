@@ -15,6 +15,8 @@ concurrent RPCs overlap.
 from __future__ import annotations
 
 import math
+import threading
+import types
 from typing import Any
 
 import numba
@@ -42,6 +44,54 @@ MAX_CLOCKS = 1 << (63 - 3 * AXIS_BITS)
 #: parallel region's start-up and join cost more than the work, and in a busy
 #: server the calling thread waits for pool threads that other calls occupy.
 SERIAL_BELOW = 16_384
+
+#: Threads a parallel kernel may use (``set_kernel_threads``); numba's pool
+#: size until set.
+_POOL: int = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+_threads = _POOL
+_mine = threading.local()
+
+
+def set_kernel_threads(n: int) -> int:
+    """Let every parallel kernel from now on use at most ``n`` threads (at
+    least 1, at most numba's pool); return the number set. A server sets it
+    from the cores it may use, divided among its ``--processes``: each process
+    spreading its kernels over every core would make them wait on each other."""
+    global _threads
+    _threads = max(1, min(int(n), _POOL))
+    return _threads
+
+
+def kernel_threads() -> int:
+    return _threads
+
+
+class _Twin:
+    """One loop compiled twice from the same source: with numba's parallel
+    ``prange``, and as a plain loop on the calling thread (where ``prange`` is
+    ``range``). ``run(n, ...)`` picks by the number of items ``n``: below
+    ``SERIAL_BELOW`` a parallel region's start-up and join cost more than the
+    work, and on a busy machine the caller would wait for pool threads that
+    other calls or programs occupy."""
+
+    def __init__(self, fn: Any) -> None:
+        self.parallel = numba.njit(cache=True, parallel=True, nogil=True)(fn)
+        # A function object of its own, named apart: numba's cache files are
+        # named after the function, and the two compilations must not share one.
+        serial = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial")
+        serial.__qualname__ = f"{fn.__qualname__}_serial"
+        serial.__doc__ = fn.__doc__
+        self.serial = numba.njit(cache=True, nogil=True)(serial)
+
+    def run(self, n: int, *args: Any) -> Any:
+        if n < SERIAL_BELOW:
+            return self.serial(*args)
+        # numba's thread count is a per-thread setting; the server's threads
+        # take the process's the first time they run a parallel kernel.
+        if getattr(_mine, "threads", None) != _threads:
+            numba.set_num_threads(_threads)
+            _mine.threads = _threads
+        return self.parallel(*args)
 
 
 @numba.njit(cache=True, inline="always")
@@ -97,24 +147,19 @@ def applies(row, job, applies_all, job_start, jobs):  # -> bool
     return False
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _applies_many_parallel(rows, jobs, applies_all, job_start, job_codes, out):
+def _applies_many(rows, jobs, applies_all, job_start, job_codes, out):
     for k in numba.prange(rows.shape[0]):
         out[k] = applies(rows[k], jobs[k], applies_all, job_start, job_codes)
 
 
-@numba.njit(cache=True, nogil=True)
-def _applies_many_serial(rows, jobs, applies_all, job_start, job_codes, out):
-    for k in range(rows.shape[0]):
-        out[k] = applies(rows[k], jobs[k], applies_all, job_start, job_codes)
+_APPLIES_MANY = _Twin(_applies_many)
 
 
 def applies_many(
     rows: Arr, jobs: Arr, applies_all: Arr, job_start: Arr, job_codes: Arr, out: Arr
 ) -> None:
     """:func:`applies` for many (fence row, job code) pairs."""
-    run = _applies_many_serial if rows.shape[0] < SERIAL_BELOW else _applies_many_parallel
-    run(rows, jobs, applies_all, job_start, job_codes, out)
+    _APPLIES_MANY.run(rows.shape[0], rows, jobs, applies_all, job_start, job_codes, out)
 
 
 @numba.njit(cache=True, inline="always")
@@ -133,16 +178,12 @@ def _resolve_clock(key, sorted_ids, sorted_idx, direct):
     return sorted_idx[lo] if lo < n and sorted_ids[lo] == key else -1
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _resolve_clocks_parallel(time_clock_ids, sorted_ids, sorted_idx, direct, out):
+def _resolve_clocks(time_clock_ids, sorted_ids, sorted_idx, direct, out):
     for i in numba.prange(time_clock_ids.shape[0]):
         out[i] = _resolve_clock(time_clock_ids[i], sorted_ids, sorted_idx, direct)
 
 
-@numba.njit(cache=True, nogil=True)
-def _resolve_clocks_serial(time_clock_ids, sorted_ids, sorted_idx, direct, out):
-    for i in range(time_clock_ids.shape[0]):
-        out[i] = _resolve_clock(time_clock_ids[i], sorted_ids, sorted_idx, direct)
+_RESOLVE_CLOCKS = _Twin(_resolve_clocks)
 
 
 def resolve_clocks(
@@ -153,10 +194,9 @@ def resolve_clocks(
     ``direct`` maps small ids straight to their index (one load); larger ids
     take a binary search in ``sorted_ids``.
     """
-    if time_clock_ids.shape[0] < SERIAL_BELOW:
-        _resolve_clocks_serial(time_clock_ids, sorted_ids, sorted_idx, direct, out)
-    else:
-        _resolve_clocks_parallel(time_clock_ids, sorted_ids, sorted_idx, direct, out)
+    _RESOLVE_CLOCKS.run(
+        time_clock_ids.shape[0], time_clock_ids, sorted_ids, sorted_idx, direct, out
+    )
 
 
 def count_matches(
@@ -186,15 +226,15 @@ def count_matches(
     many cache misses. They are separate functions on purpose: inside one
     function numba fuses adjacent parallel loops, which measured twice slower.
     """
-    home = np.empty(lats.shape[0], np.int64)
-    _locate(lats, lons, clocks, active, slots.shape[0], px, py, pz, counts, home)
-    _probe_all(slots, counts, home, spans)
-    _count_candidates(
-        px, py, pz, spans, extras, entries, entry_rows, counts, first_rows, first_dist
+    n = lats.shape[0]
+    home = np.empty(n, np.int64)
+    _LOCATE.run(n, lats, lons, clocks, active, slots.shape[0], px, py, pz, counts, home)
+    _PROBE_ALL.run(n, slots, counts, home, spans)
+    _COUNT_CANDIDATES.run(
+        n, px, py, pz, spans, extras, entries, entry_rows, counts, first_rows, first_dist
     )
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
 def _locate(lats, lons, clocks, active, size, px, py, pz, keys, home):
     """ECEF position, cell key and home slot of each active point (-1: inactive)."""
     for i in numba.prange(lats.shape[0]):
@@ -210,7 +250,9 @@ def _locate(lats, lons, clocks, active, size, px, py, pz, keys, home):
         home[i] = home_slot(key, size)
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+_LOCATE = _Twin(_locate)
+
+
 def _probe_all(slots, keys, home, spans):
     """Entry span of each point's cell; home slots first, without branches."""
     size = slots.shape[0]
@@ -230,7 +272,9 @@ def _probe_all(slots, keys, home, spans):
         spans[i] = slots[s, 1] if found == key else 0
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+_PROBE_ALL = _Twin(_probe_all)
+
+
 def _count_candidates(
     px, py, pz, spans, extras, entries, entry_rows, counts, first_rows, first_dist
 ):
@@ -262,8 +306,10 @@ def _count_candidates(
         counts[i] = c
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def fill_matches(
+_COUNT_CANDIDATES = _Twin(_count_candidates)
+
+
+def _fill_matches(
     extras,
     offsets,
     entries,
@@ -299,8 +345,40 @@ def fill_matches(
                 o += 1
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def nearest_boundary(
+_FILL_MATCHES = _Twin(_fill_matches)
+
+
+def fill_matches(
+    extras: Arr,
+    offsets: Arr,
+    entries: Arr,
+    entry_rows: Arr,
+    px: Arr,
+    py: Arr,
+    pz: Arr,
+    spans: Arr,
+    out_rows: Arr,
+    out_dist: Arr,
+    out_uncertain: Arr,
+) -> None:
+    """Pass 2 (see ``_fill_matches``)."""
+    _FILL_MATCHES.run(
+        offsets.shape[0] - 1,
+        extras,
+        offsets,
+        entries,
+        entry_rows,
+        px,
+        py,
+        pz,
+        spans,
+        out_rows,
+        out_dist,
+        out_uncertain,
+    )
+
+
+def _nearest_boundary(
     lats,
     lons,
     clocks,
@@ -342,6 +420,15 @@ def nearest_boundary(
             if d < best_approx[i]:
                 best_approx[i] = d
                 best_rows[i] = r
+
+
+_NEAREST_BOUNDARY = _Twin(_nearest_boundary)
+
+
+def nearest_boundary(lats: Arr, *columns: Arr) -> None:
+    """For each active point, the applicable fence whose boundary is nearest
+    (see ``_nearest_boundary`` for the arguments)."""
+    _NEAREST_BOUNDARY.run(lats.shape[0], lats, *columns)
 
 
 @numba.njit(cache=True, nogil=True)

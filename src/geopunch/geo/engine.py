@@ -39,11 +39,19 @@ from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
 from geopunch.domain.punches import PointVerdict
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._index import Snapshot, Snapshots
-from geopunch.geo._kernels import bucket_order
+from geopunch.geo._kernels import bucket_order, set_kernel_threads
 from geopunch.geo._membership import check_one, check_points
 from geopunch.geo._trails import InsideState, detect_exits, handles_of, pair_codes, unassigned
 
-__all__ = ["AccountFences", "FenceIndex", "SnapshotView", "bucket_order", "pair_codes", "warm_up"]
+__all__ = [
+    "AccountFences",
+    "FenceIndex",
+    "SnapshotView",
+    "bucket_order",
+    "pair_codes",
+    "set_kernel_threads",
+    "warm_up",
+]
 
 
 @dataclass(frozen=True, slots=True)
