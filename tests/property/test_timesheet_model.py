@@ -99,6 +99,17 @@ class TimesheetMachine(RuleBasedStateMachine):
             a.kind, a.start.timestamp, end, a.modified_at, paid
         )
 
+    def reread_versions(self, user: int) -> None:
+        """Correcting or deleting a shift re-attributes the breaks that start
+        where it ended, which stores them again (a new ``modified_at``): take
+        the versions from the store, as a client reads before it corrects."""
+        query = ListQuery(TC, *WINDOW, user_ids=(user,), page_size=10_000)
+        page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
+        for a in page.activities:
+            span = self.model[user].spans.get(a.id)
+            if span is not None:
+                span.modified_at = a.modified_at
+
     # --- rules -------------------------------------------------------------------------
     @rule(seconds=st.integers(0, 6 * 3600))
     def time_passes(self, seconds: int) -> None:
@@ -189,6 +200,7 @@ class TimesheetMachine(RuleBasedStateMachine):
             return
         assert expected, (start, end)
         self.keep(fixed)
+        self.reread_versions(user)
 
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
@@ -202,6 +214,7 @@ class TimesheetMachine(RuleBasedStateMachine):
             self.uows, None, self.clock, 1, TC, activity_id, span.modified_at
         )
         del self.model[user].spans[activity_id]
+        self.reread_versions(user)
 
     # --- what the read side says -----------------------------------------------------------
     @invariant()
