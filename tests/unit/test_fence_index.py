@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
+from geopunch.domain.models import ExitAction, ExitDetectionSettings, Geofence, Job, TimeClock
 from geopunch.geo import _index as index_module
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._hashing import HashTable, home_slots
@@ -69,10 +69,10 @@ def test_hash_table_matches_a_dict() -> None:
 def every_fence(snap: Snapshot) -> set[tuple[int, str]]:
     """(time clock id, fence id) of every fence the snapshot answers for."""
     out = set()
-    for table in snap.tables:
+    for t_no, table in enumerate(snap.tables):
         for row in range(table.size):
             c = int(table.clocks[row])
-            if table is snap.base and snap.shadowed[c]:
+            if snap.owner[c] != t_no:
                 continue
             out.add((snap.clocks[c].time_clock.id, bytes(table.ids[row]).decode()))
     return out
@@ -102,7 +102,7 @@ def test_new_clock_disabled_fences_and_compaction() -> None:
     before = every_fence(index.snapshot)
     assert ("7", "x") not in before and (7, "x") in before
     snap = index.compact()
-    assert not snap.overrides
+    assert len(snap.tables) == 1 and not snap.dead
     assert every_fence(snap) == before
     assert ids_at(index, 7, 0, -180) == {"x", "y"}
     assert ids_at(index, 1, -90, 0) == {"a"}
@@ -261,3 +261,95 @@ def test_a_table_built_in_small_expansion_chunks_is_the_same_table(
     chunked = FenceIndex().load(clocks, fences).base
     for name in ("slots", "entries", "entry_rows", "clock_row_start", "ids"):
         assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
+
+
+def test_per_clock_arrays_updated_one_clock_at_a_time_equal_a_full_rebuild() -> None:
+    """Adding or changing one time clock updates the snapshot's per-clock
+    arrays from the previous ones; they must equal arrays built from all
+    clocks, for ids in and beyond the flat lookup table, in any order."""
+    rng = np.random.default_rng(11)
+    index = FenceIndex()
+    ids = [int(i) for i in rng.choice(5_000, 40, replace=False) + 1] + [(1 << 22) + 7, 1 << 40]
+    for step in range(150):
+        i = ids[int(rng.integers(len(ids)))]
+        users = frozenset(int(u) for u in rng.integers(0, 50, int(rng.integers(0, 6))))
+        exits = ExitDetectionSettings(buffer_low_accuracy_m=float(rng.integers(10, 200)))
+        clock = tc(i, user_ids=users, accuracy_tolerance_m=float(step % 7), exit_detection=exits)
+        index.time_clock_changed(clock, [fence(f"f{step}", i, 0.0, 0.0)])
+        snap = index.snapshot
+        full = index_module._make_snapshot(0, snap.clocks, snap.tables, snap.owner, snap.dead)
+        for name in (
+            "sorted_clock_ids",
+            "sorted_clock_idx",
+            "direct_clock_idx",
+            "tolerance_m",
+            "extra_m",
+            "exit_m",
+            "user_keys",
+        ):
+            assert np.array_equal(getattr(snap, name), getattr(full, name)), (step, name)
+        assert dict(snap.clock_idx) == dict(full.clock_idx)
+        points = np.asarray([*ids, 0, 5_001], np.int64)
+        assert np.array_equal(snap.dense_clocks(points), full.dense_clocks(points))
+
+
+def test_a_load_clock_by_clock_rebuilds_each_fence_a_logarithmic_number_of_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Merging the tail of small tables with every table not much larger
+    keeps the list short and the rebuilt rows O(n log n), where folding into
+    one base at every compaction rebuilt O(n^2 / period) rows; what the index
+    answers is what a full build answers, stale rows included nowhere."""
+    built: list[int] = []
+    real_build = index_module.build_table
+
+    def counting(cols: index_module.FenceColumns, *args: object) -> index_module.FenceTable:
+        built.append(int(cols.clocks.size))
+        return real_build(cols, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_module, "build_table", counting)
+    monkeypatch.setattr(index_module, "_SMALL_TABLE", 8)
+    rng = np.random.default_rng(2)
+    index = FenceIndex(compact_after_clocks=10**9)  # compactions run here, in the test
+    clocks, fences = [], []
+    for i in range(1, 401):
+        clocks.append(tc(i))
+        mine = [fence(f"c{i}-{k}", i, rng.uniform(-1, 1), rng.uniform(-1, 1)) for k in range(5)]
+        fences += mine
+        index.time_clock_changed(clocks[-1], [])
+        index.fences_changed(clocks[-1], mine, [])
+        if i % 3 == 0:  # a clock's settings change: its old rows go stale
+            j = int(rng.integers(1, i + 1))
+            index.time_clock_changed(
+                tc(j, accuracy_tolerance_m=float(i % 20)),
+                [f for f in fences if f.time_clock_id == j],
+            )
+            clocks[j - 1] = tc(j, accuracy_tolerance_m=float(i % 20))
+        if len(index.snapshot.tables) > 9:
+            index.compact(everything=False)
+            assert len(index.snapshot.tables) <= 9
+    n = len(fences)
+    merged_rows = sum(built) - n - 5 * 133  # less each clock's own tables
+    assert merged_rows < 3 * n * np.log2(n), (merged_rows, n)
+    snap = index.snapshot
+    assert every_fence(snap) == {(f.time_clock_id, f.id) for f in fences}
+    assert snap.fence_count == n and snap.rows - snap.dead == n
+    fresh = FenceIndex()
+    fresh.load(clocks, fences)
+    near = rng.integers(0, n, 20_000)  # near a fence, asked of its clock or another
+    lat = np.array([fences[k].latitude for k in near]) + rng.normal(0, 0.0015, near.size)
+    lon = np.array([fences[k].longitude for k in near]) + rng.normal(0, 0.0015, near.size)
+    ids = np.where(
+        rng.random(near.size) < 0.9,
+        [fences[k].time_clock_id for k in near],
+        rng.integers(1, 402, near.size),
+    )
+    got, want = check_points(snap, lat, lon, ids), check_points(fresh.snapshot, lat, lon, ids)
+    assert got.inside.any() and (got.inside == want.inside).all()
+    assert (got.status == want.status).all()
+    assert sorted(snap.fence_ids(got.fence_handles)) == sorted(
+        fresh.snapshot.fence_ids(want.fence_handles)
+    )
+    everything = index.compact()
+    assert len(everything.tables) == 1 and everything.dead == 0
+    assert every_fence(everything) == every_fence(snap)

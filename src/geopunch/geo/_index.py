@@ -8,16 +8,22 @@ their ECEF centres, and a hash of grid cells: each fence is registered in every
 buffer of its time clock, can reach. The cell key includes the clock, so a
 point only ever meets fences of its own time clock.
 
-A :class:`Snapshot` is one large *base* table plus small per-clock *override*
-tables: a change to a time clock's fences builds a table for that clock alone
-(well under a millisecond for 1,000 fences) and publishes a new snapshot that
-shadows the clock in the base. :meth:`Snapshots.compact` folds overrides back
-into a new base. Readers take ``index.snapshot`` once per call and never lock;
+A :class:`Snapshot` is a short list of tables and, per clock, the number of
+the table holding its current fences (``owner``); a clock's rows in any other
+table are stale. A change to a time clock's fences builds a table for that
+clock alone (well under a millisecond for 1,000 fences) and publishes a new
+snapshot with it appended. :meth:`Snapshots.compact` merges tables in the
+manner of a log-structured merge: the tail of small tables folds into one,
+together with each table before it that is not more than twice as large, so
+every fence is rebuilt a logarithmic number of times however the fences
+arrive (a bulk load through the API, clock by clock, included), and the list
+stays short. Readers take ``index.snapshot`` once per call and never lock;
 writers serialize on a lock and publish by replacing one reference.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +39,8 @@ from geopunch.geo._frames import ecef
 from geopunch.geo._hashing import HashTable
 
 ACTIONS = EXIT_ACTIONS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,23 +343,41 @@ class Snapshot:
     #: (5, n_clocks): each clock's exit-detection settings, rows in the order of
     #: ``EXIT_SETTINGS``.
     exit_m: F64
-    base: FenceTable
-    overrides: Mapping[int, FenceTable]
-    shadowed: B
+    tables: tuple[FenceTable, ...]
+    #: Per clock (int16): the number of the table holding its current fences.
+    owner: npt.NDArray[np.int16]
+    #: Stale rows over all tables (rows of clocks owned by another table).
+    dead: int
     #: Every (clock, assigned user) pair as ``dense clock << 40 | user id``,
     #: sorted: one ``searchsorted`` tells whether samples' users are assigned.
     user_keys: I64
 
     @property
-    def tables(self) -> list[FenceTable]:
-        return [self.base, *self.overrides.values()]
+    def base(self) -> FenceTable:
+        return self.tables[0]
+
+    @property
+    def rows(self) -> int:
+        """Rows over all tables, stale ones included."""
+        return sum(t.size for t in self.tables)
 
     @property
     def fence_count(self) -> int:
-        shadow_rows = (
-            int(np.count_nonzero(self.shadowed[self.base.clocks])) if self.base.size else 0
-        )
-        return self.base.size - shadow_rows + sum(t.size for t in self.overrides.values())
+        return self.rows - self.dead
+
+    def live_rows(self, t_no: int) -> I64:
+        """Rows of table ``t_no`` that are current (their clock's owner is it)."""
+        table = self.tables[t_no]
+        if len(self.tables) == 1:
+            return np.arange(table.size, dtype=np.int64)
+        return np.flatnonzero(self.owner[table.clocks] == t_no).astype(np.int64)
+
+    def current(self, clocks: I32, t_no: int) -> B:
+        """Whether table ``t_no`` holds the current fences of each dense clock
+        (int32, -1 for none: False)."""
+        known = (clocks >= 0) & (clocks < self.owner.size)
+        mine: B = known & (self.owner[np.where(known, clocks, 0)] == t_no)
+        return mine
 
     def dense_clocks(self, time_clock_ids: npt.ArrayLike) -> I32:
         """Dense clock indexes of time clock ids (int64, shape (n,)); -1 when unknown."""
@@ -374,7 +400,7 @@ class Snapshot:
         """Fence ids of result handles as one fixed-width bytes array (``S<w>``,
         NUL-padded UTF-8, shape (k,)): no Python string per id."""
         handles = np.asarray(handles, dtype=np.int64)
-        raw = np.empty(handles.size, dtype=self.base.ids.dtype if self.base.size else "S1")
+        raw = np.empty(handles.size, dtype="S1")
         found = 0
         for table in self.tables:
             rows = handles - table.handle_base
@@ -424,30 +450,84 @@ def _direct_table(sorted_ids: I64, sorted_idx: I32) -> I32:
     return table
 
 
+_ClockArrays = tuple[I64, I32, I32, Mapping[int, int], F64, F64, F64, I64]
+
+
+def _all_clock_arrays(clocks: Sequence[ClockInfo]) -> _ClockArrays:
+    sorted_ids, sorted_idx, tol, extra, exit_m = _clock_arrays(clocks)
+    direct = _direct_table(sorted_ids, sorted_idx)
+    clock_idx = {c.time_clock.id: c.idx for c in clocks}
+    return sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, _user_keys(clocks)
+
+
+def _clock_arrays_with(prev: Snapshot, clocks: tuple[ClockInfo, ...], idx: int) -> _ClockArrays:
+    """``prev``'s per-clock arrays with clock ``idx`` changed or (at the end) added.
+
+    Rebuilding them from every clock made each new time clock cost time in
+    proportion to the clocks already held, so a bulk load slowed as it went;
+    here the work is copies of the arrays, in C.
+    """
+    info = clocks[idx]
+    tc = info.time_clock
+    settings = [getattr(tc.exit_detection, name) for name in EXIT_SETTINGS]
+    keys = prev.user_keys
+    lo, hi = np.searchsorted(keys, [np.int64(idx) << 40, np.int64(idx + 1) << 40])
+    mine = (np.int64(idx) << 40) + info.user_ids[
+        (info.user_ids >= 0) & (info.user_ids < USER_KEY_LIMIT)
+    ]
+    user_keys = np.concatenate([keys[:lo], mine, keys[hi:]])
+    if idx < len(prev.clocks):
+        tol, extra, exit_m = prev.tolerance_m.copy(), prev.extra_m.copy(), prev.exit_m.copy()
+        tol[idx], extra[idx], exit_m[:, idx] = tc.accuracy_tolerance_m, info.max_extra_m, settings
+        sorted_ids, sorted_idx = prev.sorted_clock_ids, prev.sorted_clock_idx
+        direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
+    else:
+        tol = np.append(prev.tolerance_m, tc.accuracy_tolerance_m)
+        extra = np.append(prev.extra_m, info.max_extra_m)
+        exit_m = np.concatenate(
+            [prev.exit_m, np.asarray(settings, np.float64).reshape(-1, 1)], axis=1
+        )
+        at = int(np.searchsorted(prev.sorted_clock_ids, tc.id))
+        sorted_ids = np.insert(prev.sorted_clock_ids, at, tc.id)
+        sorted_idx = np.insert(prev.sorted_clock_idx, at, idx).astype(np.int32)
+        direct = prev.direct_clock_idx
+        if 0 <= tc.id < _DIRECT_IDS:
+            grown = np.full(max(direct.size, tc.id + 1), -1, np.int32)
+            grown[: direct.size] = direct
+            grown[tc.id] = idx
+            direct = grown
+        clock_idx = {**prev.clock_idx, tc.id: idx}
+    return sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, user_keys
+
+
 def _make_snapshot(
     version: int,
     clocks: tuple[ClockInfo, ...],
-    base: FenceTable,
-    overrides: Mapping[int, FenceTable],
+    tables: tuple[FenceTable, ...],
+    owner: npt.NDArray[np.int16],
+    dead: int,
     prev: Snapshot | None = None,
+    changed: int | None = None,
 ) -> Snapshot:
-    """A snapshot; per-clock arrays are reused from ``prev`` when the clocks did not change."""
+    """A snapshot; per-clock arrays are reused from ``prev`` when the clocks did
+    not change, and updated from it when only the clock at ``changed`` did."""
+    arrays: _ClockArrays
     if prev is not None and prev.clocks is clocks:
-        sorted_ids, sorted_idx, tol, extra, exit_m = (
+        arrays = (
             prev.sorted_clock_ids,
             prev.sorted_clock_idx,
+            prev.direct_clock_idx,
+            prev.clock_idx,
             prev.tolerance_m,
             prev.extra_m,
             prev.exit_m,
+            prev.user_keys,
         )
-        direct, clock_idx, user_keys = prev.direct_clock_idx, prev.clock_idx, prev.user_keys
+    elif prev is not None and changed is not None:
+        arrays = _clock_arrays_with(prev, clocks, changed)
     else:
-        sorted_ids, sorted_idx, tol, extra, exit_m = _clock_arrays(clocks)
-        direct = _direct_table(sorted_ids, sorted_idx)
-        clock_idx = {c.time_clock.id: c.idx for c in clocks}
-        user_keys = _user_keys(clocks)
-    shadowed = np.zeros(len(clocks), dtype=bool)
-    shadowed[list(overrides)] = True
+        arrays = _all_clock_arrays(clocks)
+    sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, user_keys = arrays
     return Snapshot(
         version=version,
         clocks=clocks,
@@ -458,9 +538,9 @@ def _make_snapshot(
         tolerance_m=tol,
         extra_m=extra,
         exit_m=exit_m,
-        base=base,
-        overrides=dict(overrides),
-        shadowed=shadowed,
+        tables=tables,
+        owner=owner,
+        dead=dead,
         user_keys=user_keys,
     )
 
@@ -477,6 +557,13 @@ def _user_keys(clocks: Sequence[ClockInfo]) -> I64:
         if c.user_ids.size
     ]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+#: Tables of at most this many live rows merge with the tail whatever their
+#: neighbours' sizes, so the clock-by-clock tables of a load fold at once.
+_SMALL_TABLE = 4096
+#: Past this many tables (``Snapshot.owner`` is int16) a writer compacts itself.
+_MAX_TABLES = 30_000
 
 
 @dataclass
@@ -519,16 +606,29 @@ class Snapshots:
             cols = FenceColumns.from_rows(rows, {c.time_clock.id: c for c in clocks})
             base = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
             old = getattr(self, "_snapshot", None)
-            self._snapshot = _make_snapshot(old.version + 1 if old else 1, clocks, base, {})
+            owner = np.zeros(len(clocks), np.int16)
+            version = old.version + 1 if old else 1
+            self._snapshot = _make_snapshot(version, clocks, (base,), owner, 0)
             return self._snapshot
 
     def _publish_clock(
         self, snap: Snapshot, clocks: tuple[ClockInfo, ...], idx: int, cols: FenceColumns
     ) -> None:
-        extra = snap.extra_m if clocks is snap.clocks else _clock_arrays(clocks)[3]
-        table = build_table(cols, extra, self._reserve(cols.clocks.size))
-        overrides = {**snap.overrides, idx: table}
-        self._snapshot = _make_snapshot(snap.version + 1, clocks, snap.base, overrides, snap)
+        """Append a table holding clock ``idx``'s fences ``cols`` and make it the owner."""
+        if len(snap.tables) >= _MAX_TABLES:  # compactions fell far behind: catch up here
+            snap = self.compact()
+        owner = np.zeros(len(clocks), np.int16)
+        owner[: snap.owner.size] = snap.owner
+        dead = snap.dead
+        if idx < snap.owner.size:  # its rows in the table that owned it go stale
+            starts = snap.tables[int(snap.owner[idx])].clock_row_start
+            if idx + 1 < starts.size:
+                dead += int(starts[idx + 1] - starts[idx])
+        owner[idx] = len(snap.tables)
+        staged = _make_snapshot(snap.version + 1, clocks, snap.tables, snap.owner, 0, snap, idx)
+        table = build_table(cols, staged.extra_m, self._reserve(cols.clocks.size))
+        tables = (*snap.tables, table)
+        self._snapshot = _make_snapshot(staged.version, clocks, tables, owner, dead, staged)
 
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
         """A time clock was created or changed; ``fences`` are all of its geofences."""
@@ -556,7 +656,7 @@ class Snapshots:
                 self.time_clock_changed(tc, added)
                 return
             info = snap.clocks[idx]
-            table = snap.overrides.get(idx, snap.base)
+            table = snap.tables[int(snap.owner[idx])]
             starts = table.clock_row_start
             lo, hi = (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
             cols = columns_of(table, np.arange(lo, hi, dtype=np.int64))
@@ -573,37 +673,71 @@ class Snapshots:
 
     def _maybe_compact(self) -> None:
         snap = self._snapshot
-        pending = sum(t.size for t in snap.overrides.values())
         if self._compacting or not (
-            len(snap.overrides) > self.compact_after_clocks or pending > self.compact_after_fences
+            len(snap.tables) - 1 > self.compact_after_clocks or self._too_stale(snap)
         ):
             return
         self._compacting = True
-        threading.Thread(target=self.compact, name="fence-compact", daemon=True).start()
+        threading.Thread(
+            target=self._compact_in_background, name="fence-compact", daemon=True
+        ).start()
 
-    def compact(self) -> Snapshot:
-        """Fold the overrides into a new base table without blocking readers or writers.
+    def _too_stale(self, snap: Snapshot) -> bool:
+        """Stale rows cost memory and scan time: merge everything past this."""
+        return snap.dead > self.compact_after_fences and snap.dead * 4 > snap.rows
 
-        The new base is built from a snapshot outside the lock; overrides that
-        writers published meanwhile stay on top of it.
+    def _compact_in_background(self) -> None:
+        try:
+            self.compact(everything=self._too_stale(self._snapshot))
+        except Exception:  # pragma: no cover - the next change tries again
+            log.exception("fence index compaction failed")
+
+    def compact(self, everything: bool = True) -> Snapshot:
+        """Merge tables without blocking readers or writers; all of them into
+        one with ``everything``, else the tail of small ones (see the module's
+        docstring).
+
+        The merged table is built from a snapshot outside the lock; tables that
+        writers appended meanwhile stay after it, and the clocks they own keep
+        them.
         """
         try:
             with self._lock:
                 start = self._snapshot
-                if not start.overrides:
+                tables = start.tables
+                if len(tables) == 1 and not start.dead:
                     return start
-                parts = []
-                if start.base.size:
-                    keep = np.flatnonzero(~start.shadowed[start.base.clocks]).astype(np.int64)
-                    parts.append(columns_of(start.base, keep))
-                parts.extend(columns_of(t) for t in start.overrides.values())
-                cols = FenceColumns.concat(parts)
+                live = [start.live_rows(t) for t in range(len(tables))]
+                first = len(tables) - 1
+                merged = live[first].size
+                while first > 0 and (
+                    everything
+                    or first == len(tables) - 1  # at least two: a merge must shorten the list
+                    or live[first - 1].size <= 2 * max(merged, _SMALL_TABLE)
+                ):
+                    first -= 1
+                    merged += live[first].size
+                cols = FenceColumns.concat(
+                    [columns_of(tables[t], live[t]) for t in range(first, len(tables))]
+                )
                 handle = self._reserve(cols.clocks.size)
-            base = build_table(cols, start.extra_m, handle)
+                gone = sum(tables[t].size - live[t].size for t in range(first, len(tables)))
+            table = build_table(cols, start.extra_m, handle)
             with self._lock:
                 now = self._snapshot
-                newer = {i: t for i, t in now.overrides.items() if start.overrides.get(i) is not t}
-                self._snapshot = _make_snapshot(now.version + 1, now.clocks, base, newer, now)
+                k = len(tables)
+                if now.tables[:k] != tables:  # reloaded meanwhile: this merge is moot
+                    return now
+                o = now.owner.astype(np.int32)
+                owner = np.where(o < first, o, np.where(o < k, first, o - (k - 1 - first)))
+                self._snapshot = _make_snapshot(
+                    now.version + 1,
+                    now.clocks,
+                    (*tables[:first], table, *now.tables[k:]),
+                    owner.astype(np.int16),
+                    now.dead - gone,
+                    now,
+                )
                 return self._snapshot
         finally:
             self._compacting = False

@@ -43,14 +43,10 @@ class Matches:
 
 
 def _table_mask(snap: Snapshot, table_no: int, table: FenceTable, clocks: I32, valid: B) -> B:
-    if table_no == 0:
-        covered: B = valid & (clocks < table.clock_row_start.size - 1)
-        if snap.overrides:
-            covered &= ~snap.shadowed[np.where(clocks >= 0, clocks, 0)]
-        return covered
-    (clock_idx,) = (i for i, t in snap.overrides.items() if t is table)
-    mask: B = valid & (clocks == clock_idx)
-    return mask
+    covered: B = valid & (clocks < table.clock_row_start.size - 1)
+    if len(snap.tables) > 1:
+        covered &= snap.current(clocks, table_no)
+    return covered
 
 
 def _tables_with_points(
@@ -441,7 +437,7 @@ def check_one(
         if accuracy_m < 0 or math.isinf(accuracy_m):
             return PointVerdict(INVALID_ACCURACY, False, False, None, -1, None, None, ())
         extra = min(accuracy_m, info.time_clock.accuracy_tolerance_m)
-    table = snap.overrides.get(idx, snap.base)
+    table = snap.tables[int(snap.owner[idx])]
     rows = np.empty(_MAX_SCAN, np.int64)
     dists = np.empty(_MAX_SCAN, np.float64)
     flags = np.empty(_MAX_SCAN, np.int8)

@@ -193,8 +193,8 @@ def handles_of(snap: Snapshot, time_clock_ids: I64, fence_ids: list[str]) -> I64
         pos = np.minimum(np.searchsorted(sorted_ids, want), table.size - 1)
         rows = order[pos]
         hit = (sorted_ids[pos] == want) & (table.clocks[rows] == clocks) & (clocks >= 0)
-        if t_no == 0 and snap.overrides:  # the base's rows of overridden clocks are stale
-            hit &= ~snap.shadowed[np.where(clocks >= 0, clocks, 0)]
+        if len(snap.tables) > 1:  # rows of clocks another table owns are stale
+            hit &= snap.current(clocks, t_no)
         out[hit] = table.handle_base + rows[hit]
     return out
 
