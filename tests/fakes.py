@@ -338,11 +338,11 @@ class _IndexChanges:
     def __init__(self, world: _World, store: MemoryStore, account: int | None) -> None:
         self.world, self.store, self.account = world, store, account
 
-    def note(self, time_clock_id: int) -> None:
+    def note(self, time_clock_id: int) -> int:
         assert self.account is not None
-        self.world.index_changes.append(
-            (self.last() + 1, self.account, time_clock_id, self.store.now)
-        )
+        seq = self.last() + 1
+        self.world.index_changes.append((seq, self.account, time_clock_id, self.store.now))
+        return seq
 
     def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
         return [(seq, a, tc) for seq, a, tc, _ in self.world.index_changes if seq > cursor][:limit]

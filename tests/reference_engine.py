@@ -420,15 +420,25 @@ class ReferenceEngine:
         with self._lock:
             self._of(account).load(time_clocks, fences)
 
-    def time_clock_changed(self, account: int, tc: TimeClock, fences: Sequence[Geofence]) -> None:
+    def time_clock_changed(
+        self, account: int, tc: TimeClock, fences: Sequence[Geofence], seq: int = 0
+    ) -> None:
         with self._lock:
             self._of(account).time_clock_changed(tc, fences)
 
     def fences_changed(
-        self, account: int, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+        self,
+        account: int,
+        tc: TimeClock,
+        added: Sequence[Geofence],
+        removed: Sequence[str],
+        seq: int = 0,
     ) -> None:
         with self._lock:
             self._of(account).fences_changed(tc, added, removed)
+
+    def reported(self, seq: int) -> bool:
+        return False  # the follower reads every change again: the simple, safe way
 
     def view(self, account: int) -> ReferenceView:
         with self._lock:

@@ -3,13 +3,14 @@ geofence changes (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import Engine
 
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
-from geopunch.domain.models import GeofenceDraft, Job, TimeClock
+from geopunch.domain.models import Geofence, GeofenceDraft, Job, TimeClock
 from geopunch.geo._membership import check_one
 from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_feed
@@ -103,3 +104,43 @@ def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:
     with uows(readonly=True) as uow:
         assert cursor == uow.index_changes.last()
     assert np.isin([tc.id for tc in clocks], there.view(A).snapshot.sorted_clock_ids).all()
+
+
+class _CountingFences(AccountFences):
+    """Counts the time clocks the follower reads again (it reports no seq)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reread: list[int] = []
+
+    def time_clock_changed(
+        self, account: int, tc: TimeClock, fences: Sequence[Geofence], seq: int = 0
+    ) -> None:
+        if not seq:
+            self.reread.append(tc.id)
+        super().time_clock_changed(account, tc, fences, seq)
+
+
+def test_a_follower_skips_what_its_own_writers_reported_and_reads_the_rest(
+    engine: Engine,
+) -> None:
+    uows = AccountStore(engine)
+    here, there = _CountingFences(), AccountFences()
+    other = replace(TC, id=502)
+    admin.create_time_clock(uows, A, TC, ["a"], assign_id=False, listener=here)
+    admin.create_time_clock(uows, A, other, ["a"], assign_id=False, listener=there)
+    draft = GeofenceDraft("Gate", "1 Road", *SITE, fence_size_m=200)
+    geofences.create_geofences(uows, A, TC.id, [draft], listener=here)
+    geofences.create_geofences(uows, A, other.id, [draft], listener=there)
+    cursor = follow_index_changes(uows, here, 0)
+    assert here.reread == [other.id]  # only the other process's clock
+    assert _inside(here) and _inside(here, other.id)
+    # A writer whose index update never happened (it raised, say) reported
+    # nothing: the follower reads that change from the store.
+    with uows() as uow:
+        uow.index_changes.note(TC.id)
+        uow.commit()
+    here.reread.clear()
+    follow_index_changes(uows, here, cursor)
+    assert here.reread == [TC.id]
+    assert not here._reported  # nothing left over once the follower passed

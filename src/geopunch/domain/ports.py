@@ -264,8 +264,9 @@ class LocationStateRepository(Protocol):
 class IndexChangeRepository(Protocol):
     """The feed of changed time clocks that keeps every process's fence index current."""
 
-    def note(self, time_clock_id: int) -> None:
-        """Record that the time clock's settings or geofences change in this transaction."""
+    def note(self, time_clock_id: int) -> int:
+        """Record that the time clock's settings or geofences change in this
+        transaction; the change's seq."""
         ...
 
     def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
@@ -414,12 +415,24 @@ class FenceListener(Protocol):
     def write_lock(self) -> AbstractContextManager[None]: ...
 
     def time_clock_changed(
-        self, account: int, tc: TimeClock, fences: Sequence[Geofence]
-    ) -> None: ...
+        self, account: int, tc: TimeClock, fences: Sequence[Geofence], seq: int = 0
+    ) -> None:
+        """``seq``: the change's seq in the index-change feed, when its writer reports it."""
+        ...
 
     def fences_changed(
-        self, account: int, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+        self,
+        account: int,
+        tc: TimeClock,
+        added: Sequence[Geofence],
+        removed: Sequence[str],
+        seq: int = 0,
     ) -> None: ...
+
+    def reported(self, seq: int) -> bool:
+        """Whether the feed's change ``seq`` was reported here by its writer
+        (then the feed's follower need not read it again); forgets it."""
+        ...
 
 
 class FenceView(Protocol):

@@ -229,6 +229,12 @@ class AccountFences:
         #: Catches the index up with the store (the server sets its follower's
         #: catch-up); called when a call names a time clock the index lacks.
         self.on_miss: Callable[[], None] | None = None
+        #: Seqs of feed changes this process's writers reported after their
+        #: commit: the follower skips them instead of reading every change
+        #: this process made a second time (a third of a bulk load's time).
+        #: Added only once the update went through, so a failed one is read
+        #: again from the store.
+        self._reported: set[int] = set()
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:
@@ -262,13 +268,31 @@ class AccountFences:
         """Replace one account's clocks and fences with a full build (start-up)."""
         return self._index(account).load(time_clocks, fences)
 
-    def time_clock_changed(self, account: int, tc: TimeClock, fences: Sequence[Geofence]) -> None:
+    def time_clock_changed(
+        self, account: int, tc: TimeClock, fences: Sequence[Geofence], seq: int = 0
+    ) -> None:
         self._index(account).time_clock_changed(tc, fences)
+        if seq:
+            self._reported.add(seq)
 
     def fences_changed(
-        self, account: int, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
+        self,
+        account: int,
+        tc: TimeClock,
+        added: Sequence[Geofence],
+        removed: Sequence[str],
+        seq: int = 0,
     ) -> None:
         self._index(account).fences_changed(tc, added, removed)
+        if seq:
+            self._reported.add(seq)
+
+    def reported(self, seq: int) -> bool:
+        try:
+            self._reported.remove(seq)
+        except KeyError:
+            return False
+        return True
 
     def totals(self) -> tuple[int, int]:
         """Time clocks and fences held, over every account."""

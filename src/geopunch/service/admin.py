@@ -40,11 +40,11 @@ def create_time_clock(
             tc = replace(tc, id=uow.time_clocks.next_id())
         validate_time_clock(tc, job_paths)
         uow.time_clocks.add(tc)
-        uow.index_changes.note(tc.id)
+        seq = uow.index_changes.note(tc.id)
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.time_clock_changed(account, tc, ())
+                listener.time_clock_changed(account, tc, (), seq)
     return tc
 
 
@@ -70,12 +70,12 @@ def update_time_clock(
                 "delete or change those geofences first",
             )
         uow.time_clocks.replace(tc)
-        uow.index_changes.note(tc.id)
+        seq = uow.index_changes.note(tc.id)
         fences = uow.geofences.list_for(tc.id) if listener is not None else []
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.time_clock_changed(account, tc, fences)
+                listener.time_clock_changed(account, tc, fences, seq)
     return tc
 
 

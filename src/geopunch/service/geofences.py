@@ -45,11 +45,11 @@ def create_geofences(
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, new_fence_id)
         uow.geofences.add_many(fences)
-        uow.index_changes.note(tc.id)
+        seq = uow.index_changes.note(tc.id)
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.fences_changed(account, tc, fences, ())
+                listener.fences_changed(account, tc, fences, (), seq)
     return fences
 
 
@@ -64,11 +64,11 @@ def delete_geofence(
         tc = get_time_clock(uow, time_clock_id)
         if not uow.geofences.delete(time_clock_id, fence_id):
             raise _not_found(time_clock_id, fence_id)
-        uow.index_changes.note(tc.id)
+        seq = uow.index_changes.note(tc.id)
         with locked(listener):
             uow.commit()
             if listener is not None:
-                listener.fences_changed(account, tc, (), (fence_id,))
+                listener.fences_changed(account, tc, (), (fence_id,), seq)
 
 
 def _not_found(time_clock_id: int, fence_id: str) -> DomainError:

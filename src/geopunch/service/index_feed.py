@@ -16,13 +16,16 @@ def follow_index_changes(uows: UnitOfWorkFactory, index: FenceListener, cursor: 
     Each changed time clock is read again whole, with its geofences, under the
     index's write lock: this process's own writers update the index under that
     lock right after their commit, so what is read here is never older than
-    what the index holds. A change this process made itself is applied twice,
-    which changes nothing.
+    what the index holds. Changes this process's writers reported to the index
+    themselves are skipped; asking under the lock means a writer that
+    committed one of them has reported it by then.
     """
     while True:
         with uows(readonly=True) as uow:
             changes = uow.index_changes.after(cursor, INDEX_CHANGE_PAGE)
-        for account, time_clock_id in dict.fromkeys((a, tc) for _, a, tc in changes):
+        with index.write_lock():
+            others = [(a, tc) for seq, a, tc in changes if not index.reported(seq)]
+        for account, time_clock_id in dict.fromkeys(others):
             with index.write_lock(), uows(account=account, readonly=True) as uow:
                 tc = uow.time_clocks.get(time_clock_id)
                 if tc is not None:

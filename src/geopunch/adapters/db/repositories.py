@@ -969,14 +969,17 @@ class SqlIndexChangeRepository(AccountScoped):
         #: Set by ``note``; the unit of work tells its listener after the commit.
         self.noted = False
 
-    def note(self, time_clock_id: int) -> None:
+    def note(self, time_clock_id: int) -> int:
         in_seq_order(self._conn, _INDEX_LOCK)  # followers resume from a seq
         self.noted = True
-        self._conn.execute(
+        done = self._conn.execute(
             insert(index_changes).values(
                 account_id=self.account, time_clock_id=time_clock_id, changed_at=self._now
             )
         )
+        key = done.inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
         """(seq, account, time clock) of changes past ``cursor``, in order."""
