@@ -107,7 +107,7 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
             )
         }
 
-    assert migrate(v6_engine) == "0010"
+    assert migrate(v6_engine) == "0011"
 
     with v6_engine.connect() as conn:
         after = {

@@ -519,7 +519,22 @@ class SqlGeofenceRepository(AccountScoped):
     def add_many(self, fences: Sequence[Geofence]) -> None:
         if not fences:
             return
-        start = int(self._conn.execute(select(func.max(geofences.c.position))).scalar() or 0) + 1
+        # Positions order a clock's fences by creation; they count per clock.
+        # (The largest over the whole table meant a scan of every geofence per
+        # call: a bulk load got slower with each clock stored.)
+        following: dict[int, int] = {}
+        positions = []
+        for f in fences:
+            if f.time_clock_id not in following:
+                newest = self._conn.execute(
+                    select(func.max(geofences.c.position)).where(
+                        geofences.c.account_id == self.account,
+                        geofences.c.time_clock_id == f.time_clock_id,
+                    )
+                ).scalar()
+                following[f.time_clock_id] = int(newest or 0) + 1
+            positions.append(following[f.time_clock_id])
+            following[f.time_clock_id] += 1
         self._conn.execute(
             insert(geofences),
             [
@@ -527,7 +542,7 @@ class SqlGeofenceRepository(AccountScoped):
                     "id": f.id,
                     "account_id": self.account,
                     "time_clock_id": f.time_clock_id,
-                    "position": start + i,
+                    "position": positions[i],
                     "name": f.name,
                     "is_enabled": f.is_enabled,
                     "fence_size_m": f.fence_size_m,

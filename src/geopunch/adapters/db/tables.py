@@ -144,7 +144,14 @@ geofences = Table(
         ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
     ),
 )
-Index("ix_geofences_clock", geofences.c.account_id, geofences.c.time_clock_id)
+# With the position: a new fence's position (the clock's largest plus one) is
+# one probe of this index.
+Index(
+    "ix_geofences_clock",
+    geofences.c.account_id,
+    geofences.c.time_clock_id,
+    geofences.c.position,
+)
 
 geofence_jobs = Table(
     "geofence_jobs",
