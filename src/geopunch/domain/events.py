@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.ids import ordered_hex
 
 #: A JSON value as the JSON mapping gives it (dict, list, str, float, bool, None).
 Json = object
@@ -56,7 +56,7 @@ def check_watch_filter(types: Sequence[str], time_clock_ids: Sequence[int]) -> N
 def new_event_id() -> str:
     """An event's id: unique across stores, so that a receiver of several
     deployments' webhooks (or one JetStream stream) never confuses two."""
-    return f"evt_{uuid.uuid4().hex}"
+    return f"evt_{ordered_hex()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ half-open), and every end is after its start.
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -18,6 +17,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.ids import ordered_hex
 from geopunch.domain.models import DayStatus, GeofencePolicy, ManualBreakType, TimeClock
 from geopunch.domain.rules import (
     MAX_ADDRESS_LENGTH,
@@ -357,7 +357,7 @@ class PunchDecision:
 
 
 def new_activity_id(kind: ActivityKind) -> str:
-    return f"{kind.value}-{uuid.uuid4().hex}"
+    return f"{kind.value}-{ordered_hex()}"
 
 
 def plan_punch(tc: TimeClock, cmd: PunchCommand, now: float) -> PunchPlan:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.ids import ordered_hex
 from geopunch.domain.models import Geofence, GeofenceDraft
 from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
 from geopunch.domain.rules import validate_geofences
@@ -13,7 +13,7 @@ from geopunch.service.admin import get_time_clock, locked
 
 
 def new_fence_id() -> str:
-    return f"fence-{uuid.uuid4().hex}"
+    return f"fence-{ordered_hex()}"
 
 
 def list_geofences(uows: UnitOfWorkFactory, account: int, time_clock_id: int) -> list[Geofence]:
