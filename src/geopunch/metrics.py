@@ -81,6 +81,24 @@ WEBHOOK_LAG = Histogram(
     "From an event's commit to its delivery's acknowledgement by the receiver",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
+TRAIL_SAMPLES = Counter(
+    "geopunch_trail_samples_total",
+    "Trail samples judged by EvaluateTrails, by status",
+    ("status",),
+)
+INDEX_CURRENT = Gauge(
+    "geopunch_index_current_timestamp_seconds",
+    "When the fence index last held every change committed to the store (Unix seconds): "
+    "the reload lag is the time since; the oldest over live processes",
+    multiprocess_mode="livemin",
+)
+EVENT_LAG = Gauge(
+    "geopunch_event_lag_seconds",
+    "Age of the oldest event a subscriber has yet to deliver (0 when caught up), by "
+    "subscriber: a webhook subscription's id, or jetstream:<sink name>",
+    ("subscriber",),
+    multiprocess_mode="mostrecent",
+)
 SINK_PUBLISHED = Counter(
     "geopunch_sink_published_total",
     "Events the JetStream sink published and the broker acknowledged",

@@ -128,3 +128,54 @@ def test_a_metrics_listener_of_its_own_when_the_http_api_is_off(tmp_path: Path) 
     finally:
         c.close()
         srv.terminate()
+
+
+def test_trail_samples_index_currency_and_event_lag_are_measured(
+    server: ServerProcess, client: Client
+) -> None:
+    from geopunch.v1 import location_pb2
+    from tests.e2e.test_webhooks import subscribe
+    from tests.webhook_receiver import Receiver
+
+    tc = int(make_time_clock(client).id)
+    before = scrape(server.http_address)
+    t0 = int(time.time()) - 60
+    trail = location_pb2.TrailSamples(
+        user_ids=[USER] * 3,
+        time_clock_id=tc,
+        timestamps=[t0, t0 + 1, t0 + 2],
+        latitudes=[48.0, 48.0, 999.0],  # the last one is not a coordinate
+        longitudes=[11.0, 11.001, 11.0],
+    )
+    client(client.locations.EvaluateTrails, location_pb2.EvaluateTrailsRequest(samples=trail))
+    receiver = Receiver().start()
+    try:
+        sub = subscribe(client, receiver.url, time_clock_ids=[tc])
+        client(
+            client.timeclock.ClockIn,
+            timeclock_pb2.ClockInRequest(time_clock_id=tc, user_id=USER, timestamp=t0),
+        )
+        deadline = time.monotonic() + 30
+        while not receiver.accepted() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.accepted()
+        deadline = time.monotonic() + 30
+        while True:  # the deliverer finds the log empty after the event: caught up
+            after = scrape(server.http_address)
+            lag = (("subscriber", sub.id),)
+            caught_up = after.get(("geopunch_event_lag_seconds", lag)) == 0.0
+            if caught_up or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        receiver.stop()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("geopunch_trail_samples_total", status="OK") == 2
+    assert moved("geopunch_trail_samples_total", status="INVALID_COORDINATES") == 1
+    assert after.get(("geopunch_event_lag_seconds", (("subscriber", sub.id),))) == 0.0
+    # The index follower runs every second: the index is at most a few seconds behind.
+    current = value(after, "geopunch_index_current_timestamp_seconds")
+    assert time.time() - 10 < current <= time.time()

@@ -109,7 +109,10 @@ class IndexFollower(_Pokeable):
         """Apply every change in the store's feed past the cursor."""
         with self._lock:
             before = self.cursor
+            started = time.time()
             self.cursor = self._follow(self._uows, self._engine, before)
+            # Everything committed before this round began is applied now.
+            metrics.INDEX_CURRENT.set(started)
         if self.cursor != before:
             log.debug("fence index followed", extra={"fields": {"cursor": self.cursor}})
 

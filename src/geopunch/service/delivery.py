@@ -169,6 +169,7 @@ class _Delivery:
                 for event in page:
                     await self._deliver(event)
                 if not page:
+                    metrics.EVENT_LAG.labels(self.sub.id).set(0)
                     await self._save()
                     await d._signal.wait(seen, 1.0)
         except _Changed:
@@ -188,6 +189,7 @@ class _Delivery:
                 log.exception("storing webhook progress failed")
 
     async def _deliver(self, event: Event) -> None:
+        metrics.EVENT_LAG.labels(self.sub.id).set(max(time.time() - event.recorded_at, 0.0))
         body = json.dumps(event_json(event), separators=(",", ":"))
         data = body.encode()
         while True:
@@ -380,7 +382,9 @@ class SinkPublisher:
         while not self._stopping.is_set() and time.monotonic() < renew_at:
             seen = self._signal.version
             page = await asyncio.to_thread(self._page, cursor)
+            lag = metrics.EVENT_LAG.labels(f"jetstream:{self.name}")
             for e in page:
+                lag.set(max(time.time() - e.recorded_at, 0.0))
                 body = json.dumps(event_json(e), separators=(",", ":")).encode()
                 try:
                     await self._publisher.publish(self.subject(e), body, e.id)
@@ -399,6 +403,7 @@ class SinkPublisher:
                     return
                 saved = cursor
             if len(page) < SINK_PAGE:
+                lag.set(0)
                 await self._signal.wait(seen, min(1.0, max(renew_at - time.monotonic(), 0.01)))
 
     def _page(self, cursor: int) -> list[Event]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,9 @@ from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, events_after
 from geopunch.service.locations import LocationBatch, check_locations
 from geopunch.service.trails import TrailBatch, TrailOutcome
 from geopunch.v1 import location_pb2, location_pb2_grpc
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 _EXIT_ACTIONS = [a.value for a in EXIT_ACTIONS]
 
@@ -195,6 +198,12 @@ def event_to_proto(e: Event) -> location_pb2.Event:
     return msg
 
 
+def _count_statuses(counter: Counter, status: npt.NDArray[np.uint8]) -> None:
+    codes, counts = np.unique(status, return_counts=True)
+    for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+        counter.labels(_STATUS_NAMES.get(code, str(code))).inc(count)
+
+
 class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     def __init__(
         self,
@@ -222,6 +231,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         out = trails.evaluate_trails(
             self._fences, account(), batch, self._clock.now(), self._max_skew_s
         )
+        _count_statuses(metrics.TRAIL_SAMPLES, out.result.status)
         response = location_pb2.EvaluateTrailsResponse(request_id=request_id_var.get())
         fill_trail_results(response.data, batch, out)
         return response
@@ -237,9 +247,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             self._submit, self._fences, self._clock, account(), batch, self._max_skew_s
         )
         status = out.result.status
-        codes, counts = np.unique(status, return_counts=True)
-        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
-            metrics.LIVE_SAMPLES.labels(_STATUS_NAMES.get(code, str(code))).inc(count)
+        _count_statuses(metrics.LIVE_SAMPLES, status)
         ok, ignored = PointStatus.OK, PointStatus.IGNORED_ACCURACY
         rejected = int(np.count_nonzero((status != ok) & (status != STALE) & (status != ignored)))
         response = location_pb2.ReportLocationsResponse(
