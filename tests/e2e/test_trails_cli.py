@@ -112,6 +112,11 @@ def read(out: Path, name: str) -> list[dict[str, Any]]:
     files = sorted((out / name).iterdir())
     tables = [pq.read_table(f) if f.suffix == ".parquet" else pacsv.read_csv(f) for f in files]
     rows = pa.concat_tables(tables).to_pylist() if tables else []
+    # NaN (an input's missing coordinate) never equals itself: compare as None.
+    rows = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        for r in rows
+    ]
     return sorted(rows, key=lambda r: (r["row"], r.get("fence_id", "")))
 
 
@@ -134,10 +139,23 @@ def check_answers(out: Path) -> dict[str, Any]:
     assert [r["row"] for r in samples] == list(range(len(ROWS)))  # nothing dropped
     assert [r["status"] for r in samples] == [r[-1] for r in ROWS]
     assert [r["inside"] for r in samples][:4] == [True, False, True, False]
+    # The input's own position and accuracy come along with each verdict.
+    source = table(ROWS).to_pylist()
+    for got, sent in zip(samples, source, strict=True):
+        for k in ("latitude", "longitude", "accuracy"):
+            if sent[k] is None or math.isnan(sent[k]):
+                assert got[k] is None or math.isnan(got[k]), (got["row"], k)
+            else:
+                assert got[k] == sent[k], (got["row"], k)
+    # A list column in Parquet, ids joined by ";" in CSV.
+    assert samples[0]["fence_ids"] in (["site"], "site")
     exits = read(out, "exits")
-    assert [(e["row"], e["fence_id"], e["action"], e["outcome"]) for e in exits] == [
-        (3, "site", "autoClockOut", "clockedOut"),
-        (14, "dateline", "noAction", "reported"),
+    assert [
+        (e["row"], e["fence_id"], e["action"], e["outcome"], e["entered_at"], e["seconds_inside"])
+        for e in exits
+    ] == [
+        (3, "site", "autoClockOut", "clockedOut", 100, 3),  # inside since the first row
+        (14, "dateline", "noAction", "reported", 1, 2),
     ]
     return {"samples": samples, "exits": exits}
 
@@ -181,9 +199,9 @@ def test_dask_engine_on_a_local_cluster_matches_the_local_engine(inputs: dict[st
             out = inputs["tmp"] / f"cmp-dask-{kind}"
             out.mkdir()
             address = cluster.scheduler_address
-            progress = kind == "csv"  # the distributed bar, redirected to stderr
-            summary = run_dask([inputs[kind]], fences, out, "parquet", 4, address, 3, progress)
-            assert summary.rows == len(ROWS)
+            told: list[int] = []  # the rows of each partition as it finishes
+            summary = run_dask([inputs[kind]], fences, out, "parquet", 4, address, 3, told.append)
+            assert summary.rows == len(ROWS) == sum(told) and len(told) == 3
             assert read(out, "samples") == read(local_out, "samples")
             assert read(out, "exits") == read(local_out, "exits")
 
@@ -199,7 +217,39 @@ def test_progress_goes_to_stderr_and_stdout_stays_json(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == len(ROWS)
-    assert "100%" in done.stderr or "16/16" in done.stderr
+    # One display for both engines: the rows done of the input's rows.
+    assert "100%" in done.stderr and f"{len(ROWS)}/{len(ROWS)}" in done.stderr
+    assert all(len(line) <= 80 for line in done.stderr.splitlines()), done.stderr
+
+
+def test_sort_within_trail_orders_jittered_exports_on_both_engines(
+    inputs: dict[str, Path],
+) -> None:
+    # One trail walking out of the fence, exported with its rows shuffled.
+    walk = [(7, CLOCK, 200 + i, d, None, "OK") for i, d in enumerate([0, 30, 60, 90, 220])]
+    shuffled = [walk[i] for i in (2, 0, 4, 1, 3)]
+    path = inputs["tmp"] / "jitter.csv"
+    pacsv.write_csv(table(shuffled), path)
+    fences = geojson(inputs["tmp"] / "jitter.geojson")
+    doc = json.loads(fences.read_text())
+    doc["timeClocks"][0]["userIds"].append(7)
+    fences.write_text(json.dumps(doc))
+    plain = inputs["tmp"] / "jitter-plain"
+    assert cli(path, "--fences", fences, "--out", plain).returncode == 0
+    assert sum(r["status"] == "OUT_OF_ORDER" for r in read(plain, "samples")) == 3
+    for engine in ("local", "dask"):
+        out = inputs["tmp"] / f"jitter-sorted-{engine}"
+        done = cli(
+            path, "--fences", fences, "--out", out, "--engine", engine, "--sort-within-trail"
+        )
+        assert done.returncode == 0, done.stderr
+        samples = read(out, "samples")
+        assert [r["status"] for r in samples] == ["OK"] * 5, engine
+        assert [r["timestamp"] for r in samples] == [202, 200, 204, 201, 203]  # by input row
+        exits = read(out, "exits")
+        assert [
+            (e["row"], e["timestamp"], e["entered_at"], e["seconds_inside"]) for e in exits
+        ] == [(2, 204, 200, 4)], engine
 
 
 def test_dask_engine_from_the_command_line(inputs: dict[str, Path]) -> None:

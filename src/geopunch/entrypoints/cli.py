@@ -178,6 +178,12 @@ def _trails_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--partitions", type=int, help="Dask partitions (default: by input size)")
     p.add_argument("--chunk-rows", type=int, default=500_000, help="rows per chunk")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--sort-within-trail",
+        action="store_true",
+        help="order each trail's rows by time before judging them (for exports whose times "
+        "jitter; reads the whole input into memory first, about 60 bytes a row)",
+    )
 
 
 def _hide_from_process_list(secret: str) -> None:

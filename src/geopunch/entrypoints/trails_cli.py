@@ -17,7 +17,6 @@ every worker can write to).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import itertools
@@ -27,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -251,10 +250,20 @@ def record_batches(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         raise UsageError(f"{path}: {exc}") from exc
 
 
-def count_rows(path: Path) -> int | None:
+def count_rows(path: Path) -> int:
+    """Rows of a file, for the progress display: Parquet keeps the count in
+    its metadata; a CSV file's lines are counted (a read of the file at
+    disk speed: 0.09 s for a 142 MiB file here; a quoted value with a line break in
+    it would count twice, which only makes the estimate high)."""
     if _kind(path) == "parquet":
         return int(pq.ParquetFile(path).metadata.num_rows)
-    return None
+    lines, last = 0, b"\n"
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    return max(lines - 1, 0)  # less the header
 
 
 class Origins:
@@ -356,11 +365,16 @@ _STATUS_INDEX = np.zeros(max(_STATUS_CODES) + 1, np.int8)
 _STATUS_INDEX[_STATUS_CODES] = np.arange(len(_STATUS_CODES))
 
 
-def verdict_table(v: Verdicts) -> pa.Table:
+def verdict_table(v: Verdicts, fmt: str) -> pa.Table:
     """Columns without a Python object per row: status names by dictionary,
-    fence ids joined from the CSR lists."""
+    fence ids from the CSR lists (a list column in Parquet, joined with ``;``
+    in CSV, which has no lists). The row's position and accuracy come along,
+    so an analyst needs no join with the input."""
     lists = pa.LargeListArray.from_arrays(
         pa.array(v.fence_offsets), pa.array(v.fence_ids, pa.string())
+    )
+    fence_ids = (
+        lists.cast(pa.list_(pa.string())) if fmt == "parquet" else pc.binary_join(lists, ";")
     )
     return pa.table(
         {
@@ -368,11 +382,14 @@ def verdict_table(v: Verdicts) -> pa.Table:
             "user_id": v.user_id,
             "time_clock_id": v.time_clock_id,
             "timestamp": v.timestamp,
+            "latitude": v.latitude,
+            "longitude": v.longitude,
+            "accuracy": pa.array(v.accuracy, pa.float64(), mask=np.isnan(v.accuracy)),
             "status": pa.DictionaryArray.from_arrays(
                 pa.array(_STATUS_INDEX[v.status]), _STATUS_DICT
             ).cast(pa.string()),
             "inside": v.inside,
-            "fence_ids": pc.binary_join(lists, ";"),
+            "fence_ids": fence_ids,
         }
     )
 
@@ -388,6 +405,8 @@ def exit_table(e: Exits) -> pa.Table:
             "action": pa.array(e.action, pa.string()),
             "other_fence_inside": e.other_fence_inside,
             "outcome": pa.array(e.outcome, pa.string()),
+            "entered_at": pa.array(e.entered_at, pa.int64(), mask=e.entered_at < 0),
+            "seconds_inside": pa.array(e.seconds_inside, pa.int64(), mask=e.seconds_inside < 0),
         }
     )
 
@@ -440,37 +459,66 @@ def evaluate_stream(
     stream = TrailStream(view)
     samples = PartWriter(out, "samples", part, fmt)
     exits = PartWriter(out, "exits", part, fmt)
-    empty_v = verdict_table(_empty_verdicts())
+    empty_v = verdict_table(_empty_verdicts(), fmt)
     empty_e = exit_table(_empty_exits())
     try:
         for chunk in chunks:
-            v, e = stream.process(chunk)
-            samples.write(verdict_table(v))
-            if e.row.size:
-                exits.write(exit_table(e))
-            if progress is not None:
-                progress(chunk.size)
+            # Judged a piece at a time so that the progress display moves
+            # smoothly; written once per chunk, so that Parquet row groups
+            # keep the chunk's size.
+            verdicts, leaving = [], []
+            for piece in _pieces(chunk, PROGRESS_ROWS):
+                v, e = stream.process(piece)
+                verdicts.append(verdict_table(v, fmt))
+                if e.row.size:
+                    leaving.append(exit_table(e))
+                if progress is not None:
+                    progress(piece.size)
+            samples.write(pa.concat_tables(verdicts))
+            if leaving:
+                exits.write(pa.concat_tables(leaving))
     finally:
         samples.close(empty_v.schema)
         exits.close(empty_e.schema)
     return stream.summary
 
 
+#: Rows judged between two moves of the progress display.
+PROGRESS_ROWS = 65_536
+
+
+def _pieces(chunk: Chunk, rows: int) -> Iterator[Chunk]:
+    if chunk.size <= rows:
+        yield chunk
+        return
+    for start in range(0, chunk.size, rows):
+        yield chunk.take(slice(start, start + rows))
+
+
 def _empty_verdicts() -> Verdicts:
-    z = np.zeros(0, np.int64)
+    z, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
     return Verdicts(
-        z, z, z, z, np.zeros(0, np.uint8), np.zeros(0, np.bool_), np.zeros(1, np.int64), []
+        z, z, z, z, f, f, f, np.zeros(0, np.uint8), np.zeros(0, np.bool_), np.zeros(1, np.int64), []
     )
 
 
 def _empty_exits() -> Exits:
     z = np.zeros(0, np.int64)
-    return Exits(z, z, z, z, [], [], np.zeros(0, np.bool_), [])
+    return Exits(z, z, z, z, [], [], np.zeros(0, np.bool_), [], z, z)
 
 
 def run_local(
-    paths: Sequence[Path], fences: FenceSet, out: Path, fmt: str, chunk_rows: int, progress: Any
+    paths: Sequence[Path],
+    fences: FenceSet,
+    out: Path,
+    fmt: str,
+    chunk_rows: int,
+    progress: Any,
+    sort_within_trail: bool = False,
 ) -> Summary:
+    """Evaluate the inputs in one stream of chunks. With ``sort_within_trail``
+    the whole input is read first and each trail's rows put in time order:
+    memory for every row (about 60 bytes each) instead of one chunk."""
     view = _view(fences)
     seen: list[int] = []  # rows of each file read so far (for error locations)
 
@@ -484,7 +532,19 @@ def run_local(
                 yield to_chunk(batch, rows, Origins(paths[: len(seen)], seen))
                 first += batch.num_rows
 
-    return evaluate_stream(view, chunks(), out, fmt, "00000", progress)
+    if not sort_within_trail:
+        return evaluate_stream(view, chunks(), out, fmt, "00000", progress)
+    everything = Chunk.concat(
+        list(chunks()) or [to_chunk(_no_rows(), np.zeros(0, np.int64), Origins([], []))]
+    )
+    ordered = everything.sorted_within_trails()
+    del everything
+    pieces = (ordered.take(slice(i, i + chunk_rows)) for i in range(0, ordered.size, chunk_rows))
+    return evaluate_stream(view, pieces, out, fmt, "00000", progress)
+
+
+def _no_rows() -> pa.Table:
+    return pa.table({c: pa.array([], pa.string()) for c in REQUIRED_COLUMNS})
 
 
 _WORKER_VIEWS: dict[str, SnapshotView] = {}
@@ -497,16 +557,26 @@ def _partition(
     out: str,
     fmt: str,
     origins: Origins,
+    sort_within_trail: bool = False,
     partition_info: Any = None,
 ) -> Any:
-    """Dask task: one partition of whole trails, in file order within each trail."""
+    """Dask task: one partition of whole trails, in file order within each
+    trail, or in time order with ``sort_within_trail``."""
     import pandas as pd
 
     view = _WORKER_VIEWS.get(token)
     if view is None:
         view = _WORKER_VIEWS[token] = _view(fences)
     number = partition_info["number"] if partition_info else 0
-    frame = frame.sort_values(["user_id", "time_clock_id", "row"], kind="stable")
+    if sort_within_trail:  # the values are still text from CSV: order by their numbers
+        when = pd.to_numeric(frame["timestamp"], errors="coerce")
+        frame = (
+            frame.assign(_when=when)
+            .sort_values(["user_id", "time_clock_id", "_when", "row"], kind="stable")
+            .drop(columns=["_when"])
+        )
+    else:
+        frame = frame.sort_values(["user_id", "time_clock_id", "row"], kind="stable")
     table = pa.Table.from_pandas(frame, preserve_index=False)
     chunk = to_chunk(table.drop_columns(["row"]), np.asarray(frame["row"], np.int64), origins)
     summary = evaluate_stream(view, iter([chunk]), Path(out), fmt, f"{number:05d}")
@@ -527,11 +597,12 @@ def run_dask(
     chunk_rows: int,
     scheduler: str | None,
     partitions: int | None,
-    progress: bool = False,
+    progress: Callable[[int], Any] | None = None,
+    sort_within_trail: bool = False,
 ) -> Summary:
     """Evaluate with Dask: rows numbered in input order, shuffled by trail, one
-    task per partition (each writes its own part files). ``progress`` draws
-    Dask's progress bar on stderr."""
+    task per partition (each writes its own part files). ``progress`` is told
+    the rows of each partition as it finishes, on either scheduler."""
     import dask
     import dask.dataframe as dd
     import pandas as pd
@@ -571,28 +642,38 @@ def run_dask(
     token = hashlib.sha256(repr(fences).encode()).hexdigest()[:16]
     meta = pd.DataFrame({"rows": pd.Series(dtype="int64"), "status": "", "exits": ""}).iloc[:0]
     results = data.map_partitions(
-        _partition, fences, token, str(out), fmt, origins, meta=meta, align_dataframes=False
+        _partition,
+        fences,
+        token,
+        str(out),
+        fmt,
+        origins,
+        sort_within_trail,
+        meta=meta,
+        align_dataframes=False,
     )
+    told = progress or (lambda rows: None)
     try:
         if scheduler:
-            from distributed import Client
-            from distributed import progress as show_progress
+            from distributed import Client, as_completed
 
             with Client(scheduler) as client:  # type: ignore[no-untyped-call]
-                future = client.compute(results)
-                if progress:  # distributed's text bar writes to stdout: keep that for JSON
-                    with contextlib.redirect_stdout(sys.stderr):
-                        show_progress(future, notebook=False)  # type: ignore[no-untyped-call]
-                frame = future.result()
+                futures = client.compute(results.to_delayed())
+                finished = []
+                for future in as_completed(futures):  # type: ignore[no-untyped-call]
+                    part = future.result()
+                    told(int(part["rows"].sum()))
+                    finished.append(part)
+                frame = pd.concat(finished) if finished else meta
         else:
-            from dask.diagnostics.progress import ProgressBar
-
-            bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()  # type: ignore[no-untyped-call]
             # A pool of our own, so that after a failed task the run waits
             # for the tasks still running before its output is removed.
             pool = ThreadPoolExecutor(os.cpu_count() or 1)
             try:
-                with dask.config.set(scheduler="threads", pool=pool), bar:
+                with (
+                    dask.config.set(scheduler="threads", pool=pool),
+                    _PartitionsDone(told),
+                ):
                     frame = results.compute()
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -605,6 +686,32 @@ def run_dask(
         part.exits.update(json.loads(exits))
         summary.add(part)
     return summary
+
+
+class _PartitionsDone:
+    """Tells ``told`` the rows of each trail partition that the local
+    scheduler finishes (a Dask callback), so that both engines feed
+    one progress display."""
+
+    def __init__(self, told: Callable[[int], Any]) -> None:
+        from dask.callbacks import Callback
+
+        # Dask names a partition's task after the function it runs (the
+        # optimized graph's names differ from ``results``' own).
+        prefix, done = f"{_partition.__name__}-", told
+
+        class _Done(Callback):
+            def _posttask(self, key: Any, result: Any, *args: Any) -> None:
+                if isinstance(key, tuple) and str(key[0]).startswith(prefix):
+                    done(int(result["rows"].sum()))
+
+        self._callback = _Done()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> None:
+        self._callback.__enter__()  # type: ignore[no-untyped-call]
+
+    def __exit__(self, *exc: object) -> None:
+        self._callback.__exit__(*exc)  # type: ignore[no-untyped-call]
 
 
 def _columns_of(path: Path) -> list[str]:
@@ -667,7 +774,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a success
     elapsed = time.perf_counter() - started
-    table = Table(title=f"geopunch trails: {summary.rows:,} rows in {elapsed:.1f} s")
+    # A line of its own, not the table's title: a title longer than the two
+    # narrow columns wraps.
+    console.print(f"geopunch trails: {summary.rows:,} rows in {elapsed:.1f} s")
+    table = Table()
     table.add_column("rows / exits")
     table.add_column("count", justify="right")
     for name in STATUS_NAMES.values():
@@ -712,35 +822,50 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 def _evaluate(args: argparse.Namespace, fences: FenceSet, out: Path, console: Any) -> Summary:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    """Run the chosen engine under one progress display: rows done of the
+    input's rows, rate and time left (the Dask engine reports a partition's
+    rows as it finishes)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TimeRemainingColumn,
+    )
 
-    if args.engine == "dask":
-        return run_dask(
-            args.inputs,
-            fences,
-            out,
-            args.format,
-            args.chunk_rows,
-            args.scheduler,
-            args.partitions,
-            progress=not args.no_progress,
-        )
-    totals = [count_rows(p) for p in args.inputs]
-    total = sum(t for t in totals if t is not None) if None not in totals else None
+    total = sum(count_rows(p) for p in args.inputs) if not args.no_progress else None
     with Progress(
         "[progress.description]{task.description}",
-        BarColumn(),
+        BarColumn(bar_width=24),
+        TaskProgressColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
         disable=args.no_progress,
     ) as bar:
         task = bar.add_task("rows", total=total)
+
+        def advance(rows: int) -> None:
+            bar.advance(task, rows)
+
+        if args.engine == "dask":
+            return run_dask(
+                args.inputs,
+                fences,
+                out,
+                args.format,
+                args.chunk_rows,
+                args.scheduler,
+                args.partitions,
+                advance,
+                args.sort_within_trail,
+            )
         return run_local(
             args.inputs,
             fences,
             out,
             args.format,
             args.chunk_rows,
-            lambda k: bar.advance(task, k),
+            advance,
+            args.sort_within_trail,
         )

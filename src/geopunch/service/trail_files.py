@@ -12,7 +12,8 @@ chunk to the next, so a file of any length streams through in bounded memory.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +55,19 @@ class Chunk:
     def size(self) -> int:
         return int(self.row.size)
 
+    def take(self, rows: slice | I64) -> Chunk:
+        """The chosen rows (a slice, or positions in this chunk)."""
+        return Chunk(*(getattr(self, f.name)[rows] for f in fields(Chunk)))
+
+    @staticmethod
+    def concat(chunks: Sequence[Chunk]) -> Chunk:
+        return Chunk(*(np.concatenate([getattr(c, f.name) for c in chunks]) for f in fields(Chunk)))
+
+    def sorted_within_trails(self) -> Chunk:
+        """Each trail's rows in time order (stable: equal times keep their
+        order), trails one after another."""
+        return self.take(np.lexsort((self.row, self.timestamp, self.time_clock_id, self.user_id)))
+
 
 @dataclass(frozen=True, slots=True)
 class Verdicts:
@@ -64,6 +78,11 @@ class Verdicts:
     user_id: I64
     time_clock_id: I64
     timestamp: I64
+    #: The row's own position and accuracy (NaN when it had none), so the
+    #: verdicts need no join with the input.
+    latitude: F64
+    longitude: F64
+    accuracy: F64
     status: npt.NDArray[np.uint8]
     inside: B
     fence_offsets: I64
@@ -80,6 +99,10 @@ class Exits:
     action: list[str]
     other_fence_inside: B
     outcome: list[str]
+    #: When the stay that this exit ends began (the timestamp of its first
+    #: sample inside), and the seconds from then to the exit.
+    entered_at: I64
+    seconds_inside: I64
 
 
 @dataclass
@@ -105,6 +128,8 @@ class TrailStream:
         self._view = view
         self._state: Held | InsideCarry | None = None
         self._latest: dict[tuple[int, int], int] = {}
+        #: (user, time clock, fence id) -> when the stay there began.
+        self._entered: dict[tuple[int, int, str], int] = {}
         self.summary = Summary()
 
     def process(self, c: Chunk) -> tuple[Verdicts, Exits]:
@@ -133,6 +158,9 @@ class TrailStream:
         exit_rows = r.exit_samples
         actions = exit_action_names(r)
         others = r.exit_other_inside
+        entered_at = self._stays(
+            c, r.enter_samples, r.enter_fence_ids.tolist(), exit_rows, r.exit_fence_ids.tolist()
+        )
         exits = Exits(
             row=c.row[exit_rows],
             user_id=c.user_id[exit_rows],
@@ -142,6 +170,8 @@ class TrailStream:
             action=actions,
             other_fence_inside=others,
             outcome=[would_do(a, o) for a, o in zip(actions, others.tolist(), strict=True)],
+            entered_at=entered_at,
+            seconds_inside=np.where(entered_at >= 0, c.timestamp[exit_rows] - entered_at, -1),
         )
         inside = r.inside & ~c.missing
         verdicts = Verdicts(
@@ -149,6 +179,9 @@ class TrailStream:
             c.user_id,
             c.time_clock_id,
             c.timestamp,
+            c.latitude,
+            c.longitude,
+            c.accuracy,
             status,
             inside,
             r.offsets,
@@ -160,6 +193,29 @@ class TrailStream:
             self.summary.status[STATUS_NAMES[code]] += count
         self.summary.exits.update(actions)
         return verdicts, exits
+
+    def _stays(
+        self,
+        c: Chunk,
+        enter_rows: I64,
+        enter_ids: list[str],
+        exit_rows: I64,
+        exit_ids: list[str],
+    ) -> I64:
+        """When each exit's stay began (-1 if unknown): entries and exits of a
+        trail come in its time order, and a stay may span chunks."""
+        events = [(int(i), 0, k) for k, i in enumerate(enter_rows.tolist())]
+        events += [(int(i), 1, k) for k, i in enumerate(exit_rows.tolist())]
+        events.sort()  # by row within the chunk: time order within each trail
+        out = np.full(len(exit_ids), -1, np.int64)
+        users, clocks, ts = c.user_id, c.time_clock_id, c.timestamp
+        for i, kind, k in events:
+            key = (int(users[i]), int(clocks[i]), enter_ids[k] if kind == 0 else exit_ids[k])
+            if kind == 0:
+                self._entered[key] = int(ts[i])
+            else:
+                out[k] = self._entered.pop(key, -1)
+        return out
 
     def _order_check(self, c: Chunk, usable: B) -> npt.NDArray[np.uint8]:
         """OUT_OF_ORDER / DUPLICATE per row, against the trail's latest earlier row."""
