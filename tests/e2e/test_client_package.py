@@ -314,3 +314,80 @@ def test_a_flush_killed_halfway_loses_nothing_and_punches_nothing_twice(
             start = now - 20 * HOUR + i * 60
             (done, running) = found
             assert done[:2] == ("shift", start) and running == ("shift", done[2], -1), user
+
+
+def test_watch_events_reconnects_across_a_server_restart(
+    client_python: Path, tmp_path: Path
+) -> None:
+    """The server ends streams with UNAVAILABLE when it stops; the client
+    reconnects (to the server started again on the same port and store) and
+    goes on from its cursor, missing nothing."""
+    from tests.e2e.test_metrics import free_port
+
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'restart.db'}"
+    env = {"GEOPUNCH_LISTEN": f"127.0.0.1:{port}"}
+    first = ServerProcess(db_url=db, env_extra=env)
+    first.start(tmp_path)
+    c = Client(first.address)
+    tc = int(make_time_clock(c, user_ids=[61]).id)
+    t0 = int(time.time()) - 600
+
+    def punch(user_client: Client, i: int) -> None:
+        user_client(
+            user_client.timeclock.ClockIn,
+            timeclock_pb2.ClockInRequest(time_clock_id=tc, user_id=61, timestamp=t0 + 10 * i),
+        )
+        user_client(
+            user_client.timeclock.ClockOut,
+            timeclock_pb2.ClockOutRequest(time_clock_id=tc, user_id=61, timestamp=t0 + 10 * i + 5),
+        )
+
+    punch(c, 0)
+    c.close()
+    watcher = subprocess.Popen(
+        [
+            str(client_python),
+            "-c",
+            textwrap.dedent(
+                """
+                import sys
+                from geopunch_client import GeopunchClient
+                with GeopunchClient(sys.argv[1], sys.argv[2]) as c:
+                    for n, e in enumerate(c.watch_events(time_clock_ids=[int(sys.argv[3])]), 1):
+                        print(e.seq, e.type, flush=True)
+                        if n == 4:
+                            break
+                """
+            ),
+            f"127.0.0.1:{port}",
+            API_KEY,
+            str(tc),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
+    try:
+        assert watcher.stdout is not None
+        seen = [watcher.stdout.readline().split() for _ in range(2)]
+        assert [t for _, t in seen] == ["clockIn", "clockOut"]
+        assert first.terminate() == 0
+        second = ServerProcess(db_url=db, env_extra=env)
+        second.start(tmp_path)
+        try:
+            c = Client(second.address)
+            punch(c, 1)
+            c.close()
+            more = [watcher.stdout.readline().split() for _ in range(2)]
+            assert watcher.wait(60) == 0
+        finally:
+            second.terminate()
+    finally:
+        watcher.kill()
+        watcher.wait()
+        assert watcher.stdout is not None
+        watcher.stdout.close()
+    assert [t for _, t in more] == ["clockIn", "clockOut"]
+    seqs = [int(s) for s, _ in seen + more]
+    assert seqs == sorted(set(seqs))  # nothing twice, in order

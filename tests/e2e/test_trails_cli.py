@@ -305,14 +305,52 @@ def test_fences_from_a_running_server(
         (1, tc, 100, 10, None, "OK"),
         (1, tc, 101, 300, None, "OK"),
         (9, tc, 102, 0, None, "UNKNOWN_USER"),
+        (2, tc, 100, 50, 8.0, "OK"),
+        (1, tc, 102, 20, None, "OK"),  # back in
+        (2, tc, 101, 400, None, "OK"),
+        (1, tc, 103, 500, 5.0, "OK"),  # out again
     ]
+    # Real times: EvaluateTrails refuses times before 2000.
+    base = 1_700_000_000
+    rows = [(u, c, base + ts, *rest) for u, c, ts, *rest in rows]
     path = inputs["tmp"] / "server.parquet"
     pq.write_table(table(rows), path)
     out = inputs["tmp"] / "out-server"
     done = cli(path, "--server", server.address, "--api-key", API_KEY, "--out", out)
     assert done.returncode == 0, done.stderr
-    assert [r["status"] for r in read(out, "samples")] == ["OK", "OK", "UNKNOWN_USER"]
-    assert [(e["row"], e["action"]) for e in read(out, "exits")] == [(1, "autoClockOut")]
+    samples, exits = read(out, "samples"), read(out, "exits")
+    assert [r["status"] for r in samples] == [r[-1] for r in rows]
+    assert [(e["row"], e["action"]) for e in exits] == [(1, "autoClockOut"), (5, "autoClockOut"),
+                                                         (6, "autoClockOut")]  # fmt: skip
+    stays = [(e["entered_at"] - base, e["seconds_inside"]) for e in exits]
+    assert stays == [(100, 1), (100, 1), (102, 1)]
+
+    # The same samples through EvaluateTrails give the same verdicts and exits.
+    from geopunch.domain.locations import PointStatus
+    from geopunch.v1 import location_pb2
+
+    t = table(rows).to_pydict()
+    req = location_pb2.EvaluateTrailsRequest(
+        samples=location_pb2.TrailSamples(
+            user_ids=[u if u is not None else 0 for u in t["user_id"]],
+            time_clock_ids=t["time_clock_id"],
+            timestamps=t["timestamp"],
+            latitudes=t["latitude"],
+            longitudes=t["longitude"],
+            accuracies=[math.nan if a is None else a for a in t["accuracy"]],
+        )
+    )
+    api = client(client.locations.EvaluateTrails, req).data
+    offsets = list(api.match_offsets)
+    assert [
+        (PointStatus(code).name, inside, api.fence_ids[offsets[i] : offsets[i + 1]])
+        for i, (code, inside) in enumerate(zip(api.status, api.inside, strict=True))
+    ] == [(r["status"], r["inside"], r["fence_ids"]) for r in samples]
+    assert sorted(
+        (x.sample, x.fence_id, x.action, x.other_fence_inside, x.outcome) for x in api.exits
+    ) == [
+        (e["row"], e["fence_id"], e["action"], e["other_fence_inside"], e["outcome"]) for e in exits
+    ]
 
 
 def _trail_csv(path: Path, rows: int, bad_line: int | None = None, bad: str = "") -> Path:
