@@ -46,6 +46,21 @@ def best_of(repeat: int, fn, *args):  # type: ignore[no-untyped-def]
     return min(times), out
 
 
+def measured_load(f: Fleet, proc: psutil.Process) -> tuple[FenceRows, FenceIndex, float, float]:
+    """The fleet's fences as row columns (the store's hand-over, not timed),
+    then a fresh index loaded from them: (rows, the index, seconds, RSS
+    growth per fence)."""
+    rows = FenceRows.of(f.fences)
+    gc.collect()
+    rss0 = proc.memory_info().rss
+    index = FenceIndex(compact_after_clocks=10**9, compact_after_fences=10**12)
+    t = time.perf_counter()
+    index.load(f.time_clocks, rows)
+    load_s = time.perf_counter() - t
+    gc.collect()
+    return rows, index, load_s, (proc.memory_info().rss - rss0) / len(f.fences)
+
+
 def haversine_baseline(f: Fleet) -> np.ndarray:
     """Brute force per clock: every point against every fence of its clock (spherical)."""
     inside = np.zeros(f.point_lat.size, dtype=bool)
@@ -163,16 +178,8 @@ def main() -> None:
     gen_s = time.perf_counter() - t
     n_fences = len(f.fences)
 
-    # The fences as columns, as the store hands them over (not timed: the input).
-    rows = FenceRows.of(f.fences)
-    gc.collect()
-    rss0 = proc.memory_info().rss
-    index = FenceIndex(compact_after_clocks=10**9, compact_after_fences=10**12)
-    t = time.perf_counter()
-    snap = index.load(f.time_clocks, rows)
-    load_s = time.perf_counter() - t
-    gc.collect()
-    rss1 = proc.memory_info().rss
+    rows, index, load_s, rss_per_fence = measured_load(f, proc)
+    snap = index.snapshot
     # the engine's own part: columns to table
     clocks_by_id = {c.time_clock.id: c for c in snap.clocks}
     t = time.perf_counter()
@@ -213,7 +220,7 @@ def main() -> None:
             "table_build": round(build_s, 3),
         },
         "index_bytes_per_fence": round(snap.base.nbytes / n_fences, 1),
-        "rss_bytes_per_fence": round((rss1 - rss0) / n_fences, 1),
+        "rss_bytes_per_fence": round(rss_per_fence, 1),
         "points_per_s": {
             "geopunch": round(n / ours_s),
             "geopunch_with_distance": round(n / dist_s),

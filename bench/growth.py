@@ -25,11 +25,10 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import best_of, haversine_baseline, strtree_baseline, strtree_build
+from engine import best_of, haversine_baseline, measured_load, strtree_baseline, strtree_build
 from fleet import make_fleet
 
-from geopunch.domain.locations import FenceRows
-from geopunch.geo.engine import FenceIndex, check_points, warm_up
+from geopunch.geo.engine import check_points, warm_up
 
 CLOCKS = (100, 1_000, 10_000)
 POINTS = (10_000, 100_000, 1_000_000)
@@ -46,15 +45,8 @@ def main() -> None:
     for clocks in CLOCKS:
         fleet = make_fleet(clocks, args.fences_per_clock, max(POINTS))
         n_fences = len(fleet.fences)
-        rows = FenceRows.of(fleet.fences)
-        gc.collect()
-        rss0 = proc.memory_info().rss
-        index = FenceIndex(compact_after_clocks=10**9, compact_after_fences=10**12)
-        t = time.perf_counter()
-        snap = index.load(fleet.time_clocks, rows)
-        build_s = time.perf_counter() - t
-        gc.collect()
-        rss_per_fence = (proc.memory_info().rss - rss0) / n_fences
+        rows, index, build_s, rss_per_fence = measured_load(fleet, proc)
+        snap = index.snapshot
         t = time.perf_counter()
         tree, box_fence = strtree_build(fleet)
         tree_build_s = time.perf_counter() - t
