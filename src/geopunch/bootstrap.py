@@ -24,7 +24,12 @@ from geopunch.adapters.grpc.webhooks import WebhookServicer
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.config import Config
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, UnitOfWorkFactory
+from geopunch.domain.ports import (
+    AsyncTransactionRunner,
+    Clock,
+    TransactionRunner,
+    UnitOfWorkFactory,
+)
 from geopunch.geo.engine import AccountFences, warm_up
 from geopunch.service.webhooks import UrlGuard
 from geopunch.v1 import (
@@ -166,15 +171,18 @@ class Services:
     max_skew_s: float = DEFAULT_MAX_SKEW_S
     #: Checks webhook URLs' hosts (None: private addresses are allowed).
     webhook_guard: UrlGuard = None
+    #: Commits admin writes, batched (the group committer's ``run``); None: one
+    #: transaction a call.
+    commit: TransactionRunner | None = None
 
 
 def add_services(server: grpc.aio.Server, s: Services) -> None:
     """Register geopunch's gRPC services on ``server``."""
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(s.uows, s.clock, s.index), server
+        AdminServicer(s.uows, s.clock, s.index, s.commit), server
     )
     geofences_pb2_grpc.add_GeofenceServiceServicer_to_server(
-        GeofenceServicer(s.uows, s.index), server
+        GeofenceServicer(s.uows, s.index, s.commit), server
     )
     location_pb2_grpc.add_LocationServiceServicer_to_server(
         LocationServicer(s.index, s.uows, s.clock, s.submit, s.wakeup, s.stopping, s.max_skew_s),

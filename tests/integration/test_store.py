@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date
 from typing import Any, TypeVar
@@ -792,3 +793,90 @@ def test_events_are_purged_oldest_first_and_the_horizon_says_how_far(engine: Eng
     assert err.value.metadata["purgedThrough"] == str(seqs[-1])
     assert events_after(uows.factory, DEFAULT_ACCOUNT, 0, [], []) == []
     assert events_after(uows.factory, DEFAULT_ACCOUNT, seqs[-1], [], []) == []
+
+
+def test_admin_writes_share_commits_and_their_after_steps_run_in_commit_order(
+    engine: Engine,
+) -> None:
+    """``run`` from threads: concurrent admin writes share transactions; each
+    caller gets its own result or exception; ``after`` runs once per
+    succeeded piece, after its commit, under the commit lock and in the
+    order the pieces committed; a failed piece leaves no writes and no step."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geopunch.adapters.db.store import GroupCommitter
+    from geopunch.service import admin, geofences
+
+    uows = AccountStore(engine)
+    lock = threading.RLock()
+    held: list[bool] = []
+    batches: list[int] = []
+    committer = GroupCommitter(
+        uows, observe=lambda s, n: batches.append(n), commit_lock=lambda: _held(lock)
+    )
+
+    class Listener:
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
+        def write_lock(self) -> Any:
+            return _held(lock)
+
+        def time_clock_changed(self, account: int, tc: Any, fences: Any, seq: int = 0) -> None:
+            held.append(lock._is_owned())  # type: ignore[attr-defined]
+            self.seen.append((tc.id, seq))
+
+        def fences_changed(self, *args: Any, seq: int = 0) -> None:
+            raise AssertionError("no fences here")
+
+        def reported(self, seq: int) -> bool:
+            return False
+
+    listener = Listener()
+    clocks = [replace(TC, id=7000 + i, jobs=(), job_enforcement=False) for i in range(40)]
+
+    def make(i: int) -> int:
+        tc = clocks[i] if i % 8 else replace(clocks[i], timezone="Not/AZone")  # refused
+        made = admin.create_time_clock(
+            uows,
+            DEFAULT_ACCOUNT,
+            tc,
+            [],
+            assign_id=False,
+            listener=listener,
+            commit=committer.run,  # type: ignore[arg-type]
+        )
+        return made.id
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(make, i) for i in range(40)]
+            outcomes: list[Any] = []
+            for f in futures:
+                try:
+                    outcomes.append(f.result())
+                except DomainError as err:
+                    outcomes.append(err.code.value)
+        # The same use case without a committer: one transaction of its own.
+        solo = replace(TC, id=7999, jobs=(), job_enforcement=False)
+        admin.create_time_clock(uows, DEFAULT_ACCOUNT, solo, [], assign_id=False, listener=listener)  # type: ignore[arg-type]
+        with pytest.raises(DomainError):
+            geofences.delete_geofence(uows, DEFAULT_ACCOUNT, 7999, "none", commit=committer.run)
+    finally:
+        committer.close()
+    assert outcomes == ["INVALID_TIMEZONE" if i % 8 == 0 else 7000 + i for i in range(40)]
+    assert max(batches) > 1  # callers shared commits
+    made = [tc for tc, _ in listener.seen]
+    assert sorted(made) == sorted([7000 + i for i in range(40) if i % 8] + [7999])
+    seqs = [seq for _, seq in listener.seen]
+    assert seqs == sorted(seqs) and all(held)  # commit order, under the lock
+    with uows(readonly=True) as uow:
+        assert uow.time_clocks.get(7000) is None  # refused: nothing stored
+        assert uow.time_clocks.get(7001) is not None
+
+
+@contextlib.contextmanager
+def _held(lock: Any) -> Iterator[None]:
+    with lock:
+        yield

@@ -387,6 +387,17 @@ class UnitOfWorkFactory(Protocol):
     def __call__(self, *, account: int | None = None, readonly: bool = False) -> Transaction: ...
 
 
+class TransactionRunner(Protocol):
+    """From a thread: runs ``work`` in a transaction (perhaps shared with
+    other callers', each in its own savepoint) and returns its result once
+    committed; ``after(result)`` runs first, once the commit is durable and
+    before any later commit, under the fence index's write lock."""
+
+    def __call__(
+        self, work: Callable[[UnitOfWork], T], after: Callable[[T], None] | None = None
+    ) -> T: ...
+
+
 class AsyncTransactionRunner(Protocol):
     """Runs ``work`` in a transaction and commits its writes before the
     awaited result is set.

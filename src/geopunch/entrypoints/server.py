@@ -122,7 +122,7 @@ class Server:
         self.keys = KeyRing(config.api_key_hashes)
         # Punches and live positions share commits under load; the committer
         # reaches the store only once it is open.
-        self._committer = GroupCommitter(self._uows)
+        self._committer = GroupCommitter(self._uows, commit_lock=self.index.write_lock)
         self.wakeup = Wakeup()
         # Plain (blocking) handlers run here; see ServiceInterceptor.
         self._executor = ThreadPoolExecutor(
@@ -165,6 +165,7 @@ class Server:
                     fences=self.index,
                     clock=SystemClock(),
                     submit=self._committer.submit,
+                    commit=self._committer.run,
                     keys=self.keys,
                     ready=self._ready,
                     catch_up=due or (lambda: None),
@@ -232,6 +233,7 @@ class Server:
                 self._stopped,
                 config.max_clock_skew_seconds,
                 resolving_guard(config.webhook_allow_private),
+                self._committer.run,
             ),
         )
         return server, _bind(server, config)

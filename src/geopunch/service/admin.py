@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import date
+from typing import TypeVar
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.models import DayStatus, TimeClock
-from geopunch.domain.ports import FenceListener, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.models import DayStatus, Geofence, TimeClock
+from geopunch.domain.ports import (
+    FenceListener,
+    TransactionRunner,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from geopunch.domain.rules import check_user, parse_dates, validate_time_clock
+
+T = TypeVar("T")
 
 
 def get_time_clock(uow: UnitOfWork, time_clock_id: int) -> TimeClock:
@@ -33,19 +41,21 @@ def create_time_clock(
     *,
     assign_id: bool,
     listener: FenceListener | None = None,
+    commit: TransactionRunner | None = None,
 ) -> TimeClock:
     """Validate and store a new time clock; with ``assign_id`` the store picks its id."""
-    with uows(account=account) as uow:
-        if assign_id:
-            tc = replace(tc, id=uow.time_clocks.next_id())
-        validate_time_clock(tc, job_paths)
-        uow.time_clocks.add(tc)
-        seq = uow.index_changes.note(tc.id)
-        with locked(listener):
-            uow.commit()
-            if listener is not None:
-                listener.time_clock_changed(account, tc, (), seq)
-    return tc
+
+    def work(uow: UnitOfWork) -> tuple[TimeClock, int]:
+        made = replace(tc, id=uow.time_clocks.next_id()) if assign_id else tc
+        validate_time_clock(made, job_paths)
+        uow.time_clocks.add(made)
+        return made, uow.index_changes.note(made.id)
+
+    def after(done: tuple[TimeClock, int]) -> None:
+        if listener is not None:
+            listener.time_clock_changed(account, done[0], (), done[1])
+
+    return committed(uows, account, work, after, listener, commit)[0]
 
 
 def update_time_clock(
@@ -54,13 +64,15 @@ def update_time_clock(
     tc: TimeClock,
     job_paths: Sequence[str],
     listener: FenceListener | None = None,
+    commit: TransactionRunner | None = None,
 ) -> TimeClock:
     """Replace every setting of an existing time clock.
 
     A job that a geofence still names cannot be removed (JOB_IN_USE).
     """
     validate_time_clock(tc, job_paths)
-    with uows(account=account) as uow:
+
+    def work(uow: UnitOfWork) -> tuple[list[Geofence], int]:
         get_time_clock(uow, tc.id)
         missing = sorted(uow.geofences.job_ids_in_use(tc.id) - tc.job_ids)
         if missing:
@@ -71,12 +83,36 @@ def update_time_clock(
             )
         uow.time_clocks.replace(tc)
         seq = uow.index_changes.note(tc.id)
-        fences = uow.geofences.list_for(tc.id) if listener is not None else []
+        return (uow.geofences.list_for(tc.id) if listener is not None else []), seq
+
+    def after(done: tuple[list[Geofence], int]) -> None:
+        if listener is not None:
+            listener.time_clock_changed(account, tc, done[0], done[1])
+
+    committed(uows, account, work, after, listener, commit)
+    return tc
+
+
+def committed(
+    uows: UnitOfWorkFactory,
+    account: int,
+    work: Callable[[UnitOfWork], T],
+    after: Callable[[T], None],
+    listener: FenceListener | None,
+    commit: TransactionRunner | None,
+) -> T:
+    """``work`` in ``account``'s unit of work, committed, then ``after`` on
+    its result, under the listener's write lock so that changes reach the
+    fence index in commit order. Through ``commit`` when given: concurrent
+    callers then share a transaction and its fsync."""
+    if commit is not None:
+        return commit(lambda uow: work(uow.for_account(account)), after)
+    with uows(account=account) as uow:
+        result = work(uow)
         with locked(listener):
             uow.commit()
-            if listener is not None:
-                listener.time_clock_changed(account, tc, fences, seq)
-    return tc
+            after(result)
+    return result
 
 
 def locked(listener: FenceListener | None) -> AbstractContextManager[None]:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ids import ordered_hex
-from geopunch.domain.models import Geofence, GeofenceDraft
-from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
+from geopunch.domain.models import Geofence, GeofenceDraft, TimeClock
+from geopunch.domain.ports import FenceListener, TransactionRunner, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.rules import validate_geofences
-from geopunch.service.admin import get_time_clock, locked
+from geopunch.service.admin import committed, get_time_clock
 
 
 def new_fence_id() -> str:
@@ -39,18 +39,21 @@ def create_geofences(
     time_clock_id: int,
     drafts: Sequence[GeofenceDraft],
     listener: FenceListener | None = None,
+    commit: TransactionRunner | None = None,
 ) -> list[Geofence]:
     """Validate and store all drafts in one transaction, or none of them."""
-    with uows(account=account) as uow:
+
+    def work(uow: UnitOfWork) -> tuple[TimeClock, list[Geofence], int]:
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, new_fence_id)
         uow.geofences.add_many(fences)
-        seq = uow.index_changes.note(tc.id)
-        with locked(listener):
-            uow.commit()
-            if listener is not None:
-                listener.fences_changed(account, tc, fences, (), seq)
-    return fences
+        return tc, fences, uow.index_changes.note(tc.id)
+
+    def after(done: tuple[TimeClock, list[Geofence], int]) -> None:
+        if listener is not None:
+            listener.fences_changed(account, done[0], done[1], (), done[2])
+
+    return committed(uows, account, work, after, listener, commit)[1]
 
 
 def delete_geofence(
@@ -59,16 +62,19 @@ def delete_geofence(
     time_clock_id: int,
     fence_id: str,
     listener: FenceListener | None = None,
+    commit: TransactionRunner | None = None,
 ) -> None:
-    with uows(account=account) as uow:
+    def work(uow: UnitOfWork) -> tuple[TimeClock, int]:
         tc = get_time_clock(uow, time_clock_id)
         if not uow.geofences.delete(time_clock_id, fence_id):
             raise _not_found(time_clock_id, fence_id)
-        seq = uow.index_changes.note(tc.id)
-        with locked(listener):
-            uow.commit()
-            if listener is not None:
-                listener.fences_changed(account, tc, (), (fence_id,), seq)
+        return tc, uow.index_changes.note(tc.id)
+
+    def after(done: tuple[TimeClock, int]) -> None:
+        if listener is not None:
+            listener.fences_changed(account, done[0], (), (fence_id,), done[1])
+
+    committed(uows, account, work, after, listener, commit)
 
 
 def _not_found(time_clock_id: int, fence_id: str) -> DomainError:

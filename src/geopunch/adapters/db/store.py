@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import fcntl
@@ -379,14 +380,21 @@ class SqlUnitOfWorkFactory:
 
 class _Piece:
     """One caller's work and, once its batch is committed, the outcome that
-    the caller's ``future`` (on its own event loop) receives."""
+    the caller's ``future`` receives (an asyncio one on the caller's event
+    loop, or a thread's ``concurrent.futures`` one). ``after`` runs on the
+    result once the batch is durable, before any later batch commits."""
 
-    __slots__ = ("context", "future", "ok", "order", "value", "work")
+    __slots__ = ("after", "context", "future", "ok", "order", "value", "work")
 
     def __init__(
-        self, work: Callable[[Any], Any], future: asyncio.Future[Any], order: tuple[int, ...]
+        self,
+        work: Callable[[Any], Any],
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        order: tuple[int, ...],
+        after: Callable[[Any], None] | None = None,
     ) -> None:
         self.work = work
+        self.after = after
         self.order = order
         # The submitter's context variables (its request id) hold while its work runs.
         self.context = contextvars.copy_context()
@@ -433,10 +441,14 @@ class GroupCommitter:
         uows: UnitOfWorkFactory,
         max_batch: int = 128,
         observe: Callable[[float, int], None] | None = None,
+        commit_lock: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
         self._uows = uows
         self._max_batch = max_batch
         self._observe = observe
+        #: Held across the commit of a batch with ``after`` steps and those
+        #: steps (the fence index's write lock: changes reach it in commit order).
+        self._commit_lock = commit_lock
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Piece] = deque()
         self._closed = False
@@ -451,6 +463,15 @@ class GroupCommitter:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._enqueue(_Piece(work, future, order))
         return future
+
+    def run(self, work: Callable[[UnitOfWork], T], after: Callable[[T], None] | None = None) -> T:
+        """From a thread: ``work``'s result once it is committed (its
+        exception if it failed), ``after(result)`` having run. Admin writes
+        of concurrent callers share a transaction and its fsync this way, as
+        punches do; one transaction apiece was most of a bulk load's time."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._enqueue(_Piece(work, future, (), after))
+        return future.result()
 
     def _enqueue(self, piece: _Piece) -> None:
         with self._cond:
@@ -483,33 +504,64 @@ class GroupCommitter:
             batch.sort(key=lambda p: p.order)
             started = time.perf_counter()
             with tracing.batch_span("group commit", [p.context for p in batch]):
-                outcomes = self._run_batch([p.run for p in batch])
+                outcomes = self._run_batch([p.run for p in batch], [p.after for p in batch])
             if self._observe is not None:
                 self._observe(time.perf_counter() - started, len(batch))
             waiting: dict[asyncio.AbstractEventLoop, list[_Piece]] = {}
             for p, (ok, value) in zip(batch, outcomes, strict=True):
                 p.ok, p.value = ok, value
+                if isinstance(p.future, concurrent.futures.Future):  # a thread waits
+                    if ok:
+                        p.future.set_result(value)
+                    else:
+                        p.future.set_exception(value)
+                    continue
                 waiting.setdefault(p.future.get_loop(), []).append(p)
             for loop, pieces in waiting.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: no one to answer
                     loop.call_soon_threadsafe(_settle, pieces)
 
-    def _run_batch(self, works: list[Callable[[Any], Any]]) -> list[_PieceOutcome]:
+    def _run_batch(
+        self,
+        works: list[Callable[[Any], Any]],
+        afters: list[Callable[[Any], None] | None] | None = None,
+    ) -> list[_PieceOutcome]:
         """Run ``works`` in one transaction and commit once; one (ok, result or
-        exception) per piece. A failing piece leaves none of its writes."""
+        exception) per piece. A failing piece leaves none of its writes. The
+        ``afters`` of the pieces that succeeded run once it is durable."""
         started = time.perf_counter()
         try:
             for guarded in (False, True):
                 with self._uows() as uow:
                     outcomes = self._apply(uow, works, guarded)
                     if outcomes is not None:
-                        uow.commit()
+                        self._commit(uow, outcomes, afters or [None] * len(works))
                         metrics.COMMIT_BATCH.observe(len(works))
                         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                         return outcomes
         except BaseException as exc:  # nothing of this batch is durable; no caller may hang
             return [(False, exc) for _ in works]
         raise AssertionError("the guarded round always finishes")
+
+    def _commit(
+        self,
+        uow: Any,
+        outcomes: list[_PieceOutcome],
+        afters: list[Callable[[Any], None] | None],
+    ) -> None:
+        steps = [
+            (after, value)
+            for after, (ok, value) in zip(afters, outcomes, strict=True)
+            if ok and after is not None
+        ]
+        lock = self._commit_lock if steps and self._commit_lock is not None else None
+        with lock() if lock is not None else contextlib.nullcontext():
+            uow.commit()
+            for after, value in steps:
+                try:
+                    after(value)
+                except Exception:  # committed all the same; the index follower repairs it
+                    log.exception("a step after a group commit failed")
 
     @staticmethod
     def _apply(

@@ -8,7 +8,7 @@ from geopunch.adapters.grpc import convert, scheduling
 from geopunch.adapters.grpc.auth import account
 from geopunch.domain.accounts import ApiKey, parse_scopes
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
-from geopunch.domain.ports import Clock, FenceListener, UnitOfWorkFactory
+from geopunch.domain.ports import Clock, FenceListener, TransactionRunner, UnitOfWorkFactory
 from geopunch.logs import request_id_var
 from geopunch.service import accounts, admin, geofences, scheduler
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, geofences_pb2, geofences_pb2_grpc
@@ -46,11 +46,16 @@ def _time_clock(msg: admin_pb2.TimeClock) -> tuple[Any, list[str]]:
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, uows: UnitOfWorkFactory, clock: Clock, listener: FenceListener | None = None
+        self,
+        uows: UnitOfWorkFactory,
+        clock: Clock,
+        listener: FenceListener | None = None,
+        commit: TransactionRunner | None = None,
     ) -> None:
         self._uows = uows
         self._clock = clock
         self._listener = listener
+        self._commit = commit
 
     def _reply(self, tc: Any) -> admin_pb2.TimeClockResponse:
         return admin_pb2.TimeClockResponse(
@@ -64,7 +69,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         assign = not request.time_clock.HasField("id")
         return self._reply(
             admin.create_time_clock(
-                self._uows, account(), tc, paths, assign_id=assign, listener=self._listener
+                self._uows,
+                account(),
+                tc,
+                paths,
+                assign_id=assign,
+                listener=self._listener,
+                commit=self._commit,
             )
         )
 
@@ -73,7 +84,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.TimeClockResponse:
         tc, paths = _time_clock(request.time_clock)
         return self._reply(
-            admin.update_time_clock(self._uows, account(), tc, paths, self._listener)
+            admin.update_time_clock(self._uows, account(), tc, paths, self._listener, self._commit)
         )
 
     def GetTimeClock(
@@ -171,9 +182,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
 
 class GeofenceServicer(geofences_pb2_grpc.GeofenceServiceServicer):
-    def __init__(self, uows: UnitOfWorkFactory, listener: FenceListener | None = None) -> None:
+    def __init__(
+        self,
+        uows: UnitOfWorkFactory,
+        listener: FenceListener | None = None,
+        commit: TransactionRunner | None = None,
+    ) -> None:
         self._uows = uows
         self._listener = listener
+        self._commit = commit
 
     def ListGeofences(
         self, request: geofences_pb2.ListGeofencesRequest, context: Any
@@ -191,7 +208,7 @@ class GeofenceServicer(geofences_pb2_grpc.GeofenceServiceServicer):
     ) -> geofences_pb2.CreateGeofencesResponse:
         drafts = [convert.geofence_draft_from_proto(g) for g in request.geofences]
         created = geofences.create_geofences(
-            self._uows, account(), request.time_clock_id, drafts, self._listener
+            self._uows, account(), request.time_clock_id, drafts, self._listener, self._commit
         )
         return geofences_pb2.CreateGeofencesResponse(
             request_id=request_id_var.get(),
@@ -217,7 +234,12 @@ class GeofenceServicer(geofences_pb2_grpc.GeofenceServiceServicer):
         self, request: geofences_pb2.DeleteGeofenceRequest, context: Any
     ) -> geofences_pb2.DeleteGeofenceResponse:
         geofences.delete_geofence(
-            self._uows, account(), request.time_clock_id, request.fence_id, self._listener
+            self._uows,
+            account(),
+            request.time_clock_id,
+            request.fence_id,
+            self._listener,
+            self._commit,
         )
         return geofences_pb2.DeleteGeofenceResponse(
             request_id=request_id_var.get(), data=common_pb2.EmptyData()

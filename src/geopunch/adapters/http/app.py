@@ -65,7 +65,13 @@ from geopunch.domain.accounts import Principal, Scope, parse_scopes
 from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import check_watch_filter, event_json
 from geopunch.domain.models import DayStatus
-from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
+from geopunch.domain.ports import (
+    AsyncTransactionRunner,
+    Clock,
+    FenceEngine,
+    TransactionRunner,
+    UnitOfWorkFactory,
+)
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
 from geopunch.domain.timesheets import ListQuery
 from geopunch.logs import new_request_id, request_id_var
@@ -114,6 +120,8 @@ class HttpDeps:
     max_body_bytes: int = 64 * 1024 * 1024
     #: Checks webhook URLs' hosts (None: private addresses are allowed).
     webhook_guard: UrlGuard = None
+    #: Commits admin writes, batched; None: one transaction a call.
+    commit: TransactionRunner | None = None
 
 
 def _error(
@@ -540,7 +548,7 @@ def create_app(deps: HttpDeps) -> Any:
         """Create 1 to 1000 geofences, all or none."""
         drafts = [fence_draft(g, i) for i, g in enumerate(body.geofences)]
         made = geofences.create_geofences(
-            deps.uows, who.account_id, timeClockId, drafts, deps.fences
+            deps.uows, who.account_id, timeClockId, drafts, deps.fences, deps.commit
         )
         return answer({"geofences": [{"fenceId": f.id, "name": f.name} for f in made]})
 
@@ -551,7 +559,9 @@ def create_app(deps: HttpDeps) -> Any:
 
     @app.delete(f"{base}/geofences/{{fenceId}}", tags=["geofences"])
     def delete_fence(who: Admin, timeClockId: Int64Path, fenceId: IdPath) -> Response:
-        geofences.delete_geofence(deps.uows, who.account_id, timeClockId, fenceId, deps.fences)
+        geofences.delete_geofence(
+            deps.uows, who.account_id, timeClockId, fenceId, deps.fences, deps.commit
+        )
         return answer({})
 
     # -- the spec: scheduled shifts -----------------------------------------------------
@@ -697,7 +707,13 @@ def create_app(deps: HttpDeps) -> Any:
         """A new time clock; the server picks its id when `id` is left out."""
         tc, paths = body.to_domain()
         made = admin.create_time_clock(
-            deps.uows, who.account_id, tc, paths, assign_id=body.id is None, listener=deps.fences
+            deps.uows,
+            who.account_id,
+            tc,
+            paths,
+            assign_id=body.id is None,
+            listener=deps.fences,
+            commit=deps.commit,
         )
         return answer(answers.time_clock(made))
 
@@ -711,7 +727,9 @@ def create_app(deps: HttpDeps) -> Any:
     def replace_time_clock(who: Admin, timeClockId: Int64Path, body: TimeClockIn) -> Response:
         """Replace every setting of the time clock."""
         tc, paths = body.to_domain(timeClockId)
-        made = admin.update_time_clock(deps.uows, who.account_id, tc, paths, deps.fences)
+        made = admin.update_time_clock(
+            deps.uows, who.account_id, tc, paths, deps.fences, deps.commit
+        )
         return answer(answers.time_clock(made))
 
     days_path = f"{own}/time-clocks/{{timeClockId}}/users/{{userId}}/days"
