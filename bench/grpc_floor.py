@@ -1,0 +1,110 @@
+"""geopunch's per-call cost: Ping against a bare grpc.aio server, same run.
+
+    python3 dev.py run bench/grpc_floor.py [--seconds 6] [--rounds 3] [--concurrency 64]
+
+Starts ``geopunch serve`` (one process, fresh SQLite store) and, in a
+process of its own, a bare ``grpc.aio`` server that answers the same method
+path (``/geopunch.v1.AdminService/Ping``) with an empty message: no
+interceptor, no key check, no metrics, no log line. The same asyncio client
+(one connection, ``--concurrency`` calls in flight, then one) alternates
+windows between the two. Prints calls/s and p50 of each and the ratios:
+what geopunch keeps of the floor that gRPC in Python sets on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import API_KEY, AUTH, Window, closed_loop
+from serverproc import OWN_CONNECTION, serve
+
+from geopunch.v1 import admin_pb2, admin_pb2_grpc
+
+BARE = """
+import asyncio, grpc
+
+async def ping(request, context):
+    return b""
+
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "geopunch.v1.AdminService",
+        {"Ping": grpc.unary_unary_rpc_method_handler(ping)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+async def measure(addresses: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
+    channels = {
+        name: grpc.aio.insecure_channel(address, options=[OWN_CONNECTION])
+        for name, address in addresses.items()
+    }
+    try:
+        for ch in channels.values():
+            await asyncio.wait_for(ch.channel_ready(), 20)
+        stubs = {name: admin_pb2_grpc.AdminServiceStub(ch) for name, ch in channels.items()}
+        windows = {(name, c): Window() for name in stubs for c in (args.concurrency, 1)}
+        counters = [0] * args.concurrency
+        share = args.seconds / args.rounds / 2
+        for _ in range(args.rounds):
+            for concurrency in (args.concurrency, 1):
+                for name, stub in stubs.items():
+
+                    async def call(w: int, n: int, stub: object = stub) -> None:
+                        await stub.Ping(admin_pb2.PingRequest(), metadata=AUTH)  # type: ignore[attr-defined]
+
+                    await closed_loop(
+                        concurrency, share, call, counters, windows[(name, concurrency)]
+                    )
+    finally:
+        for ch in channels.values():
+            await ch.close()
+    out: dict[str, object] = {f"{name}_at_{c}": w.summary() for (name, c), w in windows.items()}
+    many, one = args.concurrency, 1
+    g, b = windows[("geopunch", many)].summary(), windows[("bare", many)].summary()
+    g1, b1 = windows[("geopunch", one)].summary(), windows[("bare", one)].summary()
+    out["ping_throughput_vs_bare"] = round(g["calls_per_s"] / b["calls_per_s"], 3)
+    out["ping_p50_at_1_vs_bare"] = round(g1["p50_ms"] / b1["p50_ms"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=6.0, help="per server, all rounds")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=64)
+    args = ap.parse_args()
+    bare = subprocess.Popen([sys.executable, "-c", BARE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bare.stdout is not None
+        bare_address = bare.stdout.readline().strip()
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            serve(Path(tmp) / "floor.db", API_KEY) as address,
+        ):
+            result = asyncio.run(measure({"geopunch": address, "bare": bare_address}, args))
+    finally:
+        bare.terminate()
+        bare.wait(30)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
