@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import numba
@@ -353,3 +354,64 @@ def test_a_load_clock_by_clock_rebuilds_each_fence_a_logarithmic_number_of_times
     everything = index.compact()
     assert len(everything.tables) == 1 and everything.dead == 0
     assert every_fence(everything) == every_fence(snap)
+
+
+def test_background_merges_racing_many_writers_lose_nothing() -> None:
+    """Writers add clocks and change fences while merges run on their own
+    thread (every 4 tables): readers always see each clock's current fences,
+    and at the end the index answers what a full build of the same state
+    answers, with no stale row counted live."""
+    index = FenceIndex(compact_after_clocks=4, compact_after_fences=50)
+    index.load([tc(1)], [fence("c1-0", 1, 0.0, 0.0)])
+    state: dict[int, list[Geofence]] = {1: [fence("c1-0", 1, 0.0, 0.0)]}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            for step in range(60):
+                clock = 2 + (w * 60 + step) % 37
+                lat = clock * 0.01
+                with lock:  # the store's order: one change of a clock at a time
+                    mine = [*state.get(clock, [])]
+                    new = fence(f"c{clock}-{w}-{step}", clock, lat, 0.0)
+                    if len(mine) > 3:
+                        gone = mine.pop(0)
+                        index.fences_changed(tc(clock), [new], [gone.id])
+                    elif clock in state:
+                        index.fences_changed(tc(clock), [new], [])
+                    else:
+                        index.time_clock_changed(tc(clock), [new])
+                    state[clock] = [*mine, new]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                snap = index.snapshot
+                assert 0 <= snap.dead <= snap.rows
+                assert check_points(snap, [0.0], [0.0], 1).inside.all()  # clock 1's fence
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors
+    deadline = time.monotonic() + 10
+    while index._compacting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    snap = index.snapshot
+    expected = {(f.time_clock_id, f.id) for fences in state.values() for f in fences}
+    assert every_fence(snap) == expected
+    assert snap.fence_count == len(expected)
+    merged = index.compact()
+    assert len(merged.tables) == 1 and merged.dead == 0 and every_fence(merged) == expected
