@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -472,10 +472,7 @@ def _clock_arrays_with(prev: Snapshot, clocks: tuple[ClockInfo, ...], idx: int) 
     settings = [getattr(tc.exit_detection, name) for name in EXIT_SETTINGS]
     keys = prev.user_keys
     lo, hi = np.searchsorted(keys, [np.int64(idx) << 40, np.int64(idx + 1) << 40])
-    mine = (np.int64(idx) << 40) + info.user_ids[
-        (info.user_ids >= 0) & (info.user_ids < USER_KEY_LIMIT)
-    ]
-    user_keys = np.concatenate([keys[:lo], mine, keys[hi:]])
+    user_keys = np.concatenate([keys[:lo], _keys_of(info), keys[hi:]])
     if idx < len(prev.clocks):
         tol, extra, exit_m = prev.tolerance_m.copy(), prev.extra_m.copy(), prev.exit_m.copy()
         tol[idx], extra[idx], exit_m[:, idx] = tc.accuracy_tolerance_m, info.max_extra_m, settings
@@ -549,13 +546,14 @@ def _make_snapshot(
 USER_KEY_LIMIT = 1 << 40
 
 
+def _keys_of(c: ClockInfo) -> I64:
+    """The clock's (clock, assigned user) keys of ``Snapshot.user_keys``, sorted."""
+    return (np.int64(c.idx) << 40) + c.user_ids[(c.user_ids >= 0) & (c.user_ids < USER_KEY_LIMIT)]
+
+
 def _user_keys(clocks: Sequence[ClockInfo]) -> I64:
     """Clocks are in dense order and their users sorted: the keys come out sorted."""
-    parts = [
-        (np.int64(c.idx) << 40) + c.user_ids[(c.user_ids >= 0) & (c.user_ids < USER_KEY_LIMIT)]
-        for c in clocks
-        if c.user_ids.size
-    ]
+    parts = [_keys_of(c) for c in clocks if c.user_ids.size]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
@@ -625,10 +623,10 @@ class Snapshots:
             if idx + 1 < starts.size:
                 dead += int(starts[idx + 1] - starts[idx])
         owner[idx] = len(snap.tables)
-        staged = _make_snapshot(snap.version + 1, clocks, snap.tables, snap.owner, 0, snap, idx)
+        # The clock's settings first: its table is built with their margins.
+        staged = _make_snapshot(snap.version + 1, clocks, snap.tables, owner, dead, snap, idx)
         table = build_table(cols, staged.extra_m, self._reserve(cols.clocks.size))
-        tables = (*snap.tables, table)
-        self._snapshot = _make_snapshot(staged.version, clocks, tables, owner, dead, staged)
+        self._snapshot = replace(staged, tables=(*snap.tables, table))
 
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
         """A time clock was created or changed; ``fences`` are all of its geofences."""
@@ -707,14 +705,19 @@ class Snapshots:
                 tables = start.tables
                 if len(tables) == 1 and not start.dead:
                     return start
-                live = [start.live_rows(t) for t in range(len(tables))]
+                # Live rows of the tables walked back from the tail only: the
+                # large early tables are looked at just to stop the walk.
+                live = {len(tables) - 1: start.live_rows(len(tables) - 1)}
                 first = len(tables) - 1
                 merged = live[first].size
-                while first > 0 and (
-                    everything
-                    or first == len(tables) - 1  # at least two: a merge must shorten the list
-                    or live[first - 1].size <= 2 * max(merged, _SMALL_TABLE)
-                ):
+                while first > 0:
+                    live[first - 1] = start.live_rows(first - 1)
+                    if not (
+                        everything
+                        or first == len(tables) - 1  # at least two: a merge must shorten the list
+                        or live[first - 1].size <= 2 * max(merged, _SMALL_TABLE)
+                    ):
+                        break
                     first -= 1
                     merged += live[first].size
                 cols = FenceColumns.concat(
