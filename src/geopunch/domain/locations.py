@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,8 @@ STALE = PointStatus.SKIPPED
 
 #: Exit actions as the engine numbers them in result arrays (int8 codes).
 EXIT_ACTIONS: tuple[ExitAction, ...] = tuple(ExitAction)
+#: Each action's code, by the action or its stored name (a StrEnum is both).
+EXIT_ACTION_CODES: dict[str, int] = {a: i for i, a in enumerate(EXIT_ACTIONS)}
 
 U8 = npt.NDArray[np.uint8]
 I8 = npt.NDArray[np.int8]
@@ -76,36 +78,9 @@ class FenceRows:
         return int(self.time_clock_ids.size)
 
     @staticmethod
-    def concat(parts: Sequence[FenceRows]) -> FenceRows:
-        """The rows of ``parts`` one after another."""
-        if not parts:
-            return FenceRows.of(())
-        if len(parts) == 1:
-            return parts[0]
-        job_ids: dict[int, tuple[str, ...]] = {}
-        done = 0
-        for p in parts:
-            job_ids.update((done + row, jobs) for row, jobs in p.job_ids.items())
-            done += len(p)
-
-        def joined(name: str) -> npt.NDArray[Any]:
-            return np.concatenate([getattr(p, name) for p in parts])
-
-        return FenceRows(
-            time_clock_ids=joined("time_clock_ids"),
-            ids=joined("ids"),
-            latitudes=joined("latitudes"),
-            longitudes=joined("longitudes"),
-            sizes_m=joined("sizes_m"),
-            exit_actions=joined("exit_actions"),
-            job_ids=job_ids,
-        )
-
-    @staticmethod
     def of(fences: Iterable[Geofence]) -> FenceRows:
         """The enabled ones of ``fences``, in their order."""
         on = [f for f in fences if f.is_enabled]
-        code = {a: i for i, a in enumerate(EXIT_ACTIONS)}
         ids = [f.id.encode() for f in on]
         return FenceRows(
             time_clock_ids=np.fromiter((f.time_clock_id for f in on), np.int64, len(on)),
@@ -113,7 +88,9 @@ class FenceRows:
             latitudes=np.fromiter((f.latitude for f in on), np.float64, len(on)),
             longitudes=np.fromiter((f.longitude for f in on), np.float64, len(on)),
             sizes_m=np.fromiter((f.fence_size_m for f in on), np.float64, len(on)),
-            exit_actions=np.fromiter((code[f.exit_action] for f in on), np.int8, len(on)),
+            exit_actions=np.fromiter(
+                (EXIT_ACTION_CODES[f.exit_action] for f in on), np.int8, len(on)
+            ),
             job_ids={i: f.job_ids for i, f in enumerate(on) if f.job_ids},
         )
 

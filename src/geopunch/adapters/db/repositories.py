@@ -50,7 +50,7 @@ from geopunch.adapters.db.tables import (
     time_clocks,
 )
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.locations import EXIT_ACTIONS, FenceRows
+from geopunch.domain.locations import EXIT_ACTION_CODES, FenceRows
 from geopunch.domain.models import (
     DayStatus,
     ExitAction,
@@ -413,7 +413,6 @@ class SqlGeofenceRepository(AccountScoped):
         # and the engine groups fences by clock anyway; a clock's own fences
         # keep their creation order.
         order = (geofences.c.time_clock_id, geofences.c.position, geofences.c.id)
-        code = {a.value: i for i, a in enumerate(EXIT_ACTIONS)}
         names = ("clocks", "ids", "lats", "lons", "sizes", "actions", "positions")
         parts: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in names}
         for chunk in self._driver_chunks(
@@ -435,7 +434,9 @@ class SqlGeofenceRepository(AccountScoped):
             parts["lats"].append(np.array(lats, dtype=np.float64))
             parts["lons"].append(np.array(lons, dtype=np.float64))
             parts["sizes"].append(np.array(sizes, dtype=np.float64))
-            parts["actions"].append(np.array([code[a] for a in actions], dtype=np.int8))
+            parts["actions"].append(
+                np.array([EXIT_ACTION_CODES[a] for a in actions], dtype=np.int8)
+            )
             parts["positions"].append(np.array(positions, dtype=np.int64))
         if not parts["ids"]:
             return FenceRows.of(())
