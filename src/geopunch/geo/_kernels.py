@@ -348,34 +348,9 @@ def _fill_matches(
 _FILL_MATCHES = _Twin(_fill_matches)
 
 
-def fill_matches(
-    extras: Arr,
-    offsets: Arr,
-    entries: Arr,
-    entry_rows: Arr,
-    px: Arr,
-    py: Arr,
-    pz: Arr,
-    spans: Arr,
-    out_rows: Arr,
-    out_dist: Arr,
-    out_uncertain: Arr,
-) -> None:
-    """Pass 2 (see ``_fill_matches``)."""
-    _FILL_MATCHES.run(
-        offsets.shape[0] - 1,
-        extras,
-        offsets,
-        entries,
-        entry_rows,
-        px,
-        py,
-        pz,
-        spans,
-        out_rows,
-        out_dist,
-        out_uncertain,
-    )
+def fill_matches(extras: Arr, offsets: Arr, *columns: Arr) -> None:
+    """Pass 2 (see ``_fill_matches`` for the arguments)."""
+    _FILL_MATCHES.run(offsets.shape[0] - 1, extras, offsets, *columns)
 
 
 def _nearest_boundary(
