@@ -534,17 +534,15 @@ def run_local(
 
     if not sort_within_trail:
         return evaluate_stream(view, chunks(), out, fmt, "00000", progress)
-    everything = Chunk.concat(
-        list(chunks()) or [to_chunk(_no_rows(), np.zeros(0, np.int64), Origins([], []))]
-    )
-    ordered = everything.sorted_within_trails()
-    del everything
-    pieces = (ordered.take(slice(i, i + chunk_rows)) for i in range(0, ordered.size, chunk_rows))
+    parts = list(chunks())
+    ordered = Chunk.concat(parts).sorted_within_trails() if parts else None
+    del parts
+    pieces: Iterator[Chunk] = iter(())
+    if ordered is not None:
+        pieces = (
+            ordered.take(slice(i, i + chunk_rows)) for i in range(0, ordered.size, chunk_rows)
+        )
     return evaluate_stream(view, pieces, out, fmt, "00000", progress)
-
-
-def _no_rows() -> pa.Table:
-    return pa.table({c: pa.array([], pa.string()) for c in REQUIRED_COLUMNS})
 
 
 _WORKER_VIEWS: dict[str, SnapshotView] = {}
@@ -568,15 +566,11 @@ def _partition(
     if view is None:
         view = _WORKER_VIEWS[token] = _view(fences)
     number = partition_info["number"] if partition_info else 0
+    order = ["user_id", "time_clock_id", "row"]
     if sort_within_trail:  # the values are still text from CSV: order by their numbers
-        when = pd.to_numeric(frame["timestamp"], errors="coerce")
-        frame = (
-            frame.assign(_when=when)
-            .sort_values(["user_id", "time_clock_id", "_when", "row"], kind="stable")
-            .drop(columns=["_when"])
-        )
-    else:
-        frame = frame.sort_values(["user_id", "time_clock_id", "row"], kind="stable")
+        frame = frame.assign(_when=pd.to_numeric(frame["timestamp"], errors="coerce"))
+        order.insert(2, "_when")
+    frame = frame.sort_values(order, kind="stable").drop(columns=["_when"], errors="ignore")
     table = pa.Table.from_pandas(frame, preserve_index=False)
     chunk = to_chunk(table.drop_columns(["row"]), np.asarray(frame["row"], np.int64), origins)
     summary = evaluate_stream(view, iter([chunk]), Path(out), fmt, f"{number:05d}")

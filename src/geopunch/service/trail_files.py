@@ -158,15 +158,16 @@ class TrailStream:
         exit_rows = r.exit_samples
         actions = exit_action_names(r)
         others = r.exit_other_inside
+        exit_ids = r.exit_fence_ids.tolist()
         entered_at = self._stays(
-            c, r.enter_samples, r.enter_fence_ids.tolist(), exit_rows, r.exit_fence_ids.tolist()
+            c, r.enter_samples, r.enter_fence_ids.tolist(), exit_rows, exit_ids
         )
         exits = Exits(
             row=c.row[exit_rows],
             user_id=c.user_id[exit_rows],
             time_clock_id=c.time_clock_id[exit_rows],
             timestamp=c.timestamp[exit_rows],
-            fence_id=r.exit_fence_ids.tolist(),
+            fence_id=exit_ids,
             action=actions,
             other_fence_inside=others,
             outcome=[would_do(a, o) for a, o in zip(actions, others.tolist(), strict=True)],
