@@ -233,19 +233,13 @@ class OfflineQueue:
         i = 0
         while i < len(rows):
             q = rows[i]
-            if self._clock() - q.timestamp <= self._live_limit_s:
+            recent = self._clock() - q.timestamp <= self._live_limit_s
+            used, request, live = (0, None, None) if recent else _activities(rows[i:])
+            # Recent, or old but out of sequence (the server then says why): as itself.
+            if recent or (not used and not _opens_chain(q)):
                 answer = self._send(partial(client.punch, q.kind, q.request), [q])
-                if answer is not None:
-                    report.sent += 1
-                else:
-                    report.rejected += 1
-                i += 1
-                continue
-            used, request, live = _activities(rows[i:])
-            if not used and not _opens_chain(q):  # out of sequence: the server says why
-                answer = self._send(partial(client.punch, q.kind, q.request), [q])
-                report.rejected += answer is None
                 report.sent += answer is not None
+                report.rejected += answer is None
                 i += 1
                 continue
             if not used:
