@@ -152,9 +152,10 @@ def _request(kind: str, tc: int, user: int, key: str) -> tuple[str, Any]:
 def test_replicas_racing_with_shared_keys_give_one_answer_and_lose_nothing(
     pg_replicas: tuple[str, list[ServerProcess]],
 ) -> None:
-    """16 threads punch 3 shared users through both replicas for 8 s; every
-    other punch is sent with one idempotency key to both replicas at once;
-    one replica is SIGKILLed after 5 s. No deadlock or unexpected error
+    """16 threads punch 3 shared users through both replicas; every other
+    punch is sent with one idempotency key to both replicas at once; one
+    replica is SIGKILLed once 5 s and 50 such twin calls have passed, and the
+    race goes on 3 s more. No deadlock or unexpected error
     reaches a client, each key has one answer, no invariant breaks and no
     acknowledged punch is lost."""
     url, (ra, rb) = pg_replicas
@@ -199,7 +200,8 @@ def _race(url: str, a: list[Client], b: list[Client], kill: Callable[[], None] |
     problems: list[str] = []
     twins: list[tuple[str, tuple[str, Any], tuple[str, Any]]] = []
     killed = threading.Event()
-    start = time.monotonic()
+    enough = threading.Event()  # the race has had its twins
+    stop = threading.Event()
 
     def record(answer: tuple[str, Any], method: str) -> None:
         code, data = answer
@@ -214,7 +216,7 @@ def _race(url: str, a: list[Client], b: list[Client], kill: Callable[[], None] |
 
     def work(w: int) -> None:
         local = random.Random(w)
-        while time.monotonic() - start < 8:
+        while not stop.is_set():
             user = local.choice(USERS[:2] if w % 2 else USERS)
             kind = local.choice(["in", "out", "break", "end"])
             key = f"k-{w}-{local.getrandbits(48):x}" if local.random() < 0.5 else ""
@@ -228,6 +230,8 @@ def _race(url: str, a: list[Client], b: list[Client], kill: Callable[[], None] |
                 )
                 ans_a, ans_b = _answer(fa), _answer(fb)
                 twins.append((method, ans_a, ans_b))
+                if len(twins) > 50:
+                    enough.set()
                 record(ans_a, method)
                 record(ans_b, method)
             else:
@@ -242,10 +246,15 @@ def _race(url: str, a: list[Client], b: list[Client], kill: Callable[[], None] |
     threads = [threading.Thread(target=work, args=(w,)) for w in range(16)]
     for t in threads:
         t.start()
+    # Five seconds of racing, and longer until 50 twin calls have raced: on a
+    # loaded machine they come slower, and fewer would prove too little.
     time.sleep(5)
+    enough.wait(60)
     if kill is not None:
         killed.set()
         kill()
+    time.sleep(3)
+    stop.set()
     for t in threads:
         t.join()
     assert problems == [], problems[:20]
