@@ -14,6 +14,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 #: Variables that hold secrets: read once, then removed from the process
@@ -66,6 +67,9 @@ class Config:
     #: Threads each process's parallel fence kernels may use; 0: the cores
     #: this process may run on, divided among ``processes``.
     kernel_threads: int = 0
+    #: The event loops of the gRPC server, the HTTP API and the deliveries:
+    #: "uvloop", "asyncio", or "auto" (uvloop where it is installed).
+    event_loop: str = "auto"
     #: How far ahead of the server's clock a location sample may be stamped.
     max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_S
     #: PEM files: the server's certificate chain and key (both or neither), and
@@ -164,6 +168,9 @@ class Config:
         kernel_threads = int(pick("kernel_threads", "GEOPUNCH_KERNEL_THREADS", "0"))
         if not 0 <= kernel_threads <= 1024:
             raise ValueError("kernel threads must be 0 (follow the cores) or within 1..1024")
+        event_loop = pick("event_loop", "GEOPUNCH_EVENT_LOOP", "auto").lower()
+        if event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event loop {event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
         skew = float(pick("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300"))
         if not 0 <= skew <= 86_400:
             raise ValueError("max clock skew must be within 0..86400 seconds")
@@ -208,6 +215,7 @@ class Config:
             index_poll_seconds=poll_ms / 1000,
             processes=processes,
             kernel_threads=kernel_threads,
+            event_loop=event_loop,
             max_clock_skew_seconds=skew,
             tls_cert=tls_cert,
             tls_key=tls_key,

@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         "default 0: the cores available, divided among the processes)",
     )
     serve.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        help="the event loop of the gRPC server, the HTTP API and the deliveries "
+        "(GEOPUNCH_EVENT_LOOP; default auto: uvloop where installed)",
+    )
+    serve.add_argument(
         "--max-clock-skew-seconds",
         type=float,
         help="how far ahead of the server's clock a location sample may be stamped "
@@ -213,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_workers=args.max_workers,
                 processes=args.processes,
                 kernel_threads=args.kernel_threads,
+                event_loop=args.event_loop,
                 max_clock_skew_seconds=args.max_clock_skew_seconds,
                 api_keys_file=args.api_keys_file,
                 tls_cert=args.tls_cert,

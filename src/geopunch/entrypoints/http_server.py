@@ -44,9 +44,11 @@ class HttpServer:
         tls_cert: str = "",
         tls_key: str = "",
         tls_client_ca: str = "",
+        loop: str = "asyncio",
     ) -> None:
         """With ``tls_cert``: HTTPS with the gRPC server's certificate, and
-        client certificates required when ``tls_client_ca`` is given."""
+        client certificates required when ``tls_client_ca`` is given.
+        ``loop``: uvicorn's event loop, "uvloop" or "asyncio"."""
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -60,6 +62,7 @@ class HttpServer:
             log_config=None,  # geopunch's JSON logging
             access_log=False,
             lifespan="off",
+            loop=loop,
             timeout_graceful_shutdown=10,
             **tls,
         )

@@ -37,7 +37,7 @@ from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
 from geopunch.config import Config
 from geopunch.domain.ports import Transaction, UnitOfWorkFactory
-from geopunch.entrypoints import background
+from geopunch.entrypoints import background, loops
 from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences, set_kernel_threads
@@ -76,8 +76,9 @@ class EventLoopThread:
     """An asyncio event loop running on a daemon thread of its own; ``run``
     submits a coroutine to it from any other thread and waits for its result."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, name: str, kind: str = "asyncio") -> None:
+        """``kind``: "uvloop" or "asyncio" (see loops.py)."""
+        self.loop = loops.new_event_loop(kind)
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
@@ -129,7 +130,8 @@ class Server:
             max_workers=config.max_workers, thread_name_prefix="rpc"
         )
         tracing.start()  # this process's exporter, when an OTLP endpoint is configured
-        self.loop = EventLoopThread("grpc-loop")
+        self._loop_kind = loops.resolve(config.event_loop)
+        self.loop = EventLoopThread("grpc-loop", self._loop_kind)
         # grpc's asyncio objects belong to the loop they are made on.
         self._grpc, self.port = self.loop.run(self._make_server())
         if self.port == 0:
@@ -151,6 +153,7 @@ class Server:
                 config.tls_cert,
                 config.tls_key,
                 config.tls_client_ca,
+                loop=self._loop_kind,
             )
 
     def _http_app(self) -> Any:
@@ -322,7 +325,7 @@ class Server:
         """Webhook deliveries (and the JetStream sink), on an event loop of
         their own: a slow receiver or broker never delays a call."""
         config = self.config
-        self._delivery_loop = EventLoopThread("deliveries")
+        self._delivery_loop = EventLoopThread("deliveries", self._loop_kind)
         deliverer = Deliverer(
             self._uows,
             AiohttpPoster(
