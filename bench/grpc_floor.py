@@ -1,6 +1,7 @@
 """geopunch's per-call cost: Ping against a bare grpc.aio server, same run.
 
     python3 dev.py run bench/grpc_floor.py [--seconds 6] [--rounds 3] [--concurrency 64]
+                                           [--bare-loop asyncio|uvloop]
 
 Starts ``geopunch serve`` (one process, fresh SQLite store) and, in a
 process of its own, a bare ``grpc.aio`` server that answers the same method
@@ -9,6 +10,9 @@ interceptor, no key check, no metrics, no log line. The same asyncio client
 (one connection, ``--concurrency`` calls in flight, then one) alternates
 windows between the two. Prints calls/s and p50 of each and the ratios:
 what geopunch keeps of the floor that gRPC in Python sets on this machine.
+geopunch runs on its default loop (uvloop; ``GEOPUNCH_EVENT_LOOP`` picks
+another); ``--bare-loop`` picks the bare server's, the stock asyncio loop
+unless told, so that a floor on uvloop can be measured as well.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,8 +52,9 @@ async def main():
     print(f"127.0.0.1:{port}", flush=True)
     await server.wait_for_termination()
 
-asyncio.run(main())
+{run}
 """
+RUNNERS = {"asyncio": "asyncio.run(main())", "uvloop": "import uvloop; uvloop.run(main())"}
 
 
 async def measure(addresses: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
@@ -90,8 +96,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="per server, all rounds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--bare-loop", choices=sorted(RUNNERS), default="asyncio")
     args = ap.parse_args()
-    bare = subprocess.Popen([sys.executable, "-c", BARE], stdout=subprocess.PIPE, text=True)
+    script = BARE.replace("{run}", RUNNERS[args.bare_loop])
+    bare = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert bare.stdout is not None
         bare_address = bare.stdout.readline().strip()
@@ -103,6 +111,8 @@ def main() -> None:
     finally:
         bare.terminate()
         bare.wait(30)
+    result["bare_loop"] = args.bare_loop
+    result["geopunch_loop"] = os.environ.get("GEOPUNCH_EVENT_LOOP", "auto")
     print(json.dumps(result, indent=2))
 
 
