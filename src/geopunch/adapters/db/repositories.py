@@ -13,8 +13,8 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
-    Row,
     Select,
+    Table,
     and_,
     bindparam,
     delete,
@@ -36,6 +36,7 @@ from geopunch.adapters.db.prepared import (
     in_seq_order,
     in_values,
     integrity_error,
+    savepoint,
 )
 from geopunch.adapters.db.tables import (
     activities,
@@ -120,14 +121,73 @@ class AccountScoped:
         return self._account
 
 
+def _of_clock(table: Table) -> tuple[ColumnElement[bool], ...]:
+    return (table.c.account_id == bindparam("acct"), table.c.time_clock_id == bindparam("tc"))
+
+
+_CLOCK = Prepared(
+    select(time_clocks).where(
+        time_clocks.c.account_id == bindparam("acct"), time_clocks.c.id == bindparam("tc")
+    )
+)
+_CLOCK_JOBS = Prepared(
+    select(
+        time_clock_jobs.c.job_id,
+        time_clock_jobs.c.name,
+        time_clock_jobs.c.parent_job_id,
+        time_clock_jobs.c.color,
+    )
+    .where(*_of_clock(time_clock_jobs))
+    .order_by(time_clock_jobs.c.position)
+)
+_CLOCK_USERS = Prepared(select(time_clock_users.c.user_id).where(*_of_clock(time_clock_users)))
+_CLOCK_BREAKS = Prepared(
+    select(
+        manual_break_types.c.break_id,
+        manual_break_types.c.name,
+        manual_break_types.c.is_mandatory,
+        manual_break_types.c.min_duration_s,
+        manual_break_types.c.is_paid,
+    )
+    .where(*_of_clock(manual_break_types))
+    .order_by(manual_break_types.c.position)
+)
+
+
+def _inserting(table: Table) -> Prepared:
+    """An insert of every column of ``table``, each bound by its name."""
+    return Prepared(insert(table).values({c.key: bindparam(c.key) for c in table.c}))
+
+
+_INSERT_CLOCK = _inserting(time_clocks)
+_INSERT_CLOCK_JOB = _inserting(time_clock_jobs)
+_INSERT_CLOCK_USER = _inserting(time_clock_users)
+_INSERT_BREAK_TYPE = _inserting(manual_break_types)
+
+
 class SqlTimeClockRepository(AccountScoped):
     def __init__(self, conn: Connection, account: int | None, now: int) -> None:
         super().__init__(conn, account)
         self._now = now
 
     def get(self, time_clock_id: int) -> TimeClock | None:
-        found = self._load(time_clocks.c.id == time_clock_id)
-        return found[0] if found else None
+        # Prepared statements: every CreateGeofences call loads its time clock,
+        # and building these four queries anew was a fifth of a bulk load's
+        # server time (py-spy).
+        params = {"acct": self.account, "tc": time_clock_id}
+        row = _CLOCK.first(self._conn, params)
+        if row is None:
+            return None
+        jobs = [
+            Job(job_id, name, parent, color or "")
+            for job_id, name, parent, color in _CLOCK_JOBS.all(self._conn, params)
+        ]
+        users = {u for (u,) in _CLOCK_USERS.all(self._conn, params)}
+        breaks = [
+            ManualBreakType(break_id, name, bool(mandatory), min_s, bool(paid))
+            for break_id, name, mandatory, min_s, paid in _CLOCK_BREAKS.all(self._conn, params)
+        ]
+        return self._time_clock(row, jobs, users, breaks)
 
     def list_all(self) -> list[TimeClock]:
         return self._load(time_clocks.c.id.is_not(None))
@@ -165,29 +225,32 @@ class SqlTimeClockRepository(AccountScoped):
             breaks[b.time_clock_id].append(
                 ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s, b.is_paid)
             )
-        return [self._time_clock(row, jobs[row.id], users[row.id], breaks[row.id]) for row in rows]
+        return [
+            self._time_clock(row._mapping, jobs[row.id], users[row.id], breaks[row.id])
+            for row in rows
+        ]
 
     @staticmethod
     def _time_clock(
-        row: Row[Any], jobs: list[Job], users: set[int], breaks: list[ManualBreakType]
+        row: Mapping[Any, Any], jobs: list[Job], users: set[int], breaks: list[ManualBreakType]
     ) -> TimeClock:
         return TimeClock(
-            id=row.id,
-            name=row.name,
-            timezone=row.timezone,
-            job_enforcement=row.job_enforcement,
+            id=row["id"],
+            name=row["name"],
+            timezone=row["timezone"],
+            job_enforcement=bool(row["job_enforcement"]),
             jobs=tuple(jobs),
             user_ids=frozenset(users),
-            manual_breaks_enabled=row.manual_breaks_enabled,
+            manual_breaks_enabled=bool(row["manual_breaks_enabled"]),
             manual_break_types=tuple(breaks),
-            geofence_policy=GeofencePolicy(row.geofence_policy),
-            accuracy_tolerance_m=row.accuracy_tolerance_m,
+            geofence_policy=GeofencePolicy(row["geofence_policy"]),
+            accuracy_tolerance_m=float(row["accuracy_tolerance_m"]),
             exit_detection=ExitDetectionSettings(
-                high_accuracy_max_m=row.exit_high_accuracy_max_m,
-                buffer_high_accuracy_m=row.exit_buffer_high_accuracy_m,
-                low_accuracy_max_m=row.exit_low_accuracy_max_m,
-                buffer_low_accuracy_m=row.exit_buffer_low_accuracy_m,
-                buffer_unknown_accuracy_m=row.exit_buffer_unknown_accuracy_m,
+                high_accuracy_max_m=float(row["exit_high_accuracy_max_m"]),
+                buffer_high_accuracy_m=float(row["exit_buffer_high_accuracy_m"]),
+                low_accuracy_max_m=float(row["exit_low_accuracy_max_m"]),
+                buffer_low_accuracy_m=float(row["exit_buffer_low_accuracy_m"]),
+                buffer_unknown_accuracy_m=float(row["exit_buffer_unknown_accuracy_m"]),
             ),
         )
 
@@ -212,18 +275,17 @@ class SqlTimeClockRepository(AccountScoped):
         }
 
     def add(self, tc: TimeClock) -> None:
+        row = {
+            "account_id": self.account,
+            "id": tc.id,
+            "created_at": self._now,
+            "updated_at": self._now,
+            **self._columns(tc),
+        }
         try:
-            with self._conn.begin_nested():
-                self._conn.execute(
-                    insert(time_clocks).values(
-                        account_id=self.account,
-                        id=tc.id,
-                        created_at=self._now,
-                        updated_at=self._now,
-                        **self._columns(tc),
-                    )
-                )
-        except IntegrityError as exc:
+            with savepoint(self._conn):
+                _INSERT_CLOCK.execute(self._conn, row).close()
+        except integrity_error(self._conn) as exc:
             raise DomainError(
                 ErrorCode.TIME_CLOCK_ALREADY_EXISTS,
                 f"time clock {tc.id} already exists; use UpdateTimeClock to change it",
@@ -273,19 +335,22 @@ class SqlTimeClockRepository(AccountScoped):
                 new_rows.append(
                     {"account_id": acct, "time_clock_id": tc.id, "job_id": job.id, **values}
                 )
+        # Prepared (see prepared.py): a bulk load creates a time clock per
+        # hundred fences, and these inserts went through SQLAlchemy's
+        # per-row parameter handling.
         if new_rows:
-            self._conn.execute(insert(time_clock_jobs), new_rows)
+            _INSERT_CLOCK_JOB.many(self._conn, new_rows)
         if tc.user_ids:
-            self._conn.execute(
-                insert(time_clock_users),
+            _INSERT_CLOCK_USER.many(
+                self._conn,
                 [
                     {"account_id": acct, "time_clock_id": tc.id, "user_id": u}
                     for u in sorted(tc.user_ids)
                 ],
             )
         if tc.manual_break_types:
-            self._conn.execute(
-                insert(manual_break_types),
+            _INSERT_BREAK_TYPE.many(
+                self._conn,
                 [
                     {
                         "account_id": acct,
@@ -358,6 +423,11 @@ class SqlTimeClockRepository(AccountScoped):
                     for k in keys
                 ],
             )
+
+
+_LAST_POSITION = Prepared(select(func.max(geofences.c.position)).where(*_of_clock(geofences)))
+_INSERT_FENCE = _inserting(geofences)
+_INSERT_FENCE_JOB = _inserting(geofence_jobs)
 
 
 class SqlGeofenceRepository(AccountScoped):
@@ -527,18 +597,17 @@ class SqlGeofenceRepository(AccountScoped):
         positions = []
         for f in fences:
             if f.time_clock_id not in following:
-                newest = self._conn.execute(
-                    select(func.max(geofences.c.position)).where(
-                        geofences.c.account_id == self.account,
-                        geofences.c.time_clock_id == f.time_clock_id,
-                    )
-                ).scalar()
+                newest = _LAST_POSITION.all(
+                    self._conn, {"acct": self.account, "tc": f.time_clock_id}
+                )[0][0]
                 following[f.time_clock_id] = int(newest or 0) + 1
             positions.append(following[f.time_clock_id])
             following[f.time_clock_id] += 1
-        self._conn.execute(
-            insert(geofences),
-            [
+        # Prepared (see prepared.py): a thousand fences a call went through
+        # SQLAlchemy's per-row parameter handling.
+        _INSERT_FENCE.many(
+            self._conn,
+            (
                 {
                     "id": f.id,
                     "account_id": self.account,
@@ -554,7 +623,7 @@ class SqlGeofenceRepository(AccountScoped):
                     "created_at": self._now,
                 }
                 for i, f in enumerate(fences)
-            ],
+            ),
         )
         job_rows = [
             {
@@ -568,7 +637,7 @@ class SqlGeofenceRepository(AccountScoped):
             for pos, j in enumerate(f.job_ids)
         ]
         if job_rows:
-            self._conn.execute(insert(geofence_jobs), job_rows)
+            _INSERT_FENCE_JOB.many(self._conn, job_rows)
 
     def delete(self, time_clock_id: int, fence_id: str) -> bool:
         self._conn.execute(
@@ -975,6 +1044,15 @@ class SqlIdempotencyRepository(AccountScoped):
 _INDEX_LOCK = 0x6765_6F70_6978  # "geopix"
 
 
+_NOTE_CHANGE = Prepared(
+    insert(index_changes)
+    .values(
+        account_id=bindparam("acct"), time_clock_id=bindparam("tc"), changed_at=bindparam("now")
+    )
+    .returning(index_changes.c.seq)
+)
+
+
 class SqlIndexChangeRepository(AccountScoped):
     """The ``index_changes`` feed (see its table); ``after``, ``last`` and
     ``prune`` read every account's changes (the fence index follows them all)."""
@@ -988,14 +1066,12 @@ class SqlIndexChangeRepository(AccountScoped):
     def note(self, time_clock_id: int) -> int:
         in_seq_order(self._conn, _INDEX_LOCK)  # followers resume from a seq
         self.noted = True
-        done = self._conn.execute(
-            insert(index_changes).values(
-                account_id=self.account, time_clock_id=time_clock_id, changed_at=self._now
-            )
+        cursor = _NOTE_CHANGE.execute(
+            self._conn, {"acct": self.account, "tc": time_clock_id, "now": self._now}
         )
-        key = done.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        (seq,) = cursor.fetchone()
+        cursor.close()
+        return int(seq)
 
     def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
         """(seq, account, time clock) of changes past ``cursor``, in order."""
