@@ -108,11 +108,14 @@ def build_app(
     index: AccountFences | None = None,
     on_events: Callable[[], None] | None = None,
     on_index_changes: Callable[[], None] | None = None,
+    on_subscriptions: Callable[[], None] | None = None,
 ) -> App:
     """Open and migrate the store, load the fence index; return the wired application.
 
     ``on_events`` is called after every commit that appended to the event log,
-    ``on_index_changes`` after every commit that changed a time clock or its fences.
+    ``on_index_changes`` after every commit that changed a time clock or its
+    fences, ``on_subscriptions`` after every commit that changed a webhook
+    subscription.
     """
     map_large_blocks_alone()
     engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
@@ -121,7 +124,7 @@ def build_app(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},
     )
-    uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes)
+    uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes, on_subscriptions)
     index = index if index is not None else AccountFences()
     started = time.perf_counter()
     # Loaded under the index's write lock: no change can slip in between.

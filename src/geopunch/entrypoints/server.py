@@ -125,6 +125,9 @@ class Server:
         # reaches the store only once it is open.
         self._committer = GroupCommitter(self._uows, commit_lock=self.index.write_lock)
         self.wakeup = Wakeup()
+        # Moves when a webhook subscription is created, changed, replayed or
+        # deleted here: the deliverer takes it up at once, not at its next poll.
+        self._subscriptions = Wakeup()
         # Plain (blocking) handlers run here; see ServiceInterceptor.
         self._executor = ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="rpc"
@@ -265,7 +268,11 @@ class Server:
             # applied again, which is harmless.
             self._index_seen = generations.index
         self.app = build_app(
-            self.config, self.index, on_events=on_events, on_index_changes=on_index_changes
+            self.config,
+            self.index,
+            on_events=on_events,
+            on_index_changes=on_index_changes,
+            on_subscriptions=self._subscriptions.notify,
         )
         self._uows.target = self.app.uows
         self.keys.refresh(self.app.uows)
@@ -339,6 +346,7 @@ class Server:
                 retry_window_s=config.webhook_retry_hours * 3600,
                 lease_s=config.webhook_lease_seconds,
             ),
+            changes=self._subscriptions,
         )
         self._delivery = self._delivery_loop.spawn(deliverer.run())
         if config.nats_url:

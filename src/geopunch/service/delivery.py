@@ -56,6 +56,9 @@ MAX_HELD = 1000
 class DeliverySettings:
     retry_window_s: float = 24 * 3600.0
     lease_s: float = 30.0
+    #: How often the store is asked for subscriptions to hold (and leases
+    #: renewed) when nothing says that one changed; at most a third of the lease.
+    poll_s: float = 1.0
 
 
 def owner_name() -> str:
@@ -77,29 +80,33 @@ class Deliverer:
         stopping: threading.Event,
         settings: DeliverySettings = DeliverySettings(),
         owner: str | None = None,
+        changes: EventSignal | None = None,
     ) -> None:
+        """``changes`` moves when a subscription is created, changed,
+        replayed or deleted in this process (``signal`` when events are
+        appended): either ends the wait for the next claim."""
         self._uows, self._poster, self._signal = uows, poster, signal
         self._stopping, self._settings = stopping, settings
+        self._changes = changes
         self.owner = owner or owner_name()
         self._tasks: dict[str, tuple[asyncio.Task[None], int]] = {}
 
     async def run(self) -> None:
         """Claim and deliver until ``stopping`` is set; then store progress
         and give the leases back, so that another process goes on at once."""
-        every = min(1.0, self._settings.lease_s / 3)
+        every = min(self._settings.poll_s, self._settings.lease_s / 3)
         try:
             while not self._stopping.is_set():
                 seen = self._signal.version
+                changed = None if self._changes is None else self._changes.version
                 try:
                     held = await asyncio.to_thread(self._claim)
                 except Exception:  # the store may be briefly unavailable
                     log.exception("claiming webhook subscriptions failed")
                     held = None
                 if held is not None:
-                    self._start(held)
-                await self._signal.wait(seen, every) if not self._tasks else await asyncio.sleep(
-                    every
-                )
+                    await self._start(held)
+                await self._next_claim(seen, changed, every)
         finally:
             for task, _ in self._tasks.values():
                 task.cancel()
@@ -109,6 +116,26 @@ class Deliverer:
             except Exception:  # the leases then run out by themselves
                 log.exception("releasing webhook leases failed")
             await self._poster.close()
+
+    async def _next_claim(self, seen: int, changed: int | None, every: float) -> None:
+        """Wait ``every`` seconds, or less: until a subscription changes, or,
+        while none is held, until events come (a new one may be held then).
+        New events do not end the wait while subscriptions are held: their
+        tasks take them, and a claim per commit would be a write per commit."""
+        waits = []
+        if self._changes is not None and changed is not None:
+            waits.append(self._changes.wait(changed, every))
+        if not self._tasks:
+            waits.append(self._signal.wait(seen, every))
+        if not waits:
+            await asyncio.sleep(every)
+            return
+        pending = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for p in pending:
+                p.cancel()
 
     def _claim(self) -> list[Subscription]:
         lease_ms = int(self._settings.lease_s * 1000)
@@ -122,16 +149,23 @@ class Deliverer:
             uow.webhooks.release(self.owner)
             uow.commit()
 
-    def _start(self, held: list[Subscription]) -> None:
+    async def _start(self, held: list[Subscription]) -> None:
         """Start a task per held subscription; end those of subscriptions no
         longer held (deleted, failing, taken over) or changed since their
-        task read them (updated, replayed: the next claim starts them anew)."""
+        task read them (updated, replayed), and start the changed ones anew
+        once their old task has stored its progress."""
         now = {s.id: s.modified_at for s in held}
+        ending = []
         for sub_id, (task, seen) in list(self._tasks.items()):
             if task.done():
                 del self._tasks[sub_id]
             elif now.get(sub_id) != seen:
                 task.cancel()
+                ending.append(sub_id)
+        if ending:
+            await asyncio.gather(*(self._tasks[s][0] for s in ending), return_exceptions=True)
+            for sub_id in ending:
+                del self._tasks[sub_id]
         for sub in held:
             if sub.id not in self._tasks:
                 task = asyncio.create_task(_Delivery(self, sub).run())

@@ -197,10 +197,12 @@ class SqlUnitOfWork(_Repositories):
         write_lock: WriterLock | None = None,
         on_events: Callable[[], None] | None = None,
         on_index_changes: Callable[[], None] | None = None,
+        on_subscriptions: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._on_events = on_events
         self._on_index_changes = on_index_changes
+        self._on_subscriptions = on_subscriptions
         self._readonly = readonly
         self._write_lock = None if readonly else write_lock
         self._conn: Connection | None = None
@@ -262,18 +264,21 @@ class SqlUnitOfWork(_Repositories):
         scopes: list[_Repositories] = [self, *self._others.values()]
         appended = any(repos.events.appended for repos in scopes)
         noted = any(repos.index_changes.noted for repos in scopes)
+        subscribed = any(repos.webhooks.changed for repos in scopes)
         if (appended or noted or self.api_keys.changed) and self._conn.dialect.name == "postgresql":
             # Delivered when (and only if) the transaction commits: every
             # replica's listener then catches up at once (see notify.py).
             notify(self._conn)
         self._conn.commit()  # a deadlock or serialization failure: see __exit__
         for repos in scopes:
-            repos.events.appended = repos.index_changes.noted = False
+            repos.events.appended = repos.index_changes.noted = repos.webhooks.changed = False
         self.api_keys.changed = False
         if appended and self._on_events is not None:
             self._on_events()
         if noted and self._on_index_changes is not None:
             self._on_index_changes()
+        if subscribed and self._on_subscriptions is not None:
+            self._on_subscriptions()
 
     def savepoint(self) -> AbstractContextManager[object]:
         assert self._conn is not None
@@ -350,7 +355,8 @@ class SqlUnitOfWorkFactory:
     SQLite has one writer at a time; writers wait on a :class:`WriterLock`
     before ``BEGIN IMMEDIATE``. ``on_events`` runs after each commit that
     appended events, ``on_index_changes`` after each that changed a time
-    clock's settings or fences.
+    clock's settings or fences, ``on_subscriptions`` after each that created,
+    changed, replayed or deleted a webhook subscription.
     """
 
     def __init__(
@@ -358,6 +364,7 @@ class SqlUnitOfWorkFactory:
         engine: Engine,
         on_events: Callable[[], None] | None = None,
         on_index_changes: Callable[[], None] | None = None,
+        on_subscriptions: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         database = engine.url.database
@@ -366,6 +373,7 @@ class SqlUnitOfWorkFactory:
         )
         self._on_events = on_events
         self._on_index_changes = on_index_changes
+        self._on_subscriptions = on_subscriptions
 
     def __call__(self, *, account: int | None = None, readonly: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(
@@ -375,6 +383,7 @@ class SqlUnitOfWorkFactory:
             write_lock=self._write_lock,
             on_events=self._on_events,
             on_index_changes=self._on_index_changes,
+            on_subscriptions=self._on_subscriptions,
         )
 
 

@@ -60,6 +60,9 @@ def _row(s: Subscription) -> dict[str, Any]:
 class SqlWebhookRepository(AccountScoped):
     def __init__(self, conn: Connection, account: int | None) -> None:
         super().__init__(conn, account)
+        #: Set by a change through the API (add, replace, remove); the unit
+        #: of work tells its listener after the commit.
+        self.changed = False
 
     # -- one account's subscriptions -------------------------------------------------
 
@@ -69,6 +72,7 @@ class SqlWebhookRepository(AccountScoped):
 
     def add(self, sub: Subscription) -> None:
         assert sub.account_id == self.account
+        self.changed = True
         self._conn.execute(insert(_S).values({**_row(sub), "lease_owner": None, "lease_until": 0}))
 
     def get(self, sub_id: str, *, for_update: bool = False) -> Subscription | None:
@@ -85,6 +89,7 @@ class SqlWebhookRepository(AccountScoped):
     def replace(self, sub: Subscription) -> None:
         """Store a changed subscription. Its lease stays with its holder,
         which sees ``modified_at`` move and reloads it."""
+        self.changed = True
         values = _row(sub)
         del values["id"], values["account_id"]
         self._conn.execute(
@@ -92,6 +97,7 @@ class SqlWebhookRepository(AccountScoped):
         )
 
     def remove(self, sub_id: str) -> bool:
+        self.changed = True
         gone = self._conn.execute(
             delete(_S).where(_S.c.account_id == self.account, _S.c.id == sub_id)
         ).rowcount

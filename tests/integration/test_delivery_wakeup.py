@@ -1,0 +1,80 @@
+"""The deliverer takes up a subscription that is created or replayed in its
+process at once, not at its next poll of the store, also while it is busy
+delivering other subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from sqlalchemy import Engine
+
+from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.webhook_http import AiohttpPoster
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
+from geopunch.domain.events import Event
+from geopunch.domain.webhooks import SubscriptionChange
+from geopunch.service import webhooks
+from geopunch.service.delivery import Deliverer, DeliverySettings
+from tests.webhook_receiver import Receiver
+
+#: Far longer than any wait below: what arrives came from a wake-up, not a poll.
+POLL_S = 60.0
+
+
+def _append(uows: SqlUnitOfWorkFactory, count: int) -> None:
+    with uows(account=DEFAULT_ACCOUNT) as uow:
+        uow.events.append([Event("clockIn", int(time.time()), {"n": i}) for i in range(count)])
+        uow.commit()
+
+
+def _wait_for(receiver: Receiver, count: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while len(receiver.requests) < count:
+        assert time.monotonic() < deadline, f"{len(receiver.requests)} of {count} arrived"
+        time.sleep(0.02)
+
+
+def test_created_and_replayed_subscriptions_start_at_once(engine: Engine) -> None:
+    events, changes = Wakeup(), Wakeup()
+    uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
+    slow = Receiver(lambda r: (204, 0.05)).start()  # keeps its subscription's task busy
+    fast = Receiver().start()
+    stopping = threading.Event()
+    busy = webhooks.create_subscription(
+        uows, DEFAULT_ACCOUNT, SubscriptionChange(url=slow.url), guard=None
+    )
+    _append(uows, 200)
+    loop = asyncio.new_event_loop()
+    deliverer = Deliverer(
+        uows,
+        AiohttpPoster(5.0, True, "test"),
+        events,
+        stopping,
+        DeliverySettings(lease_s=3 * POLL_S, poll_s=POLL_S),
+        changes=changes,
+    )
+    runner = threading.Thread(target=loop.run_until_complete, args=(deliverer.run(),))
+    runner.start()
+    try:
+        _wait_for(slow, 1, 10)  # held, and busy for about 10 s more
+        made = webhooks.create_subscription(
+            uows, DEFAULT_ACCOUNT, SubscriptionChange(url=fast.url), guard=None
+        )
+        _append(uows, 3)
+        _wait_for(fast, 3, 5)
+        assert [r.event["payload"]["n"] for r in fast.requests] == [0, 1, 2]
+        webhooks.replay_subscription(uows, DEFAULT_ACCOUNT, made.id, fast.requests[0].event["seq"])
+        _wait_for(fast, 6, 5)
+        assert [r.event["payload"]["n"] for r in fast.requests[3:]] == [0, 1, 2]
+        assert len(slow.requests) < 200  # the busy one was still delivering meanwhile
+        assert busy.id != made.id
+    finally:
+        stopping.set()
+        changes.notify()
+        runner.join(30)
+        loop.close()
+        slow.stop()
+        fast.stop()
