@@ -130,27 +130,18 @@ _CLOCK = Prepared(
         time_clocks.c.account_id == bindparam("acct"), time_clocks.c.id == bindparam("tc")
     )
 )
-_CLOCK_JOBS = Prepared(
-    select(
-        time_clock_jobs.c.job_id,
-        time_clock_jobs.c.name,
-        time_clock_jobs.c.parent_job_id,
-        time_clock_jobs.c.color,
-    )
-    .where(*_of_clock(time_clock_jobs))
-    .order_by(time_clock_jobs.c.position)
-)
+
+
+def _children_of_clock(table: Table, *names: str) -> Prepared:
+    """Columns ``names`` of one time clock's rows of ``table``, in their order."""
+    columns = [table.c[name] for name in names]
+    return Prepared(select(*columns).where(*_of_clock(table)).order_by(table.c.position))
+
+
+_CLOCK_JOBS = _children_of_clock(time_clock_jobs, "job_id", "name", "parent_job_id", "color")
 _CLOCK_USERS = Prepared(select(time_clock_users.c.user_id).where(*_of_clock(time_clock_users)))
-_CLOCK_BREAKS = Prepared(
-    select(
-        manual_break_types.c.break_id,
-        manual_break_types.c.name,
-        manual_break_types.c.is_mandatory,
-        manual_break_types.c.min_duration_s,
-        manual_break_types.c.is_paid,
-    )
-    .where(*_of_clock(manual_break_types))
-    .order_by(manual_break_types.c.position)
+_CLOCK_BREAKS = _children_of_clock(
+    manual_break_types, "break_id", "name", "is_mandatory", "min_duration_s", "is_paid"
 )
 
 
