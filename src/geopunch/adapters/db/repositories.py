@@ -743,6 +743,10 @@ def _activity(row: Mapping[str, Any]) -> Activity:
     return _activity_of([row[name] for name in _AT])
 
 
+#: Open activities of one time clock.
+_OPEN_FOR = Prepared(
+    select(activities).where(*_of_clock(activities), activities.c.end_ts.is_(None))
+)
 #: Open activities of (time clock, user) pairs: the partial unique index answers.
 _OPEN_MANY = PreparedIn(
     lambda n: select(activities).where(
@@ -945,14 +949,10 @@ class SqlActivityRepository(AccountScoped):
 
     def open_for(self, time_clock_id: int) -> dict[int, Activity]:
         """The open activity of each user of the time clock who has one."""
-        rows = self._conn.execute(
-            select(activities).where(
-                activities.c.account_id == self.account,
-                activities.c.time_clock_id == time_clock_id,
-                activities.c.end_ts.is_(None),
-            )
-        ).all()
-        return {r.user_id: _activity_of(r) for r in rows}
+        # Prepared, rows as the driver gives them: the "who is on the clock"
+        # board of a large time clock reads thousands of them.
+        rows = _OPEN_FOR.all(self._conn, {"acct": self.account, "tc": time_clock_id})
+        return {r[_AT["user_id"]]: _activity_of(r) for r in rows}
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""
