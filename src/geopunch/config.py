@@ -67,8 +67,8 @@ class Config:
     #: Threads each process's parallel fence kernels may use; 0: the cores
     #: this process may run on, divided among ``processes``.
     kernel_threads: int = 0
-    #: The event loops of the gRPC server, the HTTP API and the deliveries:
-    #: "uvloop", "asyncio", or "auto" (uvloop where it is installed).
+    #: The event loops of the servers (gRPC and HTTP share one) and of the
+    #: deliveries: "uvloop", "asyncio", or "auto" (uvloop where it is installed).
     event_loop: str = "auto"
     #: How far ahead of the server's clock a location sample may be stamped.
     max_clock_skew_seconds: float = DEFAULT_MAX_SKEW_S

@@ -1,6 +1,6 @@
-"""The server on either event loop (``--event-loop``): gRPC and HTTP punches
-cross from their loops to the group committer's thread and back, and the
-same answers come out of both loops."""
+"""The server on either event loop (``--event-loop``): gRPC and HTTP share the
+server's loop, punches of both cross from it to the group committer's thread
+and back, and the same answers come out of either kind of loop."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def test_punches_over_both_protocols_on_each_loop(kind: str, tmp_path: object) -
         loop_module = type(server.loop.loop).__module__
         assert loop_module.startswith("uvloop") == (kind == "uvloop"), loop_module
         assert server.http is not None
+        # Both protocols on one loop: uvicorn's listening server belongs to it.
+        listening = server.http._server.servers
+        assert listening and all(s.get_loop() is server.loop.loop for s in listening)
         client(client.admin.Ping, admin_pb2.PingRequest())
         tc = make_time_clock(client)
         started = client(

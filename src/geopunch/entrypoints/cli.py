@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--event-loop",
         choices=("auto", "uvloop", "asyncio"),
-        help="the event loop of the gRPC server, the HTTP API and the deliveries "
+        help="the event loops of the gRPC and HTTP servers (one, shared) and the deliveries "
         "(GEOPUNCH_EVENT_LOOP; default auto: uvloop where installed)",
     )
     serve.add_argument(

@@ -1,12 +1,13 @@
-"""The HTTP/JSON API's server: uvicorn on a thread of its own, with its own
-event loop, beside the gRPC server in the same process."""
+"""The HTTP/JSON API's server: uvicorn on the gRPC server's event loop, so one
+process and one loop serve both protocols."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import socket
 import ssl
-import threading
 from typing import Any
 
 import uvicorn
@@ -44,11 +45,9 @@ class HttpServer:
         tls_cert: str = "",
         tls_key: str = "",
         tls_client_ca: str = "",
-        loop: str = "asyncio",
     ) -> None:
         """With ``tls_cert``: HTTPS with the gRPC server's certificate, and
-        client certificates required when ``tls_client_ca`` is given.
-        ``loop``: uvicorn's event loop, "uvloop" or "asyncio"."""
+        client certificates required when ``tls_client_ca`` is given."""
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -62,20 +61,25 @@ class HttpServer:
             log_config=None,  # geopunch's JSON logging
             access_log=False,
             lifespan="off",
-            loop=loop,
             timeout_graceful_shutdown=10,
             **tls,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
-        )
+        self._serving: concurrent.futures.Future[None] | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve on ``loop`` (running on another thread) until ``stop``."""
+        self._serving = asyncio.run_coroutine_threadsafe(
+            self._server.serve(sockets=[self.sock]), loop
+        )
         log.info("http listening", extra={"fields": {"address": self.address}})
 
     def stop(self, timeout: float) -> None:
+        """Stop accepting, let requests in flight finish within ``timeout`` seconds."""
         self._server.should_exit = True
-        self._thread.join(timeout)
+        if self._serving is not None:
+            try:
+                self._serving.result(timeout + 1)
+            except concurrent.futures.TimeoutError:
+                log.error("the HTTP server did not stop in time")
         self.sock.close()

@@ -1,8 +1,9 @@
 """Which asyncio event loop the server's loops run on.
 
 uvloop (libuv) by default where it is installed: on this 2-core machine it
-more than doubled the HTTP API's punches per second and raised gRPC ``Ping``
-from about half of a bare ``grpc.aio`` server's calls to two thirds
+more than doubled the HTTP API's punches per second, where py-spy had found
+the stock loop's selector and transports holding the GIL as long as the
+punch itself; grpc.aio, which polls in its own code, gained a few per cent
 (bench/README.md). The stock loop stays one setting away (``--event-loop
 asyncio``), for platforms without uvloop or to rule it out when debugging.
 """

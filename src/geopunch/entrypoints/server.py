@@ -156,7 +156,6 @@ class Server:
                 config.tls_cert,
                 config.tls_key,
                 config.tls_client_ca,
-                loop=self._loop_kind,
             )
 
     def _http_app(self) -> Any:
@@ -252,7 +251,7 @@ class Server:
         """Listen at once (health says NOT_SERVING), then open and migrate the store."""
         self.loop.run(self._grpc.start())
         if self.http is not None:
-            self.http.start()  # answers 503 until ready
+            self.http.start(self.loop.loop)  # answers 503 until ready
         host = self.config.listen.rpartition(":")[0]
         log.info("listening", extra={"fields": {"address": f"{host}:{self.port}"}})
         on_events, on_index_changes = self.wakeup.notify, None

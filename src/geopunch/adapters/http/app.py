@@ -3,7 +3,7 @@
 FastAPI (Starlette underneath, served by uvicorn) because it is the
 maintained ASGI stack that gives typed request bodies (pydantic), an OpenAPI
 document and async handlers: a punch awaits the same group commit as over
-gRPC, on the HTTP server's own event loop. This adapter only converts: JSON
+gRPC, on the event loop the gRPC server runs on. This adapter only converts: JSON
 in, a use case of ``geopunch.service``, JSON out. Every rule, check and state
 lives below it, shared with gRPC.
 
