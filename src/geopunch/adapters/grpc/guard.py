@@ -48,10 +48,11 @@ def check_request(message: Any) -> None:
         raise DomainError.from_violations(found, "request")
 
 
+_NUL = "text may not contain a NUL character"
+
+
 def _text_problem(value: str) -> str | None:
-    if "\x00" in value:
-        return "text may not contain a NUL character"
-    return None
+    return _NUL if "\x00" in value else None
 
 
 def _json_text_problem(value: str) -> str | None:
@@ -64,35 +65,60 @@ def _add(found: list[FieldViolation], path: str, problem: str) -> None:
     found.append(FieldViolation(path, problem, ErrorCode.INVALID_ARGUMENT))
 
 
+#: What the walk does with a field: nothing, a text, texts, a message,
+#: messages, a JSON value, JSON values.
+_SKIP, _TEXT, _TEXTS, _ONE, _MANY, _JSON_ONE, _JSON_MANY = range(7)
+#: Each field's kind, worked out from its descriptor once: asking the
+#: descriptor for every field of every message was most of the walk's time
+#: (a request of 100 geofences: 500 us before, 375 us after; decoding it takes 17 us).
+_kinds: dict[FieldDescriptor, int] = {}
+
+
+def _kind(fd: FieldDescriptor) -> int:
+    kind = _kinds.get(fd)
+    if kind is None:
+        many = fd.is_repeated
+        inner = fd.message_type
+        if fd.type == _STRING:
+            kind = _TEXTS if many else _TEXT
+        elif fd.type != _MESSAGE or inner is None or inner.GetOptions().map_entry:
+            kind = _SKIP  # geopunch's requests have no maps
+        elif inner.full_name in _JSON:
+            kind = _JSON_MANY if many else _JSON_ONE
+        else:
+            kind = _MANY if many else _ONE
+        _kinds[fd] = kind
+    return kind
+
+
 def _walk(message: Any, prefix: str, found: list[FieldViolation]) -> None:
     for fd, value in message.ListFields():
-        path = f"{prefix}{fd.name}"
-        repeated = fd.is_repeated
-        if fd.type == _STRING:
-            if repeated:
-                for i, text in enumerate(value):
-                    problem = _text_problem(text)
-                    if problem:
-                        _add(found, f"{path}[{i}]", problem)
-            else:
-                problem = _text_problem(value)
-                if problem:
-                    _add(found, path, problem)
-        elif fd.type == _MESSAGE:
-            if fd.message_type.GetOptions().map_entry:
-                continue  # geopunch's requests have no maps
+        kind = _kind(fd)
+        if kind == _SKIP:
+            continue
+        if kind == _TEXT:
+            if "\x00" in value:
+                _add(found, f"{prefix}{fd.name}", _NUL)
+        elif kind == _TEXTS:
+            for i, text in enumerate(value):
+                if "\x00" in text:
+                    _add(found, f"{prefix}{fd.name}[{i}]", _NUL)
+        elif kind == _ONE:
+            _walk(value, f"{prefix}{fd.name}.", found)
+        elif kind == _MANY:
+            path = f"{prefix}{fd.name}"
+            for i, item in enumerate(value):
+                _walk(item, f"{path}[{i}].", found)
+        else:
             items = (
-                [(f"{path}[{i}]", item) for i, item in enumerate(value)]
-                if repeated
-                else [(path, value)]
+                [(f"{prefix}{fd.name}", value)]
+                if kind == _JSON_ONE
+                else [(f"{prefix}{fd.name}[{i}]", item) for i, item in enumerate(value)]
             )
             for where, item in items:
-                if fd.message_type.full_name in _JSON:
-                    problem = _json_problem(item)
-                    if problem:
-                        _add(found, where, problem)
-                else:
-                    _walk(item, f"{where}.", found)
+                problem = _json_problem(item)
+                if problem:
+                    _add(found, where, problem)
 
 
 def _json_problem(value: Any) -> str | None:
