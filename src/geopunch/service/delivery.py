@@ -84,9 +84,10 @@ class Deliverer:
         owner: str | None = None,
         changes: EventSignal | None = None,
     ) -> None:
-        """``changes`` moves when a subscription is created, changed,
-        replayed or deleted in this process (``signal`` when events are
-        appended): either ends the wait for the next claim."""
+        """``signal`` moves when events are appended, ``changes`` when a
+        subscription is created, changed, replayed or deleted in this
+        process; see ``_next_claim`` for which of them ends the wait for the
+        next claim."""
         self._uows, self._poster, self._signal = uows, poster, signal
         self._stopping, self._settings = stopping, settings
         self._changes = changes

@@ -138,11 +138,23 @@ def _children_of_clock(table: Table, *names: str) -> Prepared:
     return Prepared(select(*columns).where(*_of_clock(table)).order_by(table.c.position))
 
 
-_CLOCK_JOBS = _children_of_clock(time_clock_jobs, "job_id", "name", "parent_job_id", "color")
+#: The columns a job and a break type are made from (``_job``, ``_break_type``).
+_JOB_COLUMNS = ("job_id", "name", "parent_job_id", "color")
+_BREAK_COLUMNS = ("break_id", "name", "is_mandatory", "min_duration_s", "is_paid")
+_CLOCK_JOBS = _children_of_clock(time_clock_jobs, *_JOB_COLUMNS)
 _CLOCK_USERS = Prepared(select(time_clock_users.c.user_id).where(*_of_clock(time_clock_users)))
-_CLOCK_BREAKS = _children_of_clock(
-    manual_break_types, "break_id", "name", "is_mandatory", "min_duration_s", "is_paid"
-)
+_CLOCK_BREAKS = _children_of_clock(manual_break_types, *_BREAK_COLUMNS)
+
+
+def _job(job_id: str, name: str, parent_id: str | None, color: str | None) -> Job:
+    return Job(job_id, name, parent_id, color or "")
+
+
+def _break_type(
+    break_id: str, name: str, mandatory: Any, min_duration_s: int, paid: Any
+) -> ManualBreakType:
+    # Booleans as the driver gives them too (SQLite: 0 and 1).
+    return ManualBreakType(break_id, name, bool(mandatory), min_duration_s, bool(paid))
 
 
 def _inserting(table: Table) -> Prepared:
@@ -169,15 +181,9 @@ class SqlTimeClockRepository(AccountScoped):
         row = _CLOCK.first(self._conn, params)
         if row is None:
             return None
-        jobs = [
-            Job(job_id, name, parent, color or "")
-            for job_id, name, parent, color in _CLOCK_JOBS.all(self._conn, params)
-        ]
+        jobs = [_job(*j) for j in _CLOCK_JOBS.all(self._conn, params)]
         users = {u for (u,) in _CLOCK_USERS.all(self._conn, params)}
-        breaks = [
-            ManualBreakType(break_id, name, bool(mandatory), min_s, bool(paid))
-            for break_id, name, mandatory, min_s, paid in _CLOCK_BREAKS.all(self._conn, params)
-        ]
+        breaks = [_break_type(*b) for b in _CLOCK_BREAKS.all(self._conn, params)]
         return self._time_clock(row, jobs, users, breaks)
 
     def list_all(self) -> list[TimeClock]:
@@ -191,12 +197,12 @@ class SqlTimeClockRepository(AccountScoped):
             return []
         ids = select(time_clocks.c.id).where(where)
         jobs: dict[int, list[Job]] = defaultdict(list)
-        for j in self._conn.execute(
-            select(time_clock_jobs)
+        for tc_id, *job in self._conn.execute(
+            select(time_clock_jobs.c.time_clock_id, *(time_clock_jobs.c[n] for n in _JOB_COLUMNS))
             .where(time_clock_jobs.c.account_id == acct, time_clock_jobs.c.time_clock_id.in_(ids))
             .order_by(time_clock_jobs.c.time_clock_id, time_clock_jobs.c.position)
         ):
-            jobs[j.time_clock_id].append(Job(j.job_id, j.name, j.parent_job_id, j.color or ""))
+            jobs[tc_id].append(_job(*job))
         users: dict[int, set[int]] = defaultdict(set)
         for tc_id, user_id in self._conn.execute(
             select(time_clock_users.c.time_clock_id, time_clock_users.c.user_id).where(
@@ -205,17 +211,18 @@ class SqlTimeClockRepository(AccountScoped):
         ):
             users[tc_id].add(user_id)
         breaks: dict[int, list[ManualBreakType]] = defaultdict(list)
-        for b in self._conn.execute(
-            select(manual_break_types)
+        for tc_id, *kind in self._conn.execute(
+            select(
+                manual_break_types.c.time_clock_id,
+                *(manual_break_types.c[n] for n in _BREAK_COLUMNS),
+            )
             .where(
                 manual_break_types.c.account_id == acct,
                 manual_break_types.c.time_clock_id.in_(ids),
             )
             .order_by(manual_break_types.c.time_clock_id, manual_break_types.c.position)
         ):
-            breaks[b.time_clock_id].append(
-                ManualBreakType(b.break_id, b.name, b.is_mandatory, b.min_duration_s, b.is_paid)
-            )
+            breaks[tc_id].append(_break_type(*kind))
         return [
             self._time_clock(row._mapping, jobs[row.id], users[row.id], breaks[row.id])
             for row in rows

@@ -48,11 +48,10 @@ def check_request(message: Any) -> None:
         raise DomainError.from_violations(found, "request")
 
 
-_NUL = "text may not contain a NUL character"
-
-
 def _text_problem(value: str) -> str | None:
-    return _NUL if "\x00" in value else None
+    if "\x00" in value:
+        return "text may not contain a NUL character"
+    return None
 
 
 def _json_text_problem(value: str) -> str | None:
@@ -97,12 +96,14 @@ def _walk(message: Any, prefix: str, found: list[FieldViolation]) -> None:
         if kind == _SKIP:
             continue
         if kind == _TEXT:
-            if "\x00" in value:
-                _add(found, f"{prefix}{fd.name}", _NUL)
+            problem = _text_problem(value)
+            if problem:
+                _add(found, f"{prefix}{fd.name}", problem)
         elif kind == _TEXTS:
             for i, text in enumerate(value):
-                if "\x00" in text:
-                    _add(found, f"{prefix}{fd.name}[{i}]", _NUL)
+                problem = _text_problem(text)
+                if problem:
+                    _add(found, f"{prefix}{fd.name}[{i}]", problem)
         elif kind == _ONE:
             _walk(value, f"{prefix}{fd.name}.", found)
         elif kind == _MANY:
