@@ -160,15 +160,18 @@ def test_enabled_rows_are_the_enabled_fences_as_columns(engine: Engine) -> None:
         uow.time_clocks.add(TC)
         uow.geofences.add_many([replace(f, id=f"x{f.id}", is_enabled=True) for f in fences])
         uow.commit()
-    with uows(readonly=True) as uow:
-        uow.geofences.DRIVER_CHUNK = 7  # several chunks, one part-filled: rows renumbered
-        got = uow.geofences.enabled_rows()
-        want = FenceRows.of(uow.geofences.list_for(TC.id) + uow.geofences.list_for(TC.id + 1))
-    assert len(got) == len(want) == 20
-    for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):
-        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
-    assert got.job_ids == want.job_ids and want.job_ids
-    assert set(got.exit_actions.tolist()) == {0, 1, 2}
+    # One row a chunk splits every two-job fence's rows; 7 leaves one chunk
+    # part-filled: rows renumbered either way.
+    for chunk in (1, 7, 1000):
+        with uows(readonly=True) as uow:
+            uow.geofences.DRIVER_CHUNK = chunk
+            got = uow.geofences.enabled_rows()
+            want = FenceRows.of(uow.geofences.list_for(TC.id) + uow.geofences.list_for(TC.id + 1))
+        assert len(got) == len(want) == 20
+        for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):
+            assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+        assert got.job_ids == want.job_ids and want.job_ids
+        assert set(got.exit_actions.tolist()) == {0, 1, 2}
 
 
 def test_database_refuses_a_fence_job_that_is_not_a_time_clock_job(engine: Engine) -> None:
