@@ -98,14 +98,25 @@ def test_new_clock_disabled_fences_and_compaction() -> None:
     index.load([tc(1)], [fence("a", 1, -89.9995, 0), fence("off", 1, -89.9995, 0, enabled=False)])
     assert ids_at(index, 1, -90, 0) == {"a"}  # at the South Pole, 55 m from the centre
     index.time_clock_changed(tc(7), [])
+    # Known and empty, without a table of its own; the next new clock lands
+    # after a table exists that was built with the first one.
+    assert len(index.snapshot.tables) == 1
+    assert ids_at(index, 7, 0, 180) == set() and ids_at(index, 1, -90, 0) == {"a"}
+    assert check_points(index.snapshot, [0], [180], 7).status.tolist() == [OK]
     index.fences_changed(tc(7), [fence("x", 7, 0, 179.9995), fence("y", 7, 0, -179.9995)], [])
     assert ids_at(index, 7, 0, 180) == {"x", "y"}
+    index.time_clock_changed(tc(8), [])
+    assert len(index.snapshot.tables) == 2
+    assert ids_at(index, 8, 0, 180) == set() and ids_at(index, 7, 0, 180) == {"x", "y"}
+    index.fences_changed(tc(8), [fence("z", 8, 0, 180)], [])
+    assert ids_at(index, 8, 0, 180) == {"z"}
     before = every_fence(index.snapshot)
     assert ("7", "x") not in before and (7, "x") in before
     snap = index.compact()
     assert len(snap.tables) == 1 and not snap.dead
     assert every_fence(snap) == before
     assert ids_at(index, 7, 0, -180) == {"x", "y"}
+    assert ids_at(index, 8, 0, 180) == {"z"}
     assert ids_at(index, 1, -90, 0) == {"a"}
 
 
