@@ -3,7 +3,8 @@
 An attacker process holds hundreds of calls that send their headers and never
 their message, fills its key's share of event streams, and sends garbage
 bodies with and without a key, while this process pings with a valid key:
-every ping answers within 100 ms, the held calls end on their own, and the
+no ping waits for a held call (each answers in well under the receive limit,
+nine in ten within 100 ms), the held calls end on their own, and the
 server's log grows by a bounded amount.
 
 Run as ``python -m tests.e2e.test_lockout ADDRESS KEY`` it is the attacker.
@@ -28,6 +29,7 @@ from tests.conftest import API_KEY, Client, ServerProcess
 HALF_OPEN = 300
 GARBAGE = 600
 STREAMS = 4  # the key's cap in the server below
+RECEIVE_LIMIT_S = 2
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -119,7 +121,7 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
         env_extra={
             "GEOPUNCH_MAX_WORKERS": "1",  # 8 unary calls at once
             "GEOPUNCH_MAX_STREAMS_PER_KEY": str(STREAMS),
-            "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS": "2",
+            "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS": str(RECEIVE_LIMIT_S),
             "GEOPUNCH_API_KEYS": f"{API_KEY},attacker-key-0123456789",
         },
     )
@@ -152,7 +154,13 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
         c.close()
         srv.terminate()
     assert len(pings) > 20
-    assert max(pings) < 0.1, f"slowest ping {max(pings) * 1000:.0f} ms"
+    # A ping stuck behind the held calls would wait for the receive limit to
+    # free a worker. The slowest one is held to half that limit, not to
+    # 100 ms: with the suite on every core, another test's burst can delay
+    # any one call by a scheduler tick or two.
+    slowest = max(pings)
+    assert slowest < RECEIVE_LIMIT_S / 2, f"slowest ping {slowest * 1000:.0f} ms"
+    assert statistics.quantiles(pings, n=10)[-1] < 0.1
     assert statistics.median(pings) < 0.02
     half = HALF_OPEN // 2
     assert codes["held:UNAUTHENTICATED"] == half  # refused before any message
