@@ -494,9 +494,8 @@ class SqlGeofenceRepository(AccountScoped):
         time and memory.
 
         One query gives the fences and their jobs: a fence bound to k jobs
-        comes as k rows in a row, which are folded into one. (A second query
-        for the bindings walked every fence again: 0.7-0.9 s of a 1,000,000
-        fence start-up.)"""
+        comes as k rows in a row, which are folded into one. A query of its
+        own for the bindings would walk every fence a second time."""
         mine = (geofences.c.account_id == self.account) & geofences.c.is_enabled.is_(True)
         names = ("clocks", "ids", "lats", "lons", "sizes", "actions")
         parts: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in names}
@@ -533,8 +532,8 @@ class SqlGeofenceRepository(AccountScoped):
             )
         )
         # The collector would walk the young row tuples over and over while
-        # they are turned into arrays (1.2 s of a million fences); none of
-        # them can be in a cycle.
+        # they are turned into arrays, a large share of a big read's time
+        # (bench/README.md, start-up); none of them can be in a cycle.
         with _collector_paused():
             for chunk in self._driver_chunks(stmt):
                 clock_ids, ids, lats, lons, sizes, actions, jobs = zip(*chunk, strict=True)

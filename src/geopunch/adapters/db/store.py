@@ -108,7 +108,7 @@ def migrate(engine: Engine) -> str:
             before = MigrationContext.configure(conn).get_current_revision()
             command.upgrade(_alembic_config(conn), "head")
             # Only after a revision ran: the check reads every row that has a
-            # foreign key (0.8 s at a million fences, on every start-up).
+            # foreign key, which a large store would pay on every start-up.
             moved = MigrationContext.configure(conn).get_current_revision() != before
             if sqlite and moved:
                 broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
