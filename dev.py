@@ -74,8 +74,8 @@ def main(argv: list[str]) -> int:
     if command == "test":
         # One worker per core (pytest-xdist), each test file whole on one
         # worker so that a file's shared server starts once: most of the
-        # suite waits on server processes, and it ran in half the time on
-        # two cores. `-n 0` runs it in this process.
+        # suite waits on server processes (bench/README.md has the times).
+        # `-n 0` runs it in this process.
         spread = (
             []
             if any(a.startswith(("-n", "--numprocesses")) for a in rest)

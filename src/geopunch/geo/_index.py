@@ -621,6 +621,15 @@ class Snapshots:
             snap = self.compact()
         owner = np.zeros(len(clocks), np.int16)
         owner[: snap.owner.size] = snap.owner
+        if idx >= snap.owner.size and not cols.clocks.size:
+            # A new clock without fences needs no table: every table was
+            # built before it existed, so none covers it, and owner 0 (the
+            # default) answers "no fences". A bulk load creates each clock
+            # this way before its fences arrive.
+            self._snapshot = _make_snapshot(
+                snap.version + 1, clocks, snap.tables, owner, snap.dead, snap, idx
+            )
+            return
         dead = snap.dead
         if idx < snap.owner.size:  # its rows in the table that owned it go stale
             starts = snap.tables[int(snap.owner[idx])].clock_row_start
@@ -643,17 +652,6 @@ class Snapshots:
                 idx = len(snap.clocks)
             info = ClockInfo.of(idx, tc)
             clocks = (*snap.clocks[:idx], info, *snap.clocks[idx + 1 :])
-            if idx == len(snap.clocks) and not fences:
-                # A new clock without fences needs no table: every table was
-                # built before it existed, so none covers it, and owner 0
-                # (the default) answers "no fences". A bulk load creates each
-                # clock this way before its fences arrive.
-                owner = np.zeros(len(clocks), np.int16)
-                owner[: snap.owner.size] = snap.owner
-                self._snapshot = _make_snapshot(
-                    snap.version + 1, clocks, snap.tables, owner, snap.dead, snap, idx
-                )
-                return
             cols = FenceColumns.from_rows(FenceRows.of(fences), {tc.id: info})
             self._publish_clock(snap, clocks, idx, cols)
         self._maybe_compact()

@@ -54,7 +54,7 @@ from geopunch.adapters.db.tables import (
     time_clocks,
 )
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.locations import EXIT_ACTIONS, FenceRows
+from geopunch.domain.locations import EXIT_ACTION_CODES, FenceRows
 from geopunch.domain.models import (
     DayStatus,
     ExitAction,
@@ -511,7 +511,7 @@ class SqlGeofenceRepository(AccountScoped):
                 geofences.c.fence_size_m,
                 # As codes: a small int is no new object, a string is.
                 case(
-                    {a.value: code for code, a in enumerate(EXIT_ACTIONS)},
+                    {str(a): code for a, code in EXIT_ACTION_CODES.items()},
                     value=geofences.c.exit_action,
                 ),
                 geofence_jobs.c.job_id,
