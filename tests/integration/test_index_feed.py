@@ -144,3 +144,70 @@ def test_a_follower_skips_what_its_own_writers_reported_and_reads_the_rest(
     follow_index_changes(uows, here, cursor)
     assert here.reread == [TC.id]
     assert not here._reported  # nothing left over once the follower passed
+
+
+def test_a_group_commit_publishes_its_index_changes_together_and_before_answering(
+    engine: Engine,
+) -> None:
+    """Through a group committer holding ``AccountFences.batched``: each
+    caller's fences answer as soon as its call returns, a batch of changes is
+    published as one snapshot, every change counts as reported (the follower
+    reads none again), and a batch whose publishing fails is repaired from
+    the store by the follower."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geopunch.adapters.db.store import GroupCommitter
+    from geopunch.geo import _index
+
+    uows = AccountStore(engine)
+    here = _CountingFences()
+    batches: list[int] = []
+    committer = GroupCommitter(
+        uows, observe=lambda s, n: batches.append(n), commit_lock=here.batched
+    )
+    draft = GeofenceDraft("Gate", "1 Road", *SITE, fence_size_m=200)
+    clocks = [replace(TC, id=900 + i) for i in range(24)]
+    start = threading.Barrier(8)
+
+    def load(tc: TimeClock) -> bool:
+        if tc.id < 908:
+            start.wait()  # the first eight together, so that batches form
+        admin.create_time_clock(
+            uows, A, tc, ["a"], assign_id=False, listener=here, commit=committer.run
+        )
+        geofences.create_geofences(uows, A, tc.id, [draft], listener=here, commit=committer.run)
+        return _inside(here, tc.id)  # visible when the call returns
+
+    try:
+        before = here.view(A).snapshot.version
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(load, clocks))
+        published = here.view(A).snapshot.version - before
+        changes = 2 * len(clocks)
+        assert max(batches) > 1 and published == len(batches) < changes
+        cursor = follow_index_changes(uows, here, 0)
+        assert here.reread == [] and not here._reported
+
+        # Publishing fails: the callers still get their answers (the change is
+        # committed), the change is not counted as reported, and the follower
+        # puts it into the index from the store.
+        real = _index.build_table
+        _index.build_table = lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room"))
+        try:
+            made = geofences.create_geofences(
+                uows, A, clocks[0].id, [draft], listener=here, commit=committer.run
+            )
+        finally:
+            _index.build_table = real
+        assert made
+        snap = here.view(A).snapshot
+        table = snap.tables[int(snap.owner[snap.clock_idx[clocks[0].id]])]
+        assert made[0].id.encode() not in set(table.ids.tolist())
+        follow_index_changes(uows, here, cursor)
+        assert here.reread == [clocks[0].id]
+        snap = here.view(A).snapshot
+        table = snap.tables[int(snap.owner[snap.clock_idx[clocks[0].id]])]
+        assert made[0].id.encode() in set(table.ids.tolist())
+    finally:
+        committer.close()

@@ -426,3 +426,100 @@ def test_background_merges_racing_many_writers_lose_nothing() -> None:
     assert snap.fence_count == len(expected)
     merged = index.compact()
     assert len(merged.tables) == 1 and merged.dead == 0 and every_fence(merged) == expected
+
+
+def _assert_arrays_equal_a_full_rebuild(snap: Snapshot, label: object) -> None:
+    full = index_module._make_snapshot(0, snap.clocks, snap.tables, snap.owner, snap.dead)
+    for name in (
+        "sorted_clock_ids",
+        "sorted_clock_idx",
+        "direct_clock_idx",
+        "tolerance_m",
+        "extra_m",
+        "exit_m",
+        "user_keys",
+    ):
+        assert np.array_equal(getattr(snap, name), getattr(full, name)), (label, name)
+    assert dict(snap.clock_idx) == dict(full.clock_idx), label
+
+
+def test_a_deferred_block_publishes_its_changes_at_once_as_one_table() -> None:
+    """Inside ``deferred`` readers keep the snapshot from before; at its end
+    one snapshot and one table hold every change, including a clock created
+    and then given fences, a clock changed twice, a deletion, a settings
+    change and a new clock left without fences."""
+    index = FenceIndex(compact_after_clocks=1000)
+    index.load([tc(1), tc(2)], [fence("a", 1, 10, 10), fence("b", 2, 10, 10)])
+    before = index.snapshot
+    with index.deferred():
+        index.time_clock_changed(tc(5), [])
+        index.fences_changed(tc(5), [fence("e", 5, 10, 10)], [])
+        index.fences_changed(tc(1), [fence("c", 1, 10, 10.0005)], ["a"])
+        index.fences_changed(tc(1), [fence("d", 1, 10, 10.0004)], [])
+        index.time_clock_changed(tc(2, accuracy_tolerance_m=3.0), [])
+        index.time_clock_changed(tc(6), [])
+        assert index.snapshot is before  # nothing visible yet
+        with index.deferred():  # nested: the outer block publishes
+            index.fences_changed(tc(6), [fence("f", 6, 10, 10)], [])
+        assert index.snapshot is before
+    snap = index.snapshot
+    assert snap.version == before.version + 1
+    assert len(snap.tables) == 2  # one table for all of the block
+    assert every_fence(snap) == {(1, "c"), (1, "d"), (5, "e"), (6, "f")}
+    assert ids_at(index, 1, 10, 10) == {"c", "d"} and ids_at(index, 2, 10, 10) == set()
+    assert ids_at(index, 5, 10, 10) == {"e"} and ids_at(index, 6, 10, 10) == {"f"}
+    assert snap.clocks[snap.clock_idx[2]].time_clock.accuracy_tolerance_m == 3.0
+    assert snap.dead == 2  # clock 1's "a" and clock 2's "b" in the first table
+    _assert_arrays_equal_a_full_rebuild(snap, "block")
+    with index.deferred():  # a block with nothing in it publishes nothing
+        pass
+    assert index.snapshot is snap
+
+
+def test_deferred_blocks_of_random_changes_equal_the_same_changes_one_at_a_time() -> None:
+    """Blocks of one to nine changes (new clocks, settings, fences added and
+    removed, the same clock several times) give the index that the changes
+    applied one at a time give: the same fences answer for every clock, and
+    the per-clock arrays equal a full rebuild."""
+    rng = np.random.default_rng(5)
+    batched, single = FenceIndex(compact_after_clocks=8), FenceIndex(compact_after_clocks=8)
+    ids = [int(i) for i in rng.choice(3_000, 25, replace=False) + 1] + [(1 << 22) + 3]
+    fences: dict[int, list[Geofence]] = {}
+    serial = 0
+    for block in range(60):
+        changes = []
+        for _ in range(int(rng.integers(1, 10))):
+            i = ids[int(rng.integers(len(ids)))]
+            serial += 1
+            new = fence(f"f{serial}", i, float(i % 80), 0.0)
+            mine = fences.setdefault(i, [])
+            users = frozenset(int(u) for u in rng.integers(0, 40, int(rng.integers(0, 5))))
+            clock = tc(i, user_ids=users, accuracy_tolerance_m=float(serial % 5))
+            if not mine or rng.random() < 0.2:
+                fences[i] = [new] if rng.random() < 0.7 else []
+                changes.append(("clock", clock, list(fences[i]), []))
+            else:
+                gone = [mine.pop(0).id] if rng.random() < 0.4 else []
+                mine.append(new)
+                changes.append(("fences", tc(i), [new], gone))
+        with batched.deferred():
+            for kind, clock, added, gone in changes:
+                if kind == "clock":
+                    batched.time_clock_changed(clock, added)
+                else:
+                    batched.fences_changed(clock, added, gone)
+        for kind, clock, added, gone in changes:
+            if kind == "clock":
+                single.time_clock_changed(clock, added)
+            else:
+                single.fences_changed(clock, added, gone)
+        expected = {(f.time_clock_id, f.id) for fs in fences.values() for f in fs}
+        assert every_fence(batched.snapshot) == expected == every_fence(single.snapshot), block
+        _assert_arrays_equal_a_full_rebuild(batched.snapshot, block)
+        for i in fences:
+            lat = float(i % 80)
+            assert ids_at(batched, i, lat, 0.0) == ids_at(single, i, lat, 0.0), (block, i)
+    deadline = time.monotonic() + 10
+    while batched._compacting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert every_fence(batched.compact()) == expected

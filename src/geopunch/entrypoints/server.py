@@ -122,8 +122,9 @@ class Server:
         set_kernel_threads(config.fence_kernel_threads())
         self.keys = KeyRing(config.api_key_hashes)
         # Punches and live positions share commits under load; the committer
-        # reaches the store only once it is open.
-        self._committer = GroupCommitter(self._uows, commit_lock=self.index.write_lock)
+        # reaches the store only once it is open. The index publishes the
+        # changes of a batch's admin writes together (AccountFences.batched).
+        self._committer = GroupCommitter(self._uows, commit_lock=self.index.batched)
         self.wakeup = Wakeup()
         # Moves when a webhook subscription is created, changed, replayed or
         # deleted here: the deliverer takes it up at once, not at its next poll.

@@ -12,7 +12,9 @@ A :class:`Snapshot` is a short list of tables and, per clock, the number of
 the table holding its current fences (``owner``); a clock's rows in any other
 table are stale. A change to a time clock's fences builds a table for that
 clock alone (well under a millisecond for 1,000 fences) and publishes a new
-snapshot with it appended. :meth:`Snapshots.compact` merges tables in the
+snapshot with it appended; the changes made inside one
+:meth:`Snapshots.deferred` block (a group commit's) share one table and one
+snapshot. :meth:`Snapshots.compact` merges tables in the
 manner of a log-structured merge: the tail of small tables folds into one,
 together with each table before it that is not more than twice as large, so
 every fence is rebuilt a logarithmic number of times however the fences
@@ -464,40 +466,53 @@ def _all_clock_arrays(clocks: Sequence[ClockInfo]) -> _ClockArrays:
     return sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, _user_keys(clocks)
 
 
-def _clock_arrays_with(prev: Snapshot, clocks: tuple[ClockInfo, ...], idx: int) -> _ClockArrays:
-    """``prev``'s per-clock arrays with clock ``idx`` changed or (at the end) added.
+def _clock_arrays_with(
+    prev: Snapshot, clocks: tuple[ClockInfo, ...], changed: Sequence[int]
+) -> _ClockArrays:
+    """``prev``'s per-clock arrays with the clocks at ``changed`` (ascending)
+    changed, or (past ``prev``'s clocks) added.
 
     Rebuilding them from every clock made each new time clock cost time in
     proportion to the clocks already held, so a bulk load slowed as it went;
-    here the work is copies of the arrays, in C.
+    here the work is one copy of each array, in C, however many clocks of a
+    batch changed.
     """
-    info = clocks[idx]
-    tc = info.time_clock
-    settings = [getattr(tc.exit_detection, name) for name in EXIT_SETTINGS]
+    n_prev, n = len(prev.clocks), len(clocks)
+    at = np.asarray(changed, dtype=np.int64)
+    infos = [clocks[i] for i in changed]
+    # Each changed clock's run of user keys replaced by its new one.
     keys = prev.user_keys
-    lo, hi = np.searchsorted(keys, [np.int64(idx) << 40, np.int64(idx + 1) << 40])
-    user_keys = np.concatenate([keys[:lo], _keys_of(info), keys[hi:]])
-    if idx < len(prev.clocks):
-        tol, extra, exit_m = prev.tolerance_m.copy(), prev.extra_m.copy(), prev.exit_m.copy()
-        tol[idx], extra[idx], exit_m[:, idx] = tc.accuracy_tolerance_m, info.max_extra_m, settings
-        sorted_ids, sorted_idx = prev.sorted_clock_ids, prev.sorted_clock_idx
-        direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
-    else:
-        tol = np.append(prev.tolerance_m, tc.accuracy_tolerance_m)
-        extra = np.append(prev.extra_m, info.max_extra_m)
-        exit_m = np.concatenate(
-            [prev.exit_m, np.asarray(settings, np.float64).reshape(-1, 1)], axis=1
-        )
-        at = int(np.searchsorted(prev.sorted_clock_ids, tc.id))
-        sorted_ids = np.insert(prev.sorted_clock_ids, at, tc.id)
-        sorted_idx = np.insert(prev.sorted_clock_idx, at, idx).astype(np.int32)
-        direct = prev.direct_clock_idx
-        if 0 <= tc.id < _DIRECT_IDS:
-            grown = np.full(max(direct.size, tc.id + 1), -1, np.int32)
+    bounds = np.searchsorted(keys, np.stack([at << 40, (at + 1) << 40]).ravel("F"))
+    parts, taken = [], 0
+    for info, lo, hi in zip(infos, bounds[::2], bounds[1::2], strict=True):
+        parts += [keys[taken:lo], _keys_of(info)]
+        taken = int(hi)
+    user_keys = np.concatenate([*parts, keys[taken:]])
+    tol, extra = np.empty(n, np.float64), np.empty(n, np.float64)
+    exit_m = np.empty((len(EXIT_SETTINGS), n), np.float64)
+    tol[:n_prev], extra[:n_prev], exit_m[:, :n_prev] = prev.tolerance_m, prev.extra_m, prev.exit_m
+    tol[at] = [i.time_clock.accuracy_tolerance_m for i in infos]
+    extra[at] = [i.max_extra_m for i in infos]
+    exit_m[:, at] = np.asarray(
+        [[getattr(i.time_clock.exit_detection, name) for name in EXIT_SETTINGS] for i in infos],
+        np.float64,
+    ).T.reshape(len(EXIT_SETTINGS), len(infos))
+    sorted_ids, sorted_idx = prev.sorted_clock_ids, prev.sorted_clock_idx
+    direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
+    if n > n_prev:  # the added clocks are the tail, in ``changed`` order
+        ids = np.fromiter((c.time_clock.id for c in clocks[n_prev:]), np.int64, n - n_prev)
+        order = np.argsort(ids, kind="stable")
+        ids, dense = ids[order], (np.arange(n_prev, n, dtype=np.int64))[order]
+        where = np.searchsorted(sorted_ids, ids)
+        sorted_ids = np.insert(sorted_ids, where, ids)
+        sorted_idx = np.insert(sorted_idx, where, dense).astype(np.int32)
+        small = (ids >= 0) & (ids < _DIRECT_IDS)
+        if small.any():
+            grown = np.full(max(direct.size, int(ids[small].max()) + 1), -1, np.int32)
             grown[: direct.size] = direct
-            grown[tc.id] = idx
+            grown[ids[small]] = dense[small]
             direct = grown
-        clock_idx = {**prev.clock_idx, tc.id: idx}
+        clock_idx = {**clock_idx, **{c.time_clock.id: c.idx for c in clocks[n_prev:]}}
     return sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, user_keys
 
 
@@ -508,10 +523,10 @@ def _make_snapshot(
     owner: npt.NDArray[np.int16],
     dead: int,
     prev: Snapshot | None = None,
-    changed: int | None = None,
+    changed: Sequence[int] = (),
 ) -> Snapshot:
     """A snapshot; per-clock arrays are reused from ``prev`` when the clocks did
-    not change, and updated from it when only the clock at ``changed`` did."""
+    not change, and updated from it when only the clocks at ``changed`` did."""
     arrays: _ClockArrays
     if prev is not None and prev.clocks is clocks:
         arrays = (
@@ -524,7 +539,7 @@ def _make_snapshot(
             prev.exit_m,
             prev.user_keys,
         )
-    elif prev is not None and changed is not None:
+    elif prev is not None and changed:
         arrays = _clock_arrays_with(prev, clocks, changed)
     else:
         arrays = _all_clock_arrays(clocks)
@@ -579,6 +594,10 @@ class Snapshots:
     _lock: threading.RLock = field(init=False, default_factory=threading.RLock)
     _next_handle: int = field(init=False, default=0)
     _compacting: bool = field(init=False, default=False)
+    #: Changes of the open ``deferred`` block by dense clock index (None: no
+    #: block is open), and the ids of the clocks it adds.
+    _pending: dict[int, tuple[ClockInfo, FenceColumns]] | None = field(init=False, default=None)
+    _pending_ids: dict[int, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.load([], [])
@@ -604,6 +623,9 @@ class Snapshots:
         """Replace everything with a full build (start-up)."""
         rows = fences if isinstance(fences, FenceRows) else FenceRows.of(fences)
         with self._lock:
+            if self._pending is not None:  # what a block held is in the store just read
+                self._pending.clear()
+                self._pending_ids.clear()
             clocks = tuple(ClockInfo.of(i, tc) for i, tc in enumerate(time_clocks))
             cols = FenceColumns.from_rows(rows, {c.time_clock.id: c for c in clocks})
             base = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
@@ -613,64 +635,107 @@ class Snapshots:
             self._snapshot = _make_snapshot(version, clocks, (base,), owner, 0)
             return self._snapshot
 
-    def _publish_clock(
-        self, snap: Snapshot, clocks: tuple[ClockInfo, ...], idx: int, cols: FenceColumns
-    ) -> None:
-        """Append a table holding clock ``idx``'s fences ``cols`` and make it the owner."""
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold the write lock; the changes reported inside are published
+        together when the outermost ``deferred`` ends: one snapshot and one
+        table for all of them (the changes of a group commit), instead of one
+        per change. Readers see none of them until then."""
+        with self._lock:
+            if self._pending is not None:  # nested: the outer one publishes
+                yield
+                return
+            self._pending, self._pending_ids = {}, {}
+            try:
+                yield
+            finally:
+                pending, self._pending, self._pending_ids = self._pending, None, {}
+                if pending:
+                    self._publish(pending)
+        if pending:
+            self._maybe_compact()
+
+    def _publish(self, pending: Mapping[int, tuple[ClockInfo, FenceColumns]]) -> None:
+        """One snapshot in which each clock of ``pending`` (by dense index)
+        has the settings and fences given, in a table of their own."""
+        snap = self._snapshot
         if len(snap.tables) >= _MAX_TABLES:  # compactions fell far behind: catch up here
             snap = self.compact()
+        changed = sorted(pending)
+        held = snap.owner.size
+        clocks = list(snap.clocks)
+        for idx in changed:
+            if idx < held:
+                clocks[idx] = pending[idx][0]
+            else:  # new clocks take the next indexes, in order
+                clocks.append(pending[idx][0])
         owner = np.zeros(len(clocks), np.int16)
-        owner[: snap.owner.size] = snap.owner
-        if idx >= snap.owner.size and not cols.clocks.size:
-            # A new clock without fences needs no table: every table was
-            # built before it existed, so none covers it, and owner 0 (the
-            # default) answers "no fences". A bulk load creates each clock
-            # this way before its fences arrive.
-            self._snapshot = _make_snapshot(
-                snap.version + 1, clocks, snap.tables, owner, snap.dead, snap, idx
-            )
-            return
+        owner[:held] = snap.owner
+        # A new clock without fences needs no table: every table was built
+        # before it existed, so none covers it, and owner 0 (the default)
+        # answers "no fences". A bulk load creates each clock this way before
+        # its fences arrive.
+        tabled = [idx for idx in changed if idx < held or pending[idx][1].clocks.size]
         dead = snap.dead
-        if idx < snap.owner.size:  # its rows in the table that owned it go stale
-            starts = snap.tables[int(snap.owner[idx])].clock_row_start
-            if idx + 1 < starts.size:
-                dead += int(starts[idx + 1] - starts[idx])
-        owner[idx] = len(snap.tables)
-        # The clock's settings first: its table is built with their margins.
-        staged = _make_snapshot(snap.version + 1, clocks, snap.tables, owner, dead, snap, idx)
+        for idx in tabled:
+            if idx < held:  # its rows in the table that owned it go stale
+                starts = snap.tables[int(snap.owner[idx])].clock_row_start
+                if idx + 1 < starts.size:
+                    dead += int(starts[idx + 1] - starts[idx])
+            owner[idx] = len(snap.tables)
+        # The clocks' settings first: their table is built with their margins.
+        staged = _make_snapshot(
+            snap.version + 1, tuple(clocks), snap.tables, owner, dead, snap, changed
+        )
+        if not tabled:
+            self._snapshot = staged
+            return
+        cols = FenceColumns.concat([pending[idx][1] for idx in tabled])
         table = build_table(cols, staged.extra_m, self._reserve(cols.clocks.size))
         self._snapshot = replace(staged, tables=(*snap.tables, table))
 
+    def _index_of(self, snap: Snapshot, time_clock_id: int) -> int | None:
+        """The dense index of a clock held or added in the open batch."""
+        idx = snap.clock_idx.get(time_clock_id)
+        return self._pending_ids.get(time_clock_id) if idx is None else idx
+
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
         """A time clock was created or changed; ``fences`` are all of its geofences."""
-        with self._lock:
+        with self.deferred():
+            assert self._pending is not None
             snap = self._snapshot
-            idx = snap.clock_idx.get(tc.id)
+            idx = self._index_of(snap, tc.id)
             if idx is None:
-                if len(snap.clocks) >= kernels.MAX_CLOCKS:
+                idx = len(snap.clocks) + len(self._pending_ids)
+                if idx >= kernels.MAX_CLOCKS:
                     raise RuntimeError("too many time clocks for the cell key layout")
-                idx = len(snap.clocks)
+                self._pending_ids[tc.id] = idx
             info = ClockInfo.of(idx, tc)
-            clocks = (*snap.clocks[:idx], info, *snap.clocks[idx + 1 :])
             cols = FenceColumns.from_rows(FenceRows.of(fences), {tc.id: info})
-            self._publish_clock(snap, clocks, idx, cols)
-        self._maybe_compact()
+            self._pending[idx] = (info, cols)
 
     def fences_changed(
         self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
     ) -> None:
         """Fences of ``tc`` were created (``added``) or deleted (ids in ``removed``)."""
-        with self._lock:
+        with self.deferred():
+            assert self._pending is not None
             snap = self._snapshot
-            idx = snap.clock_idx.get(tc.id)
+            idx = self._index_of(snap, tc.id)
             if idx is None:
                 self.time_clock_changed(tc, added)
                 return
-            info = snap.clocks[idx]
-            table = snap.tables[int(snap.owner[idx])]
-            starts = table.clock_row_start
-            lo, hi = (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
-            cols = columns_of(table, np.arange(lo, hi, dtype=np.int64))
+            staged = self._pending.get(idx)
+            if staged is not None:
+                info, cols = staged
+            else:
+                info = snap.clocks[idx]
+                table = snap.tables[int(snap.owner[idx])]
+                starts = table.clock_row_start
+                lo, hi = (
+                    (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
+                )
+                cols = columns_of(table, np.arange(lo, hi, dtype=np.int64))
             if removed:
                 gone = {r.encode() for r in removed}
                 keep = [i for i, raw in enumerate(cols.ids) if bytes(raw) not in gone]
@@ -679,8 +744,7 @@ class Snapshots:
                 cols = FenceColumns.concat(
                     [cols, FenceColumns.from_rows(FenceRows.of(added), {tc.id: info})]
                 )
-            self._publish_clock(snap, snap.clocks, idx, cols)
-        self._maybe_compact()
+            self._pending[idx] = (info, cols)
 
     def _maybe_compact(self) -> None:
         snap = self._snapshot

@@ -15,6 +15,8 @@ Earth-centred metres and a hash grid: see docs/engine.md.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -210,6 +212,8 @@ class FenceIndex(Snapshots):
         return SnapshotView(self.snapshot)
 
 
+log = logging.getLogger(__name__)
+
 _EMPTY = FenceIndex()
 
 
@@ -235,11 +239,55 @@ class AccountFences:
         #: Added only once the update went through, so a failed one is read
         #: again from the store.
         self._reported: set[int] = set()
+        #: The open ``batched`` block: the indexes it defers, the accounts they
+        #: belong to, and the seqs to count as reported once it publishes.
+        self._batch: contextlib.ExitStack | None = None
+        self._batch_accounts: set[int] = set()
+        self._batch_seqs: list[int] = []
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:
         with self._lock:
             yield
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """``write_lock``, and the changes reported inside it published
+        together at its end, one snapshot per account touched (see
+        ``Snapshots.deferred``): the group committer holds it across a batch's
+        commit and the updates of all its pieces, so that a bulk load builds
+        one table per batch rather than one per call."""
+        with self._lock:
+            if self._batch is not None:
+                yield
+                return
+            self._batch = contextlib.ExitStack()
+            seqs: list[int] = []
+            self._batch_seqs = seqs
+            self._batch_accounts = set()
+            try:
+                yield
+            finally:
+                stack, self._batch = self._batch, None
+                try:
+                    stack.close()
+                except Exception:  # committed all the same; the index follower repairs it
+                    log.exception("publishing a batch of index changes failed")
+                else:
+                    self._reported.update(seqs)
+
+    def _changing(self, account: int) -> FenceIndex:
+        """The account's index, inside the open batch if there is one."""
+        index = self._index(account)
+        if self._batch is not None and account not in self._batch_accounts:
+            self._batch.enter_context(index.deferred())
+            self._batch_accounts.add(account)
+        return index
+
+    def _applied(self, seq: int) -> None:
+        """The change ``seq`` (0: none) is in the index, or will be when the batch publishes."""
+        if seq:
+            (self._batch_seqs.append if self._batch is not None else self._reported.add)(seq)
 
     def _index(self, account: int) -> FenceIndex:
         index = self._indexes.get(account)
@@ -271,9 +319,9 @@ class AccountFences:
     def time_clock_changed(
         self, account: int, tc: TimeClock, fences: Sequence[Geofence], seq: int = 0
     ) -> None:
-        self._index(account).time_clock_changed(tc, fences)
-        if seq:
-            self._reported.add(seq)
+        with self._lock:
+            self._changing(account).time_clock_changed(tc, fences)
+            self._applied(seq)
 
     def fences_changed(
         self,
@@ -283,9 +331,9 @@ class AccountFences:
         removed: Sequence[str],
         seq: int = 0,
     ) -> None:
-        self._index(account).fences_changed(tc, added, removed)
-        if seq:
-            self._reported.add(seq)
+        with self._lock:
+            self._changing(account).fences_changed(tc, added, removed)
+            self._applied(seq)
 
     def reported(self, seq: int) -> bool:
         try:
