@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from geopunch.adapters.db.builders import positional_builder
 from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
@@ -720,6 +721,13 @@ _AT = {name: i for i, name in enumerate(activities.c.keys())}
 _KIND = {k.value: k for k in ActivityKind}
 
 
+_new_location = positional_builder(PunchLocation)
+_new_point = positional_builder(PunchPoint)
+_new_activity = positional_builder(Activity)
+_START_TS, _END_TS = _AT["start_ts"], _AT["end_ts"]
+_CREATED_AT, _MODIFIED_AT, _NOTES = _AT["created_at"], _AT["modified_at"], _AT["notes"]
+
+
 def _point_at(row: Sequence[Any], at: int) -> PunchPoint | None:
     """The point whose ``*_ts`` column is ``row[at]`` (the columns of
     ``_point_columns`` follow it in their order)."""
@@ -729,30 +737,30 @@ def _point_at(row: Sequence[Any], at: int) -> PunchPoint | None:
     address, lat, lon = row[at + 2], row[at + 3], row[at + 4]
     location = None
     if lat is not None or lon is not None or address is not None:
-        location = PunchLocation(address or "", lat, lon, row[at + 5])
-    return PunchPoint(ts, row[at + 1], location, row[at + 6], row[at + 7])
+        location = _new_location(address or "", lat, lon, row[at + 5])
+    return _new_point(ts, row[at + 1], location, row[at + 6], row[at + 7])
 
 
 def _activity_of(row: Sequence[Any]) -> Activity:
     """An activity from a row that starts with every column of ``activities``,
     read by position: listing thousands of rows by column name cost more than
     the query (cProfile, ListTimeActivities)."""
-    start = _point_at(row, _AT["start_ts"])
+    start = _point_at(row, _START_TS)
     assert start is not None
-    return Activity(
+    return _new_activity(
         row[0],
         row[2],
         row[3],
         _KIND[row[4]],
         start,
-        _point_at(row, _AT["end_ts"]),
+        _point_at(row, _END_TS),
         row[5],
         row[6],
         row[7],
         row[8],
-        row[_AT["created_at"]],
-        row[_AT["modified_at"]],
-        row[_AT["notes"]],
+        row[_CREATED_AT],
+        row[_MODIFIED_AT],
+        row[_NOTES],
     )
 
 

@@ -80,7 +80,8 @@ def fill_point(out: timeclock_pb2.PunchPoint, p: PunchPoint) -> None:
     out.timestamp = p.timestamp
     out.timezone = p.timezone
     out.source.type = p.source
-    out.geofence_id = p.geofence_id or ""
+    if p.geofence_id:
+        out.geofence_id = p.geofence_id
     if p.location is not None:
         loc = out.location_data
         loc.address = p.location.address
@@ -170,18 +171,26 @@ def groups_from_proto(msg: timeclock_pb2.CreateTimeActivitiesRequest) -> list[Us
 
 
 def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
+    # Fields left at their default are not set: the bytes are the same (no
+    # field here tracks presence), and a listed page sets 10,000 of these.
     out.id = a.id
     out.kind = "shift" if a.kind is ActivityKind.SHIFT else "manualBreak"
     out.user_id = a.user_id
     fill_point(out.start, a.start)
     if a.end is not None:
         fill_point(out.end, a.end)
-    out.is_open = a.end is None
-    out.job_id = a.job_id or ""
-    out.manual_break_id = a.break_type_id or ""
-    out.scheduler_shift_id = a.scheduler_shift_id or ""
-    out.is_switch_from_shift = a.from_shift_id is not None
-    out.notes = a.notes or ""
+    else:
+        out.is_open = True
+    if a.job_id:
+        out.job_id = a.job_id
+    if a.break_type_id:
+        out.manual_break_id = a.break_type_id
+    if a.scheduler_shift_id:
+        out.scheduler_shift_id = a.scheduler_shift_id
+    if a.from_shift_id is not None:
+        out.is_switch_from_shift = True
+    if a.notes:
+        out.notes = a.notes
     out.created_at = a.created_at
     out.modified_at = a.modified_at
 

@@ -1,0 +1,59 @@
+"""The positional constructors of the frozen domain dataclasses read in bulk."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import pytest
+
+from geopunch.adapters.db.builders import positional_builder
+from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+
+
+def test_built_objects_equal_hash_and_stay_frozen_as_init_made_ones() -> None:
+    loc = positional_builder(PunchLocation)("1 Road", 48.1, 11.5, None)
+    point = positional_builder(PunchPoint)(100, "UTC", loc, "api", "gate")
+    made = positional_builder(Activity)(
+        "a1", 7, 3, ActivityKind.SHIFT, point, None, "job", None, None, None, 5, 6, "note"
+    )
+    expected = Activity(
+        "a1",
+        7,
+        3,
+        ActivityKind.SHIFT,
+        PunchPoint(100, "UTC", PunchLocation("1 Road", 48.1, 11.5), "api", "gate"),
+        None,
+        "job",
+        created_at=5,
+        modified_at=6,
+        notes="note",
+    )
+    assert made == expected and hash(made) == hash(expected) and repr(made) == repr(expected)
+    assert type(made) is Activity
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.user_id = 4  # type: ignore[misc]
+    with pytest.raises(TypeError):  # every field, in order: none may be left out
+        positional_builder(PunchPoint)(100, "UTC")
+
+
+def test_only_frozen_slotted_dataclasses_without_post_init_are_taken() -> None:
+    @dataclass(slots=True)
+    class Mutable:
+        x: int
+
+    @dataclass(frozen=True)
+    class NoSlots:
+        x: int
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        x: int
+
+        def __post_init__(self) -> None:
+            if self.x < 0:
+                raise ValueError("negative")
+
+    for cls in (Mutable, NoSlots, Checked):
+        with pytest.raises(TypeError):
+            positional_builder(cls)
