@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from geopunch.adapters.db.store import (
+    HEAD_REVISION,
     MIGRATIONS,
     current_revision,
     migrate,
@@ -76,8 +77,28 @@ def test_migration_is_at_head_and_repeatable(engine: Engine) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(cfg).get_current_head()
+    # The store's own idea of the newest revision (it skips alembic there)
+    # must be alembic's: a new revision that forgets it would never run.
+    assert head == HEAD_REVISION
     assert current_revision(engine) == head and head
     assert migrate(engine) == head
+
+
+def test_a_store_at_the_newest_revision_opens_without_alembic(engine: Engine) -> None:
+    """In a fresh interpreter, as a server starts: the revision is read with
+    one query, and alembic is never imported."""
+    import subprocess
+    import sys
+
+    url = engine.url.render_as_string(hide_password=False)
+    code = (
+        "import sys\n"
+        "from geopunch.adapters.db.store import make_engine, migrate\n"
+        f"assert migrate(make_engine({url!r})) == {HEAD_REVISION!r}\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'alembic'], 'alembic loaded'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_time_clock_round_trip_and_replace(engine: Engine) -> None:
