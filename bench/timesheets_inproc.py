@@ -5,9 +5,11 @@
 Stores ``--rows`` completed shifts (a location on both ends) in a fresh
 store (SQLite by default), then times, best of seven: a plain read of 10,000
 of the rows into tuples (``sqlite3`` or ``psycopg``), the repository's
-``page`` (the same read through SQLAlchemy, then one domain ``Activity`` per
-row), the building of the activities alone, and filling the gRPC answer with
-them (``fill_activity``) and serializing it. Prints JSON.
+``page`` (the same read through SQLAlchemy, as flat ``ActivityRow`` tuples),
+the building of the domain ``Activity`` objects from the same rows (what the
+page built before it gave rows, and what totals still build), and filling
+the gRPC answer from the page (``fill_activity_row``) and serializing it.
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ from sqlalchemy import select
 
 from geopunch.adapters.db import repositories
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
-from geopunch.adapters.grpc.timeclock import fill_activity
+from geopunch.adapters.grpc.timeclock import fill_activity_row
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import Job, TimeClock
-from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
+from geopunch.domain.punches import (
+    Activity,
+    ActivityKind,
+    ActivityRow,
+    PunchLocation,
+    PunchPoint,
+)
 from geopunch.v1 import timeclock_pb2
 
 PAGE = 10_000
@@ -78,7 +86,7 @@ def measure(url: str, count: int) -> None:
         uow.activities.add_many(made)
         uow.commit()
 
-    def page() -> list[Activity]:
+    def page() -> list[ActivityRow]:
         with uows(account=DEFAULT_ACCOUNT, readonly=True) as uow:
             return uow.activities.page(TC, 0, 2**40, [], [], None, PAGE)
 
@@ -99,7 +107,7 @@ def measure(url: str, count: int) -> None:
     def answer() -> bytes:
         msg = timeclock_pb2.ListTimeActivitiesResponse()
         for a in listed:
-            fill_activity(msg.data.time_activities.add(), a)
+            fill_activity_row(msg.data.time_activities.add(), a)
         return msg.SerializeToString()
 
     sql = f"SELECT * FROM activities WHERE time_clock_id = {TC} ORDER BY start_ts, id LIMIT {PAGE}"

@@ -34,7 +34,14 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
-from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint, PunchState
+from geopunch.domain.punches import (
+    Activity,
+    ActivityKind,
+    ActivityRow,
+    PunchLocation,
+    PunchPoint,
+    PunchState,
+)
 from tests.helpers import AccountStore
 
 TC = TimeClock(
@@ -752,8 +759,12 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
         assert acts.get(TC.id + 1, "s1") is None
         page = acts.page(TC.id, 1400, 10_000, [], [], None, 3)
         assert [a.id for a in page] == ["s1", "s2", "s3"]
-        rest = acts.page(TC.id, 1400, 10_000, [], [], (page[-1].start.timestamp, page[-1].id), 9)
+        # Flat rows, the same activities as the objects read one by one.
+        assert [r.activity() for r in page] == [acts.get(TC.id, f"s{i}") for i in (1, 2, 3)]
+        assert all(ActivityRow.of(r.activity()) == r for r in page)
+        rest = acts.page(TC.id, 1400, 10_000, [], [], (page[-1].start_ts, page[-1].id), 9)
         assert [a.id for a in rest] == ["s4", "s5", "open"]
+        assert rest[-1].activity() == _activity("open", 9000) and rest[-1].end_ts is None
         assert [a.id for a in acts.page(TC.id, 0, 10_000, [2], [], None, 9)] == []
         assert sorted(a.id for a in acts.near(TC.id, [1], 2500, 3000)[1]) == ["s2", "s3"]
         assert list(acts.open_for(TC.id)) == [1]

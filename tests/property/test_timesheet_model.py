@@ -105,7 +105,7 @@ class TimesheetMachine(RuleBasedStateMachine):
         the versions from the store, as a client reads before it corrects."""
         query = ListQuery(TC, *WINDOW, user_ids=(user,), page_size=10_000)
         page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
-        for a in page.activities:
+        for a in page.activities:  # flat rows
             span = self.model[user].spans.get(a.id)
             if span is not None:
                 span.modified_at = a.modified_at
@@ -223,12 +223,12 @@ class TimesheetMachine(RuleBasedStateMachine):
         query = ListQuery(TC, *WINDOW, page_size=5, include_totals=True)
         page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
         totals = {t.user_id: t for t in page.totals or ()}
-        listed = list(page.activities)
+        listed = [r.activity() for r in page.activities]
         while page.next_page_token:
             query = ListQuery(TC, *WINDOW, page_size=5, page_token=page.next_page_token)
             page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
             assert page.totals is None
-            listed += page.activities
+            listed += [r.activity() for r in page.activities]
         got = {
             a.id: (a.user_id, a.start.timestamp, a.end.timestamp if a.end else None) for a in listed
         }

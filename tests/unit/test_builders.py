@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from geopunch.adapters.db.builders import positional_builder
+from geopunch.domain.builders import positional_builder
 from geopunch.domain.punches import Activity, ActivityKind, PunchLocation, PunchPoint
 
 
@@ -57,3 +57,23 @@ def test_only_frozen_slotted_dataclasses_without_post_init_are_taken() -> None:
     for cls in (Mutable, NoSlots, Checked):
         with pytest.raises(TypeError):
             positional_builder(cls)
+
+
+def test_an_activity_row_and_its_activity_convert_both_ways_unchanged() -> None:
+    import itertools
+
+    from geopunch.domain.punches import ActivityRow
+
+    places = [None, PunchLocation("", None, None), PunchLocation("x", 1.5, None, 3.0)]
+    for where, fence, closed, job, kind in itertools.product(
+        places, [None, "g"], [False, True], [None, "j"], list(ActivityKind)
+    ):
+        point = PunchPoint(5, "Europe/Paris", where, "kiosk", fence)
+        end = PunchPoint(9, "UTC", None, "api", None) if closed else None
+        breaks = kind is ActivityKind.BREAK
+        a = Activity(
+            "i", 1, 2, kind, point, end, job, "lunch" if breaks else None, "s", None, 3, 4, "n"
+        )
+        row = ActivityRow.of(a)
+        assert row.activity() == a and ActivityRow(*row) == row
+        assert (row.start_ts, row.end_ts, row.kind) == (5, 9 if closed else None, kind.value)

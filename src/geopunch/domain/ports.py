@@ -23,7 +23,7 @@ from geopunch.domain.locations import (
     TrailVerdict,
 )
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
-from geopunch.domain.punches import Activity, PointVerdict, PunchPoint, PunchState
+from geopunch.domain.punches import Activity, ActivityRow, PointVerdict, PunchPoint, PunchState
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.domain.webhooks import Attempt, Subscription
 
@@ -124,8 +124,9 @@ class ActivityRepository(Protocol):
         job_ids: Sequence[str],
         after: tuple[int, str] | None,
         limit: int,
-    ) -> list[Activity]:
-        """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
+    ) -> list[ActivityRow]:
+        """Activities overlapping ``[start, end)`` in (start, id) order, after
+        ``after``, as flat rows (a page may hold 10,000)."""
         ...
 
     def open_for(self, time_clock_id: int) -> dict[int, Activity]: ...

@@ -737,8 +737,9 @@ def check_list_query(q: ListQuery) -> tuple[int, Cursor | None]:
     return q.page_size or DEFAULT_PAGE_SIZE, cursor
 
 
-def next_page_token(q: ListQuery, last: Activity) -> str:
-    body = json.dumps([last.start.timestamp, last.id, _query_digest(q)], separators=(",", ":"))
+def next_page_token(q: ListQuery, start_ts: int, activity_id: str) -> str:
+    """The cursor after the listed activity that starts at ``start_ts``."""
+    body = json.dumps([start_ts, activity_id, _query_digest(q)], separators=(",", ":"))
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 

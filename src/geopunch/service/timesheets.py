@@ -24,6 +24,7 @@ from geopunch.domain.ports import Clock, FenceEngine, UnitOfWork, UnitOfWorkFact
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
+    ActivityRow,
     SchedulerShiftCheck,
     check_idempotency_key,
     new_activity_id,
@@ -277,7 +278,8 @@ def _breaks_follow(uow: UnitOfWork, before: Activity, after: Activity | None, st
 
 @dataclass(frozen=True, slots=True)
 class TimeActivityPage:
-    activities: list[Activity]
+    #: Flat rows: a page may hold 10,000 (``ActivityRow.activity()`` gives the object).
+    activities: list[ActivityRow]
     next_page_token: str
     #: Per user and day over the whole window; on the first page, when asked for.
     totals: list[UserTotals] | None = None
@@ -292,7 +294,7 @@ def list_time_activities(
         jobs = sorted(tc.with_descendants(q.job_ids)) if q.job_ids else []
         after = (cursor.start_ts, cursor.activity_id) if cursor is not None else None
 
-        def page(after: tuple[int, str] | None, limit: int) -> list[Activity]:
+        def page(after: tuple[int, str] | None, limit: int) -> list[ActivityRow]:
             return uow.activities.page(
                 tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, limit
             )
@@ -300,18 +302,20 @@ def list_time_activities(
         rows = page(after, size + 1)
         more = len(rows) > size
         rows = rows[:size]
-        token = next_page_token(q, rows[-1]) if more else ""
+        token = next_page_token(q, rows[-1].start_ts, rows[-1].id) if more else ""
         summed = None
         if q.include_totals and cursor is None:
             everything = list(rows)
             if more:
                 while True:
                     last = everything[-1]
-                    chunk = page((last.start.timestamp, last.id), MAX_PAGE_SIZE)
+                    chunk = page((last.start_ts, last.id), MAX_PAGE_SIZE)
                     everything += chunk
                     if len(chunk) < MAX_PAGE_SIZE:
                         break
-            summed = totals(tc, everything, q.start_time, q.end_time, int(clock.now()))
+            summed = totals(
+                tc, (r.activity() for r in everything), q.start_time, q.end_time, int(clock.now())
+            )
         return TimeActivityPage(rows, token, summed)
 
 

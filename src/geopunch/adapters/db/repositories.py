@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.db.builders import positional_builder
 from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
+    fetch_all,
     in_seq_order,
     in_values,
     integrity_error,
@@ -68,10 +69,10 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.punches import (
     Activity,
-    ActivityKind,
-    PunchLocation,
+    ActivityRow,
     PunchPoint,
     PunchState,
+    point_fields,
 )
 from geopunch.domain.rules import MAX_ENTITY_ID
 
@@ -683,85 +684,24 @@ _POINT_KEYS = ("ts", "tz", "address", "lat", "lon", "accuracy", "source", "geofe
 
 
 def _point_columns(prefix: str, p: PunchPoint | None) -> dict[str, object]:
-    if p is None:
-        return {f"{prefix}_{k}": None for k in _POINT_KEYS}
-    loc = p.location
-    return {
-        f"{prefix}_ts": p.timestamp,
-        f"{prefix}_tz": p.timezone,
-        f"{prefix}_address": loc.address if loc else None,
-        f"{prefix}_lat": loc.latitude if loc else None,
-        f"{prefix}_lon": loc.longitude if loc else None,
-        f"{prefix}_accuracy": loc.accuracy if loc else None,
-        f"{prefix}_source": p.source,
-        f"{prefix}_geofence_id": p.geofence_id,
-    }
+    return dict(zip((f"{prefix}_{k}" for k in _POINT_KEYS), point_fields(p), strict=True))
 
 
 def _activity_row(account: int | None, activity: Activity) -> dict[str, object]:
-    return {
-        "id": activity.id,
-        "account_id": account,
-        "time_clock_id": activity.time_clock_id,
-        "user_id": activity.user_id,
-        "kind": activity.kind.value,
-        "job_id": activity.job_id,
-        "break_type_id": activity.break_type_id,
-        "scheduler_shift_id": activity.scheduler_shift_id,
-        "from_shift_id": activity.from_shift_id,
-        "created_at": activity.created_at,
-        "modified_at": activity.modified_at,
-        "notes": activity.notes,
-        **_point_columns("start", activity.start),
-        **_point_columns("end", activity.end),
-    }
+    """The columns of ``activity``: an :class:`ActivityRow` names them."""
+    return {"account_id": account, **ActivityRow.of(activity)._asdict()}
 
 
 _AT = {name: i for i, name in enumerate(activities.c.keys())}
-_KIND = {k.value: k for k in ActivityKind}
 
 
-_new_location = positional_builder(PunchLocation)
-_new_point = positional_builder(PunchPoint)
-_new_activity = positional_builder(Activity)
-_START_TS, _END_TS = _AT["start_ts"], _AT["end_ts"]
-_CREATED_AT, _MODIFIED_AT, _NOTES = _AT["created_at"], _AT["modified_at"], _AT["notes"]
-
-
-def _point_at(row: Sequence[Any], at: int) -> PunchPoint | None:
-    """The point whose ``*_ts`` column is ``row[at]`` (the columns of
-    ``_point_columns`` follow it in their order)."""
-    ts = row[at]
-    if ts is None:
-        return None
-    address, lat, lon = row[at + 2], row[at + 3], row[at + 4]
-    location = None
-    if lat is not None or lon is not None or address is not None:
-        location = _new_location(address or "", lat, lon, row[at + 5])
-    return _new_point(ts, row[at + 1], location, row[at + 6], row[at + 7])
+#: An ``activities`` row without its account: an :class:`ActivityRow`'s fields.
+_ROW_FIELDS = itemgetter(0, *range(2, len(_AT)))
 
 
 def _activity_of(row: Sequence[Any]) -> Activity:
-    """An activity from a row that starts with every column of ``activities``,
-    read by position: listing thousands of rows by column name cost more than
-    the query (cProfile, ListTimeActivities)."""
-    start = _point_at(row, _START_TS)
-    assert start is not None
-    return _new_activity(
-        row[0],
-        row[2],
-        row[3],
-        _KIND[row[4]],
-        start,
-        _point_at(row, _END_TS),
-        row[5],
-        row[6],
-        row[7],
-        row[8],
-        row[_CREATED_AT],
-        row[_MODIFIED_AT],
-        row[_NOTES],
-    )
+    """An activity from a row that starts with every column of ``activities``."""
+    return ActivityRow._make(_ROW_FIELDS(row)).activity()
 
 
 def _activity(row: Mapping[str, Any]) -> Activity:
@@ -955,10 +895,10 @@ class SqlActivityRepository(AccountScoped):
         job_ids: Sequence[str],
         after: tuple[int, str] | None,
         limit: int,
-    ) -> list[Activity]:
+    ) -> list[ActivityRow]:
         """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
         a = activities.c
-        query = select(activities).where(
+        query = select(*(a[name] for name in ActivityRow._fields)).where(
             a.account_id == self.account,
             a.time_clock_id == time_clock_id,
             a.start_ts < end,
@@ -970,8 +910,10 @@ class SqlActivityRepository(AccountScoped):
             query = query.where(a.job_id.in_(job_ids))
         if after is not None:
             query = query.where(tuple_(a.start_ts, a.id) > tuple_(*after))
-        rows = self._conn.execute(query.order_by(a.start_ts, a.id).limit(limit)).all()
-        return [_activity_of(r) for r in rows]
+        # On the driver: a page may hold 10,000 rows, and SQLAlchemy's row
+        # objects cost as much as the read (bench/README.md, ListTimeActivities).
+        rows = fetch_all(self._conn, query.order_by(a.start_ts, a.id).limit(limit))
+        return list(map(ActivityRow._make, rows))
 
     def open_for(self, time_clock_id: int) -> dict[int, Activity]:
         """The open activity of each user of the time clock who has one."""

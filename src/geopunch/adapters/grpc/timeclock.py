@@ -13,12 +13,13 @@ from geopunch.domain.models import ManualBreakType
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
-    ActivityKind,
+    ActivityRow,
     PunchCommand,
     PunchKind,
     PunchLocation,
     PunchPoint,
     PunchResult,
+    point_fields,
 )
 from geopunch.domain.timesheets import (
     BreakDraft,
@@ -77,20 +78,37 @@ def command_from_proto(kind: PunchKind, msg: Any) -> PunchCommand:
 
 
 def fill_point(out: timeclock_pb2.PunchPoint, p: PunchPoint) -> None:
-    out.timestamp = p.timestamp
-    out.timezone = p.timezone
-    out.source.type = p.source
-    if p.geofence_id:
-        out.geofence_id = p.geofence_id
-    if p.location is not None:
+    _fill_point_fields(out, *point_fields(p))
+
+
+def _fill_point_fields(
+    out: timeclock_pb2.PunchPoint,
+    ts: int | None,
+    tz: str | None,
+    address: str | None,
+    lat: float | None,
+    lon: float | None,
+    accuracy: float | None,
+    source: str | None,
+    geofence_id: str | None,
+) -> None:
+    """One end of an activity, from the flat fields of an ``ActivityRow``
+    (``point_fields``); only a present end is filled, so its timestamp, zone
+    and source are set."""
+    out.timestamp = ts or 0
+    out.timezone = tz or ""
+    out.source.type = source or ""
+    if geofence_id:
+        out.geofence_id = geofence_id
+    if address is not None or lat is not None or lon is not None:
         loc = out.location_data
-        loc.address = p.location.address
-        if p.location.latitude is not None:
-            loc.latitude = p.location.latitude
-        if p.location.longitude is not None:
-            loc.longitude = p.location.longitude
-        if p.location.accuracy is not None:
-            loc.accuracy = p.location.accuracy
+        loc.address = address or ""
+        if lat is not None:
+            loc.latitude = lat
+        if lon is not None:
+            loc.longitude = lon
+        if accuracy is not None:
+            loc.accuracy = accuracy
 
 
 def fill_shift(shift: timeclock_pb2.Shift, a: Activity) -> None:
@@ -171,28 +189,52 @@ def groups_from_proto(msg: timeclock_pb2.CreateTimeActivitiesRequest) -> list[Us
 
 
 def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
-    # Fields left at their default are not set: the bytes are the same (no
-    # field here tracks presence), and a listed page sets 10,000 of these.
-    out.id = a.id
-    out.kind = "shift" if a.kind is ActivityKind.SHIFT else "manualBreak"
-    out.user_id = a.user_id
-    fill_point(out.start, a.start)
-    if a.end is not None:
-        fill_point(out.end, a.end)
+    fill_activity_row(out, ActivityRow.of(a))
+
+
+def fill_activity_row(out: timeclock_pb2.TimeActivity, r: ActivityRow) -> None:
+    # Fields left at their default are not set (the bytes are the same: no
+    # field here tracks presence): a listed page fills 10,000 of these.
+    out.id = r.id
+    out.kind = "shift" if r.kind == "shift" else "manualBreak"
+    out.user_id = r.user_id
+    _fill_point_fields(
+        out.start,
+        r.start_ts,
+        r.start_tz,
+        r.start_address,
+        r.start_lat,
+        r.start_lon,
+        r.start_accuracy,
+        r.start_source,
+        r.start_geofence_id,
+    )
+    if r.end_ts is not None:
+        _fill_point_fields(
+            out.end,
+            r.end_ts,
+            r.end_tz,
+            r.end_address,
+            r.end_lat,
+            r.end_lon,
+            r.end_accuracy,
+            r.end_source,
+            r.end_geofence_id,
+        )
     else:
         out.is_open = True
-    if a.job_id:
-        out.job_id = a.job_id
-    if a.break_type_id:
-        out.manual_break_id = a.break_type_id
-    if a.scheduler_shift_id:
-        out.scheduler_shift_id = a.scheduler_shift_id
-    if a.from_shift_id is not None:
+    if r.job_id:
+        out.job_id = r.job_id
+    if r.break_type_id:
+        out.manual_break_id = r.break_type_id
+    if r.scheduler_shift_id:
+        out.scheduler_shift_id = r.scheduler_shift_id
+    if r.from_shift_id is not None:
         out.is_switch_from_shift = True
-    if a.notes:
-        out.notes = a.notes
-    out.created_at = a.created_at
-    out.modified_at = a.modified_at
+    if r.notes:
+        out.notes = r.notes
+    out.created_at = r.created_at
+    out.modified_at = r.modified_at
 
 
 def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
@@ -397,8 +439,8 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         )
         response = timeclock_pb2.ListTimeActivitiesResponse(request_id=request_id_var.get())
         data = response.data
-        for a in page.activities:
-            fill_activity(data.time_activities.add(), a)
+        for r in page.activities:
+            fill_activity_row(data.time_activities.add(), r)
         data.next_page_token = page.next_page_token
         for t in page.totals or ():
             fill_totals(data.totals.add(), t)

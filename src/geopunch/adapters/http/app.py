@@ -654,7 +654,7 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(
             {
-                "timeActivities": [answers.time_activity(a) for a in page.activities],
+                "timeActivities": [answers.time_activity(r.activity()) for r in page.activities],
                 "nextPageToken": page.next_page_token or None,
                 "totals": None
                 if page.totals is None
