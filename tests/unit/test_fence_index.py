@@ -275,6 +275,24 @@ def test_a_table_built_in_small_expansion_chunks_is_the_same_table(
         assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
 
 
+def _assert_arrays_equal_a_full_rebuild(snap: Snapshot, label: object) -> Snapshot:
+    """The snapshot's per-clock arrays equal those of a build from all its
+    clocks; returns that build."""
+    full = index_module._make_snapshot(0, snap.clocks, snap.tables, snap.owner, snap.dead)
+    for name in (
+        "sorted_clock_ids",
+        "sorted_clock_idx",
+        "direct_clock_idx",
+        "tolerance_m",
+        "extra_m",
+        "exit_m",
+        "user_keys",
+    ):
+        assert np.array_equal(getattr(snap, name), getattr(full, name)), (label, name)
+    assert dict(snap.clock_idx) == dict(full.clock_idx), label
+    return full
+
+
 def test_per_clock_arrays_updated_one_clock_at_a_time_equal_a_full_rebuild() -> None:
     """Adding or changing one time clock updates the snapshot's per-clock
     arrays from the previous ones; they must equal arrays built from all
@@ -289,18 +307,7 @@ def test_per_clock_arrays_updated_one_clock_at_a_time_equal_a_full_rebuild() -> 
         clock = tc(i, user_ids=users, accuracy_tolerance_m=float(step % 7), exit_detection=exits)
         index.time_clock_changed(clock, [fence(f"f{step}", i, 0.0, 0.0)])
         snap = index.snapshot
-        full = index_module._make_snapshot(0, snap.clocks, snap.tables, snap.owner, snap.dead)
-        for name in (
-            "sorted_clock_ids",
-            "sorted_clock_idx",
-            "direct_clock_idx",
-            "tolerance_m",
-            "extra_m",
-            "exit_m",
-            "user_keys",
-        ):
-            assert np.array_equal(getattr(snap, name), getattr(full, name)), (step, name)
-        assert dict(snap.clock_idx) == dict(full.clock_idx)
+        full = _assert_arrays_equal_a_full_rebuild(snap, step)
         points = np.asarray([*ids, 0, 5_001], np.int64)
         assert np.array_equal(snap.dense_clocks(points), full.dense_clocks(points))
 
@@ -426,21 +433,6 @@ def test_background_merges_racing_many_writers_lose_nothing() -> None:
     assert snap.fence_count == len(expected)
     merged = index.compact()
     assert len(merged.tables) == 1 and merged.dead == 0 and every_fence(merged) == expected
-
-
-def _assert_arrays_equal_a_full_rebuild(snap: Snapshot, label: object) -> None:
-    full = index_module._make_snapshot(0, snap.clocks, snap.tables, snap.owner, snap.dead)
-    for name in (
-        "sorted_clock_ids",
-        "sorted_clock_idx",
-        "direct_clock_idx",
-        "tolerance_m",
-        "extra_m",
-        "exit_m",
-        "user_keys",
-    ):
-        assert np.array_equal(getattr(snap, name), getattr(full, name)), (label, name)
-    assert dict(snap.clock_idx) == dict(full.clock_idx), label
 
 
 def test_a_deferred_block_publishes_its_changes_at_once_as_one_table() -> None:
