@@ -45,6 +45,8 @@ from geopunch.geo._kernels import bucket_order, set_kernel_threads
 from geopunch.geo._membership import check_one, check_points
 from geopunch.geo._trails import InsideState, detect_exits, handles_of, pair_codes, unassigned
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "AccountFences",
     "FenceIndex",
@@ -211,8 +213,6 @@ class FenceIndex(Snapshots):
     def view(self) -> SnapshotView:
         return SnapshotView(self.snapshot)
 
-
-log = logging.getLogger(__name__)
 
 _EMPTY = FenceIndex()
 
