@@ -18,10 +18,10 @@ import argparse
 import json
 import sqlite3
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
+from engine import best_of
 from replicas import schema
 from sqlalchemy import select
 
@@ -44,12 +44,7 @@ TC = 77
 
 
 def best_ms(fn: Callable[[], Any], n: int = 7) -> float:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return round(min(times) * 1e3, 2)
+    return round(best_of(n, fn)[0] * 1e3, 2)
 
 
 def main() -> None:

@@ -94,14 +94,16 @@ _new_activity = positional_builder(Activity)
 
 def _point(
     ts: int | None,
-    tz: str,
+    tz: str | None,
     address: str | None,
     lat: float | None,
     lon: float | None,
     accuracy: float | None,
-    source: str,
+    source: str | None,
     geofence_id: str | None,
 ) -> PunchPoint | None:
+    """One end of an :class:`ActivityRow` as a point (None for an open end,
+    whose fields are all None; a present end has its zone and source)."""
     if ts is None:
         return None
     location = None
@@ -153,7 +155,7 @@ class ActivityRow(NamedTuple):
             self.user_id,
             _KINDS[self.kind],
             start,
-            _point(*self[16:24]),  # type: ignore[arg-type]
+            _point(*self[16:24]),
             self.job_id,
             self.break_type_id,
             self.scheduler_shift_id,

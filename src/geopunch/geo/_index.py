@@ -371,6 +371,12 @@ class Snapshot:
     def fence_count(self) -> int:
         return self.rows - self.dead
 
+    def clock_rows(self, idx: int) -> tuple[int, int]:
+        """The span of rows holding dense clock ``idx``'s current fences in the
+        table that owns it; (0, 0) when that table was built before the clock."""
+        starts = self.tables[int(self.owner[idx])].clock_row_start
+        return (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
+
     def live_rows(self, t_no: int) -> I64:
         """Rows of table ``t_no`` that are current (their clock's owner is it)."""
         table = self.tables[t_no]
@@ -679,9 +685,8 @@ class Snapshots:
         dead = snap.dead
         for idx in tabled:
             if idx < held:  # its rows in the table that owned it go stale
-                starts = snap.tables[int(snap.owner[idx])].clock_row_start
-                if idx + 1 < starts.size:
-                    dead += int(starts[idx + 1] - starts[idx])
+                lo, hi = snap.clock_rows(idx)
+                dead += hi - lo
             owner[idx] = len(snap.tables)
         # The clocks' settings first: their table is built with their margins.
         staged = _make_snapshot(
@@ -730,12 +735,10 @@ class Snapshots:
                 info, cols = staged
             else:
                 info = snap.clocks[idx]
-                table = snap.tables[int(snap.owner[idx])]
-                starts = table.clock_row_start
-                lo, hi = (
-                    (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
+                lo, hi = snap.clock_rows(idx)
+                cols = columns_of(
+                    snap.tables[int(snap.owner[idx])], np.arange(lo, hi, dtype=np.int64)
                 )
-                cols = columns_of(table, np.arange(lo, hi, dtype=np.int64))
             if removed:
                 gone = {r.encode() for r in removed}
                 keep = [i for i, raw in enumerate(cols.ids) if bytes(raw) not in gone]
