@@ -356,6 +356,16 @@ class _IndexChanges:
         self.world.index_changes[:] = kept
         return removed
 
+    def identity(self) -> tuple[str, int]:
+        return "memory", 0
+
+    def count_after(self, cursor: int) -> int:
+        return len(self.after(cursor, len(self.world.index_changes)))
+
+    def at(self, seq: int) -> tuple[int, int, int] | None:
+        found = [(a, tc, t) for s, a, tc, t in self.world.index_changes if s == seq]
+        return found[0] if found else None
+
 
 class _Repositories:
     account: int | None

@@ -11,9 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.adapters.grpc.locations import LocationServicer
@@ -31,6 +32,7 @@ from geopunch.domain.ports import (
     UnitOfWorkFactory,
 )
 from geopunch.geo.engine import AccountFences, warm_up
+from geopunch.service.index_checkpoint import load_index
 from geopunch.service.webhooks import UrlGuard
 from geopunch.v1 import (
     admin_pb2,
@@ -101,6 +103,12 @@ class App:
     index_cursor: int = 0
     #: The newest event when the store opened.
     event_cursor: int = 0
+    #: Where the fence index is saved for the next start (None: nowhere).
+    checkpoint: Path | None = None
+    #: Where the index came from at start-up: "checkpoint" or "rows", and
+    #: whether it is exactly what the checkpoint holds.
+    loaded_from: str = "rows"
+    index_as_saved: bool = False
 
 
 def build_app(
@@ -127,16 +135,8 @@ def build_app(
     uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes, on_subscriptions)
     index = index if index is not None else AccountFences()
     started = time.perf_counter()
-    # Loaded under the index's write lock: no change can slip in between.
-    with uows(readonly=True) as uow, index.write_lock():
-        # The cursor first: a change committed while the rest is read comes
-        # after it and is applied again by the follower, which is harmless.
-        cursor = uow.index_changes.last()
-        events = uow.events.newest()
-        accounts = uow.accounts.ids()
-        for account in accounts:
-            mine = uow.for_account(account)
-            index.load(account, mine.time_clocks.list_all(), mine.geofences.enabled_rows())
+    checkpoint = checkpoint_path(config)
+    loaded = load_index(uows, index, checkpoint)
     warm_up()
     release_free_memory()
     clocks, fences = index.totals()
@@ -144,14 +144,41 @@ def build_app(
         "fence index ready",
         extra={
             "fields": {
-                "accounts": len(accounts),
+                "accounts": loaded.accounts,
                 "clocks": clocks,
                 "fences": fences,
+                "from": loaded.source,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             }
         },
     )
-    return App(engine=engine, uows=uows, index=index, index_cursor=cursor, event_cursor=events)
+    return App(
+        engine=engine,
+        uows=uows,
+        index=index,
+        index_cursor=loaded.cursor,
+        event_cursor=loaded.newest_event,
+        checkpoint=checkpoint,
+        loaded_from=loaded.source,
+        index_as_saved=loaded.as_saved,
+    )
+
+
+def checkpoint_path(config: Config) -> Path | None:
+    """Where the fence index is saved: the setting, or with "auto" beside a
+    SQLite database file (``<file>.fence-index``). A PostgreSQL store is
+    shared by replicas on other machines: each names its own file, or none."""
+    setting = config.index_checkpoint
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return Path(setting)
+    url = make_url(config.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.database.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(f"{url.database}.fence-index")
 
 
 class SystemClock:

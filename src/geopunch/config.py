@@ -61,6 +61,9 @@ class Config:
     event_retention_days: float = 30.0
     #: How often the fence index looks for time clocks that other processes changed.
     index_poll_seconds: float = 1.0
+    #: Where the fence index is saved so that a restart need not rebuild it:
+    #: a file path, "off", or "auto" (beside a SQLite database file).
+    index_checkpoint: str = "auto"
     #: Server processes sharing the port and the store (one Python interpreter
     #: runs on one core at a time; each process is one more).
     processes: int = 1
@@ -162,6 +165,11 @@ class Config:
         poll_ms = float(pick("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000"))
         if not 10 <= poll_ms <= 600_000:
             raise ValueError("index poll interval must be within 10..600000 ms")
+        checkpoint = pick("index_checkpoint", "GEOPUNCH_INDEX_CHECKPOINT", "auto").strip()
+        if checkpoint.lower() in ("auto", "off", ""):
+            checkpoint = checkpoint.lower() or "auto"
+        elif not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint))):
+            raise ValueError(f"the index checkpoint's directory does not exist: {checkpoint!r}")
         processes = int(pick("processes", "GEOPUNCH_PROCESSES", "1"))
         if not 1 <= processes <= 64:
             raise ValueError("processes must be within 1..64")
@@ -213,6 +221,7 @@ class Config:
             idempotency_days=days,
             event_retention_days=event_days,
             index_poll_seconds=poll_ms / 1000,
+            index_checkpoint=checkpoint,
             processes=processes,
             kernel_threads=kernel_threads,
             event_loop=event_loop,

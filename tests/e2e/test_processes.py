@@ -178,3 +178,33 @@ def _alive(pid: int) -> bool:
     # A zombie (exited, not yet reaped by init) counts as gone.
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_one_worker_saves_the_index_checkpoint_and_every_worker_reads_it(
+    tmp_path: Path,
+) -> None:
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'workers.db'}", env_extra={"GEOPUNCH_PROCESSES": "2"}
+    )
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    tc = make_time_clock(c).id
+    add_fence(c, tc, *SITE, 100)
+    c.close()
+    assert srv.terminate() == 0
+    log = [json.loads(line) for line in srv.logs().splitlines()]
+    writers = {e.get("worker") for e in log if e["msg"] == "fence index checkpoint written"}
+    assert len(writers) == 1 and writers != {None}  # one of the workers, not both
+    assert (tmp_path / "workers.db.fence-index").exists()
+
+    srv.start(tmp_path)
+    (a, b), opened = _one_per_worker(srv.address)
+    try:
+        assert _inside(a, tc) and _inside(b, tc)
+        log = [json.loads(line) for line in srv.logs().splitlines()]
+        sources = {e.get("worker"): e["from"] for e in log if e["msg"] == "fence index ready"}
+        assert sources == {0: "checkpoint", 1: "checkpoint"}
+    finally:
+        for c in opened:
+            c.close()
+        srv.terminate()

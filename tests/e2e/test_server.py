@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -316,6 +317,70 @@ def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
         again.cancel()
         for s in streams[1:]:
             s.cancel()
+    finally:
+        c.close()
+        srv.terminate()
+
+
+def _index_source(srv: ServerProcess) -> str:
+    """Where the server's fence index came from at its last start."""
+    assert srv.log_path is not None
+    ready = [
+        json.loads(line)
+        for line in srv.log_path.read_text().splitlines()
+        if '"fence index ready"' in line
+    ]
+    return str(ready[-1]["from"])
+
+
+def _inside(c: Client, tc_id: int, lats: list[float]) -> list[tuple[bool, list[str]]]:
+    """Per point: inside, and the ids of the fences it is in."""
+    points = location_pb2.PackedPoints(latitudes=lats, longitudes=[20.0] * len(lats))
+    req = location_pb2.CheckLocationsRequest(time_clock_id=tc_id, packed=points)
+    data = c(c.locations.CheckLocations, req).data
+    inside = np.frombuffer(data.inside_u8, np.uint8).tolist()
+    offsets = np.frombuffer(data.match_offsets_i64, "<i8").tolist()
+    fences = np.frombuffer(data.match_fences_i32, "<i4").tolist()
+    return [
+        (bool(inside[i]), sorted(data.fence_ids[j] for j in fences[offsets[i] : offsets[i + 1]]))
+        for i in range(len(lats))
+    ]
+
+
+def test_a_restart_reads_the_index_checkpoint_and_replays_what_a_kill_left_out(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM saves the fence index beside the SQLite file; the next start
+    reads it. Changes acknowledged after it (the process then SIGKILLed, so
+    nothing is saved) come back from the change feed."""
+    db = tmp_path / "saved.db"
+    srv = ServerProcess(db_url=f"sqlite:///{db}")
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    first, _ = _tc_with_fences(c, 30)
+    probes = [10 + i * 1e-3 for i in range(0, 40, 3)]
+    before = _inside(c, first, probes)
+    c.close()
+    srv.terminate()
+    assert (tmp_path / "saved.db.fence-index").stat().st_size > 0
+    assert _index_source(srv) == "rows"
+
+    srv.start(tmp_path)
+    assert _index_source(srv) == "checkpoint"
+    c = Client(srv.address)
+    assert _inside(c, first, probes) == before
+    second, ids = _tc_with_fences(c, 10)  # after the checkpoint
+    c.close()
+    srv.kill()
+
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    try:
+        assert _index_source(srv) == "checkpoint"
+        assert _inside(c, first, probes) == before
+        assert [i for i, _ in _inside(c, second, [10.0, 10.005, 11.0])] == [True, True, False]
+        listed = c(c.geofences.ListGeofences, list_req(second))
+        assert [g.id for g in listed.data.geofences] == ids
     finally:
         c.close()
         srv.terminate()

@@ -105,3 +105,23 @@ def test_kernel_threads_follow_the_cores_shared_among_processes() -> None:
     assert Config.from_env(base, kernel_threads=1).fence_kernel_threads() == 1
     with pytest.raises(ValueError, match="kernel threads"):
         Config.from_env({**base, "GEOPUNCH_KERNEL_THREADS": "-1"})
+
+
+def test_index_checkpoint_lives_beside_a_sqlite_file_unless_set(tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    from geopunch.bootstrap import checkpoint_path
+
+    def where(url: str, setting: str | None = None) -> Path | None:
+        return checkpoint_path(Config.from_env({}, database_url=url, index_checkpoint=setting))
+
+    assert where("sqlite:////srv/geo/store.db") == Path("/srv/geo/store.db.fence-index")
+    assert where("sqlite:///rel/store.db") == Path("rel/store.db.fence-index")
+    assert where("sqlite://") is None and where("sqlite:///:memory:") is None
+    assert where("sqlite:///file:mem?mode=memory&uri=true") is None
+    assert where("postgresql+psycopg://u@h/db") is None  # each replica names its own
+    mine = str(Path(tmp_path) / "replica.fence-index")
+    assert where("postgresql+psycopg://u@h/db", mine) == Path(mine)
+    assert where("sqlite:////srv/geo/store.db", "OFF") is None
+    with pytest.raises(ValueError, match="directory does not exist"):
+        Config.from_env({"GEOPUNCH_INDEX_CHECKPOINT": "/no/such/dir/x.fence-index"})

@@ -515,3 +515,28 @@ def test_deferred_blocks_of_random_changes_equal_the_same_changes_one_at_a_time(
     while batched._compacting and time.monotonic() < deadline:
         time.sleep(0.01)
     assert every_fence(batched.compact()) == expected
+
+
+def test_a_saved_index_restores_and_names_the_clocks_it_does_not_hold_as_they_are() -> None:
+    """``saved`` compacts into one table; ``restore`` takes it back with the
+    clocks as they are now, returning the new and changed ones (to be read
+    again), or None when a saved clock is gone."""
+    index = FenceIndex()
+    clocks = [tc(1), tc(2), tc(3)]
+    index.load(clocks, [fence("f1", 1, 0.0, 0.0), fence("f2", 2, 1.0, 1.0, jobs=("a",))])
+    index.fences_changed(clocks[2], [fence("f3", 3, 2.0, 2.0)], [])  # a second table
+    saved = index.saved()
+    assert saved is not None and saved.clock_ids.tolist() == [1, 2, 3]
+    assert len(index.snapshot.tables) == 1  # compacted to be saved
+
+    again = FenceIndex()
+    assert again.restore(clocks, saved) == []
+    for clock, lat in ((1, 0.0), (2, 1.0), (3, 2.0)):
+        assert ids_at(again, clock, lat, lat) == ids_at(index, clock, lat, lat)
+
+    wider = tc(1, accuracy_tolerance_m=500.0)
+    rejobbed = tc(2, jobs=(Job("b"), Job("a"), Job("a1", parent_id="a")))
+    now = [wider, rejobbed, clocks[2], tc(4)]
+    stale = FenceIndex().restore(now, saved)
+    assert stale is not None and sorted(t.id for t in stale) == [1, 2, 4]
+    assert FenceIndex().restore([clocks[0], clocks[2]], saved) is None

@@ -283,6 +283,18 @@ class IndexChangeRepository(Protocol):
         """Forget changes recorded before ``before`` (Unix seconds); how many went."""
         ...
 
+    def identity(self) -> tuple[str, int]:
+        """The feed's id (made with the store) and the newest seq pruned from it."""
+        ...
+
+    def count_after(self, cursor: int) -> int:
+        """How many changes come after ``cursor``."""
+        ...
+
+    def at(self, seq: int) -> tuple[int, int, int] | None:
+        """(account, time clock id, changed at) of the change ``seq``; None once pruned."""
+        ...
+
 
 class AccountRepository(Protocol):
     def create(self, name: str) -> Account: ...

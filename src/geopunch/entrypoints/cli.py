@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         "default 0: the cores available, divided among the processes)",
     )
     serve.add_argument(
+        "--index-checkpoint",
+        help="file the fence index is saved to at shutdown and read back at start-up, or 'off' "
+        "(GEOPUNCH_INDEX_CHECKPOINT; default auto: <database file>.fence-index for SQLite, "
+        "off for PostgreSQL)",
+    )
+    serve.add_argument(
         "--event-loop",
         choices=("auto", "uvloop", "asyncio"),
         help="the event loops of the gRPC and HTTP servers (one, shared) and the deliveries "
@@ -219,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_workers=args.max_workers,
                 processes=args.processes,
                 kernel_threads=args.kernel_threads,
+                index_checkpoint=args.index_checkpoint,
                 event_loop=args.event_loop,
                 max_clock_skew_seconds=args.max_clock_skew_seconds,
                 api_keys_file=args.api_keys_file,

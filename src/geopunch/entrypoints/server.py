@@ -44,6 +44,7 @@ from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
 from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher
 from geopunch.service.events import purge_events
+from geopunch.service.index_checkpoint import save_checkpoint
 from geopunch.service.punches import purge_idempotency_keys
 from geopunch.service.webhooks import purge_attempts, resolving_guard
 
@@ -117,6 +118,9 @@ class Server:
         self._uows = DeferredUnitOfWorkFactory()
         self._threads: list[threading.Thread] = []
         self._delivery: concurrent.futures.Future[None] | None = None
+        #: The index's versions when its checkpoint was last written (or read as it is).
+        self._checkpoint_versions: dict[int, int] | None = None
+        self._checkpoint_thread: threading.Thread | None = None
         self._sink: concurrent.futures.Future[None] | None = None
         self.index = AccountFences()
         set_kernel_threads(config.fence_kernel_threads())
@@ -292,6 +296,14 @@ class Server:
         self._ready.set()
         self.loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("serving")
+        if self._writes_checkpoint:
+            as_saved = self.app.loaded_from == "checkpoint" and self.app.index_as_saved
+            if as_saved:
+                self._checkpoint_versions = self.index.versions()
+            cursor = self.app.index_cursor
+            self._checkpoint_thread = background.start(
+                "index-checkpoint", lambda: self._checkpoints(cursor)
+            )
         self._threads.append(background.start("index-follow", self._follower.run))
         watcher = background.StoreWatcher(
             self._uows,
@@ -362,6 +374,31 @@ class Server:
             self._sink = self._delivery_loop.spawn(sink.run())
 
     @property
+    def _writes_checkpoint(self) -> bool:
+        """One process of several writes the fence index's checkpoint."""
+        return self.app is not None and self.app.checkpoint is not None and self._housekeeping
+
+    def _checkpoints(self, cursor: int) -> None:
+        """Save the fence index now unless it is what the checkpoint holds,
+        then hourly when it changed: the feed keeps a day of changes, so a
+        killed process's last checkpoint can still be brought up to date."""
+        if self.index.versions() != self._checkpoint_versions:
+            self._save_checkpoint(cursor)
+        while not self._stopped.wait(background.HOUSEKEEPING_EVERY_S):
+            follower = self._follower
+            if follower is not None and self.index.versions() != self._checkpoint_versions:
+                self._save_checkpoint(follower.cursor)
+
+    def _save_checkpoint(self, cursor: int) -> None:
+        assert self.app is not None and self.app.checkpoint is not None
+        versions = self.index.versions()
+        try:
+            if save_checkpoint(self._uows, self.index, self.app.checkpoint, cursor) is not None:
+                self._checkpoint_versions = versions
+        except Exception:  # the next start reads the rows instead
+            log.exception("writing the fence index checkpoint failed")
+
+    @property
     def _housekeeping(self) -> bool:
         """Purging and pruning: a lone server does them, and one worker of several."""
         return self.worker is None or self.worker.runs_housekeeping
@@ -412,6 +449,15 @@ class Server:
         self._executor.shutdown()
         for thread in self._threads:
             thread.join(self.config.grace_seconds)
+        if self._checkpoint_thread is not None:
+            self._checkpoint_thread.join()
+        if (
+            self._writes_checkpoint
+            and self._follower is not None
+            and self.index.versions() != self._checkpoint_versions
+        ):
+            # The follower has stopped: the index holds every change up to its cursor.
+            self._save_checkpoint(self._follower.cursor)
         if self.app is not None:
             self.app.engine.dispose()
         self.loop.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -332,6 +333,24 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
         entries=entries,
         entry_rows=rows,
     )
+
+
+def jobs_fingerprint(tc: TimeClock) -> int:
+    """A digest of a clock's jobs (ids, order, sub-jobs): the job codes of a
+    saved table are valid while it is unchanged."""
+    return zlib.crc32("\x1f".join(f"{j.id}\x1e{j.parent_id or ''}" for j in tc.jobs).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class SavedIndex:
+    """One account's index as a checkpoint keeps it: a single table of every
+    current fence, and per dense clock its id and what the table was built
+    with (its grid margin, its jobs' digest)."""
+
+    clock_ids: I64
+    extra_m: F64
+    job_digests: I64
+    table: FenceTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,6 +659,55 @@ class Snapshots:
             version = old.version + 1 if old else 1
             self._snapshot = _make_snapshot(version, clocks, (base,), owner, 0)
             return self._snapshot
+
+    def saved(self) -> SavedIndex | None:
+        """The current snapshot as one table (compacted first when it is not);
+        None when writers kept adding tables while it compacted."""
+        for _ in range(3):
+            snap = self._snapshot
+            if len(snap.tables) == 1 and not snap.dead:
+                jobs = [jobs_fingerprint(c.time_clock) for c in snap.clocks]
+                return SavedIndex(
+                    np.fromiter((c.time_clock.id for c in snap.clocks), np.int64, len(snap.clocks)),
+                    snap.extra_m,
+                    np.asarray(jobs, dtype=np.int64),
+                    snap.base,
+                )
+            self.compact(everything=True)
+        return None
+
+    def restore(
+        self, time_clocks: Sequence[TimeClock], saved: SavedIndex
+    ) -> list[TimeClock] | None:
+        """Replace everything with a saved table (start-up). ``time_clocks``
+        are the account's clocks now; the ones the table does not hold as
+        they are now (new, or changed since it was saved) are returned, for
+        the caller to report with their fences. None when a saved clock is
+        gone: the table cannot be used."""
+        by_id = {tc.id: tc for tc in time_clocks}
+        saved_ids = saved.clock_ids.tolist()
+        if any(i not in by_id for i in saved_ids):
+            return None
+        held = set(saved_ids)
+        order = [by_id[i] for i in saved_ids] + [tc for tc in time_clocks if tc.id not in held]
+        clocks = tuple(ClockInfo.of(i, tc) for i, tc in enumerate(order))
+        digests = saved.job_digests.tolist()
+        changed = [
+            c.time_clock
+            for c, extra, digest in zip(clocks, saved.extra_m.tolist(), digests, strict=False)
+            if c.max_extra_m != extra or jobs_fingerprint(c.time_clock) != digest
+        ]
+        stale = changed + [c.time_clock for c in clocks[len(saved_ids) :]]
+        with self._lock:
+            if self._pending is not None:
+                self._pending.clear()
+                self._pending_ids.clear()
+            table = saved.table
+            self._next_handle = max(self._next_handle, table.handle_base + max(table.size, 1))
+            old = self._snapshot
+            owner = np.zeros(len(clocks), np.int16)
+            self._snapshot = _make_snapshot(old.version + 1, clocks, (table,), owner, 0)
+        return stale
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

@@ -39,8 +39,9 @@ from geopunch.domain.locations import (
 )
 from geopunch.domain.models import ExitAction, Geofence, Job, TimeClock
 from geopunch.domain.punches import PointVerdict
+from geopunch.geo import _checkpoint as checkpoint
 from geopunch.geo import _kernels as kernels
-from geopunch.geo._index import Snapshot, Snapshots
+from geopunch.geo._index import SavedIndex, Snapshot, Snapshots
 from geopunch.geo._kernels import bucket_order, set_kernel_threads
 from geopunch.geo._membership import check_one, check_points
 from geopunch.geo._trails import InsideState, detect_exits, handles_of, pair_codes, unassigned
@@ -50,8 +51,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AccountFences",
     "FenceIndex",
+    "SavedIndex",
     "SnapshotView",
     "bucket_order",
+    "checkpoint",
     "pair_codes",
     "set_kernel_threads",
     "warm_up",
@@ -335,12 +338,35 @@ class AccountFences:
             self._changing(account).fences_changed(tc, added, removed)
             self._applied(seq)
 
+    def saved(self) -> dict[int, SavedIndex] | None:
+        """Every account's index as one table each, for a checkpoint (see
+        ``Snapshots.saved``); None when one could not be compacted."""
+        parts = {}
+        for account, index in list(self._indexes.items()):
+            part = index.saved()
+            if part is None:
+                return None
+            parts[account] = part
+        return parts
+
+    def restore(
+        self, account: int, time_clocks: Sequence[TimeClock], saved: SavedIndex
+    ) -> list[TimeClock] | None:
+        """Replace one account's index with a saved one (start-up); the clocks
+        to report again with their fences, or None when it cannot be used
+        (see ``Snapshots.restore``)."""
+        return self._index(account).restore(time_clocks, saved)
+
     def reported(self, seq: int) -> bool:
         try:
             self._reported.remove(seq)
         except KeyError:
             return False
         return True
+
+    def versions(self) -> dict[int, int]:
+        """Each account's snapshot version: it moves with every change."""
+        return {a: index.snapshot.version for a, index in list(self._indexes.items())}
 
     def totals(self) -> tuple[int, int]:
         """Time clocks and fences held, over every account."""

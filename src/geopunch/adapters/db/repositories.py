@@ -50,6 +50,7 @@ from geopunch.adapters.db.tables import (
     geofences,
     idempotency_keys,
     index_changes,
+    index_feed,
     manual_break_types,
     time_clock_jobs,
     time_clock_users,
@@ -1048,5 +1049,35 @@ class SqlIndexChangeRepository(AccountScoped):
         return int(newest or 0)
 
     def prune(self, before: int) -> int:
-        done = self._conn.execute(delete(index_changes).where(index_changes.c.changed_at < before))
+        c = index_changes.c
+        gone = self._conn.execute(select(func.max(c.seq)).where(c.changed_at < before)).scalar()
+        if gone is None:
+            return 0
+        # Recorded in the same transaction: a checkpoint older than this seq
+        # cannot be completed from the feed any more.
+        self._conn.execute(
+            update(index_feed).values(
+                pruned_through=func.max(index_feed.c.pruned_through, int(gone))
+                if self._conn.dialect.name == "sqlite"
+                else func.greatest(index_feed.c.pruned_through, int(gone))
+            )
+        )
+        done = self._conn.execute(delete(index_changes).where(c.seq <= int(gone)))
         return int(done.rowcount)
+
+    def identity(self) -> tuple[str, int]:
+        feed_id, pruned = self._conn.execute(
+            select(index_feed.c.id, index_feed.c.pruned_through)
+        ).one()
+        return str(feed_id), int(pruned)
+
+    def count_after(self, cursor: int) -> int:
+        c = index_changes.c
+        return int(self._conn.execute(select(func.count()).where(c.seq > cursor)).scalar() or 0)
+
+    def at(self, seq: int) -> tuple[int, int, int] | None:
+        c = index_changes.c
+        row = self._conn.execute(
+            select(c.account_id, c.time_clock_id, c.changed_at).where(c.seq == seq)
+        ).first()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))

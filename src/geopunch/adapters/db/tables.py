@@ -386,6 +386,17 @@ index_changes = Table(
     sqlite_autoincrement=True,
 )
 
+# One row: the feed's random identity (made with the store) and the newest
+# seq pruned from it. A fence index saved at some seq (a checkpoint file) is
+# complete with the feed's later changes only if it belongs to this feed and
+# nothing past that seq was pruned.
+index_feed = Table(
+    "index_feed",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("pruned_through", BigInteger, nullable=False),
+)
+
 
 # Webhook subscriptions, each with its own cursor into the event log and the
 # state of the event at its head (attempts, when to try again). One process

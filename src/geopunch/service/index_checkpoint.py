@@ -1,0 +1,147 @@
+"""Loading the fence index at start-up, from a checkpoint file when one can
+be trusted, and writing that file.
+
+A checkpoint is the index as it was when the change feed stood at some seq
+(its cursor). It is used only when it belongs to this store's feed, the feed
+still holds every change after its cursor (nothing past it was pruned), the
+change at its cursor is the one it recorded (a store restored from an older
+backup has another history), and replaying the changes since is cheaper than
+reading every row. Replaying means what the index follower does all the
+time: each time clock changed after the cursor is read again whole. Clocks
+that differ from what the table was built with (settings or jobs edited,
+new clocks) are read again too, so a checkpoint can be old but never wrong.
+Anything else, or a file that cannot be read, and the index is built from
+the rows as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.geo.engine import AccountFences, SavedIndex, checkpoint
+from geopunch.service.index_feed import follow_index_changes
+
+log = logging.getLogger(__name__)
+
+#: Past this many changes after a checkpoint, reading every row is about as
+#: quick as replaying them one time clock at a time.
+REPLAY_LIMIT = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What ``load_index`` found: the index holds every change up to ``cursor``."""
+
+    cursor: int
+    newest_event: int
+    accounts: int
+    #: "checkpoint" or "rows".
+    source: str
+    #: Whether the index is what the checkpoint file holds (nothing replayed).
+    as_saved: bool = False
+
+
+def load_index(uows: UnitOfWorkFactory, index: AccountFences, path: Path | None) -> Loaded:
+    """Fill ``index`` with every account's time clocks and enabled fences."""
+    # Loaded inside one batch (the write lock): no change can slip in between.
+    with uows(readonly=True) as uow, index.batched():
+        # The cursor first: a change committed while the rest is read comes
+        # after it and is applied again by the follower, which is harmless.
+        cursor = uow.index_changes.last()
+        events = uow.events.newest()
+        accounts = uow.accounts.ids()
+        header, parts = _usable(uow, path, cursor)
+        restored = reread = 0
+        for account in accounts:
+            mine = uow.for_account(account)
+            clocks = mine.time_clocks.list_all()
+            part = parts.get(account)
+            stale = index.restore(account, clocks, part) if part is not None else None
+            if stale is None:
+                index.load(account, clocks, mine.geofences.enabled_rows())
+                continue
+            restored += 1
+            reread += len(stale)
+            for tc in stale:
+                index.time_clock_changed(account, tc, mine.geofences.list_for(tc.id))
+    if header is None or not restored:
+        return Loaded(cursor, events, len(accounts), "rows")
+    saved_at = int(header["cursor"])
+    cursor = follow_index_changes(uows, index, saved_at)
+    as_saved = cursor == saved_at and not reread and restored == len(parts) == len(accounts)
+    return Loaded(cursor, events, len(accounts), "checkpoint", as_saved)
+
+
+def _usable(
+    uow: UnitOfWork, path: Path | None, cursor: int
+) -> tuple[dict[str, Any] | None, dict[int, SavedIndex]]:
+    """The checkpoint's header and parts when it can be trusted (see the module's docstring)."""
+    if path is None:
+        return None, {}
+    try:
+        header = checkpoint.read_header(path)
+    except Exception as exc:  # only a cache: whatever is wrong with it, read the rows
+        log.warning("fence index checkpoint unreadable", extra={"fields": {"error": repr(exc)}})
+        return None, {}
+    if header is None:
+        return None, {}
+    feed, pruned = uow.index_changes.identity()
+    saved_at = int(header["cursor"])
+    recorded = header.get("last_change")
+    found = uow.index_changes.at(saved_at) if saved_at else None
+    if header.get("feed") != feed:
+        why = "made from another store"
+    elif saved_at > max(cursor, pruned):  # a pruned feed may be empty
+        why = "newer than the store"
+    elif saved_at < pruned:
+        why = "changes after it were pruned from the feed"
+    elif (found is not None and list(found) != recorded) or (found is None and saved_at > pruned):
+        why = "the store's history differs from the one it was made from"
+    elif uow.index_changes.count_after(saved_at) > REPLAY_LIMIT:
+        why = "too many changes since"
+    else:
+        try:
+            return header, checkpoint.read(path, header)
+        except Exception as exc:  # as above
+            why = f"unreadable: {exc!r}"
+    log.info("fence index checkpoint not used", extra={"fields": {"reason": why}})
+    return None, {}
+
+
+def save_checkpoint(
+    uows: UnitOfWorkFactory, index: AccountFences, path: Path, cursor: int
+) -> int | None:
+    """Write the index to ``path``; the index must hold every change up to
+    ``cursor`` (it may hold later ones: replaying them is harmless). The bytes
+    written, or None when the index kept changing too fast to compact."""
+    started = time.perf_counter()
+    with uows(readonly=True) as uow:
+        feed, _ = uow.index_changes.identity()
+        last = uow.index_changes.at(cursor) if cursor else None
+    parts = index.saved()
+    if parts is None:
+        return None
+    header = {
+        "feed": feed,
+        "cursor": cursor,
+        "last_change": None if last is None else list(last),
+        "saved_at": time.time(),
+    }
+    size = checkpoint.write(path, header, parts)
+    log.info(
+        "fence index checkpoint written",
+        extra={
+            "fields": {
+                "path": str(path),
+                "cursor": cursor,
+                "bytes": size,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        },
+    )
+    return size
