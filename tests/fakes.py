@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from types import TracebackType
@@ -91,6 +91,9 @@ class _TimeClocks:
     def list_all(self) -> list[TimeClock]:
         return [self.s.time_clocks[k] for k in sorted(self.s.time_clocks)]
 
+    def list_of(self, time_clock_ids: Collection[int]) -> list[TimeClock]:
+        return [tc for tc in self.list_all() if tc.id in time_clock_ids]
+
     def add(self, tc: TimeClock) -> None:
         if tc.id in self.s.time_clocks:
             raise DomainError(
@@ -131,8 +134,11 @@ class _Geofences:
     def list_all(self) -> list[Geofence]:
         return list(self.s.geofences.values())
 
-    def enabled_rows(self) -> FenceRows:
-        return FenceRows.of(self.s.geofences.values())
+    def enabled_rows(self, time_clock_ids: Collection[int] | None = None) -> FenceRows:
+        fences = sorted(self.s.geofences.items(), key=lambda kv: kv[0][0])
+        return FenceRows.of(
+            f for (c, _), f in fences if time_clock_ids is None or c in time_clock_ids
+        )
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None:
         return self.s.geofences.get((time_clock_id, fence_id))

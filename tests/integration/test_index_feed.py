@@ -10,7 +10,8 @@ import numpy as np
 from sqlalchemy import Engine
 
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
-from geopunch.domain.models import Geofence, GeofenceDraft, Job, TimeClock
+from geopunch.domain.locations import FenceRows
+from geopunch.domain.models import GeofenceDraft, Job, TimeClock
 from geopunch.geo._membership import check_one
 from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_feed
@@ -113,12 +114,11 @@ class _CountingFences(AccountFences):
         super().__init__()
         self.reread: list[int] = []
 
-    def time_clock_changed(
-        self, account: int, tc: TimeClock, fences: Sequence[Geofence], seq: int = 0
+    def time_clocks_read_again(
+        self, account: int, time_clocks: Sequence[TimeClock], fences: FenceRows
     ) -> None:
-        if not seq:
-            self.reread.append(tc.id)
-        super().time_clock_changed(account, tc, fences, seq)
+        self.reread.extend(tc.id for tc in time_clocks)
+        super().time_clocks_read_again(account, time_clocks, fences)
 
 
 def test_a_follower_skips_what_its_own_writers_reported_and_reads_the_rest(

@@ -540,3 +540,30 @@ def test_a_saved_index_restores_and_names_the_clocks_it_does_not_hold_as_they_ar
     stale = FenceIndex().restore(now, saved)
     assert stale is not None and sorted(t.id for t in stale) == [1, 2, 4]
     assert FenceIndex().restore([clocks[0], clocks[2]], saved) is None
+
+
+def test_clocks_read_again_together_equal_clocks_changed_one_at_a_time() -> None:
+    from geopunch.domain.locations import FenceRows
+
+    base = [tc(1), tc(2), tc(3)]
+    start = [fence("a1", 1, 0.0, 0.0), fence("b1", 2, 1.0, 1.0), fence("c1", 3, 2.0, 2.0)]
+    now = {
+        1: [fence("a2", 1, 0.0, 0.001, jobs=("a",)), fence("a3", 1, 0.0, 0.002)],
+        2: [],  # every fence gone
+        4: [fence("d1", 4, 3.0, 3.0, r=300)],  # a new clock
+    }
+    clocks = [tc(1, accuracy_tolerance_m=50.0), tc(2), tc(4)]
+    one, together = FenceIndex(), FenceIndex()
+    for index in (one, together):
+        index.load(base, start)
+    for clock in clocks:
+        one.time_clock_changed(clock, now[clock.id])
+    rows = FenceRows.of([f for c in sorted(now) for f in now[c]])
+    together.time_clocks_read_again(clocks, rows)
+    assert len(together.snapshot.tables) == 2  # one table for all of them
+    for clock, lat, lon in ((1, 0.0, 0.0015), (2, 1.0, 1.0), (3, 2.0, 2.0), (4, 3.0, 3.0)):
+        assert ids_at(together, clock, lat, lon) == ids_at(one, clock, lat, lon)
+    assert ids_at(together, 1, 0.0, 0.0015) == {"a2", "a3"}
+    with pytest.raises(ValueError, match="not together"):
+        scattered = FenceRows.of([now[1][0], now[4][0], now[1][1]])
+        FenceIndex().time_clocks_read_again([tc(1), tc(4)], scattered)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
@@ -41,6 +41,10 @@ class TimeClockRepository(Protocol):
 
     def list_all(self) -> list[TimeClock]: ...
 
+    def list_of(self, time_clock_ids: Collection[int]) -> list[TimeClock]:
+        """The ones of these that exist, by id."""
+        ...
+
     def add(self, tc: TimeClock) -> None:
         """Insert; raise DomainError(TIME_CLOCK_ALREADY_EXISTS) when the id is taken."""
         ...
@@ -65,8 +69,9 @@ class TimeClockRepository(Protocol):
 class GeofenceRepository(Protocol):
     def list_for(self, time_clock_id: int) -> list[Geofence]: ...
 
-    def enabled_rows(self) -> FenceRows:
-        """Every enabled fence as columns (a full index build reads these)."""
+    def enabled_rows(self, time_clock_ids: Collection[int] | None = None) -> FenceRows:
+        """Every enabled fence (of these time clocks) as columns, ordered by
+        time clock (a full index build reads these)."""
         ...
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None: ...
@@ -452,6 +457,13 @@ class FenceListener(Protocol):
         removed: Sequence[str],
         seq: int = 0,
     ) -> None: ...
+
+    def time_clocks_read_again(
+        self, account: int, time_clocks: Sequence[TimeClock], fences: FenceRows
+    ) -> None:
+        """Several time clocks as the store holds them now, with all their
+        enabled fences as columns (the feed's follower reads changes so)."""
+        ...
 
     def reported(self, seq: int) -> bool:
         """Whether the feed's change ``seq`` was reported here by its writer

@@ -774,18 +774,39 @@ class Snapshots:
 
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
         """A time clock was created or changed; ``fences`` are all of its geofences."""
+        self.time_clocks_read_again([tc], FenceRows.of(fences))
+
+    def time_clocks_read_again(self, time_clocks: Sequence[TimeClock], rows: FenceRows) -> None:
+        """Time clocks created or changed, with all their enabled fences as
+        columns (rows of each clock together, in their order), published as
+        one change."""
         with self.deferred():
             assert self._pending is not None
             snap = self._snapshot
-            idx = self._index_of(snap, tc.id)
-            if idx is None:
-                idx = len(snap.clocks) + len(self._pending_ids)
-                if idx >= kernels.MAX_CLOCKS:
-                    raise RuntimeError("too many time clocks for the cell key layout")
-                self._pending_ids[tc.id] = idx
-            info = ClockInfo.of(idx, tc)
-            cols = FenceColumns.from_rows(FenceRows.of(fences), {tc.id: info})
-            self._pending[idx] = (info, cols)
+            infos: dict[int, ClockInfo] = {}
+            for tc in time_clocks:
+                idx = self._index_of(snap, tc.id)
+                if idx is None:
+                    idx = len(snap.clocks) + len(self._pending_ids)
+                    if idx >= kernels.MAX_CLOCKS:
+                        raise RuntimeError("too many time clocks for the cell key layout")
+                    self._pending_ids[tc.id] = idx
+                infos[tc.id] = ClockInfo.of(idx, tc)
+            cols = FenceColumns.from_rows(rows, infos)
+            # Each clock's rows apart: a clock's fences are one contiguous run.
+            spans: dict[int, tuple[int, int]] = {}
+            ids = rows.time_clock_ids
+            if ids.size:
+                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+                bounds = np.r_[starts, ids.size].tolist()
+                for k, tc_id in enumerate(ids[starts].tolist()):
+                    if tc_id in spans:
+                        raise ValueError("the rows of a time clock are not together")
+                    spans[tc_id] = (bounds[k], bounds[k + 1])
+            for tc_id, info in infos.items():
+                lo, hi = spans.get(tc_id, (0, 0))
+                part = cols if len(infos) == 1 else cols.take(np.arange(lo, hi, dtype=np.int64))
+                self._pending[info.idx] = (info, part)
 
     def fences_changed(
         self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]

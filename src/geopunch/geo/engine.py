@@ -338,6 +338,12 @@ class AccountFences:
             self._changing(account).fences_changed(tc, added, removed)
             self._applied(seq)
 
+    def time_clocks_read_again(
+        self, account: int, time_clocks: Sequence[TimeClock], fences: FenceRows
+    ) -> None:
+        with self._lock:
+            self._changing(account).time_clocks_read_again(time_clocks, fences)
+
     def saved(self) -> dict[int, SavedIndex] | None:
         """Every account's index as one table each, for a checkpoint (see
         ``Snapshots.saved``); None when one could not be compacted."""

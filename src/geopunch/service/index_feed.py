@@ -7,16 +7,22 @@ from geopunch.domain.ports import FenceListener, UnitOfWorkFactory
 
 #: Index changes read per page by a follower.
 INDEX_CHANGE_PAGE = 1000
+#: Time clocks read again per hold of the index's write lock: large enough
+#: that a replica's bulk load is followed in few snapshots, small enough that
+#: this process's writers never wait long for the lock.
+REREAD_CHUNK = 64
 
 
 def follow_index_changes(uows: UnitOfWorkFactory, index: FenceListener, cursor: int) -> int:
     """Bring ``index`` up to date with every time clock changed after ``cursor``
     (by any process on the store); return the new cursor.
 
-    Each changed time clock is read again whole, with its geofences, under the
-    index's write lock: this process's own writers update the index under that
-    lock right after their commit, so what is read here is never older than
-    what the index holds. Changes this process's writers reported to the index
+    Each changed time clock is read again whole, with its enabled fences as
+    columns, under the index's write lock: this process's own writers update
+    the index under that lock right after their commit, so what is read here
+    is never older than what the index holds. Clocks are read and published
+    ``REREAD_CHUNK`` at a time: one query for all their fences, one new
+    snapshot. Changes this process's writers reported to the index
     themselves are skipped; asking under the lock means a writer that
     committed one of them has reported it by then.
     """
@@ -25,11 +31,17 @@ def follow_index_changes(uows: UnitOfWorkFactory, index: FenceListener, cursor: 
             changes = uow.index_changes.after(cursor, INDEX_CHANGE_PAGE)
         with index.write_lock():
             others = [(a, tc) for seq, a, tc in changes if not index.reported(seq)]
+        by_account: dict[int, list[int]] = {}
         for account, time_clock_id in dict.fromkeys(others):
-            with index.write_lock(), uows(account=account, readonly=True) as uow:
-                tc = uow.time_clocks.get(time_clock_id)
-                if tc is not None:
-                    index.time_clock_changed(account, tc, uow.geofences.list_for(time_clock_id))
+            by_account.setdefault(account, []).append(time_clock_id)
+        for account, ids in by_account.items():
+            for start in range(0, len(ids), REREAD_CHUNK):
+                chunk = ids[start : start + REREAD_CHUNK]
+                with index.write_lock(), uows(account=account, readonly=True) as uow:
+                    found = uow.time_clocks.list_of(chunk)  # a deleted one is gone
+                    if found:
+                        rows = uow.geofences.enabled_rows([tc.id for tc in found])
+                        index.time_clocks_read_again(account, found, rows)
         if changes:
             cursor = changes[-1][0]
         if len(changes) < INDEX_CHANGE_PAGE:

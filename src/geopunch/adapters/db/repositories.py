@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
 from operator import itemgetter
@@ -194,6 +194,9 @@ class SqlTimeClockRepository(AccountScoped):
 
     def list_all(self) -> list[TimeClock]:
         return self._load(time_clocks.c.id.is_not(None))
+
+    def list_of(self, time_clock_ids: Collection[int]) -> list[TimeClock]:
+        return self._load(time_clocks.c.id.in_(sorted(time_clock_ids)))
 
     def _load(self, where: ColumnElement[bool]) -> list[TimeClock]:
         acct = self.account
@@ -489,7 +492,7 @@ class SqlGeofenceRepository(AccountScoped):
     def list_for(self, time_clock_id: int) -> list[Geofence]:
         return self._load(geofences.c.time_clock_id == time_clock_id)
 
-    def enabled_rows(self) -> FenceRows:
+    def enabled_rows(self, time_clock_ids: Collection[int] | None = None) -> FenceRows:
         """Every enabled fence of the account as columns, for a full index
         build. Read through the driver's own cursor and turned into arrays a
         chunk at a time: at a million fences, a row object apiece (and the
@@ -500,6 +503,9 @@ class SqlGeofenceRepository(AccountScoped):
         comes as k rows in a row, which are folded into one. A query of its
         own for the bindings would walk every fence a second time."""
         mine = (geofences.c.account_id == self.account) & geofences.c.is_enabled.is_(True)
+        if time_clock_ids is not None:
+            # Ints from the server's own feed, rendered as literals below.
+            mine &= geofences.c.time_clock_id.in_(sorted(int(t) for t in time_clock_ids))
         names = ("clocks", "ids", "lats", "lons", "sizes", "actions")
         parts: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in names}
         bound_at: list[npt.NDArray[np.intp]] = []
