@@ -8,18 +8,27 @@ then keeps ``--concurrency`` calls in flight (closed loop) for ``--seconds``
 with batches of ``--batch`` points: raw little-endian columns, the same with
 fence ids answered as one fixed-width bytes field, and packed repeated
 fields. Each client thread has its own connection; with ``--processes`` the
-answer says how many connections and calls each server worker took. Prints
-one JSON object.
+answer says how many connections and calls each server worker took.
+
+The floor, in the same run: a bare ``grpc.aio`` server in a process of its
+own answers the same method path with the bytes of a real answer (one
+geopunch gave for the first batch), taking the request as bytes: no
+decoding, no check, no encoding. The same client drives it with the same
+raw, fixed-width-id requests, in windows that alternate with geopunch's.
+Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +145,54 @@ def closed_loop(
     }
 
 
+BARE = """
+import asyncio, sys, grpc
+
+ANSWER = open(sys.argv[1], "rb").read()
+
+async def check(request, context):
+    return ANSWER
+
+async def ping(request, context):  # the client asks each connection's worker first
+    return b""
+
+async def main():
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ])
+    handler = grpc.method_handlers_generic_handler(
+        "geopunch.v1.LocationService",
+        {"CheckLocations": grpc.unary_unary_rpc_method_handler(check)},
+    )
+    admin = grpc.method_handlers_generic_handler(
+        "geopunch.v1.AdminService", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}
+    )
+    server.add_generic_rpc_handlers((handler, admin))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+@contextmanager
+def bare_server(answer: bytes, tmp: Path) -> Iterator[str]:
+    path = tmp / "answer.bin"
+    path.write_bytes(answer)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clocks", type=int, default=1000)
@@ -144,6 +201,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating windows of geopunch and the floor"
+    )
     ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +245,31 @@ def main() -> None:
                 out[f"grpc_{name}"]["ratio_to_in_process"] = round(
                     out[f"grpc_{name}"]["points_per_s"] / inproc, 3
                 )
+            reqs = requests(f, args.batch, True, True)
+            with grpc.insecure_channel(address) as ch:
+                answer = location_pb2_grpc.LocationServiceStub(ch).CheckLocations(
+                    reqs[0], metadata=(("x-api-key", API_KEY),), timeout=60
+                )
+            with bare_server(answer.SerializeToString(), Path(tmp)) as bare:
+                mine, floor = [], []
+                for _ in range(args.rounds):
+                    share = args.seconds / args.rounds
+                    mine.append(closed_loop(address, reqs, args.concurrency, share, args.batch))
+                    floor.append(closed_loop(bare, reqs, args.concurrency, share, args.batch))
+            rate = sum(r["points_per_s"] for r in mine) / len(mine)
+            bare_rate = sum(r["points_per_s"] for r in floor) / len(floor)
+            out["bare_raw_bytes"] = {
+                "points_per_s": round(bare_rate),
+                "answer_bytes": answer.ByteSize(),
+                "request_bytes": reqs[0].ByteSize(),
+                "p50_ms": [r["p50_ms"] for r in floor],
+            }
+            out["raw_fixed_ids_alternating"] = {
+                "points_per_s": round(rate),
+                "p50_ms": [r["p50_ms"] for r in mine],
+                "ratio_to_bare": round(rate / bare_rate, 3),
+                "ratio_to_in_process": round(rate / inproc, 3),
+            }
             print(json.dumps(out, indent=2))
 
 
