@@ -16,7 +16,9 @@ run:
   with ``SERVING``), resident memory once ready and its peak (``VmHWM``).
   The full store is started twice: cold, without a checkpoint of the fence
   index (it reads every row and builds the index, then saves it), and warm,
-  from the checkpoint the cold start left (``--index-checkpoint``).
+  from the checkpoint the cold start left (``--index-checkpoint``); with
+  ``--changed N``, after noting N time clocks as changed in the feed, which
+  the warm start reads again.
 
 Prints JSON: the start-up ratio to the plain read, memory growth per fence
 (full minus empty, over the fences) and peak over steady.
@@ -67,6 +69,18 @@ def store(url: str, clocks: int, per_clock: int) -> int:
             uow.commit()
     engine.dispose()
     return len(fleet.fences)
+
+
+def note_changes(url: str, clocks: int) -> None:
+    """Record ``clocks`` time clocks as changed in the feed (as another
+    replica's writes would): the warm start reads each of them again."""
+    engine = make_engine(url)
+    uows = SqlUnitOfWorkFactory(engine)
+    with uows(account=DEFAULT_ACCOUNT) as uow:
+        for tc in uow.time_clocks.list_all()[:clocks]:
+            uow.index_changes.note(tc.id)
+        uow.commit()
+    engine.dispose()
 
 
 def plain_read(url: str) -> float:
@@ -150,6 +164,13 @@ def main() -> None:
         help="SQLite only: keep the stores in this directory and reuse them on the next run "
         "(storing a million fences takes minutes)",
     )
+    parser.add_argument(
+        "--changed",
+        type=int,
+        default=0,
+        help="time clocks noted as changed between the cold and the warm start "
+        "(the warm start replays them from the feed)",
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         empty = stack.enter_context(fresh_store(args.database_url, "empty.db", args.keep))
@@ -168,6 +189,8 @@ def main() -> None:
         saved = scratch / "full.fence-index"
         loaded = start_up(full, saved)
         checkpoint_mib = saved.stat().st_size / 2**20
+        if args.changed:
+            note_changes(full, args.changed)
         warm = start_up(full, saved)
         steady = loaded["rss_mib"] * 2**20
     print(
@@ -179,6 +202,7 @@ def main() -> None:
                 "empty": idle,
                 "full": loaded,
                 "warm": warm,
+                "changed_before_warm": args.changed,
                 "checkpoint_mib": round(checkpoint_mib, 1),
                 "start_up_vs_plain_read": round(loaded["ready_s"] / read_s, 2),
                 "warm_start_up_vs_plain_read": round(warm["ready_s"] / read_s, 2),

@@ -384,3 +384,6 @@ def test_a_restart_reads_the_index_checkpoint_and_replays_what_a_kill_left_out(
     finally:
         c.close()
         srv.terminate()
+    # Saved once, after the replay; the stop finds nothing new to save.
+    assert srv.log_path is not None
+    assert srv.log_path.read_text().count('"fence index checkpoint written"') == 1

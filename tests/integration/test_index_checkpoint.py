@@ -110,7 +110,7 @@ def test_a_restart_reads_the_checkpoint_and_answers_as_a_full_load(
     first = AccountFences()
     loaded = load_index(uows, first, saved)  # no file yet
     assert loaded.source == "rows"
-    assert save_checkpoint(uows, first, saved, loaded.cursor)
+    assert save_checkpoint(uows, first, saved, loaded.cursor) is not None
 
     again = AccountFences()
     loaded = load_index(uows, again, saved)
@@ -132,7 +132,7 @@ def test_changes_made_after_the_checkpoint_are_replayed_from_the_feed(
     elsewhere = AccountFences()  # another process's index: it writes the changes
     _fill(uows, range(1, 7), 30, elsewhere)
     index = AccountFences()
-    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor)
+    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor) is not None
 
     _fill(uows, range(7, 9), 20, elsewhere)  # new clocks
     fences = geofences.list_geofences(uows, A, 2)
@@ -158,7 +158,7 @@ def test_clocks_edited_behind_the_feed_are_read_again(engine: Engine, saved: Pat
     uows = AccountStore(engine)
     _fill(uows, range(1, 4), 20, AccountFences())
     index = AccountFences()
-    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor)
+    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor) is not None
     with uows() as uow:  # an operator's edit: no feed entry
         tc = uow.time_clocks.get(2)
         assert tc is not None
@@ -191,7 +191,7 @@ def test_a_checkpoint_older_than_the_pruned_feed_is_not_used(
     uows = AccountStore(engine)
     _fill(uows, range(1, 3), 10, AccountFences())
     index = AccountFences()
-    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor)
+    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor) is not None
     draft = GeofenceDraft("Pruned", "4 Road", *_site(1), fence_size_m=500)
     geofences.create_geofences(uows, A, 1, [draft], listener=AccountFences())
     assert prune_index_changes(uows, before=2**62) > 0
@@ -208,7 +208,7 @@ def test_too_many_changes_since_and_a_foreign_store_mean_the_rows(
     uows = AccountStore(engine)
     _fill(uows, range(1, 3), 10, AccountFences())
     index = AccountFences()
-    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor)
+    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor) is not None
     for k in range(2):
         draft = GeofenceDraft(f"Busy {k}", "5 Road", *_site(2), fence_size_m=150)
         geofences.create_geofences(uows, A, 2, [draft], listener=AccountFences())
@@ -233,7 +233,7 @@ def test_a_damaged_file_means_the_rows(
     uows = AccountStore(engine)
     _fill(uows, range(1, 3), 30, AccountFences())
     index = AccountFences()
-    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor)
+    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor) is not None
     data = bytearray(saved.read_bytes())
     if damage == "flipped byte":
         data[len(data) * 2 // 3] ^= 0x10
@@ -261,7 +261,7 @@ def test_a_store_restored_from_an_older_copy_does_not_use_a_newer_checkpoint(
     uows = AccountStore(engine)
     _fill(uows, range(3, 5), 10, AccountFences())
     index = AccountFences()
-    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor)
+    assert save_checkpoint(uows, index, saved, load_index(uows, index, saved).cursor) is not None
     engine.dispose()
 
     shutil.copy(tmp_path / "backup.db", db)  # the backup is back: its feed is shorter

@@ -391,10 +391,11 @@ class Server:
 
     def _save_checkpoint(self, cursor: int) -> None:
         assert self.app is not None and self.app.checkpoint is not None
-        versions = self.index.versions()
         try:
-            if save_checkpoint(self._uows, self.index, self.app.checkpoint, cursor) is not None:
-                self._checkpoint_versions = versions
+            # The versions of what was written: saving compacts, which makes a new one.
+            saved = save_checkpoint(self._uows, self.index, self.app.checkpoint, cursor)
+            if saved is not None:
+                self._checkpoint_versions = saved
         except Exception:  # the next start reads the rows instead
             log.exception("writing the fence index checkpoint failed")
 

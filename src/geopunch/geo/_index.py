@@ -351,6 +351,8 @@ class SavedIndex:
     extra_m: F64
     job_digests: I64
     table: FenceTable
+    #: The version of the snapshot it was taken from.
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -672,6 +674,7 @@ class Snapshots:
                     snap.extra_m,
                     np.asarray(jobs, dtype=np.int64),
                     snap.base,
+                    snap.version,
                 )
             self.compact(everything=True)
         return None

@@ -120,10 +120,11 @@ def _usable(
 
 def save_checkpoint(
     uows: UnitOfWorkFactory, index: AccountFences, path: Path, cursor: int
-) -> int | None:
+) -> dict[int, int] | None:
     """Write the index to ``path``; the index must hold every change up to
-    ``cursor`` (it may hold later ones: replaying them is harmless). The bytes
-    written, or None when the index kept changing too fast to compact."""
+    ``cursor`` (it may hold later ones: replaying them is harmless). The
+    versions of the accounts' snapshots written (see ``AccountFences.versions``),
+    or None when the index kept changing too fast to compact."""
     started = time.perf_counter()
     with uows(readonly=True) as uow:
         feed, _ = uow.index_changes.identity()
@@ -149,4 +150,4 @@ def save_checkpoint(
             }
         },
     )
-    return size
+    return {account: part.version for account, part in parts.items()}
