@@ -287,3 +287,20 @@ def test_the_migration_counts_older_changes_as_pruned(engine: Engine) -> None:
     assert prune_index_changes(uows, before=2**62) > 0
     with uows(readonly=True) as uow:
         assert uow.index_changes.identity() == (feed, newest)
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_nothing_behind(
+    engine: Engine, tmp_path: Path
+) -> None:
+    uows = AccountStore(engine)
+    _fill(uows, range(1, 3), 5, AccountFences())
+    index = AccountFences()
+    cursor = load_index(uows, index, None).cursor
+    taken = tmp_path / "store.fence-index"
+    (taken / "something").mkdir(parents=True)  # a directory where the file should go
+    with pytest.raises(OSError):
+        save_checkpoint(uows, index, taken, cursor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.fence-index"]  # no temp file
+    with pytest.raises(OSError):  # no such directory
+        save_checkpoint(uows, index, tmp_path / "gone" / "store.fence-index", cursor)
+    assert load_index(uows, AccountFences(), taken).source == "rows"
