@@ -16,7 +16,6 @@ two stores sends what it sent since the last one again, with the same
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import orjson
 from standardwebhooks import Webhook
 
 from geopunch import metrics
@@ -50,8 +50,12 @@ FLUSH_S = 0.25
 ERROR_CHARS = 300
 #: Subscriptions one process delivers at most (the others wait for another process).
 MAX_HELD = 1000
-#: Compact JSON of one event body; one encoder, as ``json.dumps`` makes one per call.
-_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _body(e: Event) -> bytes:
+    """One event's JSON body, compact UTF-8: orjson, which encodes in C what
+    the standard library's encoder did in a tenth of a delivery's time."""
+    return orjson.dumps(event_json(e), option=orjson.OPT_NON_STR_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +232,8 @@ class _Delivery:
 
     async def _deliver(self, event: Event) -> None:
         self._lag.set(max(time.time() - event.recorded_at, 0.0))
-        body = _compact(event_json(event))
-        data = body.encode()
+        data = _body(event)
+        body = data.decode()  # the standardwebhooks signer takes text
         while True:
             wait_s = self.sub.next_attempt_at / 1000 - time.time()
             if wait_s > 0 and await self._sleep(wait_s):
@@ -423,7 +427,7 @@ class SinkPublisher:
             lag = metrics.EVENT_LAG.labels(f"jetstream:{self.name}")
             for e in page:
                 lag.set(max(time.time() - e.recorded_at, 0.0))
-                body = _compact(event_json(e)).encode()
+                body = _body(e)
                 try:
                     await self._publisher.publish(self.subject(e), body, e.id)
                 except Exception as err:

@@ -69,8 +69,9 @@ def load_index(uows: UnitOfWorkFactory, index: AccountFences, path: Path | None)
                 continue
             restored += 1
             reread += len(stale)
-            for tc in stale:
-                index.time_clock_changed(account, tc, mine.geofences.list_for(tc.id))
+            if stale:
+                rows = mine.geofences.enabled_rows([tc.id for tc in stale])
+                index.time_clocks_read_again(account, stale, rows)
     if header is None or not restored:
         return Loaded(cursor, events, len(accounts), "rows")
     saved_at = int(header["cursor"])
