@@ -50,7 +50,11 @@ class _Compiled:
 
 
 class Prepared:
-    """A Core statement compiled once per dialect and executed on the DBAPI connection."""
+    """A Core statement compiled once per dialect and executed on the DBAPI connection.
+
+    The bind and result processors are those of the first engine of each
+    dialect to run it: every engine of the process is made by ``make_engine``
+    with the same JSON encoder, so any one stands for all."""
 
     def __init__(self, statement: ClauseElement) -> None:
         self._statement = statement
