@@ -915,3 +915,23 @@ def test_admin_writes_share_commits_and_their_after_steps_run_in_commit_order(
 def _held(lock: Any) -> Iterator[None]:
     with lock:
         yield
+
+
+def test_event_payloads_take_numpy_numbers_and_store_nan_as_null(engine: Engine) -> None:
+    """Payloads carry what the fence kernels compute (numpy numbers); JSON
+    has no NaN, so a missing distance is stored as null on both stores."""
+    import numpy as np
+
+    from geopunch.domain.events import Event, event_json, json_bytes
+
+    uows = AccountStore(engine)
+    payload = {"distance": np.float64(12.5), "fences": np.int64(3), "gap": float("nan"), 7: "é"}
+    with uows() as uow:
+        uow.events.append([Event("geofenceExit", 1_800_000_000, payload, 11, 21)])  # type: ignore[arg-type]
+        uow.commit()
+    with uows(readonly=True) as uow:
+        (stored,) = uow.events.after(0)
+    assert stored.payload == {"distance": 12.5, "fences": 3, "gap": None, "7": "é"}
+    assert b'"payload":{"distance":12.5,"fences":3,"gap":null,"7":"\xc3\xa9"}' in json_bytes(
+        event_json(stored)
+    )

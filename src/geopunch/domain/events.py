@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
+
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ids import ordered_hex
 
@@ -75,6 +77,19 @@ class Event:
     account_id: int | None = None
     #: When the store appended it (Unix seconds; 0 before it is).
     recorded_at: int = 0
+
+
+#: How every JSON geopunch writes is encoded (stored payloads, webhook and
+#: JetStream bodies, HTTP answers): integer keys as strings, as the standard
+#: library's encoder wrote them, and numpy numbers (the fence kernels'
+#: distances) as plain numbers. NaN and infinities become null.
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_bytes(value: object) -> bytes:
+    """Compact UTF-8 JSON, encoded in C by orjson: 5-10x the standard
+    library's encoder on event payloads (bench/README.md, json_columns)."""
+    return orjson.dumps(value, option=JSON_OPTIONS)
 
 
 def event_json(e: Event) -> dict[str, Json]:

@@ -38,6 +38,7 @@ from geopunch.adapters.db.scheduling import SqlSchedulerRepository, SqlShiftRepo
 from geopunch.adapters.db.tracking import SqlEventRepository, SqlLocationRepository
 from geopunch.adapters.db.webhooks import SqlWebhookRepository
 from geopunch.domain.errors import ConcurrentChange
+from geopunch.domain.events import json_bytes
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("geopunch.store")
@@ -50,9 +51,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def _json_text(value: Any) -> str:
     """JSON columns (event payloads above all) through orjson rather than the
     standard library's encoder: the payloads of 1,000 created time activities
-    were a tenth of CreateTimeActivities' server time (bench/README.md).
-    Integer keys become strings, as ``json.dumps`` makes them."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    were a tenth of CreateTimeActivities' time (bench/README.md)."""
+    return json_bytes(value).decode()
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:

@@ -22,7 +22,6 @@ the punch tables list is 400, ``HAS_LOCKED_DAYS`` 409, a missing time clock
 # annotations at run time, and some name types local to create_app.
 import asyncio
 import contextvars
-import json
 import logging
 import re
 import threading
@@ -63,7 +62,7 @@ from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
 from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.events import check_watch_filter, event_json
+from geopunch.domain.events import check_watch_filter, event_json, json_bytes
 from geopunch.domain.models import DayStatus
 from geopunch.domain.ports import (
     AsyncTransactionRunner,
@@ -174,17 +173,12 @@ def _punch_command(
 
 
 class JsonAnswer(Response):
-    """A JSON answer, compact, written by the standard library's encoder."""
+    """A JSON answer, compact UTF-8 (``json_bytes``, as every answer and event is written)."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return _dumps(content).encode()
-
-
-def _dumps(content: Any) -> str:
-    """Compact JSON, as every answer and event is written."""
-    return json.dumps(content, separators=(",", ":"), ensure_ascii=False)
+        return json_bytes(content)
 
 
 class RequestContext:
@@ -938,7 +932,7 @@ def create_app(deps: HttpDeps) -> Any:
                 last_read = now
                 page = await asyncio.to_thread(events_after, deps.uows, acct, cursor, types, clocks)
                 for e in page:
-                    data = _dumps(event_json(e))
+                    data = json_bytes(event_json(e)).decode()
                     yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
                     cursor = e.seq
                     last_sent = now
