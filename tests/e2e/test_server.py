@@ -361,6 +361,9 @@ def test_a_restart_reads_the_index_checkpoint_and_replays_what_a_kill_left_out(
     probes = [10 + i * 1e-3 for i in range(0, 40, 3)]
     before = _inside(c, first, probes)
     c.close()
+    # It started without fences: nothing was worth saving then (the next
+    # save is the hourly one, or the stop's).
+    assert not (tmp_path / "saved.db.fence-index").exists()
     srv.terminate()
     assert (tmp_path / "saved.db.fence-index").stat().st_size > 0
     assert _index_source(srv) == "rows"

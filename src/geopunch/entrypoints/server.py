@@ -391,6 +391,8 @@ class Server:
 
     def _save_checkpoint(self, cursor: int) -> None:
         assert self.app is not None and self.app.checkpoint is not None
+        if not self.index.totals()[1]:  # no fences: reading the rows is as quick
+            return
         try:
             # The versions of what was written: saving compacts, which makes a new one.
             saved = save_checkpoint(self._uows, self.index, self.app.checkpoint, cursor)
