@@ -454,13 +454,16 @@ class Server:
             thread.join(self.config.grace_seconds)
         if self._checkpoint_thread is not None:
             self._checkpoint_thread.join()
-        if (
-            self._writes_checkpoint
-            and self._follower is not None
-            and self.index.versions() != self._checkpoint_versions
-        ):
-            # The follower has stopped: the index holds every change up to its cursor.
-            self._save_checkpoint(self._follower.cursor)
+        if self._writes_checkpoint and self._follower is not None:
+            # What other processes committed since the follower last looked
+            # (a sibling worker's calls, say) goes into the file too.
+            try:
+                self._follower.catch_up()
+            except Exception:  # the feed's replay at the next start covers it
+                log.exception("reading the index changes before the last checkpoint failed")
+            if self.index.versions() != self._checkpoint_versions:
+                # The follower has stopped: the index holds every change up to its cursor.
+                self._save_checkpoint(self._follower.cursor)
         if self.app is not None:
             self.app.engine.dispose()
         self.loop.close()
