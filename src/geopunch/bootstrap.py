@@ -105,9 +105,8 @@ class App:
     event_cursor: int = 0
     #: Where the fence index is saved for the next start (None: nowhere).
     checkpoint: Path | None = None
-    #: Where the index came from at start-up: "checkpoint" or "rows", and
-    #: whether it is exactly what the checkpoint holds.
-    loaded_from: str = "rows"
+    #: Whether the index is exactly what the checkpoint holds (read from
+    #: it at start-up, nothing replayed).
     index_as_saved: bool = False
 
 
@@ -159,7 +158,6 @@ def build_app(
         index_cursor=loaded.cursor,
         event_cursor=loaded.newest_event,
         checkpoint=checkpoint,
-        loaded_from=loaded.source,
         index_as_saved=loaded.as_saved,
     )
 

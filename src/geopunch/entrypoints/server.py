@@ -297,8 +297,7 @@ class Server:
         self.loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("serving")
         if self._writes_checkpoint:
-            as_saved = self.app.loaded_from == "checkpoint" and self.app.index_as_saved
-            if as_saved:
+            if self.app.index_as_saved:
                 self._checkpoint_versions = self.index.versions()
             cursor = self.app.index_cursor
             self._checkpoint_thread = background.start(

@@ -650,17 +650,21 @@ class Snapshots:
         """Replace everything with a full build (start-up)."""
         rows = fences if isinstance(fences, FenceRows) else FenceRows.of(fences)
         with self._lock:
-            if self._pending is not None:  # what a block held is in the store just read
-                self._pending.clear()
-                self._pending_ids.clear()
             clocks = tuple(ClockInfo.of(i, tc) for i, tc in enumerate(time_clocks))
             cols = FenceColumns.from_rows(rows, {c.time_clock.id: c for c in clocks})
             base = build_table(cols, _clock_arrays(clocks)[3], self._reserve(cols.clocks.size))
-            old = getattr(self, "_snapshot", None)
-            owner = np.zeros(len(clocks), np.int16)
-            version = old.version + 1 if old else 1
-            self._snapshot = _make_snapshot(version, clocks, (base,), owner, 0)
-            return self._snapshot
+            return self._replace_all(clocks, base)
+
+    def _replace_all(self, clocks: tuple[ClockInfo, ...], table: FenceTable) -> Snapshot:
+        """Publish ``table`` as the only one, holding ``clocks`` (under the lock)."""
+        if self._pending is not None:  # what a block held is in the store just read
+            self._pending.clear()
+            self._pending_ids.clear()
+        old = getattr(self, "_snapshot", None)
+        owner = np.zeros(len(clocks), np.int16)
+        version = old.version + 1 if old else 1
+        self._snapshot = _make_snapshot(version, clocks, (table,), owner, 0)
+        return self._snapshot
 
     def saved(self) -> SavedIndex | None:
         """The current snapshot as one table (compacted first when it is not);
@@ -702,14 +706,9 @@ class Snapshots:
         ]
         stale = changed + [c.time_clock for c in clocks[len(saved_ids) :]]
         with self._lock:
-            if self._pending is not None:
-                self._pending.clear()
-                self._pending_ids.clear()
             table = saved.table
             self._next_handle = max(self._next_handle, table.handle_base + max(table.size, 1))
-            old = self._snapshot
-            owner = np.zeros(len(clocks), np.int16)
-            self._snapshot = _make_snapshot(old.version + 1, clocks, (table,), owner, 0)
+            self._replace_all(clocks, table)
         return stale
 
     @contextmanager
