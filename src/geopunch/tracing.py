@@ -76,6 +76,19 @@ def enabled() -> bool:
     return _provider is not None
 
 
+_OFF: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def span(name: str) -> AbstractContextManager[Any]:
+    """A span of geopunch's own, current within the block; nothing at all when
+    tracing is off. The API's no-op tracer still makes a span object and
+    attaches a context per call, about 3 % of a punch's server time under
+    load (py-spy), so the off path does not go through it."""
+    if _provider is None:
+        return _OFF
+    return tracer.start_as_current_span(name)
+
+
 def batch_span(name: str, contexts: Sequence[contextvars.Context]) -> AbstractContextManager[Any]:
     """A span of work done for many calls at once (one commit of several
     punches), linked to the span of each call's context."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from geopunch import metrics
+from geopunch import metrics, tracing
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import TimeClock
 from geopunch.domain.ports import (
@@ -46,7 +46,6 @@ from geopunch.domain.punches import (
 from geopunch.domain.timesheets import punch_events
 from geopunch.service.admin import get_time_clock
 from geopunch.service.events import in_batches
-from geopunch.tracing import tracer
 
 T = TypeVar("T")
 
@@ -102,7 +101,7 @@ async def punch(
         await asyncio.to_thread(fences.view_knowing, account, (cmd.time_clock_id,))
 
     def work(batch: UnitOfWork) -> PunchOutcome:
-        with tracer.start_as_current_span("punch transaction"):
+        with tracing.span("punch transaction"):
             return write(batch)
 
     def write(batch: UnitOfWork) -> PunchOutcome:
@@ -154,7 +153,7 @@ async def punch(
     try:
         # Its work runs in the committer's thread within this span (the
         # committer runs each piece in its submitter's context).
-        with tracer.start_as_current_span(f"punch {cmd.kind.value}"):
+        with tracing.span(f"punch {cmd.kind.value}"):
             outcome = await run_retrying(submit, work, _lost_race(cmd), order)
     except DomainError as err:
         metrics.PUNCHES.labels(cmd.kind.value, err.code.value).inc()
