@@ -6,7 +6,13 @@
 Starts ``geopunch serve`` (one process, fresh SQLite store) and, in a
 process of its own, a bare ``grpc.aio`` server that answers the same method
 path (``/geopunch.v1.AdminService/Ping``) with an empty message: no
-interceptor, no key check, no metrics, no log line. The same asyncio client
+interceptor, no key check, no metrics, no log line. A second bare server
+("obliged") does only what geopunch's API obliges every call to do and
+nothing else: it passes each call through a ``grpc.aio`` interceptor (the
+hook any authentication needs), sends the call's ``x-request-id`` as initial
+metadata before the answer, and answers a ``PingResponse`` carrying that id.
+It measures how much of the gap to the bare server those obligations
+alone cost on this machine. The same asyncio client
 (one connection, ``--concurrency`` calls in flight, then one) alternates
 windows between the two. Prints calls/s and p50 of each and the ratios:
 what geopunch keeps of the floor that gRPC in Python sets on this machine.
@@ -35,17 +41,38 @@ from serverproc import OWN_CONNECTION, serve
 from geopunch.v1 import admin_pb2, admin_pb2_grpc
 
 BARE = """
-import asyncio, grpc
+import asyncio, grpc, sys, uuid
+
+MODE = sys.argv[1]
+OBLIGED = MODE != "bare"
+
+
+class PassThrough(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details):
+        return await continuation(details)
+
 
 async def ping(request, context):
-    return b""
+    if not OBLIGED:
+        return b""
+    rid = str(uuid.uuid4())
+    await context.send_initial_metadata((("x-request-id", rid),))
+    return b"\\x0a\\x24" + rid.encode()  # PingResponse(request_id=rid)
+
+
+async def read_then_ping(requests, context):
+    async with asyncio.timeout(10):
+        request = await anext(aiter(requests))
+    return await ping(request, context)
+
 
 async def main():
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "geopunch.v1.AdminService",
-        {"Ping": grpc.unary_unary_rpc_method_handler(ping)},
-    )
+    server = grpc.aio.server(interceptors=[PassThrough()] if OBLIGED else None)
+    if MODE == "guarded":
+        method = grpc.stream_unary_rpc_method_handler(read_then_ping)
+    else:
+        method = grpc.unary_unary_rpc_method_handler(ping)
+    handler = grpc.method_handlers_generic_handler("geopunch.v1.AdminService", {"Ping": method})
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -88,6 +115,14 @@ async def measure(addresses: dict[str, str], args: argparse.Namespace) -> dict[s
     g1, b1 = windows[("geopunch", one)].summary(), windows[("bare", one)].summary()
     out["ping_throughput_vs_bare"] = round(g["calls_per_s"] / b["calls_per_s"], 3)
     out["ping_p50_at_1_vs_bare"] = round(g1["p50_ms"] / b1["p50_ms"], 3)
+    o, o1 = windows[("obliged", many)].summary(), windows[("obliged", one)].summary()
+    out["obliged_throughput_vs_bare"] = round(o["calls_per_s"] / b["calls_per_s"], 3)
+    out["obliged_p50_at_1_vs_bare"] = round(o1["p50_ms"] / b1["p50_ms"], 3)
+    out["ping_throughput_vs_obliged"] = round(g["calls_per_s"] / o["calls_per_s"], 3)
+    r, r1 = windows[("guarded", many)].summary(), windows[("guarded", one)].summary()
+    out["guarded_throughput_vs_bare"] = round(r["calls_per_s"] / b["calls_per_s"], 3)
+    out["guarded_p50_at_1_vs_bare"] = round(r1["p50_ms"] / b1["p50_ms"], 3)
+    out["ping_throughput_vs_guarded"] = round(g["calls_per_s"] / r["calls_per_s"], 3)
     return out
 
 
@@ -99,18 +134,26 @@ def main() -> None:
     ap.add_argument("--bare-loop", choices=sorted(RUNNERS), default="asyncio")
     args = ap.parse_args()
     script = BARE.replace("{run}", RUNNERS[args.bare_loop])
-    bare = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    bares = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True
+        )
+        for name in ("bare", "obliged", "guarded")
+    }
     try:
-        assert bare.stdout is not None
-        bare_address = bare.stdout.readline().strip()
+        addresses = {}
+        for name, proc in bares.items():
+            assert proc.stdout is not None
+            addresses[name] = proc.stdout.readline().strip()
         with (
             tempfile.TemporaryDirectory() as tmp,
             serve(Path(tmp) / "floor.db", API_KEY) as address,
         ):
-            result = asyncio.run(measure({"geopunch": address, "bare": bare_address}, args))
+            result = asyncio.run(measure({"geopunch": address, **addresses}, args))
     finally:
-        bare.terminate()
-        bare.wait(30)
+        for proc in bares.values():
+            proc.terminate()
+            proc.wait(30)
     result["bare_loop"] = args.bare_loop
     result["geopunch_loop"] = os.environ.get("GEOPUNCH_EVENT_LOOP", "auto")
     print(json.dumps(result, indent=2))
