@@ -12,7 +12,10 @@ nothing else: it passes each call through a ``grpc.aio`` interceptor (the
 hook any authentication needs), sends the call's ``x-request-id`` as initial
 metadata before the answer, and answers a ``PingResponse`` carrying that id.
 It measures how much of the gap to the bare server those obligations
-alone cost on this machine. The same asyncio client
+alone cost on this machine. A third ("guarded") adds geopunch's guarded
+read: the method registered as client-streaming, its one message read under
+a timeout, so that a message that never comes is answered rather than
+waited for. The same asyncio client
 (one connection, ``--concurrency`` calls in flight, then one) alternates
 windows between the two. Prints calls/s and p50 of each and the ratios:
 what geopunch keeps of the floor that gRPC in Python sets on this machine.
