@@ -13,6 +13,7 @@ is what makes the two stores accept and refuse the same requests.
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -36,6 +37,8 @@ _JSON = {"google.protobuf.Value", "google.protobuf.Struct", "google.protobuf.Lis
 
 def check_request(message: Any) -> None:
     """Raise INVALID_ARGUMENT naming every field outside the shared bounds."""
+    if _clean([message], message.DESCRIPTOR):
+        return
     found: list[FieldViolation] = []
     _walk(message, "", found)
     if found:
@@ -88,6 +91,73 @@ def _kind(fd: FieldDescriptor) -> int:
             kind = _MANY if many else _ONE
         _kinds[fd] = kind
     return kind
+
+
+#: Per message type, the fields the guard looks at: (name, kind, message
+#: type, whether an unset one must be skipped).
+_plans: dict[Any, tuple[tuple[str, int, Any, bool], ...]] = {}
+
+
+def _plan(descriptor: Any) -> tuple[tuple[str, int, Any, bool], ...]:
+    plan = _plans.get(descriptor)
+    if plan is None:
+        plan = tuple(
+            (fd.name, kind, fd.message_type, kind == _ONE and _reaches(fd.message_type, descriptor))
+            for fd in descriptor.fields
+            if (kind := _kind(fd)) != _SKIP
+        )
+        _plans[descriptor] = plan
+    return plan
+
+
+def _reaches(start: Any, target: Any) -> bool:
+    """Whether messages of type ``start`` can hold one of type ``target``."""
+    seen, todo = set(), [start]
+    while todo:
+        descriptor = todo.pop()
+        if descriptor is target:
+            return True
+        if descriptor.full_name in seen:
+            continue
+        seen.add(descriptor.full_name)
+        todo.extend(fd.message_type for fd in descriptor.fields if fd.message_type is not None)
+    return False
+
+
+def _clean(items: list[Any], descriptor: Any) -> bool:
+    """Whether no field of any of ``items`` (messages of one type) breaks a
+    bound: a field at a time over all items (a 1,000-fence request in about a
+    tenth of the walk's time, which is per message and per field). Only a
+    request that fails it is walked, for the paths of its problems."""
+    for name, kind, inner, only_set in _plan(descriptor):
+        if kind == _TEXT:
+            if "\x00" in "".join([getattr(m, name) for m in items]):
+                return False
+        elif kind == _TEXTS:
+            if "\x00" in "".join(chain.from_iterable([getattr(m, name) for m in items])):
+                return False
+        elif kind == _ONE:
+            # An unset message reads as an empty one, which has nothing to
+            # refuse; asking HasField costs twice the read, so only a type
+            # that can hold itself (where the reads would never end) asks.
+            if only_set:
+                inside = [getattr(m, name) for m in items if m.HasField(name)]
+            else:
+                inside = [getattr(m, name) for m in items]
+            if inside and not _clean(inside, inner):
+                return False
+        elif kind == _MANY:
+            inside = [x for m in items for x in getattr(m, name)]
+            if inside and not _clean(inside, inner):
+                return False
+        else:
+            if kind == _JSON_ONE:
+                values = [getattr(m, name) for m in items if m.HasField(name)]
+            else:
+                values = [x for m in items for x in getattr(m, name)]
+            if any(_json_problem(v) for v in values):
+                return False
+    return True
 
 
 def _walk(message: Any, prefix: str, found: list[FieldViolation]) -> None:
