@@ -15,6 +15,10 @@ of its own (aiohttp, answering 204 to every POST). Then:
   created 25 a call), each timed from its call's acknowledgement to its
   arrival at the receiver (p50, p99; bar: p99 within 1 s).
 
+Each rate comes with the CPU time the server, the receiver and this process
+spent on it (from ``/proc``), per event, and how busy that kept the
+machine's cores: what a rate costs, and whether the cores had room for more.
+
 Prints JSON with the figures and the ratios.
 """
 
@@ -96,7 +100,52 @@ def receiver_main(port_out: Any) -> None:
     asyncio.run(main())
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system, all threads) ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def server_pid() -> int:
+    """The ``geopunch serve`` child of this process."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(text.rpartition(")")[2].split()[1]) == os.getpid() and b"geopunch" in cmdline:
+            return int(stat.parent.name)
+    raise RuntimeError("no geopunch server among this process's children")
+
+
+class Cpu:
+    """CPU time of the processes taking part, over one timed phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.cores = len(os.sched_getaffinity(0))
+
+    def start(self) -> None:
+        self.wall = time.perf_counter()
+        self.before = {name: cpu_s(pid) for name, pid in self.pids.items()}
+
+    def per_event(self, events: int) -> dict[str, float]:
+        """Milliseconds of CPU per event for each process, and the share of
+        the machine's cores all of them kept busy."""
+        wall = time.perf_counter() - self.wall
+        used = {name: cpu_s(pid) - self.before[name] for name, pid in self.pids.items()}
+        out = {f"{name}_cpu_ms": round(s * 1000 / events, 3) for name, s in used.items()}
+        out["cores_busy"] = round(sum(used.values()) / (wall * self.cores), 2)
+        return out
+
+
 class Bench:
+    cpu: Cpu
+
     def __init__(self, address: str, receiver: str) -> None:
         self.channel = grpc.insecure_channel(address)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
@@ -195,11 +244,13 @@ class Bench:
 
     async def delivered_rate(self, subs: list[str], from_seq: int, events: int) -> float:
         await self.reset()
+        self.cpu.start()
         started = time.perf_counter()
         for s in subs:
             self.replay(s, from_seq)
         await self.until(events * len(subs))
         rate = events * len(subs) / (time.perf_counter() - started)
+        self.costs.append(self.cpu.per_event(events * len(subs)))
         for s in subs:
             self.pause(s)
         await asyncio.sleep(1.2)  # the deliverer notices the pause
@@ -210,13 +261,16 @@ class Bench:
         await self.reset()
         conn = aiohttp.TCPConnector(limit=1)
         async with aiohttp.ClientSession(connector=conn) as s:
+            self.cpu.start()
             started = time.perf_counter()
             for r in requests:
                 async with s.post(
                     f"{self.receiver}/hooks", data=r["body"].encode(), headers=r["headers"]
                 ) as resp:
                     await resp.read()
-            return len(requests) / (time.perf_counter() - started)
+            rate = len(requests) / (time.perf_counter() - started)
+            self.costs.append(self.cpu.per_event(len(requests)))
+            return rate
 
     async def latency(self, rate: float, seconds: float, first_user: int) -> dict[str, Any]:
         """Events at ``rate`` a second (time activities created 25 a call, a
@@ -280,11 +334,15 @@ class Bench:
         }
 
     channel_target = ""
+    costs: list[dict[str, float]]
 
 
-async def run(args: argparse.Namespace, address: str, receiver: str) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, address: str, receiver: str, pids: dict[str, int]
+) -> dict[str, Any]:
     b = Bench(address, receiver)
     b.channel_target = address
+    b.cpu = Cpu(pids)
     b.wait_ready()
     clock = admin_pb2.TimeClock(
         id=TC, name="bench", timezone="UTC", user_ids=range(1, USERS + args.events + 1)
@@ -302,10 +360,18 @@ async def run(args: argparse.Namespace, address: str, receiver: str) -> dict[str
     b.pause(one)
     await asyncio.sleep(1.2)
     out: dict[str, Any] = {"events": args.events, "one": [], "loop": []}
+    cost: dict[str, list[dict[str, float]]] = {"one": [], "loop": []}
     for _ in range(3):
+        b.costs = cost["loop"]
         out["loop"].append(round(await b.loop_rate(requests), 1))
+        b.costs = cost["one"]
         out["one"].append(round(await b.delivered_rate([one], first, args.events), 1))
+    b.costs = cost["ten"] = []
     out["ten"] = round(await b.delivered_rate(ten, first, args.events), 1)
+    out["cpu_per_event"] = {
+        phase: {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]}
+        for phase, rows in cost.items()
+    }
     one_rate = float(np.mean(out["one"]))
     out["one_vs_loop"] = round(one_rate / float(np.mean(out["loop"])), 3)
     out["ten_vs_one"] = round(out["ten"] / one_rate, 2)
@@ -328,7 +394,8 @@ def main() -> None:
     receiver = f"http://127.0.0.1:{here.recv()}"
     try:
         with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "hooks.db", API_KEY) as addr:
-            print(json.dumps(asyncio.run(run(args, addr, receiver)), indent=2))
+            pids = {"server": server_pid(), "receiver": rx.pid or 0, "bench": os.getpid()}
+            print(json.dumps(asyncio.run(run(args, addr, receiver, pids)), indent=2))
     finally:
         rx.terminate()
 
