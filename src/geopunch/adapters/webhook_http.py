@@ -8,6 +8,10 @@ alive between deliveries.
 Unless private addresses are allowed, every connection's resolved address
 is checked again here, not only the URL when it is stored: a host name
 that later resolves to a private address (DNS rebinding) is refused too.
+
+aiohttp is imported when the first request is made, not with this module:
+it was 0.13 s of every server's start (``python -X importtime``), also of
+servers that never deliver a webhook.
 """
 
 from __future__ import annotations
@@ -16,55 +20,68 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 from geopunch.domain.ports import PostResult
 from geopunch.domain.webhooks import refused_address
 
+if TYPE_CHECKING:
+    import aiohttp
 
-class _PublicOnly(AbstractResolver):
-    """A resolver that answers no loopback, private or reserved address."""
 
-    def __init__(self) -> None:
-        self._inner = ThreadedResolver()
+@functools.cache
+def _public_only() -> type[Any]:
+    """The class of a resolver that answers no loopback, private or reserved
+    address (made on first use, with aiohttp)."""
+    from aiohttp.abc import AbstractResolver, ResolveResult
+    from aiohttp.resolver import ThreadedResolver
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        allowed = [r for r in found if not refused_address(r["host"])]
-        if not allowed:
-            raise OSError(f"{host} resolves to no public address")
-        return allowed
+    class PublicOnly(AbstractResolver):
+        def __init__(self) -> None:
+            self._inner = ThreadedResolver()
 
-    async def close(self) -> None:
-        await self._inner.close()
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            found = await self._inner.resolve(host, port, family)
+            allowed = [r for r in found if not refused_address(r["host"])]
+            if not allowed:
+                raise OSError(f"{host} resolves to no public address")
+            return allowed
+
+        async def close(self) -> None:
+            await self._inner.close()
+
+    return PublicOnly
 
 
 class AiohttpPoster:
     """Implements ``WebhookPoster``; made and used on one event loop."""
 
     def __init__(self, timeout_s: float, allow_private: bool, user_agent: str) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._allow_private = allow_private
         self._headers = {"user-agent": user_agent}
         self._session: aiohttp.ClientSession | None = None
+        self._failures: tuple[type[BaseException], ...] = ()
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(
                 limit=0,  # one connection per subscription task at a time anyway
                 limit_per_host=0,
-                resolver=None if self._allow_private else _PublicOnly(),
+                resolver=None if self._allow_private else _public_only()(),
                 keepalive_timeout=30,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                headers=self._headers,
             )
+            self._failures = (aiohttp.ClientError, OSError, ValueError)
         return self._session
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult:
@@ -79,8 +96,8 @@ class AiohttpPoster:
                 error = None if response.status < 300 else f"HTTP {response.status}: {text}"
                 return PostResult(response.status, error)
         except TimeoutError:
-            return PostResult(None, f"no answer within {self._timeout.total} s")
-        except (aiohttp.ClientError, OSError, ValueError) as err:
+            return PostResult(None, f"no answer within {self._timeout_s} s")
+        except self._failures as err:
             return PostResult(None, f"{type(err).__name__}: {err}")
 
     async def close(self) -> None:

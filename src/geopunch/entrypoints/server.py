@@ -31,7 +31,6 @@ from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.http.app import HttpDeps, create_app
-from geopunch.adapters.nats_sink import JetStreamPublisher
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
@@ -361,6 +360,10 @@ class Server:
         )
         self._delivery = self._delivery_loop.spawn(deliverer.run())
         if config.nats_url:
+            # Imported only when configured: the NATS client and the aiohttp
+            # it brings were 0.16 s of every server's start.
+            from geopunch.adapters.nats_sink import JetStreamPublisher
+
             sink = SinkPublisher(
                 "nats",
                 self._uows,
