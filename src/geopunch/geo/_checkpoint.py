@@ -21,19 +21,17 @@ import json
 import os
 import zlib
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from geopunch.geo._index import FenceTable, SavedIndex
+from geopunch.geo._index import TABLE_ARRAYS, FenceTable, SavedIndex
 
 #: Moves when the layout of the file or of the table changes: older files are ignored.
 FORMAT = 3
 
-_TABLE_ARRAYS = tuple(f.name for f in fields(FenceTable) if f.name != "handle_base")
 _PER_CLOCK = ("clock_ids", "extra_m", "job_digests")
 #: The kernels are compiled for these types.
 _DTYPES = {
@@ -64,7 +62,7 @@ def write(path: Path, header: Mapping[str, Any], parts: Mapping[int, SavedIndex]
     arrays: list[npt.NDArray[Any]] = []
     for part in parts.values():
         arrays += [getattr(part, name) for name in _PER_CLOCK]
-        arrays += [getattr(part.table, name) for name in _TABLE_ARRAYS]
+        arrays += [getattr(part.table, name) for name in TABLE_ARRAYS]
     head = {
         **header,
         "format": FORMAT,
@@ -122,7 +120,7 @@ def read(path: Path, header: Mapping[str, Any]) -> dict[int, SavedIndex]:
 
         for key, base in header["accounts"].items():
             clock_ids, extra_m, digests = (column() for _ in _PER_CLOCK)
-            table = FenceTable(int(base), *(column() for _ in _TABLE_ARRAYS))
+            table = FenceTable(int(base), *(column() for _ in TABLE_ARRAYS))
             _check(table, clock_ids.size)
             if extra_m.size != clock_ids.size or digests.size != clock_ids.size:
                 raise ValueError("per-clock columns of different lengths")
@@ -133,7 +131,7 @@ def read(path: Path, header: Mapping[str, Any]) -> dict[int, SavedIndex]:
 def _check(t: FenceTable, clocks: int) -> None:
     """The shapes and types the kernels rely on: a foreign table must not reach them."""
     n = t.size
-    kinds = {name: getattr(t, name).dtype for name in _TABLE_ARRAYS}
+    kinds = {name: getattr(t, name).dtype for name in TABLE_ARRAYS}
     if kinds["ids"].kind != "S" or any(
         kinds[name] != np.dtype(want) for name, want in _DTYPES.items()
     ):

@@ -30,7 +30,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -115,25 +115,11 @@ class FenceTable:
 
     @property
     def nbytes(self) -> int:
-        arrays = (
-            self.clocks,
-            self.lats,
-            self.lons,
-            self.fx,
-            self.fy,
-            self.fz,
-            self.radius,
-            self.actions,
-            self.ids,
-            self.applies_all,
-            self.job_start,
-            self.jobs,
-            self.clock_row_start,
-            self.slots,
-            self.entries,
-            self.entry_rows,
-        )
-        return sum(int(a.nbytes) for a in arrays)
+        return sum(int(getattr(self, name).nbytes) for name in TABLE_ARRAYS)
+
+
+#: The arrays of a :class:`FenceTable`, in the order of its fields.
+TABLE_ARRAYS = tuple(f.name for f in fields(FenceTable) if f.name != "handle_base")
 
 
 @dataclass(frozen=True, slots=True)
