@@ -15,6 +15,9 @@ own answers the same method path with the bytes of a real answer (one
 geopunch gave for the first batch), taking the request as bytes: no
 decoding, no check, no encoding. The same client drives it with the same
 raw, fixed-width-id requests, in windows that alternate with geopunch's.
+In those windows the CPU milliseconds per call of the server and of this
+client are taken from ``/proc``, and of the in-process checks per batch:
+what each side costs, and whether the two cores had room for more.
 Prints one JSON object.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
 from serverproc import (
     OWN_CONNECTION,
+    CpuMeter,
     calls_per_worker,
+    child_pid,
     connections_per_worker,
     serve,
     worker_of,
@@ -98,9 +104,15 @@ def requests(  # type: ignore[no-untyped-def]
 
 
 def closed_loop(
-    address: str, reqs: list, concurrency: int, seconds: float, batch: int
-) -> dict[str, Any]:  # type: ignore[type-arg]
-    """``concurrency`` threads, each with its own channel, each one call in flight."""
+    address: str,
+    reqs: list,  # type: ignore[type-arg]
+    concurrency: int,
+    seconds: float,
+    batch: int,
+    server_pid: int = 0,
+) -> dict[str, Any]:
+    """``concurrency`` threads, each with its own channel, each one call in
+    flight; with ``server_pid``, the CPU the server and this client spent."""
     done = [0] * concurrency
     workers = [0] * concurrency
     lat_ms: list[list[float]] = [[] for _ in range(concurrency)]
@@ -128,6 +140,7 @@ def closed_loop(
                 i += concurrency
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    meter = CpuMeter({"server": server_pid, "client": os.getpid()}) if server_pid else None
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -135,7 +148,9 @@ def closed_loop(
         t.join()
     elapsed = time.perf_counter() - t0
     lats = np.concatenate([np.asarray(x) for x in lat_ms])
+    cpu = meter.per(sum(done)) if meter else {}
     return {
+        **cpu,
         "points_per_s": round(sum(done) * batch / elapsed),
         "calls": sum(done),
         "p50_ms": round(float(np.percentile(lats, 50)), 2),
@@ -179,7 +194,7 @@ asyncio.run(main())
 
 
 @contextmanager
-def bare_server(answer: bytes, tmp: Path) -> Iterator[str]:
+def bare_server(answer: bytes, tmp: Path) -> Iterator[tuple[str, int]]:
     path = tmp / "answer.bin"
     path.write_bytes(answer)
     proc = subprocess.Popen(
@@ -187,10 +202,15 @@ def bare_server(answer: bytes, tmp: Path) -> Iterator[str]:
     )
     try:
         assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().strip(), proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _cpu_means(windows: list[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k in windows[0] if k.endswith("_cpu_ms") or k == "cores_busy"]
+    return {k: round(float(np.mean([w[k] for w in windows])), 3) for k in keys}
 
 
 def main() -> None:
@@ -205,6 +225,11 @@ def main() -> None:
         "--rounds", type=int, default=3, help="alternating windows of geopunch and the floor"
     )
     ap.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
+    ap.add_argument(
+        "--modes",
+        default="raw,raw_fixed_ids,packed",
+        help="request forms measured alone before the alternating windows (none: '')",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
@@ -212,14 +237,17 @@ def main() -> None:
         # in-process baseline on the same batches
         snap = FenceIndex().load(f.time_clocks, f.fences)
         warm_up()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for start in range(0, f.point_lat.size - args.batch + 1, args.batch):
             sl = slice(start, start + args.batch)
             check_points(snap, f.point_lat[sl], f.point_lon[sl], f.point_clock[sl])
-        inproc = (f.point_lat.size // args.batch) * args.batch / (time.perf_counter() - t)
+        batches = f.point_lat.size // args.batch
+        inproc = batches * args.batch / (time.perf_counter() - t)
+        inproc_cpu_ms = (time.process_time() - cpu) * 1000 / batches
         t = time.perf_counter()
         with serve(db, API_KEY, args.processes) as address:
             start_s = time.perf_counter() - t
+            pid = child_pid(b"geopunch") if args.processes == 1 else 0
             out = {
                 "workload": {
                     "clocks": args.clocks,
@@ -232,12 +260,15 @@ def main() -> None:
                 "seed_s": round(seed_s, 2),
                 "server_start_s": round(start_s, 2),
                 "in_process_points_per_s": round(inproc),
+                "in_process_cpu_ms_per_batch": round(inproc_cpu_ms, 3),
             }
-            for name, raw, fixed in (
-                ("raw", True, False),
-                ("raw_fixed_ids", True, True),
-                ("packed", False, False),
-            ):
+            forms = {
+                "raw": (True, False),
+                "raw_fixed_ids": (True, True),
+                "packed": (False, False),
+            }
+            for name in filter(None, args.modes.split(",")):
+                raw, fixed = forms[name]
                 reqs = requests(f, args.batch, raw, fixed)
                 out[f"grpc_{name}"] = closed_loop(
                     address, reqs, args.concurrency, args.seconds, args.batch
@@ -250,12 +281,16 @@ def main() -> None:
                 answer = location_pb2_grpc.LocationServiceStub(ch).CheckLocations(
                     reqs[0], metadata=(("x-api-key", API_KEY),), timeout=60
                 )
-            with bare_server(answer.SerializeToString(), Path(tmp)) as bare:
+            with bare_server(answer.SerializeToString(), Path(tmp)) as (bare, bare_pid):
                 mine, floor = [], []
                 for _ in range(args.rounds):
                     share = args.seconds / args.rounds
-                    mine.append(closed_loop(address, reqs, args.concurrency, share, args.batch))
-                    floor.append(closed_loop(bare, reqs, args.concurrency, share, args.batch))
+                    mine.append(
+                        closed_loop(address, reqs, args.concurrency, share, args.batch, pid)
+                    )
+                    floor.append(
+                        closed_loop(bare, reqs, args.concurrency, share, args.batch, bare_pid)
+                    )
             rate = sum(r["points_per_s"] for r in mine) / len(mine)
             bare_rate = sum(r["points_per_s"] for r in floor) / len(floor)
             out["bare_raw_bytes"] = {
@@ -263,12 +298,14 @@ def main() -> None:
                 "answer_bytes": answer.ByteSize(),
                 "request_bytes": reqs[0].ByteSize(),
                 "p50_ms": [r["p50_ms"] for r in floor],
+                **_cpu_means(floor),
             }
             out["raw_fixed_ids_alternating"] = {
                 "points_per_s": round(rate),
                 "p50_ms": [r["p50_ms"] for r in mine],
                 "ratio_to_bare": round(rate / bare_rate, 3),
                 "ratio_to_in_process": round(rate / inproc, 3),
+                **_cpu_means(mine),
             }
             print(json.dumps(out, indent=2))
 

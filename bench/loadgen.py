@@ -18,7 +18,8 @@ split into ``--rounds`` windows that alternate between the workloads:
   client: the fastest well-kept asyncio HTTP client, so the client's own cost
   on this shared machine flatters neither side), on a time clock of its own.
 
-Prints JSON: calls/s and p50/p90/p99 in ms per workload, the punch/ping
+Prints JSON: calls/s and p50/p90/p99 in ms per workload (and, when it
+started a one-process server, the server's CPU milliseconds per call), the punch/ping
 ratios and, with ``--http``, HTTP punches against gRPC punches.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import tempfile
@@ -37,7 +39,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import numpy as np
-from serverproc import OWN_CONNECTION, serve, serve_with_http
+from serverproc import OWN_CONNECTION, child_pid, cpu_s, serve, serve_with_http
 
 from geopunch.v1 import (
     admin_pb2,
@@ -65,10 +67,14 @@ class Window:
     latencies: list[np.ndarray] = field(default_factory=list)
     elapsed: float = 0.0
     errors: int = 0
+    #: CPU seconds the server spent in the windows (when it is measured).
+    server_cpu_s: float = 0.0
 
     def summary(self) -> dict[str, float]:
         lat = np.concatenate(self.latencies)
+        cpu = {"server_cpu_ms_per_call": round(self.server_cpu_s * 1000 / lat.size, 4)}
         return {
+            **(cpu if self.server_cpu_s else {}),
             "calls_per_s": round(lat.size / self.elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 3),
             "p90_ms": round(float(np.percentile(lat, 90)), 3),
@@ -84,6 +90,7 @@ async def closed_loop(
     call: Callable[[int, int], Awaitable[None]],
     counters: list[int],
     into: Window,
+    server_cpu: Callable[[], float] | None = None,
 ) -> None:
     """Keep ``concurrency`` calls in flight for ``seconds``; add what was seen to ``into``.
 
@@ -107,8 +114,11 @@ async def closed_loop(
             latencies[w].append(time.perf_counter_ns() - t)
 
     t0 = time.perf_counter()
+    cpu0 = server_cpu() if server_cpu else 0.0
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     into.elapsed += time.perf_counter() - t0
+    if server_cpu:
+        into.server_cpu_s += server_cpu() - cpu0
     seen = np.concatenate([np.asarray(x, dtype=np.float64) for x in latencies])
     into.latencies.append(seen / 1e6)
     into.errors += errors[0]
@@ -252,6 +262,8 @@ async def _run(
             if r.status != 200:
                 raise HttpRefused(f"HTTP {r.status} {answer[:200]!r}")
 
+    pid = getattr(args, "server_pid", 0)
+    server_cpu = functools.partial(cpu_s, pid) if pid else None
     calls = {"ping": ping, "punch": punch}
     if session is not None:
         calls["http_punch"] = http_punch
@@ -269,7 +281,12 @@ async def _run(
         for _ in range(args.rounds):
             for n in names:
                 await closed_loop(
-                    concurrency, args.seconds / args.rounds, calls[n], counters[n], windows[n]
+                    concurrency,
+                    args.seconds / args.rounds,
+                    calls[n],
+                    counters[n],
+                    windows[n],
+                    server_cpu,
                 )
         for n in names:
             out[n + suffix] = windows[n].summary()
@@ -279,6 +296,10 @@ async def _run(
     assert isinstance(ping_c, dict) and isinstance(punch_c, dict)
     out["punch_vs_ping_throughput"] = round(punch_c["calls_per_s"] / ping_c["calls_per_s"], 3)
     out["punch_vs_ping_p99"] = round(punch_c["p99_ms"] / ping_c["p99_ms"], 3)
+    if "server_cpu_ms_per_call" in ping_c:
+        out["punch_vs_ping_server_cpu"] = round(
+            punch_c["server_cpu_ms_per_call"] / ping_c["server_cpu_ms_per_call"], 3
+        )
     if session is not None:
         h, h1, g1 = out["http_punch"], out["http_punch_1"], out["punch_1"]
         assert isinstance(h, dict) and isinstance(h1, dict) and isinstance(g1, dict)
@@ -311,12 +332,14 @@ def main() -> None:
             tempfile.TemporaryDirectory() as tmp,
             serve_with_http(Path(tmp) / "load.db", API_KEY, args.processes) as (address, http),
         ):
+            args.server_pid = child_pid(b"geopunch") if args.processes == 1 else 0
             result = asyncio.run(run(address, args, http))
     else:
         with (
             tempfile.TemporaryDirectory() as tmp,
             serve(Path(tmp) / "load.db", API_KEY, args.processes) as address,
         ):
+            args.server_pid = child_pid(b"geopunch") if args.processes == 1 else 0
             result = asyncio.run(run(address, args))
         result["workload"] = {
             "concurrency": args.concurrency,

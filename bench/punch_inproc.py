@@ -6,15 +6,23 @@ One user clocks in and out in turn through the punch use case and the
 server's group committer, on a fresh SQLite file (WAL, ``synchronous=FULL``,
 as the server runs) and on uvloop, one punch at a time. In the same run the
 baseline: a one-row durable transaction through plain ``sqlite3`` with the
-same settings. Prints JSON: the punch's p50 and the p50 of the committer's
-batch (the punch's work and its commit in the writer thread), the rest being
-the hand-offs between the event loop and that thread. Added to the gRPC
-floor (``grpc_floor.py``), it is the least a punch over gRPC can cost here.
+same settings. Then 64 users punch at once (64 in flight, as
+``loadgen.py`` drives the server), and the process's CPU time per punch is
+taken: the punch's own work with commits shared by a batch, without gRPC.
+
+Prints JSON: the punch's p50 at one in flight and the p50 of the
+committer's batch (the punch's work and its commit in the writer thread),
+the rest being the hand-offs between the event loop and that thread; and
+the CPU milliseconds per punch at 64 in flight. Added to the gRPC floor
+(``grpc_floor.py``) the first is the least a punch over gRPC can take at one
+in flight; set against a ``Ping``'s server CPU (``loadgen.py``) the second
+bounds how close punches can come to ``Ping``'s rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sqlite3
 import statistics
@@ -32,6 +40,7 @@ from geopunch.domain.punches import PunchCommand, PunchKind
 from geopunch.service import admin, punches
 
 TC, USER = 1, 10
+IN_FLIGHT = 64
 
 
 class _Clock:
@@ -62,7 +71,8 @@ def punch_ms(db: Path, n: int) -> dict[str, float]:
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine)
     uows = SqlUnitOfWorkFactory(engine)
-    tc = TimeClock(id=TC, name="b", timezone="UTC", jobs=(Job("j", "J"),), user_ids={USER})
+    users = frozenset({USER, *range(1000, 1000 + IN_FLIGHT)})
+    tc = TimeClock(id=TC, name="b", timezone="UTC", jobs=(Job("j", "J"),), user_ids=users)
     admin.create_time_clock(uows, DEFAULT_ACCOUNT, tc, ["j"], assign_id=False)
     committer = GroupCommitter(uows)
     batches: list[float] = []
@@ -89,14 +99,37 @@ def punch_ms(db: Path, n: int) -> dict[str, float]:
             spent.append(time.perf_counter() - started)
         return spent
 
+    async def punch_together(rounds: int) -> float:
+        """CPU seconds per punch, IN_FLIGHT users punching at once."""
+        started = time.process_time()
+        for i in range(rounds):
+            clock.t += 2
+            kind = PunchKind.CLOCK_IN if i % 2 == 0 else PunchKind.CLOCK_OUT
+            await asyncio.gather(
+                *(
+                    punches.punch(
+                        committer.submit,
+                        None,
+                        clock,
+                        DEFAULT_ACCOUNT,
+                        PunchCommand(kind, TC, 1000 + u),
+                        "bench",
+                    )
+                    for u in range(IN_FLIGHT)
+                )
+            )
+        return (time.process_time() - started) / (rounds * IN_FLIGHT)
+
     try:
         spent = uvloop.run(punch_all())
+        cpu_per_punch = uvloop.run(punch_together(max(n // IN_FLIGHT, 20)))
     finally:
         committer.close()
         engine.dispose()
     return {
         "punch_p50_ms": statistics.median(spent[n // 8 :]) * 1000,
-        "batch_p50_ms": statistics.median(batches[n // 8 :]) * 1000,
+        "batch_p50_ms": statistics.median(batches[n // 8 : n]) * 1000,
+        "cpu_ms_per_punch_at_64": cpu_per_punch * 1000,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,3 +92,48 @@ def calls_per_worker(calls: list[int], workers: list[int]) -> list[int]:
         sum(c for c, w in zip(calls, workers, strict=True) if w == n)
         for n in range(max(workers, default=-1) + 1)
     ]
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system, all threads) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def child_pid(marker: bytes) -> int:
+    """The child of this process whose command line holds ``marker``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(text.rpartition(")")[2].split()[1]) == os.getpid() and marker in cmdline:
+            return int(stat.parent.name)
+    raise RuntimeError(f"no child of this process runs {marker!r}")
+
+
+class CpuMeter:
+    """CPU time of some processes over one timed phase: what a rate costs
+    each of them, and whether the machine's cores had room for more."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.cores = len(os.sched_getaffinity(0))
+        self.start()
+
+    def start(self) -> None:
+        self.wall = time.perf_counter()
+        self.before = {name: cpu_s(pid) for name, pid in self.pids.items()}
+
+    def per(self, units: int) -> dict[str, float]:
+        """Milliseconds of CPU per unit (a call, an event) for each process,
+        and the share of the machine's cores they kept busy together."""
+        wall = time.perf_counter() - self.wall
+        used = {name: cpu_s(pid) - self.before[name] for name, pid in self.pids.items()}
+        out = {f"{name}_cpu_ms": round(s * 1000 / max(units, 1), 4) for name, s in used.items()}
+        out["cores_busy"] = round(sum(used.values()) / (wall * self.cores), 2)
+        return out

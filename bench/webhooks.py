@@ -39,7 +39,7 @@ import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import field_mask_pb2
-from serverproc import serve
+from serverproc import CpuMeter, child_pid, serve
 
 from geopunch.v1 import (
     admin_pb2,
@@ -100,51 +100,8 @@ def receiver_main(port_out: Any) -> None:
     asyncio.run(main())
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user and system, all threads) ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def server_pid() -> int:
-    """The ``geopunch serve`` child of this process."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(text.rpartition(")")[2].split()[1]) == os.getpid() and b"geopunch" in cmdline:
-            return int(stat.parent.name)
-    raise RuntimeError("no geopunch server among this process's children")
-
-
-class Cpu:
-    """CPU time of the processes taking part, over one timed phase."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.cores = len(os.sched_getaffinity(0))
-
-    def start(self) -> None:
-        self.wall = time.perf_counter()
-        self.before = {name: cpu_s(pid) for name, pid in self.pids.items()}
-
-    def per_event(self, events: int) -> dict[str, float]:
-        """Milliseconds of CPU per event for each process, and the share of
-        the machine's cores all of them kept busy."""
-        wall = time.perf_counter() - self.wall
-        used = {name: cpu_s(pid) - self.before[name] for name, pid in self.pids.items()}
-        out = {f"{name}_cpu_ms": round(s * 1000 / events, 3) for name, s in used.items()}
-        out["cores_busy"] = round(sum(used.values()) / (wall * self.cores), 2)
-        return out
-
-
 class Bench:
-    cpu: Cpu
+    cpu: CpuMeter
 
     def __init__(self, address: str, receiver: str) -> None:
         self.channel = grpc.insecure_channel(address)
@@ -250,7 +207,7 @@ class Bench:
             self.replay(s, from_seq)
         await self.until(events * len(subs))
         rate = events * len(subs) / (time.perf_counter() - started)
-        self.costs.append(self.cpu.per_event(events * len(subs)))
+        self.costs.append(self.cpu.per(events * len(subs)))
         for s in subs:
             self.pause(s)
         await asyncio.sleep(1.2)  # the deliverer notices the pause
@@ -269,7 +226,7 @@ class Bench:
                 ) as resp:
                     await resp.read()
             rate = len(requests) / (time.perf_counter() - started)
-            self.costs.append(self.cpu.per_event(len(requests)))
+            self.costs.append(self.cpu.per(len(requests)))
             return rate
 
     async def latency(self, rate: float, seconds: float, first_user: int) -> dict[str, Any]:
@@ -342,7 +299,7 @@ async def run(
 ) -> dict[str, Any]:
     b = Bench(address, receiver)
     b.channel_target = address
-    b.cpu = Cpu(pids)
+    b.cpu = CpuMeter(pids)
     b.wait_ready()
     clock = admin_pb2.TimeClock(
         id=TC, name="bench", timezone="UTC", user_ids=range(1, USERS + args.events + 1)
@@ -394,7 +351,7 @@ def main() -> None:
     receiver = f"http://127.0.0.1:{here.recv()}"
     try:
         with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "hooks.db", API_KEY) as addr:
-            pids = {"server": server_pid(), "receiver": rx.pid or 0, "bench": os.getpid()}
+            pids = {"server": child_pid(b"geopunch"), "receiver": rx.pid or 0, "bench": os.getpid()}
             print(json.dumps(asyncio.run(run(args, addr, receiver, pids)), indent=2))
     finally:
         rx.terminate()
