@@ -16,13 +16,16 @@ In one run:
 
 Prints JSON: fences/s of both, the load's rate in each tenth of it (by fences
 stored), and the ratios the issue asks for: the last tenth over the first,
-and the whole load over the baseline.
+and the whole load over the baseline; and the CPU a fence cost the
+baseline's process, and the server and the clients in the load (from
+``/proc``), with how busy the two kept the machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -35,7 +38,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
-from serverproc import OWN_CONNECTION, serve
+from serverproc import OWN_CONNECTION, CpuMeter, child_pid, serve
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
@@ -177,9 +180,15 @@ def main() -> None:
         by_clock.setdefault(f.time_clock_id, []).append(f)
     total = len(fleet.fences)
     with tempfile.TemporaryDirectory() as tmp:
+        cpu = time.process_time()
         direct_s, direct_marks = baseline(Path(tmp) / "direct.db", fleet.time_clocks, by_clock)
+        direct_cpu = {
+            "direct_cpu_us_per_fence": round((time.process_time() - cpu) * 1e6 / total, 2)
+        }
         with serve(Path(tmp) / "api.db", API_KEY) as address:
+            meter = CpuMeter({"server": child_pid(b"geopunch"), "client": os.getpid()})
             api_s, marks = load(address, fleet.time_clocks, by_clock, args.concurrency)
+            api_cpu = meter.per(total)
     rates = tenths(marks, total)
     direct_rates = tenths(direct_marks, total)
     print(
@@ -197,6 +206,14 @@ def main() -> None:
                 "direct_tenths_fences_per_s": [round(r) for r in direct_rates],
                 "direct_last_over_first_tenth": round(direct_rates[-1] / direct_rates[0], 3),
                 "api_over_direct": round(direct_s / api_s, 3),
+                **direct_cpu,
+                # CPU per fence, in microseconds (CpuMeter counts milliseconds per unit).
+                **{
+                    k.replace("_ms", "_us_per_fence"): round(v * 1000, 2)
+                    if k.endswith("_ms")
+                    else v
+                    for k, v in api_cpu.items()
+                },
             },
             indent=2,
         )
