@@ -43,7 +43,7 @@ from serverproc import OWN_CONNECTION, CpuMeter, child_pid, serve
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import Geofence, TimeClock
-from geopunch.service.geofences import new_fence_id
+from geopunch.service.geofences import new_fence_ids
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, geofences_pb2, geofences_pb2_grpc
 
 API_KEY = "bench-key-0123456789"
@@ -94,7 +94,8 @@ def baseline(
     stored = 0
     t = time.perf_counter()
     for tc in clocks:
-        fences = [replace(f, id=new_fence_id()) for f in by_clock.get(tc.id, [])]
+        mine = by_clock.get(tc.id, [])
+        fences = [replace(f, id=i) for f, i in zip(mine, new_fence_ids(len(mine)), strict=True)]
         with uows(account=DEFAULT_ACCOUNT) as uow:
             uow.time_clocks.add(tc)
             uow.geofences.add_many(fences)
@@ -173,6 +174,9 @@ def main() -> None:
     parser.add_argument("--clocks", type=int, default=10_000)
     parser.add_argument("--per-clock", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="server processes (serve --processes)"
+    )
     args = parser.parse_args()
     fleet = make_fleet(args.clocks, args.per_clock, points=0)
     by_clock: dict[int, list[Geofence]] = {}
@@ -185,8 +189,11 @@ def main() -> None:
         direct_cpu = {
             "direct_cpu_us_per_fence": round((time.process_time() - cpu) * 1e6 / total, 2)
         }
-        with serve(Path(tmp) / "api.db", API_KEY) as address:
-            meter = CpuMeter({"server": child_pid(b"geopunch"), "client": os.getpid()})
+        with serve(Path(tmp) / "api.db", API_KEY, args.processes) as address:
+            # With several processes the supervisor's own CPU does not count its
+            # workers': only the clients' is measured then.
+            server = {"server": child_pid(b"geopunch")} if args.processes == 1 else {}
+            meter = CpuMeter({**server, "client": os.getpid()})
             api_s, marks = load(address, fleet.time_clocks, by_clock, args.concurrency)
             api_cpu = meter.per(total)
     rates = tenths(marks, total)
@@ -197,6 +204,7 @@ def main() -> None:
                 "fences": total,
                 "clocks": args.clocks,
                 "concurrency": args.concurrency,
+                "processes": args.processes,
                 "direct_fences_per_s": round(total / direct_s),
                 "api_fences_per_s": round(total / api_s),
                 "api_s": round(api_s, 2),

@@ -12,6 +12,7 @@ import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 
+from geopunch.domain.builders import positional_builder
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import (
     ExitAction,
@@ -278,6 +279,9 @@ def parse_dates(values: Sequence[str], prefix: str = "dates") -> list[date]:
     return days
 
 
+_new_geofence = positional_builder(Geofence)
+
+
 def validate_geofences(
     drafts: Sequence[GeofenceDraft],
     tc: TimeClock,
@@ -339,14 +343,14 @@ def validate_geofences(
                 f"{len(d.job_ids)} job ids; the limit is {MAX_JOB_IDS_PER_FENCE}",
             )
         else:
-            unknown = sorted({j for j in d.job_ids if j not in known_jobs})
-            if unknown:
+            if not known_jobs.issuperset(d.job_ids):
+                unknown = sorted({j for j in d.job_ids if j not in known_jobs})
                 out.add(
                     f"{path}.job_ids",
                     ErrorCode.JOBS_NOT_IN_TIME_CLOCK,
                     f"jobs {unknown} are not jobs of time clock {tc.id}",
                 )
-            if len(set(d.job_ids)) != len(d.job_ids):
+            if len(d.job_ids) > 1 and len(set(d.job_ids)) != len(d.job_ids):
                 out.add(f"{path}.job_ids", ErrorCode.INVALID_ARGUMENT, "a job id appears twice")
         if tc.job_enforcement and not d.job_ids:
             out.add(
@@ -364,17 +368,17 @@ def validate_geofences(
         if out.violations or action is None or d.latitude is None or d.longitude is None:
             continue
         fences.append(
-            Geofence(
-                id=new_id(),
-                time_clock_id=tc.id,
-                name=d.name,
-                is_enabled=True if d.is_enabled is None else d.is_enabled,
-                fence_size_m=size,
-                job_ids=d.job_ids,
-                exit_action=action,
-                address=d.address,
-                latitude=float(d.latitude),
-                longitude=float(d.longitude),
+            _new_geofence(
+                new_id(),
+                tc.id,
+                d.name,
+                True if d.is_enabled is None else d.is_enabled,
+                size,
+                d.job_ids,
+                action,
+                d.address,
+                float(d.latitude),
+                float(d.longitude),
             )
         )
     out.raise_if_any("the geofences")

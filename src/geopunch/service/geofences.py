@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.ids import ordered_hex
+from geopunch.domain.ids import ordered_hexes
 from geopunch.domain.models import Geofence, GeofenceDraft, TimeClock
 from geopunch.domain.ports import FenceListener, TransactionRunner, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.rules import validate_geofences
 from geopunch.service.admin import committed, get_time_clock
 
 
-def new_fence_id() -> str:
-    return f"fence-{ordered_hex()}"
+def new_fence_ids(n: int) -> list[str]:
+    return [f"fence-{h}" for h in ordered_hexes(n)]
 
 
 def list_geofences(uows: UnitOfWorkFactory, account: int, time_clock_id: int) -> list[Geofence]:
@@ -45,7 +45,7 @@ def create_geofences(
 
     def work(uow: UnitOfWork) -> tuple[TimeClock, list[Geofence], int]:
         tc = get_time_clock(uow, time_clock_id)
-        fences = validate_geofences(drafts, tc, new_fence_id)
+        fences = validate_geofences(drafts, tc, iter(new_fence_ids(len(drafts))).__next__)
         uow.geofences.add_many(fences)
         return tc, fences, uow.index_changes.note(tc.id)
 
