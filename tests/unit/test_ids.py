@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
-from geopunch.domain.ids import ordered_hex
+import pytest
+
+from geopunch.domain.ids import ordered_hex, ordered_hexes
 
 
-def test_ids_are_version_7_uuids_that_sort_by_creation_time() -> None:
-    ids = []
+@pytest.mark.parametrize("make", [lambda n: [ordered_hex() for _ in range(n)], ordered_hexes])
+def test_ids_are_version_7_uuids_that_sort_by_creation_time(
+    make: Callable[[int], list[str]],
+) -> None:
+    ids: list[str] = []
     for _ in range(3):
-        ids += [ordered_hex() for _ in range(1000)]
+        ids += make(1000)
         time.sleep(0.002)
     parsed = [uuid.UUID(hex=i) for i in ids]
     assert all(
@@ -25,3 +31,12 @@ def test_ids_are_version_7_uuids_that_sort_by_creation_time() -> None:
     # Ids of different milliseconds sort by time as strings too (what the index sees).
     firsts = [ids[0], ids[1000], ids[2000]]
     assert firsts == sorted(firsts)
+
+
+def test_ids_drawn_together_share_the_millisecond_and_nothing_random() -> None:
+    ids = ordered_hexes(5000)
+    assert len(set(ids)) == len(ids) == 5000
+    assert len({i[:12] for i in ids}) == 1  # one clock reading for all
+    # The random bits differ in every id: no byte of the random source reused.
+    assert len({i[13:16] + i[17:] for i in ids}) == 5000
+    assert ordered_hexes(0) == []
