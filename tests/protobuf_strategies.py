@@ -1,5 +1,6 @@
-"""Hypothesis strategies for protobuf messages, built from their descriptors:
-the RPC fuzz test and the request guard's property test share them."""
+"""Hypothesis strategies for protobuf messages, built from their descriptors,
+and the RPCs of every geopunch service: the RPC fuzz test, the request
+guard's property test and the scope test share them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,35 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import strategies as st
+
+from geopunch.v1 import (
+    admin_pb2,
+    geofences_pb2,
+    location_pb2,
+    scheduler_pb2,
+    timeclock_pb2,
+    webhooks_pb2,
+)
+
+_SERVICE_MODULES = (
+    admin_pb2,
+    geofences_pb2,
+    location_pb2,
+    scheduler_pb2,
+    timeclock_pb2,
+    webhooks_pb2,
+)
+
+
+def rpc_methods() -> list[Any]:
+    """The method descriptor of every RPC of every geopunch service."""
+    return [
+        m
+        for mod in _SERVICE_MODULES
+        for service in mod.DESCRIPTOR.services_by_name.values()
+        for m in service.methods
+    ]
+
 
 F = FieldDescriptor
 #: Integers worth trying in every integer field, besides the ids a caller adds.

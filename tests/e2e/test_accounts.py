@@ -31,6 +31,7 @@ from geopunch.v1 import (
     timeclock_pb2,
     webhooks_pb2,
 )
+from tests import protobuf_strategies
 from tests.conftest import Client, ServerProcess, make_scheduler, make_time_clock
 from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_processes import _one_per_worker
@@ -411,19 +412,7 @@ def test_another_accounts_resources_answer_as_missing_ones_and_stay_untouched(
 def test_every_rpc_has_a_scope_and_each_scope_opens_only_its_rpcs(
     deployment: Deployment,
 ) -> None:
-    rpcs = {
-        m.name
-        for mod in (
-            admin_pb2,
-            geofences_pb2,
-            location_pb2,
-            scheduler_pb2,
-            timeclock_pb2,
-            webhooks_pb2,
-        )
-        for s in mod.DESCRIPTOR.services_by_name.values()
-        for m in s.methods
-    }
+    rpcs = {m.name for m in protobuf_strategies.rpc_methods()}
     assert rpcs == set(SCOPES)
 
     admin_client = deployment.clients("alpha", "admin")[0]

@@ -13,25 +13,11 @@ from hypothesis import strategies as st
 
 from geopunch.adapters.grpc import guard
 from geopunch.domain.errors import DomainError
-from geopunch.v1 import (
-    admin_pb2,
-    common_pb2,
-    geofences_pb2,
-    location_pb2,
-    scheduler_pb2,
-    timeclock_pb2,
-    webhooks_pb2,
-)
+from geopunch.v1 import common_pb2, geofences_pb2, scheduler_pb2
 from tests import protobuf_strategies
 
-MODULES = (admin_pb2, geofences_pb2, location_pb2, scheduler_pb2, timeclock_pb2, webhooks_pb2)
 INPUTS = sorted(
-    {
-        m.input_type.full_name: m.input_type
-        for mod in MODULES
-        for s in mod.DESCRIPTOR.services_by_name.values()
-        for m in s.methods
-    }.items()
+    {m.input_type.full_name: m.input_type for m in protobuf_strategies.rpc_methods()}.items()
 )
 
 
