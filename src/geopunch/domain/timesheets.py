@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from geopunch.domain.builders import positional_builder
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.events import Event, EventType, Json
 from geopunch.domain.models import DayStatus, ManualBreakType, TimeClock
@@ -834,6 +835,9 @@ class UserStatus:
     endable_at: int | None = None
 
 
+_new_status = positional_builder(UserStatus)
+
+
 def check_status_users(tc: TimeClock, user_ids: Sequence[int]) -> list[int]:
     """The users to report: those named (each assigned), or all of the time clock's."""
     if len(user_ids) > MAX_LISTED_USERS:
@@ -856,12 +860,15 @@ def user_statuses(
 ) -> list[UserStatus]:
     types = {b.id: b for b in tc.manual_break_types}
     result = []
+    # Through the slots (domain/builders.py): a board of 10,000 users spent
+    # 6.6 ms in the frozen dataclass's own __init__.
+    new, idle, on_shift = _new_status, UserState.IDLE, UserState.ON_SHIFT
     for user in users:
         a = open_by_user.get(user)
         if a is None:
-            result.append(UserStatus(user, UserState.IDLE))
+            result.append(new(user, idle, None, None, None))
         elif a.kind is ActivityKind.SHIFT:
-            result.append(UserStatus(user, UserState.ON_SHIFT, a))
+            result.append(new(user, on_shift, a, None, None))
         else:
             bt = types.get(a.break_type_id or "")
             endable = (
@@ -869,5 +876,5 @@ def user_statuses(
                 if bt is not None and bt.is_mandatory
                 else None
             )
-            result.append(UserStatus(user, UserState.ON_BREAK, a, bt, endable))
+            result.append(new(user, UserState.ON_BREAK, a, bt, endable))
     return result
