@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import replace
@@ -13,7 +14,7 @@ import pytest
 from geopunch.domain.models import ExitAction, ExitDetectionSettings, Geofence, Job, TimeClock
 from geopunch.geo import _index as index_module
 from geopunch.geo import _kernels as kernels
-from geopunch.geo._hashing import HashTable, home_slots
+from geopunch.geo._frames import ecef
 from geopunch.geo._index import Snapshot
 from geopunch.geo._membership import (
     INVALID_ACCURACY,
@@ -54,16 +55,26 @@ def ids_at(index: FenceIndex, clock: int, lat: float, lon: float) -> set[str]:
     return batch
 
 
-def test_hash_table_matches_a_dict() -> None:
-    """Built in numpy, probed by the compiled kernel that the checks use."""
+def test_cell_table_matches_a_dict() -> None:
+    """Built by the compiled build, probed by the compiled kernel that the
+    checks use: every key finds its span, no absent key finds one."""
     rng = np.random.default_rng(3)
-    keys = np.unique(rng.integers(0, 2**62, 5000))
-    table = HashTable.build(keys, np.arange(1, keys.size + 1, dtype=np.int32))
+    keys = np.unique(rng.integers(0, 2**62, 5000))  # one entry a key
+    rows = np.arange(keys.size, dtype=np.int32)
+    order = rng.permutation(keys.size)
+    shuffled = keys[order]
+    coords = np.zeros(keys.size)
+    slots, entries, entry_rows = kernels.cell_table(
+        shuffled, rows, np.argsort(shuffled, kind="stable"), coords, coords, coords, coords
+    )
+    assert entry_rows.tolist() == np.argsort(shuffled, kind="stable").tolist()
+    assert (slots[:, 0] >= 0).sum() == keys.size <= kernels.MAX_LOAD * slots.shape[0]
     queries = np.concatenate([keys, rng.integers(0, 2**62, 5000)])
-    slots = np.stack([table.keys, table.values.astype(np.int64)], axis=1)
+    size = slots.shape[0]
+    home = np.array([kernels.home_slot(int(q), size) for q in queries], dtype=np.int64)
     spans = np.empty(queries.size, np.int64)
-    kernels._probe_all(slots, queries, home_slots(queries, table.keys.size), spans)
-    ref = {int(k): i + 1 for i, k in enumerate(keys)}
+    kernels._probe_all(slots, queries, home, spans)
+    ref = {int(k): (i << 32) | (i + 1) for i, k in enumerate(keys)}
     assert spans.tolist() == [ref.get(int(q), 0) for q in queries]
 
 
@@ -250,29 +261,39 @@ def test_small_batches_run_serially_and_large_ones_on_the_set_threads() -> None:
     assert seen == [1]
 
 
-def test_a_table_built_in_small_expansion_chunks_is_the_same_table(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The grid expansion runs over fences a chunk at a time (to bound a
-    build's memory); chunk edges change nothing, also for fences spanning
-    many cells and clocks split across chunks."""
+def test_every_fence_lands_in_each_grid_cell_its_widened_circle_may_touch() -> None:
+    """The compiled grid expansion against a plain restatement of the grid:
+    on each ECEF axis the cells from the one holding ``centre - reach`` to the
+    one holding ``centre + reach``, every combination of the three, keyed as
+    ``clock << 36 | ix << 24 | iy << 12 | iz``; a fence's cells in key order,
+    fences in row order. Radii up to 9 km span several cells per axis."""
     rng = np.random.default_rng(5)
-    clocks = [tc(i) for i in range(1, 6)]
-    fences = [
-        fence(
-            f"f{k}",
-            int(rng.integers(1, 6)),
-            rng.uniform(-80, 80),
-            rng.uniform(-180, 180),
-            r=int(rng.integers(10, 9000)),
-        )
-        for k in range(300)
-    ]
-    whole = FenceIndex().load(clocks, fences).base
-    monkeypatch.setattr(index_module, "_EXPAND_CHUNK", 7)
-    chunked = FenceIndex().load(clocks, fences).base
-    for name in ("slots", "entries", "entry_rows", "clock_row_start", "ids"):
-        assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
+    n = 300
+    clocks = rng.integers(0, 6, n).astype(np.int32)
+    fx, fy, fz = ecef(rng.uniform(-89, 89, n), rng.uniform(-180, 180, n))
+    reach = rng.uniform(10, 9000, n)
+    keys, rows = kernels.cell_entries(clocks, fx, fy, fz, reach)
+
+    def cells(c: float, r: float) -> range:
+        inv = 1.0 / kernels.CELL_M
+        lo = math.floor((c - r + kernels.CELL_OFFSET_M) * inv)
+        hi = math.floor((c + r + kernels.CELL_OFFSET_M) * inv)
+        return range(lo, hi + 1)
+
+    want_keys, want_rows = [], []
+    for i in range(n):
+        for ix in cells(fx[i], reach[i]):
+            for iy in cells(fy[i], reach[i]):
+                for iz in cells(fz[i], reach[i]):
+                    want_keys.append(int(clocks[i]) << 36 | ix << 24 | iy << 12 | iz)
+                    want_rows.append(i)
+    assert keys.tolist() == want_keys
+    assert rows.tolist() == want_rows
+    assert len(set(want_rows)) == n and len(want_keys) > 2 * n  # many fences span cells
+    by_key = np.argsort(keys, kind="stable")
+    _, entries, entry_rows = kernels.cell_table(keys, rows, by_key, fx, fy, fz, reach)
+    assert np.array_equal(entry_rows, rows[by_key])
+    assert np.array_equal(entries, np.stack([fx, fy, fz, reach], axis=1)[rows[by_key]])
 
 
 def _assert_arrays_equal_a_full_rebuild(snap: Snapshot, label: object) -> Snapshot:

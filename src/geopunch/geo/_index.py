@@ -39,7 +39,6 @@ from geopunch.domain.locations import EXIT_ACTIONS, F64, I32, I64, B, FenceRows
 from geopunch.domain.models import Geofence, TimeClock
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._frames import ecef
-from geopunch.geo._hashing import HashTable
 
 ACTIONS = EXIT_ACTIONS
 
@@ -230,41 +229,6 @@ def columns_of(table: FenceTable, rows: I64 | None = None) -> FenceColumns:
     return cols if rows is None else cols.take(rows)
 
 
-#: Fences expanded into grid cells at a time: the expansion's temporaries
-#: (a dozen int64 arrays the length of the cells) stay this small, so that a
-#: build's peak memory is little above the table it makes.
-_EXPAND_CHUNK = 1 << 17
-
-
-def _cell_entries(clocks: I32, centres: tuple[F64, F64, F64], reach: F64) -> tuple[I64, I32]:
-    """Every (cell key, fence row) pair: each fence in every grid cell its
-    circle, widened by ``reach``, may touch. Keys are ``clock << 36 | cell``."""
-    inv = 1.0 / kernels.CELL_M
-    key_parts, row_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
-    for start in range(0, clocks.size, _EXPAND_CHUNK):
-        part = slice(start, start + _EXPAND_CHUNK)
-        r = reach[part]
-        lo = [
-            np.floor((c[part] - r + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in centres
-        ]
-        hi = [
-            np.floor((c[part] + r + kernels.CELL_OFFSET_M) * inv).astype(np.int64) for c in centres
-        ]
-        spans = [h - lo_ + 1 for lo_, h in zip(lo, hi, strict=True)]
-        per_fence = spans[0] * spans[1] * spans[2]
-        rows = np.repeat(np.arange(per_fence.size, dtype=np.int64), per_fence)
-        starts = np.zeros(per_fence.size + 1, dtype=np.int64)
-        np.cumsum(per_fence, out=starts[1:])
-        k = np.arange(int(starts[-1]), dtype=np.int64) - starts[rows]
-        nz, ny = spans[2][rows], spans[1][rows]
-        iz = lo[2][rows] + k % nz
-        iy = lo[1][rows] + (k // nz) % ny
-        ix = lo[0][rows] + k // (nz * ny)
-        key_parts.append((clocks[part][rows].astype(np.int64) << 36) | (ix << 24) | (iy << 12) | iz)
-        row_parts.append((rows + start).astype(np.int32))
-    return np.concatenate(key_parts), np.concatenate(row_parts)
-
-
 def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTable:
     """Index fences; ``extra_m`` (shape (n_clocks,)) widens each clock's fences in the grid."""
     if cols.clocks.size and (np.diff(cols.clocks) < 0).any():
@@ -272,32 +236,18 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
     m = cols.clocks.size
     fx, fy, fz = ecef(cols.lats, cols.lons)
     reach = cols.radius + (extra_m[cols.clocks] if m else 0.0)
-    keys, rows = _cell_entries(cols.clocks, (fx, fy, fz), reach)
+    # The kernels' one compiled signature: C-ordered, writable arrays (columns
+    # given by a caller may be views or read-only).
+    clocks = np.require(cols.clocks, np.int32, ["C", "W"])
+    radius = np.require(cols.radius, np.float64, ["C", "W"])
+    keys, rows = kernels.cell_entries(clocks, fx, fy, fz, reach)
     # Stable (timsort) rather than the default quicksort: the keys come in
     # runs (ascending clocks, and each fence's cells in key order), which
     # timsort merges, much faster here (bench/README.md); a cell's rows stay
     # in row order.
     by_key = np.argsort(keys, kind="stable")
-    keys, rows = keys[by_key], rows[by_key]
-    del by_key
-    first = (
-        np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
-    )
-    ends = np.r_[first[1:], keys.size].astype(np.int64)
-    cells = HashTable.build(keys[first], np.arange(first.size, dtype=np.int32))
-    # One 16-byte row per slot: the key, and its entries' span packed as lo << 32 | hi,
-    # so a probe that finds the key has the span in the same cache line.
-    slots = np.empty((cells.keys.size, 2), dtype=np.int64)
-    slots[:, 0] = cells.keys
-    used = cells.values >= 0
-    slots[:, 1] = 0
-    slots[used, 1] = (first[cells.values[used]] << 32) | ends[cells.values[used]]
-    # Entries carry the centre and radius inline: candidates of a cell are contiguous.
-    entries = np.empty((rows.size, 4), dtype=np.float64)
-    entries[:, 0] = fx[rows]
-    entries[:, 1] = fy[rows]
-    entries[:, 2] = fz[rows]
-    entries[:, 3] = cols.radius[rows]
+    slots, entries, rows = kernels.cell_table(keys, rows, by_key, fx, fy, fz, radius)
+    del keys, by_key
     n_clocks = int(extra_m.size)
     clock_row_start = np.searchsorted(cols.clocks, np.arange(n_clocks + 1)).astype(np.int64)
     return FenceTable(

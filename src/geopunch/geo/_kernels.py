@@ -115,7 +115,8 @@ def cell_key(clock, x, y, z):  # -> int64
 
 @numba.njit(cache=True, inline="always")
 def home_slot(key, size):  # -> int64
-    """Same as :func:`geopunch.geo._hashing.home_slots` for one key."""
+    """The slot where a lookup of ``key`` starts in a table of ``size``
+    slots: Fibonacci hashing, the top 32 bits scaled to ``[0, size)``."""
     mixed = np.uint64(key) * _GOLDEN
     return np.int64(((mixed >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
 
@@ -531,3 +532,100 @@ def bucket_order(codes, n_codes, out):
         c = codes[i]
         out[start[c]] = i
         start[c] += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _cell_span(c, r):  # -> (first cell, last cell) on one axis
+    inv = 1.0 / CELL_M
+    lo = np.int64(math.floor((c - r + CELL_OFFSET_M) * inv))
+    hi = np.int64(math.floor((c + r + CELL_OFFSET_M) * inv))
+    return lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def cell_entries(clocks, fx, fy, fz, reach):  # -> (keys int64, rows int32)
+    """Every (cell key, fence row) pair: each fence (centre ``fx, fy, fz``,
+    dense clock ``clocks[i]``) in every grid cell that its circle widened to
+    ``reach[i]`` may touch, fence by fence, a fence's cells in key order.
+
+    One compiled pass to count and one to fill, without the GIL: a build in
+    the background (a compaction during a bulk load) leaves the interpreter
+    to the calls, and a start-up's build makes no whole-array temporaries.
+    """
+    n = clocks.shape[0]
+    total = 0
+    for i in range(n):
+        lx, hx = _cell_span(fx[i], reach[i])
+        ly, hy = _cell_span(fy[i], reach[i])
+        lz, hz = _cell_span(fz[i], reach[i])
+        total += (hx - lx + 1) * (hy - ly + 1) * (hz - lz + 1)
+    keys = np.empty(total, np.int64)
+    rows = np.empty(total, np.int32)
+    k = 0
+    for i in range(n):
+        lx, hx = _cell_span(fx[i], reach[i])
+        ly, hy = _cell_span(fy[i], reach[i])
+        lz, hz = _cell_span(fz[i], reach[i])
+        clock = np.int64(clocks[i]) << 36
+        for ix in range(lx, hx + 1):
+            for iy in range(ly, hy + 1):
+                for iz in range(lz, hz + 1):
+                    keys[k] = clock | (ix << 24) | (iy << 12) | iz
+                    rows[k] = i
+                    k += 1
+    return keys, rows
+
+
+#: Largest share of a cell table's slots in use: a lookup of an absent key
+#: probes about (1 + 1 / (1 - load)**2) / 2 slots, about 6 at 0.7, mostly
+#: in one cache line.
+MAX_LOAD = 0.7
+
+
+@numba.njit(cache=True, nogil=True)
+def cell_table(keys, rows, order, fx, fy, fz, radius):  # -> (slots, entries, entry_rows)
+    """The cell table of the pairs of ``cell_entries``, ``order`` sorting
+    them by key (ties in row order).
+
+    ``entries[k]`` is the centre and radius of fence ``entry_rows[k]``, the
+    k-th pair in key order: a cell's candidates are side by side, one cache
+    line each. ``slots`` is an open-addressing table (linear probing from
+    ``home_slot``, at most ``MAX_LOAD`` full) of rows ``(key, lo << 32 | hi)``,
+    a cell's entries being ``lo:hi``; a free slot is ``(-1, 0)``.
+
+    One compiled pass without the GIL: a build in the background (a
+    compaction during a bulk load) would otherwise wait for the interpreter
+    between every whole-array step, for the interpreter's switch interval
+    each time it is busy with calls.
+    """
+    m = order.shape[0]
+    entry_rows = np.empty(m, np.int32)
+    entries = np.empty((m, 4), np.float64)
+    distinct = 0
+    for k in range(m):
+        j = order[k]
+        r = rows[j]
+        entry_rows[k] = r
+        entries[k, 0] = fx[r]
+        entries[k, 1] = fy[r]
+        entries[k, 2] = fz[r]
+        entries[k, 3] = radius[r]
+        if k == 0 or keys[j] != keys[order[k - 1]]:
+            distinct += 1
+    size = max(16, int(distinct / MAX_LOAD) + 1)
+    slots = np.empty((size, 2), np.int64)
+    slots[:, 0] = -1
+    slots[:, 1] = 0
+    k = 0
+    while k < m:
+        key = keys[order[k]]
+        end = k + 1
+        while end < m and keys[order[end]] == key:
+            end += 1
+        s = home_slot(key, size)
+        while slots[s, 0] != -1:
+            s = s + 1 if s + 1 < size else 0
+        slots[s, 0] = key
+        slots[s, 1] = (np.int64(k) << 32) | end
+        k = end
+    return slots, entries, entry_rows
