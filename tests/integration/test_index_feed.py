@@ -59,7 +59,7 @@ def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine
     cursor = 0
     admin.create_time_clock(uows, A, TC, ["a"], assign_id=False, listener=here)
     cursor = follow_index_changes(uows, there, cursor)
-    assert there.view(A).snapshot.clock_idx.get(TC.id) is not None
+    assert there.view(A).snapshot.clock_index(TC.id) is not None
 
     off = GeofenceDraft("Closed gate", "1 Road", *SITE, is_enabled=False, fence_size_m=300)
     geofences.create_geofences(uows, A, TC.id, [off], listener=here)
@@ -76,7 +76,7 @@ def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine
     more = replace(TC, user_ids=frozenset({1, 2}), jobs=(Job("a", "A"), Job("b", "B")))
     admin.update_time_clock(uows, A, more, ["a", "b"], listener=here)
     cursor = follow_index_changes(uows, there, cursor)
-    info = there.view(A).snapshot.clocks[there.view(A).snapshot.clock_idx[TC.id]]
+    info = there.view(A).snapshot.clocks[there.view(A).snapshot.clock_index(TC.id)]
     assert info.time_clock.user_ids == {1, 2}
     assert _inside(there)  # the fences came along with the settings
 
@@ -87,7 +87,7 @@ def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine
     # Applying its own changes again leaves a process's index as it was.
     follow_index_changes(uows, here, 0)
     assert not _inside(here)
-    assert here.view(A).snapshot.clocks[here.view(A).snapshot.clock_idx[TC.id]].time_clock == more
+    assert here.view(A).snapshot.clocks[here.view(A).snapshot.clock_index(TC.id)].time_clock == more
 
 
 def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:
@@ -202,12 +202,12 @@ def test_a_group_commit_publishes_its_index_changes_together_and_before_answerin
             _index.build_table = real
         assert made
         snap = here.view(A).snapshot
-        table = snap.tables[int(snap.owner[snap.clock_idx[clocks[0].id]])]
+        table = snap.tables[int(snap.owner[snap.clock_index(clocks[0].id)])]
         assert made[0].id.encode() not in set(table.ids.tolist())
         follow_index_changes(uows, here, cursor)
         assert here.reread == [clocks[0].id]
         snap = here.view(A).snapshot
-        table = snap.tables[int(snap.owner[snap.clock_idx[clocks[0].id]])]
+        table = snap.tables[int(snap.owner[snap.clock_index(clocks[0].id)])]
         assert made[0].id.encode() in set(table.ids.tolist())
     finally:
         committer.close()

@@ -6,12 +6,14 @@ import math
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 
 from geopunch.domain.models import ExitAction, ExitDetectionSettings, Geofence, Job, TimeClock
+from geopunch.geo import _checkpoint as checkpoint
 from geopunch.geo import _index as index_module
 from geopunch.geo import _kernels as kernels
 from geopunch.geo._frames import ecef
@@ -64,7 +66,7 @@ def test_cell_table_matches_a_dict() -> None:
     order = rng.permutation(keys.size)
     shuffled = keys[order]
     coords = np.zeros(keys.size)
-    slots, entries, entry_rows = kernels.cell_table(
+    slots, _entries, entry_rows = kernels.cell_table(
         shuffled, rows, np.argsort(shuffled, kind="stable"), coords, coords, coords, coords
     )
     assert entry_rows.tolist() == np.argsort(shuffled, kind="stable").tolist()
@@ -129,6 +131,56 @@ def test_new_clock_disabled_fences_and_compaction() -> None:
     assert ids_at(index, 7, 0, -180) == {"x", "y"}
     assert ids_at(index, 8, 0, 180) == {"z"}
     assert ids_at(index, 1, -90, 0) == {"a"}
+
+
+def test_a_table_spans_only_the_clocks_it_holds() -> None:
+    """A table's clock row starts cover its first to its last clock only:
+    clocks before, between and after answer as having no fences there, by
+    the batch, single-point and nearest-boundary paths alike."""
+    clocks = [tc(i) for i in range(1, 31)]
+    site = {10: (5.0, 5.0), 12: (5.0, 5.01), 31: (6.0, 6.0)}
+    index = FenceIndex(compact_after_clocks=1000)
+    index.load(clocks, [fence(f"f{c}", c, *site[c]) for c in (10, 12)])
+    index.time_clock_changed(tc(31), [fence("f31", 31, *site[31])])
+    snap = index.snapshot
+    base, tail = snap.tables
+    assert (base.clock_base, base.clock_row_start.size) == (9, 4)  # dense clocks 9 to 11
+    assert (tail.clock_base, tail.clock_row_start.size) == (30, 2)
+    for c in range(1, 32):
+        for lat, lon in site.values():
+            expect = {f"f{c}"} if site.get(c) == (lat, lon) else set()
+            assert ids_at(index, c, lat, lon) == expect, (c, lat, lon)
+        far = check_points(snap, [0.0], [0.0], [c], with_distance=True)
+        assert far.nearest_handles is not None
+        near = snap.fence_ids(far.nearest_handles[far.nearest_handles >= 0])
+        assert near == ([f"f{c}"] if c in site else []), c
+    compacted = index.compact()
+    assert compacted.base.clock_base == 9 and compacted.base.clock_row_start.size == 23
+    assert every_fence(compacted) == {(10, "f10"), (12, "f12"), (31, "f31")}
+
+
+def test_a_checkpoint_keeps_where_its_table_s_clocks_start(tmp_path: Path) -> None:
+    """Saved and read back, a table whose first clock is not clock 0 answers
+    as before; the checkpoint's checks accept it and still refuse a table
+    whose rows name a clock before its first."""
+    clocks = [tc(i) for i in range(1, 9)]
+    index = FenceIndex()
+    index.load(clocks, [fence("f5", 5, 1.0, 1.0), fence("f7", 7, 1.0, 1.01)])
+    saved = index.saved()
+    assert saved is not None and saved.table.clock_base == 4
+    path = tmp_path / "index.ckpt"
+    checkpoint.write(path, {}, {1: saved})
+    header = checkpoint.read_header(path)
+    assert header is not None
+    back = checkpoint.read(path, header)[1]
+    assert back.table.clock_base == 4
+    fresh = FenceIndex()
+    assert fresh.restore(clocks, back) == []
+    for c in range(1, 9):
+        expect = {f"f{c}"} if c in (5, 7) else set()
+        assert ids_at(fresh, c, 1.0, 1.0) | ids_at(fresh, c, 1.0, 1.01) == expect, c
+    with pytest.raises(ValueError, match="a fence of a clock"):
+        checkpoint._check(replace(back.table, clock_base=5), len(clocks))
 
 
 def test_job_tree_change_rewidens_fences() -> None:
@@ -310,7 +362,12 @@ def _assert_arrays_equal_a_full_rebuild(snap: Snapshot, label: object) -> Snapsh
         "user_keys",
     ):
         assert np.array_equal(getattr(snap, name), getattr(full, name)), (label, name)
-    assert dict(snap.clock_idx) == dict(full.clock_idx), label
+    for c in snap.clocks:
+        assert snap.clock_index(c.time_clock.id) == c.idx, (label, c.time_clock.id)
+    held = {c.time_clock.id for c in snap.clocks}
+    for unknown in (0, -3, 5_001, (1 << 22) - 1, (1 << 22) + 8, (1 << 40) + 1, 1 << 70):
+        if unknown not in held:
+            assert snap.clock_index(unknown) is None, (label, unknown)
     return full
 
 
@@ -331,6 +388,47 @@ def test_per_clock_arrays_updated_one_clock_at_a_time_equal_a_full_rebuild() -> 
         full = _assert_arrays_equal_a_full_rebuild(snap, step)
         points = np.asarray([*ids, 0, 5_001], np.int64)
         assert np.array_equal(snap.dense_clocks(points), full.dense_clocks(points))
+
+
+def test_clocks_added_in_place_leave_every_earlier_snapshot_as_it_was() -> None:
+    """Added clocks go into spare room past the end of the per-clock arrays
+    that earlier snapshots share: a reader holding any earlier snapshot must
+    still see exactly its own clocks, whether ids grow (appended), fall
+    inside the range held (copied), lie past the flat lookup table, or come
+    several to a block, and whether a held clock changed meanwhile."""
+    rng = np.random.default_rng(5)
+    index = FenceIndex()
+    kept: list[Snapshot] = []
+    next_id = 10
+    for step in range(120):
+        kind = step % 6
+        if kind == 3 and step > 10:  # a held clock's settings change
+            held = [c.time_clock.id for c in index.snapshot.clocks]
+            i = held[int(rng.integers(len(held)))]
+            index.time_clock_changed(
+                tc(i, user_ids=frozenset({step}), accuracy_tolerance_m=float(step)), []
+            )
+        elif kind == 4:  # below ids already held, or past the flat table
+            i = int(rng.integers(1, 10)) * 1_000_003 % (1 << 23) + 1
+            if index.snapshot.clock_index(i) is None:
+                index.time_clock_changed(tc(i, user_ids=frozenset({1, i % 97})), [])
+        elif kind == 5:  # several new clocks published together
+            with index.deferred():
+                for _ in range(3):
+                    next_id += int(rng.integers(1, 50))
+                    index.time_clock_changed(tc(next_id, user_ids=frozenset({2, 3})), [])
+        else:  # the next id up, as a bulk load makes them
+            next_id += int(rng.integers(1, 50))
+            users = frozenset(int(u) for u in rng.integers(0, 40, int(rng.integers(0, 4))))
+            mine = [fence(f"f{step}", next_id, 0, 0)]
+            index.time_clock_changed(tc(next_id, user_ids=users), mine)
+        kept.append(index.snapshot)
+    every_id = np.asarray([c.time_clock.id for c in index.snapshot.clocks], np.int64)
+    for step, snap in enumerate(kept):
+        full = _assert_arrays_equal_a_full_rebuild(snap, step)
+        assert np.array_equal(snap.dense_clocks(every_id), full.dense_clocks(every_id)), step
+        mine = {c.time_clock.id for c in snap.clocks}
+        assert all(snap.clock_index(int(i)) is None for i in every_id if int(i) not in mine)
 
 
 def test_a_load_clock_by_clock_rebuilds_each_fence_a_logarithmic_number_of_times(
@@ -481,7 +579,7 @@ def test_a_deferred_block_publishes_its_changes_at_once_as_one_table() -> None:
     assert every_fence(snap) == {(1, "c"), (1, "d"), (5, "e"), (6, "f")}
     assert ids_at(index, 1, 10, 10) == {"c", "d"} and ids_at(index, 2, 10, 10) == set()
     assert ids_at(index, 5, 10, 10) == {"e"} and ids_at(index, 6, 10, 10) == {"f"}
-    assert snap.clocks[snap.clock_idx[2]].time_clock.accuracy_tolerance_m == 3.0
+    assert snap.clocks[snap.clock_index(2)].time_clock.accuracy_tolerance_m == 3.0
     assert snap.dead == 2  # clock 1's "a" and clock 2's "b" in the first table
     _assert_arrays_equal_a_full_rebuild(snap, "block")
     with index.deferred():  # a block with nothing in it publishes nothing

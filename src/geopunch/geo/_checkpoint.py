@@ -67,6 +67,9 @@ def write(path: Path, header: Mapping[str, Any], parts: Mapping[int, SavedIndex]
         **header,
         "format": FORMAT,
         "accounts": {str(a): p.table.handle_base for a, p in parts.items()},
+        # Absent from checkpoints written before tables spanned only their own
+        # clocks: those tables start at clock 0.
+        "clock_bases": {str(a): p.table.clock_base for a, p in parts.items()},
         "crc": [_crc(a) for a in arrays],
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -118,9 +121,14 @@ def read(path: Path, header: Mapping[str, Any]) -> dict[int, SavedIndex]:
                 raise ValueError("a column does not match its checksum")
             return a
 
+        clock_bases = header.get("clock_bases", {})
         for key, base in header["accounts"].items():
             clock_ids, extra_m, digests = (column() for _ in _PER_CLOCK)
-            table = FenceTable(int(base), *(column() for _ in TABLE_ARRAYS))
+            table = FenceTable(
+                int(base),
+                *(column() for _ in TABLE_ARRAYS),
+                clock_base=int(clock_bases.get(key, 0)),
+            )
             _check(table, clock_ids.size)
             if extra_m.size != clock_ids.size or digests.size != clock_ids.size:
                 raise ValueError("per-clock columns of different lengths")
@@ -139,13 +147,13 @@ def _check(t: FenceTable, clocks: int) -> None:
     same = (t.lats, t.lons, t.fx, t.fy, t.fz, t.radius, t.actions, t.ids, t.applies_all)
     if any(a.shape != (n,) for a in same) or t.job_start.shape != (n + 1,):
         raise ValueError("fence columns of different lengths")
-    # Clocks made after the table was built (without fences) are past its end.
-    built_for = t.clock_row_start.size - 1
-    if not 0 <= built_for <= clocks or t.slots.ndim != 2 or t.entries.ndim != 2:
+    # The clocks the table spans; clocks made after it was built are past its end.
+    built_for = t.clock_base + t.clock_row_start.size - 1
+    if not 0 <= t.clock_base <= built_for <= clocks or t.slots.ndim != 2 or t.entries.ndim != 2:
         raise ValueError("clock or cell arrays of the wrong shape")
     if t.entry_rows.shape != (t.entries.shape[0],) or t.jobs.shape != (int(t.job_start[-1]),):
         raise ValueError("cell entries or job lists of the wrong length")
-    if n and (int(t.clocks.min()) < 0 or int(t.clocks.max()) >= built_for):
+    if n and (int(t.clocks.min()) < t.clock_base or int(t.clocks.max()) >= built_for):
         raise ValueError("a fence of a clock the checkpoint does not hold")
     if t.entry_rows.size and (int(t.entry_rows.min()) < 0 or int(t.entry_rows.max()) >= n):
         raise ValueError("a cell entry past the fences")

@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +94,11 @@ class FenceTable:
     slots: I64
     entries: F64
     entry_rows: I32
+    #: The first dense clock of ``clock_row_start``: entry ``k`` is where clock
+    #: ``clock_base + k`` starts. A table spans only the clocks it holds, so a
+    #: small table of a publish costs nothing for the thousands of clocks
+    #: before its own.
+    clock_base: int = field(default=0, kw_only=True)
 
     @property
     def size(self) -> int:
@@ -118,7 +124,9 @@ class FenceTable:
 
 
 #: The arrays of a :class:`FenceTable`, in the order of its fields.
-TABLE_ARRAYS = tuple(f.name for f in fields(FenceTable) if f.name != "handle_base")
+TABLE_ARRAYS = tuple(
+    f.name for f in fields(FenceTable) if f.name not in ("handle_base", "clock_base")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +256,9 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
     by_key = np.argsort(keys, kind="stable")
     slots, entries, rows = kernels.cell_table(keys, rows, by_key, fx, fy, fz, radius)
     del keys, by_key
-    n_clocks = int(extra_m.size)
-    clock_row_start = np.searchsorted(cols.clocks, np.arange(n_clocks + 1)).astype(np.int64)
+    # Row starts of the clocks from the table's first to its last, and the end.
+    first, last = (int(cols.clocks[0]), int(cols.clocks[-1])) if m else (0, -1)
+    clock_row_start = np.searchsorted(cols.clocks, np.arange(first, last + 2)).astype(np.int64)
     return FenceTable(
         handle_base=handle_base,
         clocks=cols.clocks,
@@ -268,6 +277,7 @@ def build_table(cols: FenceColumns, extra_m: F64, handle_base: int) -> FenceTabl
         slots=slots,
         entries=entries,
         entry_rows=rows,
+        clock_base=first,
     )
 
 
@@ -297,7 +307,7 @@ class Snapshot:
 
     version: int
     clocks: tuple[ClockInfo, ...]
-    clock_idx: Mapping[int, int]
+    #: Time clock ids, sorted, and the dense index of each (``clock_index``).
     sorted_clock_ids: I64
     sorted_clock_idx: I32
     direct_clock_idx: I32
@@ -330,9 +340,11 @@ class Snapshot:
 
     def clock_rows(self, idx: int) -> tuple[int, int]:
         """The span of rows holding dense clock ``idx``'s current fences in the
-        table that owns it; (0, 0) when that table was built before the clock."""
-        starts = self.tables[int(self.owner[idx])].clock_row_start
-        return (int(starts[idx]), int(starts[idx + 1])) if idx + 1 < starts.size else (0, 0)
+        table that owns it; (0, 0) when that table holds none of them."""
+        table = self.tables[int(self.owner[idx])]
+        k = idx - table.clock_base
+        starts = table.clock_row_start
+        return (int(starts[k]), int(starts[k + 1])) if 0 <= k < starts.size - 1 else (0, 0)
 
     def live_rows(self, t_no: int) -> I64:
         """Rows of table ``t_no`` that are current (their clock's owner is it)."""
@@ -347,6 +359,24 @@ class Snapshot:
         known = (clocks >= 0) & (clocks < self.owner.size)
         mine: B = known & (self.owner[np.where(known, clocks, 0)] == t_no)
         return mine
+
+    def clock_index(self, time_clock_id: int) -> int | None:
+        """The dense index of a time clock id; None when it is not held.
+
+        Answered from the arrays the kernels resolve ids with: a dict beside
+        them would have to be copied whole at every publish that adds a
+        clock, which made a long bulk load slow down as it went."""
+        direct = self.direct_clock_idx
+        if 0 <= time_clock_id < direct.size:
+            idx = int(direct[time_clock_id])
+            return idx if idx >= 0 else None
+        if 0 <= time_clock_id < _DIRECT_IDS or not _INT64_MIN <= time_clock_id <= _INT64_MAX:
+            return None  # the direct table covers every small id held
+        ids = self.sorted_clock_ids
+        at = int(np.searchsorted(ids, time_clock_id))
+        if at < ids.size and ids[at] == time_clock_id:
+            return int(self.sorted_clock_idx[at])
+        return None
 
     def dense_clocks(self, time_clock_ids: npt.ArrayLike) -> I32:
         """Dense clock indexes of time clock ids (int64, shape (n,)); -1 when unknown."""
@@ -408,6 +438,7 @@ def _clock_arrays(clocks: Sequence[ClockInfo]) -> tuple[I64, I32, F64, F64, F64]
 
 #: Time clock ids below this resolve through a flat table (at most 16 MiB).
 _DIRECT_IDS = 1 << 22
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _direct_table(sorted_ids: I64, sorted_idx: I32) -> I32:
@@ -419,64 +450,125 @@ def _direct_table(sorted_ids: I64, sorted_idx: I32) -> I32:
     return table
 
 
-_ClockArrays = tuple[I64, I32, I32, Mapping[int, int], F64, F64, F64, I64]
+_ClockArrays = tuple[I64, I32, I32, F64, F64, F64, I64]
 
 
 def _all_clock_arrays(clocks: Sequence[ClockInfo]) -> _ClockArrays:
     sorted_ids, sorted_idx, tol, extra, exit_m = _clock_arrays(clocks)
     direct = _direct_table(sorted_ids, sorted_idx)
-    clock_idx = {c.time_clock.id: c.idx for c in clocks}
-    return sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, _user_keys(clocks)
+    return sorted_ids, sorted_idx, direct, tol, extra, exit_m, _user_keys(clocks)
+
+
+@dataclass
+class _Tails:
+    """Spare room past the end of the per-clock arrays, so that adding a time
+    clock does not copy the arrays of every clock already held.
+
+    Each snapshot reads a prefix of a buffer (along its last axis). A buffer
+    is lengthened in place only from its longest prefix handed out so far,
+    so nothing is ever written where a published snapshot reads; any other
+    prefix (a publish that failed, an older snapshot) is copied into a new
+    buffer instead. Only the writer, under the snapshots' lock, calls this.
+    """
+
+    _held: dict[str, tuple[npt.NDArray[Any], int]] = field(default_factory=dict)
+
+    def extend(self, name: str, view: npt.NDArray[Any], length: int) -> npt.NDArray[Any]:
+        """``view`` lengthened to ``length``; what lies past its old end is
+        uninitialised, for the caller to fill before publishing."""
+        n = view.shape[-1]
+        held = self._held.get(name)
+        if held is not None:
+            buf, end = held
+            if view.base is buf and n == end and length <= buf.shape[-1]:
+                self._held[name] = (buf, length)
+                return buf[..., :length]
+        # Doubling keeps the copies to a constant share of the appends.
+        buf = np.empty((*view.shape[:-1], max(2 * length, 64)), view.dtype)
+        buf[..., :n] = view
+        self._held[name] = (buf, length)
+        return buf[..., :length]
+
+
+def _set_per_clock(
+    tails: _Tails, name: str, view: npt.NDArray[Any], n: int, at: I64, values: npt.ArrayLike
+) -> npt.NDArray[Any]:
+    """``view`` over ``n`` clocks with ``values`` at dense indexes ``at``."""
+    held = view.shape[-1]
+    if at.size and at[0] < held:  # a held clock changed: readers keep the old values
+        out = np.empty((*view.shape[:-1], n), view.dtype)
+        out[..., :held] = view
+    else:
+        out = tails.extend(name, view, n)
+    out[..., at] = values
+    return out
 
 
 def _clock_arrays_with(
-    prev: Snapshot, clocks: tuple[ClockInfo, ...], changed: Sequence[int]
+    prev: Snapshot, clocks: tuple[ClockInfo, ...], changed: Sequence[int], tails: _Tails
 ) -> _ClockArrays:
     """``prev``'s per-clock arrays with the clocks at ``changed`` (ascending)
     changed, or (past ``prev``'s clocks) added.
 
     Rebuilding them from every clock made each new time clock cost time in
-    proportion to the clocks already held, so a bulk load slowed as it went;
-    here the work is one copy of each array, in C, however many clocks of a
-    batch changed.
+    proportion to the clocks already held, so a bulk load slowed as it went.
+    Added clocks are appended into the spare room of ``tails`` (no copy of
+    what is held); a changed held clock costs one copy of each array, in C.
     """
     n_prev, n = len(prev.clocks), len(clocks)
     at = np.asarray(changed, dtype=np.int64)
     infos = [clocks[i] for i in changed]
-    # Each changed clock's run of user keys replaced by its new one.
     keys = prev.user_keys
-    bounds = np.searchsorted(keys, np.stack([at << 40, (at + 1) << 40]).ravel("F"))
-    parts, taken = [], 0
-    for info, lo, hi in zip(infos, bounds[::2], bounds[1::2], strict=True):
-        parts += [keys[taken:lo], _keys_of(info)]
-        taken = int(hi)
-    user_keys = np.concatenate([*parts, keys[taken:]])
-    tol, extra = np.empty(n, np.float64), np.empty(n, np.float64)
-    exit_m = np.empty((len(EXIT_SETTINGS), n), np.float64)
-    tol[:n_prev], extra[:n_prev], exit_m[:, :n_prev] = prev.tolerance_m, prev.extra_m, prev.exit_m
-    tol[at] = [i.time_clock.accuracy_tolerance_m for i in infos]
-    extra[at] = [i.max_extra_m for i in infos]
-    exit_m[:, at] = np.asarray(
-        [[getattr(i.time_clock.exit_detection, name) for name in EXIT_SETTINGS] for i in infos],
-        np.float64,
-    ).T.reshape(len(EXIT_SETTINGS), len(infos))
+    if at.size and at[0] < n_prev:
+        # Each changed clock's run of user keys replaced by its new one.
+        bounds = np.searchsorted(keys, np.stack([at << 40, (at + 1) << 40]).ravel("F"))
+        parts, taken = [], 0
+        for info, lo, hi in zip(infos, bounds[::2], bounds[1::2], strict=True):
+            parts += [keys[taken:lo], _keys_of(info)]
+            taken = int(hi)
+        user_keys = np.concatenate([*parts, keys[taken:]])
+    else:  # only added clocks: their keys sort after every held one
+        tail = _user_keys(infos)
+        user_keys = tails.extend("user_keys", keys, keys.size + tail.size)
+        user_keys[keys.size :] = tail
+    tol = _set_per_clock(
+        tails, "tolerance_m", prev.tolerance_m, n, at,
+        [i.time_clock.accuracy_tolerance_m for i in infos],
+    )  # fmt: skip
+    extra = _set_per_clock(tails, "extra_m", prev.extra_m, n, at, [i.max_extra_m for i in infos])
+    exit_m = _set_per_clock(
+        tails, "exit_m", prev.exit_m, n, at,
+        np.asarray(
+            [[getattr(i.time_clock.exit_detection, name) for name in EXIT_SETTINGS] for i in infos],
+            np.float64,
+        ).T.reshape(len(EXIT_SETTINGS), len(infos)),
+    )  # fmt: skip
     sorted_ids, sorted_idx = prev.sorted_clock_ids, prev.sorted_clock_idx
-    direct, clock_idx = prev.direct_clock_idx, prev.clock_idx
+    direct = prev.direct_clock_idx
     if n > n_prev:  # the added clocks are the tail, in ``changed`` order
         ids = np.fromiter((c.time_clock.id for c in clocks[n_prev:]), np.int64, n - n_prev)
         order = np.argsort(ids, kind="stable")
         ids, dense = ids[order], (np.arange(n_prev, n, dtype=np.int64))[order]
-        where = np.searchsorted(sorted_ids, ids)
-        sorted_ids = np.insert(sorted_ids, where, ids)
-        sorted_idx = np.insert(sorted_idx, where, dense).astype(np.int32)
+        if not sorted_ids.size or ids[0] > sorted_ids[-1]:  # ids that grow: appended
+            held = sorted_ids.size
+            sorted_ids = tails.extend("sorted_ids", sorted_ids, held + ids.size)
+            sorted_idx = tails.extend("sorted_idx", sorted_idx, held + ids.size)
+            sorted_ids[held:], sorted_idx[held:] = ids, dense
+        else:
+            where = np.searchsorted(sorted_ids, ids)
+            sorted_ids = np.insert(sorted_ids, where, ids)
+            sorted_idx = np.insert(sorted_idx, where, dense).astype(np.int32)
         small = (ids >= 0) & (ids < _DIRECT_IDS)
         if small.any():
-            grown = np.full(max(direct.size, int(ids[small].max()) + 1), -1, np.int32)
-            grown[: direct.size] = direct
-            grown[ids[small]] = dense[small]
-            direct = grown
-        clock_idx = {**clock_idx, **{c.time_clock.id: c.idx for c in clocks[n_prev:]}}
-    return sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, user_keys
+            top = int(ids[small].max()) + 1
+            if int(ids[small].min()) >= direct.size:  # past the table's end: lengthened
+                held = direct.size
+                direct = tails.extend("direct", direct, top)
+                direct[held:] = -1
+            else:  # a slot readers can see: a copy
+                direct = np.concatenate([direct, np.full(max(top - direct.size, 0), -1, np.int32)])
+            direct[ids[small]] = dense[small]
+    return sorted_ids, sorted_idx, direct, tol, extra, exit_m, user_keys
 
 
 def _make_snapshot(
@@ -487,6 +579,7 @@ def _make_snapshot(
     dead: int,
     prev: Snapshot | None = None,
     changed: Sequence[int] = (),
+    tails: _Tails | None = None,
 ) -> Snapshot:
     """A snapshot; per-clock arrays are reused from ``prev`` when the clocks did
     not change, and updated from it when only the clocks at ``changed`` did."""
@@ -496,21 +589,19 @@ def _make_snapshot(
             prev.sorted_clock_ids,
             prev.sorted_clock_idx,
             prev.direct_clock_idx,
-            prev.clock_idx,
             prev.tolerance_m,
             prev.extra_m,
             prev.exit_m,
             prev.user_keys,
         )
     elif prev is not None and changed:
-        arrays = _clock_arrays_with(prev, clocks, changed)
+        arrays = _clock_arrays_with(prev, clocks, changed, tails or _Tails())
     else:
         arrays = _all_clock_arrays(clocks)
-    sorted_ids, sorted_idx, direct, clock_idx, tol, extra, exit_m, user_keys = arrays
+    sorted_ids, sorted_idx, direct, tol, extra, exit_m, user_keys = arrays
     return Snapshot(
         version=version,
         clocks=clocks,
-        clock_idx=clock_idx,
         sorted_clock_ids=sorted_ids,
         sorted_clock_idx=sorted_idx,
         direct_clock_idx=direct,
@@ -561,6 +652,7 @@ class Snapshots:
     #: block is open), and the ids of the clocks it adds.
     _pending: dict[int, tuple[ClockInfo, FenceColumns]] | None = field(init=False, default=None)
     _pending_ids: dict[int, int] = field(init=False, default_factory=dict)
+    _tails: _Tails = field(init=False, default_factory=_Tails)
 
     def __post_init__(self) -> None:
         self.load([], [])
@@ -675,12 +767,21 @@ class Snapshots:
             snap = self.compact()
         changed = sorted(pending)
         held = snap.owner.size
-        clocks = list(snap.clocks)
-        for idx in changed:
-            if idx < held:
-                clocks[idx] = pending[idx][0]
-            else:  # new clocks take the next indexes, in order
-                clocks.append(pending[idx][0])
+        # Clocks whose settings are new: added ones, and held ones reported
+        # with another ``ClockInfo``. A change of fences alone keeps its
+        # clock's info object, and then the clock list and every per-clock
+        # array carry over from ``snap`` untouched (most publishes of a bulk
+        # load change fences only).
+        settled = [idx for idx in changed if idx >= held or pending[idx][0] is not snap.clocks[idx]]
+        clocks = snap.clocks
+        if settled:
+            grown = list(snap.clocks)
+            for idx in settled:
+                if idx < held:
+                    grown[idx] = pending[idx][0]
+                else:  # new clocks take the next indexes, in order
+                    grown.append(pending[idx][0])
+            clocks = tuple(grown)
         owner = np.zeros(len(clocks), np.int16)
         owner[:held] = snap.owner
         # A new clock without fences needs no table: every table was built
@@ -696,7 +797,7 @@ class Snapshots:
             owner[idx] = len(snap.tables)
         # The clocks' settings first: their table is built with their margins.
         staged = _make_snapshot(
-            snap.version + 1, tuple(clocks), snap.tables, owner, dead, snap, changed
+            snap.version + 1, clocks, snap.tables, owner, dead, snap, settled, self._tails
         )
         if not tabled:
             self._snapshot = staged
@@ -707,7 +808,7 @@ class Snapshots:
 
     def _index_of(self, snap: Snapshot, time_clock_id: int) -> int | None:
         """The dense index of a clock held or added in the open batch."""
-        idx = snap.clock_idx.get(time_clock_id)
+        idx = snap.clock_index(time_clock_id)
         return self._pending_ids.get(time_clock_id) if idx is None else idx
 
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:

@@ -437,7 +437,7 @@ def scan_clock(
     count = 0
     best_row = -1
     best = np.inf
-    if clock + 1 >= clock_row_start.shape[0]:
+    if clock < 0 or clock + 1 >= clock_row_start.shape[0]:
         return count, best_row, best
     for r in range(clock_row_start[clock], clock_row_start[clock + 1]):
         dx = x - fx[r]

@@ -43,7 +43,8 @@ class Matches:
 
 
 def _table_mask(snap: Snapshot, table_no: int, table: FenceTable, clocks: I32, valid: B) -> B:
-    covered: B = valid & (clocks < table.clock_row_start.size - 1)
+    first = table.clock_base
+    covered: B = valid & (clocks >= first) & (clocks < first + table.clock_row_start.size - 1)
     if len(snap.tables) > 1:
         covered &= snap.current(clocks, table_no)
     return covered
@@ -362,7 +363,7 @@ def nearest_boundary(
         kernels.nearest_boundary(
             lats,
             lons,
-            clocks,
+            clocks - table.clock_base if table.clock_base else clocks,
             jobs,
             active,
             *table.per_clock_columns,
@@ -423,7 +424,7 @@ def check_one(
 
     if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
         return PointVerdict(INVALID_COORDINATES, False, False, None, -1, None, None, ())
-    idx = snap.clock_idx.get(time_clock_id)
+    idx = snap.clock_index(time_clock_id)
     if idx is None:
         return PointVerdict(UNKNOWN_TIME_CLOCK, False, False, None, -1, None, None, ())
     info = snap.clocks[idx]
@@ -444,7 +445,7 @@ def check_one(
     count, best_row, _ = kernels.scan_clock(
         float(lat),
         float(lon),
-        idx,
+        idx - table.clock_base,
         extra,
         job,
         *table.per_clock_columns,

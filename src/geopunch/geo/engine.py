@@ -97,7 +97,7 @@ class SnapshotView:
     snapshot: Snapshot
 
     def time_clock(self, time_clock_id: int) -> TimeClock | None:
-        idx = self.snapshot.clock_idx.get(time_clock_id)
+        idx = self.snapshot.clock_index(time_clock_id)
         return None if idx is None else self.snapshot.clocks[idx].time_clock
 
     def check(
