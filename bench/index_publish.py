@@ -3,6 +3,9 @@ group commit publishes together.
 
     python3 dev.py run bench/index_publish.py [--clocks 3000] [--batches 1,2,4,8]
 
+Each run also reports its cost a clock by tenth of the load, whose growth
+is what slows a long bulk load through the API.
+
 In process, as ``CreateTimeClock`` then ``CreateGeofences`` (100 fences) per
 clock reach the index from the group committer: for each batch size, the
 clocks' creations and then their fences are reported inside
@@ -14,6 +17,7 @@ twice, alternating, on a fresh index.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -25,10 +29,14 @@ from geopunch.geo.engine import AccountFences
 ACCOUNT = 1
 
 
-def _load(data: list[tuple[TimeClock, list[Geofence]]], batch: int) -> float:
+def _load(data: list[tuple[TimeClock, list[Geofence]]], batch: int) -> list[float]:
+    """Seconds for each tenth of the load (a publish per ``batch`` changes)."""
     index = AccountFences()
-    started = time.perf_counter()
+    tenth = max(len(data) // 10, 1)
+    marks = [time.perf_counter()]
     for s in range(0, len(data), batch):
+        if s and s // tenth != (s - batch) // tenth:
+            marks.append(time.perf_counter())
         part = data[s : s + batch]
         with index.batched():
             for tc, _ in part:
@@ -36,7 +44,8 @@ def _load(data: list[tuple[TimeClock, list[Geofence]]], batch: int) -> float:
         with index.batched():
             for tc, fences in part:
                 index.fences_changed(ACCOUNT, tc, fences, [])
-    return time.perf_counter() - started
+    marks.append(time.perf_counter())
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def main() -> None:
@@ -70,9 +79,12 @@ def main() -> None:
         data.append((tc, fences))
     sizes = [int(b) for b in args.batches.split(",")]
     seconds: dict[int, list[float]] = {b: [] for b in sizes}
+    tenths: dict[int, list[list[float]]] = {b: [] for b in sizes}
     for _ in range(2):
         for b in sizes:
-            seconds[b].append(_load(data, b))
+            parts = _load(data, b)
+            seconds[b].append(sum(parts))
+            tenths[b].append(parts)
     fences = args.clocks * args.per_clock
     base = min(seconds[1]) if 1 in seconds else None
     out = {
@@ -80,6 +92,12 @@ def main() -> None:
             "fences_per_s": [round(fences / s) for s in runs],
             "ms_per_clock": [round(s / args.clocks * 1e3, 3) for s in runs],
             "speed_up_over_1": round(base / min(runs), 2) if base else None,
+            # The steady-rate check: a tenth's cost a clock, and the last
+            # tenth's over the first's (1.0 is a load that does not slow).
+            "tenths_ms_per_clock": [
+                [round(t / max(args.clocks // 10, 1) * 1e3, 3) for t in run] for run in tenths[b]
+            ],
+            "last_over_first": [round(run[-1] / run[0], 2) for run in tenths[b]],
         }
         for b, runs in seconds.items()
     }
