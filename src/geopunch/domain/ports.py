@@ -134,7 +134,10 @@ class ActivityRepository(Protocol):
         ``after``, as flat rows (a page may hold 10,000)."""
         ...
 
-    def open_for(self, time_clock_id: int) -> dict[int, Activity]: ...
+    def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:
+        """The open activity of each user of the time clock who has one, as
+        flat rows: the board of a large time clock reads thousands."""
+        ...
 
 
 class IdempotencyRepository(Protocol):

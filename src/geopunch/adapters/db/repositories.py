@@ -922,12 +922,12 @@ class SqlActivityRepository(AccountScoped):
         rows = fetch_all(self._conn, query.order_by(a.start_ts, a.id).limit(limit))
         return list(map(ActivityRow._make, rows))
 
-    def open_for(self, time_clock_id: int) -> dict[int, Activity]:
-        """The open activity of each user of the time clock who has one."""
-        # Prepared, rows as the driver gives them: the "who is on the clock"
-        # board of a large time clock reads thousands of them.
+    def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:
+        # Prepared, rows as the driver gives them, kept flat: the board is
+        # answered from the rows without the objects of an Activity apiece.
         rows = _OPEN_FOR.all(self._conn, {"acct": self.account, "tc": time_clock_id})
-        return {r[_AT["user_id"]]: _activity_of(r) for r in rows}
+        user, make, fields = _AT["user_id"], ActivityRow._make, _ROW_FIELDS
+        return {r[user]: make(fields(r)) for r in rows}
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -254,15 +254,21 @@ def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
 _STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}
 
 
-def fill_status(out: timeclock_pb2.UserStatus, s: UserStatus) -> None:
-    out.user_id = s.user_id
-    out.state = _STATES[s.state]
-    if s.activity is not None:
-        fill_activity(out.activity, s.activity)
-    if s.break_type is not None:
-        fill_break_setting(out.manual_break, s.break_type)
-    if s.endable_at is not None:
-        out.endable_at = s.endable_at
+def fill_statuses(
+    out: timeclock_pb2.GetUserStatusesResponse.Data, statuses: Iterable[UserStatus]
+) -> None:
+    """The board's lines. An idle one, most of a large board, is made in one
+    call with its two fields."""
+    add, states = out.statuses.add, _STATES
+    for s in statuses:
+        line = add(user_id=s.user_id, state=states[s.state])
+        if s.activity is None:
+            continue
+        fill_activity_row(line.activity, s.activity)
+        if s.break_type is not None:
+            fill_break_setting(line.manual_break, s.break_type)
+        if s.endable_at is not None:
+            line.endable_at = s.endable_at
 
 
 def fill_break_setting(out: timeclock_pb2.ManualBreakSetting, b: ManualBreakType) -> None:
@@ -453,8 +459,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
             self._uows, self._fences, account(), request.time_clock_id, list(request.user_ids)
         )
         response = timeclock_pb2.GetUserStatusesResponse(request_id=request_id_var.get())
-        for st in statuses:
-            fill_status(response.data.statuses.add(), st)
+        fill_statuses(response.data, statuses)
         return response
 
 

@@ -407,7 +407,7 @@ def user_status(s: UserStatus) -> dict[str, Any]:
     return {
         "userId": s.user_id,
         "state": s.state.value,
-        "activity": activity_json(s.activity) if s.activity is not None else None,
+        "activity": None if s.activity is None else activity_json(s.activity.activity()),
         "manualBreak": None if bt is None else break_type(bt),
         "endableAt": s.endable_at,
     }
