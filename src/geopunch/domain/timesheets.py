@@ -18,7 +18,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -857,21 +857,37 @@ def check_status_users(tc: TimeClock, user_ids: Sequence[int]) -> list[int]:
     return list(dict.fromkeys(user_ids))
 
 
+@dataclass(frozen=True, slots=True)
+class Board:
+    """Who of a time clock's users is on the clock: ``users`` in answer
+    order, ``busy`` the status of each one on a shift or a break; the rest
+    are idle. Iterating gives every user's status. Idle users get no object
+    of their own until iterated: most of a large board is idle, and an
+    adapter answers them from the id alone (bench/README.md, GetUserStatuses)."""
+
+    users: Sequence[int]
+    busy: Mapping[int, UserStatus]
+
+    def __iter__(self) -> Iterator[UserStatus]:
+        busy, idle = self.busy, UserState.IDLE
+        for user in self.users:
+            yield busy.get(user) or UserStatus(user, idle)
+
+
 def user_statuses(
     tc: TimeClock, users: Sequence[int], open_by_user: Mapping[int, ActivityRow]
-) -> list[UserStatus]:
+) -> Board:
     types = {b.id: b for b in tc.manual_break_types}
-    result = []
-    new, idle, on_shift = UserStatus, UserState.IDLE, UserState.ON_SHIFT
+    busy = {}
     shift = ActivityKind.SHIFT.value
     for user in users:
         a = open_by_user.get(user)
         if a is None:
-            result.append(new(user, idle))
-        elif a.kind == shift:
-            result.append(new(user, on_shift, a))
-        else:
-            bt = types.get(a.break_type_id or "")
-            endable = a.start_ts + bt.min_duration_s if bt is not None and bt.is_mandatory else None
-            result.append(new(user, UserState.ON_BREAK, a, bt, endable))
-    return result
+            continue
+        if a.kind == shift:
+            busy[user] = UserStatus(user, UserState.ON_SHIFT, a)
+            continue
+        bt = types.get(a.break_type_id or "")
+        endable = a.start_ts + bt.min_duration_s if bt is not None and bt.is_mandatory else None
+        busy[user] = UserStatus(user, UserState.ON_BREAK, a, bt, endable)
+    return Board(users, busy)

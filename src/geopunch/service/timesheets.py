@@ -33,11 +33,11 @@ from geopunch.domain.punches import (
 from geopunch.domain.rules import Collector
 from geopunch.domain.timesheets import (
     MAX_PAGE_SIZE,
+    Board,
     Correction,
     ListQuery,
     Planned,
     UserActivities,
-    UserStatus,
     UserTotals,
     activity_event,
     check_completed,
@@ -325,7 +325,7 @@ def get_user_statuses(
     account: int,
     time_clock_id: int,
     user_ids: Sequence[int],
-) -> list[UserStatus]:
+) -> Board:
     """Who of the time clock's users (all, or those named) is on a shift or a break now."""
     with uows(account=account, readonly=True) as uow:
         tc = time_clock_settings(uow, fences, account, time_clock_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -22,6 +22,7 @@ from geopunch.domain.punches import (
     point_fields,
 )
 from geopunch.domain.timesheets import (
+    Board,
     BreakDraft,
     Correction,
     ListQuery,
@@ -29,7 +30,6 @@ from geopunch.domain.timesheets import (
     ShiftDraft,
     UserActivities,
     UserState,
-    UserStatus,
     UserTotals,
 )
 from geopunch.logs import request_id_var
@@ -254,16 +254,18 @@ def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
 _STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}
 
 
-def fill_statuses(
-    out: timeclock_pb2.GetUserStatusesResponse.Data, statuses: Iterable[UserStatus]
-) -> None:
-    """The board's lines. An idle one, most of a large board, is made in one
-    call with its two fields."""
-    add, states = out.statuses.add, _STATES
-    for s in statuses:
-        line = add(user_id=s.user_id, state=states[s.state])
-        if s.activity is None:
+def fill_statuses(out: timeclock_pb2.GetUserStatusesResponse.Data, board: Board) -> None:
+    """The board's lines; an idle one, most of a large board, in one call
+    from the user's id alone."""
+    add, states, busy = out.statuses.add, _STATES, board.busy
+    idle = states[UserState.IDLE]
+    for user in board.users:
+        s = busy.get(user)
+        if s is None:
+            add(user_id=user, state=idle)
             continue
+        line = add(user_id=user, state=states[s.state])
+        assert s.activity is not None  # a busy user has an open activity
         fill_activity_row(line.activity, s.activity)
         if s.break_type is not None:
             fill_break_setting(line.manual_break, s.break_type)
