@@ -24,9 +24,9 @@ from geopunch.domain.models import (
     TimeClock,
     nest_jobs,
 )
-from geopunch.domain.punches import Activity, PunchLocation, PunchPoint, PunchResult
+from geopunch.domain.punches import Activity, ActivityRow, PunchLocation, PunchPoint, PunchResult
 from geopunch.domain.shifts import ScheduledShift, Scheduler
-from geopunch.domain.timesheets import UserStatus, UserTotals, activity_json
+from geopunch.domain.timesheets import UserStatus, UserTotals, activity_json, activity_row_json
 from geopunch.domain.webhooks import Attempt, Subscription
 
 # -- punches --------------------------------------------------------------------------
@@ -384,6 +384,11 @@ def time_activity(a: Activity) -> dict[str, Any]:
     return activity_json(a)
 
 
+def time_activity_row(r: ActivityRow) -> dict[str, Any]:
+    """``time_activity`` of a listed row, without the row's objects."""
+    return activity_row_json(r)
+
+
 def user_totals(t: UserTotals) -> dict[str, Any]:
     return {
         "userId": t.user_id,
@@ -407,7 +412,7 @@ def user_status(s: UserStatus) -> dict[str, Any]:
     return {
         "userId": s.user_id,
         "state": s.state.value,
-        "activity": None if s.activity is None else activity_json(s.activity.activity()),
+        "activity": None if s.activity is None else activity_row_json(s.activity),
         "manualBreak": None if bt is None else break_type(bt),
         "endableAt": s.endable_at,
     }

@@ -1,0 +1,69 @@
+"""An activity answered from its flat row is the activity answered from its objects.
+
+Listed pages and the board answer from ``ActivityRow`` tuples (gRPC and
+JSON) without making an ``Activity``; events and single answers go through
+the objects. Both must give the same bytes for every shape of row: open or
+closed, with or without a location, any of its parts missing.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geopunch.adapters.grpc.timeclock import fill_activity, fill_activity_row
+from geopunch.domain.punches import ActivityRow
+from geopunch.domain.timesheets import activity_json, activity_row_json
+from geopunch.v1 import timeclock_pb2
+
+_text = st.none() | st.sampled_from(["", "Main St 1", "f-1"])
+_coord = st.none() | st.floats(-90, 90, allow_nan=False)
+
+
+@st.composite
+def _end(draw: st.DrawFn, may_be_open: bool) -> tuple[object, ...]:
+    if may_be_open and draw(st.booleans()):
+        return (None,) * 8
+    address, lat, lon = draw(_text), draw(_coord), draw(_coord)
+    located = address is not None or lat is not None or lon is not None
+    accuracy = draw(st.none() | st.floats(0, 500)) if located else None
+    source = draw(st.sampled_from(["realtime", "timeActivity"]))
+    return (
+        draw(st.integers(1, 2**40)),
+        "Europe/Berlin",
+        address,
+        lat,
+        lon,
+        accuracy,
+        source,
+        draw(_text),
+    )
+
+
+@st.composite
+def _rows(draw: st.DrawFn) -> ActivityRow:
+    return ActivityRow(
+        draw(st.uuids()).hex,
+        7,
+        draw(st.integers(1, 2**40)),
+        draw(st.sampled_from(["shift", "break"])),
+        draw(_text),
+        draw(_text),
+        draw(_text),
+        draw(st.none() | st.just("shift-0")),
+        *draw(_end(False)),
+        *draw(_end(True)),
+        draw(st.integers(0, 2**40)),
+        draw(st.integers(0, 2**40)),
+        draw(_text),
+    )
+
+
+@given(_rows())
+def test_the_row_and_the_objects_answer_alike(row: ActivityRow) -> None:
+    a = row.activity()
+    assert activity_row_json(row) == activity_json(a)
+    from_row, from_objects = timeclock_pb2.TimeActivity(), timeclock_pb2.TimeActivity()
+    fill_activity_row(from_row, row)
+    fill_activity(from_objects, a)
+    assert from_row.SerializeToString() == from_objects.SerializeToString()
