@@ -32,6 +32,7 @@ from geopunch.domain.punches import (
     Activity,
     ActivityKind,
     ActivityRow,
+    PointFields,
     PunchKind,
     PunchLocation,
     PunchPoint,
@@ -588,8 +589,8 @@ def activity_row_json(r: ActivityRow) -> dict[str, Json]:
         "kind": "shift" if r.kind == ActivityKind.SHIFT.value else "manualBreak",
         "timeClockId": r.time_clock_id,
         "userId": r.user_id,
-        "start": _point_json(*r[8:16]),
-        "end": _point_json(*r[16:24]),
+        "start": _point_json(r[8:16]),
+        "end": _point_json(r[16:24]),
         "isOpen": r.end_ts is None,
         "jobId": r.job_id,
         "manualBreakId": r.break_type_id,
@@ -601,19 +602,11 @@ def activity_row_json(r: ActivityRow) -> dict[str, Json]:
     }
 
 
-def _point_json(
-    ts: int | None,
-    tz: str | None,
-    address: str | None,
-    lat: float | None,
-    lon: float | None,
-    accuracy: float | None,
-    source: str | None,
-    geofence_id: str | None,
-) -> Json:
+def _point_json(fields: PointFields) -> Json:
     """One end of a row (``point_fields``' order); None for an open end. A
     location is there when any of its address and coordinates is, as the
     row's ``activity()`` reads it."""
+    ts, tz, address, lat, lon, accuracy, source, geofence_id = fields
     if ts is None:
         return None
     located = address is not None or lat is not None or lon is not None
