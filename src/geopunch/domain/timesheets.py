@@ -839,8 +839,9 @@ class UserState(StrEnum):
 
 class UserStatus(NamedTuple):
     """One user's line of the board. A tuple rather than a frozen dataclass:
-    a board of 10,000 users is built whole at each call, and a tuple is made
-    in a third of the time of even a slotted dataclass (bench/README.md)."""
+    a large board makes thousands at each call (its busy users, and every
+    user where it is iterated), and a tuple is made in a third of the time
+    of even a slotted dataclass (bench/README.md)."""
 
     user_id: int
     state: UserState

@@ -706,9 +706,14 @@ _AT = {name: i for i, name in enumerate(activities.c.keys())}
 _ROW_FIELDS = itemgetter(0, *range(2, len(_AT)))
 
 
+def _row_of(row: Sequence[Any]) -> ActivityRow:
+    """The flat activity in a row that starts with every column of ``activities``."""
+    return ActivityRow._make(_ROW_FIELDS(row))
+
+
 def _activity_of(row: Sequence[Any]) -> Activity:
     """An activity from a row that starts with every column of ``activities``."""
-    return ActivityRow._make(_ROW_FIELDS(row)).activity()
+    return _row_of(row).activity()
 
 
 def _activity(row: Mapping[str, Any]) -> Activity:
@@ -926,8 +931,8 @@ class SqlActivityRepository(AccountScoped):
         # Prepared, rows as the driver gives them, kept flat: the board is
         # answered from the rows without the objects of an Activity apiece.
         rows = _OPEN_FOR.all(self._conn, {"acct": self.account, "tc": time_clock_id})
-        user, make, fields = _AT["user_id"], ActivityRow._make, _ROW_FIELDS
-        return {r[user]: make(fields(r)) for r in rows}
+        user = _AT["user_id"]
+        return {r[user]: _row_of(r) for r in rows}
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""
