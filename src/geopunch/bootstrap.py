@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine
 
-from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.adapters.db.store import (
+    SqlUnitOfWorkFactory,
+    fence_snapshot_reader,
+    make_engine,
+    migrate,
+    sqlite_file,
+)
 from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.scheduling import SchedulerServicer
 from geopunch.adapters.grpc.servicers import AdminServicer, GeofenceServicer
@@ -135,8 +141,7 @@ def build_app(
     index = index if index is not None else AccountFences()
     started = time.perf_counter()
     checkpoint = checkpoint_path(config)
-    loaded = load_index(uows, index, checkpoint)
-    warm_up()
+    loaded = load_index(uows, index, checkpoint, fence_snapshot_reader(engine), meanwhile=warm_up)
     release_free_memory()
     clocks, fences = index.totals()
     log.info(
@@ -171,12 +176,8 @@ def checkpoint_path(config: Config) -> Path | None:
         return None
     if setting != "auto":
         return Path(setting)
-    url = make_url(config.database_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    if url.database.startswith("file:") or url.query.get("mode") == "memory":
-        return None
-    return Path(f"{url.database}.fence-index")
+    database = sqlite_file(config.database_url)
+    return Path(f"{database}.fence-index") if database is not None else None
 
 
 class SystemClock:

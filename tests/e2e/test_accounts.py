@@ -17,10 +17,12 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
+from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.adapters.db.tables import metadata
 from geopunch.adapters.grpc.auth import SCOPES
 from geopunch.domain.accounts import Scope
+from geopunch.domain.models import ExitAction, Geofence, TimeClock
 from geopunch.service import accounts
 from geopunch.v1 import (
     admin_pb2,
@@ -543,3 +545,73 @@ def test_key_lifecycle_through_the_cli_and_the_admin_rpcs(deployment: Deployment
     # The CLI revokes too, and the revoked key fails on every worker.
     _cli(url, "keys", "revoke", rotated.split("_")[1])
     _refused_everywhere(deployment, rotated)
+
+
+def _seed_fleet(url: str, account: str, clocks: int, per_clock: int) -> None:
+    """``clocks`` x ``per_clock`` enabled fences in a new account, through the repositories."""
+    engine = make_engine(url)
+    try:
+        uows = SqlUnitOfWorkFactory(engine)
+        acct = accounts.create_account(uows, account).id
+        with uows(account=acct) as uow:
+            for tc_id in range(1, clocks + 1):
+                uow.time_clocks.add(TimeClock(id=tc_id, name=f"Depot {tc_id}", timezone="UTC"))
+                uow.geofences.add_many(
+                    [
+                        Geofence(
+                            f"f-{tc_id}-{k}",
+                            tc_id,
+                            "F",
+                            True,
+                            150,
+                            (),
+                            ExitAction.NO_ACTION,
+                            "",
+                            40.0 + tc_id / 1000,
+                            k / 1000,
+                        )
+                        for k in range(per_clock)
+                    ]
+                )
+            uow.commit()
+    finally:
+        engine.dispose()
+
+
+def test_a_server_whose_fences_a_child_process_read_still_sees_other_processes(
+    tmp_path: Path,
+) -> None:
+    """A SQLite store large enough for start-up to read its fences in a child
+    process (ADBC's driver, its own copy of SQLite): the server starts from
+    the rows and keeps seeing what other processes commit. A key the CLI
+    makes works on both workers, and one it revokes stops. (Read in the
+    server's own process, the second copy of SQLite dropped the server's
+    locks and both failed.)"""
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    provision(url, "alpha")
+    fences = ArrowFenceReader.MIN_FENCES + 1_000
+    _seed_fleet(url, "fleet", fences // 100, 100)
+    srv = ServerProcess(db_url=url, env_extra={"GEOPUNCH_PROCESSES": "2"})
+    srv.start(tmp_path)
+    d = Deployment(srv, url, {}, [])
+    try:
+        logs = srv.logs()
+        assert logs.count('"from": "rows"') == 2 and logs.count(f'"fences": {fences}') == 2
+        assert "not read beside" not in logs and "read again" not in logs
+        secret = _cli(url, "keys", "create", "--account", "alpha", "--scopes", "read")[-1]
+        for c in d.with_secret(secret):  # within one poll of the store
+            until = time.monotonic() + 5
+            while True:
+                try:
+                    c(c.admin.Ping, admin_pb2.PingRequest())
+                    break
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+                    assert time.monotonic() < until, "a new key does not work"
+                    time.sleep(0.05)
+        _cli(url, "keys", "revoke", secret.split("_")[1])
+        _refused_everywhere(d, secret)
+    finally:
+        for c in d.opened:
+            c.close()
+        srv.terminate()

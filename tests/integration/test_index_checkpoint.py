@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from geopunch.adapters.db.store import make_engine, migrate
+from geopunch.adapters.db.fence_rows import ArrowFenceReader
+from geopunch.adapters.db.store import fence_snapshot_reader, make_engine, migrate
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
+from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import ExitDetectionSettings, GeofenceDraft, Job, TimeClock
+from geopunch.domain.ports import FenceSnapshot, FenceSnapshotReader
 from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_checkpoint
 from geopunch.service.index_checkpoint import load_index, save_checkpoint
@@ -304,3 +308,76 @@ def test_a_checkpoint_that_cannot_be_written_leaves_nothing_behind(
     with pytest.raises(OSError):  # no such directory
         save_checkpoint(uows, index, tmp_path / "gone" / "store.fence-index", cursor)
     assert load_index(uows, AccountFences(), taken).source == "rows"
+
+
+def _read_in_a_unit_of_work(uows: AccountStore) -> FenceSnapshotReader:
+    """A reader beside the load on any store: the driver cursor's read."""
+
+    def read(accounts: Sequence[int]) -> FenceSnapshot:
+        with uows(readonly=True) as uow:
+            rows = {a: uow.for_account(a).geofences.enabled_rows() for a in accounts}
+            return FenceSnapshot(uow.index_changes.last(), rows)
+
+    return read
+
+
+def test_fences_read_beside_the_load_build_the_same_index(
+    engine: Engine, saved: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read beside it (on SQLite through ADBC too), an account's fences give
+    the index a read in the unit of work gives; with a usable checkpoint
+    nothing is read beside."""
+    uows = AccountStore(engine)
+    _fill(uows, range(1, 9), 40, AccountFences())
+    want = _answers(_fresh(uows), list(range(1, 9)))
+    readers = [_read_in_a_unit_of_work(uows)]
+    monkeypatch.setattr(ArrowFenceReader, "MIN_FENCES", 1)  # a child process for these few
+    if (adbc := fence_snapshot_reader(engine)) is not None:
+        readers.append(adbc)
+    asked: list[list[int]] = []
+    warmed: list[int] = []
+    for reader in readers:
+        asked.clear()
+        warmed.clear()
+
+        def counted(accounts: Sequence[int], reader: FenceSnapshotReader = reader) -> FenceSnapshot:
+            asked.append(list(accounts))
+            return reader(accounts)
+
+        index = AccountFences()
+        with caplog.at_level(logging.INFO, logger=index_checkpoint.__name__):
+            loaded = load_index(uows, index, saved, counted, meanwhile=lambda: warmed.append(1))
+        assert (loaded.source, asked, warmed) == ("rows", [[A]], [1])
+        assert not [r for r in caplog.records if "fence rows" in r.getMessage()]  # they were used
+        assert _answers(index, list(range(1, 9))) == want
+    assert save_checkpoint(uows, index, saved, loaded.cursor) is not None
+    asked.clear()
+    assert load_index(uows, AccountFences(), saved, counted).source == "checkpoint"
+    assert asked == []
+
+
+@pytest.mark.parametrize("trouble", ["the store moved", "the read failed"])
+def test_fences_read_beside_are_not_used_when_the_store_moved_or_the_read_failed(
+    engine: Engine, caplog: pytest.LogCaptureFixture, trouble: str
+) -> None:
+    """Rows from another snapshot than the load's (a change committed in
+    between), or none at all, and the unit of work reads them itself."""
+    uows = AccountStore(engine)
+    _fill(uows, range(1, 5), 30, AccountFences())
+    want = _answers(_fresh(uows), list(range(1, 5)))
+
+    def beside(accounts: Sequence[int]) -> FenceSnapshot:
+        if trouble == "the read failed":
+            raise RuntimeError("driver gone")
+        with uows(readonly=True) as uow:  # a newer change than the load saw, and no rows
+            return FenceSnapshot(
+                uow.index_changes.last() + 1, {a: FenceRows.of(()) for a in accounts}
+            )
+
+    index = AccountFences()
+    with caplog.at_level(logging.INFO, logger=index_checkpoint.__name__):
+        assert load_index(uows, index, None, beside).source == "rows"
+    assert _answers(index, list(range(1, 5))) == want
+    said = " ".join(r.getMessage() for r in caplog.records)
+    expected = "not read beside" if trouble == "the read failed" else "the store changed"
+    assert expected in said

@@ -15,10 +15,12 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
+from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.store import (
     HEAD_REVISION,
     MIGRATIONS,
     current_revision,
+    fence_snapshot_reader,
     migrate,
 )
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
@@ -163,15 +165,26 @@ def test_geofences_round_trip_in_order(engine: Engine) -> None:
         ]
 
 
-def test_enabled_rows_are_the_enabled_fences_as_columns(engine: Engine) -> None:
-    """The columnar read a start-up builds the index from agrees with the
-    objects, fence for fence: order, coordinates, actions, jobs (a sub-job
-    order kept), non-ASCII ids; other accounts' fences stay out."""
+def _same_rows(got: FenceRows, want: FenceRows) -> None:
+    assert len(got) == len(want)
+    for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+        assert getattr(got, name).dtype.kind == getattr(want, name).dtype.kind, name
+    assert got.job_ids == want.job_ids
+
+
+def test_enabled_rows_are_the_enabled_fences_as_columns(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The columnar reads a start-up builds the index from (the driver
+    cursor's and, on a SQLite file, ADBC's beside it) agree with the objects,
+    fence for fence: order, coordinates, actions, jobs (a sub-job order kept),
+    non-ASCII ids of other lengths; other accounts' fences stay out."""
     uows = AccountStore(engine)
     actions = list(ExitAction)
     fences = [
         replace(
-            fence(i, ("a1", "a") if i % 4 == 0 else ()),
+            fence(i, ("a1", "a") if i % 4 == 0 else ("b",) if i % 6 == 2 else ()),
             exit_action=actions[i % 3],
             id=f"fence-{i}-\u00e9t\u00e9" if i % 5 == 0 else f"fence-{i}",
         )
@@ -183,23 +196,41 @@ def test_enabled_rows_are_the_enabled_fences_as_columns(engine: Engine) -> None:
         uow.geofences.add_many(fences[:25])
         uow.geofences.add_many([replace(f, time_clock_id=TC.id + 1) for f in fences[25:]])
         other = uow.accounts.create("other").id
+        empty = uow.accounts.create("empty").id
         uow.commit()
     with uows(account=other) as uow:
         uow.time_clocks.add(TC)
         uow.geofences.add_many([replace(f, id=f"x{f.id}", is_enabled=True) for f in fences])
         uow.commit()
+    with uows(readonly=True) as uow:
+        want = FenceRows.of(uow.geofences.list_for(TC.id) + uow.geofences.list_for(TC.id + 1))
+        cursor = uow.index_changes.last()
+    with uows(account=other, readonly=True) as uow:
+        want_other = FenceRows.of(uow.geofences.list_for(TC.id))
+    assert len(want) == 20 and len(want_other) == 40 and want.job_ids
+    assert {len(i) for i in want.ids.tolist()} != {want.ids.itemsize}  # ids of several lengths
     # One row a chunk splits every two-job fence's rows; 7 leaves one chunk
     # part-filled: rows renumbered either way.
     for chunk in (1, 7, 1000):
         with uows(readonly=True) as uow:
             uow.geofences.DRIVER_CHUNK = chunk
             got = uow.geofences.enabled_rows()
-            want = FenceRows.of(uow.geofences.list_for(TC.id) + uow.geofences.list_for(TC.id + 1))
-        assert len(got) == len(want) == 20
-        for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):
-            assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
-        assert got.job_ids == want.job_ids and want.job_ids
+        _same_rows(got, want)
         assert set(got.exit_actions.tolist()) == {0, 1, 2}
+    beside = fence_snapshot_reader(engine)
+    if engine.dialect.name != "sqlite":
+        assert beside is None  # PostgreSQL reads in the unit of work
+        return
+    assert beside is not None
+    assert beside([DEFAULT_ACCOUNT]) is None  # too few fences to start a reader for
+    monkeypatch.setattr(ArrowFenceReader, "MIN_FENCES", 60)
+    for batch in (1, 7, 1000):  # the same splits, in the driver's Arrow batches
+        monkeypatch.setattr(ArrowFenceReader, "BATCH_ROWS", batch)
+        snapshot = beside([DEFAULT_ACCOUNT, other, empty])
+        assert snapshot is not None and snapshot.cursor == cursor
+        _same_rows(snapshot.rows[DEFAULT_ACCOUNT], want)
+        _same_rows(snapshot.rows[other], want_other)
+        assert len(snapshot.rows[empty]) == 0
 
 
 def test_database_refuses_a_fence_job_that_is_not_a_time_clock_job(engine: Engine) -> None:

@@ -83,6 +83,24 @@ class GeofenceRepository(Protocol):
     def job_ids_in_use(self, time_clock_id: int) -> set[str]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class FenceSnapshot:
+    """Accounts' enabled fences as columns, and the newest seq of the index's
+    change feed, read in one snapshot of the store."""
+
+    cursor: int
+    rows: Mapping[int, FenceRows]
+
+
+class FenceSnapshotReader(Protocol):
+    """Reads ``accounts``' enabled fences (as ``GeofenceRepository.enabled_rows``
+    does) in a transaction of its own, leaving the interpreter to other
+    threads while the store works: start-up runs it beside its other work.
+    None: the store is too small for it to pay; read them in the unit of work."""
+
+    def __call__(self, accounts: Sequence[int]) -> FenceSnapshot | None: ...
+
+
 class ActivityRepository(Protocol):
     """Shifts and breaks. ``add`` and ``close`` raise ConcurrentChange when the
     database refuses them because another transaction got there first."""

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.locations import FenceRows
+from geopunch.domain.ports import FenceSnapshot, FenceSnapshotReader, UnitOfWork, UnitOfWorkFactory
 from geopunch.geo.engine import AccountFences, SavedIndex, checkpoint
 from geopunch.service.index_feed import follow_index_changes
 
@@ -48,16 +51,33 @@ class Loaded:
     as_saved: bool = False
 
 
-def load_index(uows: UnitOfWorkFactory, index: AccountFences, path: Path | None) -> Loaded:
-    """Fill ``index`` with every account's time clocks and enabled fences."""
+def load_index(
+    uows: UnitOfWorkFactory,
+    index: AccountFences,
+    path: Path | None,
+    read_fences: FenceSnapshotReader | None = None,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> Loaded:
+    """Fill ``index`` with every account's time clocks and enabled fences.
+
+    ``read_fences`` reads the fences of the accounts that are built from rows
+    in a thread of its own, while this one reads their time clocks and runs
+    ``meanwhile`` (start-up's kernel warm-up; it runs once either way)."""
     # Loaded inside one batch (the write lock): no change can slip in between.
-    with uows(readonly=True) as uow, index.batched():
+    with (
+        uows(readonly=True) as uow,
+        index.batched(),
+        ThreadPoolExecutor(1, thread_name_prefix="fence-read") as pool,
+    ):
         # The cursor first: a change committed while the rest is read comes
         # after it and is applied again by the follower, which is harmless.
         cursor = uow.index_changes.last()
         events = uow.events.newest()
         accounts = uow.accounts.ids()
         header, parts = _usable(uow, path, cursor)
+        whole = [a for a in accounts if a not in parts]
+        beside = _Beside(pool, read_fences, whole, cursor) if read_fences and whole else None
+        meanwhile()
         restored = reread = 0
         for account in accounts:
             mine = uow.for_account(account)
@@ -65,7 +85,10 @@ def load_index(uows: UnitOfWorkFactory, index: AccountFences, path: Path | None)
             part = parts.get(account)
             stale = index.restore(account, clocks, part) if part is not None else None
             if stale is None:
-                index.load(account, clocks, mine.geofences.enabled_rows())
+                rows = beside.rows(account) if beside is not None else None
+                index.load(
+                    account, clocks, rows if rows is not None else mine.geofences.enabled_rows()
+                )
                 continue
             restored += 1
             reread += len(stale)
@@ -81,6 +104,42 @@ def load_index(uows: UnitOfWorkFactory, index: AccountFences, path: Path | None)
         cursor = follow_index_changes(uows, index, saved_at)
     as_saved = cursor == saved_at and not reread and restored == len(parts) == len(accounts)
     return Loaded(cursor, events, len(accounts), "checkpoint", as_saved)
+
+
+class _Beside:
+    """Accounts' fences read by a ``FenceSnapshotReader`` on ``pool``'s thread.
+
+    Its rows are used only when its snapshot saw the same newest change as the
+    loading unit of work: both then hold the same clocks and fences. Otherwise
+    (a change committed in between), when it failed, or when it found the
+    store too small to pay, the unit of work reads each account's rows."""
+
+    def __init__(
+        self, pool: Executor, read: FenceSnapshotReader, accounts: list[int], cursor: int
+    ) -> None:
+        self._future = pool.submit(read, accounts)
+        self._cursor = cursor
+        self._snapshot: FenceSnapshot | None = None
+        self._settled = False
+
+    def rows(self, account: int) -> FenceRows | None:
+        if not self._settled:
+            self._settled = True
+            try:
+                snapshot = self._future.result()
+            except Exception as exc:  # the unit of work can still read them
+                log.warning(
+                    "fence rows not read beside start-up", extra={"fields": {"error": repr(exc)}}
+                )
+            else:
+                if snapshot is not None and snapshot.cursor == self._cursor:
+                    self._snapshot = snapshot
+                elif snapshot is not None:
+                    log.info(
+                        "fence rows read again: the store changed while they were read",
+                        extra={"fields": {"cursor": self._cursor, "read_at": snapshot.cursor}},
+                    )
+        return self._snapshot.rows.get(account) if self._snapshot is not None else None
 
 
 def _usable(

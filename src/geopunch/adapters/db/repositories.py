@@ -11,7 +11,6 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -20,7 +19,6 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    case,
     delete,
     exists,
     func,
@@ -34,6 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
+from geopunch.adapters.db.fence_rows import enabled_fences
 from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
@@ -57,7 +57,7 @@ from geopunch.adapters.db.tables import (
     time_clocks,
 )
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.locations import EXIT_ACTION_CODES, FenceRows
+from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import (
     DayStatus,
     ExitAction,
@@ -497,89 +497,28 @@ class SqlGeofenceRepository(AccountScoped):
         build. Read through the driver's own cursor and turned into arrays a
         chunk at a time: at a million fences, a row object apiece (and the
         interpreter memory they leave behind) was most of a server's start-up
-        time and memory.
-
-        One query gives the fences and their jobs: a fence bound to k jobs
-        comes as k rows in a row, which are folded into one. A query of its
-        own for the bindings would walk every fence a second time."""
-        mine = (geofences.c.account_id == self.account) & geofences.c.is_enabled.is_(True)
-        if time_clock_ids is not None:
-            # Ints from the server's own feed, rendered as literals below.
-            mine &= geofences.c.time_clock_id.in_(sorted(int(t) for t in time_clock_ids))
-        names = ("clocks", "ids", "lats", "lons", "sizes", "actions")
-        parts: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in names}
-        bound_at: list[npt.NDArray[np.intp]] = []
-        bound_jobs: list[str] = []
-        read = 0
-        stmt = (
-            select(
-                geofences.c.time_clock_id,
-                geofences.c.id,
-                geofences.c.latitude,
-                geofences.c.longitude,
-                geofences.c.fence_size_m,
-                # As codes: a small int is no new object, a string is.
-                case(
-                    {str(a): code for a, code in EXIT_ACTION_CODES.items()},
-                    value=geofences.c.exit_action,
-                ),
-                geofence_jobs.c.job_id,
-            )
-            .select_from(
-                geofences.outerjoin(geofence_jobs, geofence_jobs.c.fence_id == geofences.c.id)
-            )
-            .where(mine)
-            # By clock first: the index on (account, clock, position) orders
-            # most of it, and the engine groups fences by clock anyway; a
-            # clock's own fences keep their creation order, a fence's jobs
-            # theirs.
-            .order_by(
-                geofences.c.time_clock_id,
-                geofences.c.position,
-                geofences.c.id,
-                geofence_jobs.c.position,
-            )
-        )
+        time and memory."""
+        built = FenceColumnsBuilder()
         # The collector would walk the young row tuples over and over while
         # they are turned into arrays, a large share of a big read's time
         # (bench/README.md, start-up); none of them can be in a cycle.
         with _collector_paused():
-            for chunk in self._driver_chunks(stmt):
+            for chunk in self._driver_chunks(enabled_fences(self.account, time_clock_ids)):
                 clock_ids, ids, lats, lons, sizes, actions, jobs = zip(*chunk, strict=True)
-                parts["clocks"].append(np.array(clock_ids, dtype=np.int64))
-                parts["ids"].append(np.array([i.encode() for i in ids], dtype=np.bytes_))
-                parts["lats"].append(np.array(lats, dtype=np.float64))
-                parts["lons"].append(np.array(lons, dtype=np.float64))
-                parts["sizes"].append(np.array(sizes, dtype=np.float64))
-                parts["actions"].append(np.array(actions, dtype=np.int8))
-                at = [k for k, job in enumerate(jobs) if job is not None]
-                bound_at.append(np.array(at, dtype=np.intp) + read)
-                bound_jobs.extend(jobs[k] for k in at)
-                read += len(chunk)
-        if not read:
-            return FenceRows.of(())
-        col = {name: np.concatenate(arrays) for name, arrays in parts.items()}
-        del parts
-        # Rows after the first of a fence bound to several jobs.
-        again = np.zeros(read, dtype=bool)
-        again[1:] = col["ids"][1:] == col["ids"][:-1]
-        fence_of_row = np.cumsum(~again) - 1
-        job_ids: dict[int, list[str]] = {}
-        for row, job_id in zip(
-            fence_of_row[np.concatenate(bound_at)].tolist(), bound_jobs, strict=True
-        ):
-            job_ids.setdefault(row, []).append(job_id)
-        if again.any():
-            col = {name: array[~again] for name, array in col.items()}
-        return FenceRows(
-            time_clock_ids=col["clocks"],
-            ids=col["ids"],
-            latitudes=col["lats"],
-            longitudes=col["lons"],
-            sizes_m=col["sizes"],
-            exit_actions=col["actions"],
-            job_ids={row: tuple(jobs) for row, jobs in job_ids.items()},
-        )
+                bound = [k for k, job in enumerate(jobs) if job]
+                built.add(
+                    (
+                        np.array(clock_ids, dtype=np.int64),
+                        np.array([i.encode() for i in ids], dtype=np.bytes_),
+                        np.array(lats, dtype=np.float64),
+                        np.array(lons, dtype=np.float64),
+                        np.array(sizes, dtype=np.float64),
+                        np.array(actions, dtype=np.int8),
+                    ),
+                    np.array(bound, dtype=np.intp),
+                    [jobs[k] for k in bound],
+                )
+        return built.rows()
 
     #: Rows per chunk of a driver read: large enough that the per-chunk cost
     #: vanishes, small enough that a chunk's row objects stay a few MB.

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
+from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.notify import notify
 from geopunch.adapters.db.prepared import driver, savepoint
 from geopunch.adapters.db.repositories import (
@@ -39,7 +40,7 @@ from geopunch.adapters.db.tracking import SqlEventRepository, SqlLocationReposit
 from geopunch.adapters.db.webhooks import SqlWebhookRepository
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import json_bytes
-from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import FenceSnapshotReader, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("geopunch.store")
 
@@ -53,6 +54,25 @@ def _json_text(value: Any) -> str:
     standard library's encoder: the payloads of 1,000 created time activities
     were a tenth of CreateTimeActivities' time (bench/README.md)."""
     return json_bytes(value).decode()
+
+
+def sqlite_file(url: str | URL) -> str | None:
+    """The file a SQLite URL names plainly; None for other stores, a
+    database in memory or a ``file:`` URI."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.database.startswith("file:") or parsed.query.get("mode") == "memory":
+        return None
+    return parsed.database
+
+
+def fence_snapshot_reader(engine: Engine) -> FenceSnapshotReader | None:
+    """The reader of whole accounts' fences beside the unit of work, where
+    the store has one (a SQLite file: ADBC in a child process); None: read
+    them in the unit of work (``enabled_rows``)."""
+    database = sqlite_file(engine.url)
+    return ArrowFenceReader(engine, database) if database is not None else None
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
