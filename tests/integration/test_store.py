@@ -177,7 +177,7 @@ def test_enabled_rows_are_the_enabled_fences_as_columns(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The columnar reads a start-up builds the index from (the driver
-    cursor's and, on a SQLite file, ADBC's beside it) agree with the objects,
+    cursor's, and ADBC's in a child process beside it) agree with the objects,
     fence for fence: order, coordinates, actions, jobs (a sub-job order kept),
     non-ASCII ids of other lengths; other accounts' fences stay out."""
     uows = AccountStore(engine)
@@ -218,9 +218,6 @@ def test_enabled_rows_are_the_enabled_fences_as_columns(
         _same_rows(got, want)
         assert set(got.exit_actions.tolist()) == {0, 1, 2}
     beside = fence_snapshot_reader(engine)
-    if engine.dialect.name != "sqlite":
-        assert beside is None  # PostgreSQL reads in the unit of work
-        return
     assert beside is not None
     assert beside([DEFAULT_ACCOUNT]) is None  # too few fences to start a reader for
     monkeypatch.setattr(ArrowFenceReader, "MIN_FENCES", 60)

@@ -1,23 +1,27 @@
 """Enabled fences into columns (``FenceRows``): the fold both of the
-store's readers share, and the program that reads a SQLite store's fences
-through ADBC's driver into Arrow, run as a process of its own
+store's readers share, and the program that reads a store's fences through
+ADBC's SQLite or PostgreSQL driver into Arrow, run as a process of its own
 (``python -m geopunch.adapters.db.fence_columns``) by ``ArrowFenceReader``.
 
-Why ADBC: the ``sqlite3`` module makes a tuple a row and an object a value,
-and the columns are then made from those; for a million fences that took
-2.5-3.4 s, where the driver's read into Arrow columns takes 1.2-1.5 s and
-makes no object a row (bench/README.md, start-up).
+Why ADBC: the ``sqlite3`` and ``psycopg`` drivers make a tuple a row and an
+object a value, and the columns are then made from those; for a million
+fences that took 2.5-3.4 s on SQLite and 4.0 s on PostgreSQL, where ADBC's
+reads into Arrow columns take 1.2-1.5 s and 2.5 s (PostgreSQL's binary
+``COPY``) and make no object a row (bench/README.md, start-up).
 
-Why a process of its own: the driver carries its own copy of SQLite, and two
-copies of SQLite in one process break SQLite's locking. POSIX locks belong
-to the process, so when one copy closes the database file the locks the
-other holds on it go too (SQLite's own list of ways to corrupt a database
-names this). Read in the server's process, it left the server's connections
-blind to other processes' commits (tests/e2e/test_accounts.py caught it).
+Why a process of its own: the SQLite driver carries its own copy of
+SQLite, and two copies of SQLite in one process break SQLite's locking.
+POSIX locks belong to the process, so when one copy closes the database file
+the locks the other holds on it go too (SQLite's own list of ways to corrupt
+a database names this). Read in the server's process, it left the server's
+connections blind to other processes' commits (tests/e2e/test_accounts.py
+caught it). The PostgreSQL driver has no such trouble, but brings its own
+libpq and OpenSSL; one way for both keeps one path to test.
 """
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import sys
 from collections.abc import Iterator, Sequence
@@ -93,25 +97,36 @@ class FenceColumnsBuilder:
 
 
 def read_arrow(
-    uri: str, newest_sql: str, accounts: Sequence[tuple[int, str]], batch_rows: int
+    driver: str,
+    uri: str,
+    first_sql: str | None,
+    newest_sql: str,
+    accounts: Sequence[tuple[int, str]],
+    statement_options: dict[str, str],
 ) -> tuple[int, dict[int, FenceRows]]:
     """The newest seq ``newest_sql`` gives and each account's fences (the
-    rows of its query), in one read transaction of a SQLite database."""
+    rows of its query), in one read transaction of the database at ``uri``
+    through ADBC's ``driver`` ("sqlite" or "postgresql"), which ``first_sql``
+    opens when given (PostgreSQL: one snapshot for every statement)."""
     import adbc_driver_manager
-    import adbc_driver_sqlite
 
+    connect = importlib.import_module(f"adbc_driver_{driver}").connect
     with (
-        closing(adbc_driver_sqlite.connect(uri)) as database,
+        closing(connect(uri)) as database,
         closing(adbc_driver_manager.AdbcConnection(database)) as conn,
     ):
         # One transaction: the feed's newest change and the rows are of one snapshot.
         conn.set_autocommit(False)
         try:
-            with _query(conn, newest_sql, batch_rows) as newest:
+            if first_sql is not None:
+                with closing(adbc_driver_manager.AdbcStatement(conn)) as statement:
+                    statement.set_sql_query(first_sql)
+                    statement.execute_update()
+            with _query(conn, newest_sql, statement_options) as newest:
                 cursor = newest.read_all().column(0)[0].as_py() or 0
             rows = {}
             for account, sql in accounts:
-                with _query(conn, sql, batch_rows) as batches:
+                with _query(conn, sql, statement_options) as batches:
                     rows[account] = _fence_rows(batches)
         finally:
             conn.rollback()
@@ -119,15 +134,16 @@ def read_arrow(
 
 
 @contextmanager
-def _query(conn: Any, sql: str, batch_rows: int) -> Iterator[Any]:
-    """The result of ``sql`` as a ``pyarrow.RecordBatchReader``. The driver
-    types each column by its first batch: the columns read have one SQLite
-    storage class each (see ``fence_rows.enabled_fences``)."""
+def _query(conn: Any, sql: str, options: dict[str, str]) -> Iterator[Any]:
+    """The result of ``sql`` as a ``pyarrow.RecordBatchReader``. SQLite's
+    driver types each column by its first batch: the columns read have one
+    SQLite storage class each (see ``fence_rows.enabled_fences``)."""
     import adbc_driver_manager
     import pyarrow as pa
 
     with closing(adbc_driver_manager.AdbcStatement(conn)) as statement:
-        statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+        if options:
+            statement.set_options(**options)
         statement.set_sql_query(sql)
         stream, _ = statement.execute_query()
         with pa.RecordBatchReader.from_stream(stream) as batches:

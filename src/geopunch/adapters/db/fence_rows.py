@@ -1,6 +1,6 @@
 """The query that gives a full build of the fence index its rows, and the
-reader that runs it beside start-up on a SQLite file: through ADBC's driver
-in a process of its own (``fence_columns`` says why both)."""
+reader that runs it beside start-up: through ADBC's drivers in a process of
+its own (``fence_columns`` says why both)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Engine, Select, case, func, select
-from sqlalchemy.dialects import sqlite
 
 from geopunch.adapters.db.tables import geofence_jobs, geofences, index_changes
 from geopunch.domain.locations import EXIT_ACTION_CODES
@@ -58,37 +57,49 @@ def enabled_fences(account: int, time_clock_ids: Collection[int] | None = None) 
     )
 
 
-def _literal_sql(stmt: Select[Any]) -> str:
-    # Only ints and fixed strings of the server's own are rendered inline.
-    return str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
-
-
 class ArrowFenceReader:
-    """Reads a SQLite store's enabled fences in a child process (a
-    ``FenceSnapshotReader``): while it reads, this process's interpreter is
-    free for the rest of start-up, and the other core does the reading."""
+    """Reads a SQLite file's or a PostgreSQL database's enabled fences in a
+    child process (a ``FenceSnapshotReader``): while it reads, this process's
+    interpreter is free for the rest of start-up, and the other core (or the
+    database server) does the reading."""
 
     #: Below this many stored fences the child is not worth starting: its
     #: interpreter and imports take about 0.3 s, the unit of work's own read
     #: of 50,000 fences about 0.15 s.
     MIN_FENCES = 50_000
-    #: Rows per Arrow batch (the driver's default is 1,024): fewer, larger
-    #: chunks to fold.
+    #: Rows per Arrow batch of SQLite's driver (its default is 1,024): fewer,
+    #: larger chunks to fold.
     BATCH_ROWS = 65_536
 
-    def __init__(self, engine: Engine, database: str) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        # Read-only: the child never writes, nor creates a missing file.
-        self._uri = f"file:{quote(database)}?mode=ro"
+        url = engine.url
+        if url.get_backend_name() == "sqlite":
+            # Read-only: the child never writes, nor creates a missing file.
+            self._driver, self._uri = "sqlite", f"file:{quote(url.database or '')}?mode=ro"
+            self._first_sql = None
+        else:  # libpq's URI: the same host, database, user and options
+            self._driver = "postgresql"
+            self._uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            # Every statement of the transaction in one snapshot.
+            self._first_sql = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
     def __call__(self, accounts: Sequence[int]) -> FenceSnapshot | None:
         if self._stored_fences() < self.MIN_FENCES:
             return None
+        options = (
+            {"adbc.sqlite.query.batch_rows": str(self.BATCH_ROWS)}
+            if self._driver == "sqlite"
+            else {}
+        )
         request = {
+            "driver": self._driver,
+            # On stdin, not in the child's arguments: the URI may hold a password.
             "uri": self._uri,
-            "newest_sql": _literal_sql(select(func.max(index_changes.c.seq))),
-            "accounts": [(a, _literal_sql(enabled_fences(a))) for a in accounts],
-            "batch_rows": self.BATCH_ROWS,
+            "first_sql": self._first_sql,
+            "newest_sql": self._sql(select(func.max(index_changes.c.seq))),
+            "accounts": [(a, self._sql(enabled_fences(a))) for a in accounts],
+            "statement_options": options,
         }
         child = subprocess.Popen(
             [sys.executable, "-m", "geopunch.adapters.db.fence_columns"],
@@ -104,7 +115,7 @@ class ArrowFenceReader:
                 # Straight from the pipe: each array's bytes are read once,
                 # into the array itself.
                 cursor, rows = pickle.load(child.stdout)
-            except EOFError:
+            except (EOFError, pickle.UnpicklingError):  # it failed: stderr says why
                 cursor = rows = None
             why = child.stderr.read().decode(errors="replace")
         finally:
@@ -114,6 +125,13 @@ class ArrowFenceReader:
         if code != 0 or rows is None:
             raise RuntimeError(f"the fence reader exited with {code}: {why[-2000:]}")
         return FenceSnapshot(cursor, rows)
+
+    def _sql(self, stmt: Select[Any]) -> str:
+        # Only ints and fixed strings of the server's own are rendered inline.
+        compiled = stmt.compile(
+            dialect=self._engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+        return str(compiled)
 
     def _stored_fences(self) -> int:
         """How many fences are stored, counted up to ``MIN_FENCES``."""

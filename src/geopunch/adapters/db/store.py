@@ -68,11 +68,12 @@ def sqlite_file(url: str | URL) -> str | None:
 
 
 def fence_snapshot_reader(engine: Engine) -> FenceSnapshotReader | None:
-    """The reader of whole accounts' fences beside the unit of work, where
-    the store has one (a SQLite file: ADBC in a child process); None: read
-    them in the unit of work (``enabled_rows``)."""
-    database = sqlite_file(engine.url)
-    return ArrowFenceReader(engine, database) if database is not None else None
+    """The reader of whole accounts' fences beside the unit of work (ADBC in
+    a child process) for a SQLite file or PostgreSQL; None for other stores:
+    read them in the unit of work (``enabled_rows``)."""
+    if engine.dialect.name == "postgresql" or sqlite_file(engine.url) is not None:
+        return ArrowFenceReader(engine)
+    return None
 
 
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
