@@ -18,18 +18,22 @@ Prints JSON: fences/s of both, the load's rate in each tenth of it (by fences
 stored), and the ratios the issue asks for: the last tenth over the first,
 and the whole load over the baseline; and the CPU a fence cost the
 baseline's process, and the server and the clients in the load (from
-``/proc``), with how busy the two kept the machine's cores.
+``/proc``), with how busy the two kept the machine's cores; and the server's
+CPU a fence in each tenth, which tells a cost that grows with what is held
+from a shared machine that got busier.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import make_fleet
-from serverproc import OWN_CONNECTION, CpuMeter, child_pid, serve
+from serverproc import OWN_CONNECTION, CpuMeter, child_pid, cpu_s, serve
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
@@ -112,13 +116,18 @@ def load(
     clocks: list[TimeClock],
     by_clock: dict[int, list[Geofence]],
     concurrency: int,
-) -> tuple[float, list[tuple[float, int]]]:
-    """Seconds for the whole load, and (time, fences stored so far) after each clock."""
+    server_cpu: Callable[[], float] | None = None,
+) -> tuple[float, list[tuple[float, int]], list[tuple[int, float]]]:
+    """Seconds for the whole load, (time, fences stored so far) after each
+    clock, and (fences stored, the server's CPU seconds) at each tenth of the
+    load, when ``server_cpu`` reads the latter."""
     meta = (("x-api-key", API_KEY),)
     lock = threading.Lock()
     next_clock = [0]
     stored = [0]
     marks: list[tuple[float, int]] = []
+    total = sum(len(by_clock.get(tc.id, [])) for tc in clocks)
+    cpu_marks = [(0, server_cpu())] if server_cpu is not None else []
     errors: list[BaseException] = []
     t0 = time.perf_counter()
 
@@ -141,6 +150,8 @@ def load(
                 with lock:
                     stored[0] += len(fences)
                     marks.append((time.perf_counter() - t0, stored[0]))
+                    if server_cpu is not None and stored[0] >= len(cpu_marks) * total / 10:
+                        cpu_marks.append((stored[0], server_cpu()))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -153,7 +164,7 @@ def load(
         th.join()
     if errors:
         raise errors[0]
-    return time.perf_counter() - t0, marks
+    return time.perf_counter() - t0, marks, cpu_marks
 
 
 def tenths(marks: list[tuple[float, int]], total: int) -> list[float]:
@@ -194,8 +205,17 @@ def main() -> None:
             # workers': only the clients' is measured then.
             server = {"server": child_pid(b"geopunch")} if args.processes == 1 else {}
             meter = CpuMeter({**server, "client": os.getpid()})
-            api_s, marks = load(address, fleet.time_clocks, by_clock, args.concurrency)
+            server_cpu = (lambda: cpu_s(server["server"])) if server else None
+            api_s, marks, cpu_marks = load(
+                address, fleet.time_clocks, by_clock, args.concurrency, server_cpu
+            )
             api_cpu = meter.per(total)
+    # The server's CPU a fence by tenth: whether the cost grows with what is
+    # held, apart from how busy the shared machine was (the rates move with both).
+    cpu_tenths = [
+        round((c1 - c0) * 1e6 / max(n1 - n0, 1), 1)
+        for (n0, c0), (n1, c1) in itertools.pairwise(cpu_marks)
+    ]
     rates = tenths(marks, total)
     direct_rates = tenths(direct_marks, total)
     print(
@@ -211,6 +231,7 @@ def main() -> None:
                 "direct_s": round(direct_s, 2),
                 "tenths_fences_per_s": [round(r) for r in rates],
                 "last_over_first_tenth": round(rates[-1] / rates[0], 3),
+                "server_cpu_us_per_fence_by_tenth": cpu_tenths,
                 "direct_tenths_fences_per_s": [round(r) for r in direct_rates],
                 "direct_last_over_first_tenth": round(direct_rates[-1] / direct_rates[0], 3),
                 "api_over_direct": round(direct_s / api_s, 3),
