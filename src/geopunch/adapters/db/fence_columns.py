@@ -187,6 +187,8 @@ def _values(column: Any) -> npt.NDArray[Any]:
 
 def _buffers(strings: Any) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
     """An Arrow string array's offsets (n + 1) and its UTF-8 bytes."""
+    if str(strings.type) != "string" or strings.null_count:  # 32-bit offsets, no NULLs
+        raise ValueError(f"a fence column of {strings.type} with {strings.null_count} NULLs")
     _, offsets, data = strings.buffers()
     n = len(strings)
     at = np.frombuffer(offsets, np.int32, n + 1, strings.offset * 4)
