@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,27 +120,27 @@ class _Beside:
     ) -> None:
         self._future = pool.submit(read, accounts)
         self._cursor = cursor
-        self._snapshot: FenceSnapshot | None = None
-        self._settled = False
 
     def rows(self, account: int) -> FenceRows | None:
-        if not self._settled:
-            self._settled = True
-            try:
-                snapshot = self._future.result()
-            except Exception as exc:  # the unit of work can still read them
-                log.warning(
-                    "fence rows not read beside start-up", extra={"fields": {"error": repr(exc)}}
-                )
-            else:
-                if snapshot is not None and snapshot.cursor == self._cursor:
-                    self._snapshot = snapshot
-                elif snapshot is not None:
-                    log.info(
-                        "fence rows read again: the store changed while they were read",
-                        extra={"fields": {"cursor": self._cursor, "read_at": snapshot.cursor}},
-                    )
         return self._snapshot.rows.get(account) if self._snapshot is not None else None
+
+    @cached_property
+    def _snapshot(self) -> FenceSnapshot | None:
+        """The reader's snapshot when it may be used (waited for once)."""
+        try:
+            snapshot = self._future.result()
+        except Exception as exc:  # the unit of work can still read them
+            log.warning(
+                "fence rows not read beside start-up", extra={"fields": {"error": repr(exc)}}
+            )
+            return None
+        if snapshot is not None and snapshot.cursor != self._cursor:
+            log.info(
+                "fence rows read again: the store changed while they were read",
+                extra={"fields": {"cursor": self._cursor, "read_at": snapshot.cursor}},
+            )
+            return None
+        return snapshot
 
 
 def _usable(

@@ -17,6 +17,11 @@ from geopunch.adapters.db.tables import geofence_jobs, geofences, index_changes
 from geopunch.domain.locations import EXIT_ACTION_CODES
 from geopunch.domain.ports import FenceSnapshot
 
+#: The index change feed's newest seq: the cursor a start-up's load reads
+#: (``SqlIndexChangeRepository.last``) and the one the reader beside it
+#: reads with its rows. Their equality is what lets the load use those rows.
+NEWEST_INDEX_CHANGE = select(func.max(index_changes.c.seq))
+
 
 def enabled_fences(account: int, time_clock_ids: Collection[int] | None = None) -> Select[Any]:
     """The enabled fences of ``account`` (of some of its clocks), one row a
@@ -97,7 +102,7 @@ class ArrowFenceReader:
             # On stdin, not in the child's arguments: the URI may hold a password.
             "uri": self._uri,
             "first_sql": self._first_sql,
-            "newest_sql": self._sql(select(func.max(index_changes.c.seq))),
+            "newest_sql": self._sql(NEWEST_INDEX_CHANGE),
             "accounts": [(a, self._sql(enabled_fences(a))) for a in accounts],
             "statement_options": options,
         }

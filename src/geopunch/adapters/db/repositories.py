@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
-from geopunch.adapters.db.fence_rows import enabled_fences
+from geopunch.adapters.db.fence_rows import NEWEST_INDEX_CHANGE, enabled_fences
 from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
@@ -995,7 +995,7 @@ class SqlIndexChangeRepository(AccountScoped):
         return [(int(seq), int(acct), int(tc)) for seq, acct, tc in rows]
 
     def last(self) -> int:
-        newest = self._conn.execute(select(func.max(index_changes.c.seq))).scalar()
+        newest = self._conn.execute(NEWEST_INDEX_CHANGE).scalar()
         return int(newest or 0)
 
     def prune(self, before: int) -> int:
