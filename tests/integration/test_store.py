@@ -165,6 +165,31 @@ def test_geofences_round_trip_in_order(engine: Engine) -> None:
         ]
 
 
+def test_column_wise_inserts_take_constants_and_refuse_ragged_or_unknown_columns(
+    engine: Engine,
+) -> None:
+    """``Prepared.many_columns``, which stores a request's fences: the
+    round trip above goes through it; here its refusals."""
+    from geopunch.adapters.db.repositories import _INSERT_FENCE_JOB
+
+    with engine.begin() as conn:
+        with pytest.raises(ValueError, match="different lengths"):
+            _INSERT_FENCE_JOB.many_columns(
+                conn,
+                {"fence_id": ["x", "y"], "job_id": ["a"], "time_clock_id": [1, 1]},
+                {"account_id": DEFAULT_ACCOUNT, "position": 0},
+            )
+        # No rows: nothing to run, whatever the constants.
+        _INSERT_FENCE_JOB.many_columns(conn, {"fence_id": []}, {})
+        if engine.dialect.name == "sqlite":  # positional parameters, checked by name
+            with pytest.raises(ValueError, match="not parameters"):
+                _INSERT_FENCE_JOB.many_columns(
+                    conn,
+                    {"fence_id": ["x"], "job_id": ["a"], "time_clock_id": [1], "colour": [2]},
+                    {"account_id": DEFAULT_ACCOUNT, "position": 0},
+                )
+
+
 def _same_rows(got: FenceRows, want: FenceRows) -> None:
     assert len(got) == len(want)
     for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):

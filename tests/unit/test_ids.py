@@ -11,7 +11,16 @@ import pytest
 from geopunch.domain.ids import ordered_hex, ordered_hexes
 
 
-@pytest.mark.parametrize("make", [lambda n: [ordered_hex() for _ in range(n)], ordered_hexes])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: [ordered_hex() for _ in range(n)],
+        # A few at a time (one by one inside) and many at once (laid out by numpy).
+        lambda n: [h for _ in range(n // 10) for h in ordered_hexes(10)],
+        ordered_hexes,
+    ],
+    ids=["one", "ten-at-a-time", "all-at-once"],
+)
 def test_ids_are_version_7_uuids_that_sort_by_creation_time(
     make: Callable[[int], list[str]],
 ) -> None:
@@ -33,10 +42,11 @@ def test_ids_are_version_7_uuids_that_sort_by_creation_time(
     assert firsts == sorted(firsts)
 
 
-def test_ids_drawn_together_share_the_millisecond_and_nothing_random() -> None:
-    ids = ordered_hexes(5000)
-    assert len(set(ids)) == len(ids) == 5000
+@pytest.mark.parametrize("n", [5000, 15])
+def test_ids_drawn_together_share_the_millisecond_and_nothing_random(n: int) -> None:
+    ids = ordered_hexes(n)
+    assert len(set(ids)) == len(ids) == n
     assert len({i[:12] for i in ids}) == 1  # one clock reading for all
     # The random bits differ in every id: no byte of the random source reused.
-    assert len({i[13:16] + i[17:] for i in ids}) == 5000
+    assert len({i[13:16] + i[17:] for i in ids}) == n
     assert ordered_hexes(0) == []

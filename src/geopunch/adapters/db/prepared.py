@@ -106,6 +106,53 @@ class Prepared:
         finally:
             cursor.close()
 
+    def many_columns(
+        self,
+        conn: Connection,
+        columns: Mapping[str, Sequence[Any]],
+        same: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Run once per row of ``columns`` (equal-length values by parameter
+        name), with ``same`` bound alike in every row.
+
+        :meth:`many` makes a dict a row, and :meth:`_Compiled.args` copies it
+        and picks the values out again: for a thousand fences most of the
+        insert's time. Here each bind processor runs over its column, a
+        constant is processed once, and the rows are zipped from the columns.
+        """
+        c = self._compile(conn)
+        cols = dict(columns)
+        fixed = dict(same or {})
+        for key, process in c.binds:
+            if key in cols:
+                cols[key] = [process(v) for v in cols[key]]
+            elif key in fixed:
+                fixed[key] = process(fixed[key])
+        n = len(next(iter(cols.values())))
+        if any(len(v) != n for v in cols.values()):
+            raise ValueError("columns of different lengths")
+        if n == 0:
+            return
+        rows: Iterable[Any]
+        if c.positional is None:
+            names = tuple(cols)
+            rows = [
+                {**fixed, **dict(zip(names, row, strict=True))}
+                for row in zip(*cols.values(), strict=True)
+            ]
+        else:
+            if extra := (cols.keys() | fixed.keys()) - set(c.positional):
+                raise ValueError(f"not parameters of the statement: {sorted(extra)}")
+            rows = zip(
+                *(cols[k] if k in cols else itertools.repeat(fixed[k], n) for k in c.positional),
+                strict=True,
+            )
+        cursor = driver(conn).cursor()
+        try:
+            cursor.executemany(c.sql, rows)
+        finally:
+            cursor.close()
+
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Every row, as tuples in the order of the selected columns."""
         c = self._compile(conn)

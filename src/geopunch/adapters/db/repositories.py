@@ -560,41 +560,38 @@ class SqlGeofenceRepository(AccountScoped):
                 following[f.time_clock_id] = int(newest or 0) + 1
             positions.append(following[f.time_clock_id])
             following[f.time_clock_id] += 1
-        # Prepared (see prepared.py): a thousand fences a call went through
-        # SQLAlchemy's per-row parameter handling.
-        _INSERT_FENCE.many(
+        # Prepared (see prepared.py), and column by column: a thousand
+        # fences a call went through SQLAlchemy's per-row parameter handling,
+        # then through a dict a row.
+        _INSERT_FENCE.many_columns(
             self._conn,
-            (
-                {
-                    "id": f.id,
-                    "account_id": self.account,
-                    "time_clock_id": f.time_clock_id,
-                    "position": positions[i],
-                    "name": f.name,
-                    "is_enabled": f.is_enabled,
-                    "fence_size_m": f.fence_size_m,
-                    "exit_action": f.exit_action.value,
-                    "address": f.address,
-                    "latitude": f.latitude,
-                    "longitude": f.longitude,
-                    "created_at": self._now,
-                }
-                for i, f in enumerate(fences)
-            ),
-        )
-        job_rows = [
             {
-                "fence_id": f.id,
-                "job_id": j,
-                "account_id": self.account,
-                "time_clock_id": f.time_clock_id,
-                "position": pos,
-            }
-            for f in fences
-            for pos, j in enumerate(f.job_ids)
-        ]
-        if job_rows:
-            _INSERT_FENCE_JOB.many(self._conn, job_rows)
+                "id": [f.id for f in fences],
+                "time_clock_id": [f.time_clock_id for f in fences],
+                "position": positions,
+                "name": [f.name for f in fences],
+                "is_enabled": [f.is_enabled for f in fences],
+                "fence_size_m": [f.fence_size_m for f in fences],
+                "exit_action": [f.exit_action.value for f in fences],
+                "address": [f.address for f in fences],
+                "latitude": [f.latitude for f in fences],
+                "longitude": [f.longitude for f in fences],
+            },
+            {"account_id": self.account, "created_at": self._now},
+        )
+        jobs = [(f.id, f.time_clock_id, pos, j) for f in fences for pos, j in enumerate(f.job_ids)]
+        if jobs:
+            fence_id, time_clock_id, position, job_id = zip(*jobs, strict=True)
+            _INSERT_FENCE_JOB.many_columns(
+                self._conn,
+                {
+                    "fence_id": fence_id,
+                    "time_clock_id": time_clock_id,
+                    "position": position,
+                    "job_id": job_id,
+                },
+                {"account_id": self.account},
+            )
 
     def delete(self, time_clock_id: int, fence_id: str) -> bool:
         self._conn.execute(
