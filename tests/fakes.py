@@ -19,7 +19,7 @@ from typing import Self
 
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.domain.events import Event, LiveTrail, new_event_id
+from geopunch.domain.events import Event, LiveTrail, new_event_ids
 from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.punches import Activity, PunchPoint, PunchState
@@ -284,7 +284,7 @@ class _Events:
     def append(self, new: Sequence[Event]) -> None:
         seq = self.newest()  # one sequence over every account, as the stores
         self.s.events.extend(
-            replace(e, seq=n, id=e.id or new_event_id(), account_id=self.account)
+            replace(e, seq=n, id=e.id or new_event_ids(1)[0], account_id=self.account)
             for n, e in enumerate(new, seq + 1)
         )
 

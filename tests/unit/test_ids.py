@@ -50,3 +50,22 @@ def test_ids_drawn_together_share_the_millisecond_and_nothing_random(n: int) -> 
     # The random bits differ in every id: no byte of the random source reused.
     assert len({i[13:16] + i[17:] for i in ids}) == n
     assert ordered_hexes(0) == []
+
+
+def test_activity_and_event_ids_drawn_together_are_prefixed_version_7_uuids() -> None:
+    from geopunch.domain.events import new_event_ids
+    from geopunch.domain.punches import ActivityKind, activity_ids
+
+    new_id = activity_ids(2)
+    # The third is past what was drawn: made on its own, still an id.
+    made = [new_id(ActivityKind.SHIFT), new_id(ActivityKind.BREAK), new_id(ActivityKind.SHIFT)]
+    events = new_event_ids(20)
+    assert [m.rpartition("-")[0] for m in made] == [
+        ActivityKind.SHIFT.value,
+        ActivityKind.BREAK.value,
+        ActivityKind.SHIFT.value,
+    ]
+    assert all(e.startswith("evt_") for e in events)
+    hexes = [m.rpartition("-")[2] for m in made] + [e.removeprefix("evt_") for e in events]
+    assert len(set(hexes)) == len(hexes)
+    assert all(uuid.UUID(hex=h).version == 7 for h in hexes)

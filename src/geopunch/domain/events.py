@@ -9,7 +9,7 @@ from enum import StrEnum
 import orjson
 
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.ids import ordered_hex
+from geopunch.domain.ids import ordered_hexes
 
 #: A JSON value as the JSON mapping gives it (dict, list, str, float, bool, None).
 Json = object
@@ -55,10 +55,11 @@ def check_watch_filter(types: Sequence[str], time_clock_ids: Sequence[int]) -> N
         )
 
 
-def new_event_id() -> str:
-    """An event's id: unique across stores, so that a receiver of several
-    deployments' webhooks (or one JetStream stream) never confuses two."""
-    return f"evt_{ordered_hex()}"
+def new_event_ids(n: int) -> list[str]:
+    """Ids for ``n`` events, drawn at once (see :func:`ordered_hexes`): unique
+    across stores, so that a receiver of several deployments' webhooks (or
+    one JetStream stream) never confuses two."""
+    return [f"evt_{h}" for h in ordered_hexes(n)]
 
 
 @dataclass(frozen=True, slots=True)

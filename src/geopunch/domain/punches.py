@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from geopunch.domain.builders import positional_builder
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.ids import ordered_hex
+from geopunch.domain.ids import ordered_hex, ordered_hexes
 from geopunch.domain.models import DayStatus, GeofencePolicy, ManualBreakType, TimeClock
 from geopunch.domain.rules import (
     MAX_ADDRESS_LENGTH,
@@ -492,6 +492,19 @@ class PunchDecision:
 
 def new_activity_id(kind: ActivityKind) -> str:
     return f"{kind.value}-{ordered_hex()}"
+
+
+def activity_ids(n: int) -> Callable[[ActivityKind], str]:
+    """:func:`new_activity_id` for a request of ``n`` activities: their
+    random parts drawn at once (see :func:`ordered_hexes`), one at a time
+    past ``n``."""
+    drawn = iter(ordered_hexes(n))
+
+    def new_id(kind: ActivityKind) -> str:
+        part = next(drawn, None)
+        return f"{kind.value}-{ordered_hex() if part is None else part}"
+
+    return new_id
 
 
 def plan_punch(tc: TimeClock, cmd: PunchCommand, now: float) -> PunchPlan:

@@ -26,8 +26,8 @@ from geopunch.domain.punches import (
     ActivityKind,
     ActivityRow,
     SchedulerShiftCheck,
+    activity_ids,
     check_idempotency_key,
-    new_activity_id,
     timesheet_day,
 )
 from geopunch.domain.rules import Collector
@@ -140,7 +140,8 @@ def create_time_activities(
         now = clock.now()
         tc = time_clock_settings(uow, fences, account, time_clock_id)
         out = Collector()
-        planned = plan_time_activities(tc, groups, now, out, new_activity_id)
+        count = sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
+        planned = plan_time_activities(tc, groups, now, out, activity_ids(count))
         created = _judge(uow, tc, planned, out)
         out.raise_if_any("the time activities")
         uow.activities.add_many(created)
