@@ -35,6 +35,7 @@ class _Compiled:
     binds: tuple[tuple[str, Callable[[Any], Any]], ...]  # parameters that need converting
     results: tuple[Callable[[Any], Any] | None, ...] | None  # per column; None: none do
     order: Callable[[Mapping[str, Any]], Any] | None  # positional parameters out of a dict
+    names: frozenset[str]  # the positional parameters' names (empty for named styles)
 
     def args(self, params: Mapping[str, Any]) -> Any:
         if self.binds:
@@ -88,6 +89,7 @@ class Prepared:
                 binds=binds,
                 results=results if any(f is not None for f in results) else None,
                 order=None if positional is None else _getter(positional),
+                names=frozenset(positional or ()),
             )
             self._by_dialect[dialect.name] = compiled
         return compiled
@@ -141,7 +143,8 @@ class Prepared:
                 for row in zip(*cols.values(), strict=True)
             ]
         else:
-            if extra := (cols.keys() | fixed.keys()) - set(c.positional):
+            if not c.names.issuperset(cols) or not c.names.issuperset(fixed):
+                extra = (cols.keys() | fixed.keys()) - c.names
                 raise ValueError(f"not parameters of the statement: {sorted(extra)}")
             rows = zip(
                 *(cols[k] if k in cols else itertools.repeat(fixed[k], n) for k in c.positional),
