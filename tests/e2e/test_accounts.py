@@ -591,7 +591,11 @@ def test_a_server_whose_fences_a_child_process_read_still_sees_other_processes(
     provision(url, "alpha")
     fences = ArrowFenceReader.MIN_FENCES + 1_000
     _seed_fleet(url, "fleet", fences // 100, 100)
-    srv = ServerProcess(db_url=url, env_extra={"GEOPUNCH_PROCESSES": "2"})
+    # No checkpoint: the worker that writes it does so once it serves, and a
+    # sibling still loading would then start from it rather than from the rows.
+    srv = ServerProcess(
+        db_url=url, env_extra={"GEOPUNCH_PROCESSES": "2", "GEOPUNCH_INDEX_CHECKPOINT": "off"}
+    )
     srv.start(tmp_path)
     d = Deployment(srv, url, {}, [])
     try:
