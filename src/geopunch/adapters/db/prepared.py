@@ -130,9 +130,10 @@ class Prepared:
                 cols[key] = [process(v) for v in cols[key]]
             elif key in fixed:
                 fixed[key] = process(fixed[key])
-        n = len(next(iter(cols.values())))
-        if any(len(v) != n for v in cols.values()):
-            raise ValueError("columns of different lengths")
+        lengths = set(map(len, cols.values()))
+        if len(lengths) != 1:
+            raise ValueError("columns of different lengths, or none")
+        n = lengths.pop()
         if n == 0:
             return
         rows: Iterable[Any]
@@ -146,9 +147,10 @@ class Prepared:
             if not c.names.issuperset(cols) or not c.names.issuperset(fixed):
                 extra = (cols.keys() | fixed.keys()) - c.names
                 raise ValueError(f"not parameters of the statement: {sorted(extra)}")
+            # A list, not a generator, and constants as tuples: a punch stores
+            # one event through here, and the overhead counts.
             rows = zip(
-                *(cols[k] if k in cols else itertools.repeat(fixed[k], n) for k in c.positional),
-                strict=True,
+                *[cols[k] if k in cols else (fixed[k],) * n for k in c.positional], strict=True
             )
         cursor = driver(conn).cursor()
         try:

@@ -165,20 +165,24 @@ class SqlEventRepository(AccountScoped):
         self.appended = True
         in_seq_order(self._conn, _EVENTS_LOCK)  # subscribers resume from a seq
         fresh = iter(new_event_ids(sum(1 for e in new if not e.id)))
-        # Column by column (see Prepared.many_columns): a bulk request's
-        # thousand events went through a dict each.
-        _INSERT_EVENT.many_columns(
+        # A dict a row, not Prepared.many_columns: a punch appends one event,
+        # and for one row the columns cost more than the dict.
+        _INSERT_EVENT.many(
             self._conn,
-            {
-                "type": [e.type for e in new],
-                "occurred_at": [e.occurred_at for e in new],
-                "time_clock_id": [e.time_clock_id for e in new],
-                "scheduler_id": [e.scheduler_id for e in new],
-                "user_id": [e.user_id for e in new],
-                "payload": [e.payload for e in new],
-                "event_id": [e.id or next(fresh) for e in new],
-            },
-            {"account_id": acct, "recorded_at": now},
+            [
+                {
+                    "account_id": acct,
+                    "type": e.type,
+                    "occurred_at": e.occurred_at,
+                    "time_clock_id": e.time_clock_id,
+                    "scheduler_id": e.scheduler_id,
+                    "user_id": e.user_id,
+                    "payload": e.payload,
+                    "recorded_at": now,
+                    "event_id": e.id or next(fresh),
+                }
+                for e in new
+            ],
         )
 
     def horizon(self) -> int:
