@@ -15,6 +15,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
+from geopunch.adapters.db import repositories
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.store import (
     HEAD_REVISION,
@@ -833,6 +834,52 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
     with uows(readonly=True) as uow:
         assert uow.activities.get(TC.id, "s1") == moved
         assert uow.activities.get(TC.id, "s2") is None
+
+
+@pytest.mark.parametrize("by_id_most", [0, 512])
+def test_the_board_reads_whole_only_open_rows_it_has_not_kept(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, by_id_most: int
+) -> None:
+    """Open rows are kept across units of work by id and version: a second
+    read answers the kept rows, a row closed since is gone, and a new open
+    row of the same user is read, whether the lacking rows are read by id
+    or all together (``by_id_most`` 0)."""
+    monkeypatch.setattr(repositories, "_OPEN_ROWS", repositories._OpenRows(most=1 << 10))
+    monkeypatch.setattr(repositories, "_OPEN_BY_ID_MOST", by_id_most)
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        for user in (1, 2, 3):
+            uow.activities.add(replace(_activity(f"open-{user}", 100 * user), user_id=user))
+        uow.commit()
+    with uows(readonly=True) as uow:
+        first = uow.activities.open_for(TC.id)
+    assert sorted(first) == [1, 2, 3]
+    assert first[2].activity() == replace(_activity("open-2", 200), user_id=2)
+    with uows() as uow:
+        uow.activities.close("open-1", PunchPoint(150, "UTC"), modified_at=150)
+        uow.activities.close("open-3", PunchPoint(350, "UTC"), modified_at=350)
+        uow.activities.add(replace(_activity("again-3", 400), user_id=3))
+        uow.commit()
+    with uows(readonly=True) as uow:
+        second = uow.activities.open_for(TC.id)
+    assert sorted(second) == [2, 3]
+    assert second[2] is first[2]  # kept, not read again
+    assert second[3].id == "again-3"
+    assert second[3].activity() == replace(_activity("again-3", 400), user_id=3)
+    with uows(account=2) as other:  # another account sees none of them
+        assert other.activities.open_for(TC.id) == {}
+
+
+def test_kept_open_rows_are_bounded_oldest_first() -> None:
+    kept = repositories._OpenRows(most=4)
+    rows = [ActivityRow.of(replace(_activity(f"a{i}", i), user_id=i)) for i in range(10)]
+    kept.keep(rows[:3])
+    assert all(kept.get((r.id, r.modified_at)) is r for r in rows[:3])
+    kept.keep(rows[3:])
+    held = [r for r in rows if kept.get((r.id, r.modified_at)) is not None]
+    assert held == rows[-2:]
+    assert kept.get(("a9", 0)) is None  # another version of a kept row
 
 
 @pytest.mark.postgres

@@ -3,7 +3,9 @@
 Listed pages and the board answer from ``ActivityRow`` tuples (gRPC and
 JSON) without making an ``Activity``; events and single answers go through
 the objects. Both must give the same bytes for every shape of row: open or
-closed, with or without a location, any of its parts missing.
+closed, with or without a location, any of its parts missing. The board's
+answer is joined from lines kept encoded; it must parse as the message
+built line by line.
 """
 
 from __future__ import annotations
@@ -11,9 +13,21 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopunch.adapters.grpc.timeclock import fill_activity, fill_activity_row
+from geopunch.adapters.grpc.timeclock import (
+    encode_statuses,
+    fill_activity,
+    fill_activity_row,
+    fill_status,
+)
+from geopunch.domain.models import ManualBreakType
 from geopunch.domain.punches import ActivityRow
-from geopunch.domain.timesheets import activity_json, activity_row_json
+from geopunch.domain.timesheets import (
+    Board,
+    UserState,
+    UserStatus,
+    activity_json,
+    activity_row_json,
+)
 from geopunch.v1 import timeclock_pb2
 
 _text = st.none() | st.sampled_from(["", "Main St 1", "f-1"])
@@ -67,3 +81,44 @@ def test_the_row_and_the_objects_answer_alike(row: ActivityRow) -> None:
     fill_activity_row(from_row, row)
     fill_activity(from_objects, a)
     assert from_row.SerializeToString() == from_objects.SerializeToString()
+
+
+_break_types = st.none() | st.builds(
+    ManualBreakType,
+    st.sampled_from(["rest", "lunch"]),
+    st.sampled_from(["Rest", "Lunch"]),
+    st.booleans(),
+    st.integers(0, 7200),
+    st.booleans(),
+)
+
+
+@st.composite
+def _boards(draw: st.DrawFn) -> Board:
+    users = draw(st.lists(st.integers(1, 2**40), unique=True, max_size=12))
+    busy = {}
+    for user in users:
+        if draw(st.booleans()):
+            continue
+        row = draw(_rows())._replace(user_id=user, end_ts=None)
+        if row.kind == "shift":
+            busy[user] = UserStatus(user, UserState.ON_SHIFT, row)
+        else:
+            bt = draw(_break_types)
+            endable = draw(st.none() | st.integers(0, 2**40))
+            busy[user] = UserStatus(user, UserState.ON_BREAK, row, bt, endable)
+    return Board(users, busy)
+
+
+@given(_boards(), st.text(max_size=40))
+def test_a_board_joined_from_kept_lines_parses_as_the_message_built_whole(
+    board: Board, request_id: str
+) -> None:
+    whole = timeclock_pb2.GetUserStatusesResponse(request_id=request_id)
+    for status in board:
+        fill_status(whole.data.statuses.add(), status)
+    for _ in range(2):  # encoded, then from the kept lines
+        joined = timeclock_pb2.GetUserStatusesResponse.FromString(
+            encode_statuses(request_id, board)
+        )
+        assert joined == whole

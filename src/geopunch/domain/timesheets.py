@@ -891,15 +891,18 @@ def user_statuses(
 ) -> Board:
     types = {b.id: b for b in tc.manual_break_types}
     busy = {}
-    shift = ActivityKind.SHIFT.value
-    for user in users:
-        a = open_by_user.get(user)
-        if a is None:
+    shift, on_shift, on_break = ActivityKind.SHIFT.value, UserState.ON_SHIFT, UserState.ON_BREAK
+    # The open activities, not the users, are walked: on a large board most
+    # users are idle. The users are the time clock's own (checked), so as many
+    # as it has are all of them.
+    wanted = tc.user_ids if len(users) == len(tc.user_ids) else frozenset(users)
+    for user, a in open_by_user.items():
+        if user not in wanted:
             continue
         if a.kind == shift:
-            busy[user] = UserStatus(user, UserState.ON_SHIFT, a)
+            busy[user] = UserStatus(user, on_shift, a)
             continue
         bt = types.get(a.break_type_id or "")
         endable = a.start_ts + bt.min_duration_s if bt is not None and bt.is_mandatory else None
-        busy[user] = UserStatus(user, UserState.ON_BREAK, a, bt, endable)
+        busy[user] = UserStatus(user, on_break, a, bt, endable)
     return Board(users, busy)

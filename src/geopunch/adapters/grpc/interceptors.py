@@ -140,7 +140,7 @@ class ServiceInterceptor(_Interceptor):
         if handler.unary_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, handler.request_deserializer, call),
-                response_serializer=handler.response_serializer,
+                response_serializer=_or_encoded(handler.response_serializer),
             )
         if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
             return grpc.stream_stream_rpc_method_handler(
@@ -367,6 +367,19 @@ class ServiceInterceptor(_Interceptor):
         catch_up = self._due_catch_up()
         if catch_up is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, catch_up)
+
+
+def _or_encoded(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The handler's serializer, letting through an answer a handler already
+    encoded (one too large to build as a message at each call: a board of
+    thousands of users, see ``encode_statuses``)."""
+    if serialize is None:
+        return None
+
+    def serialize_or_pass(message: Any) -> bytes:
+        return message if type(message) is bytes else serialize(message)
+
+    return serialize_or_pass
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from geopunch.domain.timesheets import (
     ShiftDraft,
     UserActivities,
     UserState,
+    UserStatus,
     UserTotals,
 )
 from geopunch.logs import request_id_var
@@ -254,23 +256,52 @@ def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
 _STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}
 
 
-def fill_statuses(out: timeclock_pb2.GetUserStatusesResponse.Data, board: Board) -> None:
-    """The board's lines; an idle one, most of a large board, in one call
-    from the user's id alone."""
-    add, states, busy = out.statuses.add, _STATES, board.busy
-    idle = states[UserState.IDLE]
-    for user in board.users:
-        s = busy.get(user)
-        if s is None:
-            add(user_id=user, state=idle)
-            continue
-        line = add(user_id=user, state=states[s.state])
-        assert s.activity is not None  # a busy user has an open activity
-        fill_activity_row(line.activity, s.activity)
-        if s.break_type is not None:
-            fill_break_setting(line.manual_break, s.break_type)
-        if s.endable_at is not None:
-            line.endable_at = s.endable_at
+def fill_status(out: timeclock_pb2.UserStatus, s: UserStatus) -> None:
+    out.user_id = s.user_id
+    out.state = _STATES[s.state]
+    if s.activity is not None:
+        fill_activity_row(out.activity, s.activity)
+    if s.break_type is not None:
+        fill_break_setting(out.manual_break, s.break_type)
+    if s.endable_at is not None:
+        out.endable_at = s.endable_at
+
+
+#: Lines of boards kept encoded, by user id (idle) and by status (busy: the
+#: key is the whole status, its open activity's every field included, so a
+#: changed activity is a new key and nothing is ever stale). A board answered
+#: again encodes only what changed since. An idle line costs about 130 B
+#: kept, a busy one about 300 B beside the row it holds (the store's kept
+#: open rows, see repositories._OpenRows, are mostly the same rows).
+_IDLE_LINES_KEPT = 1 << 15
+_BUSY_LINES_KEPT = 1 << 14
+
+
+def _encode_line(s: UserStatus) -> bytes:
+    """One status as the bytes of an answer holding only it."""
+    one = timeclock_pb2.GetUserStatusesResponse()
+    fill_status(one.data.statuses.add(), s)
+    return one.SerializeToString()
+
+
+@functools.lru_cache(maxsize=_IDLE_LINES_KEPT)
+def _idle_line(user: int) -> bytes:
+    return _encode_line(UserStatus(user, UserState.IDLE))
+
+
+_line = functools.lru_cache(maxsize=_BUSY_LINES_KEPT)(_encode_line)
+
+
+def encode_statuses(request_id: str, board: Board) -> bytes:
+    """The encoded ``GetUserStatusesResponse`` of a board, from its encoded
+    lines. Protobuf parses concatenated messages as one, merged: the ``data``
+    of each line's answer merges into one, its ``statuses`` appended in
+    order. Setting each open activity's fields took most of a large board's
+    call (bench/README.md, GetUserStatuses); joining kept lines is a copy."""
+    busy, idle, line = board.busy, _idle_line, _line
+    head = timeclock_pb2.GetUserStatusesResponse(request_id=request_id).SerializeToString()
+    lines = [idle(u) if (s := busy.get(u)) is None else line(s) for u in board.users]
+    return head + b"".join(lines)
 
 
 def fill_break_setting(out: timeclock_pb2.ManualBreakSetting, b: ManualBreakType) -> None:
@@ -454,15 +485,16 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
             fill_totals(data.totals.add(), t)
         return response
 
-    def GetUserStatuses(
+    # The answer's bytes rather than the message: the interceptor lets an
+    # encoded answer through its serializer (see encode_statuses).
+    def GetUserStatuses(  # type: ignore[override]
         self, request: timeclock_pb2.GetUserStatusesRequest, context: Any
-    ) -> timeclock_pb2.GetUserStatusesResponse:
+    ) -> bytes:
         statuses = timesheets.get_user_statuses(
             self._uows, self._fences, account(), request.time_clock_id, list(request.user_ids)
         )
-        response = timeclock_pb2.GetUserStatusesResponse(request_id=request_id_var.get())
-        fill_statuses(response.data, statuses)
-        return response
+        # Encoded here, on the handler's thread, not by grpc on the event loop.
+        return encode_statuses(request_id_var.get(), statuses)
 
 
 def _activity_response(a: Activity) -> timeclock_pb2.TimeActivityResponse:
