@@ -15,7 +15,9 @@ user and day a shift and the break after it (10,000 users x 30 days is
 - ``ListTimeActivities`` of the whole history at 10,000 a page, against a plain
   read of the same rows into tuples (``sqlite3`` or a ``psycopg`` cursor),
   and the first page against ``Ping``;
-- ``GetUserStatuses`` for every user (a third of them clocked in), against ``Ping``.
+- ``GetUserStatuses`` for every user (a third of them clocked in), against
+  ``Ping``: the first look, looks with nothing changed between them, and
+  looks with 1 % of the users punching between each two.
 
 Prints JSON with the figures and the ratios the issue sets bars for.
 """
@@ -237,9 +239,25 @@ def run(address: str, url: str, users: int, days: int) -> dict[str, Any]:
         for u in range(1, users + 1, 3):
             tk.ClockIn(timeclock_pb2.ClockInRequest(time_clock_id=TC, user_id=u), metadata=AUTH)
         statuses = timeclock_pb2.GetUserStatusesRequest(time_clock_id=TC)
-        status_ms = timed(lambda: tk.GetUserStatuses(statuses, metadata=AUTH), 20)
-        reply = tk.GetUserStatuses(statuses, metadata=AUTH)
+        board = lambda: tk.GetUserStatuses(statuses, metadata=AUTH)  # noqa: E731
+        first_status_ms = timed(board, 1)
+        status_ms = timed(board, 20)
+        # A busy site: between two looks at the board 1 % of the users punch
+        # (half clock out, half clock in), so each look meets new lines.
+        churn_ms: list[float] = []
+        on, off = list(range(1, users + 1, 3)), list(range(2, users + 1, 3))
+        step = max(1, users // 200)
+        for k in range(20):
+            for u in on[k * step : (k + 1) * step]:
+                tk.ClockOut(
+                    timeclock_pb2.ClockOutRequest(time_clock_id=TC, user_id=u), metadata=AUTH
+                )
+            for u in off[k * step : (k + 1) * step]:
+                tk.ClockIn(timeclock_pb2.ClockInRequest(time_clock_id=TC, user_id=u), metadata=AUTH)
+            churn_ms += timed(board, 1)
+        reply = board()
         assert len(reply.data.statuses) == users
+        assert sum(s.state != s.IDLE for s in reply.data.statuses) == len(on)
         ping_ms += timed(ping, 300)
 
     list_rate = listed / float(np.median(list_s))
@@ -264,6 +282,9 @@ def run(address: str, url: str, users: int, days: int) -> dict[str, Any]:
         "first_page_over_ping": round(p50(first_page_ms) / p50(ping_ms), 1),
         "user_statuses_p50_ms": p50(status_ms),
         "user_statuses_over_ping": round(p50(status_ms) / p50(ping_ms), 1),
+        "user_statuses_first_ms": round(first_status_ms[0], 3),
+        "user_statuses_churn_p50_ms": p50(churn_ms),
+        "user_statuses_churn_over_ping": round(p50(churn_ms) / p50(ping_ms), 1),
     }
 
 

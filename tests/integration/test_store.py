@@ -836,16 +836,16 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
         assert uow.activities.get(TC.id, "s2") is None
 
 
-@pytest.mark.parametrize("by_id_most", [0, 512])
+@pytest.mark.parametrize("by_user_most", [0, 512])
 def test_the_board_reads_whole_only_open_rows_it_has_not_kept(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, by_id_most: int
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, by_user_most: int
 ) -> None:
     """Open rows are kept across units of work by id and version: a second
     read answers the kept rows, a row closed since is gone, and a new open
     row of the same user is read, whether the lacking rows are read by id
-    or all together (``by_id_most`` 0)."""
+    or all together (``by_user_most`` 0)."""
     monkeypatch.setattr(repositories, "_OPEN_ROWS", repositories._OpenRows(most=1 << 10))
-    monkeypatch.setattr(repositories, "_OPEN_BY_ID_MOST", by_id_most)
+    monkeypatch.setattr(repositories, "_OPEN_BY_USER_MOST", by_user_most)
     uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)

@@ -669,11 +669,12 @@ _OPEN_KEYS = Prepared(
         *_of_clock(activities), activities.c.end_ts.is_(None)
     )
 )
-#: Open activities by id.
-_OPEN_BY_ID = PreparedIn(
+#: Open activities of some users of one time clock: the one-open index answers
+#: (by id, SQLite chose an index by account and walked all of its rows).
+_OPEN_OF_USERS = PreparedIn(
     lambda n: select(activities).where(
-        activities.c.account_id == bindparam("acct"),
-        activities.c.id.in_(in_values(n)),
+        *_of_clock(activities),
+        activities.c.user_id.in_(in_values(n)),
         activities.c.end_ts.is_(None),
     )
 )
@@ -713,8 +714,8 @@ class _OpenRows:
 
 _OPEN_ROWS = _OpenRows(most=1 << 14)
 #: Rows a board may lack before one read of every open row is cheaper than
-#: reading the lacking ones by id.
-_OPEN_BY_ID_MOST = 512
+#: reading the lacking ones user by user.
+_OPEN_BY_USER_MOST = 512
 #: Open activities of (time clock, user) pairs: the partial unique index answers.
 _OPEN_MANY = PreparedIn(
     lambda n: select(activities).where(
@@ -931,19 +932,21 @@ class SqlActivityRepository(AccountScoped):
         params = {"acct": self.account, "tc": time_clock_id}
         out: dict[int, ActivityRow] = {}
         lacking: dict[str, int] = {}
+        lacking_users: list[int] = []
         kept = _OPEN_ROWS.get
         for user, activity_id, modified_at in _OPEN_KEYS.all(self._conn, params):
             row = kept((activity_id, modified_at))
             if row is None:
                 lacking[activity_id] = modified_at
+                lacking_users.append(user)
             else:
                 out[user] = row
         if not lacking:
             return out
-        if len(lacking) > _OPEN_BY_ID_MOST:
+        if len(lacking) > _OPEN_BY_USER_MOST:
             read = _OPEN_FOR.all(self._conn, params)
         else:
-            read = _OPEN_BY_ID.all(self._conn, list(lacking), {"acct": self.account})
+            read = _OPEN_OF_USERS.all(self._conn, lacking_users, params)
         # Between the two reads (READ COMMITTED on PostgreSQL) an activity may
         # have closed, or another opened: only the rows the first read lacked
         # and still at its version are taken.
