@@ -380,7 +380,7 @@ def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
 
 
 def test_open_many_finds_open_activities_of_pairs_in_any_number(engine: Engine) -> None:
-    """Row-value IN lists, padded to prepared lengths and cut into chunks."""
+    """IN lists of users per time clock, padded to prepared lengths and cut into chunks."""
     uows = AccountStore(engine)
     other = replace(TC, id=TC.id + 1, name="Other")
     with uows() as uow:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import JSON, Connection, bindparam, text, tuple_
+from sqlalchemy import JSON, Connection, bindparam, text
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -267,19 +267,15 @@ class PreparedIn:
     """A statement filtering on an IN list, prepared for list lengths 1, 2, 4 ... ``most``.
 
     ``build(n)`` returns the statement for ``n`` values, bound as ``v0``,
-    ``v1`` ... (see :func:`in_values`); with ``width`` > 1 each value is a
-    tuple matched against a row value, bound as ``v0_0``, ``v0_1`` ... A list
-    is cut into chunks of at most ``most`` values and each chunk padded with
-    its last value up to the next prepared length, which changes no IN answer
-    and keeps a handful of compiled statements instead of one per length.
+    ``v1`` ... (see :func:`in_values`). A list is cut into chunks of at most
+    ``most`` values and each chunk padded with its last value up to the next
+    prepared length, which changes no IN answer and keeps a handful of
+    compiled statements instead of one per length.
     """
 
-    def __init__(
-        self, build: Callable[[int], ClauseElement], most: int = 256, width: int = 1
-    ) -> None:
+    def __init__(self, build: Callable[[int], ClauseElement], most: int = 256) -> None:
         self._build = build
         self._most = most
-        self._width = width
         self._by_size: dict[int, Prepared] = {}
 
     def _chunks(
@@ -292,11 +288,7 @@ class PreparedIn:
             if stmt is None:
                 stmt = self._by_size[size] = Prepared(self._build(size))
             chunk += [chunk[-1]] * (size - len(chunk))
-            if self._width == 1:
-                params = {f"v{i}": v for i, v in enumerate(chunk)}
-            else:
-                params = {f"v{i}_{j}": x for i, v in enumerate(chunk) for j, x in enumerate(v)}
-            yield stmt, {**extra, **params}
+            yield stmt, {**extra, **{f"v{i}": v for i, v in enumerate(chunk)}}
 
     def all(
         self, conn: Connection, values: Sequence[Any], extra: Mapping[str, Any] = {}
@@ -308,19 +300,7 @@ class PreparedIn:
             out += stmt.all(conn, params)
         return out
 
-    def mappings(
-        self, conn: Connection, values: Sequence[Any], extra: Mapping[str, Any] = {}
-    ) -> list[dict[str, Any]]:
-        """Rows for all ``values`` as dicts keyed by column name."""
-        out: list[dict[str, Any]] = []
-        for stmt, params in self._chunks(values, extra):
-            out += stmt.mappings(conn, params)
-        return out
 
-
-def in_values(n: int, width: int = 1) -> list[Any]:
-    """Parameters ``v0`` ... for :class:`PreparedIn`; with ``width`` > 1, row
-    values ``(v0_0, v0_1, ...)`` ..."""
-    if width == 1:
-        return [bindparam(f"v{i}") for i in range(n)]
-    return [tuple_(*(bindparam(f"v{i}_{j}") for j in range(width))) for i in range(n)]
+def in_values(n: int) -> list[Any]:
+    """Parameters ``v0`` ... for :class:`PreparedIn`."""
+    return [bindparam(f"v{i}") for i in range(n)]

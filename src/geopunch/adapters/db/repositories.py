@@ -669,8 +669,9 @@ _OPEN_KEYS = Prepared(
         *_of_clock(activities), activities.c.end_ts.is_(None)
     )
 )
-#: Open activities of some users of one time clock: the one-open index answers
-#: (by id, SQLite chose an index by account and walked all of its rows).
+#: Open activities of some users of one time clock: the one-open index answers.
+#: By id, or by (time clock, user) row values, SQLite chose the index by
+#: account and walked every activity of the account.
 _OPEN_OF_USERS = PreparedIn(
     lambda n: select(activities).where(
         *_of_clock(activities),
@@ -716,15 +717,6 @@ _OPEN_ROWS = _OpenRows(most=1 << 14)
 #: Rows a board may lack before one read of every open row is cheaper than
 #: reading the lacking ones user by user.
 _OPEN_BY_USER_MOST = 512
-#: Open activities of (time clock, user) pairs: the partial unique index answers.
-_OPEN_MANY = PreparedIn(
-    lambda n: select(activities).where(
-        activities.c.account_id == bindparam("acct"),
-        tuple_(activities.c.time_clock_id, activities.c.user_id).in_(in_values(n, width=2)),
-        activities.c.end_ts.is_(None),
-    ),
-    width=2,
-)
 
 
 # Statements of the punch path, compiled once and run on the driver (see prepared.py).
@@ -958,11 +950,16 @@ class SqlActivityRepository(AccountScoped):
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
         """Open activities of (time clock, user) pairs."""
-        if not pairs:
-            return {}
+        users: dict[int, list[int]] = defaultdict(list)
+        for time_clock_id, user_id in pairs:
+            users[time_clock_id].append(user_id)
         return {
-            (row["time_clock_id"], row["user_id"]): _activity(row)
-            for row in _OPEN_MANY.mappings(self._conn, pairs, {"acct": self.account})
+            (a.time_clock_id, a.user_id): a
+            for time_clock_id, some in users.items()
+            for a in map(
+                _activity_of,
+                _OPEN_OF_USERS.all(self._conn, some, {"acct": self.account, "tc": time_clock_id}),
+            )
         }
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
