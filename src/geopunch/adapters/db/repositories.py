@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
+    BigInteger,
     Column,
     ColumnElement,
     Connection,
@@ -28,10 +29,12 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     tuple_,
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
@@ -669,15 +672,34 @@ _OPEN_KEYS = Prepared(
         *_of_clock(activities), activities.c.end_ts.is_(None)
     )
 )
+
+
+def _open_of(user: ColumnElement[Any]) -> Select[Any]:
+    return select(activities).where(
+        *_of_clock(activities), activities.c.user_id == user, activities.c.end_ts.is_(None)
+    )
+
+
+_USERS = (
+    func.unnest(bindparam("vs", type_=postgresql.ARRAY(BigInteger)))
+    .table_valued("id")
+    .render_derived("u")
+)
+_OPEN_OF_USER = _open_of(_USERS.c.id).limit(literal_column("1")).lateral()
+
 #: Open activities of some users of one time clock: the one-open index answers.
 #: By id, or by (time clock, user) row values, SQLite chose the index by
-#: account and walked every activity of the account.
+#: account and walked every activity of the account. PostgreSQL probes the
+#: index once a user through a LATERAL subquery (its LIMIT keeps the planner
+#: from flattening it into a join): planned from statistics older than the
+#: day's clock-ins, a plain IN read every open row of the time clock.
 _OPEN_OF_USERS = PreparedIn(
     lambda n: select(activities).where(
         *_of_clock(activities),
         activities.c.user_id.in_(in_values(n)),
         activities.c.end_ts.is_(None),
-    )
+    ),
+    postgresql=select(_OPEN_OF_USER).select_from(_USERS).join(_OPEN_OF_USER, true()),
 )
 
 
