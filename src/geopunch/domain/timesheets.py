@@ -528,6 +528,8 @@ def reattributed_breaks(
 
 def locked_day(a: Activity, statuses: Mapping[date, DayStatus]) -> tuple[date, DayStatus] | None:
     """The first locked or approved day the activity touches, with its status."""
+    if not statuses:  # most users have no day closed: no dates to work out
+        return None
     for day in touched_days(a):
         status = statuses.get(day)
         if status is DayStatus.LOCKED or status is DayStatus.APPROVED:
