@@ -99,6 +99,18 @@ EVENT_LAG = Gauge(
     ("subscriber",),
     multiprocess_mode="mostrecent",
 )
+STATUS_LINES = Counter(
+    "geopunch_user_status_lines_total",
+    "Lines (one per user) of GetUserStatuses answers over gRPC, by source: kept (the "
+    "bytes of an earlier answer's line) or encoded (anew)",
+    ("source",),
+)
+STATUS_OPEN_ROWS = Counter(
+    "geopunch_user_status_open_rows_total",
+    "Open activities GetUserStatuses answered from, by source: kept (held in memory "
+    "since an earlier look) or read (whole, from the store)",
+    ("source",),
+)
 SINK_PUBLISHED = Counter(
     "geopunch_sink_published_total",
     "Events the JetStream sink published and the broker acknowledged",

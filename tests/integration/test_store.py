@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
 from geopunch.adapters.db import repositories
@@ -852,10 +853,12 @@ def test_the_board_reads_whole_only_open_rows_it_has_not_kept(
         for user in (1, 2, 3):
             uow.activities.add(replace(_activity(f"open-{user}", 100 * user), user_id=user))
         uow.commit()
+    rows = _open_rows_counted()
     with uows(readonly=True) as uow:
         first = uow.activities.open_for(TC.id)
     assert sorted(first) == [1, 2, 3]
     assert first[2].activity() == replace(_activity("open-2", 200), user_id=2)
+    assert _open_rows_counted(rows) == (0, 3)  # (kept, read): each row read
     with uows() as uow:
         uow.activities.close("open-1", PunchPoint(150, "UTC"), modified_at=150)
         uow.activities.close("open-3", PunchPoint(350, "UTC"), modified_at=350)
@@ -867,8 +870,19 @@ def test_the_board_reads_whole_only_open_rows_it_has_not_kept(
     assert second[2] is first[2]  # kept, not read again
     assert second[3].id == "again-3"
     assert second[3].activity() == replace(_activity("again-3", 400), user_id=3)
+    assert _open_rows_counted(rows) == (1, 4)  # open-2 kept, again-3 read
     with uows(account=2) as other:  # another account sees none of them
         assert other.activities.open_for(TC.id) == {}
+
+
+def _open_rows_counted(since: tuple[float, ...] = (0, 0)) -> tuple[float, ...]:
+    """The board's open rows by source (kept, read) counted in the process's
+    metrics, less ``since``."""
+    return tuple(
+        (REGISTRY.get_sample_value("geopunch_user_status_open_rows_total", {"source": s}) or 0)
+        - before
+        for s, before in zip(("kept", "read"), since, strict=True)
+    )
 
 
 def test_kept_open_rows_are_bounded_oldest_first() -> None:

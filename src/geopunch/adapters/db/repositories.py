@@ -81,6 +81,7 @@ from geopunch.domain.punches import (
     point_fields,
 )
 from geopunch.domain.rules import MAX_ENTITY_ID
+from geopunch.metrics import STATUS_OPEN_ROWS
 
 
 def job_columns(position: int, job: Job) -> dict[str, object]:
@@ -739,6 +740,10 @@ _OPEN_ROWS = _OpenRows(most=1 << 14)
 #: Rows a board may lack before one read of every open row is cheaper than
 #: reading the lacking ones user by user.
 _OPEN_BY_USER_MOST = 512
+#: Whether the kept rows serve (more open activities than _OpenRows holds
+#: shows as rows read whole on every look).
+_ROWS_KEPT = STATUS_OPEN_ROWS.labels("kept")
+_ROWS_READ = STATUS_OPEN_ROWS.labels("read")
 
 
 # Statements of the punch path, compiled once and run on the driver (see prepared.py).
@@ -955,6 +960,7 @@ class SqlActivityRepository(AccountScoped):
                 lacking_users.append(user)
             else:
                 out[user] = row
+        _ROWS_KEPT.inc(len(out))
         if not lacking:
             return out
         if len(lacking) > _OPEN_BY_USER_MOST:
@@ -966,6 +972,7 @@ class SqlActivityRepository(AccountScoped):
         # and still at its version are taken.
         fresh = [r for r in map(_row_of, read) if lacking.get(r.id) == r.modified_at]
         _OPEN_ROWS.keep(fresh)
+        _ROWS_READ.inc(len(fresh))
         for r in fresh:
             out[r.user_id] = r
         return out

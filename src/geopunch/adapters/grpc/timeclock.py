@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from geopunch.domain.timesheets import (
     UserTotals,
 )
 from geopunch.logs import request_id_var
+from geopunch.metrics import STATUS_LINES
 from geopunch.service import punches, timesheets
 from geopunch.v1 import timeclock_pb2, timeclock_pb2_grpc
 
@@ -277,8 +279,21 @@ _IDLE_LINES_KEPT = 1 << 15
 _BUSY_LINES_KEPT = 1 << 14
 
 
+class _Encoded(threading.local):
+    """Lines encoded anew by this thread's current answer: the caches below
+    call ``_encode_line`` on a miss, in the thread that asked."""
+
+    lines = 0
+
+
+_encoded = _Encoded()
+_LINES_KEPT = STATUS_LINES.labels("kept")
+_LINES_ENCODED = STATUS_LINES.labels("encoded")
+
+
 def _encode_line(s: UserStatus) -> bytes:
     """One status as the bytes of an answer holding only it."""
+    _encoded.lines += 1
     one = timeclock_pb2.GetUserStatusesResponse()
     fill_status(one.data.statuses.add(), s)
     return one.SerializeToString()
@@ -300,7 +315,12 @@ def encode_statuses(request_id: str, board: Board) -> bytes:
     call (bench/README.md, GetUserStatuses); joining kept lines is a copy."""
     busy, idle, line = board.busy, _idle_line, _line
     head = timeclock_pb2.GetUserStatusesResponse(request_id=request_id).SerializeToString()
+    _encoded.lines = 0
     lines = [idle(u) if (s := busy.get(u)) is None else line(s) for u in board.users]
+    # Whether the kept lines serve: more users on the clock than the caches
+    # hold shows as lines encoded anew on every look.
+    _LINES_ENCODED.inc(_encoded.lines)
+    _LINES_KEPT.inc(len(lines) - _encoded.lines)
     return head + b"".join(lines)
 
 
