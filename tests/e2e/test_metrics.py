@@ -65,6 +65,9 @@ def test_counters_move_by_the_calls_made(
         assert r.status_code == 400
     r = http.post(f"/time-clock/v1/time-clocks/{tc}/clock-in", json={"userId": USER})
     assert r.status_code == 200
+    board = timeclock_pb2.GetUserStatusesRequest(time_clock_id=tc)
+    looks = [client(client.timeclock.GetUserStatuses, board) for _ in range(2)]
+    users = len(looks[0].data.statuses)
     after = scrape(server.http_address)
 
     def moved(name: str, **labels: str) -> float:
@@ -83,6 +86,13 @@ def test_counters_move_by_the_calls_made(
     assert moved("geopunch_commit_batch_size_sum") >= 7
     assert moved("geopunch_commit_seconds_count") >= 1
     assert value(after, "geopunch_index_time_clocks") >= 1
+    # The board: USER's open shift read on the first look, kept for the
+    # second; every line answered counted once, the second look's all kept.
+    lines = "geopunch_user_status_lines_total"
+    assert moved(lines, source="kept") + moved(lines, source="encoded") == 2 * users
+    assert 1 <= moved(lines, source="encoded") <= users
+    rows = "geopunch_user_status_open_rows_total"
+    assert (moved(rows, source="read"), moved(rows, source="kept")) == (1, 1)
 
 
 def test_a_scrape_of_either_worker_counts_both(tmp_path: Path) -> None:
