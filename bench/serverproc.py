@@ -103,6 +103,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def child_pids(parent: int) -> list[int]:
+    """The children of process ``parent``, in pid order."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == parent:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 def child_pid(marker: bytes) -> int:
     """The child of this process whose command line holds ``marker``."""
     for stat in Path("/proc").glob("[0-9]*/stat"):

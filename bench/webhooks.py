@@ -1,8 +1,10 @@
 """Webhook delivery against a plain keep-alive POST loop of the same bodies.
 
     python3 dev.py run bench/webhooks.py [--events 3000] [--rate 500] [--seconds 10]
+        [--processes 1]
 
-Starts ``geopunch serve`` (one process, SQLite) and a receiver in a process
+Starts ``geopunch serve`` (one process, SQLite; ``--processes N`` for
+``serve --processes``) and a receiver in a process
 of its own (aiohttp, answering 204 to every POST). Then:
 
 - one subscription: ``--events`` events (time activities created 1,000 a
@@ -39,7 +41,7 @@ import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import field_mask_pb2
-from serverproc import CpuMeter, child_pid, serve
+from serverproc import CpuMeter, child_pid, child_pids, serve
 
 from geopunch.v1 import (
     admin_pb2,
@@ -342,6 +344,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--processes", type=int, default=1, help="server processes (serve --processes)")
     args = p.parse_args()
     os.environ["GEOPUNCH_WEBHOOK_ALLOW_PRIVATE"] = "1"
     ctx = multiprocessing.get_context("spawn")
@@ -350,8 +353,16 @@ def main() -> None:
     rx.start()
     receiver = f"http://127.0.0.1:{here.recv()}"
     try:
-        with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "hooks.db", API_KEY) as addr:
-            pids = {"server": child_pid(b"geopunch"), "receiver": rx.pid or 0, "bench": os.getpid()}
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            serve(Path(tmp) / "hooks.db", API_KEY, args.processes) as addr,
+        ):
+            server = child_pid(b"geopunch")
+            pids = {"server": server, "receiver": rx.pid or 0, "bench": os.getpid()}
+            # With several processes the supervisor's children (its workers,
+            # and any helper it runs) deliver; each is metered on its own.
+            for n, pid in enumerate(child_pids(server)):
+                pids[f"child{n}"] = pid
             print(json.dumps(asyncio.run(run(args, addr, receiver, pids)), indent=2))
     finally:
         rx.terminate()
