@@ -101,9 +101,9 @@ EVENT_LAG = Gauge(
 )
 STATUS_LINES = Counter(
     "geopunch_user_status_lines_total",
-    "Lines (one per user) of GetUserStatuses answers over gRPC, by source: kept (the "
-    "bytes of an earlier answer's line) or encoded (anew)",
-    ("source",),
+    "Lines (one per user) of GetUserStatuses answers, by API (grpc, http) and source: "
+    "kept (the bytes of an earlier answer's line) or encoded (anew)",
+    ("api", "source"),
 )
 STATUS_OPEN_ROWS = Counter(
     "geopunch_user_status_open_rows_total",

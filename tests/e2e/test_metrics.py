@@ -89,8 +89,9 @@ def test_counters_move_by_the_calls_made(
     # The board: USER's open shift read on the first look, kept for the
     # second; every line answered counted once, the second look's all kept.
     lines = "geopunch_user_status_lines_total"
-    assert moved(lines, source="kept") + moved(lines, source="encoded") == 2 * users
-    assert 1 <= moved(lines, source="encoded") <= users
+    grpc = {"api": "grpc"}
+    assert moved(lines, **grpc, source="kept") + moved(lines, **grpc, source="encoded") == 2 * users
+    assert 1 <= moved(lines, **grpc, source="encoded") <= users
     rows = "geopunch_user_status_open_rows_total"
     assert (moved(rows, source="read"), moved(rows, source="kept")) == (1, 1)
 

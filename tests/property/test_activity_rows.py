@@ -19,6 +19,8 @@ from geopunch.adapters.grpc.timeclock import (
     fill_activity_row,
     fill_status,
 )
+from geopunch.adapters.http import answers
+from geopunch.domain.events import json_bytes
 from geopunch.domain.models import ManualBreakType
 from geopunch.domain.punches import ActivityRow
 from geopunch.domain.timesheets import (
@@ -122,3 +124,14 @@ def test_a_board_joined_from_kept_lines_parses_as_the_message_built_whole(
             encode_statuses(request_id, board)
         )
         assert joined == whole
+
+
+@given(_boards(), st.text(max_size=40))
+def test_a_board_joined_from_kept_json_lines_is_the_answer_encoded_whole(
+    board: Board, request_id: str
+) -> None:
+    whole = json_bytes(
+        {"requestId": request_id, "data": {"statuses": [answers.user_status(s) for s in board]}}
+    )
+    for _ in range(2):  # encoded, then from the kept lines
+        assert answers.user_statuses(request_id, board) == whole

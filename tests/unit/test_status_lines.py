@@ -16,7 +16,13 @@ from geopunch.domain.timesheets import Board, UserState, UserStatus
 def _counted(since: tuple[float, ...] = (0, 0)) -> tuple[float, ...]:
     """Lines by source (kept, encoded) counted so far, less ``since``."""
     return tuple(
-        (REGISTRY.get_sample_value("geopunch_user_status_lines_total", {"source": s}) or 0) - before
+        (
+            REGISTRY.get_sample_value(
+                "geopunch_user_status_lines_total", {"api": "grpc", "source": s}
+            )
+            or 0
+        )
+        - before
         for s, before in zip(("kept", "encoded"), since, strict=True)
     )
 

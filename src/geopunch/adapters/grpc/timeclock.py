@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from geopunch.adapters.board_lines import BoardLines
 from geopunch.adapters.grpc.auth import account
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import ManualBreakType
@@ -36,7 +35,6 @@ from geopunch.domain.timesheets import (
     UserTotals,
 )
 from geopunch.logs import request_id_var
-from geopunch.metrics import STATUS_LINES
 from geopunch.service import punches, timesheets
 from geopunch.v1 import timeclock_pb2, timeclock_pb2_grpc
 
@@ -269,42 +267,14 @@ def fill_status(out: timeclock_pb2.UserStatus, s: UserStatus) -> None:
         out.endable_at = s.endable_at
 
 
-#: Lines of boards kept encoded, by user id (idle) and by status (busy: the
-#: key is the whole status, its open activity's every field included, so a
-#: changed activity is a new key and nothing is ever stale). A board answered
-#: again encodes only what changed since. An idle line costs about 130 B
-#: kept, a busy one about 300 B beside the row it holds (the store's kept
-#: open rows, see repositories._OpenRows, are mostly the same rows).
-_IDLE_LINES_KEPT = 1 << 15
-_BUSY_LINES_KEPT = 1 << 14
-
-
-class _Encoded(threading.local):
-    """Lines encoded anew by this thread's current answer: the caches below
-    call ``_encode_line`` on a miss, in the thread that asked."""
-
-    lines = 0
-
-
-_encoded = _Encoded()
-_LINES_KEPT = STATUS_LINES.labels("kept")
-_LINES_ENCODED = STATUS_LINES.labels("encoded")
-
-
 def _encode_line(s: UserStatus) -> bytes:
     """One status as the bytes of an answer holding only it."""
-    _encoded.lines += 1
     one = timeclock_pb2.GetUserStatusesResponse()
     fill_status(one.data.statuses.add(), s)
     return one.SerializeToString()
 
 
-@functools.lru_cache(maxsize=_IDLE_LINES_KEPT)
-def _idle_line(user: int) -> bytes:
-    return _encode_line(UserStatus(user, UserState.IDLE))
-
-
-_line = functools.lru_cache(maxsize=_BUSY_LINES_KEPT)(_encode_line)
+_LINES = BoardLines("grpc", _encode_line)
 
 
 def encode_statuses(request_id: str, board: Board) -> bytes:
@@ -313,15 +283,8 @@ def encode_statuses(request_id: str, board: Board) -> bytes:
     of each line's answer merges into one, its ``statuses`` appended in
     order. Setting each open activity's fields took most of a large board's
     call (bench/README.md, GetUserStatuses); joining kept lines is a copy."""
-    busy, idle, line = board.busy, _idle_line, _line
     head = timeclock_pb2.GetUserStatusesResponse(request_id=request_id).SerializeToString()
-    _encoded.lines = 0
-    lines = [idle(u) if (s := busy.get(u)) is None else line(s) for u in board.users]
-    # Whether the kept lines serve: more users on the clock than the caches
-    # hold shows as lines encoded anew on every look.
-    _LINES_ENCODED.inc(_encoded.lines)
-    _LINES_KEPT.inc(len(lines) - _encoded.lines)
-    return head + b"".join(lines)
+    return head + b"".join(_LINES.lines(board))
 
 
 def fill_break_setting(out: timeclock_pb2.ManualBreakSetting, b: ManualBreakType) -> None:

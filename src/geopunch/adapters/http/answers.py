@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
+from geopunch.adapters.board_lines import BoardLines
 from geopunch.domain.accounts import ApiKey
 from geopunch.domain.errors import DomainError
+from geopunch.domain.events import json_bytes
 from geopunch.domain.locations import EXIT_ACTIONS, BatchVerdict, PointStatus
 from geopunch.domain.models import (
     DayStatus,
@@ -26,7 +28,13 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.punches import Activity, ActivityRow, PunchLocation, PunchPoint, PunchResult
 from geopunch.domain.shifts import ScheduledShift, Scheduler
-from geopunch.domain.timesheets import UserStatus, UserTotals, activity_json, activity_row_json
+from geopunch.domain.timesheets import (
+    Board,
+    UserStatus,
+    UserTotals,
+    activity_json,
+    activity_row_json,
+)
 from geopunch.domain.webhooks import Attempt, Subscription
 
 # -- punches --------------------------------------------------------------------------
@@ -405,6 +413,21 @@ def user_totals(t: UserTotals) -> dict[str, Any]:
             for d in t.days
         ],
     }
+
+
+def _status_line(s: UserStatus) -> bytes:
+    return json_bytes(user_status(s))
+
+
+_LINES = BoardLines("http", _status_line)
+
+
+def user_statuses(request_id: str, board: Board) -> bytes:
+    """The whole answer of a board, joined from its kept lines (see
+    adapters/board_lines.py): the bytes of the answer encoded whole, since
+    the encoding is compact."""
+    head = json_bytes(request_id)
+    return b'{"requestId":%s,"data":{"statuses":[%s]}}' % (head, b",".join(_LINES.lines(board)))
 
 
 def user_status(s: UserStatus) -> dict[str, Any]:

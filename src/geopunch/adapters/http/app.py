@@ -690,7 +690,11 @@ def create_app(deps: HttpDeps) -> Any:
         found = timesheets.get_user_statuses(
             deps.uows, deps.fences, who.account_id, timeClockId, userIds
         )
-        return answer({"statuses": [answers.user_status(s) for s in found]})
+        # Joined from lines kept encoded, as over gRPC; the same bytes as
+        # answer() would write.
+        return Response(
+            answers.user_statuses(request_id_var.get(), found), media_type=JsonAnswer.media_type
+        )
 
     # -- geopunch's own: set-up ----------------------------------------------------------
 
