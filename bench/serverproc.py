@@ -28,6 +28,13 @@ def serve_url(database_url: str, api_key: str) -> Iterator[str]:
 
 
 @contextmanager
+def serve_url_with_http(database_url: str, api_key: str) -> Iterator[tuple[str, str]]:
+    """As ``serve_url``, with the HTTP API on a free port too; yields both addresses."""
+    with _serve(database_url, api_key, 1, http=True) as both:
+        yield both
+
+
+@contextmanager
 def serve_with_http(db: Path, api_key: str, processes: int = 1) -> Iterator[tuple[str, str]]:
     """As ``serve``, with the HTTP API on a free port too; yields both addresses."""
     with _serve(f"sqlite:///{db}", api_key, processes, http=True) as both:

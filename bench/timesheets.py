@@ -17,7 +17,8 @@ user and day a shift and the break after it (10,000 users x 30 days is
   and the first page against ``Ping``;
 - ``GetUserStatuses`` for every user (a third of them clocked in), against
   ``Ping``: the first look, looks with nothing changed between them, and
-  looks with 1 % of the users punching between each two.
+  looks with 1 % of the users punching between each two; and the same board
+  over HTTP (JSON) against gRPC looks alternating with it.
 
 Prints JSON with the figures and the ratios the issue sets bars for.
 """
@@ -35,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 from replicas import schema
-from serverproc import serve_url
+from serverproc import serve_url_with_http
 
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, timeclock_pb2, timeclock_pb2_grpc
 
@@ -171,7 +173,7 @@ class Baseline:
         return n
 
 
-def run(address: str, url: str, users: int, days: int) -> dict[str, Any]:
+def run(address: str, http_address: str, url: str, users: int, days: int) -> dict[str, Any]:
     opts = [
         ("grpc.max_send_message_length", 256 << 20),
         ("grpc.max_receive_message_length", 256 << 20),
@@ -251,6 +253,18 @@ def run(address: str, url: str, users: int, days: int) -> dict[str, Any]:
         board = lambda: tk.GetUserStatuses(statuses, metadata=AUTH)  # noqa: E731
         first_status_ms = timed(board, 1)
         status_ms = timed(board, 20)
+        # The same board over HTTP (JSON), looks alternating with gRPC ones.
+        with httpx.Client(
+            base_url=f"http://{http_address}", headers={"x-api-key": API_KEY}, timeout=60
+        ) as web:
+            path = f"/time-clock/v1/time-clocks/{TC}/user-statuses"
+            web_board = lambda: web.get(path).raise_for_status()  # noqa: E731
+            web_board()
+            http_status_ms: list[float] = []
+            grpc_beside_ms: list[float] = []
+            for _ in range(20):
+                http_status_ms += timed(web_board, 1)
+                grpc_beside_ms += timed(board, 1)
         # A busy site: between two looks at the board 1 % of the users punch
         # (half clock out, half clock in), so each look meets new lines.
         churn_ms: list[float] = []
@@ -292,6 +306,8 @@ def run(address: str, url: str, users: int, days: int) -> dict[str, Any]:
         "user_statuses_p50_ms": p50(status_ms),
         "user_statuses_over_ping": round(p50(status_ms) / p50(ping_ms), 1),
         "user_statuses_first_ms": round(first_status_ms[0], 3),
+        "user_statuses_http_p50_ms": p50(http_status_ms),
+        "user_statuses_http_vs_grpc": round(p50(http_status_ms) / p50(grpc_beside_ms), 2),
         "user_statuses_churn_p50_ms": p50(churn_ms),
         "user_statuses_churn_over_ping": round(p50(churn_ms) / p50(ping_ms), 1),
     }
@@ -305,8 +321,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         url = stack.enter_context(store(args.database_url, Path(tmp)))
-        address = stack.enter_context(serve_url(url, API_KEY))
-        print(json.dumps(run(address, url, args.users, args.days), indent=2))
+        address, http_address = stack.enter_context(serve_url_with_http(url, API_KEY))
+        print(json.dumps(run(address, http_address, url, args.users, args.days), indent=2))
 
 
 if __name__ == "__main__":
