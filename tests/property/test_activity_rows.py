@@ -134,4 +134,5 @@ def test_a_board_joined_from_kept_json_lines_is_the_answer_encoded_whole(
         {"requestId": request_id, "data": {"statuses": [answers.user_status(s) for s in board]}}
     )
     for _ in range(2):  # encoded, then from the kept lines
-        assert answers.user_statuses(request_id, board) == whole
+        joined = answers.user_statuses(board)
+        assert json_bytes({"requestId": request_id, "data": {"statuses": joined}}) == whole

@@ -690,11 +690,8 @@ def create_app(deps: HttpDeps) -> Any:
         found = timesheets.get_user_statuses(
             deps.uows, deps.fences, who.account_id, timeClockId, userIds
         )
-        # Joined from lines kept encoded, as over gRPC; the same bytes as
-        # answer() would write.
-        return Response(
-            answers.user_statuses(request_id_var.get(), found), media_type=JsonAnswer.media_type
-        )
+        # Joined from lines kept encoded, as over gRPC.
+        return answer({"statuses": answers.user_statuses(found)})
 
     # -- geopunch's own: set-up ----------------------------------------------------------
 
