@@ -663,22 +663,17 @@ def _activity(row: Mapping[str, Any]) -> Activity:
     return _activity_of([row[name] for name in _AT])
 
 
+def _open(*where: ColumnElement[bool]) -> Select[Any]:
+    """Open activities of one time clock (and of whom ``where`` says)."""
+    return select(activities).where(*_of_clock(activities), *where, activities.c.end_ts.is_(None))
+
+
 #: Open activities of one time clock.
-_OPEN_FOR = Prepared(
-    select(activities).where(*_of_clock(activities), activities.c.end_ts.is_(None))
-)
+_OPEN_FOR = Prepared(_open())
 #: Who of one time clock is on an open activity, and which row version.
 _OPEN_KEYS = Prepared(
-    select(activities.c.user_id, activities.c.id, activities.c.modified_at).where(
-        *_of_clock(activities), activities.c.end_ts.is_(None)
-    )
+    _open().with_only_columns(activities.c.user_id, activities.c.id, activities.c.modified_at)
 )
-
-
-def _open_of(user: ColumnElement[Any]) -> Select[Any]:
-    return select(activities).where(
-        *_of_clock(activities), activities.c.user_id == user, activities.c.end_ts.is_(None)
-    )
 
 
 _USERS = (
@@ -686,7 +681,7 @@ _USERS = (
     .table_valued("id")
     .render_derived("u")
 )
-_OPEN_OF_USER = _open_of(_USERS.c.id).limit(literal_column("1")).lateral()
+_OPEN_OF_USER = _open(activities.c.user_id == _USERS.c.id).limit(literal_column("1")).lateral()
 
 #: Open activities of some users of one time clock: the one-open index answers.
 #: By id, or by (time clock, user) row values, SQLite chose the index by
@@ -695,11 +690,7 @@ _OPEN_OF_USER = _open_of(_USERS.c.id).limit(literal_column("1")).lateral()
 #: from flattening it into a join): planned from statistics older than the
 #: day's clock-ins, a plain IN read every open row of the time clock.
 _OPEN_OF_USERS = PreparedIn(
-    lambda n: select(activities).where(
-        *_of_clock(activities),
-        activities.c.user_id.in_(in_values(n)),
-        activities.c.end_ts.is_(None),
-    ),
+    lambda n: _open(activities.c.user_id.in_(in_values(n))),
     postgresql=select(_OPEN_OF_USER).select_from(_USERS).join(_OPEN_OF_USER, true()),
 )
 
