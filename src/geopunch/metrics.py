@@ -76,6 +76,12 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by result (ok, failed)",
     ("result",),
 )
+WEBHOOK_HELD = Gauge(
+    "geopunch_webhook_subscriptions_held",
+    "Webhook subscriptions whose deliveries the scraped process runs (the live processes "
+    "and replicas share the active ones evenly)",
+    multiprocess_mode="liveall",
+)
 WEBHOOK_LAG = Histogram(
     "geopunch_webhook_lag_seconds",
     "From an event's commit to its delivery's acknowledgement by the receiver",

@@ -111,3 +111,35 @@ def test_attempts_are_listed_newest_first_by_page_and_purged_by_age(engine: Engi
     assert webhooks.purge_attempts(uows.factory, now=4.5, retention_s=1.0) == 3
     page, _ = webhooks.list_deliveries(uows.factory, uows.account, sub.id, 0, "")
     assert [a.seq for a in page] == [15, 14]
+
+
+def test_live_deliverers_share_the_active_subscriptions_evenly(engine: Engine) -> None:
+    uows = AccountStore(engine)
+    for _ in range(10):
+        _sub(uows)
+    now = int(time.time() * 1000)
+    with uows() as uow:
+        hooks = uow.webhooks
+        assert hooks.fair_share("a", now, 2000) == 10  # alone
+        assert len(hooks.claim("a", now, 2000, 10)) == 10
+        assert hooks.fair_share("b", now, 2000) == 5
+        assert hooks.fair_share("c", now, 2000) == 3
+        # the remainder goes to the first by name: 4, 3, 3
+        assert [hooks.fair_share(o, now, 2000) for o in "abc"] == [4, 3, 3]
+        # a claim keeps what it holds beyond its share: the deliverer hands
+        # those over itself, once their deliveries have stopped
+        held = [s.id for s in hooks.claim("a", now, 2000, 4)]
+        assert len(held) == 10
+        hooks.release("a", held[4:])
+        assert len(hooks.claim("b", now, 2000, 3)) == 3
+        assert len(hooks.claim("c", now, 2000, 3)) == 3
+        # b stops renewing: once its time ran out, a and c share its part
+        assert [hooks.fair_share(o, now + 1000, 2000) for o in "ac"] == [4, 3]
+        later = now + 2500
+        assert [hooks.fair_share(o, later, 2000) for o in "ac"] == [5, 5]
+        assert len(hooks.claim("a", later, 2000, 5)) == 5
+        assert len(hooks.claim("c", later, 2000, 5)) == 5
+        # a clean stop gives everything back and leaves the count at once
+        hooks.release("c")
+        assert hooks.fair_share("a", later, 2000) == 10
+        uow.commit()

@@ -212,12 +212,20 @@ class WebhookRepository(Protocol):
         """Newest first, ids below ``before_id`` (0: from the newest)."""
         ...
 
-    def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
-        """Take or renew the leases of active subscriptions no one else
-        holds; every active one ``owner`` now holds."""
+    def fair_share(self, owner: str, now_ms: int, lease_ms: int) -> int:
+        """Count ``owner`` as a live deliverer for ``lease_ms``; how many
+        active subscriptions it should hold, the live ones sharing evenly."""
         ...
 
-    def release(self, owner: str) -> None: ...
+    def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
+        """Renew ``owner``'s leases and take free ones until it holds
+        ``limit``; every active one ``owner`` now holds, by id."""
+        ...
+
+    def release(self, owner: str, sub_ids: Sequence[str] | None = None) -> None:
+        """Give back the leases on ``sub_ids`` (None: all, and stop counting
+        ``owner`` as a live deliverer)."""
+        ...
 
     def save_progress(self, sub: Subscription, owner: str, seen_modified_at: int) -> bool:
         """Store cursor and retry state while ``owner`` holds the lease and the

@@ -6,6 +6,12 @@ a killed process's subscriptions are taken over once its leases run out) and
 delivers each held subscription in a task of its own, so that a failing
 receiver holds back its own subscription only.
 
+The live deliverers share the subscriptions evenly: each claim counts them,
+and one holding more than its share hands the rest over. A handed-over
+subscription's task ends after the delivery under way, stores its progress,
+and only then does the next claim give the lease back, so the one taking it
+over never delivers beside it.
+
 Delivery is at least once and in ``seq`` order per subscription. Progress is
 stored in batches (every ``FLUSH_EVENTS`` deliveries or ``FLUSH_S``), not per
 event: a store write per event would halve the rate. A process killed between
@@ -47,7 +53,8 @@ FLUSH_EVENTS = 200
 FLUSH_S = 0.25
 #: How much of an error an attempt keeps.
 ERROR_CHARS = 300
-#: Subscriptions one process delivers at most (the others wait for another process).
+#: Subscriptions one process delivers at most, whatever its share (the others
+#: wait for another process).
 MAX_HELD = 1000
 
 
@@ -94,7 +101,11 @@ class Deliverer:
         self._stopping, self._settings = stopping, settings
         self._changes = changes
         self.owner = owner or owner_name()
-        self._tasks: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._tasks: dict[str, tuple[asyncio.Task[None], _Delivery]] = {}
+        #: How many subscriptions this deliverer held after its last claim.
+        self.held = 0
+        #: Held beyond the share with no task running: given back at the next claim.
+        self._handing: set[str] = set()
 
     async def run(self) -> None:
         """Claim and deliver until ``stopping`` is set; then store progress
@@ -104,13 +115,17 @@ class Deliverer:
             while not self._stopping.is_set():
                 seen = self._signal.version
                 changed = None if self._changes is None else self._changes.version
+                ended = [s for s, (t, d) in self._tasks.items() if d.leaving and t.done()]
+                handed = [*ended, *self._handing]
                 try:
-                    held = await asyncio.to_thread(self._claim)
+                    held, share = await asyncio.to_thread(self._claim, handed)
                 except Exception:  # the store may be briefly unavailable
                     log.exception("claiming webhook subscriptions failed")
-                    held = None
-                if held is not None:
-                    await self._start(held)
+                else:
+                    for sub_id in ended:
+                        del self._tasks[sub_id]
+                    self._handing.clear()
+                    await self._start(held, share)
                 await self._next_claim(seen, changed, every)
         finally:
             for task, _ in self._tasks.values():
@@ -137,39 +152,56 @@ class Deliverer:
         else:
             await asyncio.sleep(every)
 
-    def _claim(self) -> list[Subscription]:
-        lease_ms = int(self._settings.lease_s * 1000)
+    def _claim(self, handed: list[str]) -> tuple[list[Subscription], int]:
+        """Give back the leases of ``handed`` (their tasks have ended), then
+        renew and take leases up to this deliverer's share; the ones held
+        and the share."""
+        lease_ms, now = int(self._settings.lease_s * 1000), _ms()
         with self._uows() as uow:
-            held = uow.webhooks.claim(self.owner, _ms(), lease_ms, MAX_HELD)
+            uow.webhooks.release(self.owner, handed)
+            share = min(MAX_HELD, uow.webhooks.fair_share(self.owner, now, lease_ms))
+            held = uow.webhooks.claim(self.owner, now, lease_ms, share)
             uow.commit()
-        return held
+        return held, share
 
     def _release(self) -> None:
         with self._uows() as uow:
             uow.webhooks.release(self.owner)
             uow.commit()
 
-    async def _start(self, held: list[Subscription]) -> None:
-        """Start a task per held subscription; end those of subscriptions no
-        longer held (deleted, failing, taken over) or changed since their
-        task read them (updated, replayed), and start the changed ones anew
-        once their old task has stored its progress."""
+    async def _start(self, held: list[Subscription], share: int) -> None:
+        """Start a task per held subscription, up to ``share``; end those of
+        subscriptions no longer held (deleted, failing, taken over) or
+        changed since their task read them (updated, replayed), and start
+        the changed ones anew once their old task has stored its progress.
+        Beyond the share (another deliverer came up), tasks are asked to
+        leave; the next claim gives their leases back once they have."""
         now = {s.id: s.modified_at for s in held}
         ending = []
-        for sub_id, (task, seen) in list(self._tasks.items()):
+        for sub_id, (task, delivery) in list(self._tasks.items()):
+            if delivery.leaving:
+                continue  # its lease goes back once it has ended
             if task.done():
                 del self._tasks[sub_id]
-            elif now.get(sub_id) != seen:
+            elif now.get(sub_id) != delivery.seen:
                 task.cancel()
                 ending.append(sub_id)
         if ending:
             await asyncio.gather(*(self._tasks[s][0] for s in ending), return_exceptions=True)
             for sub_id in ending:
                 del self._tasks[sub_id]
-        for sub in held:
+        staying = [s for s in held if not (s.id in self._tasks and self._tasks[s.id][1].leaving)]
+        for sub in staying[share:]:
+            if sub.id in self._tasks:
+                self._tasks[sub.id][1].leaving = True
+            else:  # no task (it ended by itself): nothing to wait for
+                self._handing.add(sub.id)
+        for sub in staying[:share]:
             if sub.id not in self._tasks:
-                task = asyncio.create_task(_Delivery(self, sub).run())
-                self._tasks[sub.id] = (task, sub.modified_at)
+                delivery = _Delivery(self, sub)
+                self._tasks[sub.id] = (asyncio.create_task(delivery.run()), delivery)
+        self.held = min(len(staying), share)
+        metrics.WEBHOOK_HELD.set(self.held)
 
 
 class _Delivery:
@@ -178,7 +210,11 @@ class _Delivery:
     def __init__(self, owner: Deliverer, sub: Subscription) -> None:
         self._d = owner
         self.sub = sub
-        self._seen = sub.modified_at
+        #: ``modified_at`` when read: a change since ends the task.
+        self.seen = sub.modified_at
+        #: Set when another deliverer is to take the subscription over: the
+        #: task ends after the delivery under way, its progress stored.
+        self.leaving = False
         self._hook = Webhook(sub.secret)
         # Looked up once: a labelled child per event was a measurable part
         # of a delivery's own time.
@@ -196,7 +232,7 @@ class _Delivery:
     async def run(self) -> None:
         d = self._d
         try:
-            while not d._stopping.is_set():
+            while not (d._stopping.is_set() or self.leaving):
                 seen = d._signal.version
                 page = await asyncio.to_thread(
                     events_after,
@@ -207,6 +243,8 @@ class _Delivery:
                     self.sub.time_clock_ids,
                 )
                 for event in page:
+                    if self.leaving:
+                        raise _Changed
                     await self._deliver(event)
                 if not page:
                     self._lag.set(0)
@@ -307,10 +345,10 @@ class _Delivery:
         """Sleep, waking each second to look for a stop; whether one came."""
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            if self._d._stopping.is_set():
+            if self._d._stopping.is_set() or self.leaving:
                 return True
             await asyncio.sleep(min(left, 1.0))
-        return self._d._stopping.is_set()
+        return self._d._stopping.is_set() or self.leaving
 
     async def _save(self, notice: Event | None = None, *, wait: bool = True) -> None:
         """Store the attempts and progress made so far (and ``notice``, in
@@ -332,7 +370,7 @@ class _Delivery:
         done, self._done = self._done, []
         self._unsaved = 0
         self._saved_at = time.monotonic()
-        sub, owner, seen = self.sub, self._d.owner, self._seen
+        sub, owner, seen = self.sub, self._d.owner, self.seen
 
         def write() -> bool:
             with self._d._uows() as uow:

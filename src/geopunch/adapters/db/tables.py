@@ -424,6 +424,15 @@ webhook_subscriptions = Table(
 )
 Index("ix_webhook_subscriptions_account", webhook_subscriptions.c.account_id)
 
+#: The deliverers alive now (one a server process), each until its last
+#: claim's lease runs out: subscriptions are shared evenly among them.
+webhook_deliverers = Table(
+    "webhook_deliverers",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("alive_until", BigInteger, nullable=False),
+)
+
 #: Delivery attempts, kept for a configurable time.
 webhook_attempts = Table(
     "webhook_attempts",

@@ -1,9 +1,10 @@
 """Webhook subscriptions and their delivery attempts in the store.
 
 The CRUD methods see one account's subscriptions. The deliverer's methods
-(``claim``, ``save_progress``, ``attempts_done``) work across accounts and
-only on rows whose lease the caller holds, so that no two processes or
-replicas deliver one subscription at once.
+(``fair_share``, ``claim``, ``save_progress``, ``record_attempts``) work
+across accounts and only on rows whose lease the caller holds, so that no two
+processes or replicas deliver one subscription at once; ``fair_share`` counts
+the live deliverers so that they share the subscriptions evenly.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from geopunch.adapters.db.repositories import AccountScoped
-from geopunch.adapters.db.tables import event_sinks, webhook_attempts, webhook_subscriptions
+from geopunch.adapters.db.tables import (
+    event_sinks,
+    webhook_attempts,
+    webhook_deliverers,
+    webhook_subscriptions,
+)
 from geopunch.domain.webhooks import Attempt, Subscription, SubscriptionStatus
 
 _S = webhook_subscriptions
 _A = webhook_attempts
+_D = webhook_deliverers
+_ACTIVE = SubscriptionStatus.ACTIVE.value
 
 
 def _subscription(r: Any) -> Subscription:
@@ -129,34 +137,60 @@ class SqlWebhookRepository(AccountScoped):
 
     # -- the deliverer's, across accounts --------------------------------------------
 
-    def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
-        """Take (or keep) the leases of active subscriptions that nobody
-        else holds, at most ``limit`` in all; the ones now held."""
-        free = or_(_S.c.lease_owner.is_(None), _S.c.lease_until < now_ms, _S.c.lease_owner == owner)
-        candidates = self._conn.execute(
-            select(_S.c.id)
-            .where(_S.c.status == SubscriptionStatus.ACTIVE.value, free)
-            .order_by(_S.c.lease_owner == owner, _S.c.id)  # others' expired ones last
-            .limit(limit)
-        ).scalars()
-        ids = list(candidates)
-        if ids:
-            self._conn.execute(
-                update(_S)
-                .where(_S.c.id.in_(ids), free)
-                .values(lease_owner=owner, lease_until=now_ms + lease_ms)
-            )
-        held = select(_S).where(
-            _S.c.lease_owner == owner,
-            _S.c.lease_until >= now_ms,
-            _S.c.status == SubscriptionStatus.ACTIVE.value,
-        )
-        return [_subscription(r) for r in self._conn.execute(held)]
+    def fair_share(self, owner: str, now_ms: int, lease_ms: int) -> int:
+        """Record ``owner`` as a live deliverer for ``lease_ms``, forget the
+        ones whose time ran out, and answer how many active subscriptions
+        ``owner`` should hold: all of them shared evenly, the remainder one
+        each to the first live deliverers by name (10 among 3: 4, 3, 3), so
+        that every one is held and the shares never disagree."""
+        alive = {"alive_until": now_ms + lease_ms}
+        if not self._conn.execute(update(_D).where(_D.c.owner == owner).values(alive)).rowcount:
+            self._conn.execute(insert(_D).values(owner=owner, **alive))
+        self._conn.execute(delete(_D).where(_D.c.alive_until < now_ms))
+        live = list(self._conn.execute(select(_D.c.owner).order_by(_D.c.owner)).scalars())
+        active = self._conn.execute(
+            select(func.count()).select_from(_S).where(_S.c.status == _ACTIVE)
+        ).scalar_one()
+        each, rest = divmod(int(active), len(live))
+        return each + (live.index(owner) < rest)
 
-    def release(self, owner: str) -> None:
-        self._conn.execute(
-            update(_S).where(_S.c.lease_owner == owner).values(lease_owner=None, lease_until=0)
-        )
+    def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
+        """Renew every lease ``owner`` holds on an active subscription, then
+        take free ones (never held, released, or run out) until it holds
+        ``limit``; every active one it now holds."""
+        until = now_ms + lease_ms
+        mine = (_S.c.lease_owner == owner) & (_S.c.status == _ACTIVE)
+        kept = self._conn.execute(update(_S).where(mine).values(lease_until=until)).rowcount
+        if kept < limit:
+            free = (_S.c.status == _ACTIVE) & or_(
+                _S.c.lease_owner.is_(None), _S.c.lease_until < now_ms
+            )
+            ids = list(
+                self._conn.execute(
+                    select(_S.c.id).where(free).order_by(_S.c.id).limit(limit - kept)
+                ).scalars()
+            )
+            if ids:
+                # ``free`` again: another deliverer may have taken some since.
+                self._conn.execute(
+                    update(_S)
+                    .where(_S.c.id.in_(ids), free)
+                    .values(lease_owner=owner, lease_until=until)
+                )
+        held = self._conn.execute(select(_S).where(mine).order_by(_S.c.id))
+        return [_subscription(r) for r in held]
+
+    def release(self, owner: str, sub_ids: Sequence[str] | None = None) -> None:
+        """Give back ``owner``'s leases on ``sub_ids``; with None, all of
+        them, and ``owner`` is no longer counted as a live deliverer."""
+        query = update(_S).where(_S.c.lease_owner == owner)
+        if sub_ids is not None:
+            if not sub_ids:
+                return
+            query = query.where(_S.c.id.in_(sub_ids))
+        else:
+            self._conn.execute(delete(_D).where(_D.c.owner == owner))
+        self._conn.execute(query.values(lease_owner=None, lease_until=0))
 
     def save_progress(self, sub: Subscription, owner: str, seen_modified_at: int) -> bool:
         """Store the deliverer's cursor and retry state of ``sub``, only while

@@ -1,0 +1,173 @@
+"""Deliverers on one store share the subscriptions evenly: one that comes up
+takes over half of what the first one held, with nothing sent twice in the
+handover, and one that dies has its share taken over once its time runs
+out, with nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import Engine, select
+
+from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.adapters.db.tables import webhook_subscriptions
+from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.webhook_http import AiohttpPoster
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
+from geopunch.domain.events import Event
+from geopunch.domain.webhooks import SubscriptionChange
+from geopunch.service import webhooks
+from geopunch.service.delivery import Deliverer, DeliverySettings
+from tests.webhook_receiver import Receiver
+
+SUBSCRIPTIONS = 10
+#: Short, so that a dead deliverer's share is taken over within the test.
+SETTINGS = DeliverySettings(lease_s=2.0, poll_s=0.2)
+
+
+class _Running:
+    """A deliverer on an event loop of its own thread, as in a server process."""
+
+    def __init__(self, uows: SqlUnitOfWorkFactory, signal: Wakeup, name: str) -> None:
+        self.stopping = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.deliverer = Deliverer(
+            uows, AiohttpPoster(5.0, True, "test"), signal, self.stopping, SETTINGS, owner=name
+        )
+        self.dead = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        # die() stops the loop with the coroutine unfinished: RuntimeError
+        with contextlib.suppress(RuntimeError):
+            self.loop.run_until_complete(self.deliverer.run())
+
+    def stop(self) -> None:
+        """A clean stop: progress stored, leases given back."""
+        self.stopping.set()
+        self.thread.join(30)
+        self.loop.close()
+
+    def die(self) -> None:
+        """Stop dead, as a SIGKILL would: nothing stored, nothing given back."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.dead = True
+
+    def close(self) -> None:
+        """After the checks: end what a dead one left (its sockets) or stop it."""
+        if not self.dead:
+            self.stop()
+            return
+        self.stopping.set()
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+
+def _holders(engine: Engine) -> dict[str, str | None]:
+    t = webhook_subscriptions
+    with engine.connect() as conn:
+        return {r.id: r.lease_owner for r in conn.execute(select(t.c.id, t.c.lease_owner))}
+
+
+def _until(check: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[Receiver]]:
+    started = [Receiver().start() for _ in range(SUBSCRIPTIONS)]
+    yield started
+    for r in started:
+        r.stop()
+
+
+def test_deliverers_share_subscriptions_evenly_and_take_over_a_dead_ones(
+    engine: Engine, receivers: list[Receiver]
+) -> None:
+    signal = Wakeup()
+    uows = SqlUnitOfWorkFactory(engine, signal.notify)
+    subs = [
+        webhooks.create_subscription(uows, DEFAULT_ACCOUNT, SubscriptionChange(url=r.url), None)
+        for r in receivers
+    ]
+    appended = 0
+    appending = threading.Event()
+
+    def append() -> None:
+        nonlocal appended
+        while not appending.is_set():
+            with uows(account=DEFAULT_ACCOUNT) as uow:
+                batch = [Event("clockIn", int(time.time()), {"n": appended + i}) for i in range(5)]
+                uow.events.append(batch)
+                uow.commit()
+            appended += 5
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=append, daemon=True)
+    writer.start()
+    first = _Running(uows, signal, "first")
+    second = third = None
+    try:
+        _until(lambda: set(_holders(engine).values()) == {"first"}, 10, "the first takes all")
+        second = _Running(uows, signal, "second")
+        _until(
+            lambda: (
+                first.deliverer.held == second.deliverer.held == SUBSCRIPTIONS // 2
+                and sorted(_holders(engine).values()) == ["first"] * 5 + ["second"] * 5
+            ),  # type: ignore[operator]
+            15,
+            "the two share the subscriptions",
+        )
+        time.sleep(0.5)  # both deliver for a while
+        appending.set()
+        writer.join(10)
+        for r in receivers:
+            r.wait_for(appended, 30)
+        # The handover sent nothing twice: a clean stop hands over too.
+        for r in receivers:
+            ns = [q.event["payload"]["n"] for q in r.accepted()]
+            assert ns == list(range(appended)), "each event once, in order"
+
+        # A third comes up and the second dies: once the second's time runs
+        # out, the first and the third share all ten again.
+        third = _Running(uows, signal, "third")
+        _until(lambda: third.deliverer.held >= 3, 15, "the third takes its share")
+        appending.clear()
+        writer = threading.Thread(target=append, daemon=True)
+        writer.start()
+        time.sleep(0.3)
+        second.die()
+        _until(
+            lambda: sorted(_holders(engine).values()) == ["first"] * 5 + ["third"] * 5,  # type: ignore[operator]
+            20,
+            "the survivors take the dead one's share",
+        )
+        appending.set()
+        writer.join(10)
+        for r, sub in zip(receivers, subs, strict=True):
+            got = r.wait_for(appended, 30)
+            assert [q.event["payload"]["n"] for q in got] == list(range(appended)), sub.id
+            # Only the dead one's unsaved progress comes again, under the same ids.
+            seen: dict[str, int] = {}
+            for q in r.accepted():
+                seen[q.webhook_id] = seen.get(q.webhook_id, 0) + 1
+            assert len(seen) == appended
+    finally:
+        appending.set()
+        writer.join(10)
+        for running in (first, second, third):
+            if running is not None:
+                running.close()
