@@ -106,6 +106,7 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
                 "webhook_attempts",
                 "event_sinks",
                 "index_feed",
+                "webhook_deliverers",
             )
         }
 
