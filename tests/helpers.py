@@ -1,8 +1,10 @@
-"""Assertion helpers for rich gRPC errors, and a PostgreSQL schema per test."""
+"""Assertion helpers for rich gRPC errors, waiting for a condition, and a
+PostgreSQL schema per test."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +23,14 @@ from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import TimeClock
 
 PG_URL = os.environ.get("GEOPUNCH_TEST_PG_URL", "")
+
+
+def eventually(check: Callable[[], bool], within_s: float, what: str) -> None:
+    """Wait until ``check()`` holds, failing with ``what`` after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_processes import _one_per_worker
 from tests.e2e.test_punch_concurrency import STATE_REASONS, USERS, Acked, check_store, setup_clock
-from tests.helpers import details, pg_schema
+from tests.helpers import details, eventually, pg_schema
 
 SITE = (52.52, 13.405)
 #: Followers poll every 100 ms here; a change must show within this long.
@@ -47,10 +47,7 @@ def replicas(store_url: str, tmp_path: Path) -> Iterator[tuple[Client, Client]]:
 
 
 def _eventually(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + SEEN_WITHIN_S
-    while not check():
-        assert time.monotonic() < deadline, "the other replica never saw the change"
-        time.sleep(0.05)
+    eventually(check, SEEN_WITHIN_S, "the other replica never saw the change")
 
 
 def _inside(client: Client, tc_id: int) -> bool | None:

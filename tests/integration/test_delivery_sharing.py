@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, select
@@ -23,6 +23,7 @@ from geopunch.domain.events import Event
 from geopunch.domain.webhooks import SubscriptionChange
 from geopunch.service import webhooks
 from geopunch.service.delivery import Deliverer, DeliverySettings
+from tests.helpers import eventually
 from tests.webhook_receiver import Receiver
 
 SUBSCRIPTIONS = 10
@@ -79,13 +80,6 @@ def _holders(engine: Engine) -> dict[str, str | None]:
         return {r.id: r.lease_owner for r in conn.execute(select(t.c.id, t.c.lease_owner))}
 
 
-def _until(check: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def receivers() -> Iterator[list[Receiver]]:
     started = [Receiver().start() for _ in range(SUBSCRIPTIONS)]
@@ -121,9 +115,9 @@ def test_deliverers_share_subscriptions_evenly_and_take_over_a_dead_ones(
     first = _Running(uows, signal, "first")
     second = third = None
     try:
-        _until(lambda: set(_holders(engine).values()) == {"first"}, 10, "the first takes all")
+        eventually(lambda: set(_holders(engine).values()) == {"first"}, 10, "the first takes all")
         second = _Running(uows, signal, "second")
-        _until(
+        eventually(
             lambda: (
                 first.deliverer.held == second.deliverer.held == SUBSCRIPTIONS // 2
                 and sorted(_holders(engine).values()) == ["first"] * 5 + ["second"] * 5
@@ -144,13 +138,13 @@ def test_deliverers_share_subscriptions_evenly_and_take_over_a_dead_ones(
         # A third comes up and the second dies: once the second's time runs
         # out, the first and the third share all ten again.
         third = _Running(uows, signal, "third")
-        _until(lambda: third.deliverer.held >= 3, 15, "the third takes its share")
+        eventually(lambda: third.deliverer.held >= 3, 15, "the third takes its share")
         appending.clear()
         writer = threading.Thread(target=append, daemon=True)
         writer.start()
         time.sleep(0.3)
         second.die()
-        _until(
+        eventually(
             lambda: sorted(_holders(engine).values()) == ["first"] * 5 + ["third"] * 5,  # type: ignore[operator]
             20,
             "the survivors take the dead one's share",
