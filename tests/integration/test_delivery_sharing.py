@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import webhook_subscriptions
-from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.wakeup import Stop, Wakeup
 from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
@@ -35,7 +35,7 @@ class _Running:
     """A deliverer on an event loop of its own thread, as in a server process."""
 
     def __init__(self, uows: SqlUnitOfWorkFactory, signal: Wakeup, name: str) -> None:
-        self.stopping = threading.Event()
+        self.stopping = Stop()
         self.loop = asyncio.new_event_loop()
         self.deliverer = Deliverer(
             uows, AiohttpPoster(5.0, True, "test"), signal, self.stopping, SETTINGS, owner=name
@@ -67,10 +67,15 @@ class _Running:
             self.stop()
             return
         self.stopping.set()
-        pending = asyncio.all_tasks(self.loop)
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        # Cancelled tasks may start more (a handed-over task's last save):
+        # until none is left.
+        for _ in range(10):
+            pending = asyncio.all_tasks(self.loop)
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
 

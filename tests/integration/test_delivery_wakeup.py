@@ -8,10 +8,11 @@ import asyncio
 import threading
 import time
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
-from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.db.tables import webhook_subscriptions
+from geopunch.adapters.wakeup import Stop, Wakeup
 from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
@@ -42,7 +43,7 @@ def test_created_and_replayed_subscriptions_start_at_once(engine: Engine) -> Non
     uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
     slow = Receiver(lambda r: (204, 0.05)).start()  # keeps its subscription's task busy
     fast = Receiver().start()
-    stopping = threading.Event()
+    stopping = Stop()
     busy = webhooks.create_subscription(
         uows, DEFAULT_ACCOUNT, SubscriptionChange(url=slow.url), guard=None
     )
@@ -73,8 +74,49 @@ def test_created_and_replayed_subscriptions_start_at_once(engine: Engine) -> Non
         assert busy.id != made.id
     finally:
         stopping.set()
-        changes.notify()
         runner.join(30)
         loop.close()
         slow.stop()
         fast.stop()
+
+
+def test_a_stop_ends_the_deliverer_at_once_with_its_progress_stored(engine: Engine) -> None:
+    """Neither the wait for the next claim nor a subscription waiting to retry
+    holds a stop back until its timer runs out."""
+    events, changes = Wakeup(), Wakeup()
+    uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
+    failing = Receiver(lambda r: (500, 0)).start()
+    sub = webhooks.create_subscription(
+        uows, DEFAULT_ACCOUNT, SubscriptionChange(url=failing.url), guard=None
+    )
+    _append(uows, 1)
+    stopping = Stop()
+    loop = asyncio.new_event_loop()
+    deliverer = Deliverer(
+        uows,
+        AiohttpPoster(5.0, True, "test"),
+        events,
+        stopping,
+        DeliverySettings(lease_s=3 * POLL_S, poll_s=POLL_S),
+        changes=changes,
+    )
+    runner = threading.Thread(target=loop.run_until_complete, args=(deliverer.run(),))
+    runner.start()
+    try:
+        _wait_for(failing, 1, 10)  # failed once: waiting to retry
+        time.sleep(0.1)
+        stopping.set()
+        runner.join(5)
+        assert not runner.is_alive(), "the stop waited for a timer"
+        with uows(account=DEFAULT_ACCOUNT) as uow:
+            stored = uow.webhooks.get(sub.id)
+        assert stored is not None
+        assert stored.attempts == 1 and stored.cursor == 0
+        t = webhook_subscriptions
+        with engine.connect() as conn:
+            assert conn.execute(select(t.c.lease_owner)).scalar_one() is None, "lease given back"
+    finally:
+        stopping.set()
+        runner.join(30)
+        loop.close()
+        failing.stop()

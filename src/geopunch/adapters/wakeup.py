@@ -1,4 +1,4 @@
-"""A wake-up for event streams, shared by every protocol that streams events."""
+"""Wake-ups for coroutines on any event loop: new events, and the stop."""
 
 from __future__ import annotations
 
@@ -38,3 +38,24 @@ class Wakeup:
         finally:
             with self._lock:
                 self._waiters.discard(me)
+
+
+class Stop(threading.Event):
+    """The server's stop: a ``threading.Event`` for its threads, which also
+    ends at once the sleeps of coroutines on any event loop (deliveries
+    waiting to retry or to renew a lease), so that a stop does not wait for
+    their timers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakeup = Wakeup()
+
+    def set(self) -> None:
+        super().set()
+        self._wakeup.notify()
+
+    async def sleep(self, seconds: float) -> bool:
+        seen = self._wakeup.version  # read before the flag: a set() in between moves it
+        if not self.is_set():
+            await self._wakeup.wait(seen, seconds)
+        return self.is_set()

@@ -619,6 +619,17 @@ class WebhookPoster(Protocol):
     async def close(self) -> None: ...
 
 
+class StopSignal(Protocol):
+    """The process is stopping: what threads poll, and what coroutines sleep on
+    so that a stop ends their sleep at once instead of at its end."""
+
+    def is_set(self) -> bool: ...
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less if the stop comes first; whether it has."""
+        ...
+
+
 class EventSignal(Protocol):
     """Moves when a commit appended events (this process's, a sibling's or
     another replica's, as the server learns of them)."""

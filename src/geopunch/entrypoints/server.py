@@ -31,7 +31,7 @@ from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.http.app import HttpDeps, create_app
-from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.wakeup import Stop, Wakeup
 from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_services, build_app
 from geopunch.config import Config
@@ -108,7 +108,7 @@ class Server:
         # health.aio is the module's public asyncio servicer; the stubs omit it.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.app: App | None = None
-        self._stopped = threading.Event()
+        self._stopped = Stop()
         self._ready = threading.Event()
         # Set once the store is open: it follows the store's change feed.
         self._follower: background.IndexFollower | None = None

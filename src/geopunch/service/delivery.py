@@ -25,9 +25,9 @@ import asyncio
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -36,7 +36,13 @@ from standardwebhooks import Webhook
 from geopunch import metrics
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.events import Event, event_json, json_bytes
-from geopunch.domain.ports import EventPublisher, EventSignal, UnitOfWorkFactory, WebhookPoster
+from geopunch.domain.ports import (
+    EventPublisher,
+    EventSignal,
+    StopSignal,
+    UnitOfWorkFactory,
+    WebhookPoster,
+)
 from geopunch.domain.webhooks import (
     FAILING_EVENT,
     Attempt,
@@ -88,7 +94,7 @@ class Deliverer:
         uows: UnitOfWorkFactory,
         poster: WebhookPoster,
         signal: EventSignal,
-        stopping: threading.Event,
+        stopping: StopSignal,
         settings: DeliverySettings = DeliverySettings(),
         owner: str | None = None,
         changes: EventSignal | None = None,
@@ -106,6 +112,9 @@ class Deliverer:
         self.held = 0
         #: Held beyond the share with no task running: given back at the next claim.
         self._handing: set[str] = set()
+        #: Set when a handed-over subscription's task has ended: its lease
+        #: goes back at once rather than at the next claim's timer.
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         """Claim and deliver until ``stopping`` is set; then store progress
@@ -113,6 +122,7 @@ class Deliverer:
         every = min(self._settings.poll_s, self._settings.lease_s / 3)
         try:
             while not self._stopping.is_set():
+                self._wake.clear()
                 seen = self._signal.version
                 changed = None if self._changes is None else self._changes.version
                 ended = [s for s, (t, d) in self._tasks.items() if d.leaving and t.done()]
@@ -138,19 +148,20 @@ class Deliverer:
             await self._poster.close()
 
     async def _next_claim(self, seen: int, changed: int | None, every: float) -> None:
-        """Wait ``every`` seconds, or less: until a subscription changes.
+        """Wait ``every`` seconds, or less: until a subscription changes, a
+        handed-over one's task has ended, or the stop.
 
         Without a ``changes`` signal, new events end the wait while no
         subscription is held (one created meanwhile is then found soon).
         With it they never do: a claim is a write transaction, and one per
         commit that appended events doubled a punch's time at one call in
         flight (measured)."""
+        waits: list[Awaitable[object]] = [self._stopping.sleep(every), self._wake.wait()]
         if self._changes is not None and changed is not None:
-            await self._changes.wait(changed, every)
+            waits.append(self._changes.wait(changed, every))
         elif not self._tasks:
-            await self._signal.wait(seen, every)
-        else:
-            await asyncio.sleep(every)
+            waits.append(self._signal.wait(seen, every))
+        await _first(*waits)
 
     def _claim(self, handed: list[str]) -> tuple[list[Subscription], int]:
         """Give back the leases of ``handed`` (their tasks have ended), then
@@ -193,7 +204,7 @@ class Deliverer:
         staying = [s for s in held if not (s.id in self._tasks and self._tasks[s.id][1].leaving)]
         for sub in staying[share:]:
             if sub.id in self._tasks:
-                self._tasks[sub.id][1].leaving = True
+                self._leave(sub.id)
             else:  # no task (it ended by itself): nothing to wait for
                 self._handing.add(sub.id)
         for sub in staying[:share]:
@@ -202,6 +213,16 @@ class Deliverer:
                 self._tasks[sub.id] = (asyncio.create_task(delivery.run()), delivery)
         self.held = min(len(staying), share)
         metrics.WEBHOOK_HELD.set(self.held)
+
+    def _leave(self, sub_id: str) -> None:
+        """Ask a task to end for the subscription's handover: at once if it
+        is waiting (for events, or to retry), else after the delivery under
+        way; either way its progress is stored as it ends."""
+        task, delivery = self._tasks[sub_id]
+        delivery.leaving = True
+        task.add_done_callback(lambda _: self._wake.set())
+        if delivery.waiting:
+            task.cancel()
 
 
 class _Delivery:
@@ -215,6 +236,8 @@ class _Delivery:
         #: Set when another deliverer is to take the subscription over: the
         #: task ends after the delivery under way, its progress stored.
         self.leaving = False
+        #: True while the task waits (no delivery under way): it may be cancelled.
+        self.waiting = False
         self._hook = Webhook(sub.secret)
         # Looked up once: a labelled child per event was a measurable part
         # of a delivery's own time.
@@ -249,7 +272,11 @@ class _Delivery:
                 if not page:
                     self._lag.set(0)
                     await self._save()
-                    await d._signal.wait(seen, 1.0)
+                    self.waiting = True
+                    try:
+                        await d._signal.wait(seen, 1.0)
+                    finally:
+                        self.waiting = False
         except _Changed:
             return
         except DomainError as err:
@@ -342,12 +369,13 @@ class _Delivery:
         await self._save()
 
     async def _sleep(self, seconds: float) -> bool:
-        """Sleep, waking each second to look for a stop; whether one came."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            if self._d._stopping.is_set() or self.leaving:
-                return True
-            await asyncio.sleep(min(left, 1.0))
+        """Wait to retry, ended early by a stop (or, cancelled, by a
+        handover); whether the task is to end."""
+        self.waiting = True
+        try:
+            await self._d._stopping.sleep(seconds)
+        finally:
+            self.waiting = False
         return self._d._stopping.is_set() or self.leaving
 
     async def _save(self, notice: Event | None = None, *, wait: bool = True) -> None:
@@ -407,7 +435,7 @@ class SinkPublisher:
         uows: UnitOfWorkFactory,
         publisher: EventPublisher,
         signal: EventSignal,
-        stopping: threading.Event,
+        stopping: StopSignal,
         subject_prefix: str,
         lease_s: float = 30.0,
         owner: str | None = None,
@@ -426,8 +454,8 @@ class SinkPublisher:
         try:
             while not self._stopping.is_set():
                 cursor = await self._claim()
-                if cursor is None:
-                    await asyncio.sleep(every)
+                if cursor is None:  # another process holds the sink
+                    await self._stopping.sleep(every)
                     continue
                 await self._publish_from(cursor)
         finally:
@@ -472,7 +500,7 @@ class SinkPublisher:
                         extra={"fields": {"seq": e.seq, "error": str(err)[:ERROR_CHARS]}},
                     )
                     await self._save(cursor, saved)
-                    await asyncio.sleep(1.0)
+                    await self._stopping.sleep(1.0)
                     return
                 cursor = e.seq
                 metrics.SINK_PUBLISHED.inc()
@@ -504,3 +532,14 @@ class SinkPublisher:
         with self._uows() as uow:
             uow.webhooks.release_sink(self.name, self.owner)
             uow.commit()
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Wait until the first of ``waits`` has ended; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
