@@ -4,11 +4,13 @@ signature and prints the event."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from geopunch.v1 import webhooks_pb2
 from tests.conftest import Client
 from tests.e2e.test_webhooks import clock_of_users, punch_pairs, subscribe
+from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "events.md").read_text()
@@ -38,9 +41,15 @@ def _free_port() -> int:
 
 
 def _run_receiver(cmd: list[str], cwd: Path, client: Client) -> str:
+    """The receiver's output once it printed a clock-in (or 20 s passed)."""
     proc = subprocess.Popen(
         cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    out = proc.stdout
+    assert out is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(out), daemon=True)
+    reader.start()
     try:
         port = int(cmd[-1]) if cmd[-1].isdigit() else 0
         deadline = time.monotonic() + 20
@@ -49,15 +58,19 @@ def _run_receiver(cmd: list[str], cwd: Path, client: Client) -> str:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert proc.poll() is None, proc.communicate()[0]
+                assert proc.poll() is None, "".join(lines)
                 assert time.monotonic() < deadline, "the receiver never listened"
                 time.sleep(0.1)
         clock = clock_of_users(client)
         punch_pairs(client, clock, 1)
-        time.sleep(3)
+        with contextlib.suppress(AssertionError):  # the caller's check says what came
+            eventually(lambda: any("clockIn" in line for line in lines), 20, "a clock-in printed")
     finally:
         proc.terminate()
-    return proc.communicate(timeout=10)[0]
+        proc.wait(10)
+        reader.join(10)
+        out.close()
+    return "".join(lines)
 
 
 def _prepare(code: str, secret: str, port: int) -> str:
