@@ -143,3 +143,33 @@ def test_live_deliverers_share_the_active_subscriptions_evenly(engine: Engine) -
         hooks.release("c")
         assert hooks.fair_share("a", later, 2000) == 10
         uow.commit()
+
+
+def test_a_subscription_going_moves_no_other_between_deliverers(engine: Engine) -> None:
+    """The remainder of the split goes to the deliverers holding the most:
+    when one of ``a``'s subscriptions is deleted, ``b`` keeps its five and
+    ``a`` its four, where shares by name alone would move one of ``b``'s to
+    ``a``. New ones then go to whoever is below its share."""
+    uows = AccountStore(engine)
+    for _ in range(10):
+        _sub(uows)
+    now = int(time.time() * 1000)
+    with uows() as uow:
+        hooks = uow.webhooks
+        hooks.fair_share("b", now, 2000)  # both live
+        assert [hooks.fair_share(o, now, 2000) for o in "ab"] == [5, 5]
+        a_held = [s.id for s in hooks.claim("a", now, 2000, 5)]
+        assert len(hooks.claim("b", now, 2000, 5)) == 5
+        uow.commit()
+    webhooks.delete_subscription(uows.factory, uows.account, a_held[0])
+    with uows() as uow:
+        hooks = uow.webhooks
+        assert [hooks.fair_share(o, now, 2000) for o in "ab"] == [4, 5]
+        uow.commit()
+    added = _sub(uows)
+    with uows() as uow:
+        hooks = uow.webhooks
+        assert [hooks.fair_share(o, now, 2000) for o in "ab"] == [5, 5]
+        assert len(hooks.claim("b", now, 2000, 5)) == 5  # b takes nothing
+        assert added.id in {s.id for s in hooks.claim("a", now, 2000, 5)}
+        uow.commit()

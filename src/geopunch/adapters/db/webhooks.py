@@ -141,17 +141,26 @@ class SqlWebhookRepository(AccountScoped):
         """Record ``owner`` as a live deliverer for ``lease_ms``, forget the
         ones whose time ran out, and answer how many active subscriptions
         ``owner`` should hold: all of them shared evenly, the remainder one
-        each to the first live deliverers by name (10 among 3: 4, 3, 3), so
-        that every one is held and the shares never disagree."""
+        each to the live deliverers holding the most now, then by name (10
+        among 3 holding none: 4, 3, 3), so that every one is held and the
+        shares never disagree. Holdings first: while they differ by at
+        most one, as after a subscription went, nothing moves."""
         alive = {"alive_until": now_ms + lease_ms}
         if not self._conn.execute(update(_D).where(_D.c.owner == owner).values(alive)).rowcount:
             self._conn.execute(insert(_D).values(owner=owner, **alive))
         self._conn.execute(delete(_D).where(_D.c.alive_until < now_ms))
-        live = list(self._conn.execute(select(_D.c.owner).order_by(_D.c.owner)).scalars())
-        active = self._conn.execute(
-            select(func.count()).select_from(_S).where(_S.c.status == _ACTIVE)
-        ).scalar_one()
-        each, rest = divmod(int(active), len(live))
+        live = list(self._conn.execute(select(_D.c.owner)).scalars())
+        active = _S.c.status == _ACTIVE
+        held = dict(
+            self._conn.execute(
+                select(_S.c.lease_owner, func.count())
+                .where(active, _S.c.lease_until >= now_ms)
+                .group_by(_S.c.lease_owner)
+            ).all()
+        )
+        count = self._conn.execute(select(func.count()).select_from(_S).where(active)).scalar_one()
+        each, rest = divmod(int(count), len(live))
+        live.sort(key=lambda o: (-held.get(o, 0), o))
         return each + (live.index(owner) < rest)
 
     def claim(self, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Subscription]:
