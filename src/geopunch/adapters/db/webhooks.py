@@ -151,13 +151,12 @@ class SqlWebhookRepository(AccountScoped):
         self._conn.execute(delete(_D).where(_D.c.alive_until < now_ms))
         live = list(self._conn.execute(select(_D.c.owner)).scalars())
         active = _S.c.status == _ACTIVE
-        held = dict(
-            self._conn.execute(
-                select(_S.c.lease_owner, func.count())
-                .where(active, _S.c.lease_until >= now_ms)
-                .group_by(_S.c.lease_owner)
-            ).all()
+        holdings = self._conn.execute(
+            select(_S.c.lease_owner, func.count())
+            .where(active, _S.c.lease_until >= now_ms)
+            .group_by(_S.c.lease_owner)
         )
+        held: dict[str, int] = {o: int(n) for o, n in holdings}
         count = self._conn.execute(select(func.count()).select_from(_S).where(active)).scalar_one()
         each, rest = divmod(int(count), len(live))
         live.sort(key=lambda o: (-held.get(o, 0), o))
