@@ -21,6 +21,13 @@ def _sub(uows: AccountStore, **fields: object) -> Subscription:
     return webhooks.create_subscription(uows.factory, uows.account, change, None)
 
 
+def _with_subscriptions(engine: Engine, count: int) -> AccountStore:
+    uows = AccountStore(engine)
+    for _ in range(count):
+        _sub(uows)
+    return uows
+
+
 def test_one_deliverer_holds_a_subscription_until_its_lease_runs_out(engine: Engine) -> None:
     uows = AccountStore(engine)
     sub = _sub(uows)
@@ -114,9 +121,7 @@ def test_attempts_are_listed_newest_first_by_page_and_purged_by_age(engine: Engi
 
 
 def test_live_deliverers_share_the_active_subscriptions_evenly(engine: Engine) -> None:
-    uows = AccountStore(engine)
-    for _ in range(10):
-        _sub(uows)
+    uows = _with_subscriptions(engine, 10)
     now = int(time.time() * 1000)
     with uows() as uow:
         hooks = uow.webhooks
@@ -150,9 +155,7 @@ def test_a_subscription_going_moves_no_other_between_deliverers(engine: Engine) 
     when one of ``a``'s subscriptions is deleted, ``b`` keeps its five and
     ``a`` its four, where shares by name alone would move one of ``b``'s to
     ``a``. New ones then go to whoever is below its share."""
-    uows = AccountStore(engine)
-    for _ in range(10):
-        _sub(uows)
+    uows = _with_subscriptions(engine, 10)
     now = int(time.time() * 1000)
     with uows() as uow:
         hooks = uow.webhooks
