@@ -272,11 +272,7 @@ class _Delivery:
                 if not page:
                     self._lag.set(0)
                     await self._save()
-                    self.waiting = True
-                    try:
-                        await d._signal.wait(seen, 1.0)
-                    finally:
-                        self.waiting = False
+                    await self._waiting(d._signal.wait(seen, 1.0))
         except _Changed:
             return
         except DomainError as err:
@@ -371,12 +367,16 @@ class _Delivery:
     async def _sleep(self, seconds: float) -> bool:
         """Wait to retry, ended early by a stop (or, cancelled, by a
         handover); whether the task is to end."""
+        await self._waiting(self._d._stopping.sleep(seconds))
+        return self._d._stopping.is_set() or self.leaving
+
+    async def _waiting(self, wait: Awaitable[object]) -> None:
+        """Await ``wait`` with no delivery under way: a handover may cancel it."""
         self.waiting = True
         try:
-            await self._d._stopping.sleep(seconds)
+            await wait
         finally:
             self.waiting = False
-        return self._d._stopping.is_set() or self.leaving
 
     async def _save(self, notice: Event | None = None, *, wait: bool = True) -> None:
         """Store the attempts and progress made so far (and ``notice``, in
