@@ -1,9 +1,12 @@
-"""Assertion helpers for rich gRPC errors, waiting for a condition, and a
-PostgreSQL schema per test."""
+"""Assertion helpers for rich gRPC errors, waiting for a condition, a
+PostgreSQL schema per test, and a webhook deliverer on a thread of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +22,11 @@ from grpc_status import rpc_status
 from sqlalchemy import Engine, create_engine, text
 
 from geopunch.adapters.db.store import SqlUnitOfWork, SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.adapters.wakeup import Stop, Wakeup
+from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import TimeClock
+from geopunch.service.delivery import Deliverer, DeliverySettings
 
 PG_URL = os.environ.get("GEOPUNCH_TEST_PG_URL", "")
 
@@ -145,3 +151,66 @@ def seeded_sqlite(path: Path, clocks: Sequence[TimeClock]) -> Engine:
             _STORE_TEMPLATES[key] = template.read_bytes()
     path.write_bytes(_STORE_TEMPLATES[key])
     return make_engine(f"sqlite:///{path}")
+
+
+class RunningDeliverer:
+    """A webhook deliverer on an event loop of its own thread, as in a server
+    process: ``stop`` as SIGTERM would, ``die`` as SIGKILL would."""
+
+    def __init__(
+        self,
+        uows: SqlUnitOfWorkFactory,
+        signal: Wakeup,
+        settings: DeliverySettings,
+        *,
+        owner: str | None = None,
+        changes: Wakeup | None = None,
+    ) -> None:
+        self.stopping = Stop()
+        self.loop = asyncio.new_event_loop()
+        self.deliverer = Deliverer(
+            uows,
+            AiohttpPoster(5.0, True, "test"),
+            signal,
+            self.stopping,
+            settings,
+            owner=owner,
+            changes=changes,
+        )
+        self.dead = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        # die() stops the loop with the coroutine unfinished: RuntimeError
+        with contextlib.suppress(RuntimeError):
+            self.loop.run_until_complete(self.deliverer.run())
+
+    def stop(self) -> None:
+        """A clean stop: progress stored, leases given back."""
+        self.stopping.set()
+        self.thread.join(30)
+        self.loop.close()
+
+    def die(self) -> None:
+        """Stop dead, as a SIGKILL would: nothing stored, nothing given back."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.dead = True
+
+    def close(self) -> None:
+        """After the checks: end what a dead one left (its sockets) or stop it."""
+        if not self.dead:
+            self.stop()
+            return
+        self.stopping.set()
+        # Cancelled tasks may start more (a handed-over task's last save):
+        # until none is left.
+        for _ in range(10):
+            pending = asyncio.all_tasks(self.loop)
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()

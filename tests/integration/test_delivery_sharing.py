@@ -5,8 +5,6 @@ out, with nothing lost."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -16,67 +14,18 @@ from sqlalchemy import Engine, select
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import webhook_subscriptions
-from geopunch.adapters.wakeup import Stop, Wakeup
-from geopunch.adapters.webhook_http import AiohttpPoster
+from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
 from geopunch.domain.webhooks import SubscriptionChange
 from geopunch.service import webhooks
-from geopunch.service.delivery import Deliverer, DeliverySettings
-from tests.helpers import eventually
+from geopunch.service.delivery import DeliverySettings
+from tests.helpers import RunningDeliverer, eventually
 from tests.webhook_receiver import Receiver
 
 SUBSCRIPTIONS = 10
 #: Short, so that a dead deliverer's share is taken over within the test.
 SETTINGS = DeliverySettings(lease_s=2.0, poll_s=0.2)
-
-
-class _Running:
-    """A deliverer on an event loop of its own thread, as in a server process."""
-
-    def __init__(self, uows: SqlUnitOfWorkFactory, signal: Wakeup, name: str) -> None:
-        self.stopping = Stop()
-        self.loop = asyncio.new_event_loop()
-        self.deliverer = Deliverer(
-            uows, AiohttpPoster(5.0, True, "test"), signal, self.stopping, SETTINGS, owner=name
-        )
-        self.dead = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        # die() stops the loop with the coroutine unfinished: RuntimeError
-        with contextlib.suppress(RuntimeError):
-            self.loop.run_until_complete(self.deliverer.run())
-
-    def stop(self) -> None:
-        """A clean stop: progress stored, leases given back."""
-        self.stopping.set()
-        self.thread.join(30)
-        self.loop.close()
-
-    def die(self) -> None:
-        """Stop dead, as a SIGKILL would: nothing stored, nothing given back."""
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.dead = True
-
-    def close(self) -> None:
-        """After the checks: end what a dead one left (its sockets) or stop it."""
-        if not self.dead:
-            self.stop()
-            return
-        self.stopping.set()
-        # Cancelled tasks may start more (a handed-over task's last save):
-        # until none is left.
-        for _ in range(10):
-            pending = asyncio.all_tasks(self.loop)
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.close()
 
 
 def _holders(engine: Engine) -> dict[str, str | None]:
@@ -117,11 +66,11 @@ def test_deliverers_share_subscriptions_evenly_and_take_over_a_dead_ones(
 
     writer = threading.Thread(target=append, daemon=True)
     writer.start()
-    first = _Running(uows, signal, "first")
+    first = RunningDeliverer(uows, signal, SETTINGS, owner="first")
     second = third = None
     try:
         eventually(lambda: set(_holders(engine).values()) == {"first"}, 10, "the first takes all")
-        second = _Running(uows, signal, "second")
+        second = RunningDeliverer(uows, signal, SETTINGS, owner="second")
         eventually(
             lambda: (
                 first.deliverer.held == second.deliverer.held == SUBSCRIPTIONS // 2
@@ -142,7 +91,7 @@ def test_deliverers_share_subscriptions_evenly_and_take_over_a_dead_ones(
 
         # A third comes up and the second dies: once the second's time runs
         # out, the first and the third share all ten again.
-        third = _Running(uows, signal, "third")
+        third = RunningDeliverer(uows, signal, SETTINGS, owner="third")
         eventually(lambda: third.deliverer.held >= 3, 15, "the third takes its share")
         appending.clear()
         writer = threading.Thread(target=append, daemon=True)

@@ -4,27 +4,24 @@ delivering other subscriptions."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
 
 from sqlalchemy import Engine, select
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import webhook_subscriptions
-from geopunch.adapters.wakeup import Stop, Wakeup
-from geopunch.adapters.webhook_http import AiohttpPoster
+from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
 from geopunch.domain.webhooks import SubscriptionChange
 from geopunch.service import webhooks
-from geopunch.service.delivery import Deliverer, DeliverySettings
+from geopunch.service.delivery import DeliverySettings
+from tests.helpers import RunningDeliverer
 from tests.webhook_receiver import Receiver
 
 #: Far longer than any wait below: what arrives came from a wake-up, not a poll.
 POLL_S = 60.0
+SETTINGS = DeliverySettings(lease_s=3 * POLL_S, poll_s=POLL_S)
 
 
 def _append(uows: SqlUnitOfWorkFactory, count: int) -> None:
@@ -40,32 +37,6 @@ def _wait_for(receiver: Receiver, count: int, within_s: float) -> None:
         time.sleep(0.02)
 
 
-@contextlib.contextmanager
-def _delivering(
-    uows: SqlUnitOfWorkFactory, events: Wakeup, changes: Wakeup
-) -> Iterator[tuple[Stop, threading.Thread]]:
-    """A deliverer on an event loop of its own thread, polling the store only
-    every ``POLL_S``; yields its stop and its thread, and stops it on the way out."""
-    stopping = Stop()
-    loop = asyncio.new_event_loop()
-    deliverer = Deliverer(
-        uows,
-        AiohttpPoster(5.0, True, "test"),
-        events,
-        stopping,
-        DeliverySettings(lease_s=3 * POLL_S, poll_s=POLL_S),
-        changes=changes,
-    )
-    runner = threading.Thread(target=loop.run_until_complete, args=(deliverer.run(),))
-    runner.start()
-    try:
-        yield stopping, runner
-    finally:
-        stopping.set()
-        runner.join(30)
-        loop.close()
-
-
 def test_created_and_replayed_subscriptions_start_at_once(engine: Engine) -> None:
     events, changes = Wakeup(), Wakeup()
     uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
@@ -75,23 +46,22 @@ def test_created_and_replayed_subscriptions_start_at_once(engine: Engine) -> Non
         uows, DEFAULT_ACCOUNT, SubscriptionChange(url=slow.url), guard=None
     )
     _append(uows, 200)
+    running = RunningDeliverer(uows, events, SETTINGS, changes=changes)
     try:
-        with _delivering(uows, events, changes):
-            _wait_for(slow, 1, 10)  # held, and busy for about 10 s more
-            made = webhooks.create_subscription(
-                uows, DEFAULT_ACCOUNT, SubscriptionChange(url=fast.url), guard=None
-            )
-            _append(uows, 3)
-            _wait_for(fast, 3, 5)
-            assert [r.event["payload"]["n"] for r in fast.requests] == [0, 1, 2]
-            webhooks.replay_subscription(
-                uows, DEFAULT_ACCOUNT, made.id, fast.requests[0].event["seq"]
-            )
-            _wait_for(fast, 6, 5)
-            assert [r.event["payload"]["n"] for r in fast.requests[3:]] == [0, 1, 2]
-            assert len(slow.requests) < 200  # the busy one was still delivering meanwhile
-            assert busy.id != made.id
+        _wait_for(slow, 1, 10)  # held, and busy for about 10 s more
+        made = webhooks.create_subscription(
+            uows, DEFAULT_ACCOUNT, SubscriptionChange(url=fast.url), guard=None
+        )
+        _append(uows, 3)
+        _wait_for(fast, 3, 5)
+        assert [r.event["payload"]["n"] for r in fast.requests] == [0, 1, 2]
+        webhooks.replay_subscription(uows, DEFAULT_ACCOUNT, made.id, fast.requests[0].event["seq"])
+        _wait_for(fast, 6, 5)
+        assert [r.event["payload"]["n"] for r in fast.requests[3:]] == [0, 1, 2]
+        assert len(slow.requests) < 200  # the busy one was still delivering meanwhile
+        assert busy.id != made.id
     finally:
+        running.stop()
         slow.stop()
         fast.stop()
 
@@ -106,13 +76,13 @@ def test_a_stop_ends_the_deliverer_at_once_with_its_progress_stored(engine: Engi
         uows, DEFAULT_ACCOUNT, SubscriptionChange(url=failing.url), guard=None
     )
     _append(uows, 1)
+    running = RunningDeliverer(uows, events, SETTINGS, changes=changes)
     try:
-        with _delivering(uows, events, changes) as (stopping, runner):
-            _wait_for(failing, 1, 10)  # failed once: waiting to retry
-            time.sleep(0.1)
-            stopping.set()
-            runner.join(5)
-            assert not runner.is_alive(), "the stop waited for a timer"
+        _wait_for(failing, 1, 10)  # failed once: waiting to retry
+        time.sleep(0.1)
+        running.stopping.set()
+        running.thread.join(5)
+        assert not running.thread.is_alive(), "the stop waited for a timer"
         with uows(account=DEFAULT_ACCOUNT) as uow:
             stored = uow.webhooks.get(sub.id)
         assert stored is not None
@@ -121,4 +91,5 @@ def test_a_stop_ends_the_deliverer_at_once_with_its_progress_stored(engine: Engi
         with engine.connect() as conn:
             assert conn.execute(select(t.c.lease_owner)).scalar_one() is None, "lease given back"
     finally:
+        running.stop()
         failing.stop()
