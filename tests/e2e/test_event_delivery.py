@@ -47,10 +47,19 @@ async def _stream_messages(stream: str, count: int, timeout: float) -> list[Any]
     nc = await nats.connect(NATS_URL, connect_timeout=5)
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe("", durable=None, stream=stream)
-        out: list[Any] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # The sink makes the stream with its first publish, which may come
+        # after the punches' answers on a busy machine.
+        while True:
+            try:
+                await js.stream_info(stream)
+                break
+            except nats.js.errors.NotFoundError:
+                assert loop.time() < deadline, f"stream {stream} never made"
+                await asyncio.sleep(0.05)
+        sub = await js.pull_subscribe("", durable=None, stream=stream)
+        out: list[Any] = []
         while len(out) < count and loop.time() < deadline:
             try:
                 batch = await sub.fetch(min(100, count - len(out) + 10), timeout=1)
