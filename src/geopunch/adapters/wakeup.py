@@ -32,7 +32,12 @@ class Wakeup:
                 return
             self._waiters.add(me)
         try:
-            await asyncio.wait_for(me[1].wait(), timeout)
+            # asyncio.timeout, not wait_for: wait_for (3.11) drops a cancel
+            # that arrives in the same turn of the loop as the wake-up, and a
+            # deliverer ending a changed subscription's task then waited for
+            # it forever.
+            async with asyncio.timeout(timeout):
+                await me[1].wait()
         except TimeoutError:
             pass
         finally:
