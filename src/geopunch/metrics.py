@@ -121,6 +121,11 @@ SINK_PUBLISHED = Counter(
     "geopunch_sink_published_total",
     "Events the JetStream sink published and the broker acknowledged",
 )
+DELIVERY_RESTARTS = Counter(
+    "geopunch_delivery_restarts_total",
+    "Times the webhook deliverer or the event sink failed on a defect and was started again",
+    ["what"],
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -41,7 +41,7 @@ from geopunch.entrypoints.http_server import HttpServer, bind
 from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
-from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher
+from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher, keep_running
 from geopunch.service.events import purge_events
 from geopunch.service.index_checkpoint import save_checkpoint
 from geopunch.service.punches import purge_idempotency_keys
@@ -343,37 +343,47 @@ class Server:
         their own: a slow receiver or broker never delays a call."""
         config = self.config
         self._delivery_loop = EventLoopThread("deliveries", self._loop_kind)
-        deliverer = Deliverer(
-            self._uows,
-            AiohttpPoster(
-                config.webhook_timeout_seconds,
-                config.webhook_allow_private,
-                f"geopunch/{__version__}",
-            ),
-            self.wakeup,
-            self._stopped,
-            DeliverySettings(
-                retry_window_s=config.webhook_retry_hours * 3600,
-                lease_s=config.webhook_lease_seconds,
-            ),
-            changes=self._subscriptions,
+
+        def deliverer() -> Deliverer:  # a fresh one (and HTTP client) on each restart
+            return Deliverer(
+                self._uows,
+                AiohttpPoster(
+                    config.webhook_timeout_seconds,
+                    config.webhook_allow_private,
+                    f"geopunch/{__version__}",
+                ),
+                self.wakeup,
+                self._stopped,
+                DeliverySettings(
+                    retry_window_s=config.webhook_retry_hours * 3600,
+                    lease_s=config.webhook_lease_seconds,
+                ),
+                changes=self._subscriptions,
+            )
+
+        self._delivery = self._delivery_loop.spawn(
+            keep_running(lambda: deliverer().run(), self._stopped, "webhooks")
         )
-        self._delivery = self._delivery_loop.spawn(deliverer.run())
-        if config.nats_url:
+        nats_url = config.nats_url
+        if nats_url:
             # Imported only when configured: the NATS client and the aiohttp
             # it brings were 0.16 s of every server's start.
             from geopunch.adapters.nats_sink import JetStreamPublisher
 
-            sink = SinkPublisher(
-                "nats",
-                self._uows,
-                JetStreamPublisher(config.nats_url, config.nats_stream, config.nats_subject_prefix),
-                self.wakeup,
-                self._stopped,
-                config.nats_subject_prefix,
-                config.webhook_lease_seconds,
+            def sink() -> SinkPublisher:
+                return SinkPublisher(
+                    "nats",
+                    self._uows,
+                    JetStreamPublisher(nats_url, config.nats_stream, config.nats_subject_prefix),
+                    self.wakeup,
+                    self._stopped,
+                    config.nats_subject_prefix,
+                    config.webhook_lease_seconds,
+                )
+
+            self._sink = self._delivery_loop.spawn(
+                keep_running(lambda: sink().run(), self._stopped, "sink")
             )
-            self._sink = self._delivery_loop.spawn(sink.run())
 
     @property
     def _writes_checkpoint(self) -> bool:

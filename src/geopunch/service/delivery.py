@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -62,6 +62,8 @@ ERROR_CHARS = 300
 #: Subscriptions one process delivers at most, whatever its share (the others
 #: wait for another process).
 MAX_HELD = 1000
+#: The pause before a deliverer or sink that failed is started again.
+RESTART_S = 1.0
 
 
 def _body(e: Event) -> bytes:
@@ -532,6 +534,24 @@ class SinkPublisher:
         with self._uows() as uow:
             uow.webhooks.release_sink(self.name, self.owner)
             uow.commit()
+
+
+async def keep_running(
+    start: Callable[[], Awaitable[None]], stopping: StopSignal, what: str
+) -> None:
+    """Run ``start()`` (a deliverer's or a sink's run) until the stop. Store
+    and receiver errors are handled inside; should a defect end it early
+    anyway, it is logged and started afresh after a pause, so that events
+    never silently stop going out."""
+    while True:
+        try:
+            await start()
+            return
+        except Exception:
+            log.exception(f"{what} failed; starting again")
+            metrics.DELIVERY_RESTARTS.labels(what).inc()
+            if await stopping.sleep(RESTART_S):
+                return
 
 
 async def _first(*waits: Awaitable[object]) -> None:
