@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import Engine, select
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
@@ -13,9 +14,9 @@ from geopunch.adapters.db.tables import webhook_subscriptions
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
-from geopunch.domain.webhooks import SubscriptionChange
+from geopunch.domain.webhooks import Subscription, SubscriptionChange
 from geopunch.service import webhooks
-from geopunch.service.delivery import DeliverySettings
+from geopunch.service.delivery import Deliverer, DeliverySettings
 from tests.helpers import RunningDeliverer
 from tests.webhook_receiver import Receiver
 
@@ -93,3 +94,42 @@ def test_a_stop_ends_the_deliverer_at_once_with_its_progress_stored(engine: Engi
     finally:
         running.stop()
         failing.stop()
+
+
+def test_a_change_found_as_events_wake_its_task_still_starts_it_anew(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that finds a subscription changed ends its task and starts it
+    again. The wake-up for new events may come at that very moment (the
+    store watcher's notify comes up to a poll after the commit): here it
+    always does. The new event types must then be delivered."""
+    events, changes = Wakeup(), Wakeup()
+    claim = Deliverer._claim
+
+    def claim_then_wake(self: Deliverer, handed: list[str]) -> tuple[list[Subscription], int]:
+        got = claim(self, handed)
+        events.notify()
+        return got
+
+    monkeypatch.setattr(Deliverer, "_claim", claim_then_wake)
+    uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
+    receiver = Receiver().start()
+    sub = webhooks.create_subscription(
+        uows, DEFAULT_ACCOUNT, SubscriptionChange(url=receiver.url), guard=None
+    )
+    running = RunningDeliverer(uows, events, SETTINGS, changes=changes)
+    try:
+        for n, kind in enumerate(["clockOut", "clockIn"] * 3):
+            time.sleep(0.05)  # the task waits for events
+            webhooks.update_subscription(
+                uows, DEFAULT_ACCOUNT, sub.id, SubscriptionChange(event_types=(kind,)), guard=None
+            )
+            time.sleep(0.05)
+            with uows(account=DEFAULT_ACCOUNT) as uow:
+                uow.events.append([Event(kind, int(time.time()), {"n": n})])
+                uow.commit()
+            _wait_for(receiver, n + 1, 5)
+        assert [r.event["payload"]["n"] for r in receiver.requests] == list(range(6))
+    finally:
+        running.stop()
+        receiver.stop()
