@@ -26,6 +26,7 @@ from geopunch.adapters.wakeup import Stop, Wakeup
 from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import TimeClock
+from geopunch.domain.ports import WebhookPoster
 from geopunch.service.delivery import Deliverer, DeliverySettings
 
 PG_URL = os.environ.get("GEOPUNCH_TEST_PG_URL", "")
@@ -165,12 +166,13 @@ class RunningDeliverer:
         *,
         owner: str | None = None,
         changes: Wakeup | None = None,
+        poster: WebhookPoster | None = None,
     ) -> None:
         self.stopping = Stop()
         self.loop = asyncio.new_event_loop()
         self.deliverer = Deliverer(
             uows,
-            AiohttpPoster(5.0, True, "test"),
+            poster or AiohttpPoster(5.0, True, "test"),
             signal,
             self.stopping,
             settings,

@@ -4,7 +4,9 @@ delivering other subscriptions."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Mapping
 
 import pytest
 from sqlalchemy import Engine, select
@@ -12,12 +14,14 @@ from sqlalchemy import Engine, select
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import webhook_subscriptions
 from geopunch.adapters.wakeup import Wakeup
+from geopunch.adapters.webhook_http import AiohttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
+from geopunch.domain.ports import PostResult
 from geopunch.domain.webhooks import Subscription, SubscriptionChange
 from geopunch.service import webhooks
 from geopunch.service.delivery import Deliverer, DeliverySettings
-from tests.helpers import RunningDeliverer
+from tests.helpers import RunningDeliverer, eventually
 from tests.webhook_receiver import Receiver
 
 #: Far longer than any wait below: what arrives came from a wake-up, not a poll.
@@ -133,3 +137,66 @@ def test_a_change_found_as_events_wake_its_task_still_starts_it_anew(
     finally:
         running.stop()
         receiver.stop()
+
+
+class _SlowToEnd:
+    """Posts as the real poster does, but a post to ``url`` waits, and once
+    cancelled takes ``hold_s`` more to end: a task slow to end, as a
+    library that defers a cancel would make it."""
+
+    def __init__(self, url: str, hold_s: float) -> None:
+        self.url, self.hold_s = url, hold_s
+        self.posts = 0
+        self._inner = AiohttpPoster(5.0, True, "test")
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult:
+        if url != self.url:
+            return await self._inner.post(url, body, headers)
+        self.posts += 1
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(self.hold_s)
+            raise
+        return PostResult(None, "never")
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def test_a_task_slow_to_end_holds_back_its_own_subscription_only(engine: Engine) -> None:
+    """A changed subscription's task is cancelled; while it takes its time to
+    end, the deliverer goes on claiming and starting the others, and starts
+    the changed one anew once it has ended."""
+    events, changes = Wakeup(), Wakeup()
+    uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
+    stuck_url = "http://127.0.0.1:9/stuck"
+    poster = _SlowToEnd(stuck_url, hold_s=3.0)
+    stuck = webhooks.create_subscription(
+        uows, DEFAULT_ACCOUNT, SubscriptionChange(url=stuck_url), guard=None
+    )
+    _append(uows, 1)
+    running = RunningDeliverer(uows, events, SETTINGS, changes=changes, poster=poster)
+    fast = Receiver().start()
+    try:
+        eventually(lambda: poster.posts == 1, 10, "the first post under way")
+        webhooks.update_subscription(
+            uows,
+            DEFAULT_ACCOUNT,
+            stuck.id,
+            SubscriptionChange(secret="whsec_" + "C" * 40),
+            guard=None,
+        )
+        time.sleep(0.2)  # the claim has found the change and cancelled the task
+        started = time.monotonic()
+        webhooks.create_subscription(
+            uows, DEFAULT_ACCOUNT, SubscriptionChange(url=fast.url), guard=None
+        )
+        _append(uows, 2)
+        _wait_for(fast, 2, 2.5)  # before the stuck task has ended
+        assert time.monotonic() - started < poster.hold_s
+        eventually(lambda: poster.posts == 2, 15, "the changed subscription started anew")
+        poster.hold_s = 0  # the stop need not wait for it again
+    finally:
+        running.stop()
+        fast.stop()

@@ -185,24 +185,22 @@ class Deliverer:
     async def _start(self, held: list[Subscription], share: int) -> None:
         """Start a task per held subscription, up to ``share``; end those of
         subscriptions no longer held (deleted, failing, taken over) or
-        changed since their task read them (updated, replayed), and start
-        the changed ones anew once their old task has stored its progress.
-        Beyond the share (another deliverer came up), tasks are asked to
-        leave; the next claim gives their leases back once they have."""
+        changed since their task read them (updated, replayed). A changed one
+        starts anew at the claim after its old task has stored its progress
+        and ended (the end wakes the claim); the claim never waits for a task,
+        so one slow to end holds back its own subscription only. Beyond the
+        share (another deliverer came up), tasks are asked to leave; the next
+        claim gives their leases back once they have."""
         now = {s.id: s.modified_at for s in held}
-        ending = []
         for sub_id, (task, delivery) in list(self._tasks.items()):
             if delivery.leaving:
                 continue  # its lease goes back once it has ended
             if task.done():
                 del self._tasks[sub_id]
-            elif now.get(sub_id) != delivery.seen:
+            elif not delivery.ending and now.get(sub_id) != delivery.seen:
+                delivery.ending = True
+                task.add_done_callback(self._woken)
                 task.cancel()
-                ending.append(sub_id)
-        if ending:
-            await asyncio.gather(*(self._tasks[s][0] for s in ending), return_exceptions=True)
-            for sub_id in ending:
-                del self._tasks[sub_id]
         staying = [s for s in held if not (s.id in self._tasks and self._tasks[s.id][1].leaving)]
         for sub in staying[share:]:
             if sub.id in self._tasks:
@@ -216,13 +214,17 @@ class Deliverer:
         self.held = min(len(staying), share)
         metrics.WEBHOOK_HELD.set(self.held)
 
+    def _woken(self, _: object) -> None:
+        """A task that was asked to end has: the claim goes on at once."""
+        self._wake.set()
+
     def _leave(self, sub_id: str) -> None:
         """Ask a task to end for the subscription's handover: at once if it
         is waiting (for events, or to retry), else after the delivery under
         way; either way its progress is stored as it ends."""
         task, delivery = self._tasks[sub_id]
         delivery.leaving = True
-        task.add_done_callback(lambda _: self._wake.set())
+        task.add_done_callback(self._woken)
         if delivery.waiting:
             task.cancel()
 
@@ -238,6 +240,9 @@ class _Delivery:
         #: Set when another deliverer is to take the subscription over: the
         #: task ends after the delivery under way, its progress stored.
         self.leaving = False
+        #: Set when the subscription changed and the task was cancelled: it
+        #: starts anew once this one has ended.
+        self.ending = False
         #: True while the task waits (no delivery under way): it may be cancelled.
         self.waiting = False
         self._hook = Webhook(sub.secret)
@@ -257,7 +262,7 @@ class _Delivery:
     async def run(self) -> None:
         d = self._d
         try:
-            while not (d._stopping.is_set() or self.leaving):
+            while not (d._stopping.is_set() or self.leaving or self.ending):
                 seen = d._signal.version
                 page = await asyncio.to_thread(
                     events_after,
@@ -268,7 +273,7 @@ class _Delivery:
                     self.sub.time_clock_ids,
                 )
                 for event in page:
-                    if self.leaving:
+                    if self.leaving or self.ending:
                         raise _Changed
                     await self._deliver(event)
                 if not page:
