@@ -171,7 +171,7 @@ def test_a_task_slow_to_end_holds_back_its_own_subscription_only(engine: Engine)
     events, changes = Wakeup(), Wakeup()
     uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
     stuck_url = "http://127.0.0.1:9/stuck"
-    poster = _SlowToEnd(stuck_url, hold_s=3.0)
+    poster = _SlowToEnd(stuck_url, hold_s=5.0)
     stuck = webhooks.create_subscription(
         uows, DEFAULT_ACCOUNT, SubscriptionChange(url=stuck_url), guard=None
     )
@@ -193,7 +193,7 @@ def test_a_task_slow_to_end_holds_back_its_own_subscription_only(engine: Engine)
             uows, DEFAULT_ACCOUNT, SubscriptionChange(url=fast.url), guard=None
         )
         _append(uows, 2)
-        _wait_for(fast, 2, 2.5)  # before the stuck task has ended
+        _wait_for(fast, 2, 4.5)  # before the stuck task has ended
         assert time.monotonic() - started < poster.hold_s
         eventually(lambda: poster.posts == 2, 15, "the changed subscription started anew")
         poster.hold_s = 0  # the stop need not wait for it again
