@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from geopunch.adapters.db.store import SqlUnitOfWork, SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.adapters.wakeup import Stop, Wakeup
-from geopunch.adapters.webhook_http import AiohttpPoster
+from geopunch.adapters.webhook_http import HttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import TimeClock
 from geopunch.domain.ports import WebhookPoster
@@ -172,7 +172,7 @@ class RunningDeliverer:
         self.loop = asyncio.new_event_loop()
         self.deliverer = Deliverer(
             uows,
-            poster or AiohttpPoster(5.0, True, "test"),
+            poster or HttpPoster(5.0, True, "test"),
             signal,
             self.stopping,
             settings,

@@ -4,81 +4,25 @@ with and without client-certificate verification."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from geopunch.v1 import admin_pb2
 from tests.conftest import Client, ServerProcess
-
-
-@dataclass
-class Pem:
-    cert: bytes
-    key: bytes
-
-
-def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pem:
-    return Pem(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
-def _issue(
-    subject: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer[0].subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    elif not ca:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-    signer = issuer[1] if issuer else key
-    return builder.sign(signer, hashes.SHA256()), key
+from tests.pki import Pem, issue, pem
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | Pem]:
     d = tmp_path_factory.mktemp("pki")
-    ca = _issue("geopunch test CA", None, ca=True)
-    server = _pem(*_issue("127.0.0.1", ca, server=True))
-    client = _pem(*_issue("kiosk-7", ca))
-    ca_pem = _pem(*ca)
+    ca = issue("geopunch test CA", None, ca=True)
+    server = pem(*issue("127.0.0.1", ca, server=True))
+    client = pem(*issue("kiosk-7", ca))
+    ca_pem = pem(*ca)
     (d / "ca.pem").write_bytes(ca_pem.cert)
     (d / "server.pem").write_bytes(server.cert)
     (d / "server.key").write_bytes(server.key)
@@ -156,7 +100,7 @@ def test_client_certificates_are_verified_when_a_client_ca_is_given(
         without = grpc.ssl_channel_credentials(root_certificates=ca.cert)
         assert _ping(srv.address, without) == grpc.StatusCode.UNAVAILABLE
         # A certificate from another CA is refused too.
-        other = _pem(*_issue("stranger", _issue("other CA", None, ca=True)))
+        other = pem(*issue("stranger", issue("other CA", None, ca=True)))
         stranger = grpc.ssl_channel_credentials(
             root_certificates=ca.cert, private_key=other.key, certificate_chain=other.cert
         )

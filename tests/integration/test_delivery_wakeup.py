@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.adapters.db.tables import webhook_subscriptions
 from geopunch.adapters.wakeup import Wakeup
-from geopunch.adapters.webhook_http import AiohttpPoster
+from geopunch.adapters.webhook_http import HttpPoster
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
 from geopunch.domain.ports import PostResult
@@ -147,7 +147,7 @@ class _SlowToEnd:
     def __init__(self, url: str, hold_s: float) -> None:
         self.url, self.hold_s = url, hold_s
         self.posts = 0
-        self._inner = AiohttpPoster(5.0, True, "test")
+        self._inner = HttpPoster(5.0, True, "test")
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult:
         if url != self.url:
