@@ -263,8 +263,8 @@ class ServiceInterceptor(_Interceptor):
             else:
                 log.info("rpc", extra={"fields": fields})
             if who is not None:
-                principal_var.reset(who)
-            request_id_var.reset(token)
+                _reset(principal_var, who)
+            _reset(request_id_var, token)
 
     @contextlib.contextmanager
     def _unary_slot(self) -> Iterator[None]:
@@ -426,6 +426,15 @@ class _Status(NamedTuple):
 def _status(err: DomainError) -> _Status:
     st = to_status(err)
     return _Status(st.code, st.details, st.trailing_metadata)
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    """Undo ``var.set``. A stream the client left is closed by the event
+    loop's finaliser in a task of its own, whose context is not the one the
+    token came from: there is nothing to undo there, and raising would lose
+    the call's end."""
+    with contextlib.suppress(ValueError):
+        var.reset(token)
 
 
 def _access_fields(call: _Call, start: float, code: grpc.StatusCode) -> dict[str, object]:
