@@ -5,6 +5,7 @@ delivering other subscriptions."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 
@@ -200,3 +201,45 @@ def test_a_task_slow_to_end_holds_back_its_own_subscription_only(engine: Engine)
     finally:
         running.stop()
         fast.stop()
+
+
+class _FailsOnce:
+    """A poster whose first post fails on a defect (an exception, not a failed attempt)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+        self._inner = HttpPoster(5.0, True, "test")
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a defect in the poster")
+        return await self._inner.post(url, body, headers)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def test_a_delivery_task_ended_by_a_defect_is_logged_and_started_again(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    events, changes = Wakeup(), Wakeup()
+    uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
+    receiver = Receiver().start()
+    sub = webhooks.create_subscription(
+        uows, DEFAULT_ACCOUNT, SubscriptionChange(url=receiver.url), guard=None
+    )
+    _append(uows, 2)
+    settings = DeliverySettings(lease_s=30, poll_s=0.2)
+    with caplog.at_level(logging.ERROR, "geopunch.webhooks"):
+        running = RunningDeliverer(uows, events, settings, changes=changes, poster=_FailsOnce())
+        try:
+            _wait_for(receiver, 2, 10)
+        finally:
+            running.stop()
+            receiver.stop()
+    assert [r.event["payload"]["n"] for r in receiver.requests] == [0, 1]
+    [record] = caplog.records
+    assert record.getMessage() == "webhook delivery failed; starting it again"
+    assert record.fields == {"id": sub.id}  # type: ignore[attr-defined]
+    assert record.exc_info and "a defect in the poster" in str(record.exc_info[1])

@@ -22,6 +22,7 @@ two stores sends what it sent since the last one again, with the same
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -210,7 +211,9 @@ class Deliverer:
         for sub in staying[:share]:
             if sub.id not in self._tasks:
                 delivery = _Delivery(self, sub)
-                self._tasks[sub.id] = (asyncio.create_task(delivery.run()), delivery)
+                task = asyncio.create_task(delivery.run())
+                task.add_done_callback(functools.partial(_report_failure, sub.id))
+                self._tasks[sub.id] = (task, delivery)
         self.held = min(len(staying), share)
         metrics.WEBHOOK_HELD.set(self.held)
 
@@ -419,6 +422,22 @@ class _Delivery:
         self._saving = asyncio.ensure_future(asyncio.to_thread(write))
         if wait:
             await self._save()
+
+
+def _report_failure(sub_id: str, task: asyncio.Task[None]) -> None:
+    """Log a delivery task that ended on a defect, with its subscription
+    (the next claim starts it again), rather than leave asyncio to report an
+    exception never retrieved."""
+    if task.cancelled():
+        return
+    err = task.exception()
+    if err is not None:
+        log.error(
+            "webhook delivery failed; starting it again",
+            exc_info=err,
+            extra={"fields": {"id": sub_id}},
+        )
+        metrics.DELIVERY_RESTARTS.labels("subscription").inc()
 
 
 def _ms() -> int:
