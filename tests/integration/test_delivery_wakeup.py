@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Mapping
 
@@ -142,12 +143,13 @@ def test_a_change_found_as_events_wake_its_task_still_starts_it_anew(
 
 class _SlowToEnd:
     """Posts as the real poster does, but a post to ``url`` waits, and once
-    cancelled takes ``hold_s`` more to end: a task slow to end, as a
-    library that defers a cancel would make it."""
+    cancelled does not end until ``release`` is set: a task slow to end, as
+    a library that defers a cancel would make it."""
 
-    def __init__(self, url: str, hold_s: float) -> None:
-        self.url, self.hold_s = url, hold_s
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.posts = 0
+        self.release = threading.Event()
         self._inner = HttpPoster(5.0, True, "test")
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult:
@@ -157,7 +159,8 @@ class _SlowToEnd:
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
-            await asyncio.sleep(self.hold_s)
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
             raise
         return PostResult(None, "never")
 
@@ -172,7 +175,7 @@ def test_a_task_slow_to_end_holds_back_its_own_subscription_only(engine: Engine)
     events, changes = Wakeup(), Wakeup()
     uows = SqlUnitOfWorkFactory(engine, events.notify, on_subscriptions=changes.notify)
     stuck_url = "http://127.0.0.1:9/stuck"
-    poster = _SlowToEnd(stuck_url, hold_s=5.0)
+    poster = _SlowToEnd(stuck_url)
     stuck = webhooks.create_subscription(
         uows, DEFAULT_ACCOUNT, SubscriptionChange(url=stuck_url), guard=None
     )
@@ -189,16 +192,16 @@ def test_a_task_slow_to_end_holds_back_its_own_subscription_only(engine: Engine)
             guard=None,
         )
         time.sleep(0.2)  # the claim has found the change and cancelled the task
-        started = time.monotonic()
         webhooks.create_subscription(
             uows, DEFAULT_ACCOUNT, SubscriptionChange(url=fast.url), guard=None
         )
         _append(uows, 2)
-        _wait_for(fast, 2, 4.5)  # before the stuck task has ended
-        assert time.monotonic() - started < poster.hold_s
+        _wait_for(fast, 2, 10)  # while the stuck task has yet to end
+        assert poster.posts == 1
+        poster.release.set()
         eventually(lambda: poster.posts == 2, 15, "the changed subscription started anew")
-        poster.hold_s = 0  # the stop need not wait for it again
     finally:
+        poster.release.set()
         running.stop()
         fast.stop()
 
