@@ -138,7 +138,7 @@ class Deliverer:
                     for sub_id in ended:
                         del self._tasks[sub_id]
                     self._handing.clear()
-                    await self._start(held, share)
+                    self._start(held, share)
                 await self._next_claim(seen, changed, every)
         finally:
             for task, _ in self._tasks.values():
@@ -183,7 +183,7 @@ class Deliverer:
             uow.webhooks.release(self.owner)
             uow.commit()
 
-    async def _start(self, held: list[Subscription], share: int) -> None:
+    def _start(self, held: list[Subscription], share: int) -> None:
         """Start a task per held subscription, up to ``share``; end those of
         subscriptions no longer held (deleted, failing, taken over) or
         changed since their task read them (updated, replayed). A changed one
