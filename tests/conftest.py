@@ -227,9 +227,10 @@ def make_time_clock(client: Client, **fields: Any) -> admin_pb2.TimeClock:
             getattr(tc, key).extend(value)
         else:
             setattr(tc, key, value)
-    return client(
+    made: admin_pb2.TimeClockResponse = client(
         client.admin.CreateTimeClock, admin_pb2.CreateTimeClockRequest(time_clock=tc)
-    ).data
+    )
+    return made.data
 
 
 #: The job of the spec's shift examples, and the users they assign.
@@ -259,4 +260,7 @@ def make_scheduler(client: Client, **fields: Any) -> admin_pb2.Scheduler:
             getattr(s, key).extend(value)
         else:
             setattr(s, key, value)
-    return client(client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=s)).data
+    made: admin_pb2.SchedulerResponse = client(
+        client.admin.CreateScheduler, admin_pb2.CreateSchedulerRequest(scheduler=s)
+    )
+    return made.data

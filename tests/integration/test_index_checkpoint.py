@@ -340,7 +340,9 @@ def test_fences_read_beside_the_load_build_the_same_index(
         asked.clear()
         warmed.clear()
 
-        def counted(accounts: Sequence[int], reader: FenceSnapshotReader = reader) -> FenceSnapshot:
+        def counted(
+            accounts: Sequence[int], reader: FenceSnapshotReader = reader
+        ) -> FenceSnapshot | None:
             asked.append(list(accounts))
             return reader(accounts)
 

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import GeofenceDraft, Job, TimeClock
+from geopunch.geo._index import ClockInfo
 from geopunch.geo._membership import check_one
 from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_feed
@@ -20,6 +21,14 @@ from tests.helpers import AccountStore
 
 TC = TimeClock(id=501, name="Yard", timezone="UTC", jobs=(Job("a", "A"),), user_ids=frozenset({1}))
 SITE = (48.0, 11.0)
+
+
+def _clock(index: AccountFences) -> ClockInfo:
+    """What the index holds of ``TC``."""
+    snap = index.view(A).snapshot
+    at = snap.clock_index(TC.id)
+    assert at is not None, "the index does not hold the time clock"
+    return snap.clocks[at]
 
 
 def _inside(index: AccountFences, time_clock_id: int = TC.id) -> bool:
@@ -76,7 +85,7 @@ def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine
     more = replace(TC, user_ids=frozenset({1, 2}), jobs=(Job("a", "A"), Job("b", "B")))
     admin.update_time_clock(uows, A, more, ["a", "b"], listener=here)
     cursor = follow_index_changes(uows, there, cursor)
-    info = there.view(A).snapshot.clocks[there.view(A).snapshot.clock_index(TC.id)]
+    info = _clock(there)
     assert info.time_clock.user_ids == {1, 2}
     assert _inside(there)  # the fences came along with the settings
 
@@ -87,7 +96,7 @@ def test_a_replica_follows_another_ones_time_clocks_and_geofences(engine: Engine
     # Applying its own changes again leaves a process's index as it was.
     follow_index_changes(uows, here, 0)
     assert not _inside(here)
-    assert here.view(A).snapshot.clocks[here.view(A).snapshot.clock_index(TC.id)].time_clock == more
+    assert _clock(here).time_clock == more
 
 
 def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:

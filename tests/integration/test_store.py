@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -648,7 +649,7 @@ def test_group_committer_answers_coroutines_and_threads_in_the_same_batches(
     try:
         with ThreadPoolExecutor(8) as pool:
             threads = [
-                pool.submit(answer, lambda i=i: commit(committer, body(f"th-{i}")))
+                pool.submit(answer, functools.partial(commit, committer, body(f"th-{i}")))
                 for i in range(80)
             ]
             from_coroutines = asyncio.run(coroutines())
@@ -993,8 +994,8 @@ def test_admin_writes_share_commits_and_their_after_steps_run_in_commit_order(
             tc,
             [],
             assign_id=False,
-            listener=listener,
-            commit=committer.run,  # type: ignore[arg-type]
+            listener=listener,  # type: ignore[arg-type]
+            commit=committer.run,
         )
         return made.id
 
