@@ -157,6 +157,10 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return await self._answer
 
+    def reusable(self, now: float) -> bool:
+        """Open, and kept for less than ``IDLE_S``."""
+        return not self.closed and now - self.idle_since < IDLE_S
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -242,7 +246,7 @@ class HttpPoster:
         now = time.monotonic()
         while kept:
             conn = kept.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_S:
+            if conn.reusable(now):
                 return conn
             conn.close()
         return None
@@ -254,9 +258,11 @@ class HttpPoster:
         if now - self._swept_at >= IDLE_S:  # receivers no longer posted to
             self._swept_at = now
             for key, kept in list(self._idle.items()):
-                fresh = [c for c in kept if not c.closed and now - c.idle_since < IDLE_S]
+                fresh = []
                 for c in kept:
-                    if c not in fresh:
+                    if c.reusable(now):
+                        fresh.append(c)
+                    else:
                         c.close()
                 if fresh:
                     self._idle[key] = fresh

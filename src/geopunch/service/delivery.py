@@ -262,10 +262,15 @@ class _Delivery:
         #: is stored in order).
         self._saving: asyncio.Future[bool] | None = None
 
+    @property
+    def to_end(self) -> bool:
+        """Asked to end: handed over, or its subscription changed."""
+        return self.leaving or self.ending
+
     async def run(self) -> None:
         d = self._d
         try:
-            while not (d._stopping.is_set() or self.leaving or self.ending):
+            while not (d._stopping.is_set() or self.to_end):
                 seen = d._signal.version
                 page = await asyncio.to_thread(
                     events_after,
@@ -276,7 +281,7 @@ class _Delivery:
                     self.sub.time_clock_ids,
                 )
                 for event in page:
-                    if self.leaving or self.ending:
+                    if self.to_end:
                         raise _Changed
                     await self._deliver(event)
                 if not page:
@@ -378,7 +383,7 @@ class _Delivery:
         """Wait to retry, ended early by a stop (or, cancelled, by a
         handover); whether the task is to end."""
         await self._waiting(self._d._stopping.sleep(seconds))
-        return self._d._stopping.is_set() or self.leaving
+        return self._d._stopping.is_set() or self.to_end
 
     async def _waiting(self, wait: Awaitable[object]) -> None:
         """Await ``wait`` with no delivery under way: a handover may cancel it."""
