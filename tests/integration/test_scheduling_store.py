@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
 from geopunch.adapters.db.tables import metadata
+from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.models import Job
@@ -133,6 +134,48 @@ def test_event_log_orders_and_pages(engine: Engine) -> None:
         assert len({e.seq for e in got}) == 5
         page = uow.events.after(got[1].seq, limit=2)
         assert [e.user_id for e in page] == [2, 3]
+
+
+
+@pytest.mark.parametrize("clocks", [0, 1, 3, 64, 65, 200])
+def test_event_log_filters_by_type_and_time_clock_at_every_list_length(
+    engine: Engine, clocks: int
+) -> None:
+    """The reads are prepared per filter shape, lists padded to powers of two
+    (65 and 200 time clocks run past the prepared sizes): every length gives
+    exactly the matching events of the account, in order, and a sink's
+    store-wide read sees every account's."""
+    uows = AccountStore(engine)
+    other = AccountStore(engine, account=DEFAULT_ACCOUNT + 77)
+    with uows(readonly=True) as uow:
+        start = uow.events.newest()
+    made = [
+        Event(kind, 10, {"i": i}, time_clock_id=100 + i % 7)
+        for i, kind in enumerate(["clockIn", "clockOut", "breakStarted"] * 7)
+    ]
+    with uows() as uow:
+        uow.events.append(made)
+        uow.commit()
+    with other() as uow:
+        uow.events.append([Event("clockIn", 10, {"i": -1}, time_clock_id=100)])
+        uow.commit()
+    wanted_clocks = [100 + i % 7 for i in range(clocks)] + [10_000 + i for i in range(clocks)]
+    for types in ([], ["clockIn"], ["clockIn", "breakStarted"], ["clockOut", "x", "y"]):
+        with uows(readonly=True) as uow:
+            got = uow.events.after(start, 100, types, wanted_clocks[: 2 * clocks])
+        expected = [
+            e.payload["i"]
+            for e in made
+            if (not types or e.type in types)
+            and (not clocks or e.time_clock_id in wanted_clocks)
+        ]
+        assert [e.payload["i"] for e in got] == expected
+        assert all(e.account_id == DEFAULT_ACCOUNT and e.id.startswith("evt_") for e in got)
+    with uows(readonly=True) as uow:
+        every = uow.events.every_after(start, 100)
+        assert [e.payload["i"] for e in every] == [*range(21), -1]
+        assert [e.seq for e in every] == sorted({e.seq for e in every})
+        assert [e.payload["i"] for e in uow.events.every_after(every[2].seq, 2)] == [3, 4]
 
 
 def test_live_trails_round_trip_in_every_shape_of_write(engine: Engine) -> None:

@@ -152,6 +152,66 @@ _INSERT_EVENT = Prepared(
 )
 
 
+# Reads of the event log, prepared (see prepared.py): every webhook delivery,
+# event stream and the sink page through it, and SQLAlchemy's row objects
+# cost about as much again as the driver's read and the events made of it
+# (bench/README.md). A subscription's filter lists are fixed, so the
+# statements are kept per filter shape, list lengths padded to a power of two
+# with their last value (which changes no IN answer).
+_EVENT_COLUMNS = tuple(events.c)
+_MOST_IN = 64
+_EVERY_AFTER = Prepared(
+    select(*_EVENT_COLUMNS)
+    .where(events.c.seq > bindparam("cursor"))
+    .order_by(events.c.seq)
+    .limit(bindparam("n"))
+    .offset(bindparam("skip"))  # bound, not literal: SQLite renders an OFFSET with any bound LIMIT
+)
+
+
+def _after_query(types: int, clocks: int) -> Any:
+    """One account's events after a cursor, with IN lists of ``types`` event
+    types and ``clocks`` time clocks (0: no filter), bound as ``t0`` ... and
+    ``c0`` ...."""
+    query = select(*_EVENT_COLUMNS).where(
+        events.c.account_id == bindparam("acct"), events.c.seq > bindparam("cursor")
+    )
+    if types:
+        query = query.where(events.c.type.in_([bindparam(f"t{i}") for i in range(types)]))
+    if clocks:
+        query = query.where(events.c.time_clock_id.in_([bindparam(f"c{i}") for i in range(clocks)]))
+    return query.order_by(events.c.seq).limit(bindparam("n")).offset(bindparam("skip"))
+
+
+@lru_cache(maxsize=None)  # at most 8 x 8 shapes: lengths are padded to powers of two
+def _after_statement(types: int, clocks: int) -> Prepared:
+    return Prepared(_after_query(types, clocks))
+
+
+def _padded(values: list[Any]) -> list[Any]:
+    size = 1 << (len(values) - 1).bit_length() if values else 0
+    return values + values[-1:] * (size - len(values))
+
+
+def _after_params(
+    account: int, cursor: int, limit: int, types: list[str], clocks: list[int]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"acct": account, "cursor": cursor, "n": limit, "skip": 0}
+    params.update({f"t{i}": v for i, v in enumerate(types)})
+    params.update({f"c{i}": v for i, v in enumerate(clocks)})
+    return params
+
+
+def _after(
+    account: int, cursor: int, limit: int, types: list[str], clocks: list[int]
+) -> tuple[Prepared, dict[str, Any]]:
+    types, clocks = _padded(types), _padded(clocks)
+    return (
+        _after_statement(len(types), len(clocks)),
+        _after_params(account, cursor, limit, types, clocks),
+    )
+
+
 class SqlEventRepository(AccountScoped):
     def __init__(self, conn: Connection, account: int | None) -> None:
         super().__init__(conn, account)
@@ -225,22 +285,26 @@ class SqlEventRepository(AccountScoped):
 
     def every_after(self, cursor: int, limit: int) -> list[Event]:
         """Every account's events with ``seq > cursor`` (a sink's read, store-wide)."""
-        query = select(events).where(events.c.seq > cursor).order_by(events.c.seq).limit(limit)
-        return [self._event(r) for r in self._conn.execute(query)]
+        return [
+            self._event(r)
+            for r in _EVERY_AFTER.all(self._conn, {"cursor": cursor, "n": limit, "skip": 0})
+        ]
 
     @staticmethod
-    def _event(r: Any) -> Event:
+    def _event(r: Sequence[Any]) -> Event:
+        """An event from a row of ``_EVENT_COLUMNS``."""
+        seq, acct, type_, occurred_at, clock, scheduler, user, payload, recorded_at, eid = r
         return Event(
-            type=r.type,
-            occurred_at=r.occurred_at,
-            payload=r.payload,
-            user_id=r.user_id,
-            time_clock_id=r.time_clock_id,
-            scheduler_id=r.scheduler_id,
-            seq=r.seq,
-            id=r.event_id or f"evt_{r.seq}",
-            account_id=r.account_id,
-            recorded_at=r.recorded_at or 0,
+            type=type_,
+            occurred_at=occurred_at,
+            payload=payload,
+            user_id=user,
+            time_clock_id=clock,
+            scheduler_id=scheduler,
+            seq=seq,
+            id=eid or f"evt_{seq}",
+            account_id=acct,
+            recorded_at=recorded_at or 0,
         )
 
     def after(
@@ -252,10 +316,12 @@ class SqlEventRepository(AccountScoped):
     ) -> list[Event]:
         """This account's events with ``seq > cursor`` in log order, of the
         given types and time clocks (empty: any)."""
-        query = select(events).where(events.c.account_id == self.account, events.c.seq > cursor)
-        if types:
-            query = query.where(events.c.type.in_(list(types)))
-        if time_clock_ids:
-            query = query.where(events.c.time_clock_id.in_(list(time_clock_ids)))
-        rows = self._conn.execute(query.order_by(events.c.seq).limit(limit))
+        types, clocks = list(types), list(time_clock_ids)
+        if len(types) > _MOST_IN or len(clocks) > _MOST_IN:  # a filter past the prepared sizes
+            query = _after_query(len(types), len(clocks))
+            params = _after_params(self.account, cursor, limit, types, clocks)
+            rows = self._conn.execute(query, params).all()
+        else:
+            stmt, params = _after(self.account, cursor, limit, types, clocks)
+            rows = stmt.all(self._conn, params)
         return [self._event(r) for r in rows]
