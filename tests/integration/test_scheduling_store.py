@@ -136,7 +136,6 @@ def test_event_log_orders_and_pages(engine: Engine) -> None:
         assert [e.user_id for e in page] == [2, 3]
 
 
-
 @pytest.mark.parametrize("clocks", [0, 1, 3, 64, 65, 200])
 def test_event_log_filters_by_type_and_time_clock_at_every_list_length(
     engine: Engine, clocks: int
@@ -166,8 +165,7 @@ def test_event_log_filters_by_type_and_time_clock_at_every_list_length(
         expected = [
             e.payload["i"]
             for e in made
-            if (not types or e.type in types)
-            and (not clocks or e.time_clock_id in wanted_clocks)
+            if (not types or e.type in types) and (not clocks or e.time_clock_id in wanted_clocks)
         ]
         assert [e.payload["i"] for e in got] == expected
         assert all(e.account_id == DEFAULT_ACCOUNT and e.id.startswith("evt_") for e in got)

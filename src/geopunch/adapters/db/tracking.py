@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -183,7 +183,7 @@ def _after_query(types: int, clocks: int) -> Any:
     return query.order_by(events.c.seq).limit(bindparam("n")).offset(bindparam("skip"))
 
 
-@lru_cache(maxsize=None)  # at most 8 x 8 shapes: lengths are padded to powers of two
+@cache  # at most 8 x 8 shapes: lengths are padded to powers of two
 def _after_statement(types: int, clocks: int) -> Prepared:
     return Prepared(_after_query(types, clocks))
 
@@ -317,6 +317,7 @@ class SqlEventRepository(AccountScoped):
         """This account's events with ``seq > cursor`` in log order, of the
         given types and time clocks (empty: any)."""
         types, clocks = list(types), list(time_clock_ids)
+        rows: Sequence[Sequence[Any]]
         if len(types) > _MOST_IN or len(clocks) > _MOST_IN:  # a filter past the prepared sizes
             query = _after_query(len(types), len(clocks))
             params = _after_params(self.account, cursor, limit, types, clocks)
