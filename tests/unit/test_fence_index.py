@@ -554,6 +554,49 @@ def test_background_merges_racing_many_writers_lose_nothing() -> None:
     assert len(merged.tables) == 1 and merged.dead == 0 and every_fence(merged) == expected
 
 
+
+def test_a_change_is_published_while_a_merge_copies_its_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A merge copies the rows it merges without the write lock, which every
+    commit's publish waits for: a change goes through while the copy is held
+    up, and the merge then keeps it (its clock's new table stays after the
+    merged one)."""
+    index = FenceIndex(compact_after_clocks=10**9)  # merges run here, in the test
+    index.load([tc(1)], [fence("c1", 1, 0.0, 0.0)])
+    for clock in range(2, 6):
+        index.time_clock_changed(tc(clock), [fence(f"c{clock}", clock, 0.0, 0.0)])
+    copying, release = threading.Event(), threading.Event()
+    concat = index_module.FenceColumns.concat
+
+    def held_up(parts: object) -> object:
+        if threading.current_thread() is merge:  # a publish concatenates too
+            copying.set()
+            assert release.wait(10)
+        return concat(parts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_module.FenceColumns, "concat", staticmethod(held_up))
+    merge = threading.Thread(target=index.compact)
+    merge.start()
+    try:
+        assert copying.wait(10)
+        published = threading.Thread(
+            target=index.fences_changed, args=(tc(3), [fence("c3-new", 3, 0.0, 0.0)], ["c3"])
+        )
+        published.start()
+        published.join(5)
+        assert not published.is_alive(), "the publish waited for the merge's copy"
+        assert ids_at(index, 3, 0.0, 0.0) == {"c3-new"}
+    finally:
+        release.set()
+        merge.join(10)
+    monkeypatch.undo()
+    snap = index.snapshot
+    expected = {(1, "c1"), (2, "c2"), (3, "c3-new"), (4, "c4"), (5, "c5")}
+    assert every_fence(snap) == expected and snap.fence_count == 5
+    assert ids_at(index, 3, 0.0, 0.0) == {"c3-new"}
+    assert every_fence(index.compact()) == expected
+
 def test_a_deferred_block_publishes_its_changes_at_once_as_one_table() -> None:
     """Inside ``deferred`` readers keep the snapshot from before; at its end
     one snapshot and one table hold every change, including a clock created
