@@ -110,9 +110,11 @@ def messages(
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for fd in desc.fields:
         if fd.type == F.TYPE_MESSAGE:
-            if depth >= 3 or fd.message_type.GetOptions().map_entry:
+            inner = fd.message_type
+            assert inner is not None  # a message field always has its type
+            if depth >= 3 or inner.GetOptions().map_entry:
                 continue
-            one = messages(fd.message_type, int_edges, depth + 1)
+            one = messages(inner, int_edges, depth + 1)
         else:
             one = _scalar(fd, int_edges)
         if fd.is_repeated:

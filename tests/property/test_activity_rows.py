@@ -58,20 +58,22 @@ def _end(draw: st.DrawFn, may_be_open: bool) -> tuple[object, ...]:
 
 @st.composite
 def _rows(draw: st.DrawFn) -> ActivityRow:
-    return ActivityRow(
-        draw(st.uuids()).hex,
-        7,
-        draw(st.integers(1, 2**40)),
-        draw(st.sampled_from(["shift", "break"])),
-        draw(_text),
-        draw(_text),
-        draw(_text),
-        draw(st.none() | st.just("shift-0")),
-        *draw(_end(False)),
-        *draw(_end(True)),
-        draw(st.integers(0, 2**40)),
-        draw(st.integers(0, 2**40)),
-        draw(_text),
+    return ActivityRow._make(
+        [
+            draw(st.uuids()).hex,
+            7,
+            draw(st.integers(1, 2**40)),
+            draw(st.sampled_from(["shift", "break"])),
+            draw(_text),
+            draw(_text),
+            draw(_text),
+            draw(st.none() | st.just("shift-0")),
+            *draw(_end(False)),
+            *draw(_end(True)),
+            draw(st.integers(0, 2**40)),
+            draw(st.integers(0, 2**40)),
+            draw(_text),
+        ]
     )
 
 

@@ -35,7 +35,7 @@ def at(dist: float, az: float) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[SqlUnitOfWorkFactory, AccountFences]]:
+) -> Iterator[tuple[AccountStore, AccountFences]]:
     path: Path = tmp_path_factory.mktemp("live") / "store.db"
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)

@@ -33,7 +33,7 @@ JOBS = ("j", "k", "k-sub")
 
 
 @pytest.fixture(scope="module")
-def uows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlUnitOfWorkFactory]:
+def uows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AccountStore]:
     path: Path = tmp_path_factory.mktemp("shifts") / "store.db"
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)

@@ -554,7 +554,6 @@ def test_background_merges_racing_many_writers_lose_nothing() -> None:
     assert len(merged.tables) == 1 and merged.dead == 0 and every_fence(merged) == expected
 
 
-
 def test_a_change_is_published_while_a_merge_copies_its_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -596,6 +595,7 @@ def test_a_change_is_published_while_a_merge_copies_its_rows(
     assert every_fence(snap) == expected and snap.fence_count == 5
     assert ids_at(index, 3, 0.0, 0.0) == {"c3-new"}
     assert every_fence(index.compact()) == expected
+
 
 def test_a_deferred_block_publishes_its_changes_at_once_as_one_table() -> None:
     """Inside ``deferred`` readers keep the snapshot from before; at its end
