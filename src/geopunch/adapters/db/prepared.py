@@ -296,12 +296,10 @@ class PreparedIn:
         self, values: Sequence[Any], extra: Mapping[str, Any]
     ) -> Iterator[tuple[Prepared, dict[str, Any]]]:
         for start in range(0, len(values), self._most):
-            chunk = list(values[start : start + self._most])
-            size = 1 << (len(chunk) - 1).bit_length()
-            stmt = self._by_size.get(size)
+            chunk = padded(list(values[start : start + self._most]))
+            stmt = self._by_size.get(len(chunk))
             if stmt is None:
-                stmt = self._by_size[size] = Prepared(self._build(size))
-            chunk += [chunk[-1]] * (size - len(chunk))
+                stmt = self._by_size[len(chunk)] = Prepared(self._build(len(chunk)))
             yield stmt, {**extra, **{f"v{i}": v for i, v in enumerate(chunk)}}
 
     def all(
@@ -315,6 +313,14 @@ class PreparedIn:
         for stmt, params in self._chunks(values, extra):
             out += stmt.all(conn, params)
         return out
+
+
+def padded(values: list[Any]) -> list[Any]:
+    """``values`` grown to the next power of two with its last value (none
+    stay none), which changes no IN answer: a statement prepared per padded
+    length serves every list up to it."""
+    size = 1 << (len(values) - 1).bit_length() if values else 0
+    return values + values[-1:] * (size - len(values))
 
 
 def in_values(n: int) -> list[Any]:

@@ -27,6 +27,7 @@ from geopunch.adapters.db.prepared import (
     in_seq_order,
     in_values,
     integrity_error,
+    padded,
 )
 from geopunch.adapters.db.repositories import AccountScoped
 from geopunch.adapters.db.tables import (
@@ -188,11 +189,6 @@ def _after_statement(types: int, clocks: int) -> Prepared:
     return Prepared(_after_query(types, clocks))
 
 
-def _padded(values: list[Any]) -> list[Any]:
-    size = 1 << (len(values) - 1).bit_length() if values else 0
-    return values + values[-1:] * (size - len(values))
-
-
 def _after_params(
     account: int, cursor: int, limit: int, types: list[str], clocks: list[int]
 ) -> dict[str, Any]:
@@ -205,7 +201,7 @@ def _after_params(
 def _after(
     account: int, cursor: int, limit: int, types: list[str], clocks: list[int]
 ) -> tuple[Prepared, dict[str, Any]]:
-    types, clocks = _padded(types), _padded(clocks)
+    types, clocks = padded(types), padded(clocks)
     return (
         _after_statement(len(types), len(clocks)),
         _after_params(account, cursor, limit, types, clocks),
