@@ -29,6 +29,7 @@ from geopunch.domain.locations import (
     I64,
     B,
     BatchVerdict,
+    FenceRows,
     Held,
     InsideCarry,
     PointStatus,
@@ -373,29 +374,29 @@ class _ReferenceIndex:
     """One account's clocks and fences over plain dicts."""
 
     def __init__(self) -> None:
-        self._clocks: dict[int, TimeClock] = {}
-        self._fences: dict[int, list[Geofence]] = {}
+        self.clocks: dict[int, TimeClock] = {}
+        self.fences: dict[int, list[Geofence]] = {}
 
     def load(self, time_clocks: Sequence[TimeClock], fences: Sequence[Geofence]) -> None:
-        self._clocks = {tc.id: tc for tc in time_clocks}
-        self._fences = {tc.id: [] for tc in time_clocks}
+        self.clocks = {tc.id: tc for tc in time_clocks}
+        self.fences = {tc.id: [] for tc in time_clocks}
         for f in fences:
             if f.is_enabled:
-                self._fences[f.time_clock_id].append(f)
+                self.fences[f.time_clock_id].append(f)
 
     def time_clock_changed(self, tc: TimeClock, fences: Sequence[Geofence]) -> None:
-        self._clocks = {**self._clocks, tc.id: tc}
-        self._fences = {**self._fences, tc.id: [f for f in fences if f.is_enabled]}
+        self.clocks = {**self.clocks, tc.id: tc}
+        self.fences = {**self.fences, tc.id: [f for f in fences if f.is_enabled]}
 
     def fences_changed(
         self, tc: TimeClock, added: Sequence[Geofence], removed: Sequence[str]
     ) -> None:
         gone = set(removed)
-        kept = [f for f in self._fences.get(tc.id, []) if f.id not in gone]
+        kept = [f for f in self.fences.get(tc.id, []) if f.id not in gone]
         self.time_clock_changed(tc, [*kept, *added])
 
     def view(self) -> ReferenceView:
-        return ReferenceView(self._clocks, self._fences)
+        return ReferenceView(self.clocks, self.fences)
 
 
 class ReferenceEngine:
@@ -437,6 +438,23 @@ class ReferenceEngine:
         with self._lock:
             self._of(account).fences_changed(tc, added, removed)
 
+    def time_clocks_read_again(
+        self, account: int, time_clocks: Sequence[TimeClock], fences: FenceRows
+    ) -> None:
+        held = _geofences(fences)
+        with self._lock:
+            index = self._of(account)
+            for tc in time_clocks:
+                index.time_clock_changed(tc, [f for f in held if f.time_clock_id == tc.id])
+
+    def totals(self) -> tuple[int, int]:
+        with self._lock:
+            indexes = list(self._accounts.values())
+        return (
+            sum(len(i.clocks) for i in indexes),
+            sum(len(fs) for i in indexes for fs in i.fences.values()),
+        )
+
     def reported(self, seq: int) -> bool:
         return False  # the follower reads every change again: the simple, safe way
 
@@ -446,3 +464,23 @@ class ReferenceEngine:
 
     def view_knowing(self, account: int, time_clock_ids: Iterable[int]) -> ReferenceView:
         return self.view(account)
+
+
+def _geofences(rows: FenceRows) -> list[Geofence]:
+    """The fences of index columns, as objects (names and addresses are not in
+    the columns, and no answer of the reference reads them)."""
+    return [
+        Geofence(
+            id=rows.ids[i].decode(),
+            time_clock_id=int(rows.time_clock_ids[i]),
+            name="",
+            is_enabled=True,
+            fence_size_m=int(rows.sizes_m[i]),
+            job_ids=rows.job_ids.get(i, ()),
+            exit_action=EXIT_ACTIONS[int(rows.exit_actions[i])],
+            address="",
+            latitude=float(rows.latitudes[i]),
+            longitude=float(rows.longitudes[i]),
+        )
+        for i in range(len(rows))
+    ]
