@@ -75,7 +75,7 @@ def test_cell_table_matches_a_dict() -> None:
     size = slots.shape[0]
     home = np.array([kernels.home_slot(int(q), size) for q in queries], dtype=np.int64)
     spans = np.empty(queries.size, np.int64)
-    kernels._probe_all(slots, queries, home, spans)
+    kernels._probe_all(slots, queries, home, spans)  # type: ignore[no-untyped-call]
     ref = {int(k): (i << 32) | (i + 1) for i, k in enumerate(keys)}
     assert spans.tolist() == [ref.get(int(q), 0) for q in queries]
 
@@ -298,7 +298,8 @@ def test_small_batches_run_serially_and_large_ones_on_the_set_threads() -> None:
     try:
         assert kernels.set_kernel_threads(1) == 1
         assert kernels.set_kernel_threads(0) == 1  # at least one
-        assert kernels.set_kernel_threads(10_000) == numba.config.NUMBA_NUM_THREADS
+        pool = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at import
+        assert kernels.set_kernel_threads(10_000) == pool
         kernels.set_kernel_threads(1)
 
         def call() -> None:
@@ -427,8 +428,8 @@ def test_clocks_added_in_place_leave_every_earlier_snapshot_as_it_was() -> None:
     for step, snap in enumerate(kept):
         full = _assert_arrays_equal_a_full_rebuild(snap, step)
         assert np.array_equal(snap.dense_clocks(every_id), full.dense_clocks(every_id)), step
-        mine = {c.time_clock.id for c in snap.clocks}
-        assert all(snap.clock_index(int(i)) is None for i in every_id if int(i) not in mine)
+        in_snap = {c.time_clock.id for c in snap.clocks}
+        assert all(snap.clock_index(int(i)) is None for i in every_id if int(i) not in in_snap)
 
 
 def test_a_load_clock_by_clock_rebuilds_each_fence_a_logarithmic_number_of_times(
@@ -622,7 +623,8 @@ def test_a_deferred_block_publishes_its_changes_at_once_as_one_table() -> None:
     assert every_fence(snap) == {(1, "c"), (1, "d"), (5, "e"), (6, "f")}
     assert ids_at(index, 1, 10, 10) == {"c", "d"} and ids_at(index, 2, 10, 10) == set()
     assert ids_at(index, 5, 10, 10) == {"e"} and ids_at(index, 6, 10, 10) == {"f"}
-    assert snap.clocks[snap.clock_index(2)].time_clock.accuracy_tolerance_m == 3.0
+    second = snap.clock_index(2)
+    assert second is not None and snap.clocks[second].time_clock.accuracy_tolerance_m == 3.0
     assert snap.dead == 2  # clock 1's "a" and clock 2's "b" in the first table
     _assert_arrays_equal_a_full_rebuild(snap, "block")
     with index.deferred():  # a block with nothing in it publishes nothing
@@ -641,7 +643,7 @@ def test_deferred_blocks_of_random_changes_equal_the_same_changes_one_at_a_time(
     fences: dict[int, list[Geofence]] = {}
     serial = 0
     for block in range(60):
-        changes = []
+        changes: list[tuple[str, TimeClock, list[Geofence], list[str]]] = []
         for _ in range(int(rng.integers(1, 10))):
             i = ids[int(rng.integers(len(ids)))]
             serial += 1
@@ -723,8 +725,8 @@ def test_clocks_read_again_together_equal_clocks_changed_one_at_a_time() -> None
     rows = FenceRows.of([f for c in sorted(now) for f in now[c]])
     together.time_clocks_read_again(clocks, rows)
     assert len(together.snapshot.tables) == 2  # one table for all of them
-    for clock, lat, lon in ((1, 0.0, 0.0015), (2, 1.0, 1.0), (3, 2.0, 2.0), (4, 3.0, 3.0)):
-        assert ids_at(together, clock, lat, lon) == ids_at(one, clock, lat, lon)
+    for clock_id, lat, lon in ((1, 0.0, 0.0015), (2, 1.0, 1.0), (3, 2.0, 2.0), (4, 3.0, 3.0)):
+        assert ids_at(together, clock_id, lat, lon) == ids_at(one, clock_id, lat, lon)
     assert ids_at(together, 1, 0.0, 0.0015) == {"a2", "a3"}
     with pytest.raises(ValueError, match="not together"):
         scattered = FenceRows.of([now[1][0], now[4][0], now[1][1]])

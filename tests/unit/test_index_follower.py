@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from geopunch.entrypoints.background import IndexFollower
-from geopunch.geo.engine import FenceIndex
+from geopunch.geo.engine import AccountFences
 
 
 class _FlakyStore:
@@ -32,7 +32,7 @@ def test_failures_are_logged_once_then_recovery(caplog: pytest.LogCaptureFixture
     pruned: list[int] = []
     follower = IndexFollower(
         None,  # type: ignore[arg-type]
-        FenceIndex(),
+        AccountFences(),
         cursor=7,
         poll_s=0.001,
         stopped=stopped,
@@ -59,7 +59,7 @@ def test_catch_up_moves_the_cursor_without_the_loop() -> None:
 
     follower = IndexFollower(
         None,  # type: ignore[arg-type]
-        FenceIndex(),
+        AccountFences(),
         cursor=0,
         poll_s=60,
         stopped=threading.Event(),

@@ -15,7 +15,7 @@ from geopunch.service import delivery
 
 
 def _restarts(what: str) -> float:
-    return metrics.DELIVERY_RESTARTS.labels(what)._value.get()
+    return float(metrics.DELIVERY_RESTARTS.labels(what)._value.get())
 
 
 def test_a_run_that_fails_is_logged_and_started_again(

@@ -131,7 +131,7 @@ def test_break_from_a_shift_switches_in_one_decision() -> None:
     d = decide(cmd(PunchKind.START_BREAK), on(shift()))
     (closed,) = d.closed  # type: ignore[attr-defined]
     (opened,) = d.added  # type: ignore[attr-defined]
-    assert closed.id == "shift-open" and closed.end.timestamp == NOW  # type: ignore[union-attr]
+    assert closed.id == "shift-open" and closed.end.timestamp == NOW
     assert (opened.job_id, opened.from_shift_id, opened.break_type_id) == (
         "job-a",
         "shift-open",
@@ -147,7 +147,7 @@ def test_end_of_a_break_from_a_shift_resumes_it(resume: bool | None) -> None:
     (resumed,) = d.added  # type: ignore[attr-defined]
     assert ended.id == "break-open"
     assert resumed.kind is ActivityKind.SHIFT and resumed.job_id == "job-a"
-    assert resumed.start.timestamp == ended.end.timestamp == NOW  # type: ignore[union-attr]
+    assert resumed.start.timestamp == ended.end.timestamp == NOW
     assert d.result.resumed_shift == resumed  # type: ignore[attr-defined]
 
 

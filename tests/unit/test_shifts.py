@@ -33,8 +33,8 @@ SCHED = Scheduler(
 )
 
 
-def ts(zone: ZoneInfo, *parts: int) -> int:
-    return int(datetime(*parts, tzinfo=zone).timestamp())  # type: ignore[misc]
+def ts(zone: ZoneInfo, year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=zone).timestamp())
 
 
 def utc(value: int) -> datetime:

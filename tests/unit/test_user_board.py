@@ -33,7 +33,7 @@ def _open(user: int, kind: str, start: int, break_type: str | None = None) -> Ac
         created_at=start,
         modified_at=start,
     )
-    return ActivityRow(**fields)
+    return ActivityRow._make(fields[name] for name in ActivityRow._fields)
 
 
 def test_every_user_in_order_idle_ones_from_their_id() -> None:

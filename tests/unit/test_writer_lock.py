@@ -45,7 +45,12 @@ def test_another_process_waits_and_a_dead_holder_frees_the_lock(tmp_path: Path) 
         mine.release()
         assert proc.stdout is not None and proc.stdout.readline() == "held\n"
         took = threading.Event()
-        threading.Thread(target=lambda: (mine.acquire(), took.set()), daemon=True).start()
+
+        def take() -> None:
+            mine.acquire()
+            took.set()
+
+        threading.Thread(target=take, daemon=True).start()
         assert not took.wait(0.3)  # the other process holds it
         proc.kill()  # dies holding the lock: the kernel releases it
         proc.wait(10)
