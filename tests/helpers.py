@@ -98,6 +98,13 @@ def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, list[tuple
     return info, violations
 
 
+def trailing(err: grpc.RpcError) -> list[tuple[str, str | bytes]]:
+    """A failed call's trailing metadata as (key, value) pairs: grpc gives
+    tuples where its type stubs promise objects with attributes."""
+    call: Any = err
+    return [(k, v) for k, v in call.trailing_metadata() or ()]
+
+
 def expect_error(
     fn: Callable[[], Any], code: grpc.StatusCode, reason: str
 ) -> tuple[grpc.RpcError, list[tuple[str, str]]]:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -432,11 +433,12 @@ def test_every_rpc_has_a_scope_and_each_scope_opens_only_its_rpcs(
     for scope, opens in allowed.items():
         c = deployment.clients("alpha", scope)[0]
         c(c.admin.Ping, admin_pb2.PingRequest())  # any key may ping
-        for name, call in (
-            ("GetTimeClock", lambda c=c: c(c.admin.GetTimeClock, get)),
-            ("ClockIn", lambda c=c: c(c.timeclock.ClockIn, clock_in)),
-            ("CreateTimeClock", lambda c=c: c(c.admin.CreateTimeClock, create)),
-        ):
+        calls: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("GetTimeClock", partial(c, c.admin.GetTimeClock, get)),
+            ("ClockIn", partial(c, c.timeclock.ClockIn, clock_in)),
+            ("CreateTimeClock", partial(c, c.admin.CreateTimeClock, create)),
+        )
+        for name, call in calls:
             if name in opens:
                 call()
                 continue
@@ -530,18 +532,18 @@ def test_key_lifecycle_through_the_cli_and_the_admin_rpcs(deployment: Deployment
         except grpc.RpcError:
             assert time.monotonic() < until
             time.sleep(0.05)
-    err = rpc_error(lambda: kiosk(kiosk.admin.ListApiKeys, admin_pb2.ListApiKeysRequest()))
-    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    denied = rpc_error(lambda: kiosk(kiosk.admin.ListApiKeys, admin_pb2.ListApiKeysRequest()))
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     again = c(c.admin.RotateApiKey, admin_pb2.RotateApiKeyRequest(key_id=made_rpc.key.id)).data
     _refused_everywhere(deployment, made_rpc.secret)
     gone = c(c.admin.RevokeApiKey, admin_pb2.RevokeApiKeyRequest(key_id=again.key.id)).data
     assert gone.key.HasField("revoked_at") and gone.secret == ""
     _refused_everywhere(deployment, again.secret)
     # A revoked key cannot be rotated back to life.
-    err = rpc_error(
+    revived = rpc_error(
         lambda: c(c.admin.RotateApiKey, admin_pb2.RotateApiKeyRequest(key_id=again.key.id))
     )
-    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert revived.code() == grpc.StatusCode.NOT_FOUND
     # The CLI revokes too, and the revoked key fails on every worker.
     _cli(url, "keys", "revoke", rotated.split("_")[1])
     _refused_everywhere(deployment, rotated)

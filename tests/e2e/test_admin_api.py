@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -141,12 +142,14 @@ def test_lock_approve_unlock_days(client: Client) -> None:
     tc = make_time_clock(client)
     user = tc.user_ids[0]
 
-    def set_status(dates: list[str], status: int) -> list[tuple[str, int]]:
+    def set_status(
+        dates: list[str], status: admin_pb2.DayStatus.ValueType
+    ) -> list[tuple[str, int]]:
         resp = client(
             client.admin.SetDayStatus,
             admin_pb2.SetDayStatusRequest(
                 time_clock_id=tc.id, user_id=user, dates=dates, status=status
-            ),  # type: ignore[arg-type]
+            ),
         )
         return [(d.date, d.status) for d in resp.data.days]
 
@@ -202,7 +205,8 @@ def _ids_beyond_the_limit(client: Client) -> None:
     limit = 2**53 - 1
     for too_big in (limit + 1, 2**63 - 1):
         _, violations = expect_error(
-            lambda too_big=too_big: client(
+            partial(
+                client,
                 client.admin.CreateTimeClock,
                 admin_pb2.CreateTimeClockRequest(
                     time_clock=admin_pb2.TimeClock(id=too_big, name="big", timezone="UTC")

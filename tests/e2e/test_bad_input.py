@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 import pytest
@@ -36,11 +36,12 @@ from geopunch.v1 import (
 )
 from tests.conftest import Client, ServerProcess
 from tests.e2e.test_accounts import row_counts
-from tests.helpers import details
+from tests.helpers import details, trailing
 
 TC, SCHED, USER = 7001, 7002, 9170357
 FENCE_SITE = (40.7128, -74.0060)
 LONG = 20_001  # one past the longest text any field takes (a shift note)
+M = TypeVar("M", bound=Message)
 
 
 def now() -> int:
@@ -57,7 +58,7 @@ class Case:
     field: str | None = None
 
 
-def _fill(msg: Any, fields: dict[str, Any]) -> Any:
+def _fill(msg: M, fields: dict[str, Any]) -> M:
     """``msg`` with ``fields`` set (lists replace, messages are copied in)."""
     for k, v in fields.items():
         if isinstance(v, list):
@@ -332,7 +333,7 @@ def _string_and_float_paths(msg: Message, prefix: str = "") -> Iterator[tuple[st
         elif fd.type == FieldDescriptor.TYPE_DOUBLE and not repeated:
             yield path, fd, "number"
         elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            if fd.message_type.full_name.startswith("google.protobuf."):
+            if fd.message_type is None or fd.message_type.full_name.startswith("google.protobuf."):
                 continue
             first = value[0] if repeated else value
             yield from _string_and_float_paths(first, f"{path}[0]." if repeated else f"{path}.")
@@ -642,7 +643,10 @@ def hand_cases() -> list[Case]:
         (
             "unknown status",
             admin_pb2.SetDayStatusRequest(
-                time_clock_id=TC, user_id=USER, dates=["2026-01-05"], status=42
+                time_clock_id=TC,
+                user_id=USER,
+                dates=["2026-01-05"],
+                status=cast(admin_pb2.DayStatus.ValueType, 42),
             ),
             "INVALID_ARGUMENT",
         ),
@@ -698,7 +702,7 @@ def hand_cases() -> list[Case]:
         "SCHEDULER_NOT_FOUND",
     )
 
-    for label, req, reason in (
+    for label, key_req, reason in (
         ("no scopes", admin_pb2.CreateApiKeyRequest(), "INVALID_ARGUMENT"),
         ("unknown scope", admin_pb2.CreateApiKeyRequest(scopes=["root"]), "INVALID_ARGUMENT"),
         (
@@ -707,7 +711,7 @@ def hand_cases() -> list[Case]:
             "INVALID_ARGUMENT",
         ),
     ):
-        add(f"CreateApiKey {label}", "admin.CreateApiKey", req, reason)
+        add(f"CreateApiKey {label}", "admin.CreateApiKey", key_req, reason)
     for m in ("RotateApiKey", "RevokeApiKey"):
         req_t = getattr(admin_pb2, f"{m}Request")
         add(f"{m} unknown", f"admin.{m}", req_t(key_id="ffffffffffff"), "API_KEY_NOT_FOUND")
@@ -899,7 +903,7 @@ def hand_cases() -> list[Case]:
         ]
 
     prefix = "time_activities[0].shifts[0]"
-    for label, groups, reason, field in (
+    for label, groups, reason, where in (
         ("none", [], "INVALID_ARGUMENT", "time_activities"),
         ("an empty group", [group(user_id=USER)], "INVALID_ARGUMENT", "time_activities"),
         ("unassigned user", one_shift(t - 99, t - 9, 42), "USER_NOT_ASSIGNED", None),
@@ -922,7 +926,7 @@ def hand_cases() -> list[Case]:
             cta,
             _activities(t, time_activities=groups),
             reason,
-            field,
+            where,
         )
     add(
         "CreateTimeActivities missing clock",
@@ -930,8 +934,8 @@ def hand_cases() -> list[Case]:
         _activities(t, time_clock_id=TC + 55, time_activities=one_shift(t - 99, t - 9)),
         "TIME_CLOCK_NOT_FOUND",
     )
-    missing = {"time_clock_id": TC, "activity_id": "shift-nope", "modified_at": t}
-    points = {"start": _ta_point(t - 99), "end": _ta_point(t - 9)}
+    missing: dict[str, Any] = {"time_clock_id": TC, "activity_id": "shift-nope", "modified_at": t}
+    points: dict[str, Any] = {"start": _ta_point(t - 99), "end": _ta_point(t - 9)}
     add(
         "UpdateTimeActivity missing",
         "timeclock.UpdateTimeActivity",
@@ -951,7 +955,7 @@ def hand_cases() -> list[Case]:
         "TIME_ACTIVITY_NOT_FOUND",
     )
     lta = "timeclock.ListTimeActivities"
-    for label, fields, reason, field in (
+    for label, fields, reason, where in (
         ("empty window", {"start_time": t, "end_time": t}, "INVALID_ARGUMENT", "end_time"),
         ("reversed window", {"start_time": t, "end_time": t - 9}, "INVALID_ARGUMENT", "end_time"),
         ("93 days", {"start_time": t - 93 * 86_400, "end_time": t}, "INVALID_ARGUMENT", "end_time"),
@@ -962,18 +966,18 @@ def hand_cases() -> list[Case]:
         ("10,001 users", {"user_ids": list(range(1, 10_002))}, "BATCH_TOO_LARGE", "user_ids"),
         ("missing clock", {"time_clock_id": TC + 55}, "TIME_CLOCK_NOT_FOUND", None),
     ):
-        req = timeclock_pb2.ListTimeActivitiesRequest(
+        lta_req = timeclock_pb2.ListTimeActivitiesRequest(
             time_clock_id=TC, start_time=t - 86_400, end_time=t
         )
-        add(f"ListTimeActivities {label}", lta, _fill(req, fields), reason, field)
+        add(f"ListTimeActivities {label}", lta, _fill(lta_req, fields), reason, where)
     gus = "timeclock.GetUserStatuses"
-    for label, fields, reason, field in (
+    for label, fields, reason, where in (
         ("unassigned user", {"user_ids": [USER, 42]}, "USER_NOT_ASSIGNED", "user_ids[1]"),
         ("10,001 users", {"user_ids": list(range(1, 10_002))}, "BATCH_TOO_LARGE", None),
         ("missing clock", {"time_clock_id": TC + 55}, "TIME_CLOCK_NOT_FOUND", None),
     ):
-        req = timeclock_pb2.GetUserStatusesRequest(time_clock_id=TC)
-        add(f"GetUserStatuses {label}", gus, _fill(req, fields), reason, field)
+        gus_req = timeclock_pb2.GetUserStatusesRequest(time_clock_id=TC)
+        add(f"GetUserStatuses {label}", gus, _fill(gus_req, fields), reason, where)
 
     sh = "scheduler.CreateShifts"
     for label, shift, reason in (
@@ -1049,7 +1053,7 @@ def hand_cases() -> list[Case]:
     wh = webhooks_pb2
     sub = wh.WebhookSubscription
     cws = "webhooks.CreateWebhookSubscription"
-    for label, s, field in (
+    for label, sub_msg, where in (
         ("no url", sub(), "subscription.url"),
         ("an ftp url", sub(url="ftp://example.com/x"), "subscription.url"),
         ("a url with credentials", sub(url="http://u:p@example.com/"), "subscription.url"),
@@ -1072,16 +1076,16 @@ def hand_cases() -> list[Case]:
         add(
             f"CreateWebhookSubscription {label}",
             cws,
-            wh.CreateWebhookSubscriptionRequest(subscription=s),
+            wh.CreateWebhookSubscriptionRequest(subscription=sub_msg),
             "BATCH_TOO_LARGE" if "1,001" in label else "INVALID_ARGUMENT",
-            field,
+            where,
         )
-    missing = "whsub_" + "0" * 32
+    missing_sub = "whsub_" + "0" * 32
     nf = "WEBHOOK_SUBSCRIPTION_NOT_FOUND"
     add(
         "GetWebhookSubscription missing",
         "webhooks.GetWebhookSubscription",
-        wh.GetWebhookSubscriptionRequest(id=missing),
+        wh.GetWebhookSubscriptionRequest(id=missing_sub),
         nf,
     )
     add(
@@ -1093,51 +1097,51 @@ def hand_cases() -> list[Case]:
     add(
         "UpdateWebhookSubscription missing",
         "webhooks.UpdateWebhookSubscription",
-        wh.UpdateWebhookSubscriptionRequest(id=missing, subscription=sub(url="http://a.b/")),
+        wh.UpdateWebhookSubscriptionRequest(id=missing_sub, subscription=sub(url="http://a.b/")),
         nf,
     )
     add(
         "UpdateWebhookSubscription an unknown mask path",
         "webhooks.UpdateWebhookSubscription",
         wh.UpdateWebhookSubscriptionRequest(
-            id=missing, update_mask=field_mask_pb2.FieldMask(paths=["cursor"])
+            id=missing_sub, update_mask=field_mask_pb2.FieldMask(paths=["cursor"])
         ),
         "INVALID_ARGUMENT",
     )
     add(
         "DeleteWebhookSubscription missing",
         "webhooks.DeleteWebhookSubscription",
-        wh.DeleteWebhookSubscriptionRequest(id=missing),
+        wh.DeleteWebhookSubscriptionRequest(id=missing_sub),
         nf,
     )
     add(
         "ListWebhookDeliveries missing",
         "webhooks.ListWebhookDeliveries",
-        wh.ListWebhookDeliveriesRequest(id=missing),
+        wh.ListWebhookDeliveriesRequest(id=missing_sub),
         nf,
     )
     add(
         "ListWebhookDeliveries page size 501",
         "webhooks.ListWebhookDeliveries",
-        wh.ListWebhookDeliveriesRequest(id=missing, page_size=501),
+        wh.ListWebhookDeliveriesRequest(id=missing_sub, page_size=501),
         "INVALID_ARGUMENT",
     )
     add(
         "ListWebhookDeliveries a foreign token",
         "webhooks.ListWebhookDeliveries",
-        wh.ListWebhookDeliveriesRequest(id=missing, page_token="abc"),
+        wh.ListWebhookDeliveriesRequest(id=missing_sub, page_token="abc"),
         "INVALID_ARGUMENT",
     )
     add(
         "ReplayWebhookSubscription from seq 0",
         "webhooks.ReplayWebhookSubscription",
-        wh.ReplayWebhookSubscriptionRequest(id=missing, from_seq=0),
+        wh.ReplayWebhookSubscriptionRequest(id=missing_sub, from_seq=0),
         "INVALID_ARGUMENT",
     )
     add(
         "ReplayWebhookSubscription missing",
         "webhooks.ReplayWebhookSubscription",
-        wh.ReplayWebhookSubscriptionRequest(id=missing, from_seq=1),
+        wh.ReplayWebhookSubscriptionRequest(id=missing_sub, from_seq=1),
         nf,
     )
     add(
@@ -1190,7 +1194,7 @@ def _answer(c: Client, case: Case) -> tuple[str, str | None, str]:
     except grpc.RpcError as err:
         info, violations = details(err)
         fields = [f for f, _ in violations]
-        size = len(err.details() or "") + sum(len(str(v)) for _, v in err.trailing_metadata())
+        size = len(err.details() or "") + sum(len(str(v)) for _, v in trailing(err))
         assert size < 4096, f"{case.name}: an answer of {size} bytes"
         return info.reason, (fields[0] if fields else None), err.code().name
     if isinstance(reply, timeclock_pb2.ValidatePunchResponse) and not reply.data.allowed:
@@ -1240,7 +1244,7 @@ def test_every_bad_request_gets_its_reason_and_writes_nothing(
     for label, req, want in WATCH_CASES:
         stream = c.locations.WatchEvents(req, metadata=c.metadata, timeout=5)
         try:
-            next(stream)
+            next(iter(stream))
             wrong.append(f"WatchEvents {label}: an event")
         except grpc.RpcError as err:
             got = details(err)[0].reason

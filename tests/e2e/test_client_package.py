@@ -266,7 +266,7 @@ def test_a_flush_killed_halfway_loses_nothing_and_punches_nothing_twice(
     tc = break_clock(client, users)
     now = int(time.time())
     punches = []
-    expected = {}
+    expected: dict[int, list[tuple[str, int, int]] | None] = {}
     for i, user in enumerate(users):
         # Even users recent (live punches), odd ones old (time activities);
         # every fourth is still on the clock after an old clock-in (split).

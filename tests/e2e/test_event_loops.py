@@ -52,9 +52,11 @@ def test_punches_over_both_protocols_on_each_loop(kind: str, tmp_path: object) -
         )
         assert started.data.shift.user_id == 9170357
 
+        http_address = server.http.address
+
         async def over_http() -> list[httpx.Response]:
             async with httpx.AsyncClient(
-                base_url=f"http://{server.http.address}", headers={"X-API-KEY": API_KEY}
+                base_url=f"http://{http_address}", headers={"X-API-KEY": API_KEY}
             ) as http:
                 base = f"/time-clock/v1/time-clocks/{tc.id}"
                 # At once, so that one commit may answer both waiting calls.

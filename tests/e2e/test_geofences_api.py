@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import grpc
@@ -74,7 +75,7 @@ BULK = {
         )
     ]
 }
-LISTED = {
+LISTED: dict[str, Any] = {
     "geofences": [
         {
             "name": "Main Office",
@@ -186,7 +187,7 @@ def test_get_and_delete(client: Client) -> None:
         (client.geofences.DeleteGeofence, geofences_pb2.DeleteGeofenceRequest),
     ):
         expect_error(
-            lambda m=method, r=req: client(m, r(time_clock_id=tc.id, fence_id=fence_id)),
+            partial(client, method, req(time_clock_id=tc.id, fence_id=fence_id)),
             grpc.StatusCode.NOT_FOUND,
             "GEOFENCE_NOT_FOUND",
         )

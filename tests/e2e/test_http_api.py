@@ -81,7 +81,7 @@ def test_clock_in_and_out_answer_the_specs_json(http: httpx.Client, client: Clie
 def test_errors_carry_the_specs_status_and_a_reason(http: httpx.Client, client: Client) -> None:
     tc = _clock(client)
     assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200
-    cases = [
+    cases: list[tuple[int, str, dict[str, Any], int, str]] = [
         (tc, "clock-in", {"userId": USER}, 400, "ALREADY_CLOCKED_IN"),
         (tc, "clock-in", {"userId": 1}, 400, "USER_NOT_ASSIGNED"),
         (

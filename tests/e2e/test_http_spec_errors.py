@@ -96,7 +96,10 @@ def _lock_today(http: httpx.Client, tc: int) -> None:
 
 
 Scenario = Callable[[httpx.Client], httpx.Response]
-now = lambda: int(time.time())  # noqa: E731
+
+
+def now() -> int:
+    return int(time.time())
 
 
 def _clocking(http: httpx.Client, code: str) -> httpx.Response:

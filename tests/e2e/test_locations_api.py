@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,7 +19,7 @@ GEOD = Geod(ellps="WGS84")
 
 def add_fence(client: Client, tc_id: int, lat: float, lon: float, size: int, **kw: object) -> str:
     req = geofences_pb2.CreateGeofencesRequest(time_clock_id=tc_id)
-    g = req.geofences.add(name=str(kw.pop("name", "f")), fence_size=size, **kw)  # type: ignore[arg-type]
+    g = req.geofences.add(name=str(kw.pop("name", "f")), fence_size=size, **kw)
     g.location.address = "addr"
     g.location.latitude = lat
     g.location.longitude = lon
@@ -30,9 +31,9 @@ def at(lat: float, lon: float, dist: float, az: float = 45.0) -> tuple[float, fl
     return lat2, lon2
 
 
-def decode(data: location_pb2.CheckResults) -> dict[str, object]:
+def decode(data: location_pb2.CheckResults) -> dict[str, Any]:
     n = data.count
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "status": np.frombuffer(data.status_u8, np.uint8),
         "inside": np.frombuffer(data.inside_u8, np.uint8).astype(bool),
         "allowed": np.frombuffer(data.allowed_u8, np.uint8).astype(bool),
@@ -50,10 +51,7 @@ def decode(data: location_pb2.CheckResults) -> dict[str, object]:
     else:
         names = list(data.fence_ids)
     out["names"] = names
-    out["ids"] = [
-        sorted(names[j] for j in fences[offsets[i] : offsets[i + 1]])  # type: ignore[index]
-        for i in range(n)
-    ]
+    out["ids"] = [sorted(names[j] for j in fences[offsets[i] : offsets[i + 1]]) for i in range(n)]
     if data.distances_f64:
         out["distance"] = np.frombuffer(data.distances_f64, "<f8")
         nearest = np.frombuffer(data.nearest_fences_i32, "<i4")
@@ -82,11 +80,11 @@ def test_packed_and_raw_give_the_same_answers(client: Client) -> None:
     a = decode(client(client.locations.CheckLocations, packed).data)
     b = decode(client(client.locations.CheckLocations, raw_request(tc.id, lats, lons)).data)
     for key in ("status", "inside", "allowed", "offsets", "applicable", "actions"):
-        assert np.array_equal(a[key], b[key]), key  # type: ignore[arg-type]
+        assert np.array_equal(a[key], b[key]), key
     assert a["ids"] == b["ids"]
-    assert list(a["inside"]) == [True, True, False, False]  # type: ignore[call-overload]
-    assert home in a["ids"][0] and home in a["ids"][1]  # type: ignore[index]
-    assert list(a["status"]) == [0, 0, 0, 0]  # type: ignore[call-overload]
+    assert list(a["inside"]) == [True, True, False, False]
+    assert home in a["ids"][0] and home in a["ids"][1]
+    assert list(a["status"]) == [0, 0, 0, 0]
 
 
 def test_fixed_width_fence_ids_give_the_same_answers(client: Client) -> None:
@@ -106,8 +104,8 @@ def test_fixed_width_fence_ids_give_the_same_answers(client: Client) -> None:
             raw_request(tc.id, lats, lons, with_distance=True, fixed_width_fence_ids=True),
         ).data
     )
-    assert fixed["names"] == plain["names"] and set(plain["names"]) <= set(fences)  # type: ignore[arg-type]
-    assert fixed["ids"] == plain["ids"] and any(plain["ids"])  # type: ignore[arg-type]
+    assert fixed["names"] == plain["names"] and set(plain["names"]) <= set(fences)
+    assert fixed["ids"] == plain["ids"] and any(plain["ids"])
     assert fixed["nearest"] == plain["nearest"]
     empty = client(
         client.locations.CheckLocations,
@@ -138,14 +136,14 @@ def test_jobs_sub_jobs_distance_and_actions(client: Client) -> None:
     )
     req.raw.job_indexes_i32 = np.asarray([0, 1, -1, 0], "<i4").tobytes()
     out = decode(client(client.locations.CheckLocations, req).data)
-    assert list(out["inside"]) == [True, True, True, False]  # type: ignore[call-overload]
-    assert list(out["allowed"]) == [True, False, True, False]  # type: ignore[call-overload]
-    assert list(out["applicable"]) == [True, False, True]  # type: ignore[call-overload]
-    assert list(out["actions"]) == [2, 2, 2]  # type: ignore[call-overload]
+    assert list(out["inside"]) == [True, True, True, False]
+    assert list(out["allowed"]) == [True, False, True, False]
+    assert list(out["applicable"]) == [True, False, True]
+    assert list(out["actions"]) == [2, 2, 2]
     dist = out["distance"]
-    assert dist[0] == pytest.approx(-200, abs=1e-6)  # type: ignore[index]
-    assert np.isnan(dist[1])  # type: ignore[index]  # job-123 has no applicable fence
-    assert dist[3] == pytest.approx(1000, abs=1e-6)  # type: ignore[index]
+    assert dist[0] == pytest.approx(-200, abs=1e-6)
+    assert np.isnan(dist[1])  # job-123 has no applicable fence
+    assert dist[3] == pytest.approx(1000, abs=1e-6)
     assert out["nearest"] == [site, None, site, site]
 
 
@@ -156,7 +154,7 @@ def test_accuracy_tolerance(client: Client) -> None:
     req = raw_request(tc.id, [lat] * 4, [lon] * 4)
     req.raw.accuracies_f64 = np.asarray([np.nan, 5.0, 15.0, 500.0], "<f8").tobytes()
     out = decode(client(client.locations.CheckLocations, req).data)
-    assert list(out["inside"]) == [False, False, True, True]  # type: ignore[call-overload]
+    assert list(out["inside"]) == [False, False, True, True]
 
 
 def test_mixed_fleet_and_per_point_errors(client: Client) -> None:
@@ -172,14 +170,14 @@ def test_mixed_fleet_and_per_point_errors(client: Client) -> None:
         )
     )
     out = decode(client(client.locations.CheckLocations, req).data)
-    assert list(out["status"]) == [0, 0, 1, 1, 2, 4]  # type: ignore[call-overload]
+    assert list(out["status"]) == [0, 0, 1, 1, 2, 4]
     assert out["ids"] == [[fa], [fb], [], [], [], []]
 
 
 def test_a_change_is_seen_by_the_next_check(client: Client) -> None:
     tc = make_time_clock(client)
     req = raw_request(tc.id, [51.5007], [-0.1246])
-    assert not decode(client(client.locations.CheckLocations, req).data)["inside"][0]  # type: ignore[index]
+    assert not decode(client(client.locations.CheckLocations, req).data)["inside"][0]
     fid = add_fence(client, tc.id, 51.5007, -0.1246, 100)
     assert decode(client(client.locations.CheckLocations, req).data)["ids"] == [[fid]]
     client(
@@ -198,10 +196,10 @@ def test_time_clock_update_reaches_the_index(client: Client) -> None:
     lat, lon = at(0.0, 0.0, 110)
     req = raw_request(tc.id, [lat], [lon])
     req.raw.accuracies_f64 = np.asarray([30.0], "<f8").tobytes()
-    assert not decode(client(client.locations.CheckLocations, req).data)["inside"][0]  # type: ignore[index]
+    assert not decode(client(client.locations.CheckLocations, req).data)["inside"][0]
     tc.accuracy_tolerance_m = 25
     client(client.admin.UpdateTimeClock, admin_pb2.UpdateTimeClockRequest(time_clock=tc))
-    assert decode(client(client.locations.CheckLocations, req).data)["inside"][0]  # type: ignore[index]
+    assert decode(client(client.locations.CheckLocations, req).data)["inside"][0]
 
 
 def test_request_errors(client: Client) -> None:
@@ -242,7 +240,7 @@ def test_request_errors(client: Client) -> None:
         "BATCH_TOO_LARGE",
     )
     empty = decode(client(client.locations.CheckLocations, raw_request(tc.id, [], [])).data)
-    assert list(empty["offsets"]) == [0]  # type: ignore[call-overload]
+    assert list(empty["offsets"]) == [0]
 
 
 def test_index_is_rebuilt_from_the_store_after_restart(tmp_path: Path) -> None:

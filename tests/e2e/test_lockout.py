@@ -73,7 +73,7 @@ def attack(address: str, key: str) -> dict[str, Any]:
         )
         md = (("x-api-key", key),) if i % 2 else ()
         held.append((bool(md), call(silent(), metadata=md, timeout=30)))
-    streams = []
+    streams: list[Any] = []  # grpc's rendezvous: an iterator and a future
     watch = channels[0].unary_stream(
         "/geopunch.v1.LocationService/WatchEvents",
         request_serializer=None,

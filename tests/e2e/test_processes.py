@@ -66,7 +66,7 @@ def _inside(client: Client, tc_id: int) -> bool:
     req = location_pb2.CheckLocationsRequest(time_clock_id=tc_id)
     req.packed.latitudes.append(SITE[0])
     req.packed.longitudes.append(SITE[1])
-    return client(client.locations.CheckLocations, req).data.inside_u8 == b"\x01"
+    return bool(client(client.locations.CheckLocations, req).data.inside_u8 == b"\x01")
 
 
 def test_each_call_sees_the_other_workers_changes_at_once(

@@ -145,7 +145,7 @@ def scheduled_shift_of(client: Client, user: int) -> str:
 def test_offline_queue_flushed_oldest_first(client: Client) -> None:
     tc = clock(client).id
     t_in, t_out = now() - 8 * 3600, now() - 1800
-    queue = [
+    queue: list[tuple[str, dict[str, Any]]] = [
         ("clock-in", {"jobId": "job-123", "timestamp": t_in}),
         ("clock-out", {"timestamp": t_out}),
     ]
@@ -231,13 +231,13 @@ def test_locked_and_approved_days(client: Client) -> None:
     ts = now() - 120
     day = datetime.fromtimestamp(ts, ZoneInfo("America/New_York")).date().isoformat()
 
-    def set_day(status: int) -> None:
+    def set_day(status: admin_pb2.DayStatus.ValueType) -> None:
         client(
             client.admin.SetDayStatus,
             admin_pb2.SetDayStatusRequest(
                 time_clock_id=tc, user_id=USER, dates=[day], status=status
             ),
-        )  # type: ignore[arg-type]
+        )
 
     set_day(admin_pb2.LOCKED)
     fails(lambda: clock_in(client, tc, timestamp=ts), "HAS_LOCKED_DAYS")
@@ -365,7 +365,10 @@ def test_mandatory_break(client: Client, elapsed: int, resume: bool, reason: str
     t0 = now() - 3 * 3600
     clock_in(client, tc, timestamp=t0, jobId="job-123")
     start_break(client, tc, LUNCH, timestamp=t0 + 600)
-    end = lambda: end_break(client, tc, timestamp=t0 + 600 + elapsed, isResumeShift=resume)  # noqa: E731
+
+    def end() -> dict[str, Any]:
+        return end_break(client, tc, timestamp=t0 + 600 + elapsed, isResumeShift=resume)
+
     if reason:
         err = fails(end, reason)
         assert "1800" in (err.details() or "")
@@ -399,7 +402,10 @@ def test_time_clocks_are_independent(client: Client) -> None:
 
 def validate(client: Client, **punch: Any) -> dict[str, Any]:
     req = json_format.ParseDict(punch, timeclock_pb2.ValidatePunchRequest())
-    return json_format.MessageToDict(client(client.timeclock.ValidatePunch, req))["data"]
+    data: dict[str, Any] = json_format.MessageToDict(client(client.timeclock.ValidatePunch, req))[
+        "data"
+    ]
+    return data
 
 
 def test_validate_punch_changes_nothing(client: Client) -> None:

@@ -62,7 +62,7 @@ def _inside(client: Client, tc_id: int) -> bool | None:
         if err.code() is grpc.StatusCode.NOT_FOUND:
             return None
         raise
-    return data.inside_u8 == b"\x01"
+    return bool(data.inside_u8 == b"\x01")
 
 
 def test_a_replica_sees_the_other_ones_changes(replicas: tuple[Client, Client]) -> None:
@@ -73,7 +73,7 @@ def test_a_replica_sees_the_other_ones_changes(replicas: tuple[Client, Client]) 
     _eventually(lambda: _inside(b, tc.id) is False)
     fence_id = add_fence(a, tc.id, *SITE, 200)
     assert _inside(a, tc.id)  # at once where it was made
-    _eventually(lambda: _inside(b, tc.id))
+    _eventually(lambda: _inside(b, tc.id) is True)
 
     # A user added on a may punch on b, inside the fence made on a.
     tc.user_ids.append(4242)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import grpc
@@ -443,9 +444,7 @@ def test_clock_in_links_a_scheduled_shift_of_the_user(client: Client) -> None:
         (SPEC_USERS[1], "sched-shift-789"),
     ):
         expect_error(
-            lambda user=user, shift_id=shift_id: clock_in(
-                client, elsewhere, {"userId": user, "schedulerShiftId": shift_id}
-            ),
+            partial(clock_in, client, elsewhere, {"userId": user, "schedulerShiftId": shift_id}),
             grpc.StatusCode.NOT_FOUND,
             "SCHEDULER_SHIFT_NOT_FOUND",
         )
@@ -479,7 +478,10 @@ def test_validate_punch_predicts_the_scheduled_shift_check(client: Client) -> No
             {"clockIn": {"timeClockId": tc, "userId": USER, "schedulerShiftId": shift_id}},
             timeclock_pb2.ValidatePunchRequest(),
         )
-        return json_format.MessageToDict(client(client.timeclock.ValidatePunch, req))["data"]
+        data: dict[str, Any] = json_format.MessageToDict(
+            client(client.timeclock.ValidatePunch, req)
+        )["data"]
+        return data
 
     assert validate(mine["id"]) == {"allowed": True}
     refused = validate("f" * 24)

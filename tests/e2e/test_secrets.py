@@ -5,6 +5,7 @@ processes, in a worker's environment, or in an error answer."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -48,14 +49,14 @@ def test_no_secret_in_logs_command_lines_environments_or_answers(tmp_path: Path)
                 c(c.admin.CreateApiKey, admin_pb2.CreateApiKeyRequest(scopes=["read"])).data.secret
             )
             err = rpc_error(
-                lambda c=c: c(c.admin.GetTimeClock, admin_pb2.GetTimeClockRequest(time_clock_id=9))
+                partial(c, c.admin.GetTimeClock, admin_pb2.GetTimeClockRequest(time_clock_id=9))
             )
             answers.append(str(err))
             c.close()
         # The flag wins over the environment: the environment's key is not one.
         for key in (ENV_KEY, WRONG_KEY):
             c = Client(srv.address, key)
-            err = rpc_error(lambda c=c: c(c.admin.Ping, admin_pb2.PingRequest()))
+            err = rpc_error(partial(c, c.admin.Ping, admin_pb2.PingRequest()))
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED
             answers.append(str(err))
             c.close()

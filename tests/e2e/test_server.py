@@ -100,7 +100,7 @@ def access_log_line(server: ServerProcess, request_id: str) -> dict[str, Any]:
         entries = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
         mine = [e for e in entries if e.get("request_id") == request_id and e.get("msg") == "rpc"]
         if mine:
-            return mine[0]
+            return dict(mine[0])
         time.sleep(0.05)
     raise AssertionError(f"no access log line for request {request_id}")
 
@@ -262,7 +262,8 @@ def test_a_cancelled_event_stream_ends_on_the_server(server: ServerProcess, clie
         location_pb2.WatchEventsRequest(), metadata=client.metadata, timeout=60
     )
     sent = dict(stream.initial_metadata())["x-request-id"]
-    stream.cancel()
+    assert isinstance(sent, str)
+    stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
     entry = access_log_line(server, sent)
     assert entry["method"] == "/geopunch.v1.LocationService/WatchEvents"
     assert entry["code"] == "CANCELLED"

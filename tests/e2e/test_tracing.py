@@ -54,7 +54,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 def traced(tmp_path: Path) -> Iterator[tuple[ServerProcess, Collector]]:
     collector = Collector()
     grpc_server = grpc.server(ThreadPoolExecutor(2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, grpc_server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, grpc_server)  # type: ignore[no-untyped-call]
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     env = {

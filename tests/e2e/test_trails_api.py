@@ -6,6 +6,7 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -33,7 +34,7 @@ def now() -> int:
 
 
 def samples(
-    tc: int, dists: list[float], t0: int, user: int, accuracies: list[float] | None = None
+    tc: int, dists: Sequence[float], t0: int, user: int, accuracies: list[float] | None = None
 ) -> location_pb2.TrailSamples:
     """A trail heading east from SITE, one sample a second."""
     pts = [at(*SITE, d, 90.0) for d in dists]
@@ -49,7 +50,8 @@ def samples(
 
 def evaluate(client: Client, s: location_pb2.TrailSamples) -> location_pb2.TrailResults:
     req = location_pb2.EvaluateTrailsRequest(samples=s)
-    return client(client.locations.EvaluateTrails, req).data
+    out: location_pb2.TrailResults = client(client.locations.EvaluateTrails, req).data
+    return out
 
 
 def report(client: Client, s: location_pb2.TrailSamples) -> Any:
@@ -67,7 +69,7 @@ def watch(
     for event in stream:
         out.append(event)
         if len(out) == count:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
             break
     return out
 

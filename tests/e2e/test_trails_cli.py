@@ -192,7 +192,7 @@ def test_dask_engine_on_a_local_cluster_matches_the_local_engine(inputs: dict[st
     local_out = inputs["tmp"] / "cmp-local"
     local_out.mkdir()  # the command's staging folder, made by run()
     run_local([inputs["parquet"]], fences, local_out, "parquet", 4, None)
-    with LocalCluster(
+    with LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         for kind in ("parquet", "csv"):
@@ -301,7 +301,7 @@ def test_fences_from_a_running_server(
 ) -> None:
     tc = make_time_clock(client, user_ids=[1, 2, 3]).id
     add_fence(client, tc, *SITE, 100, on_geofence_exit_action="autoClockOut")
-    rows = [
+    rows: list[tuple[int, int, int, int, float | None, str]] = [
         (1, tc, 100, 10, None, "OK"),
         (1, tc, 101, 300, None, "OK"),
         (9, tc, 102, 0, None, "UNKNOWN_USER"),
@@ -312,7 +312,7 @@ def test_fences_from_a_running_server(
     ]
     # Real times: EvaluateTrails refuses times before 2000.
     base = 1_700_000_000
-    rows = [(u, c, base + ts, *rest) for u, c, ts, *rest in rows]
+    rows = [(u, c, base + ts, d, a, want) for u, c, ts, d, a, want in rows]
     path = inputs["tmp"] / "server.parquet"
     pq.write_table(table(rows), path)
     out = inputs["tmp"] / "out-server"

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -236,7 +237,7 @@ def test_subscriptions_are_checked_listed_changed_and_deleted(client: Client) ->
         ({"url": "http://127.0.0.1:9/", "secret": "whsec_short"}, "secret"),
     ):
         _, violations = expect_error(
-            lambda bad=bad: create(**bad), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+            partial(create, **bad), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
         )
         assert [f for f, _ in violations] == [f"subscription.{field}"], violations
     mine = "whsec_" + "A" * 40
@@ -276,7 +277,7 @@ def test_subscriptions_are_checked_listed_changed_and_deleted(client: Client) ->
         (client.webhooks.ListWebhookDeliveries, webhooks_pb2.ListWebhookDeliveriesRequest),
     ):
         expect_error(
-            lambda call=call, req=req: client(call, req(id=sub.id)),
+            partial(client, call, req(id=sub.id)),
             grpc.StatusCode.NOT_FOUND,
             "WEBHOOK_SUBSCRIPTION_NOT_FOUND",
         )
@@ -297,7 +298,7 @@ def test_private_addresses_are_refused_unless_allowed(tmp_path: Path) -> None:
             "http://10.1.2.3/",
         ):
             expect_error(
-                lambda url=url: subscribe(client, url),
+                partial(subscribe, client, url),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "WEBHOOK_URL_NOT_ALLOWED",
             )
