@@ -59,19 +59,23 @@ class _Pokeable:
 
     def __init__(self) -> None:
         self._poked = threading.Event()
+        self.poked = False
 
     def poke(self) -> None:
         self._poked.set()
 
     def _next_round(self) -> bool:
-        """Wait for the next round; False once stopped (seen within 0.25 s)."""
+        """Wait for the next round; False once stopped (seen within 0.25 s).
+        ``self.poked``: whether a poke started it (else the poll's time did)."""
         deadline = time.monotonic() + self._poll_s
         while not self._stopped.is_set():
             left = deadline - time.monotonic()
             if self._poked.wait(max(0.0, min(0.25, left))):
                 self._poked.clear()
+                self.poked = True
                 return True
             if left <= 0.25:
+                self.poked = False
                 return not self._stopped.is_set()
         return False
 
@@ -197,7 +201,8 @@ class StoreWatcher(_Pokeable):
     """Every ``poll_s``: reloads the API keys when any was added or revoked
     (so a revoked key stops working on every process and replica), and wakes
     event streams when the event log grew, whoever wrote it. Streams do not
-    poll the store themselves: one look here serves them all."""
+    poll the store themselves: one look here serves them all. A poke looks
+    at the log only, unless ``poke_keys`` asked for the keys too."""
 
     def __init__(
         self,
@@ -211,9 +216,16 @@ class StoreWatcher(_Pokeable):
         super().__init__()
         self._uows, self._keys, self._wakeup = uows, keys, wakeup
         self._seen, self._poll_s, self._stopped = event_cursor, poll_s, stopped
+        self._keys_due = False
 
-    def look(self) -> None:
-        self._keys.refresh(self._uows)
+    def poke_keys(self) -> None:
+        self._keys_due = True
+        self.poke()
+
+    def look(self, keys: bool = True) -> None:
+        if keys:
+            self._keys_due = False
+            self._keys.refresh(self._uows)
         newest = newest_event(self._uows)
         if newest != self._seen:
             self._seen = newest
@@ -223,7 +235,7 @@ class StoreWatcher(_Pokeable):
         failures = _Failures("store watch")
         while self._next_round():
             try:
-                self.look()
+                self.look(keys=self._keys_due or not self.poked)
             except Exception:  # the store may be briefly unavailable; try again later
                 failures.failed()
                 continue

@@ -316,9 +316,13 @@ class Server:
         if self.app.engine.dialect.name == "postgresql":
             follower = self._follower
 
-            def poke() -> None:
-                follower.poke()
-                watcher.poke()
+            def poke(kinds: str) -> None:
+                if notify.INDEX in kinds:
+                    follower.poke()
+                if notify.KEYS in kinds:
+                    watcher.poke_keys()
+                elif notify.EVENTS in kinds:
+                    watcher.poke()
 
             listener = lambda: notify.listen(self.app.engine, poke, self._stopped)  # noqa: E731
             self._threads.append(background.start("store-listen", listener))

@@ -8,12 +8,22 @@ wakes its index follower and store watcher on every notification, so a
 change made through one replica is applied by the others within
 milliseconds. The followers' polling stays as the fallback for notifications
 missed while the listening connection was down.
+
+A notification names what changed (events, the index's feed, API keys) and
+the process that sent it. A process applies its own events and index
+changes as it commits them, so its listener drops those of its own
+notifications: on a busy replica every group commit notified, and each of
+its own notifications cost the replica three more transactions (the index
+feed, the newest event, the keys' fingerprint), a third of its interpreter's
+time under punches on PostgreSQL (bench/README.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, text
@@ -21,20 +31,50 @@ from sqlalchemy import Connection, Engine, text
 log = logging.getLogger("geopunch")
 
 CHANNEL = "geopunch"
+#: What a notification says changed.
+EVENTS, INDEX, KEYS = "e", "i", "k"
+EVERYTHING = EVENTS + INDEX + KEYS
 #: How long one wait for notifications lasts, so that a stop is seen soon.
 WAIT_S = 0.5
 #: Pause after the listening connection failed, before connecting again.
 RETRY_S = 1.0
 
 
-def notify(conn: Connection) -> None:
-    """Queue the notification in ``conn``'s transaction (sent at its commit)."""
-    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+_sender: tuple[int, str] = (0, "")
 
 
-def listen(engine: Engine, on_notify: Callable[[], None], stopped: threading.Event) -> None:
-    """Until ``stopped``: call ``on_notify`` for each burst of notifications,
-    and once after every (re)connection for what was missed meanwhile."""
+def sender() -> str:
+    """This process's name in its notifications (a forked worker gets its own)."""
+    global _sender
+    pid = os.getpid()
+    if _sender[0] != pid:
+        _sender = (pid, uuid.uuid4().hex)
+    return _sender[1]
+
+
+def notify(conn: Connection, kinds: str) -> None:
+    """Queue the notification that ``kinds`` changed in ``conn``'s
+    transaction (sent at its commit)."""
+    payload = f"{sender()}:{kinds}"
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
+    )
+
+
+def news(payload: str) -> str:
+    """What a notification tells this process: the kinds it names, but for
+    the events and index changes this process sent (applied as committed;
+    API keys are not). Anything unreadable counts as every kind."""
+    source, _, kinds = payload.partition(":")
+    if not kinds or kinds.strip(EVERYTHING):
+        return EVERYTHING
+    return kinds.replace(EVENTS, "").replace(INDEX, "") if source == sender() else kinds
+
+
+def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.Event) -> None:
+    """Until ``stopped``: call ``on_notify`` with what changed for each
+    notification that tells this process something, and with every kind
+    after each (re)connection, for what was missed meanwhile."""
     failures = 0
     while not stopped.is_set():
         try:
@@ -47,10 +87,11 @@ def listen(engine: Engine, on_notify: Callable[[], None], stopped: threading.Eve
                 if failures:
                     log.info("store listener recovered", extra={"fields": {"failures": failures}})
                     failures = 0
-                on_notify()
+                on_notify(EVERYTHING)
                 while not stopped.is_set():
-                    if any(True for _ in conn.notifies(timeout=WAIT_S, stop_after=1)):  # type: ignore[union-attr]
-                        on_notify()
+                    for note in conn.notifies(timeout=WAIT_S, stop_after=1):  # type: ignore[union-attr]
+                        if kinds := news(note.payload):
+                            on_notify(kinds)
             finally:
                 raw.close()
         except Exception:  # the store may be briefly unavailable; polling covers it

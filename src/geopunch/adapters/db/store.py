@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
-from geopunch.adapters.db.notify import notify
+from geopunch.adapters.db.notify import EVENTS, INDEX, KEYS, notify
 from geopunch.adapters.db.prepared import driver, savepoint
 from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
@@ -325,10 +325,12 @@ class SqlUnitOfWork(_Repositories):
         appended = any(repos.events.appended for repos in scopes)
         noted = any(repos.index_changes.noted for repos in scopes)
         subscribed = any(repos.webhooks.changed for repos in scopes)
-        if (appended or noted or self.api_keys.changed) and self._conn.dialect.name == "postgresql":
+        kinds = (EVENTS if appended else "") + (INDEX if noted else "")
+        kinds += KEYS if self.api_keys.changed else ""
+        if kinds and self._conn.dialect.name == "postgresql":
             # Delivered when (and only if) the transaction commits: every
             # replica's listener then catches up at once (see notify.py).
-            notify(self._conn)
+            notify(self._conn, kinds)
         self._conn.commit()  # a deadlock or serialization failure: see __exit__
         for repos in scopes:
             repos.events.appended = repos.index_changes.noted = repos.webhooks.changed = False
