@@ -13,15 +13,11 @@ from sqlalchemy import Engine, text
 
 from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.bootstrap import SystemClock
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.accounts import Scope
 from geopunch.domain.models import Job, TimeClock
 from geopunch.service import accounts, admin
-
-
-class _Clock:
-    def now(self) -> float:
-        return time.time()
 
 
 def test_what_a_notification_tells_this_process() -> None:
@@ -58,7 +54,7 @@ def test_a_listener_hears_others_changes_and_its_own_keys(engine: Engine) -> Non
             )
         assert heard.get(timeout=10) == "ei"
         # This process's own new key: heard, so that its key ring reads it.
-        accounts.create_key(uows, _Clock(), A, frozenset({Scope.READ}))
+        accounts.create_key(uows, SystemClock(), A, frozenset({Scope.READ}))
         assert heard.get(timeout=10) == notify.KEYS
         time.sleep(0.2)
         assert heard.empty(), heard.get_nowait()

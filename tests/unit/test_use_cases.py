@@ -8,7 +8,6 @@ in which transaction, what they tell the fence engine, and what they answer.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
+from geopunch.adapters.db.store import SqlUnitOfWorkFactory
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import (
@@ -42,6 +41,7 @@ from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.geo.engine import AccountFences
 from geopunch.service import admin, geofences, index_feed, punches, scheduler, trails
 from geopunch.service.locations import LocationBatch, check_locations
+from tests.helpers import seeded_sqlite
 from tests.reference_engine import ReferenceEngine
 
 NOW = 1_800_000_000
@@ -72,21 +72,9 @@ class Clock:
         return self.t
 
 
-@pytest.fixture(scope="session")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated store, copied for each test: migrating takes a tenth of a second."""
-    path = tmp_path_factory.mktemp("template") / "store.db"
-    engine = make_engine(f"sqlite:///{path}")
-    migrate(engine)
-    engine.dispose()
-    return path
-
-
 @pytest.fixture
-def store(migrated: Path, tmp_path: Path) -> Iterator[SqlUnitOfWorkFactory]:
-    path = tmp_path / "store.db"
-    shutil.copy(migrated, path)
-    engine = make_engine(f"sqlite:///{path}")
+def store(tmp_path: Path) -> Iterator[SqlUnitOfWorkFactory]:
+    engine = seeded_sqlite(tmp_path / "store.db", [])
     yield SqlUnitOfWorkFactory(engine)
     engine.dispose()
 

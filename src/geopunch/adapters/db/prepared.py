@@ -239,15 +239,14 @@ def in_seq_order(conn: Connection, key: int) -> None:
     # and each lock statement was a round trip on the committer's one thread
     # (a sixth of its time under punches). A lock taken inside a savepoint
     # that is rolled back is released with it: ``savepoint`` forgets it then.
-    txn = conn.get_transaction()
-    held = conn.info.get(_HELD)
-    if held is not None and held[0] is txn and key in held[1]:
+    keys = _held_keys(conn)
+    if keys is not None and key in keys:
         return
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-    if held is None or held[0] is not txn:
-        keys: list[int] = []
-        held = conn.info[_HELD] = (txn, keys)
-    held[1].append(key)
+    if keys is None:
+        keys = []
+        conn.info[_HELD] = (conn.get_transaction(), keys)
+    keys.append(key)
 
 
 #: In a connection's ``info``: (its transaction, the seq locks it holds).
