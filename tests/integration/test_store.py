@@ -522,20 +522,35 @@ def test_group_commit_pieces_run_bare_where_the_store_counts_changes(engine: Eng
     def refuse(uow: Any) -> str:
         raise DomainError(ErrorCode.INVALID_ARGUMENT, "refused before writing")
 
+    def read_then_refuse(uow: Any) -> str:
+        uow.idempotency.get("a")  # a read alone leaves nothing to undo
+        raise DomainError(ErrorCode.INVALID_ARGUMENT, "refused after reading")
+
+    def duplicate(uow: Any) -> str:
+        uow.idempotency.put("a", "m", "h", b"x")  # already there: the database refuses
+        return "never"
+
     uows = AccountStore(engine)
-    counts = engine.dialect.name == "sqlite"
     with uows() as uow:
-        done = GroupCommitter._apply(uow, [put("a"), refuse, put("b")], guarded=False)
+        steps = [put("a"), refuse, read_then_refuse, put("b")]
+        done = GroupCommitter._apply(uow, steps, guarded=False)
         assert done is not None
-        assert [ok for ok, _ in done] == [True, False, True]
-        assert [done[0][1], done[2][1]] == ["a", "b"]
-        assert isinstance(uow.changes(), int) if counts else uow.changes() is None
+        assert [ok for ok, _ in done] == [True, False, False, True]
+        assert [done[0][1], done[3][1]] == ["a", "b"]
+        assert isinstance(uow.changes(), int)
+        done = GroupCommitter._apply(uow, [duplicate, put("e")], guarded=False)
+        if engine.dialect.name == "postgresql":
+            # A failed statement aborts the whole transaction there: the
+            # batch goes round again with savepoints, as after a write.
+            assert done is None
+        else:  # SQLite undoes the failed statement alone
+            assert done is not None and [ok for ok, _ in done] == [False, True]
     with uows() as uow:
-        done = GroupCommitter._apply(uow, [put("c"), put("d", fail=True)], guarded=False)
-        if counts:
-            assert done is None  # "d" wrote before failing: the batch goes round again
-        else:
-            assert done is not None and isinstance(done[1][1], DomainError)
+        # "d" wrote before failing: the batch goes round again
+        assert GroupCommitter._apply(uow, [put("c"), put("d", fail=True)], guarded=False) is None
+        uow.commit()
+    with uows() as uow:
+        assert uow.idempotency.get("a") is None  # nothing of the earlier rounds was kept
 
 
 def test_group_committer_answers_every_caller_with_its_own_result(engine: Engine) -> None:

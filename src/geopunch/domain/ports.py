@@ -412,8 +412,10 @@ class UnitOfWork(Protocol):
         ...
 
     def changes(self) -> int | None:
-        """Rows written so far on this connection (a counter that only grows),
-        or None when the store cannot tell cheaply."""
+        """A counter that only grows and moves whenever this connection may
+        have written, or a statement failed (SQLite's changed rows; on
+        PostgreSQL, statements other than plain reads, and failures); None
+        when the store cannot tell cheaply."""
         ...
 
 

@@ -87,8 +87,14 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            from geopunch.adapters.db.pg_writes import WriteCountingCursor
+
+            connect_args["cursor_factory"] = WriteCountingCursor  # see changes()
         return create_engine(
             url,
+            connect_args=connect_args,
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
@@ -348,10 +354,16 @@ class SqlUnitOfWork(_Repositories):
 
     def changes(self) -> int | None:
         assert self._conn is not None
-        if self._conn.dialect.name != "sqlite":
-            return None
-        total: int = driver(self._conn).total_changes  # sqlite3_total_changes()
-        return total
+        raw = driver(self._conn)
+        name = self._conn.dialect.name
+        if name == "sqlite":
+            total: int = raw.total_changes  # sqlite3_total_changes()
+            return total
+        if name == "postgresql":
+            from geopunch.adapters.db.pg_writes import writes
+
+            return writes(raw)
+        return None
 
 
 class _AccountRepositories(_Repositories):
