@@ -381,6 +381,42 @@ def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
         assert uow.activities.punch_state(TC.id, 1, date(2024, 5, 3)).day_status is None
 
 
+def test_writes_sent_together_are_refused_as_lost_races_when_the_block_ends(
+    engine: Engine,
+) -> None:
+    """On PostgreSQL the block's statements share one round trip, and the
+    store answers them only at its end: a refusal, or a close that found
+    nothing open, must still be a lost race there, and nothing of it kept."""
+    uows = AccountStore(engine)
+    end = PunchPoint(150, "UTC", None, "api")
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add(_activity("shift-1", 100))
+        uow.commit()
+    reached = []
+    with uows() as uow, pytest.raises(ConcurrentChange), uow.together():
+        uow.activities.add(_activity("shift-2", 200))  # a second open one
+        reached.append("after the add")
+    # PostgreSQL answers at the block's end; SQLite at the statement.
+    assert reached == (["after the add"] if engine.dialect.name == "postgresql" else [])
+    with (
+        uows() as uow,
+        pytest.raises(ConcurrentChange, match="closed meanwhile"),
+        uow.together(),
+    ):
+        uow.activities.close("shift-9", end, 150)  # nothing open by that id
+    with uows() as uow:
+        with uow.together():
+            uow.activities.close("shift-1", end, 150)
+            uow.activities.add(_activity("shift-2", 200))
+            state = uow.activities.punch_state(TC.id, 1, date(2024, 5, 2))  # reads see them
+            assert state.open is not None and state.open.id == "shift-2"
+        uow.commit()
+    with uows(readonly=True) as uow:
+        acts = uow.activities.list_for(TC.id, 1)
+        assert [(a.id, a.end) for a in acts] == [("shift-1", end), ("shift-2", None)]
+
+
 def test_open_many_finds_open_activities_of_pairs_in_any_number(engine: Engine) -> None:
     """IN lists of users per time clock, padded to prepared lengths and cut into chunks."""
     uows = AccountStore(engine)

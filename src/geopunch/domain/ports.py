@@ -411,6 +411,12 @@ class UnitOfWork(Protocol):
         """A nested scope: its writes are undone if the block raises."""
         ...
 
+    def together(self) -> AbstractContextManager[object]:
+        """A block whose writes the store may send at once and answer at its
+        end: a constraint's refusal of any of them is raised there, as
+        ConcurrentChange (a lost race, as for a single write)."""
+        ...
+
     def changes(self) -> int | None:
         """A counter that only grows and moves whenever this connection may
         have written, or a statement failed (SQLite's changed rows; on

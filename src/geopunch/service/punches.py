@@ -132,19 +132,20 @@ async def punch(
                 cmd.idempotency_key, cmd.kind.value, body_hash, encode_refusal(err, request_id)
             )
             return PunchOutcome(None, request_id, refusal=err)
-        for activity in decision.closed:
-            assert activity.end is not None
-            uow.activities.close(activity.id, activity.end, activity.modified_at)
-        for activity in decision.added:
-            uow.activities.add(activity)
-        uow.events.append(punch_events(cmd.kind, decision.result))
-        if cmd.idempotency_key:
-            uow.idempotency.put(
-                cmd.idempotency_key,
-                cmd.kind.value,
-                body_hash,
-                encode_answer(decision.result, request_id),
-            )
+        with uow.together():  # one round trip for them all where the store can
+            for activity in decision.closed:
+                assert activity.end is not None
+                uow.activities.close(activity.id, activity.end, activity.modified_at)
+            for activity in decision.added:
+                uow.activities.add(activity)
+            uow.events.append(punch_events(cmd.kind, decision.result))
+            if cmd.idempotency_key:
+                uow.idempotency.put(
+                    cmd.idempotency_key,
+                    cmd.kind.value,
+                    body_hash,
+                    encode_answer(decision.result, request_id),
+                )
         return PunchOutcome(decision.result, request_id)
 
     # Rows are locked in this order in a shared transaction; the key's hash

@@ -292,6 +292,46 @@ def savepoint(conn: Connection) -> Iterator[None]:
     raw.execute(f"RELEASE SAVEPOINT {name}")
 
 
+#: In a connection's ``info`` while :func:`together` runs: checks for its end.
+_AFTER_SYNC = "geopunch_after_sync"
+
+
+@contextmanager
+def together(conn: Connection) -> Iterator[None]:
+    """Send the statements run inside to PostgreSQL in one pipeline.
+
+    A punch's writes (the activities closed and added, its event, its
+    idempotency key) were a round trip each on the group committer's one
+    thread. Inside this block they go out together and are answered in one
+    round trip at its end, where the store's refusal of any of them is
+    raised; :func:`after_sync` defers the checks that read their results.
+    Reads inside still work (a fetch sends what is queued first). On other
+    stores the statements run one by one, as outside it.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    checks: list[Callable[[], None]] = []
+    conn.info[_AFTER_SYNC] = checks
+    try:
+        with driver(conn).pipeline():
+            yield
+    finally:
+        del conn.info[_AFTER_SYNC]
+    for check in checks:
+        check()
+
+
+def after_sync(conn: Connection, check: Callable[[], None]) -> None:
+    """Run ``check`` now, or at the end of the enclosing :func:`together`,
+    once the results it reads have come back."""
+    later = conn.info.get(_AFTER_SYNC)
+    if later is None:
+        check()
+    else:
+        later.append(check)
+
+
 class PreparedIn:
     """A statement filtering on an IN list, prepared for list lengths 1, 2, 4 ... ``most``.
 

@@ -42,6 +42,7 @@ from geopunch.adapters.db.fence_rows import NEWEST_INDEX_CHANGE, enabled_fences
 from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
+    after_sync,
     fetch_all,
     in_seq_order,
     in_values,
@@ -818,8 +819,15 @@ class SqlActivityRepository(AccountScoped):
             "modified_at": modified_at,
             **_point_columns("end", end),
         }
-        if _CLOSE.rowcount(self._conn, params) != 1:
-            raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
+        cursor = _CLOSE.execute(self._conn, params)
+
+        def closed_it() -> None:
+            count = cursor.rowcount
+            cursor.close()
+            if count != 1:
+                raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
+
+        after_sync(self._conn, closed_it)
 
     def add_many(self, new: Sequence[Activity]) -> None:
         """Insert completed activities at once; an overlap that the store

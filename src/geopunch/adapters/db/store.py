@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +27,7 @@ from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.notify import EVENTS, INDEX, KEYS, notify
-from geopunch.adapters.db.prepared import driver, savepoint
+from geopunch.adapters.db.prepared import driver, integrity_error, savepoint, together
 from geopunch.adapters.db.repositories import (
     SqlActivityRepository,
     SqlGeofenceRepository,
@@ -352,6 +352,10 @@ class SqlUnitOfWork(_Repositories):
         assert self._conn is not None
         return savepoint(self._conn)
 
+    def together(self) -> AbstractContextManager[object]:
+        assert self._conn is not None
+        return _sent_together(self._conn)
+
     def changes(self) -> int | None:
         assert self._conn is not None
         raw = driver(self._conn)
@@ -364,6 +368,15 @@ class SqlUnitOfWork(_Repositories):
 
             return writes(raw)
         return None
+
+
+@contextlib.contextmanager
+def _sent_together(conn: Connection) -> Iterator[None]:
+    try:
+        with together(conn):
+            yield
+    except integrity_error(conn) as exc:
+        raise ConcurrentChange(str(exc)) from exc
 
 
 class _AccountRepositories(_Repositories):
@@ -383,6 +396,9 @@ class _AccountRepositories(_Repositories):
 
     def savepoint(self) -> AbstractContextManager[object]:
         return self._uow.savepoint()
+
+    def together(self) -> AbstractContextManager[object]:
+        return self._uow.together()
 
     def changes(self) -> int | None:
         return self._uow.changes()
