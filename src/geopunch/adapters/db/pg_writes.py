@@ -17,7 +17,7 @@ This module imports psycopg: the store loads it for PostgreSQL engines only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -52,24 +52,24 @@ class WriteCountingCursor(psycopg.Cursor[Any]):
     __slots__ = ()
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> WriteCountingCursor:
-        if not _reads_only(query):
-            _note(self)
-        try:
-            super().execute(query, params, **kwargs)
-        except BaseException:
-            _note(self)
-            raise
+        _counted(self, query, super().execute, query, params, **kwargs)
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
-        if not _reads_only(query):
-            _note(self)
-        try:
-            super().executemany(query, params_seq, **kwargs)
-        except BaseException:
-            _note(self)
-            raise
+        _counted(self, query, super().executemany, query, params_seq, **kwargs)
 
     def copy(self, *args: Any, **kwargs: Any) -> Any:
         _note(self)
         return super().copy(*args, **kwargs)
+
+
+def _counted(
+    cursor: psycopg.Cursor[Any], query: Any, run: Callable[..., Any], *args: Any, **kwargs: Any
+) -> None:
+    if not _reads_only(query):
+        _note(cursor)
+    try:
+        run(*args, **kwargs)
+    except BaseException:
+        _note(cursor)
+        raise
