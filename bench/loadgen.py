@@ -341,8 +341,8 @@ def main() -> None:
             # A fresh schema has no planner statistics: until autovacuum's
             # first ANALYZE (a minute or so into a real deployment) PostgreSQL
             # reads a user's state through the overlap constraint's GiST index,
-            # every row of the user's history (0.6-0.9 ms a punch, measured).
-            # Measure the store as it runs once that has happened.
+            # every row of the user's history (bench/README.md). Measure the
+            # store as it runs once that has happened.
             asyncio.run(run(address, argparse.Namespace(**{**vars(args), "seconds": 2.0})))
             analyzer = create_engine(url)
             with analyzer.begin() as conn:

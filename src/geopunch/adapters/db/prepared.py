@@ -179,12 +179,6 @@ class Prepared:
         cursor.close()
         return None if row is None else dict(zip(c.columns, c.row(row), strict=True))
 
-    def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
-        cursor = self.execute(conn, params)
-        count: int = cursor.rowcount
-        cursor.close()
-        return count
-
 
 def fetch_all(conn: Connection, statement: ClauseElement) -> list[tuple[Any, ...]]:
     """Every row of a statement built for one call (its values bound in it,
