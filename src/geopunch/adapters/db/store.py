@@ -354,6 +354,8 @@ class SqlUnitOfWork(_Repositories):
 
     def together(self) -> AbstractContextManager[object]:
         assert self._conn is not None
+        if self._conn.dialect.name != "postgresql":  # SQLite: statements one by one
+            return contextlib.nullcontext()
         return _sent_together(self._conn)
 
     def changes(self) -> int | None:
