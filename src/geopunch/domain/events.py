@@ -93,6 +93,13 @@ def json_bytes(value: object) -> bytes:
     return orjson.dumps(value, option=JSON_OPTIONS)
 
 
+def kept_json_bytes(value: object) -> bytes:
+    """``json_bytes`` for bytes kept past the call (caches, pages held for
+    later): orjson's bytes keep a buffer of at least 4 KB whatever their
+    length, and the right-sized copy costs about 0.2 us."""
+    return bytes(memoryview(orjson.dumps(value, option=JSON_OPTIONS)))
+
+
 def event_json(e: Event) -> dict[str, Json]:
     """An event as every JSON consumer gets it (server-sent events, webhook
     bodies, JetStream messages): WatchEvents' JSON mapping, numbers as numbers."""

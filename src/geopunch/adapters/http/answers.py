@@ -18,7 +18,7 @@ import orjson
 from geopunch.adapters.board_lines import BoardLines
 from geopunch.domain.accounts import ApiKey
 from geopunch.domain.errors import DomainError
-from geopunch.domain.events import json_bytes
+from geopunch.domain.events import kept_json_bytes
 from geopunch.domain.locations import EXIT_ACTIONS, BatchVerdict, PointStatus
 from geopunch.domain.models import (
     DayStatus,
@@ -418,7 +418,7 @@ def user_totals(t: UserTotals) -> dict[str, Any]:
 
 
 def _status_line(s: UserStatus) -> bytes:
-    return json_bytes(user_status(s))
+    return kept_json_bytes(user_status(s))
 
 
 _LINES = BoardLines("http", _status_line)
