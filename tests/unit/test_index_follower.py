@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from geopunch.entrypoints.background import IndexFollower
 from geopunch.geo.engine import AccountFences
@@ -68,3 +70,32 @@ def test_catch_up_moves_the_cursor_without_the_loop() -> None:
     follower.catch_up()
     follower.catch_up()
     assert seen == [0, 3] and follower.cursor == 6
+
+
+def test_the_first_round_runs_at_once_and_sets_the_index_currency() -> None:
+    """Not a poll later: until a round ends, the currency gauge reads 0 (an
+    index decades behind to an alert on its age)."""
+    stopped = threading.Event()
+    seen: list[int] = []
+
+    def follow(uows: object, engine: object, cursor: int) -> int:
+        seen.append(cursor)
+        stopped.set()
+        return cursor
+
+    follower = IndexFollower(
+        None,  # type: ignore[arg-type]
+        AccountFences(),
+        cursor=5,
+        poll_s=3600,
+        stopped=stopped,
+        follow=follow,
+        prune=False,
+    )
+    started = time.time()
+    runner = threading.Thread(target=follower.run, daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive() and seen == [5]
+    current = REGISTRY.get_sample_value("geopunch_index_current_timestamp_seconds")
+    assert current is not None and current >= started

@@ -123,7 +123,11 @@ class IndexFollower(_Pokeable):
     def run(self) -> None:
         pruned_at = time.monotonic() - HOUSEKEEPING_EVERY_S
         failures = _Failures("fence index refresh")
-        while self._next_round():
+        # The first round at once: until one ends, the index's currency
+        # gauge reads 0, an index decades behind to an alert on its age.
+        first = True
+        while first or self._next_round():
+            first = False
             try:
                 self.catch_up()
                 if self._prune and time.monotonic() - pruned_at >= HOUSEKEEPING_EVERY_S:
