@@ -187,6 +187,8 @@ def test_trail_samples_index_currency_and_event_lag_are_measured(
     assert moved("geopunch_trail_samples_total", status="OK") == 2
     assert moved("geopunch_trail_samples_total", status="INVALID_COORDINATES") == 1
     assert after.get(("geopunch_event_lag_seconds", (("subscriber", sub.id),))) == 0.0
+    # Counted by the time the subscription is caught up (other tests' may add more).
+    assert moved("geopunch_webhook_deliveries_total", result="ok") >= len(receiver.accepted())
     # The index follower runs every second: the index is at most a few seconds behind.
     current = value(after, "geopunch_index_current_timestamp_seconds")
     assert time.time() - 10 < current <= time.time()
