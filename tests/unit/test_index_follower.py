@@ -5,12 +5,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from geopunch.entrypoints.background import IndexFollower
 from geopunch.geo.engine import AccountFences
+
+
+def _follower(
+    follow: Callable[[Any, Any, int], int],
+    *,
+    cursor: int,
+    poll_s: float,
+    stopped: threading.Event,
+    **options: Any,
+) -> IndexFollower:
+    """A follower of no store: ``follow`` stands for its reads."""
+    return IndexFollower(
+        None,  # type: ignore[arg-type]
+        AccountFences(),
+        cursor=cursor,
+        poll_s=poll_s,
+        stopped=stopped,
+        follow=follow,
+        **options,
+    )
 
 
 class _FlakyStore:
@@ -32,13 +54,11 @@ def test_failures_are_logged_once_then_recovery(caplog: pytest.LogCaptureFixture
     stopped = threading.Event()
     store = _FlakyStore(failures=50, calls=60, stop=stopped)
     pruned: list[int] = []
-    follower = IndexFollower(
-        None,  # type: ignore[arg-type]
-        AccountFences(),
+    follower = _follower(
+        store,
         cursor=7,
         poll_s=0.001,
         stopped=stopped,
-        follow=store,
         prune_before=lambda uows, before: pruned.append(before) or 0,  # type: ignore[func-returns-value]
     )
     with caplog.at_level(logging.INFO, logger="geopunch"):
@@ -59,14 +79,7 @@ def test_catch_up_moves_the_cursor_without_the_loop() -> None:
         seen.append(cursor)
         return cursor + 3
 
-    follower = IndexFollower(
-        None,  # type: ignore[arg-type]
-        AccountFences(),
-        cursor=0,
-        poll_s=60,
-        stopped=threading.Event(),
-        follow=follow,
-    )
+    follower = _follower(follow, cursor=0, poll_s=60, stopped=threading.Event())
     follower.catch_up()
     follower.catch_up()
     assert seen == [0, 3] and follower.cursor == 6
@@ -83,15 +96,7 @@ def test_the_first_round_runs_at_once_and_sets_the_index_currency() -> None:
         stopped.set()
         return cursor
 
-    follower = IndexFollower(
-        None,  # type: ignore[arg-type]
-        AccountFences(),
-        cursor=5,
-        poll_s=3600,
-        stopped=stopped,
-        follow=follow,
-        prune=False,
-    )
+    follower = _follower(follow, cursor=5, poll_s=3600, stopped=stopped, prune=False)
     started = time.time()
     runner = threading.Thread(target=follower.run, daemon=True)
     runner.start()
