@@ -20,7 +20,7 @@ from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.events import Event
 from geopunch.domain.webhooks import Subscription, SubscriptionChange, SubscriptionStatus
-from geopunch.service import delivery, events, webhooks
+from geopunch.service import events, log_pages, webhooks
 from geopunch.service.delivery import DeliverySettings
 from geopunch.service.events import EVENT_PAGE
 from tests.helpers import RunningDeliverer
@@ -46,7 +46,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[Read]]:
             counted[(after, tuple(types))] += 1
         return events.events_after(*args)  # looked up now: a test may replace it
 
-    monkeypatch.setattr("geopunch.service.delivery.events_after", counting)
+    monkeypatch.setattr(log_pages, "events_after", counting)
     yield counted
 
 
@@ -112,7 +112,7 @@ def test_a_short_page_is_read_again_once_new_events_were_seen(
 ) -> None:
     uows = SqlUnitOfWorkFactory(engine)
     _append(uows, 3)
-    pages = delivery._SharedPages(uows)
+    pages = log_pages.SharedPages(uows)
 
     async def run() -> None:
         first = await pages.read(_sub(0), behind=2, seen=1)
@@ -131,7 +131,7 @@ def test_a_short_page_is_read_again_once_new_events_were_seen(
 def test_a_full_page_is_kept_for_its_readers_only(engine: Engine, reads: Counter[Read]) -> None:
     uows = SqlUnitOfWorkFactory(engine)
     _append(uows, EVENT_PAGE + 1)
-    pages = delivery._SharedPages(uows)
+    pages = log_pages.SharedPages(uows)
 
     async def run() -> None:
         alone = await pages.read(_sub(0), behind=0, seen=1)
@@ -152,7 +152,7 @@ def test_a_failed_read_is_not_kept(
 ) -> None:
     uows = SqlUnitOfWorkFactory(engine)
     _append(uows, 3)
-    pages = delivery._SharedPages(uows)
+    pages = log_pages.SharedPages(uows)
     real = events.events_after
     failures = [OSError("the store went away")]
 
@@ -177,11 +177,11 @@ def test_what_is_kept_is_bounded(engine: Engine, reads: Counter[Read]) -> None:
     leave at most ``MOST_SHARED_PAGES`` pages behind."""
     uows = SqlUnitOfWorkFactory(engine)
     _append(uows, 40)
-    pages = delivery._SharedPages(uows)
+    pages = log_pages.SharedPages(uows)
 
     async def run() -> None:
-        for cursor in range(2 * delivery.MOST_SHARED_PAGES):
+        for cursor in range(2 * log_pages.MOST_SHARED_PAGES):
             await pages.read(_sub(cursor), behind=1, seen=1)
-        assert len(pages._kept) == delivery.MOST_SHARED_PAGES
+        assert len(pages._kept) == log_pages.MOST_SHARED_PAGES
 
     asyncio.run(run())

@@ -31,13 +31,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 from standardwebhooks import Webhook
 
 from geopunch import metrics
 from geopunch.domain.errors import DomainError, ErrorCode
-from geopunch.domain.events import Event, event_json, json_bytes, kept_json_bytes
+from geopunch.domain.events import Event
 from geopunch.domain.ports import (
     EventPublisher,
     EventSignal,
@@ -53,7 +52,7 @@ from geopunch.domain.webhooks import (
     failing_event_payload,
     retry_delay_s,
 )
-from geopunch.service.events import EVENT_PAGE, events_after
+from geopunch.service.log_pages import Outgoing, SharedPages, event_body
 
 log = logging.getLogger("geopunch.webhooks")
 
@@ -66,113 +65,6 @@ ERROR_CHARS = 300
 MAX_HELD = 1000
 #: The pause before a deliverer or sink that failed is started again.
 RESTART_S = 1.0
-#: Pages of the event log a deliverer keeps for its other subscriptions at
-#: most (about 0.3 MB each).
-MOST_SHARED_PAGES = 8
-
-
-def _body(e: Event) -> bytes:
-    """One event's JSON body, compact UTF-8."""
-    return json_bytes(event_json(e))
-
-
-def _kept_body(e: Event) -> bytes:
-    """``_body`` for a page that may wait in memory."""
-    return kept_json_bytes(event_json(e))
-
-
-class Outgoing(NamedTuple):
-    """An event as a delivery sends it: its body encoded once, its payload
-    dropped (the payloads of a page of time-activity events took 0.6 MB)."""
-
-    seq: int
-    id: str
-    type: str
-    recorded_at: int
-    body: bytes
-
-
-#: A page of the event log as subscriptions deliver it.
-Page = list[Outgoing]
-#: What a page is read by: the account, the cursor, the event types, the time clocks.
-_PageKey = tuple[int, int, tuple[str, ...], tuple[int, ...]]
-
-
-class _SharedPages:
-    """Pages of the event log read once for every subscription held here
-    that delivers the same account's events with the same filter.
-
-    Ten subscriptions of one account's events read, decoded and encoded
-    each page ten times: about a third of the server's work an event
-    (bench/README.md). Shared, the ten cost little more a page than one.
-
-    A page is kept for the number of other held subscriptions that had yet
-    to reach its cursor when it was read (one held alone keeps nothing), and
-    goes when the last of them has taken it; ``MOST_SHARED_PAGES`` bounds
-    what a subscription that never reaches that cursor exactly leaves
-    behind.
-    A full page stays right: the log is append-only and seq order is commit
-    order, so a later read at its cursor gives the same events. A short one
-    (the end of the log) is shared only with readers that have seen no new
-    events since it was read: a stale one would send them back to wait with
-    those events unread. A read under way is shared too (its future is
-    kept), so subscriptions woken together by new events read them once.
-    Used on the deliverer's loop only.
-    """
-
-    def __init__(self, uows: UnitOfWorkFactory) -> None:
-        self._uows = uows
-        #: The page (read or being read), how many more readers are
-        #: expected, and the event signal's version when its read began.
-        self._kept: dict[_PageKey, tuple[asyncio.Future[Page], int, int]] = {}
-
-    async def read(self, sub: Subscription, behind: int, seen: int) -> Page:
-        """The page after ``sub``'s cursor. ``behind``: how many other
-        subscriptions are expected to read it too; ``seen``: the event
-        signal's version before this read."""
-        key = (sub.account_id, sub.cursor, sub.event_types, sub.time_clock_ids)
-        kept = self._kept.pop(key, None)
-        if kept is not None and not self._fresh(kept[0], kept[2], seen):
-            kept = None
-        if kept is not None:
-            page, left, at = kept
-            if left > 1:
-                self._kept[key] = (page, left - 1, at)
-        else:
-            page = asyncio.ensure_future(asyncio.to_thread(self._read, key))
-            if behind:
-                self._kept[key] = (page, behind, seen)
-                page.add_done_callback(functools.partial(self._forget_failed, key))
-                while len(self._kept) > MOST_SHARED_PAGES:
-                    del self._kept[next(iter(self._kept))]
-        # Shielded: one reader cancelled (its subscription changed) leaves
-        # the read to the others.
-        return await asyncio.shield(page)
-
-    @staticmethod
-    def _fresh(page: asyncio.Future[Page], read_at: int, seen: int) -> bool:
-        """Whether a kept page is what a read now would give."""
-        if read_at == seen:
-            return True
-        return (
-            page.done()
-            and not page.cancelled()
-            and page.exception() is None
-            and (len(page.result()) >= EVENT_PAGE)
-        )
-
-    def _read(self, key: _PageKey) -> Page:
-        account, cursor, types, clocks = key
-        return [
-            Outgoing(e.seq, e.id, e.type, e.recorded_at, _kept_body(e))
-            for e in events_after(self._uows, account, cursor, types, clocks)
-        ]
-
-    def _forget_failed(self, key: _PageKey, page: asyncio.Future[Page]) -> None:
-        """A read that failed is read again by the next reader, not kept."""
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is page and (page.cancelled() or page.exception()):
-            del self._kept[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +113,9 @@ class Deliverer:
         #: Set when a handed-over subscription's task has ended: its lease
         #: goes back at once rather than at the next claim's timer.
         self._wake = asyncio.Event()
-        self._pages = _SharedPages(uows)
+        #: The log's pages, read once for the subscriptions held here that
+        #: deliver the same account's events with the same filter.
+        self._pages = SharedPages(uows)
 
     async def run(self) -> None:
         """Claim and deliver until ``stopping`` is set; then store progress
@@ -635,7 +529,7 @@ class SinkPublisher:
             lag = metrics.EVENT_LAG.labels(f"jetstream:{self.name}")
             for e in page:
                 lag.set(max(time.time() - e.recorded_at, 0.0))
-                body = _body(e)
+                body = event_body(e)
                 try:
                     await self._publisher.publish(self.subject(e), body, e.id)
                 except Exception as err:
