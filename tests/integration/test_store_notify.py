@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy import Engine, text
 
 from geopunch.adapters.db import notify
-from geopunch.adapters.db.store import SqlUnitOfWorkFactory
+from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine
 from geopunch.bootstrap import SystemClock
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.accounts import Scope
 from geopunch.domain.models import Job, TimeClock
 from geopunch.service import accounts, admin
+from tests.helpers import pg_schema
 
 
 def test_what_a_notification_tells_this_process() -> None:
@@ -50,9 +51,22 @@ def test_a_listener_hears_others_changes_and_its_own_keys(engine: Engine) -> Non
         # Another process's change: heard, after the one above would have been.
         with engine.begin() as conn:
             conn.execute(
-                text("SELECT pg_notify(:c, :p)"), {"c": notify.CHANNEL, "p": "elsewhere:ei"}
+                text("SELECT pg_notify(:c, :p)"), {"c": notify.channel(conn), "p": "elsewhere:ei"}
             )
         assert heard.get(timeout=10) == "ei"
+        # Another process of a deployment in another schema of the same
+        # database: not heard.
+        with pg_schema() as url:
+            elsewhere = make_engine(url)
+            try:
+                with engine.connect() as conn:
+                    mine = notify.channel(conn)
+                with elsewhere.begin() as conn:
+                    other = notify.channel(conn)
+                    assert other != mine
+                    conn.execute(text("SELECT pg_notify(:c, 'elsewhere:e')"), {"c": other})
+            finally:
+                elsewhere.dispose()
         # This process's own new key: heard, so that its key ring reads it.
         accounts.create_key(uows, SystemClock(), A, frozenset({Scope.READ}))
         assert heard.get(timeout=10) == notify.KEYS

@@ -1,13 +1,13 @@
 """PostgreSQL's own change notification between replicas.
 
 A transaction that changes what other servers hold (time clocks and fences,
-events, API keys) sends ``NOTIFY geopunch`` before it commits; PostgreSQL
-delivers it to every listening connection once the commit is done, and not
-at all if it is rolled back. Each server keeps one connection listening and
-wakes its index follower and store watcher on every notification, so a
-change made through one replica is applied by the others within
-milliseconds. The followers' polling stays as the fallback for notifications
-missed while the listening connection was down.
+events, API keys) sends a notification on its schema's channel before it
+commits; PostgreSQL delivers it to every listening connection once the
+commit is done, and not at all if it is rolled back. Each server keeps one
+connection listening and wakes its index follower and store watcher on every
+notification, so a change made through one replica is applied by the others
+within milliseconds. The followers' polling stays as the fallback for
+notifications missed while the listening connection was down.
 
 A notification names what changed (events, the index's feed, API keys) and
 the process that sent it. A process applies its own events and index
@@ -28,9 +28,14 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, text
 
+from geopunch.adapters.db.prepared import driver
+
 log = logging.getLogger("geopunch")
 
-CHANNEL = "geopunch"
+#: The channel, named in SQL: one per schema, so that deployments sharing a
+#: database in schemas of their own do not wake each other. A digest keeps it
+#: within PostgreSQL's 63-byte identifiers whatever the schema's name.
+_CHANNEL_SQL = "'geopunch_' || left(md5(coalesce(current_schema(), '')), 16)"
 #: What a notification says changed.
 EVENTS, INDEX, KEYS = "e", "i", "k"
 EVERYTHING = EVENTS + INDEX + KEYS
@@ -56,9 +61,13 @@ def notify(conn: Connection, kinds: str) -> None:
     """Queue the notification that ``kinds`` changed in ``conn``'s
     transaction (sent at its commit)."""
     payload = f"{sender()}:{kinds}"
-    conn.execute(
-        text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
-    )
+    # On the driver: inside a pipeline (see ``prepared.together``) it waits for nothing.
+    driver(conn).execute(f"SELECT pg_notify({_CHANNEL_SQL}, %s)", (payload,))
+
+
+def channel(conn: Connection) -> str:
+    """The channel that ``conn``'s schema notifies on."""
+    return str(conn.execute(text(f"SELECT {_CHANNEL_SQL}")).scalar_one())
 
 
 def news(payload: str) -> str:
@@ -83,7 +92,8 @@ def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.
             raw.detach()  # held for good: not returned to the pool
             try:
                 conn.autocommit = True  # type: ignore[union-attr]
-                conn.execute(f"LISTEN {CHANNEL}")  # type: ignore[union-attr]
+                (name,) = conn.execute(f"SELECT {_CHANNEL_SQL}").fetchone()  # type: ignore[union-attr]
+                conn.execute(f'LISTEN "{name}"')  # type: ignore[union-attr]
                 if failures:
                     log.info("store listener recovered", extra={"fields": {"failures": failures}})
                     failures = 0
