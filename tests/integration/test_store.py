@@ -356,9 +356,9 @@ def test_the_database_allows_one_open_activity_per_user(engine: Engine) -> None:
         uow.activities.add(_activity("shift-2", 200))
     with uows() as uow:
         end = PunchPoint(150, "UTC", None, "autoClockOut")
-        uow.activities.close("shift-1", end, 150)
+        uow.activities.close(_activity("shift-1", 100), end, 150)
         with pytest.raises(ConcurrentChange):
-            uow.activities.close("shift-1", end, 150)  # already closed
+            uow.activities.close(_activity("shift-1", 100), end, 150)  # already closed
         uow.commit()
     with uows() as uow:
         uow.activities.add(_activity("shift-2", 200))  # the next one may open now
@@ -404,10 +404,10 @@ def test_writes_sent_together_are_refused_as_lost_races_when_the_block_ends(
         pytest.raises(ConcurrentChange, match="closed meanwhile"),
         uow.together(),
     ):
-        uow.activities.close("shift-9", end, 150)  # nothing open by that id
+        uow.activities.close(_activity("shift-9", 100), end, 150)  # nothing open by that id
     with uows() as uow:
         with uow.together():
-            uow.activities.close("shift-1", end, 150)
+            uow.activities.close(_activity("shift-1", 100), end, 150)
             uow.activities.add(_activity("shift-2", 200))
             state = uow.activities.punch_state(TC.id, 1, date(2024, 5, 2))  # reads see them
             assert state.open is not None and state.open.id == "shift-2"
@@ -428,7 +428,7 @@ def test_open_many_finds_open_activities_of_pairs_in_any_number(engine: Engine) 
             act = replace(_activity(f"s-{user}", 100), user_id=user)
             uow.activities.add(act)
             if user % 3 == 0:  # closed: not open any more
-                uow.activities.close(act.id, PunchPoint(150, "UTC"), 150)
+                uow.activities.close(act, PunchPoint(150, "UTC"), 150)
         # Same user on the other clock: only asked-for pairs come back.
         uow.activities.add(replace(_activity("o-1", 100), time_clock_id=other.id))
         uow.commit()
@@ -912,8 +912,10 @@ def test_the_board_reads_whole_only_open_rows_it_has_not_kept(
     assert first[2].activity() == replace(_activity("open-2", 200), user_id=2)
     assert _open_rows_counted(rows) == (0, 3)  # (kept, read): each row read
     with uows() as uow:
-        uow.activities.close("open-1", PunchPoint(150, "UTC"), modified_at=150)
-        uow.activities.close("open-3", PunchPoint(350, "UTC"), modified_at=350)
+        uow.activities.close(_activity("open-1", 100), PunchPoint(150, "UTC"), modified_at=150)
+        uow.activities.close(
+            replace(_activity("open-3", 300), user_id=3), PunchPoint(350, "UTC"), modified_at=350
+        )
         uow.activities.add(replace(_activity("again-3", 400), user_id=3))
         uow.commit()
     with uows(readonly=True) as uow:

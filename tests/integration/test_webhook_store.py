@@ -83,8 +83,9 @@ def test_retention_keeps_what_a_subscription_has_yet_to_deliver(engine: Engine) 
     sub = _sub(uows)  # from the newest event on
     with uows() as uow:
         uow.events.append([Event("shiftPublished", 200 + i, {"n": i}) for i in range(4)])
-        seqs = [e.seq for e in uow.events.after(0)]
         uow.commit()
+    with uows() as uow:
+        seqs = [e.seq for e in uow.events.after(0)]
     later = time.time() + 40 * 86400
     # The three before the subscription go; the four it has not delivered stay.
     assert purge_events(uows.factory, later, 30 * 86400) == 3

@@ -135,7 +135,7 @@ async def punch(
         with uow.together():  # one round trip for them all where the store can
             for activity in decision.closed:
                 assert activity.end is not None
-                uow.activities.close(activity.id, activity.end, activity.modified_at)
+                uow.activities.close(activity, activity.end, activity.modified_at)
             for activity in decision.added:
                 uow.activities.add(activity)
             uow.events.append(punch_events(cmd.kind, decision.result))

@@ -394,7 +394,7 @@ def _fire(
                     AUTO_CLOCK_OUT_SOURCE,
                     None,
                 )
-                uow.activities.close(shift.id, end, now)
+                uow.activities.close(shift, end, now)
                 del open_shifts[(clock, user)]
                 shift_id = shift.id
                 body = {**payload, "shiftId": shift.id}

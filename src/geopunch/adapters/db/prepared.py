@@ -15,14 +15,16 @@ results come as the driver gives them.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import JSON, Connection, bindparam, text
+from sqlalchemy import JSON, Connection, bindparam
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -229,28 +231,91 @@ def in_seq_order(conn: Connection, key: int) -> None:
     """
     if conn.dialect.name != "postgresql":
         return
-    # Once a transaction: a group commit's batch appended events once a punch,
-    # and each lock statement was a round trip on the committer's one thread
-    # (a sixth of its time under punches). A lock taken inside a savepoint
-    # that is rolled back is released with it: ``savepoint`` forgets it then.
-    keys = _held_keys(conn)
-    if keys is not None and key in keys:
+    # Once a transaction: each lock statement is a round trip. A lock taken
+    # inside a savepoint that is rolled back is released with it: ``savepoint``
+    # forgets it then.
+    held = until_commit(conn, _HELD)
+    if key in held:
         return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-    if keys is None:
-        keys = []
-        conn.info[_HELD] = (conn.get_transaction(), keys)
-    keys.append(key)
+    # On the driver: inside a pipeline (see ``together``) it waits for nothing.
+    driver(conn).execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+    held.append(key)
 
 
-#: In a connection's ``info``: (its transaction, the seq locks it holds).
-_HELD = "geopunch_seq_locks"
+def in_turn_for(conn: Connection, owners: Iterable[tuple[int, int, int]]) -> None:
+    """Let writers of the same (account, time clock, user) take turns until they commit.
+
+    PostgreSQL checks an exclusion constraint after inserting the row, so two
+    transactions inserting overlapping rows at once each wait for the other:
+    a deadlock, which costs its victim a second (``deadlock_timeout``) and,
+    on the group committer, every punch of its batch that second. Holding a
+    lock per owner before writing its rows makes the second writer wait for
+    the first to commit and then meet a plain exclusion violation (a lost
+    race, retried). Every writer takes these locks in ascending order (the
+    group committer sorts its batch the same way) and the seq locks only at
+    commit, after all of them, so waits never run in a circle. Two-key
+    advisory locks: a key space apart from ``in_seq_order``'s. SQLite has one
+    writer at a time: nothing to do.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    held = until_commit(conn, _HELD)
+    wanted = [key for key in map(_owner_key, sorted(set(owners))) if key not in held]
+    if not wanted:
+        return
+    firsts, seconds = zip(*wanted, strict=True)
+    # ``unnest`` yields the keys in the order given; the lock is volatile, so
+    # it is evaluated row by row in that order.
+    driver(conn).execute(
+        "SELECT pg_advisory_xact_lock(a, b) FROM unnest(%s::int4[], %s::int4[]) AS k(a, b)",
+        (list(firsts), list(seconds)),
+    )
+    held.extend(wanted)
 
 
-def _held_keys(conn: Connection) -> list[int] | None:
-    """The seq locks the connection's current transaction holds, as noted."""
-    held = conn.info.get(_HELD)
-    return held[1] if held is not None and held[0] is conn.get_transaction() else None
+def _owner_key(owner: tuple[int, int, int]) -> tuple[int, int]:
+    """Two signed 32-bit halves of a 64-bit digest of the owner: a collision
+    only makes two owners take turns."""
+    digest = hashlib.blake2b(struct.pack("<3q", *owner), digest_size=8).digest()
+    first, second = struct.unpack("<2i", digest)
+    return first, second
+
+
+#: Under ``until_commit``: the advisory locks the transaction holds, as noted.
+_HELD = "locks"
+
+#: In a connection's ``info``: (its transaction, its lists by name).
+_UNTIL_COMMIT = "geopunch_until_commit"
+
+
+def until_commit(conn: Connection, name: str) -> list[Any]:
+    """The list ``name`` of the connection's current transaction (a new
+    transaction starts with an empty one). What is added inside a savepoint
+    that is rolled back leaves the list with it (see :func:`savepoint`)."""
+    kept = conn.info.get(_UNTIL_COMMIT)
+    transaction = conn.get_transaction()
+    if kept is None or kept[0] is not transaction:
+        kept = conn.info[_UNTIL_COMMIT] = (transaction, {})
+    lists: dict[str, list[Any]] = kept[1]
+    items = lists.get(name)
+    if items is None:
+        items = lists[name] = []
+    return items
+
+
+def _lengths(conn: Connection) -> dict[str, int]:
+    kept = conn.info.get(_UNTIL_COMMIT)
+    if kept is None or kept[0] is not conn.get_transaction():
+        return {}
+    return {name: len(items) for name, items in kept[1].items()}
+
+
+def _cut_back(conn: Connection, lengths: dict[str, int]) -> None:
+    kept = conn.info.get(_UNTIL_COMMIT)
+    if kept is None or kept[0] is not conn.get_transaction():
+        return
+    for name, items in kept[1].items():
+        del items[lengths.get(name, 0) :]
 
 
 def integrity_error(conn: Connection) -> type[Exception]:
@@ -271,17 +336,16 @@ def savepoint(conn: Connection) -> Iterator[None]:
     """
     raw = driver(conn)
     name = f"gp_{next(_names)}"
-    keys = _held_keys(conn)
-    mark = 0 if keys is None else len(keys)
+    lengths = _lengths(conn)
     raw.execute(f"SAVEPOINT {name}")
     try:
         yield
     except BaseException:
         raw.execute(f"ROLLBACK TO SAVEPOINT {name}")
         raw.execute(f"RELEASE SAVEPOINT {name}")
-        taken = _held_keys(conn)
-        if taken is not None:  # the locks taken since are gone with the savepoint
-            del taken[mark:]
+        # The locks taken since are gone with the savepoint, and what was
+        # set aside for the commit since is undone with it.
+        _cut_back(conn, lengths)
         raise
     raw.execute(f"RELEASE SAVEPOINT {name}")
 

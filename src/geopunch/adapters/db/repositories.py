@@ -45,6 +45,7 @@ from geopunch.adapters.db.prepared import (
     after_sync,
     fetch_all,
     in_seq_order,
+    in_turn_for,
     in_values,
     integrity_error,
     savepoint,
@@ -805,6 +806,7 @@ class SqlActivityRepository(AccountScoped):
 
     def add(self, activity: Activity) -> None:
         values = _activity_row(self.account, activity)
+        in_turn_for(self._conn, [(self.account, activity.time_clock_id, activity.user_id)])
         try:
             _INSERT_ACTIVITY.execute(self._conn, values).close()
         except integrity_error(self._conn) as exc:
@@ -812,7 +814,10 @@ class SqlActivityRepository(AccountScoped):
             # and the use case retried, so no savepoint is needed here.
             raise ConcurrentChange(str(exc)) from exc
 
-    def close(self, activity_id: str, end: PunchPoint, modified_at: int) -> None:
+    def close(self, activity: Activity, end: PunchPoint, modified_at: int) -> None:
+        activity_id = activity.id
+        # The closed row is checked against the others like a new one.
+        in_turn_for(self._conn, [(self.account, activity.time_clock_id, activity.user_id)])
         params = {
             "acct": self.account,
             "activity_id": activity_id,
@@ -838,6 +843,7 @@ class SqlActivityRepository(AccountScoped):
             # Column by column (see Prepared.many_columns): a dict an
             # activity was a tenth of a thousand-activity call.
             rows = [ActivityRow.of(a) for a in new]
+            in_turn_for(self._conn, {(self.account, a.time_clock_id, a.user_id) for a in new})
             _INSERT_ACTIVITY.many_columns(
                 self._conn,
                 dict(zip(ActivityRow._fields, zip(*rows, strict=True), strict=True)),
@@ -884,6 +890,7 @@ class SqlActivityRepository(AccountScoped):
         values = _activity_row(self.account, activity)
         for key in ("id", "account_id", "time_clock_id", "user_id", "kind", "created_at"):
             del values[key]
+        in_turn_for(self._conn, [(self.account, activity.time_clock_id, activity.user_id)])
         a = activities.c
         try:
             result = self._conn.execute(

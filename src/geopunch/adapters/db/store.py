@@ -36,7 +36,12 @@ from geopunch.adapters.db.repositories import (
     SqlTimeClockRepository,
 )
 from geopunch.adapters.db.scheduling import SqlSchedulerRepository, SqlShiftRepository
-from geopunch.adapters.db.tracking import SqlEventRepository, SqlLocationRepository
+from geopunch.adapters.db.tracking import (
+    SqlEventRepository,
+    SqlLocationRepository,
+    appended_unwritten,
+    write_appended,
+)
 from geopunch.adapters.db.webhooks import SqlWebhookRepository
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import json_bytes
@@ -333,10 +338,13 @@ class SqlUnitOfWork(_Repositories):
         subscribed = any(repos.webhooks.changed for repos in scopes)
         kinds = (EVENTS if appended else "") + (INDEX if noted else "")
         kinds += KEYS if self.api_keys.changed else ""
-        if kinds and self._conn.dialect.name == "postgresql":
-            # Delivered when (and only if) the transaction commits: every
-            # replica's listener then catches up at once (see notify.py).
-            notify(self._conn, kinds)
+        # One round trip for the events' lock, the events and the notification.
+        with together(self._conn):
+            write_appended(self._conn)
+            if kinds and self._conn.dialect.name == "postgresql":
+                # Delivered when (and only if) the transaction commits: every
+                # replica's listener then catches up at once (see notify.py).
+                notify(self._conn, kinds)
         self._conn.commit()  # a deadlock or serialization failure: see __exit__
         for repos in scopes:
             repos.events.appended = repos.index_changes.noted = repos.webhooks.changed = False
@@ -362,13 +370,15 @@ class SqlUnitOfWork(_Repositories):
         assert self._conn is not None
         raw = driver(self._conn)
         name = self._conn.dialect.name
+        # Events appended are written at the commit: they count as changes now.
+        unwritten = appended_unwritten(self._conn)
         if name == "sqlite":
             total: int = raw.total_changes  # sqlite3_total_changes()
-            return total
+            return total + unwritten
         if name == "postgresql":
             from geopunch.adapters.db.pg_writes import writes
 
-            return writes(raw)
+            return writes(raw) + unwritten
         return None
 
 

@@ -28,6 +28,7 @@ from geopunch.adapters.db.prepared import (
     in_values,
     integrity_error,
     padded,
+    until_commit,
 )
 from geopunch.adapters.db.repositories import AccountScoped
 from geopunch.adapters.db.tables import (
@@ -152,6 +153,52 @@ _INSERT_EVENT = Prepared(
     insert(events).values({c.key: bindparam(c.key) for c in events.c if c.key != "seq"})
 )
 
+#: Under ``until_commit``: the (account, event) pairs appended, not yet written.
+_APPENDED = "events"
+
+
+def appended_unwritten(conn: Connection) -> int:
+    """How many events the connection's transaction has appended and not yet written."""
+    return len(until_commit(conn, _APPENDED))
+
+
+def write_appended(conn: Connection) -> None:
+    """Write the events the transaction appended, just before it commits.
+
+    Their seq lock (see ``in_seq_order``) is then the last lock the
+    transaction takes, and it waits for nothing once it holds it: taken at the
+    first append, a group commit's batch held it while its later punches
+    waited on rows that a concurrent import held while it waited for the same
+    lock, a deadlock. It is held for less time too, so replicas' commits
+    overlap more.
+    """
+    pending = until_commit(conn, _APPENDED)
+    if not pending:
+        return
+    in_seq_order(conn, _EVENTS_LOCK)  # subscribers resume from a seq
+    now = int(time.time())
+    fresh = iter(new_event_ids(sum(1 for _, e in pending if not e.id)))
+    # A dict a row, not Prepared.many_columns: a punch appends one event,
+    # and for a batch's few rows the columns cost more than the dicts.
+    _INSERT_EVENT.many(
+        conn,
+        [
+            {
+                "account_id": acct,
+                "type": e.type,
+                "occurred_at": e.occurred_at,
+                "time_clock_id": e.time_clock_id,
+                "scheduler_id": e.scheduler_id,
+                "user_id": e.user_id,
+                "payload": e.payload,
+                "recorded_at": now,
+                "event_id": e.id or next(fresh),
+            }
+            for acct, e in pending
+        ],
+    )
+    pending.clear()
+
 
 # Reads of the event log, prepared (see prepared.py): every webhook delivery,
 # event stream and the sink page through it, and SQLAlchemy's row objects
@@ -215,31 +262,12 @@ class SqlEventRepository(AccountScoped):
         self.appended = False
 
     def append(self, new: Sequence[Event]) -> None:
+        """Set ``new`` aside for the commit (see :func:`write_appended`)."""
         if not new:
             return
-        acct, now = self.account, int(time.time())
         self.appended = True
-        in_seq_order(self._conn, _EVENTS_LOCK)  # subscribers resume from a seq
-        fresh = iter(new_event_ids(sum(1 for e in new if not e.id)))
-        # A dict a row, not Prepared.many_columns: a punch appends one event,
-        # and for one row the columns cost more than the dict.
-        _INSERT_EVENT.many(
-            self._conn,
-            [
-                {
-                    "account_id": acct,
-                    "type": e.type,
-                    "occurred_at": e.occurred_at,
-                    "time_clock_id": e.time_clock_id,
-                    "scheduler_id": e.scheduler_id,
-                    "user_id": e.user_id,
-                    "payload": e.payload,
-                    "recorded_at": now,
-                    "event_id": e.id or next(fresh),
-                }
-                for e in new
-            ],
-        )
+        acct = self.account
+        until_commit(self._conn, _APPENDED).extend((acct, e) for e in new)
 
     def horizon(self) -> int:
         """The log holds no event at or below this seq any more (0: none purged)."""
