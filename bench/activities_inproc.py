@@ -13,8 +13,8 @@ plain ``executemany`` of the same rows in one durable transaction.
 Timers around the store's writes split the call: the activities' insert, the
 events' insert (at the commit) and the rest of the commit, against everything
 else (decoding, planning, judging against the store, building events and the
-answer). Prints JSON of
-per-call medians in milliseconds and the call's rate against the baseline's.
+answer). Prints JSON of per-call medians in milliseconds and the call's rate
+against the baseline's.
 """
 
 from __future__ import annotations
