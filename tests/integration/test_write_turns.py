@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import Engine, text
 
+from geopunch.adapters.db.store import SqlUnitOfWork
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event
 from geopunch.domain.models import Job, TimeClock
@@ -63,7 +64,7 @@ def _blocked_or_done(engine: Engine, pid: list[int], thread: threading.Thread) -
 
 
 def _in_thread(
-    uows: AccountStore, work: Callable[[object], None]
+    uows: AccountStore, work: Callable[[SqlUnitOfWork], None]
 ) -> tuple[threading.Thread, list[int], list[BaseException]]:
     """``work(uow)`` then a commit, in a thread; its backend pid and failure are noted."""
     pid: list[int] = []
@@ -85,6 +86,21 @@ def _in_thread(
     return thread, pid, failed
 
 
+def _importing(engine: Engine, uows: AccountStore, shifts: list[Activity]) -> Callable[[], None]:
+    """Import ``shifts`` in another transaction until it has finished or
+    waits; the check returned joins it and asserts that it lost a race to
+    the rows committed meanwhile, and was no deadlock's victim."""
+    thread, pid, failed = _in_thread(uows, lambda uow: uow.activities.add_many(shifts))
+    _blocked_or_done(engine, pid, thread)
+
+    def lost_race() -> None:
+        thread.join(10)
+        assert len(failed) == 1 and isinstance(failed[0], ConcurrentChange), failed
+        assert "40P01" not in str(failed[0])
+
+    return lost_race
+
+
 def test_overlapping_writers_of_the_same_users_take_turns(engine: Engine) -> None:
     """A batch holds user 1 and then writes user 2; an import writing users 2
     and 1 meanwhile waits for user 1 before writing anything, instead of
@@ -97,21 +113,14 @@ def test_overlapping_writers_of_the_same_users_take_turns(engine: Engine) -> Non
     with uows() as batch:
         batch.activities.add(_shift("b-1", 1, 1000, None))
         batch.events.append([Event("timeActivityCreated", 1000, {"n": 1})])
-        importer, pid, failed = _in_thread(
-            uows,
-            lambda uow: uow.activities.add_many(  # type: ignore[attr-defined]
-                [_shift("i-2", 2, 100, 900), _shift("i-1", 1, 1500, 1800)]
-            ),
+        lost_race = _importing(
+            engine, uows, [_shift("i-2", 2, 100, 900), _shift("i-1", 1, 1500, 1800)]
         )
-        _blocked_or_done(engine, pid, importer)
         # Overlaps the import's row for user 2: this waited for the import,
         # which waited for this transaction, until one was a deadlock's victim.
         batch.activities.add(_shift("b-2", 2, 500, None))
         batch.commit()
-    importer.join(10)
-    # The import then met the committed rows: a lost race, not a deadlock.
-    assert len(failed) == 1 and isinstance(failed[0], ConcurrentChange), failed
-    assert "40P01" not in str(failed[0])
+    lost_race()  # the import then met the committed rows
     with uows(readonly=True) as uow:
         assert [a.id for a in uow.activities.list_for(TC.id, 1)] == ["b-1"]
         assert [a.id for a in uow.activities.list_for(TC.id, 2)] == ["b-2"]
@@ -130,9 +139,9 @@ def test_a_transaction_with_events_does_not_hold_the_log_against_other_writers(
         uow.time_clocks.add(TC)
         uow.commit()
 
-    def imports(uow: object) -> None:
-        uow.activities.add_many([_shift("i-2", 2, 100, 900)])  # type: ignore[attr-defined]
-        uow.events.append([Event("timeActivityCreated", 100, {"n": 2})])  # type: ignore[attr-defined]
+    def imports(uow: SqlUnitOfWork) -> None:
+        uow.activities.add_many([_shift("i-2", 2, 100, 900)])
+        uow.events.append([Event("timeActivityCreated", 100, {"n": 2})])
 
     with uows() as batch:
         batch.activities.add(_shift("b-1", 1, 1000, None))
@@ -188,16 +197,10 @@ def test_closing_a_shift_is_a_turn_of_its_user(engine: Engine) -> None:
         uow.commit()
     with uows() as batch:
         batch.activities.close(open_shift, PunchPoint(200, "UTC"), 200)
-        importer, pid, failed = _in_thread(
-            uows,
-            lambda uow: uow.activities.add_many([_shift("i-1", 1, 150, 180)]),  # type: ignore[attr-defined]
-        )
-        _blocked_or_done(engine, pid, importer)
+        lost_race = _importing(engine, uows, [_shift("i-1", 1, 150, 180)])
         batch.activities.add(_shift("s-2", 1, 300, None))
         batch.commit()
-    importer.join(10)
-    assert len(failed) == 1 and isinstance(failed[0], ConcurrentChange), failed
-    assert "40P01" not in str(failed[0])
+    lost_race()
     with uows(readonly=True) as uow:
         assert uow.activities.list_for(TC.id, 1) == [
             replace(open_shift, end=PunchPoint(200, "UTC"), modified_at=200),
