@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import Engine, text
 
+from geopunch.adapters.db.prepared import MOST_OWN_TURNS
 from geopunch.adapters.db.store import SqlUnitOfWork
 from geopunch.domain.errors import ConcurrentChange
 from geopunch.domain.events import Event
@@ -206,3 +207,68 @@ def test_closing_a_shift_is_a_turn_of_its_user(engine: Engine) -> None:
             replace(open_shift, end=PunchPoint(200, "UTC"), modified_at=200),
             _shift("s-2", 1, 300, None),
         ]
+
+
+def _advisory_locks(uow: SqlUnitOfWork) -> int:
+    conn = uow._conn
+    assert conn is not None
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+        ).scalar_one()
+    )
+
+
+def test_a_large_import_takes_its_clocks_turn_with_one_lock(engine: Engine) -> None:
+    """A lock a user would let a few concurrent imports of a thousand users
+    fill PostgreSQL's lock table; past MOST_OWN_TURNS users of a clock a
+    call takes the whole clock's turn instead, which every writer of one of
+    its users waits for."""
+    _postgres_only(engine)
+    uows = AccountStore(engine)
+    other = TimeClock(id=78, name="Other", timezone="UTC", jobs=(Job("a", "A"),))
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.time_clocks.add(other)
+        uow.commit()
+    many = range(1, MOST_OWN_TURNS + 2)
+    with uows() as big:
+        big.activities.add_many([_shift(f"i-{u}", u, 100, 200) for u in many])
+        assert _advisory_locks(big) == 1
+        # Its later writes on the clock need no lock of their own.
+        big.activities.add(_shift("i-open", MOST_OWN_TURNS + 5, 300, None))
+        assert _advisory_locks(big) == 1
+        # A user of another clock: that clock's lock, shared, and the user's.
+        big.activities.add(replace(_shift("o-1", 1, 100, 200), time_clock_id=other.id))
+        assert _advisory_locks(big) == 3
+        lost_race = _importing(engine, uows, [_shift("p-5", 5, 150, 180)])
+        big.commit()
+    lost_race()  # it waited for the import, then met its rows
+    with uows(readonly=True) as uow:
+        assert [a.id for a in uow.activities.list_for(TC.id, 5)] == ["i-5"]
+
+
+def test_closing_many_shifts_takes_the_turns_at_once(engine: Engine) -> None:
+    """A trail's automatic clock-outs of many users of one clock take the
+    clock's turn alone, before any of the closes."""
+    _postgres_only(engine)
+    uows = AccountStore(engine)
+    users = range(1, MOST_OWN_TURNS + 2)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        for u in users:
+            uow.activities.add(_shift(f"s-{u}", u, 100, None))
+        uow.commit()
+    with uows(readonly=True) as uow:
+        shifts = [uow.activities.list_for(TC.id, u)[0] for u in users]
+    with uows() as trail:
+        trail.activities.close_many([(s, PunchPoint(200, "UTC"), 200) for s in shifts])
+        assert _advisory_locks(trail) == 1
+        lost_race = _importing(engine, uows, [_shift("p-3", 3, 150, 180)])
+        trail.commit()
+    lost_race()
+    with uows(readonly=True) as uow:
+        assert all(uow.activities.list_for(TC.id, u)[0].end is not None for u in users)

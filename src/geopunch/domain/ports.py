@@ -115,6 +115,10 @@ class ActivityRepository(Protocol):
         """End the open ``activity`` (its id, time clock and user) at ``end``."""
         ...
 
+    def close_many(self, closes: Sequence[tuple[Activity, PunchPoint, int]]) -> None:
+        """``close`` each (activity, end, modified_at), as one write."""
+        ...
+
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]: ...
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:

@@ -351,7 +351,7 @@ def _fire(
     shift_ids: list[str] = []
     events: list[Event] = []
     open_shifts = dict(shifts)
-    closing: list[tuple[int, int, Activity, PunchPoint]] = []
+    closing: list[tuple[Activity, PunchPoint]] = []
     for k, sample in enumerate(r.exit_samples.tolist()):
         user = int(batch.user_ids[sample])
         clock = int(batch.time_clock_ids[sample])
@@ -395,17 +395,16 @@ def _fire(
                     AUTO_CLOCK_OUT_SOURCE,
                     None,
                 )
-                closing.append((clock, user, shift, end))
+                closing.append((shift, end))
                 del open_shifts[(clock, user)]
                 shift_id = shift.id
                 body = {**payload, "shiftId": shift.id}
                 events.append(Event(EventType.AUTO_CLOCK_OUT.value, ts, body, user, clock))
         outcomes.append(outcome)
         shift_ids.append(shift_id)
-    # By time clock and user, as every writer of activities takes its users'
-    # turns (one close a pair: the shift is gone from ``open_shifts``).
-    for _, _, shift, end in sorted(closing, key=lambda c: c[:2]):
-        uow.activities.close(shift, end, now)
+    # At once, after the exits are judged: the users' turns are taken together
+    # (one close a pair: the shift is gone from ``open_shifts``).
+    uow.activities.close_many([(shift, end, now) for shift, end in closing])
     report = ExitReport(
         r.exit_samples, fence_ids, actions, r.exit_other_inside, outcomes, shift_ids
     )

@@ -234,12 +234,17 @@ def in_seq_order(conn: Connection, key: int) -> None:
     # Once a transaction: each lock statement is a round trip. A lock taken
     # inside a savepoint that is rolled back is released with it: ``savepoint``
     # forgets it then.
-    held = until_commit(conn, _HELD)
+    held = _held(conn)
     if key in held:
         return
     # On the driver: inside a pipeline (see ``together``) it waits for nothing.
     driver(conn).execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-    held.append(key)
+    held[key] = None
+
+
+#: Users of one time clock in one call from which the call takes the whole
+#: clock's turn instead of one a user (see :func:`in_turn_for`).
+MOST_OWN_TURNS = 32
 
 
 def in_turn_for(conn: Connection, owners: Iterable[tuple[int, int, int]]) -> None:
@@ -251,37 +256,74 @@ def in_turn_for(conn: Connection, owners: Iterable[tuple[int, int, int]]) -> Non
     on the group committer, every punch of its batch that second. Holding a
     lock per owner before writing its rows makes the second writer wait for
     the first to commit and then meet a plain exclusion violation (a lost
-    race, retried). Every writer takes these locks in ascending order (the
-    group committer sorts its batch the same way) and the seq locks only at
-    commit, after all of them, so waits never run in a circle. Two-key
-    advisory locks: a key space apart from ``in_seq_order``'s. SQLite has one
-    writer at a time: nothing to do.
+    race, retried).
+
+    A user's turn is the time clock's lock, shared, and the user's lock. A
+    call writing more than ``MOST_OWN_TURNS`` users of one clock (an import)
+    takes the clock's lock alone, exclusive: a lock a user would let a few
+    concurrent imports of a thousand users fill PostgreSQL's lock table
+    (``max_locks_per_transaction`` a connection), which fails every
+    transaction that needs a lock meanwhile.
+
+    Every writer takes these locks in (account, time clock, user) order, the
+    clock's before its users' (the group committer sorts its batch the same
+    way), and the seq locks only at commit, after all of them, so waits never
+    run in a circle. Two-key advisory locks: a key space apart from
+    ``in_seq_order``'s. SQLite has one writer at a time: nothing to do.
     """
     if conn.dialect.name != "postgresql":
         return
-    held = until_commit(conn, _HELD)
-    wanted = [key for key in map(_owner_key, sorted(set(owners))) if key not in held]
+    held = _held(conn)
+    users_of: dict[tuple[int, int], set[int]] = {}
+    for account, clock, user in owners:
+        users_of.setdefault((account, clock), set()).add(user)
+    wanted: list[tuple[tuple[int, int], bool]] = []  # (key, shared)
+    noted: list[Any] = []
+    for account, clock in sorted(users_of):
+        whole = _turn_key(account, clock, None)
+        if (_ALONE, whole) in held:
+            continue  # this transaction has the whole clock's turn
+        users = users_of[(account, clock)]
+        if len(users) > MOST_OWN_TURNS:
+            wanted.append((whole, False))
+            noted.append((_ALONE, whole))
+            continue
+        if (_BESIDE, whole) not in held:
+            wanted.append((whole, True))
+            noted.append((_BESIDE, whole))
+        for user in sorted(users):
+            key = _turn_key(account, clock, user)
+            if key not in held:
+                wanted.append((key, False))
+                noted.append(key)
     if not wanted:
         return
-    firsts, seconds = zip(*wanted, strict=True)
-    # ``unnest`` yields the keys in the order given; the lock is volatile, so
-    # it is evaluated row by row in that order.
+    # ``unnest`` yields the keys in the order given; the locks are volatile,
+    # so they are taken row by row in that order.
     driver(conn).execute(
-        "SELECT pg_advisory_xact_lock(a, b) FROM unnest(%s::int4[], %s::int4[]) AS k(a, b)",
-        (list(firsts), list(seconds)),
+        "SELECT CASE WHEN s THEN pg_advisory_xact_lock_shared(a, b) "
+        "ELSE pg_advisory_xact_lock(a, b) END "
+        "FROM unnest(%s::int4[], %s::int4[], %s::bool[]) AS k(a, b, s)",
+        ([k[0] for k, _ in wanted], [k[1] for k, _ in wanted], [s for _, s in wanted]),
     )
-    held.extend(wanted)
+    held.update(dict.fromkeys(noted))
 
 
-def _owner_key(owner: tuple[int, int, int]) -> tuple[int, int]:
-    """Two signed 32-bit halves of a 64-bit digest of the owner: a collision
-    only makes two owners take turns."""
-    digest = hashlib.blake2b(struct.pack("<3q", *owner), digest_size=8).digest()
+#: How a clock's lock is held, in the held list: alone (exclusive) or beside
+#: other writers of its other users (shared).
+_ALONE, _BESIDE = "alone", "beside"
+
+
+def _turn_key(account: int, clock: int, user: int | None) -> tuple[int, int]:
+    """Two signed 32-bit halves of a 64-bit digest of the owner (``user``
+    None: the whole clock); a collision only makes two owners take turns."""
+    fields = (account, clock, 0 if user is None else 1, user or 0)
+    digest = hashlib.blake2b(struct.pack("<2qBq", *fields), digest_size=8).digest()
     first, second = struct.unpack("<2i", digest)
     return first, second
 
 
-#: Under ``until_commit``: the advisory locks the transaction holds, as noted.
+#: Under ``until_commit``'s name: the advisory locks the transaction holds (``_held``).
 _HELD = "locks"
 
 #: In a connection's ``info``: (its transaction, its lists by name).
@@ -292,14 +334,27 @@ def until_commit(conn: Connection, name: str) -> list[Any]:
     """The list ``name`` of the connection's current transaction (a new
     transaction starts with an empty one). What is added inside a savepoint
     that is rolled back leaves the list with it (see :func:`savepoint`)."""
+    items: list[Any] = _kept(conn, name, list)
+    return items
+
+
+def _held(conn: Connection) -> dict[Any, None]:
+    """The advisory locks the transaction holds, as noted, like
+    :func:`until_commit`'s lists: a dict, so that a batch's hundreds of
+    locks are looked up at once, in the order they were taken."""
+    held: dict[Any, None] = _kept(conn, _HELD, dict)
+    return held
+
+
+def _kept(conn: Connection, name: str, kind: type) -> Any:
     kept = conn.info.get(_UNTIL_COMMIT)
     transaction = conn.get_transaction()
     if kept is None or kept[0] is not transaction:
         kept = conn.info[_UNTIL_COMMIT] = (transaction, {})
-    lists: dict[str, list[Any]] = kept[1]
-    items = lists.get(name)
+    by_name: dict[str, Any] = kept[1]
+    items = by_name.get(name)
     if items is None:
-        items = lists[name] = []
+        items = by_name[name] = kind()
     return items
 
 
@@ -315,7 +370,12 @@ def _cut_back(conn: Connection, lengths: dict[str, int]) -> None:
     if kept is None or kept[0] is not conn.get_transaction():
         return
     for name, items in kept[1].items():
-        del items[lengths.get(name, 0) :]
+        keep = lengths.get(name, 0)
+        if isinstance(items, dict):
+            for key in list(items)[keep:]:
+                del items[key]
+        else:
+            del items[keep:]
 
 
 def integrity_error(conn: Connection) -> type[Exception]:

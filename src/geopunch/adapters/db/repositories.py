@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
 from itertools import islice
@@ -790,6 +790,19 @@ _CLOSE = Prepared(
 )
 
 
+def _closed_it(cursor: Any, activity_id: str) -> Callable[[], None]:
+    """The check that a close found ``activity_id`` still open (run once the
+    statement's answer is in, see after_sync)."""
+
+    def check() -> None:
+        count = cursor.rowcount
+        cursor.close()
+        if count != 1:
+            raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
+
+    return check
+
+
 class SqlActivityRepository(AccountScoped):
     def punch_state(self, time_clock_id: int, user_id: int, day: date) -> PunchState:
         row = _PUNCH_STATE.first(
@@ -815,24 +828,20 @@ class SqlActivityRepository(AccountScoped):
             raise ConcurrentChange(str(exc)) from exc
 
     def close(self, activity: Activity, end: PunchPoint, modified_at: int) -> None:
-        activity_id = activity.id
-        # The closed row is checked against the others like a new one.
-        in_turn_for(self._conn, [(self.account, activity.time_clock_id, activity.user_id)])
-        params = {
-            "acct": self.account,
-            "activity_id": activity_id,
-            "modified_at": modified_at,
-            **_point_columns("end", end),
-        }
-        cursor = _CLOSE.execute(self._conn, params)
+        self.close_many([(activity, end, modified_at)])
 
-        def closed_it() -> None:
-            count = cursor.rowcount
-            cursor.close()
-            if count != 1:
-                raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
-
-        after_sync(self._conn, closed_it)
+    def close_many(self, closes: Sequence[tuple[Activity, PunchPoint, int]]) -> None:
+        # A closed row is checked against the others like a new one: the
+        # users' turns first, all at once (see in_turn_for).
+        in_turn_for(self._conn, [(self.account, a.time_clock_id, a.user_id) for a, _, _ in closes])
+        for activity, end, modified_at in closes:
+            params = {
+                "acct": self.account,
+                "activity_id": activity.id,
+                "modified_at": modified_at,
+                **_point_columns("end", end),
+            }
+            after_sync(self._conn, _closed_it(_CLOSE.execute(self._conn, params), activity.id))
 
     def add_many(self, new: Sequence[Activity]) -> None:
         """Insert completed activities at once; an overlap that the store
