@@ -267,9 +267,11 @@ def in_turn_for(conn: Connection, owners: Iterable[tuple[int, int, int]]) -> Non
 
     Every writer takes these locks in (account, time clock, user) order, the
     clock's before its users' (the group committer sorts its batch the same
-    way), and the seq locks only at commit, after all of them, so waits never
-    run in a circle. Two-key advisory locks: a key space apart from
-    ``in_seq_order``'s. SQLite has one writer at a time: nothing to do.
+    way), and the event log's seq lock only at commit, after all of them, so
+    waits never run in a circle (the index feed's seq lock is taken by admin
+    writes of time clocks and fences, which take no turns). Two-key advisory
+    locks: a key space apart from ``in_seq_order``'s. SQLite has one writer
+    at a time: nothing to do.
     """
     if conn.dialect.name != "postgresql":
         return
