@@ -144,13 +144,16 @@ def create_time_activities(
         planned = plan_time_activities(tc, groups, now, out, activity_ids(count))
         created = _judge(uow, tc, planned, out)
         out.raise_if_any("the time activities")
-        uow.activities.add_many(created)
+        # Built before the insert: from it to the commit the users (or the
+        # whole clock) wait for this transaction's turn to end.
         stamp = int(now)
-        uow.events.append(
-            [activity_event(EventType.TIME_ACTIVITY_CREATED, stamp, None, a) for a in created]
-        )
+        made = [activity_event(EventType.TIME_ACTIVITY_CREATED, stamp, None, a) for a in created]
+        answer = b""
         if idempotency_key:
             answer = json.dumps([asdict(a) for a in created], separators=(",", ":")).encode()
+        uow.activities.add_many(created)
+        uow.events.append(made)
+        if idempotency_key:
             uow.idempotency.put(idempotency_key, _CREATE, body_hash, answer)
         return created
 
