@@ -349,29 +349,33 @@ def _held(conn: Connection) -> dict[Any, None]:
 
 
 def _kept(conn: Connection, name: str, kind: type) -> Any:
-    kept = conn.info.get(_UNTIL_COMMIT)
-    transaction = conn.get_transaction()
-    if kept is None or kept[0] is not transaction:
-        kept = conn.info[_UNTIL_COMMIT] = (transaction, {})
-    by_name: dict[str, Any] = kept[1]
+    by_name = _this_transactions(conn)
+    if by_name is None:
+        by_name = {}
+        conn.info[_UNTIL_COMMIT] = (conn.get_transaction(), by_name)
     items = by_name.get(name)
     if items is None:
         items = by_name[name] = kind()
     return items
 
 
-def _lengths(conn: Connection) -> dict[str, int]:
+def _this_transactions(conn: Connection) -> dict[str, Any] | None:
+    """What is kept for the connection's current transaction, by name (None:
+    nothing yet; what an earlier transaction kept is not its)."""
     kept = conn.info.get(_UNTIL_COMMIT)
     if kept is None or kept[0] is not conn.get_transaction():
-        return {}
-    return {name: len(items) for name, items in kept[1].items()}
+        return None
+    by_name: dict[str, Any] = kept[1]
+    return by_name
+
+
+def _lengths(conn: Connection) -> dict[str, int]:
+    by_name = _this_transactions(conn) or {}
+    return {name: len(items) for name, items in by_name.items()}
 
 
 def _cut_back(conn: Connection, lengths: dict[str, int]) -> None:
-    kept = conn.info.get(_UNTIL_COMMIT)
-    if kept is None or kept[0] is not conn.get_transaction():
-        return
-    for name, items in kept[1].items():
+    for name, items in (_this_transactions(conn) or {}).items():
         keep = lengths.get(name, 0)
         if isinstance(items, dict):
             for key in list(items)[keep:]:

@@ -848,11 +848,11 @@ class SqlActivityRepository(AccountScoped):
         refuses (PostgreSQL's exclusion constraint) is a lost race."""
         if not new:
             return
+        in_turn_for(self._conn, {(self.account, a.time_clock_id, a.user_id) for a in new})
         try:
             # Column by column (see Prepared.many_columns): a dict an
             # activity was a tenth of a thousand-activity call.
             rows = [ActivityRow.of(a) for a in new]
-            in_turn_for(self._conn, {(self.account, a.time_clock_id, a.user_id) for a in new})
             _INSERT_ACTIVITY.many_columns(
                 self._conn,
                 dict(zip(ActivityRow._fields, zip(*rows, strict=True), strict=True)),
