@@ -89,6 +89,39 @@ def test_subscriptions_with_one_filter_read_each_page_once(
     assert [reads[(c, ())] for c in pages] == [1, 1, 1]
 
 
+def test_the_next_page_is_read_while_the_current_one_goes_out(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full page's successor is read while the page is delivered, so no
+    subscription stops at the end of each page to wait for the read."""
+    started: dict[int, float] = {}  # cursor: when its page's read began
+
+    def timed(*args: Any) -> list[Event]:
+        started.setdefault(args[2], time.time())
+        return events.events_after(*args)
+
+    monkeypatch.setattr(log_pages, "events_after", timed)
+    signal = Wakeup()
+    uows = SqlUnitOfWorkFactory(engine, signal.notify)
+    receiver = Receiver().start()
+    _subscribe(uows, receiver.url, ())
+    _append(uows, EVENTS)
+    running = RunningDeliverer(uows, signal, SETTINGS)
+    try:
+        got = receiver.wait_for(EVENTS, 30)
+        assert len(got) == EVENTS
+    finally:
+        running.stop()
+        receiver.stop()
+    seqs = [r.event["seq"] for r in got]
+    first = seqs[0] - 1
+    for page in (1, 2):  # the pages after each full one
+        cursor = first + page * EVENT_PAGE
+        last_of_previous = got[seqs.index(cursor)]
+        first_of_previous = got[seqs.index(cursor - EVENT_PAGE + 1)]
+        assert first_of_previous.at - 0.5 < started[cursor] < last_of_previous.at, page
+
+
 def _sub(cursor: int) -> Subscription:
     return Subscription(
         id="whs_test",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,31 @@ def test_a_request_left_unanswered_times_out_or_fails_and_its_connection_is_drop
             await rx.stop()
         refused = await _post(HttpPoster(1.0, True, "test"), f"http://127.0.0.1:{rx.port}/")
         assert refused.status_code is None and "ConnectionRefusedError" in (refused.error or "")
+
+    run(test)
+
+
+def test_a_request_on_a_kept_connection_times_out_and_the_next_goes_on_a_new_one(
+    run: Run,
+) -> None:
+    def script(n: int, r: Request) -> tuple[bytes | None, bool]:
+        if n == 1:
+            return b"", False  # the kept connection's second request: no answer
+        return b"HTTP/1.1 204 No Content\r\n\r\n", False
+
+    async def test() -> None:
+        rx = await Scripted(script).start()
+        poster = HttpPoster(0.3, True, "test")
+        try:
+            assert (await _post(poster, rx.url())).status_code == 204
+            started = time.monotonic()
+            assert await _post(poster, rx.url()) == PostResult(None, "no answer within 0.3 s")
+            assert 0.25 <= time.monotonic() - started < 2.0
+            assert (await _post(poster, rx.url())).status_code == 204
+            assert rx.connections == 2  # the one that timed out was not used again
+        finally:
+            await poster.close()
+            await rx.stop()
 
     run(test)
 

@@ -146,16 +146,30 @@ class _Connection(asyncio.Protocol):
         if answer is not None and not answer.done():
             answer.set_exception(err)
 
-    async def request(self, data: bytes) -> tuple[int, bytes, bool]:
+    async def request(self, data: bytes, deadline: float) -> tuple[int, bytes, bool]:
         """Send one request; its status, the start of an error answer's body,
-        and whether the connection may carry another."""
+        and whether the connection may carry another. TimeoutError when no
+        whole answer has come by ``deadline`` (the loop's clock).
+
+        The deadline is a timer on the loop rather than ``asyncio.timeout``:
+        entering and leaving a timeout scope was about a tenth of the
+        deliverer's interpreter time a delivery (py-spy, bench/README.md)."""
         assert self.transport is not None and self._answer is None
         if self.closed:
             raise _Closed("the receiver closed the connection")
         self._status, self._body = 0, bytearray()
-        self._answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int, bytes, bool]] = loop.create_future()
+        self._answer = answer
+        timer = loop.call_at(deadline, self._timed_out)
         self.transport.write(data)
-        return await self._answer
+        try:
+            return await answer
+        finally:
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        self._fail(TimeoutError("no answer by the deadline"))
 
     def reusable(self, now: float) -> bool:
         """Open, and kept for less than ``IDLE_S``."""
@@ -195,19 +209,20 @@ class HttpPoster:
         if not self._allow_private and _literal_refused(target.origin[1]):
             return PostResult(None, "the URL's address is loopback, private or reserved")
         conn: _Connection | None = None
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             data = self._head(target, headers, len(body)) + body
-            async with asyncio.timeout(self._timeout_s):
-                conn = self._take(target.origin)
-                answer = None
-                if conn is not None:
-                    try:
-                        answer = await conn.request(data)
-                    except _Closed:  # closed while kept: once more on a new one
-                        conn = None
-                if answer is None:
+            conn = self._take(target.origin)
+            answer = None
+            if conn is not None:
+                try:
+                    answer = await conn.request(data, deadline)
+                except _Closed:  # closed while kept: once more on a new one
+                    conn = None
+            if answer is None:
+                async with asyncio.timeout_at(deadline):
                     conn = await self._connect(target)
-                    answer = await conn.request(data)
+                answer = await conn.request(data, deadline)
         except TimeoutError:
             _drop(conn)
             return PostResult(None, f"no answer within {self._timeout_s} s")

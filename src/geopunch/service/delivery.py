@@ -52,6 +52,7 @@ from geopunch.domain.webhooks import (
     failing_event_payload,
     retry_delay_s,
 )
+from geopunch.service.events import EVENT_PAGE
 from geopunch.service.log_pages import Outgoing, SharedPages, event_body
 
 log = logging.getLogger("geopunch.webhooks")
@@ -215,17 +216,17 @@ class Deliverer:
         self.held = min(len(staying), share)
         metrics.WEBHOOK_HELD.set(self.held)
 
-    def _behind(self, reader: _Delivery) -> int:
+    def _behind(self, reader: _Delivery, cursor: int) -> int:
         """How many other subscriptions held here read what ``reader``
-        reads next (the same account's events, the same filter) and have yet
-        to reach its cursor."""
+        reads (the same account's events, the same filter) and have yet to
+        reach ``cursor``."""
         sub = reader.sub
         return sum(
             1
             for _, d in self._tasks.values()
             if d is not reader
             and not d.to_end
-            and d.sub.cursor <= sub.cursor
+            and d.cursor <= cursor
             and d.sub.account_id == sub.account_id
             and d.sub.event_types == sub.event_types
             and d.sub.time_clock_ids == sub.time_clock_ids
@@ -251,7 +252,12 @@ class _Delivery:
 
     def __init__(self, owner: Deliverer, sub: Subscription) -> None:
         self._d = owner
+        #: The subscription as read, with its retry state kept up to date;
+        #: its cursor only as of the last store or page read (``_synced``).
         self.sub = sub
+        #: The last seq delivered. Kept apart from ``sub``: a new frozen
+        #: ``Subscription`` for every delivery was a tenth of its cost.
+        self.cursor = sub.cursor
         #: ``modified_at`` when read: a change since ends the task.
         self.seen = sub.modified_at
         #: Set when another deliverer is to take the subscription over: the
@@ -276,6 +282,12 @@ class _Delivery:
         #: is stored in order).
         self._saving: asyncio.Future[bool] | None = None
 
+    def _synced(self) -> Subscription:
+        """``sub`` with the cursor delivered so far."""
+        if self.sub.cursor != self.cursor:
+            self.sub = replace(self.sub, cursor=self.cursor)
+        return self.sub
+
     @property
     def to_end(self) -> bool:
         """Asked to end: handed over, or its subscription changed."""
@@ -286,7 +298,10 @@ class _Delivery:
         try:
             while not (d._stopping.is_set() or self.to_end):
                 seen = d._signal.version
-                page = await d._pages.read(self.sub, d._behind(self), seen)
+                page = await d._pages.read(self._synced(), d._behind(self, self.cursor), seen)
+                if len(page) >= EVENT_PAGE:  # more may follow: read it while this one goes out
+                    after = page[-1].seq
+                    d._pages.read_ahead(self.sub, after, 1 + d._behind(self, after), seen)
                 for event in page:
                     if self.to_end:
                         raise _Changed
@@ -314,18 +329,21 @@ class _Delivery:
     async def _deliver(self, event: Outgoing) -> None:
         self._lag.set(max(time.time() - event.recorded_at, 0.0))
         data = event.body
-        body = data.decode()  # the standardwebhooks signer takes text
         while True:
             wait_s = self.sub.next_attempt_at / 1000 - time.time()
             if wait_s > 0 and await self._sleep(wait_s):
                 raise _Changed
             started = time.perf_counter()
-            now = datetime.now(tz=UTC)
+            now = time.time()
+            at = int(now)
             headers = {
                 "content-type": "application/json",
                 "webhook-id": event.id,
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": self._hook.sign(event.id, now, body),
+                "webhook-timestamp": str(at),
+                # The body's bytes, signed as sent (standardwebhooks 1.3 takes bytes).
+                "webhook-signature": self._hook.sign(
+                    event.id, datetime.fromtimestamp(at, UTC), data
+                ),
             }
             result = await self._d._poster.post(self.sub.url, data, headers)
             latency_ms = (time.perf_counter() - started) * 1000
@@ -336,7 +354,7 @@ class _Delivery:
                     event_id=event.id,
                     event_type=event.type,
                     attempt=self.sub.attempts + 1,
-                    attempted_at=int(now.timestamp() * 1000),
+                    attempted_at=int(now * 1000),
                     status_code=result.status_code,
                     latency_ms=round(latency_ms, 3),
                     error=None if result.ok else (result.error or "")[:ERROR_CHARS] or None,
@@ -346,9 +364,10 @@ class _Delivery:
             self._outcomes[result.ok].inc()
             if result.ok:
                 metrics.WEBHOOK_LAG.observe(max(time.time() - event.recorded_at, 0.0))
-                self.sub = replace(
-                    self.sub, cursor=event.seq, attempts=0, failing_since=None, next_attempt_at=0
-                )
+                self.cursor = event.seq
+                sub = self.sub
+                if sub.attempts or sub.failing_since is not None or sub.next_attempt_at:
+                    self.sub = replace(sub, attempts=0, failing_since=None, next_attempt_at=0)
                 self._unsaved += 1
                 if self._unsaved >= FLUSH_EVENTS or time.monotonic() - self._saved_at >= FLUSH_S:
                     await self._save(wait=False)
@@ -420,7 +439,7 @@ class _Delivery:
         done, self._done = self._done, []
         self._unsaved = 0
         self._saved_at = time.monotonic()
-        sub, owner, seen = self.sub, self._d.owner, self.seen
+        sub, owner, seen = self._synced(), self._d.owner, self.seen
 
         def write() -> bool:
             with self._d._uows() as uow:

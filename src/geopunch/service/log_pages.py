@@ -44,6 +44,10 @@ Page = list[Outgoing]
 _PageKey = tuple[int, int, tuple[str, ...], tuple[int, ...]]
 
 
+def _key(sub: Subscription, cursor: int) -> _PageKey:
+    return (sub.account_id, cursor, sub.event_types, sub.time_clock_ids)
+
+
 class SharedPages:
     """Pages of the event log read once for every subscription held here
     that delivers the same account's events with the same filter.
@@ -76,7 +80,7 @@ class SharedPages:
         """The page after ``sub``'s cursor. ``behind``: how many other
         subscriptions are expected to read it too; ``seen``: the event
         signal's version before this read."""
-        key = (sub.account_id, sub.cursor, sub.event_types, sub.time_clock_ids)
+        key = _key(sub, sub.cursor)
         kept = self._kept.pop(key, None)
         if kept is not None and not self._fresh(kept[0], kept[2], seen):
             kept = None
@@ -85,15 +89,34 @@ class SharedPages:
             if left > 1:
                 self._kept[key] = (page, left - 1, at)
         else:
-            page = asyncio.ensure_future(asyncio.to_thread(self._read, key))
-            if behind:
-                self._kept[key] = (page, behind, seen)
-                page.add_done_callback(functools.partial(self._forget_failed, key))
-                while len(self._kept) > MOST_SHARED_PAGES:
-                    del self._kept[next(iter(self._kept))]
+            page = self._start(key, behind, seen)
         # Shielded: one reader cancelled (its subscription changed) leaves
         # the read to the others.
         return await asyncio.shield(page)
+
+    def read_ahead(self, sub: Subscription, after: int, readers: int, seen: int) -> None:
+        """Start reading the page after seq ``after`` for ``readers``
+        subscriptions with ``sub``'s filter (the one asking among them),
+        unless it is kept or being read already.
+
+        A deliverer asks while it sends a full page, so the next one is
+        there when it is done: waiting for each read stalled every
+        subscription reading the same pages at once, and at ten
+        subscriptions the read took twice as long, its thread waiting for
+        the interpreter behind the deliveries (bench/README.md)."""
+        key = _key(sub, after)
+        if key not in self._kept:
+            self._start(key, readers, seen)
+
+    def _start(self, key: _PageKey, readers: int, seen: int) -> asyncio.Future[Page]:
+        """Read the page at ``key``, kept for ``readers`` more readers."""
+        page = asyncio.ensure_future(asyncio.to_thread(self._read, key))
+        if readers:
+            self._kept[key] = (page, readers, seen)
+            page.add_done_callback(functools.partial(self._forget_failed, key))
+            while len(self._kept) > MOST_SHARED_PAGES:
+                del self._kept[next(iter(self._kept))]
+        return page
 
     @staticmethod
     def _fresh(page: asyncio.Future[Page], read_at: int, seen: int) -> bool:
