@@ -1,6 +1,7 @@
 """Concurrent writers of one user's activities take turns instead of
-deadlocking, and the event log's seq lock is the last lock a transaction
-takes: its events are written at the commit.
+deadlocking, and the seq locks of the fence index's change feed and of the
+event log are the last locks a transaction takes: its index changes and
+events are written at the commit.
 
 PostgreSQL checks the no-overlap exclusion constraint after inserting a row,
 so two transactions inserting overlapping rows each wait for the other, and
@@ -185,6 +186,29 @@ def test_events_are_written_at_the_commit_and_undone_with_their_savepoint(
     assert all(e.recorded_at is not None for e in stored)
 
 
+def test_index_changes_are_written_at_the_commit_and_undone_with_their_savepoint(
+    engine: Engine,
+) -> None:
+    uows = AccountStore(engine)
+    with uows() as uow:
+        before = uow.changes()
+        first = uow.index_changes.note(5)
+        assert before is not None and uow.changes() == before + 1  # a change, not yet written
+        assert first.seq == 0 and uow.index_changes.after(0) == []
+        with pytest.raises(RuntimeError), uow.savepoint():
+            uow.index_changes.note(6)
+            raise RuntimeError("this piece fails")
+        with uow.savepoint():
+            last = uow.index_changes.note(7)
+        uow.commit()
+    with uows() as uow:
+        uow.index_changes.note(8)  # never committed
+    with uows(readonly=True) as uow:
+        feed = uow.index_changes.after(0)
+    assert [(seq, tc) for seq, _, tc in feed] == [(first.seq, 5), (last.seq, 7)]
+    assert 0 < first.seq < last.seq
+
+
 def test_closing_a_shift_is_a_turn_of_its_user(engine: Engine) -> None:
     """A batch closed a user's shift and then opened the next one; an import
     of an overlapping shift meanwhile waits for the user's turn before
@@ -272,3 +296,35 @@ def test_closing_many_shifts_takes_the_turns_at_once(engine: Engine) -> None:
     lost_race()
     with uows(readonly=True) as uow:
         assert all(uow.activities.list_for(TC.id, u)[0].end is not None for u in users)
+
+
+def test_a_transaction_that_noted_an_index_change_does_not_hold_the_feed(engine: Engine) -> None:
+    """A batch noted a fence change of one clock and then wrote a user whose
+    turn another writer held while noting a change of its own: the feed's
+    seq lock is taken at the commits, so the other writer commits and the
+    batch follows (the lock taken at the note deadlocked the two)."""
+    _postgres_only(engine)
+    uows = AccountStore(engine)
+    other_clock = replace(TC, id=78, name="Gate")
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.time_clocks.add(other_clock)
+        uow.commit()
+    with uows() as batch:
+        noted = batch.index_changes.note(other_clock.id)
+
+        def admin_and_punch(uow: SqlUnitOfWork) -> None:
+            uow.activities.add(_shift("w-1", 1, 1000, 2000))
+            uow.index_changes.note(TC.id)
+
+        thread, pid, failed = _in_thread(uows, admin_and_punch)
+        _blocked_or_done(engine, pid, thread)
+        batch.activities.add(_shift("b-1", 1, 3000, None))  # waits for the writer's turn
+        batch.commit()
+    thread.join(10)
+    assert failed == []
+    with uows(readonly=True) as uow:
+        feed = uow.index_changes.after(0)
+        assert [a.id for a in uow.activities.list_for(TC.id, 1)] == ["w-1", "b-1"]
+    assert [tc for _, _, tc in feed] == [TC.id, other_clock.id]  # in commit order
+    assert noted.seq == feed[-1][0]  # drawn at the commit

@@ -302,12 +302,22 @@ class LocationStateRepository(Protocol):
         ...
 
 
+class NotedChange:
+    """A change of the fence index feed noted in an open transaction. Its
+    ``seq`` is drawn as the transaction commits (0 until then)."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+
 class IndexChangeRepository(Protocol):
     """The feed of changed time clocks that keeps every process's fence index current."""
 
-    def note(self, time_clock_id: int) -> int:
+    def note(self, time_clock_id: int) -> NotedChange:
         """Record that the time clock's settings or geofences change in this
-        transaction; the change's seq."""
+        transaction. The change is written, and its seq drawn, at the commit."""
         ...
 
     def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:

@@ -12,6 +12,7 @@ from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
 from geopunch.domain.ports import (
     FenceListener,
+    NotedChange,
     TransactionRunner,
     UnitOfWork,
     UnitOfWorkFactory,
@@ -45,15 +46,15 @@ def create_time_clock(
 ) -> TimeClock:
     """Validate and store a new time clock; with ``assign_id`` the store picks its id."""
 
-    def work(uow: UnitOfWork) -> tuple[TimeClock, int]:
+    def work(uow: UnitOfWork) -> tuple[TimeClock, NotedChange]:
         made = replace(tc, id=uow.time_clocks.next_id()) if assign_id else tc
         validate_time_clock(made, job_paths)
         uow.time_clocks.add(made)
         return made, uow.index_changes.note(made.id)
 
-    def after(done: tuple[TimeClock, int]) -> None:
+    def after(done: tuple[TimeClock, NotedChange]) -> None:
         if listener is not None:
-            listener.time_clock_changed(account, done[0], (), done[1])
+            listener.time_clock_changed(account, done[0], (), done[1].seq)
 
     return committed(uows, account, work, after, listener, commit)[0]
 
@@ -72,7 +73,7 @@ def update_time_clock(
     """
     validate_time_clock(tc, job_paths)
 
-    def work(uow: UnitOfWork) -> tuple[list[Geofence], int]:
+    def work(uow: UnitOfWork) -> tuple[list[Geofence], NotedChange]:
         get_time_clock(uow, tc.id)
         missing = sorted(uow.geofences.job_ids_in_use(tc.id) - tc.job_ids)
         if missing:
@@ -85,9 +86,9 @@ def update_time_clock(
         seq = uow.index_changes.note(tc.id)
         return (uow.geofences.list_for(tc.id) if listener is not None else []), seq
 
-    def after(done: tuple[list[Geofence], int]) -> None:
+    def after(done: tuple[list[Geofence], NotedChange]) -> None:
         if listener is not None:
-            listener.time_clock_changed(account, tc, done[0], done[1])
+            listener.time_clock_changed(account, tc, done[0], done[1].seq)
 
     committed(uows, account, work, after, listener, commit)
     return tc

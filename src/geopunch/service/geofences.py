@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ids import ordered_hexes
 from geopunch.domain.models import Geofence, GeofenceDraft, TimeClock
-from geopunch.domain.ports import FenceListener, TransactionRunner, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import (
+    FenceListener,
+    NotedChange,
+    TransactionRunner,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from geopunch.domain.rules import validate_geofences
 from geopunch.service.admin import committed, get_time_clock
 
@@ -43,15 +49,15 @@ def create_geofences(
 ) -> list[Geofence]:
     """Validate and store all drafts in one transaction, or none of them."""
 
-    def work(uow: UnitOfWork) -> tuple[TimeClock, list[Geofence], int]:
+    def work(uow: UnitOfWork) -> tuple[TimeClock, list[Geofence], NotedChange]:
         tc = get_time_clock(uow, time_clock_id)
         fences = validate_geofences(drafts, tc, iter(new_fence_ids(len(drafts))).__next__)
         uow.geofences.add_many(fences)
         return tc, fences, uow.index_changes.note(tc.id)
 
-    def after(done: tuple[TimeClock, list[Geofence], int]) -> None:
+    def after(done: tuple[TimeClock, list[Geofence], NotedChange]) -> None:
         if listener is not None:
-            listener.fences_changed(account, done[0], done[1], (), done[2])
+            listener.fences_changed(account, done[0], done[1], (), done[2].seq)
 
     return committed(uows, account, work, after, listener, commit)[1]
 
@@ -64,15 +70,15 @@ def delete_geofence(
     listener: FenceListener | None = None,
     commit: TransactionRunner | None = None,
 ) -> None:
-    def work(uow: UnitOfWork) -> tuple[TimeClock, int]:
+    def work(uow: UnitOfWork) -> tuple[TimeClock, NotedChange]:
         tc = get_time_clock(uow, time_clock_id)
         if not uow.geofences.delete(time_clock_id, fence_id):
             raise _not_found(time_clock_id, fence_id)
         return tc, uow.index_changes.note(tc.id)
 
-    def after(done: tuple[TimeClock, int]) -> None:
+    def after(done: tuple[TimeClock, NotedChange]) -> None:
         if listener is not None:
-            listener.fences_changed(account, done[0], (), (fence_id,), done[1])
+            listener.fences_changed(account, done[0], (), (fence_id,), done[1].seq)
 
     committed(uows, account, work, after, listener, commit)
 

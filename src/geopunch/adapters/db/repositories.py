@@ -49,6 +49,7 @@ from geopunch.adapters.db.prepared import (
     in_values,
     integrity_error,
     savepoint,
+    until_commit,
 )
 from geopunch.adapters.db.tables import (
     activities,
@@ -75,6 +76,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
+from geopunch.domain.ports import NotedChange
 from geopunch.domain.punches import (
     Activity,
     ActivityRow,
@@ -1087,6 +1089,36 @@ _NOTE_CHANGE = Prepared(
 )
 
 
+#: Under ``until_commit``: the index changes noted, not yet written.
+_NOTED = "index_changes"
+
+
+def noted_unwritten(conn: Connection) -> int:
+    """How many index changes the connection's transaction noted and has not yet written."""
+    return len(until_commit(conn, _NOTED))
+
+
+def write_noted(conn: Connection) -> None:
+    """Write the index changes the transaction noted, just before it commits
+    and before its events (``tracking.write_appended``).
+
+    As for the events: taken where a change was noted, the feed's seq lock
+    was held while the rest of the transaction waited for other locks. A
+    group commit's batch that noted a change and then waited for a user's
+    turn, against another replica's batch holding that turn and waiting for
+    the seq lock, deadlocked. Taken at the commit, the two seq locks are the
+    last a transaction takes, always in this order."""
+    pending = until_commit(conn, _NOTED)
+    if not pending:
+        return
+    in_seq_order(conn, _INDEX_LOCK)  # followers resume from a seq
+    for acct, tc, now, change in pending:
+        cursor = _NOTE_CHANGE.execute(conn, {"acct": acct, "tc": tc, "now": now})
+        (change.seq,) = cursor.fetchone()
+        cursor.close()
+    pending.clear()
+
+
 class SqlIndexChangeRepository(AccountScoped):
     """The ``index_changes`` feed (see its table); ``after``, ``last`` and
     ``prune`` read every account's changes (the fence index follows them all)."""
@@ -1097,15 +1129,11 @@ class SqlIndexChangeRepository(AccountScoped):
         #: Set by ``note``; the unit of work tells its listener after the commit.
         self.noted = False
 
-    def note(self, time_clock_id: int) -> int:
-        in_seq_order(self._conn, _INDEX_LOCK)  # followers resume from a seq
+    def note(self, time_clock_id: int) -> NotedChange:
         self.noted = True
-        cursor = _NOTE_CHANGE.execute(
-            self._conn, {"acct": self.account, "tc": time_clock_id, "now": self._now}
-        )
-        (seq,) = cursor.fetchone()
-        cursor.close()
-        return int(seq)
+        change = NotedChange()
+        until_commit(self._conn, _NOTED).append((self.account, time_clock_id, self._now, change))
+        return change
 
     def after(self, cursor: int, limit: int = 1000) -> list[tuple[int, int, int]]:
         """(seq, account, time clock) of changes past ``cursor``, in order."""

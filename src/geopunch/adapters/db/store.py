@@ -34,6 +34,8 @@ from geopunch.adapters.db.repositories import (
     SqlIdempotencyRepository,
     SqlIndexChangeRepository,
     SqlTimeClockRepository,
+    noted_unwritten,
+    write_noted,
 )
 from geopunch.adapters.db.scheduling import SqlSchedulerRepository, SqlShiftRepository
 from geopunch.adapters.db.tracking import (
@@ -340,6 +342,7 @@ class SqlUnitOfWork(_Repositories):
         kinds += KEYS if self.api_keys.changed else ""
         # One round trip for the events' lock, the events and the notification.
         with together(self._conn):
+            write_noted(self._conn)
             write_appended(self._conn)
             if kinds and self._conn.dialect.name == "postgresql":
                 # Delivered when (and only if) the transaction commits: every
@@ -370,8 +373,9 @@ class SqlUnitOfWork(_Repositories):
         assert self._conn is not None
         raw = driver(self._conn)
         name = self._conn.dialect.name
-        # Events appended are written at the commit: they count as changes now.
-        unwritten = appended_unwritten(self._conn)
+        # Events appended and index changes noted are written at the commit:
+        # they count as changes now.
+        unwritten = appended_unwritten(self._conn) + noted_unwritten(self._conn)
         if name == "sqlite":
             total: int = raw.total_changes  # sqlite3_total_changes()
             return total + unwritten
