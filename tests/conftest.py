@@ -27,6 +27,7 @@ from geopunch.v1 import (
     timeclock_pb2_grpc,
     webhooks_pb2_grpc,
 )
+from tests.forked_server import ForkedProcess
 from tests.helpers import pg_schema
 
 API_KEY = "test-key-0123456789"
@@ -44,7 +45,7 @@ class ServerProcess:
 
     db_url: str
     env_extra: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[str] | None = None
+    proc: subprocess.Popen[str] | ForkedProcess | None = None
     address: str = ""
     #: host:port of its HTTP API (every test server has one, on a free port).
     http_address: str = ""
@@ -53,6 +54,10 @@ class ServerProcess:
     args: list[str] = field(default_factory=list)
     #: For a server with TLS: what its health is checked with.
     credentials: grpc.ChannelCredentials | None = None
+    #: Start it with ``python -m geopunch`` rather than as a fork of the warm
+    #: interpreter (``tests.forked_server``): for tests that look at the
+    #: process's own command line or environment.
+    fresh_interpreter: bool = False
 
     def start(self, log_dir: Path, timeout: float = 120.0) -> None:
         env = {
@@ -67,14 +72,18 @@ class ServerProcess:
             **self.env_extra,
         }
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "geopunch", "serve", *self.args],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=env,
-            )
+        if not self.fresh_interpreter:
+            self.log_path.touch()
+            self.proc = ForkedProcess(["serve", *self.args], env, self.log_path)
+        else:
+            with self.log_path.open("w") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "geopunch", "serve", *self.args],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                    env=env,
+                )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = self.proc.stdout.readline()
@@ -182,7 +191,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("server")
-    srv = ServerProcess(db_url=f"sqlite:///{tmp / 'geopunch.db'}")
+    # Started as a user starts it: most tests of this process talk to it.
+    srv = ServerProcess(db_url=f"sqlite:///{tmp / 'geopunch.db'}", fresh_interpreter=True)
     srv.start(tmp)
     yield srv
     srv.terminate()

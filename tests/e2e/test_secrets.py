@@ -36,6 +36,7 @@ def test_no_secret_in_logs_command_lines_environments_or_answers(tmp_path: Path)
             "GEOPUNCH_LOG_LEVEL": "DEBUG",
         },
         args=["--api-keys", FLAG_KEY],
+        fresh_interpreter=True,  # its command line and environment are looked at
     )
     srv.start(tmp_path)
     made: list[str] = []

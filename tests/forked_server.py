@@ -1,0 +1,111 @@
+"""Test servers forked from a warm interpreter instead of started from nothing.
+
+A server process spends about 2 s of CPU before it listens, most of it
+importing numpy, numba, SQLAlchemy and FastAPI and setting up numba's
+compiler: nearly all of what the suite's ~80 short-lived servers cost. Here
+each pytest process keeps one multiprocessing *fork server*, a fresh
+interpreter that has imported those modules once (and so loaded numba's
+cached kernels' machinery) and forks a child for every server. The child
+then runs the command line exactly as ``python -m geopunch ...`` would, with
+its own arguments, environment, stdout and log file, and sets up everything
+else itself: its store, gRPC and its threads, which is why the fork server
+imports but never starts anything (it holds no thread of grpc's or numba's
+pool to be lost in a fork).
+
+What a fork does not give is a process image of its own: ``/proc/PID/cmdline``
+and ``environ`` show the fork server's. Tests that look at those start the
+server with ``fresh_interpreter=True``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import multiprocessing.reduction
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+#: Imported once in the fork server; what they cost is what a fork saves.
+PRELOAD = ["tests.forked_server_preload"]
+
+_ctx = multiprocessing.get_context("forkserver")
+_ctx.set_forkserver_preload(PRELOAD)
+_running: set[ForkedProcess] = set()
+
+
+def _child(argv: list[str], env: dict[str, str], out: Any, log_path: str) -> None:
+    """In the forked child: become ``python -m geopunch *argv``."""
+    fd = out.detach()
+    os.dup2(fd, 1)
+    os.close(fd)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [str(Path(sys.prefix) / "geopunch"), *argv]
+    from geopunch.entrypoints.cli import main
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+class ForkedProcess:
+    """What the tests use of ``subprocess.Popen``, for a forked server."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = argv
+        read, write = os.pipe()
+        try:
+            self._process = _ctx.Process(
+                target=_child,
+                args=(argv, env, multiprocessing.reduction.DupFd(write), str(log_path)),
+                name=f"geopunch {' '.join(argv)}",
+            )
+            self._process.start()
+        finally:
+            os.close(write)
+        self.stdout: IO[str] = os.fdopen(read, "r")
+        self.pid: int = self._process.pid  # type: ignore[assignment]
+        _running.add(self)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        code = self._process.exitcode
+        if code is not None:
+            _running.discard(self)
+        return code
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self.poll()
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A server a failed test left running must not hold the pytest process's
+    exit: multiprocessing would join it at exit."""
+    for proc in list(_running):
+        proc.kill()
+        proc.wait(10)

@@ -1,0 +1,15 @@
+"""What the test servers' fork server imports once (see ``tests.forked_server``).
+
+Importing the server module builds the empty fence index, which loads numba's
+compiler and its first cached kernel; nothing here starts a thread or opens a
+store, so a fork of this interpreter is as clean as a fresh one.
+"""
+
+import alembic.command
+import alembic.config
+
+import geopunch.entrypoints.cli
+import geopunch.entrypoints.server
+import geopunch.entrypoints.supervisor
+
+__all__ = ["alembic", "geopunch"]
