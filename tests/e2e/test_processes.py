@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2, timeclock_pb2
@@ -144,6 +145,14 @@ def test_a_killed_worker_is_replaced_and_sigterm_drains_all(
     tc = make_time_clock(fresh_b).id
     add_fence(fresh_a, tc, *SITE, 100)
     assert _inside(fresh_b, tc)
+    # Every worker, the replacement too, is a fork of the supervisor's warm
+    # fork server (not a fresh interpreter), named for ps.
+    for number, pid in _worker_pids(srv).items():
+        worker = psutil.Process(pid)
+        assert " ".join(worker.cmdline()).strip() == f"geopunch worker {number}"
+        parent = worker.parent()
+        assert parent is not None
+        assert "multiprocessing.forkserver" in " ".join(parent.cmdline())
     for c in opened:
         c.close()
     assert srv.terminate() == 0

@@ -8,10 +8,19 @@ one port with ``SO_REUSEPORT``, the kernel handing each new connection to one
 of them (grpc's ``examples/python/multiprocessing``).
 
 The supervisor (this module's :func:`serve_processes`) migrates the store
-once, reserves the port, starts the workers with the ``spawn`` method (a
-fresh interpreter each: nothing of grpc's or OpenMP's threads is forked),
-prints the ready line when every worker serves, restarts a worker that dies,
-and on SIGTERM or SIGINT drains them all.
+once, reserves the port, starts the workers, prints the ready line when every
+worker serves, restarts a worker that dies, and on SIGTERM or SIGINT drains
+them all.
+
+Workers are forks of multiprocessing's *fork server*: a fresh interpreter,
+started with the first worker, that imports the server's modules (numpy,
+numba and its compiler, SQLAlchemy, FastAPI, grpc) once and then only forks.
+It never serves, opens a store or runs a kernel, so it holds none of grpc's
+or numba's pool threads for a fork to lose, which is why a plain ``fork`` of
+the supervisor is not used. A worker then costs its own set-up only (about a
+quarter of a fresh interpreter's start), which is what a killed worker's
+replacement waits for, and the imported modules' pages stay shared between
+the workers until written.
 
 What the workers share besides the store is two counters in shared memory
 (:class:`SharedGenerations`): a worker bumps the *index* counter after each
@@ -58,6 +67,8 @@ START_TIMEOUT_S = 300.0
 #: A draining worker is killed this long past its grace period: later than the
 #: worker's own cut-off (server.STOP_MARGIN_S, 10 s), which logs its stacks first.
 DRAIN_MARGIN_S = 15.0
+#: What the fork server imports before it forks any worker.
+WORKER_PRELOAD = "geopunch.entrypoints.server"
 #: prometheus-client's multi-process mode reads its directory from here.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -87,10 +98,14 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
 
 def _worker_main(config: Config, slot: WorkerSlot, ready: Any) -> None:
     """A worker's process: the single-process server, told who it is."""
+    import setproctitle
+
     from geopunch.entrypoints.server import serve
     from geopunch.logs import setup_logging
 
     setup_logging(config.log_level, worker=slot.number)
+    # A fork's command line is the fork server's; name the process for ps.
+    setproctitle.setproctitle(f"geopunch worker {slot.number}")
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
@@ -127,7 +142,8 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         metrics_dir = tempfile.mkdtemp(prefix="geopunch-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     stop_metrics = metrics.serve(config.metrics_listen) if config.metrics_listen else None
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([WORKER_PRELOAD])
     worker_config = replace(
         config, listen=address, http_listen=http_address, metrics_listen="", processes=1
     )
