@@ -19,8 +19,9 @@ It never serves, opens a store or runs a kernel, so it holds none of grpc's
 or numba's pool threads for a fork to lose, which is why a plain ``fork`` of
 the supervisor is not used. A worker then costs its own set-up only (about a
 quarter of a fresh interpreter's start), which is what a killed worker's
-replacement waits for, and the imported modules' pages stay shared between
-the workers until written.
+replacement waits for, and the imported modules' objects, frozen out of the
+collector's reach before the first fork (:mod:`geopunch.entrypoints.preload`),
+stay on pages the workers share.
 
 What the workers share besides the store is two counters in shared memory
 (:class:`SharedGenerations`): a worker bumps the *index* counter after each
@@ -68,7 +69,7 @@ START_TIMEOUT_S = 300.0
 #: worker's own cut-off (server.STOP_MARGIN_S, 10 s), which logs its stacks first.
 DRAIN_MARGIN_S = 15.0
 #: What the fork server imports before it forks any worker.
-WORKER_PRELOAD = "geopunch.entrypoints.server"
+WORKER_PRELOAD = "geopunch.entrypoints.preload"
 #: prometheus-client's multi-process mode reads its directory from here.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
