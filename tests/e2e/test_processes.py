@@ -163,6 +163,55 @@ def test_a_killed_worker_is_replaced_and_sigterm_drains_all(
     assert a is not None
 
 
+def test_a_killed_fork_server_leaves_two_workers_and_a_clean_drain(
+    workers: tuple[ServerProcess, Client, Client],
+) -> None:
+    """The workers' exit statuses come through the fork server: killed, it
+    makes every worker look dead. The orphans drain and are replaced, never
+    doubled, and SIGTERM still drains everyone."""
+    srv = workers[0]
+    assert srv.proc is not None
+    old = _worker_pids(srv)
+    (fork_server,) = [
+        p
+        for p in psutil.Process(srv.proc.pid).children()
+        if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    fork_server.kill()
+    deadline = time.monotonic() + 60
+    while set(_worker_pids(srv).values()) & set(old.values()) or any(
+        _alive(pid) for pid in old.values()
+    ):
+        assert time.monotonic() < deadline, "the orphaned workers were not replaced"
+        time.sleep(0.1)
+    while True:  # the replacements serve
+        try:
+            (fresh_a, fresh_b), opened = _one_per_worker(srv.address)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the replacements never served"
+            time.sleep(0.2)
+    tc = make_time_clock(fresh_a).id
+    add_fence(fresh_b, tc, *SITE, 100)
+    assert _inside(fresh_a, tc)
+    for c in opened:
+        c.close()
+    named = [
+        p
+        for p in psutil.Process(srv.proc.pid).children(recursive=True)
+        if " ".join(p.cmdline()).strip().startswith("geopunch worker")
+    ]
+    assert len(named) == 2, [p.cmdline() for p in named]
+    new = _worker_pids(srv)
+    assert srv.terminate() == 0
+    assert not any(_alive(pid) for pid in new.values())
+    log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
+    assert sum(e["msg"] == "the workers' fork server died; replacing worker" for e in log) == 2
+    # each orphan and each replacement drained, then the supervisor
+    stopped = [e.get("worker") for e in log if e["msg"] == "stopped"]
+    assert sorted(stopped, key=str) == [0, 0, 1, 1, None]
+
+
 def test_workers_of_a_killed_supervisor_stop(
     workers: tuple[ServerProcess, Client, Client],
 ) -> None:

@@ -40,6 +40,7 @@ spread evenly; a client with one channel uses one worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -163,6 +164,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         return proc
 
     workers = [start(n) for n in range(config.processes)]
+    orphans: list[multiprocessing.process.BaseProcess] = []  # replaced, still draining
     try:
         if not _await_ready(workers, started, stop):
             return
@@ -170,18 +172,35 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         if ready is not None:
             ready(_host_port(address)[1], http_address)
         while not stop.wait(0.25):
+            orphans[:] = [proc for proc in orphans if _running(proc)]
             for n, proc in enumerate(workers):
-                if proc.exitcode is not None and not stop.is_set():
+                if proc.exitcode is None or stop.is_set():
+                    continue
+                if _running(proc):
+                    # The fork server died (its status relay reads as an exit)
+                    # and the worker runs on, orphaned, where no one can wait
+                    # for it. Left alone it would stop only once its Process
+                    # object is collected (that closes its parent sentinel),
+                    # and a drain could not wait for it: it is told to drain
+                    # now, watched by pid, and a fork of a new fork server
+                    # takes its place.
+                    log.error(
+                        "the workers' fork server died; replacing worker",
+                        extra={"fields": {"worker": n, "pid": proc.pid}},
+                    )
+                    _signal(proc, signal.SIGTERM)
+                    orphans.append(proc)
+                else:
                     log.error(
                         "worker exited; starting it again",
                         extra={"fields": {"worker": n, "pid": proc.pid, "exitcode": proc.exitcode}},
                     )
-                    if proc.pid is not None:
-                        metrics.process_ended(proc.pid)
                     time.sleep(RESTART_PAUSE_S)
-                    workers[n] = start(n)
+                if proc.pid is not None:
+                    metrics.process_ended(proc.pid)
+                workers[n] = start(n)
     finally:
-        _drain(workers, config.grace_seconds)
+        _drain([*workers, *orphans], config.grace_seconds)
         if stop_metrics is not None:
             stop_metrics()
         if metrics_dir is not None:
@@ -218,16 +237,47 @@ def _await_ready(
     return True
 
 
+def _signal(proc: multiprocessing.process.BaseProcess, sig: int) -> None:
+    """By pid, which reaches an orphan too; one that is already gone is left be."""
+    if proc.pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+
+
+def _running(proc: multiprocessing.process.BaseProcess) -> bool:
+    """Whether a worker's process still runs. Its exit status comes through the
+    fork server, and reads as 255 if that helper died, while the worker may
+    run on: the kernel has the last word."""
+    if proc.exitcode is None:
+        return True
+    if proc.pid is None:
+        return False
+    try:
+        os.kill(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # an exited process its new parent has not reaped yet is gone too
+        with open(f"/proc/{proc.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust the signal probe
+
+
 def _drain(workers: list[multiprocessing.process.BaseProcess], grace_s: float) -> None:
-    """SIGTERM to every live worker; each drains as a single server does. One
+    """SIGTERM to every live worker; each drains as a single server drains. One
     that outlives its grace period and margin is killed."""
-    for proc in workers:
-        if proc.exitcode is None and proc.pid is not None:
-            proc.terminate()
+    live = [proc for proc in workers if proc.pid is not None and _running(proc)]
+    for proc in live:
+        _signal(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s + DRAIN_MARGIN_S
-    for proc in workers:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.exitcode is None:
+    for proc in live:
+        while _running(proc) and time.monotonic() < deadline:
+            if proc.exitcode is None:
+                proc.join(0.1)
+            else:  # an orphan: its status never comes, so watch its pid
+                time.sleep(0.1)
+        if _running(proc):
             log.error("worker did not stop; killing it", extra={"fields": {"pid": proc.pid}})
-            proc.kill()
+            _signal(proc, signal.SIGKILL)
             proc.join(5)
