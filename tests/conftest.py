@@ -73,8 +73,11 @@ class ServerProcess:
         }
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
         if not self.fresh_interpreter:
-            self.log_path.touch()
-            self.proc = ForkedProcess(["serve", *self.args], env, self.log_path)
+            log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self.proc = ForkedProcess(["serve", *self.args], env, log_fd)
+            finally:
+                os.close(log_fd)
         else:
             with self.log_path.open("w") as log:
                 self.proc = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""Test servers forked from a warm interpreter instead of started from nothing.
+"""Test servers and command-line runs forked from a warm interpreter instead
+of started from nothing.
 
 A server process spends about 2 s of CPU before it listens, most of it
 importing numpy, numba, SQLAlchemy and FastAPI and setting up numba's
@@ -11,6 +12,10 @@ its own arguments, environment, stdout and log file, and sets up everything
 else itself: its store, gRPC and its threads, which is why the fork server
 imports but never starts anything (it holds no thread of grpc's or numba's
 pool to be lost in a fork).
+
+The same fork server runs the tests' ``geopunch trails``, ``keys`` and
+``accounts`` commands (:func:`run`); ``--version`` still runs in a fresh
+interpreter, as does the shared session server.
 
 What a fork does not give is a process image of its own: ``/proc/PID/cmdline``
 and ``environ`` show the fork server's. Tests that look at those start the
@@ -26,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,14 +43,12 @@ _ctx.set_forkserver_preload(PRELOAD)
 _running: set[ForkedProcess] = set()
 
 
-def _child(argv: list[str], env: dict[str, str], out: Any, log_path: str) -> None:
+def _child(argv: list[str], env: dict[str, str], out: Any, err: Any) -> None:
     """In the forked child: become ``python -m geopunch *argv``."""
-    fd = out.detach()
-    os.dup2(fd, 1)
-    os.close(fd)
-    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(log, 2)
-    os.close(log)
+    for shared, target in ((out, 1), (err, 2)):
+        fd = shared.detach()
+        os.dup2(fd, target)
+        os.close(fd)
     os.environ.clear()
     os.environ.update(env)
     sys.argv = [str(Path(sys.prefix) / "geopunch"), *argv]
@@ -56,21 +60,31 @@ def _child(argv: list[str], env: dict[str, str], out: Any, log_path: str) -> Non
 
 
 class ForkedProcess:
-    """What the tests use of ``subprocess.Popen``, for a forked server."""
+    """What the tests use of ``subprocess.Popen``, for a forked ``geopunch``
+    command: its stdout is a pipe (``stdout``) unless ``stdout_fd`` is given,
+    its stderr goes to ``stderr_fd``."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], stderr_fd: int, stdout_fd: int | None = None
+    ) -> None:
         self.args = argv
-        read, write = os.pipe()
+        read, write = os.pipe() if stdout_fd is None else (-1, stdout_fd)
         try:
             self._process = _ctx.Process(
                 target=_child,
-                args=(argv, env, multiprocessing.reduction.DupFd(write), str(log_path)),
+                args=(
+                    argv,
+                    env,
+                    multiprocessing.reduction.DupFd(write),
+                    multiprocessing.reduction.DupFd(stderr_fd),
+                ),
                 name=f"geopunch {' '.join(argv)}",
             )
             self._process.start()
         finally:
-            os.close(write)
-        self.stdout: IO[str] = os.fdopen(read, "r")
+            if stdout_fd is None:
+                os.close(write)
+        self.stdout: IO[str] | None = os.fdopen(read, "r") if stdout_fd is None else None
         self.pid: int = self._process.pid  # type: ignore[assignment]
         _running.add(self)
 
@@ -100,6 +114,22 @@ class ForkedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run([python, -m, geopunch, *argv], capture_output=True,
+    text=True)``, forked: for the tests' many short command-line runs."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = ForkedProcess(argv, dict(os.environ), err.fileno(), out.fileno())
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, code, out.read().decode(), err.read().decode())
 
 
 @atexit.register

@@ -5,8 +5,6 @@ CLI or the admin RPCs work, rotate and stop working on every worker."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from geopunch.v1 import (
     timeclock_pb2,
     webhooks_pb2,
 )
-from tests import protobuf_strategies
+from tests import forked_server, protobuf_strategies
 from tests.conftest import Client, ServerProcess, make_scheduler, make_time_clock
 from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_processes import _one_per_worker
@@ -450,13 +448,8 @@ def test_every_rpc_has_a_scope_and_each_scope_opens_only_its_rpcs(
 
 
 def _cli(url: str, *args: str) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "geopunch", *args, "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    out = forked_server.run([*args, "--database-url", url], timeout=120)
+    out.check_returncode()
     return out.stdout.strip().splitlines()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyproj import Geod
 
+from tests import forked_server
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock
 from tests.e2e.test_locations_api import add_fence
 
@@ -100,12 +100,7 @@ def table(rows: list[tuple[Any, ...]]) -> pa.Table:
 
 def cli(*args: str | Path, progress: bool = False) -> subprocess.CompletedProcess[str]:
     quiet = [] if progress else ["--no-progress"]
-    return subprocess.run(
-        [sys.executable, "-m", "geopunch", "trails", *quiet, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return forked_server.run(["trails", *quiet, *map(str, args)], timeout=300)
 
 
 def read(out: Path, name: str) -> list[dict[str, Any]]:
