@@ -18,8 +18,10 @@ The same fork server runs the tests' ``geopunch trails``, ``keys`` and
 interpreter, as does the shared session server.
 
 What a fork does not give is a process image of its own: ``/proc/PID/cmdline``
-and ``environ`` show the fork server's. Tests that look at those start the
-server with ``fresh_interpreter=True``.
+and ``environ`` show the fork server's. Nor do variables a library reads when
+it is imported (numba's ``NUMBA_*``, prometheus-client's
+``PROMETHEUS_MULTIPROC_DIR``) take effect: they were read in the fork server.
+Tests that depend on either start the server with ``fresh_interpreter=True``.
 """
 
 from __future__ import annotations
