@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
-from serverproc import OWN_CONNECTION
+from serverproc import OWN_CONNECTION, launch_logged
 from sqlalchemy import create_engine, text
 
 from geopunch.v1 import (
@@ -67,22 +64,7 @@ def schema(url: str) -> Iterator[str]:
 
 @contextmanager
 def replica(url: str, log: Path) -> Iterator[str]:
-    env = {
-        **os.environ,
-        "GEOPUNCH_API_KEYS": API_KEY,
-        "GEOPUNCH_LOG_LEVEL": "INFO",
-        "GEOPUNCH_DATABASE_URL": url,
-        "GEOPUNCH_LISTEN": "127.0.0.1:0",
-        "GEOPUNCH_HTTP_LISTEN": "off",
-    }
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geopunch", "serve"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
+    proc = launch_logged(url, API_KEY, log)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

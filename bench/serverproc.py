@@ -70,6 +70,31 @@ def _serve(
         proc.wait(60)
 
 
+def launch_logged(database_url: str, api_key: str, log: Path, **env: str) -> subprocess.Popen[str]:
+    """``geopunch serve`` on a free loopback port with its log in ``log``,
+    returned once it has printed its ready line (read off ``proc.stdout``:
+    the gRPC address last); ``env`` adds or overrides ``GEOPUNCH_`` settings
+    (the HTTP API is off unless given)."""
+    full = {
+        **os.environ,
+        "GEOPUNCH_API_KEYS": api_key,
+        "GEOPUNCH_LOG_LEVEL": "INFO",
+        "GEOPUNCH_DATABASE_URL": database_url,
+        "GEOPUNCH_LISTEN": "127.0.0.1:0",
+        "GEOPUNCH_HTTP_LISTEN": "off",
+        **{f"GEOPUNCH_{name.upper()}": value for name, value in env.items()},
+    }
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geopunch", "serve"],
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    return proc
+
+
 #: Channel option giving each client thread a TCP connection of its own, as
 #: separate devices have. grpc's channels in one process share a connection
 #: to the same address by default, and with ``--processes`` connections, not

@@ -27,7 +27,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from serverproc import launch_logged
 
 from geopunch.entrypoints.supervisor import RESTART_PAUSE_S
 
@@ -42,24 +42,10 @@ API_KEY = "bench-key-0123456789"
 
 
 def _launch(db: Path, processes: int, log: Path) -> tuple[subprocess.Popen[str], float]:
-    env = {
-        **os.environ,
-        "GEOPUNCH_API_KEYS": API_KEY,
-        "GEOPUNCH_LOG_LEVEL": "INFO",
-        "GEOPUNCH_DATABASE_URL": f"sqlite:///{db}",
-        "GEOPUNCH_LISTEN": "127.0.0.1:0",
-        "GEOPUNCH_HTTP_LISTEN": "127.0.0.1:0",
-        "GEOPUNCH_PROCESSES": str(processes),
-    }
     started = time.monotonic()
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geopunch", "serve"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
+    proc = launch_logged(
+        f"sqlite:///{db}", API_KEY, log, http_listen="127.0.0.1:0", processes=str(processes)
+    )
     assert proc.stdout is not None
     if not proc.stdout.readline():
         raise RuntimeError(f"the server exited before serving:\n{log.read_text()}")
