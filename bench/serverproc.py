@@ -72,9 +72,9 @@ def _serve(
 
 def launch_logged(database_url: str, api_key: str, log: Path, **env: str) -> subprocess.Popen[str]:
     """``geopunch serve`` on a free loopback port with its log in ``log``,
-    returned once it has printed its ready line (read off ``proc.stdout``:
-    the gRPC address last); ``env`` adds or overrides ``GEOPUNCH_`` settings
-    (the HTTP API is off unless given)."""
+    returned at once: its ready line (the gRPC address last) is the caller's
+    to read off ``proc.stdout``. ``env`` adds or overrides ``GEOPUNCH_``
+    settings (the HTTP API is off unless given)."""
     full = {
         **os.environ,
         "GEOPUNCH_API_KEYS": api_key,
