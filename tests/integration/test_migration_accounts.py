@@ -14,6 +14,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, func, select, text
 
+from geopunch.adapters.activity_messages import encode_line
 from geopunch.adapters.db.store import (
     HEAD_REVISION,
     SqlUnitOfWorkFactory,
@@ -135,6 +136,7 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
         assert (rows.ids.tolist(), rows.job_ids) == ([b"fence-1"], {0: ("job-a",)})
         (shift,) = uow.activities.list_for(7, 9170357)
         assert shift.id == "shift-1" and shift.end is None
+        (row,) = uow.activities.page(7, 1700000000, 1700001000, [], [], None, 10)
         assert uow.idempotency.get("idem-1") == ("ClockIn", "abc", b"\x08\x01")
         sched = uow.schedulers.get(8)
         assert sched is not None and sched.user_ids == frozenset({9170357})
@@ -148,6 +150,9 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
         # Changes from before the feed had an identity count as pruned: no
         # checkpoint of the fence index can predate them.
         assert uow.index_changes.identity()[1] == seq
+
+    with v6_engine.connect() as conn:  # revision 0014 encoded the stored activity
+        assert conn.execute(text("SELECT encoded FROM activities")).scalar_one() == encode_line(row)
 
     # A new account sees none of it, and may use the same ids.
     with uows() as uow:

@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
+from geopunch.adapters.activity_messages import encode_line
 from geopunch.adapters.db import repositories
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.store import (
@@ -39,6 +40,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
+from geopunch.domain.ports import EncodedPage
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
@@ -887,6 +889,91 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
     with uows(readonly=True) as uow:
         assert uow.activities.get(TC.id, "s1") == moved
         assert uow.activities.get(TC.id, "s2") is None
+
+
+def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_when_listed(
+    engine: Engine,
+) -> None:
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add_many([_completed(f"s{i}", 1000 * i, 1000 * i + 500) for i in (1, 2)])
+        uow.activities.add(_activity("open", 9000))
+        uow.activities.add(replace(_activity("closing", 5000), user_id=2))
+        uow.commit()
+    with uows() as uow:
+        closing = replace(_activity("closing", 5000), user_id=2)
+        uow.activities.close(closing, PunchPoint(5600, "UTC", None, "realtime"), 5600)
+        moved = replace(_completed("s1", 1100, 1600), modified_at=7, created_at=1000)
+        uow.activities.replace(moved, read_modified_at=1000)
+        uow.commit()
+
+    def listed(*args: Any) -> tuple[list[ActivityRow], EncodedPage]:
+        args = args or (TC.id, 0, 10_000, [], [], None, 10)
+        with uows(readonly=True) as uow:
+            return uow.activities.page(*args), uow.activities.page_lines(*args)
+
+    rows, lines = listed()
+    assert [r.id for r in rows] == ["s1", "s2", "closing", "open"]
+    assert rows[0].start_ts == 1100 and rows[2].end_ts == 5600 and rows[3].end_ts is None
+    # Each line is its row's as it is now: inserted, closed, corrected.
+    encoded = [encode_line(r) for r in rows]
+    assert lines == EncodedPage(4, b"".join(encoded), None)
+    with engine.begin() as conn:
+        stored: dict[str, bytes] = dict(
+            conn.execute(text("SELECT id, encoded FROM activities")).all()
+        )
+    assert stored == {r.id: line for r, line in zip(rows, encoded, strict=True)}
+    # Cut short: the last key, and whether more follow; the filters and the cursor.
+    assert listed(TC.id, 0, 10_000, [], [], None, 2)[1] == EncodedPage(
+        2, encoded[0] + encoded[1], (2000, "s2")
+    )
+    assert listed(TC.id, 0, 10_000, [1], [], (1100, "s1"), 2)[1] == EncodedPage(
+        2, encoded[1] + encoded[3], None
+    )
+    assert listed(TC.id, 0, 10_000, [], [], (2000, "s2"), 1)[1] == EncodedPage(
+        1, encoded[2], (5000, "closing")
+    )
+    assert listed(TC.id, 0, 10_000, [3], [], None, 2)[1] == EncodedPage(0, b"", None)
+    # A row stored before the lines were kept has none: made from its columns.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE activities SET encoded = NULL WHERE id IN ('s2', 'open')"))
+    assert listed() == (rows, lines)
+    assert listed(TC.id, 0, 10_000, [], [], None, 2)[1] == EncodedPage(
+        2, encoded[0] + encoded[1], (2000, "s2")
+    )
+
+
+def test_pages_of_lines_are_the_pages_of_rows_in_order_through_ties(engine: Engine) -> None:
+    """Thousands of activities, many sharing a start: page after page, the
+    joined lines are the rows' lines in (start, id) order, and each page
+    ends where the next begins."""
+    clock = replace(TC, user_ids=frozenset(range(1, 61)))
+    # Each user's fifty never overlap; sixty users share each start.
+    made = [
+        _completed(
+            f"a{(i * 7919) % 3000:05d}", 1000 + (i % 50) * 10, 1005 + (i % 50) * 10, 1 + i // 50
+        )
+        for i in range(3000)
+    ]
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(clock)
+        uow.activities.add_many(made)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        rows = uow.activities.page(TC.id, 0, 10_000, [], [], None, 5000)
+        assert len(rows) == 3000
+        joined, after, pages = b"", None, 0
+        while True:
+            page = uow.activities.page_lines(TC.id, 0, 10_000, [], [], after, 700)
+            joined += page.lines
+            pages += 1
+            if page.next_after is None:
+                break
+            after = page.next_after
+    assert pages == 5
+    assert joined == b"".join(encode_line(r) for r in rows)
 
 
 @pytest.mark.parametrize("by_user_most", [0, 512])

@@ -5,7 +5,8 @@ JSON) without making an ``Activity``; events and single answers go through
 the objects. Both must give the same bytes for every shape of row: open or
 closed, with or without a location, any of its parts missing. The board's
 answer is joined from lines kept encoded; it must parse as the message
-built line by line.
+built line by line. A listed gRPC page is joined from the lines the store
+keeps; it must be the bytes of the message built whole.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from geopunch.adapters.activity_messages import encode_line, encode_page, fill_activity_row
 from geopunch.adapters.grpc.timeclock import (
     encode_statuses,
     fill_activity,
-    fill_activity_row,
     fill_status,
+    fill_totals,
 )
 from geopunch.adapters.http import answers
 from geopunch.domain.events import json_bytes
@@ -25,8 +27,10 @@ from geopunch.domain.models import ManualBreakType
 from geopunch.domain.punches import ActivityRow
 from geopunch.domain.timesheets import (
     Board,
+    DayTotals,
     UserState,
     UserStatus,
+    UserTotals,
     activity_json,
     activity_row_json,
 )
@@ -138,3 +142,44 @@ def test_a_board_joined_from_kept_json_lines_is_the_answer_encoded_whole(
     for _ in range(2):  # encoded, then from the kept lines
         joined = answers.user_statuses(board)
         assert json_bytes({"requestId": request_id, "data": {"statuses": joined}}) == whole
+
+
+_totals = st.lists(
+    st.builds(
+        UserTotals,
+        st.integers(1, 2**40),
+        st.integers(0, 10**7),
+        st.integers(0, 10**6),
+        st.integers(0, 10**6),
+        st.lists(
+            st.builds(
+                DayTotals,
+                st.dates(),
+                st.integers(0, 86_400),
+                st.integers(0, 86_400),
+                st.integers(0, 86_400),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
+    max_size=3,
+)
+
+
+@given(st.lists(_rows(), max_size=8), st.text(max_size=40), st.text(max_size=60), _totals)
+def test_a_page_joined_from_stored_lines_is_the_answer_built_whole(
+    rows: list[ActivityRow], request_id: str, token: str, totals: list[UserTotals]
+) -> None:
+    whole = timeclock_pb2.ListTimeActivitiesResponse(request_id=request_id)
+    data = whole.data
+    for row in rows:
+        fill_activity_row(data.time_activities.add(), row)
+    data.next_page_token = token
+    rest = timeclock_pb2.ListTimeActivitiesResponse.Data(next_page_token=token)
+    for t in totals:
+        fill_totals(data.totals.add(), t)
+        fill_totals(rest.totals.add(), t)
+    joined = encode_page(request_id, b"".join(map(encode_line, rows)), rest)
+    assert timeclock_pb2.ListTimeActivitiesResponse.FromString(joined) == whole
+    if rows or token or totals:  # an empty ``data`` is sent as present and empty
+        assert joined == whole.SerializeToString()

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import NamedTuple, Protocol, Self, TypeVar
 
 from geopunch.domain.accounts import Account, ApiKey
 from geopunch.domain.events import Event, LiveTrail
@@ -101,6 +101,15 @@ class FenceSnapshotReader(Protocol):
     def __call__(self, accounts: Sequence[int]) -> FenceSnapshot | None: ...
 
 
+class EncodedPage(NamedTuple):
+    """A page of activities as one value: their kept lines, joined."""
+
+    size: int
+    lines: bytes
+    #: The (start, id) of the page's last activity when more follow it.
+    next_after: tuple[int, str] | None
+
+
 class ActivityRepository(Protocol):
     """Shifts and breaks. ``add`` and ``close`` raise ConcurrentChange when the
     database refuses them because another transaction got there first."""
@@ -156,6 +165,21 @@ class ActivityRepository(Protocol):
     ) -> list[ActivityRow]:
         """Activities overlapping ``[start, end)`` in (start, id) order, after
         ``after``, as flat rows (a page may hold 10,000)."""
+        ...
+
+    def page_lines(
+        self,
+        time_clock_id: int,
+        start: int,
+        end: int,
+        user_ids: Sequence[int],
+        job_ids: Sequence[str],
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> EncodedPage:
+        """The activities of ``page``, at most ``limit``, as the lines the
+        store keeps for them (each the activity as a listed page of the
+        gRPC API holds it), joined."""
         ...
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:

@@ -282,15 +282,25 @@ def _breaks_follow(uow: UnitOfWork, before: Activity, after: Activity | None, st
 
 @dataclass(frozen=True, slots=True)
 class TimeActivityPage:
-    #: Flat rows: a page may hold 10,000 (``ActivityRow.activity()`` gives the object).
+    #: Flat rows: a page may hold 10,000 (``ActivityRow.activity()`` gives the
+    #: object). Empty when the page was asked for as lines.
     activities: list[ActivityRow]
     next_page_token: str
     #: Per user and day over the whole window; on the first page, when asked for.
     totals: list[UserTotals] | None = None
+    #: The page's activities as the store keeps them encoded, joined (see
+    #: ``ActivityRepository.page_lines``), when asked for.
+    lines: bytes | None = None
 
 
 def list_time_activities(
-    uows: UnitOfWorkFactory, fences: FenceEngine | None, clock: Clock, account: int, q: ListQuery
+    uows: UnitOfWorkFactory,
+    fences: FenceEngine | None,
+    clock: Clock,
+    account: int,
+    q: ListQuery,
+    *,
+    as_lines: bool = False,
 ) -> TimeActivityPage:
     size, cursor = check_list_query(q)
     with uows(account=account, readonly=True) as uow:
@@ -303,24 +313,39 @@ def list_time_activities(
                 tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, limit
             )
 
-        rows = page(after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        token = next_page_token(q, rows[-1].start_ts, rows[-1].id) if more else ""
+        lines = None
+        if as_lines:
+            encoded = uow.activities.page_lines(
+                tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, size
+            )
+            lines, last = encoded.lines, encoded.next_after
+            more = last is not None
+            rows: list[ActivityRow] = []
+        else:
+            rows = page(after, size + 1)
+            more = len(rows) > size
+            rows = rows[:size]
+            last = (rows[-1].start_ts, rows[-1].id) if rows else None
+        token = next_page_token(q, *last) if more and last is not None else ""
         summed = None
         if q.include_totals and cursor is None:
-            everything = list(rows)
-            if more:
-                while True:
-                    last = everything[-1]
-                    chunk = page((last.start_ts, last.id), MAX_PAGE_SIZE)
-                    everything += chunk
-                    if len(chunk) < MAX_PAGE_SIZE:
-                        break
+
+            def to_the_end(read: list[ActivityRow], more: bool) -> list[ActivityRow]:
+                while more:
+                    chunk = page((read[-1].start_ts, read[-1].id), MAX_PAGE_SIZE)
+                    read += chunk
+                    more = len(chunk) == MAX_PAGE_SIZE
+                return read
+
+            if as_lines:  # the first page's rows again, whole
+                first = page(None, MAX_PAGE_SIZE)
+                everything = to_the_end(first, len(first) == MAX_PAGE_SIZE)
+            else:
+                everything = to_the_end(list(rows), more)
             summed = totals(
                 tc, (r.activity() for r in everything), q.start_time, q.end_time, int(clock.now())
             )
-        return TimeActivityPage(rows, token, summed)
+        return TimeActivityPage(rows, token, summed, lines)
 
 
 def get_user_statuses(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import threading
 from collections import defaultdict
@@ -10,7 +12,7 @@ from contextlib import contextmanager
 from datetime import date
 from itertools import islice
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import (
@@ -18,10 +20,13 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Integer,
+    LargeBinary,
     Select,
     Table,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -37,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
+from geopunch.adapters.activity_messages import encode_line
 from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
 from geopunch.adapters.db.fence_rows import NEWEST_INDEX_CHANGE, enabled_fences
 from geopunch.adapters.db.prepared import (
@@ -76,7 +82,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
-from geopunch.domain.ports import NotedChange
+from geopunch.domain.ports import EncodedPage, NotedChange
 from geopunch.domain.punches import (
     Activity,
     ActivityRow,
@@ -641,11 +647,16 @@ def _point_columns(prefix: str, p: PunchPoint | None) -> dict[str, object]:
 
 
 def _activity_row(account: int | None, activity: Activity) -> dict[str, object]:
-    """The columns of ``activity``: an :class:`ActivityRow` names them."""
-    return {"account_id": account, **ActivityRow.of(activity)._asdict()}
+    """The columns of ``activity``: an :class:`ActivityRow` names them, and
+    its line follows them."""
+    row = ActivityRow.of(activity)
+    return {"account_id": account, **row._asdict(), "encoded": encode_line(row)}
 
 
-_AT = {name: i for i, name in enumerate(activities.c.keys())}
+#: Every column of ``activities`` but the line: what reads that make rows
+#: or activities select (the line is read by ``page_lines`` alone).
+_COLUMNS = [c for c in activities.c if c.key != "encoded"]
+_AT = {c.key: i for i, c in enumerate(_COLUMNS)}
 
 
 #: An ``activities`` row without its account: an :class:`ActivityRow`'s fields.
@@ -669,7 +680,7 @@ def _activity(row: Mapping[str, Any]) -> Activity:
 
 def _open(*where: ColumnElement[bool]) -> Select[Any]:
     """Open activities of one time clock (and of whom ``where`` says)."""
-    return select(activities).where(*_of_clock(activities), *where, activities.c.end_ts.is_(None))
+    return select(*_COLUMNS).where(*_of_clock(activities), *where, activities.c.end_ts.is_(None))
 
 
 #: Open activities of one time clock.
@@ -748,7 +759,7 @@ _ANCHOR = select(literal_column("1").label("one")).subquery("anchor")
 _PAST = activities.alias("past")
 _PUNCH_STATE = Prepared(
     select(
-        activities,
+        *_COLUMNS,
         select(func.max(_PAST.c.end_ts))
         .where(
             _PAST.c.account_id == bindparam("acct"),
@@ -778,6 +789,8 @@ _PUNCH_STATE = Prepared(
         )
     )
 )
+#: Ids in one IN list when a page's rows lacking lines are read whole.
+_LINES_READ_AT_ONCE = 500
 _INSERT_ACTIVITY = Prepared(
     insert(activities).values({c.key: bindparam(c.key) for c in activities.c})
 )
@@ -788,7 +801,9 @@ _CLOSE = Prepared(
         activities.c.id == bindparam("activity_id"),
         activities.c.end_ts.is_(None),
     )
-    .values({c: bindparam(c) for c in (*(f"end_{k}" for k in _POINT_KEYS), "modified_at")})
+    .values(
+        {c: bindparam(c) for c in (*(f"end_{k}" for k in _POINT_KEYS), "modified_at", "encoded")}
+    )
 )
 
 
@@ -803,6 +818,80 @@ def _closed_it(cursor: Any, activity_id: str) -> Callable[[], None]:
             raise ConcurrentChange(f"activity {activity_id} was closed meanwhile")
 
     return check
+
+
+class _PageShape(NamedTuple):
+    """What a page's statement depends on besides its values."""
+
+    users: int  # user ids named (an IN list of this many), or 0
+    jobs: int  # job ids named, or 0
+    after: bool  # whether it starts after a cursor
+
+
+@functools.cache
+def _paging(kind: str, shape: _PageShape) -> Prepared:
+    """A listed page's statement, prepared once per shape (compiling it anew
+    was a fifth of a page's read as lines). ``kind``: ``rows`` (whole rows),
+    ``lines`` (start, id, line), ``joined:<dialect>`` (the rows counted and
+    their lines joined by the database; on PostgreSQL also the last row's
+    key), ``tail`` (a full page's last row and the one after it) or
+    ``probe`` (whether one row follows)."""
+    a = activities.c
+    where = [
+        a.account_id == bindparam("acct"),
+        a.time_clock_id == bindparam("tc"),
+        a.start_ts < bindparam("end"),
+        or_(a.end_ts.is_(None), a.end_ts > bindparam("start")),
+    ]
+    if shape.users:
+        where.append(a.user_id.in_([bindparam(f"u{i}") for i in range(shape.users)]))
+    if shape.jobs:
+        where.append(a.job_id.in_([bindparam(f"j{i}") for i in range(shape.jobs)]))
+    if shape.after:
+        where.append(
+            tuple_(a.start_ts, a.id) > tuple_(bindparam("after_ts"), bindparam("after_id"))
+        )
+
+    def ordered(*columns: Any) -> Select[Any]:
+        return select(*columns).where(*where).order_by(a.start_ts, a.id)
+
+    # Constants as literals, each limit with an offset of its own: a
+    # Prepared statement binds only the values a call passes, and SQLite's
+    # compiler adds a bound OFFSET 0 to a limit without one.
+    limit = bindparam("limit", type_=Integer)
+    none: ColumnElement[int] = literal_column("0")
+    if kind == "rows":
+        return Prepared(
+            ordered(*(a[name] for name in ActivityRow._fields)).limit(limit).offset(none)
+        )
+    if kind == "lines":
+        return Prepared(ordered(a.start_ts, a.id, a.encoded).limit(limit).offset(none))
+    if kind == "tail":
+        skip = bindparam("skip", type_=Integer)
+        return Prepared(ordered(a.start_ts, a.id).limit(literal_column("2")).offset(skip))
+    if kind == "probe":
+        return Prepared(ordered(a.id).limit(literal_column("1")).offset(none))
+    rows = ordered(a.start_ts, a.id, a.encoded).limit(limit).offset(none).subquery()
+    counted = (func.count(), func.count(rows.c.encoded))
+    if kind == "joined:sqlite":
+        # Its aggregates take a subquery's rows in the subquery's order
+        # (group_concat has no ORDER BY of its own before SQLite 3.44);
+        # tests/integration/test_store.py pages through ties to hold it.
+        joined = cast(func.group_concat(rows.c.encoded, literal_column("''")), LargeBinary)
+        return Prepared(select(*counted, joined))
+    assert kind == "joined:postgresql"
+    in_order = postgresql.aggregate_order_by
+    last_first = (rows.c.start_ts.desc(), rows.c.id.desc())
+    nothing: ColumnElement[bytes] = literal_column("''::bytea")
+    first: ColumnElement[int] = literal_column("1")
+    return Prepared(
+        select(
+            *counted,
+            func.string_agg(rows.c.encoded, in_order(nothing, rows.c.start_ts, rows.c.id)),
+            func.array_agg(in_order(rows.c.start_ts, *last_first))[first],
+            func.array_agg(in_order(rows.c.id, *last_first))[first],
+        )
+    )
 
 
 class SqlActivityRepository(AccountScoped):
@@ -837,11 +926,13 @@ class SqlActivityRepository(AccountScoped):
         # users' turns first, all at once (see in_turn_for).
         in_turn_for(self._conn, [(self.account, a.time_clock_id, a.user_id) for a, _, _ in closes])
         for activity, end, modified_at in closes:
+            closed = ActivityRow.of(dataclasses.replace(activity, end=end, modified_at=modified_at))
             params = {
                 "acct": self.account,
                 "activity_id": activity.id,
                 "modified_at": modified_at,
                 **_point_columns("end", end),
+                "encoded": encode_line(closed),
             }
             after_sync(self._conn, _closed_it(_CLOSE.execute(self._conn, params), activity.id))
 
@@ -855,9 +946,10 @@ class SqlActivityRepository(AccountScoped):
             # Column by column (see Prepared.many_columns): a dict an
             # activity was a tenth of a thousand-activity call.
             rows = [ActivityRow.of(a) for a in new]
+            columns = dict(zip(ActivityRow._fields, zip(*rows, strict=True), strict=True))
             _INSERT_ACTIVITY.many_columns(
                 self._conn,
-                dict(zip(ActivityRow._fields, zip(*rows, strict=True), strict=True)),
+                {**columns, "encoded": list(map(encode_line, rows))},
                 {"account_id": self.account},
             )
         except integrity_error(self._conn) as exc:
@@ -865,7 +957,7 @@ class SqlActivityRepository(AccountScoped):
 
     def get(self, time_clock_id: int, activity_id: str) -> Activity | None:
         row = self._conn.execute(
-            select(activities).where(
+            select(*_COLUMNS).where(
                 activities.c.account_id == self.account,
                 activities.c.time_clock_id == time_clock_id,
                 activities.c.id == activity_id,
@@ -888,8 +980,8 @@ class SqlActivityRepository(AccountScoped):
         )
         # Two statements, so that each seeks per user in the index by end:
         # ``end IS NULL OR end >= lo`` cannot be a range in it.
-        completed = select(activities).where(*mine, a.end_ts >= lo)
-        still_open = select(activities).where(*mine, a.end_ts.is_(None))
+        completed = select(*_COLUMNS).where(*mine, a.end_ts >= lo)
+        still_open = select(*_COLUMNS).where(*mine, a.end_ts.is_(None))
         rows = self._conn.execute(union_all(completed, still_open)).all()
         found: dict[int, list[Activity]] = defaultdict(list)
         for r in rows:
@@ -943,23 +1035,95 @@ class SqlActivityRepository(AccountScoped):
         limit: int,
     ) -> list[ActivityRow]:
         """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
-        a = activities.c
-        query = select(*(a[name] for name in ActivityRow._fields)).where(
-            a.account_id == self.account,
-            a.time_clock_id == time_clock_id,
-            a.start_ts < end,
-            or_(a.end_ts.is_(None), a.end_ts > start),
-        )
-        if user_ids:
-            query = query.where(a.user_id.in_(user_ids))
-        if job_ids:
-            query = query.where(a.job_id.in_(job_ids))
-        if after is not None:
-            query = query.where(tuple_(a.start_ts, a.id) > tuple_(*after))
         # On the driver: a page may hold 10,000 rows, and SQLAlchemy's row
         # objects cost as much as the read (bench/README.md, ListTimeActivities).
-        rows = fetch_all(self._conn, query.order_by(a.start_ts, a.id).limit(limit))
-        return list(map(ActivityRow._make, rows))
+        shape = _PageShape(len(user_ids), len(job_ids), after is not None)
+        params = self._page_params(time_clock_id, start, end, user_ids, job_ids, after, limit)
+        return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
+
+    def page_lines(
+        self,
+        time_clock_id: int,
+        start: int,
+        end: int,
+        user_ids: Sequence[int],
+        job_ids: Sequence[str],
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> EncodedPage:
+        """The activities of ``page`` as their lines, joined by the database:
+        one value instead of a row apiece (bench/README.md, ListTimeActivities)."""
+        shape = _PageShape(len(user_ids), len(job_ids), after is not None)
+        params = self._page_params(time_clock_id, start, end, user_ids, job_ids, after, limit)
+        conn = self._conn
+
+        def next_after(last: tuple[int, str]) -> tuple[int, str] | None:
+            """``last`` when an activity follows it."""
+            probe = {**params, "after_ts": last[0], "after_id": last[1]}
+            return last if _paging("probe", shape._replace(after=True)).all(conn, probe) else None
+
+        if conn.dialect.name == "sqlite":
+            size, encoded, lines = _paging("joined:sqlite", shape).all(conn, params)[0]
+            if 0 < encoded == size:
+                # The read transaction is one snapshot, so a second statement
+                # finds the page's last row, and whether one follows it: the
+                # key's text built in the aggregate cost twice as much.
+                tail = _paging("tail", shape).all(conn, params) if size == limit else []
+                return EncodedPage(size, lines, tail[0] if len(tail) == 2 else None)
+        else:
+            joined = _paging("joined:postgresql", shape).all(conn, params)[0]
+            size, encoded, lines, last_ts, last_id = joined
+            if 0 < encoded == size:
+                # READ COMMITTED: the last key comes from the statement that
+                # read the page, so the next page starts where this one ends.
+                more = next_after((last_ts, last_id)) if size == limit else None
+                return EncodedPage(size, bytes(lines), more)
+        if size == 0:
+            return EncodedPage(0, b"", None)
+        # Rows stored before the store kept lines: made from their columns.
+        lines, last_key = self._lines_made(_paging("lines", shape).all(conn, params))
+        return EncodedPage(size, lines, next_after(last_key) if size == limit else None)
+
+    def _lines_made(
+        self, read: list[tuple[int, str, bytes | None]]
+    ) -> tuple[bytes, tuple[int, str]]:
+        """Rows' lines joined (those lacking made from their columns), and
+        the last row's key."""
+        a = activities.c
+        lacking = [activity_id for _, activity_id, line in read if line is None]
+        made: dict[str, bytes] = {}
+        fields = select(*(a[name] for name in ActivityRow._fields))
+        for at in range(0, len(lacking), _LINES_READ_AT_ONCE):
+            some = lacking[at : at + _LINES_READ_AT_ONCE]
+            mine = fields.where(a.account_id == self.account, a.id.in_(some))
+            for row in map(ActivityRow._make, fetch_all(self._conn, mine)):
+                made[row.id] = encode_line(row)
+        joined = b"".join(made[i] if line is None else line for _, i, line in read)
+        return joined, (read[-1][0], read[-1][1])
+
+    def _page_params(
+        self,
+        time_clock_id: int,
+        start: int,
+        end: int,
+        user_ids: Sequence[int],
+        job_ids: Sequence[str],
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "acct": self.account,
+            "tc": time_clock_id,
+            "start": start,
+            "end": end,
+            "limit": limit,
+            "skip": limit - 1,
+        }
+        params.update((f"u{i}", u) for i, u in enumerate(user_ids))
+        params.update((f"j{i}", j) for i, j in enumerate(job_ids))
+        if after is not None:
+            params["after_ts"], params["after_id"] = after
+        return params
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:
         # Prepared, rows kept flat (the board is answered from the rows
@@ -1010,7 +1174,7 @@ class SqlActivityRepository(AccountScoped):
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
         rows = self._conn.execute(
-            select(activities)
+            select(*_COLUMNS)
             .where(
                 activities.c.account_id == self.account,
                 activities.c.time_clock_id == time_clock_id,

@@ -7,6 +7,11 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from geopunch.adapters.activity_messages import (
+    encode_page,
+    fill_activity_row,
+    fill_point_fields,
+)
 from geopunch.adapters.board_lines import BoardLines
 from geopunch.adapters.grpc.auth import account
 from geopunch.domain.errors import DomainError, ErrorCode
@@ -80,37 +85,7 @@ def command_from_proto(kind: PunchKind, msg: Any) -> PunchCommand:
 
 
 def fill_point(out: timeclock_pb2.PunchPoint, p: PunchPoint) -> None:
-    _fill_point_fields(out, *point_fields(p))
-
-
-def _fill_point_fields(
-    out: timeclock_pb2.PunchPoint,
-    ts: int | None,
-    tz: str | None,
-    address: str | None,
-    lat: float | None,
-    lon: float | None,
-    accuracy: float | None,
-    source: str | None,
-    geofence_id: str | None,
-) -> None:
-    """One end of an activity, from the flat fields of an ``ActivityRow``
-    (``point_fields``); only a present end is filled, so its timestamp, zone
-    and source are set."""
-    out.timestamp = ts or 0
-    out.timezone = tz or ""
-    out.source.type = source or ""
-    if geofence_id:
-        out.geofence_id = geofence_id
-    if address is not None or lat is not None or lon is not None:
-        loc = out.location_data
-        loc.address = address or ""
-        if lat is not None:
-            loc.latitude = lat
-        if lon is not None:
-            loc.longitude = lon
-        if accuracy is not None:
-            loc.accuracy = accuracy
+    fill_point_fields(out, *point_fields(p))
 
 
 def fill_shift(shift: timeclock_pb2.Shift, a: Activity) -> None:
@@ -192,51 +167,6 @@ def groups_from_proto(msg: timeclock_pb2.CreateTimeActivitiesRequest) -> list[Us
 
 def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
     fill_activity_row(out, ActivityRow.of(a))
-
-
-def fill_activity_row(out: timeclock_pb2.TimeActivity, r: ActivityRow) -> None:
-    # Fields left at their default are not set (the bytes are the same: no
-    # field here tracks presence): a listed page fills 10,000 of these.
-    out.id = r.id
-    out.kind = "shift" if r.kind == "shift" else "manualBreak"
-    out.user_id = r.user_id
-    _fill_point_fields(
-        out.start,
-        r.start_ts,
-        r.start_tz,
-        r.start_address,
-        r.start_lat,
-        r.start_lon,
-        r.start_accuracy,
-        r.start_source,
-        r.start_geofence_id,
-    )
-    if r.end_ts is not None:
-        _fill_point_fields(
-            out.end,
-            r.end_ts,
-            r.end_tz,
-            r.end_address,
-            r.end_lat,
-            r.end_lon,
-            r.end_accuracy,
-            r.end_source,
-            r.end_geofence_id,
-        )
-    else:
-        out.is_open = True
-    if r.job_id:
-        out.job_id = r.job_id
-    if r.break_type_id:
-        out.manual_break_id = r.break_type_id
-    if r.scheduler_shift_id:
-        out.scheduler_shift_id = r.scheduler_shift_id
-    if r.from_shift_id is not None:
-        out.is_switch_from_shift = True
-    if r.notes:
-        out.notes = r.notes
-    out.created_at = r.created_at
-    out.modified_at = r.modified_at
 
 
 def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
@@ -443,9 +373,11 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         )
         return _activity_response(deleted)
 
-    def ListTimeActivities(
+    # The answer's bytes rather than the message, joined from the lines the
+    # store keeps (see activity_messages).
+    def ListTimeActivities(  # type: ignore[override]
         self, request: timeclock_pb2.ListTimeActivitiesRequest, context: Any
-    ) -> timeclock_pb2.ListTimeActivitiesResponse:
+    ) -> bytes:
         query = ListQuery(
             time_clock_id=request.time_clock_id,
             start_time=request.start_time,
@@ -457,16 +389,13 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
             include_totals=request.include_totals,
         )
         page = timesheets.list_time_activities(
-            self._uows, self._fences, self._clock, account(), query
+            self._uows, self._fences, self._clock, account(), query, as_lines=True
         )
-        response = timeclock_pb2.ListTimeActivitiesResponse(request_id=request_id_var.get())
-        data = response.data
-        for r in page.activities:
-            fill_activity_row(data.time_activities.add(), r)
-        data.next_page_token = page.next_page_token
+        assert page.lines is not None
+        rest = timeclock_pb2.ListTimeActivitiesResponse.Data(next_page_token=page.next_page_token)
         for t in page.totals or ():
-            fill_totals(data.totals.add(), t)
-        return response
+            fill_totals(rest.totals.add(), t)
+        return encode_page(request_id_var.get(), page.lines, rest)
 
     # The answer's bytes rather than the message: the interceptor lets an
     # encoded answer through its serializer (see encode_statuses).
