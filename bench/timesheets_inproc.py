@@ -7,9 +7,11 @@ store (SQLite by default), then times, best of seven: a plain read of 10,000
 of the rows into tuples (``sqlite3`` or ``psycopg``), the repository's
 ``page`` (the same read through SQLAlchemy, as flat ``ActivityRow`` tuples),
 the building of the domain ``Activity`` objects from the same rows (what the
-page built before it gave rows, and what totals still build), and filling
-the gRPC answer from the page (``fill_activity_row``) and serializing it.
-Prints JSON.
+page built before it gave rows, and what totals still build), filling the
+gRPC answer from the page (``fill_activity_row``) and serializing it (what a
+gRPC page cost before the store kept each activity's line), and the page as
+the gRPC servicer reads it now: the kept lines joined by the database
+(``page_lines``). Prints JSON.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from engine import best_of
 from replicas import schema
 from sqlalchemy import select
 
+from geopunch.adapters.activity_messages import fill_activity_row
 from geopunch.adapters.db import repositories
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
-from geopunch.adapters.grpc.timeclock import fill_activity_row
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import Job, TimeClock
+from geopunch.domain.ports import EncodedPage
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
@@ -85,6 +88,10 @@ def measure(url: str, count: int) -> None:
         with uows(account=DEFAULT_ACCOUNT, readonly=True) as uow:
             return uow.activities.page(TC, 0, 2**40, [], [], None, PAGE)
 
+    def lines() -> EncodedPage:
+        with uows(account=DEFAULT_ACCOUNT, readonly=True) as uow:
+            return uow.activities.page_lines(TC, 0, 2**40, [], [], None, PAGE)
+
     table = repositories.activities
     query = (
         select(table)
@@ -128,10 +135,12 @@ def measure(url: str, count: int) -> None:
         "page_ms": best_ms(page),
         "build_activities_ms": best_ms(build),
         "fill_and_serialize_ms": best_ms(answer),
+        "page_lines_ms": best_ms(lines),
     }
     figures["page_and_answer_over_plain"] = round(
         (figures["page_ms"] + figures["fill_and_serialize_ms"]) / figures["plain_read_ms"], 2
     )
+    figures["page_lines_over_plain"] = round(figures["page_lines_ms"] / figures["plain_read_ms"], 2)
     print(json.dumps(figures, indent=2))
 
 
