@@ -935,6 +935,8 @@ def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_wh
         1, encoded[2], (5000, "closing")
     )
     assert listed(TC.id, 0, 10_000, [3], [], None, 2)[1] == EncodedPage(0, b"", None)
+    # Lists padded to a power of two (the statements are prepared per length).
+    assert listed(TC.id, 0, 10_000, [1, 2, 3], ["a", "b", "x"], None, 10) == (rows, lines)
     # A row stored before the lines were kept has none: made from its columns.
     with engine.begin() as conn:
         conn.execute(text("UPDATE activities SET encoded = NULL WHERE id IN ('s2', 'open')"))

@@ -54,6 +54,7 @@ from geopunch.adapters.db.prepared import (
     in_turn_for,
     in_values,
     integrity_error,
+    padded,
     savepoint,
     until_commit,
 )
@@ -823,12 +824,12 @@ def _closed_it(cursor: Any, activity_id: str) -> Callable[[], None]:
 class _PageShape(NamedTuple):
     """What a page's statement depends on besides its values."""
 
-    users: int  # user ids named (an IN list of this many), or 0
-    jobs: int  # job ids named, or 0
+    users: int  # user ids named, padded to a power of two (an IN list of this many), or 0
+    jobs: int  # job ids named, padded alike, or 0
     after: bool  # whether it starts after a cursor
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _paging(kind: str, shape: _PageShape) -> Prepared:
     """A listed page's statement, prepared once per shape (compiling it anew
     was a fifth of a page's read as lines). ``kind``: ``rows`` (whole rows),
@@ -1037,8 +1038,9 @@ class SqlActivityRepository(AccountScoped):
         """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
         # On the driver: a page may hold 10,000 rows, and SQLAlchemy's row
         # objects cost as much as the read (bench/README.md, ListTimeActivities).
-        shape = _PageShape(len(user_ids), len(job_ids), after is not None)
-        params = self._page_params(time_clock_id, start, end, user_ids, job_ids, after, limit)
+        shape, params = self._page_params(
+            time_clock_id, start, end, user_ids, job_ids, after, limit
+        )
         return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
 
     def page_lines(
@@ -1053,8 +1055,9 @@ class SqlActivityRepository(AccountScoped):
     ) -> EncodedPage:
         """The activities of ``page`` as their lines, joined by the database:
         one value instead of a row apiece (bench/README.md, ListTimeActivities)."""
-        shape = _PageShape(len(user_ids), len(job_ids), after is not None)
-        params = self._page_params(time_clock_id, start, end, user_ids, job_ids, after, limit)
+        shape, params = self._page_params(
+            time_clock_id, start, end, user_ids, job_ids, after, limit
+        )
         conn = self._conn
 
         def next_after(last: tuple[int, str]) -> tuple[int, str] | None:
@@ -1110,7 +1113,11 @@ class SqlActivityRepository(AccountScoped):
         job_ids: Sequence[str],
         after: tuple[int, str] | None,
         limit: int,
-    ) -> dict[str, Any]:
+    ) -> tuple[_PageShape, dict[str, Any]]:
+        """The shape of a page's statements and their values. The IN lists
+        are padded to a power of two (see ``padded``), so that a handful of
+        statements serves every length."""
+        users, jobs = padded(list(user_ids)), padded(list(job_ids))
         params: dict[str, Any] = {
             "acct": self.account,
             "tc": time_clock_id,
@@ -1119,11 +1126,11 @@ class SqlActivityRepository(AccountScoped):
             "limit": limit,
             "skip": limit - 1,
         }
-        params.update((f"u{i}", u) for i, u in enumerate(user_ids))
-        params.update((f"j{i}", j) for i, j in enumerate(job_ids))
+        params.update((f"u{i}", u) for i, u in enumerate(users))
+        params.update((f"j{i}", j) for i, j in enumerate(jobs))
         if after is not None:
             params["after_ts"], params["after_id"] = after
-        return params
+        return _PageShape(len(users), len(jobs), after is not None), params
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:
         # Prepared, rows kept flat (the board is answered from the rows
