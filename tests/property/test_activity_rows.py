@@ -38,13 +38,21 @@ from geopunch.v1 import timeclock_pb2
 
 _text = st.none() | st.sampled_from(["", "Main St 1", "f-1"])
 _coord = st.none() | st.floats(-90, 90, allow_nan=False)
+# A board's busy line is kept by its status, and two statuses equal in value
+# encode alike but for the sign of a zero coordinate (-0.0 == 0.0). A stored
+# open activity never changes in place, so one activity is never seen with
+# both; the examples here, though, reuse ids across draws (hypothesis shrinks
+# them to the same value), and would meet that pair.
+_board_coord = st.none() | st.floats(-90, 90, allow_nan=False).map(lambda x: x + 0.0)
 
 
 @st.composite
-def _end(draw: st.DrawFn, may_be_open: bool) -> tuple[object, ...]:
+def _end(
+    draw: st.DrawFn, may_be_open: bool, coord: st.SearchStrategy[float | None] = _coord
+) -> tuple[object, ...]:
     if may_be_open and draw(st.booleans()):
         return (None,) * 8
-    address, lat, lon = draw(_text), draw(_coord), draw(_coord)
+    address, lat, lon = draw(_text), draw(coord), draw(coord)
     located = address is not None or lat is not None or lon is not None
     accuracy = draw(st.none() | st.floats(0, 500)) if located else None
     source = draw(st.sampled_from(["realtime", "timeActivity"]))
@@ -61,7 +69,7 @@ def _end(draw: st.DrawFn, may_be_open: bool) -> tuple[object, ...]:
 
 
 @st.composite
-def _rows(draw: st.DrawFn) -> ActivityRow:
+def _rows(draw: st.DrawFn, coord: st.SearchStrategy[float | None] = _coord) -> ActivityRow:
     return ActivityRow._make(
         [
             draw(st.uuids()).hex,
@@ -72,8 +80,8 @@ def _rows(draw: st.DrawFn) -> ActivityRow:
             draw(_text),
             draw(_text),
             draw(st.none() | st.just("shift-0")),
-            *draw(_end(False)),
-            *draw(_end(True)),
+            *draw(_end(False, coord)),
+            *draw(_end(True, coord)),
             draw(st.integers(0, 2**40)),
             draw(st.integers(0, 2**40)),
             draw(_text),
@@ -108,7 +116,7 @@ def _boards(draw: st.DrawFn) -> Board:
     for user in users:
         if draw(st.booleans()):
             continue
-        row = draw(_rows())._replace(user_id=user, end_ts=None)
+        row = draw(_rows(_board_coord))._replace(user_id=user, end_ts=None)
         if row.kind == "shift":
             busy[user] = UserStatus(user, UserState.ON_SHIFT, row)
         else:
