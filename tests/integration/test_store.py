@@ -946,6 +946,24 @@ def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_wh
     )
 
 
+def test_a_read_only_unit_of_work_reads_one_snapshot(engine: Engine) -> None:
+    """On both stores: a page's lines and its last key come from two
+    statements, which must see the same rows."""
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add_many([_completed("s1", 1000, 1500)])
+        uow.commit()
+    with uows(readonly=True) as reader:
+        first = reader.activities.page(TC.id, 0, 10_000, [], [], None, 10)
+        with uows() as writer:  # committed while the reader is open
+            writer.activities.add_many([_completed("s2", 2000, 2500)])
+            writer.commit()
+        assert reader.activities.page(TC.id, 0, 10_000, [], [], None, 10) == first
+    with uows(readonly=True) as later:
+        assert len(later.activities.page(TC.id, 0, 10_000, [], [], None, 10)) == 2
+
+
 def test_pages_of_lines_are_the_pages_of_rows_in_order_through_ties(engine: Engine) -> None:
     """Thousands of activities, many sharing a start: page after page, the
     joined lines are the rows' lines in (start, id) order, and each page

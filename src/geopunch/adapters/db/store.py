@@ -295,7 +295,13 @@ class SqlUnitOfWork(_Repositories):
     def _open(self) -> Self:
         conn = self._engine.connect()
         if self._readonly:
-            conn = conn.execution_options(sqlite_begin="DEFERRED")
+            # One snapshot for the whole read on both stores: SQLite's read
+            # transaction is one, PostgreSQL's READ COMMITTED takes a new one
+            # per statement (a listed page reads its lines, then its last key).
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                conn = conn.execution_options(sqlite_begin="DEFERRED")
         conn.begin()
         self._conn = conn
         self._now = int(time.time())
