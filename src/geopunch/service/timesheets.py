@@ -318,15 +318,13 @@ def list_time_activities(
             encoded = uow.activities.page_lines(
                 tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, size
             )
-            lines, last = encoded.lines, encoded.next_after
-            more = last is not None
+            lines, next_after = encoded.lines, encoded.next_after
             rows: list[ActivityRow] = []
         else:
             rows = page(after, size + 1)
-            more = len(rows) > size
+            next_after = (rows[size - 1].start_ts, rows[size - 1].id) if len(rows) > size else None
             rows = rows[:size]
-            last = (rows[-1].start_ts, rows[-1].id) if rows else None
-        token = next_page_token(q, *last) if more and last is not None else ""
+        token = next_page_token(q, *next_after) if next_after is not None else ""
         summed = None
         if q.include_totals and cursor is None:
 
@@ -341,7 +339,7 @@ def list_time_activities(
                 first = page(None, MAX_PAGE_SIZE)
                 everything = to_the_end(first, len(first) == MAX_PAGE_SIZE)
             else:
-                everything = to_the_end(list(rows), more)
+                everything = to_the_end(list(rows), next_after is not None)
             summed = totals(
                 tc, (r.activity() for r in everything), q.start_time, q.end_time, int(clock.now())
             )

@@ -190,26 +190,6 @@ class Prepared:
         return None if row is None else dict(zip(c.columns, c.row(row), strict=True))
 
 
-def fetch_all(conn: Connection, statement: ClauseElement) -> list[tuple[Any, ...]]:
-    """Every row of a statement built for one call (its values bound in it,
-    IN lists included), compiled now and run on the driver as a
-    :class:`Prepared` one is: a large read without SQLAlchemy's row objects."""
-    dialect = conn.dialect
-    c = cast(
-        SQLCompiler, statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    )
-    params = c.construct_params()
-    for key, bind in c.binds.items():
-        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if process is not None and key in params:
-            params[key] = process(params[key])
-    args = tuple(params[k] for k in c.positiontup or ()) if c.positional else params
-    cursor = driver(conn).execute(c.string, args)
-    rows: list[tuple[Any, ...]] = cursor.fetchall()
-    cursor.close()
-    return rows
-
-
 def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     """Values of ``keys`` out of a dict, as a tuple (``itemgetter`` in C)."""
     if len(keys) == 1:

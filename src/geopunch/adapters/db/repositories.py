@@ -49,7 +49,6 @@ from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
     after_sync,
-    fetch_all,
     in_seq_order,
     in_turn_for,
     in_values,
@@ -790,8 +789,6 @@ _PUNCH_STATE = Prepared(
         )
     )
 )
-#: Ids in one IN list when a page's rows lacking lines are read whole.
-_LINES_READ_AT_ONCE = 500
 _INSERT_ACTIVITY = Prepared(
     insert(activities).values({c.key: bindparam(c.key) for c in activities.c})
 )
@@ -833,9 +830,9 @@ class _PageShape(NamedTuple):
 def _paging(kind: str, shape: _PageShape) -> Prepared:
     """A listed page's statement, prepared once per shape (compiling it anew
     was a fifth of a page's read as lines). ``kind``: ``rows`` (whole rows),
-    ``lines`` (start, id, line), ``joined:<dialect>`` (the rows counted and
-    their lines joined by the database), ``tail`` (a full page's last row and
-    the one after it) or ``probe`` (whether one row follows)."""
+    ``lines`` (whole rows, each followed by its line), ``joined:<dialect>``
+    (the rows counted and their lines joined by the database) or ``tail`` (a
+    full page's last row and the one after it)."""
     a = activities.c
     where = [
         a.account_id == bindparam("acct"),
@@ -865,12 +862,11 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
             ordered(*(a[name] for name in ActivityRow._fields)).limit(limit).offset(none)
         )
     if kind == "lines":
-        return Prepared(ordered(a.start_ts, a.id, a.encoded).limit(limit).offset(none))
+        row = (a[name] for name in ActivityRow._fields)
+        return Prepared(ordered(*row, a.encoded).limit(limit).offset(none))
     if kind == "tail":
         skip = bindparam("skip", type_=Integer)
         return Prepared(ordered(a.start_ts, a.id).limit(literal_column("2")).offset(skip))
-    if kind == "probe":
-        return Prepared(ordered(a.id).limit(literal_column("1")).offset(none))
     rows = ordered(a.start_ts, a.id, a.encoded).limit(limit).offset(none).subquery()
     counted = (func.count(), func.count(rows.c.encoded))
     if kind == "joined:sqlite":
@@ -1051,43 +1047,21 @@ class SqlActivityRepository(AccountScoped):
             time_clock_id, start, end, user_ids, job_ids, after, limit
         )
         conn = self._conn
-
-        def next_after(last: tuple[int, str]) -> tuple[int, str] | None:
-            """``last`` when an activity follows it."""
-            probe = {**params, "after_ts": last[0], "after_id": last[1]}
-            return last if _paging("probe", shape._replace(after=True)).all(conn, probe) else None
-
         joined = _paging(f"joined:{conn.dialect.name}", shape)
         size, encoded, lines = joined.all(conn, params, binary=True)[0]
-        if 0 < encoded == size:
-            # A read-only unit of work is one snapshot on both stores, so a
-            # second statement finds the page's last row, and whether one
-            # follows it: the key built in the aggregate cost more (SQLite's
-            # text of it 5-7 ms, PostgreSQL's ordered array_agg 6-7 ms).
-            tail = _paging("tail", shape).all(conn, params) if size == limit else []
-            return EncodedPage(size, bytes(lines), tail[0] if len(tail) == 2 else None)
-        if size == 0:
-            return EncodedPage(0, b"", None)
-        # Rows stored before the store kept lines: made from their columns.
-        lines, last_key = self._lines_made(_paging("lines", shape).all(conn, params))
-        return EncodedPage(size, lines, next_after(last_key) if size == limit else None)
-
-    def _lines_made(
-        self, read: list[tuple[int, str, bytes | None]]
-    ) -> tuple[bytes, tuple[int, str]]:
-        """Rows' lines joined (those lacking made from their columns), and
-        the last row's key."""
-        a = activities.c
-        lacking = [activity_id for _, activity_id, line in read if line is None]
-        made: dict[str, bytes] = {}
-        fields = select(*(a[name] for name in ActivityRow._fields))
-        for at in range(0, len(lacking), _LINES_READ_AT_ONCE):
-            some = lacking[at : at + _LINES_READ_AT_ONCE]
-            mine = fields.where(a.account_id == self.account, a.id.in_(some))
-            for row in map(ActivityRow._make, fetch_all(self._conn, mine)):
-                made[row.id] = encode_line(row)
-        joined = b"".join(made[i] if line is None else line for _, i, line in read)
-        return joined, (read[-1][0], read[-1][1])
+        if encoded < size:
+            # Rows written without their line (not through this store): the
+            # page read again whole, those lines made from the columns.
+            lines = b"".join(
+                encode_line(ActivityRow._make(row)) if line is None else line
+                for *row, line in _paging("lines", shape).all(conn, params)
+            )
+        # A read-only unit of work is one snapshot on both stores, so a second
+        # statement finds the page's last row, and whether one follows it:
+        # the key built in the aggregate cost more (SQLite's text of it 5-7
+        # ms, PostgreSQL's ordered array_agg 6-7 ms).
+        tail = _paging("tail", shape).all(conn, params) if size == limit else []
+        return EncodedPage(size, bytes(lines or b""), tail[0] if len(tail) == 2 else None)
 
     def _page_params(
         self,

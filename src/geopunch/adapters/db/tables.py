@@ -206,8 +206,9 @@ activities = Table(
     Column("modified_at", BigInteger, nullable=False),
     Column("notes", String(2000), nullable=True),
     # Derived from the columns above, written with them: the activity's line
-    # of a listed gRPC page (geopunch.adapters.activity_messages). NULL in
-    # rows stored before revision 0014.
+    # of a listed gRPC page (geopunch.adapters.activity_messages). Revision
+    # 0014 wrote it for the rows stored before; NULL only in a row written
+    # by hand, which a listed page encodes from its columns.
     Column("encoded", LargeBinary, nullable=True),
     ForeignKeyConstraint(
         ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
