@@ -1114,9 +1114,10 @@ class SqlActivityRepository(AccountScoped):
             read = _OPEN_FOR.all(self._conn, params)
         else:
             read = _OPEN_OF_USERS.all(self._conn, lacking_users, params)
-        # Between the two reads (READ COMMITTED on PostgreSQL) an activity may
-        # have closed, or another opened: only the rows the first read lacked
-        # and still at its version are taken.
+        # Only the rows the first read lacked, at its version, are taken: a
+        # read of every open row brings the kept ones back too, and outside a
+        # read-only unit of work (READ COMMITTED on PostgreSQL) an activity
+        # may close, or another open, between the two reads.
         fresh = [r for r in map(_row_of, read) if lacking.get(r.id) == r.modified_at]
         _OPEN_ROWS.keep(fresh)
         _ROWS_READ.inc(len(fresh))
