@@ -66,8 +66,25 @@ SERVICE_NAMES = (
 
 log = logging.getLogger("geopunch")
 
-#: glibc's mallopt parameter for the size from which blocks are mapped alone.
+#: glibc's mallopt parameters: the size from which blocks are mapped alone,
+#: and how much free memory at the top of a heap stays with it.
 _M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
+
+#: Blocks from this size up get a mapping of their own. Above what one call
+#: allocates and frees several times over: a listed page of 10,000 lines is
+#: 1.5 MiB (the database's joined value, the driver's copy, the answer,
+#: grpc's copy), a board as much. Mapped alone, each copy is a fresh mapping
+#: whose pages fault in one at a time: at 1 MiB, 1,400 faults and a third of
+#: the server's CPU a first page (bench/README.md). Below what an index build
+#: of a large store holds for a while: its arrays run 4 to 8 MiB a million
+#: fences.
+MAP_ALONE_FROM = 3 << 20
+
+#: Free memory a heap keeps at its top rather than hands back: room for the
+#: copies of a page or a board to come back to the heap they were freed to.
+#: glibc gives threads a few heaps (its arenas); this bounds what each keeps.
+KEEP_FREE = 8 << 20
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -79,14 +96,17 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def map_large_blocks_alone() -> None:
-    """Give every block of 1 MiB or more a mapping of its own, freed to the
-    system when freed. glibc raises that threshold as large blocks come and
-    go, so after the first index build the next builds' temporary arrays land
-    in the heap, where their memory stays with the process: measured on a
-    million fences, 433 instead of 113 MiB more than the index itself."""
+    """Give every block of ``MAP_ALONE_FROM`` or more a mapping of its own,
+    freed to the system when freed. glibc raises that threshold as large
+    blocks come and go, so after the first index build the next builds'
+    temporary arrays land in the heap, where their memory stays with the
+    process: measured on a million fences, 433 instead of 113 MiB more than
+    the index itself. Fixing the threshold also fixes the trim threshold,
+    which is set to ``KEEP_FREE``."""
     libc = _libc()
     if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(_M_MMAP_THRESHOLD, MAP_ALONE_FROM)
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE)
 
 
 def release_free_memory() -> None:
