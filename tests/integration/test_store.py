@@ -20,9 +20,12 @@ from sqlalchemy import Engine, text
 from geopunch.adapters.activity_messages import encode_line
 from geopunch.adapters.db import repositories
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
+from geopunch.adapters.db.prepared import driver
 from geopunch.adapters.db.store import (
     HEAD_REVISION,
     MIGRATIONS,
+    SQLITE_CACHE_KIB,
+    SQLITE_SOFT_HEAP_LIMIT,
     current_revision,
     fence_snapshot_reader,
     migrate,
@@ -324,7 +327,21 @@ def test_sqlite_pragmas(engine: Engine) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -SQLITE_CACHE_KIB
+        assert conn.execute(text("PRAGMA soft_heap_limit")).scalar() == SQLITE_SOFT_HEAP_LIMIT
         conn.rollback()
+
+
+def test_sqlite_pool_hands_out_the_connection_returned_last(engine: Engine) -> None:
+    # Its page cache is the warm one (see SQLITE_CACHE_KIB).
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    first, second = engine.connect(), engine.connect()
+    ids = [id(driver(c)) for c in (first, second)]
+    first.close()
+    second.close()
+    with engine.connect() as again:
+        assert id(driver(again)) == ids[1]
 
 
 def test_in_memory_sqlite_is_refused() -> None:
