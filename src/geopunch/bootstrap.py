@@ -74,15 +74,15 @@ _M_TRIM_THRESHOLD = -1
 #: Blocks from this size up get a mapping of their own. Above what one call
 #: allocates and frees several times over: a listed page of 10,000 lines is
 #: 1.5 MiB (the database's joined value, the driver's copy, the answer,
-#: grpc's copy), a board as much. Mapped alone, each copy is a fresh mapping
-#: whose pages fault in one at a time: at 1 MiB, 1,400 faults and a third of
-#: the server's CPU a first page (bench/README.md). Below what an index build
-#: of a large store holds for a while: its arrays run 4 to 8 MiB a million
-#: fences.
+#: grpc's copy). Mapped alone, each copy is a fresh mapping whose pages
+#: fault in one at a time: at 1 MiB, 1,400 faults and a quarter of the
+#: server's CPU a first page (bench/README.md). Below the columns of an index
+#: build of a large store: a million fences' float64 column is 8 MB, an
+#: int32 one 4 MB.
 MAP_ALONE_FROM = 3 << 20
 
 #: Free memory a heap keeps at its top rather than hands back: room for the
-#: copies of a page or a board to come back to the heap they were freed to.
+#: copies of a page to come back to the heap they were freed to.
 #: glibc gives threads a few heaps (its arenas); this bounds what each keeps.
 KEEP_FREE = 8 << 20
 
