@@ -32,7 +32,7 @@ from geopunch.adapters.db import repositories
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import Job, TimeClock
-from geopunch.domain.ports import EncodedPage
+from geopunch.domain.ports import EncodedPage, PageQuery
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
@@ -86,11 +86,11 @@ def measure(url: str, count: int) -> None:
 
     def page() -> list[ActivityRow]:
         with uows(account=DEFAULT_ACCOUNT, readonly=True) as uow:
-            return uow.activities.page(TC, 0, 2**40, [], [], None, PAGE)
+            return uow.activities.page(PageQuery(TC, 0, 2**40, [], [], None, PAGE))
 
     def lines() -> EncodedPage:
         with uows(account=DEFAULT_ACCOUNT, readonly=True) as uow:
-            return uow.activities.page_lines(TC, 0, 2**40, [], [], None, PAGE)
+            return uow.activities.page_lines(PageQuery(TC, 0, 2**40, [], [], None, PAGE))
 
     table = repositories.activities
     query = (

@@ -25,6 +25,7 @@ from geopunch.adapters.db.store import (
 from geopunch.adapters.db.tables import metadata
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.models import DayStatus
+from geopunch.domain.ports import PageQuery
 from tests.helpers import pg_schema
 
 #: One row for each table of revision 0006, as that release wrote them.
@@ -136,7 +137,7 @@ def test_a_store_of_the_release_before_accounts_moves_into_the_default_account(
         assert (rows.ids.tolist(), rows.job_ids) == ([b"fence-1"], {0: ("job-a",)})
         (shift,) = uow.activities.list_for(7, 9170357)
         assert shift.id == "shift-1" and shift.end is None
-        (row,) = uow.activities.page(7, 1700000000, 1700001000, [], [], None, 10)
+        (row,) = uow.activities.page(PageQuery(7, 1700000000, 1700001000, [], [], None, 10))
         assert uow.idempotency.get("idem-1") == ("ClockIn", "abc", b"\x08\x01")
         sched = uow.schedulers.get(8)
         assert sched is not None and sched.user_ids == frozenset({9170357})

@@ -43,7 +43,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
-from geopunch.domain.ports import EncodedPage
+from geopunch.domain.ports import EncodedPage, PageQuery
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
@@ -883,15 +883,17 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
         acts = uow.activities
         assert acts.get(TC.id, "s1") == _completed("s1", 1000, 1500)
         assert acts.get(TC.id + 1, "s1") is None
-        page = acts.page(TC.id, 1400, 10_000, [], [], None, 3)
+        page = acts.page(PageQuery(TC.id, 1400, 10_000, [], [], None, 3))
         assert [a.id for a in page] == ["s1", "s2", "s3"]
         # Flat rows, the same activities as the objects read one by one.
         assert [r.activity() for r in page] == [acts.get(TC.id, f"s{i}") for i in (1, 2, 3)]
         assert all(ActivityRow.of(r.activity()) == r for r in page)
-        rest = acts.page(TC.id, 1400, 10_000, [], [], (page[-1].start_ts, page[-1].id), 9)
+        rest = acts.page(
+            PageQuery(TC.id, 1400, 10_000, [], [], (page[-1].start_ts, page[-1].id), 9)
+        )
         assert [a.id for a in rest] == ["s4", "s5", "open"]
         assert rest[-1].activity() == _activity("open", 9000) and rest[-1].end_ts is None
-        assert [a.id for a in acts.page(TC.id, 0, 10_000, [2], [], None, 9)] == []
+        assert [a.id for a in acts.page(PageQuery(TC.id, 0, 10_000, [2], [], None, 9))] == []
         assert sorted(a.id for a in acts.near(TC.id, [1], 2500, 3000)[1]) == ["s2", "s3"]
         assert list(acts.open_for(TC.id)) == [1]
     with uows() as uow:
@@ -927,8 +929,9 @@ def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_wh
 
     def listed(*args: Any) -> tuple[list[ActivityRow], EncodedPage]:
         args = args or (TC.id, 0, 10_000, [], [], None, 10)
+        q = PageQuery(*args)
         with uows(readonly=True) as uow:
-            return uow.activities.page(*args), uow.activities.page_lines(*args)
+            return uow.activities.page(q), uow.activities.page_lines(q)
 
     rows, lines = listed()
     assert [r.id for r in rows] == ["s1", "s2", "closing", "open"]
@@ -972,13 +975,13 @@ def test_a_read_only_unit_of_work_reads_one_snapshot(engine: Engine) -> None:
         uow.activities.add_many([_completed("s1", 1000, 1500)])
         uow.commit()
     with uows(readonly=True) as reader:
-        first = reader.activities.page(TC.id, 0, 10_000, [], [], None, 10)
+        first = reader.activities.page(PageQuery(TC.id, 0, 10_000, [], [], None, 10))
         with uows() as writer:  # committed while the reader is open
             writer.activities.add_many([_completed("s2", 2000, 2500)])
             writer.commit()
-        assert reader.activities.page(TC.id, 0, 10_000, [], [], None, 10) == first
+        assert reader.activities.page(PageQuery(TC.id, 0, 10_000, [], [], None, 10)) == first
     with uows(readonly=True) as later:
-        assert len(later.activities.page(TC.id, 0, 10_000, [], [], None, 10)) == 2
+        assert len(later.activities.page(PageQuery(TC.id, 0, 10_000, [], [], None, 10))) == 2
 
 
 def test_pages_of_lines_are_the_pages_of_rows_in_order_through_ties(engine: Engine) -> None:
@@ -999,11 +1002,11 @@ def test_pages_of_lines_are_the_pages_of_rows_in_order_through_ties(engine: Engi
         uow.activities.add_many(made)
         uow.commit()
     with uows(readonly=True) as uow:
-        rows = uow.activities.page(TC.id, 0, 10_000, [], [], None, 5000)
+        rows = uow.activities.page(PageQuery(TC.id, 0, 10_000, [], [], None, 5000))
         assert len(rows) == 3000
         joined, after, pages = b"", None, 0
         while True:
-            page = uow.activities.page_lines(TC.id, 0, 10_000, [], [], after, 700)
+            page = uow.activities.page_lines(PageQuery(TC.id, 0, 10_000, [], [], after, 700))
             joined += page.lines
             pages += 1
             if page.next_after is None:

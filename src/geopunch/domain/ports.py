@@ -101,6 +101,20 @@ class FenceSnapshotReader(Protocol):
     def __call__(self, accounts: Sequence[int]) -> FenceSnapshot | None: ...
 
 
+class PageQuery(NamedTuple):
+    """Which activities a listed page holds: a time clock's overlapping
+    ``[start, end)``, of the users and jobs named (none named: all), in
+    (start, id) order after ``after``, at most ``limit``."""
+
+    time_clock_id: int
+    start: int
+    end: int
+    user_ids: Sequence[int]
+    job_ids: Sequence[str]
+    after: tuple[int, str] | None
+    limit: int
+
+
 class EncodedPage(NamedTuple):
     """A page of activities as one value: their kept lines, joined."""
 
@@ -153,33 +167,13 @@ class ActivityRepository(Protocol):
 
     def remove(self, activity_id: str, read_modified_at: int) -> None: ...
 
-    def page(
-        self,
-        time_clock_id: int,
-        start: int,
-        end: int,
-        user_ids: Sequence[int],
-        job_ids: Sequence[str],
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> list[ActivityRow]:
-        """Activities overlapping ``[start, end)`` in (start, id) order, after
-        ``after``, as flat rows (a page may hold 10,000)."""
+    def page(self, q: PageQuery) -> list[ActivityRow]:
+        """The page's activities as flat rows (a page may hold 10,000)."""
         ...
 
-    def page_lines(
-        self,
-        time_clock_id: int,
-        start: int,
-        end: int,
-        user_ids: Sequence[int],
-        job_ids: Sequence[str],
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> EncodedPage:
-        """The activities of ``page``, at most ``limit``, as the lines the
-        store keeps for them (each the activity as a listed page of the
-        gRPC API holds it), joined."""
+    def page_lines(self, q: PageQuery) -> EncodedPage:
+        """The page's activities as the lines the store keeps for them (each
+        the activity as a listed page of the gRPC API holds it), joined."""
         ...
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:

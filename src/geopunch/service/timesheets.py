@@ -20,7 +20,7 @@ from typing import TypeVar
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.events import EventType
 from geopunch.domain.models import DayStatus, TimeClock
-from geopunch.domain.ports import Clock, FenceEngine, UnitOfWork, UnitOfWorkFactory
+from geopunch.domain.ports import Clock, FenceEngine, PageQuery, UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.punches import (
     Activity,
     ActivityKind,
@@ -307,17 +307,14 @@ def list_time_activities(
         tc = time_clock_settings(uow, fences, account, q.time_clock_id)
         jobs = sorted(tc.with_descendants(q.job_ids)) if q.job_ids else []
         after = (cursor.start_ts, cursor.activity_id) if cursor is not None else None
+        asked = PageQuery(tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, size)
 
         def page(after: tuple[int, str] | None, limit: int) -> list[ActivityRow]:
-            return uow.activities.page(
-                tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, limit
-            )
+            return uow.activities.page(asked._replace(after=after, limit=limit))
 
         lines = None
         if as_lines:
-            encoded = uow.activities.page_lines(
-                tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, size
-            )
+            encoded = uow.activities.page_lines(asked)
             lines, next_after = encoded.lines, encoded.next_after
             rows: list[ActivityRow] = []
         else:

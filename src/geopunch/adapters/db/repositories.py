@@ -82,7 +82,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
 )
-from geopunch.domain.ports import EncodedPage, NotedChange
+from geopunch.domain.ports import EncodedPage, NotedChange, PageQuery
 from geopunch.domain.punches import (
     Activity,
     ActivityRow,
@@ -1013,39 +1013,16 @@ class SqlActivityRepository(AccountScoped):
         if result.rowcount != 1:
             raise ConcurrentChange(f"activity {activity_id} was changed meanwhile")
 
-    def page(
-        self,
-        time_clock_id: int,
-        start: int,
-        end: int,
-        user_ids: Sequence[int],
-        job_ids: Sequence[str],
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> list[ActivityRow]:
-        """Activities overlapping ``[start, end)`` in (start, id) order, after ``after``."""
+    def page(self, q: PageQuery) -> list[ActivityRow]:
         # On the driver: a page may hold 10,000 rows, and SQLAlchemy's row
         # objects cost as much as the read (bench/README.md, ListTimeActivities).
-        shape, params = self._page_params(
-            time_clock_id, start, end, user_ids, job_ids, after, limit
-        )
+        shape, params = self._page_params(q)
         return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
 
-    def page_lines(
-        self,
-        time_clock_id: int,
-        start: int,
-        end: int,
-        user_ids: Sequence[int],
-        job_ids: Sequence[str],
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> EncodedPage:
+    def page_lines(self, q: PageQuery) -> EncodedPage:
         """The activities of ``page`` as their lines, joined by the database:
         one value instead of a row apiece (bench/README.md, ListTimeActivities)."""
-        shape, params = self._page_params(
-            time_clock_id, start, end, user_ids, job_ids, after, limit
-        )
+        shape, params = self._page_params(q)
         conn = self._conn
         joined = _paging(f"joined:{conn.dialect.name}", shape)
         size, encoded, lines = joined.all(conn, params, binary=True)[0]
@@ -1060,36 +1037,27 @@ class SqlActivityRepository(AccountScoped):
         # statement finds the page's last row, and whether one follows it:
         # the key built in the aggregate cost more (SQLite's text of it 5-7
         # ms, PostgreSQL's ordered array_agg 6-7 ms).
-        tail = _paging("tail", shape).all(conn, params) if size == limit else []
+        tail = _paging("tail", shape).all(conn, params) if size == q.limit else []
         return EncodedPage(size, bytes(lines or b""), tail[0] if len(tail) == 2 else None)
 
-    def _page_params(
-        self,
-        time_clock_id: int,
-        start: int,
-        end: int,
-        user_ids: Sequence[int],
-        job_ids: Sequence[str],
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> tuple[_PageShape, dict[str, Any]]:
+    def _page_params(self, q: PageQuery) -> tuple[_PageShape, dict[str, Any]]:
         """The shape of a page's statements and their values. The IN lists
         are padded to a power of two (see ``padded``), so that a handful of
         statements serves every length."""
-        users, jobs = padded(list(user_ids)), padded(list(job_ids))
+        users, jobs = padded(list(q.user_ids)), padded(list(q.job_ids))
         params: dict[str, Any] = {
             "acct": self.account,
-            "tc": time_clock_id,
-            "start": start,
-            "end": end,
-            "limit": limit,
-            "skip": limit - 1,
+            "tc": q.time_clock_id,
+            "start": q.start,
+            "end": q.end,
+            "limit": q.limit,
+            "skip": q.limit - 1,
         }
         params.update((f"u{i}", u) for i, u in enumerate(users))
         params.update((f"j{i}", j) for i, j in enumerate(jobs))
-        if after is not None:
-            params["after_ts"], params["after_id"] = after
-        return _PageShape(len(users), len(jobs), after is not None), params
+        if q.after is not None:
+            params["after_ts"], params["after_id"] = q.after
+        return _PageShape(len(users), len(jobs), q.after is not None), params
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:
         # Prepared, rows kept flat (the board is answered from the rows
