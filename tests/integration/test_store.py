@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ from geopunch.adapters.db.store import (
     fence_snapshot_reader,
     migrate,
 )
+from geopunch.adapters.db.tables import LONGEST_KEPT_LINE
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.locations import FenceRows
@@ -966,9 +969,59 @@ def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_wh
     )
 
 
+def test_a_line_past_the_longest_kept_is_listed_from_its_columns(engine: Engine) -> None:
+    """Lines up to LONGEST_KEPT_LINE are kept, and held by the index by start
+    (PostgreSQL refuses an index entry past about 2,700 bytes); a longer
+    one is stored NULL and made from the columns when its page is listed.
+    Notes of random letters, so that the index's compression saves nothing."""
+    rng = random.Random(7)
+    base = encode_line(ActivityRow.of(_completed("x00", 1000, 1500)))
+    rows = []
+    for i, extra in enumerate(range(-3, 4)):
+        notes = "".join(rng.choices(string.ascii_letters, k=LONGEST_KEPT_LINE - len(base) + extra))
+        start = 1000 * (i + 1)
+        rows.append(replace(_completed(f"x{i:02}", start, start + 500), notes=notes))
+    # A last one past the limit by its addresses, and written open then closed.
+    far = "".join(rng.choices(string.ascii_letters, k=1000))
+    place = PunchPoint(9000, "UTC", PunchLocation(far, 1.0, 2.0, 5.0), "api")
+    opened = replace(_activity("y", 9000), start=place, notes=far[:900])
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add_many(rows)
+        uow.activities.add(opened)
+        uow.commit()
+    with uows() as uow:
+        uow.activities.close(opened, place, 9600)
+        uow.commit()
+    with uows(readonly=True) as uow:
+        listed = uow.activities.page(PageQuery(TC.id, 0, 20_000, [], [], None, 20))
+        pages = [
+            uow.activities.page_lines(PageQuery(TC.id, 0, 20_000, [], [], after, limit))
+            for after, limit in ((None, 20), (None, 4), ((4000, "x03"), 4))
+        ]
+    with engine.begin() as conn:
+        stored: dict[str, bytes | None] = dict(
+            conn.execute(text("SELECT id, encoded FROM activities")).all()
+        )
+    lines = [encode_line(r) for r in listed]
+    assert [r.id for r in listed] == [*(r.id for r in rows), "y"]
+    assert sorted(map(len, lines))[0] < LONGEST_KEPT_LINE < sorted(map(len, lines))[-1]
+    assert stored == {
+        r.id: line if len(line) <= LONGEST_KEPT_LINE else None
+        for r, line in zip(listed, lines, strict=True)
+    }
+    assert pages == [
+        EncodedPage(8, b"".join(lines), None),
+        EncodedPage(4, b"".join(lines[:4]), (4000, "x03")),
+        EncodedPage(4, b"".join(lines[4:]), None),
+    ]
+
+
 def test_a_read_only_unit_of_work_reads_one_snapshot(engine: Engine) -> None:
-    """On both stores: a page's lines and its last key come from two
-    statements, which must see the same rows."""
+    """On both stores: a page's statements must see the same rows (on
+    SQLite its lines and its last key come from two; a page with a line not
+    kept is read again)."""
     uows = AccountStore(engine)
     with uows() as uow:
         uow.time_clocks.add(TC)

@@ -110,6 +110,13 @@ def encode_line(r: ActivityRow) -> bytes:
     return one.SerializeToString()
 
 
+def line_key(line: bytes) -> tuple[int, str]:
+    """The (start, id) of the activity a line holds: the position a page
+    that ends with it hands to the next."""
+    activity = _Data.FromString(line).time_activities[0]
+    return activity.start.timestamp, activity.id
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:

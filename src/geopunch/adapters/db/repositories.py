@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
-from geopunch.adapters.activity_messages import encode_line
+from geopunch.adapters.activity_messages import encode_line, line_key
 from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
 from geopunch.adapters.db.fence_rows import NEWEST_INDEX_CHANGE, enabled_fences
 from geopunch.adapters.db.prepared import (
@@ -58,6 +58,7 @@ from geopunch.adapters.db.prepared import (
     until_commit,
 )
 from geopunch.adapters.db.tables import (
+    LONGEST_KEPT_LINE,
     activities,
     day_statuses,
     geofence_jobs,
@@ -646,11 +647,17 @@ def _point_columns(prefix: str, p: PunchPoint | None) -> dict[str, object]:
     return dict(zip((f"{prefix}_{k}" for k in _POINT_KEYS), point_fields(p), strict=True))
 
 
+def _kept_line(row: ActivityRow) -> bytes | None:
+    """The line the store keeps for ``row``: None past LONGEST_KEPT_LINE."""
+    line = encode_line(row)
+    return line if len(line) <= LONGEST_KEPT_LINE else None
+
+
 def _activity_row(account: int | None, activity: Activity) -> dict[str, object]:
     """The columns of ``activity``: an :class:`ActivityRow` names them, and
     its line follows them."""
     row = ActivityRow.of(activity)
-    return {"account_id": account, **row._asdict(), "encoded": encode_line(row)}
+    return {"account_id": account, **row._asdict(), "encoded": _kept_line(row)}
 
 
 #: Every column of ``activities`` but the line: what reads that make rows
@@ -830,9 +837,9 @@ class _PageShape(NamedTuple):
 def _paging(kind: str, shape: _PageShape) -> Prepared:
     """A listed page's statement, prepared once per shape (compiling it anew
     was a fifth of a page's read as lines). ``kind``: ``rows`` (whole rows),
-    ``lines`` (whole rows, each followed by its line), ``joined:<dialect>``
-    (the rows counted and their lines joined by the database) or ``tail`` (a
-    full page's last row and the one after it)."""
+    ``lines`` (whole rows, each followed by its line), ``kept`` (the lines
+    alone), ``joined`` (the rows counted and their lines joined by SQLite)
+    or ``tail`` (a full page's last row and the one after it)."""
     a = activities.c
     where = [
         a.account_id == bindparam("acct"),
@@ -867,20 +874,15 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
     if kind == "tail":
         skip = bindparam("skip", type_=Integer)
         return Prepared(ordered(a.start_ts, a.id).limit(literal_column("2")).offset(skip))
+    if kind == "kept":
+        return Prepared(ordered(a.encoded).limit(limit).offset(none))
+    assert kind == "joined"
     rows = ordered(a.start_ts, a.id, a.encoded).limit(limit).offset(none).subquery()
-    counted = (func.count(), func.count(rows.c.encoded))
-    # Both stores' aggregates take a lone subquery's rows in the subquery's
-    # order: SQLite's group_concat has no ORDER BY of its own before 3.44,
-    # and PostgreSQL's documentation expects it while the outer query adds
-    # no join (its string_agg ORDER BY would sort the page again: 4 ms of a
-    # 17 ms read on PostgreSQL 15). tests/integration/test_store.py pages
-    # through ties on both to hold it.
-    if kind == "joined:sqlite":
-        joined = cast(func.group_concat(rows.c.encoded, literal_column("''")), LargeBinary)
-        return Prepared(select(*counted, joined))
-    assert kind == "joined:postgresql"
-    nothing: ColumnElement[bytes] = literal_column("''::bytea")
-    return Prepared(select(*counted, func.string_agg(rows.c.encoded, nothing)))
+    # group_concat has no ORDER BY of its own before SQLite 3.44: it takes a
+    # lone subquery's rows in the subquery's order (tests/integration/
+    # test_store.py pages through ties to hold it).
+    joined = cast(func.group_concat(rows.c.encoded, literal_column("''")), LargeBinary)
+    return Prepared(select(func.count(), func.count(rows.c.encoded), joined))
 
 
 class SqlActivityRepository(AccountScoped):
@@ -921,7 +923,7 @@ class SqlActivityRepository(AccountScoped):
                 "activity_id": activity.id,
                 "modified_at": modified_at,
                 **_point_columns("end", end),
-                "encoded": encode_line(closed),
+                "encoded": _kept_line(closed),
             }
             after_sync(self._conn, _closed_it(_CLOSE.execute(self._conn, params), activity.id))
 
@@ -938,7 +940,7 @@ class SqlActivityRepository(AccountScoped):
             columns = dict(zip(ActivityRow._fields, zip(*rows, strict=True), strict=True))
             _INSERT_ACTIVITY.many_columns(
                 self._conn,
-                {**columns, "encoded": list(map(encode_line, rows))},
+                {**columns, "encoded": list(map(_kept_line, rows))},
                 {"account_id": self.account},
             )
         except integrity_error(self._conn) as exc:
@@ -1020,25 +1022,36 @@ class SqlActivityRepository(AccountScoped):
         return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
 
     def page_lines(self, q: PageQuery) -> EncodedPage:
-        """The activities of ``page`` as their lines, joined by the database:
-        one value instead of a row apiece (bench/README.md, ListTimeActivities)."""
+        """The activities of ``page`` as their kept lines, joined
+        (bench/README.md, ListTimeActivities)."""
         shape, params = self._page_params(q)
         conn = self._conn
-        joined = _paging(f"joined:{conn.dialect.name}", shape)
-        size, encoded, lines = joined.all(conn, params, binary=True)[0]
-        if encoded < size:
-            # Rows written without their line (not through this store): the
-            # page read again whole, those lines made from the columns.
-            lines = b"".join(
-                encode_line(ActivityRow._make(row)) if line is None else line
-                for *row, line in _paging("lines", shape).all(conn, params)
-            )
-        # A read-only unit of work is one snapshot on both stores, so a second
-        # statement finds the page's last row, and whether one follows it:
-        # the key built in the aggregate cost more (SQLite's text of it 5-7
-        # ms, PostgreSQL's ordered array_agg 6-7 ms).
-        tail = _paging("tail", shape).all(conn, params) if size == q.limit else []
-        return EncodedPage(size, bytes(lines or b""), tail[0] if len(tail) == 2 else None)
+        if conn.dialect.name == "postgresql":
+            # The lines as rows, and the page's last key from its last line:
+            # one value of a megabyte or more is dear on PostgreSQL
+            # (string_agg's buffer and the answer's, each grown by doubling),
+            # 14 ms against 9 for the rows and their join here.
+            read = _paging("kept", shape).all(conn, {**params, "limit": q.limit + 1}, binary=True)
+            lines = list(map(itemgetter(0), read[: q.limit]))
+            if None not in lines:
+                after = line_key(lines[-1]) if len(read) > q.limit else None
+                return EncodedPage(len(lines), b"".join(lines), after)
+        else:
+            # SQLite joins the lines in process, cheaper than a row apiece.
+            size, kept, joined = _paging("joined", shape).all(conn, params)[0]
+            if kept == size:
+                # A read-only unit of work is one snapshot, so a second
+                # statement finds the page's last row and whether one follows
+                # it: built in the aggregate, the key cost 5-7 ms more.
+                tail = _paging("tail", shape).all(conn, params) if size == q.limit else []
+                return EncodedPage(size, bytes(joined or b""), tail[0] if len(tail) == 2 else None)
+        # Rows stored without their line (written by hand, or a line too long
+        # to keep): the page read again whole, those lines made from the columns.
+        read = _paging("lines", shape).all(conn, {**params, "limit": q.limit + 1})
+        rows = [(ActivityRow._make(row), line) for *row, line in read[: q.limit]]
+        lines = [encode_line(row) if line is None else line for row, line in rows]
+        last = rows[-1][0] if len(read) > q.limit else None
+        return EncodedPage(len(lines), b"".join(lines), (last.start_ts, last.id) if last else None)
 
     def _page_params(self, q: PageQuery) -> tuple[_PageShape, dict[str, Any]]:
         """The shape of a page's statements and their values. The IN lists

@@ -164,7 +164,7 @@ if TYPE_CHECKING:
 #: head). A store already there opens without alembic: loading it and its
 #: scripts to find nothing to do was an eighth of an empty server's start-up,
 #: and the test suite starts servers by the hundred.
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 
 
 def _alembic_config(conn: Connection) -> AlembicConfig:

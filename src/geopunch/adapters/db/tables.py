@@ -207,8 +207,9 @@ activities = Table(
     Column("notes", String(2000), nullable=True),
     # Derived from the columns above, written with them: the activity's line
     # of a listed gRPC page (geopunch.adapters.activity_messages). Revision
-    # 0014 wrote it for the rows stored before; NULL only in a row written
-    # by hand, which a listed page encodes from its columns.
+    # 0014 wrote it for the rows stored before. NULL in a row written by hand
+    # and where the line is longer than LONGEST_KEPT_LINE; a listed page
+    # encodes those from their columns.
     Column("encoded", LargeBinary, nullable=True),
     ForeignKeyConstraint(
         ["account_id", "time_clock_id"], ["time_clocks.account_id", "time_clocks.id"]
@@ -234,6 +235,17 @@ def _only_on(dialect: str, index: Index) -> None:
     index.ddl_if(dialect=dialect)
 
 
+#: The longest line the store keeps. Both indexes by start hold the lines,
+#: and PostgreSQL's index entries cannot pass about 2,700 bytes; an activity
+#: with long notes and addresses can, so its line is not kept.
+LONGEST_KEPT_LINE = 2000
+
+# Each index by start also holds each row's end and line, so that a listed
+# page is read from the index alone: looking each row up in the table took
+# most of a 10,000-row page's read on both stores (bench/README.md,
+# ListTimeActivities). On PostgreSQL as payload (INCLUDE), read from the index
+# alone where vacuum has marked the table's pages all-visible, as autovacuum
+# does after a load or once enough rows have changed.
 _only_on(
     "postgresql",
     Index(
@@ -242,13 +254,9 @@ _only_on(
         activities.c.time_clock_id,
         activities.c.start_ts,
         activities.c.id,
+        postgresql_include=["end_ts", "encoded"],
     ),
 )
-# SQLite's index by start also holds each row's end and line, so that a listed
-# page is read from the index alone: looking each row up in the table took
-# most of a 10,000-row page's read (bench/README.md, ListTimeActivities).
-# Not on PostgreSQL, whose index entries may not pass a third of a page: a
-# line with long notes and addresses can.
 _only_on(
     "sqlite",
     Index(
