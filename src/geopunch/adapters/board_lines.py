@@ -5,7 +5,9 @@ change. Each protocol keeps its lines encoded (gRPC as protobuf bytes, HTTP
 as JSON) and joins them: building and encoding every line was most of a
 large board's call (bench/README.md, GetUserStatuses).
 
-Idle lines are kept by user id. Busy lines are kept by the whole status,
+Idle lines are kept by user id, and for each recent list of users as one
+list in order, into which a look sets its busy users' lines: a look's work
+follows its busy users, not all of them. Busy lines are kept by the whole status,
 its open activity's every field included, so a changed activity is a new
 key and no line can be stale. The caches are bounded; the metrics count the
 lines answered as kept or encoded anew, which shows a site with more users
@@ -26,13 +28,18 @@ from geopunch.metrics import STATUS_LINES
 #: rows, repositories._OpenRows, are mostly the same rows).
 IDLE_LINES_KEPT = 1 << 15
 BUSY_LINES_KEPT = 1 << 14
+#: Boards' lists of users whose idle lines are kept as a list, in order
+#: (about 1 MB for 10,000 users): a time clock's everyone, and a few
+#: kiosks' own lists.
+USER_LISTS_KEPT = 16
 
 
 class _Tally(threading.local):
-    """Lines encoded anew by this thread's current board: the caches call
-    the encoder on a miss, in the thread that asked."""
+    """What this thread's current board made anew: the caches call the
+    encoder on a miss, in the thread that asked."""
 
-    lines = 0
+    busy = 0  # busy lines encoded
+    idle = False  # whether the list of idle lines was made
 
 
 class BoardLines:
@@ -42,23 +49,37 @@ class BoardLines:
         tally = self._tally = _Tally()
 
         def counted(s: UserStatus) -> bytes:
-            tally.lines += 1
+            tally.busy += 1
             return encode(s)
 
         @functools.lru_cache(maxsize=IDLE_LINES_KEPT)
         def idle(user: int) -> bytes:
-            return counted(UserStatus(user, UserState.IDLE))
+            return encode(UserStatus(user, UserState.IDLE))
 
-        self._idle = idle
+        @functools.lru_cache(maxsize=USER_LISTS_KEPT)
+        def everyone_idle(users: tuple[int, ...]) -> tuple[list[bytes], dict[int, int]]:
+            """The idle lines of ``users`` in order, and each user's place."""
+            tally.idle = True
+            return list(map(idle, users)), {u: i for i, u in enumerate(users)}
+
+        self._everyone_idle = everyone_idle
         self._busy = functools.lru_cache(maxsize=BUSY_LINES_KEPT)(counted)
         self._kept = STATUS_LINES.labels(api, "kept")
         self._encoded = STATUS_LINES.labels(api, "encoded")
 
     def lines(self, board: Board) -> list[bytes]:
         """Every user's line, in the board's order."""
-        busy, idle, line, tally = board.busy, self._idle, self._busy, self._tally
-        tally.lines = 0
-        out = [idle(u) if (s := busy.get(u)) is None else line(s) for u in board.users]
-        self._encoded.inc(tally.lines)
-        self._kept.inc(len(out) - tally.lines)
+        tally = self._tally
+        tally.busy, tally.idle = 0, False
+        # Every user's idle line, then the busy users' lines in their places:
+        # most of a large board is idle, and its idle lines are the same
+        # list from look to look.
+        idle, at = self._everyone_idle(tuple(board.users))
+        out = idle.copy()
+        line = self._busy
+        for user, status in board.busy.items():
+            out[at[user]] = line(status)
+        encoded = tally.busy + (len(out) - len(board.busy) if tally.idle else 0)
+        self._encoded.inc(encoded)
+        self._kept.inc(len(out) - encoded)
         return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -854,7 +855,14 @@ class UserStatus(NamedTuple):
     endable_at: int | None = None
 
 
-def check_status_users(tc: TimeClock, user_ids: Sequence[int]) -> list[int]:
+@functools.lru_cache(maxsize=64)
+def _in_order(user_ids: frozenset[int]) -> tuple[int, ...]:
+    """A time clock's users in answer order, sorted once: a frozenset keeps
+    its hash, so a board finds them again at the cost of a lookup."""
+    return tuple(sorted(user_ids))
+
+
+def check_status_users(tc: TimeClock, user_ids: Sequence[int]) -> Sequence[int]:
     """The users to report: those named (each assigned), or all of the time clock's."""
     if len(user_ids) > MAX_LISTED_USERS:
         raise DomainError(
@@ -863,7 +871,7 @@ def check_status_users(tc: TimeClock, user_ids: Sequence[int]) -> list[int]:
             "(name none for every user of the time clock)",
         )
     if not user_ids:
-        return sorted(tc.user_ids)
+        return _in_order(tc.user_ids)
     out = Collector()
     for i, user in enumerate(user_ids):
         _rule(out, f"user_ids[{i}]", check_user, tc, user)
@@ -898,13 +906,16 @@ def user_statuses(
     # users are idle. The users are the time clock's own (checked), so as many
     # as it has are all of them.
     wanted = tc.user_ids if len(users) == len(tc.user_ids) else frozenset(users)
+    # tuple.__new__ with every field: the named tuple's own constructor is
+    # Python code, and a third dearer a status.
+    status = tuple.__new__
     for user, a in open_by_user.items():
         if user not in wanted:
             continue
         if a.kind == shift:
-            busy[user] = UserStatus(user, on_shift, a)
+            busy[user] = status(UserStatus, (user, on_shift, a, None, None))
             continue
         bt = types.get(a.break_type_id or "")
         endable = a.start_ts + bt.min_duration_s if bt is not None and bt.is_mandatory else None
-        busy[user] = UserStatus(user, on_break, a, bt, endable)
+        busy[user] = status(UserStatus, (user, on_break, a, bt, endable))
     return Board(users, busy)

@@ -1081,7 +1081,8 @@ class SqlActivityRepository(AccountScoped):
         lacking: dict[str, int] = {}
         lacking_users: list[int] = []
         kept = _OPEN_ROWS.get
-        for user, activity_id, modified_at in _OPEN_KEYS.all(self._conn, params):
+        # Binary: its integers arrive as numbers, not as text to parse.
+        for user, activity_id, modified_at in _OPEN_KEYS.all(self._conn, params, binary=True):
             row = kept((activity_id, modified_at))
             if row is None:
                 lacking[activity_id] = modified_at
