@@ -1176,6 +1176,21 @@ def test_kept_open_rows_are_bounded_oldest_first() -> None:
     assert kept.get(("a9", 0)) is None  # another version of a kept row
 
 
+def test_kept_open_rows_in_use_outlast_newer_ones() -> None:
+    """The board that fills the kept rows keeps its own, however early they
+    were kept: those activities are open now."""
+    kept = repositories._OpenRows(most=4)
+    rows = [ActivityRow.of(replace(_activity(f"a{i}", i), user_id=i)) for i in range(8)]
+    kept.keep(rows[:2])  # long open
+    kept.keep(rows[2:4])  # closed since
+    kept.keep(rows[4:5], in_use=[*rows[:2], rows[4]])
+    held = [r for r in rows if kept.get((r.id, r.modified_at)) is not None]
+    assert held == [rows[0], rows[1], rows[4]]
+    kept.keep(rows[5:8], in_use=[rows[0], *rows[5:8]])  # a1 closed meanwhile: it goes
+    held = [r for r in rows if kept.get((r.id, r.modified_at)) is not None]
+    assert held == [rows[0], *rows[5:8]]
+
+
 @pytest.mark.postgres
 def test_postgres_refuses_overlapping_activities_of_a_user_itself() -> None:
     """Two transactions that each checked before the other wrote: the exclusion

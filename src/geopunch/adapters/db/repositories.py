@@ -7,10 +7,9 @@ import functools
 import gc
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
-from itertools import islice
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -739,13 +738,21 @@ class _OpenRows:
     def get(self, key: tuple[str, int]) -> ActivityRow | None:
         return self._rows.get(key)
 
-    def keep(self, rows: Sequence[ActivityRow]) -> None:
+    def keep(self, rows: Sequence[ActivityRow], in_use: Iterable[ActivityRow] = ()) -> None:
+        """Keep ``rows``. Past ``most``, the store is cut to half: the rows
+        ``in_use`` (every open row of the board that filled it, those just
+        read included) stay, and of the others the newest. By age alone a
+        long-open row, kept early, would go before rows closed since, and the
+        next look would read it again. So the store holds at least the open
+        rows of the last time clock looked at, even past ``most``."""
         with self._lock:  # units of work run on several threads
             kept = self._rows
             for r in rows:
                 kept[r.id, r.modified_at] = r
-            if len(kept) > self._most:  # the oldest kept go first
-                for key in list(islice(kept, len(kept) - self._most // 2)):
+            if len(kept) > self._most:
+                spared = {(r.id, r.modified_at) for r in in_use}
+                others = [key for key in kept if key not in spared]
+                for key in others[: len(kept) - self._most // 2]:
                     del kept[key]
 
 
@@ -1101,7 +1108,7 @@ class SqlActivityRepository(AccountScoped):
         # read-only unit of work (READ COMMITTED on PostgreSQL) an activity
         # may close, or another open, between the two reads.
         fresh = [r for r in map(_row_of, read) if lacking.get(r.id) == r.modified_at]
-        _OPEN_ROWS.keep(fresh)
+        _OPEN_ROWS.keep(fresh, in_use=[*out.values(), *fresh])
         _ROWS_READ.inc(len(fresh))
         for r in fresh:
             out[r.user_id] = r
