@@ -7,9 +7,9 @@ large board's call (bench/README.md, GetUserStatuses).
 
 Idle lines are kept by user id, and for each recent list of users as one
 list in order, into which a look sets its busy users' lines: a look's work
-follows its busy users, not all of them. Busy lines are kept by the whole status,
-its open activity's every field included, so a changed activity is a new
-key and no line can be stale. The caches are bounded; the metrics count the
+follows its busy users, not all of them. Busy lines are kept by the whole
+status, its open activity's every field included, so a changed activity is
+a new key and no line can be stale. The caches are bounded; the metrics count the
 lines answered as kept or encoded anew, which shows a site with more users
 on the clock than the caches hold.
 """
