@@ -1108,10 +1108,10 @@ class SqlActivityRepository(AccountScoped):
         # read-only unit of work (READ COMMITTED on PostgreSQL) an activity
         # may close, or another open, between the two reads.
         fresh = [r for r in map(_row_of, read) if lacking.get(r.id) == r.modified_at]
-        _OPEN_ROWS.keep(fresh, in_use=[*out.values(), *fresh])
-        _ROWS_READ.inc(len(fresh))
         for r in fresh:
             out[r.user_id] = r
+        _OPEN_ROWS.keep(fresh, in_use=out.values())  # read only if the store is cut
+        _ROWS_READ.inc(len(fresh))
         return out
 
     def open_many(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Activity]:
