@@ -33,7 +33,6 @@ from geopunch.domain.punches import (
     Activity,
     ActivityKind,
     ActivityRow,
-    PointFields,
     PunchKind,
     PunchLocation,
     PunchPoint,
@@ -586,33 +585,51 @@ def activity_json(a: Activity) -> dict[str, Json]:
 
 def activity_row_json(r: ActivityRow) -> dict[str, Json]:
     """``activity_json`` from the flat row: a listed page answers thousands
-    without making the objects of an Activity apiece."""
+    without making the objects of an Activity apiece. The row is unpacked
+    once, not sliced per end: a third of the time of building a page's
+    10,000 dicts (bench/README.md, HTTP list)."""
+    (
+        id_, time_clock_id, user_id, kind, job_id, break_type_id, scheduler_shift_id, from_shift,
+        s_ts, s_tz, s_addr, s_lat, s_lon, s_acc, s_src, s_fence,
+        e_ts, e_tz, e_addr, e_lat, e_lon, e_acc, e_src, e_fence,
+        created_at, modified_at, notes,
+    ) = r  # fmt: skip
     return {
-        "id": r.id,
-        "kind": "shift" if r.kind == ActivityKind.SHIFT.value else "manualBreak",
-        "timeClockId": r.time_clock_id,
-        "userId": r.user_id,
-        "start": _point_json(r[8:16]),
-        "end": _point_json(r[16:24]),
-        "isOpen": r.end_ts is None,
-        "jobId": r.job_id,
-        "manualBreakId": r.break_type_id,
-        "schedulerShiftId": r.scheduler_shift_id,
-        "isSwitchFromShift": r.from_shift_id is not None,
-        "notes": r.notes,
-        "createdAt": r.created_at,
-        "modifiedAt": r.modified_at,
+        "id": id_,
+        "kind": "shift" if kind == _SHIFT else "manualBreak",
+        "timeClockId": time_clock_id,
+        "userId": user_id,
+        "start": _point_json(s_ts, s_tz, s_addr, s_lat, s_lon, s_acc, s_src, s_fence),
+        "end": _point_json(e_ts, e_tz, e_addr, e_lat, e_lon, e_acc, e_src, e_fence),
+        "isOpen": e_ts is None,
+        "jobId": job_id,
+        "manualBreakId": break_type_id,
+        "schedulerShiftId": scheduler_shift_id,
+        "isSwitchFromShift": from_shift is not None,
+        "notes": notes,
+        "createdAt": created_at,
+        "modifiedAt": modified_at,
     }
 
 
-def _point_json(fields: PointFields) -> Json:
+_SHIFT = ActivityKind.SHIFT.value
+
+
+def _point_json(
+    ts: int | None,
+    tz: str | None,
+    address: str | None,
+    lat: float | None,
+    lon: float | None,
+    accuracy: float | None,
+    source: str | None,
+    geofence_id: str | None,
+) -> Json:
     """One end of a row (``point_fields``' order); None for an open end. A
     location is there when any of its address and coordinates is, as the
     row's ``activity()`` reads it."""
-    ts, tz, address, lat, lon, accuracy, source, geofence_id = fields
     if ts is None:
         return None
-    located = address is not None or lat is not None or lon is not None
     return {
         "timestamp": ts,
         "timezone": tz,
@@ -622,7 +639,7 @@ def _point_json(fields: PointFields) -> Json:
             "longitude": lon,
             "accuracy": accuracy,
         }
-        if located
+        if address is not None or lat is not None or lon is not None
         else None,
         "source": {"type": source},
         "geofenceId": geofence_id,

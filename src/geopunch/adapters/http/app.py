@@ -648,7 +648,7 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(
             {
-                "timeActivities": [answers.time_activity_row(r) for r in page.activities],
+                "timeActivities": answers.time_activity_rows(page.activities),
                 "nextPageToken": page.next_page_token or None,
                 "totals": None
                 if page.totals is None
