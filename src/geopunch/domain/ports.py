@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
@@ -23,7 +23,14 @@ from geopunch.domain.locations import (
     TrailVerdict,
 )
 from geopunch.domain.models import DayStatus, Geofence, TimeClock
-from geopunch.domain.punches import Activity, ActivityRow, PointVerdict, PunchPoint, PunchState
+from geopunch.domain.punches import (
+    Activity,
+    ActivityRow,
+    PointVerdict,
+    PunchPoint,
+    PunchState,
+    Span,
+)
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.domain.webhooks import Attempt, Subscription
 
@@ -174,6 +181,12 @@ class ActivityRepository(Protocol):
     def page_lines(self, q: PageQuery) -> EncodedPage:
         """The page's activities as the lines the store keeps for them (each
         the activity as a listed page of the gRPC API holds it), joined."""
+        ...
+
+    def spans(self, q: PageQuery) -> Iterator[list[Span]]:
+        """Every activity the page's window and filters hold (``after`` and
+        ``limit`` aside) as the five values totals need, in chunks of a
+        bounded size, in no particular order."""
         ...
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:

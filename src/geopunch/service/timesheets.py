@@ -32,7 +32,6 @@ from geopunch.domain.punches import (
 )
 from geopunch.domain.rules import Collector
 from geopunch.domain.timesheets import (
-    MAX_PAGE_SIZE,
     Board,
     Correction,
     ListQuery,
@@ -309,37 +308,21 @@ def list_time_activities(
         after = (cursor.start_ts, cursor.activity_id) if cursor is not None else None
         asked = PageQuery(tc.id, q.start_time, q.end_time, q.user_ids, jobs, after, size)
 
-        def page(after: tuple[int, str] | None, limit: int) -> list[ActivityRow]:
-            return uow.activities.page(asked._replace(after=after, limit=limit))
-
         lines = None
         if as_lines:
             encoded = uow.activities.page_lines(asked)
             lines, next_after = encoded.lines, encoded.next_after
             rows: list[ActivityRow] = []
         else:
-            rows = page(after, size + 1)
+            rows = uow.activities.page(asked._replace(limit=size + 1))
             next_after = (rows[size - 1].start_ts, rows[size - 1].id) if len(rows) > size else None
             rows = rows[:size]
         token = next_page_token(q, *next_after) if next_after is not None else ""
         summed = None
         if q.include_totals and cursor is None:
-
-            def to_the_end(read: list[ActivityRow], more: bool) -> list[ActivityRow]:
-                while more:
-                    chunk = page((read[-1].start_ts, read[-1].id), MAX_PAGE_SIZE)
-                    read += chunk
-                    more = len(chunk) == MAX_PAGE_SIZE
-                return read
-
-            if as_lines:  # the first page's rows again, whole
-                first = page(None, MAX_PAGE_SIZE)
-                everything = to_the_end(first, len(first) == MAX_PAGE_SIZE)
-            else:
-                everything = to_the_end(list(rows), next_after is not None)
-            summed = totals(
-                tc, (r.activity() for r in everything), q.start_time, q.end_time, int(clock.now())
-            )
+            # The whole window's activities, read in the same snapshot as the page.
+            spans = uow.activities.spans(asked)
+            summed = totals(tc, spans, q.start_time, q.end_time, int(clock.now()))
         return TimeActivityPage(rows, token, summed, lines)
 
 

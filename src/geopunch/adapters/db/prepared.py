@@ -176,6 +176,23 @@ class Prepared:
         cursor.close()
         return rows if c.results is None else [c.row(r) for r in rows]
 
+    def chunks(
+        self, conn: Connection, params: Mapping[str, Any], size: int, *, binary: bool = False
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """``all``'s rows in lists of at most ``size``, converted as they are
+        taken: a large answer is never Python objects all at once (psycopg's
+        cursor still holds the whole answer in libpq's compact form)."""
+        c = self._compile(conn)
+        if binary and conn.dialect.name == "postgresql":
+            cursor = driver(conn).execute(c.sql, c.args(params), binary=True)
+        else:
+            cursor = driver(conn).execute(c.sql, c.args(params))
+        try:
+            while rows := cursor.fetchmany(size):
+                yield rows if c.results is None else [c.row(r) for r in rows]
+        finally:
+            cursor.close()
+
     def mappings(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every row as a dict keyed by column name."""
         c = self._compile(conn)
