@@ -19,7 +19,9 @@ user and day a shift and the break after it (10,000 users x 30 days is
 - ``GetUserStatuses`` for every user (a third of them clocked in), against
   ``Ping``: the first look, looks with nothing changed between them, and
   looks with 1 % of the users punching between each two; and the same board
-  over HTTP (JSON) against gRPC looks alternating with it.
+  over HTTP (JSON) against gRPC looks alternating with it;
+- the first page with totals per user and day over the whole window, and the
+  first page over HTTP (JSON), against gRPC first pages alternating with them.
 
 Prints JSON with the figures and the ratios the issue sets bars for.
 """
@@ -267,6 +269,35 @@ def run(address: str, http_address: str, url: str, users: int, days: int) -> dic
             list_s.append(time.perf_counter() - t)
             assert listed == plain == seeded, (listed, plain, seeded)
 
+        # Payroll's read: the first page with each user's totals per day
+        # over the whole window; and the first page over HTTP (JSON), each
+        # alternating with the plain first page over gRPC.
+        with_totals = timeclock_pb2.ListTimeActivitiesRequest(
+            time_clock_id=TC,
+            start_time=window[0],
+            end_time=window[1],
+            page_size=10_000,
+            include_totals=True,
+        )
+        listing = lambda: tk.ListTimeActivities(first, metadata=AUTH, timeout=120)  # noqa: E731
+        with httpx.Client(
+            base_url=f"http://{http_address}", headers={"x-api-key": API_KEY}, timeout=120
+        ) as web:
+            params = {"startTime": window[0], "endTime": window[1], "pageSize": 10_000}
+            path = f"/time-clock/v1/time-clocks/{TC}/time-activities"
+            web_page = lambda: web.get(path, params=params).raise_for_status()  # noqa: E731
+            totals_ms: list[float] = []
+            http_page_ms: list[float] = []
+            grpc_page_ms: list[float] = []
+            for _ in range(5):
+                totals_ms += timed(
+                    lambda: tk.ListTimeActivities(with_totals, metadata=AUTH, timeout=300), 1
+                )
+                http_page_ms += timed(web_page, 1)
+                grpc_page_ms += timed(listing, 1)
+        reply = tk.ListTimeActivities(with_totals, metadata=AUTH, timeout=300)
+        assert len(reply.data.totals) == users
+
         for u in range(1, users + 1, 3):
             tk.ClockIn(timeclock_pb2.ClockInRequest(time_clock_id=TC, user_id=u), metadata=AUTH)
         statuses = timeclock_pb2.GetUserStatusesRequest(time_clock_id=TC)
@@ -325,6 +356,10 @@ def run(address: str, http_address: str, url: str, users: int, days: int) -> dic
         "first_page_p50_ms": p50(first_page_ms),
         "first_page_over_ping": round(p50(first_page_ms) / p50(ping_ms), 1),
         **before_vacuum,
+        "first_page_with_totals_p50_ms": p50(totals_ms),
+        "totals_over_first_page": round(p50(totals_ms) / p50(grpc_page_ms), 1),
+        "first_page_http_p50_ms": p50(http_page_ms),
+        "first_page_http_vs_grpc": round(p50(http_page_ms) / p50(grpc_page_ms), 2),
         "user_statuses_p50_ms": p50(status_ms),
         "user_statuses_over_ping": round(p50(status_ms) / p50(ping_ms), 1),
         "user_statuses_first_ms": round(first_status_ms[0], 3),
