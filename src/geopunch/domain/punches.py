@@ -186,13 +186,13 @@ class ActivityRow(NamedTuple):
         )
 
 
-#: One end of an :class:`ActivityRow`: timestamp, zone, address, latitude,
-#: longitude, accuracy, source, geofence id (all None for an open end).
 #: One activity as totals read it: user, kind, break type (None for a
 #: shift), start and end (None while open), as ``ActivityRepository.spans``
 #: gives it.
 Span = tuple[int, str, str | None, int, int | None]
 
+#: One end of an :class:`ActivityRow`: timestamp, zone, address, latitude,
+#: longitude, accuracy, source, geofence id (all None for an open end).
 PointFields = tuple[
     int | None,
     str | None,

@@ -829,7 +829,6 @@ def totals(
     arithmetic cost 12 us an activity (bench/README.md, totals)."""
     midnights, days = _midnights(ZoneInfo(tc.timezone), start, end)
     paid = {b.id for b in tc.manual_break_types if b.is_paid}
-    shift = ActivityKind.SHIFT.value
     users_seen, columns, los, his = [], [], [], []
     for chunk in spans:
         if not chunk:
@@ -840,7 +839,7 @@ def totals(
         columns.append(
             np.array(
                 [
-                    0 if k == shift else 1 if b in paid else 2
+                    0 if k == _SHIFT else 1 if b in paid else 2
                     for k, b in zip(kinds, breaks, strict=True)
                 ],
                 dtype=np.int64,
@@ -893,9 +892,7 @@ def totals(
                 worked,
                 paid_s,
                 unpaid,
-                tuple(map(_new_day, dated[begin:stop], *zip(*day_sums[begin:stop], strict=True)))
-                if stop > begin
-                else (),
+                tuple(map(_new_day, dated[begin:stop], *zip(*day_sums[begin:stop], strict=True))),
             )
         )
         begin = stop

@@ -168,10 +168,7 @@ class Prepared:
         SQLite), where a large ``bytea`` arrives as its bytes rather than as
         hex text twice its size (a listed page: 9-13 ms against 15-21)."""
         c = self._compile(conn)
-        if binary and conn.dialect.name == "postgresql":
-            cursor = driver(conn).execute(c.sql, c.args(params), binary=True)
-        else:
-            cursor = driver(conn).execute(c.sql, c.args(params))
+        cursor = self._read(conn, c, params, binary)
         rows = cursor.fetchall()
         cursor.close()
         return rows if c.results is None else [c.row(r) for r in rows]
@@ -183,15 +180,20 @@ class Prepared:
         taken: a large answer is never Python objects all at once (psycopg's
         cursor still holds the whole answer in libpq's compact form)."""
         c = self._compile(conn)
-        if binary and conn.dialect.name == "postgresql":
-            cursor = driver(conn).execute(c.sql, c.args(params), binary=True)
-        else:
-            cursor = driver(conn).execute(c.sql, c.args(params))
+        cursor = self._read(conn, c, params, binary)
         try:
             while rows := cursor.fetchmany(size):
                 yield rows if c.results is None else [c.row(r) for r in rows]
         finally:
             cursor.close()
+
+    @staticmethod
+    def _read(conn: Connection, c: _Compiled, params: Mapping[str, Any], binary: bool) -> Any:
+        """The statement's cursor, its results in PostgreSQL's binary format
+        when ``binary`` asks for it (see ``all``)."""
+        if binary and conn.dialect.name == "postgresql":
+            return driver(conn).execute(c.sql, c.args(params), binary=True)
+        return driver(conn).execute(c.sql, c.args(params))
 
     def mappings(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every row as a dict keyed by column name."""

@@ -848,9 +848,9 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
     """A listed page's statement, prepared once per shape (compiling it anew
     was a fifth of a page's read as lines). ``kind``: ``rows`` (whole rows),
     ``lines`` (whole rows, each followed by its line), ``spans`` (what
-    totals read, unordered), ``kept`` (the lines
-    alone), ``joined`` (the rows counted and their lines joined by SQLite)
-    or ``tail`` (a full page's last row and the one after it)."""
+    totals read, unordered), ``kept`` (the lines alone), ``joined`` (the
+    rows counted and their lines joined by SQLite) or ``tail`` (a full
+    page's last row and the one after it)."""
     a = activities.c
     where = [
         a.account_id == bindparam("acct"),
