@@ -3,8 +3,10 @@ in process: the gRPC servicer's method called directly (request decoding,
 checks, writes, events, the answer), without the transport.
 
     python3 dev.py run bench/activities_inproc.py [--calls 30]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-A fresh SQLite file as the server runs it (WAL, ``synchronous=FULL``), a
+A fresh SQLite file as the server runs it (WAL, ``synchronous=FULL``), or a
+PostgreSQL schema of its own, a
 time clock of 10,000 users held by the fence index as in the server, and
 each call the next day of ``bench/timesheets.py``'s history (500 users, a
 shift and a break each). In the same run the baseline of the issue's bar: a
@@ -27,11 +29,12 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from timesheets import DAY, PER_CALL, TC, Baseline, history, rows_like
+from timesheets import DAY, PER_CALL, TC, Baseline, history, rows_like, store
 
-from geopunch.adapters.db import store
+from geopunch.adapters.db import store as sql_store
 from geopunch.adapters.db.repositories import SqlActivityRepository
 from geopunch.adapters.db.store import SqlUnitOfWork
 from geopunch.adapters.grpc.auth import principal_var
@@ -80,9 +83,8 @@ def requests(calls: int) -> list[timeclock_pb2.CreateTimeActivitiesRequest]:
     return out
 
 
-def run(calls: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/activities.db"
+def run(calls: int, database_url: str | None, stored: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, store(database_url, Path(tmp)) as url:
         app = build_app(Config.from_env({"GEOPUNCH_DATABASE_URL": url}))
         clock = TimeClock(
             id=TC,
@@ -98,14 +100,18 @@ def run(calls: int) -> dict[str, Any]:
         servicer = TimeClockServicer(app.uows, app.index, SystemClock(), committer=None)  # type: ignore[arg-type]
         principal_var.set(Principal(DEFAULT_ACCOUNT, frozenset(Scope), "bench"))
         baseline = Baseline(url)
-        todo = requests(calls)
+        todo = requests(stored + calls)
+        for i, request in enumerate(todo[:stored]):  # the history a busy store holds
+            servicer.CreateTimeActivities(request, None)
+            baseline.keep_statistics((i + 1) * PER_CALL)
+        todo = todo[stored:]
         # As the server does once started: what set-up built is not walked by
         # every full collection.
         gc.collect()
         gc.freeze()
         _timed(SqlActivityRepository, "add_many", "activities_insert")
         # The events are written inside the commit (store.write_appended).
-        _timed(store, "write_appended", "events_insert")
+        _timed(sql_store, "write_appended", "events_insert")
         _timed(SqlUnitOfWork, "commit", "commit")
         call_ms, cpu_ms, plain_ms = [], [], []
         for i, request in enumerate(todo):
@@ -131,6 +137,7 @@ def run(calls: int) -> dict[str, Any]:
     writes = {label: p50(values) for label, values in sorted(_spent.items())}
     return {
         "calls": calls,
+        "stored_first": stored * PER_CALL,
         "create_1000_p50_ms": p50(call_ms),
         "create_1000_cpu_p50_ms": p50(cpu_ms),
         "writes_p50_ms": writes,
@@ -144,8 +151,12 @@ def run(calls: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--database-url", default=None, help="PostgreSQL; default: SQLite")
+    ap.add_argument(
+        "--stored", type=int, default=0, help="calls' worth of history stored first, untimed"
+    )
     args = ap.parse_args()
-    print(json.dumps(run(args.calls), indent=2))
+    print(json.dumps(run(args.calls, args.database_url, args.stored), indent=2))
 
 
 if __name__ == "__main__":

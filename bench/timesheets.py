@@ -7,7 +7,8 @@ Starts ``geopunch serve`` on a fresh store (SQLite with synchronous=FULL, or a
 PostgreSQL schema of its own), creates a time clock with ``--users`` users and
 records ``--days`` days of history through ``CreateTimeActivities``: for each
 user and day a shift and the break after it (10,000 users x 30 days is
-600,000 activities), 1,000 activities a call. Then:
+600,000 activities), 1,000 activities a call; on PostgreSQL with an
+``ANALYZE`` between calls wherever autovacuum would have run one. Then:
 
 - ``CreateTimeActivities`` of 1,000 activities, against a plain
   ``executemany`` of the same rows in one durable transaction on the same
@@ -137,6 +138,7 @@ class Baseline:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
         self.mark = "%s" if self.pg else "?"
+        self.analyzed = 0  # rows seen by the last ANALYZE
         cur = self.conn.cursor()
         cur.execute(
             "CREATE TABLE bench_activities AS SELECT * FROM activities WHERE 1 = 0"
@@ -153,6 +155,17 @@ class Baseline:
             cur.execute("BEGIN IMMEDIATE")
         cur.executemany(f"INSERT INTO bench_activities ({COLUMNS}) VALUES ({marks})", rows)
         self.conn.commit() if self.pg else cur.execute("COMMIT")
+
+    def keep_statistics(self, rows: int) -> None:
+        """Between two seeding calls, an ``ANALYZE`` wherever autovacuum's
+        rule (its defaults: 50 rows changed plus a tenth of the table) would
+        have run one. This machine's PostgreSQL runs with autovacuum off;
+        without statistics a call's overlap check read the time clock's whole
+        history and each call grew with it (docs/operations.md)."""
+        if self.pg and rows - self.analyzed > 50 + self.analyzed // 10:
+            self.conn.execute("ANALYZE activities, events")
+            self.conn.commit()
+            self.analyzed = rows
 
     def analyze(self) -> None:
         """Planner statistics for the rows just loaded, as autovacuum would
@@ -221,6 +234,7 @@ def run(address: str, http_address: str, url: str, users: int, days: int) -> dic
             reply = tk.CreateTimeActivities(req, metadata=AUTH, timeout=120)
             create_ms.append((time.perf_counter() - t) * 1000)
             seeded += len(reply.data.time_activities)
+            baseline.keep_statistics(seeded)
             if len(insert_ms) < 50:  # the baseline, interleaved with the calls
                 rows = rows_like(reply, f"-{len(insert_ms)}")
                 insert_ms += timed(lambda rows=rows: baseline.insert(rows), 1)

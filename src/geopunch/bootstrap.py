@@ -22,6 +22,7 @@ from geopunch.adapters.db.store import (
     make_engine,
     migrate,
     sqlite_file,
+    statistics_off,
 )
 from geopunch.adapters.grpc.locations import LocationServicer
 from geopunch.adapters.grpc.scheduling import SchedulerServicer
@@ -157,6 +158,12 @@ def build_app(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},
     )
+    if off := statistics_off(engine):
+        log.warning(
+            "PostgreSQL gathers no planner statistics by itself: run ANALYZE after "
+            "imports and regularly, or reads slow down as the history grows",
+            extra={"fields": {"off": off}},
+        )
     uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes, on_subscriptions)
     index = index if index is not None else AccountFences()
     started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import random
 import string
 import threading
@@ -31,8 +32,11 @@ from geopunch.adapters.db.store import (
     current_revision,
     fence_snapshot_reader,
     migrate,
+    statistics_off,
 )
 from geopunch.adapters.db.tables import LONGEST_KEPT_LINE
+from geopunch.bootstrap import build_app
+from geopunch.config import Config
 from geopunch.domain.accounts import DEFAULT_ACCOUNT
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.domain.locations import FenceRows
@@ -1344,3 +1348,28 @@ def test_event_payloads_take_numpy_numbers_and_store_nan_as_null(engine: Engine)
     assert b'"payload":{"distance":12.5,"fences":3,"gap":null,"7":"\xc3\xa9"}' in json_bytes(
         event_json(stored)
     )
+
+
+def test_start_warns_when_postgresql_gathers_no_statistics(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read through SHOW, not pg_settings as the check does; this machine's
+    # PostgreSQL runs with autovacuum off, so the warning's case is met here.
+    expected: list[str] = []
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            for name in ("autovacuum", "track_counts"):
+                if conn.execute(text(f"SHOW {name}")).scalar() == "off":
+                    expected.append(name)
+    assert statistics_off(engine) == expected
+    with caplog.at_level(logging.WARNING, logger="geopunch"):
+        app = build_app(
+            Config.from_env(
+                {"GEOPUNCH_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+            )
+        )
+    app.engine.dispose()
+    warned = [r for r in caplog.records if "planner statistics" in r.getMessage()]
+    assert len(warned) == (1 if expected else 0)
+    if expected:
+        assert warned[0].fields == {"off": expected}  # type: ignore[attr-defined]

@@ -207,6 +207,25 @@ def migrate(engine: Engine) -> str:
     return current_revision(engine)
 
 
+def statistics_off(engine: Engine) -> list[str]:
+    """The PostgreSQL settings that keep planner statistics from being
+    gathered by themselves (empty elsewhere, and where they are on).
+
+    Without statistics PostgreSQL takes an equality on a time clock for a
+    handful of rows and may read by the index by start, every activity of
+    the clock, where a few users' were wanted: ``CreateTimeActivities`` and
+    a punch's state read then grow with the whole history
+    (bench/README.md)."""
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.connect() as conn:
+        values = driver(conn).execute(
+            "SELECT name FROM pg_settings "
+            "WHERE name IN ('autovacuum', 'track_counts') AND setting = 'off' ORDER BY name"
+        )
+        return [name for (name,) in values.fetchall()]
+
+
 def current_revision(engine: Engine) -> str:
     """The revision alembic recorded in the store ("" before the first one)."""
     with engine.connect() as conn:
