@@ -247,14 +247,17 @@ def run(address: str, http_address: str, url: str, users: int, days: int) -> dic
         ping_ms = timed(ping, 300)
 
         window = (first_day, first_day + (days + 1) * DAY)
-        first = timeclock_pb2.ListTimeActivitiesRequest(
-            time_clock_id=TC, start_time=window[0], end_time=window[1], page_size=10_000
-        )
+
+        def page_request(**more: Any) -> timeclock_pb2.ListTimeActivitiesRequest:
+            return timeclock_pb2.ListTimeActivitiesRequest(
+                time_clock_id=TC, start_time=window[0], end_time=window[1], page_size=10_000, **more
+            )
+
+        first = page_request()
+        listing = lambda: tk.ListTimeActivities(first, metadata=AUTH, timeout=120)  # noqa: E731
         # On PostgreSQL, the first page before vacuum has marked the freshly
         # loaded table all-visible: each row then read from the table too.
-        unvacuumed_ms = (
-            timed(lambda: tk.ListTimeActivities(first, metadata=AUTH), 20) if baseline.pg else []
-        )
+        unvacuumed_ms = timed(listing, 20) if baseline.pg else []
         baseline.vacuum()
         read_s = []
         list_s = []
@@ -267,15 +270,10 @@ def run(address: str, http_address: str, url: str, users: int, days: int) -> dic
             t = time.perf_counter()
             token, listed = "", 0
             while True:
-                req = timeclock_pb2.ListTimeActivitiesRequest(
-                    time_clock_id=TC,
-                    start_time=window[0],
-                    end_time=window[1],
-                    page_size=10_000,
-                    page_token=token,
-                )
                 t_page = time.perf_counter()
-                page = tk.ListTimeActivities(req, metadata=AUTH, timeout=120)
+                page = tk.ListTimeActivities(
+                    page_request(page_token=token), metadata=AUTH, timeout=120
+                )
                 if not token:
                     first_page_ms.append((time.perf_counter() - t_page) * 1000)
                 listed += len(page.data.time_activities)
@@ -292,20 +290,13 @@ def run(address: str, http_address: str, url: str, users: int, days: int) -> dic
         warm_page_ms: list[float] = []
         warm_ping_ms: list[float] = []
         for _ in range(20):
-            warm_page_ms += timed(lambda: tk.ListTimeActivities(first, metadata=AUTH), 1)
+            warm_page_ms += timed(listing, 1)
             warm_ping_ms += timed(ping, 5)
 
         # Payroll's read: the first page with each user's totals per day
         # over the whole window; and the first page over HTTP (JSON), each
         # alternating with the plain first page over gRPC.
-        with_totals = timeclock_pb2.ListTimeActivitiesRequest(
-            time_clock_id=TC,
-            start_time=window[0],
-            end_time=window[1],
-            page_size=10_000,
-            include_totals=True,
-        )
-        listing = lambda: tk.ListTimeActivities(first, metadata=AUTH, timeout=120)  # noqa: E731
+        with_totals = page_request(include_totals=True)
         with httpx.Client(
             base_url=f"http://{http_address}", headers={"x-api-key": API_KEY}, timeout=120
         ) as web:
