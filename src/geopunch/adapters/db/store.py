@@ -167,6 +167,31 @@ if TYPE_CHECKING:
 HEAD_REVISION = "0015"
 
 
+#: Session-scoped advisory lock that gives the processes migrating one
+#: PostgreSQL schema turns (keyed by the schema: stores in other schemas of
+#: the database migrate at the same time). Session-scoped, since some
+#: revisions commit part way: an index built CONCURRENTLY cannot run in a
+#: transaction.
+_MIGRATION_TURN = (
+    "SELECT pg_try_advisory_lock(hashtextextended('geopunch migrate ' || current_schema(), 0))"
+)
+
+
+def _wait_for_migration_turn(conn: Connection) -> None:
+    """Take the migration lock, trying again every 0.2 s. Not a blocking
+    ``pg_advisory_lock``: a waiting statement holds a snapshot, and an index
+    built CONCURRENTLY by the process migrating waits for every older
+    snapshot to go, which would be a deadlock."""
+    waiting = False
+    while not conn.exec_driver_sql(_MIGRATION_TURN).scalar():
+        conn.commit()
+        if not waiting:
+            log.info("another process is migrating the store; waiting for it")
+            waiting = True
+        time.sleep(0.2)
+    conn.commit()
+
+
 def _alembic_config(conn: Connection) -> AlembicConfig:
     from alembic.config import Config as AlembicConfig
 
@@ -188,9 +213,18 @@ def migrate(engine: Engine) -> str:
         if sqlite:
             # Revisions that rebuild tables drop and recreate parents of
             # foreign keys; SQLite takes this pragma only outside a transaction.
+            # Processes on one file take turns at the writer lock.
             driver(conn).execute("PRAGMA foreign_keys=OFF")
+        else:
+            # Replicas started together would each run the same revisions,
+            # and all but one fail on what the first created. The first to
+            # take this lock migrates; the others wait, then find the
+            # revision they wanted.
+            _wait_for_migration_turn(conn)
         try:
             before = MigrationContext.configure(conn).get_current_revision()
+            if not sqlite:
+                conn.commit()  # alembic then keeps its own transaction, as autocommit_block needs
             command.upgrade(_alembic_config(conn), "head")
             # Only after a revision ran: the check reads every row that has a
             # foreign key, which a large store would pay on every start-up.
@@ -204,6 +238,10 @@ def migrate(engine: Engine) -> str:
             if sqlite:
                 conn.rollback()
                 driver(conn).execute("PRAGMA foreign_keys=ON")
+            else:
+                # Ending the session releases the lock whatever state a
+                # failed revision left the connection in.
+                conn.invalidate()
     return current_revision(engine)
 
 

@@ -3,6 +3,10 @@ columns (geopunch.adapters.activity_messages), and written here for the rows
 already stored. On SQLite the index by start becomes one that holds the lines
 too (see tables.py).
 
+Stop the servers of the release before first: the table stays locked while
+its rows are encoded, and a server that does not know the line would change
+a row without it (docs/operations.md, Upgrading).
+
 Revision ID: 0014
 Revises: 0013
 """

@@ -1,0 +1,202 @@
+"""Migrating a store that other processes use: replicas started together on
+one store, and a PostgreSQL index rebuilt while servers keep writing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, create_engine, text
+
+from geopunch.adapters.db.store import HEAD_REVISION, _alembic_config, make_engine, migrate
+from geopunch.domain.punches import Activity, ActivityKind, PunchPoint
+from tests.helpers import AccountStore, eventually, pg_schema
+from tests.integration.test_store import TC
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty store, never migrated."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    with pg_schema() as url:
+        yield url
+
+
+def _migrating(url: str) -> subprocess.Popen[str]:
+    """A process that migrates the store, as a server does at start."""
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from geopunch.adapters.db.store import make_engine, migrate\n"
+        f"print(migrate(make_engine({url!r})))\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finished(procs: list[subprocess.Popen[str]]) -> list[str]:
+    """Each process's stderr, once all ended at the newest revision."""
+    logs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == HEAD_REVISION
+        logs.append(err)
+    return logs
+
+
+def test_replicas_started_together_migrate_one_store(store_url: str) -> None:
+    """Before the migration lock, all but one of four PostgreSQL replicas
+    failed here on a table or type another had just created."""
+    _finished([_migrating(store_url) for _ in range(4)])
+    engine = make_engine(store_url)
+    try:
+        assert migrate(engine) == HEAD_REVISION
+    finally:
+        engine.dispose()
+
+
+def _activity(n: int) -> Activity:
+    start = 1_700_000_000 + n * 3600
+    return Activity(
+        id=f"shift-{n}",
+        time_clock_id=TC.id,
+        user_id=1 + n % 3,
+        kind=ActivityKind.SHIFT,
+        start=PunchPoint(start, "UTC"),
+        end=PunchPoint(start + 1800, "UTC"),
+        job_id="a",
+        created_at=start,
+        modified_at=start,
+    )
+
+
+@pytest.fixture
+def at_0014() -> Iterator[tuple[str, Engine]]:
+    """A PostgreSQL store at revision 0014 holding a few activities."""
+    with pg_schema() as url:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                command.upgrade(_alembic_config(conn), "0014")
+                conn.commit()
+            with AccountStore(engine)() as uow:
+                uow.time_clocks.add(TC)
+                uow.activities.add_many([_activity(n) for n in range(30)])
+                uow.commit()
+            yield url, engine
+        finally:
+            engine.dispose()
+
+
+def _by_start(engine: Engine) -> list[tuple[str, str, bool]]:
+    """The activities' indexes by start: name, definition, valid."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid "
+                "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE i.indrelid = 'activities'::regclass "
+                "AND c.relname LIKE 'ix_activities_start%' ORDER BY c.relname"
+            )
+        ).all()
+    return [(name, ddl, valid) for name, ddl, valid in rows]
+
+
+def _holds_the_head_index(engine: Engine) -> None:
+    [(name, ddl, valid)] = _by_start(engine)
+    assert name == "ix_activities_start" and valid
+    assert "(account_id, time_clock_id, start_ts, id) INCLUDE (end_ts, encoded)" in ddl
+
+
+@pytest.mark.postgres
+def test_writers_go_on_while_a_stored_index_is_rebuilt(at_0014: tuple[str, Engine]) -> None:
+    """Revision 0015 rebuilds the index by start of a populated table. A
+    server of the release before, still running, holds a write transaction
+    open; the build waits for it, and meanwhile another writer is served at
+    once. A plain rebuild's lock request would queue every writer behind it.
+    A second replica starting at the same time waits its turn (it must not
+    hold a snapshot the build would wait for: a deadlock)."""
+    url, engine = at_0014
+    pg = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with pg.connect() as holder:
+            holder.exec_driver_sql("BEGIN")
+            holder.exec_driver_sql("LOCK TABLE activities IN ROW EXCLUSIVE MODE")
+            holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            procs += [_migrating(url), _migrating(url)]
+
+            def build_waits() -> bool:
+                with pg.connect() as probe:
+                    return bool(
+                        probe.exec_driver_sql(
+                            "SELECT EXISTS (SELECT FROM pg_stat_activity "
+                            "WHERE %(holder)s = ANY(pg_blocking_pids(pid)))",
+                            {"holder": holder_pid},
+                        ).scalar()
+                    )
+
+            eventually(build_waits, 60, "the migration waiting for the open transaction")
+            with pg.connect() as writer:
+                writer.exec_driver_sql("SET lock_timeout = '5s'")
+                writer.exec_driver_sql("BEGIN")
+                writer.exec_driver_sql(
+                    "UPDATE activities SET notes = 'corrected' WHERE id = 'shift-1'"
+                )
+                writer.exec_driver_sql("COMMIT")
+            time.sleep(0.3)  # the second replica is still waiting, not failed
+            assert all(proc.poll() is None for proc in procs)
+            holder.exec_driver_sql("COMMIT")
+        logs = _finished(procs)
+    finally:
+        pg.dispose()
+        for proc in procs:
+            proc.kill()
+    assert sum("another process is migrating" in log for log in logs) == 1
+    _holds_the_head_index(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(
+            "SELECT notes FROM activities WHERE id = 'shift-1'"
+        ).scalar() == ("corrected")
+
+
+@pytest.mark.postgres
+def test_a_rebuild_stopped_part_way_is_finished_by_the_next_start(
+    at_0014: tuple[str, Engine],
+) -> None:
+    """A build cut short (a killed process, a cancelled statement) leaves an
+    invalid index under the new name; the next start drops it and builds
+    again. Down to 0014 and up again leaves the same index."""
+    _, engine = at_0014
+    pg = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        with pg.connect() as conn, pytest.raises(Exception, match="could not create unique"):
+            # Duplicate clocks fail a unique build after its catalog entry exists.
+            conn.exec_driver_sql(
+                "CREATE UNIQUE INDEX CONCURRENTLY ix_activities_start_next "
+                "ON activities (time_clock_id)"
+            )
+    finally:
+        pg.dispose()
+    assert [(n, v) for n, _, v in _by_start(engine)] == [
+        ("ix_activities_start", True),
+        ("ix_activities_start_next", False),
+    ]
+    assert migrate(engine) == HEAD_REVISION
+    _holds_the_head_index(engine)
+    with engine.connect() as conn:
+        command.downgrade(_alembic_config(conn), "0014")
+        conn.commit()
+    [(_, ddl, valid)] = _by_start(engine)
+    assert valid and "INCLUDE" not in ddl
+    assert migrate(engine) == HEAD_REVISION
+    _holds_the_head_index(engine)
