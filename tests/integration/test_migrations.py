@@ -13,7 +13,14 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, create_engine, text
 
-from geopunch.adapters.db.store import HEAD_REVISION, _alembic_config, make_engine, migrate
+from geopunch.adapters.db.store import (
+    HEAD_REVISION,
+    StoreFromANewerRelease,
+    _alembic_config,
+    current_revision,
+    make_engine,
+    migrate,
+)
 from geopunch.domain.punches import Activity, ActivityKind, PunchPoint
 from tests.helpers import AccountStore, eventually, pg_schema
 from tests.integration.test_store import TC
@@ -200,3 +207,73 @@ def test_a_rebuild_stopped_part_way_is_finished_by_the_next_start(
     assert valid and "INCLUDE" not in ddl
     assert migrate(engine) == HEAD_REVISION
     _holds_the_head_index(engine)
+
+
+def _geopunch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geopunch", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_store_from_a_newer_release_is_refused_with_a_plain_message(store_url: str) -> None:
+    """An older release started on a store a newer one migrated (a rollback
+    of the binary alone) stops at once, saying what to do, where alembic's
+    own error named a revision it could not locate."""
+    engine = make_engine(store_url)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+        with pytest.raises(
+            StoreFromANewerRelease, match=rf"revision 9999, newer .* \({HEAD_REVISION}\)"
+        ):
+            migrate(engine)
+    finally:
+        engine.dispose()
+    serve = _geopunch(
+        "serve",
+        "--database-url",
+        store_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    )
+    assert serve.returncode == 2
+    assert (
+        serve.stderr.strip()
+        .splitlines()[-1]
+        .startswith("geopunch: the store is at schema revision 9999")
+    )
+
+
+def test_the_store_goes_back_to_an_older_release_and_forward_again(store_url: str) -> None:
+    """Every revision back to the accounts (0007) has a way down that keeps
+    the stored activities; 0007 has none, and asking to cross it changes
+    nothing."""
+    done = _geopunch("migrate", "--database-url", store_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"store at schema revision {HEAD_REVISION}"
+    engine = make_engine(store_url)
+    try:
+        stored = [_activity(n) for n in range(30)]
+        with AccountStore(engine)() as uow:
+            uow.time_clocks.add(TC)
+            uow.activities.add_many(stored)
+            uow.commit()
+        assert migrate(engine, "0007") == "0007"
+        assert migrate(engine) == HEAD_REVISION
+        with AccountStore(engine)(readonly=True) as uow:
+            back = [a for user in (1, 2, 3) for a in uow.activities.list_for(TC.id, user)]
+        assert sorted(back, key=lambda a: a.id) == sorted(stored, key=lambda a: a.id)
+
+        refused = _geopunch("migrate", "--database-url", store_url, "--to", "0006")
+        assert refused.returncode == 2
+        assert refused.stderr.strip().splitlines()[-1] == (
+            "geopunch: cannot go back to 0006: accounts cannot be folded back into one namespace"
+        )
+        assert current_revision(engine) == HEAD_REVISION
+        unknown = _geopunch("migrate", "--database-url", store_url, "--to", "0999")
+        assert unknown.returncode == 2 and "no schema revision '0999'" in unknown.stderr
+    finally:
+        engine.dispose()

@@ -1,4 +1,4 @@
-"""Command line: ``geopunch serve``, ``accounts``, ``keys`` and ``trails``
+"""Command line: ``geopunch serve``, ``migrate``, ``accounts``, ``keys`` and ``trails``
 (also ``python -m geopunch ...``)."""
 
 from __future__ import annotations
@@ -114,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _trails_parser(sub)
     _account_parsers(sub)
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring the store's schema to a revision (the newest by default) and exit",
+        description=(
+            "Servers migrate the store forward at start; this does it beforehand, or takes "
+            "it back to an older release's revision (run with the newer release)."
+        ),
+    )
+    migrate.add_argument("--to", help="schema revision, e.g. 0014 (default: the newest)")
+    _database_option(migrate)
     return parser
 
 
@@ -211,6 +221,33 @@ def _hide_from_process_list(secret: str) -> None:
     setproctitle.setproctitle(title)
 
 
+def _migrate(database_url: str | None, to: str | None) -> int:
+    import os
+
+    from geopunch.adapters.db.store import (
+        HEAD_REVISION,
+        StoreFromANewerRelease,
+        make_engine,
+        migrate,
+    )
+
+    setup_logging("INFO")
+    url = database_url or os.environ.get("GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+    engine = make_engine(url, pool_size=1)
+    try:
+        revision = migrate(engine, to or HEAD_REVISION)
+    except (StoreFromANewerRelease, ValueError) as exc:
+        print(f"geopunch: {exc}", file=sys.stderr)
+        return 2
+    except NotImplementedError as exc:  # a revision without a way back; its transaction undone
+        print(f"geopunch: cannot go back to {to}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"store at schema revision {revision}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -253,19 +290,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-        if config.processes > 1:
-            from geopunch.entrypoints.supervisor import serve_processes
+        from geopunch.adapters.db.store import StoreFromANewerRelease
 
-            serve_processes(config, ready)
-        else:
-            from geopunch.entrypoints.server import serve  # grpc loads only when serving
+        try:
+            if config.processes > 1:
+                from geopunch.entrypoints.supervisor import serve_processes
 
-            serve(config, ready)
+                serve_processes(config, ready)
+            else:
+                from geopunch.entrypoints.server import serve  # grpc loads only when serving
+
+                serve(config, ready)
+        except StoreFromANewerRelease as exc:
+            print(f"geopunch: {exc}", file=sys.stderr)
+            return 2
         return 0
+    if args.command == "migrate":
+        return _migrate(args.database_url, args.to)
     if args.command in ("accounts", "keys"):
+        from geopunch.adapters.db.store import StoreFromANewerRelease
         from geopunch.entrypoints.accounts_cli import run as run_accounts
 
-        return run_accounts(args)
+        try:
+            return run_accounts(args)
+        except StoreFromANewerRelease as exc:
+            print(f"geopunch: {exc}", file=sys.stderr)
+            return 2
     if args.command == "trails":
         try:
             from geopunch.entrypoints.trails_cli import run

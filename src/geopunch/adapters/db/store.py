@@ -201,9 +201,10 @@ def _alembic_config(conn: Connection) -> AlembicConfig:
     return cfg
 
 
-def migrate(engine: Engine) -> str:
-    """Bring the schema forward to the newest revision; return that revision."""
-    if current_revision(engine) == HEAD_REVISION:
+def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
+    """Bring the schema to revision ``to``, forward or back (the newest by
+    default); return the store's revision."""
+    if to == HEAD_REVISION and current_revision(engine) == HEAD_REVISION:
         return HEAD_REVISION
     from alembic import command
     from alembic.runtime.migration import MigrationContext
@@ -223,9 +224,24 @@ def migrate(engine: Engine) -> str:
             _wait_for_migration_turn(conn)
         try:
             before = MigrationContext.configure(conn).get_current_revision()
+            order = _revisions(conn)
+            if before is not None and before not in order:
+                raise StoreFromANewerRelease(
+                    f"the store is at schema revision {before}, newer than this release's "
+                    f"newest ({HEAD_REVISION}): run the release that migrated it (or newer), "
+                    "or take the store back to this one's with that release "
+                    f"(geopunch migrate --to {HEAD_REVISION})"
+                )
+            if to not in order:
+                raise ValueError(
+                    f"no schema revision {to!r}: this release knows {order[0]}..{order[-1]}"
+                )
             if not sqlite:
                 conn.commit()  # alembic then keeps its own transaction, as autocommit_block needs
-            command.upgrade(_alembic_config(conn), "head")
+            if before is not None and order.index(to) < order.index(before):
+                command.downgrade(_alembic_config(conn), to)
+            else:
+                command.upgrade(_alembic_config(conn), to)
             # Only after a revision ran: the check reads every row that has a
             # foreign key, which a large store would pay on every start-up.
             moved = MigrationContext.configure(conn).get_current_revision() != before
@@ -243,6 +259,19 @@ def migrate(engine: Engine) -> str:
                 # failed revision left the connection in.
                 conn.invalidate()
     return current_revision(engine)
+
+
+class StoreFromANewerRelease(RuntimeError):
+    """The store is at a revision this release does not know: a newer release
+    migrated it, and this one may not read what that one wrote."""
+
+
+def _revisions(conn: Connection) -> list[str]:
+    """This release's revisions, oldest first (the history is one line)."""
+    from alembic.script import ScriptDirectory
+
+    newest_first = ScriptDirectory.from_config(_alembic_config(conn)).walk_revisions()
+    return [s.revision for s in reversed(list(newest_first))]
 
 
 def statistics_off(engine: Engine) -> list[str]:
