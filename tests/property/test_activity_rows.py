@@ -11,6 +11,7 @@ keeps; it must be the bytes of the message built whole.
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from geopunch.domain.timesheets import (
     UserState,
     UserStatus,
     UserTotals,
+    WindowTotals,
     activity_json,
     activity_row_json,
 )
@@ -174,6 +176,26 @@ _totals = st.lists(
 )
 
 
+def _columns(totals: list[UserTotals]) -> WindowTotals:
+    """The same totals as ``totals()`` gives them, columns (any days, any order)."""
+    days = sorted({d.day for t in totals for d in t.days})
+    cells = [
+        (days.index(d.day), d.worked_s, d.paid_break_s, d.unpaid_break_s)
+        for t in totals
+        for d in t.days
+    ]
+    sums = [(t.worked_s, t.paid_break_s, t.unpaid_break_s) for t in totals]
+    window = WindowTotals(
+        days,
+        np.array([t.user_id for t in totals], dtype=np.int64),
+        np.array(sums, dtype=np.int64).reshape(-1, 3),
+        np.array(cells, dtype=np.int64).reshape(-1, 4),
+        np.cumsum([len(t.days) for t in totals], dtype=np.int64),
+    )
+    assert window.per_user() == totals
+    return window
+
+
 @given(st.lists(_rows(), max_size=8), st.text(max_size=40), st.text(max_size=60), _totals)
 def test_a_page_joined_from_stored_lines_is_the_answer_built_whole(
     rows: list[ActivityRow], request_id: str, token: str, totals: list[UserTotals]
@@ -184,9 +206,21 @@ def test_a_page_joined_from_stored_lines_is_the_answer_built_whole(
         fill_activity_row(data.time_activities.add(), row)
     data.next_page_token = token
     rest = timeclock_pb2.ListTimeActivitiesResponse.Data(next_page_token=token)
-    for t in totals:
-        fill_totals(data.totals.add(), t)
-        fill_totals(rest.totals.add(), t)
+    for t in totals:  # each user's message built from its objects, field by field
+        out = data.totals.add(
+            user_id=t.user_id,
+            worked_seconds=t.worked_s,
+            paid_break_seconds=t.paid_break_s,
+            unpaid_break_seconds=t.unpaid_break_s,
+        )
+        for d in t.days:
+            out.days.add(
+                date=d.day.isoformat(),
+                worked_seconds=d.worked_s,
+                paid_break_seconds=d.paid_break_s,
+                unpaid_break_seconds=d.unpaid_break_s,
+            )
+    fill_totals(rest.totals, _columns(totals))
     joined = encode_page(request_id, b"".join(map(encode_line, rows)), rest)
     assert timeclock_pb2.ListTimeActivitiesResponse.FromString(joined) == whole
     if rows or token or totals:  # an empty ``data`` is sent as present and empty

@@ -222,7 +222,8 @@ class TimesheetMachine(RuleBasedStateMachine):
         now = self.now()
         query = ListQuery(TC, *WINDOW, page_size=5, include_totals=True)
         page = timesheets.list_time_activities(self.uows, None, self.clock, 1, query)
-        totals = {t.user_id: t for t in page.totals or ()}
+        assert page.totals is not None
+        totals = {t.user_id: t for t in page.totals.per_user()}
         listed = [r.activity() for r in page.activities]
         while page.next_page_token:
             query = ListQuery(TC, *WINDOW, page_size=5, page_token=page.next_page_token)

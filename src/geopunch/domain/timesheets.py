@@ -816,9 +816,45 @@ class UserTotals:
     days: tuple[DayTotals, ...]
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowTotals:
+    """A window's totals as columns: every user with an activity (ascending)
+    and the window's sums of each, then each (user, day) that counted a
+    second, in that order. Kept as arrays rather than a ``UserTotals`` a user
+    and a ``DayTotals`` a day: a month of 10,000 users is 300,000 days, and
+    holding as many Python objects at once set off the cyclic collector's
+    full passes, half the time of a call (bench/README.md, totals).
+    ``per_user`` makes the objects."""
+
+    #: The window's days in the time clock's zone; ``cells[:, 0]`` indexes it.
+    days: list[date]
+    user_ids: np.ndarray  # (users,) int64
+    #: (users, 3) int64: worked, paid break, unpaid break seconds.
+    sums: np.ndarray
+    #: (cells, 4) int64: day index, worked, paid break, unpaid break seconds.
+    cells: np.ndarray
+    #: (users,) int64: where each user's cells end (its first is the last's end).
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def per_user(self) -> list[UserTotals]:
+        dated = [self.days[d] for d in self.cells[:, 0].tolist()]
+        day_sums = self.cells[:, 1:].tolist()
+        out, begin = [], 0
+        for user_id, (worked, paid, unpaid), stop in zip(
+            self.user_ids.tolist(), self.sums.tolist(), self.ends.tolist(), strict=True
+        ):
+            days = map(_new_day, dated[begin:stop], *zip(*day_sums[begin:stop], strict=True))
+            out.append(UserTotals(user_id, worked, paid, unpaid, tuple(days)))
+            begin = stop
+        return out
+
+
 def totals(
     tc: TimeClock, spans: Iterable[Sequence[Span]], start: int, end: int, now: int
-) -> list[UserTotals]:
+) -> WindowTotals:
     """Worked and break seconds per user and day within ``[start, end)``, days
     cut at midnight in the time clock's zone; open activities count to
     ``now``. ``spans``: the activities in chunks, in any order. Every user
@@ -849,8 +885,10 @@ def totals(
         his.append(
             np.minimum(np.array([now if e is None else e for e in ends], dtype=np.int64), end)
         )
+    n_days = len(days)
     if not users_seen:
-        return []
+        none = np.empty(0, np.int64)
+        return WindowTotals(days, none, none.reshape(0, 3), none.reshape(0, 4), none)
     ids, user = np.unique(np.concatenate(users_seen), return_inverse=True)
     column, lo, hi = np.concatenate(columns), np.concatenate(los), np.concatenate(his)
     counted = lo < hi
@@ -859,7 +897,6 @@ def totals(
     # first day to the last day it has a second in.
     first = np.searchsorted(midnights, lo, side="right") - 1
     last = np.searchsorted(midnights, hi, side="left") - 1
-    n_days = len(days)
     cells, cut = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     crossing = np.arange(len(lo))
     k = 0
@@ -876,27 +913,16 @@ def totals(
         np.concatenate(cells), np.concatenate(cut), minlength=len(ids) * n_days * 3
     )
     table = summed.astype(np.int64).reshape(len(ids), n_days, 3)
-    per_user = table.sum(axis=1).tolist()
     # The days that counted a second, in (user, day) order, and where each
     # user's run of them ends.
     us, ds = np.nonzero(table.any(axis=2))
-    day_sums = table[us, ds].tolist()
-    ends = np.searchsorted(us, np.arange(1, len(ids) + 1)).tolist()
-    dated = [days[d] for d in ds.tolist()]
-    result = []
-    begin = 0
-    for user_id, (worked, paid_s, unpaid), stop in zip(ids.tolist(), per_user, ends, strict=True):
-        result.append(
-            UserTotals(
-                user_id,
-                worked,
-                paid_s,
-                unpaid,
-                tuple(map(_new_day, dated[begin:stop], *zip(*day_sums[begin:stop], strict=True))),
-            )
-        )
-        begin = stop
-    return result
+    return WindowTotals(
+        days,
+        ids,
+        table.sum(axis=1),
+        np.column_stack((ds, table[us, ds])),
+        np.searchsorted(us, np.arange(1, len(ids) + 1)),
+    )
 
 
 def _midnights(zone: ZoneInfo, start: int, end: int) -> tuple[np.ndarray, list[date]]:

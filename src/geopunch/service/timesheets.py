@@ -37,7 +37,7 @@ from geopunch.domain.timesheets import (
     ListQuery,
     Planned,
     UserActivities,
-    UserTotals,
+    WindowTotals,
     activity_event,
     check_completed,
     check_list_query,
@@ -286,7 +286,7 @@ class TimeActivityPage:
     activities: list[ActivityRow]
     next_page_token: str
     #: Per user and day over the whole window; on the first page, when asked for.
-    totals: list[UserTotals] | None = None
+    totals: WindowTotals | None = None
     #: The page's activities as the store keeps them encoded, joined (see
     #: ``ActivityRepository.page_lines``), when asked for.
     lines: bytes | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 
 from geopunch.adapters.activity_messages import (
@@ -37,7 +38,7 @@ from geopunch.domain.timesheets import (
     UserActivities,
     UserState,
     UserStatus,
-    UserTotals,
+    WindowTotals,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import punches, timesheets
@@ -169,18 +170,29 @@ def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
     fill_activity_row(out, ActivityRow.of(a))
 
 
-def fill_totals(out: timeclock_pb2.UserTotals, t: UserTotals) -> None:
-    out.user_id = t.user_id
-    out.worked_seconds = t.worked_s
-    out.paid_break_seconds = t.paid_break_s
-    out.unpaid_break_seconds = t.unpaid_break_s
-    for d in t.days:
-        out.days.add(
-            date=d.day.isoformat(),
-            worked_seconds=d.worked_s,
-            paid_break_seconds=d.paid_break_s,
-            unpaid_break_seconds=d.unpaid_break_s,
-        )
+def fill_totals(
+    out: RepeatedCompositeFieldContainer[timeclock_pb2.UserTotals], t: WindowTotals
+) -> None:
+    """Each user's totals and days, from the columns. Read as a few long
+    lists of ints: a list a day would make 300,000 containers for the cyclic
+    collector to walk (WindowTotals)."""
+    dates = [d.isoformat() for d in t.days]
+    day, worked, paid, unpaid = t.cells.T.tolist()
+    begin = 0
+    for user_id, (w, p, u), stop in zip(
+        t.user_ids.tolist(), t.sums.tolist(), t.ends.tolist(), strict=True
+    ):
+        days = out.add(
+            user_id=user_id, worked_seconds=w, paid_break_seconds=p, unpaid_break_seconds=u
+        ).days
+        for i in range(begin, stop):
+            days.add(
+                date=dates[day[i]],
+                worked_seconds=worked[i],
+                paid_break_seconds=paid[i],
+                unpaid_break_seconds=unpaid[i],
+            )
+        begin = stop
 
 
 _STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}
@@ -393,8 +405,8 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         )
         assert page.lines is not None
         rest = timeclock_pb2.ListTimeActivitiesResponse.Data(next_page_token=page.next_page_token)
-        for t in page.totals or ():
-            fill_totals(rest.totals.add(), t)
+        if page.totals is not None:
+            fill_totals(rest.totals, page.totals)
         return encode_page(request_id_var.get(), page.lines, rest)
 
     # The answer's bytes rather than the message: the interceptor lets an

@@ -33,7 +33,7 @@ from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.domain.timesheets import (
     Board,
     UserStatus,
-    UserTotals,
+    WindowTotals,
     activity_json,
     activity_row_json,
 )
@@ -402,22 +402,34 @@ def time_activity_rows(rows: list[ActivityRow]) -> orjson.Fragment:
     return orjson.Fragment(orjson.dumps(list(map(activity_row_json, rows))))
 
 
-def user_totals(t: UserTotals) -> dict[str, Any]:
-    return {
-        "userId": t.user_id,
-        "workedSeconds": t.worked_s,
-        "paidBreakSeconds": t.paid_break_s,
-        "unpaidBreakSeconds": t.unpaid_break_s,
-        "days": [
+def window_totals(t: WindowTotals) -> list[dict[str, Any]]:
+    """Each user's totals and days, from the columns (read as a few long
+    lists of ints, as the gRPC answer reads them)."""
+    dates = [d.isoformat() for d in t.days]
+    day, worked, paid, unpaid = t.cells.T.tolist()
+    out, begin = [], 0
+    for user_id, (w, p, u), stop in zip(
+        t.user_ids.tolist(), t.sums.tolist(), t.ends.tolist(), strict=True
+    ):
+        out.append(
             {
-                "date": d.day.isoformat(),
-                "workedSeconds": d.worked_s,
-                "paidBreakSeconds": d.paid_break_s,
-                "unpaidBreakSeconds": d.unpaid_break_s,
+                "userId": user_id,
+                "workedSeconds": w,
+                "paidBreakSeconds": p,
+                "unpaidBreakSeconds": u,
+                "days": [
+                    {
+                        "date": dates[day[i]],
+                        "workedSeconds": worked[i],
+                        "paidBreakSeconds": paid[i],
+                        "unpaidBreakSeconds": unpaid[i],
+                    }
+                    for i in range(begin, stop)
+                ],
             }
-            for d in t.days
-        ],
-    }
+        )
+        begin = stop
+    return out
 
 
 def _status_line(s: UserStatus) -> bytes:

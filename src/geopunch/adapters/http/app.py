@@ -650,9 +650,7 @@ def create_app(deps: HttpDeps) -> Any:
             {
                 "timeActivities": answers.time_activity_rows(page.activities),
                 "nextPageToken": page.next_page_token or None,
-                "totals": None
-                if page.totals is None
-                else [answers.user_totals(t) for t in page.totals],
+                "totals": None if page.totals is None else answers.window_totals(page.totals),
             }
         )
 
