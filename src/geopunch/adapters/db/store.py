@@ -159,12 +159,13 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from alembic.script import Script
 
 #: The newest revision in migrations/versions (a test holds it to alembic's
 #: head). A store already there opens without alembic: loading it and its
 #: scripts to find nothing to do was an eighth of an empty server's start-up,
 #: and the test suite starts servers by the hundred.
-HEAD_REVISION = "0015"
+HEAD_REVISION = "0016"
 
 
 #: Session-scoped advisory lock that gives the processes migrating one
@@ -224,7 +225,8 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
             _wait_for_migration_turn(conn)
         try:
             before = MigrationContext.configure(conn).get_current_revision()
-            order = _revisions(conn)
+            scripts = _revisions(conn)
+            order = [script.revision for script in scripts]
             if before is not None and before not in order:
                 raise StoreFromANewerRelease(
                     f"the store is at schema revision {before}, newer than this release's "
@@ -236,9 +238,18 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
                 raise ValueError(
                     f"no schema revision {to!r}: this release knows {order[0]}..{order[-1]}"
                 )
+            back = before is not None and order.index(to) < order.index(before)
+            if back:
+                # Refused before anything runs: a revision that rebuilds an
+                # index CONCURRENTLY commits the steps before it, so a failure
+                # part way down would leave the store between the two.
+                for script in scripts[order.index(to) + 1 : order.index(str(before)) + 1]:
+                    reason = getattr(script.module, "IRREVERSIBLE", None)
+                    if reason:
+                        raise NotImplementedError(f"revision {script.revision}: {reason}")
             if not sqlite:
                 conn.commit()  # alembic then keeps its own transaction, as autocommit_block needs
-            if before is not None and order.index(to) < order.index(before):
+            if back:
                 command.downgrade(_alembic_config(conn), to)
             else:
                 command.upgrade(_alembic_config(conn), to)
@@ -266,12 +277,12 @@ class StoreFromANewerRelease(RuntimeError):
     migrated it, and this one may not read what that one wrote."""
 
 
-def _revisions(conn: Connection) -> list[str]:
+def _revisions(conn: Connection) -> list[Script]:
     """This release's revisions, oldest first (the history is one line)."""
     from alembic.script import ScriptDirectory
 
     newest_first = ScriptDirectory.from_config(_alembic_config(conn)).walk_revisions()
-    return [s.revision for s in reversed(list(newest_first))]
+    return list(reversed(list(newest_first)))
 
 
 def statistics_off(engine: Engine) -> list[str]:

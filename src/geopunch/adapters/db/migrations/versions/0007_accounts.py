@@ -396,5 +396,10 @@ def upgrade() -> None:
     op.create_index("ix_events_account", "events", ["account_id", "seq"])
 
 
+#: Why there is no way back (geopunch migrate refuses to cross this revision
+#: before running any downgrade).
+IRREVERSIBLE = "accounts cannot be folded back into one namespace"
+
+
 def downgrade() -> None:
-    raise NotImplementedError("accounts cannot be folded back into one namespace")
+    raise NotImplementedError(IRREVERSIBLE)
