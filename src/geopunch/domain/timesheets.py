@@ -839,17 +839,35 @@ class WindowTotals:
     def __len__(self) -> int:
         return len(self.user_ids)
 
-    def per_user(self) -> list[UserTotals]:
-        dated = [self.days[d] for d in self.cells[:, 0].tolist()]
-        day_sums = self.cells[:, 1:].tolist()
-        out, begin = [], 0
+    def by_user(self) -> Iterator[tuple[int, int, int, int, range]]:
+        """Each user's id, worked, paid and unpaid break seconds, and the
+        range of its cells (indexes into ``day_columns``)."""
+        begin = 0
         for user_id, (worked, paid, unpaid), stop in zip(
             self.user_ids.tolist(), self.sums.tolist(), self.ends.tolist(), strict=True
         ):
-            days = map(_new_day, dated[begin:stop], *zip(*day_sums[begin:stop], strict=True))
-            out.append(UserTotals(user_id, worked, paid, unpaid, tuple(days)))
+            yield user_id, worked, paid, unpaid, range(begin, stop)
             begin = stop
-        return out
+
+    def day_columns(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """The cells' day indexes (into ``days``), worked, paid and unpaid
+        break seconds: four long lists of ints, not a list a cell (whose
+        300,000 containers the cyclic collector would walk)."""
+        day, worked, paid, unpaid = self.cells.T.tolist()
+        return day, worked, paid, unpaid
+
+    def per_user(self) -> list[UserTotals]:
+        day, worked, paid, unpaid = self.day_columns()
+        return [
+            UserTotals(
+                user_id,
+                w,
+                p,
+                u,
+                tuple(_new_day(self.days[day[i]], worked[i], paid[i], unpaid[i]) for i in cells),
+            )
+            for user_id, w, p, u, cells in self.by_user()
+        ]
 
 
 def totals(

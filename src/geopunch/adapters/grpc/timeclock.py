@@ -173,26 +173,20 @@ def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
 def fill_totals(
     out: RepeatedCompositeFieldContainer[timeclock_pb2.UserTotals], t: WindowTotals
 ) -> None:
-    """Each user's totals and days, from the columns. Read as a few long
-    lists of ints: a list a day would make 300,000 containers for the cyclic
-    collector to walk (WindowTotals)."""
+    """Each user's totals and days, from the columns."""
     dates = [d.isoformat() for d in t.days]
-    day, worked, paid, unpaid = t.cells.T.tolist()
-    begin = 0
-    for user_id, (w, p, u), stop in zip(
-        t.user_ids.tolist(), t.sums.tolist(), t.ends.tolist(), strict=True
-    ):
+    day, worked, paid, unpaid = t.day_columns()
+    for user_id, w, p, u, cells in t.by_user():
         days = out.add(
             user_id=user_id, worked_seconds=w, paid_break_seconds=p, unpaid_break_seconds=u
         ).days
-        for i in range(begin, stop):
+        for i in cells:
             days.add(
                 date=dates[day[i]],
                 worked_seconds=worked[i],
                 paid_break_seconds=paid[i],
                 unpaid_break_seconds=unpaid[i],
             )
-        begin = stop
 
 
 _STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}

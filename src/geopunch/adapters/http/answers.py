@@ -403,33 +403,27 @@ def time_activity_rows(rows: list[ActivityRow]) -> orjson.Fragment:
 
 
 def window_totals(t: WindowTotals) -> list[dict[str, Any]]:
-    """Each user's totals and days, from the columns (read as a few long
-    lists of ints, as the gRPC answer reads them)."""
+    """Each user's totals and days, from the columns."""
     dates = [d.isoformat() for d in t.days]
-    day, worked, paid, unpaid = t.cells.T.tolist()
-    out, begin = [], 0
-    for user_id, (w, p, u), stop in zip(
-        t.user_ids.tolist(), t.sums.tolist(), t.ends.tolist(), strict=True
-    ):
-        out.append(
-            {
-                "userId": user_id,
-                "workedSeconds": w,
-                "paidBreakSeconds": p,
-                "unpaidBreakSeconds": u,
-                "days": [
-                    {
-                        "date": dates[day[i]],
-                        "workedSeconds": worked[i],
-                        "paidBreakSeconds": paid[i],
-                        "unpaidBreakSeconds": unpaid[i],
-                    }
-                    for i in range(begin, stop)
-                ],
-            }
-        )
-        begin = stop
-    return out
+    day, worked, paid, unpaid = t.day_columns()
+    return [
+        {
+            "userId": user_id,
+            "workedSeconds": w,
+            "paidBreakSeconds": p,
+            "unpaidBreakSeconds": u,
+            "days": [
+                {
+                    "date": dates[day[i]],
+                    "workedSeconds": worked[i],
+                    "paidBreakSeconds": paid[i],
+                    "unpaidBreakSeconds": unpaid[i],
+                }
+                for i in cells
+            ],
+        }
+        for user_id, w, p, u, cells in t.by_user()
+    ]
 
 
 def _status_line(s: UserStatus) -> bytes:
