@@ -22,6 +22,12 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 SECRET_VARIABLES = ("GEOPUNCH_API_KEYS",)
 
 
+def database_url(given: str | None) -> str:
+    """The store of a command other than ``serve``: its ``--database-url``,
+    else ``GEOPUNCH_DATABASE_URL``, else the default."""
+    return given or os.environ.get("GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
 def hash_key(key: str) -> bytes:
     """SHA-256 of a bootstrap API key; only these digests are kept in memory."""
     return hashlib.sha256(key.encode()).digest()

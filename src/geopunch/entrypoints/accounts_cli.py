@@ -4,12 +4,11 @@ managed on the server's store (the same ``--database-url`` as ``serve``)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from geopunch.adapters.db.store import SqlUnitOfWorkFactory, make_engine, migrate
-from geopunch.config import DEFAULT_DATABASE_URL
+from geopunch.config import database_url
 from geopunch.domain.accounts import ApiKey, parse_scopes, scopes_text
 from geopunch.domain.errors import DomainError
 from geopunch.service import accounts
@@ -21,8 +20,7 @@ class _SystemClock:
 
 
 def _store(args: argparse.Namespace) -> SqlUnitOfWorkFactory:
-    url = args.database_url or os.environ.get("GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL)
-    engine = make_engine(url, pool_size=1)
+    engine = make_engine(database_url(args.database_url), pool_size=1)
     migrate(engine)
     return SqlUnitOfWorkFactory(engine)
 

@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from geopunch.config import DEFAULT_DATABASE_URL, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, Config
+from geopunch.config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_HTTP_LISTEN,
+    DEFAULT_LISTEN,
+    Config,
+    database_url,
+)
 from geopunch.logs import setup_logging
 
 
@@ -221,31 +228,35 @@ def _hide_from_process_list(secret: str) -> None:
     setproctitle.setproctitle(title)
 
 
-def _migrate(database_url: str | None, to: str | None) -> int:
-    import os
-
-    from geopunch.adapters.db.store import (
-        HEAD_REVISION,
-        StoreFromANewerRelease,
-        make_engine,
-        migrate,
-    )
+def _migrate(url: str | None, to: str | None) -> int:
+    from geopunch.adapters.db.store import HEAD_REVISION, make_engine, migrate
 
     setup_logging("INFO")
-    url = database_url or os.environ.get("GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL)
-    engine = make_engine(url, pool_size=1)
+    engine = make_engine(database_url(url), pool_size=1)
     try:
         revision = migrate(engine, to or HEAD_REVISION)
-    except (StoreFromANewerRelease, ValueError) as exc:
+    except ValueError as exc:
         print(f"geopunch: {exc}", file=sys.stderr)
         return 2
-    except NotImplementedError as exc:  # a revision without a way back; its transaction undone
+    except NotImplementedError as exc:  # a revision without a way back; nothing was run
         print(f"geopunch: cannot go back to {to}: {exc}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
     print(f"store at schema revision {revision}")
     return 0
+
+
+def _on_the_store(command: Callable[[], int | None]) -> int:
+    """Runs a command that opens the store; one a newer release migrated
+    stops it with a plain message."""
+    from geopunch.adapters.db.store import StoreFromANewerRelease
+
+    try:
+        return command() or 0
+    except StoreFromANewerRelease as exc:
+        print(f"geopunch: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,32 +301,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-        from geopunch.adapters.db.store import StoreFromANewerRelease
+        if config.processes > 1:
+            from geopunch.entrypoints.supervisor import serve_processes
 
-        try:
-            if config.processes > 1:
-                from geopunch.entrypoints.supervisor import serve_processes
+            return _on_the_store(functools.partial(serve_processes, config, ready))
+        from geopunch.entrypoints.server import serve  # grpc loads only when serving
 
-                serve_processes(config, ready)
-            else:
-                from geopunch.entrypoints.server import serve  # grpc loads only when serving
-
-                serve(config, ready)
-        except StoreFromANewerRelease as exc:
-            print(f"geopunch: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return _on_the_store(functools.partial(serve, config, ready))
     if args.command == "migrate":
-        return _migrate(args.database_url, args.to)
+        return _on_the_store(lambda: _migrate(args.database_url, args.to))
     if args.command in ("accounts", "keys"):
-        from geopunch.adapters.db.store import StoreFromANewerRelease
         from geopunch.entrypoints.accounts_cli import run as run_accounts
 
-        try:
-            return run_accounts(args)
-        except StoreFromANewerRelease as exc:
-            print(f"geopunch: {exc}", file=sys.stderr)
-            return 2
+        return _on_the_store(lambda: run_accounts(args))
     if args.command == "trails":
         try:
             from geopunch.entrypoints.trails_cli import run

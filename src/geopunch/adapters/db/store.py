@@ -225,7 +225,8 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
             _wait_for_migration_turn(conn)
         try:
             before = MigrationContext.configure(conn).get_current_revision()
-            scripts = _revisions(conn)
+            cfg = _alembic_config(conn)
+            scripts = _revisions(cfg)
             order = [script.revision for script in scripts]
             if before is not None and before not in order:
                 raise StoreFromANewerRelease(
@@ -238,21 +239,22 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
                 raise ValueError(
                     f"no schema revision {to!r}: this release knows {order[0]}..{order[-1]}"
                 )
-            back = before is not None and order.index(to) < order.index(before)
+            now = -1 if before is None else order.index(before)
+            back = order.index(to) < now
             if back:
                 # Refused before anything runs: a revision that rebuilds an
                 # index CONCURRENTLY commits the steps before it, so a failure
                 # part way down would leave the store between the two.
-                for script in scripts[order.index(to) + 1 : order.index(str(before)) + 1]:
+                for script in scripts[order.index(to) + 1 : now + 1]:
                     reason = getattr(script.module, "IRREVERSIBLE", None)
                     if reason:
                         raise NotImplementedError(f"revision {script.revision}: {reason}")
             if not sqlite:
                 conn.commit()  # alembic then keeps its own transaction, as autocommit_block needs
             if back:
-                command.downgrade(_alembic_config(conn), to)
+                command.downgrade(cfg, to)
             else:
-                command.upgrade(_alembic_config(conn), to)
+                command.upgrade(cfg, to)
             # Only after a revision ran: the check reads every row that has a
             # foreign key, which a large store would pay on every start-up.
             moved = MigrationContext.configure(conn).get_current_revision() != before
@@ -277,11 +279,11 @@ class StoreFromANewerRelease(RuntimeError):
     migrated it, and this one may not read what that one wrote."""
 
 
-def _revisions(conn: Connection) -> list[Script]:
+def _revisions(cfg: AlembicConfig) -> list[Script]:
     """This release's revisions, oldest first (the history is one line)."""
     from alembic.script import ScriptDirectory
 
-    newest_first = ScriptDirectory.from_config(_alembic_config(conn)).walk_revisions()
+    newest_first = ScriptDirectory.from_config(cfg).walk_revisions()
     return list(reversed(list(newest_first)))
 
 
