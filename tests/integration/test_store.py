@@ -52,6 +52,9 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.ports import EncodedPage, PageQuery
 from geopunch.domain.punches import (
+    PAID_BREAK,
+    UNPAID_BREAK,
+    WORKED,
     Activity,
     ActivityKind,
     ActivityRow,
@@ -917,6 +920,51 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
         assert uow.activities.get(TC.id, "s2") is None
 
 
+def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(engine: Engine) -> None:
+    """The four integers a window's totals read, worked out by the database
+    (on both stores, with and without paid break types, filtered by user)."""
+    uows = AccountStore(engine)
+
+    def on_break(aid: str, start: int, end: int | None, break_type: str) -> Activity:
+        a = replace(_activity(aid, start, end), user_id=2, kind=ActivityKind.BREAK)
+        return replace(a, job_id=None, break_type_id=break_type)
+
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add_many(
+            [
+                _completed("shift", 1000, 1500),
+                on_break("lunch", 1000, 1100, "lunch"),
+                on_break("rest", 1200, 1300, "rest"),
+                _completed("late", 20_000, 20_500),  # after the window
+            ]
+        )
+        uow.activities.add(replace(_activity("open", 1600), user_id=3))
+        uow.commit()
+    window = PageQuery(TC.id, 0, 10_000, [], [], None, 10)
+    with uows(readonly=True) as uow:
+
+        def read(q: PageQuery, paid: list[str]) -> list[tuple[int, ...]]:
+            return sorted(tuple(r) for chunk in uow.activities.spans(q, paid, 7000) for r in chunk)
+
+        assert read(window, ["lunch"]) == [
+            (1, WORKED, 1000, 1500),
+            (2, PAID_BREAK, 1000, 1100),
+            (2, UNPAID_BREAK, 1200, 1300),
+            (3, WORKED, 1600, 7000),
+        ]
+        assert read(window, []) == [
+            (1, WORKED, 1000, 1500),
+            (2, UNPAID_BREAK, 1000, 1100),
+            (2, UNPAID_BREAK, 1200, 1300),
+            (3, WORKED, 1600, 7000),
+        ]
+        assert read(window._replace(user_ids=[2]), ["rest", "lunch", "x"]) == [
+            (2, PAID_BREAK, 1000, 1100),
+            (2, PAID_BREAK, 1200, 1300),
+        ]
+
+
 def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_when_listed(
     engine: Engine,
 ) -> None:
@@ -1052,8 +1100,10 @@ def test_a_listed_page_is_read_from_the_index_by_start_alone(engine: Engine) -> 
         for shape, params in asked:
             # SQLite reads a window's totals (spans) from it too (revision 0016).
             for kind in ("kept",) if pg else ("joined", "tail", "spans"):
-                compiled = repositories._paging(kind, shape)._compile(conn)
-                args = compiled.args({**params, "limit": 5})
+                # A window's totals name the paid break types (spans).
+                paid = shape._replace(paid=1) if kind == "spans" else shape
+                compiled = repositories._paging(kind, paid)._compile(conn)
+                args = compiled.args({**params, "limit": 5, "p0": "lunch", "now": 0})
                 if pg:
                     lines = [r[0] for r in driver(conn).execute(f"EXPLAIN {compiled.sql}", args)]
                     assert any("Index Only Scan using ix_activities_start" in x for x in lines), (

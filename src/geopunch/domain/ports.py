@@ -183,10 +183,11 @@ class ActivityRepository(Protocol):
         the activity as a listed page of the gRPC API holds it), joined."""
         ...
 
-    def spans(self, q: PageQuery) -> Iterator[list[Span]]:
+    def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[list[Span]]:
         """Every activity the page's window and filters hold (``after`` and
-        ``limit`` aside) as the five values totals need, in chunks of a
-        bounded size, in no particular order."""
+        ``limit`` aside) as the :data:`Span` totals read (breaks of the types
+        in ``paid_breaks`` paid, open activities ending at ``now``), in
+        chunks of a bounded size, in no particular order."""
         ...
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:

@@ -9,7 +9,7 @@ half-open), and every end is after its start.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -186,10 +186,30 @@ class ActivityRow(NamedTuple):
         )
 
 
-#: One activity as totals read it: user, kind, break type (None for a
-#: shift), start and end (None while open), as ``ActivityRepository.spans``
-#: gives it.
-Span = tuple[int, str, str | None, int, int | None]
+#: One activity as totals read it: user, the column its seconds count in
+#: (``WORKED``, ``PAID_BREAK`` or ``UNPAID_BREAK``), start, and end (an open
+#: one's ``now``), as ``ActivityRepository.spans`` gives it. Four integers,
+#: so that a chunk of them is one array without a Python pass over each.
+Span = tuple[int, int, int, int]
+WORKED, PAID_BREAK, UNPAID_BREAK = 0, 1, 2
+
+
+def span(
+    user_id: int,
+    kind: str,
+    break_type_id: str | None,
+    start: int,
+    end: int | None,
+    paid_breaks: Collection[str],
+    now: int,
+) -> Span:
+    """The :data:`Span` of one activity, as the store makes it in its read."""
+    if kind == ActivityKind.SHIFT.value:
+        column = WORKED
+    else:
+        column = PAID_BREAK if break_type_id in paid_breaks else UNPAID_BREAK
+    return user_id, column, start, now if end is None else end
+
 
 #: One end of an :class:`ActivityRow`: timestamp, zone, address, latitude,
 #: longitude, accuracy, source, geofence id (all None for an open end).

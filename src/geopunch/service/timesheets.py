@@ -321,8 +321,9 @@ def list_time_activities(
         summed = None
         if q.include_totals and cursor is None:
             # The whole window's activities, read in the same snapshot as the page.
-            spans = uow.activities.spans(asked)
-            summed = totals(tc, spans, q.start_time, q.end_time, int(clock.now()))
+            paid = [b.id for b in tc.manual_break_types if b.is_paid]
+            spans = uow.activities.spans(asked, paid, int(clock.now()))
+            summed = totals(tc, spans, q.start_time, q.end_time)
         return TimeActivityPage(rows, token, summed, lines)
 
 

@@ -22,9 +22,11 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Select,
+    String,
     Table,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     exists,
@@ -84,7 +86,11 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.ports import EncodedPage, NotedChange, PageQuery
 from geopunch.domain.punches import (
+    PAID_BREAK,
+    UNPAID_BREAK,
+    WORKED,
     Activity,
+    ActivityKind,
     ActivityRow,
     PunchPoint,
     PunchState,
@@ -841,6 +847,7 @@ class _PageShape(NamedTuple):
     users: int  # user ids named, padded to a power of two (an IN list of this many), or 0
     jobs: int  # job ids named, padded alike, or 0
     after: bool  # whether it starts after a cursor
+    paid: int = 0  # paid break types named (spans only), padded alike, or 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -886,9 +893,21 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
         skip = bindparam("skip", type_=Integer)
         return Prepared(ordered(a.start_ts, a.id).limit(literal_column("2")).offset(skip))
     if kind == "spans":
-        return Prepared(
-            select(a.user_id, a.kind, a.break_type_id, a.start_ts, a.end_ts).where(*where)
+        # The column each activity counts in and an open one's end worked
+        # out by the database: four integers a row, where reading the kind
+        # and break type as text and sorting them out in Python cost about
+        # as much as the read itself (bench/README.md, totals).
+        shift: ColumnElement[str] = literal_column(f"'{ActivityKind.SHIFT.value}'")
+        whens: list[tuple[ColumnElement[bool], int]] = [(a.kind == shift, WORKED)]
+        if shape.paid:
+            paid = [bindparam(f"p{i}", type_=String) for i in range(shape.paid)]
+            whens.append((a.break_type_id.in_(paid), PAID_BREAK))
+        column = case(
+            *((test, literal_column(str(value))) for test, value in whens),
+            else_=literal_column(str(UNPAID_BREAK)),
         )
+        end = func.coalesce(a.end_ts, bindparam("now", type_=BigInteger))
+        return Prepared(select(a.user_id, column, a.start_ts, end).where(*where))
     if kind == "kept":
         return Prepared(ordered(a.encoded).limit(limit).offset(none))
     assert kind == "joined"
@@ -1036,12 +1055,16 @@ class SqlActivityRepository(AccountScoped):
         shape, params = self._page_params(q)
         return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
 
-    def spans(self, q: PageQuery) -> Iterator[list[Span]]:
-        # Five columns, not a row's 27: Python 3.11's sqlite3 releases and
+    def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[list[Span]]:
+        # Four columns, not a row's 27: Python 3.11's sqlite3 releases and
         # takes back the GIL around each column it reads, the dearest part
         # of reading a whole row (perf).
         shape, params = self._page_params(q._replace(after=None))
-        yield from _paging("spans", shape).chunks(self._conn, params, _SPAN_CHUNK, binary=True)
+        paid = padded(list(paid_breaks))
+        params.update((f"p{i}", b) for i, b in enumerate(paid))
+        params["now"] = now
+        statement = _paging("spans", shape._replace(paid=len(paid)))
+        yield from statement.chunks(self._conn, params, _SPAN_CHUNK, binary=True)
 
     def page_lines(self, q: PageQuery) -> EncodedPage:
         """The activities of ``page`` as their kept lines, joined
