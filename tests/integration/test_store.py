@@ -920,9 +920,14 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
         assert uow.activities.get(TC.id, "s2") is None
 
 
-def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(engine: Engine) -> None:
+@pytest.mark.parametrize("slice_s", [7 * 86_400, 300])
+def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(
+    engine: Engine, slice_s: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The four integers a window's totals read, worked out by the database
-    (on both stores, with and without paid break types, filtered by user)."""
+    (on both stores, with and without paid break types, filtered by user),
+    whole or read a slice of the window at a time (SQLite)."""
+    monkeypatch.setattr(repositories, "_SPAN_SLICE_S", slice_s)
     uows = AccountStore(engine)
 
     def on_break(aid: str, start: int, end: int | None, break_type: str) -> Activity:
@@ -945,7 +950,8 @@ def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(engine: En
     with uows(readonly=True) as uow:
 
         def read(q: PageQuery, paid: list[str]) -> list[tuple[int, ...]]:
-            return sorted(tuple(r) for chunk in uow.activities.spans(q, paid, 7000) for r in chunk)
+            read = uow.activities.spans(q, paid, 7000)
+            return sorted(tuple(int(v) for v in r) for chunk in read for r in chunk)
 
         assert read(window, ["lunch"]) == [
             (1, WORKED, 1000, 1500),
@@ -963,6 +969,12 @@ def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(engine: En
             (2, PAID_BREAK, 1000, 1100),
             (2, PAID_BREAK, 1200, 1300),
         ]
+        # Begun before the window and running into it; nothing after it.
+        assert read(window._replace(start=1400, end=1650), []) == [
+            (1, WORKED, 1000, 1500),
+            (3, WORKED, 1600, 7000),
+        ]
+        assert read(window._replace(start=30_000, end=40_000), []) == [(3, WORKED, 1600, 7000)]
 
 
 def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_when_listed(
@@ -1103,7 +1115,7 @@ def test_a_listed_page_is_read_from_the_index_by_start_alone(engine: Engine) -> 
                 # A window's totals name the paid break types (spans).
                 paid = shape._replace(paid=1) if kind == "spans" else shape
                 compiled = repositories._paging(kind, paid)._compile(conn)
-                args = compiled.args({**params, "limit": 5, "p0": "lunch", "now": 0})
+                args = compiled.args({**params, "limit": 5, "p0": "lunch", "now": 0, "since": 0})
                 if pg:
                     lines = [r[0] for r in driver(conn).execute(f"EXPLAIN {compiled.sql}", args)]
                     assert any("Index Only Scan using ix_activities_start" in x for x in lines), (

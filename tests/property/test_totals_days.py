@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,8 +98,8 @@ def test_totals_match_cutting_each_activity(
     end, now = start + width, base + now_after
     tc = TimeClock(1, "t", zone, manual_breaks_enabled=True, manual_break_types=BREAKS)
     # As the store gives them: each break's column known, open ones ending now.
-    read = [span(*a, paid_breaks={"paid"}, now=now) for a in spans]
-    chunks = [read[i : i + chunk] for i in range(0, len(read), chunk)]
+    read = np.array([span(*a, paid_breaks={"paid"}, now=now) for a in spans], np.int64)
+    chunks = [read[i : i + chunk].reshape(-1, 4) for i in range(0, len(read), chunk)]
     summed = totals(tc, chunks, start, end).per_user()
     assert summed == reference(ZoneInfo(zone), spans, start, end, now)
 
@@ -108,7 +109,8 @@ def test_apia_has_no_december_30_2011() -> None:
     start = int(datetime(2011, 12, 29, 12, tzinfo=zone).timestamp())
     end = int(datetime(2012, 1, 2, tzinfo=zone).timestamp())
     tc = TimeClock(1, "t", "Pacific/Apia")
-    (t,) = totals(tc, [[(1, WORKED, start, start + 24 * 3600)]], start, end).per_user()
+    only = np.array([(1, WORKED, start, start + 24 * 3600)], np.int64)
+    (t,) = totals(tc, [only], start, end).per_user()
     assert [(d.day, d.worked_s) for d in t.days] == [
         (date(2011, 12, 29), 12 * 3600),
         (date(2011, 12, 31), 12 * 3600),

@@ -9,6 +9,8 @@ from datetime import date
 from types import TracebackType
 from typing import NamedTuple, Protocol, Self, TypeVar
 
+import numpy as np
+
 from geopunch.domain.accounts import Account, ApiKey
 from geopunch.domain.events import Event, LiveTrail
 from geopunch.domain.locations import (
@@ -29,7 +31,6 @@ from geopunch.domain.punches import (
     PointVerdict,
     PunchPoint,
     PunchState,
-    Span,
 )
 from geopunch.domain.shifts import ScheduledShift, Scheduler
 from geopunch.domain.webhooks import Attempt, Subscription
@@ -183,11 +184,12 @@ class ActivityRepository(Protocol):
         the activity as a listed page of the gRPC API holds it), joined."""
         ...
 
-    def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[list[Span]]:
+    def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[np.ndarray]:
         """Every activity the page's window and filters hold (``after`` and
-        ``limit`` aside) as the :data:`Span` totals read (breaks of the types
-        in ``paid_breaks`` paid, open activities ending at ``now``), in
-        chunks of a bounded size, in no particular order."""
+        ``limit`` aside) as the :data:`Span` rows totals read (breaks of the
+        types in ``paid_breaks`` paid, open activities ending at ``now``):
+        int64 arrays of four columns, each of a bounded size, rows in no
+        particular order."""
         ...
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:

@@ -188,8 +188,8 @@ class ActivityRow(NamedTuple):
 
 #: One activity as totals read it: user, the column its seconds count in
 #: (``WORKED``, ``PAID_BREAK`` or ``UNPAID_BREAK``), start, and end (an open
-#: one's ``now``), as ``ActivityRepository.spans`` gives it. Four integers,
-#: so that a chunk of them is one array without a Python pass over each.
+#: one's ``now``). ``ActivityRepository.spans`` gives them as rows of int64
+#: arrays, so that totals never make a Python object an activity.
 Span = tuple[int, int, int, int]
 WORKED, PAID_BREAK, UNPAID_BREAK = 0, 1, 2
 

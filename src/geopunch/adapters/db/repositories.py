@@ -42,6 +42,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from geopunch.adapters.activity_messages import encode_line, line_key
 from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
@@ -94,7 +97,6 @@ from geopunch.domain.punches import (
     ActivityRow,
     PunchPoint,
     PunchState,
-    Span,
     point_fields,
 )
 from geopunch.domain.rules import MAX_ENTITY_ID
@@ -764,8 +766,48 @@ class _OpenRows:
 
 
 _OPEN_ROWS = _OpenRows(most=1 << 14)
-#: Activities totals read at a time: a few megabytes of Python tuples.
-_SPAN_CHUNK = 50_000
+#: The part of a window whose activities totals read in one statement on
+#: SQLite: at 10,000 users with two activities a day, 140,000 rows, 4.5 MB
+#: packed (9 MB as SQLite's hex). PostgreSQL reads a window in one: its
+#: index by start does not hold these columns, so each slice of a quarter of
+#: the table was a sequential scan of all of it (5 slices: 750-800 ms
+#: against 350 for one statement, 600,000 activities).
+_SPAN_SLICE_S = 7 * 86_400
+
+
+class _packed_int64s(FunctionElement[Any]):
+    """The rows' integer columns packed into one value, row after row, each
+    column eight bytes big-endian: PostgreSQL joins ``int8send``'s bytes;
+    SQLite, which has no integer-to-bytes function, joins ``printf``'s hex
+    (two's complement for a negative value, as ``%x`` prints a 64-bit int).
+    One value per statement instead of a Python tuple per row: the rows of a
+    window's totals made tuples cost more than reading them (bench/README.md,
+    totals)."""
+
+    inherit_cache = True
+    name = "packed_int64s"
+
+
+@compiles(_packed_int64s, "sqlite")
+def _packed_sqlite(element: _packed_int64s, compiler: SQLCompiler, **kw: Any) -> str:
+    formats = "%016x" * len(element.clauses)
+    return f"group_concat(printf('{formats}', {compiler.process(element.clauses, **kw)}), '')"
+
+
+@compiles(_packed_int64s, "postgresql")
+def _packed_postgresql(element: _packed_int64s, compiler: SQLCompiler, **kw: Any) -> str:
+    parts = " || ".join(f"int8send({compiler.process(c, **kw)})" for c in element.clauses)
+    return f"string_agg({parts}, ''::bytea)"
+
+
+def _unpacked(value: str | bytes | None, columns: int) -> np.ndarray:
+    """A ``_packed_int64s`` value as an array of ``columns`` int64 a row."""
+    if value is None:  # no rows
+        return np.empty((0, columns), np.int64)
+    raw = bytes.fromhex(value) if isinstance(value, str) else value
+    return np.frombuffer(raw, ">i8").reshape(-1, columns).astype(np.int64)
+
+
 #: Rows a board may lack before one read of every open row is cheaper than
 #: reading the lacking ones user by user.
 _OPEN_BY_USER_MOST = 512
@@ -907,7 +949,11 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
             else_=literal_column(str(UNPAID_BREAK)),
         )
         end = func.coalesce(a.end_ts, bindparam("now", type_=BigInteger))
-        return Prepared(select(a.user_id, column, a.start_ts, end).where(*where))
+        # One slice of the window at a time (see _SPAN_SLICE_S): ``end``
+        # bound to the slice's end, ``since`` to its start.
+        since = a.start_ts >= bindparam("since", type_=BigInteger)
+        packed = _packed_int64s(a.user_id, column, a.start_ts, end)
+        return Prepared(select(packed).where(*where, since))
     if kind == "kept":
         return Prepared(ordered(a.encoded).limit(limit).offset(none))
     assert kind == "joined"
@@ -1055,16 +1101,21 @@ class SqlActivityRepository(AccountScoped):
         shape, params = self._page_params(q)
         return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
 
-    def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[list[Span]]:
-        # Four columns, not a row's 27: Python 3.11's sqlite3 releases and
-        # takes back the GIL around each column it reads, the dearest part
-        # of reading a whole row (perf).
+    def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[np.ndarray]:
         shape, params = self._page_params(q._replace(after=None))
         paid = padded(list(paid_breaks))
         params.update((f"p{i}", b) for i, b in enumerate(paid))
         params["now"] = now
         statement = _paging("spans", shape._replace(paid=len(paid)))
-        yield from statement.chunks(self._conn, params, _SPAN_CHUNK, binary=True)
+        # The first slice also holds what began before the window and runs into it.
+        since = -(1 << 62)
+        width = _SPAN_SLICE_S if self._conn.dialect.name == "sqlite" else q.end - q.start
+        while since < q.end:
+            until = min(max(since, q.start) + width, q.end)
+            slice_params = {**params, "since": since, "end": until}
+            ((value,),) = statement.all(self._conn, slice_params, binary=True)
+            yield _unpacked(value, 4)
+            since = until
 
     def page_lines(self, q: PageQuery) -> EncodedPage:
         """The activities of ``page`` as their kept lines, joined
