@@ -20,8 +20,8 @@ from geopunch.adapters.grpc.timeclock import (
     encode_statuses,
     fill_activity,
     fill_status,
-    fill_totals,
 )
+from geopunch.adapters.grpc.totals_wire import encode_totals
 from geopunch.adapters.http import answers
 from geopunch.domain.events import json_bytes
 from geopunch.domain.models import ManualBreakType
@@ -154,25 +154,22 @@ def test_a_board_joined_from_kept_json_lines_is_the_answer_encoded_whole(
         assert json_bytes({"requestId": request_id, "data": {"statuses": joined}}) == whole
 
 
+# Seconds and ids of every varint length (zero is left out of the wire).
+_int64 = st.one_of(st.integers(0, 86_400), st.integers(0, 2**63 - 1))
 _totals = st.lists(
     st.builds(
         UserTotals,
-        st.integers(1, 2**40),
-        st.integers(0, 10**7),
-        st.integers(0, 10**6),
-        st.integers(0, 10**6),
+        st.integers(1, 2**63 - 1),
+        _int64,
+        _int64,
+        _int64,
         st.lists(
-            st.builds(
-                DayTotals,
-                st.dates(),
-                st.integers(0, 86_400),
-                st.integers(0, 86_400),
-                st.integers(0, 86_400),
-            ),
-            max_size=3,
+            st.builds(DayTotals, st.dates(), _int64, _int64, _int64),
+            max_size=4,
         ).map(tuple),
     ),
-    max_size=3,
+    max_size=6,
+    unique_by=lambda t: t.user_id,
 )
 
 
@@ -220,8 +217,8 @@ def test_a_page_joined_from_stored_lines_is_the_answer_built_whole(
                 paid_break_seconds=d.paid_break_s,
                 unpaid_break_seconds=d.unpaid_break_s,
             )
-    fill_totals(rest.totals, _columns(totals))
-    joined = encode_page(request_id, b"".join(map(encode_line, rows)), rest)
+    encoded = encode_totals(_columns(totals))
+    joined = encode_page(request_id, b"".join(map(encode_line, rows)), rest, encoded)
     assert timeclock_pb2.ListTimeActivitiesResponse.FromString(joined) == whole
     if rows or token or totals:  # an empty ``data`` is sent as present and empty
         assert joined == whole.SerializeToString()

@@ -130,10 +130,12 @@ def _varint(n: int) -> bytes:
 _DATA_TAG = b"\x12"
 
 
-def encode_page(request_id: str, lines: bytes, rest: _Data) -> bytes:
+def encode_page(request_id: str, lines: bytes, rest: _Data, totals: bytes = b"") -> bytes:
     """The encoded ``ListTimeActivitiesResponse`` of a page, from its lines
-    joined and the rest of its ``data`` (the token, the totals)."""
+    joined, the rest of its ``data`` (the token) and its totals encoded
+    (the last field of ``data``, so they follow the rest)."""
     tail = rest.SerializeToString()
     head = timeclock_pb2.ListTimeActivitiesResponse(request_id=request_id).SerializeToString()
+    size = len(lines) + len(tail) + len(totals)
     # One join: the lines are a page's megabytes, copied once.
-    return b"".join((head, _DATA_TAG, _varint(len(lines) + len(tail)), lines, tail))
+    return b"".join((head, _DATA_TAG, _varint(size), lines, tail, totals))

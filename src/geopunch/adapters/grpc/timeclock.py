@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
 
 from geopunch.adapters.activity_messages import (
@@ -15,6 +14,7 @@ from geopunch.adapters.activity_messages import (
 )
 from geopunch.adapters.board_lines import BoardLines
 from geopunch.adapters.grpc.auth import account
+from geopunch.adapters.grpc.totals_wire import encode_totals
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import ManualBreakType
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
@@ -38,7 +38,6 @@ from geopunch.domain.timesheets import (
     UserActivities,
     UserState,
     UserStatus,
-    WindowTotals,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import punches, timesheets
@@ -168,25 +167,6 @@ def groups_from_proto(msg: timeclock_pb2.CreateTimeActivitiesRequest) -> list[Us
 
 def fill_activity(out: timeclock_pb2.TimeActivity, a: Activity) -> None:
     fill_activity_row(out, ActivityRow.of(a))
-
-
-def fill_totals(
-    out: RepeatedCompositeFieldContainer[timeclock_pb2.UserTotals], t: WindowTotals
-) -> None:
-    """Each user's totals and days, from the columns."""
-    dates = [d.isoformat() for d in t.days]
-    day, worked, paid, unpaid = t.day_columns()
-    for user_id, w, p, u, cells in t.by_user():
-        days = out.add(
-            user_id=user_id, worked_seconds=w, paid_break_seconds=p, unpaid_break_seconds=u
-        ).days
-        for i in cells:
-            days.add(
-                date=dates[day[i]],
-                worked_seconds=worked[i],
-                paid_break_seconds=paid[i],
-                unpaid_break_seconds=unpaid[i],
-            )
 
 
 _STATES = {state: timeclock_pb2.UserStatus.State.Value(state.value) for state in UserState}
@@ -399,9 +379,8 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         )
         assert page.lines is not None
         rest = timeclock_pb2.ListTimeActivitiesResponse.Data(next_page_token=page.next_page_token)
-        if page.totals is not None:
-            fill_totals(rest.totals, page.totals)
-        return encode_page(request_id_var.get(), page.lines, rest)
+        totals = encode_totals(page.totals) if page.totals is not None else b""
+        return encode_page(request_id_var.get(), page.lines, rest, totals)
 
     # The answer's bytes rather than the message: the interceptor lets an
     # encoded answer through its serializer (see encode_statuses).
