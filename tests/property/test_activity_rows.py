@@ -12,6 +12,7 @@ keeps; it must be the bytes of the message built whole.
 from __future__ import annotations
 
 import numpy as np
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -222,3 +223,29 @@ def test_a_page_joined_from_stored_lines_is_the_answer_built_whole(
     assert timeclock_pb2.ListTimeActivitiesResponse.FromString(joined) == whole
     if rows or token or totals:  # an empty ``data`` is sent as present and empty
         assert joined == whole.SerializeToString()
+
+
+@given(_totals)
+def test_totals_written_from_the_columns_are_the_json_of_a_dict_a_user_and_a_day(
+    totals: list[UserTotals],
+) -> None:
+    whole = [
+        {
+            "userId": t.user_id,
+            "workedSeconds": t.worked_s,
+            "paidBreakSeconds": t.paid_break_s,
+            "unpaidBreakSeconds": t.unpaid_break_s,
+            "days": [
+                {
+                    "date": d.day.isoformat(),
+                    "workedSeconds": d.worked_s,
+                    "paidBreakSeconds": d.paid_break_s,
+                    "unpaidBreakSeconds": d.unpaid_break_s,
+                }
+                for d in t.days
+            ],
+        }
+        for t in totals
+    ]
+    written = answers.window_totals(_columns(totals))
+    assert orjson.dumps({"totals": written}) == orjson.dumps({"totals": whole})
