@@ -887,7 +887,7 @@ def totals(tc: TimeClock, spans: Iterable[np.ndarray], start: int, end: int) -> 
         none = np.empty(0, np.int64)
         return WindowTotals(days, none, none.reshape(0, 3), none.reshape(0, 4), none)
     every = np.concatenate(read)
-    ids, user = np.unique(every[:, 0], return_inverse=True)
+    ids, user = _ranked(every[:, 0])
     column = every[:, 1]
     lo, hi = np.maximum(every[:, 2], start), np.minimum(every[:, 3], end)
     counted = lo < hi
@@ -922,6 +922,24 @@ def totals(tc: TimeClock, spans: Iterable[np.ndarray], start: int, end: int) -> 
         np.column_stack((ds, table[us, ds])),
         np.searchsorted(us, np.arange(1, len(ids) + 1)),
     )
+
+
+def _ranked(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``users`` ascending, and each one's index among them
+    (``np.unique(users, return_inverse=True)``). Where the ids lie close
+    together, as a time clock's usually do, they are marked in a table over
+    their range instead of sorted: 5 ms against unique's 50 for 600,000
+    activities (bench/README.md, totals)."""
+    low, high = int(users.min()), int(users.max())
+    if high - low > 8 * len(users):
+        return np.unique(users, return_inverse=True)
+    offsets = users - low
+    seen = np.zeros(high - low + 1, bool)
+    seen[offsets] = True
+    present = np.flatnonzero(seen)
+    rank = np.zeros(high - low + 1, np.int64)
+    rank[present] = np.arange(len(present))
+    return present + low, rank[offsets]
 
 
 def _midnights(zone: ZoneInfo, start: int, end: int) -> tuple[np.ndarray, list[date]]:
