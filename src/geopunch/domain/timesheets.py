@@ -873,9 +873,8 @@ def totals(tc: TimeClock, spans: Iterable[np.ndarray], start: int, end: int) -> 
     """Worked and break seconds per user and day within ``[start, end)``, days
     cut at midnight in the time clock's zone. ``spans``: the activities in
     chunks, in any order, each chunk an array of :data:`Span` rows (open
-    activities already ending at the time they count to).
-    Every user with an activity has totals, days only where it counted a
-    second.
+    activities already ending at the time they count to). Every user with
+    an activity has totals, days only where it counted a second.
 
     Summed as arrays: the window's midnights are computed once and each
     activity is cut at those it crosses, where cutting each with datetime
