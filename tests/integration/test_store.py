@@ -920,14 +920,16 @@ def test_time_activity_rows_round_trip_page_and_correct(engine: Engine) -> None:
         assert uow.activities.get(TC.id, "s2") is None
 
 
-@pytest.mark.parametrize("slice_s", [7 * 86_400, 300])
+@pytest.mark.parametrize(("slice_s", "chunk"), [(7 * 86_400, 50_000), (300, 2)])
 def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(
-    engine: Engine, slice_s: int, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, slice_s: int, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The four integers a window's totals read, worked out by the database
     (on both stores, with and without paid break types, filtered by user),
-    whole or read a slice of the window at a time (SQLite)."""
+    whole or a part at a time (SQLite a slice of the window a statement,
+    PostgreSQL a chunk of rows a fetch)."""
     monkeypatch.setattr(repositories, "_SPAN_SLICE_S", slice_s)
+    monkeypatch.setattr(repositories, "_SPAN_CHUNK", chunk)
     uows = AccountStore(engine)
 
     def on_break(aid: str, start: int, end: int | None, break_type: str) -> Activity:

@@ -177,10 +177,17 @@ class Prepared:
         self, conn: Connection, params: Mapping[str, Any], size: int, *, binary: bool = False
     ) -> Iterator[list[tuple[Any, ...]]]:
         """``all``'s rows in lists of at most ``size``, converted as they are
-        taken: a large answer is never Python objects all at once (psycopg's
-        cursor still holds the whole answer in libpq's compact form)."""
+        taken: a large answer is never held whole. On PostgreSQL through a
+        server-side cursor, ``size`` rows a fetch (a plain cursor's answer
+        is held whole by libpq); it lives in the connection's transaction,
+        as a unit of work's reads do."""
         c = self._compile(conn)
-        cursor = self._read(conn, c, params, binary)
+        if conn.dialect.name == "postgresql":
+            name = f"chunks_{next(_CURSOR_NUMBERS)}"
+            cursor = driver(conn).cursor(name, binary=binary)
+            cursor.execute(c.sql, c.args(params))
+        else:
+            cursor = self._read(conn, c, params, binary)
         try:
             while rows := cursor.fetchmany(size):
                 yield rows if c.results is None else [c.row(r) for r in rows]
@@ -218,6 +225,10 @@ def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, .
         return lambda params: ()
     getter: Callable[[Mapping[str, Any]], tuple[Any, ...]] = itemgetter(*keys)
     return getter
+
+
+#: Names of server-side cursors, unique in a process (see ``Prepared.chunks``).
+_CURSOR_NUMBERS = itertools.count()
 
 
 def driver(conn: Connection) -> Any:

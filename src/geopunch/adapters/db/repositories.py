@@ -767,42 +767,41 @@ class _OpenRows:
 
 _OPEN_ROWS = _OpenRows(most=1 << 14)
 #: The part of a window whose activities totals read in one statement on
-#: SQLite: at 10,000 users with two activities a day, 140,000 rows, 4.5 MB
-#: packed (9 MB as SQLite's hex). PostgreSQL reads a window in one: its
-#: index by start does not hold these columns, so each slice of a quarter of
-#: the table was a sequential scan of all of it (5 slices: 750-800 ms
-#: against 350 for one statement, 600,000 activities).
-_SPAN_SLICE_S = 7 * 86_400
+#: SQLite: a day, 20,000 rows (1.3 MB of hex) at 10,000 users with two
+#: activities a day, and far below SQLite's 1 GB a value (15 million). As
+#: quick as a week a statement or the whole window (bench/README.md, totals).
+_SPAN_SLICE_S = 86_400
+#: Rows of a window's totals fetched at a time on PostgreSQL: 1.6 MB.
+_SPAN_CHUNK = 50_000
 
 
-class _packed_int64s(FunctionElement[Any]):
-    """The rows' integer columns packed into one value, row after row, each
-    column eight bytes big-endian: PostgreSQL joins ``int8send``'s bytes;
-    SQLite, which has no integer-to-bytes function, joins ``printf``'s hex
-    (two's complement for a negative value, as ``%x`` prints a 64-bit int).
-    One value per statement instead of a Python tuple per row: the rows of a
+class _packed_row(FunctionElement[Any]):
+    """A row's integer columns as one value, each eight bytes big-endian:
+    PostgreSQL's ``int8send`` bytes; on SQLite, which has no
+    integer-to-bytes function, ``printf``'s hex (two's complement for a
+    negative value, as ``%x`` prints a 64-bit int). Joined, many rows are
+    one ``np.frombuffer`` instead of a Python tuple a row: the rows of a
     window's totals made tuples cost more than reading them (bench/README.md,
     totals)."""
 
     inherit_cache = True
-    name = "packed_int64s"
+    name = "packed_row"
 
 
-@compiles(_packed_int64s, "sqlite")
-def _packed_sqlite(element: _packed_int64s, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(_packed_row, "sqlite")
+def _packed_sqlite(element: _packed_row, compiler: SQLCompiler, **kw: Any) -> str:
     formats = "%016x" * len(element.clauses)
-    return f"group_concat(printf('{formats}', {compiler.process(element.clauses, **kw)}), '')"
+    return f"printf('{formats}', {compiler.process(element.clauses, **kw)})"
 
 
-@compiles(_packed_int64s, "postgresql")
-def _packed_postgresql(element: _packed_int64s, compiler: SQLCompiler, **kw: Any) -> str:
-    parts = " || ".join(f"int8send({compiler.process(c, **kw)})" for c in element.clauses)
-    return f"string_agg({parts}, ''::bytea)"
+@compiles(_packed_row, "postgresql")
+def _packed_postgresql(element: _packed_row, compiler: SQLCompiler, **kw: Any) -> str:
+    return " || ".join(f"int8send({compiler.process(c, **kw)})" for c in element.clauses)
 
 
 def _unpacked(value: str | bytes | None, columns: int) -> np.ndarray:
-    """A ``_packed_int64s`` value as an array of ``columns`` int64 a row."""
-    if value is None:  # no rows
+    """Rows of ``_packed_row`` joined, as an array of ``columns`` int64 a row."""
+    if not value:  # no rows
         return np.empty((0, columns), np.int64)
     raw = bytes.fromhex(value) if isinstance(value, str) else value
     return np.frombuffer(raw, ">i8").reshape(-1, columns).astype(np.int64)
@@ -934,7 +933,7 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
     if kind == "tail":
         skip = bindparam("skip", type_=Integer)
         return Prepared(ordered(a.start_ts, a.id).limit(literal_column("2")).offset(skip))
-    if kind == "spans":
+    if kind in ("spans", "span_rows"):
         # The column each activity counts in and an open one's end worked
         # out by the database: four integers a row, where reading the kind
         # and break type as text and sorting them out in Python cost about
@@ -949,11 +948,14 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
             else_=literal_column(str(UNPAID_BREAK)),
         )
         end = func.coalesce(a.end_ts, bindparam("now", type_=BigInteger))
-        # One slice of the window at a time (see _SPAN_SLICE_S): ``end``
-        # bound to the slice's end, ``since`` to its start.
+        packed = _packed_row(a.user_id, column, a.start_ts, end)
+        if kind == "span_rows":  # PostgreSQL: rows fetched a chunk at a time
+            return Prepared(select(packed).where(*where))
+        # SQLite: one slice of the window a statement (see _SPAN_SLICE_S),
+        # ``end`` bound to the slice's end, ``since`` to its start.
         since = a.start_ts >= bindparam("since", type_=BigInteger)
-        packed = _packed_int64s(a.user_id, column, a.start_ts, end)
-        return Prepared(select(packed).where(*where, since))
+        hex_rows = func.group_concat(packed, literal_column("''"))
+        return Prepared(select(hex_rows).where(*where, since))
     if kind == "kept":
         return Prepared(ordered(a.encoded).limit(limit).offset(none))
     assert kind == "joined"
@@ -1106,14 +1108,22 @@ class SqlActivityRepository(AccountScoped):
         paid = padded(list(paid_breaks))
         params.update((f"p{i}", b) for i, b in enumerate(paid))
         params["now"] = now
-        statement = _paging("spans", shape._replace(paid=len(paid)))
+        shape = shape._replace(paid=len(paid))
+        if self._conn.dialect.name == "postgresql":
+            # One statement: its index by start does not hold these columns,
+            # so a slice of a quarter of the table was a sequential scan of
+            # all of it (bench/README.md, totals).
+            rows = _paging("span_rows", shape).chunks(self._conn, params, _SPAN_CHUNK, binary=True)
+            for chunk in rows:
+                yield _unpacked(b"".join(map(itemgetter(0), chunk)), 4)
+            return
+        statement = _paging("spans", shape)
         # The first slice also holds what began before the window and runs into it.
         since = -(1 << 62)
-        width = _SPAN_SLICE_S if self._conn.dialect.name == "sqlite" else q.end - q.start
         while since < q.end:
-            until = min(max(since, q.start) + width, q.end)
+            until = min(max(since, q.start) + _SPAN_SLICE_S, q.end)
             slice_params = {**params, "since": since, "end": until}
-            ((value,),) = statement.all(self._conn, slice_params, binary=True)
+            ((value,),) = statement.all(self._conn, slice_params)
             yield _unpacked(value, 4)
             since = until
 
