@@ -977,6 +977,7 @@ def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(
             (3, WORKED, 1600, 7000),
         ]
         assert read(window._replace(start=30_000, end=40_000), []) == [(3, WORKED, 1600, 7000)]
+        assert read(window._replace(user_ids=[99]), ["lunch"]) == []
 
 
 def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_when_listed(

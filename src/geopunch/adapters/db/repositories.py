@@ -771,40 +771,34 @@ _OPEN_ROWS = _OpenRows(most=1 << 14)
 #: activities a day, and far below SQLite's 1 GB a value (15 million). As
 #: quick as a week a statement or the whole window (bench/README.md, totals).
 _SPAN_SLICE_S = 86_400
-#: Rows of a window's totals fetched at a time on PostgreSQL: 1.6 MB.
+#: Rows of a window's totals read at a time on PostgreSQL: 1.6 MB.
 _SPAN_CHUNK = 50_000
 
 
-class _packed_row(FunctionElement[Any]):
-    """A row's integer columns as one value, each eight bytes big-endian:
-    PostgreSQL's ``int8send`` bytes; on SQLite, which has no
-    integer-to-bytes function, ``printf``'s hex (two's complement for a
-    negative value, as ``%x`` prints a 64-bit int). Joined, many rows are
-    one ``np.frombuffer`` instead of a Python tuple a row: the rows of a
-    window's totals made tuples cost more than reading them (bench/README.md,
-    totals)."""
+class _hex_row(FunctionElement[Any]):
+    """SQLite: a row's integer columns as one text value, each column 16 hex
+    digits (two's complement for a negative one, as ``printf``'s ``%x``
+    prints a 64-bit int). SQLite has no integer-to-bytes function; joined
+    with ``group_concat``, many rows are one ``bytes.fromhex`` and
+    ``np.frombuffer`` instead of a Python tuple a row: the rows of a
+    window's totals made tuples cost more than reading them
+    (bench/README.md, totals)."""
 
     inherit_cache = True
-    name = "packed_row"
+    name = "hex_row"
 
 
-@compiles(_packed_row, "sqlite")
-def _packed_sqlite(element: _packed_row, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(_hex_row, "sqlite")
+def _hex_row_sqlite(element: _hex_row, compiler: SQLCompiler, **kw: Any) -> str:
     formats = "%016x" * len(element.clauses)
     return f"printf('{formats}', {compiler.process(element.clauses, **kw)})"
 
 
-@compiles(_packed_row, "postgresql")
-def _packed_postgresql(element: _packed_row, compiler: SQLCompiler, **kw: Any) -> str:
-    return " || ".join(f"int8send({compiler.process(c, **kw)})" for c in element.clauses)
-
-
-def _unpacked(value: str | bytes | None, columns: int) -> np.ndarray:
-    """Rows of ``_packed_row`` joined, as an array of ``columns`` int64 a row."""
+def _unhexed(value: str | None, columns: int) -> np.ndarray:
+    """Rows of ``_hex_row`` joined, as an array of ``columns`` int64 a row."""
     if not value:  # no rows
         return np.empty((0, columns), np.int64)
-    raw = bytes.fromhex(value) if isinstance(value, str) else value
-    return np.frombuffer(raw, ">i8").reshape(-1, columns).astype(np.int64)
+    return np.frombuffer(bytes.fromhex(value), ">i8").reshape(-1, columns).astype(np.int64)
 
 
 #: Rows a board may lack before one read of every open row is cheaper than
@@ -948,13 +942,16 @@ def _paging(kind: str, shape: _PageShape) -> Prepared:
             else_=literal_column(str(UNPAID_BREAK)),
         )
         end = func.coalesce(a.end_ts, bindparam("now", type_=BigInteger))
-        packed = _packed_row(a.user_id, column, a.start_ts, end)
-        if kind == "span_rows":  # PostgreSQL: rows fetched a chunk at a time
-            return Prepared(select(packed).where(*where))
+        if kind == "span_rows":  # PostgreSQL: four int8 a row, for a binary COPY
+            return Prepared(
+                select(a.user_id, cast(column, BigInteger), a.start_ts, end).where(*where)
+            )
         # SQLite: one slice of the window a statement (see _SPAN_SLICE_S),
         # ``end`` bound to the slice's end, ``since`` to its start.
         since = a.start_ts >= bindparam("since", type_=BigInteger)
-        hex_rows = func.group_concat(packed, literal_column("''"))
+        hex_rows = func.group_concat(
+            _hex_row(a.user_id, column, a.start_ts, end), literal_column("''")
+        )
         return Prepared(select(hex_rows).where(*where, since))
     if kind == "kept":
         return Prepared(ordered(a.encoded).limit(limit).offset(none))
@@ -1113,9 +1110,8 @@ class SqlActivityRepository(AccountScoped):
             # One statement: its index by start does not hold these columns,
             # so a slice of a quarter of the table was a sequential scan of
             # all of it (bench/README.md, totals).
-            rows = _paging("span_rows", shape).chunks(self._conn, params, _SPAN_CHUNK, binary=True)
-            for chunk in rows:
-                yield _unpacked(b"".join(map(itemgetter(0), chunk)), 4)
+            statement = _paging("span_rows", shape)
+            yield from statement.int64_rows(self._conn, params, 4, _SPAN_CHUNK)
             return
         statement = _paging("spans", shape)
         # The first slice also holds what began before the window and runs into it.
@@ -1124,7 +1120,7 @@ class SqlActivityRepository(AccountScoped):
             until = min(max(since, q.start) + _SPAN_SLICE_S, q.end)
             slice_params = {**params, "since": since, "end": until}
             ((value,),) = statement.all(self._conn, slice_params)
-            yield _unpacked(value, 4)
+            yield _unhexed(value, 4)
             since = until
 
     def page_lines(self, q: PageQuery) -> EncodedPage:
