@@ -882,7 +882,7 @@ class _PageShape(NamedTuple):
     users: int  # user ids named, padded to a power of two (an IN list of this many), or 0
     jobs: int  # job ids named, padded alike, or 0
     after: bool  # whether it starts after a cursor
-    paid: int = 0  # paid break types named (spans only), padded alike, or 0
+    paid: int  # paid break types named (spans only), padded alike, or 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -1101,11 +1101,8 @@ class SqlActivityRepository(AccountScoped):
         return list(map(ActivityRow._make, _paging("rows", shape).all(self._conn, params)))
 
     def spans(self, q: PageQuery, paid_breaks: Sequence[str], now: int) -> Iterator[np.ndarray]:
-        shape, params = self._page_params(q._replace(after=None))
-        paid = padded(list(paid_breaks))
-        params.update((f"p{i}", b) for i, b in enumerate(paid))
+        shape, params = self._page_params(q._replace(after=None), paid_breaks)
         params["now"] = now
-        shape = shape._replace(paid=len(paid))
         if self._conn.dialect.name == "postgresql":
             # One statement: its index by start does not hold these columns,
             # so a slice of a quarter of the table was a sequential scan of
@@ -1155,11 +1152,14 @@ class SqlActivityRepository(AccountScoped):
         last = rows[-1][0] if len(read) > q.limit else None
         return EncodedPage(len(lines), b"".join(lines), (last.start_ts, last.id) if last else None)
 
-    def _page_params(self, q: PageQuery) -> tuple[_PageShape, dict[str, Any]]:
-        """The shape of a page's statements and their values. The IN lists
-        are padded to a power of two (see ``padded``), so that a handful of
-        statements serves every length."""
+    def _page_params(
+        self, q: PageQuery, paid_breaks: Sequence[str] = ()
+    ) -> tuple[_PageShape, dict[str, Any]]:
+        """The shape of a page's statements and their values (``paid_breaks``
+        for the spans). The IN lists are padded to a power of two (see
+        ``padded``), so that a handful of statements serves every length."""
         users, jobs = padded(list(q.user_ids)), padded(list(q.job_ids))
+        paid = padded(list(paid_breaks))
         params: dict[str, Any] = {
             "acct": self.account,
             "tc": q.time_clock_id,
@@ -1170,9 +1170,10 @@ class SqlActivityRepository(AccountScoped):
         }
         params.update((f"u{i}", u) for i, u in enumerate(users))
         params.update((f"j{i}", j) for i, j in enumerate(jobs))
+        params.update((f"p{i}", b) for i, b in enumerate(paid))
         if q.after is not None:
             params["after_ts"], params["after_id"] = q.after
-        return _PageShape(len(users), len(jobs), q.after is not None), params
+        return _PageShape(len(users), len(jobs), q.after is not None, len(paid)), params
 
     def open_for(self, time_clock_id: int) -> dict[int, ActivityRow]:
         # Prepared, rows kept flat (the board is answered from the rows
