@@ -535,14 +535,23 @@ def hand_cases() -> list[Case]:
         admin_pb2.CreateTimeClockRequest(time_clock=bad_color),
         "INVALID_ARGUMENT",
     )
-    neg_user = _time_clock()
-    neg_user.user_ids.append(-5)
-    add(
-        "CreateTimeClock negative user",
-        ctc,
-        admin_pb2.CreateTimeClockRequest(time_clock=neg_user),
-        "INVALID_ARGUMENT",
-    )
+    for label, user in (("negative", -5), ("beyond 2^53-1", 2**53), ("int64 max", 2**63 - 1)):
+        bad_user = _time_clock()
+        bad_user.user_ids.append(user)
+        add(
+            f"CreateTimeClock {label} user",
+            ctc,
+            admin_pb2.CreateTimeClockRequest(time_clock=bad_user),
+            "INVALID_ARGUMENT",
+            "time_clock.user_ids",
+        )
+        add(
+            f"CreateScheduler {label} user",
+            "admin.CreateScheduler",
+            admin_pb2.CreateSchedulerRequest(scheduler=_scheduler(user_ids=[USER, user])),
+            "INVALID_ARGUMENT",
+            "scheduler.user_ids",
+        )
     mandatory = _time_clock()
     mandatory.manual_break_types.add(id="rest", name="Rest", is_mandatory=True)
     add(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,9 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.rules import (
     DEFAULT_FENCE_SIZE_M,
+    MAX_ENTITY_ID,
+    Collector,
+    check_user_ids,
     is_valid_timezone,
     parse_dates,
     validate_geofences,
@@ -237,12 +241,12 @@ def tc_paths(tc: TimeClock) -> list[str]:
             ErrorCode.INVALID_ARGUMENT,
         ),
         ({"job_enforcement": True, "jobs": ()}, "time_clock.jobs", ErrorCode.INVALID_ARGUMENT),
-        ({"user_ids": frozenset({-5})}, "time_clock.user_ids[0]", ErrorCode.INVALID_ARGUMENT),
+        ({"user_ids": frozenset({-5})}, "time_clock.user_ids", ErrorCode.INVALID_ARGUMENT),
+        ({"user_ids": frozenset({3, 0})}, "time_clock.user_ids", ErrorCode.INVALID_ARGUMENT),
+        ({"user_ids": frozenset({2**53})}, "time_clock.user_ids", ErrorCode.INVALID_ARGUMENT),
     ],
 )
 def test_time_clock_settings(change: dict[str, object], field: str, reason: ErrorCode) -> None:
-    from dataclasses import replace
-
     tc = replace(TC, **change)  # type: ignore[arg-type]
     with pytest.raises(DomainError) as exc:
         validate_time_clock(tc, tc_paths(tc))
@@ -251,6 +255,18 @@ def test_time_clock_settings(change: dict[str, object], field: str, reason: Erro
 
 def test_valid_time_clock_passes() -> None:
     validate_time_clock(TC, tc_paths(TC))
+    validate_time_clock(replace(TC, user_ids=frozenset({1, MAX_ENTITY_ID})), tc_paths(TC))
+
+
+def test_out_of_range_user_ids_are_named_in_order() -> None:
+    out = Collector()
+    check_user_ids(out, "user_ids", [7, 2**63 - 1, -3, 0, *range(-10, -4), 2**53])
+    [(path, reason, text)] = [(v.field, v.reason, v.description) for v in out.violations]
+    assert (path, reason) == ("user_ids", ErrorCode.INVALID_ARGUMENT)
+    assert text.endswith(f"up to {MAX_ENTITY_ID}: -10, -9, -8, -7, -6 and 5 more"), text
+    out = Collector()
+    check_user_ids(out, "user_ids", [2**53, 4])
+    assert out.violations[0].description.endswith(": 9007199254740992")
 
 
 def test_dates() -> None:

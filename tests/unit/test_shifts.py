@@ -304,5 +304,5 @@ def test_scheduler_settings() -> None:
         "scheduler.timezone",
         "jobs[1].id",
         "jobs[0].color",
-        "scheduler.user_ids[0]",
+        "scheduler.user_ids",
     ]

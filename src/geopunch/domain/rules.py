@@ -32,9 +32,9 @@ MAX_JOB_IDS_PER_FENCE = 100
 MAX_NAME_LENGTH = 255
 MAX_ADDRESS_LENGTH = 1000
 MAX_ID_LENGTH = 128
-#: Largest time clock or scheduler id a caller may choose: JSON numbers are
-#: exact below 2**53 in every client (JavaScript's doubles among them), and
-#: the store keeps room above it, so server-assigned ids never run out.
+#: Largest time clock, scheduler or user id a caller may choose: JSON numbers
+#: are exact below 2**53 in every client (JavaScript's doubles among them),
+#: and the store keeps room above it, so server-assigned ids never run out.
 MAX_ENTITY_ID = 2**53 - 1
 MAX_ACCURACY_TOLERANCE_M = 10_000.0
 MAX_DATES_PER_CALL = 366
@@ -129,6 +129,19 @@ def check_identity(out: Collector, prefix: str, id_: int, name: str, timezone: s
         )
 
 
+def check_user_ids(out: Collector, path: str, user_ids: Iterable[int]) -> None:
+    """Assigned users' ids within the range a caller may choose. The settings
+    hold them as a set, so the problem names the ids rather than a position."""
+    bad = sorted(u for u in user_ids if not 0 < u <= MAX_ENTITY_ID)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        out.add(
+            path,
+            ErrorCode.INVALID_ARGUMENT,
+            f"user ids must be positive integers up to {MAX_ENTITY_ID}: {shown}",
+        )
+
+
 def is_valid_color(value: str) -> bool:
     """True for "#RRGGBB" or "#RGB" (hex digits in either case)."""
     return bool(_COLOR_RE.match(value))
@@ -194,9 +207,7 @@ def validate_time_clock(
     check_jobs(out, tc.jobs, job_paths)
     if tc.job_enforcement and not tc.jobs:
         out.add(f"{prefix}.jobs", ErrorCode.INVALID_ARGUMENT, "job enforcement needs jobs")
-    for i, user_id in enumerate(sorted(tc.user_ids)):
-        if user_id <= 0:
-            out.add(f"{prefix}.user_ids[{i}]", ErrorCode.INVALID_ARGUMENT, "user ids are positive")
+    check_user_ids(out, f"{prefix}.user_ids", tc.user_ids)
     bt_prefix = f"{prefix}.manual_break_types"
     check_ids(
         out, ((f"{bt_prefix}[{i}].id", b.id) for i, b in enumerate(tc.manual_break_types)), "break"

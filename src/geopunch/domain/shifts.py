@@ -29,6 +29,7 @@ from geopunch.domain.rules import (
     check_ids,
     check_jobs,
     check_sizes,
+    check_user_ids,
     color_problem,
     coordinate_problem,
     is_valid_color,
@@ -138,9 +139,7 @@ def validate_scheduler(s: Scheduler, job_paths: Sequence[str], prefix: str = "sc
     out = Collector()
     check_identity(out, prefix, s.id, s.name, s.timezone)
     check_jobs(out, s.jobs, job_paths)
-    for i, user_id in enumerate(sorted(s.user_ids)):
-        if user_id <= 0:
-            out.add(f"{prefix}.user_ids[{i}]", ErrorCode.INVALID_ARGUMENT, "user ids are positive")
+    check_user_ids(out, f"{prefix}.user_ids", s.user_ids)
     out.raise_if_any("the scheduler settings")
 
 
