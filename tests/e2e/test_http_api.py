@@ -460,3 +460,70 @@ def test_each_http_call_logs_one_line_with_its_caller(
     assert refused["status"] == 401 and "account" not in refused
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", punch["ts"])
     assert isinstance(punch["ms"], float)
+
+
+def test_out_of_range_numbers_are_refused_by_name_never_a_server_error(
+    http: httpx.Client, client: Client
+) -> None:
+    """Integers past int64 or past what a JSON client holds exactly, and an
+    integer too large for a float: each a 400 naming the field, where some
+    reached the store's driver and came back as a 500."""
+    tc = _clock(client)
+    huge, past_float = 10**30, 10**400
+    tcs, clock = "/geopunch/v1/time-clocks", f"/time-clock/v1/time-clocks/{tc}"
+    setup = {"name": "x", "timezone": "UTC"}
+    shift = {"startTime": int(time.time()) + 86_400, "endTime": int(time.time()) + 90_000}
+    cases: list[tuple[str, str, Any, str]] = [
+        ("POST", tcs, {**setup, "userIds": [USER, huge]}, "userIds[1]"),
+        ("POST", tcs, {**setup, "userIds": [USER, -4, 2**53]}, "userIds"),
+        ("POST", tcs, {**setup, "userIds": [2**63 - 1]}, "userIds"),
+        ("PUT", f"{tcs}/{tc}", {**setup, "userIds": [huge]}, "userIds[0]"),
+        ("POST", "/geopunch/v1/schedulers", {**setup, "userIds": [huge]}, "userIds[0]"),
+        ("POST", "/geopunch/v1/schedulers", {**setup, "userIds": [2**53]}, "userIds"),
+        (
+            "GET",
+            f"{clock}/time-activities?startTime=0&endTime=60&userIds={huge}",
+            None,
+            "userIds[0]",
+        ),
+        ("GET", f"{clock}/user-statuses?userIds=5&userIds={huge}", None, "userIds[1]"),
+        ("GET", f"/geopunch/v1/events?timeClockIds={huge}", None, "timeClockIds[0]"),
+        (
+            "POST",
+            f"{tcs}/{tc}/check-locations",
+            {"points": [{"latitude": past_float, "longitude": 1}]},
+            "points[0].latitude",
+        ),
+        (
+            "POST",
+            f"{clock}/geofences",
+            {"geofences": [{"name": "a", "location": HQ, "fenceSize": huge}]},
+            "geofences[0].fenceSize",
+        ),
+        (
+            "POST",
+            f"{clock}/time-activities",
+            {"timeActivities": [{"userId": huge, "shifts": []}]},
+            "timeActivities[0].userId",
+        ),
+        (
+            "POST",
+            "/scheduler/v1/schedulers/1/shifts",
+            [{**shift, "assignedUserIds": [huge]}],
+            "[0].assignedUserIds[0]",
+        ),
+    ]
+    for verb, path, body, field in cases:
+        r = http.request(verb, path, json=body)
+        assert r.status_code == 400, (path, body and str(body)[:80], r.status_code, r.text)
+        found = r.json()
+        assert found["code"] == "INVALID_ARGUMENT", (path, found)
+        assert field in {e["field"] for e in found["errors"]}, (path, found)
+    # Through the punch lane too: the latitude arrives as a float too large
+    # to be finite, and the rule on coordinates names it.
+    r = _post(http, tc, "clock-in", {"userId": USER, "locationData": {"latitude": past_float}})
+    assert r.status_code == 400 and r.json()["code"] == "INVALID_LOCATION", r.text
+    # The bounds themselves are taken.
+    r = http.post(tcs, json={**setup, "userIds": [1, 2**53 - 1]})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["userIds"] == [1, 2**53 - 1]

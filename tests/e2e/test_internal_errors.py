@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from geopunch.adapters.db.repositories import SqlActivityRepository, SqlGeofenceRepository
@@ -30,10 +31,13 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
             listen="127.0.0.1:0",
             database_url=f"sqlite:///{db}",
             api_key_hashes=(hash_key(API_KEY),),
+            http_listen="127.0.0.1:0",
         )
     )
     server.start()
     client = Client(f"127.0.0.1:{server.port}")
+    assert server.http is not None
+    client.http_base = f"http://{server.http.address}"  # type: ignore[attr-defined]
     yield client
     client.close()
     server.stop()
@@ -137,3 +141,59 @@ def test_error_answers_stay_small_whatever_was_sent(in_process: Client) -> None:
     text = err.details() or ""
     assert text.endswith("characters)") and len(text) < 500
     assert sum(len(k) + len(v) for k, v in trailing(err)) < 6_000
+
+
+#: HTTP routes of each kind: one served by FastAPI's thread pool, one by a
+#: coroutine, and a punch, which the lane serves outside FastAPI.
+HTTP_KINDS: dict[str, tuple[type, str, str, str, dict[str, Any] | None]] = {
+    "route on the thread pool": (
+        SqlGeofenceRepository,
+        "list_for",
+        "GET",
+        "/time-clock/v1/time-clocks/{tc}/geofences",
+        None,
+    ),
+    "the punch lane": (
+        SqlActivityRepository,
+        "punch_state",
+        "POST",
+        "/time-clock/v1/time-clocks/{tc}/clock-in",
+        {"userId": 9170357},
+    ),
+    "route as a coroutine": (
+        SqlActivityRepository,
+        "punch_state",
+        "POST",
+        "/geopunch/v1/time-clocks/{tc}/validate-punch",
+        {"userId": 9170357, "kind": "clockIn"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(HTTP_KINDS))
+def test_an_unexpected_error_over_http_is_json_with_a_request_id(
+    in_process: Client,
+    kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not Starlette's plain-text page: the error body every other refusal
+    has, code INTERNAL, the request id to quote, and the stack in the log
+    once (not again by uvicorn)."""
+    repository, method, verb, path, body = HTTP_KINDS[kind]
+    tc = make_time_clock(in_process).id
+    url = in_process.http_base + path.format(tc=tc)  # type: ignore[attr-defined]
+    monkeypatch.setattr(repository, method, _fail)
+    caplog.set_level(logging.INFO)
+    answer = httpx.request(verb, url, json=body, headers={"X-API-KEY": API_KEY})
+    assert answer.status_code == 500, answer.text
+    found = answer.json()
+    assert found["code"] == "INTERNAL"
+    assert found["requestId"] == answer.headers["x-request-id"]
+    assert found["requestId"] in found["detail"]
+    assert SECRET not in answer.text and "Traceback" not in answer.text
+    failures = [r for r in caplog.records if r.exc_info and SECRET in str(r.exc_info[1])]
+    assert [r.name for r in failures] == ["geopunch"], [(r.name, r.getMessage()) for r in failures]
+    monkeypatch.undo()
+    again = httpx.request(verb, url, json=body, headers={"X-API-KEY": API_KEY})
+    assert again.status_code == 200, again.text  # the server goes on serving

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -353,6 +353,24 @@ def camel_path(path: str) -> str:
         if path.startswith(root):
             path = path[len(root) :]
     return _SNAKE.sub(lambda m: m.group(1).upper(), path)
+
+
+#: Where FastAPI says a parameter came from: the first part of its ``loc``.
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def loc_path(loc: Sequence[str | int]) -> str:
+    """A refused parameter's place in the rules' spelling: ``("body",
+    "timeActivities", 0, "userId")`` -> ``timeActivities[0].userId``, as the
+    domain's own problems name it."""
+    parts = list(loc[1:] if loc and loc[0] in _SOURCES else loc)
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
 def error_detail(

@@ -35,7 +35,7 @@ from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from geopunch import metrics
 from geopunch.adapters.http import answers
@@ -139,6 +139,17 @@ def _refusal(exc: DomainError, path: str) -> JSONResponse:
     return _error(status, exc.code.value, detail, answers.violations(exc))
 
 
+def _internal_error() -> JSONResponse:
+    """What a caller sees of an unexpected error: the request id to quote,
+    never the exception's text (as over gRPC)."""
+    rid = request_id_var.get()
+    return _error(
+        500,
+        ErrorCode.INTERNAL.value,
+        f"internal error; the server log has it under request id {rid}",
+    )
+
+
 def _lost_race() -> JSONResponse:
     return _error(
         409,
@@ -218,16 +229,28 @@ class RequestContext:
                 await refusal(scope, receive, send)
                 return
 
+            answered = False
+
             async def send_with_id(message: Any) -> None:
-                nonlocal status
+                nonlocal status, answered
                 if message["type"] == "http.response.start":
-                    status = message["status"]
+                    status, answered = message["status"], True
                     headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
                     headers.append((b"x-request-id", request_id_var.get().encode()))
                     message = {**message, "headers": headers}
                 await send(message)
 
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                # Every unexpected error ends here, answered or not: FastAPI's
+                # handler (``internal_error``) answers for its routes and
+                # raises on, the punch lane does not answer. Logged once, with
+                # the stack; uvicorn would log it again and close the
+                # connection if it were raised further.
+                log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+                if not answered:
+                    await _internal_error()(scope, receive, send_with_id)
         finally:
             # The route's template (FastAPI's, or the lane's), never the raw
             # path: ids in paths would make a metric per resource.
@@ -320,6 +343,29 @@ class PunchLane:
 # -- the app --------------------------------------------------------------------------
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _exact_integer_bounds(node: Any) -> Any:
+    """The document with an integer's ``minimum`` and ``maximum`` as integers.
+
+    FastAPI's OpenAPI model holds every bound as a float, which turns
+    2**63 - 1 into 9.223372036854776e+18 (2**63, out of range) and 2**31 - 1
+    into 2147483647.0. Every integer geopunch takes lies within int64, so a
+    bound rounded past it is int64's own.
+    """
+    if isinstance(node, list):
+        return [_exact_integer_bounds(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _exact_integer_bounds(value) for key, value in node.items()}
+    if out.get("type") == "integer":
+        for key in ("minimum", "maximum"):
+            if isinstance(out.get(key), float):
+                out[key] = min(max(int(out[key]), _INT64[0]), _INT64[1])
+    return out
+
+
 def create_app(deps: HttpDeps) -> Any:
     """The ASGI app: the request context around the punch lane around FastAPI."""
     app = FastAPI(
@@ -345,14 +391,30 @@ def create_app(deps: HttpDeps) -> Any:
                 (409, "a locked day, an existing id or a concurrent change"),
                 (413, "the body is too large"),
                 (429, "too many open event streams for the key"),
+                (500, "an unexpected error, logged under the request id"),
                 (503, "the server is starting"),
             )
         },
     )
 
+    build_document = app.openapi
+
+    def exact_document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _exact_integer_bounds(build_document())
+        return app.openapi_schema
+
+    app.openapi = exact_document  # type: ignore[method-assign]
+
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
         return _refusal(exc, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers with this and raises the error on, to the
+        # middleware that logs it.
+        return _internal_error()
 
     @app.exception_handler(ConcurrentChange)
     async def lost_race(request: Request, exc: ConcurrentChange) -> JSONResponse:
@@ -362,7 +424,7 @@ def create_app(deps: HttpDeps) -> Any:
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         found = []
         for e in exc.errors()[:8]:
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            where = answers.loc_path(e.get("loc", ()))
             found.append(
                 {
                     "field": where,
@@ -404,6 +466,9 @@ def create_app(deps: HttpDeps) -> Any:
     Puncher = Annotated[Principal, Depends(principal(Scope.PUNCH))]
     Admin = Annotated[Principal, Depends(principal(Scope.ADMIN))]
     Int64Path = Annotated[int, Path(ge=0, le=2**63 - 1)]
+    #: An id in a query's list, bounded like one in a path: an unbounded one
+    #: (10**30) reached the store's driver and failed there as a 500.
+    QueryId = Annotated[int, Field(ge=0, le=2**63 - 1)]
     IdPath = Annotated[str, Path(max_length=1000)]
     IdemKey = Annotated[
         str,
@@ -595,7 +660,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     activities_path = f"{base}/time-activities"
     ActivityId = Annotated[str, Path(max_length=128)]
-    UserIds = Annotated[list[int], Query(max_length=10_000)]
+    UserIds = Annotated[list[QueryId], Query(max_length=10_000)]
 
     @app.post(activities_path, tags=["time activities"])
     def create_time_activities(
@@ -900,7 +965,7 @@ def create_app(deps: HttpDeps) -> Any:
         request: Request,
         after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         types: Annotated[list[str], Query(max_length=64)] = [],  # noqa: B006
-        timeClockIds: Annotated[list[int], Query(max_length=1000)] = [],  # noqa: B006
+        timeClockIds: Annotated[list[QueryId], Query(max_length=1000)] = [],  # noqa: B006
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> StreamingResponse:
         """The account's events as Server-Sent Events, from `after` (or the

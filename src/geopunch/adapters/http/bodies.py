@@ -14,11 +14,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     StrictFloat,
     StrictStr,
 )
-from pydantic import StrictInt as _StrictInt
 
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import (
@@ -57,12 +57,21 @@ def _integral(value: Any) -> Any:
 
 
 #: An integer as JSON means it: a number without a fraction, never a string.
-StrictInt = Annotated[_StrictInt, BeforeValidator(_integral)]
-Number = StrictFloat | StrictInt
-#: Ids, Unix seconds and the like: JSON integers within int64.
-Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
-#: Counts and minutes of shift settings: int32, as over gRPC.
-Int32 = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+#: The bounds come before the validator that turns 5.0 into 5, so that they
+#: are the integer's own and the OpenAPI document states them as ``minimum``
+#: and ``maximum`` (after it they showed as unknown ``ge``/``le`` keys, and a
+#: list of plain integers had none: 10**30 reached the store as a 500).
+Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_integral)]
+#: Counts, sizes and minutes: int32, as over gRPC.
+Int32 = Annotated[int, Strict(), Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_integral)]
+#: A bound added to one of these from outside (``Annotated[Int64, Field(ge=1)]``
+#: or a field's ``Field(ge=1)``) is checked but left out of the document, so
+#: a narrower range is a type of its own.
+Seconds32 = Annotated[int, Strict(), Field(ge=0, le=2**31 - 1), BeforeValidator(_integral)]
+Seq = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1), BeforeValidator(_integral)]
+#: Coordinates, accuracies and distances. Integers are taken as floats; one
+#: too large for a float (10**400) is refused here, not by ``float()`` later.
+Number = StrictFloat
 #: Points one HTTP location check may carry; larger batches belong on gRPC.
 MAX_HTTP_POINTS = 10_000
 
@@ -131,7 +140,7 @@ class FenceIn(Body):
     name: StrictStr = ""
     location: FenceLocation = FenceLocation()
     isEnabled: StrictBool | None = None
-    fenceSize: StrictInt | None = None
+    fenceSize: Int32 | None = None
     jobIds: list[StrictStr] = []
     onGeofenceExitAction: StrictStr = ""
 
@@ -181,7 +190,7 @@ class BreakTypeIn(Body):
     id: StrictStr
     name: StrictStr = ""
     isMandatory: StrictBool = False
-    minDurationSeconds: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
+    minDurationSeconds: Seconds32 = 0
     isPaid: StrictBool = False
 
 
@@ -215,7 +224,7 @@ class TimeClockIn(Body):
     timezone: StrictStr = ""
     jobEnforcement: StrictBool = False
     jobs: list[JobIn] = []
-    userIds: list[StrictInt] = []
+    userIds: list[Int64] = []
     manualBreaksEnabled: StrictBool = False
     manualBreakTypes: list[BreakTypeIn] = []
     geofencePolicy: GeofencePolicy = GeofencePolicy.OFF
@@ -248,7 +257,7 @@ class SchedulerIn(Body):
     name: StrictStr = ""
     timezone: StrictStr = ""
     jobs: list[JobIn] = []
-    userIds: list[StrictInt] = []
+    userIds: list[Int64] = []
     multiUserShifts: StrictBool = False
 
     def to_domain(self, scheduler_id: int | None = None) -> tuple[Scheduler, list[str]]:
@@ -323,7 +332,7 @@ class ShiftIn(Body):
     isOpenShift: StrictBool | None = None
     openSpots: Int32 | None = None
     isRequireAdminApproval: StrictBool | None = None
-    assignedUserIds: list[StrictInt] = []
+    assignedUserIds: list[Int64] = []
     locationData: ShiftLocationIn | None = None
     color: StrictStr | None = None
     notes: list[NoteIn] = []
@@ -509,4 +518,4 @@ class WebhookSubscriptionIn(Body):
 
 
 class ReplayBody(Body):
-    fromSeq: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+    fromSeq: Seq
