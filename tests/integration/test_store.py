@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import random
+import sqlite3
 import string
 import threading
 import time
@@ -978,6 +979,45 @@ def test_spans_give_each_activity_its_column_and_an_open_one_ends_now(
         ]
         assert read(window._replace(start=30_000, end=40_000), []) == [(3, WORKED, 1600, 7000)]
         assert read(window._replace(user_ids=[99]), ["lunch"]) == []
+
+
+def test_sqlite_spans_narrow_their_slices_when_a_slice_passes_the_longest_value(
+    tmp_path: Any,
+) -> None:
+    """A day whose rows joined pass SQLite's longest value (about 15 million
+    activities at its default of 1 GB) is read in narrower slices, not
+    refused. Here the limit is lowered to two rows' worth."""
+    from geopunch.adapters.db.store import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    migrate(engine)
+    uows = AccountStore(engine)
+    day = 86_400
+    shifts = [_completed(f"s{i}", day + 100 * i, day + 100 * i + 50) for i in range(7)]
+    # Two users begin in the same second, 3 * day.
+    both = [replace(_completed(f"b{u}", 3 * day, 3 * day + 9), user_id=u) for u in (1, 2)]
+    with uows() as uow:
+        uow.time_clocks.add(TC)
+        uow.activities.add_many(shifts + both)
+        uow.commit()
+    window = PageQuery(TC.id, 0, 3 * day, [], [], None, 10)
+    with uows(readonly=True) as uow:
+        raw = driver(uow.activities._conn)
+        row = 4 * 16  # hex digits a row
+        before = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 2 * row)
+        try:
+            chunks = list(uow.activities.spans(window, [], 7000))
+            raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, row + 1)
+            with pytest.raises(sqlite3.DataError):  # a second that cannot be cut
+                list(uow.activities.spans(window._replace(end=3 * day + 1), [], 7000))
+        finally:
+            raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, before)
+        whole = list(uow.activities.spans(window, [], 7000))
+    assert max(len(c) for c in chunks) <= 2 and len(whole) == 3  # a statement a day
+    expected = [(1, WORKED, day + 100 * i, day + 100 * i + 50) for i in range(7)]
+    assert sorted(tuple(int(v) for v in r) for c in chunks for r in c) == expected
+    assert sorted(tuple(int(v) for v in r) for c in whole for r in c) == expected
+    engine.dispose()
 
 
 def test_every_write_keeps_the_activity_line_and_a_row_without_one_is_encoded_when_listed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -768,8 +769,9 @@ class _OpenRows:
 _OPEN_ROWS = _OpenRows(most=1 << 14)
 #: The part of a window whose activities totals read in one statement on
 #: SQLite: a day, 20,000 rows (1.3 MB of hex) at 10,000 users with two
-#: activities a day, and far below SQLite's 1 GB a value (15 million). As
-#: quick as a week a statement or the whole window (bench/README.md, totals).
+#: activities a day, and far below SQLite's 1 GB a value (15 million rows;
+#: a day past it is halved, ``_span_slice``). As quick as a week a statement
+#: or the whole window (bench/README.md, totals).
 _SPAN_SLICE_S = 86_400
 #: Rows of a window's totals read at a time on PostgreSQL: 1.6 MB.
 _SPAN_CHUNK = 50_000
@@ -1115,10 +1117,27 @@ class SqlActivityRepository(AccountScoped):
         since = -(1 << 62)
         while since < q.end:
             until = min(max(since, q.start) + _SPAN_SLICE_S, q.end)
-            slice_params = {**params, "since": since, "end": until}
-            ((value,),) = statement.all(self._conn, slice_params)
-            yield _unhexed(value, 4)
+            yield from self._span_slice(statement, params, since, until, q.start)
             since = until
+
+    def _span_slice(
+        self, statement: Prepared, params: dict[str, Any], since: int, until: int, start: int
+    ) -> Iterator[np.ndarray]:
+        """SQLite: the spans of the activities begun in ``[since, until)``,
+        halved until their joined rows fit in one value: a day of a clock
+        with millions of activities passes SQLite's longest value (1 GB by
+        default). A second always fits: at most one activity a user begins
+        in it."""
+        try:
+            ((value,),) = statement.all(self._conn, {**params, "since": since, "end": until})
+        except sqlite3.DataError:
+            if until - max(since, start) <= 1:
+                raise
+            middle = (max(since, start) + until) // 2
+            yield from self._span_slice(statement, params, since, middle, start)
+            yield from self._span_slice(statement, params, middle, until, start)
+            return
+        yield _unhexed(value, 4)
 
     def page_lines(self, q: PageQuery) -> EncodedPage:
         """The activities of ``page`` as their kept lines, joined
