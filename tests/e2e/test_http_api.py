@@ -527,3 +527,42 @@ def test_out_of_range_numbers_are_refused_by_name_never_a_server_error(
     r = http.post(tcs, json={**setup, "userIds": [1, 2**53 - 1]})
     assert r.status_code == 200, r.text
     assert r.json()["data"]["userIds"] == [1, 2**53 - 1]
+
+
+def test_what_the_framework_refuses_has_the_usual_error_body(
+    http: httpx.Client, client: Client
+) -> None:
+    """Refusals made before any route runs (an unknown path or method, a body
+    that is not JSON, not UTF-8, nested past the parser, or sent without its
+    content type) carry code, detail and request id, and say what to fix."""
+    tc = _clock(client)
+    punch = f"/time-clock/v1/time-clocks/{tc}/clock-in"
+    deep = b'{"userId": 5, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    json_type, plain = {"Content-Type": "application/json"}, {"Content-Type": "text/plain"}
+    cases: list[tuple[str, str, Any, dict[str, str], int, str, str]] = [
+        ("POST", punch, b'{"userId": 5,', json_type, 400, "INVALID_ARGUMENT", "at character 13"),
+        ("POST", punch, b'{"userId": 5}', plain, 400, "INVALID_ARGUMENT", "Content-Type"),
+        ("POST", punch, b'["userId"]', json_type, 400, "INVALID_ARGUMENT", "a JSON object"),
+        (
+            "POST",
+            punch,
+            b'{"userId": 5, "jobId": "\xff"}',
+            json_type,
+            400,
+            "INVALID_ARGUMENT",
+            "UTF-8",
+        ),
+        ("POST", punch, deep, json_type, 400, "INVALID_ARGUMENT", "nests too deeply"),
+        ("GET", "/time-clock/v1/nothing-here", None, {}, 404, "ROUTE_NOT_FOUND", "/openapi.json"),
+        ("DELETE", punch, None, {}, 405, "METHOD_NOT_ALLOWED", "allowed: POST"),
+    ]
+    for verb, path, body, headers, status, code, says in cases:
+        r = http.request(verb, path, content=body, headers=headers)
+        assert r.status_code == status, (path, body and body[:40], r.text)
+        found = r.json()
+        assert found["code"] == code, found
+        assert says in found["detail"], found
+        assert found["requestId"] == r.headers["x-request-id"]
+    assert http.request("DELETE", punch).headers["allow"] == "POST"
+    # Nothing of the refused punches was stored: the user can still clock in.
+    assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200

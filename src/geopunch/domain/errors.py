@@ -85,6 +85,10 @@ class ErrorCode(StrEnum):
     CONCURRENT_MODIFICATION = "CONCURRENT_MODIFICATION"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    # HTTP alone: a path or a method the API does not have (gRPC answers an
+    # unknown method UNIMPLEMENTED itself, before geopunch sees the call).
+    ROUTE_NOT_FOUND = "ROUTE_NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
 
 class StatusMapping(NamedTuple):
@@ -177,6 +181,8 @@ STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.CONCURRENT_MODIFICATION: StatusMapping("ABORTED", 409),
     ErrorCode.UNAVAILABLE: StatusMapping("UNAVAILABLE", 503),
     ErrorCode.INTERNAL: StatusMapping("INTERNAL", 500),
+    ErrorCode.ROUTE_NOT_FOUND: StatusMapping("UNIMPLEMENTED", 404),
+    ErrorCode.METHOD_NOT_ALLOWED: StatusMapping("UNIMPLEMENTED", 405),
 }
 
 

@@ -373,6 +373,20 @@ def loc_path(loc: Sequence[str | int]) -> str:
     return out
 
 
+def validation_problem(error: Mapping[str, Any]) -> tuple[str, str]:
+    """A parameter pydantic refused, as (field, sentence). Its sentence says
+    too little to act on for a body that is not JSON or not an object, and
+    its place for unreadable JSON is a character offset, not a field."""
+    kind, loc = error.get("type"), tuple(error.get("loc", ()))
+    if kind == "json_invalid":
+        why = (error.get("ctx") or {}).get("error", "")
+        at = f" (at character {loc[1]})" if len(loc) > 1 else ""
+        return "", f"the body is not valid JSON: {why}{at}" if why else f"the body is not JSON{at}"
+    if kind == "model_attributes_type" and loc == ("body",):
+        return "", "the body must be a JSON object, sent as Content-Type: application/json"
+    return loc_path(loc), str(error.get("msg", "invalid"))
+
+
 def error_detail(
     err: DomainError, route: str, status: int
 ) -> str | list[str] | dict[str, list[str]]:

@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geopunch import metrics
 from geopunch.adapters.http import answers
@@ -148,6 +149,23 @@ def _internal_error() -> JSONResponse:
         ErrorCode.INTERNAL.value,
         f"internal error; the server log has it under request id {rid}",
     )
+
+
+def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[str, str]:
+    """The reason and a sentence for a refusal Starlette or FastAPI made."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return ErrorCode.ROUTE_NOT_FOUND.value, f"no route {where}; /openapi.json lists them"
+    if exc.status_code == 405:
+        allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        return ErrorCode.METHOD_NOT_ALLOWED.value, f"{where} is not served; allowed: {allowed}"
+    if exc.status_code == 400:
+        # FastAPI's answer to a body json.loads could not take (not UTF-8,
+        # or nested past the parser's depth).
+        said = "the body could not be read as JSON: it is not UTF-8, or it nests too deeply"
+        return ErrorCode.INVALID_ARGUMENT.value, said
+    code = ErrorCode.INTERNAL if exc.status_code >= 500 else ErrorCode.INVALID_ARGUMENT
+    return code.value, str(exc.detail)[:300]
 
 
 def _lost_race() -> JSONResponse:
@@ -422,19 +440,23 @@ def create_app(deps: HttpDeps) -> Any:
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        found = []
-        for e in exc.errors()[:8]:
-            where = answers.loc_path(e.get("loc", ()))
-            found.append(
-                {
-                    "field": where,
-                    "description": str(e.get("msg", "invalid"))[:200],
-                    "code": ErrorCode.INVALID_ARGUMENT.value,
-                }
-            )
+        found = [
+            {"field": field, "description": said[:200], "code": ErrorCode.INVALID_ARGUMENT.value}
+            for field, said in map(answers.validation_problem, exc.errors()[:8])
+        ]
         first = found[0] if found else {"field": "", "description": "invalid request"}
-        detail = f"{first['field']}: {first['description']}" if first["field"] else "invalid"
+        detail = (
+            f"{first['field']}: {first['description']}" if first["field"] else first["description"]
+        )
         return _error(400, ErrorCode.INVALID_ARGUMENT.value, detail[:300], found)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (no such path or method, a body it could
+        not read) in the error body every other refusal has."""
+        answer = _error(exc.status_code, *_framework_reason(request, exc))
+        answer.headers.update(exc.headers or {})
+        return answer
 
     # A security scheme (documented as such in the OpenAPI document) that reads
     # the header directly: cheaper per call than a validated Header parameter.
