@@ -125,6 +125,19 @@ def test_evaluate_trails_across_the_antimeridian(client: Client) -> None:
     assert [(e.sample, e.fence_id) for e in data.exits] == [(2, fid)]
 
 
+def test_a_user_id_past_40_bits_is_a_user_of_its_clock(client: Client) -> None:
+    """Ids up to 2**53 - 1 may be assigned; the packed (clock, user) keys of
+    the index hold 40 bits, and wider ids were refused as strangers."""
+    user = 2**53 - 1 - fresh_user()
+    tc, _ = clock_with_fences(client, user, (0, 100, "noAction"))
+    s = samples(tc, [0, 50, 500], now(), user)
+    assert list(evaluate(client, s).status) == [0, 0, 0]
+    live = report(client, s)
+    assert (live.accepted, live.rejected) == (3, 0)
+    s.user_ids[:] = [user - 1] * 3  # not assigned
+    assert list(evaluate(client, s).status) == [10, 10, 10]
+
+
 def test_bad_samples_are_answered_per_sample(client: Client) -> None:
     user = fresh_user()
     tc, _ = clock_with_fences(client, user, (0, 100, "noAction"))

@@ -366,12 +366,27 @@ def test_unassigned_users() -> None:
     got = unassigned(snap, np.array([7, 9, 7, 7, -1, 2**45]), np.array([1, 1, 2, 3, 1, 1]))
     # clock 2 has no users: nobody is assigned to it; clock 3 is unknown (reported as such)
     assert got.tolist() == [False, True, True, False, True, True]
+    # Ids past 40 bits, on a clock whose users are all that wide.
+    wide = frozenset({2**45, 2**53 - 1})
+    snap = snapshot([clock(1, user_ids=wide)], [fence("f", 1, 0.0, 0.0)])
+    got = unassigned(snap, np.array([2**45, 2**53 - 1, 2**45 + 1, 7]), np.array([1, 1, 1, 1]))
+    assert got.tolist() == [False, False, True, True]
 
 
-@settings(max_examples=60, deadline=None)
+#: Small ids, ids about the 40 bits a packed (clock, user) key holds, and ids
+#: up to int64's end (a clock stored before user ids were bounded).
+_user_ids = st.one_of(
+    st.integers(0, 40),
+    st.integers(2**40 - 2, 2**40 + 2),
+    st.integers(2**53 - 2, 2**53 + 1),
+    st.integers(2**62, 2**63 - 1),
+)
+
+
+@settings(max_examples=120, deadline=None)
 @given(
-    st.lists(st.frozensets(st.integers(0, 40), max_size=12), min_size=1, max_size=6),
-    st.lists(st.tuples(st.integers(-2, 42), st.integers(0, 8)), max_size=60),
+    st.lists(st.frozensets(_user_ids, max_size=12), min_size=1, max_size=6),
+    st.lists(st.tuples(st.one_of(_user_ids, st.integers(-2, -1)), st.integers(0, 8)), max_size=60),
 )
 def test_unassigned_matches_the_clocks_user_sets(
     users: list[frozenset[int]], samples: list[tuple[int, int]]

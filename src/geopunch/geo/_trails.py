@@ -67,12 +67,24 @@ def unassigned(
     if not known.any():
         return np.zeros(user_ids.size, np.bool_)
     table = snap.user_keys
-    if not table.size:
-        return known
     plausible = (user_ids >= 0) & (user_ids < USER_KEY_LIMIT)
-    keys = (clocks.astype(np.int64) << 40) + np.where(plausible, user_ids, 0)
-    at = np.minimum(np.searchsorted(table, keys), table.size - 1)
-    member: B = (table[at] == keys) & plausible
+    member: B = np.zeros(user_ids.size, np.bool_)
+    if table.size:
+        keys = (clocks.astype(np.int64) << 40) + np.where(plausible, user_ids, 0)
+        at = np.minimum(np.searchsorted(table, keys), table.size - 1)
+        member = (table[at] == keys) & plausible
+    # Ids past the keys' 40 bits (up to 2**53 may be assigned, and older
+    # clocks may hold larger ones) are searched in their clock's own sorted
+    # users, a clock at a time: rare, and exact for any int64.
+    wide = known & (user_ids >= USER_KEY_LIMIT)
+    if wide.any():
+        for dense in np.unique(clocks[wide]).tolist():
+            users = snap.clocks[dense].user_ids
+            if not users.size:
+                continue
+            these = np.flatnonzero(wide & (clocks == dense))
+            at = np.minimum(np.searchsorted(users, user_ids[these]), users.size - 1)
+            member[these] = users[at] == user_ids[these]
     return known & ~member
 
 
