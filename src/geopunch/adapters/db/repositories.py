@@ -701,6 +701,14 @@ def _open(*where: ColumnElement[bool]) -> Select[Any]:
 
 #: Open activities of one time clock.
 _OPEN_FOR = Prepared(_open())
+#: Every activity of one user of one time clock, in start order. Prepared:
+#: the punch state machine's test reads it after each of its 6,000 steps,
+#: and building the statement each time was most of that test's time.
+_USER_HISTORY = Prepared(
+    select(*_COLUMNS)
+    .where(*_of_clock(activities), activities.c.user_id == bindparam("user"))
+    .order_by(activities.c.start_ts, activities.c.created_at)
+)
 #: Who of one time clock is on an open activity, and which row version.
 _OPEN_KEYS = Prepared(
     _open().with_only_columns(activities.c.user_id, activities.c.id, activities.c.modified_at)
@@ -1244,16 +1252,8 @@ class SqlActivityRepository(AccountScoped):
         }
 
     def list_for(self, time_clock_id: int, user_id: int) -> list[Activity]:
-        rows = self._conn.execute(
-            select(*_COLUMNS)
-            .where(
-                activities.c.account_id == self.account,
-                activities.c.time_clock_id == time_clock_id,
-                activities.c.user_id == user_id,
-            )
-            .order_by(activities.c.start_ts, activities.c.created_at)
-        ).all()
-        return [_activity_of(r) for r in rows]
+        params = {"acct": self.account, "tc": time_clock_id, "user": user_id}
+        return list(map(_activity_of, _USER_HISTORY.all(self._conn, params)))
 
 
 _INSERT_KEY = Prepared(
