@@ -90,24 +90,33 @@ def fleets(draw: st.DrawFn) -> tuple[list[TimeClock], list[Geofence]]:
     return clocks, fences
 
 
+# Built once: a strategy made inside the loop below (a union above all)
+# worked out its properties again at every draw, most of this test's time.
+_BEARINGS = st.floats(-180, 180)
+_DISTANCES = st.floats(0, 2000) | st.floats(0, 4000)
+_ACCURACIES = st.none() | st.floats(0, 50)
+_JOBS = st.integers(-1, 1)
+
+
 @st.composite
 def probes(draw: st.DrawFn, fences: list[Geofence]) -> tuple[F64, F64, I64, F64, I32]:
     """Points near the fences (up to 4 km from a centre), with accuracies and jobs."""
     n = draw(st.integers(1, 40))
-    base = [fences[draw(st.integers(0, len(fences) - 1))] for _ in range(n)]
+    which = st.integers(0, len(fences) - 1)
+    base = [fences[draw(which)] for _ in range(n)]
     plon, plat, _ = GEOD.fwd(
         [f.longitude for f in base],
         [f.latitude for f in base],
-        [draw(st.floats(-180, 180)) for _ in range(n)],
-        [draw(st.floats(0, 2000) | st.floats(0, 4000)) for _ in range(n)],
+        [draw(_BEARINGS) for _ in range(n)],
+        [draw(_DISTANCES) for _ in range(n)],
     )
-    acc = [draw(st.none() | st.floats(0, 50)) for _ in range(n)]
+    acc = [draw(_ACCURACIES) for _ in range(n)]
     return (
         np.asarray(plat, np.float64),
         np.asarray(plon, np.float64),
         np.array([f.time_clock_id for f in base], np.int64),
         np.array([np.nan if a is None else a for a in acc], np.float64),
-        np.array([draw(st.integers(-1, 1)) for _ in range(n)], np.int32),
+        np.array([draw(_JOBS) for _ in range(n)], np.int32),
     )
 
 
