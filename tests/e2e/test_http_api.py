@@ -510,7 +510,7 @@ def test_out_of_range_numbers_are_refused_by_name_never_a_server_error(
             "POST",
             "/scheduler/v1/schedulers/1/shifts",
             [{**shift, "assignedUserIds": [huge]}],
-            "[0].assignedUserIds[0]",
+            "shifts[0].assignedUserIds[0]",
         ),
     ]
     for verb, path, body, field in cases:
@@ -519,6 +519,14 @@ def test_out_of_range_numbers_are_refused_by_name_never_a_server_error(
         found = r.json()
         assert found["code"] == "INVALID_ARGUMENT", (path, found)
         assert field in {e["field"] for e in found["errors"]}, (path, found)
+    # A malformed body gets its route's shape of detail, as a broken rule does:
+    # a list for a batch of geofences, keyed by shift for shifts.
+    fences = {"geofences": [{"name": "a", "location": HQ, "fenceSize": huge}]}
+    detail = http.post(f"{clock}/geofences", json=fences).json()["detail"]
+    assert detail == ["geofences[0].fenceSize: Input should be less than or equal to 2147483647"]
+    bad_shift = [{**shift, "title": "t"}, {**shift, "assignedUserIds": [huge]}]
+    detail = http.post("/scheduler/v1/schedulers/1/shifts", json=bad_shift).json()["detail"]
+    assert list(detail) == ["shift-1"], detail
     # Through the punch lane too: the latitude arrives as a float too large
     # to be finite, and the rule on coordinates names it.
     r = _post(http, tc, "clock-in", {"userId": USER, "locationData": {"latitude": past_float}})

@@ -359,12 +359,13 @@ def camel_path(path: str) -> str:
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
 
-def loc_path(loc: Sequence[str | int]) -> str:
+def loc_path(loc: Sequence[str | int], root: str = "") -> str:
     """A refused parameter's place in the rules' spelling: ``("body",
     "timeActivities", 0, "userId")`` -> ``timeActivities[0].userId``, as the
-    domain's own problems name it."""
+    domain's own problems name it; ``root`` names a body that is a list
+    (``shifts``: ``("body", 1, "title")`` -> ``shifts[1].title``)."""
     parts = list(loc[1:] if loc and loc[0] in _SOURCES else loc)
-    out = ""
+    out = root if parts and isinstance(parts[0], int) else ""
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
@@ -373,7 +374,7 @@ def loc_path(loc: Sequence[str | int]) -> str:
     return out
 
 
-def validation_problem(error: Mapping[str, Any]) -> tuple[str, str]:
+def validation_problem(error: Mapping[str, Any], root: str = "") -> tuple[str, str]:
     """A parameter pydantic refused, as (field, sentence). Its sentence says
     too little to act on for a body that is not JSON or not an object, and
     its place for unreadable JSON is a character offset, not a field."""
@@ -384,7 +385,7 @@ def validation_problem(error: Mapping[str, Any]) -> tuple[str, str]:
         return "", f"the body is not valid JSON: {why}{at}" if why else f"the body is not JSON{at}"
     if kind == "model_attributes_type" and loc == ("body",):
         return "", "the body must be a JSON object, sent as Content-Type: application/json"
-    return loc_path(loc), str(error.get("msg", "invalid"))
+    return loc_path(loc, root), str(error.get("msg", "invalid"))
 
 
 def error_detail(
@@ -403,7 +404,10 @@ def error_detail(
             key = f"shift-{m.group(1)}" if m else "request"
             by_shift.setdefault(key, []).append(v.description)
         return by_shift
-    said = [f"{camel_path(v.field)}: {v.description}" for v in err.violations]
+    said = [
+        f"{camel_path(v.field)}: {v.description}" if v.field else v.description
+        for v in err.violations
+    ]
     if batch_of_fences:
         return said
     if len(said) == 1:

@@ -62,7 +62,13 @@ from geopunch.adapters.http.bodies import (
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
-from geopunch.domain.errors import STATUS, ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.errors import (
+    STATUS,
+    ConcurrentChange,
+    DomainError,
+    ErrorCode,
+    FieldViolation,
+)
 from geopunch.domain.events import check_watch_filter, event_json, json_bytes
 from geopunch.domain.models import DayStatus
 from geopunch.domain.ports import (
@@ -440,15 +446,14 @@ def create_app(deps: HttpDeps) -> Any:
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        found = [
-            {"field": field, "description": said[:200], "code": ErrorCode.INVALID_ARGUMENT.value}
-            for field, said in map(answers.validation_problem, exc.errors()[:8])
-        ]
-        first = found[0] if found else {"field": "", "description": "invalid request"}
-        detail = (
-            f"{first['field']}: {first['description']}" if first["field"] else first["description"]
-        )
-        return _error(400, ErrorCode.INVALID_ARGUMENT.value, detail[:300], found)
+        # As the rules' own problems, so that the route's detail has its one
+        # shape (a list for a batch of geofences, keyed by shift for shifts).
+        root = "shifts" if request.url.path.startswith("/scheduler/") else ""
+        problems = [
+            FieldViolation(field, said[:200], ErrorCode.INVALID_ARGUMENT)
+            for field, said in (answers.validation_problem(e, root) for e in exc.errors()[:8])
+        ] or [FieldViolation("", "invalid request", ErrorCode.INVALID_ARGUMENT)]
+        return _refusal(DomainError.from_violations(problems, "the request"), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def framework_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
