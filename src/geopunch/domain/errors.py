@@ -215,6 +215,16 @@ class DomainError(Exception):
         return f"{self.code}: {self.message}"
 
     @classmethod
+    def unexpected(cls, request_id: str) -> DomainError:
+        """What a caller is told of an unexpected error, over either
+        transport: the request id to quote, never the exception's text."""
+        return cls(
+            ErrorCode.INTERNAL,
+            f"internal error; the server log has it under request id {request_id}",
+            {"requestId": request_id},
+        )
+
+    @classmethod
     def from_violations(cls, violations: list[FieldViolation], what: str) -> DomainError:
         """One error for many field problems; its reason is the first one's."""
         first = violations[0]

@@ -221,13 +221,7 @@ class ServiceInterceptor(_Interceptor):
         # Logged once here, with the stack; the caller gets the request id to
         # quote, never the exception's text.
         log.exception("unexpected error in %s", method)
-        return _status(
-            DomainError(
-                ErrorCode.INTERNAL,
-                f"internal error; the server log has it under request id {request_id_var.get()}",
-                {"requestId": request_id_var.get()},
-            )
-        )
+        return _status(DomainError.unexpected(request_id_var.get()))
 
     @contextlib.asynccontextmanager
     async def _call(self, context: Any, call: _Call) -> AsyncIterator[None]:

@@ -146,17 +146,6 @@ def _refusal(exc: DomainError, path: str) -> JSONResponse:
     return _error(status, exc.code.value, detail, answers.violations(exc))
 
 
-def _internal_error() -> JSONResponse:
-    """What a caller sees of an unexpected error: the request id to quote,
-    never the exception's text (as over gRPC)."""
-    rid = request_id_var.get()
-    return _error(
-        500,
-        ErrorCode.INTERNAL.value,
-        f"internal error; the server log has it under request id {rid}",
-    )
-
-
 def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[str, str]:
     """The reason and a sentence for a refusal Starlette or FastAPI made."""
     where = f"{request.method} {request.url.path}"
@@ -274,7 +263,8 @@ class RequestContext:
                 # connection if it were raised further.
                 log.exception("unexpected error in %s %s", scope["method"], scope["path"])
                 if not answered:
-                    await _internal_error()(scope, receive, send_with_id)
+                    unexpected = DomainError.unexpected(request_id_var.get())
+                    await _refusal(unexpected, scope["path"])(scope, receive, send_with_id)
         finally:
             # The route's template (FastAPI's, or the lane's), never the raw
             # path: ids in paths would make a metric per resource.
@@ -438,7 +428,7 @@ def create_app(deps: HttpDeps) -> Any:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette answers with this and raises the error on, to the
         # middleware that logs it.
-        return _internal_error()
+        return _refusal(DomainError.unexpected(request_id_var.get()), request.url.path)
 
     @app.exception_handler(ConcurrentChange)
     async def lost_race(request: Request, exc: ConcurrentChange) -> JSONResponse:
