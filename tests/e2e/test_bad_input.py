@@ -11,7 +11,10 @@ every number (the bounds every field shares)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import field_mask_pb2
 from google.protobuf.descriptor import FieldDescriptor
@@ -34,7 +38,7 @@ from geopunch.v1 import (
     timeclock_pb2,
     webhooks_pb2,
 )
-from tests.conftest import Client, ServerProcess
+from tests.conftest import API_KEY, Client, ServerProcess
 from tests.e2e.test_accounts import row_counts
 from tests.helpers import details, trailing
 
@@ -1211,6 +1215,237 @@ def _answer(c: Client, case: Case) -> tuple[str, str | None, str]:
     return "OK", None, "OK"
 
 
+# -- the same bounds over HTTP -----------------------------------------------------
+
+
+@dataclass
+class HttpCase:
+    name: str
+    method: str
+    path: str
+    body: Any  # None: no body; bytes: sent as they are
+    field: str  # the field the refusal must name
+
+
+def _http_bodies() -> list[tuple[str, str, Any, str]]:
+    """A full, valid body of every HTTP route that takes one (method, path,
+    body, the path of the body's root in problems: "" or "shifts")."""
+    tc, s = f"/time-clock/v1/time-clocks/{TC}", f"/scheduler/v1/schedulers/{SCHED}"
+    here = {"address": "gate", "latitude": FENCE_SITE[0], "longitude": FENCE_SITE[1]}
+    point = {"timestamp": now() - 7200, "timezone": "America/New_York", "locationData": here}
+    later = {**point, "timestamp": now() - 3600}
+    clock = {
+        "id": TC + 200,
+        "name": "Depot",
+        "timezone": "America/New_York",
+        "jobs": [{"id": "job-a", "name": "A", "color": "#123456", "subJobs": [{"id": "k"}]}],
+        "userIds": [USER],
+        "manualBreaksEnabled": True,
+        "manualBreakTypes": [{"id": "lunch", "name": "Lunch"}],
+    }
+    scheduler = {"id": SCHED + 200, "name": "Store", "timezone": "UTC", "jobs": [{"id": "j"}]}
+    shift = {
+        "startTime": now() + 86_400,
+        "endTime": now() + 90_000,
+        "title": "Open",
+        "jobId": "job-s",
+        "timezone": "America/New_York",
+        "assignedUserIds": [USER],
+        "locationData": {"gps": {"address": "1 Main St", "latitude": 40.7, "longitude": -74}},
+        "color": "#123456",
+        "notes": [{"html": "<p>note</p>"}],
+        "breaks": [{"name": "Lunch", "type": "paid", "startTime": 60, "duration": 30}],
+        "statuses": [{"name": "ok"}],
+        "shiftDetails": {"shiftLayers": [{"id": "l", "value": {"id": "v"}}], "shiftSource": "x"},
+        "customFields": [{"id": "c", "value": "v"}],
+    }
+    punch = {"userId": USER, "timezone": "America/New_York", "locationData": here}
+    fence = {
+        "name": "Gate",
+        "location": {"address": "1 Main St", "latitude": "40.7128", "longitude": "-74.006"},
+        "jobIds": ["job-a"],
+        "onGeofenceExitAction": "autoClockOut",
+    }
+    activity = {"start": point, "end": later, "jobId": "job-a", "notes": "n"}
+    hook = {"url": "https://hooks.example.com/x", "eventTypes": ["clockIn"], "secret": "s"}
+    return [
+        ("POST", "/geopunch/v1/time-clocks", clock, ""),
+        ("PUT", f"/geopunch/v1/time-clocks/{TC + 200}", clock, ""),
+        ("POST", "/geopunch/v1/schedulers", scheduler, ""),
+        ("PUT", f"/geopunch/v1/schedulers/{SCHED + 200}", scheduler, ""),
+        (
+            "POST",
+            f"/geopunch/v1/time-clocks/{TC}/users/{USER}/days",
+            {"dates": ["2026-01-05"], "status": "LOCKED"},
+            "",
+        ),
+        ("POST", f"{tc}/clock-in", {**punch, "jobId": "job-a", "schedulerShiftId": "x"}, ""),
+        ("POST", f"{tc}/clock-out", punch, ""),
+        ("POST", f"{tc}/manual-breaks/lunch/clock-in", punch, ""),
+        ("POST", f"{tc}/manual-breaks/clock-out", punch, ""),
+        (
+            "POST",
+            f"/geopunch/v1/time-clocks/{TC}/validate-punch",
+            {**punch, "kind": "breakStart", "manualBreakId": "lunch", "jobId": "j"},
+            "",
+        ),
+        ("POST", f"{tc}/geofences", {"geofences": [fence]}, ""),
+        ("POST", f"{s}/shifts", [shift], "shifts"),
+        (
+            "POST",
+            f"{tc}/time-activities",
+            {
+                "timeActivities": [
+                    {
+                        "userId": USER,
+                        "shifts": [{**activity, "schedulerShiftId": "x"}],
+                        "manualBreaks": [{"manualBreakId": "lunch", "start": point, "end": later}],
+                    }
+                ]
+            },
+            "",
+        ),
+        (
+            "PUT",
+            f"{tc}/time-activities/abc",
+            {**activity, "modifiedAt": 1, "manualBreakId": "lunch", "schedulerShiftId": "x"},
+            "",
+        ),
+        ("POST", "/geopunch/v1/api-keys", {"scopes": ["read"], "label": "kiosk"}, ""),
+        ("POST", "/webhooks/v1/subscriptions", hook, ""),
+        ("PATCH", "/webhooks/v1/subscriptions/abc", {**hook, "status": "active"}, ""),
+    ]
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, list[Any]]]:
+    """The path of every string of a JSON value, and how to reach it."""
+    if isinstance(value, str):
+        yield path, []
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            for p, steps in _strings(v, f"{path}.{k}" if path else k):
+                yield p, [k, *steps]
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            for p, steps in _strings(v, f"{path}[{i}]"):
+                yield p, [i, *steps]
+
+
+def _appended(body: Any, steps: list[Any], bad: str) -> Any:
+    """A copy of JSON ``body`` with ``bad`` added to the string ``steps`` reach."""
+    out = copy.deepcopy(body)
+    at = out
+    for step in steps[:-1]:
+        at = at[step]
+    at[steps[-1]] = at[steps[-1]] + bad
+    return out
+
+
+def http_corpus() -> list[HttpCase]:
+    """Every string of every HTTP body, path and query spoiled in turn with a
+    NUL and with a lone surrogate (which JSON can spell and no UTF-8 holds),
+    and JSON values past the bounds both APIs share."""
+    cases: list[HttpCase] = []
+    for method, path, body, root in _http_bodies():
+        for field, steps in _strings(body, root):
+            # Inside a JSON value kept unread, the value as a whole is named.
+            named = re.sub(r"(\.statuses\[\d+\]|\.customFields\[\d+\]\.value)\..*", r"\1", field)
+            for label, bad in (("NUL", "\x00"), ("surrogate", "\ud800")):
+                cases.append(
+                    HttpCase(
+                        f"{method} {path} {field} {label}",
+                        method,
+                        path,
+                        _appended(body, steps, bad),
+                        named,
+                    )
+                )
+        if root == "shifts":
+            shift = body[0]
+            deep: Any = "x"
+            for _ in range(20):
+                deep = [deep]
+            for label, status, field in [
+                ("deep", {"a": deep}, "shifts[0].statuses[0]"),
+                ("long text", {"a": "x" * 10_001}, "shifts[0].statuses[0]"),
+                ("NUL key", {"a\x00": 1}, "shifts[0].statuses[0]"),
+            ]:
+                cases.append(
+                    HttpCase(
+                        f"status {label}", method, path, [{**shift, "statuses": [status]}], field
+                    )
+                )
+            big = {"id": "c", "value": ["x" * 1000] * 20}
+            cases.append(
+                HttpCase(
+                    "custom field past 16 KiB",
+                    method,
+                    path,
+                    [{**shift, "customFields": [big]}],
+                    "shifts[0].customFields[0].value",
+                )
+            )
+            # NaN is not JSON; Python's parser takes it, the bound refuses it.
+            raw = json.dumps([{**shift, "statuses": [{"a": math.nan}]}]).encode()
+            cases.append(HttpCase("status NaN", method, path, raw, "shifts[0].statuses[0]"))
+    tc = f"/time-clock/v1/time-clocks/{TC}"
+    nul = "%00"
+    for method, path, field in [
+        ("POST", f"{tc}/manual-breaks/a{nul}/clock-in", "manualBreakId"),
+        ("GET", f"{tc}/geofences/a{nul}", "fenceId"),
+        ("DELETE", f"{tc}/geofences/a{nul}", "fenceId"),
+        ("DELETE", f"{tc}/time-activities/a{nul}?modifiedAt=1", "activityId"),
+        ("GET", f"{tc}/time-activities?startTime=0&endTime=60&jobIds=a{nul}", "jobIds[0]"),
+        ("GET", f"{tc}/time-activities?startTime=0&endTime=60&pageToken=a{nul}", "pageToken"),
+        ("POST", f"/geopunch/v1/api-keys/a{nul}/rotate", "keyId"),
+        ("DELETE", f"/geopunch/v1/api-keys/a{nul}", "keyId"),
+        ("GET", f"/webhooks/v1/subscriptions/a{nul}", "subscriptionId"),
+        ("GET", f"/webhooks/v1/subscriptions/a/deliveries?pageToken=a{nul}", "pageToken"),
+        ("GET", f"/geopunch/v1/events?types=clockIn&types=a{nul}", "types[1]"),
+        ("POST", f"/geopunch/v1/time-clocks/{TC}/check-locations?jobId=a{nul}", "jobId"),
+    ]:
+        body = {"userId": USER} if "clock-in" in path else None
+        if "check-locations" in path:
+            body = {"points": [{"latitude": 1.0, "longitude": 1.0}]}
+        cases.append(HttpCase(f"{method} {path}", method, path, body, field))
+    return cases
+
+
+def _http_answer(http: httpx.Client, case: HttpCase) -> str | None:
+    """What is wrong with the answer to ``case``, or None."""
+    content = case.body if isinstance(case.body, bytes) else None
+    if case.body is not None and content is None:
+        content = json.dumps(case.body).encode()  # ASCII: a lone surrogate stays escaped
+    headers = {"Content-Type": "application/json"} if content is not None else {}
+    r = http.request(case.method, case.path, content=content, headers=headers)
+    if r.status_code != 400:
+        return f"{case.name}: {r.status_code} {r.text[:200]}"
+    found = r.json()
+    fields = {e["field"] for e in found.get("errors", [])}
+    if found["code"] != "INVALID_ARGUMENT" or case.field not in fields:
+        return f"{case.name}: {found['code']} at {sorted(fields)}, want {case.field}"
+    return None
+
+
+def test_the_http_corpus_spoils_every_route_that_takes_a_body(http: httpx.Client) -> None:
+    spec = http.get("/openapi.json").json()
+    taking = {
+        (verb.upper(), path)
+        for path, item in spec["paths"].items()
+        for verb, op in item.items()
+        if "requestBody" in op
+    }
+    templates = {(m, re.sub(r"/(\d+|abc|lunch)(?=/|$)", "/{}", p)) for m, p, _, _ in _http_bodies()}
+    wanted = {(m, re.sub(r"\{[^}]+\}", "{}", p)) for m, p in taking}
+    # Those whose bodies hold no text (a replay's sequence, a batch of points).
+    wanted -= {
+        ("POST", "/webhooks/v1/subscriptions/{}/replay"),
+        ("POST", "/geopunch/v1/time-clocks/{}/check-locations"),
+    }
+    assert wanted <= templates, wanted - templates
+    assert len(http_corpus()) >= 150
+
+
 def test_the_corpus_is_large_and_covers_every_rpc() -> None:
     cases = corpus()
     assert len(cases) + len(WATCH_CASES) >= 300
@@ -1259,6 +1494,10 @@ def test_every_bad_request_gets_its_reason_and_writes_nothing(
             got = details(err)[0].reason
             if got != want:
                 wrong.append(f"WatchEvents {label}: got {got}, want {want}")
+    with httpx.Client(
+        base_url=f"http://{srv.http_address}", headers={"X-API-KEY": API_KEY}, timeout=30
+    ) as http:
+        wrong.extend(w for case in http_corpus() if (w := _http_answer(http, case)))
     assert wrong == [], "\n".join(wrong)
     if len(ANSWERS) == 2:  # both stores ran: they accept and refuse the same
         sqlite, postgres = ANSWERS.values()

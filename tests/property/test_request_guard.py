@@ -8,11 +8,13 @@ import math
 from typing import Literal
 
 import pytest
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from geopunch.adapters.grpc import guard
+from geopunch.domain import bounds
 from geopunch.domain.errors import DomainError
 from geopunch.v1 import common_pb2, geofences_pb2, scheduler_pb2
 from tests import protobuf_strategies
@@ -95,3 +97,61 @@ def test_json_values_are_checked_in_repeated_and_nested_messages() -> None:
         guard.check_request(statuses)
     assert [v.field for v in caught.value.violations] == ["shifts[1].statuses[0]"]
     assert guard._clean([fine], fine.DESCRIPTOR)
+
+
+def _as_value(v: object) -> struct_pb2.Value:
+    """``v`` as gRPC carries a JSON value (NaN included, which json_format refuses)."""
+    out = struct_pb2.Value()
+    if v is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(v, bool):
+        out.bool_value = v
+    elif isinstance(v, int | float):
+        out.number_value = v
+    elif isinstance(v, str):
+        out.string_value = v
+    elif isinstance(v, list):
+        out.list_value.values.extend(_as_value(x) for x in v)
+    else:
+        assert isinstance(v, dict)
+        for k, x in v.items():
+            out.struct_value.fields[k].CopyFrom(_as_value(x))
+    return out
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-(2**40), 2**40)
+    | st.text(st.characters(exclude_categories=_SURROGATES), max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.text(st.characters(exclude_categories=_SURROGATES), max_size=4), inner, max_size=3
+        )
+    ),
+    max_leaves=40,
+)
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth - 1):
+        value = [value] if depth % 2 else {"k": value}
+    return value
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_json_values.map(lambda v: [[[v]]]) | _json_values)
+@example(_nested(bounds.MAX_JSON_DEPTH))
+@example(_nested(bounds.MAX_JSON_DEPTH + 1))
+@example(_nested(bounds.MAX_JSON_DEPTH + 2))
+@example({"a\x00": [1]})
+def test_both_apis_bound_json_values_alike(value: object) -> None:
+    """What the HTTP API finds wrong in a JSON value (held as Python) is what
+    the gRPC API finds wrong in it as a google.protobuf.Value: depth, NaN,
+    NUL. (Sizes are measured in each API's own encoding, so stay small here.)"""
+    http = bounds.json_value_problem(value)
+    grpc = guard._json_problem(_as_value(value))
+    assert http == grpc

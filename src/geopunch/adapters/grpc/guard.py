@@ -1,13 +1,11 @@
-"""The bounds every field of every request shares, checked once after the
-message is decoded and before its handler runs.
+"""The shared bounds of ``domain.bounds`` applied to every field of every
+request, once after the message is decoded and before its handler runs:
+text without NUL characters, and JSON values (``google.protobuf.Value``)
+that are finite and of bounded depth and size. (protobuf's decoder already
+refuses text that is not UTF-8, so no lone surrogate gets this far.)
 
-What a field means (a time zone, a job of the clock, a fence size, a
-coordinate, which must be finite) is the use cases' to check, with the
-reason the API gives for it. These are the bounds below that: text without
-NUL characters, and JSON values
-(``google.protobuf.Value``) that are finite and of bounded depth and size.
-PostgreSQL refuses NUL in text and SQLite stores anything; refusing both here
-is what makes the two stores accept and refuse the same requests.
+The walk here reads protobuf's JSON types where they are; the HTTP API
+checks plain Python values with ``domain.bounds.json_value_problem``.
 """
 
 from __future__ import annotations
@@ -18,15 +16,14 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
+from geopunch.domain.bounds import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    json_text_problem,
+    text_problem,
+)
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 
-#: The longest text inside a JSON value (a status or custom field); the
-#: fields of the messages have their own limits, checked by the use cases with
-#: the reason the API gives for each (INVALID_NAME for a name, ...).
-MAX_JSON_TEXT = 10_000
-#: A JSON value (a shift's status or custom field): nesting and encoded size.
-MAX_JSON_DEPTH = 16
-MAX_JSON_BYTES = 16_384
 #: Violations named in one answer; more are summed up in the last one.
 MAX_VIOLATIONS = 20
 
@@ -49,18 +46,6 @@ def check_request(message: Any) -> None:
                 FieldViolation("", f"and {more} more", ErrorCode.INVALID_ARGUMENT),
             ]
         raise DomainError.from_violations(found, "request")
-
-
-def _text_problem(value: str) -> str | None:
-    if "\x00" in value:
-        return "text may not contain a NUL character"
-    return None
-
-
-def _json_text_problem(value: str) -> str | None:
-    if len(value) > MAX_JSON_TEXT:
-        return f"text of {len(value)} characters; the limit is {MAX_JSON_TEXT}"
-    return _text_problem(value)
 
 
 def _add(found: list[FieldViolation], path: str, problem: str) -> None:
@@ -166,12 +151,12 @@ def _walk(message: Any, prefix: str, found: list[FieldViolation]) -> None:
         if kind == _SKIP:
             continue
         if kind == _TEXT:
-            problem = _text_problem(value)
+            problem = text_problem(value)
             if problem:
                 _add(found, f"{prefix}{fd.name}", problem)
         elif kind == _TEXTS:
             for i, text in enumerate(value):
-                problem = _text_problem(text)
+                problem = text_problem(text)
                 if problem:
                     _add(found, f"{prefix}{fd.name}[{i}]", problem)
         elif kind == _ONE:
@@ -206,7 +191,7 @@ def _json_walk(value: Any, depth: int) -> str | None:
     children: list[Any]
     if name == "google.protobuf.Struct":
         for key in value.fields:
-            problem = _json_text_problem(key)
+            problem = json_text_problem(key)
             if problem:
                 return f"a key: {problem}"
         children = list(value.fields.values())
@@ -217,7 +202,7 @@ def _json_walk(value: Any, depth: int) -> str | None:
         if kind == "number_value" and not math.isfinite(value.number_value):
             return f"{value.number_value} is not a JSON number"
         if kind == "string_value":
-            return _json_text_problem(value.string_value)
+            return json_text_problem(value.string_value)
         if kind == "struct_value":
             children = [value.struct_value]
         elif kind == "list_value":

@@ -53,6 +53,7 @@ from geopunch.adapters.http.bodies import (
     ReplayBody,
     SchedulerIn,
     ShiftIn,
+    Text,
     TimeClockIn,
     UpdateTimeActivityBody,
     ValidatePunchBody,
@@ -62,6 +63,7 @@ from geopunch.adapters.http.bodies import (
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
+from geopunch.domain.bounds import text_problem
 from geopunch.domain.errors import (
     STATUS,
     ConcurrentChange,
@@ -486,7 +488,7 @@ def create_app(deps: HttpDeps) -> Any:
     #: An id in a query's list, bounded like one in a path: an unbounded one
     #: (10**30) reached the store's driver and failed there as a 500.
     QueryId = Annotated[int, Field(ge=0, le=2**63 - 1)]
-    IdPath = Annotated[str, Path(max_length=1000)]
+    IdPath = Annotated[Text, Path(max_length=1000)]
     IdemKey = Annotated[
         str,
         Header(
@@ -550,7 +552,7 @@ def create_app(deps: HttpDeps) -> Any:
     async def start_break(
         who: Puncher,
         timeClockId: Int64Path,
-        manualBreakId: Annotated[str, Path(max_length=128)],
+        manualBreakId: Annotated[Text, Path(max_length=128)],
         body: Annotated[BreakStartBody, Body(openapi_examples=EXAMPLES["break-start"])],
         key: IdemKey = "",
     ) -> Response:
@@ -589,6 +591,7 @@ def create_app(deps: HttpDeps) -> Any:
         if (
             tc > 2**63 - 1
             or len(break_id) > 128
+            or text_problem(break_id)
             or len(key) > 256
             or not content_type.lower().startswith(b"application/json")
         ):
@@ -676,7 +679,7 @@ def create_app(deps: HttpDeps) -> Any:
     # -- time activities and who is on the clock ----------------------------------------
 
     activities_path = f"{base}/time-activities"
-    ActivityId = Annotated[str, Path(max_length=128)]
+    ActivityId = Annotated[Text, Path(max_length=128)]
     UserIds = Annotated[list[QueryId], Query(max_length=10_000)]
 
     @app.post(activities_path, tags=["time activities"])
@@ -708,9 +711,9 @@ def create_app(deps: HttpDeps) -> Any:
         startTime: Annotated[int, Query(ge=0, le=2**62)],
         endTime: Annotated[int, Query(ge=0, le=2**62)],
         userIds: UserIds = [],  # noqa: B006 (FastAPI copies defaults)
-        jobIds: Annotated[list[str], Query(max_length=1000)] = [],  # noqa: B006
+        jobIds: Annotated[list[Text], Query(max_length=1000)] = [],  # noqa: B006
         pageSize: Annotated[int, Query(ge=0, le=10_000)] = 0,
-        pageToken: Annotated[str, Query(max_length=512)] = "",
+        pageToken: Annotated[Text, Query(max_length=512)] = "",
         includeTotals: bool = False,
     ) -> Response:
         """Shifts and breaks overlapping [startTime, endTime) (at most 92 days),
@@ -855,8 +858,8 @@ def create_app(deps: HttpDeps) -> Any:
     @app.post(f"{own}/api-keys", tags=["api keys"])
     def create_key(
         who: Admin,
-        scopes: Annotated[list[str], Body(max_length=3)],
-        label: Annotated[str, Body(max_length=200)] = "",
+        scopes: Annotated[list[Text], Body(max_length=3)],
+        label: Annotated[Text, Body(max_length=200)] = "",
     ) -> Response:
         """A new key of the caller's account; its secret is in this answer only."""
         issued = accounts.create_key(
@@ -877,7 +880,7 @@ def create_app(deps: HttpDeps) -> Any:
     # -- webhook subscriptions ------------------------------------------------------------
 
     hooks = "/webhooks/v1/subscriptions"
-    HookId = Annotated[str, Path(max_length=64)]
+    HookId = Annotated[Text, Path(max_length=64)]
 
     @app.post(hooks, tags=["webhooks"])
     def create_webhook(who: Admin, body: WebhookSubscriptionIn) -> Response:
@@ -916,7 +919,7 @@ def create_app(deps: HttpDeps) -> Any:
         who: Admin,
         subscriptionId: HookId,
         pageSize: Annotated[int, Query(ge=0, le=500)] = 0,
-        pageToken: Annotated[str, Query(max_length=32)] = "",
+        pageToken: Annotated[Text, Query(max_length=32)] = "",
     ) -> Response:
         """Delivery attempts, newest first."""
         page, token = webhooks.list_deliveries(
@@ -954,7 +957,7 @@ def create_app(deps: HttpDeps) -> Any:
         who: Reader,
         timeClockId: Int64Path,
         body: CheckLocationsBody,
-        jobId: Annotated[str, Query(max_length=1000)] = "",
+        jobId: Annotated[Text, Query(max_length=1000)] = "",
         withDistance: Annotated[bool, Query()] = False,
     ) -> Response:
         """Which fences of the time clock each point is inside (up to 10,000
@@ -981,7 +984,7 @@ def create_app(deps: HttpDeps) -> Any:
         who: Reader,
         request: Request,
         after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-        types: Annotated[list[str], Query(max_length=64)] = [],  # noqa: B006
+        types: Annotated[list[Text], Query(max_length=64)] = [],  # noqa: B006
         timeClockIds: Annotated[list[QueryId], Query(max_length=1000)] = [],  # noqa: B006
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> StreamingResponse:

@@ -10,6 +10,7 @@ are the domain's to check, with the same paths over both APIs.
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,9 +18,11 @@ from pydantic import (
     Strict,
     StrictBool,
     StrictFloat,
-    StrictStr,
+    WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
+from geopunch.domain.bounds import json_value_problem, text_problem
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.models import (
     ExitDetectionSettings,
@@ -72,6 +75,29 @@ Seq = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1), BeforeValidator(_integ
 #: Coordinates, accuracies and distances. Integers are taken as floats; one
 #: too large for a float (10**400) is refused here, not by ``float()`` later.
 Number = StrictFloat
+
+
+def _text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise PydanticCustomError("text", problem)
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    problem = json_value_problem(value)
+    if problem:
+        raise PydanticCustomError("json_value", problem)
+    return value
+
+
+#: Every text of a body, path or query: a string (never a number), held to
+#: the bounds both APIs share (``domain.bounds``: no NUL, no lone surrogate).
+Text = Annotated[str, Strict(), AfterValidator(_text)]
+#: JSON the service keeps unread (a shift's statuses and custom fields):
+#: finite, at most 16 levels deep and 16 KiB encoded, as over gRPC.
+JsonValue = Annotated[Any, AfterValidator(_json_value)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
 #: Points one HTTP location check may carry; larger batches belong on gRPC.
 MAX_HTTP_POINTS = 10_000
 
@@ -84,7 +110,7 @@ class Body(BaseModel):
 
 
 class LocationData(Body):
-    address: StrictStr = ""
+    address: Text = ""
     latitude: Number | None = None
     longitude: Number | None = None
     accuracy: Number | None = None
@@ -100,14 +126,14 @@ class LocationData(Body):
 
 class ClockOutBody(Body):
     userId: Int64
-    timezone: StrictStr | None = None
+    timezone: Text | None = None
     locationData: LocationData | None = None
     timestamp: Int64 | None = None
 
 
 class ClockInBody(ClockOutBody):
-    jobId: StrictStr | None = None
-    schedulerShiftId: StrictStr | None = None
+    jobId: Text | None = None
+    schedulerShiftId: Text | None = None
 
 
 class BreakStartBody(ClockOutBody):
@@ -122,27 +148,49 @@ class ValidatePunchBody(ClockInBody):
     """One punch to judge without storing it: its kind and that punch's fields."""
 
     kind: Literal["clockIn", "clockOut", "breakStart", "breakEnd"]
-    manualBreakId: StrictStr | None = None
+    manualBreakId: Text | None = None
     isResumeShift: StrictBool | None = None
 
 
 # -- geofences ------------------------------------------------------------------------
 
 
+def _fence_coordinate(value: Any) -> str | float | None:
+    """A numeric string as the spec's samples send it ("40.7128"), or a
+    number: one validator rather than a union, whose refusals would name
+    each member (``latitude.float``) instead of the field."""
+    if value is None or isinstance(value, str):
+        return value if value is None else _text(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise PydanticCustomError("finite_number", "Input should be a finite number") from None
+    raise PydanticCustomError("coordinate_type", "Input should be a number or a numeric string")
+
+
+FenceCoordinate = Annotated[
+    Any,
+    AfterValidator(_fence_coordinate),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]}),
+]
+
+
 class FenceLocation(Body):
-    address: StrictStr = ""
-    # Numeric strings, as the spec has them ("40.7128"); numbers are taken too.
-    latitude: StrictStr | Number | None = None
-    longitude: StrictStr | Number | None = None
+    address: Text = ""
+    latitude: FenceCoordinate = None
+    longitude: FenceCoordinate = None
 
 
 class FenceIn(Body):
-    name: StrictStr = ""
+    name: Text = ""
     location: FenceLocation = FenceLocation()
     isEnabled: StrictBool | None = None
     fenceSize: Int32 | None = None
-    jobIds: list[StrictStr] = []
-    onGeofenceExitAction: StrictStr = ""
+    jobIds: list[Text] = []
+    onGeofenceExitAction: Text = ""
 
 
 class CreateGeofencesBody(Body):
@@ -180,15 +228,15 @@ def fence_draft(g: FenceIn, i: int) -> GeofenceDraft:
 
 
 class JobIn(Body):
-    id: StrictStr
-    name: StrictStr = ""
-    color: StrictStr = ""
+    id: Text
+    name: Text = ""
+    color: Text = ""
     subJobs: list["JobIn"] = []
 
 
 class BreakTypeIn(Body):
-    id: StrictStr
-    name: StrictStr = ""
+    id: Text
+    name: Text = ""
     isMandatory: StrictBool = False
     minDurationSeconds: Seconds32 = 0
     isPaid: StrictBool = False
@@ -220,8 +268,8 @@ class ExitDetectionIn(Body):
 
 class TimeClockIn(Body):
     id: Int64 | None = None
-    name: StrictStr = ""
-    timezone: StrictStr = ""
+    name: Text = ""
+    timezone: Text = ""
     jobEnforcement: StrictBool = False
     jobs: list[JobIn] = []
     userIds: list[Int64] = []
@@ -254,8 +302,8 @@ class TimeClockIn(Body):
 
 class SchedulerIn(Body):
     id: Int64 | None = None
-    name: StrictStr = ""
-    timezone: StrictStr = ""
+    name: Text = ""
+    timezone: Text = ""
     jobs: list[JobIn] = []
     userIds: list[Int64] = []
     multiUserShifts: StrictBool = False
@@ -274,7 +322,7 @@ class SchedulerIn(Body):
 
 
 class DayStatusBody(Body):
-    dates: list[StrictStr]
+    dates: list[Text]
     status: Literal["OPEN", "LOCKED", "APPROVED"]
 
 
@@ -282,7 +330,7 @@ class DayStatusBody(Body):
 
 
 class GpsIn(Body):
-    address: StrictStr = ""
+    address: Text = ""
     latitude: Number | None = None
     longitude: Number | None = None
 
@@ -293,51 +341,51 @@ class ShiftLocationIn(Body):
 
 
 class NoteIn(Body):
-    html: StrictStr = ""
+    html: Text = ""
 
 
 class ShiftBreakIn(Body):
-    name: StrictStr = ""
-    type: StrictStr = ""
+    name: Text = ""
+    type: Text = ""
     startTime: Int32 = 0
     duration: Int32 = 0
 
 
 class LayerValueIn(Body):
-    id: StrictStr = ""
+    id: Text = ""
 
 
 class ShiftLayerIn(Body):
-    id: StrictStr = ""
+    id: Text = ""
     value: LayerValueIn = LayerValueIn()
 
 
 class ShiftDetailsIn(Body):
     shiftLayers: list[ShiftLayerIn] = []
-    shiftSource: StrictStr | None = None
+    shiftSource: Text | None = None
 
 
 class CustomFieldIn(Body):
-    id: StrictStr = ""
-    value: Any = None
+    id: Text = ""
+    value: JsonValue = None
 
 
 class ShiftIn(Body):
     startTime: Int64
     endTime: Int64
-    title: StrictStr | None = None
-    jobId: StrictStr | None = None
-    timezone: StrictStr | None = None
+    title: Text | None = None
+    jobId: Text | None = None
+    timezone: Text | None = None
     isPublished: StrictBool | None = None
     isOpenShift: StrictBool | None = None
     openSpots: Int32 | None = None
     isRequireAdminApproval: StrictBool | None = None
     assignedUserIds: list[Int64] = []
     locationData: ShiftLocationIn | None = None
-    color: StrictStr | None = None
+    color: Text | None = None
     notes: list[NoteIn] = []
     breaks: list[ShiftBreakIn] = []
-    statuses: list[dict[str, Any]] = []
+    statuses: list[JsonObject] = []
     shiftDetails: ShiftDetailsIn | None = None
     customFields: list[CustomFieldIn] = []
 
@@ -417,7 +465,7 @@ class ErrorBody(BaseModel):
 
 class ActivityPointIn(Body):
     timestamp: Int64
-    timezone: StrictStr | None = None
+    timezone: Text | None = None
     locationData: LocationData | None = None
 
     def to_domain(self) -> PointDraft:
@@ -430,9 +478,9 @@ class ActivityPointIn(Body):
 class ShiftActivityIn(Body):
     start: ActivityPointIn
     end: ActivityPointIn
-    jobId: StrictStr | None = None
-    schedulerShiftId: StrictStr | None = None
-    notes: StrictStr | None = None
+    jobId: Text | None = None
+    schedulerShiftId: Text | None = None
+    notes: Text | None = None
 
     def to_domain(self) -> ShiftDraft:
         return ShiftDraft(
@@ -445,10 +493,10 @@ class ShiftActivityIn(Body):
 
 
 class BreakActivityIn(Body):
-    manualBreakId: StrictStr
+    manualBreakId: Text
     start: ActivityPointIn
     end: ActivityPointIn
-    notes: StrictStr | None = None
+    notes: Text | None = None
 
     def to_domain(self) -> BreakDraft:
         return BreakDraft(
@@ -479,10 +527,10 @@ class UpdateTimeActivityBody(Body):
     modifiedAt: Int64
     start: ActivityPointIn
     end: ActivityPointIn
-    jobId: StrictStr | None = None
-    schedulerShiftId: StrictStr | None = None
-    manualBreakId: StrictStr | None = None
-    notes: StrictStr | None = None
+    jobId: Text | None = None
+    schedulerShiftId: Text | None = None
+    manualBreakId: Text | None = None
+    notes: Text | None = None
 
     def to_domain(self, activity_id: str) -> Correction:
         return Correction(
@@ -500,12 +548,12 @@ class UpdateTimeActivityBody(Body):
 class WebhookSubscriptionIn(Body):
     """A subscription to create, or the fields of one to change (those sent)."""
 
-    url: StrictStr | None = None
-    eventTypes: Annotated[list[StrictStr], Field(max_length=64)] | None = None
+    url: Text | None = None
+    eventTypes: Annotated[list[Text], Field(max_length=64)] | None = None
     timeClockIds: Annotated[list[Int64], Field(max_length=1000)] | None = None
-    secret: StrictStr | None = None
+    secret: Text | None = None
     #: Updates only: "active" puts a failing subscription back to work.
-    status: StrictStr | None = None
+    status: Text | None = None
 
     def to_domain(self) -> SubscriptionChange:
         return SubscriptionChange(
