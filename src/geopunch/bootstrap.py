@@ -38,6 +38,7 @@ from geopunch.domain.ports import (
     TransactionRunner,
     UnitOfWorkFactory,
 )
+from geopunch.domain.rules import known_timezones
 from geopunch.geo.engine import AccountFences, warm_up
 from geopunch.service.index_checkpoint import load_index
 from geopunch.service.webhooks import UrlGuard
@@ -86,6 +87,13 @@ MAP_ALONE_FROM = 3 << 20
 #: copies of a page to come back to the heap they were freed to.
 #: glibc gives threads a few heaps (its arenas); this bounds what each keeps.
 KEEP_FREE = 8 << 20
+
+
+def _warm_up() -> None:
+    """What the first calls would otherwise pay for: the kernels' compilation
+    and the list of known time zones."""
+    warm_up()
+    known_timezones()
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -168,7 +176,7 @@ def build_app(
     index = index if index is not None else AccountFences()
     started = time.perf_counter()
     checkpoint = checkpoint_path(config)
-    loaded = load_index(uows, index, checkpoint, fence_snapshot_reader(engine), meanwhile=warm_up)
+    loaded = load_index(uows, index, checkpoint, fence_snapshot_reader(engine), meanwhile=_warm_up)
     release_free_memory()
     clocks, fences = index.totals()
     log.info(

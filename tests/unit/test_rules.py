@@ -197,6 +197,13 @@ def test_timezones() -> None:
     assert is_valid_timezone("UTC")
     for bad in ("", "Mars/Olympus", "../etc/passwd", " UTC", "America/New York"):
         assert not is_valid_timezone(bad), bad
+    # Files of the zone directory that are not zones of the tz database: a
+    # leap-second copy (27 s off civil time), the POSIX copies, and the
+    # machine's own alias, whose meaning changes with the machine.
+    for not_a_name in ("right/UTC", "posix/Europe/London", "posixrules", "localtime"):
+        assert not is_valid_timezone(not_a_name), not_a_name
+    for alias in ("US/Eastern", "Etc/GMT+5", "EST"):  # the database's own links
+        assert is_valid_timezone(alias), alias
 
 
 def tc_paths(tc: TimeClock) -> list[str]:

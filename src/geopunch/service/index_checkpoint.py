@@ -63,7 +63,8 @@ def load_index(
 
     ``read_fences`` reads the fences of the accounts that are built from rows
     in a thread of its own, while this one reads their time clocks and runs
-    ``meanwhile`` (start-up's kernel warm-up; it runs once either way)."""
+    ``meanwhile`` (start-up's warm-up of kernels and zone names; it runs once
+    either way)."""
     # Loaded inside one batch (the write lock): no change can slip in between.
     with (
         uows(readonly=True) as uow,
