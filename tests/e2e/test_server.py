@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
@@ -277,7 +279,7 @@ def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
     """With GEOPUNCH_MAX_WORKERS=1 (8 unary calls at once) and 2 streams per
     key: 8 open streams of 4 keys leave unary calls served, a key's third
     stream is refused as RESOURCE_EXHAUSTED, and a cancelled stream frees
-    its place."""
+    its place. Streams over HTTP count with those over gRPC."""
     srv = ServerProcess(
         db_url=f"sqlite:///{tmp_path / 'cap.db'}",
         env_extra={
@@ -318,6 +320,42 @@ def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
             assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() < deadline, "the cancelled stream never ended"
         again.cancel()
+        # Streams of Server-Sent Events count with them: key 3 holds two
+        # over gRPC, so its first one over HTTP is refused.
+        base = f"http://{srv.http_address}/geopunch/v1/events"
+        refused = httpx.get(base, headers={"X-API-KEY": "stream-key-3"}, timeout=10)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "TOO_MANY_STREAMS"
+        # Key 2 gives its gRPC streams back and takes two over HTTP; its next
+        # gRPC stream is refused until one of them is closed.
+        streams[4].cancel()
+        streams[5].cancel()
+        with contextlib.ExitStack() as held:
+            deadline = time.monotonic() + 10
+            opened: list[httpx.Response] = []
+            while len(opened) < 2:
+                r = held.enter_context(
+                    httpx.stream("GET", base, headers={"X-API-KEY": "stream-key-2"}, timeout=10)
+                )
+                if r.status_code == 200:
+                    opened.append(r)
+                else:  # the cancelled gRPC streams are still ending
+                    assert r.status_code == 429 and time.monotonic() < deadline, r.read()
+                    time.sleep(0.1)
+            with pytest.raises(grpc.RpcError) as exc:
+                next(watch(2))
+            assert details(exc.value)[0].reason == "TOO_MANY_STREAMS"
+            opened[0].close()
+            deadline = time.monotonic() + 10
+            while True:
+                again = watch(2)
+                again.initial_metadata()
+                time.sleep(0.2)
+                if not again.done():  # the closed stream gave its place back
+                    break
+                assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline, "the closed stream kept its place"
+            again.cancel()
         for s in streams[1:]:
             s.cancel()
     finally:

@@ -42,7 +42,7 @@ from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
 from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
 from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher, keep_running
-from geopunch.service.events import purge_events
+from geopunch.service.events import StreamSlots, purge_events
 from geopunch.service.index_checkpoint import save_checkpoint
 from geopunch.service.punches import purge_idempotency_keys
 from geopunch.service.webhooks import purge_attempts, resolving_guard
@@ -129,6 +129,8 @@ class Server:
         # changes of a batch's admin writes together (AccountFences.batched).
         self._committer = GroupCommitter(self._uows, commit_lock=self.index.batched)
         self.wakeup = Wakeup()
+        # Event streams per key, over both APIs.
+        self._streams = StreamSlots(config.max_streams_per_key)
         # Moves when a webhook subscription is created, changed, replayed or
         # deleted here: the deliverer takes it up at once, not at its next poll.
         self._subscriptions = Wakeup()
@@ -182,6 +184,7 @@ class Server:
                     stopping=self._stopped,
                     max_body_bytes=self.config.max_message_bytes,
                     webhook_guard=resolving_guard(self.config.webhook_allow_private),
+                    streams=self._streams,
                 )
             )
         )
@@ -194,7 +197,6 @@ class Server:
             self._executor,
             limits=Limits(
                 unary=config.max_workers * 8,
-                streams_per_key=config.max_streams_per_key,
                 receive_s=config.receive_timeout_seconds,
             ),
             catch_up=(
@@ -203,6 +205,7 @@ class Server:
                 else CatchUp(self._siblings_changed, self._catch_up_with_siblings)
             ),
             worker=None if self.worker is None else self.worker.number,
+            streams=self._streams,
         )
         server = grpc.aio.server(
             # The tracing interceptor outermost: its span covers the whole call.

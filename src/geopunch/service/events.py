@@ -16,6 +16,50 @@ EVENT_PAGE = 500
 IDLE_RECHECK_S = 30.0
 
 
+class StreamSlots:
+    """The event streams each API key holds open in this process, over gRPC
+    (``WatchEvents``) and HTTP (Server-Sent Events) together: one key may
+    hold ``per_key`` of them, so that a key cannot tie up the process with
+    streams that each wake and read the store on every commit.
+
+    Taken and given back on the event loop's thread only (both APIs' stream
+    handlers run there), so the counts need no lock."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._held: dict[str, int] = {}
+
+    def take(self, key_id: str) -> Callable[[], None]:
+        """A slot for ``key_id``, or TOO_MANY_STREAMS; the answer gives it back
+        (calling it again does nothing)."""
+        held = self._held.get(key_id, 0)
+        if held >= self.per_key:
+            raise DomainError(
+                ErrorCode.TOO_MANY_STREAMS,
+                f"this key holds {held} event streams, the most one key may; "
+                "close one, or use another key",
+                {"limit": str(self.per_key)},
+            )
+        self._held[key_id] = held + 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            left = self._held[key_id] - 1
+            if left:
+                self._held[key_id] = left
+            else:
+                del self._held[key_id]
+
+        return give_back
+
+    def held(self, key_id: str) -> int:
+        return self._held.get(key_id, 0)
+
+
 def events_after(
     uows: UnitOfWorkFactory,
     account: int,

@@ -24,6 +24,7 @@ from geopunch.domain.accounts import Principal, Scope
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
 from geopunch.logs import new_request_id, request_id_var
 from geopunch.service.accounts import KeyRing
+from geopunch.service.events import StreamSlots
 
 log = logging.getLogger("geopunch.rpc")
 
@@ -54,12 +55,11 @@ else:
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one caller can hold. ``unary`` calls run at once (more are
-    answered RESOURCE_EXHAUSTED); each key holds at most ``streams_per_key``
-    event streams, which do not count against ``unary``; a call must send its
-    message within ``receive_s`` seconds."""
+    answered UNAVAILABLE); event streams do not count against it (see
+    ``StreamSlots``); a call must send its message within ``receive_s``
+    seconds."""
 
     unary: int = 256
-    streams_per_key: int = 32
     receive_s: float = 10.0
 
 
@@ -95,14 +95,16 @@ class ServiceInterceptor(_Interceptor):
         limits: Limits = Limits(),
         catch_up: CatchUp | None = None,
         worker: int | None = None,
+        streams: StreamSlots | None = None,
     ) -> None:
-        """``worker`` is answered as ``x-geopunch-worker`` metadata."""
+        """``worker`` is answered as ``x-geopunch-worker`` metadata; ``streams``
+        counts event streams with the HTTP API's (its own when None)."""
         self._keys = keys
         self._ready = ready
         self._executor = executor
         self._limits = limits
         self._unary_in_flight = 0
-        self._streams: dict[str, int] = {}
+        self._streams = streams or StreamSlots(32)
         self._catch_up = catch_up
         # Calls without a valid key or message cost nothing to send: their
         # lines are rate-limited per peer so that the log cannot be flooded.
@@ -276,23 +278,11 @@ class ServiceInterceptor(_Interceptor):
 
     @contextlib.contextmanager
     def _stream_slot(self, principal: Principal) -> Iterator[None]:
-        key, held = principal.key_id, self._streams.get(principal.key_id, 0)
-        if held >= self._limits.streams_per_key:
-            raise DomainError(
-                ErrorCode.TOO_MANY_STREAMS,
-                f"this key holds {held} event streams, the most one key may; "
-                "close one, or use another key",
-                {"limit": str(self._limits.streams_per_key)},
-            )
-        self._streams[key] = held + 1
+        give_back = self._streams.take(principal.key_id)
         try:
             yield
         finally:
-            left = self._streams[key] - 1
-            if left:
-                self._streams[key] = left
-            else:
-                del self._streams[key]
+            give_back()
 
     def _wrap_unary(self, behavior: Any, decode: Any, call: _Call) -> Any:
         """Runs on the event loop; a plain ``behavior`` runs on ``executor``."""

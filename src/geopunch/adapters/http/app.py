@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -93,7 +93,13 @@ from geopunch.service import (
     webhooks,
 )
 from geopunch.service.accounts import KeyRing
-from geopunch.service.events import EVENT_PAGE, IDLE_RECHECK_S, check_resumable, events_after
+from geopunch.service.events import (
+    EVENT_PAGE,
+    IDLE_RECHECK_S,
+    StreamSlots,
+    check_resumable,
+    events_after,
+)
 from geopunch.service.locations import LocationBatch, check_locations
 from geopunch.service.webhooks import UrlGuard
 
@@ -128,6 +134,8 @@ class HttpDeps:
     max_body_bytes: int = 64 * 1024 * 1024
     #: Checks webhook URLs' hosts (None: private addresses are allowed).
     webhook_guard: UrlGuard = None
+    #: Event streams each key holds, counted with the gRPC API's.
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(32))
     #: Commits admin writes, batched; None: one transaction a call.
     commit: TransactionRunner | None = None
 
@@ -196,6 +204,22 @@ def _punch_command(
         idempotency_key=key,
         **extra,
     )
+
+
+class HeldStream(StreamingResponse):
+    """A stream that gives back its slot (``StreamSlots``) however it ends:
+    the body's generator never runs its own cleanup when the client is gone
+    before the first byte, but this call always returns or raises."""
+
+    def __init__(self, content: AsyncIterator[bytes], give_back: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self._give_back = give_back
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._give_back()
 
 
 class JsonAnswer(Response):
@@ -996,8 +1020,9 @@ def create_app(deps: HttpDeps) -> Any:
                 raise DomainError(ErrorCode.INVALID_ARGUMENT, "Last-Event-ID must be a seq")
             after = int(last_event_id)
         await asyncio.to_thread(check_resumable, deps.uows, who.account_id, after)
-        return StreamingResponse(
+        return HeldStream(
             _events(who.account_id, after, types, timeClockIds, request),
+            deps.streams.take(who.key_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
