@@ -1,18 +1,22 @@
 """No caller without a key can lock out the ones with a key.
 
 An attacker process holds hundreds of calls that send their headers and never
-their message, fills its key's share of event streams, and sends garbage
-bodies with and without a key, while this process pings with a valid key:
-no ping waits for a held call (each answers in well under the receive limit,
-nine in ten within 100 ms), the held calls end on their own, and the
-server's log grows by a bounded amount.
+their message, fills its key's share of event streams, sends garbage
+bodies with and without a key, and holds HTTP connections that send nothing,
+half a request head or half a body, while this process pings with a valid
+key over both APIs: no ping waits for a held call (each answers in well
+under the receive limit, nine in ten within 100 ms), the held calls and
+connections end on their own, and the server's log grows by a bounded
+amount.
 
-Run as ``python -m tests.e2e.test_lockout ADDRESS KEY`` it is the attacker.
+Run as ``python -m tests.e2e.test_lockout ADDRESS HTTP_ADDRESS KEY`` it is
+the attacker.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 
 from geopunch.v1 import admin_pb2
 from tests.conftest import API_KEY, Client, ServerProcess
 
 HALF_OPEN = 300
+SLOW_HTTP = 150
 GARBAGE = 600
 STREAMS = 4  # the key's cap in the server below
 RECEIVE_LIMIT_S = 2
@@ -55,8 +61,24 @@ GARBAGE_BODIES = (
 )
 
 
-def attack(address: str, key: str) -> dict[str, Any]:
+#: What a slow HTTP client sends before it stops: nothing, half a head, a head
+#: and half its body.
+SLOW_STARTS = (
+    b"",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+    b"POST /geopunch/v1/time-clocks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 1000\r\n\r\n{"id"',
+)
+
+
+def attack(address: str, http_address: str, key: str) -> dict[str, Any]:
     """Runs in a child process; reports what each kind of call was answered."""
+    host, _, port = http_address.rpartition(":")
+    slow = []
+    for i in range(SLOW_HTTP):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(SLOW_STARTS[i % len(SLOW_STARTS)])
+        slow.append(sock)
     channels = [grpc.insecure_channel(address) for _ in range(4)]
     held: list[Any] = []
     never = threading.Event()
@@ -112,6 +134,18 @@ def attack(address: str, key: str) -> dict[str, Any]:
     never.set()
     for s in streams:
         s.cancel()
+    for sock in slow:  # each is answered 408 or closed, never left open
+        sock.settimeout(20)
+        try:
+            answer = sock.recv(100)
+            if answer.startswith(b"HTTP/1.1 408 "):
+                codes["slow-http:408"] = codes.get("slow-http:408", 0) + 1
+                answer = sock.recv(100)
+            if answer == b"":
+                codes["slow-http:closed"] = codes.get("slow-http:closed", 0) + 1
+        except TimeoutError:
+            codes["slow-http:open"] = codes.get("slow-http:open", 0) + 1
+        sock.close()
     return codes
 
 
@@ -136,17 +170,23 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
                 "-m",
                 "tests.e2e.test_lockout",
                 srv.address,
+                srv.http_address,
                 "attacker-key-0123456789",
             ],
             stdout=subprocess.PIPE,
             text=True,
         )
         pings: list[float] = []
+        http = httpx.Client(base_url=f"http://{srv.http_address}", timeout=5)
         while attacker.poll() is None:
             t = time.perf_counter()
             c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
             pings.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            assert http.get("/healthz").status_code == 200
+            pings.append(time.perf_counter() - t)
             time.sleep(0.02)
+        http.close()
         out, _ = attacker.communicate(timeout=60)
         assert attacker.returncode == 0
         codes = json.loads(out.strip().splitlines()[-1])
@@ -169,6 +209,11 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
     assert codes["stream:RESOURCE_EXHAUSTED"] == 1
     assert codes["garbage:UNAUTHENTICATED"] == GARBAGE - GARBAGE // 3
     assert codes["garbage-key:INVALID_ARGUMENT"] == GARBAGE // 3, codes
+    # Every slow HTTP connection was ended by the server: those that sent
+    # nothing or half a head were told 408 first; half a body closes the
+    # request the app was reading, without a status it cannot send.
+    assert codes["slow-http:closed"] == SLOW_HTTP, codes
+    assert codes["slow-http:408"] == SLOW_HTTP - SLOW_HTTP // len(SLOW_STARTS), codes
     grown = srv.logs()[log_before:]
     assert "Traceback" not in grown
     # The calls with the key have an access line each (about 250 bytes);
@@ -178,4 +223,4 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(attack(sys.argv[1], sys.argv[2])), flush=True)
+    print(json.dumps(attack(sys.argv[1], sys.argv[2], sys.argv[3])), flush=True)

@@ -66,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--receive-timeout-seconds",
         type=float,
-        help="time a call has to send its request (GEOPUNCH_RECEIVE_TIMEOUT_SECONDS, default 10)",
+        help=(
+            "time a gRPC call has to send its message, and an HTTP request to arrive "
+            "whole (GEOPUNCH_RECEIVE_TIMEOUT_SECONDS, default 10)"
+        ),
     )
     serve.add_argument(
         "--max-streams-per-key",

@@ -162,6 +162,7 @@ class Server:
                 config.tls_cert,
                 config.tls_key,
                 config.tls_client_ca,
+                config.receive_timeout_seconds,
             )
 
     def _http_app(self) -> Any:
