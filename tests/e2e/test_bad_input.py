@@ -933,6 +933,7 @@ def hand_cases() -> list[Case]:
             "BATCH_TOO_LARGE",
             "time_activities",
         ),
+        ("1001 groups", [group(user_id=USER)] * 1001, "BATCH_TOO_LARGE", "time_activities"),
     ):
         add(
             f"CreateTimeActivities {label}",
@@ -1028,6 +1029,15 @@ def hand_cases() -> list[Case]:
         sh,
         scheduler_pb2.CreateShiftsRequest(scheduler_id=SCHED, shifts=[_shift()] * 501),
         "TOO_MANY_SHIFTS",
+    )
+    add(
+        "CreateShifts 100,001 assigned users",
+        sh,
+        scheduler_pb2.CreateShiftsRequest(
+            scheduler_id=SCHED, shifts=[_shift(assigned_user_ids=list(range(1, 100_002)))]
+        ),
+        "INVALID_ARGUMENT",
+        "shifts[0].assigned_user_ids",
     )
     add(
         "CreateShifts missing scheduler",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -574,3 +575,146 @@ def test_what_the_framework_refuses_has_the_usual_error_body(
     assert http.request("DELETE", punch).headers["allow"] == "POST"
     # Nothing of the refused punches was stored: the user can still clock in.
     assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200
+
+
+def test_a_body_without_a_valid_key_is_refused_before_it_is_read(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """The refusal comes as soon as the head is read: the server does not
+    wait for (or parse, on the event loop both APIs share) a body whose
+    sender has no key. Here the body announced is never sent."""
+    host, _, port = server.http_address.rpartition(":")
+    for key in (b"", b"X-API-KEY: not-a-key-0123456789\r\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(
+                b"POST /geopunch/v1/time-clocks HTTP/1.1\r\nHost: x\r\n"
+                + key
+                + b'Content-Type: application/json\r\nContent-Length: 30000000\r\n\r\n{"id"'
+            )
+            answer = b""
+            while b"API_KEY_INVALID" not in answer:  # sock's timeout: none in 5 s fails
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+    # With a valid key the same route reads and judges the body.
+    r = http.post("/geopunch/v1/time-clocks", json={"name": "", "timezone": "UTC"})
+    assert r.status_code == 400 and r.json()["code"] == "INVALID_ARGUMENT", r.text
+    # A request without a body is judged by its route, key or not.
+    assert httpx.get(f"http://{server.http_address}/healthz").status_code == 200
+    r = httpx.get(f"http://{server.http_address}/geopunch/v1/time-clocks/1")
+    assert r.status_code == 401 and r.json()["code"] == "API_KEY_INVALID"
+
+
+def test_a_list_past_its_bound_is_refused_before_its_items_are_read(
+    http: httpx.Client, client: Client
+) -> None:
+    """Each list is refused by its length, with the reason and sentence the
+    rules give it, before any of its items is validated (they are all
+    malformed here, and not one is named): validating the items of an
+    oversized list held the event loop both APIs share for seconds."""
+    tc = _clock(client)
+    sched = http.post("/geopunch/v1/schedulers", json={"name": "s", "timezone": "UTC"})
+    assert sched.status_code == 200, sched.text
+    shifts = f"/scheduler/v1/schedulers/{sched.json()['data']['id']}/shifts"
+    clock, tcs = f"/time-clock/v1/time-clocks/{tc}", "/geopunch/v1/time-clocks"
+    fence = {"name": "a", "location": HQ}
+    shift = {"startTime": int(time.time()) + 86_400, "endTime": int(time.time()) + 90_000}
+    setup = {"name": "x", "timezone": "UTC"}
+    bad = 5  # no item of any list below may be a number
+    cases: list[tuple[str, Any, str, str, str]] = [
+        (
+            f"{clock}/geofences",
+            {"geofences": [bad] * 1001},
+            "geofences",
+            "TOO_MANY_GEOFENCES",
+            "1001 geofences sent; the limit is 1000 per request",
+        ),
+        (
+            f"{clock}/geofences",
+            {"geofences": [{**fence, "jobIds": [bad] * 101}]},
+            "geofences[0].jobIds",
+            "TOO_MANY_JOB_IDS",
+            "101 job ids; the limit is 100",
+        ),
+        (
+            shifts,
+            [bad] * 501,
+            "shifts",
+            "TOO_MANY_SHIFTS",
+            "501 shifts sent; the limit is 500 per request",
+        ),
+        (
+            shifts,
+            [{**shift, "notes": [bad] * 101}],
+            "shifts[0].notes",
+            "INVALID_ARGUMENT",
+            "101 entries; the limit is 100",
+        ),
+        (
+            shifts,
+            [{**shift, "assignedUserIds": ["x"] * 100_001}],
+            "shifts[0].assignedUserIds",
+            "INVALID_ARGUMENT",
+            "100001 entries; the limit is 100000",
+        ),
+        (
+            tcs,
+            {**setup, "jobs": [bad] * 1001},
+            "jobs",
+            "INVALID_ARGUMENT",
+            "1001 entries; the limit is 1000",
+        ),
+        (
+            tcs,
+            {**setup, "jobs": [{"id": "a", "subJobs": [bad] * 1001}]},
+            "jobs[0].subJobs",
+            "INVALID_ARGUMENT",
+            "1001 entries; the limit is 1000",
+        ),
+        (
+            tcs,
+            {**setup, "userIds": ["x"] * 100_001},
+            "userIds",
+            "INVALID_ARGUMENT",
+            "100001 entries; the limit is 100000",
+        ),
+        (
+            tcs,
+            {**setup, "manualBreakTypes": [bad] * 101},
+            "manualBreakTypes",
+            "INVALID_ARGUMENT",
+            "101 entries; the limit is 100",
+        ),
+        (
+            f"{tcs}/{tc}/users/{USER}/days",
+            {"dates": [bad] * 367, "status": "LOCKED"},
+            "dates",
+            "BATCH_TOO_LARGE",
+            "at most 366 dates per call",
+        ),
+        (
+            f"{clock}/time-activities",
+            {"timeActivities": [bad] * 1001},
+            "timeActivities",
+            "BATCH_TOO_LARGE",
+            "1001 users' entries sent; the limit is 1000 per request",
+        ),
+        (
+            f"{clock}/time-activities",
+            {"timeActivities": [{"userId": USER, "shifts": [bad] * 1001}]},
+            "timeActivities[0].shifts",
+            "BATCH_TOO_LARGE",
+            "1001 activities in one entry; the limit is 1000 per request",
+        ),
+    ]
+    for path, body, field, code, said in cases:
+        r = http.post(path, json=body)
+        assert r.status_code == 400, (path, field, r.text[:300])
+        found = r.json()
+        assert found["code"] == code, (field, found)
+        assert found["errors"] == [{"field": field, "description": said, "code": code}], found
+    # The same bounds in the OpenAPI document, as maxItems.
+    doc = http.get("/openapi.json").json()["components"]["schemas"]
+    assert doc["CreateGeofencesBody"]["properties"]["geofences"]["maxItems"] == 1000
+    assert doc["TimeClockIn"]["properties"]["userIds"]["maxItems"] == 100_000

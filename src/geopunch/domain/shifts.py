@@ -24,6 +24,7 @@ from geopunch.domain.rules import (
     MAX_ADDRESS_LENGTH,
     MAX_NAME_LENGTH,
     MAX_SECONDS_TIMESTAMP,
+    MAX_USERS,
     Collector,
     check_identity,
     check_ids,
@@ -317,14 +318,23 @@ def _check_users(
 ) -> None:
     field_path = f"{path}.assigned_user_ids"
     users = d.assigned_user_ids
+    if len(users) > MAX_USERS:  # more than a scheduler may have, so some twice or unknown
+        out.add(
+            field_path,
+            ErrorCode.INVALID_ARGUMENT,
+            f"{len(users)} entries; the limit is {MAX_USERS}",
+        )
+        return
     if len(set(users)) != len(users):
         out.add(field_path, ErrorCode.INVALID_ARGUMENT, "a user id appears twice")
     unknown = sorted({u for u in users if u not in sch.user_ids})
     if unknown:
+        shown = ", ".join(map(str, unknown[:10]))
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
         out.add(
             field_path,
             ErrorCode.ASSIGNED_USERS_NOT_FOUND,
-            f"users {unknown} do not exist in scheduler {sch.id}",
+            f"users [{shown}]{more} do not exist in scheduler {sch.id}",
         )
     if is_open and users:
         out.add(field_path, ErrorCode.OPEN_SHIFT_HAS_USERS, "an open shift has no assigned users")
@@ -425,7 +435,11 @@ def _check_details(d: ScheduledShift, path: str, out: Collector) -> None:
         ("breaks", d.breaks),
     ):
         if len(items) > MAX_ITEMS:
-            out.add(f"{path}.{name}", ErrorCode.INVALID_ARGUMENT, f"at most {MAX_ITEMS} entries")
+            out.add(
+                f"{path}.{name}",
+                ErrorCode.INVALID_ARGUMENT,
+                f"{len(items)} entries; the limit is {MAX_ITEMS}",
+            )
     for i, note in enumerate(d.notes):
         if len(note) > MAX_NOTE_LENGTH:
             out.add(

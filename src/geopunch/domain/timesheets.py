@@ -146,6 +146,14 @@ def plan_time_activities(
 ) -> list[Planned]:
     """Every activity of the request checked on its own; the problems go to
     ``out`` and the activities without any are returned."""
+    if len(groups) > MAX_ACTIVITIES_PER_REQUEST:  # so some would carry no activity
+        out.add(
+            prefix,
+            ErrorCode.BATCH_TOO_LARGE,
+            f"{len(groups)} users' entries sent; "
+            f"the limit is {MAX_ACTIVITIES_PER_REQUEST} per request",
+        )
+        out.raise_if_any("the time activities")
     total = count_activities(groups)
     if total == 0:
         out.add(

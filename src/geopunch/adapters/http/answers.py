@@ -17,7 +17,7 @@ import orjson
 
 from geopunch.adapters.board_lines import BoardLines
 from geopunch.domain.accounts import ApiKey
-from geopunch.domain.errors import DomainError
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import kept_json_bytes
 from geopunch.domain.locations import EXIT_ACTIONS, BatchVerdict, PointStatus
 from geopunch.domain.models import (
@@ -365,7 +365,9 @@ def loc_path(loc: Sequence[str | int], root: str = "") -> str:
     domain's own problems name it; ``root`` names a body that is a list
     (``shifts``: ``("body", 1, "title")`` -> ``shifts[1].title``)."""
     parts = list(loc[1:] if loc and loc[0] in _SOURCES else loc)
-    out = root if parts and isinstance(parts[0], int) else ""
+    if not parts:
+        return root
+    out = root if isinstance(parts[0], int) else ""
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
@@ -374,18 +376,26 @@ def loc_path(loc: Sequence[str | int], root: str = "") -> str:
     return out
 
 
-def validation_problem(error: Mapping[str, Any], root: str = "") -> tuple[str, str]:
-    """A parameter pydantic refused, as (field, sentence). Its sentence says
-    too little to act on for a body that is not JSON or not an object, and
-    its place for unreadable JSON is a character offset, not a field."""
+def validation_problem(error: Mapping[str, Any], root: str = "") -> FieldViolation:
+    """A parameter pydantic refused, as the rules name a problem. Its sentence
+    says too little to act on for a body that is not JSON or not an object,
+    and its place for unreadable JSON is a character offset, not a field. A
+    bound checked in a body's types (``bodies.at_most``) carries the rules'
+    reason as its error type."""
     kind, loc = error.get("type"), tuple(error.get("loc", ()))
     if kind == "json_invalid":
         why = (error.get("ctx") or {}).get("error", "")
         at = f" (at character {loc[1]})" if len(loc) > 1 else ""
-        return "", f"the body is not valid JSON: {why}{at}" if why else f"the body is not JSON{at}"
+        said = f"the body is not valid JSON: {why}{at}" if why else f"the body is not JSON{at}"
+        return FieldViolation("", said, ErrorCode.INVALID_ARGUMENT)
     if kind == "model_attributes_type" and loc == ("body",):
-        return "", "the body must be a JSON object, sent as Content-Type: application/json"
-    return loc_path(loc, root), str(error.get("msg", "invalid"))
+        said = "the body must be a JSON object, sent as Content-Type: application/json"
+        return FieldViolation("", said, ErrorCode.INVALID_ARGUMENT)
+    reason = _REASONS.get(str(kind), ErrorCode.INVALID_ARGUMENT)
+    return FieldViolation(loc_path(loc, root), str(error.get("msg", "invalid"))[:200], reason)
+
+
+_REASONS = {code.value: code for code in ErrorCode}
 
 
 def error_detail(

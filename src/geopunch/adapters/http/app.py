@@ -58,6 +58,7 @@ from geopunch.adapters.http.bodies import (
     UpdateTimeActivityBody,
     ValidatePunchBody,
     WebhookSubscriptionIn,
+    at_most,
     fence_draft,
 )
 from geopunch.adapters.http.examples import EXAMPLES
@@ -81,6 +82,7 @@ from geopunch.domain.ports import (
     UnitOfWorkFactory,
 )
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
+from geopunch.domain.shifts import MAX_SHIFTS_PER_REQUEST
 from geopunch.domain.timesheets import ListQuery
 from geopunch.logs import new_request_id, request_id_var
 from geopunch.service import (
@@ -233,7 +235,9 @@ class JsonAnswer(Response):
 
 class RequestContext:
     """Gives each call its request id (echoed as ``X-Request-ID``) and refuses
-    a body over the limit before it is read.
+    a body over the limit, or one sent without a valid key, before it is
+    read: parsing a body runs on the event loop both APIs share (27 MB of
+    JSON took about a second), and no caller without a key may hold it.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` runs the app in
     a task of its own and copies every body, which cost a fifth of a punch's
@@ -241,9 +245,11 @@ class RequestContext:
     request id the handler changes (an idempotent replay) is the one echoed.
     """
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, keys: KeyRing, ready: Any) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.keys = keys
+        self.ready = ready
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -254,10 +260,14 @@ class RequestContext:
         caller = caller_var.set(None)
         started, status = time.perf_counter(), 500
         try:
-            size = b"0"
+            size, chunked, secret = b"0", False, b""
             for name, value in scope["headers"]:
                 if name == b"content-length":
                     size = value
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"x-api-key":
+                    secret = value
             if not size.isdigit() or int(size) > self.max_body_bytes:
                 refusal = _error(
                     413,
@@ -266,6 +276,14 @@ class RequestContext:
                 )
                 status = 413
                 await refusal(scope, receive, send)
+                return
+            if (
+                (chunked or size != b"0")
+                and self.ready.is_set()
+                and (not secret or self.keys.authenticate(secret.decode("latin-1")) is None)
+            ):
+                status = 401
+                await _error(401, *_NO_KEY)(scope, receive, send)
                 return
 
             answered = False
@@ -312,6 +330,11 @@ class RequestContext:
             request_id_var.reset(token)
 
 
+#: The refusal of a request without a valid key: its code and sentence.
+_NO_KEY = (
+    ErrorCode.API_KEY_INVALID.value,
+    "missing or unknown API key: send it in the X-API-KEY header",
+)
 #: The caller of the current request, once its key is known (for the access log).
 caller_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "http_caller", default=None
@@ -465,10 +488,9 @@ def create_app(deps: HttpDeps) -> Any:
         # As the rules' own problems, so that the route's detail has its one
         # shape (a list for a batch of geofences, keyed by shift for shifts).
         root = "shifts" if request.url.path.startswith("/scheduler/") else ""
-        problems = [
-            FieldViolation(field, said[:200], ErrorCode.INVALID_ARGUMENT)
-            for field, said in (answers.validation_problem(e, root) for e in exc.errors()[:8])
-        ] or [FieldViolation("", "invalid request", ErrorCode.INVALID_ARGUMENT)]
+        problems = [answers.validation_problem(e, root) for e in exc.errors()[:8]] or [
+            FieldViolation("", "invalid request", ErrorCode.INVALID_ARGUMENT)
+        ]
         return _refusal(DomainError.from_violations(problems, "the request"), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
@@ -488,10 +510,7 @@ def create_app(deps: HttpDeps) -> Any:
             raise DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
         who = deps.keys.authenticate(x_api_key) if x_api_key else None
         if who is None:
-            raise DomainError(
-                ErrorCode.API_KEY_INVALID,
-                "missing or unknown API key: send it in the X-API-KEY header",
-            )
+            raise DomainError(ErrorCode(_NO_KEY[0]), _NO_KEY[1])
         caller_var.set(who)  # for the access log line
         who.require(scope, "this endpoint")
         due = deps.catch_up()
@@ -675,7 +694,15 @@ def create_app(deps: HttpDeps) -> Any:
     def create_shifts(
         who: Admin,
         schedulerId: Int64Path,
-        body: Annotated[list[ShiftIn], Body(openapi_examples=EXAMPLES["shifts"])],
+        body: Annotated[
+            list[ShiftIn],
+            *at_most(
+                MAX_SHIFTS_PER_REQUEST,
+                ErrorCode.TOO_MANY_SHIFTS,
+                "{count} shifts sent; the limit is {limit} per request",
+            ),
+            Body(openapi_examples=EXAMPLES["shifts"]),
+        ],
         notifyUsers: Annotated[bool, Query()] = True,
     ) -> Response:
         """Create 1 to 500 shifts, all or none; published ones notify their users."""
@@ -1080,4 +1107,4 @@ def create_app(deps: HttpDeps) -> Any:
     # The lane before Starlette's own middleware (error pages, FastAPI's
     # telemetry and body limit), which a well-formed punch does not need;
     # the request context outermost, so every answer carries its request id.
-    return RequestContext(PunchLane(app, punch_lane), deps.max_body_bytes)
+    return RequestContext(PunchLane(app, punch_lane), deps.max_body_bytes, deps.keys, deps.ready)

@@ -33,7 +33,16 @@ from geopunch.domain.models import (
     flatten_jobs,
 )
 from geopunch.domain.punches import PunchLocation
+from geopunch.domain.rules import (
+    MAX_BREAK_TYPES,
+    MAX_DATES_PER_CALL,
+    MAX_GEOFENCES_PER_REQUEST,
+    MAX_JOB_IDS_PER_FENCE,
+    MAX_JOBS,
+    MAX_USERS,
+)
 from geopunch.domain.shifts import (
+    MAX_ITEMS,
     CustomField,
     ScheduledShift,
     Scheduler,
@@ -42,6 +51,7 @@ from geopunch.domain.shifts import (
     ShiftLocation,
 )
 from geopunch.domain.timesheets import (
+    MAX_ACTIVITIES_PER_REQUEST,
     BreakDraft,
     Correction,
     PointDraft,
@@ -89,6 +99,23 @@ def _json_value(value: Any) -> Any:
     if problem:
         raise PydanticCustomError("json_value", problem)
     return value
+
+
+def at_most(
+    limit: int, reason: ErrorCode = ErrorCode.INVALID_ARGUMENT, says: str = ""
+) -> tuple[Any, Any]:
+    """A list's bound, as the rules state it (their reason and sentence),
+    checked before its items are validated: pydantic validates every item
+    first, on the event loop both APIs share, and 900,000 jobs took 8.5 s.
+    The ``Field`` states it in the OpenAPI document as ``maxItems``."""
+    template = says or "{count} entries; the limit is {limit}"
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > limit:
+            raise PydanticCustomError(reason.value, template, {"count": len(value), "limit": limit})
+        return value
+
+    return Field(max_length=limit), BeforeValidator(check)
 
 
 #: Every text of a body, path or query: a string (never a number), held to
@@ -189,12 +216,26 @@ class FenceIn(Body):
     location: FenceLocation = FenceLocation()
     isEnabled: StrictBool | None = None
     fenceSize: Int32 | None = None
-    jobIds: list[Text] = []
+    jobIds: Annotated[
+        list[Text],
+        *at_most(
+            MAX_JOB_IDS_PER_FENCE,
+            ErrorCode.TOO_MANY_JOB_IDS,
+            "{count} job ids; the limit is {limit}",
+        ),
+    ] = []
     onGeofenceExitAction: Text = ""
 
 
 class CreateGeofencesBody(Body):
-    geofences: list[FenceIn]
+    geofences: Annotated[
+        list[FenceIn],
+        *at_most(
+            MAX_GEOFENCES_PER_REQUEST,
+            ErrorCode.TOO_MANY_GEOFENCES,
+            "{count} geofences sent; the limit is {limit} per request",
+        ),
+    ]
 
 
 def _coordinate(value: str | float | None, path: str) -> float | None:
@@ -231,7 +272,7 @@ class JobIn(Body):
     id: Text
     name: Text = ""
     color: Text = ""
-    subJobs: list["JobIn"] = []
+    subJobs: Annotated[list["JobIn"], *at_most(MAX_JOBS)] = []
 
 
 class BreakTypeIn(Body):
@@ -271,10 +312,10 @@ class TimeClockIn(Body):
     name: Text = ""
     timezone: Text = ""
     jobEnforcement: StrictBool = False
-    jobs: list[JobIn] = []
-    userIds: list[Int64] = []
+    jobs: Annotated[list[JobIn], *at_most(MAX_JOBS)] = []
+    userIds: Annotated[list[Int64], *at_most(MAX_USERS)] = []
     manualBreaksEnabled: StrictBool = False
-    manualBreakTypes: list[BreakTypeIn] = []
+    manualBreakTypes: Annotated[list[BreakTypeIn], *at_most(MAX_BREAK_TYPES)] = []
     geofencePolicy: GeofencePolicy = GeofencePolicy.OFF
     accuracyToleranceM: Number = 0.0
     exitDetection: ExitDetectionIn = ExitDetectionIn()
@@ -304,8 +345,8 @@ class SchedulerIn(Body):
     id: Int64 | None = None
     name: Text = ""
     timezone: Text = ""
-    jobs: list[JobIn] = []
-    userIds: list[Int64] = []
+    jobs: Annotated[list[JobIn], *at_most(MAX_JOBS)] = []
+    userIds: Annotated[list[Int64], *at_most(MAX_USERS)] = []
     multiUserShifts: StrictBool = False
 
     def to_domain(self, scheduler_id: int | None = None) -> tuple[Scheduler, list[str]]:
@@ -322,7 +363,10 @@ class SchedulerIn(Body):
 
 
 class DayStatusBody(Body):
-    dates: list[Text]
+    dates: Annotated[
+        list[Text],
+        *at_most(MAX_DATES_PER_CALL, ErrorCode.BATCH_TOO_LARGE, "at most {limit} dates per call"),
+    ]
     status: Literal["OPEN", "LOCKED", "APPROVED"]
 
 
@@ -361,7 +405,7 @@ class ShiftLayerIn(Body):
 
 
 class ShiftDetailsIn(Body):
-    shiftLayers: list[ShiftLayerIn] = []
+    shiftLayers: Annotated[list[ShiftLayerIn], *at_most(MAX_ITEMS)] = []
     shiftSource: Text | None = None
 
 
@@ -380,14 +424,14 @@ class ShiftIn(Body):
     isOpenShift: StrictBool | None = None
     openSpots: Int32 | None = None
     isRequireAdminApproval: StrictBool | None = None
-    assignedUserIds: list[Int64] = []
+    assignedUserIds: Annotated[list[Int64], *at_most(MAX_USERS)] = []
     locationData: ShiftLocationIn | None = None
     color: Text | None = None
-    notes: list[NoteIn] = []
-    breaks: list[ShiftBreakIn] = []
-    statuses: list[JsonObject] = []
+    notes: Annotated[list[NoteIn], *at_most(MAX_ITEMS)] = []
+    breaks: Annotated[list[ShiftBreakIn], *at_most(MAX_ITEMS)] = []
+    statuses: Annotated[list[JsonObject], *at_most(MAX_ITEMS)] = []
     shiftDetails: ShiftDetailsIn | None = None
-    customFields: list[CustomFieldIn] = []
+    customFields: Annotated[list[CustomFieldIn], *at_most(MAX_ITEMS)] = []
 
     def to_domain(self) -> ScheduledShift:
         location = None
@@ -504,10 +548,18 @@ class BreakActivityIn(Body):
         )
 
 
+#: One user's shifts or breaks past the request's limit of activities.
+_ACTIVITIES = (
+    MAX_ACTIVITIES_PER_REQUEST,
+    ErrorCode.BATCH_TOO_LARGE,
+    "{count} activities in one entry; the limit is {limit} per request",
+)
+
+
 class UserActivitiesIn(Body):
     userId: Int64
-    shifts: list[ShiftActivityIn] = []
-    manualBreaks: list[BreakActivityIn] = []
+    shifts: Annotated[list[ShiftActivityIn], *at_most(*_ACTIVITIES)] = []
+    manualBreaks: Annotated[list[BreakActivityIn], *at_most(*_ACTIVITIES)] = []
 
     def to_domain(self) -> UserActivities:
         return UserActivities(
@@ -518,7 +570,14 @@ class UserActivitiesIn(Body):
 
 
 class CreateTimeActivitiesBody(Body):
-    timeActivities: list[UserActivitiesIn]
+    timeActivities: Annotated[
+        list[UserActivitiesIn],
+        *at_most(
+            MAX_ACTIVITIES_PER_REQUEST,
+            ErrorCode.BATCH_TOO_LARGE,
+            "{count} users' entries sent; the limit is {limit} per request",
+        ),
+    ]
 
 
 class UpdateTimeActivityBody(Body):
