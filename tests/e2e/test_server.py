@@ -298,6 +298,20 @@ def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
             timeout=60,
         )
 
+    def a_new_stream_runs(key: int, otherwise: str) -> None:
+        """A new stream of ``key`` soon runs: a place it held was given back
+        (a stream ended on the client ends on the server a moment later)."""
+        deadline = time.monotonic() + 10
+        while True:
+            again = watch(key)
+            again.initial_metadata()
+            time.sleep(0.2)
+            if not again.done():
+                again.cancel()
+                return
+            assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, otherwise
+
     try:
         streams = [watch(k) for k in (0, 0, 1, 1, 2, 2, 3, 3)]
         for s in streams:
@@ -310,16 +324,7 @@ def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert details(exc.value)[0].reason == "TOO_MANY_STREAMS"
         streams[0].cancel()
-        deadline = time.monotonic() + 10
-        while True:
-            again = watch(0)
-            again.initial_metadata()
-            time.sleep(0.2)
-            if not again.done():  # still running: the place was freed
-                break
-            assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert time.monotonic() < deadline, "the cancelled stream never ended"
-        again.cancel()
+        a_new_stream_runs(0, "the cancelled stream never ended")
         # Streams of Server-Sent Events count with them: key 3 holds two
         # over gRPC, so its first one over HTTP is refused.
         base = f"http://{srv.http_address}/geopunch/v1/events"
@@ -346,16 +351,7 @@ def test_event_streams_beyond_a_keys_cap_are_refused_and_hold_no_unary_slot(
                 next(watch(2))
             assert details(exc.value)[0].reason == "TOO_MANY_STREAMS"
             opened[0].close()
-            deadline = time.monotonic() + 10
-            while True:
-                again = watch(2)
-                again.initial_metadata()
-                time.sleep(0.2)
-                if not again.done():  # the closed stream gave its place back
-                    break
-                assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert time.monotonic() < deadline, "the closed stream kept its place"
-            again.cancel()
+            a_new_stream_runs(2, "the closed stream kept its place")
         for s in streams[1:]:
             s.cancel()
     finally:
