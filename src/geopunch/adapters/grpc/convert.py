@@ -18,6 +18,7 @@ from geopunch.domain.models import (
     flatten_jobs,
     nest_jobs,
 )
+from geopunch.domain.rules import check_sizes
 from geopunch.v1 import admin_pb2, common_pb2, geofences_pb2
 
 _POLICY_TO_DOMAIN = {
@@ -63,6 +64,9 @@ def time_clock_from_proto(
     An unknown geofence policy number is kept out: it raises ValueError here and
     the servicer reports it as INVALID_ARGUMENT.
     """
+    # The lists' lengths first, before each job becomes a value: as over HTTP.
+    counts = len(msg.jobs), len(msg.user_ids), len(msg.manual_break_types)
+    check_sizes(prefix, "the time clock settings", *counts)
     jobs, paths = jobs_from_proto(msg.jobs, f"{prefix}.jobs")
     policy = _POLICY_TO_DOMAIN.get(msg.geofence_policy)
     if policy is None:
