@@ -28,7 +28,7 @@ from geopunch.v1 import (
     webhooks_pb2_grpc,
 )
 from tests.forked_server import ForkedProcess
-from tests.helpers import pg_schema
+from tests.helpers import pg_migrated
 
 API_KEY = "test-key-0123456789"
 _ids = itertools.count(1000)
@@ -182,12 +182,13 @@ class Client:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh store for servers that share one: a SQLite file, then a
-    PostgreSQL schema of its own."""
+    """A fresh store for servers that share one: a SQLite file the first
+    server makes, then a PostgreSQL database of its own, already migrated
+    (``pg_migrated``)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return
-    with pg_schema() as url:
+    with pg_migrated() as url:
         yield url
 
 

@@ -32,6 +32,7 @@ from geopunch.adapters.db.store import (
     SQLITE_SOFT_HEAP_LIMIT,
     current_revision,
     fence_snapshot_reader,
+    make_engine,
     migrate,
     statistics_off,
 )
@@ -63,7 +64,7 @@ from geopunch.domain.punches import (
     PunchPoint,
     PunchState,
 )
-from tests.helpers import AccountStore
+from tests.helpers import AccountStore, pg_migrated
 
 TC = TimeClock(
     id=42,
@@ -1305,10 +1306,8 @@ def test_kept_open_rows_in_use_outlast_newer_ones() -> None:
 def test_postgres_refuses_overlapping_activities_of_a_user_itself() -> None:
     """Two transactions that each checked before the other wrote: the exclusion
     constraint refuses the second (a lost race, run again by the use case)."""
-    from tests.integration.conftest import _pg_engine
-
-    for engine in _pg_engine():
-        migrate(engine)
+    with pg_migrated() as url:
+        engine = make_engine(url)
         uows = AccountStore(engine)
         with uows() as uow:
             uow.time_clocks.add(TC)
@@ -1321,6 +1320,7 @@ def test_postgres_refuses_overlapping_activities_of_a_user_itself() -> None:
         with uows() as uow:  # touching, another user: fine
             uow.activities.add_many([_completed("d", 200, 300), _completed("e", 150, 250, user=2)])
             uow.commit()
+        engine.dispose()
 
 
 def test_events_are_purged_oldest_first_and_the_horizon_says_how_far(engine: Engine) -> None:
