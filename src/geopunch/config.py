@@ -35,7 +35,7 @@ def hash_key(key: str) -> bytes:
 
 def _check_address(address: str, what: str) -> None:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"{what} {address!r} is not host:port")
 
 

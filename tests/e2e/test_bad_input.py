@@ -1149,12 +1149,14 @@ def hand_cases() -> list[Case]:
         wh.ListWebhookDeliveriesRequest(id=missing_sub, page_size=501),
         "INVALID_ARGUMENT",
     )
-    add(
-        "ListWebhookDeliveries a foreign token",
-        "webhooks.ListWebhookDeliveries",
-        wh.ListWebhookDeliveriesRequest(id=missing_sub, page_token="abc"),
-        "INVALID_ARGUMENT",
-    )
+    # Not ASCII digits ('\u00b2' passes str.isdigit; int refuses it), past int64.
+    for token in ("abc", "\u00b2", "\u0661\u0662", "9999999999999999999"):
+        add(
+            f"ListWebhookDeliveries a foreign token {token!a}",
+            "webhooks.ListWebhookDeliveries",
+            wh.ListWebhookDeliveriesRequest(id=missing_sub, page_token=token),
+            "INVALID_ARGUMENT",
+        )
     add(
         "ReplayWebhookSubscription from seq 0",
         "webhooks.ReplayWebhookSubscription",

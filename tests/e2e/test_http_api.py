@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from geopunch.v1 import admin_pb2
-from tests.conftest import Client, ServerProcess, make_time_clock, next_time_clock_id
+from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
 from tests.e2e.test_accounts import provision
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
@@ -718,3 +718,24 @@ def test_a_list_past_its_bound_is_refused_before_its_items_are_read(
     doc = http.get("/openapi.json").json()["components"]["schemas"]
     assert doc["CreateGeofencesBody"]["properties"]["geofences"]["maxItems"] == 1000
     assert doc["TimeClockIn"]["properties"]["userIds"]["maxItems"] == 100_000
+
+
+def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:
+    """'\u00b2' (sent as Latin-1, as header bytes are read) passes
+    str.isdigit, which int() then refused: a 500 until the check read ASCII
+    digits only. Each of these is a 400 naming the header's rule."""
+    host, _, port = server.http_address.rpartition(":")
+    for value in (b"\xb2", b"12\xb3", b"9223372036854775808", b"-1", b"1e3"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(
+                b"GET /geopunch/v1/events HTTP/1.1\r\nHost: x\r\nX-API-KEY: "
+                + API_KEY.encode()
+                + b"\r\nLast-Event-ID: "
+                + value
+                + b"\r\nConnection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 "), (value, answer[:200])
+        assert b"Last-Event-ID must be a seq" in answer, answer

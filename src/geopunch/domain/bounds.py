@@ -41,6 +41,17 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def int64_text(text: str) -> int | None:
+    """The value of ``text`` if it spells an integer in 0..2**63-1 in ASCII
+    digits (a cursor, a sequence number), else None. ``str.isdigit`` alone
+    also takes '\u00b2' and other digits ``int`` refuses or reads in ways
+    a client never meant."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
+
+
 def json_text_problem(value: str) -> str | None:
     if len(value) > MAX_JSON_TEXT:
         return f"text of {len(value)} characters; the limit is {MAX_JSON_TEXT}"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from urllib.parse import urlsplit
 
+from geopunch.domain.bounds import int64_text
 from geopunch.domain.errors import DomainError, ErrorCode
 from geopunch.domain.ports import UnitOfWork, UnitOfWorkFactory
 from geopunch.domain.webhooks import (
@@ -171,12 +172,13 @@ def list_deliveries(
     """Attempts of a subscription, newest first, and the next page's token ('' at the end)."""
     if not 0 <= page_size <= MAX_PAGE:
         raise DomainError(ErrorCode.INVALID_ARGUMENT, f"page_size must be within 0..{MAX_PAGE}")
-    if page_token and not (page_token.isdigit() and len(page_token) <= 19):
+    after = int64_text(page_token) if page_token else 0
+    if after is None:
         raise DomainError(ErrorCode.INVALID_ARGUMENT, "page_token is not one this server gave")
     size = page_size or 100
     with uows(account=account, readonly=True) as uow:
         _found(uow, sub_id)
-        page = uow.webhooks.attempts(sub_id, size + 1, int(page_token or 0))
+        page = uow.webhooks.attempts(sub_id, size + 1, after)
     if len(page) > size:
         return page[:size], str(page[size - 1].id)
     return page, ""

@@ -64,7 +64,7 @@ from geopunch.adapters.http.bodies import (
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
-from geopunch.domain.bounds import text_problem
+from geopunch.domain.bounds import int64_text, text_problem
 from geopunch.domain.errors import (
     STATUS,
     ConcurrentChange,
@@ -1043,9 +1043,10 @@ def create_app(deps: HttpDeps) -> Any:
         `Last-Event-ID` a reconnecting client sends), without end."""
         check_watch_filter(types, timeClockIds)
         if last_event_id is not None:
-            if not last_event_id.isdigit() or int(last_event_id) >= 2**63:
+            seq = int64_text(last_event_id)
+            if seq is None:
                 raise DomainError(ErrorCode.INVALID_ARGUMENT, "Last-Event-ID must be a seq")
-            after = int(last_event_id)
+            after = seq
         await asyncio.to_thread(check_resumable, deps.uows, who.account_id, after)
         return HeldStream(
             _events(who.account_id, after, types, timeClockIds, request),
