@@ -281,3 +281,35 @@ def test_dates() -> None:
     for bad in (["2026-02-30"], ["26-1-1"], [], ["2026-01-01T00:00"]):
         with pytest.raises(DomainError):
             parse_dates(bad)
+
+
+def test_a_forged_page_token_is_refused_as_any_foreign_one() -> None:
+    """A token's digest is of the query alone, so a client can make one that
+    matches; what it holds must still be what the store can take (an int64
+    start that is not a bool, a short ASCII id), else it was a 500."""
+    import base64
+    import json
+
+    from geopunch.domain.timesheets import ListQuery, check_list_query, next_page_token
+
+    q = ListQuery(7, 0, 86_400)
+    good = next_page_token(q, 5, "a1")
+    assert check_list_query(ListQuery(7, 0, 86_400, page_token=good))[1] is not None
+    digest = json.loads(base64.urlsafe_b64decode(good + "==="))[2]
+    for start, activity_id in [
+        (10**30, "a"),
+        (2**63, "a"),
+        (-(2**63) - 1, "a"),
+        (True, "a"),
+        (5.0, "a"),
+        (5, "a\x00"),
+        (5, "\ud800"),
+        (5, "\u00e9"),
+        (5, "x" * 129),
+        (5, 7),
+    ]:
+        body = json.dumps([start, activity_id, digest]).encode("utf-8", "surrogatepass")
+        token = base64.urlsafe_b64encode(body).decode().rstrip("=")
+        with pytest.raises(DomainError) as caught:
+            check_list_query(ListQuery(7, 0, 86_400, page_token=token))
+        assert [v.field for v in caught.value.violations] == ["page_token"], (start, activity_id)

@@ -798,7 +798,19 @@ def _decode_cursor(token: str, digest: str) -> Cursor | None:
         start, activity_id, stored_digest = json.loads(raw)
     except (binascii.Error, ValueError, TypeError):
         return None
-    if stored_digest != digest or not isinstance(start, int) or not isinstance(activity_id, str):
+    # A token is the client's to forge: its digest is of the query alone. So
+    # what it holds is bounded as the store needs it (a bool is an int to
+    # Python, 10**30 is past int64, NUL and surrogates are text no store
+    # holds), not trusted because the digest matched.
+    if (
+        stored_digest != digest
+        or type(start) is not int
+        or not -(2**63) <= start < 2**63
+        or not isinstance(activity_id, str)
+        or not activity_id.isascii()
+        or not activity_id.isprintable()
+        or len(activity_id) > MAX_ID_LENGTH
+    ):
         return None
     return Cursor(start, activity_id)
 
