@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, text
 from geopunch.adapters.db.store import (
     HEAD_REVISION,
     StoreFromANewerRelease,
+    StoreUnusable,
     _alembic_config,
     current_revision,
     make_engine,
@@ -245,6 +246,26 @@ def test_a_store_from_a_newer_release_is_refused_with_a_plain_message(store_url:
         .splitlines()[-1]
         .startswith("geopunch: the store is at schema revision 9999")
     )
+
+
+@pytest.mark.postgres
+def test_a_search_path_without_its_schema_is_refused_with_a_plain_message() -> None:
+    """A URL whose search_path names a schema that does not exist left
+    current_schema() NULL, so the migration lock was never taken and the
+    server waited for ever, logging that another process was migrating."""
+    with pg_schema() as url:
+        missing = url.replace("search_path%3Dgp_", "search_path%3Dnone_")
+    engine = make_engine(missing)
+    try:
+        with pytest.raises(StoreUnusable, match="none of the schemas"):
+            migrate(engine)
+    finally:
+        engine.dispose()
+    serve = _geopunch(
+        "serve", "--database-url", missing, "--listen", "127.0.0.1:0", "--http-listen", "off"
+    )
+    assert serve.returncode == 2
+    assert "search_path names: create the schema" in serve.stderr.strip().splitlines()[-1]
 
 
 def test_the_store_goes_back_to_an_older_release_and_forward_again(store_url: str) -> None:

@@ -251,13 +251,14 @@ def _migrate(url: str | None, to: str | None) -> int:
 
 
 def _on_the_store(command: Callable[[], int | None]) -> int:
-    """Runs a command that opens the store; one a newer release migrated
-    stops it with a plain message."""
-    from geopunch.adapters.db.store import StoreFromANewerRelease
+    """Runs a command that opens the store; a store it cannot use (one a
+    newer release migrated, a schema that does not exist) stops it with a
+    plain message."""
+    from geopunch.adapters.db.store import StoreUnusable
 
     try:
         return command() or 0
-    except StoreFromANewerRelease as exc:
+    except StoreUnusable as exc:
         print(f"geopunch: {exc}", file=sys.stderr)
         return 2
 

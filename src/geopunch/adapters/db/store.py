@@ -184,7 +184,12 @@ def _wait_for_migration_turn(conn: Connection) -> None:
     built CONCURRENTLY by the process migrating waits for every older
     snapshot to go, which would be a deadlock."""
     waiting = False
-    while not conn.exec_driver_sql(_MIGRATION_TURN).scalar():
+    while not (turn := conn.exec_driver_sql(_MIGRATION_TURN).scalar()):
+        if turn is None:  # current_schema() is NULL: no schema of the search_path exists
+            raise StoreUnusable(
+                "PostgreSQL finds none of the schemas the connection's search_path "
+                "names: create the schema, or correct the URL's options"
+            )
         conn.commit()
         if not waiting:
             log.info("another process is migrating the store; waiting for it")
@@ -274,7 +279,11 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
     return current_revision(engine)
 
 
-class StoreFromANewerRelease(RuntimeError):
+class StoreUnusable(RuntimeError):
+    """The store cannot be used as it is; the message says why and what to do."""
+
+
+class StoreFromANewerRelease(StoreUnusable):
     """The store is at a revision this release does not know: a newer release
     migrated it, and this one may not read what that one wrote."""
 
