@@ -3,7 +3,11 @@
 Keys are the spec's camelCase. Known keys are type-checked strictly (a
 string is not a user id, a number is not a name); unknown keys are ignored,
 as JSON API clients expect. No rule lives here: ranges, sizes and references
-are the domain's to check, with the same paths over both APIs.
+are the domain's to check, with the same paths over both APIs. Two kinds of
+bound are applied in the types, with the domain's own definitions: the
+bounds every text and JSON value shares (``domain.bounds``), and each list's
+length (``at_most``, the rules' limit, reason and sentence), so that an
+oversized list is refused before its items are validated.
 """
 
 # No ``from __future__ import annotations``: pydantic reads the annotations at run time.
