@@ -118,6 +118,15 @@ def check_ids(
         seen.add(value)
 
 
+def check_geofence_count(count: int, prefix: str = "geofences") -> None:
+    """TOO_MANY_GEOFENCES for a batch past the limit: by the rules, and by an
+    API before it converts any fence of the batch."""
+    if count > MAX_GEOFENCES_PER_REQUEST:
+        said = f"{count} geofences sent; the limit is {MAX_GEOFENCES_PER_REQUEST} per request"
+        violation = FieldViolation(prefix, said, ErrorCode.TOO_MANY_GEOFENCES)
+        raise DomainError.from_violations([violation], "the geofences")
+
+
 def check_identity(out: Collector, prefix: str, id_: int, name: str, timezone: str) -> None:
     """A positive id, a usable name and an IANA zone (time clocks, schedulers)."""
     if not 0 < id_ <= MAX_ENTITY_ID:
@@ -313,13 +322,7 @@ def validate_geofences(
     out = Collector()
     if not drafts:
         out.add(prefix, ErrorCode.INVALID_ARGUMENT, "at least one geofence is required")
-    if len(drafts) > MAX_GEOFENCES_PER_REQUEST:
-        out.add(
-            prefix,
-            ErrorCode.TOO_MANY_GEOFENCES,
-            f"{len(drafts)} geofences sent; the limit is {MAX_GEOFENCES_PER_REQUEST} per request",
-        )
-        out.raise_if_any("the geofences")
+    check_geofence_count(len(drafts), prefix)
     if not _all_usable(drafts, tc):
         _geofence_problems(out, drafts, tc, prefix)
     out.raise_if_any("the geofences")

@@ -16,7 +16,7 @@ from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from geopunch.domain.errors import ErrorCode
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, Json
 from geopunch.domain.models import Job
 from geopunch.domain.punches import PunchLocation
@@ -134,6 +134,15 @@ class ScheduledShift:
     updated_at: int = 0
 
 
+def check_shift_count(count: int, prefix: str = "shifts") -> None:
+    """TOO_MANY_SHIFTS for a batch past the limit: by the rules, and by an API
+    before it converts any shift of the batch."""
+    if count > MAX_SHIFTS_PER_REQUEST:
+        said = f"{count} shifts sent; the limit is {MAX_SHIFTS_PER_REQUEST} per request"
+        violation = FieldViolation(prefix, said, ErrorCode.TOO_MANY_SHIFTS)
+        raise DomainError.from_violations([violation], "the shifts")
+
+
 def validate_scheduler(s: Scheduler, job_paths: Sequence[str], prefix: str = "scheduler") -> None:
     """Raise DomainError unless every setting of ``s`` is usable."""
     check_sizes(prefix, "the scheduler settings", len(s.jobs), len(s.user_ids))
@@ -195,13 +204,7 @@ def validate_shifts(
     out = Collector()
     if not drafts:
         out.add(prefix, ErrorCode.INVALID_ARGUMENT, "at least one shift is required")
-    if len(drafts) > MAX_SHIFTS_PER_REQUEST:
-        out.add(
-            prefix,
-            ErrorCode.TOO_MANY_SHIFTS,
-            f"{len(drafts)} shifts sent; the limit is {MAX_SHIFTS_PER_REQUEST} per request",
-        )
-        out.raise_if_any("the shifts")
+    check_shift_count(len(drafts), prefix)
     ctx = _Context(scheduler, {j.id: j for j in scheduler.jobs}, {}, new_id, now, created_by)
     done = [_validate_one(ctx, d, f"{prefix}[{i}]", out) for i, d in enumerate(drafts)]
     out.raise_if_any("the shifts")

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from geopunch.domain.builders import positional_builder
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, Json
 from geopunch.domain.models import DayStatus, ManualBreakType, TimeClock
 from geopunch.domain.punches import (
@@ -133,6 +133,16 @@ def count_activities(groups: Sequence[UserActivities]) -> int:
     return sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
 
 
+def check_activity_counts(groups: int, activities: int, prefix: str = "time_activities") -> None:
+    """BATCH_TOO_LARGE for more users' entries or activities than a request
+    takes: by the rules, and by an API before it converts any of them."""
+    for count, what in ((groups, "users' entries"), (activities, "activities")):
+        if count > MAX_ACTIVITIES_PER_REQUEST:
+            said = f"{count} {what} sent; the limit is {MAX_ACTIVITIES_PER_REQUEST} per request"
+            violation = FieldViolation(prefix, said, ErrorCode.BATCH_TOO_LARGE)
+            raise DomainError.from_violations([violation], "the time activities")
+
+
 # -- Checks of a request on its own -------------------------------------------
 
 
@@ -146,26 +156,12 @@ def plan_time_activities(
 ) -> list[Planned]:
     """Every activity of the request checked on its own; the problems go to
     ``out`` and the activities without any are returned."""
-    if len(groups) > MAX_ACTIVITIES_PER_REQUEST:  # so some would carry no activity
-        out.add(
-            prefix,
-            ErrorCode.BATCH_TOO_LARGE,
-            f"{len(groups)} users' entries sent; "
-            f"the limit is {MAX_ACTIVITIES_PER_REQUEST} per request",
-        )
-        out.raise_if_any("the time activities")
     total = count_activities(groups)
+    check_activity_counts(len(groups), total, prefix)
     if total == 0:
         out.add(
             prefix, ErrorCode.INVALID_ARGUMENT, "at least one shift or manual break is required"
         )
-    if total > MAX_ACTIVITIES_PER_REQUEST:
-        out.add(
-            prefix,
-            ErrorCode.BATCH_TOO_LARGE,
-            f"{total} activities sent; the limit is {MAX_ACTIVITIES_PER_REQUEST} per request",
-        )
-        out.raise_if_any("the time activities")
     planned: list[Planned] = []
     stamp = int(now)
     for i, group in enumerate(groups):

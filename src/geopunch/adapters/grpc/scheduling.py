@@ -19,6 +19,7 @@ from geopunch.domain.shifts import (
     ShiftBreak,
     ShiftLayer,
     ShiftLocation,
+    check_shift_count,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import scheduler as use_cases
@@ -188,6 +189,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def CreateShifts(
         self, request: scheduler_pb2.CreateShiftsRequest, context: Any
     ) -> scheduler_pb2.ShiftsResponse:
+        check_shift_count(len(request.shifts))  # before converting any
         created = use_cases.create_shifts(
             self._uows,
             self._clock,

@@ -38,6 +38,7 @@ from geopunch.domain.timesheets import (
     UserActivities,
     UserState,
     UserStatus,
+    check_activity_counts,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import punches, timesheets
@@ -313,6 +314,9 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     def CreateTimeActivities(
         self, request: timeclock_pb2.CreateTimeActivitiesRequest, context: Any
     ) -> timeclock_pb2.CreateTimeActivitiesResponse:
+        groups = request.time_activities  # counted before any is converted
+        activities = sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
+        check_activity_counts(len(groups), activities)
         created = timesheets.create_time_activities(
             self._uows,
             self._fences,
