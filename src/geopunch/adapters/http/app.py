@@ -82,7 +82,7 @@ from geopunch.domain.ports import (
     UnitOfWorkFactory,
 )
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
-from geopunch.domain.shifts import MAX_SHIFTS_PER_REQUEST
+from geopunch.domain.shifts import MAX_SHIFTS_PER_REQUEST, check_shift_count
 from geopunch.domain.timesheets import ListQuery
 from geopunch.logs import new_request_id, request_id_var
 from geopunch.service import (
@@ -696,11 +696,7 @@ def create_app(deps: HttpDeps) -> Any:
         schedulerId: Int64Path,
         body: Annotated[
             list[ShiftIn],
-            *at_most(
-                MAX_SHIFTS_PER_REQUEST,
-                ErrorCode.TOO_MANY_SHIFTS,
-                "{count} shifts sent; the limit is {limit} per request",
-            ),
+            *at_most(MAX_SHIFTS_PER_REQUEST, refuse=check_shift_count),
             Body(openapi_examples=EXAMPLES["shifts"]),
         ],
         notifyUsers: Annotated[bool, Query()] = True,
