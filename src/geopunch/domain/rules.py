@@ -157,6 +157,11 @@ def check_user_ids(out: Collector, path: str, user_ids: Iterable[int]) -> None:
         )
 
 
+def past_limit(count: int, limit: int) -> str:
+    """The sentence for a list longer than its limit (both APIs say it)."""
+    return f"{count} entries; the limit is {limit}"
+
+
 def is_valid_color(value: str) -> bool:
     """True for "#RRGGBB" or "#RGB" (hex digits in either case)."""
     return bool(_COLOR_RE.match(value))
@@ -178,7 +183,7 @@ def check_sizes(prefix: str, what: str, jobs: int, users: int, break_types: int 
             out.add(
                 f"{prefix}.{name}",
                 ErrorCode.INVALID_ARGUMENT,
-                f"{count} entries; the limit is {limit}",
+                past_limit(count, limit),
             )
     out.raise_if_any(what)
 

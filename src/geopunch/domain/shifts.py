@@ -35,6 +35,7 @@ from geopunch.domain.rules import (
     coordinate_problem,
     is_valid_color,
     is_valid_timezone,
+    past_limit,
 )
 
 MAX_SHIFTS_PER_REQUEST = 500
@@ -322,11 +323,7 @@ def _check_users(
     field_path = f"{path}.assigned_user_ids"
     users = d.assigned_user_ids
     if len(users) > MAX_USERS:  # more than a scheduler may have, so some twice or unknown
-        out.add(
-            field_path,
-            ErrorCode.INVALID_ARGUMENT,
-            f"{len(users)} entries; the limit is {MAX_USERS}",
-        )
+        out.add(field_path, ErrorCode.INVALID_ARGUMENT, past_limit(len(users), MAX_USERS))
         return
     if len(set(users)) != len(users):
         out.add(field_path, ErrorCode.INVALID_ARGUMENT, "a user id appears twice")
@@ -438,11 +435,7 @@ def _check_details(d: ScheduledShift, path: str, out: Collector) -> None:
         ("breaks", d.breaks),
     ):
         if len(items) > MAX_ITEMS:
-            out.add(
-                f"{path}.{name}",
-                ErrorCode.INVALID_ARGUMENT,
-                f"{len(items)} entries; the limit is {MAX_ITEMS}",
-            )
+            out.add(f"{path}.{name}", ErrorCode.INVALID_ARGUMENT, past_limit(len(items), MAX_ITEMS))
     for i, note in enumerate(d.notes):
         if len(note) > MAX_NOTE_LENGTH:
             out.add(

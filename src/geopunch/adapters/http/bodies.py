@@ -46,6 +46,7 @@ from geopunch.domain.rules import (
     MAX_JOBS,
     MAX_USERS,
     check_geofence_count,
+    past_limit,
 )
 from geopunch.domain.shifts import (
     MAX_ITEMS,
@@ -118,9 +119,9 @@ def at_most(
     checked before its items are validated: pydantic validates every item
     first, on the event loop both APIs share, and 900,000 jobs took 8.5 s.
     ``refuse`` is the rules' own check of a batch's count, where they have
-    one; else ``reason`` and ``says`` word it. The ``Field`` states the
-    bound in the OpenAPI document as ``maxItems``."""
-    template = says or "{count} entries; the limit is {limit}"
+    one; else ``reason`` and ``says`` word it (the rules' ``past_limit`` by
+    default). The ``Field`` states the bound in the OpenAPI document as
+    ``maxItems``."""
 
     def check(value: Any) -> Any:
         if isinstance(value, list) and len(value) > limit:
@@ -130,7 +131,12 @@ def at_most(
                 except DomainError as exc:
                     first = exc.violations[0]
                     raise PydanticCustomError(first.reason.value, first.description) from None
-            raise PydanticCustomError(reason.value, template, {"count": len(value), "limit": limit})
+            said = (
+                says.format(count=len(value), limit=limit)
+                if says
+                else past_limit(len(value), limit)
+            )
+            raise PydanticCustomError(reason.value, said)
         return value
 
     return Field(max_length=limit), BeforeValidator(check)
