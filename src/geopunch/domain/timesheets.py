@@ -19,11 +19,11 @@ import binascii
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -129,7 +129,16 @@ class Planned:
     activity: Activity
 
 
-def count_activities(groups: Sequence[UserActivities]) -> int:
+class _Group(Protocol):
+    """One user's part of a request: the domain's, or a message of an API."""
+
+    @property
+    def shifts(self) -> Sized: ...
+    @property
+    def manual_breaks(self) -> Sized: ...
+
+
+def count_activities(groups: Iterable[_Group]) -> int:
     return sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
 
 

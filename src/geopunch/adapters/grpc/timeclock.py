@@ -39,6 +39,7 @@ from geopunch.domain.timesheets import (
     UserState,
     UserStatus,
     check_activity_counts,
+    count_activities,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import punches, timesheets
@@ -315,8 +316,7 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
         self, request: timeclock_pb2.CreateTimeActivitiesRequest, context: Any
     ) -> timeclock_pb2.CreateTimeActivitiesResponse:
         groups = request.time_activities  # counted before any is converted
-        activities = sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
-        check_activity_counts(len(groups), activities)
+        check_activity_counts(len(groups), count_activities(groups))
         created = timesheets.create_time_activities(
             self._uows,
             self._fences,
