@@ -169,7 +169,10 @@ class Prepared:
         SQLite), where a large ``bytea`` arrives as its bytes rather than as
         hex text twice its size (a listed page: 9-13 ms against 15-21)."""
         c = self._compile(conn)
-        cursor = self._read(conn, c, params, binary)
+        if binary and conn.dialect.name == "postgresql":
+            cursor = driver(conn).execute(c.sql, c.args(params), binary=True)
+        else:
+            cursor = driver(conn).execute(c.sql, c.args(params))
         rows = cursor.fetchall()
         cursor.close()
         return rows if c.results is None else [c.row(r) for r in rows]
@@ -213,14 +216,6 @@ class Prepared:
             raise ValueError("a binary COPY of PostgreSQL cut short")
         if whole:
             yield _int64_columns(bytes(pending[:whole]), row, columns)
-
-    @staticmethod
-    def _read(conn: Connection, c: _Compiled, params: Mapping[str, Any], binary: bool) -> Any:
-        """The statement's cursor, its results in PostgreSQL's binary format
-        when ``binary`` asks for it (see ``all``)."""
-        if binary and conn.dialect.name == "postgresql":
-            return driver(conn).execute(c.sql, c.args(params), binary=True)
-        return driver(conn).execute(c.sql, c.args(params))
 
     def mappings(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every row as a dict keyed by column name."""
