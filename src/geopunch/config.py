@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
+from geopunch.service.events import STREAMS_PER_KEY
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
@@ -89,7 +90,7 @@ class Config:
     #: Seconds a call may take to send its request message.
     receive_timeout_seconds: float = 10.0
     #: Event streams one API key may hold open at once.
-    max_streams_per_key: int = 32
+    max_streams_per_key: int = STREAMS_PER_KEY
     #: Webhook URLs may resolve to loopback and private addresses.
     webhook_allow_private: bool = False
     #: How long the event at a subscription's head is retried before the
@@ -141,7 +142,9 @@ class Config:
         receive_s = float(pick("receive_timeout_seconds", "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS", "10"))
         if not 0.1 <= receive_s <= 600:
             raise ValueError("receive timeout must be within 0.1..600 seconds")
-        streams = int(pick("max_streams_per_key", "GEOPUNCH_MAX_STREAMS_PER_KEY", "32"))
+        streams = int(
+            pick("max_streams_per_key", "GEOPUNCH_MAX_STREAMS_PER_KEY", str(STREAMS_PER_KEY))
+        )
         if not 1 <= streams <= 10_000:
             raise ValueError("max streams per key must be within 1..10000")
         level = pick("log_level", "GEOPUNCH_LOG_LEVEL", "INFO").upper()

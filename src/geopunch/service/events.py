@@ -16,6 +16,11 @@ EVENT_PAGE = 500
 IDLE_RECHECK_S = 30.0
 
 
+#: Event streams one key may hold when nothing else is configured
+#: (GEOPUNCH_MAX_STREAMS_PER_KEY).
+STREAMS_PER_KEY = 32
+
+
 class StreamSlots:
     """The event streams each API key holds open in this process, over gRPC
     (``WatchEvents``) and HTTP (Server-Sent Events) together: one key may
@@ -25,7 +30,7 @@ class StreamSlots:
     Taken and given back on the event loop's thread only (both APIs' stream
     handlers run there), so the counts need no lock."""
 
-    def __init__(self, per_key: int) -> None:
+    def __init__(self, per_key: int = STREAMS_PER_KEY) -> None:
         self.per_key = per_key
         self._held: dict[str, int] = {}
 

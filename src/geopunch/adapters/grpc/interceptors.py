@@ -107,7 +107,7 @@ class ServiceInterceptor(_Interceptor):
         self._executor = executor
         self._limits = limits
         self._unary_in_flight = 0
-        self._streams = streams or StreamSlots(32)
+        self._streams = streams or StreamSlots()
         self._catch_up = catch_up
         # Calls without a valid key or message cost nothing to send: their
         # lines are rate-limited per peer so that the log cannot be flooded.

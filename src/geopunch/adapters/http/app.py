@@ -137,7 +137,7 @@ class HttpDeps:
     #: Checks webhook URLs' hosts (None: private addresses are allowed).
     webhook_guard: UrlGuard = None
     #: Event streams each key holds, counted with the gRPC API's.
-    streams: StreamSlots = field(default_factory=lambda: StreamSlots(32))
+    streams: StreamSlots = field(default_factory=StreamSlots)
     #: Commits admin writes, batched; None: one transaction a call.
     commit: TransactionRunner | None = None
 
