@@ -282,8 +282,9 @@ class RequestContext:
                 and self.ready.is_set()
                 and (not secret or self.keys.authenticate(secret.decode("latin-1")) is None)
             ):
-                status = 401
-                await _error(401, *_NO_KEY)(scope, receive, send)
+                refused = _refusal(_no_key(), scope["path"])
+                status = refused.status_code
+                await refused(scope, receive, send)
                 return
 
             answered = False
@@ -330,11 +331,14 @@ class RequestContext:
             request_id_var.reset(token)
 
 
-#: The refusal of a request without a valid key: its code and sentence.
-_NO_KEY = (
-    ErrorCode.API_KEY_INVALID.value,
-    "missing or unknown API key: send it in the X-API-KEY header",
-)
+def _no_key() -> DomainError:
+    """The refusal of a request without a valid key (the route's or, for a
+    request with a body, the middleware's before the body is read)."""
+    return DomainError(
+        ErrorCode.API_KEY_INVALID, "missing or unknown API key: send it in the X-API-KEY header"
+    )
+
+
 #: The caller of the current request, once its key is known (for the access log).
 caller_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "http_caller", default=None
@@ -510,7 +514,7 @@ def create_app(deps: HttpDeps) -> Any:
             raise DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
         who = deps.keys.authenticate(x_api_key) if x_api_key else None
         if who is None:
-            raise DomainError(ErrorCode(_NO_KEY[0]), _NO_KEY[1])
+            raise _no_key()
         caller_var.set(who)  # for the access log line
         who.require(scope, "this endpoint")
         due = deps.catch_up()
