@@ -597,6 +597,14 @@ def test_a_body_without_a_valid_key_is_refused_before_it_is_read(
                 assert chunk, answer
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 401 "), answer
+    # Of two keys the first is the one judged, before the body as by the
+    # route: a valid second key does not let an unknown first one through.
+    twice = httpx.post(
+        f"http://{server.http_address}/geopunch/v1/time-clocks",
+        json={"name": "", "timezone": "UTC"},
+        headers=[("X-API-KEY", "not-a-key-0123456789"), ("X-API-KEY", API_KEY)],
+    )
+    assert twice.status_code == 401, twice.text
     # With a valid key the same route reads and judges the body.
     r = http.post("/geopunch/v1/time-clocks", json={"name": "", "timezone": "UTC"})
     assert r.status_code == 400 and r.json()["code"] == "INVALID_ARGUMENT", r.text
