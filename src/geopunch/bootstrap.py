@@ -151,17 +151,23 @@ def build_app(
     on_events: Callable[[], None] | None = None,
     on_index_changes: Callable[[], None] | None = None,
     on_subscriptions: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> App:
     """Open and migrate the store, load the fence index; return the wired application.
 
     ``on_events`` is called after every commit that appended to the event log,
     ``on_index_changes`` after every commit that changed a time clock or its
     fences, ``on_subscriptions`` after every commit that changed a webhook
-    subscription.
+    subscription. ``stop`` set while another process migrates the store
+    ends the wait with :class:`StoppedWaiting`.
     """
     map_large_blocks_alone()
     engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
-    revision = migrate(engine)
+    try:
+        revision = migrate(engine, stop=stop)
+    except BaseException:
+        engine.dispose()
+        raise
     log.info(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},

@@ -3,6 +3,7 @@ one store, and a PostgreSQL index rebuilt while servers keep writing."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from alembic import command
 from sqlalchemy import Engine, create_engine, text
 
 from geopunch.adapters.db.store import (
+    _MIGRATION_TURN,
     HEAD_REVISION,
     StoreFromANewerRelease,
     StoreUnusable,
@@ -301,3 +303,52 @@ def test_the_store_goes_back_to_an_older_release_and_forward_again(store_url: st
         assert unknown.returncode == 2 and "no schema revision '0999'" in unknown.stderr
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_server_waiting_for_the_migration_lock_stops_on_sigterm(processes: str) -> None:
+    """A replica started while another migrates waits for its turn. Told to
+    stop meanwhile (a rolled-back deployment, an operator's Ctrl-C), it
+    logged the signal and went on waiting until the other's migration ended:
+    a lock held by a stuck process kept it alive for ever."""
+    with pg_schema() as url:
+        pg = create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with pg.connect() as holder:
+                assert holder.exec_driver_sql(_MIGRATION_TURN).scalar()
+                serve = subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "geopunch", "serve", "--database-url", url),
+                        *("--listen", "127.0.0.1:0", "--http-listen", "off"),
+                        *("--processes", processes),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    assert serve.stderr is not None
+                    for line in serve.stderr:
+                        if "another process is migrating the store" in line:
+                            break
+                    else:
+                        pytest.fail(f"the server ended without waiting: {serve.wait()}")
+                    serve.send_signal(signal.SIGTERM)
+                    rest = serve.communicate(timeout=10)[1]
+                finally:
+                    if serve.poll() is None:
+                        serve.kill()
+                        serve.communicate()
+                assert serve.returncode == 0, rest
+                assert "stopped before the store was ready" in rest
+                assert "Traceback" not in rest and "ERROR" not in rest, rest
+                # It left the store as it found it: nothing migrated.
+                assert (
+                    holder.exec_driver_sql(
+                        "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+                    ).scalar()
+                    == 0
+                )
+        finally:
+            pg.dispose()

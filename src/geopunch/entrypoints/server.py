@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from geopunch import __version__, metrics, tracing
 from geopunch.adapters.db import notify
-from geopunch.adapters.db.store import GroupCommitter
+from geopunch.adapters.db.store import GroupCommitter, StoppedWaiting
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
 from geopunch.adapters.http.app import HttpDeps, create_app
 from geopunch.adapters.wakeup import Stop, Wakeup
@@ -255,8 +255,10 @@ class Server:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    def start(self) -> None:
-        """Listen at once (health says NOT_SERVING), then open and migrate the store."""
+    def start(self, stop: threading.Event | None = None) -> None:
+        """Listen at once (health says NOT_SERVING), then open and migrate the
+        store; ``stop`` set while another process migrates it ends the wait
+        with :class:`StoppedWaiting`."""
         self.loop.run(self._grpc.start())
         if self.http is not None:
             self.http.start(self.loop.loop)  # answers 503 until ready
@@ -280,6 +282,7 @@ class Server:
             on_events=on_events,
             on_index_changes=on_index_changes,
             on_subscriptions=self._subscriptions.notify,
+            stop=stop,
         )
         self._uows.target = self.app.uows
         self.keys.refresh(self.app.uows)
@@ -522,7 +525,12 @@ def serve(
     # An operator (or a test) can see where every thread is: kill -USR1 PID
     # writes all stacks to stderr without disturbing the server.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    server.start()
+    try:
+        server.start(stop_requested)
+    except StoppedWaiting:
+        log.info("stopped before the store was ready")
+        server.stop()
+        return
     # What start-up built (modules, the fence index, compiled kernels, the
     # engine) lives as long as the process: moved out of the collector's
     # generations, a full collection under load no longer walks it. Under 64

@@ -124,11 +124,15 @@ def _stop_with(parent: multiprocessing.process.BaseProcess) -> None:
 
 def serve_processes(config: Config, ready: Callable[[int, str], None] | None = None) -> None:
     """Run ``config.processes`` workers until SIGTERM or SIGINT, then drain them."""
-    from geopunch.adapters.db.store import make_engine, migrate
+    from geopunch.adapters.db.store import StoppedWaiting, make_engine, migrate
 
+    stop = stop_on_signals()
     engine = make_engine(config.database_url, pool_size=1)
     try:
-        revision = migrate(engine)  # once, before any worker opens the store
+        revision = migrate(engine, stop=stop)  # once, before any worker opens the store
+    except StoppedWaiting:
+        log.info("stopped before the store was ready")
+        return
     finally:
         engine.dispose()
     log.info("store ready", extra={"fields": {"revision": revision}})
@@ -151,7 +155,6 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     )
     generations = SharedGenerations(ctx)
     started: Any = ctx.Queue()
-    stop = stop_on_signals()
 
     def start(number: int) -> multiprocessing.process.BaseProcess:
         proc = ctx.Process(

@@ -178,11 +178,11 @@ _MIGRATION_TURN = (
 )
 
 
-def _wait_for_migration_turn(conn: Connection) -> None:
-    """Take the migration lock, trying again every 0.2 s. Not a blocking
-    ``pg_advisory_lock``: a waiting statement holds a snapshot, and an index
-    built CONCURRENTLY by the process migrating waits for every older
-    snapshot to go, which would be a deadlock."""
+def _wait_for_migration_turn(conn: Connection, stop: threading.Event) -> None:
+    """Take the migration lock, trying again every 0.2 s until ``stop`` is
+    set. Not a blocking ``pg_advisory_lock``: a waiting statement holds a
+    snapshot, and an index built CONCURRENTLY by the process migrating waits
+    for every older snapshot to go, which would be a deadlock."""
     waiting = False
     while not (turn := conn.exec_driver_sql(_MIGRATION_TURN).scalar()):
         if turn is None:  # current_schema() is NULL: no schema of the search_path exists
@@ -194,7 +194,8 @@ def _wait_for_migration_turn(conn: Connection) -> None:
         if not waiting:
             log.info("another process is migrating the store; waiting for it")
             waiting = True
-        time.sleep(0.2)
+        if stop.wait(0.2):
+            raise StoppedWaiting("told to stop while another process was migrating the store")
     conn.commit()
 
 
@@ -207,9 +208,10 @@ def _alembic_config(conn: Connection) -> AlembicConfig:
     return cfg
 
 
-def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
+def migrate(engine: Engine, to: str = HEAD_REVISION, stop: threading.Event | None = None) -> str:
     """Bring the schema to revision ``to``, forward or back (the newest by
-    default); return the store's revision."""
+    default); return the store's revision. Waiting for another process's
+    migration ends with :class:`StoppedWaiting` once ``stop`` is set."""
     if to == HEAD_REVISION and current_revision(engine) == HEAD_REVISION:
         return HEAD_REVISION
     from alembic import command
@@ -227,7 +229,7 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
             # and all but one fail on what the first created. The first to
             # take this lock migrates; the others wait, then find the
             # revision they wanted.
-            _wait_for_migration_turn(conn)
+            _wait_for_migration_turn(conn, stop or threading.Event())
         try:
             before = MigrationContext.configure(conn).get_current_revision()
             cfg = _alembic_config(conn)
@@ -281,6 +283,10 @@ def migrate(engine: Engine, to: str = HEAD_REVISION) -> str:
 
 class StoreUnusable(RuntimeError):
     """The store cannot be used as it is; the message says why and what to do."""
+
+
+class StoppedWaiting(Exception):
+    """Told to stop before the store was ready, nothing of it changed."""
 
 
 class StoreFromANewerRelease(StoreUnusable):
