@@ -4,6 +4,7 @@ the spec's own JavaScript integration classes run unchanged by Node.js."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from geopunch.entrypoints.http_server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_URL_BYTES
 from geopunch.v1 import admin_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
 from tests.e2e.test_accounts import provision
@@ -612,6 +614,80 @@ def test_a_body_without_a_valid_key_is_refused_before_it_is_read(
     assert httpx.get(f"http://{server.http_address}/healthz").status_code == 200
     r = httpx.get(f"http://{server.http_address}/geopunch/v1/time-clocks/1")
     assert r.status_code == 401 and r.json()["code"] == "API_KEY_INVALID"
+
+
+def _exchange(server: ServerProcess, *requests: bytes, pieces: int = 1) -> bytes:
+    """Send ``requests`` on one connection (each cut in ``pieces`` sends),
+    then say it is done and read until the server closes the connection."""
+    host, _, port = server.http_address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        try:
+            for request in requests:
+                step = -(-len(request) // pieces)
+                for at in range(0, len(request), step):
+                    sock.sendall(request[at : at + step])
+                    time.sleep(0.01 if pieces > 1 else 0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused part way: what it answered is still to read
+        with contextlib.suppress(OSError):  # already reset
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def _refused(answer: bytes, status: int, code: str) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    found = json.loads(body)
+    assert found["code"] == code and found["detail"], found
+    assert f"x-request-id: {found['requestId']}".encode() in head
+
+
+def test_a_request_head_is_bounded_in_url_size_and_header_count(
+    server: ServerProcess, http: httpx.Client, client: Client
+) -> None:
+    """A URL of 64 KiB at most, a head of 128 KiB and 100 header lines are
+    answered; past them, 414 or 431 with the API's error body, and the
+    connection closed, before any parsing. Unbounded, a 200 MB URL or header
+    value held the event loop for 5 s, and 100 MB of short headers took
+    600 MB of memory and were answered, all without a key; a URL past 64 KiB
+    had uvicorn's plain-text 400 saying only that the request was invalid."""
+    too_large = "REQUEST_HEADER_FIELDS_TOO_LARGE"
+    get = b"GET /healthz?pad=%s HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n"
+    url = b"a" * (MAX_URL_BYTES - len(b"/healthz?pad="))
+    fits = get % (url, b"")
+    fits = get % (url, b"p" * (MAX_HEAD_BYTES - len(fits) + 4))  # the blank line is no head
+    # Two requests at the bounds on one connection (each has its own
+    # budget), sent in pieces so the blank line may straddle two reads.
+    answer = _exchange(server, fits, fits, pieces=7)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:200]
+    _refused(_exchange(server, fits.replace(b"X-Pad: ", b"X-Pad: p")), 431, too_large)
+    _refused(_exchange(server, get % (url + b"a", b"")), 414, "URI_TOO_LONG")
+    _refused(_exchange(server, get % (url * 300, b"")), 414, "URI_TOO_LONG")
+    _refused(_exchange(server, get % (b"", b"v" * (8 * MAX_HEAD_BYTES))), 431, too_large)
+    lines = [b"X-H%d: v" % i for i in range(MAX_HEADERS)]
+    many = b"GET /healthz HTTP/1.1\r\n%s\r\n\r\n"
+    assert _exchange(server, many % b"\r\n".join(lines)).startswith(b"HTTP/1.1 200 ")
+    lines.append(b"X-One-More: v")
+    _refused(_exchange(server, many % b"\r\n".join(lines)), 431, too_large)
+    # The bound as a client meets it: 2,600 user ids of 16 digits (the
+    # longest) fit in one query.
+    ids = [2**53 - 1 - n for n in range(2_600)]
+    tc = int(make_time_clock(client, user_ids=ids).id)
+    path = f"/time-clock/v1/time-clocks/{tc}/user-statuses"
+    r = http.get(path, params=[("userIds", str(n)) for n in ids])
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["data"]["statuses"]) == len(ids), r.text[:300]
+    # Twice as many do not (httpx itself refuses to send such a URL).
+    query = "&".join(f"userIds={n}" for n in ids * 2).encode()
+    key = f"X-API-KEY: {API_KEY}".encode()
+    twice = b"GET %s?%s HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % (path.encode(), query, key)
+    _refused(_exchange(server, twice), 414, "URI_TOO_LONG")
 
 
 def test_a_list_past_its_bound_is_refused_before_its_items_are_read(

@@ -67,6 +67,15 @@ GARBAGE_BODIES = (
 )
 
 
+#: Request heads far past the bounds, sent as fast as the server reads: a
+#: 200 MB URL held the event loop for 5 s, and 100 MB of short headers took
+#: 600 MB of memory and were answered.
+BIG_HEAD = 64 << 20
+BIG_HEADS = (
+    ("url", b"GET /healthz?", b"a" * 65536),
+    ("headers", b"GET /healthz HTTP/1.1\r\n", b"X-H: v\r\n" * 8192),
+)
+
 #: What a slow HTTP client sends before it stops: nothing, half a head, a head
 #: and half its body.
 SLOW_STARTS = (
@@ -152,6 +161,19 @@ def attack(address: str, http_address: str, key: str) -> dict[str, Any]:
         timeout=30,
     )
     tally(f"big-http:{big_http.status_code}")
+    # Heads of 64 MB without a key: a URL, and short headers by the million.
+    for kind, start, piece in BIG_HEADS:
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            answer = b""
+            try:
+                sock.sendall(start)
+                for _ in range(BIG_HEAD // len(piece)):
+                    sock.sendall(piece)
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            except OSError:  # refused and closed while this still sent
+                pass
+            tally(f"big-head {kind}:{answer[9:12].decode() or 'closed'}")
     time.sleep(0.3)
     for s in streams:
         count("stream", s.code() if s.done() else None)
@@ -245,6 +267,10 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
     # nothing or half a head were told 408 first; half a body closes the
     # request the app was reading, without a status it cannot send.
     assert codes["big:INVALID_ARGUMENT"] == 1 and codes["big-http:400"] == 1, codes
+    # Refused after their first 64 or 128 KiB (the answer is lost when the
+    # connection closes while the sender is still sending).
+    assert codes.keys() & {"big-head url:414", "big-head url:closed"}, codes
+    assert codes.keys() & {"big-head headers:431", "big-head headers:closed"}, codes
     each = SLOW_HTTP // len(SLOW_STARTS)
     slow = {k: v for k, v in codes.items() if k.startswith("slow-http")}
     assert slow == {

@@ -8,14 +8,58 @@ import concurrent.futures
 import logging
 import socket
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from geopunch.logs import new_request_id
 
 log = logging.getLogger("geopunch")
 
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+#: The longest URL (path and query) a request may have: httptools, which
+#: uvicorn hands each URL to, refuses longer ones (its offsets are 16-bit).
+MAX_URL_BYTES = 65_535
+#: The most a request's head (request line and headers) may hold: the
+#: longest URL and as much again for the headers.
+MAX_HEAD_BYTES = 128 * 1024
+#: The most header lines a request may have (gunicorn's default too).
+MAX_HEADERS = 100
+#: How long a connection whose head was refused is still read from.
+LINGER_S = 1.0
+
+
+def _refusal(status: int, phrase: str, code: str, detail: str) -> bytes:
+    """A whole answer with the API's error body, for a request refused
+    before it reaches the app."""
+    rid = new_request_id()
+    body = orjson.dumps({"detail": detail, "code": code, "requestId": rid})
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def _url_too_long() -> bytes:
+    return _refusal(
+        414,
+        "URI Too Long",
+        "URI_TOO_LONG",
+        f"the URL holds more than {MAX_URL_BYTES} bytes: name fewer ids a call",
+    )
+
+
+def _head_too_large() -> bytes:
+    return _refusal(
+        431,
+        "Request Header Fields Too Large",
+        "REQUEST_HEADER_FIELDS_TOO_LARGE",
+        f"the request's head holds more than {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} header lines",
+    )
 
 
 class ReceiveDeadline(HttpToolsProtocol):
@@ -25,7 +69,10 @@ class ReceiveDeadline(HttpToolsProtocol):
     at the first byte received; Kludex/uvicorn#157 asks for one), so a client
     that connected and sent nothing, or trickled a request, held its
     connection (a descriptor of the process gRPC shares) for ever. The same
-    setting bounds how long a gRPC call may take to send its message."""
+    setting bounds how long a gRPC call may take to send its message.
+
+    It also bounds each request's head (URL, size and header lines), which
+    uvicorn does not either."""
 
     receive_s = 10.0
 
@@ -33,14 +80,45 @@ class ReceiveDeadline(HttpToolsProtocol):
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()
+        #: The head being received; None once it is whole, False once refused.
+        self._head: _Head | Literal[False] | None = _Head()
+
+    def data_received(self, data: bytes) -> None:
+        # Checked before the parser sees the bytes: httptools gathers a URL
+        # or a header value by concatenation, and uvicorn keeps every header,
+        # without bounds. A head of 200 MB held the loop for 5 s, and 100 MB
+        # of short headers took 600 MB and were answered, all without a key.
+        head = self._head
+        if head is False:
+            return
+        if head is not None and (refusal := head.refusal(data)) is not None:
+            self._refuse_head(refusal())
+            return
+        super().data_received(data)
+
+    def _refuse_head(self, answer: bytes) -> None:
+        """Answer, then what still comes is read and dropped for a moment
+        before the connection closes: closed with bytes unread, the socket
+        sends a reset, and the client's kernel would drop the answer with it."""
+        self._head = False
+        self._disarm()
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._deadline is None:  # a later request on a kept-alive connection
             self._arm()
 
+    def on_headers_complete(self) -> None:
+        self._head = None
+        super().on_headers_complete()
+
     def on_message_complete(self) -> None:
         self._disarm()
+        self._head = _Head()  # the next request on a kept-alive connection
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -64,6 +142,43 @@ class ReceiveDeadline(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(_TIMED_OUT)
         self.transport.close()
+
+
+class _Head:
+    """A request's head as far as it has come, measured from the bytes
+    received (up to the blank line that ends it, when it is in them)."""
+
+    __slots__ = ("line", "lines", "size", "tail")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.lines = 0
+        self.tail = b""  # the last bytes seen: the blank line may straddle two reads
+        self.line: bytes | None = b""  # the request line, until it is whole
+
+    def refusal(self, data: bytes) -> Callable[[], bytes] | None:
+        """With ``data`` received: None while the head is within bounds,
+        else what makes the answer refusing it."""
+        seen = self.tail + data if self.tail else data
+        ends = [i for i in (seen.find(b"\r\n\r\n"), seen.find(b"\n\n")) if i >= 0]
+        head = seen[len(self.tail) : min(ends)] if ends else data
+        self.size += len(head)
+        self.lines += head.count(b"\n")  # a line a header, the request line's end included
+        self.tail = seen[-3:]
+        if self.line is not None:
+            whole = data.find(b"\n")
+            self.line += data if whole < 0 else data[:whole]
+            if whole >= 0:
+                # method, URL, version; the URL alone holds no space
+                parts = self.line.split(b" ")
+                if len(parts) == 3 and len(parts[1]) > MAX_URL_BYTES:
+                    return _url_too_long
+                self.line = None
+            elif len(self.line) > MAX_URL_BYTES + 32:  # past any method and version
+                return _url_too_long
+        if self.size > MAX_HEAD_BYTES or self.lines > MAX_HEADERS:
+            return _head_too_large
+        return None
 
 
 def bind(listen: str, shared: bool) -> socket.socket:
