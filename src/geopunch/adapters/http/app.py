@@ -152,6 +152,10 @@ def _error(
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid})
 
 
+def _body_too_large(limit: int) -> JSONResponse:
+    return _error(413, ErrorCode.INVALID_ARGUMENT.value, f"the body must be at most {limit} bytes")
+
+
 def _refusal(exc: DomainError, path: str) -> JSONResponse:
     status = STATUS[exc.code].http_status
     detail = answers.error_detail(exc, path, status)
@@ -269,11 +273,7 @@ class RequestContext:
                 elif name == b"x-api-key" and not secret:  # the first, as FastAPI reads it
                     secret = value
             if not size.isdigit() or int(size) > self.max_body_bytes:
-                refusal = _error(
-                    413,
-                    ErrorCode.INVALID_ARGUMENT.value,
-                    f"the body must be at most {self.max_body_bytes} bytes",
-                )
+                refusal = _body_too_large(self.max_body_bytes)
                 status = 413
                 await refusal(scope, receive, send)
                 return
@@ -368,9 +368,10 @@ class PunchLane:
     documented API.
     """
 
-    def __init__(self, app: Any, lane: Lane) -> None:
+    def __init__(self, app: Any, lane: Lane, max_body_bytes: int) -> None:
         self.app = app
         self.lane = lane
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         match = None
@@ -379,12 +380,17 @@ class PunchLane:
         if match is None:
             await self.app(scope, receive, send)
             return
-        chunks = []
+        chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_body_bytes:  # sent in chunks, without a length
+                await _body_too_large(self.max_body_bytes)(scope, receive, send)
+                return
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -447,6 +453,9 @@ def create_app(deps: HttpDeps) -> Any:
         # every request (7 % of an HTTP punch, py-spy) though geopunch
         # configures none.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Counted as read: a body sent in chunks has no length to refuse it
+        # by up front (RequestContext refuses one whose length is too large).
+        max_body_size=deps.max_body_bytes,
         responses={
             status: {"model": ErrorBody, "description": what}
             for status, what in (
@@ -500,6 +509,8 @@ def create_app(deps: HttpDeps) -> Any:
     async def framework_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Starlette's own refusals (no such path or method, a body it could
         not read) in the error body every other refusal has."""
+        if exc.status_code == 413:  # FastAPI's body limit
+            return _body_too_large(deps.max_body_bytes)
         answer = _error(exc.status_code, *_framework_reason(request, exc))
         answer.headers.update(exc.headers or {})
         return answer
@@ -1111,4 +1122,6 @@ def create_app(deps: HttpDeps) -> Any:
     # The lane before Starlette's own middleware (error pages, FastAPI's
     # telemetry and body limit), which a well-formed punch does not need;
     # the request context outermost, so every answer carries its request id.
-    return RequestContext(PunchLane(app, punch_lane), deps.max_body_bytes, deps.keys, deps.ready)
+    return RequestContext(
+        PunchLane(app, punch_lane, deps.max_body_bytes), deps.max_body_bytes, deps.keys, deps.ready
+    )
