@@ -70,3 +70,34 @@ def setup_logging(level: str, worker: int | None = None) -> None:
     root.setLevel(level)
     logging.Formatter.converter = time.gmtime
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+
+
+class RateLimitedLog:
+    """At most one line a second per peer host and message, with a count of
+    the lines left out since the last one, and no traceback: for calls that
+    cost nothing to send (no key, an undecodable message), so that they
+    cannot flood the log. By host, not address and port: a new connection a
+    call would otherwise get a line each."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 1.0, peers: int = 4096) -> None:
+        self._log = logger
+        self._every_s = every_s
+        self._peers = peers
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def note(self, peer: str, level: int, msg: str, fields: dict[str, object]) -> None:
+        """Log ``msg`` for ``peer`` (``host:port`` or gRPC's ``ipv4:host:port``)
+        unless it had a line within the last ``every_s``."""
+        now = time.monotonic()
+        key = (peer.rpartition(":")[0] or peer, msg)
+        last, dropped = self._last.get(key, (-self._every_s, 0))
+        if now - last < self._every_s:
+            self._last[key] = (last, dropped + 1)
+            return
+        if len(self._last) >= self._peers:  # forget the oldest peers, not memory
+            for old in list(self._last)[: self._peers // 2]:
+                del self._last[old]
+        self._last[key] = (now, 0)
+        self._log.log(
+            level, msg, extra={"fields": {**fields, "peer": peer[:64], "suppressed": dropped}}
+        )

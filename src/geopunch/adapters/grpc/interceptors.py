@@ -22,7 +22,7 @@ from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
 from geopunch.domain.accounts import Principal, Scope
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
-from geopunch.logs import new_request_id, request_id_var
+from geopunch.logs import RateLimitedLog, new_request_id, request_id_var
 from geopunch.service.accounts import KeyRing
 from geopunch.service.events import StreamSlots
 
@@ -111,7 +111,7 @@ class ServiceInterceptor(_Interceptor):
         self._catch_up = catch_up
         # Calls without a valid key or message cost nothing to send: their
         # lines are rate-limited per peer so that the log cannot be flooded.
-        self._unwelcome = _RateLimitedLog()
+        self._unwelcome = RateLimitedLog(log)
         self._extra_metadata: tuple[tuple[str, str], ...] = (
             () if worker is None else (("x-geopunch-worker", str(worker)),)
         )
@@ -386,29 +386,6 @@ class _Call:
     #: The caller's own x-request-id, if it sent one.
     offered_id: str | bytes | None = None
     began: bool = False
-
-
-class _RateLimitedLog:
-    """At most one line a second per peer and message, with a count of the
-    lines left out since the last one, and no traceback."""
-
-    def __init__(self, every_s: float = 1.0, peers: int = 4096) -> None:
-        self._every_s = every_s
-        self._peers = peers
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def note(self, peer: str, level: int, msg: str, fields: dict[str, object]) -> None:
-        now = time.monotonic()
-        key = (peer, msg)
-        last, dropped = self._last.get(key, (-self._every_s, 0))
-        if now - last < self._every_s:
-            self._last[key] = (last, dropped + 1)
-            return
-        if len(self._last) >= self._peers:  # forget the oldest peers, not memory
-            for old in list(self._last)[: self._peers // 2]:
-                del self._last[old]
-        self._last[key] = (now, 0)
-        log.log(level, msg, extra={"fields": {**fields, "peer": peer[:64], "suppressed": dropped}})
 
 
 class _Status(NamedTuple):

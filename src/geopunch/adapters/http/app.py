@@ -84,7 +84,7 @@ from geopunch.domain.ports import (
 from geopunch.domain.punches import PunchCommand, PunchKind, PunchResult
 from geopunch.domain.shifts import MAX_SHIFTS_PER_REQUEST, check_shift_count
 from geopunch.domain.timesheets import ListQuery
-from geopunch.logs import new_request_id, request_id_var
+from geopunch.logs import RateLimitedLog, new_request_id, request_id_var
 from geopunch.service import (
     accounts,
     admin,
@@ -242,6 +242,8 @@ class RequestContext:
     a body over the limit, or one sent without a valid key, before it is
     read: parsing a body runs on the event loop both APIs share (27 MB of
     JSON took about a second), and no caller without a key may hold it.
+    Writes each call's access line; those of calls without a key are
+    rate-limited per client host, as gRPC's are.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` runs the app in
     a task of its own and copies every body, which cost a fifth of a punch's
@@ -254,6 +256,7 @@ class RequestContext:
         self.max_body_bytes = max_body_bytes
         self.keys = keys
         self.ready = ready
+        self.unwelcome = RateLimitedLog(log)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -325,7 +328,10 @@ class RequestContext:
             who = caller_var.get()
             if who is not None:
                 fields.update(account=who.account_id, key=who.key_id)
-            log.info("http", extra={"fields": fields})
+                log.info("http", extra={"fields": fields})
+            else:  # no key: as gRPC's calls without one, lest they flood the log
+                client = scope.get("client") or ("", 0)
+                self.unwelcome.note(f"{client[0]}:{client[1]}", logging.INFO, "http", fields)
             caller_var.reset(caller)
             request_id_var.reset(token)
 

@@ -1,0 +1,34 @@
+"""The log of calls that cost nothing to send: one line a second per host."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from geopunch.logs import RateLimitedLog
+
+
+def test_unwelcome_calls_get_a_line_a_second_per_host_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyed by host, not address and port: an attacker opening a new
+    connection a call got a line each."""
+    now = [100.0]
+    monkeypatch.setattr("geopunch.logs.time.monotonic", lambda: now[0])
+    limited = RateLimitedLog(logging.getLogger("geopunch.test"))
+    caplog.set_level(logging.INFO, "geopunch.test")
+    for port in range(50):
+        limited.note(f"ipv4:10.0.0.1:{port}", logging.INFO, "rpc", {"n": port})
+        limited.note(f"10.0.0.2:{port}", logging.INFO, "rpc", {"n": port})
+        limited.note(f"ipv6:[::1]:{port}", logging.INFO, "http", {"n": port})
+    assert [(r.msg, r.fields["n"], r.fields["suppressed"]) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("rpc", 0, 0),
+        ("rpc", 0, 0),
+        ("http", 0, 0),
+    ]
+    caplog.clear()
+    now[0] += 1.0
+    limited.note("ipv4:10.0.0.1:9999", logging.INFO, "rpc", {"n": 50})
+    [line] = caplog.records
+    assert line.fields == {"n": 50, "peer": "ipv4:10.0.0.1:9999", "suppressed": 49}  # type: ignore[attr-defined]
