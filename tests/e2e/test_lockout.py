@@ -15,6 +15,7 @@ the attacker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import statistics
@@ -67,6 +68,8 @@ GARBAGE_BODIES = (
 )
 
 
+#: Seconds of pipelined requests (test_http_api has what they cost).
+PIPELINE_S = 2
 #: Request heads far past the bounds, sent as fast as the server reads: a
 #: 200 MB URL held the event loop for 5 s, and 100 MB of short headers took
 #: 600 MB of memory and were answered.
@@ -161,6 +164,25 @@ def attack(address: str, http_address: str, key: str) -> dict[str, Any]:
         timeout=30,
     )
     tally(f"big-http:{big_http.status_code}")
+    # Pipelined requests without a key, sent for PIPELINE_S while their
+    # answers are read.
+    with socket.create_connection((host, int(port)), timeout=0.5) as sock:
+        answered = [0]
+        until = time.monotonic() + PIPELINE_S
+
+        def read_answers() -> None:
+            while time.monotonic() < until:
+                with contextlib.suppress(TimeoutError):
+                    answered[0] += sock.recv(1 << 20).count(b"HTTP/1.1 200 ")
+
+        reader = threading.Thread(target=read_answers)
+        reader.start()
+        blob = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30_000
+        while time.monotonic() < until:
+            with contextlib.suppress(TimeoutError):
+                sock.send(blob)
+        reader.join()
+        tally(f"pipelined answered {'some' if answered[0] > 100 else answered[0]}")
     # Heads of 64 MB without a key: a URL, and short headers by the million.
     for kind, start, piece in BIG_HEADS:
         with socket.create_connection((host, int(port)), timeout=20) as sock:
@@ -259,7 +281,7 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
     half = HALF_OPEN // 2
     assert codes["held:UNAUTHENTICATED"] == half  # refused before any message
     assert codes["held-key:INVALID_ARGUMENT"] == half  # ended by the receive limit
-    assert codes["stream:running"] == STREAMS
+    assert codes["stream:running"] == STREAMS, codes
     assert codes["stream:RESOURCE_EXHAUSTED"] == 1
     assert codes["garbage:UNAUTHENTICATED"] == GARBAGE - GARBAGE // 3
     assert codes["garbage-key:INVALID_ARGUMENT"] == GARBAGE // 3, codes
@@ -267,6 +289,7 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
     # nothing or half a head were told 408 first; half a body closes the
     # request the app was reading, without a status it cannot send.
     assert codes["big:INVALID_ARGUMENT"] == 1 and codes["big-http:400"] == 1, codes
+    assert codes["pipelined answered some"] == 1, codes
     # Refused after their first 64 or 128 KiB (the answer is lost when the
     # connection closes while the sender is still sending).
     assert codes.keys() & {"big-head url:414", "big-head url:closed"}, codes
