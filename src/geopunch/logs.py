@@ -72,6 +72,30 @@ def setup_logging(level: str, worker: int | None = None) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
+class _Throttle:
+    """Admits a key at most once every ``every_s``, counting the times it
+    was turned away since it was last admitted."""
+
+    def __init__(self, every_s: float = 1.0, keys: int = 4096) -> None:
+        self._every_s = every_s
+        self._keys = keys
+        self._last: dict[object, tuple[float, int]] = {}
+
+    def admit(self, key: object) -> int | None:
+        """None if ``key`` was admitted within the last ``every_s``; else the
+        number of times it was turned away since."""
+        now = time.monotonic()
+        last, dropped = self._last.get(key, (-self._every_s, 0))
+        if now - last < self._every_s:
+            self._last[key] = (last, dropped + 1)
+            return None
+        if len(self._last) >= self._keys:  # forget the oldest keys, not memory
+            for old in list(self._last)[: self._keys // 2]:
+                del self._last[old]
+        self._last[key] = (now, 0)
+        return dropped
+
+
 class RateLimitedLog:
     """At most one line a second per peer host and message, with a count of
     the lines left out since the last one, and no traceback: for calls that
@@ -79,25 +103,31 @@ class RateLimitedLog:
     cannot flood the log. By host, not address and port: a new connection a
     call would otherwise get a line each."""
 
-    def __init__(self, logger: logging.Logger, every_s: float = 1.0, peers: int = 4096) -> None:
+    def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
-        self._every_s = every_s
-        self._peers = peers
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._throttle = _Throttle()
 
     def note(self, peer: str, level: int, msg: str, fields: dict[str, object]) -> None:
         """Log ``msg`` for ``peer`` (``host:port`` or gRPC's ``ipv4:host:port``)
-        unless it had a line within the last ``every_s``."""
-        now = time.monotonic()
-        key = (peer.rpartition(":")[0] or peer, msg)
-        last, dropped = self._last.get(key, (-self._every_s, 0))
-        if now - last < self._every_s:
-            self._last[key] = (last, dropped + 1)
-            return
-        if len(self._last) >= self._peers:  # forget the oldest peers, not memory
-            for old in list(self._last)[: self._peers // 2]:
-                del self._last[old]
-        self._last[key] = (now, 0)
-        self._log.log(
-            level, msg, extra={"fields": {**fields, "peer": peer[:64], "suppressed": dropped}}
-        )
+        unless it had a line within the last second."""
+        dropped = self._throttle.admit((peer.rpartition(":")[0] or peer, msg))
+        if dropped is not None:
+            fields = {**fields, "peer": peer[:64], "suppressed": dropped}
+            self._log.log(level, msg, extra={"fields": fields})
+
+
+class OncePerSecond(logging.Filter):
+    """Lets each message through at most once a second, with a count of the
+    ones held back since: for a library's lines that a caller without a key
+    can cause at will (uvicorn's warning for each malformed request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = _Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        dropped = self._throttle.admit(record.msg)
+        if dropped is None:
+            return False
+        record.fields = {**getattr(record, "fields", {}), "suppressed": dropped}
+        return True

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from geopunch.logs import RateLimitedLog
+from geopunch.logs import OncePerSecond, RateLimitedLog
 
 
 def test_unwelcome_calls_get_a_line_a_second_per_host_with_a_count(
@@ -32,3 +32,24 @@ def test_unwelcome_calls_get_a_line_a_second_per_host_with_a_count(
     limited.note("ipv4:10.0.0.1:9999", logging.INFO, "rpc", {"n": 50})
     [line] = caplog.records
     assert line.fields == {"n": 50, "peer": "ipv4:10.0.0.1:9999", "suppressed": 49}  # type: ignore[attr-defined]
+
+
+def test_a_librarys_repeated_line_passes_once_a_second_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn warns for each malformed request, before any key is seen."""
+    now = [100.0]
+    monkeypatch.setattr("geopunch.logs.time.monotonic", lambda: now[0])
+    logger = logging.getLogger("geopunch.test.library")
+    logger.addFilter(OncePerSecond())
+    caplog.set_level(logging.INFO, "geopunch.test.library")
+    for _ in range(30):
+        logger.warning("Invalid HTTP request received.")
+        logger.warning("Unsupported upgrade request.")
+    now[0] += 1.5
+    logger.warning("Invalid HTTP request received.")
+    assert [(r.msg, r.fields["suppressed"]) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("Invalid HTTP request received.", 0),
+        ("Unsupported upgrade request.", 0),
+        ("Invalid HTTP request received.", 29),
+    ]
