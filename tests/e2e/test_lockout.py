@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import socket
 import statistics
 import subprocess
@@ -309,6 +310,51 @@ def test_no_key_locks_out_callers_with_a_key(tmp_path: Path) -> None:
     # those without one are rate-limited per peer.
     with_key = half + GARBAGE // 3 + STREAMS + 1 + len(pings)
     assert len(grown) < with_key * 400 + 20_000, len(grown)
+
+
+def test_idle_connections_up_to_the_hard_limit_do_not_lock_out_callers(tmp_path: Path) -> None:
+    """The server raises its soft limit on open files to the hard one. With
+    a soft limit of 256 (1,024 is a common default), 400 idle connections
+    without a key took every descriptor: the next call was refused until
+    the receive deadline closed them."""
+
+    def soft_256() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    serve = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "geopunch", "serve", "--listen", "127.0.0.1:0"),
+            *("--http-listen", "127.0.0.1:0", "--api-keys", API_KEY),
+            *("--database-url", f"sqlite:///{tmp_path / 'limits.db'}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=soft_256,
+    )
+    held: list[socket.socket] = []
+    try:
+        assert serve.stdout is not None
+        grpc_address = serve.stdout.readline().split()[-1]
+        http_address = serve.stdout.readline().split()[-1]
+        limits = Path(f"/proc/{serve.pid}/limits").read_text()
+        [line] = [x for x in limits.splitlines() if x.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"], line
+        host, _, port = http_address.rpartition(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(400)]
+        with httpx.Client(base_url=f"http://{http_address}", timeout=5) as http:
+            r = http.get("/geopunch/v1/time-clocks/1", headers={"X-API-KEY": API_KEY})
+            assert r.status_code == 404, r.text
+        c = Client(grpc_address)
+        try:
+            c(c.admin.Ping, admin_pb2.PingRequest(), timeout=5)
+        finally:
+            c.close()
+    finally:
+        for sock in held:
+            sock.close()
+        serve.terminate()
+        serve.communicate(timeout=30)
 
 
 if __name__ == "__main__":

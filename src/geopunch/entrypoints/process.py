@@ -1,9 +1,10 @@
 """What a server process of ``serve --processes`` shares with its siblings, and
-the signal handling every server process uses."""
+the signal handling and limits every server process uses."""
 
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 from dataclasses import dataclass
@@ -65,3 +66,19 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     return stop
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, and
+    return it. Every connection of either API holds a descriptor, and a
+    soft limit of 1,024 (a common default) let a caller without a key hold
+    them all with a thousand idle connections: every call was refused until
+    the receive deadline closed them. The hard limit is the operator's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # a hard limit the kernel will not grant
+            log.warning("cannot raise the open files limit", extra={"fields": {"error": str(exc)}})
+    return soft

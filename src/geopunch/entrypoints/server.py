@@ -38,7 +38,7 @@ from geopunch.config import Config
 from geopunch.domain.ports import Transaction, UnitOfWorkFactory
 from geopunch.entrypoints import background, loops
 from geopunch.entrypoints.http_server import HttpServer, bind
-from geopunch.entrypoints.process import WorkerSlot, stop_on_signals
+from geopunch.entrypoints.process import WorkerSlot, raise_open_files_limit, stop_on_signals
 from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
 from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher, keep_running
@@ -520,6 +520,7 @@ def serve(
     worker: WorkerSlot | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    log.info("open files limit", extra={"fields": {"limit": raise_open_files_limit()}})
     server = Server(config, worker)
     stop_requested = stop_on_signals()
     # An operator (or a test) can see where every thread is: kill -USR1 PID

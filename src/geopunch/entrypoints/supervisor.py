@@ -58,7 +58,12 @@ from typing import Any
 
 from geopunch import metrics
 from geopunch.config import Config
-from geopunch.entrypoints.process import SharedGenerations, WorkerSlot, stop_on_signals
+from geopunch.entrypoints.process import (
+    SharedGenerations,
+    WorkerSlot,
+    raise_open_files_limit,
+    stop_on_signals,
+)
 
 log = logging.getLogger("geopunch")
 
@@ -127,6 +132,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     from geopunch.adapters.db.store import StoppedWaiting, make_engine, migrate
 
     stop = stop_on_signals()
+    raise_open_files_limit()  # the workers inherit it; each logs it
     engine = make_engine(config.database_url, pool_size=1)
     try:
         revision = migrate(engine, stop=stop)  # once, before any worker opens the store
