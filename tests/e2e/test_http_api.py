@@ -5,6 +5,7 @@ the spec's own JavaScript integration classes run unchanged by Node.js."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import re
 import shutil
@@ -556,7 +557,7 @@ def test_what_the_framework_refuses_has_the_usual_error_body(
     http: httpx.Client, client: Client
 ) -> None:
     """Refusals made before any route runs (an unknown path or method, a body
-    that is not JSON, not UTF-8, nested past the parser, or sent without its
+    that is not JSON, not UTF-8, nested past the parser, compressed, or sent without its
     content type) carry code, detail and request id, and say what to fix."""
     tc = _clock(client)
     punch = f"/time-clock/v1/time-clocks/{tc}/clock-in"
@@ -565,6 +566,15 @@ def test_what_the_framework_refuses_has_the_usual_error_body(
     cases: list[tuple[str, str, Any, dict[str, str], int, str, str]] = [
         ("POST", punch, b'{"userId": 5,', json_type, 400, "INVALID_ARGUMENT", "at character 13"),
         ("POST", punch, b'{"userId": 5}', plain, 400, "INVALID_ARGUMENT", "Content-Type"),
+        (
+            "POST",
+            punch,
+            gzip.compress(b'{"userId": 5}'),
+            {**json_type, "Content-Encoding": "gzip"},
+            415,
+            "INVALID_ARGUMENT",
+            "uncompressed",
+        ),
         ("POST", punch, b'["userId"]', json_type, 400, "INVALID_ARGUMENT", "a JSON object"),
         (
             "POST",

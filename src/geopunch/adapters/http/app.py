@@ -267,7 +267,7 @@ class RequestContext:
         caller = caller_var.set(None)
         started, status = time.perf_counter(), 500
         try:
-            size, chunked, secret = b"0", False, b""
+            size, chunked, secret, encoded = b"0", False, b"", b""
             for name, value in scope["headers"]:
                 if name == b"content-length":
                     size = value
@@ -275,9 +275,23 @@ class RequestContext:
                     chunked = True
                 elif name == b"x-api-key" and not secret:  # the first, as FastAPI reads it
                     secret = value
+                elif name == b"content-encoding" and value.lower() != b"identity":
+                    encoded = value
             if not size.isdigit() or int(size) > self.max_body_bytes:
                 refusal = _body_too_large(self.max_body_bytes)
                 status = 413
+                await refusal(scope, receive, send)
+                return
+            if encoded and (chunked or size != b"0"):
+                # Read as it came, a compressed body was refused as JSON
+                # that is not UTF-8: a puzzle for the sender.
+                refusal = _error(
+                    415,
+                    ErrorCode.INVALID_ARGUMENT.value,
+                    f"bodies are taken uncompressed; this one has Content-Encoding: "
+                    f"{encoded.decode('latin-1')[:40]}",
+                )
+                status = 415
                 await refusal(scope, receive, send)
                 return
             if (chunked or size != b"0") and self.ready.is_set():
