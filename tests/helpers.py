@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import socket
 import threading
 import time
 import uuid
@@ -303,3 +304,29 @@ class RunningDeliverer:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
+
+
+def pipelined_gets(
+    http_address: str, seconds: float, meanwhile: Callable[[], None] = lambda: None
+) -> int:
+    """Send ``GET /healthz`` back to back on one connection (HTTP/1.1
+    pipelining, no key) for ``seconds`` while a thread reads the answers,
+    calling ``meanwhile`` between sends; return how many were answered."""
+    host, _, port = http_address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=0.5) as sock:
+        answered, until = [0], time.monotonic() + seconds
+
+        def read_answers() -> None:
+            while time.monotonic() < until:
+                with contextlib.suppress(TimeoutError):
+                    answered[0] += sock.recv(1 << 20).count(b"HTTP/1.1 200 ")
+
+        reader = threading.Thread(target=read_answers)
+        reader.start()
+        blob = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30_000
+        while time.monotonic() < until:
+            with contextlib.suppress(TimeoutError):
+                sock.send(blob)
+            meanwhile()
+        reader.join()
+    return answered[0]

@@ -4,14 +4,12 @@ the spec's own JavaScript integration classes run unchanged by Node.js."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from geopunch.entrypoints.http_server import MAX_HEAD_BYTES, MAX_HEADERS, MAX_UR
 from geopunch.v1 import admin_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock, next_time_clock_id
 from tests.e2e.test_accounts import provision
+from tests.helpers import pipelined_gets
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 USER = 9170357
@@ -759,26 +758,14 @@ def test_pipelined_requests_are_answered_in_order_from_a_bounded_queue(
     assert server.proc is not None
     process = psutil.Process(server.proc.pid)
     before = process.memory_info().rss
-    host, _, port = server.http_address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=0.5) as sock:
-        answered, until = [0], time.monotonic() + 3
+    grew = [0]
 
-        def read_answers() -> None:
-            while time.monotonic() < until:
-                with contextlib.suppress(TimeoutError):
-                    answered[0] += sock.recv(1 << 20).count(b"HTTP/1.1 200 ")
+    def measure() -> None:
+        grew[0] = max(grew[0], process.memory_info().rss - before)
 
-        reader = threading.Thread(target=read_answers)
-        reader.start()
-        blob = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30_000
-        grew = 0
-        while time.monotonic() < until:
-            with contextlib.suppress(TimeoutError):
-                sock.send(blob)
-            grew = max(grew, process.memory_info().rss - before)
-        reader.join()
-    assert answered[0] > 1000
-    assert grew < 64 * 2**20, f"the server grew by {grew / 2**20:.0f} MiB"
+    answered = pipelined_gets(server.http_address, 3, measure)
+    assert answered > 1000
+    assert grew[0] < 64 * 2**20, f"the server grew by {grew[0] / 2**20:.0f} MiB"
 
 
 def test_malformed_requests_without_a_key_cannot_flood_the_log(server: ServerProcess) -> None:

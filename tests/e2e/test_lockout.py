@@ -15,7 +15,6 @@ the attacker.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import resource
 import socket
@@ -32,6 +31,7 @@ import httpx
 
 from geopunch.v1 import admin_pb2
 from tests.conftest import API_KEY, Client, ServerProcess
+from tests.helpers import pipelined_gets
 
 HALF_OPEN = 300
 SLOW_HTTP = 150
@@ -167,23 +167,8 @@ def attack(address: str, http_address: str, key: str) -> dict[str, Any]:
     tally(f"big-http:{big_http.status_code}")
     # Pipelined requests without a key, sent for PIPELINE_S while their
     # answers are read.
-    with socket.create_connection((host, int(port)), timeout=0.5) as sock:
-        answered = [0]
-        until = time.monotonic() + PIPELINE_S
-
-        def read_answers() -> None:
-            while time.monotonic() < until:
-                with contextlib.suppress(TimeoutError):
-                    answered[0] += sock.recv(1 << 20).count(b"HTTP/1.1 200 ")
-
-        reader = threading.Thread(target=read_answers)
-        reader.start()
-        blob = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 30_000
-        while time.monotonic() < until:
-            with contextlib.suppress(TimeoutError):
-                sock.send(blob)
-        reader.join()
-        tally(f"pipelined answered {'some' if answered[0] > 100 else answered[0]}")
+    answered = pipelined_gets(http_address, PIPELINE_S)
+    tally(f"pipelined answered {'some' if answered > 100 else answered}")
     # Heads of 64 MB without a key: a URL, and short headers by the million.
     for kind, start, piece in BIG_HEADS:
         with socket.create_connection((host, int(port)), timeout=20) as sock:
