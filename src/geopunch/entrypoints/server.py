@@ -228,6 +228,10 @@ class Server:
                 ("grpc.keepalive_timeout_ms", 20_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # A connection that has not sent HTTP/2's settings (or
+                # finished TLS) by the receive limit is closed, as HTTP's
+                # are: grpc's default held such a connection for 60 s.
+                ("grpc.server_handshake_timeout_ms", int(config.receive_timeout_seconds * 1000)),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
