@@ -119,6 +119,8 @@ class BoundedHttp(HttpToolsProtocol):
         reads whole)."""
         for at in range(0, len(data), _FEED_BYTES):
             super().data_received(data[at : at + _FEED_BYTES])  # type: ignore[arg-type]
+            if self.transport.is_closing():  # refused as malformed: nothing more to parse
+                return
             rest = at + _FEED_BYTES
             if len(self.pipeline) >= MAX_PIPELINED and rest < len(data):
                 self._unfed = bytes(data[rest:])
