@@ -89,6 +89,10 @@ class ErrorCode(StrEnum):
     # unknown method UNIMPLEMENTED itself, before geopunch sees the call).
     ROUTE_NOT_FOUND = "ROUTE_NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    # HTTP alone: a request head past its bounds, refused before it is parsed
+    # (gRPC bounds its metadata itself).
+    URI_TOO_LONG = "URI_TOO_LONG"
+    REQUEST_HEADER_FIELDS_TOO_LARGE = "REQUEST_HEADER_FIELDS_TOO_LARGE"
 
 
 class StatusMapping(NamedTuple):
@@ -183,6 +187,8 @@ STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.INTERNAL: StatusMapping("INTERNAL", 500),
     ErrorCode.ROUTE_NOT_FOUND: StatusMapping("UNIMPLEMENTED", 404),
     ErrorCode.METHOD_NOT_ALLOWED: StatusMapping("UNIMPLEMENTED", 405),
+    ErrorCode.URI_TOO_LONG: StatusMapping("INVALID_ARGUMENT", 414),
+    ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE: StatusMapping("INVALID_ARGUMENT", 431),
 }
 
 

@@ -9,12 +9,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, Literal
 
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from geopunch.domain.errors import STATUS, ErrorCode
 from geopunch.logs import OncePerSecond, new_request_id
 
 log = logging.getLogger("geopunch")
@@ -39,31 +41,28 @@ _FEED_BYTES = 16 * 1024
 LINGER_S = 1.0
 
 
-def _refusal(status: int, phrase: str, code: str, detail: str) -> bytes:
+def _refusal(code: ErrorCode, detail: str) -> bytes:
     """A whole answer with the API's error body, for a request refused
     before it reaches the app."""
     rid = new_request_id()
-    body = orjson.dumps({"detail": detail, "code": code, "requestId": rid})
+    status = STATUS[code].http_status
+    body = orjson.dumps({"detail": detail, "code": code.value, "requestId": rid})
     return (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 
 
 def _url_too_long() -> bytes:
     return _refusal(
-        414,
-        "URI Too Long",
-        "URI_TOO_LONG",
+        ErrorCode.URI_TOO_LONG,
         f"the URL holds more than {MAX_URL_BYTES} bytes: name fewer ids a call",
     )
 
 
 def _head_too_large() -> bytes:
     return _refusal(
-        431,
-        "Request Header Fields Too Large",
-        "REQUEST_HEADER_FIELDS_TOO_LARGE",
+        ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE,
         f"the request's head holds more than {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} header lines",
     )
 
