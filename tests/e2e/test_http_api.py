@@ -596,6 +596,15 @@ def test_what_the_framework_refuses_has_the_usual_error_body(
         assert says in found["detail"], found
         assert found["requestId"] == r.headers["x-request-id"]
     assert http.request("DELETE", punch).headers["allow"] == "POST"
+    # A path whose methods are routes of their own: the answer names them all.
+    for path, served in (
+        (f"/time-clock/v1/time-clocks/{tc}/geofences", "GET, POST"),
+        ("/webhooks/v1/subscriptions/whsub_1", "DELETE, GET, PATCH"),
+        ("/geopunch/v1/api-keys", "GET, POST"),
+    ):
+        r = http.request("OPTIONS", path)
+        assert (r.status_code, r.headers["allow"]) == (405, served), (path, r.text)
+        assert r.json()["detail"].endswith(f"allowed: {served}")
     # Nothing of the refused punches was stored: the user can still clock in.
     assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200
 

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from geopunch import metrics
 from geopunch.adapters.http import answers
@@ -177,6 +178,17 @@ def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[st
         return ErrorCode.INVALID_ARGUMENT.value, said
     code = ErrorCode.INTERNAL if exc.status_code >= 500 else ErrorCode.INVALID_ARGUMENT
     return code.value, str(exc.detail)[:300]
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method served at the request's path. Starlette's 405 names only
+    the first route whose path matched, though a path's methods are often
+    routes of their own (GET and POST of a collection)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def _lost_race() -> JSONResponse:
@@ -484,8 +496,12 @@ def create_app(deps: HttpDeps) -> Any:
                 (403, "the key lacks the scope"),
                 (404, "the resource of the path does not exist"),
                 (409, "a locked day, an existing id or a concurrent change"),
+                (408, "the request did not arrive whole in time"),
                 (413, "the body is too large"),
+                (414, "the URL is too long"),
+                (415, "the body is compressed"),
                 (429, "too many open event streams for the key"),
+                (431, "the request's head is too large"),
                 (500, "an unexpected error, logged under the request id"),
                 (503, "the server is starting"),
             )
@@ -531,6 +547,8 @@ def create_app(deps: HttpDeps) -> Any:
         not read) in the error body every other refusal has."""
         if exc.status_code == 413:  # FastAPI's body limit
             return _body_too_large(deps.max_body_bytes)
+        if exc.status_code == 405:
+            exc.headers = {"Allow": _allowed_methods(request)}
         answer = _error(exc.status_code, *_framework_reason(request, exc))
         answer.headers.update(exc.headers or {})
         return answer
