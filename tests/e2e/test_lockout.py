@@ -211,6 +211,11 @@ def attack(address: str, http_address: str, key: str) -> dict[str, Any]:
         except ConnectionResetError:
             tally(f"slow-http {kind} reset")
         if answer.startswith(b"HTTP/1.1 408 "):
+            # With the usual error body, as every other refusal.
+            head, _, body = answer.partition(b"\r\n\r\n")
+            found = json.loads(body)
+            assert found["code"] == "REQUEST_TIMEOUT", found
+            assert f"x-request-id: {found['requestId']}".encode() in head, head
             tally(f"slow-http {kind} 408")
         sock.close()
     for sock in mute:

@@ -93,6 +93,9 @@ class ErrorCode(StrEnum):
     # (gRPC bounds its metadata itself).
     URI_TOO_LONG = "URI_TOO_LONG"
     REQUEST_HEADER_FIELDS_TOO_LARGE = "REQUEST_HEADER_FIELDS_TOO_LARGE"
+    # HTTP alone: a request not received whole in time (a gRPC call that
+    # sends no message in time is ended with INVALID_ARGUMENT).
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 
 
 class StatusMapping(NamedTuple):
@@ -189,6 +192,7 @@ STATUS: dict[ErrorCode, StatusMapping] = {
     ErrorCode.METHOD_NOT_ALLOWED: StatusMapping("UNIMPLEMENTED", 405),
     ErrorCode.URI_TOO_LONG: StatusMapping("INVALID_ARGUMENT", 414),
     ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE: StatusMapping("INVALID_ARGUMENT", 431),
+    ErrorCode.REQUEST_TIMEOUT: StatusMapping("INVALID_ARGUMENT", 408),
 }
 
 

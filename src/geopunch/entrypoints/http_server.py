@@ -21,8 +21,6 @@ from geopunch.logs import OncePerSecond, new_request_id
 
 log = logging.getLogger("geopunch")
 
-_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-
 #: The longest URL (path and query) a request may have: httptools, which
 #: uvicorn hands each URL to, refuses longer ones (its offsets are 16-bit).
 MAX_URL_BYTES = 65_535
@@ -182,7 +180,12 @@ class BoundedHttp(HttpToolsProtocol):
         # A 408 only where no answer can be under way: with the head read,
         # the app is running and may be writing one.
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_TIMED_OUT)
+            self.transport.write(
+                _refusal(
+                    ErrorCode.REQUEST_TIMEOUT,
+                    f"the request did not arrive whole within {self.receive_s:g} s",
+                )
+            )
         self.transport.close()
 
 
