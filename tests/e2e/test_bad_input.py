@@ -583,6 +583,20 @@ def hand_cases() -> list[Case]:
             _time_clock(jobs=[admin_pb2.Job(id=f"j{i}", name="j") for i in range(1001)]),
         ),
         (
+            # Counted with their sub-jobs, before any is read.
+            "1001 nested jobs",
+            "jobs",
+            _time_clock(
+                jobs=[
+                    admin_pb2.Job(
+                        id="top",
+                        name="j",
+                        sub_jobs=[admin_pb2.Job(id=f"j{i}", name="j") for i in range(1000)],
+                    )
+                ]
+            ),
+        ),
+        (
             "101 break types",
             "manual_break_types",
             _time_clock(

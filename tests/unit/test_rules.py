@@ -16,6 +16,7 @@ from geopunch.domain.models import (
     Job,
     ManualBreakType,
     TimeClock,
+    count_nodes,
 )
 from geopunch.domain.rules import (
     DEFAULT_FENCE_SIZE_M,
@@ -313,3 +314,29 @@ def test_a_forged_page_token_is_refused_as_any_foreign_one() -> None:
         with pytest.raises(DomainError) as caught:
             check_list_query(ListQuery(7, 0, 86_400, page_token=token))
         assert [v.field for v in caught.value.violations] == ["page_token"], (start, activity_id)
+
+
+def test_count_nodes_is_exact_within_the_limit_and_stops_past_it() -> None:
+    class Node:
+        reads = 0
+
+        def __init__(self, kids: list[Node]) -> None:
+            self._kids = kids
+
+        @property
+        def kids(self) -> list[Node]:
+            Node.reads += 1
+            return self._kids
+
+    def tree(width: int, depth: int) -> list[Node]:
+        return [Node(tree(width, depth - 1) if depth > 1 else []) for _ in range(width)]
+
+    assert count_nodes([], "kids", 10) == 0
+    assert count_nodes(tree(3, 3), "kids", 39) == 39  # 3 + 9 + 27
+    assert count_nodes(tree(3, 3), "kids", 38) > 38
+    # A million leaves under a thousand nodes: refused after reading the
+    # children of at most the limit's worth of nodes.
+    wide = [Node([Node([]) for _ in range(1000)]) for _ in range(1000)]
+    Node.reads = 0
+    assert count_nodes(wide, "kids", 1000) > 1000
+    assert Node.reads <= 1000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -65,6 +65,21 @@ def flatten_jobs(
 
     walk(nodes, prefix, None)
     return tuple(job for _, job in flat), [path for path, _ in flat]
+
+
+def count_nodes(nodes: Sequence[Any], children: str, limit: int) -> int:
+    """How many nodes a tree holds (``nodes`` and their descendants under the
+    attribute ``children``), counted no further than just past ``limit``: a
+    level is walked only while the count is within it, so a tree of a
+    million nodes costs what ``limit`` of them do."""
+    count, todo = 0, [nodes]
+    while todo:
+        level = todo.pop()
+        count += len(level)
+        if count > limit:
+            break
+        todo.extend(getattr(node, children) for node in level)
+    return count
 
 
 def nest_jobs(jobs: Iterable[Job], make: Callable[[Job, list[T]], T]) -> list[T]:

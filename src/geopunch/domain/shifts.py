@@ -9,7 +9,7 @@ or a DST change get the break the user sees on the wall clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
@@ -426,16 +426,22 @@ def _check_location(d: ScheduledShift, path: str, out: Collector) -> None:
             out.add(f"{lpath}.gps.{name}", ErrorCode.INVALID_LOCATION, problem)
 
 
+def check_detail_counts(out: Collector, path: str, counts: Iterable[tuple[str, int]]) -> None:
+    """Each of a shift's lists (named by their paths under the shift, as in
+    DETAIL_LISTS) within MAX_ITEMS: by the rules, and by an API before it
+    converts any item."""
+    for name, count in counts:
+        if count > MAX_ITEMS:
+            out.add(f"{path}.{name}", ErrorCode.INVALID_ARGUMENT, past_limit(count, MAX_ITEMS))
+
+
+#: A shift's lists, by their paths under the shift.
+DETAIL_LISTS = ("notes", "statuses", "shift_details.shift_layers", "custom_fields", "breaks")
+
+
 def _check_details(d: ScheduledShift, path: str, out: Collector) -> None:
-    for name, items in (
-        ("notes", d.notes),
-        ("statuses", d.statuses),
-        ("shift_details.shift_layers", d.shift_layers),
-        ("custom_fields", d.custom_fields),
-        ("breaks", d.breaks),
-    ):
-        if len(items) > MAX_ITEMS:
-            out.add(f"{path}.{name}", ErrorCode.INVALID_ARGUMENT, past_limit(len(items), MAX_ITEMS))
+    lists = (d.notes, d.statuses, d.shift_layers, d.custom_fields, d.breaks)
+    check_detail_counts(out, path, zip(DETAIL_LISTS, map(len, lists), strict=True))
     for i, note in enumerate(d.notes):
         if len(note) > MAX_NOTE_LENGTH:
             out.add(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import date
 
+from geopunch.adapters.grpc.counts import check_settings_counts
 from geopunch.domain.builders import positional_builder
 from geopunch.domain.models import (
     DayStatus,
@@ -18,7 +19,6 @@ from geopunch.domain.models import (
     flatten_jobs,
     nest_jobs,
 )
-from geopunch.domain.rules import check_sizes
 from geopunch.v1 import admin_pb2, common_pb2, geofences_pb2
 
 _POLICY_TO_DOMAIN = {
@@ -65,8 +65,7 @@ def time_clock_from_proto(
     the servicer reports it as INVALID_ARGUMENT.
     """
     # The lists' lengths first, before each job becomes a value: as over HTTP.
-    counts = len(msg.jobs), len(msg.user_ids), len(msg.manual_break_types)
-    check_sizes(prefix, "the time clock settings", *counts)
+    check_settings_counts(msg, prefix, "the time clock settings")
     jobs, paths = jobs_from_proto(msg.jobs, f"{prefix}.jobs")
     policy = _POLICY_TO_DOMAIN.get(msg.geofence_policy)
     if policy is None:

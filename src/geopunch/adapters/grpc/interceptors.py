@@ -18,6 +18,7 @@ import grpc
 
 from geopunch import metrics
 from geopunch.adapters.grpc.auth import principal_var, scope_of
+from geopunch.adapters.grpc.counts import check_counts
 from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
 from geopunch.domain.accounts import Principal, Scope
@@ -199,6 +200,7 @@ class ServiceInterceptor(_Interceptor):
                 f"the request message cannot be decoded as {method.rpartition('/')[2]}'s "
                 "request (truncated, not protobuf, or invalid UTF-8 in a string)",
             ) from None
+        check_counts(message)  # before anything reads the lists' items
         if len(raw) < CHECK_APART_BYTES:
             check_request(message)
         else:

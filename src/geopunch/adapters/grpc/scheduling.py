@@ -8,10 +8,10 @@ from google.protobuf import json_format, struct_pb2
 
 from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.grpc.convert import jobs_from_proto, jobs_to_proto
+from geopunch.adapters.grpc.counts import check_settings_counts
 from geopunch.domain.events import Json
 from geopunch.domain.ports import Clock, UnitOfWorkFactory
 from geopunch.domain.punches import PunchLocation
-from geopunch.domain.rules import check_sizes
 from geopunch.domain.shifts import (
     CustomField,
     ScheduledShift,
@@ -29,7 +29,7 @@ from geopunch.v1 import admin_pb2, common_pb2, scheduler_pb2, scheduler_pb2_grpc
 def scheduler_from_proto(
     msg: admin_pb2.Scheduler, prefix: str = "scheduler"
 ) -> tuple[Scheduler, list[str]]:
-    check_sizes(prefix, "the scheduler settings", len(msg.jobs), len(msg.user_ids))
+    check_settings_counts(msg, prefix, "the scheduler settings")
     jobs, paths = jobs_from_proto(msg.jobs, f"{prefix}.jobs")
     s = Scheduler(
         id=msg.id if msg.HasField("id") else 0,
