@@ -39,14 +39,27 @@ def setup() -> None:
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    fresh = False
     if not STAMP.exists() or STAMP.read_text() != wanted:
         print("installing geopunch and its dependencies into .venv ...", flush=True)
         pip = [str(PY), "-m", "pip", "--disable-pip-version-check", "-q"]
         subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "install", "-e", f"{ROOT}[dev]"], check=True)
-        STAMP.write_text(wanted)
+        fresh = True
     if not (ROOT / "src/geopunch/v1/geofences_pb2.py").exists():
         subprocess.run([str(PY), str(ROOT / "scripts/gen_protos.py")], check=True)
+    if fresh:
+        # Once per install, so that the first server does not spend its
+        # start (10-20 s, answering "starting") compiling them.
+        print("compiling the fence engine's kernels into numba's cache ...", flush=True)
+        if warm_up() != 0:
+            sys.exit("the fence engine's kernels did not compile")
+        STAMP.write_text(wanted)
+
+
+def warm_up() -> int:
+    """numba's kernels compiled into its disk cache (about 1 s when warm)."""
+    return run([str(PY), "-c", "from geopunch.geo.engine import warm_up; warm_up()"])
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> int:
@@ -84,8 +97,8 @@ def main(argv: list[str]) -> int:
         # numba's kernels compiled into its disk cache once, before the
         # workers start: in a fresh clone every worker and the first servers
         # would otherwise each compile them at once (16 s of CPU apiece).
-        # About 1 s when the cache is warm.
-        warm = run([str(PY), "-c", "from geopunch.geo.engine import warm_up; warm_up()"])
+        # Set-up compiles them after an install; again here after an edit.
+        warm = warm_up()
         if warm != 0:
             return warm
         return run([str(PY), "-m", "pytest", *spread, *rest])
