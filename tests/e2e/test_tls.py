@@ -4,7 +4,10 @@ with and without client-certificate verification."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import grpc
@@ -111,5 +114,38 @@ def test_client_certificates_are_verified_when_a_client_ca_is_given(
         assert httpx.get(url, verify=mine).status_code == 200
         with pytest.raises(httpx.HTTPError):
             httpx.get(url, verify=_trust(d), timeout=5)
+    finally:
+        srv.terminate()
+
+
+def test_an_https_handshake_must_finish_within_the_receive_limit(
+    tmp_path: Path, pki: dict[str, Path | Pem]
+) -> None:
+    """A client that connects to the HTTPS port and never begins its
+    handshake, or stops half way, is disconnected after the receive limit
+    (asyncio's own default waits 60 s); a handshake that finishes has the
+    limit again for its request."""
+    ca = pki["ca"]
+    d = pki["dir"]
+    assert isinstance(ca, Pem) and isinstance(d, Path)
+    trusted = grpc.ssl_channel_credentials(root_certificates=ca.cert)
+    srv = _start(tmp_path, pki, trusted, GEOPUNCH_RECEIVE_TIMEOUT_SECONDS="1")
+    host, _, port = srv.http_address.rpartition(":")
+    try:
+        hello = ssl.MemoryBIO(), ssl.MemoryBIO()
+        half = _trust(d).wrap_bio(*hello, server_hostname="127.0.0.1")
+        with pytest.raises(ssl.SSLWantReadError):
+            half.do_handshake()
+        client_hello = hello[1].read()
+        for start in (b"", client_hello[: len(client_hello) // 2]):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(start)
+                began = time.monotonic()
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(100) == b""  # closed by the server
+                assert 0.5 < time.monotonic() - began < 5, start[:10]
+        # Unaffected: a whole handshake and request.
+        ok = httpx.get(f"https://{srv.http_address}/healthz", verify=_trust(d))
+        assert ok.status_code == 200
     finally:
         srv.terminate()

@@ -8,6 +8,7 @@ import concurrent.futures
 import logging
 import socket
 import ssl
+from asyncio import sslproto
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Literal
@@ -83,6 +84,9 @@ class BoundedHttp(HttpToolsProtocol):
     """
 
     receive_s = 10.0
+    # Set once the connection is made (over HTTPS, after the handshake).
+    _deadline: asyncio.TimerHandle | None = None
+    _unfed = b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -189,6 +193,37 @@ class BoundedHttp(HttpToolsProtocol):
         self.transport.close()
 
 
+def _protocols(receive_s: float, tls: ssl.SSLContext | None) -> Any:
+    """What uvicorn makes each connection's protocol with: BoundedHttp, and
+    over HTTPS the TLS layer around it, made here rather than by the
+    listening server. There asyncio and uvloop allow a handshake 60 s, and
+    uvicorn has no setting for it: a client that connected and never began
+    its handshake held its connection for a minute. Here it has
+    ``receive_s``, the time a request has to arrive whole. (``start_tls``
+    from the protocol's ``connection_made`` would race uvloop, which reads
+    the client's first bytes into the protocol before the TLS layer is in
+    place.)"""
+    http = type("BoundedHttp", (BoundedHttp,), {"receive_s": receive_s})
+    if tls is None:
+        return http
+
+    def secured(**kwargs: Any) -> asyncio.BaseProtocol:
+        # No waiter (asyncio's own server passes none either), and a float
+        # timeout, which asyncio takes though its stubs say int.
+        return sslproto.SSLProtocol(
+            asyncio.get_running_loop(),
+            http(**kwargs),
+            tls,
+            None,  # type: ignore[arg-type]
+            server_side=True,
+            ssl_handshake_timeout=receive_s,  # type: ignore[arg-type]
+        )
+
+    # uvicorn makes each protocol by calling ``http`` with keywords: a class
+    # or, as here, a factory.
+    return secured
+
+
 class _Head:
     """A request's head as far as it has come, measured from the bytes
     received (up to the blank line that ends it, when it is in them)."""
@@ -264,19 +299,24 @@ class HttpServer:
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        tls: dict[str, Any] = {}
+        tls = None
         if tls_cert:
-            tls = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
+            # No default CAs: with client certificates required, only those
+            # of tls_client_ca are trusted.
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.minimum_version = ssl.TLSVersion.TLSv1_2
+            tls.load_cert_chain(tls_cert, tls_key or None)
+            tls.set_alpn_protocols(["http/1.1"])
             if tls_client_ca:
-                tls.update(ssl_ca_certs=tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+                tls.load_verify_locations(tls_client_ca)
+                tls.verify_mode = ssl.CERT_REQUIRED
         config = uvicorn.Config(
             app,
             log_config=None,  # geopunch's JSON logging
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=10,
-            http=type("BoundedHttp", (BoundedHttp,), {"receive_s": receive_s}),
-            **tls,
+            http=_protocols(receive_s, tls),
         )
         self._server = uvicorn.Server(config)
         # uvicorn warns once a malformed request (or an upgrade it cannot
