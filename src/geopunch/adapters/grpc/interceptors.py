@@ -204,9 +204,10 @@ class ServiceInterceptor(_Interceptor):
         if len(raw) < CHECK_APART_BYTES:
             check_request(message)
         else:
-            # The guard's walk is Python over every field of every item; for a
-            # large message (900,000 jobs: 2.8 s) it runs on a handler thread,
-            # which the loop can interleave with, instead of on the loop.
+            # The guard's walk is Python over every field of every item (2.1 s
+            # for 900,000 jobs, now refused by their count first); for a large
+            # message it runs on a handler thread, which the loop can
+            # interleave with, instead of on the loop.
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, check_request, message)
         return message
