@@ -747,6 +747,19 @@ def test_a_body_in_chunks_is_held_to_the_body_limit(server: ServerProcess, clien
         assert f"at most {limit} bytes".encode() in answer
 
 
+def test_what_is_not_http_is_refused_with_the_usual_error_body(server: ServerProcess) -> None:
+    """A request the HTTP parser refuses (uvicorn answered it in plain
+    text) has the API's error body, and the connection is closed."""
+    for garbage in (
+        b"GARBAGE\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+    ):
+        answer = _exchange(server, garbage)
+        _refused(answer, 400, "INVALID_ARGUMENT")
+        assert b"not valid HTTP/1.1" in answer, answer
+
+
 def test_pipelined_requests_are_answered_in_order_from_a_bounded_queue(
     server: ServerProcess,
 ) -> None:

@@ -138,6 +138,14 @@ class BoundedHttp(HttpToolsProtocol):
             unfed, self._unfed = self._unfed, b""
             self._feed(memoryview(unfed))
 
+    def send_400_response(self, msg: str) -> None:
+        # What httptools cannot parse: uvicorn answers it in plain text, the
+        # one answer without the API's error body.
+        self.transport.write(
+            _refusal(ErrorCode.INVALID_ARGUMENT, "the request is not valid HTTP/1.1")
+        )
+        self.transport.close()
+
     def _refuse_head(self, answer: bytes) -> None:
         """Answer, then what still comes is read and dropped for a moment
         before the connection closes: closed with bytes unread, the socket
