@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +197,43 @@ def test_bad_configuration_exits_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="server did not start"):
         srv.start(tmp_path, timeout=10)
     assert "at least 8 characters" in srv.logs()
+
+
+def test_an_address_in_use_exits_with_a_message(tmp_path: Path) -> None:
+    """gRPC's, HTTP's or the metrics' address taken: one line naming it and
+    exit code 2 (a traceback before), one process or several."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    env = {
+        **os.environ,
+        "GEOPUNCH_API_KEYS": API_KEY,
+        "GEOPUNCH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    free = ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+    cases = (
+        ("gRPC", ["--listen", busy, "--http-listen", "127.0.0.1:0"]),
+        ("HTTP", ["--listen", "127.0.0.1:0", "--http-listen", busy]),
+        ("metrics", [*free, "--metrics-listen", busy]),
+        ("gRPC", ["--listen", busy, "--http-listen", "127.0.0.1:0", "--processes", "2"]),
+    )
+
+    def serve(args: list[str]) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "geopunch", "serve", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    try:
+        with ThreadPoolExecutor(len(cases)) as pool:
+            runs = list(pool.map(serve, [args for _, args in cases]))
+        for (what, args), done in zip(cases, runs, strict=True):
+            assert done.returncode == 2, (args, done.stderr[-2000:])
+            assert "Traceback" not in done.stderr, done.stderr[-2000:]
+            assert "geopunch: cannot listen" in done.stderr and busy in done.stderr, done.stderr
+            if "--processes" not in args:
+                assert f"cannot listen for {what} on {busy}" in done.stderr, done.stderr
+    finally:
+        taken.close()
 
 
 def test_unknown_ids_do_not_clash(client: Client) -> None:

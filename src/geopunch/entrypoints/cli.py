@@ -305,13 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-        if config.processes > 1:
-            from geopunch.entrypoints.supervisor import serve_processes
+        # grpc loads only when serving.
+        from geopunch.entrypoints.http_server import CannotListen
+        from geopunch.entrypoints.server import serve
+        from geopunch.entrypoints.supervisor import serve_processes
 
-            return _on_the_store(functools.partial(serve_processes, config, ready))
-        from geopunch.entrypoints.server import serve  # grpc loads only when serving
-
-        return _on_the_store(functools.partial(serve, config, ready))
+        serving = serve_processes if config.processes > 1 else serve
+        try:
+            return _on_the_store(functools.partial(serving, config, ready))
+        except CannotListen as exc:
+            print(f"geopunch: {exc}", file=sys.stderr)
+            return 2
     if args.command == "migrate":
         return _on_the_store(lambda: _migrate(args.database_url, args.to))
     if args.command in ("accounts", "keys"):

@@ -17,6 +17,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from geopunch import metrics
 from geopunch.domain.errors import STATUS, ErrorCode
 from geopunch.logs import OncePerSecond, new_request_id
 
@@ -269,6 +270,19 @@ class _Head:
         return None
 
 
+class CannotListen(RuntimeError):
+    """An address the server cannot listen on (taken, or not this host's):
+    ``geopunch serve`` says so and exits with 2, without a traceback."""
+
+
+def metrics_listener(listen: str) -> Callable[[], None]:
+    """``metrics.serve`` on ``listen``, or CannotListen."""
+    try:
+        return metrics.serve(listen)
+    except OSError as exc:
+        raise CannotListen(f"cannot listen for metrics on {listen}: {exc.strerror or exc}") from exc
+
+
 def bind(listen: str, shared: bool) -> socket.socket:
     """A listening socket on ``listen`` (port 0: a free one); ``shared``: with
     SO_REUSEPORT, as the workers of ``serve --processes`` share one port."""
@@ -284,7 +298,7 @@ def bind(listen: str, shared: bool) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"cannot listen for HTTP on {listen}: {exc}") from exc
+        raise CannotListen(f"cannot listen for HTTP on {listen}: {exc.strerror or exc}") from exc
     sock.setblocking(False)
     return sock
 

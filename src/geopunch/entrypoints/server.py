@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from geopunch import __version__, metrics, tracing
+from geopunch import __version__, tracing
 from geopunch.adapters.db import notify
 from geopunch.adapters.db.store import GroupCommitter, StoppedWaiting
 from geopunch.adapters.grpc.interceptors import CatchUp, Limits, ServiceInterceptor
@@ -37,7 +37,7 @@ from geopunch.bootstrap import SERVICE_NAMES, App, Services, SystemClock, add_se
 from geopunch.config import Config
 from geopunch.domain.ports import Transaction, UnitOfWorkFactory
 from geopunch.entrypoints import background, loops
-from geopunch.entrypoints.http_server import HttpServer, bind
+from geopunch.entrypoints.http_server import CannotListen, HttpServer, bind, metrics_listener
 from geopunch.entrypoints.process import WorkerSlot, raise_open_files_limit, stop_on_signals
 from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
@@ -142,23 +142,32 @@ class Server:
         self._loop_kind = loops.resolve(config.event_loop)
         self.loop = EventLoopThread("grpc-loop", self._loop_kind)
         # grpc's asyncio objects belong to the loop they are made on.
-        self._grpc, self.port = self.loop.run(self._make_server())
+        try:
+            self._grpc, self.port = self.loop.run(self._make_server())
+        except RuntimeError:  # grpc's own, for an address it could not bind
+            self.port = 0
         if self.port == 0:
             self.loop.close()
             self._committer.close()
-            raise RuntimeError(f"cannot listen on {config.listen}")
+            raise CannotListen(f"cannot listen for gRPC on {config.listen}")
         # A lone server serves its own metrics listener; with several
         # processes the supervisor serves it for all of them.
-        self._stop_metrics = (
-            metrics.serve(config.metrics_listen)
-            if config.metrics_listen and worker is None
-            else None
-        )
+        self._stop_metrics = None
         self.http: HttpServer | None = None
-        if config.http_listen:
+        try:
+            if config.metrics_listen and worker is None:
+                self._stop_metrics = metrics_listener(config.metrics_listen)
+            http_sock = bind(config.http_listen, worker is not None) if config.http_listen else None
+        except CannotListen:
+            if self._stop_metrics is not None:
+                self._stop_metrics()
+            self.loop.close()
+            self._committer.close()
+            raise
+        if http_sock is not None:
             self.http = HttpServer(
                 self._http_app(),
-                bind(config.http_listen, worker is not None),
+                http_sock,
                 config.tls_cert,
                 config.tls_key,
                 config.tls_client_ca,

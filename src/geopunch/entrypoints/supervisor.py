@@ -58,6 +58,7 @@ from typing import Any
 
 from geopunch import metrics
 from geopunch.config import Config
+from geopunch.entrypoints.http_server import CannotListen, metrics_listener
 from geopunch.entrypoints.process import (
     SharedGenerations,
     WorkerSlot,
@@ -97,7 +98,7 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"cannot listen on {listen}: {exc}") from exc
+        raise CannotListen(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     return sock, f"{shown}:{actual}"
@@ -153,7 +154,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     if not os.environ.get(MULTIPROC_ENV):
         metrics_dir = tempfile.mkdtemp(prefix="geopunch-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
-    stop_metrics = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+    stop_metrics = metrics_listener(config.metrics_listen) if config.metrics_listen else None
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([WORKER_PRELOAD])
     worker_config = replace(
