@@ -142,10 +142,7 @@ class Server:
         self._loop_kind = loops.resolve(config.event_loop)
         self.loop = EventLoopThread("grpc-loop", self._loop_kind)
         # grpc's asyncio objects belong to the loop they are made on.
-        try:
-            self._grpc, self.port = self.loop.run(self._make_server())
-        except RuntimeError:  # grpc's own, for an address it could not bind
-            self.port = 0
+        self._grpc, self.port = self.loop.run(self._make_server())
         if self.port == 0:
             self.loop.close()
             self._committer.close()
@@ -510,7 +507,15 @@ class Server:
 
 
 def _bind(server: grpc.aio.Server, config: Config) -> int:
-    """Listen on ``config.listen``, with TLS when a certificate is configured."""
+    """Listen on ``config.listen``, with TLS when a certificate is configured;
+    0 when the address cannot be bound (grpc raises RuntimeError for it)."""
+    try:
+        return _add_port(server, config)
+    except RuntimeError:
+        return 0
+
+
+def _add_port(server: grpc.aio.Server, config: Config) -> int:
     if not config.tls_cert:
         return server.add_insecure_port(config.listen)
     with open(config.tls_cert, "rb") as f:
