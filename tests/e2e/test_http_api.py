@@ -598,15 +598,33 @@ def test_what_the_framework_refuses_has_the_usual_error_body(
     assert http.request("DELETE", punch).headers["allow"] == "POST"
     # A path whose methods are routes of their own: the answer names them all.
     for path, served in (
-        (f"/time-clock/v1/time-clocks/{tc}/geofences", "GET, POST"),
-        ("/webhooks/v1/subscriptions/whsub_1", "DELETE, GET, PATCH"),
-        ("/geopunch/v1/api-keys", "GET, POST"),
+        (f"/time-clock/v1/time-clocks/{tc}/geofences", "GET, HEAD, POST"),
+        ("/webhooks/v1/subscriptions/whsub_1", "DELETE, GET, HEAD, PATCH"),
+        ("/geopunch/v1/api-keys", "GET, HEAD, POST"),
     ):
         r = http.request("OPTIONS", path)
         assert (r.status_code, r.headers["allow"]) == (405, served), (path, r.text)
         assert r.json()["detail"].endswith(f"allowed: {served}")
     # Nothing of the refused punches was stored: the user can still clock in.
     assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200
+
+
+def test_head_is_get_without_the_body(
+    server: ServerProcess, http: httpx.Client, client: Client
+) -> None:
+    """Every GET route answers HEAD (HTTP requires it of a server): the
+    status and headers of the GET, no body."""
+    tc = _clock(client)
+    for path in (f"/geopunch/v1/time-clocks/{tc}", "/healthz", "/geopunch/v1/time-clocks/1"):
+        get, head = http.get(path), http.head(path)
+        assert head.status_code == get.status_code, (path, head.status_code)
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == get.headers["content-length"]
+    without_key = httpx.head(f"http://{server.http_address}/geopunch/v1/time-clocks/{tc}")
+    assert without_key.status_code == 401
+    # A path without GET: still 405.
+    assert http.head(f"/time-clock/v1/time-clocks/{tc}/clock-in").status_code == 405
 
 
 def test_a_body_without_a_valid_key_is_refused_before_it_is_read(

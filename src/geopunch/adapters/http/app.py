@@ -188,6 +188,8 @@ def _allowed_methods(request: Request) -> str:
     for route in request.app.router.routes:
         if isinstance(route, BaseRoute) and route.matches(request.scope)[0] is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # served as GET without the body
     return ", ".join(sorted(methods))
 
 
@@ -274,6 +276,9 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # HEAD is GET without the body, which uvicorn leaves out (reading
+        # the method from its own scope); FastAPI's routes take GET alone.
+        app_scope = {**scope, "method": "GET"} if scope["method"] == "HEAD" else scope
         offered = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         token = request_id_var.set(new_request_id(offered))
         caller = caller_var.set(None)
@@ -327,7 +332,7 @@ class RequestContext:
                 await send(message)
 
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(app_scope, receive, send_with_id)
             except Exception:
                 # Every unexpected error ends here, answered or not: FastAPI's
                 # handler (``internal_error``) answers for its routes and
@@ -341,8 +346,8 @@ class RequestContext:
         finally:
             # The route's template (FastAPI's, or the lane's), never the raw
             # path: ids in paths would make a metric per resource.
-            route = scope.get("route")
-            method = getattr(route, "path", None) or scope.get(LANE_ROUTE) or "unmatched"
+            route = app_scope.get("route")
+            method = getattr(route, "path", None) or app_scope.get(LANE_ROUTE) or "unmatched"
             elapsed = time.perf_counter() - started
             metrics.CALLS.labels("http", method, str(status)).inc()
             metrics.CALL_SECONDS.labels("http", method).observe(elapsed)
