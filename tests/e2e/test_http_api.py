@@ -621,6 +621,11 @@ def test_head_is_get_without_the_body(
         assert head.content == b"", path
         assert head.headers["content-type"] == get.headers["content-type"]
         assert head.headers["content-length"] == get.headers["content-length"]
+    # The event stream's headers, and the answer ends (a GET never does).
+    events = http.head("/geopunch/v1/events", timeout=5)
+    assert events.status_code == 200 and events.content == b""
+    assert events.headers["content-type"].startswith("text/event-stream")
+    assert http.get("/healthz").status_code == 200  # the kept-alive connection goes on
     without_key = httpx.head(f"http://{server.http_address}/geopunch/v1/time-clocks/{tc}")
     assert without_key.status_code == 401
     # A path without GET: still 405.

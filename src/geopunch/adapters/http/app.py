@@ -278,7 +278,7 @@ class RequestContext:
             return
         # HEAD is GET without the body, which uvicorn leaves out (reading
         # the method from its own scope); FastAPI's routes take GET alone.
-        app_scope = {**scope, "method": "GET"} if scope["method"] == "HEAD" else scope
+        app_scope = {**scope, "method": "GET", HEAD: True} if scope["method"] == "HEAD" else scope
         offered = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         token = request_id_var.set(new_request_id(offered))
         caller = caller_var.set(None)
@@ -382,6 +382,8 @@ caller_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
 log = logging.getLogger("geopunch")
 #: Where the punch lane leaves the route it served in the ASGI scope.
 LANE_ROUTE = "geopunch.route"
+#: In the scope FastAPI gets: the request was HEAD, routed as GET.
+HEAD = "geopunch.head"
 #: The four punch paths (the time clock id, and a break's type when one starts).
 _PUNCH_PATH = re.compile(
     r"/time-clock/v1/time-clocks/(?P<tc>[0-9]{1,19})/"
@@ -1104,7 +1106,7 @@ def create_app(deps: HttpDeps) -> Any:
         types: Annotated[list[Text], Query(max_length=64)] = [],  # noqa: B006
         timeClockIds: Annotated[list[QueryId], Query(max_length=1000)] = [],  # noqa: B006
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    ) -> StreamingResponse:
+    ) -> Response:
         """The account's events as Server-Sent Events, from `after` (or the
         `Last-Event-ID` a reconnecting client sends), without end."""
         check_watch_filter(types, timeClockIds)
@@ -1114,11 +1116,14 @@ def create_app(deps: HttpDeps) -> Any:
                 raise DomainError(ErrorCode.INVALID_ARGUMENT, "Last-Event-ID must be a seq")
             after = seq
         await asyncio.to_thread(check_resumable, deps.uows, who.account_id, after)
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.scope.get(HEAD):  # the stream's headers, not a stream without end
+            return Response(media_type="text/event-stream", headers=headers)
         return HeldStream(
             _events(who.account_id, after, types, timeClockIds, request),
             deps.streams.take(who.key_id),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            headers=headers,
         )
 
     async def _events(
