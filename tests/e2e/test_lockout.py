@@ -339,9 +339,12 @@ def test_idle_connections_up_to_the_hard_limit_do_not_lock_out_callers(tmp_path:
     )
     held: list[socket.socket] = []
     try:
-        assert serve.stdout is not None
-        grpc_address = serve.stdout.readline().split()[-1]
-        http_address = serve.stdout.readline().split()[-1]
+        assert serve.stdout is not None and serve.stderr is not None
+        ready = [serve.stdout.readline(), serve.stdout.readline()]
+        if not all(ready):  # it stopped: say why
+            serve.kill()
+            raise AssertionError(f"the server did not start: {serve.stderr.read()[-3000:]}")
+        grpc_address, http_address = (line.split()[-1] for line in ready)
         limits = Path(f"/proc/{serve.pid}/limits").read_text()
         [line] = [x for x in limits.splitlines() if x.startswith("Max open files")]
         assert line.split()[3:5] == ["4096", "4096"], line
