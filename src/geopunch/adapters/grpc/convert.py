@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import date
 
-from geopunch.adapters.grpc.counts import check_settings_counts
 from geopunch.domain.builders import positional_builder
 from geopunch.domain.models import (
     DayStatus,
@@ -64,8 +63,6 @@ def time_clock_from_proto(
     An unknown geofence policy number is kept out: it raises ValueError here and
     the servicer reports it as INVALID_ARGUMENT.
     """
-    # The lists' lengths first, before each job becomes a value: as over HTTP.
-    check_settings_counts(msg, prefix, "the time clock settings")
     jobs, paths = jobs_from_proto(msg.jobs, f"{prefix}.jobs")
     policy = _POLICY_TO_DOMAIN.get(msg.geofence_policy)
     if policy is None:

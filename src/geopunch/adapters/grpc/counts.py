@@ -4,6 +4,8 @@ conversion, are Python per item. A 7 MB message of 900,000 jobs took the
 guard 2.1 s of a handler thread, during which the event loop both APIs share
 waited for the GIL: a ping took 1.2 s. Counted first, it is refused in
 microseconds, with the same answer the rules would give after converting.
+Every gRPC call passes here (the interceptor) before its handler, so the
+handlers and conversions leave the counting to the rules.
 
 The HTTP API bounds the same lists with ``bodies.at_most`` before pydantic
 validates any item.
@@ -20,7 +22,7 @@ from geopunch.domain.shifts import DETAIL_LISTS, check_detail_counts, check_shif
 from geopunch.domain.timesheets import check_activity_counts, count_activities
 
 
-def check_settings_counts(msg: Any, prefix: str, what: str) -> None:
+def _settings(msg: Any, prefix: str, what: str) -> None:
     """A time clock's or a scheduler's lists: jobs (sub-jobs included), users
     and, for a time clock, break types."""
     jobs = count_nodes(msg.jobs, "sub_jobs", MAX_JOBS)
@@ -51,16 +53,16 @@ def _time_activities(request: Any) -> None:
 
 
 _BY_REQUEST: dict[str, Callable[[Any], None]] = {
-    "geopunch.v1.CreateTimeClockRequest": lambda r: check_settings_counts(
+    "geopunch.v1.CreateTimeClockRequest": lambda r: _settings(
         r.time_clock, "time_clock", "the time clock settings"
     ),
-    "geopunch.v1.UpdateTimeClockRequest": lambda r: check_settings_counts(
+    "geopunch.v1.UpdateTimeClockRequest": lambda r: _settings(
         r.time_clock, "time_clock", "the time clock settings"
     ),
-    "geopunch.v1.CreateSchedulerRequest": lambda r: check_settings_counts(
+    "geopunch.v1.CreateSchedulerRequest": lambda r: _settings(
         r.scheduler, "scheduler", "the scheduler settings"
     ),
-    "geopunch.v1.UpdateSchedulerRequest": lambda r: check_settings_counts(
+    "geopunch.v1.UpdateSchedulerRequest": lambda r: _settings(
         r.scheduler, "scheduler", "the scheduler settings"
     ),
     "geopunch.v1.CreateGeofencesRequest": lambda r: check_geofence_count(len(r.geofences)),

@@ -8,7 +8,6 @@ from google.protobuf import json_format, struct_pb2
 
 from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.grpc.convert import jobs_from_proto, jobs_to_proto
-from geopunch.adapters.grpc.counts import check_settings_counts
 from geopunch.domain.events import Json
 from geopunch.domain.ports import Clock, UnitOfWorkFactory
 from geopunch.domain.punches import PunchLocation
@@ -19,7 +18,6 @@ from geopunch.domain.shifts import (
     ShiftBreak,
     ShiftLayer,
     ShiftLocation,
-    check_shift_count,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import scheduler as use_cases
@@ -29,7 +27,6 @@ from geopunch.v1 import admin_pb2, common_pb2, scheduler_pb2, scheduler_pb2_grpc
 def scheduler_from_proto(
     msg: admin_pb2.Scheduler, prefix: str = "scheduler"
 ) -> tuple[Scheduler, list[str]]:
-    check_settings_counts(msg, prefix, "the scheduler settings")
     jobs, paths = jobs_from_proto(msg.jobs, f"{prefix}.jobs")
     s = Scheduler(
         id=msg.id if msg.HasField("id") else 0,
@@ -189,7 +186,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def CreateShifts(
         self, request: scheduler_pb2.CreateShiftsRequest, context: Any
     ) -> scheduler_pb2.ShiftsResponse:
-        check_shift_count(len(request.shifts))  # before converting any
         created = use_cases.create_shifts(
             self._uows,
             self._clock,

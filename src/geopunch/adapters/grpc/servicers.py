@@ -9,7 +9,6 @@ from geopunch.adapters.grpc.auth import account
 from geopunch.domain.accounts import ApiKey, parse_scopes
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.ports import Clock, FenceListener, TransactionRunner, UnitOfWorkFactory
-from geopunch.domain.rules import check_geofence_count
 from geopunch.logs import request_id_var
 from geopunch.service import accounts, admin, geofences, scheduler
 from geopunch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, geofences_pb2, geofences_pb2_grpc
@@ -207,7 +206,6 @@ class GeofenceServicer(geofences_pb2_grpc.GeofenceServiceServicer):
     def CreateGeofences(
         self, request: geofences_pb2.CreateGeofencesRequest, context: Any
     ) -> geofences_pb2.CreateGeofencesResponse:
-        check_geofence_count(len(request.geofences))  # before converting any
         drafts = [convert.geofence_draft_from_proto(g) for g in request.geofences]
         created = geofences.create_geofences(
             self._uows, account(), request.time_clock_id, drafts, self._listener, self._commit

@@ -38,8 +38,6 @@ from geopunch.domain.timesheets import (
     UserActivities,
     UserState,
     UserStatus,
-    check_activity_counts,
-    count_activities,
 )
 from geopunch.logs import request_id_var
 from geopunch.service import punches, timesheets
@@ -315,8 +313,6 @@ class TimeClockServicer(timeclock_pb2_grpc.TimeClockServiceServicer):
     def CreateTimeActivities(
         self, request: timeclock_pb2.CreateTimeActivitiesRequest, context: Any
     ) -> timeclock_pb2.CreateTimeActivitiesResponse:
-        groups = request.time_activities  # counted before any is converted
-        check_activity_counts(len(groups), count_activities(groups))
         created = timesheets.create_time_activities(
             self._uows,
             self._fences,
