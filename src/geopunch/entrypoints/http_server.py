@@ -85,9 +85,6 @@ class BoundedHttp(HttpToolsProtocol):
     """
 
     receive_s = 10.0
-    # Set once the connection is made (over HTTPS, after the handshake).
-    _deadline: asyncio.TimerHandle | None = None
-    _unfed = b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -143,15 +143,13 @@ class Server:
         self.loop = EventLoopThread("grpc-loop", self._loop_kind)
         # grpc's asyncio objects belong to the loop they are made on.
         self._grpc, self.port = self.loop.run(self._make_server())
-        if self.port == 0:
-            self.loop.close()
-            self._committer.close()
-            raise CannotListen(f"cannot listen for gRPC on {config.listen}")
         # A lone server serves its own metrics listener; with several
         # processes the supervisor serves it for all of them.
         self._stop_metrics = None
         self.http: HttpServer | None = None
         try:
+            if self.port == 0:
+                raise CannotListen(f"cannot listen for gRPC on {config.listen}")
             if config.metrics_listen and worker is None:
                 self._stop_metrics = metrics_listener(config.metrics_listen)
             http_sock = bind(config.http_listen, worker is not None) if config.http_listen else None
