@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -330,3 +331,14 @@ def pipelined_gets(
             meanwhile()
         reader.join()
     return answered[0]
+
+
+def refused_raw(answer: bytes, status: int, code: str) -> None:
+    """``answer`` (a whole HTTP answer, read off a socket) refuses with
+    ``status`` and the API's error body carrying ``code``, its request id
+    the one in the head."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    found = json.loads(body)
+    assert found["code"] == code and found["detail"], found
+    assert f"x-request-id: {found['requestId']}".encode() in head
