@@ -28,7 +28,7 @@ from geopunch.v1 import (
     webhooks_pb2_grpc,
 )
 from tests.forked_server import ForkedProcess
-from tests.helpers import pg_migrated
+from tests.helpers import AnswersMatchDocument, pg_migrated
 
 API_KEY = "test-key-0123456789"
 _ids = itertools.count(1000)
@@ -211,9 +211,14 @@ def client(server: ServerProcess) -> Iterator[Client]:
 
 @pytest.fixture(scope="session")
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
-    """The shared server's HTTP API, with the bootstrap key."""
+    """The shared server's HTTP API, with the bootstrap key; every answer is
+    checked against the served OpenAPI document."""
+    base = f"http://{server.http_address}"
     with httpx.Client(
-        base_url=f"http://{server.http_address}", headers={"X-API-KEY": API_KEY}, timeout=30
+        base_url=base,
+        headers={"X-API-KEY": API_KEY},
+        timeout=30,
+        event_hooks={"response": [AnswersMatchDocument(base)]},
     ) as c:
         yield c
 

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -342,3 +344,29 @@ def refused_raw(answer: bytes, status: int, code: str) -> None:
     found = json.loads(body)
     assert found["code"] == code and found["detail"], found
     assert f"x-request-id: {found['requestId']}".encode() in head
+
+
+class AnswersMatchDocument:
+    """An httpx response hook: every answer of the HTTP API must be one its
+    served OpenAPI document describes (a documented status, content type
+    and JSON shape), so that the document's answer shapes, which the routes
+    never go through, cannot drift from what the routes send."""
+
+    def __init__(self, base_url: str) -> None:
+        import schemathesis  # a second's import, for the tests that talk HTTP
+
+        self.schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+        self.checked: Counter[str] = Counter()
+
+    def __call__(self, response: httpx.Response) -> None:
+        request = response.request
+        if request.method == "HEAD" or "text/event-stream" in response.headers.get(
+            "content-type", ""
+        ):
+            return  # no body to read, or one without end
+        operation = self.schema.find_operation_by_path(request.method, request.url.path)
+        if operation is None:  # /metrics, /openapi.json, a path not served
+            return
+        response.read()
+        operation.validate_response(response)
+        self.checked[f"{operation.label} {response.status_code}"] += 1

@@ -396,6 +396,20 @@ def test_the_openapi_document_and_docs_page(http: httpx.Client) -> None:
         p["name"]
         for p in paths["/scheduler/v1/schedulers/{schedulerId}/shifts"]["post"]["parameters"]
     }
+    # Every answer is described: a JSON shape for each success (the event
+    # stream excepted), and no 422, which geopunch never answers (a body or
+    # parameter the framework refuses is a 400 with the usual error body).
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            assert "422" not in op["responses"], (method, path)
+            done = {k: v for k, v in op["responses"].items() if k.startswith("2")}
+            assert len(done) == 1, (method, path, done)
+            ((status, described),) = done.items()
+            if status == "204" or path == "/geopunch/v1/events":
+                continue
+            schema = described["content"]["application/json"]["schema"]
+            assert schema.get("$ref"), (method, path, schema)
+    assert not {"HTTPValidationError", "ValidationError"} & set(doc["components"]["schemas"])
     page = http.get("/docs")
     assert page.status_code == 200 and "openapi.json" in page.text
 

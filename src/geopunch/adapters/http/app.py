@@ -35,12 +35,12 @@ from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from geopunch import metrics
-from geopunch.adapters.http import answers
+from geopunch.adapters.http import answers, shapes
 from geopunch.adapters.http.bodies import (
     BreakEndBody,
     BreakStartBody,
@@ -230,6 +230,8 @@ class HeldStream(StreamingResponse):
     """A stream that gives back its slot (``StreamSlots``) however it ends:
     the body's generator never runs its own cleanup when the client is gone
     before the first byte, but this call always returns or raises."""
+
+    media_type = "text/event-stream"  # what the OpenAPI document names
 
     def __init__(self, content: AsyncIterator[bytes], give_back: Callable[[], None], **kw: Any):
         super().__init__(content, **kw)
@@ -457,6 +459,24 @@ class PunchLane:
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+def ok(shape: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entry of a route's answer: ``shape`` in the envelope."""
+    return {200: {"model": shapes.Answer[shape], "description": "done"}}  # type: ignore[valid-type]
+
+
+def _without_422(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without FastAPI's 422: geopunch refuses a body or a
+    parameter the framework could not take with 400 and its own error body
+    (``bad_body``), as the spec's errors are."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = document.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return document
+
+
 def _exact_integer_bounds(node: Any) -> Any:
     """The document with an integer's ``minimum`` and ``maximum`` as integers.
 
@@ -519,7 +539,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     def exact_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _exact_integer_bounds(build_document())
+            app.openapi_schema = _without_422(_exact_integer_bounds(build_document()))
         return app.openapi_schema
 
     app.openapi = exact_document  # type: ignore[method-assign]
@@ -626,7 +646,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     base = "/time-clock/v1/time-clocks/{timeClockId}"
 
-    @app.post(f"{base}/clock-in", tags=["time clock"])
+    @app.post(f"{base}/clock-in", tags=["time clock"], responses=ok(shapes.ShiftData))
     async def clock_in(
         who: Puncher,
         timeClockId: Int64Path,
@@ -637,7 +657,7 @@ def create_app(deps: HttpDeps) -> Any:
         cmd = _punch_command(PunchKind.CLOCK_IN, timeClockId, body, key)
         return answer(answers.shift_data(await punch(who, cmd)))
 
-    @app.post(f"{base}/clock-out", tags=["time clock"])
+    @app.post(f"{base}/clock-out", tags=["time clock"], responses=ok(shapes.ShiftData))
     async def clock_out(
         who: Puncher,
         timeClockId: Int64Path,
@@ -648,13 +668,17 @@ def create_app(deps: HttpDeps) -> Any:
         cmd = _punch_command(PunchKind.CLOCK_OUT, timeClockId, body, key)
         return answer(answers.shift_data(await punch(who, cmd)))
 
-    @app.get(f"{base}/manual-breaks", tags=["time clock"])
+    @app.get(f"{base}/manual-breaks", tags=["time clock"], responses=ok(shapes.ManualBreaksOut))
     def manual_break_settings(who: Reader, timeClockId: Int64Path) -> Response:
         """Whether manual breaks are enabled, and the break types to start."""
         tc = punches.list_manual_breaks(deps.uows, who.account_id, timeClockId)
         return answer(answers.manual_breaks(tc))
 
-    @app.post(f"{base}/manual-breaks/{{manualBreakId}}/clock-in", tags=["time clock"])
+    @app.post(
+        f"{base}/manual-breaks/{{manualBreakId}}/clock-in",
+        tags=["time clock"],
+        responses=ok(shapes.BreakStartedOut),
+    )
     async def start_break(
         who: Puncher,
         timeClockId: Int64Path,
@@ -668,7 +692,9 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.break_started(await punch(who, cmd)))
 
-    @app.post(f"{base}/manual-breaks/clock-out", tags=["time clock"])
+    @app.post(
+        f"{base}/manual-breaks/clock-out", tags=["time clock"], responses=ok(shapes.BreakEndedOut)
+    )
     async def end_break(
         who: Puncher,
         timeClockId: Int64Path,
@@ -719,12 +745,12 @@ def create_app(deps: HttpDeps) -> Any:
 
     # -- the spec: geofences (blocking use cases, run on FastAPI's thread pool) ---------
 
-    @app.get(f"{base}/geofences", tags=["geofences"])
+    @app.get(f"{base}/geofences", tags=["geofences"], responses=ok(shapes.FencesOut))
     def list_fences(who: Reader, timeClockId: Int64Path) -> Response:
         fences = geofences.list_geofences(deps.uows, who.account_id, timeClockId)
         return answer({"geofences": [answers.fence(f) for f in fences]})
 
-    @app.post(f"{base}/geofences", tags=["geofences"])
+    @app.post(f"{base}/geofences", tags=["geofences"], responses=ok(shapes.FencesMadeOut))
     def create_fences(
         who: Admin,
         timeClockId: Int64Path,
@@ -737,12 +763,12 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer({"geofences": [{"fenceId": f.id, "name": f.name} for f in made]})
 
-    @app.get(f"{base}/geofences/{{fenceId}}", tags=["geofences"])
+    @app.get(f"{base}/geofences/{{fenceId}}", tags=["geofences"], responses=ok(shapes.OneFenceOut))
     def get_fence(who: Reader, timeClockId: Int64Path, fenceId: IdPath) -> Response:
         fence = geofences.get_geofence(deps.uows, who.account_id, timeClockId, fenceId)
         return answer({"geofence": answers.fence(fence)})
 
-    @app.delete(f"{base}/geofences/{{fenceId}}", tags=["geofences"])
+    @app.delete(f"{base}/geofences/{{fenceId}}", tags=["geofences"], responses=ok(shapes.Nothing))
     def delete_fence(who: Admin, timeClockId: Int64Path, fenceId: IdPath) -> Response:
         geofences.delete_geofence(
             deps.uows, who.account_id, timeClockId, fenceId, deps.fences, deps.commit
@@ -753,7 +779,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     shifts_base = "/scheduler/v1/schedulers/{schedulerId}/shifts"
 
-    @app.post(shifts_base, tags=["scheduler"])
+    @app.post(shifts_base, tags=["scheduler"], responses=ok(shapes.ScheduledShiftsOut))
     def create_shifts(
         who: Admin,
         schedulerId: Int64Path,
@@ -775,7 +801,7 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer({"shifts": [answers.scheduled_shift(s) for s in made]})
 
-    @app.get(shifts_base, tags=["scheduler"])
+    @app.get(shifts_base, tags=["scheduler"], responses=ok(shapes.ScheduledShiftsOut))
     def list_shifts(
         who: Reader,
         schedulerId: Int64Path,
@@ -801,7 +827,7 @@ def create_app(deps: HttpDeps) -> Any:
         ),
     ]
 
-    @app.post(activities_path, tags=["time activities"])
+    @app.post(activities_path, tags=["time activities"], responses=ok(shapes.TimeActivitiesOut))
     def create_time_activities(
         who: Puncher,
         timeClockId: Int64Path,
@@ -823,7 +849,7 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer({"timeActivities": [answers.time_activity(a) for a in made]})
 
-    @app.get(activities_path, tags=["time activities"])
+    @app.get(activities_path, tags=["time activities"], responses=ok(shapes.TimeActivityPageOut))
     def list_time_activities(
         who: Reader,
         timeClockId: Int64Path,
@@ -858,7 +884,11 @@ def create_app(deps: HttpDeps) -> Any:
             }
         )
 
-    @app.put(f"{activities_path}/{{activityId}}", tags=["time activities"])
+    @app.put(
+        f"{activities_path}/{{activityId}}",
+        tags=["time activities"],
+        responses=ok(shapes.OneTimeActivityOut),
+    )
     def update_time_activity(
         who: Admin, timeClockId: Int64Path, activityId: ActivityId, body: UpdateTimeActivityBody
     ) -> Response:
@@ -873,7 +903,11 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer({"timeActivity": answers.time_activity(done)})
 
-    @app.delete(f"{activities_path}/{{activityId}}", tags=["time activities"])
+    @app.delete(
+        f"{activities_path}/{{activityId}}",
+        tags=["time activities"],
+        responses=ok(shapes.OneTimeActivityOut),
+    )
     def delete_time_activity(
         who: Admin,
         timeClockId: Int64Path,
@@ -886,7 +920,9 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer({"timeActivity": answers.time_activity(gone)})
 
-    @app.get(f"{base}/user-statuses", tags=["time activities"])
+    @app.get(
+        f"{base}/user-statuses", tags=["time activities"], responses=ok(shapes.UserStatusesOut)
+    )
     def user_statuses(who: Reader, timeClockId: Int64Path, userIds: UserIds = []) -> Response:  # noqa: B006
         """Who is idle, on a shift or on a break now (all users, or those named)."""
         found = timesheets.get_user_statuses(
@@ -899,7 +935,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     own = "/geopunch/v1"
 
-    @app.post(f"{own}/time-clocks", tags=["set-up"])
+    @app.post(f"{own}/time-clocks", tags=["set-up"], responses=ok(shapes.TimeClockOut))
     def create_time_clock(who: Admin, body: TimeClockIn) -> Response:
         """A new time clock; the server picks its id when `id` is left out."""
         tc, paths = body.to_domain()
@@ -914,13 +950,17 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.time_clock(made))
 
-    @app.get(f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"])
+    @app.get(
+        f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"], responses=ok(shapes.TimeClockOut)
+    )
     def get_time_clock(who: Reader, timeClockId: Int64Path) -> Response:
         return answer(
             answers.time_clock(admin.read_time_clock(deps.uows, who.account_id, timeClockId))
         )
 
-    @app.put(f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"])
+    @app.put(
+        f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"], responses=ok(shapes.TimeClockOut)
+    )
     def replace_time_clock(who: Admin, timeClockId: Int64Path, body: TimeClockIn) -> Response:
         """Replace every setting of the time clock."""
         tc, paths = body.to_domain(timeClockId)
@@ -931,13 +971,13 @@ def create_app(deps: HttpDeps) -> Any:
 
     days_path = f"{own}/time-clocks/{{timeClockId}}/users/{{userId}}/days"
 
-    @app.get(days_path, tags=["set-up"])
+    @app.get(days_path, tags=["set-up"], responses=ok(shapes.DaysOut))
     def list_days(who: Reader, timeClockId: Int64Path, userId: Int64Path) -> Response:
         """The user's locked and approved days on this time clock."""
         found = admin.list_day_statuses(deps.uows, who.account_id, timeClockId, userId)
         return answer(answers.days(found))
 
-    @app.post(days_path, tags=["set-up"])
+    @app.post(days_path, tags=["set-up"], responses=ok(shapes.DaysOut))
     def set_days(
         who: Admin, timeClockId: Int64Path, userId: Int64Path, body: DayStatusBody
     ) -> Response:
@@ -947,7 +987,7 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.days(found))
 
-    @app.post(f"{own}/schedulers", tags=["set-up"])
+    @app.post(f"{own}/schedulers", tags=["set-up"], responses=ok(shapes.SchedulerOut))
     def create_scheduler(who: Admin, body: SchedulerIn) -> Response:
         s, paths = body.to_domain()
         made = scheduler.create_scheduler(
@@ -955,26 +995,30 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.scheduler(made))
 
-    @app.get(f"{own}/schedulers/{{schedulerId}}", tags=["set-up"])
+    @app.get(
+        f"{own}/schedulers/{{schedulerId}}", tags=["set-up"], responses=ok(shapes.SchedulerOut)
+    )
     def get_scheduler(who: Reader, schedulerId: Int64Path) -> Response:
         return answer(
             answers.scheduler(scheduler.read_scheduler(deps.uows, who.account_id, schedulerId))
         )
 
-    @app.put(f"{own}/schedulers/{{schedulerId}}", tags=["set-up"])
+    @app.put(
+        f"{own}/schedulers/{{schedulerId}}", tags=["set-up"], responses=ok(shapes.SchedulerOut)
+    )
     def replace_scheduler(who: Admin, schedulerId: Int64Path, body: SchedulerIn) -> Response:
         s, paths = body.to_domain(schedulerId)
         return answer(
             answers.scheduler(scheduler.update_scheduler(deps.uows, who.account_id, s, paths))
         )
 
-    @app.get(f"{own}/api-keys", tags=["api keys"])
+    @app.get(f"{own}/api-keys", tags=["api keys"], responses=ok(shapes.ApiKeysOut))
     def list_keys(who: Admin) -> Response:
         return answer(
             {"keys": [answers.api_key(k) for k in accounts.list_keys(deps.uows, who.account_id)]}
         )
 
-    @app.post(f"{own}/api-keys", tags=["api keys"])
+    @app.post(f"{own}/api-keys", tags=["api keys"], responses=ok(shapes.ApiKeyOut))
     def create_key(
         who: Admin,
         scopes: Annotated[list[Text], Body(max_length=3)],
@@ -986,13 +1030,13 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.api_key(issued.key, issued.secret))
 
-    @app.post(f"{own}/api-keys/{{keyId}}/rotate", tags=["api keys"])
+    @app.post(f"{own}/api-keys/{{keyId}}/rotate", tags=["api keys"], responses=ok(shapes.ApiKeyOut))
     def rotate_key(who: Admin, keyId: IdPath) -> Response:
         """A new key in place of this one, which is revoked."""
         issued = accounts.rotate_key(deps.uows, deps.clock, keyId, who.account_id)
         return answer(answers.api_key(issued.key, issued.secret))
 
-    @app.delete(f"{own}/api-keys/{{keyId}}", tags=["api keys"])
+    @app.delete(f"{own}/api-keys/{{keyId}}", tags=["api keys"], responses=ok(shapes.ApiKeyOut))
     def revoke_key(who: Admin, keyId: IdPath) -> Response:
         return answer(answers.api_key(accounts.revoke_key(deps.uows, keyId, who.account_id)))
 
@@ -1001,7 +1045,7 @@ def create_app(deps: HttpDeps) -> Any:
     hooks = "/webhooks/v1/subscriptions"
     HookId = Annotated[Text, Path(max_length=64)]
 
-    @app.post(hooks, tags=["webhooks"])
+    @app.post(hooks, tags=["webhooks"], responses=ok(shapes.WebhookOut))
     def create_webhook(who: Admin, body: WebhookSubscriptionIn) -> Response:
         """A subscription to this account's events from now on; the answer
         holds its signing secret (generated unless given), once."""
@@ -1010,17 +1054,17 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.webhook_subscription(sub, with_secret=True))
 
-    @app.get(hooks, tags=["webhooks"])
+    @app.get(hooks, tags=["webhooks"], responses=ok(shapes.WebhooksOut))
     def list_webhooks(who: Admin) -> Response:
         found = webhooks.list_subscriptions(deps.uows, who.account_id)
         return answer({"subscriptions": [answers.webhook_subscription(s) for s in found]})
 
-    @app.get(f"{hooks}/{{subscriptionId}}", tags=["webhooks"])
+    @app.get(f"{hooks}/{{subscriptionId}}", tags=["webhooks"], responses=ok(shapes.WebhookOut))
     def get_webhook(who: Admin, subscriptionId: HookId) -> Response:
         sub = webhooks.get_subscription(deps.uows, who.account_id, subscriptionId)
         return answer(answers.webhook_subscription(sub))
 
-    @app.patch(f"{hooks}/{{subscriptionId}}", tags=["webhooks"])
+    @app.patch(f"{hooks}/{{subscriptionId}}", tags=["webhooks"], responses=ok(shapes.WebhookOut))
     def update_webhook(who: Admin, subscriptionId: HookId, body: WebhookSubscriptionIn) -> Response:
         """Change the fields sent; `status` "active" resumes a failing subscription."""
         sub = webhooks.update_subscription(
@@ -1028,12 +1072,21 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.webhook_subscription(sub, with_secret=body.secret is not None))
 
-    @app.delete(f"{hooks}/{{subscriptionId}}", tags=["webhooks"])
+    @app.delete(
+        f"{hooks}/{{subscriptionId}}",
+        tags=["webhooks"],
+        status_code=204,
+        responses={204: {"description": "deleted; no body"}},
+    )
     def delete_webhook(who: Admin, subscriptionId: HookId) -> Response:
         webhooks.delete_subscription(deps.uows, who.account_id, subscriptionId)
         return Response(status_code=204, headers={"X-Request-ID": request_id_var.get()})
 
-    @app.get(f"{hooks}/{{subscriptionId}}/deliveries", tags=["webhooks"])
+    @app.get(
+        f"{hooks}/{{subscriptionId}}/deliveries",
+        tags=["webhooks"],
+        responses=ok(shapes.DeliveriesOut),
+    )
     def list_webhook_deliveries(
         who: Admin,
         subscriptionId: HookId,
@@ -1051,7 +1104,9 @@ def create_app(deps: HttpDeps) -> Any:
             }
         )
 
-    @app.post(f"{hooks}/{{subscriptionId}}/replay", tags=["webhooks"])
+    @app.post(
+        f"{hooks}/{{subscriptionId}}/replay", tags=["webhooks"], responses=ok(shapes.WebhookOut)
+    )
     def replay_webhook(who: Admin, subscriptionId: HookId, body: ReplayBody) -> Response:
         """Deliver again from `fromSeq` on, and resume a failing subscription."""
         sub = webhooks.replay_subscription(deps.uows, who.account_id, subscriptionId, body.fromSeq)
@@ -1059,7 +1114,11 @@ def create_app(deps: HttpDeps) -> Any:
 
     # -- geopunch's own: checks and events -----------------------------------------------
 
-    @app.post(f"{own}/time-clocks/{{timeClockId}}/validate-punch", tags=["checks"])
+    @app.post(
+        f"{own}/time-clocks/{{timeClockId}}/validate-punch",
+        tags=["checks"],
+        responses=ok(shapes.VerdictOut),
+    )
     def validate_punch(who: Reader, timeClockId: Int64Path, body: ValidatePunchBody) -> Response:
         """What the punch would answer now, storing nothing."""
         cmd = _punch_command(
@@ -1071,7 +1130,11 @@ def create_app(deps: HttpDeps) -> Any:
             return answer(answers.verdict(err))
         return answer(answers.verdict(None))
 
-    @app.post(f"{own}/time-clocks/{{timeClockId}}/check-locations", tags=["checks"])
+    @app.post(
+        f"{own}/time-clocks/{{timeClockId}}/check-locations",
+        tags=["checks"],
+        responses=ok(shapes.PointResultsOut),
+    )
     def check_points(
         who: Reader,
         timeClockId: Int64Path,
@@ -1098,7 +1161,19 @@ def create_app(deps: HttpDeps) -> Any:
         v = check_locations(deps.fences, who.account_id, batch, prefix="points")
         return answer({"results": answers.check_results(v)})
 
-    @app.get(f"{own}/events", tags=["checks"])
+    @app.get(
+        f"{own}/events",
+        tags=["checks"],
+        response_class=HeldStream,
+        status_code=200,
+        responses={
+            200: {
+                "description": "Server-Sent Events: `id` the event's seq, `event` its "
+                "type, `data` its JSON",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def event_stream(
         who: Reader,
         request: Request,
@@ -1164,12 +1239,19 @@ def create_app(deps: HttpDeps) -> Any:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=shapes.HealthOut)
     async def healthz() -> dict[str, str]:
         """Live: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={
+            200: {"model": shapes.HealthOut, "description": "ready"},
+            503: {"model": shapes.HealthOut, "description": "starting"},
+        },
+    )
     async def readyz() -> JSONResponse:
         """Ready: the store is open and the fence index loaded."""
         if deps.ready.is_set():
