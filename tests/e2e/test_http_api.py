@@ -605,6 +605,20 @@ def test_what_the_framework_refuses_has_the_usual_error_body(
         r = http.request("OPTIONS", path)
         assert (r.status_code, r.headers["allow"]) == (405, served), (path, r.text)
         assert r.json()["detail"].endswith(f"allowed: {served}")
+    # A text past its bound, in a path, a body and a query, is counted in
+    # characters (pydantic's own sentence spoke of "items after validation").
+    activities = f"/time-clock/v1/time-clocks/{tc}/time-activities"
+    for r, field, length, limit in (
+        (http.post(f"/geopunch/v1/api-keys/{'k' * 1001}/rotate"), "keyId", 1001, 1000),
+        (http.post("/geopunch/v1/api-keys", json={"scopes": ["read"], "label": "l" * 201}),
+         "label", 201, 200),
+        (http.get(activities, params={"startTime": 0, "endTime": 60, "pageToken": "t" * 513}),
+         "pageToken", 513, 512),
+    ):  # fmt: skip
+        assert r.status_code == 400, r.text
+        found = r.json()
+        assert found["detail"] == f"{field}: {length} characters; the limit is {limit}", found
+        assert found["errors"][0]["field"] == field, found
     # Nothing of the refused punches was stored: the user can still clock in.
     assert _post(http, tc, "clock-in", {"userId": USER}).status_code == 200
 

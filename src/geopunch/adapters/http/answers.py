@@ -391,6 +391,12 @@ def validation_problem(error: Mapping[str, Any], root: str = "") -> FieldViolati
     if kind == "model_attributes_type" and loc == ("body",):
         said = "the body must be a JSON object, sent as Content-Type: application/json"
         return FieldViolation("", said, ErrorCode.INVALID_ARGUMENT)
+    given, limit = error.get("input"), (error.get("ctx") or {}).get("max_length")
+    if kind == "too_long" and isinstance(given, str) and limit is not None:
+        # pydantic counts a bounded string's length as "items ... after
+        # validation" when the bound follows a validator of the type.
+        said = f"{len(given)} characters; the limit is {limit}"
+        return FieldViolation(loc_path(loc, root), said, ErrorCode.INVALID_ARGUMENT)
     reason = _REASONS.get(str(kind), ErrorCode.INVALID_ARGUMENT)
     return FieldViolation(loc_path(loc, root), str(error.get("msg", "invalid"))[:200], reason)
 
