@@ -410,8 +410,45 @@ def test_the_openapi_document_and_docs_page(http: httpx.Client) -> None:
             schema = described["content"]["application/json"]["schema"]
             assert schema.get("$ref"), (method, path, schema)
     assert not {"HTTPValidationError", "ValidationError"} & set(doc["components"]["schemas"])
+    _check_links(doc)
     page = http.get("/docs")
     assert page.status_code == 200 and "openapi.json" in page.text
+
+
+def _check_links(doc: dict[str, Any]) -> None:
+    """Each link of a created resource's answer names an operation of the
+    document, parameters that operation takes, and values the answer's
+    documented shape has (``$response.body#/data/id``) or the request's path
+    has (``$request.path.timeClockId``)."""
+    schemas = doc["components"]["schemas"]
+    by_id = {op["operationId"]: op for ops in doc["paths"].values() for op in ops.values()}
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+        return schema
+
+    linked = 0
+    for path, operations in doc["paths"].items():
+        for op in operations.values():
+            answer = op["responses"].get("200", {})
+            for name, link in answer.get("links", {}).items():
+                target = by_id[link["operationId"]]
+                taken = {p["name"] for p in target.get("parameters", [])}
+                for parameter, source in link["parameters"].items():
+                    assert parameter in taken, (name, parameter)
+                    if source.startswith("$request.path."):
+                        assert f"{{{source.removeprefix('$request.path.')}}}" in path
+                        continue
+                    pointer = source.removeprefix("$response.body#/").split("/")
+                    shape = resolve(answer["content"]["application/json"]["schema"])
+                    for step in pointer:
+                        shape = resolve(
+                            shape["items"] if step.isdigit() else shape["properties"][step]
+                        )
+                    assert shape.get("type") in ("string", "integer"), (name, source, shape)
+                linked += 1
+    assert linked >= 25, linked
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(server: ServerProcess) -> None:

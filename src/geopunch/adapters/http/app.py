@@ -35,7 +35,7 @@ from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
@@ -51,6 +51,7 @@ from geopunch.adapters.http.bodies import (
     CreateTimeActivitiesBody,
     DayStatusBody,
     ErrorBody,
+    NewWebhookIn,
     ReplayBody,
     SchedulerIn,
     ShiftIn,
@@ -477,6 +478,95 @@ def _without_422(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+_CLOCK = "/geopunch/v1/time-clocks/{timeClockId}"
+_SPEC_CLOCK = "/time-clock/v1/time-clocks/{timeClockId}"
+_HOOK = "/webhooks/v1/subscriptions/{subscriptionId}"
+_NEW_CLOCK = {"timeClockId": "$response.body#/data/id"}
+_SAME_CLOCK = {"timeClockId": "$request.path.timeClockId"}
+#: What a created resource's answer leads to (OpenAPI links): the routes
+#: that take its id, with where each parameter comes from. A client reads
+#: how the API's calls chain; a fuzzer chains them (create, read, change,
+#: delete) rather than aiming at random ids.
+_LINKS: dict[tuple[str, str], list[tuple[str, str, dict[str, str]]]] = {
+    ("post", "/geopunch/v1/time-clocks"): [
+        (method, path, _NEW_CLOCK)
+        for method, path in (
+            ("get", _CLOCK),
+            ("put", _CLOCK),
+            ("post", f"{_CLOCK}/validate-punch"),
+            ("post", f"{_CLOCK}/check-locations"),
+            ("post", f"{_SPEC_CLOCK}/clock-in"),
+            ("post", f"{_SPEC_CLOCK}/clock-out"),
+            ("get", f"{_SPEC_CLOCK}/manual-breaks"),
+            ("get", f"{_SPEC_CLOCK}/geofences"),
+            ("post", f"{_SPEC_CLOCK}/geofences"),
+            ("post", f"{_SPEC_CLOCK}/time-activities"),
+            ("get", f"{_SPEC_CLOCK}/time-activities"),
+            ("get", f"{_SPEC_CLOCK}/user-statuses"),
+        )
+    ],
+    ("post", "/geopunch/v1/schedulers"): [
+        (method, path, {"schedulerId": "$response.body#/data/id"})
+        for method, path in (
+            ("get", "/geopunch/v1/schedulers/{schedulerId}"),
+            ("put", "/geopunch/v1/schedulers/{schedulerId}"),
+            ("post", "/scheduler/v1/schedulers/{schedulerId}/shifts"),
+            ("get", "/scheduler/v1/schedulers/{schedulerId}/shifts"),
+        )
+    ],
+    ("post", f"{_SPEC_CLOCK}/geofences"): [
+        (
+            method,
+            f"{_SPEC_CLOCK}/geofences/{{fenceId}}",
+            {**_SAME_CLOCK, "fenceId": "$response.body#/data/geofences/0/fenceId"},
+        )
+        for method in ("get", "delete")
+    ],
+    ("post", f"{_SPEC_CLOCK}/time-activities"): [
+        (
+            "put",
+            f"{_SPEC_CLOCK}/time-activities/{{activityId}}",
+            {**_SAME_CLOCK, "activityId": "$response.body#/data/timeActivities/0/id"},
+        ),
+        (
+            "delete",
+            f"{_SPEC_CLOCK}/time-activities/{{activityId}}",
+            {
+                **_SAME_CLOCK,
+                "activityId": "$response.body#/data/timeActivities/0/id",
+                "modifiedAt": "$response.body#/data/timeActivities/0/modifiedAt",
+            },
+        ),
+    ],
+    ("post", "/geopunch/v1/api-keys"): [
+        ("post", "/geopunch/v1/api-keys/{keyId}/rotate", {"keyId": "$response.body#/data/id"}),
+        ("delete", "/geopunch/v1/api-keys/{keyId}", {"keyId": "$response.body#/data/id"}),
+    ],
+    ("post", "/webhooks/v1/subscriptions"): [
+        (method, path, {"subscriptionId": "$response.body#/data/id"})
+        for method, path in (
+            ("get", _HOOK),
+            ("patch", _HOOK),
+            ("delete", _HOOK),
+            ("get", f"{_HOOK}/deliveries"),
+            ("post", f"{_HOOK}/replay"),
+        )
+    ],
+}
+
+
+def _with_links(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with ``_LINKS`` on each creating route's success."""
+    paths = document["paths"]
+    for (method, path), targets in _LINKS.items():
+        links = {}
+        for to_method, to_path, parameters in targets:
+            operation_id = paths[to_path][to_method]["operationId"]
+            links[operation_id] = {"operationId": operation_id, "parameters": parameters}
+        paths[path][method]["responses"]["200"]["links"] = links
+    return document
+
+
 def _exact_integer_bounds(node: Any) -> Any:
     """The document with an integer's ``minimum`` and ``maximum`` as integers.
 
@@ -539,7 +629,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     def exact_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _without_422(_exact_integer_bounds(build_document()))
+            app.openapi_schema = _with_links(_without_422(_exact_integer_bounds(build_document())))
         return app.openapi_schema
 
     app.openapi = exact_document  # type: ignore[method-assign]
@@ -615,6 +705,9 @@ def create_app(deps: HttpDeps) -> Any:
     #: (10**30) reached the store's driver and failed there as a 500.
     QueryId = Annotated[int, Field(ge=0, le=2**63 - 1)]
     IdPath = Annotated[Text, Path(max_length=1000)]
+    #: Documented with the names a key's scope may have; the account's rules
+    #: refuse any other in their own words.
+    ScopeName = Annotated[Text, WithJsonSchema({"type": "string", "enum": list(Scope)})]
     IdemKey = Annotated[
         str,
         Header(
@@ -1021,7 +1114,7 @@ def create_app(deps: HttpDeps) -> Any:
     @app.post(f"{own}/api-keys", tags=["api keys"], responses=ok(shapes.ApiKeyOut))
     def create_key(
         who: Admin,
-        scopes: Annotated[list[Text], Body(max_length=3)],
+        scopes: Annotated[list[ScopeName], Body(max_length=3)],
         label: Annotated[Text, Body(max_length=200)] = "",
     ) -> Response:
         """A new key of the caller's account; its secret is in this answer only."""
@@ -1046,7 +1139,7 @@ def create_app(deps: HttpDeps) -> Any:
     HookId = Annotated[Text, Path(max_length=64)]
 
     @app.post(hooks, tags=["webhooks"], responses=ok(shapes.WebhookOut))
-    def create_webhook(who: Admin, body: WebhookSubscriptionIn) -> Response:
+    def create_webhook(who: Admin, body: NewWebhookIn) -> Response:
         """A subscription to this account's events from now on; the answer
         holds its signing secret (generated unless given), once."""
         sub = webhooks.create_subscription(

@@ -39,11 +39,15 @@ from geopunch.domain.models import (
 )
 from geopunch.domain.punches import PunchLocation
 from geopunch.domain.rules import (
+    MAX_ACCURACY_TOLERANCE_M,
     MAX_BREAK_TYPES,
     MAX_DATES_PER_CALL,
+    MAX_ENTITY_ID,
     MAX_GEOFENCES_PER_REQUEST,
+    MAX_ID_LENGTH,
     MAX_JOB_IDS_PER_FENCE,
     MAX_JOBS,
+    MAX_NAME_LENGTH,
     MAX_USERS,
     check_geofence_count,
     past_limit,
@@ -90,6 +94,12 @@ Int32 = Annotated[int, Strict(), Field(ge=-(2**31), le=2**31 - 1), BeforeValidat
 #: a narrower range is a type of its own.
 Seconds32 = Annotated[int, Strict(), Field(ge=0, le=2**31 - 1), BeforeValidator(_integral)]
 Seq = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1), BeforeValidator(_integral)]
+#: An id a caller chooses for a time clock, a scheduler or a user: parsed as
+#: any int64, so that one out of range gets the rules' own sentence, and
+#: documented with the range the rules take.
+EntityId = Annotated[
+    Int64, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ENTITY_ID})
+]
 #: Coordinates, accuracies and distances. Integers are taken as floats; one
 #: too large for a float (10**400) is refused here, not by ``float()`` later.
 Number = StrictFloat
@@ -145,6 +155,63 @@ def at_most(
 #: Every text of a body, path or query: a string (never a number), held to
 #: the bounds both APIs share (``domain.bounds``: no NUL, no lone surrogate).
 Text = Annotated[str, Strict(), AfterValidator(_text)]
+#: An IANA time zone's name. "timezone" is no format JSON Schema defines:
+#: clients may ignore it, and a schema-driven generator (the fuzz tests)
+#: may be told how to make one.
+Zone = Annotated[
+    Text, Field(json_schema_extra={"format": "timezone", "examples": ["America/New_York"]})
+]
+#: A name the rules require (of a time clock, a scheduler, a break type, a
+#: geofence), documented as they judge it: some non-blank character, and
+#: at most MAX_NAME_LENGTH of them.
+Name = Annotated[
+    Text,
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": r"\S"}
+    ),
+]
+
+
+#: The id of a job or break type a caller defines, documented as the rules
+#: judge it: some characters, none of them blank at either end, at most
+#: MAX_ID_LENGTH (and unique within the time clock, which JSON Schema cannot say).
+DefinedId = Annotated[
+    Text,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": r"^\S([\s\S]*\S)?$",
+        }
+    ),
+]
+
+
+#: A time clock's accuracy tolerance and a break type's minimum duration,
+#: documented with the ranges the rules take.
+Tolerance = Annotated[
+    Number,
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_ACCURACY_TOLERANCE_M}),
+]
+BreakMinimum = Annotated[
+    Seconds32, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 24 * 3600})
+]
+
+
+def _required(*names: str) -> ConfigDict:
+    """A body whose ``names`` the document lists as required, though their
+    types have defaults: the rules refuse a body without them, in their own
+    words and with the same path over both APIs."""
+
+    def document(schema: dict[str, Any]) -> None:
+        schema["required"] = sorted({*schema.get("required", []), *names})
+        for name in names:
+            schema["properties"][name].pop("default", None)
+
+    return ConfigDict(json_schema_extra=document)
+
+
 #: JSON the service keeps unread (a shift's statuses and custom fields):
 #: finite, at most 16 levels deep and 16 KiB encoded, as over gRPC.
 JsonValue = Annotated[Any, AfterValidator(_json_value)]
@@ -177,7 +244,7 @@ class LocationData(Body):
 
 class ClockOutBody(Body):
     userId: Int64
-    timezone: Text | None = None
+    timezone: Zone | None = None
     locationData: LocationData | None = None
     timestamp: Int64 | None = None
 
@@ -236,7 +303,8 @@ class FenceLocation(Body):
 
 
 class FenceIn(Body):
-    name: Text = ""
+    model_config = _required("name")
+    name: Name = ""
     location: FenceLocation = FenceLocation()
     isEnabled: StrictBool | None = None
     fenceSize: Int32 | None = None
@@ -288,17 +356,18 @@ def fence_draft(g: FenceIn, i: int) -> GeofenceDraft:
 
 
 class JobIn(Body):
-    id: Text
+    id: DefinedId
     name: Text = ""
     color: Text = ""
     subJobs: Annotated[list["JobIn"], *at_most(MAX_JOBS)] = []
 
 
 class BreakTypeIn(Body):
-    id: Text
-    name: Text = ""
+    model_config = _required("name")
+    id: DefinedId
+    name: Name = ""
     isMandatory: StrictBool = False
-    minDurationSeconds: Seconds32 = 0
+    minDurationSeconds: BreakMinimum = 0
     isPaid: StrictBool = False
 
 
@@ -327,16 +396,17 @@ class ExitDetectionIn(Body):
 
 
 class TimeClockIn(Body):
-    id: Int64 | None = None
-    name: Text = ""
-    timezone: Text = ""
+    model_config = _required("name", "timezone")
+    id: EntityId | None = None
+    name: Name = ""
+    timezone: Zone = ""
     jobEnforcement: StrictBool = False
     jobs: Annotated[list[JobIn], *at_most(MAX_JOBS)] = []
-    userIds: Annotated[list[Int64], *at_most(MAX_USERS)] = []
+    userIds: Annotated[list[EntityId], *at_most(MAX_USERS)] = []
     manualBreaksEnabled: StrictBool = False
     manualBreakTypes: Annotated[list[BreakTypeIn], *at_most(MAX_BREAK_TYPES)] = []
     geofencePolicy: GeofencePolicy = GeofencePolicy.OFF
-    accuracyToleranceM: Number = 0.0
+    accuracyToleranceM: Tolerance = 0.0
     exitDetection: ExitDetectionIn = ExitDetectionIn()
 
     def to_domain(self, tc_id: int | None = None) -> tuple[TimeClock, list[str]]:
@@ -361,11 +431,12 @@ class TimeClockIn(Body):
 
 
 class SchedulerIn(Body):
-    id: Int64 | None = None
-    name: Text = ""
-    timezone: Text = ""
+    model_config = _required("name", "timezone")
+    id: EntityId | None = None
+    name: Name = ""
+    timezone: Zone = ""
     jobs: Annotated[list[JobIn], *at_most(MAX_JOBS)] = []
-    userIds: Annotated[list[Int64], *at_most(MAX_USERS)] = []
+    userIds: Annotated[list[EntityId], *at_most(MAX_USERS)] = []
     multiUserShifts: StrictBool = False
 
     def to_domain(self, scheduler_id: int | None = None) -> tuple[Scheduler, list[str]]:
@@ -438,7 +509,7 @@ class ShiftIn(Body):
     endTime: Int64
     title: Text | None = None
     jobId: Text | None = None
-    timezone: Text | None = None
+    timezone: Zone | None = None
     isPublished: StrictBool | None = None
     isOpenShift: StrictBool | None = None
     openSpots: Int32 | None = None
@@ -528,7 +599,7 @@ class ErrorBody(BaseModel):
 
 class ActivityPointIn(Body):
     timestamp: Int64
-    timezone: Text | None = None
+    timezone: Zone | None = None
     locationData: LocationData | None = None
 
     def to_domain(self) -> PointDraft:
@@ -637,6 +708,12 @@ class WebhookSubscriptionIn(Body):
             secret=self.secret,
             status=self.status,
         )
+
+
+class NewWebhookIn(WebhookSubscriptionIn):
+    """A subscription to create: its url is required."""
+
+    model_config = _required("url")
 
 
 class ReplayBody(Body):
