@@ -35,7 +35,7 @@ from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
+from pydantic import Field, ValidationError, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
@@ -63,6 +63,7 @@ from geopunch.adapters.http.bodies import (
     at_most,
     fence_draft,
 )
+from geopunch.adapters.http.document import finish, ok
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
@@ -457,136 +458,6 @@ class PunchLane:
 # -- the app --------------------------------------------------------------------------
 
 
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def ok(shape: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI entry of a route's answer: ``shape`` in the envelope."""
-    return {200: {"model": shapes.Answer[shape], "description": "done"}}  # type: ignore[valid-type]
-
-
-def _without_422(document: dict[str, Any]) -> dict[str, Any]:
-    """The document without FastAPI's 422: geopunch refuses a body or a
-    parameter the framework could not take with 400 and its own error body
-    (``bad_body``), as the spec's errors are."""
-    for operations in document.get("paths", {}).values():
-        for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
-    schemas = document.get("components", {}).get("schemas", {})
-    for unused in ("HTTPValidationError", "ValidationError"):
-        schemas.pop(unused, None)
-    return document
-
-
-_CLOCK = "/geopunch/v1/time-clocks/{timeClockId}"
-_SPEC_CLOCK = "/time-clock/v1/time-clocks/{timeClockId}"
-_HOOK = "/webhooks/v1/subscriptions/{subscriptionId}"
-_NEW_CLOCK = {"timeClockId": "$response.body#/data/id"}
-_SAME_CLOCK = {"timeClockId": "$request.path.timeClockId"}
-#: What a created resource's answer leads to (OpenAPI links): the routes
-#: that take its id, with where each parameter comes from. A client reads
-#: how the API's calls chain; a fuzzer chains them (create, read, change,
-#: delete) rather than aiming at random ids.
-_LINKS: dict[tuple[str, str], list[tuple[str, str, dict[str, str]]]] = {
-    ("post", "/geopunch/v1/time-clocks"): [
-        (method, path, _NEW_CLOCK)
-        for method, path in (
-            ("get", _CLOCK),
-            ("put", _CLOCK),
-            ("post", f"{_CLOCK}/validate-punch"),
-            ("post", f"{_CLOCK}/check-locations"),
-            ("post", f"{_SPEC_CLOCK}/clock-in"),
-            ("post", f"{_SPEC_CLOCK}/clock-out"),
-            ("get", f"{_SPEC_CLOCK}/manual-breaks"),
-            ("get", f"{_SPEC_CLOCK}/geofences"),
-            ("post", f"{_SPEC_CLOCK}/geofences"),
-            ("post", f"{_SPEC_CLOCK}/time-activities"),
-            ("get", f"{_SPEC_CLOCK}/time-activities"),
-            ("get", f"{_SPEC_CLOCK}/user-statuses"),
-        )
-    ],
-    ("post", "/geopunch/v1/schedulers"): [
-        (method, path, {"schedulerId": "$response.body#/data/id"})
-        for method, path in (
-            ("get", "/geopunch/v1/schedulers/{schedulerId}"),
-            ("put", "/geopunch/v1/schedulers/{schedulerId}"),
-            ("post", "/scheduler/v1/schedulers/{schedulerId}/shifts"),
-            ("get", "/scheduler/v1/schedulers/{schedulerId}/shifts"),
-        )
-    ],
-    ("post", f"{_SPEC_CLOCK}/geofences"): [
-        (
-            method,
-            f"{_SPEC_CLOCK}/geofences/{{fenceId}}",
-            {**_SAME_CLOCK, "fenceId": "$response.body#/data/geofences/0/fenceId"},
-        )
-        for method in ("get", "delete")
-    ],
-    ("post", f"{_SPEC_CLOCK}/time-activities"): [
-        (
-            "put",
-            f"{_SPEC_CLOCK}/time-activities/{{activityId}}",
-            {**_SAME_CLOCK, "activityId": "$response.body#/data/timeActivities/0/id"},
-        ),
-        (
-            "delete",
-            f"{_SPEC_CLOCK}/time-activities/{{activityId}}",
-            {
-                **_SAME_CLOCK,
-                "activityId": "$response.body#/data/timeActivities/0/id",
-                "modifiedAt": "$response.body#/data/timeActivities/0/modifiedAt",
-            },
-        ),
-    ],
-    ("post", "/geopunch/v1/api-keys"): [
-        ("post", "/geopunch/v1/api-keys/{keyId}/rotate", {"keyId": "$response.body#/data/id"}),
-        ("delete", "/geopunch/v1/api-keys/{keyId}", {"keyId": "$response.body#/data/id"}),
-    ],
-    ("post", "/webhooks/v1/subscriptions"): [
-        (method, path, {"subscriptionId": "$response.body#/data/id"})
-        for method, path in (
-            ("get", _HOOK),
-            ("patch", _HOOK),
-            ("delete", _HOOK),
-            ("get", f"{_HOOK}/deliveries"),
-            ("post", f"{_HOOK}/replay"),
-        )
-    ],
-}
-
-
-def _with_links(document: dict[str, Any]) -> dict[str, Any]:
-    """The document with ``_LINKS`` on each creating route's success."""
-    paths = document["paths"]
-    for (method, path), targets in _LINKS.items():
-        links = {}
-        for to_method, to_path, parameters in targets:
-            operation_id = paths[to_path][to_method]["operationId"]
-            links[operation_id] = {"operationId": operation_id, "parameters": parameters}
-        paths[path][method]["responses"]["200"]["links"] = links
-    return document
-
-
-def _exact_integer_bounds(node: Any) -> Any:
-    """The document with an integer's ``minimum`` and ``maximum`` as integers.
-
-    FastAPI's OpenAPI model holds every bound as a float, which turns
-    2**63 - 1 into 9.223372036854776e+18 (2**63, out of range) and 2**31 - 1
-    into 2147483647.0. Every integer geopunch takes lies within int64, so a
-    bound rounded past it is int64's own.
-    """
-    if isinstance(node, list):
-        return [_exact_integer_bounds(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _exact_integer_bounds(value) for key, value in node.items()}
-    if out.get("type") == "integer":
-        for key in ("minimum", "maximum"):
-            if isinstance(out.get(key), float):
-                out[key] = min(max(int(out[key]), _INT64[0]), _INT64[1])
-    return out
-
-
 def create_app(deps: HttpDeps) -> Any:
     """The ASGI app: the request context around the punch lane around FastAPI."""
     app = FastAPI(
@@ -629,7 +500,7 @@ def create_app(deps: HttpDeps) -> Any:
 
     def exact_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _with_links(_without_422(_exact_integer_bounds(build_document())))
+            app.openapi_schema = finish(build_document())
         return app.openapi_schema
 
     app.openapi = exact_document  # type: ignore[method-assign]
@@ -786,7 +657,9 @@ def create_app(deps: HttpDeps) -> Any:
         return answer(answers.break_started(await punch(who, cmd)))
 
     @app.post(
-        f"{base}/manual-breaks/clock-out", tags=["time clock"], responses=ok(shapes.BreakEndedOut)
+        f"{base}/manual-breaks/clock-out",
+        tags=["time clock"],
+        responses=ok(shapes.BreakEndedOut),
     )
     async def end_break(
         who: Puncher,
@@ -856,7 +729,11 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer({"geofences": [{"fenceId": f.id, "name": f.name} for f in made]})
 
-    @app.get(f"{base}/geofences/{{fenceId}}", tags=["geofences"], responses=ok(shapes.OneFenceOut))
+    @app.get(
+        f"{base}/geofences/{{fenceId}}",
+        tags=["geofences"],
+        responses=ok(shapes.OneFenceOut),
+    )
     def get_fence(who: Reader, timeClockId: Int64Path, fenceId: IdPath) -> Response:
         fence = geofences.get_geofence(deps.uows, who.account_id, timeClockId, fenceId)
         return answer({"geofence": answers.fence(fence)})
@@ -1014,7 +891,9 @@ def create_app(deps: HttpDeps) -> Any:
         return answer({"timeActivity": answers.time_activity(gone)})
 
     @app.get(
-        f"{base}/user-statuses", tags=["time activities"], responses=ok(shapes.UserStatusesOut)
+        f"{base}/user-statuses",
+        tags=["time activities"],
+        responses=ok(shapes.UserStatusesOut),
     )
     def user_statuses(who: Reader, timeClockId: Int64Path, userIds: UserIds = []) -> Response:  # noqa: B006
         """Who is idle, on a shift or on a break now (all users, or those named)."""
@@ -1044,7 +923,9 @@ def create_app(deps: HttpDeps) -> Any:
         return answer(answers.time_clock(made))
 
     @app.get(
-        f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"], responses=ok(shapes.TimeClockOut)
+        f"{own}/time-clocks/{{timeClockId}}",
+        tags=["set-up"],
+        responses=ok(shapes.TimeClockOut),
     )
     def get_time_clock(who: Reader, timeClockId: Int64Path) -> Response:
         return answer(
@@ -1052,7 +933,9 @@ def create_app(deps: HttpDeps) -> Any:
         )
 
     @app.put(
-        f"{own}/time-clocks/{{timeClockId}}", tags=["set-up"], responses=ok(shapes.TimeClockOut)
+        f"{own}/time-clocks/{{timeClockId}}",
+        tags=["set-up"],
+        responses=ok(shapes.TimeClockOut),
     )
     def replace_time_clock(who: Admin, timeClockId: Int64Path, body: TimeClockIn) -> Response:
         """Replace every setting of the time clock."""
@@ -1089,7 +972,9 @@ def create_app(deps: HttpDeps) -> Any:
         return answer(answers.scheduler(made))
 
     @app.get(
-        f"{own}/schedulers/{{schedulerId}}", tags=["set-up"], responses=ok(shapes.SchedulerOut)
+        f"{own}/schedulers/{{schedulerId}}",
+        tags=["set-up"],
+        responses=ok(shapes.SchedulerOut),
     )
     def get_scheduler(who: Reader, schedulerId: Int64Path) -> Response:
         return answer(
@@ -1097,7 +982,9 @@ def create_app(deps: HttpDeps) -> Any:
         )
 
     @app.put(
-        f"{own}/schedulers/{{schedulerId}}", tags=["set-up"], responses=ok(shapes.SchedulerOut)
+        f"{own}/schedulers/{{schedulerId}}",
+        tags=["set-up"],
+        responses=ok(shapes.SchedulerOut),
     )
     def replace_scheduler(who: Admin, schedulerId: Int64Path, body: SchedulerIn) -> Response:
         s, paths = body.to_domain(schedulerId)
@@ -1123,7 +1010,11 @@ def create_app(deps: HttpDeps) -> Any:
         )
         return answer(answers.api_key(issued.key, issued.secret))
 
-    @app.post(f"{own}/api-keys/{{keyId}}/rotate", tags=["api keys"], responses=ok(shapes.ApiKeyOut))
+    @app.post(
+        f"{own}/api-keys/{{keyId}}/rotate",
+        tags=["api keys"],
+        responses=ok(shapes.ApiKeyOut),
+    )
     def rotate_key(who: Admin, keyId: IdPath) -> Response:
         """A new key in place of this one, which is revoked."""
         issued = accounts.rotate_key(deps.uows, deps.clock, keyId, who.account_id)
@@ -1198,7 +1089,9 @@ def create_app(deps: HttpDeps) -> Any:
         )
 
     @app.post(
-        f"{hooks}/{{subscriptionId}}/replay", tags=["webhooks"], responses=ok(shapes.WebhookOut)
+        f"{hooks}/{{subscriptionId}}/replay",
+        tags=["webhooks"],
+        responses=ok(shapes.WebhookOut),
     )
     def replay_webhook(who: Admin, subscriptionId: HookId, body: ReplayBody) -> Response:
         """Deliver again from `fromSeq` on, and resume a failing subscription."""
