@@ -68,6 +68,15 @@ def test_a_time_clock_is_set_up_read_and_replaced(http: httpx.Client) -> None:
         )
     )
     assert (changed["name"], changed["userIds"], changed["jobs"]) == ("Depot 2", [USER], [])
+    # A replacement may repeat the path's id in its body, and no other id.
+    again = {"name": "Depot 3", "timezone": "Europe/London", "id": tc["id"]}
+    assert ok(http.put(f"/geopunch/v1/time-clocks/{tc['id']}", json=again))["name"] == "Depot 3"
+    for path, other in ((f"/geopunch/v1/time-clocks/{tc['id']}", 0),
+                        (f"/geopunch/v1/time-clocks/{tc['id']}", tc["id"] + 1),
+                        (f"/geopunch/v1/schedulers/{_scheduler(http)}", 0)):  # fmt: skip
+        wrong = refused(http.put(path, json={**again, "id": other}), 400, "INVALID_ARGUMENT")
+        assert wrong["errors"][0]["field"] == "id" and "is not the path's" in wrong["detail"]
+    assert ok(http.get(f"/geopunch/v1/time-clocks/{tc['id']}"))["name"] == "Depot 3"
     settings = ok(http.get(f"/time-clock/v1/time-clocks/{tc['id']}/manual-breaks"))
     assert settings == {"isEnabled": False, "manualBreaks": []}
     # The rules answer with paths in the body's own spelling.

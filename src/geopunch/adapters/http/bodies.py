@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from geopunch.domain.bounds import json_value_problem, text_problem
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import (
     ExitDetectionSettings,
     GeofenceDraft,
@@ -395,6 +395,19 @@ class ExitDetectionIn(Body):
         )
 
 
+def _resource_id(sent: int | None, path: int | None) -> int:
+    """The id of a resource a body creates (``path`` None: the body's, or 0
+    for the server to choose) or replaces (the path's). A body naming
+    another id than its path is refused: one of the two is a mistake."""
+    if path is None:
+        return sent or 0
+    if sent is not None and sent != path:
+        said = f"the body's id {sent} is not the path's {path}; send the same id, or none"
+        problem = FieldViolation("id", said, ErrorCode.INVALID_ARGUMENT)
+        raise DomainError.from_violations([problem], "the request")
+    return path
+
+
 class TimeClockIn(Body):
     model_config = _required("name", "timezone")
     id: EntityId | None = None
@@ -412,7 +425,7 @@ class TimeClockIn(Body):
     def to_domain(self, tc_id: int | None = None) -> tuple[TimeClock, list[str]]:
         jobs, paths = flatten_jobs(self.jobs, "jobs", "subJobs")
         tc = TimeClock(
-            id=tc_id if tc_id is not None else (self.id or 0),
+            id=_resource_id(self.id, tc_id),
             name=self.name,
             timezone=self.timezone,
             job_enforcement=self.jobEnforcement,
@@ -442,7 +455,7 @@ class SchedulerIn(Body):
     def to_domain(self, scheduler_id: int | None = None) -> tuple[Scheduler, list[str]]:
         jobs, paths = flatten_jobs(self.jobs, "jobs", "subJobs")
         s = Scheduler(
-            id=scheduler_id if scheduler_id is not None else (self.id or 0),
+            id=_resource_id(self.id, scheduler_id),
             name=self.name,
             timezone=self.timezone,
             jobs=jobs,
