@@ -13,6 +13,7 @@ only geopunch's documented additions.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -26,6 +27,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.e2e.test_accounts import provision
+from tests.helpers import AnswersMatchDocument
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 HOST = "https://api.connecteam.com"
@@ -160,6 +162,12 @@ def spec_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         srv.terminate()
 
 
+@functools.cache
+def _answers_match(base: str) -> AnswersMatchDocument:
+    """One reading of the server's document for every example."""
+    return AnswersMatchDocument(base)
+
+
 def _prepare(http: httpx.Client, ex: Example, body: dict[str, Any] | list[Any]) -> str:
     """The account's world as the examples assume it; returns the URL to call."""
     named = {"job-123", "job-456"}
@@ -230,7 +238,10 @@ def test_each_curl_example_answers_as_documented(
 ) -> None:
     base, keys = spec_world
     with httpx.Client(
-        base_url=base, headers={"X-API-KEY": keys[examples().index(ex)]}, timeout=30
+        base_url=base,
+        headers={"X-API-KEY": keys[examples().index(ex)]},
+        timeout=30,
+        event_hooks={"response": [_answers_match(base)]},
     ) as http:
         stamps = [
             int(t)
