@@ -351,7 +351,7 @@ class RequestContext:
             # The route's template (FastAPI's, or the lane's), never the raw
             # path: ids in paths would make a metric per resource.
             route = app_scope.get("route")
-            method = getattr(route, "path", None) or app_scope.get(LANE_ROUTE) or "unmatched"
+            method = getattr(route, "path_format", None) or app_scope.get(LANE_ROUTE) or "unmatched"
             elapsed = time.perf_counter() - started
             metrics.CALLS.labels("http", method, str(status)).inc()
             metrics.CALL_SECONDS.labels("http", method).observe(elapsed)
@@ -388,10 +388,11 @@ log = logging.getLogger("geopunch")
 LANE_ROUTE = "geopunch.route"
 #: In the scope FastAPI gets: the request was HEAD, routed as GET.
 HEAD = "geopunch.head"
-#: The four punch paths (the time clock id, and a break's type when one starts).
+#: The four punch paths (the time clock id, and a break's type when one
+#: starts: any text, "/" included, see start_break).
 _PUNCH_PATH = re.compile(
     r"/time-clock/v1/time-clocks/(?P<tc>[0-9]{1,19})/"
-    r"(?P<what>clock-in|clock-out|manual-breaks/clock-out|manual-breaks/(?P<brk>[^/]+)/clock-in)"
+    r"(?P<what>clock-in|clock-out|manual-breaks/clock-out|manual-breaks/(?P<brk>.+)/clock-in)"
 )
 #: What the lane takes a punch from: a request's path, headers (as ASGI gives
 #: them) and body; it answers, or returns None to leave the request to FastAPI.
@@ -638,8 +639,12 @@ def create_app(deps: HttpDeps) -> Any:
         tc = punches.list_manual_breaks(deps.uows, who.account_id, timeClockId)
         return answer(answers.manual_breaks(tc))
 
+    # A break type's id is the caller's to choose, "/" included, and ASGI
+    # servers hand the path over decoded: "lunch%2F30" arrives as "lunch/30",
+    # which a one-segment parameter never matched (a 404 for a break that
+    # exists). The path convertor takes the id whole up to "/clock-in".
     @app.post(
-        f"{base}/manual-breaks/{{manualBreakId}}/clock-in",
+        f"{base}/manual-breaks/{{manualBreakId:path}}/clock-in",
         tags=["time clock"],
         responses=ok(shapes.BreakStartedOut),
     )
