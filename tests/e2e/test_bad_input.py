@@ -105,6 +105,14 @@ def _time_clock(**kw: Any) -> admin_pb2.TimeClock:
     return _fill(tc, kw)
 
 
+def _job_chain(depth: int) -> admin_pb2.Job:
+    """A job whose sub-jobs nest ``depth`` levels, one a level."""
+    job = admin_pb2.Job(id=f"j{depth}", name="j")
+    for level in range(depth - 1, 0, -1):
+        job = admin_pb2.Job(id=f"j{level}", name="j", sub_jobs=[job])
+    return job
+
+
 def _scheduler(**kw: Any) -> admin_pb2.Scheduler:
     s = admin_pb2.Scheduler(
         id=SCHED + 100,
@@ -596,6 +604,7 @@ def hand_cases() -> list[Case]:
                 ]
             ),
         ),
+        ("33-deep jobs", "jobs", _time_clock(jobs=[_job_chain(33)])),
         (
             "101 break types",
             "manual_break_types",
@@ -613,6 +622,13 @@ def hand_cases() -> list[Case]:
             "INVALID_ARGUMENT",
             f"time_clock.{field}",
         )
+    add(
+        "CreateScheduler 33-deep jobs",
+        "admin.CreateScheduler",
+        admin_pb2.CreateSchedulerRequest(scheduler=_scheduler(jobs=[_job_chain(33)])),
+        "INVALID_ARGUMENT",
+        "scheduler.jobs",
+    )
     add(
         "CreateScheduler 100,001 users",
         "admin.CreateScheduler",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,8 @@ from geopunch.domain.models import (
     Job,
     ManualBreakType,
     TimeClock,
-    count_nodes,
+    TreeSize,
+    measure_tree,
 )
 from geopunch.domain.rules import (
     DEFAULT_FENCE_SIZE_M,
@@ -316,7 +318,7 @@ def test_a_forged_page_token_is_refused_as_any_foreign_one() -> None:
         assert [v.field for v in caught.value.violations] == ["page_token"], (start, activity_id)
 
 
-def test_count_nodes_is_exact_within_the_limit_and_stops_past_it() -> None:
+def test_measure_tree_is_exact_within_the_limit_and_stops_past_it() -> None:
     class Node:
         reads = 0
 
@@ -331,12 +333,25 @@ def test_count_nodes_is_exact_within_the_limit_and_stops_past_it() -> None:
     def tree(width: int, depth: int) -> list[Node]:
         return [Node(tree(width, depth - 1) if depth > 1 else []) for _ in range(width)]
 
-    assert count_nodes([], "kids", 10) == 0
-    assert count_nodes(tree(3, 3), "kids", 39) == 39  # 3 + 9 + 27
-    assert count_nodes(tree(3, 3), "kids", 38) > 38
+    kids = operator.attrgetter("kids")
+    assert measure_tree([], kids, 10) == TreeSize(0, True, 0)
+    assert measure_tree(tree(3, 3), kids, 39) == TreeSize(39, True, 3)  # 3 + 9 + 27
+    # Past the limit on the last level, with nothing below it: still exact.
+    assert measure_tree(tree(3, 3), kids, 38) == TreeSize(39, True, 3)
+    short = measure_tree(tree(3, 3), kids, 20)
+    assert 20 < short.count < 39 and not short.whole
+    # A flat list a little too long is told its exact length.
+    assert measure_tree(tree(1001, 1), kids, 1000) == TreeSize(1001, True, 1)
     # A million leaves under a thousand nodes: refused after reading the
-    # children of at most the limit's worth of nodes.
+    # children of at most the limit's worth of nodes, and said to hold at
+    # least what was counted.
     wide = [Node([Node([]) for _ in range(1000)]) for _ in range(1000)]
     Node.reads = 0
-    assert count_nodes(wide, "kids", 1000) > 1000
+    size = measure_tree(wide, kids, 1000)
+    assert size.count > 1000 and not size.whole
     assert Node.reads <= 1000
+    # A chain as long as the limit, far deeper than Python recurses.
+    chain: list[Node] = []
+    for _ in range(5000):
+        chain = [Node(chain)]
+    assert measure_tree(chain, kids, 5000) == TreeSize(5000, True, 5000)

@@ -67,19 +67,39 @@ def flatten_jobs(
     return tuple(job for _, job in flat), [path for path, _ in flat]
 
 
-def count_nodes(nodes: Sequence[Any], children: str, limit: int) -> int:
-    """How many nodes a tree holds (``nodes`` and their descendants under the
-    attribute ``children``), counted no further than just past ``limit``: a
-    level is walked only while the count is within it, so a tree of a
-    million nodes costs what ``limit`` of them do."""
-    count, todo = 0, [nodes]
+@dataclass(frozen=True, slots=True)
+class TreeSize:
+    """How many nodes a tree holds and how deep it goes; ``whole`` False:
+    the counting stopped past a limit, so the tree holds at least ``count``
+    nodes and goes at least ``depth`` levels deep."""
+
+    count: int
+    whole: bool = True
+    depth: int = 0
+
+
+def measure_tree(
+    nodes: Sequence[Any], children: Callable[[Any], Sequence[Any]], limit: int
+) -> TreeSize:
+    """``nodes`` and, through ``children``, their descendants, counted no
+    further than just past ``limit``: a level is walked only while the count
+    is within it, so a tree of a million nodes costs what ``limit`` of them
+    do. Where the count stops on the last level, the level's nodes are
+    looked at for children only when there are no more than twice ``limit``
+    of them, so that the usual mistake (a flat list a little too long) is
+    told its exact length and a huge level still costs nothing. The walk
+    keeps its own stack: a tree as deep as it is long costs no recursion."""
+    count, deepest, todo = 0, 0, [(nodes, 1)]
     while todo:
-        level = todo.pop()
+        level, depth = todo.pop()
         count += len(level)
+        if level:
+            deepest = max(deepest, depth)
         if count > limit:
-            break
-        todo.extend(getattr(node, children) for node in level)
-    return count
+            last = not todo and len(level) <= 2 * limit
+            return TreeSize(count, last and not any(map(children, level)), deepest)
+        todo.extend((children(node), depth + 1) for node in level)
+    return TreeSize(count, True, deepest)
 
 
 def nest_jobs(jobs: Iterable[Job], make: Callable[[Job, list[T]], T]) -> list[T]:

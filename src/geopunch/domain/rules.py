@@ -23,6 +23,7 @@ from geopunch.domain.models import (
     GeofenceDraft,
     Job,
     TimeClock,
+    TreeSize,
 )
 
 MAX_GEOFENCES_PER_REQUEST = 1000
@@ -41,6 +42,10 @@ MAX_ACCURACY_TOLERANCE_M = 10_000.0
 MAX_DATES_PER_CALL = 366
 #: Sizes of a time clock's or scheduler's lists (jobs count their sub-jobs).
 MAX_JOBS = 1000
+#: How deep sub-jobs nest: deeper than any organisation's job list, and well
+#: inside what both APIs' decoders carry (protobuf stops at 100 nested
+#: messages, pydantic at about 250 nested models).
+MAX_JOB_DEPTH = 32
 MAX_USERS = 100_000
 MAX_BREAK_TYPES = 100
 #: Larger Unix timestamps are milliseconds sent by mistake (1e12 seconds is
@@ -157,9 +162,11 @@ def check_user_ids(out: Collector, path: str, user_ids: Iterable[int]) -> None:
         )
 
 
-def past_limit(count: int, limit: int) -> str:
-    """The sentence for a list longer than its limit (both APIs say it)."""
-    return f"{count} entries; the limit is {limit}"
+def past_limit(count: int, limit: int, whole: bool = True) -> str:
+    """The sentence for a list longer than its limit (both APIs say it);
+    ``whole`` False: ``count`` is where the counting stopped (a tree's,
+    ``models.count_nodes``), so the list holds at least that many."""
+    return f"{'' if whole else 'at least '}{count} entries; the limit is {limit}"
 
 
 def is_valid_color(value: str) -> bool:
@@ -171,20 +178,25 @@ def color_problem(value: str) -> str:
     return f"color {value!r} is not a hex color such as '#4B7AC5'"
 
 
-def check_sizes(prefix: str, what: str, jobs: int, users: int, break_types: int = 0) -> None:
-    """Lists within their limits, checked before anything walks them."""
+def check_sizes(prefix: str, what: str, jobs: TreeSize, users: int, break_types: int = 0) -> None:
+    """Lists within their limits, checked before anything walks them. ``jobs``
+    counts sub-jobs too, and says how deep they nest."""
     out = Collector()
-    for name, count, limit in (
-        ("jobs", jobs, MAX_JOBS),
-        ("user_ids", users, MAX_USERS),
-        ("manual_break_types", break_types, MAX_BREAK_TYPES),
+    for name, count, limit, whole in (
+        ("jobs", jobs.count, MAX_JOBS, jobs.whole),
+        ("user_ids", users, MAX_USERS, True),
+        ("manual_break_types", break_types, MAX_BREAK_TYPES, True),
     ):
         if count > limit:
             out.add(
                 f"{prefix}.{name}",
                 ErrorCode.INVALID_ARGUMENT,
-                past_limit(count, limit),
+                past_limit(count, limit, whole),
             )
+    if jobs.depth > MAX_JOB_DEPTH:
+        deep = f"{'' if jobs.whole else 'at least '}{jobs.depth} levels deep"
+        said = f"sub-jobs nest {deep}; the limit is {MAX_JOB_DEPTH}"
+        out.add(f"{prefix}.jobs", ErrorCode.INVALID_ARGUMENT, said)
     out.raise_if_any(what)
 
 
@@ -218,7 +230,7 @@ def validate_time_clock(
     check_sizes(
         prefix,
         "the time clock settings",
-        len(tc.jobs),
+        TreeSize(len(tc.jobs)),
         len(tc.user_ids),
         len(tc.manual_break_types),
     )

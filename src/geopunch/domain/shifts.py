@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import Event, EventType, Json
-from geopunch.domain.models import Job
+from geopunch.domain.models import Job, TreeSize
 from geopunch.domain.punches import PunchLocation
 from geopunch.domain.rules import (
     MAX_ADDRESS_LENGTH,
@@ -146,7 +146,7 @@ def check_shift_count(count: int, prefix: str = "shifts") -> None:
 
 def validate_scheduler(s: Scheduler, job_paths: Sequence[str], prefix: str = "scheduler") -> None:
     """Raise DomainError unless every setting of ``s`` is usable."""
-    check_sizes(prefix, "the scheduler settings", len(s.jobs), len(s.user_ids))
+    check_sizes(prefix, "the scheduler settings", TreeSize(len(s.jobs)), len(s.user_ids))
     out = Collector()
     check_identity(out, prefix, s.id, s.name, s.timezone)
     check_jobs(out, s.jobs, job_paths)

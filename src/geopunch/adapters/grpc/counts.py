@@ -14,18 +14,21 @@ validates any item.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
-from geopunch.domain.models import count_nodes
+from geopunch.domain.models import measure_tree
 from geopunch.domain.rules import MAX_JOBS, Collector, check_geofence_count, check_sizes
 from geopunch.domain.shifts import DETAIL_LISTS, check_detail_counts, check_shift_count
 from geopunch.domain.timesheets import check_activity_counts, count_activities
+
+_sub_jobs = attrgetter("sub_jobs")
 
 
 def _settings(msg: Any, prefix: str, what: str) -> None:
     """A time clock's or a scheduler's lists: jobs (sub-jobs included), users
     and, for a time clock, break types."""
-    jobs = count_nodes(msg.jobs, "sub_jobs", MAX_JOBS)
+    jobs = measure_tree(msg.jobs, _sub_jobs, MAX_JOBS)
     break_types = len(getattr(msg, "manual_break_types", ()))
     check_sizes(prefix, what, jobs, len(msg.user_ids), break_types)
 

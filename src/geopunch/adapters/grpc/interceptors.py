@@ -198,7 +198,8 @@ class ServiceInterceptor(_Interceptor):
             raise DomainError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"the request message cannot be decoded as {method.rpartition('/')[2]}'s "
-                "request (truncated, not protobuf, or invalid UTF-8 in a string)",
+                "request (truncated, not protobuf, messages nested 100 deep, or invalid UTF-8 "
+                "in a string)",
             ) from None
         check_counts(message)  # before anything reads the lists' items
         if len(raw) < CHECK_APART_BYTES:

@@ -36,6 +36,7 @@ from geopunch.domain.models import (
     ManualBreakType,
     TimeClock,
     flatten_jobs,
+    measure_tree,
 )
 from geopunch.domain.punches import PunchLocation
 from geopunch.domain.rules import (
@@ -50,6 +51,7 @@ from geopunch.domain.rules import (
     MAX_NAME_LENGTH,
     MAX_USERS,
     check_geofence_count,
+    check_sizes,
     past_limit,
 )
 from geopunch.domain.shifts import (
@@ -150,6 +152,29 @@ def at_most(
         return value
 
     return Field(max_length=limit), BeforeValidator(check)
+
+
+def _raw_sub_jobs(node: Any) -> list[Any] | tuple[()]:
+    """A job's sub-jobs as sent, before validation: anything but a list of
+    them counts as none (pydantic refuses it afterwards)."""
+    kids = node.get("subJobs") if isinstance(node, dict) else None
+    return kids if isinstance(kids, list) else ()
+
+
+def _job_tree_within_limit(value: Any) -> Any:
+    """The jobs with their sub-jobs at every depth within the rules' limits
+    of count and depth (their sentences), measured on the JSON as sent:
+    each level's own bound (``at_most``) would let a thousand jobs of a
+    thousand sub-jobs each through to be validated, a million models (13 s,
+    8 s of it with the event loop held, on a 20 MB body), and pydantic
+    refuses a deep tree with its own words."""
+    if isinstance(value, list):
+        try:
+            check_sizes("", "the jobs", measure_tree(value, _raw_sub_jobs, MAX_JOBS), 0)
+        except DomainError as exc:
+            first = exc.violations[0]
+            raise PydanticCustomError(first.reason.value, first.description) from None
+    return value
 
 
 #: Every text of a body, path or query: a string (never a number), held to
@@ -362,6 +387,12 @@ class JobIn(Body):
     subJobs: Annotated[list["JobIn"], *at_most(MAX_JOBS)] = []
 
 
+#: A time clock's or a scheduler's jobs, sub-jobs included, within the limit.
+JobTree = Annotated[
+    list[JobIn], Field(max_length=MAX_JOBS), BeforeValidator(_job_tree_within_limit)
+]
+
+
 class BreakTypeIn(Body):
     model_config = _required("name")
     id: DefinedId
@@ -414,7 +445,7 @@ class TimeClockIn(Body):
     name: Name = ""
     timezone: Zone = ""
     jobEnforcement: StrictBool = False
-    jobs: Annotated[list[JobIn], *at_most(MAX_JOBS)] = []
+    jobs: JobTree = []
     userIds: Annotated[list[EntityId], *at_most(MAX_USERS)] = []
     manualBreaksEnabled: StrictBool = False
     manualBreakTypes: Annotated[list[BreakTypeIn], *at_most(MAX_BREAK_TYPES)] = []
@@ -448,7 +479,7 @@ class SchedulerIn(Body):
     id: EntityId | None = None
     name: Name = ""
     timezone: Zone = ""
-    jobs: Annotated[list[JobIn], *at_most(MAX_JOBS)] = []
+    jobs: JobTree = []
     userIds: Annotated[list[EntityId], *at_most(MAX_USERS)] = []
     multiUserShifts: StrictBool = False
 
