@@ -11,7 +11,8 @@ oversized list is refused before its items are validated.
 """
 
 # No ``from __future__ import annotations``: pydantic reads the annotations at run time.
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -121,6 +122,17 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def _as_validation_error() -> Iterator[None]:
+    """A rule's refusal inside a validator, as pydantic's error with the
+    rule's reason and sentence (``answers`` turns it back into the rule's)."""
+    try:
+        yield
+    except DomainError as exc:
+        first = exc.violations[0]
+        raise PydanticCustomError(first.reason.value, first.description) from None
+
+
 def at_most(
     limit: int,
     reason: ErrorCode = ErrorCode.INVALID_ARGUMENT,
@@ -138,11 +150,8 @@ def at_most(
     def check(value: Any) -> Any:
         if isinstance(value, list) and len(value) > limit:
             if refuse is not None:
-                try:
+                with _as_validation_error():
                     refuse(len(value))
-                except DomainError as exc:
-                    first = exc.violations[0]
-                    raise PydanticCustomError(first.reason.value, first.description) from None
             said = (
                 says.format(count=len(value), limit=limit)
                 if says
@@ -169,11 +178,8 @@ def _job_tree_within_limit(value: Any) -> Any:
     8 s of it with the event loop held, on a 20 MB body), and pydantic
     refuses a deep tree with its own words."""
     if isinstance(value, list):
-        try:
+        with _as_validation_error():
             check_sizes("", "the jobs", measure_tree(value, _raw_sub_jobs, MAX_JOBS), 0)
-        except DomainError as exc:
-            first = exc.violations[0]
-            raise PydanticCustomError(first.reason.value, first.description) from None
     return value
 
 
@@ -682,18 +688,13 @@ class BreakActivityIn(Body):
         )
 
 
-#: One user's shifts or breaks past the request's limit of activities.
-_ACTIVITIES = (
-    MAX_ACTIVITIES_PER_REQUEST,
-    ErrorCode.BATCH_TOO_LARGE,
-    "{count} activities in one entry; the limit is {limit} per request",
-)
-
-
 class UserActivitiesIn(Body):
     userId: Int64
-    shifts: Annotated[list[ShiftActivityIn], *at_most(*_ACTIVITIES)] = []
-    manualBreaks: Annotated[list[BreakActivityIn], *at_most(*_ACTIVITIES)] = []
+    # Bounded with the whole request's count (``_activities_within_limit``).
+    shifts: Annotated[list[ShiftActivityIn], Field(max_length=MAX_ACTIVITIES_PER_REQUEST)] = []
+    manualBreaks: Annotated[
+        list[BreakActivityIn], Field(max_length=MAX_ACTIVITIES_PER_REQUEST)
+    ] = []
 
     def to_domain(self) -> UserActivities:
         return UserActivities(
@@ -703,10 +704,31 @@ class UserActivitiesIn(Body):
         )
 
 
+def _raw_activity_count(group: Any) -> int:
+    """A user's entry's shifts and breaks as sent, before validation."""
+    if not isinstance(group, dict):
+        return 0
+    lists = (group.get("shifts"), group.get("manualBreaks"))
+    return sum(len(x) for x in lists if isinstance(x, list))
+
+
+def _activities_within_limit(value: Any) -> Any:
+    """The users' entries and their activities all told within the rules'
+    limits (their reason and sentence, as gRPC answers), counted on the JSON
+    as sent: each entry's own bound let 500 entries of 1,000 shifts through
+    to be validated (33 MB: 11.8 s, 8 s of it with the event loop held)."""
+    if isinstance(value, list):
+        with _as_validation_error():
+            check_activity_counts(len(value), 0)  # before any entry is read
+            check_activity_counts(len(value), sum(map(_raw_activity_count, value)))
+    return value
+
+
 class CreateTimeActivitiesBody(Body):
     timeActivities: Annotated[
         list[UserActivitiesIn],
-        *at_most(MAX_ACTIVITIES_PER_REQUEST, refuse=lambda n: check_activity_counts(n, 0)),
+        Field(max_length=MAX_ACTIVITIES_PER_REQUEST),
+        BeforeValidator(_activities_within_limit),
     ]
 
 
