@@ -1059,6 +1059,46 @@ def test_jobs_are_measured_as_a_tree_before_any_is_read_the_same_over_both_apis(
     assert len(got.data.jobs[0].sub_jobs) == 1
 
 
+def test_a_query_holds_only_what_the_call_takes(http: httpx.Client, client: Client) -> None:
+    """A query parameter the document does not list for the call, or one
+    value given twice, is refused with the parameter's name: before, a
+    misspelled filter was dropped and the call answered for every user, and
+    of two values one was taken. The key is checked first; a list parameter
+    repeats; the health checks, which probes call, take any query."""
+    tc = _clock(client)
+    clock = f"/time-clock/v1/time-clocks/{tc}"
+    listing = f"{clock}/time-activities?startTime=0&endTime=86400"
+    for url, field, said in (
+        (
+            f"{listing}&userId={USER}",
+            "userId",
+            "not a query parameter of this call; it takes startTime, endTime, userIds, "
+            "jobIds, pageSize, pageToken, includeTotals",
+        ),
+        (f"{listing}&startTime=5", "startTime", "given 2 times; it takes one value"),
+        (
+            f"{clock}/geofences?pageSize=5",
+            "pageSize",
+            "not a query parameter of this call; it takes none",
+        ),
+    ):
+        r = http.get(url)
+        assert r.status_code == 400, (url, r.text[:300])
+        found = r.json()["errors"]
+        assert found == [{"field": field, "description": said, "code": "INVALID_ARGUMENT"}]
+    assert http.get(f"{listing}&userIds={USER}&userIds={USER + 1}").status_code == 200
+    # A punch with a query is left by the punch lane to its route, which
+    # refuses it and records nothing.
+    r = http.post(f"{clock}/clock-in?force=true", json={"userId": USER})
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["errors"][0]["field"] == "force"
+    state = http.get(f"{clock}/user-statuses?userIds={USER}").json()["data"]["statuses"]
+    assert state[0]["state"] == "IDLE", state
+    keyless = httpx.get(f"{http.base_url}{listing}&userId=1")
+    assert keyless.status_code == 401, keyless.text[:300]
+    assert http.get("/healthz?probe=1").status_code == 200
+
+
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:
     """'\u00b2' (sent as Latin-1, as header bytes are read) passes
     str.isdigit, which int() then refused: a 500 until the check read ASCII

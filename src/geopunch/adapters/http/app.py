@@ -63,7 +63,7 @@ from geopunch.adapters.http.bodies import (
     at_most,
     fence_draft,
 )
-from geopunch.adapters.http.document import finish, ok
+from geopunch.adapters.http.document import finish, ok, query_parameters
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
@@ -419,7 +419,9 @@ class PunchLane:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         match = None
-        if scope["type"] == "http" and scope["method"] == "POST":
+        # A punch takes no query parameter: one sent goes on to the route,
+        # which refuses it as every route does (``known_query``).
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope["query_string"]:
             match = _PUNCH_PATH.fullmatch(scope["path"])
         if match is None:
             await self.app(scope, receive, send)
@@ -459,8 +461,50 @@ class PunchLane:
 # -- the app --------------------------------------------------------------------------
 
 
+def _query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
+    """What is wrong with a request's query for an operation taking ``names``
+    (name -> whether it takes a list): a name it does not take, or one
+    value given more than once."""
+    counts: dict[str, int] = {}
+    for name, _ in sent:
+        counts[name] = counts.get(name, 0) + 1
+    takes = f"it takes {', '.join(names)}" if names else "it takes none"
+    problems = []
+    for name, count in counts.items():
+        if name not in names:
+            said = f"not a query parameter of this call; {takes}"
+        elif count > 1 and not names[name]:
+            said = f"given {count} times; it takes one value"
+        else:
+            continue
+        problems.append(FieldViolation(name[:64], said, ErrorCode.INVALID_ARGUMENT))
+    return problems
+
+
 def create_app(deps: HttpDeps) -> Any:
     """The ASGI app: the request context around the punch lane around FastAPI."""
+    queries: dict[tuple[str, str], dict[str, bool]] = {}
+
+    def known_query(request: Request) -> None:
+        """A query holds only parameters the document lists for the call,
+        each taking one value unless it takes a list. Unchecked, a
+        misspelled filter (``userId`` for ``userIds``) was silently dropped
+        and the call answered for everyone, and of a value given twice one
+        was silently taken. Every call that takes a key checks it, after the
+        key; the health checks and /metrics, which probes and scrapers call,
+        take any query."""
+        if not request.scope.get("query_string"):
+            return
+        if not queries:
+            queries.update(query_parameters(app.openapi()))
+        route = request.scope.get("route")
+        names = queries.get((request.method, getattr(route, "path_format", "")))
+        if names is None:  # not a documented operation (/metrics)
+            return
+        problems = _query_problems(names, request.query_params.multi_items())
+        if problems:
+            raise DomainError.from_violations(problems, "the query")
+
     app = FastAPI(
         title="geopunch",
         description=(
@@ -564,8 +608,12 @@ def create_app(deps: HttpDeps) -> Any:
         return who
 
     def principal(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-        async def check(x_api_key: Annotated[str | None, Depends(api_key_header)]) -> Principal:
-            return await authorize(x_api_key, scope)
+        async def check(
+            request: Request, x_api_key: Annotated[str | None, Depends(api_key_header)]
+        ) -> Principal:
+            who = await authorize(x_api_key, scope)
+            known_query(request)  # after the key: a keyless call is told that first
+            return who
 
         return check
 

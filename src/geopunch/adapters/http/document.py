@@ -16,6 +16,20 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+def query_parameters(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, bool]]:
+    """Each operation's query parameters as the document lists them, by
+    method and path template: name -> whether it takes a list (repeated)."""
+    found: dict[tuple[str, str], dict[str, bool]] = {}
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            found[method.upper(), path] = {
+                p["name"]: p.get("schema", {}).get("type") == "array"
+                for p in operation.get("parameters", ())
+                if p.get("in") == "query"
+            }
+    return found
+
+
 def ok(shape: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI entry of a route's answer: ``shape`` in the envelope."""
     return {200: {"model": shapes.Answer[shape], "description": "done"}}  # type: ignore[valid-type]
