@@ -1099,6 +1099,36 @@ def test_a_query_holds_only_what_the_call_takes(http: httpx.Client, client: Clie
     assert http.get("/healthz?probe=1").status_code == 200
 
 
+def test_integers_in_a_url_are_plain_decimal(http: httpx.Client, client: Client) -> None:
+    """An id or number in a path or query is decimal digits: pydantic's lax
+    parsing took "1.0", "+1", "01", "1_0" and a full-width "\uff11" as 1, so
+    that one time clock answered at many URLs, and the punch lane took
+    "01" while the routes' rules did not."""
+    tc = _clock(client)
+    said = (
+        "not an integer in decimal digits (such as 42: no plus, point, separator or leading zero)"
+    )
+    for spelled in ("1.0", f"{tc}.0", f"+{tc}", f"0{tc}", f"{tc}_0", "%EF%BC%91", "1e3"):
+        r = http.get(f"/geopunch/v1/time-clocks/{spelled}")
+        assert r.status_code == 400, (spelled, r.text[:300])
+        assert r.json()["errors"] == [
+            {"field": "timeClockId", "description": said, "code": "INVALID_ARGUMENT"}
+        ], spelled
+        punch = http.post(f"/time-clock/v1/time-clocks/{spelled}/clock-in", json={"userId": USER})
+        assert punch.status_code == 400, (spelled, punch.text[:300])
+    state = http.get(f"/time-clock/v1/time-clocks/{tc}/user-statuses?userIds={USER}")
+    assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
+    clock = f"/time-clock/v1/time-clocks/{tc}"
+    for url, field in (
+        (f"{clock}/time-activities?startTime=0&endTime=1e5", "endTime"),
+        (f"{clock}/user-statuses?userIds=0{USER}", "userIds[0]"),
+    ):
+        r = http.get(url)
+        assert r.status_code == 400, (url, r.text[:300])
+        assert r.json()["errors"][0]["field"] == field, r.text[:300]
+    assert http.get(f"/geopunch/v1/time-clocks/{tc}").status_code == 200
+
+
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:
     """'\u00b2' (sent as Latin-1, as header bytes are read) passes
     str.isdigit, which int() then refused: a 500 until the check read ASCII

@@ -35,7 +35,8 @@ from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import Field, ValidationError, WithJsonSchema
+from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
@@ -391,7 +392,7 @@ HEAD = "geopunch.head"
 #: The four punch paths (the time clock id, and a break's type when one
 #: starts: any text, "/" included, see start_break).
 _PUNCH_PATH = re.compile(
-    r"/time-clock/v1/time-clocks/(?P<tc>[0-9]{1,19})/"
+    r"/time-clock/v1/time-clocks/(?P<tc>0|[1-9][0-9]{0,18})/"
     r"(?P<what>clock-in|clock-out|manual-breaks/clock-out|manual-breaks/(?P<brk>.+)/clock-in)"
 )
 #: What the lane takes a punch from: a request's path, headers (as ASGI gives
@@ -459,6 +460,27 @@ class PunchLane:
 
 
 # -- the app --------------------------------------------------------------------------
+
+
+#: An integer as a URL spells it: decimal digits, no sign but a minus, no
+#: point, separator or leading zero. pydantic's lax parsing took "1.0",
+#: "+1", "01" and "1_0" too, so that /time-clocks/1.0 answered as 1.
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+def _decimal(value: Any) -> Any:
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        said = (
+            "not an integer in decimal digits (such as 42: no plus, point, separator "
+            "or leading zero)"
+        )
+        raise PydanticCustomError("int_parsing", said)
+    return value
+
+
+#: After a parameter's ``Path``, ``Query`` or ``Field``: placed before them,
+#: pydantic documents their bounds as "ge"/"le" instead of JSON Schema's.
+DECIMAL = BeforeValidator(_decimal)
 
 
 def _query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
@@ -620,10 +642,10 @@ def create_app(deps: HttpDeps) -> Any:
     Reader = Annotated[Principal, Depends(principal(Scope.READ))]
     Puncher = Annotated[Principal, Depends(principal(Scope.PUNCH))]
     Admin = Annotated[Principal, Depends(principal(Scope.ADMIN))]
-    Int64Path = Annotated[int, Path(ge=0, le=2**63 - 1)]
+    Int64Path = Annotated[int, Path(ge=0, le=2**63 - 1), DECIMAL]
     #: An id in a query's list, bounded like one in a path: an unbounded one
     #: (10**30) reached the store's driver and failed there as a 500.
-    QueryId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+    QueryId = Annotated[int, Field(ge=0, le=2**63 - 1), DECIMAL]
     IdPath = Annotated[Text, Path(max_length=1000)]
     #: Documented with the names a key's scope may have; the account's rules
     #: refuse any other in their own words.
@@ -828,8 +850,8 @@ def create_app(deps: HttpDeps) -> Any:
     def list_shifts(
         who: Reader,
         schedulerId: Int64Path,
-        startTime: Annotated[int, Query(ge=0, le=2**62)],
-        endTime: Annotated[int, Query(ge=0, le=2**62)],
+        startTime: Annotated[int, Query(ge=0, le=2**62), DECIMAL],
+        endTime: Annotated[int, Query(ge=0, le=2**62), DECIMAL],
     ) -> Response:
         """Shifts overlapping [startTime, endTime) (Unix seconds)."""
         found = scheduler.list_shifts(deps.uows, who.account_id, schedulerId, startTime, endTime)
@@ -876,11 +898,11 @@ def create_app(deps: HttpDeps) -> Any:
     def list_time_activities(
         who: Reader,
         timeClockId: Int64Path,
-        startTime: Annotated[int, Query(ge=0, le=2**62)],
-        endTime: Annotated[int, Query(ge=0, le=2**62)],
+        startTime: Annotated[int, Query(ge=0, le=2**62), DECIMAL],
+        endTime: Annotated[int, Query(ge=0, le=2**62), DECIMAL],
         userIds: UserIds = [],  # noqa: B006 (FastAPI copies defaults)
         jobIds: Annotated[list[Text], Query(max_length=1000)] = [],  # noqa: B006
-        pageSize: Annotated[int, Query(ge=0, le=10_000)] = 0,
+        pageSize: Annotated[int, Query(ge=0, le=10_000), DECIMAL] = 0,
         pageToken: Annotated[Text, Query(max_length=512)] = "",
         includeTotals: bool = False,
     ) -> Response:
@@ -935,7 +957,7 @@ def create_app(deps: HttpDeps) -> Any:
         who: Admin,
         timeClockId: Int64Path,
         activityId: ActivityId,
-        modifiedAt: Annotated[int, Query(ge=-(2**63), le=2**63 - 1)],
+        modifiedAt: Annotated[int, Query(ge=-(2**63), le=2**63 - 1), DECIMAL],
     ) -> Response:
         """Delete a completed shift or break, as read at `modifiedAt`."""
         gone = timesheets.delete_time_activity(
@@ -1127,7 +1149,7 @@ def create_app(deps: HttpDeps) -> Any:
     def list_webhook_deliveries(
         who: Admin,
         subscriptionId: HookId,
-        pageSize: Annotated[int, Query(ge=0, le=500)] = 0,
+        pageSize: Annotated[int, Query(ge=0, le=500), DECIMAL] = 0,
         pageToken: Annotated[Text, Query(max_length=32)] = "",
     ) -> Response:
         """Delivery attempts, newest first."""
@@ -1216,7 +1238,7 @@ def create_app(deps: HttpDeps) -> Any:
     async def event_stream(
         who: Reader,
         request: Request,
-        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1), DECIMAL] = 0,
         types: Annotated[list[Text], Query(max_length=64)] = [],  # noqa: B006
         timeClockIds: Annotated[list[QueryId], Query(max_length=1000)] = [],  # noqa: B006
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
