@@ -1129,6 +1129,35 @@ def test_integers_in_a_url_are_plain_decimal(http: httpx.Client, client: Client)
     assert http.get(f"/geopunch/v1/time-clocks/{tc}").status_code == 200
 
 
+def test_answers_past_a_packet_are_gzipped_for_a_client_that_accepts_it(
+    http: httpx.Client, client: Client
+) -> None:
+    """A large answer (here the OpenAPI document, 200+ KB, and a listing of a
+    thousand fences) is gzipped when the client accepts it, and the same
+    JSON either way; a punch's answer, under a packet, never is."""
+    tc = _clock(client)
+    fences = [{"name": f"f{i}", "location": HQ} for i in range(1000)]
+    made = http.post(f"/time-clock/v1/time-clocks/{tc}/geofences", json={"geofences": fences})
+    assert made.status_code == 200, made.text[:300]
+    for path in ("/openapi.json", f"/time-clock/v1/time-clocks/{tc}/geofences"):
+        plain = http.get(path, headers={"Accept-Encoding": "identity"})
+        packed = http.get(path, headers={"Accept-Encoding": "gzip"})
+        assert "content-encoding" not in plain.headers
+        assert packed.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" in packed.headers["vary"].lower()
+        assert packed.num_bytes_downloaded * 5 < len(plain.content), path
+        if path == "/openapi.json":
+            assert packed.json() == plain.json()
+        else:  # each answer has its own request id
+            assert packed.json()["data"] == plain.json()["data"]
+    punch = http.post(
+        f"/time-clock/v1/time-clocks/{tc}/clock-in",
+        json={"userId": USER},
+        headers={"Accept-Encoding": "gzip"},
+    )
+    assert punch.status_code == 200 and "content-encoding" not in punch.headers
+
+
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:
     """'\u00b2' (sent as Latin-1, as header bytes are read) passes
     str.isdigit, which int() then refused: a 500 until the check read ASCII

@@ -297,6 +297,8 @@ def test_events_stream_as_sse_and_resume(http: httpx.Client) -> None:
     seen_unnotified = False
     with http.stream("GET", "/geopunch/v1/events", params=params, timeout=30) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        # Never gzipped (httpx accepts gzip): each event must leave at once.
+        assert "content-encoding" not in r.headers
         for event in _iter_events(r):
             if event["schedulerId"] != sid:
                 continue

@@ -38,6 +38,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute, Match
 
 from geopunch import metrics
@@ -1322,6 +1323,16 @@ def create_app(deps: HttpDeps) -> Any:
     # The lane before Starlette's own middleware (error pages, FastAPI's
     # telemetry and body limit), which a well-formed punch does not need;
     # the request context outermost, so every answer carries its request id.
+    # Answers of more than a packet are gzipped for a client that accepts it
+    # (a 10,000-activity page, 6.8 MB of JSON, is 250 KB): Starlette's
+    # middleware, which compresses an answer of 128 KiB or more on a worker
+    # thread and leaves the event stream alone. Level 1, as nginx's default:
+    # 16 ms for that page against 53 at Starlette's default of 9, for a
+    # fifth less. A punch's answer (under a packet) is not touched.
+    gzipped = GZipMiddleware(app, minimum_size=1400, compresslevel=1)
     return RequestContext(
-        PunchLane(app, punch_lane, deps.max_body_bytes), deps.max_body_bytes, deps.keys, deps.ready
+        PunchLane(gzipped, punch_lane, deps.max_body_bytes),
+        deps.max_body_bytes,
+        deps.keys,
+        deps.ready,
     )
