@@ -165,7 +165,7 @@ def check_user_ids(out: Collector, path: str, user_ids: Iterable[int]) -> None:
 def past_limit(count: int, limit: int, whole: bool = True) -> str:
     """The sentence for a list longer than its limit (both APIs say it);
     ``whole`` False: ``count`` is where the counting stopped (a tree's,
-    ``models.count_nodes``), so the list holds at least that many."""
+    ``models.measure_tree``), so the list holds at least that many."""
     return f"{'' if whole else 'at least '}{count} entries; the limit is {limit}"
 
 

@@ -35,8 +35,7 @@ from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationError, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute, Match
@@ -67,6 +66,7 @@ from geopunch.adapters.http.bodies import (
 )
 from geopunch.adapters.http.document import finish, ok, query_parameters
 from geopunch.adapters.http.examples import EXAMPLES
+from geopunch.adapters.http.params import DECIMAL, query_problems
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, parse_scopes
 from geopunch.domain.bounds import int64_text, text_problem
@@ -463,47 +463,6 @@ class PunchLane:
 # -- the app --------------------------------------------------------------------------
 
 
-#: An integer as a URL spells it: decimal digits, no sign but a minus, no
-#: point, separator or leading zero. pydantic's lax parsing took "1.0",
-#: "+1", "01" and "1_0" too, so that /time-clocks/1.0 answered as 1.
-_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
-
-
-def _decimal(value: Any) -> Any:
-    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
-        said = (
-            "not an integer in decimal digits (such as 42: no plus, point, separator "
-            "or leading zero)"
-        )
-        raise PydanticCustomError("int_parsing", said)
-    return value
-
-
-#: After a parameter's ``Path``, ``Query`` or ``Field``: placed before them,
-#: pydantic documents their bounds as "ge"/"le" instead of JSON Schema's.
-DECIMAL = BeforeValidator(_decimal)
-
-
-def _query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
-    """What is wrong with a request's query for an operation taking ``names``
-    (name -> whether it takes a list): a name it does not take, or one
-    value given more than once."""
-    counts: dict[str, int] = {}
-    for name, _ in sent:
-        counts[name] = counts.get(name, 0) + 1
-    takes = f"it takes {', '.join(names)}" if names else "it takes none"
-    problems = []
-    for name, count in counts.items():
-        if name not in names:
-            said = f"not a query parameter of this call; {takes}"
-        elif count > 1 and not names[name]:
-            said = f"given {count} times; it takes one value"
-        else:
-            continue
-        problems.append(FieldViolation(name[:64], said, ErrorCode.INVALID_ARGUMENT))
-    return problems
-
-
 def create_app(deps: HttpDeps) -> Any:
     """The ASGI app: the request context around the punch lane around FastAPI."""
     queries: dict[tuple[str, str], dict[str, bool]] = {}
@@ -524,7 +483,7 @@ def create_app(deps: HttpDeps) -> Any:
         names = queries.get((request.method, getattr(route, "path_format", "")))
         if names is None:  # not a documented operation (/metrics)
             return
-        problems = _query_problems(names, request.query_params.multi_items())
+        problems = query_problems(names, request.query_params.multi_items())
         if problems:
             raise DomainError.from_violations(problems, "the query")
 

@@ -1,0 +1,50 @@
+"""What a URL carries beside the body, held to the rules a body is: its
+integers spelled one way, and its query holding only what the call takes."""
+
+import re
+from typing import Any
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from geopunch.domain.errors import ErrorCode, FieldViolation
+
+#: An integer as a URL spells it: decimal digits, no sign but a minus, no
+#: point, separator or leading zero. pydantic's lax parsing took "1.0",
+#: "+1", "01" and "1_0" too, so that /time-clocks/1.0 answered as 1.
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+def _decimal(value: Any) -> Any:
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        said = (
+            "not an integer in decimal digits (such as 42: no plus, point, separator "
+            "or leading zero)"
+        )
+        raise PydanticCustomError("int_parsing", said)
+    return value
+
+
+#: After a parameter's ``Path``, ``Query`` or ``Field``: placed before them,
+#: pydantic documents their bounds as "ge"/"le" instead of JSON Schema's.
+DECIMAL = BeforeValidator(_decimal)
+
+
+def query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
+    """What is wrong with a request's query for an operation taking ``names``
+    (name -> whether it takes a list): a name it does not take, or one
+    value given more than once."""
+    counts: dict[str, int] = {}
+    for name, _ in sent:
+        counts[name] = counts.get(name, 0) + 1
+    takes = f"it takes {', '.join(names)}" if names else "it takes none"
+    problems = []
+    for name, count in counts.items():
+        if name not in names:
+            said = f"not a query parameter of this call; {takes}"
+        elif count > 1 and not names[name]:
+            said = f"given {count} times; it takes one value"
+        else:
+            continue
+        problems.append(FieldViolation(name[:64], said, ErrorCode.INVALID_ARGUMENT))
+    return problems
