@@ -697,14 +697,16 @@ def test_a_body_without_a_valid_key_is_refused_before_it_is_read(
                 assert chunk, answer
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 401 "), answer
-    # Of two keys the first is the one judged, before the body as by the
-    # route: a valid second key does not let an unknown first one through.
-    twice = httpx.post(
-        f"http://{server.http_address}/geopunch/v1/time-clocks",
-        json={"name": "", "timezone": "UTC"},
-        headers=[("X-API-KEY", "not-a-key-0123456789"), ("X-API-KEY", API_KEY)],
-    )
-    assert twice.status_code == 401, twice.text
+    # Two keys are refused before the body: a valid one does not let an
+    # unknown one through, whichever comes first.
+    for keys in (("not-a-key-0123456789", API_KEY), (API_KEY, "not-a-key-0123456789")):
+        twice = httpx.post(
+            f"http://{server.http_address}/geopunch/v1/time-clocks",
+            json={"name": "", "timezone": "UTC"},
+            headers=[("X-API-KEY", k) for k in keys],
+        )
+        assert twice.status_code == 400, twice.text
+        assert twice.json()["detail"] == "X-API-KEY is sent more than once; send it once"
     # With a valid key the same route reads and judges the body.
     r = http.post("/geopunch/v1/time-clocks", json={"name": "", "timezone": "UTC"})
     assert r.status_code == 400 and r.json()["code"] == "INVALID_ARGUMENT", r.text
@@ -1156,6 +1158,31 @@ def test_answers_past_a_packet_are_gzipped_for_a_client_that_accepts_it(
         headers={"Accept-Encoding": "gzip"},
     )
     assert punch.status_code == 200 and "content-encoding" not in punch.headers
+
+
+def test_a_header_of_one_value_sent_twice_is_refused(http: httpx.Client, client: Client) -> None:
+    """Which of two values counted was up to each reader: the key check took
+    the first X-API-KEY, the punch lane the last Idempotency-Key, a route
+    the first. A proxy adding its own beside the client's would have one
+    silently ignored; now the request is refused and nothing is punched."""
+    tc = _clock(client)
+    url = f"{http.base_url}/time-clock/v1/time-clocks/{tc}/clock-in"
+    body = json.dumps({"userId": USER})
+    key = ("X-API-KEY", API_KEY)
+    json_type = ("Content-Type", "application/json")
+    for name, headers in (
+        ("X-API-KEY", [key, ("X-API-KEY", "another"), json_type]),
+        ("X-API-KEY", [("x-api-key", "another"), key, json_type]),
+        ("Idempotency-Key", [key, ("Idempotency-Key", "a"), ("Idempotency-Key", "b"), json_type]),
+        ("Content-Type", [key, json_type, ("Content-Type", "text/plain")]),
+    ):
+        r = httpx.post(url, content=body, headers=headers)
+        assert r.status_code == 400, (headers, r.text[:300])
+        assert r.json()["code"] == "INVALID_ARGUMENT"
+        assert r.json()["detail"] == f"{name} is sent more than once; send it once"
+    state = http.get(f"/time-clock/v1/time-clocks/{tc}/user-statuses?userIds={USER}")
+    assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
+    assert httpx.post(url, content=body, headers=[key, json_type]).status_code == 200
 
 
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:

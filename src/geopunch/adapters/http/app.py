@@ -257,6 +257,16 @@ class JsonAnswer(Response):
         return json_bytes(content)
 
 
+#: Headers that carry one value. Sent twice, which one counts was up to
+#: each reader (the key check took the first, the punch lane's idempotency
+#: key the last), and a proxy that adds its own beside the client's would
+#: have one of them silently ignored: such a request is refused.
+_ONE_VALUE = {
+    name.lower().encode(): name
+    for name in ("X-API-KEY", "Idempotency-Key", "Last-Event-ID", "X-Request-ID", "Content-Type")
+}
+
+
 class RequestContext:
     """Gives each call its request id (echoed as ``X-Request-ID``) and refuses
     a body over the limit, or one sent without a valid key, before it is
@@ -291,15 +301,26 @@ class RequestContext:
         started, status = time.perf_counter(), 500
         try:
             size, chunked, secret, encoded = b"0", False, b"", b""
+            seen: set[bytes] = set()
+            twice = b""
             for name, value in scope["headers"]:
+                if name in _ONE_VALUE:
+                    if name in seen:
+                        twice = twice or name
+                    seen.add(name)
                 if name == b"content-length":
                     size = value
                 elif name == b"transfer-encoding":
                     chunked = True
-                elif name == b"x-api-key" and not secret:  # the first, as FastAPI reads it
+                elif name == b"x-api-key":
                     secret = value
                 elif name == b"content-encoding" and value.lower() != b"identity":
                     encoded = value
+            if twice:
+                status = 400
+                said = f"{_ONE_VALUE[twice]} is sent more than once; send it once"
+                await _error(400, ErrorCode.INVALID_ARGUMENT.value, said)(scope, receive, send)
+                return
             if not size.isdigit() or int(size) > self.max_body_bytes:
                 refusal = _body_too_large(self.max_body_bytes)
                 status = 413
