@@ -5,15 +5,19 @@ prepares anything here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 import httpx
 
-from tests.conftest import ServerProcess, next_time_clock_id
+from geopunch.v1 import admin_pb2
+from tests.conftest import Client, ServerProcess, next_time_clock_id
+from tests.helpers import expect_error
 
 USER, OTHER = 5550001, 5550002
 DEPOT = {"address": "1 Dock Road", "latitude": 55.9761, "longitude": -3.1698}
@@ -382,6 +386,41 @@ def test_keys_over_http(http: httpx.Client, server: ServerProcess) -> None:
     revoked = ok(http.delete(f"/geopunch/v1/api-keys/{rotated['id']}"))
     assert isinstance(revoked["revokedAt"], int)
     refused(http.delete("/geopunch/v1/api-keys/nope"), 404, "API_KEY_NOT_FOUND")
+
+
+def test_a_keys_scopes_are_each_one_name_over_both_apis(http: httpx.Client, client: Client) -> None:
+    """Each scope is a name the document lists, at least one: the lists were
+    joined with commas and read as the CLI's text, so "read,punch" made a
+    key of two scopes, " read " and "" passed, and an empty list was told
+    about a comma-separated list it never sent."""
+    known = "one of read, punch, admin"
+    for scopes, problems in (
+        ([], [("scopes", "at least one scope: read, punch, admin")]),
+        (["read,punch"], [("scopes[0]", f"'read,punch' is not a scope; {known}")]),
+        ([" read "], [("scopes[0]", f"' read ' is not a scope; {known}")]),
+        (["admin", ""], [("scopes[1]", f"'' is not a scope; {known}")]),
+    ):
+        body = refused(
+            http.post("/geopunch/v1/api-keys", json={"scopes": scopes}), 400, "INVALID_ARGUMENT"
+        )
+        assert [(e["field"], e["description"]) for e in body["errors"]] == problems, body
+        _, violations = expect_error(
+            functools.partial(
+                client.admin.CreateApiKey,
+                admin_pb2.CreateApiKeyRequest(scopes=scopes),
+                metadata=client.metadata,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+        assert [field for field, _ in violations] == [field for field, _ in problems]
+    doc = http.get("/openapi.json").json()["paths"]["/geopunch/v1/api-keys"]["post"]
+    ref = doc["requestBody"]["content"]["application/json"]["schema"]["$ref"].rpartition("/")[2]
+    schema = http.get("/openapi.json").json()["components"]["schemas"][ref]["properties"]["scopes"]
+    assert (schema["minItems"], schema["maxItems"]) == (1, 3), schema
+    assert ok(http.post("/geopunch/v1/api-keys", json={"scopes": ["read", "read"]}))["scopes"] == [
+        "read"
+    ]
 
 
 def test_the_openapi_document_and_docs_page(http: httpx.Client) -> None:

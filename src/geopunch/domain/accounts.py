@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 
 #: The account that existing data moved into, and that keys given to the
 #: server at start-up (flag, environment, the quick start's key) belong to.
@@ -39,6 +40,28 @@ def parse_scopes(text: str) -> frozenset[Scope]:
             ErrorCode.INVALID_ARGUMENT,
             f"scopes must be a comma-separated list of {', '.join(Scope)}; got {text[:64]!r}",
         )
+    return frozenset(Scope(n) for n in names)
+
+
+def scopes_of(names: Sequence[str], field: str = "scopes") -> frozenset[Scope]:
+    """A key's scopes as the APIs take them, a list of names: each exactly
+    one scope's name (the comma-separated text of the CLI is
+    ``parse_scopes``'s), and at least one. Each problem names its item."""
+    known = ", ".join(Scope)
+    problems = [
+        FieldViolation(
+            f"{field}[{i}]",
+            f"{name[:64]!r} is not a scope; one of {known}",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+        for i, name in enumerate(names)
+        if name not in Scope.__members__.values()
+    ]
+    if not names:
+        said = f"at least one scope: {known}"
+        problems.append(FieldViolation(field, said, ErrorCode.INVALID_ARGUMENT))
+    if problems:
+        raise DomainError.from_violations(problems, "the key's scopes")
     return frozenset(Scope(n) for n in names)
 
 

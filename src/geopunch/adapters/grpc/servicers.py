@@ -6,7 +6,7 @@ from typing import Any
 
 from geopunch.adapters.grpc import convert, scheduling
 from geopunch.adapters.grpc.auth import account
-from geopunch.domain.accounts import ApiKey, parse_scopes
+from geopunch.domain.accounts import ApiKey, scopes_of
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.ports import Clock, FenceListener, TransactionRunner, UnitOfWorkFactory
 from geopunch.logs import request_id_var
@@ -145,7 +145,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def CreateApiKey(
         self, request: admin_pb2.CreateApiKeyRequest, context: Any
     ) -> admin_pb2.ApiKeyResponse:
-        scopes = parse_scopes(",".join(request.scopes))
+        scopes = scopes_of(request.scopes)
         issued = accounts.create_key(self._uows, self._clock, account(), scopes, request.label)
         return _key_reply(issued.key, issued.secret)
 

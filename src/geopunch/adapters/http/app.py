@@ -68,7 +68,7 @@ from geopunch.adapters.http.document import finish, ok, query_parameters
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.http.params import DECIMAL, query_problems
 from geopunch.adapters.wakeup import Wakeup
-from geopunch.domain.accounts import Principal, Scope, parse_scopes
+from geopunch.domain.accounts import Principal, Scope, scopes_of
 from geopunch.domain.bounds import int64_text, text_problem
 from geopunch.domain.errors import (
     STATUS,
@@ -1057,12 +1057,12 @@ def create_app(deps: HttpDeps) -> Any:
     @app.post(f"{own}/api-keys", tags=["api keys"], responses=ok(shapes.ApiKeyOut))
     def create_key(
         who: Admin,
-        scopes: Annotated[list[ScopeName], Body(max_length=3)],
+        scopes: Annotated[list[ScopeName], Body(max_length=3, json_schema_extra={"minItems": 1})],
         label: Annotated[Text, Body(max_length=200)] = "",
     ) -> Response:
         """A new key of the caller's account; its secret is in this answer only."""
         issued = accounts.create_key(
-            deps.uows, deps.clock, who.account_id, parse_scopes(",".join(scopes)), label
+            deps.uows, deps.clock, who.account_id, scopes_of(scopes), label
         )
         return answer(answers.api_key(issued.key, issued.secret))
 
