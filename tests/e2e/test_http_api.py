@@ -1185,6 +1185,27 @@ def test_a_header_of_one_value_sent_twice_is_refused(http: httpx.Client, client:
     assert httpx.post(url, content=body, headers=[key, json_type]).status_code == 200
 
 
+def test_a_trailing_slash_is_a_missing_route_never_a_redirect(
+    http: httpx.Client, client: Client
+) -> None:
+    """Starlette redirected /x/ to /x with a Location built from the Host
+    header: a client following it carried its X-API-KEY to whatever host
+    the request named. Now it is a 404 saying why, whatever the Host."""
+    tc = _clock(client)
+    for method, path in (
+        ("GET", f"/geopunch/v1/time-clocks/{tc}/"),
+        ("GET", "/geopunch/v1/time-clocks/"),
+        ("POST", f"/time-clock/v1/time-clocks/{tc}/clock-in/"),
+    ):
+        r = http.request(method, path, json={"userId": USER}, headers={"Host": "elsewhere.example"})
+        assert r.status_code == 404 and "location" not in r.headers, (path, r.headers)
+        assert r.json()["code"] == "ROUTE_NOT_FOUND"
+        said = f"no route {method} {path}; paths end without a slash; /openapi.json lists them"
+        assert r.json()["detail"] == said
+    state = http.get(f"/time-clock/v1/time-clocks/{tc}/user-statuses?userIds={USER}")
+    assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
+
+
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:
     """'\u00b2' (sent as Latin-1, as header bytes are read) passes
     str.isdigit, which int() then refused: a 500 until the check read ASCII

@@ -171,7 +171,12 @@ def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[st
     """The reason and a sentence for a refusal Starlette or FastAPI made."""
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
-        return ErrorCode.ROUTE_NOT_FOUND.value, f"no route {where}; /openapi.json lists them"
+        slash = (
+            "; paths end without a slash"
+            if request.url.path.endswith("/") and request.url.path != "/"
+            else ""
+        )
+        return ErrorCode.ROUTE_NOT_FOUND.value, f"no route {where}{slash}; /openapi.json lists them"
     if exc.status_code == 405:
         allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
         return ErrorCode.METHOD_NOT_ALLOWED.value, f"{where} is not served; allowed: {allowed}"
@@ -509,6 +514,12 @@ def create_app(deps: HttpDeps) -> Any:
             raise DomainError.from_violations(problems, "the query")
 
     app = FastAPI(
+        # Starlette answered a path with a trailing slash by a redirect to the
+        # path without it, built from the request's Host header: a client
+        # that follows it would carry its X-API-KEY to whatever host that
+        # header named (and to plain http behind TLS). Such a path is a 404
+        # that says why (``_framework_reason``).
+        redirect_slashes=False,
         title="geopunch",
         description=(
             "Punches, breaks, geofences and scheduled shifts over HTTP/JSON at the "
