@@ -1206,6 +1206,37 @@ def test_a_trailing_slash_is_a_missing_route_never_a_redirect(
     assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
 
 
+def test_a_body_naming_a_key_twice_is_refused(http: httpx.Client, client: Client) -> None:
+    """Of two values for one key Python's parser kept the last, silently,
+    where a proxy or another parser may keep the first: {"userId": 6,
+    "userId": 5} punched user 5. Refused at any depth, over the punch lane
+    and the routes, and nothing is written."""
+    tc = _clock(client)
+    said = "the body names {!r} twice in one object; send each field once"
+    clock = f"/time-clock/v1/time-clocks/{tc}"
+    for path, raw, key in (
+        (f"{clock}/clock-in", f'{{"userId": 6, "userId": {USER}}}', "userId"),
+        (
+            f"{clock}/clock-in",
+            f'{{"userId": {USER}, "locationData": {{"latitude": 1, "latitude": 2}}}}',
+            "latitude",
+        ),
+        ("/geopunch/v1/time-clocks", '{"name": "a", "name": "b", "timezone": "UTC"}', "name"),
+        (f"{clock}/geofences", '{"geofences": [{"name": "a", "name": "b"}]}', "name"),
+    ):
+        r = http.post(path, content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (path, r.text[:300])
+        found = r.json()
+        assert found["code"] == "INVALID_ARGUMENT", found
+        assert said.format(key) in str(found["detail"]), found
+    state = http.get(f"{clock}/user-statuses?userIds={USER}")
+    assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
+    assert http.get(f"{clock}/geofences").json()["data"]["geofences"] == []
+    # The same body with each key once is taken.
+    r = http.post(f"{clock}/clock-in", content=f'{{"userId": {USER}}}')
+    assert r.status_code == 200, r.text[:300]
+
+
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:
     """'\u00b2' (sent as Latin-1, as header bytes are read) passes
     str.isdigit, which int() then refused: a 500 until the check read ASCII

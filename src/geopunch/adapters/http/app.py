@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -34,8 +34,9 @@ import numpy as np
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
-from pydantic import Field, ValidationError, WithJsonSchema
+from pydantic import Field, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute, Match
@@ -51,6 +52,7 @@ from geopunch.adapters.http.bodies import (
     CreateGeofencesBody,
     CreateTimeActivitiesBody,
     DayStatusBody,
+    DuplicateKey,
     ErrorBody,
     NewWebhookIn,
     ReplayBody,
@@ -62,6 +64,8 @@ from geopunch.adapters.http.bodies import (
     ValidatePunchBody,
     WebhookSubscriptionIn,
     at_most,
+    decode_json,
+    duplicate_key_refusal,
     fence_draft,
 )
 from geopunch.adapters.http.document import finish, ok, query_parameters
@@ -489,6 +493,53 @@ class PunchLane:
 # -- the app --------------------------------------------------------------------------
 
 
+def _is_json(content_type: str | None) -> bool:
+    """A body FastAPI reads as JSON: no content type, or application/json
+    or application/...+json."""
+    if not content_type:
+        return True
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
+class _OnceReadRequest(Request):
+    """A request whose JSON body is decoded by ``bodies.decode_json`` before
+    FastAPI reads it (Starlette keeps what ``json()`` returned, so FastAPI
+    takes it as decoded here and the body is parsed once)."""
+
+    async def decode_body(self) -> None:
+        raw = await self.body()
+        if not raw or not _is_json(self.headers.get("content-type")):
+            return
+        try:
+            self._json = decode_json(raw)
+        except DuplicateKey as exc:
+            raise duplicate_key_refusal(exc) from None
+        except (ValueError, RecursionError):
+            pass  # FastAPI parses it again and says what is wrong with it
+
+
+class _OnceReadRoute(APIRoute):
+    """A route that takes a body decodes it with ``_OnceReadRequest``: done
+    inside FastAPI's handler, a refusal would have been turned into its own
+    400 that only says the body could not be parsed. FastAPI documents
+    subclassing ``APIRoute`` for custom handling of the request body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def handle(request: Request) -> Response:
+            once = _OnceReadRequest(request.scope, request.receive)
+            await once.decode_body()
+            return await handler(once)
+
+        return handle
+
+
 def create_app(deps: HttpDeps) -> Any:
     """The ASGI app: the request context around the punch lane around FastAPI."""
     queries: dict[tuple[str, str], dict[str, bool]] = {}
@@ -563,6 +614,7 @@ def create_app(deps: HttpDeps) -> Any:
         return app.openapi_schema
 
     app.openapi = exact_document  # type: ignore[method-assign]
+    app.router.route_class = _OnceReadRoute  # before any route is added
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
@@ -764,7 +816,8 @@ def create_app(deps: HttpDeps) -> Any:
         model, kind, render = start_lane if break_id else lanes[match["what"]]
         try:
             parsed = model.model_validate_json(body)
-        except ValidationError:
+            decode_json(body)  # a key named twice: the route refuses it
+        except ValueError:  # ValidationError, DuplicateKey, or JSON only pydantic took
             return None
         try:
             x_api_key = headers.get(b"x-api-key", b"").decode("latin-1") or None

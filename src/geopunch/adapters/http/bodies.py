@@ -11,6 +11,7 @@ oversized list is refused before its items are validated.
 """
 
 # No ``from __future__ import annotations``: pydantic reads the annotations at run time.
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
@@ -253,6 +254,41 @@ MAX_HTTP_POINTS = 10_000
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object of a body names one key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
+def decode_json(raw: bytes) -> Any:
+    """A body's JSON, as ``json.loads`` reads it, but refusing an object that
+    names a key twice (``DuplicateKey``): of the two values Python's parser
+    keeps the last, and a proxy or another parser may keep the first, so
+    the body would say two things. The check costs about 2.5 us a punch and
+    1.8 ms a body of 1,000 time activities (bench/README.md)."""
+    return json.loads(raw, object_pairs_hook=_unique_keys)
+
+
+def duplicate_key_refusal(exc: DuplicateKey) -> DomainError:
+    said = f"the body names {exc.key[:64]!r} twice in one object; send each field once"
+    return DomainError.from_violations(
+        [FieldViolation("", said, ErrorCode.INVALID_ARGUMENT)], "the body"
+    )
 
 
 # -- punches --------------------------------------------------------------------------
