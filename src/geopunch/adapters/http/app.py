@@ -504,6 +504,11 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
+#: Bodies from this size are decoded on a worker thread: the pairs hook is
+#: Python, so the event loop gets the interpreter between its calls.
+_DECODE_APART_BYTES = 1 << 20
+
+
 class _OnceReadRequest(Request):
     """A request whose JSON body is decoded by ``bodies.decode_json`` before
     FastAPI reads it (Starlette keeps what ``json()`` returned, so FastAPI
@@ -514,7 +519,10 @@ class _OnceReadRequest(Request):
         if not raw or not _is_json(self.headers.get("content-type")):
             return
         try:
-            self._json = decode_json(raw)
+            if len(raw) < _DECODE_APART_BYTES:
+                self._json = decode_json(raw)
+            else:
+                self._json = await asyncio.to_thread(decode_json, raw)
         except DuplicateKey as exc:
             raise duplicate_key_refusal(exc) from None
         except (ValueError, RecursionError):
