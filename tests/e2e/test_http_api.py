@@ -1222,6 +1222,11 @@ def test_a_body_naming_a_key_twice_is_refused(http: httpx.Client, client: Client
             "latitude",
         ),
         ("/geopunch/v1/time-clocks", '{"name": "a", "name": "b", "timezone": "UTC"}', "name"),
+        (  # 1 MiB and more: left by the lane to the route, decoded on a thread
+            f"{clock}/clock-in",
+            f'{{"userId": 6, "pad": "{"x" * (1 << 20)}", "userId": {USER}}}',
+            "userId",
+        ),
         (f"{clock}/geofences", '{"geofences": [{"name": "a", "name": "b"}]}', "name"),
     ):
         r = http.post(path, content=raw, headers={"Content-Type": "application/json"})
@@ -1232,9 +1237,15 @@ def test_a_body_naming_a_key_twice_is_refused(http: httpx.Client, client: Client
     state = http.get(f"{clock}/user-statuses?userIds={USER}")
     assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
     assert http.get(f"{clock}/geofences").json()["data"]["geofences"] == []
-    # The same body with each key once is taken.
-    r = http.post(f"{clock}/clock-in", content=f'{{"userId": {USER}}}')
+    # The same body with each key once is taken, large or not.
+    r = http.post(f"{clock}/clock-in", content=f'{{"userId": {USER}, "pad": "{"x" * (1 << 20)}"}}')
+    assert r.status_code == 200 and r.json()["data"]["shift"]["userId"] == USER, r.text[:300]
+    r = http.post(f"{clock}/clock-out", content=f'{{"userId": {USER}}}')
     assert r.status_code == 200, r.text[:300]
+    # Without a Content-Type, a body the lane leaves to the route is read as
+    # JSON there too, and told what is wrong with it.
+    r = http.post(f"{clock}/clock-in", content=b'{"userId": "five"}')
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "userId", r.text[:300]
 
 
 def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) -> None:

@@ -579,6 +579,13 @@ def create_app(deps: HttpDeps) -> Any:
         # header named (and to plain http behind TLS). Such a path is a 404
         # that says why (``_framework_reason``).
         redirect_slashes=False,
+        # A body without a Content-Type is read as JSON, as the punch lane
+        # reads it: refused only when the lane left it to the route (a bad
+        # field, a large body), such a punch was told to send a Content-Type
+        # instead of what was wrong. FastAPI's strict default guards apps
+        # that browsers can post to without a CORS preflight; every call
+        # here sends X-API-KEY, a header that needs one.
+        strict_content_type=False,
         title="geopunch",
         description=(
             "Punches, breaks, geofences and scheduled shifts over HTTP/JSON at the "
@@ -819,6 +826,9 @@ def create_app(deps: HttpDeps) -> Any:
             or text_problem(break_id)
             or len(key) > 256
             or not content_type.lower().startswith(b"application/json")
+            # A punch's body is a few hundred bytes; a large one is decoded
+            # on a worker thread by the route, off the event loop.
+            or len(body) >= _DECODE_APART_BYTES
         ):
             return None
         model, kind, render = start_lane if break_id else lanes[match["what"]]
