@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Siz
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -138,8 +138,12 @@ class _Group(Protocol):
     def manual_breaks(self) -> Sized: ...
 
 
+def _activities_in(group: _Group) -> int:
+    return len(group.shifts) + len(group.manual_breaks)
+
+
 def count_activities(groups: Iterable[_Group]) -> int:
-    return sum(len(g.shifts) + len(g.manual_breaks) for g in groups)
+    return sum(map(_activities_in, groups))
 
 
 def check_activity_counts(groups: int, activities: int, prefix: str = "time_activities") -> None:
@@ -150,6 +154,16 @@ def check_activity_counts(groups: int, activities: int, prefix: str = "time_acti
             said = f"{count} {what} sent; the limit is {MAX_ACTIVITIES_PER_REQUEST} per request"
             violation = FieldViolation(prefix, said, ErrorCode.BATCH_TOO_LARGE)
             raise DomainError.from_violations([violation], "the time activities")
+
+
+def check_activity_batch(
+    groups: Sequence[Any], activities_in: Callable[[Any], int] = _activities_in
+) -> None:
+    """A request's users' entries counted by their number before any is read,
+    then their activities all told (``activities_in`` one entry's, as an API
+    holds it): what each API checks before it converts any activity."""
+    check_activity_counts(len(groups), 0)
+    check_activity_counts(len(groups), sum(map(activities_in, groups)))
 
 
 # -- Checks of a request on its own -------------------------------------------

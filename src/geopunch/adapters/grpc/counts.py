@@ -20,7 +20,7 @@ from typing import Any
 from geopunch.domain.models import measure_tree
 from geopunch.domain.rules import MAX_JOBS, Collector, check_geofence_count, check_sizes
 from geopunch.domain.shifts import DETAIL_LISTS, check_detail_counts, check_shift_count
-from geopunch.domain.timesheets import check_activity_counts, count_activities
+from geopunch.domain.timesheets import check_activity_batch
 
 _sub_jobs = attrgetter("sub_jobs")
 
@@ -49,12 +49,6 @@ def _shifts(request: Any) -> None:
     out.raise_if_any("the shifts")
 
 
-def _time_activities(request: Any) -> None:
-    groups = request.time_activities
-    check_activity_counts(len(groups), 0)  # before each group is read
-    check_activity_counts(len(groups), count_activities(groups))
-
-
 _BY_REQUEST: dict[str, Callable[[Any], None]] = {
     "geopunch.v1.CreateTimeClockRequest": lambda r: _settings(
         r.time_clock, "time_clock", "the time clock settings"
@@ -70,7 +64,7 @@ _BY_REQUEST: dict[str, Callable[[Any], None]] = {
     ),
     "geopunch.v1.CreateGeofencesRequest": lambda r: check_geofence_count(len(r.geofences)),
     "geopunch.v1.CreateShiftsRequest": _shifts,
-    "geopunch.v1.CreateTimeActivitiesRequest": _time_activities,
+    "geopunch.v1.CreateTimeActivitiesRequest": lambda r: check_activity_batch(r.time_activities),
 }
 
 

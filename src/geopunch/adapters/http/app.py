@@ -1382,9 +1382,6 @@ def create_app(deps: HttpDeps) -> Any:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "starting"}, status_code=503)
 
-    # The lane before Starlette's own middleware (error pages, FastAPI's
-    # telemetry and body limit), which a well-formed punch does not need;
-    # the request context outermost, so every answer carries its request id.
     # Answers of more than a packet are gzipped for a client that accepts it
     # (a 10,000-activity page, 6.8 MB of JSON, is 250 KB): Starlette's
     # middleware, which compresses an answer of 128 KiB or more on a worker
@@ -1392,6 +1389,10 @@ def create_app(deps: HttpDeps) -> Any:
     # 16 ms for that page against 53 at Starlette's default of 9, for a
     # fifth less. A punch's answer (under a packet) is not touched.
     gzipped = GZipMiddleware(app, minimum_size=1400, compresslevel=1)
+    # The lane before Starlette's own middleware (error pages, FastAPI's
+    # telemetry and body limit) and the gzip above, which a well-formed
+    # punch does not need; the request context outermost, so every answer
+    # carries its request id.
     return RequestContext(
         PunchLane(gzipped, punch_lane, deps.max_body_bytes),
         deps.max_body_bytes,

@@ -72,7 +72,7 @@ from geopunch.domain.timesheets import (
     PointDraft,
     ShiftDraft,
     UserActivities,
-    check_activity_counts,
+    check_activity_batch,
 )
 from geopunch.domain.webhooks import SubscriptionChange
 
@@ -755,8 +755,7 @@ def _activities_within_limit(value: Any) -> Any:
     to be validated (33 MB: 11.8 s, 8 s of it with the event loop held)."""
     if isinstance(value, list):
         with _as_validation_error():
-            check_activity_counts(len(value), 0)  # before any entry is read
-            check_activity_counts(len(value), sum(map(_raw_activity_count, value)))
+            check_activity_batch(value, _raw_activity_count)
     return value
 
 
