@@ -21,7 +21,7 @@ from google.protobuf import field_mask_pb2
 from geopunch.v1 import location_pb2, timeclock_pb2, webhooks_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_trails_api import watch
-from tests.helpers import expect_error
+from tests.helpers import eventually, expect_error
 from tests.webhook_receiver import Received, Receiver, verify
 
 _users = itertools.count(7_000_001)
@@ -325,6 +325,14 @@ def test_subscriptions_over_http_deliver_and_list_their_attempts(
     check_delivered(receiver, sub["secret"], outs, timeout=20)
     got = http.get(f"/webhooks/v1/subscriptions/{sub['id']}").json()["data"]
     assert "secret" not in got
+    # An attempt is logged once its answer is read, which may be just after
+    # the receiver has the event.
+    attempts = f"/webhooks/v1/subscriptions/{sub['id']}/deliveries"
+    eventually(
+        lambda: len(http.get(attempts).json()["data"]["deliveries"]) == 2,
+        10,
+        "both attempts logged",
+    )
     page = http.get(
         f"/webhooks/v1/subscriptions/{sub['id']}/deliveries", params={"pageSize": 1}
     ).json()["data"]
