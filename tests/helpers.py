@@ -24,6 +24,7 @@ import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine, make_url, text
 
 from geopunch.adapters.db.store import SqlUnitOfWork, SqlUnitOfWorkFactory, make_engine, migrate
@@ -370,3 +371,19 @@ class AnswersMatchDocument:
         response.read()
         operation.validate_response(response)
         self.checked[f"{operation.label} {response.status_code}"] += 1
+
+
+def scrape(http_address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, keyed by name and sorted labels."""
+    r = httpx.get(f"http://{http_address}/metrics", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
 from geopunch.service.events import STREAMS_PER_KEY
@@ -16,6 +17,8 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+N = TypeVar("N", int, float)
 
 
 #: Variables that hold secrets: read once, then removed from the process
@@ -61,6 +64,7 @@ class Config:
     log_level: str = "INFO"
     max_workers: int = 32
     max_message_bytes: int = 32 * 1024 * 1024
+    #: How long a stop lets calls in flight finish.
     grace_seconds: float = 10.0
     #: Idempotency keys older than this are forgotten; 0 keeps them forever.
     idempotency_days: float = 7.0
@@ -74,6 +78,9 @@ class Config:
     #: Server processes sharing the port and the store (one Python interpreter
     #: runs on one core at a time; each process is one more).
     processes: int = 1
+    #: With ``processes`` > 1: a worker whose event loop has not run for this
+    #: long is killed (its stacks logged first) and started again; 0: never.
+    worker_timeout_seconds: float = 30.0
     #: Threads each process's parallel fence kernels may use; 0: the cores
     #: this process may run on, divided among ``processes``.
     kernel_threads: int = 0
@@ -119,6 +126,14 @@ class Config:
             value = overrides.get(name)
             return str(value) if value is not None else env.get(var, default)
 
+        def number(name: str, var: str, default: str, kind: Callable[[str], N]) -> N:
+            text = pick(name, var, default)
+            try:
+                return kind(text)
+            except ValueError:
+                what = "a whole number" if kind is int else "a number"
+                raise ValueError(f"{var} must be {what}, not {text!r}") from None
+
         listed = pick("api_keys", "GEOPUNCH_API_KEYS", "")
         keys_file = pick("api_keys_file", "GEOPUNCH_API_KEYS_FILE", "")
         if keys_file:
@@ -139,11 +154,13 @@ class Config:
         for path in (tls_cert, tls_key, tls_client_ca):
             if path and not os.path.isfile(path):
                 raise ValueError(f"TLS file {path!r} does not exist")
-        receive_s = float(pick("receive_timeout_seconds", "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS", "10"))
+        receive_s = number(
+            "receive_timeout_seconds", "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS", "10", float
+        )
         if not 0.1 <= receive_s <= 600:
             raise ValueError("receive timeout must be within 0.1..600 seconds")
-        streams = int(
-            pick("max_streams_per_key", "GEOPUNCH_MAX_STREAMS_PER_KEY", str(STREAMS_PER_KEY))
+        streams = number(
+            "max_streams_per_key", "GEOPUNCH_MAX_STREAMS_PER_KEY", str(STREAMS_PER_KEY), int
         )
         if not 1 <= streams <= 10_000:
             raise ValueError("max streams per key must be within 1..10000")
@@ -160,18 +177,18 @@ class Config:
         metrics_listen = pick("metrics_listen", "GEOPUNCH_METRICS_LISTEN", "")
         if metrics_listen:
             _check_address(metrics_listen, "metrics listen address")
-        workers = int(pick("max_workers", "GEOPUNCH_MAX_WORKERS", "32"))
+        workers = number("max_workers", "GEOPUNCH_MAX_WORKERS", "32", int)
         if not 1 <= workers <= 1024:
             raise ValueError("max workers must be within 1..1024")
-        days = float(pick("idempotency_days", "GEOPUNCH_IDEMPOTENCY_DAYS", "7"))
+        days = number("idempotency_days", "GEOPUNCH_IDEMPOTENCY_DAYS", "7", float)
         if days != 0 and not 1 <= days <= 36500:
             # Punches may arrive up to 12 hours late; a shorter memory would
             # turn a late retry of an accepted punch into a second punch.
             raise ValueError("idempotency days must be 0 (keep forever) or within 1..36500")
-        event_days = float(pick("event_retention_days", "GEOPUNCH_EVENT_RETENTION_DAYS", "30"))
+        event_days = number("event_retention_days", "GEOPUNCH_EVENT_RETENTION_DAYS", "30", float)
         if event_days != 0 and not 1 <= event_days <= 36500:
             raise ValueError("event retention days must be 0 (keep forever) or within 1..36500")
-        poll_ms = float(pick("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000"))
+        poll_ms = number("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000", float)
         if not 10 <= poll_ms <= 600_000:
             raise ValueError("index poll interval must be within 10..600000 ms")
         checkpoint = pick("index_checkpoint", "GEOPUNCH_INDEX_CHECKPOINT", "auto").strip()
@@ -179,33 +196,43 @@ class Config:
             checkpoint = checkpoint.lower() or "auto"
         elif not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint))):
             raise ValueError(f"the index checkpoint's directory does not exist: {checkpoint!r}")
-        processes = int(pick("processes", "GEOPUNCH_PROCESSES", "1"))
+        processes = number("processes", "GEOPUNCH_PROCESSES", "1", int)
         if not 1 <= processes <= 64:
             raise ValueError("processes must be within 1..64")
-        kernel_threads = int(pick("kernel_threads", "GEOPUNCH_KERNEL_THREADS", "0"))
+        grace = number("grace_seconds", "GEOPUNCH_GRACE_SECONDS", "10", float)
+        if not 0 <= grace <= 3600:
+            raise ValueError("grace must be within 0..3600 seconds")
+        worker_timeout = number(
+            "worker_timeout_seconds", "GEOPUNCH_WORKER_TIMEOUT_SECONDS", "30", float
+        )
+        if worker_timeout != 0 and not 3 <= worker_timeout <= 3600:
+            raise ValueError("worker timeout must be 0 (none) or within 3..3600 seconds")
+        kernel_threads = number("kernel_threads", "GEOPUNCH_KERNEL_THREADS", "0", int)
         if not 0 <= kernel_threads <= 1024:
             raise ValueError("kernel threads must be 0 (follow the cores) or within 1..1024")
         event_loop = pick("event_loop", "GEOPUNCH_EVENT_LOOP", "auto").lower()
         if event_loop not in EVENT_LOOPS:
             raise ValueError(f"event loop {event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
-        skew = float(pick("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300"))
+        skew = number("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300", float)
         if not 0 <= skew <= 86_400:
             raise ValueError("max clock skew must be within 0..86400 seconds")
         allow_private = pick("webhook_allow_private", "GEOPUNCH_WEBHOOK_ALLOW_PRIVATE", "0")
         if allow_private.lower() not in ("0", "1", "true", "false", ""):
             raise ValueError("GEOPUNCH_WEBHOOK_ALLOW_PRIVATE must be 0 or 1")
-        retry_h = float(pick("webhook_retry_hours", "GEOPUNCH_WEBHOOK_RETRY_HOURS", "24"))
+        retry_h = number("webhook_retry_hours", "GEOPUNCH_WEBHOOK_RETRY_HOURS", "24", float)
         if not 0 < retry_h <= 24 * 30:
             raise ValueError("webhook retry hours must be within 0..720")
-        hook_timeout = float(
-            pick("webhook_timeout_seconds", "GEOPUNCH_WEBHOOK_TIMEOUT_SECONDS", "10")
+        hook_timeout = number(
+            "webhook_timeout_seconds", "GEOPUNCH_WEBHOOK_TIMEOUT_SECONDS", "10", float
         )
         if not 0.1 <= hook_timeout <= 120:
             raise ValueError("webhook timeout must be within 0.1..120 seconds")
-        attempts_days = float(pick("webhook_attempts_days", "GEOPUNCH_WEBHOOK_ATTEMPTS_DAYS", "7"))
+        attempts_days = number(
+            "webhook_attempts_days", "GEOPUNCH_WEBHOOK_ATTEMPTS_DAYS", "7", float
+        )
         if not 0 < attempts_days <= 36500:
             raise ValueError("webhook attempts days must be within 0..36500")
-        lease_s = float(pick("webhook_lease_seconds", "GEOPUNCH_WEBHOOK_LEASE_SECONDS", "30"))
+        lease_s = number("webhook_lease_seconds", "GEOPUNCH_WEBHOOK_LEASE_SECONDS", "30", float)
         if not 1 <= lease_s <= 3600:
             raise ValueError("webhook lease must be within 1..3600 seconds")
         nats_url = pick("nats_url", "GEOPUNCH_NATS_URL", "")
@@ -232,6 +259,8 @@ class Config:
             index_poll_seconds=poll_ms / 1000,
             index_checkpoint=checkpoint,
             processes=processes,
+            grace_seconds=grace,
+            worker_timeout_seconds=worker_timeout,
             kernel_threads=kernel_threads,
             event_loop=event_loop,
             max_clock_skew_seconds=skew,

@@ -127,6 +127,12 @@ DELIVERY_RESTARTS = Counter(
     ["what"],
 )
 
+WORKER_RESTARTS = Counter(
+    "geopunch_worker_restarts_total",
+    "Workers of serve --processes started again, by why the one before ended",
+    ["reason"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics as a scrape gets them (of every process when several write

@@ -7,14 +7,13 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from geopunch.v1 import timeclock_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_processes import _one_per_worker
+from tests.helpers import scrape, value
 
 USER = 9170357
 
@@ -23,22 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def scrape(http_address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, keyed by name and sorted labels."""
-    r = httpx.get(f"http://{http_address}/metrics", timeout=10)
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_counters_move_by_the_calls_made(

@@ -22,6 +22,7 @@ from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_trails_api import fresh_user, samples, watch
 from tests.e2e.test_trails_api import now as unix_now
 from tests.e2e.test_trails_api import report as report_locations
+from tests.helpers import scrape, value
 
 SITE = (40.7128, -74.0060)  # where test_trails_api's samples start
 
@@ -210,6 +211,83 @@ def test_a_killed_fork_server_leaves_two_workers_and_a_clean_drain(
     # each orphan and each replacement drained, then the supervisor
     stopped = [e.get("worker") for e in log if e["msg"] == "stopped"]
     assert sorted(stopped, key=str) == [0, 0, 1, 1, None]
+
+
+def test_a_worker_that_stops_answering_is_killed_and_replaced(tmp_path: Path) -> None:
+    """A worker whose event loop stops still holds its share of the port, and
+    the kernel keeps handing it connections nobody answers. Stopped (SIGSTOP)
+    while it serves, it is killed once it has been silent for the timeout;
+    stopped while it drains (after its fork server died), once the drain's
+    deadline has passed. The live worker, silent never, is left alone."""
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'hung.db'}",
+        env_extra={
+            "GEOPUNCH_PROCESSES": "2",
+            "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "3",
+            "GEOPUNCH_GRACE_SECONDS": "0",
+        },
+    )
+    srv.start(tmp_path)
+    try:
+        hung = _worker_pids(srv)[1]
+        os.kill(hung, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while _worker_pids(srv)[1] == hung or _alive(hung):
+            assert time.monotonic() < deadline, "the stopped worker was not replaced"
+            time.sleep(0.1)
+        log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
+        (killed,) = [e for e in log if e["msg"] == "worker stopped answering; killing it"]
+        assert (killed["worker"], killed["pid"]) == (1, hung)
+        assert killed["silent_s"] >= 3
+        (exited,) = [e for e in log if e["msg"] == "worker exited; starting it again"]
+        assert (exited["pid"], exited["exitcode"]) == (hung, -signal.SIGKILL)
+        _serves_on_both(srv, deadline)
+
+        # Now one that stops while it drains: its fork server dies, so it is
+        # told to drain and is replaced, and it never gets to.
+        draining = _worker_pids(srv)[0]
+        os.kill(draining, signal.SIGSTOP)
+        assert srv.proc is not None
+        (fork_server,) = [
+            p
+            for p in psutil.Process(srv.proc.pid).children()
+            if "multiprocessing.forkserver" in " ".join(p.cmdline())
+        ]
+        fork_server.kill()
+        deadline = time.monotonic() + 45  # the drain's margin is 15 s
+        while _alive(draining):
+            assert time.monotonic() < deadline, "the stopped, replaced worker was left running"
+            time.sleep(0.2)
+        _serves_on_both(srv, deadline)
+        log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
+        (late,) = [e for e in log if e["msg"] == "replaced worker did not stop; killing it"]
+        assert late["pid"] == draining
+        assert sum(e["msg"] == "worker stopped answering; killing it" for e in log) == 1
+        # Whichever worker the scrape reaches adds up every worker's counts.
+        samples = scrape(srv.http_address)
+        restarts = "geopunch_worker_restarts_total"
+        assert value(samples, restarts, reason="hung") == 1
+        assert value(samples, restarts, reason="fork_server_died") == 2
+        assert value(samples, restarts, reason="exited") == 0
+    finally:
+        assert srv.terminate() == 0
+
+
+def _serves_on_both(srv: ServerProcess, deadline: float) -> None:
+    while True:
+        try:
+            (a, b), opened = _one_per_worker(srv.address)
+            break
+        except Exception:  # a replacement is still starting up
+            assert time.monotonic() < deadline, "the replacement never served"
+            time.sleep(0.2)
+    try:
+        tc = make_time_clock(a).id
+        add_fence(b, tc, *SITE, 100)
+        assert _inside(a, tc)
+    finally:
+        for c in opened:
+            c.close()
 
 
 def test_workers_of_a_killed_supervisor_stop(

@@ -57,6 +57,10 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_EVENT_RETENTION_DAYS": "0.5"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_EVENT_RETENTION_DAYS": "-1"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_METRICS_LISTEN": "9100"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_GRACE_SECONDS": "-1"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_GRACE_SECONDS": "nan"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "1"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "inf"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
@@ -125,3 +129,30 @@ def test_index_checkpoint_lives_beside_a_sqlite_file_unless_set(tmp_path: os.Pat
     assert where("sqlite:////srv/geo/store.db", "OFF") is None
     with pytest.raises(ValueError, match="directory does not exist"):
         Config.from_env({"GEOPUNCH_INDEX_CHECKPOINT": "/no/such/dir/x.fence-index"})
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "what"),
+    [
+        ("GEOPUNCH_PROCESSES", "two", "a whole number"),
+        ("GEOPUNCH_PROCESSES", "1.5", "a whole number"),
+        ("GEOPUNCH_MAX_STREAMS_PER_KEY", "", "a whole number"),
+        ("GEOPUNCH_INDEX_POLL_MS", "often", "a number"),
+        ("GEOPUNCH_WORKER_TIMEOUT_SECONDS", "30s", "a number"),
+    ],
+)
+def test_a_setting_that_is_not_a_number_is_named(var: str, value: str, what: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Config.from_env({"GEOPUNCH_API_KEYS": "long-enough-key", var: value})
+    assert str(refused.value) == f"{var} must be {what}, not {value!r}"
+
+
+def test_grace_and_worker_timeout() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    cfg = Config.from_env(base)
+    assert (cfg.grace_seconds, cfg.worker_timeout_seconds) == (10, 30)
+    cfg = Config.from_env(
+        {**base, "GEOPUNCH_GRACE_SECONDS": "2.5", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "0"}
+    )
+    assert (cfg.grace_seconds, cfg.worker_timeout_seconds) == (2.5, 0)
+    assert Config.from_env(base, grace_seconds=0, worker_timeout_seconds=5).grace_seconds == 0

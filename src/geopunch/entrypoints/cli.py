@@ -86,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes on the one port, e.g. one per core (GEOPUNCH_PROCESSES, default 1)",
     )
     serve.add_argument(
+        "--worker-timeout-seconds",
+        type=float,
+        help="with --processes: a worker whose event loop stops for this long is killed "
+        "and started again (GEOPUNCH_WORKER_TIMEOUT_SECONDS, default 30; 0: never)",
+    )
+    serve.add_argument(
+        "--grace-seconds",
+        type=float,
+        help="how long a stop lets calls in flight finish (GEOPUNCH_GRACE_SECONDS, default 10)",
+    )
+    serve.add_argument(
         "--kernel-threads",
         type=int,
         help="threads of each process's parallel fence kernels (GEOPUNCH_KERNEL_THREADS; "
@@ -276,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_level=args.log_level,
                 max_workers=args.max_workers,
                 processes=args.processes,
+                worker_timeout_seconds=args.worker_timeout_seconds,
+                grace_seconds=args.grace_seconds,
                 kernel_threads=args.kernel_threads,
                 index_checkpoint=args.index_checkpoint,
                 event_loop=args.event_loop,

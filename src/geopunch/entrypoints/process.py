@@ -4,13 +4,18 @@ the signal handling and limits every server process uses."""
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("geopunch")
+
+#: How often a worker's event loop beats (see Heartbeats).
+HEARTBEAT_S = 1.0
 
 
 class SharedGenerations:
@@ -41,12 +46,42 @@ class SharedGenerations:
             self._events.value += 1
 
 
+class Heartbeats:
+    """When each worker's event loop last ran, in shared memory, so that the
+    supervisor can tell a worker that hangs from one that is busy.
+
+    A slot holds the pid that beat and when (``time.monotonic``, one clock
+    for every process of a Linux machine). The pid keeps a replaced worker
+    that beats once more on its way out from vouching for its replacement.
+    """
+
+    def __init__(self, ctx: Any, workers: int) -> None:
+        # lock=False: one process writes a slot, and an aligned 8-byte store
+        # or load is atomic; the pid is written after the time it vouches for.
+        self._slots = ctx.Array("d", 2 * workers, lock=False)
+
+    def beat(self, number: int, pid: int) -> None:
+        self._slots[2 * number] = time.monotonic()
+        self._slots[2 * number + 1] = pid
+
+    def silent_for(self, number: int, pid: int, now: float) -> float:
+        """Seconds since ``pid`` last beat in slot ``number``; 0 before its first beat."""
+        if self._slots[2 * number + 1] != pid:
+            return 0.0
+        at: float = self._slots[2 * number]
+        return now - at
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
     """Which worker a process is, and what it shares with its siblings."""
 
     number: int
     generations: SharedGenerations
+    heartbeats: Heartbeats
+
+    def beat(self) -> None:
+        self.heartbeats.beat(self.number, os.getpid())
 
     @property
     def runs_housekeeping(self) -> bool:

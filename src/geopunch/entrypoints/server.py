@@ -38,7 +38,12 @@ from geopunch.config import Config
 from geopunch.domain.ports import Transaction, UnitOfWorkFactory
 from geopunch.entrypoints import background, loops
 from geopunch.entrypoints.http_server import CannotListen, HttpServer, bind, metrics_listener
-from geopunch.entrypoints.process import WorkerSlot, raise_open_files_limit, stop_on_signals
+from geopunch.entrypoints.process import (
+    HEARTBEAT_S,
+    WorkerSlot,
+    raise_open_files_limit,
+    stop_on_signals,
+)
 from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
 from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher, keep_running
@@ -310,6 +315,8 @@ class Server:
         self._ready.set()
         self.loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("serving")
+        if self.worker is not None:
+            self.loop.spawn(self._beat(self.worker))
         if self._writes_checkpoint:
             if self.app.index_as_saved:
                 self._checkpoint_versions = self.index.versions()
@@ -356,6 +363,14 @@ class Server:
             if days > 0 and self._housekeeping:
                 purger = background.Purger(what, purge, self._uows, days * 86400, self._stopped)
                 self._threads.append(background.start(f"{what} purge", purger.run))
+
+    async def _beat(self, slot: WorkerSlot) -> None:
+        """Tell the supervisor, every second, that this worker's event loop
+        runs; it stops at the drain, which has a deadline of its own."""
+        while True:
+            slot.beat()
+            if await self._stopped.sleep(HEARTBEAT_S):
+                return
 
     def _start_delivery(self) -> None:
         """Webhook deliveries (and the JetStream sink), on an event loop of

@@ -9,8 +9,9 @@ of them (grpc's ``examples/python/multiprocessing``).
 
 The supervisor (this module's :func:`serve_processes`) migrates the store
 once, reserves the port, starts the workers, prints the ready line when every
-worker serves, restarts a worker that dies, and on SIGTERM or SIGINT drains
-them all.
+worker serves, restarts a worker that dies or hangs (its event loop's
+heartbeat, :class:`Heartbeats`, falls silent), and on SIGTERM or SIGINT
+drains them all.
 
 Workers are forks of multiprocessing's *fork server*: a fresh interpreter,
 started with the first worker, that imports the server's modules (numpy,
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.process
 import os
@@ -60,6 +62,7 @@ from geopunch import metrics
 from geopunch.config import Config
 from geopunch.entrypoints.http_server import CannotListen, metrics_listener
 from geopunch.entrypoints.process import (
+    Heartbeats,
     SharedGenerations,
     WorkerSlot,
     raise_open_files_limit,
@@ -75,6 +78,8 @@ START_TIMEOUT_S = 300.0
 #: A draining worker is killed this long past its grace period: later than the
 #: worker's own cut-off (server.STOP_MARGIN_S, 10 s), which logs its stacks first.
 DRAIN_MARGIN_S = 15.0
+#: How long a hung worker has to write its stacks before it is killed.
+STACKS_PAUSE_S = 0.5
 #: What the fork server imports before it forks any worker.
 WORKER_PRELOAD = "geopunch.entrypoints.preload"
 #: prometheus-client's multi-process mode reads its directory from here.
@@ -104,8 +109,10 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
     return sock, f"{shown}:{actual}"
 
 
-def _worker_main(config: Config, slot: WorkerSlot, ready: Any) -> None:
-    """A worker's process: the single-process server, told who it is."""
+def _worker_main(config: Config, slot: WorkerSlot, ready: Any, replaces: str) -> None:
+    """A worker's process: the single-process server, told who it is and,
+    for a replacement, why the worker before it ended (counted here, since
+    only the workers write to the metrics' shared directory)."""
     import setproctitle
 
     from geopunch.entrypoints.server import serve
@@ -114,6 +121,8 @@ def _worker_main(config: Config, slot: WorkerSlot, ready: Any) -> None:
     setup_logging(config.log_level, worker=slot.number)
     # A fork's command line is the fork server's; name the process for ps.
     setproctitle.setproctitle(f"geopunch worker {slot.number}")
+    if replaces:
+        metrics.WORKER_RESTARTS.labels(replaces).inc()
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
@@ -161,12 +170,13 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         config, listen=address, http_listen=http_address, metrics_listen="", processes=1
     )
     generations = SharedGenerations(ctx)
+    heartbeats = Heartbeats(ctx, config.processes)
     started: Any = ctx.Queue()
 
-    def start(number: int) -> multiprocessing.process.BaseProcess:
+    def start(number: int, replaces: str = "") -> multiprocessing.process.BaseProcess:
         proc = ctx.Process(
             target=_worker_main,
-            args=(worker_config, WorkerSlot(number, generations), started),
+            args=(worker_config, WorkerSlot(number, generations, heartbeats), started, replaces),
             name=f"geopunch-worker-{number}",
         )
         proc.start()
@@ -174,7 +184,10 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         return proc
 
     workers = [start(n) for n in range(config.processes)]
-    orphans: list[multiprocessing.process.BaseProcess] = []  # replaced, still draining
+    # Replaced workers still draining, each with when it is killed if it has not stopped.
+    orphans: list[tuple[multiprocessing.process.BaseProcess, float]] = []
+    timeout = config.worker_timeout_seconds
+    killed: set[int | None] = set()  # hung workers killed, until their exit is seen
     try:
         if not _await_ready(workers, started, stop):
             return
@@ -182,9 +195,24 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         if ready is not None:
             ready(_host_port(address)[1], http_address)
         while not stop.wait(0.25):
-            orphans[:] = [proc for proc in orphans if _running(proc)]
+            now = time.monotonic()
+            orphans[:] = [(proc, at) for proc, at in orphans if _running(proc)]
+            for i, (proc, at) in enumerate(orphans):
+                if now > at:  # its drain hangs, or it was stopped (SIGSTOP)
+                    log.error(
+                        "replaced worker did not stop; killing it",
+                        extra={"fields": {"pid": proc.pid}},
+                    )
+                    _signal(proc, signal.SIGKILL)
+                    orphans[i] = (proc, math.inf)
             for n, proc in enumerate(workers):
-                if proc.exitcode is None or stop.is_set():
+                if stop.is_set():
+                    break
+                if proc.exitcode is None:
+                    silent = heartbeats.silent_for(n, proc.pid or 0, now)
+                    if timeout and silent > timeout and proc.pid not in killed:
+                        _kill_hung(n, proc, silent)
+                        killed.add(proc.pid)  # its exit status is on its way
                     continue
                 if _running(proc):
                     # The fork server died (its status relay reads as an exit)
@@ -199,8 +227,10 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                         extra={"fields": {"worker": n, "pid": proc.pid}},
                     )
                     _signal(proc, signal.SIGTERM)
-                    orphans.append(proc)
+                    orphans.append((proc, now + config.grace_seconds + DRAIN_MARGIN_S))
+                    reason = "fork_server_died"
                 else:
+                    reason = "hung" if proc.pid in killed else "exited"
                     log.error(
                         "worker exited; starting it again",
                         extra={"fields": {"worker": n, "pid": proc.pid, "exitcode": proc.exitcode}},
@@ -208,9 +238,10 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                     time.sleep(RESTART_PAUSE_S)
                 if proc.pid is not None:
                     metrics.process_ended(proc.pid)
-                workers[n] = start(n)
+                killed.discard(proc.pid)
+                workers[n] = start(n, reason)
     finally:
-        _drain([*workers, *orphans], config.grace_seconds)
+        _drain([*workers, *(proc for proc, _ in orphans)], config.grace_seconds)
         if stop_metrics is not None:
             stop_metrics()
         if metrics_dir is not None:
@@ -245,6 +276,22 @@ def _await_ready(
         except queue.Empty:
             continue
     return True
+
+
+def _kill_hung(number: int, proc: multiprocessing.process.BaseProcess, silent: float) -> None:
+    """A worker whose event loop stopped (a deadlock, a call that never
+    yields, a stopped process) still holds its share of the port, and the
+    kernel keeps handing it new connections that nothing answers. Its
+    stacks go to the log first (faulthandler answers SIGUSR1 from C, so even
+    a thread holding the GIL forever does not stop it). Once its exit is
+    seen it is started again, as any worker that died is."""
+    log.error(
+        "worker stopped answering; killing it",
+        extra={"fields": {"worker": number, "pid": proc.pid, "silent_s": round(silent, 1)}},
+    )
+    _signal(proc, signal.SIGUSR1)
+    time.sleep(STACKS_PAUSE_S)
+    _signal(proc, signal.SIGKILL)
 
 
 def _signal(proc: multiprocessing.process.BaseProcess, sig: int) -> None:
