@@ -135,17 +135,7 @@ def test_a_killed_worker_is_replaced_and_sigterm_drains_all(
     while _worker_pids(srv)[1] == victim:
         assert time.monotonic() < deadline, "the killed worker was not replaced"
         time.sleep(0.1)
-    # The replacement serves: new connections reach both workers again.
-    while True:
-        try:
-            (fresh_a, fresh_b), opened = _one_per_worker(srv.address)
-            break
-        except Exception:  # the replacement is still starting up
-            assert time.monotonic() < deadline, "the replacement never served"
-            time.sleep(0.2)
-    tc = make_time_clock(fresh_b).id
-    add_fence(fresh_a, tc, *SITE, 100)
-    assert _inside(fresh_b, tc)
+    _serves_on_both(srv, deadline)  # new connections reach both workers again
     # Every worker, the replacement too, is a fork of the supervisor's warm
     # fork server (not a fresh interpreter), named for ps.
     for number, pid in _worker_pids(srv).items():
@@ -154,8 +144,7 @@ def test_a_killed_worker_is_replaced_and_sigterm_drains_all(
         parent = worker.parent()
         assert parent is not None
         assert "multiprocessing.forkserver" in " ".join(parent.cmdline())
-    for c in opened:
-        c.close()
+    assert value(scrape(srv.http_address), "geopunch_worker_restarts_total", reason="exited") == 1
     assert srv.terminate() == 0
     log = [json.loads(line) for line in srv.logs().splitlines()]
     assert any(e["msg"] == "worker exited; starting it again" for e in log)
@@ -185,18 +174,7 @@ def test_a_killed_fork_server_leaves_two_workers_and_a_clean_drain(
     ):
         assert time.monotonic() < deadline, "the orphaned workers were not replaced"
         time.sleep(0.1)
-    while True:  # the replacements serve
-        try:
-            (fresh_a, fresh_b), opened = _one_per_worker(srv.address)
-            break
-        except Exception:
-            assert time.monotonic() < deadline, "the replacements never served"
-            time.sleep(0.2)
-    tc = make_time_clock(fresh_a).id
-    add_fence(fresh_b, tc, *SITE, 100)
-    assert _inside(fresh_a, tc)
-    for c in opened:
-        c.close()
+    _serves_on_both(srv, deadline)
     named = [
         p
         for p in psutil.Process(srv.proc.pid).children(recursive=True)
