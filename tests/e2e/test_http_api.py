@@ -1267,3 +1267,107 @@ def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) ->
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400 "), (value, answer[:200])
         assert b"Last-Event-ID must be a seq" in answer, answer
+
+
+def _warnings(r: httpx.Response) -> list[str]:
+    """The paths a ``Warning`` header names as unknown fields, decoded."""
+    found = []
+    for value in r.headers.get_list("warning"):
+        assert value.isascii() and value.isprintable(), value
+        code, agent, text = value.split(" ", 2)
+        assert (code, agent) == ("299", "-"), value
+        said = json.loads(text)  # a quoted string, as JSON writes one
+        found.append(json.loads(said.removeprefix("unknown field ")) if '"' in said else said)
+    return found
+
+
+def test_keys_a_body_does_not_take_are_named_or_refused(http: httpx.Client, client: Client) -> None:
+    """A key a body does not take used to vanish: {"users": [5]} made a time
+    clock without users, and {"isPublish": true} a draft shift, both
+    answered 200. Each such key is now named in a Warning header of the
+    answer (a refusal's too), over the punch lane and the routes; with
+    fieldValidation=Strict the call is refused and changes nothing; with
+    Ignore it is taken as it always was."""
+    tc = _clock(client)
+    clock = f"/time-clock/v1/time-clocks/{tc}"
+    made = http.post(
+        "/geopunch/v1/time-clocks",
+        json={"name": "a", "timezone": "UTC", "users": [USER], "jobs": [{"id": "j", "nme": "x"}]},
+    )
+    assert made.status_code == 200, made.text[:300]
+    assert _warnings(made) == ["users", "jobs[0].nme"]
+    assert made.json()["data"]["userIds"] == []
+
+    # The punch lane leaves such a body to its route, which punches and warns.
+    punch = {"userId": USER, "userID": 6, "locationData": {"latitude": 1, "longitude": 2, "lat": 3}}
+    r = http.post(f"{clock}/clock-in", json=punch)
+    assert r.status_code == 200 and r.json()["data"]["shift"]["userId"] == USER, r.text[:300]
+    assert _warnings(r) == ["userID", "locationData.lat"]
+    r = http.post(f"{clock}/clock-out", json={"userId": USER}, params={"fieldValidation": "Warn"})
+    assert r.status_code == 200 and _warnings(r) == [], r.text[:300]
+    # A refusal names them too: here, the likely reason for it.
+    r = http.post(f"{clock}/clock-in", json={"userID": USER})
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "userId", r.text[:300]
+    assert _warnings(r) == ["userID"]
+
+    # Strict: refused, each key by its path, and nothing is done.
+    r = http.post(f"{clock}/clock-in", json=punch, params={"fieldValidation": "Strict"})
+    assert r.status_code == 400, r.text[:300]
+    assert [e["field"] for e in r.json()["errors"]] == ["userID", "locationData.lat"]
+    assert "unknown field 'userID'" in r.json()["errors"][0]["description"]
+    assert _warnings(r) == []
+    state = http.get(f"{clock}/user-statuses?userIds={USER}")
+    assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
+    sched = http.post(
+        "/geopunch/v1/schedulers", json={"name": "s", "timezone": "UTC", "userIds": [USER]}
+    ).json()["data"]["id"]
+    start = int(time.time()) // 3600 * 3600 + 86400
+    shift = {"startTime": start, "endTime": start + 3600, "title": "x", "isPublish": True}
+    shifts = f"/scheduler/v1/schedulers/{sched}/shifts"
+    r = http.post(shifts, json=[shift], params={"fieldValidation": "Strict"})
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["detail"] == {
+        "shift-0": [
+            "unknown field 'isPublish': the body takes no such key "
+            "(the call asked for fieldValidation=Strict)"
+        ]
+    }
+    # Ignore: taken, and said nothing of.
+    r = http.post(shifts, json=[shift], params={"fieldValidation": "Ignore"})
+    assert r.status_code == 200 and r.headers.get_list("warning") == [], r.text[:300]
+    assert r.json()["data"]["shifts"][0]["isPublished"] is False
+
+    # A key the header cannot hold as it is, and more keys than are shown.
+    odd = 'a"b\\c\nd\x7fé'
+    r = http.post(
+        "/geopunch/v1/time-clocks",
+        json={"name": "b", "timezone": "UTC", odd: 1, **{f"k{i}": i for i in range(12)}},
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert _warnings(r) == [odd] + [f"k{i}" for i in range(9)] + ["and 3 more unknown fields"]
+    # Under a job tree as deep as one goes.
+    deep: dict[str, Any] = {"id": "leaf", "extra": 1}
+    for level in range(31):
+        deep = {"id": f"j{level}", "subJobs": [deep]}
+    r = http.post("/geopunch/v1/time-clocks", json={"name": "c", "timezone": "UTC", "jobs": [deep]})
+    assert r.status_code == 200, r.text[:300]
+    assert _warnings(r) == ["jobs[0]" + ".subJobs[0]" * 31 + ".extra"]
+
+    # The parameter itself: one of three values, once, and only where a body is taken.
+    for query, said in (
+        ("fieldValidation=strict", "'strict' is not one of Ignore, Warn, Strict"),
+        ("fieldValidation=Warn&fieldValidation=Strict", "given 2 times"),
+    ):
+        r = http.post(f"{clock}/clock-out?{query}", json={"userId": USER})
+        assert r.status_code == 400, r.text[:300]
+        assert r.json()["errors"][0]["field"] == "fieldValidation", r.text[:300]
+        assert said in r.json()["errors"][0]["description"], r.text[:300]
+    r = http.get(f"{clock}/geofences", params={"fieldValidation": "Strict"})
+    assert r.status_code == 400 and "not a query parameter" in r.text, r.text[:300]
+    # A caller without a key is told that first.
+    r = httpx.post(
+        f"{http.base_url}{clock}/clock-in",
+        json=punch,
+        params={"fieldValidation": "Strict"},
+    )
+    assert r.status_code == 401, r.text[:300]

@@ -7,6 +7,7 @@ strings (punch locations stay numbers).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -402,6 +403,51 @@ def validation_problem(error: Mapping[str, Any], root: str = "") -> FieldViolati
 
 
 _REASONS = {code.value: code for code in ErrorCode}
+
+#: ``Warning`` headers of one answer at most; the last says how many more.
+_WARNINGS_SHOWN = 10
+
+
+def unknown_field_paths(locs: Sequence[Sequence[str | int]], root: str = "") -> list[str]:
+    """Where a body has keys it does not take, as the rules name places
+    (``root`` as for ``loc_path``); a key is cut at 64 characters."""
+    return [
+        loc_path(("body", *(p[:64] if isinstance(p, str) else p for p in loc)), root)
+        for loc in locs
+    ]
+
+
+def unknown_field_warnings(paths: Sequence[str]) -> list[str]:
+    """``Warning`` header values for keys a body does not take, in the form
+    RFC 9111 gives (code 299, "miscellaneous persistent warning") and
+    Kubernetes sends for the same case. The path is written as a JSON string
+    in ASCII, so a key holding quotes, line breaks or any character cannot
+    break the header."""
+    shown = [f"unknown field {_ascii(path)}" for path in paths[:_WARNINGS_SHOWN]]
+    if len(paths) > _WARNINGS_SHOWN:
+        shown.append(f"and {len(paths) - _WARNINGS_SHOWN} more unknown fields")
+    return ['299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"' for text in shown]
+
+
+def unknown_field_refusal(locs: Sequence[Sequence[str | int]], root: str = "") -> DomainError:
+    """The refusal of a body with keys it does not take, for a call that
+    asked for it; each sentence names its key, since a scheduler's detail
+    lists a shift's problems by sentence alone."""
+    problems = [
+        FieldViolation(
+            path,
+            f"unknown field {str(loc[-1])[:64]!r}: the body takes no such key "
+            "(the call asked for fieldValidation=Strict)",
+            ErrorCode.INVALID_ARGUMENT,
+        )
+        for loc, path in zip(locs, unknown_field_paths(locs, root), strict=True)
+    ]
+    return DomainError.from_violations(problems, "the body")
+
+
+def _ascii(text: str) -> str:
+    # json.dumps leaves DEL as it is, which a header may not hold.
+    return json.dumps(text).replace("\x7f", "\\u007f")
 
 
 def error_detail(

@@ -54,6 +54,7 @@ from geopunch.adapters.http.bodies import (
     DayStatusBody,
     DuplicateKey,
     ErrorBody,
+    Location,
     NewWebhookIn,
     ReplayBody,
     SchedulerIn,
@@ -67,10 +68,19 @@ from geopunch.adapters.http.bodies import (
     decode_json,
     duplicate_key_refusal,
     fence_draft,
+    unknown_fields,
 )
 from geopunch.adapters.http.document import finish, ok, query_parameters
 from geopunch.adapters.http.examples import EXAMPLES
-from geopunch.adapters.http.params import DECIMAL, query_problems
+from geopunch.adapters.http.params import (
+    DECIMAL,
+    FIELD_VALIDATION,
+    IGNORE,
+    STRICT,
+    WARN,
+    field_validation,
+    query_problems,
+)
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, scopes_of
 from geopunch.domain.bounds import int64_text, text_problem
@@ -514,15 +524,27 @@ class _OnceReadRequest(Request):
     FastAPI reads it (Starlette keeps what ``json()`` returned, so FastAPI
     takes it as decoded here and the body is parsed once)."""
 
-    async def decode_body(self) -> None:
+    #: Where the body has keys its type does not take (``bodies.unknown_fields``).
+    unknown: tuple[Location, ...] = ()
+
+    async def decode_body(self, kind: Any) -> None:
+        """Decode the body, and find the keys that ``kind``, the route's body
+        type, does not take."""
         raw = await self.body()
         if not raw or not _is_json(self.headers.get("content-type")):
             return
+
+        look = _mode_sent(self) != [IGNORE]  # the walk costs about 3 ms a 1,000 activities
+
+        def read() -> tuple[Any, tuple[Location, ...]]:
+            data = decode_json(raw)
+            return data, tuple(unknown_fields(data, kind)) if look else ()
+
         try:
             if len(raw) < _DECODE_APART_BYTES:
-                self._json = decode_json(raw)
+                self._json, self.unknown = read()
             else:
-                self._json = await asyncio.to_thread(decode_json, raw)
+                self._json, self.unknown = await asyncio.to_thread(read)
         except DuplicateKey as exc:
             raise duplicate_key_refusal(exc) from None
         except (ValueError, RecursionError):
@@ -539,13 +561,42 @@ class _OnceReadRoute(APIRoute):
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler
+        kind = self.body_field.field_info.annotation
 
         async def handle(request: Request) -> Response:
             once = _OnceReadRequest(request.scope, request.receive)
-            await once.decode_body()
-            return await handler(once)
+            await once.decode_body(kind)
+            if once.unknown:  # for the answer, a refusal's too (``with_warnings``)
+                once.scope[UNKNOWN_KEYS] = once.unknown
+            return with_warnings(once, await handler(once))
 
         return handle
+
+
+#: Where in the ASGI scope a route leaves the keys its body does not take.
+UNKNOWN_KEYS = "geopunch.unknown_keys"
+
+
+def with_warnings(request: Request, response: Response) -> Response:
+    """``response`` with a ``Warning`` header for each key the request's
+    body does not take, unless the call asked for something else: Ignore,
+    or Strict (refused before it ran, by ``known_query``), or a mode that is
+    not one (refused as well)."""
+    unknown = request.scope.get(UNKNOWN_KEYS)
+    if unknown and _mode_sent(request) in ([], [WARN]):
+        paths = answers.unknown_field_paths(unknown, _body_root(request.url.path))
+        for warning in answers.unknown_field_warnings(paths):
+            response.headers.append("Warning", warning)
+    return response
+
+
+def _mode_sent(request: Request) -> list[str]:
+    return request.query_params.getlist(FIELD_VALIDATION)
+
+
+def _body_root(path: str) -> str:
+    """What the rules call a body that is a list: the shifts of a scheduler."""
+    return "shifts" if path.startswith("/scheduler/") else ""
 
 
 def create_app(deps: HttpDeps) -> Any:
@@ -571,6 +622,9 @@ def create_app(deps: HttpDeps) -> Any:
         problems = query_problems(names, request.query_params.multi_items())
         if problems:
             raise DomainError.from_violations(problems, "the query")
+        unknown = getattr(request, "unknown", None)
+        if field_validation(_mode_sent(request)) == STRICT and unknown:
+            raise answers.unknown_field_refusal(unknown, _body_root(request.url.path))
 
     app = FastAPI(
         # Starlette answered a path with a trailing slash by a redirect to the
@@ -632,8 +686,8 @@ def create_app(deps: HttpDeps) -> Any:
     app.router.route_class = _OnceReadRoute  # before any route is added
 
     @app.exception_handler(DomainError)
-    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        return _refusal(exc, request.url.path)
+    async def domain_error(request: Request, exc: DomainError) -> Response:
+        return with_warnings(request, _refusal(exc, request.url.path))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -642,18 +696,19 @@ def create_app(deps: HttpDeps) -> Any:
         return _refusal(DomainError.unexpected(request_id_var.get()), request.url.path)
 
     @app.exception_handler(ConcurrentChange)
-    async def lost_race(request: Request, exc: ConcurrentChange) -> JSONResponse:
-        return _lost_race()
+    async def lost_race(request: Request, exc: ConcurrentChange) -> Response:
+        return with_warnings(request, _lost_race())
 
     @app.exception_handler(RequestValidationError)
-    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def bad_body(request: Request, exc: RequestValidationError) -> Response:
         # As the rules' own problems, so that the route's detail has its one
         # shape (a list for a batch of geofences, keyed by shift for shifts).
-        root = "shifts" if request.url.path.startswith("/scheduler/") else ""
+        root = _body_root(request.url.path)
         problems = [answers.validation_problem(e, root) for e in exc.errors()[:8]] or [
             FieldViolation("", "invalid request", ErrorCode.INVALID_ARGUMENT)
         ]
-        return _refusal(DomainError.from_violations(problems, "the request"), request.url.path)
+        refusal = DomainError.from_violations(problems, "the request")
+        return with_warnings(request, _refusal(refusal, request.url.path))
 
     @app.exception_handler(StarletteHTTPException)
     async def framework_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -834,7 +889,10 @@ def create_app(deps: HttpDeps) -> Any:
         model, kind, render = start_lane if break_id else lanes[match["what"]]
         try:
             parsed = model.model_validate_json(body)
-            decode_json(body)  # a key named twice: the route refuses it
+            # A key named twice: the route refuses it; keys the body does
+            # not take: the route says so in its answer.
+            if unknown_fields(decode_json(body), model):
+                return None
         except ValueError:  # ValidationError, DuplicateKey, or JSON only pydantic took
             return None
         try:

@@ -1,20 +1,28 @@
 """Request bodies of the HTTP API and their conversion to domain values.
 
 Keys are the spec's camelCase. Known keys are type-checked strictly (a
-string is not a user id, a number is not a name); unknown keys are ignored,
-as JSON API clients expect. No rule lives here: ranges, sizes and references
-are the domain's to check, with the same paths over both APIs. Two kinds of
-bound are applied in the types, with the domain's own definitions: the
-bounds every text and JSON value shares (``domain.bounds``), and each list's
-length (``at_most``, the rules' limit, reason and sentence), so that an
-oversized list is refused before its items are validated.
+string is not a user id, a number is not a name). Keys a body does not take
+are ignored, as JSON API clients expect (a location object with an address
+sent as a point, a record sent back as it was read), but never silently:
+``unknown_fields`` finds them, and the app names them in the answer's
+``Warning`` headers, or refuses the call if it asked for that.
+
+No rule lives here: ranges, sizes and references are the domain's to check,
+with the same paths over both APIs. Two kinds of bound are applied in the
+types, with the domain's own definitions: the bounds every text and JSON
+value shares (``domain.bounds``), and each list's length (``at_most``, the
+rules' limit, reason and sentence), so that an oversized list is refused
+before its items are validated.
 """
 
 # No ``from __future__ import annotations``: pydantic reads the annotations at run time.
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -48,6 +56,7 @@ from geopunch.domain.rules import (
     MAX_ENTITY_ID,
     MAX_GEOFENCES_PER_REQUEST,
     MAX_ID_LENGTH,
+    MAX_JOB_DEPTH,
     MAX_JOB_IDS_PER_FENCE,
     MAX_JOBS,
     MAX_NAME_LENGTH,
@@ -289,6 +298,103 @@ def duplicate_key_refusal(exc: DuplicateKey) -> DomainError:
     return DomainError.from_violations(
         [FieldViolation("", said, ErrorCode.INVALID_ARGUMENT)], "the body"
     )
+
+
+#: Where a decoded body has a key: its path from the body's root.
+Location = tuple[str | int, ...]
+
+
+def unknown_fields(data: Any, kind: Any, limit: int = 100) -> list[Location]:
+    """The first ``limit`` keys of the decoded body ``data`` that its type
+    ``kind`` (a body model, or a list of one) does not take, where they are,
+    in the body's order. Bodies ignore such keys (``Body``); this is what a
+    caller is told of them (http.md, "Keys a body does not take"). It runs
+    before the body is validated, on whatever was sent, so it goes no deeper
+    (its recursion included) and no wider than a body may."""
+    found: list[Location] = []
+
+    # A place is a (parent, key) pair, spelled out only for a find.
+    def walk(at: Any, value: Any, kind: Any, depth: int) -> None:
+        if depth > _WALK_DEPTH:  # deeper than any body goes: refused as it is read
+            return
+        if isinstance(kind, _ListOf):
+            if isinstance(value, list) and len(value) <= _WALK_ITEMS:
+                for i, item in enumerate(value):
+                    if isinstance(item, (dict, list)) and len(found) < limit:
+                        walk((at, i), item, kind.item, depth + 1)
+        elif isinstance(value, dict):
+            takes = _keys_taken(kind)
+            for key, item in value.items():
+                inner = takes.get(key, _UNKNOWN)
+                if len(found) == limit:
+                    return
+                if inner is _UNKNOWN:
+                    found.append(_spelled((at, key)))
+                elif inner is not None and isinstance(item, (dict, list)):
+                    walk((at, key), item, inner, depth + 1)
+
+    root = _walked(_bare(kind))
+    if root is not None:
+        walk(None, data, root, 0)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _ListOf:
+    item: Any
+
+
+def _spelled(at: Any) -> Location:
+    keys = []
+    while at is not None:
+        at, key = at
+        keys.append(key)
+    return tuple(reversed(keys))
+
+
+#: What ``unknown_fields`` walks under a key the body does not take.
+_UNKNOWN = object()
+#: A longer list is longer than any body takes, and refused as it is read.
+_WALK_ITEMS = MAX_HTTP_POINTS
+#: Keys and indexes deep; a job tree, the deepest a body goes, takes
+#: two a level (``subJobs``, its index).
+_WALK_DEPTH = 2 * MAX_JOB_DEPTH + 8
+
+
+def _bare(kind: Any) -> Any:
+    """``kind`` without ``Annotated`` and an optional ``None``; a union of
+    several types is not walked (no body has one of models)."""
+    while True:
+        origin = get_origin(kind)
+        if origin is Annotated:
+            kind = get_args(kind)[0]
+        elif origin is Union or origin is UnionType:
+            options = [a for a in get_args(kind) if a is not type(None)]
+            if len(options) != 1:
+                return None
+            kind = options[0]
+        else:
+            return kind
+
+
+@functools.cache
+def _keys_taken(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's keys, each with what to walk under it: a model, a list, or
+    None for a value with no keys of ours (a number, a text, free JSON)."""
+    return {
+        field.alias or name: _walked(_bare(field.annotation))
+        for name, field in model.model_fields.items()
+    }
+
+
+def _walked(kind: Any) -> Any:
+    """What the walk looks under a key of type ``kind`` for: a model's keys,
+    a list's items, or nothing."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind
+    if get_origin(kind) is list and (item := _walked(_bare(get_args(kind)[0]))) is not None:
+        return _ListOf(item)
+    return None
 
 
 # -- punches --------------------------------------------------------------------------

@@ -6,11 +6,33 @@ from typing import Any
 from pydantic import BaseModel
 
 from geopunch.adapters.http import shapes
+from geopunch.adapters.http.params import FIELD_VALIDATION, FIELD_VALIDATIONS, WARN
 
 
 def finish(document: dict[str, Any]) -> dict[str, Any]:
-    """Exact integer bounds, no 422, and links from what a call creates."""
-    return _with_links(_without_422(_exact_integer_bounds(document)))
+    """Exact integer bounds, no 422, links from what a call creates, and
+    ``fieldValidation`` on every call that takes a body."""
+    return _with_field_validation(_with_links(_without_422(_exact_integer_bounds(document))))
+
+
+def _with_field_validation(document: dict[str, Any]) -> dict[str, Any]:
+    """The query parameter that says what a call does with keys its body
+    does not take (the app reads it where it decodes bodies)."""
+    parameter = {
+        "name": FIELD_VALIDATION,
+        "in": "query",
+        "required": False,
+        "description": (
+            "What to do with keys the body does not take: Ignore them, Warn (each named "
+            "in a Warning header of the answer), or refuse the call (Strict, 400)."
+        ),
+        "schema": {"type": "string", "enum": list(FIELD_VALIDATIONS), "default": WARN},
+    }
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if "requestBody" in operation:
+                operation.setdefault("parameters", []).append(dict(parameter))
+    return document
 
 
 _INT64 = (-(2**63), 2**63 - 1)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from geopunch.domain.errors import ErrorCode, FieldViolation
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 
 #: An integer as a URL spells it: decimal digits, no sign but a minus, no
 #: point, separator or leading zero. pydantic's lax parsing took "1.0",
@@ -48,3 +48,26 @@ def query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[
             continue
         problems.append(FieldViolation(name[:64], said, ErrorCode.INVALID_ARGUMENT))
     return problems
+
+
+#: What a call with a body does with keys the body does not take: nothing,
+#: tell the caller in ``Warning`` headers (the default), or refuse the call.
+#: Kubernetes' API server takes the same query parameter, with the same
+#: values, for the same question.
+FIELD_VALIDATION = "fieldValidation"
+IGNORE, WARN, STRICT = "Ignore", "Warn", "Strict"
+FIELD_VALIDATIONS = (IGNORE, WARN, STRICT)
+
+
+def field_validation(sent: list[str]) -> str:
+    """The mode a query's ``fieldValidation`` values ask for. A value that
+    is not a mode is refused; none is the default, and several are the
+    query check's to refuse."""
+    if len(sent) != 1:
+        return WARN
+    if sent[0] not in FIELD_VALIDATIONS:
+        said = f"{sent[0][:32]!r} is not one of {', '.join(FIELD_VALIDATIONS)}"
+        raise DomainError.from_violations(
+            [FieldViolation(FIELD_VALIDATION, said, ErrorCode.INVALID_ARGUMENT)], "the query"
+        )
+    return sent[0]
