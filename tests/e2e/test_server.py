@@ -47,6 +47,26 @@ def test_calls_without_a_valid_key_are_unauthenticated(
         c.close()
 
 
+@pytest.mark.parametrize("name", ["x-api-key", "x-request-id"])
+def test_metadata_of_one_value_sent_twice_is_refused(client: Client, name: str) -> None:
+    """Which copy would count was up to each reader: two keys, even two
+    valid ones, were refused as no key at all, and of two request ids the
+    first was taken. As over HTTP, such a call is refused before its key is
+    checked, and the answer says why."""
+    tc = make_time_clock(client)
+    second = (name, API_KEY if name == "x-api-key" else "rid-2")
+    err, _ = expect_error(
+        lambda: client.geofences.ListGeofences(
+            list_req(tc.id), metadata=(*client.metadata, ("x-request-id", "rid-1"), second)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert err.details() == f"'{name}' metadata is sent more than once; send it once"
+    # Once each, the same call is answered.
+    assert client(client.geofences.ListGeofences, list_req(tc.id)).request_id
+
+
 def test_every_configured_key_works(server: ServerProcess) -> None:
     c = Client(server.address, api_key="second-key-abcdef")
     try:

@@ -142,7 +142,9 @@ class ServiceInterceptor(_Interceptor):
             return handler
         metadata = details.invocation_metadata
         offered = next((v for k, v in metadata or () if k == "x-request-id"), None)
-        call = _Call(method, self._principal(metadata), scope_of(method), offered)
+        twice = _sent_twice(metadata)
+        principal = None if twice else self._principal(metadata)
+        call = _Call(method, principal, scope_of(method), offered, twice=twice)
         if handler.unary_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, handler.request_deserializer, call),
@@ -161,6 +163,9 @@ class ServiceInterceptor(_Interceptor):
         """Why a call may not run at all, if it may not."""
         if not self._ready.is_set():
             return DomainError(ErrorCode.UNAVAILABLE, "the server is starting; retry shortly")
+        if call.twice:
+            said = f"'{call.twice}' metadata is sent more than once; send it once"
+            return DomainError(ErrorCode.INVALID_ARGUMENT, said)
         if call.principal is None:
             return DomainError(
                 ErrorCode.API_KEY_INVALID,
@@ -390,6 +395,26 @@ class _Call:
     #: The caller's own x-request-id, if it sent one.
     offered_id: str | bytes | None = None
     began: bool = False
+    #: Metadata that takes one value and was sent with several, if any.
+    twice: str = ""
+
+
+#: Metadata read as one value. Sent twice, which copy counts would be up to
+#: each reader (the key check refused both as no key; the request id took
+#: the first), and a proxy adding its own beside the client's would have
+#: one silently ignored: such a call is refused, as the HTTP API refuses
+#: such headers.
+_ONE_VALUE = (API_KEY_HEADER, "x-request-id")
+
+
+def _sent_twice(metadata: Any) -> str:
+    seen: set[str] = set()
+    for key, _ in metadata or ():
+        if key in _ONE_VALUE:
+            if key in seen:
+                return str(key)
+            seen.add(key)
+    return ""
 
 
 class _Status(NamedTuple):
