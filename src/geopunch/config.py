@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S
 from geopunch.service.events import STREAMS_PER_KEY
@@ -17,8 +16,6 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATABASE_URL = "sqlite:///var/geopunch.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
-
-N = TypeVar("N", int, float)
 
 
 #: Variables that hold secrets: read once, then removed from the process
@@ -49,6 +46,67 @@ def _read_keys_file(path: str) -> str:
             return ",".join(line.strip() for line in f if line.strip() and line[0] != "#")
     except OSError as exc:
         raise ValueError(f"cannot read the API keys file {path!r}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Number:
+    """A numeric setting: its flag's (and Config's) name, which names its
+    variable too, its default, and its bounds. ``zero``: what 0 means where it is allowed below
+    ``low``; ``low_open``: ``low`` itself is not allowed."""
+
+    name: str
+    default: str
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    what: str
+    unit: str = ""
+    zero: str = ""
+    low_open: bool = False
+
+    @property
+    def var(self) -> str:
+        return f"GEOPUNCH_{self.name.upper()}"
+
+    def check(self, value: float) -> float:
+        if self.zero and value == 0:
+            return value
+        above = self.low < value if self.low_open else self.low <= value
+        if not (above and value <= self.high):  # NaN fails both
+            zero = f"0 ({self.zero}) or " if self.zero else ""
+            raise ValueError(
+                f"{self.what} must be {zero}within {self.low:g}..{self.high:g}{self.unit}"
+            )
+        return value
+
+
+# One row a setting, read as a table: name (flag and Config field), default,
+# type, bounds, what it is called in an error, its unit, what 0 means.
+# fmt: off
+_NUMBERS = (
+    _Number("receive_timeout_seconds", "10", float, 0.1, 600, "receive timeout", " seconds"),
+    _Number("max_streams_per_key", str(STREAMS_PER_KEY), int, 1, 10_000, "max streams per key"),
+    _Number("max_workers", "32", int, 1, 1024, "max workers"),
+    # Punches may arrive up to 12 hours late; a shorter memory would turn a
+    # late retry of an accepted punch into a second punch.
+    _Number("idempotency_days", "7", float, 1, 36500, "idempotency days", zero="keep forever"),
+    _Number("event_retention_days", "30", float, 1, 36500, "event retention days",
+            zero="keep forever"),
+    _Number("index_poll_ms", "1000", float, 10, 600_000, "index poll interval", " ms"),
+    _Number("processes", "1", int, 1, 64, "processes"),
+    _Number("grace_seconds", "10", float, 0, 3600, "grace", " seconds"),
+    _Number("worker_timeout_seconds", "30", float, 3, 3600, "worker timeout", " seconds",
+            zero="none"),
+    _Number("kernel_threads", "0", int, 1, 1024, "kernel threads", zero="follow the cores"),
+    _Number("max_clock_skew_seconds", "300", float, 0, 86_400, "max clock skew", " seconds"),
+    _Number("webhook_retry_hours", "24", float, 0, 24 * 30, "webhook retry hours",
+            low_open=True),
+    _Number("webhook_timeout_seconds", "10", float, 0.1, 120, "webhook timeout", " seconds"),
+    _Number("webhook_attempts_days", "7", float, 0, 36500, "webhook attempts days",
+            low_open=True),
+    _Number("webhook_lease_seconds", "30", float, 1, 3600, "webhook lease", " seconds"),
+)
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +184,17 @@ class Config:
             value = overrides.get(name)
             return str(value) if value is not None else env.get(var, default)
 
-        def number(name: str, var: str, default: str, kind: Callable[[str], N]) -> N:
-            text = pick(name, var, default)
+        def number(spec: _Number) -> float:
+            text = pick(spec.name, spec.var, spec.default)
             try:
-                return kind(text)
+                value = spec.kind(text)
             except ValueError:
-                what = "a whole number" if kind is int else "a number"
-                raise ValueError(f"{var} must be {what}, not {text!r}") from None
+                what = "a whole number" if spec.kind is int else "a number"
+                raise ValueError(f"{spec.var} must be {what}, not {text!r}") from None
+            return spec.check(value)
 
+        numbers = {spec.name: number(spec) for spec in _NUMBERS}
+        poll_ms = numbers.pop("index_poll_ms")
         listed = pick("api_keys", "GEOPUNCH_API_KEYS", "")
         keys_file = pick("api_keys_file", "GEOPUNCH_API_KEYS_FILE", "")
         if keys_file:
@@ -154,16 +215,6 @@ class Config:
         for path in (tls_cert, tls_key, tls_client_ca):
             if path and not os.path.isfile(path):
                 raise ValueError(f"TLS file {path!r} does not exist")
-        receive_s = number(
-            "receive_timeout_seconds", "GEOPUNCH_RECEIVE_TIMEOUT_SECONDS", "10", float
-        )
-        if not 0.1 <= receive_s <= 600:
-            raise ValueError("receive timeout must be within 0.1..600 seconds")
-        streams = number(
-            "max_streams_per_key", "GEOPUNCH_MAX_STREAMS_PER_KEY", str(STREAMS_PER_KEY), int
-        )
-        if not 1 <= streams <= 10_000:
-            raise ValueError("max streams per key must be within 1..10000")
         level = pick("log_level", "GEOPUNCH_LOG_LEVEL", "INFO").upper()
         if level not in LOG_LEVELS:
             raise ValueError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -177,64 +228,17 @@ class Config:
         metrics_listen = pick("metrics_listen", "GEOPUNCH_METRICS_LISTEN", "")
         if metrics_listen:
             _check_address(metrics_listen, "metrics listen address")
-        workers = number("max_workers", "GEOPUNCH_MAX_WORKERS", "32", int)
-        if not 1 <= workers <= 1024:
-            raise ValueError("max workers must be within 1..1024")
-        days = number("idempotency_days", "GEOPUNCH_IDEMPOTENCY_DAYS", "7", float)
-        if days != 0 and not 1 <= days <= 36500:
-            # Punches may arrive up to 12 hours late; a shorter memory would
-            # turn a late retry of an accepted punch into a second punch.
-            raise ValueError("idempotency days must be 0 (keep forever) or within 1..36500")
-        event_days = number("event_retention_days", "GEOPUNCH_EVENT_RETENTION_DAYS", "30", float)
-        if event_days != 0 and not 1 <= event_days <= 36500:
-            raise ValueError("event retention days must be 0 (keep forever) or within 1..36500")
-        poll_ms = number("index_poll_ms", "GEOPUNCH_INDEX_POLL_MS", "1000", float)
-        if not 10 <= poll_ms <= 600_000:
-            raise ValueError("index poll interval must be within 10..600000 ms")
         checkpoint = pick("index_checkpoint", "GEOPUNCH_INDEX_CHECKPOINT", "auto").strip()
         if checkpoint.lower() in ("auto", "off", ""):
             checkpoint = checkpoint.lower() or "auto"
         elif not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint))):
             raise ValueError(f"the index checkpoint's directory does not exist: {checkpoint!r}")
-        processes = number("processes", "GEOPUNCH_PROCESSES", "1", int)
-        if not 1 <= processes <= 64:
-            raise ValueError("processes must be within 1..64")
-        grace = number("grace_seconds", "GEOPUNCH_GRACE_SECONDS", "10", float)
-        if not 0 <= grace <= 3600:
-            raise ValueError("grace must be within 0..3600 seconds")
-        worker_timeout = number(
-            "worker_timeout_seconds", "GEOPUNCH_WORKER_TIMEOUT_SECONDS", "30", float
-        )
-        if worker_timeout != 0 and not 3 <= worker_timeout <= 3600:
-            raise ValueError("worker timeout must be 0 (none) or within 3..3600 seconds")
-        kernel_threads = number("kernel_threads", "GEOPUNCH_KERNEL_THREADS", "0", int)
-        if not 0 <= kernel_threads <= 1024:
-            raise ValueError("kernel threads must be 0 (follow the cores) or within 1..1024")
         event_loop = pick("event_loop", "GEOPUNCH_EVENT_LOOP", "auto").lower()
         if event_loop not in EVENT_LOOPS:
             raise ValueError(f"event loop {event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
-        skew = number("max_clock_skew_seconds", "GEOPUNCH_MAX_CLOCK_SKEW_SECONDS", "300", float)
-        if not 0 <= skew <= 86_400:
-            raise ValueError("max clock skew must be within 0..86400 seconds")
         allow_private = pick("webhook_allow_private", "GEOPUNCH_WEBHOOK_ALLOW_PRIVATE", "0")
         if allow_private.lower() not in ("0", "1", "true", "false", ""):
             raise ValueError("GEOPUNCH_WEBHOOK_ALLOW_PRIVATE must be 0 or 1")
-        retry_h = number("webhook_retry_hours", "GEOPUNCH_WEBHOOK_RETRY_HOURS", "24", float)
-        if not 0 < retry_h <= 24 * 30:
-            raise ValueError("webhook retry hours must be within 0..720")
-        hook_timeout = number(
-            "webhook_timeout_seconds", "GEOPUNCH_WEBHOOK_TIMEOUT_SECONDS", "10", float
-        )
-        if not 0.1 <= hook_timeout <= 120:
-            raise ValueError("webhook timeout must be within 0.1..120 seconds")
-        attempts_days = number(
-            "webhook_attempts_days", "GEOPUNCH_WEBHOOK_ATTEMPTS_DAYS", "7", float
-        )
-        if not 0 < attempts_days <= 36500:
-            raise ValueError("webhook attempts days must be within 0..36500")
-        lease_s = number("webhook_lease_seconds", "GEOPUNCH_WEBHOOK_LEASE_SECONDS", "30", float)
-        if not 1 <= lease_s <= 3600:
-            raise ValueError("webhook lease must be within 1..3600 seconds")
         nats_url = pick("nats_url", "GEOPUNCH_NATS_URL", "")
         if nats_url and not nats_url.startswith(("nats://", "tls://")):
             raise ValueError("the NATS URL must start with nats:// or tls://")
@@ -253,30 +257,17 @@ class Config:
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
             api_key_hashes=tuple(hash_key(k) for k in keys),
             log_level=level,
-            max_workers=workers,
-            idempotency_days=days,
-            event_retention_days=event_days,
             index_poll_seconds=poll_ms / 1000,
             index_checkpoint=checkpoint,
-            processes=processes,
-            grace_seconds=grace,
-            worker_timeout_seconds=worker_timeout,
-            kernel_threads=kernel_threads,
             event_loop=event_loop,
-            max_clock_skew_seconds=skew,
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
-            receive_timeout_seconds=receive_s,
-            max_streams_per_key=streams,
             webhook_allow_private=allow_private.lower() in ("1", "true"),
-            webhook_retry_hours=retry_h,
-            webhook_timeout_seconds=hook_timeout,
-            webhook_attempts_days=attempts_days,
-            webhook_lease_seconds=lease_s,
             nats_url=nats_url,
             nats_stream=nats_stream,
             nats_subject_prefix=nats_prefix,
+            **numbers,  # type: ignore[arg-type]
         )
 
     def fence_kernel_threads(self) -> int:
