@@ -1364,6 +1364,13 @@ def test_keys_a_body_does_not_take_are_named_or_refused(http: httpx.Client, clie
         assert said in r.json()["errors"][0]["description"], r.text[:300]
     r = http.get(f"{clock}/geofences", params={"fieldValidation": "Strict"})
     assert r.status_code == 400 and "not a query parameter" in r.text, r.text[:300]
+    # The document says so of every call with a body, and only of those.
+    for path, operations in http.get("/openapi.json").json()["paths"].items():
+        for method, op in operations.items():
+            takes = "fieldValidation" in {p["name"] for p in op.get("parameters", ())}
+            assert takes == ("requestBody" in op), (method, path)
+            if takes:
+                assert all("Warning" in a["headers"] for a in op["responses"].values())
     # A caller without a key is told that first.
     r = httpx.post(
         f"{http.base_url}{clock}/clock-in",

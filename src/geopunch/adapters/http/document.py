@@ -17,7 +17,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
 
 def _with_field_validation(document: dict[str, Any]) -> dict[str, Any]:
     """The query parameter that says what a call does with keys its body
-    does not take (the app reads it where it decodes bodies)."""
+    does not take (the app reads it where it decodes bodies), and the
+    header its answers name them in."""
     parameter = {
         "name": FIELD_VALIDATION,
         "in": "query",
@@ -28,10 +29,19 @@ def _with_field_validation(document: dict[str, Any]) -> dict[str, Any]:
         ),
         "schema": {"type": "string", "enum": list(FIELD_VALIDATIONS), "default": WARN},
     }
+    warning = {
+        "description": (
+            "One for each key of the body the call does not take (unless fieldValidation "
+            'is Ignore): 299 - "unknown field \\"jobs[0].nme\\""'
+        ),
+        "schema": {"type": "string"},
+    }
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             if "requestBody" in operation:
                 operation.setdefault("parameters", []).append(dict(parameter))
+                for answer in operation.get("responses", {}).values():
+                    answer.setdefault("headers", {})["Warning"] = dict(warning)
     return document
 
 
