@@ -51,8 +51,8 @@ def _read_keys_file(path: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _Number:
     """A numeric setting: its flag's (and Config's) name, which names its
-    variable too, its default, and its bounds. ``zero``: what 0 means where it is allowed below
-    ``low``; ``low_open``: ``low`` itself is not allowed."""
+    variable too, its default, and its bounds. ``zero``: what 0 means, where
+    it is allowed below ``low``; ``low_open``: ``low`` itself is not allowed."""
 
     name: str
     default: str

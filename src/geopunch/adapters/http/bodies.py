@@ -352,7 +352,7 @@ def _spelled(at: Any) -> Location:
     return tuple(reversed(keys))
 
 
-#: What ``unknown_fields`` walks under a key the body does not take.
+#: What ``_keys_taken`` gives for a key the body does not take.
 _UNKNOWN = object()
 #: A longer list is longer than any body takes, and refused as it is read.
 _WALK_ITEMS = MAX_HTTP_POINTS
