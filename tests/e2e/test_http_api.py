@@ -1345,13 +1345,13 @@ def test_keys_a_body_does_not_take_are_named_or_refused(http: httpx.Client, clie
     )
     assert r.status_code == 200, r.text[:300]
     assert _warnings(r) == [odd] + [f"k{i}" for i in range(9)] + ["and 3 more unknown fields"]
-    # Under a job tree as deep as one goes.
+    # Under a job tree as deep as one goes; a place that long is told by its end.
     deep: dict[str, Any] = {"id": "leaf", "extra": 1}
     for level in range(31):
         deep = {"id": f"j{level}", "subJobs": [deep]}
     r = http.post("/geopunch/v1/time-clocks", json={"name": "c", "timezone": "UTC", "jobs": [deep]})
     assert r.status_code == 200, r.text[:300]
-    assert _warnings(r) == ["jobs[0]" + ".subJobs[0]" * 31 + ".extra"]
+    assert _warnings(r) == ["..." + ("jobs[0]" + ".subJobs[0]" * 31 + ".extra")[-200:]]
 
     # The parameter itself: one of three values, once, and only where a body is taken.
     for query, said in (

@@ -406,6 +406,8 @@ _REASONS = {code.value: code for code in ErrorCode}
 
 #: ``Warning`` headers of one answer at most; the last says how many more.
 _WARNINGS_SHOWN = 10
+#: Characters of a place a ``Warning`` header gives at most (its end).
+_PATH_SHOWN = 200
 
 
 def unknown_field_paths(locs: Sequence[Sequence[str | int]], root: str = "") -> list[str]:
@@ -423,7 +425,7 @@ def unknown_field_warnings(paths: Sequence[str]) -> list[str]:
     Kubernetes sends for the same case. The path is written as a JSON string
     in ASCII, so a key holding quotes, line breaks or any character cannot
     break the header."""
-    shown = [f"unknown field {_ascii(path)}" for path in paths[:_WARNINGS_SHOWN]]
+    shown = [f"unknown field {_ascii(_tail(path))}" for path in paths[:_WARNINGS_SHOWN]]
     if len(paths) > _WARNINGS_SHOWN:
         shown.append(f"and {len(paths) - _WARNINGS_SHOWN} more unknown fields")
     return ['299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"' for text in shown]
@@ -443,6 +445,12 @@ def unknown_field_refusal(locs: Sequence[Sequence[str | int]], root: str = "") -
         for loc, path in zip(locs, unknown_field_paths(locs, root), strict=True)
     ]
     return DomainError.from_violations(problems, "the body")
+
+
+def _tail(path: str) -> str:
+    """A long path's end, where its key is: ten of them must fit in the
+    headers a client reads (Node's parser takes 16 KiB in all)."""
+    return path if len(path) <= _PATH_SHOWN else "..." + path[-_PATH_SHOWN:]
 
 
 def _ascii(text: str) -> str:
