@@ -315,8 +315,6 @@ class Server:
         self._ready.set()
         self.loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("serving")
-        if self.worker is not None:
-            self.loop.spawn(self._beat(self.worker))
         if self._writes_checkpoint:
             if self.app.index_as_saved:
                 self._checkpoint_versions = self.index.versions()
@@ -363,6 +361,12 @@ class Server:
             if days > 0 and self._housekeeping:
                 purger = background.Purger(what, purge, self._uows, days * 86400, self._stopped)
                 self._threads.append(background.start(f"{what} purge", purger.run))
+
+    def start_heartbeat(self) -> None:
+        """Once serving, a worker tells the supervisor its loop runs (see
+        ``_beat``); a lone server has no one to tell."""
+        if self.worker is not None:
+            self.loop.spawn(self._beat(self.worker))
 
     async def _beat(self, slot: WorkerSlot) -> None:
         """Tell the supervisor, every second, that this worker's event loop
@@ -569,6 +573,10 @@ def serve(
     # punches in flight this took punch p99 from 120-170 ms to ~100 ms.
     gc.collect()
     gc.freeze()
+    # Only now: the collection above holds the interpreter for as long as a
+    # large index takes to walk, which a short worker timeout would take
+    # for a hang.
+    server.start_heartbeat()
     if ready is not None:
         ready(server.port, server.http.address if server.http is not None else "")
     # Wait in slices: a signal taken by another thread only sets a flag, and
