@@ -1281,7 +1281,9 @@ def _warnings(r: httpx.Response) -> list[str]:
     return found
 
 
-def test_keys_a_body_does_not_take_are_named_or_refused(http: httpx.Client, client: Client) -> None:
+def test_keys_a_body_does_not_take_are_named_or_refused(
+    http: httpx.Client, client: Client, server: ServerProcess
+) -> None:
     """A key a body does not take used to vanish: {"users": [5]} made a time
     clock without users, and {"isPublish": true} a draft shift, both
     answered 200. Each such key is now named in a Warning header of the
@@ -1297,6 +1299,20 @@ def test_keys_a_body_does_not_take_are_named_or_refused(http: httpx.Client, clie
     assert made.status_code == 200, made.text[:300]
     assert _warnings(made) == ["users", "jobs[0].nme"]
     assert made.json()["data"]["userIds"] == []
+    # The access log says so too, for whoever runs the server.
+    rid = made.headers["X-Request-ID"]
+    deadline = time.monotonic() + 5
+    while not (
+        lines := [
+            e
+            for e in (json.loads(x) for x in server.logs().splitlines() if x.startswith("{"))
+            if e.get("request_id") == rid and e.get("msg") == "http"
+        ]
+    ):
+        assert time.monotonic() < deadline, "no access log line"
+        time.sleep(0.05)
+    assert lines[0]["unknown_fields"] == ["users", "jobs[0].nme"]
+    assert lines[0]["unknown_field_count"] == 2
 
     # The punch lane leaves such a body to its route, which punches and warns.
     punch = {"userId": USER, "userID": 6, "locationData": {"latitude": 1, "longitude": 2, "lat": 3}}

@@ -402,6 +402,11 @@ class RequestContext:
                 "status": status,
                 "ms": round(elapsed * 1000, 2),
             }
+            unknown = app_scope.get(UNKNOWN_KEYS)
+            if unknown:  # which client sends what it should not, for its operator
+                root = _body_root(scope["path"])
+                fields["unknown_fields"] = answers.unknown_field_paths(unknown[:3], root)
+                fields["unknown_field_count"] = len(unknown)
             who = caller_var.get()
             if who is not None:
                 fields.update(account=who.account_id, key=who.key_id)
