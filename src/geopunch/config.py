@@ -97,6 +97,8 @@ _NUMBERS = (
     _Number("grace_seconds", "10", float, 0, 3600, "grace", " seconds"),
     _Number("worker_timeout_seconds", "30", float, 3, 3600, "worker timeout", " seconds",
             zero="none"),
+    _Number("worker_start_timeout_seconds", "300", float, 1, 86_400, "worker start timeout",
+            " seconds"),
     _Number("kernel_threads", "0", int, 1, 1024, "kernel threads", zero="follow the cores"),
     _Number("max_clock_skew_seconds", "300", float, 0, 86_400, "max clock skew", " seconds"),
     _Number("webhook_retry_hours", "24", float, 0, 24 * 30, "webhook retry hours",
@@ -139,6 +141,9 @@ class Config:
     #: With ``processes`` > 1: a worker whose event loop has not run for this
     #: long is killed (its stacks logged first) and started again; 0: never.
     worker_timeout_seconds: float = 30.0
+    #: With ``processes`` > 1: how long a worker may take to start serving
+    #: (its store opened, its index loaded) before it is killed and tried again.
+    worker_start_timeout_seconds: float = 300.0
     #: Threads each process's parallel fence kernels may use; 0: the cores
     #: this process may run on, divided among ``processes``.
     kernel_threads: int = 0

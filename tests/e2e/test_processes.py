@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from sqlalchemy import create_engine
 
 from geopunch.v1 import admin_pb2, geofences_pb2, location_pb2, timeclock_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
@@ -22,7 +24,7 @@ from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_trails_api import fresh_user, samples, watch
 from tests.e2e.test_trails_api import now as unix_now
 from tests.e2e.test_trails_api import report as report_locations
-from tests.helpers import scrape, value
+from tests.helpers import pg_migrated, scrape, value
 
 SITE = (40.7128, -74.0060)  # where test_trails_api's samples start
 
@@ -249,6 +251,50 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(tmp_path: Path) ->
         assert value(samples, restarts, reason="exited") == 0
     finally:
         assert srv.terminate() == 0
+
+
+@pytest.mark.postgres
+def test_a_replacement_that_cannot_start_is_killed_and_tried_again(tmp_path: Path) -> None:
+    """A replacement worker blocked in its start (here: its store's schema
+    table locked, so its first read waits) used to leave its slot empty for
+    good: only the first start had a deadline. Past the start timeout it is
+    killed and tried again, and once the store answers, one serves."""
+    with pg_migrated() as url:
+        srv = ServerProcess(
+            db_url=url,
+            env_extra={"GEOPUNCH_PROCESSES": "2", "GEOPUNCH_WORKER_START_TIMEOUT_SECONDS": "3"},
+        )
+        srv.start(tmp_path)
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+                victim = _worker_pids(srv)[1]
+                os.kill(victim, signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while not (stuck := _log_lines(srv, "worker did not start in time; killing it")):
+                    assert time.monotonic() < deadline, "the stuck replacement was left alone"
+                    time.sleep(0.1)
+                assert stuck[0]["worker"] == 1 and stuck[0]["waited_s"] >= 3
+                while _alive(stuck[0]["pid"]):  # its stacks first, then the kill
+                    assert time.monotonic() < deadline, "the stuck replacement still runs"
+                    time.sleep(0.1)
+                # Where it was stuck, written by faulthandler before the kill.
+                assert " in current_revision\n" in srv.logs()
+                conn.rollback()  # the store answers again
+            _serves_on_both(srv, time.monotonic() + 30)
+            samples = scrape(srv.http_address)
+            restarts = "geopunch_worker_restarts_total"
+            assert value(samples, restarts, reason="did_not_start") >= 1
+            assert value(samples, restarts, reason="exited") == 1
+        finally:
+            engine.dispose()
+            assert srv.terminate() == 0
+
+
+def _log_lines(srv: ServerProcess, msg: str) -> list[dict[str, Any]]:
+    lines = (json.loads(x) for x in srv.logs().splitlines() if x.startswith("{"))
+    return [e for e in lines if e["msg"] == msg]
 
 
 def _serves_on_both(srv: ServerProcess, deadline: float) -> None:

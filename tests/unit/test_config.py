@@ -61,6 +61,7 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_GRACE_SECONDS": "nan"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "1"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "inf"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_START_TIMEOUT_SECONDS": "0"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
@@ -151,6 +152,7 @@ def test_grace_and_worker_timeout() -> None:
     base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
     cfg = Config.from_env(base)
     assert (cfg.grace_seconds, cfg.worker_timeout_seconds) == (10, 30)
+    assert cfg.worker_start_timeout_seconds == 300
     cfg = Config.from_env(
         {**base, "GEOPUNCH_GRACE_SECONDS": "2.5", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "0"}
     )

@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         "and started again (GEOPUNCH_WORKER_TIMEOUT_SECONDS, default 30; 0: never)",
     )
     serve.add_argument(
+        "--worker-start-timeout-seconds",
+        type=float,
+        help="with --processes: how long a worker may take to start serving before it is "
+        "killed and tried again (GEOPUNCH_WORKER_START_TIMEOUT_SECONDS, default 300)",
+    )
+    serve.add_argument(
         "--grace-seconds",
         type=float,
         help="how long a stop lets calls in flight finish (GEOPUNCH_GRACE_SECONDS, default 10)",
@@ -288,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_workers=args.max_workers,
                 processes=args.processes,
                 worker_timeout_seconds=args.worker_timeout_seconds,
+                worker_start_timeout_seconds=args.worker_start_timeout_seconds,
                 grace_seconds=args.grace_seconds,
                 kernel_threads=args.kernel_threads,
                 index_checkpoint=args.index_checkpoint,

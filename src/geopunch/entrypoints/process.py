@@ -64,6 +64,10 @@ class Heartbeats:
         self._slots[2 * number] = time.monotonic()
         self._slots[2 * number + 1] = pid
 
+    def beaten(self, number: int, pid: int) -> bool:
+        """Whether ``pid`` has beaten in slot ``number``: it serves."""
+        return bool(self._slots[2 * number + 1] == pid)
+
     def silent_for(self, number: int, pid: int, now: float) -> float:
         """Seconds since ``pid`` last beat in slot ``number``; 0 before its first beat."""
         if self._slots[2 * number + 1] != pid:

@@ -73,8 +73,6 @@ log = logging.getLogger("geopunch")
 
 #: A worker that dies is started again after this pause (a crash loop stays slow).
 RESTART_PAUSE_S = 1.0
-#: How long start-up waits for every worker to serve.
-START_TIMEOUT_S = 300.0
 #: A draining worker is killed this long past its grace period: later than the
 #: worker's own cut-off (server.STOP_MARGIN_S, 10 s), which logs its stacks first.
 DRAIN_MARGIN_S = 15.0
@@ -173,7 +171,10 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     heartbeats = Heartbeats(ctx, config.processes)
     started: Any = ctx.Queue()
 
+    born = [0.0] * config.processes  # when each slot's worker was started
+
     def start(number: int, replaces: str = "") -> multiprocessing.process.BaseProcess:
+        born[number] = time.monotonic()
         proc = ctx.Process(
             target=_worker_main,
             args=(worker_config, WorkerSlot(number, generations, heartbeats), started, replaces),
@@ -187,9 +188,10 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     # Replaced workers still draining, each with when it is killed if it has not stopped.
     orphans: list[tuple[multiprocessing.process.BaseProcess, float]] = []
     timeout = config.worker_timeout_seconds
-    killed: set[int | None] = set()  # hung workers killed, until their exit is seen
+    # Workers killed for hanging, until their exit is seen: why.
+    killed: dict[int | None, str] = {}
     try:
-        if not _await_ready(workers, started, stop):
+        if not _await_ready(workers, started, stop, config.worker_start_timeout_seconds):
             return
         log.info("serving", extra={"fields": {"address": address, "processes": len(workers)}})
         if ready is not None:
@@ -209,10 +211,20 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                 if stop.is_set():
                     break
                 if proc.exitcode is None:
+                    if proc.pid in killed:  # its exit status is on its way
+                        continue
+                    if not heartbeats.beaten(n, proc.pid or 0):
+                        waited = now - born[n]
+                        if waited > config.worker_start_timeout_seconds:
+                            why = "worker did not start in time; killing it"
+                            _kill_stuck(n, proc, why, waited_s=round(waited, 1))
+                            killed[proc.pid] = "did_not_start"
+                        continue
                     silent = heartbeats.silent_for(n, proc.pid or 0, now)
-                    if timeout and silent > timeout and proc.pid not in killed:
-                        _kill_hung(n, proc, silent)
-                        killed.add(proc.pid)  # its exit status is on its way
+                    if timeout and silent > timeout:
+                        why = "worker stopped answering; killing it"
+                        _kill_stuck(n, proc, why, silent_s=round(silent, 1))
+                        killed[proc.pid] = "hung"
                     continue
                 if _running(proc):
                     # The fork server died (its status relay reads as an exit)
@@ -230,7 +242,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                     orphans.append((proc, now + config.grace_seconds + DRAIN_MARGIN_S))
                     reason = "fork_server_died"
                 else:
-                    reason = "hung" if proc.pid in killed else "exited"
+                    reason = killed.get(proc.pid, "exited")
                     log.error(
                         "worker exited; starting it again",
                         extra={"fields": {"worker": n, "pid": proc.pid, "exitcode": proc.exitcode}},
@@ -238,7 +250,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                     time.sleep(RESTART_PAUSE_S)
                 if proc.pid is not None:
                     metrics.process_ended(proc.pid)
-                killed.discard(proc.pid)
+                killed.pop(proc.pid, None)
                 workers[n] = start(n, reason)
     finally:
         _drain([*workers, *(proc for proc, _ in orphans)], config.grace_seconds)
@@ -254,13 +266,16 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
 
 
 def _await_ready(
-    workers: list[multiprocessing.process.BaseProcess], started: Any, stop: threading.Event
+    workers: list[multiprocessing.process.BaseProcess],
+    started: Any,
+    stop: threading.Event,
+    timeout_s: float,
 ) -> bool:
     """True once every worker serves, False if we were stopped first.
 
-    RuntimeError when a worker died or did not start in time."""
+    RuntimeError when a worker died or did not start within ``timeout_s``."""
     waiting = set(range(len(workers)))
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while waiting:
         if stop.is_set():
             return False
@@ -278,17 +293,17 @@ def _await_ready(
     return True
 
 
-def _kill_hung(number: int, proc: multiprocessing.process.BaseProcess, silent: float) -> None:
+def _kill_stuck(
+    number: int, proc: multiprocessing.process.BaseProcess, why: str, **fields: float
+) -> None:
     """A worker whose event loop stopped (a deadlock, a call that never
     yields, a stopped process) still holds its share of the port, and the
-    kernel keeps handing it new connections that nothing answers. Its
-    stacks go to the log first (faulthandler answers SIGUSR1 from C, so even
-    a thread holding the GIL forever does not stop it). Once its exit is
-    seen it is started again, as any worker that died is."""
-    log.error(
-        "worker stopped answering; killing it",
-        extra={"fields": {"worker": number, "pid": proc.pid, "silent_s": round(silent, 1)}},
-    )
+    kernel keeps handing it new connections that nothing answers; one that
+    never finishes starting (a store that does not answer) leaves its slot
+    empty. Its stacks go to the log first (faulthandler answers SIGUSR1 from
+    C, so even a thread holding the GIL forever does not stop it). Once its
+    exit is seen it is started again, as any worker that died is."""
+    log.error(why, extra={"fields": {"worker": number, "pid": proc.pid, **fields}})
     _signal(proc, signal.SIGUSR1)
     time.sleep(STACKS_PAUSE_S)
     _signal(proc, signal.SIGKILL)
