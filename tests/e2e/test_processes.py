@@ -193,14 +193,11 @@ def test_a_killed_fork_server_leaves_two_workers_and_a_clean_drain(
     assert sorted(stopped, key=str) == [0, 0, 1, 1, None]
 
 
-def test_a_worker_that_stops_answering_is_killed_and_replaced(tmp_path: Path) -> None:
-    """A worker whose event loop stops still holds its share of the port, and
-    the kernel keeps handing it connections nobody answers. Stopped (SIGSTOP)
-    while it serves, it is killed once it has been silent for the timeout;
-    stopped while it drains (after its fork server died), once the drain's
-    deadline has passed. The live worker, silent never, is left alone."""
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[ServerProcess]:
+    """Two workers, watched closely: silent for 3 s is hung; no grace at a stop."""
     srv = ServerProcess(
-        db_url=f"sqlite:///{tmp_path / 'hung.db'}",
+        db_url=f"sqlite:///{tmp_path / 'watched.db'}",
         env_extra={
             "GEOPUNCH_PROCESSES": "2",
             "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "3",
@@ -209,48 +206,61 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(tmp_path: Path) ->
     )
     srv.start(tmp_path)
     try:
-        hung = _worker_pids(srv)[1]
-        os.kill(hung, signal.SIGSTOP)
-        deadline = time.monotonic() + 30
-        while _worker_pids(srv)[1] == hung or _alive(hung):
-            assert time.monotonic() < deadline, "the stopped worker was not replaced"
-            time.sleep(0.1)
-        log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
-        (killed,) = [e for e in log if e["msg"] == "worker stopped answering; killing it"]
-        assert (killed["worker"], killed["pid"]) == (1, hung)
-        assert killed["silent_s"] >= 3
-        (exited,) = [e for e in log if e["msg"] == "worker exited; starting it again"]
-        assert (exited["pid"], exited["exitcode"]) == (hung, -signal.SIGKILL)
-        _serves_on_both(srv, deadline)
-
-        # Now one that stops while it drains: its fork server dies, so it is
-        # told to drain and is replaced, and it never gets to.
-        draining = _worker_pids(srv)[0]
-        os.kill(draining, signal.SIGSTOP)
-        assert srv.proc is not None
-        (fork_server,) = [
-            p
-            for p in psutil.Process(srv.proc.pid).children()
-            if "multiprocessing.forkserver" in " ".join(p.cmdline())
-        ]
-        fork_server.kill()
-        deadline = time.monotonic() + 45  # the drain's margin is 15 s
-        while _alive(draining):
-            assert time.monotonic() < deadline, "the stopped, replaced worker was left running"
-            time.sleep(0.2)
-        _serves_on_both(srv, deadline)
-        log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
-        (late,) = [e for e in log if e["msg"] == "replaced worker did not stop; killing it"]
-        assert late["pid"] == draining
-        assert sum(e["msg"] == "worker stopped answering; killing it" for e in log) == 1
-        # Whichever worker the scrape reaches adds up every worker's counts.
-        samples = scrape(srv.http_address)
-        restarts = "geopunch_worker_restarts_total"
-        assert value(samples, restarts, reason="hung") == 1
-        assert value(samples, restarts, reason="fork_server_died") == 2
-        assert value(samples, restarts, reason="exited") == 0
+        yield srv
     finally:
         assert srv.terminate() == 0
+
+
+def test_a_worker_that_stops_answering_is_killed_and_replaced(watched: ServerProcess) -> None:
+    """A worker whose event loop stops still holds its share of the port, and
+    the kernel keeps handing it connections nobody answers. Stopped (SIGSTOP)
+    while it serves, it is killed once it has been silent for the timeout.
+    The live worker, silent never, is left alone."""
+    srv = watched
+    hung = _worker_pids(srv)[1]
+    os.kill(hung, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while _worker_pids(srv)[1] == hung or _alive(hung):
+        assert time.monotonic() < deadline, "the stopped worker was not replaced"
+        time.sleep(0.1)
+    (killed,) = _log_lines(srv, "worker stopped answering; killing it")
+    assert (killed["worker"], killed["pid"]) == (1, hung)
+    assert killed["silent_s"] >= 3
+    (exited,) = _log_lines(srv, "worker exited; starting it again")
+    assert (exited["pid"], exited["exitcode"]) == (hung, -signal.SIGKILL)
+    _serves_on_both(srv, deadline)
+    # Whichever worker the scrape reaches adds up every worker's counts.
+    samples = scrape(srv.http_address)
+    restarts = "geopunch_worker_restarts_total"
+    assert value(samples, restarts, reason="hung") == 1
+    assert value(samples, restarts, reason="exited") == 0
+
+
+def test_a_replaced_worker_that_never_drains_is_killed(watched: ServerProcess) -> None:
+    """One that stops while it drains: its fork server dies, so it is told
+    to drain and is replaced, and it never gets to. It was left running
+    until the supervisor's own stop; it is killed once the drain's deadline
+    (the grace period and 15 s) has passed."""
+    srv = watched
+    draining = _worker_pids(srv)[0]
+    os.kill(draining, signal.SIGSTOP)
+    assert srv.proc is not None
+    (fork_server,) = [
+        p
+        for p in psutil.Process(srv.proc.pid).children()
+        if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    fork_server.kill()
+    deadline = time.monotonic() + 45
+    while _alive(draining):
+        assert time.monotonic() < deadline, "the stopped, replaced worker was left running"
+        time.sleep(0.2)
+    _serves_on_both(srv, deadline)
+    (late,) = _log_lines(srv, "replaced worker did not stop; killing it")
+    assert late["pid"] == draining
+    assert _log_lines(srv, "worker stopped answering; killing it") == []
+    samples = scrape(srv.http_address)
+    assert value(samples, "geopunch_worker_restarts_total", reason="fork_server_died") == 2
 
 
 @pytest.mark.postgres
