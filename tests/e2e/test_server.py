@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -65,6 +66,67 @@ def test_metadata_of_one_value_sent_twice_is_refused(client: Client, name: str) 
     assert err.details() == f"'{name}' metadata is sent more than once; send it once"
     # Once each, the same call is answered.
     assert client(client.geofences.ListGeofences, list_req(tc.id)).request_id
+
+
+class Systemd:
+    """The end of NOTIFY_SOCKET that systemd holds: what a service tells it."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
+
+    def heard(self, within_s: float) -> list[str]:
+        """Every message that arrives within ``within_s`` seconds."""
+        got: list[str] = []
+        deadline = time.monotonic() + within_s
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_systemd_hears_ready_the_watchdog_and_stopping(tmp_path: Path, processes: str) -> None:
+    """Under systemd (Type=notify, WatchdogSec=), the service says READY=1
+    once it serves, WATCHDOG=1 at least twice per watchdog period while its
+    event loop (or, with --processes, its supervisor's loop) runs, none
+    while it is stopped, and STOPPING=1 at a stop. Workers never speak:
+    READY=1 comes once."""
+    systemd = Systemd(tmp_path / "notify")
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'sd.db'}",
+        env_extra={**systemd.env, "GEOPUNCH_PROCESSES": processes},
+    )
+    try:
+        srv.start(tmp_path)
+        heard = systemd.heard(1.5)
+        assert heard[0] == "READY=1", heard
+        assert heard.count("READY=1") == 1 and heard.count("WATCHDOG=1") >= 5, heard
+        assert set(heard) == {"READY=1", "WATCHDOG=1"}, heard
+        assert srv.proc is not None
+        # The variables were the service's alone: no worker inherited them.
+        for child in psutil.Process(srv.proc.pid).children(recursive=True):
+            assert "NOTIFY_SOCKET" not in child.environ(), child.cmdline()
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            systemd.heard(0.3)  # what was under way
+            assert systemd.heard(0.8) == []
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        assert "WATCHDOG=1" in systemd.heard(1)
+        assert srv.terminate() == 0
+        assert "STOPPING=1" in systemd.heard(1)
+    finally:
+        systemd.close()
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.terminate()
 
 
 def test_every_configured_key_works(server: ServerProcess) -> None:

@@ -44,6 +44,7 @@ from geopunch.entrypoints.process import (
     raise_open_files_limit,
     stop_on_signals,
 )
+from geopunch.entrypoints.systemd import Notifier
 from geopunch.geo.engine import AccountFences, set_kernel_threads
 from geopunch.service.accounts import KeyRing
 from geopunch.service.delivery import Deliverer, DeliverySettings, SinkPublisher, keep_running
@@ -362,18 +363,20 @@ class Server:
                 purger = background.Purger(what, purge, self._uows, days * 86400, self._stopped)
                 self._threads.append(background.start(f"{what} purge", purger.run))
 
-    def start_heartbeat(self) -> None:
-        """Once serving, a worker tells the supervisor its loop runs (see
-        ``_beat``); a lone server has no one to tell."""
+    def start_heartbeat(self, systemd: Notifier | None = None) -> None:
+        """Once serving, tell whoever watches this process that its event
+        loop runs: a worker its supervisor (every second), a service its
+        systemd watchdog (twice per watchdog period). Each stops at the
+        drain, which has a deadline of its own."""
         if self.worker is not None:
-            self.loop.spawn(self._beat(self.worker))
+            self.loop.spawn(self._every(HEARTBEAT_S, self.worker.beat))
+        if systemd is not None and systemd.watchdog_s:
+            self.loop.spawn(self._every(systemd.watchdog_s / 2, systemd.alive))
 
-    async def _beat(self, slot: WorkerSlot) -> None:
-        """Tell the supervisor, every second, that this worker's event loop
-        runs; it stops at the drain, which has a deadline of its own."""
+    async def _every(self, seconds: float, beat: Callable[[], None]) -> None:
         while True:
-            slot.beat()
-            if await self._stopped.sleep(HEARTBEAT_S):
+            beat()
+            if await self._stopped.sleep(seconds):
                 return
 
     def _start_delivery(self) -> None:
@@ -556,6 +559,8 @@ def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     log.info("open files limit", extra={"fields": {"limit": raise_open_files_limit()}})
+    # A worker is not the service: its supervisor speaks to systemd.
+    systemd = Notifier.from_env() if worker is None else None
     server = Server(config, worker)
     stop_requested = stop_on_signals()
     # An operator (or a test) can see where every thread is: kill -USR1 PID
@@ -576,9 +581,11 @@ def serve(
     # Only now: the collection above holds the interpreter for as long as a
     # large index takes to walk, which a short worker timeout would take
     # for a hang.
-    server.start_heartbeat()
     if ready is not None:
         ready(server.port, server.http.address if server.http is not None else "")
+    if systemd is not None:
+        systemd.ready()
+    server.start_heartbeat(systemd)
     # Wait in slices: a signal taken by another thread only sets a flag, and
     # the main thread must wake up to run the handler.
     while not stop_requested.wait(0.25):
@@ -588,4 +595,6 @@ def serve(
     # the log and the process exits with status 1. Left armed on purpose: it
     # also covers joining threads at exit, and is disarmed at finalization.
     faulthandler.dump_traceback_later(config.grace_seconds + STOP_MARGIN_S, exit=True)
+    if systemd is not None:
+        systemd.stopping()
     server.stop()

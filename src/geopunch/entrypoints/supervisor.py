@@ -68,6 +68,7 @@ from geopunch.entrypoints.process import (
     raise_open_files_limit,
     stop_on_signals,
 )
+from geopunch.entrypoints.systemd import Notifier
 
 log = logging.getLogger("geopunch")
 
@@ -140,6 +141,9 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     from geopunch.adapters.db.store import StoppedWaiting, make_engine, migrate
 
     stop = stop_on_signals()
+    # Read (and removed) before any worker is forked: the supervisor is the
+    # service systemd knows; it feeds the watchdog, and watches the workers.
+    systemd = Notifier.from_env()
     raise_open_files_limit()  # the workers inherit it; each logs it
     engine = make_engine(config.database_url, pool_size=1)
     try:
@@ -196,8 +200,14 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         log.info("serving", extra={"fields": {"address": address, "processes": len(workers)}})
         if ready is not None:
             ready(_host_port(address)[1], http_address)
+        if systemd is not None:
+            systemd.ready()
+        fed = 0.0
         while not stop.wait(0.25):
             now = time.monotonic()
+            if systemd is not None and systemd.watchdog_s and now - fed >= systemd.watchdog_s / 2:
+                systemd.alive()
+                fed = now
             orphans[:] = [(proc, at) for proc, at in orphans if _running(proc)]
             for i, (proc, at) in enumerate(orphans):
                 if now > at:  # its drain hangs, or it was stopped (SIGSTOP)
@@ -253,6 +263,8 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                 killed.pop(proc.pid, None)
                 workers[n] = start(n, reason)
     finally:
+        if systemd is not None:
+            systemd.stopping()
         _drain([*workers, *(proc for proc, _ in orphans)], config.grace_seconds)
         if stop_metrics is not None:
             stop_metrics()
