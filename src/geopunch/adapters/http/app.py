@@ -79,6 +79,7 @@ from geopunch.adapters.http.params import (
     STRICT,
     WARN,
     field_validation,
+    field_validation_problem,
     query_problems,
 )
 from geopunch.adapters.wakeup import Wakeup
@@ -539,7 +540,7 @@ class _OnceReadRequest(Request):
         if not raw or not _is_json(self.headers.get("content-type")):
             return
 
-        look = _mode_sent(self) != [IGNORE]  # the walk costs about 3 ms a 1,000 activities
+        look = _mode(self) != IGNORE  # the walk costs about 3 ms a 1,000 activities
 
         def read() -> tuple[Any, tuple[Location, ...]]:
             data = decode_json(raw)
@@ -584,19 +585,19 @@ UNKNOWN_KEYS = "geopunch.unknown_keys"
 
 def with_warnings(request: Request, response: Response) -> Response:
     """``response`` with a ``Warning`` header for each key the request's
-    body does not take, unless the call asked for something else: Ignore,
-    or Strict (refused before it ran, by ``known_query``), or a mode that is
-    not one (refused as well)."""
+    body does not take, unless the call asked for another mode (Strict
+    was refused before it ran, by ``known_query``, as was a mode that is
+    not one)."""
     unknown = request.scope.get(UNKNOWN_KEYS)
-    if unknown and _mode_sent(request) in ([], [WARN]):
+    if unknown and _mode(request) == WARN:
         paths = answers.unknown_field_paths(unknown, _body_root(request.url.path))
         for warning in answers.unknown_field_warnings(paths):
             response.headers.append("Warning", warning)
     return response
 
 
-def _mode_sent(request: Request) -> list[str]:
-    return request.query_params.getlist(FIELD_VALIDATION)
+def _mode(request: Request) -> str | None:
+    return field_validation(request.query_params.getlist(FIELD_VALIDATION))
 
 
 def _body_root(path: str) -> str:
@@ -627,8 +628,11 @@ def create_app(deps: HttpDeps) -> Any:
         problems = query_problems(names, request.query_params.multi_items())
         if problems:
             raise DomainError.from_violations(problems, "the query")
+        refusal = field_validation_problem(request.query_params.getlist(FIELD_VALIDATION))
+        if refusal is not None:
+            raise refusal
         unknown = getattr(request, "unknown", None)
-        if field_validation(_mode_sent(request)) == STRICT and unknown:
+        if _mode(request) == STRICT and unknown:
             raise answers.unknown_field_refusal(unknown, _body_root(request.url.path))
 
     app = FastAPI(

@@ -59,15 +59,20 @@ IGNORE, WARN, STRICT = "Ignore", "Warn", "Strict"
 FIELD_VALIDATIONS = (IGNORE, WARN, STRICT)
 
 
-def field_validation(sent: list[str]) -> str:
-    """The mode a query's ``fieldValidation`` values ask for. A value that
-    is not a mode is refused; none is the default, and several are the
-    query check's to refuse."""
-    if len(sent) != 1:
+def field_validation(sent: list[str]) -> str | None:
+    """The mode a query's ``fieldValidation`` values ask for: the default
+    for none, and None for one value that is not a mode
+    (``field_validation_problem``) or for several (the query check's)."""
+    if not sent:
         return WARN
-    if sent[0] not in FIELD_VALIDATIONS:
-        said = f"{sent[0][:32]!r} is not one of {', '.join(FIELD_VALIDATIONS)}"
-        raise DomainError.from_violations(
-            [FieldViolation(FIELD_VALIDATION, said, ErrorCode.INVALID_ARGUMENT)], "the query"
-        )
-    return sent[0]
+    return sent[0] if len(sent) == 1 and sent[0] in FIELD_VALIDATIONS else None
+
+
+def field_validation_problem(sent: list[str]) -> DomainError | None:
+    """The refusal of one ``fieldValidation`` value that is not a mode."""
+    if len(sent) != 1 or sent[0] in FIELD_VALIDATIONS:
+        return None
+    said = f"{sent[0][:32]!r} is not one of {', '.join(FIELD_VALIDATIONS)}"
+    return DomainError.from_violations(
+        [FieldViolation(FIELD_VALIDATION, said, ErrorCode.INVALID_ARGUMENT)], "the query"
+    )
