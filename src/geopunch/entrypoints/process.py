@@ -70,7 +70,7 @@ class Heartbeats:
 
     def silent_for(self, number: int, pid: int, now: float) -> float:
         """Seconds since ``pid`` last beat in slot ``number``; 0 before its first beat."""
-        if self._slots[2 * number + 1] != pid:
+        if not self.beaten(number, pid):
             return 0.0
         at: float = self._slots[2 * number]
         return now - at

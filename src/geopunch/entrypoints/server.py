@@ -578,13 +578,12 @@ def serve(
     # punches in flight this took punch p99 from 120-170 ms to ~100 ms.
     gc.collect()
     gc.freeze()
-    # Only now: the collection above holds the interpreter for as long as a
-    # large index takes to walk, which a short worker timeout would take
-    # for a hang.
     if ready is not None:
         ready(server.port, server.http.address if server.http is not None else "")
     if systemd is not None:
         systemd.ready()
+    # Only now: the collection above holds the interpreter for as long as a
+    # large index takes to walk, which a short timeout would take for a hang.
     server.start_heartbeat(systemd)
     # Wait in slices: a signal taken by another thread only sets a flag, and
     # the main thread must wake up to run the handler.

@@ -191,9 +191,27 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     workers = [start(n) for n in range(config.processes)]
     # Replaced workers still draining, each with when it is killed if it has not stopped.
     orphans: list[tuple[multiprocessing.process.BaseProcess, float]] = []
-    timeout = config.worker_timeout_seconds
     # Workers killed for hanging, until their exit is seen: why.
     killed: dict[int | None, str] = {}
+
+    def stuck(
+        n: int, proc: multiprocessing.process.BaseProcess, now: float
+    ) -> tuple[str, str, dict[str, float]] | None:
+        """Why a running worker is to be killed, if it is: its restart's
+        reason, the log's sentence and its fields. Before its first beat it
+        is starting, and has the start's timeout; after, the silence's."""
+        pid = proc.pid or 0
+        if not heartbeats.beaten(n, pid):
+            waited = now - born[n]
+            if waited > config.worker_start_timeout_seconds:
+                said = "worker did not start in time; killing it"
+                return "did_not_start", said, {"waited_s": round(waited, 1)}
+            return None
+        silent = heartbeats.silent_for(n, pid, now)
+        if config.worker_timeout_seconds and silent > config.worker_timeout_seconds:
+            return "hung", "worker stopped answering; killing it", {"silent_s": round(silent, 1)}
+        return None
+
     try:
         if not _await_ready(workers, started, stop, config.worker_start_timeout_seconds):
             return
@@ -221,20 +239,11 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                 if stop.is_set():
                     break
                 if proc.exitcode is None:
-                    if proc.pid in killed:  # its exit status is on its way
-                        continue
-                    if not heartbeats.beaten(n, proc.pid or 0):
-                        waited = now - born[n]
-                        if waited > config.worker_start_timeout_seconds:
-                            why = "worker did not start in time; killing it"
-                            _kill_stuck(n, proc, why, waited_s=round(waited, 1))
-                            killed[proc.pid] = "did_not_start"
-                        continue
-                    silent = heartbeats.silent_for(n, proc.pid or 0, now)
-                    if timeout and silent > timeout:
-                        why = "worker stopped answering; killing it"
-                        _kill_stuck(n, proc, why, silent_s=round(silent, 1))
-                        killed[proc.pid] = "hung"
+                    # Once killed, its exit status is on its way.
+                    if proc.pid not in killed and (found := stuck(n, proc, now)):
+                        reason, why, fields = found
+                        _kill_stuck(n, proc, why, **fields)
+                        killed[proc.pid] = reason
                     continue
                 if _running(proc):
                     # The fork server died (its status relay reads as an exit)
