@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from geopunch.domain.errors import StoreUnavailable
 from geopunch.tracing import trace_id
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -72,7 +73,7 @@ def setup_logging(level: str, worker: int | None = None) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
-class _Throttle:
+class Throttle:
     """Admits a key at most once every ``every_s``, counting the times it
     was turned away since it was last admitted."""
 
@@ -105,7 +106,7 @@ class RateLimitedLog:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._log = logger
-        self._throttle = _Throttle()
+        self._throttle = Throttle()
 
     def note(self, peer: str, level: int, msg: str, fields: dict[str, object]) -> None:
         """Log ``msg`` for ``peer`` (``host:port`` or gRPC's ``ipv4:host:port``)
@@ -116,6 +117,44 @@ class RateLimitedLog:
             self._log.log(level, msg, extra={"fields": fields})
 
 
+class FailureLog:
+    """A background loop's consecutive failures, logged sparingly: the first
+    with its stack, then a line a minute with the count and the latest
+    error, then one line when the loop works again. A store that is away
+    fails every loop every second: a line each with its stack was about 7 KB
+    a second for each loop and process. A store that cannot answer is
+    expected in operation, and logged without a stack."""
+
+    #: Seconds between the lines of one run of failures.
+    EVERY_S = 60.0
+
+    def __init__(self, what: str, logger: logging.Logger | None = None) -> None:
+        self.what, self.count, self.logged_at, self.since = what, 0, 0.0, 0.0
+        self._log = logger or logging.getLogger("geopunch")
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.count += 1
+        if self.count == 1:
+            self.since = now
+        elif now - self.logged_at < self.EVERY_S:
+            return
+        self.logged_at = now
+        fields: dict[str, object] = {"failures": self.count}
+        if self.count == 1 and not isinstance(exc, StoreUnavailable):
+            self._log.error(f"{self.what} failed", exc_info=exc, extra={"fields": fields})
+            return
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        fields.update(error=said, failing_s=round(now - self.since, 1))
+        self._log.error(f"{self.what} failed", extra={"fields": fields})
+
+    def succeeded(self) -> None:
+        if self.count:
+            fields = {"failures": self.count, "failing_s": round(time.monotonic() - self.since, 1)}
+            self._log.info(f"{self.what} recovered", extra={"fields": fields})
+            self.count = 0
+
+
 class OncePerSecond(logging.Filter):
     """Lets each message through at most once a second, with a count of the
     ones held back since: for a library's lines that a caller without a key
@@ -123,7 +162,7 @@ class OncePerSecond(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._throttle = _Throttle()
+        self._throttle = Throttle()
 
     def filter(self, record: logging.LogRecord) -> bool:
         dropped = self._throttle.admit(record.msg)

@@ -244,5 +244,5 @@ def test_a_delivery_task_ended_by_a_defect_is_logged_and_started_again(
     assert [r.event["payload"]["n"] for r in receiver.requests] == [0, 1]
     [record] = caplog.records
     assert record.getMessage() == "webhook delivery failed; starting it again"
-    assert record.fields == {"id": sub.id}  # type: ignore[attr-defined]
+    assert record.fields == {"id": sub.id, "error": "a defect in the poster"}  # type: ignore[attr-defined]
     assert record.exc_info and "a defect in the poster" in str(record.exc_info[1])

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from geopunch.logs import OncePerSecond, RateLimitedLog
+from geopunch.domain.errors import StoreUnavailable
+from geopunch.logs import FailureLog, OncePerSecond, RateLimitedLog
 
 
 def test_unwelcome_calls_get_a_line_a_second_per_host_with_a_count(
@@ -53,3 +54,38 @@ def test_a_librarys_repeated_line_passes_once_a_second_with_a_count(
         ("Unsupported upgrade request.", 0),
         ("Invalid HTTP request received.", 29),
     ]
+
+
+def test_a_loops_failures_are_logged_first_then_a_line_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("geopunch.logs.time.monotonic", lambda: now[0])
+    failures = FailureLog("claiming")
+    with caplog.at_level(logging.INFO, logger="geopunch"):
+        for _ in range(30):  # 30 s of failing once a second
+            failures.failed(RuntimeError("boom"))
+            now[0] += 1
+        for _ in range(31):  # past the minute
+            failures.failed(StoreUnavailable("unreachable", "the store cannot be reached"))
+            now[0] += 1
+        failures.succeeded()
+        failures.succeeded()  # once only
+    lines = [(r.getMessage(), r.exc_info is not None, r.fields) for r in caplog.records]  # type: ignore[attr-defined]
+    assert lines == [
+        ("claiming failed", True, {"failures": 1}),
+        (
+            "claiming failed",
+            False,
+            {"failures": 61, "error": "the store cannot be reached", "failing_s": 60.0},
+        ),
+        ("claiming recovered", False, {"failures": 61, "failing_s": 61.0}),
+    ]
+
+
+def test_a_store_fault_first_is_logged_without_a_stack(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="geopunch"):
+        FailureLog("watch").failed(StoreUnavailable("busy", "the store is held"))
+    (record,) = caplog.records
+    assert record.exc_info is None
+    assert record.fields["error"] == "the store is held"  # type: ignore[attr-defined]

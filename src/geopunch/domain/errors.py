@@ -249,3 +249,17 @@ class DomainError(Exception):
 
 class ConcurrentChange(Exception):
     """Another transaction changed the same state first; the use case is retried."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot do the work now (unreachable, restarting, timed out,
+    locked by another transaction, full), though nothing is wrong with the
+    call: answered UNAVAILABLE, for the caller to retry. Its work was rolled
+    back, unless the connection was lost during the commit itself, whose
+    outcome no one can tell: a retry with the same idempotency key answers
+    what was stored, if anything was."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

@@ -16,6 +16,7 @@ from geopunch import metrics
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.ports import FenceEngine, FenceListener, UnitOfWorkFactory
 from geopunch.entrypoints.process import SharedGenerations
+from geopunch.logs import FailureLog
 from geopunch.service.accounts import KeyRing
 from geopunch.service.index_feed import follow_index_changes, newest_event, prune_index_changes
 
@@ -30,24 +31,6 @@ INDEX_CHANGES_KEPT_S = 86400.0
 EVENT_RELAY_S = 0.02
 #: How often the index's size is copied into the metrics (a sum of a few lengths).
 INDEX_GAUGES_EVERY_S = 1.0
-
-
-class _Failures:
-    """Counts a loop's consecutive failures and logs them sparingly."""
-
-    def __init__(self, what: str) -> None:
-        self.what, self.count, self.logged_at = what, 0, 0.0
-
-    def failed(self) -> None:
-        self.count += 1
-        if self.count == 1 or time.monotonic() - self.logged_at >= 60:
-            self.logged_at = time.monotonic()
-            log.exception(f"{self.what} failed", extra={"fields": {"failures": self.count}})
-
-    def succeeded(self) -> None:
-        if self.count:
-            log.info(f"{self.what} recovered", extra={"fields": {"failures": self.count}})
-            self.count = 0
 
 
 class _Pokeable:
@@ -122,7 +105,7 @@ class IndexFollower(_Pokeable):
 
     def run(self) -> None:
         pruned_at = time.monotonic() - HOUSEKEEPING_EVERY_S
-        failures = _Failures("fence index refresh")
+        failures = FailureLog("fence index refresh")
         # The first round at once: until one ends, the index's currency
         # gauge reads 0, an index decades behind to an alert on its age.
         first = True
@@ -133,8 +116,8 @@ class IndexFollower(_Pokeable):
                 if self._prune and time.monotonic() - pruned_at >= HOUSEKEEPING_EVERY_S:
                     pruned_at = time.monotonic()
                     self._prune_before(self._uows, int(time.time() - INDEX_CHANGES_KEPT_S))
-            except Exception:  # the store may be briefly unavailable; try again later
-                failures.failed()
+            except Exception as exc:  # the store may be briefly unavailable; try again later
+                failures.failed(exc)
                 continue
             failures.succeeded()
 
@@ -155,15 +138,15 @@ class Purger:
         self._uows, self._retention_s, self._stopped = uows, retention_s, stopped
 
     def run(self) -> None:
-        failures = _Failures(f"{self._what} purge")
+        failures = FailureLog(f"{self._what} purge")
         while True:
             try:
                 removed = self._purge(self._uows, time.time(), self._retention_s)
                 if removed:
                     log.info(f"{self._what} purged", extra={"fields": {"removed": removed}})
                 failures.succeeded()
-            except Exception:  # the store may be briefly unavailable; try again later
-                failures.failed()
+            except Exception as exc:  # the store may be briefly unavailable; try again later
+                failures.failed(exc)
             if self._stopped.wait(HOUSEKEEPING_EVERY_S):
                 return
 
@@ -236,12 +219,12 @@ class StoreWatcher(_Pokeable):
             self._wakeup.notify()
 
     def run(self) -> None:
-        failures = _Failures("store watch")
+        failures = FailureLog("store watch")
         while self._next_round():
             try:
                 self.look(keys=self._keys_due or not self.poked)
-            except Exception:  # the store may be briefly unavailable; try again later
-                failures.failed()
+            except Exception as exc:  # the store may be briefly unavailable; try again later
+                failures.failed(exc)
                 continue
             failures.succeeded()
 

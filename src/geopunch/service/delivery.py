@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from standardwebhooks import Webhook
 
 from geopunch import metrics
-from geopunch.domain.errors import DomainError, ErrorCode
+from geopunch.domain.errors import DomainError, ErrorCode, StoreUnavailable
 from geopunch.domain.events import Event
 from geopunch.domain.ports import (
     EventPublisher,
@@ -52,6 +52,7 @@ from geopunch.domain.webhooks import (
     failing_event_payload,
     retry_delay_s,
 )
+from geopunch.logs import FailureLog
 from geopunch.service.events import EVENT_PAGE
 from geopunch.service.log_pages import Outgoing, SharedPages, event_body
 
@@ -117,6 +118,7 @@ class Deliverer:
         #: The log's pages, read once for the subscriptions held here that
         #: deliver the same account's events with the same filter.
         self._pages = SharedPages(uows)
+        self._claims = FailureLog("claiming webhook subscriptions", log)
 
     async def run(self) -> None:
         """Claim and deliver until ``stopping`` is set; then store progress
@@ -131,9 +133,10 @@ class Deliverer:
                 handed = [*ended, *self._handing]
                 try:
                     held, share = await asyncio.to_thread(self._claim, handed)
-                except Exception:  # the store may be briefly unavailable
-                    log.exception("claiming webhook subscriptions failed")
+                except Exception as exc:  # the store may be briefly unavailable
+                    self._claims.failed(exc)
                 else:
+                    self._claims.succeeded()
                     for sub_id in ended:
                         del self._tasks[sub_id]
                     self._handing.clear()
@@ -465,8 +468,9 @@ def _report_failure(sub_id: str, task: asyncio.Task[None]) -> None:
     if err is not None:
         log.error(
             "webhook delivery failed; starting it again",
-            exc_info=err,
-            extra={"fields": {"id": sub_id}},
+            # A store that cannot answer says all in its sentence.
+            exc_info=None if isinstance(err, StoreUnavailable) else err,
+            extra={"fields": {"id": sub_id, "error": str(err)[:300]}},
         )
         metrics.DELIVERY_RESTARTS.labels("subscription").inc()
 
@@ -501,6 +505,7 @@ class SinkPublisher:
         self._uows, self._publisher, self._signal = uows, publisher, signal
         self._stopping, self._prefix, self._lease_s = stopping, subject_prefix, lease_s
         self.owner = owner or owner_name()
+        self._claims = FailureLog("claiming the event sink", log)
 
     def subject(self, e: Event) -> str:
         """``<prefix>.<account>.<type>``: a consumer filters by account, type or both."""
@@ -533,10 +538,12 @@ class SinkPublisher:
             return got
 
         try:
-            return await asyncio.to_thread(claim)
-        except Exception:
-            log.exception("claiming the event sink failed")
+            got = await asyncio.to_thread(claim)
+        except Exception as exc:
+            self._claims.failed(exc)
             return None
+        self._claims.succeeded()
+        return got
 
     async def _publish_from(self, cursor: int) -> None:
         """Publish while the lease holds; return to claim again (renewing it)."""

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, text
 
 from geopunch.adapters.db.prepared import driver
+from geopunch.logs import FailureLog
 
 log = logging.getLogger("geopunch")
 
@@ -84,7 +85,8 @@ def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.
     """Until ``stopped``: call ``on_notify`` with what changed for each
     notification that tells this process something, and with every kind
     after each (re)connection, for what was missed meanwhile."""
-    failures = 0
+    # Polling covers what it would hear while it is away.
+    failures = FailureLog("store listener", log)
     while not stopped.is_set():
         try:
             raw = engine.raw_connection()
@@ -94,9 +96,7 @@ def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.
                 conn.autocommit = True  # type: ignore[union-attr]
                 (name,) = conn.execute(f"SELECT {_CHANNEL_SQL}").fetchone()  # type: ignore[union-attr]
                 conn.execute(f'LISTEN "{name}"')  # type: ignore[union-attr]
-                if failures:
-                    log.info("store listener recovered", extra={"fields": {"failures": failures}})
-                    failures = 0
+                failures.succeeded()
                 on_notify(EVERYTHING)
                 while not stopped.is_set():
                     for note in conn.notifies(timeout=WAIT_S, stop_after=1):  # type: ignore[union-attr]
@@ -104,8 +104,6 @@ def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.
                             on_notify(kinds)
             finally:
                 raw.close()
-        except Exception:  # the store may be briefly unavailable; polling covers it
-            failures += 1
-            if failures == 1:
-                log.exception("store listener failed; polling covers it until it is back")
+        except Exception as exc:  # the store may be briefly unavailable
+            failures.failed(exc)
             stopped.wait(RETRY_S)
