@@ -162,7 +162,11 @@ def build_app(
     ends the wait with :class:`StoppedWaiting`.
     """
     map_large_blocks_alone()
-    engine = make_engine(config.database_url, pool_size=min(config.max_workers, 32))
+    engine = make_engine(
+        config.database_url,
+        pool_size=min(config.max_workers, 32),
+        timeout_s=config.store_timeout_seconds,
+    )
     try:
         revision = migrate(engine, stop=stop)
     except BaseException:

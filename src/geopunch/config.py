@@ -95,6 +95,7 @@ _NUMBERS = (
     _Number("index_poll_ms", "1000", float, 10, 600_000, "index poll interval", " ms"),
     _Number("processes", "1", int, 1, 64, "processes"),
     _Number("grace_seconds", "10", float, 0, 3600, "grace", " seconds"),
+    _Number("store_timeout_seconds", "30", float, 1, 3600, "store timeout", " seconds"),
     _Number("worker_timeout_seconds", "30", float, 3, 3600, "worker timeout", " seconds",
             zero="none"),
     _Number("worker_start_timeout_seconds", "300", float, 1, 86_400, "worker start timeout",
@@ -126,6 +127,10 @@ class Config:
     max_message_bytes: int = 32 * 1024 * 1024
     #: How long a stop lets calls in flight finish.
     grace_seconds: float = 10.0
+    #: How long the store may keep a call waiting (a connection, SQLite's
+    #: write lock, a PostgreSQL statement or lock) before the call is
+    #: answered UNAVAILABLE.
+    store_timeout_seconds: float = 30.0
     #: Idempotency keys older than this are forgotten; 0 keeps them forever.
     idempotency_days: float = 7.0
     #: Events recorded longer ago than this are removed; 0 keeps them forever.

@@ -127,6 +127,13 @@ DELIVERY_RESTARTS = Counter(
     ["what"],
 )
 
+STORE_UNAVAILABLE = Counter(
+    "geopunch_store_unavailable_total",
+    "Units of work the store could not do (unreachable, restarting, timed out, locked, full), "
+    "by reason; calls among them were answered UNAVAILABLE",
+    ["reason"],
+)
+
 WORKER_RESTARTS = Counter(
     "geopunch_worker_restarts_total",
     "Workers of serve --processes started again, by why the one before ended",

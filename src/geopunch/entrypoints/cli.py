@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         "killed and tried again (GEOPUNCH_WORKER_START_TIMEOUT_SECONDS, default 300)",
     )
     serve.add_argument(
+        "--store-timeout-seconds",
+        type=float,
+        help="how long the store may keep a call waiting (a connection, a lock, a statement) "
+        "before the call is answered UNAVAILABLE (GEOPUNCH_STORE_TIMEOUT_SECONDS, default 30)",
+    )
+    serve.add_argument(
         "--grace-seconds",
         type=float,
         help="how long a stop lets calls in flight finish (GEOPUNCH_GRACE_SECONDS, default 10)",
@@ -296,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 worker_timeout_seconds=args.worker_timeout_seconds,
                 worker_start_timeout_seconds=args.worker_start_timeout_seconds,
                 grace_seconds=args.grace_seconds,
+                store_timeout_seconds=args.store_timeout_seconds,
                 kernel_threads=args.kernel_threads,
                 index_checkpoint=args.index_checkpoint,
                 event_loop=args.event_loop,

@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 
 from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
+from geopunch.adapters.db.faults import as_conflict, as_unavailable, transient
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.notify import EVENTS, INDEX, KEYS, notify
 from geopunch.adapters.db.prepared import driver, integrity_error, savepoint, together
@@ -97,7 +99,45 @@ SQLITE_CACHE_KIB = 16 << 10
 SQLITE_SOFT_HEAP_LIMIT = 128 << 20
 
 
-def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+#: How long the store may keep a call waiting, by default: see make_engine.
+STORE_TIMEOUT_S = 30.0
+
+#: TCP keepalive on PostgreSQL connections: probes after this many idle
+#: seconds, this many seconds apart, this many unanswered before the
+#: connection is dropped. A connection held idle (the pool's, the change
+#: listener's) then finds out about a vanished server or a cut network
+#: within about 25 s, instead of the kernel's two hours.
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
+_KEEPALIVE_COUNT = 3
+
+
+def _postgres_limits(parsed: URL, timeout_s: float) -> dict[str, Any]:
+    """libpq's parameters that bound a call's wait on the server and the
+    network to about ``timeout_s``: the connection attempt, each statement
+    (lock waits included), and data left unacknowledged on a cut network.
+    Any of them set in the URL's query wins."""
+    ms = int(timeout_s * 1000)
+    limits: dict[str, Any] = {
+        # libpq takes whole seconds, and treats 1 as 2.
+        "connect_timeout": max(2, math.ceil(timeout_s)),
+        **_KEEPALIVE,
+        "keepalives_count": _KEEPALIVE_COUNT,
+        "tcp_user_timeout": ms,
+    }
+    limits = {k: v for k, v in limits.items() if k not in parsed.query}
+    # Server settings for the session; the URL's own options come after
+    # ours, so that a statement_timeout given there wins.
+    options = parsed.query.get("options", "")
+    own = "" if "statement_timeout" in str(options) else f"-c statement_timeout={ms}"
+    limits["options"] = " ".join(filter(None, (own, *_as_list(options))))
+    return limits
+
+
+def _as_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def make_engine(url: str, *, pool_size: int = 8, timeout_s: float = STORE_TIMEOUT_S) -> Engine:
     """An Engine for ``url``; SQLite files get WAL, synchronous=FULL and foreign keys.
 
     SQLite's own transaction handling in the pysqlite driver is switched off so
@@ -105,6 +145,13 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     writers (they queue on the write lock up front instead of failing to upgrade
     a read lock later) and ``DEFERRED`` for readers, who run beside a writer in
     WAL mode.
+
+    ``timeout_s`` bounds how long the store may keep a call waiting: for a
+    connection from the pool, for SQLite's write lock, and on PostgreSQL for
+    a connection attempt, a statement (a lock it waits for included) and an
+    unanswered network. Past it the work fails as the store being
+    unavailable (:mod:`geopunch.adapters.db.faults`), and the caller is told
+    to retry, where it would otherwise wait as long as the store does.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -113,11 +160,13 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
             from geopunch.adapters.db.pg_writes import WriteCountingCursor
 
             connect_args["cursor_factory"] = WriteCountingCursor  # see changes()
+            connect_args.update(_postgres_limits(parsed, timeout_s))
         return create_engine(
             url,
             connect_args=connect_args,
             pool_size=pool_size,
             max_overflow=pool_size,
+            pool_timeout=timeout_s,
             pool_pre_ping=True,
             json_serializer=_json_text,
             json_deserializer=orjson.loads,
@@ -132,7 +181,8 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         # The connection used last comes back first, its page cache warm:
         # calls one after another keep reading through one cache.
         pool_use_lifo=True,
-        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_timeout=timeout_s,
+        connect_args={"timeout": timeout_s, "check_same_thread": False},
         json_serializer=_json_text,
         json_deserializer=orjson.loads,
     )
@@ -144,7 +194,7 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.execute(f"PRAGMA soft_heap_limit={SQLITE_SOFT_HEAP_LIMIT}")
         cur.close()
@@ -225,6 +275,10 @@ def migrate(engine: Engine, to: str = HEAD_REVISION, stop: threading.Event | Non
             # Processes on one file take turns at the writer lock.
             driver(conn).execute("PRAGMA foreign_keys=OFF")
         else:
+            # A revision may rebuild a large table, and another replica's
+            # may be waited for: longer than a call may wait. The session
+            # ends with the migration (see the end), and the setting with it.
+            driver(conn).execute("SET statement_timeout = 0")
             # Replicas started together would each run the same revisions,
             # and all but one fail on what the first created. The first to
             # take this lock migrates; the others wait, then find the
@@ -331,32 +385,6 @@ def current_revision(engine: Engine) -> str:
     return rev or ""
 
 
-#: SQLSTATEs of a transaction that lost to another one and may simply run
-#: again: deadlock_detected, serialization_failure.
-_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a driver error, raw (prepared statements run on the
-    driver) or wrapped by SQLAlchemy."""
-    for candidate in (exc, getattr(exc, "orig", None)):
-        state = getattr(candidate, "sqlstate", None)
-        if isinstance(state, str):
-            return state
-    return None
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is the store telling a transaction to run again."""
-    return _sqlstate(exc) in _TRANSIENT_SQLSTATES
-
-
-def as_conflict(exc: BaseException) -> ConcurrentChange:
-    code = _sqlstate(exc)
-    log.info("store conflict, retried", extra={"fields": {"sqlstate": code}})
-    return ConcurrentChange(f"the store chose this transaction to run again ({code})")
-
-
 class _Repositories:
     """The repositories of one account (or of none: housekeeping) on one connection."""
 
@@ -420,9 +448,11 @@ class SqlUnitOfWork(_Repositories):
             self._write_lock.acquire()
         try:
             return self._open()
-        except BaseException:
+        except BaseException as exc:
             if self._write_lock is not None:
                 self._write_lock.release()
+            if (fault := as_unavailable(exc)) is not None:
+                raise fault from exc
             raise
 
     def _open(self) -> Self:
@@ -435,7 +465,11 @@ class SqlUnitOfWork(_Repositories):
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             else:
                 conn = conn.execution_options(sqlite_begin="DEFERRED")
-        conn.begin()
+        try:
+            conn.begin()  # SQLite's writers wait here for the file's lock
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
         self._now = int(time.time())
         self._bind(conn, self.account, self._now)
@@ -460,16 +494,25 @@ class SqlUnitOfWork(_Repositories):
         try:
             if self._conn.in_transaction():
                 self._conn.rollback()
+        except Exception as cleanup:
+            # The connection is gone (the work's own failure, most likely):
+            # the pool drops it, and the work's error is the one to answer.
+            if exc is None or as_unavailable(cleanup) is None:
+                raise
         finally:
             self._conn.close()
             self._conn = None
             self._others.clear()
             if self._write_lock is not None:
                 self._write_lock.release()
-        if exc is not None and transient(exc):
+        if exc is None:
+            return
+        if transient(exc):
             # A deadlock or serialization failure: the work may run again,
             # like a lost race (the callers retry ConcurrentChange).
             raise as_conflict(exc) from exc
+        if (fault := as_unavailable(exc)) is not None and fault is not exc:
+            raise fault from exc
 
     def commit(self) -> None:
         assert self._conn is not None
@@ -845,5 +888,7 @@ class GroupCommitter:
                     return None
                 if transient(exc):  # chosen as a deadlock's victim: its caller runs it again
                     exc = as_conflict(exc)
+                elif (fault := as_unavailable(exc)) is not None:  # its statement timed out
+                    exc = fault
                 outcomes.append((False, exc))
         return outcomes

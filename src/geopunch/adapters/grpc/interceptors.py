@@ -22,7 +22,7 @@ from geopunch.adapters.grpc.counts import check_counts
 from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
 from geopunch.domain.accounts import Principal, Scope
-from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode
+from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode, StoreUnavailable
 from geopunch.logs import RateLimitedLog, new_request_id, request_id_var
 from geopunch.service.accounts import KeyRing
 from geopunch.service.events import StreamSlots
@@ -239,6 +239,8 @@ class ServiceInterceptor(_Interceptor):
                     "the change met concurrent changes of the same data; retry",
                 )
             )
+        if isinstance(exc, StoreUnavailable):  # logged where it was met, without a stack
+            return _status(DomainError(ErrorCode.UNAVAILABLE, exc.message))
         # Logged once here, with the stack; the caller gets the request id to
         # quote, never the exception's text.
         log.exception("unexpected error in %s", method)

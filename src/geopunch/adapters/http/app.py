@@ -91,6 +91,7 @@ from geopunch.domain.errors import (
     DomainError,
     ErrorCode,
     FieldViolation,
+    StoreUnavailable,
 )
 from geopunch.domain.events import check_watch_filter, event_json, json_bytes
 from geopunch.domain.models import DayStatus
@@ -169,7 +170,10 @@ def _error(
     body: dict[str, Any] = {"detail": detail, "code": code, "requestId": rid}
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid})
+    headers = {"X-Request-ID": rid}
+    if status == 503:  # the server starting or the store away: soon, not now
+        headers["Retry-After"] = "1"
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _body_too_large(limit: int) -> JSONResponse:
@@ -215,6 +219,10 @@ def _allowed_methods(request: Request) -> str:
     if "GET" in methods:
         methods.add("HEAD")  # served as GET without the body
     return ", ".join(sorted(methods))
+
+
+def _unavailable(exc: StoreUnavailable, path: str) -> JSONResponse:
+    return _refusal(DomainError(ErrorCode.UNAVAILABLE, exc.message), path)
 
 
 def _lost_race() -> JSONResponse:
@@ -679,7 +687,11 @@ def create_app(deps: HttpDeps) -> Any:
                 (429, "too many open event streams for the key"),
                 (431, "the request's head is too large"),
                 (500, "an unexpected error, logged under the request id"),
-                (503, "the server is starting"),
+                (
+                    503,
+                    "the server is starting, or the store cannot answer now; retry "
+                    "after the seconds of the Retry-After header",
+                ),
             )
         },
     )
@@ -707,6 +719,10 @@ def create_app(deps: HttpDeps) -> Any:
     @app.exception_handler(ConcurrentChange)
     async def lost_race(request: Request, exc: ConcurrentChange) -> Response:
         return with_warnings(request, _lost_race())
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        return with_warnings(request, _unavailable(exc, request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> Response:
@@ -913,6 +929,8 @@ def create_app(deps: HttpDeps) -> Any:
             return _refusal(exc, match.string)
         except ConcurrentChange:
             return _lost_race()
+        except StoreUnavailable as exc:
+            return _unavailable(exc, match.string)
 
     # -- the spec: geofences (blocking use cases, run on FastAPI's thread pool) ---------
 
@@ -1404,7 +1422,16 @@ def create_app(deps: HttpDeps) -> Any:
             if seen != wakeup.version or now - last_read >= IDLE_RECHECK_S:
                 seen = wakeup.version
                 last_read = now
-                page = await asyncio.to_thread(events_after, deps.uows, acct, cursor, types, clocks)
+                try:
+                    page = await asyncio.to_thread(
+                        events_after, deps.uows, acct, cursor, types, clocks
+                    )
+                except StoreUnavailable:
+                    # The stream stays, keep-alives included, and reads again
+                    # in a second: a browser's EventSource does not reconnect
+                    # after a 503, so ending the stream would end its events.
+                    seen, page = -1, []
+                    await asyncio.sleep(1.0)
                 for e in page:
                     data = json_bytes(event_json(e)).decode()
                     yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n".encode()
