@@ -4,6 +4,7 @@ one store, and a PostgreSQL index rebuilt while servers keep writing."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -248,6 +249,32 @@ def test_a_store_from_a_newer_release_is_refused_with_a_plain_message(store_url:
         .splitlines()[-1]
         .startswith("geopunch: the store is at schema revision 9999")
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--listen", "127.0.0.1:0", "--http-listen", "off"],
+        ["serve", "--processes", "2", "--listen", "127.0.0.1:0", "--http-listen", "off"],
+        ["keys", "create", "--account", "acme", "--scopes", "read"],
+    ],
+    ids=lambda c: " ".join(c[:3]),
+)
+def test_a_store_that_cannot_be_reached_is_named_in_one_line(command: list[str]) -> None:
+    """A PostgreSQL server not running (or a wrong port): each command says
+    so in one line and exits 1 (nothing is wrong with the command itself),
+    where it printed the driver's traceback of about 120 lines."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/none"
+    done = _geopunch(*command, "--database-url", url)
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert said == [
+        "geopunch: the store cannot be reached: connection failed: connection to server at "
+        f'"127.0.0.1", port {port} failed: Connection refused'
+    ]
 
 
 @pytest.mark.postgres

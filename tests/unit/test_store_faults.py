@@ -14,7 +14,7 @@ from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 
 from geopunch.adapters.db.faults import as_unavailable, transient, unavailable_reason
-from geopunch.adapters.db.store import make_engine
+from geopunch.adapters.db.store import StoreUnusable, make_engine
 from geopunch.domain.errors import StoreUnavailable
 
 
@@ -142,3 +142,9 @@ def test_a_statement_timeout_in_the_url_wins() -> None:
     limits = _postgres_limits(make_engine(url).url, 2.0)
     assert limits["options"] == "-c statement_timeout=60000"
     assert "connect_timeout" not in limits  # the URL's 9 stands
+
+
+def test_a_sqlite_file_whose_folder_cannot_be_made_is_refused_plainly(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StoreUnusable, match=r"cannot make the folder .*: File exists"):
+        make_engine(f"sqlite:///{tmp_path / 'a-file' / 'g.db'}")

@@ -275,8 +275,10 @@ def _migrate(url: str | None, to: str | None) -> int:
 
 def _on_the_store(command: Callable[[], int | None]) -> int:
     """Runs a command that opens the store; a store it cannot use (one a
-    newer release migrated, a schema that does not exist) stops it with a
-    plain message."""
+    newer release migrated, a schema that does not exist) or cannot reach
+    (not running, a wrong host or port, locked) stops it with a plain
+    message rather than the driver's traceback of a hundred lines."""
+    from geopunch.adapters.db.faults import explain
     from geopunch.adapters.db.store import StoreUnusable
 
     try:
@@ -284,6 +286,13 @@ def _on_the_store(command: Callable[[], int | None]) -> int:
     except StoreUnusable as exc:
         print(f"geopunch: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        said = explain(exc)
+        if said is None:
+            raise
+        # 1, not 2: nothing is wrong with the command; run it again later.
+        print(f"geopunch: {said}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,6 +119,23 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    raw = getattr(exc, "orig", None) or exc
+    return (str(raw).strip().splitlines() or [type(raw).__name__])[0][:300]
+
+
+def explain(exc: BaseException) -> str | None:
+    """For an operator at a command line: what is wrong with the store, with
+    the driver's own first line (``connection refused``, ``database is
+    locked``); None when ``exc`` is not the store being unavailable."""
+    if isinstance(exc, StoreUnavailable):
+        cause = exc.__cause__
+        said = SENTENCES.get(exc.reason, exc.message)
+        return f"{said}: {_first_line(cause)}" if cause is not None else said
+    reason = unavailable_reason(exc)
+    return None if reason is None else f"{SENTENCES[reason]}: {_first_line(exc)}"
+
+
 def as_unavailable(exc: BaseException) -> StoreUnavailable | None:
     """``exc`` as :class:`StoreUnavailable`, if it is one; logged (at most a
     line in ten seconds for each reason, with the driver's first line and no
@@ -131,8 +148,6 @@ def as_unavailable(exc: BaseException) -> StoreUnavailable | None:
     metrics.STORE_UNAVAILABLE.labels(reason).inc()
     dropped = _throttle.admit(reason)
     if dropped is not None:
-        raw = getattr(exc, "orig", None) or exc
-        said = (str(raw).strip().splitlines() or [type(raw).__name__])[0][:300]
-        fields = {"reason": reason, "sqlstate": _sqlstate(exc), "error": said}
+        fields = {"reason": reason, "sqlstate": _sqlstate(exc), "error": _first_line(exc)}
         log.warning("store unavailable", extra={"fields": {**fields, "suppressed": dropped}})
     return StoreUnavailable(reason, f"{SENTENCES[reason]}; retry shortly")

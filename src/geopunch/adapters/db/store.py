@@ -173,7 +173,13 @@ def make_engine(url: str, *, pool_size: int = 8, timeout_s: float = STORE_TIMEOU
         )
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("use a SQLite file: an in-memory database cannot be shared or survive")
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnusable(
+            f"cannot make the folder of the SQLite file {parsed.database}: "
+            f"{exc.strerror or exc} ({exc.filename})"
+        ) from None
     engine = create_engine(
         url,
         pool_size=pool_size,
