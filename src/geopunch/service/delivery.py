@@ -326,6 +326,8 @@ class _Delivery:
                 await asyncio.shield(self._save())
             except (_Changed, asyncio.CancelledError):
                 pass
+            except StoreUnavailable as exc:  # sent again after the last stored progress
+                log.error("storing webhook progress failed", extra={"fields": {"error": str(exc)}})
             except Exception:
                 log.exception("storing webhook progress failed")
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, text
 
+from geopunch.adapters.db.faults import as_unavailable
 from geopunch.adapters.db.prepared import driver
 from geopunch.logs import FailureLog
 
@@ -105,5 +106,5 @@ def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.
             finally:
                 raw.close()
         except Exception as exc:  # the store may be briefly unavailable
-            failures.failed(exc)
+            failures.failed(as_unavailable(exc) or exc)
             stopped.wait(RETRY_S)
