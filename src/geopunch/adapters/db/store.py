@@ -125,11 +125,22 @@ def _postgres_limits(parsed: URL, timeout_s: float) -> dict[str, Any]:
         "tcp_user_timeout": ms,
     }
     limits = {k: v for k, v in limits.items() if k not in parsed.query}
-    # Server settings for the session; the URL's own options come after
-    # ours, so that a statement_timeout given there wins.
-    options = parsed.query.get("options", "")
-    own = "" if "statement_timeout" in str(options) else f"-c statement_timeout={ms}"
-    limits["options"] = " ".join(filter(None, (own, *_as_list(options))))
+    # The server's side of the session: a statement's limit; a transaction
+    # left idle (its client frozen, or cut off with the server not told)
+    # ended, with its row locks, instead of holding up every other replica
+    # that needs those rows; and the server's own keepalives, which notice a
+    # vanished client in about 25 s, not its default two hours. Settings the
+    # URL's options name are left to them.
+    options = " ".join(_as_list(parsed.query.get("options", "")))
+    server = {
+        "statement_timeout": ms,
+        "idle_in_transaction_session_timeout": ms,
+        "tcp_keepalives_idle": _KEEPALIVE["keepalives_idle"],
+        "tcp_keepalives_interval": _KEEPALIVE["keepalives_interval"],
+        "tcp_keepalives_count": _KEEPALIVE_COUNT,
+    }
+    own = [f"-c {name}={value}" for name, value in server.items() if name not in options]
+    limits["options"] = " ".join(filter(None, (*own, options)))
     return limits
 
 
@@ -283,8 +294,9 @@ def migrate(engine: Engine, to: str = HEAD_REVISION, stop: threading.Event | Non
         else:
             # A revision may rebuild a large table, and another replica's
             # may be waited for: longer than a call may wait. The session
-            # ends with the migration (see the end), and the setting with it.
+            # ends with the migration (see the end), and the settings with it.
             driver(conn).execute("SET statement_timeout = 0")
+            driver(conn).execute("SET idle_in_transaction_session_timeout = 0")
             # Replicas started together would each run the same revisions,
             # and all but one fail on what the first created. The first to
             # take this lock migrates; the others wait, then find the
