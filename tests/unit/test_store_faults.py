@@ -12,6 +12,7 @@ import pytest
 from psycopg import errors as pg_errors
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from geopunch.adapters.db.faults import as_unavailable, transient, unavailable_reason
 from geopunch.adapters.db.store import StoreUnusable, make_engine
@@ -131,22 +132,23 @@ def test_postgresql_connections_carry_the_timeouts() -> None:
         5,
     )
     assert given["keepalives_count"] == 3
-    assert given["options"] == (
-        "-c statement_timeout=2500 -c idle_in_transaction_session_timeout=2500 "
-        "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
-        "-csearch_path=x"
-    )
+    # The server's side is SET once connected (PgBouncer refuses start-up
+    # options it does not know): the URL's options go as they were.
+    assert given["options"] == "-csearch_path=x"
     assert engine.pool.timeout() == 2.5  # type: ignore[attr-defined]
 
 
-def test_a_statement_timeout_in_the_url_wins() -> None:
-    from geopunch.adapters.db.store import _postgres_limits
+def test_limits_given_in_the_url_win() -> None:
+    from geopunch.adapters.db.store import _libpq_limits, _session_limits
 
-    url = "postgresql+psycopg://u@h/db?options=-c%20statement_timeout%3D60000&connect_timeout=9"
-    limits = _postgres_limits(make_engine(url).url, 2.0)
-    assert limits["options"].endswith("-c statement_timeout=60000")
-    assert limits["options"].count("statement_timeout") == 1
-    assert "connect_timeout" not in limits  # the URL's 9 stands
+    url = make_url(
+        "postgresql+psycopg://u@h/db?options=-c%20statement_timeout%3D60000&connect_timeout=9"
+    )
+    assert "connect_timeout" not in _libpq_limits(url, 2.0)  # the URL's 9 stands
+    assert _session_limits(url, 2.0) == (
+        "SET idle_in_transaction_session_timeout = 2000; SET tcp_keepalives_idle = 10; "
+        "SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+    )
 
 
 def test_a_sqlite_file_whose_folder_cannot_be_made_is_refused_plainly(tmp_path: Path) -> None:

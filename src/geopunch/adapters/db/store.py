@@ -111,26 +111,31 @@ _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
 _KEEPALIVE_COUNT = 3
 
 
-def _postgres_limits(parsed: URL, timeout_s: float) -> dict[str, Any]:
-    """libpq's parameters that bound a call's wait on the server and the
-    network to about ``timeout_s``: the connection attempt, each statement
-    (lock waits included), and data left unacknowledged on a cut network.
-    Any of them set in the URL's query wins."""
-    ms = int(timeout_s * 1000)
+def _libpq_limits(parsed: URL, timeout_s: float) -> dict[str, Any]:
+    """libpq's parameters that bound a call's wait on the network to about
+    ``timeout_s``: the connection attempt, and data left unacknowledged on a
+    cut network. Any of them set in the URL's query wins."""
     limits: dict[str, Any] = {
         # libpq takes whole seconds, and treats 1 as 2.
         "connect_timeout": max(2, math.ceil(timeout_s)),
         **_KEEPALIVE,
         "keepalives_count": _KEEPALIVE_COUNT,
-        "tcp_user_timeout": ms,
+        "tcp_user_timeout": int(timeout_s * 1000),
     }
-    limits = {k: v for k, v in limits.items() if k not in parsed.query}
-    # The server's side of the session: a statement's limit; a transaction
-    # left idle (its client frozen, or cut off with the server not told)
-    # ended, with its row locks, instead of holding up every other replica
-    # that needs those rows; and the server's own keepalives, which notice a
-    # vanished client in about 25 s, not its default two hours. Settings the
-    # URL's options name are left to them.
+    return {k: v for k, v in limits.items() if k not in parsed.query}
+
+
+def _session_limits(parsed: URL, timeout_s: float) -> str:
+    """The server's side of each session, as one ``SET`` statement a name:
+    a statement's limit; a transaction left idle (its client frozen, or cut
+    off with the server not told) ended, with its row locks, instead of
+    holding up every replica that needs the same rows; and the server's own
+    keepalives, which notice a vanished client in about 25 s rather than its
+    default two hours. Settings the URL's ``options`` name are left to them.
+
+    Set after connecting, not sent as ``options`` at the start: PgBouncer
+    refuses a connection whose start-up ``options`` it does not know."""
+    ms = int(timeout_s * 1000)
     options = " ".join(_as_list(parsed.query.get("options", "")))
     server = {
         "statement_timeout": ms,
@@ -139,9 +144,9 @@ def _postgres_limits(parsed: URL, timeout_s: float) -> dict[str, Any]:
         "tcp_keepalives_interval": _KEEPALIVE["keepalives_interval"],
         "tcp_keepalives_count": _KEEPALIVE_COUNT,
     }
-    own = [f"-c {name}={value}" for name, value in server.items() if name not in options]
-    limits["options"] = " ".join(filter(None, (*own, options)))
-    return limits
+    return "; ".join(
+        f"SET {name} = {value}" for name, value in server.items() if name not in options
+    )
 
 
 def _as_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -171,8 +176,8 @@ def make_engine(url: str, *, pool_size: int = 8, timeout_s: float = STORE_TIMEOU
             from geopunch.adapters.db.pg_writes import WriteCountingCursor
 
             connect_args["cursor_factory"] = WriteCountingCursor  # see changes()
-            connect_args.update(_postgres_limits(parsed, timeout_s))
-        return create_engine(
+            connect_args.update(_libpq_limits(parsed, timeout_s))
+        engine = create_engine(
             url,
             connect_args=connect_args,
             pool_size=pool_size,
@@ -182,6 +187,16 @@ def make_engine(url: str, *, pool_size: int = 8, timeout_s: float = STORE_TIMEOU
             json_serializer=_json_text,
             json_deserializer=orjson.loads,
         )
+        if parsed.get_backend_name() == "postgresql" and (
+            limits := _session_limits(parsed, timeout_s)
+        ):
+
+            @event.listens_for(engine, "connect")
+            def _limit_session(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.execute(limits)
+                dbapi_conn.commit()  # a SET outside a committed transaction would not last
+
+        return engine
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("use a SQLite file: an in-memory database cannot be shared or survive")
     try:
