@@ -10,8 +10,10 @@ Two kinds are told apart from a defect (answered INTERNAL with a request id):
   :class:`StoreUnavailable`, which both APIs answer UNAVAILABLE (HTTP 503),
   the code clients retry on.
 
-The second used to reach callers as an unexpected error with a traceback in
-the log for every call, while the store was being restarted or failed over.
+The second must not read as a defect: clients retry UNAVAILABLE (the slim
+client's offline queue keeps such a punch for later, where it sets a
+refused one aside), and a restart or failover of the database should not
+fill the log with a stack a call.
 """
 
 from __future__ import annotations
