@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -48,6 +50,18 @@ def _clock_out(http: httpx.Client, tc_id: int, key: str) -> httpx.Response:
         json={"userId": USER},
         headers={"Idempotency-Key": key},
     )
+
+
+def _retry_delay(err: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay among the status's details, if any."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None
 
 
 def _refused_unavailable(answer: httpx.Response, sentence: str) -> None:
@@ -129,6 +143,9 @@ def test_a_store_that_goes_away_is_answered_unavailable_and_nothing_is_lost(
         )
         assert err.code() is grpc.StatusCode.UNAVAILABLE
         assert err.details() == "the store cannot be reached; retry shortly"
+        assert _retry_delay(err) == 1.0  # as HTTP's Retry-After
+        trailing = {str(m.key): str(m.value) for m in err.trailing_metadata()}
+        assert trailing["grpc-retry-pushback-ms"] == "1000"
         # A read, on the HTTP API's thread pool rather than the punch lane.
         _refused_unavailable(
             http.get(f"/time-clock/v1/time-clocks/{tc.id}/geofences"),

@@ -74,3 +74,24 @@ def test_a_status_stays_under_the_metadata_limit_whatever_it_echoes() -> None:
     message = len(urllib.parse.quote(status.details))
     assert encoded + message < 7_000, (encoded, message)
     assert status.details.endswith("(50004 characters)")
+
+
+def test_only_an_unavailable_answer_says_when_to_retry() -> None:
+    from google.rpc import error_details_pb2, status_pb2
+
+    def details(code: ErrorCode) -> list[str]:
+        status = to_status(DomainError(code, "x"))
+        packed = status_pb2.Status.FromString(
+            dict(status.trailing_metadata)["grpc-status-details-bin"]
+        )
+        return [d.type_url.rpartition("/")[2] for d in packed.details]
+
+    assert details(ErrorCode.UNAVAILABLE) == ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]
+    assert details(ErrorCode.NO_OPEN_SHIFT) == ["google.rpc.ErrorInfo"]
+    status = to_status(DomainError(ErrorCode.UNAVAILABLE, "x"))
+    packed = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert packed.details[1].Unpack(info) and info.retry_delay.seconds == 1
+    assert dict(status.trailing_metadata)["grpc-retry-pushback-ms"] == "1000"
+    refused = to_status(DomainError(ErrorCode.NO_OPEN_SHIFT, "x"))
+    assert "grpc-retry-pushback-ms" not in dict(refused.trailing_metadata)

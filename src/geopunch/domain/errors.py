@@ -251,6 +251,12 @@ class ConcurrentChange(Exception):
     """Another transaction changed the same state first; the use case is retried."""
 
 
+#: Seconds an UNAVAILABLE answer tells its caller to wait before trying
+#: again (HTTP's Retry-After, gRPC's RetryInfo): the server starting, or
+#: the store away for a moment.
+RETRY_AFTER_S = 1
+
+
 class StoreUnavailable(Exception):
     """The store cannot do the work now (unreachable, restarting, timed out,
     locked by another transaction, full), though nothing is wrong with the

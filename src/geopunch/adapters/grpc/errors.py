@@ -1,13 +1,15 @@
-"""DomainError -> grpc status with google.rpc ErrorInfo and BadRequest details."""
+"""DomainError -> grpc status with google.rpc ErrorInfo, BadRequest and RetryInfo details."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from geopunch.domain.errors import STATUS, DomainError, ErrorCode
+from geopunch.domain.errors import RETRY_AFTER_S, STATUS, DomainError, ErrorCode
 
 DOMAIN = "geopunch.v1"
 
@@ -23,6 +25,9 @@ _VALUE_BYTES = 96
 _VIOLATIONS = 8
 _FIELD_BYTES = 100
 _DESCRIPTION_BYTES = 140
+
+
+RETRY_DELAY = duration_pb2.Duration(seconds=RETRY_AFTER_S)
 
 
 def grpc_code(code: ErrorCode) -> grpc.StatusCode:
@@ -47,7 +52,11 @@ def to_status(err: DomainError) -> grpc.Status:
         for k, v in list(err.metadata.items())[:_METADATA_KEYS]
     }
     info = error_details_pb2.ErrorInfo(reason=err.code.value, domain=DOMAIN, metadata=metadata)
-    details = [info]
+    details: list[Any] = [info]
+    if status_code is grpc.StatusCode.UNAVAILABLE:
+        # When to try again, as HTTP's Retry-After says it (google.rpc's
+        # own detail for it, which Google's client libraries read).
+        details.append(error_details_pb2.RetryInfo(retry_delay=RETRY_DELAY))
     if err.violations:
         shown = [
             error_details_pb2.BadRequest.FieldViolation(
@@ -71,4 +80,9 @@ def to_status(err: DomainError) -> grpc.Status:
         message=shorten(err.message, _MESSAGE_BYTES),
         details=packed,
     )
-    return rpc_status.to_status(status)
+    answer = rpc_status.to_status(status)
+    if status_code is grpc.StatusCode.UNAVAILABLE:
+        # The same for a channel with a retry policy: grpc's own retries wait this long.
+        pushback = (("grpc-retry-pushback-ms", str(RETRY_AFTER_S * 1000)),)
+        answer = answer._replace(trailing_metadata=(*answer.trailing_metadata, *pushback))  # type: ignore[attr-defined]
+    return answer

@@ -86,6 +86,7 @@ from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, scopes_of
 from geopunch.domain.bounds import int64_text, text_problem
 from geopunch.domain.errors import (
+    RETRY_AFTER_S,
     STATUS,
     ConcurrentChange,
     DomainError,
@@ -172,7 +173,7 @@ def _error(
         body["errors"] = errors
     headers = {"X-Request-ID": rid}
     if status == 503:  # the server starting or the store away: soon, not now
-        headers["Retry-After"] = "1"
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
