@@ -30,6 +30,9 @@ from geopunch.v1 import (
 from tests.forked_server import ForkedProcess
 from tests.helpers import AnswersMatchDocument, pg_migrated
 
+# The NATS stream fixture, for the event sink's tests and the store's faults.
+pytest_plugins = ["tests.nats_stream"]
+
 API_KEY = "test-key-0123456789"
 _ids = itertools.count(1000)
 

@@ -10,6 +10,7 @@ server's side.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import sqlite3
@@ -30,6 +31,7 @@ from geopunch.v1 import timeclock_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock
 from tests.e2e.test_webhooks import subscribe
 from tests.helpers import eventually, pg_migrated, rpc_error, scrape, value
+from tests.nats_stream import NATS_URL, stream_messages
 from tests.tcp_proxy import TcpProxy
 from tests.webhook_receiver import Receiver
 
@@ -76,9 +78,9 @@ def _watch(http_address: str, into: queue.Queue[dict[str, object]]) -> None:
     """The account's events over Server-Sent Events, on one connection."""
     with (
         httpx.Client(base_url=f"http://{http_address}", headers=HEADERS, timeout=60) as http,
-        http.stream("GET", "/geopunch/v1/events") as stream,
+        http.stream("GET", "/geopunch/v1/events") as answer,
     ):
-        for line in stream.iter_lines():
+        for line in answer.iter_lines():
             if line == ": geopunch events":  # the stream's first line
                 into.put({"type": "open"})
             if line.startswith("data: "):
@@ -86,16 +88,24 @@ def _watch(http_address: str, into: queue.Queue[dict[str, object]]) -> None:
 
 
 @pytest.fixture
-def proxied(tmp_path: Path) -> Iterator[tuple[ServerProcess, TcpProxy, str]]:
-    """A server on a fresh PostgreSQL database, reached through a proxy;
-    with the database's direct URL, for the test's own look."""
+def proxied(
+    tmp_path: Path, stream: tuple[str, str]
+) -> Iterator[tuple[ServerProcess, TcpProxy, str]]:
+    """A server on a fresh PostgreSQL database, reached through a proxy, and
+    publishing to a JetStream stream of its own; with the database's direct
+    URL, for the test's own look."""
     with pg_migrated() as url:
         parsed = make_url(url)
         proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
         through = parsed.set(host="127.0.0.1", port=proxy.port)
         srv = ServerProcess(
             db_url=through.render_as_string(hide_password=False),
-            env_extra={"GEOPUNCH_STORE_TIMEOUT_SECONDS": str(TIMEOUT_S)},
+            env_extra={
+                "GEOPUNCH_STORE_TIMEOUT_SECONDS": str(TIMEOUT_S),
+                "GEOPUNCH_NATS_URL": NATS_URL,
+                "GEOPUNCH_NATS_STREAM": stream[0],
+                "GEOPUNCH_NATS_SUBJECT_PREFIX": stream[1],
+            },
         )
         try:
             srv.start(tmp_path)
@@ -109,7 +119,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[ServerProcess, TcpProxy, str]]:
 
 @pytest.mark.postgres
 def test_a_store_that_goes_away_is_answered_unavailable_and_nothing_is_lost(
-    proxied: tuple[ServerProcess, TcpProxy, str],
+    proxied: tuple[ServerProcess, TcpProxy, str], stream: tuple[str, str]
 ) -> None:
     srv, proxy, direct = proxied
     client = Client(srv.address)
@@ -170,6 +180,14 @@ def test_a_store_that_goes_away_is_answered_unavailable_and_nothing_is_lost(
         assert events.get(timeout=10)["type"] == "clockOut"
         delivered = receiver.wait_for(2, 15)
         assert [r.event["type"] for r in delivered] == ["clockIn", "clockOut"]
+        # And the JetStream sink published both, once each.
+        published = asyncio.run(stream_messages(stream[0], 2, 15))
+        punches = [json.loads(m.data)["type"] for m in published]
+        assert [t for t in punches if t.startswith("clock")] == ["clockIn", "clockOut"]
+        # The outage is not a defect of the deliveries: nothing restarted.
+        samples = scrape(srv.http_address)
+        for what in ("webhooks", "subscription", "sink"):
+            assert value(samples, "geopunch_delivery_restarts_total", what=what) == 0
     finally:
         receiver.stop()
         http.close()

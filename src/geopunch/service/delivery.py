@@ -467,11 +467,17 @@ def _report_failure(sub_id: str, task: asyncio.Task[None]) -> None:
     if task.cancelled():
         return
     err = task.exception()
-    if err is not None:
+    if isinstance(err, StoreUnavailable):
+        # Not a defect: the store is away; its sentence says all, and the
+        # next claim that reaches the store starts the deliveries again.
+        log.warning(
+            "webhook delivery paused: the store cannot answer",
+            extra={"fields": {"id": sub_id, "error": str(err)}},
+        )
+    elif err is not None:
         log.error(
             "webhook delivery failed; starting it again",
-            # A store that cannot answer says all in its sentence.
-            exc_info=None if isinstance(err, StoreUnavailable) else err,
+            exc_info=err,
             extra={"fields": {"id": sub_id, "error": str(err)[:300]}},
         )
         metrics.DELIVERY_RESTARTS.labels("subscription").inc()
@@ -507,7 +513,8 @@ class SinkPublisher:
         self._uows, self._publisher, self._signal = uows, publisher, signal
         self._stopping, self._prefix, self._lease_s = stopping, subject_prefix, lease_s
         self.owner = owner or owner_name()
-        self._claims = FailureLog("claiming the event sink", log)
+        #: The store failing the sink (its claim, its pages), until a page is read.
+        self._store = FailureLog("the event sink's store", log)
 
     def subject(self, e: Event) -> str:
         """``<prefix>.<account>.<type>``: a consumer filters by account, type or both."""
@@ -518,10 +525,14 @@ class SinkPublisher:
         try:
             while not self._stopping.is_set():
                 cursor = await self._claim()
-                if cursor is None:  # another process holds the sink
+                if cursor is None:  # another process holds the sink, or the store failed
                     await self._stopping.sleep(every)
                     continue
-                await self._publish_from(cursor)
+                try:
+                    await self._publish_from(cursor)
+                except StoreUnavailable as exc:  # claimed again once the store is back
+                    self._store.failed(exc)
+                    await self._stopping.sleep(every)
         finally:
             try:
                 await asyncio.to_thread(self._release)
@@ -540,12 +551,10 @@ class SinkPublisher:
             return got
 
         try:
-            got = await asyncio.to_thread(claim)
+            return await asyncio.to_thread(claim)
         except Exception as exc:
-            self._claims.failed(exc)
+            self._store.failed(exc)
             return None
-        self._claims.succeeded()
-        return got
 
     async def _publish_from(self, cursor: int) -> None:
         """Publish while the lease holds; return to claim again (renewing it)."""
@@ -554,6 +563,7 @@ class SinkPublisher:
         while not self._stopping.is_set() and time.monotonic() < renew_at:
             seen = self._signal.version
             page = await asyncio.to_thread(self._page, cursor)
+            self._store.succeeded()
             lag = metrics.EVENT_LAG.labels(f"jetstream:{self.name}")
             for e in page:
                 lag.set(max(time.time() - e.recorded_at, 0.0))
@@ -611,11 +621,15 @@ async def keep_running(
         try:
             await start()
             return
+        except StoreUnavailable as exc:  # not a defect: the store is away
+            log.warning(
+                f"{what} paused: the store cannot answer", extra={"fields": {"error": str(exc)}}
+            )
         except Exception:
             log.exception(f"{what} failed; starting again")
             metrics.DELIVERY_RESTARTS.labels(what).inc()
-            if await stopping.sleep(RESTART_S):
-                return
+        if await stopping.sleep(RESTART_S):
+            return
 
 
 async def _first(*waits: Awaitable[object]) -> None:
