@@ -145,7 +145,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     # service systemd knows; it feeds the watchdog, and watches the workers.
     systemd = Notifier.from_env()
     raise_open_files_limit()  # the workers inherit it; each logs it
-    engine = make_engine(config.database_url, pool_size=1)
+    engine = make_engine(config.database_url, pool_size=1, timeout_s=config.store_timeout_seconds)
     try:
         revision = migrate(engine, stop=stop)  # once, before any worker opens the store
     except StoppedWaiting:
