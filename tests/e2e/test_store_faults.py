@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from geopunch.v1 import timeclock_pb2
+from geopunch.v1 import location_pb2, timeclock_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock
 from tests.e2e.test_webhooks import subscribe
 from tests.helpers import eventually, pg_migrated, rpc_error, scrape, value
@@ -286,7 +286,16 @@ def test_a_lock_held_past_the_store_timeout_is_answered_unavailable(
             conn.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
             threading.Thread(target=_watch, args=(srv.http_address, events), daemon=True).start()
             assert events.get(timeout=10)["type"] == "open"
-            time.sleep(TIMEOUT_S + 1)
+            # A gRPC stream's read times out the same way, and ends it.
+            started = time.monotonic()
+            watching = client.locations.WatchEvents(
+                location_pb2.WatchEventsRequest(), metadata=client.metadata, timeout=30
+            )
+            err = rpc_error(lambda: next(iter(watching)))
+            assert err.code() is grpc.StatusCode.UNAVAILABLE, err.details()
+            assert err.details() == "the store did not answer in time; retry shortly"
+            assert time.monotonic() - started < 4 * TIMEOUT_S
+            time.sleep(1)  # the SSE stream's read has timed out too by now
             conn.rollback()
         eventually(
             lambda: bool(_log_lines(srv, "store unavailable")), 10, "the read never timed out"
