@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from geopunch.v1 import location_pb2, timeclock_pb2
 from tests.conftest import API_KEY, Client, ServerProcess, make_time_clock
 from tests.e2e.test_webhooks import subscribe
-from tests.helpers import eventually, pg_migrated, rpc_error, scrape, value
+from tests.helpers import details, eventually, pg_migrated, rpc_error, scrape, value
 from tests.nats_stream import NATS_URL, stream_messages
 from tests.tcp_proxy import TcpProxy
 from tests.webhook_receiver import Receiver
@@ -294,6 +294,7 @@ def test_a_lock_held_past_the_store_timeout_is_answered_unavailable(
             err = rpc_error(lambda: next(iter(watching)))
             assert err.code() is grpc.StatusCode.UNAVAILABLE, err.details()
             assert err.details() == "the store did not answer in time; retry shortly"
+            assert details(err)[0].metadata["afterSeq"] == "0"  # where to resume
             assert time.monotonic() - started < 4 * TIMEOUT_S
             time.sleep(1)  # the SSE stream's read has timed out too by now
             conn.rollback()

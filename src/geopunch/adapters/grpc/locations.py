@@ -13,7 +13,7 @@ import numpy.typing as npt
 from geopunch import metrics
 from geopunch.adapters.grpc.auth import account
 from geopunch.adapters.wakeup import Wakeup
-from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
+from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation, StoreUnavailable
 from geopunch.domain.events import Event, check_watch_filter
 from geopunch.domain.locations import DEFAULT_MAX_SKEW_S, EXIT_ACTIONS, STALE, PointStatus
 from geopunch.domain.ports import AsyncTransactionRunner, Clock, FenceEngine, UnitOfWorkFactory
@@ -275,7 +275,14 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             seen = self._wakeup.version
-            page = await loop.run_in_executor(None, events_after, uows, acct, cursor, types, clocks)
+            try:
+                page = await loop.run_in_executor(
+                    None, events_after, uows, acct, cursor, types, clocks
+                )
+            except StoreUnavailable as exc:  # where to resume, as when the server stops
+                raise DomainError(
+                    ErrorCode.UNAVAILABLE, exc.message, {"afterSeq": str(cursor)}
+                ) from exc
             for e in page:
                 yield event_to_proto(e)
                 cursor = e.seq
