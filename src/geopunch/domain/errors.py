@@ -269,3 +269,7 @@ class StoreUnavailable(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+    def refusal(self, metadata: dict[str, str] | None = None) -> DomainError:
+        """What either API answers for it."""
+        return DomainError(ErrorCode.UNAVAILABLE, self.message, metadata or {})

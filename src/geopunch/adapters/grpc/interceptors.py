@@ -240,7 +240,7 @@ class ServiceInterceptor(_Interceptor):
                 )
             )
         if isinstance(exc, StoreUnavailable):  # logged where it was met, without a stack
-            return _status(DomainError(ErrorCode.UNAVAILABLE, exc.message))
+            return _status(exc.refusal())
         # Logged once here, with the stack; the caller gets the request id to
         # quote, never the exception's text.
         log.exception("unexpected error in %s", method)

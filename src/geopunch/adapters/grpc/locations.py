@@ -280,9 +280,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                     None, events_after, uows, acct, cursor, types, clocks
                 )
             except StoreUnavailable as exc:  # where to resume, as when the server stops
-                raise DomainError(
-                    ErrorCode.UNAVAILABLE, exc.message, {"afterSeq": str(cursor)}
-                ) from exc
+                raise exc.refusal({"afterSeq": str(cursor)}) from exc
             for e in page:
                 yield event_to_proto(e)
                 cursor = e.seq

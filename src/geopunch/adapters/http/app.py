@@ -223,7 +223,7 @@ def _allowed_methods(request: Request) -> str:
 
 
 def _unavailable(exc: StoreUnavailable, path: str) -> JSONResponse:
-    return _refusal(DomainError(ErrorCode.UNAVAILABLE, exc.message), path)
+    return _refusal(exc.refusal(), path)
 
 
 def _lost_race() -> JSONResponse:
