@@ -117,6 +117,14 @@ class RateLimitedLog:
             self._log.log(level, msg, extra={"fields": fields})
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An error's first line, for a log field: a driver's error wrapped by
+    SQLAlchemy is read from the driver's own (``orig``), without the
+    statement and parameters SQLAlchemy adds."""
+    raw = getattr(exc, "orig", None) or exc
+    return (str(raw).strip().splitlines() or [type(raw).__name__])[0][:limit]
+
+
 class FailureLog:
     """A background loop's consecutive failures, logged sparingly: the first
     with its stack, then a line a minute with the count and the latest
@@ -144,8 +152,7 @@ class FailureLog:
         if self.count == 1 and not isinstance(exc, StoreUnavailable):
             self._log.error(f"{self.what} failed", exc_info=exc, extra={"fields": fields})
             return
-        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        fields.update(error=said, failing_s=round(now - self.since, 1))
+        fields.update(error=first_line(exc), failing_s=round(now - self.since, 1))
         self._log.error(f"{self.what} failed", extra={"fields": fields})
 
     def succeeded(self) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 
 from geopunch import metrics
 from geopunch.domain.errors import ConcurrentChange, StoreUnavailable
-from geopunch.logs import Throttle
+from geopunch.logs import Throttle, first_line
 
 log = logging.getLogger("geopunch")
 
@@ -121,11 +121,6 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    raw = getattr(exc, "orig", None) or exc
-    return (str(raw).strip().splitlines() or [type(raw).__name__])[0][:300]
-
-
 def explain(exc: BaseException) -> str | None:
     """For an operator at a command line: what is wrong with the store, with
     the driver's own first line (``connection refused``, ``database is
@@ -133,9 +128,9 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, StoreUnavailable):
         cause = exc.__cause__
         said = SENTENCES.get(exc.reason, exc.message)
-        return f"{said}: {_first_line(cause)}" if cause is not None else said
+        return f"{said}: {first_line(cause)}" if cause is not None else said
     reason = unavailable_reason(exc)
-    return None if reason is None else f"{SENTENCES[reason]}: {_first_line(exc)}"
+    return None if reason is None else f"{SENTENCES[reason]}: {first_line(exc)}"
 
 
 def as_unavailable(exc: BaseException) -> StoreUnavailable | None:
@@ -150,6 +145,6 @@ def as_unavailable(exc: BaseException) -> StoreUnavailable | None:
     metrics.STORE_UNAVAILABLE.labels(reason).inc()
     dropped = _throttle.admit(reason)
     if dropped is not None:
-        fields = {"reason": reason, "sqlstate": _sqlstate(exc), "error": _first_line(exc)}
+        fields = {"reason": reason, "sqlstate": _sqlstate(exc), "error": first_line(exc)}
         log.warning("store unavailable", extra={"fields": {**fields, "suppressed": dropped}})
     return StoreUnavailable(reason, f"{SENTENCES[reason]}; retry shortly")
