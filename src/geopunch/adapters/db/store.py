@@ -26,7 +26,12 @@ from sqlalchemy.engine import URL, make_url
 
 from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
-from geopunch.adapters.db.faults import as_conflict, as_unavailable, transient
+from geopunch.adapters.db.faults import (
+    as_conflict,
+    as_unavailable,
+    transient,
+    unavailable_reason,
+)
 from geopunch.adapters.db.fence_rows import ArrowFenceReader
 from geopunch.adapters.db.notify import EVENTS, INDEX, KEYS, notify
 from geopunch.adapters.db.prepared import driver, integrity_error, savepoint, together
@@ -530,7 +535,7 @@ class SqlUnitOfWork(_Repositories):
         except Exception as cleanup:
             # The connection is gone (the work's own failure, most likely):
             # the pool drops it, and the work's error is the one to answer.
-            if exc is None or as_unavailable(cleanup) is None:
+            if exc is None or unavailable_reason(cleanup) is None:
                 raise
         finally:
             self._conn.close()
