@@ -281,6 +281,21 @@ def fleets(
     return clocks, fences, samples
 
 
+def test_a_sample_a_nanometre_inside_a_fence_is_inside() -> None:
+    """A trail sample 0.3 nm inside a fence's edge (pyproj: 99.9999999996762 m
+    from a 100 m fence's centre), found by the property test below: the
+    series distance, good to 0.1 µm, read it as outside; near the edge pyproj
+    decides, as it does for check_points."""
+    lat, lon = 39.999220038753386, -73.99941448444991
+    assert GEOD.inv(lon, lat, -74.0, 40.0)[2] < 100.0
+    # Beside a fence the sample is clearly outside of.
+    snap = snapshot([clock(1)], [fence("edge", 1, 40.0, -74.0, 100), fence("far", 1, 40.01, -74.0)])
+    r = detect_exits(snap, [1], [1], [0], [lat], [lon], [math.nan])
+    assert r.inside.tolist() == [True]
+    final = zip(r.final.user_ids.tolist(), snap.fence_ids(r.final.handles), strict=True)
+    assert list(final) == [(1, "edge")]
+
+
 @settings(max_examples=300, deadline=None)
 @given(fleet=fleets(), split=st.floats(0, 1))
 def test_matches_the_reference_and_batches_compose(

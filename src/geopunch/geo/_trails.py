@@ -32,10 +32,12 @@ import numpy.typing as npt
 
 from geopunch.domain.locations import F64, I8, I32, I64, B, PointStatus
 from geopunch.geo import _kernels as kernels
+from geopunch.geo._frames import geodesic_distance
 from geopunch.geo._index import USER_KEY_LIMIT, FenceTable, Snapshot
 from geopunch.geo._membership import (
     INVALID_ACCURACY,
     OK,
+    Matches,
     _applies,
     _as_1d,
     match_within,
@@ -266,11 +268,11 @@ def detect_exits(
 
     # Everything below runs in processing order: by (user, clock), then time.
     order = _trail_order(uid, tc, ts)
-    s_uid, s_tc = uid[order], tc[order]
-    m = match_within(snap, lat[order], lon[order], clocks[order], buffer[order], located[order])
+    s_uid, s_tc, s_lat, s_lon = uid[order], tc[order], lat[order], lon[order]
+    m = match_within(snap, s_lat, s_lon, clocks[order], buffer[order], located[order])
     point = m.point_of_match()  # sorted sample of each match, nondecreasing
     handles, radius = _match_handles(snap, m.tables, m.rows)
-    is_in = m.dist_m <= radius
+    is_in = _within_radius(snap, m, point, s_lat, s_lon, radius)
 
     # Verdicts, in input order: the fences strictly containing each sample.
     in_point = point[is_in]
@@ -399,6 +401,30 @@ def _match_handles(snap: Snapshot, tables: npt.NDArray[np.int16], rows: I32) -> 
             handles[sel] = table.handle_base + rows[sel]
             radius[sel] = table.radius[rows[sel]]
     return handles, radius
+
+
+def _within_radius(snap: Snapshot, m: Matches, point: I64, lats: F64, lons: F64, radius: F64) -> B:
+    """Whether each match's sample (``point`` into ``lats``, ``lons``) lies within the
+    fence's own radius. ``match_within`` measures to its limit, radius plus
+    buffer, and has pyproj decide only near that limit; its series distance
+    is good to 0.1 µm, so a match within ``UNCERTAIN_M`` of the radius
+    itself is measured again by pyproj here, as check_points does at its
+    limit: otherwise a sample a nanometre inside a fence could read as
+    outside it."""
+    over = m.dist_m - radius
+    inside: B = over <= 0.0
+    near = np.flatnonzero(np.abs(over, out=over) <= kernels.UNCERTAIN_M)
+    if near.size == 0:
+        return inside
+    centre_lat, centre_lon = np.empty(near.size), np.empty(near.size)
+    for t_no, table in enumerate(snap.tables):
+        sel = m.tables[near] == t_no
+        centre_lat[sel] = table.lats[m.rows[near[sel]]]
+        centre_lon[sel] = table.lons[m.rows[near[sel]]]
+    dist = m.dist_m.copy()
+    at = point[near]
+    dist[near] = geodesic_distance(lats[at], lons[at], centre_lat, centre_lon)
+    return dist <= radius
 
 
 def _fence_slot_order(
