@@ -1074,8 +1074,15 @@ def test_a_query_holds_only_what_the_call_takes(http: httpx.Client, client: Clie
         (
             f"{listing}&userId={USER}",
             "userId",
-            "not a query parameter of this call; it takes startTime, endTime, userIds, "
-            "jobIds, pageSize, pageToken, includeTotals",
+            "not a query parameter of this call: did you mean userIds? It takes startTime, "
+            "endTime, userIds, jobIds, pageSize, pageToken, includeTotals",
+        ),
+        # Named as it was sent: a caller told that startTime is unknown is misled.
+        (
+            f"{clock}/time-activities?start_time=0&endTime=86400&startTime=0",
+            "start_time",
+            "not a query parameter of this call: did you mean startTime? It takes startTime, "
+            "endTime, userIds, jobIds, pageSize, pageToken, includeTotals",
         ),
         (f"{listing}&startTime=5", "startTime", "given 2 times; it takes one value"),
         (
@@ -1270,14 +1277,20 @@ def test_a_last_event_id_is_a_sequence_in_ascii_digits(server: ServerProcess) ->
 
 
 def _warnings(r: httpx.Response) -> list[str]:
-    """The paths a ``Warning`` header names as unknown fields, decoded."""
+    """The paths a ``Warning`` header names as unknown fields, decoded, each
+    as ``path -> key`` where it names the key the caller likely meant."""
     found = []
     for value in r.headers.get_list("warning"):
         assert value.isascii() and value.isprintable(), value
         code, agent, text = value.split(" ", 2)
         assert (code, agent) == ("299", "-"), value
         said = json.loads(text)  # a quoted string, as JSON writes one
-        found.append(json.loads(said.removeprefix("unknown field ")) if '"' in said else said)
+        if not said.startswith("unknown field "):
+            found.append(said)
+            continue
+        path, _, hint = said.removeprefix("unknown field ").partition("; did you mean ")
+        name = json.loads(path)
+        found.append(f"{name} -> {json.loads(hint.removesuffix('?'))}" if hint else name)
     return found
 
 
@@ -1297,7 +1310,7 @@ def test_keys_a_body_does_not_take_are_named_or_refused(
         json={"name": "a", "timezone": "UTC", "users": [USER], "jobs": [{"id": "j", "nme": "x"}]},
     )
     assert made.status_code == 200, made.text[:300]
-    assert _warnings(made) == ["users", "jobs[0].nme"]
+    assert _warnings(made) == ["users -> userIds", "jobs[0].nme -> name"]
     assert made.json()["data"]["userIds"] == []
     # The access log says so too, for whoever runs the server.
     rid = made.headers["X-Request-ID"]
@@ -1318,19 +1331,38 @@ def test_keys_a_body_does_not_take_are_named_or_refused(
     punch = {"userId": USER, "userID": 6, "locationData": {"latitude": 1, "longitude": 2, "lat": 3}}
     r = http.post(f"{clock}/clock-in", json=punch)
     assert r.status_code == 200 and r.json()["data"]["shift"]["userId"] == USER, r.text[:300]
-    assert _warnings(r) == ["userID", "locationData.lat"]
+    assert _warnings(r) == ["userID -> userId", "locationData.lat"]
     r = http.post(f"{clock}/clock-out", json={"userId": USER}, params={"fieldValidation": "Warn"})
     assert r.status_code == 200 and _warnings(r) == [], r.text[:300]
     # A refusal names them too: here, the likely reason for it.
-    r = http.post(f"{clock}/clock-in", json={"userID": USER})
-    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "userId", r.text[:300]
-    assert _warnings(r) == ["userID"]
+    r = http.post(f"{clock}/clock-in", json={"user_id": USER})
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["errors"] == [
+        {
+            "field": "userId",
+            "description": "Field required; the body has 'user_id': send it as userId",
+            "code": "INVALID_ARGUMENT",
+        }
+    ]
+    assert _warnings(r) == ["user_id -> userId"]
 
     # Strict: refused, each key by its path, and nothing is done.
     r = http.post(f"{clock}/clock-in", json=punch, params={"fieldValidation": "Strict"})
     assert r.status_code == 400, r.text[:300]
     assert [e["field"] for e in r.json()["errors"]] == ["userID", "locationData.lat"]
     assert "unknown field 'userID'" in r.json()["errors"][0]["description"]
+    # Each as it was sent: told that userId was unknown, its sender is misled.
+    r = http.post(
+        f"{clock}/clock-in",
+        json={"userId": USER, "user_id": USER},
+        params={"fieldValidation": "Strict"},
+    )
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["errors"][0]["field"] == "user_id", r.text[:300]
+    assert r.json()["errors"][0]["description"] == (
+        "unknown field 'user_id': the body takes no such key; did you mean 'userId'? "
+        "(the call asked for fieldValidation=Strict)"
+    )
     assert _warnings(r) == []
     state = http.get(f"{clock}/user-statuses?userIds={USER}")
     assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]
@@ -1344,8 +1376,8 @@ def test_keys_a_body_does_not_take_are_named_or_refused(
     assert r.status_code == 400, r.text[:300]
     assert r.json()["detail"] == {
         "shift-0": [
-            "unknown field 'isPublish': the body takes no such key "
-            "(the call asked for fieldValidation=Strict)"
+            "unknown field 'isPublish': the body takes no such key; did you mean "
+            "'isPublished'? (the call asked for fieldValidation=Strict)"
         ]
     }
     # Ignore: taken, and said nothing of.

@@ -198,11 +198,16 @@ STATUS: dict[ErrorCode, StatusMapping] = {
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One invalid field: a path such as ``geofences[7].fence_size``."""
+    """One invalid field: a path such as ``geofences[7].fence_size``, in the
+    rules' spelling, which each API writes in its own; or, ``as_sent``, a
+    name exactly as the caller wrote it (an HTTP query parameter or body
+    key the call does not take), which no API may respell: told that
+    ``userId`` was unknown, a caller who sent ``user_id`` is misled."""
 
     field: str
     description: str
     reason: ErrorCode
+    as_sent: bool = False
 
 
 @dataclass(slots=True)

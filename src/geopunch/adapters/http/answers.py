@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from geopunch.adapters.board_lines import BoardLines
+from geopunch.adapters.http.bodies import Unknown
 from geopunch.domain.accounts import ApiKey
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.events import kept_json_bytes
@@ -356,6 +357,10 @@ def camel_path(path: str) -> str:
     return _SNAKE.sub(lambda m: m.group(1).upper(), path)
 
 
+def _shown(v: FieldViolation) -> str:
+    return v.field if v.as_sent else camel_path(v.field)
+
+
 #: Where FastAPI says a parameter came from: the first part of its ``loc``.
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 
@@ -377,12 +382,16 @@ def loc_path(loc: Sequence[str | int], root: str = "") -> str:
     return out
 
 
-def validation_problem(error: Mapping[str, Any], root: str = "") -> FieldViolation:
+def validation_problem(
+    error: Mapping[str, Any], root: str = "", unknown: Sequence[Unknown] = ()
+) -> FieldViolation:
     """A parameter pydantic refused, as the rules name a problem. Its sentence
     says too little to act on for a body that is not JSON or not an object,
     and its place for unreadable JSON is a character offset, not a field. A
     bound checked in a body's types (``bodies.at_most``) carries the rules'
-    reason as its error type."""
+    reason as its error type. A required key the body has under another
+    spelling (``unknown``, from ``bodies.unknown_fields``) is named. Its
+    place is the parameter's own name, as the caller must spell it."""
     kind, loc = error.get("type"), tuple(error.get("loc", ()))
     if kind == "json_invalid":
         why = (error.get("ctx") or {}).get("error", "")
@@ -397,9 +406,15 @@ def validation_problem(error: Mapping[str, Any], root: str = "") -> FieldViolati
         # pydantic counts a bounded string's length as "items ... after
         # validation" when the bound follows a validator of the type.
         said = f"{len(given)} characters; the limit is {limit}"
-        return FieldViolation(loc_path(loc, root), said, ErrorCode.INVALID_ARGUMENT)
+        return FieldViolation(loc_path(loc, root), said, ErrorCode.INVALID_ARGUMENT, as_sent=True)
+    said = str(error.get("msg", "invalid"))[:200]
+    if kind == "missing" and loc[:1] == ("body",):
+        here = loc[1:]
+        sent = [u.at[-1] for u in unknown if u.at[:-1] == here[:-1] and u.meant == here[-1]]
+        if sent:
+            said = f"{said}; the body has {str(sent[0])[:64]!r}: send it as {here[-1]}"
     reason = _REASONS.get(str(kind), ErrorCode.INVALID_ARGUMENT)
-    return FieldViolation(loc_path(loc, root), str(error.get("msg", "invalid"))[:200], reason)
+    return FieldViolation(loc_path(loc, root), said, reason, as_sent=True)
 
 
 _REASONS = {code.value: code for code in ErrorCode}
@@ -410,39 +425,46 @@ _WARNINGS_SHOWN = 10
 _PATH_SHOWN = 200
 
 
-def unknown_field_paths(locs: Sequence[Sequence[str | int]], root: str = "") -> list[str]:
+def unknown_field_paths(unknown: Sequence[Unknown], root: str = "") -> list[str]:
     """Where a body has keys it does not take, as the rules name places
     (``root`` as for ``loc_path``); a key is cut at 64 characters."""
     return [
-        loc_path(("body", *(p[:64] if isinstance(p, str) else p for p in loc)), root)
-        for loc in locs
+        loc_path(("body", *(p[:64] if isinstance(p, str) else p for p in u.at)), root)
+        for u in unknown
     ]
 
 
-def unknown_field_warnings(paths: Sequence[str]) -> list[str]:
+def unknown_field_warnings(unknown: Sequence[Unknown], root: str = "") -> list[str]:
     """``Warning`` header values for keys a body does not take, in the form
     RFC 9111 gives (code 299, "miscellaneous persistent warning") and
-    Kubernetes sends for the same case. The path is written as a JSON string
-    in ASCII, so a key holding quotes, line breaks or any character cannot
-    break the header."""
-    shown = [f"unknown field {_ascii(_tail(path))}" for path in paths[:_WARNINGS_SHOWN]]
-    if len(paths) > _WARNINGS_SHOWN:
-        shown.append(f"and {len(paths) - _WARNINGS_SHOWN} more unknown fields")
+    Kubernetes sends for the same case, each with the key it likely stands
+    for. The path is written as a JSON string in ASCII, so a key holding
+    quotes, line breaks or any character cannot break the header."""
+    paths = unknown_field_paths(unknown[:_WARNINGS_SHOWN], root)
+    shown = [
+        f"unknown field {_ascii(_tail(path))}"
+        + (f"; did you mean {_ascii(u.meant)}?" if u.meant else "")
+        for u, path in zip(unknown, paths, strict=False)
+    ]
+    if len(unknown) > _WARNINGS_SHOWN:
+        shown.append(f"and {len(unknown) - _WARNINGS_SHOWN} more unknown fields")
     return ['299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"' for text in shown]
 
 
-def unknown_field_refusal(locs: Sequence[Sequence[str | int]], root: str = "") -> DomainError:
+def unknown_field_refusal(unknown: Sequence[Unknown], root: str = "") -> DomainError:
     """The refusal of a body with keys it does not take, for a call that
     asked for it; each sentence names its key, since a scheduler's detail
     lists a shift's problems by sentence alone."""
     problems = [
         FieldViolation(
             path,
-            f"unknown field {str(loc[-1])[:64]!r}: the body takes no such key "
-            "(the call asked for fieldValidation=Strict)",
+            f"unknown field {str(u.at[-1])[:64]!r}: the body takes no such key"
+            + (f"; did you mean {u.meant!r}?" if u.meant else "")
+            + " (the call asked for fieldValidation=Strict)",
             ErrorCode.INVALID_ARGUMENT,
+            as_sent=True,
         )
-        for loc, path in zip(locs, unknown_field_paths(locs, root), strict=True)
+        for u, path in zip(unknown, unknown_field_paths(unknown, root), strict=True)
     ]
     return DomainError.from_violations(problems, "the body")
 
@@ -474,10 +496,7 @@ def error_detail(
             key = f"shift-{m.group(1)}" if m else "request"
             by_shift.setdefault(key, []).append(v.description)
         return by_shift
-    said = [
-        f"{camel_path(v.field)}: {v.description}" if v.field else v.description
-        for v in err.violations
-    ]
+    said = [f"{_shown(v)}: {v.description}" if v.field else v.description for v in err.violations]
     if batch_of_fences:
         return said
     if len(said) == 1:
@@ -487,7 +506,7 @@ def error_detail(
 
 def violations(err: DomainError) -> list[dict[str, str]]:
     return [
-        {"field": camel_path(v.field), "description": v.description, "code": v.reason.value}
+        {"field": _shown(v), "description": v.description, "code": v.reason.value}
         for v in err.violations
     ]
 

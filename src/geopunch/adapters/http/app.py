@@ -54,13 +54,13 @@ from geopunch.adapters.http.bodies import (
     DayStatusBody,
     DuplicateKey,
     ErrorBody,
-    Location,
     NewWebhookIn,
     ReplayBody,
     SchedulerIn,
     ShiftIn,
     Text,
     TimeClockIn,
+    Unknown,
     UpdateTimeActivityBody,
     ValidatePunchBody,
     WebhookSubscriptionIn,
@@ -540,7 +540,7 @@ class _OnceReadRequest(Request):
     takes it as decoded here and the body is parsed once)."""
 
     #: Where the body has keys its type does not take (``bodies.unknown_fields``).
-    unknown: tuple[Location, ...] = ()
+    unknown: tuple[Unknown, ...] = ()
 
     async def decode_body(self, kind: Any) -> None:
         """Decode the body, and find the keys that ``kind``, the route's body
@@ -551,7 +551,7 @@ class _OnceReadRequest(Request):
 
         look = _mode(self) != IGNORE  # the walk costs about 3 ms a 1,000 activities
 
-        def read() -> tuple[Any, tuple[Location, ...]]:
+        def read() -> tuple[Any, tuple[Unknown, ...]]:
             data = decode_json(raw)
             return data, tuple(unknown_fields(data, kind)) if look else ()
 
@@ -599,8 +599,7 @@ def with_warnings(request: Request, response: Response) -> Response:
     not one)."""
     unknown = request.scope.get(UNKNOWN_KEYS)
     if unknown and _mode(request) == WARN:
-        paths = answers.unknown_field_paths(unknown, _body_root(request.url.path))
-        for warning in answers.unknown_field_warnings(paths):
+        for warning in answers.unknown_field_warnings(unknown, _body_root(request.url.path)):
             response.headers.append("Warning", warning)
     return response
 
@@ -730,7 +729,8 @@ def create_app(deps: HttpDeps) -> Any:
         # As the rules' own problems, so that the route's detail has its one
         # shape (a list for a batch of geofences, keyed by shift for shifts).
         root = _body_root(request.url.path)
-        problems = [answers.validation_problem(e, root) for e in exc.errors()[:8]] or [
+        unknown = request.scope.get(UNKNOWN_KEYS, ())
+        problems = [answers.validation_problem(e, root, unknown) for e in exc.errors()[:8]] or [
             FieldViolation("", "invalid request", ErrorCode.INVALID_ARGUMENT)
         ]
         refusal = DomainError.from_violations(problems, "the request")

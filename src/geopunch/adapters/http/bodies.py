@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from geopunch.adapters.http.params import meant
 from geopunch.domain.bounds import json_value_problem, text_problem
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import (
@@ -304,14 +305,22 @@ def duplicate_key_refusal(exc: DuplicateKey) -> DomainError:
 Location = tuple[str | int, ...]
 
 
-def unknown_fields(data: Any, kind: Any, limit: int = 100) -> list[Location]:
+class Unknown(NamedTuple):
+    """A key a body does not take: where it is, and the key taken in its
+    place that it likely stands for (``params.meant``), if one."""
+
+    at: Location
+    meant: str | None
+
+
+def unknown_fields(data: Any, kind: Any, limit: int = 100) -> list[Unknown]:
     """The first ``limit`` keys of the decoded body ``data`` that its type
     ``kind`` (a body model, or a list of one) does not take, where they are,
     in the body's order. Bodies ignore such keys (``Body``); this is what a
     caller is told of them (http.md, "Keys a body does not take"). It runs
     before the body is validated, on whatever was sent, so it goes no deeper
     (its recursion included) and no wider than a body may."""
-    found: list[Location] = []
+    found: list[Unknown] = []
 
     # A place is a (parent, key) pair, spelled out only for a find.
     def walk(at: Any, value: Any, kind: Any, depth: int) -> None:
@@ -329,7 +338,7 @@ def unknown_fields(data: Any, kind: Any, limit: int = 100) -> list[Location]:
                 if len(found) == limit:
                     return
                 if inner is _UNKNOWN:
-                    found.append(_spelled((at, key)))
+                    found.append(Unknown(_spelled((at, key)), meant(key, takes)))
                 elif inner is not None and isinstance(item, (dict, list)):
                     walk((at, key), item, inner, depth + 1)
 

@@ -1,7 +1,10 @@
 """What a URL carries beside the body, held to the rules a body is: its
-integers spelled one way, and its query holding only what the call takes."""
+integers spelled one way, and its query holding only what the call takes;
+and the name a caller likely meant by one the call does not take."""
 
+import difflib
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BeforeValidator
@@ -30,6 +33,25 @@ def _decimal(value: Any) -> Any:
 DECIMAL = BeforeValidator(_decimal)
 
 
+def _folded(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def meant(name: str, takes: Iterable[str]) -> str | None:
+    """The name of ``takes`` that ``name``, which is not one of them, most
+    likely stands for: the same but for case, underscores and hyphens
+    (``user_id`` or ``userID`` for ``userId``), else a close spelling
+    (``isPublish`` for ``isPublished``), else None."""
+    if len(name) > 64:  # no name is that long; and difflib's work grows with it
+        return None
+    by_fold = {_folded(t): t for t in takes}
+    folded = _folded(name)
+    if folded in by_fold:
+        return by_fold[folded]
+    close = difflib.get_close_matches(folded, by_fold, n=1, cutoff=0.8)
+    return by_fold[close[0]] if close else None
+
+
 def query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
     """What is wrong with a request's query for an operation taking ``names``
     (name -> whether it takes a list): a name it does not take, or one
@@ -37,16 +59,21 @@ def query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[
     counts: dict[str, int] = {}
     for name, _ in sent:
         counts[name] = counts.get(name, 0) + 1
-    takes = f"it takes {', '.join(names)}" if names else "it takes none"
+    listed = ", ".join(names) or "none"
     problems = []
     for name, count in counts.items():
         if name not in names:
-            said = f"not a query parameter of this call; {takes}"
+            hint = meant(name, names)
+            said = (
+                f"not a query parameter of this call; it takes {listed}"
+                if hint is None
+                else f"not a query parameter of this call: did you mean {hint}? It takes {listed}"
+            )
         elif count > 1 and not names[name]:
             said = f"given {count} times; it takes one value"
         else:
             continue
-        problems.append(FieldViolation(name[:64], said, ErrorCode.INVALID_ARGUMENT))
+        problems.append(FieldViolation(name[:64], said, ErrorCode.INVALID_ARGUMENT, as_sent=True))
     return problems
 
 
