@@ -11,7 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from geopunch.domain.errors import StoreUnavailable
+from geopunch.domain.errors import Unavailable
 from geopunch.tracing import trace_id
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -130,8 +130,9 @@ class FailureLog:
     with its stack, then a line a minute with the count and the latest
     error, then one line when the loop works again. A store that is away
     fails every loop every second: a line each with its stack was about 7 KB
-    a second for each loop and process. A store that cannot answer is
-    expected in operation, and logged without a stack."""
+    a second for each loop and process. A store or broker that cannot
+    answer (``Unavailable``) is expected in operation, and logged without a
+    stack."""
 
     #: Seconds between the lines of one run of failures.
     EVERY_S = 60.0
@@ -149,7 +150,7 @@ class FailureLog:
             return
         self.logged_at = now
         fields: dict[str, object] = {"failures": self.count}
-        if self.count == 1 and not isinstance(exc, StoreUnavailable):
+        if self.count == 1 and not isinstance(exc, Unavailable):
             self._log.error(f"{self.what} failed", exc_info=exc, extra={"fields": fields})
             return
         fields.update(error=first_line(exc), failing_s=round(now - self.since, 1))

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from geopunch.domain.errors import StoreUnavailable
+from geopunch.domain.errors import BrokerUnavailable, StoreUnavailable
 from geopunch.logs import FailureLog, OncePerSecond, RateLimitedLog
 
 
@@ -83,9 +83,12 @@ def test_a_loops_failures_are_logged_first_then_a_line_a_minute(
     ]
 
 
-def test_a_store_fault_first_is_logged_without_a_stack(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_store_or_broker_fault_first_is_logged_without_a_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with caplog.at_level(logging.INFO, logger="geopunch"):
         FailureLog("watch").failed(StoreUnavailable("busy", "the store is held"))
-    (record,) = caplog.records
-    assert record.exc_info is None
-    assert record.fields["error"] == "the store is held"  # type: ignore[attr-defined]
+        FailureLog("sink").failed(BrokerUnavailable("nats: timeout"))
+    assert [r.exc_info for r in caplog.records] == [None, None]
+    errors = [r.fields["error"] for r in caplog.records]  # type: ignore[attr-defined]
+    assert errors == ["the store is held", "nats: timeout"]

@@ -13,9 +13,13 @@ import asyncio
 import contextlib
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+
+from geopunch.domain.errors import BrokerUnavailable
+from geopunch.logs import first_line
 
 
 class JetStreamPublisher:
@@ -27,11 +31,32 @@ class JetStreamPublisher:
         self._timeout = timeout_s
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        #: What the connection last failed with, while it is down: a publish
+        #: then only times out, which does not say why.
+        self._lost: str | None = None
+
+    async def _connection_failed(self, exc: Exception) -> None:
+        # Without a callback of its own, nats-py logs every failed
+        # reconnection as an error with its stack: one every 2 s while the
+        # broker is away. The sink logs the outage once (``FailureLog``).
+        self._lost = first_line(exc)
+
+    async def _reconnected(self) -> None:
+        self._lost = None
 
     async def _context(self) -> JetStreamContext:
         if self._nc is None or self._nc.is_closed or self._js is None:
             self._nc = await nats.connect(
-                self._url, connect_timeout=self._timeout, allow_reconnect=True
+                self._url,
+                connect_timeout=self._timeout,
+                allow_reconnect=True,
+                # nats-py's default (60 attempts 2 s apart) holds a first
+                # connect for two minutes without a word, the sink with it.
+                # One more attempt each, then the call fails and the sink
+                # connects afresh a second later, logging the outage.
+                max_reconnect_attempts=1,
+                error_cb=self._connection_failed,
+                reconnected_cb=self._reconnected,
             )
             self._js = self._nc.jetstream(timeout=self._timeout)
             try:
@@ -41,8 +66,16 @@ class JetStreamPublisher:
         return self._js
 
     async def publish(self, subject: str, body: bytes, msg_id: str) -> None:
-        js = await self._context()
-        await js.publish(subject, body, stream=self._stream, headers={"Nats-Msg-Id": msg_id})
+        """Raises ``BrokerUnavailable`` when the broker cannot be reached, did
+        not acknowledge in time or refused the message."""
+        try:
+            js = await self._context()
+            await js.publish(subject, body, stream=self._stream, headers={"Nats-Msg-Id": msg_id})
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            said = first_line(exc)
+            if self._lost is not None and self._lost != said:
+                said = f"{said}; the connection: {self._lost}"
+            raise BrokerUnavailable(said) from exc
 
     async def close(self) -> None:
         # Every publish awaited its acknowledgement: nothing is left to drain

@@ -262,7 +262,13 @@ class ConcurrentChange(Exception):
 RETRY_AFTER_S = 1
 
 
-class StoreUnavailable(Exception):
+class Unavailable(Exception):
+    """A service geopunch relies on cannot do the work now, though nothing
+    is wrong with the work: expected in operation, retried, and logged
+    without a stack (the stack would be the driver's, never a defect's)."""
+
+
+class StoreUnavailable(Unavailable):
     """The store cannot do the work now (unreachable, restarting, timed out,
     locked by another transaction, full), though nothing is wrong with the
     call: answered UNAVAILABLE, for the caller to retry. Its work was rolled
@@ -278,3 +284,9 @@ class StoreUnavailable(Exception):
     def refusal(self, metadata: dict[str, str] | None = None) -> DomainError:
         """What either API answers for it."""
         return DomainError(ErrorCode.UNAVAILABLE, self.message, metadata or {})
+
+
+class BrokerUnavailable(Unavailable):
+    """The event broker (the JetStream sink's NATS) did not take a message:
+    it cannot be reached, did not acknowledge in time, or refused it. The
+    event stays in the log, and the sink publishes it again."""

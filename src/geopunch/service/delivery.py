@@ -515,6 +515,8 @@ class SinkPublisher:
         self.owner = owner or owner_name()
         #: The store failing the sink (its claim, its pages), until a page is read.
         self._store = FailureLog("the event sink's store", log)
+        #: The broker failing the sink's publishes, until one is acknowledged.
+        self._broker = FailureLog("publishing to the event broker", log)
 
     def subject(self, e: Event) -> str:
         """``<prefix>.<account>.<type>``: a consumer filters by account, type or both."""
@@ -570,14 +572,12 @@ class SinkPublisher:
                 body = event_body(e)
                 try:
                     await self._publisher.publish(self.subject(e), body, e.id)
-                except Exception as err:
-                    log.warning(
-                        "publishing an event failed; retrying",
-                        extra={"fields": {"seq": e.seq, "error": str(err)[:ERROR_CHARS]}},
-                    )
+                except Exception as err:  # published again from e, in a second
+                    self._broker.failed(err)
                     await self._save(cursor, saved)
                     await self._stopping.sleep(1.0)
                     return
+                self._broker.succeeded()
                 cursor = e.seq
                 metrics.SINK_PUBLISHED.inc()
             if cursor != saved:
