@@ -34,6 +34,10 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+#: An origin as a browser sends it: no path, no trailing slash.
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
 def _check_address(address: str, what: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
@@ -117,6 +121,8 @@ class Config:
     listen: str = DEFAULT_LISTEN
     #: host:port of the HTTP/JSON API; empty: off.
     http_listen: str = ""
+    #: Web origins whose pages may call the HTTP API (CORS); "*" for any.
+    http_allow_origins: tuple[str, ...] = ()
     #: host:port of a listener for /metrics alone (for when the HTTP API is
     #: off, or kept private); empty: none.
     metrics_listen: str = ""
@@ -235,6 +241,14 @@ class Config:
             http_listen = ""
         else:
             _check_address(http_listen, "HTTP listen address")
+        origins = pick("http_allow_origins", "GEOPUNCH_HTTP_ALLOW_ORIGINS", "")
+        allow_origins = tuple(o.strip() for o in origins.split(",") if o.strip())
+        for origin in allow_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not a web origin: scheme, host and port alone, such as "
+                    "https://kiosk.example.com or http://localhost:3000 (or * for any)"
+                )
         metrics_listen = pick("metrics_listen", "GEOPUNCH_METRICS_LISTEN", "")
         if metrics_listen:
             _check_address(metrics_listen, "metrics listen address")
@@ -264,6 +278,7 @@ class Config:
             listen=listen,
             http_listen=http_listen,
             metrics_listen=metrics_listen,
+            http_allow_origins=allow_origins,
             database_url=pick("database_url", "GEOPUNCH_DATABASE_URL", DEFAULT_DATABASE_URL),
             api_key_hashes=tuple(hash_key(k) for k in keys),
             log_level=level,

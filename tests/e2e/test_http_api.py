@@ -1426,3 +1426,62 @@ def test_keys_a_body_does_not_take_are_named_or_refused(
         params={"fieldValidation": "Strict"},
     )
     assert r.status_code == 401, r.text[:300]
+
+
+def test_pages_of_the_allowed_origins_may_call_the_api(
+    tmp_path: Path, http: httpx.Client, client: Client
+) -> None:
+    """A kiosk's page served from another origin calls the API from the
+    browser, which asks first (a preflight, without the key) and then reads
+    an answer only when its headers allow that origin. Origins are opt-in:
+    a server without --http-allow-origins answers no page."""
+    page, stranger = "https://kiosk.example.com", "https://evil.example.net"
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'cors.db'}",
+        env_extra={"GEOPUNCH_HTTP_ALLOW_ORIGINS": f"{page}, http://localhost:3000"},
+    )
+    srv.start(tmp_path)
+    c = Client(srv.address)
+    tc = _clock(c)
+    clock = f"http://{srv.http_address}/time-clock/v1/time-clocks/{tc}"
+    key = {"X-API-KEY": API_KEY}
+    try:
+        asked = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key, content-type, idempotency-key",
+        }
+        r = httpx.options(f"{clock}/clock-in", headers={"Origin": page, **asked})
+        assert r.status_code == 200, r.text[:300]
+        assert r.headers["access-control-allow-origin"] == page
+        assert "POST" in r.headers["access-control-allow-methods"]
+        allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert {"x-api-key", "content-type", "idempotency-key"} <= allowed
+        assert r.headers["access-control-max-age"] == "600"
+        r = httpx.options(f"{clock}/clock-in", headers={"Origin": stranger, **asked})
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+
+        # The call itself: its answer, and a refusal's, readable by the page.
+        r = httpx.post(
+            f"{clock}/clock-in",
+            json={"userId": USER},
+            headers={"Origin": page, "Idempotency-Key": "cors-1", **key},
+        )
+        assert r.status_code == 200, r.text[:300]
+        assert r.headers["access-control-allow-origin"] == page
+        exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+        assert {"x-request-id", "retry-after", "warning"} <= exposed
+        r = httpx.post(f"{clock}/clock-out", json={"userId": USER}, headers={"Origin": page})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == page
+        assert r.json()["code"] == "API_KEY_INVALID"
+        # Another origin's page is answered without the header: its browser
+        # keeps the answer from it.
+        r = httpx.get(f"{clock}/user-statuses", headers={"Origin": stranger, **key})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    finally:
+        c.close()
+        srv.terminate()
+    # The shared server allows no origin.
+    r = http.get(
+        f"/time-clock/v1/time-clocks/{_clock(client)}/user-statuses", headers={"Origin": page}
+    )
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers

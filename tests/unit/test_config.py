@@ -62,11 +62,24 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "1"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_TIMEOUT_SECONDS": "inf"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_WORKER_START_TIMEOUT_SECONDS": "0"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_ALLOW_ORIGINS": "kiosk.example"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_ALLOW_ORIGINS": "https://a.b/"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_ALLOW_ORIGINS": "ftp://a.b"},
     ],
 )
 def test_bad_config_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         Config.from_env(env)
+
+
+def test_allowed_web_origins() -> None:
+    env = {"GEOPUNCH_HTTP_ALLOW_ORIGINS": " https://kiosk.example.com, http://[::1]:3000,,"}
+    assert Config.from_env(env).http_allow_origins == (
+        "https://kiosk.example.com",
+        "http://[::1]:3000",
+    )
+    assert Config.from_env({"GEOPUNCH_HTTP_ALLOW_ORIGINS": "*"}).http_allow_origins == ("*",)
+    assert Config.from_env({}).http_allow_origins == ()
 
 
 def test_idempotency_retention() -> None:

@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         f"(GEOPUNCH_HTTP_LISTEN, default {DEFAULT_HTTP_LISTEN})",
     )
     serve.add_argument(
+        "--http-allow-origins",
+        help="web origins whose pages may call the HTTP API from a browser (CORS), comma-"
+        "separated, such as https://kiosk.example.com, or * for any "
+        "(GEOPUNCH_HTTP_ALLOW_ORIGINS, default none)",
+    )
+    serve.add_argument(
         "--metrics-listen",
         help="host:port of a listener for /metrics alone (GEOPUNCH_METRICS_LISTEN, default none; "
         "/metrics is also on the HTTP API's listener)",
@@ -302,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = Config.from_env(
                 listen=args.listen,
                 http_listen=args.http_listen,
+                http_allow_origins=args.http_allow_origins,
                 metrics_listen=args.metrics_listen,
                 database_url=args.database_url,
                 api_keys=args.api_keys,

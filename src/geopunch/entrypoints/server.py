@@ -195,6 +195,7 @@ class Server:
                     stopping=self._stopped,
                     max_body_bytes=self.config.max_message_bytes,
                     webhook_guard=resolving_guard(self.config.webhook_allow_private),
+                    allow_origins=self.config.http_allow_origins,
                     streams=self._streams,
                 )
             )

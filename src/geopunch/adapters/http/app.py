@@ -38,6 +38,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import Field, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute, Match
 
@@ -162,6 +163,8 @@ class HttpDeps:
     streams: StreamSlots = field(default_factory=StreamSlots)
     #: Commits admin writes, batched; None: one transaction a call.
     commit: TransactionRunner | None = None
+    #: Web origins whose pages may call the API (CORS); "*" for any.
+    allow_origins: tuple[str, ...] = ()
 
 
 def _error(
@@ -1488,9 +1491,36 @@ def create_app(deps: HttpDeps) -> Any:
     # telemetry and body limit) and the gzip above, which a well-formed
     # punch does not need; the request context outermost, so every answer
     # carries its request id.
-    return RequestContext(
+    served = RequestContext(
         PunchLane(gzipped, punch_lane, deps.max_body_bytes),
         deps.max_body_bytes,
         deps.keys,
         deps.ready,
     )
+    if not deps.allow_origins:
+        return served
+    # Outermost: a preflight is answered before the key is asked for (a
+    # browser sends none with it), and every answer, a refusal too, carries
+    # the headers a page needs to read it. Starlette's middleware: the
+    # preflight's rules are subtle, and it follows the Fetch standard.
+    return CORSMiddleware(
+        served,
+        allow_origins=list(deps.allow_origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_ANSWER_HEADERS,
+        max_age=600,
+    )
+
+
+#: Headers a page may send: the key, a body's type, a punch's idempotency
+#: key, an event stream's resume point, and a trace's context.
+CORS_REQUEST_HEADERS = [
+    "X-API-KEY",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "traceparent",
+]
+#: Headers of an answer a page may read beside the safelisted ones.
+CORS_ANSWER_HEADERS = ["X-Request-ID", "Retry-After", "Warning"]
