@@ -182,7 +182,13 @@ def build_app(
             "imports and regularly, or reads slow down as the history grows",
             extra={"fields": {"off": off}},
         )
-    uows = SqlUnitOfWorkFactory(engine, on_events, on_index_changes, on_subscriptions)
+    uows = SqlUnitOfWorkFactory(
+        engine,
+        on_events,
+        on_index_changes,
+        on_subscriptions,
+        timeout_s=config.store_timeout_seconds,
+    )
     index = index if index is not None else AccountFences()
     started = time.perf_counter()
     checkpoint = checkpoint_path(config)

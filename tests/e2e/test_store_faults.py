@@ -11,7 +11,9 @@ server's side.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -331,7 +333,10 @@ def test_a_lock_held_past_the_store_timeout_is_answered_unavailable(
 
 def test_sqlite_held_by_another_process_is_answered_unavailable(tmp_path: Path) -> None:
     """A command or a backup holding SQLite's write lock past the store
-    timeout: the punch is refused as busy, then goes through."""
+    timeout: the punch is refused as busy, then goes through. So too when
+    another geopunch process (here: this test) holds the writers' file lock
+    beside the database and does not let go, which used to hold every
+    writer of the server for as long as it did."""
     db = tmp_path / "held.db"
     srv = ServerProcess(
         db_url=f"sqlite:///{db}", env_extra={"GEOPUNCH_STORE_TIMEOUT_SECONDS": str(TIMEOUT_S)}
@@ -351,6 +356,19 @@ def test_sqlite_held_by_another_process_is_answered_unavailable(tmp_path: Path) 
         holder.execute("ROLLBACK")
         answer = http.post(f"/time-clock/v1/time-clocks/{tc.id}/clock-in", json={"userId": USER})
         assert answer.status_code == 200, answer.text
+
+        writers = os.open(f"{db}-writer.lock", os.O_RDWR)
+        try:
+            fcntl.flock(writers, fcntl.LOCK_EX)
+            started = time.monotonic()
+            out = http.post(f"/time-clock/v1/time-clocks/{tc.id}/clock-out", json={"userId": USER})
+            waited = time.monotonic() - started
+            _refused_unavailable(out, "the store is held by another transaction")
+            assert TIMEOUT_S - 0.5 < waited < 4 * TIMEOUT_S, waited
+        finally:
+            os.close(writers)  # the lock with it
+        out = http.post(f"/time-clock/v1/time-clocks/{tc.id}/clock-out", json={"userId": USER})
+        assert out.status_code == 200, out.text
     finally:
         holder.close()
         http.close()

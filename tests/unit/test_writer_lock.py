@@ -8,6 +8,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from geopunch.adapters.db.faults import WriterLockTimeout
 from geopunch.adapters.db.store import WriterLock
 
 
@@ -62,3 +65,78 @@ def test_another_process_waits_and_a_dead_holder_frees_the_lock(tmp_path: Path) 
             proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_a_wait_past_the_timeout_gives_up_and_leaves_the_lock_free(tmp_path: Path) -> None:
+    """A holder that never lets go (a frozen process) used to hold every
+    other writer for as long; past the timeout the wait ends. The wait it
+    left in the kernel does not keep the lock once the holder lets go."""
+    path = str(tmp_path / "db")
+    holder, mine, third = WriterLock(path), WriterLock(path, timeout_s=0.3), WriterLock(path)
+    holder.acquire()
+    started = time.monotonic()
+    with pytest.raises(
+        WriterLockTimeout, match=r"held .*-writer\.lock for the whole store timeout"
+    ):
+        mine.acquire()
+    assert 0.25 < time.monotonic() - started < 3
+    holder.release()
+    took = threading.Event()
+
+    def take() -> None:
+        third.acquire()
+        took.set()
+        third.release()
+
+    threading.Thread(target=take, daemon=True).start()
+    assert took.wait(5)
+    mine.acquire()  # and the one that gave up takes it again later
+    mine.release()
+
+
+def test_a_thread_of_the_same_process_gives_up_too(tmp_path: Path) -> None:
+    lock = WriterLock(str(tmp_path / "db"), timeout_s=0.2)
+    lock.acquire()
+    failed: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            lock.acquire()
+        except WriterLockTimeout as exc:
+            failed.append(exc)
+
+    waiter = threading.Thread(target=take)
+    waiter.start()
+    waiter.join(5)
+    assert len(failed) == 1
+    lock.release()
+
+
+def test_writers_of_two_processes_exclude_each_other_under_contention(tmp_path: Path) -> None:
+    """Two lock objects (two processes to flock) of four threads each: every
+    contended wait goes through the kernel's wait on its own thread, and no
+    two holders are ever inside at once."""
+    path = str(tmp_path / "db")
+    locks = [WriterLock(path), WriterLock(path)]
+    inside, most, rounds = [0], [0], 300
+    guard = threading.Lock()
+
+    def work(lock: WriterLock) -> None:
+        for _ in range(rounds):
+            lock.acquire()
+            try:
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0)
+                with guard:
+                    inside[0] -= 1
+            finally:
+                lock.release()
+
+    threads = [threading.Thread(target=work, args=(locks[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert most == [1] and inside == [0]

@@ -100,9 +100,16 @@ def as_conflict(exc: BaseException) -> ConcurrentChange:
     return ConcurrentChange(f"the store chose this transaction to run again ({code})")
 
 
+class WriterLockTimeout(TimeoutError):
+    """SQLite's writer lock (``store.WriterLock``) stayed held by another
+    writer for the whole store timeout."""
+
+
 def unavailable_reason(exc: BaseException) -> str | None:
     """The reason (a key of :data:`SENTENCES`) when ``exc`` says the store
     cannot answer now; None for anything else."""
+    if isinstance(exc, WriterLockTimeout):
+        return "busy"
     if isinstance(exc, sa_exc.TimeoutError):  # the pool's wait for a connection
         return "pool_exhausted"
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from geopunch import metrics, tracing
 from geopunch.adapters.db.accounts import SqlAccountRepository, SqlApiKeyRepository
 from geopunch.adapters.db.faults import (
+    WriterLockTimeout,
     as_conflict,
     as_unavailable,
     transient,
@@ -483,7 +484,10 @@ class SqlUnitOfWork(_Repositories):
 
     def __enter__(self) -> Self:
         if self._write_lock is not None:
-            self._write_lock.acquire()
+            try:
+                self._write_lock.acquire()
+            except WriterLockTimeout as exc:
+                raise as_unavailable(exc) or exc from exc
         try:
             return self._open()
         except BaseException as exc:
@@ -641,7 +645,8 @@ class _AccountRepositories(_Repositories):
 
 
 class WriterLock:
-    """SQLite's one-writer rule as a lock that a waiter sleeps on until it is free.
+    """SQLite's one-writer rule as a lock that a waiter sleeps on until it is
+    free, or until the store timeout has passed.
 
     Threads of this process queue on a Python lock, then the one at the front
     takes an exclusive ``flock`` on ``PATH-writer.lock`` beside the database,
@@ -650,36 +655,119 @@ class WriterLock:
     too. Without it they would meet in SQLite's busy handler, which retries
     in growing sleeps (up to 100 ms) and wrecks tail latency. A blocking
     ``flock`` is woken by the release itself; the ``filelock`` package polls
-    with sleeps instead, hence the two system calls here. The kernel drops
-    the lock when its holder dies, so a killed process leaves nothing stuck.
+    with sleeps instead. The kernel drops the lock when its holder dies, so a
+    killed process leaves nothing stuck; one that is frozen holding it (a
+    stopped process, a second server on the same file) holds every other
+    writer, so a wait past ``timeout_s`` raises ``WriterLockTimeout``, which
+    the call answers UNAVAILABLE as for any other store that cannot answer.
+
+    The kernel's wait has no deadline, so a contended one runs on a thread
+    of its own (``_KernelWait``) that the caller stops waiting for; a free
+    lock is taken at once without it.
     """
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, timeout_s: float = STORE_TIMEOUT_S) -> None:
         self._threads = threading.Lock()
         self.path = f"{database}-writer.lock"
+        self._timeout = timeout_s
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         weakref.finalize(self, os.close, self._fd)
+        self._kernel: _KernelWait | None = None
+        #: The holder got the lock through ``_kernel``'s descriptor.
+        self._waited = False
 
     def acquire(self) -> None:
-        self._threads.acquire()
+        deadline = time.monotonic() + self._timeout
+        if not self._threads.acquire(timeout=self._timeout):
+            raise WriterLockTimeout(self._waited_out())
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if self._kernel is None:
+                self._kernel = _KernelWait(self.path)
+            if not self._kernel.take(deadline - time.monotonic()):
+                raise WriterLockTimeout(self._waited_out())
+            self._waited = True
         except BaseException:
             self._threads.release()
             raise
 
     def release(self) -> None:
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._waited:
+                self._waited = False
+                assert self._kernel is not None
+                self._kernel.give_back()
+            else:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+    def _waited_out(self) -> str:
+        return f"another writer held {self.path} for the whole store timeout ({self._timeout} s)"
+
+
+class _KernelWait:
+    """A blocking ``flock`` of a descriptor of its own, on a thread of its
+    own, which a caller may stop waiting for at its deadline. At most one
+    such wait is in the kernel at a time: a caller that gave up leaves it
+    there for the next, and a lock it gets with nobody waiting is given
+    back at once. The thread ends after a minute without a wait."""
+
+    IDLE_S = 60.0
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        weakref.finalize(self, os.close, self._fd)
+        self._cond = threading.Condition()
+        self._asked = False  # the thread is to take the lock, or is waiting for it
+        self._wanted = False  # a caller waits for it now
+        self._held = False  # this descriptor holds the lock for the caller
+        self._thread: threading.Thread | None = None
+
+    def take(self, timeout_s: float) -> bool:
+        with self._cond:
+            self._wanted = True
+            self._asked = True
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sqlite-writer-lock", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+            got = self._cond.wait_for(lambda: self._held, max(timeout_s, 0.0))
+            self._wanted = False
+            return got
+
+    def give_back(self) -> None:
+        with self._cond:
+            self._held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._asked, self.IDLE_S):
+                    self._thread = None
+                    return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with self._cond:
+                self._asked = False
+                if self._wanted:
+                    self._held = True
+                    self._cond.notify_all()
+                else:  # its caller gave up meanwhile
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 class SqlUnitOfWorkFactory:
     """Units of work on one engine.
 
     SQLite has one writer at a time; writers wait on a :class:`WriterLock`
-    before ``BEGIN IMMEDIATE``. ``on_events`` runs after each commit that
+    before ``BEGIN IMMEDIATE``, at most ``timeout_s``. ``on_events`` runs after each commit that
     appended events, ``on_index_changes`` after each that changed a time
     clock's settings or fences, ``on_subscriptions`` after each that created,
     changed, replayed or deleted a webhook subscription.
@@ -691,11 +779,14 @@ class SqlUnitOfWorkFactory:
         on_events: Callable[[], None] | None = None,
         on_index_changes: Callable[[], None] | None = None,
         on_subscriptions: Callable[[], None] | None = None,
+        timeout_s: float = STORE_TIMEOUT_S,
     ) -> None:
         self.engine = engine
         database = engine.url.database
         self._write_lock = (
-            WriterLock(database) if engine.dialect.name == "sqlite" and database else None
+            WriterLock(database, timeout_s)
+            if engine.dialect.name == "sqlite" and database
+            else None
         )
         self._on_events = on_events
         self._on_index_changes = on_index_changes
