@@ -1192,6 +1192,30 @@ def test_a_header_of_one_value_sent_twice_is_refused(http: httpx.Client, client:
     assert httpx.post(url, content=body, headers=[key, json_type]).status_code == 200
 
 
+def test_a_misspelled_path_is_told_the_route_it_likely_meant(http: httpx.Client) -> None:
+    """Each word of the path as the spec spells it but for case and hyphens,
+    or spelled closely; the route's methods when it does not take the
+    request's; and nothing guessed when no route or several are that close."""
+    clocks = "/time-clock/v1/time-clocks/{timeClockId}"
+    for method, path, meant in (
+        ("POST", "/time-clock/v1/time-clocks/7/clockin", f"POST {clocks}/clock-in"),
+        ("GET", "/time-clock/v1/timeclocks/7/user-statuses", f"GET {clocks}/user-statuses"),
+        ("PUT", "/geopunch/v1/time-clock/7", "PUT /geopunch/v1/time-clocks/{timeClockId}"),
+        ("DELETE", "/time-clock/v1/time-clocks/7/geofence", f"GET, POST {clocks}/geofences"),
+        (
+            "POST",
+            "/time-clock/v1/time-clocks/7/manual-breaks/b/clockin",
+            f"POST {clocks}/manual-breaks/{{manualBreakId}}/clock-in",
+        ),
+        ("GET", "/geopunch/v1/nothing/here", None),
+        ("GET", "/" + "/".join(["time-clocks"] * 40), None),
+    ):
+        r = http.request(method, path)
+        assert r.status_code == 404 and r.json()["code"] == "ROUTE_NOT_FOUND", (path, r.text)
+        hint = f"did you mean {meant}?" if meant else "/openapi.json lists them"
+        assert r.json()["detail"] == f"no route {method} {path}; {hint}", r.text
+
+
 def test_a_trailing_slash_is_a_missing_route_never_a_redirect(
     http: httpx.Client, client: Client
 ) -> None:
@@ -1199,15 +1223,19 @@ def test_a_trailing_slash_is_a_missing_route_never_a_redirect(
     header: a client following it carried its X-API-KEY to whatever host
     the request named. Now it is a 404 saying why, whatever the Host."""
     tc = _clock(client)
-    for method, path in (
-        ("GET", f"/geopunch/v1/time-clocks/{tc}/"),
-        ("GET", "/geopunch/v1/time-clocks/"),
-        ("POST", f"/time-clock/v1/time-clocks/{tc}/clock-in/"),
+    for method, path, route in (
+        ("GET", f"/geopunch/v1/time-clocks/{tc}/", "GET /geopunch/v1/time-clocks/{timeClockId}"),
+        ("GET", "/geopunch/v1/time-clocks/", "POST /geopunch/v1/time-clocks"),  # no list
+        (
+            "POST",
+            f"/time-clock/v1/time-clocks/{tc}/clock-in/",
+            "POST /time-clock/v1/time-clocks/{timeClockId}/clock-in",
+        ),
     ):
         r = http.request(method, path, json={"userId": USER}, headers={"Host": "elsewhere.example"})
         assert r.status_code == 404 and "location" not in r.headers, (path, r.headers)
         assert r.json()["code"] == "ROUTE_NOT_FOUND"
-        said = f"no route {method} {path}; paths end without a slash; /openapi.json lists them"
+        said = f"no route {method} {path}; paths end without a slash; did you mean {route}?"
         assert r.json()["detail"] == said
     state = http.get(f"/time-clock/v1/time-clocks/{tc}/user-statuses?userIds={USER}")
     assert state.json()["data"]["statuses"][0]["state"] == "IDLE", state.text[:300]

@@ -81,6 +81,7 @@ from geopunch.adapters.http.params import (
     WARN,
     field_validation,
     field_validation_problem,
+    meant,
     query_problems,
 )
 from geopunch.adapters.wakeup import Wakeup
@@ -199,7 +200,9 @@ def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[st
             if request.url.path.endswith("/") and request.url.path != "/"
             else ""
         )
-        return ErrorCode.ROUTE_NOT_FOUND.value, f"no route {where}{slash}; /openapi.json lists them"
+        hint = _route_meant(request)
+        listed = f"did you mean {hint}?" if hint else "/openapi.json lists them"
+        return ErrorCode.ROUTE_NOT_FOUND.value, f"no route {where}{slash}; {listed}"
     if exc.status_code == 405:
         allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
         return ErrorCode.METHOD_NOT_ALLOWED.value, f"{where} is not served; allowed: {allowed}"
@@ -210,6 +213,36 @@ def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[st
         return ErrorCode.INVALID_ARGUMENT.value, said
     code = ErrorCode.INTERNAL if exc.status_code >= 500 else ErrorCode.INVALID_ARGUMENT
     return code.value, str(exc.detail)[:300]
+
+
+def _route_meant(request: Request) -> str | None:
+    """The one documented route a path that matched none likely stands for:
+    as many segments, each of its words the same but for case and hyphens
+    or spelled closely (``params.meant``: ``clockin``, ``timeclocks``), its
+    parameters anything; with its methods, unless it takes the request's."""
+    sent = request.url.path.rstrip("/").split("/")
+    if len(sent) > _ROUTE_SEGMENTS_MAX:
+        return None
+    found: dict[str, set[str]] = {}
+    for route in request.app.router.routes:
+        template = getattr(route, "path_format", None)
+        if not template or not getattr(route, "include_in_schema", False):
+            continue
+        words = template.split("/")
+        if len(words) == len(sent) and all(
+            w.startswith("{") or w == s or meant(s, (w,)) == w
+            for w, s in zip(words, sent, strict=True)
+        ):
+            found.setdefault(template, set()).update(getattr(route, "methods", None) or ())
+    if len(found) != 1:
+        return None
+    ((template, methods),) = found.items()
+    said = request.method if request.method in methods else ", ".join(sorted(methods))
+    return f"{said} {template}"
+
+
+#: Segments of the longest documented path, and some: a longer one names none.
+_ROUTE_SEGMENTS_MAX = 12
 
 
 def _allowed_methods(request: Request) -> str:
