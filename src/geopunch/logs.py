@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from geopunch import metrics
 from geopunch.domain.errors import Unavailable
 from geopunch.tracing import trace_id
 
@@ -142,6 +143,9 @@ class FailureLog:
         self._log = logger or logging.getLogger("geopunch")
 
     def failed(self, exc: BaseException) -> None:
+        # Counted every time, though logged sparingly: an alert needs to see
+        # a loop that keeps failing after its first line.
+        metrics.BACKGROUND_FAILURES.labels(self.what).inc()
         now = time.monotonic()
         self.count += 1
         if self.count == 1:

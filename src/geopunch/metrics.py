@@ -121,6 +121,12 @@ SINK_PUBLISHED = Counter(
     "geopunch_sink_published_total",
     "Events the JetStream sink published and the broker acknowledged",
 )
+BACKGROUND_FAILURES = Counter(
+    "geopunch_background_failures_total",
+    "Failed rounds of a background loop (the index refresh, the purges, the deliveries' claims, "
+    "the event sink), by loop",
+    ["what"],
+)
 DELIVERY_RESTARTS = Counter(
     "geopunch_delivery_restarts_total",
     "Times the webhook deliverer or the event sink failed on a defect and was started again",

@@ -52,13 +52,15 @@ def test_every_rule_parses_and_names_only_exported_metrics(http: httpx.Client) -
         ours = {n for n in names if n.startswith("geopunch_")}
         assert ours <= exported, (rule["alert"], ours - exported)
         named |= ours
-    # The store, the sink, webhooks, workers and the index each have one.
+    # The store, the sink, webhooks, workers, the index and the background
+    # loops each have one.
     for metric in (
         "geopunch_store_unavailable_total",
         "geopunch_event_lag_seconds",
         "geopunch_worker_restarts_total",
         "geopunch_index_current_timestamp_seconds",
         "geopunch_calls_total",
+        "geopunch_background_failures_total",
     ):
         assert metric in named, metric
 

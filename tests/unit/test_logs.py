@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from prometheus_client import REGISTRY
 
 from geopunch.domain.errors import BrokerUnavailable, StoreUnavailable
 from geopunch.logs import FailureLog, OncePerSecond, RateLimitedLog
@@ -92,3 +93,20 @@ def test_a_store_or_broker_fault_first_is_logged_without_a_stack(
     assert [r.exc_info for r in caplog.records] == [None, None]
     errors = [r.fields["error"] for r in caplog.records]  # type: ignore[attr-defined]
     assert errors == ["the store is held", "nats: timeout"]
+
+
+def test_every_failure_is_counted_though_few_are_logged() -> None:
+    """The log keeps to a line a minute; the counter sees each failure, so
+    that an alert can tell a loop that keeps failing from one that failed once."""
+
+    def counted() -> float:
+        value = REGISTRY.get_sample_value(
+            "geopunch_background_failures_total", {"what": "counted loop"}
+        )
+        return value or 0.0
+
+    failures, before = FailureLog("counted loop"), counted()
+    for _ in range(5):
+        failures.failed(BrokerUnavailable("nats: timeout"))
+    failures.succeeded()
+    assert counted() - before == 5
