@@ -14,19 +14,25 @@ from geopunch.adapters.db.faults import WriterLockTimeout
 from geopunch.adapters.db.store import WriterLock
 
 
+def _take_on_a_thread(lock: WriterLock) -> tuple[threading.Event, threading.Thread]:
+    """A thread that takes ``lock``, says so, and lets it go."""
+    took = threading.Event()
+
+    def take() -> None:
+        lock.acquire()
+        took.set()
+        lock.release()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return took, thread
+
+
 def test_a_second_holder_waits_until_the_first_releases(tmp_path: Path) -> None:
     # Two locks on one path stand for two processes: flock excludes open files.
     first, second = WriterLock(str(tmp_path / "db")), WriterLock(str(tmp_path / "db"))
     first.acquire()
-    got = threading.Event()
-
-    def take() -> None:
-        second.acquire()
-        got.set()
-        second.release()
-
-    waiter = threading.Thread(target=take)
-    waiter.start()
+    got, waiter = _take_on_a_thread(second)
     assert not got.wait(0.3)
     first.release()
     assert got.wait(5)
@@ -81,14 +87,7 @@ def test_a_wait_past_the_timeout_gives_up_and_leaves_the_lock_free(tmp_path: Pat
         mine.acquire()
     assert 0.25 < time.monotonic() - started < 3
     holder.release()
-    took = threading.Event()
-
-    def take() -> None:
-        third.acquire()
-        took.set()
-        third.release()
-
-    threading.Thread(target=take, daemon=True).start()
+    took, _ = _take_on_a_thread(third)
     assert took.wait(5)
     mine.acquire()  # and the one that gave up takes it again later
     mine.release()

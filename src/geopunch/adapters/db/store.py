@@ -673,8 +673,6 @@ class WriterLock:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         weakref.finalize(self, os.close, self._fd)
         self._kernel: _KernelWait | None = None
-        #: The holder got the lock through ``_kernel``'s descriptor.
-        self._waited = False
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self._timeout
@@ -690,16 +688,13 @@ class WriterLock:
                 self._kernel = _KernelWait(self.path)
             if not self._kernel.take(deadline - time.monotonic()):
                 raise WriterLockTimeout(self._waited_out())
-            self._waited = True
         except BaseException:
             self._threads.release()
             raise
 
     def release(self) -> None:
         try:
-            if self._waited:
-                self._waited = False
-                assert self._kernel is not None
+            if self._kernel is not None and self._kernel.holds:  # taken by its wait
                 self._kernel.give_back()
             else:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -742,6 +737,11 @@ class _KernelWait:
             self._wanted = False
             return got
 
+    @property
+    def holds(self) -> bool:
+        """Whether this descriptor holds the lock, for the caller that waited."""
+        return self._held
+
     def give_back(self) -> None:
         with self._cond:
             self._held = False
@@ -767,10 +767,11 @@ class SqlUnitOfWorkFactory:
     """Units of work on one engine.
 
     SQLite has one writer at a time; writers wait on a :class:`WriterLock`
-    before ``BEGIN IMMEDIATE``, at most ``timeout_s``. ``on_events`` runs after each commit that
-    appended events, ``on_index_changes`` after each that changed a time
-    clock's settings or fences, ``on_subscriptions`` after each that created,
-    changed, replayed or deleted a webhook subscription.
+    before ``BEGIN IMMEDIATE``, at most ``timeout_s``. ``on_events`` runs
+    after each commit that appended events, ``on_index_changes`` after each
+    that changed a time clock's settings or fences, ``on_subscriptions``
+    after each that created, changed, replayed or deleted a webhook
+    subscription.
     """
 
     def __init__(
