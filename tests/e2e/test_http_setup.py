@@ -455,10 +455,30 @@ def test_the_openapi_document_and_docs_page(http: httpx.Client) -> None:
             done = {k: v for k, v in op["responses"].items() if k.startswith("2")}
             assert len(done) == 1, (method, path, done)
             ((status, described),) = done.items()
+            # Each refusal is the JSON error body, the event stream's too:
+            # it is refused before any event is sent. (A server not ready
+            # says so in the readiness probe's own answer.)
+            for code, answer in op["responses"].items():
+                if code[0] in "45" and (path, code) != ("/readyz", "503"):
+                    (kind,) = answer["content"]
+                    ref = answer["content"][kind]["schema"]["$ref"]
+                    assert (kind, ref) == (
+                        "application/json",
+                        "#/components/schemas/ErrorBody",
+                    ), (method, path, code)
             if status == "204" or path == "/geopunch/v1/events":
                 continue
             schema = described["content"]["application/json"]["schema"]
             assert schema.get("$ref"), (method, path, schema)
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["ErrorBody"]["required"]) == {"detail", "code", "requestId"}
+    assert schemas["ErrorBody"]["properties"]["errors"]["anyOf"][0]["items"] == {
+        "$ref": "#/components/schemas/FieldProblem"
+    }
+    assert "FieldProblem" in schemas
+    refused = httpx.get(f"{http.base_url}/geopunch/v1/events")
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/json", refused.headers
     assert not {"HTTPValidationError", "ValidationError"} & set(doc["components"]["schemas"])
     _check_links(doc)
     page = http.get("/docs")

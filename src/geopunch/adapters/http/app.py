@@ -54,7 +54,6 @@ from geopunch.adapters.http.bodies import (
     CreateTimeActivitiesBody,
     DayStatusBody,
     DuplicateKey,
-    ErrorBody,
     NewWebhookIn,
     ReplayBody,
     SchedulerIn,
@@ -71,7 +70,7 @@ from geopunch.adapters.http.bodies import (
     fence_draft,
     unknown_fields,
 )
-from geopunch.adapters.http.document import finish, ok, query_parameters
+from geopunch.adapters.http.document import finish, ok, query_parameters, refusal
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.http.params import (
     DECIMAL,
@@ -709,7 +708,7 @@ def create_app(deps: HttpDeps) -> Any:
         # by up front (RequestContext refuses one whose length is too large).
         max_body_size=deps.max_body_bytes,
         responses={
-            status: {"model": ErrorBody, "description": what}
+            status: refusal(what)
             for status, what in (
                 (400, "the body, a parameter or a rule refused the call"),
                 (401, "missing or unknown API key"),
