@@ -263,6 +263,65 @@ def test_a_replaced_worker_that_never_drains_is_killed(watched: ServerProcess) -
     assert value(samples, "geopunch_worker_restarts_total", reason="fork_server_died") == 2
 
 
+def _fork_server(srv: ServerProcess) -> psutil.Process:
+    assert srv.proc is not None
+    (found,) = [
+        p
+        for p in psutil.Process(srv.proc.pid).children()
+        if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    return found
+
+
+def test_a_fork_server_that_stops_answering_is_replaced(tmp_path: Path) -> None:
+    """A worker's start asks the fork server for a fork and waits for the
+    new pid. A stopped (or hung) fork server held the supervisor in that wait
+    for good: the dead worker's slot stayed empty, no worker was watched any
+    more, and SIGTERM went unanswered. Past the start timeout the fork server
+    is killed and a new one forks the replacement; a SIGTERM meanwhile ends
+    the wait at once."""
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'forks.db'}",
+        env_extra={
+            "GEOPUNCH_PROCESSES": "2",
+            "GEOPUNCH_WORKER_START_TIMEOUT_SECONDS": "4",
+            "GEOPUNCH_GRACE_SECONDS": "0",
+        },
+    )
+    srv.start(tmp_path)
+    said = "the workers' fork server did not answer; killing it"
+    try:
+        stopped = _fork_server(srv)
+        stopped.suspend()
+        os.kill(_worker_pids(srv)[1], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (waits := _log_lines(srv, said)):
+            assert time.monotonic() < deadline, "the supervisor waits on the fork server"
+            time.sleep(0.1)
+        assert waits[0]["waited_s"] >= 4 and waits[0]["pid"] == stopped.pid
+        # A new fork server forks every worker (the old ones' exits went
+        # through the one killed, so they are replaced as well).
+        _serves_on_both(srv, deadline)
+        assert _fork_server(srv).pid != stopped.pid
+        assert not _alive(stopped.pid)
+
+        # Stopped again, and SIGTERM while the supervisor waits for it.
+        _fork_server(srv).suspend()
+        restarts = len(_log_lines(srv, "worker exited; starting it again"))
+        os.kill(_worker_pids(srv)[0], signal.SIGKILL)
+        while len(_log_lines(srv, "worker exited; starting it again")) == restarts:
+            assert time.monotonic() < deadline, "the killed worker was not seen"
+            time.sleep(0.1)
+        time.sleep(1.5)  # past the restart pause: the supervisor waits for a fork
+        assert srv.terminate(timeout=20) == 0
+        waits = _log_lines(srv, said)
+        assert len(waits) == 2 and waits[1]["waited_s"] < 4, waits
+        assert _log_lines(srv, "stopped")[-1].get("worker") is None  # the supervisor's own
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.kill()
+
+
 @pytest.mark.postgres
 def test_a_replacement_that_cannot_start_is_killed_and_tried_again(tmp_path: Path) -> None:
     """A replacement worker blocked in its start (here: its store's schema

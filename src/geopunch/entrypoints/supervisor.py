@@ -177,16 +177,36 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
 
     born = [0.0] * config.processes  # when each slot's worker was started
 
+    fed = 0.0
+
+    def feed_watchdog() -> None:
+        nonlocal fed
+        now = time.monotonic()
+        if systemd is not None and systemd.watchdog_s and now - fed >= systemd.watchdog_s / 2:
+            systemd.alive()
+            fed = now
+
     def start(number: int, replaces: str = "") -> multiprocessing.process.BaseProcess:
-        born[number] = time.monotonic()
-        proc = ctx.Process(
-            target=_worker_main,
-            args=(worker_config, WorkerSlot(number, generations, heartbeats), started, replaces),
-            name=f"geopunch-worker-{number}",
-        )
-        proc.start()
-        log.info("worker started", extra={"fields": {"worker": number, "pid": proc.pid}})
-        return proc
+        """A worker for slot ``number``, tried again until one starts or we
+        are stopped (then one that never started, which has no pid)."""
+        while True:
+            born[number] = time.monotonic()
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(
+                    worker_config,
+                    WorkerSlot(number, generations, heartbeats),
+                    started,
+                    replaces,
+                ),
+                name=f"geopunch-worker-{number}",
+            )
+            if _fork(proc, config.worker_start_timeout_seconds, stop, feed_watchdog):
+                log.info("worker started", extra={"fields": {"worker": number, "pid": proc.pid}})
+                return proc
+            if stop.is_set():
+                return proc
+            time.sleep(RESTART_PAUSE_S)
 
     workers = [start(n) for n in range(config.processes)]
     # Replaced workers still draining, each with when it is killed if it has not stopped.
@@ -220,12 +240,9 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
             ready(_host_port(address)[1], http_address)
         if systemd is not None:
             systemd.ready()
-        fed = 0.0
         while not stop.wait(0.25):
+            feed_watchdog()
             now = time.monotonic()
-            if systemd is not None and systemd.watchdog_s and now - fed >= systemd.watchdog_s / 2:
-                systemd.alive()
-                fed = now
             orphans[:] = [(proc, at) for proc, at in orphans if _running(proc)]
             for i, (proc, at) in enumerate(orphans):
                 if now > at:  # its drain hangs, or it was stopped (SIGSTOP)
@@ -238,14 +255,15 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
             for n, proc in enumerate(workers):
                 if stop.is_set():
                     break
-                if proc.exitcode is None:
-                    # Once killed, its exit status is on its way.
+                running = _running(proc)
+                if running and proc.exitcode is None:
+                    # Once killed, its exit is on its way.
                     if proc.pid not in killed and (found := stuck(n, proc, now)):
                         reason, why, fields = found
                         _kill_stuck(n, proc, why, **fields)
                         killed[proc.pid] = reason
                     continue
-                if _running(proc):
+                if running:
                     # The fork server died (its status relay reads as an exit)
                     # and the worker runs on, orphaned, where no one can wait
                     # for it. Left alone it would stop only once its Process
@@ -261,6 +279,9 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                     orphans.append((proc, now + config.grace_seconds + DRAIN_MARGIN_S))
                     reason = "fork_server_died"
                 else:
+                    # Its exit is the kernel's word: its status comes through
+                    # the fork server, and none comes from one that is
+                    # stopped or hung (then the replacement's fork finds out).
                     reason = killed.get(proc.pid, "exited")
                     log.error(
                         "worker exited; starting it again",
@@ -284,6 +305,69 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
         if http_sock is not None:
             http_sock.close()
         log.info("stopped")
+
+
+def _fork(
+    proc: multiprocessing.process.BaseProcess,
+    timeout_s: float,
+    stop: threading.Event,
+    meanwhile: Callable[[], None],
+) -> bool:
+    """``proc.start()``, given up on past ``timeout_s`` or once ``stop`` is
+    set; whether it started.
+
+    The start asks multiprocessing's fork server for a fork and waits for
+    the new pid with no deadline, and a fork server that is stopped (SIGSTOP)
+    or hung held the supervisor in that wait for good: no worker watched, the
+    watchdog unfed, SIGTERM unanswered. So the start runs on a thread of its
+    own, and a wait past the deadline, or a stop, kills the fork server: the
+    wait ends (the fork server's end of the pipe closes), the next start
+    launches a new one, and the workers it forked are replaced as after any
+    death of it. ``meanwhile`` runs between the wait's slices."""
+    failed: list[Exception] = []
+
+    def run() -> None:
+        try:
+            proc.start()
+        except Exception as exc:  # an end of the fork server's, which the caller retries
+            failed.append(exc)
+
+    since = time.monotonic()
+    thread = threading.Thread(target=run, name="worker-fork", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.25)
+        meanwhile()
+        waited = time.monotonic() - since
+        if thread.is_alive() and (stop.is_set() or waited > timeout_s):
+            _kill_fork_server(waited)
+            thread.join(10)
+            return False  # its end of the wait (EOF) said nothing more
+    if failed:
+        log.error("a worker could not be started", extra={"fields": {"error": repr(failed[0])}})
+    return not failed
+
+
+def _kill_fork_server(waited: float) -> None:
+    """Kill multiprocessing's fork server and wait until it has exited. Its
+    pid lives in the private ``multiprocessing.forkserver._forkserver``, where
+    CPython has kept it since the fork server came (3.4); the module offers no
+    public way to stop it. Not reaped here: ``ensure_running``, which
+    launches the next one, reaps it and would fail on a pid reaped before."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    log.error(
+        "the workers' fork server did not answer; killing it",
+        extra={"fields": {"pid": pid, "waited_s": round(waited, 1)}},
+    )
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _pid_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _await_ready(
@@ -340,18 +424,19 @@ def _signal(proc: multiprocessing.process.BaseProcess, sig: int) -> None:
 
 def _running(proc: multiprocessing.process.BaseProcess) -> bool:
     """Whether a worker's process still runs. Its exit status comes through the
-    fork server, and reads as 255 if that helper died, while the worker may
-    run on: the kernel has the last word."""
-    if proc.exitcode is None:
-        return True
-    if proc.pid is None:
-        return False
+    fork server: it reads as 255 if that helper died, while the worker may
+    run on, and never comes from one that is stopped. The kernel has the
+    last word."""
+    return proc.pid is not None and _pid_running(proc.pid)
+
+
+def _pid_running(pid: int) -> bool:
     try:
-        os.kill(proc.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:  # an exited process its new parent has not reaped yet is gone too
-        with open(f"/proc/{proc.pid}/stat") as f:
+    try:  # an exited process its parent has not reaped yet is gone too
+        with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True  # no /proc: trust the signal probe
