@@ -6,7 +6,9 @@ like from the server's side.
 - ``cut()``: every connection is closed and new ones are refused, as a
   stopped database server does;
 - ``hold()``: every connection is closed; new ones are accepted and never
-  answered, as a host that is gone behind a firewall that drops packets does.
+  answered, as a host that is gone behind a firewall that drops packets does;
+- ``stall()``: connections stay open and what either side sends is held
+  back, until ``open()`` lets it through or a cut or hold drops it.
 
 Threads, not asyncio: the proxy runs beside synchronous test code.
 """
@@ -28,10 +30,16 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._closed = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
 
     def open(self) -> None:
         self._mode = "open"
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
 
     def cut(self) -> None:
         self._mode = "cut"
@@ -53,6 +61,7 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+        self._flowing.set()  # held-back bytes meet closed sockets; the pumps end
 
     def _keep(self, *sockets: socket.socket) -> None:
         with self._lock:
@@ -81,10 +90,10 @@ class TcpProxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while chunk := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(chunk)
         except OSError:
             pass

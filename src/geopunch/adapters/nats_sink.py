@@ -21,6 +21,9 @@ from nats.js.errors import NotFoundError
 from geopunch.domain.errors import BrokerUnavailable
 from geopunch.logs import first_line
 
+#: Why a publish waiting for its acknowledgement is cancelled, and failed.
+_LOST = "connection lost before the acknowledgement"
+
 
 class JetStreamPublisher:
     """Implements ``EventPublisher``. Connects on first use (and again after
@@ -34,12 +37,24 @@ class JetStreamPublisher:
         #: What the connection last failed with, while it is down: a publish
         #: then only times out, which does not say why.
         self._lost: str | None = None
+        #: Publishes waiting for their acknowledgement, which a lost
+        #: connection ends (``_disconnected``).
+        self._waiting: set[asyncio.Task[object]] = set()
 
     async def _connection_failed(self, exc: Exception) -> None:
         # Without a callback of its own, nats-py logs every failed
         # reconnection as an error with its stack: one every 2 s while the
         # broker is away. The sink logs the outage once (``FailureLog``).
         self._lost = first_line(exc)
+
+    async def _disconnected(self) -> None:
+        # nats-py leaves a request that was sent, or buffered for after a
+        # reconnection, waiting out its timeout (5 s) when the connection
+        # goes; its answer cannot come on the next connection. Ended now,
+        # the publish fails at once and the sink sends it again later (the
+        # message id keeps the broker from storing it twice).
+        for task in self._waiting:
+            task.cancel(_LOST)
 
     async def _reconnected(self) -> None:
         self._lost = None
@@ -56,6 +71,7 @@ class JetStreamPublisher:
                 # connects afresh a second later, logging the outage.
                 max_reconnect_attempts=1,
                 error_cb=self._connection_failed,
+                disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected,
             )
             self._js = self._nc.jetstream(timeout=self._timeout)
@@ -70,12 +86,30 @@ class JetStreamPublisher:
         not acknowledge in time or refused the message."""
         try:
             js = await self._context()
-            await js.publish(subject, body, stream=self._stream, headers={"Nats-Msg-Id": msg_id})
+            if not self._nc or not self._nc.is_connected:  # reconnecting
+                raise nats.errors.ConnectionReconnectingError
+            await self._acknowledged(js, subject, body, msg_id)
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             said = first_line(exc)
             if self._lost is not None and self._lost != said:
                 said = f"{said}; the connection: {self._lost}"
             raise BrokerUnavailable(said) from exc
+
+    async def _acknowledged(
+        self, js: JetStreamContext, subject: str, body: bytes, msg_id: str
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await js.publish(subject, body, stream=self._stream, headers={"Nats-Msg-Id": msg_id})
+        except asyncio.CancelledError as exc:
+            if exc.args != (_LOST,):
+                raise
+            task.uncancel()
+            raise nats.errors.Error(_LOST) from None
+        finally:
+            self._waiting.discard(task)
 
     async def close(self) -> None:
         # Every publish awaited its acknowledgement: nothing is left to drain
