@@ -177,12 +177,14 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
 
     born = [0.0] * config.processes  # when each slot's worker was started
 
-    fed = 0.0
+    fed: float | None = None  # systemd arms its watchdog once told we are ready
 
     def feed_watchdog() -> None:
         nonlocal fed
         now = time.monotonic()
-        if systemd is not None and systemd.watchdog_s and now - fed >= systemd.watchdog_s / 2:
+        if systemd is None or not systemd.watchdog_s or fed is None:
+            return
+        if now - fed >= systemd.watchdog_s / 2:
             systemd.alive()
             fed = now
 
@@ -240,6 +242,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
             ready(_host_port(address)[1], http_address)
         if systemd is not None:
             systemd.ready()
+            fed = 0.0
         while not stop.wait(0.25):
             feed_watchdog()
             now = time.monotonic()
