@@ -27,6 +27,7 @@ Tests that depend on either start the server with ``fresh_interpreter=True``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.reduction
 import os
@@ -108,8 +109,11 @@ class ForkedProcess:
         return code
 
     def send_signal(self, sig: int) -> None:
+        # The fork server reaps a child before its status reaches us: one
+        # that poll() still calls running may be gone already.
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
