@@ -171,6 +171,57 @@ def test_health_and_reflection_need_no_key(server: ServerProcess) -> None:
         assert "geopunch/v1/geofences.proto" in {f.name for f in files}
 
 
+def test_a_method_no_service_has_is_told_the_method_it_likely_meant(
+    server: ServerProcess,
+) -> None:
+    """grpc's own answer to an unknown method was a bare UNIMPLEMENTED
+    ("Method not found!"): a client built from an old or misspelled name
+    learnt nothing. The answer names the method the call likely meant, with
+    HTTP's reason for a path no route serves, key or no key (method names
+    are public: reflection lists them), whichever kind of call it is."""
+    ti = "/geopunch.v1.TimeClockService"
+    cases = [
+        (f"{ti}/Clockin", f"{ti}/ClockIn"),  # case
+        (f"{ti}/clock_out", f"{ti}/ClockOut"),  # underscores
+        (f"{ti}/ClockIns", f"{ti}/ClockIn"),  # a close spelling
+        ("/timeclock.TimeClockService/ClockIn", f"{ti}/ClockIn"),  # another package
+        ("/geopunch.v1.AdminService/ClockIn", f"{ti}/ClockIn"),  # another service
+        (
+            "/geopunch.v1.GeofenceService/CheckLocation",
+            "/geopunch.v1.LocationService/CheckLocations",
+        ),
+        ("/grpc.health.v1.Health/check", "/grpc.health.v1.Health/Check"),
+        ("/nothing.Like/Anything", None),
+        ("/" + "x" * 5000, None),
+    ]
+    with grpc.insecure_channel(server.address) as channel:
+        for method, hint in cases:
+            for call, metadata in (
+                (channel.unary_unary(method, None, None), (("x-api-key", API_KEY),)),
+                (channel.unary_stream(method, None, None), ()),
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    result = call(b"", metadata=metadata, timeout=10)
+                    if not isinstance(result, bytes):
+                        list(result)
+                err = caught.value
+                assert err.code() == grpc.StatusCode.UNIMPLEMENTED, (method, err.details())
+                info, _ = details(err)
+                assert info.reason == "ROUTE_NOT_FOUND", (method, err.details())
+                said = err.details() or ""
+                if hint is None:
+                    assert said.endswith("; server reflection lists them"), said
+                    assert len(said) < 300, said
+                else:
+                    assert said == f"no method {method}; did you mean {hint}?", said
+    # The server answers as before.
+    c = Client(server.address)
+    try:
+        c(c.admin.Ping, admin_pb2.PingRequest())
+    finally:
+        c.close()
+
+
 def test_request_id_in_response_metadata_and_log(server: ServerProcess, client: Client) -> None:
     tc = make_time_clock(client)
     resp, call = client.geofences.ListGeofences.with_call(list_req(tc.id), metadata=client.metadata)

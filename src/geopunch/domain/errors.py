@@ -85,8 +85,8 @@ class ErrorCode(StrEnum):
     CONCURRENT_MODIFICATION = "CONCURRENT_MODIFICATION"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
-    # HTTP alone: a path or a method the API does not have (gRPC answers an
-    # unknown method UNIMPLEMENTED itself, before geopunch sees the call).
+    # A path (or a gRPC method) the API does not have; HTTP alone: a method
+    # the path does not take.
     ROUTE_NOT_FOUND = "ROUTE_NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     # HTTP alone: a request head past its bounds, refused before it is parsed

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -218,6 +219,7 @@ class Server:
             ),
             worker=None if self.worker is None else self.worker.number,
             streams=self._streams,
+            methods=_served_methods(),
         )
         server = grpc.aio.server(
             # The tracing interceptor outermost: its span covers the whole call.
@@ -551,6 +553,17 @@ def _add_port(server: grpc.aio.Server, config: Config) -> int:
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
     return server.add_secure_port(config.listen, credentials)
+
+
+def _served_methods() -> tuple[str, ...]:
+    """The full name of every method the server answers."""
+    pool = descriptor_pool.Default()
+    services = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    return tuple(
+        f"/{service.full_name}/{method.name}"
+        for service in map(pool.FindServiceByName, services)
+        for method in service.methods
+    )
 
 
 def serve(

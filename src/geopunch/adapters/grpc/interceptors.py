@@ -9,7 +9,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,6 +21,7 @@ from geopunch.adapters.grpc.auth import principal_var, scope_of
 from geopunch.adapters.grpc.counts import check_counts
 from geopunch.adapters.grpc.errors import to_status
 from geopunch.adapters.grpc.guard import check_request
+from geopunch.adapters.spelling import meant
 from geopunch.domain.accounts import Principal, Scope
 from geopunch.domain.errors import ConcurrentChange, DomainError, ErrorCode, StoreUnavailable
 from geopunch.logs import RateLimitedLog, new_request_id, request_id_var
@@ -100,10 +101,14 @@ class ServiceInterceptor(_Interceptor):
         catch_up: CatchUp | None = None,
         worker: int | None = None,
         streams: StreamSlots | None = None,
+        methods: Collection[str] = (),
     ) -> None:
         """``worker`` is answered as ``x-geopunch-worker`` metadata; ``streams``
-        counts event streams with the HTTP API's (its own when None)."""
+        counts event streams with the HTTP API's (its own when None);
+        ``methods``, the full names of the methods served, are what a call of
+        one that is not is told it likely meant."""
         self._keys = keys
+        self._methods = tuple(methods)
         self._ready = ready
         self._executor = executor
         self._limits = limits
@@ -138,7 +143,9 @@ class ServiceInterceptor(_Interceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         method: str = details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None:
+            return self._unknown(method)
+        if method.startswith(OPEN_PREFIXES):
             return handler
         metadata = details.invocation_metadata
         offered = next((v for k, v in metadata or () if k == "x-request-id"), None)
@@ -158,6 +165,22 @@ class ServiceInterceptor(_Interceptor):
         # A plain generator on grpc's thread pool keeps its thread blocked for
         # good once its client cancels (grpcio 1.85): streams must be async.
         raise NotImplementedError(f"{method}: only unary and async server-streaming handlers")
+
+    def _unknown(self, method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        """The answer to a method no service has: grpc's own is a bare
+        UNIMPLEMENTED ("Method not found!"). This one names the method the
+        call likely meant, as an HTTP path that matches no route is told its
+        route, with the same reason. Not counted by method in the metrics:
+        the names are the caller's."""
+        hint = method_meant(method, self._methods)
+        shown = method if len(method) <= _METHOD_SHOWN else f"{method[:_METHOD_SHOWN]}..."
+        listed = f"did you mean {hint}?" if hint else "server reflection lists them"
+        failure = _status(DomainError(ErrorCode.ROUTE_NOT_FOUND, f"no method {shown}; {listed}"))
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(failure.code, failure.details, failure.trailing_metadata)
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
 
     def _refusal(self, call: _Call) -> DomainError | None:
         """Why a call may not run at all, if it may not."""
@@ -417,6 +440,27 @@ def _sent_twice(metadata: Any) -> str:
                 return str(key)
             seen.add(key)
     return ""
+
+
+#: How much of an unknown method's name an answer repeats.
+_METHOD_SHOWN = 200
+
+
+def method_meant(method: str, methods: Iterable[str]) -> str | None:
+    """The one method of ``methods`` (full names, ``/package.Service/Method``)
+    that ``method`` likely stands for: the same method of another package
+    or service (``/timeclock.TimeClockService/ClockIn``), else the whole
+    name spelled closely or the method's own (``spelling.meant``)."""
+    by_name: dict[str, list[str]] = {}
+    for full in methods:
+        by_name.setdefault(full.rpartition("/")[2], []).append(full)
+    name = method.rpartition("/")[2]
+    if len(by_name.get(name, ())) == 1:
+        return by_name[name][0]
+    if found := meant(method, [m for group in by_name.values() for m in group], longest=128):
+        return found
+    guess = meant(name, by_name)
+    return by_name[guess][0] if guess is not None and len(by_name[guess]) == 1 else None
 
 
 class _Status(NamedTuple):

@@ -80,9 +80,9 @@ from geopunch.adapters.http.params import (
     WARN,
     field_validation,
     field_validation_problem,
-    meant,
     query_problems,
 )
+from geopunch.adapters.spelling import meant
 from geopunch.adapters.wakeup import Wakeup
 from geopunch.domain.accounts import Principal, Scope, scopes_of
 from geopunch.domain.bounds import int64_text, text_problem
@@ -217,7 +217,7 @@ def _framework_reason(request: Request, exc: StarletteHTTPException) -> tuple[st
 def _route_meant(request: Request) -> str | None:
     """The one documented route a path that matched none likely stands for:
     as many segments, each of its words the same but for case and hyphens
-    or spelled closely (``params.meant``: ``clockin``, ``timeclocks``), its
+    or spelled closely (``spelling.meant``: ``clockin``, ``timeclocks``), its
     parameters anything; with its methods, unless it takes the request's."""
     sent = request.url.path.rstrip("/").split("/")
     if len(sent) > _ROUTE_SEGMENTS_MAX:

@@ -37,7 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from geopunch.adapters.http.params import meant
+from geopunch.adapters.spelling import meant
 from geopunch.domain.bounds import json_value_problem, text_problem
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 from geopunch.domain.models import (
@@ -307,7 +307,7 @@ Location = tuple[str | int, ...]
 
 class Unknown(NamedTuple):
     """A key a body does not take: where it is, and the key taken in its
-    place that it likely stands for (``params.meant``), if one."""
+    place that it likely stands for (``spelling.meant``), if one."""
 
     at: Location
     meant: str | None

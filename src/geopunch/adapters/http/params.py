@@ -2,14 +2,13 @@
 integers spelled one way, and its query holding only what the call takes;
 and the name a caller likely meant by one the call does not take."""
 
-import difflib
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
+from geopunch.adapters.spelling import meant
 from geopunch.domain.errors import DomainError, ErrorCode, FieldViolation
 
 #: An integer as a URL spells it: decimal digits, no sign but a minus, no
@@ -31,25 +30,6 @@ def _decimal(value: Any) -> Any:
 #: After a parameter's ``Path``, ``Query`` or ``Field``: placed before them,
 #: pydantic documents their bounds as "ge"/"le" instead of JSON Schema's.
 DECIMAL = BeforeValidator(_decimal)
-
-
-def _folded(name: str) -> str:
-    return name.replace("_", "").replace("-", "").lower()
-
-
-def meant(name: str, takes: Iterable[str]) -> str | None:
-    """The name of ``takes`` that ``name``, which is not one of them, most
-    likely stands for: the same but for case, underscores and hyphens
-    (``user_id`` or ``userID`` for ``userId``), else a close spelling
-    (``isPublish`` for ``isPublished``), else None."""
-    if len(name) > 64:  # no name is that long; and difflib's work grows with it
-        return None
-    by_fold = {_folded(t): t for t in takes}
-    folded = _folded(name)
-    if folded in by_fold:
-        return by_fold[folded]
-    close = difflib.get_close_matches(folded, by_fold, n=1, cutoff=0.8)
-    return by_fold[close[0]] if close else None
 
 
 def query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
