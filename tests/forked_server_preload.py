@@ -5,6 +5,8 @@ compiler and its first cached kernel; nothing here starts a thread or opens a
 store, so a fork of this interpreter is as clean as a fresh one.
 """
 
+import gc
+
 import alembic.command
 import alembic.config
 
@@ -13,3 +15,9 @@ import geopunch.entrypoints.server
 import geopunch.entrypoints.supervisor
 
 __all__ = ["alembic", "geopunch"]
+
+# What the imports made lives as long as every fork: out of the collector's
+# reach (as ``geopunch.entrypoints.preload`` does for the workers), a fork's
+# collections walk only its own objects. Each full walk of these took
+# 0.12 s of a test server's start.
+gc.freeze()
