@@ -285,6 +285,9 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
                     # Its exit is the kernel's word: its status comes through
                     # the fork server, and none comes from one that is
                     # stopped or hung (then the replacement's fork finds out).
+                    # A moment for the status, which the log reports.
+                    if proc.exitcode is None:
+                        proc.join(0.1)
                     reason = killed.get(proc.pid, "exited")
                     log.error(
                         "worker exited; starting it again",
