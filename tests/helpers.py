@@ -210,8 +210,9 @@ def _reset(admin: Engine, name: str) -> bool:
     to it would not end), and it is to be dropped instead.
 
     DELETE rather than TRUNCATE: TRUNCATE gives every table and index a new
-    file, the file churn that made a clone of the template (about 400 files
-    with the system catalogs) cost 350-450 ms here."""
+    file, the churn that makes a clone of the template (every file of it,
+    the system catalogs' included) dear on a file system among many
+    recently deleted files."""
     with admin.connect() as conn:
         others = text(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "

@@ -574,9 +574,9 @@ def serve(
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     # The modules imported by now (numpy, numba, SQLAlchemy, FastAPI, grpc)
     # live as long as the process: out of the collector's generations before
-    # the start, its collections walk only what the start makes. Each full
-    # walk of them cost about 0.12 s, and a start took 0.2 s longer. (A
-    # worker's were frozen in its fork server: geopunch.entrypoints.preload.)
+    # the start, its collections walk only what the start makes rather than
+    # those hundreds of thousands of objects again (bench/README.md). A
+    # worker's were frozen in its fork server: geopunch.entrypoints.preload.
     gc.freeze()
     log.info("open files limit", extra={"fields": {"limit": raise_open_files_limit()}})
     # A worker is not the service: its supervisor speaks to systemd.

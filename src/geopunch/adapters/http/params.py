@@ -1,6 +1,5 @@
 """What a URL carries beside the body, held to the rules a body is: its
-integers spelled one way, and its query holding only what the call takes;
-and the name a caller likely meant by one the call does not take."""
+integers spelled one way, and its query holding only what the call takes."""
 
 import re
 from typing import Any
