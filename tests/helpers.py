@@ -85,9 +85,7 @@ def pg_schema() -> Iterator[str]:
 
 
 #: This process's migrated template database, once made (see pg_migrated).
-_pg_template: list[str] = []
-#: What the template held right after its migration (see ``_Pristine``).
-_pg_pristine: list[_Pristine] = []
+_pg_template: list[_Template] = []
 #: Stores pg_migrated handed out and took back, reset to the template's
 #: content: handed out again before a new one is cloned.
 _pg_free: list[str] = []
@@ -119,10 +117,12 @@ SELECT md5(string_agg(x, ';' ORDER BY x)) FROM (
 """
 
 
-class _Pristine(NamedTuple):
-    """A migrated store's content: each table's rows (COPY's text), each
-    sequence's state, and its structure's fingerprint (``_SHAPE``)."""
+class _Template(NamedTuple):
+    """A migrated database to clone, and what it held right after its
+    migration: each table's rows (COPY's text), each sequence's state, and
+    its structure's fingerprint (``_SHAPE``)."""
 
+    name: str
     rows: dict[str, bytes]
     sequences: dict[str, tuple[int, bool]]
     shape: str
@@ -145,8 +145,8 @@ def _drop_databases_of_gone_processes(admin: Engine) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _read_pristine(url: str) -> _Pristine:
-    engine = create_engine(url, poolclass=NullPool)
+def _read_template(name: str) -> _Template:
+    engine = create_engine(_database_url(name), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             raw = conn.connection.driver_connection
@@ -158,21 +158,21 @@ def _read_pristine(url: str) -> _Pristine:
                 )
                 relations = cur.fetchall()
                 rows, sequences = {}, {}
-                for name, kind in relations:
+                for relation, kind in relations:
                     if kind == "S":
-                        cur.execute(f'SELECT last_value, is_called FROM "{name}"')
-                        sequences[name] = cur.fetchone()
+                        cur.execute(f'SELECT last_value, is_called FROM "{relation}"')
+                        sequences[relation] = cur.fetchone()
                         continue
-                    with cur.copy(f'COPY "{name}" TO STDOUT') as copy:
-                        rows[name] = b"".join(bytes(block) for block in copy)
+                    with cur.copy(f'COPY "{relation}" TO STDOUT') as copy:
+                        rows[relation] = b"".join(bytes(block) for block in copy)
                 cur.execute(_SHAPE)
                 (shape,) = cur.fetchone()
-        return _Pristine(rows, sequences, shape)
+        return _Template(name, rows, sequences, shape)
     finally:
         engine.dispose()
 
 
-def _template(admin: Engine) -> str:
+def _template(admin: Engine) -> _Template:
     if not _pg_template:
         _drop_databases_of_gone_processes(admin)
         name = f"gp_{os.getpid()}_template"
@@ -184,13 +184,13 @@ def _template(admin: Engine) -> str:
             migrate(engine)
         finally:
             engine.dispose()
-        _pg_pristine.append(_read_pristine(_database_url(name)))
+        template = _read_template(name)
         with admin.connect() as conn:
             # A template is cloned only while nothing is connected to it:
             # closed to connections, not even autovacuum's visit it.
             conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
-        _pg_template.append(name)
-        atexit.register(_drop_databases, _pg_template, _pg_free)
+        _pg_template.append(template)
+        atexit.register(_drop_databases, [name], _pg_free)
     return _pg_template[0]
 
 
@@ -204,8 +204,8 @@ def _drop_databases(*lists: list[str]) -> None:
         admin.dispose()
 
 
-def _reset(admin: Engine, name: str) -> bool:
-    """Put ``name`` back as the template left it, content and sequences;
+def _reset(admin: Engine, name: str, template: _Template) -> bool:
+    """Put ``name`` back as ``template`` left it, content and sequences;
     False when that cannot be done (its structure changed, or a connection
     to it would not end), and it is to be dropped instead.
 
@@ -223,7 +223,6 @@ def _reset(admin: Engine, name: str) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
-    pristine = _pg_pristine[0]
     engine = create_engine(_database_url(name), poolclass=NullPool)
     try:
         with engine.connect() as conn:
@@ -232,16 +231,16 @@ def _reset(admin: Engine, name: str) -> bool:
             with raw.transaction(), raw.cursor() as cur:
                 cur.execute(_SHAPE)
                 row = cur.fetchone()
-                if row is None or row[0] != pristine.shape:
+                if row is None or row[0] != template.shape:
                     return False
                 # Neither triggers nor foreign keys while the content is put back.
                 cur.execute("SET LOCAL session_replication_role = replica")
-                for table, data in pristine.rows.items():
+                for table, data in template.rows.items():
                     cur.execute(f'DELETE FROM "{table}"')
                     if data:
                         with cur.copy(f'COPY "{table}" FROM STDIN') as copy:
                             copy.write(data)
-                for sequence, (value, called) in pristine.sequences.items():
+                for sequence, (value, called) in template.sequences.items():
                     cur.execute("SELECT setval(%s, %s, %s)", (f'"{sequence}"', value, called))
         return True
     except Exception:
@@ -267,11 +266,11 @@ def pg_migrated() -> Iterator[str]:
         else:
             name = f"gp_{os.getpid()}_{uuid.uuid4().hex[:10]}"
             with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template.name}"'))
         try:
             yield _database_url(name)
         finally:
-            if _reset(admin, name):
+            if _reset(admin, name, template):
                 _pg_free.append(name)
             else:
                 with admin.connect() as conn:

@@ -19,10 +19,15 @@ import pytest
 NATS_URL = os.environ.get("GEOPUNCH_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
-def _nats_reachable() -> bool:
+def nats_address() -> tuple[str, int]:
+    """The test NATS server's host and port, as a socket (or a proxy) takes them."""
     host, _, port = NATS_URL.removeprefix("nats://").partition(":")
+    return host, int(port or 4222)
+
+
+def _nats_reachable() -> bool:
     try:
-        socket.create_connection((host, int(port or 4222)), timeout=2).close()
+        socket.create_connection(nats_address(), timeout=2).close()
     except OSError:
         return False
     return True

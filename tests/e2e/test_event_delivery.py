@@ -22,7 +22,7 @@ from tests.e2e.test_webhooks import (
     subscribe,
 )
 from tests.helpers import eventually
-from tests.nats_stream import NATS_URL, stream_messages
+from tests.nats_stream import NATS_URL, nats_address, stream_messages
 from tests.tcp_proxy import TcpProxy
 from tests.webhook_receiver import Receiver
 
@@ -122,8 +122,7 @@ def test_a_broker_that_is_away_delays_events_and_loses_none(
     reconnection as an error with its stack, one every 2 s. Now each outage
     is one line that names the cause, then one when it recovers; punches go
     on meanwhile, and every event reaches the stream once, in order."""
-    host, _, port = NATS_URL.removeprefix("nats://").partition(":")
-    proxy = TcpProxy((host, int(port or 4222)))
+    proxy = TcpProxy(nats_address())
     proxy.cut()
     srv = _server(
         f"sqlite:///{tmp_path / 'away.db'}", stream, nats_url=f"nats://127.0.0.1:{proxy.port}"

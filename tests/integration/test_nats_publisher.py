@@ -9,17 +9,12 @@ import pytest
 
 from geopunch.adapters.nats_sink import JetStreamPublisher
 from geopunch.domain.errors import BrokerUnavailable
-from tests.nats_stream import NATS_URL, stream_messages
+from tests.nats_stream import nats_address, stream_messages
 from tests.tcp_proxy import TcpProxy
 
 #: The publisher's acknowledgement timeout here: long enough that a failure
 #: well before it can only be the lost connection's.
 ACK_TIMEOUT_S = 30.0
-
-
-def _proxy() -> TcpProxy:
-    host, _, port = NATS_URL.removeprefix("nats://").partition(":")
-    return TcpProxy((host, int(port or 4222)))
 
 
 def test_a_publish_waiting_when_the_connection_goes_fails_at_once(
@@ -30,7 +25,7 @@ def test_a_publish_waiting_when_the_connection_goes_fails_at_once(
     out the whole acknowledgement timeout before it knew. The publish now
     fails as the connection goes, saying so, and the next one, once the
     broker is back, is stored."""
-    proxy = _proxy()
+    proxy = TcpProxy(nats_address())
     name, prefix = stream
 
     async def run() -> tuple[BaseException | None, float]:
@@ -75,7 +70,7 @@ def test_a_publish_waiting_when_the_connection_goes_fails_at_once(
 def test_a_publish_while_reconnecting_fails_at_once(stream: tuple[str, str]) -> None:
     """Right after the connection went, nats-py would buffer a publish for
     after its reconnection and wait for the acknowledgement meanwhile."""
-    proxy = _proxy()
+    proxy = TcpProxy(nats_address())
     name, prefix = stream
 
     async def run() -> BaseException:
