@@ -592,6 +592,14 @@ def serve(
         log.info("stopped before the store was ready")
         server.stop()
         return
+    except BaseException:
+        # The listeners and their threads were up before the store failed
+        # (a newer release's schema, a store that cannot be reached): left
+        # running into the interpreter's exit, grpc's threads crashed it
+        # there now and then (SIGSEGV) instead of the exit status the
+        # command line gives.
+        server.stop(grace=0)
+        raise
     # What start-up built (modules, the fence index, compiled kernels, the
     # engine) lives as long as the process: moved out of the collector's
     # generations, a full collection under load no longer walks it. Under 64
