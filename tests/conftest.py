@@ -71,6 +71,8 @@ class ServerProcess:
     #: interpreter (``tests.forked_server``): for tests that look at the
     #: process's own command line or environment.
     fresh_interpreter: bool = False
+    #: Where its stderr goes instead of a log file (``logs()`` is then empty).
+    stderr_fd: int | None = None
 
     def start(self, log_dir: Path, timeout: float = 120.0) -> None:
         env = {
@@ -85,7 +87,10 @@ class ServerProcess:
             **self.env_extra,
         }
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
-        if not self.fresh_interpreter:
+        if self.stderr_fd is not None:
+            self.log_path = None
+            self.proc = ForkedProcess(["serve", *self.args], env, self.stderr_fd)
+        elif not self.fresh_interpreter:
             log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 self.proc = ForkedProcess(["serve", *self.args], env, log_fd)
@@ -107,7 +112,7 @@ class ServerProcess:
             self.proc.stdout.close()
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"server did not start: {line!r}\n{self.log_path.read_text()}")
+            raise RuntimeError(f"server did not start: {line!r}\n{self.logs()}")
         self.address = line.split()[-1]
         if env["GEOPUNCH_HTTP_LISTEN"] != "off":  # printed in the same write
             self.http_address = self.proc.stdout.readline().split()[-1]

@@ -112,6 +112,8 @@ _NUMBERS = (
     _Number("webhook_attempts_days", "7", float, 0, 36500, "webhook attempts days",
             low_open=True),
     _Number("webhook_lease_seconds", "30", float, 1, 3600, "webhook lease", " seconds"),
+    _Number("log_buffer_lines", "10000", int, 1, 1_000_000, "log buffer lines",
+            zero="wait for stderr"),
 )
 # fmt: on
 
@@ -129,6 +131,9 @@ class Config:
     database_url: str = DEFAULT_DATABASE_URL
     api_key_hashes: tuple[bytes, ...] = field(default=(), repr=False)
     log_level: str = "INFO"
+    #: Log lines held for stderr while it is not taking them; past them lines
+    #: are dropped and counted. 0: every line waits for stderr.
+    log_buffer_lines: int = 10_000
     max_workers: int = 32
     max_message_bytes: int = 32 * 1024 * 1024
     #: How long a stop lets calls in flight finish.

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
+import queue
 import re
 import sys
+import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from typing import TextIO
+
+import orjson
 
 from geopunch import metrics
 from geopunch.domain.errors import Unavailable
@@ -31,24 +36,37 @@ def new_request_id(offered: str | bytes | None = None) -> str:
     return str(uuid.uuid4())
 
 
+#: The last second stamped, and its text: most lines share their second
+#: with the line before, and a call's access line is on its hot path.
+_second: tuple[int, str] = (-1, "")
+
+
+def _stamp(created: float) -> str:
+    """ISO-8601 in UTC to the millisecond: what log stores and people read."""
+    global _second
+    whole = int(created)
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((created - whole) * 1000):03d}Z"
+
+
+def _dumps(entry: dict[str, object]) -> str:
+    """One JSON line. orjson: an access line a call is on every call's path,
+    and the standard library's encoder costs several times as much."""
+    try:
+        return orjson.dumps(entry, default=str).decode()
+    except TypeError:  # what orjson will not take (an integer past 64 bits, say)
+        return json.dumps(entry, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, worker: int | None = None) -> None:
         super().__init__()
         self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            # ISO-8601 in UTC to the millisecond: what log stores and people read.
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[
-                :-6
-            ]
-            + "Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if self._worker is not None:
-            entry["worker"] = self._worker
+        entry = self._entry(record)
         rid = request_id_var.get()
         if rid:
             entry["request_id"] = rid
@@ -60,17 +78,169 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _dumps(entry)
+
+    def line(self, level: int, msg: str, fields: dict[str, object]) -> str:
+        """A line of the log's own, outside any call's context."""
+        record = logging.LogRecord("geopunch", level, "", 0, msg, None, None)
+        return _dumps({**self._entry(record), **fields})
+
+    def _entry(self, record: logging.LogRecord) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "ts": _stamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if self._worker is not None:
+            entry["worker"] = self._worker
+        return entry
 
 
-def setup_logging(level: str, worker: int | None = None) -> None:
-    """JSON lines on stderr; a worker of ``serve --processes`` tags each with its number."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(worker))
+#: How long the writer lets lines gather after the first before it writes.
+_GATHER_S = 0.01
+
+
+class _Buffered(logging.Handler):
+    """Hands each line to a writer thread through a bounded buffer, so that
+    a log reader that stalls (a full pipe to journald or a container
+    runtime's log driver) never holds up a call: the write to stderr blocks
+    the writer thread alone, and lines past the buffer are dropped and
+    counted (``geopunch_log_lines_dropped_total``), then said in one line
+    once there is room again.
+
+    A line is formatted here, on the caller's thread, where its request id
+    and trace are; the writer joins the lines waiting into one write. The
+    standard library's ``QueueHandler``/``QueueListener`` pair would write a
+    line at a time, and its stop waits for a stalled stderr without bound."""
+
+    def __init__(self, stream: TextIO, formatter: JsonFormatter, lines: int) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self._json = formatter
+        self._stream = stream
+        self._lines: queue.Queue[str | None] = queue.Queue(lines)
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle holds the handler's lock around emit: one caller at a time.
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._dropped:
+            said = self._json.line(
+                logging.WARNING,
+                "log lines dropped",
+                {"dropped": self._dropped, "why": "stderr did not take them in time"},
+            )
+            if not self._offer(said):  # no line goes ahead of the count of those before it
+                self._drop()
+                return
+            self._dropped = 0
+        if not self._offer(line):
+            self._drop()
+
+    def _drop(self) -> None:
+        self._dropped += 1
+        metrics.LOG_LINES_DROPPED.inc()
+
+    def _offer(self, line: str) -> bool:
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            return False
+        return True
+
+    def _write(self) -> None:
+        while True:
+            batch = [self._lines.get()]
+            # A moment for more to come: one wake-up and one write for a
+            # burst rather than a wake-up a line, each taking the GIL from
+            # the threads that answer calls.
+            time.sleep(_GATHER_S)
+            while batch[-1] is not None and len(batch) < 4096:
+                try:
+                    batch.append(self._lines.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            lines = [b for b in batch if b is not None]
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):  # stderr closed: nowhere to say it
+                    metrics.LOG_LINES_DROPPED.inc(len(lines))
+            if done:
+                return
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Write what is waiting, for at most ``timeout_s``: an exit must not
+        wait for good on a stalled stderr."""
+        deadline = time.monotonic() + timeout_s
+        if self._writer.is_alive():
+            try:
+                self._lines.put(None, timeout=timeout_s)
+            except queue.Full:
+                pass
+            else:
+                self._writer.join(max(0.0, deadline - time.monotonic()))
+        super().close()
+
+
+#: The buffered handler of the last ``setup_logging`` call, if any.
+_buffered: list[_Buffered] = []
+
+
+def close_logging() -> None:
+    """Write the lines still waiting (for a moment at most), stop the writer
+    thread, and write any later line at once. Runs at exit; a process that
+    leaves without running ``atexit`` (a ``multiprocessing`` child) calls it
+    itself, as does anything about to write to stderr past the log."""
+    root = logging.getLogger()
+    while _buffered:
+        handler = _buffered.pop()
+        if handler in root.handlers:
+            plain = logging.StreamHandler(sys.stderr)
+            plain.setFormatter(handler.formatter)
+            root.handlers[root.handlers.index(handler)] = plain
+        handler.close()
+
+
+atexit.register(close_logging)
+
+
+def setup_logging(level: str, worker: int | None = None, buffer_lines: int = 0) -> None:
+    """JSON lines on stderr; a worker of ``serve --processes`` tags each with
+    its number. ``buffer_lines``: lines held for stderr while it is not
+    taking them, written by a thread of their own (``_Buffered``); 0 writes
+    each line on the caller's thread, waiting for stderr as long as it takes
+    (commands that run and exit)."""
+    close_logging()
+    formatter = JsonFormatter(worker)
+    handler: logging.Handler
+    if buffer_lines:
+        buffered = _Buffered(sys.stderr, formatter, buffer_lines)
+        _buffered.append(buffered)
+        handler = buffered
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.Formatter.converter = time.gmtime
+    # What a record would gather that the JSON lines never show: the caller's
+    # file and line (a walk up the stack), the thread's and process's names.
+    # The logging HOWTO's "Optimization" section names these switches.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 

@@ -140,6 +140,12 @@ STORE_UNAVAILABLE = Counter(
     ["reason"],
 )
 
+LOG_LINES_DROPPED = Counter(
+    "geopunch_log_lines_dropped_total",
+    "Log lines left out because stderr did not take them as fast as they came "
+    "(the log buffer was full) or refused them",
+)
+
 WORKER_RESTARTS = Counter(
     "geopunch_worker_restarts_total",
     "Workers of serve --processes started again, by why the one before ended",

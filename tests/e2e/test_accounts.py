@@ -595,7 +595,7 @@ def test_a_server_whose_fences_a_child_process_read_still_sees_other_processes(
     d = Deployment(srv, url, {}, [])
     try:
         logs = srv.logs()
-        assert logs.count('"from": "rows"') == 2 and logs.count(f'"fences": {fences}') == 2
+        assert logs.count('"from":"rows"') == 2 and logs.count(f'"fences":{fences}') == 2
         assert "not read beside" not in logs and "read again" not in logs
         secret = _cli(url, "keys", "create", "--account", "alpha", "--scopes", "read")[-1]
         for c in d.with_secret(secret):  # within one poll of the store

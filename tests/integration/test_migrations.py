@@ -251,7 +251,7 @@ def test_a_store_from_a_newer_release_is_refused_with_a_plain_message(store_url:
     )
     # Its listeners were up: stopped before the exit, which with them running
     # crashed now and then (SIGSEGV, -11, under load).
-    assert '"msg": "stopped"' in serve.stderr, serve.stderr[-2000:]
+    assert '"msg":"stopped"' in serve.stderr, serve.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,9 @@ def test_env_and_overrides() -> None:
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_LISTEN": "8080"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_HTTP_LISTEN": "h:http"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_LEVEL": "LOUD"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_BUFFER_LINES": "-1"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_BUFFER_LINES": "1000001"},
+        {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_LOG_BUFFER_LINES": "1e4"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "0.25"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "-1"},
         {"GEOPUNCH_API_KEYS": "long-enough-key", "GEOPUNCH_IDEMPOTENCY_DAYS": "nan"},
@@ -102,6 +105,13 @@ def test_index_poll_interval() -> None:
     base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
     assert Config.from_env(base).index_poll_seconds == 1.0
     assert Config.from_env({**base, "GEOPUNCH_INDEX_POLL_MS": "250"}).index_poll_seconds == 0.25
+
+
+def test_log_buffer() -> None:
+    base = {"GEOPUNCH_API_KEYS": "long-enough-key"}
+    assert Config.from_env(base).log_buffer_lines == 10_000
+    assert Config.from_env({**base, "GEOPUNCH_LOG_BUFFER_LINES": "0"}).log_buffer_lines == 0
+    assert Config.from_env({**base, "GEOPUNCH_LOG_BUFFER_LINES": "500"}).log_buffer_lines == 500
 
 
 def test_processes() -> None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import threading
+import time
 
 import pytest
 from prometheus_client import REGISTRY
 
 from geopunch.domain.errors import BrokerUnavailable, StoreUnavailable
-from geopunch.logs import FailureLog, OncePerSecond, RateLimitedLog
+from geopunch.logs import (
+    FailureLog,
+    JsonFormatter,
+    OncePerSecond,
+    RateLimitedLog,
+    _Buffered,
+    request_id_var,
+)
 
 
 def test_unwelcome_calls_get_a_line_a_second_per_host_with_a_count(
@@ -110,3 +123,93 @@ def test_every_failure_is_counted_though_few_are_logged() -> None:
         failures.failed(BrokerUnavailable("nats: timeout"))
     failures.succeeded()
     assert counted() - before == 5
+
+
+def _dropped() -> float:
+    return REGISTRY.get_sample_value("geopunch_log_lines_dropped_total") or 0.0
+
+
+def test_a_stalled_stderr_holds_up_no_caller_and_the_lines_it_missed_are_counted() -> None:
+    """A pipe nobody reads (a stalled journald or container log driver) took
+    every caller that logged into its write. Lines now wait in a bounded
+    buffer and past it are dropped, counted, and said once stderr takes
+    lines again; the lines kept come out whole and in order."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)  # a full pipe soon
+    stream = os.fdopen(write_fd, "w")
+    handler = _Buffered(stream, JsonFormatter(worker=3), lines=50)
+    logger = logging.getLogger("geopunch.test.stalled")
+    logger.propagate = False
+    logger.addHandler(handler)
+    before = _dropped()
+    try:
+        started = time.monotonic()
+        for n in range(2000):  # about 100 pipes' worth
+            logger.warning("line", extra={"fields": {"n": n}})
+        assert time.monotonic() - started < 5, "a caller waited for stderr"
+        dropped = _dropped() - before
+        assert 2000 - 50 - 4096 // 60 <= dropped < 2000
+        with os.fdopen(read_fd, "r") as reader:
+            drained = threading.Thread(target=lambda: lines.extend(reader), daemon=True)
+            lines: list[str] = []
+            drained.start()
+            deadline = time.monotonic() + 10
+            while handler._lines.qsize() and time.monotonic() < deadline:
+                time.sleep(0.01)  # stderr takes lines again: the buffer empties
+            logger.warning("line", extra={"fields": {"n": 2000}})
+            handler.close()
+            stream.close()
+            drained.join(10)
+    finally:
+        logger.removeHandler(handler)
+    entries = [json.loads(line) for line in lines]
+    kept = [e["n"] for e in entries if e["msg"] == "line"]
+    assert kept == sorted(kept) and kept[-1] == 2000
+    assert len(kept) + dropped == 2001
+    said = [e for e in entries if e["msg"] == "log lines dropped"]
+    assert sum(e["dropped"] for e in said) == dropped
+    assert all(e["level"] == "warning" and e["worker"] == 3 for e in said)
+    # Each said before the next line kept: every line kept follows the count
+    # of all those dropped before it.
+    counted, position = 0, 0
+    for e in entries:
+        if e["msg"] == "log lines dropped":
+            counted += e["dropped"]
+        else:
+            assert e["n"] - position == counted, e
+            position += 1
+    assert counted == dropped
+
+
+def test_an_exit_waits_for_a_stalled_stderr_only_a_moment() -> None:
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    stream = os.fdopen(write_fd, "w")
+    handler = _Buffered(stream, JsonFormatter(), lines=10)
+    try:
+        for n in range(200):
+            handler.handle(logging.makeLogRecord({"msg": "line", "fields": {"n": n}}))
+        started = time.monotonic()
+        handler.close(timeout_s=0.5)
+        assert time.monotonic() - started < 2
+    finally:
+        os.close(read_fd)  # the writer's blocked write fails; it ends
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def test_a_line_carries_the_request_id_of_the_call_that_logged_it() -> None:
+    """Formatted on the caller's thread: the writer thread has no call's context."""
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(write_fd, "w")
+    handler = _Buffered(stream, JsonFormatter(), lines=10)
+    token = request_id_var.set("req-1")
+    try:
+        handler.handle(logging.makeLogRecord({"msg": "rpc", "levelname": "INFO"}))
+    finally:
+        request_id_var.reset(token)
+    handler.close()
+    stream.close()
+    with os.fdopen(read_fd) as reader:
+        (entry,) = [json.loads(line) for line in reader]
+    assert entry["request_id"] == "req-1" and entry["msg"] == "rpc"

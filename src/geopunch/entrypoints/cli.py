@@ -17,7 +17,7 @@ from geopunch.config import (
     Config,
     database_url,
 )
-from geopunch.logs import setup_logging
+from geopunch.logs import close_logging, setup_logging
 
 
 def _version() -> str:
@@ -290,12 +290,14 @@ def _on_the_store(command: Callable[[], int | None]) -> int:
     try:
         return command() or 0
     except StoreUnusable as exc:
+        close_logging()  # the log's lines before the message
         print(f"geopunch: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         said = explain(exc)
         if said is None:
             raise
+        close_logging()
         # 1, not 2: nothing is wrong with the command; run it again later.
         print(f"geopunch: {said}", file=sys.stderr)
         return 1
@@ -338,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Config.forget_secrets()  # read once; no worker process inherits them
         if args.api_keys:
             _hide_from_process_list(args.api_keys)
-        setup_logging(config.log_level)
+        setup_logging(config.log_level, buffer_lines=config.log_buffer_lines)
 
         def ready(port: int, http: str = "") -> None:
             # One write: a reader may close the pipe after the first line.
@@ -357,8 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _on_the_store(functools.partial(serving, config, ready))
         except CannotListen as exc:
+            close_logging()  # the lines before it, first
             print(f"geopunch: {exc}", file=sys.stderr)
             return 2
+        finally:
+            # Here rather than at exit: a server forked by multiprocessing
+            # (the tests' harness) leaves without running atexit.
+            close_logging()
     if args.command == "migrate":
         return _on_the_store(lambda: _migrate(args.database_url, args.to))
     if args.command in ("accounts", "keys"):

@@ -115,9 +115,9 @@ def _worker_main(config: Config, slot: WorkerSlot, ready: Any, replaces: str) ->
     import setproctitle
 
     from geopunch.entrypoints.server import serve
-    from geopunch.logs import setup_logging
+    from geopunch.logs import close_logging, setup_logging
 
-    setup_logging(config.log_level, worker=slot.number)
+    setup_logging(config.log_level, worker=slot.number, buffer_lines=config.log_buffer_lines)
     # A fork's command line is the fork server's; name the process for ps.
     setproctitle.setproctitle(f"geopunch worker {slot.number}")
     if replaces:
@@ -127,7 +127,11 @@ def _worker_main(config: Config, slot: WorkerSlot, ready: Any, replaces: str) ->
         threading.Thread(
             target=_stop_with, args=(parent,), name="supervisor-watch", daemon=True
         ).start()
-    serve(config, lambda _port, _http: ready.put(slot.number), worker=slot)
+    try:
+        serve(config, lambda _port, _http: ready.put(slot.number), worker=slot)
+    finally:
+        # multiprocessing ends its children with os._exit, past atexit.
+        close_logging()
 
 
 def _stop_with(parent: multiprocessing.process.BaseProcess) -> None:
