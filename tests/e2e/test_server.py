@@ -601,3 +601,33 @@ def test_a_restart_reads_the_index_checkpoint_and_replays_what_a_kill_left_out(
     # Saved once, after the replay; the stop finds nothing new to save.
     assert srv.log_path is not None
     assert srv.log_path.read_text().count('"fence index checkpoint written"') == 1
+
+
+def test_a_supervisor_loads_none_of_the_servers_modules(tmp_path: Path) -> None:
+    """With --processes the workers import the server (numba's LLVM, grpc,
+    SQLAlchemy's and FastAPI's models) in their fork server; the supervisor
+    only watches them. It imported the server too, for nothing: some 170 MB
+    more RSS, and its start-up before the fork server's own. Started as a
+    user starts it: a fork of the tests' warm interpreter has them loaded."""
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp_path / 'lean.db'}",
+        env_extra={"GEOPUNCH_PROCESSES": "2"},
+        fresh_interpreter=True,
+    )
+    srv.start(tmp_path)
+    try:
+        assert srv.proc is not None
+        supervisor = psutil.Process(srv.proc.pid)
+
+        def libraries(p: psutil.Process) -> set[str]:
+            found = {m.path for m in p.memory_maps()}
+            return {name for name in ("llvmlite", "cygrpc") if any(name in f for f in found)}
+
+        workers = [
+            c for c in supervisor.children(recursive=True) if "worker" in " ".join(c.cmdline())
+        ]
+        assert len(workers) == 2
+        assert all(libraries(w) == {"llvmlite", "cygrpc"} for w in workers)
+        assert libraries(supervisor) == set()
+    finally:
+        assert srv.terminate() == 0

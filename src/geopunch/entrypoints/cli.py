@@ -350,12 +350,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-        # grpc loads only when serving.
+        # grpc loads only when serving, and not in a supervisor: its workers
+        # import the server in their fork server; the supervisor itself
+        # only watches them.
         from geopunch.entrypoints.http_server import CannotListen
-        from geopunch.entrypoints.server import serve
-        from geopunch.entrypoints.supervisor import serve_processes
 
-        serving = serve_processes if config.processes > 1 else serve
+        serving: Callable[..., None]
+        if config.processes > 1:
+            from geopunch.entrypoints.supervisor import serve_processes as serving
+        else:
+            from geopunch.entrypoints.server import serve as serving
         try:
             return _on_the_store(functools.partial(serving, config, ready))
         except CannotListen as exc:
