@@ -52,8 +52,8 @@ def _stamp(created: float) -> str:
 
 
 def _dumps(entry: dict[str, object]) -> str:
-    """One JSON line. orjson: an access line a call is on every call's path,
-    and the standard library's encoder costs several times as much."""
+    """One JSON line, through orjson: every call writes an access line, and
+    the standard library's encoder costs several times as much."""
     try:
         return orjson.dumps(entry, default=str).decode()
     except TypeError:  # what orjson will not take (an integer past 64 bits, say)
