@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -391,6 +392,15 @@ def test_workers_of_a_killed_supervisor_stop(
 ) -> None:
     srv = workers[0]
     pids = list(_worker_pids(srv).values())
+    assert srv.proc is not None
+    # A worker maps its metrics files, in the directory its supervisor made.
+    (metrics_dir,) = {
+        Path(m.path).parent
+        for m in psutil.Process(pids[0]).memory_maps()
+        if "geopunch-metrics-" in m.path
+    }
+    # Named after its supervisor, so that the next one knows it for a dead one's.
+    assert metrics_dir.name.startswith(f"geopunch-metrics-{srv.proc.pid}-")
     srv.kill()  # SIGKILL: the supervisor cannot drain anyone
     deadline = time.monotonic() + 60
     while any(_alive(pid) for pid in pids):
@@ -400,6 +410,9 @@ def test_workers_of_a_killed_supervisor_stop(
     # freed the dead supervisor's shared-memory locks.)
     log = [json.loads(line) for line in srv.logs().splitlines() if line.startswith("{")]
     assert sorted(e["worker"] for e in log if e["msg"] == "stopped") == [0, 1]
+    # Left behind (tests/unit/test_metrics_dir.py: the next supervisor removes it).
+    assert metrics_dir.is_dir()
+    shutil.rmtree(metrics_dir)
 
 
 def _alive(pid: int) -> bool:

@@ -48,6 +48,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -167,7 +168,7 @@ def serve_processes(config: Config, ready: Callable[[int, str], None] | None = N
     # of our own starts empty; one the operator names is theirs to empty.
     metrics_dir = None
     if not os.environ.get(MULTIPROC_ENV):
-        metrics_dir = tempfile.mkdtemp(prefix="geopunch-metrics-")
+        metrics_dir = _metrics_dir()
         os.environ[MULTIPROC_ENV] = metrics_dir
     stop_metrics = metrics_listener(config.metrics_listen) if config.metrics_listen else None
     ctx = multiprocessing.get_context("forkserver")
@@ -440,11 +441,37 @@ def _running(proc: multiprocessing.process.BaseProcess) -> bool:
     return proc.pid is not None and _pid_running(proc.pid)
 
 
+#: The directory a supervisor makes for its workers' metrics files:
+#: ``geopunch-metrics-<its pid>-<random>`` in the temporary directory.
+_METRICS_DIR = re.compile(r"geopunch-metrics-(\d{1,9})-\w+")
+
+
+def _metrics_dir() -> str:
+    """A new directory for the workers' metrics files, named after this
+    supervisor. Those of supervisors that died without removing theirs
+    (SIGKILL, the OOM killer) are removed first: each would otherwise stay
+    in the temporary directory for good."""
+    tmp = tempfile.gettempdir()
+    with os.scandir(tmp) as entries:
+        for entry in entries:
+            found = _METRICS_DIR.fullmatch(entry.name)
+            if (
+                found
+                and entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+                and not _pid_running(int(found[1]))
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"geopunch-metrics-{os.getpid()}-", dir=tmp)
+
+
 def _pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # another user's: it runs
+        return True
     try:  # an exited process its parent has not reaped yet is gone too
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
