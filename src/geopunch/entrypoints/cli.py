@@ -268,15 +268,22 @@ def _migrate(url: str | None, to: str | None) -> int:
     try:
         revision = migrate(engine, to or HEAD_REVISION)
     except ValueError as exc:
-        print(f"geopunch: {exc}", file=sys.stderr)
+        _say(str(exc))
         return 2
     except NotImplementedError as exc:  # a revision without a way back; nothing was run
-        print(f"geopunch: cannot go back to {to}: {exc}", file=sys.stderr)
+        _say(f"cannot go back to {to}: {exc}")
         return 2
     finally:
         engine.dispose()
     print(f"store at schema revision {revision}")
     return 0
+
+
+def _say(said: str) -> None:
+    """A command's plain message on stderr, after the log lines still
+    waiting to be written (a server's log is written from a thread)."""
+    close_logging()
+    print(f"geopunch: {said}", file=sys.stderr)
 
 
 def _on_the_store(command: Callable[[], int | None]) -> int:
@@ -290,16 +297,14 @@ def _on_the_store(command: Callable[[], int | None]) -> int:
     try:
         return command() or 0
     except StoreUnusable as exc:
-        close_logging()  # the log's lines before the message
-        print(f"geopunch: {exc}", file=sys.stderr)
+        _say(str(exc))
         return 2
     except Exception as exc:
         said = explain(exc)
         if said is None:
             raise
-        close_logging()
         # 1, not 2: nothing is wrong with the command; run it again later.
-        print(f"geopunch: {said}", file=sys.stderr)
+        _say(said)
         return 1
 
 
@@ -335,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 nats_url=args.nats_url,
             )
         except ValueError as exc:
-            print(f"geopunch: {exc}", file=sys.stderr)
+            _say(str(exc))
             return 2
         Config.forget_secrets()  # read once; no worker process inherits them
         if args.api_keys:
@@ -363,8 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _on_the_store(functools.partial(serving, config, ready))
         except CannotListen as exc:
-            close_logging()  # the lines before it, first
-            print(f"geopunch: {exc}", file=sys.stderr)
+            _say(str(exc))
             return 2
         finally:
             # Here rather than at exit: a server forked by multiprocessing

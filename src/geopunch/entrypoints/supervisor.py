@@ -443,7 +443,8 @@ def _running(proc: multiprocessing.process.BaseProcess) -> bool:
 
 #: The directory a supervisor makes for its workers' metrics files:
 #: ``geopunch-metrics-<its pid>-<random>`` in the temporary directory.
-_METRICS_DIR = re.compile(r"geopunch-metrics-(\d{1,9})-\w+")
+_METRICS_PREFIX = "geopunch-metrics-"
+_METRICS_DIR = re.compile(rf"{_METRICS_PREFIX}(\d{{1,9}})-\w+")
 
 
 def _metrics_dir() -> str:
@@ -462,7 +463,7 @@ def _metrics_dir() -> str:
                 and not _pid_running(int(found[1]))
             ):
                 shutil.rmtree(entry.path, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"geopunch-metrics-{os.getpid()}-", dir=tmp)
+    return tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=tmp)
 
 
 def _pid_running(pid: int) -> bool:
