@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -44,6 +45,30 @@ def eventually(check: Callable[[], bool], within_s: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(
+    port: int, proc: subprocess.Popen[Any], within_s: float, what: str, output: Callable[[], str]
+) -> None:
+    """Wait until something accepts connections on loopback ``port``,
+    failing with ``what`` after ``within_s``, or with ``output()`` should
+    ``proc`` end first."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, output()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
 
 
 def _pg_admin() -> Engine:

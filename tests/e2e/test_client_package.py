@@ -322,7 +322,7 @@ def test_watch_events_reconnects_across_a_server_restart(
     """The server ends streams with UNAVAILABLE when it stops; the client
     reconnects (to the server started again on the same port and store) and
     goes on from its cursor, missing nothing."""
-    from tests.e2e.test_metrics import free_port
+    from tests.helpers import free_port
 
     port = free_port()
     db = f"sqlite:///{tmp_path / 'restart.db'}"

@@ -7,11 +7,9 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 from geopunch.v1 import webhooks_pb2
 from tests.conftest import Client
 from tests.e2e.test_webhooks import clock_of_users, punch_pairs, subscribe
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "events.md").read_text()
@@ -34,12 +32,6 @@ def _block(lang: str, after: str) -> str:
     return found.group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_receiver(cmd: list[str], cwd: Path, client: Client) -> str:
     """The receiver's output once it printed a clock-in (or 20 s passed)."""
     proc = subprocess.Popen(
@@ -52,15 +44,7 @@ def _run_receiver(cmd: list[str], cwd: Path, client: Client) -> str:
     reader.start()
     try:
         port = int(cmd[-1]) if cmd[-1].isdigit() else 0
-        deadline = time.monotonic() + 20
-        while True:  # listening?
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "".join(lines)
-                assert time.monotonic() < deadline, "the receiver never listened"
-                time.sleep(0.1)
+        wait_listening(port, proc, 20, "the receiver never listened", lambda: "".join(lines))
         clock = clock_of_users(client)
         punch_pairs(client, clock, 1)
         with contextlib.suppress(AssertionError):  # the caller's check says what came
@@ -82,7 +66,7 @@ def _prepare(code: str, secret: str, port: int) -> str:
 def test_the_documented_receivers_verify_real_deliveries(
     client: Client, tmp_path: Path, lang: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     sub = subscribe(client, f"http://127.0.0.1:{port}/", event_types=["clockIn"])
     code = _prepare(_block(lang, "### A receiver that checks signatures"), sub.secret, port)
     if lang == "python":

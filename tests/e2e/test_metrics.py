@@ -4,7 +4,6 @@ adds up both workers."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -13,15 +12,9 @@ import httpx
 from geopunch.v1 import timeclock_pb2
 from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_processes import _one_per_worker
-from tests.helpers import scrape, value
+from tests.helpers import free_port, scrape, value
 
 USER = 9170357
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_counters_move_by_the_calls_made(

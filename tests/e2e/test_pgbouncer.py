@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,15 +23,9 @@ from tests.conftest import Client, ServerProcess, make_time_clock
 from tests.e2e.test_locations_api import add_fence
 from tests.e2e.test_replicas import SITE, _eventually, _inside
 from tests.e2e.test_time_activities import USER, every, punch, statuses
-from tests.helpers import pg_migrated
+from tests.helpers import free_port, pg_migrated, wait_listening
 
 pytestmark = pytest.mark.postgres
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _program() -> str:
@@ -62,7 +55,7 @@ def bouncer(tmp_path: Path) -> Iterator[str]:
     program = _program()
     with pg_migrated() as direct:
         url = make_url(direct)
-        port = _free_port()
+        port = free_port()
         conf = tmp_path / "bouncer"
         conf.mkdir()
         (conf / "users.txt").write_text(f'"{url.username}" ""\n')
@@ -86,15 +79,8 @@ def bouncer(tmp_path: Path) -> Iterator[str]:
                 stderr=log,
             )
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None, (conf / "bouncer.log").read_text()
-                    assert time.monotonic() < deadline, "pgbouncer did not listen"
-                    time.sleep(0.05)
+            said = (conf / "bouncer.log").read_text
+            wait_listening(port, proc, 10, "pgbouncer did not listen", said)
             yield url.set(port=port).render_as_string(hide_password=False)
         finally:
             proc.terminate()

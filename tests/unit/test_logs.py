@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from typing import TextIO
 
 import pytest
 from prometheus_client import REGISTRY
@@ -129,14 +130,19 @@ def _dropped() -> float:
     return REGISTRY.get_sample_value("geopunch_log_lines_dropped_total") or 0.0
 
 
+def _small_pipe() -> tuple[int, TextIO]:
+    """A pipe's read end and its write end as a stream, full after 4 KiB."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    return read_fd, os.fdopen(write_fd, "w")
+
+
 def test_a_stalled_stderr_holds_up_no_caller_and_the_lines_it_missed_are_counted() -> None:
     """A pipe nobody reads (a stalled journald or container log driver) took
     every caller that logged into its write. Lines now wait in a bounded
     buffer and past it are dropped, counted, and said once stderr takes
     lines again; the lines kept come out whole and in order."""
-    read_fd, write_fd = os.pipe()
-    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)  # a full pipe soon
-    stream = os.fdopen(write_fd, "w")
+    read_fd, stream = _small_pipe()
     handler = _Buffered(stream, JsonFormatter(worker=3), lines=50)
     logger = logging.getLogger("geopunch.test.stalled")
     logger.propagate = False
@@ -182,9 +188,7 @@ def test_a_stalled_stderr_holds_up_no_caller_and_the_lines_it_missed_are_counted
 
 
 def test_an_exit_waits_for_a_stalled_stderr_only_a_moment() -> None:
-    read_fd, write_fd = os.pipe()
-    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
-    stream = os.fdopen(write_fd, "w")
+    read_fd, stream = _small_pipe()
     handler = _Buffered(stream, JsonFormatter(), lines=10)
     try:
         for n in range(200):
