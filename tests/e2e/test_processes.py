@@ -5,6 +5,7 @@ them all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,15 +49,16 @@ def _one_per_worker(address: str, workers: int = 2) -> tuple[list[Client], list[
     return [found[n] for n in range(workers)], opened
 
 
-@pytest.fixture
-def workers(store_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, Client, Client]]:
+@contextlib.contextmanager
+def _two_workers(url: str, tmp: Path) -> Iterator[tuple[ServerProcess, Client, Client]]:
+    """``serve --processes 2`` on ``url``, and a client on each worker."""
     # The poller is slowed to ten minutes: what a worker sees of its sibling's
     # changes here comes from the check before each call.
     srv = ServerProcess(
-        db_url=store_url,
+        db_url=url,
         env_extra={"GEOPUNCH_PROCESSES": "2", "GEOPUNCH_INDEX_POLL_MS": "600000"},
     )
-    srv.start(tmp_path)
+    srv.start(tmp)
     (a, b), opened = _one_per_worker(srv.address)
     try:
         yield srv, a, b
@@ -67,6 +69,30 @@ def workers(store_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, Cli
             srv.terminate()
 
 
+@pytest.fixture
+def workers(store_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, Client, Client]]:
+    """Two workers of the test's own, for tests that kill or stop them."""
+    with _two_workers(store_url, tmp_path) as found:
+        yield found
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def shared_workers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Client, Client]]:
+    """Two workers on each store, shared by the tests that leave them running
+    (each works on time clocks of its own)."""
+    tmp = tmp_path_factory.mktemp(f"workers-{request.param}")
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp / 'shared.db'}"
+        else:
+            url = stack.enter_context(pg_migrated())
+        yield stack.enter_context(_two_workers(url, tmp))
+
+
 def _inside(client: Client, tc_id: int) -> bool:
     req = location_pb2.CheckLocationsRequest(time_clock_id=tc_id)
     req.packed.latitudes.append(SITE[0])
@@ -75,9 +101,9 @@ def _inside(client: Client, tc_id: int) -> bool:
 
 
 def test_each_call_sees_the_other_workers_changes_at_once(
-    workers: tuple[ServerProcess, Client, Client],
+    shared_workers: tuple[ServerProcess, Client, Client],
 ) -> None:
-    _, a, b = workers
+    _, a, b = shared_workers
     user = fresh_user()
     tc = make_time_clock(a, user_ids=[user], geofence_policy=admin_pb2.REQUIRE_INSIDE)
     assert not _inside(b, tc.id)  # b knows the clock made on a (else NOT_FOUND)
@@ -102,9 +128,9 @@ def test_each_call_sees_the_other_workers_changes_at_once(
 
 
 def test_a_subscriber_on_one_worker_gets_the_other_workers_events(
-    workers: tuple[ServerProcess, Client, Client],
+    shared_workers: tuple[ServerProcess, Client, Client],
 ) -> None:
-    _, a, b = workers
+    _, a, b = shared_workers
     user = fresh_user()
     tc = make_time_clock(a, user_ids=[user]).id
     add_fence(a, tc, *SITE, 100, on_geofence_exit_action="noAction")
