@@ -5,18 +5,18 @@ compiler and its first cached kernel; nothing here starts a thread or opens a
 store, so a fork of this interpreter is as clean as a fresh one.
 """
 
-import gc
+from geopunch.entrypoints.process import lasting_imports
 
-import alembic.command
-import alembic.config
+# What the imports make lives as long as every fork: loaded with the
+# collector paused and then frozen out of its reach (as
+# ``geopunch.entrypoints.preload`` does for the workers), a fork's
+# collections walk only its own objects, not these again at every start.
+with lasting_imports():
+    import alembic.command
+    import alembic.config
 
-import geopunch.entrypoints.cli
-import geopunch.entrypoints.server
-import geopunch.entrypoints.supervisor
+    import geopunch.entrypoints.cli
+    import geopunch.entrypoints.server
+    import geopunch.entrypoints.supervisor
 
 __all__ = ["alembic", "geopunch"]
-
-# What the imports made lives as long as every fork: out of the collector's
-# reach (as ``geopunch.entrypoints.preload`` does for the workers), a fork's
-# collections walk only its own objects, not these again at every start.
-gc.freeze()

@@ -17,6 +17,7 @@ from geopunch.config import (
     Config,
     database_url,
 )
+from geopunch.entrypoints.process import lasting_imports
 from geopunch.logs import close_logging, setup_logging
 
 
@@ -261,7 +262,8 @@ def _hide_from_process_list(secret: str) -> None:
 
 
 def _migrate(url: str | None, to: str | None) -> int:
-    from geopunch.adapters.db.store import HEAD_REVISION, make_engine, migrate
+    with lasting_imports():
+        from geopunch.adapters.db.store import HEAD_REVISION, make_engine, migrate
 
     setup_logging("INFO")
     engine = make_engine(database_url(url), pool_size=1)
@@ -291,8 +293,9 @@ def _on_the_store(command: Callable[[], int | None]) -> int:
     newer release migrated, a schema that does not exist) or cannot reach
     (not running, a wrong host or port, locked) stops it with a plain
     message rather than the driver's traceback of a hundred lines."""
-    from geopunch.adapters.db.faults import explain
-    from geopunch.adapters.db.store import StoreUnusable
+    with lasting_imports():
+        from geopunch.adapters.db.faults import explain
+        from geopunch.adapters.db.store import StoreUnusable
 
     try:
         return command() or 0
@@ -364,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.processes > 1:
             from geopunch.entrypoints.supervisor import serve_processes as serving
         else:
-            from geopunch.entrypoints.server import serve as serving
+            with lasting_imports():
+                from geopunch.entrypoints.server import serve as serving
         try:
             return _on_the_store(functools.partial(serving, config, ready))
         except CannotListen as exc:
@@ -377,12 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return _on_the_store(lambda: _migrate(args.database_url, args.to))
     if args.command in ("accounts", "keys"):
-        from geopunch.entrypoints.accounts_cli import run as run_accounts
+        with lasting_imports():
+            from geopunch.entrypoints.accounts_cli import run as run_accounts
 
         return _on_the_store(lambda: run_accounts(args))
     if args.command == "trails":
         try:
-            from geopunch.entrypoints.trails_cli import run
+            with lasting_imports():
+                from geopunch.entrypoints.trails_cli import run
         except ImportError as exc:  # pyarrow, dask and rich come with the extra
             print(
                 f"geopunch trails needs the 'trails' extra ({exc.name} is missing): "
