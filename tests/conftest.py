@@ -29,7 +29,7 @@ from geopunch.v1 import (
     webhooks_pb2_grpc,
 )
 from tests.forked_server import ForkedProcess
-from tests.helpers import AnswersMatchDocument, pg_migrated
+from tests.helpers import AnswersMatchDocument, pg_migrated, sqlite_from_template
 
 # The NATS stream fixture, for the event sink's tests and the store's faults.
 pytest_plugins = ["tests.nats_stream"]
@@ -73,6 +73,9 @@ class ServerProcess:
     fresh_interpreter: bool = False
     #: Where its stderr goes instead of a log file (``logs()`` is then empty).
     stderr_fd: int | None = None
+    #: A SQLite store that does not exist yet starts as a copy of one migrated
+    #: once (``sqlite_from_template``); False leaves the server to make it.
+    store_from_template: bool = True
 
     def start(self, log_dir: Path, timeout: float = 120.0) -> None:
         env = {
@@ -86,6 +89,8 @@ class ServerProcess:
             "GEOPUNCH_WEBHOOK_ALLOW_PRIVATE": "1",
             **self.env_extra,
         }
+        if self.store_from_template:
+            sqlite_from_template(self.db_url)
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
         if self.stderr_fd is not None:
             self.log_path = None
@@ -200,9 +205,9 @@ class Client:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh store for servers that share one: a SQLite file the first
-    server makes, then a PostgreSQL database of its own, already migrated
-    (``pg_migrated``)."""
+    """A fresh store for servers that share one: a SQLite file, migrated
+    as the first server starts (``sqlite_from_template``), then a
+    PostgreSQL database of its own, already migrated (``pg_migrated``)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return
@@ -214,7 +219,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("server")
     # Started as a user starts it: most tests of this process talk to it.
-    srv = ServerProcess(db_url=f"sqlite:///{tmp / 'geopunch.db'}", fresh_interpreter=True)
+    srv = ServerProcess(
+        db_url=f"sqlite:///{tmp / 'geopunch.db'}",
+        fresh_interpreter=True,
+        store_from_template=False,
+    )
     srv.start(tmp)
     yield srv
     srv.terminate()

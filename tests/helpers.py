@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -272,6 +273,43 @@ def _reset(admin: Engine, name: str, template: _Template) -> bool:
         return False
     finally:
         engine.dispose()
+
+
+_sqlite_template: list[Path] = []
+
+
+def sqlite_from_template(url: str) -> None:
+    """Give the SQLite store of ``url``, when its file does not exist yet,
+    the content of one this process migrated once: a server migrating a new
+    file spends about 0.3 s of CPU on it, at every start (as ``pg_migrated``
+    does for PostgreSQL). Other URLs and existing files are left alone."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    if path.exists():
+        return
+    if not _sqlite_template:
+        folder = TemporaryDirectory(prefix="geopunch-sqlite-template-")
+        atexit.register(folder.cleanup)
+        template = Path(folder.name) / "template.db"
+        engine = make_engine(f"sqlite:///{template}")
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+        # The last connection's close folded the write-ahead log into the file.
+        assert not template.with_name("template.db-wal").exists()
+        _sqlite_template.append(template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copy = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    shutil.copyfile(_sqlite_template[0], copy)
+    try:
+        # A link creates the name only where no other process made it meanwhile.
+        os.link(copy, path)
+    except FileExistsError:
+        pass
+    finally:
+        copy.unlink()
 
 
 @contextmanager
