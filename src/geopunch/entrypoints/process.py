@@ -98,15 +98,16 @@ class WorkerSlot:
 
 @contextmanager
 def lasting_imports() -> Iterator[None]:
-    """Import the server's modules inside this: what they make lives as long
-    as the process, so the cyclic collector is paused while they load and
-    all of it is frozen out of its reach at the end (``gc.freeze``).
+    """Import a command's modules inside this (the server's, the store's):
+    what they make lives as long as the process, so the cyclic collector is
+    paused while they load and all of it is frozen out of its reach at the
+    end (``gc.freeze``).
 
     Loading numpy, numba, SQLAlchemy, FastAPI and grpc makes hundreds of
-    thousands of objects; with the collector running, each young generation
-    that filled up was walked, and every older one again and again, for a
-    sixth of the import's CPU (bench/README.md). The imports leave about
-    1,700 objects of cyclic garbage, which stay: well under a megabyte.
+    thousands of objects; with the collector running, it walked them 450
+    times while the server's modules loaded, about an eighth of the
+    import's CPU (bench/README.md). The imports leave about 1,700 objects
+    of cyclic garbage, which stay: well under a megabyte.
     """
     was_enabled = gc.isenabled()
     gc.disable()
