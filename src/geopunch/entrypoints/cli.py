@@ -262,8 +262,8 @@ def _hide_from_process_list(secret: str) -> None:
 
 
 def _migrate(url: str | None, to: str | None) -> int:
-    with lasting_imports():
-        from geopunch.adapters.db.store import HEAD_REVISION, make_engine, migrate
+    # Loaded by now, with the collector paused: _on_the_store runs this.
+    from geopunch.adapters.db.store import HEAD_REVISION, make_engine, migrate
 
     setup_logging("INFO")
     engine = make_engine(database_url(url), pool_size=1)
