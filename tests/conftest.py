@@ -205,9 +205,10 @@ class Client:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh store for servers that share one: a SQLite file, migrated
-    as the first server starts (``sqlite_from_template``), then a
-    PostgreSQL database of its own, already migrated (``pg_migrated``)."""
+    """A fresh store for servers that share one: a SQLite file, given a
+    migrated store's content as the first server starts
+    (``sqlite_from_template``), then a PostgreSQL database of its own,
+    already migrated (``pg_migrated``)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return

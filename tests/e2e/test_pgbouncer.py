@@ -92,8 +92,9 @@ def _clients_through(port: int, user: str, database: str) -> int:
     with psycopg.connect(
         host="127.0.0.1", port=port, user=user, dbname="pgbouncer", autocommit=True
     ) as admin:
-        rows = admin.execute("SHOW CLIENTS").fetchall()
-        columns = [c.name for c in admin.execute("SHOW CLIENTS").description or ()]
+        shown = admin.execute("SHOW CLIENTS")
+        rows = shown.fetchall()
+        columns = [c.name for c in shown.description or ()]
     at = columns.index("database")
     return sum(1 for row in rows if row[at] == database)
 
