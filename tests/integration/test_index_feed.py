@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from sqlalchemy import Engine
 
+from geopunch.adapters.db.store import SqlUnitOfWork
 from geopunch.domain.accounts import DEFAULT_ACCOUNT as A
 from geopunch.domain.locations import FenceRows
 from geopunch.domain.models import GeofenceDraft, Job, TimeClock
@@ -114,6 +116,49 @@ def test_a_follower_reads_the_feed_page_by_page(engine: Engine) -> None:
     with uows(readonly=True) as uow:
         assert cursor == uow.index_changes.last()
     assert np.isin([tc.id for tc in clocks], there.view(A).snapshot.sorted_clock_ids).all()
+
+
+class _CountingUows(AccountStore):
+    """Counts the units of work opened."""
+
+    opened = 0
+
+    def __call__(self, *, account: int | None = None, readonly: bool = False) -> SqlUnitOfWork:
+        self.opened += 1
+        return super().__call__(account=account, readonly=readonly)
+
+
+def test_a_small_page_is_followed_in_the_unit_of_work_that_read_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What one call of another replica changed is read with the feed's page,
+    one snapshot and one connection: how soon a replica sees it. Pages of
+    more clocks, or of several accounts, are read again a chunk at a time."""
+    uows = _CountingUows(engine)
+    there = AccountFences()
+    admin.create_time_clock(uows, A, TC, ["a"], assign_id=False)
+    draft = GeofenceDraft("Gate", "1 Road", *SITE, fence_size_m=200)
+    geofences.create_geofences(uows, A, TC.id, [draft])
+    uows.opened = 0
+    cursor = follow_index_changes(uows, there, 0)
+    assert uows.opened == 1 and _inside(there)
+
+    monkeypatch.setattr(index_feed, "REREAD_CHUNK", 2)
+    clocks = [replace(TC, id=700 + i) for i in range(5)]
+    for tc in clocks:
+        admin.create_time_clock(uows, A, tc, ["a"], assign_id=False)
+        geofences.create_geofences(uows, A, tc.id, [draft])
+    with uows() as uow:
+        other = uow.accounts.create("other").id
+        uow.commit()
+    admin.create_time_clock(uows, other, TC, ["a"], assign_id=False)
+    uows.opened = 0
+    cursor = follow_index_changes(uows, there, cursor)
+    assert uows.opened == 1 + 3 + 1  # the page, three chunks of A's five, other's one
+    assert all(_inside(there, tc.id) for tc in clocks)
+    assert there.view(other).snapshot.clock_index(TC.id) is not None
+    uows.opened = 0
+    assert follow_index_changes(uows, there, cursor) == cursor and uows.opened == 1
 
 
 class _CountingFences(AccountFences):

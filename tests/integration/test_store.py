@@ -149,6 +149,57 @@ def test_time_clock_round_trip_and_replace(engine: Engine) -> None:
     assert exc.value.code is ErrorCode.TIME_CLOCK_ALREADY_EXISTS
 
 
+def test_time_clocks_are_listed_by_id_as_one_by_one(engine: Engine) -> None:
+    """``list_of`` (a follower's reread, its statements prepared, the ids
+    in chunks on SQLite and one array on PostgreSQL) gives each clock as
+    ``get`` does, in id order: more ids than a chunk, some unknown, some
+    twice; another account's clock of the same id stays out."""
+    uows = AccountStore(engine)
+    clocks = [
+        replace(
+            TC,
+            id=100 + i,
+            user_ids=frozenset(range(i % 4)),
+            jobs=TC.jobs[: i % 4],
+            manual_break_types=TC.manual_break_types[: i % 3],
+            job_enforcement=bool(i % 4),
+        )
+        for i in range(300)
+    ]
+    with uows() as uow:
+        for tc in clocks:
+            uow.time_clocks.add(tc)
+        other = uow.accounts.create("other").id
+        uow.commit()
+    with uows(account=other) as uow:
+        uow.time_clocks.add(replace(TC, id=150, name="Not yours"))
+        uow.time_clocks.add(replace(TC, id=5000))
+        uow.commit()
+    wanted = [c.id for c in clocks[::-1]] + [7, 5000, 150, 150]
+    with uows(readonly=True) as uow:
+        assert uow.time_clocks.list_of(wanted) == clocks
+        assert uow.time_clocks.list_of([150]) == [clocks[50]]
+        assert uow.time_clocks.list_of([5000, 7]) == []
+        assert uow.time_clocks.list_of([]) == []
+        assert uow.time_clocks.list_all() == clocks
+    with uows(account=other, readonly=True) as uow:
+        assert [tc.name for tc in uow.time_clocks.list_of([150, 151])] == ["Not yours"]
+
+
+def test_a_pipeline_opened_inside_another_is_part_of_it(engine: Engine) -> None:
+    """``list_of`` pipelines its reads; called inside a unit of work's own
+    ``together`` (a punch's writes) it joins that pipeline, and both end
+    cleanly."""
+    uows = AccountStore(engine)
+    with uows() as uow:
+        with uow.together():
+            uow.time_clocks.add(TC)
+            assert uow.time_clocks.list_of([TC.id]) == [TC]
+            uow.time_clocks.add(replace(TC, id=TC.id + 1))
+        assert uow.time_clocks.get(TC.id + 1) == replace(TC, id=TC.id + 1)
+        uow.commit()
+
+
 def test_uncommitted_work_is_rolled_back(engine: Engine) -> None:
     uows = AccountStore(engine)
     with uows() as uow:
@@ -210,6 +261,42 @@ def test_column_wise_inserts_take_constants_and_refuse_ragged_or_unknown_columns
                 )
 
 
+def test_a_prepared_statement_binds_its_own_literals(engine: Engine) -> None:
+    """A value written into a prepared statement (a CASE's, a literal) is
+    bound along with the caller's, whichever way the statement runs; the
+    caller names only its own parameters."""
+    from sqlalchemy import BigInteger, bindparam, insert, literal, select
+
+    from geopunch.adapters.db.prepared import Prepared
+    from geopunch.adapters.db.tables import time_clock_users
+
+    uows = AccountStore(engine)
+    with uows() as uow:
+        uow.time_clocks.add(TC)  # users 1, 2 and 3
+        uow.commit()
+    users = time_clock_users.c
+    add = Prepared(
+        insert(time_clock_users).values(
+            account_id=bindparam("acct"),
+            time_clock_id=literal(TC.id, BigInteger),
+            user_id=bindparam("user"),
+        )
+    )
+    read = Prepared(
+        select(users.user_id, literal("seen"))
+        .where(
+            users.time_clock_id == literal(TC.id, BigInteger), users.user_id > bindparam("above")
+        )
+        .order_by(users.user_id)
+    )
+    with engine.begin() as conn:
+        add.many_columns(conn, {"user": [7, 8]}, {"acct": DEFAULT_ACCOUNT})
+        add.many(conn, [{"acct": DEFAULT_ACCOUNT, "user": 9}])
+        add.execute(conn, {"acct": DEFAULT_ACCOUNT, "user": 10})
+        assert read.all(conn, {"above": 2}) == [(u, "seen") for u in (3, 7, 8, 9, 10)]
+        assert read.first(conn, {"above": 9}) is not None
+
+
 def _same_rows(got: FenceRows, want: FenceRows) -> None:
     assert len(got) == len(want)
     for name in ("time_clock_ids", "ids", "latitudes", "longitudes", "sizes_m", "exit_actions"):
@@ -262,6 +349,15 @@ def test_enabled_rows_are_the_enabled_fences_as_columns(
             got = uow.geofences.enabled_rows()
         _same_rows(got, want)
         assert set(got.exit_actions.tolist()) == {0, 1, 2}
+    # Some clocks only (a follower's reread): their fences, read through a
+    # prepared statement, in slices of clocks.
+    with uows(readonly=True) as uow:
+        want_first = FenceRows.of(uow.geofences.list_for(TC.id))
+        for per_read in (1, 64):
+            uow.geofences.CLOCKS_A_READ = per_read
+            _same_rows(uow.geofences.enabled_rows([TC.id + 1, TC.id, 999]), want)
+            _same_rows(uow.geofences.enabled_rows([TC.id]), want_first)
+            assert len(uow.geofences.enabled_rows([999])) == 0
     beside = fence_snapshot_reader(engine)
     assert beside is not None
     assert beside([DEFAULT_ACCOUNT]) is None  # too few fences to start a reader for

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, Select, case, func, select
+from sqlalchemy import ColumnElement, Engine, Select, case, func, select
 
 from geopunch.adapters.db.tables import geofence_jobs, geofences, index_changes
 from geopunch.domain.locations import EXIT_ACTION_CODES
@@ -23,15 +23,16 @@ from geopunch.domain.ports import FenceSnapshot
 NEWEST_INDEX_CHANGE = select(func.max(index_changes.c.seq))
 
 
-def enabled_fences(account: int, time_clock_ids: Collection[int] | None = None) -> Select[Any]:
-    """The enabled fences of ``account`` (of some of its clocks), one row a
-    fence and job: a fence bound to k jobs comes as k rows in a row, and one
-    that names none as one row whose job is ''. One query for fences and
-    jobs: a query of its own for the bindings would walk every fence again."""
-    mine = (geofences.c.account_id == account) & geofences.c.is_enabled.is_(True)
-    if time_clock_ids is not None:
-        # Ints from the server's own feed, rendered as literals by the readers.
-        mine &= geofences.c.time_clock_id.in_(sorted(int(t) for t in time_clock_ids))
+def enabled_fences(account: int) -> Select[Any]:
+    """The enabled fences of ``account``, as ``fence_rows`` gives them."""
+    return fence_rows(geofences.c.account_id == account)
+
+
+def fence_rows(where: ColumnElement[bool]) -> Select[Any]:
+    """The enabled fences that ``where`` picks, one row a fence and job: a
+    fence bound to k jobs comes as k rows in a row, and one that names none
+    as one row whose job is ''. One query for fences and jobs: a query of
+    its own for the bindings would walk every fence again."""
     return (
         select(
             geofences.c.time_clock_id,
@@ -49,7 +50,7 @@ def enabled_fences(account: int, time_clock_ids: Collection[int] | None = None) 
             func.coalesce(geofence_jobs.c.job_id, ""),
         )
         .select_from(geofences.outerjoin(geofence_jobs, geofence_jobs.c.fence_id == geofences.c.id))
-        .where(mine)
+        .where(where & geofences.c.is_enabled.is_(True))
         # By clock first: the index on (account, clock, position) orders most
         # of it, and the engine groups fences by clock anyway; a clock's own
         # fences keep their creation order, a fence's jobs theirs.

@@ -39,8 +39,12 @@ class _Compiled:
     results: tuple[Callable[[Any], Any] | None, ...] | None  # per column; None: none do
     order: Callable[[Mapping[str, Any]], Any] | None  # positional parameters out of a dict
     names: frozenset[str]  # the positional parameters' names (empty for named styles)
+    #: The statement's own values (a literal in it, such as a CASE's), by parameter name.
+    constants: Mapping[str, Any]
 
     def args(self, params: Mapping[str, Any]) -> Any:
+        if self.constants:
+            params = {**self.constants, **params}
         if self.binds:
             params = dict(params)
             for key, process in self.binds:
@@ -71,9 +75,12 @@ class Prepared:
             c = cast(SQLCompiler, self._statement.compile(dialect=dialect))
             selected = getattr(self._statement, "selected_columns", None)
             columns = tuple(selected.keys()) if selected is not None else ()
+            # By the names the SQL uses: ``c.binds`` also keys a literal's
+            # parameter by its anonymous name.
+            named = {c.bind_names[bind]: bind for bind in c.binds.values()}
             binds = tuple(
                 (key, process)
-                for key, bind in c.binds.items()
+                for key, bind in named.items()
                 if (process := bind.type.dialect_impl(dialect).bind_processor(dialect))
             )
             # Only JSON results are converted: other processors (PostgreSQL's
@@ -85,6 +92,11 @@ class Prepared:
                 for col in (selected if selected is not None else ())
             )
             positional = tuple(c.positiontup or ()) if c.positional else None
+            # A bindparam() the caller fills is required; a literal that
+            # SQLAlchemy turned into a parameter carries its value.
+            constants = {
+                key: bind.effective_value for key, bind in named.items() if not bind.required
+            }
             compiled = _Compiled(
                 sql=c.string,
                 positional=positional,
@@ -93,6 +105,7 @@ class Prepared:
                 results=results if any(f is not None for f in results) else None,
                 order=None if positional is None else _getter(positional),
                 names=frozenset(positional or ()),
+                constants=constants,
             )
             self._by_dialect[dialect.name] = compiled
         return compiled
@@ -127,7 +140,7 @@ class Prepared:
         """
         c = self._compile(conn)
         cols = dict(columns)
-        fixed = dict(same or {})
+        fixed = {**c.constants, **(same or {})}
         for key, process in c.binds:
             if key in cols:
                 cols[key] = [process(v) for v in cols[key]]
@@ -168,14 +181,26 @@ class Prepared:
         ``binary``: results in PostgreSQL's binary format (ignored on
         SQLite), where a large ``bytea`` arrives as its bytes rather than as
         hex text twice its size (a listed page: 9-13 ms against 15-21)."""
+        return self.send(conn, params, binary=binary)()
+
+    def send(
+        self, conn: Connection, params: Mapping[str, Any], *, binary: bool = False
+    ) -> Callable[[], list[tuple[Any, ...]]]:
+        """Run with ``params``; what gives its rows (as :meth:`all`) when
+        called. Inside :func:`together` the statement is only queued, so
+        statements sent one after another are answered in one round trip."""
         c = self._compile(conn)
         if binary and conn.dialect.name == "postgresql":
             cursor = driver(conn).execute(c.sql, c.args(params), binary=True)
         else:
             cursor = driver(conn).execute(c.sql, c.args(params))
-        rows = cursor.fetchall()
-        cursor.close()
-        return rows if c.results is None else [c.row(r) for r in rows]
+
+        def rows() -> list[tuple[Any, ...]]:
+            got = cursor.fetchall()
+            cursor.close()
+            return got if c.results is None else [c.row(r) for r in got]
+
+        return rows
 
     def int64_rows(
         self, conn: Connection, params: Mapping[str, Any], columns: int, size: int
@@ -473,11 +498,12 @@ def together(conn: Connection) -> Iterator[None]:
     thread. Inside this block they go out together and are answered in one
     round trip at its end, where the store's refusal of any of them is
     raised; :func:`after_sync` defers the checks that read their results.
-    Reads inside still work (a fetch sends what is queued first). On other
-    stores the statements run one by one, as outside it.
+    Reads inside still work (a fetch sends what is queued first). A block
+    inside another is part of the outer one. On other stores the statements
+    run one by one, as outside it.
     """
-    if conn.dialect.name != "postgresql":
-        yield
+    if conn.dialect.name != "postgresql" or _AFTER_SYNC in conn.info:
+        yield  # inside another, whose end answers these too
         return
     checks: list[Callable[[], None]] = []
     conn.info[_AFTER_SYNC] = checks
@@ -544,12 +570,19 @@ class PreparedIn:
     ) -> list[tuple[Any, ...]]:
         """Rows for all ``values``, chunk after chunk; ``extra`` binds the
         statement's other parameters."""
+        return self.send(conn, values, extra)()
+
+    def send(
+        self, conn: Connection, values: Sequence[Any], extra: Mapping[str, Any] = {}
+    ) -> Callable[[], list[tuple[Any, ...]]]:
+        """As :meth:`Prepared.send`: queued inside :func:`together` where
+        PostgreSQL takes the values as one array; run at once otherwise."""
         if self._postgresql is not None and conn.dialect.name == "postgresql":
-            return self._postgresql.all(conn, {**extra, "vs": list(values)})
+            return self._postgresql.send(conn, {**extra, "vs": list(values)})
         out: list[tuple[Any, ...]] = []
         for stmt, params in self._chunks(values, extra):
             out += stmt.all(conn, params)
-        return out
+        return lambda: out
 
 
 def padded(values: list[Any]) -> list[Any]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -49,7 +50,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from geopunch.adapters.activity_messages import encode_line, line_key
 from geopunch.adapters.db.fence_columns import FenceColumnsBuilder
-from geopunch.adapters.db.fence_rows import NEWEST_INDEX_CHANGE, enabled_fences
+from geopunch.adapters.db.fence_rows import NEWEST_INDEX_CHANGE, enabled_fences, fence_rows
 from geopunch.adapters.db.prepared import (
     Prepared,
     PreparedIn,
@@ -60,6 +61,7 @@ from geopunch.adapters.db.prepared import (
     integrity_error,
     padded,
     savepoint,
+    together,
     until_commit,
 )
 from geopunch.adapters.db.tables import (
@@ -157,25 +159,60 @@ def _of_clock(table: Table) -> tuple[ColumnElement[bool], ...]:
     return (table.c.account_id == bindparam("acct"), table.c.time_clock_id == bindparam("tc"))
 
 
-_CLOCK = Prepared(
-    select(time_clocks).where(
-        time_clocks.c.account_id == bindparam("acct"), time_clocks.c.id == bindparam("tc")
-    )
-)
-
-
-def _children_of_clock(table: Table, *names: str) -> Prepared:
-    """Columns ``names`` of one time clock's rows of ``table``, in their order."""
-    columns = [table.c[name] for name in names]
-    return Prepared(select(*columns).where(*_of_clock(table)).order_by(table.c.position))
-
-
 #: The columns a job and a break type are made from (``_job``, ``_break_type``).
 _JOB_COLUMNS = ("job_id", "name", "parent_job_id", "color")
 _BREAK_COLUMNS = ("break_id", "name", "is_mandatory", "min_duration_s", "is_paid")
-_CLOCK_JOBS = _children_of_clock(time_clock_jobs, *_JOB_COLUMNS)
-_CLOCK_USERS = Prepared(select(time_clock_users.c.user_id).where(*_of_clock(time_clock_users)))
-_CLOCK_BREAKS = _children_of_clock(manual_break_types, *_BREAK_COLUMNS)
+
+#: Some time clocks by id, as one array on PostgreSQL.
+_CLOCK_IDS = bindparam("vs", type_=postgresql.ARRAY(BigInteger))
+
+
+class _ClockPart(NamedTuple):
+    """One table's part of some time clocks (``some``: ids bound as
+    :class:`PreparedIn` values) or of all of an account's (``every``)."""
+
+    some: PreparedIn
+    every: Prepared
+
+
+def _clock_part(table: Table, clock: Column[Any], *columns: ColumnElement[Any]) -> _ClockPart:
+    """``columns`` of the rows of ``table`` of an account (``acct``), by
+    clock and position."""
+    order = [clock, *([table.c.position] if "position" in table.c else [])]
+
+    def picked(*where: ColumnElement[bool]) -> Select[Any]:
+        return (
+            select(*columns).where(table.c.account_id == bindparam("acct"), *where).order_by(*order)
+        )
+
+    return _ClockPart(
+        PreparedIn(
+            lambda n: picked(clock.in_(in_values(n))), postgresql=picked(clock == any_(_CLOCK_IDS))
+        ),
+        Prepared(picked()),
+    )
+
+
+def _children(table: Table, *names: str) -> _ClockPart:
+    clock = table.c.time_clock_id
+    return _clock_part(table, clock, clock, *(table.c[n] for n in names))
+
+
+_CLOCK_ROWS = _clock_part(time_clocks, time_clocks.c.id, *time_clocks.c)
+_CLOCK_JOB_ROWS = _children(time_clock_jobs, *_JOB_COLUMNS)
+_CLOCK_USER_ROWS = _children(time_clock_users, "user_id")
+_CLOCK_BREAK_ROWS = _children(manual_break_types, *_BREAK_COLUMNS)
+_CLOCK_PARTS = (_CLOCK_ROWS, _CLOCK_JOB_ROWS, _CLOCK_USER_ROWS, _CLOCK_BREAK_ROWS)
+#: The enabled fences of some clocks of an account (see ``fence_rows``).
+_FENCE_ROWS_OF = PreparedIn(
+    lambda n: fence_rows(
+        (geofences.c.account_id == bindparam("acct")) & geofences.c.time_clock_id.in_(in_values(n))
+    ),
+    postgresql=fence_rows(
+        (geofences.c.account_id == bindparam("acct"))
+        & (geofences.c.time_clock_id == any_(_CLOCK_IDS))
+    ),
+)
 
 
 def _job(job_id: str, name: str, parent_id: str | None, color: str | None) -> Job:
@@ -206,62 +243,40 @@ class SqlTimeClockRepository(AccountScoped):
         self._now = now
 
     def get(self, time_clock_id: int) -> TimeClock | None:
-        # Prepared statements: every CreateGeofences call loads its time clock,
-        # and building these four queries anew was a fifth of a bulk load's
-        # server time (py-spy).
-        params = {"acct": self.account, "tc": time_clock_id}
-        row = _CLOCK.first(self._conn, params)
-        if row is None:
-            return None
-        jobs = [_job(*j) for j in _CLOCK_JOBS.all(self._conn, params)]
-        users = {u for (u,) in _CLOCK_USERS.all(self._conn, params)}
-        breaks = [_break_type(*b) for b in _CLOCK_BREAKS.all(self._conn, params)]
-        return self._time_clock(row, jobs, users, breaks)
+        found = self.list_of((time_clock_id,))
+        return found[0] if found else None
 
     def list_all(self) -> list[TimeClock]:
-        return self._load(time_clocks.c.id.is_not(None))
+        acct = {"acct": self.account}
+        return self._assembled(lambda part: part.every.all(self._conn, acct))
 
     def list_of(self, time_clock_ids: Collection[int]) -> list[TimeClock]:
-        return self._load(time_clocks.c.id.in_(sorted(time_clock_ids)))
+        ids, acct = sorted(set(time_clock_ids)), {"acct": self.account}
+        # The four tables' reads in one round trip on PostgreSQL. Prepared:
+        # every CreateGeofences call loads its time clock, and a replica
+        # rereads what another changed; building these statements anew was
+        # most of the time either took (bench/README.md).
+        with together(self._conn):
+            sent = [(part, part.some.send(self._conn, ids, acct)) for part in _CLOCK_PARTS]
+        got = {part: rows() for part, rows in sent}
+        return self._assembled(got.__getitem__)
 
-    def _load(self, where: ColumnElement[bool]) -> list[TimeClock]:
-        acct = self.account
-        where = (time_clocks.c.account_id == acct) & where
-        rows = self._conn.execute(select(time_clocks).where(where).order_by(time_clocks.c.id)).all()
+    def _assembled(self, read: Callable[[_ClockPart], list[tuple[Any, ...]]]) -> list[TimeClock]:
+        """Time clocks from the rows that ``read`` gives of each table's part."""
+        names = time_clocks.c.keys()
+        rows = [dict(zip(names, row, strict=True)) for row in read(_CLOCK_ROWS)]
         if not rows:
             return []
-        ids = select(time_clocks.c.id).where(where)
         jobs: dict[int, list[Job]] = defaultdict(list)
-        for tc_id, *job in self._conn.execute(
-            select(time_clock_jobs.c.time_clock_id, *(time_clock_jobs.c[n] for n in _JOB_COLUMNS))
-            .where(time_clock_jobs.c.account_id == acct, time_clock_jobs.c.time_clock_id.in_(ids))
-            .order_by(time_clock_jobs.c.time_clock_id, time_clock_jobs.c.position)
-        ):
+        for tc_id, *job in read(_CLOCK_JOB_ROWS):
             jobs[tc_id].append(_job(*job))
         users: dict[int, set[int]] = defaultdict(set)
-        for tc_id, user_id in self._conn.execute(
-            select(time_clock_users.c.time_clock_id, time_clock_users.c.user_id).where(
-                time_clock_users.c.account_id == acct, time_clock_users.c.time_clock_id.in_(ids)
-            )
-        ):
+        for tc_id, user_id in read(_CLOCK_USER_ROWS):
             users[tc_id].add(user_id)
         breaks: dict[int, list[ManualBreakType]] = defaultdict(list)
-        for tc_id, *kind in self._conn.execute(
-            select(
-                manual_break_types.c.time_clock_id,
-                *(manual_break_types.c[n] for n in _BREAK_COLUMNS),
-            )
-            .where(
-                manual_break_types.c.account_id == acct,
-                manual_break_types.c.time_clock_id.in_(ids),
-            )
-            .order_by(manual_break_types.c.time_clock_id, manual_break_types.c.position)
-        ):
+        for tc_id, *kind in read(_CLOCK_BREAK_ROWS):
             breaks[tc_id].append(_break_type(*kind))
-        return [
-            self._time_clock(row._mapping, jobs[row.id], users[row.id], breaks[row.id])
-            for row in rows
-        ]
+        return [self._time_clock(r, jobs[r["id"]], users[r["id"]], breaks[r["id"]]) for r in rows]
 
     @staticmethod
     def _time_clock(
@@ -528,8 +543,17 @@ class SqlGeofenceRepository(AccountScoped):
         # The collector would walk the young row tuples over and over while
         # they are turned into arrays, a large share of a big read's time
         # (bench/README.md, start-up); none of them can be in a cycle.
+        chunks: Iterable[Sequence[Any]]
+        if time_clock_ids is None:
+            chunks = self._driver_chunks(enabled_fences(self.account))
+        else:
+            clocks, acct, n = sorted(time_clock_ids), {"acct": self.account}, self.CLOCKS_A_READ
+            slices = (clocks[k : k + n] for k in range(0, len(clocks), n))
+            chunks = (
+                rows for part in slices if (rows := _FENCE_ROWS_OF.all(self._conn, part, acct))
+            )
         with _collector_paused():
-            for chunk in self._driver_chunks(enabled_fences(self.account, time_clock_ids)):
+            for chunk in chunks:
                 clock_ids, ids, lats, lons, sizes, actions, jobs = zip(*chunk, strict=True)
                 bound = [k for k, job in enumerate(jobs) if job]
                 built.add(
@@ -549,6 +573,9 @@ class SqlGeofenceRepository(AccountScoped):
     #: Rows per chunk of a driver read: large enough that the per-chunk cost
     #: vanishes, small enough that a chunk's row objects stay a few MB.
     DRIVER_CHUNK = 50_000
+    #: Clocks whose fences are read per statement when only some are read
+    #: (as a follower rereads the clocks another process changed).
+    CLOCKS_A_READ = 64
 
     def _driver_chunks(self, stmt: Select[Any]) -> Iterator[Sequence[Any]]:
         """The rows of ``stmt`` as the DBAPI driver returns them (plain tuples),
