@@ -350,14 +350,15 @@ def test_enabled_rows_are_the_enabled_fences_as_columns(
         _same_rows(got, want)
         assert set(got.exit_actions.tolist()) == {0, 1, 2}
     # Some clocks only (a follower's reread): their fences, read through a
-    # prepared statement, in slices of clocks.
+    # prepared statement (on SQLite one per 256 ids), in the same chunks.
     with uows(readonly=True) as uow:
         want_first = FenceRows.of(uow.geofences.list_for(TC.id))
-        for per_read in (1, 64):
-            uow.geofences.CLOCKS_A_READ = per_read
-            _same_rows(uow.geofences.enabled_rows([TC.id + 1, TC.id, 999]), want)
+        unknown = list(range(1000, 1300))
+        for chunk in (1, 7, 1000):
+            uow.geofences.DRIVER_CHUNK = chunk
+            _same_rows(uow.geofences.enabled_rows([TC.id + 1, *unknown, TC.id]), want)
             _same_rows(uow.geofences.enabled_rows([TC.id]), want_first)
-            assert len(uow.geofences.enabled_rows([999])) == 0
+            assert len(uow.geofences.enabled_rows(unknown)) == 0
     beside = fence_snapshot_reader(engine)
     assert beside is not None
     assert beside([DEFAULT_ACCOUNT]) is None  # too few fences to start a reader for

@@ -584,6 +584,17 @@ class PreparedIn:
             out += stmt.all(conn, params)
         return lambda: out
 
+    def cursors(
+        self, conn: Connection, values: Sequence[Any], extra: Mapping[str, Any] = {}
+    ) -> Iterator[Any]:
+        """The driver's cursor of each statement run for ``values`` (one on
+        PostgreSQL), one after the other, for rows read a chunk at a time."""
+        if self._postgresql is not None and conn.dialect.name == "postgresql":
+            yield self._postgresql.execute(conn, {**extra, "vs": list(values)})
+            return
+        for stmt, params in self._chunks(values, extra):
+            yield stmt.execute(conn, params)
+
 
 def padded(values: list[Any]) -> list[Any]:
     """``values`` grown to the next power of two with its last value (none

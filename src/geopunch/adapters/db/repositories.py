@@ -543,14 +543,13 @@ class SqlGeofenceRepository(AccountScoped):
         # The collector would walk the young row tuples over and over while
         # they are turned into arrays, a large share of a big read's time
         # (bench/README.md, start-up); none of them can be in a cycle.
-        chunks: Iterable[Sequence[Any]]
         if time_clock_ids is None:
             chunks = self._driver_chunks(enabled_fences(self.account))
         else:
-            clocks, acct, n = sorted(time_clock_ids), {"acct": self.account}, self.CLOCKS_A_READ
-            slices = (clocks[k : k + n] for k in range(0, len(clocks), n))
-            chunks = (
-                rows for part in slices if (rows := _FENCE_ROWS_OF.all(self._conn, part, acct))
+            # Prepared (a replica rereads the clock another changed: building
+            # the statement with its ids written in was a tenth of that).
+            chunks = self._chunks_of(
+                _FENCE_ROWS_OF.cursors(self._conn, sorted(time_clock_ids), {"acct": self.account})
             )
         with _collector_paused():
             for chunk in chunks:
@@ -573,9 +572,6 @@ class SqlGeofenceRepository(AccountScoped):
     #: Rows per chunk of a driver read: large enough that the per-chunk cost
     #: vanishes, small enough that a chunk's row objects stay a few MB.
     DRIVER_CHUNK = 50_000
-    #: Clocks whose fences are read per statement when only some are read
-    #: (as a follower rereads the clocks another process changed).
-    CLOCKS_A_READ = 64
 
     def _driver_chunks(self, stmt: Select[Any]) -> Iterator[Sequence[Any]]:
         """The rows of ``stmt`` as the DBAPI driver returns them (plain tuples),
@@ -586,10 +582,19 @@ class SqlGeofenceRepository(AccountScoped):
         cursor = self._conn.connection.cursor()
         try:
             cursor.execute(sql)
-            while chunk := cursor.fetchmany(self.DRIVER_CHUNK):
-                yield chunk
-        finally:
+        except BaseException:
             cursor.close()
+            raise
+        return self._chunks_of((cursor,))
+
+    def _chunks_of(self, cursors: Iterable[Any]) -> Iterator[Sequence[Any]]:
+        """The rows of each of the driver's ``cursors`` a chunk at a time."""
+        for cursor in cursors:
+            try:
+                while chunk := cursor.fetchmany(self.DRIVER_CHUNK):
+                    yield chunk
+            finally:
+                cursor.close()
 
     def get(self, time_clock_id: int, fence_id: str) -> Geofence | None:
         found = self._load(
