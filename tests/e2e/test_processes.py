@@ -145,6 +145,26 @@ def test_a_subscriber_on_one_worker_gets_the_other_workers_events(
     assert [e.type for e in received] == ["geofenceEnter"]
 
 
+def test_a_supervisor_writes_its_stacks_on_sigusr1_and_runs_on(
+    shared_workers: tuple[ServerProcess, Client, Client],
+) -> None:
+    """SIGUSR1 is how an operator (and a test whose server does not stop)
+    sees where a process waits. The supervisor ended on it, its default
+    action, and took its workers with it."""
+    srv, a, b = shared_workers
+    assert srv.proc is not None
+    before = len(srv.logs())
+    srv.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "in serve_processes" not in srv.logs()[before:]:
+        assert time.monotonic() < deadline, "no stacks written"
+        time.sleep(0.05)
+    assert "Thread 0x" in srv.logs()[before:]
+    assert srv.proc.poll() is None
+    for c in (a, b):
+        c(c.admin.Ping, admin_pb2.PingRequest())
+
+
 def _worker_pids(srv: ServerProcess) -> dict[int, int]:
     pids: dict[int, int] = {}
     for line in srv.logs().splitlines():

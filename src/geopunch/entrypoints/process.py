@@ -3,6 +3,8 @@ the signal handling and limits every server process uses."""
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -120,16 +122,36 @@ def lasting_imports() -> Iterator[None]:
 
 
 def stop_on_signals() -> threading.Event:
-    """An event that SIGTERM or SIGINT sets (logged). Call from the main thread,
-    and wait on the event in slices: a handler runs only when that thread wakes."""
+    """An event that SIGTERM or SIGINT sets (logged); SIGUSR1 writes every
+    thread's stack to stderr and changes nothing. Call from the main thread.
+
+    The handler runs on the main thread between two of its bytecodes, and
+    may find that thread holding the very lock that setting an event or
+    logging a line takes (inside ``Event.wait``, between its checks): it then
+    waited for itself for good, and a supervisor once never drained its
+    workers. So the handler only writes the signal's number into a pipe, and
+    a thread of its own reads it, logs and sets the event."""
     stop = threading.Event()
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
 
     def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
-        stop.set()
+        with contextlib.suppress(BlockingIOError):  # a full pipe already says stop
+            os.write(writable, bytes([signum]))
 
+    def _relay() -> None:
+        while True:
+            for signum in os.read(readable, 64):
+                log.info(
+                    "signal received", extra={"fields": {"signal": signal.Signals(signum).name}}
+                )
+                stop.set()
+
+    threading.Thread(target=_relay, name="signals", daemon=True).start()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # An operator (or a test) can see where every thread is: kill -USR1 PID.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return stop
 
 

@@ -16,7 +16,6 @@ import concurrent.futures
 import faulthandler
 import gc
 import logging
-import signal
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -583,9 +582,6 @@ def serve(
     systemd = Notifier.from_env() if worker is None else None
     server = Server(config, worker)
     stop_requested = stop_on_signals()
-    # An operator (or a test) can see where every thread is: kill -USR1 PID
-    # writes all stacks to stderr without disturbing the server.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         server.start(stop_requested)
     except StoppedWaiting:
