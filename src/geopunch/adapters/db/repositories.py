@@ -177,7 +177,7 @@ class _ClockPart(NamedTuple):
 
 def _clock_part(table: Table, clock: Column[Any], *columns: ColumnElement[Any]) -> _ClockPart:
     """``columns`` of the rows of ``table`` of an account (``acct``), by
-    clock and position."""
+    clock, and by position where the table keeps one."""
     order = [clock, *([table.c.position] if "position" in table.c else [])]
 
     def picked(*where: ColumnElement[bool]) -> Select[Any]:
