@@ -1138,6 +1138,31 @@ def test_integers_in_a_url_are_plain_decimal(http: httpx.Client, client: Client)
     assert http.get(f"/geopunch/v1/time-clocks/{tc}").status_code == 200
 
 
+def test_booleans_in_a_query_are_true_or_false(http: httpx.Client, client: Client) -> None:
+    """A boolean in a query is spelled as JSON spells it: pydantic's lax
+    parsing took "1", "yes", "on", "t" and any case of them, and "no" and
+    "nope" then differed only in whether the call was refused."""
+    tc = _clock(client)
+    sched = http.post("/geopunch/v1/schedulers", json={"name": "s", "timezone": "UTC"})
+    assert sched.status_code == 200, sched.text
+    shifts = f"/scheduler/v1/schedulers/{sched.json()['data']['id']}/shifts"
+    start = int(time.time()) + 86_400
+    shift = {"startTime": start, "endTime": start + 3600, "title": "Morning"}
+    check = f"/geopunch/v1/time-clocks/{tc}/check-locations"
+    points = {"points": [HQ]}
+    said = {"description": "not a boolean: true or false", "code": "INVALID_ARGUMENT"}
+    for spelled in ("1", "0", "yes", "no", "on", "t", "True", "FALSE", ""):
+        r = http.post(check, params={"withDistance": spelled}, json=points)
+        assert r.status_code == 400, (spelled, r.text[:300])
+        assert r.json()["errors"] == [{"field": "withDistance", **said}], spelled
+        r = http.post(shifts, params={"notifyUsers": spelled}, json=[shift])
+        assert r.status_code == 400, (spelled, r.text[:300])
+        assert r.json()["errors"] == [{"field": "notifyUsers", **said}], spelled
+    assert http.post(check, params={"withDistance": "true"}, json=points).status_code == 200
+    made = http.post(shifts, params={"notifyUsers": "false"}, json=[shift])
+    assert made.status_code == 200, made.text[:300]
+
+
 def test_answers_past_a_packet_are_gzipped_for_a_client_that_accepts_it(
     http: httpx.Client, client: Client
 ) -> None:

@@ -73,6 +73,7 @@ from geopunch.adapters.http.bodies import (
 from geopunch.adapters.http.document import finish, ok, query_parameters, refusal
 from geopunch.adapters.http.examples import EXAMPLES
 from geopunch.adapters.http.params import (
+    BOOLEAN,
     DECIMAL,
     FIELD_VALIDATION,
     IGNORE,
@@ -1017,7 +1018,7 @@ def create_app(deps: HttpDeps) -> Any:
             *at_most(MAX_SHIFTS_PER_REQUEST, refuse=check_shift_count),
             Body(openapi_examples=EXAMPLES["shifts"]),
         ],
-        notifyUsers: Annotated[bool, Query()] = True,
+        notifyUsers: Annotated[bool, Query(), BOOLEAN] = True,
     ) -> Response:
         """Create 1 to 500 shifts, all or none; published ones notify their users."""
         made = scheduler.create_shifts(
@@ -1385,7 +1386,7 @@ def create_app(deps: HttpDeps) -> Any:
         timeClockId: Int64Path,
         body: CheckLocationsBody,
         jobId: Annotated[Text, Query(max_length=1000)] = "",
-        withDistance: Annotated[bool, Query()] = False,
+        withDistance: Annotated[bool, Query(), BOOLEAN] = False,
     ) -> Response:
         """Which fences of the time clock each point is inside (up to 10,000
         points; larger batches belong on gRPC's CheckLocations)."""

@@ -1,5 +1,6 @@
 """What a URL carries beside the body, held to the rules a body is: its
-integers spelled one way, and its query holding only what the call takes."""
+integers and booleans spelled one way, and its query holding only what the
+call takes."""
 
 import re
 from typing import Any
@@ -29,6 +30,18 @@ def _decimal(value: Any) -> Any:
 #: After a parameter's ``Path``, ``Query`` or ``Field``: placed before them,
 #: pydantic documents their bounds as "ge"/"le" instead of JSON Schema's.
 DECIMAL = BeforeValidator(_decimal)
+
+
+def _boolean(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise PydanticCustomError("bool_parsing", "not a boolean: true or false")
+    return value
+
+
+#: After a query parameter's ``Query``: a boolean as JSON spells it.
+#: pydantic's lax parsing took "1", "yes", "on", "t" and "FALSE" as well, so
+#: that ?notifyUsers=no and ?notifyUsers=nope were told apart only by luck.
+BOOLEAN = BeforeValidator(_boolean)
 
 
 def query_problems(names: dict[str, bool], sent: list[tuple[str, str]]) -> list[FieldViolation]:
