@@ -8,7 +8,6 @@ import atexit
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -275,34 +274,20 @@ def _reset(admin: Engine, name: str, template: _Template) -> bool:
         engine.dispose()
 
 
-_sqlite_template: list[Path] = []
-
-
 def sqlite_from_template(url: str) -> None:
     """Give the SQLite store of ``url``, when its file does not exist yet,
-    the content of one this process migrated once: a server migrating a new
-    file spends about 0.3 s of CPU on it, at every start (as ``pg_migrated``
-    does for PostgreSQL). Other URLs and existing files are left alone."""
+    the content of one this process migrated once (``seeded_sqlite``'s): a
+    server migrating a new file spends about 0.3 s of CPU on it, at every
+    start (as ``pg_migrated`` does for PostgreSQL). Other URLs and existing
+    files are left alone."""
     if not url.startswith("sqlite:///"):
         return
     path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
     if path.exists():
         return
-    if not _sqlite_template:
-        folder = TemporaryDirectory(prefix="geopunch-sqlite-template-")
-        atexit.register(folder.cleanup)
-        template = Path(folder.name) / "template.db"
-        engine = make_engine(f"sqlite:///{template}")
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
-        # The last connection's close folded the write-ahead log into the file.
-        assert not template.with_name("template.db-wal").exists()
-        _sqlite_template.append(template)
     path.parent.mkdir(parents=True, exist_ok=True)
     copy = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    shutil.copyfile(_sqlite_template[0], copy)
+    copy.write_bytes(_store_content(()))
     try:
         # A link creates the name only where no other process made it meanwhile.
         os.link(copy, path)
@@ -418,8 +403,14 @@ def seeded_sqlite(path: Path, clocks: Sequence[TimeClock]) -> Engine:
     """A SQLite store at ``path``, migrated and holding ``clocks``: a copy of
     one built once per set of clocks (migrating afresh for every example of
     a property test cost most of its time)."""
-    key = tuple(clocks)
-    if key not in _STORE_TEMPLATES:
+    path.write_bytes(_store_content(tuple(clocks)))
+    return make_engine(f"sqlite:///{path}")
+
+
+def _store_content(clocks: tuple[TimeClock, ...]) -> bytes:
+    """The file of a SQLite store migrated and holding ``clocks``, built once
+    per set of clocks in this process."""
+    if clocks not in _STORE_TEMPLATES:
         with TemporaryDirectory() as tmp:
             template = Path(tmp) / "template.db"
             engine = make_engine(f"sqlite:///{template}")
@@ -429,9 +420,10 @@ def seeded_sqlite(path: Path, clocks: Sequence[TimeClock]) -> Engine:
                     uow.time_clocks.add(tc)
                 uow.commit()
             engine.dispose()
-            _STORE_TEMPLATES[key] = template.read_bytes()
-    path.write_bytes(_STORE_TEMPLATES[key])
-    return make_engine(f"sqlite:///{path}")
+            # The last connection's close folded the write-ahead log into the file.
+            assert not template.with_name("template.db-wal").exists()
+            _STORE_TEMPLATES[clocks] = template.read_bytes()
+    return _STORE_TEMPLATES[clocks]
 
 
 class RunningDeliverer:

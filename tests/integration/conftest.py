@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from geopunch.adapters.db.store import make_engine, migrate
-from tests.helpers import pg_migrated
-
-
-@pytest.fixture(scope="session")
-def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite store migrated once per process, copied for each test (a
-    copy takes under a millisecond, a migration 120-240 ms)."""
-    path = tmp_path_factory.mktemp("template") / "store.db"
-    eng = make_engine(f"sqlite:///{path}")
-    migrate(eng)
-    eng.dispose()  # the last connection's close folds the WAL into the file
-    return path
+from geopunch.adapters.db.store import make_engine
+from tests.helpers import pg_migrated, seeded_sqlite
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    _sqlite_template: Path,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    """A fresh store at the newest revision, on each store."""
+    """A fresh store at the newest revision, on each store (on SQLite a copy
+    of one migrated once per process: a migration takes 120-240 ms)."""
     if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("db") / "store.db"
-        shutil.copyfile(_sqlite_template, path)
-        eng = make_engine(f"sqlite:///{path}")
+        eng = seeded_sqlite(tmp_path_factory.mktemp("db") / "store.db", [])
         yield eng
         eng.dispose()
     else:
