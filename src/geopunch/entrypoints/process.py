@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +97,7 @@ class WorkerSlot:
         return self.number == 0
 
 
-@contextmanager
+@contextlib.contextmanager
 def lasting_imports() -> Iterator[None]:
     """Import a command's modules inside this (the server's, the store's):
     what they make lives as long as the process, so the cyclic collector is
