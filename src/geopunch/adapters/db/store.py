@@ -537,9 +537,11 @@ class SqlUnitOfWork(_Repositories):
             if self._conn.in_transaction():
                 self._conn.rollback()
         except Exception as cleanup:
-            # The connection is gone (the work's own failure, most likely):
-            # the pool drops it, and the work's error is the one to answer.
-            if exc is None or unavailable_reason(cleanup) is None:
+            # The connection is gone: the pool drops it, and the server ends
+            # its transaction. The work's own outcome is the one to answer:
+            # its error, or (a read, or a batch whose every piece failed on
+            # the lost connection) what it returned.
+            if unavailable_reason(cleanup) is None:
                 raise
         finally:
             self._conn.close()
