@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from geopunch import metrics, tracing
@@ -116,6 +117,16 @@ STORE_TIMEOUT_S = 30.0
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
 _KEEPALIVE_COUNT = 3
 
+#: A pooled server connection given back less than this long ago is handed
+#: out again without a ping: a ping is a round trip, a tenth of a one-read
+#: unit of work on PostgreSQL. A server that dropped the connection within
+#: the window fails that one unit of work as unreachable, as one that drops
+#: it mid-work does. HikariCP's alive-bypass window has the same default.
+PING_AFTER_IDLE_S = 0.5
+
+#: In a pool entry's ``info``: when its connection was last given back.
+_RETURNED = "geopunch_returned"
+
 
 def _libpq_limits(parsed: URL, timeout_s: float) -> dict[str, Any]:
     """libpq's parameters that bound a call's wait on the network to about
@@ -159,6 +170,30 @@ def _as_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else value
 
 
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it has been idle for
+    ``PING_AFTER_IDLE_S`` or more (SQLAlchemy's ``pool_pre_ping`` pings every
+    time). A dead one is replaced, and the pool's older connections with it,
+    as the pre-ping does: the pool's own disconnect hook."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_RETURNED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED)  # none: a connection made just now
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as exc:
+            if not dialect.is_disconnect(exc, dbapi_conn, None):
+                raise
+            raise sa_exc.InvalidatePoolError(str(exc)) from exc
+
+
 def make_engine(url: str, *, pool_size: int = 8, timeout_s: float = STORE_TIMEOUT_S) -> Engine:
     """An Engine for ``url``; SQLite files get WAL, synchronous=FULL and foreign keys.
 
@@ -189,10 +224,14 @@ def make_engine(url: str, *, pool_size: int = 8, timeout_s: float = STORE_TIMEOU
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_timeout=timeout_s,
-            pool_pre_ping=True,
+            # The connection given back last goes out first: under any load
+            # it is within PING_AFTER_IDLE_S; the rest wait at the back, and
+            # are pinged when they next go out.
+            pool_use_lifo=True,
             json_serializer=_json_text,
             json_deserializer=orjson.loads,
         )
+        _ping_when_idle(engine)
         if parsed.get_backend_name() == "postgresql" and (
             limits := _session_limits(parsed, timeout_s)
         ):
