@@ -42,7 +42,7 @@ def _pings(engine: Engine) -> list[object]:
         seen.append(dbapi_conn)
         return ping(dbapi_conn)
 
-    engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    engine.dialect.do_ping = counted  # type: ignore[method-assign,assignment]
     return seen
 
 
