@@ -16,8 +16,10 @@ from pathlib import Path
 import grpc
 from sqlalchemy import Engine
 
+from geopunch.adapters.db.notify import PROBE_S, notifications_arrive
 from geopunch.adapters.db.store import (
     SqlUnitOfWorkFactory,
+    StoreUnusable,
     fence_snapshot_reader,
     make_engine,
     migrate,
@@ -172,6 +174,14 @@ def build_app(
     except BaseException:
         engine.dispose()
         raise
+    if engine.dialect.name == "postgresql" and not notifications_arrive(engine):
+        engine.dispose()
+        raise StoreUnusable(
+            "a notification sent on one connection to the store did not reach another "
+            f"within {PROBE_S:g} s: is a pooler in transaction or statement mode (PgBouncer's "
+            "pool_mode) between geopunch and PostgreSQL? geopunch needs a session a "
+            "connection: use pool_mode = session, or connect to PostgreSQL directly"
+        )
     log.info(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},

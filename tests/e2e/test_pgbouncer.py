@@ -1,7 +1,8 @@
 """Two replicas behind PgBouncer in session mode, as docs/operations.md
 advises: they start (the store's settings are set after connecting, not in
 the start-up packet PgBouncer refuses), punch, list, answer the board, and
-see each other's changes. Needs the ``pgbouncer`` program (Debian's package;
+see each other's changes. In transaction or statement mode a server refuses
+to start. Needs the ``pgbouncer`` program (Debian's package;
 ``.ci/run`` installs it) beside the tests' PostgreSQL."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -48,15 +51,15 @@ def _unprivileged() -> str:
     pytest.fail("no unprivileged user to run pgbouncer as")
 
 
-@pytest.fixture
-def bouncer(tmp_path: Path) -> Iterator[str]:
-    """A PgBouncer in session mode in front of a fresh migrated database;
-    yields the store URL through it."""
+@contextmanager
+def _bouncer(tmp_path: Path, mode: str) -> Iterator[str]:
+    """A PgBouncer in ``mode`` in front of a fresh migrated database; yields
+    the store URL through it."""
     program = _program()
     with pg_migrated() as direct:
         url = make_url(direct)
         port = free_port()
-        conf = tmp_path / "bouncer"
+        conf = tmp_path / f"bouncer-{mode}"
         conf.mkdir()
         (conf / "users.txt").write_text(f'"{url.username}" ""\n')
         (conf / "pgbouncer.ini").write_text(
@@ -66,7 +69,7 @@ def bouncer(tmp_path: Path) -> Iterator[str]:
             f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
             f"auth_type = trust\nauth_file = {conf / 'users.txt'}\n"
             f"admin_users = {url.username}\n"
-            "pool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 60\n"
+            f"pool_mode = {mode}\nmax_client_conn = 200\ndefault_pool_size = 60\n"
             "unix_socket_dir =\n"
         )
         # PgBouncer will not run as root; it reads its files before it
@@ -85,6 +88,13 @@ def bouncer(tmp_path: Path) -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@pytest.fixture
+def bouncer(tmp_path: Path) -> Iterator[str]:
+    """A PgBouncer in session mode, as docs/operations.md advises."""
+    with _bouncer(tmp_path, "session") as url:
+        yield url
 
 
 def _clients_through(port: int, user: str, database: str) -> int:
@@ -130,3 +140,27 @@ def test_replicas_behind_pgbouncer_in_session_mode(bouncer: str, tmp_path: Path)
         for srv in servers:
             if srv.proc is not None and srv.proc.poll() is None:
                 assert srv.terminate() == 0
+
+
+def test_a_server_behind_a_pooler_in_transaction_mode_refuses_to_start(tmp_path: Path) -> None:
+    """Each transaction on whichever server connection is free: the driver's
+    prepared statements met other clients' and calls failed as internal
+    errors, and no replica heard another's changes. The server says so at
+    start instead, and exits. (In statement mode PgBouncer refuses the
+    first transaction block itself, and the server exits on its words.)"""
+    with _bouncer(tmp_path, "transaction") as url:
+        served = subprocess.run(
+            [
+                *(sys.executable, "-m", "geopunch", "serve", "--database-url", url),
+                *("--listen", "127.0.0.1:0", "--http-listen", "off"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert served.returncode == 2, served.stderr[-3000:]
+    said = served.stderr.strip().splitlines()[-1]
+    assert said.startswith(
+        "geopunch: a notification sent on one connection to the store did not reach another"
+    ), said
+    assert "pool_mode = session" in said

@@ -45,6 +45,9 @@ EVERYTHING = EVENTS + INDEX + KEYS
 WAIT_S = 0.5
 #: Pause after the listening connection failed, before connecting again.
 RETRY_S = 1.0
+#: How long start-up waits for its own probe notification (notifications_arrive):
+#: on a store that delivers them at all, a few milliseconds.
+PROBE_S = 5.0
 
 
 _sender: tuple[int, str] = (0, "")
@@ -80,6 +83,32 @@ def news(payload: str) -> str:
     if not kinds or kinds.strip(EVERYTHING):
         return EVERYTHING
     return kinds.replace(EVENTS, "").replace(INDEX, "") if source == sender() else kinds
+
+
+def notifications_arrive(engine: Engine, within_s: float = PROBE_S) -> bool:
+    """Whether a notification sent on one of ``engine``'s connections reaches
+    another that listens, within ``within_s``.
+
+    Not when a pooler hands each transaction whichever server connection is
+    free (PgBouncer's ``pool_mode = transaction`` or ``statement``): the
+    ``LISTEN`` stays on a server connection that the listening client no
+    longer holds. Such a pooler also breaks what else needs a session of its
+    own (the driver's prepared statements, the timeouts set once a
+    connection), so the server refuses to start on it (bootstrap). The
+    channel is this probe's own: no replica wakes for it."""
+    probe = f"geopunch_probe_{uuid.uuid4().hex}"
+    raw = engine.raw_connection()
+    listening = raw.driver_connection
+    raw.detach()  # closed below, not given back to the pool
+    try:
+        listening.autocommit = True  # type: ignore[union-attr]
+        listening.execute(f'LISTEN "{probe}"')  # type: ignore[union-attr]
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'NOTIFY "{probe}"')
+            conn.commit()
+        return any(True for _ in listening.notifies(timeout=within_s, stop_after=1))  # type: ignore[union-attr]
+    finally:
+        raw.close()
 
 
 def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.Event) -> None:
