@@ -490,7 +490,7 @@ _AFTER_SYNC = "geopunch_after_sync"
 
 
 @contextmanager
-def together(conn: Connection) -> Iterator[None]:
+def together(conn: Connection, *, then_commit: bool = False) -> Iterator[None]:
     """Send the statements run inside to PostgreSQL in one pipeline.
 
     A punch's writes (the activities closed and added, its event, its
@@ -501,6 +501,11 @@ def together(conn: Connection) -> Iterator[None]:
     Reads inside still work (a fetch sends what is queued first). A block
     inside another is part of the outer one. On other stores the statements
     run one by one, as outside it.
+
+    With ``then_commit`` an outermost block sends the transaction's COMMIT in
+    the same round trip as its statements, unless a check is waiting for
+    their answers (a check that fails must leave the transaction to be
+    rolled back); the caller's commit afterwards then finds nothing to send.
     """
     if conn.dialect.name != "postgresql" or _AFTER_SYNC in conn.info:
         yield  # inside another, whose end answers these too
@@ -510,6 +515,10 @@ def together(conn: Connection) -> Iterator[None]:
     try:
         with driver(conn).pipeline():
             yield
+            if then_commit and not checks:
+                # The COMMIT rides with the block's statements; the driver's
+                # commit after it finds the transaction ended and sends nothing.
+                driver(conn).execute("COMMIT")
     finally:
         del conn.info[_AFTER_SYNC]
     for check in checks:

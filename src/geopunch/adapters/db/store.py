@@ -605,8 +605,9 @@ class SqlUnitOfWork(_Repositories):
         subscribed = any(repos.webhooks.changed for repos in scopes)
         kinds = (EVENTS if appended else "") + (INDEX if noted else "")
         kinds += KEYS if self.api_keys.changed else ""
-        # One round trip for the events' lock, the events and the notification.
-        with together(self._conn):
+        # One round trip for the events' lock, the events, the notification
+        # and the COMMIT.
+        with together(self._conn, then_commit=True):
             write_noted(self._conn)
             write_appended(self._conn)
             if kinds and self._conn.dialect.name == "postgresql":
