@@ -171,17 +171,16 @@ def build_app(
     )
     try:
         revision = migrate(engine, stop=stop)
+        if engine.dialect.name == "postgresql" and not notifications_arrive(engine):
+            raise StoreUnusable(
+                "a notification sent on one connection to the store did not reach another "
+                f"within {PROBE_S:g} s: is a pooler in transaction or statement mode "
+                "(PgBouncer's pool_mode) between geopunch and PostgreSQL? geopunch needs a "
+                "session a connection: use pool_mode = session, or connect to PostgreSQL directly"
+            )
     except BaseException:
         engine.dispose()
         raise
-    if engine.dialect.name == "postgresql" and not notifications_arrive(engine):
-        engine.dispose()
-        raise StoreUnusable(
-            "a notification sent on one connection to the store did not reach another "
-            f"within {PROBE_S:g} s: is a pooler in transaction or statement mode (PgBouncer's "
-            "pool_mode) between geopunch and PostgreSQL? geopunch needs a session a "
-            "connection: use pool_mode = session, or connect to PostgreSQL directly"
-        )
     log.info(
         "store ready",
         extra={"fields": {"dialect": engine.dialect.name, "revision": revision}},

@@ -118,7 +118,7 @@ _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
 _KEEPALIVE_COUNT = 3
 
 #: A pooled server connection given back less than this long ago is handed
-#: out again without a ping: a ping is a round trip, a tenth of a one-read
+#: out again without a ping: a ping is a round trip, an eighth of a one-read
 #: unit of work on PostgreSQL. A server that dropped the connection within
 #: the window fails that one unit of work as unreachable, as one that drops
 #: it mid-work does. HikariCP's alive-bypass window has the same default.
