@@ -24,7 +24,9 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
@@ -85,6 +87,20 @@ def news(payload: str) -> str:
     return kinds.replace(EVENTS, "").replace(INDEX, "") if source == sender() else kinds
 
 
+@contextmanager
+def _outside_the_pool(engine: Engine) -> Iterator[Any]:
+    """A driver connection of ``engine``'s in autocommit, kept out of its
+    pool (a ``LISTEN`` lasts as long as its session) and closed at the end."""
+    raw = engine.raw_connection()
+    conn: Any = raw.driver_connection
+    raw.detach()
+    try:
+        conn.autocommit = True
+        yield conn
+    finally:
+        raw.close()
+
+
 def notifications_arrive(engine: Engine, within_s: float = PROBE_S) -> bool:
     """Whether a notification sent on one of ``engine``'s connections reaches
     another that listens, within ``within_s``.
@@ -97,18 +113,12 @@ def notifications_arrive(engine: Engine, within_s: float = PROBE_S) -> bool:
     connection), so the server refuses to start on it (bootstrap). The
     channel is this probe's own: no replica wakes for it."""
     probe = f"geopunch_probe_{uuid.uuid4().hex}"
-    raw = engine.raw_connection()
-    listening = raw.driver_connection
-    raw.detach()  # closed below, not given back to the pool
-    try:
-        listening.autocommit = True  # type: ignore[union-attr]
-        listening.execute(f'LISTEN "{probe}"')  # type: ignore[union-attr]
+    with _outside_the_pool(engine) as listening:
+        listening.execute(f'LISTEN "{probe}"')
         with engine.connect() as conn:
             conn.exec_driver_sql(f'NOTIFY "{probe}"')
             conn.commit()
-        return any(True for _ in listening.notifies(timeout=within_s, stop_after=1))  # type: ignore[union-attr]
-    finally:
-        raw.close()
+        return any(True for _ in listening.notifies(timeout=within_s, stop_after=1))
 
 
 def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.Event) -> None:
@@ -119,21 +129,15 @@ def listen(engine: Engine, on_notify: Callable[[str], None], stopped: threading.
     failures = FailureLog("store listener", log)
     while not stopped.is_set():
         try:
-            raw = engine.raw_connection()
-            conn = raw.driver_connection
-            raw.detach()  # held for good: not returned to the pool
-            try:
-                conn.autocommit = True  # type: ignore[union-attr]
-                (name,) = conn.execute(f"SELECT {_CHANNEL_SQL}").fetchone()  # type: ignore[union-attr]
-                conn.execute(f'LISTEN "{name}"')  # type: ignore[union-attr]
+            with _outside_the_pool(engine) as conn:
+                (name,) = conn.execute(f"SELECT {_CHANNEL_SQL}").fetchone()
+                conn.execute(f'LISTEN "{name}"')
                 failures.succeeded()
                 on_notify(EVERYTHING)
                 while not stopped.is_set():
-                    for note in conn.notifies(timeout=WAIT_S, stop_after=1):  # type: ignore[union-attr]
+                    for note in conn.notifies(timeout=WAIT_S, stop_after=1):
                         if kinds := news(note.payload):
                             on_notify(kinds)
-            finally:
-                raw.close()
         except Exception as exc:  # the store may be briefly unavailable
             failures.failed(as_unavailable(exc) or exc)
             stopped.wait(RETRY_S)
