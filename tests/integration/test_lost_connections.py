@@ -106,17 +106,17 @@ def test_a_batch_whose_connection_is_lost_under_it_is_answered_unreachable(
     migrate(engine)
     committer = GroupCommitter(SqlUnitOfWorkFactory(engine))
 
-    def cut_under_it(uow: UnitOfWork) -> None:
-        keys = uow.for_account(DEFAULT_ACCOUNT).idempotency
-        assert keys.get("before") is None  # the transaction is open
-        _terminate(_own_backend[0])
-        keys.get("after")
-
-    _own_backend: list[int] = []
+    own_backend: list[int] = []  # the batch's connection, noted at its BEGIN
 
     @event.listens_for(engine, "begin")
     def _note(conn: Any) -> None:
-        _own_backend[:] = [int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())]
+        own_backend[:] = [int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())]
+
+    def cut_under_it(uow: UnitOfWork) -> None:
+        keys = uow.for_account(DEFAULT_ACCOUNT).idempotency
+        assert keys.get("before") is None  # the transaction is open
+        _terminate(own_backend[0])
+        keys.get("after")
 
     try:
         with pytest.raises(StoreUnavailable) as failed:
